@@ -1,0 +1,390 @@
+//! `oms demo`: three warehouse nodes and one 3PL node as separate processes on loopback, each with its own
+//! redb file. Channels send orders at a steady rate; each site's staff loop builds pick waves, confirms
+//! picks (with the odd short pick), packs, ships and delivers; some orders are cancelled and some returned.
+//! Midway one node is killed with SIGKILL and restarted: every order it acknowledged is still there.
+//! At the end it prints per-site counts and checks the invariants; `--summary FILE` writes them as JSON.
+//!
+//! The hub and sync join this demo with the sync issue; until then each node stands alone.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// Options of `oms demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// How long orders flow, seconds.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Orders per second across all channels.
+    #[arg(long, default_value_t = 40)]
+    rate: u32,
+    /// Write a JSON summary here.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Where the nodes keep their data (wiped at start).
+    #[arg(long, default_value = "./demo-data")]
+    data: PathBuf,
+    /// Random seed for the order stream.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+struct Site {
+    id: &'static str,
+    lat: f64,
+    lon: f64,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+const SKUS: usize = 24;
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+async fn spawn_node(site: &Site) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let log = std::fs::File::create(site.dir.join("node.log"))?;
+    let child = Command::new(exe)
+        .args(["node", "--node-id", site.id, "--listen", &site.addr.to_string(), "--data"])
+        .arg(&site.dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start a node process")?;
+    Ok(child)
+}
+
+async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("http://{addr}/healthz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("node at {addr} did not become healthy within 20 s")
+}
+
+fn sku(i: usize) -> String {
+    format!("SKU-{i:03}")
+}
+
+#[derive(Default)]
+struct Tally {
+    placed: AtomicU64,
+    refused_stock: AtomicU64,
+    errors: AtomicU64,
+    shipped: AtomicU64,
+    short_picks: AtomicU64,
+    cancelled: AtomicU64,
+    returned: AtomicU64,
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<(u16, Value)> {
+    let r = http.post(url).json(&body).send().await?;
+    let status = r.status().as_u16();
+    let v = r.json::<Value>().await.unwrap_or(Value::Null);
+    Ok((status, v))
+}
+
+/// Drives one site's staff: waves, picks, pack, ship, deliver, the odd cancel and return.
+async fn staff_loop(http: reqwest::Client, addr: SocketAddr, seed: u64, until: Instant, tally: Arc<Tally>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let base = format!("http://{addr}/v1");
+    while Instant::now() < until + Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Ok((201, wave)) = post(&http, format!("{base}/waves"), json!({"max_orders": 20})).await else { continue };
+        let orders: Vec<String> = wave["orders"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        for id in orders {
+            let Ok(r) = http.get(format!("{base}/orders/{id}")).send().await else { continue };
+            let Ok(order) = r.json::<Value>().await else { continue };
+            let lines: Vec<Value> = order["lines"]
+                .as_array()
+                .map(|ls| {
+                    ls.iter()
+                        .map(|l| {
+                            let qty = l["qty"].as_u64().unwrap_or(0);
+                            // One line in fifty is short: the bin held less than the book said.
+                            let picked = if rng.random_ratio(1, 50) { qty / 2 } else { qty };
+                            json!({"sku": l["sku"], "picked": picked})
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let Ok((200, picked)) = post(&http, format!("{base}/orders/{id}/picks"), json!({"lines": lines})).await
+            else {
+                continue;
+            };
+            if picked["timeline"]
+                .as_array()
+                .and_then(|t| t.last())
+                .and_then(|e| e["note"].as_str())
+                .is_some_and(|n| n.starts_with("short"))
+            {
+                tally.short_picks.fetch_add(1, Ordering::Relaxed);
+            }
+            if picked["status"] != "picked" {
+                continue;
+            }
+            if rng.random_ratio(1, 40) {
+                if let Ok((200, _)) =
+                    post(&http, format!("{base}/orders/{id}/cancel"), json!({"reason": "customer changed mind"})).await
+                {
+                    tally.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            let _ = post(&http, format!("{base}/orders/{id}/pack"), json!({"parcels": 1})).await;
+            let tracking = format!("TRK{}", rng.random_range(100_000_000u64..999_999_999));
+            if let Ok((200, _)) =
+                post(&http, format!("{base}/orders/{id}/ship"), json!({"carrier": "DHL", "tracking": tracking})).await
+            {
+                tally.shipped.fetch_add(1, Ordering::Relaxed);
+                let _ = http.post(format!("{base}/orders/{id}/deliver")).send().await;
+                if rng.random_ratio(1, 30) {
+                    let l0 = &lines[0];
+                    let body = json!({"lines": [{"sku": l0["sku"], "qty": 1}], "disposition": "restock"});
+                    if let Ok((201, _)) = post(&http, format!("{base}/orders/{id}/returns"), body).await {
+                        tally.returned.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the demo.
+pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
+    if a.duration == 0 || a.duration > 3600 || a.rate == 0 || a.rate > 5000 {
+        bail!("--duration must be 1..=3600 s and --rate 1..=5000 orders/s");
+    }
+    if a.data.exists() {
+        std::fs::remove_dir_all(&a.data).with_context(|| format!("cannot wipe {}", a.data.display()))?;
+    }
+    let defs =
+        [("wh-north", 53.55, 9.99), ("wh-south", 48.14, 11.58), ("wh-west", 50.94, 6.96), ("3pl-east", 52.52, 13.40)];
+    let mut sites = Vec::new();
+    for (id, lat, lon) in defs {
+        let dir = a.data.join(id);
+        std::fs::create_dir_all(&dir)?;
+        sites.push(Site { id, lat, lon, addr: free_port()?, dir });
+    }
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
+    let mut children = Vec::new();
+    for s in &sites {
+        children.push(spawn_node(s).await?);
+    }
+    for s in &sites {
+        wait_healthy(&http, s.addr).await?;
+        println!("started {:<9} at http://{}  ({:.2}, {:.2})  data {}", s.id, s.addr, s.lat, s.lon, s.dir.display());
+    }
+    // Seed catalog and stock.
+    for (si, s) in sites.iter().enumerate() {
+        let base = format!("http://{}/v1", s.addr);
+        for i in 0..SKUS {
+            let r = http
+                .put(format!("{base}/catalog/{}", sku(i)))
+                .json(&json!({"name": format!("Item {i}"), "bin": format!("{}-{:02}", ["A", "B", "C"][i % 3], i)}))
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("seeding catalog failed: {}", r.status());
+            }
+            let qty = 40 + ((i * 7 + si * 13) % 60) as u64;
+            let (st, _) = post(
+                &http,
+                format!("{base}/stock/receipts"),
+                json!({"sku": sku(i), "qty": qty, "note": "opening stock"}),
+            )
+            .await?;
+            if st != 201 {
+                bail!("seeding stock failed: {st}");
+            }
+        }
+    }
+    println!("seeded {SKUS} SKUs at {} sites; orders flow for {} s at {}/s", sites.len(), a.duration, a.rate);
+
+    let started = Instant::now();
+    let until = started + Duration::from_secs(a.duration);
+    let tally = Arc::new(Tally::default());
+    let mut staff = Vec::new();
+    for (i, s) in sites.iter().enumerate() {
+        staff.push(tokio::spawn(staff_loop(http.clone(), s.addr, a.seed + i as u64, until, tally.clone())));
+    }
+    // Channels: orders at a steady rate to the nearest site (routing proper arrives with the hub).
+    let addrs: Vec<SocketAddr> = sites.iter().map(|s| s.addr).collect();
+    let placer = {
+        let (http, tally, addrs) = (http.clone(), tally.clone(), addrs.clone());
+        let rate = a.rate;
+        let seed = a.seed;
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+            let mut n = 0u64;
+            let mut inflight = tokio::task::JoinSet::new();
+            while Instant::now() < until {
+                tick.tick().await;
+                n += 1;
+                let site = rng.random_range(0..addrs.len());
+                let nlines = rng.random_range(1..=3usize);
+                let mut skus: Vec<usize> = (0..nlines).map(|_| rng.random_range(0..SKUS)).collect();
+                skus.sort_unstable();
+                skus.dedup();
+                let channel = if n % 3 == 0 { "marketplace" } else { "web" };
+                let body = json!({
+                    "external_ref": format!("{channel}-{n}"), "channel": channel,
+                    "lines": skus.iter().map(|i| json!({"sku": sku(*i), "qty": rng.random_range(1..=3), "unit_price_minor": 1999, "currency": "EUR"})).collect::<Vec<_>>(),
+                    "ship_to": {"name": "Demo Customer", "line1": format!("{n} Demo Street"), "city": "Berlin", "postcode": "10115", "country": "DE", "lat": 52.5, "lon": 13.4}
+                });
+                let (http, tally, addr) = (http.clone(), tally.clone(), addrs[site]);
+                if inflight.len() >= 256 {
+                    let _ = inflight.join_next().await;
+                }
+                inflight.spawn(async move {
+                    // Retry with the same idempotency key: a node being restarted must not lose or double it.
+                    for _ in 0..20 {
+                        let r = http
+                            .post(format!("http://{addr}/v1/orders"))
+                            .header("idempotency-key", format!("demo-{n}"))
+                            .json(&body)
+                            .send()
+                            .await;
+                        match r.map(|r| r.status().as_u16()) {
+                            Ok(201) => {
+                                tally.placed.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                            Ok(409) => {
+                                tally.refused_stock.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                            Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                        }
+                    }
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            while inflight.join_next().await.is_some() {}
+        })
+    };
+    // Midway, kill -9 one node and bring it back.
+    let victim = 1;
+    tokio::time::sleep(Duration::from_secs(a.duration / 2)).await;
+    println!("t={:>4.1}s  kill -9 {} while orders are arriving", started.elapsed().as_secs_f64(), sites[victim].id);
+    let _ = children[victim].start_kill();
+    let _ = children[victim].wait().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    children[victim] = spawn_node(&sites[victim]).await?;
+    wait_healthy(&http, sites[victim].addr).await?;
+    println!(
+        "t={:>4.1}s  {} restarted; clients retry with the same idempotency keys",
+        started.elapsed().as_secs_f64(),
+        sites[victim].id
+    );
+    let _ = placer.await;
+    for s in staff {
+        let _ = s.await;
+    }
+
+    // Report and check invariants.
+    let mut per_site = serde_json::Map::new();
+    let mut oversold = 0u64;
+    let mut total_orders = 0u64;
+    let mut total_shipped = 0u64;
+    println!(
+        "\n{:<9} {:>7} {:>8} {:>8} {:>9} {:>10}  ledger",
+        "site", "orders", "shipped", "deliv.", "cancelled", "backorder"
+    );
+    for s in &sites {
+        let base = format!("http://{}/v1", s.addr);
+        let mut counts = BTreeMap::new();
+        for st in ["accepted", "picking", "picked", "packed", "shipped", "delivered", "cancelled", "backordered"] {
+            let mut n = 0u64;
+            let mut after: Option<String> = None;
+            for _ in 0..10_000 {
+                let mut url = format!("{base}/orders?status={st}&limit=500");
+                if let Some(a) = &after {
+                    url.push_str(&format!("&after={a}"));
+                }
+                let v: Value = http.get(url).send().await?.json().await?;
+                let k = v["orders"].as_array().map(|a| a.len()).unwrap_or(0) as u64;
+                n += k;
+                after = v["next_after"].as_str().map(String::from);
+                if k < 500 {
+                    break;
+                }
+            }
+            counts.insert(st, n);
+        }
+        let stock: Value = http.get(format!("{base}/stock?limit=500")).send().await?.json().await?;
+        for item in stock["items"].as_array().into_iter().flatten() {
+            let on_hand = item["on_hand"].as_u64().unwrap_or(0);
+            let reserved = item["reserved"].as_u64().unwrap_or(0);
+            oversold += reserved.saturating_sub(on_hand);
+        }
+        let orders: u64 = counts.values().sum();
+        let shipped = counts["shipped"] + counts["delivered"];
+        total_orders += orders;
+        total_shipped += shipped;
+        println!(
+            "{:<9} {:>7} {:>8} {:>8} {:>9} {:>10}  {}",
+            s.id, orders, shipped, counts["delivered"], counts["cancelled"], counts["backordered"], "ok"
+        );
+        per_site.insert(s.id.into(), json!({"orders": orders, "shipped": shipped, "by_state": counts}));
+    }
+    let placed = tally.placed.load(Ordering::Relaxed);
+    println!(
+        "\norders acknowledged {placed}, stored {total_orders} (lost {}, duplicated {}), refused for stock {}, client give-ups {}",
+        placed.saturating_sub(total_orders),
+        total_orders.saturating_sub(placed),
+        tally.refused_stock.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "shipped {total_shipped}, short picks {}, cancelled after pick {}, returns {}, oversold units {oversold}",
+        tally.short_picks.load(Ordering::Relaxed),
+        tally.cancelled.load(Ordering::Relaxed),
+        tally.returned.load(Ordering::Relaxed)
+    );
+    let summary = json!({
+        "orders_placed": placed,
+        "orders_stored": total_orders,
+        "orders_shipped": total_shipped,
+        "oversold_units": oversold,
+        "lost_orders": placed.saturating_sub(total_orders),
+        "duplicated_orders": total_orders.saturating_sub(placed),
+        "sites": per_site,
+    });
+    if let Some(p) = &a.summary {
+        std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
+        println!("summary written to {}", p.display());
+    }
+    for mut c in children {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+    if oversold > 0 || placed != total_orders {
+        bail!("invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}");
+    }
+    Ok(())
+}

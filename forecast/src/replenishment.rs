@@ -1,0 +1,365 @@
+//! Replenishment figures from a [`Forecast`]: safety stock and reorder point for a cycle service
+//! level and lead time, days of cover, the expected stock-out day and an order suggestion.
+//!
+//! Periods of the forecast are taken to be days. The reorder point is the expected lead-time
+//! demand plus the service-level quantile of `E + U`, where
+//!
+//! * `E` is the error of the lead-time total. Its distribution comes from the forecast's own
+//!   history: for every window of `lead_time_days` consecutive periods, the actual total minus the
+//!   summed one-step forecasts (distribution-free safety stock, Silver, Pyke & Thomas 2017 §6.7),
+//!   widened by [`lead_time_sum_inflation`] because a lead-time forecast made at one origin does
+//!   not re-adapt inside the window as one-step forecasts do. Empirical, not normal, because
+//!   lead-time demand of intermittent items is skewed; with fewer than [`MIN_WINDOWS`] windows a
+//!   normal approximation `z·σ₁·√(L·R)` is used. Model bias is carried into the errors.
+//! * `U` is the undershoot: with daily review, demand does not arrive one unit at a time, so when
+//!   the inventory position crosses the reorder point it is already below it. Renewal theory
+//!   gives `P(U ≤ u) = Σ_t min(u, d_t) / Σ_t d_t` over daily demands `d_t` (a uniform share of a
+//!   size-biased day; mean `E[D²]/(2·E[D])`, Silver, Pyke & Thomas 2017 §7.4). Ignoring it, the
+//!   realised cycle service level on the synthetic panel was 0.80 against a 0.95 target.
+//!
+//! The quantile level is raised slightly ([`coverage_corrected`]) because an empirical quantile
+//! from a finite sample covers less than its nominal level on average.
+//!
+//! The quantile of `E + U` is taken over the 50×20 grid of their mid-point quantiles (they are
+//! treated as independent). [`lead_time_risk`] computes it once per forecast so a simulation
+//! can reuse it every day through [`plan_with_risk`].
+//!
+//! All outputs are finite and non-negative whatever the inputs: non-finite stock figures count as
+//! zero and the service level is clamped to [0.5, 0.9999] (NaN → 0.95).
+
+use crate::forecast::Forecast;
+use crate::stats::{normal_quantile, quantile_sorted, sorted};
+
+/// Below this many lead-time windows the safety stock uses the normal approximation.
+pub const MIN_WINDOWS: usize = 30;
+/// At most this many of the most recent windows (and days, for the undershoot) are used.
+pub const MAX_WINDOWS: usize = 730;
+/// Default order cycle: an order covers this many days of demand beyond the lead time.
+pub const DEFAULT_ORDER_CYCLE_DAYS: usize = 14;
+/// Days of cover are not searched beyond this horizon (10 years).
+pub const MAX_COVER_DAYS: usize = 3650;
+
+/// Replenishment figures for one item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Expected demand over the lead time.
+    pub lead_time_demand: f64,
+    /// Safety stock for the service level, including the undershoot allowance.
+    pub safety_stock: f64,
+    /// Expected undershoot (part of `safety_stock`): how far below the reorder point the
+    /// inventory position is on average when an order is triggered.
+    pub undershoot: f64,
+    /// Reorder point: lead-time demand plus safety stock.
+    pub reorder_point: f64,
+    /// Inventory position: on hand plus on order.
+    pub inventory_position: f64,
+    /// Order-up-to level used when an order is suggested: reorder point plus the demand of one
+    /// order cycle after the lead time.
+    pub order_up_to: f64,
+    /// Suggested order quantity (0 when the position is above the reorder point). Not rounded
+    /// to pack sizes.
+    pub reorder_qty: f64,
+    /// Days the on-hand stock lasts at the forecast rate (fractional); `None` if longer than
+    /// [`MAX_COVER_DAYS`] (including zero forecast demand).
+    pub days_of_cover: Option<f64>,
+    /// Day offset (0 = first forecast day) on which expected demand first exceeds on-hand stock
+    /// plus the on-order quantity (assumed to arrive after the lead time); `None` if not within
+    /// [`MAX_COVER_DAYS`].
+    pub stockout_day: Option<usize>,
+}
+
+/// Options of [`plan_with`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanOptions {
+    /// Days of demand an order should cover beyond the lead time.
+    pub order_cycle_days: usize,
+    /// Forecast step that corresponds to "tomorrow" (non-zero when a forecast made a few days
+    /// ago is reused).
+    pub start_offset_days: usize,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { order_cycle_days: DEFAULT_ORDER_CYCLE_DAYS, start_offset_days: 0 }
+    }
+}
+
+/// The demand-risk part of a plan, which depends only on the forecast, the lead time and the
+/// service level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeadTimeRisk {
+    /// Lead time it was computed for.
+    pub lead_time_days: usize,
+    /// Safety stock (service-level quantile of lead-time error plus undershoot), ≥ 0.
+    pub safety_stock: f64,
+    /// Expected undershoot.
+    pub undershoot: f64,
+}
+
+/// Replenishment plan with the default [`PlanOptions`].
+pub fn plan(forecast: &Forecast, on_hand: f64, on_order: f64, lead_time_days: usize, service_level: f64) -> Plan {
+    plan_with(forecast, on_hand, on_order, lead_time_days, service_level, &PlanOptions::default())
+}
+
+/// Replenishment plan with explicit options.
+pub fn plan_with(
+    forecast: &Forecast,
+    on_hand: f64,
+    on_order: f64,
+    lead_time_days: usize,
+    service_level: f64,
+    options: &PlanOptions,
+) -> Plan {
+    let risk = lead_time_risk(forecast, lead_time_days, service_level);
+    plan_with_risk(forecast, &risk, on_hand, on_order, options)
+}
+
+/// Expected demand on forecast day `j`; beyond the horizon the mean of the last week (or the
+/// last season, if longer) of the forecast is repeated.
+fn daily(forecast: &Forecast, j: usize) -> f64 {
+    let h = forecast.mean.len();
+    if h == 0 {
+        return 0.0;
+    }
+    if j < h {
+        return forecast.mean[j];
+    }
+    let k = forecast.season.max(7).min(h);
+    forecast.mean[h - k..].iter().sum::<f64>() / k as f64
+}
+
+fn finite_or_zero(v: f64) -> f64 {
+    if v.is_finite() { v } else { 0.0 }
+}
+
+/// How much more variable the error of a lead-time total forecast *from one origin* is than a
+/// sum of one-step errors (which is what the in-sample windows measure: the model re-adapts
+/// every day inside them). For the linear innovations form the `j`-step error is
+/// `ε_{t+j} + Σ_{k<j} c_k·ε_{t+j−k}` (Hyndman et al. 2008 §6.1), so the `L`-day total has variance
+/// `σ²·Σ_{i=1..L} (1 + Σ_{k=1..L−i} c_k)²` against `L·σ²`. The `c_k` are recovered from the
+/// forecast's variance factors as `sqrt(v_{k+1} − v_k)`; beyond the horizon the last is reused.
+pub fn lead_time_sum_inflation(forecast: &Forecast, l: usize) -> f64 {
+    let v = &forecast.variance_factors;
+    if l <= 1 || v.len() < 2 {
+        return 1.0;
+    }
+    let c: Vec<f64> = (1..l)
+        .map(|k| {
+            let k = k.min(v.len() - 1);
+            (v[k] - v[k - 1]).max(0.0).sqrt()
+        })
+        .collect();
+    // Σ_{i=1..L} (1 + C_{L−i})² with C_j = c_1 + … + c_j (prefix sums).
+    let mut total = 1.0; // i = L: C_0 = 0
+    let mut psi = 0.0;
+    for ck in &c {
+        psi += ck;
+        total += (1.0 + psi).powi(2);
+    }
+    let r = total / l as f64;
+    if r.is_finite() { r.max(1.0) } else { 1.0 }
+}
+
+/// Level at which to read an empirical quantile so that it *covers* `level` of future outcomes
+/// on average. The type-7 quantile at `p` of `n` independent draws covers on average
+/// `(p·(n−1) + 1)/(n + 1)` (order statistics: `E[F(X₍ₖ₎)] = k/(n+1)`), which is below `p` in the
+/// upper tail; we invert that. Overlapping lead-time windows are not independent, so `n` is the
+/// number of non-overlapping windows.
+pub fn coverage_corrected(level: f64, n_independent: f64) -> f64 {
+    if n_independent <= 2.0 || !n_independent.is_finite() {
+        return level;
+    }
+    ((level * (n_independent + 1.0) - 1.0) / (n_independent - 1.0)).clamp(level, 0.9999)
+}
+
+/// Mid-point quantiles `(k + 0.5)/count` of an already sorted sample.
+fn grid(sorted_sample: &[f64], count: usize) -> Vec<f64> {
+    (0..count).map(|k| quantile_sorted(sorted_sample, (k as f64 + 0.5) / count as f64)).collect()
+}
+
+/// Undershoot quantiles from recent daily demands: solves `Σ min(u, d_t) = p·Σ d_t`.
+fn undershoot_grid(demands: &[f64], count: usize) -> (Vec<f64>, f64) {
+    let d = sorted(&demands.iter().copied().filter(|v| *v > 0.0).collect::<Vec<_>>());
+    let total: f64 = d.iter().sum();
+    if total <= 0.0 {
+        return (vec![0.0; count], 0.0);
+    }
+    let mean = d.iter().map(|v| v * v).sum::<f64>() / (2.0 * total);
+    // G(u) = Σ min(u, d_t) is piecewise linear, slope = number of d_t above u.
+    let mut out = Vec::with_capacity(count);
+    let mut i = 0; // d[..i] are below u
+    let mut below = 0.0; // Σ d[..i]
+    for k in 0..count {
+        let target = (k as f64 + 0.5) / count as f64 * total;
+        loop {
+            let above = (d.len() - i) as f64;
+            // u that reaches target with the current slope
+            let u = (target - below) / above.max(1.0);
+            if i < d.len() && u > d[i] {
+                below += d[i];
+                i += 1;
+            } else {
+                out.push(u.max(0.0));
+                break;
+            }
+        }
+    }
+    (out, mean)
+}
+
+/// Safety stock (with undershoot allowance) for a lead time and service level; see the module
+/// docs for the method.
+pub fn lead_time_risk(forecast: &Forecast, lead_time_days: usize, service_level: f64) -> LeadTimeRisk {
+    let level = if service_level.is_nan() { 0.95 } else { service_level.clamp(0.5, 0.9999) };
+    let l = lead_time_days.min(MAX_COVER_DAYS);
+    if l == 0 {
+        return LeadTimeRisk { lead_time_days: l, safety_stock: 0.0, undershoot: 0.0 };
+    }
+    let n = forecast.residuals.len().min(forecast.fitted.len());
+    let first_day = n.saturating_sub(MAX_WINDOWS);
+    let demands: Vec<f64> = (first_day..n).map(|t| (forecast.fitted[t] + forecast.residuals[t]).max(0.0)).collect();
+    let (u_grid, undershoot) = undershoot_grid(&demands, 20);
+    let inflation = lead_time_sum_inflation(forecast, l).sqrt();
+    let windows = (n + 1).saturating_sub(l);
+    let total = if windows >= MIN_WINDOWS {
+        let first = windows.saturating_sub(MAX_WINDOWS);
+        let res = &forecast.residuals[..n];
+        let mut errors = Vec::with_capacity(windows - first);
+        let mut sum: f64 = res[first..first + l].iter().sum();
+        errors.push(sum * inflation);
+        for t in first + 1..windows {
+            sum += res[t + l - 1] - res[t - 1];
+            errors.push(sum * inflation);
+        }
+        let e_grid = grid(&sorted(&errors), 50);
+        let mut sums = Vec::with_capacity(e_grid.len() * u_grid.len());
+        for e in &e_grid {
+            for u in &u_grid {
+                sums.push(e + u);
+            }
+        }
+        quantile_sorted(&sorted(&sums), coverage_corrected(level, windows as f64 / l as f64))
+    } else {
+        let rms = (forecast.residuals.iter().map(|r| r * r).sum::<f64>() / n.max(1) as f64).sqrt();
+        normal_quantile(level) * rms * (l as f64).sqrt() * inflation + undershoot
+    };
+    LeadTimeRisk {
+        lead_time_days: l,
+        safety_stock: finite_or_zero(total).max(0.0),
+        undershoot: finite_or_zero(undershoot),
+    }
+}
+
+/// Replenishment plan from a precomputed [`LeadTimeRisk`].
+pub fn plan_with_risk(
+    forecast: &Forecast,
+    risk: &LeadTimeRisk,
+    on_hand: f64,
+    on_order: f64,
+    options: &PlanOptions,
+) -> Plan {
+    let on_hand = finite_or_zero(on_hand);
+    let on_order = finite_or_zero(on_order).max(0.0);
+    let s = options.start_offset_days.min(MAX_COVER_DAYS);
+    let l = risk.lead_time_days.min(MAX_COVER_DAYS);
+    let lead_time_demand: f64 = (s..s + l).map(|j| daily(forecast, j)).sum();
+    let reorder_point = lead_time_demand + risk.safety_stock;
+    let inventory_position = on_hand + on_order;
+    let cycle_demand: f64 =
+        (s + l..s + l + options.order_cycle_days.min(MAX_COVER_DAYS)).map(|j| daily(forecast, j)).sum();
+    let order_up_to = reorder_point + cycle_demand;
+    let reorder_qty = if inventory_position <= reorder_point && order_up_to > 0.0 {
+        (order_up_to - inventory_position).max(0.0)
+    } else {
+        0.0
+    };
+    // Days of cover and stock-out day by walking the daily forecast.
+    let mut days_of_cover = if on_hand <= 0.0 { Some(0.0) } else { None };
+    let mut stockout_day = None;
+    let mut cum = 0.0;
+    for d in 0..MAX_COVER_DAYS {
+        let demand = daily(forecast, s + d);
+        let before = cum;
+        cum += demand;
+        if days_of_cover.is_none() && cum >= on_hand && demand > 0.0 {
+            days_of_cover = Some(d as f64 + (on_hand - before) / demand);
+        }
+        let available = on_hand + if d >= l { on_order } else { 0.0 };
+        if stockout_day.is_none() && cum > available {
+            stockout_day = Some(d);
+        }
+        if days_of_cover.is_some() && stockout_day.is_some() {
+            break;
+        }
+    }
+    Plan {
+        lead_time_demand,
+        safety_stock: risk.safety_stock,
+        undershoot: risk.undershoot,
+        reorder_point,
+        inventory_position,
+        order_up_to,
+        reorder_qty,
+        days_of_cover,
+        stockout_day,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forecast::{ModelKind, fit};
+
+    fn sample_forecast() -> Forecast {
+        let y: Vec<f64> = (0..200).map(|t| 10.0 + ((t * 7919) % 13) as f64 - 6.0).collect();
+        fit(ModelKind::Ses, &y, 1, 28, &[0.5]).unwrap()
+    }
+
+    #[test]
+    fn reorder_point_increases_with_service_level() {
+        let f = sample_forecast();
+        let mut last = f64::NEG_INFINITY;
+        for sl in [0.5, 0.8, 0.9, 0.95, 0.99] {
+            let p = plan(&f, 50.0, 0.0, 7, sl);
+            assert!(p.reorder_point >= last, "{sl}: {} < {last}", p.reorder_point);
+            last = p.reorder_point;
+        }
+        assert!(plan(&f, 50.0, 0.0, 7, 0.99).safety_stock > plan(&f, 50.0, 0.0, 7, 0.8).safety_stock);
+    }
+
+    #[test]
+    fn cover_stockout_and_order() {
+        let f = sample_forecast();
+        let rate = f.mean[0];
+        let p = plan(&f, 5.0 * rate, 0.0, 7, 0.95);
+        let cover = p.days_of_cover.unwrap();
+        assert!((cover - 5.0).abs() < 1e-6, "{cover}");
+        assert_eq!(p.stockout_day, Some(5));
+        assert!(p.reorder_qty > 0.0);
+        assert!((p.inventory_position + p.reorder_qty - p.order_up_to).abs() < 1e-9);
+        let rich = plan(&f, 1000.0, 0.0, 7, 0.95);
+        assert_eq!(rich.reorder_qty, 0.0);
+    }
+
+    #[test]
+    fn undershoot_quantiles_of_constant_demand_are_uniform() {
+        // Daily demand always 10: U is uniform on (0, 10), mean 5.
+        let (grid, mean) = undershoot_grid(&[10.0; 50], 4);
+        assert!((mean - 5.0).abs() < 1e-12);
+        for (g, want) in grid.iter().zip([1.25, 3.75, 6.25, 8.75]) {
+            assert!((g - want).abs() < 1e-9, "{grid:?}");
+        }
+    }
+
+    #[test]
+    fn degenerate_inputs_stay_finite() {
+        let f = sample_forecast();
+        let p = plan(&f, f64::NAN, f64::INFINITY, 0, f64::NAN);
+        assert!(p.reorder_point.is_finite() && p.reorder_qty.is_finite());
+        assert_eq!(p.days_of_cover, Some(0.0));
+        let zero = crate::forecast::auto(&[0.0; 10], 7, 5, &[]).unwrap();
+        let pz = plan(&zero, 3.0, 0.0, 5, 0.95);
+        assert_eq!(pz.days_of_cover, None);
+        assert_eq!(pz.reorder_qty, 0.0);
+    }
+}

@@ -1,0 +1,94 @@
+//! Property tests: no input makes the public functions panic or produce NaN/∞, quantiles stay
+//! monotone, and plans stay finite and non-negative.
+
+use oms_forecast::ForecastError;
+use oms_forecast::forecast::{Forecast, ModelKind, auto, fit};
+use oms_forecast::replenishment::plan;
+use proptest::prelude::*;
+
+fn check_forecast(f: &Forecast, h: usize) {
+    assert_eq!(f.mean.len(), h);
+    assert!(f.mean.iter().all(|v| v.is_finite() && *v >= 0.0), "{:?}", f.mean);
+    for q in &f.quantiles {
+        assert_eq!(q.values.len(), h);
+        assert!(q.values.iter().all(|v| v.is_finite() && *v >= 0.0), "{q:?}");
+    }
+    for pair in f.quantiles.windows(2) {
+        if pair[0].level <= pair[1].level {
+            for (a, b) in pair[0].values.iter().zip(&pair[1].values) {
+                assert!(a <= b, "quantiles not monotone: {pair:?}");
+            }
+        }
+    }
+    for sl in [0.5, 0.95, 0.999] {
+        let p = plan(f, 10.0, 2.0, 7, sl);
+        for v in [p.lead_time_demand, p.safety_stock, p.reorder_point, p.order_up_to, p.reorder_qty] {
+            assert!(v.is_finite() && v >= 0.0, "{p:?}");
+        }
+        assert!(p.days_of_cover.is_none_or(|d| d.is_finite() && d >= 0.0));
+    }
+}
+
+/// Series mixing smooth values, zeros, negatives (adjustments), spikes and constants.
+fn series() -> impl Strategy<Value = Vec<f64>> {
+    prop_oneof![
+        prop::collection::vec(-5.0f64..50.0, 0..40),
+        prop::collection::vec(prop_oneof![Just(0.0), 1.0f64..5.0, Just(1e6)], 0..40),
+        (0.0f64..100.0, 0usize..40).prop_map(|(v, n)| vec![v; n]),
+        prop::collection::vec(prop_oneof![4 => Just(0.0), 1 => 1.0f64..3.0], 0..60),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn auto_never_panics_or_returns_nan(y in series(), season in 0usize..13, h in 1usize..20) {
+        match auto(&y, season, h, &[0.05, 0.5, 0.95]) {
+            Ok(f) => check_forecast(&f, h),
+            Err(e) => prop_assert_eq!(e, ForecastError::InsufficientHistory { got: 0, needed: 1 }),
+        }
+    }
+
+    #[test]
+    fn every_model_is_safe(y in series(), season in 0usize..9, h in 1usize..15) {
+        for kind in ModelKind::ALL {
+            if matches!(kind, ModelKind::Ets | ModelKind::Combination) && y.len() > 30 {
+                continue; // covered by `auto`; keeps the debug-mode test fast
+            }
+            match fit(kind, &y, season, h, &[0.1, 0.9]) {
+                Ok(f) => check_forecast(&f, h),
+                Err(ForecastError::InsufficientHistory { .. }) | Err(ForecastError::FitFailed(_)) => {}
+                Err(e) => prop_assert!(false, "unexpected error {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn plan_is_finite_for_any_stock(on_hand in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), -1e9f64..1e9],
+                                    on_order in -10.0f64..1e6, lead in 0usize..60, sl in -1.0f64..2.0) {
+        let y: Vec<f64> = (0..50).map(|t| if t % 3 == 0 { 2.0 } else { 0.0 }).collect();
+        let f = auto(&y, 7, 14, &[0.5]).unwrap();
+        let p = plan(&f, on_hand, on_order, lead, sl);
+        for v in [p.lead_time_demand, p.safety_stock, p.reorder_point, p.order_up_to, p.reorder_qty, p.inventory_position] {
+            prop_assert!(v.is_finite());
+        }
+    }
+}
+
+#[test]
+fn invalid_parameters_are_rejected() {
+    assert!(matches!(auto(&[1.0, 2.0], 1, 0, &[]), Err(ForecastError::InvalidParameter(_))));
+    assert!(matches!(auto(&[1.0, 2.0], 1, 3, &[1.5]), Err(ForecastError::InvalidParameter(_))));
+    assert!(matches!(auto(&[1.0, 2.0], 1, 3, &[f64::NAN]), Err(ForecastError::InvalidParameter(_))));
+    assert!(matches!(auto(&[1.0, 2.0], 1, usize::MAX, &[]), Err(ForecastError::InvalidParameter(_))));
+}
+
+#[test]
+fn extreme_season_and_lead_time_are_handled() {
+    let y: Vec<f64> = (0..30).map(|t| (t % 5) as f64).collect();
+    let f = auto(&y, usize::MAX, 5, &[0.5]).unwrap();
+    check_forecast(&f, 5);
+    let p = plan(&f, 3.0, 0.0, usize::MAX, 0.95);
+    assert!(p.reorder_point.is_finite());
+}

@@ -1,0 +1,578 @@
+//! The node's local HTTP API under `/v1` (axum, JSON). Handlers validate, hand a [`Command`] to the store and
+//! answer only after the store reports the commit; every error is a [`Problem`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use oms_protocol::domain::{
+    Balance, Disposition, FulfillmentState, Movement, OrderDraft, OrderId, Sku, TEXT_BYTES_MAX, ValidationError,
+    check_qty,
+};
+
+use crate::import::{self, Kind};
+use crate::metrics::{Metrics, RequestLabels, StateLabels};
+use crate::problem::{JsonBody, Problem};
+use crate::store::{
+    CatalogItem, Command, IDEMPOTENCY_KEY_BYTES_MAX, Outcome, PickConfirmation, ReturnLine, Store, StoreError,
+    WRITE_TIMEOUT,
+};
+
+/// Largest JSON body, bytes.
+pub const JSON_BODY_BYTES_MAX: usize = 256 * 1024;
+/// Largest CSV upload, bytes.
+pub const CSV_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Default page size of listings.
+pub const PAGE_DEFAULT: usize = 50;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let csv = Router::new()
+        .route("/v1/import/catalog", post(import_catalog))
+        .route("/v1/import/stock", post(import_stock))
+        .layer(DefaultBodyLimit::max(CSV_BODY_BYTES_MAX));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/catalog", get(list_catalog))
+        .route("/v1/catalog/{sku}", put(put_catalog).get(get_catalog))
+        .route("/v1/stock", get(list_stock))
+        .route("/v1/stock/receipts", post(receipt))
+        .route("/v1/stock/adjustments", post(adjustment))
+        .route("/v1/stock/counts", post(count))
+        .route("/v1/stock/{sku}", get(get_stock))
+        .route("/v1/stock/{sku}/ledger", get(get_ledger))
+        .route("/v1/orders", post(create_order).get(list_orders))
+        .route("/v1/orders/{id}", get(get_order))
+        .route("/v1/orders/{id}/picks", post(confirm_picks))
+        .route("/v1/orders/{id}/pack", post(pack))
+        .route("/v1/orders/{id}/ship", post(ship))
+        .route("/v1/orders/{id}/deliver", post(deliver))
+        .route("/v1/orders/{id}/cancel", post(cancel))
+        .route("/v1/orders/{id}/accept", post(reaccept))
+        .route("/v1/orders/{id}/returns", post(receive_return))
+        .route("/v1/orders/{id}/returns/{n}/refund", post(refund))
+        .route("/v1/waves", post(create_wave))
+        .route("/v1/waves/{id}", get(get_wave))
+        .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX))
+        .merge(csv)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "other".into());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    st.metrics.requests.get_or_create(&RequestLabels { route: route.clone(), method: method.clone(), status }).inc();
+    tracing::debug!(%method, %route, status, took_us = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the README for the API")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+}
+
+async fn healthz(State(st): State<AppState>) -> Response {
+    match st.store.order_total() {
+        Ok(n) => Json(serde_json::json!({"status": "ok", "site": st.store.site(), "orders": n})).into_response(),
+        Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    if let Ok(counts) = st.store.order_counts() {
+        for (s, n) in counts {
+            st.metrics.orders.get_or_create(&StateLabels { state: s.as_str().to_owned() }).set(n as i64);
+        }
+    }
+    let mut resp = st.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+/// Query parameters of listings; errors become problems.
+#[derive(Debug, Deserialize, Default)]
+struct PageQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+    status: Option<String>,
+}
+
+struct Q(PageQuery);
+
+impl<S: Send + Sync> FromRequestParts<S> for Q {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(q)
+            .map(Q)
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("bad query string: {e}")))
+    }
+}
+
+impl PageQuery {
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(PAGE_DEFAULT).max(1)
+    }
+}
+
+fn sku_path(s: &str) -> Result<Sku, Problem> {
+    Sku::parse(s).map_err(Problem::from)
+}
+
+fn order_path(s: &str) -> Result<OrderId, Problem> {
+    OrderId::parse(s).map_err(|_| {
+        Problem::new(StatusCode::NOT_FOUND, "order_not_found", format!("order {s:?} does not exist at this site"))
+    })
+}
+
+fn text(field: &str, s: &str, required: bool) -> Result<(), Problem> {
+    if required && s.trim().is_empty() {
+        return Err(ValidationError::new("missing_field", field, "must not be empty").into());
+    }
+    if s.len() > TEXT_BYTES_MAX || s.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "invalid_text",
+            field,
+            format!("must be at most {TEXT_BYTES_MAX} bytes without control characters"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn exec(st: &AppState, cmd: Command) -> Result<Outcome, Problem> {
+    match tokio::time::timeout(WRITE_TIMEOUT, st.store.execute(cmd)).await {
+        Ok(r) => r.map_err(Problem::from),
+        Err(_) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the write did not complete in time; it may still commit, retry with the same idempotency key",
+        )),
+    }
+}
+
+fn unexpected() -> Problem {
+    Problem::from(StoreError::Storage("unexpected outcome from the store".into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogBody {
+    name: String,
+    bin: String,
+}
+
+async fn put_catalog(
+    State(st): State<AppState>,
+    Path(sku): Path<String>,
+    JsonBody(b): JsonBody<CatalogBody>,
+) -> Result<Response, Problem> {
+    let sku = sku_path(&sku)?;
+    text("name", &b.name, true)?;
+    text("bin", &b.bin, false)?;
+    match exec(&st, Command::PutCatalog(CatalogItem { sku, name: b.name, bin: b.bin })).await? {
+        Outcome::Catalog(item) => Ok(Json(item).into_response()),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn get_catalog(State(st): State<AppState>, Path(sku): Path<String>) -> Result<Response, Problem> {
+    let sku = sku_path(&sku)?;
+    match st.store.catalog_item(&sku)? {
+        Some(i) => Ok(Json(i).into_response()),
+        None => Err(StoreError::UnknownSku(sku).into()),
+    }
+}
+
+async fn list_catalog(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
+    let items = st.store.catalog(q.after.as_deref(), q.limit())?;
+    let next = items.last().map(|i| i.sku.to_string());
+    Ok(Json(serde_json::json!({"items": items, "next_after": next})).into_response())
+}
+
+/// Stock figures of one SKU as the API shows them.
+#[derive(Debug, Serialize)]
+pub struct StockView {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units in bins.
+    pub on_hand: u64,
+    /// Units promised to orders.
+    pub reserved: u64,
+    /// Units that can be promised.
+    pub available: u64,
+    /// Units picked and waiting to ship.
+    pub staged: u64,
+}
+
+impl StockView {
+    fn new(sku: Sku, b: Balance) -> Self {
+        StockView { sku, on_hand: b.on_hand, reserved: b.reserved, available: b.available(), staged: b.staged }
+    }
+}
+
+async fn get_stock(State(st): State<AppState>, Path(sku): Path<String>) -> Result<Response, Problem> {
+    let sku = sku_path(&sku)?;
+    match st.store.balance(&sku)? {
+        Some(b) => Ok(Json(StockView::new(sku, b)).into_response()),
+        None => Err(StoreError::UnknownSku(sku).into()),
+    }
+}
+
+async fn list_stock(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
+    let items: Vec<StockView> =
+        st.store.balances(q.after.as_deref(), q.limit())?.into_iter().map(|(s, b)| StockView::new(s, b)).collect();
+    let next = items.last().map(|i| i.sku.to_string());
+    Ok(Json(serde_json::json!({"items": items, "next_after": next})).into_response())
+}
+
+async fn get_ledger(State(st): State<AppState>, Path(sku): Path<String>, Q(q): Q) -> Result<Response, Problem> {
+    let sku = sku_path(&sku)?;
+    if st.store.catalog_item(&sku)?.is_none() {
+        return Err(StoreError::UnknownSku(sku).into());
+    }
+    let after = match q.after.as_deref() {
+        None => 0,
+        Some(a) => a.parse::<u64>().map_err(|_| {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "after must be a ledger sequence number")
+        })?,
+    };
+    let entries = st.store.ledger(&sku, after, q.limit())?;
+    let next = entries.last().map(|e| e.seq);
+    Ok(Json(serde_json::json!({"sku": sku, "entries": entries, "next_after": next})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptBody {
+    sku: Sku,
+    qty: i64,
+    note: Option<String>,
+}
+
+fn qty_u32(field: &str, q: i64) -> Result<u32, Problem> {
+    let v = u32::try_from(q).unwrap_or(0);
+    check_qty(field, v).map_err(Problem::from)?;
+    Ok(v)
+}
+
+async fn stock_outcome(st: &AppState, cmd: Command) -> Result<Response, Problem> {
+    match exec(st, cmd).await? {
+        Outcome::Ledger(e) => {
+            let view = StockView::new(e.sku.clone(), e.balance);
+            Ok((StatusCode::CREATED, Json(serde_json::json!({"entry": e, "stock": view}))).into_response())
+        }
+        _ => Err(unexpected()),
+    }
+}
+
+async fn receipt(State(st): State<AppState>, JsonBody(b): JsonBody<ReceiptBody>) -> Result<Response, Problem> {
+    let qty = qty_u32("qty", b.qty)?;
+    if let Some(n) = &b.note {
+        text("note", n, false)?;
+    }
+    stock_outcome(&st, Command::Stock { sku: b.sku, movement: Movement::Receipt { qty, note: b.note } }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdjustBody {
+    sku: Sku,
+    delta: i64,
+    reason: String,
+}
+
+async fn adjustment(State(st): State<AppState>, JsonBody(b): JsonBody<AdjustBody>) -> Result<Response, Problem> {
+    if b.delta == 0 || b.delta.unsigned_abs() > u64::from(oms_protocol::domain::QTY_MAX) {
+        return Err(ValidationError::new(
+            "invalid_quantity",
+            "delta",
+            format!("must be a non-zero whole number within ±{}", oms_protocol::domain::QTY_MAX),
+        )
+        .into());
+    }
+    text("reason", &b.reason, true)?;
+    stock_outcome(
+        &st,
+        Command::Stock { sku: b.sku, movement: Movement::Adjustment { delta: b.delta, reason: b.reason } },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountBody {
+    sku: Sku,
+    counted: i64,
+}
+
+async fn count(State(st): State<AppState>, JsonBody(b): JsonBody<CountBody>) -> Result<Response, Problem> {
+    let counted = u64::try_from(b.counted).ok().filter(|c| *c <= 1_000_000_000).ok_or_else(|| {
+        Problem::from(ValidationError::new("invalid_quantity", "counted", "must be a whole number from 0"))
+    })?;
+    stock_outcome(&st, Command::Stock { sku: b.sku, movement: Movement::CycleCount { counted, delta: 0 } }).await
+}
+
+fn order_response(outcome: Outcome, status: StatusCode) -> Result<Response, Problem> {
+    match outcome {
+        Outcome::Order { record, created } => {
+            let mut resp = (status, Json(record)).into_response();
+            if !created && status == StatusCode::CREATED {
+                resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            Ok(resp)
+        }
+        _ => Err(unexpected()),
+    }
+}
+
+async fn create_order(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, Problem> {
+    let key = headers
+        .get("idempotency-key")
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_required",
+                "send an Idempotency-Key header (a unique string per order, reused on retries)",
+            )
+        })?
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                format!("the Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
+            )
+        })?
+        .to_owned();
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the order as application/json",
+        ));
+    }
+    let draft: OrderDraft = crate::problem::parse_json(&body)?;
+    draft.validate()?;
+    order_response(exec(&st, Command::CreateOrder { key, draft }).await?, StatusCode::CREATED)
+}
+
+async fn get_order(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let id = order_path(&id)?;
+    match st.store.order(&id)? {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(StoreError::OrderNotFound(id).into()),
+    }
+}
+
+async fn list_orders(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(FulfillmentState::parse(s).ok_or_else(|| {
+            let all: Vec<&str> = FulfillmentState::ALL.iter().map(|s| s.as_str()).collect();
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("status must be one of {}", all.join(", ")))
+        })?),
+    };
+    let orders = st.store.orders(status, q.after.as_deref(), q.limit())?;
+    let next = orders.last().map(|o| o.id.to_string());
+    Ok(Json(serde_json::json!({"orders": orders, "next_after": next})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PicksBody {
+    lines: Vec<PickConfirmation>,
+}
+
+async fn confirm_picks(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<PicksBody>,
+) -> Result<Response, Problem> {
+    let order = order_path(&id)?;
+    if b.lines.len() > oms_protocol::domain::ORDER_LINES_MAX {
+        return Err(ValidationError::new("too_many_lines", "lines", "too many lines").into());
+    }
+    order_response(exec(&st, Command::ConfirmPicks { order, lines: b.lines }).await?, StatusCode::OK)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PackBody {
+    parcels: Option<u32>,
+}
+
+/// Parses an optional JSON body: an empty body means the defaults.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) { Ok(T::default()) } else { crate::problem::parse_json(body) }
+}
+
+async fn pack(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response, Problem> {
+    let order = order_path(&id)?;
+    let b: PackBody = optional_body(&body)?;
+    let parcels = b.parcels.unwrap_or(1);
+    if !(1..=1000).contains(&parcels) {
+        return Err(ValidationError::new("invalid_quantity", "parcels", "must be 1 to 1000").into());
+    }
+    order_response(exec(&st, Command::Pack { order, parcels }).await?, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShipBody {
+    carrier: String,
+    tracking: String,
+}
+
+async fn ship(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ShipBody>,
+) -> Result<Response, Problem> {
+    let order = order_path(&id)?;
+    text("carrier", &b.carrier, true)?;
+    text("tracking", &b.tracking, true)?;
+    order_response(exec(&st, Command::Ship { order, carrier: b.carrier, tracking: b.tracking }).await?, StatusCode::OK)
+}
+
+async fn deliver(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let order = order_path(&id)?;
+    order_response(exec(&st, Command::Deliver { order }).await?, StatusCode::OK)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+async fn cancel(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response, Problem> {
+    let order = order_path(&id)?;
+    let b: CancelBody = optional_body(&body)?;
+    let reason = b.reason.unwrap_or_else(|| "requested at the site".into());
+    text("reason", &reason, false)?;
+    order_response(exec(&st, Command::Cancel { order, reason }).await?, StatusCode::OK)
+}
+
+async fn reaccept(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let order = order_path(&id)?;
+    order_response(exec(&st, Command::Reaccept { order }).await?, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReturnBody {
+    lines: Vec<ReturnLineBody>,
+    disposition: Disposition,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReturnLineBody {
+    sku: Sku,
+    qty: i64,
+}
+
+async fn receive_return(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ReturnBody>,
+) -> Result<Response, Problem> {
+    let order = order_path(&id)?;
+    if b.lines.len() > oms_protocol::domain::ORDER_LINES_MAX {
+        return Err(ValidationError::new("too_many_lines", "lines", "too many lines").into());
+    }
+    let mut lines = Vec::with_capacity(b.lines.len());
+    for (i, l) in b.lines.into_iter().enumerate() {
+        lines.push(ReturnLine { sku: l.sku, qty: qty_u32(&format!("lines[{i}].qty"), l.qty)? });
+    }
+    order_response(
+        exec(&st, Command::ReceiveReturn { order, lines, disposition: b.disposition }).await?,
+        StatusCode::CREATED,
+    )
+}
+
+async fn refund(State(st): State<AppState>, Path((id, n)): Path<(String, String)>) -> Result<Response, Problem> {
+    let order = order_path(&id)?;
+    let return_id = n
+        .parse::<u32>()
+        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "return_not_found", format!("return {n:?} does not exist")))?;
+    order_response(exec(&st, Command::Refund { order, return_id }).await?, StatusCode::OK)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WaveBody {
+    max_orders: Option<usize>,
+}
+
+async fn create_wave(State(st): State<AppState>, body: Bytes) -> Result<Response, Problem> {
+    let b: WaveBody = optional_body(&body)?;
+    let orders_max = b.max_orders.unwrap_or(st.store.limits().wave_orders_max);
+    if orders_max == 0 || orders_max > st.store.limits().wave_orders_max {
+        return Err(ValidationError::new(
+            "invalid_quantity",
+            "max_orders",
+            format!("must be 1 to {}", st.store.limits().wave_orders_max),
+        )
+        .into());
+    }
+    match exec(&st, Command::CreateWave { orders_max }).await? {
+        Outcome::Wave(w) => Ok((StatusCode::CREATED, Json(w)).into_response()),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn get_wave(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let id = id.parse::<u64>().map_err(|_| {
+        Problem::new(StatusCode::NOT_FOUND, "wave_not_found", format!("pick wave {id:?} does not exist"))
+    })?;
+    match st.store.wave(id)? {
+        Some(w) => Ok(Json(w).into_response()),
+        None => Err(StoreError::WaveNotFound(id).into()),
+    }
+}
+
+async fn import_catalog(State(st): State<AppState>, body: Bytes) -> Result<Response, Problem> {
+    let report = import::import(&st.store, Kind::Catalog, body.as_ref(), |_| {}).await?;
+    Ok(Json(report).into_response())
+}
+
+async fn import_stock(State(st): State<AppState>, body: Bytes) -> Result<Response, Problem> {
+    let report = import::import(&st.store, Kind::Stock, body.as_ref(), |_| {}).await?;
+    Ok(Json(report).into_response())
+}

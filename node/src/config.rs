@@ -1,0 +1,128 @@
+//! Node configuration: a TOML file (see `deploy/node.example.toml`) whose values command-line flags override,
+//! with defaults so that `oms node --data ./data --listen 127.0.0.1:8081` just runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use oms_protocol::domain::{GeoPoint, NodeId};
+use serde::Deserialize;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This site's id.
+    #[serde(default = "default_node_id")]
+    pub node_id: NodeId,
+    /// Directory holding `node.redb`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the site is.
+    #[serde(default)]
+    pub site: SiteConfig,
+    /// The hub to sync with; none means stand-alone.
+    #[serde(default)]
+    pub hub: Option<HubLink>,
+}
+
+/// The site's location and name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Latitude.
+    #[serde(default)]
+    pub lat: f64,
+    /// Longitude.
+    #[serde(default)]
+    pub lon: f64,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        SiteConfig { name: String::new(), lat: 0.0, lon: 0.0 }
+    }
+}
+
+/// How to reach the hub.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubLink {
+    /// The hub's QUIC address.
+    pub addr: SocketAddr,
+    /// Directory with `ca.pem` and this node's certificate and key.
+    pub certs_dir: PathBuf,
+}
+
+fn default_node_id() -> NodeId {
+    NodeId::parse("node-1").unwrap_or_else(|_| unreachable!("literal id is valid"))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: default_node_id(),
+            data_dir: default_data_dir(),
+            listen: default_listen(),
+            site: SiteConfig::default(),
+            hub: None,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let cfg: NodeConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        GeoPoint::new(self.site.lat, self.site.lon).map_err(|e| ConfigError::Invalid(format!("site.{e}")))?;
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("node.redb")
+    }
+}

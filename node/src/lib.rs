@@ -1,0 +1,37 @@
+//! The oms warehouse node: a complete local system of record for one site. Orders, an append-only stock
+//! ledger with balances, pick waves and idempotency records live in redb ([`store`]); a local HTTP API
+//! ([`api`]) serves staff screens, scripts and local sales channels. It needs no network beyond its own
+//! listener, so the site keeps working when the link to the hub is down.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod api;
+pub mod config;
+pub mod import;
+pub mod metrics;
+pub mod problem;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+pub use config::NodeConfig;
+
+/// Opens the store and serves the HTTP API until `shutdown` resolves. Binds before returning from the
+/// listener setup so callers (and tests) can rely on the port once "listening" is logged.
+pub async fn run(
+    cfg: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let store = store::Store::open(&cfg.db_path(), cfg.node_id.clone(), store::Limits::default(), metrics.clone())
+        .with_context(|| format!("cannot open the database {}", cfg.db_path().display()))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(node = %cfg.node_id, %addr, data = %cfg.data_dir.display(), "node listening");
+    let app = api::router(api::AppState { store, metrics });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}

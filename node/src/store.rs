@@ -1,0 +1,1329 @@
+//! The node's system of record in redb: catalog, the append-only stock ledger with per-SKU balances, orders
+//! with their fulfillment, pick waves, idempotency records and a change feed.
+//!
+//! # Writes: one writer, group commit
+//! Every write is a [`Command`] sent to a single writer thread. The writer takes a batch of queued commands
+//! (at most [`Limits::batch_max`]), applies them one after another inside **one** redb write transaction,
+//! commits it with `Durability::Immediate` (fsync), and only then answers each caller. So an acknowledgement
+//! always means "on disk", and concurrent requests share one fsync instead of queueing for one each.
+//!
+//! A command that is refused (bad input, not enough stock) must leave no trace in the shared transaction.
+//! Each command handler therefore *reads and validates everything first, then writes*: no handler returns an
+//! error after its first write. Storage errors are the exception; they abort the whole batch and every caller
+//! in it gets an error, so nothing is half-applied.
+//!
+//! # Reads
+//! Readers open their own MVCC read transaction (`begin_read`) and never wait for the writer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use oms_protocol::domain::{
+    Balance, BalanceError, Disposition, FulfillmentState, Movement, NodeId, OrderDraft, OrderId, ReturnState,
+    ReturnStep, Sku, Step, TransitionError, ValidationError,
+};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+
+const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
+const BALANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("balances");
+const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
+const LEDGER_BY_SKU: TableDefinition<(&str, u64), ()> = TableDefinition::new("ledger_by_sku");
+const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+const ORDERS_BY_STATE: TableDefinition<(u8, &str), ()> = TableDefinition::new("orders_by_state");
+const WAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("waves");
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const SEQ_LEDGER: &str = "seq.ledger";
+const SEQ_ORDER: &str = "seq.order";
+const SEQ_WAVE: &str = "seq.wave";
+const SEQ_FEED: &str = "seq.feed";
+
+/// Bounds on the store's queues and batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Commands waiting for the writer; beyond this callers get [`StoreError::Overloaded`].
+    pub queue_max: usize,
+    /// Commands applied in one write transaction.
+    pub batch_max: usize,
+    /// Orders on one pick wave.
+    pub wave_orders_max: usize,
+    /// Items in one page of a listing.
+    pub page_max: usize,
+    /// redb page cache, bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { queue_max: 8192, batch_max: 512, wave_orders_max: 100, page_max: 500, cache_bytes: 64 << 20 }
+    }
+}
+
+/// Longest idempotency key, bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+
+/// A catalog item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogItem {
+    /// The SKU.
+    pub sku: Sku,
+    /// Display name.
+    pub name: String,
+    /// Bin location, such as `A-01-3`; pick lists walk bins in this order.
+    pub bin: String,
+}
+
+/// One entry of the stock ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Position in this node's ledger, from 1, without gaps.
+    pub seq: u64,
+    /// The SKU moved.
+    pub sku: Sku,
+    /// When it was committed, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// What moved.
+    pub movement: Movement,
+    /// The SKU's balance after this movement.
+    pub balance: Balance,
+}
+
+/// One line of a fulfillment order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FulfillmentLine {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units ordered.
+    pub qty: u32,
+    /// Units confirmed picked; `None` until the picker confirms the line.
+    pub picked: Option<u32>,
+    /// Units shipped.
+    pub shipped: u32,
+    /// Units returned so far.
+    pub returned: u32,
+}
+
+/// A moment in an order's life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The state entered.
+    pub status: FulfillmentState,
+    /// What happened, for people.
+    pub note: String,
+}
+
+/// The carrier hand-over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipment {
+    /// Carrier name.
+    pub carrier: String,
+    /// Tracking number.
+    pub tracking: String,
+    /// Parcels handed over.
+    pub parcels: u32,
+}
+
+/// A customer return received at this site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnRecord {
+    /// Number of the return within the order, from 1.
+    pub id: u32,
+    /// Units per SKU.
+    pub lines: Vec<ReturnLine>,
+    /// Restocked or scrapped.
+    pub disposition: Disposition,
+    /// Where the return stands.
+    pub status: ReturnState,
+    /// When it was received.
+    pub received_at_ms: u64,
+}
+
+/// A returned SKU and quantity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnLine {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units.
+    pub qty: u32,
+}
+
+/// An order at this site together with its fulfillment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    /// The order id.
+    pub id: OrderId,
+    /// The site fulfilling it.
+    pub site: NodeId,
+    /// The fulfillment state.
+    pub status: FulfillmentState,
+    /// The order as submitted.
+    pub order: OrderDraft,
+    /// Fulfillment progress per line.
+    pub lines: Vec<FulfillmentLine>,
+    /// The pick wave it is on, if any.
+    pub wave: Option<u64>,
+    /// Parcels packed.
+    pub parcels: Option<u32>,
+    /// Carrier hand-over.
+    pub shipment: Option<Shipment>,
+    /// Returns received.
+    pub returns: Vec<ReturnRecord>,
+    /// Every state change.
+    pub timeline: Vec<TimelineEntry>,
+    /// When the order was accepted, ms since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// A pick wave: lines of several orders sorted for one walk through the aisles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    /// Wave number.
+    pub id: u64,
+    /// When it was built.
+    pub created_at_ms: u64,
+    /// Orders on it.
+    pub orders: Vec<OrderId>,
+    /// Pick list, sorted by bin, then SKU, then order.
+    pub lines: Vec<PickLine>,
+}
+
+/// One line of a pick list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PickLine {
+    /// Bin location.
+    pub bin: String,
+    /// The SKU.
+    pub sku: Sku,
+    /// The order it is for.
+    pub order: OrderId,
+    /// Units to pick.
+    pub qty: u32,
+}
+
+/// What changed, as read by sync from [`Store::feed_after`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeedEntry {
+    /// An order was created or changed.
+    Order(OrderId),
+    /// A SKU's balance changed.
+    Stock(Sku),
+    /// A catalog item was created or changed.
+    Catalog(Sku),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IdempotencyRecord {
+    body_sha256: [u8; 32],
+    order: OrderId,
+    at_ms: u64,
+}
+
+/// A shortfall of one SKU when an order cannot be reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shortfall {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units available.
+    pub available: u64,
+    /// Units requested.
+    pub requested: u64,
+}
+
+/// A picker's confirmation of one line.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PickConfirmation {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units actually picked (0 to the line's quantity).
+    pub picked: u32,
+}
+
+/// Why a store operation was refused. Each variant maps to one stable API code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A field failed validation.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The SKU is not in the catalog.
+    #[error("SKU {0} is not in the catalog; add it with PUT /v1/catalog/{0} first")]
+    UnknownSku(Sku),
+    /// Not enough available stock for an order.
+    #[error("not enough stock: {}", fmt_shortfalls(.0))]
+    InsufficientStock(Vec<Shortfall>),
+    /// An adjustment or count would take on hand below what is reserved.
+    #[error("{sku}: {source}; cancel or short-pick the orders holding it first")]
+    BelowReserved {
+        /// The SKU.
+        sku: Sku,
+        /// Details.
+        source: BalanceError,
+    },
+    /// The idempotency key was used before with another body.
+    #[error("idempotency key {0:?} was already used for a different request body")]
+    IdempotencyKeyReused(String),
+    /// No such order.
+    #[error("order {0} does not exist at this site")]
+    OrderNotFound(OrderId),
+    /// No such wave.
+    #[error("pick wave {0} does not exist")]
+    WaveNotFound(u64),
+    /// The order's state does not allow the step.
+    #[error("order {order}: {source}")]
+    Transition {
+        /// The order.
+        order: OrderId,
+        /// The illegal transition.
+        source: TransitionError,
+    },
+    /// A request about lines does not match the order's lines.
+    #[error("order {order}: {message}")]
+    LineMismatch {
+        /// The order.
+        order: OrderId,
+        /// What does not match.
+        message: String,
+    },
+    /// No accepted orders to put on a wave.
+    #[error("no accepted orders are waiting to be picked")]
+    NothingToPick,
+    /// The writer's queue is full.
+    #[error("the node is overloaded; retry shortly")]
+    Overloaded,
+    /// The store is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The disk or the database failed; nothing of the request was written.
+    #[error("storage failure, nothing was written: {0}")]
+    Storage(String),
+    /// A stored record did not decode: the database is damaged.
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// Decoder message.
+        detail: String,
+    },
+}
+
+fn fmt_shortfalls(s: &[Shortfall]) -> String {
+    s.iter()
+        .map(|s| format!("{} has {} available, {} requested", s.sku, s.available, s.requested))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A write request for the writer thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Create or update a catalog item.
+    PutCatalog(CatalogItem),
+    /// Record a stock movement that is not tied to an order (receipt, adjustment, count).
+    Stock {
+        /// The SKU.
+        sku: Sku,
+        /// Receipt, Adjustment or CycleCount (its `delta` is computed here).
+        movement: Movement,
+    },
+    /// Accept a local order and reserve its stock.
+    CreateOrder {
+        /// Idempotency key.
+        key: String,
+        /// The order.
+        draft: OrderDraft,
+    },
+    /// Build a pick wave from accepted orders.
+    CreateWave {
+        /// Most orders on the wave.
+        orders_max: usize,
+    },
+    /// Confirm picks for some or all lines of an order.
+    ConfirmPicks {
+        /// The order.
+        order: OrderId,
+        /// Per-line confirmations.
+        lines: Vec<PickConfirmation>,
+    },
+    /// Pack.
+    Pack {
+        /// The order.
+        order: OrderId,
+        /// Parcels.
+        parcels: u32,
+    },
+    /// Hand to the carrier.
+    Ship {
+        /// The order.
+        order: OrderId,
+        /// Carrier.
+        carrier: String,
+        /// Tracking number.
+        tracking: String,
+    },
+    /// Carrier confirmed delivery.
+    Deliver {
+        /// The order.
+        order: OrderId,
+    },
+    /// Cancel before shipment.
+    Cancel {
+        /// The order.
+        order: OrderId,
+        /// Why.
+        reason: String,
+    },
+    /// Reserve stock again for a backordered order.
+    Reaccept {
+        /// The order.
+        order: OrderId,
+    },
+    /// Receive a customer return.
+    ReceiveReturn {
+        /// The order.
+        order: OrderId,
+        /// What came back.
+        lines: Vec<ReturnLine>,
+        /// Restock or scrap.
+        disposition: Disposition,
+    },
+    /// Refund a received return.
+    Refund {
+        /// The order.
+        order: OrderId,
+        /// The return's number.
+        return_id: u32,
+    },
+    /// Import catalog rows and stock receipts in one transaction (rows already validated).
+    Import {
+        /// Catalog items.
+        catalog: Vec<CatalogItem>,
+        /// Opening stock: counts per SKU.
+        counts: Vec<(Sku, u64)>,
+    },
+}
+
+/// What a successful command produced.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A catalog item.
+    Catalog(CatalogItem),
+    /// A ledger entry.
+    Ledger(LedgerEntry),
+    /// An order; `created` is false when an idempotent replay returned the original.
+    Order {
+        /// The order.
+        record: Box<OrderRecord>,
+        /// Whether this call created it.
+        created: bool,
+    },
+    /// A wave.
+    Wave(Wave),
+    /// Rows imported.
+    Imported {
+        /// Catalog items written.
+        catalog: usize,
+        /// Stock counts written.
+        counts: usize,
+    },
+}
+
+struct Job {
+    cmd: Command,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// Handle to the node's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    tx: mpsc::Sender<Job>,
+    site: NodeId,
+    limits: Limits,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(v).map_err(|e| StoreError::Storage(format!("encode: {e}")))
+}
+
+fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(b).map_err(|e| StoreError::Corrupt { table, detail: e.to_string() })
+}
+
+/// Hash of the canonical (postcard) encoding of an order, so that the same order sent with other whitespace
+/// or key order is still "the same body" for idempotency.
+pub fn draft_sha256(draft: &OrderDraft) -> Result<[u8; 32], StoreError> {
+    use sha2::Digest;
+    Ok(sha2::Sha256::digest(enc(draft)?).into())
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` and starts the writer thread.
+    pub fn open(path: &Path, site: NodeId, limits: Limits, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let db = Database::builder().set_cache_size(limits.cache_bytes).create(path)?;
+        {
+            let w = db.begin_write()?;
+            for t in [CATALOG, BALANCES, ORDERS, IDEMPOTENCY] {
+                w.open_table(t)?;
+            }
+            w.open_table(LEDGER)?;
+            w.open_table(LEDGER_BY_SKU)?;
+            w.open_table(ORDERS_BY_STATE)?;
+            w.open_table(WAVES)?;
+            w.open_table(FEED)?;
+            w.open_table(META)?;
+            w.commit()?;
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(limits.queue_max);
+        let writer_db = db.clone();
+        let writer_site = site.clone();
+        std::thread::Builder::new()
+            .name("oms-writer".into())
+            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics))
+            .map_err(|e| StoreError::Storage(format!("cannot start writer thread: {e}")))?;
+        Ok(Store { db, tx, site, limits })
+    }
+
+    /// This node's site id.
+    pub fn site(&self) -> &NodeId {
+        &self.site
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Sends `cmd` to the writer and waits until it is committed (or refused).
+    pub async fn execute(&self, cmd: Command) -> Result<Outcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Job { cmd, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => StoreError::ShuttingDown,
+        })?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// One catalog item.
+    pub fn catalog_item(&self, sku: &Sku) -> Result<Option<CatalogItem>, StoreError> {
+        let t = self.read()?.open_table(CATALOG)?;
+        t.get(sku.as_str())?.map(|v| dec("catalog", v.value())).transpose()
+    }
+
+    /// A page of the catalog, SKUs after `after`.
+    pub fn catalog(&self, after: Option<&str>, limit: usize) -> Result<Vec<CatalogItem>, StoreError> {
+        let t = self.read()?.open_table(CATALOG)?;
+        page(&t, after, limit.min(self.limits.page_max), "catalog")
+    }
+
+    /// One SKU's balance, if the SKU is in the catalog.
+    pub fn balance(&self, sku: &Sku) -> Result<Option<Balance>, StoreError> {
+        let r = self.read()?;
+        if r.open_table(CATALOG)?.get(sku.as_str())?.is_none() {
+            return Ok(None);
+        }
+        let t = r.open_table(BALANCES)?;
+        Ok(Some(t.get(sku.as_str())?.map(|v| dec("balances", v.value())).transpose()?.unwrap_or_default()))
+    }
+
+    /// A page of balances (SKUs with any movement), after `after`.
+    pub fn balances(&self, after: Option<&str>, limit: usize) -> Result<Vec<(Sku, Balance)>, StoreError> {
+        let t = self.read()?.open_table(BALANCES)?;
+        let mut out = Vec::new();
+        let range = match after {
+            Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
+            None => t.range::<&str>(..)?,
+        };
+        for item in range.take(limit.min(self.limits.page_max)) {
+            let (k, v) = item?;
+            let sku =
+                Sku::parse(k.value()).map_err(|e| StoreError::Corrupt { table: "balances", detail: e.to_string() })?;
+            out.push((sku, dec("balances", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// A page of one SKU's ledger, entries with `seq > after`.
+    pub fn ledger(&self, sku: &Sku, after: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        let r = self.read()?;
+        let idx = r.open_table(LEDGER_BY_SKU)?;
+        let led = r.open_table(LEDGER)?;
+        let mut out = Vec::new();
+        let start = after.saturating_add(1);
+        for item in idx.range((sku.as_str(), start)..=(sku.as_str(), u64::MAX))?.take(limit.min(self.limits.page_max)) {
+            let (k, _) = item?;
+            let seq = k.value().1;
+            let v =
+                led.get(seq)?.ok_or(StoreError::Corrupt { table: "ledger", detail: format!("missing entry {seq}") })?;
+            out.push(dec("ledger", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The whole ledger in order: for audits and for checking that balances equal their replay.
+    pub fn ledger_all(&self, after: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        let t = self.read()?.open_table(LEDGER)?;
+        let mut out = Vec::new();
+        for item in t.range(after.saturating_add(1)..)?.take(limit) {
+            out.push(dec("ledger", item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Replays the whole ledger and compares with the stored balances. Returns the SKUs that differ.
+    pub fn verify_ledger(&self) -> Result<Vec<Sku>, StoreError> {
+        let r = self.read()?;
+        let led = r.open_table(LEDGER)?;
+        let mut replay: BTreeMap<String, Balance> = BTreeMap::new();
+        for item in led.iter()? {
+            let e: LedgerEntry = dec("ledger", item?.1.value())?;
+            let b = replay.entry(e.sku.as_str().to_owned()).or_default();
+            *b = b.apply(&e.movement).map_err(|err| StoreError::Corrupt {
+                table: "ledger",
+                detail: format!("entry {} does not replay: {err}", e.seq),
+            })?;
+        }
+        let bal = r.open_table(BALANCES)?;
+        let mut bad = Vec::new();
+        let mut stored = 0usize;
+        for item in bal.iter()? {
+            let (k, v) = item?;
+            stored += 1;
+            let b: Balance = dec("balances", v.value())?;
+            if replay.get(k.value()) != Some(&b) {
+                bad.push(
+                    Sku::parse(k.value())
+                        .map_err(|e| StoreError::Corrupt { table: "balances", detail: e.to_string() })?,
+                );
+            }
+        }
+        if stored != replay.len() {
+            for k in replay.keys() {
+                if bal.get(k.as_str())?.is_none() {
+                    bad.push(
+                        Sku::parse(k).map_err(|e| StoreError::Corrupt { table: "ledger", detail: e.to_string() })?,
+                    );
+                }
+            }
+        }
+        Ok(bad)
+    }
+
+    /// One order.
+    pub fn order(&self, id: &OrderId) -> Result<Option<OrderRecord>, StoreError> {
+        let t = self.read()?.open_table(ORDERS)?;
+        t.get(id.as_str())?.map(|v| dec("orders", v.value())).transpose()
+    }
+
+    /// A page of orders, optionally in one state, with ids after `after`.
+    pub fn orders(
+        &self,
+        status: Option<FulfillmentState>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let limit = limit.min(self.limits.page_max);
+        let r = self.read()?;
+        let orders = r.open_table(ORDERS)?;
+        match status {
+            None => page(&orders, after, limit, "orders"),
+            Some(s) => {
+                let idx = r.open_table(ORDERS_BY_STATE)?;
+                let tag = s.tag();
+                let range = match after {
+                    Some(a) => idx.range((tag, a)..(tag.saturating_add(1), ""))?,
+                    None => idx.range((tag, "")..(tag.saturating_add(1), ""))?,
+                };
+                let mut out = Vec::new();
+                for item in range {
+                    let (k, _) = item?;
+                    let id = k.value().1;
+                    if Some(id) == after {
+                        continue;
+                    }
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let v = orders.get(id)?.ok_or(StoreError::Corrupt {
+                        table: "orders_by_state",
+                        detail: format!("index names missing order {id}"),
+                    })?;
+                    out.push(dec("orders", v.value())?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Orders per state, read from counters kept in the same transactions as the orders.
+    pub fn order_counts(&self) -> Result<Vec<(FulfillmentState, u64)>, StoreError> {
+        let t = self.read()?.open_table(META)?;
+        let mut out = Vec::new();
+        for s in FulfillmentState::ALL {
+            let n = t.get(state_counter(s).as_str())?.map(|v| v.value()).unwrap_or(0);
+            out.push((s, n));
+        }
+        Ok(out)
+    }
+
+    /// One wave.
+    pub fn wave(&self, id: u64) -> Result<Option<Wave>, StoreError> {
+        let t = self.read()?.open_table(WAVES)?;
+        t.get(id)?.map(|v| dec("waves", v.value())).transpose()
+    }
+
+    /// Change-feed entries with `seq > cursor`, for sync.
+    pub fn feed_after(&self, cursor: u64, limit: usize) -> Result<Vec<(u64, FeedEntry)>, StoreError> {
+        let t = self.read()?.open_table(FEED)?;
+        let mut out = Vec::new();
+        for item in t.range(cursor.saturating_add(1)..)?.take(limit) {
+            let (k, v) = item?;
+            out.push((k.value(), dec("feed", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Number of orders stored.
+    pub fn order_total(&self) -> Result<u64, StoreError> {
+        Ok(self.read()?.open_table(ORDERS)?.len()?)
+    }
+}
+
+fn page<T: DeserializeOwned>(
+    t: &redb::ReadOnlyTable<&str, &[u8]>,
+    after: Option<&str>,
+    limit: usize,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let range = match after {
+        Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
+        None => t.range::<&str>(..)?,
+    };
+    let mut out = Vec::new();
+    for item in range.take(limit) {
+        out.push(dec(name, item?.1.value())?);
+    }
+    Ok(out)
+}
+
+fn state_counter(s: FulfillmentState) -> String {
+    format!("orders.{}", s.as_str())
+}
+
+fn writer_loop(db: Arc<Database>, site: NodeId, mut rx: mpsc::Receiver<Job>, limits: Limits, metrics: Arc<Metrics>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(limits.batch_max);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < limits.batch_max {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let results = apply_batch(&db, &site, &limits, &mut batch);
+        metrics.observe_commit(started.elapsed(), batch.len());
+        match results {
+            Ok(results) => {
+                for (job, res) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(res);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = batch.len(), "write transaction failed; batch refused");
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    tracing::debug!("writer stopped");
+}
+
+fn apply_batch(
+    db: &Database,
+    site: &NodeId,
+    limits: &Limits,
+    batch: &mut [Job],
+) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+    let w = db.begin_write()?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut tx = Tx::open(&w, site, now_ms())?;
+        for job in batch.iter_mut() {
+            // Take the command out; a placeholder stays behind (the job is answered from `results`).
+            let cmd = std::mem::replace(&mut job.cmd, Command::CreateWave { orders_max: 0 });
+            let res = tx.apply(cmd, limits);
+            if let Err(StoreError::Storage(e)) = &res {
+                return Err(StoreError::Storage(e.clone()));
+            }
+            results.push(res);
+        }
+        tx.flush_counters()?;
+    }
+    w.commit()?;
+    Ok(results)
+}
+
+/// The open tables of one write transaction, plus counters cached for its duration.
+struct Tx<'w> {
+    site: &'w NodeId,
+    now_ms: u64,
+    catalog: redb::Table<'w, &'static str, &'static [u8]>,
+    balances: redb::Table<'w, &'static str, &'static [u8]>,
+    ledger: redb::Table<'w, u64, &'static [u8]>,
+    ledger_by_sku: redb::Table<'w, (&'static str, u64), ()>,
+    orders: redb::Table<'w, &'static str, &'static [u8]>,
+    by_state: redb::Table<'w, (u8, &'static str), ()>,
+    waves: redb::Table<'w, u64, &'static [u8]>,
+    idem: redb::Table<'w, &'static str, &'static [u8]>,
+    feed: redb::Table<'w, u64, &'static [u8]>,
+    meta: redb::Table<'w, &'static str, u64>,
+    counters: BTreeMap<String, u64>,
+}
+
+impl<'w> Tx<'w> {
+    fn open(w: &'w redb::WriteTransaction, site: &'w NodeId, now_ms: u64) -> Result<Self, StoreError> {
+        Ok(Tx {
+            site,
+            now_ms,
+            catalog: w.open_table(CATALOG)?,
+            balances: w.open_table(BALANCES)?,
+            ledger: w.open_table(LEDGER)?,
+            ledger_by_sku: w.open_table(LEDGER_BY_SKU)?,
+            orders: w.open_table(ORDERS)?,
+            by_state: w.open_table(ORDERS_BY_STATE)?,
+            waves: w.open_table(WAVES)?,
+            idem: w.open_table(IDEMPOTENCY)?,
+            feed: w.open_table(FEED)?,
+            meta: w.open_table(META)?,
+            counters: BTreeMap::new(),
+        })
+    }
+
+    fn counter(&mut self, name: &str) -> Result<u64, StoreError> {
+        if let Some(v) = self.counters.get(name) {
+            return Ok(*v);
+        }
+        let v = self.meta.get(name)?.map(|v| v.value()).unwrap_or(0);
+        self.counters.insert(name.to_owned(), v);
+        Ok(v)
+    }
+
+    fn bump(&mut self, name: &str, delta: i64) -> Result<u64, StoreError> {
+        let v = self.counter(name)?;
+        let nv = v.checked_add_signed(delta).ok_or_else(|| StoreError::Corrupt {
+            table: "meta",
+            detail: format!("counter {name} would leave u64 range"),
+        })?;
+        self.counters.insert(name.to_owned(), nv);
+        Ok(nv)
+    }
+
+    fn flush_counters(&mut self) -> Result<(), StoreError> {
+        for (k, v) in std::mem::take(&mut self.counters) {
+            self.meta.insert(k.as_str(), v)?;
+        }
+        Ok(())
+    }
+
+    fn feed_push(&mut self, e: FeedEntry) -> Result<(), StoreError> {
+        let seq = self.bump(SEQ_FEED, 1)?;
+        self.feed.insert(seq, enc(&e)?.as_slice())?;
+        Ok(())
+    }
+
+    fn in_catalog(&self, sku: &Sku) -> Result<bool, StoreError> {
+        Ok(self.catalog.get(sku.as_str())?.is_some())
+    }
+
+    fn balance(&self, sku: &Sku) -> Result<Balance, StoreError> {
+        Ok(self.balances.get(sku.as_str())?.map(|v| dec("balances", v.value())).transpose()?.unwrap_or_default())
+    }
+
+    fn order(&self, id: &OrderId) -> Result<OrderRecord, StoreError> {
+        self.orders
+            .get(id.as_str())?
+            .map(|v| dec("orders", v.value()))
+            .transpose()?
+            .ok_or_else(|| StoreError::OrderNotFound(id.clone()))
+    }
+
+    /// Appends `m` to the ledger and stores the new balance. The caller has validated `m` against the current
+    /// balance; a refusal here means the caller's check was wrong, which is a bug, so it is reported as corrupt.
+    fn post(&mut self, sku: &Sku, m: Movement) -> Result<LedgerEntry, StoreError> {
+        let before = self.balance(sku)?;
+        let after = before.apply(&m).map_err(|e| StoreError::Corrupt {
+            table: "balances",
+            detail: format!("validated movement refused for {sku}: {e}"),
+        })?;
+        assert!(after.reserved <= after.on_hand, "reserved exceeds on hand for {sku}");
+        let seq = self.bump(SEQ_LEDGER, 1)?;
+        let entry = LedgerEntry { seq, sku: sku.clone(), at_ms: self.now_ms, movement: m, balance: after };
+        self.ledger.insert(seq, enc(&entry)?.as_slice())?;
+        self.ledger_by_sku.insert((sku.as_str(), seq), ())?;
+        self.balances.insert(sku.as_str(), enc(&after)?.as_slice())?;
+        self.feed_push(FeedEntry::Stock(sku.clone()))?;
+        Ok(entry)
+    }
+
+    fn save_order(&mut self, rec: &OrderRecord, prev: Option<FulfillmentState>) -> Result<(), StoreError> {
+        if let Some(p) = prev {
+            if p != rec.status {
+                self.by_state.remove((p.tag(), rec.id.as_str()))?;
+                self.bump(&state_counter(p), -1)?;
+            }
+        }
+        if prev != Some(rec.status) {
+            self.by_state.insert((rec.status.tag(), rec.id.as_str()), ())?;
+            self.bump(&state_counter(rec.status), 1)?;
+        }
+        self.orders.insert(rec.id.as_str(), enc(rec)?.as_slice())?;
+        self.feed_push(FeedEntry::Order(rec.id.clone()))
+    }
+
+    fn step(&self, rec: &OrderRecord, step: Step) -> Result<FulfillmentState, StoreError> {
+        rec.status.next(step).map_err(|source| StoreError::Transition { order: rec.id.clone(), source })
+    }
+
+    fn apply(&mut self, cmd: Command, limits: &Limits) -> Result<Outcome, StoreError> {
+        match cmd {
+            Command::PutCatalog(item) => {
+                self.catalog.insert(item.sku.as_str(), enc(&item)?.as_slice())?;
+                self.feed_push(FeedEntry::Catalog(item.sku.clone()))?;
+                Ok(Outcome::Catalog(item))
+            }
+            Command::Stock { sku, movement } => self.stock(sku, movement),
+            Command::CreateOrder { key, draft } => self.create_order(key, draft),
+            Command::CreateWave { orders_max } => self.create_wave(orders_max.clamp(1, limits.wave_orders_max)),
+            Command::ConfirmPicks { order, lines } => self.confirm_picks(order, lines),
+            Command::Pack { order, parcels } => {
+                let mut rec = self.order(&order)?;
+                let to = self.step(&rec, Step::Pack)?;
+                let prev = rec.status;
+                rec.parcels = Some(parcels);
+                self.transition(&mut rec, to, format!("packed into {parcels} parcel(s)"));
+                self.save_order(&rec, Some(prev))?;
+                Ok(order_outcome(rec, false))
+            }
+            Command::Ship { order, carrier, tracking } => self.ship(order, carrier, tracking),
+            Command::Deliver { order } => {
+                let mut rec = self.order(&order)?;
+                let to = self.step(&rec, Step::Deliver)?;
+                let prev = rec.status;
+                self.transition(&mut rec, to, "delivered".into());
+                self.save_order(&rec, Some(prev))?;
+                Ok(order_outcome(rec, false))
+            }
+            Command::Cancel { order, reason } => self.cancel(order, reason),
+            Command::Reaccept { order } => self.reaccept(order),
+            Command::ReceiveReturn { order, lines, disposition } => self.receive_return(order, lines, disposition),
+            Command::Refund { order, return_id } => {
+                let mut rec = self.order(&order)?;
+                let ret =
+                    rec.returns.iter_mut().find(|r| r.id == return_id).ok_or_else(|| StoreError::LineMismatch {
+                        order: order.clone(),
+                        message: format!("has no return number {return_id}"),
+                    })?;
+                ret.status = ret
+                    .status
+                    .next(ReturnStep::Refund)
+                    .map_err(|e| StoreError::LineMismatch { order: order.clone(), message: e.to_string() })?;
+                let status = rec.status;
+                rec.timeline.push(TimelineEntry {
+                    at_ms: self.now_ms,
+                    status,
+                    note: format!("return {return_id} refunded"),
+                });
+                self.save_order(&rec, Some(status))?;
+                Ok(order_outcome(rec, false))
+            }
+            Command::Import { catalog, counts } => {
+                for (sku, _) in &counts {
+                    if !self.in_catalog(sku)? && !catalog.iter().any(|c| &c.sku == sku) {
+                        return Err(StoreError::UnknownSku(sku.clone()));
+                    }
+                }
+                // Validate every count against reservations before writing anything.
+                for (sku, counted) in &counts {
+                    let b = self.balance(sku)?;
+                    b.apply(&Movement::CycleCount { counted: *counted, delta: 0 })
+                        .map_err(|source| StoreError::BelowReserved { sku: sku.clone(), source })?;
+                }
+                let (nc, ns) = (catalog.len(), counts.len());
+                for item in catalog {
+                    self.catalog.insert(item.sku.as_str(), enc(&item)?.as_slice())?;
+                    self.feed_push(FeedEntry::Catalog(item.sku.clone()))?;
+                }
+                for (sku, counted) in counts {
+                    let b = self.balance(&sku)?;
+                    let delta = i64::try_from(i128::from(counted) - i128::from(b.on_hand)).unwrap_or(i64::MAX);
+                    if delta != 0 || b == Balance::default() {
+                        self.post(&sku, Movement::CycleCount { counted, delta })?;
+                    }
+                }
+                Ok(Outcome::Imported { catalog: nc, counts: ns })
+            }
+        }
+    }
+
+    fn transition(&self, rec: &mut OrderRecord, to: FulfillmentState, note: String) {
+        rec.status = to;
+        rec.timeline.push(TimelineEntry { at_ms: self.now_ms, status: to, note });
+    }
+
+    fn stock(&mut self, sku: Sku, movement: Movement) -> Result<Outcome, StoreError> {
+        if !self.in_catalog(&sku)? {
+            return Err(StoreError::UnknownSku(sku));
+        }
+        let b = self.balance(&sku)?;
+        let movement = match movement {
+            Movement::CycleCount { counted, .. } => Movement::CycleCount {
+                counted,
+                delta: i64::try_from(i128::from(counted) - i128::from(b.on_hand)).unwrap_or(i64::MAX),
+            },
+            m => m,
+        };
+        b.apply(&movement).map_err(|source| match source {
+            BalanceError::Overflow => {
+                StoreError::Invalid(ValidationError::new("invalid_quantity", "qty", "stock figure would overflow"))
+            }
+            source => StoreError::BelowReserved { sku: sku.clone(), source },
+        })?;
+        Ok(Outcome::Ledger(self.post(&sku, movement)?))
+    }
+
+    fn create_order(&mut self, key: String, draft: OrderDraft) -> Result<Outcome, StoreError> {
+        let hash = draft_sha256(&draft)?;
+        if let Some(v) = self.idem.get(key.as_str())? {
+            let rec: IdempotencyRecord = dec("idempotency", v.value())?;
+            if rec.body_sha256 != hash {
+                return Err(StoreError::IdempotencyKeyReused(key));
+            }
+            return Ok(order_outcome(self.order(&rec.order)?, false));
+        }
+        // Validate every line before writing anything.
+        let mut shortfalls = Vec::new();
+        for (i, (sku, qty)) in draft.demand().enumerate() {
+            if !self.in_catalog(sku)? {
+                return Err(StoreError::UnknownSku(sku.clone()));
+            }
+            let _ = i;
+            let b = self.balance(sku)?;
+            if b.available() < u64::from(qty) {
+                shortfalls.push(Shortfall { sku: sku.clone(), available: b.available(), requested: u64::from(qty) });
+            }
+        }
+        if !shortfalls.is_empty() {
+            return Err(StoreError::InsufficientStock(shortfalls));
+        }
+        let seq = self.bump(SEQ_ORDER, 1)?;
+        let id = OrderId::new(self.site, seq);
+        for (sku, qty) in draft.demand() {
+            self.post(sku, Movement::Reserve { qty, order: id.clone() })?;
+        }
+        let lines = draft
+            .lines
+            .iter()
+            .map(|l| FulfillmentLine { sku: l.sku.clone(), qty: l.qty, picked: None, shipped: 0, returned: 0 })
+            .collect();
+        let rec = OrderRecord {
+            id: id.clone(),
+            site: self.site.clone(),
+            status: FulfillmentState::Accepted,
+            order: draft,
+            lines,
+            wave: None,
+            parcels: None,
+            shipment: None,
+            returns: Vec::new(),
+            timeline: vec![TimelineEntry {
+                at_ms: self.now_ms,
+                status: FulfillmentState::Accepted,
+                note: "accepted and stock reserved".into(),
+            }],
+            created_at_ms: self.now_ms,
+        };
+        self.save_order(&rec, None)?;
+        let idem = IdempotencyRecord { body_sha256: hash, order: id, at_ms: self.now_ms };
+        self.idem.insert(key.as_str(), enc(&idem)?.as_slice())?;
+        Ok(order_outcome(rec, true))
+    }
+
+    fn create_wave(&mut self, orders_max: usize) -> Result<Outcome, StoreError> {
+        let tag = FulfillmentState::Accepted.tag();
+        let mut ids = Vec::new();
+        for item in self.by_state.range((tag, "")..(tag + 1, ""))?.take(orders_max) {
+            let (k, _) = item?;
+            ids.push(
+                OrderId::parse(k.value().1)
+                    .map_err(|e| StoreError::Corrupt { table: "orders_by_state", detail: e.to_string() })?,
+            );
+        }
+        if ids.is_empty() {
+            return Err(StoreError::NothingToPick);
+        }
+        let id = self.bump(SEQ_WAVE, 1)?;
+        let mut lines = Vec::new();
+        for oid in &ids {
+            let mut rec = self.order(oid)?;
+            let to = self.step(&rec, Step::StartPicking)?;
+            for l in &rec.lines {
+                let bin = match self.catalog.get(l.sku.as_str())? {
+                    Some(v) => dec::<CatalogItem>("catalog", v.value())?.bin,
+                    None => String::new(),
+                };
+                lines.push(PickLine { bin, sku: l.sku.clone(), order: oid.clone(), qty: l.qty });
+            }
+            rec.wave = Some(id);
+            self.transition(&mut rec, to, format!("on pick wave {id}"));
+            self.save_order(&rec, Some(FulfillmentState::Accepted))?;
+        }
+        lines.sort_by(|a, b| (&a.bin, &a.sku, &a.order).cmp(&(&b.bin, &b.sku, &b.order)));
+        let wave = Wave { id, created_at_ms: self.now_ms, orders: ids, lines };
+        self.waves.insert(id, enc(&wave)?.as_slice())?;
+        Ok(Outcome::Wave(wave))
+    }
+
+    fn confirm_picks(&mut self, order: OrderId, confirms: Vec<PickConfirmation>) -> Result<Outcome, StoreError> {
+        let mut rec = self.order(&order)?;
+        if rec.status != FulfillmentState::Picking {
+            return Err(StoreError::Transition {
+                order,
+                source: TransitionError { from: rec.status, step: Step::ConfirmPicks },
+            });
+        }
+        if confirms.is_empty() {
+            return Err(StoreError::LineMismatch { order, message: "no lines to confirm".into() });
+        }
+        // Validate all confirmations first.
+        let mut idx = Vec::with_capacity(confirms.len());
+        for c in &confirms {
+            let i = rec.lines.iter().position(|l| l.sku == c.sku).ok_or_else(|| StoreError::LineMismatch {
+                order: order.clone(),
+                message: format!("has no line for SKU {}", c.sku),
+            })?;
+            let line = &rec.lines[i];
+            if line.picked.is_some() || idx.contains(&i) {
+                return Err(StoreError::LineMismatch {
+                    order: order.clone(),
+                    message: format!("line {} is already confirmed", c.sku),
+                });
+            }
+            if c.picked > line.qty {
+                return Err(StoreError::LineMismatch {
+                    order: order.clone(),
+                    message: format!("picked {} of {} but the line asks for {}", c.picked, c.sku, line.qty),
+                });
+            }
+            idx.push(i);
+        }
+        for (c, i) in confirms.iter().zip(idx) {
+            let qty = rec.lines[i].qty;
+            if c.picked > 0 {
+                self.post(&c.sku, Movement::Pick { qty: c.picked, order: order.clone() })?;
+            }
+            if c.picked < qty {
+                self.post(&c.sku, Movement::Release { qty: qty - c.picked, order: order.clone() })?;
+            }
+            rec.lines[i].picked = Some(c.picked);
+        }
+        if rec.lines.iter().all(|l| l.picked.is_some()) {
+            let picked: u64 = rec.lines.iter().map(|l| u64::from(l.picked.unwrap_or(0))).sum();
+            let ordered: u64 = rec.lines.iter().map(|l| u64::from(l.qty)).sum();
+            let (step, note) = if picked == 0 {
+                (Step::ShortPickAll, "nothing found in the bins; backordered, reservation released".to_owned())
+            } else if picked < ordered {
+                (Step::ConfirmPicks, format!("short pick: {picked} of {ordered} units; the rest is released"))
+            } else {
+                (Step::ConfirmPicks, "all lines picked".to_owned())
+            };
+            let to = self.step(&rec, step)?;
+            if picked == 0 {
+                // Nothing was picked: the lines go back to unconfirmed so the order can be re-accepted later.
+                for l in &mut rec.lines {
+                    l.picked = None;
+                }
+            }
+            self.transition(&mut rec, to, note);
+            self.save_order(&rec, Some(FulfillmentState::Picking))?;
+        } else {
+            self.save_order(&rec, Some(FulfillmentState::Picking))?;
+        }
+        Ok(order_outcome(rec, false))
+    }
+
+    fn ship(&mut self, order: OrderId, carrier: String, tracking: String) -> Result<Outcome, StoreError> {
+        let mut rec = self.order(&order)?;
+        let to = self.step(&rec, Step::Ship)?;
+        let prev = rec.status;
+        for i in 0..rec.lines.len() {
+            let picked = rec.lines[i].picked.unwrap_or(0);
+            if picked > 0 {
+                let sku = rec.lines[i].sku.clone();
+                self.post(&sku, Movement::Ship { qty: picked, order: order.clone() })?;
+            }
+            rec.lines[i].shipped = picked;
+        }
+        let parcels = rec.parcels.unwrap_or(1);
+        let note = format!("shipped with {carrier}, tracking {tracking}");
+        rec.shipment = Some(Shipment { carrier, tracking, parcels });
+        self.transition(&mut rec, to, note);
+        self.save_order(&rec, Some(prev))?;
+        Ok(order_outcome(rec, false))
+    }
+
+    fn cancel(&mut self, order: OrderId, reason: String) -> Result<Outcome, StoreError> {
+        let mut rec = self.order(&order)?;
+        let to = self.step(&rec, Step::Cancel)?;
+        let prev = rec.status;
+        for i in 0..rec.lines.len() {
+            let (sku, qty, picked) = (rec.lines[i].sku.clone(), rec.lines[i].qty, rec.lines[i].picked);
+            match (prev, picked) {
+                // Still reserved: release it.
+                (FulfillmentState::Accepted | FulfillmentState::Picking, None) => {
+                    self.post(&sku, Movement::Release { qty, order: order.clone() })?;
+                }
+                // Picked and staged: put it back in the bin.
+                (FulfillmentState::Picking | FulfillmentState::Picked | FulfillmentState::Packed, Some(p)) if p > 0 => {
+                    self.post(&sku, Movement::Putaway { qty: p, order: order.clone() })?;
+                }
+                _ => {}
+            }
+        }
+        self.transition(&mut rec, to, format!("cancelled: {reason}"));
+        self.save_order(&rec, Some(prev))?;
+        Ok(order_outcome(rec, false))
+    }
+
+    fn reaccept(&mut self, order: OrderId) -> Result<Outcome, StoreError> {
+        let mut rec = self.order(&order)?;
+        let to = self.step(&rec, Step::Accept)?;
+        let prev = rec.status;
+        let mut shortfalls = Vec::new();
+        for l in &rec.lines {
+            let b = self.balance(&l.sku)?;
+            if b.available() < u64::from(l.qty) {
+                shortfalls.push(Shortfall {
+                    sku: l.sku.clone(),
+                    available: b.available(),
+                    requested: u64::from(l.qty),
+                });
+            }
+        }
+        if !shortfalls.is_empty() {
+            return Err(StoreError::InsufficientStock(shortfalls));
+        }
+        for i in 0..rec.lines.len() {
+            let (sku, qty) = (rec.lines[i].sku.clone(), rec.lines[i].qty);
+            self.post(&sku, Movement::Reserve { qty, order: order.clone() })?;
+        }
+        rec.wave = None;
+        self.transition(&mut rec, to, "stock reserved again".into());
+        self.save_order(&rec, Some(prev))?;
+        Ok(order_outcome(rec, false))
+    }
+
+    fn receive_return(
+        &mut self,
+        order: OrderId,
+        lines: Vec<ReturnLine>,
+        disposition: Disposition,
+    ) -> Result<Outcome, StoreError> {
+        let mut rec = self.order(&order)?;
+        if !matches!(rec.status, FulfillmentState::Shipped | FulfillmentState::Delivered) {
+            return Err(StoreError::LineMismatch {
+                order,
+                message: format!("is {}; only shipped or delivered orders can be returned", rec.status),
+            });
+        }
+        if lines.is_empty() {
+            return Err(StoreError::LineMismatch { order, message: "a return needs at least one line".into() });
+        }
+        let mut idx = Vec::new();
+        for r in &lines {
+            let i = rec.lines.iter().position(|l| l.sku == r.sku).ok_or_else(|| StoreError::LineMismatch {
+                order: order.clone(),
+                message: format!("has no line for SKU {}", r.sku),
+            })?;
+            let l = &rec.lines[i];
+            let already: u32 = lines.iter().filter(|o| o.sku == r.sku).map(|o| o.qty).sum();
+            if u64::from(l.returned) + u64::from(already) > u64::from(l.shipped) {
+                return Err(StoreError::LineMismatch {
+                    order: order.clone(),
+                    message: format!(
+                        "{} units of {} returned would exceed the {} shipped ({} returned before)",
+                        already, r.sku, l.shipped, l.returned
+                    ),
+                });
+            }
+            idx.push(i);
+        }
+        for (r, i) in lines.iter().zip(idx) {
+            self.post(&r.sku, Movement::Return { qty: r.qty, order: order.clone(), disposition })?;
+            rec.lines[i].returned += r.qty;
+        }
+        let id = u32::try_from(rec.returns.len()).unwrap_or(u32::MAX).saturating_add(1);
+        rec.returns.push(ReturnRecord {
+            id,
+            lines,
+            disposition,
+            status: ReturnState::Requested.next(ReturnStep::Receive).unwrap_or(ReturnState::Received),
+            received_at_ms: self.now_ms,
+        });
+        let status = rec.status;
+        let what = match disposition {
+            Disposition::Restock => "restocked",
+            Disposition::Scrap => "scrapped",
+        };
+        rec.timeline.push(TimelineEntry {
+            at_ms: self.now_ms,
+            status,
+            note: format!("return {id} received and {what}"),
+        });
+        self.save_order(&rec, Some(status))?;
+        Ok(order_outcome(rec, false))
+    }
+}
+
+fn order_outcome(rec: OrderRecord, created: bool) -> Outcome {
+    Outcome::Order { record: Box::new(rec), created }
+}
+
+/// How long a caller waits for the writer before giving up on a request.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);

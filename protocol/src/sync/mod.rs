@@ -1,0 +1,695 @@
+//! Sans-IO sync session between a node and the hub.
+//!
+//! A [`SyncSession`] is one side of one connection. It is fed frames ([`SyncSession::handle_frame`]), local
+//! edits ([`SyncSession::local_change`]) and the time ([`SyncSession::tick`]); it answers with frames to
+//! send ([`SyncSession::poll_transmit`]) and events for its driver ([`SyncSession::poll_event`]). It never
+//! touches a socket, a clock or the disk, so the same code runs under tokio + quinn in production and under a
+//! seeded, lossy, simulated network in the tests of this module.
+//!
+//! Documents live in a [`DocStore`], passed into every call rather than owned, so that the hub can run one
+//! session per node over one store. The store also answers the entitlement question
+//! ([`DocStore::entitled`]): a document the peer is not entitled to is never listed, never sent, and a peer
+//! that offers or asks for one gets [`Frame::Refused`] and nothing else.
+//!
+//! Protocol, after `Hello` / `HelloAck`: both sides send a [`Manifest`] (document ids and heads, chunked), and
+//! only documents whose heads differ run Automerge's sync loop ([`Frame::Sync`]). A side with nothing more to
+//! send for a document answers [`Frame::Ack`] with its heads, which lets the other side notice that it is
+//! done, or that it must resend. The QUIC stream underneath is reliable, but the session does not rely on it
+//! for liveness: Hello is retried, the manifest is resent every `manifest_interval_ms` (anti-entropy), and a
+//! document in flight with no progress for `doc_stall_ms` has its Automerge sync state reset to the persisted
+//! part (shared heads) and restarts. That is what makes the session converge under loss, duplication and
+//! reordering in the simulation, and what makes a reconnect resume rather than start over.
+//!
+//! Bounds: at most `docs_in_flight_max` documents that this side initiated are in flight, no new document
+//! is started while `outbound_frames_max` frames wait to be sent, a manifest chunk carries at most
+//! `manifest_docs_per_frame_max` entries, and a peer manifest round is refused beyond `manifest_docs_max`.
+
+use crate::wire::{
+    DocId, ErrorCode, Frame, Hash, Hello, HelloAck, Manifest, ManifestEntry, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    PeerId, REASON_BYTES_MAX, capabilities,
+};
+use automerge::sync::{Message, State, SyncDoc};
+use automerge::{AutoCommit, ChangeHash};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The Automerge version this protocol speaks, re-exported so drivers and stores use the same one.
+pub use automerge;
+
+#[cfg(test)]
+mod tests;
+
+/// Limits and timers of a session. Times are milliseconds of the caller's clock.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Largest encoded Automerge message we put in one frame.
+    pub sync_msg_bytes_max: usize,
+    /// Most documents this side syncs at once on its own initiative.
+    pub docs_in_flight_max: usize,
+    /// No new document is started while this many frames wait in the outbound queue.
+    pub outbound_frames_max: usize,
+    /// Most entries in one manifest chunk.
+    pub manifest_docs_per_frame_max: usize,
+    /// Most entries accepted in one peer manifest round; beyond it the session closes with `Overloaded`.
+    pub manifest_docs_max: usize,
+    /// A client resends `Hello` when no `HelloAck` arrived within this time.
+    pub hello_retry_ms: u64,
+    /// A document in flight without progress for this long is reset and restarted.
+    pub doc_stall_ms: u64,
+    /// The manifest is resent this often (anti-entropy).
+    pub manifest_interval_ms: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            sync_msg_bytes_max: crate::wire::FRAME_BYTES_MAX - 1024,
+            docs_in_flight_max: 32,
+            outbound_frames_max: 256,
+            manifest_docs_per_frame_max: 1024,
+            manifest_docs_max: 1_000_000,
+            hello_retry_ms: 5_000,
+            doc_stall_ms: 10_000,
+            manifest_interval_ms: 60_000,
+        }
+    }
+}
+
+/// A store failed to create a document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("store cannot create document {doc}: {reason}")]
+pub struct StoreError {
+    /// The document.
+    pub doc: DocId,
+    /// Why, for a person.
+    pub reason: String,
+}
+
+/// Where a session finds documents, entitlements and per-peer sync state.
+///
+/// Implementations persist what they are given: a changed document is announced by [`Event::DocChanged`],
+/// sync states arrive through [`DocStore::save_sync_state`]. A node typically entitles the hub to all its
+/// documents; the hub entitles each node to its own documents and the shared ones.
+pub trait DocStore {
+    /// May `peer` receive and send `doc`?
+    fn entitled(&self, peer: &PeerId, doc: &DocId) -> bool;
+    /// The documents held locally that `peer` is entitled to (re-checked with [`DocStore::entitled`]).
+    fn docs_for(&self, peer: &PeerId) -> Vec<DocId>;
+    /// The document, if held locally.
+    fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit>;
+    /// Creates an empty document that a peer is sending us (only called for entitled documents). The store
+    /// chooses the actor id.
+    fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError>;
+    /// The persisted `automerge::sync::State::encode()` of (peer, doc), if any.
+    fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>>;
+    /// Persists the encoded sync state of (peer, doc) so a reconnect resumes.
+    fn save_sync_state(&mut self, peer: &PeerId, doc: &DocId, state: Vec<u8>);
+}
+
+/// Which side of the connection this session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The node: sends `Hello`.
+    Client,
+    /// The hub: answers `Hello`.
+    Server,
+}
+
+/// What the driver of a session must know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Handshake done.
+    Established {
+        /// Agreed version.
+        version: u16,
+        /// Agreed capabilities.
+        capabilities: u64,
+    },
+    /// Remote changes were applied to `doc`: persist it.
+    DocChanged {
+        /// The document.
+        doc: DocId,
+    },
+    /// Both sides hold the same heads of `doc`.
+    DocInSync {
+        /// The document.
+        doc: DocId,
+        /// The shared heads.
+        heads: Vec<Hash>,
+    },
+    /// The peer refused to sync `doc`.
+    PeerRefused {
+        /// The document.
+        doc: DocId,
+        /// Why.
+        code: ErrorCode,
+    },
+    /// A document could not be synced on this session (e.g. its sync message exceeds the frame limit).
+    DocFailed {
+        /// The document.
+        doc: DocId,
+        /// Why.
+        code: ErrorCode,
+    },
+    /// The session is over. Send the remaining frames, then close the connection with `code`.
+    Closed {
+        /// Why.
+        code: ErrorCode,
+        /// For a person.
+        reason: String,
+        /// True if the peer refused us, false if we refused the peer.
+        by_peer: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingHelloAck { hello_sent_ms: u64 },
+    AwaitingHello,
+    Established { version: u16, capabilities: u64 },
+    Closed,
+}
+
+struct DocSync {
+    state: State,
+    last_progress_ms: u64,
+}
+
+/// The peer manifest being assembled from chunks.
+#[derive(Default)]
+struct PeerManifest {
+    round: u32,
+    seen: BTreeSet<DocId>,
+}
+
+/// One side of one sync connection. See the module docs.
+pub struct SyncSession {
+    cfg: SessionConfig,
+    role: Role,
+    local: PeerId,
+    peer: PeerId,
+    actor: Vec<u8>,
+    phase: Phase,
+    now_ms: u64,
+    outbound: VecDeque<Frame>,
+    events: VecDeque<Event>,
+    docs: BTreeMap<DocId, DocSync>,
+    pending: VecDeque<DocId>,
+    pending_set: BTreeSet<DocId>,
+    in_flight: BTreeSet<DocId>,
+    refused_by_peer: BTreeSet<DocId>,
+    manifest_round: u32,
+    last_manifest_ms: u64,
+    peer_manifest: Option<PeerManifest>,
+}
+
+impl std::fmt::Debug for SyncSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncSession")
+            .field("role", &self.role)
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .field("phase", &self.phase)
+            .field("in_flight", &self.in_flight.len())
+            .field("pending", &self.pending.len())
+            .field("outbound", &self.outbound.len())
+            .finish()
+    }
+}
+
+fn hashes(heads: &[ChangeHash]) -> Vec<Hash> {
+    heads.iter().map(|h| h.0).collect()
+}
+
+fn sorted(mut heads: Vec<Hash>) -> Vec<Hash> {
+    heads.sort_unstable();
+    heads.dedup();
+    heads
+}
+
+/// Keeps only the persisted part of a sync state (shared heads), dropping what a lost message left behind.
+fn reset_state(state: &State) -> State {
+    State::decode(&state.encode()).unwrap_or_default()
+}
+
+impl SyncSession {
+    /// A node's session to `hub`, whose identity the transport has verified. Queues `Hello`. `actor` is this
+    /// process's Automerge actor id, reported to the peer for debugging.
+    pub fn new_client(cfg: SessionConfig, local: PeerId, hub: PeerId, actor: Vec<u8>, now_ms: u64) -> Self {
+        let mut s = Self::new(cfg, Role::Client, local, hub, actor, now_ms);
+        s.phase = Phase::AwaitingHelloAck { hello_sent_ms: now_ms };
+        s.outbound.push_back(s.hello());
+        s
+    }
+
+    /// The hub's session for `node`, whose identity the transport has verified from its certificate.
+    pub fn new_server(cfg: SessionConfig, local: PeerId, node: PeerId, actor: Vec<u8>, now_ms: u64) -> Self {
+        Self::new(cfg, Role::Server, local, node, actor, now_ms)
+    }
+
+    fn new(cfg: SessionConfig, role: Role, local: PeerId, peer: PeerId, actor: Vec<u8>, now_ms: u64) -> Self {
+        Self {
+            cfg,
+            role,
+            local,
+            peer,
+            actor,
+            phase: Phase::AwaitingHello,
+            now_ms,
+            outbound: VecDeque::new(),
+            events: VecDeque::new(),
+            docs: BTreeMap::new(),
+            pending: VecDeque::new(),
+            pending_set: BTreeSet::new(),
+            in_flight: BTreeSet::new(),
+            refused_by_peer: BTreeSet::new(),
+            manifest_round: 0,
+            last_manifest_ms: now_ms,
+            peer_manifest: None,
+        }
+    }
+
+    fn hello(&self) -> Frame {
+        Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            min_version: PROTOCOL_VERSION_MIN,
+            capabilities: capabilities::ALL,
+            peer_id: self.local.clone(),
+            actor: self.actor.clone(),
+        })
+    }
+
+    /// The peer this session talks to.
+    pub fn peer(&self) -> &PeerId {
+        &self.peer
+    }
+
+    /// True once the handshake is done and until the session closes.
+    pub fn is_established(&self) -> bool {
+        matches!(self.phase, Phase::Established { .. })
+    }
+
+    /// True once the session has closed; it then ignores all input.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// True when nothing is pending, in flight or queued.
+    pub fn is_idle(&self) -> bool {
+        self.outbound.is_empty() && self.pending.is_empty() && self.in_flight.is_empty()
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Frame> {
+        self.outbound.pop_front()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Refuses the whole session with `code`: queues [`Frame::Refuse`] and closes.
+    pub fn refuse(&mut self, code: ErrorCode, reason: impl Into<String>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let mut reason = reason.into();
+        if reason.len() > REASON_BYTES_MAX {
+            let mut cut = REASON_BYTES_MAX;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        self.outbound.push_back(Frame::Refuse { code, reason: reason.clone() });
+        self.phase = Phase::Closed;
+        self.events.push_back(Event::Closed { code, reason, by_peer: false });
+    }
+
+    /// Feeds one frame received from the peer.
+    pub fn handle_frame<S: DocStore + ?Sized>(&mut self, store: &mut S, frame: Frame) {
+        match (self.phase, frame) {
+            (Phase::Closed, _) => {}
+            (_, Frame::Refuse { code, reason }) => {
+                self.phase = Phase::Closed;
+                self.events.push_back(Event::Closed { code, reason, by_peer: true });
+            }
+            (_, Frame::Hello(hello)) if self.role == Role::Server => self.on_hello(store, hello),
+            (Phase::AwaitingHelloAck { .. }, Frame::HelloAck(ack)) => self.on_hello_ack(store, ack),
+            // A duplicate HelloAck.
+            (Phase::Established { .. }, Frame::HelloAck(_)) if self.role == Role::Client => {}
+            // A client may see hub frames overtake the HelloAck on a reordering network; the hub resends.
+            (Phase::AwaitingHelloAck { .. }, _) => {}
+            (Phase::AwaitingHello, other) => {
+                self.refuse(ErrorCode::ProtocolViolation, format!("expected Hello, got {}", frame_name(&other)));
+            }
+            (Phase::Established { .. }, frame) => self.on_established_frame(store, frame),
+        }
+        self.start_pending(store);
+    }
+
+    fn on_hello<S: DocStore + ?Sized>(&mut self, store: &mut S, hello: Hello) {
+        if hello.peer_id != self.peer {
+            return self.refuse(
+                ErrorCode::Unauthorized,
+                format!("hello claims {} but the certificate says {}", hello.peer_id, self.peer),
+            );
+        }
+        let version = hello.version.min(PROTOCOL_VERSION);
+        if version < hello.min_version.max(PROTOCOL_VERSION_MIN) {
+            return self.refuse(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "peer speaks {}..={}, we speak {}..={}",
+                    hello.min_version, hello.version, PROTOCOL_VERSION_MIN, PROTOCOL_VERSION
+                ),
+            );
+        }
+        let capabilities = hello.capabilities & capabilities::ALL;
+        self.outbound.push_back(Frame::HelloAck(HelloAck {
+            version,
+            capabilities,
+            peer_id: self.local.clone(),
+            actor: self.actor.clone(),
+        }));
+        // A repeated Hello (its HelloAck was lost) only gets the HelloAck again.
+        if self.phase == Phase::AwaitingHello {
+            self.establish(store, version, capabilities);
+        }
+    }
+
+    fn on_hello_ack<S: DocStore + ?Sized>(&mut self, store: &mut S, ack: HelloAck) {
+        if ack.peer_id != self.peer {
+            return self.refuse(
+                ErrorCode::Unauthorized,
+                format!("hello-ack claims {} but the certificate says {}", ack.peer_id, self.peer),
+            );
+        }
+        if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&ack.version) {
+            return self.refuse(ErrorCode::UnsupportedVersion, format!("hub chose version {}", ack.version));
+        }
+        self.establish(store, ack.version, ack.capabilities & capabilities::ALL);
+    }
+
+    fn establish<S: DocStore + ?Sized>(&mut self, store: &mut S, version: u16, capabilities: u64) {
+        self.phase = Phase::Established { version, capabilities };
+        self.events.push_back(Event::Established { version, capabilities });
+        self.send_manifest(store);
+    }
+
+    fn send_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S) {
+        self.manifest_round = self.manifest_round.wrapping_add(1);
+        self.last_manifest_ms = self.now_ms;
+        let mut ids = store.docs_for(&self.peer);
+        ids.retain(|d| store.entitled(&self.peer, d));
+        ids.sort();
+        ids.dedup();
+        let per_frame = self.cfg.manifest_docs_per_frame_max.max(1);
+        let mut entries: Vec<ManifestEntry> = Vec::new();
+        let mut chunks = ids.chunks(per_frame).peekable();
+        if chunks.peek().is_none() {
+            self.outbound.push_back(Frame::Manifest(Manifest { round: self.manifest_round, docs: vec![], last: true }));
+            return;
+        }
+        while let Some(chunk) = chunks.next() {
+            for doc in chunk {
+                if let Some(d) = store.doc_mut(doc) {
+                    entries.push(ManifestEntry { doc: doc.clone(), heads: sorted(hashes(&d.get_heads())) });
+                }
+            }
+            let last = chunks.peek().is_none();
+            let docs = std::mem::take(&mut entries);
+            self.outbound.push_back(Frame::Manifest(Manifest { round: self.manifest_round, docs, last }));
+        }
+    }
+
+    fn on_established_frame<S: DocStore + ?Sized>(&mut self, store: &mut S, frame: Frame) {
+        match frame {
+            Frame::Manifest(m) => self.on_manifest(store, m),
+            Frame::Sync { doc, msg } => self.on_sync(store, doc, &msg),
+            Frame::Ack { doc, heads } => self.on_ack(store, doc, heads),
+            Frame::Refused { doc, code } => {
+                self.in_flight.remove(&doc);
+                self.docs.remove(&doc);
+                self.refused_by_peer.insert(doc.clone());
+                self.events.push_back(Event::PeerRefused { doc, code });
+            }
+            Frame::Ping { nonce } => self.outbound.push_back(Frame::Pong { nonce }),
+            Frame::Pong { .. } => {}
+            Frame::Hello(_) | Frame::HelloAck(_) | Frame::Refuse { .. } => {
+                self.refuse(ErrorCode::ProtocolViolation, format!("unexpected {}", frame_name(&frame)));
+            }
+        }
+    }
+
+    fn refused(&mut self, doc: DocId) {
+        self.outbound.push_back(Frame::Refused { doc, code: ErrorCode::NotEntitled });
+    }
+
+    fn on_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S, m: Manifest) {
+        let assembling =
+            self.peer_manifest.get_or_insert_with(|| PeerManifest { round: m.round, ..Default::default() });
+        if m.round != assembling.round {
+            // A newer round replaces a half-assembled older one; chunks of an older round are stale.
+            if m.round.wrapping_sub(assembling.round) < u32::MAX / 2 {
+                *assembling = PeerManifest { round: m.round, ..Default::default() };
+            } else {
+                return;
+            }
+        }
+        if assembling.seen.len() + m.docs.len() > self.cfg.manifest_docs_max {
+            return self
+                .refuse(ErrorCode::Overloaded, format!("manifest exceeds {} documents", self.cfg.manifest_docs_max));
+        }
+        let mut to_schedule = Vec::new();
+        let mut to_refuse = Vec::new();
+        let mut to_finish = Vec::new();
+        for entry in m.docs {
+            if !store.entitled(&self.peer, &entry.doc) {
+                to_refuse.push(entry.doc);
+                continue;
+            }
+            assembling.seen.insert(entry.doc.clone());
+            let ours = store.doc_mut(&entry.doc).map(|d| sorted(hashes(&d.get_heads())));
+            if ours.as_ref() != Some(&sorted(entry.heads)) {
+                to_schedule.push(entry.doc);
+            } else if self.in_flight.contains(&entry.doc) {
+                to_finish.push((entry.doc, ours.unwrap_or_default()));
+            }
+        }
+        if m.last {
+            let seen = self.peer_manifest.take().map(|p| p.seen).unwrap_or_default();
+            for doc in store.docs_for(&self.peer) {
+                if !seen.contains(&doc) && store.entitled(&self.peer, &doc) {
+                    to_schedule.push(doc);
+                }
+            }
+        }
+        for (doc, heads) in to_finish {
+            self.finish(doc, heads);
+        }
+        for doc in to_refuse {
+            self.refused(doc);
+        }
+        for doc in to_schedule {
+            self.schedule(doc);
+        }
+    }
+
+    fn doc_sync<S: DocStore + ?Sized>(&mut self, store: &S, doc: &DocId) -> &mut DocSync {
+        let now_ms = self.now_ms;
+        let peer = &self.peer;
+        self.docs.entry(doc.clone()).or_insert_with(|| {
+            let state = store.load_sync_state(peer, doc).and_then(|b| State::decode(&b).ok()).unwrap_or_default();
+            DocSync { state, last_progress_ms: now_ms }
+        })
+    }
+
+    fn on_sync<S: DocStore + ?Sized>(&mut self, store: &mut S, doc: DocId, msg: &[u8]) {
+        if !store.entitled(&self.peer, &doc) {
+            return self.refused(doc);
+        }
+        let msg = match Message::decode(msg) {
+            Ok(msg) => msg,
+            Err(e) => {
+                return self.refuse(ErrorCode::Malformed, format!("sync message for {doc}: {e}"));
+            }
+        };
+        self.doc_sync(store, &doc);
+        let Some(entry) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let automerge_doc = match store.doc_mut(&doc) {
+            Some(d) => d,
+            None => match store.create_doc(&doc) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.events.push_back(Event::DocFailed { doc, code: ErrorCode::Internal });
+                    drop(e);
+                    return;
+                }
+            },
+        };
+        let before = automerge_doc.get_heads();
+        if let Err(e) = automerge_doc.sync().receive_sync_message(&mut entry.state, msg) {
+            return self.refuse(ErrorCode::Malformed, format!("sync message for {doc} does not apply: {e}"));
+        }
+        entry.last_progress_ms = self.now_ms;
+        let changed = automerge_doc.get_heads() != before;
+        let encoded = entry.state.encode();
+        store.save_sync_state(&self.peer, &doc, encoded);
+        if changed {
+            self.events.push_back(Event::DocChanged { doc: doc.clone() });
+        }
+        self.pump(store, &doc, true);
+    }
+
+    fn on_ack<S: DocStore + ?Sized>(&mut self, store: &mut S, doc: DocId, heads: Vec<Hash>) {
+        if !store.entitled(&self.peer, &doc) {
+            return;
+        }
+        let theirs = sorted(heads);
+        let ours = store.doc_mut(&doc).map(|d| sorted(hashes(&d.get_heads())));
+        if ours.as_ref() == Some(&theirs) {
+            self.finish(doc, theirs);
+        } else if ours.is_some() {
+            // The peer has nothing more for us but lacks something of ours: our sync state believes it sent
+            // that already (a message was lost, or crossed), so restart from the persisted state.
+            if let Some(entry) = self.docs.get_mut(&doc) {
+                entry.state = reset_state(&entry.state);
+            }
+            self.in_flight.insert(doc.clone());
+            self.pump(store, &doc, false);
+        }
+    }
+
+    fn finish(&mut self, doc: DocId, heads: Vec<Hash>) {
+        self.in_flight.remove(&doc);
+        self.events.push_back(Event::DocInSync { doc, heads });
+    }
+
+    /// Generates the next sync message for `doc`. `answering` is true right after receiving a message: if we
+    /// have nothing to say we then `Ack`, so the peer learns we are done.
+    fn pump<S: DocStore + ?Sized>(&mut self, store: &mut S, doc: &DocId, answering: bool) {
+        self.doc_sync(store, doc);
+        let Some(entry) = self.docs.get_mut(doc) else {
+            return;
+        };
+        let Some(automerge_doc) = store.doc_mut(doc) else {
+            // We do not hold it: the peer does and will send it.
+            self.in_flight.remove(doc);
+            return;
+        };
+        let generated = automerge_doc.sync().generate_sync_message(&mut entry.state);
+        match generated {
+            Some(msg) => {
+                let msg = msg.encode();
+                if msg.len() > self.cfg.sync_msg_bytes_max {
+                    entry.state = reset_state(&entry.state);
+                    self.in_flight.remove(doc);
+                    self.events.push_back(Event::DocFailed { doc: doc.clone(), code: ErrorCode::FrameTooLarge });
+                    return;
+                }
+                entry.last_progress_ms = self.now_ms;
+                self.in_flight.insert(doc.clone());
+                self.outbound.push_back(Frame::Sync { doc: doc.clone(), msg });
+            }
+            None if answering => {
+                let heads = sorted(hashes(&automerge_doc.get_heads()));
+                let their = entry.state.their_heads.as_deref().map(|h| sorted(hashes(h)));
+                self.outbound.push_back(Frame::Ack { doc: doc.clone(), heads: heads.clone() });
+                if their.as_ref() == Some(&heads) {
+                    self.finish(doc.clone(), heads);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn schedule(&mut self, doc: DocId) {
+        if self.refused_by_peer.contains(&doc) || self.in_flight.contains(&doc) {
+            return;
+        }
+        if self.pending_set.insert(doc.clone()) {
+            self.pending.push_back(doc);
+        }
+    }
+
+    fn start_pending<S: DocStore + ?Sized>(&mut self, store: &mut S) {
+        if !self.is_established() {
+            return;
+        }
+        while self.in_flight.len() < self.cfg.docs_in_flight_max && self.outbound.len() < self.cfg.outbound_frames_max {
+            let Some(doc) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_set.remove(&doc);
+            if self.in_flight.contains(&doc) {
+                continue;
+            }
+            self.pump(store, &doc, false);
+        }
+    }
+
+    /// Tells the session that `doc` changed locally.
+    pub fn local_change<S: DocStore + ?Sized>(&mut self, store: &mut S, doc: &DocId) {
+        if !self.is_established() || !store.entitled(&self.peer, doc) {
+            return;
+        }
+        if self.in_flight.contains(doc) {
+            // Heads changed, so Automerge sends even while a message is in flight.
+            self.pump(store, doc, false);
+        } else {
+            self.schedule(doc.clone());
+            self.start_pending(store);
+        }
+    }
+
+    /// Advances the session's notion of time: retries Hello, restarts stalled documents, resends the manifest.
+    pub fn tick<S: DocStore + ?Sized>(&mut self, store: &mut S, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        match self.phase {
+            Phase::AwaitingHelloAck { hello_sent_ms } if self.now_ms - hello_sent_ms >= self.cfg.hello_retry_ms => {
+                self.phase = Phase::AwaitingHelloAck { hello_sent_ms: self.now_ms };
+                self.outbound.push_back(self.hello());
+            }
+            Phase::Established { .. } => {
+                let stalled: Vec<DocId> = self
+                    .in_flight
+                    .iter()
+                    .filter(|d| {
+                        self.docs.get(*d).is_none_or(|e| self.now_ms - e.last_progress_ms >= self.cfg.doc_stall_ms)
+                    })
+                    .cloned()
+                    .collect();
+                for doc in stalled {
+                    if let Some(entry) = self.docs.get_mut(&doc) {
+                        entry.state = reset_state(&entry.state);
+                        entry.last_progress_ms = self.now_ms;
+                    }
+                    self.in_flight.remove(&doc);
+                    self.pump(store, &doc, false);
+                }
+                if self.now_ms - self.last_manifest_ms >= self.cfg.manifest_interval_ms {
+                    self.send_manifest(store);
+                }
+                self.start_pending(store);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "Hello",
+        Frame::HelloAck(_) => "HelloAck",
+        Frame::Refuse { .. } => "Refuse",
+        Frame::Manifest(_) => "Manifest",
+        Frame::Sync { .. } => "Sync",
+        Frame::Ack { .. } => "Ack",
+        Frame::Refused { .. } => "Refused",
+        Frame::Ping { .. } => "Ping",
+        Frame::Pong { .. } => "Pong",
+    }
+}

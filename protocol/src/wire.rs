@@ -1,0 +1,631 @@
+//! Wire frames of the node ↔ hub sync protocol: length-prefixed postcard.
+//!
+//! A frame on a stream is a `u32` little-endian body length followed by a postcard body encoding [`Frame`].
+//! The length is checked against a limit ([`FRAME_BYTES_MAX`] by default) *before* any buffer for the body is
+//! allocated, so a peer cannot make us reserve memory by announcing a huge frame.
+//!
+//! These types are the wire contract, kept apart from the domain types on purpose: a domain type may change
+//! shape freely, a wire type may not. Postcard encodes enum variants by index and struct fields in order, so
+//! the rules for changing this file are:
+//! - never reorder, remove or retype a field or a [`Frame`] variant; only append new variants at the end;
+//! - new behaviour is announced by a [`capabilities`] bit in [`Hello`], never by a silently extended struct;
+//! - [`Hello`] is frozen: its bytes are pinned by a golden test so that every version can read every other
+//!   version's `Hello` and refuse politely with [`ErrorCode::UnsupportedVersion`].
+//!
+//! [`ErrorCode`] numbers double as QUIC application close codes and are stable.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Version of this wire protocol spoken by this build.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Oldest protocol version this build still speaks.
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
+/// Bytes of the length prefix in front of every frame body.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+/// Default largest frame body we accept or send, in bytes (4 MiB). Large Automerge sync messages are split by
+/// Automerge itself into several rounds, so this bounds memory, not document size.
+pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Longest document id, in bytes.
+pub const DOC_ID_BYTES_MAX: usize = 128;
+/// Longest peer id, in bytes (`oms://<tenant>/node/<id>` fits easily).
+pub const PEER_ID_BYTES_MAX: usize = 256;
+/// Longest human-readable reason in a [`Frame::Refuse`], in bytes.
+pub const REASON_BYTES_MAX: usize = 512;
+/// ALPN protocol id of this protocol on QUIC.
+pub const ALPN: &[u8] = b"oms/1";
+
+/// Capability bits carried in [`Hello::capabilities`] and [`HelloAck::capabilities`].
+pub mod capabilities {
+    /// The peer understands [`super::Frame::Ping`] / [`super::Frame::Pong`].
+    pub const PING: u64 = 1 << 0;
+    /// Every capability this build implements.
+    pub const ALL: u64 = PING;
+}
+
+/// Typed errors a peer reports, as QUIC application close codes and in [`Frame::Refuse`] /
+/// [`Frame::Refused`]. The numbers are stable: never renumber, only append.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Orderly close, nothing wrong.
+    NoError = 0,
+    /// A frame's announced length exceeds the receiver's limit.
+    FrameTooLarge = 1,
+    /// Bytes that do not decode as a frame, or a truncated frame.
+    Malformed = 2,
+    /// No protocol version both peers speak.
+    UnsupportedVersion = 3,
+    /// The peer's identity is not acceptable (wrong tenant, claims another id than its certificate).
+    Unauthorized = 4,
+    /// The peer asked for or offered a document it is not entitled to.
+    NotEntitled = 5,
+    /// Something went wrong on our side; the peer may retry later.
+    Internal = 6,
+    /// A well-formed frame arrived at a point where the protocol does not allow it.
+    ProtocolViolation = 7,
+    /// The peer sends faster than we can process, or exceeded a count limit.
+    Overloaded = 8,
+    /// The peer did not answer within the allotted time.
+    Timeout = 9,
+    /// A code this build does not know (sent by a newer peer). Never sent by this build.
+    Unknown = 0xFFFF_FFFF,
+}
+
+impl ErrorCode {
+    /// The stable number of this code.
+    pub fn as_u32(self) -> u32 {
+        self as u32
+    }
+
+    /// The code with this number, [`ErrorCode::Unknown`] for numbers this build does not know.
+    pub fn from_u32(n: u32) -> Self {
+        match n {
+            0 => Self::NoError,
+            1 => Self::FrameTooLarge,
+            2 => Self::Malformed,
+            3 => Self::UnsupportedVersion,
+            4 => Self::Unauthorized,
+            5 => Self::NotEntitled,
+            6 => Self::Internal,
+            7 => Self::ProtocolViolation,
+            8 => Self::Overloaded,
+            9 => Self::Timeout,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}({})", self, self.as_u32())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.as_u32())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(Self::from_u32)
+    }
+}
+
+/// Identifies one Automerge document on the wire. At most [`DOC_ID_BYTES_MAX`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DocId(String);
+
+impl DocId {
+    /// A document id, or `None` if it is empty or longer than [`DOC_ID_BYTES_MAX`] bytes.
+    pub fn new(id: impl Into<String>) -> Option<Self> {
+        let id = id.into();
+        (!id.is_empty() && id.len() <= DOC_ID_BYTES_MAX).then_some(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn is_valid(&self) -> bool {
+        !self.0.is_empty() && self.0.len() <= DOC_ID_BYTES_MAX
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Identifies a peer: the URI from its certificate, e.g. `oms://acme/node/berlin-1` or `oms://acme/hub`.
+/// At most [`PEER_ID_BYTES_MAX`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeerId(String);
+
+impl PeerId {
+    /// A peer id, or `None` if it is empty or longer than [`PEER_ID_BYTES_MAX`] bytes.
+    pub fn new(id: impl Into<String>) -> Option<Self> {
+        let id = id.into();
+        (!id.is_empty() && id.len() <= PEER_ID_BYTES_MAX).then_some(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn is_valid(&self) -> bool {
+        !self.0.is_empty() && self.0.len() <= PEER_ID_BYTES_MAX
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An Automerge change hash (SHA-256), as raw bytes.
+pub type Hash = [u8; 32];
+
+/// First frame a connecting node sends. Frozen layout (see module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Newest protocol version the sender speaks.
+    pub version: u16,
+    /// Oldest protocol version the sender speaks.
+    pub min_version: u16,
+    /// Bitset of [`capabilities`].
+    pub capabilities: u64,
+    /// Who the sender says it is; must match its certificate.
+    pub peer_id: PeerId,
+    /// The sender's Automerge actor id for this process (informational, for logs and debugging).
+    pub actor: Vec<u8>,
+}
+
+/// The hub's answer to an acceptable [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAck {
+    /// The version both peers will speak from now on.
+    pub version: u16,
+    /// Capabilities both peers have (intersection).
+    pub capabilities: u64,
+    /// Who the hub is.
+    pub peer_id: PeerId,
+    /// The hub's Automerge actor id for this process.
+    pub actor: Vec<u8>,
+}
+
+/// One document in a [`Manifest`]: its id and the sender's current heads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// The document.
+    pub doc: DocId,
+    /// The sender's heads of that document.
+    pub heads: Vec<Hash>,
+}
+
+/// The documents the sender holds and shares with the receiver, with their heads. A manifest longer than the
+/// per-frame limit is sent as several chunks; `last` marks the final chunk of one manifest round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Round number, increasing per sender and session, so chunks of an older round can be told apart.
+    pub round: u32,
+    /// Documents in this chunk.
+    pub docs: Vec<ManifestEntry>,
+    /// True on the final chunk of this round.
+    pub last: bool,
+}
+
+/// Everything that travels on a sync stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Node → hub, first frame.
+    Hello(Hello),
+    /// Hub → node, accepts the [`Hello`].
+    HelloAck(HelloAck),
+    /// Refuses the whole session; the sender closes the connection with the same code.
+    Refuse {
+        /// Why.
+        code: ErrorCode,
+        /// For a person, at most [`REASON_BYTES_MAX`] bytes.
+        reason: String,
+    },
+    /// A chunk of the sender's manifest.
+    Manifest(Manifest),
+    /// One Automerge sync message (`automerge::sync::Message::encode`) for one document.
+    Sync {
+        /// The document.
+        doc: DocId,
+        /// Encoded `automerge::sync::Message`.
+        msg: Vec<u8>,
+    },
+    /// The sender has nothing more to send for `doc` and these are its heads.
+    Ack {
+        /// The document.
+        doc: DocId,
+        /// The sender's heads.
+        heads: Vec<Hash>,
+    },
+    /// The sender will not sync `doc` with the receiver.
+    Refused {
+        /// The document.
+        doc: DocId,
+        /// Why, usually [`ErrorCode::NotEntitled`].
+        code: ErrorCode,
+    },
+    /// Liveness probe (capability [`capabilities::PING`]).
+    Ping {
+        /// Echoed in the [`Frame::Pong`].
+        nonce: u64,
+    },
+    /// Answer to [`Frame::Ping`].
+    Pong {
+        /// The nonce of the ping.
+        nonce: u64,
+    },
+}
+
+impl Frame {
+    /// Checks the length limits that serde cannot express (ids, reasons).
+    fn validate(&self) -> Result<(), WireError> {
+        let bad = |what: &'static str| Err(WireError::Invalid { what });
+        match self {
+            Frame::Hello(h) if !h.peer_id.is_valid() => bad("hello peer id"),
+            Frame::HelloAck(h) if !h.peer_id.is_valid() => bad("hello-ack peer id"),
+            Frame::Refuse { reason, .. } if reason.len() > REASON_BYTES_MAX => bad("refuse reason"),
+            Frame::Manifest(m) if m.docs.iter().any(|e| !e.doc.is_valid()) => bad("manifest doc id"),
+            Frame::Sync { doc, .. } | Frame::Ack { doc, .. } | Frame::Refused { doc, .. } if !doc.is_valid() => {
+                bad("doc id")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why bytes could not be turned into a frame, or a frame into bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The announced (or encoded) body length exceeds the limit; nothing was allocated for it.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The body is not a valid postcard [`Frame`].
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The body decoded but a field breaks a length limit.
+    #[error("invalid frame: {what} out of bounds")]
+    Invalid {
+        /// Which field.
+        what: &'static str,
+    },
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame ({buffered} bytes buffered)")]
+    Truncated {
+        /// Bytes of the partial frame.
+        buffered: usize,
+    },
+}
+
+impl WireError {
+    /// The code to close the connection with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WireError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            WireError::Malformed(_) | WireError::Invalid { .. } | WireError::Truncated { .. } => ErrorCode::Malformed,
+        }
+    }
+}
+
+/// Encodes `frame` as length prefix + body, appending to `out`.
+pub fn encode_frame_into(frame: &Frame, frame_bytes_max: usize, out: &mut Vec<u8>) -> Result<(), WireError> {
+    frame.validate()?;
+    let body = postcard::to_allocvec(frame).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let len = body.len();
+    let too_large = WireError::FrameTooLarge { len, max: frame_bytes_max };
+    if len > frame_bytes_max {
+        return Err(too_large);
+    }
+    let len_u32 = u32::try_from(len).map_err(|_| too_large)?;
+    out.reserve(LENGTH_PREFIX_BYTES + len);
+    out.extend_from_slice(&len_u32.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// Encodes `frame` as length prefix + body with the default [`FRAME_BYTES_MAX`].
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::new();
+    encode_frame_into(frame, FRAME_BYTES_MAX, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes one frame body (without length prefix).
+pub fn decode_body(body: &[u8]) -> Result<Frame, WireError> {
+    let (frame, rest) = postcard::take_from_bytes::<Frame>(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed(format!("{} trailing bytes after frame", rest.len())));
+    }
+    frame.validate()?;
+    Ok(frame)
+}
+
+/// Reads the body length from a length prefix, refusing it if it exceeds `frame_bytes_max`.
+pub fn decode_length(prefix: [u8; LENGTH_PREFIX_BYTES], frame_bytes_max: usize) -> Result<usize, WireError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > frame_bytes_max {
+        return Err(WireError::FrameTooLarge { len, max: frame_bytes_max });
+    }
+    Ok(len)
+}
+
+/// Incremental decoder: feed it byte chunks of any size, take complete frames out.
+///
+/// Memory stays bounded by the largest accepted frame plus one pushed chunk: the length prefix is checked as
+/// soon as it is complete, and after an error the decoder drops its buffer and refuses further input.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    frame_bytes_max: usize,
+    failed: Option<WireError>,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new(FRAME_BYTES_MAX)
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder accepting bodies of at most `frame_bytes_max` bytes.
+    pub fn new(frame_bytes_max: usize) -> Self {
+        Self { buf: Vec::new(), frame_bytes_max, failed: None }
+    }
+
+    /// Appends received bytes. Ignored once the decoder has failed.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        // Check the prefix of the frame being assembled before buffering its body.
+        if self.buf.len() < LENGTH_PREFIX_BYTES {
+            let need = LENGTH_PREFIX_BYTES - self.buf.len();
+            let (head, tail) = bytes.split_at(need.min(bytes.len()));
+            self.buf.extend_from_slice(head);
+            if self.buf.len() == LENGTH_PREFIX_BYTES
+                && let Err(e) = self.prefix_len()
+            {
+                self.fail(e);
+                return;
+            }
+            if !tail.is_empty() {
+                self.buf.extend_from_slice(tail);
+            }
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    fn prefix_len(&self) -> Result<usize, WireError> {
+        let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+        prefix.copy_from_slice(&self.buf[..LENGTH_PREFIX_BYTES]);
+        decode_length(prefix, self.frame_bytes_max)
+    }
+
+    fn fail(&mut self, e: WireError) {
+        self.buf = Vec::new();
+        self.failed = Some(e);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed. After an error every call returns it.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.buf.len() < LENGTH_PREFIX_BYTES {
+            return Ok(None);
+        }
+        let len = match self.prefix_len() {
+            Ok(len) => len,
+            Err(e) => {
+                self.fail(e.clone());
+                return Err(e);
+            }
+        };
+        let end = LENGTH_PREFIX_BYTES + len;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let result = decode_body(&self.buf[LENGTH_PREFIX_BYTES..end]);
+        self.buf.drain(..end);
+        // A following frame's prefix may already be complete: check it now so an oversized one is refused
+        // before its body is buffered by the next push.
+        if self.buf.len() >= LENGTH_PREFIX_BYTES
+            && let Err(e) = self.prefix_len()
+        {
+            self.fail(e);
+        }
+        match result {
+            Ok(frame) => Ok(Some(frame)),
+            Err(e) => {
+                self.fail(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Call at end of stream: an error if a partial frame is buffered.
+    pub fn finish(&self) -> Result<(), WireError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.buf.is_empty() { Ok(()) } else { Err(WireError::Truncated { buffered: self.buf.len() }) }
+    }
+
+    /// Bytes buffered and not yet returned as a frame.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hello() -> Frame {
+        Frame::Hello(Hello {
+            version: 1,
+            min_version: 1,
+            capabilities: capabilities::PING,
+            peer_id: PeerId::new("oms://acme/node/n1").unwrap(),
+            actor: vec![0xAB, 0xCD],
+        })
+    }
+
+    /// Pins the bytes of `Hello` v1: if this test fails, old nodes can no longer talk to this hub.
+    #[test]
+    fn golden_hello_v1() {
+        let bytes = encode_frame(&hello()).unwrap();
+        let mut expected = vec![26, 0, 0, 0]; // body length
+        expected.extend_from_slice(&[0, 1, 1, 1, 18]); // variant 0, version, min_version, caps, id len
+        expected.extend_from_slice(b"oms://acme/node/n1");
+        expected.extend_from_slice(&[2, 0xAB, 0xCD]);
+        assert_eq!(bytes, expected);
+    }
+
+    /// Pins the bytes of `Manifest` v1.
+    #[test]
+    fn golden_manifest_v1() {
+        let frame = Frame::Manifest(Manifest {
+            round: 7,
+            docs: vec![ManifestEntry { doc: DocId::new("d1").unwrap(), heads: vec![[0x11; 32]] }],
+            last: true,
+        });
+        let bytes = encode_frame(&frame).unwrap();
+        let mut expected = vec![3, 7, 1, 2, b'd', b'1', 1];
+        expected.extend_from_slice(&[0x11; 32]);
+        expected.push(1);
+        let mut prefixed = (expected.len() as u32).to_le_bytes().to_vec();
+        prefixed.extend_from_slice(&expected);
+        assert_eq!(bytes, prefixed);
+    }
+
+    #[test]
+    fn error_codes_are_stable() {
+        assert_eq!(ErrorCode::FrameTooLarge.as_u32(), 1);
+        assert_eq!(ErrorCode::Malformed.as_u32(), 2);
+        assert_eq!(ErrorCode::UnsupportedVersion.as_u32(), 3);
+        assert_eq!(ErrorCode::Unauthorized.as_u32(), 4);
+        assert_eq!(ErrorCode::NotEntitled.as_u32(), 5);
+        assert_eq!(ErrorCode::Internal.as_u32(), 6);
+        for n in 0..10 {
+            assert_eq!(ErrorCode::from_u32(n).as_u32(), n);
+        }
+        assert_eq!(ErrorCode::from_u32(4242), ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_body_arrives() {
+        let mut d = FrameDecoder::new(16);
+        d.push(&17u32.to_le_bytes());
+        assert_eq!(d.next_frame(), Err(WireError::FrameTooLarge { len: 17, max: 16 }));
+        assert_eq!(d.buffered_bytes(), 0);
+        d.push(&[0; 100]);
+        assert_eq!(d.buffered_bytes(), 0, "a failed decoder must not buffer");
+    }
+
+    #[test]
+    fn truncated_frame_is_reported_at_finish() {
+        let bytes = encode_frame(&hello()).unwrap();
+        let mut d = FrameDecoder::default();
+        d.push(&bytes[..bytes.len() - 1]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert!(matches!(d.finish(), Err(WireError::Truncated { .. })));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let mut d = FrameDecoder::default();
+        d.push(&[3, 0, 0, 0, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(d.next_frame().map_err(|e| e.code()), Err(ErrorCode::Malformed));
+    }
+
+    #[test]
+    fn encode_refuses_oversized_frame() {
+        let frame = Frame::Sync { doc: DocId::new("d").unwrap(), msg: vec![0; 100] };
+        let mut out = vec![9];
+        assert!(matches!(encode_frame_into(&frame, 50, &mut out), Err(WireError::FrameTooLarge { .. })));
+        assert_eq!(out, vec![9], "a failed encode leaves the buffer as it was");
+    }
+
+    #[test]
+    fn invalid_ids_are_refused() {
+        let long = "x".repeat(DOC_ID_BYTES_MAX + 1);
+        assert!(DocId::new(long.clone()).is_none());
+        // A frame built by a hostile peer with an over-long id does not decode.
+        let body = postcard::to_allocvec(&Frame::Ack { doc: DocId(long), heads: vec![] }).unwrap();
+        assert!(matches!(decode_body(&body), Err(WireError::Invalid { .. })));
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let doc = "[a-z0-9-]{1,20}".prop_map(|s| DocId::new(s).unwrap());
+        prop_oneof![
+            (any::<u16>(), any::<u16>(), any::<u64>(), "[a-z/:]{1,30}", proptest::collection::vec(any::<u8>(), 0..16))
+                .prop_map(|(version, min_version, capabilities, p, actor)| {
+                    Frame::Hello(Hello { version, min_version, capabilities, peer_id: PeerId::new(p).unwrap(), actor })
+                }),
+            (doc.clone(), proptest::collection::vec(any::<u8>(), 0..300))
+                .prop_map(|(doc, msg)| Frame::Sync { doc, msg }),
+            (doc.clone(), proptest::collection::vec(any::<[u8; 32]>(), 0..3))
+                .prop_map(|(doc, heads)| Frame::Ack { doc, heads }),
+            (doc, any::<u32>()).prop_map(|(doc, c)| Frame::Refused { doc, code: ErrorCode::from_u32(c % 10) }),
+            any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+        ]
+    }
+
+    proptest! {
+        /// Any chunking of a stream of frames decodes to the same frames.
+        #[test]
+        fn decoder_handles_any_chunking(frames in proptest::collection::vec(arb_frame(), 1..8), cuts in proptest::collection::vec(1usize..64, 1..50)) {
+            let mut bytes = Vec::new();
+            for f in &frames {
+                encode_frame_into(f, FRAME_BYTES_MAX, &mut bytes).unwrap();
+            }
+            let mut d = FrameDecoder::default();
+            let mut out = Vec::new();
+            let mut rest = &bytes[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                d.push(&rest[..n]);
+                rest = &rest[n..];
+                i += 1;
+                while let Some(f) = d.next_frame().unwrap() {
+                    out.push(f);
+                }
+            }
+            d.finish().unwrap();
+            prop_assert_eq!(out, frames);
+        }
+
+        /// Random bytes never panic the decoder and never make it buffer beyond the limit plus one chunk.
+        #[test]
+        fn decoder_survives_garbage(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..20)) {
+            let mut d = FrameDecoder::new(256);
+            for c in &chunks {
+                d.push(c);
+                prop_assert!(d.buffered_bytes() <= LENGTH_PREFIX_BYTES + 256 + 64);
+                while let Ok(Some(_)) = d.next_frame() {}
+            }
+        }
+    }
+}

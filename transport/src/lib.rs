@@ -1,0 +1,19 @@
+//! QUIC transport of oms sync: the tenant PKI, mutually-authenticated quinn endpoints, framed streams, a
+//! reconnect backoff and a fault-injecting UDP relay for tests.
+//!
+//! This crate moves bytes and checks identities; it knows nothing about documents. The sync logic is the
+//! sans-IO `oms_protocol::sync::SyncSession`, which a driver (node or hub) feeds with frames read here.
+//! Identity comes only from the verified certificate ([`endpoint::peer_identity`]), never from a frame.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod backoff;
+pub mod endpoint;
+pub mod pki;
+pub mod relay;
+pub mod tls;
+
+pub use endpoint::{
+    EndpointError, FrameIoError, FramedStream, Limits, accept_bi, client_endpoint, close, close_code, connect, open_bi,
+    peer_identity, server_endpoint,
+};
+pub use pki::{Identity, IssueOptions, Issued, PkiError};
