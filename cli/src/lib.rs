@@ -3,7 +3,9 @@
 //! separate processes on loopback and drives a warehouse day through them.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod ca;
 mod demo;
+mod hub_cmd;
 
 use std::path::PathBuf;
 
@@ -23,6 +25,13 @@ enum Cmd {
     Node(NodeArgs),
     /// Run a demo: several warehouse nodes on this machine, orders flowing through pick, pack and ship.
     Demo(demo::DemoArgs),
+    /// Run the hub: nodes sync to it over QUIC; operators query it over HTTP.
+    Hub(hub_cmd::HubArgs),
+    /// Manage the tenant PKI: CA, node and hub certificates, revocation.
+    Ca {
+        #[command(subcommand)]
+        cmd: ca::CaCmd,
+    },
     /// Demand forecasting tools.
     Forecast {
         #[command(subcommand)]
@@ -175,6 +184,8 @@ pub fn main() -> anyhow::Result<()> {
                 }
             }
             Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Hub(a) => oms_hub::run(hub_cmd::config(&a)?, shutdown_signal()).await,
+            Cmd::Ca { cmd } => ca::run(cmd),
             Cmd::Forecast { cmd: ForecastCmd::Eval { data } } => {
                 let mut out = std::io::stdout().lock();
                 oms_forecast::eval_command(&data, &mut out).map(|_| ()).map_err(anyhow::Error::from)

@@ -14,16 +14,15 @@
 
 pub mod error;
 pub mod eval;
-pub use eval::{EvalError, EvalSummary, eval_command};
 pub mod forecast;
 pub mod models;
 pub mod optim;
 pub mod replenishment;
-pub use replenishment::{Plan, plan};
 pub mod stats;
 pub mod synthetic;
-pub use synthetic::{panel_command, simulate_inventory, synthetic_panel};
 
 pub use error::ForecastError;
-
+pub use eval::{EvalError, EvalSummary, eval_command};
 pub use forecast::{Forecast, ModelKind, QuantileSeries, auto};
+pub use replenishment::{Plan, plan};
+pub use synthetic::{panel_command, simulate_inventory, synthetic_panel};

@@ -31,6 +31,20 @@ pub fn quantile_sorted(sorted: &[f64], p: f64) -> f64 {
     }
 }
 
+/// Type-7 quantile of an unsorted slice in expected linear time (reorders `x`).
+/// Returns 0 for an empty slice.
+pub fn quantile_unsorted(x: &mut [f64], p: f64) -> f64 {
+    let n = x.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let pos = p.clamp(0.0, 1.0) * (n - 1) as f64;
+    let lo = (pos.floor() as usize).min(n - 1);
+    let (_, &mut lo_value, upper) = x.select_nth_unstable_by(lo, |a, b| a.total_cmp(b));
+    let hi_value = upper.iter().copied().min_by(|a, b| a.total_cmp(b)).unwrap_or(lo_value);
+    lo_value + (hi_value - lo_value) * (pos - lo as f64)
+}
+
 /// Sorts a copy of `x` (NaN-free input assumed; NaN would sort last) and returns it.
 pub fn sorted(x: &[f64]) -> Vec<f64> {
     let mut v = x.to_vec();
@@ -152,6 +166,15 @@ mod tests {
         assert_eq!(quantile_sorted(&s, 0.0), 1.0);
         assert_eq!(quantile_sorted(&s, 1.0), 4.0);
         assert!((quantile_sorted(&s, 0.5) - 2.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unsorted_quantile_matches_sorted() {
+        let mut x = vec![5.0, 1.0, 4.0, 2.0, 3.0, 9.0, 0.5];
+        let s = sorted(&x);
+        for p in [0.0, 0.1, 0.5, 0.77, 0.95, 1.0] {
+            assert!((quantile_unsorted(&mut x, p) - quantile_sorted(&s, p)).abs() < 1e-12, "{p}");
+        }
     }
 
     #[test]

@@ -1,2 +1,60 @@
-//! The hub. Channel intake, routing and escrow arrive with the hub issues; for now only the crate exists.
+//! The hub: the tenant's meeting point for its warehouse nodes. It holds every order and stock document the
+//! nodes sync to it ([`docs`], persisted in `hub.redb`), serves them over QUIC with mutual TLS, one
+//! connection per node ([`server`]), and answers operators over HTTP ([`api`]).
+//!
+//! The hub is never on a node's critical path: nodes accept and ship orders on their own and sync when they
+//! can. Each node may see only its own site's documents, and each field of a document has one owner; the
+//! hub refuses (quarantines) any change a node sends to what it does not own. The hub never writes a node's
+//! stock. Channel intake, routing and escrow arrive with later issues.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod api;
+pub mod config;
+pub mod docs;
+pub mod server;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use oms_node::sync::docdb::DocDb;
+use oms_transport::Limits;
+use oms_transport::tls::ServerTlsFiles;
+
+pub use config::HubConfig;
+
+/// Opens `hub.redb`, listens on QUIC and HTTP, and serves until `shutdown` resolves.
+pub async fn run(
+    cfg: HubConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    // A fresh Automerge actor per process start, so two incarnations never reuse sequence numbers.
+    let actor: [u8; 16] = rand::random();
+    let db = DocDb::open(&cfg.db_path(), actor.to_vec(), cfg.docs_max)
+        .with_context(|| format!("cannot open {}", cfg.db_path().display()))?;
+    let docs = docs::HubDocs::new(db)?;
+    let tuning = server::ServerTuning { nodes_max: cfg.nodes_max, ..server::ServerTuning::default() };
+    let hub = Arc::new(server::Hub::new(docs, &cfg.tenant, actor.to_vec(), tuning).map_err(anyhow::Error::msg)?);
+    let files = ServerTlsFiles {
+        ca: cfg.certs_dir.join("ca.pem"),
+        cert: cfg.certs_dir.join("hub.pem"),
+        key: cfg.certs_dir.join("hub.key"),
+        crl: oms_transport::pki::crl_path(&cfg.certs_dir),
+        crl_check_interval_ms: cfg.crl_check_interval_ms,
+    };
+    // One stream per node is all sync needs; a second is allowed by quinn but never accepted.
+    let limits = Limits { bidi_streams_max: 2, ..Limits::default() };
+    let endpoint = oms_transport::server_endpoint(cfg.listen_quic, &files, &limits)
+        .with_context(|| format!("cannot listen for nodes on {}", cfg.listen_quic))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen_http)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen_http))?;
+    tracing::info!(quic = %endpoint.local_addr()?, http = %listener.local_addr()?, tenant = %cfg.tenant,
+        data = %cfg.data_dir.display(), "hub listening");
+    let accept = tokio::spawn(server::accept_loop(hub.clone(), endpoint.clone()));
+    axum::serve(listener, api::router(hub.clone())).with_graceful_shutdown(shutdown).await?;
+    endpoint.close(0u32.into(), b"hub shutting down");
+    accept.abort();
+    server::lock(&hub.docs).flush()?;
+    Ok(())
+}

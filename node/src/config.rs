@@ -57,7 +57,23 @@ pub struct HubLink {
     pub addr: SocketAddr,
     /// Directory with `ca.pem` and this node's certificate and key.
     pub certs_dir: PathBuf,
+    // --- added for sync (issue 3) ---
+    /// The tenant of this node's certificate (`oms://<tenant>/node/<id>`).
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// The name the hub's certificate is checked against (one of its DNS names).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
 }
+
+/// Tenant when none is configured, the same default `oms ca init` uses.
+pub fn default_tenant() -> String {
+    "default".to_owned()
+}
+fn default_server_name() -> String {
+    "localhost".to_owned()
+}
+// --- end of sync additions ---
 
 fn default_node_id() -> NodeId {
     NodeId::parse("node-1").unwrap_or_else(|_| unreachable!("literal id is valid"))

@@ -10,6 +10,7 @@ pub mod import;
 pub mod metrics;
 pub mod problem;
 pub mod store;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -31,6 +32,11 @@ pub async fn run(
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(node = %cfg.node_id, %addr, data = %cfg.data_dir.display(), "node listening");
+    // Sync with the hub, if configured. It runs beside the API and never blocks it.
+    if let Some(link) = &cfg.hub {
+        sync::spawn(link, store.clone(), &cfg.data_dir, sync::SyncTuning::default())
+            .with_context(|| format!("cannot start sync with the hub at {}", link.addr))?;
+    }
     let app = api::router(api::AppState { store, metrics });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())

@@ -466,6 +466,7 @@ pub struct Store {
     tx: mpsc::Sender<Job>,
     site: NodeId,
     limits: Limits,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 fn now_ms() -> u64 {
@@ -508,11 +509,24 @@ impl Store {
         let (tx, rx) = mpsc::channel(limits.queue_max);
         let writer_db = db.clone();
         let writer_site = site.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("oms-writer".into())
             .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics))
             .map_err(|e| StoreError::Storage(format!("cannot start writer thread: {e}")))?;
-        Ok(Store { db, tx, site, limits })
+        Ok(Store { db, tx, site, limits, writer: Arc::new(std::sync::Mutex::new(Some(writer))) })
+    }
+
+    /// Stops accepting writes, lets the writer finish what is queued, and waits for it, so that the database
+    /// file is closed when this returns (if this was the last handle). Other clones keep working until they
+    /// are dropped; their writes then fail with [`StoreError::ShuttingDown`].
+    pub fn close(self) {
+        let Store { db, tx, writer, .. } = self;
+        drop(tx);
+        drop(db);
+        let handle = writer.lock().ok().and_then(|mut h| if Arc::strong_count(&writer) == 1 { h.take() } else { None });
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 
     /// This node's site id.

@@ -1,1 +1,154 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: spawn a real `oms` process (the `oms-it` binary of this crate is
+//! the full CLI), wait for it, kill it with SIGKILL, talk HTTP to it on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `oms` binary under test.
+///
+/// Cargo builds this crate's `oms-it` binary before running its integration tests and puts it in the target
+/// directory, one level above the test executables in `deps/` (`CARGO_BIN_EXE_*` is only visible to the test
+/// files themselves, not to this helper library).
+pub fn oms_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    dir.join("oms-it")
+}
+
+/// A free loopback port (bound and released; the small race is acceptable in tests).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    l.local_addr().expect("local addr")
+}
+
+/// A node process on loopback.
+pub struct NodeProc {
+    /// The child process.
+    pub child: Child,
+    /// HTTP address.
+    pub addr: SocketAddr,
+    /// Data directory.
+    pub dir: PathBuf,
+    /// Node id.
+    pub id: String,
+}
+
+impl NodeProc {
+    /// Starts `oms node` with its data in `dir` and waits until `/healthz` answers.
+    pub fn start(id: &str, dir: &Path) -> NodeProc {
+        Self::start_at(id, dir, free_addr())
+    }
+
+    /// Starts `oms node` listening on `addr`.
+    pub fn start_at(id: &str, dir: &Path, addr: SocketAddr) -> NodeProc {
+        let child = Command::new(oms_bin())
+            .args(["node", "--node-id", id, "--listen", &addr.to_string(), "--data"])
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn oms node");
+        let mut n = NodeProc { child, addr, dir: dir.to_owned(), id: id.to_owned() };
+        n.wait_healthy(Duration::from_secs(20));
+        n
+    }
+
+    /// Base URL of the API.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn wait_healthy(&mut self, budget: Duration) {
+        let deadline = Instant::now() + budget;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("node {} exited before listening: {status}", self.id);
+            }
+            if let Ok(s) = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)) {
+                drop(s);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node {} did not listen on {} within {budget:?}", self.id, self.addr);
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills and starts again on the same address and data.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let again = NodeProc::start_at(&self.id, &self.dir, self.addr);
+        *self = again;
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client with a time budget per request.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+}
+
+/// A valid order body for `skus` (sku, qty).
+pub fn order_body(ext: &str, lines: &[(&str, u32)]) -> serde_json::Value {
+    serde_json::json!({
+        "external_ref": ext, "channel": "web",
+        "lines": lines.iter().map(|(s, q)| serde_json::json!({"sku": s, "qty": q, "unit_price_minor": 1250, "currency": "EUR"})).collect::<Vec<_>>(),
+        "ship_to": {"name": "Ada Lovelace", "line1": "1 Main St", "city": "Berlin", "postcode": "10115", "country": "DE", "lat": 52.52, "lon": 13.40}
+    })
+}
+
+/// Adds `sku` to the catalog and receives `qty` units.
+pub async fn seed(c: &reqwest::Client, n: &NodeProc, sku: &str, qty: u32) {
+    let r = c
+        .put(n.url(&format!("/v1/catalog/{sku}")))
+        .json(&serde_json::json!({"name": sku, "bin": format!("B-{sku}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "catalog put");
+    if qty > 0 {
+        let r = c
+            .post(n.url("/v1/stock/receipts"))
+            .json(&serde_json::json!({"sku": sku, "qty": qty}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "receipt");
+    }
+}
+
+/// Posts an order with an idempotency key; returns status and body.
+pub async fn place(c: &reqwest::Client, n: &NodeProc, key: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = c.post(n.url("/v1/orders")).header("idempotency-key", key).json(body).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// GET returning JSON.
+pub async fn get(c: &reqwest::Client, url: String) -> (u16, serde_json::Value) {
+    let r = c.get(url).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// POST JSON returning status and JSON.
+pub async fn post(c: &reqwest::Client, url: String, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = c.post(url).json(&body).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(serde_json::Value::Null))
+}

@@ -1,0 +1,129 @@
+//! `oms ca`: the tenant PKI from the command line, over `oms_transport::pki`.
+//!
+//! `init` creates the CA (and records the tenant in `DIR/tenant`, so later `issue` calls need not repeat
+//! it), `issue` writes `node-<id>.pem/.key` or `hub.pem/.key` and prints the serial, `revoke` adds a serial
+//! to the CRL that a running hub re-reads.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use oms_transport::pki::{self, Identity, IssueOptions};
+
+/// Longest validity accepted, days (about 30 years): a typo must not mint a certificate for ever.
+const VALIDITY_DAYS_MAX: i64 = 11_000;
+
+/// `oms ca` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum CaCmd {
+    /// Create a CA for a tenant in DIR (ca.pem, ca.key, crl.pem).
+    Init {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Tenant name (a-z, 0-9, '.', '_', '-').
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Validity of the CA, days.
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Issue a node or hub certificate signed by the CA in DIR.
+    Issue {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node id to issue for.
+        #[arg(long, required_unless_present = "hub", conflicts_with = "hub")]
+        node: Option<String>,
+        /// Issue the hub's certificate.
+        #[arg(long)]
+        hub: bool,
+        /// Tenant; defaults to the one `ca init` recorded.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// DNS names of the hub certificate (nodes check the hub's name against them).
+        #[arg(long = "dns", default_value = "localhost")]
+        dns: Vec<String>,
+        /// Validity, days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Revoke a certificate by its serial (hex, as `issue` printed it).
+    Revoke {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Serial number in hex.
+        #[arg(long)]
+        serial: String,
+    },
+}
+
+fn tenant_file(dir: &Path) -> PathBuf {
+    dir.join("tenant")
+}
+
+fn check_days(days: i64) -> anyhow::Result<time::Duration> {
+    if !(1..=VALIDITY_DAYS_MAX).contains(&days) {
+        bail!("--days must be 1 to {VALIDITY_DAYS_MAX}, got {days}");
+    }
+    Ok(time::Duration::days(days))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
+    let s = s.trim().trim_start_matches("0x");
+    if s.is_empty() || s.len() % 2 != 0 || s.len() > 40 {
+        bail!("serial {s:?} is not 1 to 20 bytes of hex");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("serial {s:?} is not hex")))
+        .collect()
+}
+
+/// Runs one `oms ca` subcommand.
+pub fn run(cmd: CaCmd) -> anyhow::Result<()> {
+    match cmd {
+        CaCmd::Init { dir, tenant, days } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            pki::ca_init(&dir, &tenant, check_days(days)?)?;
+            std::fs::write(tenant_file(&dir), format!("{tenant}\n"))
+                .with_context(|| format!("cannot write {}", tenant_file(&dir).display()))?;
+            println!("CA for tenant {tenant} created in {}", dir.display());
+        }
+        CaCmd::Issue { dir, node, hub, tenant, dns, days } => {
+            let tenant = match tenant {
+                Some(t) => t,
+                None => std::fs::read_to_string(tenant_file(&dir))
+                    .map(|t| t.trim().to_owned())
+                    .with_context(|| format!("no --tenant and no {}", tenant_file(&dir).display()))?,
+            };
+            let identity = match (node, hub) {
+                (Some(node), false) => Identity::node(&tenant, &node)?,
+                (None, true) => Identity::hub(&tenant)?,
+                _ => bail!("give exactly one of --node ID and --hub"),
+            };
+            let mut opts = IssueOptions::valid_for(check_days(days)?);
+            if hub {
+                opts.dns_names = dns;
+            }
+            let issued = pki::issue(&dir, &dir, &identity, &opts)?;
+            println!(
+                "issued {identity}: {} {} serial {}",
+                issued.cert_path.display(),
+                issued.key_path.display(),
+                hex(&issued.serial)
+            );
+        }
+        CaCmd::Revoke { dir, serial } => {
+            let bytes = unhex(&serial)?;
+            pki::revoke(&dir, &bytes)?;
+            println!("revoked {}; hubs refuse it from their next CRL check", hex(&bytes));
+        }
+    }
+    Ok(())
+}

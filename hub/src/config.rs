@@ -1,0 +1,123 @@
+//! Hub configuration: a TOML file (see `deploy/hub.example.toml`) whose values command-line flags override.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything the hub needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// The tenant: only certificates `oms://<tenant>/node/<id>` are served.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Directory holding `hub.redb`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// QUIC (sync) listen address.
+    #[serde(default = "default_listen_quic")]
+    pub listen_quic: SocketAddr,
+    /// HTTP (status, orders, stock) listen address.
+    #[serde(default = "default_listen_http")]
+    pub listen_http: SocketAddr,
+    /// PKI directory with `ca.pem`, `crl.pem`, `hub.pem`, `hub.key` (see `oms ca`).
+    #[serde(default = "default_certs_dir")]
+    pub certs_dir: PathBuf,
+    /// Nodes connected at once; further connections are refused.
+    #[serde(default = "default_nodes_max")]
+    pub nodes_max: usize,
+    /// Documents held.
+    #[serde(default = "default_docs_max")]
+    pub docs_max: usize,
+    /// How often the CRL file is checked for changes, ms.
+    #[serde(default = "default_crl_check_interval_ms")]
+    pub crl_check_interval_ms: u64,
+}
+
+fn default_tenant() -> String {
+    oms_node::config::default_tenant()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./hub-data")
+}
+fn default_listen_quic() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+fn default_listen_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_certs_dir() -> PathBuf {
+    PathBuf::from("./certs")
+}
+fn default_nodes_max() -> usize {
+    256
+}
+fn default_docs_max() -> usize {
+    10_000_000
+}
+fn default_crl_check_interval_ms() -> u64 {
+    5_000
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            tenant: default_tenant(),
+            data_dir: default_data_dir(),
+            listen_quic: default_listen_quic(),
+            listen_http: default_listen_http(),
+            certs_dir: default_certs_dir(),
+            nodes_max: default_nodes_max(),
+            docs_max: default_docs_max(),
+            crl_check_interval_ms: default_crl_check_interval_ms(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+}
+
+impl HubConfig {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("hub.redb")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/hub.example.toml");
+        let cfg = HubConfig::load(&path).unwrap();
+        assert_eq!(cfg.tenant, "acme");
+        assert!(cfg.nodes_max > 0);
+    }
+}

@@ -1,0 +1,215 @@
+//! The hub's QUIC side: accepts node connections, one per node, and drives a server [`SyncSession`] for each
+//! over [`HubDocs`].
+//!
+//! Limits: at most `nodes_max` connections are served at once (a semaphore; extra handshakes are refused
+//! before TLS work), a node gets one bidirectional stream (quinn's stream limit is 2, the second is never
+//! accepted), each read and write has a deadline, and decoded frames queue in a bounded channel. A node
+//! that reconnects replaces its older connection. A node that misbehaves loses its connection or has a
+//! document quarantined; nothing it does stops the accept loop or another node's session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oms_node::sync::link::{self, now_ms};
+use oms_protocol::domain::NodeId;
+use oms_protocol::sync::{Event, SessionConfig, SyncSession};
+use oms_protocol::wire::{ErrorCode, Frame, PeerId};
+use oms_transport::{Identity, Limits};
+use tokio::sync::Semaphore;
+
+use crate::docs::{HubDocs, node_of};
+
+/// Timers and limits of the QUIC side.
+#[derive(Debug, Clone)]
+pub struct ServerTuning {
+    /// Connections served at once.
+    pub nodes_max: usize,
+    /// Deadline for a handshake, the first stream, and each batch of frames written.
+    pub io_timeout_ms: u64,
+    /// Session tick period.
+    pub tick_ms: u64,
+    /// Decoded frames waiting for the session, per connection.
+    pub frames_queued_max: usize,
+}
+
+impl Default for ServerTuning {
+    fn default() -> Self {
+        Self { nodes_max: 256, io_timeout_ms: 10_000, tick_ms: 250, frames_queued_max: 64 }
+    }
+}
+
+/// What the QUIC side shares with the HTTP side.
+pub struct Hub {
+    /// The documents.
+    pub docs: Mutex<HubDocs>,
+    tenant: String,
+    me: PeerId,
+    actor: Vec<u8>,
+    tuning: ServerTuning,
+    /// The current connection of each node, by a per-hub connection number.
+    conns: Mutex<HashMap<String, (u64, quinn::Connection)>>,
+    next_conn: AtomicU64,
+}
+
+/// Locks a mutex, recovering from poisoning: the data was consistent at the last statement before a panic.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Hub {
+    /// A hub for `tenant` over `docs`. `actor` is this process's fresh Automerge actor id.
+    pub fn new(docs: HubDocs, tenant: &str, actor: Vec<u8>, tuning: ServerTuning) -> Result<Hub, String> {
+        let me = Identity::hub(tenant).map_err(|e| e.to_string())?;
+        let me = PeerId::new(me.uri()).ok_or("hub peer id too long")?;
+        Ok(Hub {
+            docs: Mutex::new(docs),
+            tenant: tenant.to_owned(),
+            me,
+            actor,
+            tuning,
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+        })
+    }
+}
+
+/// The session limits the hub uses.
+pub fn session_config() -> SessionConfig {
+    SessionConfig { manifest_interval_ms: 15_000, ..SessionConfig::default() }
+}
+
+/// Accepts connections until the endpoint is closed.
+pub async fn accept_loop(hub: Arc<Hub>, endpoint: quinn::Endpoint) {
+    let slots = Arc::new(Semaphore::new(hub.tuning.nodes_max.max(1)));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), "refusing a connection: node limit reached");
+            incoming.refuse();
+            continue;
+        };
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            serve(&hub, incoming).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve(hub: &Hub, incoming: quinn::Incoming) {
+    let io_timeout = Duration::from_millis(hub.tuning.io_timeout_ms);
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(io_timeout, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return tracing::info!(%remote, error = %e, "handshake failed"),
+        Err(_) => return tracing::info!(%remote, "handshake timed out"),
+    };
+    let node = match oms_transport::peer_identity(&conn) {
+        Ok(Identity::Node { tenant, node_id }) if tenant == hub.tenant => NodeId::parse(&node_id).ok(),
+        Ok(other) => {
+            tracing::warn!(%remote, identity = %other, "refusing a peer that is not a node of this tenant");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "refusing a peer without a usable identity");
+            None
+        }
+    };
+    let Some(node) = node else {
+        return oms_transport::close(&conn, ErrorCode::Unauthorized, "not a node of this tenant");
+    };
+    let conn_id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
+    if let Some((_, old)) = lock(&hub.conns).insert(node.as_str().to_owned(), (conn_id, conn.clone())) {
+        oms_transport::close(&old, ErrorCode::NoError, "replaced by a newer connection of the same node");
+    }
+    {
+        let mut docs = lock(&hub.docs);
+        let st = docs.status(&node);
+        st.connected = true;
+        st.connected_at_ms = Some(now_ms());
+        st.sessions += 1;
+    }
+    tracing::info!(%node, %remote, "node connected");
+    let result = drive(hub, &conn, &node).await;
+    match &result {
+        Ok(()) => tracing::info!(%node, "node session ended"),
+        Err(e) => tracing::info!(%node, error = %e, "node session failed"),
+    }
+    let mut conns = lock(&hub.conns);
+    if conns.get(node.as_str()).is_some_and(|(id, _)| *id == conn_id) {
+        conns.remove(node.as_str());
+        lock(&hub.docs).status(&node).connected = false;
+    }
+}
+
+async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(), String> {
+    let io_timeout = Duration::from_millis(hub.tuning.io_timeout_ms);
+    let frame_max = Limits::default().frame_bytes_max;
+    let (mut send, recv) = oms_transport::accept_bi(conn, io_timeout).await.map_err(|e| e.to_string())?;
+    let mut frames = link::spawn_reader(recv, frame_max, hub.tuning.frames_queued_max);
+    let peer = PeerId::new(Identity::node(&hub.tenant, node.as_str()).map_err(|e| e.to_string())?.uri())
+        .ok_or("peer id too long")?;
+    debug_assert!(node_of(&peer).as_ref() == Some(node));
+    let mut session = SyncSession::new_server(session_config(), hub.me.clone(), peer, hub.actor.clone(), now_ms());
+    let mut tick = tokio::time::interval(Duration::from_millis(hub.tuning.tick_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut out: Vec<Frame> = Vec::new();
+    loop {
+        let mut closed = None;
+        {
+            let mut docs = lock(&hub.docs);
+            while let Some(f) = session.poll_transmit() {
+                if matches!(f, Frame::Refused { .. }) {
+                    docs.status(node).docs_refused += 1;
+                }
+                out.push(f);
+            }
+            while let Some(ev) = session.poll_event() {
+                match ev {
+                    Event::DocChanged { doc } => docs.mark_dirty(&doc),
+                    Event::DocInSync { .. } => docs.status(node).last_sync_at_ms = Some(now_ms()),
+                    Event::Closed { code, reason, by_peer } => closed = Some((code, reason, by_peer)),
+                    Event::PeerRefused { doc, code } => tracing::warn!(%node, %doc, %code, "node refused a document"),
+                    Event::DocFailed { doc, code } => tracing::warn!(%node, %doc, %code, "document failed"),
+                    Event::Established { .. } => {}
+                }
+            }
+            docs.status(node).pending = !session.is_idle();
+            // Persist before answering: what the node believes the hub has, the hub has on disk.
+            docs.flush().map_err(|e| e.to_string())?;
+        }
+        link::write_frames(&mut send, &out, frame_max, io_timeout).await.map_err(|e| e.to_string())?;
+        out.clear();
+        if let Some((code, reason, by_peer)) = closed {
+            oms_transport::close(conn, code, &reason);
+            return Err(format!("closed ({code}, by node: {by_peer}): {reason}"));
+        }
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(frame)) => {
+                    let mut docs = lock(&hub.docs);
+                    let now = now_ms();
+                    docs.status(node).last_frame_at_ms = Some(now);
+                    let target = match &frame {
+                        Frame::Sync { doc, .. } => Some((doc.clone(), docs.heads(doc))),
+                        _ => None,
+                    };
+                    session.handle_frame(&mut *docs, frame);
+                    if let Some((doc, before)) = target
+                        && !docs.check_applied(node, &doc, &before, now)
+                        && docs.quarantine_full()
+                    {
+                        session.refuse(ErrorCode::NotEntitled, "too many refused changes");
+                    }
+                }
+                Some(Err(e)) => {
+                    oms_transport::close(conn, e.code(), &e.to_string());
+                    return Err(e.to_string());
+                }
+                None => return Ok(()),
+            },
+            _ = tick.tick() => session.tick(&mut *lock(&hub.docs), now_ms()),
+        }
+    }
+}

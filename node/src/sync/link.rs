@@ -1,0 +1,90 @@
+//! The I/O half of one sync connection, shared by the node and the hub: a reader task that turns a QUIC
+//! receive stream into frames, and a frame writer with a deadline.
+//!
+//! Reading lives in its own task because a driver must wait for a frame, a local change and a timer at the
+//! same time, and a half-read frame must not be lost when another branch of a `select!` wins: the reader
+//! keeps its partial frame in a [`FrameDecoder`] across reads. The channel to the driver is bounded, so a
+//! slow driver stops the reader, which stops QUIC flow credit, which stops the peer.
+
+use std::time::Duration;
+
+use oms_protocol::wire::{self, Frame, FrameDecoder};
+use oms_transport::FrameIoError;
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+
+/// Bytes asked from QUIC per read.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Spawns the reader of `recv`. The receiver yields frames, then at most one error; it ends (`None`) when
+/// the peer finished the stream cleanly. At most `frames_queued_max` decoded frames wait for the driver.
+pub fn spawn_reader(
+    mut recv: RecvStream,
+    frame_bytes_max: usize,
+    frames_queued_max: usize,
+) -> mpsc::Receiver<Result<Frame, FrameIoError>> {
+    let (tx, rx) = mpsc::channel(frames_queued_max.max(1));
+    tokio::spawn(async move {
+        let mut decoder = FrameDecoder::new(frame_bytes_max);
+        loop {
+            let chunk = match recv.read_chunk(READ_CHUNK_BYTES, true).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => {
+                    if let Err(e) = decoder.finish() {
+                        let _ = tx.send(Err(e.into())).await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            decoder.push(&chunk.bytes);
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => {
+                        if tx.send(Ok(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Writes `frames` in order, as one write, within `timeout`.
+pub async fn write_frames(
+    send: &mut SendStream,
+    frames: &[Frame],
+    frame_bytes_max: usize,
+    timeout: Duration,
+) -> Result<(), FrameIoError> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let mut bytes = Vec::new();
+    for f in frames {
+        wire::encode_frame_into(f, frame_bytes_max, &mut bytes)?;
+    }
+    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    tokio::time::timeout(timeout, send.write_all(&bytes))
+        .await
+        .map_err(|_| FrameIoError::Timeout { what: "writing frames", ms })??;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, the clock both sides feed their sessions and status pages.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,367 @@
+//! Node ↔ hub sync, node side: turns the store's change feed into Automerge documents and keeps one QUIC
+//! connection to the hub that syncs them.
+//!
+//! Two tasks share a [`NodeDocs`] (the documents in `sync.redb`, beside `node.redb`):
+//! - the *feed follower* polls [`Store::feed_after`] every [`SyncTuning::feed_poll_ms`] (20 ms: a cheap
+//!   read transaction; a `Notify` poked by the store's writer would remove the poll), writes each changed
+//!   order and balance into its document ([`schema`]), and commits documents and the feed cursor in one
+//!   transaction. It runs whether or not the hub is reachable, so the node never waits for the network and
+//!   a restart resumes from the cursor without losing or repeating a change.
+//! - the *link* connects to the hub (mutual TLS; the hub must present `oms://<tenant>/hub`), runs the
+//!   sans-IO [`SyncSession`] over one bidirectional stream, tells it about documents the follower changed,
+//!   and on any failure reconnects with exponential backoff and jitter ([`Backoff`]). After a reconnect the
+//!   manifest exchange finds every document that differs, so nothing depends on remembering what was sent.
+
+pub mod docdb;
+pub mod link;
+pub mod schema;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oms_protocol::domain::NodeId;
+use oms_protocol::sync::automerge::AutoCommit;
+use oms_protocol::sync::{DocStore, Event, SessionConfig, StoreError, SyncSession};
+use oms_protocol::wire::{DocId, ErrorCode, PeerId};
+use oms_transport::backoff::Backoff;
+use oms_transport::tls::ClientTlsFiles;
+use oms_transport::{Identity, Limits};
+use tokio::sync::Notify;
+
+use crate::config::HubLink;
+use crate::store::{FeedEntry, Store};
+use docdb::{DocDb, DocDbError};
+use link::now_ms;
+use schema::DocKind;
+
+/// File of the node's sync documents, in the data directory.
+pub const SYNC_DB_FILE: &str = "sync.redb";
+const FEED_CURSOR: &str = "feed.cursor";
+
+/// Timers and limits of the node's sync.
+#[derive(Debug, Clone)]
+pub struct SyncTuning {
+    /// Change-feed poll period.
+    pub feed_poll_ms: u64,
+    /// Feed entries applied per transaction.
+    pub feed_batch_max: usize,
+    /// Documents held in `sync.redb`.
+    pub docs_max: usize,
+    /// Documents remembered as changed while connected, before falling back to the periodic manifest.
+    pub dirty_docs_max: usize,
+    /// Reconnect backoff: first delay and cap.
+    pub backoff_base_ms: u64,
+    /// Reconnect backoff cap.
+    pub backoff_cap_ms: u64,
+    /// Deadline for connecting, opening the stream and writing a batch of frames.
+    pub io_timeout_ms: u64,
+    /// Session tick period (Hello retry, stall detection, anti-entropy manifest).
+    pub tick_ms: u64,
+    /// Decoded frames waiting for the session.
+    pub frames_queued_max: usize,
+}
+
+impl Default for SyncTuning {
+    fn default() -> Self {
+        Self {
+            feed_poll_ms: 20,
+            feed_batch_max: 256,
+            docs_max: 1_000_000,
+            dirty_docs_max: 100_000,
+            backoff_base_ms: 200,
+            backoff_cap_ms: 10_000,
+            io_timeout_ms: 10_000,
+            tick_ms: 250,
+            frames_queued_max: 64,
+        }
+    }
+}
+
+/// Why sync could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// `sync.redb` could not be opened.
+    #[error(transparent)]
+    Db(#[from] DocDbError),
+    /// The node id or tenant is not a valid certificate name.
+    #[error("identity: {0}")]
+    Identity(#[from] oms_transport::PkiError),
+    /// The QUIC endpoint could not be created (certificate files missing or invalid).
+    #[error("endpoint: {0}")]
+    Endpoint(#[from] oms_transport::EndpointError),
+    /// A peer id is out of bounds.
+    #[error("peer id {0:?} is not valid")]
+    PeerId(String),
+}
+
+/// The node's documents, as the sync session sees them.
+pub struct NodeDocs {
+    db: DocDb,
+    node: NodeId,
+}
+
+impl NodeDocs {
+    /// The underlying database.
+    pub fn db(&mut self) -> &mut DocDb {
+        &mut self.db
+    }
+}
+
+impl DocStore for NodeDocs {
+    fn entitled(&self, _hub: &PeerId, doc: &DocId) -> bool {
+        // The hub may see and send orders (its `hub` part travels back), and only this node's stock.
+        match DocKind::of(doc) {
+            Some(DocKind::Order(_)) => true,
+            Some(DocKind::Stock(n)) => n == self.node,
+            None => false,
+        }
+    }
+    fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
+        self.db.ids().filter(|d| self.entitled(peer, d)).cloned().collect()
+    }
+    fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
+        self.db.get_mut(doc)
+    }
+    fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError> {
+        self.db.get_or_create(doc).map_err(|e| StoreError { doc: doc.clone(), reason: e.to_string() })
+    }
+    fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>> {
+        self.db.sync_state(peer, doc)
+    }
+    fn save_sync_state(&mut self, peer: &PeerId, doc: &DocId, state: Vec<u8>) {
+        self.db.set_sync_state(peer, doc, state);
+    }
+}
+
+struct Shared {
+    docs: Mutex<NodeDocs>,
+    /// Documents the follower changed since the link last looked; bounded by `dirty_docs_max`.
+    dirty: Mutex<BTreeSet<DocId>>,
+    changed: Notify,
+    tuning: SyncTuning,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves data that was consistent at the last statement; keep going.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Starts the feed follower and the hub link for `store`, keeping documents in `data_dir/sync.redb`. The
+/// tasks run until the runtime shuts down.
+pub fn spawn(link: &HubLink, store: Store, data_dir: &Path, tuning: SyncTuning) -> Result<(), SyncError> {
+    let node = store.site().clone();
+    let actor: [u8; 16] = rand::random();
+    let db = DocDb::open(&data_dir.join(SYNC_DB_FILE), actor.to_vec(), tuning.docs_max)?;
+    let me = Identity::node(&link.tenant, node.as_str())?;
+    let hub = Identity::hub(&link.tenant)?;
+    let files = ClientTlsFiles {
+        ca: link.certs_dir.join("ca.pem"),
+        cert: link.certs_dir.join(format!("{}.pem", me.file_stem())),
+        key: link.certs_dir.join(format!("{}.key", me.file_stem())),
+    };
+    let bind: SocketAddr = if link.addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let endpoint = oms_transport::client_endpoint(bind, &files, &Limits::default())?;
+    let shared = Arc::new(Shared {
+        docs: Mutex::new(NodeDocs { db, node }),
+        dirty: Mutex::new(BTreeSet::new()),
+        changed: Notify::new(),
+        tuning,
+    });
+    tokio::spawn(follow_feed(shared.clone(), store));
+    let peers = (
+        PeerId::new(me.uri()).ok_or_else(|| SyncError::PeerId(me.uri()))?,
+        PeerId::new(hub.uri()).ok_or_else(|| SyncError::PeerId(hub.uri()))?,
+    );
+    tokio::spawn(keep_linked(shared, endpoint, link.clone(), hub, peers, actor.to_vec()));
+    Ok(())
+}
+
+/// Applies feed entries after the cursor to the documents. Returns the documents changed.
+fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<DocId>, String> {
+    let cursor = docs.db.meta(FEED_CURSOR).map_err(|e| e.to_string())?.unwrap_or(0);
+    let entries = store.feed_after(cursor, batch_max).map_err(|e| e.to_string())?;
+    let Some((last, _)) = entries.last() else { return Ok(vec![]) };
+    let last = *last;
+    let now = now_ms();
+    let node = docs.node.clone();
+    let mut changed = BTreeSet::new();
+    for (_, entry) in entries {
+        match entry {
+            FeedEntry::Order(id) => {
+                let Some(rec) = store.order(&id).map_err(|e| e.to_string())? else { continue };
+                let Some(name) = schema::order_doc(&id) else { continue };
+                let doc = docs.db.get_or_create(&name).map_err(|e| e.to_string())?;
+                if schema::write_order(doc, &node, &rec, now).map_err(|e| e.to_string())? {
+                    changed.insert(name);
+                }
+            }
+            FeedEntry::Stock(sku) => {
+                let Some(balance) = store.balance(&sku).map_err(|e| e.to_string())? else { continue };
+                let Some(name) = schema::stock_doc(&node) else { continue };
+                let doc = docs.db.get_or_create(&name).map_err(|e| e.to_string())?;
+                if schema::write_stock(doc, &node, &sku, &balance, now).map_err(|e| e.to_string())? {
+                    changed.insert(name);
+                }
+            }
+            FeedEntry::Catalog(_) => {}
+        }
+    }
+    for name in &changed {
+        if let Some(doc) = docs.db.get_mut(name) {
+            doc.commit();
+        }
+        docs.db.mark_dirty(name);
+    }
+    docs.db.set_meta(FEED_CURSOR, last);
+    docs.db.flush().map_err(|e| e.to_string())?;
+    Ok(changed.into_iter().collect())
+}
+
+async fn follow_feed(shared: Arc<Shared>, store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.feed_poll_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        // Drain what is there in bounded batches, then wait for the next tick.
+        for _ in 0..64 {
+            let result = ingest(&mut lock(&shared.docs), &store, shared.tuning.feed_batch_max);
+            match result {
+                Ok(changed) if changed.is_empty() => {
+                    failing = false;
+                    break;
+                }
+                Ok(changed) => {
+                    failing = false;
+                    let mut dirty = lock(&shared.dirty);
+                    for d in changed {
+                        if dirty.len() >= shared.tuning.dirty_docs_max {
+                            break; // The periodic manifest finds the rest.
+                        }
+                        dirty.insert(d);
+                    }
+                    drop(dirty);
+                    shared.changed.notify_one();
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(error = %e, "sync: cannot follow the change feed; retrying");
+                    }
+                    failing = true;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn keep_linked(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    link: HubLink,
+    hub: Identity,
+    peers: (PeerId, PeerId),
+    actor: Vec<u8>,
+) {
+    let mut backoff = Backoff::new(shared.tuning.backoff_base_ms, shared.tuning.backoff_cap_ms, rand::random());
+    loop {
+        match run_session(&shared, &endpoint, &link, &hub, &peers, &actor, &mut backoff).await {
+            Ok(()) => tracing::info!(hub = %link.addr, "sync: session ended"),
+            Err(e) => tracing::warn!(hub = %link.addr, error = %e, attempt = backoff.attempts(), "sync: link down"),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// One connection's life. Resets `backoff` once the hub accepted us.
+async fn run_session(
+    shared: &Shared,
+    endpoint: &quinn::Endpoint,
+    link: &HubLink,
+    hub: &Identity,
+    (me, hub_peer): &(PeerId, PeerId),
+    actor: &[u8],
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let io_timeout = Duration::from_millis(shared.tuning.io_timeout_ms);
+    let frame_max = Limits::default().frame_bytes_max;
+    let conn =
+        oms_transport::connect(endpoint, link.addr, &link.server_name, io_timeout).await.map_err(|e| e.to_string())?;
+    let seen = oms_transport::peer_identity(&conn).map_err(|e| e.to_string())?;
+    if &seen != hub {
+        oms_transport::close(&conn, ErrorCode::Unauthorized, "not our hub");
+        return Err(format!("peer is {seen}, expected {hub}"));
+    }
+    let (mut send, recv) = oms_transport::open_bi(&conn, io_timeout).await.map_err(|e| e.to_string())?;
+    let mut frames = link::spawn_reader(recv, frame_max, shared.tuning.frames_queued_max);
+    let mut session = SyncSession::new_client(session_config(), me.clone(), hub_peer.clone(), actor.to_vec(), now_ms());
+    // The manifest exchange covers everything changed so far.
+    lock(&shared.dirty).clear();
+    let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.tick_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut out = Vec::new();
+    loop {
+        while let Some(f) = session.poll_transmit() {
+            out.push(f);
+        }
+        link::write_frames(&mut send, &out, frame_max, io_timeout).await.map_err(|e| e.to_string())?;
+        out.clear();
+        let mut closed = None;
+        {
+            let mut docs = lock(&shared.docs);
+            while let Some(ev) = session.poll_event() {
+                match ev {
+                    Event::Established { .. } => {
+                        backoff.reset();
+                        tracing::info!(hub = %link.addr, "sync: connected");
+                    }
+                    Event::DocChanged { doc } => docs.db.mark_dirty(&doc),
+                    Event::PeerRefused { doc, code } => tracing::warn!(%doc, %code, "sync: hub refused a document"),
+                    Event::DocFailed { doc, code } => tracing::warn!(%doc, %code, "sync: document failed"),
+                    Event::DocInSync { .. } => {}
+                    Event::Closed { code, reason, by_peer } => closed = Some((code, reason, by_peer)),
+                }
+            }
+            docs.db.flush().map_err(|e| e.to_string())?;
+        }
+        if let Some((code, reason, by_peer)) = closed {
+            while let Some(f) = session.poll_transmit() {
+                out.push(f);
+            }
+            let _ = link::write_frames(&mut send, &out, frame_max, io_timeout).await;
+            oms_transport::close(&conn, code, &reason);
+            return Err(format!("session closed ({code}, by hub: {by_peer}): {reason}"));
+        }
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(frame)) => session.handle_frame(&mut *lock(&shared.docs), frame),
+                Some(Err(e)) => {
+                    oms_transport::close(&conn, e.code(), &e.to_string());
+                    return Err(e.to_string());
+                }
+                None => return Ok(()),
+            },
+            () = shared.changed.notified() => {
+                let changed = std::mem::take(&mut *lock(&shared.dirty));
+                let mut docs = lock(&shared.docs);
+                for doc in &changed {
+                    session.local_change(&mut *docs, doc);
+                }
+            }
+            _ = tick.tick() => session.tick(&mut *lock(&shared.docs), now_ms()),
+        }
+    }
+}
+
+/// The session limits a node uses: the defaults, with a manifest every 15 s so that a document missed by
+/// the dirty set (which is bounded) still syncs promptly.
+pub fn session_config() -> SessionConfig {
+    SessionConfig { manifest_interval_ms: 15_000, ..SessionConfig::default() }
+}
