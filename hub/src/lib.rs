@@ -11,6 +11,7 @@
 pub mod api;
 pub mod config;
 pub mod docs;
+pub mod routing;
 pub mod server;
 
 use std::sync::Arc;

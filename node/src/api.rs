@@ -21,7 +21,7 @@ use oms_protocol::domain::{
 
 use crate::import::{self, Kind};
 use crate::metrics::{Metrics, RequestLabels, StateLabels};
-use crate::problem::{JsonBody, Problem};
+use crate::problem::{JsonBody, Problem, RawBody};
 use crate::store::{
     CatalogItem, Command, IDEMPOTENCY_KEY_BYTES_MAX, Outcome, PickConfirmation, ReturnLine, Store, StoreError,
     WRITE_TIMEOUT,
@@ -357,7 +357,11 @@ fn order_response(outcome: Outcome, status: StatusCode) -> Result<Response, Prob
     }
 }
 
-async fn create_order(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, Problem> {
+async fn create_order(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
     let key = headers
         .get("idempotency-key")
         .ok_or_else(|| {
@@ -441,7 +445,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
     if body.iter().all(u8::is_ascii_whitespace) { Ok(T::default()) } else { crate::problem::parse_json(body) }
 }
 
-async fn pack(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response, Problem> {
+async fn pack(State(st): State<AppState>, Path(id): Path<String>, RawBody(body): RawBody) -> Result<Response, Problem> {
     let order = order_path(&id)?;
     let b: PackBody = optional_body(&body)?;
     let parcels = b.parcels.unwrap_or(1);
@@ -480,7 +484,11 @@ struct CancelBody {
     reason: Option<String>,
 }
 
-async fn cancel(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response, Problem> {
+async fn cancel(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
     let order = order_path(&id)?;
     let b: CancelBody = optional_body(&body)?;
     let reason = b.reason.unwrap_or_else(|| "requested at the site".into());
@@ -540,7 +548,7 @@ struct WaveBody {
     max_orders: Option<usize>,
 }
 
-async fn create_wave(State(st): State<AppState>, body: Bytes) -> Result<Response, Problem> {
+async fn create_wave(State(st): State<AppState>, RawBody(body): RawBody) -> Result<Response, Problem> {
     let b: WaveBody = optional_body(&body)?;
     let orders_max = b.max_orders.unwrap_or(st.store.limits().wave_orders_max);
     if orders_max == 0 || orders_max > st.store.limits().wave_orders_max {
@@ -567,12 +575,12 @@ async fn get_wave(State(st): State<AppState>, Path(id): Path<String>) -> Result<
     }
 }
 
-async fn import_catalog(State(st): State<AppState>, body: Bytes) -> Result<Response, Problem> {
+async fn import_catalog(State(st): State<AppState>, RawBody(body): RawBody) -> Result<Response, Problem> {
     let report = import::import(&st.store, Kind::Catalog, body.as_ref(), |_| {}).await?;
     Ok(Json(report).into_response())
 }
 
-async fn import_stock(State(st): State<AppState>, body: Bytes) -> Result<Response, Problem> {
+async fn import_stock(State(st): State<AppState>, RawBody(body): RawBody) -> Result<Response, Problem> {
     let report = import::import(&st.store, Kind::Stock, body.as_ref(), |_| {}).await?;
     Ok(Json(report).into_response())
 }

@@ -142,3 +142,28 @@ impl NodeConfig {
         self.data_dir.join("node.redb")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../deploy/node.example.toml");
+        let cfg: NodeConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.node_id.as_str(), "wh-north");
+        assert_eq!(cfg.listen.port(), 8081);
+        assert!((cfg.site.lat - 53.55).abs() < 1e-9);
+    }
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let cfg: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg.node_id.as_str(), "node-1");
+        assert!(toml::from_str::<NodeConfig>("node_id = \"bad id\"").is_err());
+        assert!(toml::from_str::<NodeConfig>("unknown_key = 1").is_err());
+        let cfg: NodeConfig = toml::from_str("[site]\nlat = 100.0").unwrap();
+        assert!(cfg.validate().is_err());
+    }
+}

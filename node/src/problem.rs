@@ -127,14 +127,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 format!("send the body as application/json (got content type {ct:?})"),
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// A raw request body within the route's size limit; an oversized or unreadable body becomes a problem.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("{e}; send a smaller body"))
             } else {
                 Problem::new(StatusCode::BAD_REQUEST, "unreadable_body", e.to_string())
             }
-        })?;
-        parse_json(&bytes).map(JsonBody)
+        })
     }
 }
 

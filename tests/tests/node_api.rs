@@ -128,6 +128,16 @@ async fn bad_input_gets_typed_problems_and_changes_nothing() {
         .unwrap();
     let s = r.status().as_u16();
     assert_problem(s, &r.json().await.unwrap(), 413, "body_too_large");
+    let r = c
+        .post(n.url("/v1/orders"))
+        .header("idempotency-key", "big")
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    assert_problem(s, &r.json().await.unwrap(), 413, "body_too_large");
     // Unknown order, unknown wave, unknown route, wrong method.
     let (s, v) = get(&c, n.url("/v1/orders/wh1-0000009999")).await;
     assert_problem(s, &v, 404, "order_not_found");

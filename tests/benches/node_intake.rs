@@ -1,0 +1,276 @@
+//! Node figures for BENCHMARKS.md: durable order intake over HTTP on loopback with 1, 16 and 64 concurrent
+//! clients (orders/s, p50, p99) against the disk's raw fsync rate measured in the same run (the ceiling for
+//! unbatched commits); then order lookup by id with 1,000,000 orders stored (p50, p99) and the node's RSS.
+//!
+//! `cargo bench -p oms-tests --bench node_intake` (env: `BENCH_SECS` per level, default 10;
+//! `BENCH_ORDERS` for the lookup store, default 1000000; `BENCH_DIR` for the data, default a temp dir).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oms_node::store::{CatalogItem, Command as StoreCommand, Limits, Store};
+use oms_protocol::domain::{NodeId, OrderDraft, Sku};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Raw fsync rate: 4 KiB write + fsync, in the directory the node uses.
+fn fsync_rate(dir: &Path, n: usize) -> (f64, f64, f64) {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let buf = vec![7u8; 4096];
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&buf).unwrap();
+        f.sync_data().unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path).ok();
+    lat.sort_by(f64::total_cmp);
+    (rate, percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Node {
+    fn start(dir: &Path) -> Node {
+        let addr = free_addr();
+        let child = Command::new(env!("CARGO_BIN_EXE_oms-it"))
+            .args(["node", "--node-id", "bench", "--listen", &addr.to_string(), "--data"])
+            .arg(dir)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "node did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Node { child, addr }
+    }
+    fn rss_mb(&self) -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn order_json(n: u64) -> serde_json::Value {
+    serde_json::json!({
+        "external_ref": format!("bench-{n}"), "channel": "web",
+        "lines": [{"sku": format!("S{}", n % 100), "qty": 1, "unit_price_minor": 999, "currency": "EUR"},
+                  {"sku": format!("S{}", (n + 37) % 100), "qty": 2, "unit_price_minor": 499, "currency": "EUR"}],
+        "ship_to": {"name": "Bench Customer", "line1": "1 Loop Road", "city": "Berlin", "postcode": "10115",
+                    "country": "DE", "lat": 52.5, "lon": 13.4}
+    })
+}
+
+async fn intake_level(addr: SocketAddr, clients: usize, secs: u64, key_base: u64) -> (f64, f64, f64, u64) {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut i = 0u64;
+            while Instant::now() < until {
+                let n = key_base + (c as u64) * 10_000_000 + i;
+                i += 1;
+                let t = Instant::now();
+                let r = http
+                    .post(format!("http://{addr}/v1/orders"))
+                    .header("idempotency-key", format!("k{n}"))
+                    .json(&order_json(n))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 201 => {
+                        let _ = r.bytes().await;
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    let took = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    (all.len() as f64 / took, percentile(&all, 0.5), percentile(&all, 0.99), errors)
+}
+
+fn main() {
+    let secs = env_u64("BENCH_SECS", 10);
+    let lookup_orders = env_u64("BENCH_ORDERS", 1_000_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::env::var("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| tmp.path().to_owned());
+    std::fs::create_dir_all(&base).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!(
+        "machine: {} cores; date: {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        chrono_date()
+    );
+
+    let (fsync_per_s, fsync_p50, fsync_p99) = fsync_rate(&base, 500);
+    println!("raw fsync (4 KiB write + fdatasync): {fsync_per_s:.0}/s, p50 {fsync_p50:.3} ms, p99 {fsync_p99:.3} ms");
+
+    // Intake.
+    let dir = base.join("intake");
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = Node::start(&dir);
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        for i in 0..100 {
+            let r = http
+                .put(format!("http://{}/v1/catalog/S{i}", node.addr))
+                .json(&serde_json::json!({"name": "x", "bin": format!("A-{i}")}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            let r = http
+                .post(format!("http://{}/v1/stock/receipts", node.addr))
+                .json(&serde_json::json!({"sku": format!("S{i}"), "qty": 1_000_000}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    });
+    println!("\n| clients | orders/s | p50 ms | p99 ms | errors | orders/s ÷ raw fsync/s |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (li, clients) in [1usize, 16, 64].into_iter().enumerate() {
+        let (rate, p50, p99, errors) = rt.block_on(intake_level(node.addr, clients, secs, (li as u64) << 40));
+        println!("| {clients} | {rate:.0} | {p50:.2} | {p99:.2} | {errors} | {:.2} |", rate / fsync_per_s);
+    }
+    println!("node RSS after intake: {:.0} MB", node.rss_mb());
+    drop(node);
+
+    // Lookup with many orders stored: preload through the store (group commit, no HTTP), then serve.
+    let dir = base.join("lookup");
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = Instant::now();
+    rt.block_on(preload(&dir, lookup_orders));
+    println!("\npreloaded {lookup_orders} orders in {:.1} s", t.elapsed().as_secs_f64());
+    let node = Node::start(&dir);
+    let rss_idle = node.rss_mb();
+    let (p50, p99, rss_after) = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let mut lat = Vec::new();
+        let mut x = 0x9E3779B97F4A7C15u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let seq = 1 + x % lookup_orders;
+            let t = Instant::now();
+            let r = http.get(format!("http://{}/v1/orders/bench-{seq:010}", node.addr)).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await.unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        lat.sort_by(f64::total_cmp);
+        (percentile(&lat, 0.5), percentile(&lat, 0.99), node.rss_mb())
+    });
+    println!(
+        "lookup by id, {lookup_orders} orders stored, 20000 random GETs, 1 client: p50 {p50:.3} ms, p99 {p99:.3} ms"
+    );
+    println!("node RSS: {rss_idle:.0} MB after start, {rss_after:.0} MB after the lookups");
+}
+
+async fn preload(dir: &Path, n: u64) {
+    let store = Store::open(
+        &dir.join("node.redb"),
+        NodeId::parse("bench").unwrap(),
+        Limits::default(),
+        Arc::new(oms_node::metrics::Metrics::new()),
+    )
+    .unwrap();
+    for i in 0..100 {
+        let sku = Sku::parse(&format!("S{i}")).unwrap();
+        store
+            .execute(StoreCommand::PutCatalog(CatalogItem { sku: sku.clone(), name: "x".into(), bin: "A".into() }))
+            .await
+            .unwrap();
+        store
+            .execute(StoreCommand::Stock {
+                sku,
+                movement: oms_protocol::domain::Movement::Receipt { qty: 1_000_000, note: None },
+            })
+            .await
+            .unwrap();
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let store = store.clone();
+        let draft: OrderDraft = serde_json::from_value(order_json(i)).unwrap();
+        if set.len() >= 2048 {
+            set.join_next().await.unwrap().unwrap();
+        }
+        set.spawn(async move {
+            loop {
+                match store.execute(StoreCommand::CreateOrder { key: format!("p{i}"), draft: draft.clone() }).await {
+                    Ok(_) => return,
+                    Err(oms_node::store::StoreError::Overloaded) => tokio::time::sleep(Duration::from_millis(1)).await,
+                    Err(e) => panic!("preload: {e}"),
+                }
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    store.close();
+}
+
+fn chrono_date() -> String {
+    let out = Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+}

@@ -1,0 +1,393 @@
+//! Node ↔ hub sync end to end: real `oms` processes (the `oms-it` binary) for the hub and the nodes, real
+//! QUIC with certificates made by `oms ca`, real HTTP. What a user relies on: every order a node accepted
+//! reaches the hub exactly once, whether the hub was down or the node was killed mid-sync; a 3PL node never
+//! receives another site's documents; a node writing what it does not own is refused and counted.
+//!
+//! Every wait is a bounded loop with a deadline; processes are killed when their guard drops.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const TENANT: &str = "acme";
+const SYNC_DEADLINE: Duration = Duration::from_secs(60);
+
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn oms() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_oms-it"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A tempdir with a tenant CA, the hub's certificate and one per node, made with `oms ca`.
+fn pki(root: &Path, nodes: &[&str]) -> PathBuf {
+    let certs = root.join("certs");
+    run_ok(oms().args(["ca", "init", "--tenant", TENANT, "--dir"]).arg(&certs));
+    run_ok(oms().args(["ca", "issue", "--hub", "--dir"]).arg(&certs));
+    for n in nodes {
+        let out = run_ok(oms().args(["ca", "issue", "--node", n, "--dir"]).arg(&certs));
+        assert!(out.contains("serial"), "{out}");
+    }
+    certs
+}
+
+struct Hub {
+    _proc: Proc,
+    http: SocketAddr,
+}
+
+fn spawn_hub(root: &Path, certs: &Path, quic: SocketAddr, http: SocketAddr) -> Hub {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("hub.log")).unwrap();
+    let child = oms()
+        .args(["hub", "--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
+        .arg("--data")
+        .arg(root.join("hub-data"))
+        .arg("--certs")
+        .arg(certs)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Hub { _proc: Proc { child }, http }
+}
+
+struct Node {
+    proc: Proc,
+    http: SocketAddr,
+    dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+fn node_config(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr) -> (PathBuf, SocketAddr, PathBuf) {
+    let http = free_tcp();
+    let dir = root.join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"{id}\"\ndata_dir = \"{}\"\nlisten = \"{http}\"\n\n[hub]\naddr = \"{hub_quic}\"\ncerts_dir = \"{}\"\ntenant = \"{TENANT}\"\n",
+            dir.join("data").display(),
+            certs.display()
+        ),
+    )
+    .unwrap();
+    (config, http, dir)
+}
+
+fn spawn_node_with(config: &Path, http: SocketAddr, dir: &Path) -> Node {
+    let log_path = dir.join("node.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+    let child = oms()
+        .args(["node", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Node { proc: Proc { child }, http, dir: dir.to_owned(), config: config.to_owned(), log: log_path }
+}
+
+fn spawn_node(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr) -> Node {
+    let (config, http, dir) = node_config(root, certs, id, hub_quic);
+    spawn_node_with(&config, http, &dir)
+}
+
+impl Node {
+    fn restart(&mut self) {
+        self.proc.kill9();
+        let fresh = spawn_node_with(&self.config, self.http, &self.dir);
+        let Node { proc, .. } = fresh;
+        self.proc = proc;
+    }
+}
+
+async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("http://{addr}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr} did not become healthy in 30 s");
+}
+
+async fn seed(http: &reqwest::Client, node: &Node, skus: usize) {
+    let base = format!("http://{}/v1", node.http);
+    for i in 0..skus {
+        let r = http
+            .put(format!("{base}/catalog/SKU-{i}"))
+            .json(&json!({"name": format!("Item {i}"), "bin": format!("A-{i:02}")}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "catalog: {}", r.status());
+        let r = http
+            .post(format!("{base}/stock/receipts"))
+            .json(&json!({"sku": format!("SKU-{i}"), "qty": 10_000, "note": "opening"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+}
+
+/// Places an order at `node`, retrying on connection errors with the same idempotency key; returns its id.
+async fn place(http: &reqwest::Client, node: &Node, n: u64) -> String {
+    let body = json!({
+        "external_ref": format!("web-{n}"), "channel": "web",
+        "lines": [{"sku": format!("SKU-{}", n % 3), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
+        "ship_to": {"name": "C", "line1": "1 Street", "city": "Berlin", "postcode": "10115", "country": "DE", "lat": 52.5, "lon": 13.4}
+    });
+    for _ in 0..50 {
+        let r = http
+            .post(format!("http://{}/v1/orders", node.http))
+            .header("idempotency-key", format!("it-{n}"))
+            .json(&body)
+            .send()
+            .await;
+        if let Ok(r) = r
+            && r.status().as_u16() == 201
+        {
+            let v: Value = r.json().await.unwrap();
+            return v["id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("order {n} was not accepted");
+}
+
+async fn get_json(http: &reqwest::Client, url: String) -> Option<Value> {
+    let r = http.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// Order ids the hub lists for `site` (all pages), or None if the hub is unreachable.
+async fn hub_orders(http: &reqwest::Client, hub: SocketAddr, site: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let mut url = format!("http://{hub}/v1/orders?site={site}&limit=1000");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let v = get_json(http, url).await?;
+        for o in v["orders"].as_array()? {
+            out.push(o["id"].as_str()?.to_owned());
+        }
+        match v["next_after"].as_str() {
+            Some(a) => after = Some(a.to_owned()),
+            None => return Some(out),
+        }
+    }
+    Some(out)
+}
+
+/// Waits until the hub lists exactly `expected` for `site`; panics with what it saw at the deadline.
+async fn wait_hub_has(http: &reqwest::Client, hub: SocketAddr, site: &str, expected: &BTreeSet<String>) {
+    let deadline = Instant::now() + SYNC_DEADLINE;
+    let mut seen = None;
+    while Instant::now() < deadline {
+        seen = hub_orders(http, hub, site).await;
+        if let Some(ids) = &seen {
+            let set: BTreeSet<String> = ids.iter().cloned().collect();
+            assert_eq!(set.len(), ids.len(), "the hub lists an order twice: {ids:?}");
+            assert!(set.is_subset(expected), "the hub has orders the node never took: {:?}", set.difference(expected));
+            if &set == expected {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("hub never converged for {site}: expected {} orders, saw {:?}", expected.len(), seen.map(|s| s.len()));
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_reach_the_hub_once_with_status_and_stock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &["wh-north"]);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let hub = spawn_hub(tmp.path(), &certs, quic, http_addr);
+    let node = spawn_node(tmp.path(), &certs, "wh-north", quic);
+    let http = client();
+    wait_healthy(&http, hub.http).await;
+    wait_healthy(&http, node.http).await;
+    seed(&http, &node, 3).await;
+    let mut ids = BTreeSet::new();
+    for n in 0..10 {
+        ids.insert(place(&http, &node, n).await);
+    }
+    wait_hub_has(&http, hub.http, "wh-north", &ids).await;
+
+    // A change of state on the node reaches the hub too.
+    let first = ids.iter().next().unwrap().clone();
+    let r = http
+        .post(format!("http://{}/v1/orders/{first}/cancel", node.http))
+        .json(&json!({"reason": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "cancel: {}", r.status());
+    let deadline = Instant::now() + SYNC_DEADLINE;
+    let mut order = Value::Null;
+    while Instant::now() < deadline {
+        order = get_json(&http, format!("http://{}/v1/orders/{first}", hub.http)).await.unwrap_or_default();
+        if order["status"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(order["status"], "cancelled", "{order}");
+    assert!(order["timeline"].as_array().is_some_and(|t| t.len() >= 2), "{order}");
+    assert_eq!(order["order"]["external_ref"], "web-0");
+
+    // Stock per SKU and site, with freshness.
+    let stock = get_json(&http, format!("http://{}/v1/stock?sku=SKU-1", hub.http)).await.unwrap();
+    let sku = &stock["skus"][0];
+    assert_eq!(sku["sku"], "SKU-1", "{stock}");
+    assert_eq!(sku["sites"][0]["site"], "wh-north");
+    assert!(sku["on_hand"].as_u64().unwrap() == 10_000, "{stock}");
+    assert!(stock["sites"][0]["age_ms"].as_u64().is_some());
+
+    let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
+    let n = &nodes["nodes"][0];
+    assert_eq!(n["node"], "wh-north");
+    assert_eq!(n["connected"], true);
+    assert_eq!(n["orders"], 10);
+    assert_eq!(n["changes_quarantined"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_keeps_taking_orders_while_the_hub_is_down_and_catches_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &["wh-south"]);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let hub = spawn_hub(tmp.path(), &certs, quic, http_addr);
+    let node = spawn_node(tmp.path(), &certs, "wh-south", quic);
+    let http = client();
+    wait_healthy(&http, hub.http).await;
+    wait_healthy(&http, node.http).await;
+    seed(&http, &node, 3).await;
+    let mut ids = BTreeSet::new();
+    for n in 0..5 {
+        ids.insert(place(&http, &node, n).await);
+    }
+    wait_hub_has(&http, hub.http, "wh-south", &ids).await;
+
+    drop(hub); // kill -9
+    let started = Instant::now();
+    for n in 5..20 {
+        ids.insert(place(&http, &node, n).await);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "orders must not wait for the hub");
+
+    let hub = spawn_hub(tmp.path(), &certs, quic, http_addr);
+    wait_healthy(&http, hub.http).await;
+    wait_hub_has(&http, hub.http, "wh-south", &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_killed_mid_sync_loses_and_duplicates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &["wh-west"]);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let hub = spawn_hub(tmp.path(), &certs, quic, http_addr);
+    let mut node = spawn_node(tmp.path(), &certs, "wh-west", quic);
+    let http = client();
+    wait_healthy(&http, hub.http).await;
+    wait_healthy(&http, node.http).await;
+    seed(&http, &node, 3).await;
+    let mut ids = BTreeSet::new();
+    let placed = futures::future::join_all((0..60).map(|n| place(&http, &node, n))).await;
+    ids.extend(placed);
+    // Right after the burst the node is syncing: kill it there.
+    node.restart();
+    wait_healthy(&http, node.http).await;
+    for n in 60..65 {
+        ids.insert(place(&http, &node, n).await);
+    }
+    assert_eq!(ids.len(), 65);
+    wait_hub_has(&http, hub.http, "wh-west", &ids).await;
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(log.contains("sync: connected"), "the node never connected:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_node_never_receives_other_sites_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &["wh-north", "3pl-east"]);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let hub = spawn_hub(tmp.path(), &certs, quic, http_addr);
+    let north = spawn_node(tmp.path(), &certs, "wh-north", quic);
+    let mut east = spawn_node(tmp.path(), &certs, "3pl-east", quic);
+    let http = client();
+    for a in [hub.http, north.http, east.http] {
+        wait_healthy(&http, a).await;
+    }
+    seed(&http, &north, 3).await;
+    seed(&http, &east, 3).await;
+    let (mut n_ids, mut e_ids) = (BTreeSet::new(), BTreeSet::new());
+    for n in 0..8 {
+        n_ids.insert(place(&http, &north, n).await);
+        e_ids.insert(place(&http, &east, n).await);
+    }
+    wait_hub_has(&http, hub.http, "wh-north", &n_ids).await;
+    wait_hub_has(&http, hub.http, "3pl-east", &e_ids).await;
+    // Give the hub a few manifest rounds' chance to (wrongly) send wh-north's documents, then look.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    east.proc.kill9();
+    let docs = oms_node::sync::docdb::stored_doc_ids(&east.dir.join("data").join("sync.redb")).unwrap();
+    assert!(docs.len() > e_ids.len(), "the 3PL's own documents are there: {docs:?}");
+    for d in &docs {
+        assert!(d.starts_with("order/3pl-east-") || d == "stock/3pl-east", "the 3PL node received {d}");
+    }
+    let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(n["changes_quarantined"], 0, "{n}");
+    }
+}
