@@ -76,7 +76,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
     let s = s.trim().trim_start_matches("0x");
-    if s.is_empty() || s.len() % 2 != 0 || s.len() > 40 {
+    if s.is_empty() || !s.len().is_multiple_of(2) || s.len() > 40 {
         bail!("serial {s:?} is not 1 to 20 bytes of hex");
     }
     (0..s.len())

@@ -4,7 +4,12 @@
 //! Midway one node is killed with SIGKILL and restarted: every order it acknowledged is still there.
 //! At the end it prints per-site counts and checks the invariants; `--summary FILE` writes them as JSON.
 //!
-//! The hub and sync join this demo with the sync issue; until then each node stands alone.
+//!
+//! The demo also makes a tenant PKI, starts the hub as a process, and links every node to it over QUIC. One
+//! site (`wh-west`) reaches the hub through a fault relay that the demo blackholes for the middle half of the
+//! run: the site keeps taking and shipping orders, and once the link heals the hub catches up. The summary
+//! reports whether the hub's per-site order counts converged with the nodes' (`converged`) and how long
+//! after the order flow stopped that took (`convergence_ms`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -56,10 +61,12 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 async fn spawn_node(site: &Site) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?;
-    let log = std::fs::File::create(site.dir.join("node.log"))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(site.dir.join("node.log"))?;
     let child = Command::new(exe)
         .args(["node", "--node-id", site.id, "--listen", &site.addr.to_string(), "--data"])
         .arg(&site.dir)
+        .arg("--config")
+        .arg(site.dir.join("node.toml"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
@@ -72,14 +79,70 @@ async fn spawn_node(site: &Site) -> anyhow::Result<Child> {
 async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("http://{addr}/healthz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(r) = http.get(format!("http://{addr}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("node at {addr} did not become healthy within 20 s")
+    bail!("process at {addr} did not become healthy within 20 s")
+}
+
+/// The demo's tenant.
+const TENANT: &str = "demo";
+/// The site whose link to the hub the demo cuts.
+const CUT_SITE: &str = "wh-west";
+
+/// A CA, the hub's certificate and one per site in `dir`, valid for a day.
+fn make_pki(dir: &std::path::Path, sites: &[Site]) -> anyhow::Result<()> {
+    use oms_transport::pki::{self, Identity, IssueOptions};
+    let day = time::Duration::days(1);
+    pki::ca_init(dir, TENANT, day)?;
+    let mut hub = IssueOptions::valid_for(day);
+    hub.dns_names = vec!["localhost".into()];
+    pki::issue(dir, dir, &Identity::hub(TENANT)?, &hub)?;
+    for s in sites {
+        pki::issue(dir, dir, &Identity::node(TENANT, s.id)?, &IssueOptions::valid_for(day))?;
+    }
+    Ok(())
+}
+
+/// Links a site to the hub through its `node.toml`.
+fn write_node_config(site: &Site, hub: SocketAddr, certs: &std::path::Path) -> anyhow::Result<()> {
+    let certs = serde_json::to_string(&certs.display().to_string())?;
+    let text = format!("[hub]\naddr = \"{hub}\"\ncerts_dir = {certs}\ntenant = \"{TENANT}\"\n");
+    std::fs::write(site.dir.join("node.toml"), text)?;
+    Ok(())
+}
+
+fn spawn_hub(
+    data: &std::path::Path,
+    certs: &std::path::Path,
+    quic: SocketAddr,
+    http: SocketAddr,
+) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(data)?;
+    let log = std::fs::File::create(data.join("hub.log"))?;
+    Command::new(std::env::current_exe()?)
+        .args(["hub", "--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
+        .arg("--data")
+        .arg(data)
+        .arg("--certs")
+        .arg(certs)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the hub process")
+}
+
+/// The hub's order count per site.
+async fn hub_counts(http: &reqwest::Client, hub: SocketAddr) -> Option<BTreeMap<String, u64>> {
+    let v: Value = http.get(format!("http://{hub}/v1/orders?limit=1")).send().await.ok()?.json().await.ok()?;
+    let map = v["by_site"].as_object()?;
+    Some(map.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
 }
 
 fn sku(i: usize) -> String {
@@ -190,6 +253,24 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         sites.push(Site { id, lat, lon, addr: free_port()?, dir });
     }
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
+    // The hub, and each site's link to it; the cut site goes through a relay the demo controls.
+    let certs = a.data.join("certs");
+    std::fs::create_dir_all(&certs)?;
+    make_pki(&certs, &sites)?;
+    let hub_quic = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let hub_http = free_port()?;
+    let mut hub = spawn_hub(&a.data.join("hub"), &certs, hub_quic, hub_http)?;
+    wait_healthy(&http, hub_http).await?;
+    let relay = Arc::new(
+        oms_transport::relay::Relay::start(hub_quic, oms_transport::relay::Faults::default(), a.seed)
+            .await
+            .context("cannot start the relay")?,
+    );
+    for s in &sites {
+        let via = if s.id == CUT_SITE { relay.local_addr() } else { hub_quic };
+        write_node_config(s, via, &certs)?;
+    }
+    println!("started hub       at http://{hub_http}  (QUIC {hub_quic}); {CUT_SITE} links through a relay");
     let mut children = Vec::new();
     for s in &sites {
         children.push(spawn_node(s).await?);
@@ -250,7 +331,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 let mut skus: Vec<usize> = (0..nlines).map(|_| rng.random_range(0..SKUS)).collect();
                 skus.sort_unstable();
                 skus.dedup();
-                let channel = if n % 3 == 0 { "marketplace" } else { "web" };
+                let channel = if n.is_multiple_of(3) { "marketplace" } else { "web" };
                 let body = json!({
                     "external_ref": format!("{channel}-{n}"), "channel": channel,
                     "lines": skus.iter().map(|i| json!({"sku": sku(*i), "qty": rng.random_range(1..=3), "unit_price_minor": 1999, "currency": "EUR"})).collect::<Vec<_>>(),
@@ -287,6 +368,22 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             while inflight.join_next().await.is_some() {}
         })
     };
+    // Cut one site off the hub for the middle half of the run.
+    let cutter = {
+        let relay = relay.clone();
+        let (quarter, half) = (Duration::from_millis(a.duration * 250), Duration::from_millis(a.duration * 500));
+        tokio::spawn(async move {
+            tokio::time::sleep(quarter).await;
+            relay.set_blackhole(true);
+            println!(
+                "t={:>4.1}s  {CUT_SITE} cut off from the hub (it keeps taking orders)",
+                started.elapsed().as_secs_f64()
+            );
+            tokio::time::sleep(half).await;
+            relay.set_blackhole(false);
+            println!("t={:>4.1}s  {CUT_SITE} linked again", started.elapsed().as_secs_f64());
+        })
+    };
     // Midway, kill -9 one node and bring it back.
     let victim = 1;
     tokio::time::sleep(Duration::from_secs(a.duration / 2)).await;
@@ -305,12 +402,14 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     for s in staff {
         let _ = s.await;
     }
+    let _ = cutter.await;
 
     // Report and check invariants.
     let mut per_site = serde_json::Map::new();
     let mut oversold = 0u64;
     let mut total_orders = 0u64;
     let mut total_shipped = 0u64;
+    let mut all_consistent = true;
     println!(
         "\n{:<9} {:>7} {:>8} {:>8} {:>9} {:>10}  ledger",
         "site", "orders", "shipped", "deliv.", "cancelled", "backorder"
@@ -342,16 +441,53 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             let reserved = item["reserved"].as_u64().unwrap_or(0);
             oversold += reserved.saturating_sub(on_hand);
         }
+        let audit: Value = http.get(format!("{base}/audit/ledger")).send().await?.json().await?;
+        let ledger_ok = audit["consistent"] == Value::Bool(true);
+        all_consistent &= ledger_ok;
         let orders: u64 = counts.values().sum();
         let shipped = counts["shipped"] + counts["delivered"];
         total_orders += orders;
         total_shipped += shipped;
         println!(
             "{:<9} {:>7} {:>8} {:>8} {:>9} {:>10}  {}",
-            s.id, orders, shipped, counts["delivered"], counts["cancelled"], counts["backordered"], "ok"
+            s.id,
+            orders,
+            shipped,
+            counts["delivered"],
+            counts["cancelled"],
+            counts["backordered"],
+            if ledger_ok { "balances = ledger replay" } else { "MISMATCH" }
         );
         per_site.insert(s.id.into(), json!({"orders": orders, "shipped": shipped, "by_state": counts}));
     }
+    // The hub converges: its order count per site equals each node's.
+    let traffic_stopped = Instant::now();
+    let node_counts: BTreeMap<String, u64> = sites
+        .iter()
+        .map(|s| (s.id.to_owned(), per_site.get(s.id).and_then(|v| v["orders"].as_u64()).unwrap_or(0)))
+        .collect();
+    let mut converged = false;
+    let mut hub_seen = BTreeMap::new();
+    while traffic_stopped.elapsed() < Duration::from_secs(120) {
+        if let Some(c) = hub_counts(&http, hub_http).await {
+            hub_seen = c;
+            if node_counts.iter().all(|(site, n)| hub_seen.get(site) == Some(n)) {
+                converged = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let convergence_ms = u64::try_from(traffic_stopped.elapsed().as_millis()).unwrap_or(u64::MAX);
+    println!(
+        "hub {} in {convergence_ms} ms after the order flow stopped: {}",
+        if converged { "converged" } else { "did NOT converge" },
+        node_counts
+            .keys()
+            .map(|s| format!("{s} {}/{}", hub_seen.get(s).copied().unwrap_or(0), node_counts[s]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let placed = tally.placed.load(Ordering::Relaxed);
     println!(
         "\norders acknowledged {placed}, stored {total_orders} (lost {}, duplicated {}), refused for stock {}, client give-ups {}",
@@ -371,9 +507,14 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "orders_stored": total_orders,
         "orders_shipped": total_shipped,
         "oversold_units": oversold,
+        "ledger_consistent": all_consistent,
         "lost_orders": placed.saturating_sub(total_orders),
         "duplicated_orders": total_orders.saturating_sub(placed),
         "sites": per_site,
+        "hub_orders_by_site": hub_seen,
+        "cut_off_site": CUT_SITE,
+        "converged": converged,
+        "convergence_ms": convergence_ms,
     });
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
@@ -383,7 +524,12 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         let _ = c.start_kill();
         let _ = c.wait().await;
     }
-    if oversold > 0 || placed != total_orders {
+    let _ = hub.start_kill();
+    let _ = hub.wait().await;
+    if !converged {
+        bail!("the hub did not converge with the nodes within 120 s");
+    }
+    if oversold > 0 || placed != total_orders || !all_consistent {
         bail!("invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}");
     }
     Ok(())

@@ -35,7 +35,7 @@ pub async fn run(
         .with_context(|| format!("cannot open {}", cfg.db_path().display()))?;
     let docs = docs::HubDocs::new(db)?;
     let tuning = server::ServerTuning { nodes_max: cfg.nodes_max, ..server::ServerTuning::default() };
-    let hub = Arc::new(server::Hub::new(docs, &cfg.tenant, actor.to_vec(), tuning).map_err(anyhow::Error::msg)?);
+    let hub = Arc::new(server::Hub::new(docs, &cfg.tenant, actor.to_vec(), tuning)?);
     let files = ServerTlsFiles {
         ca: cfg.certs_dir.join("ca.pem"),
         cert: cfg.certs_dir.join("hub.pem"),

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oms_node::sync::link::{self, now_ms};
+use oms_node::sync::link::{self, LinkError, now_ms};
 use oms_protocol::domain::NodeId;
 use oms_protocol::sync::{Event, SessionConfig, SyncSession};
 use oms_protocol::wire::{ErrorCode, Frame, PeerId};
-use oms_transport::{Identity, Limits};
+use oms_transport::{Identity, Limits, PkiError};
 use tokio::sync::Semaphore;
 
 use crate::docs::{HubDocs, node_of};
@@ -60,9 +60,10 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Hub {
     /// A hub for `tenant` over `docs`. `actor` is this process's fresh Automerge actor id.
-    pub fn new(docs: HubDocs, tenant: &str, actor: Vec<u8>, tuning: ServerTuning) -> Result<Hub, String> {
-        let me = Identity::hub(tenant).map_err(|e| e.to_string())?;
-        let me = PeerId::new(me.uri()).ok_or("hub peer id too long")?;
+    pub fn new(docs: HubDocs, tenant: &str, actor: Vec<u8>, tuning: ServerTuning) -> Result<Hub, PkiError> {
+        let me = Identity::hub(tenant)?;
+        // A valid tenant name is at most 64 bytes, so the URI fits a peer id.
+        let me = PeerId::new(me.uri()).ok_or_else(|| PkiError::BadIdentity { uri: me.uri() })?;
         Ok(Hub {
             docs: Mutex::new(docs),
             tenant: tenant.to_owned(),
@@ -143,13 +144,16 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
     }
 }
 
-async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(), String> {
+async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(), LinkError> {
     let io_timeout = Duration::from_millis(hub.tuning.io_timeout_ms);
     let frame_max = Limits::default().frame_bytes_max;
-    let (mut send, recv) = oms_transport::accept_bi(conn, io_timeout).await.map_err(|e| e.to_string())?;
+    let (mut send, recv) = oms_transport::accept_bi(conn, io_timeout).await?;
     let mut frames = link::spawn_reader(recv, frame_max, hub.tuning.frames_queued_max);
-    let peer = PeerId::new(Identity::node(&hub.tenant, node.as_str()).map_err(|e| e.to_string())?.uri())
-        .ok_or("peer id too long")?;
+    // The node id came from a verified certificate of this tenant, so the URI is valid and short.
+    let uri = format!("oms://{}/node/{node}", hub.tenant);
+    let Some(peer) = PeerId::new(uri.clone()) else {
+        return Err(LinkError::WrongPeer { seen: uri, expected: "a node id of at most 256 bytes".into() });
+    };
     debug_assert!(node_of(&peer).as_ref() == Some(node));
     let mut session = SyncSession::new_server(session_config(), hub.me.clone(), peer, hub.actor.clone(), now_ms());
     let mut tick = tokio::time::interval(Duration::from_millis(hub.tuning.tick_ms.max(1)));
@@ -177,13 +181,13 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
             }
             docs.status(node).pending = !session.is_idle();
             // Persist before answering: what the node believes the hub has, the hub has on disk.
-            docs.flush().map_err(|e| e.to_string())?;
+            docs.flush()?;
         }
-        link::write_frames(&mut send, &out, frame_max, io_timeout).await.map_err(|e| e.to_string())?;
+        link::write_frames(&mut send, &out, frame_max, io_timeout).await?;
         out.clear();
         if let Some((code, reason, by_peer)) = closed {
             oms_transport::close(conn, code, &reason);
-            return Err(format!("closed ({code}, by node: {by_peer}): {reason}"));
+            return Err(LinkError::Closed { code, reason, by_peer });
         }
         tokio::select! {
             frame = frames.recv() => match frame {
@@ -198,14 +202,17 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                     session.handle_frame(&mut *docs, frame);
                     if let Some((doc, before)) = target
                         && !docs.check_applied(node, &doc, &before, now)
-                        && docs.quarantine_full()
                     {
-                        session.refuse(ErrorCode::NotEntitled, "too many refused changes");
+                        // Tell the node now: the session itself only refuses the document's next frame.
+                        out.push(Frame::Refused { doc, code: ErrorCode::NotEntitled });
+                        if docs.quarantine_full() {
+                            session.refuse(ErrorCode::NotEntitled, "too many refused changes");
+                        }
                     }
                 }
                 Some(Err(e)) => {
                     oms_transport::close(conn, e.code(), &e.to_string());
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
                 None => return Ok(()),
             },

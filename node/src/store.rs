@@ -467,6 +467,7 @@ pub struct Store {
     site: NodeId,
     limits: Limits,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    commits: Arc<tokio::sync::Notify>,
 }
 
 fn now_ms() -> u64 {
@@ -509,11 +510,13 @@ impl Store {
         let (tx, rx) = mpsc::channel(limits.queue_max);
         let writer_db = db.clone();
         let writer_site = site.clone();
+        let commits = Arc::new(tokio::sync::Notify::new());
+        let writer_commits = commits.clone();
         let writer = std::thread::Builder::new()
             .name("oms-writer".into())
-            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics))
+            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics, writer_commits))
             .map_err(|e| StoreError::Storage(format!("cannot start writer thread: {e}")))?;
-        Ok(Store { db, tx, site, limits, writer: Arc::new(std::sync::Mutex::new(Some(writer))) })
+        Ok(Store { db, tx, site, limits, writer: Arc::new(std::sync::Mutex::new(Some(writer))), commits })
     }
 
     /// Stops accepting writes, lets the writer finish what is queued, and waits for it, so that the database
@@ -527,6 +530,12 @@ impl Store {
         if let Some(h) = handle {
             let _ = h.join();
         }
+    }
+
+    /// Poked after every committed write batch, so followers of the change feed (sync) wake up promptly
+    /// instead of polling. `notify_one` keeps a permit when nobody waits, so no commit is missed.
+    pub fn commit_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.commits.clone()
     }
 
     /// This node's site id.
@@ -759,7 +768,14 @@ fn state_counter(s: FulfillmentState) -> String {
     format!("orders.{}", s.as_str())
 }
 
-fn writer_loop(db: Arc<Database>, site: NodeId, mut rx: mpsc::Receiver<Job>, limits: Limits, metrics: Arc<Metrics>) {
+fn writer_loop(
+    db: Arc<Database>,
+    site: NodeId,
+    mut rx: mpsc::Receiver<Job>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    commits: Arc<tokio::sync::Notify>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(limits.batch_max);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -774,6 +790,7 @@ fn writer_loop(db: Arc<Database>, site: NodeId, mut rx: mpsc::Receiver<Job>, lim
         metrics.observe_commit(started.elapsed(), batch.len());
         match results {
             Ok(results) => {
+                commits.notify_one();
                 for (job, res) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(res);
                 }

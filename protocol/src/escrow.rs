@@ -58,13 +58,18 @@
 //! 4. **Reclaim.** Once `now_ms ≥ lease_until_ms[j] + margin_ms` by the owner's clock (the margin covers
 //!    clock skew between the two), the owner may [`EscrowCounter::reclaim`]
 //!    `local_seen(j) − unacked_max[j]` units: what it sees `j` holding, less the most `j` can have spent
-//!    unseen. Both sides reason on the same recorded expiry, so `j` has stopped before the owner reclaims.
+//!    unseen. Both sides reason on the same recorded expiry, so with clocks within the margin `j` has
+//!    stopped before the owner reclaims and nothing it holds vanishes under it.
 //! 5. **Return.** At most `unacked_max[j]` units stay at `j` until it is heard from again, when a later
 //!    reclaim (after a later expiry) or a give-back returns them. Nothing is lost; a small budget is the
 //!    price of a short wait.
 //!
-//! Proof sketch for step 4: `j`'s true spending `s` satisfies `s ≤ acked_seen_by_j + unacked_max_seen_by_j
-//! ≤ s_seen + unacked_max`, and inflows to `j` only grow, so `local(j) − reclaimed ≥ 0` in every merge.
+//! Safety rests on the budget, not on clocks. `j`'s true spending `s` satisfies `s ≤ acked_seen_by_j +
+//! unacked_max_seen_by_j ≤ s_seen + unacked_max` at every moment, and inflows to `j` only grow, so
+//! `local(j) − reclaimed ≥ 0` in every merge, whenever the reclaim happens. The lease decides *when* the
+//! owner may take rights back, so the hub can rely on what it holds until the recorded expiry; a clock off
+//! by more than the margin costs availability (the hub finds its rights gone or its budget spent), never a
+//! double promise. The property test runs with skews beyond the margin.
 //!
 //! # Rebalancing
 //!
@@ -871,11 +876,11 @@ mod tests {
         /// Random interleavings of every operation at both replicas, with messages delivered late, out of
         /// order, duplicated or never (each sync ships a snapshot taken at some earlier step): on every replica
         /// and in every merge, consumed ≤ created and no replica holds negative rights; after exchanging
-        /// states both replicas agree. The hub's clock lags by less than the reclaim margin.
+        /// states both replicas agree. The hub's clock lags by up to eight times the reclaim margin.
         #[test]
         fn never_promised_twice_and_converges(
             ops in proptest::collection::vec(op(), 0..120),
-            skew_ms in 0u64..50,
+            skew_ms in 0u64..400,
             picks in proptest::collection::vec(any::<prop::sample::Index>(), 120),
         ) {
             let margin_ms = 50;
@@ -886,7 +891,7 @@ mod tests {
             let mut sent_by_hub = vec![hub.clone()];
             let mut now_ms = 0u64;
             for (k, op) in ops.iter().enumerate() {
-                // The hub's clock lags the site's by less than the margin: the direction that could break a lease.
+                // The hub's clock lags the site's, often by more than the margin: safety must not depend on it.
                 let hub_now = now_ms.saturating_sub(skew_ms);
                 match *op {
                     Op::Add(s, n) => { let _ = if s { site.add(S, n) } else { hub.add(H, n) }; }

@@ -521,6 +521,8 @@ async fn kill9_during_intake_loses_nothing_acknowledged() {
         assert_eq!(seen.get(ext), Some(&1), "acknowledged order {ext} ({id}) must be stored exactly once");
     }
     assert!(seen.values().all(|&k| k == 1), "no order stored twice");
+    let (s, v) = get(&c, n.url("/v1/audit/ledger")).await;
+    assert_eq!((s, &v["consistent"]), (200, &json!(true)), "{v}");
     let (on_hand, reserved, _) = stock(&c, &n, "A").await;
     assert_eq!(on_hand, 100_000);
     assert_eq!(reserved as usize, seen.len(), "one unit reserved per stored order");

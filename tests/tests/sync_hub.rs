@@ -391,3 +391,157 @@ async fn third_party_node_never_receives_other_sites_documents() {
         assert_eq!(n["changes_quarantined"], 0, "{n}");
     }
 }
+
+/// An in-memory document store for a hand-driven rogue node: offers everything it holds.
+#[derive(Default)]
+struct MemDocs {
+    docs: std::collections::BTreeMap<DocId, AutoCommit>,
+}
+
+impl DocStore for MemDocs {
+    fn entitled(&self, _: &PeerId, _: &DocId) -> bool {
+        true
+    }
+    fn docs_for(&self, _: &PeerId) -> Vec<DocId> {
+        self.docs.keys().cloned().collect()
+    }
+    fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
+        self.docs.get_mut(doc)
+    }
+    fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError> {
+        Ok(self.docs.entry(doc.clone()).or_default())
+    }
+    fn load_sync_state(&self, _: &PeerId, _: &DocId) -> Option<Vec<u8>> {
+        None
+    }
+    fn save_sync_state(&mut self, _: &PeerId, _: &DocId, _: Vec<u8>) {}
+}
+
+use oms_protocol::sync::automerge::{AutoCommit, ROOT, transaction::Transactable};
+use oms_protocol::sync::{DocStore, Event, SessionConfig, StoreError, SyncSession};
+use oms_protocol::wire::{DocId, ErrorCode, PeerId};
+
+/// A node with a valid certificate that asks for another site's order, writes another site's stock and
+/// writes the hub-owned part of its own order: each is refused, counted, and the hub keeps serving the
+/// well-behaved node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_node_is_refused_and_quarantined_while_others_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &["wh-north", "3pl-east"]);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let hub = spawn_hub(tmp.path(), &certs, quic, http_addr);
+    let north = spawn_node(tmp.path(), &certs, "wh-north", quic);
+    let http = client();
+    wait_healthy(&http, hub.http).await;
+    wait_healthy(&http, north.http).await;
+    seed(&http, &north, 3).await;
+    let mut n_ids = BTreeSet::new();
+    for n in 0..3 {
+        n_ids.insert(place(&http, &north, n).await);
+    }
+    wait_hub_has(&http, hub.http, "wh-north", &n_ids).await;
+
+    // The rogue's documents.
+    let mut store = MemDocs::default();
+    let north_order = DocId::new(format!("order/{}", n_ids.iter().next().unwrap())).unwrap();
+    store.docs.insert(north_order.clone(), AutoCommit::new()); // asks for it
+    let mut foreign_stock = AutoCommit::new();
+    foreign_stock.put(ROOT, "node", "wh-north").unwrap();
+    foreign_stock.put(ROOT, "updated_at_ms", 1u64).unwrap();
+    let foreign_stock_id = DocId::new("stock/wh-north").unwrap();
+    store.docs.insert(foreign_stock_id.clone(), foreign_stock);
+    let own_id = DocId::new("order/3pl-east-0000000999").unwrap();
+    let mut own = AutoCommit::new();
+    for (k, v) in [("id", "3pl-east-0000000999"), ("origin", "3pl-east"), ("site", "3pl-east")] {
+        own.put(ROOT, k, v).unwrap();
+    }
+    own.put(ROOT, "v", 1u64).unwrap();
+    let hub_map = own.put_object(ROOT, "hub", oms_protocol::sync::automerge::ObjType::Map).unwrap();
+    own.put(&hub_map, "cancel_requested_at_ms", 5u64).unwrap();
+    own.commit();
+    store.docs.insert(own_id.clone(), own);
+
+    let files = oms_transport::tls::ClientTlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join("node-3pl-east.pem"),
+        key: certs.join("node-3pl-east.key"),
+    };
+    let limits = oms_transport::Limits::default();
+    let ep = oms_transport::client_endpoint("127.0.0.1:0".parse().unwrap(), &files, &limits).unwrap();
+    let step = Duration::from_secs(10);
+    let conn = oms_transport::connect(&ep, quic, "localhost", step).await.unwrap();
+    let (mut send, recv) = oms_transport::open_bi(&conn, step).await.unwrap();
+    let mut frames = oms_node::sync::link::spawn_reader(recv, limits.frame_bytes_max, 64);
+    let me = PeerId::new(format!("oms://{TENANT}/node/3pl-east")).unwrap();
+    let hub_peer = PeerId::new(format!("oms://{TENANT}/hub")).unwrap();
+    let mut session = SyncSession::new_client(SessionConfig::default(), me, hub_peer, vec![7; 16], 0);
+    let mut refused = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && refused.len() < 3 {
+        let mut out = Vec::new();
+        while let Some(f) = session.poll_transmit() {
+            out.push(f);
+        }
+        oms_node::sync::link::write_frames(&mut send, &out, limits.frame_bytes_max, step).await.unwrap();
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                Event::PeerRefused { doc, code } => {
+                    assert_eq!(code, ErrorCode::NotEntitled);
+                    refused.insert(doc);
+                }
+                Event::Closed { code, reason, .. } => panic!("the hub closed the rogue's session: {code} {reason}"),
+                _ => {}
+            }
+        }
+        match tokio::time::timeout(Duration::from_millis(200), frames.recv()).await {
+            Ok(Some(Ok(frame))) => session.handle_frame(&mut store, frame),
+            Ok(other) => panic!("stream ended: {other:?}"),
+            Err(_) => session.tick(&mut store, u64::try_from(deadline.elapsed().as_millis()).unwrap_or(0)),
+        }
+    }
+    let expected: BTreeSet<DocId> = [north_order.clone(), foreign_stock_id, own_id].into_iter().collect();
+    assert_eq!(refused, expected, "refused documents");
+    assert!(store.docs.get_mut(&north_order).unwrap().get_heads().is_empty(), "the rogue received wh-north's order");
+
+    let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
+    let rogue = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "3pl-east").unwrap().clone();
+    assert!(rogue["changes_quarantined"].as_u64().unwrap() >= 1, "{rogue}");
+    assert!(rogue["docs_refused"].as_u64().unwrap() >= 2, "{rogue}");
+    assert_eq!(hub_orders(&http, hub.http, "3pl-east").await.unwrap(), Vec::<String>::new());
+    let stock = get_json(&http, format!("http://{}/v1/stock", hub.http)).await.unwrap();
+    assert!(stock["sites"].as_array().unwrap().iter().all(|s| s["updated_at_ms"] != 1), "{stock}");
+
+    // The well-behaved node still syncs.
+    n_ids.insert(place(&http, &north, 100).await);
+    wait_hub_has(&http, hub.http, "wh-north", &n_ids).await;
+}
+
+/// `oms ca revoke` takes effect at the hub: a revoked node's next handshake is refused, and what it accepts
+/// afterwards stays local (the node itself keeps working).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_node_is_refused_at_its_next_handshake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &[]);
+    let issued = run_ok(oms().args(["ca", "issue", "--node", "wh-gone", "--dir"]).arg(&certs));
+    let serial = issued.split_whitespace().last().unwrap().to_owned();
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let hub = spawn_hub(tmp.path(), &certs, quic, http_addr);
+    let mut node = spawn_node(tmp.path(), &certs, "wh-gone", quic);
+    let http = client();
+    wait_healthy(&http, hub.http).await;
+    wait_healthy(&http, node.http).await;
+    seed(&http, &node, 3).await;
+    let first: BTreeSet<String> = [place(&http, &node, 0).await].into_iter().collect();
+    wait_hub_has(&http, hub.http, "wh-gone", &first).await;
+
+    run_ok(oms().args(["ca", "revoke", "--serial", &serial, "--dir"]).arg(&certs));
+    // The hub re-reads the CRL every 5 s (the default); then the node reconnects.
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    node.restart();
+    wait_healthy(&http, node.http).await;
+    let _later = place(&http, &node, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(hub_orders(&http, hub.http, "wh-gone").await.unwrap(), first.into_iter().collect::<Vec<_>>());
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(log.contains("sync: link down"), "the revoked node should see its link refused:\n{log}");
+}

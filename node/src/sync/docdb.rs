@@ -293,3 +293,47 @@ pub fn stored_doc_ids(path: &Path) -> Result<Vec<String>, DocDbError> {
 
 /// Re-exported so callers name the same Automerge.
 pub use automerge::ChangeHash;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::{ROOT, transaction::Transactable};
+
+    #[test]
+    fn documents_states_and_counters_survive_reopen_and_removal_sticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.redb");
+        let (a, b) = (DocId::new("order/a-1").unwrap(), DocId::new("order/b-1").unwrap());
+        let peer = PeerId::new("oms://t/hub").unwrap();
+        let heads = {
+            let mut db = DocDb::open(&path, vec![1; 16], 10).unwrap();
+            for id in [&a, &b] {
+                db.get_or_create(id).unwrap().put(ROOT, "k", id.as_str()).unwrap();
+                db.mark_dirty(id);
+            }
+            db.set_sync_state(&peer, &a, vec![9, 9]);
+            db.set_meta("feed.cursor", 42);
+            db.flush().unwrap();
+            db.remove(&b);
+            db.flush().unwrap();
+            db.get_mut(&a).unwrap().get_heads()
+        };
+        let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
+        assert_eq!(db.ids().cloned().collect::<Vec<_>>(), vec![a.clone()]);
+        assert_eq!(db.get_mut(&a).unwrap().get_heads(), heads);
+        assert_eq!(db.sync_state(&peer, &a), Some(vec![9, 9]));
+        assert_eq!(db.meta("feed.cursor").unwrap(), Some(42));
+        assert_eq!(stored_doc_ids(&path).err().map(|_| ()), Some(()), "the file is locked while open");
+        drop(db);
+        assert_eq!(stored_doc_ids(&path).unwrap(), vec!["order/a-1".to_owned()]);
+    }
+
+    #[test]
+    fn document_limit_is_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = DocDb::open(&dir.path().join("s.redb"), vec![1; 16], 1).unwrap();
+        db.get_or_create(&DocId::new("a").unwrap()).unwrap();
+        assert!(matches!(db.get_or_create(&DocId::new("b").unwrap()), Err(DocDbError::Full { max: 1, .. })));
+        assert!(db.get_or_create(&DocId::new("a").unwrap()).is_ok(), "an existing document is not a new one");
+    }
+}

@@ -8,8 +8,42 @@
 
 use std::time::Duration;
 
-use oms_protocol::wire::{self, Frame, FrameDecoder};
-use oms_transport::FrameIoError;
+use oms_protocol::wire::{self, ErrorCode, Frame, FrameDecoder};
+use oms_transport::{EndpointError, FrameIoError};
+
+use super::docdb::DocDbError;
+
+/// Why one sync connection ended. The driver logs it and (on the node) reconnects after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Connecting, opening or accepting the stream failed.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// Reading or writing frames failed, or the peer sent bytes that are not a frame.
+    #[error(transparent)]
+    Frames(#[from] FrameIoError),
+    /// Persisting documents or sync states failed.
+    #[error(transparent)]
+    Db(#[from] DocDbError),
+    /// The peer's verified certificate names someone else.
+    #[error("peer is {seen}, expected {expected}")]
+    WrongPeer {
+        /// Who the certificate says.
+        seen: String,
+        /// Who we wanted.
+        expected: String,
+    },
+    /// The session was refused, by the peer or by us.
+    #[error("session closed with {code} (by peer: {by_peer}): {reason}")]
+    Closed {
+        /// The code.
+        code: ErrorCode,
+        /// For a person.
+        reason: String,
+        /// True if the peer closed it.
+        by_peer: bool,
+    },
+}
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 

@@ -2,8 +2,8 @@
 //! connection to the hub that syncs them.
 //!
 //! Two tasks share a [`NodeDocs`] (the documents in `sync.redb`, beside `node.redb`):
-//! - the *feed follower* polls [`Store::feed_after`] every [`SyncTuning::feed_poll_ms`] (20 ms: a cheap
-//!   read transaction; a `Notify` poked by the store's writer would remove the poll), writes each changed
+//! - the *feed follower* wakes when the store's writer commits ([`Store::commit_notify`]; a slow
+//!   [`SyncTuning::feed_poll_ms`] tick is only a safety net) and reads [`Store::feed_after`], writes each changed
 //!   order and balance into its document ([`schema`]), and commits documents and the feed cursor in one
 //!   transaction. It runs whether or not the hub is reachable, so the node never waits for the network and
 //!   a restart resumes from the cursor without losing or repeating a change.
@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use crate::config::HubLink;
 use crate::store::{FeedEntry, Store};
 use docdb::{DocDb, DocDbError};
-use link::now_ms;
+use link::{LinkError, now_ms};
 use schema::DocKind;
 
 /// File of the node's sync documents, in the data directory.
@@ -67,7 +67,7 @@ pub struct SyncTuning {
 impl Default for SyncTuning {
     fn default() -> Self {
         Self {
-            feed_poll_ms: 20,
+            feed_poll_ms: 1_000,
             feed_batch_max: 256,
             docs_max: 1_000_000,
             dirty_docs_max: 100_000,
@@ -95,6 +95,20 @@ pub enum SyncError {
     /// A peer id is out of bounds.
     #[error("peer id {0:?} is not valid")]
     PeerId(String),
+}
+
+/// Why the change feed could not be turned into documents (retried on the next poll).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Reading the store failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Reading or writing `sync.redb` failed.
+    #[error(transparent)]
+    Db(#[from] DocDbError),
+    /// A record could not be written into its document.
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
 }
 
 /// The node's documents, as the sync session sees them.
@@ -184,9 +198,9 @@ pub fn spawn(link: &HubLink, store: Store, data_dir: &Path, tuning: SyncTuning) 
 }
 
 /// Applies feed entries after the cursor to the documents. Returns the documents changed.
-fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<DocId>, String> {
-    let cursor = docs.db.meta(FEED_CURSOR).map_err(|e| e.to_string())?.unwrap_or(0);
-    let entries = store.feed_after(cursor, batch_max).map_err(|e| e.to_string())?;
+fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<DocId>, IngestError> {
+    let cursor = docs.db.meta(FEED_CURSOR)?.unwrap_or(0);
+    let entries = store.feed_after(cursor, batch_max)?;
     let Some((last, _)) = entries.last() else { return Ok(vec![]) };
     let last = *last;
     let now = now_ms();
@@ -195,18 +209,18 @@ fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<Do
     for (_, entry) in entries {
         match entry {
             FeedEntry::Order(id) => {
-                let Some(rec) = store.order(&id).map_err(|e| e.to_string())? else { continue };
+                let Some(rec) = store.order(&id)? else { continue };
                 let Some(name) = schema::order_doc(&id) else { continue };
-                let doc = docs.db.get_or_create(&name).map_err(|e| e.to_string())?;
-                if schema::write_order(doc, &node, &rec, now).map_err(|e| e.to_string())? {
+                let doc = docs.db.get_or_create(&name)?;
+                if schema::write_order(doc, &node, &rec, now)? {
                     changed.insert(name);
                 }
             }
             FeedEntry::Stock(sku) => {
-                let Some(balance) = store.balance(&sku).map_err(|e| e.to_string())? else { continue };
+                let Some(balance) = store.balance(&sku)? else { continue };
                 let Some(name) = schema::stock_doc(&node) else { continue };
-                let doc = docs.db.get_or_create(&name).map_err(|e| e.to_string())?;
-                if schema::write_stock(doc, &node, &sku, &balance, now).map_err(|e| e.to_string())? {
+                let doc = docs.db.get_or_create(&name)?;
+                if schema::write_stock(doc, &node, &sku, &balance, now)? {
                     changed.insert(name);
                 }
             }
@@ -220,7 +234,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<Do
         docs.db.mark_dirty(name);
     }
     docs.db.set_meta(FEED_CURSOR, last);
-    docs.db.flush().map_err(|e| e.to_string())?;
+    docs.db.flush()?;
     Ok(changed.into_iter().collect())
 }
 
@@ -228,8 +242,13 @@ async fn follow_feed(shared: Arc<Shared>, store: Store) {
     let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.feed_poll_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let commits = store.commit_notify();
     loop {
-        tick.tick().await;
+        // Wake on the store's commit signal; the tick is only a safety net.
+        tokio::select! {
+            _ = commits.notified() => {}
+            _ = tick.tick() => {}
+        }
         // Drain what is there in bounded batches, then wait for the next tick.
         for _ in 0..64 {
             let result = ingest(&mut lock(&shared.docs), &store, shared.tuning.feed_batch_max);
@@ -289,17 +308,16 @@ async fn run_session(
     (me, hub_peer): &(PeerId, PeerId),
     actor: &[u8],
     backoff: &mut Backoff,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let io_timeout = Duration::from_millis(shared.tuning.io_timeout_ms);
     let frame_max = Limits::default().frame_bytes_max;
-    let conn =
-        oms_transport::connect(endpoint, link.addr, &link.server_name, io_timeout).await.map_err(|e| e.to_string())?;
-    let seen = oms_transport::peer_identity(&conn).map_err(|e| e.to_string())?;
+    let conn = oms_transport::connect(endpoint, link.addr, &link.server_name, io_timeout).await?;
+    let seen = oms_transport::peer_identity(&conn)?;
     if &seen != hub {
         oms_transport::close(&conn, ErrorCode::Unauthorized, "not our hub");
-        return Err(format!("peer is {seen}, expected {hub}"));
+        return Err(LinkError::WrongPeer { seen: seen.to_string(), expected: hub.to_string() });
     }
-    let (mut send, recv) = oms_transport::open_bi(&conn, io_timeout).await.map_err(|e| e.to_string())?;
+    let (mut send, recv) = oms_transport::open_bi(&conn, io_timeout).await?;
     let mut frames = link::spawn_reader(recv, frame_max, shared.tuning.frames_queued_max);
     let mut session = SyncSession::new_client(session_config(), me.clone(), hub_peer.clone(), actor.to_vec(), now_ms());
     // The manifest exchange covers everything changed so far.
@@ -311,7 +329,7 @@ async fn run_session(
         while let Some(f) = session.poll_transmit() {
             out.push(f);
         }
-        link::write_frames(&mut send, &out, frame_max, io_timeout).await.map_err(|e| e.to_string())?;
+        link::write_frames(&mut send, &out, frame_max, io_timeout).await?;
         out.clear();
         let mut closed = None;
         {
@@ -329,7 +347,7 @@ async fn run_session(
                     Event::Closed { code, reason, by_peer } => closed = Some((code, reason, by_peer)),
                 }
             }
-            docs.db.flush().map_err(|e| e.to_string())?;
+            docs.db.flush()?;
         }
         if let Some((code, reason, by_peer)) = closed {
             while let Some(f) = session.poll_transmit() {
@@ -337,14 +355,14 @@ async fn run_session(
             }
             let _ = link::write_frames(&mut send, &out, frame_max, io_timeout).await;
             oms_transport::close(&conn, code, &reason);
-            return Err(format!("session closed ({code}, by hub: {by_peer}): {reason}"));
+            return Err(LinkError::Closed { code, reason, by_peer });
         }
         tokio::select! {
             frame = frames.recv() => match frame {
                 Some(Ok(frame)) => session.handle_frame(&mut *lock(&shared.docs), frame),
                 Some(Err(e)) => {
                     oms_transport::close(&conn, e.code(), &e.to_string());
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
                 None => return Ok(()),
             },

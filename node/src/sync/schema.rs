@@ -448,9 +448,10 @@ pub fn check_writer(
                 }
             }
             if let Writer::Node(n) = writer {
-                // What the node created must be its own order, under the right id.
+                // What the node created must be its own order, under the right id, numbered by its origin.
                 let view = read_order(doc, name.as_str()).map_err(|e| violation(format!("malformed order: {e}")))?;
-                if view.id != id || (&view.origin != n && &view.site != n) {
+                let numbered_by_origin = order_origin(&view.id) == Some(view.origin.as_str());
+                if view.id != id || !numbered_by_origin || (&view.origin != n && &view.site != n) {
                     return Err(violation(format!("order {} of {}", view.id, view.origin)));
                 }
             }
