@@ -15,6 +15,9 @@ const SITES: usize = 50;
 const SKUS: usize = 10_000;
 const LINES: usize = 5;
 const ORDERS: usize = 20_000;
+/// A routing entry point under test.
+type Router<'a> = &'a dyn Fn(&RouteRequest, &RoutingPolicy) -> RoutingDecision;
+
 const SEED: u64 = 0x0005_eed0_4047_1e55;
 
 /// SplitMix64: a tiny seeded generator, so the bench needs no RNG crate and every run sees the same data.
@@ -48,10 +51,12 @@ fn main() {
     let sites: Vec<SiteView> = (0..SITES)
         .map(|i| {
             // Each site holds escrow for about 60% of the catalogue, 1 to 20 units each.
-            let promisable: HashMap<Sku, u32> = skus
-                .iter()
-                .filter_map(|s| (rng.below(10) < 6).then(|| (s.clone(), 1 + rng.below(20) as u32)))
-                .collect();
+            let mut promisable: HashMap<Sku, u32> = HashMap::new();
+            for s in &skus {
+                if rng.below(10) < 6 {
+                    promisable.insert(s.clone(), 1 + rng.below(20) as u32);
+                }
+            }
             SiteView {
                 id: NodeId::parse(&format!("site-{i:02}")).expect("valid id"),
                 location: point(&mut rng),
@@ -80,7 +85,7 @@ fn main() {
     let table = SiteTable::new(sites.clone());
     let whole = RoutingPolicy::default();
     let split = RoutingPolicy { split_lines: true, ..RoutingPolicy::default() };
-    let runs: [(&str, &RoutingPolicy, &dyn Fn(&RouteRequest, &RoutingPolicy) -> RoutingDecision); 4] = [
+    let runs: [(&str, &RoutingPolicy, Router); 4] = [
         ("route, per-site maps, whole lines", &whole, &|o, p| route(o, &sites, p)),
         ("route, per-site maps, split lines", &split, &|o, p| route(o, &sites, p)),
         ("route_indexed, whole lines", &whole, &|o, p| route_indexed(o, &table, p)),

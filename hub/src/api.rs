@@ -5,6 +5,8 @@
 //! - `GET /v1/orders/{id}`: one order: status, timeline, lines, shipment, as last synced from its node.
 //! - `GET /v1/stock?sku=`: balances per SKU and site from the nodes' stock documents, with each site's
 //!   freshness (when the node last wrote its stock document).
+//! - `GET /v1/forecast/{sku}` and `GET /v1/replenishment`: demand forecasts and reorder suggestions, see
+//!   [`crate::forecast_api`].
 //!
 //! Every handler reads documents under the hub's lock and answers from memory; lists are paged.
 
@@ -39,7 +41,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/orders", get(orders))
         .route("/v1/orders/{id}", get(order))
         .route("/v1/stock", get(stock))
-        .with_state(hub)
+        .with_state(hub.clone())
+        .merge(crate::forecast_api::router(hub))
 }
 
 fn problem(status: StatusCode, detail: impl Into<String>) -> Response {

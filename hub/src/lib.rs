@@ -10,7 +10,9 @@
 
 pub mod api;
 pub mod config;
+pub mod demand;
 pub mod docs;
+pub mod forecast_api;
 pub mod routing;
 pub mod server;
 

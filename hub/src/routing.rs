@@ -377,9 +377,9 @@ fn km(distance_m: u64) -> f64 {
 
 /// Routes one order. Pure and deterministic: the same inputs, in any site order, give the same decision.
 ///
-/// Looks each line's SKU up in every site's [`SiteView::promisable`] map. With many sites and a large
-/// catalogue those lookups dominate (they miss the CPU caches); [`SiteTable`] with [`route_indexed`] gives
-/// the same decision from a SKU-major index.
+/// Looks each line's SKU up in the sites' [`SiteView::promisable`] maps, nearest first, until `nearest_k`
+/// sites with stock are found. With a large catalogue those lookups dominate (they miss the CPU caches);
+/// [`SiteTable`] with [`route_indexed`] gives the same decision from a SKU-major index.
 pub fn route(order: &RouteRequest, sites: &[SiteView], policy: &RoutingPolicy) -> RoutingDecision {
     let (skus, qty) = demand(order);
     route_core(order, sites, policy, &skus, &qty, |s, l| sites[s].promisable.get(skus[l]).copied())
@@ -838,11 +838,8 @@ mod tests {
                 .collect::<Vec<_>>()
         });
         let lines = proptest::collection::vec((0usize..4, 1u32..5), 1..5);
-        let policy = (1usize..4, any::<bool>()).prop_map(|(max_split, split_lines)| RoutingPolicy {
-            max_split,
-            split_lines,
-            nearest_k: 10,
-            ..RoutingPolicy::default()
+        let policy = (1usize..4, any::<bool>(), 1usize..8).prop_map(|(max_split, split_lines, nearest_k)| {
+            RoutingPolicy { max_split, split_lines, nearest_k, ..RoutingPolicy::default() }
         });
         (sites, lines, policy).prop_map(|(sites, lines, policy)| {
             let o = RouteRequest {
@@ -854,8 +851,8 @@ mod tests {
         })
     }
 
-    /// The best plan by exhaustive search over every subset of eligible sites up to `max_split`, written
-    /// independently of [`route`]: its score and the ids of the sites shipping.
+    /// The best plan by exhaustive search over every subset, up to `max_split`, of the `nearest_k` nearest
+    /// sites with capacity and stock, written independently of [`route`]: its score and the shipping sites.
     fn brute_force(o: &RouteRequest, sites: &[SiteView], p: &RoutingPolicy) -> Option<(PlanScore, Vec<String>)> {
         let mut demand: Vec<(Sku, u64)> = Vec::new();
         for l in &o.lines {
@@ -865,11 +862,13 @@ mod tests {
             }
         }
         let stock = |s: &SiteView, k: &Sku| u64::from(s.promisable.get(k).copied().unwrap_or(0));
-        let eligible: Vec<&SiteView> = sites
+        let mut eligible: Vec<&SiteView> = sites
             .iter()
             .filter(|s| s.capacity_left_shipments > 0 && demand.iter().any(|(k, _)| stock(s, k) > 0))
             .collect();
-        let mut best: Option<((PlanScore, Vec<String>), Vec<String>)> = None;
+        eligible.sort_by_key(|s| (distance_m(s.location, o.ship_to).unwrap(), s.id.clone()));
+        eligible.truncate(p.nearest_k);
+        let mut best: Option<(PlanScore, Vec<String>)> = None;
         for mask in 1u32..(1 << eligible.len()) {
             if mask.count_ones() as usize > p.max_split {
                 continue;
@@ -922,12 +921,11 @@ mod tests {
                 priority_sum: set.iter().map(|(s, _)| u64::from(s.priority)).sum(),
                 unit_distance_m,
             };
-            let cand = ((score, ids.clone()), ids);
-            if best.as_ref().is_none_or(|b| cand.0 < b.0) {
-                best = Some(cand);
+            if best.as_ref().is_none_or(|b| (&score, &ids) < (&b.0, &b.1)) {
+                best = Some((score, ids));
             }
         }
-        best.map(|b| b.0)
+        best
     }
 
     proptest! {

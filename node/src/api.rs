@@ -393,7 +393,7 @@ async fn create_order(
     }
     let draft: OrderDraft = crate::problem::parse_json(&body)?;
     draft.validate()?;
-    order_response(exec(&st, Command::CreateOrder { key, draft }).await?, StatusCode::CREATED)
+    order_response(exec(&st, Command::CreateOrder { key, draft: Box::new(draft) }).await?, StatusCode::CREATED)
 }
 
 async fn get_order(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {

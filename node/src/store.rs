@@ -356,8 +356,8 @@ pub enum Command {
     CreateOrder {
         /// Idempotency key.
         key: String,
-        /// The order.
-        draft: OrderDraft,
+        /// The order (boxed: it is much larger than the other commands).
+        draft: Box<OrderDraft>,
     },
     /// Build a pick wave from accepted orders.
     CreateWave {
@@ -934,11 +934,11 @@ impl<'w> Tx<'w> {
     }
 
     fn save_order(&mut self, rec: &OrderRecord, prev: Option<FulfillmentState>) -> Result<(), StoreError> {
-        if let Some(p) = prev {
-            if p != rec.status {
-                self.by_state.remove((p.tag(), rec.id.as_str()))?;
-                self.bump(&state_counter(p), -1)?;
-            }
+        if let Some(p) = prev
+            && p != rec.status
+        {
+            self.by_state.remove((p.tag(), rec.id.as_str()))?;
+            self.bump(&state_counter(p), -1)?;
         }
         if prev != Some(rec.status) {
             self.by_state.insert((rec.status.tag(), rec.id.as_str()), ())?;
@@ -960,7 +960,7 @@ impl<'w> Tx<'w> {
                 Ok(Outcome::Catalog(item))
             }
             Command::Stock { sku, movement } => self.stock(sku, movement),
-            Command::CreateOrder { key, draft } => self.create_order(key, draft),
+            Command::CreateOrder { key, draft } => self.create_order(key, *draft),
             Command::CreateWave { orders_max } => self.create_wave(orders_max.clamp(1, limits.wave_orders_max)),
             Command::ConfirmPicks { order, lines } => self.confirm_picks(order, lines),
             Command::Pack { order, parcels } => {

@@ -930,9 +930,9 @@ mod tests {
             let mut b = Balance::default();
             let mut accepted = Vec::new();
             for m in &ms {
-                match b.apply(m) {
-                    Ok(nb) => { b = nb; accepted.push(m.clone()); }
-                    Err(_) => {}
+                if let Ok(nb) = b.apply(m) {
+                    b = nb;
+                    accepted.push(m.clone());
                 }
                 prop_assert!(b.reserved <= b.on_hand);
                 prop_assert_eq!(b.available(), b.on_hand - b.reserved);

@@ -4,8 +4,8 @@
 //! A plain replicated counter merges by addition, so two sides that each sell "the last unit" converge to −1.
 //! Escrow (Balegas et al., "Extending Eventually Consistent Cloud Databases for Enforcing Numeric
 //! Invariants", SRDS 2015) splits the *right* to promise ahead of time: each replica spends only rights it
-//! holds, and rights move only by their holder's own transfer. See `shared/notes/escrow.md` for the summary
-//! this module implements.
+//! holds, and rights move only by their holder's own transfer. AntidoteDB's `antidote_crdt_counter_b` is
+//! the reference implementation of the same counter.
 //!
 //! # State
 //!
@@ -678,11 +678,9 @@ pub enum Rebalance {
 pub fn rebalance(input: &RebalanceInput, policy: &RebalancePolicy) -> Rebalance {
     let pool = u128::from(input.site_available) + u128::from(input.hub_rights);
     let demand = u128::from(input.hub_demand_recent) + u128::from(input.site_demand_recent);
-    let share_bp = if demand == 0 {
-        u128::from(policy.hub_share_default_bp)
-    } else {
-        u128::from(input.hub_demand_recent) * 10_000 / demand
-    };
+    let share_bp = (u128::from(input.hub_demand_recent) * 10_000)
+        .checked_div(demand)
+        .unwrap_or(u128::from(policy.hub_share_default_bp));
     let lo = u128::from(policy.hub_share_min_bp.min(policy.hub_share_max_bp));
     let hi = u128::from(policy.hub_share_max_bp.max(policy.hub_share_min_bp)).min(10_000);
     let share_bp = share_bp.clamp(lo.min(hi), hi);

@@ -256,7 +256,10 @@ async fn preload(dir: &Path, n: u64) {
         }
         set.spawn(async move {
             loop {
-                match store.execute(StoreCommand::CreateOrder { key: format!("p{i}"), draft: draft.clone() }).await {
+                match store
+                    .execute(StoreCommand::CreateOrder { key: format!("p{i}"), draft: Box::new(draft.clone()) })
+                    .await
+                {
                     Ok(_) => return,
                     Err(oms_node::store::StoreError::Overloaded) => tokio::time::sleep(Duration::from_millis(1)).await,
                     Err(e) => panic!("preload: {e}"),

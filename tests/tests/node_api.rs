@@ -463,12 +463,12 @@ async fn kill9_during_intake_loses_nothing_acknowledged() {
                     .json(&order_body(&ext, &[("A", 1)]))
                     .send()
                     .await;
-                if let Ok(r) = r {
-                    if r.status() == 201 {
-                        let v: Value = r.json().await.unwrap_or(Value::Null);
-                        if let Some(id) = v["id"].as_str() {
-                            acked.lock().unwrap().push((ext, id.to_owned()));
-                        }
+                if let Ok(r) = r
+                    && r.status() == 201
+                {
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    if let Some(id) = v["id"].as_str() {
+                        acked.lock().unwrap().push((ext, id.to_owned()));
                     }
                 }
             }
