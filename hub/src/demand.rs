@@ -579,6 +579,9 @@ pub(crate) mod tests {
 
     pub(crate) const TODAY: u64 = 20_000;
 
+    /// An order for [`hub_docs`]: (site, seq, day, hour, status, lines).
+    pub(crate) type TestOrder<'a> = (&'a str, u64, u64, u64, FulfillmentState, &'a [(&'a str, u32)]);
+
     pub(crate) fn draft(lines: &[(&str, u32)]) -> OrderDraft {
         let lines: Vec<_> = lines
             .iter()
@@ -593,11 +596,7 @@ pub(crate) mod tests {
     }
 
     /// A hub document set with the given orders `(site, seq, day, hour, status, lines)` and stock.
-    pub(crate) fn hub_docs(
-        dir: &std::path::Path,
-        orders: &[(&str, u64, u64, u64, FulfillmentState, &[(&str, u32)])],
-        stock: &[(&str, &str, u64)],
-    ) -> HubDocs {
+    pub(crate) fn hub_docs(dir: &std::path::Path, orders: &[TestOrder], stock: &[(&str, &str, u64)]) -> HubDocs {
         let mut db = DocDb::open(&dir.join("hub.redb"), vec![7; 16], 100_000).unwrap();
         for &(site, seq, day, hour, status, lines) in orders {
             let node = NodeId::parse(site).unwrap();
@@ -631,7 +630,7 @@ pub(crate) mod tests {
     fn history_sums_per_day_and_excludes_cancelled_and_rejected() {
         use FulfillmentState::*;
         let dir = tempfile::tempdir().unwrap();
-        let orders: &[(&str, u64, u64, u64, FulfillmentState, &[(&str, u32)])] = &[
+        let orders: &[TestOrder] = &[
             ("wh1", 1, TODAY - 3, 1, Accepted, &[("A", 2), ("B", 1)]),
             ("wh1", 2, TODAY - 3, 23, Shipped, &[("A", 3)]),
             ("wh1", 3, TODAY - 2, 5, Cancelled, &[("A", 100)]),

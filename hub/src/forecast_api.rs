@@ -302,14 +302,12 @@ async fn replenishment(State(st): State<ForecastState>, Query(q): Query<Params>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demand::tests::{TODAY, hub_docs};
+    use crate::demand::tests::{TODAY, TestOrder, hub_docs};
     use crate::server::ServerTuning;
     use oms_protocol::domain::FulfillmentState;
 
-    type Order<'a> = (&'a str, u64, u64, u64, FulfillmentState, &'a [(&'a str, u32)]);
-
     fn hub(dir: &std::path::Path, stock: &[(&str, &str, u64)]) -> Hub {
-        let mut orders: Vec<Order> = Vec::new();
+        let mut orders: Vec<TestOrder> = Vec::new();
         // 60 days of steady demand for A at wh1 and wh2; B only for three days at wh1.
         for d in 0..60u64 {
             let lines: &[(&str, u32)] = if d % 2 == 0 { &[("A", 9)] } else { &[("A", 11)] };

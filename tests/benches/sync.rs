@@ -40,7 +40,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // ---- process helpers (copied from tests/tests/sync_hub.rs) ----
@@ -222,7 +227,14 @@ async fn hub_total(http: &reqwest::Client, hub: SocketAddr, site: &str) -> Optio
 }
 
 /// Polls the hub's total for `site` every `every` until it reaches `n`; returns when, or None at the deadline.
-async fn wait_total(http: &reqwest::Client, hub: SocketAddr, site: &str, n: u64, limit: Duration, every: Duration) -> Option<Instant> {
+async fn wait_total(
+    http: &reqwest::Client,
+    hub: SocketAddr,
+    site: &str,
+    n: u64,
+    limit: Duration,
+    every: Duration,
+) -> Option<Instant> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if hub_total(http, hub, site).await.unwrap_or(0) >= n {
@@ -414,7 +426,15 @@ async fn main() {
         place(&http, &node, 2_000_000 + n).await;
     }
     let posted = t.elapsed();
-    let done = wait_total(&http, hub_http, "wh-lat", before_total + bytes_n, Duration::from_secs(60), Duration::from_millis(20)).await;
+    let done = wait_total(
+        &http,
+        hub_http,
+        "wh-lat",
+        before_total + bytes_n,
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1_000)).await; // acks settle
     let (u2, d2, g2) = fwd.bytes();
     let span = t.elapsed().as_secs_f64();
@@ -440,7 +460,7 @@ async fn main() {
     let cvia = forwarder(quic, cfwd.clone()).await;
     let cnode = spawn_node(tmp.path(), &certs, "wh-catch", cvia);
     wait_healthy(&http, cnode.http).await;
-    seed(&http, &cnode, 3, 10_000_000).await;
+    seed(&http, &cnode, 3, 1_000_000).await;
     let dl = Instant::now() + Duration::from_secs(30);
     while !node_connected(&http, hub_http, "wh-catch").await && Instant::now() < dl {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -499,7 +519,7 @@ async fn main() {
     }
     for n in &knodes {
         wait_healthy(&http, n.http).await;
-        seed(&http, n, 3, 10_000_000).await;
+        seed(&http, n, 3, 1_000_000).await;
     }
     let t = Instant::now();
     let placed: Vec<String> = futures::stream::iter(knodes.iter().flat_map(|nd| (0..m).map(move |i| (nd, i))))
@@ -510,7 +530,9 @@ async fn main() {
     let k_intake = t.elapsed();
     let mut ok = true;
     for nd in &knodes {
-        ok &= wait_total(&http, hub_http, &nd.id, m, Duration::from_secs(120), Duration::from_millis(200)).await.is_some();
+        ok &= wait_total(&http, hub_http, &nd.id, m, Duration::from_secs(120), Duration::from_millis(200))
+            .await
+            .is_some();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let all_orders = get_json(&http, format!("http://{hub_http}/v1/orders?limit=1")).await.map(|v| v["total"].clone());
