@@ -15,17 +15,15 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use oms_tests::cluster::{self, ClusterNode, HubProc, free_tcp, free_udp, get_json, pki};
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
-
-const TENANT: &str = "acme";
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -48,124 +46,21 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-// ---- process helpers (copied from tests/tests/sync_hub.rs) ----
+// ---- process helpers: tests/src/cluster.rs, shared with tests/tests/sync_hub.rs ----
 
-struct Proc {
-    child: Child,
+fn spawn_hub(root: &Path, certs: &Path, quic: SocketAddr, http: SocketAddr) -> HubProc {
+    cluster::spawn_hub(root, certs, quic, http, "warn")
 }
 
-impl Proc {
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-    fn rss_mb(&self) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn oms() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_oms-it"))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_tcp() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn pki(root: &Path, nodes: &[String]) -> PathBuf {
-    let certs = root.join("certs");
-    run_ok(oms().args(["ca", "init", "--tenant", TENANT, "--dir"]).arg(&certs));
-    run_ok(oms().args(["ca", "issue", "--hub", "--dir"]).arg(&certs));
-    for n in nodes {
-        run_ok(oms().args(["ca", "issue", "--node", n, "--dir"]).arg(&certs));
-    }
-    certs
-}
-
-fn spawn_hub(root: &Path, certs: &Path, quic: SocketAddr, http: SocketAddr) -> Proc {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("hub.log")).unwrap();
-    let child = oms()
-        .args(["hub", "--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
-        .arg("--data")
-        .arg(root.join("hub-data"))
-        .arg("--certs")
-        .arg(certs)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc { child }
-}
-
-struct Node {
-    proc: Proc,
-    http: SocketAddr,
-    dir: PathBuf,
-    id: String,
-}
-
-fn spawn_node(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr) -> Node {
-    let http = free_tcp();
-    let dir = root.join(id);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = \"{id}\"\ndata_dir = \"{}\"\nlisten = \"{http}\"\n\n[hub]\naddr = \"{hub_quic}\"\ncerts_dir = \"{}\"\ntenant = \"{TENANT}\"\n",
-            dir.join("data").display(),
-            certs.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log")).unwrap();
-    let child = oms()
-        .args(["node", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Node { proc: Proc { child }, http, dir, id: id.to_owned() }
+fn spawn_node(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr) -> ClusterNode {
+    cluster::spawn_node(root, certs, id, hub_quic, "warn")
 }
 
 async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("http://{addr}/healthz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{addr} did not become healthy in 60 s");
+    cluster::wait_healthy(http, addr, Duration::from_secs(60)).await
 }
 
-async fn seed(http: &reqwest::Client, node: &Node, skus: usize, qty: u64) {
+async fn seed(http: &reqwest::Client, node: &ClusterNode, skus: usize, qty: u64) {
     let base = format!("http://{}/v1", node.http);
     for i in 0..skus {
         let r = http
@@ -194,7 +89,7 @@ fn order_json(n: u64) -> Value {
 }
 
 /// Places an order at `node` (retrying with the same idempotency key); returns its id.
-async fn place(http: &reqwest::Client, node: &Node, n: u64) -> String {
+async fn place(http: &reqwest::Client, node: &ClusterNode, n: u64) -> String {
     let body = order_json(n);
     for _ in 0..50 {
         let r = http
@@ -212,14 +107,6 @@ async fn place(http: &reqwest::Client, node: &Node, n: u64) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("order {n} was not accepted");
-}
-
-async fn get_json(http: &reqwest::Client, url: String) -> Option<Value> {
-    let r = http.get(url).send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
 }
 
 async fn hub_total(http: &reqwest::Client, hub: SocketAddr, site: &str) -> Option<u64> {
@@ -345,7 +232,7 @@ async fn main() {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     wait_healthy(&http, hub_http).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let hub_rss_empty = hub.rss_mb();
+    let hub_rss_empty = hub.proc.rss_mb();
 
     // ---- 1. latency ----
     let fwd = Arc::new(Fwd::default());
@@ -504,7 +391,7 @@ async fn main() {
         hub_total(&http, hub_http, "wh-catch").await,
         loadavg()
     );
-    let hub_rss_1node = hub.rss_mb();
+    let hub_rss_1node = hub.proc.rss_mb();
     let all_orders = get_json(&http, format!("http://{hub_http}/v1/orders?limit=1")).await.map(|v| v["total"].clone());
     println!("4a. hub RSS: empty {hub_rss_empty:.1} MB; with 2 nodes / {all_orders:?} orders {hub_rss_1node:.1} MB");
 
@@ -540,13 +427,13 @@ async fn main() {
         "4b. hub RSS with {k} more nodes × {m} orders ({} placed in {:.1} s, all synced: {ok}; hub total {all_orders:?}): {:.1} MB; loadavg {}",
         placed.len(),
         k_intake.as_secs_f64(),
-        hub.rss_mb(),
+        hub.proc.rss_mb(),
         loadavg()
     );
 
     // ---- postcard floor ----
     drop(knodes);
-    let Node { mut proc, dir, .. } = node;
+    let ClusterNode { mut proc, dir, .. } = node;
     proc.kill9();
     let (draft, saved) = draft_sizes(&dir.join("data"), &last_id);
     println!(

@@ -2,6 +2,8 @@
 //! the full CLI), wait for it, kill it with SIGKILL, talk HTTP to it on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -7,150 +7,28 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use oms_tests::cluster::{self, ClusterNode, HubProc, TENANT, free_tcp, free_udp, get_json, oms, pki, run_ok};
 use serde_json::{Value, json};
 
-const TENANT: &str = "acme";
 const SYNC_DEADLINE: Duration = Duration::from_secs(60);
+const HEALTHY: Duration = Duration::from_secs(30);
 
-struct Proc {
-    child: Child,
+fn spawn_hub(root: &Path, certs: &Path, quic: SocketAddr, http: SocketAddr) -> HubProc {
+    cluster::spawn_hub(root, certs, quic, http, "info")
 }
 
-impl Proc {
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL on Unix
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn oms() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_oms-it"))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_tcp() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// A tempdir with a tenant CA, the hub's certificate and one per node, made with `oms ca`.
-fn pki(root: &Path, nodes: &[&str]) -> PathBuf {
-    let certs = root.join("certs");
-    run_ok(oms().args(["ca", "init", "--tenant", TENANT, "--dir"]).arg(&certs));
-    run_ok(oms().args(["ca", "issue", "--hub", "--dir"]).arg(&certs));
-    for n in nodes {
-        let out = run_ok(oms().args(["ca", "issue", "--node", n, "--dir"]).arg(&certs));
-        assert!(out.contains("serial"), "{out}");
-    }
-    certs
-}
-
-struct Hub {
-    _proc: Proc,
-    http: SocketAddr,
-}
-
-fn spawn_hub(root: &Path, certs: &Path, quic: SocketAddr, http: SocketAddr) -> Hub {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("hub.log")).unwrap();
-    let child = oms()
-        .args(["hub", "--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
-        .arg("--data")
-        .arg(root.join("hub-data"))
-        .arg("--certs")
-        .arg(certs)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Hub { _proc: Proc { child }, http }
-}
-
-struct Node {
-    proc: Proc,
-    http: SocketAddr,
-    dir: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-fn node_config(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr) -> (PathBuf, SocketAddr, PathBuf) {
-    let http = free_tcp();
-    let dir = root.join(id);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = \"{id}\"\ndata_dir = \"{}\"\nlisten = \"{http}\"\n\n[hub]\naddr = \"{hub_quic}\"\ncerts_dir = \"{}\"\ntenant = \"{TENANT}\"\n",
-            dir.join("data").display(),
-            certs.display()
-        ),
-    )
-    .unwrap();
-    (config, http, dir)
-}
-
-fn spawn_node_with(config: &Path, http: SocketAddr, dir: &Path) -> Node {
-    let log_path = dir.join("node.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
-    let child = oms()
-        .args(["node", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Node { proc: Proc { child }, http, dir: dir.to_owned(), config: config.to_owned(), log: log_path }
-}
-
-fn spawn_node(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr) -> Node {
-    let (config, http, dir) = node_config(root, certs, id, hub_quic);
-    spawn_node_with(&config, http, &dir)
-}
-
-impl Node {
-    fn restart(&mut self) {
-        self.proc.kill9();
-        let fresh = spawn_node_with(&self.config, self.http, &self.dir);
-        let Node { proc, .. } = fresh;
-        self.proc = proc;
-    }
+fn spawn_node(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr) -> ClusterNode {
+    cluster::spawn_node(root, certs, id, hub_quic, "info")
 }
 
 async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("http://{addr}/healthz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{addr} did not become healthy in 30 s");
+    cluster::wait_healthy(http, addr, HEALTHY).await
 }
 
-async fn seed(http: &reqwest::Client, node: &Node, skus: usize) {
+async fn seed(http: &reqwest::Client, node: &ClusterNode, skus: usize) {
     let base = format!("http://{}/v1", node.http);
     for i in 0..skus {
         let r = http
@@ -171,7 +49,7 @@ async fn seed(http: &reqwest::Client, node: &Node, skus: usize) {
 }
 
 /// Places an order at `node`, retrying on connection errors with the same idempotency key; returns its id.
-async fn place(http: &reqwest::Client, node: &Node, n: u64) -> String {
+async fn place(http: &reqwest::Client, node: &ClusterNode, n: u64) -> String {
     let body = json!({
         "external_ref": format!("web-{n}"), "channel": "web",
         "lines": [{"sku": format!("SKU-{}", n % 3), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
@@ -193,14 +71,6 @@ async fn place(http: &reqwest::Client, node: &Node, n: u64) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("order {n} was not accepted");
-}
-
-async fn get_json(http: &reqwest::Client, url: String) -> Option<Value> {
-    let r = http.get(url).send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
 }
 
 /// Order ids the hub lists for `site` (all pages), or None if the hub is unreachable.
@@ -521,7 +391,7 @@ async fn rogue_node_is_refused_and_quarantined_while_others_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_node_is_refused_at_its_next_handshake() {
     let tmp = tempfile::tempdir().unwrap();
-    let certs = pki(tmp.path(), &[]);
+    let certs = pki::<&str>(tmp.path(), &[]);
     let issued = run_ok(oms().args(["ca", "issue", "--node", "wh-gone", "--dir"]).arg(&certs));
     let serial = issued.split_whitespace().last().unwrap().to_owned();
     let (quic, http_addr) = (free_udp(), free_tcp());

@@ -1,0 +1,198 @@
+//! A hub and nodes as real `oms` processes on loopback, with a tenant CA made by `oms ca`: what the sync
+//! tests and the sync benchmark both start. Every wait has a deadline; processes die with their guard.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The tenant of every certificate made here.
+pub const TENANT: &str = "acme";
+
+/// A child process, SIGKILLed when dropped.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+}
+
+impl Proc {
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident set size from /proc, MB (NaN where unavailable).
+    pub fn rss_mb(&self) -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A command running the `oms` binary under test.
+pub fn oms() -> Command {
+    Command::new(crate::oms_bin())
+}
+
+/// Runs `cmd`, asserts success, returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run oms");
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free loopback TCP address.
+pub fn free_tcp() -> SocketAddr {
+    crate::free_addr()
+}
+
+/// A free loopback UDP address.
+pub fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp").local_addr().expect("udp addr")
+}
+
+/// A tenant CA in `root/certs`, the hub's certificate and one per node, made with `oms ca`.
+pub fn pki<S: AsRef<str>>(root: &Path, nodes: &[S]) -> PathBuf {
+    let certs = root.join("certs");
+    run_ok(oms().args(["ca", "init", "--tenant", TENANT, "--dir"]).arg(&certs));
+    run_ok(oms().args(["ca", "issue", "--hub", "--dir"]).arg(&certs));
+    for n in nodes {
+        let out = run_ok(oms().args(["ca", "issue", "--node", n.as_ref(), "--dir"]).arg(&certs));
+        assert!(out.contains("serial"), "{out}");
+    }
+    certs
+}
+
+/// A hub process.
+pub struct HubProc {
+    /// The process.
+    pub proc: Proc,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+}
+
+/// Starts `oms hub` with its data in `root/hub-data`, logging to `root/hub.log` at `log_level`.
+pub fn spawn_hub(root: &Path, certs: &Path, quic: SocketAddr, http: SocketAddr, log_level: &str) -> HubProc {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("hub.log")).expect("hub log");
+    let child = oms()
+        .args(["hub", "--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
+        .arg("--data")
+        .arg(root.join("hub-data"))
+        .arg("--certs")
+        .arg(certs)
+        .env("RUST_LOG", log_level)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn hub");
+    HubProc { proc: Proc { child }, http }
+}
+
+/// A node process linked to a hub.
+pub struct ClusterNode {
+    /// The process.
+    pub proc: Proc,
+    /// Node id.
+    pub id: String,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// Its directory (config, log, data).
+    pub dir: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    log_level: String,
+}
+
+/// Writes `root/<id>/node.toml` for a node linked to the hub at `hub_quic`.
+pub fn node_config(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr) -> (PathBuf, SocketAddr, PathBuf) {
+    let http = free_tcp();
+    let dir = root.join(id);
+    std::fs::create_dir_all(&dir).expect("node dir");
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"{id}\"\ndata_dir = \"{}\"\nlisten = \"{http}\"\n\n[hub]\naddr = \"{hub_quic}\"\ncerts_dir = \"{}\"\ntenant = \"{TENANT}\"\n",
+            dir.join("data").display(),
+            certs.display()
+        ),
+    )
+    .expect("write node config");
+    (config, http, dir)
+}
+
+/// Starts `oms node --config <config>`.
+pub fn spawn_node_with(id: &str, config: &Path, http: SocketAddr, dir: &Path, log_level: &str) -> ClusterNode {
+    let log_path = dir.join("node.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("node log");
+    let child = oms()
+        .args(["node", "--config"])
+        .arg(config)
+        .env("RUST_LOG", log_level)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn node");
+    ClusterNode {
+        proc: Proc { child },
+        id: id.to_owned(),
+        http,
+        dir: dir.to_owned(),
+        config: config.to_owned(),
+        log: log_path,
+        log_level: log_level.to_owned(),
+    }
+}
+
+/// Writes a config and starts a node linked to the hub at `hub_quic`.
+pub fn spawn_node(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr, log_level: &str) -> ClusterNode {
+    let (config, http, dir) = node_config(root, certs, id, hub_quic);
+    spawn_node_with(id, &config, http, &dir, log_level)
+}
+
+impl ClusterNode {
+    /// kill -9 and start again with the same config and data.
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        let fresh = spawn_node_with(&self.id, &self.config, self.http, &self.dir, &self.log_level);
+        let ClusterNode { proc, .. } = fresh;
+        self.proc = proc;
+    }
+}
+
+/// Waits until `GET /healthz` at `addr` answers 2xx, at most `budget`.
+pub async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr, budget: Duration) {
+    let deadline = Instant::now() + budget;
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("http://{addr}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr} did not become healthy in {budget:?}");
+}
+
+/// GET returning JSON, or None when unreachable or not 2xx.
+pub async fn get_json(http: &reqwest::Client, url: String) -> Option<Value> {
+    let r = http.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
