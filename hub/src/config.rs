@@ -75,26 +75,8 @@ impl Default for HubConfig {
     }
 }
 
-/// Why a configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("invalid config {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: Box<toml::de::Error>,
-    },
-}
+/// Why a configuration was refused: the node's error type, since both read TOML files the same way.
+pub use oms_node::config::ConfigError;
 
 impl HubConfig {
     /// Reads a TOML file.

@@ -9,24 +9,15 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oms_node::store::{CatalogItem, Command as StoreCommand, Limits, Store};
 use oms_protocol::domain::{NodeId, OrderDraft, Sku};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+use oms_tests::cluster::Proc;
+use oms_tests::free_addr;
+use oms_tests::stats::{env_u64, percentile};
 
 /// Raw fsync rate: 4 KiB write + fsync, in the directory the node uses.
 fn fsync_rate(dir: &Path, n: usize) -> (f64, f64, f64) {
@@ -47,12 +38,8 @@ fn fsync_rate(dir: &Path, n: usize) -> (f64, f64, f64) {
     (rate, percentile(&lat, 0.5), percentile(&lat, 0.99))
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 struct Node {
-    child: Child,
+    proc: Proc,
     addr: SocketAddr,
 }
 
@@ -71,23 +58,10 @@ impl Node {
             assert!(Instant::now() < deadline, "node did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Node { child, addr }
+        Node { proc: Proc { child }, addr }
     }
     fn rss_mb(&self) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.rss_mb()
     }
 }
 

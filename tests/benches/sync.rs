@@ -22,20 +22,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use oms_tests::cluster::{self, ClusterNode, HubProc, free_tcp, free_udp, get_json, pki};
+use oms_tests::stats::{env_u64, percentile};
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")

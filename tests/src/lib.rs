@@ -4,6 +4,23 @@
 
 pub mod cluster;
 
+/// Small helpers the benchmarks share.
+pub mod stats {
+    /// An integer from the environment, or `default`.
+    pub fn env_u64(name: &str, default: u64) -> u64 {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    /// The `p` quantile (0..=1) of an ascending slice, nearest rank; NaN when empty.
+    pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[i.min(sorted.len() - 1)]
+    }
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
