@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::server::{Hub, lock};
+use oms_node::problem::Problem;
 
 /// Largest page of orders.
 pub const ORDERS_PAGE_MAX: usize = 1_000;
@@ -38,15 +39,18 @@ pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/nodes", get(nodes))
-        .route("/v1/orders", get(orders))
+        .route("/v1/orders", get(orders).post(crate::orders::create))
         .route("/v1/orders/{id}", get(order))
         .route("/v1/stock", get(stock))
+        .route("/v1/stock/{sku}", get(stock_one))
         .with_state(hub.clone())
+        .merge(crate::orders::router(hub.clone()))
         .merge(crate::forecast_api::router(hub))
+        .layer(axum::extract::DefaultBodyLimit::max(oms_node::api::JSON_BODY_BYTES_MAX))
 }
 
-fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
-    (status, Json(json!({"status": status.as_u16(), "detail": detail.into()}))).into_response()
+fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Response {
+    Problem::new(status, code, detail).into_response()
 }
 
 async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
@@ -123,18 +127,29 @@ async fn orders(State(hub): State<Arc<Hub>>, Query(q): Query<OrdersQuery>) -> Js
 
 async fn order(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
     let Ok(id) = OrderId::parse(&id) else {
-        return problem(StatusCode::BAD_REQUEST, "invalid order id");
+        return problem(StatusCode::BAD_REQUEST, "invalid_order_id", "invalid order id");
     };
+    match crate::orders::hub_order(&hub, id.as_str()) {
+        Ok(Some(v)) => return Json(v).into_response(),
+        Ok(None) => {}
+        Err(p) => return p.into_response(),
+    }
     let Some(name) = schema::order_doc(&id) else {
-        return problem(StatusCode::BAD_REQUEST, "invalid order id");
+        return problem(StatusCode::BAD_REQUEST, "invalid_order_id", "invalid order id");
     };
     let docs = lock(&hub.docs);
     let Some(doc) = docs.get(&name) else {
-        return problem(StatusCode::NOT_FOUND, format!("order {id} has not reached the hub"));
+        return problem(StatusCode::NOT_FOUND, "order_not_found", format!("order {id} has not reached the hub"));
     };
     let view = match schema::read_order(doc, name.as_str()) {
         Ok(v) => v,
-        Err(e) => return problem(StatusCode::NOT_FOUND, format!("order {id} is incomplete at the hub: {e}")),
+        Err(e) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "order_not_found",
+                format!("order {id} is incomplete at the hub: {e}"),
+            );
+        }
     };
     let progress = view.progress.as_ref();
     Json(json!({
@@ -159,13 +174,36 @@ async fn order(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response 
 #[derive(Deserialize)]
 struct StockQuery {
     sku: Option<String>,
+    format: Option<String>,
 }
 
-async fn stock(State(hub): State<Arc<Hub>>, Query(q): Query<StockQuery>) -> Json<Value> {
+/// One SKU at one site, as the planner sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct StockRow {
+    sku: String,
+    site: String,
+    on_hand: u64,
+    reserved: u64,
+    staged: u64,
+    available: u64,
+    /// Units the hub may promise there right now (its rights, within lease and budget).
+    hub_promisable: u64,
+    /// Rights the hub holds there (its view).
+    hub_rights: u64,
+    /// Rights the site keeps for its own channel (the site's last published view).
+    site_rights: Option<u64>,
+    hub_lease_until_ms: u64,
+    updated_at_ms: u64,
+    age_ms: u64,
+    stale: bool,
+}
+
+fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>, Vec<StockRow>) {
+    let escrow = hub.intake.escrow_table(now);
+    let stale_after = hub.intake.policy().stale_after_ms;
     let docs = lock(&hub.docs);
-    let now = now_ms();
     let mut sites = Vec::new();
-    let mut by_sku: BTreeMap<String, (u64, u64, Vec<Value>)> = BTreeMap::new();
+    let mut rows = Vec::new();
     for d in docs.stock_ids(STOCK_SITES_MAX) {
         let Some(doc) = docs.get(&d) else { continue };
         let view = match schema::read_stock(doc, d.as_str(), STOCK_SKUS_MAX) {
@@ -175,30 +213,128 @@ async fn stock(State(hub): State<Arc<Hub>>, Query(q): Query<StockQuery>) -> Json
                 continue;
             }
         };
+        let site_escrow: BTreeMap<String, u64> = schema::read_escrow(doc, STOCK_SKUS_MAX)
+            .map(|(c, _)| {
+                c.into_iter().map(|c| (c.sku().to_string(), c.local(oms_protocol::escrow::Party::Site))).collect()
+            })
+            .unwrap_or_default();
+        let age_ms = now.saturating_sub(view.updated_at_ms);
         sites.push(json!({
             "site": view.node,
             "updated_at_ms": view.updated_at_ms,
-            "age_ms": now.saturating_sub(view.updated_at_ms),
+            "age_ms": age_ms,
+            "stale": age_ms > stale_after,
             "skus": view.skus.len(),
         }));
-        for (sku, b) in view.skus {
-            if q.sku.as_deref().is_some_and(|s| s != sku.as_str()) {
+        for (s, b) in view.skus {
+            if sku.is_some_and(|q| q != s.as_str()) {
                 continue;
             }
-            let e = by_sku.entry(sku.as_str().to_owned()).or_default();
-            e.0 += b.on_hand;
-            e.1 += b.available();
-            e.2.push(json!({
-                "site": view.node, "on_hand": b.on_hand, "reserved": b.reserved, "staged": b.staged,
-                "available": b.available(), "updated_at_ms": view.updated_at_ms,
-            }));
+            let key = (view.node.to_string(), s.to_string());
+            let (hub_promisable, hub_rights, hub_lease_until_ms) = escrow.get(&key).copied().unwrap_or_default();
+            rows.push(StockRow {
+                site_rights: site_escrow.get(s.as_str()).copied(),
+                sku: s.to_string(),
+                site: view.node.to_string(),
+                on_hand: b.on_hand,
+                reserved: b.reserved,
+                staged: b.staged,
+                available: b.available(),
+                hub_promisable,
+                hub_rights,
+                hub_lease_until_ms,
+                updated_at_ms: view.updated_at_ms,
+                age_ms,
+                stale: age_ms > stale_after,
+            });
         }
+    }
+    rows.sort_by(|a, b| (&a.sku, &a.site).cmp(&(&b.sku, &b.site)));
+    (sites, rows)
+}
+
+fn stock_csv(rows: &[StockRow]) -> Response {
+    let mut out = String::from(
+        "sku,site,on_hand,reserved,staged,available,hub_promisable,hub_rights,site_rights,updated_at_ms,age_ms,stale\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.sku,
+            r.site,
+            r.on_hand,
+            r.reserved,
+            r.staged,
+            r.available,
+            r.hub_promisable,
+            r.hub_rights,
+            r.site_rights.map(|v| v.to_string()).unwrap_or_default(),
+            r.updated_at_ms,
+            r.age_ms,
+            r.stale
+        ));
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
+}
+
+fn stock_json(now: u64, sites: Vec<Value>, rows: Vec<StockRow>) -> Value {
+    let mut by_sku: BTreeMap<String, Vec<StockRow>> = BTreeMap::new();
+    for r in rows {
+        by_sku.entry(r.sku.clone()).or_default().push(r);
     }
     let skus: Vec<Value> = by_sku
         .into_iter()
-        .map(|(sku, (on_hand, available, sites))| {
-            json!({"sku": sku, "on_hand": on_hand, "available": available, "sites": sites})
+        .map(|(sku, rows)| {
+            let sum = |f: fn(&StockRow) -> u64| rows.iter().map(f).sum::<u64>();
+            json!({
+                "sku": sku,
+                "on_hand": sum(|r| r.on_hand),
+                "reserved": sum(|r| r.reserved),
+                "available": sum(|r| r.available),
+                "hub_promisable": sum(|r| r.hub_promisable),
+                "sites": rows,
+            })
         })
         .collect();
-    Json(json!({"now_ms": now, "sites": sites, "skus": skus}))
+    json!({"now_ms": now, "sites": sites, "skus": skus})
+}
+
+fn csv_wanted(format: Option<&str>) -> Result<bool, Response> {
+    match format {
+        None | Some("json") => Ok(false),
+        Some("csv") => Ok(true),
+        Some(other) => {
+            Err(problem(StatusCode::BAD_REQUEST, "invalid_query", format!("format must be json or csv, not {other:?}")))
+        }
+    }
+}
+
+async fn stock(State(hub): State<Arc<Hub>>, Query(q): Query<StockQuery>) -> Response {
+    let csv = match csv_wanted(q.format.as_deref()) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let now = now_ms();
+    let (sites, rows) = stock_rows(&hub, q.sku.as_deref(), now);
+    if csv { stock_csv(&rows) } else { Json(stock_json(now, sites, rows)).into_response() }
+}
+
+async fn stock_one(State(hub): State<Arc<Hub>>, Path(sku): Path<String>, Query(q): Query<StockQuery>) -> Response {
+    if let Err(e) = oms_protocol::domain::Sku::parse(&sku) {
+        return Problem::from(e).into_response();
+    }
+    let csv = match csv_wanted(q.format.as_deref()) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let now = now_ms();
+    let (_, rows) = stock_rows(&hub, Some(&sku), now);
+    if rows.is_empty() {
+        return problem(StatusCode::NOT_FOUND, "unknown_sku", format!("no site reports stock of {sku}"));
+    }
+    if csv {
+        return stock_csv(&rows);
+    }
+    let v = stock_json(now, vec![], rows);
+    Json(v.get("skus").and_then(|s| s.get(0)).cloned().unwrap_or(Value::Null)).into_response()
 }

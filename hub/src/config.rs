@@ -33,6 +33,10 @@ pub struct HubConfig {
     /// How often the CRL file is checked for changes, ms.
     #[serde(default = "default_crl_check_interval_ms")]
     pub crl_check_interval_ms: u64,
+    /// How channel orders are routed (`[routing]`: nearest_k, max_split, split_lines, stale_after_ms,
+    /// on_shortfall = "backorder" | "hold" | "reject", region_must_match).
+    #[serde(default)]
+    pub routing: crate::routing::RoutingPolicy,
 }
 
 fn default_tenant() -> String {
@@ -71,6 +75,7 @@ impl Default for HubConfig {
             nodes_max: default_nodes_max(),
             docs_max: default_docs_max(),
             crl_check_interval_ms: default_crl_check_interval_ms(),
+            routing: crate::routing::RoutingPolicy::default(),
         }
     }
 }

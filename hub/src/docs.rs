@@ -23,6 +23,9 @@ use oms_protocol::wire::{DocId, PeerId};
 use oms_transport::Identity;
 
 const QUARANTINE_PREFIX: &str = "quarantine|";
+/// Documents remembered as changed by nodes (for the intake's watcher) or by the hub (for the sessions);
+/// beyond this the watcher rescans and the sessions rely on the periodic manifest.
+pub const CHANGED_MAX: usize = 100_000;
 /// Quarantined (node, document) pairs remembered; beyond this the node's whole session is refused.
 pub const QUARANTINE_MAX: usize = 100_000;
 
@@ -61,6 +64,10 @@ pub struct HubDocs {
     quarantined: BTreeSet<(String, DocId)>,
     /// Status per node id.
     pub nodes: BTreeMap<String, NodeStatus>,
+    /// Documents nodes changed since the intake's watcher last looked.
+    changed: BTreeSet<DocId>,
+    /// Documents the hub changed, per node to tell, since that node's session last looked.
+    local: BTreeMap<String, BTreeSet<DocId>>,
 }
 
 /// The node id of a peer, if the peer is a node of some tenant.
@@ -89,7 +96,14 @@ impl HubDocs {
                 quarantined.insert((node.to_owned(), doc));
             }
         }
-        Ok(HubDocs { db, parties, quarantined, nodes: BTreeMap::new() })
+        Ok(HubDocs {
+            db,
+            parties,
+            quarantined,
+            nodes: BTreeMap::new(),
+            changed: BTreeSet::new(),
+            local: BTreeMap::new(),
+        })
     }
 
     /// The database.
@@ -130,6 +144,9 @@ impl HubDocs {
                     self.parties.insert(doc.clone(), p);
                 }
                 let written = schema::owner_updated_at_ms(d);
+                if self.changed.len() < CHANGED_MAX {
+                    self.changed.insert(doc.clone());
+                }
                 let st = self.status(node);
                 st.changes_applied += 1;
                 st.last_change_at_ms = Some(now_ms);
@@ -193,6 +210,79 @@ impl HubDocs {
         out
     }
 
+    /// Queues every hub-made order document and every stock document for the watcher (after a start).
+    pub fn requeue_all(&mut self) {
+        let hub_prefix = format!("{}{}-", schema::ORDER_PREFIX, schema::HUB_ORIGIN);
+        let ids: Vec<DocId> = self
+            .db
+            .ids()
+            .filter(|d| d.as_str().starts_with(&hub_prefix) || d.as_str().starts_with(schema::STOCK_PREFIX))
+            .take(CHANGED_MAX)
+            .cloned()
+            .collect();
+        self.changed.extend(ids);
+    }
+
+    /// Documents nodes changed since the last call.
+    pub fn take_changed(&mut self) -> BTreeSet<DocId> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Documents the hub changed that `node`'s session should push, since the last call.
+    pub fn take_local(&mut self, node: &str) -> BTreeSet<DocId> {
+        self.local.remove(node).unwrap_or_default()
+    }
+
+    /// Changes a document as the hub (`f` returns whether it wrote anything), commits the change and marks
+    /// it for the next flush and for the sessions of the nodes entitled to it. Returns those nodes.
+    pub fn write_local(
+        &mut self,
+        doc: &DocId,
+        f: impl FnOnce(&mut AutoCommit) -> Result<bool, schema::SchemaError>,
+    ) -> Result<Vec<String>, schema::SchemaError> {
+        let d = self.db.get_or_create(doc).map_err(|e| schema::SchemaError::Automerge(e.to_string()))?;
+        if !f(d)? {
+            return Ok(vec![]);
+        }
+        d.commit();
+        let parties = schema::order_parties(d);
+        self.db.mark_dirty(doc);
+        let mut tell = Vec::new();
+        match DocKind::of(doc) {
+            Some(DocKind::Order(_)) => {
+                if let Some((origin, site)) = parties {
+                    if origin != schema::HUB_ORIGIN {
+                        tell.push(origin.clone());
+                    }
+                    if !tell.contains(&site) {
+                        tell.push(site.clone());
+                    }
+                    self.parties.insert(doc.clone(), (origin, site));
+                }
+            }
+            Some(DocKind::Escrow(n) | DocKind::Stock(n)) => tell.push(n.as_str().to_owned()),
+            None => {}
+        }
+        for n in &tell {
+            let set = self.local.entry(n.clone()).or_default();
+            if set.len() < CHANGED_MAX {
+                set.insert(doc.clone());
+            }
+        }
+        Ok(tell)
+    }
+
+    /// Sites that published a stock document, with what they published about themselves.
+    pub fn sites(&self, max: usize) -> Vec<(NodeId, schema::SiteInfo)> {
+        self.stock_ids(max)
+            .iter()
+            .filter_map(|d| {
+                let DocKind::Stock(n) = DocKind::of(d)? else { return None };
+                Some((n, schema::read_site_info(self.db.get(d)?)?))
+            })
+            .collect()
+    }
+
     /// A document, read-only.
     pub fn get(&self, doc: &DocId) -> Option<&AutoCommit> {
         self.db.get(doc)
@@ -208,7 +298,7 @@ impl HubDocs {
             return false;
         }
         match DocKind::of(doc) {
-            Some(DocKind::Stock(owner)) => &owner == node,
+            Some(DocKind::Stock(owner) | DocKind::Escrow(owner)) => &owner == node,
             Some(DocKind::Order(id)) => match self.parties.get(doc) {
                 Some((origin, site)) => origin == node.as_str() || site == node.as_str(),
                 None => schema::order_origin(&id) == Some(node.as_str()),
@@ -230,10 +320,10 @@ impl DocStore for HubDocs {
             .filter(|(_, (o, s))| o == node.as_str() || s == node.as_str())
             .map(|(d, _)| d.clone())
             .collect();
-        if let Some(stock) = schema::stock_doc(&node)
-            && self.db.get(&stock).is_some()
-        {
-            out.push(stock);
+        for own in [schema::stock_doc(&node), schema::escrow_doc(&node)].into_iter().flatten() {
+            if self.db.get(&own).is_some() {
+                out.push(own);
+            }
         }
         out.retain(|d| self.node_entitled(&node, d));
         out

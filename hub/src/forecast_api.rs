@@ -318,7 +318,8 @@ mod tests {
             orders.push(("wh1", 100 + d, TODAY - 3 + d, 10, FulfillmentState::Accepted, &[("B", 1)]));
         }
         let docs = hub_docs(dir, &orders, stock);
-        Hub::new(docs, "acme", vec![9; 16], ServerTuning::default()).unwrap()
+        let intake = crate::intake::Intake::open(&dir.join("intake.redb"), Default::default()).unwrap();
+        Hub::new(docs, intake, "acme", vec![9; 16], ServerTuning::default()).unwrap()
     }
 
     fn q(pairs: &[(&str, &str)]) -> Params {

@@ -13,6 +13,8 @@ pub mod config;
 pub mod demand;
 pub mod docs;
 pub mod forecast_api;
+pub mod intake;
+pub mod orders;
 pub mod routing;
 pub mod server;
 
@@ -37,7 +39,11 @@ pub async fn run(
         .with_context(|| format!("cannot open {}", cfg.db_path().display()))?;
     let docs = docs::HubDocs::new(db)?;
     let tuning = server::ServerTuning { nodes_max: cfg.nodes_max, ..server::ServerTuning::default() };
-    let hub = Arc::new(server::Hub::new(docs, &cfg.tenant, actor.to_vec(), tuning)?);
+    let intake = intake::Intake::open(&cfg.data_dir.join(intake::INTAKE_DB_FILE), cfg.routing.clone())
+        .with_context(|| format!("cannot open {}", cfg.data_dir.join(intake::INTAKE_DB_FILE).display()))?;
+    let hub = Arc::new(server::Hub::new(docs, intake, &cfg.tenant, actor.to_vec(), tuning)?);
+    orders::recover(&hub).map_err(|p| anyhow::anyhow!("cannot recover the intake's documents: {p:?}"))?;
+    let watcher = tokio::spawn(orders::watch(hub.clone()));
     let files = ServerTlsFiles {
         ca: cfg.certs_dir.join("ca.pem"),
         cert: cfg.certs_dir.join("hub.pem"),
@@ -58,6 +64,7 @@ pub async fn run(
     axum::serve(listener, api::router(hub.clone())).with_graceful_shutdown(shutdown).await?;
     endpoint.close(0u32.into(), b"hub shutting down");
     accept.abort();
+    watcher.abort();
     server::lock(&hub.docs).flush()?;
     Ok(())
 }

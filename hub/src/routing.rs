@@ -121,6 +121,7 @@ pub enum ShortfallPolicy {
 
 /// Tuning of [`route`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RoutingPolicy {
     /// How many of the nearest eligible sites to consider (at most [`NEAREST_K_MAX`]).
     pub nearest_k: usize,

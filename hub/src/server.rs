@@ -51,6 +51,12 @@ pub struct Hub {
     /// The current connection of each node, by a per-hub connection number.
     conns: Mutex<HashMap<String, (u64, quinn::Connection)>>,
     next_conn: AtomicU64,
+    /// Per node: poked when the hub changed a document the node's session should push.
+    local: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Poked when a node changed a document (the intake's watcher wakes on it).
+    pub node_changes: tokio::sync::Notify,
+    /// Channel intake, routing and escrow.
+    pub intake: crate::intake::Intake,
 }
 
 /// Locks a mutex, recovering from poisoning: the data was consistent at the last statement before a panic.
@@ -60,7 +66,13 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Hub {
     /// A hub for `tenant` over `docs`. `actor` is this process's fresh Automerge actor id.
-    pub fn new(docs: HubDocs, tenant: &str, actor: Vec<u8>, tuning: ServerTuning) -> Result<Hub, PkiError> {
+    pub fn new(
+        docs: HubDocs,
+        intake: crate::intake::Intake,
+        tenant: &str,
+        actor: Vec<u8>,
+        tuning: ServerTuning,
+    ) -> Result<Hub, PkiError> {
         let me = Identity::hub(tenant)?;
         // A valid tenant name is at most 64 bytes, so the URI fits a peer id.
         let me = PeerId::new(me.uri()).ok_or_else(|| PkiError::BadIdentity { uri: me.uri() })?;
@@ -72,7 +84,22 @@ impl Hub {
             tuning,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            local: Mutex::new(HashMap::new()),
+            node_changes: tokio::sync::Notify::new(),
+            intake,
         })
+    }
+
+    /// The signal that `node`'s session has hub-made changes to push.
+    pub fn local_signal(&self, node: &str) -> Arc<tokio::sync::Notify> {
+        lock(&self.local).entry(node.to_owned()).or_default().clone()
+    }
+
+    /// Wakes the sessions of `nodes` to push what the hub changed.
+    pub fn poke(&self, nodes: &[String]) {
+        for n in nodes {
+            self.local_signal(n).notify_one();
+        }
     }
 }
 
@@ -107,7 +134,11 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
         Err(_) => return tracing::info!(%remote, "handshake timed out"),
     };
     let node = match oms_transport::peer_identity(&conn) {
-        Ok(Identity::Node { tenant, node_id }) if tenant == hub.tenant => NodeId::parse(&node_id).ok(),
+        Ok(Identity::Node { tenant, node_id })
+            if tenant == hub.tenant && node_id != oms_node::sync::schema::HUB_ORIGIN =>
+        {
+            NodeId::parse(&node_id).ok()
+        }
         Ok(other) => {
             tracing::warn!(%remote, identity = %other, "refusing a peer that is not a node of this tenant");
             None
@@ -158,6 +189,9 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
     let mut session = SyncSession::new_server(session_config(), hub.me.clone(), peer, hub.actor.clone(), now_ms());
     let mut tick = tokio::time::interval(Duration::from_millis(hub.tuning.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let local = hub.local_signal(node.as_str());
+    // The manifest exchange covers what the hub changed before this connection.
+    lock(&hub.docs).take_local(node.as_str());
     let mut out: Vec<Frame> = Vec::new();
     loop {
         let mut closed = None;
@@ -171,7 +205,10 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
             }
             while let Some(ev) = session.poll_event() {
                 match ev {
-                    Event::DocChanged { doc } => docs.mark_dirty(&doc),
+                    Event::DocChanged { doc } => {
+                        docs.mark_dirty(&doc);
+                        hub.node_changes.notify_one();
+                    }
                     Event::DocInSync { .. } => docs.status(node).last_sync_at_ms = Some(now_ms()),
                     Event::Closed { code, reason, by_peer } => closed = Some((code, reason, by_peer)),
                     Event::PeerRefused { doc, code } => tracing::warn!(%node, %doc, %code, "node refused a document"),
@@ -217,6 +254,12 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                 None => return Ok(()),
             },
             _ = tick.tick() => session.tick(&mut *lock(&hub.docs), now_ms()),
+            () = local.notified() => {
+                let mut docs = lock(&hub.docs);
+                for doc in docs.take_local(node.as_str()) {
+                    session.local_change(&mut *docs, &doc);
+                }
+            }
         }
     }
 }

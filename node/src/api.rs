@@ -19,6 +19,7 @@ use oms_protocol::domain::{
     check_qty,
 };
 
+use crate::escrow::EscrowFigures;
 use crate::import::{self, Kind};
 use crate::metrics::{Metrics, RequestLabels, StateLabels};
 use crate::problem::{JsonBody, Problem, RawBody};
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/deliver", post(deliver))
         .route("/v1/orders/{id}/cancel", post(cancel))
         .route("/v1/orders/{id}/accept", post(reaccept))
+        .route("/v1/orders/{id}/reject", post(reject_assignment))
         .route("/v1/orders/{id}/returns", post(receive_return))
         .route("/v1/orders/{id}/returns/{n}/refund", post(refund))
         .route("/v1/audit/ledger", get(audit_ledger))
@@ -235,25 +237,39 @@ pub struct StockView {
     pub available: u64,
     /// Units picked and waiting to ship.
     pub staged: u64,
+    /// How `available` splits between this site's own channel and the hub (escrow).
+    pub escrow: Option<EscrowFigures>,
 }
 
 impl StockView {
-    fn new(sku: Sku, b: Balance) -> Self {
-        StockView { sku, on_hand: b.on_hand, reserved: b.reserved, available: b.available(), staged: b.staged }
+    fn new(store: &Store, sku: Sku, b: Balance) -> Result<Self, StoreError> {
+        let escrow = store.escrow(&sku)?.as_ref().map(crate::escrow::figures);
+        Ok(StockView {
+            sku,
+            on_hand: b.on_hand,
+            reserved: b.reserved,
+            available: b.available(),
+            staged: b.staged,
+            escrow,
+        })
     }
 }
 
 async fn get_stock(State(st): State<AppState>, Path(sku): Path<String>) -> Result<Response, Problem> {
     let sku = sku_path(&sku)?;
     match st.store.balance(&sku)? {
-        Some(b) => Ok(Json(StockView::new(sku, b)).into_response()),
+        Some(b) => Ok(Json(StockView::new(&st.store, sku, b)?).into_response()),
         None => Err(StoreError::UnknownSku(sku).into()),
     }
 }
 
 async fn list_stock(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
-    let items: Vec<StockView> =
-        st.store.balances(q.after.as_deref(), q.limit())?.into_iter().map(|(s, b)| StockView::new(s, b)).collect();
+    let items = st
+        .store
+        .balances(q.after.as_deref(), q.limit())?
+        .into_iter()
+        .map(|(s, b)| StockView::new(&st.store, s, b))
+        .collect::<Result<Vec<StockView>, StoreError>>()?;
     let next = items.last().map(|i| i.sku.to_string());
     Ok(Json(serde_json::json!({"items": items, "next_after": next})).into_response())
 }
@@ -291,7 +307,7 @@ fn qty_u32(field: &str, q: i64) -> Result<u32, Problem> {
 async fn stock_outcome(st: &AppState, cmd: Command) -> Result<Response, Problem> {
     match exec(st, cmd).await? {
         Outcome::Ledger(e) => {
-            let view = StockView::new(e.sku.clone(), e.balance);
+            let view = StockView::new(&st.store, e.sku.clone(), e.balance)?;
             Ok((StatusCode::CREATED, Json(serde_json::json!({"entry": e, "stock": view}))).into_response())
         }
         _ => Err(unexpected()),
@@ -358,11 +374,9 @@ fn order_response(outcome: Outcome, status: StatusCode) -> Result<Response, Prob
     }
 }
 
-async fn create_order(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> Result<Response, Problem> {
+/// Reads an order request the way every order intake does (node and hub): the `Idempotency-Key` header,
+/// a JSON content type, the body parsed with typed errors, then validated.
+pub fn order_request(headers: &HeaderMap, body: &[u8]) -> Result<(String, OrderDraft), Problem> {
     let key = headers
         .get("idempotency-key")
         .ok_or_else(|| {
@@ -391,8 +405,17 @@ async fn create_order(
             "send the order as application/json",
         ));
     }
-    let draft: OrderDraft = crate::problem::parse_json(&body)?;
+    let draft: OrderDraft = crate::problem::parse_json(body)?;
     draft.validate()?;
+    Ok((key, draft))
+}
+
+async fn create_order(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
+    let (key, draft) = order_request(&headers, &body)?;
     order_response(exec(&st, Command::CreateOrder { key, draft: Box::new(draft) }).await?, StatusCode::CREATED)
 }
 
@@ -495,6 +518,18 @@ async fn cancel(
     let reason = b.reason.unwrap_or_else(|| "requested at the site".into());
     text("reason", &reason, false)?;
     order_response(exec(&st, Command::Cancel { order, reason }).await?, StatusCode::OK)
+}
+
+async fn reject_assignment(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
+    let order = order_path(&id)?;
+    let b: CancelBody = optional_body(&body)?;
+    let reason = b.reason.unwrap_or_else(|| "declined at the site".into());
+    text("reason", &reason, false)?;
+    order_response(exec(&st, Command::RejectAssignment { order, reason }).await?, StatusCode::OK)
 }
 
 async fn reaccept(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {

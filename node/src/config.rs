@@ -1,6 +1,7 @@
 //! Node configuration: a TOML file (see `deploy/node.example.toml`) whose values command-line flags override,
 //! with defaults so that `oms node --data ./data --listen 127.0.0.1:8081` just runs.
 
+use crate::escrow::EscrowPolicy;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -41,11 +42,34 @@ pub struct SiteConfig {
     /// Longitude.
     #[serde(default)]
     pub lon: f64,
+    /// Preference among otherwise equal routing plans; lower is preferred (published to the hub).
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Shipments a day the hub may route here.
+    #[serde(default = "default_capacity")]
+    pub capacity_per_day: u32,
+    /// Region, such as `eu-central` (the hub may restrict orders to their region).
+    #[serde(default)]
+    pub region: String,
+}
+
+fn default_priority() -> u32 {
+    100
+}
+fn default_capacity() -> u32 {
+    10_000
 }
 
 impl Default for SiteConfig {
     fn default() -> Self {
-        SiteConfig { name: String::new(), lat: 0.0, lon: 0.0 }
+        SiteConfig {
+            name: String::new(),
+            lat: 0.0,
+            lon: 0.0,
+            priority: default_priority(),
+            capacity_per_day: default_capacity(),
+            region: String::new(),
+        }
     }
 }
 
@@ -64,6 +88,16 @@ pub struct HubLink {
     /// The name the hub's certificate is checked against (one of its DNS names).
     #[serde(default = "default_server_name")]
     pub server_name: String,
+    /// Accept hub assignments at once (otherwise they wait in `assigned` for staff to accept or reject).
+    #[serde(default = "default_true")]
+    pub auto_accept: bool,
+    /// Escrow of stock rights with the hub: lease, unacknowledged budget, rebalancing.
+    #[serde(default)]
+    pub escrow: EscrowPolicy,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Tenant when none is configured, the same default `oms ca init` uses.
@@ -134,6 +168,17 @@ impl NodeConfig {
     /// Checks values the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         GeoPoint::new(self.site.lat, self.site.lon).map_err(|e| ConfigError::Invalid(format!("site.{e}")))?;
+        if self.node_id.as_str() == "hub" {
+            return Err(ConfigError::Invalid("node_id \"hub\" is reserved for the hub's own orders".into()));
+        }
+        if let Some(h) = &self.hub {
+            let e = &h.escrow;
+            if e.lease_ms < 1_000 || e.margin_ms == 0 || e.rebalance.hub_share_min_bp > e.rebalance.hub_share_max_bp {
+                return Err(ConfigError::Invalid(
+                    "hub.escrow: lease_ms must be ≥ 1000, margin_ms > 0, hub_share_min_bp ≤ hub_share_max_bp".into(),
+                ));
+            }
+        }
         Ok(())
     }
 

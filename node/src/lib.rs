@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod escrow;
 pub mod import;
 pub mod metrics;
 pub mod problem;
@@ -34,7 +35,15 @@ pub async fn run(
     tracing::info!(node = %cfg.node_id, %addr, data = %cfg.data_dir.display(), "node listening");
     // Sync with the hub, if configured. It runs beside the API and never blocks it.
     if let Some(link) = &cfg.hub {
-        sync::spawn(link, store.clone(), &cfg.data_dir, sync::SyncTuning::default())
+        let site = sync::schema::SiteInfo {
+            name: cfg.site.name.clone(),
+            lat: cfg.site.lat,
+            lon: cfg.site.lon,
+            priority: cfg.site.priority,
+            capacity_per_day: cfg.site.capacity_per_day,
+            region: cfg.site.region.clone(),
+        };
+        sync::spawn(link, store.clone(), &cfg.data_dir, &site, sync::SyncTuning::default())
             .with_context(|| format!("cannot start sync with the hub at {}", link.addr))?;
     }
     let app = api::router(api::AppState { store, metrics });

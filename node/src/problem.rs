@@ -88,6 +88,12 @@ impl From<StoreError> for Problem {
             StoreError::BelowReserved { sku, .. } => {
                 Problem::new(S::CONFLICT, "below_reserved", detail).with("sku", sku)
             }
+            StoreError::EscrowedToHub { sku, site_rights, requested } => {
+                Problem::new(S::CONFLICT, "escrowed_to_hub", detail)
+                    .with("sku", sku)
+                    .with("site_rights", site_rights)
+                    .with("requested", requested)
+            }
             StoreError::IdempotencyKeyReused(_) => Problem::new(S::CONFLICT, "idempotency_key_reused", detail),
             StoreError::OrderNotFound(_) => Problem::new(S::NOT_FOUND, "order_not_found", detail),
             StoreError::WaveNotFound(_) => Problem::new(S::NOT_FOUND, "wave_not_found", detail),

@@ -28,7 +28,9 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableT
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::escrow::{self, EscrowPolicy, Rights};
 use crate::metrics::Metrics;
+use oms_protocol::escrow::{EscrowCounter, Party};
 
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 const BALANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("balances");
@@ -40,6 +42,8 @@ const WAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("waves");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// SKU → postcard `EscrowCounter`: the rights to the SKU's available units shared with the hub.
+const ESCROW: TableDefinition<&str, &[u8]> = TableDefinition::new("escrow");
 
 const SEQ_LEDGER: &str = "seq.ledger";
 const SEQ_ORDER: &str = "seq.order";
@@ -59,11 +63,20 @@ pub struct Limits {
     pub page_max: usize,
     /// redb page cache, bytes.
     pub cache_bytes: usize,
+    /// SKUs visited by one escrow tick.
+    pub escrow_tick_skus_max: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { queue_max: 8192, batch_max: 512, wave_orders_max: 100, page_max: 500, cache_bytes: 64 << 20 }
+        Self {
+            queue_max: 8192,
+            batch_max: 512,
+            wave_orders_max: 100,
+            page_max: 500,
+            cache_bytes: 64 << 20,
+            escrow_tick_skus_max: 10_000,
+        }
     }
 }
 
@@ -237,6 +250,8 @@ pub struct Shortfall {
     pub available: u64,
     /// Units requested.
     pub requested: u64,
+    /// Units that are physically available but escrowed to the hub for channel orders.
+    pub held_for_hub: u64,
 }
 
 /// A picker's confirmation of one line.
@@ -267,6 +282,20 @@ pub enum StoreError {
         sku: Sku,
         /// Details.
         source: BalanceError,
+    },
+    /// Taking units away (a loss, a count) would eat into rights the site has escrowed to the hub.
+    #[error(
+        "{sku}: {requested} units would leave the site, but only {site_rights} are the site's own; the rest is \
+         escrowed to the hub for channel orders (the hub gives rights back by rebalancing, or the site reclaims \
+         them after the hub's lease)"
+    )]
+    EscrowedToHub {
+        /// The SKU.
+        sku: Sku,
+        /// Units the site holds rights to.
+        site_rights: u64,
+        /// Units the movement would take.
+        requested: u64,
     },
     /// The idempotency key was used before with another body.
     #[error("idempotency key {0:?} was already used for a different request body")]
@@ -427,6 +456,42 @@ pub enum Command {
         /// Opening stock: counts per SKU.
         counts: Vec<(Sku, u64)>,
     },
+    /// Take an order the hub assigned to this site and reserve its units, paid for by the rights the hub
+    /// consumed when it assigned. Idempotent by order id: a second call returns the order as it is.
+    AcceptAssignment {
+        /// The fulfillment order id the hub chose (`hub-…`).
+        id: OrderId,
+        /// The lines and ship-to of this site's part.
+        draft: Box<OrderDraft>,
+        /// When the hub assigned it.
+        assigned_at_ms: u64,
+        /// Accept at once; otherwise the order waits in `assigned` (units reserved) for staff.
+        auto_accept: bool,
+    },
+    /// Staff decline a hub assignment still in `assigned`: its units go back to the hub.
+    RejectAssignment {
+        /// The order.
+        order: OrderId,
+        /// Why.
+        reason: String,
+    },
+    /// Merge the hub's view of the escrow counters, then do the site's duties (acknowledge, lease, grant).
+    EscrowSync {
+        /// The hub's counters, one per SKU.
+        hub: Vec<EscrowCounter>,
+        /// The site's escrow settings.
+        policy: EscrowPolicy,
+    },
+    /// Periodic escrow duties over at most `skus_max` SKUs: with the hub reachable, renew leases and grant
+    /// by the rebalancing policy; without it, reclaim rights whose lease has run out.
+    EscrowTick {
+        /// The hub was heard from recently.
+        hub_reachable: bool,
+        /// The site's escrow settings.
+        policy: EscrowPolicy,
+        /// Most SKUs looked at.
+        skus_max: usize,
+    },
 }
 
 /// What a successful command produced.
@@ -445,6 +510,8 @@ pub enum Outcome {
     },
     /// A wave.
     Wave(Wave),
+    /// SKUs whose escrow changed.
+    Escrow(Vec<Sku>),
     /// Rows imported.
     Imported {
         /// Catalog items written.
@@ -495,7 +562,7 @@ impl Store {
         let db = Database::builder().set_cache_size(limits.cache_bytes).create(path)?;
         {
             let w = db.begin_write()?;
-            for t in [CATALOG, BALANCES, ORDERS, IDEMPOTENCY] {
+            for t in [CATALOG, BALANCES, ORDERS, IDEMPOTENCY, ESCROW] {
                 w.open_table(t)?;
             }
             w.open_table(LEDGER)?;
@@ -582,6 +649,17 @@ impl Store {
         }
         let t = r.open_table(BALANCES)?;
         Ok(Some(t.get(sku.as_str())?.map(|v| dec("balances", v.value())).transpose()?.unwrap_or_default()))
+    }
+
+    /// The escrow counter of `sku` (as the site sees it), `None` if the SKU is not in the catalog.
+    pub fn escrow(&self, sku: &Sku) -> Result<Option<EscrowCounter>, StoreError> {
+        let Some(b) = self.balance(sku)? else { return Ok(None) };
+        let r = self.read()?;
+        let t = r.open_table(ESCROW)?;
+        if let Some(v) = t.get(sku.as_str())? {
+            return Ok(Some(dec("escrow", v.value())?));
+        }
+        Ok(Some(escrow::fresh(sku, &b).map_err(escrow_corrupt)?))
     }
 
     /// A page of balances (SKUs with any movement), after `after`.
@@ -845,6 +923,7 @@ struct Tx<'w> {
     idem: redb::Table<'w, &'static str, &'static [u8]>,
     feed: redb::Table<'w, u64, &'static [u8]>,
     meta: redb::Table<'w, &'static str, u64>,
+    escrow: redb::Table<'w, &'static str, &'static [u8]>,
     counters: BTreeMap<String, u64>,
 }
 
@@ -863,6 +942,7 @@ impl<'w> Tx<'w> {
             idem: w.open_table(IDEMPOTENCY)?,
             feed: w.open_table(FEED)?,
             meta: w.open_table(META)?,
+            escrow: w.open_table(ESCROW)?,
             counters: BTreeMap::new(),
         })
     }
@@ -918,6 +998,15 @@ impl<'w> Tx<'w> {
     /// Appends `m` to the ledger and stores the new balance. The caller has validated `m` against the current
     /// balance; a refusal here means the caller's check was wrong, which is a bug, so it is reported as corrupt.
     fn post(&mut self, sku: &Sku, m: Movement) -> Result<LedgerEntry, StoreError> {
+        let rights = match &m {
+            Movement::Release { order, .. } | Movement::Putaway { order, .. } => rights_of(order),
+            _ => Rights::Site,
+        };
+        self.post_as(sku, m, rights)
+    }
+
+    /// [`Tx::post`], with the escrow side chosen by the caller (see [`crate::escrow`]).
+    fn post_as(&mut self, sku: &Sku, m: Movement, rights: Rights) -> Result<LedgerEntry, StoreError> {
         let before = self.balance(sku)?;
         let after = before.apply(&m).map_err(|e| StoreError::Corrupt {
             table: "balances",
@@ -929,8 +1018,46 @@ impl<'w> Tx<'w> {
         self.ledger.insert(seq, enc(&entry)?.as_slice())?;
         self.ledger_by_sku.insert((sku.as_str(), seq), ())?;
         self.balances.insert(sku.as_str(), enc(&after)?.as_slice())?;
+        let mut esc = self.escrow_of(sku, &before)?;
+        escrow::on_movement(&mut esc, &before, &after, rights, self.now_ms).map_err(escrow_corrupt)?;
+        self.escrow.insert(sku.as_str(), enc(&esc)?.as_slice())?;
         self.feed_push(FeedEntry::Stock(sku.clone()))?;
         Ok(entry)
+    }
+
+    /// The SKU's escrow counter; a SKU without one gets the site holding rights to all of `balance`.
+    fn escrow_of(&self, sku: &Sku, balance: &Balance) -> Result<EscrowCounter, StoreError> {
+        match self.escrow.get(sku.as_str())? {
+            Some(v) => dec("escrow", v.value()),
+            None => escrow::fresh(sku, balance).map_err(escrow_corrupt),
+        }
+    }
+
+    /// Units the site's own channel may still promise.
+    fn site_rights(&self, sku: &Sku) -> Result<u64, StoreError> {
+        let b = self.balance(sku)?;
+        Ok(self.escrow_of(sku, &b)?.local(Party::Site).min(b.available()))
+    }
+
+    /// A shortfall of `sku` for `qty` units at the site's own channel, if any.
+    fn site_shortfall(&self, sku: &Sku, qty: u64) -> Result<Option<Shortfall>, StoreError> {
+        let b = self.balance(sku)?;
+        let own = self.site_rights(sku)?;
+        Ok((own < qty).then(|| Shortfall {
+            sku: sku.clone(),
+            available: own,
+            requested: qty,
+            held_for_hub: b.available().saturating_sub(own),
+        }))
+    }
+
+    /// Refuses taking `units` away from `sku` beyond the site's own rights.
+    fn check_site_decrease(&self, sku: &Sku, units: u64) -> Result<(), StoreError> {
+        let own = self.site_rights(sku)?;
+        if units > own {
+            return Err(StoreError::EscrowedToHub { sku: sku.clone(), site_rights: own, requested: units });
+        }
+        Ok(())
     }
 
     fn save_order(&mut self, rec: &OrderRecord, prev: Option<FulfillmentState>) -> Result<(), StoreError> {
@@ -1004,6 +1131,25 @@ impl<'w> Tx<'w> {
                 self.save_order(&rec, Some(status))?;
                 Ok(order_outcome(rec, false))
             }
+            Command::AcceptAssignment { id, draft, assigned_at_ms, auto_accept } => {
+                self.accept_assignment(id, *draft, assigned_at_ms, auto_accept)
+            }
+            Command::RejectAssignment { order, reason } => {
+                let mut rec = self.order(&order)?;
+                let to = self.step(&rec, Step::Reject)?;
+                let prev = rec.status;
+                for i in 0..rec.lines.len() {
+                    let (sku, qty) = (rec.lines[i].sku.clone(), rec.lines[i].qty);
+                    self.post_as(&sku, Movement::Release { qty, order: order.clone() }, Rights::Hub)?;
+                }
+                self.transition(&mut rec, to, format!("assignment rejected: {reason}"));
+                self.save_order(&rec, Some(prev))?;
+                Ok(order_outcome(rec, false))
+            }
+            Command::EscrowSync { hub, policy } => self.escrow_sync(hub, &policy),
+            Command::EscrowTick { hub_reachable, policy, skus_max } => {
+                self.escrow_tick(hub_reachable, &policy, skus_max.min(limits.escrow_tick_skus_max))
+            }
             Command::Import { catalog, counts } => {
                 for (sku, _) in &counts {
                     if !self.in_catalog(sku)? && !catalog.iter().any(|c| &c.sku == sku) {
@@ -1013,8 +1159,10 @@ impl<'w> Tx<'w> {
                 // Validate every count against reservations before writing anything.
                 for (sku, counted) in &counts {
                     let b = self.balance(sku)?;
-                    b.apply(&Movement::CycleCount { counted: *counted, delta: 0 })
+                    let after = b
+                        .apply(&Movement::CycleCount { counted: *counted, delta: 0 })
                         .map_err(|source| StoreError::BelowReserved { sku: sku.clone(), source })?;
+                    self.check_site_decrease(sku, b.available().saturating_sub(after.available()))?;
                 }
                 let (nc, ns) = (catalog.len(), counts.len());
                 for item in catalog {
@@ -1050,12 +1198,13 @@ impl<'w> Tx<'w> {
             },
             m => m,
         };
-        b.apply(&movement).map_err(|source| match source {
+        let after = b.apply(&movement).map_err(|source| match source {
             BalanceError::Overflow => {
                 StoreError::Invalid(ValidationError::new("invalid_quantity", "qty", "stock figure would overflow"))
             }
             source => StoreError::BelowReserved { sku: sku.clone(), source },
         })?;
+        self.check_site_decrease(&sku, b.available().saturating_sub(after.available()))?;
         Ok(Outcome::Ledger(self.post(&sku, movement)?))
     }
 
@@ -1075,9 +1224,8 @@ impl<'w> Tx<'w> {
                 return Err(StoreError::UnknownSku(sku.clone()));
             }
             let _ = i;
-            let b = self.balance(sku)?;
-            if b.available() < u64::from(qty) {
-                shortfalls.push(Shortfall { sku: sku.clone(), available: b.available(), requested: u64::from(qty) });
+            if let Some(s) = self.site_shortfall(sku, u64::from(qty))? {
+                shortfalls.push(s);
             }
         }
         if !shortfalls.is_empty() {
@@ -1114,6 +1262,138 @@ impl<'w> Tx<'w> {
         let idem = IdempotencyRecord { body_sha256: hash, order: id, at_ms: self.now_ms };
         self.idem.insert(key.as_str(), enc(&idem)?.as_slice())?;
         Ok(order_outcome(rec, true))
+    }
+
+    fn accept_assignment(
+        &mut self,
+        id: OrderId,
+        draft: OrderDraft,
+        assigned_at_ms: u64,
+        auto_accept: bool,
+    ) -> Result<Outcome, StoreError> {
+        if let Some(v) = self.orders.get(id.as_str())? {
+            return Ok(order_outcome(dec("orders", v.value())?, false));
+        }
+        if rights_of(&id) != Rights::Hub {
+            return Err(StoreError::LineMismatch { order: id, message: "is not a hub order id".into() });
+        }
+        let mut lines = Vec::with_capacity(draft.lines.len());
+        for l in &draft.lines {
+            if !self.in_catalog(&l.sku)? {
+                return Err(StoreError::UnknownSku(l.sku.clone()));
+            }
+            lines.push(FulfillmentLine { sku: l.sku.clone(), qty: l.qty, picked: None, shipped: 0, returned: 0 });
+        }
+        // The hub assigned within the rights it holds, so by the escrow invariant the units are here. If they
+        // are not (the invariant was broken: a restore from an old backup, a hub that overspent), the order is
+        // rejected without giving rights back, since those rights stand for units that do not exist.
+        let mut shortfalls = Vec::new();
+        for (sku, qty) in draft.demand() {
+            let b = self.balance(sku)?;
+            if b.available() < u64::from(qty) {
+                shortfalls.push(format!("{sku}: {} available, {qty} assigned", b.available()));
+            }
+        }
+        let mut timeline = vec![TimelineEntry {
+            at_ms: assigned_at_ms.min(self.now_ms),
+            status: FulfillmentState::Assigned,
+            note: "assigned by the hub".into(),
+        }];
+        let status = if !shortfalls.is_empty() {
+            tracing::error!(order = %id, shortfalls = ?shortfalls, "a hub assignment exceeds available stock; rejected");
+            timeline.push(TimelineEntry {
+                at_ms: self.now_ms,
+                status: FulfillmentState::Rejected,
+                note: format!("rejected: stock is not here ({})", shortfalls.join("; ")),
+            });
+            FulfillmentState::Rejected
+        } else {
+            for (sku, qty) in draft.demand() {
+                self.post_as(sku, Movement::Reserve { qty, order: id.clone() }, Rights::Hub)?;
+            }
+            if auto_accept {
+                timeline.push(TimelineEntry {
+                    at_ms: self.now_ms,
+                    status: FulfillmentState::Accepted,
+                    note: "accepted and stock reserved".into(),
+                });
+                FulfillmentState::Accepted
+            } else {
+                FulfillmentState::Assigned
+            }
+        };
+        let rec = OrderRecord {
+            id,
+            site: self.site.clone(),
+            status,
+            order: draft,
+            lines,
+            wave: None,
+            parcels: None,
+            shipment: None,
+            returns: Vec::new(),
+            timeline,
+            created_at_ms: self.now_ms,
+        };
+        self.save_order(&rec, None)?;
+        Ok(order_outcome(rec, true))
+    }
+
+    fn put_escrow(&mut self, c: &EscrowCounter) -> Result<(), StoreError> {
+        self.escrow.insert(c.sku().as_str(), enc(c)?.as_slice())?;
+        self.feed_push(FeedEntry::Stock(c.sku().clone()))
+    }
+
+    fn escrow_sync(&mut self, hub: Vec<EscrowCounter>, policy: &EscrowPolicy) -> Result<Outcome, StoreError> {
+        let mut changed = Vec::new();
+        for theirs in hub {
+            let sku = theirs.sku().clone();
+            if !self.in_catalog(&sku)? {
+                continue;
+            }
+            let b = self.balance(&sku)?;
+            let mut c = self.escrow_of(&sku, &b)?;
+            let before = c.clone();
+            c.merge(&theirs)
+                .map_err(|e| escrow_corrupt(escrow::EscrowFault { sku: sku.clone(), detail: e.to_string() }))?;
+            if c.check().is_err() || escrow::check_site_invariant(&c, &b).is_err() {
+                // The hub's view contradicts ours (it would leave a party below zero): keep ours.
+                tracing::error!(%sku, "refusing the hub's escrow state: it contradicts the site's");
+                continue;
+            }
+            escrow::maintain(&mut c, policy, true, self.now_ms).map_err(escrow_corrupt)?;
+            if c != before {
+                self.put_escrow(&c)?;
+                changed.push(sku);
+            }
+        }
+        Ok(Outcome::Escrow(changed))
+    }
+
+    fn escrow_tick(
+        &mut self,
+        hub_reachable: bool,
+        policy: &EscrowPolicy,
+        skus_max: usize,
+    ) -> Result<Outcome, StoreError> {
+        let mut skus = Vec::new();
+        for item in self.balances.range::<&str>(..)?.take(skus_max) {
+            let (k, v) = item?;
+            let sku =
+                Sku::parse(k.value()).map_err(|e| StoreError::Corrupt { table: "balances", detail: e.to_string() })?;
+            skus.push((sku, dec::<Balance>("balances", v.value())?));
+        }
+        let mut changed = Vec::new();
+        for (sku, b) in skus {
+            let fresh = self.escrow.get(sku.as_str())?.is_none();
+            let mut c = self.escrow_of(&sku, &b)?;
+            let m = escrow::maintain(&mut c, policy, hub_reachable, self.now_ms).map_err(escrow_corrupt)?;
+            if m.changed() || fresh {
+                self.put_escrow(&c)?;
+                changed.push(sku);
+            }
+        }
+        Ok(Outcome::Escrow(changed))
     }
 
     fn create_wave(&mut self, orders_max: usize) -> Result<Outcome, StoreError> {
@@ -1247,7 +1527,7 @@ impl<'w> Tx<'w> {
             let (sku, qty, picked) = (rec.lines[i].sku.clone(), rec.lines[i].qty, rec.lines[i].picked);
             match (prev, picked) {
                 // Still reserved: release it.
-                (FulfillmentState::Accepted | FulfillmentState::Picking, None) => {
+                (FulfillmentState::Assigned | FulfillmentState::Accepted | FulfillmentState::Picking, None) => {
                     self.post(&sku, Movement::Release { qty, order: order.clone() })?;
                 }
                 // Picked and staged: put it back in the bin.
@@ -1267,14 +1547,19 @@ impl<'w> Tx<'w> {
         let to = self.step(&rec, Step::Accept)?;
         let prev = rec.status;
         let mut shortfalls = Vec::new();
+        if rec.status == FulfillmentState::Assigned {
+            // A hub assignment waiting for staff: its units are already reserved.
+            self.transition(&mut rec, to, "assignment accepted by staff".into());
+            self.save_order(&rec, Some(prev))?;
+            return Ok(order_outcome(rec, false));
+        }
+        let mut demand: BTreeMap<&Sku, u64> = BTreeMap::new();
         for l in &rec.lines {
-            let b = self.balance(&l.sku)?;
-            if b.available() < u64::from(l.qty) {
-                shortfalls.push(Shortfall {
-                    sku: l.sku.clone(),
-                    available: b.available(),
-                    requested: u64::from(l.qty),
-                });
+            *demand.entry(&l.sku).or_insert(0) += u64::from(l.qty);
+        }
+        for (sku, qty) in demand {
+            if let Some(s) = self.site_shortfall(sku, qty)? {
+                shortfalls.push(s);
             }
         }
         if !shortfalls.is_empty() {
@@ -1350,6 +1635,18 @@ impl<'w> Tx<'w> {
         self.save_order(&rec, Some(status))?;
         Ok(order_outcome(rec, false))
     }
+}
+
+/// Orders the hub assigned (`hub-…`) spend and return the hub's rights; every other order the site's.
+pub fn rights_of(order: &OrderId) -> Rights {
+    if order.as_str().starts_with(HUB_ORDER_PREFIX) { Rights::Hub } else { Rights::Site }
+}
+
+/// Prefix of the ids of orders the hub creates.
+pub const HUB_ORDER_PREFIX: &str = "hub-";
+
+fn escrow_corrupt(e: escrow::EscrowFault) -> StoreError {
+    StoreError::Corrupt { table: "escrow", detail: e.to_string() }
 }
 
 fn order_outcome(rec: OrderRecord, created: bool) -> Outcome {

@@ -407,6 +407,27 @@ impl<R: ReplicaId> EscrowCounter<R> {
         self.w.lease_until_ms[at.index()]
     }
 
+    /// The unacknowledged-spend budget the owner granted `at`.
+    pub fn unacked_max(&self, at: R) -> u64 {
+        self.w.unacked_max[at.index()]
+    }
+
+    /// Units `at` may spend right now by its own view and clock: its rights, limited for a non-owner by its
+    /// lease (nothing after expiry) and by what is left of its unacknowledged budget.
+    pub fn spendable(&self, at: R, now_ms: u64) -> u64 {
+        let held = self.local(at);
+        if at == R::OWNER {
+            return held;
+        }
+        let i = at.index();
+        if now_ms >= self.w.lease_until_ms[i] {
+            return 0;
+        }
+        let unacked = self.spent(i).saturating_sub(u128::from(self.w.acked_spent[i]));
+        let left = u128::from(self.w.unacked_max[i]).saturating_sub(unacked);
+        held.min(u64::try_from(left).unwrap_or(u64::MAX))
+    }
+
     /// Units not yet promised anywhere: Σ created − Σ consumed. Negative only in a corrupt state.
     pub fn total(&self) -> i128 {
         let n = Self::n();
@@ -610,6 +631,7 @@ impl<R: ReplicaId> EscrowCounter<R> {
 
 /// Tuning of [`rebalance`]. Shares are in basis points (1/100 of a percent) so the policy is integer-exact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RebalancePolicy {
     /// Smallest share of the site's pool the hub should hold, bp.
     pub hub_share_min_bp: u32,
@@ -737,6 +759,26 @@ mod tests {
         assert_eq!(e, SpendError::Insufficient { sku: sku(), replica: "site", held: 6, requested: 7 });
         assert!(e.to_string().contains("SKU-1") && e.to_string().contains('6') && e.to_string().contains('7'));
         assert_eq!(c.total(), 6);
+    }
+
+    #[test]
+    fn spendable_is_exactly_what_consume_allows() {
+        let mut site = C::new(sku());
+        site.add(S, 20).unwrap();
+        site.transfer(S, H, 12, 0).unwrap();
+        site.grant_lease(S, H, 1_000, 5).unwrap();
+        let mut hub = C::new(sku());
+        hub.merge(&site).unwrap();
+        for now in [0, 500, 999, 1_000, 2_000] {
+            let n = hub.spendable(H, now);
+            let mut probe = hub.clone();
+            if n > 0 {
+                probe.consume(H, n, now).unwrap();
+            }
+            assert!(hub.clone().consume(H, n + 1, now).is_err(), "now {now}: {n} + 1 must be refused");
+            assert_eq!(n, if now < 1_000 { 5 } else { 0 }, "now {now}");
+        }
+        assert_eq!(site.spendable(S, 0), 8);
     }
 
     #[test]

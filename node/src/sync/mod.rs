@@ -13,6 +13,7 @@
 //!   manifest exchange finds every document that differs, so nothing depends on remembering what was sent.
 
 pub mod docdb;
+pub mod inbound;
 pub mod link;
 pub mod schema;
 
@@ -129,7 +130,7 @@ impl DocStore for NodeDocs {
         // The hub may see and send orders (its `hub` part travels back), and only this node's stock.
         match DocKind::of(doc) {
             Some(DocKind::Order(_)) => true,
-            Some(DocKind::Stock(n)) => n == self.node,
+            Some(DocKind::Stock(n) | DocKind::Escrow(n)) => n == self.node,
             None => false,
         }
     }
@@ -152,6 +153,11 @@ impl DocStore for NodeDocs {
 
 struct Shared {
     docs: Mutex<NodeDocs>,
+    /// Documents the hub changed, for [`inbound`]; bounded by `dirty_docs_max`.
+    inbound: Mutex<BTreeSet<DocId>>,
+    inbound_changed: Notify,
+    /// When the last frame from the hub arrived, ms since the Unix epoch (0: never).
+    last_hub_frame_ms: std::sync::atomic::AtomicU64,
     /// Documents the follower changed since the link last looked; bounded by `dirty_docs_max`.
     dirty: Mutex<BTreeSet<DocId>>,
     changed: Notify,
@@ -165,7 +171,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Starts the feed follower and the hub link for `store`, keeping documents in `data_dir/sync.redb`. The
 /// tasks run until the runtime shuts down.
-pub fn spawn(link: &HubLink, store: Store, data_dir: &Path, tuning: SyncTuning) -> Result<(), SyncError> {
+pub fn spawn(
+    link: &HubLink,
+    store: Store,
+    data_dir: &Path,
+    site: &schema::SiteInfo,
+    tuning: SyncTuning,
+) -> Result<(), SyncError> {
     let node = store.site().clone();
     let actor: [u8; 16] = rand::random();
     let db = DocDb::open(&data_dir.join(SYNC_DB_FILE), actor.to_vec(), tuning.docs_max)?;
@@ -182,18 +194,39 @@ pub fn spawn(link: &HubLink, store: Store, data_dir: &Path, tuning: SyncTuning) 
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let endpoint = oms_transport::client_endpoint(bind, &files, &Limits::default())?;
+    let mut docs = NodeDocs { db, node };
+    publish_site(&mut docs, site)?;
     let shared = Arc::new(Shared {
-        docs: Mutex::new(NodeDocs { db, node }),
+        docs: Mutex::new(docs),
+        inbound: Mutex::new(BTreeSet::new()),
+        inbound_changed: Notify::new(),
+        last_hub_frame_ms: std::sync::atomic::AtomicU64::new(0),
         dirty: Mutex::new(BTreeSet::new()),
         changed: Notify::new(),
         tuning,
     });
+    tokio::spawn(inbound::run(shared.clone(), store.clone(), link.clone()));
     tokio::spawn(follow_feed(shared.clone(), store));
     let peers = (
         PeerId::new(me.uri()).ok_or_else(|| SyncError::PeerId(me.uri()))?,
         PeerId::new(hub.uri()).ok_or_else(|| SyncError::PeerId(hub.uri()))?,
     );
     tokio::spawn(keep_linked(shared, endpoint, link.clone(), hub, peers, actor.to_vec()));
+    Ok(())
+}
+
+/// Writes the site's routing facts into its stock document (durably) if they changed.
+fn publish_site(docs: &mut NodeDocs, site: &schema::SiteInfo) -> Result<(), SyncError> {
+    let node = docs.node.clone();
+    let Some(name) = schema::stock_doc(&node) else { return Ok(()) };
+    let doc = docs.db.get_or_create(&name)?;
+    let changed = schema::write_site_info(doc, &node, site, now_ms())
+        .map_err(|e| SyncError::PeerId(format!("site info: {e}")))?;
+    if changed {
+        doc.commit();
+        docs.db.mark_dirty(&name);
+        docs.db.flush()?;
+    }
     Ok(())
 }
 
@@ -219,8 +252,13 @@ fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<Do
             FeedEntry::Stock(sku) => {
                 let Some(balance) = store.balance(&sku)? else { continue };
                 let Some(name) = schema::stock_doc(&node) else { continue };
+                let escrow = store.escrow(&sku)?;
                 let doc = docs.db.get_or_create(&name)?;
-                if schema::write_stock(doc, &node, &sku, &balance, now)? {
+                let mut any = schema::write_stock(doc, &node, &sku, &balance, now)?;
+                if let Some(c) = escrow {
+                    any |= schema::write_escrow(doc, &node, &c, now)?;
+                }
+                if any {
                     changed.insert(name);
                 }
             }
@@ -340,7 +378,15 @@ async fn run_session(
                         backoff.reset();
                         tracing::info!(hub = %link.addr, "sync: connected");
                     }
-                    Event::DocChanged { doc } => docs.db.mark_dirty(&doc),
+                    Event::DocChanged { doc } => {
+                        docs.db.mark_dirty(&doc);
+                        let mut inbound = lock(&shared.inbound);
+                        if inbound.len() < shared.tuning.dirty_docs_max {
+                            inbound.insert(doc);
+                        }
+                        drop(inbound);
+                        shared.inbound_changed.notify_one();
+                    }
                     Event::PeerRefused { doc, code } => tracing::warn!(%doc, %code, "sync: hub refused a document"),
                     Event::DocFailed { doc, code } => tracing::warn!(%doc, %code, "sync: document failed"),
                     Event::DocInSync { .. } => {}
@@ -359,7 +405,10 @@ async fn run_session(
         }
         tokio::select! {
             frame = frames.recv() => match frame {
-                Some(Ok(frame)) => session.handle_frame(&mut *lock(&shared.docs), frame),
+                Some(Ok(frame)) => {
+                    shared.last_hub_frame_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+                    session.handle_frame(&mut *lock(&shared.docs), frame)
+                }
                 Some(Err(e)) => {
                     oms_transport::close(&conn, e.code(), &e.to_string());
                     return Err(e.into());

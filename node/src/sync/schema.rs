@@ -10,12 +10,20 @@
 //!   `updated_at_ms`. Stock is not an Automerge counter: a site's balance is the site's ledger's business,
 //!   and the hub only needs to see the latest figures.
 //!
+//! - `escrow/<node-id>`: one per node, written only by the hub: a map SKU → postcard [`EscrowCounter`], the
+//!   hub's view of the stock rights it shares with that site. The site's view travels in its stock document
+//!   (under [`keys::ESCROW`]); both sides merge the other's view by element-wise max (every cell of the
+//!   counter has one writer), see `oms_protocol::escrow`.
+//! - Orders the hub takes from channels are `order/hub-<seq>.<n>` documents the hub creates (origin `hub`,
+//!   site = the node it assigned), one per fulfillment order; the node writes their progress as for its own.
+//!
 //! Every field has exactly one owner, so concurrent writers never conflict and the hub can check a change by
 //! which top-level keys it touches ([`check_writer`]). The types encoded as bytes here are postcard, whose
 //! layout is positional: add fields only at the end of [`Progress`], and bump [`SCHEMA_VERSION`] otherwise.
 
 use automerge::{AutoCommit, ObjType, Patch, PatchAction, Prop, ROOT, ReadDoc, transaction::Transactable};
 use oms_protocol::domain::{Balance, FulfillmentState, NodeId, OrderDraft, OrderId, Sku};
+use oms_protocol::escrow::EscrowCounter;
 use oms_protocol::sync::automerge;
 use oms_protocol::wire::DocId;
 use serde::{Deserialize, Serialize};
@@ -28,6 +36,10 @@ pub const SCHEMA_VERSION: u64 = 1;
 pub const ORDER_PREFIX: &str = "order/";
 /// Prefix of stock document ids.
 pub const STOCK_PREFIX: &str = "stock/";
+/// Prefix of the hub's escrow document ids.
+pub const ESCROW_PREFIX: &str = "escrow/";
+/// The origin of orders the hub creates.
+pub const HUB_ORIGIN: &str = "hub";
 
 /// Keys of the documents.
 pub mod keys {
@@ -59,6 +71,30 @@ pub mod keys {
     pub const SKUS: &str = "skus";
     /// The hub asks the node to cancel, ms since the Unix epoch (in [`HUB`]).
     pub const CANCEL_REQUESTED_AT_MS: &str = "cancel_requested_at_ms";
+    /// The customer order a hub-created fulfillment order belongs to (in [`HUB`]).
+    pub const PARENT: &str = "parent";
+    /// Map SKU → postcard `EscrowCounter` (in a stock document: the site's view; in an escrow document: the
+    /// hub's view).
+    pub const ESCROW: &str = "escrow";
+    /// postcard `SiteInfo` in a stock document: where the site is and what it can take.
+    pub const SITE_INFO: &str = "site_info";
+}
+
+/// What a node tells the hub about its site, for routing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteInfo {
+    /// Display name.
+    pub name: String,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Preference among equal plans; lower is preferred.
+    pub priority: u32,
+    /// Shipments a day.
+    pub capacity_per_day: u32,
+    /// Region.
+    pub region: String,
 }
 
 /// Root keys of an order document that are written once, when the node creates it.
@@ -105,6 +141,8 @@ pub enum DocKind {
     Order(OrderId),
     /// `stock/<node>`.
     Stock(NodeId),
+    /// `escrow/<node>` (hub-owned).
+    Escrow(NodeId),
 }
 
 impl DocKind {
@@ -116,6 +154,9 @@ impl DocKind {
         }
         if let Some(node) = s.strip_prefix(STOCK_PREFIX) {
             return NodeId::parse(node).ok().map(DocKind::Stock);
+        }
+        if let Some(node) = s.strip_prefix(ESCROW_PREFIX) {
+            return NodeId::parse(node).ok().map(DocKind::Escrow);
         }
         None
     }
@@ -130,6 +171,11 @@ pub fn order_doc(id: &OrderId) -> Option<DocId> {
 /// `stock/<node>`.
 pub fn stock_doc(node: &NodeId) -> Option<DocId> {
     DocId::new(format!("{STOCK_PREFIX}{node}"))
+}
+
+/// `escrow/<node>`.
+pub fn escrow_doc(node: &NodeId) -> Option<DocId> {
+    DocId::new(format!("{ESCROW_PREFIX}{node}"))
 }
 
 /// The site that numbered `id` (`wh-north` for `wh-north-0000000042`): the node that created the order.
@@ -175,6 +221,8 @@ pub struct OrderView {
     pub node_updated_at_ms: u64,
     /// The hub asked for cancellation at this time.
     pub cancel_requested_at_ms: Option<u64>,
+    /// For a hub-created fulfillment order: the customer order.
+    pub parent: Option<String>,
 }
 
 /// A stock document's contents.
@@ -273,11 +321,22 @@ pub fn read_order(doc: &AutoCommit, name: &str) -> Result<OrderView, SchemaError
         }
         node_updated_at_ms = get_u64(doc, &node, keys::UPDATED_AT_MS)?.unwrap_or(0);
     }
-    let mut cancel_requested_at_ms = None;
+    let (mut cancel_requested_at_ms, mut parent) = (None, None);
     if let Some((automerge::Value::Object(ObjType::Map), hub)) = doc.get(ROOT, keys::HUB)? {
         cancel_requested_at_ms = get_u64(doc, &hub, keys::CANCEL_REQUESTED_AT_MS)?;
+        parent = get_str(doc, &hub, keys::PARENT)?;
     }
-    Ok(OrderView { id, origin, site, created_at_ms, draft, progress, node_updated_at_ms, cancel_requested_at_ms })
+    Ok(OrderView {
+        id,
+        origin,
+        site,
+        created_at_ms,
+        draft,
+        progress,
+        node_updated_at_ms,
+        cancel_requested_at_ms,
+        parent,
+    })
 }
 
 /// The order's origin and fulfilling site, read without decoding the draft (for entitlement checks).
@@ -315,6 +374,92 @@ pub fn request_cancel(doc: &mut AutoCommit, now_ms: u64) -> Result<bool, SchemaE
     }
     doc.put(&hub, keys::CANCEL_REQUESTED_AT_MS, now_ms)?;
     Ok(true)
+}
+
+/// Creates a fulfillment order the hub assigns to `site` (hub only): the same creation keys a node writes
+/// for its own orders, with origin [`HUB_ORIGIN`], and the customer order under the hub's map. Returns false
+/// (and writes nothing) if the document already exists.
+pub fn create_hub_order(
+    doc: &mut AutoCommit,
+    id: &OrderId,
+    parent: &OrderId,
+    site: &NodeId,
+    draft: &OrderDraft,
+    now_ms: u64,
+) -> Result<bool, SchemaError> {
+    if doc.get(ROOT, keys::V)?.is_some() {
+        return Ok(false);
+    }
+    doc.put(ROOT, keys::V, SCHEMA_VERSION)?;
+    doc.put(ROOT, keys::ID, id.as_str())?;
+    doc.put(ROOT, keys::ORIGIN, HUB_ORIGIN)?;
+    doc.put(ROOT, keys::SITE, site.as_str())?;
+    doc.put(ROOT, keys::CREATED_AT_MS, now_ms)?;
+    doc.put(ROOT, keys::DRAFT, enc(draft, id.as_str(), keys::DRAFT)?)?;
+    let hub = map_obj(doc, &ROOT, keys::HUB)?;
+    doc.put(&hub, keys::PARENT, parent.as_str())?;
+    Ok(true)
+}
+
+fn ensure_owner(doc: &mut AutoCommit, node: &NodeId) -> Result<(), SchemaError> {
+    if doc.get(ROOT, keys::V)?.is_none() {
+        doc.put(ROOT, keys::V, SCHEMA_VERSION)?;
+        doc.put(ROOT, keys::OWNER, node.as_str())?;
+    }
+    Ok(())
+}
+
+/// Writes one SKU's escrow counter under [`keys::ESCROW`]: into the node's stock document (by the node) or
+/// into `escrow/<node>` (by the hub). Returns true if the document changed.
+pub fn write_escrow(
+    doc: &mut AutoCommit,
+    node: &NodeId,
+    counter: &EscrowCounter,
+    now_ms: u64,
+) -> Result<bool, SchemaError> {
+    ensure_owner(doc, node)?;
+    let map = map_obj(doc, &ROOT, keys::ESCROW)?;
+    let sku = counter.sku().as_str();
+    let bytes = enc(counter, node.as_str(), sku)?;
+    if get_bytes(doc, &map, sku)?.as_deref() == Some(&bytes[..]) {
+        return Ok(false);
+    }
+    doc.put(&map, sku, bytes)?;
+    doc.put(ROOT, keys::UPDATED_AT_MS, now_ms)?;
+    Ok(true)
+}
+
+/// Reads the escrow counters under [`keys::ESCROW`], at most `max`. A counter that does not decode (or
+/// claims another SKU than its key) is skipped and reported in the second list.
+pub fn read_escrow(doc: &AutoCommit, max: usize) -> Result<(Vec<EscrowCounter>, Vec<String>), SchemaError> {
+    let (mut out, mut bad) = (Vec::new(), Vec::new());
+    if let Some((automerge::Value::Object(ObjType::Map), obj)) = doc.get(ROOT, keys::ESCROW)? {
+        for key in doc.keys(&obj).take(max) {
+            let Some(b) = get_bytes(doc, &obj, &key)? else { continue };
+            match postcard::from_bytes::<EscrowCounter>(&b) {
+                Ok(c) if c.sku().as_str() == key => out.push(c),
+                _ => bad.push(key),
+            }
+        }
+    }
+    Ok((out, bad))
+}
+
+/// Writes the site's routing facts into its stock document. Returns true if the document changed.
+pub fn write_site_info(doc: &mut AutoCommit, node: &NodeId, info: &SiteInfo, now_ms: u64) -> Result<bool, SchemaError> {
+    ensure_owner(doc, node)?;
+    let bytes = enc(info, node.as_str(), keys::SITE_INFO)?;
+    if get_bytes(doc, &ROOT, keys::SITE_INFO)?.as_deref() == Some(&bytes[..]) {
+        return Ok(false);
+    }
+    doc.put(ROOT, keys::SITE_INFO, bytes)?;
+    doc.put(ROOT, keys::UPDATED_AT_MS, now_ms)?;
+    Ok(true)
+}
+
+/// The site's routing facts from its stock document, if it published them.
+pub fn read_site_info(doc: &AutoCommit) -> Option<SiteInfo> {
+    get_bytes(doc, &ROOT, keys::SITE_INFO).ok().flatten().and_then(|b| postcard::from_bytes(&b).ok())
 }
 
 /// Writes one SKU's balance into the node's stock document. Returns true if the document changed.
@@ -433,12 +578,22 @@ pub fn check_writer(
             }
         }
         (DocKind::Stock(_), _) => Err(violation("another site's stock".into())),
+        (DocKind::Escrow(owner), Writer::Hub) => match get_str(doc, &ROOT, keys::OWNER) {
+            Ok(Some(o)) if o == owner.as_str() => Ok(()),
+            _ => Err(violation(format!("key {:?}", keys::OWNER))),
+        },
+        (DocKind::Escrow(_), Writer::Node(_)) => Err(violation("the hub's escrow view".into())),
         (DocKind::Order(id), writer) => {
             let created_before = !before.is_empty() && doc.get_at(ROOT, keys::V, before).ok().flatten().is_some();
             for p in &patches {
                 let key = root_key(p).ok_or_else(|| violation("a non-map root".into()))?;
                 let allowed = match writer {
-                    Writer::Hub => key == keys::HUB,
+                    Writer::Hub => {
+                        key == keys::HUB
+                            || (!created_before
+                                && order_origin(&id) == Some(HUB_ORIGIN)
+                                && ORDER_CREATION_KEYS.contains(&key.as_str()))
+                    }
                     Writer::Node(_) => {
                         key == keys::NODE || (!created_before && ORDER_CREATION_KEYS.contains(&key.as_str()))
                     }
@@ -450,6 +605,9 @@ pub fn check_writer(
             if let Writer::Node(n) = writer {
                 // What the node created must be its own order, under the right id, numbered by its origin.
                 let view = read_order(doc, name.as_str()).map_err(|e| violation(format!("malformed order: {e}")))?;
+                if !created_before && view.origin.as_str() == HUB_ORIGIN {
+                    return Err(violation("creation of a hub order".into()));
+                }
                 let numbered_by_origin = order_origin(&view.id) == Some(view.origin.as_str());
                 if view.id != id || !numbered_by_origin || (&view.origin != n && &view.site != n) {
                     return Err(violation(format!("order {} of {}", view.id, view.origin)));

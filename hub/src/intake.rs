@@ -1,0 +1,681 @@
+//! Channel intake: customer orders taken by the hub, routed within the stock rights the hub holds at each
+//! site (escrow), split into fulfillment orders that travel to the sites as `order/hub-<seq>.<n>` documents.
+//!
+//! State, in `intake.redb` beside `hub.redb`:
+//! - customer orders (`hub-<seq>`): the draft, its fulfillment orders, the units not yet placed, every
+//!   routing decision with its explanation, the cancellation request;
+//! - idempotency records (key → canonical body hash, order id);
+//! - the hub's view of every (site, SKU) escrow counter;
+//! - shipments assigned per site and day (capacity).
+//!
+//! One intake transaction holds the order, its idempotency record, the rights it consumed and the capacity
+//! it used, and is committed (fsync) before the fulfillment documents are written into `hub.redb` and the
+//! channel gets its `201`. If the hub dies between the two commits, [`Intake::outbox`] recreates the missing
+//! documents at the next start from the committed orders (creation is idempotent: a document that exists is
+//! left alone), so an acknowledged order is never lost and never assigned twice.
+//!
+//! Rights: the hub assigns a unit of a SKU to a site only by consuming a right to it
+//! (`EscrowCounter::consume(Hub, …)`, refused beyond the hub's rights, after its lease or beyond its
+//! unacknowledged budget). Rights come back only through the site (it transfers them when an assignment is
+//! rejected or cancelled), and arrive here by merging the site's view from its stock document.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+use oms_node::store::draft_sha256;
+use oms_node::sync::schema::SiteInfo;
+use oms_protocol::domain::{GeoPoint, NodeId, OrderDraft, OrderId, OrderLine, Sku};
+use oms_protocol::escrow::{EscrowCounter, Party, Rebalance, RebalanceInput, RebalancePolicy, rebalance};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::routing::{self, Outcome, RouteLine, RouteRequest, RoutingDecision, RoutingPolicy, SiteView, SkuQty};
+
+const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+const IDEM: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+const ESCROW: TableDefinition<&str, &[u8]> = TableDefinition::new("escrow");
+const CAPACITY: TableDefinition<&str, u64> = TableDefinition::new("capacity");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SEQ_ORDER: &str = "seq.order";
+
+/// The hub's intake database file, in the data directory.
+pub const INTAKE_DB_FILE: &str = "intake.redb";
+/// Routing decisions kept per order (the first and the latest ones).
+pub const DECISIONS_MAX: usize = 16;
+/// Fulfillment orders per customer order (re-routing stops there and the rest stays unfilled).
+pub const FULFILLMENTS_MAX: usize = 32;
+/// Orders with unplaced units re-routed per pass.
+pub const RETRY_BATCH_MAX: usize = 256;
+/// (site, SKU) escrow counters held.
+pub const ESCROW_CELLS_MAX: usize = 5_000_000;
+
+/// The node id under which the hub numbers its orders.
+pub fn hub_node() -> NodeId {
+    NodeId::parse(oms_node::sync::schema::HUB_ORIGIN).unwrap_or_else(|_| unreachable!("\"hub\" is a valid id"))
+}
+
+/// Why the intake refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The idempotency key was used for another body.
+    #[error("idempotency key {0:?} was already used for a different request body")]
+    KeyReused(String),
+    /// Nothing could be placed and the policy rejects such orders.
+    #[error("no site holds stock the hub may promise for this order")]
+    CannotFill(Box<RoutingDecision>),
+    /// No such order.
+    #[error("order {0} is not a hub order")]
+    NotFound(String),
+    /// The database failed; nothing was written.
+    #[error("storage failure, nothing was written: {0}")]
+    Storage(String),
+    /// A stored record does not decode.
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for IntakeError {
+            fn from(e: $t) -> Self {
+                IntakeError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One site's part of a customer order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fulfillment {
+    /// The fulfillment order id (`hub-<seq>.<n>`), also its document `order/<id>`.
+    pub id: OrderId,
+    /// The site.
+    pub site: NodeId,
+    /// Units per SKU.
+    pub lines: Vec<SkuQty>,
+    /// When it was assigned.
+    pub assigned_at_ms: u64,
+    /// Set when the site rejected or cancelled it and its units went back to routing.
+    pub released: Option<String>,
+}
+
+/// A routing decision as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// When.
+    pub at_ms: u64,
+    /// Why routing ran: `intake`, `retry`, or `released by <site>: <state>`.
+    pub trigger: String,
+    /// The decision and its explanation.
+    pub decision: RoutingDecision,
+}
+
+/// A customer order taken by the hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HubOrder {
+    /// `hub-<seq>`.
+    pub id: OrderId,
+    /// The order as the channel sent it.
+    pub draft: OrderDraft,
+    /// When it was taken.
+    pub created_at_ms: u64,
+    /// The fulfillment orders, in the order they were made.
+    pub fulfillments: Vec<Fulfillment>,
+    /// Units not placed at any site yet (backordered or held).
+    pub unfilled: Vec<SkuQty>,
+    /// Routing decisions (the first and the latest [`DECISIONS_MAX`]).
+    pub decisions: Vec<DecisionRecord>,
+    /// The customer asked to cancel.
+    pub cancel_requested_at_ms: Option<u64>,
+    /// Units dropped from `unfilled` by the cancellation.
+    pub cancelled_unfilled: Vec<SkuQty>,
+}
+
+impl HubOrder {
+    /// Units still waiting to be placed, unless the order is being cancelled.
+    pub fn wants_routing(&self) -> bool {
+        self.cancel_requested_at_ms.is_none() && !self.unfilled.is_empty() && self.fulfillments.len() < FULFILLMENTS_MAX
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdemRecord {
+    body_sha256: [u8; 32],
+    order: String,
+}
+
+/// What routing needs to know about a site, gathered from its stock document and connection.
+#[derive(Debug, Clone)]
+pub struct SiteFacts {
+    /// The site.
+    pub id: NodeId,
+    /// What it published.
+    pub info: SiteInfo,
+    /// Connected now.
+    pub reachable: bool,
+    /// Since the hub last heard from it.
+    pub last_heard_age_ms: u64,
+}
+
+/// A new fulfillment document to write.
+#[derive(Debug, Clone)]
+pub struct NewFulfillment {
+    /// Its id.
+    pub id: OrderId,
+    /// The customer order.
+    pub parent: OrderId,
+    /// The site.
+    pub site: NodeId,
+    /// The site's part of the order.
+    pub draft: OrderDraft,
+}
+
+/// What a write produced, for the documents.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Fulfillment documents to create.
+    pub fulfillments: Vec<NewFulfillment>,
+    /// Escrow counters the hub changed, to publish in `escrow/<site>`.
+    pub escrow: Vec<(NodeId, EscrowCounter)>,
+}
+
+/// The result of [`Intake::place`].
+#[derive(Debug)]
+pub struct Placed {
+    /// The order.
+    pub order: HubOrder,
+    /// False when an idempotent replay returned the original.
+    pub created: bool,
+    /// What to write into documents.
+    pub effects: Effects,
+}
+
+struct State {
+    escrow: HashMap<(NodeId, Sku), EscrowCounter>,
+    /// Customer orders with units waiting to be placed.
+    open: BTreeSet<String>,
+}
+
+/// The intake. See the module docs.
+pub struct Intake {
+    db: Database,
+    state: Mutex<State>,
+    policy: RoutingPolicy,
+    rebalance: RebalancePolicy,
+}
+
+fn enc_json<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
+    serde_json::to_vec(v).map_err(|e| IntakeError::Storage(format!("encode: {e}")))
+}
+
+fn escrow_key(site: &NodeId, sku: &Sku) -> String {
+    format!("{site}|{sku}")
+}
+
+fn utc_day(ms: u64) -> u64 {
+    ms / 86_400_000
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The draft of one site's part: the customer's draft with only the assigned units.
+pub fn part_of(draft: &OrderDraft, lines: &[SkuQty]) -> OrderDraft {
+    let mut part = draft.clone();
+    part.lines = lines
+        .iter()
+        .filter_map(|l| {
+            let first = draft.lines.iter().find(|o| o.sku == l.sku)?;
+            Some(OrderLine { sku: l.sku.clone(), qty: l.qty, ..first.clone() })
+        })
+        .collect();
+    part
+}
+
+fn add_units(into: &mut Vec<SkuQty>, lines: &[SkuQty]) {
+    for l in lines {
+        match into.iter_mut().find(|u| u.sku == l.sku) {
+            Some(u) => u.qty = u.qty.saturating_add(l.qty),
+            None => into.push(l.clone()),
+        }
+    }
+}
+
+impl Intake {
+    /// Opens (or creates) `intake.redb` and loads the escrow view and the open orders.
+    pub fn open(path: &Path, policy: RoutingPolicy) -> Result<Intake, IntakeError> {
+        let db = Database::create(path)?;
+        let w = db.begin_write()?;
+        w.open_table(ORDERS)?;
+        w.open_table(IDEM)?;
+        w.open_table(ESCROW)?;
+        w.open_table(CAPACITY)?;
+        w.open_table(META)?;
+        w.commit()?;
+        let mut escrow = HashMap::new();
+        let mut open = BTreeSet::new();
+        {
+            let r = db.begin_read()?;
+            for item in r.open_table(ESCROW)?.range::<&str>(..)?.take(ESCROW_CELLS_MAX) {
+                let (k, v) = item?;
+                let c: EscrowCounter = postcard::from_bytes(v.value())
+                    .map_err(|e| IntakeError::Corrupt { table: "escrow", detail: e.to_string() })?;
+                let site = k.value().split_once('|').and_then(|(s, _)| NodeId::parse(s).ok());
+                if let Some(site) = site {
+                    escrow.insert((site, c.sku().clone()), c);
+                }
+            }
+            for item in r.open_table(ORDERS)?.range::<&str>(..)? {
+                let (k, v) = item?;
+                let o: HubOrder = serde_json::from_slice(v.value())
+                    .map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })?;
+                if o.wants_routing() {
+                    open.insert(k.value().to_owned());
+                }
+            }
+        }
+        Ok(Intake { db, state: Mutex::new(State { escrow, open }), policy, rebalance: RebalancePolicy::default() })
+    }
+
+    /// The routing policy in force.
+    pub fn policy(&self) -> &RoutingPolicy {
+        &self.policy
+    }
+
+    /// A customer order.
+    pub fn order(&self, id: &str) -> Result<Option<HubOrder>, IntakeError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(ORDERS)?;
+        match t.get(id)? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(v.value())
+                    .map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The hub's view of the escrow of `sku` at `site`.
+    pub fn escrow(&self, site: &NodeId, sku: &Sku) -> Option<EscrowCounter> {
+        lock(&self.state).escrow.get(&(site.clone(), sku.clone())).cloned()
+    }
+
+    /// Every escrow counter of `site` (for republishing at start).
+    pub fn escrow_of_site(&self, site: &NodeId) -> Vec<EscrowCounter> {
+        lock(&self.state).escrow.iter().filter(|((s, _), _)| s == site).map(|(_, c)| c.clone()).collect()
+    }
+
+    /// Sites the hub holds escrow with.
+    pub fn escrow_sites(&self) -> BTreeSet<NodeId> {
+        lock(&self.state).escrow.keys().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Every committed fulfillment, for re-creating documents lost by a crash between the two commits.
+    pub fn outbox(&self) -> Result<Vec<NewFulfillment>, IntakeError> {
+        let r = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for item in r.open_table(ORDERS)?.range::<&str>(..)? {
+            let (_, v) = item?;
+            let o: HubOrder = serde_json::from_slice(v.value())
+                .map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })?;
+            for f in &o.fulfillments {
+                out.push(NewFulfillment {
+                    id: f.id.clone(),
+                    parent: o.id.clone(),
+                    site: f.site.clone(),
+                    draft: part_of(&o.draft, &f.lines),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Customer orders with units waiting to be placed, at most `max`.
+    pub fn open_orders(&self, max: usize) -> Vec<String> {
+        lock(&self.state).open.iter().take(max).cloned().collect()
+    }
+
+    fn site_views(
+        &self,
+        st: &State,
+        w: &redb::WriteTransaction,
+        sites: &[SiteFacts],
+        skus: &[Sku],
+        exclude: &BTreeSet<NodeId>,
+        now_ms: u64,
+    ) -> Result<Vec<SiteView>, IntakeError> {
+        let cap = w.open_table(CAPACITY)?;
+        let mut out = Vec::with_capacity(sites.len());
+        for s in sites {
+            if exclude.contains(&s.id) {
+                continue;
+            }
+            let Ok(location) = GeoPoint::new(s.info.lat, s.info.lon) else { continue };
+            let used = cap.get(format!("{}|{}", s.id, utc_day(now_ms)).as_str())?.map(|v| v.value()).unwrap_or(0);
+            let mut promisable = HashMap::new();
+            for sku in skus {
+                if let Some(c) = st.escrow.get(&(s.id.clone(), sku.clone())) {
+                    let n = u32::try_from(c.spendable(Party::Hub, now_ms)).unwrap_or(u32::MAX);
+                    if n > 0 {
+                        promisable.insert(sku.clone(), n);
+                    }
+                }
+            }
+            out.push(SiteView {
+                id: s.id.clone(),
+                location,
+                priority: s.info.priority,
+                capacity_left_shipments: u32::try_from(u64::from(s.info.capacity_per_day).saturating_sub(used))
+                    .unwrap_or(0),
+                region: s.info.region.clone(),
+                reachable: s.reachable,
+                last_heard_age_ms: s.last_heard_age_ms,
+                promisable,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Routes `units` of `order` and records the fulfillments in `w`, consuming rights in `escrow`.
+    #[allow(clippy::too_many_arguments)]
+    fn assign(
+        &self,
+        st: &State,
+        escrow: &mut HashMap<(NodeId, Sku), EscrowCounter>,
+        w: &redb::WriteTransaction,
+        order: &mut HubOrder,
+        sites: &[SiteFacts],
+        exclude: &BTreeSet<NodeId>,
+        trigger: String,
+        now_ms: u64,
+        effects: &mut Effects,
+    ) -> Result<RoutingDecision, IntakeError> {
+        let lines: Vec<RouteLine> =
+            order.unfilled.iter().map(|l| RouteLine { sku: l.sku.clone(), qty: l.qty }).collect();
+        let skus: Vec<Sku> = lines.iter().map(|l| l.sku.clone()).collect();
+        let views = self.site_views(st, w, sites, &skus, exclude, now_ms)?;
+        let ship_to = GeoPoint { lat: order.draft.ship_to.lat, lon: order.draft.ship_to.lon };
+        let req = RouteRequest { lines, ship_to, region: None };
+        let decision = routing::route(&req, &views, &self.policy);
+        if !decision.assignments.is_empty() {
+            let mut cap = w.open_table(CAPACITY)?;
+            for a in &decision.assignments {
+                for l in &a.lines {
+                    let key = (a.site.clone(), l.sku.clone());
+                    let c = escrow.get_mut(&key).ok_or_else(|| IntakeError::Corrupt {
+                        table: "escrow",
+                        detail: format!("routing used rights of {} at {} that the hub does not hold", l.sku, a.site),
+                    })?;
+                    c.consume(Party::Hub, u64::from(l.qty), now_ms).map_err(|e| IntakeError::Corrupt {
+                        table: "escrow",
+                        detail: format!("routing promised more than the hub may spend: {e}"),
+                    })?;
+                }
+                let n = order.fulfillments.len() + 1;
+                let id = OrderId::parse(&format!("{}.{n}", order.id))
+                    .map_err(|e| IntakeError::Corrupt { table: "orders", detail: format!("fulfillment id: {e}") })?;
+                let day_key = format!("{}|{}", a.site, utc_day(now_ms));
+                let used = cap.get(day_key.as_str())?.map(|v| v.value()).unwrap_or(0);
+                cap.insert(day_key.as_str(), used + 1)?;
+                effects.fulfillments.push(NewFulfillment {
+                    id: id.clone(),
+                    parent: order.id.clone(),
+                    site: a.site.clone(),
+                    draft: part_of(&order.draft, &a.lines),
+                });
+                order.fulfillments.push(Fulfillment {
+                    id,
+                    site: a.site.clone(),
+                    lines: a.lines.clone(),
+                    assigned_at_ms: now_ms,
+                    released: None,
+                });
+            }
+            let mut t = w.open_table(ESCROW)?;
+            for a in &decision.assignments {
+                for l in &a.lines {
+                    if let Some(c) = escrow.get(&(a.site.clone(), l.sku.clone())) {
+                        t.insert(escrow_key(&a.site, &l.sku).as_str(), postcard_enc(c)?.as_slice())?;
+                        effects.escrow.push((a.site.clone(), c.clone()));
+                    }
+                }
+            }
+        }
+        order.unfilled = decision.unfilled.clone();
+        let record = DecisionRecord { at_ms: now_ms, trigger, decision: decision.clone() };
+        if order.decisions.len() >= DECISIONS_MAX {
+            order.decisions.remove(1);
+        }
+        order.decisions.push(record);
+        Ok(decision)
+    }
+
+    fn put_order(w: &redb::WriteTransaction, o: &HubOrder) -> Result<(), IntakeError> {
+        w.open_table(ORDERS)?.insert(o.id.as_str(), enc_json(o)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Takes a channel order: idempotency, routing within the hub's rights, one durable transaction.
+    pub fn place(&self, key: &str, draft: OrderDraft, sites: &[SiteFacts], now_ms: u64) -> Result<Placed, IntakeError> {
+        let hash = draft_sha256(&draft).map_err(|e| IntakeError::Storage(e.to_string()))?;
+        let mut st = lock(&self.state);
+        let w = self.db.begin_write()?;
+        let seen = w.open_table(IDEM)?.get(key)?.map(|v| v.value().to_vec());
+        if let Some(v) = seen {
+            let rec: IdemRecord = postcard::from_bytes(&v)
+                .map_err(|e| IntakeError::Corrupt { table: "idempotency", detail: e.to_string() })?;
+            if rec.body_sha256 != hash {
+                return Err(IntakeError::KeyReused(key.to_owned()));
+            }
+            drop(w);
+            let order = self.order(&rec.order)?.ok_or(IntakeError::NotFound(rec.order))?;
+            return Ok(Placed { order, created: false, effects: Effects::default() });
+        }
+        let seq = {
+            let mut meta = w.open_table(META)?;
+            let seq = meta.get(SEQ_ORDER)?.map(|v| v.value()).unwrap_or(0) + 1;
+            meta.insert(SEQ_ORDER, seq)?;
+            seq
+        };
+        let id = OrderId::new(&hub_node(), seq);
+        let mut unfilled = Vec::new();
+        add_units(
+            &mut unfilled,
+            &draft.lines.iter().map(|l| SkuQty { sku: l.sku.clone(), qty: l.qty }).collect::<Vec<_>>(),
+        );
+        let mut order = HubOrder {
+            id,
+            draft,
+            created_at_ms: now_ms,
+            fulfillments: Vec::new(),
+            unfilled,
+            decisions: Vec::new(),
+            cancel_requested_at_ms: None,
+            cancelled_unfilled: Vec::new(),
+        };
+        let mut escrow = st.escrow.clone();
+        let mut effects = Effects::default();
+        let decision = self.assign(
+            &st,
+            &mut escrow,
+            &w,
+            &mut order,
+            sites,
+            &BTreeSet::new(),
+            "intake".into(),
+            now_ms,
+            &mut effects,
+        )?;
+        if decision.outcome == Outcome::Rejected {
+            // Nothing written: the transaction is dropped, the key stays free.
+            return Err(IntakeError::CannotFill(Box::new(decision)));
+        }
+        Self::put_order(&w, &order)?;
+        let idem = IdemRecord { body_sha256: hash, order: order.id.to_string() };
+        w.open_table(IDEM)?.insert(key, postcard_enc(&idem)?.as_slice())?;
+        w.commit()?;
+        st.escrow = escrow;
+        if order.wants_routing() {
+            st.open.insert(order.id.to_string());
+        }
+        Ok(Placed { order, created: true, effects })
+    }
+
+    /// Routes what is still unplaced of order `id`; `released` lists fulfillments whose sites gave their
+    /// units back (rejected or cancelled) to fold back in first, excluding those sites for this round.
+    pub fn reroute(
+        &self,
+        id: &str,
+        released: &[(OrderId, String)],
+        sites: &[SiteFacts],
+        now_ms: u64,
+    ) -> Result<Option<(HubOrder, Effects)>, IntakeError> {
+        let mut st = lock(&self.state);
+        let Some(mut order) = self.order(id)? else { return Ok(None) };
+        let mut exclude = BTreeSet::new();
+        let mut trigger = "retry".to_owned();
+        let mut changed = false;
+        for (fid, why) in released {
+            if let Some(f) = order.fulfillments.iter_mut().find(|f| &f.id == fid && f.released.is_none()) {
+                f.released = Some(why.clone());
+                exclude.insert(f.site.clone());
+                let lines = f.lines.clone();
+                trigger = format!("released by {}: {why}", f.site);
+                if order.cancel_requested_at_ms.is_some() {
+                    add_units(&mut order.cancelled_unfilled, &lines);
+                } else {
+                    add_units(&mut order.unfilled, &lines);
+                }
+                changed = true;
+            }
+        }
+        let w = self.db.begin_write()?;
+        let mut escrow = st.escrow.clone();
+        let mut effects = Effects::default();
+        if order.wants_routing() {
+            let before = order.unfilled.clone();
+            let d = self.assign(&st, &mut escrow, &w, &mut order, sites, &exclude, trigger, now_ms, &mut effects)?;
+            // A retry that placed nothing is not worth a record.
+            if d.assignments.is_empty() && !changed && before == order.unfilled {
+                return Ok(None);
+            }
+        } else if !changed {
+            return Ok(None);
+        }
+        Self::put_order(&w, &order)?;
+        w.commit()?;
+        st.escrow = escrow;
+        if order.wants_routing() {
+            st.open.insert(order.id.to_string());
+        } else {
+            st.open.remove(order.id.as_str());
+        }
+        Ok(Some((order, effects)))
+    }
+
+    /// Records the customer's cancellation: units not placed are dropped at once; the sites are asked to
+    /// cancel their parts (the caller writes the requests into the fulfillment documents).
+    pub fn request_cancel(&self, id: &str, now_ms: u64) -> Result<HubOrder, IntakeError> {
+        let mut st = lock(&self.state);
+        let mut order = self.order(id)?.ok_or_else(|| IntakeError::NotFound(id.to_owned()))?;
+        if order.cancel_requested_at_ms.is_none() {
+            order.cancel_requested_at_ms = Some(now_ms);
+            let dropped = std::mem::take(&mut order.unfilled);
+            add_units(&mut order.cancelled_unfilled, &dropped);
+            let w = self.db.begin_write()?;
+            Self::put_order(&w, &order)?;
+            w.commit()?;
+            st.open.remove(order.id.as_str());
+        }
+        Ok(order)
+    }
+
+    /// Merges a site's view of its escrow counters (from its stock document) into the hub's, then applies
+    /// the hub's side of the rebalancing policy (giving rights back the site needs more than the hub).
+    /// Returns the counters the hub changed by its own action, to publish.
+    pub fn merge_site(
+        &self,
+        site: &NodeId,
+        theirs: Vec<EscrowCounter>,
+        now_ms: u64,
+    ) -> Result<Vec<EscrowCounter>, IntakeError> {
+        let mut st = lock(&self.state);
+        let w = self.db.begin_write()?;
+        let mut publish = Vec::new();
+        let mut touched = false;
+        {
+            let mut t = w.open_table(ESCROW)?;
+            for c in theirs {
+                let key = (site.clone(), c.sku().clone());
+                let mut mine = match st.escrow.get(&key) {
+                    Some(m) => m.clone(),
+                    None if st.escrow.len() < ESCROW_CELLS_MAX => EscrowCounter::new(c.sku().clone()),
+                    None => continue,
+                };
+                let before = mine.clone();
+                if mine.merge(&c).is_err() || mine.check().is_err() {
+                    tracing::warn!(%site, sku = %c.sku(), "refusing a site's escrow view that contradicts the hub's");
+                    continue;
+                }
+                let input = RebalanceInput {
+                    site_available: mine.local(Party::Site),
+                    hub_rights: mine.local(Party::Hub),
+                    hub_demand_recent: mine.consumed(Party::Hub),
+                    site_demand_recent: mine.consumed(Party::Site),
+                };
+                let mut acted = false;
+                if let Rebalance::AskHubBack { units } = rebalance(&input, &self.rebalance) {
+                    let units = units.min(mine.spendable(Party::Hub, now_ms));
+                    if units > 0 && mine.transfer(Party::Hub, Party::Site, units, now_ms).is_ok() {
+                        acted = true;
+                    }
+                }
+                if mine != before {
+                    t.insert(escrow_key(site, mine.sku()).as_str(), postcard_enc(&mine)?.as_slice())?;
+                    touched = true;
+                    if acted {
+                        publish.push(mine.clone());
+                    }
+                    st.escrow.insert(key, mine);
+                }
+            }
+        }
+        if touched {
+            w.commit()?;
+        }
+        Ok(publish)
+    }
+
+    /// Per (site, SKU): the hub's rights there now (spendable) and its consumption so far.
+    pub fn escrow_table(&self, now_ms: u64) -> BTreeMap<(String, String), (u64, u64, u64)> {
+        lock(&self.state)
+            .escrow
+            .iter()
+            .map(|((site, sku), c)| {
+                (
+                    (site.to_string(), sku.to_string()),
+                    (c.spendable(Party::Hub, now_ms), c.local(Party::Hub), c.lease_until_ms(Party::Hub)),
+                )
+            })
+            .collect()
+    }
+}
+
+fn postcard_enc<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
+    postcard::to_allocvec(v).map_err(|e| IntakeError::Storage(format!("encode: {e}")))
+}

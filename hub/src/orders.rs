@@ -1,0 +1,458 @@
+//! Customer orders at the hub over HTTP, and the watcher that keeps routing going.
+//!
+//! - `POST /v1/orders` (with `Idempotency-Key`): validate, route within the hub's escrowed rights, commit,
+//!   write the fulfillment documents, answer `201` (a replay answers the original with
+//!   `idempotent-replayed: true`). An order nothing can be placed for is `201` with status `backordered`
+//!   (policy `backorder`/`hold`: it is routed again as rights arrive) or `409 cannot_fill` (policy
+//!   `reject`, nothing stored).
+//! - `GET /v1/orders/{id}` for a hub order: status across its fulfillment orders, per-line figures and one
+//!   timeline merged from every site (the customer's tracking view).
+//! - `GET /v1/orders/{id}/routing`: every routing decision with candidates, exclusions and scores.
+//! - `POST /v1/orders/{id}/cancel`: drops units not placed yet, asks each site to cancel its part, and says
+//!   per line what was cancelled, what is being cancelled (the site confirms) and what could not be.
+//!
+//! The watcher wakes when a node changes a document (and once a second): it merges each site's escrow view
+//! into the hub's, re-routes the units of fulfillment orders a site rejected or cancelled (never to that
+//! site in the same round), and retries orders with units still waiting.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use oms_node::problem::{Problem, RawBody};
+use oms_node::sync::link::now_ms;
+use oms_node::sync::schema::{self, DocKind, HUB_ORIGIN};
+use oms_protocol::domain::{FulfillmentState, OrderId};
+use serde_json::{Value, json};
+
+use crate::intake::{Effects, HubOrder, IntakeError, NewFulfillment, RETRY_BATCH_MAX, SiteFacts};
+use crate::server::{Hub, lock};
+
+/// Most sites considered by routing.
+pub const SITES_MAX: usize = 10_000;
+/// Period of the watcher's retry pass.
+pub const WATCH_TICK_MS: u64 = 1_000;
+
+/// The routes of this module.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/v1/orders/{id}/routing", get(routing))
+        .route("/v1/orders/{id}/cancel", post(cancel))
+        .with_state(hub)
+}
+
+impl From<IntakeError> for Problem {
+    fn from(e: IntakeError) -> Self {
+        let detail = e.to_string();
+        match e {
+            IntakeError::KeyReused(_) => Problem::new(StatusCode::CONFLICT, "idempotency_key_reused", detail),
+            IntakeError::CannotFill(d) => {
+                Problem::new(StatusCode::CONFLICT, "cannot_fill", detail).with("routing", d.as_ref())
+            }
+            IntakeError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, "order_not_found", detail),
+            IntakeError::Storage(_) => {
+                tracing::error!(error = %detail, "intake storage failure");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", detail)
+            }
+            IntakeError::Corrupt { .. } => {
+                tracing::error!(error = %detail, "intake corrupt record");
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_record", detail)
+            }
+        }
+    }
+}
+
+/// What routing needs about every site, from the documents and connections.
+pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
+    let docs = lock(&hub.docs);
+    docs.sites(SITES_MAX)
+        .into_iter()
+        .map(|(id, info)| {
+            let st = docs.nodes.get(id.as_str());
+            let heard = st.and_then(|s| s.last_frame_at_ms);
+            SiteFacts {
+                reachable: st.is_some_and(|s| s.connected),
+                last_heard_age_ms: heard.map_or(u64::MAX, |t| now.saturating_sub(t)),
+                id,
+                info,
+            }
+        })
+        .collect()
+}
+
+/// Writes fulfillment documents and escrow views into `hub.redb`, flushes, and wakes the sites' sessions.
+pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), Problem> {
+    if effects.fulfillments.is_empty() && effects.escrow.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut tell = Vec::new();
+    {
+        let mut docs = lock(&hub.docs);
+        for f in &effects.fulfillments {
+            let Some(name) = schema::order_doc(&f.id) else { continue };
+            let nodes = docs
+                .write_local(&name, |d| schema::create_hub_order(d, &f.id, &f.parent, &f.site, &f.draft, now))
+                .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "document_failed", e.to_string()))?;
+            tell.extend(nodes);
+        }
+        for (site, c) in &effects.escrow {
+            let Some(name) = schema::escrow_doc(site) else { continue };
+            let nodes = docs
+                .write_local(&name, |d| schema::write_escrow(d, site, c, now))
+                .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "document_failed", e.to_string()))?;
+            tell.extend(nodes);
+        }
+        docs.flush()
+            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
+    }
+    tell.sort();
+    tell.dedup();
+    hub.poke(&tell);
+    Ok(())
+}
+
+fn replay_effects(order: &HubOrder) -> Effects {
+    let fulfillments = order
+        .fulfillments
+        .iter()
+        .map(|f| NewFulfillment {
+            id: f.id.clone(),
+            parent: order.id.clone(),
+            site: f.site.clone(),
+            draft: crate::intake::part_of(&order.draft, &f.lines),
+        })
+        .collect();
+    Effects { fulfillments, escrow: vec![] }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, IntakeError> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("intake task failed: {e}")))?
+        .map_err(Problem::from)
+}
+
+/// `POST /v1/orders` (mounted by [`crate::api::router`] beside the listing).
+pub async fn create(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
+    let (key, draft) = oms_node::api::order_request(&headers, &body)?;
+    let h = hub.clone();
+    let placed = blocking(move || {
+        let now = now_ms();
+        let sites = site_facts(&h, now);
+        h.intake.place(&key, draft, &sites, now)
+    })
+    .await?;
+    if placed.created {
+        apply_effects(&hub, &placed.effects)?;
+    } else {
+        // The original may have been committed just before a crash that kept its documents from being
+        // written; writing them again is a no-op otherwise.
+        apply_effects(&hub, &replay_effects(&placed.order))?;
+    }
+    let mut resp = (StatusCode::CREATED, Json(order_view(&hub, &placed.order))).into_response();
+    if !placed.created {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+fn hub_order_id(id: &str) -> Result<OrderId, Problem> {
+    let id = OrderId::parse(id).map_err(Problem::from)?;
+    if schema::order_origin(&id) != Some(HUB_ORIGIN) || id.as_str().contains('.') {
+        return Err(Problem::new(StatusCode::NOT_FOUND, "order_not_found", format!("{id} is not a hub order")));
+    }
+    Ok(id)
+}
+
+async fn routing(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let id = hub_order_id(&id)?;
+    let order = hub.intake.order(id.as_str())?.ok_or_else(|| IntakeError::NotFound(id.to_string()))?;
+    Ok(Json(json!({
+        "id": order.id,
+        "policy": hub.intake.policy(),
+        "fulfillments": order.fulfillments,
+        "unfilled": order.unfilled,
+        "decisions": order.decisions,
+    }))
+    .into_response())
+}
+
+/// The customer's view of a hub order, if `id` is one.
+pub fn hub_order(hub: &Hub, id: &str) -> Result<Option<Value>, Problem> {
+    if !id.starts_with(oms_node::store::HUB_ORDER_PREFIX) || id.contains('.') {
+        return Ok(None);
+    }
+    Ok(hub.intake.order(id)?.map(|o| order_view(hub, &o)))
+}
+
+/// Status and progress of one fulfillment order as last synced.
+struct FoState {
+    status: Option<FulfillmentState>,
+    progress: Option<schema::Progress>,
+}
+
+fn fo_state(hub: &Hub, id: &OrderId) -> FoState {
+    let docs = lock(&hub.docs);
+    let view = schema::order_doc(id).and_then(|n| docs.get(&n).and_then(|d| schema::read_order(d, n.as_str()).ok()));
+    let progress = view.and_then(|v| v.progress);
+    FoState { status: progress.as_ref().map(|p| p.status), progress }
+}
+
+fn order_view(hub: &Hub, o: &HubOrder) -> Value {
+    let mut fos = Vec::new();
+    let mut timeline = Vec::new();
+    let (mut shipped_units, mut placed_units, mut open_fos, mut delivered_all) = (0u64, 0u64, 0usize, true);
+    let mut per_sku: BTreeMap<String, (u64, u64)> = BTreeMap::new(); // placed, shipped
+    for f in &o.fulfillments {
+        let st = fo_state(hub, &f.id);
+        timeline.push(json!({"at_ms": f.assigned_at_ms, "fulfillment": f.id, "site": f.site,
+            "status": "assigned", "note": format!("routed to {}", f.site)}));
+        if let Some(p) = &st.progress {
+            for t in &p.timeline {
+                timeline.push(json!({"at_ms": t.at_ms, "fulfillment": f.id, "site": f.site,
+                    "status": t.status, "note": t.note}));
+            }
+        }
+        let live = f.released.is_none();
+        if live {
+            for l in &f.lines {
+                let e = per_sku.entry(l.sku.to_string()).or_default();
+                e.0 += u64::from(l.qty);
+                placed_units += u64::from(l.qty);
+            }
+            if let Some(p) = &st.progress {
+                for l in &p.lines {
+                    per_sku.entry(l.sku.to_string()).or_default().1 += u64::from(l.shipped);
+                    shipped_units += u64::from(l.shipped);
+                }
+            }
+            if !matches!(st.status, Some(FulfillmentState::Delivered)) {
+                delivered_all = false;
+            }
+            if !matches!(
+                st.status,
+                Some(
+                    FulfillmentState::Shipped
+                        | FulfillmentState::Delivered
+                        | FulfillmentState::Cancelled
+                        | FulfillmentState::Rejected
+                )
+            ) {
+                open_fos += 1;
+            }
+        }
+        fos.push(json!({
+            "id": f.id, "site": f.site, "lines": f.lines, "assigned_at_ms": f.assigned_at_ms,
+            "status": st.status.map_or("assigned", |s| s.as_str()),
+            "shipment": st.progress.as_ref().and_then(|p| p.shipment.clone()),
+            "released": f.released,
+        }));
+    }
+    timeline.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
+    let unfilled: u64 = o.unfilled.iter().map(|l| u64::from(l.qty)).sum();
+    let status = if o.cancel_requested_at_ms.is_some() {
+        if open_fos == 0 && shipped_units == 0 {
+            "cancelled"
+        } else if open_fos == 0 {
+            "partially_cancelled"
+        } else {
+            "cancel_requested"
+        }
+    } else if placed_units == 0 {
+        "backordered"
+    } else if delivered_all && unfilled == 0 {
+        "delivered"
+    } else if open_fos == 0 && unfilled == 0 && shipped_units > 0 {
+        "shipped"
+    } else if shipped_units > 0 {
+        "partially_shipped"
+    } else if unfilled > 0 {
+        "partially_backordered"
+    } else {
+        "in_fulfillment"
+    };
+    let lines: Vec<Value> = o
+        .draft
+        .lines
+        .iter()
+        .map(|l| {
+            let (placed, shipped) = per_sku.get(l.sku.as_str()).copied().unwrap_or_default();
+            let waiting = o.unfilled.iter().filter(|u| u.sku == l.sku).map(|u| u64::from(u.qty)).sum::<u64>();
+            json!({"sku": l.sku, "qty": l.qty, "placed": placed, "shipped": shipped, "unfilled": waiting})
+        })
+        .collect();
+    json!({
+        "id": o.id,
+        "origin": HUB_ORIGIN,
+        "channel": o.draft.channel,
+        "external_ref": o.draft.external_ref,
+        "created_at_ms": o.created_at_ms,
+        "status": status,
+        "lines": lines,
+        "order": o.draft,
+        "fulfillments": fos,
+        "unfilled": o.unfilled,
+        "cancel_requested_at_ms": o.cancel_requested_at_ms,
+        "cancelled_unfilled": o.cancelled_unfilled,
+        "timeline": timeline,
+    })
+}
+
+async fn cancel(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let id = hub_order_id(&id)?;
+    let h = hub.clone();
+    let key = id.to_string();
+    let order = blocking(move || h.intake.request_cancel(&key, now_ms())).await?;
+    let now = now_ms();
+    let mut lines = Vec::new();
+    let mut tell = Vec::new();
+    for f in &order.fulfillments {
+        if f.released.is_some() {
+            continue;
+        }
+        let st = fo_state(&hub, &f.id).status;
+        let (result, reason) = match st {
+            Some(FulfillmentState::Shipped | FulfillmentState::Delivered) => ("not_cancellable", "already shipped"),
+            Some(FulfillmentState::Cancelled | FulfillmentState::Rejected) => ("cancelled", "cancelled at the site"),
+            _ => ("cancel_requested", "the site confirms the cancellation when it syncs"),
+        };
+        if result == "cancel_requested" {
+            let Some(name) = schema::order_doc(&f.id) else { continue };
+            let mut docs = lock(&hub.docs);
+            let nodes = docs
+                .write_local(&name, |d| schema::request_cancel(d, now))
+                .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "document_failed", e.to_string()))?;
+            tell.extend(nodes);
+        }
+        for l in &f.lines {
+            lines.push(json!({"fulfillment": f.id, "site": f.site, "sku": l.sku, "qty": l.qty,
+                "result": result, "reason": reason}));
+        }
+    }
+    for l in &order.cancelled_unfilled {
+        lines.push(json!({"fulfillment": null, "site": null, "sku": l.sku, "qty": l.qty,
+            "result": "cancelled", "reason": "not yet placed at any site"}));
+    }
+    lock(&hub.docs)
+        .flush()
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
+    tell.sort();
+    tell.dedup();
+    hub.poke(&tell);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": lines})),
+    )
+        .into_response())
+}
+
+/// One pass of the watcher: merge escrow views, re-route released fulfillments, retry waiting orders.
+pub fn watch_once(hub: &Hub, retry: bool) {
+    let changed = lock(&hub.docs).take_changed();
+    let now = now_ms();
+    let mut released: BTreeMap<String, Vec<(OrderId, String)>> = BTreeMap::new();
+    for doc in changed {
+        match DocKind::of(&doc) {
+            Some(DocKind::Stock(site)) => {
+                let counters = {
+                    let docs = lock(&hub.docs);
+                    docs.get(&doc).and_then(|d| schema::read_escrow(d, usize::MAX).ok()).map(|(c, _)| c)
+                };
+                let Some(counters) = counters else { continue };
+                match hub.intake.merge_site(&site, counters, now) {
+                    Ok(publish) if !publish.is_empty() => {
+                        let effects = Effects {
+                            fulfillments: vec![],
+                            escrow: publish.into_iter().map(|c| (site.clone(), c)).collect(),
+                        };
+                        if let Err(e) = apply_effects(hub, &effects) {
+                            tracing::warn!(%site, error = ?e, "cannot publish escrow");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%site, error = %e, "cannot merge a site's escrow view"),
+                }
+            }
+            Some(DocKind::Order(id)) if schema::order_origin(&id) == Some(HUB_ORIGIN) => {
+                let docs = lock(&hub.docs);
+                let Some(view) = docs.get(&doc).and_then(|d| schema::read_order(d, doc.as_str()).ok()) else {
+                    continue;
+                };
+                let Some(p) = view.progress else { continue };
+                if matches!(p.status, FulfillmentState::Rejected | FulfillmentState::Cancelled)
+                    && let Some(parent) = view.parent
+                {
+                    released.entry(parent).or_default().push((view.id, p.status.as_str().to_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut ids: Vec<String> = released.keys().cloned().collect();
+    if retry {
+        for id in hub.intake.open_orders(RETRY_BATCH_MAX) {
+            if !released.contains_key(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    if ids.is_empty() {
+        return;
+    }
+    let sites = site_facts(hub, now);
+    for id in ids {
+        let rel = released.remove(&id).unwrap_or_default();
+        match hub.intake.reroute(&id, &rel, &sites, now) {
+            Ok(Some((_, effects))) => {
+                if let Err(e) = apply_effects(hub, &effects) {
+                    tracing::warn!(order = %id, error = ?e, "cannot write re-routed fulfillments");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(order = %id, error = %e, "re-routing failed"),
+        }
+    }
+}
+
+/// Re-creates fulfillment documents committed before a crash, republishes the escrow views, and queues
+/// every hub order document and stock document for the watcher.
+pub fn recover(hub: &Hub) -> Result<(), Problem> {
+    let outbox = hub.intake.outbox()?;
+    let mut escrow = Vec::new();
+    for site in hub.intake.escrow_sites() {
+        for c in hub.intake.escrow_of_site(&site) {
+            escrow.push((site.clone(), c));
+        }
+    }
+    apply_effects(hub, &Effects { fulfillments: outbox, escrow })?;
+    lock(&hub.docs).requeue_all();
+    Ok(())
+}
+
+/// Runs the watcher until the runtime stops.
+pub async fn watch(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(WATCH_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let retry = tokio::select! {
+            () = hub.node_changes.notified() => false,
+            _ = tick.tick() => true,
+        };
+        let h = hub.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || watch_once(&h, retry)).await {
+            tracing::error!(error = %e, "the routing watcher failed; continuing");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! What the hub sends the node, turned into store commands: assignments (`order/hub-…` documents for this
+//! site) become local orders, the hub's cancellation requests become cancellations, and the hub's escrow
+//! view (`escrow/<node>`) is merged into the site's counters. Plus the site's periodic escrow duties.
+//!
+//! The documents are already durable in `sync.redb` when a change is announced, and every command here is
+//! idempotent (an assignment is keyed by its order id, a cancellation of a cancelled order is refused as an
+//! illegal transition, a merge is a max), so after a crash the startup scan simply runs them again.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use oms_protocol::domain::{FulfillmentState, OrderId};
+use oms_protocol::wire::DocId;
+
+use super::schema::{self, DocKind, HUB_ORIGIN};
+use super::{Shared, lock, now_ms};
+use crate::config::HubLink;
+use crate::store::{Command, Store, StoreError};
+
+/// Documents handled per wake-up; the rest wait for the next one.
+pub const INBOUND_BATCH_MAX: usize = 256;
+/// Hub order documents looked at by the startup scan, per page.
+const SCAN_PAGE_MAX: usize = 1_000;
+/// The hub counts as reachable for escrow duties while its last frame is younger than this.
+pub const HUB_REACHABLE_WINDOW_MS: u64 = 30_000;
+/// Period of the escrow duties.
+pub const ESCROW_TICK_MS: u64 = 1_000;
+
+/// What to do about one document the hub changed.
+enum Action {
+    Assign { id: OrderId, draft: Box<oms_protocol::domain::OrderDraft>, at_ms: u64, cancel: bool },
+    Escrow(Vec<oms_protocol::escrow::EscrowCounter>),
+}
+
+fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
+    let docs = lock(&shared.docs);
+    let me = &docs.node;
+    match DocKind::of(doc)? {
+        DocKind::Order(_) => {
+            let d = docs.db.get(doc)?;
+            let view = schema::read_order(d, doc.as_str()).ok()?;
+            if view.origin.as_str() != HUB_ORIGIN || &view.site != me {
+                return None;
+            }
+            let cancel = view.cancel_requested_at_ms.is_some();
+            Some(Action::Assign { id: view.id, draft: Box::new(view.draft), at_ms: view.created_at_ms, cancel })
+        }
+        DocKind::Escrow(n) if &n == me => {
+            let d = docs.db.get(doc)?;
+            let (counters, bad) = schema::read_escrow(d, usize::MAX).ok()?;
+            if !bad.is_empty() {
+                tracing::warn!(%doc, skus = ?bad, "sync: hub escrow entries that do not decode were skipped");
+            }
+            Some(Action::Escrow(counters))
+        }
+        _ => None,
+    }
+}
+
+async fn apply(shared: &Shared, store: &Store, link: &HubLink, action: Action) -> Result<(), StoreError> {
+    match action {
+        Action::Assign { id, draft, at_ms, cancel } => {
+            let existing = store.order(&id)?;
+            if existing.is_none() {
+                let cmd = Command::AcceptAssignment {
+                    id: id.clone(),
+                    draft,
+                    assigned_at_ms: at_ms,
+                    auto_accept: link.auto_accept,
+                };
+                store.execute(cmd).await?;
+            }
+            if cancel {
+                let status = store.order(&id)?.map(|r| r.status);
+                let cancellable = status.is_some_and(|s| s.next(oms_protocol::domain::Step::Cancel).is_ok());
+                if cancellable {
+                    let reason = "requested by the hub (customer)".to_owned();
+                    match store.execute(Command::Cancel { order: id.clone(), reason }).await {
+                        Ok(_) | Err(StoreError::Transition { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                } else if let Some(s) = status
+                    && !matches!(s, FulfillmentState::Cancelled | FulfillmentState::Rejected)
+                {
+                    tracing::info!(order = %id, state = %s, "sync: the hub asked to cancel an order past cancelling");
+                }
+            }
+            let _ = shared;
+            Ok(())
+        }
+        Action::Escrow(counters) => {
+            if !counters.is_empty() {
+                store.execute(Command::EscrowSync { hub: counters, policy: link.escrow }).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Scans the documents for hub work not yet in the store (after a start or a crash).
+fn startup_scan(shared: &Shared) {
+    let docs = lock(&shared.docs);
+    let mut found = BTreeSet::new();
+    let prefix = format!("{}{}-", schema::ORDER_PREFIX, HUB_ORIGIN);
+    let mut after: Option<String> = None;
+    // Bounded: at most docs_max documents exist, scanned a page at a time.
+    for _ in 0..(shared.tuning.docs_max / SCAN_PAGE_MAX + 1) {
+        let page = docs.db.ids_with_prefix(&prefix, after.as_deref(), SCAN_PAGE_MAX);
+        let Some(last) = page.last() else { break };
+        after = Some(last.as_str().to_owned());
+        let full = page.len() == SCAN_PAGE_MAX;
+        found.extend(page);
+        if !full {
+            break;
+        }
+    }
+    if let Some(e) = schema::escrow_doc(&docs.node) {
+        found.insert(e);
+    }
+    drop(docs);
+    let mut inbound = lock(&shared.inbound);
+    inbound.extend(found);
+}
+
+/// Runs the inbound task: wakes when the link reports documents the hub changed.
+pub(super) async fn run(shared: Arc<Shared>, store: Store, link: HubLink) {
+    startup_scan(&shared);
+    shared.inbound_changed.notify_one();
+    let mut tick = tokio::time::interval(Duration::from_millis(ESCROW_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.inbound_changed.notified() => {}
+            _ = tick.tick() => {
+                let last = shared.last_hub_frame_ms.load(Ordering::Relaxed);
+                let reachable = last > 0 && now_ms().saturating_sub(last) < HUB_REACHABLE_WINDOW_MS;
+                let cmd = Command::EscrowTick {
+                    hub_reachable: reachable,
+                    policy: link.escrow,
+                    skus_max: store.limits().escrow_tick_skus_max,
+                };
+                if let Err(e) = store.execute(cmd).await {
+                    tracing::warn!(error = %e, "sync: escrow duties failed; retrying next tick");
+                }
+            }
+        }
+        let batch: Vec<DocId> = {
+            let mut inbound = lock(&shared.inbound);
+            let take: Vec<DocId> = inbound.iter().take(INBOUND_BATCH_MAX).cloned().collect();
+            for d in &take {
+                inbound.remove(d);
+            }
+            if !inbound.is_empty() {
+                shared.inbound_changed.notify_one();
+            }
+            take
+        };
+        for doc in batch {
+            let Some(action) = action_for(&shared, &doc) else { continue };
+            if let Err(e) = apply(&shared, &store, &link, action).await {
+                tracing::warn!(%doc, error = %e, "sync: cannot apply the hub's change; will retry");
+                let mut inbound = lock(&shared.inbound);
+                if inbound.len() < shared.tuning.dirty_docs_max {
+                    inbound.insert(doc);
+                }
+            }
+        }
+    }
+}
