@@ -299,21 +299,21 @@ fn stock_json(now: u64, sites: Vec<Value>, rows: Vec<StockRow>) -> Value {
     json!({"now_ms": now, "sites": sites, "skus": skus})
 }
 
-fn csv_wanted(format: Option<&str>) -> Result<bool, Response> {
+/// `Some(true)` for CSV, `Some(false)` for JSON, `None` for anything else.
+fn csv_wanted(format: Option<&str>) -> Option<bool> {
     match format {
-        None | Some("json") => Ok(false),
-        Some("csv") => Ok(true),
-        Some(other) => {
-            Err(problem(StatusCode::BAD_REQUEST, "invalid_query", format!("format must be json or csv, not {other:?}")))
-        }
+        None | Some("json") => Some(false),
+        Some("csv") => Some(true),
+        Some(_) => None,
     }
 }
 
+fn bad_format() -> Response {
+    problem(StatusCode::BAD_REQUEST, "invalid_query", "format must be json or csv")
+}
+
 async fn stock(State(hub): State<Arc<Hub>>, Query(q): Query<StockQuery>) -> Response {
-    let csv = match csv_wanted(q.format.as_deref()) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let Some(csv) = csv_wanted(q.format.as_deref()) else { return bad_format() };
     let now = now_ms();
     let (sites, rows) = stock_rows(&hub, q.sku.as_deref(), now);
     if csv { stock_csv(&rows) } else { Json(stock_json(now, sites, rows)).into_response() }
@@ -323,10 +323,7 @@ async fn stock_one(State(hub): State<Arc<Hub>>, Path(sku): Path<String>, Query(q
     if let Err(e) = oms_protocol::domain::Sku::parse(&sku) {
         return Problem::from(e).into_response();
     }
-    let csv = match csv_wanted(q.format.as_deref()) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let Some(csv) = csv_wanted(q.format.as_deref()) else { return bad_format() };
     let now = now_ms();
     let (_, rows) = stock_rows(&hub, Some(&sku), now);
     if rows.is_empty() {

@@ -119,6 +119,18 @@ pub struct ClusterNode {
 
 /// Writes `root/<id>/node.toml` for a node linked to the hub at `hub_quic`.
 pub fn node_config(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr) -> (PathBuf, SocketAddr, PathBuf) {
+    node_config_with(root, certs, id, hub_quic, "")
+}
+
+/// [`node_config`] with `extra` TOML appended after the `[hub]` keys (so bare keys land in `[hub]`, and
+/// tables such as `[site]` or `[hub.escrow]` may follow).
+pub fn node_config_with(
+    root: &Path,
+    certs: &Path,
+    id: &str,
+    hub_quic: SocketAddr,
+    extra: &str,
+) -> (PathBuf, SocketAddr, PathBuf) {
     let http = free_tcp();
     let dir = root.join(id);
     std::fs::create_dir_all(&dir).expect("node dir");
@@ -126,7 +138,7 @@ pub fn node_config(root: &Path, certs: &Path, id: &str, hub_quic: SocketAddr) ->
     std::fs::write(
         &config,
         format!(
-            "node_id = \"{id}\"\ndata_dir = \"{}\"\nlisten = \"{http}\"\n\n[hub]\naddr = \"{hub_quic}\"\ncerts_dir = \"{}\"\ntenant = \"{TENANT}\"\n",
+            "node_id = \"{id}\"\ndata_dir = \"{}\"\nlisten = \"{http}\"\n\n[hub]\naddr = \"{hub_quic}\"\ncerts_dir = \"{}\"\ntenant = \"{TENANT}\"\n{extra}\n",
             dir.join("data").display(),
             certs.display()
         ),

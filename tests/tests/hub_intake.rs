@@ -1,0 +1,278 @@
+//! Channel intake at the hub, end to end over real processes: an order posted to the hub is routed to the
+//! nearest site holding escrowed rights, travels as a fulfillment document, is accepted (or rejected and
+//! re-routed) by the node, and the customer sees its progress at the hub; cancelling a partly shipped order
+//! says line by line what was cancelled and what was not.
+//!
+//! Every wait is a bounded loop with a deadline; processes are killed when their guard drops.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, get_json, pki};
+use oms_tests::{get, http, post};
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const HEALTHY: Duration = Duration::from_secs(30);
+
+/// Berlin and Munich.
+const BERLIN: (f64, f64) = (52.52, 13.40);
+const MUNICH: (f64, f64) = (48.14, 11.58);
+
+fn site_toml(lat: f64, lon: f64, extra_hub: &str) -> String {
+    format!("{extra_hub}\n[site]\nname = \"site\"\nlat = {lat}\nlon = {lon}\n")
+}
+
+fn node(root: &Path, certs: &Path, id: &str, quic: SocketAddr, at: (f64, f64), extra_hub: &str) -> ClusterNode {
+    let (config, http, dir) = cluster::node_config_with(root, certs, id, quic, &site_toml(at.0, at.1, extra_hub));
+    cluster::spawn_node_with(id, &config, http, &dir, "info")
+}
+
+async fn seed(c: &reqwest::Client, n: &ClusterNode, sku: &str, qty: u32) {
+    let base = format!("http://{}/v1", n.http);
+    let r = c.put(format!("{base}/catalog/{sku}")).json(&json!({"name": sku, "bin": "A-01"})).send().await.unwrap();
+    assert!(r.status().is_success());
+    let (s, _) = post(c, format!("{base}/stock/receipts"), json!({"sku": sku, "qty": qty})).await;
+    assert_eq!(s, 201);
+}
+
+fn order(ext: &str, lines: &[(&str, u32)], to: (f64, f64)) -> Value {
+    json!({
+        "external_ref": ext, "channel": "web",
+        "lines": lines.iter().map(|(s, q)| json!({"sku": s, "qty": q, "unit_price_minor": 1250, "currency": "EUR"})).collect::<Vec<_>>(),
+        "ship_to": {"name": "C", "line1": "1 Street", "city": "X", "postcode": "10115", "country": "DE", "lat": to.0, "lon": to.1}
+    })
+}
+
+async fn hub_post(c: &reqwest::Client, hub: SocketAddr, key: &str, body: &Value) -> (u16, Value, bool) {
+    let r = c.post(format!("http://{hub}/v1/orders")).header("idempotency-key", key).json(body).send().await.unwrap();
+    let s = r.status().as_u16();
+    let replayed = r.headers().get("idempotent-replayed").is_some();
+    (s, r.json().await.unwrap_or(Value::Null), replayed)
+}
+
+/// Waits until `f` holds for the JSON at `url`; returns it.
+async fn wait_for(c: &reqwest::Client, url: String, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Some(v) = get_json(c, url.clone()).await {
+            if f(&v) {
+                return v;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within {DEADLINE:?}; last seen {last}");
+}
+
+fn site_row<'a>(stock: &'a Value, site: &str) -> Option<&'a Value> {
+    stock["sites"].as_array()?.iter().find(|r| r["site"] == site)
+}
+
+/// Waits until the hub may promise at least `min` units of `sku` at `site`.
+async fn wait_promisable(c: &reqwest::Client, hub: SocketAddr, sku: &str, site: &str, min: u64) -> Value {
+    wait_for(c, format!("http://{hub}/v1/stock/{sku}"), &format!("hub rights for {sku} at {site}"), |v| {
+        site_row(v, site).and_then(|r| r["hub_promisable"].as_u64()).is_some_and(|n| n >= min)
+    })
+    .await
+}
+
+async fn pick_pack_ship(c: &reqwest::Client, n: &ClusterNode, id: &str, sku: &str, qty: u32) {
+    let base = format!("http://{}/v1", n.http);
+    let (s, w) = post(c, format!("{base}/waves"), json!({"max_orders": 50})).await;
+    assert_eq!(s, 201, "wave: {w}");
+    let (s, v) = post(c, format!("{base}/orders/{id}/picks"), json!({"lines": [{"sku": sku, "picked": qty}]})).await;
+    assert_eq!(s, 200, "picks: {v}");
+    let (s, v) = post(c, format!("{base}/orders/{id}/pack"), json!({"parcels": 1})).await;
+    assert_eq!(s, 200, "pack: {v}");
+    let (s, v) = post(c, format!("{base}/orders/{id}/ship"), json!({"carrier": "DHL", "tracking": "T1"})).await;
+    assert_eq!(s, 200, "ship: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_order_is_routed_within_escrow_accepted_and_tracked() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let certs = pki(root, &["wh-berlin", "wh-munich"]);
+    let (quic, hub_http) = (free_udp(), free_tcp());
+    let _hub = cluster::spawn_hub(root, &certs, quic, hub_http, "info");
+    let berlin = node(root, &certs, "wh-berlin", quic, BERLIN, "");
+    let munich = node(root, &certs, "wh-munich", quic, MUNICH, "");
+    for n in [&berlin, &munich] {
+        cluster::wait_healthy(&c, n.http, HEALTHY).await;
+    }
+    cluster::wait_healthy(&c, hub_http, HEALTHY).await;
+    seed(&c, &berlin, "SKU-1", 100).await;
+    seed(&c, &munich, "SKU-1", 100).await;
+
+    // Both sites grant the hub a share of their stock; the hub sees it with escrow columns.
+    wait_promisable(&c, hub_http, "SKU-1", "wh-berlin", 5).await;
+    let stock = wait_promisable(&c, hub_http, "SKU-1", "wh-munich", 5).await;
+    let row = site_row(&stock, "wh-berlin").unwrap();
+    let (hub_rights, site_rights) = (row["hub_rights"].as_u64().unwrap(), row["site_rights"].as_u64());
+    assert!(hub_rights > 0 && hub_rights < 100, "a share, not everything: {row}");
+    assert_eq!(site_rights.map(|s| s + hub_rights), Some(100), "rights add up to available: {row}");
+    let (s, csv) = {
+        let r = c.get(format!("http://{hub_http}/v1/stock?format=csv")).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(s, 200);
+    assert!(csv.starts_with("sku,site,on_hand,reserved,staged,available,hub_promisable"), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("SKU-1,wh-munich,100,")), "{csv}");
+
+    // Bad input: typed problems, nothing stored.
+    let (s, v, _) = hub_post(&c, hub_http, "k-bad", &order("web-bad", &[("SKU-1", 0)], BERLIN)).await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("invalid_quantity")), "{v}");
+    let r = c.post(format!("http://{hub_http}/v1/orders")).json(&order("x", &[("SKU-1", 1)], BERLIN)).send().await;
+    let r = r.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "idempotency_key_required");
+
+    // A Berlin customer: routed to Berlin.
+    let body = order("web-1", &[("SKU-1", 3)], BERLIN);
+    let (s, placed, replayed) = hub_post(&c, hub_http, "k-1", &body).await;
+    assert_eq!(s, 201, "{placed}");
+    assert!(!replayed);
+    let id = placed["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("hub-"), "{id}");
+    assert_eq!(placed["fulfillments"][0]["site"], "wh-berlin", "{placed}");
+    let fo = placed["fulfillments"][0]["id"].as_str().unwrap().to_owned();
+
+    // Idempotency: same body (keys reordered) → the original; another body → 409; the refusal keeps state.
+    let (s, again, replayed) = hub_post(&c, hub_http, "k-1", &body).await;
+    assert_eq!((s, replayed, again["id"].as_str()), (201, true, Some(id.as_str())));
+    let (s, v, _) = hub_post(&c, hub_http, "k-1", &order("web-1", &[("SKU-1", 4)], BERLIN)).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("idempotency_key_reused")), "{v}");
+
+    // The routing decision is explained.
+    let (s, routing) = get(&c, format!("http://{hub_http}/v1/orders/{id}/routing")).await;
+    assert_eq!(s, 200);
+    let d = &routing["decisions"][0];
+    assert_eq!(d["trigger"], "intake");
+    assert_eq!(d["decision"]["outcome"], "routed");
+    assert!(d["decision"]["explanation"]["candidates"].as_array().unwrap().len() >= 2, "{routing}");
+
+    // The node accepts it (stock reserved from the hub's share) and the customer sees it.
+    let url = format!("http://{hub_http}/v1/orders/{id}");
+    wait_for(&c, url.clone(), "accepted at the site", |v| v["fulfillments"][0]["status"] == "accepted").await;
+    let (s, at_node) = get(&c, format!("http://{}/v1/orders/{fo}", berlin.http)).await;
+    assert_eq!((s, at_node["status"].as_str()), (200, Some("accepted")), "{at_node}");
+    let (_, st) = get(&c, format!("http://{}/v1/stock/SKU-1", berlin.http)).await;
+    assert_eq!(st["reserved"], 3, "{st}");
+
+    // Shipped at the site → shipped for the customer, with the site's timeline.
+    pick_pack_ship(&c, &berlin, &fo, "SKU-1", 3).await;
+    let v = wait_for(&c, url, "shipped at the hub", |v| v["status"] == "shipped").await;
+    assert_eq!(v["lines"][0]["shipped"], 3, "{v}");
+    let notes: Vec<&str> = v["timeline"].as_array().unwrap().iter().filter_map(|t| t["status"].as_str()).collect();
+    assert!(notes.contains(&"assigned") && notes.contains(&"shipped"), "{notes:?}");
+
+    // The ledger at the site still replays to its balances.
+    let (s, audit) = get(&c, format!("http://{}/v1/audit/ledger", berlin.http)).await;
+    assert_eq!(s, 200, "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_assignment_is_rerouted_and_cancel_reports_each_line() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let certs = pki(root, &["wh-berlin", "wh-munich"]);
+    let (quic, hub_http) = (free_udp(), free_tcp());
+    let _hub = cluster::spawn_hub(root, &certs, quic, hub_http, "info");
+    // Berlin's staff decide on each assignment; Munich accepts at once.
+    let berlin = node(root, &certs, "wh-berlin", quic, BERLIN, "auto_accept = false");
+    let munich = node(root, &certs, "wh-munich", quic, MUNICH, "");
+    for n in [&berlin, &munich] {
+        cluster::wait_healthy(&c, n.http, HEALTHY).await;
+    }
+    cluster::wait_healthy(&c, hub_http, HEALTHY).await;
+    seed(&c, &berlin, "SKU-1", 100).await;
+    seed(&c, &munich, "SKU-1", 100).await;
+    seed(&c, &munich, "SKU-2", 100).await;
+    seed(&c, &berlin, "SKU-3", 100).await;
+    wait_promisable(&c, hub_http, "SKU-1", "wh-berlin", 5).await;
+    wait_promisable(&c, hub_http, "SKU-1", "wh-munich", 5).await;
+    wait_promisable(&c, hub_http, "SKU-2", "wh-munich", 5).await;
+    // Routed to Berlin, which leaves it waiting; staff reject it; the hub re-routes to Munich.
+    let (s, placed, _) = hub_post(&c, hub_http, "r-1", &order("web-r1", &[("SKU-1", 2)], BERLIN)).await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let fo1 = placed["fulfillments"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(placed["fulfillments"][0]["site"], "wh-berlin");
+    let node_url = format!("http://{}/v1/orders/{fo1}", berlin.http);
+    wait_for(&c, node_url.clone(), "assignment at Berlin", |v| v["status"] == "assigned").await;
+    let (s, v) = post(&c, format!("{node_url}/reject"), json!({"reason": "forklift broken"})).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("rejected")), "{v}");
+    let url = format!("http://{hub_http}/v1/orders/{id}");
+    let v = wait_for(&c, url.clone(), "re-routed to Munich", |v| {
+        v["fulfillments"]
+            .as_array()
+            .is_some_and(|f| f.len() == 2 && f[1]["site"] == "wh-munich" && f[1]["status"] == "accepted")
+    })
+    .await;
+    assert!(v["fulfillments"][0]["released"].is_string(), "{v}");
+    let (_, routing) = get(&c, format!("{url}/routing")).await;
+    let last = routing["decisions"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["trigger"].as_str().unwrap().starts_with("released by wh-berlin"), "{last}");
+    let excluded = last["decision"]["explanation"]["candidates"].as_array().unwrap();
+    assert!(excluded.iter().all(|c| c["site"] != "wh-berlin"), "the rejecting site is not retried: {last}");
+    // Berlin's units went back to the rights: the hub's and the site's add up to all of Berlin's stock.
+    wait_for(&c, format!("http://{hub_http}/v1/stock/SKU-1"), "rights returned", |v| {
+        site_row(v, "wh-berlin").is_some_and(|r| {
+            r["reserved"] == 0
+                && r["hub_rights"].as_u64().zip(r["site_rights"].as_u64()).map(|(h, s)| h + s) == Some(100)
+        })
+    })
+    .await;
+    let (_, st) = get(&c, format!("http://{}/v1/stock/SKU-1", berlin.http)).await;
+    assert_eq!(st["reserved"], 0, "{st}");
+
+    // Cancel of a partly shipped order: SKU-2 only at Munich, SKU-3 only at Berlin → two fulfillments.
+    // Munich ships its part; Berlin's waits for staff. Cancel: Munich's line cannot be cancelled, Berlin's
+    // is, once Berlin confirms.
+    wait_promisable(&c, hub_http, "SKU-3", "wh-berlin", 1).await;
+    let (s, placed, _) = hub_post(&c, hub_http, "c-1", &order("web-c1", &[("SKU-2", 1), ("SKU-3", 1)], MUNICH)).await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let fos = placed["fulfillments"].as_array().unwrap().clone();
+    assert_eq!(fos.len(), 2, "two sites: {placed}");
+    let at = |site: &str| fos.iter().find(|f| f["site"] == site).unwrap()["id"].as_str().unwrap().to_owned();
+    let (fo_munich, fo_berlin) = (at("wh-munich"), at("wh-berlin"));
+    let url = format!("http://{hub_http}/v1/orders/{id}");
+    wait_for(&c, url.clone(), "Munich accepted", |v| {
+        v["fulfillments"].as_array().unwrap().iter().any(|f| f["site"] == "wh-munich" && f["status"] == "accepted")
+    })
+    .await;
+    pick_pack_ship(&c, &munich, &fo_munich, "SKU-2", 1).await;
+    wait_for(&c, url.clone(), "partly shipped", |v| v["status"] == "partially_shipped").await;
+    let (s, v) = post(&c, format!("{url}/cancel"), json!({})).await;
+    assert_eq!(s, 202, "{v}");
+    let result = |sku: &str| v["lines"].as_array().unwrap().iter().find(|l| l["sku"] == sku).unwrap()["result"].clone();
+    assert_eq!(result("SKU-2"), "not_cancellable", "{v}");
+    assert_eq!(result("SKU-3"), "cancel_requested", "{v}");
+    let v = wait_for(&c, url, "Berlin confirmed", |v| v["status"] == "partially_cancelled").await;
+    let berlin_fo = v["fulfillments"].as_array().unwrap().iter().find(|f| f["id"] == fo_berlin.as_str()).unwrap();
+    assert_eq!(berlin_fo["status"], "cancelled", "{v}");
+    let (_, st) = get(&c, format!("http://{}/v1/stock/SKU-3", berlin.http)).await;
+    assert_eq!(st["reserved"], 0, "Berlin released the cancelled units: {st}");
+
+    // Cancel before shipment: the site confirms, the units are available again.
+    let (s, placed, _) = hub_post(&c, hub_http, "c-2", &order("web-c2", &[("SKU-2", 1)], MUNICH)).await;
+    assert_eq!(s, 201, "{placed}");
+    let id2 = placed["id"].as_str().unwrap().to_owned();
+    let url2 = format!("http://{hub_http}/v1/orders/{id2}");
+    wait_for(&c, url2.clone(), "accepted", |v| v["fulfillments"][0]["status"] == "accepted").await;
+    let (s, v) = post(&c, format!("{url2}/cancel"), json!({})).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["lines"][0]["result"], "cancel_requested", "{v}");
+    let v = wait_for(&c, url2, "cancelled by the site", |v| v["status"] == "cancelled").await;
+    assert_eq!(v["fulfillments"][0]["status"], "cancelled", "{v}");
+    // The cancelled units are available again at Munich.
+    let (_, st) = get(&c, format!("http://{}/v1/stock/SKU-2", munich.http)).await;
+    assert_eq!((st["reserved"].as_u64(), st["on_hand"].as_u64()), (Some(0), Some(99)), "{st}");
+}
