@@ -85,7 +85,11 @@ pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
         .collect()
 }
 
-/// Writes fulfillment documents and escrow views into `hub.redb`, flushes, and wakes the sites' sessions.
+/// Writes fulfillment documents and escrow views into the hub's documents and wakes the sites' sessions.
+///
+/// No flush here: what these documents say is already committed in `intake.redb` (and rebuilt from it by
+/// [`recover`] after a crash), and each session flushes dirty documents before it sends a frame, so a site
+/// never sees a document the hub could lose.
 pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), Problem> {
     if effects.fulfillments.is_empty() && effects.escrow.is_empty() {
         return Ok(());
@@ -108,8 +112,6 @@ pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), Problem> {
                 .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "document_failed", e.to_string()))?;
             tell.extend(nodes);
         }
-        docs.flush()
-            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
     }
     tell.sort();
     tell.dedup();
@@ -154,13 +156,13 @@ pub async fn create(
         h.intake.place(&key, draft, &sites, now)
     })
     .await?;
-    if placed.created {
-        apply_effects(&hub, &placed.effects)?;
-    } else {
-        // The original may have been committed just before a crash that kept its documents from being
-        // written; writing them again is a no-op otherwise.
-        apply_effects(&hub, &replay_effects(&placed.order))?;
-    }
+    let h = hub.clone();
+    let effects = if placed.created { placed.effects } else { replay_effects(&placed.order) };
+    // For a replay: the original may have been committed just before a crash that kept its documents from
+    // being written; writing them again is a no-op otherwise.
+    tokio::task::spawn_blocking(move || apply_effects(&h, &effects))
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("task failed: {e}")))??;
     let mut resp = (StatusCode::CREATED, Json(order_view(&hub, &placed.order))).into_response();
     if !placed.created {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));

@@ -67,7 +67,12 @@ fn draft(sku: &Sku, qty: u32) -> OrderDraft {
     OrderDraft {
         external_ref: "x".into(),
         channel: Channel::parse("pos").unwrap(),
-        lines: vec![OrderLine { sku: sku.clone(), qty, unit_price_minor: 100, currency: Currency::parse("EUR").unwrap() }],
+        lines: vec![OrderLine {
+            sku: sku.clone(),
+            qty,
+            unit_price_minor: 100,
+            currency: Currency::parse("EUR").unwrap(),
+        }],
         ship_to: Address {
             name: "A".into(),
             line1: "1".into(),
@@ -127,7 +132,11 @@ impl World {
                     };
                     match self.store.execute(cmd).await {
                         Ok(Outcome::Order { record, .. }) => {
-                            assert_eq!(record.status, FulfillmentState::Accepted, "assignment {id} refused: {record:?}");
+                            assert_eq!(
+                                record.status,
+                                FulfillmentState::Accepted,
+                                "assignment {id} refused: {record:?}"
+                            );
                             self.hub_orders.push(id);
                         }
                         other => panic!("assignment: {other:?}"),
@@ -143,8 +152,7 @@ impl World {
                 self.store.execute(cmd).await.unwrap();
             }
             Op::Tick => {
-                let cmd =
-                    Command::EscrowTick { hub_reachable: self.connected, policy: self.policy, skus_max: 10 };
+                let cmd = Command::EscrowTick { hub_reachable: self.connected, policy: self.policy, skus_max: 10 };
                 self.store.execute(cmd).await.unwrap();
             }
             Op::Receive(q) => {
@@ -200,7 +208,10 @@ async fn run(ops: Vec<Op>) {
     let sku = Sku::parse("A").unwrap();
     let item = oms_node::store::CatalogItem { sku: sku.clone(), name: "A".into(), bin: "A-1".into() };
     store.execute(Command::PutCatalog(item)).await.unwrap();
-    store.execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 30, note: None } }).await.unwrap();
+    store
+        .execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 30, note: None } })
+        .await
+        .unwrap();
     let policy = EscrowPolicy {
         lease_ms: 40,
         margin_ms: 5,

@@ -1,0 +1,186 @@
+//! Channel order → accepted by a node, end to end on loopback: a real hub and two real nodes (the `oms-it`
+//! binary), certificates from `oms ca`, QUIC with mutual TLS.
+//!
+//! 1. Sequential: one client posts an order to the hub and polls the chosen node's `GET /v1/orders/{id}`
+//!    every 1 ms until it reads `accepted`; latency from the POST's start, p50/p99/max. Same run, for
+//!    scale: the hub's `201` alone.
+//! 2. Throughput: `BENCH_CLIENTS` clients post `BENCH_TP_N` orders; time until every fulfillment is
+//!    accepted at its node (orders/s), and per order POST → accepted p50/p99.
+//!
+//! `cargo bench -p oms-tests --bench intake` (env: `BENCH_N` default 200, `BENCH_TP_N` default 1000,
+//! `BENCH_CLIENTS` default 16). Every loop is bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, get_json, pki};
+use oms_tests::stats::{env_u64, percentile};
+use serde_json::{Value, json};
+
+const SITES: [(&str, f64, f64); 2] = [("wh-berlin", 52.52, 13.40), ("wh-munich", 48.14, 11.58)];
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn order(n: u64) -> Value {
+    let (lat, lon) = if n.is_multiple_of(2) { (52.5, 13.4) } else { (48.1, 11.6) };
+    json!({
+        "external_ref": format!("bench-{n}"), "channel": "web",
+        "lines": [{"sku": format!("SKU-{}", n % 4), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
+        "ship_to": {"name": "C", "line1": "1 Street", "city": "X", "postcode": "10115", "country": "DE", "lat": lat, "lon": lon}
+    })
+}
+
+/// Posts order `n`; returns (fulfillment id, site) of its first fulfillment.
+async fn place(c: &reqwest::Client, hub: SocketAddr, n: u64) -> (String, String) {
+    for _ in 0..100 {
+        let r = c
+            .post(format!("http://{hub}/v1/orders"))
+            .header("idempotency-key", format!("bench-{n}"))
+            .json(&order(n))
+            .send()
+            .await;
+        if let Ok(r) = r
+            && r.status().as_u16() == 201
+        {
+            let v: Value = r.json().await.unwrap();
+            let f = &v["fulfillments"][0];
+            if let (Some(id), Some(site)) = (f["id"].as_str(), f["site"].as_str()) {
+                return (id.to_owned(), site.to_owned());
+            }
+            panic!("order {n} not placed at any site: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("order {n} was not accepted by the hub");
+}
+
+async fn wait_accepted(c: &reqwest::Client, node: SocketAddr, id: &str, budget: Duration) -> bool {
+    let deadline = Instant::now() + budget;
+    while Instant::now() < deadline {
+        if let Some(v) = get_json(c, format!("http://{node}/v1/orders/{id}")).await
+            && v["status"] == "accepted"
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    false
+}
+
+fn report(name: &str, ms: &mut [f64]) {
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "{name}: n={} p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms.len(),
+        percentile(ms, 0.5),
+        percentile(ms, 0.9),
+        percentile(ms, 0.99),
+        ms.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n = env_u64("BENCH_N", 200);
+    let tp_n = env_u64("BENCH_TP_N", 1000);
+    let clients = env_u64("BENCH_CLIENTS", 16).max(1);
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let ids: Vec<&str> = SITES.iter().map(|s| s.0).collect();
+    let certs = pki(root, &ids);
+    let (quic, hub_http) = (free_udp(), free_tcp());
+    let _hub = cluster::spawn_hub(root, &certs, quic, hub_http, "warn");
+    let mut nodes: Vec<ClusterNode> = Vec::new();
+    for (id, lat, lon) in SITES {
+        let extra = format!("\n[site]\nlat = {lat}\nlon = {lon}\n");
+        let (config, http, dir) = cluster::node_config_with(root, &certs, id, quic, &extra);
+        nodes.push(cluster::spawn_node_with(id, &config, http, &dir, "warn"));
+    }
+    for nd in &nodes {
+        cluster::wait_healthy(&c, nd.http, Duration::from_secs(60)).await;
+        for i in 0..4 {
+            let base = format!("http://{}/v1", nd.http);
+            c.put(format!("{base}/catalog/SKU-{i}")).json(&json!({"name": "x", "bin": "A"})).send().await.unwrap();
+            let r =
+                c.post(format!("{base}/stock/receipts")).json(&json!({"sku": format!("SKU-{i}"), "qty": 1_000_000}));
+            assert_eq!(r.send().await.unwrap().status().as_u16(), 201);
+        }
+    }
+    cluster::wait_healthy(&c, hub_http, Duration::from_secs(60)).await;
+    // Wait for the sites' grants to reach the hub.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get_json(&c, format!("http://{hub_http}/v1/stock")).await.unwrap_or(Value::Null);
+        let ok = v["skus"]
+            .as_array()
+            .is_some_and(|s| s.len() == 4 && s.iter().all(|k| k["hub_promisable"].as_u64().unwrap_or(0) > 0));
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no escrow at the hub: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node_of = |site: &str| nodes.iter().find(|nd| nd.id == site).unwrap().http;
+    println!("machine: {} cores, load {}", std::thread::available_parallelism().map_or(0, |n| n.get()), loadavg());
+
+    // 1. Sequential latency.
+    let (mut e2e, mut post_ms) = (Vec::new(), Vec::new());
+    let mut missed = 0;
+    for i in 0..n {
+        let t0 = Instant::now();
+        let (id, site) = place(&c, hub_http, i).await;
+        post_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        if wait_accepted(&c, node_of(&site), &id, Duration::from_secs(30)).await {
+            e2e.push(t0.elapsed().as_secs_f64() * 1e3);
+        } else {
+            missed += 1;
+        }
+    }
+    report("hub 201 (POST /v1/orders)", &mut post_ms);
+    report("channel order -> accepted at the node", &mut e2e);
+    println!("missed (not accepted within 30 s): {missed}");
+
+    // 2. Throughput with concurrent clients.
+    let started = Instant::now();
+    let per = tp_n / clients;
+    let mut tasks = Vec::new();
+    let sites: Arc<Vec<(String, SocketAddr)>> = Arc::new(nodes.iter().map(|nd| (nd.id.clone(), nd.http)).collect());
+    for k in 0..clients {
+        let (c, sites) = (c.clone(), sites.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for j in 0..per {
+                let i = 1_000_000 + k * per + j;
+                let t0 = Instant::now();
+                let (id, site) = place(&c, hub_http, i).await;
+                let addr = sites.iter().find(|s| s.0 == site).unwrap().1;
+                if wait_accepted(&c, addr, &id, Duration::from_secs(60)).await {
+                    lat.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "throughput: {} orders with {clients} clients, all accepted in {secs:.2} s = {:.0} orders/s",
+        all.len(),
+        all.len() as f64 / secs
+    );
+    report("  per order POST -> accepted", &mut all);
+    println!("load at end {}", loadavg());
+}
