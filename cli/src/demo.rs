@@ -498,6 +498,37 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     }
     let heal_catch_up_ms = cutter.await.ok().flatten();
 
+    // The hub converges: its order count per site equals each node's.
+    let traffic_stopped = Instant::now();
+    let mut node_counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut converged = false;
+    let mut hub_seen = BTreeMap::new();
+    while traffic_stopped.elapsed() < Duration::from_secs(120) {
+        // Both sides may still be moving (assignments in flight to a site), so read both each round.
+        for s in &sites {
+            if let Some(n) = node_order_count(&http, s.addr).await {
+                node_counts.insert(s.id.to_owned(), n);
+            }
+        }
+        if let Some(c) = hub_counts(&http, hub_http).await {
+            hub_seen = c;
+            if node_counts.len() == sites.len() && node_counts.iter().all(|(site, n)| hub_seen.get(site) == Some(n)) {
+                converged = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let convergence_ms = u64::try_from(traffic_stopped.elapsed().as_millis()).unwrap_or(u64::MAX);
+    println!(
+        "hub {} in {convergence_ms} ms after the order flow stopped: {}",
+        if converged { "converged" } else { "did NOT converge" },
+        node_counts
+            .iter()
+            .map(|(s, n)| format!("{s} {}/{n}", hub_seen.get(s).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     // Report and check invariants.
     let mut per_site = serde_json::Map::new();
     let mut oversold = 0u64;
@@ -585,37 +616,6 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             json!({"orders": orders, "local_orders": local_orders, "hub_orders": hub_orders, "shipped": shipped, "by_state": counts}),
         );
     }
-    // The hub converges: its order count per site equals each node's.
-    let traffic_stopped = Instant::now();
-    let mut node_counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut converged = false;
-    let mut hub_seen = BTreeMap::new();
-    while traffic_stopped.elapsed() < Duration::from_secs(120) {
-        // Both sides may still be moving (assignments in flight to a site), so read both each round.
-        for s in &sites {
-            if let Some(n) = node_order_count(&http, s.addr).await {
-                node_counts.insert(s.id.to_owned(), n);
-            }
-        }
-        if let Some(c) = hub_counts(&http, hub_http).await {
-            hub_seen = c;
-            if node_counts.len() == sites.len() && node_counts.iter().all(|(site, n)| hub_seen.get(site) == Some(n)) {
-                converged = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let convergence_ms = u64::try_from(traffic_stopped.elapsed().as_millis()).unwrap_or(u64::MAX);
-    println!(
-        "hub {} in {convergence_ms} ms after the order flow stopped: {}",
-        if converged { "converged" } else { "did NOT converge" },
-        node_counts
-            .iter()
-            .map(|(s, n)| format!("{s} {}/{n}", hub_seen.get(s).copied().unwrap_or(0)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
     // Every order the hub acknowledged is there, with its fulfillments.
     let acked: Vec<String> = hub_ids.lock().map(|v| v.clone()).unwrap_or_default();
     let mut hub_missing = 0u64;
