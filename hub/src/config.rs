@@ -33,6 +33,9 @@ pub struct HubConfig {
     /// How often the CRL file is checked for changes, ms.
     #[serde(default = "default_crl_check_interval_ms")]
     pub crl_check_interval_ms: u64,
+    /// Planning parameters of the forecast and replenishment endpoints (`[forecast]`), validated on load.
+    #[serde(default)]
+    pub forecast: crate::forecast_config::ForecastConfig,
 }
 
 fn default_tenant() -> String {
@@ -71,6 +74,7 @@ impl Default for HubConfig {
             nodes_max: default_nodes_max(),
             docs_max: default_docs_max(),
             crl_check_interval_ms: default_crl_check_interval_ms(),
+            forecast: crate::forecast_config::ForecastConfig::default(),
         }
     }
 }
