@@ -17,6 +17,15 @@
 //!   size-biased day; mean `E[D²]/(2·E[D])`, Silver, Pyke & Thomas 2017 §7.4). Ignoring it, the
 //!   realised cycle service level on the synthetic panel was 0.80 against a 0.95 target.
 //!
+//! **Whole units.** When every demand in the history is a whole number (order quantities always
+//! are) stock and inventory position are whole numbers too, and the position lands on one of the
+//! `d` whole values below the reorder point that the crossing day's demand `d` skips: the
+//! undershoot is `⌊U⌋`, uniform on `{0, …, d−1}`, not `U`, uniform on `(0, d)`. Success is then
+//! `D_L + ⌊U⌋ ≤ ⌊s⌋`, i.e. `E + ⌊U⌋ ≤ s − LTD` because the left side is whole, so the quantile is
+//! taken of `E + ⌊U⌋`. Using the continuous `U` over-protected by half a unit on average, which
+//! for slow movers with a safety stock of a few units meant a realised CSL of 0.981 against 0.95
+//! on the panel's intermittent items; fast movers do not notice.
+//!
 //! The quantile level is raised slightly ([`coverage_corrected`]) because an empirical quantile
 //! from a finite sample covers less than its nominal level on average.
 //!
@@ -175,6 +184,11 @@ pub fn coverage_corrected(level: f64, n_independent: f64) -> f64 {
     ((level * (n_independent + 1.0) - 1.0) / (n_independent - 1.0)).clamp(level, 0.9999)
 }
 
+/// True when every demand is a whole number (and there is some), as order quantities always are.
+fn whole_units(demands: &[f64]) -> bool {
+    demands.iter().any(|d| *d > 0.0) && demands.iter().all(|d| d.fract() == 0.0)
+}
+
 /// Undershoot quantiles from recent daily demands: solves `Σ min(u, d_t) = p·Σ d_t`.
 fn undershoot_grid(demands: &[f64], count: usize) -> (Vec<f64>, f64) {
     let d = sorted(&demands.iter().copied().filter(|v| *v > 0.0).collect::<Vec<_>>());
@@ -216,7 +230,13 @@ pub fn lead_time_risk(forecast: &Forecast, lead_time_days: usize, service_level:
     let n = forecast.residuals.len().min(forecast.fitted.len());
     let first_day = n.saturating_sub(MAX_WINDOWS);
     let demands: Vec<f64> = (first_day..n).map(|t| (forecast.fitted[t] + forecast.residuals[t]).max(0.0)).collect();
-    let (u_grid, undershoot) = undershoot_grid(&demands, UNDERSHOOT_GRID);
+    let (mut u_grid, mut undershoot) = undershoot_grid(&demands, UNDERSHOOT_GRID);
+    if whole_units(&demands) {
+        // Whole units: the undershoot is ⌊U⌋ (see the module docs); floor is monotone, so the grid of
+        // quantiles of U floors into one of ⌊U⌋, and E[⌊U⌋] = E[U] − 1/2 for a size-biased uniform share.
+        u_grid.iter_mut().for_each(|u| *u = u.floor());
+        undershoot = (undershoot - 0.5).max(0.0);
+    }
     let inflation = lead_time_sum_inflation(forecast, l).sqrt();
     let windows = (n + 1).saturating_sub(l);
     let total = if windows >= MIN_WINDOWS {
@@ -355,6 +375,27 @@ mod tests {
         for (g, want) in grid.iter().zip([1.25, 3.75, 6.25, 8.75]) {
             assert!((g - want).abs() < 1e-9, "{grid:?}");
         }
+    }
+
+    #[test]
+    fn whole_unit_demand_floors_the_undershoot() {
+        assert!(whole_units(&[0.0, 1.0, 3.0]));
+        assert!(!whole_units(&[0.0, 1.5]));
+        assert!(!whole_units(&[0.0, 0.0]));
+        // Same history, once in whole units and once shifted by a hair so it is not: the whole-unit
+        // safety stock is lower by at most one unit and the expected undershoot by exactly one half.
+        let y: Vec<f64> = (0..300).map(|t| if t % 5 == 0 { 1.0 + (t % 3) as f64 } else { 0.0 }).collect();
+        let whole = crate::forecast::auto(&y, 7, 28, &[]).unwrap();
+        let mut fractional = whole.clone();
+        fractional.residuals.iter_mut().zip(&fractional.fitted).for_each(|(r, f)| {
+            if f + *r > 0.0 {
+                *r += 1e-3;
+            }
+        });
+        let a = lead_time_risk(&whole, 7, 0.95);
+        let b = lead_time_risk(&fractional, 7, 0.95);
+        assert!((b.undershoot - a.undershoot - 0.5).abs() < 0.01, "{a:?} {b:?}");
+        assert!(a.safety_stock <= b.safety_stock && b.safety_stock - a.safety_stock <= 1.0 + 0.01, "{a:?} {b:?}");
     }
 
     #[test]

@@ -12,8 +12,20 @@
 //! [`simulate_inventory`] replays the last part of a series day by day under a continuous-review
 //! (s, S) policy driven by [`crate::forecast`] and [`crate::replenishment`]: it re-forecasts
 //! every `refit_every_days`, orders up to S when the inventory position falls to the reorder
-//! point s, backorders unmet demand, and measures the cycle service level (share of orders whose
-//! lead time passed without a stock-out), the fill rate and the average stock on hand.
+//! point s, backorders unmet demand, and measures the cycle service level, the fill rate and the
+//! average stock on hand.
+//!
+//! **Cycle service level.** A replenishment cycle runs from one receipt to the next (Silver, Pyke
+//! & Thomas 2017 §7.2: the share of replenishment cycles without a stock-out); every stock-out day
+//! belongs to exactly one cycle, the one the next receipt ends. Cycles start at the first receipt
+//! (the initial stock is not a real receipt) and the last, unfinished one is not counted. An
+//! earlier version counted, per order, the `lead_time_days` after it was placed. With erratic
+//! demand a large day can trigger a second order while the first is still in transit; the days
+//! before the first one arrives then belonged to both windows, and a stock-out there (which the
+//! second order cannot prevent: it arrives later) was counted twice. On the panel (seed 42, 120
+//! erratic items) those overlapping orders were 6% of the windows with a realised CSL of 61%,
+//! against 96% for the others, while the lead-time error quantile itself was exceeded in 5.3% of
+//! all 7-day windows. Both figures are reported ([`InventoryOutcome::order_window_service_level`]).
 
 use std::io::Write;
 
@@ -245,10 +257,14 @@ impl Default for InventoryConfig {
 /// Outcome of [`simulate_inventory`] (additive over items via [`InventoryOutcome::merge`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InventoryOutcome {
-    /// Orders whose whole lead time fell inside the simulation.
+    /// Complete replenishment cycles (receipt to next receipt) inside the simulation.
     pub cycles: usize,
-    /// Of those, orders whose lead time passed without unmet demand.
+    /// Of those, cycles in which all demand was served from stock.
     pub cycles_without_stockout: usize,
+    /// Orders whose whole lead time fell inside the simulation (the earlier, per-order measure).
+    pub order_windows: usize,
+    /// Of those, orders whose lead time passed without unmet demand.
+    pub order_windows_without_stockout: usize,
     /// Total demand.
     pub demand: f64,
     /// Demand served from stock on the day it occurred.
@@ -265,6 +281,16 @@ impl InventoryOutcome {
         if self.cycles == 0 { 1.0 } else { self.cycles_without_stockout as f64 / self.cycles as f64 }
     }
 
+    /// Share of orders whose `lead_time_days` after placement passed without a stock-out (1 when
+    /// none was observed). Counts a stock-out in every order window it falls in; see the module docs.
+    pub fn order_window_service_level(&self) -> f64 {
+        if self.order_windows == 0 {
+            1.0
+        } else {
+            self.order_windows_without_stockout as f64 / self.order_windows as f64
+        }
+    }
+
     /// Fill rate (1 when there was no demand).
     pub fn fill_rate(&self) -> f64 {
         if self.demand <= 0.0 { 1.0 } else { self.filled / self.demand }
@@ -279,6 +305,8 @@ impl InventoryOutcome {
     pub fn merge(&mut self, other: &InventoryOutcome) {
         self.cycles += other.cycles;
         self.cycles_without_stockout += other.cycles_without_stockout;
+        self.order_windows += other.order_windows;
+        self.order_windows_without_stockout += other.order_windows_without_stockout;
         self.demand += other.demand;
         self.filled += other.filled;
         self.on_hand_days += other.on_hand_days;
@@ -333,6 +361,8 @@ pub fn simulate_inventory(demand: &[f64], config: &InventoryConfig) -> Inventory
     };
     let mut arrivals: Vec<(usize, f64)> = Vec::new(); // (arrival day, quantity)
     let mut open: Vec<(usize, usize, bool)> = Vec::new(); // (first risk day, last risk day, stocked out)
+    // The current replenishment cycle: stocked out yet? `None` before the first receipt.
+    let mut cycle: Option<bool> = None;
     for t in start..n {
         if t > start && (t - start).is_multiple_of(refit_every) {
             let reselect = (t - start).is_multiple_of(config.reselect_every_days.max(refit_every));
@@ -340,7 +370,8 @@ pub fn simulate_inventory(demand: &[f64], config: &InventoryConfig) -> Inventory
             risk = risk_of(&fc);
             fitted_at = t;
         }
-        // Receive.
+        // Receive; a receipt ends the current cycle and starts the next.
+        let before = arrivals.len();
         arrivals.retain(|&(day, qty)| {
             if day <= t {
                 net += qty;
@@ -349,6 +380,15 @@ pub fn simulate_inventory(demand: &[f64], config: &InventoryConfig) -> Inventory
                 true
             }
         });
+        if arrivals.len() < before {
+            if let Some(stocked_out) = cycle {
+                out.cycles += 1;
+                if !stocked_out {
+                    out.cycles_without_stockout += 1;
+                }
+            }
+            cycle = Some(false);
+        }
         // Serve (backorders are netted in `net`).
         let d = demand[t].max(0.0);
         let filled = d.min(net.max(0.0));
@@ -359,13 +399,16 @@ pub fn simulate_inventory(demand: &[f64], config: &InventoryConfig) -> Inventory
             for c in open.iter_mut().filter(|c| c.0 <= t && t <= c.1) {
                 c.2 = true;
             }
+            if let Some(stocked_out) = cycle.as_mut() {
+                *stocked_out = true;
+            }
         }
-        // Close cycles whose risk window ended.
+        // Close order windows whose lead time ended.
         open.retain(|c| {
             if c.1 <= t {
-                out.cycles += 1;
+                out.order_windows += 1;
                 if !c.2 {
-                    out.cycles_without_stockout += 1;
+                    out.order_windows_without_stockout += 1;
                 }
                 false
             } else {
@@ -485,23 +528,26 @@ pub fn panel_command(out: &mut dyn Write, seed: u64, n: usize) -> std::io::Resul
         }
         writeln!(
             out,
-            "inventory {:<12} CSL {:.3}  fill rate {:.3}  avg on hand {:.2}  cycles {}",
+            "inventory {:<12} CSL {:.3}  fill rate {:.3}  avg on hand {:.2}  cycles {}  (per-order window CSL {:.3} over {})",
             pattern.name(),
             o.cycle_service_level(),
             o.fill_rate(),
             o.average_on_hand(),
-            o.cycles
+            o.cycles,
+            o.order_window_service_level(),
+            o.order_windows
         )?;
     }
     let t = &summary.inventory;
     writeln!(
         out,
-        "inventory (target CSL {:.2}, lead time {} days): realised CSL {:.4}  fill rate {:.4}  avg on hand {:.2} units/item/day",
+        "inventory (target CSL {:.2}, lead time {} days): realised CSL {:.4}  fill rate {:.4}  avg on hand {:.2} units/item/day  (per-order window CSL {:.4})",
         config.service_level,
         config.lead_time_days,
         t.cycle_service_level(),
         t.fill_rate(),
-        t.average_on_hand()
+        t.average_on_hand(),
+        t.order_window_service_level()
     )?;
     Ok(summary)
 }
@@ -543,9 +589,30 @@ mod tests {
             ..InventoryConfig::default()
         };
         let o = simulate_inventory(&demand, &config);
-        assert!(o.cycles > 10);
+        assert!(o.cycles > 10 && o.order_windows > 10);
         assert!(o.cycle_service_level() > 0.8, "{o:?}");
+        assert!(o.order_window_service_level() > 0.8, "{o:?}");
         assert!(o.fill_rate() > 0.9, "{o:?}");
         assert!(o.average_on_hand() > 0.0);
+    }
+
+    #[test]
+    fn a_stockout_counts_once_per_replenishment_cycle() {
+        // Steady demand of 10 a day, then one day of 100 while an order is in transit: it triggers a
+        // second order whose window overlaps the first one's. The per-order measure charges the
+        // stock-out to both orders, the receipt-to-receipt measure to the one cycle it fell in.
+        let mut demand = vec![10.0; 400];
+        demand[330] = 100.0;
+        let config = InventoryConfig {
+            simulated_days: 100,
+            refit_every_days: 100,
+            reselect_every_days: 100,
+            history_window_days: 300,
+            ..InventoryConfig::default()
+        };
+        let o = simulate_inventory(&demand, &config);
+        assert!(o.cycles >= 3, "{o:?}");
+        assert_eq!(o.cycles - o.cycles_without_stockout, 1, "{o:?}");
+        assert_eq!(o.order_windows - o.order_windows_without_stockout, 2, "{o:?}");
     }
 }

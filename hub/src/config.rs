@@ -37,6 +37,9 @@ pub struct HubConfig {
     /// on_shortfall = "backorder" | "hold" | "reject", region_must_match).
     #[serde(default)]
     pub routing: crate::routing::RoutingPolicy,
+    /// Planning parameters of the forecast and replenishment endpoints (`[forecast]`), validated on load.
+    #[serde(default)]
+    pub forecast: crate::forecast_config::ForecastConfig,
 }
 
 fn default_tenant() -> String {
@@ -76,6 +79,7 @@ impl Default for HubConfig {
             docs_max: default_docs_max(),
             crl_check_interval_ms: default_crl_check_interval_ms(),
             routing: crate::routing::RoutingPolicy::default(),
+            forecast: crate::forecast_config::ForecastConfig::default(),
         }
     }
 }

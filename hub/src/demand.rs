@@ -1,11 +1,19 @@
 //! Demand history and replenishment figures from the order documents the hub holds.
 //!
-//! **History.** Demand is the ordered quantity of each order line, bucketed by the UTC day of the order's
-//! acceptance time (`created_at_ms`), per SKU × fulfilling site and per SKU for the whole network. Orders whose
-//! node status is `cancelled` or `rejected` are left out (a rejected order is re-routed as another order, so
-//! counting it would count the demand twice); orders not yet answered by their site (no progress) count, the
-//! customer asked for the goods. Only complete days are used: a series runs from its first day with demand to
-//! yesterday (UTC), zero-filled, at most [`HISTORY_DAYS_MAX`] days; day 0 of a forecast is today.
+//! **History.** Two daily series per SKU × fulfilling site and per SKU for the whole network ([`Basis`]):
+//!
+//! - *ordered*: the ordered quantity of each order line, bucketed by the UTC day of the order's acceptance
+//!   time (`created_at_ms`). Orders not yet answered by their site (no progress) count: the customer asked
+//!   for the goods.
+//! - *shipped*: the units the site reports shipped per line (`Progress::lines[].shipped`), bucketed by the
+//!   UTC day of the carrier hand-over, i.e. the first `shipped` entry of the order's timeline (the
+//!   `delivered` entry if a node never wrote one). Shipped units without either entry are counted in
+//!   [`DemandIndex::shipments_undated`] and left out.
+//!
+//! Orders whose node status is `cancelled` or `rejected` are left out of both (a rejected order is re-routed
+//! as another order, so counting it would count the demand twice). Only complete days are used: a series
+//! runs from its first day with demand to yesterday (UTC), zero-filled, at most [`HISTORY_DAYS_MAX`] days;
+//! day 0 of a forecast is today.
 //!
 //! **Freshness.** The index is recomputed from the document store on request and cached
 //! ([`DemandCache`]), keyed by a [`Fingerprint`]: the current UTC day, the number of order documents and the
@@ -17,7 +25,9 @@
 //!
 //! **Replenishment.** [`forecast_item`] runs [`oms_forecast::auto`] (weekly season) on a series and
 //! [`oms_forecast::plan`] on the available stock (on hand minus reserved) from the site's stock document, or
-//! the network total. The hub knows no purchase orders, so stock on order is taken as zero.
+//! the network total. Lead time, service level and order cycle are resolved per item from the `[forecast]`
+//! configuration ([`crate::forecast_config`]) unless the request sets them. The hub knows no purchase
+//! orders, so stock on order is zero, and responses say so ([`ON_ORDER_SOURCE`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +37,7 @@ use oms_node::sync::schema;
 use oms_protocol::domain::FulfillmentState;
 
 use crate::docs::HubDocs;
+use crate::forecast_config::{ForecastConfig, Override, Resolved};
 use crate::server::lock;
 
 /// One day in milliseconds.
@@ -49,6 +60,37 @@ pub const SEASON_DAYS: usize = 7;
 pub const QUANTILES: [f64; 3] = [0.1, 0.5, 0.9];
 /// Horizon used for replenishment runs (the plan extends the last week beyond it).
 pub const REPLENISHMENT_HORIZON: usize = 28;
+/// Where stock on order comes from: nowhere, the hub has no purchase orders, so it is always 0.
+pub const ON_ORDER_SOURCE: &str = "none";
+
+/// Which quantities a demand history counts. See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Basis {
+    /// Units ordered, on the day the order was accepted.
+    #[default]
+    Ordered,
+    /// Units shipped, on the day they were handed to the carrier.
+    Shipped,
+}
+
+impl Basis {
+    /// `ordered` or `shipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Basis::Ordered => "ordered",
+            Basis::Shipped => "shipped",
+        }
+    }
+
+    /// Parses `ordered` or `shipped`.
+    pub fn parse(s: &str) -> Option<Basis> {
+        match s {
+            "ordered" => Some(Basis::Ordered),
+            "shipped" => Some(Basis::Shipped),
+            _ => None,
+        }
+    }
+}
 
 /// Why demand figures could not be produced.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -119,6 +161,12 @@ pub struct DemandIndex {
     pub by_site: BTreeMap<(String, String), Series>,
     /// sku → network series.
     pub network: BTreeMap<String, Series>,
+    /// (sku, site) → shipped units per day.
+    pub shipped_by_site: BTreeMap<(String, String), Series>,
+    /// sku → shipped units per day, whole network.
+    pub shipped_network: BTreeMap<String, Series>,
+    /// Orders with shipped units but no shipment time in their timeline (left out of the shipped series).
+    pub shipments_undated: u64,
     /// Order documents read.
     pub orders_scanned: u64,
     /// Orders left out as cancelled or rejected.
@@ -165,6 +213,46 @@ impl DemandIndex {
         true
     }
 
+    /// Adds the units an order shipped from `site` on the day of `shipped_at_ms` (call only for orders that
+    /// [`DemandIndex::add_order`] counted). Returns true if the day is inside the history window.
+    pub fn add_shipment<'a>(
+        &mut self,
+        site: &str,
+        shipped_at_ms: u64,
+        lines: impl IntoIterator<Item = (&'a str, u32)>,
+    ) -> bool {
+        let day = shipped_at_ms / DAY_MS;
+        if day >= self.today || day < self.today.saturating_sub(HISTORY_DAYS_MAX) {
+            return false;
+        }
+        for (sku, qty) in lines {
+            if qty == 0 {
+                continue;
+            }
+            let key = (sku.to_owned(), site.to_owned());
+            if !self.shipped_by_site.contains_key(&key) && self.shipped_by_site.len() >= SERIES_MAX {
+                self.truncated = true;
+                continue;
+            }
+            self.shipped_by_site.entry(key).or_default().add(day, f64::from(qty));
+            self.shipped_network.entry(sku.to_owned()).or_default().add(day, f64::from(qty));
+        }
+        true
+    }
+
+    /// Adds an order's shipped units from its progress (see the module docs for the day used).
+    fn add_progress(&mut self, site: &str, progress: &schema::Progress) {
+        if !progress.lines.iter().any(|l| l.shipped > 0) {
+            return;
+        }
+        let at = |status: FulfillmentState| progress.timeline.iter().find(|e| e.status == status).map(|e| e.at_ms);
+        let Some(shipped_at_ms) = at(FulfillmentState::Shipped).or_else(|| at(FulfillmentState::Delivered)) else {
+            self.shipments_undated += 1;
+            return;
+        };
+        self.add_shipment(site, shipped_at_ms, progress.lines.iter().map(|l| (l.sku.as_str(), l.shipped)));
+    }
+
     /// Scans the hub's order documents.
     pub fn build(docs: &HubDocs, today: u64) -> DemandIndex {
         let mut index = DemandIndex::new(today);
@@ -179,6 +267,12 @@ impl DemandIndex {
                         let status = view.progress.as_ref().map(|p| p.status);
                         let lines = view.draft.lines.iter().map(|l| (l.sku.as_str(), l.qty));
                         index.add_order(view.site.as_str(), view.created_at_ms, status, lines);
+                        let excluded = matches!(status, Some(FulfillmentState::Cancelled | FulfillmentState::Rejected));
+                        if let Some(progress) = view.progress.as_ref()
+                            && !excluded
+                        {
+                            index.add_progress(view.site.as_str(), progress);
+                        }
                     }
                     Err(e) => {
                         index.orders_unreadable += 1;
@@ -202,23 +296,45 @@ impl DemandIndex {
         index
     }
 
-    /// The series of `sku` at `site`, or for the network when `site` is `None`.
+    /// The ordered series of `sku` at `site`, or for the network when `site` is `None`.
     pub fn series(&self, sku: &str, site: Option<&str>) -> Option<&Series> {
+        self.series_of(Basis::Ordered, sku, site)
+    }
+
+    /// The series of `sku` at `site` (network when `None`) on `basis`.
+    pub fn series_of(&self, basis: Basis, sku: &str, site: Option<&str>) -> Option<&Series> {
+        let (by_site, network) = match basis {
+            Basis::Ordered => (&self.by_site, &self.network),
+            Basis::Shipped => (&self.shipped_by_site, &self.shipped_network),
+        };
         match site {
-            Some(site) => self.by_site.get(&(sku.to_owned(), site.to_owned())),
-            None => self.network.get(sku),
+            Some(site) => by_site.get(&(sku.to_owned(), site.to_owned())),
+            None => network.get(sku),
         }
     }
 
-    /// The dense history of `sku` at `site` (network when `None`).
+    /// The dense ordered history of `sku` at `site` (network when `None`).
     pub fn history(&self, sku: &str, site: Option<&str>) -> Option<History> {
-        let s = self.series(sku, site)?;
+        self.history_of(Basis::Ordered, sku, site)
+    }
+
+    /// The dense history of `sku` at `site` (network when `None`) on `basis`.
+    pub fn history_of(&self, basis: Basis, sku: &str, site: Option<&str>) -> Option<History> {
+        let s = self.series_of(basis, sku, site)?;
         Some(History { start_day: s.first_day()?, values: s.dense(self.today) })
+    }
+
+    /// The (sku, site) pairs with a history on `basis`.
+    pub fn pairs(&self, basis: Basis) -> impl Iterator<Item = &(String, String)> {
+        match basis {
+            Basis::Ordered => self.by_site.keys(),
+            Basis::Shipped => self.shipped_by_site.keys(),
+        }
     }
 
     /// True if some order was fulfilled by `site`.
     pub fn has_site(&self, site: &str) -> bool {
-        self.by_site.keys().any(|(_, s)| s == site)
+        self.by_site.keys().chain(self.shipped_by_site.keys()).any(|(_, s)| s == site)
     }
 }
 
@@ -270,6 +386,20 @@ pub struct PlanParams {
     pub lead_time_days: usize,
     /// Cycle service level.
     pub service_level: f64,
+    /// Days of demand an order covers beyond the lead time.
+    pub order_cycle_days: usize,
+}
+
+impl PlanParams {
+    /// Horizon `h` with resolved parameters.
+    pub fn from_resolved(h: usize, r: &Resolved) -> PlanParams {
+        PlanParams {
+            h,
+            lead_time_days: r.lead_time_days.value,
+            service_level: r.service_level.value,
+            order_cycle_days: r.order_cycle_days.value,
+        }
+    }
 }
 
 /// Forecast and replenishment figures of one series.
@@ -320,7 +450,16 @@ pub fn forecast_item(
         }
         e => DemandError::Forecast(e),
     })?;
-    let plan = oms_forecast::plan(&forecast, available as f64, 0.0, params.lead_time_days, params.service_level);
+    let options =
+        oms_forecast::replenishment::PlanOptions { order_cycle_days: params.order_cycle_days, start_offset_days: 0 };
+    let plan = oms_forecast::replenishment::plan_with(
+        &forecast,
+        available as f64,
+        0.0,
+        params.lead_time_days,
+        params.service_level,
+        &options,
+    );
     Ok(ItemForecast { history, forecast, plan, available, today })
 }
 
@@ -357,6 +496,24 @@ pub struct Suggestion {
     pub stockout_date: Option<String>,
     /// Units to order now (0 when none is due).
     pub reorder_qty: u64,
+    /// Which history was forecast: `ordered` or `shipped`.
+    pub basis: &'static str,
+    /// Lead time used, days.
+    pub lead_time_days: usize,
+    /// Where the lead time came from (`query`, `site_sku`, `sku`, `site`, `default`).
+    pub lead_time_source: &'static str,
+    /// Service level used.
+    pub service_level: f64,
+    /// Where the service level came from.
+    pub service_level_source: &'static str,
+    /// Order cycle used, days.
+    pub order_cycle_days: usize,
+    /// Where the order cycle came from.
+    pub order_cycle_source: &'static str,
+    /// Stock on order: always 0, the hub has no purchase orders.
+    pub on_order: u64,
+    /// Where stock on order comes from: [`ON_ORDER_SOURCE`].
+    pub on_order_source: &'static str,
 }
 
 /// Rounds for display; non-finite values become zero.
@@ -365,7 +522,7 @@ pub fn round3(v: f64) -> f64 {
 }
 
 impl Suggestion {
-    fn from_item(sku: &str, site: &str, item: &ItemForecast) -> Suggestion {
+    fn from_item(sku: &str, site: &str, item: &ItemForecast, basis: Basis, params: &Resolved) -> Suggestion {
         let h = item.forecast.mean.len().max(1);
         Suggestion {
             key: format!("{site}|{sku}"),
@@ -383,6 +540,15 @@ impl Suggestion {
             stockout_day: item.plan.stockout_day,
             stockout_date: item.stockout_day().map(iso_date),
             reorder_qty: item.reorder_qty().unwrap_or(0),
+            basis: basis.as_str(),
+            lead_time_days: params.lead_time_days.value,
+            lead_time_source: params.lead_time_days.source.as_str(),
+            service_level: params.service_level.value,
+            service_level_source: params.service_level.source.as_str(),
+            order_cycle_days: params.order_cycle_days.value,
+            order_cycle_source: params.order_cycle_days.source.as_str(),
+            on_order: 0,
+            on_order_source: ON_ORDER_SOURCE,
         }
     }
 }
@@ -409,23 +575,31 @@ pub struct Replenishment {
     pub truncated: bool,
 }
 
-/// Forecasts every SKU × site of `index` with `stock` and ranks the results.
-pub fn replenishment(
-    index: &DemandIndex,
-    stock: &StockIndex,
-    lead_time_days: usize,
-    service_level: f64,
-) -> Replenishment {
-    let params = PlanParams { h: REPLENISHMENT_HORIZON, lead_time_days, service_level };
+/// What a replenishment run is asked for besides the data: which history, the configured planning
+/// parameters and the request's overrides of them.
+#[derive(Debug, Clone, Copy)]
+pub struct RunParams<'a> {
+    /// Which history to forecast.
+    pub basis: Basis,
+    /// Defaults and per-site/SKU overrides.
+    pub config: &'a ForecastConfig,
+    /// The request's values, which take precedence.
+    pub query: &'a Override,
+}
+
+/// Forecasts every SKU × site of `index` on `run.basis` with `stock` and ranks the results.
+pub fn replenishment(index: &DemandIndex, stock: &StockIndex, run: &RunParams<'_>) -> Replenishment {
     let mut out = Replenishment { truncated: index.truncated, ..Replenishment::default() };
-    for (n, ((sku, site), _)) in index.by_site.iter().enumerate() {
+    for (n, (sku, site)) in index.pairs(run.basis).enumerate() {
         if n >= REPLENISHMENT_ITEMS_MAX {
             out.truncated = true;
             break;
         }
-        let Some(history) = index.history(sku, Some(site)) else { continue };
+        let Some(history) = index.history_of(run.basis, sku, Some(site)) else { continue };
+        let resolved = run.config.resolve(sku, Some(site), run.query);
+        let params = PlanParams::from_resolved(REPLENISHMENT_HORIZON, &resolved);
         match forecast_item(history, stock.available(sku, Some(site)), index.today, &params) {
-            Ok(item) => out.rows.push(Suggestion::from_item(sku, site, &item)),
+            Ok(item) => out.rows.push(Suggestion::from_item(sku, site, &item, run.basis, &resolved)),
             Err(DemandError::InsufficientHistory { .. }) => out.skipped_insufficient_history += 1,
             Err(e) => {
                 tracing::debug!(%sku, %site, error = %e, "no replenishment figures");
@@ -439,7 +613,8 @@ pub fn replenishment(
 
 /// Header of the CSV export.
 pub const CSV_HEADER: &str = "sku,site,model,history_days,available,mean_daily_demand,lead_time_demand,\
-safety_stock,reorder_point,shortfall,days_of_cover,stockout_day,stockout_date,reorder_qty";
+safety_stock,reorder_point,shortfall,days_of_cover,stockout_day,stockout_date,reorder_qty,basis,lead_time_days,\
+lead_time_source,service_level,service_level_source,order_cycle_days,order_cycle_source,on_order,on_order_source";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
@@ -466,6 +641,15 @@ pub fn to_csv(rows: &[Suggestion]) -> String {
             opt(r.stockout_day.map(|v| v.to_string())),
             opt(r.stockout_date.clone()),
             r.reorder_qty.to_string(),
+            r.basis.to_owned(),
+            r.lead_time_days.to_string(),
+            r.lead_time_source.to_owned(),
+            r.service_level.to_string(),
+            r.service_level_source.to_owned(),
+            r.order_cycle_days.to_string(),
+            r.order_cycle_source.to_owned(),
+            r.on_order.to_string(),
+            r.on_order_source.to_owned(),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');
@@ -513,13 +697,17 @@ impl Fingerprint {
     }
 }
 
-type PlanKey = (Fingerprint, usize, u64);
+/// A replenishment run's key besides the configuration: data, basis and the query's overrides.
+type PlanKey = (Fingerprint, Basis, Option<usize>, Option<u64>, Option<usize>);
+
+/// The last replenishment run: its key, the configuration it used and the result.
+type CachedRun = (PlanKey, Arc<ForecastConfig>, Arc<Replenishment>);
 
 /// One cached demand index and one cached replenishment run (the last parameters asked for).
 #[derive(Default)]
 pub struct DemandCache {
     index: Mutex<Option<(Fingerprint, Arc<DemandIndex>)>>,
-    runs: Mutex<Option<(PlanKey, Arc<Replenishment>)>>,
+    runs: Mutex<Option<CachedRun>>,
 }
 
 impl std::fmt::Debug for DemandCache {
@@ -555,17 +743,32 @@ impl DemandCache {
         Snapshot { index, stock: StockIndex::build(docs), fingerprint }
     }
 
-    /// The replenishment run for `snap` and the parameters, cached until the documents change.
-    pub fn replenishment(&self, snap: &Snapshot, lead_time_days: usize, service_level: f64) -> Arc<Replenishment> {
-        let key = (snap.fingerprint, lead_time_days, service_level.to_bits());
-        if let Some((k, run)) = lock(&self.runs).as_ref()
+    /// The replenishment run for `snap` and the parameters, cached until the documents, the basis, the
+    /// query's overrides or the configuration change.
+    pub fn replenishment(
+        &self,
+        snap: &Snapshot,
+        basis: Basis,
+        config: &Arc<ForecastConfig>,
+        query: &Override,
+    ) -> Arc<Replenishment> {
+        let key = (
+            snap.fingerprint,
+            basis,
+            query.lead_time_days,
+            query.service_level.map(f64::to_bits),
+            query.order_cycle_days,
+        );
+        if let Some((k, cfg, run)) = lock(&self.runs).as_ref()
             && *k == key
+            && (Arc::ptr_eq(cfg, config) || **cfg == **config)
         {
             return run.clone();
         }
         // Computed without holding the cache lock; two concurrent misses both compute, the last one stays.
-        let run = Arc::new(replenishment(&snap.index, &snap.stock, lead_time_days, service_level));
-        *lock(&self.runs) = Some((key, run.clone()));
+        let params = RunParams { basis, config, query };
+        let run = Arc::new(replenishment(&snap.index, &snap.stock, &params));
+        *lock(&self.runs) = Some((key, config.clone(), run.clone()));
         run
     }
 }
@@ -573,7 +776,7 @@ impl DemandCache {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use oms_node::store::OrderRecord;
+    use oms_node::store::{FulfillmentLine, OrderRecord, TimelineEntry};
     use oms_node::sync::docdb::DocDb;
     use oms_protocol::domain::{Balance, NodeId, OrderDraft, OrderId, Sku};
 
@@ -595,24 +798,46 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    /// A hub document set with the given orders `(site, seq, day, hour, status, lines)` and stock.
+    /// Hours from acceptance to carrier hand-over of the shipped and delivered orders of [`hub_docs`].
+    pub(crate) const SHIP_AFTER_HOURS: u64 = 30;
+
+    /// A hub document set with the given orders `(site, seq, day, hour, status, lines)` and stock. Orders
+    /// `shipped` or `delivered` shipped every unit [`SHIP_AFTER_HOURS`] after acceptance.
     pub(crate) fn hub_docs(dir: &std::path::Path, orders: &[TestOrder], stock: &[(&str, &str, u64)]) -> HubDocs {
         let mut db = DocDb::open(&dir.join("hub.redb"), vec![7; 16], 100_000).unwrap();
         for &(site, seq, day, hour, status, lines) in orders {
             let node = NodeId::parse(site).unwrap();
             let id = OrderId::new(&node, seq);
+            let created_at_ms = day * DAY_MS + hour * 3_600_000;
+            let shipped = matches!(status, FulfillmentState::Shipped | FulfillmentState::Delivered);
+            let progress_lines = lines
+                .iter()
+                .map(|&(sku, qty)| FulfillmentLine {
+                    sku: Sku::parse(sku).unwrap(),
+                    qty,
+                    picked: shipped.then_some(qty),
+                    shipped: if shipped { qty } else { 0 },
+                    returned: 0,
+                })
+                .collect();
+            let mut timeline =
+                vec![TimelineEntry { at_ms: created_at_ms, status: FulfillmentState::Accepted, note: String::new() }];
+            if shipped {
+                let at_ms = created_at_ms + SHIP_AFTER_HOURS * 3_600_000;
+                timeline.push(TimelineEntry { at_ms, status: FulfillmentState::Shipped, note: String::new() });
+            }
             let rec = OrderRecord {
                 id: id.clone(),
                 site: node.clone(),
                 status,
                 order: draft(lines),
-                lines: vec![],
+                lines: progress_lines,
                 wave: None,
                 parcels: None,
                 shipment: None,
                 returns: vec![],
-                timeline: vec![],
-                created_at_ms: day * DAY_MS + hour * 3_600_000,
+                timeline,
+                created_at_ms,
             };
             let doc = db.get_or_create(&schema::order_doc(&id).unwrap()).unwrap();
             schema::write_order(doc, &node, &rec, 1).unwrap();
@@ -651,6 +876,55 @@ pub(crate) mod tests {
         assert_eq!(idx.history("A", Some("wh2")).unwrap().values, vec![7.0, 0.0]);
         assert_eq!(idx.history("A", None).unwrap().values, vec![5.0, 7.0, 4.0]);
         assert!(idx.history("C", None).is_none());
+        // Shipped: order 2 (3 A, accepted day −3 at 23:00) shipped 30 h later, on day −1; order 5 (delivered,
+        // 4 A, day −1 at 06:00) on day 0, which is not complete yet. The cancelled and rejected orders ship nothing.
+        let s = idx.history_of(Basis::Shipped, "A", Some("wh1")).unwrap();
+        assert_eq!((s.start_day, s.values.clone()), (TODAY - 1, vec![3.0]));
+        assert!(idx.history_of(Basis::Shipped, "B", Some("wh1")).is_none());
+        assert!(idx.history_of(Basis::Shipped, "A", Some("wh2")).is_none());
+        assert_eq!(idx.history_of(Basis::Shipped, "A", None).unwrap().values, vec![3.0]);
+        assert_eq!(idx.shipments_undated, 0);
+    }
+
+    #[test]
+    fn shipped_units_follow_the_timeline_not_the_order() {
+        use oms_node::sync::schema::Progress;
+        let line = |sku: &str, qty, shipped| FulfillmentLine {
+            sku: Sku::parse(sku).unwrap(),
+            qty,
+            picked: Some(shipped),
+            shipped,
+            returned: 0,
+        };
+        let entry = |day: u64, status| TimelineEntry { at_ms: day * DAY_MS + 1, status, note: String::new() };
+        let progress = |lines, timeline| Progress {
+            status: FulfillmentState::Shipped,
+            lines,
+            wave: None,
+            parcels: None,
+            shipment: None,
+            returns: vec![],
+            timeline,
+        };
+        let mut idx = DemandIndex::new(TODAY);
+        // Short-shipped: 10 ordered, 7 shipped two days later.
+        idx.add_progress(
+            "wh1",
+            &progress(
+                vec![line("A", 10, 7)],
+                vec![entry(TODAY - 5, FulfillmentState::Accepted), entry(TODAY - 3, FulfillmentState::Shipped)],
+            ),
+        );
+        // No `shipped` entry, only `delivered`: the delivery day stands in.
+        idx.add_progress("wh1", &progress(vec![line("A", 2, 2)], vec![entry(TODAY - 2, FulfillmentState::Delivered)]));
+        // No date at all: counted as undated, not guessed.
+        idx.add_progress("wh1", &progress(vec![line("A", 5, 5)], vec![]));
+        // Nothing shipped: nothing to date.
+        idx.add_progress("wh1", &progress(vec![line("A", 5, 0)], vec![]));
+        let s = idx.history_of(Basis::Shipped, "A", Some("wh1")).unwrap();
+        assert_eq!((s.start_day, s.values), (TODAY - 3, vec![7.0, 2.0, 0.0]));
+        assert_eq!(idx.shipments_undated, 1);
+        assert!(idx.history("A", Some("wh1")).is_none(), "ordered units come from add_order only");
     }
 
     #[test]
@@ -667,7 +941,12 @@ pub(crate) mod tests {
         History { start_day: TODAY - days as u64, values }
     }
 
-    const PARAMS: PlanParams = PlanParams { h: 28, lead_time_days: 7, service_level: 0.95 };
+    const PARAMS: PlanParams = PlanParams { h: 28, lead_time_days: 7, service_level: 0.95, order_cycle_days: 14 };
+
+    fn run_default(idx: &DemandIndex, stock: &StockIndex) -> Replenishment {
+        let config = ForecastConfig::default();
+        replenishment(idx, stock, &RunParams { basis: Basis::Ordered, config: &config, query: &Override::default() })
+    }
 
     #[test]
     fn low_stock_gets_a_reorder_high_stock_none() {
@@ -702,7 +981,7 @@ pub(crate) mod tests {
         for (sku, site, n) in [("A", "wh1", 5), ("B", "wh1", 40), ("C", "wh1", 10_000), ("A", "wh2", 40)] {
             stock.available.insert((sku.into(), site.into()), n);
         }
-        let run = replenishment(&idx, &stock, 7, 0.95);
+        let run = run_default(&idx, &stock);
         let keys: Vec<&str> = run.rows.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(run.skipped_insufficient_history, 1);
         // A@wh1 runs out first; B@wh1 and A@wh2 tie on the stock-out day and are ordered by key; C last.
@@ -715,6 +994,37 @@ pub(crate) mod tests {
         rows[1].shortfall = 2.0;
         rank(&mut rows);
         assert_eq!(rows[0].key, "wh2|A", "larger shortfall first on the same stock-out day");
+        assert!(run.rows.iter().all(|r| r.on_order == 0 && r.on_order_source == ON_ORDER_SOURCE));
+        assert!(run.rows.iter().all(|r| r.lead_time_source == "default" && r.lead_time_days == 7));
+    }
+
+    #[test]
+    fn replenishment_uses_per_site_and_sku_parameters() {
+        let mut idx = DemandIndex::new(TODAY);
+        for d in 0..90u64 {
+            idx.add_order("wh1", (TODAY - 90 + d) * DAY_MS, None, [("A", 10), ("B", 10)]);
+        }
+        let stock = StockIndex::default();
+        let config: ForecastConfig = toml::from_str(
+            "lead_time_days = 3\n[sites.wh1]\nlead_time_days = 14\n[skus.B]\nservice_level = 0.99\norder_cycle_days = 7",
+        )
+        .unwrap();
+        let none = Override::default();
+        let run = replenishment(&idx, &stock, &RunParams { basis: Basis::Ordered, config: &config, query: &none });
+        let row = |sku: &str| run.rows.iter().find(|r| r.sku == sku).unwrap().clone();
+        let (a, b) = (row("A"), row("B"));
+        assert_eq!((a.lead_time_days, a.lead_time_source), (14, "site"));
+        assert_eq!((a.service_level, a.service_level_source), (0.95, "default"));
+        assert_eq!((b.service_level, b.service_level_source), (0.99, "sku"));
+        assert_eq!((b.order_cycle_days, b.order_cycle_source), (7, "sku"));
+        // 14 days of lead time at 10 a day.
+        assert!((a.lead_time_demand - 140.0).abs() < 15.0, "{a:?}");
+        let q = Override { lead_time_days: Some(2), ..Override::default() };
+        let run = replenishment(&idx, &stock, &RunParams { basis: Basis::Ordered, config: &config, query: &q });
+        assert!(run.rows.iter().all(|r| r.lead_time_days == 2 && r.lead_time_source == "query"));
+        // Nothing shipped yet: no rows on the shipped basis.
+        let run = replenishment(&idx, &stock, &RunParams { basis: Basis::Shipped, config: &config, query: &none });
+        assert!(run.rows.is_empty());
     }
 
     #[test]
@@ -723,7 +1033,7 @@ pub(crate) mod tests {
         for d in 0..30u64 {
             idx.add_order("wh1", (TODAY - 30 + d) * DAY_MS, None, [("A", 3)]);
         }
-        let run = replenishment(&idx, &StockIndex::default(), 7, 0.95);
+        let run = run_default(&idx, &StockIndex::default());
         let csv = to_csv(&run.rows);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 2);

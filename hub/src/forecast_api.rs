@@ -1,13 +1,20 @@
 //! Forecasting endpoints of the hub's HTTP API, on the demand history of [`crate::demand`].
 //!
-//! - `GET /v1/forecast/{sku}?site=&h=28&service_level=0.95&lead_time_days=7`: history length, chosen model,
-//!   daily point forecast with 10/50/90% quantiles, safety stock, reorder point, days of cover, expected
-//!   stock-out date and reorder suggestion for one SKU at one site (the network when `site` is omitted), using
-//!   the available stock from the stock documents.
-//! - `GET /v1/replenishment?lead_time_days=7&service_level=0.95&all=false&limit=&after=&format=json|csv`:
+//! - `GET /v1/forecast/{sku}?site=&h=28&basis=ordered|shipped&service_level=&lead_time_days=&order_cycle_days=`:
+//!   history summaries (ordered and shipped), chosen model, daily point forecast with 10/50/90% quantiles,
+//!   safety stock, reorder point, days of cover, expected stock-out date and reorder suggestion for one SKU at
+//!   one site (the network when `site` is omitted), using the available stock from the stock documents.
+//!   `basis` picks the history forecast (default `ordered`).
+//! - `GET /v1/replenishment?basis=&lead_time_days=&service_level=&order_cycle_days=&all=false&limit=&after=&format=json|csv`:
 //!   the replenishment figures of every SKU × site with enough demand history, most urgent first (earliest
 //!   stock-out, then largest shortfall); only rows with an order due unless `all=true`. Paged by `limit` (at
 //!   most [`REPLENISHMENT_PAGE_MAX`]) and `after` (the `key` of the last row of the previous page).
+//!
+//! Service level, lead time and order cycle come from the `[forecast]` configuration per site, SKU or site
+//! and SKU ([`crate::forecast_config`]); a query parameter overrides them. Every response says which value
+//! was used and where it came from (`query`, `site_sku`, `sku`, `site`, `default`). Stock on order is
+//! always 0 with `on_order_source: "none"`: the hub has no purchase orders. The configuration reaches the
+//! handlers as an [`axum::Extension`] ([`settings`]); without it the built-in defaults apply.
 //!
 //! Errors are RFC 9457 problem documents (`application/problem+json`) with a machine-readable `code`:
 //! `invalid_query` (400), `unknown_sku` / `unknown_site` (404), `insufficient_history` (422),
@@ -17,6 +24,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,30 +33,49 @@ use axum::{Json, Router};
 use oms_node::sync::link::now_ms;
 use serde_json::{Value, json};
 
-use crate::demand::{DAY_MS, DemandCache, DemandError, PlanParams, QUANTILES, forecast_item, iso_date, round3, to_csv};
+use crate::demand::{
+    Basis, DAY_MS, DemandCache, DemandError, History, ON_ORDER_SOURCE, PlanParams, QUANTILES, forecast_item, iso_date,
+    round3, to_csv,
+};
+use crate::forecast_config::{
+    ForecastConfig, Override, Param, check_lead_time, check_order_cycle, check_service_level,
+};
+pub use crate::forecast_config::{LEAD_TIME_DAYS_MAX, SERVICE_LEVEL_MAX, SERVICE_LEVEL_MIN};
 use crate::server::{Hub, lock};
 
 /// Largest horizon of `GET /v1/forecast`.
 pub const H_MAX: usize = 365;
-/// Longest lead time accepted.
-pub const LEAD_TIME_DAYS_MAX: usize = 365;
-/// Lowest service level accepted.
-pub const SERVICE_LEVEL_MIN: f64 = 0.5;
-/// Highest service level accepted.
-pub const SERVICE_LEVEL_MAX: f64 = 0.999;
 /// Largest page of `GET /v1/replenishment`.
 pub const REPLENISHMENT_PAGE_MAX: usize = 1_000;
+
+/// The `[forecast]` configuration as the handlers receive it (an [`axum::Extension`]).
+#[derive(Debug, Clone)]
+pub struct ForecastSettings(pub Arc<ForecastConfig>);
+
+/// The layer that hands `config` to the forecasting routes: `router.layer(settings(cfg.forecast))`.
+pub fn settings(config: ForecastConfig) -> Extension<ForecastSettings> {
+    Extension(ForecastSettings(Arc::new(config)))
+}
 
 /// State of the forecasting routes.
 #[derive(Clone)]
 pub struct ForecastState {
     hub: Arc<Hub>,
     cache: Arc<DemandCache>,
+    /// Used when no [`ForecastSettings`] extension is installed.
+    defaults: Arc<ForecastConfig>,
+}
+
+impl ForecastState {
+    fn config(&self, settings: Option<Extension<ForecastSettings>>) -> Arc<ForecastConfig> {
+        settings.map_or_else(|| self.defaults.clone(), |Extension(ForecastSettings(c))| c)
+    }
 }
 
 /// The forecasting routes, with their own demand cache.
 pub fn router(hub: Arc<Hub>) -> Router {
-    let state = ForecastState { hub, cache: Arc::new(DemandCache::default()) };
+    let state =
+        ForecastState { hub, cache: Arc::new(DemandCache::default()), defaults: Arc::new(ForecastConfig::default()) };
     Router::new()
         .route("/v1/forecast/{sku}", get(forecast))
         .route("/v1/replenishment", get(replenishment))
@@ -123,16 +150,37 @@ fn check_known(q: &Params, known: &[&str]) -> Result<(), Problem> {
     }
 }
 
-fn lead_and_level(q: &Params) -> Result<(usize, f64), Problem> {
-    let lead: usize = parse(q, "lead_time_days", 7)?;
-    if !(1..=LEAD_TIME_DAYS_MAX).contains(&lead) {
-        return Err(Problem::invalid(format!("lead_time_days must be in 1..={LEAD_TIME_DAYS_MAX}")));
+fn parse_opt<T: std::str::FromStr>(q: &Params, name: &str) -> Result<Option<T>, Problem> {
+    q.get(name)
+        .map(|v| v.trim().parse().map_err(|_| Problem::invalid(format!("{name}: cannot parse {v:?}"))))
+        .transpose()
+}
+
+/// The planning parameters a query sets (each optional; bounded like the configuration).
+fn overrides(q: &Params) -> Result<Override, Problem> {
+    let invalid = |e: crate::forecast_config::ForecastConfigError| Problem::invalid(e.to_string());
+    Ok(Override {
+        service_level: parse_opt(q, "service_level")?
+            .map(|v| check_service_level("query", v))
+            .transpose()
+            .map_err(invalid)?,
+        lead_time_days: parse_opt(q, "lead_time_days")?
+            .map(|v| check_lead_time("query", v))
+            .transpose()
+            .map_err(invalid)?,
+        order_cycle_days: parse_opt(q, "order_cycle_days")?
+            .map(|v| check_order_cycle("query", v))
+            .transpose()
+            .map_err(invalid)?,
+    })
+}
+
+fn basis(q: &Params) -> Result<Basis, Problem> {
+    match q.get("basis") {
+        None => Ok(Basis::Ordered),
+        Some(b) => Basis::parse(b.trim())
+            .ok_or_else(|| Problem::invalid(format!("basis must be ordered or shipped, got {b:?}"))),
     }
-    let level: f64 = parse(q, "service_level", 0.95)?;
-    if !(SERVICE_LEVEL_MIN..=SERVICE_LEVEL_MAX).contains(&level) {
-        return Err(Problem::invalid(format!("service_level must be in {SERVICE_LEVEL_MIN}..={SERVICE_LEVEL_MAX}")));
-    }
-    Ok((lead, level))
 }
 
 /// Validated query of `GET /v1/forecast/{sku}`.
@@ -140,24 +188,51 @@ fn lead_and_level(q: &Params) -> Result<(usize, f64), Problem> {
 pub struct ForecastQuery {
     /// Site, or `None` for the network.
     pub site: Option<String>,
-    /// Plan parameters.
-    pub params: PlanParams,
+    /// Horizon, days.
+    pub h: usize,
+    /// Which history to forecast.
+    pub basis: Basis,
+    /// Planning parameters set by the query.
+    pub overrides: Override,
 }
 
 /// Parses and bounds the query of `GET /v1/forecast/{sku}`.
 pub fn forecast_query(q: &Params) -> Result<ForecastQuery, Problem> {
-    check_known(q, &["site", "h", "service_level", "lead_time_days"])?;
+    check_known(q, &["site", "h", "basis", "service_level", "lead_time_days", "order_cycle_days"])?;
     let h: usize = parse(q, "h", 28)?;
     if !(1..=H_MAX).contains(&h) {
         return Err(Problem::invalid(format!("h must be in 1..={H_MAX}")));
     }
-    let (lead_time_days, service_level) = lead_and_level(q)?;
     let site = q.get("site").map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    Ok(ForecastQuery { site, params: PlanParams { h, lead_time_days, service_level } })
+    Ok(ForecastQuery { site, h, basis: basis(q)?, overrides: overrides(q)? })
 }
 
-/// `GET /v1/forecast/{sku}` on already-read state, at epoch day `today` (for tests and the handler).
-pub fn forecast_answer(cache: &DemandCache, hub: &Hub, sku: &str, q: &Params, today: u64) -> Result<Value, Problem> {
+fn summary(h: Option<&History>) -> Value {
+    match h {
+        None => Value::Null,
+        Some(h) => json!({
+            "days": h.values.len(),
+            "start": iso_date(h.start_day),
+            "end": iso_date(h.start_day + h.values.len().saturating_sub(1) as u64),
+            "total": round3(h.values.iter().sum()),
+        }),
+    }
+}
+
+fn param<T: serde::Serialize>(p: &Param<T>) -> Value {
+    json!({"value": p.value, "source": p.source.as_str()})
+}
+
+/// `GET /v1/forecast/{sku}` on already-read state, at epoch day `today`, with the planning parameters of
+/// `config` (for tests and the handler).
+pub fn forecast_answer(
+    cache: &DemandCache,
+    hub: &Hub,
+    config: &ForecastConfig,
+    sku: &str,
+    q: &Params,
+    today: u64,
+) -> Result<Value, Problem> {
     let fq = forecast_query(q)?;
     let snap = {
         let docs = lock(&hub.docs);
@@ -173,12 +248,17 @@ pub fn forecast_answer(cache: &DemandCache, hub: &Hub, sku: &str, q: &Params, to
     if snap.index.series(sku, None).is_none() && !snap.stock.has_sku(sku) {
         return Err(DemandError::UnknownSku(sku.to_owned()).into());
     }
-    let history = snap
-        .index
-        .history(sku, site)
-        .ok_or(DemandError::InsufficientHistory { days: 0, needed: crate::demand::MIN_HISTORY_DAYS })?;
+    let ordered = snap.index.history_of(Basis::Ordered, sku, site);
+    let shipped = snap.index.history_of(Basis::Shipped, sku, site);
+    let history = match fq.basis {
+        Basis::Ordered => ordered.clone(),
+        Basis::Shipped => shipped.clone(),
+    }
+    .ok_or(DemandError::InsufficientHistory { days: 0, needed: crate::demand::MIN_HISTORY_DAYS })?;
+    let resolved = config.resolve(sku, site, &fq.overrides);
+    let params = PlanParams::from_resolved(fq.h, &resolved);
     let available = snap.stock.available(sku, site);
-    let item = forecast_item(history, available, snap.index.today, &fq.params)?;
+    let item = forecast_item(history, available, snap.index.today, &params)?;
     let f = &item.forecast;
     let quantile = |level: f64, j: usize| {
         f.quantiles.iter().find(|s| s.level == level).and_then(|s| s.values.get(j)).copied().map(round3)
@@ -200,20 +280,31 @@ pub fn forecast_answer(cache: &DemandCache, hub: &Hub, sku: &str, q: &Params, to
         "sku": sku,
         "site": site,
         "as_of": iso_date(item.today),
+        "basis": fq.basis.as_str(),
         "history": {
+            "basis": fq.basis.as_str(),
             "days": hist.values.len(),
             "start": iso_date(hist.start_day),
             "end": iso_date(hist.start_day + hist.values.len().saturating_sub(1) as u64),
             "total": round3(hist.values.iter().sum()),
+            "ordered": summary(ordered.as_ref()),
+            "shipped": summary(shipped.as_ref()),
         },
         "model": f.model.name(),
         "fallback": f.fallback.map(|fb| format!("{fb:?}")),
         "h": f.mean.len(),
         "forecast": days,
-        "lead_time_days": fq.params.lead_time_days,
-        "service_level": fq.params.service_level,
+        "lead_time_days": params.lead_time_days,
+        "service_level": params.service_level,
+        "order_cycle_days": params.order_cycle_days,
+        "parameters": {
+            "service_level": param(&resolved.service_level),
+            "lead_time_days": param(&resolved.lead_time_days),
+            "order_cycle_days": param(&resolved.order_cycle_days),
+        },
         "available": available,
         "on_order": 0,
+        "on_order_source": ON_ORDER_SOURCE,
         "lead_time_demand": round3(p.lead_time_demand),
         "safety_stock": round3(p.safety_stock),
         "reorder_point": round3(p.reorder_point),
@@ -227,10 +318,16 @@ pub fn forecast_answer(cache: &DemandCache, hub: &Hub, sku: &str, q: &Params, to
     }))
 }
 
-async fn forecast(State(st): State<ForecastState>, Path(sku): Path<String>, Query(q): Query<Params>) -> Response {
+async fn forecast(
+    State(st): State<ForecastState>,
+    settings: Option<Extension<ForecastSettings>>,
+    Path(sku): Path<String>,
+    Query(q): Query<Params>,
+) -> Response {
     let today = now_ms() / DAY_MS;
+    let config = st.config(settings);
     // Model fitting is CPU-bound: keep it off the async workers.
-    let res = tokio::task::spawn_blocking(move || forecast_answer(&st.cache, &st.hub, &sku, &q, today)).await;
+    let res = tokio::task::spawn_blocking(move || forecast_answer(&st.cache, &st.hub, &config, &sku, &q, today)).await;
     match res {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(p)) => p.into_response(),
@@ -238,10 +335,21 @@ async fn forecast(State(st): State<ForecastState>, Path(sku): Path<String>, Quer
     }
 }
 
-/// `GET /v1/replenishment` on already-read state: a JSON value, or CSV text when `format=csv`.
-pub fn replenishment_answer(cache: &DemandCache, hub: &Hub, q: &Params, today: u64) -> Result<Response, Problem> {
-    check_known(q, &["lead_time_days", "service_level", "format", "limit", "after", "all"])?;
-    let (lead, level) = lead_and_level(q)?;
+/// `GET /v1/replenishment` on already-read state with the planning parameters of `config`: a JSON value,
+/// or CSV text when `format=csv`.
+pub fn replenishment_answer(
+    cache: &DemandCache,
+    hub: &Hub,
+    config: &Arc<ForecastConfig>,
+    q: &Params,
+    today: u64,
+) -> Result<Response, Problem> {
+    check_known(
+        q,
+        &["basis", "lead_time_days", "service_level", "order_cycle_days", "format", "limit", "after", "all"],
+    )?;
+    let query = overrides(q)?;
+    let basis = basis(q)?;
     let csv = match q.get("format").map(String::as_str) {
         None | Some("json") => false,
         Some("csv") => true,
@@ -256,7 +364,7 @@ pub fn replenishment_answer(cache: &DemandCache, hub: &Hub, q: &Params, today: u
         let docs = lock(&hub.docs);
         cache.snapshot(&docs, today)
     };
-    let run = cache.replenishment(&snap, lead, level);
+    let run = cache.replenishment(&snap, basis, config, &query);
     let rows: Vec<_> = run.rows.iter().filter(|r| all || r.reorder_qty > 0).collect();
     let start = match q.get("after") {
         None => 0,
@@ -277,8 +385,18 @@ pub fn replenishment_answer(cache: &DemandCache, hub: &Hub, q: &Params, today: u
     }
     Ok(Json(json!({
         "as_of": iso_date(today),
-        "lead_time_days": lead,
-        "service_level": level,
+        "basis": basis.as_str(),
+        "query": {
+            "service_level": query.service_level,
+            "lead_time_days": query.lead_time_days,
+            "order_cycle_days": query.order_cycle_days,
+        },
+        "defaults": {
+            "service_level": config.service_level,
+            "lead_time_days": config.lead_time_days,
+            "order_cycle_days": config.order_cycle_days,
+        },
+        "on_order_source": ON_ORDER_SOURCE,
         "total": rows.len(),
         "rows": page,
         "next_after": next_after,
@@ -289,9 +407,14 @@ pub fn replenishment_answer(cache: &DemandCache, hub: &Hub, q: &Params, today: u
     .into_response())
 }
 
-async fn replenishment(State(st): State<ForecastState>, Query(q): Query<Params>) -> Response {
+async fn replenishment(
+    State(st): State<ForecastState>,
+    settings: Option<Extension<ForecastSettings>>,
+    Query(q): Query<Params>,
+) -> Response {
     let today = now_ms() / DAY_MS;
-    let res = tokio::task::spawn_blocking(move || replenishment_answer(&st.cache, &st.hub, &q, today)).await;
+    let config = st.config(settings);
+    let res = tokio::task::spawn_blocking(move || replenishment_answer(&st.cache, &st.hub, &config, &q, today)).await;
     match res {
         Ok(Ok(r)) => r,
         Ok(Err(p)) => p.into_response(),
@@ -322,6 +445,10 @@ mod tests {
         Hub::new(docs, intake, "acme", vec![9; 16], ServerTuning::default()).unwrap()
     }
 
+    fn cfg() -> Arc<ForecastConfig> {
+        Arc::new(ForecastConfig::default())
+    }
+
     fn q(pairs: &[(&str, &str)]) -> Params {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
@@ -331,7 +458,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hub = hub(dir.path(), &[("wh1", "A", 15), ("wh2", "A", 5_000)]);
         let cache = DemandCache::default();
-        let v = forecast_answer(&cache, &hub, "A", &q(&[("site", "wh1"), ("h", "14")]), TODAY).unwrap();
+        let v = forecast_answer(&cache, &hub, &cfg(), "A", &q(&[("site", "wh1"), ("h", "14")]), TODAY).unwrap();
         assert_eq!(v["history"]["days"], 60);
         assert_eq!(v["forecast"].as_array().unwrap().len(), 14);
         assert!(v["forecast"][0]["p90"].as_f64().unwrap() >= v["forecast"][0]["p10"].as_f64().unwrap());
@@ -339,11 +466,11 @@ mod tests {
         assert_eq!(v["stockout_date"], iso_date(TODAY + 1));
         assert!(v["safety_stock"].as_f64().unwrap() > 0.0);
 
-        let v = forecast_answer(&cache, &hub, "A", &q(&[("site", "wh2")]), TODAY).unwrap();
+        let v = forecast_answer(&cache, &hub, &cfg(), "A", &q(&[("site", "wh2")]), TODAY).unwrap();
         assert!(v["reorder"].is_null(), "{v}");
         assert_eq!(v["available"], 5_000);
         // Network: 15 + 5000 units against 15 a day.
-        let v = forecast_answer(&cache, &hub, "A", &q(&[]), TODAY).unwrap();
+        let v = forecast_answer(&cache, &hub, &cfg(), "A", &q(&[]), TODAY).unwrap();
         assert_eq!(v["available"], 5_015);
         assert!(v["reorder"].is_null());
     }
@@ -353,17 +480,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hub = hub(dir.path(), &[("wh1", "A", 15)]);
         let cache = DemandCache::default();
-        let code = |sku: &str, p: &[(&str, &str)]| forecast_answer(&cache, &hub, sku, &q(p), TODAY).unwrap_err().code;
+        let code =
+            |sku: &str, p: &[(&str, &str)]| forecast_answer(&cache, &hub, &cfg(), sku, &q(p), TODAY).unwrap_err().code;
         assert_eq!(code("ZZZ", &[]), "unknown_sku");
         assert_eq!(code("A", &[("site", "nowhere")]), "unknown_site");
         assert_eq!(code("B", &[]), "insufficient_history");
         assert_eq!(code("B", &[("site", "wh2")]), "insufficient_history");
-        for bad in [("h", "0"), ("h", "366"), ("h", "x"), ("service_level", "0.9999"), ("service_level", "0.4")] {
+        for bad in [
+            ("h", "0"),
+            ("h", "366"),
+            ("h", "x"),
+            ("service_level", "0.9999"),
+            ("service_level", "0.4"),
+            ("order_cycle_days", "0"),
+            ("basis", "returned"),
+        ] {
             assert_eq!(code("A", &[bad]), "invalid_query", "{bad:?}");
         }
         assert_eq!(code("A", &[("lead_time_days", "0")]), "invalid_query");
         assert_eq!(code("A", &[("bogus", "1")]), "invalid_query");
-        let p = forecast_answer(&cache, &hub, "B", &q(&[]), TODAY).unwrap_err();
+        let p = forecast_answer(&cache, &hub, &cfg(), "B", &q(&[]), TODAY).unwrap_err();
         assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
         let resp = p.into_response();
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
@@ -378,7 +514,7 @@ mod tests {
             let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
             String::from_utf8(b.to_vec()).unwrap()
         };
-        let r = replenishment_answer(&cache, &hub, &q(&[]), TODAY).unwrap();
+        let r = replenishment_answer(&cache, &hub, &cfg(), &q(&[]), TODAY).unwrap();
         let v: Value = serde_json::from_str(&body(r).await).unwrap();
         assert_eq!(v["total"], 2);
         assert_eq!(v["skipped_insufficient_history"], 1);
@@ -386,25 +522,104 @@ mod tests {
         assert_eq!(v["rows"][0]["key"], "wh1|A");
         assert_eq!(v["rows"][1]["key"], "wh2|A");
 
-        let r = replenishment_answer(&cache, &hub, &q(&[("limit", "1")]), TODAY).unwrap();
+        let r = replenishment_answer(&cache, &hub, &cfg(), &q(&[("limit", "1")]), TODAY).unwrap();
         let v: Value = serde_json::from_str(&body(r).await).unwrap();
         assert_eq!(v["next_after"], "wh1|A");
-        let r = replenishment_answer(&cache, &hub, &q(&[("limit", "1"), ("after", "wh1|A")]), TODAY).unwrap();
+        let r = replenishment_answer(&cache, &hub, &cfg(), &q(&[("limit", "1"), ("after", "wh1|A")]), TODAY).unwrap();
         let v: Value = serde_json::from_str(&body(r).await).unwrap();
         assert_eq!(v["rows"][0]["key"], "wh2|A");
         assert!(v["next_after"].is_null());
 
-        let r = replenishment_answer(&cache, &hub, &q(&[("format", "csv")]), TODAY).unwrap();
+        let r = replenishment_answer(&cache, &hub, &cfg(), &q(&[("format", "csv")]), TODAY).unwrap();
         assert_eq!(r.headers()[header::CONTENT_TYPE], "text/csv; charset=utf-8");
         let csv = body(r).await;
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines[0], crate::demand::CSV_HEADER);
         assert_eq!(lines.len(), 3);
         assert!(lines[1].starts_with("A,wh1,"));
-        for bad in [("format", "xml"), ("limit", "0"), ("after", "nope"), ("service_level", "1")] {
-            let p = replenishment_answer(&cache, &hub, &q(&[bad]), TODAY).unwrap_err();
+        for bad in [("format", "xml"), ("limit", "0"), ("after", "nope"), ("service_level", "1"), ("basis", "x")] {
+            let p = replenishment_answer(&cache, &hub, &cfg(), &q(&[bad]), TODAY).unwrap_err();
             assert_eq!(p.code, "invalid_query", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn forecast_on_shipped_basis_and_both_summaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path(), &[("wh1", "A", 15)]);
+        let cache = DemandCache::default();
+        // wh1's orders are all shipped, 30 h after acceptance: the shipped series starts a day later and its
+        // last order (accepted yesterday) ships today, which is not a complete day yet.
+        let v = forecast_answer(&cache, &hub, &cfg(), "A", &q(&[("site", "wh1")]), TODAY).unwrap();
+        assert_eq!(v["basis"], "ordered");
+        assert_eq!(v["history"]["basis"], "ordered");
+        assert_eq!(v["history"]["ordered"]["days"], 60);
+        assert_eq!(v["history"]["ordered"]["total"], 600.0);
+        assert_eq!(v["history"]["shipped"]["days"], 59);
+        assert_eq!(v["history"]["shipped"]["total"], 589.0);
+        assert_eq!(v["history"]["shipped"]["start"], iso_date(TODAY - 59));
+        let s =
+            forecast_answer(&cache, &hub, &cfg(), "A", &q(&[("site", "wh1"), ("basis", "shipped")]), TODAY).unwrap();
+        assert_eq!(s["basis"], "shipped");
+        assert_eq!(s["history"]["days"], 59);
+        assert_eq!(s["history"]["total"], 589.0);
+        // wh2 never shipped: the shipped summary is null and forecasting on it is a 422.
+        let v = forecast_answer(&cache, &hub, &cfg(), "A", &q(&[("site", "wh2")]), TODAY).unwrap();
+        assert!(v["history"]["shipped"].is_null(), "{v}");
+        let p = forecast_answer(&cache, &hub, &cfg(), "A", &q(&[("site", "wh2"), ("basis", "shipped")]), TODAY)
+            .unwrap_err();
+        assert_eq!(p.code, "insufficient_history");
+    }
+
+    #[test]
+    fn parameters_come_from_config_with_sources_and_query_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path(), &[("wh1", "A", 15), ("wh2", "A", 5_000)]);
+        let cache = DemandCache::default();
+        let config: ForecastConfig =
+            toml::from_str("service_level = 0.9\n[sites.wh1]\nlead_time_days = 12\n[skus.A]\nservice_level = 0.98")
+                .unwrap();
+        let v = forecast_answer(&cache, &hub, &config, "A", &q(&[("site", "wh1")]), TODAY).unwrap();
+        assert_eq!(v["parameters"]["lead_time_days"], json!({"value": 12, "source": "site"}));
+        assert_eq!(v["parameters"]["service_level"], json!({"value": 0.98, "source": "sku"}));
+        assert_eq!(v["parameters"]["order_cycle_days"], json!({"value": 14, "source": "default"}));
+        assert_eq!(v["lead_time_days"], 12);
+        assert_eq!((v["on_order"].clone(), v["on_order_source"].clone()), (json!(0), json!("none")));
+        // About 10 a day over 12 days.
+        assert!((v["lead_time_demand"].as_f64().unwrap() - 120.0).abs() < 15.0, "{v}");
+        let v = forecast_answer(&cache, &hub, &config, "A", &q(&[("site", "wh1"), ("lead_time_days", "3")]), TODAY)
+            .unwrap();
+        assert_eq!(v["parameters"]["lead_time_days"], json!({"value": 3, "source": "query"}));
+        // The network: site overrides do not apply.
+        let v = forecast_answer(&cache, &hub, &config, "A", &q(&[]), TODAY).unwrap();
+        assert_eq!(v["parameters"]["lead_time_days"], json!({"value": 7, "source": "default"}));
+    }
+
+    #[tokio::test]
+    async fn replenishment_rows_carry_parameters_and_cache_follows_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path(), &[("wh1", "A", 15), ("wh2", "A", 30)]);
+        let cache = DemandCache::default();
+        let json_of = |r: Response| async move {
+            let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            serde_json::from_slice::<Value>(&b).unwrap()
+        };
+        let a = cfg();
+        let v = json_of(replenishment_answer(&cache, &hub, &a, &q(&[("all", "true")]), TODAY).unwrap()).await;
+        assert_eq!(v["rows"][0]["lead_time_source"], "default");
+        assert_eq!(v["on_order_source"], "none");
+        assert_eq!(v["defaults"]["lead_time_days"], 7);
+        let b: Arc<ForecastConfig> = Arc::new(toml::from_str("[sites.wh2]\nlead_time_days = 30").unwrap());
+        let v = json_of(replenishment_answer(&cache, &hub, &b, &q(&[("all", "true")]), TODAY).unwrap()).await;
+        let wh2 = v["rows"].as_array().unwrap().iter().find(|r| r["site"] == "wh2").unwrap().clone();
+        assert_eq!((wh2["lead_time_days"].clone(), wh2["lead_time_source"].clone()), (json!(30), json!("site")));
+        let v = json_of(
+            replenishment_answer(&cache, &hub, &b, &q(&[("all", "true"), ("basis", "shipped")]), TODAY).unwrap(),
+        )
+        .await;
+        assert_eq!(v["basis"], "shipped");
+        assert_eq!(v["total"], 1, "only wh1 shipped: {v}");
+        assert_eq!(v["rows"][0]["basis"], "shipped");
     }
 
     #[tokio::test]
@@ -431,6 +646,22 @@ mod tests {
         let r = get("/v1/replenishment?format=csv").await;
         assert!(r.starts_with("HTTP/1.1 200") && r.contains("sku,site,model"), "{r}");
         assert!(get("/v1/stock").await.starts_with("HTTP/1.1 200"));
+        server.abort();
+
+        // With the configuration installed as the hub does it (the fixtures' days are long past, so only the
+        // echoed defaults show it).
+        let config: ForecastConfig = toml::from_str("lead_time_days = 9\n[sites.wh1]\nlead_time_days = 12").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let app = crate::api::router(Arc::new(hub(dir.path(), &[("wh1", "A", 15)]))).layer(settings(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /v1/replenishment HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains(r#""defaults":{"lead_time_days":9,"#), "{out}");
         server.abort();
     }
 }

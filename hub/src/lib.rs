@@ -13,6 +13,7 @@ pub mod config;
 pub mod demand;
 pub mod docs;
 pub mod forecast_api;
+pub mod forecast_config;
 pub mod intake;
 pub mod orders;
 pub mod routing;
@@ -61,7 +62,8 @@ pub async fn run(
     tracing::info!(quic = %endpoint.local_addr()?, http = %listener.local_addr()?, tenant = %cfg.tenant,
         data = %cfg.data_dir.display(), "hub listening");
     let accept = tokio::spawn(server::accept_loop(hub.clone(), endpoint.clone()));
-    axum::serve(listener, api::router(hub.clone())).with_graceful_shutdown(shutdown).await?;
+    let app = api::router(hub.clone()).layer(forecast_api::settings(cfg.forecast.clone()));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     endpoint.close(0u32.into(), b"hub shutting down");
     accept.abort();
     watcher.abort();
