@@ -80,23 +80,7 @@ pub enum IntakeError {
     },
 }
 
-macro_rules! storage_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for IntakeError {
-            fn from(e: $t) -> Self {
-                IntakeError::Storage(e.to_string())
-            }
-        }
-    )*};
-}
-storage_from!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+oms_node::redb_errors_as_storage!(IntakeError);
 
 /// One site's part of a customer order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -351,23 +351,23 @@ fn fmt_shortfalls(s: &[Shortfall]) -> String {
         .join("; ")
 }
 
-macro_rules! storage_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
+/// Implements `From<redb::…Error>` for an error type with a `Storage(String)` variant, for every redb error
+/// type a transaction can return: a storage failure means nothing of the request was written.
+#[macro_export]
+macro_rules! redb_errors_as_storage {
+    ($err:ident) => {
+        $crate::redb_errors_as_storage!(@each $err: redb::Error, redb::DatabaseError, redb::TransactionError,
+            redb::TableError, redb::StorageError, redb::CommitError);
+    };
+    (@each $err:ident: $($t:ty),*) => {$(
+        impl From<$t> for $err {
             fn from(e: $t) -> Self {
-                StoreError::Storage(e.to_string())
+                $err::Storage(e.to_string())
             }
         }
     )*};
 }
-storage_from!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+redb_errors_as_storage!(StoreError);
 
 /// A write request for the writer thread.
 #[derive(Debug)]

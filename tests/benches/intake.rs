@@ -16,19 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, get_json, pki};
-use oms_tests::stats::{env_u64, percentile};
+use oms_tests::stats::{env_u64, loadavg, percentile};
 use serde_json::{Value, json};
 
 const SITES: [(&str, f64, f64); 2] = [("wh-berlin", 52.52, 13.40), ("wh-munich", 48.14, 11.58)];
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 fn order(n: u64) -> Value {
     let (lat, lon) = if n.is_multiple_of(2) { (52.5, 13.4) } else { (48.1, 11.6) };

@@ -22,18 +22,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use oms_tests::cluster::{self, ClusterNode, HubProc, free_tcp, free_udp, get_json, pki};
-use oms_tests::stats::{env_u64, percentile};
+use oms_tests::stats::{env_u64, loadavg, percentile};
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 // ---- process helpers: tests/src/cluster.rs, shared with tests/tests/sync_hub.rs ----
 

@@ -11,6 +11,16 @@ pub mod stats {
         std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
     }
 
+    /// The load average (1, 5, 15 min) from `/proc/loadavg`, for the record of a noisy machine.
+    pub fn loadavg() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// The `p` quantile (0..=1) of an ascending slice, nearest rank; NaN when empty.
     pub fn percentile(sorted: &[f64], p: f64) -> f64 {
         if sorted.is_empty() {
