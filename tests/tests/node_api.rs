@@ -218,7 +218,7 @@ async fn idempotency_and_insufficient_stock() {
     // Not enough stock on one of two lines: 409 naming the SKU, and nothing reserved on either.
     let (s, v) = place(&c, &n, "key-2", &order_body("web-2", &[("A", 1), ("B", 4)])).await;
     assert_problem(s, &v, 409, "insufficient_stock");
-    assert_eq!(v["shortfalls"], json!([{"sku": "B", "available": 1, "requested": 4}]));
+    assert_eq!(v["shortfalls"], json!([{"sku": "B", "available": 1, "requested": 4, "held_for_hub": 0}]));
     assert_eq!(stock(&c, &n, "A").await, (5, 2, 3));
     assert_eq!(stock(&c, &n, "B").await, (1, 0, 1));
     // The key was not consumed by the refusal: after a receipt the same request succeeds.
