@@ -209,10 +209,19 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Resul
 }
 
 /// Drives one site's staff: waves, picks, pack, ship, deliver, the odd cancel and return.
-async fn staff_loop(http: reqwest::Client, addr: SocketAddr, seed: u64, until: Instant, tally: Arc<Tally>) {
+/// Staff keep working after the order flow stops, until `stop` is set (once the hub and the sites have
+/// converged, so assignments that arrive late are shipped too), at most two minutes.
+async fn staff_loop(
+    http: reqwest::Client,
+    addr: SocketAddr,
+    seed: u64,
+    until: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tally: Arc<Tally>,
+) {
     let mut rng = StdRng::seed_from_u64(seed);
     let base = format!("http://{addr}/v1");
-    while Instant::now() < until + Duration::from_secs(3) {
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until + Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let Ok((201, wave)) = post(&http, format!("{base}/waves"), json!({"max_orders": 20})).await else { continue };
         let orders: Vec<String> = wave["orders"]
@@ -350,8 +359,10 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let until = started + Duration::from_secs(a.duration);
     let tally = Arc::new(Tally::default());
     let mut staff = Vec::new();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for (i, s) in sites.iter().enumerate() {
-        staff.push(tokio::spawn(staff_loop(http.clone(), s.addr, a.seed + i as u64, until, tally.clone())));
+        let (http, stop) = (http.clone(), stop.clone());
+        staff.push(tokio::spawn(staff_loop(http, s.addr, a.seed + i as u64, until, stop, tally.clone())));
     }
     // Two channels (web, marketplace) send three quarters of the orders to the hub, which routes them by
     // proximity within its escrowed rights; the rest are each site's own till sales (channel pos), which go
@@ -493,9 +504,6 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         sites[victim].id
     );
     let _ = placer.await;
-    for s in staff {
-        let _ = s.await;
-    }
     let heal_catch_up_ms = cutter.await.ok().flatten();
 
     // The hub converges: its order count per site equals each node's.
@@ -520,6 +528,12 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let convergence_ms = u64::try_from(traffic_stopped.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // Let the staff finish what arrived last (a wave or two), then stop them before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in staff {
+        let _ = s.await;
+    }
     println!(
         "hub {} in {convergence_ms} ms after the order flow stopped: {}",
         if converged { "converged" } else { "did NOT converge" },
