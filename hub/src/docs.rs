@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use oms_node::sync::docdb::{DocDb, DocDbError};
+use oms_node::sync::docdb::{DocDb, DocDbError, FlushBatch};
 use oms_node::sync::schema::{self, DocKind, Writer};
 use oms_protocol::domain::NodeId;
 use oms_protocol::sync::DocStore;
@@ -100,6 +100,12 @@ impl HubDocs {
     /// Flushes documents and sync states to disk.
     pub fn flush(&mut self) -> Result<(), DocDbError> {
         self.db.flush()
+    }
+
+    /// Takes what is dirty into a batch that the caller commits ([`FlushBatch::commit`]) after releasing the
+    /// lock on these documents.
+    pub fn prepare_flush(&mut self) -> Option<FlushBatch> {
+        self.db.prepare_flush()
     }
 
     /// Marks a document changed by a session for the next flush.

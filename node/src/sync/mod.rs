@@ -62,6 +62,8 @@ pub struct SyncTuning {
     pub tick_ms: u64,
     /// Decoded frames waiting for the session.
     pub frames_queued_max: usize,
+    /// Frames already queued that the link handles before one flush and one write of the answers.
+    pub frames_per_flush_max: usize,
 }
 
 impl Default for SyncTuning {
@@ -76,6 +78,7 @@ impl Default for SyncTuning {
             io_timeout_ms: 10_000,
             tick_ms: 250,
             frames_queued_max: 64,
+            frames_per_flush_max: 256,
         }
     }
 }
@@ -324,13 +327,12 @@ async fn run_session(
     lock(&shared.dirty).clear();
     let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let batch_max = shared.tuning.frames_per_flush_max.max(1);
     let mut out = Vec::new();
     loop {
         while let Some(f) = session.poll_transmit() {
             out.push(f);
         }
-        link::write_frames(&mut send, &out, frame_max, io_timeout).await?;
-        out.clear();
         let mut closed = None;
         {
             let mut docs = lock(&shared.docs);
@@ -347,8 +349,11 @@ async fn run_session(
                     Event::Closed { code, reason, by_peer } => closed = Some((code, reason, by_peer)),
                 }
             }
-            docs.db.flush()?;
         }
+        // Persist what the hub sent before answering it; one flush covers every frame handled since the last.
+        persist(shared).await?;
+        link::write_frames(&mut send, &out, frame_max, io_timeout).await?;
+        out.clear();
         if let Some((code, reason, by_peer)) = closed {
             while let Some(f) = session.poll_transmit() {
                 out.push(f);
@@ -359,7 +364,21 @@ async fn run_session(
         }
         tokio::select! {
             frame = frames.recv() => match frame {
-                Some(Ok(frame)) => session.handle_frame(&mut *lock(&shared.docs), frame),
+                Some(Ok(frame)) => {
+                    let mut docs = lock(&shared.docs);
+                    session.handle_frame(&mut *docs, frame);
+                    // Take what else is already queued (bounded) before the next flush and write.
+                    for _ in 1..batch_max {
+                        match frames.try_recv() {
+                            Ok(Ok(frame)) => session.handle_frame(&mut *docs, frame),
+                            Ok(Err(e)) => {
+                                oms_transport::close(&conn, e.code(), &e.to_string());
+                                return Err(e.into());
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Some(Err(e)) => {
                     oms_transport::close(&conn, e.code(), &e.to_string());
                     return Err(e.into());
@@ -375,6 +394,16 @@ async fn run_session(
             }
             _ = tick.tick() => session.tick(&mut *lock(&shared.docs), now_ms()),
         }
+    }
+}
+
+/// Writes what the session changed to `sync.redb`, with the disk I/O outside the documents' lock.
+async fn persist(shared: &Shared) -> Result<(), DocDbError> {
+    let Some(batch) = lock(&shared.docs).db.prepare_flush() else { return Ok(()) };
+    match tokio::task::spawn_blocking(move || batch.commit()).await {
+        Ok(result) => result,
+        // The batch was dropped uncommitted; the next flush writes its contents.
+        Err(e) => Err(DocDbError::Storage { path: SYNC_DB_FILE.into(), detail: format!("flush task: {e}") }),
     }
 }
 
