@@ -39,7 +39,7 @@ pub struct ServerTuning {
 
 impl Default for ServerTuning {
     fn default() -> Self {
-        Self { nodes_max: 256, io_timeout_ms: 10_000, tick_ms: 250, frames_queued_max: 64, frames_per_flush_max: 256 }
+        Self { nodes_max: 256, io_timeout_ms: 10_000, tick_ms: 250, frames_queued_max: 256, frames_per_flush_max: 256 }
     }
 }
 
@@ -85,7 +85,7 @@ impl Hub {
 
 /// The session limits the hub uses.
 pub fn session_config() -> SessionConfig {
-    SessionConfig { manifest_interval_ms: 15_000, ..SessionConfig::default() }
+    SessionConfig { manifest_interval_ms: 15_000, docs_in_flight_max: 256, ..SessionConfig::default() }
 }
 
 /// Accepts connections until the endpoint is closed.

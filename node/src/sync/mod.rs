@@ -77,7 +77,7 @@ impl Default for SyncTuning {
             backoff_cap_ms: 10_000,
             io_timeout_ms: 10_000,
             tick_ms: 250,
-            frames_queued_max: 64,
+            frames_queued_max: 256,
             frames_per_flush_max: 256,
         }
     }
@@ -328,6 +328,8 @@ async fn run_session(
     let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let batch_max = shared.tuning.frames_per_flush_max.max(1);
+    // Stock documents changed since the last tick (only this node's own: at most one).
+    let mut stock_changed = BTreeSet::new();
     let mut out = Vec::new();
     loop {
         while let Some(f) = session.poll_transmit() {
@@ -388,11 +390,23 @@ async fn run_session(
             () = shared.changed.notified() => {
                 let changed = std::mem::take(&mut *lock(&shared.dirty));
                 let mut docs = lock(&shared.docs);
-                for doc in &changed {
-                    session.local_change(&mut *docs, doc);
+                for doc in changed {
+                    // The stock document changes with nearly every order: sync it once per tick, carrying
+                    // all the changes of that period, rather than once per feed batch.
+                    if matches!(DocKind::of(&doc), Some(DocKind::Stock(_))) {
+                        stock_changed.insert(doc);
+                    } else {
+                        session.local_change(&mut *docs, &doc);
+                    }
                 }
             }
-            _ = tick.tick() => session.tick(&mut *lock(&shared.docs), now_ms()),
+            _ = tick.tick() => {
+                let mut docs = lock(&shared.docs);
+                for doc in std::mem::take(&mut stock_changed) {
+                    session.local_change(&mut *docs, &doc);
+                }
+                session.tick(&mut *docs, now_ms());
+            }
         }
     }
 }
@@ -408,7 +422,8 @@ async fn persist(shared: &Shared) -> Result<(), DocDbError> {
 }
 
 /// The session limits a node uses: the defaults, with a manifest every 15 s so that a document missed by
-/// the dirty set (which is bounded) still syncs promptly.
+/// the dirty set (which is bounded) still syncs promptly, and up to 256 documents in flight so that a
+/// catch-up fills each flush and each write.
 pub fn session_config() -> SessionConfig {
-    SessionConfig { manifest_interval_ms: 15_000, ..SessionConfig::default() }
+    SessionConfig { manifest_interval_ms: 15_000, docs_in_flight_max: 256, ..SessionConfig::default() }
 }

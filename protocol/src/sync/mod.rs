@@ -28,7 +28,7 @@ use crate::wire::{
     DocId, ErrorCode, Frame, Hash, Hello, HelloAck, Manifest, ManifestEntry, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
     PeerId, REASON_BYTES_MAX, capabilities,
 };
-use automerge::sync::{Message, State, SyncDoc};
+use automerge::sync::{BloomFilter, Capability, Have, Message, State, SyncDoc};
 use automerge::{AutoCommit, ChangeHash};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -224,6 +224,19 @@ fn sorted(mut heads: Vec<Hash>) -> Vec<Hash> {
     heads.sort_unstable();
     heads.dedup();
     heads
+}
+
+/// The sync state of a document never synced with this peer: assume the peer has none of it, so the first
+/// message carries the document (one compressed save, as both sides speak Automerge's v2 messages) instead of
+/// first exchanging heads and Bloom filters. If the peer does hold some of it, it merely receives changes it
+/// has, and answers with its heads as usual.
+fn fresh_state() -> State {
+    let mut state = State::new();
+    state.their_heads = Some(vec![]);
+    state.their_need = Some(vec![]);
+    state.their_have = Some(vec![Have { last_sync: vec![], bloom: BloomFilter::default() }]);
+    state.their_capabilities = Some(vec![Capability::MessageV1, Capability::MessageV2]);
+    state
 }
 
 /// Keeps only the persisted part of a sync state (shared heads), dropping what a lost message left behind.
@@ -500,7 +513,7 @@ impl SyncSession {
         let now_ms = self.now_ms;
         let peer = &self.peer;
         self.docs.entry(doc.clone()).or_insert_with(|| {
-            let state = store.load_sync_state(peer, doc).and_then(|b| State::decode(&b).ok()).unwrap_or_default();
+            let state = store.load_sync_state(peer, doc).and_then(|b| State::decode(&b).ok()).unwrap_or_else(fresh_state);
             DocSync { state, last_progress_ms: now_ms }
         })
     }
