@@ -28,7 +28,7 @@ use crate::wire::{
     DocId, ErrorCode, Frame, Hash, Hello, HelloAck, Manifest, ManifestEntry, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
     PeerId, REASON_BYTES_MAX, capabilities,
 };
-use automerge::sync::{BloomFilter, Capability, Have, Message, State, SyncDoc};
+use automerge::sync::{BloomFilter, Capability, ChunkList, Have, Message, State, SyncDoc};
 use automerge::{AutoCommit, ChangeHash};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -562,8 +562,18 @@ impl SyncSession {
             return;
         }
         let theirs = sorted(heads);
-        let ours = store.doc_mut(&doc).map(|d| sorted(hashes(&d.get_heads())));
+        let current = store.doc_mut(&doc).map(|d| d.get_heads());
+        let ours = current.as_ref().map(|h| sorted(hashes(h)));
         if ours.as_ref() == Some(&theirs) {
+            // The peer has exactly our heads: remember that, so the next change sends only what is new.
+            if let (Some(entry), Some(current)) = (self.docs.get_mut(&doc), current) {
+                entry.state.shared_heads.clone_from(&current);
+                entry.state.their_need = Some(vec![]);
+                entry.state.their_have = Some(vec![Have { last_sync: current.clone(), bloom: BloomFilter::default() }]);
+                entry.state.their_heads = Some(current);
+                entry.state.in_flight = false;
+                store.save_sync_state(&self.peer, &doc, entry.state.encode());
+            }
             self.finish(doc, theirs);
         } else if ours.is_some() {
             // The peer has nothing more for us but lacks something of ours: our sync state believes it sent
@@ -595,18 +605,19 @@ impl SyncSession {
         };
         let generated = automerge_doc.sync().generate_sync_message(&mut entry.state);
         match generated {
-            Some(msg) => {
-                let msg = msg.encode();
-                if msg.len() > self.cfg.sync_msg_bytes_max {
-                    entry.state = reset_state(&entry.state);
-                    self.in_flight.remove(doc);
-                    self.events.push_back(Event::DocFailed { doc: doc.clone(), code: ErrorCode::FrameTooLarge });
+            Some(msg) if answering && msg.changes == ChunkList::empty() && msg.need.is_empty() => {
+                let heads = sorted(hashes(&automerge_doc.get_heads()));
+                let their = entry.state.their_heads.as_deref().map(|h| sorted(hashes(h)));
+                if their.as_ref() == Some(&heads) {
+                    // Nothing to send or ask for, and the peer has exactly our heads: an Ack says so in fewer
+                    // bytes and ends the exchange on both sides.
+                    self.outbound.push_back(Frame::Ack { doc: doc.clone(), heads: heads.clone() });
+                    self.finish(doc.clone(), heads);
                     return;
                 }
-                entry.last_progress_ms = self.now_ms;
-                self.in_flight.insert(doc.clone());
-                self.outbound.push_back(Frame::Sync { doc: doc.clone(), msg });
+                self.send_sync(doc, msg.encode());
             }
+            Some(msg) => self.send_sync(doc, msg.encode()),
             None if answering => {
                 let heads = sorted(hashes(&automerge_doc.get_heads()));
                 let their = entry.state.their_heads.as_deref().map(|h| sorted(hashes(h)));
@@ -617,6 +628,22 @@ impl SyncSession {
             }
             None => {}
         }
+    }
+
+    /// Queues an encoded sync message for `doc`, or fails the document if it exceeds the frame limit.
+    fn send_sync(&mut self, doc: &DocId, msg: Vec<u8>) {
+        let Some(entry) = self.docs.get_mut(doc) else {
+            return;
+        };
+        if msg.len() > self.cfg.sync_msg_bytes_max {
+            entry.state = reset_state(&entry.state);
+            self.in_flight.remove(doc);
+            self.events.push_back(Event::DocFailed { doc: doc.clone(), code: ErrorCode::FrameTooLarge });
+            return;
+        }
+        entry.last_progress_ms = self.now_ms;
+        self.in_flight.insert(doc.clone());
+        self.outbound.push_back(Frame::Sync { doc: doc.clone(), msg });
     }
 
     fn schedule(&mut self, doc: DocId) {
