@@ -525,7 +525,8 @@ impl FlushBatch {
     }
 
     fn write(&self) -> Result<(), DocDbError> {
-        let storage = |e: &dyn std::fmt::Display| DocDbError::Storage { path: self.path.clone(), detail: e.to_string() };
+        let storage =
+            |e: &dyn std::fmt::Display| DocDbError::Storage { path: self.path.clone(), detail: e.to_string() };
         let w = self.db.begin_write().map_err(|e| storage(&e))?;
         {
             let mut docs = w.open_table(DOCS).map_err(|e| storage(&e))?;
@@ -614,7 +615,6 @@ pub fn stored_doc_ids(path: &Path) -> Result<Vec<String>, DocDbError> {
     }
     Ok(out)
 }
-
 
 /// Re-exported so callers name the same Automerge.
 pub use automerge::ChangeHash;

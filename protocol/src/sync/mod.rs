@@ -513,7 +513,8 @@ impl SyncSession {
         let now_ms = self.now_ms;
         let peer = &self.peer;
         self.docs.entry(doc.clone()).or_insert_with(|| {
-            let state = store.load_sync_state(peer, doc).and_then(|b| State::decode(&b).ok()).unwrap_or_else(fresh_state);
+            let state =
+                store.load_sync_state(peer, doc).and_then(|b| State::decode(&b).ok()).unwrap_or_else(fresh_state);
             DocSync { state, last_progress_ms: now_ms }
         })
     }
