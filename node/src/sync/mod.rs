@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oms_protocol::domain::NodeId;
+use oms_protocol::domain::{NodeId, Sku};
 use oms_protocol::sync::automerge::AutoCommit;
 use oms_protocol::sync::{DocStore, Event, SessionConfig, StoreError, SyncSession};
 use oms_protocol::wire::{DocId, ErrorCode, PeerId};
@@ -64,6 +64,11 @@ pub struct SyncTuning {
     pub frames_queued_max: usize,
     /// Frames already queued that the link handles before one flush and one write of the answers.
     pub frames_per_flush_max: usize,
+    /// Changed balances are written into the stock document at most this often (one Automerge change for all
+    /// SKUs changed in the period, rather than one per feed batch).
+    pub stock_coalesce_ms: u64,
+    /// SKUs waiting for the stock document; at this many they are written at once.
+    pub stock_pending_max: usize,
 }
 
 impl Default for SyncTuning {
@@ -79,6 +84,8 @@ impl Default for SyncTuning {
             tick_ms: 250,
             frames_queued_max: 256,
             frames_per_flush_max: 256,
+            stock_coalesce_ms: 250,
+            stock_pending_max: 10_000,
         }
     }
 }
@@ -118,6 +125,10 @@ pub enum IngestError {
 pub struct NodeDocs {
     db: DocDb,
     node: NodeId,
+    /// SKUs whose balance changed in the feed but is not yet in the stock document (bounded by
+    /// `stock_pending_max`). Only in memory: after a restart [`repair_stock`] rewrites every balance.
+    stock_pending: BTreeSet<Sku>,
+    stock_written_ms: u64,
 }
 
 impl NodeDocs {
@@ -186,7 +197,7 @@ pub fn spawn(link: &HubLink, store: Store, data_dir: &Path, tuning: SyncTuning) 
     };
     let endpoint = oms_transport::client_endpoint(bind, &files, &Limits::default())?;
     let shared = Arc::new(Shared {
-        docs: Mutex::new(NodeDocs { db, node }),
+        docs: Mutex::new(NodeDocs { db, node, stock_pending: BTreeSet::new(), stock_written_ms: 0 }),
         dirty: Mutex::new(BTreeSet::new()),
         changed: Notify::new(),
         tuning,
@@ -200,15 +211,51 @@ pub fn spawn(link: &HubLink, store: Store, data_dir: &Path, tuning: SyncTuning) 
     Ok(())
 }
 
-/// Applies feed entries after the cursor to the documents. Returns the documents changed.
-fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<DocId>, IngestError> {
+/// Pages of balances [`repair_stock`] reads, of [`STOCK_REPAIR_PAGE`] SKUs each.
+const STOCK_REPAIR_PAGES_MAX: usize = 10_000;
+const STOCK_REPAIR_PAGE: usize = 1_024;
+
+/// Writes every balance into the stock document (a no-op for those already there). Run at start, because
+/// balances waiting in [`NodeDocs::stock_pending`] when the process stopped are behind the feed cursor.
+fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, IngestError> {
+    let node = docs.node.clone();
+    let Some(name) = schema::stock_doc(&node) else { return Ok(vec![]) };
+    let now = now_ms();
+    let mut changed = false;
+    let mut after: Option<String> = None;
+    for _ in 0..STOCK_REPAIR_PAGES_MAX {
+        let page = store.balances(after.as_deref(), STOCK_REPAIR_PAGE)?;
+        for (sku, balance) in &page {
+            let doc = docs.db.get_or_create(&name)?;
+            changed |= schema::write_stock(doc, &node, sku, balance, now)?;
+        }
+        match page.last() {
+            Some((sku, _)) if page.len() >= STOCK_REPAIR_PAGE => after = Some(sku.as_str().to_owned()),
+            _ => break,
+        }
+    }
+    if !changed {
+        return Ok(vec![]);
+    }
+    if let Some(doc) = docs.db.get_mut(&name) {
+        doc.commit();
+    }
+    docs.db.mark_dirty(&name);
+    docs.db.flush()?;
+    Ok(vec![name])
+}
+
+/// Applies feed entries after the cursor to the documents, and writes the balances pending for the stock
+/// document if `stock_coalesce_ms` passed. Returns the documents changed, or `None` if there was nothing
+/// to do.
+fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Option<Vec<DocId>>, IngestError> {
     let cursor = docs.db.meta(FEED_CURSOR)?.unwrap_or(0);
-    let entries = store.feed_after(cursor, batch_max)?;
-    let Some((last, _)) = entries.last() else { return Ok(vec![]) };
-    let last = *last;
+    let entries = store.feed_after(cursor, tuning.feed_batch_max)?;
+    let last = entries.last().map(|(seq, _)| *seq);
     let now = now_ms();
     let node = docs.node.clone();
     let mut changed = BTreeSet::new();
+    let mut pending_full = false;
     for (_, entry) in entries {
         match entry {
             FeedEntry::Order(id) => {
@@ -220,15 +267,37 @@ fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<Do
                 }
             }
             FeedEntry::Stock(sku) => {
-                let Some(balance) = store.balance(&sku)? else { continue };
-                let Some(name) = schema::stock_doc(&node) else { continue };
-                let doc = docs.db.get_or_create(&name)?;
-                if schema::write_stock(doc, &node, &sku, &balance, now)? {
-                    changed.insert(name);
+                if docs.stock_pending.len() < tuning.stock_pending_max {
+                    docs.stock_pending.insert(sku);
+                } else {
+                    pending_full = true;
+                    if let Some(balance) = store.balance(&sku)?
+                        && let Some(name) = schema::stock_doc(&node)
+                        && schema::write_stock(docs.db.get_or_create(&name)?, &node, &sku, &balance, now)?
+                    {
+                        changed.insert(name);
+                    }
                 }
             }
             FeedEntry::Catalog(_) => {}
         }
+    }
+    let due = now.saturating_sub(docs.stock_written_ms) >= tuning.stock_coalesce_ms || pending_full;
+    if due && !docs.stock_pending.is_empty() {
+        if let Some(name) = schema::stock_doc(&node) {
+            for sku in &docs.stock_pending {
+                let Some(balance) = store.balance(sku)? else { continue };
+                let doc = docs.db.get_or_create(&name)?;
+                if schema::write_stock(doc, &node, sku, &balance, now)? {
+                    changed.insert(name.clone());
+                }
+            }
+        }
+        docs.stock_pending.clear();
+        docs.stock_written_ms = now;
+    }
+    if last.is_none() && changed.is_empty() {
+        return Ok(None);
     }
     for name in &changed {
         if let Some(doc) = docs.db.get_mut(name) {
@@ -236,31 +305,52 @@ fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<Do
         }
         docs.db.mark_dirty(name);
     }
-    docs.db.set_meta(FEED_CURSOR, last);
+    if let Some(last) = last {
+        docs.db.set_meta(FEED_CURSOR, last);
+    }
     docs.db.flush()?;
-    Ok(changed.into_iter().collect())
+    Ok(Some(changed.into_iter().collect()))
 }
 
 async fn follow_feed(shared: Arc<Shared>, store: Store) {
     let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.feed_poll_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let coalesce = Duration::from_millis(shared.tuning.stock_coalesce_ms.max(1));
     let mut failing = false;
+    let mut repaired = false;
     let commits = store.commit_notify();
     loop {
-        // Wake on the store's commit signal; the tick is only a safety net.
+        if !repaired {
+            match repair_stock(&mut lock(&shared.docs), &store) {
+                Ok(changed) => {
+                    repaired = true;
+                    lock(&shared.dirty).extend(changed);
+                    shared.changed.notify_one();
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(error = %e, "sync: cannot write balances into the stock document; retrying");
+                    }
+                    failing = true;
+                }
+            }
+        }
+        let stock_pending = !lock(&shared.docs).stock_pending.is_empty();
+        // Wake on the store's commit signal, or when pending balances are due; the tick is only a safety net.
         tokio::select! {
             _ = commits.notified() => {}
+            () = tokio::time::sleep(coalesce), if stock_pending => {}
             _ = tick.tick() => {}
         }
         // Drain what is there in bounded batches, then wait for the next tick.
         for _ in 0..64 {
-            let result = ingest(&mut lock(&shared.docs), &store, shared.tuning.feed_batch_max);
+            let result = ingest(&mut lock(&shared.docs), &store, &shared.tuning);
             match result {
-                Ok(changed) if changed.is_empty() => {
+                Ok(None) => {
                     failing = false;
                     break;
                 }
-                Ok(changed) => {
+                Ok(Some(changed)) => {
                     failing = false;
                     let mut dirty = lock(&shared.dirty);
                     for d in changed {
@@ -328,8 +418,6 @@ async fn run_session(
     let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let batch_max = shared.tuning.frames_per_flush_max.max(1);
-    // Stock documents changed since the last tick (only this node's own: at most one).
-    let mut stock_changed = BTreeSet::new();
     let mut out = Vec::new();
     loop {
         while let Some(f) = session.poll_transmit() {
@@ -390,23 +478,11 @@ async fn run_session(
             () = shared.changed.notified() => {
                 let changed = std::mem::take(&mut *lock(&shared.dirty));
                 let mut docs = lock(&shared.docs);
-                for doc in changed {
-                    // The stock document changes with nearly every order: sync it once per tick, carrying
-                    // all the changes of that period, rather than once per feed batch.
-                    if matches!(DocKind::of(&doc), Some(DocKind::Stock(_))) {
-                        stock_changed.insert(doc);
-                    } else {
-                        session.local_change(&mut *docs, &doc);
-                    }
+                for doc in &changed {
+                    session.local_change(&mut *docs, doc);
                 }
             }
-            _ = tick.tick() => {
-                let mut docs = lock(&shared.docs);
-                for doc in std::mem::take(&mut stock_changed) {
-                    session.local_change(&mut *docs, &doc);
-                }
-                session.tick(&mut *docs, now_ms());
-            }
+            _ = tick.tick() => session.tick(&mut *lock(&shared.docs), now_ms()),
         }
     }
 }
