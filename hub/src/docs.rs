@@ -25,6 +25,8 @@ use oms_transport::Identity;
 const QUARANTINE_PREFIX: &str = "quarantine|";
 /// Quarantined (node, document) pairs remembered; beyond this the node's whole session is refused.
 pub const QUARANTINE_MAX: usize = 100_000;
+/// Documents kept loaded in memory (≈ 24 KB each); the rest stay in `hub.redb` and load on access.
+pub const DOCS_CACHED_MAX: usize = 4_096;
 
 /// Per-node figures for `GET /v1/nodes`, kept in memory (a restarted hub starts them afresh).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -73,7 +75,8 @@ pub fn node_of(peer: &PeerId) -> Option<NodeId> {
 
 impl HubDocs {
     /// Loads the documents and quarantines.
-    pub fn new(db: DocDb) -> Result<HubDocs, DocDbError> {
+    pub fn new(mut db: DocDb) -> Result<HubDocs, DocDbError> {
+        db.set_cache_max(DOCS_CACHED_MAX);
         let mut parties = BTreeMap::new();
         for id in db.ids() {
             if let Some(p) = db.get(id).and_then(schema::order_parties) {
@@ -246,6 +249,9 @@ impl DocStore for HubDocs {
     }
     fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
         self.db.get_mut(doc)
+    }
+    fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
+        self.db.heads(doc)
     }
     fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError> {
         self.db.get_or_create(doc).map_err(|e| StoreError { doc: doc.clone(), reason: e.to_string() })

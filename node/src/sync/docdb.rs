@@ -20,7 +20,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use oms_protocol::sync::automerge::{self, ActorId, AutoCommit};
 use oms_protocol::wire::{DocId, PeerId};
@@ -114,6 +115,22 @@ struct Gate {
 
 type SharedGate = Arc<(Mutex<Gate>, Condvar)>;
 
+/// One document: loaded (possibly lazily, through `&self`) or evicted to what is on disk.
+#[derive(Debug, Default)]
+struct Slot {
+    doc: OnceLock<Box<AutoCommit>>,
+    /// When it was last accessed (a counter), for eviction.
+    used: AtomicU64,
+}
+
+impl Slot {
+    fn loaded(doc: AutoCommit) -> Slot {
+        let slot = Slot::default();
+        let _ = slot.doc.set(Box::new(doc));
+        slot
+    }
+}
+
 fn lock_gate(m: &Mutex<Gate>) -> MutexGuard<'_, Gate> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -125,7 +142,11 @@ pub struct DocDb {
     gate: SharedGate,
     actor: ActorId,
     docs_max: usize,
-    docs: BTreeMap<DocId, AutoCommit>,
+    docs: BTreeMap<DocId, Slot>,
+    /// Documents loaded in memory; beyond `cache_max`, clean ones are evicted by the next prepare.
+    loaded: AtomicUsize,
+    cache_max: usize,
+    clock: AtomicU64,
     persisted: BTreeMap<DocId, Persisted>,
     dirty_docs: BTreeSet<DocId>,
     dirty_states: BTreeMap<(PeerId, DocId), Vec<u8>>,
@@ -198,13 +219,17 @@ impl DocDb {
             p.heads = doc.get_heads();
             p.full_needed = !p.stored;
         }
+        let loaded = AtomicUsize::new(docs.len());
         Ok(DocDb {
             path: path.into(),
             db: Arc::new(db),
             gate: Arc::default(),
             actor,
             docs_max,
-            docs,
+            docs: docs.into_iter().map(|(id, doc)| (id, Slot::loaded(doc))).collect(),
+            loaded,
+            cache_max: usize::MAX,
+            clock: AtomicU64::new(0),
             persisted,
             dirty_docs: BTreeSet::new(),
             dirty_states: BTreeMap::new(),
@@ -251,14 +276,103 @@ impl DocDb {
             .collect()
     }
 
-    /// A document.
+    /// Keeps at most `max` documents loaded: beyond it, a flush prepared while no other is in flight evicts
+    /// the least recently used documents whose disk copy is current; they load again on access.
+    pub fn set_cache_max(&mut self, max: usize) {
+        self.cache_max = max.max(1);
+    }
+
+    /// Number of documents loaded in memory.
+    pub fn loaded(&self) -> usize {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// A document, loaded from disk if it was evicted (`None` if it does not load; logged).
     pub fn get(&self, doc: &DocId) -> Option<&AutoCommit> {
-        self.docs.get(doc)
+        let slot = self.docs.get(doc)?;
+        slot.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(d) = slot.doc.get() {
+            return Some(d);
+        }
+        match self.load(doc) {
+            Ok(d) => {
+                if slot.doc.set(Box::new(d)).is_ok() {
+                    self.loaded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load an evicted document");
+                return None;
+            }
+        }
+        slot.doc.get().map(|d| &**d)
     }
 
     /// A document to change; call [`DocDb::mark_dirty`] after changing it.
     pub fn get_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
-        self.docs.get_mut(doc)
+        self.get(doc)?;
+        self.docs.get_mut(doc)?.doc.get_mut().map(|d| &mut **d)
+    }
+
+    /// Heads of a document without loading it if it is evicted (then its disk copy is current).
+    pub fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
+        match self.docs.get_mut(doc)?.doc.get_mut() {
+            Some(d) => Some(d.get_heads()),
+            None => self.persisted.get(doc).map(|p| p.heads.clone()),
+        }
+    }
+
+    /// Reads an evicted document from disk: its full save, then its increments.
+    fn load(&self, id: &DocId) -> Result<AutoCommit, DocDbError> {
+        let corrupt = |e: &dyn std::fmt::Display| DocDbError::Corrupt {
+            path: self.path.clone(),
+            doc: id.to_string(),
+            detail: e.to_string(),
+        };
+        let name = id.as_str();
+        let r = self.db.begin_read().map_err(|e| self.storage(&e))?;
+        let t = r.open_table(DOCS).map_err(|e| self.storage(&e))?;
+        let mut doc = match t.get(name).map_err(|e| self.storage(&e))? {
+            Some(v) => AutoCommit::load(v.value()).map_err(|e| corrupt(&e))?,
+            None => AutoCommit::new(),
+        };
+        let t = r.open_table(DOC_INCREMENTS).map_err(|e| self.storage(&e))?;
+        for item in t.range((name, 0)..=(name, u64::MAX)).map_err(|e| self.storage(&e))? {
+            let (_, v) = item.map_err(|e| self.storage(&e))?;
+            doc.load_incremental(v.value()).map_err(|e| corrupt(&e))?;
+        }
+        doc.set_actor(self.actor.clone());
+        Ok(doc)
+    }
+
+    /// Evicts clean documents, least recently used first, down to three quarters of `cache_max`. Only
+    /// called while no batch is in flight and after failed batches came back, so a clean document's
+    /// disk copy is committed.
+    fn evict(&mut self) {
+        let loaded = self.loaded.load(Ordering::Relaxed);
+        if loaded <= self.cache_max {
+            return;
+        }
+        let mut excess = loaded - self.cache_max / 4 * 3;
+        let mut candidates: Vec<(u64, DocId)> = self
+            .docs
+            .iter()
+            .filter(|(id, s)| s.doc.get().is_some() && !self.dirty_docs.contains(*id))
+            .map(|(id, s)| (s.used.load(Ordering::Relaxed), id.clone()))
+            .collect();
+        candidates.sort_unstable();
+        for (_, id) in candidates {
+            if excess == 0 {
+                break;
+            }
+            let (Some(slot), Some(p)) = (self.docs.get_mut(&id), self.persisted.get(&id)) else { continue };
+            let clean = p.stored && !p.full_needed && slot.doc.get_mut().is_some_and(|d| d.get_heads() == p.heads);
+            if clean {
+                slot.doc.take();
+                self.loaded.fetch_sub(1, Ordering::Relaxed);
+                excess -= 1;
+            }
+        }
     }
 
     /// A document, created empty (with this process's actor) if absent.
@@ -266,14 +380,25 @@ impl DocDb {
         if !self.docs.contains_key(doc) && self.docs.len() >= self.docs_max {
             return Err(DocDbError::Full { path: self.path.clone(), max: self.docs_max, doc: doc.to_string() });
         }
-        let actor = self.actor.clone();
-        Ok(self.docs.entry(doc.clone()).or_insert_with(|| AutoCommit::new().with_actor(actor)))
+        if !self.docs.contains_key(doc) {
+            self.docs.insert(doc.clone(), Slot::loaded(AutoCommit::new().with_actor(self.actor.clone())));
+            self.loaded.fetch_add(1, Ordering::Relaxed);
+        }
+        let path = self.path.clone();
+        self.get_mut(doc).ok_or_else(|| DocDbError::Corrupt {
+            path,
+            doc: doc.to_string(),
+            detail: "evicted and does not load".into(),
+        })
     }
 
     /// Replaces a document (e.g. with a fork taken before a refused change).
     pub fn replace(&mut self, doc: &DocId, mut value: AutoCommit) {
         value.set_actor(self.actor.clone());
-        self.docs.insert(doc.clone(), value);
+        let old = self.docs.insert(doc.clone(), Slot::loaded(value));
+        if old.is_none_or(|s| s.doc.get().is_none()) {
+            self.loaded.fetch_add(1, Ordering::Relaxed);
+        }
         // What is on disk may hold changes the replacement lacks: rewrite it whole.
         if let Some(p) = self.persisted.get_mut(doc) {
             p.full_needed = true;
@@ -283,7 +408,9 @@ impl DocDb {
 
     /// Forgets a document (e.g. one whose only changes were refused); deleted from disk by the next flush.
     pub fn remove(&mut self, doc: &DocId) {
-        self.docs.remove(doc);
+        if self.docs.remove(doc).is_some_and(|s| s.doc.get().is_some()) {
+            self.loaded.fetch_sub(1, Ordering::Relaxed);
+        }
         self.persisted.remove(doc);
         self.dirty_docs.remove(doc);
         self.removed.insert(doc.clone());
@@ -374,6 +501,7 @@ impl DocDb {
                 self.restore(r);
             }
             recovers = g.broken;
+            self.evict();
         }
         drop(g);
         if !self.has_dirty() && !recovers {
@@ -381,7 +509,10 @@ impl DocDb {
         }
         let mut writes = Vec::new();
         for id in std::mem::take(&mut self.dirty_docs) {
-            let Some(doc) = self.docs.get_mut(&id) else { continue };
+            if self.get(&id).is_none() {
+                continue;
+            }
+            let Some(doc) = self.docs.get_mut(&id).and_then(|s| s.doc.get_mut()) else { continue };
             let p = self.persisted.entry(id.clone()).or_default();
             let heads = doc.get_heads();
             if p.stored && !p.full_needed && heads == p.heads {
@@ -622,7 +753,7 @@ pub use automerge::ChangeHash;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use automerge::{ROOT, transaction::Transactable};
+    use automerge::{ROOT, ReadDoc, transaction::Transactable};
 
     #[test]
     fn documents_states_and_counters_survive_reopen_and_removal_sticks() {
@@ -767,6 +898,48 @@ mod tests {
         };
         let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
         assert_eq!(db.get_mut(&a).unwrap().get_heads(), heads);
+    }
+
+    #[test]
+    fn clean_documents_are_evicted_and_load_again_on_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let ids: Vec<DocId> = (0..20).map(|i| DocId::new(format!("order/a-{i}")).unwrap()).collect();
+        let heads = {
+            let mut db = DocDb::open(&path, vec![1; 16], 100).unwrap();
+            db.set_cache_max(4);
+            for (i, id) in ids.iter().enumerate() {
+                db.get_or_create(id).unwrap().put(ROOT, "k", i as u64).unwrap();
+                db.mark_dirty(id);
+                db.flush().unwrap();
+            }
+            // Dirty documents are never evicted; clean ones are, at the next prepare.
+            db.get_mut(&ids[0]).unwrap().put(ROOT, "k", 100).unwrap();
+            db.mark_dirty(&ids[0]);
+            db.flush().unwrap();
+            db.get_mut(&ids[1]).unwrap().put(ROOT, "k", 101).unwrap();
+            db.mark_dirty(&ids[1]);
+            db.flush().unwrap();
+            assert!(db.loaded() <= 4, "{} loaded", db.loaded());
+            assert_eq!(db.len(), 20);
+            let expected =
+                |db: &DocDb, id: &DocId| db.get(id).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.as_u64());
+            assert_eq!(expected(&db, &ids[0]), Some(Some(100)), "evicted, loads with every change");
+            assert_eq!(expected(&db, &ids[7]), Some(Some(7)));
+            // Heads of an evicted document come from what is on disk, without loading it.
+            let before = db.loaded();
+            let h = db.heads(&ids[12]).unwrap();
+            assert_eq!(db.loaded(), before);
+            assert_eq!(db.get_mut(&ids[12]).unwrap().get_heads(), h);
+            // A reloaded document changed and flushed again survives a reopen.
+            db.get_mut(&ids[7]).unwrap().put(ROOT, "k", 107).unwrap();
+            db.mark_dirty(&ids[7]);
+            db.flush().unwrap();
+            db.flush().unwrap();
+            ids.iter().map(|id| db.get_mut(id).unwrap().get_heads()).collect::<Vec<_>>()
+        };
+        let mut db = DocDb::open(&path, vec![2; 16], 100).unwrap();
+        assert_eq!(ids.iter().map(|id| db.get_mut(id).unwrap().get_heads()).collect::<Vec<_>>(), heads);
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub trait DocStore {
     fn docs_for(&self, peer: &PeerId) -> Vec<DocId>;
     /// The document, if held locally.
     fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit>;
+    /// The heads of the document, if held locally (a store that evicts documents can answer without loading).
+    fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
+        self.doc_mut(doc).map(|d| d.get_heads())
+    }
     /// Creates an empty document that a peer is sending us (only called for entitled documents). The store
     /// chooses the actor id.
     fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError>;
@@ -426,8 +430,8 @@ impl SyncSession {
         }
         while let Some(chunk) = chunks.next() {
             for doc in chunk {
-                if let Some(d) = store.doc_mut(doc) {
-                    entries.push(ManifestEntry { doc: doc.clone(), heads: sorted(hashes(&d.get_heads())) });
+                if let Some(heads) = store.heads(doc) {
+                    entries.push(ManifestEntry { doc: doc.clone(), heads: sorted(hashes(&heads)) });
                 }
             }
             let last = chunks.peek().is_none();
@@ -483,7 +487,7 @@ impl SyncSession {
                 continue;
             }
             assembling.seen.insert(entry.doc.clone());
-            let ours = store.doc_mut(&entry.doc).map(|d| sorted(hashes(&d.get_heads())));
+            let ours = store.heads(&entry.doc).map(|h| sorted(hashes(&h)));
             if ours.as_ref() != Some(&sorted(entry.heads)) {
                 to_schedule.push(entry.doc);
             } else if self.in_flight.contains(&entry.doc) {
