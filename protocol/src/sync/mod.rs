@@ -243,6 +243,18 @@ fn fresh_state() -> State {
     state
 }
 
+/// A persisted sync state taken up again (after a reconnect, or after the session dropped the state of a
+/// document in sync): assume the peer still has exactly the shared heads, so the first message carries the
+/// changes since them. The peer answers with its own heads if it has more.
+fn resumed_state(persisted: State) -> State {
+    let shared = persisted.shared_heads;
+    let mut state = fresh_state();
+    state.their_heads = Some(shared.clone());
+    state.their_have = Some(vec![Have { last_sync: shared.clone(), bloom: BloomFilter::default() }]);
+    state.shared_heads = shared;
+    state
+}
+
 /// Keeps only the persisted part of a sync state (shared heads), dropping what a lost message left behind.
 fn reset_state(state: &State) -> State {
     State::decode(&state.encode()).unwrap_or_default()
@@ -517,8 +529,10 @@ impl SyncSession {
         let now_ms = self.now_ms;
         let peer = &self.peer;
         self.docs.entry(doc.clone()).or_insert_with(|| {
-            let state =
-                store.load_sync_state(peer, doc).and_then(|b| State::decode(&b).ok()).unwrap_or_else(fresh_state);
+            let state = store
+                .load_sync_state(peer, doc)
+                .and_then(|b| State::decode(&b).ok())
+                .map_or_else(fresh_state, resumed_state);
             DocSync { state, last_progress_ms: now_ms }
         })
     }
@@ -593,6 +607,9 @@ impl SyncSession {
 
     fn finish(&mut self, doc: DocId, heads: Vec<Hash>) {
         self.in_flight.remove(&doc);
+        // In sync: the persisted state (shared heads) is enough to take it up again, so a long session does not
+        // keep a sync state per document it ever synced.
+        self.docs.remove(&doc);
         self.events.push_back(Event::DocInSync { doc, heads });
     }
 
