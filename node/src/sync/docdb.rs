@@ -37,6 +37,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const INCREMENT_BYTES_MIN: usize = 16 * 1024;
 /// Increments kept per document before a flush compacts them into a full save.
 pub const INCREMENTS_PER_DOC_MAX: u64 = 256;
+/// redb's page cache for the file (redb's default is 1 GiB; evicted documents are read back through it).
+pub const DB_CACHE_BYTES: usize = 64 << 20;
 
 /// Errors of the document database.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +171,7 @@ impl DocDb {
     /// documents are held.
     pub fn open(path: &Path, actor: Vec<u8>, docs_max: usize) -> Result<DocDb, DocDbError> {
         let storage = |e: &dyn std::fmt::Display| DocDbError::Storage { path: path.into(), detail: e.to_string() };
-        let db = Database::create(path).map_err(|e| storage(&e))?;
+        let db = Database::builder().set_cache_size(DB_CACHE_BYTES).create(path).map_err(|e| storage(&e))?;
         let w = db.begin_write().map_err(|e| storage(&e))?;
         w.open_table(DOCS).map_err(|e| storage(&e))?;
         w.open_table(DOC_INCREMENTS).map_err(|e| storage(&e))?;
