@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use oms_node::sync::docdb::{DocDb, DocDbError};
+use oms_node::sync::docdb::{DocDb, DocDbError, FlushBatch};
 use oms_node::sync::schema::{self, DocKind, Writer};
 use oms_protocol::domain::NodeId;
 use oms_protocol::sync::DocStore;
@@ -28,6 +28,8 @@ const QUARANTINE_PREFIX: &str = "quarantine|";
 pub const CHANGED_MAX: usize = 100_000;
 /// Quarantined (node, document) pairs remembered; beyond this the node's whole session is refused.
 pub const QUARANTINE_MAX: usize = 100_000;
+/// Documents kept loaded in memory (≈ 24 KB each); the rest stay in `hub.redb` and load on access.
+pub const DOCS_CACHED_MAX: usize = 4_096;
 
 /// Per-node figures for `GET /v1/nodes`, kept in memory (a restarted hub starts them afresh).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -80,7 +82,8 @@ pub fn node_of(peer: &PeerId) -> Option<NodeId> {
 
 impl HubDocs {
     /// Loads the documents and quarantines.
-    pub fn new(db: DocDb) -> Result<HubDocs, DocDbError> {
+    pub fn new(mut db: DocDb) -> Result<HubDocs, DocDbError> {
+        db.set_cache_max(DOCS_CACHED_MAX);
         let mut parties = BTreeMap::new();
         for id in db.ids() {
             if let Some(p) = db.get(id).and_then(schema::order_parties) {
@@ -114,6 +117,12 @@ impl HubDocs {
     /// Flushes documents and sync states to disk.
     pub fn flush(&mut self) -> Result<(), DocDbError> {
         self.db.flush()
+    }
+
+    /// Takes what is dirty into a batch that the caller commits ([`FlushBatch::commit`]) after releasing the
+    /// lock on these documents.
+    pub fn prepare_flush(&mut self) -> Option<FlushBatch> {
+        self.db.prepare_flush()
     }
 
     /// Marks a document changed by a session for the next flush.
@@ -330,6 +339,9 @@ impl DocStore for HubDocs {
     }
     fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
         self.db.get_mut(doc)
+    }
+    fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
+        self.db.heads(doc)
     }
     fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError> {
         self.db.get_or_create(doc).map_err(|e| StoreError { doc: doc.clone(), reason: e.to_string() })

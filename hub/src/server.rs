@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use oms_node::sync::docdb::DocDbError;
 use oms_node::sync::link::{self, LinkError, now_ms};
 use oms_protocol::domain::NodeId;
 use oms_protocol::sync::{Event, SessionConfig, SyncSession};
@@ -32,11 +33,13 @@ pub struct ServerTuning {
     pub tick_ms: u64,
     /// Decoded frames waiting for the session, per connection.
     pub frames_queued_max: usize,
+    /// Frames already queued that a session handles before one flush and one write of the answers.
+    pub frames_per_flush_max: usize,
 }
 
 impl Default for ServerTuning {
     fn default() -> Self {
-        Self { nodes_max: 256, io_timeout_ms: 10_000, tick_ms: 250, frames_queued_max: 64 }
+        Self { nodes_max: 256, io_timeout_ms: 10_000, tick_ms: 250, frames_queued_max: 256, frames_per_flush_max: 256 }
     }
 }
 
@@ -44,6 +47,9 @@ impl Default for ServerTuning {
 pub struct Hub {
     /// The documents.
     pub docs: Mutex<HubDocs>,
+    /// Held from preparing a flush until its commit is done, so that sessions flush one after another while
+    /// the documents' lock is free for the others and for HTTP.
+    persist: tokio::sync::Mutex<()>,
     tenant: String,
     me: PeerId,
     actor: Vec<u8>,
@@ -78,6 +84,7 @@ impl Hub {
         let me = PeerId::new(me.uri()).ok_or_else(|| PkiError::BadIdentity { uri: me.uri() })?;
         Ok(Hub {
             docs: Mutex::new(docs),
+            persist: tokio::sync::Mutex::new(()),
             tenant: tenant.to_owned(),
             me,
             actor,
@@ -105,7 +112,7 @@ impl Hub {
 
 /// The session limits the hub uses.
 pub fn session_config() -> SessionConfig {
-    SessionConfig { manifest_interval_ms: 15_000, ..SessionConfig::default() }
+    SessionConfig { manifest_interval_ms: 15_000, docs_in_flight_max: 256, ..SessionConfig::default() }
 }
 
 /// Accepts connections until the endpoint is closed.
@@ -175,6 +182,39 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
     }
 }
 
+/// Writes what the sessions changed to `hub.redb` without holding the documents' lock during disk I/O. `Ok`
+/// means everything any session applied before this call is on disk.
+async fn persist(hub: &Hub) -> Result<(), DocDbError> {
+    let _turn = hub.persist.lock().await;
+    let Some(batch) = lock(&hub.docs).prepare_flush() else { return Ok(()) };
+    match tokio::task::spawn_blocking(move || batch.commit()).await {
+        Ok(result) => result,
+        // The batch was dropped uncommitted; the next flush writes its contents.
+        Err(e) => Err(DocDbError::Storage { path: "hub.redb".into(), detail: format!("flush task: {e}") }),
+    }
+}
+
+/// Feeds one frame from `node` to its session, with the ownership check of what it changed.
+fn handle_frame(hub: &Hub, node: &NodeId, session: &mut SyncSession, frame: Frame, out: &mut Vec<Frame>) {
+    let mut docs = lock(&hub.docs);
+    let now = now_ms();
+    docs.status(node).last_frame_at_ms = Some(now);
+    let target = match &frame {
+        Frame::Sync { doc, .. } => Some((doc.clone(), docs.heads(doc))),
+        _ => None,
+    };
+    session.handle_frame(&mut *docs, frame);
+    if let Some((doc, before)) = target
+        && !docs.check_applied(node, &doc, &before, now)
+    {
+        // Tell the node now: the session itself only refuses the document's next frame.
+        out.push(Frame::Refused { doc, code: ErrorCode::NotEntitled });
+        if docs.quarantine_full() {
+            session.refuse(ErrorCode::NotEntitled, "too many refused changes");
+        }
+    }
+}
+
 async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(), LinkError> {
     let io_timeout = Duration::from_millis(hub.tuning.io_timeout_ms);
     let frame_max = Limits::default().frame_bytes_max;
@@ -192,6 +232,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
     let local = hub.local_signal(node.as_str());
     // The manifest exchange covers what the hub changed before this connection.
     lock(&hub.docs).take_local(node.as_str());
+    let batch_max = hub.tuning.frames_per_flush_max.max(1);
     let mut out: Vec<Frame> = Vec::new();
     loop {
         let mut closed = None;
@@ -217,9 +258,10 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                 }
             }
             docs.status(node).pending = !session.is_idle();
-            // Persist before answering: what the node believes the hub has, the hub has on disk.
-            docs.flush()?;
         }
+        // Persist before answering: what the node believes the hub has, the hub has on disk. One flush covers
+        // every frame handled since the last one.
+        persist(hub).await?;
         link::write_frames(&mut send, &out, frame_max, io_timeout).await?;
         out.clear();
         if let Some((code, reason, by_peer)) = closed {
@@ -229,21 +271,16 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
         tokio::select! {
             frame = frames.recv() => match frame {
                 Some(Ok(frame)) => {
-                    let mut docs = lock(&hub.docs);
-                    let now = now_ms();
-                    docs.status(node).last_frame_at_ms = Some(now);
-                    let target = match &frame {
-                        Frame::Sync { doc, .. } => Some((doc.clone(), docs.heads(doc))),
-                        _ => None,
-                    };
-                    session.handle_frame(&mut *docs, frame);
-                    if let Some((doc, before)) = target
-                        && !docs.check_applied(node, &doc, &before, now)
-                    {
-                        // Tell the node now: the session itself only refuses the document's next frame.
-                        out.push(Frame::Refused { doc, code: ErrorCode::NotEntitled });
-                        if docs.quarantine_full() {
-                            session.refuse(ErrorCode::NotEntitled, "too many refused changes");
+                    handle_frame(hub, node, &mut session, frame, &mut out);
+                    // Take what else is already queued (bounded) before the next flush and write.
+                    for _ in 1..batch_max {
+                        match frames.try_recv() {
+                            Ok(Ok(frame)) => handle_frame(hub, node, &mut session, frame, &mut out),
+                            Ok(Err(e)) => {
+                                oms_transport::close(conn, e.code(), &e.to_string());
+                                return Err(e.into());
+                            }
+                            Err(_) => break,
                         }
                     }
                 }

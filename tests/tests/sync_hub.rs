@@ -156,8 +156,16 @@ async fn orders_reach_the_hub_once_with_status_and_stock() {
     assert!(order["timeline"].as_array().is_some_and(|t| t.len() >= 2), "{order}");
     assert_eq!(order["order"]["external_ref"], "web-0");
 
-    // Stock per SKU and site, with freshness.
-    let stock = get_json(&http, format!("http://{}/v1/stock?sku=SKU-1", hub.http)).await.unwrap();
+    // Stock per SKU and site, with freshness (balances reach the stock document every `stock_coalesce_ms`).
+    let deadline = Instant::now() + SYNC_DEADLINE;
+    let mut stock = Value::Null;
+    while Instant::now() < deadline {
+        stock = get_json(&http, format!("http://{}/v1/stock?sku=SKU-1", hub.http)).await.unwrap_or_default();
+        if stock["skus"][0]["sku"] == "SKU-1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let sku = &stock["skus"][0];
     assert_eq!(sku["sku"], "SKU-1", "{stock}");
     assert_eq!(sku["sites"][0]["site"], "wh-north");

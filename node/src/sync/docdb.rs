@@ -2,20 +2,43 @@
 //!
 //! Both sides of sync keep their documents here: the node in `sync.redb` beside `node.redb` (so the sync
 //! task never writes through the store's single writer), the hub in `hub.redb`. Documents are held in memory
-//! for the sync session and written back whole (`AutoCommit::save`, a few hundred bytes for an order) by
-//! [`DocDb::flush`], together with the sync states and counters of the same step, in one transaction: after
-//! a crash a document, its sync state and the feed cursor that produced it are all old or all new.
+//! for the sync session. A flush writes each dirty document *incrementally*: the changes since what is
+//! already on disk (`save_after` the persisted heads) are appended under `(doc, seq)` in `doc_increments`;
+//! once a document's appended bytes exceed [`INCREMENT_BYTES_MIN`] or its last full save (whichever is
+//! larger), or it has [`INCREMENTS_PER_DOC_MAX`] increments, the flush compacts it into one full `save()` in
+//! `docs` and deletes its increments. Loading is the full save plus the increments in order. Sync states and
+//! counters of the same step go into the same transaction: after a crash a document, its sync state and the
+//! feed cursor that produced it are all old or all new.
+//!
+//! A flush is two steps so that a caller can release its own lock during disk I/O:
+//! [`DocDb::prepare_flush`] (in memory, needs `&mut DocDb`) takes the dirty state into a [`FlushBatch`], and
+//! [`FlushBatch::commit`] writes it in one redb transaction (fsync) without touching the `DocDb`. Batches
+//! commit in the order they were prepared. If a batch fails (or is dropped uncommitted), its contents come
+//! back as dirty (documents as full saves) at the next prepare made while no batch is in flight, and every
+//! batch committed before that recovery fails too, so a caller that got `Ok` from `commit` knows that
+//! everything prepared up to its batch is on disk. [`DocDb::flush`] does both steps at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use oms_protocol::sync::automerge::{self, ActorId, AutoCommit};
 use oms_protocol::wire::{DocId, PeerId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
+const DOC_INCREMENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("doc_increments");
 const SYNC_STATES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("sync_states");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// A document's appended increments may grow to this many bytes (or to the size of its last full save, if
+/// larger) before a flush compacts them into a full save.
+pub const INCREMENT_BYTES_MIN: usize = 16 * 1024;
+/// Increments kept per document before a flush compacts them into a full save.
+pub const INCREMENTS_PER_DOC_MAX: u64 = 256;
+/// redb's page cache for the file (redb's default is 1 GiB; evicted documents are read back through it).
+pub const DB_CACHE_BYTES: usize = 64 << 20;
 
 /// Errors of the document database.
 #[derive(Debug, thiserror::Error)]
@@ -50,17 +73,90 @@ pub enum DocDbError {
     },
 }
 
+/// What is on disk for one document, as of the last prepared flush.
+#[derive(Debug, Default)]
+struct Persisted {
+    /// Heads covered by the full save plus the increments.
+    heads: Vec<ChangeHash>,
+    /// A full save exists (or is in a prepared batch).
+    stored: bool,
+    /// The next flush must write a full save (after a failed flush or a replaced document).
+    full_needed: bool,
+    /// Size of the last full save.
+    base_bytes: usize,
+    /// Bytes and number of increments appended since the last full save.
+    increment_bytes: usize,
+    increments: u64,
+    /// Sequence number of the next increment (never reused).
+    next_seq: u64,
+}
+
+/// What a failed or abandoned batch held, handed back to the next prepare.
+#[derive(Debug, Default)]
+struct Returned {
+    docs: Vec<DocId>,
+    removed: Vec<DocId>,
+    states: Vec<((PeerId, DocId), Vec<u8>)>,
+    meta: Vec<(String, u64)>,
+}
+
+/// Orders the commits of prepared batches and carries their failures back to the [`DocDb`].
+#[derive(Debug, Default)]
+struct Gate {
+    next_ticket: u64,
+    /// The ticket whose turn it is to commit.
+    turn: u64,
+    /// Tickets dropped before their turn.
+    abandoned: BTreeSet<u64>,
+    in_flight: usize,
+    /// A batch failed and its contents are not yet on disk: later batches fail too until a recovering one
+    /// commits.
+    broken: bool,
+    failed: Vec<Returned>,
+}
+
+type SharedGate = Arc<(Mutex<Gate>, Condvar)>;
+
+/// One document: loaded (possibly lazily, through `&self`) or evicted to what is on disk.
+#[derive(Debug, Default)]
+struct Slot {
+    doc: OnceLock<Box<AutoCommit>>,
+    /// When it was last accessed (a counter), for eviction.
+    used: AtomicU64,
+}
+
+impl Slot {
+    fn loaded(doc: AutoCommit) -> Slot {
+        let slot = Slot::default();
+        let _ = slot.doc.set(Box::new(doc));
+        slot
+    }
+}
+
+fn lock_gate(m: &Mutex<Gate>) -> MutexGuard<'_, Gate> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The documents of one side of sync. See the module docs.
 pub struct DocDb {
     path: PathBuf,
-    db: Database,
+    db: Arc<Database>,
+    gate: SharedGate,
     actor: ActorId,
     docs_max: usize,
-    docs: BTreeMap<DocId, AutoCommit>,
+    docs: BTreeMap<DocId, Slot>,
+    /// Documents loaded in memory; beyond `cache_max`, clean ones are evicted by the next prepare.
+    loaded: AtomicUsize,
+    cache_max: usize,
+    clock: AtomicU64,
+    persisted: BTreeMap<DocId, Persisted>,
     dirty_docs: BTreeSet<DocId>,
     dirty_states: BTreeMap<(PeerId, DocId), Vec<u8>>,
     dirty_meta: BTreeMap<String, u64>,
     removed: BTreeSet<DocId>,
+    /// Sync states and counters of batches prepared but maybe not yet committed, for readers.
+    flushing_states: BTreeMap<(PeerId, DocId), Vec<u8>>,
+    flushing_meta: BTreeMap<String, u64>,
 }
 
 impl std::fmt::Debug for DocDb {
@@ -75,39 +171,74 @@ impl DocDb {
     /// documents are held.
     pub fn open(path: &Path, actor: Vec<u8>, docs_max: usize) -> Result<DocDb, DocDbError> {
         let storage = |e: &dyn std::fmt::Display| DocDbError::Storage { path: path.into(), detail: e.to_string() };
-        let db = Database::create(path).map_err(|e| storage(&e))?;
+        let db = Database::builder().set_cache_size(DB_CACHE_BYTES).create(path).map_err(|e| storage(&e))?;
         let w = db.begin_write().map_err(|e| storage(&e))?;
         w.open_table(DOCS).map_err(|e| storage(&e))?;
+        w.open_table(DOC_INCREMENTS).map_err(|e| storage(&e))?;
         w.open_table(SYNC_STATES).map_err(|e| storage(&e))?;
         w.open_table(META).map_err(|e| storage(&e))?;
         w.commit().map_err(|e| storage(&e))?;
         let actor = ActorId::from(actor);
         let mut docs = BTreeMap::new();
+        let mut persisted: BTreeMap<DocId, Persisted> = BTreeMap::new();
         {
+            let corrupt = |doc: &str, e: &dyn std::fmt::Display| DocDbError::Corrupt {
+                path: path.into(),
+                doc: doc.to_owned(),
+                detail: e.to_string(),
+            };
             let r = db.begin_read().map_err(|e| storage(&e))?;
             let t = r.open_table(DOCS).map_err(|e| storage(&e))?;
             for item in t.iter().map_err(|e| storage(&e))? {
                 let (k, v) = item.map_err(|e| storage(&e))?;
-                let name = k.value().to_owned();
-                let Some(id) = DocId::new(name.clone()) else { continue };
-                let doc = AutoCommit::load(v.value()).map_err(|e| DocDbError::Corrupt {
-                    path: path.into(),
-                    doc: name,
-                    detail: e.to_string(),
-                })?;
-                docs.insert(id, doc.with_actor(actor.clone()));
+                let name = k.value();
+                let Some(id) = DocId::new(name) else { continue };
+                let doc = AutoCommit::load(v.value()).map_err(|e| corrupt(name, &e))?;
+                persisted.insert(
+                    id.clone(),
+                    Persisted { stored: true, base_bytes: v.value().len(), ..Persisted::default() },
+                );
+                docs.insert(id, doc);
+            }
+            let t = r.open_table(DOC_INCREMENTS).map_err(|e| storage(&e))?;
+            for item in t.iter().map_err(|e| storage(&e))? {
+                let (k, v) = item.map_err(|e| storage(&e))?;
+                let (name, seq) = k.value();
+                let Some(id) = DocId::new(name) else { continue };
+                // Increments without a full save (not written by this code) load onto an empty document;
+                // the next flush of it writes a full save.
+                let doc = docs.entry(id.clone()).or_insert_with(AutoCommit::new);
+                doc.load_incremental(v.value()).map_err(|e| corrupt(name, &e))?;
+                let p = persisted.entry(id).or_default();
+                p.increments += 1;
+                p.increment_bytes += v.value().len();
+                p.next_seq = p.next_seq.max(seq.saturating_add(1));
             }
         }
+        for (id, doc) in &mut docs {
+            doc.set_actor(actor.clone());
+            let p = persisted.entry(id.clone()).or_default();
+            p.heads = doc.get_heads();
+            p.full_needed = !p.stored;
+        }
+        let loaded = AtomicUsize::new(docs.len());
         Ok(DocDb {
             path: path.into(),
-            db,
+            db: Arc::new(db),
+            gate: Arc::default(),
             actor,
             docs_max,
-            docs,
+            docs: docs.into_iter().map(|(id, doc)| (id, Slot::loaded(doc))).collect(),
+            loaded,
+            cache_max: usize::MAX,
+            clock: AtomicU64::new(0),
+            persisted,
             dirty_docs: BTreeSet::new(),
             dirty_states: BTreeMap::new(),
             dirty_meta: BTreeMap::new(),
             removed: BTreeSet::new(),
+            flushing_states: BTreeMap::new(),
+            flushing_meta: BTreeMap::new(),
         })
     }
 
@@ -147,14 +278,103 @@ impl DocDb {
             .collect()
     }
 
-    /// A document.
+    /// Keeps at most `max` documents loaded: beyond it, a flush prepared while no other is in flight evicts
+    /// the least recently used documents whose disk copy is current; they load again on access.
+    pub fn set_cache_max(&mut self, max: usize) {
+        self.cache_max = max.max(1);
+    }
+
+    /// Number of documents loaded in memory.
+    pub fn loaded(&self) -> usize {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// A document, loaded from disk if it was evicted (`None` if it does not load; logged).
     pub fn get(&self, doc: &DocId) -> Option<&AutoCommit> {
-        self.docs.get(doc)
+        let slot = self.docs.get(doc)?;
+        slot.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(d) = slot.doc.get() {
+            return Some(d);
+        }
+        match self.load(doc) {
+            Ok(d) => {
+                if slot.doc.set(Box::new(d)).is_ok() {
+                    self.loaded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load an evicted document");
+                return None;
+            }
+        }
+        slot.doc.get().map(|d| &**d)
     }
 
     /// A document to change; call [`DocDb::mark_dirty`] after changing it.
     pub fn get_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
-        self.docs.get_mut(doc)
+        self.get(doc)?;
+        self.docs.get_mut(doc)?.doc.get_mut().map(|d| &mut **d)
+    }
+
+    /// Heads of a document without loading it if it is evicted (then its disk copy is current).
+    pub fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
+        match self.docs.get_mut(doc)?.doc.get_mut() {
+            Some(d) => Some(d.get_heads()),
+            None => self.persisted.get(doc).map(|p| p.heads.clone()),
+        }
+    }
+
+    /// Reads an evicted document from disk: its full save, then its increments.
+    fn load(&self, id: &DocId) -> Result<AutoCommit, DocDbError> {
+        let corrupt = |e: &dyn std::fmt::Display| DocDbError::Corrupt {
+            path: self.path.clone(),
+            doc: id.to_string(),
+            detail: e.to_string(),
+        };
+        let name = id.as_str();
+        let r = self.db.begin_read().map_err(|e| self.storage(&e))?;
+        let t = r.open_table(DOCS).map_err(|e| self.storage(&e))?;
+        let mut doc = match t.get(name).map_err(|e| self.storage(&e))? {
+            Some(v) => AutoCommit::load(v.value()).map_err(|e| corrupt(&e))?,
+            None => AutoCommit::new(),
+        };
+        let t = r.open_table(DOC_INCREMENTS).map_err(|e| self.storage(&e))?;
+        for item in t.range((name, 0)..=(name, u64::MAX)).map_err(|e| self.storage(&e))? {
+            let (_, v) = item.map_err(|e| self.storage(&e))?;
+            doc.load_incremental(v.value()).map_err(|e| corrupt(&e))?;
+        }
+        doc.set_actor(self.actor.clone());
+        Ok(doc)
+    }
+
+    /// Evicts clean documents, least recently used first, down to three quarters of `cache_max`. Only
+    /// called while no batch is in flight and after failed batches came back, so a clean document's
+    /// disk copy is committed.
+    fn evict(&mut self) {
+        let loaded = self.loaded.load(Ordering::Relaxed);
+        if loaded <= self.cache_max {
+            return;
+        }
+        let mut excess = loaded - self.cache_max / 4 * 3;
+        let mut candidates: Vec<(u64, DocId)> = self
+            .docs
+            .iter()
+            .filter(|(id, s)| s.doc.get().is_some() && !self.dirty_docs.contains(*id))
+            .map(|(id, s)| (s.used.load(Ordering::Relaxed), id.clone()))
+            .collect();
+        candidates.sort_unstable();
+        for (_, id) in candidates {
+            if excess == 0 {
+                break;
+            }
+            let (Some(slot), Some(p)) = (self.docs.get_mut(&id), self.persisted.get(&id)) else { continue };
+            let clean = p.stored && !p.full_needed && slot.doc.get_mut().is_some_and(|d| d.get_heads() == p.heads);
+            if clean {
+                slot.doc.take();
+                self.loaded.fetch_sub(1, Ordering::Relaxed);
+                excess -= 1;
+            }
+        }
     }
 
     /// A document, created empty (with this process's actor) if absent.
@@ -162,20 +382,38 @@ impl DocDb {
         if !self.docs.contains_key(doc) && self.docs.len() >= self.docs_max {
             return Err(DocDbError::Full { path: self.path.clone(), max: self.docs_max, doc: doc.to_string() });
         }
-        let actor = self.actor.clone();
-        Ok(self.docs.entry(doc.clone()).or_insert_with(|| AutoCommit::new().with_actor(actor)))
+        if !self.docs.contains_key(doc) {
+            self.docs.insert(doc.clone(), Slot::loaded(AutoCommit::new().with_actor(self.actor.clone())));
+            self.loaded.fetch_add(1, Ordering::Relaxed);
+        }
+        let path = self.path.clone();
+        self.get_mut(doc).ok_or_else(|| DocDbError::Corrupt {
+            path,
+            doc: doc.to_string(),
+            detail: "evicted and does not load".into(),
+        })
     }
 
     /// Replaces a document (e.g. with a fork taken before a refused change).
     pub fn replace(&mut self, doc: &DocId, mut value: AutoCommit) {
         value.set_actor(self.actor.clone());
-        self.docs.insert(doc.clone(), value);
+        let old = self.docs.insert(doc.clone(), Slot::loaded(value));
+        if old.is_none_or(|s| s.doc.get().is_none()) {
+            self.loaded.fetch_add(1, Ordering::Relaxed);
+        }
+        // What is on disk may hold changes the replacement lacks: rewrite it whole.
+        if let Some(p) = self.persisted.get_mut(doc) {
+            p.full_needed = true;
+        }
         self.dirty_docs.insert(doc.clone());
     }
 
     /// Forgets a document (e.g. one whose only changes were refused); deleted from disk by the next flush.
     pub fn remove(&mut self, doc: &DocId) {
-        self.docs.remove(doc);
+        if self.docs.remove(doc).is_some_and(|s| s.doc.get().is_some()) {
+            self.loaded.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.persisted.remove(doc);
         self.dirty_docs.remove(doc);
         self.removed.insert(doc.clone());
     }
@@ -197,7 +435,7 @@ impl DocDb {
 
     /// A counter or cursor, including a value not yet flushed.
     pub fn meta(&self, key: &str) -> Result<Option<u64>, DocDbError> {
-        if let Some(v) = self.dirty_meta.get(key) {
+        if let Some(v) = self.dirty_meta.get(key).or_else(|| self.flushing_meta.get(key)) {
             return Ok(Some(*v));
         }
         let r = self.db.begin_read().map_err(|e| self.storage(&e))?;
@@ -227,7 +465,8 @@ impl DocDb {
 
     /// The persisted sync state of (peer, doc), including one not yet flushed.
     pub fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>> {
-        if let Some(s) = self.dirty_states.get(&(peer.clone(), doc.clone())) {
+        let key = (peer.clone(), doc.clone());
+        if let Some(s) = self.dirty_states.get(&key).or_else(|| self.flushing_states.get(&key)) {
             return Some(s.clone());
         }
         let r = self.db.begin_read().ok()?;
@@ -240,40 +479,259 @@ impl DocDb {
         self.dirty_states.insert((peer.clone(), doc.clone()), state);
     }
 
-    /// Writes every dirty document, sync state and counter in one transaction. On error nothing is lost from
-    /// memory: the dirty sets are kept and the next flush retries.
+    /// Writes every dirty document, sync state and counter in one transaction ([`DocDb::prepare_flush`] then
+    /// [`FlushBatch::commit`]). On error nothing is lost from memory: the next flush retries.
     pub fn flush(&mut self) -> Result<(), DocDbError> {
-        if !self.has_dirty() {
-            return Ok(());
+        match self.prepare_flush() {
+            Some(batch) => batch.commit(),
+            None => Ok(()),
         }
-        let w = self.db.begin_write().map_err(|e| self.storage(&e))?;
+    }
+
+    /// Takes every dirty document (as the changes since what is on disk, or as a full save when compacting),
+    /// sync state and counter into a batch for [`FlushBatch::commit`], which may run without `self`.
+    /// `None` if there is nothing to write.
+    pub fn prepare_flush(&mut self) -> Option<FlushBatch> {
+        let gate = self.gate.clone();
+        let mut g = lock_gate(&gate.0);
+        let mut recovers = false;
+        if g.in_flight == 0 {
+            // Everything prepared before is on disk, or came back in `failed`.
+            self.flushing_states.clear();
+            self.flushing_meta.clear();
+            for r in std::mem::take(&mut g.failed) {
+                self.restore(r);
+            }
+            recovers = g.broken;
+            self.evict();
+        }
+        drop(g);
+        if !self.has_dirty() && !recovers {
+            return None;
+        }
+        let mut writes = Vec::new();
+        for id in std::mem::take(&mut self.dirty_docs) {
+            if self.get(&id).is_none() {
+                continue;
+            }
+            let Some(doc) = self.docs.get_mut(&id).and_then(|s| s.doc.get_mut()) else { continue };
+            let p = self.persisted.entry(id.clone()).or_default();
+            let heads = doc.get_heads();
+            if p.stored && !p.full_needed && heads == p.heads {
+                continue;
+            }
+            let compact = !p.stored
+                || p.full_needed
+                || p.increments >= INCREMENTS_PER_DOC_MAX
+                || p.increment_bytes >= INCREMENT_BYTES_MIN.max(p.base_bytes);
+            let write = if compact {
+                let bytes = doc.save();
+                let drop_increments = p.increments > 0 || p.full_needed;
+                p.base_bytes = bytes.len();
+                p.increment_bytes = 0;
+                p.increments = 0;
+                DocWrite::Full { bytes, drop_increments }
+            } else {
+                let bytes = doc.save_after(&p.heads);
+                p.increment_bytes += bytes.len();
+                p.increments += 1;
+                let seq = p.next_seq;
+                p.next_seq += 1;
+                DocWrite::Append { seq, bytes }
+            };
+            p.heads = heads;
+            p.stored = true;
+            p.full_needed = false;
+            writes.push((id, write));
+        }
+        let removed: Vec<DocId> = std::mem::take(&mut self.removed).into_iter().collect();
+        let states: Vec<_> = std::mem::take(&mut self.dirty_states).into_iter().collect();
+        let meta: Vec<_> = std::mem::take(&mut self.dirty_meta).into_iter().collect();
+        if writes.is_empty() && removed.is_empty() && states.is_empty() && meta.is_empty() && !recovers {
+            return None;
+        }
+        let mut g = lock_gate(&gate.0);
+        let ticket = g.next_ticket;
+        g.next_ticket += 1;
+        g.in_flight += 1;
+        drop(g);
+        self.flushing_states.extend(states.iter().cloned());
+        self.flushing_meta.extend(meta.iter().cloned());
+        Some(FlushBatch {
+            path: self.path.clone(),
+            db: self.db.clone(),
+            gate,
+            ticket,
+            recovers,
+            writes,
+            removed,
+            states,
+            meta,
+            finished: false,
+        })
+    }
+
+    /// Takes back what a failed batch held: its documents are written whole by the next flush.
+    fn restore(&mut self, r: Returned) {
+        for id in r.docs {
+            if self.docs.contains_key(&id) {
+                self.persisted.entry(id.clone()).or_default().full_needed = true;
+                self.dirty_docs.insert(id);
+            }
+        }
+        for id in r.removed {
+            if !self.docs.contains_key(&id) {
+                self.removed.insert(id);
+            }
+        }
+        for (k, v) in r.states {
+            self.dirty_states.entry(k).or_insert(v);
+        }
+        for (k, v) in r.meta {
+            self.dirty_meta.entry(k).or_insert(v);
+        }
+    }
+}
+
+enum DocWrite {
+    /// A full save; the document's increments are deleted if it may have any.
+    Full { bytes: Vec<u8>, drop_increments: bool },
+    /// The changes since the previous write of the document.
+    Append { seq: u64, bytes: Vec<u8> },
+}
+
+/// Documents, sync states and counters taken from a [`DocDb`] by [`DocDb::prepare_flush`], to be written by
+/// [`FlushBatch::commit`]. Dropping it uncommitted counts as a failed commit (its contents are written again
+/// by a later flush).
+pub struct FlushBatch {
+    path: PathBuf,
+    db: Arc<Database>,
+    gate: SharedGate,
+    ticket: u64,
+    recovers: bool,
+    writes: Vec<(DocId, DocWrite)>,
+    removed: Vec<DocId>,
+    states: Vec<((PeerId, DocId), Vec<u8>)>,
+    meta: Vec<(String, u64)>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for FlushBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushBatch")
+            .field("ticket", &self.ticket)
+            .field("docs", &self.writes.len())
+            .field("states", &self.states.len())
+            .finish()
+    }
+}
+
+impl FlushBatch {
+    /// Number of documents written.
+    pub fn docs(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Writes the batch in one redb transaction (fsync), after every batch prepared before it. `Ok` means
+    /// this batch and everything prepared before it are on disk. Blocks on disk I/O.
+    pub fn commit(mut self) -> Result<(), DocDbError> {
+        let gate = self.gate.clone();
+        let (m, cv) = &*gate;
+        let mut g = lock_gate(m);
+        while g.turn != self.ticket {
+            g = cv.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let result = if g.broken && !self.recovers {
+            Err(DocDbError::Storage {
+                path: self.path.clone(),
+                detail: "an earlier flush failed; its contents are retried by the next flush".into(),
+            })
+        } else {
+            drop(g);
+            let r = self.write();
+            g = lock_gate(m);
+            r
+        };
+        self.finish(&mut g, result.is_ok());
+        cv.notify_all();
+        result
+    }
+
+    fn write(&self) -> Result<(), DocDbError> {
+        let storage =
+            |e: &dyn std::fmt::Display| DocDbError::Storage { path: self.path.clone(), detail: e.to_string() };
+        let w = self.db.begin_write().map_err(|e| storage(&e))?;
         {
-            let mut docs = w.open_table(DOCS).map_err(|e| self.storage(&e))?;
-            for id in &self.dirty_docs {
-                if let Some(doc) = self.docs.get_mut(id) {
-                    let bytes = doc.save();
-                    docs.insert(id.as_str(), &bytes[..])
-                        .map_err(|e| DocDbError::Storage { path: self.path.clone(), detail: e.to_string() })?;
+            let mut docs = w.open_table(DOCS).map_err(|e| storage(&e))?;
+            let mut incs = w.open_table(DOC_INCREMENTS).map_err(|e| storage(&e))?;
+            for (id, write) in &self.writes {
+                let name = id.as_str();
+                match write {
+                    DocWrite::Full { bytes, drop_increments } => {
+                        docs.insert(name, &bytes[..]).map_err(|e| storage(&e))?;
+                        if *drop_increments {
+                            incs.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).map_err(|e| storage(&e))?;
+                        }
+                    }
+                    DocWrite::Append { seq, bytes } => {
+                        incs.insert((name, *seq), &bytes[..]).map_err(|e| storage(&e))?;
+                    }
                 }
             }
             for id in &self.removed {
-                docs.remove(id.as_str()).map_err(|e| self.storage(&e))?;
+                let name = id.as_str();
+                docs.remove(name).map_err(|e| storage(&e))?;
+                incs.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).map_err(|e| storage(&e))?;
             }
-            let mut states = w.open_table(SYNC_STATES).map_err(|e| self.storage(&e))?;
-            for ((peer, doc), s) in &self.dirty_states {
-                states.insert((peer.as_str(), doc.as_str()), &s[..]).map_err(|e| self.storage(&e))?;
+            let mut states = w.open_table(SYNC_STATES).map_err(|e| storage(&e))?;
+            for ((peer, doc), s) in &self.states {
+                states.insert((peer.as_str(), doc.as_str()), &s[..]).map_err(|e| storage(&e))?;
             }
-            let mut meta = w.open_table(META).map_err(|e| self.storage(&e))?;
-            for (k, v) in &self.dirty_meta {
-                meta.insert(k.as_str(), *v).map_err(|e| self.storage(&e))?;
+            let mut meta = w.open_table(META).map_err(|e| storage(&e))?;
+            for (k, v) in &self.meta {
+                meta.insert(k.as_str(), *v).map_err(|e| storage(&e))?;
             }
         }
-        w.commit().map_err(|e| self.storage(&e))?;
-        self.dirty_docs.clear();
-        self.dirty_states.clear();
-        self.dirty_meta.clear();
-        self.removed.clear();
-        Ok(())
+        w.commit().map_err(|e| storage(&e))
+    }
+
+    /// Records the outcome in the gate (locked by the caller) and passes the turn on.
+    fn finish(&mut self, g: &mut Gate, ok: bool) {
+        if ok {
+            if self.recovers {
+                g.broken = false;
+            }
+        } else {
+            g.broken = true;
+            g.failed.push(Returned {
+                docs: self.writes.drain(..).map(|(id, _)| id).collect(),
+                removed: std::mem::take(&mut self.removed),
+                states: std::mem::take(&mut self.states),
+                meta: std::mem::take(&mut self.meta),
+            });
+        }
+        g.in_flight = g.in_flight.saturating_sub(1);
+        if g.turn == self.ticket {
+            g.turn += 1;
+            while g.abandoned.remove(&g.turn) {
+                g.turn += 1;
+            }
+        } else {
+            g.abandoned.insert(self.ticket);
+        }
+        self.finished = true;
+    }
+}
+
+impl Drop for FlushBatch {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let gate = self.gate.clone();
+        let mut g = lock_gate(&gate.0);
+        self.finish(&mut g, false);
+        gate.1.notify_all();
     }
 }
 
@@ -297,7 +755,7 @@ pub use automerge::ChangeHash;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use automerge::{ROOT, transaction::Transactable};
+    use automerge::{ROOT, ReadDoc, transaction::Transactable};
 
     #[test]
     fn documents_states_and_counters_survive_reopen_and_removal_sticks() {
@@ -326,6 +784,164 @@ mod tests {
         assert_eq!(stored_doc_ids(&path).err().map(|_| ()), Some(()), "the file is locked while open");
         drop(db);
         assert_eq!(stored_doc_ids(&path).unwrap(), vec!["order/a-1".to_owned()]);
+    }
+
+    fn increments(path: &Path) -> usize {
+        let db = Database::open(path).unwrap();
+        let r = db.begin_read().unwrap();
+        r.open_table(DOC_INCREMENTS).unwrap().iter().unwrap().count()
+    }
+
+    #[test]
+    fn incremental_flushes_survive_reopen_and_compact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.redb");
+        let a = DocId::new("stock/a").unwrap();
+        let heads = {
+            let mut db = DocDb::open(&path, vec![1; 16], 10).unwrap();
+            db.get_or_create(&a).unwrap().put(ROOT, "k0", 0).unwrap();
+            db.mark_dirty(&a);
+            db.flush().unwrap();
+            // A flush with nothing changed writes nothing.
+            db.mark_dirty(&a);
+            assert!(db.prepare_flush().is_none());
+            for i in 1..5 {
+                db.get_mut(&a).unwrap().put(ROOT, format!("k{i}"), i).unwrap();
+                db.mark_dirty(&a);
+                db.flush().unwrap();
+            }
+            db.get_mut(&a).unwrap().get_heads()
+        };
+        assert_eq!(increments(&path), 4, "one full save, then one increment per flush");
+        let heads = {
+            let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
+            assert_eq!(db.get_mut(&a).unwrap().get_heads(), heads, "full save + increments load to the same heads");
+            // Past the per-document limit the next flush compacts.
+            for i in 0..INCREMENTS_PER_DOC_MAX {
+                db.get_mut(&a).unwrap().put(ROOT, "n", i).unwrap();
+                db.mark_dirty(&a);
+                db.flush().unwrap();
+            }
+            db.get_mut(&a).unwrap().get_heads()
+        };
+        let n = increments(&path);
+        assert!(n < INCREMENTS_PER_DOC_MAX as usize, "compacted: {n} increments left");
+        let mut db = DocDb::open(&path, vec![3; 16], 10).unwrap();
+        assert_eq!(db.get_mut(&a).unwrap().get_heads(), heads);
+        // Big changes compact by bytes.
+        db.get_mut(&a).unwrap().put(ROOT, "big", vec![7u8; INCREMENT_BYTES_MIN + 1]).unwrap();
+        db.mark_dirty(&a);
+        db.flush().unwrap();
+        db.get_mut(&a).unwrap().put(ROOT, "after", 1).unwrap();
+        db.mark_dirty(&a);
+        db.flush().unwrap();
+        let heads = db.get_mut(&a).unwrap().get_heads();
+        drop(db);
+        assert_eq!(increments(&path), 0, "the increment over the byte limit triggered a full save");
+        let mut db = DocDb::open(&path, vec![4; 16], 10).unwrap();
+        assert_eq!(db.get_mut(&a).unwrap().get_heads(), heads);
+    }
+
+    #[test]
+    fn a_batch_dropped_uncommitted_is_written_by_the_next_flush_and_fails_later_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.redb");
+        let (a, b) = (DocId::new("order/a-1").unwrap(), DocId::new("order/b-1").unwrap());
+        let peer = PeerId::new("oms://t/hub").unwrap();
+        let heads = {
+            let mut db = DocDb::open(&path, vec![1; 16], 10).unwrap();
+            db.get_or_create(&a).unwrap().put(ROOT, "k", 1).unwrap();
+            db.mark_dirty(&a);
+            db.flush().unwrap();
+            db.get_mut(&a).unwrap().put(ROOT, "k", 2).unwrap();
+            db.mark_dirty(&a);
+            db.set_sync_state(&peer, &a, vec![1]);
+            db.set_meta("c", 7);
+            let lost = db.prepare_flush().unwrap();
+            assert_eq!(db.sync_state(&peer, &a), Some(vec![1]), "readable while in flight");
+            assert_eq!(db.meta("c").unwrap(), Some(7));
+            db.get_or_create(&b).unwrap().put(ROOT, "k", 3).unwrap();
+            db.mark_dirty(&b);
+            let later = db.prepare_flush().unwrap();
+            drop(lost);
+            assert!(later.commit().is_err(), "a batch after a failed one must not report success");
+            assert_eq!(db.sync_state(&peer, &a), Some(vec![1]));
+            db.flush().unwrap();
+            db.get_mut(&a).unwrap().put(ROOT, "k", 4).unwrap();
+            db.mark_dirty(&a);
+            db.flush().unwrap();
+            [db.get_mut(&a).unwrap().get_heads(), db.get_mut(&b).unwrap().get_heads()]
+        };
+        let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
+        assert_eq!([db.get_mut(&a).unwrap().get_heads(), db.get_mut(&b).unwrap().get_heads()], heads);
+        assert_eq!(db.sync_state(&peer, &a), Some(vec![1]));
+        assert_eq!(db.meta("c").unwrap(), Some(7));
+    }
+
+    #[test]
+    fn batches_commit_in_prepare_order_across_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.redb");
+        let a = DocId::new("stock/a").unwrap();
+        let heads = {
+            let mut db = DocDb::open(&path, vec![1; 16], 10).unwrap();
+            let mut batches = Vec::new();
+            for i in 0..20 {
+                db.get_or_create(&a).unwrap().put(ROOT, "k", i).unwrap();
+                db.mark_dirty(&a);
+                batches.push(db.prepare_flush().unwrap());
+            }
+            // Committed from threads in reverse order: each waits for its turn.
+            let handles: Vec<_> = batches.into_iter().rev().map(|b| std::thread::spawn(move || b.commit())).collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+            db.get_mut(&a).unwrap().get_heads()
+        };
+        let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
+        assert_eq!(db.get_mut(&a).unwrap().get_heads(), heads);
+    }
+
+    #[test]
+    fn clean_documents_are_evicted_and_load_again_on_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let ids: Vec<DocId> = (0..20).map(|i| DocId::new(format!("order/a-{i}")).unwrap()).collect();
+        let heads = {
+            let mut db = DocDb::open(&path, vec![1; 16], 100).unwrap();
+            db.set_cache_max(4);
+            for (i, id) in ids.iter().enumerate() {
+                db.get_or_create(id).unwrap().put(ROOT, "k", i as u64).unwrap();
+                db.mark_dirty(id);
+                db.flush().unwrap();
+            }
+            // Dirty documents are never evicted; clean ones are, at the next prepare.
+            db.get_mut(&ids[0]).unwrap().put(ROOT, "k", 100).unwrap();
+            db.mark_dirty(&ids[0]);
+            db.flush().unwrap();
+            db.get_mut(&ids[1]).unwrap().put(ROOT, "k", 101).unwrap();
+            db.mark_dirty(&ids[1]);
+            db.flush().unwrap();
+            assert!(db.loaded() <= 4, "{} loaded", db.loaded());
+            assert_eq!(db.len(), 20);
+            let expected =
+                |db: &DocDb, id: &DocId| db.get(id).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.as_u64());
+            assert_eq!(expected(&db, &ids[0]), Some(Some(100)), "evicted, loads with every change");
+            assert_eq!(expected(&db, &ids[7]), Some(Some(7)));
+            // Heads of an evicted document come from what is on disk, without loading it.
+            let before = db.loaded();
+            let h = db.heads(&ids[12]).unwrap();
+            assert_eq!(db.loaded(), before);
+            assert_eq!(db.get_mut(&ids[12]).unwrap().get_heads(), h);
+            // A reloaded document changed and flushed again survives a reopen.
+            db.get_mut(&ids[7]).unwrap().put(ROOT, "k", 107).unwrap();
+            db.mark_dirty(&ids[7]);
+            db.flush().unwrap();
+            db.flush().unwrap();
+            ids.iter().map(|id| db.get_mut(id).unwrap().get_heads()).collect::<Vec<_>>()
+        };
+        let mut db = DocDb::open(&path, vec![2; 16], 100).unwrap();
+        assert_eq!(ids.iter().map(|id| db.get_mut(id).unwrap().get_heads()).collect::<Vec<_>>(), heads);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oms_protocol::domain::NodeId;
+use oms_protocol::domain::{NodeId, Sku};
 use oms_protocol::sync::automerge::AutoCommit;
 use oms_protocol::sync::{DocStore, Event, SessionConfig, StoreError, SyncSession};
 use oms_protocol::wire::{DocId, ErrorCode, PeerId};
@@ -63,6 +63,13 @@ pub struct SyncTuning {
     pub tick_ms: u64,
     /// Decoded frames waiting for the session.
     pub frames_queued_max: usize,
+    /// Frames already queued that the link handles before one flush and one write of the answers.
+    pub frames_per_flush_max: usize,
+    /// Changed balances are written into the stock document at most this often (one Automerge change for all
+    /// SKUs changed in the period, rather than one per feed batch).
+    pub stock_coalesce_ms: u64,
+    /// SKUs waiting for the stock document; at this many they are written at once.
+    pub stock_pending_max: usize,
 }
 
 impl Default for SyncTuning {
@@ -76,7 +83,10 @@ impl Default for SyncTuning {
             backoff_cap_ms: 10_000,
             io_timeout_ms: 10_000,
             tick_ms: 250,
-            frames_queued_max: 64,
+            frames_queued_max: 256,
+            frames_per_flush_max: 256,
+            stock_coalesce_ms: 250,
+            stock_pending_max: 10_000,
         }
     }
 }
@@ -116,6 +126,10 @@ pub enum IngestError {
 pub struct NodeDocs {
     db: DocDb,
     node: NodeId,
+    /// SKUs whose balance changed in the feed but is not yet in the stock document (bounded by
+    /// `stock_pending_max`). Only in memory: after a restart [`repair_stock`] rewrites every balance.
+    stock_pending: BTreeSet<Sku>,
+    stock_written_ms: u64,
 }
 
 impl NodeDocs {
@@ -194,7 +208,7 @@ pub fn spawn(
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let endpoint = oms_transport::client_endpoint(bind, &files, &Limits::default())?;
-    let mut docs = NodeDocs { db, node };
+    let mut docs = NodeDocs { db, node, stock_pending: BTreeSet::new(), stock_written_ms: 0 };
     publish_site(&mut docs, site)?;
     let shared = Arc::new(Shared {
         docs: Mutex::new(docs),
@@ -230,15 +244,68 @@ fn publish_site(docs: &mut NodeDocs, site: &schema::SiteInfo) -> Result<(), Sync
     Ok(())
 }
 
-/// Applies feed entries after the cursor to the documents. Returns the documents changed.
-fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<DocId>, IngestError> {
+/// Writes one SKU's balance and its escrow counter (the site's view of the rights it shares with the hub)
+/// into the stock document. Returns true if the document changed.
+fn write_sku(
+    doc: &mut AutoCommit,
+    node: &NodeId,
+    store: &Store,
+    sku: &oms_protocol::domain::Sku,
+    balance: &oms_protocol::domain::Balance,
+    now: u64,
+) -> Result<bool, IngestError> {
+    let mut changed = schema::write_stock(doc, node, sku, balance, now)?;
+    if let Some(c) = store.escrow(sku)? {
+        changed |= schema::write_escrow(doc, node, &c, now)?;
+    }
+    Ok(changed)
+}
+
+/// Pages of balances [`repair_stock`] reads, of [`STOCK_REPAIR_PAGE`] SKUs each.
+const STOCK_REPAIR_PAGES_MAX: usize = 10_000;
+const STOCK_REPAIR_PAGE: usize = 1_024;
+
+/// Writes every balance into the stock document (a no-op for those already there). Run at start, because
+/// balances waiting in [`NodeDocs::stock_pending`] when the process stopped are behind the feed cursor.
+fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, IngestError> {
+    let node = docs.node.clone();
+    let Some(name) = schema::stock_doc(&node) else { return Ok(vec![]) };
+    let now = now_ms();
+    let mut changed = false;
+    let mut after: Option<String> = None;
+    for _ in 0..STOCK_REPAIR_PAGES_MAX {
+        let page = store.balances(after.as_deref(), STOCK_REPAIR_PAGE)?;
+        for (sku, balance) in &page {
+            let doc = docs.db.get_or_create(&name)?;
+            changed |= write_sku(doc, &node, store, sku, balance, now)?;
+        }
+        match page.last() {
+            Some((sku, _)) if page.len() >= STOCK_REPAIR_PAGE => after = Some(sku.as_str().to_owned()),
+            _ => break,
+        }
+    }
+    if !changed {
+        return Ok(vec![]);
+    }
+    if let Some(doc) = docs.db.get_mut(&name) {
+        doc.commit();
+    }
+    docs.db.mark_dirty(&name);
+    docs.db.flush()?;
+    Ok(vec![name])
+}
+
+/// Applies feed entries after the cursor to the documents, and writes the balances pending for the stock
+/// document if `stock_coalesce_ms` passed. Returns the documents changed, or `None` if there was nothing
+/// to do.
+fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Option<Vec<DocId>>, IngestError> {
     let cursor = docs.db.meta(FEED_CURSOR)?.unwrap_or(0);
-    let entries = store.feed_after(cursor, batch_max)?;
-    let Some((last, _)) = entries.last() else { return Ok(vec![]) };
-    let last = *last;
+    let entries = store.feed_after(cursor, tuning.feed_batch_max)?;
+    let last = entries.last().map(|(seq, _)| *seq);
     let now = now_ms();
     let node = docs.node.clone();
     let mut changed = BTreeSet::new();
+    let mut pending_full = false;
     for (_, entry) in entries {
         match entry {
             FeedEntry::Order(id) => {
@@ -250,20 +317,37 @@ fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<Do
                 }
             }
             FeedEntry::Stock(sku) => {
-                let Some(balance) = store.balance(&sku)? else { continue };
-                let Some(name) = schema::stock_doc(&node) else { continue };
-                let escrow = store.escrow(&sku)?;
-                let doc = docs.db.get_or_create(&name)?;
-                let mut any = schema::write_stock(doc, &node, &sku, &balance, now)?;
-                if let Some(c) = escrow {
-                    any |= schema::write_escrow(doc, &node, &c, now)?;
-                }
-                if any {
-                    changed.insert(name);
+                if docs.stock_pending.len() < tuning.stock_pending_max {
+                    docs.stock_pending.insert(sku);
+                } else {
+                    pending_full = true;
+                    if let Some(balance) = store.balance(&sku)?
+                        && let Some(name) = schema::stock_doc(&node)
+                        && write_sku(docs.db.get_or_create(&name)?, &node, store, &sku, &balance, now)?
+                    {
+                        changed.insert(name);
+                    }
                 }
             }
             FeedEntry::Catalog(_) => {}
         }
+    }
+    let due = now.saturating_sub(docs.stock_written_ms) >= tuning.stock_coalesce_ms || pending_full;
+    if due && !docs.stock_pending.is_empty() {
+        if let Some(name) = schema::stock_doc(&node) {
+            for sku in &docs.stock_pending {
+                let Some(balance) = store.balance(sku)? else { continue };
+                let doc = docs.db.get_or_create(&name)?;
+                if write_sku(doc, &node, store, sku, &balance, now)? {
+                    changed.insert(name.clone());
+                }
+            }
+        }
+        docs.stock_pending.clear();
+        docs.stock_written_ms = now;
+    }
+    if last.is_none() && changed.is_empty() {
+        return Ok(None);
     }
     for name in &changed {
         if let Some(doc) = docs.db.get_mut(name) {
@@ -271,31 +355,52 @@ fn ingest(docs: &mut NodeDocs, store: &Store, batch_max: usize) -> Result<Vec<Do
         }
         docs.db.mark_dirty(name);
     }
-    docs.db.set_meta(FEED_CURSOR, last);
+    if let Some(last) = last {
+        docs.db.set_meta(FEED_CURSOR, last);
+    }
     docs.db.flush()?;
-    Ok(changed.into_iter().collect())
+    Ok(Some(changed.into_iter().collect()))
 }
 
 async fn follow_feed(shared: Arc<Shared>, store: Store) {
     let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.feed_poll_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let coalesce = Duration::from_millis(shared.tuning.stock_coalesce_ms.max(1));
     let mut failing = false;
+    let mut repaired = false;
     let commits = store.commit_notify();
     loop {
-        // Wake on the store's commit signal; the tick is only a safety net.
+        if !repaired {
+            match repair_stock(&mut lock(&shared.docs), &store) {
+                Ok(changed) => {
+                    repaired = true;
+                    lock(&shared.dirty).extend(changed);
+                    shared.changed.notify_one();
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(error = %e, "sync: cannot write balances into the stock document; retrying");
+                    }
+                    failing = true;
+                }
+            }
+        }
+        let stock_pending = !lock(&shared.docs).stock_pending.is_empty();
+        // Wake on the store's commit signal, or when pending balances are due; the tick is only a safety net.
         tokio::select! {
             _ = commits.notified() => {}
+            () = tokio::time::sleep(coalesce), if stock_pending => {}
             _ = tick.tick() => {}
         }
         // Drain what is there in bounded batches, then wait for the next tick.
         for _ in 0..64 {
-            let result = ingest(&mut lock(&shared.docs), &store, shared.tuning.feed_batch_max);
+            let result = ingest(&mut lock(&shared.docs), &store, &shared.tuning);
             match result {
-                Ok(changed) if changed.is_empty() => {
+                Ok(None) => {
                     failing = false;
                     break;
                 }
-                Ok(changed) => {
+                Ok(Some(changed)) => {
                     failing = false;
                     let mut dirty = lock(&shared.dirty);
                     for d in changed {
@@ -362,13 +467,12 @@ async fn run_session(
     lock(&shared.dirty).clear();
     let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let batch_max = shared.tuning.frames_per_flush_max.max(1);
     let mut out = Vec::new();
     loop {
         while let Some(f) = session.poll_transmit() {
             out.push(f);
         }
-        link::write_frames(&mut send, &out, frame_max, io_timeout).await?;
-        out.clear();
         let mut closed = None;
         {
             let mut docs = lock(&shared.docs);
@@ -393,8 +497,11 @@ async fn run_session(
                     Event::Closed { code, reason, by_peer } => closed = Some((code, reason, by_peer)),
                 }
             }
-            docs.db.flush()?;
         }
+        // Persist what the hub sent before answering it; one flush covers every frame handled since the last.
+        persist(shared).await?;
+        link::write_frames(&mut send, &out, frame_max, io_timeout).await?;
+        out.clear();
         if let Some((code, reason, by_peer)) = closed {
             while let Some(f) = session.poll_transmit() {
                 out.push(f);
@@ -407,7 +514,19 @@ async fn run_session(
             frame = frames.recv() => match frame {
                 Some(Ok(frame)) => {
                     shared.last_hub_frame_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-                    session.handle_frame(&mut *lock(&shared.docs), frame)
+                    let mut docs = lock(&shared.docs);
+                    session.handle_frame(&mut *docs, frame);
+                    // Take what else is already queued (bounded) before the next flush and write.
+                    for _ in 1..batch_max {
+                        match frames.try_recv() {
+                            Ok(Ok(frame)) => session.handle_frame(&mut *docs, frame),
+                            Ok(Err(e)) => {
+                                oms_transport::close(&conn, e.code(), &e.to_string());
+                                return Err(e.into());
+                            }
+                            Err(_) => break,
+                        }
+                    }
                 }
                 Some(Err(e)) => {
                     oms_transport::close(&conn, e.code(), &e.to_string());
@@ -427,8 +546,19 @@ async fn run_session(
     }
 }
 
+/// Writes what the session changed to `sync.redb`, with the disk I/O outside the documents' lock.
+async fn persist(shared: &Shared) -> Result<(), DocDbError> {
+    let Some(batch) = lock(&shared.docs).db.prepare_flush() else { return Ok(()) };
+    match tokio::task::spawn_blocking(move || batch.commit()).await {
+        Ok(result) => result,
+        // The batch was dropped uncommitted; the next flush writes its contents.
+        Err(e) => Err(DocDbError::Storage { path: SYNC_DB_FILE.into(), detail: format!("flush task: {e}") }),
+    }
+}
+
 /// The session limits a node uses: the defaults, with a manifest every 15 s so that a document missed by
-/// the dirty set (which is bounded) still syncs promptly.
+/// the dirty set (which is bounded) still syncs promptly, and up to 256 documents in flight so that a
+/// catch-up fills each flush and each write.
 pub fn session_config() -> SessionConfig {
-    SessionConfig { manifest_interval_ms: 15_000, ..SessionConfig::default() }
+    SessionConfig { manifest_interval_ms: 15_000, docs_in_flight_max: 256, ..SessionConfig::default() }
 }

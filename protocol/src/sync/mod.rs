@@ -28,7 +28,7 @@ use crate::wire::{
     DocId, ErrorCode, Frame, Hash, Hello, HelloAck, Manifest, ManifestEntry, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
     PeerId, REASON_BYTES_MAX, capabilities,
 };
-use automerge::sync::{Message, State, SyncDoc};
+use automerge::sync::{BloomFilter, Capability, ChunkList, Have, Message, State, SyncDoc};
 use automerge::{AutoCommit, ChangeHash};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -96,6 +96,10 @@ pub trait DocStore {
     fn docs_for(&self, peer: &PeerId) -> Vec<DocId>;
     /// The document, if held locally.
     fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit>;
+    /// The heads of the document, if held locally (a store that evicts documents can answer without loading).
+    fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
+        self.doc_mut(doc).map(|d| d.get_heads())
+    }
     /// Creates an empty document that a peer is sending us (only called for entitled documents). The store
     /// chooses the actor id.
     fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError>;
@@ -224,6 +228,31 @@ fn sorted(mut heads: Vec<Hash>) -> Vec<Hash> {
     heads.sort_unstable();
     heads.dedup();
     heads
+}
+
+/// The sync state of a document never synced with this peer: assume the peer has none of it, so the first
+/// message carries the document (one compressed save, as both sides speak Automerge's v2 messages) instead of
+/// first exchanging heads and Bloom filters. If the peer does hold some of it, it merely receives changes it
+/// has, and answers with its heads as usual.
+fn fresh_state() -> State {
+    let mut state = State::new();
+    state.their_heads = Some(vec![]);
+    state.their_need = Some(vec![]);
+    state.their_have = Some(vec![Have { last_sync: vec![], bloom: BloomFilter::default() }]);
+    state.their_capabilities = Some(vec![Capability::MessageV1, Capability::MessageV2]);
+    state
+}
+
+/// A persisted sync state taken up again (after a reconnect, or after the session dropped the state of a
+/// document in sync): assume the peer still has exactly the shared heads, so the first message carries the
+/// changes since them. The peer answers with its own heads if it has more.
+fn resumed_state(persisted: State) -> State {
+    let shared = persisted.shared_heads;
+    let mut state = fresh_state();
+    state.their_heads = Some(shared.clone());
+    state.their_have = Some(vec![Have { last_sync: shared.clone(), bloom: BloomFilter::default() }]);
+    state.shared_heads = shared;
+    state
 }
 
 /// Keeps only the persisted part of a sync state (shared heads), dropping what a lost message left behind.
@@ -413,8 +442,8 @@ impl SyncSession {
         }
         while let Some(chunk) = chunks.next() {
             for doc in chunk {
-                if let Some(d) = store.doc_mut(doc) {
-                    entries.push(ManifestEntry { doc: doc.clone(), heads: sorted(hashes(&d.get_heads())) });
+                if let Some(heads) = store.heads(doc) {
+                    entries.push(ManifestEntry { doc: doc.clone(), heads: sorted(hashes(&heads)) });
                 }
             }
             let last = chunks.peek().is_none();
@@ -470,7 +499,7 @@ impl SyncSession {
                 continue;
             }
             assembling.seen.insert(entry.doc.clone());
-            let ours = store.doc_mut(&entry.doc).map(|d| sorted(hashes(&d.get_heads())));
+            let ours = store.heads(&entry.doc).map(|h| sorted(hashes(&h)));
             if ours.as_ref() != Some(&sorted(entry.heads)) {
                 to_schedule.push(entry.doc);
             } else if self.in_flight.contains(&entry.doc) {
@@ -500,7 +529,10 @@ impl SyncSession {
         let now_ms = self.now_ms;
         let peer = &self.peer;
         self.docs.entry(doc.clone()).or_insert_with(|| {
-            let state = store.load_sync_state(peer, doc).and_then(|b| State::decode(&b).ok()).unwrap_or_default();
+            let state = store
+                .load_sync_state(peer, doc)
+                .and_then(|b| State::decode(&b).ok())
+                .map_or_else(fresh_state, resumed_state);
             DocSync { state, last_progress_ms: now_ms }
         })
     }
@@ -549,8 +581,18 @@ impl SyncSession {
             return;
         }
         let theirs = sorted(heads);
-        let ours = store.doc_mut(&doc).map(|d| sorted(hashes(&d.get_heads())));
+        let current = store.doc_mut(&doc).map(|d| d.get_heads());
+        let ours = current.as_ref().map(|h| sorted(hashes(h)));
         if ours.as_ref() == Some(&theirs) {
+            // The peer has exactly our heads: remember that, so the next change sends only what is new.
+            if let (Some(entry), Some(current)) = (self.docs.get_mut(&doc), current) {
+                entry.state.shared_heads.clone_from(&current);
+                entry.state.their_need = Some(vec![]);
+                entry.state.their_have = Some(vec![Have { last_sync: current.clone(), bloom: BloomFilter::default() }]);
+                entry.state.their_heads = Some(current);
+                entry.state.in_flight = false;
+                store.save_sync_state(&self.peer, &doc, entry.state.encode());
+            }
             self.finish(doc, theirs);
         } else if ours.is_some() {
             // The peer has nothing more for us but lacks something of ours: our sync state believes it sent
@@ -565,6 +607,9 @@ impl SyncSession {
 
     fn finish(&mut self, doc: DocId, heads: Vec<Hash>) {
         self.in_flight.remove(&doc);
+        // In sync: the persisted state (shared heads) is enough to take it up again, so a long session does not
+        // keep a sync state per document it ever synced.
+        self.docs.remove(&doc);
         self.events.push_back(Event::DocInSync { doc, heads });
     }
 
@@ -582,18 +627,19 @@ impl SyncSession {
         };
         let generated = automerge_doc.sync().generate_sync_message(&mut entry.state);
         match generated {
-            Some(msg) => {
-                let msg = msg.encode();
-                if msg.len() > self.cfg.sync_msg_bytes_max {
-                    entry.state = reset_state(&entry.state);
-                    self.in_flight.remove(doc);
-                    self.events.push_back(Event::DocFailed { doc: doc.clone(), code: ErrorCode::FrameTooLarge });
+            Some(msg) if answering && msg.changes == ChunkList::empty() && msg.need.is_empty() => {
+                let heads = sorted(hashes(&automerge_doc.get_heads()));
+                let their = entry.state.their_heads.as_deref().map(|h| sorted(hashes(h)));
+                if their.as_ref() == Some(&heads) {
+                    // Nothing to send or ask for, and the peer has exactly our heads: an Ack says so in fewer
+                    // bytes and ends the exchange on both sides.
+                    self.outbound.push_back(Frame::Ack { doc: doc.clone(), heads: heads.clone() });
+                    self.finish(doc.clone(), heads);
                     return;
                 }
-                entry.last_progress_ms = self.now_ms;
-                self.in_flight.insert(doc.clone());
-                self.outbound.push_back(Frame::Sync { doc: doc.clone(), msg });
+                self.send_sync(doc, msg.encode());
             }
+            Some(msg) => self.send_sync(doc, msg.encode()),
             None if answering => {
                 let heads = sorted(hashes(&automerge_doc.get_heads()));
                 let their = entry.state.their_heads.as_deref().map(|h| sorted(hashes(h)));
@@ -604,6 +650,22 @@ impl SyncSession {
             }
             None => {}
         }
+    }
+
+    /// Queues an encoded sync message for `doc`, or fails the document if it exceeds the frame limit.
+    fn send_sync(&mut self, doc: &DocId, msg: Vec<u8>) {
+        let Some(entry) = self.docs.get_mut(doc) else {
+            return;
+        };
+        if msg.len() > self.cfg.sync_msg_bytes_max {
+            entry.state = reset_state(&entry.state);
+            self.in_flight.remove(doc);
+            self.events.push_back(Event::DocFailed { doc: doc.clone(), code: ErrorCode::FrameTooLarge });
+            return;
+        }
+        entry.last_progress_ms = self.now_ms;
+        self.in_flight.insert(doc.clone());
+        self.outbound.push_back(Frame::Sync { doc: doc.clone(), msg });
     }
 
     fn schedule(&mut self, doc: DocId) {
