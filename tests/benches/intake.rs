@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, get_json, pki};
-use oms_tests::stats::{env_u64, loadavg, percentile};
+use oms_tests::stats::{env_u64, fsync_rate, loadavg, percentile};
 use serde_json::{Value, json};
 
 const SITES: [(&str, f64, f64); 2] = [("wh-berlin", 52.52, 13.40), ("wh-munich", 48.14, 11.58)];
@@ -123,6 +123,10 @@ async fn main() {
     }
     let node_of = |site: &str| nodes.iter().find(|nd| nd.id == site).unwrap().http;
     println!("machine: {} cores, load {}", std::thread::available_parallelism().map_or(0, |n| n.get()), loadavg());
+    let (fsync_per_s, fsync_p50, fsync_p99) = fsync_rate(root, 300);
+    println!(
+        "raw fsync (4 KiB write + fdatasync), same disk: {fsync_per_s:.0}/s, p50 {fsync_p50:.3} ms, p99 {fsync_p99:.3} ms"
+    );
 
     // 1. Sequential latency.
     let (mut e2e, mut post_ms) = (Vec::new(), Vec::new());
@@ -139,6 +143,10 @@ async fn main() {
     }
     report("hub 201 (POST /v1/orders)", &mut post_ms);
     report("channel order -> accepted at the node", &mut e2e);
+    println!(
+        "  = {:.1} raw fsyncs at the median (hub intake commit, hub document flush, node commit, node flush, and back)",
+        percentile(&e2e, 0.5) / fsync_p50
+    );
     println!("missed (not accepted within 30 s): {missed}");
 
     // 2. Throughput with concurrent clients.

@@ -17,26 +17,7 @@ use oms_node::store::{CatalogItem, Command as StoreCommand, Limits, Store};
 use oms_protocol::domain::{NodeId, OrderDraft, Sku};
 use oms_tests::cluster::Proc;
 use oms_tests::free_addr;
-use oms_tests::stats::{env_u64, percentile};
-
-/// Raw fsync rate: 4 KiB write + fsync, in the directory the node uses.
-fn fsync_rate(dir: &Path, n: usize) -> (f64, f64, f64) {
-    let path = dir.join("fsync-probe");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let buf = vec![7u8; 4096];
-    let mut lat = Vec::with_capacity(n);
-    let start = Instant::now();
-    for _ in 0..n {
-        let t = Instant::now();
-        f.write_all(&buf).unwrap();
-        f.sync_data().unwrap();
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    std::fs::remove_file(&path).ok();
-    lat.sort_by(f64::total_cmp);
-    (rate, percentile(&lat, 0.5), percentile(&lat, 0.99))
-}
+use oms_tests::stats::{env_u64, fsync_rate, percentile};
 
 struct Node {
     proc: Proc,

@@ -21,6 +21,28 @@ pub mod stats {
             .join(" ")
     }
 
+    /// Raw fsync rate in `dir`: `n` times a 4 KiB write + `fdatasync`. Returns (per second, p50 ms, p99 ms):
+    /// the ceiling for unbatched durable commits on this disk, measured in the same run as the figure it
+    /// scales.
+    pub fn fsync_rate(dir: &std::path::Path, n: usize) -> (f64, f64, f64) {
+        use std::io::Write;
+        let path = dir.join("fsync-probe");
+        let mut f = std::fs::File::create(&path).expect("fsync probe");
+        let buf = vec![7u8; 4096];
+        let mut lat = Vec::with_capacity(n);
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            f.write_all(&buf).expect("write");
+            f.sync_data().expect("fsync");
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        std::fs::remove_file(&path).ok();
+        lat.sort_by(f64::total_cmp);
+        (rate, percentile(&lat, 0.5), percentile(&lat, 0.99))
+    }
+
     /// The `p` quantile (0..=1) of an ascending slice, nearest rank; NaN when empty.
     pub fn percentile(sorted: &[f64], p: f64) -> f64 {
         if sorted.is_empty() {
