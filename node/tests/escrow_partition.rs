@@ -114,13 +114,11 @@ impl World {
                     other => panic!("local order: {other:?}"),
                 }
             }
-            Op::HubAssign(q) => {
-                if self.hub.spendable(Party::Hub, now_ms()) >= u64::from(*q) {
-                    self.hub.consume(Party::Hub, u64::from(*q), now_ms()).unwrap();
-                    self.hub_seq += 1;
-                    let id = OrderId::parse(&format!("hub-{:010}.1", self.hub_seq)).unwrap();
-                    self.in_flight.push_back((id, *q));
-                }
+            Op::HubAssign(q) if self.hub.spendable(Party::Hub, now_ms()) >= u64::from(*q) => {
+                self.hub.consume(Party::Hub, u64::from(*q), now_ms()).unwrap();
+                self.hub_seq += 1;
+                let id = OrderId::parse(&format!("hub-{:010}.1", self.hub_seq)).unwrap();
+                self.in_flight.push_back((id, *q));
             }
             Op::Deliver if self.connected => {
                 if let Some((id, q)) = self.in_flight.pop_front() {

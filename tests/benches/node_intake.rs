@@ -6,7 +6,6 @@
 //! `BENCH_ORDERS` for the lookup store, default 1000000; `BENCH_DIR` for the data, default a temp dir).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
