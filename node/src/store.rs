@@ -482,8 +482,9 @@ pub enum Command {
         /// The site's escrow settings.
         policy: EscrowPolicy,
     },
-    /// Periodic escrow duties over at most `skus_max` SKUs: with the hub reachable, renew leases and grant
-    /// by the rebalancing policy; without it, reclaim rights whose lease has run out.
+    /// Periodic escrow duties over at most `skus_max` SKUs after `after` (the caller passes back the
+    /// returned cursor, so a large catalog is covered over several ticks): with the hub reachable, renew
+    /// leases and grant by the rebalancing policy; without it, reclaim rights whose lease has run out.
     EscrowTick {
         /// The hub was heard from recently.
         hub_reachable: bool,
@@ -491,6 +492,8 @@ pub enum Command {
         policy: EscrowPolicy,
         /// Most SKUs looked at.
         skus_max: usize,
+        /// Start after this SKU (`None`: from the first).
+        after: Option<Sku>,
     },
 }
 
@@ -512,6 +515,13 @@ pub enum Outcome {
     Wave(Wave),
     /// SKUs whose escrow changed.
     Escrow(Vec<Sku>),
+    /// SKUs whose escrow changed, and where the next tick starts (`None`: from the first SKU again).
+    EscrowTicked {
+        /// Changed SKUs.
+        changed: Vec<Sku>,
+        /// The cursor for the next tick.
+        next_after: Option<Sku>,
+    },
     /// Rows imported.
     Imported {
         /// Catalog items written.
@@ -1147,8 +1157,8 @@ impl<'w> Tx<'w> {
                 Ok(order_outcome(rec, false))
             }
             Command::EscrowSync { hub, policy } => self.escrow_sync(hub, &policy),
-            Command::EscrowTick { hub_reachable, policy, skus_max } => {
-                self.escrow_tick(hub_reachable, &policy, skus_max.min(limits.escrow_tick_skus_max))
+            Command::EscrowTick { hub_reachable, policy, skus_max, after } => {
+                self.escrow_tick(hub_reachable, &policy, skus_max.clamp(1, limits.escrow_tick_skus_max), after)
             }
             Command::Import { catalog, counts } => {
                 for (sku, _) in &counts {
@@ -1375,25 +1385,36 @@ impl<'w> Tx<'w> {
         hub_reachable: bool,
         policy: &EscrowPolicy,
         skus_max: usize,
+        after: Option<Sku>,
     ) -> Result<Outcome, StoreError> {
         let mut skus = Vec::new();
-        for item in self.balances.range::<&str>(..)?.take(skus_max) {
+        let range = match &after {
+            Some(a) => {
+                self.balances.range::<&str>((std::ops::Bound::Excluded(a.as_str()), std::ops::Bound::Unbounded))?
+            }
+            None => self.balances.range::<&str>(..)?,
+        };
+        for item in range.take(skus_max) {
             let (k, v) = item?;
             let sku =
                 Sku::parse(k.value()).map_err(|e| StoreError::Corrupt { table: "balances", detail: e.to_string() })?;
             skus.push((sku, dec::<Balance>("balances", v.value())?));
         }
         let mut changed = Vec::new();
+        let visited = skus.len();
+        let mut last = None;
         for (sku, b) in skus {
             let fresh = self.escrow.get(sku.as_str())?.is_none();
             let mut c = self.escrow_of(&sku, &b)?;
             let m = escrow::maintain(&mut c, policy, hub_reachable, self.now_ms).map_err(escrow_corrupt)?;
             if m.changed() || fresh {
                 self.put_escrow(&c)?;
-                changed.push(sku);
+                changed.push(sku.clone());
             }
+            last = Some(sku);
         }
-        Ok(Outcome::Escrow(changed))
+        let next_after = if visited == skus_max { last } else { None };
+        Ok(Outcome::EscrowTicked { changed, next_after })
     }
 
     fn create_wave(&mut self, orders_max: usize) -> Result<Outcome, StoreError> {

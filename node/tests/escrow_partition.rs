@@ -150,7 +150,12 @@ impl World {
                 self.store.execute(cmd).await.unwrap();
             }
             Op::Tick => {
-                let cmd = Command::EscrowTick { hub_reachable: self.connected, policy: self.policy, skus_max: 10 };
+                let cmd = Command::EscrowTick {
+                    hub_reachable: self.connected,
+                    policy: self.policy,
+                    skus_max: 10,
+                    after: None,
+                };
                 self.store.execute(cmd).await.unwrap();
             }
             Op::Receive(q) => {
@@ -250,4 +255,44 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(run(ops));
     }
+}
+
+/// A catalog larger than one tick is covered over several ticks: every SKU's lease gets renewed.
+#[test]
+fn escrow_duties_walk_the_whole_catalog() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let site = NodeId::parse("wh-a").unwrap();
+        let store =
+            Store::open(&dir.path().join("node.redb"), site, Limits::default(), Arc::new(Metrics::new())).unwrap();
+        let skus: Vec<Sku> = ["A", "B", "C", "D", "E"].iter().map(|s| Sku::parse(s).unwrap()).collect();
+        for sku in &skus {
+            let item = oms_node::store::CatalogItem { sku: sku.clone(), name: "x".into(), bin: "A".into() };
+            store.execute(Command::PutCatalog(item)).await.unwrap();
+            let m = Movement::Receipt { qty: 10, note: None };
+            store.execute(Command::Stock { sku: sku.clone(), movement: m }).await.unwrap();
+        }
+        let policy = EscrowPolicy::default();
+        let (mut after, mut seen, mut ticks) = (None, Vec::new(), 0);
+        loop {
+            ticks += 1;
+            assert!(ticks <= 5, "the walk does not end");
+            let cmd = Command::EscrowTick { hub_reachable: true, policy, skus_max: 2, after: after.take() };
+            let Outcome::EscrowTicked { changed, next_after } = store.execute(cmd).await.unwrap() else {
+                panic!("unexpected outcome")
+            };
+            seen.extend(changed);
+            match next_after {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(ticks, 3);
+        assert_eq!(seen, skus, "every SKU was granted a lease once");
+        for sku in &skus {
+            assert!(store.escrow(sku).unwrap().unwrap().lease_until_ms(Party::Hub) > 0, "{sku}");
+        }
+        store.close();
+    });
 }

@@ -59,7 +59,7 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
     }
 }
 
-async fn apply(shared: &Shared, store: &Store, link: &HubLink, action: Action) -> Result<(), StoreError> {
+async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), StoreError> {
     match action {
         Action::Assign { id, draft, at_ms, cancel } => {
             let existing = store.order(&id)?;
@@ -87,7 +87,6 @@ async fn apply(shared: &Shared, store: &Store, link: &HubLink, action: Action) -
                     tracing::info!(order = %id, state = %s, "sync: the hub asked to cancel an order past cancelling");
                 }
             }
-            let _ = shared;
             Ok(())
         }
         Action::Escrow(counters) => {
@@ -129,6 +128,7 @@ pub(super) async fn run(shared: Arc<Shared>, store: Store, link: HubLink) {
     startup_scan(&shared);
     shared.inbound_changed.notify_one();
     let mut tick = tokio::time::interval(Duration::from_millis(ESCROW_TICK_MS));
+    let mut cursor: Option<oms_protocol::domain::Sku> = None;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -140,9 +140,12 @@ pub(super) async fn run(shared: Arc<Shared>, store: Store, link: HubLink) {
                     hub_reachable: reachable,
                     policy: link.escrow,
                     skus_max: store.limits().escrow_tick_skus_max,
+                    after: cursor.take(),
                 };
-                if let Err(e) = store.execute(cmd).await {
-                    tracing::warn!(error = %e, "sync: escrow duties failed; retrying next tick");
+                match store.execute(cmd).await {
+                    Ok(crate::store::Outcome::EscrowTicked { next_after, .. }) => cursor = next_after,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "sync: escrow duties failed; retrying next tick"),
                 }
             }
         }
@@ -159,7 +162,7 @@ pub(super) async fn run(shared: Arc<Shared>, store: Store, link: HubLink) {
         };
         for doc in batch {
             let Some(action) = action_for(&shared, &doc) else { continue };
-            if let Err(e) = apply(&shared, &store, &link, action).await {
+            if let Err(e) = apply(&store, &link, action).await {
                 tracing::warn!(%doc, error = %e, "sync: cannot apply the hub's change; will retry");
                 let mut inbound = lock(&shared.inbound);
                 if inbound.len() < shared.tuning.dirty_docs_max {
