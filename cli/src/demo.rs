@@ -172,6 +172,26 @@ async fn node_order_count(http: &reqwest::Client, addr: SocketAddr) -> Option<u6
     Some(n)
 }
 
+/// Ids of the orders a node took itself (not routed by the hub); None if unreachable.
+async fn node_local_order_ids(http: &reqwest::Client, addr: SocketAddr) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10_000 {
+        let mut url = format!("http://{addr}/v1/orders?limit=500");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let v: Value = http.get(url).send().await.ok()?.json().await.ok()?;
+        let page = v["orders"].as_array().cloned().unwrap_or_default();
+        out.extend(page.iter().filter_map(|o| o["id"].as_str()).filter(|id| !id.starts_with("hub-")).map(String::from));
+        after = v["next_after"].as_str().map(String::from);
+        if page.len() < 500 {
+            break;
+        }
+    }
+    Some(out)
+}
+
 fn sku(i: usize) -> String {
     format!("SKU-{i:03}")
 }
@@ -465,18 +485,31 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
             tokio::time::sleep(half).await;
-            // What the cut site holds at the heal is what the hub must catch up on.
-            let at_heal = node_order_count(&cut_http, cut_addr).await;
+            // The till orders the cut site holds at the heal are what the hub must catch up on (orders the
+            // hub routed there are the hub's own already).
+            let at_heal = node_local_order_ids(&cut_http, cut_addr).await;
             relay.set_blackhole(false);
             let healed = Instant::now();
+            let mut missing = at_heal?;
             println!(
-                "t={:>4.1}s  {CUT_SITE} linked again with {} orders; waiting for the hub to catch up",
+                "t={:>4.1}s  {CUT_SITE} linked again holding {} till orders; waiting for the hub to catch up",
                 started.elapsed().as_secs_f64(),
-                at_heal.unwrap_or(0)
+                missing.len()
             );
-            let target = at_heal?;
             while healed.elapsed() < Duration::from_secs(120) {
-                if hub_counts(&cut_http, hub_http).await.and_then(|c| c.get(CUT_SITE).copied()).unwrap_or(0) >= target {
+                let mut still = Vec::new();
+                for id in missing {
+                    let seen = cut_http
+                        .get(format!("http://{hub_http}/v1/orders/{id}"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    if !seen {
+                        still.push(id);
+                    }
+                }
+                missing = still;
+                if missing.is_empty() {
                     let ms = u64::try_from(healed.elapsed().as_millis()).unwrap_or(u64::MAX);
                     println!(
                         "t={:>4.1}s  hub caught up with {CUT_SITE} {ms} ms after the heal",
