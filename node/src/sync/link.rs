@@ -33,6 +33,14 @@ pub enum LinkError {
         /// Who we wanted.
         expected: String,
     },
+    /// Nothing arrived from the hub for this long although we pinged it: the path is probably down, and a
+    /// fresh connection (whose handshake is retried from scratch) finds it again sooner than a QUIC
+    /// connection whose retransmission timer has backed off.
+    #[error("no frame from the hub for {silent_ms} ms")]
+    Silent {
+        /// How long.
+        silent_ms: u64,
+    },
     /// The session was refused, by the peer or by us.
     #[error("session closed with {code} (by peer: {by_peer}): {reason}")]
     Closed {

@@ -63,6 +63,10 @@ pub struct SyncTuning {
     pub tick_ms: u64,
     /// Decoded frames waiting for the session.
     pub frames_queued_max: usize,
+    /// Ping the hub after this long without a frame from it.
+    pub ping_after_ms: u64,
+    /// Reconnect after this long without a frame from the hub (pings unanswered).
+    pub silent_max_ms: u64,
     /// Frames already queued that the link handles before one flush and one write of the answers.
     pub frames_per_flush_max: usize,
     /// Changed balances are written into the stock document at most this often (one Automerge change for all
@@ -84,6 +88,8 @@ impl Default for SyncTuning {
             io_timeout_ms: 10_000,
             tick_ms: 250,
             frames_queued_max: 256,
+            ping_after_ms: 1_000,
+            silent_max_ms: 3_000,
             frames_per_flush_max: 256,
             stock_coalesce_ms: 250,
             stock_pending_max: 10_000,
@@ -469,6 +475,8 @@ async fn run_session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let batch_max = shared.tuning.frames_per_flush_max.max(1);
     let mut out = Vec::new();
+    let connected_at = now_ms();
+    let mut last_ping = 0u64;
     loop {
         while let Some(f) = session.poll_transmit() {
             out.push(f);
@@ -541,7 +549,24 @@ async fn run_session(
                     session.local_change(&mut *docs, doc);
                 }
             }
-            _ = tick.tick() => session.tick(&mut *lock(&shared.docs), now_ms()),
+            _ = tick.tick() => {
+                let now = now_ms();
+                session.tick(&mut *lock(&shared.docs), now);
+                // Liveness: ping a quiet hub, and give up on a connection that stays silent.
+                let heard = shared.last_hub_frame_ms.load(std::sync::atomic::Ordering::Relaxed).max(connected_at);
+                let silent_ms = now.saturating_sub(heard);
+                if session.is_established() && silent_ms >= shared.tuning.silent_max_ms {
+                    oms_transport::close(&conn, ErrorCode::NoError, "the hub went silent; reconnecting");
+                    return Err(LinkError::Silent { silent_ms });
+                }
+                if session.is_established()
+                    && silent_ms >= shared.tuning.ping_after_ms
+                    && now.saturating_sub(last_ping) >= shared.tuning.ping_after_ms
+                {
+                    out.push(oms_protocol::wire::Frame::Ping { nonce: now });
+                    last_ping = now;
+                }
+            }
         }
     }
 }
