@@ -34,6 +34,10 @@ use crate::routing::{self, Outcome, RouteLine, RouteRequest, RoutingDecision, Ro
 
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 const IDEM: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+/// (recorded at ms, key) → (): idempotency records by age, pruned like the node's.
+const IDEM_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("idempotency_by_time");
+/// How long an idempotency key is remembered, ms (the node's default too).
+pub const IDEMPOTENCY_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
 const ESCROW: TableDefinition<&str, &[u8]> = TableDefinition::new("escrow");
 const CAPACITY: TableDefinition<&str, u64> = TableDefinition::new("capacity");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -247,6 +251,7 @@ impl Intake {
         let w = db.begin_write()?;
         w.open_table(ORDERS)?;
         w.open_table(IDEM)?;
+        w.open_table(IDEM_BY_TIME)?;
         w.open_table(ESCROW)?;
         w.open_table(CAPACITY)?;
         w.open_table(META)?;
@@ -512,6 +517,8 @@ impl Intake {
         Self::put_order(&w, &order)?;
         let idem = IdemRecord { body_sha256: hash, order: order.id.to_string() };
         w.open_table(IDEM)?.insert(key, postcard_enc(&idem)?.as_slice())?;
+        w.open_table(IDEM_BY_TIME)?.insert((now_ms, key), ())?;
+        prune_idempotency(&w, now_ms.saturating_sub(IDEMPOTENCY_RETENTION_MS))?;
         w.commit()?;
         st.escrow = escrow;
         if order.wants_routing() {
@@ -660,6 +667,58 @@ impl Intake {
     }
 }
 
+/// Forgets at most [`oms_node::store::IDEMPOTENCY_PRUNE_MAX`] idempotency records older than `cutoff_ms`.
+fn prune_idempotency(w: &redb::WriteTransaction, cutoff_ms: u64) -> Result<(), IntakeError> {
+    let mut by_time = w.open_table(IDEM_BY_TIME)?;
+    let mut old = Vec::new();
+    for item in by_time.range((0u64, "")..(cutoff_ms, ""))?.take(oms_node::store::IDEMPOTENCY_PRUNE_MAX) {
+        let (k, _) = item?;
+        let (at, key) = k.value();
+        old.push((at, key.to_owned()));
+    }
+    let mut idem = w.open_table(IDEM)?;
+    for (at, key) in old {
+        by_time.remove((at, key.as_str()))?;
+        idem.remove(key.as_str())?;
+    }
+    Ok(())
+}
+
 fn postcard_enc<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
     postcard::to_allocvec(v).map_err(|e| IntakeError::Storage(format!("encode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(ext: &str) -> OrderDraft {
+        serde_json::from_value(serde_json::json!({
+            "external_ref": ext, "channel": "web",
+            "lines": [{"sku": "A", "qty": 1, "unit_price_minor": 100, "currency": "EUR"}],
+            "ship_to": {"name": "C", "line1": "1", "city": "B", "postcode": "1", "country": "DE", "lat": 52.0, "lon": 13.0}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn unplaceable_orders_wait_and_keys_expire_after_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        // No site holds rights: the order is taken and waits (backorder policy), nothing assigned.
+        let t0 = 1_000_000;
+        let first = intake.place("k", draft("a"), &[], t0).unwrap();
+        assert!(first.created && first.order.fulfillments.is_empty());
+        assert_eq!(first.order.unfilled.len(), 1);
+        assert_eq!(intake.open_orders(10), vec![first.order.id.to_string()]);
+        // Same key: replay; another body: refused.
+        assert!(!intake.place("k", draft("a"), &[], t0 + 1).unwrap().created);
+        assert!(matches!(intake.place("k", draft("b"), &[], t0 + 2), Err(IntakeError::KeyReused(_))));
+        // After the retention, a later write forgets the key; the same key is a new order.
+        let later = t0 + IDEMPOTENCY_RETENTION_MS + 10;
+        intake.place("other", draft("x"), &[], later).unwrap();
+        let again = intake.place("k", draft("b"), &[], later + 1).unwrap();
+        assert!(again.created);
+        assert_ne!(again.order.id, first.order.id);
+    }
 }

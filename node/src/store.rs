@@ -40,6 +40,10 @@ const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 const ORDERS_BY_STATE: TableDefinition<(u8, &str), ()> = TableDefinition::new("orders_by_state");
 const WAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("waves");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+/// (recorded at ms, key) → (): idempotency records by age, so the writer can forget old ones.
+const IDEMPOTENCY_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("idempotency_by_time");
+/// Idempotency records forgotten per write transaction, at most.
+pub const IDEMPOTENCY_PRUNE_MAX: usize = 64;
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// SKU → postcard `EscrowCounter`: the rights to the SKU's available units shared with the hub.
@@ -65,6 +69,8 @@ pub struct Limits {
     pub cache_bytes: usize,
     /// SKUs visited by one escrow tick.
     pub escrow_tick_skus_max: usize,
+    /// How long an idempotency key is remembered, ms; a retry after that is a new order.
+    pub idempotency_retention_ms: u64,
 }
 
 impl Default for Limits {
@@ -76,6 +82,7 @@ impl Default for Limits {
             page_max: 500,
             cache_bytes: 64 << 20,
             escrow_tick_skus_max: 10_000,
+            idempotency_retention_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -578,6 +585,7 @@ impl Store {
             w.open_table(LEDGER)?;
             w.open_table(LEDGER_BY_SKU)?;
             w.open_table(ORDERS_BY_STATE)?;
+            w.open_table(IDEMPOTENCY_BY_TIME)?;
             w.open_table(WAVES)?;
             w.open_table(FEED)?;
             w.open_table(META)?;
@@ -913,6 +921,7 @@ fn apply_batch(
             }
             results.push(res);
         }
+        tx.prune_idempotency(limits.idempotency_retention_ms)?;
         tx.flush_counters()?;
     }
     w.commit()?;
@@ -931,6 +940,7 @@ struct Tx<'w> {
     by_state: redb::Table<'w, (u8, &'static str), ()>,
     waves: redb::Table<'w, u64, &'static [u8]>,
     idem: redb::Table<'w, &'static str, &'static [u8]>,
+    idem_by_time: redb::Table<'w, (u64, &'static str), ()>,
     feed: redb::Table<'w, u64, &'static [u8]>,
     meta: redb::Table<'w, &'static str, u64>,
     escrow: redb::Table<'w, &'static str, &'static [u8]>,
@@ -950,6 +960,7 @@ impl<'w> Tx<'w> {
             by_state: w.open_table(ORDERS_BY_STATE)?,
             waves: w.open_table(WAVES)?,
             idem: w.open_table(IDEMPOTENCY)?,
+            idem_by_time: w.open_table(IDEMPOTENCY_BY_TIME)?,
             feed: w.open_table(FEED)?,
             meta: w.open_table(META)?,
             escrow: w.open_table(ESCROW)?,
@@ -974,6 +985,23 @@ impl<'w> Tx<'w> {
         })?;
         self.counters.insert(name.to_owned(), nv);
         Ok(nv)
+    }
+
+    /// Forgets at most [`IDEMPOTENCY_PRUNE_MAX`] idempotency records older than `retention_ms` (records
+    /// written before this index existed are kept).
+    fn prune_idempotency(&mut self, retention_ms: u64) -> Result<(), StoreError> {
+        let cutoff = self.now_ms.saturating_sub(retention_ms);
+        let mut old = Vec::new();
+        for item in self.idem_by_time.range((0u64, "")..(cutoff, ""))?.take(IDEMPOTENCY_PRUNE_MAX) {
+            let (k, _) = item?;
+            let (at, key) = k.value();
+            old.push((at, key.to_owned()));
+        }
+        for (at, key) in old {
+            self.idem_by_time.remove((at, key.as_str()))?;
+            self.idem.remove(key.as_str())?;
+        }
+        Ok(())
     }
 
     fn flush_counters(&mut self) -> Result<(), StoreError> {
@@ -1271,6 +1299,7 @@ impl<'w> Tx<'w> {
         self.save_order(&rec, None)?;
         let idem = IdempotencyRecord { body_sha256: hash, order: id, at_ms: self.now_ms };
         self.idem.insert(key.as_str(), enc(&idem)?.as_slice())?;
+        self.idem_by_time.insert((self.now_ms, key.as_str()), ())?;
         Ok(order_outcome(rec, true))
     }
 

@@ -1,0 +1,77 @@
+//! Idempotency keys are remembered for `Limits::idempotency_retention_ms`, then forgotten by the writer (a
+//! bounded number per transaction), so the table does not grow for ever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oms_node::metrics::Metrics;
+use oms_node::store::{CatalogItem, Command, Limits, Outcome, Store, StoreError};
+use oms_protocol::domain::{Address, Channel, Contact, Currency, Movement, NodeId, OrderDraft, OrderLine, Sku};
+
+fn draft(ext: &str) -> OrderDraft {
+    OrderDraft {
+        external_ref: ext.into(),
+        channel: Channel::parse("web").unwrap(),
+        lines: vec![OrderLine {
+            sku: Sku::parse("A").unwrap(),
+            qty: 1,
+            unit_price_minor: 100,
+            currency: Currency::parse("EUR").unwrap(),
+        }],
+        ship_to: Address {
+            name: "A".into(),
+            line1: "1".into(),
+            line2: None,
+            city: "B".into(),
+            postcode: "1".into(),
+            country: "DE".into(),
+            lat: 52.0,
+            lon: 13.0,
+        },
+        contact: Contact::default(),
+    }
+}
+
+async fn open(dir: &std::path::Path, retention_ms: u64) -> Store {
+    let limits = Limits { idempotency_retention_ms: retention_ms, ..Limits::default() };
+    let store =
+        Store::open(&dir.join("node.redb"), NodeId::parse("wh-a").unwrap(), limits, Arc::new(Metrics::new())).unwrap();
+    let sku = Sku::parse("A").unwrap();
+    let item = CatalogItem { sku: sku.clone(), name: "A".into(), bin: "A-1".into() };
+    store.execute(Command::PutCatalog(item)).await.unwrap();
+    store.execute(Command::Stock { sku, movement: Movement::Receipt { qty: 100, note: None } }).await.unwrap();
+    store
+}
+
+fn create(key: &str, ext: &str) -> Command {
+    Command::CreateOrder { key: key.into(), draft: Box::new(draft(ext)) }
+}
+
+#[test]
+fn keys_are_kept_for_the_retention_then_forgotten() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // Default retention (7 days): another body under the same key is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Limits::default().idempotency_retention_ms).await;
+        store.execute(create("k", "first")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        store.execute(create("other", "x")).await.unwrap();
+        let e = store.execute(create("k", "second")).await.unwrap_err();
+        assert!(matches!(e, StoreError::IdempotencyKeyReused(_)), "{e:?}");
+        store.close();
+
+        // Retention 1 ms: once a later write ran, the key is forgotten and the same key makes a new order.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1).await;
+        let Outcome::Order { record: first, .. } = store.execute(create("k", "first")).await.unwrap() else { panic!() };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        store.execute(create("other", "x")).await.unwrap();
+        let Outcome::Order { record: second, created } = store.execute(create("k", "second")).await.unwrap() else {
+            panic!()
+        };
+        assert!(created, "a forgotten key creates a new order");
+        assert_ne!(first.id, second.id);
+        store.close();
+    });
+}
