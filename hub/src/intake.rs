@@ -380,12 +380,14 @@ impl Intake {
         Ok(out)
     }
 
-    /// Routes `units` of `order` and records the fulfillments in `w`, consuming rights in `escrow`.
+    /// Routes the unfilled units of `order` and records the fulfillments in `w`. The counters it consumes
+    /// from are copied from `st` into `consumed` (only those, not the whole table) and changed there; the
+    /// caller puts them into `st` once `w` has committed.
     #[allow(clippy::too_many_arguments)]
     fn assign(
         &self,
         st: &State,
-        escrow: &mut HashMap<(NodeId, Sku), EscrowCounter>,
+        consumed: &mut HashMap<(NodeId, Sku), EscrowCounter>,
         w: &redb::WriteTransaction,
         order: &mut HubOrder,
         sites: &[SiteFacts],
@@ -406,10 +408,19 @@ impl Intake {
             for a in &decision.assignments {
                 for l in &a.lines {
                     let key = (a.site.clone(), l.sku.clone());
-                    let c = escrow.get_mut(&key).ok_or_else(|| IntakeError::Corrupt {
-                        table: "escrow",
-                        detail: format!("routing used rights of {} at {} that the hub does not hold", l.sku, a.site),
-                    })?;
+                    let c = match consumed.entry(key) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let held = st.escrow.get(e.key()).cloned().ok_or_else(|| IntakeError::Corrupt {
+                                table: "escrow",
+                                detail: format!(
+                                    "routing used rights of {} at {} that the hub does not hold",
+                                    l.sku, a.site
+                                ),
+                            })?;
+                            e.insert(held)
+                        }
+                    };
                     c.consume(Party::Hub, u64::from(l.qty), now_ms).map_err(|e| IntakeError::Corrupt {
                         table: "escrow",
                         detail: format!("routing promised more than the hub may spend: {e}"),
@@ -436,13 +447,9 @@ impl Intake {
                 });
             }
             let mut t = w.open_table(ESCROW)?;
-            for a in &decision.assignments {
-                for l in &a.lines {
-                    if let Some(c) = escrow.get(&(a.site.clone(), l.sku.clone())) {
-                        t.insert(escrow_key(&a.site, &l.sku).as_str(), postcard_enc(c)?.as_slice())?;
-                        effects.escrow.push((a.site.clone(), c.clone()));
-                    }
-                }
+            for ((site, sku), c) in consumed.iter() {
+                t.insert(escrow_key(site, sku).as_str(), postcard_enc(c)?.as_slice())?;
+                effects.escrow.push((site.clone(), c.clone()));
             }
         }
         order.unfilled = decision.unfilled.clone();
@@ -497,11 +504,11 @@ impl Intake {
             cancel_requested_at_ms: None,
             cancelled_unfilled: Vec::new(),
         };
-        let mut escrow = st.escrow.clone();
+        let mut consumed = HashMap::new();
         let mut effects = Effects::default();
         let decision = self.assign(
             &st,
-            &mut escrow,
+            &mut consumed,
             &w,
             &mut order,
             sites,
@@ -520,7 +527,7 @@ impl Intake {
         w.open_table(IDEM_BY_TIME)?.insert((now_ms, key), ())?;
         prune_idempotency(&w, now_ms.saturating_sub(IDEMPOTENCY_RETENTION_MS))?;
         w.commit()?;
-        st.escrow = escrow;
+        st.escrow.extend(consumed);
         if order.wants_routing() {
             st.open.insert(order.id.to_string());
         }
@@ -556,11 +563,11 @@ impl Intake {
             }
         }
         let w = self.db.begin_write()?;
-        let mut escrow = st.escrow.clone();
+        let mut consumed = HashMap::new();
         let mut effects = Effects::default();
         if order.wants_routing() {
             let before = order.unfilled.clone();
-            let d = self.assign(&st, &mut escrow, &w, &mut order, sites, &exclude, trigger, now_ms, &mut effects)?;
+            let d = self.assign(&st, &mut consumed, &w, &mut order, sites, &exclude, trigger, now_ms, &mut effects)?;
             // A retry that placed nothing is not worth a record.
             if d.assignments.is_empty() && !changed && before == order.unfilled {
                 return Ok(None);
@@ -570,7 +577,7 @@ impl Intake {
         }
         Self::put_order(&w, &order)?;
         w.commit()?;
-        st.escrow = escrow;
+        st.escrow.extend(consumed);
         if order.wants_routing() {
             st.open.insert(order.id.to_string());
         } else {

@@ -133,13 +133,14 @@ fn replay_effects(order: &HubOrder) -> Effects {
     Effects { fulfillments, escrow: vec![] }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, IntakeError> + Send + 'static,
+/// Runs `f` (disk I/O, document work under the hub's locks) off the async workers.
+async fn blocking<T: Send + 'static, E: Into<Problem> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, Problem> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("intake task failed: {e}")))?
-        .map_err(Problem::from)
+        .map_err(Into::into)
 }
 
 /// `POST /v1/orders` (mounted by [`crate::api::router`] beside the listing).
@@ -160,9 +161,7 @@ pub async fn create(
     let effects = if placed.created { placed.effects } else { replay_effects(&placed.order) };
     // For a replay: the original may have been committed just before a crash that kept its documents from
     // being written; writing them again is a no-op otherwise.
-    tokio::task::spawn_blocking(move || apply_effects(&h, &effects))
-        .await
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("task failed: {e}")))??;
+    blocking(move || apply_effects(&h, &effects)).await?;
     let mut resp = (StatusCode::CREATED, Json(order_view(&hub, &placed.order))).into_response();
     if !placed.created {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -431,7 +430,12 @@ pub fn watch_once(hub: &Hub, retry: bool) {
 /// Re-creates fulfillment documents committed before a crash, republishes the escrow views, and queues
 /// every hub order document and stock document for the watcher.
 pub fn recover(hub: &Hub) -> Result<(), Problem> {
-    let outbox = hub.intake.outbox()?;
+    // Only documents that are missing: recreating one that exists would be a no-op, but would load it.
+    let outbox: Vec<NewFulfillment> = {
+        let all = hub.intake.outbox()?;
+        let docs = lock(&hub.docs);
+        all.into_iter().filter(|f| schema::order_doc(&f.id).is_some_and(|d| !docs.db().contains(&d))).collect()
+    };
     let mut escrow = Vec::new();
     for site in hub.intake.escrow_sites() {
         for c in hub.intake.escrow_of_site(&site) {

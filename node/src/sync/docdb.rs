@@ -256,6 +256,11 @@ impl DocDb {
         self.docs.is_empty()
     }
 
+    /// Whether `doc` is held (loaded or not), without loading it.
+    pub fn contains(&self, doc: &DocId) -> bool {
+        self.docs.contains_key(doc)
+    }
+
     /// Ids of the documents held, in order.
     pub fn ids(&self) -> impl Iterator<Item = &DocId> {
         self.docs.keys()
