@@ -508,15 +508,21 @@ struct CancelBody {
     reason: Option<String>,
 }
 
+/// The optional `{"reason"}` body of cancel and reject, checked as free text; `default` when absent.
+fn reason_body(body: &Bytes, default: &str) -> Result<String, Problem> {
+    let b: CancelBody = optional_body(body)?;
+    let reason = b.reason.unwrap_or_else(|| default.into());
+    text("reason", &reason, false)?;
+    Ok(reason)
+}
+
 async fn cancel(
     State(st): State<AppState>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let order = order_path(&id)?;
-    let b: CancelBody = optional_body(&body)?;
-    let reason = b.reason.unwrap_or_else(|| "requested at the site".into());
-    text("reason", &reason, false)?;
+    let reason = reason_body(&body, "requested at the site")?;
     order_response(exec(&st, Command::Cancel { order, reason }).await?, StatusCode::OK)
 }
 
@@ -526,9 +532,7 @@ async fn reject_assignment(
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let order = order_path(&id)?;
-    let b: CancelBody = optional_body(&body)?;
-    let reason = b.reason.unwrap_or_else(|| "declined at the site".into());
-    text("reason", &reason, false)?;
+    let reason = reason_body(&body, "declined at the site")?;
     order_response(exec(&st, Command::RejectAssignment { order, reason }).await?, StatusCode::OK)
 }
 

@@ -1274,33 +1274,42 @@ impl<'w> Tx<'w> {
         for (sku, qty) in draft.demand() {
             self.post(sku, Movement::Reserve { qty, order: id.clone() })?;
         }
+        let timeline =
+            vec![TimelineEntry { at_ms: self.now_ms, status: FulfillmentState::Accepted, note: ACCEPTED_NOTE.into() }];
+        let rec = self.new_record(id.clone(), draft, FulfillmentState::Accepted, timeline);
+        self.save_order(&rec, None)?;
+        let idem = IdempotencyRecord { body_sha256: hash, order: id, at_ms: self.now_ms };
+        self.idem.insert(key.as_str(), enc(&idem)?.as_slice())?;
+        self.idem_by_time.insert((self.now_ms, key.as_str()), ())?;
+        Ok(order_outcome(rec, true))
+    }
+
+    /// A new order at this site: one unpicked fulfillment line per line of `draft`.
+    fn new_record(
+        &self,
+        id: OrderId,
+        draft: OrderDraft,
+        status: FulfillmentState,
+        timeline: Vec<TimelineEntry>,
+    ) -> OrderRecord {
         let lines = draft
             .lines
             .iter()
             .map(|l| FulfillmentLine { sku: l.sku.clone(), qty: l.qty, picked: None, shipped: 0, returned: 0 })
             .collect();
-        let rec = OrderRecord {
-            id: id.clone(),
+        OrderRecord {
+            id,
             site: self.site.clone(),
-            status: FulfillmentState::Accepted,
+            status,
             order: draft,
             lines,
             wave: None,
             parcels: None,
             shipment: None,
             returns: Vec::new(),
-            timeline: vec![TimelineEntry {
-                at_ms: self.now_ms,
-                status: FulfillmentState::Accepted,
-                note: "accepted and stock reserved".into(),
-            }],
+            timeline,
             created_at_ms: self.now_ms,
-        };
-        self.save_order(&rec, None)?;
-        let idem = IdempotencyRecord { body_sha256: hash, order: id, at_ms: self.now_ms };
-        self.idem.insert(key.as_str(), enc(&idem)?.as_slice())?;
-        self.idem_by_time.insert((self.now_ms, key.as_str()), ())?;
-        Ok(order_outcome(rec, true))
+        }
     }
 
     fn accept_assignment(
@@ -1316,12 +1325,10 @@ impl<'w> Tx<'w> {
         if rights_of(&id) != Rights::Hub {
             return Err(StoreError::LineMismatch { order: id, message: "is not a hub order id".into() });
         }
-        let mut lines = Vec::with_capacity(draft.lines.len());
         for l in &draft.lines {
             if !self.in_catalog(&l.sku)? {
                 return Err(StoreError::UnknownSku(l.sku.clone()));
             }
-            lines.push(FulfillmentLine { sku: l.sku.clone(), qty: l.qty, picked: None, shipped: 0, returned: 0 });
         }
         // The hub assigned within the rights it holds, so by the escrow invariant the units are here. If they
         // are not (the invariant was broken: a restore from an old backup, a hub that overspent), the order is
@@ -1354,26 +1361,14 @@ impl<'w> Tx<'w> {
                 timeline.push(TimelineEntry {
                     at_ms: self.now_ms,
                     status: FulfillmentState::Accepted,
-                    note: "accepted and stock reserved".into(),
+                    note: ACCEPTED_NOTE.into(),
                 });
                 FulfillmentState::Accepted
             } else {
                 FulfillmentState::Assigned
             }
         };
-        let rec = OrderRecord {
-            id,
-            site: self.site.clone(),
-            status,
-            order: draft,
-            lines,
-            wave: None,
-            parcels: None,
-            shipment: None,
-            returns: Vec::new(),
-            timeline,
-            created_at_ms: self.now_ms,
-        };
+        let rec = self.new_record(id, draft, status, timeline);
         self.save_order(&rec, None)?;
         Ok(order_outcome(rec, true))
     }
@@ -1691,6 +1686,9 @@ impl<'w> Tx<'w> {
 pub fn rights_of(order: &OrderId) -> Rights {
     if order.as_str().starts_with(HUB_ORDER_PREFIX) { Rights::Hub } else { Rights::Site }
 }
+
+/// Timeline note of an order whose stock was reserved on acceptance.
+const ACCEPTED_NOTE: &str = "accepted and stock reserved";
 
 /// Prefix of the ids of orders the hub creates.
 pub const HUB_ORDER_PREFIX: &str = "hub-";

@@ -11,16 +11,14 @@
 //!
 //! At the end the ledger replays to the balances.
 
+mod common;
+
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use oms_node::escrow::EscrowPolicy;
-use oms_node::metrics::Metrics;
 use oms_node::store::{Command, Limits, Outcome, Store, StoreError};
-use oms_protocol::domain::{
-    Address, Channel, Contact, Currency, FulfillmentState, Movement, NodeId, OrderDraft, OrderId, OrderLine, Sku,
-};
+use oms_protocol::domain::{FulfillmentState, Movement, OrderId, Sku};
 use oms_protocol::escrow::{EscrowCounter, Party, RebalancePolicy};
 use proptest::prelude::*;
 
@@ -63,30 +61,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-fn draft(sku: &Sku, qty: u32) -> OrderDraft {
-    OrderDraft {
-        external_ref: "x".into(),
-        channel: Channel::parse("pos").unwrap(),
-        lines: vec![OrderLine {
-            sku: sku.clone(),
-            qty,
-            unit_price_minor: 100,
-            currency: Currency::parse("EUR").unwrap(),
-        }],
-        ship_to: Address {
-            name: "A".into(),
-            line1: "1".into(),
-            line2: None,
-            city: "B".into(),
-            postcode: "1".into(),
-            country: "DE".into(),
-            lat: 52.0,
-            lon: 13.0,
-        },
-        contact: Contact::default(),
-    }
-}
-
 struct World {
     store: Store,
     sku: Sku,
@@ -107,7 +81,10 @@ impl World {
         match op {
             Op::Local(q) => {
                 self.key += 1;
-                let cmd = Command::CreateOrder { key: format!("k{}", self.key), draft: Box::new(draft(&sku, *q)) };
+                let cmd = Command::CreateOrder {
+                    key: format!("k{}", self.key),
+                    draft: Box::new(common::draft("x", &sku, *q)),
+                };
                 match self.store.execute(cmd).await {
                     Ok(Outcome::Order { record, .. }) => self.local_orders.push(record.id),
                     Err(StoreError::InsufficientStock(_)) => {}
@@ -124,7 +101,7 @@ impl World {
                 if let Some((id, q)) = self.in_flight.pop_front() {
                     let cmd = Command::AcceptAssignment {
                         id: id.clone(),
-                        draft: Box::new(draft(&sku, q)),
+                        draft: Box::new(common::draft("x", &sku, q)),
                         assigned_at_ms: now_ms(),
                         auto_accept: true,
                     };
@@ -206,15 +183,8 @@ impl World {
 
 async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
-    let site = NodeId::parse("wh-a").unwrap();
-    let store = Store::open(&dir.path().join("node.redb"), site, Limits::default(), Arc::new(Metrics::new())).unwrap();
+    let store = common::store_with_stock(dir.path(), Limits::default(), &[("A", 30)]).await;
     let sku = Sku::parse("A").unwrap();
-    let item = oms_node::store::CatalogItem { sku: sku.clone(), name: "A".into(), bin: "A-1".into() };
-    store.execute(Command::PutCatalog(item)).await.unwrap();
-    store
-        .execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 30, note: None } })
-        .await
-        .unwrap();
     let policy = EscrowPolicy {
         lease_ms: 40,
         margin_ms: 5,
@@ -263,16 +233,10 @@ fn escrow_duties_walk_the_whole_catalog() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let site = NodeId::parse("wh-a").unwrap();
-        let store =
-            Store::open(&dir.path().join("node.redb"), site, Limits::default(), Arc::new(Metrics::new())).unwrap();
-        let skus: Vec<Sku> = ["A", "B", "C", "D", "E"].iter().map(|s| Sku::parse(s).unwrap()).collect();
-        for sku in &skus {
-            let item = oms_node::store::CatalogItem { sku: sku.clone(), name: "x".into(), bin: "A".into() };
-            store.execute(Command::PutCatalog(item)).await.unwrap();
-            let m = Movement::Receipt { qty: 10, note: None };
-            store.execute(Command::Stock { sku: sku.clone(), movement: m }).await.unwrap();
-        }
+        let names = ["A", "B", "C", "D", "E"];
+        let stock: Vec<(&str, u32)> = names.iter().map(|n| (*n, 10)).collect();
+        let store = common::store_with_stock(dir.path(), Limits::default(), &stock).await;
+        let skus: Vec<Sku> = names.iter().map(|s| Sku::parse(s).unwrap()).collect();
         let policy = EscrowPolicy::default();
         let (mut after, mut seen, mut ticks) = (None, Vec::new(), 0);
         loop {

@@ -1,50 +1,20 @@
 //! Idempotency keys are remembered for `Limits::idempotency_retention_ms`, then forgotten by the writer (a
 //! bounded number per transaction), so the table does not grow for ever.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use oms_node::metrics::Metrics;
-use oms_node::store::{CatalogItem, Command, Limits, Outcome, Store, StoreError};
-use oms_protocol::domain::{Address, Channel, Contact, Currency, Movement, NodeId, OrderDraft, OrderLine, Sku};
-
-fn draft(ext: &str) -> OrderDraft {
-    OrderDraft {
-        external_ref: ext.into(),
-        channel: Channel::parse("web").unwrap(),
-        lines: vec![OrderLine {
-            sku: Sku::parse("A").unwrap(),
-            qty: 1,
-            unit_price_minor: 100,
-            currency: Currency::parse("EUR").unwrap(),
-        }],
-        ship_to: Address {
-            name: "A".into(),
-            line1: "1".into(),
-            line2: None,
-            city: "B".into(),
-            postcode: "1".into(),
-            country: "DE".into(),
-            lat: 52.0,
-            lon: 13.0,
-        },
-        contact: Contact::default(),
-    }
-}
+use oms_node::store::{Command, Limits, Outcome, Store, StoreError};
+use oms_protocol::domain::Sku;
 
 async fn open(dir: &std::path::Path, retention_ms: u64) -> Store {
     let limits = Limits { idempotency_retention_ms: retention_ms, ..Limits::default() };
-    let store =
-        Store::open(&dir.join("node.redb"), NodeId::parse("wh-a").unwrap(), limits, Arc::new(Metrics::new())).unwrap();
-    let sku = Sku::parse("A").unwrap();
-    let item = CatalogItem { sku: sku.clone(), name: "A".into(), bin: "A-1".into() };
-    store.execute(Command::PutCatalog(item)).await.unwrap();
-    store.execute(Command::Stock { sku, movement: Movement::Receipt { qty: 100, note: None } }).await.unwrap();
-    store
+    common::store_with_stock(dir, limits, &[("A", 100)]).await
 }
 
 fn create(key: &str, ext: &str) -> Command {
-    Command::CreateOrder { key: key.into(), draft: Box::new(draft(ext)) }
+    Command::CreateOrder { key: key.into(), draft: Box::new(common::draft(ext, &Sku::parse("A").unwrap(), 1)) }
 }
 
 #[test]
