@@ -152,28 +152,8 @@ async fn hub_counts(http: &reqwest::Client, hub: SocketAddr) -> Option<BTreeMap<
     Some(map.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
 }
 
-/// Orders a node holds (all states), from its metrics-free listing; None if unreachable.
-async fn node_order_count(http: &reqwest::Client, addr: SocketAddr) -> Option<u64> {
-    let mut n = 0u64;
-    let mut after: Option<String> = None;
-    for _ in 0..10_000 {
-        let mut url = format!("http://{addr}/v1/orders?limit=500");
-        if let Some(a) = &after {
-            url.push_str(&format!("&after={a}"));
-        }
-        let v: Value = http.get(url).send().await.ok()?.json().await.ok()?;
-        let k = v["orders"].as_array().map(|a| a.len()).unwrap_or(0) as u64;
-        n += k;
-        after = v["next_after"].as_str().map(String::from);
-        if k < 500 {
-            break;
-        }
-    }
-    Some(n)
-}
-
-/// Ids of the orders a node took itself (not routed by the hub); None if unreachable.
-async fn node_local_order_ids(http: &reqwest::Client, addr: SocketAddr) -> Option<Vec<String>> {
+/// Ids of every order a node holds (all states, all pages); None if unreachable.
+async fn node_order_ids(http: &reqwest::Client, addr: SocketAddr) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     for _ in 0..10_000 {
@@ -183,7 +163,7 @@ async fn node_local_order_ids(http: &reqwest::Client, addr: SocketAddr) -> Optio
         }
         let v: Value = http.get(url).send().await.ok()?.json().await.ok()?;
         let page = v["orders"].as_array().cloned().unwrap_or_default();
-        out.extend(page.iter().filter_map(|o| o["id"].as_str()).filter(|id| !id.starts_with("hub-")).map(String::from));
+        out.extend(page.iter().filter_map(|o| o["id"].as_str()).map(String::from));
         after = v["next_after"].as_str().map(String::from);
         if page.len() < 500 {
             break;
@@ -487,7 +467,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             tokio::time::sleep(half).await;
             // The till orders the cut site holds at the heal are what the hub must catch up on (orders the
             // hub routed there are the hub's own already).
-            let at_heal = node_local_order_ids(&cut_http, cut_addr).await;
+            let at_heal = node_order_ids(&cut_http, cut_addr).await.map(|ids| {
+                ids.into_iter().filter(|id| !id.starts_with(oms_node::store::HUB_ORDER_PREFIX)).collect::<Vec<_>>()
+            });
             relay.set_blackhole(false);
             let healed = Instant::now();
             let mut missing = at_heal?;
@@ -547,8 +529,8 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     while traffic_stopped.elapsed() < Duration::from_secs(120) {
         // Both sides may still be moving (assignments in flight to a site), so read both each round.
         for s in &sites {
-            if let Some(n) = node_order_count(&http, s.addr).await {
-                node_counts.insert(s.id.to_owned(), n);
+            if let Some(ids) = node_order_ids(&http, s.addr).await {
+                node_counts.insert(s.id.to_owned(), ids.len() as u64);
             }
         }
         if let Some(c) = hub_counts(&http, hub_http).await {
@@ -614,7 +596,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 let k = page.len() as u64;
                 n += k;
                 for o in &page {
-                    if o["id"].as_str().is_some_and(|id| id.starts_with("hub-")) {
+                    if o["id"].as_str().is_some_and(|id| id.starts_with(oms_node::store::HUB_ORDER_PREFIX)) {
                         hub_orders += 1;
                         // A hub assignment the site could not fill is an over-promise by the hub.
                         if st == "rejected" {

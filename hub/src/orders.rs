@@ -169,9 +169,15 @@ pub async fn create(
     Ok(resp)
 }
 
+/// A customer order the hub took (`hub-<n>`), as opposed to one of its fulfillments (`hub-<n>.<k>`) or a
+/// site's own order.
+fn is_customer_order(id: &str) -> bool {
+    id.starts_with(oms_node::store::HUB_ORDER_PREFIX) && !id.contains('.')
+}
+
 fn hub_order_id(id: &str) -> Result<OrderId, Problem> {
     let id = OrderId::parse(id).map_err(Problem::from)?;
-    if schema::order_origin(&id) != Some(HUB_ORIGIN) || id.as_str().contains('.') {
+    if !is_customer_order(id.as_str()) {
         return Err(Problem::new(StatusCode::NOT_FOUND, "order_not_found", format!("{id} is not a hub order")));
     }
     Ok(id)
@@ -192,7 +198,7 @@ async fn routing(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result<
 
 /// The customer's view of a hub order, if `id` is one.
 pub fn hub_order(hub: &Hub, id: &str) -> Result<Option<Value>, Problem> {
-    if !id.starts_with(oms_node::store::HUB_ORDER_PREFIX) || id.contains('.') {
+    if !is_customer_order(id) {
         return Ok(None);
     }
     Ok(hub.intake.order(id)?.map(|o| order_view(hub, &o)))

@@ -92,20 +92,35 @@ async fn pick_pack_ship(c: &reqwest::Client, n: &ClusterNode, id: &str, sku: &st
     assert_eq!(s, 200, "ship: {v}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn channel_order_is_routed_within_escrow_accepted_and_tracked() {
-    let c = http();
+/// A hub and two linked sites (Berlin, Munich), all healthy; the processes die with it.
+struct TwoSites {
+    _tmp: tempfile::TempDir,
+    _hub: cluster::HubProc,
+    berlin: ClusterNode,
+    munich: ClusterNode,
+    hub_http: SocketAddr,
+}
+
+/// Starts [`TwoSites`]; `berlin_hub_toml` is added to Berlin's `[hub]` section.
+async fn two_sites(c: &reqwest::Client, berlin_hub_toml: &str) -> TwoSites {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let certs = pki(root, &["wh-berlin", "wh-munich"]);
     let (quic, hub_http) = (free_udp(), free_tcp());
-    let _hub = cluster::spawn_hub(root, &certs, quic, hub_http, "info");
-    let berlin = node(root, &certs, "wh-berlin", quic, BERLIN, "");
+    let hub = cluster::spawn_hub(root, &certs, quic, hub_http, "info");
+    let berlin = node(root, &certs, "wh-berlin", quic, BERLIN, berlin_hub_toml);
     let munich = node(root, &certs, "wh-munich", quic, MUNICH, "");
     for n in [&berlin, &munich] {
-        cluster::wait_healthy(&c, n.http, HEALTHY).await;
+        cluster::wait_healthy(c, n.http, HEALTHY).await;
     }
-    cluster::wait_healthy(&c, hub_http, HEALTHY).await;
+    cluster::wait_healthy(c, hub_http, HEALTHY).await;
+    TwoSites { _tmp: tmp, _hub: hub, berlin, munich, hub_http }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_order_is_routed_within_escrow_accepted_and_tracked() {
+    let c = http();
+    let TwoSites { _tmp, _hub, berlin, munich, hub_http } = two_sites(&c, "").await;
     seed(&c, &berlin, "SKU-1", 100).await;
     seed(&c, &munich, "SKU-1", 100).await;
 
@@ -173,24 +188,14 @@ async fn channel_order_is_routed_within_escrow_accepted_and_tracked() {
 
     // The ledger at the site still replays to its balances.
     let (s, audit) = get(&c, format!("http://{}/v1/audit/ledger", berlin.http)).await;
-    assert_eq!(s, 200, "{audit}");
+    assert_eq!((s, audit["consistent"].as_bool()), (200, Some(true)), "{audit}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_assignment_is_rerouted_and_cancel_reports_each_line() {
     let c = http();
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let certs = pki(root, &["wh-berlin", "wh-munich"]);
-    let (quic, hub_http) = (free_udp(), free_tcp());
-    let _hub = cluster::spawn_hub(root, &certs, quic, hub_http, "info");
     // Berlin's staff decide on each assignment; Munich accepts at once.
-    let berlin = node(root, &certs, "wh-berlin", quic, BERLIN, "auto_accept = false");
-    let munich = node(root, &certs, "wh-munich", quic, MUNICH, "");
-    for n in [&berlin, &munich] {
-        cluster::wait_healthy(&c, n.http, HEALTHY).await;
-    }
-    cluster::wait_healthy(&c, hub_http, HEALTHY).await;
+    let TwoSites { _tmp, _hub, berlin, munich, hub_http } = two_sites(&c, "auto_accept = false").await;
     seed(&c, &berlin, "SKU-1", 100).await;
     seed(&c, &munich, "SKU-1", 100).await;
     seed(&c, &munich, "SKU-2", 100).await;
