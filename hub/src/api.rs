@@ -81,6 +81,7 @@ async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
             "since_last_change_ms": st.last_change_at_ms.map(|t| now.saturating_sub(t)),
             "last_change_lag_ms": st.last_change_lag_ms,
             "pending": st.pending,
+            "compressed": st.compressed,
             "changes_applied": st.changes_applied,
             "changes_quarantined": st.changes_quarantined,
             "docs_refused": st.docs_refused,

@@ -56,6 +56,8 @@ pub struct NodeStatus {
     pub docs_refused: u64,
     /// Connections accepted since the hub started.
     pub sessions: u64,
+    /// The current (or last) session deflates its frames (both sides announced `capabilities::DEFLATE`).
+    pub compressed: bool,
 }
 
 /// The hub's document set. See the module docs.

@@ -16,7 +16,7 @@ use oms_node::sync::docdb::DocDbError;
 use oms_node::sync::link::{self, LinkError, now_ms};
 use oms_protocol::domain::NodeId;
 use oms_protocol::sync::{Event, SessionConfig, SyncSession};
-use oms_protocol::wire::{ErrorCode, Frame, PeerId};
+use oms_protocol::wire::{ErrorCode, Frame, FrameEncoder, PeerId, capabilities};
 use oms_transport::{Identity, Limits, PkiError};
 use tokio::sync::Semaphore;
 
@@ -227,6 +227,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
     };
     debug_assert!(node_of(&peer).as_ref() == Some(node));
     let mut session = SyncSession::new_server(session_config(), hub.me.clone(), peer, hub.actor.clone(), now_ms());
+    let mut encoder = FrameEncoder::new(frame_max);
     let mut tick = tokio::time::interval(Duration::from_millis(hub.tuning.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let local = hub.local_signal(node.as_str());
@@ -254,7 +255,15 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                     Event::Closed { code, reason, by_peer } => closed = Some((code, reason, by_peer)),
                     Event::PeerRefused { doc, code } => tracing::warn!(%node, %doc, %code, "node refused a document"),
                     Event::DocFailed { doc, code } => tracing::warn!(%node, %doc, %code, "document failed"),
-                    Event::Established { .. } => {}
+                    // Frames from here on (the HelloAck and manifest included) may be deflated: the node
+                    // announced it reads them.
+                    Event::Established { capabilities, .. } => {
+                        let deflate = capabilities & capabilities::DEFLATE != 0;
+                        if deflate {
+                            encoder.enable_deflate();
+                        }
+                        docs.status(node).compressed = deflate;
+                    }
                 }
             }
             docs.status(node).pending = !session.is_idle();
@@ -262,7 +271,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
         // Persist before answering: what the node believes the hub has, the hub has on disk. One flush covers
         // every frame handled since the last one.
         persist(hub).await?;
-        link::write_frames(&mut send, &out, frame_max, io_timeout).await?;
+        link::write_frames(&mut send, &out, &mut encoder, io_timeout).await?;
         out.clear();
         if let Some((code, reason, by_peer)) = closed {
             oms_transport::close(conn, code, &reason);

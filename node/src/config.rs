@@ -94,6 +94,9 @@ pub struct HubLink {
     /// Escrow of stock rights with the hub: lease, unacknowledged budget, rebalancing.
     #[serde(default)]
     pub escrow: EscrowPolicy,
+    /// Deflate sync frames when the hub reads them too (`capabilities::DEFLATE`); off only to compare.
+    #[serde(default = "default_true")]
+    pub compress: bool,
 }
 
 fn default_true() -> bool {

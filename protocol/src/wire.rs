@@ -13,7 +13,19 @@
 //!   version's `Hello` and refuse politely with [`ErrorCode::UnsupportedVersion`].
 //!
 //! [`ErrorCode`] numbers double as QUIC application close codes and are stable.
+//!
+//! **Compression** (capability [`capabilities::DEFLATE`]): once both peers announced it, a sender may deflate
+//! frame bodies. Such a frame sets [`COMPRESSED_FLAG`], the top bit of the length prefix (bodies are far below
+//! 2 GiB, so the bit is free, and a peer that never announced the capability never receives one). All
+//! compressed bodies of one stream direction form ONE raw-deflate stream (RFC 1951) that is sync-flushed at
+//! the end of every frame, with the flush's constant `00 00 FF FF` tail left off and put back by the receiver,
+//! as WebSocket's permessage-deflate does (RFC 7692 §7.2.1). The dictionary carries over from frame to frame,
+//! so what a frame repeats of earlier ones (document ids, actor ids, keys, the unchanged parts of orders)
+//! costs a few bits. The prefix states the compressed length, checked against the limit before anything is
+//! buffered; the inflated body is checked against the same limit while it is inflated, so a small frame
+//! cannot expand into a large allocation.
 
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -32,6 +44,13 @@ pub const DOC_ID_BYTES_MAX: usize = 128;
 pub const PEER_ID_BYTES_MAX: usize = 256;
 /// Longest human-readable reason in a [`Frame::Refuse`], in bytes.
 pub const REASON_BYTES_MAX: usize = 512;
+/// Top bit of a length prefix: the body is deflated (see the module docs). Not part of the length.
+pub const COMPRESSED_FLAG: u32 = 1 << 31;
+/// The tail every sync flush ends with; left off on the wire.
+const SYNC_FLUSH_TAIL: [u8; 4] = [0, 0, 0xFF, 0xFF];
+/// Deflate level of compressed frames: 6 is zlib's default balance; frames are small, so the cost is in the
+/// per-frame flush, not the level.
+const DEFLATE_LEVEL: u32 = 6;
 /// ALPN protocol id of this protocol on QUIC.
 pub const ALPN: &[u8] = b"oms/1";
 
@@ -39,8 +58,10 @@ pub const ALPN: &[u8] = b"oms/1";
 pub mod capabilities {
     /// The peer understands [`super::Frame::Ping`] / [`super::Frame::Pong`].
     pub const PING: u64 = 1 << 0;
+    /// The peer reads frames whose bodies are deflated with [`super::COMPRESSED_FLAG`] set (module docs).
+    pub const DEFLATE: u64 = 1 << 1;
     /// Every capability this build implements.
-    pub const ALL: u64 = PING;
+    pub const ALL: u64 = PING | DEFLATE;
 }
 
 /// Typed errors a peer reports, as QUIC application close codes and in [`Frame::Refuse`] /
@@ -307,6 +328,12 @@ pub enum WireError {
         /// Which field.
         what: &'static str,
     },
+    /// A compressed body does not inflate (the peer's deflate stream is corrupt or out of step).
+    #[error("compressed frame does not inflate: {0}")]
+    Inflate(String),
+    /// Our own compressor failed; the stream cannot continue.
+    #[error("frame compression failed: {0}")]
+    Deflate(String),
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame ({buffered} bytes buffered)")]
     Truncated {
@@ -320,7 +347,11 @@ impl WireError {
     pub fn code(&self) -> ErrorCode {
         match self {
             WireError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-            WireError::Malformed(_) | WireError::Invalid { .. } | WireError::Truncated { .. } => ErrorCode::Malformed,
+            WireError::Malformed(_)
+            | WireError::Invalid { .. }
+            | WireError::Truncated { .. }
+            | WireError::Inflate(_) => ErrorCode::Malformed,
+            WireError::Deflate(_) => ErrorCode::Internal,
         }
     }
 }
@@ -341,6 +372,132 @@ pub fn encode_frame_into(frame: &Frame, frame_bytes_max: usize, out: &mut Vec<u8
     Ok(())
 }
 
+/// Encodes the frames of one stream direction, deflating their bodies once [`FrameEncoder::enable_deflate`]
+/// was called (both peers announced [`capabilities::DEFLATE`]). Frames must be written in the order they
+/// were encoded: the compressed ones share one deflate stream.
+pub struct FrameEncoder {
+    frame_bytes_max: usize,
+    /// Boxed: the compressor's tables are a few hundred KiB, allocated only when compression is agreed.
+    deflate: Option<Box<Compress>>,
+    /// Reused output buffer of the compressor.
+    scratch: Vec<u8>,
+}
+
+impl fmt::Debug for FrameEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameEncoder")
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .field("deflate", &self.deflate.is_some())
+            .finish()
+    }
+}
+
+impl FrameEncoder {
+    /// An encoder of bodies of at most `frame_bytes_max` bytes (before compression), not compressing yet.
+    pub fn new(frame_bytes_max: usize) -> Self {
+        Self { frame_bytes_max, deflate: None, scratch: Vec::new() }
+    }
+
+    /// Deflates every frame encoded from now on. Idempotent.
+    pub fn enable_deflate(&mut self) {
+        if self.deflate.is_none() {
+            self.deflate = Some(Box::new(Compress::new(Compression::new(DEFLATE_LEVEL), false)));
+        }
+    }
+
+    /// True once frames are deflated.
+    pub fn deflating(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// Encodes `frame` as length prefix + (possibly deflated) body, appending to `out`. On error `out` is
+    /// unchanged; after a [`WireError::Deflate`] the stream cannot continue.
+    pub fn encode_into(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let Some(z) = self.deflate.as_deref_mut() else {
+            return encode_frame_into(frame, self.frame_bytes_max, out);
+        };
+        frame.validate()?;
+        let body = postcard::to_allocvec(frame).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if body.len() > self.frame_bytes_max {
+            return Err(WireError::FrameTooLarge { len: body.len(), max: self.frame_bytes_max });
+        }
+        deflate_sync(z, &body, &mut self.scratch)?;
+        let len = self.scratch.len();
+        let too_large = WireError::FrameTooLarge { len, max: self.frame_bytes_max };
+        if len > self.frame_bytes_max {
+            // The deflate stream already holds this body: the stream is out of step with what was sent.
+            self.deflate = None;
+            return Err(WireError::Deflate(too_large.to_string()));
+        }
+        let prefix = u32::try_from(len).map_err(|_| too_large)? | COMPRESSED_FLAG;
+        out.reserve(LENGTH_PREFIX_BYTES + len);
+        out.extend_from_slice(&prefix.to_le_bytes());
+        out.extend_from_slice(&self.scratch);
+        Ok(())
+    }
+}
+
+/// Deflates `body` into `out` (cleared first) with a sync flush and drops the flush's constant tail.
+fn deflate_sync(z: &mut Compress, body: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    out.clear();
+    // Deflate never grows data by more than 5 bytes per 16 KiB stored block; the flush adds a few more.
+    out.reserve(body.len() + body.len() / 1024 + 64);
+    let start_in = z.total_in();
+    // Bounded: every round either consumes input or fills the spare capacity, which then grows by at least
+    // 64 bytes; the output of a sync flush is bounded by the bound above, so a handful of rounds suffice.
+    for _ in 0..64 {
+        let consumed = usize::try_from(z.total_in() - start_in).unwrap_or(usize::MAX).min(body.len());
+        z.compress_vec(&body[consumed..], out, FlushCompress::Sync).map_err(|e| WireError::Deflate(e.to_string()))?;
+        let consumed = usize::try_from(z.total_in() - start_in).unwrap_or(usize::MAX);
+        if consumed >= body.len() && out.len() < out.capacity() {
+            return match out.strip_suffix(&SYNC_FLUSH_TAIL) {
+                Some(kept) => {
+                    let kept = kept.len();
+                    out.truncate(kept);
+                    Ok(())
+                }
+                None => Err(WireError::Deflate("sync flush did not end with its tail".into())),
+            };
+        }
+        out.reserve(out.capacity().max(64));
+    }
+    Err(WireError::Deflate("compressor made no progress".into()))
+}
+
+/// Inflates one compressed body with the stream's decompressor, refusing output beyond `max` bytes.
+fn inflate_sync(z: &mut Decompress, body: &[u8], max: usize) -> Result<Vec<u8>, WireError> {
+    let mut input = Vec::with_capacity(body.len() + SYNC_FLUSH_TAIL.len());
+    input.extend_from_slice(body);
+    input.extend_from_slice(&SYNC_FLUSH_TAIL);
+    let mut out: Vec<u8> = Vec::with_capacity(body.len().saturating_mul(4).clamp(64, max.saturating_add(1)));
+    let start_in = z.total_in();
+    let mut consumed = 0usize;
+    // Bounded: each round consumes input or fills the output, which grows until it passes `max`.
+    for _ in 0..4096 {
+        let before = (z.total_in(), z.total_out());
+        let status = z
+            .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
+            .map_err(|e| WireError::Inflate(e.to_string()))?;
+        consumed = usize::try_from(z.total_in() - start_in).unwrap_or(usize::MAX).min(input.len());
+        if out.len() > max {
+            return Err(WireError::FrameTooLarge { len: out.len(), max });
+        }
+        if status == flate2::Status::StreamEnd {
+            return Err(WireError::Inflate("the deflate stream ended; frames never end it".into()));
+        }
+        if consumed >= input.len() && out.len() < out.capacity() {
+            return Ok(out);
+        }
+        if out.len() == out.capacity() {
+            let grow = out.capacity().min(max.saturating_add(1).saturating_sub(out.capacity())).max(1);
+            out.reserve_exact(grow);
+        } else if before == (z.total_in(), z.total_out()) {
+            return Err(WireError::Inflate("no progress: truncated or corrupt deflate data".into()));
+        }
+    }
+    Err(WireError::Inflate("body inflates in too many rounds".into()))
+}
+
 /// Encodes `frame` as length prefix + body with the default [`FRAME_BYTES_MAX`].
 pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::new();
@@ -358,7 +515,8 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, WireError> {
     Ok(frame)
 }
 
-/// Reads the body length from a length prefix, refusing it if it exceeds `frame_bytes_max`.
+/// Reads the body length from a length prefix, refusing it if it exceeds `frame_bytes_max`. A prefix with
+/// [`COMPRESSED_FLAG`] reads as a length above any limit: use [`decode_prefix`] where compression is allowed.
 pub fn decode_length(prefix: [u8; LENGTH_PREFIX_BYTES], frame_bytes_max: usize) -> Result<usize, WireError> {
     let len = u32::from_le_bytes(prefix) as usize;
     if len > frame_bytes_max {
@@ -367,15 +525,40 @@ pub fn decode_length(prefix: [u8; LENGTH_PREFIX_BYTES], frame_bytes_max: usize) 
     Ok(len)
 }
 
-/// Incremental decoder: feed it byte chunks of any size, take complete frames out.
+/// Reads a length prefix: the body length (checked against `frame_bytes_max`) and whether it is deflated.
+pub fn decode_prefix(prefix: [u8; LENGTH_PREFIX_BYTES], frame_bytes_max: usize) -> Result<(usize, bool), WireError> {
+    let raw = u32::from_le_bytes(prefix);
+    let compressed = raw & COMPRESSED_FLAG != 0;
+    let len = (raw & !COMPRESSED_FLAG) as usize;
+    if len > frame_bytes_max {
+        return Err(WireError::FrameTooLarge { len, max: frame_bytes_max });
+    }
+    Ok((len, compressed))
+}
+
+/// Incremental decoder: feed it byte chunks of any size, take complete frames out. Deflated frames
+/// ([`COMPRESSED_FLAG`]) are inflated with one decompressor per decoder, i.e. per stream direction.
 ///
 /// Memory stays bounded by the largest accepted frame plus one pushed chunk: the length prefix is checked as
-/// soon as it is complete, and after an error the decoder drops its buffer and refuses further input.
-#[derive(Debug)]
+/// soon as it is complete, an inflated body may not exceed the same limit, and after an error the decoder
+/// drops its buffer and refuses further input.
 pub struct FrameDecoder {
     buf: Vec<u8>,
     frame_bytes_max: usize,
     failed: Option<WireError>,
+    /// Created at the first deflated frame.
+    inflate: Option<Box<Decompress>>,
+}
+
+impl fmt::Debug for FrameDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameDecoder")
+            .field("buffered", &self.buf.len())
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .field("failed", &self.failed)
+            .field("inflate", &self.inflate.is_some())
+            .finish()
+    }
 }
 
 impl Default for FrameDecoder {
@@ -387,7 +570,7 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder accepting bodies of at most `frame_bytes_max` bytes.
     pub fn new(frame_bytes_max: usize) -> Self {
-        Self { buf: Vec::new(), frame_bytes_max, failed: None }
+        Self { buf: Vec::new(), frame_bytes_max, failed: None, inflate: None }
     }
 
     /// Appends received bytes. Ignored once the decoder has failed.
@@ -414,10 +597,10 @@ impl FrameDecoder {
         }
     }
 
-    fn prefix_len(&self) -> Result<usize, WireError> {
+    fn prefix_len(&self) -> Result<(usize, bool), WireError> {
         let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
         prefix.copy_from_slice(&self.buf[..LENGTH_PREFIX_BYTES]);
-        decode_length(prefix, self.frame_bytes_max)
+        decode_prefix(prefix, self.frame_bytes_max)
     }
 
     fn fail(&mut self, e: WireError) {
@@ -433,8 +616,8 @@ impl FrameDecoder {
         if self.buf.len() < LENGTH_PREFIX_BYTES {
             return Ok(None);
         }
-        let len = match self.prefix_len() {
-            Ok(len) => len,
+        let (len, compressed) = match self.prefix_len() {
+            Ok(prefix) => prefix,
             Err(e) => {
                 self.fail(e.clone());
                 return Err(e);
@@ -444,7 +627,13 @@ impl FrameDecoder {
         if self.buf.len() < end {
             return Ok(None);
         }
-        let result = decode_body(&self.buf[LENGTH_PREFIX_BYTES..end]);
+        let body = &self.buf[LENGTH_PREFIX_BYTES..end];
+        let result = if compressed {
+            let z = self.inflate.get_or_insert_with(|| Box::new(Decompress::new(false)));
+            inflate_sync(z, body, self.frame_bytes_max).and_then(|plain| decode_body(&plain))
+        } else {
+            decode_body(body)
+        };
         self.buf.drain(..end);
         // A following frame's prefix may already be complete: check it now so an oversized one is refused
         // before its body is buffered by the next push.
@@ -576,6 +765,116 @@ mod tests {
         assert!(matches!(decode_body(&body), Err(WireError::Invalid { .. })));
     }
 
+    fn sync_frame(doc: &str, msg: Vec<u8>) -> Frame {
+        Frame::Sync { doc: DocId::new(doc).unwrap(), msg }
+    }
+
+    fn decode_all(d: &mut FrameDecoder) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while let Some(f) = d.next_frame().unwrap() {
+            out.push(f);
+        }
+        out
+    }
+
+    /// Feeds `bytes` to a decoder in chunks of the sizes in `cuts` (cycled), taking frames out after each.
+    fn decode_in_chunks(bytes: &[u8], cuts: &[usize]) -> Vec<Frame> {
+        let mut d = FrameDecoder::default();
+        let mut out = Vec::new();
+        for (i, chunk) in chunks_cycled(bytes, cuts).enumerate() {
+            assert!(i <= bytes.len(), "every chunk has at least one byte");
+            d.push(chunk);
+            out.extend(decode_all(&mut d));
+        }
+        d.finish().unwrap();
+        out
+    }
+
+    fn chunks_cycled<'a>(mut rest: &'a [u8], cuts: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let n = cuts[i % cuts.len()].clamp(1, rest.len());
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            i += 1;
+            Some(head)
+        })
+    }
+
+    #[test]
+    fn deflated_frames_share_one_dictionary() {
+        let mut enc = FrameEncoder::new(FRAME_BYTES_MAX);
+        let mut plain = Vec::new();
+        let msg: Vec<u8> = (0..400u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        enc.encode_into(&sync_frame("order/wh-east-1", msg.clone()), &mut plain).unwrap();
+        assert_eq!(
+            plain.len(),
+            LENGTH_PREFIX_BYTES + postcard::to_allocvec(&sync_frame("order/wh-east-1", msg.clone())).unwrap().len()
+        );
+        enc.enable_deflate();
+        let mut first = Vec::new();
+        enc.encode_into(&sync_frame("order/wh-east-2", msg.clone()), &mut first).unwrap();
+        let mut second = Vec::new();
+        enc.encode_into(&sync_frame("order/wh-east-3", msg.clone()), &mut second).unwrap();
+        assert_ne!(u32::from_le_bytes(first[..4].try_into().unwrap()) & COMPRESSED_FLAG, 0);
+        // The second frame repeats the first but for one byte: it costs a few bytes, not 400.
+        assert!(second.len() < 40, "second deflated frame is {} bytes", second.len());
+        let mut d = FrameDecoder::default();
+        d.push(&plain);
+        d.push(&first);
+        d.push(&second);
+        let frames = decode_all(&mut d);
+        assert_eq!(
+            frames,
+            vec![
+                sync_frame("order/wh-east-1", msg.clone()),
+                sync_frame("order/wh-east-2", msg.clone()),
+                sync_frame("order/wh-east-3", msg)
+            ]
+        );
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn deflated_frame_may_not_inflate_past_the_limit() {
+        // 4 KiB of zeros deflate to a few bytes: a small frame that would expand past a 1 KiB limit.
+        let mut enc = FrameEncoder::new(FRAME_BYTES_MAX);
+        enc.enable_deflate();
+        let mut bytes = Vec::new();
+        enc.encode_into(&sync_frame("d", vec![0; 4096]), &mut bytes).unwrap();
+        assert!(bytes.len() < 100);
+        let mut d = FrameDecoder::new(1024);
+        d.push(&bytes);
+        assert!(matches!(d.next_frame(), Err(WireError::FrameTooLarge { max: 1024, .. })));
+        assert_eq!(d.buffered_bytes(), 0);
+        // And a deflated frame larger than the limit on the wire is refused at its prefix.
+        let mut d = FrameDecoder::new(16);
+        d.push(&(17u32 | COMPRESSED_FLAG).to_le_bytes());
+        assert_eq!(d.next_frame(), Err(WireError::FrameTooLarge { len: 17, max: 16 }));
+    }
+
+    #[test]
+    fn corrupt_or_out_of_step_deflate_is_malformed() {
+        let mut enc = FrameEncoder::new(FRAME_BYTES_MAX);
+        enc.enable_deflate();
+        let mut a = Vec::new();
+        enc.encode_into(&sync_frame("order/x", vec![7; 300]), &mut a).unwrap();
+        let mut b = Vec::new();
+        enc.encode_into(&sync_frame("order/x", vec![7; 300]), &mut b).unwrap();
+        // The second frame alone refers back to the first: a decoder that missed the first cannot read it.
+        let mut d = FrameDecoder::default();
+        d.push(&b);
+        assert_eq!(d.next_frame().map_err(|e| e.code()), Err(ErrorCode::Malformed));
+        // Garbage flagged as deflated.
+        let mut d = FrameDecoder::default();
+        d.push(&(3u32 | COMPRESSED_FLAG).to_le_bytes());
+        d.push(&[0xFF, 0xFF, 0xFF]);
+        assert_eq!(d.next_frame().map_err(|e| e.code()), Err(ErrorCode::Malformed));
+    }
+
     fn arb_frame() -> impl Strategy<Value = Frame> {
         let doc = "[a-z0-9-]{1,20}".prop_map(|s| DocId::new(s).unwrap());
         prop_oneof![
@@ -600,21 +899,21 @@ mod tests {
             for f in &frames {
                 encode_frame_into(f, FRAME_BYTES_MAX, &mut bytes).unwrap();
             }
-            let mut d = FrameDecoder::default();
-            let mut out = Vec::new();
-            let mut rest = &bytes[..];
-            let mut i = 0;
-            while !rest.is_empty() {
-                let n = cuts[i % cuts.len()].min(rest.len());
-                d.push(&rest[..n]);
-                rest = &rest[n..];
-                i += 1;
-                while let Some(f) = d.next_frame().unwrap() {
-                    out.push(f);
+            prop_assert_eq!(decode_in_chunks(&bytes, &cuts), frames);
+        }
+
+        /// Deflated and plain frames, in any chunking, decode to what was encoded.
+        #[test]
+        fn deflated_stream_round_trips(frames in proptest::collection::vec(arb_frame(), 1..12), switch_at in 0usize..12, cuts in proptest::collection::vec(1usize..64, 1..50)) {
+            let mut enc = FrameEncoder::new(FRAME_BYTES_MAX);
+            let mut bytes = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                if i == switch_at {
+                    enc.enable_deflate();
                 }
+                enc.encode_into(f, &mut bytes).unwrap();
             }
-            d.finish().unwrap();
-            prop_assert_eq!(out, frames);
+            prop_assert_eq!(decode_in_chunks(&bytes, &cuts), frames);
         }
 
         /// Random bytes never panic the decoder and never make it buffer beyond the limit plus one chunk.

@@ -4,7 +4,7 @@
 //!
 //! 1. Latency node 201 → order visible at the hub's `GET /v1/orders/{id}` (polled every 1 ms), p50/p99.
 //! 2. UDP payload bytes (both directions) per new order during a steady stream, against the postcard size of
-//!    the order's draft (read back from the node's `sync.redb`).
+//!    the drafts sent, with deflate and (a second node that does not announce it) without, in the same run.
 //! 3. Catch-up: blackhole, 10,000 orders at the node with 32 concurrent clients, heal, time until the hub
 //!    lists all of them.
 //! 4. Hub RSS with K nodes × M open orders.
@@ -60,12 +60,57 @@ async fn seed(http: &reqwest::Client, node: &ClusterNode, skus: usize, qty: u64)
     }
 }
 
+/// Order `n`: one or two lines, a customer, street, city and postcode that vary from order to order (drawn
+/// deterministically from `n`), so that compression finds only what real orders share.
 fn order_json(n: u64) -> Value {
+    const NAMES: [&str; 8] = [
+        "Anna Schmidt",
+        "Jonas Müller",
+        "Lea Weber",
+        "Paul Fischer",
+        "Mia Wagner",
+        "Ben Becker",
+        "Emma Hoffmann",
+        "Noah Schulz",
+    ];
+    const STREETS: [&str; 6] = ["Hauptstraße", "Schulstraße", "Gartenweg", "Bahnhofstraße", "Lindenallee", "Am Markt"];
+    const CITIES: [(&str, f64, f64); 6] = [
+        ("Berlin", 52.52, 13.40),
+        ("Hamburg", 53.55, 9.99),
+        ("München", 48.14, 11.58),
+        ("Köln", 50.94, 6.96),
+        ("Frankfurt am Main", 50.11, 8.68),
+        ("Leipzig", 51.34, 12.37),
+    ];
+    let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+    let (city, lat, lon) = CITIES[(h % 6) as usize];
+    let mut lines = vec![
+        json!({"sku": format!("SKU-{}", n % 3), "qty": 1 + h % 3, "unit_price_minor": 499 + h % 9_500, "currency": "EUR"}),
+    ];
+    if h.is_multiple_of(4) {
+        lines.push(
+            json!({"sku": format!("SKU-{}", (n + 1) % 3), "qty": 1, "unit_price_minor": 1_999, "currency": "EUR"}),
+        );
+    }
     json!({
-        "external_ref": format!("web-{n}"), "channel": "web",
-        "lines": [{"sku": format!("SKU-{}", n % 3), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
-        "ship_to": {"name": "C", "line1": "1 Street", "city": "Berlin", "postcode": "10115", "country": "DE", "lat": 52.5, "lon": 13.4}
+        "external_ref": format!("web-{}", 100_000 + h % 900_000), "channel": "web",
+        "lines": lines,
+        "ship_to": {
+            "name": NAMES[(h % 8) as usize],
+            "line1": format!("{} {}", STREETS[(h / 8 % 6) as usize], 1 + h / 48 % 180),
+            "city": city,
+            "postcode": format!("{:05}", 10_000 + h % 89_999),
+            "country": "DE",
+            "lat": lat + (h % 1_000) as f64 / 10_000.0,
+            "lon": lon - (h % 997) as f64 / 10_000.0
+        }
     })
+}
+
+/// Postcard size of order `n`'s draft: the floor the wire bytes are compared with.
+fn postcard_size(n: u64) -> usize {
+    let draft: oms_protocol::domain::OrderDraft = serde_json::from_value(order_json(n)).unwrap();
+    postcard::to_allocvec(&draft).unwrap().len()
 }
 
 /// Places an order at `node` (retrying with the same idempotency key); returns its id.
@@ -194,6 +239,59 @@ fn draft_sizes(node_data: &Path, order_id: &str) -> (usize, usize) {
     (draft, doc.save().len())
 }
 
+/// Places `bytes_n` orders one after another at `node` and returns the idle-corrected UDP payload bytes per
+/// order through `fwd` (both directions).
+async fn bytes_stream(
+    http: &reqwest::Client,
+    hub_http: SocketAddr,
+    node: &ClusterNode,
+    fwd: &Fwd,
+    bytes_n: u64,
+    first: u64,
+    label: &str,
+) -> f64 {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (u0, d0, g0) = fwd.bytes();
+    let idle_t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (u1, d1, g1) = fwd.bytes();
+    let idle_rate = (u1 + d1 - u0 - d0) as f64 / idle_t.elapsed().as_secs_f64();
+    let before_total = hub_total(http, hub_http, &node.id).await.unwrap();
+    let t = Instant::now();
+    for n in 0..bytes_n {
+        place(http, node, first + n).await;
+    }
+    let posted = t.elapsed();
+    let done = wait_total(
+        http,
+        hub_http,
+        &node.id,
+        before_total + bytes_n,
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await; // acks settle
+    let (u2, d2, g2) = fwd.bytes();
+    let span = t.elapsed().as_secs_f64();
+    let gross = (u2 + d2 - u1 - d1) as f64;
+    let net = gross - idle_rate * span;
+    println!(
+        "2. bytes ({label}): {bytes_n} orders in {:.2} s (hub had all: {}); up={} B down={} B datagrams={} (idle: {} dgrams, {:.0} B/s); \
+         gross {:.0} B/order, idle-corrected {:.0} B/order",
+        posted.as_secs_f64(),
+        done.is_some(),
+        u2 - u1,
+        d2 - d1,
+        g2 - g1,
+        g1 - g0,
+        idle_rate,
+        gross / bytes_n as f64,
+        net / bytes_n as f64
+    );
+    net / bytes_n as f64
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let lat_n = env_u64("BENCH_LAT_N", 300);
@@ -204,7 +302,7 @@ async fn main() {
     println!("sync bench: loadavg at start {}", loadavg());
 
     let tmp = tempfile::tempdir().unwrap();
-    let mut names = vec!["wh-lat".to_owned(), "wh-catch".to_owned()];
+    let mut names = vec!["wh-lat".to_owned(), "wh-plain".to_owned(), "wh-catch".to_owned()];
     names.extend((0..k).map(|i| format!("wh-k{i}")));
     let certs = pki(tmp.path(), &names);
     let (quic, hub_http) = (free_udp(), free_tcp());
@@ -281,46 +379,27 @@ async fn main() {
     );
 
     // ---- 2. bytes per order ----
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (u0, d0, g0) = fwd.bytes();
-    let idle_t = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (u1, d1, g1) = fwd.bytes();
-    let idle_rate = (u1 + d1 - u0 - d0) as f64 / idle_t.elapsed().as_secs_f64();
-    let before_total = hub_total(&http, hub_http, "wh-lat").await.unwrap();
-    let t = Instant::now();
-    for n in 0..bytes_n {
-        place(&http, &node, 2_000_000 + n).await;
+    let bytes_per_order = bytes_stream(&http, hub_http, &node, &fwd, bytes_n, 2_000_000, "deflate").await;
+    let floor = (0..bytes_n).map(|n| postcard_size(2_000_000 + n)).sum::<usize>() as f64 / bytes_n as f64;
+    // The same stream from a node that does not announce deflate (as an older build), in the same run.
+    let pfwd = Arc::new(Fwd::default());
+    let pvia = forwarder(quic, pfwd.clone()).await;
+    let (pconfig, phttp, pdir) = cluster::node_config_with(tmp.path(), &certs, "wh-plain", pvia, "compress = false");
+    let pnode = cluster::spawn_node_with("wh-plain", &pconfig, phttp, &pdir, "warn");
+    wait_healthy(&http, pnode.http).await;
+    seed(&http, &pnode, 3, 1_000_000).await;
+    let dl = Instant::now() + Duration::from_secs(30);
+    while !node_connected(&http, hub_http, "wh-plain").await && Instant::now() < dl {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let posted = t.elapsed();
-    let done = wait_total(
-        &http,
-        hub_http,
-        "wh-lat",
-        before_total + bytes_n,
-        Duration::from_secs(60),
-        Duration::from_millis(20),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(1_000)).await; // acks settle
-    let (u2, d2, g2) = fwd.bytes();
-    let span = t.elapsed().as_secs_f64();
-    let gross = (u2 + d2 - u1 - d1) as f64;
-    let net = gross - idle_rate * span;
+    let plain_per_order = bytes_stream(&http, hub_http, &pnode, &pfwd, bytes_n, 2_000_000, "plain").await;
+    drop(pnode);
     println!(
-        "2. bytes: {bytes_n} orders in {:.2} s (hub had all: {}); up={} B down={} B datagrams={} (idle: {} dgrams, {:.0} B/s); \
-         gross {:.0} B/order, idle-corrected {:.0} B/order",
-        posted.as_secs_f64(),
-        done.is_some(),
-        u2 - u1,
-        d2 - d1,
-        g2 - g1,
-        g1 - g0,
-        idle_rate,
-        gross / bytes_n as f64,
-        net / bytes_n as f64
+        "2a. postcard floor {floor:.1} B/order (mean over the {bytes_n} drafts sent); wire/postcard: deflate {:.2}×, plain {:.2}×; deflate/plain {:.2}",
+        bytes_per_order / floor,
+        plain_per_order / floor,
+        bytes_per_order / plain_per_order
     );
-    let bytes_per_order = net / bytes_n as f64;
 
     // ---- 3. catch-up after a partition ----
     let cfwd = Arc::new(Fwd::default());
@@ -416,10 +495,7 @@ async fn main() {
     let ClusterNode { mut proc, dir, .. } = node;
     proc.kill9();
     let (draft, saved) = draft_sizes(&dir.join("data"), &last_id);
-    println!(
-        "2b. postcard draft {draft} B, Automerge order doc save() {saved} B; wire/postcard ratio {:.1}×",
-        bytes_per_order / draft as f64
-    );
+    println!("2b. last order: postcard draft {draft} B, Automerge order doc save() {saved} B");
     drop(cnode);
     drop(hub);
     println!("sync bench: loadavg at end {}", loadavg());

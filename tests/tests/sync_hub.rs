@@ -117,22 +117,37 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_reach_the_hub_once_with_status_and_stock() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = pki(tmp.path(), &["wh-north"]);
+/// A hub and one node `id` (its config's `[hub]` section extended by `extra`) with three SKUs seeded and
+/// `orders` orders placed, all of them at the hub.
+async fn hub_and_node_with_orders(
+    root: &Path,
+    id: &str,
+    extra: &str,
+    orders: u64,
+) -> (HubProc, ClusterNode, reqwest::Client) {
+    let certs = pki(root, &[id]);
     let (quic, http_addr) = (free_udp(), free_tcp());
-    let hub = spawn_hub(tmp.path(), &certs, quic, http_addr);
-    let node = spawn_node(tmp.path(), &certs, "wh-north", quic);
+    let hub = spawn_hub(root, &certs, quic, http_addr);
+    let (config, node_http, dir) = cluster::node_config_with(root, &certs, id, quic, extra);
+    let node = cluster::spawn_node_with(id, &config, node_http, &dir, "info");
     let http = client();
     wait_healthy(&http, hub.http).await;
     wait_healthy(&http, node.http).await;
     seed(&http, &node, 3).await;
     let mut ids = BTreeSet::new();
-    for n in 0..10 {
+    for n in 0..orders {
         ids.insert(place(&http, &node, n).await);
     }
-    wait_hub_has(&http, hub.http, "wh-north", &ids).await;
+    wait_hub_has(&http, hub.http, id, &ids).await;
+    (hub, node, http)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_reach_the_hub_once_with_status_and_stock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, node, http) = hub_and_node_with_orders(tmp.path(), "wh-north", "", 10).await;
+    let ids = hub_orders(&http, hub.http, "wh-north").await.unwrap().into_iter().collect::<BTreeSet<_>>();
+    assert_eq!(ids.len(), 10);
 
     // A change of state on the node reaches the hub too.
     let first = ids.iter().next().unwrap().clone();
@@ -176,8 +191,22 @@ async fn orders_reach_the_hub_once_with_status_and_stock() {
     let n = &nodes["nodes"][0];
     assert_eq!(n["node"], "wh-north");
     assert_eq!(n["connected"], true);
+    assert_eq!(n["compressed"], true, "both sides speak deflate, so the session uses it: {n}");
     assert_eq!(n["orders"], 10);
     assert_eq!(n["changes_quarantined"], 0);
+}
+
+/// A node that does not announce `capabilities::DEFLATE` (as an older build would not) gets plain frames
+/// from the hub and still syncs everything; the hub's node list shows the session uncompressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_without_deflate_syncs_with_plain_frames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, _node, http) = hub_and_node_with_orders(tmp.path(), "wh-plain", "compress = false", 5).await;
+    let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
+    let n = &nodes["nodes"][0];
+    assert_eq!(n["node"], "wh-plain");
+    assert_eq!(n["connected"], true);
+    assert_eq!(n["compressed"], false, "{n}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,6 +382,8 @@ async fn rogue_node_is_refused_and_quarantined_while_others_sync() {
     let me = PeerId::new(format!("oms://{TENANT}/node/3pl-east")).unwrap();
     let hub_peer = PeerId::new(format!("oms://{TENANT}/hub")).unwrap();
     let mut session = SyncSession::new_client(SessionConfig::default(), me, hub_peer, vec![7; 16], 0);
+    // Announces deflate but never sends a compressed frame: allowed, compression is per frame.
+    let mut encoder = oms_protocol::wire::FrameEncoder::new(limits.frame_bytes_max);
     let mut refused = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && refused.len() < 3 {
@@ -360,7 +391,7 @@ async fn rogue_node_is_refused_and_quarantined_while_others_sync() {
         while let Some(f) = session.poll_transmit() {
             out.push(f);
         }
-        oms_node::sync::link::write_frames(&mut send, &out, limits.frame_bytes_max, step).await.unwrap();
+        oms_node::sync::link::write_frames(&mut send, &out, &mut encoder, step).await.unwrap();
         while let Some(ev) = session.poll_event() {
             match ev {
                 Event::PeerRefused { doc, code } => {

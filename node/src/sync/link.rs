@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use oms_protocol::wire::{self, ErrorCode, Frame, FrameDecoder};
+use oms_protocol::wire::{ErrorCode, Frame, FrameDecoder, FrameEncoder};
 use oms_transport::{EndpointError, FrameIoError};
 
 use super::docdb::DocDbError;
@@ -102,11 +102,12 @@ pub fn spawn_reader(
     rx
 }
 
-/// Writes `frames` in order, as one write, within `timeout`.
+/// Writes `frames` in order, as one write, within `timeout`. `encoder` is this stream's: it deflates once
+/// both sides agreed to (`capabilities::DEFLATE`), and its dictionary follows the stream.
 pub async fn write_frames(
     send: &mut SendStream,
     frames: &[Frame],
-    frame_bytes_max: usize,
+    encoder: &mut FrameEncoder,
     timeout: Duration,
 ) -> Result<(), FrameIoError> {
     if frames.is_empty() {
@@ -114,7 +115,7 @@ pub async fn write_frames(
     }
     let mut bytes = Vec::new();
     for f in frames {
-        wire::encode_frame_into(f, frame_bytes_max, &mut bytes)?;
+        encoder.encode_into(f, &mut bytes)?;
     }
     let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     tokio::time::timeout(timeout, send.write_all(&bytes))

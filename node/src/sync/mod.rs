@@ -26,7 +26,7 @@ use std::time::Duration;
 use oms_protocol::domain::{NodeId, Sku};
 use oms_protocol::sync::automerge::AutoCommit;
 use oms_protocol::sync::{DocStore, Event, SessionConfig, StoreError, SyncSession};
-use oms_protocol::wire::{DocId, ErrorCode, PeerId};
+use oms_protocol::wire::{DocId, ErrorCode, FrameEncoder, PeerId, capabilities};
 use oms_transport::backoff::Backoff;
 use oms_transport::tls::ClientTlsFiles;
 use oms_transport::{Identity, Limits};
@@ -55,8 +55,13 @@ pub struct SyncTuning {
     pub dirty_docs_max: usize,
     /// Reconnect backoff: first delay and cap.
     pub backoff_base_ms: u64,
-    /// Reconnect backoff cap.
+    /// Reconnect backoff cap. Short, because a reconnect attempt costs one handshake, and the time from a
+    /// healed path to the first synced order is at most about one `connect_timeout_ms` plus one backoff.
     pub backoff_cap_ms: u64,
+    /// A handshake that has not completed in this time is abandoned and retried after the backoff: QUIC's
+    /// own retransmission of the first packet backs off too, so waiting longer on an unreachable hub only
+    /// delays noticing that it is back.
+    pub connect_timeout_ms: u64,
     /// Deadline for connecting, opening the stream and writing a batch of frames.
     pub io_timeout_ms: u64,
     /// Session tick period (Hello retry, stall detection, anti-entropy manifest).
@@ -84,7 +89,8 @@ impl Default for SyncTuning {
             docs_max: 1_000_000,
             dirty_docs_max: 100_000,
             backoff_base_ms: 200,
-            backoff_cap_ms: 10_000,
+            backoff_cap_ms: 2_000,
+            connect_timeout_ms: 2_000,
             io_timeout_ms: 10_000,
             tick_ms: 250,
             frames_queued_max: 256,
@@ -460,7 +466,8 @@ async fn run_session(
 ) -> Result<(), LinkError> {
     let io_timeout = Duration::from_millis(shared.tuning.io_timeout_ms);
     let frame_max = Limits::default().frame_bytes_max;
-    let conn = oms_transport::connect(endpoint, link.addr, &link.server_name, io_timeout).await?;
+    let connect_timeout = Duration::from_millis(shared.tuning.connect_timeout_ms);
+    let conn = oms_transport::connect(endpoint, link.addr, &link.server_name, connect_timeout).await?;
     let seen = oms_transport::peer_identity(&conn)?;
     if &seen != hub {
         oms_transport::close(&conn, ErrorCode::Unauthorized, "not our hub");
@@ -468,7 +475,12 @@ async fn run_session(
     }
     let (mut send, recv) = oms_transport::open_bi(&conn, io_timeout).await?;
     let mut frames = link::spawn_reader(recv, frame_max, shared.tuning.frames_queued_max);
-    let mut session = SyncSession::new_client(session_config(), me.clone(), hub_peer.clone(), actor.to_vec(), now_ms());
+    let mut config = session_config();
+    if !link.compress {
+        config.capabilities &= !capabilities::DEFLATE;
+    }
+    let mut session = SyncSession::new_client(config, me.clone(), hub_peer.clone(), actor.to_vec(), now_ms());
+    let mut encoder = FrameEncoder::new(frame_max);
     // The manifest exchange covers everything changed so far.
     lock(&shared.dirty).clear();
     let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.tick_ms.max(1)));
@@ -486,7 +498,10 @@ async fn run_session(
             let mut docs = lock(&shared.docs);
             while let Some(ev) = session.poll_event() {
                 match ev {
-                    Event::Established { .. } => {
+                    Event::Established { capabilities, .. } => {
+                        if capabilities & capabilities::DEFLATE != 0 {
+                            encoder.enable_deflate();
+                        }
                         backoff.reset();
                         tracing::info!(hub = %link.addr, "sync: connected");
                     }
@@ -508,13 +523,13 @@ async fn run_session(
         }
         // Persist what the hub sent before answering it; one flush covers every frame handled since the last.
         persist(shared).await?;
-        link::write_frames(&mut send, &out, frame_max, io_timeout).await?;
+        link::write_frames(&mut send, &out, &mut encoder, io_timeout).await?;
         out.clear();
         if let Some((code, reason, by_peer)) = closed {
             while let Some(f) = session.poll_transmit() {
                 out.push(f);
             }
-            let _ = link::write_frames(&mut send, &out, frame_max, io_timeout).await;
+            let _ = link::write_frames(&mut send, &out, &mut encoder, io_timeout).await;
             oms_transport::close(&conn, code, &reason);
             return Err(LinkError::Closed { code, reason, by_peer });
         }

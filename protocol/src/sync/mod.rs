@@ -57,6 +57,8 @@ pub struct SessionConfig {
     pub doc_stall_ms: u64,
     /// The manifest is resent this often (anti-entropy).
     pub manifest_interval_ms: u64,
+    /// Capabilities this side announces and accepts ([`capabilities::ALL`] unless some are turned off).
+    pub capabilities: u64,
 }
 
 impl Default for SessionConfig {
@@ -70,6 +72,7 @@ impl Default for SessionConfig {
             hello_retry_ms: 5_000,
             doc_stall_ms: 10_000,
             manifest_interval_ms: 60_000,
+            capabilities: capabilities::ALL,
         }
     }
 }
@@ -301,7 +304,7 @@ impl SyncSession {
         Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
             min_version: PROTOCOL_VERSION_MIN,
-            capabilities: capabilities::ALL,
+            capabilities: self.cfg.capabilities & capabilities::ALL,
             peer_id: self.local.clone(),
             actor: self.actor.clone(),
         })
@@ -394,7 +397,7 @@ impl SyncSession {
                 ),
             );
         }
-        let capabilities = hello.capabilities & capabilities::ALL;
+        let capabilities = hello.capabilities & self.cfg.capabilities & capabilities::ALL;
         self.outbound.push_back(Frame::HelloAck(HelloAck {
             version,
             capabilities,
@@ -417,7 +420,7 @@ impl SyncSession {
         if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&ack.version) {
             return self.refuse(ErrorCode::UnsupportedVersion, format!("hub chose version {}", ack.version));
         }
-        self.establish(store, ack.version, ack.capabilities & capabilities::ALL);
+        self.establish(store, ack.version, ack.capabilities & self.cfg.capabilities & capabilities::ALL);
     }
 
     fn establish<S: DocStore + ?Sized>(&mut self, store: &mut S, version: u16, capabilities: u64) {
