@@ -1879,3 +1879,71 @@ fn order_outcome(rec: OrderRecord, created: bool) -> Outcome {
 
 /// How long a caller waits for the writer before giving up on a request.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oms_protocol::domain::{Address, Channel, Contact, Currency, OrderLine};
+
+    #[test]
+    fn orders_saved_before_the_freeze_queue_existed_are_queued_once_at_open() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("node.redb");
+            let site = NodeId::parse("wh-a").unwrap();
+            let open = || Store::open(&path, site.clone(), Limits::default(), Arc::new(Metrics::new())).unwrap();
+            let store = open();
+            let sku = Sku::parse("A").unwrap();
+            store
+                .execute(Command::PutCatalog(CatalogItem { sku: sku.clone(), name: "A".into(), bin: "A".into() }))
+                .await
+                .unwrap();
+            store
+                .execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 5, note: None } })
+                .await
+                .unwrap();
+            let draft = OrderDraft {
+                external_ref: "x".into(),
+                channel: Channel::parse("web").unwrap(),
+                lines: vec![OrderLine {
+                    sku,
+                    qty: 1,
+                    unit_price_minor: 100,
+                    currency: Currency::parse("EUR").unwrap(),
+                }],
+                ship_to: Address {
+                    name: "A".into(),
+                    line1: "1".into(),
+                    line2: None,
+                    city: "B".into(),
+                    postcode: "1".into(),
+                    country: "DE".into(),
+                    lat: 52.0,
+                    lon: 13.0,
+                },
+                contact: Contact::default(),
+            };
+            let mut ids = Vec::new();
+            for key in ["cancelled", "open"] {
+                let cmd = Command::CreateOrder { key: key.into(), draft: Box::new(draft.clone()) };
+                let Ok(Outcome::Order { record, .. }) = store.execute(cmd).await else { panic!("not created") };
+                ids.push(record.id);
+            }
+            store.execute(Command::Cancel { order: ids[0].clone(), reason: "x".into() }).await.unwrap();
+            assert_eq!(store.freeze_queue(None, 10).unwrap(), vec![(ids[0].to_string(), 0)]);
+            store.close();
+            // The database as an older version left it: no queue, no flag.
+            {
+                let db = Database::create(&path).unwrap();
+                let w = db.begin_write().unwrap();
+                w.delete_table(FREEZE_QUEUE).unwrap();
+                w.open_table(META).unwrap().remove(FREEZE_QUEUE_FILLED).unwrap();
+                w.commit().unwrap();
+            }
+            let store = open();
+            assert_eq!(store.freeze_queue(None, 10).unwrap(), vec![(ids[0].to_string(), 0)], "queued at open");
+            store.close();
+        });
+    }
+}
