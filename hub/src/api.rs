@@ -168,6 +168,7 @@ async fn order(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response 
         "timeline": progress.map(|p| &p.timeline),
         "node_updated_at_ms": view.node_updated_at_ms,
         "cancel_requested_at_ms": view.cancel_requested_at_ms,
+        "frozen_at_ms": view.frozen_at_ms,
     }))
     .into_response()
 }

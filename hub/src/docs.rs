@@ -155,6 +155,10 @@ impl HubDocs {
                     self.parties.insert(doc.clone(), p);
                 }
                 let written = schema::owner_updated_at_ms(d);
+                // A frozen order's document takes no more changes: store it as one full save.
+                if schema::frozen_at_ms(d).is_some() {
+                    self.db.compact(doc);
+                }
                 if self.changed.len() < CHANGED_MAX {
                     self.changed.insert(doc.clone());
                 }

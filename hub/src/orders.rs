@@ -208,19 +208,23 @@ pub fn hub_order(hub: &Hub, id: &str) -> Result<Option<Value>, Problem> {
 struct FoState {
     status: Option<FulfillmentState>,
     progress: Option<schema::Progress>,
+    /// The site froze the finished fulfillment order at this time.
+    frozen_at_ms: Option<u64>,
 }
 
 fn fo_state(hub: &Hub, id: &OrderId) -> FoState {
     let docs = lock(&hub.docs);
     let view = schema::order_doc(id).and_then(|n| docs.get(&n).and_then(|d| schema::read_order(d, n.as_str()).ok()));
+    let frozen_at_ms = view.as_ref().and_then(|v| v.frozen_at_ms);
     let progress = view.and_then(|v| v.progress);
-    FoState { status: progress.as_ref().map(|p| p.status), progress }
+    FoState { status: progress.as_ref().map(|p| p.status), progress, frozen_at_ms }
 }
 
 fn order_view(hub: &Hub, o: &HubOrder) -> Value {
     let mut fos = Vec::new();
     let mut timeline = Vec::new();
     let (mut shipped_units, mut placed_units, mut open_fos, mut delivered_all) = (0u64, 0u64, 0usize, true);
+    let mut frozen_all = !o.fulfillments.is_empty();
     let mut per_sku: BTreeMap<String, (u64, u64)> = BTreeMap::new(); // placed, shipped
     for f in &o.fulfillments {
         let st = fo_state(hub, &f.id);
@@ -232,6 +236,7 @@ fn order_view(hub: &Hub, o: &HubOrder) -> Value {
                     "status": t.status, "note": t.note}));
             }
         }
+        frozen_all &= st.frozen_at_ms.is_some();
         let live = f.released.is_none();
         if live {
             for l in &f.lines {
@@ -265,6 +270,7 @@ fn order_view(hub: &Hub, o: &HubOrder) -> Value {
             "status": st.status.map_or("assigned", |s| s.as_str()),
             "shipment": st.progress.as_ref().and_then(|p| p.shipment.clone()),
             "released": f.released,
+            "frozen_at_ms": st.frozen_at_ms,
         }));
     }
     timeline.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
@@ -314,6 +320,9 @@ fn order_view(hub: &Hub, o: &HubOrder) -> Value {
         "cancel_requested_at_ms": o.cancel_requested_at_ms,
         "cancelled_unfilled": o.cancelled_unfilled,
         "timeline": timeline,
+        // Every fulfillment is finished and frozen at its site, and nothing waits for a site: the order's
+        // history does not change any more.
+        "frozen": frozen_all && o.unfilled.is_empty(),
     })
 }
 

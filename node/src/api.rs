@@ -419,10 +419,18 @@ async fn create_order(
     order_response(exec(&st, Command::CreateOrder { key, draft: Box::new(draft) }).await?, StatusCode::CREATED)
 }
 
+/// One order; a frozen one also shows `frozen_at_ms` (it takes no more changes).
 async fn get_order(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
     let id = order_path(&id)?;
-    match st.store.order(&id)? {
-        Some(r) => Ok(Json(r).into_response()),
+    match st.store.order_and_frozen_at(&id)? {
+        Some((r, None)) => Ok(Json(r).into_response()),
+        Some((r, Some(at))) => {
+            let mut v = serde_json::to_value(&r).map_err(|e| Problem::from(StoreError::Storage(e.to_string())))?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("frozen_at_ms".into(), at.into());
+            }
+            Ok(Json(v).into_response())
+        }
         None => Err(StoreError::OrderNotFound(id).into()),
     }
 }

@@ -27,6 +27,65 @@ pub struct NodeConfig {
     /// The hub to sync with; none means stand-alone.
     #[serde(default)]
     pub hub: Option<HubLink>,
+    /// When finished orders are frozen.
+    #[serde(default)]
+    pub orders: OrdersConfig,
+}
+
+/// The `[orders]` section: when finished orders are frozen (see [`crate::freeze`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersConfig {
+    /// Days after delivery (or shipment, if no delivery was confirmed) during which a shipped order may
+    /// still be returned; after that it is frozen.
+    #[serde(default = "default_return_window_days")]
+    pub return_window_days: u32,
+    /// The return window in milliseconds, instead of `return_window_days` (for tests and drills).
+    #[serde(default)]
+    pub return_window_ms: Option<u64>,
+    /// How often the node looks for orders to freeze, ms.
+    #[serde(default = "default_freeze_interval_ms")]
+    pub freeze_interval_ms: u64,
+    /// Orders looked at per pass, at most.
+    #[serde(default = "default_freeze_batch_max")]
+    pub freeze_batch_max: usize,
+}
+
+/// Longest return window, days.
+pub const RETURN_WINDOW_DAYS_MAX: u32 = 3_650;
+
+fn default_return_window_days() -> u32 {
+    30
+}
+fn default_freeze_interval_ms() -> u64 {
+    60_000
+}
+fn default_freeze_batch_max() -> usize {
+    256
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        OrdersConfig {
+            return_window_days: default_return_window_days(),
+            return_window_ms: None,
+            freeze_interval_ms: default_freeze_interval_ms(),
+            freeze_batch_max: default_freeze_batch_max(),
+        }
+    }
+}
+
+impl OrdersConfig {
+    /// The freeze policy this section describes.
+    pub fn freeze_policy(&self) -> crate::freeze::FreezePolicy {
+        crate::freeze::FreezePolicy {
+            return_window_ms: self
+                .return_window_ms
+                .unwrap_or_else(|| u64::from(self.return_window_days).saturating_mul(24 * 3_600_000)),
+            interval_ms: self.freeze_interval_ms,
+            batch_max: self.freeze_batch_max,
+        }
+    }
 }
 
 /// The site's location and name.
@@ -130,6 +189,7 @@ impl Default for NodeConfig {
             listen: default_listen(),
             site: SiteConfig::default(),
             hub: None,
+            orders: OrdersConfig::default(),
         }
     }
 }
@@ -174,6 +234,19 @@ impl NodeConfig {
         if self.node_id.as_str() == "hub" {
             return Err(ConfigError::Invalid("node_id \"hub\" is reserved for the hub's own orders".into()));
         }
+        let o = &self.orders;
+        let window_days_max_ms = u64::from(RETURN_WINDOW_DAYS_MAX) * 24 * 3_600_000;
+        if o.return_window_days > RETURN_WINDOW_DAYS_MAX
+            || o.return_window_ms.is_some_and(|ms| ms > window_days_max_ms)
+            || !(10..=86_400_000).contains(&o.freeze_interval_ms)
+            || !(1..=crate::store::FREEZE_ORDERS_MAX).contains(&o.freeze_batch_max)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "orders: return_window_days must be at most {RETURN_WINDOW_DAYS_MAX} (return_window_ms likewise), \
+                 freeze_interval_ms 10 to 86400000, freeze_batch_max 1 to {}",
+                crate::store::FREEZE_ORDERS_MAX
+            )));
+        }
         if let Some(h) = &self.hub {
             let e = &h.escrow;
             if e.lease_ms < 1_000 || e.margin_ms == 0 || e.rebalance.hub_share_min_bp > e.rebalance.hub_share_max_bp {
@@ -213,5 +286,25 @@ mod tests {
         assert!(toml::from_str::<NodeConfig>("unknown_key = 1").is_err());
         let cfg: NodeConfig = toml::from_str("[site]\nlat = 100.0").unwrap();
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn orders_section_defaults_overrides_and_limits() {
+        let cfg: NodeConfig = toml::from_str("").unwrap();
+        let p = cfg.orders.freeze_policy();
+        assert_eq!(p.return_window_ms, 30 * 24 * 3_600_000, "30 days by default");
+        assert_eq!((p.interval_ms, p.batch_max), (60_000, 256));
+        let cfg: NodeConfig = toml::from_str("[orders]\nreturn_window_days = 14").unwrap();
+        assert_eq!(cfg.orders.freeze_policy().return_window_ms, 14 * 24 * 3_600_000);
+        let cfg: NodeConfig =
+            toml::from_str("[orders]\nreturn_window_days = 14\nreturn_window_ms = 1500\nfreeze_interval_ms = 100")
+                .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.orders.freeze_policy().return_window_ms, 1500, "ms wins over days");
+        for bad in ["return_window_days = 4000", "freeze_batch_max = 0", "freeze_interval_ms = 0"] {
+            let cfg: NodeConfig = toml::from_str(&format!("[orders]\n{bad}")).unwrap();
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<NodeConfig>("[orders]\nreturn_window = 3").is_err(), "unknown key");
     }
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod escrow;
+pub mod freeze;
 pub mod import;
 pub mod metrics;
 pub mod problem;
@@ -46,6 +47,8 @@ pub async fn run(
         sync::spawn(link, store.clone(), &cfg.data_dir, &site, sync::SyncTuning::default())
             .with_context(|| format!("cannot start sync with the hub at {}", link.addr))?;
     }
+    // Freeze finished orders, with or without a hub.
+    tokio::spawn(freeze::run(store.clone(), cfg.orders.freeze_policy()));
     let app = api::router(api::AppState { store, metrics });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())

@@ -96,6 +96,9 @@ impl From<StoreError> for Problem {
             }
             StoreError::IdempotencyKeyReused(_) => Problem::new(S::CONFLICT, "idempotency_key_reused", detail),
             StoreError::OrderNotFound(_) => Problem::new(S::NOT_FOUND, "order_not_found", detail),
+            StoreError::OrderFrozen { order, frozen_at_ms } => Problem::new(S::CONFLICT, "order_frozen", detail)
+                .with("order", order)
+                .with("frozen_at_ms", frozen_at_ms),
             StoreError::WaveNotFound(_) => Problem::new(S::NOT_FOUND, "wave_not_found", detail),
             StoreError::Transition { source, .. } => Problem::new(S::CONFLICT, "illegal_transition", detail)
                 .with("state", source.from)

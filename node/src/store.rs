@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::escrow::{self, EscrowPolicy, Rights};
+use crate::freeze;
 use crate::metrics::Metrics;
 use oms_protocol::escrow::{EscrowCounter, Party};
 
@@ -48,6 +49,15 @@ const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// SKU → postcard `EscrowCounter`: the rights to the SKU's available units shared with the hub.
 const ESCROW: TableDefinition<&str, &[u8]> = TableDefinition::new("escrow");
+/// Order id → when it was frozen (ms since the Unix epoch): finished orders that refuse every change.
+const FROZEN: TableDefinition<&str, u64> = TableDefinition::new("frozen");
+/// Order id → the start of its return window (0: finished at once): orders that may be frozen once due
+/// (see [`crate::freeze`]). Kept in the transaction that saves the order; frozen orders leave it.
+const FREEZE_QUEUE: TableDefinition<&str, u64> = TableDefinition::new("freeze_queue");
+/// Orders one freeze pass looks at, at most.
+pub const FREEZE_ORDERS_MAX: usize = 10_000;
+/// META flag: the freeze queue holds every order saved before it existed.
+const FREEZE_QUEUE_FILLED: &str = "freeze.queue_filled";
 
 const SEQ_LEDGER: &str = "seq.ledger";
 const SEQ_ORDER: &str = "seq.order";
@@ -313,6 +323,14 @@ pub enum StoreError {
     /// No such wave.
     #[error("pick wave {0} does not exist")]
     WaveNotFound(u64),
+    /// The order is finished and frozen: it takes no more changes.
+    #[error("order {order} is finished and was frozen at {frozen_at_ms} ms; it takes no more changes")]
+    OrderFrozen {
+        /// The order.
+        order: OrderId,
+        /// When it was frozen, ms since the Unix epoch.
+        frozen_at_ms: u64,
+    },
     /// The order's state does not allow the step.
     #[error("order {order}: {source}")]
     Transition {
@@ -502,6 +520,17 @@ pub enum Command {
         /// Start after this SKU (`None`: from the first).
         after: Option<Sku>,
     },
+    /// Freezes finished orders (see [`crate::freeze`]): looks at most `orders_max` queued orders after
+    /// `after` (the caller passes back the returned cursor) and freezes those finished with a return window
+    /// of `return_window_ms`.
+    Freeze {
+        /// The return window, ms.
+        return_window_ms: u64,
+        /// Most orders looked at.
+        orders_max: usize,
+        /// Start after this order id (`None`: from the first).
+        after: Option<String>,
+    },
 }
 
 /// What a successful command produced.
@@ -528,6 +557,13 @@ pub enum Outcome {
         changed: Vec<Sku>,
         /// The cursor for the next tick.
         next_after: Option<Sku>,
+    },
+    /// Orders frozen, and where the next pass starts (`None`: from the first queued order again).
+    Frozen {
+        /// The orders frozen by this pass.
+        frozen: Vec<OrderId>,
+        /// The cursor for the next pass.
+        next_after: Option<String>,
     },
     /// Rows imported.
     Imported {
@@ -582,6 +618,8 @@ impl Store {
             for t in [CATALOG, BALANCES, ORDERS, IDEMPOTENCY, ESCROW] {
                 w.open_table(t)?;
             }
+            w.open_table(FROZEN)?;
+            fill_freeze_queue(&w)?;
             w.open_table(LEDGER)?;
             w.open_table(LEDGER_BY_SKU)?;
             w.open_table(ORDERS_BY_STATE)?;
@@ -769,6 +807,39 @@ impl Store {
         t.get(id.as_str())?.map(|v| dec("orders", v.value())).transpose()
     }
 
+    /// When the order was frozen, if it was ([`crate::freeze`]).
+    pub fn frozen_at(&self, id: &OrderId) -> Result<Option<u64>, StoreError> {
+        let t = self.read()?.open_table(FROZEN)?;
+        Ok(t.get(id.as_str())?.map(|v| v.value()))
+    }
+
+    /// One order and when it was frozen, read from the same snapshot (so a frozen order always comes with
+    /// its final record).
+    pub fn order_and_frozen_at(&self, id: &OrderId) -> Result<Option<(OrderRecord, Option<u64>)>, StoreError> {
+        let r = self.read()?;
+        let Some(rec) = r.open_table(ORDERS)?.get(id.as_str())?.map(|v| dec("orders", v.value())).transpose()? else {
+            return Ok(None);
+        };
+        let frozen = r.open_table(FROZEN)?.get(id.as_str())?.map(|v| v.value());
+        Ok(Some((rec, frozen)))
+    }
+
+    /// Orders waiting to be frozen once finished, with the start of their return window (0: at once), after
+    /// `after`, at most `limit`.
+    pub fn freeze_queue(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let t = self.read()?.open_table(FREEZE_QUEUE)?;
+        let range = match after {
+            Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
+            None => t.range::<&str>(..)?,
+        };
+        let mut out = Vec::new();
+        for item in range.take(limit.min(self.limits.page_max)) {
+            let (k, v) = item?;
+            out.push((k.value().to_owned(), v.value()));
+        }
+        Ok(out)
+    }
+
     /// A page of orders, optionally in one state, with ids after `after`.
     pub fn orders(
         &self,
@@ -860,6 +931,51 @@ fn page<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// Puts every order that may be frozen into the freeze queue, once: orders saved before the queue existed
+/// (an upgraded database). Runs at open, over the finished states' index only.
+fn fill_freeze_queue(w: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = w.open_table(META)?;
+    let mut queue = w.open_table(FREEZE_QUEUE)?;
+    if meta.get(FREEZE_QUEUE_FILLED)?.is_some() {
+        return Ok(());
+    }
+    let orders = w.open_table(ORDERS)?;
+    let by_state = w.open_table(ORDERS_BY_STATE)?;
+    let frozen = w.open_table(FROZEN)?;
+    for s in [
+        FulfillmentState::Rejected,
+        FulfillmentState::Shipped,
+        FulfillmentState::Delivered,
+        FulfillmentState::Cancelled,
+    ] {
+        let tag = s.tag();
+        for item in by_state.range((tag, "")..(tag.saturating_add(1), ""))? {
+            let (k, _) = item?;
+            let id = k.value().1;
+            if frozen.get(id)?.is_some() {
+                continue;
+            }
+            let Some(v) = orders.get(id)? else { continue };
+            let rec: OrderRecord = dec("orders", v.value())?;
+            if let Some(start) = queue_value(&rec) {
+                queue.insert(id, start)?;
+            }
+        }
+    }
+    meta.insert(FREEZE_QUEUE_FILLED, 1)?;
+    Ok(())
+}
+
+/// The freeze queue's value for `rec`: the start of its return window, 0 if finished at once, `None` if it
+/// is not waiting to be frozen.
+fn queue_value(rec: &OrderRecord) -> Option<u64> {
+    match freeze::finish(rec) {
+        freeze::Finish::Now => Some(0),
+        freeze::Finish::WindowFrom(t) => Some(t),
+        freeze::Finish::Open => None,
+    }
+}
+
 fn state_counter(s: FulfillmentState) -> String {
     format!("orders.{}", s.as_str())
 }
@@ -944,6 +1060,8 @@ struct Tx<'w> {
     feed: redb::Table<'w, u64, &'static [u8]>,
     meta: redb::Table<'w, &'static str, u64>,
     escrow: redb::Table<'w, &'static str, &'static [u8]>,
+    frozen: redb::Table<'w, &'static str, u64>,
+    freeze_queue: redb::Table<'w, &'static str, u64>,
     counters: BTreeMap<String, u64>,
 }
 
@@ -964,6 +1082,8 @@ impl<'w> Tx<'w> {
             feed: w.open_table(FEED)?,
             meta: w.open_table(META)?,
             escrow: w.open_table(ESCROW)?,
+            frozen: w.open_table(FROZEN)?,
+            freeze_queue: w.open_table(FREEZE_QUEUE)?,
             counters: BTreeMap::new(),
         })
     }
@@ -1031,6 +1151,16 @@ impl<'w> Tx<'w> {
             .map(|v| dec("orders", v.value()))
             .transpose()?
             .ok_or_else(|| StoreError::OrderNotFound(id.clone()))
+    }
+
+    /// An order about to be changed: refused with [`StoreError::OrderFrozen`] once it is frozen. Every
+    /// command that changes an existing order reads it through here, before anything else.
+    fn order_to_change(&self, id: &OrderId) -> Result<OrderRecord, StoreError> {
+        let rec = self.order(id)?;
+        if let Some(at) = self.frozen.get(id.as_str())? {
+            return Err(StoreError::OrderFrozen { order: id.clone(), frozen_at_ms: at.value() });
+        }
+        Ok(rec)
     }
 
     /// Appends `m` to the ledger and stores the new balance. The caller has validated `m` against the current
@@ -1110,7 +1240,50 @@ impl<'w> Tx<'w> {
             self.bump(&state_counter(rec.status), 1)?;
         }
         self.orders.insert(rec.id.as_str(), enc(rec)?.as_slice())?;
+        match queue_value(rec) {
+            Some(start) => self.freeze_queue.insert(rec.id.as_str(), start)?,
+            None => self.freeze_queue.remove(rec.id.as_str())?,
+        };
         self.feed_push(FeedEntry::Order(rec.id.clone()))
+    }
+
+    fn freeze(
+        &mut self,
+        return_window_ms: u64,
+        orders_max: usize,
+        after: Option<String>,
+    ) -> Result<Outcome, StoreError> {
+        let mut queued = Vec::new();
+        let range = match &after {
+            Some(a) => {
+                self.freeze_queue.range::<&str>((std::ops::Bound::Excluded(a.as_str()), std::ops::Bound::Unbounded))?
+            }
+            None => self.freeze_queue.range::<&str>(..)?,
+        };
+        for item in range.take(orders_max) {
+            let (k, v) = item?;
+            queued.push((k.value().to_owned(), v.value()));
+        }
+        let visited = queued.len();
+        let next_after = if visited == orders_max { queued.last().map(|(id, _)| id.clone()) } else { None };
+        let mut frozen = Vec::new();
+        for (id, start) in queued {
+            if start != 0 && self.now_ms < start.saturating_add(return_window_ms) {
+                continue;
+            }
+            let oid = OrderId::parse(&id)
+                .map_err(|e| StoreError::Corrupt { table: "freeze_queue", detail: e.to_string() })?;
+            // The record decides; the queue only saves reading records that cannot be due.
+            let rec = self.order(&oid)?;
+            if self.frozen.get(id.as_str())?.is_some() || !freeze::is_finished(&rec, self.now_ms, return_window_ms) {
+                continue;
+            }
+            self.frozen.insert(id.as_str(), self.now_ms)?;
+            self.freeze_queue.remove(id.as_str())?;
+            self.feed_push(FeedEntry::Order(oid.clone()))?;
+            frozen.push(oid);
+        }
+        Ok(Outcome::Frozen { frozen, next_after })
     }
 
     fn step(&self, rec: &OrderRecord, step: Step) -> Result<FulfillmentState, StoreError> {
@@ -1129,7 +1302,7 @@ impl<'w> Tx<'w> {
             Command::CreateWave { orders_max } => self.create_wave(orders_max.clamp(1, limits.wave_orders_max)),
             Command::ConfirmPicks { order, lines } => self.confirm_picks(order, lines),
             Command::Pack { order, parcels } => {
-                let mut rec = self.order(&order)?;
+                let mut rec = self.order_to_change(&order)?;
                 let to = self.step(&rec, Step::Pack)?;
                 let prev = rec.status;
                 rec.parcels = Some(parcels);
@@ -1139,7 +1312,7 @@ impl<'w> Tx<'w> {
             }
             Command::Ship { order, carrier, tracking } => self.ship(order, carrier, tracking),
             Command::Deliver { order } => {
-                let mut rec = self.order(&order)?;
+                let mut rec = self.order_to_change(&order)?;
                 let to = self.step(&rec, Step::Deliver)?;
                 let prev = rec.status;
                 self.transition(&mut rec, to, "delivered".into());
@@ -1150,7 +1323,7 @@ impl<'w> Tx<'w> {
             Command::Reaccept { order } => self.reaccept(order),
             Command::ReceiveReturn { order, lines, disposition } => self.receive_return(order, lines, disposition),
             Command::Refund { order, return_id } => {
-                let mut rec = self.order(&order)?;
+                let mut rec = self.order_to_change(&order)?;
                 let ret =
                     rec.returns.iter_mut().find(|r| r.id == return_id).ok_or_else(|| StoreError::LineMismatch {
                         order: order.clone(),
@@ -1173,7 +1346,7 @@ impl<'w> Tx<'w> {
                 self.accept_assignment(id, *draft, assigned_at_ms, auto_accept)
             }
             Command::RejectAssignment { order, reason } => {
-                let mut rec = self.order(&order)?;
+                let mut rec = self.order_to_change(&order)?;
                 let to = self.step(&rec, Step::Reject)?;
                 let prev = rec.status;
                 for i in 0..rec.lines.len() {
@@ -1187,6 +1360,9 @@ impl<'w> Tx<'w> {
             Command::EscrowSync { hub, policy } => self.escrow_sync(hub, &policy),
             Command::EscrowTick { hub_reachable, policy, skus_max, after } => {
                 self.escrow_tick(hub_reachable, &policy, skus_max.clamp(1, limits.escrow_tick_skus_max), after)
+            }
+            Command::Freeze { return_window_ms, orders_max, after } => {
+                self.freeze(return_window_ms, orders_max.clamp(1, FREEZE_ORDERS_MAX), after)
             }
             Command::Import { catalog, counts } => {
                 for (sku, _) in &counts {
@@ -1477,7 +1653,7 @@ impl<'w> Tx<'w> {
     }
 
     fn confirm_picks(&mut self, order: OrderId, confirms: Vec<PickConfirmation>) -> Result<Outcome, StoreError> {
-        let mut rec = self.order(&order)?;
+        let mut rec = self.order_to_change(&order)?;
         if rec.status != FulfillmentState::Picking {
             return Err(StoreError::Transition {
                 order,
@@ -1545,7 +1721,7 @@ impl<'w> Tx<'w> {
     }
 
     fn ship(&mut self, order: OrderId, carrier: String, tracking: String) -> Result<Outcome, StoreError> {
-        let mut rec = self.order(&order)?;
+        let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Ship)?;
         let prev = rec.status;
         for i in 0..rec.lines.len() {
@@ -1565,7 +1741,7 @@ impl<'w> Tx<'w> {
     }
 
     fn cancel(&mut self, order: OrderId, reason: String) -> Result<Outcome, StoreError> {
-        let mut rec = self.order(&order)?;
+        let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Cancel)?;
         let prev = rec.status;
         for i in 0..rec.lines.len() {
@@ -1588,7 +1764,7 @@ impl<'w> Tx<'w> {
     }
 
     fn reaccept(&mut self, order: OrderId) -> Result<Outcome, StoreError> {
-        let mut rec = self.order(&order)?;
+        let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Accept)?;
         let prev = rec.status;
         let mut shortfalls = Vec::new();
@@ -1626,7 +1802,7 @@ impl<'w> Tx<'w> {
         lines: Vec<ReturnLine>,
         disposition: Disposition,
     ) -> Result<Outcome, StoreError> {
-        let mut rec = self.order(&order)?;
+        let mut rec = self.order_to_change(&order)?;
         if !matches!(rec.status, FulfillmentState::Shipped | FulfillmentState::Delivered) {
             return Err(StoreError::LineMismatch {
                 order,
@@ -1703,3 +1879,71 @@ fn order_outcome(rec: OrderRecord, created: bool) -> Outcome {
 
 /// How long a caller waits for the writer before giving up on a request.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oms_protocol::domain::{Address, Channel, Contact, Currency, OrderLine};
+
+    #[test]
+    fn orders_saved_before_the_freeze_queue_existed_are_queued_once_at_open() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("node.redb");
+            let site = NodeId::parse("wh-a").unwrap();
+            let open = || Store::open(&path, site.clone(), Limits::default(), Arc::new(Metrics::new())).unwrap();
+            let store = open();
+            let sku = Sku::parse("A").unwrap();
+            store
+                .execute(Command::PutCatalog(CatalogItem { sku: sku.clone(), name: "A".into(), bin: "A".into() }))
+                .await
+                .unwrap();
+            store
+                .execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 5, note: None } })
+                .await
+                .unwrap();
+            let draft = OrderDraft {
+                external_ref: "x".into(),
+                channel: Channel::parse("web").unwrap(),
+                lines: vec![OrderLine {
+                    sku,
+                    qty: 1,
+                    unit_price_minor: 100,
+                    currency: Currency::parse("EUR").unwrap(),
+                }],
+                ship_to: Address {
+                    name: "A".into(),
+                    line1: "1".into(),
+                    line2: None,
+                    city: "B".into(),
+                    postcode: "1".into(),
+                    country: "DE".into(),
+                    lat: 52.0,
+                    lon: 13.0,
+                },
+                contact: Contact::default(),
+            };
+            let mut ids = Vec::new();
+            for key in ["cancelled", "open"] {
+                let cmd = Command::CreateOrder { key: key.into(), draft: Box::new(draft.clone()) };
+                let Ok(Outcome::Order { record, .. }) = store.execute(cmd).await else { panic!("not created") };
+                ids.push(record.id);
+            }
+            store.execute(Command::Cancel { order: ids[0].clone(), reason: "x".into() }).await.unwrap();
+            assert_eq!(store.freeze_queue(None, 10).unwrap(), vec![(ids[0].to_string(), 0)]);
+            store.close();
+            // The database as an older version left it: no queue, no flag.
+            {
+                let db = Database::create(&path).unwrap();
+                let w = db.begin_write().unwrap();
+                w.delete_table(FREEZE_QUEUE).unwrap();
+                w.open_table(META).unwrap().remove(FREEZE_QUEUE_FILLED).unwrap();
+                w.commit().unwrap();
+            }
+            let store = open();
+            assert_eq!(store.freeze_queue(None, 10).unwrap(), vec![(ids[0].to_string(), 0)], "queued at open");
+            store.close();
+        });
+    }
+}

@@ -454,3 +454,162 @@ async fn revoked_node_is_refused_at_its_next_handshake() {
     let log = std::fs::read_to_string(&node.log).unwrap_or_default();
     assert!(log.contains("sync: link down"), "the revoked node should see its link refused:\n{log}");
 }
+
+/// Drives a hand-made session as `node` (with its real certificate) that offers what `store` holds, until
+/// the hub refuses `want` documents or `budget` runs out; returns the refused documents.
+async fn hand_session(
+    certs: &Path,
+    quic: SocketAddr,
+    node: &str,
+    store: &mut MemDocs,
+    want: usize,
+    budget: Duration,
+) -> BTreeSet<DocId> {
+    let files = oms_transport::tls::ClientTlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join(format!("node-{node}.pem")),
+        key: certs.join(format!("node-{node}.key")),
+    };
+    let limits = oms_transport::Limits::default();
+    let ep = oms_transport::client_endpoint("127.0.0.1:0".parse().unwrap(), &files, &limits).unwrap();
+    let step = Duration::from_secs(10);
+    let conn = oms_transport::connect(&ep, quic, "localhost", step).await.unwrap();
+    let (mut send, recv) = oms_transport::open_bi(&conn, step).await.unwrap();
+    let mut frames = oms_node::sync::link::spawn_reader(recv, limits.frame_bytes_max, 64);
+    let me = PeerId::new(format!("oms://{TENANT}/node/{node}")).unwrap();
+    let hub_peer = PeerId::new(format!("oms://{TENANT}/hub")).unwrap();
+    let mut session = SyncSession::new_client(SessionConfig::default(), me, hub_peer, vec![8; 16], 0);
+    let mut refused = BTreeSet::new();
+    let started = Instant::now();
+    while started.elapsed() < budget && refused.len() < want {
+        let mut out = Vec::new();
+        while let Some(f) = session.poll_transmit() {
+            out.push(f);
+        }
+        oms_node::sync::link::write_frames(&mut send, &out, limits.frame_bytes_max, step).await.unwrap();
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                Event::PeerRefused { doc, .. } => {
+                    refused.insert(doc);
+                }
+                Event::Closed { code, reason, .. } => panic!("the hub closed the session: {code} {reason}"),
+                _ => {}
+            }
+        }
+        match tokio::time::timeout(Duration::from_millis(200), frames.recv()).await {
+            Ok(Some(Ok(frame))) => session.handle_frame(store, frame),
+            Ok(other) => panic!("stream ended: {other:?}"),
+            Err(_) => session.tick(store, u64::try_from(started.elapsed().as_millis()).unwrap_or(0)),
+        }
+    }
+    refused
+}
+
+/// A shipped order is frozen once its (tiny) return window passed: the node refuses a return with
+/// `order_frozen` and nothing changes; the hub shows it frozen; node and hub store its document as one full
+/// save; a change to the frozen document crafted with the node's own certificate is quarantined by the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_order_is_frozen_after_the_window_compacted_and_refuses_changes() {
+    const WINDOW_MS: u64 = 4_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &["wh-north"]);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let mut hub = spawn_hub(tmp.path(), &certs, quic, http_addr);
+    let extra = format!("\n[orders]\nreturn_window_ms = {WINDOW_MS}\nfreeze_interval_ms = 100\nfreeze_batch_max = 8\n");
+    let (config, node_http, dir) = cluster::node_config_with(tmp.path(), &certs, "wh-north", quic, &extra);
+    let mut north = cluster::spawn_node_with("wh-north", &config, node_http, &dir, "info");
+    let http = client();
+    wait_healthy(&http, hub.http).await;
+    wait_healthy(&http, north.http).await;
+    seed(&http, &north, 1).await;
+    let id = place(&http, &north, 0).await; // one unit of SKU-0
+    let base = format!("http://{}/v1", north.http);
+    let ok = |(s, v): (u16, Value), what: &str| assert!((200..300).contains(&s), "{what}: {s} {v}");
+    ok(oms_tests::post(&http, format!("{base}/waves"), json!({})).await, "wave");
+    let picks = json!({"lines": [{"sku": "SKU-0", "picked": 1}]});
+    ok(oms_tests::post(&http, format!("{base}/orders/{id}/picks"), picks).await, "picks");
+    ok(oms_tests::post(&http, format!("{base}/orders/{id}/pack"), json!({})).await, "pack");
+    let ship = json!({"carrier": "DHL", "tracking": "T-1"});
+    ok(oms_tests::post(&http, format!("{base}/orders/{id}/ship"), ship).await, "ship");
+    let shipped_at = Instant::now();
+    let v = get_json(&http, format!("{base}/orders/{id}")).await.unwrap();
+    if shipped_at.elapsed() < Duration::from_millis(WINDOW_MS) {
+        assert!(v.get("frozen_at_ms").is_none(), "frozen within the return window: {v}");
+    }
+
+    // Frozen at the node after the window (bounded wait).
+    let deadline = Instant::now() + SYNC_DEADLINE;
+    let frozen = loop {
+        let v = get_json(&http, format!("{base}/orders/{id}")).await.unwrap();
+        if v["frozen_at_ms"].is_u64() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never frozen: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(frozen["status"], "shipped");
+    assert!(shipped_at.elapsed() >= Duration::from_millis(WINDOW_MS), "frozen before the window passed");
+
+    // A return (and a cancel) after freezing: 409 order_frozen, nothing changes.
+    let stock = get_json(&http, format!("{base}/stock/SKU-0")).await.unwrap();
+    let ret = json!({"lines": [{"sku": "SKU-0", "qty": 1}], "disposition": "restock"});
+    let r = http.post(format!("{base}/orders/{id}/returns")).json(&ret).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["code"], "order_frozen", "{p}");
+    assert_eq!(p["frozen_at_ms"], frozen["frozen_at_ms"]);
+    let (s, p) = oms_tests::post(&http, format!("{base}/orders/{id}/cancel"), json!({})).await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("order_frozen")), "{p}");
+    assert_eq!(get_json(&http, format!("{base}/orders/{id}")).await.unwrap(), frozen, "the order changed");
+    assert_eq!(get_json(&http, format!("{base}/stock/SKU-0")).await.unwrap(), stock, "the stock changed");
+
+    // The hub shows it frozen, with the node's time.
+    let deadline = Instant::now() + SYNC_DEADLINE;
+    let hub_view = loop {
+        let v = get_json(&http, format!("http://{}/v1/orders/{id}", hub.http)).await;
+        if let Some(v) = v
+            && v["frozen_at_ms"] == frozen["frozen_at_ms"]
+        {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the hub never saw the freeze");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(hub_view["status"], "shipped");
+
+    // The node stores the document as one full save.
+    north.proc.kill9();
+    let doc_name = format!("order/{id}");
+    let sync_db = dir.join("data").join("sync.redb");
+    let (full, increments) = oms_node::sync::docdb::stored_doc_parts(&sync_db, &doc_name).unwrap();
+    assert!(full.is_some() && increments == 0, "node: full save {full:?}, {increments} increments");
+
+    // A change to the frozen document, made with the node's own certificate: quarantined by the hub.
+    let doc_id = DocId::new(doc_name.clone()).unwrap();
+    let mut tampered = {
+        let mut db = oms_node::sync::docdb::DocDb::open(&sync_db, vec![3; 16], 1_000).unwrap();
+        db.get_mut(&doc_id).unwrap().fork()
+    };
+    let node_map = match oms_protocol::sync::automerge::ReadDoc::get(&tampered, ROOT, "node").unwrap() {
+        Some((_, obj)) => obj,
+        None => panic!("no node map"),
+    };
+    tampered.put(&node_map, "status", "delivered").unwrap();
+    tampered.commit();
+    let mut store = MemDocs::default();
+    store.docs.insert(doc_id.clone(), tampered);
+    let refused = hand_session(&certs, quic, "wh-north", &mut store, 1, Duration::from_secs(20)).await;
+    assert_eq!(refused, [doc_id.clone()].into_iter().collect::<BTreeSet<_>>());
+    let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
+    let n = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "wh-north").unwrap().clone();
+    assert!(n["changes_quarantined"].as_u64().unwrap() >= 1, "{n}");
+    let after = get_json(&http, format!("http://{}/v1/orders/{id}", hub.http)).await.unwrap();
+    assert_eq!(after, hub_view, "the hub applied a change to a frozen order");
+
+    // The hub stores it as one full save too.
+    hub.proc.kill9();
+    let hub_db = tmp.path().join("hub-data").join("hub.redb");
+    let (full, increments) = oms_node::sync::docdb::stored_doc_parts(&hub_db, &doc_name).unwrap();
+    assert!(full.is_some() && increments == 0, "hub: full save {full:?}, {increments} increments");
+}

@@ -423,6 +423,15 @@ impl DocDb {
         self.removed.insert(doc.clone());
     }
 
+    /// Makes the next flush write `doc` as one full save and delete its increments (e.g. a frozen order
+    /// document, which will not change again).
+    pub fn compact(&mut self, doc: &DocId) {
+        if let Some(p) = self.persisted.get_mut(doc) {
+            p.full_needed = true;
+        }
+        self.mark_dirty(doc);
+    }
+
     /// Marks a document for the next [`DocDb::flush`].
     pub fn mark_dirty(&mut self, doc: &DocId) {
         if self.docs.contains_key(doc) {
@@ -752,6 +761,18 @@ pub fn stored_doc_ids(path: &Path) -> Result<Vec<String>, DocDbError> {
         out.push(item.map_err(|e| storage(&e))?.0.value().to_owned());
     }
     Ok(out)
+}
+
+/// What a `sync.redb` / `hub.redb` file that no process holds open stores for `doc`: the size of its full
+/// save (`None` if it has none) and the number of increments appended after it (for tests and operators).
+pub fn stored_doc_parts(path: &Path, doc: &str) -> Result<(Option<usize>, usize), DocDbError> {
+    let storage = |e: &dyn std::fmt::Display| DocDbError::Storage { path: path.into(), detail: e.to_string() };
+    let db = Database::open(path).map_err(|e| storage(&e))?;
+    let r = db.begin_read().map_err(|e| storage(&e))?;
+    let full = r.open_table(DOCS).map_err(|e| storage(&e))?.get(doc).map_err(|e| storage(&e))?.map(|v| v.value().len());
+    let incs = r.open_table(DOC_INCREMENTS).map_err(|e| storage(&e))?;
+    let increments = incs.range((doc, 0)..=(doc, u64::MAX)).map_err(|e| storage(&e))?.count();
+    Ok((full, increments))
 }
 
 /// Re-exported so callers name the same Automerge.

@@ -78,7 +78,7 @@ async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), Stor
                 if cancellable {
                     let reason = "requested by the hub (customer)".to_owned();
                     match store.execute(Command::Cancel { order: id.clone(), reason }).await {
-                        Ok(_) | Err(StoreError::Transition { .. }) => {}
+                        Ok(_) | Err(StoreError::Transition { .. } | StoreError::OrderFrozen { .. }) => {}
                         Err(e) => return Err(e),
                     }
                 } else if let Some(s) = status

@@ -317,14 +317,24 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
     let now = now_ms();
     let node = docs.node.clone();
     let mut changed = BTreeSet::new();
+    let mut frozen = Vec::new();
     let mut pending_full = false;
     for (_, entry) in entries {
         match entry {
             FeedEntry::Order(id) => {
-                let Some(rec) = store.order(&id)? else { continue };
+                // The record and its freeze from one snapshot: a frozen order's document gets its final
+                // progress and `frozen_at_ms` in the same change, its last.
+                let Some((rec, frozen_at)) = store.order_and_frozen_at(&id)? else { continue };
                 let Some(name) = schema::order_doc(&id) else { continue };
                 let doc = docs.db.get_or_create(&name)?;
-                if schema::write_order(doc, &node, &rec, now)? {
+                let mut wrote = schema::write_order(doc, &node, &rec, now)?;
+                if let Some(at) = frozen_at
+                    && schema::write_frozen(doc, at)?
+                {
+                    wrote = true;
+                    frozen.push(name.clone());
+                }
+                if wrote {
                     changed.insert(name);
                 }
             }
@@ -366,6 +376,10 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
             doc.commit();
         }
         docs.db.mark_dirty(name);
+    }
+    // A frozen order's document does not change any more: store it as one full save.
+    for name in &frozen {
+        docs.db.compact(name);
     }
     if let Some(last) = last {
         docs.db.set_meta(FEED_CURSOR, last);
@@ -507,6 +521,11 @@ async fn run_session(
                     }
                     Event::DocChanged { doc } => {
                         docs.db.mark_dirty(&doc);
+                        // A change that reached a frozen order anyway (the hub's, concurrent with the freeze):
+                        // keep the document one full save.
+                        if docs.db.get(&doc).and_then(schema::frozen_at_ms).is_some() {
+                            docs.db.compact(&doc);
+                        }
                         let mut inbound = lock(&shared.inbound);
                         if inbound.len() < shared.tuning.dirty_docs_max {
                             inbound.insert(doc);
@@ -601,4 +620,121 @@ async fn persist(shared: &Shared) -> Result<(), DocDbError> {
 /// catch-up fills each flush and each write.
 pub fn session_config() -> SessionConfig {
     SessionConfig { manifest_interval_ms: 15_000, docs_in_flight_max: 256, ..SessionConfig::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{CatalogItem, Command, Limits, Outcome, PickConfirmation};
+    use oms_protocol::domain::{
+        Address, Channel, Contact, Currency, FulfillmentState, Movement, OrderDraft, OrderId, OrderLine,
+    };
+
+    fn draft(sku: &Sku) -> OrderDraft {
+        OrderDraft {
+            external_ref: "w".into(),
+            channel: Channel::parse("web").unwrap(),
+            lines: vec![OrderLine {
+                sku: sku.clone(),
+                qty: 1,
+                unit_price_minor: 100,
+                currency: Currency::parse("EUR").unwrap(),
+            }],
+            ship_to: Address {
+                name: "A".into(),
+                line1: "1".into(),
+                line2: None,
+                city: "B".into(),
+                postcode: "1".into(),
+                country: "DE".into(),
+                lat: 52.0,
+                lon: 13.0,
+            },
+            contact: Contact::default(),
+        }
+    }
+
+    /// Runs the follower until the feed is drained (bounded).
+    fn drain(docs: &mut NodeDocs, store: &Store) {
+        for _ in 0..100 {
+            if ingest(docs, store, &SyncTuning::default()).unwrap().is_none() {
+                return;
+            }
+        }
+        panic!("the feed did not drain");
+    }
+
+    fn open_docs(path: &Path, node: &NodeId) -> NodeDocs {
+        let db = DocDb::open(path, vec![1; 16], 1_000).unwrap();
+        NodeDocs { db, node: node.clone(), stock_pending: BTreeSet::new(), stock_written_ms: 0 }
+    }
+
+    #[test]
+    fn the_follower_writes_the_freeze_last_and_compacts_the_document() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let node = NodeId::parse("wh-a").unwrap();
+            let metrics = Arc::new(crate::metrics::Metrics::new());
+            let store = Store::open(&dir.path().join("node.redb"), node.clone(), Limits::default(), metrics).unwrap();
+            let sku = Sku::parse("A").unwrap();
+            store
+                .execute(Command::PutCatalog(CatalogItem { sku: sku.clone(), name: "A".into(), bin: "A".into() }))
+                .await
+                .unwrap();
+            store
+                .execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 5, note: None } })
+                .await
+                .unwrap();
+            let cmd = Command::CreateOrder { key: "k".into(), draft: Box::new(draft(&sku)) };
+            let Outcome::Order { record, .. } = store.execute(cmd).await.unwrap() else { panic!() };
+            let id: OrderId = record.id;
+            let name = schema::order_doc(&id).unwrap();
+            let path = dir.path().join(SYNC_DB_FILE);
+
+            // Each step written by its own follower pass: one full save, then increments.
+            let mut docs = open_docs(&path, &node);
+            drain(&mut docs, &store);
+            let steps = [
+                Command::CreateWave { orders_max: 1 },
+                Command::ConfirmPicks {
+                    order: id.clone(),
+                    lines: vec![PickConfirmation { sku: sku.clone(), picked: 1 }],
+                },
+                Command::Pack { order: id.clone(), parcels: 1 },
+                Command::Ship { order: id.clone(), carrier: "DHL".into(), tracking: "T".into() },
+            ];
+            for cmd in steps {
+                store.execute(cmd).await.unwrap();
+                drain(&mut docs, &store);
+            }
+            drop(docs);
+            let (full, increments) = docdb::stored_doc_parts(&path, name.as_str()).unwrap();
+            assert!(full.is_some() && increments >= 3, "{full:?} {increments}");
+
+            // Frozen in the store: the follower writes it into the document and compacts its storage.
+            let cmd = Command::Freeze { return_window_ms: 0, orders_max: 10, after: None };
+            let Outcome::Frozen { frozen, .. } = store.execute(cmd).await.unwrap() else { panic!() };
+            assert_eq!(frozen, vec![id.clone()]);
+            let at = store.frozen_at(&id).unwrap().unwrap();
+            let mut docs = open_docs(&path, &node);
+            drain(&mut docs, &store);
+            let doc = docs.db.get(&name).unwrap();
+            assert_eq!(schema::frozen_at_ms(doc), Some(at));
+            let view = schema::read_order(doc, name.as_str()).unwrap();
+            assert_eq!(view.progress.unwrap().status, FulfillmentState::Shipped);
+            let heads = docs.db.get_mut(&name).unwrap().get_heads();
+            drop(docs);
+            assert_eq!(docdb::stored_doc_parts(&path, name.as_str()).unwrap().1, 0, "one full save, no increments");
+
+            // Replaying the whole feed (a crash before the cursor moved) adds no change.
+            let mut docs = open_docs(&path, &node);
+            docs.db.set_meta(FEED_CURSOR, 0);
+            drain(&mut docs, &store);
+            assert_eq!(docs.db.get_mut(&name).unwrap().get_heads(), heads);
+            drop(docs);
+            assert_eq!(docdb::stored_doc_parts(&path, name.as_str()).unwrap().1, 0);
+            store.close();
+        });
+    }
 }

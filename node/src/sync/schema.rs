@@ -78,6 +78,9 @@ pub mod keys {
     pub const ESCROW: &str = "escrow";
     /// postcard `SiteInfo` in a stock document: where the site is and what it can take.
     pub const SITE_INFO: &str = "site_info";
+    /// The fulfilling node froze the finished order at this time, ms since the Unix epoch (in [`NODE`]). The
+    /// change that sets it is the document's last: nobody may change a frozen order document.
+    pub const FROZEN_AT_MS: &str = "frozen_at_ms";
 }
 
 /// What a node tells the hub about its site, for routing.
@@ -223,6 +226,8 @@ pub struct OrderView {
     pub cancel_requested_at_ms: Option<u64>,
     /// For a hub-created fulfillment order: the customer order.
     pub parent: Option<String>,
+    /// The fulfilling node froze the finished order at this time; the document does not change any more.
+    pub frozen_at_ms: Option<u64>,
 }
 
 /// A stock document's contents.
@@ -264,9 +269,13 @@ fn get_u64(doc: &AutoCommit, obj: &automerge::ObjId, key: &str) -> Result<Option
 }
 
 /// Writes `rec` into its order document (creating the immutable part on first write). Only what differs is
-/// written, so replaying the change feed after a crash adds no changes. Returns true if the document changed.
+/// written, so replaying the change feed after a crash adds no changes. A frozen document is never written
+/// again. Returns true if the document changed.
 pub fn write_order(doc: &mut AutoCommit, origin: &NodeId, rec: &OrderRecord, now_ms: u64) -> Result<bool, SchemaError> {
     let name = rec.id.as_str();
+    if frozen_at_ms(doc).is_some() {
+        return Ok(false);
+    }
     let mut changed = false;
     if doc.get(ROOT, keys::V)?.is_none() {
         doc.put(ROOT, keys::V, SCHEMA_VERSION)?;
@@ -321,6 +330,7 @@ pub fn read_order(doc: &AutoCommit, name: &str) -> Result<OrderView, SchemaError
         }
         node_updated_at_ms = get_u64(doc, &node, keys::UPDATED_AT_MS)?.unwrap_or(0);
     }
+    let frozen_at_ms = frozen_at_ms(doc);
     let (mut cancel_requested_at_ms, mut parent) = (None, None);
     if let Some((automerge::Value::Object(ObjType::Map), hub)) = doc.get(ROOT, keys::HUB)? {
         cancel_requested_at_ms = get_u64(doc, &hub, keys::CANCEL_REQUESTED_AT_MS)?;
@@ -336,7 +346,41 @@ pub fn read_order(doc: &AutoCommit, name: &str) -> Result<OrderView, SchemaError
         node_updated_at_ms,
         cancel_requested_at_ms,
         parent,
+        frozen_at_ms,
     })
+}
+
+/// Freezes a finished order's document (fulfilling node only): sets [`keys::FROZEN_AT_MS`] in the node's map
+/// unless it is set already. Written after the order's last progress, in the same Automerge change, by the
+/// feed follower. Returns true if the document changed.
+pub fn write_frozen(doc: &mut AutoCommit, at_ms: u64) -> Result<bool, SchemaError> {
+    if frozen_at_ms(doc).is_some() {
+        return Ok(false);
+    }
+    let node = map_obj(doc, &ROOT, keys::NODE)?;
+    doc.put(&node, keys::FROZEN_AT_MS, at_ms)?;
+    Ok(true)
+}
+
+/// When the order document was frozen, if it is.
+pub fn frozen_at_ms(doc: &AutoCommit) -> Option<u64> {
+    match doc.get(ROOT, keys::NODE).ok().flatten() {
+        Some((automerge::Value::Object(ObjType::Map), node)) => get_u64(doc, &node, keys::FROZEN_AT_MS).ok().flatten(),
+        _ => None,
+    }
+}
+
+/// Whether the document was already frozen at `heads` (an empty `heads` is the empty document).
+pub fn frozen_at(doc: &AutoCommit, heads: &[automerge::ChangeHash]) -> bool {
+    if heads.is_empty() {
+        return false;
+    }
+    match doc.get_at(ROOT, keys::NODE, heads).ok().flatten() {
+        Some((automerge::Value::Object(ObjType::Map), node)) => {
+            doc.get_at(&node, keys::FROZEN_AT_MS, heads).ok().flatten().is_some()
+        }
+        _ => false,
+    }
 }
 
 /// The order's origin and fulfilling site, read without decoding the draft (for entitlement checks).
@@ -366,8 +410,12 @@ pub fn order_status(doc: &AutoCommit) -> Option<String> {
     }
 }
 
-/// Records the hub's request to cancel an order (hub only). Returns true if the document changed.
+/// Records the hub's request to cancel an order (hub only). A frozen order is finished and its document
+/// does not change: nothing is written. Returns true if the document changed.
 pub fn request_cancel(doc: &mut AutoCommit, now_ms: u64) -> Result<bool, SchemaError> {
+    if frozen_at_ms(doc).is_some() {
+        return Ok(false);
+    }
     let hub = map_obj(doc, &ROOT, keys::HUB)?;
     if get_u64(doc, &hub, keys::CANCEL_REQUESTED_AT_MS)?.is_some() {
         return Ok(false);
@@ -553,8 +601,8 @@ fn root_key(p: &Patch) -> Option<String> {
 
 /// Checks that the changes between `before` and the current heads of `doc` touch only what `writer` owns:
 /// a node writes the creation fields of its own order once, its `node` map, and its own stock document; the
-/// hub writes the `hub` map of orders and nothing else. `doc` must have been checked against the layout by
-/// id ([`DocKind::of`]).
+/// hub writes the `hub` map of orders and nothing else. Nobody changes an order document that was frozen at
+/// `before` ([`keys::FROZEN_AT_MS`]). `doc` must have been checked against the layout by id ([`DocKind::of`]).
 pub fn check_writer(
     doc: &mut AutoCommit,
     name: &DocId,
@@ -584,6 +632,9 @@ pub fn check_writer(
         },
         (DocKind::Escrow(_), Writer::Node(_)) => Err(violation("the hub's escrow view".into())),
         (DocKind::Order(id), writer) => {
+            if frozen_at(doc, before) {
+                return Err(violation(format!("order {id}, which is frozen")));
+            }
             let created_before = !before.is_empty() && doc.get_at(ROOT, keys::V, before).ok().flatten().is_some();
             for p in &patches {
                 let key = root_key(p).ok_or_else(|| violation("a non-map root".into()))?;
@@ -724,5 +775,61 @@ mod tests {
         assert!(check_writer(&mut s, &sname, &[], Writer::Node(&other)).is_err());
         assert!(check_writer(&mut s, &sname, &[], Writer::Hub).is_err());
         assert_eq!(read_stock(&s, "s", 10).unwrap().skus.len(), 1);
+    }
+
+    #[test]
+    fn the_freeze_is_the_last_change_of_an_order_document() {
+        let rec = record("wh-north", 2);
+        let name = order_doc(&rec.id).unwrap();
+        let n = node("wh-north");
+        let mut doc = AutoCommit::new();
+        write_order(&mut doc, &n, &rec, 10).unwrap();
+        doc.commit();
+        let created = doc.get_heads();
+
+        // The node's final progress and the freeze, in one change: accepted.
+        let mut shipped = rec.clone();
+        shipped.status = FulfillmentState::Shipped;
+        assert!(write_order(&mut doc, &n, &shipped, 20).unwrap());
+        assert!(write_frozen(&mut doc, 30).unwrap());
+        doc.commit();
+        assert_eq!(check_writer(&mut doc, &name, &created, Writer::Node(&n)), Ok(()));
+        assert_eq!(frozen_at_ms(&doc), Some(30));
+        assert_eq!(read_order(&doc, "x").unwrap().frozen_at_ms, Some(30));
+        assert_eq!(read_order(&doc, "x").unwrap().progress.unwrap().status, FulfillmentState::Shipped);
+        let frozen = doc.get_heads();
+        assert!(!frozen_at(&doc, &created) && frozen_at(&doc, &frozen) && !frozen_at(&doc, &[]));
+
+        // Nothing here writes a frozen document again.
+        let mut delivered = shipped.clone();
+        delivered.status = FulfillmentState::Delivered;
+        assert!(!write_order(&mut doc, &n, &delivered, 40).unwrap());
+        assert!(!write_frozen(&mut doc, 50).unwrap());
+        assert!(!request_cancel(&mut doc, 60).unwrap());
+        doc.commit();
+        assert_eq!(doc.get_heads(), frozen);
+        assert_eq!(frozen_at_ms(&doc), Some(30), "the first freeze time stays");
+
+        // A hand-made change after the freeze is refused from anyone: the node's own progress, unfreezing,
+        // the hub's own map.
+        let node_map = doc.get(ROOT, keys::NODE).unwrap().unwrap().1;
+        let mut by_node = doc.fork();
+        by_node.put(&node_map, keys::STATUS, "delivered").unwrap();
+        by_node.commit();
+        assert!(check_writer(&mut by_node, &name, &frozen, Writer::Node(&n)).is_err());
+        let mut unfreeze = doc.fork();
+        unfreeze.delete(&node_map, keys::FROZEN_AT_MS).unwrap();
+        unfreeze.commit();
+        assert!(check_writer(&mut unfreeze, &name, &frozen, Writer::Node(&n)).is_err());
+        let mut by_hub = doc.fork();
+        let hub_map = by_hub.put_object(ROOT, keys::HUB, ObjType::Map).unwrap();
+        by_hub.put(&hub_map, keys::CANCEL_REQUESTED_AT_MS, 70u64).unwrap();
+        by_hub.commit();
+        assert!(check_writer(&mut by_hub, &name, &frozen, Writer::Hub).is_err());
+        // The same hub change before the freeze was fine.
+        let mut early = doc.fork_at(&created).unwrap();
+        request_cancel(&mut early, 15).unwrap();
+        early.commit();
+        assert_eq!(check_writer(&mut early, &name, &created, Writer::Hub), Ok(()));
     }
 }
