@@ -185,6 +185,23 @@ struct PeerManifest {
     seen: BTreeSet<DocId>,
 }
 
+/// What a [`SyncSession`] holds at one moment ([`SyncSession::sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionSizes {
+    /// Frames waiting for [`SyncSession::poll_transmit`].
+    pub outbound: usize,
+    /// Events waiting for [`SyncSession::poll_event`].
+    pub events: usize,
+    /// Documents waiting to be started.
+    pub pending: usize,
+    /// Documents in flight.
+    pub in_flight: usize,
+    /// Automerge sync states held in memory.
+    pub doc_states: usize,
+    /// Documents the peer refused in this session.
+    pub refused_by_peer: usize,
+}
+
 /// One side of one sync connection. See the module docs.
 pub struct SyncSession {
     cfg: SessionConfig,
@@ -325,6 +342,18 @@ impl SyncSession {
     /// True when nothing is pending, in flight or queued.
     pub fn is_idle(&self) -> bool {
         self.outbound.is_empty() && self.pending.is_empty() && self.in_flight.is_empty()
+    }
+
+    /// How much the session holds right now (queues and per-document tables), for tests and metrics.
+    pub fn sizes(&self) -> SessionSizes {
+        SessionSizes {
+            outbound: self.outbound.len(),
+            events: self.events.len(),
+            pending: self.pending.len(),
+            in_flight: self.in_flight.len(),
+            doc_states: self.docs.len(),
+            refused_by_peer: self.refused_by_peer.len(),
+        }
     }
 
     /// The next frame to send.
