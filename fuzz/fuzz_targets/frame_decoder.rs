@@ -18,8 +18,12 @@ fuzz_target!(|data: &[u8]| {
     let mut failed: Option<WireError> = None;
     let (mut rest, mut i) = (bytes, 0usize);
     while !rest.is_empty() {
-        let n = usize::from(cuts[i % cuts.len()]).min(rest.len());
+        let cut = usize::from(cuts[i % cuts.len()]);
         i += 1;
+        if cut == 0 {
+            d.push(&[]); // An empty read changes nothing; then one byte, so that the loop ends.
+        }
+        let n = cut.clamp(1, rest.len());
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
         d.push(chunk);

@@ -323,7 +323,7 @@ proptest! {
             prop_assert!(matches!(
                 &events[..],
                 [Event::Closed { code: ErrorCode::UnsupportedVersion, by_peer: false, .. }]
-            ));
+            ), "{:?}", events);
             s.handle_frame(&mut store, valid_hello());
             s.tick(&mut store, 10_000);
             prop_assert!(drain_out(&mut s).is_empty() && drain_events(&mut s).is_empty());
@@ -634,20 +634,20 @@ proptest! {
                 if by_peer {
                     prop_assert!(out.is_empty());
                 } else {
-                    prop_assert!(matches!(out.last(), Some(Frame::Refuse { code: c, .. }) if *c == code));
+                    prop_assert!(matches!(out.last(), Some(Frame::Refuse { code: c, .. }) if *c == code), "{:?}", out);
                     prop_assert!(!matches!(code, ErrorCode::NoError | ErrorCode::Unknown));
                 }
                 continue;
             }
             match &frame {
-                Some(Frame::Ping { nonce }) => prop_assert!(out.contains(&Frame::Pong { nonce: *nonce })),
+                Some(Frame::Ping { nonce }) => prop_assert!(out.contains(&Frame::Pong { nonce: *nonce }), "{:?}", out),
                 Some(Frame::Hello(_)) => prop_assert!(matches!(out.first(), Some(Frame::HelloAck(_)))),
                 Some(Frame::Sync { doc, .. }) if !node_entitled(doc) => {
-                    prop_assert!(out.contains(&Frame::Refused { doc: doc.clone(), code: ErrorCode::NotEntitled }));
+                    prop_assert!(out.contains(&Frame::Refused { doc: doc.clone(), code: ErrorCode::NotEntitled }), "{:?}", out);
                 }
                 Some(Frame::Manifest(m)) if manifest_taken => {
                     for e in m.docs.iter().filter(|e| !node_entitled(&e.doc)) {
-                        prop_assert!(out.contains(&Frame::Refused { doc: e.doc.clone(), code: ErrorCode::NotEntitled }));
+                        prop_assert!(out.contains(&Frame::Refused { doc: e.doc.clone(), code: ErrorCode::NotEntitled }), "{:?}", out);
                     }
                 }
                 _ => {}

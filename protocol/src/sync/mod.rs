@@ -489,7 +489,11 @@ impl SyncSession {
             Frame::Refused { doc, code } => {
                 self.in_flight.remove(&doc);
                 self.docs.remove(&doc);
-                self.refused_by_peer.insert(doc.clone());
+                // Remembered only for a document held here (the only kind we send): a peer cannot grow the
+                // set by refusing names.
+                if store.heads(&doc).is_some() {
+                    self.refused_by_peer.insert(doc.clone());
+                }
                 self.events.push_back(Event::PeerRefused { doc, code });
             }
             Frame::Ping { nonce } => self.outbound.push_back(Frame::Pong { nonce }),
@@ -529,6 +533,11 @@ impl SyncSession {
             }
             assembling.seen.insert(entry.doc.clone());
             let ours = store.heads(&entry.doc).map(|h| sorted(hashes(&h)));
+            if ours.is_none() {
+                // Not held here: the peer sends it (our manifest lacks it), so there is nothing to start and
+                // no state to keep for a name the peer merely announced.
+                continue;
+            }
             if ours.as_ref() != Some(&sorted(entry.heads)) {
                 to_schedule.push(entry.doc);
             } else if self.in_flight.contains(&entry.doc) {
@@ -585,6 +594,7 @@ impl SyncSession {
             None => match store.create_doc(&doc) {
                 Ok(d) => d,
                 Err(e) => {
+                    self.docs.remove(&doc);
                     self.events.push_back(Event::DocFailed { doc, code: ErrorCode::Internal });
                     drop(e);
                     return;
@@ -652,6 +662,7 @@ impl SyncSession {
         let Some(automerge_doc) = store.doc_mut(doc) else {
             // We do not hold it: the peer does and will send it.
             self.in_flight.remove(doc);
+            self.docs.remove(doc);
             return;
         };
         let generated = automerge_doc.sync().generate_sync_message(&mut entry.state);
