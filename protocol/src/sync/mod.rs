@@ -489,9 +489,9 @@ impl SyncSession {
             Frame::Refused { doc, code } => {
                 self.in_flight.remove(&doc);
                 self.docs.remove(&doc);
-                // Remembered only for a document held here (the only kind we send): a peer cannot grow the
-                // set by refusing names.
-                if store.heads(&doc).is_some() {
+                // Remembered only for a document we may send (entitled and held): a peer cannot grow the set
+                // by refusing names.
+                if store.entitled(&self.peer, &doc) && store.heads(&doc).is_some() {
                     self.refused_by_peer.insert(doc.clone());
                 }
                 self.events.push_back(Event::PeerRefused { doc, code });
