@@ -262,6 +262,25 @@ proptest! {
         prop_assert_eq!(d.finish(), Err(e));
     }
 
+    /// A frame followed in the same read by an oversized length prefix: taking the frame out already refuses
+    /// the next one, so a caller that pushes again before asking for the next frame buffers nothing of it.
+    #[test]
+    fn an_oversized_prefix_behind_a_frame_is_refused_when_the_frame_is_taken(
+        frame in arb_frame(),
+        len in (MAX as u32 + 1)..=u32::MAX,
+        tail in vec(any::<u8>(), 1..2048),
+    ) {
+        let mut bytes = Vec::new();
+        encode_frame_into(&frame, MAX, &mut bytes).unwrap();
+        bytes.extend_from_slice(&len.to_le_bytes());
+        let mut d = FrameDecoder::new(MAX);
+        d.push(&bytes);
+        prop_assert_eq!(d.next_frame(), Ok(Some(frame)));
+        d.push(&tail);
+        prop_assert_eq!(d.buffered_bytes(), 0);
+        prop_assert_eq!(d.next_frame(), Err(WireError::FrameTooLarge { len: len as usize, max: MAX }));
+    }
+
     /// The sender refuses to encode a frame beyond its limit and leaves the output as it was.
     #[test]
     fn oversized_frames_are_not_encoded(msg in vec(any::<u8>(), 0..1200), before in vec(any::<u8>(), 0..8)) {
