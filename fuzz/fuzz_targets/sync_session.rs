@@ -37,7 +37,11 @@ fn heads(u: &mut Unstructured<'_>, store: &mut MemStore, d: &DocId) -> Result<Ve
 }
 
 /// A frame built from choices, so that document ids, heads and sync messages are meaningful.
-fn built_frame(u: &mut Unstructured<'_>, store: &mut MemStore, node: &mut BTreeMap<DocId, AutoCommit>) -> Result<Frame> {
+fn built_frame(
+    u: &mut Unstructured<'_>,
+    store: &mut MemStore,
+    node: &mut BTreeMap<DocId, AutoCommit>,
+) -> Result<Frame> {
     Ok(match u.int_in_range(0u8..=8)? {
         0 => Frame::Hello(Hello {
             version: u.int_in_range(0..=3)?,

@@ -48,7 +48,8 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 actor
             })
         ),
-        (any::<u32>(), "[ -~]{0,40}").prop_map(|(c, reason)| Frame::Refuse { code: ErrorCode::from_u32(c % 12), reason }),
+        (any::<u32>(), "[ -~]{0,40}")
+            .prop_map(|(c, reason)| Frame::Refuse { code: ErrorCode::from_u32(c % 12), reason }),
         (any::<u32>(), vec((doc_id(), heads.clone()), 0..4), any::<bool>()).prop_map(|(round, docs, last)| {
             let docs = docs.into_iter().map(|(doc, heads)| ManifestEntry { doc, heads }).collect();
             Frame::Manifest(Manifest { round, docs, last })
@@ -483,7 +484,9 @@ fn resolve(heads: &HeadsSpec, store: &mut MemStore, i: usize) -> Vec<[u8; 32]> {
     match heads {
         HeadsSpec::Empty => vec![],
         HeadsSpec::Random(h) => h.clone(),
-        HeadsSpec::Hubs => store.docs.get_mut(&doc(i)).map(|d| d.get_heads().iter().map(|h| h.0).collect()).unwrap_or_default(),
+        HeadsSpec::Hubs => {
+            store.docs.get_mut(&doc(i)).map(|d| d.get_heads().iter().map(|h| h.0).collect()).unwrap_or_default()
+        }
     }
 }
 
@@ -496,12 +499,9 @@ fn build(spec: &FrameSpec, store: &mut MemStore, node: &mut NodeDocs) -> Frame {
             peer_id: if *other_peer { PeerId::new("oms://t/node/n2").unwrap() } else { node_id() },
             actor: vec![],
         }),
-        FrameSpec::HelloAck => Frame::HelloAck(HelloAck {
-            version: PROTOCOL_VERSION,
-            capabilities: 0,
-            peer_id: node_id(),
-            actor: vec![],
-        }),
+        FrameSpec::HelloAck => {
+            Frame::HelloAck(HelloAck { version: PROTOCOL_VERSION, capabilities: 0, peer_id: node_id(), actor: vec![] })
+        }
         FrameSpec::Refuse(c) => Frame::Refuse { code: ErrorCode::from_u32(*c % 12), reason: "bye".into() },
         FrameSpec::Manifest { round, docs, last } => Frame::Manifest(Manifest {
             round: *round,

@@ -39,14 +39,7 @@ async fn movement(store: &Store, s: &str, movement: Movement) {
 }
 
 fn site_info() -> schema::SiteInfo {
-    schema::SiteInfo {
-        name: "A".into(),
-        lat: 52.0,
-        lon: 13.0,
-        priority: 1,
-        capacity_per_day: 100,
-        region: "eu".into(),
-    }
+    schema::SiteInfo { name: "A".into(), lat: 52.0, lon: 13.0, priority: 1, capacity_per_day: 100, region: "eu".into() }
 }
 
 /// The node's documents in `dir/sync.redb`, with the stock document created (site info published) and the
