@@ -16,6 +16,8 @@ pub mod docdb;
 pub mod inbound;
 pub mod link;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -188,6 +188,23 @@ struct PeerManifest {
     seen: BTreeSet<DocId>,
 }
 
+/// What a [`SyncSession`] holds at one moment ([`SyncSession::sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionSizes {
+    /// Frames waiting for [`SyncSession::poll_transmit`].
+    pub outbound: usize,
+    /// Events waiting for [`SyncSession::poll_event`].
+    pub events: usize,
+    /// Documents waiting to be started.
+    pub pending: usize,
+    /// Documents in flight.
+    pub in_flight: usize,
+    /// Automerge sync states held in memory.
+    pub doc_states: usize,
+    /// Documents the peer refused in this session.
+    pub refused_by_peer: usize,
+}
+
 /// One side of one sync connection. See the module docs.
 pub struct SyncSession {
     cfg: SessionConfig,
@@ -330,6 +347,18 @@ impl SyncSession {
         self.outbound.is_empty() && self.pending.is_empty() && self.in_flight.is_empty()
     }
 
+    /// How much the session holds right now (queues and per-document tables), for tests and metrics.
+    pub fn sizes(&self) -> SessionSizes {
+        SessionSizes {
+            outbound: self.outbound.len(),
+            events: self.events.len(),
+            pending: self.pending.len(),
+            in_flight: self.in_flight.len(),
+            doc_states: self.docs.len(),
+            refused_by_peer: self.refused_by_peer.len(),
+        }
+    }
+
     /// The next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Frame> {
         self.outbound.pop_front()
@@ -463,7 +492,11 @@ impl SyncSession {
             Frame::Refused { doc, code } => {
                 self.in_flight.remove(&doc);
                 self.docs.remove(&doc);
-                self.refused_by_peer.insert(doc.clone());
+                // Remembered only for a document we may send (entitled and held): a peer cannot grow the set
+                // by refusing names.
+                if store.entitled(&self.peer, &doc) && store.heads(&doc).is_some() {
+                    self.refused_by_peer.insert(doc.clone());
+                }
                 self.events.push_back(Event::PeerRefused { doc, code });
             }
             Frame::Ping { nonce } => self.outbound.push_back(Frame::Pong { nonce }),
@@ -503,6 +536,11 @@ impl SyncSession {
             }
             assembling.seen.insert(entry.doc.clone());
             let ours = store.heads(&entry.doc).map(|h| sorted(hashes(&h)));
+            if ours.is_none() {
+                // Not held here: the peer sends it (our manifest lacks it), so there is nothing to start and
+                // no state to keep for a name the peer merely announced.
+                continue;
+            }
             if ours.as_ref() != Some(&sorted(entry.heads)) {
                 to_schedule.push(entry.doc);
             } else if self.in_flight.contains(&entry.doc) {
@@ -559,6 +597,7 @@ impl SyncSession {
             None => match store.create_doc(&doc) {
                 Ok(d) => d,
                 Err(e) => {
+                    self.docs.remove(&doc);
                     self.events.push_back(Event::DocFailed { doc, code: ErrorCode::Internal });
                     drop(e);
                     return;
@@ -626,6 +665,7 @@ impl SyncSession {
         let Some(automerge_doc) = store.doc_mut(doc) else {
             // We do not hold it: the peer does and will send it.
             self.in_flight.remove(doc);
+            self.docs.remove(doc);
             return;
         };
         let generated = automerge_doc.sync().generate_sync_message(&mut entry.state);

@@ -1,0 +1,211 @@
+//! The stock document's upkeep by the feed follower: balances (and the SKU's escrow counter) are coalesced
+//! into one Automerge change per `stock_coalesce_ms`, and `repair_stock` at start rewrites every balance, so
+//! that a crash between a ledger commit and the coalesced write loses nothing.
+
+use super::*;
+use crate::metrics::Metrics;
+use crate::store::{CatalogItem, Command, Limits};
+use oms_protocol::domain::{Balance, Movement};
+use oms_protocol::escrow::EscrowCounter;
+use oms_protocol::sync::automerge::ChangeHash;
+use std::collections::BTreeMap;
+
+const SKUS: [&str; 5] = ["SKU-A", "SKU-B", "SKU-C", "SKU-D", "SKU-E"];
+
+fn sku(s: &str) -> Sku {
+    Sku::parse(s).unwrap()
+}
+
+fn site() -> NodeId {
+    NodeId::parse("wh-a").unwrap()
+}
+
+fn stock_name() -> DocId {
+    schema::stock_doc(&site()).unwrap()
+}
+
+/// A store for `wh-a` with [`SKUS`] in the catalog and no stock yet.
+async fn store(dir: &Path) -> Store {
+    let store = Store::open(&dir.join("node.redb"), site(), Limits::default(), Arc::new(Metrics::new())).unwrap();
+    for s in SKUS {
+        let item = CatalogItem { sku: sku(s), name: s.into(), bin: "A-1".into() };
+        store.execute(Command::PutCatalog(item)).await.unwrap();
+    }
+    store
+}
+
+async fn movement(store: &Store, s: &str, movement: Movement) {
+    store.execute(Command::Stock { sku: sku(s), movement }).await.unwrap();
+}
+
+fn site_info() -> schema::SiteInfo {
+    schema::SiteInfo { name: "A".into(), lat: 52.0, lon: 13.0, priority: 1, capacity_per_day: 100, region: "eu".into() }
+}
+
+/// The node's documents in `dir/sync.redb`, with the stock document created (site info published) and the
+/// feed followed up to now. The last stock write is placed a minute ahead, so that no coalescing period ends
+/// until a test says so, however slow the machine.
+fn docs(dir: &Path, store: &Store) -> NodeDocs {
+    let db = DocDb::open(&dir.join(SYNC_DB_FILE), vec![7; 16], 1_000).unwrap();
+    let mut docs = NodeDocs { db, node: site(), stock_pending: BTreeSet::new(), stock_written_ms: hold_back() };
+    publish_site(&mut docs, &site_info()).unwrap();
+    for _ in 0..16 {
+        if ingest(&mut docs, store, &SyncTuning::default()).unwrap().is_none() {
+            break;
+        }
+    }
+    docs
+}
+
+fn hold_back() -> u64 {
+    now_ms() + 60_000
+}
+
+fn stock_heads(docs: &mut NodeDocs) -> Vec<ChangeHash> {
+    docs.db.get_mut(&stock_name()).unwrap().get_heads()
+}
+
+/// Balances and escrow counters in the stock document.
+fn doc_view(docs: &mut NodeDocs) -> (BTreeMap<Sku, Balance>, BTreeMap<Sku, EscrowCounter>) {
+    let doc = docs.db.get_mut(&stock_name()).unwrap();
+    let stock = schema::read_stock(doc, stock_name().as_str(), 1_000).unwrap();
+    let (escrow, bad) = schema::read_escrow(doc, 1_000).unwrap();
+    assert!(bad.is_empty(), "undecodable escrow counters {bad:?}");
+    (stock.skus.into_iter().collect(), escrow.into_iter().map(|c| (c.sku().clone(), c)).collect())
+}
+
+/// Balances and escrow counters in the ledger.
+fn ledger_view(store: &Store) -> (BTreeMap<Sku, Balance>, BTreeMap<Sku, EscrowCounter>) {
+    let balances: BTreeMap<Sku, Balance> = store.balances(None, 1_000).unwrap().into_iter().collect();
+    let escrow = balances.keys().filter_map(|s| store.escrow(s).unwrap().map(|c| (s.clone(), c))).collect();
+    (balances, escrow)
+}
+
+#[tokio::test]
+async fn balances_of_many_skus_are_coalesced_into_one_change_per_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let mut docs = docs(dir.path(), &store);
+    let tuning = SyncTuning::default();
+    assert_eq!(tuning.stock_coalesce_ms, 250);
+    let before = stock_heads(&mut docs);
+
+    // Several movements for every SKU, in two feed batches, within one period.
+    for (i, s) in SKUS.iter().enumerate() {
+        movement(&store, s, Movement::Receipt { qty: 10 + i as u32, note: None }).await;
+    }
+    let changed = ingest(&mut docs, &store, &tuning).unwrap().unwrap();
+    assert!(!changed.contains(&stock_name()), "balances wait for the end of the period");
+    for s in &SKUS[..3] {
+        movement(&store, s, Movement::Adjustment { delta: -2, reason: "damaged".into() }).await;
+    }
+    ingest(&mut docs, &store, &tuning).unwrap().unwrap();
+    assert_eq!(stock_heads(&mut docs), before, "no stock change before the period ends");
+    assert_eq!(docs.stock_pending.len(), SKUS.len());
+
+    // The period ends: one change carries every SKU's balance and escrow counter.
+    docs.stock_written_ms = now_ms() - tuning.stock_coalesce_ms;
+    let changed = ingest(&mut docs, &store, &tuning).unwrap().unwrap();
+    assert_eq!(changed, vec![stock_name()]);
+    let doc = docs.db.get_mut(&stock_name()).unwrap();
+    assert_eq!(doc.get_changes(&before).len(), 1, "one Automerge change for all SKUs of the period");
+    let (ledger_balances, ledger_escrow) = ledger_view(&store);
+    assert_eq!(ledger_balances.len(), SKUS.len());
+    assert_eq!(ledger_escrow.len(), SKUS.len(), "every receipt created rights at the site");
+    assert_eq!(doc_view(&mut docs), (ledger_balances, ledger_escrow));
+    assert!(docs.stock_pending.is_empty());
+
+    // Nothing pending: the next period writes nothing.
+    let after = stock_heads(&mut docs);
+    docs.stock_written_ms = now_ms() - tuning.stock_coalesce_ms;
+    assert_eq!(ingest(&mut docs, &store, &tuning).unwrap(), None);
+    assert_eq!(stock_heads(&mut docs), after);
+}
+
+#[tokio::test]
+async fn a_full_pending_set_is_written_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let mut docs = docs(dir.path(), &store);
+    let tuning = SyncTuning { stock_pending_max: 2, ..SyncTuning::default() };
+    let before = stock_heads(&mut docs);
+    for s in SKUS {
+        movement(&store, s, Movement::Receipt { qty: 3, note: None }).await;
+    }
+    let changed = ingest(&mut docs, &store, &tuning).unwrap().unwrap();
+    assert_eq!(changed, vec![stock_name()], "beyond stock_pending_max the period does not wait");
+    assert!(docs.stock_pending.is_empty());
+    assert_eq!(docs.db.get_mut(&stock_name()).unwrap().get_changes(&before).len(), 1);
+    assert_eq!(doc_view(&mut docs), ledger_view(&store));
+}
+
+/// Movements whose feed entries the follower consumed (cursor saved) while their balances waited for the
+/// period, then a crash: the reopened documents lack them and the feed has nothing more to say.
+async fn crash_with_pending_balances(dir: &Path) -> (Store, NodeDocs) {
+    let store = store(dir).await;
+    let mut docs = docs(dir, &store);
+    for s in SKUS {
+        movement(&store, s, Movement::Receipt { qty: 5, note: None }).await;
+    }
+    movement(&store, "SKU-B", Movement::Adjustment { delta: 4, reason: "found".into() }).await;
+    ingest(&mut docs, &store, &SyncTuning::default()).unwrap().unwrap();
+    assert_eq!(docs.stock_pending.len(), SKUS.len());
+    drop(docs); // The crash: what was pending in memory is gone, the cursor is on disk.
+
+    let db = DocDb::open(&dir.join(SYNC_DB_FILE), vec![8; 16], 1_000).unwrap();
+    let mut docs = NodeDocs { db, node: site(), stock_pending: BTreeSet::new(), stock_written_ms: 0 };
+    assert!(doc_view(&mut docs).0.is_empty(), "the stock document lacks the balances");
+    assert_eq!(ingest(&mut docs, &store, &SyncTuning::default()).unwrap(), None, "the feed is past them");
+    (store, docs)
+}
+
+#[tokio::test]
+async fn repair_after_a_crash_rewrites_every_balance_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut docs) = crash_with_pending_balances(dir.path()).await;
+    let before = stock_heads(&mut docs);
+    assert_eq!(repair_stock(&mut docs, &store).unwrap(), vec![stock_name()]);
+    assert_eq!(docs.db.get_mut(&stock_name()).unwrap().get_changes(&before).len(), 1);
+    assert_eq!(doc_view(&mut docs), ledger_view(&store));
+    let repaired = stock_heads(&mut docs);
+
+    // A second repair finds nothing to do and adds no change.
+    assert_eq!(repair_stock(&mut docs, &store).unwrap(), Vec::<DocId>::new());
+    assert_eq!(stock_heads(&mut docs), repaired);
+
+    // The repair is durable.
+    drop(docs);
+    let db = DocDb::open(&dir.path().join(SYNC_DB_FILE), vec![9; 16], 1_000).unwrap();
+    let mut docs = NodeDocs { db, node: site(), stock_pending: BTreeSet::new(), stock_written_ms: 0 };
+    assert_eq!(stock_heads(&mut docs), repaired);
+    assert_eq!(doc_view(&mut docs), ledger_view(&store));
+}
+
+/// The feed follower repairs at start: after the crash above, the stock document catches up with the ledger
+/// without any new movement, and is handed to the link as changed.
+#[tokio::test]
+async fn the_feed_follower_repairs_the_stock_document_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, docs) = crash_with_pending_balances(dir.path()).await;
+    let shared = Arc::new(Shared {
+        docs: Mutex::new(docs),
+        inbound: Mutex::new(BTreeSet::new()),
+        inbound_changed: Notify::new(),
+        last_hub_frame_ms: std::sync::atomic::AtomicU64::new(0),
+        dirty: Mutex::new(BTreeSet::new()),
+        changed: Notify::new(),
+        tuning: SyncTuning { feed_poll_ms: 20, ..SyncTuning::default() },
+    });
+    let task = tokio::spawn(follow_feed(shared.clone(), store.clone()));
+    let want = ledger_view(&store);
+    let mut caught_up = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if doc_view(&mut lock(&shared.docs)) == want && lock(&shared.dirty).contains(&stock_name()) {
+            caught_up = true;
+            break;
+        }
+    }
+    task.abort();
+    assert!(caught_up, "the stock document never caught up with the ledger: {:?}", doc_view(&mut lock(&shared.docs)));
+}
