@@ -48,7 +48,10 @@ fuzz_target!(|data: &[u8]| {
                             assert!(*len > max && *m == max, "{e}");
                             ErrorCode::FrameTooLarge
                         }
-                        WireError::Malformed(_) | WireError::Invalid { .. } => ErrorCode::Malformed,
+                        WireError::Malformed(_) | WireError::Invalid { .. } | WireError::Inflate(_) => {
+                            ErrorCode::Malformed
+                        }
+                        WireError::Deflate(_) => panic!("a decoder never deflates"),
                         WireError::Truncated { .. } => panic!("truncation is reported only by finish"),
                     };
                     assert_eq!(e.code(), code);

@@ -479,6 +479,7 @@ async fn hand_session(
     let me = PeerId::new(format!("oms://{TENANT}/node/{node}")).unwrap();
     let hub_peer = PeerId::new(format!("oms://{TENANT}/hub")).unwrap();
     let mut session = SyncSession::new_client(SessionConfig::default(), me, hub_peer, vec![8; 16], 0);
+    let mut encoder = oms_protocol::wire::FrameEncoder::new(limits.frame_bytes_max);
     let mut refused = BTreeSet::new();
     let started = Instant::now();
     while started.elapsed() < budget && refused.len() < want {
@@ -486,7 +487,7 @@ async fn hand_session(
         while let Some(f) = session.poll_transmit() {
             out.push(f);
         }
-        oms_node::sync::link::write_frames(&mut send, &out, limits.frame_bytes_max, step).await.unwrap();
+        oms_node::sync::link::write_frames(&mut send, &out, &mut encoder, step).await.unwrap();
         while let Some(ev) = session.poll_event() {
             match ev {
                 Event::PeerRefused { doc, .. } => {

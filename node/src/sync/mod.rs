@@ -625,7 +625,7 @@ pub fn session_config() -> SessionConfig {
 }
 
 #[cfg(test)]
-mod tests {
+mod freeze_tests {
     use super::*;
     use crate::store::{CatalogItem, Command, Limits, Outcome, PickConfirmation};
     use oms_protocol::domain::{

@@ -97,6 +97,7 @@ pub fn small_config() -> SessionConfig {
         hello_retry_ms: 100,
         doc_stall_ms: 300,
         manifest_interval_ms: 500,
+        capabilities: oms_protocol::wire::capabilities::ALL,
     }
 }
 
