@@ -11,7 +11,8 @@
 //! `/proc/<pid>/stat`):
 //! 1. seed (bench process only),
 //! 2. hub empty,
-//! 3. load: N nodes start at once; until the hub's `/v1/orders` total reaches N × M,
+//! 3. load: N nodes start while the hub is down, then the hub starts again (empty); until its `/v1/orders`
+//!    total reaches N × M and every node is connected with nothing pending,
 //! 4. in sync: every node connected and no session pending; then an idle window (`BENCH_IDLE_S`, default 35 s,
 //!    two manifest intervals) with N connected nodes: CPU per second, RSS at the end,
 //! 5. restart: the hub is killed (-9) and started again over the same `hub.redb`; time to healthy, then
@@ -19,7 +20,8 @@
 //!
 //! `cargo bench -p oms-tests --bench hub_scale` (env: `BENCH_NODES` default 100, `BENCH_ORDERS` default 10000,
 //! `BENCH_IDLE_S` default 35, `BENCH_DEADLINE_S` default 1500, `BENCH_DIR` a directory to keep the run in
-//! instead of a temporary one). Every loop is bounded.
+//! instead of a temporary one, `BENCH_SEED_DIR` a directory that keeps seeded node files for later runs).
+//! Every loop is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
 
 use std::net::SocketAddr;
@@ -244,29 +246,47 @@ async fn main() {
 
     // ---- 1. seed ----
     let t = Instant::now();
-    let now = oms_node::sync::link::now_ms();
-    let threads = 2usize;
-    std::thread::scope(|s| {
-        for part in 0..threads {
-            let (ids, root) = (&ids, &root);
-            s.spawn(move || {
-                for id in ids.iter().skip(part).step_by(threads) {
-                    let node = NodeId::parse(id).unwrap();
-                    seed_node(&root.join(id).join("data"), &node, m, now);
-                }
-            });
+    // With BENCH_SEED_DIR, seeded node files are kept there (per N × M) and copied for later runs.
+    let seed_root = std::env::var_os("BENCH_SEED_DIR").map(|d| PathBuf::from(d).join(format!("{n}x{m}")));
+    let seeded_at = seed_root.clone().unwrap_or_else(|| root.clone());
+    if !seeded_at.join("done").exists() {
+        let now = oms_node::sync::link::now_ms();
+        let threads = 2usize;
+        std::thread::scope(|s| {
+            for part in 0..threads {
+                let (ids, seeded_at) = (&ids, &seeded_at);
+                s.spawn(move || {
+                    for id in ids.iter().skip(part).step_by(threads) {
+                        let node = NodeId::parse(id).unwrap();
+                        let data = seeded_at.join(id).join("data");
+                        if data.exists() {
+                            std::fs::remove_dir_all(&data).unwrap();
+                        }
+                        seed_node(&data, &node, m, now);
+                    }
+                });
+            }
+        });
+        std::fs::write(seeded_at.join("done"), b"").unwrap();
+    }
+    if seeded_at != root {
+        for id in &ids {
+            let to = root.join(id).join("data");
+            std::fs::create_dir_all(&to).unwrap();
+            std::fs::copy(seeded_at.join(id).join("data").join(SYNC_DB_FILE), to.join(SYNC_DB_FILE)).unwrap();
         }
-    });
+    }
     let seed_bytes: u64 = ids
         .iter()
         .filter_map(|id| std::fs::metadata(root.join(id).join("data").join(SYNC_DB_FILE)).ok())
         .map(|md| md.len())
         .sum();
     println!(
-        "1. seeded {} order documents in {:.1} s ({:.0} MB of sync.redb in total)",
+        "1. seeded {} order documents in {:.1} s ({:.0} MB of sync.redb in total{})",
         n * m,
         t.elapsed().as_secs_f64(),
-        seed_bytes as f64 / 1e6
+        seed_bytes as f64 / 1e6,
+        if seed_root.is_some() { ", copied from BENCH_SEED_DIR" } else { "" }
     );
 
     // ---- 2. hub, empty ----
@@ -276,6 +296,9 @@ async fn main() {
     cluster::wait_healthy(&http, hub_http, Duration::from_secs(60)).await;
     let s = proc_stat(hub.proc.child.id(), tck);
     println!("2. hub empty: RSS {:.1} MB, CPU {:.2} s", s.rss_mb, s.cpu_s);
+    // The nodes start while the hub is down (a hundred processes starting and syncing at once would starve
+    // each other's start on two cores), then the hub starts again and they all connect within their backoff.
+    hub.proc.kill9();
 
     // ---- 3. load ----
     let t = Instant::now();
@@ -285,20 +308,28 @@ async fn main() {
         nodes.push(cluster::spawn_node_with(id, &config, node_http, &dir, "warn"));
     }
     for nd in &nodes {
-        cluster::wait_healthy(&http, nd.http, Duration::from_secs(120)).await;
+        cluster::wait_healthy(&http, nd.http, Duration::from_secs(300)).await;
     }
-    println!("3. {n} nodes started and healthy in {:.1} s; loadavg {}", t.elapsed().as_secs_f64(), loadavg());
+    println!(
+        "3. {n} nodes started and healthy in {:.1} s (hub down); nodes RSS {:.0} MB in total; loadavg {}",
+        t.elapsed().as_secs_f64(),
+        nodes_rss_mb(&nodes, tck),
+        loadavg()
+    );
+    let nodes_cpu_before = nodes_cpu_s(&nodes, tck);
+    hub = spawn_hub(&root, &certs, quic, hub_http);
     let synced = wait_in_sync(&http, &hub, &nodes, n * m, deadline, tck).await;
     let s = proc_stat(hub.proc.child.id(), tck);
     let total = hub_total(&http, hub_http).await;
     println!(
-        "3. load: hub total {total:?} of {} in {:?} (from the first node start); hub CPU {:.1} s; hub RSS {:.1} MB, peak {:.1} MB; nodes CPU {:.1} s; loadavg {}",
+        "3. load: hub total {total:?} of {} in {:?} s from the hub's start; hub CPU {:.1} s; hub RSS {:.1} MB, peak {:.1} MB; nodes CPU {:.1} s; nodes RSS {:.0} MB in total; loadavg {}",
         n * m,
         synced.map(|d| d.as_secs_f64()),
         s.cpu_s,
         s.rss_mb,
         s.hwm_mb,
-        nodes_cpu_s(&nodes, tck),
+        nodes_cpu_s(&nodes, tck) - nodes_cpu_before,
+        nodes_rss_mb(&nodes, tck),
         loadavg()
     );
     assert!(synced.is_some(), "not in sync within the deadline");
