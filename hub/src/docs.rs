@@ -79,6 +79,10 @@ pub struct HubDocs {
     party_numbers: BTreeMap<String, u32>,
     /// Order documents per fulfilling site (by number).
     site_counts: BTreeMap<u32, u64>,
+    /// (node number, order document) where the node is a party but not the origin named by the order's id
+    /// (e.g. the site of a hub order): with the id prefix `order/<node>-` this finds a node's documents
+    /// without scanning all of them.
+    others: BTreeMap<u32, BTreeSet<DocId>>,
     quarantined: BTreeSet<(String, DocId)>,
     /// Status per node id.
     pub nodes: BTreeMap<String, NodeStatus>,
@@ -140,16 +144,22 @@ impl HubDocs {
             party_names,
             party_numbers,
             site_counts: BTreeMap::new(),
+            others: BTreeMap::new(),
             quarantined,
             nodes: BTreeMap::new(),
             changed: BTreeSet::new(),
             local: BTreeMap::new(),
         };
         docs.label_unlabelled()?;
-        for (_, label) in docs.db.labels(schema::ORDER_PREFIX) {
+        let mut others = Vec::new();
+        for (doc, label) in docs.db.labels(schema::ORDER_PREFIX) {
             if let Some((_, site)) = split_label(label) {
                 *docs.site_counts.entry(site).or_insert(0) += 1;
             }
+            others.extend(docs.foreign_parties(doc, label).map(|n| (n, doc.clone())));
+        }
+        for (n, doc) in others {
+            docs.others.entry(n).or_default().insert(doc);
         }
         Ok(docs)
     }
@@ -196,29 +206,53 @@ impl HubDocs {
         }
     }
 
+    /// Parties of an order document (by label) that are not the origin its id names.
+    fn foreign_parties(&self, doc: &DocId, label: u64) -> impl Iterator<Item = u32> + use<> {
+        let by_id = doc
+            .as_str()
+            .strip_prefix(schema::ORDER_PREFIX)
+            .and_then(|id| id.rsplit_once('-'))
+            .and_then(|(origin, _)| self.party_numbers.get(origin).copied());
+        let parties = split_label(label).map(|(o, s)| if o == s { [Some(o), None] } else { [Some(o), Some(s)] });
+        parties.into_iter().flatten().flatten().filter(move |n| Some(*n) != by_id)
+    }
+
     /// Records the (origin, site) of an order document.
     fn set_parties(&mut self, doc: &DocId, origin: &str, site: &str) {
         let label = self.label_of(origin, site);
         let Some(old) = self.db.set_label(doc, label) else { return };
-        if old == label {
-            return;
+        if old != label {
+            self.unindex(doc, old);
+            self.index(doc, label);
         }
-        if let Some((_, s)) = split_label(old)
+    }
+
+    fn index(&mut self, doc: &DocId, label: u64) {
+        if let Some((_, s)) = split_label(label) {
+            *self.site_counts.entry(s).or_insert(0) += 1;
+        }
+        for n in self.foreign_parties(doc, label).collect::<Vec<_>>() {
+            self.others.entry(n).or_default().insert(doc.clone());
+        }
+    }
+
+    fn unindex(&mut self, doc: &DocId, label: u64) {
+        if let Some((_, s)) = split_label(label)
             && let Some(c) = self.site_counts.get_mut(&s)
         {
             *c = c.saturating_sub(1);
         }
-        if let Some((_, s)) = split_label(label) {
-            *self.site_counts.entry(s).or_insert(0) += 1;
+        for n in self.foreign_parties(doc, label).collect::<Vec<_>>() {
+            if let Some(set) = self.others.get_mut(&n) {
+                set.remove(doc);
+            }
         }
     }
 
     /// Forgets a document and its parties.
     fn remove_doc(&mut self, doc: &DocId) {
-        if let Some((_, s)) = self.db.label(doc).and_then(split_label)
-            && let Some(c) = self.site_counts.get_mut(&s)
-        {
-            *c = c.saturating_sub(1);
+        if let Some(label) = self.db.label(doc) {
+            self.unindex(doc, label);
         }
         self.db.remove(doc);
     }
@@ -458,12 +492,12 @@ impl DocStore for HubDocs {
     fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
         let Some(node) = node_of(peer) else { return vec![] };
         let mut out: Vec<DocId> = match self.party_numbers.get(node.as_str()) {
-            Some(&n) => self
-                .db
-                .labels(schema::ORDER_PREFIX)
-                .filter(|(_, l)| split_label(*l).is_some_and(|(o, s)| o == n || s == n))
-                .map(|(d, _)| d.clone())
-                .collect(),
+            Some(&n) => {
+                // Orders whose id names the node as origin, then those where it is a party otherwise.
+                let prefix = format!("{}{node}-", schema::ORDER_PREFIX);
+                let own = self.db.labels(&prefix).filter(|(_, l)| split_label(*l).is_some_and(|(o, s)| o == n || s == n));
+                own.map(|(d, _)| d).chain(self.others.get(&n).into_iter().flatten()).cloned().collect()
+            }
             None => vec![],
         };
         for own in [schema::stock_doc(&node), schema::escrow_doc(&node)].into_iter().flatten() {
