@@ -361,9 +361,8 @@ impl HubDocs {
             },
             None => None,
         };
-        let wanted = |label: u64| {
-            split_label(label).is_some_and(|(o, s)| site.is_none_or(|site| o == site || s == site))
-        };
+        let wanted =
+            |label: u64| split_label(label).is_some_and(|(o, s)| site.is_none_or(|site| o == site || s == site));
         let lo = after.and_then(|a| DocId::new(format!("{}{a}", schema::ORDER_PREFIX)));
         let pick = |(d, l): (&DocId, u64)| wanted(l).then(|| d.clone());
         match lo {
@@ -495,7 +494,8 @@ impl DocStore for HubDocs {
             Some(&n) => {
                 // Orders whose id names the node as origin, then those where it is a party otherwise.
                 let prefix = format!("{}{node}-", schema::ORDER_PREFIX);
-                let own = self.db.labels(&prefix).filter(|(_, l)| split_label(*l).is_some_and(|(o, s)| o == n || s == n));
+                let own =
+                    self.db.labels(&prefix).filter(|(_, l)| split_label(*l).is_some_and(|(o, s)| o == n || s == n));
                 own.map(|(d, _)| d).chain(self.others.get(&n).into_iter().flatten()).cloned().collect()
             }
             None => vec![],

@@ -84,7 +84,11 @@ fn seed_node(data: &Path, node: &NodeId, m: u64, now_ms: u64) {
                 parcels: None,
                 shipment: None,
                 returns: Vec::new(),
-                timeline: vec![TimelineEntry { at_ms: at, status: FulfillmentState::Accepted, note: "accepted".into() }],
+                timeline: vec![TimelineEntry {
+                    at_ms: at,
+                    status: FulfillmentState::Accepted,
+                    note: "accepted".into(),
+                }],
                 created_at_ms: at,
             };
             let name = schema::order_doc(&id).unwrap();
