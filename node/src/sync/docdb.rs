@@ -1178,6 +1178,74 @@ mod tests {
     }
 
     #[test]
+    fn opening_loads_no_document_and_keeps_heads_and_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let ids: Vec<DocId> = (0..5).map(|i| DocId::new(format!("order/a-{i}")).unwrap()).collect();
+        let heads = {
+            let mut db = DocDb::open(&path, vec![1; 16], 100).unwrap();
+            for (i, id) in ids.iter().enumerate() {
+                db.get_or_create(id).unwrap().put(ROOT, "k", i as u64).unwrap();
+                db.mark_dirty(id);
+                db.set_label(id, 7 + i as u64);
+            }
+            db.flush().unwrap();
+            // A label changed on an evicted document alone is written too.
+            db.set_cache_max(1);
+            db.get_mut(&ids[0]).unwrap().put(ROOT, "k", 9).unwrap();
+            db.mark_dirty(&ids[0]);
+            db.flush().unwrap();
+            db.flush().unwrap();
+            assert!(db.get(&ids[4]).is_some());
+            db.set_label(&ids[3], 42);
+            db.flush().unwrap();
+            ids.iter().map(|id| db.heads(id).unwrap()).collect::<Vec<_>>()
+        };
+        let mut db = DocDb::open(&path, vec![2; 16], 100).unwrap();
+        assert_eq!(db.loaded(), 0, "opening loads no document");
+        assert_eq!(ids.iter().map(|id| db.heads(id).unwrap()).collect::<Vec<_>>(), heads);
+        assert_eq!(db.loaded(), 0, "heads come from doc_meta");
+        let labels: Vec<u64> = ids.iter().map(|id| db.label(id).unwrap()).collect();
+        assert_eq!(labels, vec![7, 8, 9, 42, 11]);
+        assert_eq!(db.get_mut(&ids[2]).unwrap().get_heads(), heads[2]);
+        assert_eq!(db.loaded(), 1);
+    }
+
+    #[test]
+    fn a_file_without_doc_meta_is_upgraded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.redb");
+        let id = DocId::new("order/a-1").unwrap();
+        let mut doc = AutoCommit::new();
+        doc.put(ROOT, "k", 1).unwrap();
+        let full = doc.save();
+        doc.put(ROOT, "k", 2).unwrap();
+        let inc = doc.save_incremental();
+        let heads = doc.get_heads();
+        {
+            // What the code before `doc_meta` wrote: a full save and an increment, no rows, no format.
+            let db = Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(DOCS).unwrap().insert(id.as_str(), &full[..]).unwrap();
+            w.open_table(DOC_INCREMENTS).unwrap().insert((id.as_str(), 0), &inc[..]).unwrap();
+            w.commit().unwrap();
+        }
+        let mut db = DocDb::open(&path, vec![1; 16], 10).unwrap();
+        assert_eq!(db.loaded(), 0);
+        assert_eq!(db.heads(&id), Some(heads.clone()));
+        assert_eq!(db.meta(FORMAT_KEY).unwrap(), Some(FORMAT));
+        // Increments continue after the upgraded ones and load in order.
+        db.get_mut(&id).unwrap().put(ROOT, "k", 3).unwrap();
+        db.mark_dirty(&id);
+        db.flush().unwrap();
+        let heads = db.heads(&id).unwrap();
+        drop(db);
+        let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
+        assert_eq!(db.get_mut(&id).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.to_i64()), Some(Some(3)));
+        assert_eq!(db.heads(&id), Some(heads));
+    }
+
+    #[test]
     fn document_limit_is_enforced() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = DocDb::open(&dir.path().join("s.redb"), vec![1; 16], 1).unwrap();
