@@ -26,7 +26,7 @@
 //! `cargo bench -p oms-tests --bench hub_scale` (env: `BENCH_NODES` default 100, `BENCH_ORDERS` default 10000,
 //! `BENCH_IDLE_S` default 35, `BENCH_DEADLINE_S` default 1500, `BENCH_DIR` a directory to keep the run in
 //! instead of a temporary one, `BENCH_SEED_DIR` a directory that keeps seeded node files for later runs,
-//! `BENCH_RESTART=0` skips phase 5).
+//! `BENCH_RESTART=0` skips phase 5, `BENCH_REUSE=1` reuses the finished run in `BENCH_DIR`).
 //! Every loop is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
 
@@ -289,52 +289,57 @@ async fn main() {
     println!("hub_scale: {n} nodes × {m} orders; root {}; loadavg at start {}", root.display(), loadavg());
     let bench_start = Instant::now();
     let ids: Vec<String> = (0..n).map(|i| format!("wh{i:03}")).collect();
-    let certs = pki(&root, &ids);
+    // BENCH_REUSE=1: BENCH_DIR holds a finished run (certificates, nodes' and hub's data): no seeding, and
+    // phases 2–5 all measure a hub starting over the documents it already holds.
+    let reuse = env_u64("BENCH_REUSE", 0) == 1;
+    let certs = if reuse { root.join("certs") } else { pki(&root, &ids) };
 
     // ---- 1. seed ----
-    let t = Instant::now();
-    // With BENCH_SEED_DIR, seeded node files are kept there (per N × M) and copied for later runs.
-    let seed_root = std::env::var_os("BENCH_SEED_DIR").map(|d| PathBuf::from(d).join(format!("{n}x{m}")));
-    let seeded_at = seed_root.clone().unwrap_or_else(|| root.clone());
-    if !seeded_at.join("done").exists() {
-        let now = oms_node::sync::link::now_ms();
-        let threads = 2usize;
-        std::thread::scope(|s| {
-            for part in 0..threads {
-                let (ids, seeded_at) = (&ids, &seeded_at);
-                s.spawn(move || {
-                    for id in ids.iter().skip(part).step_by(threads) {
-                        let node = NodeId::parse(id).unwrap();
-                        let data = seeded_at.join(id).join("data");
-                        if data.exists() {
-                            std::fs::remove_dir_all(&data).unwrap();
+    if !reuse {
+        let t = Instant::now();
+        // With BENCH_SEED_DIR, seeded node files are kept there (per N × M) and copied for later runs.
+        let seed_root = std::env::var_os("BENCH_SEED_DIR").map(|d| PathBuf::from(d).join(format!("{n}x{m}")));
+        let seeded_at = seed_root.clone().unwrap_or_else(|| root.clone());
+        if !seeded_at.join("done").exists() {
+            let now = oms_node::sync::link::now_ms();
+            let threads = 2usize;
+            std::thread::scope(|s| {
+                for part in 0..threads {
+                    let (ids, seeded_at) = (&ids, &seeded_at);
+                    s.spawn(move || {
+                        for id in ids.iter().skip(part).step_by(threads) {
+                            let node = NodeId::parse(id).unwrap();
+                            let data = seeded_at.join(id).join("data");
+                            if data.exists() {
+                                std::fs::remove_dir_all(&data).unwrap();
+                            }
+                            seed_node(&data, &node, m, now);
                         }
-                        seed_node(&data, &node, m, now);
-                    }
-                });
-            }
-        });
-        std::fs::write(seeded_at.join("done"), b"").unwrap();
-    }
-    if seeded_at != root {
-        for id in &ids {
-            let to = root.join(id).join("data");
-            std::fs::create_dir_all(&to).unwrap();
-            std::fs::copy(seeded_at.join(id).join("data").join(SYNC_DB_FILE), to.join(SYNC_DB_FILE)).unwrap();
+                    });
+                }
+            });
+            std::fs::write(seeded_at.join("done"), b"").unwrap();
         }
+        if seeded_at != root {
+            for id in &ids {
+                let to = root.join(id).join("data");
+                std::fs::create_dir_all(&to).unwrap();
+                std::fs::copy(seeded_at.join(id).join("data").join(SYNC_DB_FILE), to.join(SYNC_DB_FILE)).unwrap();
+            }
+        }
+        let seed_bytes: u64 = ids
+            .iter()
+            .filter_map(|id| std::fs::metadata(root.join(id).join("data").join(SYNC_DB_FILE)).ok())
+            .map(|md| md.len())
+            .sum();
+        println!(
+            "1. seeded {} order documents in {:.1} s ({:.0} MB of sync.redb in total{})",
+            n * m,
+            t.elapsed().as_secs_f64(),
+            seed_bytes as f64 / 1e6,
+            if seed_root.is_some() { ", copied from BENCH_SEED_DIR" } else { "" }
+        );
     }
-    let seed_bytes: u64 = ids
-        .iter()
-        .filter_map(|id| std::fs::metadata(root.join(id).join("data").join(SYNC_DB_FILE)).ok())
-        .map(|md| md.len())
-        .sum();
-    println!(
-        "1. seeded {} order documents in {:.1} s ({:.0} MB of sync.redb in total{})",
-        n * m,
-        t.elapsed().as_secs_f64(),
-        seed_bytes as f64 / 1e6,
-        if seed_root.is_some() { ", copied from BENCH_SEED_DIR" } else { "" }
-    );
 
     // ---- 2. hub, empty ----
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();

@@ -311,7 +311,9 @@ impl DocDb {
         }
         w.commit().map_err(|e| storage(&e))?;
         let actor = ActorId::from(actor);
-        let mut docs = BTreeMap::new();
+        // Collected first and built in one go: a B-tree built from sorted input has full nodes, one built by
+        // inserting in order has half-full ones (≈ 100 B more per document).
+        let mut slots = Vec::new();
         {
             let r = db.begin_read().map_err(|e| storage(&e))?;
             let t = r.open_table(DOC_META).map_err(|e| storage(&e))?;
@@ -324,9 +326,10 @@ impl DocDb {
                     doc: name.to_owned(),
                     detail: "its doc_meta row does not decode".into(),
                 })?;
-                docs.insert(id, Slot { persisted, ..Slot::default() });
+                slots.push((id, Slot { persisted, ..Slot::default() }));
             }
         }
+        let docs: BTreeMap<DocId, Slot> = slots.into_iter().collect();
         // Documents with increments but no full save (not written by this code) get one at the next flush.
         let dirty_docs = docs.iter().filter(|(_, s)| s.persisted.full_needed).map(|(id, _)| id.clone()).collect();
         Ok(DocDb {
