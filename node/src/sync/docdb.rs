@@ -1244,7 +1244,7 @@ mod tests {
         let heads = db.heads(&id).unwrap();
         drop(db);
         let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
-        assert_eq!(db.get_mut(&id).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.to_i64()), Some(Some(3)));
+        assert_eq!(db.get_mut(&id).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.as_i64()), Some(Some(3)));
         assert_eq!(db.heads(&id), Some(heads));
     }
 
