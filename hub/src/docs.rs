@@ -30,6 +30,15 @@ pub const CHANGED_MAX: usize = 100_000;
 pub const QUARANTINE_MAX: usize = 100_000;
 /// Documents kept loaded in memory (≈ 24 KB each); the rest stay in `hub.redb` and load on access.
 pub const DOCS_CACHED_MAX: usize = 4_096;
+/// Node ids remembered as origin or site of order documents; an order naming a node beyond them is
+/// entitled by its id alone (only the node that created it sees it).
+pub const PARTIES_MAX: usize = 65_536;
+const PARTY_PREFIX: &str = "party|";
+/// Label of an order document without parties (looked at, nothing found), so a start does not look again.
+const LABEL_NO_PARTIES: u64 = u64::MAX;
+/// Order documents labelled at start between two flushes (a file from before labels), bounding what is
+/// loaded at once.
+const LABEL_PASS_DOCS: usize = 1_024;
 
 /// Per-node figures for `GET /v1/nodes`, kept in memory (a restarted hub starts them afresh).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -61,10 +70,21 @@ pub struct NodeStatus {
 }
 
 /// The hub's document set. See the module docs.
+///
+/// Who may see an order document, (origin, site), is kept as the document's label in the [`DocDb`] (two node
+/// numbers, persisted with its heads), so that neither a start nor a manifest loads documents and a million
+/// orders cost a few bytes each here.
 pub struct HubDocs {
     db: DocDb,
-    /// (origin, site) of each order document, for entitlement without reading documents.
-    parties: BTreeMap<DocId, (String, String)>,
+    /// Node ids by number (number − 1), and numbers by id; persisted in `meta` as `party|<node>`.
+    party_names: Vec<String>,
+    party_numbers: BTreeMap<String, u32>,
+    /// Order documents per fulfilling site (by number).
+    site_counts: BTreeMap<u32, u64>,
+    /// (node number, order document) where the node is a party but not the origin named by the order's id
+    /// (e.g. the site of a hub order): with the id prefix `order/<node>-` this finds a node's documents
+    /// without scanning all of them.
+    others: BTreeMap<u32, BTreeSet<DocId>>,
     quarantined: BTreeSet<(String, DocId)>,
     /// Status per node id.
     pub nodes: BTreeMap<String, NodeStatus>,
@@ -72,6 +92,16 @@ pub struct HubDocs {
     changed: BTreeSet<DocId>,
     /// Documents the hub changed, per node to tell, since that node's session last looked.
     local: BTreeMap<String, BTreeSet<DocId>>,
+}
+
+/// (origin, site) numbers of a label; `None` for no label or no parties.
+fn split_label(label: u64) -> Option<(u32, u32)> {
+    if label == 0 || label == LABEL_NO_PARTIES {
+        return None;
+    }
+    let origin = u32::try_from(label >> 32).ok()?;
+    let site = u32::try_from(label & u64::from(u32::MAX)).ok()?;
+    (origin != 0 && site != 0).then_some((origin, site))
 }
 
 /// The node id of a peer, if the peer is a node of some tenant.
@@ -83,14 +113,24 @@ pub fn node_of(peer: &PeerId) -> Option<NodeId> {
 }
 
 impl HubDocs {
-    /// Loads the documents and quarantines.
+    /// Reads the parties and quarantines (no document is loaded, except once for a file from before labels).
     pub fn new(mut db: DocDb) -> Result<HubDocs, DocDbError> {
         db.set_cache_max(DOCS_CACHED_MAX);
-        let mut parties = BTreeMap::new();
-        for id in db.ids() {
-            if let Some(p) = db.get(id).and_then(schema::order_parties) {
-                parties.insert(id.clone(), p);
+        let mut party_names = Vec::new();
+        let mut party_numbers = BTreeMap::new();
+        let mut numbered: Vec<(u64, String)> = db
+            .meta_with_prefix(PARTY_PREFIX, PARTIES_MAX)?
+            .into_iter()
+            .map(|(k, n)| (n, k[PARTY_PREFIX.len()..].to_owned()))
+            .collect();
+        numbered.sort();
+        for (n, name) in numbered {
+            // Numbers are handed out densely from 1; anything else is not from this code.
+            if n != party_names.len() as u64 + 1 {
+                break;
             }
+            party_numbers.insert(name.clone(), n as u32);
+            party_names.push(name);
         }
         let mut quarantined = BTreeSet::new();
         for (key, _) in db.meta_with_prefix(QUARANTINE_PREFIX, QUARANTINE_MAX)? {
@@ -101,14 +141,132 @@ impl HubDocs {
                 quarantined.insert((node.to_owned(), doc));
             }
         }
-        Ok(HubDocs {
+        let mut docs = HubDocs {
             db,
-            parties,
+            party_names,
+            party_numbers,
+            site_counts: BTreeMap::new(),
+            others: BTreeMap::new(),
             quarantined,
             nodes: BTreeMap::new(),
             changed: BTreeSet::new(),
             local: BTreeMap::new(),
-        })
+        };
+        docs.label_unlabelled()?;
+        let mut others = Vec::new();
+        for (doc, label) in docs.db.labels(schema::ORDER_PREFIX) {
+            if let Some((_, site)) = split_label(label) {
+                *docs.site_counts.entry(site).or_insert(0) += 1;
+            }
+            others.extend(docs.foreign_parties(doc, label).map(|n| (n, doc.clone())));
+        }
+        for (n, doc) in others {
+            docs.others.entry(n).or_default().insert(doc);
+        }
+        Ok(docs)
+    }
+
+    /// Labels order documents that have no label yet (a file written before labels): loads each once,
+    /// flushing every [`LABEL_PASS_DOCS`] so that evicted documents leave memory.
+    fn label_unlabelled(&mut self) -> Result<(), DocDbError> {
+        let todo: Vec<DocId> =
+            self.db.labels(schema::ORDER_PREFIX).filter(|(_, l)| *l == 0).map(|(d, _)| d.clone()).collect();
+        for chunk in todo.chunks(LABEL_PASS_DOCS) {
+            for id in chunk {
+                let parties = self.db.get(id).and_then(schema::order_parties);
+                let label = match parties {
+                    Some((origin, site)) => self.label_of(&origin, &site),
+                    None => LABEL_NO_PARTIES,
+                };
+                self.db.set_label(id, label);
+            }
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The number of a node id, handed out (and persisted with the next flush) if it has none yet.
+    fn number(&mut self, name: &str) -> Option<u32> {
+        if let Some(n) = self.party_numbers.get(name) {
+            return Some(*n);
+        }
+        if self.party_names.len() >= PARTIES_MAX {
+            tracing::warn!(node = name, max = PARTIES_MAX, "too many node ids named by orders; entitling by order id");
+            return None;
+        }
+        self.party_names.push(name.to_owned());
+        let n = u32::try_from(self.party_names.len()).ok()?;
+        self.party_numbers.insert(name.to_owned(), n);
+        self.db.set_meta(&format!("{PARTY_PREFIX}{name}"), u64::from(n));
+        Some(n)
+    }
+
+    fn label_of(&mut self, origin: &str, site: &str) -> u64 {
+        match (self.number(origin), self.number(site)) {
+            (Some(o), Some(s)) => (u64::from(o) << 32) | u64::from(s),
+            _ => LABEL_NO_PARTIES,
+        }
+    }
+
+    /// Parties of an order document (by label) that are not the origin its id names.
+    fn foreign_parties(&self, doc: &DocId, label: u64) -> impl Iterator<Item = u32> + use<> {
+        let by_id = doc
+            .as_str()
+            .strip_prefix(schema::ORDER_PREFIX)
+            .and_then(|id| id.rsplit_once('-'))
+            .and_then(|(origin, _)| self.party_numbers.get(origin).copied());
+        let parties = split_label(label).map(|(o, s)| if o == s { [Some(o), None] } else { [Some(o), Some(s)] });
+        parties.into_iter().flatten().flatten().filter(move |n| Some(*n) != by_id)
+    }
+
+    /// Records the (origin, site) of an order document.
+    fn set_parties(&mut self, doc: &DocId, origin: &str, site: &str) {
+        let label = self.label_of(origin, site);
+        let Some(old) = self.db.set_label(doc, label) else { return };
+        if old != label {
+            self.unindex(doc, old);
+            self.index(doc, label);
+        }
+    }
+
+    fn index(&mut self, doc: &DocId, label: u64) {
+        if let Some((_, s)) = split_label(label) {
+            *self.site_counts.entry(s).or_insert(0) += 1;
+        }
+        for n in self.foreign_parties(doc, label).collect::<Vec<_>>() {
+            self.others.entry(n).or_default().insert(doc.clone());
+        }
+    }
+
+    fn unindex(&mut self, doc: &DocId, label: u64) {
+        if let Some((_, s)) = split_label(label)
+            && let Some(c) = self.site_counts.get_mut(&s)
+        {
+            *c = c.saturating_sub(1);
+        }
+        for n in self.foreign_parties(doc, label).collect::<Vec<_>>() {
+            if let Some(set) = self.others.get_mut(&n) {
+                set.remove(doc);
+            }
+        }
+    }
+
+    /// Forgets a document and its parties.
+    fn remove_doc(&mut self, doc: &DocId) {
+        if let Some(label) = self.db.label(doc) {
+            self.unindex(doc, label);
+        }
+        self.db.remove(doc);
+    }
+
+    /// (origin, site) of an order document, as names.
+    fn parties(&self, doc: &DocId) -> Option<(&str, &str)> {
+        let (o, s) = split_label(self.db.label(doc)?)?;
+        Some((self.party_name(o)?, self.party_name(s)?))
+    }
+
+    fn party_name(&self, n: u32) -> Option<&str> {
+        self.party_names.get((n as usize).checked_sub(1)?).map(String::as_str)
     }
 
     /// The database.
@@ -151,12 +309,14 @@ impl HubDocs {
         }
         match schema::check_writer(d, doc, before, Writer::Node(node)) {
             Ok(()) => {
-                if let Some(p) = schema::order_parties(d) {
-                    self.parties.insert(doc.clone(), p);
-                }
+                let parties = schema::order_parties(d);
                 let written = schema::owner_updated_at_ms(d);
+                let frozen = schema::frozen_at_ms(d).is_some();
+                if let Some((origin, site)) = parties {
+                    self.set_parties(doc, &origin, &site);
+                }
                 // A frozen order's document takes no more changes: store it as one full save.
-                if schema::frozen_at_ms(d).is_some() {
+                if frozen {
                     self.db.compact(doc);
                 }
                 if self.changed.len() < CHANGED_MAX {
@@ -171,8 +331,7 @@ impl HubDocs {
             Err(v) => {
                 tracing::warn!(%node, %doc, violation = %v, "quarantined a change that touches what the node does not own");
                 if before.is_empty() {
-                    self.db.remove(doc);
-                    self.parties.remove(doc);
+                    self.remove_doc(doc);
                 } else {
                     match d.fork_at(before) {
                         Ok(old) => self.db.replace(doc, old),
@@ -180,7 +339,7 @@ impl HubDocs {
                             // Cannot happen for heads the document had a moment ago; drop it from memory so
                             // that the stored copy (the last accepted state) is what a restart loads.
                             tracing::error!(%doc, error = %e, "cannot fork at the previous heads");
-                            self.db.remove(doc);
+                            self.remove_doc(doc);
                         }
                     }
                 }
@@ -202,27 +361,36 @@ impl HubDocs {
 
     /// Order documents (with content), optionally of one site, after `after` (an order id), at most `limit`.
     pub fn order_ids(&self, site: Option<&str>, after: Option<&str>, limit: usize) -> Vec<DocId> {
-        let lo = after.and_then(|a| DocId::new(format!("{}{a}", schema::ORDER_PREFIX)));
-        let range = match lo {
-            Some(lo) => self.parties.range((std::ops::Bound::Excluded(lo), std::ops::Bound::Unbounded)),
-            None => self.parties.range::<DocId, _>(..),
+        let site = match site {
+            Some(name) => match self.party_numbers.get(name) {
+                Some(n) => Some(*n),
+                None => return vec![],
+            },
+            None => None,
         };
-        range
-            .filter(|(d, (o, s))| {
-                d.as_str().starts_with(schema::ORDER_PREFIX) && site.is_none_or(|site| o == site || s == site)
-            })
-            .map(|(d, _)| d.clone())
-            .take(limit)
-            .collect()
+        let wanted =
+            |label: u64| split_label(label).is_some_and(|(o, s)| site.is_none_or(|site| o == site || s == site));
+        let lo = after.and_then(|a| DocId::new(format!("{}{a}", schema::ORDER_PREFIX)));
+        let pick = |(d, l): (&DocId, u64)| wanted(l).then(|| d.clone());
+        match lo {
+            Some(lo) => self
+                .db
+                .labels_after(&lo)
+                .take_while(|(d, _)| d.as_str().starts_with(schema::ORDER_PREFIX))
+                .filter_map(pick)
+                .take(limit)
+                .collect(),
+            None => self.db.labels(schema::ORDER_PREFIX).filter_map(pick).take(limit).collect(),
+        }
     }
 
     /// Number of order documents per fulfilling site.
     pub fn order_counts(&self) -> BTreeMap<String, u64> {
-        let mut out = BTreeMap::new();
-        for (_, site) in self.parties.values() {
-            *out.entry(site.clone()).or_insert(0) += 1;
-        }
-        out
+        self.site_counts
+            .iter()
+            .filter(|(_, c)| **c > 0)
+            .filter_map(|(s, c)| Some((self.party_name(*s)?.to_owned(), *c)))
+            .collect()
     }
 
     /// Queues every hub-made order document and every stock document for the watcher (after a start).
@@ -230,10 +398,10 @@ impl HubDocs {
         let hub_prefix = format!("{}{}-", schema::ORDER_PREFIX, schema::HUB_ORIGIN);
         let ids: Vec<DocId> = self
             .db
-            .ids()
-            .filter(|d| d.as_str().starts_with(&hub_prefix) || d.as_str().starts_with(schema::STOCK_PREFIX))
+            .labels(&hub_prefix)
+            .chain(self.db.labels(schema::STOCK_PREFIX))
+            .map(|(d, _)| d.clone())
             .take(CHANGED_MAX)
-            .cloned()
             .collect();
         self.changed.extend(ids);
     }
@@ -266,13 +434,13 @@ impl HubDocs {
         match DocKind::of(doc) {
             Some(DocKind::Order(_)) => {
                 if let Some((origin, site)) = parties {
+                    self.set_parties(doc, &origin, &site);
                     if origin != schema::HUB_ORIGIN {
-                        tell.push(origin.clone());
+                        tell.push(origin);
                     }
                     if !tell.contains(&site) {
-                        tell.push(site.clone());
+                        tell.push(site);
                     }
-                    self.parties.insert(doc.clone(), (origin, site));
                 }
             }
             Some(DocKind::Escrow(n) | DocKind::Stock(n)) => tell.push(n.as_str().to_owned()),
@@ -309,12 +477,12 @@ impl HubDocs {
     }
 
     fn node_entitled(&self, node: &NodeId, doc: &DocId) -> bool {
-        if self.quarantined.contains(&(node.as_str().to_owned(), doc.clone())) {
+        if !self.quarantined.is_empty() && self.quarantined.contains(&(node.as_str().to_owned(), doc.clone())) {
             return false;
         }
         match DocKind::of(doc) {
             Some(DocKind::Stock(owner) | DocKind::Escrow(owner)) => &owner == node,
-            Some(DocKind::Order(id)) => match self.parties.get(doc) {
+            Some(DocKind::Order(id)) => match self.parties(doc) {
                 Some((origin, site)) => origin == node.as_str() || site == node.as_str(),
                 None => schema::order_origin(&id) == Some(node.as_str()),
             },
@@ -329,12 +497,16 @@ impl DocStore for HubDocs {
     }
     fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
         let Some(node) = node_of(peer) else { return vec![] };
-        let mut out: Vec<DocId> = self
-            .parties
-            .iter()
-            .filter(|(_, (o, s))| o == node.as_str() || s == node.as_str())
-            .map(|(d, _)| d.clone())
-            .collect();
+        let mut out: Vec<DocId> = match self.party_numbers.get(node.as_str()) {
+            Some(&n) => {
+                // Orders whose id names the node as origin, then those where it is a party otherwise.
+                let prefix = format!("{}{node}-", schema::ORDER_PREFIX);
+                let own =
+                    self.db.labels(&prefix).filter(|(_, l)| split_label(*l).is_some_and(|(o, s)| o == n || s == n));
+                own.map(|(d, _)| d).chain(self.others.get(&n).into_iter().flatten()).cloned().collect()
+            }
+            None => vec![],
+        };
         for own in [schema::stock_doc(&node), schema::escrow_doc(&node)].into_iter().flatten() {
             if self.db.get(&own).is_some() {
                 out.push(own);

@@ -48,8 +48,13 @@ pub struct Hub {
     /// The documents.
     pub docs: Mutex<HubDocs>,
     /// Held from preparing a flush until its commit is done, so that sessions flush one after another while
-    /// the documents' lock is free for the others and for HTTP.
-    persist: tokio::sync::Mutex<()>,
+    /// the documents' lock is free for the others and for HTTP. Holds the number of the last frame handled
+    /// before the last committed flush: a session whose frames a flush of another session already covered
+    /// does not flush again (with a hundred sessions, one fsync each in turn would delay every answer).
+    persist: tokio::sync::Mutex<u64>,
+    /// Rounds of frames handled and marked dirty (by all sessions), numbered under the documents' lock, so
+    /// that a flush prepared under that lock covers every round numbered before it.
+    frames_handled: AtomicU64,
     tenant: String,
     me: PeerId,
     actor: Vec<u8>,
@@ -84,7 +89,8 @@ impl Hub {
         let me = PeerId::new(me.uri()).ok_or_else(|| PkiError::BadIdentity { uri: me.uri() })?;
         Ok(Hub {
             docs: Mutex::new(docs),
-            persist: tokio::sync::Mutex::new(()),
+            persist: tokio::sync::Mutex::new(0),
+            frames_handled: AtomicU64::new(0),
             tenant: tenant.to_owned(),
             me,
             actor,
@@ -183,12 +189,27 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
 }
 
 /// Writes what the sessions changed to `hub.redb` without holding the documents' lock during disk I/O. `Ok`
-/// means everything any session applied before this call is on disk.
-async fn persist(hub: &Hub) -> Result<(), DocDbError> {
-    let _turn = hub.persist.lock().await;
-    let Some(batch) = lock(&hub.docs).prepare_flush() else { return Ok(()) };
+/// means everything the calling session applied and marked before it took `needed` (from
+/// [`Hub::frames_handled`], under the documents' lock) is on disk.
+async fn persist(hub: &Hub, needed: u64) -> Result<(), DocDbError> {
+    let mut committed = hub.persist.lock().await;
+    if *committed >= needed {
+        return Ok(());
+    }
+    let (batch, upto) = {
+        let mut docs = lock(&hub.docs);
+        (docs.prepare_flush(), hub.frames_handled.load(Ordering::Acquire))
+    };
+    let Some(batch) = batch else {
+        *committed = upto;
+        return Ok(());
+    };
     match tokio::task::spawn_blocking(move || batch.commit()).await {
-        Ok(result) => result,
+        Ok(Ok(())) => {
+            *committed = upto;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
         // The batch was dropped uncommitted; the next flush writes its contents.
         Err(e) => Err(DocDbError::Storage { path: "hub.redb".into(), detail: format!("flush task: {e}") }),
     }
@@ -237,6 +258,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
     let mut out: Vec<Frame> = Vec::new();
     loop {
         let mut closed = None;
+        let needed;
         {
             let mut docs = lock(&hub.docs);
             while let Some(f) = session.poll_transmit() {
@@ -267,10 +289,11 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                 }
             }
             docs.status(node).pending = !session.is_idle();
+            needed = hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1;
         }
         // Persist before answering: what the node believes the hub has, the hub has on disk. One flush covers
-        // every frame handled since the last one.
-        persist(hub).await?;
+        // every frame handled since the last one, of this session and of the others.
+        persist(hub, needed).await?;
         link::write_frames(&mut send, &out, &mut encoder, io_timeout).await?;
         out.clear();
         if let Some((code, reason, by_peer)) = closed {

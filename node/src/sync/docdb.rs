@@ -20,17 +20,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use oms_protocol::sync::automerge::{self, ActorId, AutoCommit};
 use oms_protocol::wire::{DocId, PeerId};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
 const DOC_INCREMENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("doc_increments");
 const SYNC_STATES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("sync_states");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Per document: what [`Persisted`] says about its disk copy (heads, sizes, label), so that opening the file
+/// reads no document.
+const DOC_META: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_meta");
+/// Key in `meta` of the file's format: 2 = every stored document has its `doc_meta` row.
+const FORMAT_KEY: &str = "docdb.format";
+const FORMAT: u64 = 2;
 
 /// A document's appended increments may grow to this many bytes (or to the size of its last full save, if
 /// larger) before a flush compacts them into a full save.
@@ -39,6 +45,9 @@ pub const INCREMENT_BYTES_MIN: usize = 16 * 1024;
 pub const INCREMENTS_PER_DOC_MAX: u64 = 256;
 /// redb's page cache for the file (redb's default is 1 GiB; evicted documents are read back through it).
 pub const DB_CACHE_BYTES: usize = 64 << 20;
+/// Documents kept loaded unless the owner says otherwise ([`DocDb::set_cache_max`]); a loaded order document
+/// takes ≈ 24 KB against ≈ 450 B on disk.
+pub const DOCS_CACHED_DEFAULT: usize = 1_024;
 
 /// Errors of the document database.
 #[derive(Debug, thiserror::Error)]
@@ -73,22 +82,124 @@ pub enum DocDbError {
     },
 }
 
-/// What is on disk for one document, as of the last prepared flush.
-#[derive(Debug, Default)]
+/// Heads of a document, compact: almost every document has one head.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum Heads {
+    #[default]
+    None,
+    One([u8; 32]),
+    Many(Box<[ChangeHash]>),
+}
+
+impl Heads {
+    fn of(heads: &[ChangeHash]) -> Heads {
+        match heads {
+            [] => Heads::None,
+            [one] => Heads::One(one.0),
+            many => Heads::Many(many.into()),
+        }
+    }
+
+    fn to_vec(&self) -> Vec<ChangeHash> {
+        match self {
+            Heads::None => vec![],
+            Heads::One(h) => vec![ChangeHash(*h)],
+            Heads::Many(hs) => hs.to_vec(),
+        }
+    }
+
+    fn is(&self, heads: &[ChangeHash]) -> bool {
+        match (self, heads) {
+            (Heads::None, []) => true,
+            (Heads::One(h), [one]) => *h == one.0,
+            (Heads::Many(hs), _) => **hs == *heads,
+            _ => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Heads::None => 0,
+            Heads::One(_) => 1,
+            Heads::Many(hs) => hs.len(),
+        }
+    }
+}
+
+/// What is on disk for one document, as of the last prepared flush (also the document's `doc_meta` row).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Persisted {
     /// Heads covered by the full save plus the increments.
-    heads: Vec<ChangeHash>,
+    heads: Heads,
+    /// Sequence number of the next increment (never reused).
+    next_seq: u64,
+    /// The owner's label ([`DocDb::set_label`]).
+    label: u64,
+    /// Size of the last full save.
+    base_bytes: u32,
+    /// Bytes and number of increments appended since the last full save.
+    increment_bytes: u32,
+    increments: u16,
     /// A full save exists (or is in a prepared batch).
     stored: bool,
     /// The next flush must write a full save (after a failed flush or a replaced document).
     full_needed: bool,
-    /// Size of the last full save.
-    base_bytes: usize,
-    /// Bytes and number of increments appended since the last full save.
-    increment_bytes: usize,
-    increments: u64,
-    /// Sequence number of the next increment (never reused).
-    next_seq: u64,
+    /// The label changed since the `doc_meta` row was last written.
+    label_dirty: bool,
+}
+
+const META_VERSION: u8 = 1;
+const META_FIXED_BYTES: usize = 1 + 1 + 4 + 4 + 2 + 8 + 8 + 2;
+
+impl Persisted {
+    /// The `doc_meta` row: version, flags, sizes, next sequence number, label, heads.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(META_FIXED_BYTES + 32 * self.heads.len());
+        out.push(META_VERSION);
+        out.push(u8::from(self.stored) | (u8::from(self.full_needed) << 1));
+        out.extend_from_slice(&self.base_bytes.to_le_bytes());
+        out.extend_from_slice(&self.increment_bytes.to_le_bytes());
+        out.extend_from_slice(&self.increments.to_le_bytes());
+        out.extend_from_slice(&self.next_seq.to_le_bytes());
+        out.extend_from_slice(&self.label.to_le_bytes());
+        let heads = self.heads.to_vec();
+        out.extend_from_slice(&u16::try_from(heads.len()).unwrap_or(u16::MAX).to_le_bytes());
+        for h in heads.iter().take(usize::from(u16::MAX)) {
+            out.extend_from_slice(&h.0);
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Persisted> {
+        if b.len() < META_FIXED_BYTES || b[0] != META_VERSION {
+            return None;
+        }
+        let u16_at = |i: usize| b.get(i..i + 2).and_then(|s| s.try_into().ok()).map(u16::from_le_bytes);
+        let u32_at = |i: usize| b.get(i..i + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes);
+        let u64_at = |i: usize| b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        let n = usize::from(u16_at(28)?);
+        let hashes = b.get(META_FIXED_BYTES..)?;
+        if hashes.len() != 32 * n {
+            return None;
+        }
+        let heads: Vec<ChangeHash> =
+            hashes.chunks_exact(32).filter_map(|c| c.try_into().ok().map(ChangeHash)).collect();
+        Some(Persisted {
+            heads: Heads::of(&heads),
+            stored: b[1] & 1 != 0,
+            full_needed: b[1] & 2 != 0,
+            base_bytes: u32_at(2)?,
+            increment_bytes: u32_at(6)?,
+            increments: u16_at(10)?,
+            next_seq: u64_at(12)?,
+            label: u64_at(20)?,
+            label_dirty: false,
+        })
+    }
+}
+
+fn bytes_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// What a failed or abandoned batch held, handed back to the next prepare.
@@ -117,12 +228,13 @@ struct Gate {
 
 type SharedGate = Arc<(Mutex<Gate>, Condvar)>;
 
-/// One document: loaded (possibly lazily, through `&self`) or evicted to what is on disk.
+/// One document: loaded (possibly lazily, through `&self`) or evicted to what is on disk, and what is on disk.
 #[derive(Debug, Default)]
 struct Slot {
     doc: OnceLock<Box<AutoCommit>>,
-    /// When it was last accessed (a counter), for eviction.
-    used: AtomicU64,
+    /// When it was last accessed (a counter, wrapping), for eviction.
+    used: AtomicU32,
+    persisted: Persisted,
 }
 
 impl Slot {
@@ -144,12 +256,12 @@ pub struct DocDb {
     gate: SharedGate,
     actor: ActorId,
     docs_max: usize,
+    /// Every document held: loaded or not, and what is on disk.
     docs: BTreeMap<DocId, Slot>,
     /// Documents loaded in memory; beyond `cache_max`, clean ones are evicted by the next prepare.
-    loaded: AtomicUsize,
+    resident: Mutex<BTreeSet<DocId>>,
     cache_max: usize,
-    clock: AtomicU64,
-    persisted: BTreeMap<DocId, Persisted>,
+    clock: AtomicU32,
     dirty_docs: BTreeSet<DocId>,
     dirty_states: BTreeMap<(PeerId, DocId), Vec<u8>>,
     dirty_meta: BTreeMap<String, u64>,
@@ -165,75 +277,72 @@ impl std::fmt::Debug for DocDb {
     }
 }
 
+fn lock_set(m: &Mutex<BTreeSet<DocId>>) -> MutexGuard<'_, BTreeSet<DocId>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl DocDb {
-    /// Opens (or creates) the file and loads every document, giving each this process's `actor` (fresh per
-    /// process start, so two incarnations never reuse an actor's sequence numbers). At most `docs_max`
-    /// documents are held.
+    /// Opens (or creates) the file, reading what is on disk about each document (heads, sizes, label) but no
+    /// document: they load on access. Each document gets this process's `actor` (fresh per process start, so
+    /// two incarnations never reuse an actor's sequence numbers). At most `docs_max` documents are held, and
+    /// at most [`DOCS_CACHED_DEFAULT`] loaded ([`DocDb::set_cache_max`]).
+    ///
+    /// A file written before `doc_meta` existed is upgraded once: every document is loaded (one at a time)
+    /// to learn its heads, and the rows are written before this returns.
     pub fn open(path: &Path, actor: Vec<u8>, docs_max: usize) -> Result<DocDb, DocDbError> {
         let storage = |e: &dyn std::fmt::Display| DocDbError::Storage { path: path.into(), detail: e.to_string() };
         let db = Database::builder().set_cache_size(DB_CACHE_BYTES).create(path).map_err(|e| storage(&e))?;
         let w = db.begin_write().map_err(|e| storage(&e))?;
-        w.open_table(DOCS).map_err(|e| storage(&e))?;
-        w.open_table(DOC_INCREMENTS).map_err(|e| storage(&e))?;
-        w.open_table(SYNC_STATES).map_err(|e| storage(&e))?;
-        w.open_table(META).map_err(|e| storage(&e))?;
+        {
+            let docs = w.open_table(DOCS).map_err(|e| storage(&e))?;
+            let incs = w.open_table(DOC_INCREMENTS).map_err(|e| storage(&e))?;
+            w.open_table(SYNC_STATES).map_err(|e| storage(&e))?;
+            w.open_table(DOC_META).map_err(|e| storage(&e))?;
+            let mut meta = w.open_table(META).map_err(|e| storage(&e))?;
+            let format = meta.get(FORMAT_KEY).map_err(|e| storage(&e))?.map(|v| v.value());
+            if format.is_none_or(|f| f < FORMAT) {
+                let empty = docs.is_empty().map_err(|e| storage(&e))? && incs.is_empty().map_err(|e| storage(&e))?;
+                drop((docs, incs));
+                if !empty {
+                    upgrade(path, &w)?;
+                }
+                meta.insert(FORMAT_KEY, FORMAT).map_err(|e| storage(&e))?;
+            }
+        }
         w.commit().map_err(|e| storage(&e))?;
         let actor = ActorId::from(actor);
-        let mut docs = BTreeMap::new();
-        let mut persisted: BTreeMap<DocId, Persisted> = BTreeMap::new();
+        // Collected first and built in one go: a B-tree built from sorted input has full nodes, one built by
+        // inserting in order has half-full ones (≈ 100 B more per document).
+        let mut slots = Vec::new();
         {
-            let corrupt = |doc: &str, e: &dyn std::fmt::Display| DocDbError::Corrupt {
-                path: path.into(),
-                doc: doc.to_owned(),
-                detail: e.to_string(),
-            };
             let r = db.begin_read().map_err(|e| storage(&e))?;
-            let t = r.open_table(DOCS).map_err(|e| storage(&e))?;
+            let t = r.open_table(DOC_META).map_err(|e| storage(&e))?;
             for item in t.iter().map_err(|e| storage(&e))? {
                 let (k, v) = item.map_err(|e| storage(&e))?;
                 let name = k.value();
                 let Some(id) = DocId::new(name) else { continue };
-                let doc = AutoCommit::load(v.value()).map_err(|e| corrupt(name, &e))?;
-                persisted.insert(
-                    id.clone(),
-                    Persisted { stored: true, base_bytes: v.value().len(), ..Persisted::default() },
-                );
-                docs.insert(id, doc);
-            }
-            let t = r.open_table(DOC_INCREMENTS).map_err(|e| storage(&e))?;
-            for item in t.iter().map_err(|e| storage(&e))? {
-                let (k, v) = item.map_err(|e| storage(&e))?;
-                let (name, seq) = k.value();
-                let Some(id) = DocId::new(name) else { continue };
-                // Increments without a full save (not written by this code) load onto an empty document;
-                // the next flush of it writes a full save.
-                let doc = docs.entry(id.clone()).or_insert_with(AutoCommit::new);
-                doc.load_incremental(v.value()).map_err(|e| corrupt(name, &e))?;
-                let p = persisted.entry(id).or_default();
-                p.increments += 1;
-                p.increment_bytes += v.value().len();
-                p.next_seq = p.next_seq.max(seq.saturating_add(1));
+                let persisted = Persisted::decode(v.value()).ok_or_else(|| DocDbError::Corrupt {
+                    path: path.into(),
+                    doc: name.to_owned(),
+                    detail: "its doc_meta row does not decode".into(),
+                })?;
+                slots.push((id, Slot { persisted, ..Slot::default() }));
             }
         }
-        for (id, doc) in &mut docs {
-            doc.set_actor(actor.clone());
-            let p = persisted.entry(id.clone()).or_default();
-            p.heads = doc.get_heads();
-            p.full_needed = !p.stored;
-        }
-        let loaded = AtomicUsize::new(docs.len());
+        let docs: BTreeMap<DocId, Slot> = slots.into_iter().collect();
+        // Documents with increments but no full save (not written by this code) get one at the next flush.
+        let dirty_docs = docs.iter().filter(|(_, s)| s.persisted.full_needed).map(|(id, _)| id.clone()).collect();
         Ok(DocDb {
             path: path.into(),
             db: Arc::new(db),
             gate: Arc::default(),
             actor,
             docs_max,
-            docs: docs.into_iter().map(|(id, doc)| (id, Slot::loaded(doc))).collect(),
-            loaded,
-            cache_max: usize::MAX,
-            clock: AtomicU64::new(0),
-            persisted,
-            dirty_docs: BTreeSet::new(),
+            docs,
+            resident: Mutex::new(BTreeSet::new()),
+            cache_max: DOCS_CACHED_DEFAULT,
+            clock: AtomicU32::new(0),
+            dirty_docs,
             dirty_states: BTreeMap::new(),
             dirty_meta: BTreeMap::new(),
             removed: BTreeSet::new(),
@@ -291,7 +400,7 @@ impl DocDb {
 
     /// Number of documents loaded in memory.
     pub fn loaded(&self) -> usize {
-        self.loaded.load(Ordering::Relaxed)
+        lock_set(&self.resident).len()
     }
 
     /// A document, loaded from disk if it was evicted (`None` if it does not load; logged).
@@ -304,7 +413,7 @@ impl DocDb {
         match self.load(doc) {
             Ok(d) => {
                 if slot.doc.set(Box::new(d)).is_ok() {
-                    self.loaded.fetch_add(1, Ordering::Relaxed);
+                    lock_set(&self.resident).insert(doc.clone());
                 }
             }
             Err(e) => {
@@ -323,10 +432,46 @@ impl DocDb {
 
     /// Heads of a document without loading it if it is evicted (then its disk copy is current).
     pub fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
-        match self.docs.get_mut(doc)?.doc.get_mut() {
+        let slot = self.docs.get_mut(doc)?;
+        match slot.doc.get_mut() {
             Some(d) => Some(d.get_heads()),
-            None => self.persisted.get(doc).map(|p| p.heads.clone()),
+            None => Some(slot.persisted.heads.to_vec()),
         }
+    }
+
+    /// The label of a document (0 until [`DocDb::set_label`]), without loading it.
+    pub fn label(&self, doc: &DocId) -> Option<u64> {
+        self.docs.get(doc).map(|s| s.persisted.label)
+    }
+
+    /// Sets a number the owner keeps with a document (the hub: who may see it), stored in the same row as
+    /// the document's heads so that it is known at start without loading the document. Written by the next
+    /// flush. Returns the previous label.
+    pub fn set_label(&mut self, doc: &DocId, label: u64) -> Option<u64> {
+        let p = &mut self.docs.get_mut(doc)?.persisted;
+        let old = p.label;
+        if old != label {
+            p.label = label;
+            p.label_dirty = true;
+            self.dirty_docs.insert(doc.clone());
+        }
+        Some(old)
+    }
+
+    /// Documents whose id starts with `prefix` (all with `""`), with their labels, in order.
+    pub fn labels<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a DocId, u64)> + 'a {
+        use std::ops::Bound;
+        let lo = DocId::new(prefix).map_or(Bound::Unbounded, Bound::Included);
+        self.docs
+            .range((lo, Bound::Unbounded))
+            .take_while(move |(k, _)| k.as_str().starts_with(prefix))
+            .map(|(k, s)| (k, s.persisted.label))
+    }
+
+    /// Documents after `after` (excluded), with their labels, in order.
+    pub fn labels_after<'a>(&'a self, after: &DocId) -> impl Iterator<Item = (&'a DocId, u64)> + 'a {
+        use std::ops::Bound;
+        self.docs.range((Bound::Excluded(after.clone()), Bound::Unbounded)).map(|(k, s)| (k, s.persisted.label))
     }
 
     /// Reads an evicted document from disk: its full save, then its increments.
@@ -354,29 +499,36 @@ impl DocDb {
 
     /// Evicts clean documents, least recently used first, down to three quarters of `cache_max`. Only
     /// called while no batch is in flight and after failed batches came back, so a clean document's
-    /// disk copy is committed.
+    /// disk copy is committed. Looks only at the loaded documents.
     fn evict(&mut self) {
-        let loaded = self.loaded.load(Ordering::Relaxed);
-        if loaded <= self.cache_max {
+        let resident = self.resident.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if resident.len() <= self.cache_max {
             return;
         }
-        let mut excess = loaded - self.cache_max / 4 * 3;
-        let mut candidates: Vec<(u64, DocId)> = self
-            .docs
-            .iter()
-            .filter(|(id, s)| s.doc.get().is_some() && !self.dirty_docs.contains(*id))
-            .map(|(id, s)| (s.used.load(Ordering::Relaxed), id.clone()))
-            .collect();
-        candidates.sort_unstable();
+        let mut excess = resident.len() - self.cache_max / 4 * 3;
+        let now = self.clock.load(Ordering::Relaxed);
+        let mut candidates: Vec<(u32, DocId)> = Vec::with_capacity(resident.len());
+        resident.retain(|id| match self.docs.get(id) {
+            Some(s) if s.doc.get().is_some() => {
+                if !self.dirty_docs.contains(id) {
+                    // Age rather than the raw counter, so that a wrapped counter still sorts oldest first.
+                    candidates.push((now.wrapping_sub(s.used.load(Ordering::Relaxed)), id.clone()));
+                }
+                true
+            }
+            _ => false,
+        });
+        candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         for (_, id) in candidates {
             if excess == 0 {
                 break;
             }
-            let (Some(slot), Some(p)) = (self.docs.get_mut(&id), self.persisted.get(&id)) else { continue };
-            let clean = p.stored && !p.full_needed && slot.doc.get_mut().is_some_and(|d| d.get_heads() == p.heads);
+            let Some(slot) = self.docs.get_mut(&id) else { continue };
+            let p = &slot.persisted;
+            let clean = p.stored && !p.full_needed && slot.doc.get_mut().is_some_and(|d| p.heads.is(&d.get_heads()));
             if clean {
                 slot.doc.take();
-                self.loaded.fetch_sub(1, Ordering::Relaxed);
+                resident.remove(&id);
                 excess -= 1;
             }
         }
@@ -384,12 +536,12 @@ impl DocDb {
 
     /// A document, created empty (with this process's actor) if absent.
     pub fn get_or_create(&mut self, doc: &DocId) -> Result<&mut AutoCommit, DocDbError> {
-        if !self.docs.contains_key(doc) && self.docs.len() >= self.docs_max {
-            return Err(DocDbError::Full { path: self.path.clone(), max: self.docs_max, doc: doc.to_string() });
-        }
         if !self.docs.contains_key(doc) {
+            if self.docs.len() >= self.docs_max {
+                return Err(DocDbError::Full { path: self.path.clone(), max: self.docs_max, doc: doc.to_string() });
+            }
             self.docs.insert(doc.clone(), Slot::loaded(AutoCommit::new().with_actor(self.actor.clone())));
-            self.loaded.fetch_add(1, Ordering::Relaxed);
+            lock_set(&self.resident).insert(doc.clone());
         }
         let path = self.path.clone();
         self.get_mut(doc).ok_or_else(|| DocDbError::Corrupt {
@@ -402,23 +554,20 @@ impl DocDb {
     /// Replaces a document (e.g. with a fork taken before a refused change).
     pub fn replace(&mut self, doc: &DocId, mut value: AutoCommit) {
         value.set_actor(self.actor.clone());
-        let old = self.docs.insert(doc.clone(), Slot::loaded(value));
-        if old.is_none_or(|s| s.doc.get().is_none()) {
-            self.loaded.fetch_add(1, Ordering::Relaxed);
-        }
+        let slot = self.docs.entry(doc.clone()).or_default();
+        slot.doc = OnceLock::from(Box::new(value));
         // What is on disk may hold changes the replacement lacks: rewrite it whole.
-        if let Some(p) = self.persisted.get_mut(doc) {
-            p.full_needed = true;
+        if slot.persisted.stored {
+            slot.persisted.full_needed = true;
         }
+        lock_set(&self.resident).insert(doc.clone());
         self.dirty_docs.insert(doc.clone());
     }
 
     /// Forgets a document (e.g. one whose only changes were refused); deleted from disk by the next flush.
     pub fn remove(&mut self, doc: &DocId) {
-        if self.docs.remove(doc).is_some_and(|s| s.doc.get().is_some()) {
-            self.loaded.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.persisted.remove(doc);
+        self.docs.remove(doc);
+        lock_set(&self.resident).remove(doc);
         self.dirty_docs.remove(doc);
         self.removed.insert(doc.clone());
     }
@@ -426,8 +575,8 @@ impl DocDb {
     /// Makes the next flush write `doc` as one full save and delete its increments (e.g. a frozen order
     /// document, which will not change again).
     pub fn compact(&mut self, doc: &DocId) {
-        if let Some(p) = self.persisted.get_mut(doc) {
-            p.full_needed = true;
+        if let Some(slot) = self.docs.get_mut(doc) {
+            slot.persisted.full_needed = true;
         }
         self.mark_dirty(doc);
     }
@@ -525,37 +674,60 @@ impl DocDb {
         }
         let mut writes = Vec::new();
         for id in std::mem::take(&mut self.dirty_docs) {
-            if self.get(&id).is_none() {
+            let evicted = self.docs.get(&id).is_some_and(|s| s.doc.get().is_none());
+            if evicted || self.get(&id).is_none() {
+                // Only clean documents are evicted (their disk copy is current); a label may have changed.
+                if let Some(slot) = self.docs.get_mut(&id)
+                    && slot.persisted.label_dirty
+                    && slot.persisted.stored
+                {
+                    slot.persisted.label_dirty = false;
+                    writes.push((id, DocWrite::Meta { meta: slot.persisted.encode() }));
+                }
                 continue;
             }
-            let Some(doc) = self.docs.get_mut(&id).and_then(|s| s.doc.get_mut()) else { continue };
-            let p = self.persisted.entry(id.clone()).or_default();
+            let Some(slot) = self.docs.get_mut(&id) else { continue };
+            let Some(doc) = slot.doc.get_mut() else { continue };
+            let p = &mut slot.persisted;
             let heads = doc.get_heads();
-            if p.stored && !p.full_needed && heads == p.heads {
+            if p.stored && !p.full_needed && p.heads.is(&heads) {
+                if p.label_dirty {
+                    p.label_dirty = false;
+                    writes.push((id, DocWrite::Meta { meta: p.encode() }));
+                }
                 continue;
             }
             let compact = !p.stored
                 || p.full_needed
-                || p.increments >= INCREMENTS_PER_DOC_MAX
-                || p.increment_bytes >= INCREMENT_BYTES_MIN.max(p.base_bytes);
-            let write = if compact {
+                || u64::from(p.increments) >= INCREMENTS_PER_DOC_MAX
+                || p.increment_bytes as usize >= INCREMENT_BYTES_MIN.max(p.base_bytes as usize);
+            let (bytes, full, drop_increments) = if compact {
                 let bytes = doc.save();
                 let drop_increments = p.increments > 0 || p.full_needed;
-                p.base_bytes = bytes.len();
+                p.base_bytes = bytes_u32(bytes.len());
                 p.increment_bytes = 0;
                 p.increments = 0;
-                DocWrite::Full { bytes, drop_increments }
+                (bytes, true, drop_increments)
             } else {
-                let bytes = doc.save_after(&p.heads);
-                p.increment_bytes += bytes.len();
-                p.increments += 1;
-                let seq = p.next_seq;
-                p.next_seq += 1;
-                DocWrite::Append { seq, bytes }
+                let bytes = doc.save_after(&p.heads.to_vec());
+                p.increment_bytes = p.increment_bytes.saturating_add(bytes_u32(bytes.len()));
+                p.increments = p.increments.saturating_add(1);
+                (bytes, false, false)
             };
-            p.heads = heads;
+            let seq = p.next_seq;
+            if !full {
+                p.next_seq += 1;
+            }
+            p.heads = Heads::of(&heads);
             p.stored = true;
             p.full_needed = false;
+            p.label_dirty = false;
+            let meta = p.encode();
+            let write = if full {
+                DocWrite::Full { bytes, drop_increments, meta }
+            } else {
+                DocWrite::Append { seq, bytes, meta }
+            };
             writes.push((id, write));
         }
         let removed: Vec<DocId> = std::mem::take(&mut self.removed).into_iter().collect();
@@ -588,8 +760,8 @@ impl DocDb {
     /// Takes back what a failed batch held: its documents are written whole by the next flush.
     fn restore(&mut self, r: Returned) {
         for id in r.docs {
-            if self.docs.contains_key(&id) {
-                self.persisted.entry(id.clone()).or_default().full_needed = true;
+            if let Some(slot) = self.docs.get_mut(&id) {
+                slot.persisted.full_needed = true;
                 self.dirty_docs.insert(id);
             }
         }
@@ -607,11 +779,14 @@ impl DocDb {
     }
 }
 
+/// One document's write in a batch; each carries the document's new `doc_meta` row.
 enum DocWrite {
     /// A full save; the document's increments are deleted if it may have any.
-    Full { bytes: Vec<u8>, drop_increments: bool },
+    Full { bytes: Vec<u8>, drop_increments: bool, meta: Vec<u8> },
     /// The changes since the previous write of the document.
-    Append { seq: u64, bytes: Vec<u8> },
+    Append { seq: u64, bytes: Vec<u8>, meta: Vec<u8> },
+    /// Only the `doc_meta` row (a new label).
+    Meta { meta: Vec<u8> },
 }
 
 /// Documents, sync states and counters taken from a [`DocDb`] by [`DocDb::prepare_flush`], to be written by
@@ -678,24 +853,31 @@ impl FlushBatch {
         {
             let mut docs = w.open_table(DOCS).map_err(|e| storage(&e))?;
             let mut incs = w.open_table(DOC_INCREMENTS).map_err(|e| storage(&e))?;
+            let mut metas = w.open_table(DOC_META).map_err(|e| storage(&e))?;
+            // Removals first: a document removed and created again in the same batch keeps its new copy.
+            for id in &self.removed {
+                let name = id.as_str();
+                docs.remove(name).map_err(|e| storage(&e))?;
+                metas.remove(name).map_err(|e| storage(&e))?;
+                incs.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).map_err(|e| storage(&e))?;
+            }
             for (id, write) in &self.writes {
                 let name = id.as_str();
-                match write {
-                    DocWrite::Full { bytes, drop_increments } => {
+                let meta = match write {
+                    DocWrite::Full { bytes, drop_increments, meta } => {
                         docs.insert(name, &bytes[..]).map_err(|e| storage(&e))?;
                         if *drop_increments {
                             incs.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).map_err(|e| storage(&e))?;
                         }
+                        meta
                     }
-                    DocWrite::Append { seq, bytes } => {
+                    DocWrite::Append { seq, bytes, meta } => {
                         incs.insert((name, *seq), &bytes[..]).map_err(|e| storage(&e))?;
+                        meta
                     }
-                }
-            }
-            for id in &self.removed {
-                let name = id.as_str();
-                docs.remove(name).map_err(|e| storage(&e))?;
-                incs.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).map_err(|e| storage(&e))?;
+                    DocWrite::Meta { meta } => meta,
+                };
+                metas.insert(name, &meta[..]).map_err(|e| storage(&e))?;
             }
             let mut states = w.open_table(SYNC_STATES).map_err(|e| storage(&e))?;
             for ((peer, doc), s) in &self.states {
@@ -747,6 +929,55 @@ impl Drop for FlushBatch {
         self.finish(&mut g, false);
         gate.1.notify_all();
     }
+}
+
+/// Writes the `doc_meta` row of every stored document of a file from before that table (see [`DocDb::open`]),
+/// loading one document at a time.
+fn upgrade(path: &Path, w: &redb::WriteTransaction) -> Result<(), DocDbError> {
+    let storage = |e: &dyn std::fmt::Display| DocDbError::Storage { path: path.into(), detail: e.to_string() };
+    let corrupt = |doc: &str, e: &dyn std::fmt::Display| DocDbError::Corrupt {
+        path: path.into(),
+        doc: doc.to_owned(),
+        detail: e.to_string(),
+    };
+    let docs = w.open_table(DOCS).map_err(|e| storage(&e))?;
+    let incs = w.open_table(DOC_INCREMENTS).map_err(|e| storage(&e))?;
+    let mut metas = w.open_table(DOC_META).map_err(|e| storage(&e))?;
+    let mut names = BTreeSet::new();
+    for item in docs.iter().map_err(|e| storage(&e))? {
+        names.insert(item.map_err(|e| storage(&e))?.0.value().to_owned());
+    }
+    for item in incs.iter().map_err(|e| storage(&e))? {
+        names.insert(item.map_err(|e| storage(&e))?.0.value().0.to_owned());
+    }
+    let mut upgraded = 0usize;
+    for name in &names {
+        let name = name.as_str();
+        let mut p = Persisted::default();
+        let mut doc = match docs.get(name).map_err(|e| storage(&e))? {
+            Some(v) => {
+                p.stored = true;
+                p.base_bytes = bytes_u32(v.value().len());
+                AutoCommit::load(v.value()).map_err(|e| corrupt(name, &e))?
+            }
+            None => {
+                p.full_needed = true;
+                AutoCommit::new()
+            }
+        };
+        for item in incs.range((name, 0)..=(name, u64::MAX)).map_err(|e| storage(&e))? {
+            let (k, v) = item.map_err(|e| storage(&e))?;
+            doc.load_incremental(v.value()).map_err(|e| corrupt(name, &e))?;
+            p.increments = p.increments.saturating_add(1);
+            p.increment_bytes = p.increment_bytes.saturating_add(bytes_u32(v.value().len()));
+            p.next_seq = p.next_seq.max(k.value().1.saturating_add(1));
+        }
+        p.heads = Heads::of(&doc.get_heads());
+        metas.insert(name, &p.encode()[..]).map_err(|e| storage(&e))?;
+        upgraded += 1;
+    }
+    tracing::info!(path = %path.display(), documents = upgraded, "recorded the heads of every stored document");
+    Ok(())
 }
 
 /// Lists the document ids stored in a `sync.redb` / `hub.redb` file that no process holds open (for tests
@@ -968,6 +1199,74 @@ mod tests {
         };
         let mut db = DocDb::open(&path, vec![2; 16], 100).unwrap();
         assert_eq!(ids.iter().map(|id| db.get_mut(id).unwrap().get_heads()).collect::<Vec<_>>(), heads);
+    }
+
+    #[test]
+    fn opening_loads_no_document_and_keeps_heads_and_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let ids: Vec<DocId> = (0..5).map(|i| DocId::new(format!("order/a-{i}")).unwrap()).collect();
+        let heads = {
+            let mut db = DocDb::open(&path, vec![1; 16], 100).unwrap();
+            for (i, id) in ids.iter().enumerate() {
+                db.get_or_create(id).unwrap().put(ROOT, "k", i as u64).unwrap();
+                db.mark_dirty(id);
+                db.set_label(id, 7 + i as u64);
+            }
+            db.flush().unwrap();
+            // A label changed on an evicted document alone is written too.
+            db.set_cache_max(1);
+            db.get_mut(&ids[0]).unwrap().put(ROOT, "k", 9).unwrap();
+            db.mark_dirty(&ids[0]);
+            db.flush().unwrap();
+            db.flush().unwrap();
+            assert!(db.get(&ids[4]).is_some());
+            db.set_label(&ids[3], 42);
+            db.flush().unwrap();
+            ids.iter().map(|id| db.heads(id).unwrap()).collect::<Vec<_>>()
+        };
+        let mut db = DocDb::open(&path, vec![2; 16], 100).unwrap();
+        assert_eq!(db.loaded(), 0, "opening loads no document");
+        assert_eq!(ids.iter().map(|id| db.heads(id).unwrap()).collect::<Vec<_>>(), heads);
+        assert_eq!(db.loaded(), 0, "heads come from doc_meta");
+        let labels: Vec<u64> = ids.iter().map(|id| db.label(id).unwrap()).collect();
+        assert_eq!(labels, vec![7, 8, 9, 42, 11]);
+        assert_eq!(db.get_mut(&ids[2]).unwrap().get_heads(), heads[2]);
+        assert_eq!(db.loaded(), 1);
+    }
+
+    #[test]
+    fn a_file_without_doc_meta_is_upgraded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.redb");
+        let id = DocId::new("order/a-1").unwrap();
+        let mut doc = AutoCommit::new();
+        doc.put(ROOT, "k", 1).unwrap();
+        let full = doc.save();
+        doc.put(ROOT, "k", 2).unwrap();
+        let inc = doc.save_incremental();
+        let heads = doc.get_heads();
+        {
+            // What the code before `doc_meta` wrote: a full save and an increment, no rows, no format.
+            let db = Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(DOCS).unwrap().insert(id.as_str(), &full[..]).unwrap();
+            w.open_table(DOC_INCREMENTS).unwrap().insert((id.as_str(), 0), &inc[..]).unwrap();
+            w.commit().unwrap();
+        }
+        let mut db = DocDb::open(&path, vec![1; 16], 10).unwrap();
+        assert_eq!(db.loaded(), 0);
+        assert_eq!(db.heads(&id), Some(heads.clone()));
+        assert_eq!(db.meta(FORMAT_KEY).unwrap(), Some(FORMAT));
+        // Increments continue after the upgraded ones and load in order.
+        db.get_mut(&id).unwrap().put(ROOT, "k", 3).unwrap();
+        db.mark_dirty(&id);
+        db.flush().unwrap();
+        let heads = db.heads(&id).unwrap();
+        drop(db);
+        let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
+        assert_eq!(db.get_mut(&id).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.as_i64()), Some(Some(3)));
+        assert_eq!(db.heads(&id), Some(heads));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oms_protocol::domain::{NodeId, Sku};
-use oms_protocol::sync::automerge::AutoCommit;
+use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
 use oms_protocol::sync::{DocStore, Event, SessionConfig, StoreError, SyncSession};
 use oms_protocol::wire::{DocId, ErrorCode, FrameEncoder, PeerId, capabilities};
 use oms_transport::backoff::Backoff;
@@ -167,6 +167,10 @@ impl DocStore for NodeDocs {
     }
     fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
         self.db.get_mut(doc)
+    }
+    fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
+        // From what is on disk for an evicted document: a manifest loads none.
+        self.db.heads(doc)
     }
     fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError> {
         self.db.get_or_create(doc).map_err(|e| StoreError { doc: doc.clone(), reason: e.to_string() })

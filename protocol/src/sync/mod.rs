@@ -342,6 +342,11 @@ impl SyncSession {
         self.phase == Phase::Closed
     }
 
+    /// Documents this session keeps an Automerge sync state for (those being synced; one in sync is dropped).
+    pub fn docs_tracked(&self) -> usize {
+        self.docs.len()
+    }
+
     /// True when nothing is pending, in flight or queued.
     pub fn is_idle(&self) -> bool {
         self.outbound.is_empty() && self.pending.is_empty() && self.in_flight.is_empty()
@@ -535,16 +540,15 @@ impl SyncSession {
                 continue;
             }
             assembling.seen.insert(entry.doc.clone());
-            let ours = store.heads(&entry.doc).map(|h| sorted(hashes(&h)));
-            if ours.is_none() {
-                // Not held here: the peer sends it (our manifest lacks it), so there is nothing to start and
-                // no state to keep for a name the peer merely announced.
+            let Some(ours) = store.heads(&entry.doc).map(|h| sorted(hashes(&h))) else {
+                // We do not hold it: the peer does, and sends it when it sees our manifest without it (or on
+                // its own change). Scheduling it here would only keep a sync state for nothing.
                 continue;
-            }
-            if ours.as_ref() != Some(&sorted(entry.heads)) {
+            };
+            if ours != sorted(entry.heads) {
                 to_schedule.push(entry.doc);
             } else if self.in_flight.contains(&entry.doc) {
-                to_finish.push((entry.doc, ours.unwrap_or_default()));
+                to_finish.push((entry.doc, ours));
             }
         }
         if m.last {
@@ -658,12 +662,17 @@ impl SyncSession {
     /// Generates the next sync message for `doc`. `answering` is true right after receiving a message: if we
     /// have nothing to say we then `Ack`, so the peer learns we are done.
     fn pump<S: DocStore + ?Sized>(&mut self, store: &mut S, doc: &DocId, answering: bool) {
+        if store.doc_mut(doc).is_none() {
+            // We do not hold it: the peer does and will send it. No sync state is kept for it.
+            self.in_flight.remove(doc);
+            self.docs.remove(doc);
+            return;
+        }
         self.doc_sync(store, doc);
         let Some(entry) = self.docs.get_mut(doc) else {
             return;
         };
         let Some(automerge_doc) = store.doc_mut(doc) else {
-            // We do not hold it: the peer does and will send it.
             self.in_flight.remove(doc);
             self.docs.remove(doc);
             return;

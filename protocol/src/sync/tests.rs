@@ -399,6 +399,35 @@ fn clean_network_converges_in_one_round() {
     assert!(!sim.nodes[0].docs.contains_key(&doc("hub-0")));
 }
 
+/// A session keeps no per-document state once in sync, and none for documents only the peer holds (the peer
+/// sends them): a hub with a million documents would otherwise hold a sync state per document per node.
+#[test]
+fn documents_only_the_peer_holds_keep_no_state() {
+    let mut hub = MemStore::new(None, 100);
+    let mut s = SyncSession::new_server(cfg(), hub_id(), node_id(0), vec![100], 0);
+    s.handle_frame(
+        &mut hub,
+        Frame::Hello(Hello { version: 1, min_version: 1, capabilities: 0, peer_id: node_id(0), actor: vec![] }),
+    );
+    while s.poll_transmit().is_some() {}
+    let docs = (0..50u8).map(|k| ManifestEntry { doc: doc(&format!("n0-{k}")), heads: vec![[k; 32]] }).collect();
+    s.handle_frame(&mut hub, Frame::Manifest(Manifest { round: 1, docs, last: true }));
+    s.tick(&mut hub, 100);
+    assert_eq!(s.docs_tracked(), 0);
+    assert!(s.is_idle(), "{s:?}");
+
+    let mut sim = Sim::new();
+    for k in 0..6 {
+        sim.nodes[0].edit(&doc(&format!("n0-{k}")), 1, k);
+        sim.nodes[1].edit(&doc(&format!("shared-{}", k % 2)), 2, k);
+    }
+    sim.flush();
+    sim.heal(5).unwrap();
+    for l in &sim.links {
+        assert_eq!((l.hub.docs_tracked(), l.node.docs_tracked()), (0, 0));
+    }
+}
+
 /// Bytes of sync messages needed to bring node 0 up to date after a reconnect, following one small edit to a
 /// document of 300 changes that both sides held in sync before.
 fn resync_bytes(keep_sync_state: bool) -> usize {
