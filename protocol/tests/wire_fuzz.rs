@@ -718,6 +718,26 @@ proptest! {
 /// as a node is to any new order of its own) made the hub keep a sync state per name for the rest of the
 /// session, and a node refusing made-up documents grew the session's refused set: both without bound.
 #[test]
+fn a_manifest_of_foreign_documents_cannot_flood_the_outbound_queue() {
+    // Manifests may be long here, so that the refusals, not the manifest's length, reach a limit first.
+    let cfg = oms_protocol::sync::SessionConfig { manifest_docs_max: 100_000, ..small_config() };
+    let cap = cfg.outbound_frames_max * oms_protocol::sync::REFUSALS_QUEUED_PER_OUTBOUND_MAX;
+    let mut store = MemStore::seeded(8);
+    let mut s = SyncSession::new_server(cfg, support::hub_id(), node_id(), vec![0xA0; 16], 0);
+    s.handle_frame(&mut store, valid_hello());
+    drain_out(&mut s);
+    let docs = (0..cap * 10)
+        .map(|i| ManifestEntry { doc: DocId::new(format!("n2-foreign-{i}")).unwrap(), heads: vec![[1; 32]] })
+        .collect();
+    s.handle_frame(&mut store, Frame::Manifest(Manifest { round: 1, docs, last: true }));
+    let sizes = s.sizes();
+    assert!(sizes.outbound <= cap + 1, "{sizes:?}");
+    assert!(s.is_closed());
+    let out = drain_out(&mut s);
+    assert!(matches!(out.last(), Some(Frame::Refuse { code: ErrorCode::Overloaded, .. })), "{:?}", out.last());
+}
+
+#[test]
 fn announced_and_refused_names_do_not_accumulate() {
     let mut store = MemStore::seeded(8);
     let mut s = server(0);

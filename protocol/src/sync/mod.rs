@@ -38,6 +38,9 @@ pub use automerge;
 #[cfg(test)]
 mod tests;
 
+/// Refusals ([`Frame::Refused`]) that may wait to be sent, as a multiple of `outbound_frames_max`.
+pub const REFUSALS_QUEUED_PER_OUTBOUND_MAX: usize = 4;
+
 /// Limits and timers of a session. Times are milliseconds of the caller's clock.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -512,7 +515,17 @@ impl SyncSession {
         }
     }
 
+    /// Tells the peer it may not have `doc`. One manifest frame can name thousands of documents, each worth
+    /// a `Refused`: past [`REFUSALS_QUEUED_PER_OUTBOUND_MAX`] × `outbound_frames_max` refusals waiting to be
+    /// sent, the session closes with `Overloaded` instead of queueing more (a node that behaves never names
+    /// documents that are not its own).
     fn refused(&mut self, doc: DocId) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if self.outbound.len() >= self.cfg.outbound_frames_max.saturating_mul(REFUSALS_QUEUED_PER_OUTBOUND_MAX) {
+            return self.refuse(ErrorCode::Overloaded, "the peer names more documents it may not have than we queue");
+        }
         self.outbound.push_back(Frame::Refused { doc, code: ErrorCode::NotEntitled });
     }
 
