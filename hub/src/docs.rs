@@ -279,6 +279,11 @@ impl HubDocs {
         self.db.flush()
     }
 
+    /// Evicts clean documents beyond the cache now ([`DocDb::evict_idle`]); call after a commit.
+    pub fn evict_idle(&mut self) -> usize {
+        self.db.evict_idle()
+    }
+
     /// Takes what is dirty into a batch that the caller commits ([`FlushBatch::commit`]) after releasing the
     /// lock on these documents.
     pub fn prepare_flush(&mut self) -> Option<FlushBatch> {

@@ -207,6 +207,9 @@ async fn persist(hub: &Hub, needed: u64) -> Result<(), DocDbError> {
     match tokio::task::spawn_blocking(move || batch.commit()).await {
         Ok(Ok(())) => {
             *committed = upto;
+            // What the batch held is on disk: documents beyond the cache need not wait for the next flush,
+            // which after a burst may not come for a long time.
+            lock(&hub.docs).evict_idle();
             Ok(())
         }
         Ok(Err(e)) => Err(e),

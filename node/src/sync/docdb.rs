@@ -534,6 +534,21 @@ impl DocDb {
         }
     }
 
+    /// Evicts clean documents beyond `cache_max` now, if no batch is in flight (otherwise the next prepare
+    /// does). Call it after a commit: the documents a burst loaded then stay loaded only until their batch
+    /// is on disk, not until the next flush, which may not come for a long time once the burst is over.
+    /// Returns how many documents are loaded afterwards.
+    pub fn evict_idle(&mut self) -> usize {
+        let gate = self.gate.clone();
+        let g = lock_gate(&gate.0);
+        // Failed batches must come back (`prepare_flush` restores them) before anything counts as clean.
+        if g.in_flight == 0 && g.failed.is_empty() && !g.broken {
+            self.evict();
+        }
+        drop(g);
+        self.loaded()
+    }
+
     /// A document, created empty (with this process's actor) if absent.
     pub fn get_or_create(&mut self, doc: &DocId) -> Result<&mut AutoCommit, DocDbError> {
         if !self.docs.contains_key(doc) {
@@ -1180,6 +1195,16 @@ mod tests {
             db.mark_dirty(&ids[1]);
             db.flush().unwrap();
             assert!(db.loaded() <= 4, "{} loaded", db.loaded());
+            // A burst loads more than the cache holds; once its batch is committed, `evict_idle` brings
+            // them back under the cap without waiting for another flush.
+            for (i, id) in ids.iter().enumerate().take(12) {
+                db.get_mut(id).unwrap().put(ROOT, "burst", i as u64).unwrap();
+                db.mark_dirty(id);
+            }
+            let batch = db.prepare_flush().unwrap();
+            assert!(db.evict_idle() >= 12, "nothing is evicted while its batch is in flight");
+            batch.commit().unwrap();
+            assert!(db.evict_idle() <= 4, "{} loaded after the commit", db.loaded());
             assert_eq!(db.len(), 20);
             let expected =
                 |db: &DocDb, id: &DocId| db.get(id).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.as_u64());
