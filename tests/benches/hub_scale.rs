@@ -38,7 +38,7 @@ use oms_node::store::{FulfillmentLine, OrderRecord, TimelineEntry};
 use oms_node::sync::docdb::DocDb;
 use oms_node::sync::{SYNC_DB_FILE, schema};
 use oms_protocol::domain::{FulfillmentState, NodeId, OrderDraft, OrderId};
-use oms_tests::cluster::{self, ClusterNode, HubProc, free_tcp, free_udp, get_json, pki};
+use oms_tests::cluster::{self, ClusterNode, HubProc, get_json, pki};
 use oms_tests::stats::{env_u64, loadavg};
 use serde_json::json;
 
@@ -264,6 +264,22 @@ fn probe(path: &Path, load: usize) {
     );
 }
 
+/// A free loopback port (UDP or TCP) in 20000..32000, below Linux's default ephemeral range (32768..60999),
+/// so no process binding port 0 can be handed it while the hub is down. Bounded: 12,000 probes at most.
+fn fixed_port_outside_ephemeral(udp: bool) -> SocketAddr {
+    let start = 20_000 + (std::process::id() % 12_000) as u16;
+    for k in 0..12_000u16 {
+        let port = 20_000 + (start - 20_000 + k) % 12_000;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let free =
+            if udp { std::net::UdpSocket::bind(addr).is_ok() } else { std::net::TcpListener::bind(addr).is_ok() };
+        if free {
+            return addr;
+        }
+    }
+    panic!("no free port in 20000..32000")
+}
+
 fn spawn_hub(root: &Path, certs: &Path, quic: SocketAddr, http: SocketAddr) -> HubProc {
     cluster::spawn_hub(root, certs, quic, http, "warn")
 }
@@ -343,7 +359,9 @@ async fn main() {
 
     // ---- 2. hub, empty ----
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    let (quic, hub_http) = (free_udp(), free_tcp());
+    // The hub's ports lie below the ephemeral range: the hub is down while the nodes start, and a port from
+    // `free_udp` (an ephemeral one) could be taken by a node's client endpoint in the meantime.
+    let (quic, hub_http) = (fixed_port_outside_ephemeral(true), fixed_port_outside_ephemeral(false));
     let mut hub = spawn_hub(&root, &certs, quic, hub_http);
     cluster::wait_healthy(&http, hub_http, Duration::from_secs(60)).await;
     let s = proc_stat(hub.proc.child.id(), tck);
