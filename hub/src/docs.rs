@@ -11,6 +11,7 @@
 //! and quarantines the (node, document) pair: from then on the session answers `Refused` for it, while the
 //! node's other documents, and every other node, carry on. Quarantines are counted, logged and persisted.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use oms_node::sync::docdb::{DocDb, DocDbError, FlushBatch};
@@ -466,14 +467,15 @@ impl HubDocs {
             .iter()
             .filter_map(|d| {
                 let DocKind::Stock(n) = DocKind::of(d)? else { return None };
-                Some((n, schema::read_site_info(self.db.get(d)?)?))
+                Some((n, schema::read_site_info(&*self.db.read(d)?)?))
             })
             .collect()
     }
 
-    /// A document, read-only.
-    pub fn get(&self, doc: &DocId) -> Option<&AutoCommit> {
-        self.db.get(doc)
+    /// A document, read-only, without keeping it loaded if it was not ([`DocDb::read`]): readers may scan
+    /// many documents.
+    pub fn get(&self, doc: &DocId) -> Option<Cow<'_, AutoCommit>> {
+        self.db.read(doc)
     }
 
     /// Stock documents.
@@ -513,7 +515,7 @@ impl DocStore for HubDocs {
             None => vec![],
         };
         for own in [schema::stock_doc(&node), schema::escrow_doc(&node)].into_iter().flatten() {
-            if self.db.get(&own).is_some() {
+            if self.db.contains(&own) {
                 out.push(own);
             }
         }
