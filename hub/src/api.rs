@@ -90,7 +90,8 @@ async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
             "stock_updated_at_ms": stock_updated_at_ms,
         }));
     }
-    Json(json!({"now_ms": now, "nodes": out}))
+    let held = json!({"held": docs.db().len(), "loaded": docs.db().loaded()});
+    Json(json!({"now_ms": now, "nodes": out, "documents": held}))
 }
 
 #[derive(Deserialize)]

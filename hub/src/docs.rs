@@ -29,8 +29,8 @@ const QUARANTINE_PREFIX: &str = "quarantine|";
 pub const CHANGED_MAX: usize = 100_000;
 /// Quarantined (node, document) pairs remembered; beyond this the node's whole session is refused.
 pub const QUARANTINE_MAX: usize = 100_000;
-/// Documents kept loaded in memory (≈ 24 KB each); the rest stay in `hub.redb` and load on access.
-pub const DOCS_CACHED_MAX: usize = 4_096;
+/// Documents kept loaded in memory by default (≈ 19 KB each); the rest stay in `hub.redb` and load on access.
+pub const DOCS_CACHED_MAX: usize = 2_048;
 /// Node ids remembered as origin or site of order documents; an order naming a node beyond them is
 /// entitled by its id alone (only the node that created it sees it).
 pub const PARTIES_MAX: usize = 65_536;
@@ -278,6 +278,11 @@ impl HubDocs {
     /// Flushes documents and sync states to disk.
     pub fn flush(&mut self) -> Result<(), DocDbError> {
         self.db.flush()
+    }
+
+    /// Documents kept loaded once clean (default [`DOCS_CACHED_MAX`]).
+    pub fn set_cache_max(&mut self, max: usize) {
+        self.db.set_cache_max(max);
     }
 
     /// Evicts clean documents beyond the cache now ([`DocDb::evict_idle`]); call after a commit.
