@@ -72,8 +72,13 @@ pub struct SyncTuning {
     pub frames_queued_max: usize,
     /// Ping the hub after this long without a frame from it.
     pub ping_after_ms: u64,
-    /// Reconnect after this long without a frame from the hub (pings unanswered).
+    /// Reconnect after this long without a UDP datagram from the hub although we pinged it: the path is
+    /// down. A hub that is merely busy still acknowledges our pings at the QUIC level.
     pub silent_max_ms: u64,
+    /// Reconnect after this long without a sync frame from the hub although its QUIC stack answers: the
+    /// hub's session is stuck. Much longer than `silent_max_ms`, since a hub loaded by a hundred nodes
+    /// catching up may take seconds to answer, and reconnecting would only add a manifest round to its load.
+    pub stalled_max_ms: u64,
     /// Frames already queued that the link handles before one flush and one write of the answers.
     pub frames_per_flush_max: usize,
     /// Changed balances are written into the stock document at most this often (one Automerge change for all
@@ -98,6 +103,7 @@ impl Default for SyncTuning {
             frames_queued_max: 256,
             ping_after_ms: 1_000,
             silent_max_ms: 3_000,
+            stalled_max_ms: 60_000,
             frames_per_flush_max: 256,
             stock_coalesce_ms: 250,
             stock_pending_max: 10_000,
@@ -509,6 +515,7 @@ async fn run_session(
     let mut out = Vec::new();
     let connected_at = now_ms();
     let mut last_ping = 0u64;
+    let mut datagrams = (conn.stats().udp_rx.datagrams, connected_at);
     loop {
         while let Some(f) = session.poll_transmit() {
             out.push(f);
@@ -592,12 +599,18 @@ async fn run_session(
             _ = tick.tick() => {
                 let now = now_ms();
                 session.tick(&mut *lock(&shared.docs), now);
-                // Liveness: ping a quiet hub, and give up on a connection that stays silent.
+                // Liveness: ping a quiet hub, and give up on a path that stays silent or a session that stalls.
                 let heard = shared.last_hub_frame_ms.load(std::sync::atomic::Ordering::Relaxed).max(connected_at);
                 let silent_ms = now.saturating_sub(heard);
-                if session.is_established() && silent_ms >= shared.tuning.silent_max_ms {
+                let rx = conn.stats().udp_rx.datagrams;
+                if rx != datagrams.0 {
+                    datagrams = (rx, now);
+                }
+                if session.is_established()
+                    && let Some(e) = liveness(now, heard, datagrams.1, &shared.tuning)
+                {
                     oms_transport::close(&conn, ErrorCode::NoError, "the hub went silent; reconnecting");
-                    return Err(LinkError::Silent { silent_ms });
+                    return Err(e);
                 }
                 if session.is_established()
                     && silent_ms >= shared.tuning.ping_after_ms
@@ -608,6 +621,20 @@ async fn run_session(
                 }
             }
         }
+    }
+}
+
+/// Whether a connection is dead: nothing at all from the hub for `silent_max_ms` (the path is down; a
+/// fresh connection finds it again sooner than QUIC's backed-off retransmissions), or datagrams but no
+/// sync frame for `stalled_max_ms` (the hub's session is stuck). `heard_ms` is the last sync frame's time,
+/// `datagram_ms` the last time the QUIC connection received a datagram (both at least the connection's).
+fn liveness(now_ms: u64, heard_ms: u64, datagram_ms: u64, tuning: &SyncTuning) -> Option<LinkError> {
+    let silent_ms = now_ms.saturating_sub(heard_ms);
+    let quiet_ms = now_ms.saturating_sub(datagram_ms.max(heard_ms));
+    if quiet_ms >= tuning.silent_max_ms || silent_ms >= tuning.stalled_max_ms {
+        Some(LinkError::Silent { silent_ms })
+    } else {
+        None
     }
 }
 
@@ -742,5 +769,24 @@ mod freeze_tests {
             assert_eq!(docdb::stored_doc_parts(&path, name.as_str()).unwrap().1, 0);
             store.close();
         });
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_hub_that_acknowledges_datagrams_is_not_dropped_a_silent_path_is() {
+        let t = SyncTuning { silent_max_ms: 3_000, stalled_max_ms: 60_000, ..SyncTuning::default() };
+        // No sync frame for 10 s, but datagrams (QUIC acknowledgements of our pings) a moment ago: busy, alive.
+        assert!(liveness(20_000, 10_000, 19_500, &t).is_none());
+        // Nothing at all for 3 s: the path is down.
+        assert!(matches!(liveness(13_000, 10_000, 10_000, &t), Some(LinkError::Silent { silent_ms: 3_000 })));
+        assert!(liveness(12_999, 10_000, 10_000, &t).is_none());
+        // A sync frame counts as a datagram too.
+        assert!(liveness(12_000, 11_000, 0, &t).is_none());
+        // Datagrams keep coming but no sync frame for a minute: the hub's session is stuck.
+        assert!(matches!(liveness(70_000, 10_000, 69_900, &t), Some(LinkError::Silent { silent_ms: 60_000 })));
     }
 }
