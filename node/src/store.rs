@@ -1883,7 +1883,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oms_protocol::domain::{Address, Channel, Contact, Currency, OrderLine};
+    use oms_protocol::fixtures;
 
     #[test]
     fn orders_saved_before_the_freeze_queue_existed_are_queued_once_at_open() {
@@ -1903,27 +1903,7 @@ mod tests {
                 .execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 5, note: None } })
                 .await
                 .unwrap();
-            let draft = OrderDraft {
-                external_ref: "x".into(),
-                channel: Channel::parse("web").unwrap(),
-                lines: vec![OrderLine {
-                    sku,
-                    qty: 1,
-                    unit_price_minor: 100,
-                    currency: Currency::parse("EUR").unwrap(),
-                }],
-                ship_to: Address {
-                    name: "A".into(),
-                    line1: "1".into(),
-                    line2: None,
-                    city: "B".into(),
-                    postcode: "1".into(),
-                    country: "DE".into(),
-                    lat: 52.0,
-                    lon: 13.0,
-                },
-                contact: Contact::default(),
-            };
+            let draft = fixtures::draft("x", &sku, 1);
             let mut ids = Vec::new();
             for key in ["cancelled", "open"] {
                 let cmd = Command::CreateOrder { key: key.into(), draft: Box::new(draft.clone()) };

@@ -632,33 +632,8 @@ pub fn session_config() -> SessionConfig {
 mod freeze_tests {
     use super::*;
     use crate::store::{CatalogItem, Command, Limits, Outcome, PickConfirmation};
-    use oms_protocol::domain::{
-        Address, Channel, Contact, Currency, FulfillmentState, Movement, OrderDraft, OrderId, OrderLine,
-    };
-
-    fn draft(sku: &Sku) -> OrderDraft {
-        OrderDraft {
-            external_ref: "w".into(),
-            channel: Channel::parse("web").unwrap(),
-            lines: vec![OrderLine {
-                sku: sku.clone(),
-                qty: 1,
-                unit_price_minor: 100,
-                currency: Currency::parse("EUR").unwrap(),
-            }],
-            ship_to: Address {
-                name: "A".into(),
-                line1: "1".into(),
-                line2: None,
-                city: "B".into(),
-                postcode: "1".into(),
-                country: "DE".into(),
-                lat: 52.0,
-                lon: 13.0,
-            },
-            contact: Contact::default(),
-        }
-    }
+    use oms_protocol::domain::{FulfillmentState, Movement, OrderId};
+    use oms_protocol::fixtures;
 
     /// Runs the follower until the feed is drained (bounded).
     fn drain(docs: &mut NodeDocs, store: &Store) {
@@ -692,7 +667,7 @@ mod freeze_tests {
                 .execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 5, note: None } })
                 .await
                 .unwrap();
-            let cmd = Command::CreateOrder { key: "k".into(), draft: Box::new(draft(&sku)) };
+            let cmd = Command::CreateOrder { key: "k".into(), draft: Box::new(fixtures::draft("w", &sku, 1)) };
             let Outcome::Order { record, .. } = store.execute(cmd).await.unwrap() else { panic!() };
             let id: OrderId = record.id;
             let name = schema::order_doc(&id).unwrap();
