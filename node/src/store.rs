@@ -1883,6 +1883,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{movement, site, store_with_catalog};
     use oms_protocol::fixtures;
 
     #[test]
@@ -1891,19 +1892,9 @@ mod tests {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("node.redb");
-            let site = NodeId::parse("wh-a").unwrap();
-            let open = || Store::open(&path, site.clone(), Limits::default(), Arc::new(Metrics::new())).unwrap();
-            let store = open();
-            let sku = Sku::parse("A").unwrap();
-            store
-                .execute(Command::PutCatalog(CatalogItem { sku: sku.clone(), name: "A".into(), bin: "A".into() }))
-                .await
-                .unwrap();
-            store
-                .execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 5, note: None } })
-                .await
-                .unwrap();
-            let draft = fixtures::draft("x", &sku, 1);
+            let store = store_with_catalog(dir.path(), &["A"]).await;
+            movement(&store, "A", Movement::Receipt { qty: 5, note: None }).await;
+            let draft = fixtures::draft("x", &Sku::parse("A").unwrap(), 1);
             let mut ids = Vec::new();
             for key in ["cancelled", "open"] {
                 let cmd = Command::CreateOrder { key: key.into(), draft: Box::new(draft.clone()) };
@@ -1921,7 +1912,7 @@ mod tests {
                 w.open_table(META).unwrap().remove(FREEZE_QUEUE_FILLED).unwrap();
                 w.commit().unwrap();
             }
-            let store = open();
+            let store = Store::open(&path, site(), Limits::default(), Arc::new(Metrics::new())).unwrap();
             assert_eq!(store.freeze_queue(None, 10).unwrap(), vec![(ids[0].to_string(), 0)], "queued at open");
             store.close();
         });
