@@ -28,24 +28,9 @@ async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr) {
     cluster::wait_healthy(http, addr, HEALTHY).await
 }
 
+/// SKU-0 to SKU-`skus - 1` in `node`'s catalog, 10,000 units of each received.
 async fn seed(http: &reqwest::Client, node: &ClusterNode, skus: usize) {
-    let base = format!("http://{}/v1", node.http);
-    for i in 0..skus {
-        let r = http
-            .put(format!("{base}/catalog/SKU-{i}"))
-            .json(&json!({"name": format!("Item {i}"), "bin": format!("A-{i:02}")}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "catalog: {}", r.status());
-        let r = http
-            .post(format!("{base}/stock/receipts"))
-            .json(&json!({"sku": format!("SKU-{i}"), "qty": 10_000, "note": "opening"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
-    }
+    cluster::seed(http, node, skus, 10_000).await
 }
 
 /// Places an order at `node`, retrying on connection errors with the same idempotency key; returns its id.
@@ -55,22 +40,7 @@ async fn place(http: &reqwest::Client, node: &ClusterNode, n: u64) -> String {
         "lines": [{"sku": format!("SKU-{}", n % 3), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
         "ship_to": {"name": "C", "line1": "1 Street", "city": "Berlin", "postcode": "10115", "country": "DE", "lat": 52.5, "lon": 13.4}
     });
-    for _ in 0..50 {
-        let r = http
-            .post(format!("http://{}/v1/orders", node.http))
-            .header("idempotency-key", format!("it-{n}"))
-            .json(&body)
-            .send()
-            .await;
-        if let Ok(r) = r
-            && r.status().as_u16() == 201
-        {
-            let v: Value = r.json().await.unwrap();
-            return v["id"].as_str().unwrap().to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("order {n} was not accepted");
+    cluster::place(http, node, &format!("it-{n}"), &body).await
 }
 
 /// Order ids the hub lists for `site` (all pages), or None if the hub is unreachable.
