@@ -70,7 +70,7 @@ async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
         let stock_updated_at_ms = oms_protocol::domain::NodeId::parse(&name)
             .ok()
             .and_then(|n| schema::stock_doc(&n))
-            .and_then(|d| docs.get(&d).and_then(schema::owner_updated_at_ms));
+            .and_then(|d| docs.get(&d).and_then(|doc| schema::owner_updated_at_ms(&doc)));
         out.push(json!({
             "node": name,
             "connected": st.connected,
@@ -90,7 +90,8 @@ async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
             "stock_updated_at_ms": stock_updated_at_ms,
         }));
     }
-    Json(json!({"now_ms": now, "nodes": out}))
+    let held = json!({"held": docs.db().len(), "loaded": docs.db().loaded()});
+    Json(json!({"now_ms": now, "nodes": out, "documents": held}))
 }
 
 #[derive(Deserialize)]
@@ -108,9 +109,9 @@ async fn orders(State(hub): State<Arc<Hub>>, Query(q): Query<OrdersQuery>) -> Js
         .iter()
         .filter_map(|d| {
             let doc = docs.get(d)?;
-            let (origin, site) = schema::order_parties(doc)?;
+            let (origin, site) = schema::order_parties(&doc)?;
             let id = d.as_str().strip_prefix(schema::ORDER_PREFIX)?;
-            Some(json!({"id": id, "origin": origin, "site": site, "status": schema::order_status(doc)}))
+            Some(json!({"id": id, "origin": origin, "site": site, "status": schema::order_status(&doc)}))
         })
         .collect();
     let next_after = if ids.len() == limit {
@@ -142,7 +143,7 @@ async fn order(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response 
     let Some(doc) = docs.get(&name) else {
         return problem(StatusCode::NOT_FOUND, "order_not_found", format!("order {id} has not reached the hub"));
     };
-    let view = match schema::read_order(doc, name.as_str()) {
+    let view = match schema::read_order(&doc, name.as_str()) {
         Ok(v) => v,
         Err(e) => {
             return problem(
@@ -208,14 +209,14 @@ fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>, Vec<StockR
     let mut rows = Vec::new();
     for d in docs.stock_ids(STOCK_SITES_MAX) {
         let Some(doc) = docs.get(&d) else { continue };
-        let view = match schema::read_stock(doc, d.as_str(), STOCK_SKUS_MAX) {
+        let view = match schema::read_stock(&doc, d.as_str(), STOCK_SKUS_MAX) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(doc = %d, error = %e, "unreadable stock document");
                 continue;
             }
         };
-        let site_escrow: BTreeMap<String, u64> = schema::read_escrow(doc, STOCK_SKUS_MAX)
+        let site_escrow: BTreeMap<String, u64> = schema::read_escrow(&doc, STOCK_SKUS_MAX)
             .map(|(c, _)| {
                 c.into_iter().map(|c| (c.sku().to_string(), c.local(oms_protocol::escrow::Party::Site))).collect()
             })

@@ -30,6 +30,13 @@ pub struct HubConfig {
     /// Documents held.
     #[serde(default = "default_docs_max")]
     pub docs_max: usize,
+    /// Documents kept loaded once written to disk (an order document costs about 19 KB loaded, 230 B not).
+    #[serde(default = "default_docs_cached_max")]
+    pub docs_cached_max: usize,
+    /// Documents loaded at once, cached or changed and not yet on disk; beyond it sessions flush before
+    /// taking more frames. At least `docs_cached_max`.
+    #[serde(default = "default_docs_loaded_max")]
+    pub docs_loaded_max: usize,
     /// How often the CRL file is checked for changes, ms.
     #[serde(default = "default_crl_check_interval_ms")]
     pub crl_check_interval_ms: u64,
@@ -63,6 +70,12 @@ fn default_nodes_max() -> usize {
 fn default_docs_max() -> usize {
     10_000_000
 }
+fn default_docs_cached_max() -> usize {
+    crate::docs::DOCS_CACHED_MAX
+}
+fn default_docs_loaded_max() -> usize {
+    2 * crate::docs::DOCS_CACHED_MAX
+}
 fn default_crl_check_interval_ms() -> u64 {
     5_000
 }
@@ -77,6 +90,8 @@ impl Default for HubConfig {
             certs_dir: default_certs_dir(),
             nodes_max: default_nodes_max(),
             docs_max: default_docs_max(),
+            docs_cached_max: default_docs_cached_max(),
+            docs_loaded_max: default_docs_loaded_max(),
             crl_check_interval_ms: default_crl_check_interval_ms(),
             routing: crate::routing::RoutingPolicy::default(),
             forecast: crate::forecast_config::ForecastConfig::default(),
@@ -91,7 +106,21 @@ impl HubConfig {
     /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })
+        let cfg: HubConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values that parse but make no sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {
+            return Err(ConfigError::Invalid(format!(
+                "docs_cached_max must be at least 1 and docs_loaded_max at least docs_cached_max (got {} and {})",
+                self.docs_cached_max, self.docs_loaded_max
+            )));
+        }
+        Ok(())
     }
 
     /// The database file.
@@ -110,5 +139,18 @@ mod tests {
         let cfg = HubConfig::load(&path).unwrap();
         assert_eq!(cfg.tenant, "acme");
         assert!(cfg.nodes_max > 0);
+        assert!(cfg.docs_loaded_max >= cfg.docs_cached_max);
+    }
+
+    #[test]
+    fn a_loaded_bound_below_the_cache_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "docs_cached_max = 100\ndocs_loaded_max = 99\n").unwrap();
+        assert!(matches!(HubConfig::load(&path), Err(ConfigError::Invalid(m)) if m.contains("docs_loaded_max")));
+        std::fs::write(&path, "docs_cached_max = 0\n").unwrap();
+        assert!(matches!(HubConfig::load(&path), Err(ConfigError::Invalid(_))));
+        std::fs::write(&path, "docs_cached_max = 10\ndocs_loaded_max = 10\n").unwrap();
+        assert_eq!(HubConfig::load(&path).unwrap().docs_loaded_max, 10);
     }
 }

@@ -262,7 +262,7 @@ impl DemandIndex {
             let ids = docs.order_ids(None, after.as_deref(), SCAN_PAGE);
             for d in &ids {
                 let Some(doc) = docs.get(d) else { continue };
-                match schema::read_order(doc, d.as_str()) {
+                match schema::read_order(&doc, d.as_str()) {
                     Ok(view) => {
                         let status = view.progress.as_ref().map(|p| p.status);
                         let lines = view.draft.lines.iter().map(|l| (l.sku.as_str(), l.qty));
@@ -353,7 +353,7 @@ impl StockIndex {
         let mut out = StockIndex::default();
         for d in docs.stock_ids(crate::api::STOCK_SITES_MAX) {
             let Some(doc) = docs.get(&d) else { continue };
-            let Ok(view) = schema::read_stock(doc, d.as_str(), crate::api::STOCK_SKUS_MAX) else { continue };
+            let Ok(view) = schema::read_stock(&doc, d.as_str(), crate::api::STOCK_SKUS_MAX) else { continue };
             let site = view.node.as_str().to_owned();
             for (sku, b) in view.skus {
                 out.available.insert((sku.as_str().to_owned(), site.clone()), b.available());
@@ -839,14 +839,16 @@ pub(crate) mod tests {
                 timeline,
                 created_at_ms,
             };
-            let doc = db.get_or_create(&schema::order_doc(&id).unwrap()).unwrap();
-            schema::write_order(doc, &node, &rec, 1).unwrap();
+            let name = schema::order_doc(&id).unwrap();
+            schema::write_order(db.get_or_create(&name).unwrap(), &node, &rec, 1).unwrap();
+            db.mark_dirty(&name);
         }
         for &(site, sku, on_hand) in stock {
             let node = NodeId::parse(site).unwrap();
-            let doc = db.get_or_create(&schema::stock_doc(&node).unwrap()).unwrap();
+            let name = schema::stock_doc(&node).unwrap();
             let b = Balance { on_hand, reserved: 0, staged: 0 };
-            schema::write_stock(doc, &node, &Sku::parse(sku).unwrap(), &b, 1).unwrap();
+            schema::write_stock(db.get_or_create(&name).unwrap(), &node, &Sku::parse(sku).unwrap(), &b, 1).unwrap();
+            db.mark_dirty(&name);
         }
         HubDocs::new(db).unwrap()
     }
@@ -884,6 +886,24 @@ pub(crate) mod tests {
         assert!(idx.history_of(Basis::Shipped, "A", Some("wh2")).is_none());
         assert_eq!(idx.history_of(Basis::Shipped, "A", None).unwrap().values, vec![3.0]);
         assert_eq!(idx.shipments_undated, 0);
+    }
+
+    #[test]
+    fn a_scan_keeps_no_document_loaded() {
+        use FulfillmentState::*;
+        let dir = tempfile::tempdir().unwrap();
+        let orders: &[TestOrder] =
+            &[("wh1", 1, TODAY - 2, 1, Accepted, &[("A", 2)]), ("wh1", 2, TODAY - 1, 1, Picking, &[("A", 3)])];
+        let mut docs = hub_docs(dir.path(), orders, &[("wh1", "A", 9)]);
+        docs.flush().unwrap();
+        drop(docs);
+        // A hub opened over a million documents loads none of them; a demand scan must not load them all.
+        let docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![8; 16], 100_000).unwrap()).unwrap();
+        assert_eq!(docs.db().loaded(), 0);
+        let idx = DemandIndex::build(&docs, TODAY);
+        assert_eq!(idx.history("A", Some("wh1")).unwrap().values, vec![2.0, 3.0]);
+        assert_eq!(StockIndex::build(&docs).available("A", Some("wh1")), 9);
+        assert_eq!(docs.db().loaded(), 0, "the scan left documents loaded");
     }
 
     #[test]

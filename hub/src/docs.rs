@@ -11,6 +11,7 @@
 //! and quarantines the (node, document) pair: from then on the session answers `Refused` for it, while the
 //! node's other documents, and every other node, carry on. Quarantines are counted, logged and persisted.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use oms_node::sync::docdb::{DocDb, DocDbError, FlushBatch};
@@ -28,8 +29,8 @@ const QUARANTINE_PREFIX: &str = "quarantine|";
 pub const CHANGED_MAX: usize = 100_000;
 /// Quarantined (node, document) pairs remembered; beyond this the node's whole session is refused.
 pub const QUARANTINE_MAX: usize = 100_000;
-/// Documents kept loaded in memory (≈ 24 KB each); the rest stay in `hub.redb` and load on access.
-pub const DOCS_CACHED_MAX: usize = 4_096;
+/// Documents kept loaded in memory by default (≈ 19 KB each); the rest stay in `hub.redb` and load on access.
+pub const DOCS_CACHED_MAX: usize = 2_048;
 /// Node ids remembered as origin or site of order documents; an order naming a node beyond them is
 /// entitled by its id alone (only the node that created it sees it).
 pub const PARTIES_MAX: usize = 65_536;
@@ -279,6 +280,11 @@ impl HubDocs {
         self.db.flush()
     }
 
+    /// Documents kept loaded once clean (default [`DOCS_CACHED_MAX`]).
+    pub fn set_cache_max(&mut self, max: usize) {
+        self.db.set_cache_max(max);
+    }
+
     /// Evicts clean documents beyond the cache now ([`DocDb::evict_idle`]); call after a commit.
     pub fn evict_idle(&mut self) -> usize {
         self.db.evict_idle()
@@ -466,14 +472,15 @@ impl HubDocs {
             .iter()
             .filter_map(|d| {
                 let DocKind::Stock(n) = DocKind::of(d)? else { return None };
-                Some((n, schema::read_site_info(self.db.get(d)?)?))
+                Some((n, schema::read_site_info(&*self.db.read(d)?)?))
             })
             .collect()
     }
 
-    /// A document, read-only.
-    pub fn get(&self, doc: &DocId) -> Option<&AutoCommit> {
-        self.db.get(doc)
+    /// A document, read-only, without keeping it loaded if it was not ([`DocDb::read`]): readers may scan
+    /// many documents.
+    pub fn get(&self, doc: &DocId) -> Option<Cow<'_, AutoCommit>> {
+        self.db.read(doc)
     }
 
     /// Stock documents.
@@ -513,7 +520,7 @@ impl DocStore for HubDocs {
             None => vec![],
         };
         for own in [schema::stock_doc(&node), schema::escrow_doc(&node)].into_iter().flatten() {
-            if self.db.get(&own).is_some() {
+            if self.db.contains(&own) {
                 out.push(own);
             }
         }

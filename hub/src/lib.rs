@@ -38,8 +38,14 @@ pub async fn run(
     let actor: [u8; 16] = rand::random();
     let db = DocDb::open(&cfg.db_path(), actor.to_vec(), cfg.docs_max)
         .with_context(|| format!("cannot open {}", cfg.db_path().display()))?;
-    let docs = docs::HubDocs::new(db)?;
-    let tuning = server::ServerTuning { nodes_max: cfg.nodes_max, ..server::ServerTuning::default() };
+    cfg.validate()?;
+    let mut docs = docs::HubDocs::new(db)?;
+    docs.set_cache_max(cfg.docs_cached_max);
+    let tuning = server::ServerTuning {
+        nodes_max: cfg.nodes_max,
+        docs_loaded_max: cfg.docs_loaded_max,
+        ..server::ServerTuning::default()
+    };
     let intake = intake::Intake::open(&cfg.data_dir.join(intake::INTAKE_DB_FILE), cfg.routing.clone())
         .with_context(|| format!("cannot open {}", cfg.data_dir.join(intake::INTAKE_DB_FILE).display()))?;
     let hub = Arc::new(server::Hub::new(docs, intake, &cfg.tenant, actor.to_vec(), tuning)?);

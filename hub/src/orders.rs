@@ -214,7 +214,7 @@ struct FoState {
 
 fn fo_state(hub: &Hub, id: &OrderId) -> FoState {
     let docs = lock(&hub.docs);
-    let view = schema::order_doc(id).and_then(|n| docs.get(&n).and_then(|d| schema::read_order(d, n.as_str()).ok()));
+    let view = schema::order_doc(id).and_then(|n| docs.get(&n).and_then(|d| schema::read_order(&d, n.as_str()).ok()));
     let frozen_at_ms = view.as_ref().and_then(|v| v.frozen_at_ms);
     let progress = view.and_then(|v| v.progress);
     FoState { status: progress.as_ref().map(|p| p.status), progress, frozen_at_ms }
@@ -384,7 +384,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
             Some(DocKind::Stock(site)) => {
                 let counters = {
                     let docs = lock(&hub.docs);
-                    docs.get(&doc).and_then(|d| schema::read_escrow(d, usize::MAX).ok()).map(|(c, _)| c)
+                    docs.get(&doc).and_then(|d| schema::read_escrow(&d, usize::MAX).ok()).map(|(c, _)| c)
                 };
                 let Some(counters) = counters else { continue };
                 match hub.intake.merge_site(&site, counters, now) {
@@ -403,7 +403,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
             }
             Some(DocKind::Order(id)) if schema::order_origin(&id) == Some(HUB_ORIGIN) => {
                 let docs = lock(&hub.docs);
-                let Some(view) = docs.get(&doc).and_then(|d| schema::read_order(d, doc.as_str()).ok()) else {
+                let Some(view) = docs.get(&doc).and_then(|d| schema::read_order(&d, doc.as_str()).ok()) else {
                     continue;
                 };
                 let Some(p) = view.progress else { continue };

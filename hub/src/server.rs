@@ -35,11 +35,23 @@ pub struct ServerTuning {
     pub frames_queued_max: usize,
     /// Frames already queued that a session handles before one flush and one write of the answers.
     pub frames_per_flush_max: usize,
+    /// Documents loaded at the hub (cached, and changed but not yet on disk; `docs_loaded_max` in the
+    /// configuration) beyond which a session takes no
+    /// further queued frame before the next flush. Every session handles at least one frame per flush, so
+    /// the hub holds at most this many plus one per session, whatever the number of nodes catching up.
+    pub docs_loaded_max: usize,
 }
 
 impl Default for ServerTuning {
     fn default() -> Self {
-        Self { nodes_max: 256, io_timeout_ms: 10_000, tick_ms: 250, frames_queued_max: 256, frames_per_flush_max: 256 }
+        Self {
+            nodes_max: 256,
+            io_timeout_ms: 10_000,
+            tick_ms: 250,
+            frames_queued_max: 256,
+            frames_per_flush_max: 256,
+            docs_loaded_max: 2 * crate::docs::DOCS_CACHED_MAX,
+        }
     }
 }
 
@@ -202,6 +214,8 @@ async fn persist(hub: &Hub, needed: u64) -> Result<(), DocDbError> {
     };
     let Some(batch) = batch else {
         *committed = upto;
+        // Nothing to write, but sessions may have loaded documents to send them: drop what exceeds the cache.
+        lock(&hub.docs).evict_idle();
         return Ok(());
     };
     match tokio::task::spawn_blocking(move || batch.commit()).await {
@@ -309,6 +323,11 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                     handle_frame(hub, node, &mut session, frame, &mut out);
                     // Take what else is already queued (bounded) before the next flush and write.
                     for _ in 1..batch_max {
+                        // A hundred nodes catching up at once would otherwise keep 100 × `batch_max`
+                        // documents loaded and dirty between two flushes (about 19 KB each).
+                        if lock(&hub.docs).db().loaded() >= hub.tuning.docs_loaded_max {
+                            break;
+                        }
                         match frames.try_recv() {
                             Ok(Ok(frame)) => handle_frame(hub, node, &mut session, frame, &mut out),
                             Ok(Err(e)) => {

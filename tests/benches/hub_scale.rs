@@ -38,7 +38,7 @@ use oms_node::store::{FulfillmentLine, OrderRecord, TimelineEntry};
 use oms_node::sync::docdb::DocDb;
 use oms_node::sync::{SYNC_DB_FILE, schema};
 use oms_protocol::domain::{FulfillmentState, NodeId, OrderDraft, OrderId};
-use oms_tests::cluster::{self, ClusterNode, HubProc, free_tcp, free_udp, get_json, pki};
+use oms_tests::cluster::{self, ClusterNode, HubProc, get_json, pki};
 use oms_tests::stats::{env_u64, loadavg};
 use serde_json::json;
 
@@ -159,13 +159,13 @@ async fn hub_total(http: &reqwest::Client, hub: SocketAddr) -> Option<u64> {
     get_json(http, format!("http://{hub}/v1/orders?limit=1")).await.and_then(|v| v["total"].as_u64())
 }
 
-/// (connected, pending) node sessions at the hub.
-async fn hub_sessions(http: &reqwest::Client, hub: SocketAddr) -> Option<(usize, usize)> {
+/// (connected, pending) node sessions at the hub, and the documents it holds loaded.
+async fn hub_sessions(http: &reqwest::Client, hub: SocketAddr) -> Option<(usize, usize, u64)> {
     let v = get_json(http, format!("http://{hub}/v1/nodes")).await?;
     let ns = v["nodes"].as_array()?;
     let connected = ns.iter().filter(|n| n["connected"] == true).count();
     let pending = ns.iter().filter(|n| n["connected"] == true && n["pending"] == true).count();
-    Some((connected, pending))
+    Some((connected, pending, v["documents"]["loaded"].as_u64().unwrap_or(0)))
 }
 
 /// Waits until the hub holds `total` orders and all `n` nodes are connected with nothing pending, printing
@@ -185,7 +185,7 @@ async fn wait_in_sync(
     while t.elapsed() < deadline {
         let have = hub_total(http, hub.http).await.unwrap_or(0);
         let sessions = hub_sessions(http, hub.http).await;
-        let done = have >= total && sessions.is_some_and(|(c, p)| c == nodes.len() && p == 0);
+        let done = have >= total && sessions.is_some_and(|(c, p, _)| c == nodes.len() && p == 0);
         // Pending flips between frames; require it to hold for a second.
         match (done, in_sync_since) {
             (true, Some(s)) if s.elapsed() >= Duration::from_secs(1) => return Some(t.elapsed()),
@@ -197,7 +197,7 @@ async fn wait_in_sync(
             last_print = Instant::now();
             let s = proc_stat(pid, tck);
             println!(
-                "  {:>6.1} s: hub total {have}, sessions (connected, pending) {sessions:?}, hub RSS {:.1} MB (peak {:.1}), hub CPU {:.1} s, nodes CPU {:.1} s, loadavg {}",
+                "  {:>6.1} s: hub total {have}, sessions (connected, pending, docs loaded) {sessions:?}, hub RSS {:.1} MB (peak {:.1}), hub CPU {:.1} s, nodes CPU {:.1} s, loadavg {}",
                 t.elapsed().as_secs_f64(),
                 s.rss_mb,
                 s.hwm_mb,
@@ -262,6 +262,22 @@ fn probe(path: &Path, load: usize) {
         t.elapsed().as_secs_f64(),
         (after - before) * 1048576.0 / ok.max(1) as f64
     );
+}
+
+/// A free loopback port (UDP or TCP) in 20000..32000, below Linux's default ephemeral range (32768..60999),
+/// so no process binding port 0 can be handed it while the hub is down. Bounded: 12,000 probes at most.
+fn fixed_port_outside_ephemeral(udp: bool) -> SocketAddr {
+    let start = 20_000 + (std::process::id() % 12_000) as u16;
+    for k in 0..12_000u16 {
+        let port = 20_000 + (start - 20_000 + k) % 12_000;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let free =
+            if udp { std::net::UdpSocket::bind(addr).is_ok() } else { std::net::TcpListener::bind(addr).is_ok() };
+        if free {
+            return addr;
+        }
+    }
+    panic!("no free port in 20000..32000")
 }
 
 fn spawn_hub(root: &Path, certs: &Path, quic: SocketAddr, http: SocketAddr) -> HubProc {
@@ -343,7 +359,9 @@ async fn main() {
 
     // ---- 2. hub, empty ----
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    let (quic, hub_http) = (free_udp(), free_tcp());
+    // The hub's ports lie below the ephemeral range: the hub is down while the nodes start, and a port from
+    // `free_udp` (an ephemeral one) could be taken by a node's client endpoint in the meantime.
+    let (quic, hub_http) = (fixed_port_outside_ephemeral(true), fixed_port_outside_ephemeral(false));
     let mut hub = spawn_hub(&root, &certs, quic, hub_http);
     cluster::wait_healthy(&http, hub_http, Duration::from_secs(60)).await;
     let s = proc_stat(hub.proc.child.id(), tck);

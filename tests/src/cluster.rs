@@ -85,9 +85,26 @@ pub struct HubProc {
 
 /// Starts `oms hub` with its data in `root/hub-data`, logging to `root/hub.log` at `log_level`.
 pub fn spawn_hub(root: &Path, certs: &Path, quic: SocketAddr, http: SocketAddr, log_level: &str) -> HubProc {
+    spawn_hub_with(root, certs, quic, http, log_level, "")
+}
+
+/// [`spawn_hub`] with a configuration file `root/hub.toml` holding `toml` (flags override its addresses).
+pub fn spawn_hub_with(
+    root: &Path,
+    certs: &Path,
+    quic: SocketAddr,
+    http: SocketAddr,
+    log_level: &str,
+    toml: &str,
+) -> HubProc {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("hub.log")).expect("hub log");
+    let config = root.join("hub.toml");
+    std::fs::write(&config, toml).expect("hub config");
     let child = oms()
-        .args(["hub", "--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
+        .arg("hub")
+        .arg("--config")
+        .arg(&config)
+        .args(["--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
         .arg("--data")
         .arg(root.join("hub-data"))
         .arg("--certs")

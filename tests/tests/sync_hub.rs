@@ -209,6 +209,45 @@ async fn node_keeps_taking_orders_while_the_hub_is_down_and_catches_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_catching_up_keeps_at_most_docs_loaded_max_documents_loaded() {
+    const CACHED: u64 = 8;
+    const LOADED: u64 = 16;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &["wh-mem"]);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let config = format!("docs_cached_max = {CACHED}\ndocs_loaded_max = {LOADED}\n");
+    let hub = cluster::spawn_hub_with(tmp.path(), &certs, quic, http_addr, "info", &config);
+    let node = spawn_node(tmp.path(), &certs, "wh-mem", quic);
+    let http = client();
+    wait_healthy(&http, hub.http).await;
+    wait_healthy(&http, node.http).await;
+    seed(&http, &node, 3).await;
+    drop(hub); // kill -9: the node takes its orders alone, then pushes them all at once
+    let mut ids = BTreeSet::new();
+    for n in 0..150 {
+        ids.insert(place(&http, &node, n).await);
+    }
+    let hub = cluster::spawn_hub_with(tmp.path(), &certs, quic, http_addr, "info", &config);
+    wait_healthy(&http, hub.http).await;
+    let (deadline, mut most, mut samples) = (Instant::now() + SYNC_DEADLINE, 0, 0);
+    while Instant::now() < deadline {
+        if let Some(v) = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await {
+            most = most.max(v["documents"]["loaded"].as_u64().unwrap());
+            samples += 1;
+        }
+        if hub_orders(&http, hub.http, "wh-mem").await.is_some_and(|o| o.len() == ids.len()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    wait_hub_has(&http, hub.http, "wh-mem", &ids).await;
+    // One session: the bound, plus the frame it always takes before flushing, plus the node's stock document.
+    assert!(most <= LOADED + 2, "{most} documents loaded at once (bound {LOADED}, {samples} samples)");
+    let v = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
+    assert!(v["documents"]["held"].as_u64().unwrap() > 150, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_killed_mid_sync_loses_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let certs = pki(tmp.path(), &["wh-west"]);

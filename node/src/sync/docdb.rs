@@ -18,6 +18,7 @@
 //! batch committed before that recovery fails too, so a caller that got `Ok` from `commit` knows that
 //! everything prepared up to its batch is on disk. [`DocDb::flush`] does both steps at once.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -422,6 +423,25 @@ impl DocDb {
             }
         }
         slot.doc.get().map(|d| &**d)
+    }
+
+    /// A document to read without keeping it loaded: borrowed if it is loaded, otherwise loaded for this
+    /// read only and dropped with the returned value. Read paths that may visit many documents (listings,
+    /// demand scans) use this, so they cannot fill memory: [`DocDb::get`] keeps what it loads until the next
+    /// eviction, which only runs with `&mut self` after a flush, and an idle hub may not flush for hours.
+    pub fn read(&self, doc: &DocId) -> Option<Cow<'_, AutoCommit>> {
+        let slot = self.docs.get(doc)?;
+        slot.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(d) = slot.doc.get() {
+            return Some(Cow::Borrowed(&**d));
+        }
+        match self.load(doc) {
+            Ok(d) => Some(Cow::Owned(d)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load an evicted document");
+                None
+            }
+        }
     }
 
     /// A document to change; call [`DocDb::mark_dirty`] after changing it.
@@ -1215,6 +1235,16 @@ mod tests {
             let h = db.heads(&ids[12]).unwrap();
             assert_eq!(db.loaded(), before);
             assert_eq!(db.get_mut(&ids[12]).unwrap().get_heads(), h);
+            // `read` of an evicted document loads it for that read only; of a loaded one, borrows it.
+            let before = db.loaded();
+            for (i, id) in ids.iter().enumerate().skip(13) {
+                let doc = db.read(id).unwrap();
+                assert!(matches!(doc, Cow::Owned(_)), "{id} was evicted");
+                assert_eq!(doc.get(ROOT, "k").unwrap().map(|(v, _)| v.as_u64()), Some(Some(i as u64)));
+            }
+            assert_eq!(db.loaded(), before, "reads keep nothing loaded");
+            assert!(matches!(db.read(&ids[12]).unwrap(), Cow::Borrowed(_)));
+            assert!(db.read(&DocId::new("order/absent").unwrap()).is_none());
             // A reloaded document changed and flushed again survives a reopen.
             db.get_mut(&ids[7]).unwrap().put(ROOT, "k", 107).unwrap();
             db.mark_dirty(&ids[7]);
