@@ -7,9 +7,8 @@ use oms_hub::docs::HubDocs;
 use oms_node::store::{FulfillmentLine, OrderRecord};
 use oms_node::sync::docdb::{DocDb, stored_doc_parts};
 use oms_node::sync::schema::{self, keys};
-use oms_protocol::domain::{
-    Address, Channel, Contact, Currency, FulfillmentState, NodeId, OrderDraft, OrderId, OrderLine, Sku,
-};
+use oms_protocol::domain::{FulfillmentState, NodeId, OrderId, Sku};
+use oms_protocol::fixtures;
 use oms_protocol::sync::DocStore;
 use oms_protocol::sync::automerge::{AutoCommit, ROOT, ReadDoc, transaction::Transactable};
 use oms_protocol::wire::DocId;
@@ -20,27 +19,7 @@ fn record(site: &NodeId) -> OrderRecord {
         id: OrderId::new(site, 1),
         site: site.clone(),
         status: FulfillmentState::Accepted,
-        order: OrderDraft {
-            external_ref: "w".into(),
-            channel: Channel::parse("web").unwrap(),
-            lines: vec![OrderLine {
-                sku: sku.clone(),
-                qty: 1,
-                unit_price_minor: 100,
-                currency: Currency::parse("EUR").unwrap(),
-            }],
-            ship_to: Address {
-                name: "A".into(),
-                line1: "1".into(),
-                line2: None,
-                city: "B".into(),
-                postcode: "1".into(),
-                country: "DE".into(),
-                lat: 52.0,
-                lon: 13.0,
-            },
-            contact: Contact::default(),
-        },
+        order: fixtures::draft("w", &sku, 1),
         lines: vec![FulfillmentLine { sku, qty: 1, picked: None, shipped: 0, returned: 0 }],
         wave: None,
         parcels: None,

@@ -130,7 +130,8 @@ pub async fn run(store: Store, policy: FreezePolicy) {
 mod tests {
     use super::*;
     use crate::store::{FulfillmentLine, ReturnLine, ReturnRecord, TimelineEntry};
-    use oms_protocol::domain::{Address, Channel, Contact, Disposition, NodeId, OrderDraft, OrderId, Sku};
+    use oms_protocol::domain::{Disposition, NodeId, OrderDraft, OrderId, Sku};
+    use oms_protocol::fixtures;
 
     const DAY: u64 = 24 * 3_600_000;
 
@@ -141,22 +142,8 @@ mod tests {
             id: OrderId::new(&site, 1),
             site,
             status,
-            order: OrderDraft {
-                external_ref: "x".into(),
-                channel: Channel::parse("web").unwrap(),
-                lines: vec![],
-                ship_to: Address {
-                    name: "A".into(),
-                    line1: "1".into(),
-                    line2: None,
-                    city: "B".into(),
-                    postcode: "1".into(),
-                    country: "DE".into(),
-                    lat: 52.0,
-                    lon: 13.0,
-                },
-                contact: Contact::default(),
-            },
+            // The draft's lines play no part in freezing: the fulfillment lines below do.
+            order: OrderDraft { lines: vec![], ..fixtures::draft("x", &sku, 1) },
             lines: vec![
                 FulfillmentLine { sku: sku.clone(), qty: 2, picked: Some(2), shipped, returned },
                 FulfillmentLine { sku, qty: 1, picked: Some(0), shipped: 0, returned: 0 },

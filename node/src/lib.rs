@@ -13,6 +13,8 @@ pub mod metrics;
 pub mod problem;
 pub mod store;
 pub mod sync;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 

@@ -1883,7 +1883,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oms_protocol::domain::{Address, Channel, Contact, Currency, OrderLine};
+    use crate::test_support::{movement, site, store_with_catalog};
+    use oms_protocol::fixtures;
 
     #[test]
     fn orders_saved_before_the_freeze_queue_existed_are_queued_once_at_open() {
@@ -1891,39 +1892,9 @@ mod tests {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("node.redb");
-            let site = NodeId::parse("wh-a").unwrap();
-            let open = || Store::open(&path, site.clone(), Limits::default(), Arc::new(Metrics::new())).unwrap();
-            let store = open();
-            let sku = Sku::parse("A").unwrap();
-            store
-                .execute(Command::PutCatalog(CatalogItem { sku: sku.clone(), name: "A".into(), bin: "A".into() }))
-                .await
-                .unwrap();
-            store
-                .execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 5, note: None } })
-                .await
-                .unwrap();
-            let draft = OrderDraft {
-                external_ref: "x".into(),
-                channel: Channel::parse("web").unwrap(),
-                lines: vec![OrderLine {
-                    sku,
-                    qty: 1,
-                    unit_price_minor: 100,
-                    currency: Currency::parse("EUR").unwrap(),
-                }],
-                ship_to: Address {
-                    name: "A".into(),
-                    line1: "1".into(),
-                    line2: None,
-                    city: "B".into(),
-                    postcode: "1".into(),
-                    country: "DE".into(),
-                    lat: 52.0,
-                    lon: 13.0,
-                },
-                contact: Contact::default(),
-            };
+            let store = store_with_catalog(dir.path(), &["A"]).await;
+            movement(&store, "A", Movement::Receipt { qty: 5, note: None }).await;
+            let draft = fixtures::draft("x", &Sku::parse("A").unwrap(), 1);
             let mut ids = Vec::new();
             for key in ["cancelled", "open"] {
                 let cmd = Command::CreateOrder { key: key.into(), draft: Box::new(draft.clone()) };
@@ -1941,7 +1912,7 @@ mod tests {
                 w.open_table(META).unwrap().remove(FREEZE_QUEUE_FILLED).unwrap();
                 w.commit().unwrap();
             }
-            let store = open();
+            let store = Store::open(&path, site(), Limits::default(), Arc::new(Metrics::new())).unwrap();
             assert_eq!(store.freeze_queue(None, 10).unwrap(), vec![(ids[0].to_string(), 0)], "queued at open");
             store.close();
         });

@@ -20,6 +20,7 @@ use oms_node::escrow::EscrowPolicy;
 use oms_node::store::{Command, Limits, Outcome, Store, StoreError};
 use oms_protocol::domain::{FulfillmentState, Movement, OrderId, Sku};
 use oms_protocol::escrow::{EscrowCounter, Party, RebalancePolicy};
+use oms_protocol::fixtures;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -83,7 +84,7 @@ impl World {
                 self.key += 1;
                 let cmd = Command::CreateOrder {
                     key: format!("k{}", self.key),
-                    draft: Box::new(common::draft("x", &sku, *q)),
+                    draft: Box::new(fixtures::draft("x", &sku, *q)),
                 };
                 match self.store.execute(cmd).await {
                     Ok(Outcome::Order { record, .. }) => self.local_orders.push(record.id),
@@ -101,7 +102,7 @@ impl World {
                 if let Some((id, q)) = self.in_flight.pop_front() {
                     let cmd = Command::AcceptAssignment {
                         id: id.clone(),
-                        draft: Box::new(common::draft("x", &sku, q)),
+                        draft: Box::new(fixtures::draft("x", &sku, q)),
                         assigned_at_ms: now_ms(),
                         auto_accept: true,
                     };

@@ -7,6 +7,7 @@ mod common;
 use oms_node::problem::Problem;
 use oms_node::store::{Command, Limits, Outcome, PickConfirmation, ReturnLine, Store, StoreError};
 use oms_protocol::domain::{Disposition, OrderId, Sku};
+use oms_protocol::fixtures;
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -15,7 +16,7 @@ fn sku() -> Sku {
 }
 
 async fn order(store: &Store, key: &str, qty: u32) -> OrderId {
-    let cmd = Command::CreateOrder { key: key.into(), draft: Box::new(common::draft(key, &sku(), qty)) };
+    let cmd = Command::CreateOrder { key: key.into(), draft: Box::new(fixtures::draft(key, &sku(), qty)) };
     let Outcome::Order { record, .. } = store.execute(cmd).await.unwrap() else { panic!("not an order") };
     record.id
 }

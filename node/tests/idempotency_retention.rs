@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use oms_node::store::{Command, Limits, Outcome, Store, StoreError};
 use oms_protocol::domain::Sku;
+use oms_protocol::fixtures;
 
 async fn open(dir: &std::path::Path, retention_ms: u64) -> Store {
     let limits = Limits { idempotency_retention_ms: retention_ms, ..Limits::default() };
@@ -14,7 +15,7 @@ async fn open(dir: &std::path::Path, retention_ms: u64) -> Store {
 }
 
 fn create(key: &str, ext: &str) -> Command {
-    Command::CreateOrder { key: key.into(), draft: Box::new(common::draft(ext, &Sku::parse("A").unwrap(), 1)) }
+    Command::CreateOrder { key: key.into(), draft: Box::new(fixtures::draft(ext, &Sku::parse("A").unwrap(), 1)) }
 }
 
 #[test]

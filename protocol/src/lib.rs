@@ -6,5 +6,8 @@
 
 pub mod domain;
 pub mod escrow;
+#[cfg(feature = "fixtures")]
+#[doc(hidden)]
+pub mod fixtures;
 pub mod sync;
 pub mod wire;

@@ -40,26 +40,6 @@ async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr) {
     cluster::wait_healthy(http, addr, Duration::from_secs(60)).await
 }
 
-async fn seed(http: &reqwest::Client, node: &ClusterNode, skus: usize, qty: u64) {
-    let base = format!("http://{}/v1", node.http);
-    for i in 0..skus {
-        let r = http
-            .put(format!("{base}/catalog/SKU-{i}"))
-            .json(&json!({"name": format!("Item {i}"), "bin": format!("A-{i:02}")}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "catalog: {}", r.status());
-        let r = http
-            .post(format!("{base}/stock/receipts"))
-            .json(&json!({"sku": format!("SKU-{i}"), "qty": qty, "note": "opening"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
-    }
-}
-
 /// Order `n`: one or two lines, a customer, street, city and postcode that vary from order to order (drawn
 /// deterministically from `n`), so that compression finds only what real orders share.
 fn order_json(n: u64) -> Value {
@@ -113,25 +93,9 @@ fn postcard_size(n: u64) -> usize {
     postcard::to_allocvec(&draft).unwrap().len()
 }
 
-/// Places an order at `node` (retrying with the same idempotency key); returns its id.
+/// Places order `n` at `node` (retrying with the same idempotency key); returns its id.
 async fn place(http: &reqwest::Client, node: &ClusterNode, n: u64) -> String {
-    let body = order_json(n);
-    for _ in 0..50 {
-        let r = http
-            .post(format!("http://{}/v1/orders", node.http))
-            .header("idempotency-key", format!("{}-{n}", node.id))
-            .json(&body)
-            .send()
-            .await;
-        if let Ok(r) = r
-            && r.status().as_u16() == 201
-        {
-            let v: Value = r.json().await.unwrap();
-            return v["id"].as_str().unwrap().to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("order {n} was not accepted");
+    cluster::place(http, node, &format!("{}-{n}", node.id), &order_json(n)).await
 }
 
 async fn hub_total(http: &reqwest::Client, hub: SocketAddr, site: &str) -> Option<u64> {
@@ -317,7 +281,7 @@ async fn main() {
     let via = forwarder(quic, fwd.clone()).await;
     let node = spawn_node(tmp.path(), &certs, "wh-lat", via);
     wait_healthy(&http, node.http).await;
-    seed(&http, &node, 3, 1_000_000).await;
+    cluster::seed(&http, &node, 3, 1_000_000).await;
     let dl = Instant::now() + Duration::from_secs(30);
     while !node_connected(&http, hub_http, "wh-lat").await && Instant::now() < dl {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -387,7 +351,7 @@ async fn main() {
     let (pconfig, phttp, pdir) = cluster::node_config_with(tmp.path(), &certs, "wh-plain", pvia, "compress = false");
     let pnode = cluster::spawn_node_with("wh-plain", &pconfig, phttp, &pdir, "warn");
     wait_healthy(&http, pnode.http).await;
-    seed(&http, &pnode, 3, 1_000_000).await;
+    cluster::seed(&http, &pnode, 3, 1_000_000).await;
     let dl = Instant::now() + Duration::from_secs(30);
     while !node_connected(&http, hub_http, "wh-plain").await && Instant::now() < dl {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -406,7 +370,7 @@ async fn main() {
     let cvia = forwarder(quic, cfwd.clone()).await;
     let cnode = spawn_node(tmp.path(), &certs, "wh-catch", cvia);
     wait_healthy(&http, cnode.http).await;
-    seed(&http, &cnode, 3, 1_000_000).await;
+    cluster::seed(&http, &cnode, 3, 1_000_000).await;
     let dl = Instant::now() + Duration::from_secs(30);
     while !node_connected(&http, hub_http, "wh-catch").await && Instant::now() < dl {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -465,7 +429,7 @@ async fn main() {
     }
     for n in &knodes {
         wait_healthy(&http, n.http).await;
-        seed(&http, n, 3, 1_000_000).await;
+        cluster::seed(&http, n, 3, 1_000_000).await;
     }
     let t = Instant::now();
     let placed: Vec<String> = futures::stream::iter(knodes.iter().flat_map(|nd| (0..m).map(move |i| (nd, i))))

@@ -217,6 +217,44 @@ pub async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr, budget: Dura
     panic!("{addr} did not become healthy in {budget:?}");
 }
 
+/// Puts SKU-0 to SKU-`skus - 1` in `node`'s catalog and receives `qty` units of each.
+pub async fn seed(http: &reqwest::Client, node: &ClusterNode, skus: usize, qty: u64) {
+    let base = format!("http://{}/v1", node.http);
+    for i in 0..skus {
+        let r = http
+            .put(format!("{base}/catalog/SKU-{i}"))
+            .json(&serde_json::json!({"name": format!("Item {i}"), "bin": format!("A-{i:02}")}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "catalog: {}", r.status());
+        let r = http
+            .post(format!("{base}/stock/receipts"))
+            .json(&serde_json::json!({"sku": format!("SKU-{i}"), "qty": qty, "note": "opening"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+}
+
+/// Places order `body` at `node` under idempotency key `key`, retrying (same key, so at most one order) up to
+/// 50 times, 100 ms apart, until it is created; returns the order's id. Panics if it was never accepted.
+pub async fn place(http: &reqwest::Client, node: &ClusterNode, key: &str, body: &Value) -> String {
+    for _ in 0..50 {
+        let r =
+            http.post(format!("http://{}/v1/orders", node.http)).header("idempotency-key", key).json(body).send().await;
+        if let Ok(r) = r
+            && r.status().as_u16() == 201
+        {
+            let v: Value = r.json().await.unwrap();
+            return v["id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("order {key} was not accepted");
+}
+
 /// GET returning JSON, or None when unreachable or not 2xx.
 pub async fn get_json(http: &reqwest::Client, url: String) -> Option<Value> {
     let r = http.get(url).send().await.ok()?;

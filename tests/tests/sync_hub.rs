@@ -5,7 +5,7 @@
 //!
 //! Every wait is a bounded loop with a deadline; processes are killed when their guard drops.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -28,24 +28,9 @@ async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr) {
     cluster::wait_healthy(http, addr, HEALTHY).await
 }
 
+/// SKU-0 to SKU-`skus - 1` in `node`'s catalog, 10,000 units of each received.
 async fn seed(http: &reqwest::Client, node: &ClusterNode, skus: usize) {
-    let base = format!("http://{}/v1", node.http);
-    for i in 0..skus {
-        let r = http
-            .put(format!("{base}/catalog/SKU-{i}"))
-            .json(&json!({"name": format!("Item {i}"), "bin": format!("A-{i:02}")}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "catalog: {}", r.status());
-        let r = http
-            .post(format!("{base}/stock/receipts"))
-            .json(&json!({"sku": format!("SKU-{i}"), "qty": 10_000, "note": "opening"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
-    }
+    cluster::seed(http, node, skus, 10_000).await
 }
 
 /// Places an order at `node`, retrying on connection errors with the same idempotency key; returns its id.
@@ -55,22 +40,7 @@ async fn place(http: &reqwest::Client, node: &ClusterNode, n: u64) -> String {
         "lines": [{"sku": format!("SKU-{}", n % 3), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
         "ship_to": {"name": "C", "line1": "1 Street", "city": "Berlin", "postcode": "10115", "country": "DE", "lat": 52.5, "lon": 13.4}
     });
-    for _ in 0..50 {
-        let r = http
-            .post(format!("http://{}/v1/orders", node.http))
-            .header("idempotency-key", format!("it-{n}"))
-            .json(&body)
-            .send()
-            .await;
-        if let Ok(r) = r
-            && r.status().as_u16() == 201
-        {
-            let v: Value = r.json().await.unwrap();
-            return v["id"].as_str().unwrap().to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("order {n} was not accepted");
+    cluster::place(http, node, &format!("it-{n}"), &body).await
 }
 
 /// Order ids the hub lists for `site` (all pages), or None if the hub is unreachable.
@@ -407,48 +377,12 @@ async fn rogue_node_is_refused_and_quarantined_while_others_sync() {
     own.commit();
     store.docs.insert(own_id.clone(), own);
 
-    let files = oms_transport::tls::ClientTlsFiles {
-        ca: certs.join("ca.pem"),
-        cert: certs.join("node-3pl-east.pem"),
-        key: certs.join("node-3pl-east.key"),
-    };
-    let limits = oms_transport::Limits::default();
-    let ep = oms_transport::client_endpoint("127.0.0.1:0".parse().unwrap(), &files, &limits).unwrap();
-    let step = Duration::from_secs(10);
-    let conn = oms_transport::connect(&ep, quic, "localhost", step).await.unwrap();
-    let (mut send, recv) = oms_transport::open_bi(&conn, step).await.unwrap();
-    let mut frames = oms_node::sync::link::spawn_reader(recv, limits.frame_bytes_max, 64);
-    let me = PeerId::new(format!("oms://{TENANT}/node/3pl-east")).unwrap();
-    let hub_peer = PeerId::new(format!("oms://{TENANT}/hub")).unwrap();
-    let mut session = SyncSession::new_client(SessionConfig::default(), me, hub_peer, vec![7; 16], 0);
-    // Announces deflate but never sends a compressed frame: allowed, compression is per frame.
-    let mut encoder = oms_protocol::wire::FrameEncoder::new(limits.frame_bytes_max);
-    let mut refused = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && refused.len() < 3 {
-        let mut out = Vec::new();
-        while let Some(f) = session.poll_transmit() {
-            out.push(f);
-        }
-        oms_node::sync::link::write_frames(&mut send, &out, &mut encoder, step).await.unwrap();
-        while let Some(ev) = session.poll_event() {
-            match ev {
-                Event::PeerRefused { doc, code } => {
-                    assert_eq!(code, ErrorCode::NotEntitled);
-                    refused.insert(doc);
-                }
-                Event::Closed { code, reason, .. } => panic!("the hub closed the rogue's session: {code} {reason}"),
-                _ => {}
-            }
-        }
-        match tokio::time::timeout(Duration::from_millis(200), frames.recv()).await {
-            Ok(Some(Ok(frame))) => session.handle_frame(&mut store, frame),
-            Ok(other) => panic!("stream ended: {other:?}"),
-            Err(_) => session.tick(&mut store, u64::try_from(deadline.elapsed().as_millis()).unwrap_or(0)),
-        }
+    let refused = hand_session(&certs, quic, "3pl-east", &mut store, 3, Duration::from_secs(20)).await;
+    for (doc, codes) in &refused {
+        assert!(codes.iter().all(|c| *c == ErrorCode::NotEntitled), "{doc} refused with {codes:?}");
     }
     let expected: BTreeSet<DocId> = [north_order.clone(), foreign_stock_id, own_id].into_iter().collect();
-    assert_eq!(refused, expected, "refused documents");
+    assert_eq!(refused.into_keys().collect::<BTreeSet<_>>(), expected, "refused documents");
     assert!(store.docs.get_mut(&north_order).unwrap().get_heads().is_empty(), "the rogue received wh-north's order");
 
     let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
@@ -495,7 +429,8 @@ async fn revoked_node_is_refused_at_its_next_handshake() {
 }
 
 /// Drives a hand-made session as `node` (with its real certificate) that offers what `store` holds, until
-/// the hub refuses `want` documents or `budget` runs out; returns the refused documents.
+/// the hub has refused `want` documents or `budget` runs out; returns each refused document with the code
+/// of every refusal of it. Panics if the hub closes the session.
 async fn hand_session(
     certs: &Path,
     quic: SocketAddr,
@@ -503,7 +438,7 @@ async fn hand_session(
     store: &mut MemDocs,
     want: usize,
     budget: Duration,
-) -> BTreeSet<DocId> {
+) -> BTreeMap<DocId, Vec<ErrorCode>> {
     let files = oms_transport::tls::ClientTlsFiles {
         ca: certs.join("ca.pem"),
         cert: certs.join(format!("node-{node}.pem")),
@@ -518,8 +453,9 @@ async fn hand_session(
     let me = PeerId::new(format!("oms://{TENANT}/node/{node}")).unwrap();
     let hub_peer = PeerId::new(format!("oms://{TENANT}/hub")).unwrap();
     let mut session = SyncSession::new_client(SessionConfig::default(), me, hub_peer, vec![8; 16], 0);
+    // Announces deflate but never sends a compressed frame: allowed, compression is per frame.
     let mut encoder = oms_protocol::wire::FrameEncoder::new(limits.frame_bytes_max);
-    let mut refused = BTreeSet::new();
+    let mut refused = BTreeMap::<DocId, Vec<ErrorCode>>::new();
     let started = Instant::now();
     while started.elapsed() < budget && refused.len() < want {
         let mut out = Vec::new();
@@ -529,10 +465,8 @@ async fn hand_session(
         oms_node::sync::link::write_frames(&mut send, &out, &mut encoder, step).await.unwrap();
         while let Some(ev) = session.poll_event() {
             match ev {
-                Event::PeerRefused { doc, .. } => {
-                    refused.insert(doc);
-                }
-                Event::Closed { code, reason, .. } => panic!("the hub closed the session: {code} {reason}"),
+                Event::PeerRefused { doc, code } => refused.entry(doc).or_default().push(code),
+                Event::Closed { code, reason, .. } => panic!("the hub closed {node}'s session: {code} {reason}"),
                 _ => {}
             }
         }
@@ -640,7 +574,7 @@ async fn shipped_order_is_frozen_after_the_window_compacted_and_refuses_changes(
     let mut store = MemDocs::default();
     store.docs.insert(doc_id.clone(), tampered);
     let refused = hand_session(&certs, quic, "wh-north", &mut store, 1, Duration::from_secs(20)).await;
-    assert_eq!(refused, [doc_id.clone()].into_iter().collect::<BTreeSet<_>>());
+    assert_eq!(refused.into_keys().collect::<BTreeSet<_>>(), [doc_id.clone()].into_iter().collect());
     let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
     let n = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "wh-north").unwrap().clone();
     assert!(n["changes_quarantined"].as_u64().unwrap() >= 1, "{n}");

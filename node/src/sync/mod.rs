@@ -657,76 +657,29 @@ pub fn session_config() -> SessionConfig {
 
 #[cfg(test)]
 mod freeze_tests {
+    use super::tests::{drain, open_docs};
     use super::*;
-    use crate::store::{CatalogItem, Command, Limits, Outcome, PickConfirmation};
-    use oms_protocol::domain::{
-        Address, Channel, Contact, Currency, FulfillmentState, Movement, OrderDraft, OrderId, OrderLine,
-    };
-
-    fn draft(sku: &Sku) -> OrderDraft {
-        OrderDraft {
-            external_ref: "w".into(),
-            channel: Channel::parse("web").unwrap(),
-            lines: vec![OrderLine {
-                sku: sku.clone(),
-                qty: 1,
-                unit_price_minor: 100,
-                currency: Currency::parse("EUR").unwrap(),
-            }],
-            ship_to: Address {
-                name: "A".into(),
-                line1: "1".into(),
-                line2: None,
-                city: "B".into(),
-                postcode: "1".into(),
-                country: "DE".into(),
-                lat: 52.0,
-                lon: 13.0,
-            },
-            contact: Contact::default(),
-        }
-    }
-
-    /// Runs the follower until the feed is drained (bounded).
-    fn drain(docs: &mut NodeDocs, store: &Store) {
-        for _ in 0..100 {
-            if ingest(docs, store, &SyncTuning::default()).unwrap().is_none() {
-                return;
-            }
-        }
-        panic!("the feed did not drain");
-    }
-
-    fn open_docs(path: &Path, node: &NodeId) -> NodeDocs {
-        let db = DocDb::open(path, vec![1; 16], 1_000).unwrap();
-        NodeDocs { db, node: node.clone(), stock_pending: BTreeSet::new(), stock_written_ms: 0 }
-    }
+    use crate::store::{Command, Outcome, PickConfirmation};
+    use crate::test_support::{movement, store_with_catalog};
+    use oms_protocol::domain::{FulfillmentState, Movement, OrderId};
+    use oms_protocol::fixtures;
 
     #[test]
     fn the_follower_writes_the_freeze_last_and_compacts_the_document() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let node = NodeId::parse("wh-a").unwrap();
-            let metrics = Arc::new(crate::metrics::Metrics::new());
-            let store = Store::open(&dir.path().join("node.redb"), node.clone(), Limits::default(), metrics).unwrap();
+            let store = store_with_catalog(dir.path(), &["A"]).await;
+            movement(&store, "A", Movement::Receipt { qty: 5, note: None }).await;
             let sku = Sku::parse("A").unwrap();
-            store
-                .execute(Command::PutCatalog(CatalogItem { sku: sku.clone(), name: "A".into(), bin: "A".into() }))
-                .await
-                .unwrap();
-            store
-                .execute(Command::Stock { sku: sku.clone(), movement: Movement::Receipt { qty: 5, note: None } })
-                .await
-                .unwrap();
-            let cmd = Command::CreateOrder { key: "k".into(), draft: Box::new(draft(&sku)) };
+            let cmd = Command::CreateOrder { key: "k".into(), draft: Box::new(fixtures::draft("w", &sku, 1)) };
             let Outcome::Order { record, .. } = store.execute(cmd).await.unwrap() else { panic!() };
             let id: OrderId = record.id;
             let name = schema::order_doc(&id).unwrap();
             let path = dir.path().join(SYNC_DB_FILE);
 
             // Each step written by its own follower pass: one full save, then increments.
-            let mut docs = open_docs(&path, &node);
+            let mut docs = open_docs(&path, 1);
             drain(&mut docs, &store);
             let steps = [
                 Command::CreateWave { orders_max: 1 },
@@ -750,7 +703,7 @@ mod freeze_tests {
             let Outcome::Frozen { frozen, .. } = store.execute(cmd).await.unwrap() else { panic!() };
             assert_eq!(frozen, vec![id.clone()]);
             let at = store.frozen_at(&id).unwrap().unwrap();
-            let mut docs = open_docs(&path, &node);
+            let mut docs = open_docs(&path, 1);
             drain(&mut docs, &store);
             let doc = docs.db.get(&name).unwrap();
             assert_eq!(schema::frozen_at_ms(doc), Some(at));
@@ -761,7 +714,7 @@ mod freeze_tests {
             assert_eq!(docdb::stored_doc_parts(&path, name.as_str()).unwrap().1, 0, "one full save, no increments");
 
             // Replaying the whole feed (a crash before the cursor moved) adds no change.
-            let mut docs = open_docs(&path, &node);
+            let mut docs = open_docs(&path, 1);
             docs.db.set_meta(FEED_CURSOR, 0);
             drain(&mut docs, &store);
             assert_eq!(docs.db.get_mut(&name).unwrap().get_heads(), heads);

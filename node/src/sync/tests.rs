@@ -3,8 +3,7 @@
 //! that a crash between a ledger commit and the coalesced write loses nothing.
 
 use super::*;
-use crate::metrics::Metrics;
-use crate::store::{CatalogItem, Command, Limits};
+use crate::test_support::{movement, site, store_with_catalog};
 use oms_protocol::domain::{Balance, Movement};
 use oms_protocol::escrow::EscrowCounter;
 use oms_protocol::sync::automerge::ChangeHash;
@@ -12,30 +11,13 @@ use std::collections::BTreeMap;
 
 const SKUS: [&str; 5] = ["SKU-A", "SKU-B", "SKU-C", "SKU-D", "SKU-E"];
 
-fn sku(s: &str) -> Sku {
-    Sku::parse(s).unwrap()
-}
-
-fn site() -> NodeId {
-    NodeId::parse("wh-a").unwrap()
-}
-
 fn stock_name() -> DocId {
     schema::stock_doc(&site()).unwrap()
 }
 
 /// A store for `wh-a` with [`SKUS`] in the catalog and no stock yet.
 async fn store(dir: &Path) -> Store {
-    let store = Store::open(&dir.join("node.redb"), site(), Limits::default(), Arc::new(Metrics::new())).unwrap();
-    for s in SKUS {
-        let item = CatalogItem { sku: sku(s), name: s.into(), bin: "A-1".into() };
-        store.execute(Command::PutCatalog(item)).await.unwrap();
-    }
-    store
-}
-
-async fn movement(store: &Store, s: &str, movement: Movement) {
-    store.execute(Command::Stock { sku: sku(s), movement }).await.unwrap();
+    store_with_catalog(dir, &SKUS).await
 }
 
 fn site_info() -> schema::SiteInfo {
@@ -46,15 +28,28 @@ fn site_info() -> schema::SiteInfo {
 /// feed followed up to now. The last stock write is placed a minute ahead, so that no coalescing period ends
 /// until a test says so, however slow the machine.
 fn docs(dir: &Path, store: &Store) -> NodeDocs {
-    let db = DocDb::open(&dir.join(SYNC_DB_FILE), vec![7; 16], 1_000).unwrap();
-    let mut docs = NodeDocs { db, node: site(), stock_pending: BTreeSet::new(), stock_written_ms: hold_back() };
+    let mut docs = open_docs(&dir.join(SYNC_DB_FILE), 7);
+    docs.stock_written_ms = hold_back();
     publish_site(&mut docs, &site_info()).unwrap();
-    for _ in 0..16 {
-        if ingest(&mut docs, store, &SyncTuning::default()).unwrap().is_none() {
-            break;
+    drain(&mut docs, store);
+    docs
+}
+
+/// The node's documents for `wh-a` in `path` (actor `actor` repeated), with nothing pending and no stock
+/// write yet, as the node opens them at start. Shared with the module's freeze tests.
+pub(super) fn open_docs(path: &Path, actor: u8) -> NodeDocs {
+    let db = DocDb::open(path, vec![actor; 16], 1_000).unwrap();
+    NodeDocs { db, node: site(), stock_pending: BTreeSet::new(), stock_written_ms: 0 }
+}
+
+/// Runs the follower until the feed is drained (bounded). Shared with the module's freeze tests.
+pub(super) fn drain(docs: &mut NodeDocs, store: &Store) {
+    for _ in 0..100 {
+        if ingest(docs, store, &SyncTuning::default()).unwrap().is_none() {
+            return;
         }
     }
-    docs
+    panic!("the feed did not drain");
 }
 
 fn hold_back() -> u64 {
@@ -152,8 +147,7 @@ async fn crash_with_pending_balances(dir: &Path) -> (Store, NodeDocs) {
     assert_eq!(docs.stock_pending.len(), SKUS.len());
     drop(docs); // The crash: what was pending in memory is gone, the cursor is on disk.
 
-    let db = DocDb::open(&dir.join(SYNC_DB_FILE), vec![8; 16], 1_000).unwrap();
-    let mut docs = NodeDocs { db, node: site(), stock_pending: BTreeSet::new(), stock_written_ms: 0 };
+    let mut docs = open_docs(&dir.join(SYNC_DB_FILE), 8);
     assert!(doc_view(&mut docs).0.is_empty(), "the stock document lacks the balances");
     assert_eq!(ingest(&mut docs, &store, &SyncTuning::default()).unwrap(), None, "the feed is past them");
     (store, docs)
@@ -175,8 +169,7 @@ async fn repair_after_a_crash_rewrites_every_balance_once() {
 
     // The repair is durable.
     drop(docs);
-    let db = DocDb::open(&dir.path().join(SYNC_DB_FILE), vec![9; 16], 1_000).unwrap();
-    let mut docs = NodeDocs { db, node: site(), stock_pending: BTreeSet::new(), stock_written_ms: 0 };
+    let mut docs = open_docs(&dir.path().join(SYNC_DB_FILE), 9);
     assert_eq!(stock_heads(&mut docs), repaired);
     assert_eq!(doc_view(&mut docs), ledger_view(&store));
 }

@@ -6,32 +6,7 @@ use std::sync::Arc;
 
 use oms_node::metrics::Metrics;
 use oms_node::store::{CatalogItem, Command, Limits, Store};
-use oms_protocol::domain::{Address, Channel, Contact, Currency, Movement, NodeId, OrderDraft, OrderLine, Sku};
-
-/// A one-line order of `qty` × `sku` with reference `ext`, shipped to Berlin.
-pub fn draft(ext: &str, sku: &Sku, qty: u32) -> OrderDraft {
-    OrderDraft {
-        external_ref: ext.into(),
-        channel: Channel::parse("web").unwrap(),
-        lines: vec![OrderLine {
-            sku: sku.clone(),
-            qty,
-            unit_price_minor: 100,
-            currency: Currency::parse("EUR").unwrap(),
-        }],
-        ship_to: Address {
-            name: "A".into(),
-            line1: "1".into(),
-            line2: None,
-            city: "B".into(),
-            postcode: "1".into(),
-            country: "DE".into(),
-            lat: 52.0,
-            lon: 13.0,
-        },
-        contact: Contact::default(),
-    }
-}
+use oms_protocol::domain::{Movement, NodeId, Sku};
 
 /// A store for site `wh-a` in `dir` with each (SKU, units) in the catalog and received.
 pub async fn store_with_stock(dir: &Path, limits: Limits, stock: &[(&str, u32)]) -> Store {

@@ -1,0 +1,31 @@
+//! Setup shared by the node's unit tests: a store for one site with a catalog, and stock movements in it.
+//! (The integration tests in `node/tests` cannot see this module; `node/tests/common` is theirs.)
+
+use std::path::Path;
+use std::sync::Arc;
+
+use oms_protocol::domain::{Movement, NodeId, Sku};
+
+use crate::metrics::Metrics;
+use crate::store::{CatalogItem, Command, Limits, Store};
+
+/// The site the unit tests' stores belong to.
+pub(crate) fn site() -> NodeId {
+    NodeId::parse("wh-a").unwrap()
+}
+
+/// A store for [`site`] in `dir/node.redb` with each of `skus` in the catalog (named as the SKU, bin `A-1`)
+/// and no stock yet.
+pub(crate) async fn store_with_catalog(dir: &Path, skus: &[&str]) -> Store {
+    let store = Store::open(&dir.join("node.redb"), site(), Limits::default(), Arc::new(Metrics::new())).unwrap();
+    for s in skus {
+        let item = CatalogItem { sku: Sku::parse(s).unwrap(), name: (*s).into(), bin: "A-1".into() };
+        store.execute(Command::PutCatalog(item)).await.unwrap();
+    }
+    store
+}
+
+/// Records `movement` of SKU `sku` at `store`.
+pub(crate) async fn movement(store: &Store, sku: &str, movement: Movement) {
+    store.execute(Command::Stock { sku: Sku::parse(sku).unwrap(), movement }).await.unwrap();
+}
