@@ -358,17 +358,28 @@ impl WireError {
 
 /// Encodes `frame` as length prefix + body, appending to `out`.
 pub fn encode_frame_into(frame: &Frame, frame_bytes_max: usize, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let body = encode_body(frame, frame_bytes_max)?;
+    put_prefixed(out, &body, 0, frame_bytes_max)
+}
+
+/// The plain postcard body of a valid `frame`, refused if it exceeds `frame_bytes_max`.
+fn encode_body(frame: &Frame, frame_bytes_max: usize) -> Result<Vec<u8>, WireError> {
     frame.validate()?;
     let body = postcard::to_allocvec(frame).map_err(|e| WireError::Malformed(e.to_string()))?;
-    let len = body.len();
-    let too_large = WireError::FrameTooLarge { len, max: frame_bytes_max };
-    if len > frame_bytes_max {
-        return Err(too_large);
+    if body.len() > frame_bytes_max {
+        return Err(WireError::FrameTooLarge { len: body.len(), max: frame_bytes_max });
     }
-    let len_u32 = u32::try_from(len).map_err(|_| too_large)?;
+    Ok(body)
+}
+
+/// Appends the length prefix of `body` (with `flags` set in it) and `body`. `body` is at most
+/// `frame_bytes_max` bytes (checked by the callers); a length that does not fit the prefix is refused.
+fn put_prefixed(out: &mut Vec<u8>, body: &[u8], flags: u32, frame_bytes_max: usize) -> Result<(), WireError> {
+    let len = body.len();
+    let prefix = u32::try_from(len).map_err(|_| WireError::FrameTooLarge { len, max: frame_bytes_max })? | flags;
     out.reserve(LENGTH_PREFIX_BYTES + len);
-    out.extend_from_slice(&len_u32.to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&prefix.to_le_bytes());
+    out.extend_from_slice(body);
     Ok(())
 }
 
@@ -413,27 +424,19 @@ impl FrameEncoder {
     /// Encodes `frame` as length prefix + (possibly deflated) body, appending to `out`. On error `out` is
     /// unchanged; after a [`WireError::Deflate`] the stream cannot continue.
     pub fn encode_into(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let body = encode_body(frame, self.frame_bytes_max)?;
         let Some(z) = self.deflate.as_deref_mut() else {
-            return encode_frame_into(frame, self.frame_bytes_max, out);
+            return put_prefixed(out, &body, 0, self.frame_bytes_max);
         };
-        frame.validate()?;
-        let body = postcard::to_allocvec(frame).map_err(|e| WireError::Malformed(e.to_string()))?;
-        if body.len() > self.frame_bytes_max {
-            return Err(WireError::FrameTooLarge { len: body.len(), max: self.frame_bytes_max });
-        }
         deflate_sync(z, &body, &mut self.scratch)?;
         let len = self.scratch.len();
-        let too_large = WireError::FrameTooLarge { len, max: self.frame_bytes_max };
         if len > self.frame_bytes_max {
             // The deflate stream already holds this body: the stream is out of step with what was sent.
             self.deflate = None;
+            let too_large = WireError::FrameTooLarge { len, max: self.frame_bytes_max };
             return Err(WireError::Deflate(too_large.to_string()));
         }
-        let prefix = u32::try_from(len).map_err(|_| too_large)? | COMPRESSED_FLAG;
-        out.reserve(LENGTH_PREFIX_BYTES + len);
-        out.extend_from_slice(&prefix.to_le_bytes());
-        out.extend_from_slice(&self.scratch);
-        Ok(())
+        put_prefixed(out, &self.scratch, COMPRESSED_FLAG, self.frame_bytes_max)
     }
 }
 
