@@ -15,7 +15,7 @@ use oms_protocol::sync::automerge::transaction::Transactable;
 use oms_protocol::sync::automerge::{ActorId, AutoCommit, ROOT};
 use oms_protocol::sync::{DocStore, Event, SyncSession};
 use oms_protocol::wire::{
-    DocId, ErrorCode, Frame, Hello, HelloAck, Manifest, ManifestEntry, PeerId, decode_body, encode_frame,
+    Digest, DocId, ErrorCode, Frame, Hello, HelloAck, Manifest, ManifestEntry, PeerId, decode_body, encode_frame,
 };
 use std::collections::BTreeMap;
 use support::{DOC_NAMES, MemStore, node_entitled, node_id, server, small_config, valid_hello};
@@ -42,7 +42,7 @@ fn built_frame(
     store: &mut MemStore,
     node: &mut BTreeMap<DocId, AutoCommit>,
 ) -> Result<Frame> {
-    Ok(match u.int_in_range(0u8..=8)? {
+    Ok(match u.int_in_range(0u8..=9)? {
         0 => Frame::Hello(Hello {
             version: u.int_in_range(0..=3)?,
             min_version: u.int_in_range(0..=3)?,
@@ -76,7 +76,8 @@ fn built_frame(
         }
         6 => Frame::Refused { doc: doc(u)?, code: ErrorCode::from_u32(u.arbitrary()?) },
         7 => Frame::Ping { nonce: u.arbitrary()? },
-        _ => Frame::Pong { nonce: u.arbitrary()? },
+        8 => Frame::Pong { nonce: u.arbitrary()? },
+        _ => Frame::Digest(Digest { round: u.arbitrary()?, docs: u.int_in_range(0..=8)?, hash: u.arbitrary()? }),
     })
 }
 

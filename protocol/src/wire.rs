@@ -60,8 +60,11 @@ pub mod capabilities {
     pub const PING: u64 = 1 << 0;
     /// The peer reads frames whose bodies are deflated with [`super::COMPRESSED_FLAG`] set (module docs).
     pub const DEFLATE: u64 = 1 << 1;
+    /// The peer understands [`super::Frame::Digest`]: periodic anti-entropy rounds send a digest of the
+    /// manifest instead of the manifest itself (see `sync` module docs).
+    pub const MANIFEST_DIGEST: u64 = 1 << 2;
     /// Every capability this build implements.
-    pub const ALL: u64 = PING | DEFLATE;
+    pub const ALL: u64 = PING | DEFLATE | MANIFEST_DIGEST;
 }
 
 /// Typed errors a peer reports, as QUIC application close codes and in [`Frame::Refuse`] /
@@ -242,6 +245,19 @@ pub struct Manifest {
     pub last: bool,
 }
 
+/// A digest of the manifest the sender would send now (capability [`capabilities::MANIFEST_DIGEST`]): the
+/// number of documents it would list and one hash over their ids and heads (`sync::ManifestDigest` defines
+/// it). A receiver whose own digest differs answers with its full [`Manifest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Round number, from the same counter as [`Manifest::round`].
+    pub round: u32,
+    /// How many documents the sender's manifest would list.
+    pub docs: u64,
+    /// The combined hash of those documents' ids and heads.
+    pub hash: Hash,
+}
+
 /// Everything that travels on a sync stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
@@ -289,6 +305,9 @@ pub enum Frame {
         /// The nonce of the ping.
         nonce: u64,
     },
+    /// A digest of the sender's manifest, sent instead of it in periodic rounds (capability
+    /// [`capabilities::MANIFEST_DIGEST`]). Appended last so that the variants before it keep their tags.
+    Digest(Digest),
 }
 
 impl Frame {
@@ -303,6 +322,8 @@ impl Frame {
             Frame::Sync { doc, .. } | Frame::Ack { doc, .. } | Frame::Refused { doc, .. } if !doc.is_valid() => {
                 bad("doc id")
             }
+            // Fixed-size fields only: postcard has checked everything there is to check.
+            Frame::Digest(_) => Ok(()),
             _ => Ok(()),
         }
     }
@@ -358,17 +379,28 @@ impl WireError {
 
 /// Encodes `frame` as length prefix + body, appending to `out`.
 pub fn encode_frame_into(frame: &Frame, frame_bytes_max: usize, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let body = encode_body(frame, frame_bytes_max)?;
+    put_prefixed(out, &body, 0, frame_bytes_max)
+}
+
+/// The plain postcard body of a valid `frame`, refused if it exceeds `frame_bytes_max`.
+fn encode_body(frame: &Frame, frame_bytes_max: usize) -> Result<Vec<u8>, WireError> {
     frame.validate()?;
     let body = postcard::to_allocvec(frame).map_err(|e| WireError::Malformed(e.to_string()))?;
-    let len = body.len();
-    let too_large = WireError::FrameTooLarge { len, max: frame_bytes_max };
-    if len > frame_bytes_max {
-        return Err(too_large);
+    if body.len() > frame_bytes_max {
+        return Err(WireError::FrameTooLarge { len: body.len(), max: frame_bytes_max });
     }
-    let len_u32 = u32::try_from(len).map_err(|_| too_large)?;
+    Ok(body)
+}
+
+/// Appends the length prefix of `body` (with `flags` set in it) and `body`. `body` is at most
+/// `frame_bytes_max` bytes (checked by the callers); a length that does not fit the prefix is refused.
+fn put_prefixed(out: &mut Vec<u8>, body: &[u8], flags: u32, frame_bytes_max: usize) -> Result<(), WireError> {
+    let len = body.len();
+    let prefix = u32::try_from(len).map_err(|_| WireError::FrameTooLarge { len, max: frame_bytes_max })? | flags;
     out.reserve(LENGTH_PREFIX_BYTES + len);
-    out.extend_from_slice(&len_u32.to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&prefix.to_le_bytes());
+    out.extend_from_slice(body);
     Ok(())
 }
 
@@ -413,27 +445,19 @@ impl FrameEncoder {
     /// Encodes `frame` as length prefix + (possibly deflated) body, appending to `out`. On error `out` is
     /// unchanged; after a [`WireError::Deflate`] the stream cannot continue.
     pub fn encode_into(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let body = encode_body(frame, self.frame_bytes_max)?;
         let Some(z) = self.deflate.as_deref_mut() else {
-            return encode_frame_into(frame, self.frame_bytes_max, out);
+            return put_prefixed(out, &body, 0, self.frame_bytes_max);
         };
-        frame.validate()?;
-        let body = postcard::to_allocvec(frame).map_err(|e| WireError::Malformed(e.to_string()))?;
-        if body.len() > self.frame_bytes_max {
-            return Err(WireError::FrameTooLarge { len: body.len(), max: self.frame_bytes_max });
-        }
         deflate_sync(z, &body, &mut self.scratch)?;
         let len = self.scratch.len();
-        let too_large = WireError::FrameTooLarge { len, max: self.frame_bytes_max };
         if len > self.frame_bytes_max {
             // The deflate stream already holds this body: the stream is out of step with what was sent.
             self.deflate = None;
+            let too_large = WireError::FrameTooLarge { len, max: self.frame_bytes_max };
             return Err(WireError::Deflate(too_large.to_string()));
         }
-        let prefix = u32::try_from(len).map_err(|_| too_large)? | COMPRESSED_FLAG;
-        out.reserve(LENGTH_PREFIX_BYTES + len);
-        out.extend_from_slice(&prefix.to_le_bytes());
-        out.extend_from_slice(&self.scratch);
-        Ok(())
+        put_prefixed(out, &self.scratch, COMPRESSED_FLAG, self.frame_bytes_max)
     }
 }
 
@@ -708,6 +732,40 @@ mod tests {
         assert_eq!(bytes, prefixed);
     }
 
+    /// Pins the bytes of `Digest`: the variant is appended after `Pong` (tag 9), so every earlier variant
+    /// keeps its tag and an old peer, which never announces the capability, never receives one.
+    #[test]
+    fn golden_digest_v1() {
+        let frame = Frame::Digest(Digest { round: 300, docs: 2, hash: [0x22; 32] });
+        let bytes = encode_frame(&frame).unwrap();
+        let mut expected = vec![9, 0xAC, 0x02, 2]; // variant 9, round 300 and docs 2 as varints
+        expected.extend_from_slice(&[0x22; 32]);
+        let mut prefixed = (expected.len() as u32).to_le_bytes().to_vec();
+        prefixed.extend_from_slice(&expected);
+        assert_eq!(bytes, prefixed);
+        assert_eq!(decode_body(&bytes[LENGTH_PREFIX_BYTES..]), Ok(frame));
+    }
+
+    #[test]
+    fn digest_round_trips_and_truncated_digest_is_malformed() {
+        let frame = Frame::Digest(Digest { round: u32::MAX, docs: u64::MAX, hash: [0xFE; 32] });
+        let mut enc = FrameEncoder::new(FRAME_BYTES_MAX);
+        enc.enable_deflate();
+        let mut bytes = Vec::new();
+        enc.encode_into(&frame, &mut bytes).unwrap();
+        let mut d = FrameDecoder::default();
+        d.push(&bytes);
+        assert_eq!(decode_all(&mut d), vec![frame.clone()]);
+        // A digest whose hash is cut short does not decode, and neither does one with bytes after it.
+        let body = postcard::to_allocvec(&frame).unwrap();
+        assert!(matches!(decode_body(&body[..body.len() - 1]), Err(WireError::Malformed(_))));
+        let mut longer = body.clone();
+        longer.push(0);
+        assert!(matches!(decode_body(&longer), Err(WireError::Malformed(_))));
+        const { assert!(capabilities::ALL & capabilities::MANIFEST_DIGEST != 0) };
+        const { assert!(capabilities::MANIFEST_DIGEST & (capabilities::PING | capabilities::DEFLATE) == 0) };
+    }
+
     #[test]
     fn error_codes_are_stable() {
         assert_eq!(ErrorCode::FrameTooLarge.as_u32(), 1);
@@ -888,6 +946,11 @@ mod tests {
                 .prop_map(|(doc, heads)| Frame::Ack { doc, heads }),
             (doc, any::<u32>()).prop_map(|(doc, c)| Frame::Refused { doc, code: ErrorCode::from_u32(c % 10) }),
             any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+            (any::<u32>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(round, docs, hash)| Frame::Digest(Digest {
+                round,
+                docs,
+                hash
+            })),
         ]
     }
 

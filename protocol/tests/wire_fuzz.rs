@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use oms_protocol::sync::automerge::sync::{Message, State, SyncDoc};
 use oms_protocol::sync::automerge::transaction::Transactable;
 use oms_protocol::sync::automerge::{ActorId, AutoCommit, ROOT};
-use oms_protocol::sync::{DocStore, Event, SyncSession};
+use oms_protocol::sync::{DocStore, Event, ManifestDigest, SyncSession};
 use oms_protocol::wire::{
-    COMPRESSED_FLAG, DocId, ErrorCode, Frame, FrameDecoder, Hello, HelloAck, LENGTH_PREFIX_BYTES, Manifest,
+    COMPRESSED_FLAG, Digest, DocId, ErrorCode, Frame, FrameDecoder, Hello, HelloAck, LENGTH_PREFIX_BYTES, Manifest,
     ManifestEntry, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, PeerId, WireError, capabilities, decode_body, encode_frame,
     encode_frame_into,
 };
@@ -59,6 +59,11 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         (doc_id(), any::<u32>()).prop_map(|(doc, c)| Frame::Refused { doc, code: ErrorCode::from_u32(c % 12) }),
         any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+        (any::<u32>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(round, docs, hash)| Frame::Digest(Digest {
+            round,
+            docs,
+            hash
+        })),
     ]
 }
 
@@ -430,15 +435,28 @@ enum MsgSpec {
 
 #[derive(Debug, Clone)]
 enum FrameSpec {
-    Hello { other_peer: bool, version: u16, min_version: u16 },
+    Hello {
+        other_peer: bool,
+        version: u16,
+        min_version: u16,
+    },
     HelloAck,
     Refuse(u32),
-    Manifest { round: u32, docs: Vec<(usize, HeadsSpec)>, last: bool },
+    Manifest {
+        round: u32,
+        docs: Vec<(usize, HeadsSpec)>,
+        last: bool,
+    },
     Sync(usize, MsgSpec),
     Ack(usize, HeadsSpec),
     Refused(usize, u32),
     Ping(u64),
     Pong(u64),
+    /// A digest of the node's manifest: equal to the hub's own for the node, or not.
+    Digest {
+        round: u32,
+        matching: bool,
+    },
 }
 
 fn heads_spec() -> impl Strategy<Value = HeadsSpec> {
@@ -468,6 +486,7 @@ fn frame_spec() -> impl Strategy<Value = FrameSpec> {
         2 => (name_index(), any::<u32>()).prop_map(|(i, c)| FrameSpec::Refused(i, c)),
         2 => any::<u64>().prop_map(FrameSpec::Ping),
         1 => any::<u64>().prop_map(FrameSpec::Pong),
+        2 => (any::<u32>(), any::<bool>()).prop_map(|(round, matching)| FrameSpec::Digest { round, matching }),
     ]
 }
 
@@ -535,6 +554,18 @@ fn build(spec: &FrameSpec, store: &mut MemStore, node: &mut NodeDocs) -> Frame {
         FrameSpec::Refused(i, c) => Frame::Refused { doc: doc(*i), code: ErrorCode::from_u32(*c % 12) },
         FrameSpec::Ping(n) => Frame::Ping { nonce: *n },
         FrameSpec::Pong(n) => Frame::Pong { nonce: *n },
+        FrameSpec::Digest { round, matching } => {
+            let mut digest = ManifestDigest::default();
+            for d in store.docs_for(&node_id()) {
+                if let Some(heads) = store.heads(&d) {
+                    let mut heads: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
+                    heads.sort_unstable();
+                    digest.add(&d, &heads);
+                }
+            }
+            let docs = if *matching { digest.docs() } else { digest.docs() + 1 };
+            Frame::Digest(Digest { round: *round, docs, hash: digest.hash() })
+        }
     }
 }
 
@@ -616,6 +647,9 @@ proptest! {
         drain_events(&mut s);
         let mut closed = false;
         let mut manifest = ManifestModel::default();
+        // With digest rounds agreed, every full manifest after the first answers a digest or a manifest, and
+        // those answers are at least an interval apart however the node behaves.
+        let mut full_manifest_ms = now;
         for op in &ops {
             let (out, events, frame) = match op {
                 Op::Send(spec) => {
@@ -691,6 +725,12 @@ proptest! {
                     }
                 }
                 _ => {}
+            }
+            for f in &out {
+                if let Frame::Manifest(m) = f && m.last {
+                    prop_assert!(now - full_manifest_ms >= cfg.manifest_interval_ms, "manifest at {} after {}", now, full_manifest_ms);
+                    full_manifest_ms = now;
+                }
             }
             // Never a document the node is not entitled to, and never a frame that does not encode.
             for f in &out {

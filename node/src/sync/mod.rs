@@ -443,7 +443,7 @@ async fn follow_feed(shared: Arc<Shared>, store: Store) {
                     let mut dirty = lock(&shared.dirty);
                     for d in changed {
                         if dirty.len() >= shared.tuning.dirty_docs_max {
-                            break; // The periodic manifest finds the rest.
+                            break; // The periodic round (digest, then manifest) finds the rest.
                         }
                         dirty.insert(d);
                     }
@@ -648,7 +648,8 @@ async fn persist(shared: &Shared) -> Result<(), DocDbError> {
     }
 }
 
-/// The session limits a node uses: the defaults, with a manifest every 15 s so that a document missed by
+/// The session limits a node uses: the defaults, with an anti-entropy round every 15 s (a manifest digest
+/// where the hub reads them, answered with full manifests only if it differs) so that a document missed by
 /// the dirty set (which is bounded) still syncs promptly, and up to 256 documents in flight so that a
 /// catch-up fills each flush and each write.
 pub fn session_config() -> SessionConfig {

@@ -20,16 +20,34 @@
 //! part (shared heads) and restarts. That is what makes the session converge under loss, duplication and
 //! reordering in the simulation, and what makes a reconnect resume rather than start over.
 //!
+//! **Digest rounds** (capability [`capabilities::MANIFEST_DIGEST`]): a full manifest every interval costs the
+//! hub a pass over every node's documents to encode, deflate, inflate and compare, although in steady state
+//! nothing differs. Once both sides announced the capability, the first manifest after the handshake is still
+//! full (it is what makes a reconnect resume), but every later periodic round sends a [`Frame::Digest`]: the
+//! number of documents the manifest would list and one hash over their ids and heads ([`ManifestDigest`]),
+//! computed from [`DocStore::heads`] alone, so a store that keeps heads apart from its documents loads none.
+//! The receiver computes its own digest over what it would list for the peer. Equal: nothing is sent, and
+//! the peer's round counts as the receiver's own, so that in steady state one side per interval does the
+//! work. Different: the receiver answers with its full manifest, the existing path, which schedules every
+//! document whose heads differ and every one the peer lacks. What only the peer holds, the receiver cannot
+//! ask for; so a side whose peer's manifest names documents it lacks answers with its own manifest too, and
+//! the peer then sends them. Bounds: such answers come at most once per `manifest_interval_ms` (a full
+//! manifest counts), and a peer digest is compared at most once per half interval, so a peer sending
+//! digests in a loop makes us neither build manifests nor pass over our documents in a loop. A digest
+//! without the capability closes the session as a protocol violation; a peer without it gets full
+//! manifests, as before.
+//!
 //! Bounds: at most `docs_in_flight_max` documents that this side initiated are in flight, no new document
 //! is started while `outbound_frames_max` frames wait to be sent, a manifest chunk carries at most
 //! `manifest_docs_per_frame_max` entries, and a peer manifest round is refused beyond `manifest_docs_max`.
 
 use crate::wire::{
-    DocId, ErrorCode, Frame, Hash, Hello, HelloAck, Manifest, ManifestEntry, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
-    PeerId, REASON_BYTES_MAX, capabilities,
+    Digest, DocId, ErrorCode, Frame, Hash, Hello, HelloAck, Manifest, ManifestEntry, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN, PeerId, REASON_BYTES_MAX, capabilities,
 };
 use automerge::sync::{BloomFilter, Capability, ChunkList, Have, Message, State, SyncDoc};
 use automerge::{AutoCommit, ChangeHash};
+use sha2::Digest as _;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The Automerge version this protocol speaks, re-exported so drivers and stores use the same one.
@@ -189,6 +207,70 @@ struct DocSync {
 struct PeerManifest {
     round: u32,
     seen: BTreeSet<DocId>,
+    /// The round names a document we may hold but do not: the peer learns that only from our manifest.
+    lists_what_we_lack: bool,
+}
+
+/// Domain separation of the per-document hash of a [`ManifestDigest`], with the version of its layout.
+const DIGEST_ENTRY_DOMAIN: &[u8] = b"oms/manifest-digest-entry/1";
+
+/// The digest of a manifest carried by [`Frame::Digest`]: how many documents it lists and a combination of
+/// one SHA-256 per document over (id, sorted heads).
+///
+/// Each document's hash covers a domain tag, the id's length and bytes, the number of heads and the heads in
+/// ascending order; the lengths make the encoding injective, so two different entries never hash the same
+/// input. The per-document hashes are combined by adding them as four little-endian `u64` lanes, each
+/// wrapping. The combination is order-independent, so a store may one day keep the digest up to date as
+/// documents change (add the new entry, subtract the old) instead of re-reading every document's heads each
+/// round; addition rather than XOR so that an entry counted twice does not cancel out and look absent. A
+/// false match needs a 256-bit collision of sums of SHA-256 outputs, which honest divergence does not
+/// produce; a hostile peer gains nothing from faking one but missing its own updates.
+///
+/// Both sides must compute it the same way: the test `manifest_digest_is_pinned` fixes its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ManifestDigest {
+    docs: u64,
+    lanes: [u64; 4],
+}
+
+impl ManifestDigest {
+    /// Adds one document with its heads in ascending order (as a [`ManifestEntry`] lists them).
+    pub fn add(&mut self, doc: &DocId, sorted_heads: &[Hash]) {
+        let mut h = sha2::Sha256::new();
+        h.update(DIGEST_ENTRY_DOMAIN);
+        h.update((doc.as_str().len() as u64).to_le_bytes());
+        h.update(doc.as_str().as_bytes());
+        h.update((sorted_heads.len() as u64).to_le_bytes());
+        for head in sorted_heads {
+            h.update(head);
+        }
+        let entry: Hash = h.finalize().into();
+        for (lane, bytes) in self.lanes.iter_mut().zip(entry.chunks_exact(8)) {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(bytes);
+            *lane = lane.wrapping_add(u64::from_le_bytes(le));
+        }
+        self.docs = self.docs.wrapping_add(1);
+    }
+
+    /// How many documents were added.
+    pub fn docs(&self) -> u64 {
+        self.docs
+    }
+
+    /// The combined hash, as it travels in [`Digest::hash`].
+    pub fn hash(&self) -> Hash {
+        let mut out = [0u8; 32];
+        for (bytes, lane) in out.chunks_exact_mut(8).zip(self.lanes) {
+            bytes.copy_from_slice(&lane.to_le_bytes());
+        }
+        out
+    }
+
+    /// True if `digest` describes the same manifest.
+    pub fn matches(&self, digest: &Digest) -> bool {
+        self.docs == digest.docs && self.hash() == digest.hash
+    }
 }
 
 /// What a [`SyncSession`] holds at one moment ([`SyncSession::sizes`]).
@@ -225,7 +307,12 @@ pub struct SyncSession {
     in_flight: BTreeSet<DocId>,
     refused_by_peer: BTreeSet<DocId>,
     manifest_round: u32,
+    /// When the last anti-entropy round happened: our manifest or digest, or a peer digest that matched ours.
     last_manifest_ms: u64,
+    /// When we last sent a full manifest; answers to digests wait `manifest_interval_ms` after it.
+    last_full_manifest_ms: u64,
+    /// When we last compared a peer digest with ours; others within half an interval are not compared.
+    peer_digest_checked_ms: Option<u64>,
     peer_manifest: Option<PeerManifest>,
 }
 
@@ -316,6 +403,8 @@ impl SyncSession {
             refused_by_peer: BTreeSet::new(),
             manifest_round: 0,
             last_manifest_ms: now_ms,
+            last_full_manifest_ms: now_ms,
+            peer_digest_checked_ms: None,
             peer_manifest: None,
         }
     }
@@ -466,13 +555,79 @@ impl SyncSession {
         self.send_manifest(store);
     }
 
-    fn send_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S) {
-        self.manifest_round = self.manifest_round.wrapping_add(1);
-        self.last_manifest_ms = self.now_ms;
+    /// True once both sides announced [`capabilities::MANIFEST_DIGEST`]: periodic rounds send digests.
+    fn digest_rounds(&self) -> bool {
+        matches!(self.phase, Phase::Established { capabilities: caps, .. } if caps & capabilities::MANIFEST_DIGEST != 0)
+    }
+
+    /// The documents our manifest for the peer lists (those of them we hold heads of), in order.
+    fn manifest_ids<S: DocStore + ?Sized>(&self, store: &S) -> Vec<DocId> {
         let mut ids = store.docs_for(&self.peer);
         ids.retain(|d| store.entitled(&self.peer, d));
         ids.sort();
         ids.dedup();
+        ids
+    }
+
+    /// The digest of the manifest we would send now. Reads heads only ([`DocStore::heads`]), so a store that
+    /// keeps heads apart from its documents loads none.
+    fn manifest_digest<S: DocStore + ?Sized>(&self, store: &mut S) -> ManifestDigest {
+        let mut digest = ManifestDigest::default();
+        for doc in self.manifest_ids(store) {
+            if let Some(heads) = store.heads(&doc) {
+                digest.add(&doc, &sorted(hashes(&heads)));
+            }
+        }
+        digest
+    }
+
+    /// A periodic round with [`capabilities::MANIFEST_DIGEST`]: the digest instead of the manifest.
+    fn send_digest<S: DocStore + ?Sized>(&mut self, store: &mut S) {
+        self.manifest_round = self.manifest_round.wrapping_add(1);
+        self.last_manifest_ms = self.now_ms;
+        let digest = self.manifest_digest(store);
+        self.outbound.push_back(Frame::Digest(Digest {
+            round: self.manifest_round,
+            docs: digest.docs(),
+            hash: digest.hash(),
+        }));
+    }
+
+    /// Sends our full manifest in answer to a digest that differs from ours, or to a manifest that names
+    /// documents we lack; at most once per `manifest_interval_ms`, so a peer cannot make us build manifests
+    /// in a loop. One that is held back is not lost: the next digest round differs again.
+    fn answer_with_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S) {
+        if self.now_ms - self.last_full_manifest_ms >= self.cfg.manifest_interval_ms {
+            self.send_manifest(store);
+        }
+    }
+
+    fn on_digest<S: DocStore + ?Sized>(&mut self, store: &mut S, digest: &Digest) {
+        if !self.digest_rounds() {
+            return self.refuse(ErrorCode::ProtocolViolation, "Digest without the manifest-digest capability");
+        }
+        // Comparing costs a pass over the heads of every document we share with the peer: an honest peer
+        // sends one digest per interval, so one compared per half interval is plenty, and a flood costs us
+        // decoding only.
+        let half_interval_ms = self.cfg.manifest_interval_ms / 2;
+        if self.peer_digest_checked_ms.is_some_and(|t| self.now_ms - t < half_interval_ms) {
+            return;
+        }
+        self.peer_digest_checked_ms = Some(self.now_ms);
+        if self.manifest_digest(store).matches(digest) {
+            // The peer's round showed both sides hold the same: it counts as ours, so that in steady state only
+            // one side computes a digest per interval.
+            self.last_manifest_ms = self.now_ms;
+        } else {
+            self.answer_with_manifest(store);
+        }
+    }
+
+    fn send_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S) {
+        self.manifest_round = self.manifest_round.wrapping_add(1);
+        self.last_manifest_ms = self.now_ms;
+        self.last_full_manifest_ms = self.now_ms;
+        let ids = self.manifest_ids(store);
         let per_frame = self.cfg.manifest_docs_per_frame_max.max(1);
         let mut entries: Vec<ManifestEntry> = Vec::new();
         let mut chunks = ids.chunks(per_frame).peekable();
@@ -495,6 +650,7 @@ impl SyncSession {
     fn on_established_frame<S: DocStore + ?Sized>(&mut self, store: &mut S, frame: Frame) {
         match frame {
             Frame::Manifest(m) => self.on_manifest(store, m),
+            Frame::Digest(d) => self.on_digest(store, &d),
             Frame::Sync { doc, msg } => self.on_sync(store, doc, &msg),
             Frame::Ack { doc, heads } => self.on_ack(store, doc, heads),
             Frame::Refused { doc, code } => {
@@ -556,6 +712,7 @@ impl SyncSession {
             let Some(ours) = store.heads(&entry.doc).map(|h| sorted(hashes(&h))) else {
                 // We do not hold it: the peer does, and sends it when it sees our manifest without it (or on
                 // its own change). Scheduling it here would only keep a sync state for nothing.
+                assembling.lists_what_we_lack = true;
                 continue;
             };
             if ours != sorted(entry.heads) {
@@ -564,8 +721,11 @@ impl SyncSession {
                 to_finish.push((entry.doc, ours));
             }
         }
+        let mut lacking = false;
         if m.last {
-            let seen = self.peer_manifest.take().map(|p| p.seen).unwrap_or_default();
+            let (seen, lists_what_we_lack) =
+                self.peer_manifest.take().map(|p| (p.seen, p.lists_what_we_lack)).unwrap_or_default();
+            lacking = lists_what_we_lack;
             for doc in store.docs_for(&self.peer) {
                 if !seen.contains(&doc) && store.entitled(&self.peer, &doc) {
                     to_schedule.push(doc);
@@ -580,6 +740,13 @@ impl SyncSession {
         }
         for doc in to_schedule {
             self.schedule(doc);
+        }
+        // A manifest converges every document we hold (the differing ones and those the peer lacks are
+        // scheduled above), but not those only the peer holds: it sends them once it sees our manifest without
+        // them. Periodic rounds used to carry our manifest; with digest rounds the peer may only have our
+        // digest, so a manifest naming what we lack is answered with ours.
+        if lacking && self.digest_rounds() {
+            self.answer_with_manifest(store);
         }
     }
 
@@ -798,7 +965,9 @@ impl SyncSession {
                     self.pump(store, &doc, false);
                 }
                 if self.now_ms - self.last_manifest_ms >= self.cfg.manifest_interval_ms {
-                    self.send_manifest(store);
+                    // The first manifest after the handshake is always full (`establish`); later rounds only
+                    // need to find out whether anything differs.
+                    if self.digest_rounds() { self.send_digest(store) } else { self.send_manifest(store) }
                 }
                 self.start_pending(store);
             }
@@ -818,5 +987,6 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Refused { .. } => "Refused",
         Frame::Ping { .. } => "Ping",
         Frame::Pong { .. } => "Pong",
+        Frame::Digest(_) => "Digest",
     }
 }

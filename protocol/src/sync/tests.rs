@@ -12,6 +12,7 @@ use crate::wire::{decode_body, encode_frame};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, ROOT};
 use proptest::prelude::*;
+use std::cell::Cell;
 use std::collections::HashMap;
 
 const NODES: usize = 2;
@@ -42,11 +43,20 @@ struct MemStore {
     states: HashMap<(PeerId, DocId), Vec<u8>>,
     /// Every document ever created here because a peer sent it.
     received: BTreeSet<DocId>,
+    /// Calls of `docs_for`: one per manifest or digest built.
+    docs_for_calls: Cell<usize>,
 }
 
 impl MemStore {
     fn new(node: Option<usize>, actor: u8) -> Self {
-        Self { node, actor, docs: BTreeMap::new(), states: HashMap::new(), received: BTreeSet::new() }
+        Self {
+            node,
+            actor,
+            docs: BTreeMap::new(),
+            states: HashMap::new(),
+            received: BTreeSet::new(),
+            docs_for_calls: Cell::new(0),
+        }
     }
 
     fn new_doc(&self) -> AutoCommit {
@@ -86,6 +96,7 @@ impl DocStore for MemStore {
     }
 
     fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
+        self.docs_for_calls.set(self.docs_for_calls.get() + 1);
         self.docs.keys().filter(|d| self.entitled(peer, d)).cloned().collect()
     }
 
@@ -130,6 +141,7 @@ fn cfg() -> SessionConfig {
 }
 
 struct Sim {
+    cfg: SessionConfig,
     hub: MemStore,
     nodes: Vec<MemStore>,
     links: Vec<Link>,
@@ -186,19 +198,23 @@ fn doc_name_hub(doc: u8) -> DocId {
 
 impl Sim {
     fn new() -> Self {
+        Self::with_cfg(cfg())
+    }
+
+    fn with_cfg(cfg: SessionConfig) -> Self {
         let mut hub = MemStore::new(None, 100);
         hub.edit(&doc("shared-0"), 0, 0);
         hub.edit(&doc("hub-0"), 0, 0);
         let nodes = (0..NODES).map(|i| MemStore::new(Some(i), i as u8 + 1)).collect();
-        let mut sim = Sim { hub, nodes, links: Vec::new(), now_ms: 0, delivered: 0, sync_bytes: 0 };
+        let mut sim = Sim { cfg, hub, nodes, links: Vec::new(), now_ms: 0, delivered: 0, sync_bytes: 0 };
         sim.links = (0..NODES).map(|i| sim.connect(i)).collect();
         sim
     }
 
     fn connect(&self, i: usize) -> Link {
         Link {
-            node: SyncSession::new_client(cfg(), node_id(i), hub_id(), vec![i as u8 + 1], self.now_ms),
-            hub: SyncSession::new_server(cfg(), hub_id(), node_id(i), vec![100], self.now_ms),
+            node: SyncSession::new_client(self.cfg.clone(), node_id(i), hub_id(), vec![i as u8 + 1], self.now_ms),
+            hub: SyncSession::new_server(self.cfg.clone(), hub_id(), node_id(i), vec![100], self.now_ms),
             to_hub: VecDeque::new(),
             to_node: VecDeque::new(),
             partitioned: false,
@@ -373,18 +389,36 @@ const HEAL_ROUNDS_MAX: usize = 10;
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
+    /// With [`capabilities::MANIFEST_DIGEST`] (as [`cfg`] has it): periodic rounds are digests.
     #[test]
     fn replicas_converge_after_chaos(actions in proptest::collection::vec(arb_action(), 0..150)) {
-        let mut sim = Sim::new();
-        sim.flush();
-        for a in &actions {
-            sim.apply(a);
-            sim.check_entitlement();
-        }
-        let rounds = sim.heal(HEAL_ROUNDS_MAX);
-        sim.check_entitlement();
-        prop_assert!(rounds.is_ok(), "no convergence after {} clean rounds: {:?}", HEAL_ROUNDS_MAX, rounds);
+        converge_after_chaos(cfg(), &actions)?;
     }
+
+    /// Without it, as between peers of a build before it: periodic rounds are full manifests.
+    #[test]
+    fn replicas_converge_after_chaos_with_full_manifest_rounds(
+        actions in proptest::collection::vec(arb_action(), 0..150)
+    ) {
+        converge_after_chaos(cfg_without_digest(), &actions)?;
+    }
+}
+
+fn converge_after_chaos(cfg: SessionConfig, actions: &[Action]) -> Result<(), TestCaseError> {
+    let mut sim = Sim::with_cfg(cfg);
+    sim.flush();
+    for a in actions {
+        sim.apply(a);
+        sim.check_entitlement();
+    }
+    let rounds = sim.heal(HEAL_ROUNDS_MAX);
+    sim.check_entitlement();
+    prop_assert!(rounds.is_ok(), "no convergence after {} clean rounds: {:?}", HEAL_ROUNDS_MAX, rounds);
+    Ok(())
+}
+
+fn cfg_without_digest() -> SessionConfig {
+    SessionConfig { capabilities: capabilities::ALL & !capabilities::MANIFEST_DIGEST, ..cfg() }
 }
 
 #[test]
@@ -543,4 +577,263 @@ fn manifest_is_chunked_and_bounded() {
     }
     assert_eq!(chunks.len(), 3);
     assert!(chunks.iter().rev().skip(1).all(|m| !m.last) && chunks.last().unwrap().last);
+}
+
+/// Node 0 and the hub over a clean, in-order link that records every frame each side sends.
+struct Pair {
+    hub: MemStore,
+    node: MemStore,
+    hub_s: SyncSession,
+    node_s: SyncSession,
+    now_ms: u64,
+    /// Every frame sent, `true` where the hub sent it.
+    sent: Vec<(bool, Frame)>,
+}
+
+impl Pair {
+    /// Connects the two sides, the node announcing `node_cfg.capabilities`, and runs the first round.
+    fn new(hub: MemStore, node: MemStore, node_cfg: SessionConfig) -> Self {
+        let mut pair = Pair {
+            hub,
+            node,
+            hub_s: SyncSession::new_server(cfg(), hub_id(), node_id(0), vec![100], 0),
+            node_s: SyncSession::new_client(node_cfg, node_id(0), hub_id(), vec![1], 0),
+            now_ms: 0,
+            sent: Vec::new(),
+        };
+        pair.run();
+        pair
+    }
+
+    /// Delivers frames in order until both sides are quiet.
+    fn run(&mut self) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            while let Some(f) = self.node_s.poll_transmit() {
+                self.sent.push((false, f.clone()));
+                self.hub_s.handle_frame(&mut self.hub, roundtrip(&f));
+                moved = true;
+            }
+            while let Some(f) = self.hub_s.poll_transmit() {
+                self.sent.push((true, f.clone()));
+                self.node_s.handle_frame(&mut self.node, roundtrip(&f));
+                moved = true;
+            }
+            while self.node_s.poll_event().is_some() {}
+            while self.hub_s.poll_event().is_some() {}
+            if !moved {
+                assert!(!self.node_s.is_closed() && !self.hub_s.is_closed(), "{:?} / {:?}", self.node_s, self.hub_s);
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    /// Time passes by `ms`; only the named sides see it (a side whose timer fires first sends first).
+    fn tick(&mut self, ms: u64, node: bool, hub: bool) {
+        self.now_ms += ms;
+        if node {
+            self.node_s.tick(&mut self.node, self.now_ms);
+        }
+        if hub {
+            self.hub_s.tick(&mut self.hub, self.now_ms);
+        }
+        self.run();
+    }
+
+    /// Node 0 and the hub hold the same heads of every document node 0 shares.
+    fn converged(&mut self) -> bool {
+        let mut all: BTreeSet<DocId> = self.hub.docs.keys().filter(|d| node_entitled(0, d)).cloned().collect();
+        all.extend(self.node.docs.keys().cloned());
+        all.iter().all(|d| self.hub.heads(d).is_some() && self.hub.heads(d) == self.node.heads(d))
+    }
+
+    /// How many frames of `kind` each side sent since index `from` of [`Pair::sent`]: (node, hub).
+    fn count(&self, from: usize, kind: fn(&Frame) -> bool) -> (usize, usize) {
+        let of = |by_hub: bool| self.sent[from..].iter().filter(|(h, f)| *h == by_hub && kind(f)).count();
+        (of(false), of(true))
+    }
+}
+
+/// The last chunk of a manifest round: one per full manifest sent.
+fn is_manifest(f: &Frame) -> bool {
+    matches!(f, Frame::Manifest(m) if m.last)
+}
+
+fn is_digest(f: &Frame) -> bool {
+    matches!(f, Frame::Digest(_))
+}
+
+fn is_sync(f: &Frame) -> bool {
+    matches!(f, Frame::Sync { .. })
+}
+
+/// A hub and node 0 that share `shared-0` and `n0-1`.
+fn stores_in_sync() -> (MemStore, MemStore) {
+    let mut hub = MemStore::new(None, 100);
+    hub.edit(&doc("shared-0"), 0, 0);
+    hub.edit(&doc("hub-0"), 0, 0);
+    let mut node = MemStore::new(Some(0), 1);
+    node.edit(&doc("n0-1"), 1, 1);
+    (hub, node)
+}
+
+/// Two sessions in sync, both with the capability: the first round is a full manifest each way, every later
+/// round a digest and nothing else; a digest that matches stands for the receiver's own round.
+#[test]
+fn in_sync_sessions_exchange_only_digests_after_the_first_round() {
+    let (hub, node) = stores_in_sync();
+    let mut p = Pair::new(hub, node, cfg());
+    assert!(p.converged());
+    assert_eq!(p.count(0, is_manifest), (1, 1), "the first round is a full manifest each way");
+    let interval = cfg().manifest_interval_ms;
+    let first = p.sent.len();
+    for _ in 0..5 {
+        p.tick(interval + 100, true, true);
+    }
+    assert_eq!(p.count(first, is_manifest), (0, 0), "later rounds send no manifest: {:?}", &p.sent[first..]);
+    assert_eq!(p.count(first, is_digest), (5, 5), "{:?}", &p.sent[first..]);
+    assert_eq!(p.count(first, is_sync), (0, 0));
+    assert!(p.converged());
+
+    // The node's timer fires first (the hub's clock is a millisecond behind): its matching digest stands for
+    // the hub's round too, so the hub, whose own round is due a millisecond later, computes no digest.
+    let before = p.sent.len();
+    p.tick(interval - 1, true, true);
+    p.tick(1, true, false);
+    p.tick(1, false, true);
+    assert_eq!(p.count(before, is_digest), (1, 0));
+    assert_eq!(p.count(before, is_manifest), (0, 0));
+}
+
+/// Changes that no push carried (written to a store behind the session's back): the next digest round
+/// differs, and the full manifests it triggers repair all three kinds of divergence — heads that differ, a
+/// document only the node holds and one only the hub holds — whichever side's digest comes first.
+#[test]
+fn digest_round_repairs_what_pushes_did_not_carry() {
+    for hub_first in [false, true] {
+        let (hub, node) = stores_in_sync();
+        let mut p = Pair::new(hub, node, cfg());
+        let interval = cfg().manifest_interval_ms;
+        p.tick(interval, true, true);
+        assert!(p.converged());
+        p.hub.edit(&doc("shared-0"), 7, 7);
+        p.node.edit(&doc("n0-2"), 7, 7);
+        p.hub.edit(&doc("n0-3"), 7, 7);
+        let before = p.sent.len();
+        // Both clocks move on; one side's round comes due first.
+        p.tick(interval - 1, true, true);
+        p.tick(1, !hub_first, hub_first);
+        assert!(p.converged(), "hub first: {hub_first}: {:?}", &p.sent[before..]);
+        let (node_digests, hub_digests) = p.count(before, is_digest);
+        assert_eq!((node_digests, hub_digests), if hub_first { (0, 1) } else { (1, 0) });
+        // The side that received the digest answers with its manifest. That names a document the other side
+        // lacks (`n0-2` or `n0-3`), so the other side answers with its own: only from it does the first side
+        // learn to send that document. One manifest each way, as in a round without digests.
+        assert_eq!(p.count(before, is_manifest), (1, 1), "{:?}", &p.sent[before..]);
+        assert!(p.node.docs.contains_key(&doc("n0-3")) && p.hub.docs.contains_key(&doc("n0-2")));
+        // And once repaired, rounds are digests again.
+        let after = p.sent.len();
+        p.tick(interval, true, true);
+        assert_eq!(p.count(after, is_manifest), (0, 0));
+    }
+}
+
+/// A node without the capability (an older build, or one configured without it) gets full manifests every
+/// round, as before, and sends them; a digest it had no right to send closes the session.
+#[test]
+fn peer_without_the_capability_gets_full_manifests() {
+    let (hub, node) = stores_in_sync();
+    let mut p = Pair::new(hub, node, cfg_without_digest());
+    let agreed = p.sent.iter().find_map(|(_, f)| match f {
+        Frame::HelloAck(a) => Some(a.capabilities),
+        _ => None,
+    });
+    assert_eq!(agreed.map(|c| c & capabilities::MANIFEST_DIGEST), Some(0));
+    let first = p.sent.len();
+    for _ in 0..3 {
+        p.tick(cfg().manifest_interval_ms, true, true);
+    }
+    assert_eq!(p.count(first, is_digest), (0, 0));
+    assert_eq!(p.count(first, is_manifest), (3, 3));
+    p.hub.edit(&doc("shared-0"), 9, 9);
+    p.tick(cfg().manifest_interval_ms, true, true);
+    assert!(p.converged());
+
+    p.hub_s.handle_frame(&mut p.hub, Frame::Digest(Digest { round: 9, docs: 0, hash: [0; 32] }));
+    assert!(matches!(p.hub_s.poll_transmit(), Some(Frame::Refuse { code: ErrorCode::ProtocolViolation, .. })));
+    assert!(p.hub_s.is_closed());
+}
+
+/// A node flooding the hub with digests that never match: the hub answers with at most one full manifest
+/// per `manifest_interval_ms`, and compares at most one digest per half interval (each comparison is a pass
+/// over the node's documents), while the node still gets its answer every interval.
+#[test]
+fn a_flood_of_digests_makes_at_most_one_manifest_per_interval() {
+    let (mut hub, _) = stores_in_sync();
+    for k in 0..5 {
+        hub.edit(&doc(&format!("n0-{k}")), 1, 1);
+    }
+    let interval = cfg().manifest_interval_ms;
+    let mut s = SyncSession::new_server(cfg(), hub_id(), node_id(0), vec![100], 0);
+    let hello = SyncSession::new_client(cfg(), node_id(0), hub_id(), vec![1], 0).poll_transmit().unwrap();
+    s.handle_frame(&mut hub, hello);
+    let mut manifests_at = Vec::new();
+    let mut round = 0u32;
+    let calls_before = hub.docs_for_calls.get();
+    let duration_ms = 10 * interval;
+    let mut now = 0;
+    while now <= duration_ms {
+        s.tick(&mut hub, now);
+        for _ in 0..20 {
+            round += 1;
+            s.handle_frame(&mut hub, Frame::Digest(Digest { round, docs: 1, hash: [round as u8; 32] }));
+        }
+        while let Some(f) = s.poll_transmit() {
+            if let Frame::Manifest(m) = f
+                && m.last
+            {
+                manifests_at.push(now);
+            }
+        }
+        assert!(!s.is_closed());
+        now += 10;
+    }
+    assert_eq!(manifests_at.first(), Some(&0), "the first manifest after the handshake is full");
+    for w in manifests_at.windows(2) {
+        assert!(w[1] - w[0] >= interval, "manifests at {manifests_at:?}");
+    }
+    // Answered, not ignored: one manifest per interval.
+    assert_eq!(manifests_at.len() as u64, duration_ms / interval + 1, "manifests at {manifests_at:?}");
+    // 20 digests every 10 ms, 2,000 in all; compared: at most two per interval, plus the hub's own rounds.
+    let passes = hub.docs_for_calls.get() - calls_before;
+    let rounds = duration_ms / interval;
+    let (compared_max, manifests_max, own_digests_max) = (2 * rounds + 1, rounds + 1, rounds);
+    let bound = compared_max + manifests_max + own_digests_max;
+    assert!(passes as u64 <= bound, "{passes} passes over the documents for 2,000 digests, at most {bound}");
+}
+
+/// The digest is part of the wire contract: both sides must compute the same value for the same manifest.
+/// This pins it; if it fails, a node and a hub of different builds would find every round different.
+#[test]
+fn manifest_digest_is_pinned() {
+    let mut a = ManifestDigest::default();
+    a.add(&doc("order/n1-1"), &[[0x11; 32], [0x22; 32]]);
+    a.add(&doc("stock/n1"), &[]);
+    let mut b = ManifestDigest::default();
+    b.add(&doc("stock/n1"), &[]);
+    b.add(&doc("order/n1-1"), &[[0x11; 32], [0x22; 32]]);
+    assert_eq!(a, b, "order does not matter");
+    assert_eq!(a.docs(), 2);
+    let hex: String = a.hash().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, "f37a7ccb728154a7589103a1bba04723040f6ccc7253e1c0c0ef0eb8db28637c");
+    let mut c = ManifestDigest::default();
+    c.add(&doc("order/n1-1"), &[[0x11; 32]]);
+    c.add(&doc("stock/n1"), &[[0x22; 32]]);
+    assert_ne!(a.hash(), c.hash(), "a head moved to another document");
+    let mut d = ManifestDigest::default();
+    d.add(&doc("order/n1-1"), &[[0x11; 32], [0x22; 32]]);
+    assert_ne!(a.hash(), d.hash());
+    assert!(!d.matches(&Digest { round: 1, docs: 2, hash: d.hash() }), "the count is compared too");
+    assert!(d.matches(&Digest { round: 1, docs: 1, hash: d.hash() }));
 }
