@@ -587,3 +587,60 @@ async fn shipped_order_is_frozen_after_the_window_compacted_and_refuses_changes(
     let (full, increments) = oms_node::sync::docdb::stored_doc_parts(&hub_db, &doc_name).unwrap();
     assert!(full.is_some() && increments == 0, "hub: full save {full:?}, {increments} increments");
 }
+
+/// Each node reaches the hub through a seeded fault-injecting relay (drops, duplicates, delays and reorders
+/// datagrams); then one node is cut off entirely (blackhole) while both keep taking orders, and the link
+/// heals. Every order reaches the hub exactly once, and nothing crosses the partition while it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_links_and_a_partition_lose_and_duplicate_no_order() {
+    use oms_transport::relay::{Faults, Relay};
+    use std::sync::atomic::Ordering;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &["wh-lossy", "wh-cut"]);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let hub = spawn_hub(tmp.path(), &certs, quic, http_addr);
+    let faults = Faults { drop_pct: 5, duplicate_pct: 5, reorder_pct: 10, delay_ms: 2 };
+    let lossy_link = Relay::start(quic, faults.clone(), 7).await.unwrap();
+    let cut_link = Relay::start(quic, faults, 8).await.unwrap();
+    let lossy = spawn_node(tmp.path(), &certs, "wh-lossy", lossy_link.local_addr());
+    let cut = spawn_node(tmp.path(), &certs, "wh-cut", cut_link.local_addr());
+    let http = client();
+    for a in [hub.http, lossy.http, cut.http] {
+        wait_healthy(&http, a).await;
+    }
+    seed(&http, &lossy, 3).await;
+    seed(&http, &cut, 3).await;
+    let (mut lossy_ids, mut cut_ids) = (BTreeSet::new(), BTreeSet::new());
+    for n in 0..15 {
+        lossy_ids.insert(place(&http, &lossy, n).await);
+        cut_ids.insert(place(&http, &cut, n).await);
+    }
+    wait_hub_has(&http, hub.http, "wh-lossy", &lossy_ids).await;
+    wait_hub_has(&http, hub.http, "wh-cut", &cut_ids).await;
+
+    // Partition: wh-cut keeps taking orders that cannot reach the hub; wh-lossy's still do.
+    cut_link.set_blackhole(true);
+    let before_cut = cut_ids.clone();
+    for n in 15..45 {
+        lossy_ids.insert(place(&http, &lossy, n).await);
+        cut_ids.insert(place(&http, &cut, n).await);
+    }
+    wait_hub_has(&http, hub.http, "wh-lossy", &lossy_ids).await;
+    // Longer than the node's 3 s without a datagram: its link is down, not merely slow.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let seen: BTreeSet<String> = hub_orders(&http, hub.http, "wh-cut").await.unwrap().into_iter().collect();
+    assert_eq!(seen, before_cut, "orders crossed the partition");
+
+    cut_link.set_blackhole(false);
+    wait_hub_has(&http, hub.http, "wh-cut", &cut_ids).await;
+    wait_hub_has(&http, hub.http, "wh-lossy", &lossy_ids).await;
+    for link in [&lossy_link, &cut_link] {
+        assert!(link.stats().dropped.load(Ordering::Relaxed) > 0, "the relay injected no loss");
+    }
+    let log = std::fs::read_to_string(&cut.log).unwrap_or_default();
+    assert!(log.contains("sync: link down"), "the cut node should have seen its link go down:\n{log}");
+    let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(n["changes_quarantined"], 0, "{n}");
+    }
+}
