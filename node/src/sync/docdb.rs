@@ -46,8 +46,6 @@ pub const INCREMENT_BYTES_MIN: usize = 16 * 1024;
 pub const INCREMENTS_PER_DOC_MAX: u64 = 256;
 /// redb's page cache for the file (redb's default is 1 GiB; evicted documents are read back through it).
 pub const DB_CACHE_BYTES: usize = 64 << 20;
-/// Fewest documents created before the index is rebuilt ([`DocDb::compact_index`]).
-pub const COMPACT_AFTER_CREATED_MIN: usize = 50_000;
 /// Documents kept loaded unless the owner says otherwise ([`DocDb::set_cache_max`]); a loaded order document
 /// takes ≈ 24 KB against ≈ 450 B on disk.
 pub const DOCS_CACHED_DEFAULT: usize = 1_024;
@@ -264,10 +262,6 @@ pub struct DocDb {
     /// Documents loaded in memory; beyond `cache_max`, clean ones are evicted by the next prepare.
     resident: Mutex<BTreeSet<DocId>>,
     cache_max: usize,
-    /// Documents created since the index was last rebuilt ([`DocDb::compact_index`]), and the fewest
-    /// that trigger a rebuild.
-    created_since_compact: usize,
-    compact_after_min: usize,
     clock: AtomicU32,
     dirty_docs: BTreeSet<DocId>,
     dirty_states: BTreeMap<(PeerId, DocId), Vec<u8>>,
@@ -348,8 +342,6 @@ impl DocDb {
             docs,
             resident: Mutex::new(BTreeSet::new()),
             cache_max: DOCS_CACHED_DEFAULT,
-            created_since_compact: 0,
-            compact_after_min: COMPACT_AFTER_CREATED_MIN,
             clock: AtomicU32::new(0),
             dirty_docs,
             dirty_states: BTreeMap::new(),
@@ -574,24 +566,7 @@ impl DocDb {
             self.evict();
         }
         drop(g);
-        self.compact_index();
         self.loaded()
-    }
-
-    /// Rebuilds the index of documents once the documents created since the last rebuild reach a quarter
-    /// of them (and at least [`COMPACT_AFTER_CREATED_MIN`]). A map grown by inserts keeps its nodes about
-    /// half full, and its keys and nodes sit in allocator pages shared with the short-lived allocations of
-    /// the documents loaded meanwhile, which keeps those pages resident; a bulk-built copy in fresh
-    /// allocations is dense (at a million documents the hub's memory after a first load was about 1.7× its
-    /// memory after a restart). Amortised: each rebuild follows at least a quarter as many inserts.
-    fn compact_index(&mut self) {
-        if self.created_since_compact < self.compact_after_min || self.created_since_compact < self.docs.len() / 4 {
-            return;
-        }
-        self.created_since_compact = 0;
-        let old = std::mem::take(&mut self.docs);
-        // Fresh keys, allocated one after another, rather than the old ones moved.
-        self.docs = old.into_iter().map(|(id, slot)| (id.clone(), slot)).collect();
     }
 
     /// A document, created empty (with this process's actor) if absent.
@@ -601,7 +576,6 @@ impl DocDb {
                 return Err(DocDbError::Full { path: self.path.clone(), max: self.docs_max, doc: doc.to_string() });
             }
             self.docs.insert(doc.clone(), Slot::loaded(AutoCommit::new().with_actor(self.actor.clone())));
-            self.created_since_compact += 1;
             lock_set(&self.resident).insert(doc.clone());
         }
         let path = self.path.clone();
@@ -1261,14 +1235,6 @@ mod tests {
             let h = db.heads(&ids[12]).unwrap();
             assert_eq!(db.loaded(), before);
             assert_eq!(db.get_mut(&ids[12]).unwrap().get_heads(), h);
-            // Rebuilding the index keeps every document, loaded or not, with what is known of its disk copy.
-            db.evict_idle();
-            db.compact_after_min = 1;
-            db.created_since_compact = ids.len();
-            let before = (db.len(), db.loaded(), db.heads(&ids[12]), db.heads(&ids[13]));
-            db.evict_idle();
-            assert_eq!(db.created_since_compact, 0, "rebuilt");
-            assert_eq!((db.len(), db.loaded(), db.heads(&ids[12]), db.heads(&ids[13])), before);
             // `read` of an evicted document loads it for that read only; of a loaded one, borrows it.
             let before = db.loaded();
             for (i, id) in ids.iter().enumerate().skip(13) {
