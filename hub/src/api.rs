@@ -81,6 +81,8 @@ async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
             "since_last_change_ms": st.last_change_at_ms.map(|t| now.saturating_sub(t)),
             "last_change_lag_ms": st.last_change_lag_ms,
             "pending": st.pending,
+            "session": {"doc_states": st.session_sizes.doc_states, "in_flight": st.session_sizes.in_flight,
+                        "pending": st.session_sizes.pending, "outbound": st.session_sizes.outbound},
             "compressed": st.compressed,
             "changes_applied": st.changes_applied,
             "changes_quarantined": st.changes_quarantined,

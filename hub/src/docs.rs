@@ -58,6 +58,9 @@ pub struct NodeStatus {
     pub last_change_lag_ms: Option<u64>,
     /// The session has documents pending or in flight.
     pub pending: bool,
+    /// What the current session holds: Automerge sync states, documents in flight, documents waiting.
+    #[serde(skip)]
+    pub session_sizes: oms_protocol::sync::SessionSizes,
     /// Documents changed by this node since the hub started.
     pub changes_applied: u64,
     /// Changes refused because they touched what the node does not own.

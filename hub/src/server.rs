@@ -305,7 +305,9 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                     }
                 }
             }
-            docs.status(node).pending = !session.is_idle();
+            let st = docs.status(node);
+            st.pending = !session.is_idle();
+            st.session_sizes = session.sizes();
             needed = hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1;
         }
         // Persist before answering: what the node believes the hub has, the hub has on disk. One flush covers

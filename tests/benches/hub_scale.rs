@@ -160,12 +160,13 @@ async fn hub_total(http: &reqwest::Client, hub: SocketAddr) -> Option<u64> {
 }
 
 /// (connected, pending) node sessions at the hub, and the documents it holds loaded.
-async fn hub_sessions(http: &reqwest::Client, hub: SocketAddr) -> Option<(usize, usize, u64)> {
+async fn hub_sessions(http: &reqwest::Client, hub: SocketAddr) -> Option<(usize, usize, u64, u64)> {
     let v = get_json(http, format!("http://{hub}/v1/nodes")).await?;
     let ns = v["nodes"].as_array()?;
     let connected = ns.iter().filter(|n| n["connected"] == true).count();
     let pending = ns.iter().filter(|n| n["connected"] == true && n["pending"] == true).count();
-    Some((connected, pending, v["documents"]["loaded"].as_u64().unwrap_or(0)))
+    let states: u64 = ns.iter().filter_map(|n| n["session"]["doc_states"].as_u64()).sum();
+    Some((connected, pending, v["documents"]["loaded"].as_u64().unwrap_or(0), states))
 }
 
 /// Waits until the hub holds `total` orders and all `n` nodes are connected with nothing pending, printing
@@ -185,7 +186,7 @@ async fn wait_in_sync(
     while t.elapsed() < deadline {
         let have = hub_total(http, hub.http).await.unwrap_or(0);
         let sessions = hub_sessions(http, hub.http).await;
-        let done = have >= total && sessions.is_some_and(|(c, p, _)| c == nodes.len() && p == 0);
+        let done = have >= total && sessions.is_some_and(|(c, p, _, _)| c == nodes.len() && p == 0);
         // Pending flips between frames; require it to hold for a second.
         match (done, in_sync_since) {
             (true, Some(s)) if s.elapsed() >= Duration::from_secs(1) => return Some(t.elapsed()),
@@ -197,7 +198,7 @@ async fn wait_in_sync(
             last_print = Instant::now();
             let s = proc_stat(pid, tck);
             println!(
-                "  {:>6.1} s: hub total {have}, sessions (connected, pending, docs loaded) {sessions:?}, hub RSS {:.1} MB (peak {:.1}), hub CPU {:.1} s, nodes CPU {:.1} s, loadavg {}",
+                "  {:>6.1} s: hub total {have}, sessions (connected, pending, docs loaded, sync states) {sessions:?}, hub RSS {:.1} MB (peak {:.1}), hub CPU {:.1} s, nodes CPU {:.1} s, loadavg {}",
                 t.elapsed().as_secs_f64(),
                 s.rss_mb,
                 s.hwm_mb,

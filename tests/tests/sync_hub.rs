@@ -164,6 +164,11 @@ async fn orders_reach_the_hub_once_with_status_and_stock() {
     assert_eq!(n["compressed"], true, "both sides speak deflate, so the session uses it: {n}");
     assert_eq!(n["orders"], 10);
     assert_eq!(n["changes_quarantined"], 0);
+    // What the session holds, and what the hub holds loaded, are reported.
+    assert!(n["session"]["doc_states"].as_u64().is_some() && n["session"]["in_flight"].as_u64().is_some(), "{n}");
+    let held = nodes["documents"]["held"].as_u64().unwrap();
+    assert!(held >= 11, "10 orders and a stock document: {nodes}");
+    assert!(nodes["documents"]["loaded"].as_u64().unwrap() <= held, "{nodes}");
 }
 
 /// A node that does not announce `capabilities::DEFLATE` (as an older build would not) gets plain frames
