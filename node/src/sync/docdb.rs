@@ -406,21 +406,14 @@ impl DocDb {
 
     /// A document, loaded from disk if it was evicted (`None` if it does not load; logged).
     pub fn get(&self, doc: &DocId) -> Option<&AutoCommit> {
+        let loaded = match self.read(doc)? {
+            Cow::Borrowed(d) => return Some(d),
+            Cow::Owned(d) => d,
+        };
+        // Loaded for this call: keep it, as [`DocDb::read`] does not.
         let slot = self.docs.get(doc)?;
-        slot.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-        if let Some(d) = slot.doc.get() {
-            return Some(d);
-        }
-        match self.load(doc) {
-            Ok(d) => {
-                if slot.doc.set(Box::new(d)).is_ok() {
-                    lock_set(&self.resident).insert(doc.clone());
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot load an evicted document");
-                return None;
-            }
+        if slot.doc.set(Box::new(loaded)).is_ok() {
+            lock_set(&self.resident).insert(doc.clone());
         }
         slot.doc.get().map(|d| &**d)
     }

@@ -234,15 +234,7 @@ pub fn spawn(
     let endpoint = oms_transport::client_endpoint(bind, &files, &Limits::default())?;
     let mut docs = NodeDocs { db, node, stock_pending: BTreeSet::new(), stock_written_ms: 0 };
     publish_site(&mut docs, site)?;
-    let shared = Arc::new(Shared {
-        docs: Mutex::new(docs),
-        inbound: Mutex::new(BTreeSet::new()),
-        inbound_changed: Notify::new(),
-        last_hub_frame_ms: std::sync::atomic::AtomicU64::new(0),
-        dirty: Mutex::new(BTreeSet::new()),
-        changed: Notify::new(),
-        tuning,
-    });
+    let shared = Arc::new(Shared::new(docs, tuning));
     tokio::spawn(inbound::run(shared.clone(), store.clone(), link.clone()));
     tokio::spawn(follow_feed(shared.clone(), store));
     let peers = (
@@ -635,6 +627,21 @@ fn liveness(now_ms: u64, heard_ms: u64, datagram_ms: u64, tuning: &SyncTuning) -
         Some(LinkError::Silent { silent_ms })
     } else {
         None
+    }
+}
+
+impl Shared {
+    /// Nothing changed, nothing heard from the hub yet.
+    fn new(docs: NodeDocs, tuning: SyncTuning) -> Shared {
+        Shared {
+            docs: Mutex::new(docs),
+            inbound: Mutex::new(BTreeSet::new()),
+            inbound_changed: Notify::new(),
+            last_hub_frame_ms: std::sync::atomic::AtomicU64::new(0),
+            dirty: Mutex::new(BTreeSet::new()),
+            changed: Notify::new(),
+            tuning,
+        }
     }
 }
 

@@ -180,15 +180,7 @@ async fn repair_after_a_crash_rewrites_every_balance_once() {
 async fn the_feed_follower_repairs_the_stock_document_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let (store, docs) = crash_with_pending_balances(dir.path()).await;
-    let shared = Arc::new(Shared {
-        docs: Mutex::new(docs),
-        inbound: Mutex::new(BTreeSet::new()),
-        inbound_changed: Notify::new(),
-        last_hub_frame_ms: std::sync::atomic::AtomicU64::new(0),
-        dirty: Mutex::new(BTreeSet::new()),
-        changed: Notify::new(),
-        tuning: SyncTuning { feed_poll_ms: 20, ..SyncTuning::default() },
-    });
+    let shared = Arc::new(Shared::new(docs, SyncTuning { feed_poll_ms: 20, ..SyncTuning::default() }));
     let task = tokio::spawn(follow_feed(shared.clone(), store.clone()));
     let want = ledger_view(&store);
     let mut caught_up = false;
