@@ -6,6 +6,7 @@
 /// mimalloc instead of glibc's malloc: the hub loads and evicts ≈ 24 KB Automerge documents by the million
 /// between long-lived small index entries, and glibc's per-thread arenas kept the freed space (RSS grew
 /// ≈ 1 KB per synced order; see bench/hub_scale/RESULTS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

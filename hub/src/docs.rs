@@ -162,7 +162,7 @@ impl HubDocs {
             if let Some((_, site)) = split_label(label) {
                 *docs.site_counts.entry(site).or_insert(0) += 1;
             }
-            others.extend(docs.foreign_parties(doc, label).map(|n| (n, doc.clone())));
+            others.extend(docs.foreign_parties(&doc, label).map(|n| (n, doc.clone())));
         }
         for (n, doc) in others {
             docs.others.entry(n).or_default().insert(doc);
@@ -385,7 +385,7 @@ impl HubDocs {
         let wanted =
             |label: u64| split_label(label).is_some_and(|(o, s)| site.is_none_or(|site| o == site || s == site));
         let lo = after.and_then(|a| DocId::new(format!("{}{a}", schema::ORDER_PREFIX)));
-        let pick = |(d, l): (&DocId, u64)| wanted(l).then(|| d.clone());
+        let pick = |(d, l): (DocId, u64)| wanted(l).then_some(d);
         match lo {
             Some(lo) => self
                 .db
@@ -518,7 +518,7 @@ impl DocStore for HubDocs {
                 let prefix = format!("{}{node}-", schema::ORDER_PREFIX);
                 let own =
                     self.db.labels(&prefix).filter(|(_, l)| split_label(*l).is_some_and(|(o, s)| o == n || s == n));
-                own.map(|(d, _)| d).chain(self.others.get(&n).into_iter().flatten()).cloned().collect()
+                own.map(|(d, _)| d).chain(self.others.get(&n).into_iter().flatten().cloned()).collect()
             }
             None => vec![],
         };

@@ -250,7 +250,7 @@ fn probe(path: &Path, load: usize) {
         (opened - base) * 1048576.0 / docs as f64
     );
     db.set_cache_max(load.max(1));
-    let ids: Vec<_> = db.ids().step_by((docs / load.max(1)).max(1)).take(load).cloned().collect();
+    let ids: Vec<_> = db.ids().step_by((docs / load.max(1)).max(1)).take(load).collect();
     let before = self_rss_mb();
     let t = Instant::now();
     let mut ok = 0usize;

@@ -17,6 +17,13 @@
 //! back as dirty (documents as full saves) at the next prepare made while no batch is in flight, and every
 //! batch committed before that recovery fails too, so a caller that got `Ok` from `commit` knows that
 //! everything prepared up to its batch is on disk. [`DocDb::flush`] does both steps at once.
+//!
+//! **Memory does not grow with the number of documents.** A document's heads, sizes and label live in its
+//! `doc_meta` row; in memory are only the documents loaded (at most the cache size, beyond which clean ones
+//! are evicted after a flush) and the rows of documents whose state differs from what is committed (dirty,
+//! relabelled, or in a batch not yet committed). Anything else is read from redb when asked (through redb's
+//! page cache). A per-document index in memory cost ≈ 230 B per document at the hub (≈ 230 MB at a million
+//! orders) and, built while documents were loaded and evicted, fragmented the heap besides.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -171,6 +178,20 @@ impl Persisted {
         out
     }
 
+    /// The label of an encoded row, without decoding the rest.
+    fn label_of(b: &[u8]) -> Option<u64> {
+        if b.len() < META_FIXED_BYTES || b[0] != META_VERSION {
+            return None;
+        }
+        b.get(20..28).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes)
+    }
+
+    /// Nothing about the document waits to be written (its row on disk says what this says, once the
+    /// batches in flight are committed).
+    fn settled(&self) -> bool {
+        self.stored && !self.full_needed && !self.label_dirty
+    }
+
     fn decode(b: &[u8]) -> Option<Persisted> {
         if b.len() < META_FIXED_BYTES || b[0] != META_VERSION {
             return None;
@@ -257,8 +278,12 @@ pub struct DocDb {
     gate: SharedGate,
     actor: ActorId,
     docs_max: usize,
-    /// Every document held: loaded or not, and what is on disk.
+    /// The documents in memory: those loaded, and those whose state differs from their committed `doc_meta`
+    /// row (dirty, relabelled, or in a batch not yet committed). A document held but not here is known by its
+    /// committed row alone (see the module docs).
     docs: BTreeMap<DocId, Slot>,
+    /// Documents held, in memory or only on disk.
+    count: usize,
     /// Documents loaded in memory; beyond `cache_max`, clean ones are evicted by the next prepare.
     resident: Mutex<BTreeSet<DocId>>,
     cache_max: usize,
@@ -267,6 +292,8 @@ pub struct DocDb {
     dirty_states: BTreeMap<(PeerId, DocId), Vec<u8>>,
     dirty_meta: BTreeMap<String, u64>,
     removed: BTreeSet<DocId>,
+    /// Removals in batches prepared but maybe not yet committed: their rows may still be on disk.
+    flushing_removed: BTreeSet<DocId>,
     /// Sync states and counters of batches prepared but maybe not yet committed, for readers.
     flushing_states: BTreeMap<(PeerId, DocId), Vec<u8>>,
     flushing_meta: BTreeMap<String, u64>,
@@ -274,7 +301,7 @@ pub struct DocDb {
 
 impl std::fmt::Debug for DocDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DocDb").field("path", &self.path).field("docs", &self.docs.len()).finish()
+        f.debug_struct("DocDb").field("path", &self.path).field("docs", &self.count).finish()
     }
 }
 
@@ -312,9 +339,9 @@ impl DocDb {
         }
         w.commit().map_err(|e| storage(&e))?;
         let actor = ActorId::from(actor);
-        // Collected first and built in one go: a B-tree built from sorted input has full nodes, one built by
-        // inserting in order has half-full ones (≈ 100 B more per document).
-        let mut slots = Vec::new();
+        // Every row is checked, but only those of documents that need a full save stay in memory.
+        let mut count = 0usize;
+        let mut docs = BTreeMap::new();
         {
             let r = db.begin_read().map_err(|e| storage(&e))?;
             let t = r.open_table(DOC_META).map_err(|e| storage(&e))?;
@@ -327,12 +354,14 @@ impl DocDb {
                     doc: name.to_owned(),
                     detail: "its doc_meta row does not decode".into(),
                 })?;
-                slots.push((id, Slot { persisted, ..Slot::default() }));
+                count += 1;
+                if persisted.full_needed {
+                    docs.insert(id, Slot { persisted, ..Slot::default() });
+                }
             }
         }
-        let docs: BTreeMap<DocId, Slot> = slots.into_iter().collect();
         // Documents with increments but no full save (not written by this code) get one at the next flush.
-        let dirty_docs = docs.iter().filter(|(_, s)| s.persisted.full_needed).map(|(id, _)| id.clone()).collect();
+        let dirty_docs = docs.keys().cloned().collect();
         Ok(DocDb {
             path: path.into(),
             db: Arc::new(db),
@@ -340,6 +369,7 @@ impl DocDb {
             actor,
             docs_max,
             docs,
+            count,
             resident: Mutex::new(BTreeSet::new()),
             cache_max: DOCS_CACHED_DEFAULT,
             clock: AtomicU32::new(0),
@@ -347,6 +377,7 @@ impl DocDb {
             dirty_states: BTreeMap::new(),
             dirty_meta: BTreeMap::new(),
             removed: BTreeSet::new(),
+            flushing_removed: BTreeSet::new(),
             flushing_states: BTreeMap::new(),
             flushing_meta: BTreeMap::new(),
         })
@@ -358,39 +389,62 @@ impl DocDb {
 
     /// Number of documents held.
     pub fn len(&self) -> usize {
-        self.docs.len()
+        self.count
     }
 
     /// True if no document is held.
     pub fn is_empty(&self) -> bool {
-        self.docs.is_empty()
+        self.count == 0
+    }
+
+    /// The committed `doc_meta` row of a document that is not in memory (`None` if it is not held, or is
+    /// being removed). A row that cannot be read is logged and counts as absent.
+    fn stored(&self, doc: &DocId) -> Option<Persisted> {
+        if self.removed.contains(doc) || self.flushing_removed.contains(doc) {
+            return None;
+        }
+        let read = || -> Result<Option<Persisted>, DocDbError> {
+            let r = self.db.begin_read().map_err(|e| self.storage(&e))?;
+            let t = r.open_table(DOC_META).map_err(|e| self.storage(&e))?;
+            let Some(v) = t.get(doc.as_str()).map_err(|e| self.storage(&e))? else { return Ok(None) };
+            Persisted::decode(v.value()).map(Some).ok_or_else(|| DocDbError::Corrupt {
+                path: self.path.clone(),
+                doc: doc.to_string(),
+                detail: "its doc_meta row does not decode".into(),
+            })
+        };
+        read().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read a document's row");
+            None
+        })
+    }
+
+    /// The slot of a held document, brought into memory (without loading the document) if it was not.
+    fn slot_mut(&mut self, doc: &DocId) -> Option<&mut Slot> {
+        if !self.docs.contains_key(doc) {
+            let persisted = self.stored(doc)?;
+            self.docs.insert(doc.clone(), Slot { persisted, ..Slot::default() });
+        }
+        self.docs.get_mut(doc)
     }
 
     /// Whether `doc` is held (loaded or not), without loading it.
     pub fn contains(&self, doc: &DocId) -> bool {
-        self.docs.contains_key(doc)
+        self.docs.contains_key(doc) || self.stored(doc).is_some()
     }
 
     /// Ids of the documents held, in order.
-    pub fn ids(&self) -> impl Iterator<Item = &DocId> {
-        self.docs.keys()
+    pub fn ids(&self) -> impl Iterator<Item = DocId> + '_ {
+        self.labels("").map(|(id, _)| id)
     }
 
     /// Ids starting with `prefix`, after `after`, at most `limit`.
     pub fn ids_with_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<DocId> {
-        use std::ops::Bound;
-        let lo = match (after.and_then(|a| DocId::new(format!("{prefix}{a}"))), DocId::new(prefix)) {
-            (Some(d), _) => Bound::Excluded(d),
-            (None, Some(d)) => Bound::Included(d),
-            (None, None) => Bound::Unbounded,
+        let iter = match after.and_then(|a| DocId::new(format!("{prefix}{a}"))) {
+            Some(after) => Labels::new(self, prefix, Some(after.as_str().to_owned())),
+            None => Labels::new(self, prefix, None),
         };
-        self.docs
-            .range((lo, Bound::Unbounded))
-            .map(|(k, _)| k)
-            .take_while(|k| k.as_str().starts_with(prefix))
-            .take(limit)
-            .cloned()
-            .collect()
+        iter.take(limit).map(|(id, _)| id).collect()
     }
 
     /// Keeps at most `max` documents loaded: beyond it, a flush prepared while no other is in flight evicts
@@ -404,16 +458,29 @@ impl DocDb {
         lock_set(&self.resident).len()
     }
 
-    /// A document, loaded from disk if it was evicted (`None` if it does not load; logged).
-    pub fn get(&self, doc: &DocId) -> Option<&AutoCommit> {
-        let loaded = match self.read(doc)? {
-            Cow::Borrowed(d) => return Some(d),
-            Cow::Owned(d) => d,
-        };
-        // Loaded for this call: keep it, as [`DocDb::read`] does not.
+    /// Number of documents in memory, loaded or not (see the module docs).
+    pub fn in_memory(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// A document, loaded from disk (and kept loaded until an eviction) if it was evicted (`None` if it is not
+    /// held or does not load; logged).
+    pub fn get(&mut self, doc: &DocId) -> Option<&AutoCommit> {
+        self.slot_mut(doc)?;
         let slot = self.docs.get(doc)?;
-        if slot.doc.set(Box::new(loaded)).is_ok() {
-            lock_set(&self.resident).insert(doc.clone());
+        slot.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        if slot.doc.get().is_none() {
+            match self.load(doc) {
+                Ok(loaded) => {
+                    if slot.doc.set(Box::new(loaded)).is_ok() {
+                        lock_set(&self.resident).insert(doc.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load an evicted document");
+                    return None;
+                }
+            }
         }
         slot.doc.get().map(|d| &**d)
     }
@@ -421,12 +488,15 @@ impl DocDb {
     /// A document to read without keeping it loaded: borrowed if it is loaded, otherwise loaded for this
     /// read only and dropped with the returned value. Read paths that may visit many documents (listings,
     /// demand scans) use this, so they cannot fill memory: [`DocDb::get`] keeps what it loads until the next
-    /// eviction, which only runs with `&mut self` after a flush, and an idle hub may not flush for hours.
+    /// eviction, which only runs after a flush, and an idle hub may not flush for hours.
     pub fn read(&self, doc: &DocId) -> Option<Cow<'_, AutoCommit>> {
-        let slot = self.docs.get(doc)?;
-        slot.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-        if let Some(d) = slot.doc.get() {
-            return Some(Cow::Borrowed(&**d));
+        if let Some(slot) = self.docs.get(doc) {
+            slot.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+            if let Some(d) = slot.doc.get() {
+                return Some(Cow::Borrowed(&**d));
+            }
+        } else {
+            self.stored(doc)?;
         }
         match self.load(doc) {
             Ok(d) => Some(Cow::Owned(d)),
@@ -445,23 +515,28 @@ impl DocDb {
 
     /// Heads of a document without loading it if it is evicted (then its disk copy is current).
     pub fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
-        let slot = self.docs.get_mut(doc)?;
-        match slot.doc.get_mut() {
-            Some(d) => Some(d.get_heads()),
-            None => Some(slot.persisted.heads.to_vec()),
+        match self.docs.get_mut(doc) {
+            Some(slot) => match slot.doc.get_mut() {
+                Some(d) => Some(d.get_heads()),
+                None => Some(slot.persisted.heads.to_vec()),
+            },
+            None => self.stored(doc).map(|p| p.heads.to_vec()),
         }
     }
 
     /// The label of a document (0 until [`DocDb::set_label`]), without loading it.
     pub fn label(&self, doc: &DocId) -> Option<u64> {
-        self.docs.get(doc).map(|s| s.persisted.label)
+        match self.docs.get(doc) {
+            Some(s) => Some(s.persisted.label),
+            None => self.stored(doc).map(|p| p.label),
+        }
     }
 
     /// Sets a number the owner keeps with a document (the hub: who may see it), stored in the same row as
-    /// the document's heads so that it is known at start without loading the document. Written by the next
-    /// flush. Returns the previous label.
+    /// the document's heads so that it is known without loading the document. Written by the next flush.
+    /// Returns the previous label.
     pub fn set_label(&mut self, doc: &DocId, label: u64) -> Option<u64> {
-        let p = &mut self.docs.get_mut(doc)?.persisted;
+        let p = &mut self.slot_mut(doc)?.persisted;
         let old = p.label;
         if old != label {
             p.label = label;
@@ -471,20 +546,42 @@ impl DocDb {
         Some(old)
     }
 
-    /// Documents whose id starts with `prefix` (all with `""`), with their labels, in order.
-    pub fn labels<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a DocId, u64)> + 'a {
-        use std::ops::Bound;
-        let lo = DocId::new(prefix).map_or(Bound::Unbounded, Bound::Included);
-        self.docs
-            .range((lo, Bound::Unbounded))
-            .take_while(move |(k, _)| k.as_str().starts_with(prefix))
-            .map(|(k, s)| (k, s.persisted.label))
+    /// Documents whose id starts with `prefix` (all with `""`), with their labels, in order. Reads the
+    /// committed rows in chunks and lays what is in memory over them.
+    pub fn labels<'a>(&'a self, prefix: &str) -> impl Iterator<Item = (DocId, u64)> + 'a {
+        Labels::new(self, prefix, None)
     }
 
     /// Documents after `after` (excluded), with their labels, in order.
-    pub fn labels_after<'a>(&'a self, after: &DocId) -> impl Iterator<Item = (&'a DocId, u64)> + 'a {
+    pub fn labels_after<'a>(&'a self, after: &DocId) -> impl Iterator<Item = (DocId, u64)> + 'a {
+        Labels::new(self, "", Some(after.as_str().to_owned()))
+    }
+
+    /// Up to `limit` committed rows with `prefix` after `after` (or from `prefix` on): ids and labels, and
+    /// whether more follow.
+    fn committed_labels(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, u64)>, bool), DocDbError> {
         use std::ops::Bound;
-        self.docs.range((Bound::Excluded(after.clone()), Bound::Unbounded)).map(|(k, s)| (k, s.persisted.label))
+        let r = self.db.begin_read().map_err(|e| self.storage(&e))?;
+        let t = r.open_table(DOC_META).map_err(|e| self.storage(&e))?;
+        let lo = after.map_or(Bound::Included(prefix), Bound::Excluded);
+        let mut out = Vec::new();
+        for item in t.range::<&str>((lo, Bound::Unbounded)).map_err(|e| self.storage(&e))? {
+            let (k, v) = item.map_err(|e| self.storage(&e))?;
+            let name = k.value();
+            if !name.starts_with(prefix) {
+                return Ok((out, false));
+            }
+            if out.len() >= limit {
+                return Ok((out, true));
+            }
+            out.push((name.to_owned(), Persisted::label_of(v.value()).unwrap_or(0)));
+        }
+        Ok((out, false))
     }
 
     /// Reads an evicted document from disk: its full save, then its increments.
@@ -514,6 +611,10 @@ impl DocDb {
     /// called while no batch is in flight and after failed batches came back, so a clean document's
     /// disk copy is committed. Looks only at the loaded documents.
     fn evict(&mut self) {
+        // Every batch is committed: removals are off the disk, and settled rows on it.
+        self.flushing_removed.clear();
+        let dirty = &self.dirty_docs;
+        self.docs.retain(|id, s| s.doc.get().is_some() || !s.persisted.settled() || dirty.contains(id));
         let resident = self.resident.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         if resident.len() <= self.cache_max {
             return;
@@ -538,9 +639,10 @@ impl DocDb {
             }
             let Some(slot) = self.docs.get_mut(&id) else { continue };
             let p = &slot.persisted;
-            let clean = p.stored && !p.full_needed && slot.doc.get_mut().is_some_and(|d| p.heads.is(&d.get_heads()));
+            let clean = p.settled() && slot.doc.get_mut().is_some_and(|d| p.heads.is(&d.get_heads()));
             if clean {
-                slot.doc.take();
+                // Its row is current: nothing about it stays in memory.
+                self.docs.remove(&id);
                 resident.remove(&id);
                 excess -= 1;
             }
@@ -564,11 +666,12 @@ impl DocDb {
 
     /// A document, created empty (with this process's actor) if absent.
     pub fn get_or_create(&mut self, doc: &DocId) -> Result<&mut AutoCommit, DocDbError> {
-        if !self.docs.contains_key(doc) {
-            if self.docs.len() >= self.docs_max {
+        if !self.contains(doc) {
+            if self.count >= self.docs_max {
                 return Err(DocDbError::Full { path: self.path.clone(), max: self.docs_max, doc: doc.to_string() });
             }
             self.docs.insert(doc.clone(), Slot::loaded(AutoCommit::new().with_actor(self.actor.clone())));
+            self.count += 1;
             lock_set(&self.resident).insert(doc.clone());
         }
         let path = self.path.clone();
@@ -582,6 +685,9 @@ impl DocDb {
     /// Replaces a document (e.g. with a fork taken before a refused change).
     pub fn replace(&mut self, doc: &DocId, mut value: AutoCommit) {
         value.set_actor(self.actor.clone());
+        if self.slot_mut(doc).is_none() {
+            self.count += 1;
+        }
         let slot = self.docs.entry(doc.clone()).or_default();
         slot.doc = OnceLock::from(Box::new(value));
         // What is on disk may hold changes the replacement lacks: rewrite it whole.
@@ -594,7 +700,9 @@ impl DocDb {
 
     /// Forgets a document (e.g. one whose only changes were refused); deleted from disk by the next flush.
     pub fn remove(&mut self, doc: &DocId) {
-        self.docs.remove(doc);
+        if self.docs.remove(doc).is_some() || self.stored(doc).is_some() {
+            self.count -= 1;
+        }
         lock_set(&self.resident).remove(doc);
         self.dirty_docs.remove(doc);
         self.removed.insert(doc.clone());
@@ -603,7 +711,7 @@ impl DocDb {
     /// Makes the next flush write `doc` as one full save and delete its increments (e.g. a frozen order
     /// document, which will not change again).
     pub fn compact(&mut self, doc: &DocId) {
-        if let Some(slot) = self.docs.get_mut(doc) {
+        if let Some(slot) = self.slot_mut(doc) {
             slot.persisted.full_needed = true;
         }
         self.mark_dirty(doc);
@@ -690,6 +798,7 @@ impl DocDb {
             // Everything prepared before is on disk, or came back in `failed`.
             self.flushing_states.clear();
             self.flushing_meta.clear();
+            self.flushing_removed.clear();
             for r in std::mem::take(&mut g.failed) {
                 self.restore(r);
             }
@@ -759,6 +868,7 @@ impl DocDb {
             writes.push((id, write));
         }
         let removed: Vec<DocId> = std::mem::take(&mut self.removed).into_iter().collect();
+        self.flushing_removed.extend(removed.iter().cloned());
         let states: Vec<_> = std::mem::take(&mut self.dirty_states).into_iter().collect();
         let meta: Vec<_> = std::mem::take(&mut self.dirty_meta).into_iter().collect();
         if writes.is_empty() && removed.is_empty() && states.is_empty() && meta.is_empty() && !recovers {
@@ -803,6 +913,79 @@ impl DocDb {
         }
         for (k, v) in r.meta {
             self.dirty_meta.entry(k).or_insert(v);
+        }
+    }
+}
+
+/// Committed rows read per redb transaction by [`Labels`].
+const LABELS_CHUNK: usize = 1_024;
+
+/// [`DocDb::labels`]: the committed rows with a prefix, read in chunks of [`LABELS_CHUNK`], with the rows in
+/// memory laid over them (they are newer) and documents being removed left out.
+struct Labels<'a> {
+    db: &'a DocDb,
+    prefix: String,
+    /// Ids up to this one (excluded lower bound) were read; from `prefix` on if `None`.
+    after: Option<String>,
+    buf: std::vec::IntoIter<(DocId, u64)>,
+    done: bool,
+}
+
+impl<'a> Labels<'a> {
+    fn new(db: &'a DocDb, prefix: &str, after: Option<String>) -> Labels<'a> {
+        Labels { db, prefix: prefix.to_owned(), after, buf: Vec::new().into_iter(), done: false }
+    }
+
+    fn refill(&mut self) {
+        use std::ops::Bound;
+        let (rows, more) = match self.db.committed_labels(&self.prefix, self.after.as_deref(), LABELS_CHUNK) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list documents");
+                (Vec::new(), false)
+            }
+        };
+        // The ids this chunk covers: up to its last row, or all the rest when none follow.
+        let upper = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
+        let db = self.db;
+        let mut merged: BTreeMap<String, u64> = rows
+            .into_iter()
+            .filter(|(k, _)| {
+                DocId::new(k.as_str()).is_some_and(|id| !db.removed.contains(&id) && !db.flushing_removed.contains(&id))
+            })
+            .collect();
+        let lo = match self.after.as_deref() {
+            Some(a) => DocId::new(a).map_or(Bound::Unbounded, Bound::Excluded),
+            None => DocId::new(self.prefix.as_str()).map_or(Bound::Unbounded, Bound::Included),
+        };
+        for (id, slot) in db.docs.range((lo, Bound::Unbounded)) {
+            let name = id.as_str();
+            if !name.starts_with(&self.prefix) || upper.as_deref().is_some_and(|u| name > u) {
+                break;
+            }
+            merged.insert(name.to_owned(), slot.persisted.label);
+        }
+        match upper {
+            Some(u) => self.after = Some(u),
+            None => self.done = true,
+        }
+        let chunk: Vec<(DocId, u64)> = merged.into_iter().filter_map(|(k, l)| Some((DocId::new(k)?, l))).collect();
+        self.buf = chunk.into_iter();
+    }
+}
+
+impl Iterator for Labels<'_> {
+    type Item = (DocId, u64);
+
+    fn next(&mut self) -> Option<(DocId, u64)> {
+        loop {
+            if let Some(item) = self.buf.next() {
+                return Some(item);
+            }
+            if self.done {
+                return None;
+            }
+            self.refill();
         }
     }
 }
@@ -1062,7 +1245,7 @@ mod tests {
             db.get_mut(&a).unwrap().get_heads()
         };
         let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
-        assert_eq!(db.ids().cloned().collect::<Vec<_>>(), vec![a.clone()]);
+        assert_eq!(db.ids().collect::<Vec<_>>(), vec![a.clone()]);
         assert_eq!(db.get_mut(&a).unwrap().get_heads(), heads);
         assert_eq!(db.sync_state(&peer, &a), Some(vec![9, 9]));
         assert_eq!(db.meta("feed.cursor").unwrap(), Some(42));
@@ -1220,9 +1403,9 @@ mod tests {
             assert!(db.evict_idle() <= 4, "{} loaded after the commit", db.loaded());
             assert_eq!(db.len(), 20);
             let expected =
-                |db: &DocDb, id: &DocId| db.get(id).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.as_u64());
-            assert_eq!(expected(&db, &ids[0]), Some(Some(100)), "evicted, loads with every change");
-            assert_eq!(expected(&db, &ids[7]), Some(Some(7)));
+                |db: &mut DocDb, id: &DocId| db.get(id).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.as_u64());
+            assert_eq!(expected(&mut db, &ids[0]), Some(Some(100)), "evicted, loads with every change");
+            assert_eq!(expected(&mut db, &ids[7]), Some(Some(7)));
             // Heads of an evicted document come from what is on disk, without loading it.
             let before = db.loaded();
             let h = db.heads(&ids[12]).unwrap();

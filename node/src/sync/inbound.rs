@@ -39,8 +39,8 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
     let me = &docs.node;
     match DocKind::of(doc)? {
         DocKind::Order(_) => {
-            let d = docs.db.get(doc)?;
-            let view = schema::read_order(d, doc.as_str()).ok()?;
+            let d = docs.db.read(doc)?;
+            let view = schema::read_order(&d, doc.as_str()).ok()?;
             if view.origin.as_str() != HUB_ORIGIN || &view.site != me {
                 return None;
             }
@@ -48,8 +48,8 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
             Some(Action::Assign { id: view.id, draft: Box::new(view.draft), at_ms: view.created_at_ms, cancel })
         }
         DocKind::Escrow(n) if &n == me => {
-            let d = docs.db.get(doc)?;
-            let (counters, bad) = schema::read_escrow(d, usize::MAX).ok()?;
+            let d = docs.db.read(doc)?;
+            let (counters, bad) = schema::read_escrow(&d, usize::MAX).ok()?;
             if !bad.is_empty() {
                 tracing::warn!(%doc, skus = ?bad, "sync: hub escrow entries that do not decode were skipped");
             }

@@ -169,7 +169,7 @@ impl DocStore for NodeDocs {
         }
     }
     fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
-        self.db.ids().filter(|d| self.entitled(peer, d)).cloned().collect()
+        self.db.ids().filter(|d| self.entitled(peer, d)).collect()
     }
     fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
         self.db.get_mut(doc)
