@@ -108,6 +108,11 @@ fn split_label(label: u64) -> Option<(u32, u32)> {
     (origin != 0 && site != 0).then_some((origin, site))
 }
 
+/// True if `label` names party number `n` as the origin or the fulfilling site of an order.
+fn is_party(label: u64, n: u32) -> bool {
+    split_label(label).is_some_and(|(o, s)| o == n || s == n)
+}
+
 /// The node id of a peer, if the peer is a node of some tenant.
 pub fn node_of(peer: &PeerId) -> Option<NodeId> {
     match Identity::from_uri(peer.as_str()) {
@@ -491,8 +496,20 @@ impl HubDocs {
         self.db.ids_with_prefix(schema::STOCK_PREFIX, None, limit)
     }
 
+    fn is_quarantined(&self, node: &NodeId, doc: &DocId) -> bool {
+        !self.quarantined.is_empty() && self.quarantined.contains(&(node.as_str().to_owned(), doc.clone()))
+    }
+
+    /// What `node` may see besides the orders its id prefixes: orders where it is a party otherwise, and its
+    /// stock and escrow documents (whether held or not), each checked with [`HubDocs::node_entitled`].
+    fn other_docs_for(&self, node: &NodeId) -> Vec<DocId> {
+        let others = self.party_numbers.get(node.as_str()).and_then(|n| self.others.get(n));
+        let own = [schema::stock_doc(node), schema::escrow_doc(node)].into_iter().flatten();
+        others.into_iter().flatten().cloned().chain(own).filter(|d| self.node_entitled(node, d)).collect()
+    }
+
     fn node_entitled(&self, node: &NodeId, doc: &DocId) -> bool {
-        if !self.quarantined.is_empty() && self.quarantined.contains(&(node.as_str().to_owned(), doc.clone())) {
+        if self.is_quarantined(node, doc) {
             return false;
         }
         match DocKind::of(doc) {
@@ -513,21 +530,35 @@ impl DocStore for HubDocs {
     fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
         let Some(node) = node_of(peer) else { return vec![] };
         let mut out: Vec<DocId> = match self.party_numbers.get(node.as_str()) {
+            // Orders whose id names the node as origin and whose label names it as a party (checked here, so
+            // not again row by row), then those where it is a party otherwise.
             Some(&n) => {
-                // Orders whose id names the node as origin, then those where it is a party otherwise.
                 let prefix = format!("{}{node}-", schema::ORDER_PREFIX);
-                let own =
-                    self.db.labels(&prefix).filter(|(_, l)| split_label(*l).is_some_and(|(o, s)| o == n || s == n));
-                own.map(|(d, _)| d).chain(self.others.get(&n).into_iter().flatten().cloned()).collect()
+                let own = self.db.labels(&prefix).filter(|(_, l)| is_party(*l, n)).map(|(d, _)| d);
+                own.filter(|d| !self.is_quarantined(&node, d)).collect()
             }
             None => vec![],
         };
-        for own in [schema::stock_doc(&node), schema::escrow_doc(&node)].into_iter().flatten() {
-            if self.db.contains(&own) {
-                out.push(own);
+        out.extend(self.other_docs_for(&node).into_iter().filter(|d| self.db.contains(d)));
+        out
+    }
+    fn manifest_heads(&mut self, peer: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let Some(node) = node_of(peer) else { return vec![] };
+        let mut out = Vec::new();
+        if let Some(&n) = self.party_numbers.get(node.as_str()) {
+            // One pass over the node's rows: ids, labels and heads, no document loaded.
+            let prefix = format!("{}{node}-", schema::ORDER_PREFIX);
+            for (doc, label, heads) in self.db.entries(&prefix, usize::MAX) {
+                if is_party(label, n) && !self.is_quarantined(&node, &doc) {
+                    out.push((doc, heads));
+                }
             }
         }
-        out.retain(|d| self.node_entitled(&node, d));
+        for doc in self.other_docs_for(&node) {
+            if let Some(heads) = self.db.heads(&doc) {
+                out.push((doc, heads));
+            }
+        }
         out
     }
     fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {

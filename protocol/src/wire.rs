@@ -51,6 +51,8 @@ const SYNC_FLUSH_TAIL: [u8; 4] = [0, 0, 0xFF, 0xFF];
 /// Deflate level of compressed frames: 6 is zlib's default balance; frames are small, so the cost is in the
 /// per-frame flush, not the level.
 const DEFLATE_LEVEL: u32 = 6;
+/// An encoder allowed to deflate starts with the first body this large; smaller frames before it go plain.
+pub const DEFLATE_START_BODY_BYTES: usize = 256;
 /// ALPN protocol id of this protocol on QUIC.
 pub const ALPN: &[u8] = b"oms/1";
 
@@ -409,7 +411,11 @@ fn put_prefixed(out: &mut Vec<u8>, body: &[u8], flags: u32, frame_bytes_max: usi
 /// were encoded: the compressed ones share one deflate stream.
 pub struct FrameEncoder {
     frame_bytes_max: usize,
-    /// Boxed: the compressor's tables are a few hundred KiB, allocated only when compression is agreed.
+    /// Compression was agreed.
+    deflate_agreed: bool,
+    /// Boxed: the compressor's tables are ≈ 350 KiB, allocated with the first body of at least
+    /// [`DEFLATE_START_BODY_BYTES`] after compression was agreed (a hub with a hundred sessions that only
+    /// acknowledge would otherwise hold 35 MB of tables for nothing).
     deflate: Option<Box<Compress>>,
     /// Reused output buffer of the compressor.
     scratch: Vec<u8>,
@@ -427,14 +433,13 @@ impl fmt::Debug for FrameEncoder {
 impl FrameEncoder {
     /// An encoder of bodies of at most `frame_bytes_max` bytes (before compression), not compressing yet.
     pub fn new(frame_bytes_max: usize) -> Self {
-        Self { frame_bytes_max, deflate: None, scratch: Vec::new() }
+        Self { frame_bytes_max, deflate_agreed: false, deflate: None, scratch: Vec::new() }
     }
 
-    /// Deflates every frame encoded from now on. Idempotent.
+    /// Deflates the frames encoded from now on: from the first whose body has at least
+    /// [`DEFLATE_START_BODY_BYTES`], every frame. Idempotent.
     pub fn enable_deflate(&mut self) {
-        if self.deflate.is_none() {
-            self.deflate = Some(Box::new(Compress::new(Compression::new(DEFLATE_LEVEL), false)));
-        }
+        self.deflate_agreed = true;
     }
 
     /// True once frames are deflated.
@@ -446,6 +451,9 @@ impl FrameEncoder {
     /// unchanged; after a [`WireError::Deflate`] the stream cannot continue.
     pub fn encode_into(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), WireError> {
         let body = encode_body(frame, self.frame_bytes_max)?;
+        if self.deflate_agreed && self.deflate.is_none() && body.len() >= DEFLATE_START_BODY_BYTES {
+            self.deflate = Some(Box::new(Compress::new(Compression::new(DEFLATE_LEVEL), false)));
+        }
         let Some(z) = self.deflate.as_deref_mut() else {
             return put_prefixed(out, &body, 0, self.frame_bytes_max);
         };
@@ -454,6 +462,7 @@ impl FrameEncoder {
         if len > self.frame_bytes_max {
             // The deflate stream already holds this body: the stream is out of step with what was sent.
             self.deflate = None;
+            self.deflate_agreed = false;
             let too_large = WireError::FrameTooLarge { len, max: self.frame_bytes_max };
             return Err(WireError::Deflate(too_large.to_string()));
         }
@@ -893,6 +902,29 @@ mod tests {
                 sync_frame("order/wh-east-3", msg)
             ]
         );
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn the_compressor_starts_with_the_first_large_body() {
+        let mut enc = FrameEncoder::new(FRAME_BYTES_MAX);
+        enc.enable_deflate();
+        let small = Frame::Ping { nonce: 7 };
+        let large = sync_frame("order/wh-east-1", vec![5; DEFLATE_START_BODY_BYTES]);
+        let mut bytes = Vec::new();
+        enc.encode_into(&small, &mut bytes).unwrap();
+        assert!(!enc.deflating(), "a small frame allocates no compressor");
+        assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()) & COMPRESSED_FLAG, 0);
+        let at = bytes.len();
+        enc.encode_into(&large, &mut bytes).unwrap();
+        assert!(enc.deflating());
+        assert_ne!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) & COMPRESSED_FLAG, 0);
+        let at = bytes.len();
+        enc.encode_into(&small, &mut bytes).unwrap();
+        assert_ne!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) & COMPRESSED_FLAG, 0, "then every frame");
+        let mut d = FrameDecoder::default();
+        d.push(&bytes);
+        assert_eq!(decode_all(&mut d), vec![small.clone(), large, small]);
         d.finish().unwrap();
     }
 

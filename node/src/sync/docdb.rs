@@ -28,7 +28,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use oms_protocol::sync::automerge::{self, ActorId, AutoCommit};
@@ -42,6 +42,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Per document: what [`Persisted`] says about its disk copy (heads, sizes, label), so that opening the file
 /// reads no document.
 const DOC_META: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_meta");
+type MetaTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
 /// Key in `meta` of the file's format: 2 = every stored document has its `doc_meta` row.
 const FORMAT_KEY: &str = "docdb.format";
 const FORMAT: u64 = 2;
@@ -276,6 +277,11 @@ pub struct DocDb {
     path: PathBuf,
     db: Arc<Database>,
     gate: SharedGate,
+    /// Batches committed so far (bumped by [`FlushBatch::commit`]).
+    commits: Arc<AtomicU64>,
+    /// `doc_meta` as of a commit count, reused by reads until the next commit: a read transaction per
+    /// row read cost more than the read (a hub listing a node's documents reads ten thousand rows).
+    meta_view: Mutex<Option<(u64, MetaTable)>>,
     actor: ActorId,
     docs_max: usize,
     /// The documents in memory: those loaded, and those whose state differs from their committed `doc_meta`
@@ -366,6 +372,8 @@ impl DocDb {
             path: path.into(),
             db: Arc::new(db),
             gate: Arc::default(),
+            commits: Arc::default(),
+            meta_view: Mutex::new(None),
             actor,
             docs_max,
             docs,
@@ -404,19 +412,35 @@ impl DocDb {
             return None;
         }
         let read = || -> Result<Option<Persisted>, DocDbError> {
-            let r = self.db.begin_read().map_err(|e| self.storage(&e))?;
-            let t = r.open_table(DOC_META).map_err(|e| self.storage(&e))?;
-            let Some(v) = t.get(doc.as_str()).map_err(|e| self.storage(&e))? else { return Ok(None) };
-            Persisted::decode(v.value()).map(Some).ok_or_else(|| DocDbError::Corrupt {
-                path: self.path.clone(),
-                doc: doc.to_string(),
-                detail: "its doc_meta row does not decode".into(),
-            })
+            self.with_meta(|t| {
+                let Some(v) = t.get(doc.as_str()).map_err(|e| self.storage(&e))? else { return Ok(None) };
+                Persisted::decode(v.value()).map(Some).ok_or_else(|| DocDbError::Corrupt {
+                    path: self.path.clone(),
+                    doc: doc.to_string(),
+                    detail: "its doc_meta row does not decode".into(),
+                })
+            })?
         };
         read().unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read a document's row");
             None
         })
+    }
+
+    /// Runs `f` over the committed `doc_meta` table, opened once per commit. Holding it until the next
+    /// commit pins at most the pages that commit frees.
+    fn with_meta<T>(&self, f: impl FnOnce(&MetaTable) -> T) -> Result<T, DocDbError> {
+        let commits = self.commits.load(Ordering::Acquire);
+        let mut view = self.meta_view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if view.as_ref().is_none_or(|(at, _)| *at != commits) {
+            *view = None;
+            let r = self.db.begin_read().map_err(|e| self.storage(&e))?;
+            *view = Some((commits, r.open_table(DOC_META).map_err(|e| self.storage(&e))?));
+        }
+        match view.as_ref() {
+            Some((_, t)) => Ok(f(t)),
+            None => Err(self.storage(&"doc_meta is not open")),
+        }
     }
 
     /// The slot of a held document, brought into memory (without loading the document) if it was not.
@@ -565,23 +589,86 @@ impl DocDb {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<(String, u64)>, bool), DocDbError> {
+        let (rows, more) = self.committed_rows(prefix, after, limit, |v| Persisted::label_of(v).unwrap_or(0))?;
+        Ok((rows, more))
+    }
+
+    /// Up to `limit` committed rows with `prefix` after `after` (or from `prefix` on), each as `f` reads it,
+    /// and whether more follow.
+    fn committed_rows<T>(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        f: impl Fn(&[u8]) -> T,
+    ) -> Result<(Vec<(String, T)>, bool), DocDbError> {
         use std::ops::Bound;
-        let r = self.db.begin_read().map_err(|e| self.storage(&e))?;
-        let t = r.open_table(DOC_META).map_err(|e| self.storage(&e))?;
-        let lo = after.map_or(Bound::Included(prefix), Bound::Excluded);
+        self.with_meta(|t| {
+            let lo = after.map_or(Bound::Included(prefix), Bound::Excluded);
+            let mut out = Vec::new();
+            for item in t.range::<&str>((lo, Bound::Unbounded)).map_err(|e| self.storage(&e))? {
+                let (k, v) = item.map_err(|e| self.storage(&e))?;
+                let name = k.value();
+                if !name.starts_with(prefix) {
+                    return Ok((out, false));
+                }
+                if out.len() >= limit {
+                    return Ok((out, true));
+                }
+                out.push((name.to_owned(), f(v.value())));
+            }
+            Ok((out, false))
+        })?
+    }
+
+    /// Every document whose id starts with `prefix`, with its label and heads, in order, without loading
+    /// any: committed rows read in chunks, with what is in memory laid over them. At most `limit`.
+    pub fn entries(&mut self, prefix: &str, limit: usize) -> Vec<(DocId, u64, Vec<ChangeHash>)> {
+        use std::ops::Bound;
         let mut out = Vec::new();
-        for item in t.range::<&str>((lo, Bound::Unbounded)).map_err(|e| self.storage(&e))? {
-            let (k, v) = item.map_err(|e| self.storage(&e))?;
-            let name = k.value();
-            if !name.starts_with(prefix) {
-                return Ok((out, false));
+        let mut after: Option<String> = None;
+        loop {
+            let chunk = LABELS_CHUNK.min(limit.saturating_sub(out.len()));
+            let (rows, more) = match self
+                .committed_rows(prefix, after.as_deref(), chunk, |v| Persisted::decode(v).unwrap_or_default())
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list documents");
+                    (Vec::new(), false)
+                }
+            };
+            let upper = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
+            let mut merged: BTreeMap<String, (u64, Vec<ChangeHash>)> = BTreeMap::new();
+            for (k, p) in rows {
+                let Some(id) = DocId::new(k.as_str()) else { continue };
+                if !self.docs.contains_key(&id) && !self.removed.contains(&id) && !self.flushing_removed.contains(&id) {
+                    merged.insert(k, (p.label, p.heads.to_vec()));
+                }
             }
-            if out.len() >= limit {
-                return Ok((out, true));
+            let lo = match after.as_deref() {
+                Some(a) => DocId::new(a).map_or(Bound::Unbounded, Bound::Excluded),
+                None => DocId::new(prefix).map_or(Bound::Unbounded, Bound::Included),
+            };
+            for (id, slot) in self.docs.range_mut((lo, Bound::Unbounded)) {
+                let name = id.as_str();
+                if !name.starts_with(prefix) || upper.as_deref().is_some_and(|u| name > u) {
+                    break;
+                }
+                let heads = match slot.doc.get_mut() {
+                    Some(d) => d.get_heads(),
+                    None => slot.persisted.heads.to_vec(),
+                };
+                merged.insert(name.to_owned(), (slot.persisted.label, heads));
             }
-            out.push((name.to_owned(), Persisted::label_of(v.value()).unwrap_or(0)));
+            out.extend(merged.into_iter().filter_map(|(k, (l, h))| Some((DocId::new(k)?, l, h))));
+            match upper {
+                Some(u) if out.len() < limit => after = Some(u),
+                _ => break,
+            }
         }
-        Ok((out, false))
+        out.truncate(limit);
+        out
     }
 
     /// Reads an evicted document from disk: its full save, then its increments.
@@ -885,6 +972,7 @@ impl DocDb {
             path: self.path.clone(),
             db: self.db.clone(),
             gate,
+            commits: self.commits.clone(),
             ticket,
             recovers,
             writes,
@@ -1007,6 +1095,7 @@ pub struct FlushBatch {
     path: PathBuf,
     db: Arc<Database>,
     gate: SharedGate,
+    commits: Arc<AtomicU64>,
     ticket: u64,
     recovers: bool,
     writes: Vec<(DocId, DocWrite)>,
@@ -1049,6 +1138,9 @@ impl FlushBatch {
         } else {
             drop(g);
             let r = self.write();
+            if r.is_ok() {
+                self.commits.fetch_add(1, Ordering::AcqRel);
+            }
             g = lock_gate(m);
             r
         };
@@ -1464,6 +1556,95 @@ mod tests {
         assert_eq!(labels, vec![7, 8, 9, 42, 11]);
         assert_eq!(db.get_mut(&ids[2]).unwrap().get_heads(), heads[2]);
         assert_eq!(db.loaded(), 1);
+    }
+
+    /// What `labels` must list: every held document with its label, in id order.
+    fn listing(db: &DocDb, prefix: &str) -> Vec<(String, u64)> {
+        db.labels(prefix).map(|(id, l)| (id.as_str().to_owned(), l)).collect()
+    }
+
+    #[test]
+    fn settled_documents_leave_memory_and_listings_merge_disk_and_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let name = |i: usize| format!("order/a-{i:05}");
+        let id = |i: usize| DocId::new(name(i)).unwrap();
+        // More than two chunks of committed rows, so listings cross chunk boundaries.
+        let n = 2 * LABELS_CHUNK + 452;
+        let mut model: BTreeMap<String, u64> = BTreeMap::new();
+        let mut db = DocDb::open(&path, vec![1; 16], 10_000).unwrap();
+        db.set_cache_max(8);
+        for i in 0..n {
+            db.get_or_create(&id(i)).unwrap().put(ROOT, "k", i as u64).unwrap();
+            db.mark_dirty(&id(i));
+            db.set_label(&id(i), i as u64);
+            model.insert(name(i), i as u64);
+            if i % 500 == 499 {
+                db.flush().unwrap();
+            }
+        }
+        db.flush().unwrap();
+        db.evict_idle();
+        assert!(db.in_memory() <= 8, "{} documents in memory after the flush", db.in_memory());
+        assert_eq!(db.len(), n);
+        let expected: Vec<(String, u64)> = model.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        assert_eq!(listing(&db, "order/"), expected);
+        assert!(listing(&db, "stock/").is_empty());
+
+        // Changes not yet written: a relabelled evicted document, two removals (one evicted, one loaded), a new
+        // document between committed ones, and one past the last.
+        db.set_label(&id(1500), 9_999);
+        model.insert(name(1500), 9_999);
+        db.remove(&id(10));
+        db.remove(&id(n - 1));
+        model.remove(&name(10));
+        model.remove(&name(n - 1));
+        let mid = DocId::new("order/a-01234a").unwrap();
+        let end = DocId::new("order/b-1").unwrap();
+        for (d, label) in [(&mid, 77), (&end, 78)] {
+            db.get_or_create(d).unwrap().put(ROOT, "k", 1).unwrap();
+            db.mark_dirty(d);
+            db.set_label(d, label);
+            model.insert(d.as_str().to_owned(), label);
+        }
+        let expected: Vec<(String, u64)> = model.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        assert_eq!(listing(&db, "order/"), expected, "before the flush");
+        assert_eq!(db.len(), n);
+        // The same while the batch is in flight (rows of removed documents are still on disk), and after.
+        let batch = db.prepare_flush().unwrap();
+        assert_eq!(listing(&db, "order/"), expected, "batch in flight");
+        assert!(!db.contains(&id(10)) && db.contains(&mid) && db.label(&id(1500)) == Some(9_999));
+        batch.commit().unwrap();
+        db.evict_idle();
+        assert_eq!(listing(&db, "order/"), expected, "after the commit");
+        // Heads in the same pass: from disk for evicted documents, from memory for loaded ones.
+        let entries = db.entries("order/", usize::MAX);
+        assert_eq!(entries.iter().map(|(d, l, _)| (d.as_str().to_owned(), *l)).collect::<Vec<_>>(), expected);
+        for (d, _, h) in entries.iter().step_by(97).chain(entries.iter().filter(|(d, _, _)| *d == mid)) {
+            assert_eq!(&db.heads(d).unwrap(), h, "{d}");
+        }
+        assert_eq!(db.entries("order/", 5).len(), 5);
+        assert!(db.in_memory() <= 8, "{} documents in memory after the commit", db.in_memory());
+        assert_eq!(db.ids_with_prefix("order/a-", Some("01499"), 3), vec![id(1500), id(1501), id(1502)]);
+        assert_eq!(db.ids_with_prefix("order/a-", Some("01234"), 1), vec![mid.clone()]);
+        let after: Vec<String> = db.labels_after(&id(n - 3)).map(|(d, _)| d.as_str().to_owned()).collect();
+        assert_eq!(after, vec![name(n - 2), end.as_str().to_owned()]);
+        // A removed document created again is held again, with what it got since.
+        db.get_or_create(&id(10)).unwrap().put(ROOT, "k", 10_000).unwrap();
+        db.mark_dirty(&id(10));
+        db.flush().unwrap();
+        model.insert(name(10), 0);
+        drop(db);
+
+        let mut db = DocDb::open(&path, vec![2; 16], 10_000).unwrap();
+        assert_eq!(db.in_memory(), 0, "opening keeps no document in memory");
+        assert_eq!(db.len(), model.len());
+        let expected: Vec<(String, u64)> = model.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        assert_eq!(listing(&db, ""), expected, "after a reopen");
+        let k = |db: &mut DocDb, d: &DocId| db.get(d).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.as_u64());
+        assert_eq!(k(&mut db, &id(10)), Some(Some(10_000)));
+        assert_eq!(k(&mut db, &id(1500)), Some(Some(1500)));
+        assert!(db.get(&id(n - 1)).is_none() && db.read(&id(n - 1)).is_none() && !db.contains(&id(n - 1)));
     }
 
     #[test]

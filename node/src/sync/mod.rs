@@ -171,6 +171,10 @@ impl DocStore for NodeDocs {
     fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
         self.db.ids().filter(|d| self.entitled(peer, d)).collect()
     }
+    fn manifest_heads(&mut self, peer: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let all = self.db.entries("", usize::MAX);
+        all.into_iter().filter(|(d, _, _)| self.entitled(peer, d)).map(|(d, _, h)| (d, h)).collect()
+    }
     fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
         self.db.get_mut(doc)
     }

@@ -124,6 +124,19 @@ pub trait DocStore {
     fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
         self.doc_mut(doc).map(|d| d.get_heads())
     }
+    /// The documents held locally that `peer` is entitled to, with their heads: what a manifest or digest
+    /// lists (not re-checked). The default asks [`DocStore::docs_for`], [`DocStore::entitled`] and
+    /// [`DocStore::heads`] per document; a store that keeps heads on disk reads them in one pass instead.
+    fn manifest_heads(&mut self, peer: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let mut ids = self.docs_for(peer);
+        ids.retain(|d| self.entitled(peer, d));
+        ids.into_iter()
+            .filter_map(|d| {
+                let heads = self.heads(&d)?;
+                Some((d, heads))
+            })
+            .collect()
+    }
     /// Creates an empty document that a peer is sending us (only called for entitled documents). The store
     /// chooses the actor id.
     fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError>;
@@ -560,23 +573,24 @@ impl SyncSession {
         matches!(self.phase, Phase::Established { capabilities: caps, .. } if caps & capabilities::MANIFEST_DIGEST != 0)
     }
 
-    /// The documents our manifest for the peer lists (those of them we hold heads of), in order.
-    fn manifest_ids<S: DocStore + ?Sized>(&self, store: &S) -> Vec<DocId> {
-        let mut ids = store.docs_for(&self.peer);
-        ids.retain(|d| store.entitled(&self.peer, d));
-        ids.sort();
-        ids.dedup();
-        ids
+    /// What our manifest for the peer lists, in id order ([`DocStore::manifest_heads`], so a store that
+    /// keeps heads apart from its documents loads none).
+    fn manifest_entries<S: DocStore + ?Sized>(&self, store: &mut S) -> Vec<ManifestEntry> {
+        let mut entries: Vec<ManifestEntry> = store
+            .manifest_heads(&self.peer)
+            .into_iter()
+            .map(|(doc, heads)| ManifestEntry { doc, heads: sorted(hashes(&heads)) })
+            .collect();
+        entries.sort_by(|a, b| a.doc.cmp(&b.doc));
+        entries.dedup_by(|a, b| a.doc == b.doc);
+        entries
     }
 
-    /// The digest of the manifest we would send now. Reads heads only ([`DocStore::heads`]), so a store that
-    /// keeps heads apart from its documents loads none.
+    /// The digest of the manifest we would send now.
     fn manifest_digest<S: DocStore + ?Sized>(&self, store: &mut S) -> ManifestDigest {
         let mut digest = ManifestDigest::default();
-        for doc in self.manifest_ids(store) {
-            if let Some(heads) = store.heads(&doc) {
-                digest.add(&doc, &sorted(hashes(&heads)));
-            }
+        for e in self.manifest_entries(store) {
+            digest.add(&e.doc, &e.heads);
         }
         digest
     }
@@ -627,23 +641,20 @@ impl SyncSession {
         self.manifest_round = self.manifest_round.wrapping_add(1);
         self.last_manifest_ms = self.now_ms;
         self.last_full_manifest_ms = self.now_ms;
-        let ids = self.manifest_ids(store);
+        let entries = self.manifest_entries(store);
         let per_frame = self.cfg.manifest_docs_per_frame_max.max(1);
-        let mut entries: Vec<ManifestEntry> = Vec::new();
-        let mut chunks = ids.chunks(per_frame).peekable();
+        let mut chunks = entries.chunks(per_frame).peekable();
         if chunks.peek().is_none() {
             self.outbound.push_back(Frame::Manifest(Manifest { round: self.manifest_round, docs: vec![], last: true }));
             return;
         }
         while let Some(chunk) = chunks.next() {
-            for doc in chunk {
-                if let Some(heads) = store.heads(doc) {
-                    entries.push(ManifestEntry { doc: doc.clone(), heads: sorted(hashes(&heads)) });
-                }
-            }
             let last = chunks.peek().is_none();
-            let docs = std::mem::take(&mut entries);
-            self.outbound.push_back(Frame::Manifest(Manifest { round: self.manifest_round, docs, last }));
+            self.outbound.push_back(Frame::Manifest(Manifest {
+                round: self.manifest_round,
+                docs: chunk.to_vec(),
+                last,
+            }));
         }
     }
 
