@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use oms_node::sync::docdb::{DocDb, DocDbError, FlushBatch};
 use oms_node::sync::schema::{self, DocKind, Writer};
 use oms_protocol::domain::NodeId;
-use oms_protocol::sync::DocStore;
 use oms_protocol::sync::StoreError;
 use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
+use oms_protocol::sync::{DocStore, ManifestDigest};
 use oms_protocol::wire::{DocId, PeerId};
 use oms_transport::Identity;
 
@@ -96,7 +96,13 @@ pub struct HubDocs {
     changed: BTreeSet<DocId>,
     /// Documents the hub changed, per node to tell, since that node's session last looked.
     local: BTreeMap<String, BTreeSet<DocId>>,
+    /// Manifest digest per peer with the [`DocDb::generation`] it was computed at: an idle hub answers a
+    /// hundred nodes' digest rounds without reading their rows again. At most [`DIGESTS_CACHED_MAX`].
+    digests: BTreeMap<PeerId, (u64, ManifestDigest)>,
 }
+
+/// Peers whose manifest digest is cached (beyond it the cache starts over).
+const DIGESTS_CACHED_MAX: usize = 4_096;
 
 /// (origin, site) numbers of a label; `None` for no label or no parties.
 fn split_label(label: u64) -> Option<(u32, u32)> {
@@ -160,6 +166,7 @@ impl HubDocs {
             nodes: BTreeMap::new(),
             changed: BTreeSet::new(),
             local: BTreeMap::new(),
+            digests: BTreeMap::new(),
         };
         docs.label_unlabelled()?;
         let mut others = Vec::new();
@@ -364,6 +371,8 @@ impl HubDocs {
                 }
                 if self.quarantined.len() < QUARANTINE_MAX {
                     self.quarantined.insert((node.as_str().to_owned(), doc.clone()));
+                    // What the node is entitled to changed without a document changing.
+                    self.digests.clear();
                     self.db.set_meta(&format!("{QUARANTINE_PREFIX}{node}|{doc}"), now_ms);
                 }
                 self.status(node).changes_quarantined += 1;
@@ -561,6 +570,21 @@ impl DocStore for HubDocs {
         }
         out
     }
+    fn manifest_digest(&mut self, peer: &PeerId) -> ManifestDigest {
+        // Any change to any document (or label) moves the generation, so a cached digest is never stale.
+        let generation = self.db.generation();
+        if let Some((at, digest)) = self.digests.get(peer)
+            && *at == generation
+        {
+            return *digest;
+        }
+        let digest = oms_protocol::sync::manifest_digest_of(self, peer);
+        if self.digests.len() >= DIGESTS_CACHED_MAX {
+            self.digests.clear();
+        }
+        self.digests.insert(peer.clone(), (generation, digest));
+        digest
+    }
     fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
         self.db.get_mut(doc)
     }
@@ -575,5 +599,46 @@ impl DocStore for HubDocs {
     }
     fn save_sync_state(&mut self, peer: &PeerId, doc: &DocId, state: Vec<u8>) {
         self.db.set_sync_state(peer, doc, state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demand::tests::{TODAY, hub_docs};
+    use oms_protocol::domain::FulfillmentState;
+    use oms_protocol::sync::automerge::{ROOT, transaction::Transactable};
+    use oms_protocol::sync::manifest_digest_of;
+
+    #[test]
+    fn a_cached_digest_is_recomputed_after_any_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let orders: &[crate::demand::tests::TestOrder] = &[
+            ("wh1", 1, TODAY - 2, 1, FulfillmentState::Accepted, &[("A", 2)]),
+            ("wh1", 2, TODAY - 1, 1, FulfillmentState::Accepted, &[("A", 3)]),
+            ("wh2", 1, TODAY - 1, 1, FulfillmentState::Accepted, &[("A", 1)]),
+        ];
+        let mut docs = hub_docs(dir.path(), orders, &[]);
+        docs.flush().unwrap();
+        let wh1 = PeerId::new("oms://acme/node/wh1").unwrap();
+        let wh2 = PeerId::new("oms://acme/node/wh2").unwrap();
+        let first = docs.manifest_digest(&wh1);
+        assert_eq!(first, manifest_digest_of(&mut docs, &wh1));
+        assert_eq!(first.docs(), 2, "wh1's two orders");
+        assert_eq!(docs.manifest_digest(&wh2).docs(), 1);
+        // Unchanged: the cached digest, computed at the current generation.
+        assert_eq!(docs.manifest_digest(&wh1), first);
+        assert_eq!(docs.digests.get(&wh1).map(|(at, _)| *at), Some(docs.db.generation()));
+        // A change to one of wh1's documents, not yet flushed: a new digest, equal to one computed afresh.
+        let doc = DocId::new("order/wh1-0000000002").unwrap();
+        docs.doc_mut(&doc).unwrap().put(ROOT, "k", 1).unwrap();
+        let second = docs.manifest_digest(&wh1);
+        assert_ne!(second, first);
+        assert_eq!(second, manifest_digest_of(&mut docs, &wh1));
+        // Removing a document is a change too.
+        docs.remove_doc(&doc);
+        let third = docs.manifest_digest(&wh1);
+        assert_eq!(third.docs(), 1);
+        assert_eq!(third, manifest_digest_of(&mut docs, &wh1));
     }
 }

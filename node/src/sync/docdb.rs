@@ -290,6 +290,8 @@ pub struct DocDb {
     docs: BTreeMap<DocId, Slot>,
     /// Documents held, in memory or only on disk.
     count: usize,
+    /// Bumped by every call that may change a document or its label ([`DocDb::generation`]).
+    generation: u64,
     /// Documents loaded in memory; beyond `cache_max`, clean ones are evicted by the next prepare.
     resident: Mutex<BTreeSet<DocId>>,
     cache_max: usize,
@@ -378,6 +380,7 @@ impl DocDb {
             docs_max,
             docs,
             count,
+            generation: 0,
             resident: Mutex::new(BTreeSet::new()),
             cache_max: DOCS_CACHED_DEFAULT,
             clock: AtomicU32::new(0),
@@ -393,6 +396,13 @@ impl DocDb {
 
     fn storage(&self, e: &dyn std::fmt::Display) -> DocDbError {
         DocDbError::Storage { path: self.path.clone(), detail: e.to_string() }
+    }
+
+    /// A number that changes whenever a document or a label may have changed (a mutable borrow, a creation,
+    /// a replacement, a removal, a new label, a mark): what is derived from the documents and cached (a
+    /// manifest digest) is current while this stays the same.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Number of documents held.
@@ -534,6 +544,7 @@ impl DocDb {
     /// A document to change; call [`DocDb::mark_dirty`] after changing it.
     pub fn get_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
         self.get(doc)?;
+        self.generation = self.generation.wrapping_add(1);
         self.docs.get_mut(doc)?.doc.get_mut().map(|d| &mut **d)
     }
 
@@ -560,6 +571,7 @@ impl DocDb {
     /// the document's heads so that it is known without loading the document. Written by the next flush.
     /// Returns the previous label.
     pub fn set_label(&mut self, doc: &DocId, label: u64) -> Option<u64> {
+        self.generation = self.generation.wrapping_add(1);
         let p = &mut self.slot_mut(doc)?.persisted;
         let old = p.label;
         if old != label {
@@ -753,6 +765,7 @@ impl DocDb {
 
     /// A document, created empty (with this process's actor) if absent.
     pub fn get_or_create(&mut self, doc: &DocId) -> Result<&mut AutoCommit, DocDbError> {
+        self.generation = self.generation.wrapping_add(1);
         if !self.contains(doc) {
             if self.count >= self.docs_max {
                 return Err(DocDbError::Full { path: self.path.clone(), max: self.docs_max, doc: doc.to_string() });
@@ -772,6 +785,7 @@ impl DocDb {
     /// Replaces a document (e.g. with a fork taken before a refused change).
     pub fn replace(&mut self, doc: &DocId, mut value: AutoCommit) {
         value.set_actor(self.actor.clone());
+        self.generation = self.generation.wrapping_add(1);
         if self.slot_mut(doc).is_none() {
             self.count += 1;
         }
@@ -787,6 +801,7 @@ impl DocDb {
 
     /// Forgets a document (e.g. one whose only changes were refused); deleted from disk by the next flush.
     pub fn remove(&mut self, doc: &DocId) {
+        self.generation = self.generation.wrapping_add(1);
         if self.docs.remove(doc).is_some() || self.stored(doc).is_some() {
             self.count -= 1;
         }
@@ -806,6 +821,7 @@ impl DocDb {
 
     /// Marks a document for the next [`DocDb::flush`].
     pub fn mark_dirty(&mut self, doc: &DocId) {
+        self.generation = self.generation.wrapping_add(1);
         if self.docs.contains_key(doc) {
             self.dirty_docs.insert(doc.clone());
         }

@@ -137,6 +137,11 @@ pub trait DocStore {
             })
             .collect()
     }
+    /// The digest of what [`DocStore::manifest_heads`] lists for `peer` ([`manifest_digest_of`]). A store may
+    /// answer from a cache, provided it recomputes after any change to any document it holds.
+    fn manifest_digest(&mut self, peer: &PeerId) -> ManifestDigest {
+        manifest_digest_of(self, peer)
+    }
     /// Creates an empty document that a peer is sending us (only called for entitled documents). The store
     /// chooses the actor id.
     fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError>;
@@ -341,6 +346,29 @@ impl std::fmt::Debug for SyncSession {
             .field("outbound", &self.outbound.len())
             .finish()
     }
+}
+
+/// What a manifest for `peer` lists, in id order, each document once ([`DocStore::manifest_heads`], so a
+/// store that keeps heads apart from its documents loads none).
+fn manifest_entries_of<S: DocStore + ?Sized>(store: &mut S, peer: &PeerId) -> Vec<ManifestEntry> {
+    let mut entries: Vec<ManifestEntry> = store
+        .manifest_heads(peer)
+        .into_iter()
+        .map(|(doc, heads)| ManifestEntry { doc, heads: sorted(hashes(&heads)) })
+        .collect();
+    entries.sort_by(|a, b| a.doc.cmp(&b.doc));
+    entries.dedup_by(|a, b| a.doc == b.doc);
+    entries
+}
+
+/// The digest of the manifest `store` would send `peer` now, computed from [`DocStore::manifest_heads`]: the
+/// default of [`DocStore::manifest_digest`], for stores that cache it to call when they recompute.
+pub fn manifest_digest_of<S: DocStore + ?Sized>(store: &mut S, peer: &PeerId) -> ManifestDigest {
+    let mut digest = ManifestDigest::default();
+    for e in manifest_entries_of(store, peer) {
+        digest.add(&e.doc, &e.heads);
+    }
+    digest
 }
 
 fn hashes(heads: &[ChangeHash]) -> Vec<Hash> {
@@ -573,26 +601,14 @@ impl SyncSession {
         matches!(self.phase, Phase::Established { capabilities: caps, .. } if caps & capabilities::MANIFEST_DIGEST != 0)
     }
 
-    /// What our manifest for the peer lists, in id order ([`DocStore::manifest_heads`], so a store that
-    /// keeps heads apart from its documents loads none).
+    /// What our manifest for the peer lists, in id order.
     fn manifest_entries<S: DocStore + ?Sized>(&self, store: &mut S) -> Vec<ManifestEntry> {
-        let mut entries: Vec<ManifestEntry> = store
-            .manifest_heads(&self.peer)
-            .into_iter()
-            .map(|(doc, heads)| ManifestEntry { doc, heads: sorted(hashes(&heads)) })
-            .collect();
-        entries.sort_by(|a, b| a.doc.cmp(&b.doc));
-        entries.dedup_by(|a, b| a.doc == b.doc);
-        entries
+        manifest_entries_of(store, &self.peer)
     }
 
-    /// The digest of the manifest we would send now.
+    /// The digest of the manifest we would send now ([`DocStore::manifest_digest`]).
     fn manifest_digest<S: DocStore + ?Sized>(&self, store: &mut S) -> ManifestDigest {
-        let mut digest = ManifestDigest::default();
-        for e in self.manifest_entries(store) {
-            digest.add(&e.doc, &e.heads);
-        }
-        digest
+        store.manifest_digest(&self.peer)
     }
 
     /// A periodic round with [`capabilities::MANIFEST_DIGEST`]: the digest instead of the manifest.
