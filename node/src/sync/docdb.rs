@@ -803,7 +803,7 @@ impl DocDb {
     pub fn remove(&mut self, doc: &DocId) {
         self.generation = self.generation.wrapping_add(1);
         if self.docs.remove(doc).is_some() || self.stored(doc).is_some() {
-            self.count -= 1;
+            self.count = self.count.saturating_sub(1);
         }
         lock_set(&self.resident).remove(doc);
         self.dirty_docs.remove(doc);
