@@ -87,6 +87,29 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
+/// Seeds three SKUs at each of `nodes`, places orders `0..orders` at each (in turn), and waits until the hub
+/// at `hub` holds them all. Returns each node's order ids, in the order of `nodes`.
+async fn place_at_all(
+    http: &reqwest::Client,
+    hub: SocketAddr,
+    nodes: &[&ClusterNode],
+    orders: u64,
+) -> Vec<BTreeSet<String>> {
+    for node in nodes {
+        seed(http, node, 3).await;
+    }
+    let mut ids = vec![BTreeSet::new(); nodes.len()];
+    for n in 0..orders {
+        for (node, ids) in nodes.iter().zip(&mut ids) {
+            ids.insert(place(http, node, n).await);
+        }
+    }
+    for (node, ids) in nodes.iter().zip(&ids) {
+        wait_hub_has(http, hub, &node.id, ids).await;
+    }
+    ids
+}
+
 /// A hub and one node `id` (its config's `[hub]` section extended by `extra`) with three SKUs seeded and
 /// `orders` orders placed, all of them at the hub.
 async fn hub_and_node_with_orders(
@@ -290,15 +313,8 @@ async fn third_party_node_never_receives_other_sites_documents() {
     for a in [hub.http, north.http, east.http] {
         wait_healthy(&http, a).await;
     }
-    seed(&http, &north, 3).await;
-    seed(&http, &east, 3).await;
-    let (mut n_ids, mut e_ids) = (BTreeSet::new(), BTreeSet::new());
-    for n in 0..8 {
-        n_ids.insert(place(&http, &north, n).await);
-        e_ids.insert(place(&http, &east, n).await);
-    }
-    wait_hub_has(&http, hub.http, "wh-north", &n_ids).await;
-    wait_hub_has(&http, hub.http, "3pl-east", &e_ids).await;
+    let [_, e_ids]: [BTreeSet<String>; 2] =
+        place_at_all(&http, hub.http, &[&north, &east], 8).await.try_into().unwrap();
     // Give the hub a few manifest rounds' chance to (wrongly) send wh-north's documents, then look.
     tokio::time::sleep(Duration::from_secs(1)).await;
     east.proc.kill9();
@@ -613,15 +629,8 @@ async fn lossy_links_and_a_partition_lose_and_duplicate_no_order() {
     for a in [hub.http, lossy.http, cut.http] {
         wait_healthy(&http, a).await;
     }
-    seed(&http, &lossy, 3).await;
-    seed(&http, &cut, 3).await;
-    let (mut lossy_ids, mut cut_ids) = (BTreeSet::new(), BTreeSet::new());
-    for n in 0..15 {
-        lossy_ids.insert(place(&http, &lossy, n).await);
-        cut_ids.insert(place(&http, &cut, n).await);
-    }
-    wait_hub_has(&http, hub.http, "wh-lossy", &lossy_ids).await;
-    wait_hub_has(&http, hub.http, "wh-cut", &cut_ids).await;
+    let [mut lossy_ids, mut cut_ids]: [BTreeSet<String>; 2] =
+        place_at_all(&http, hub.http, &[&lossy, &cut], 15).await.try_into().unwrap();
 
     // Partition: wh-cut keeps taking orders that cannot reach the hub; wh-lossy's still do.
     cut_link.set_blackhole(true);
