@@ -593,29 +593,13 @@ impl DocDb {
         Labels::new(self, "", Some(after.as_str().to_owned()))
     }
 
-    /// Up to `limit` committed rows with `prefix` after `after` (or from `prefix` on): ids and labels, and
-    /// whether more follow.
-    fn committed_labels(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<(String, u64)>, bool), DocDbError> {
-        let (rows, more) = self.committed_rows(prefix, after, limit, |v| Persisted::label_of(v).unwrap_or(0))?;
-        Ok((rows, more))
-    }
-
-    /// Up to `limit` committed rows with `prefix` after `after` (or from `prefix` on), each as `f` reads it,
-    /// and whether more follow.
-    fn committed_rows<T>(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-        f: impl Fn(&[u8]) -> T,
-    ) -> Result<(Vec<(String, T)>, bool), DocDbError> {
+    /// One chunk of a listing ([`DocDb::labels`], [`DocDb::entries`]): up to `limit` committed rows with
+    /// `prefix` after `after` (or from `prefix` on), each as `f` reads it, without the documents in memory
+    /// (the caller lays those over them: they are newer) and without documents being removed. A row that
+    /// cannot be read ends the listing (logged).
+    fn committed_chunk<T>(&self, prefix: &str, after: Option<&str>, limit: usize, f: impl Fn(&[u8]) -> T) -> Chunk<T> {
         use std::ops::Bound;
-        self.with_meta(|t| {
+        let read = self.with_meta(|t| {
             let lo = after.map_or(Bound::Included(prefix), Bound::Excluded);
             let mut out = Vec::new();
             for item in t.range::<&str>((lo, Bound::Unbounded)).map_err(|e| self.storage(&e))? {
@@ -630,50 +614,54 @@ impl DocDb {
                 out.push((name.to_owned(), f(v.value())));
             }
             Ok((out, false))
-        })?
+        });
+        let (rows, more) = match read.and_then(|r| r) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list documents");
+                (Vec::new(), false)
+            }
+        };
+        // The ids this chunk covers: up to its last row, or all the rest when none follow.
+        let upper = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
+        let rows = rows
+            .into_iter()
+            .filter_map(|(k, v)| Some((DocId::new(k)?, v)))
+            .filter(|(id, _)| {
+                !self.docs.contains_key(id) && !self.removed.contains(id) && !self.flushing_removed.contains(id)
+            })
+            .collect();
+        let lo = match after {
+            Some(a) => DocId::new(a).map_or(Bound::Unbounded, Bound::Excluded),
+            None => DocId::new(prefix).map_or(Bound::Unbounded, Bound::Included),
+        };
+        Chunk { rows, prefix: prefix.to_owned(), lo, upper }
     }
 
     /// Every document whose id starts with `prefix`, with its label and heads, in order, without loading
     /// any: committed rows read in chunks, with what is in memory laid over them. At most `limit`.
     pub fn entries(&mut self, prefix: &str, limit: usize) -> Vec<(DocId, u64, Vec<ChangeHash>)> {
-        use std::ops::Bound;
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let chunk = LABELS_CHUNK.min(limit.saturating_sub(out.len()));
-            let (rows, more) = match self
-                .committed_rows(prefix, after.as_deref(), chunk, |v| Persisted::decode(v).unwrap_or_default())
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot list documents");
-                    (Vec::new(), false)
-                }
-            };
-            let upper = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
-            let mut merged: BTreeMap<String, (u64, Vec<ChangeHash>)> = BTreeMap::new();
-            for (k, p) in rows {
-                let Some(id) = DocId::new(k.as_str()) else { continue };
-                if !self.docs.contains_key(&id) && !self.removed.contains(&id) && !self.flushing_removed.contains(&id) {
-                    merged.insert(k, (p.label, p.heads.to_vec()));
-                }
-            }
-            let lo = match after.as_deref() {
-                Some(a) => DocId::new(a).map_or(Bound::Unbounded, Bound::Excluded),
-                None => DocId::new(prefix).map_or(Bound::Unbounded, Bound::Included),
-            };
-            for (id, slot) in self.docs.range_mut((lo, Bound::Unbounded)) {
-                let name = id.as_str();
-                if !name.starts_with(prefix) || upper.as_deref().is_some_and(|u| name > u) {
+            let want = LABELS_CHUNK.min(limit.saturating_sub(out.len()));
+            let chunk = self.committed_chunk(prefix, after.as_deref(), want, |v| {
+                let p = Persisted::decode(v).unwrap_or_default();
+                (p.label, p.heads.to_vec())
+            });
+            let mut in_memory = Vec::new();
+            for (id, slot) in self.docs.range_mut((chunk.lo.clone(), std::ops::Bound::Unbounded)) {
+                if !chunk.covers(id) {
                     break;
                 }
                 let heads = match slot.doc.get_mut() {
                     Some(d) => d.get_heads(),
                     None => slot.persisted.heads.to_vec(),
                 };
-                merged.insert(name.to_owned(), (slot.persisted.label, heads));
+                in_memory.push((id.clone(), (slot.persisted.label, heads)));
             }
-            out.extend(merged.into_iter().filter_map(|(k, (l, h))| Some((DocId::new(k)?, l, h))));
+            let upper = chunk.upper.clone();
+            out.extend(chunk.lay_over(in_memory).into_iter().map(|(id, (label, heads))| (id, label, heads)));
             match upper {
                 Some(u) if out.len() < limit => after = Some(u),
                 _ => break,
@@ -1041,40 +1029,48 @@ impl<'a> Labels<'a> {
     }
 
     fn refill(&mut self) {
-        use std::ops::Bound;
-        let (rows, more) = match self.db.committed_labels(&self.prefix, self.after.as_deref(), LABELS_CHUNK) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list documents");
-                (Vec::new(), false)
-            }
-        };
-        // The ids this chunk covers: up to its last row, or all the rest when none follow.
-        let upper = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
         let db = self.db;
-        let mut merged: BTreeMap<String, u64> = rows
-            .into_iter()
-            .filter(|(k, _)| {
-                DocId::new(k.as_str()).is_some_and(|id| !db.removed.contains(&id) && !db.flushing_removed.contains(&id))
-            })
+        let chunk = db.committed_chunk(&self.prefix, self.after.as_deref(), LABELS_CHUNK, |v| {
+            Persisted::label_of(v).unwrap_or(0)
+        });
+        let in_memory: Vec<(DocId, u64)> = db
+            .docs
+            .range((chunk.lo.clone(), std::ops::Bound::Unbounded))
+            .take_while(|(id, _)| chunk.covers(id))
+            .map(|(id, slot)| (id.clone(), slot.persisted.label))
             .collect();
-        let lo = match self.after.as_deref() {
-            Some(a) => DocId::new(a).map_or(Bound::Unbounded, Bound::Excluded),
-            None => DocId::new(self.prefix.as_str()).map_or(Bound::Unbounded, Bound::Included),
-        };
-        for (id, slot) in db.docs.range((lo, Bound::Unbounded)) {
-            let name = id.as_str();
-            if !name.starts_with(&self.prefix) || upper.as_deref().is_some_and(|u| name > u) {
-                break;
-            }
-            merged.insert(name.to_owned(), slot.persisted.label);
-        }
-        match upper {
-            Some(u) => self.after = Some(u),
+        match &chunk.upper {
+            Some(u) => self.after = Some(u.clone()),
             None => self.done = true,
         }
-        let chunk: Vec<(DocId, u64)> = merged.into_iter().filter_map(|(k, l)| Some((DocId::new(k)?, l))).collect();
-        self.buf = chunk.into_iter();
+        self.buf = chunk.lay_over(in_memory).into_iter();
+    }
+}
+
+/// What [`DocDb::committed_chunk`] read, and the ids it covers: those with `prefix` from `lo` up to `upper`
+/// (included), or all the rest when `upper` is `None`.
+struct Chunk<T> {
+    rows: Vec<(DocId, T)>,
+    prefix: String,
+    lo: std::ops::Bound<DocId>,
+    upper: Option<String>,
+}
+
+impl<T> Chunk<T> {
+    /// Whether an id at or after `lo` falls in this chunk (ids are visited in order).
+    fn covers(&self, id: &DocId) -> bool {
+        let name = id.as_str();
+        name.starts_with(&self.prefix) && self.upper.as_deref().is_none_or(|u| name <= u)
+    }
+
+    /// The rows with the in-memory documents of the chunk (none of which is among the rows), in id order.
+    fn lay_over(self, in_memory: Vec<(DocId, T)>) -> Vec<(DocId, T)> {
+        let mut rows = self.rows;
+        if !in_memory.is_empty() {
+            rows.extend(in_memory);
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        rows
     }
 }
 
