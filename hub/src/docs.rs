@@ -185,8 +185,7 @@ impl HubDocs {
     /// Labels order documents that have no label yet (a file written before labels): loads each once,
     /// flushing every [`LABEL_PASS_DOCS`] so that evicted documents leave memory.
     fn label_unlabelled(&mut self) -> Result<(), DocDbError> {
-        let todo: Vec<DocId> =
-            self.db.labels(schema::ORDER_PREFIX).filter(|(_, l)| *l == 0).map(|(d, _)| d.clone()).collect();
+        let todo: Vec<DocId> = self.db.labels(schema::ORDER_PREFIX).filter(|(_, l)| *l == 0).map(|(d, _)| d).collect();
         for chunk in todo.chunks(LABEL_PASS_DOCS) {
             for id in chunk {
                 let parties = self.db.get(id).and_then(schema::order_parties);
@@ -428,7 +427,7 @@ impl HubDocs {
             .db
             .labels(&hub_prefix)
             .chain(self.db.labels(schema::STOCK_PREFIX))
-            .map(|(d, _)| d.clone())
+            .map(|(d, _)| d)
             .take(CHANGED_MAX)
             .collect();
         self.changed.extend(ids);
