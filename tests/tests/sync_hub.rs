@@ -80,7 +80,13 @@ async fn wait_hub_has(http: &reqwest::Client, hub: SocketAddr, site: &str, expec
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("hub never converged for {site}: expected {} orders, saw {:?}", expected.len(), seen.map(|s| s.len()));
+    // What the hub says of its nodes tells a node that never connected from one whose documents stalled.
+    let nodes = get_json(http, format!("http://{hub}/v1/nodes")).await;
+    panic!(
+        "hub never converged for {site}: expected {} orders, saw {:?}; the hub's nodes: {nodes:?}",
+        expected.len(),
+        seen.map(|s| s.len())
+    );
 }
 
 fn client() -> reqwest::Client {

@@ -109,7 +109,12 @@ impl Drop for Relay {
 async fn run_front(front: Arc<UdpSocket>, upstream: SocketAddr, shared: Arc<Shared>) {
     let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
     let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
-    while let Ok((n, client)) = front.recv_from(&mut buf).await {
+    loop {
+        let (n, client) = match front.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) if is_transient(&e) => continue,
+            Err(_) => break,
+        };
         if !backs.contains_key(&client) {
             if backs.len() >= CLIENTS_MAX {
                 continue;
@@ -139,7 +144,16 @@ async fn run_front(front: Arc<UdpSocket>, upstream: SocketAddr, shared: Arc<Shar
 
 async fn run_back(back: Arc<UdpSocket>, front: Arc<UdpSocket>, client: SocketAddr, shared: Arc<Shared>) {
     let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
-    while let Ok(n) = back.recv(&mut buf).await {
+    loop {
+        let n = match back.recv(&mut buf).await {
+            Ok(n) => n,
+            // A datagram sent before the upstream listened came back as ICMP "port unreachable", which a
+            // connected UDP socket reports on its next receive. The peer may listen by the next datagram:
+            // keep relaying (ending here left the client deaf to every later answer). Each such error
+            // answers one datagram we sent, so this cannot spin on its own.
+            Err(e) if is_transient(&e) => continue,
+            Err(_) => return,
+        };
         let front = front.clone();
         forward(&shared, buf[..n].to_vec(), move |d| {
             let front = front.clone();
@@ -148,6 +162,11 @@ async fn run_back(back: Arc<UdpSocket>, front: Arc<UdpSocket>, client: SocketAdd
             }
         });
     }
+}
+
+/// An error a UDP socket reports for an earlier datagram (ICMP), not a broken socket.
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset)
 }
 
 /// Applies the faults to one datagram and sends the surviving copies via `send`.
@@ -187,4 +206,37 @@ where
             send(datagram.clone()).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that starts before its hub sends into a closed port first; the relay must still carry the
+    /// hub's answers once the hub listens. (It used to stop reading from the hub at the first ICMP error,
+    /// so that node never completed a handshake: a CI failure of the lossy-link test.)
+    #[tokio::test]
+    async fn answers_flow_once_the_upstream_listens_after_a_refused_datagram() {
+        let step = Duration::from_secs(2);
+        // A loopback port nobody listens on (yet).
+        let upstream = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap();
+        let relay = Relay::start(upstream, Faults::default(), 1).await.unwrap();
+        let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        client.send_to(b"early", relay.local_addr()).await.unwrap();
+        // Let the ICMP "port unreachable" come back to the relay's upstream socket.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let server = UdpSocket::bind(upstream).await.unwrap();
+        client.send_to(b"ping", relay.local_addr()).await.unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = tokio::time::timeout(step, server.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        server.send_to(b"pong", from).await.unwrap();
+        let n = tokio::time::timeout(step, client.recv(&mut buf))
+            .await
+            .expect("the relay stopped carrying the upstream's answers")
+            .unwrap();
+        assert_eq!(&buf[..n], b"pong");
+        assert_eq!(relay.stats().dropped.load(Ordering::Relaxed), 0);
+    }
 }
