@@ -73,6 +73,15 @@ pub struct NodeStatus {
     pub compressed: bool,
 }
 
+/// One page of order ids, from [`HubDocs::order_page`].
+#[derive(Debug, Default)]
+pub struct OrderPage {
+    /// The orders of the page, in id order.
+    pub ids: Vec<DocId>,
+    /// The last order row read, if rows may follow it: the next page starts after it.
+    pub next_after: Option<DocId>,
+}
+
 /// The hub's document set. See the module docs.
 ///
 /// Who may see an order document, (origin, site), is kept as the document's label in the [`DocDb`] (two node
@@ -387,28 +396,47 @@ impl HubDocs {
     }
 
     /// Order documents (with content), optionally of one site, after `after` (an order id), at most `limit`.
+    /// Reads every order row after `after` if it must: for a scan of all orders, not for a request.
     pub fn order_ids(&self, site: Option<&str>, after: Option<&str>, limit: usize) -> Vec<DocId> {
+        self.order_page(site, after, limit, usize::MAX).ids
+    }
+
+    /// One page of [`Self::order_ids`] that reads at most `rows_max` order rows (at least one), so that a
+    /// site with few orders among many does not hold the documents' lock for a scan of them all. Its
+    /// `next_after` is where the next page starts; a page may hold fewer than `limit` ids, even none, and
+    /// still have one.
+    pub fn order_page(&self, site: Option<&str>, after: Option<&str>, limit: usize, rows_max: usize) -> OrderPage {
         let site = match site {
             Some(name) => match self.party_numbers.get(name) {
                 Some(n) => Some(*n),
-                None => return vec![],
+                None => return OrderPage::default(),
             },
             None => None,
         };
         let wanted =
             |label: u64| split_label(label).is_some_and(|(o, s)| site.is_none_or(|site| o == site || s == site));
         let lo = after.and_then(|a| DocId::new(format!("{}{a}", schema::ORDER_PREFIX)));
-        let pick = |(d, l): (DocId, u64)| wanted(l).then_some(d);
-        match lo {
-            Some(lo) => self
-                .db
-                .labels_after(&lo)
-                .take_while(|(d, _)| d.as_str().starts_with(schema::ORDER_PREFIX))
-                .filter_map(pick)
-                .take(limit)
-                .collect(),
-            None => self.db.labels(schema::ORDER_PREFIX).filter_map(pick).take(limit).collect(),
+        let rows: Box<dyn Iterator<Item = (DocId, u64)> + '_> = match lo {
+            Some(lo) => {
+                Box::new(self.db.labels_after(&lo).take_while(|(d, _)| d.as_str().starts_with(schema::ORDER_PREFIX)))
+            }
+            None => Box::new(self.db.labels(schema::ORDER_PREFIX)),
+        };
+        let mut page = OrderPage::default();
+        if limit == 0 {
+            return page;
         }
+        for (read, (d, l)) in rows.enumerate() {
+            let last = read + 1 >= rows_max.max(1);
+            if wanted(l) {
+                page.ids.push(d.clone());
+            }
+            if page.ids.len() >= limit || last {
+                page.next_after = Some(d);
+                break;
+            }
+        }
+        page
     }
 
     /// Number of order documents per fulfilling site.
@@ -639,5 +667,57 @@ mod tests {
         let third = docs.manifest_digest(&wh1);
         assert_eq!(third.docs(), 1);
         assert_eq!(third, manifest_digest_of(&mut docs, &wh1));
+    }
+
+    /// Pages `site`'s orders `limit` at a time, reading at most `rows_max` rows per page; returns the ids and
+    /// the number of pages.
+    fn all_pages(docs: &HubDocs, site: &str, limit: usize, rows_max: usize) -> (Vec<String>, usize) {
+        let (mut ids, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+        for _ in 0..1_000 {
+            let page = docs.order_page(Some(site), after.as_deref(), limit, rows_max);
+            pages += 1;
+            assert!(page.ids.len() <= limit, "{page:?}");
+            ids.extend(page.ids.iter().map(|d| d.as_str().to_owned()));
+            match page.next_after {
+                Some(d) => after = Some(d.as_str().strip_prefix(schema::ORDER_PREFIX).unwrap().to_owned()),
+                None => return (ids, pages),
+            }
+        }
+        panic!("no last page after 1,000 pages");
+    }
+
+    #[test]
+    fn a_site_page_reads_a_bounded_number_of_rows_and_paging_finds_every_order_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut orders: Vec<crate::demand::tests::TestOrder> = Vec::new();
+        for seq in 1..=40 {
+            orders.push(("wh1", seq, TODAY - 1, 1, FulfillmentState::Accepted, &[("A", 1)]));
+        }
+        for seq in 1..=3 {
+            orders.push(("wh2", seq, TODAY - 1, 1, FulfillmentState::Accepted, &[("A", 1)]));
+        }
+        let mut docs = hub_docs(dir.path(), &orders, &[]);
+        let wh2: Vec<String> = (1..=3).map(|n| format!("order/wh2-{n:010}")).collect();
+        for flushed in [false, true] {
+            // wh1's 40 orders sort first: the first page reads 5 of them, finds none of wh2's and says
+            // where to go on.
+            let first = docs.order_page(Some("wh2"), None, 2, 5);
+            assert!(first.ids.is_empty(), "{first:?}");
+            assert_eq!(first.next_after.as_ref().map(DocId::as_str), Some("order/wh1-0000000005"));
+            let (ids, pages) = all_pages(&docs, "wh2", 2, 5);
+            assert_eq!(ids, wh2, "flushed: {flushed}");
+            assert!(pages >= 43 / 5, "{pages} pages for 43 rows at 5 a page");
+            // Without a bound on rows, the first page holds the first `limit` orders of the site.
+            let unbounded = docs.order_page(Some("wh2"), None, 2, usize::MAX);
+            assert_eq!(unbounded.ids.iter().map(DocId::as_str).collect::<Vec<_>>(), wh2[..2].to_vec());
+            assert_eq!(unbounded.next_after.as_ref().map(DocId::as_str), Some(wh2[1].as_str()));
+            // Every order of wh1, in pages that end on `limit`.
+            let (ids, _) = all_pages(&docs, "wh1", 7, 1_000);
+            assert_eq!(ids.len(), 40);
+            // A site the hub has not heard of: one empty, last page.
+            let unknown = docs.order_page(Some("wh9"), None, 2, 5);
+            assert!(unknown.ids.is_empty() && unknown.next_after.is_none());
+            docs.flush().unwrap();
+        }
     }
 }
