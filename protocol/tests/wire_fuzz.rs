@@ -748,6 +748,7 @@ proptest! {
             prop_assert!(sizes.in_flight <= held, "{:?} with {} held", sizes, held);
             prop_assert!(sizes.pending <= held, "{:?} with {} held", sizes, held);
             prop_assert!(sizes.doc_states <= held, "{:?} with {} held", sizes, held);
+            prop_assert!(sizes.doc_states <= cfg.docs_tracked_max, "{:?}", sizes);
             prop_assert!(sizes.refused_by_peer <= held, "{:?} with {} held", sizes, held);
             prop_assert!(store.docs.len() <= store.docs_max);
         }

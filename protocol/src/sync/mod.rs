@@ -39,7 +39,9 @@
 //!
 //! Bounds: at most `docs_in_flight_max` documents that this side initiated are in flight, no new document
 //! is started while `outbound_frames_max` frames wait to be sent, a manifest chunk carries at most
-//! `manifest_docs_per_frame_max` entries, and a peer manifest round is refused beyond `manifest_docs_max`.
+//! `manifest_docs_per_frame_max` entries, a peer manifest round is refused beyond `manifest_docs_max`, and at
+//! most `docs_tracked_max` Automerge sync states are held, whatever the peer starts (beyond it, a document
+//! waits as after a lost frame).
 
 use crate::wire::{
     Digest, DocId, ErrorCode, Frame, Hash, Hello, HelloAck, Manifest, ManifestEntry, PROTOCOL_VERSION,
@@ -72,6 +74,12 @@ pub struct SessionConfig {
     pub manifest_docs_per_frame_max: usize,
     /// Most entries accepted in one peer manifest round; beyond it the session closes with `Overloaded`.
     pub manifest_docs_max: usize,
+    /// Most documents with an Automerge sync state in memory. Both sides' documents in flight count, so keep
+    /// it well above twice `docs_in_flight_max`. At the limit, states of documents not in flight are dropped
+    /// (the persisted ones stay), and past that a new document waits: a peer's message for it is ignored
+    /// (the peer restarts it after `doc_stall_ms`) and ours stays pending. This side starts documents of
+    /// its own only while fewer than half the states are held.
+    pub docs_tracked_max: usize,
     /// A client resends `Hello` when no `HelloAck` arrived within this time.
     pub hello_retry_ms: u64,
     /// A document in flight without progress for this long is reset and restarted.
@@ -90,6 +98,7 @@ impl Default for SessionConfig {
             outbound_frames_max: 256,
             manifest_docs_per_frame_max: 1024,
             manifest_docs_max: 1_000_000,
+            docs_tracked_max: 4_096,
             hello_retry_ms: 5_000,
             doc_stall_ms: 10_000,
             manifest_interval_ms: 60_000,
@@ -306,6 +315,8 @@ pub struct SessionSizes {
     pub doc_states: usize,
     /// Documents the peer refused in this session.
     pub refused_by_peer: usize,
+    /// Times a document waited because `docs_tracked_max` sync states were held (since the session began).
+    pub docs_deferred: u64,
 }
 
 /// One side of one sync connection. See the module docs.
@@ -324,6 +335,8 @@ pub struct SyncSession {
     pending_set: BTreeSet<DocId>,
     in_flight: BTreeSet<DocId>,
     refused_by_peer: BTreeSet<DocId>,
+    /// See [`SessionSizes::docs_deferred`].
+    docs_deferred: u64,
     manifest_round: u32,
     /// When the last anti-entropy round happened: our manifest or digest, or a peer digest that matched ours.
     last_manifest_ms: u64,
@@ -442,6 +455,7 @@ impl SyncSession {
             pending_set: BTreeSet::new(),
             in_flight: BTreeSet::new(),
             refused_by_peer: BTreeSet::new(),
+            docs_deferred: 0,
             manifest_round: 0,
             last_manifest_ms: now_ms,
             last_full_manifest_ms: now_ms,
@@ -494,6 +508,7 @@ impl SyncSession {
             in_flight: self.in_flight.len(),
             doc_states: self.docs.len(),
             refused_by_peer: self.refused_by_peer.len(),
+            docs_deferred: self.docs_deferred,
         }
     }
 
@@ -777,16 +792,33 @@ impl SyncSession {
         }
     }
 
-    fn doc_sync<S: DocStore + ?Sized>(&mut self, store: &S, doc: &DocId) -> &mut DocSync {
+    /// The sync state of `doc`, loaded (or fresh) if not in memory; `None` if `docs_tracked_max` states are
+    /// held and none can be dropped.
+    fn doc_sync<S: DocStore + ?Sized>(&mut self, store: &S, doc: &DocId) -> Option<&mut DocSync> {
+        if !self.docs.contains_key(doc) && !self.room_for_doc_state(self.cfg.docs_tracked_max) {
+            self.docs_deferred += 1;
+            return None;
+        }
         let now_ms = self.now_ms;
         let peer = &self.peer;
-        self.docs.entry(doc.clone()).or_insert_with(|| {
+        Some(self.docs.entry(doc.clone()).or_insert_with(|| {
             let state = store
                 .load_sync_state(peer, doc)
                 .and_then(|b| State::decode(&b).ok())
                 .map_or_else(fresh_state, resumed_state);
             DocSync { state, last_progress_ms: now_ms }
-        })
+        }))
+    }
+
+    /// True if one more sync state fits under `max`, after dropping those of documents not in flight if need
+    /// be: nothing waits on them, and their next exchange starts from the persisted state.
+    fn room_for_doc_state(&mut self, max: usize) -> bool {
+        let max = max.max(1);
+        if self.docs.len() >= max {
+            let in_flight = &self.in_flight;
+            self.docs.retain(|d, _| in_flight.contains(d));
+        }
+        self.docs.len() < max
     }
 
     fn on_sync<S: DocStore + ?Sized>(&mut self, store: &mut S, doc: DocId, msg: &[u8]) {
@@ -799,7 +831,11 @@ impl SyncSession {
                 return self.refuse(ErrorCode::Malformed, format!("sync message for {doc}: {e}"));
             }
         };
-        self.doc_sync(store, &doc);
+        // At the limit of sync states the message is dropped: the peer restarts the document after its stall
+        // timeout, as after a lost frame.
+        if self.doc_sync(store, &doc).is_none() {
+            return;
+        }
         let Some(entry) = self.docs.get_mut(&doc) else {
             return;
         };
@@ -816,6 +852,12 @@ impl SyncSession {
             },
         };
         let before = automerge_doc.get_heads();
+        // Changes the peer still needs that our state says we sent never arrived (a message the peer dropped
+        // at its limit of sync states, see `docs_tracked_max`). Automerge assumes no message is lost and would
+        // not send them again, and the exchange, never idle, would not stall and restart either.
+        if !msg.need.is_empty() {
+            entry.state.sent_hashes.retain(|h| !msg.need.contains(h));
+        }
         if let Err(e) = automerge_doc.sync().receive_sync_message(&mut entry.state, msg) {
             return self.refuse(ErrorCode::Malformed, format!("sync message for {doc} does not apply: {e}"));
         }
@@ -875,7 +917,12 @@ impl SyncSession {
             self.docs.remove(doc);
             return;
         }
-        self.doc_sync(store, doc);
+        if self.doc_sync(store, doc).is_none() {
+            // No room for its state: it waits its turn (start_pending starts none while there is no room).
+            self.in_flight.remove(doc);
+            self.schedule(doc.clone());
+            return;
+        }
         let Some(entry) = self.docs.get_mut(doc) else {
             return;
         };
@@ -940,7 +987,12 @@ impl SyncSession {
         if !self.is_established() {
             return;
         }
-        while self.in_flight.len() < self.cfg.docs_in_flight_max && self.outbound.len() < self.cfg.outbound_frames_max {
+        while self.in_flight.len() < self.cfg.docs_in_flight_max
+            && self.outbound.len() < self.cfg.outbound_frames_max
+            // Our own new documents take at most half the states: the peer's always find room for theirs to
+            // finish, so two sides at their limits cannot wait on each other for ever.
+            && self.room_for_doc_state(self.cfg.docs_tracked_max / 2)
+        {
             let Some(doc) = self.pending.pop_front() else {
                 break;
             };

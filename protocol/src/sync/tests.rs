@@ -357,6 +357,14 @@ impl Sim {
         Ok(())
     }
 
+    fn check_tracked(&self, max: usize) {
+        for (i, l) in self.links.iter().enumerate() {
+            for (side, s) in [("node", &l.node), ("hub", &l.hub)] {
+                assert!(s.docs_tracked() <= max, "link {i}: the {side} holds {} sync states", s.docs_tracked());
+            }
+        }
+    }
+
     fn check_entitlement(&self) {
         for (i, n) in self.nodes.iter().enumerate() {
             for id in n.docs.keys() {
@@ -402,17 +410,29 @@ proptest! {
     ) {
         converge_after_chaos(cfg_without_digest(), &actions)?;
     }
+
+    /// With room for two sync states a side, fewer than the documents in play and than `docs_in_flight_max`:
+    /// documents wait their turn, and every replica still converges.
+    #[test]
+    fn replicas_converge_after_chaos_with_two_sync_states_a_side(
+        actions in proptest::collection::vec(arb_action(), 0..150)
+    ) {
+        converge_after_chaos(SessionConfig { docs_tracked_max: 2, ..cfg() }, &actions)?;
+    }
 }
 
 fn converge_after_chaos(cfg: SessionConfig, actions: &[Action]) -> Result<(), TestCaseError> {
+    let tracked_max = cfg.docs_tracked_max;
     let mut sim = Sim::with_cfg(cfg);
     sim.flush();
     for a in actions {
         sim.apply(a);
         sim.check_entitlement();
+        sim.check_tracked(tracked_max);
     }
     let rounds = sim.heal(HEAL_ROUNDS_MAX);
     sim.check_entitlement();
+    sim.check_tracked(tracked_max);
     prop_assert!(rounds.is_ok(), "no convergence after {} clean rounds: {:?}", HEAL_ROUNDS_MAX, rounds);
     Ok(())
 }
@@ -836,4 +856,52 @@ fn manifest_digest_is_pinned() {
     assert_ne!(a.hash(), d.hash());
     assert!(!d.matches(&Digest { round: 1, docs: 2, hash: d.hash() }), "the count is compared too");
     assert!(d.matches(&Digest { round: 1, docs: 1, hash: d.hash() }));
+}
+
+/// A node that starts 40 documents at once (as a peer that ignores our limits would) against a hub that keeps
+/// at most 4 sync states: the hub never holds more, drops the messages it has no room for, and every
+/// document still converges (the hub starts the ones it dropped once it has room, or the node restarts them
+/// after its stall timeout).
+#[test]
+fn sync_states_stay_bounded_when_the_peer_starts_more_documents_than_the_limit() {
+    // Each side changed each document on its own, so each takes a message both ways before it is in sync.
+    let (mut node, mut hub) = (MemStore::new(Some(0), 1), MemStore::new(None, 100));
+    for i in 0..40 {
+        node.edit(&doc(&format!("n0-{i}")), 1, 1);
+        hub.edit(&doc(&format!("n0-{i}")), 2, 2);
+    }
+    let hub_cfg = SessionConfig { docs_tracked_max: 4, ..cfg() };
+    let node_cfg = SessionConfig { docs_in_flight_max: 40, outbound_frames_max: 1_000, ..cfg() };
+    let mut hub_s = SyncSession::new_server(hub_cfg, hub_id(), node_id(0), vec![100], 0);
+    let mut node_s = SyncSession::new_client(node_cfg, node_id(0), hub_id(), vec![1], 0);
+    let (mut now_ms, mut most_tracked, mut rounds) = (0, 0, 0);
+    let ids: Vec<DocId> = node.docs.keys().cloned().collect();
+    while ids.iter().any(|d| hub.heads(d) != node.heads(d)) {
+        rounds += 1;
+        assert!(rounds <= 200, "not converged after 200 rounds: hub holds {} documents", hub.docs.len());
+        for _ in 0..10_000 {
+            let mut moved = false;
+            while let Some(f) = node_s.poll_transmit() {
+                hub_s.handle_frame(&mut hub, roundtrip(&f));
+                most_tracked = most_tracked.max(hub_s.docs_tracked());
+                moved = true;
+            }
+            while let Some(f) = hub_s.poll_transmit() {
+                node_s.handle_frame(&mut node, roundtrip(&f));
+                moved = true;
+            }
+            while node_s.poll_event().is_some() {}
+            while hub_s.poll_event().is_some() {}
+            if !moved {
+                break;
+            }
+        }
+        assert!(!node_s.is_closed() && !hub_s.is_closed(), "{node_s:?} / {hub_s:?}");
+        now_ms += 400;
+        node_s.tick(&mut node, now_ms);
+        hub_s.tick(&mut hub, now_ms);
+    }
+    assert!(most_tracked <= 4, "the hub held {most_tracked} sync states");
+    assert!(hub_s.sizes().docs_deferred > 0, "the limit was never reached, so this test proved nothing");
+    assert_eq!(hub.docs.len(), 40);
 }

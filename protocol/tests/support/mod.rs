@@ -94,6 +94,7 @@ pub fn small_config() -> SessionConfig {
         outbound_frames_max: 8,
         manifest_docs_per_frame_max: 2,
         manifest_docs_max: 16,
+        docs_tracked_max: 4,
         hello_retry_ms: 100,
         doc_stall_ms: 300,
         manifest_interval_ms: 500,
