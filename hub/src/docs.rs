@@ -413,8 +413,10 @@ impl HubDocs {
             },
             None => None,
         };
-        let wanted =
-            |label: u64| split_label(label).is_some_and(|(o, s)| site.is_none_or(|site| o == site || s == site));
+        if limit == 0 {
+            return OrderPage::default();
+        }
+        let wanted = |label: u64| site.map_or(split_label(label).is_some(), |n| is_party(label, n));
         let lo = after.and_then(|a| DocId::new(format!("{}{a}", schema::ORDER_PREFIX)));
         let rows: Box<dyn Iterator<Item = (DocId, u64)> + '_> = match lo {
             Some(lo) => {
@@ -423,9 +425,6 @@ impl HubDocs {
             None => Box::new(self.db.labels(schema::ORDER_PREFIX)),
         };
         let mut page = OrderPage::default();
-        if limit == 0 {
-            return page;
-        }
         for (read, (d, l)) in rows.enumerate() {
             let last = read + 1 >= rows_max.max(1);
             if wanted(l) {

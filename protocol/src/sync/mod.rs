@@ -616,11 +616,6 @@ impl SyncSession {
         matches!(self.phase, Phase::Established { capabilities: caps, .. } if caps & capabilities::MANIFEST_DIGEST != 0)
     }
 
-    /// What our manifest for the peer lists, in id order.
-    fn manifest_entries<S: DocStore + ?Sized>(&self, store: &mut S) -> Vec<ManifestEntry> {
-        manifest_entries_of(store, &self.peer)
-    }
-
     /// The digest of the manifest we would send now ([`DocStore::manifest_digest`]).
     fn manifest_digest<S: DocStore + ?Sized>(&self, store: &mut S) -> ManifestDigest {
         store.manifest_digest(&self.peer)
@@ -672,7 +667,7 @@ impl SyncSession {
         self.manifest_round = self.manifest_round.wrapping_add(1);
         self.last_manifest_ms = self.now_ms;
         self.last_full_manifest_ms = self.now_ms;
-        let entries = self.manifest_entries(store);
+        let entries = manifest_entries_of(store, &self.peer);
         let per_frame = self.cfg.manifest_docs_per_frame_max.max(1);
         let mut chunks = entries.chunks(per_frame).peekable();
         if chunks.peek().is_none() {

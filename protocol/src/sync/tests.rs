@@ -608,18 +608,26 @@ struct Pair {
     now_ms: u64,
     /// Every frame sent, `true` where the hub sent it.
     sent: Vec<(bool, Frame)>,
+    /// The most sync states the hub's session held after a frame.
+    hub_tracked_most: usize,
 }
 
 impl Pair {
     /// Connects the two sides, the node announcing `node_cfg.capabilities`, and runs the first round.
     fn new(hub: MemStore, node: MemStore, node_cfg: SessionConfig) -> Self {
+        Self::with_configs(hub, node, cfg(), node_cfg)
+    }
+
+    /// As [`Pair::new`], the hub's session with `hub_cfg`.
+    fn with_configs(hub: MemStore, node: MemStore, hub_cfg: SessionConfig, node_cfg: SessionConfig) -> Self {
         let mut pair = Pair {
             hub,
             node,
-            hub_s: SyncSession::new_server(cfg(), hub_id(), node_id(0), vec![100], 0),
+            hub_s: SyncSession::new_server(hub_cfg, hub_id(), node_id(0), vec![100], 0),
             node_s: SyncSession::new_client(node_cfg, node_id(0), hub_id(), vec![1], 0),
             now_ms: 0,
             sent: Vec::new(),
+            hub_tracked_most: 0,
         };
         pair.run();
         pair
@@ -632,6 +640,7 @@ impl Pair {
             while let Some(f) = self.node_s.poll_transmit() {
                 self.sent.push((false, f.clone()));
                 self.hub_s.handle_frame(&mut self.hub, roundtrip(&f));
+                self.hub_tracked_most = self.hub_tracked_most.max(self.hub_s.docs_tracked());
                 moved = true;
             }
             while let Some(f) = self.hub_s.poll_transmit() {
@@ -872,36 +881,15 @@ fn sync_states_stay_bounded_when_the_peer_starts_more_documents_than_the_limit()
     }
     let hub_cfg = SessionConfig { docs_tracked_max: 4, ..cfg() };
     let node_cfg = SessionConfig { docs_in_flight_max: 40, outbound_frames_max: 1_000, ..cfg() };
-    let mut hub_s = SyncSession::new_server(hub_cfg, hub_id(), node_id(0), vec![100], 0);
-    let mut node_s = SyncSession::new_client(node_cfg, node_id(0), hub_id(), vec![1], 0);
-    let (mut now_ms, mut most_tracked, mut rounds) = (0, 0, 0);
-    let ids: Vec<DocId> = node.docs.keys().cloned().collect();
-    while ids.iter().any(|d| hub.heads(d) != node.heads(d)) {
-        rounds += 1;
-        assert!(rounds <= 200, "not converged after 200 rounds: hub holds {} documents", hub.docs.len());
-        for _ in 0..10_000 {
-            let mut moved = false;
-            while let Some(f) = node_s.poll_transmit() {
-                hub_s.handle_frame(&mut hub, roundtrip(&f));
-                most_tracked = most_tracked.max(hub_s.docs_tracked());
-                moved = true;
-            }
-            while let Some(f) = hub_s.poll_transmit() {
-                node_s.handle_frame(&mut node, roundtrip(&f));
-                moved = true;
-            }
-            while node_s.poll_event().is_some() {}
-            while hub_s.poll_event().is_some() {}
-            if !moved {
-                break;
-            }
+    let mut p = Pair::with_configs(hub, node, hub_cfg, node_cfg);
+    for round in 0.. {
+        if p.converged() {
+            break;
         }
-        assert!(!node_s.is_closed() && !hub_s.is_closed(), "{node_s:?} / {hub_s:?}");
-        now_ms += 400;
-        node_s.tick(&mut node, now_ms);
-        hub_s.tick(&mut hub, now_ms);
+        assert!(round < 200, "not converged after 200 rounds: hub holds {} documents", p.hub.docs.len());
+        p.tick(400, true, true);
     }
-    assert!(most_tracked <= 4, "the hub held {most_tracked} sync states");
-    assert!(hub_s.sizes().docs_deferred > 0, "the limit was never reached, so this test proved nothing");
-    assert_eq!(hub.docs.len(), 40);
+    assert!(p.hub_tracked_most <= 4, "the hub held {} sync states", p.hub_tracked_most);
+    assert!(p.hub_s.sizes().docs_deferred > 0, "the limit was never reached, so this test proved nothing");
+    assert_eq!(p.hub.docs.len(), 40);
 }
