@@ -468,7 +468,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             // The till orders the cut site holds at the heal are what the hub must catch up on (orders the
             // hub routed there are the hub's own already).
             let at_heal = node_order_ids(&cut_http, cut_addr).await.map(|ids| {
-                ids.into_iter().filter(|id| !id.starts_with(oms_node::store::HUB_ORDER_PREFIX)).collect::<Vec<_>>()
+                ids.into_iter().filter(|id| !id.starts_with(oms_protocol::domain::HUB_ORDER_PREFIX)).collect::<Vec<_>>()
             });
             relay.set_blackhole(false);
             let healed = Instant::now();
@@ -596,7 +596,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 let k = page.len() as u64;
                 n += k;
                 for o in &page {
-                    if o["id"].as_str().is_some_and(|id| id.starts_with(oms_node::store::HUB_ORDER_PREFIX)) {
+                    if o["id"].as_str().is_some_and(|id| id.starts_with(oms_protocol::domain::HUB_ORDER_PREFIX)) {
                         hub_orders += 1;
                         // A hub assignment the site could not fill is an over-promise by the hub.
                         if st == "rejected" {

@@ -21,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use oms_node::sync::link::now_ms;
-use oms_node::sync::schema;
 use oms_protocol::domain::OrderId;
+use oms_protocol::schema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

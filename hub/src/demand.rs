@@ -33,8 +33,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use oms_forecast::{Forecast, ForecastError};
-use oms_node::sync::schema;
 use oms_protocol::domain::FulfillmentState;
+use oms_protocol::schema;
 
 use crate::docs::HubDocs;
 use crate::forecast_config::{ForecastConfig, Override, Resolved};
@@ -776,9 +776,9 @@ impl DemandCache {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use oms_node::store::{FulfillmentLine, OrderRecord, TimelineEntry};
     use oms_node::sync::docdb::DocDb;
     use oms_protocol::domain::{Balance, NodeId, OrderDraft, OrderId, Sku};
+    use oms_protocol::records::{FulfillmentLine, OrderRecord, TimelineEntry};
 
     pub(crate) const TODAY: u64 = 20_000;
 
@@ -908,7 +908,7 @@ pub(crate) mod tests {
 
     #[test]
     fn shipped_units_follow_the_timeline_not_the_order() {
-        use oms_node::sync::schema::Progress;
+        use oms_protocol::schema::Progress;
         let line = |sku: &str, qty, shipped| FulfillmentLine {
             sku: Sku::parse(sku).unwrap(),
             qty,

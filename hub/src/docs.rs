@@ -15,8 +15,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use oms_node::sync::docdb::{DocDb, DocDbError, FlushBatch};
-use oms_node::sync::schema::{self, DocKind, Writer};
 use oms_protocol::domain::NodeId;
+use oms_protocol::schema::{self, DocKind, Writer};
 use oms_protocol::sync::StoreError;
 use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
 use oms_protocol::sync::{DocStore, ManifestDigest};

@@ -23,10 +23,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
-use oms_node::store::draft_sha256;
-use oms_node::sync::schema::SiteInfo;
 use oms_protocol::domain::{GeoPoint, NodeId, OrderDraft, OrderId, OrderLine, Sku};
 use oms_protocol::escrow::{EscrowCounter, Party, Rebalance, RebalanceInput, RebalancePolicy, rebalance};
+use oms_protocol::records::draft_sha256;
+use oms_protocol::schema::SiteInfo;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +56,7 @@ pub const ESCROW_CELLS_MAX: usize = 5_000_000;
 
 /// The node id under which the hub numbers its orders.
 pub fn hub_node() -> NodeId {
-    NodeId::parse(oms_node::sync::schema::HUB_ORIGIN).unwrap_or_else(|_| unreachable!("\"hub\" is a valid id"))
+    NodeId::parse(oms_protocol::schema::HUB_ORIGIN).unwrap_or_else(|_| unreachable!("\"hub\" is a valid id"))
 }
 
 /// Why the intake refused or failed.

@@ -26,8 +26,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use oms_node::problem::{Problem, RawBody};
 use oms_node::sync::link::now_ms;
-use oms_node::sync::schema::{self, DocKind, HUB_ORIGIN};
 use oms_protocol::domain::{FulfillmentState, OrderId};
+use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
 use serde_json::{Value, json};
 
 use crate::intake::{Effects, HubOrder, IntakeError, NewFulfillment, RETRY_BATCH_MAX, SiteFacts};
@@ -172,7 +172,7 @@ pub async fn create(
 /// A customer order the hub took (`hub-<n>`), as opposed to one of its fulfillments (`hub-<n>.<k>`) or a
 /// site's own order.
 fn is_customer_order(id: &str) -> bool {
-    id.starts_with(oms_node::store::HUB_ORDER_PREFIX) && !id.contains('.')
+    id.starts_with(oms_protocol::domain::HUB_ORDER_PREFIX) && !id.contains('.')
 }
 
 fn hub_order_id(id: &str) -> Result<OrderId, Problem> {

@@ -160,7 +160,7 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
     };
     let node = match oms_transport::peer_identity(&conn) {
         Ok(Identity::Node { tenant, node_id })
-            if tenant == hub.tenant && node_id != oms_node::sync::schema::HUB_ORIGIN =>
+            if tenant == hub.tenant && node_id != oms_protocol::schema::HUB_ORIGIN =>
         {
             NodeId::parse(&node_id).ok()
         }

@@ -4,11 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use oms_hub::docs::HubDocs;
-use oms_node::store::{FulfillmentLine, OrderRecord};
 use oms_node::sync::docdb::{DocDb, stored_doc_parts};
-use oms_node::sync::schema::{self, keys};
 use oms_protocol::domain::{FulfillmentState, NodeId, OrderId, Sku};
 use oms_protocol::fixtures;
+use oms_protocol::records::{FulfillmentLine, OrderRecord};
+use oms_protocol::schema::{self, keys};
 use oms_protocol::sync::DocStore;
 use oms_protocol::sync::automerge::{AutoCommit, ROOT, ReadDoc, transaction::Transactable};
 use oms_protocol::wire::DocId;

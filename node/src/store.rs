@@ -31,7 +31,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::escrow::{self, EscrowPolicy, Rights};
 use crate::freeze;
 use crate::metrics::Metrics;
+use oms_protocol::domain::HUB_ORDER_PREFIX;
 use oms_protocol::escrow::{EscrowCounter, Party};
+use oms_protocol::records::draft_sha256;
+pub use oms_protocol::records::{FulfillmentLine, OrderRecord, ReturnLine, ReturnRecord, Shipment, TimelineEntry};
 
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 const BALANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("balances");
@@ -124,94 +127,6 @@ pub struct LedgerEntry {
     pub movement: Movement,
     /// The SKU's balance after this movement.
     pub balance: Balance,
-}
-
-/// One line of a fulfillment order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FulfillmentLine {
-    /// The SKU.
-    pub sku: Sku,
-    /// Units ordered.
-    pub qty: u32,
-    /// Units confirmed picked; `None` until the picker confirms the line.
-    pub picked: Option<u32>,
-    /// Units shipped.
-    pub shipped: u32,
-    /// Units returned so far.
-    pub returned: u32,
-}
-
-/// A moment in an order's life.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelineEntry {
-    /// When, ms since the Unix epoch.
-    pub at_ms: u64,
-    /// The state entered.
-    pub status: FulfillmentState,
-    /// What happened, for people.
-    pub note: String,
-}
-
-/// The carrier hand-over.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Shipment {
-    /// Carrier name.
-    pub carrier: String,
-    /// Tracking number.
-    pub tracking: String,
-    /// Parcels handed over.
-    pub parcels: u32,
-}
-
-/// A customer return received at this site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReturnRecord {
-    /// Number of the return within the order, from 1.
-    pub id: u32,
-    /// Units per SKU.
-    pub lines: Vec<ReturnLine>,
-    /// Restocked or scrapped.
-    pub disposition: Disposition,
-    /// Where the return stands.
-    pub status: ReturnState,
-    /// When it was received.
-    pub received_at_ms: u64,
-}
-
-/// A returned SKU and quantity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReturnLine {
-    /// The SKU.
-    pub sku: Sku,
-    /// Units.
-    pub qty: u32,
-}
-
-/// An order at this site together with its fulfillment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OrderRecord {
-    /// The order id.
-    pub id: OrderId,
-    /// The site fulfilling it.
-    pub site: NodeId,
-    /// The fulfillment state.
-    pub status: FulfillmentState,
-    /// The order as submitted.
-    pub order: OrderDraft,
-    /// Fulfillment progress per line.
-    pub lines: Vec<FulfillmentLine>,
-    /// The pick wave it is on, if any.
-    pub wave: Option<u64>,
-    /// Parcels packed.
-    pub parcels: Option<u32>,
-    /// Carrier hand-over.
-    pub shipment: Option<Shipment>,
-    /// Returns received.
-    pub returns: Vec<ReturnRecord>,
-    /// Every state change.
-    pub timeline: Vec<TimelineEntry>,
-    /// When the order was accepted, ms since the Unix epoch.
-    pub created_at_ms: u64,
 }
 
 /// A pick wave: lines of several orders sorted for one walk through the aisles.
@@ -600,13 +515,6 @@ fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 
 fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, StoreError> {
     postcard::from_bytes(b).map_err(|e| StoreError::Corrupt { table, detail: e.to_string() })
-}
-
-/// Hash of the canonical (postcard) encoding of an order, so that the same order sent with other whitespace
-/// or key order is still "the same body" for idempotency.
-pub fn draft_sha256(draft: &OrderDraft) -> Result<[u8; 32], StoreError> {
-    use sha2::Digest;
-    Ok(sha2::Sha256::digest(enc(draft)?).into())
 }
 
 impl Store {
@@ -1423,7 +1331,7 @@ impl<'w> Tx<'w> {
     }
 
     fn create_order(&mut self, key: String, draft: OrderDraft) -> Result<Outcome, StoreError> {
-        let hash = draft_sha256(&draft)?;
+        let hash = draft_sha256(&draft).map_err(|e| StoreError::Storage(format!("encode: {e}")))?;
         if let Some(v) = self.idem.get(key.as_str())? {
             let rec: IdempotencyRecord = dec("idempotency", v.value())?;
             if rec.body_sha256 != hash {
@@ -1865,9 +1773,6 @@ pub fn rights_of(order: &OrderId) -> Rights {
 
 /// Timeline note of an order whose stock was reserved on acceptance.
 const ACCEPTED_NOTE: &str = "accepted and stock reserved";
-
-/// Prefix of the ids of orders the hub creates.
-pub const HUB_ORDER_PREFIX: &str = "hub-";
 
 fn escrow_corrupt(e: escrow::EscrowFault) -> StoreError {
     StoreError::Corrupt { table: "escrow", detail: e.to_string() }

@@ -8,6 +8,18 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// The hub's name where a node's id would stand; spelled once, for [`HUB_ORIGIN`] and [`HUB_ORDER_PREFIX`].
+macro_rules! hub_name {
+    () => {
+        "hub"
+    };
+}
+/// The origin of the orders the hub creates, where a node's own orders name the node.
+pub const HUB_ORIGIN: &str = hub_name!();
+/// Prefix of the ids of orders the hub creates: its name and a dash, as a node's order ids start with the
+/// node's id and a dash.
+pub const HUB_ORDER_PREFIX: &str = concat!(hub_name!(), "-");
+
 /// Longest SKU, node id, channel or external reference we accept, in bytes.
 pub const ID_BYTES_MAX: usize = 64;
 /// Most lines one order may carry.

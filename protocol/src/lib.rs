@@ -9,5 +9,7 @@ pub mod escrow;
 #[cfg(feature = "fixtures")]
 #[doc(hidden)]
 pub mod fixtures;
+pub mod records;
+pub mod schema;
 pub mod sync;
 pub mod wire;

@@ -34,10 +34,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use oms_node::store::{FulfillmentLine, OrderRecord, TimelineEntry};
 use oms_node::sync::docdb::DocDb;
 use oms_node::sync::{SYNC_DB_FILE, schema};
 use oms_protocol::domain::{FulfillmentState, NodeId, OrderDraft, OrderId};
+use oms_protocol::records::{FulfillmentLine, OrderRecord, TimelineEntry};
 use oms_tests::cluster::{self, ClusterNode, HubProc, get_json, pki};
 use oms_tests::stats::{env_u64, loadavg};
 use serde_json::json;

@@ -14,10 +14,10 @@ use std::time::Duration;
 use oms_protocol::domain::{FulfillmentState, OrderId};
 use oms_protocol::wire::DocId;
 
-use super::schema::{self, DocKind, HUB_ORIGIN};
 use super::{Shared, lock, now_ms};
 use crate::config::HubLink;
 use crate::store::{Command, Store, StoreError};
+use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
 
 /// Documents handled per wake-up; the rest wait for the next one.
 pub const INBOUND_BATCH_MAX: usize = 256;

@@ -15,7 +15,7 @@
 pub mod docdb;
 pub mod inbound;
 pub mod link;
-pub mod schema;
+pub use oms_protocol::schema;
 #[cfg(test)]
 mod tests;
 
@@ -38,7 +38,7 @@ use crate::config::HubLink;
 use crate::store::{FeedEntry, Store};
 use docdb::{DocDb, DocDbError};
 use link::{LinkError, now_ms};
-use schema::DocKind;
+use oms_protocol::schema::DocKind;
 
 /// File of the node's sync documents, in the data directory.
 pub const SYNC_DB_FILE: &str = "sync.redb";

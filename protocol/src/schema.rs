@@ -21,14 +21,13 @@
 //! which top-level keys it touches ([`check_writer`]). The types encoded as bytes here are postcard, whose
 //! layout is positional: add fields only at the end of [`Progress`], and bump [`SCHEMA_VERSION`] otherwise.
 
+use crate::domain::{Balance, FulfillmentState, NodeId, OrderDraft, OrderId, Sku};
+use crate::escrow::EscrowCounter;
+use crate::wire::DocId;
 use automerge::{AutoCommit, ObjType, Patch, PatchAction, Prop, ROOT, ReadDoc, transaction::Transactable};
-use oms_protocol::domain::{Balance, FulfillmentState, NodeId, OrderDraft, OrderId, Sku};
-use oms_protocol::escrow::EscrowCounter;
-use oms_protocol::sync::automerge;
-use oms_protocol::wire::DocId;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{FulfillmentLine, OrderRecord, ReturnRecord, Shipment, TimelineEntry};
+use crate::records::{FulfillmentLine, OrderRecord, ReturnRecord, Shipment, TimelineEntry};
 
 /// Version of the document layout, stored in every document under [`keys::V`].
 pub const SCHEMA_VERSION: u64 = 1;
@@ -38,8 +37,8 @@ pub const ORDER_PREFIX: &str = "order/";
 pub const STOCK_PREFIX: &str = "stock/";
 /// Prefix of the hub's escrow document ids.
 pub const ESCROW_PREFIX: &str = "escrow/";
-/// The origin of orders the hub creates.
-pub const HUB_ORIGIN: &str = "hub";
+/// The origin of orders the hub creates (one name with [`crate::domain::HUB_ORDER_PREFIX`]).
+pub use crate::domain::HUB_ORIGIN;
 
 /// Keys of the documents.
 pub mod keys {
@@ -672,7 +671,7 @@ pub fn check_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oms_protocol::domain::{Address, Channel, Contact, Currency, OrderLine};
+    use crate::domain::{Address, Channel, Contact, Currency, OrderLine};
 
     fn node(s: &str) -> NodeId {
         NodeId::parse(s).unwrap()
