@@ -20,14 +20,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use oms_node::sync::link::now_ms;
 use oms_protocol::domain::OrderId;
 use oms_protocol::schema;
+use oms_service::now_ms;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::server::{Hub, lock};
-use oms_node::problem::Problem;
+use oms_service::Problem;
 
 /// Largest page of orders.
 pub const ORDERS_PAGE_MAX: usize = 1_000;
@@ -52,7 +52,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub.clone())
         .merge(crate::orders::router(hub.clone()))
         .merge(crate::forecast_api::router(hub))
-        .layer(axum::extract::DefaultBodyLimit::max(oms_node::api::JSON_BODY_BYTES_MAX))
+        .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX))
 }
 
 fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Response {

@@ -50,7 +50,7 @@ pub struct HubConfig {
 }
 
 fn default_tenant() -> String {
-    oms_node::config::default_tenant()
+    oms_service::config::default_tenant()
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./hub-data")
@@ -99,15 +99,14 @@ impl Default for HubConfig {
     }
 }
 
-/// Why a configuration was refused: the node's error type, since both read TOML files the same way.
-pub use oms_node::config::ConfigError;
+/// Why a configuration was refused (the node's files are read the same way).
+pub use oms_service::config::ConfigError;
+use oms_service::config::load_toml;
 
 impl HubConfig {
     /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let cfg: HubConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })?;
+        let cfg: HubConfig = load_toml(path)?;
         cfg.validate()?;
         Ok(cfg)
     }

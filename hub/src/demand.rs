@@ -776,9 +776,9 @@ impl DemandCache {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use oms_node::sync::docdb::DocDb;
     use oms_protocol::domain::{Balance, NodeId, OrderDraft, OrderId, Sku};
     use oms_protocol::records::{FulfillmentLine, OrderRecord, TimelineEntry};
+    use oms_sync::DocDb;
 
     pub(crate) const TODAY: u64 = 20_000;
 

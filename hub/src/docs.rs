@@ -14,12 +14,11 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use oms_node::sync::docdb::{DocDb, DocDbError, FlushBatch};
 use oms_protocol::domain::NodeId;
 use oms_protocol::schema::{self, DocKind, Writer};
-use oms_protocol::sync::StoreError;
 use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
-use oms_protocol::sync::{DocStore, ManifestDigest};
+use oms_sync::{Access, DocDb, DocDbError, FlushBatch, SyncDocs};
+
 use oms_protocol::wire::{DocId, PeerId};
 use oms_transport::Identity;
 
@@ -83,12 +82,23 @@ pub struct OrderPage {
 }
 
 /// The hub's document set. See the module docs.
+pub struct HubDocs {
+    /// The documents under the hub's access policy: what every node's session works on.
+    pub sync: SyncDocs<Parties>,
+    /// Status per node id.
+    pub nodes: BTreeMap<String, NodeStatus>,
+    /// Documents nodes changed since the intake's watcher last looked.
+    changed: BTreeSet<DocId>,
+    /// Documents the hub changed, per node to tell, since that node's session last looked.
+    local: BTreeMap<String, BTreeSet<DocId>>,
+}
+
+/// Who may see which of the hub's documents: the parties of every order and the quarantined pairs.
 ///
 /// Who may see an order document, (origin, site), is kept as the document's label in the [`DocDb`] (two node
 /// numbers, persisted with its heads), so that neither a start nor a manifest loads documents and a million
 /// orders cost a few bytes each here.
-pub struct HubDocs {
-    db: DocDb,
+pub struct Parties {
     /// Node ids by number (number − 1), and numbers by id; persisted in `meta` as `party|<node>`.
     party_names: Vec<String>,
     party_numbers: BTreeMap<String, u32>,
@@ -99,19 +109,7 @@ pub struct HubDocs {
     /// without scanning all of them.
     others: BTreeMap<u32, BTreeSet<DocId>>,
     quarantined: BTreeSet<(String, DocId)>,
-    /// Status per node id.
-    pub nodes: BTreeMap<String, NodeStatus>,
-    /// Documents nodes changed since the intake's watcher last looked.
-    changed: BTreeSet<DocId>,
-    /// Documents the hub changed, per node to tell, since that node's session last looked.
-    local: BTreeMap<String, BTreeSet<DocId>>,
-    /// Manifest digest per peer with the [`DocDb::generation`] it was computed at: an idle hub answers a
-    /// hundred nodes' digest rounds without reading their rows again. At most [`DIGESTS_CACHED_MAX`].
-    digests: BTreeMap<PeerId, (u64, ManifestDigest)>,
 }
-
-/// Peers whose manifest digest is cached (beyond it the cache starts over).
-const DIGESTS_CACHED_MAX: usize = 4_096;
 
 /// (origin, site) numbers of a label; `None` for no label or no parties.
 fn split_label(label: u64) -> Option<(u32, u32)> {
@@ -165,28 +163,25 @@ impl HubDocs {
                 quarantined.insert((node.to_owned(), doc));
             }
         }
+        let parties =
+            Parties { party_names, party_numbers, site_counts: BTreeMap::new(), others: BTreeMap::new(), quarantined };
         let mut docs = HubDocs {
-            db,
-            party_names,
-            party_numbers,
-            site_counts: BTreeMap::new(),
-            others: BTreeMap::new(),
-            quarantined,
+            sync: SyncDocs::new(db, parties),
             nodes: BTreeMap::new(),
             changed: BTreeSet::new(),
             local: BTreeMap::new(),
-            digests: BTreeMap::new(),
         };
         docs.label_unlabelled()?;
         let mut others = Vec::new();
-        for (doc, label) in docs.db.labels(schema::ORDER_PREFIX) {
+        let p = &mut docs.sync.access;
+        for (doc, label) in docs.sync.db.labels(schema::ORDER_PREFIX) {
             if let Some((_, site)) = split_label(label) {
-                *docs.site_counts.entry(site).or_insert(0) += 1;
+                *p.site_counts.entry(site).or_insert(0) += 1;
             }
-            others.extend(docs.foreign_parties(&doc, label).map(|n| (n, doc.clone())));
+            others.extend(p.foreign_parties(&doc, label).map(|n| (n, doc.clone())));
         }
         for (n, doc) in others {
-            docs.others.entry(n).or_default().insert(doc);
+            p.others.entry(n).or_default().insert(doc);
         }
         Ok(docs)
     }
@@ -194,34 +189,35 @@ impl HubDocs {
     /// Labels order documents that have no label yet (a file written before labels): loads each once,
     /// flushing every [`LABEL_PASS_DOCS`] so that evicted documents leave memory.
     fn label_unlabelled(&mut self) -> Result<(), DocDbError> {
-        let todo: Vec<DocId> = self.db.labels(schema::ORDER_PREFIX).filter(|(_, l)| *l == 0).map(|(d, _)| d).collect();
+        let todo: Vec<DocId> =
+            self.sync.db.labels(schema::ORDER_PREFIX).filter(|(_, l)| *l == 0).map(|(d, _)| d).collect();
         for chunk in todo.chunks(LABEL_PASS_DOCS) {
             for id in chunk {
-                let parties = self.db.get(id).and_then(schema::order_parties);
+                let parties = self.sync.db.get(id).and_then(schema::order_parties);
                 let label = match parties {
                     Some((origin, site)) => self.label_of(&origin, &site),
                     None => LABEL_NO_PARTIES,
                 };
-                self.db.set_label(id, label);
+                self.sync.db.set_label(id, label);
             }
-            self.db.flush()?;
+            self.sync.db.flush()?;
         }
         Ok(())
     }
 
     /// The number of a node id, handed out (and persisted with the next flush) if it has none yet.
     fn number(&mut self, name: &str) -> Option<u32> {
-        if let Some(n) = self.party_numbers.get(name) {
+        if let Some(n) = self.sync.access.party_numbers.get(name) {
             return Some(*n);
         }
-        if self.party_names.len() >= PARTIES_MAX {
+        if self.sync.access.party_names.len() >= PARTIES_MAX {
             tracing::warn!(node = name, max = PARTIES_MAX, "too many node ids named by orders; entitling by order id");
             return None;
         }
-        self.party_names.push(name.to_owned());
-        let n = u32::try_from(self.party_names.len()).ok()?;
-        self.party_numbers.insert(name.to_owned(), n);
-        self.db.set_meta(&format!("{PARTY_PREFIX}{name}"), u64::from(n));
+        self.sync.access.party_names.push(name.to_owned());
+        let n = u32::try_from(self.sync.access.party_names.len()).ok()?;
+        self.sync.access.party_numbers.insert(name.to_owned(), n);
+        self.sync.db.set_meta(&format!("{PARTY_PREFIX}{name}"), u64::from(n));
         Some(n)
     }
 
@@ -232,21 +228,10 @@ impl HubDocs {
         }
     }
 
-    /// Parties of an order document (by label) that are not the origin its id names.
-    fn foreign_parties(&self, doc: &DocId, label: u64) -> impl Iterator<Item = u32> + use<> {
-        let by_id = doc
-            .as_str()
-            .strip_prefix(schema::ORDER_PREFIX)
-            .and_then(|id| id.rsplit_once('-'))
-            .and_then(|(origin, _)| self.party_numbers.get(origin).copied());
-        let parties = split_label(label).map(|(o, s)| if o == s { [Some(o), None] } else { [Some(o), Some(s)] });
-        parties.into_iter().flatten().flatten().filter(move |n| Some(*n) != by_id)
-    }
-
     /// Records the (origin, site) of an order document.
     fn set_parties(&mut self, doc: &DocId, origin: &str, site: &str) {
         let label = self.label_of(origin, site);
-        let Some(old) = self.db.set_label(doc, label) else { return };
+        let Some(old) = self.sync.db.set_label(doc, label) else { return };
         if old != label {
             self.unindex(doc, old);
             self.index(doc, label);
@@ -255,21 +240,21 @@ impl HubDocs {
 
     fn index(&mut self, doc: &DocId, label: u64) {
         if let Some((_, s)) = split_label(label) {
-            *self.site_counts.entry(s).or_insert(0) += 1;
+            *self.sync.access.site_counts.entry(s).or_insert(0) += 1;
         }
-        for n in self.foreign_parties(doc, label).collect::<Vec<_>>() {
-            self.others.entry(n).or_default().insert(doc.clone());
+        for n in self.sync.access.foreign_parties(doc, label).collect::<Vec<_>>() {
+            self.sync.access.others.entry(n).or_default().insert(doc.clone());
         }
     }
 
     fn unindex(&mut self, doc: &DocId, label: u64) {
         if let Some((_, s)) = split_label(label)
-            && let Some(c) = self.site_counts.get_mut(&s)
+            && let Some(c) = self.sync.access.site_counts.get_mut(&s)
         {
             *c = c.saturating_sub(1);
         }
-        for n in self.foreign_parties(doc, label).collect::<Vec<_>>() {
-            if let Some(set) = self.others.get_mut(&n) {
+        for n in self.sync.access.foreign_parties(doc, label).collect::<Vec<_>>() {
+            if let Some(set) = self.sync.access.others.get_mut(&n) {
                 set.remove(doc);
             }
         }
@@ -277,51 +262,41 @@ impl HubDocs {
 
     /// Forgets a document and its parties.
     fn remove_doc(&mut self, doc: &DocId) {
-        if let Some(label) = self.db.label(doc) {
+        if let Some(label) = self.sync.db.label(doc) {
             self.unindex(doc, label);
         }
-        self.db.remove(doc);
-    }
-
-    /// (origin, site) of an order document, as names.
-    fn parties(&self, doc: &DocId) -> Option<(&str, &str)> {
-        let (o, s) = split_label(self.db.label(doc)?)?;
-        Some((self.party_name(o)?, self.party_name(s)?))
-    }
-
-    fn party_name(&self, n: u32) -> Option<&str> {
-        self.party_names.get((n as usize).checked_sub(1)?).map(String::as_str)
+        self.sync.db.remove(doc);
     }
 
     /// The database.
     pub fn db(&self) -> &DocDb {
-        &self.db
+        &self.sync.db
     }
 
     /// Flushes documents and sync states to disk.
     pub fn flush(&mut self) -> Result<(), DocDbError> {
-        self.db.flush()
+        self.sync.db.flush()
     }
 
     /// Documents kept loaded once clean (default [`DOCS_CACHED_MAX`]).
     pub fn set_cache_max(&mut self, max: usize) {
-        self.db.set_cache_max(max);
+        self.sync.db.set_cache_max(max);
     }
 
     /// Evicts clean documents beyond the cache now ([`DocDb::evict_idle`]); call after a commit.
     pub fn evict_idle(&mut self) -> usize {
-        self.db.evict_idle()
+        self.sync.db.evict_idle()
     }
 
     /// Takes what is dirty into a batch that the caller commits ([`FlushBatch::commit`]) after releasing the
     /// lock on these documents.
     pub fn prepare_flush(&mut self) -> Option<FlushBatch> {
-        self.db.prepare_flush()
+        self.sync.db.prepare_flush()
     }
 
     /// Marks a document changed by a session for the next flush.
     pub fn mark_dirty(&mut self, doc: &DocId) {
-        self.db.mark_dirty(doc);
+        self.sync.db.mark_dirty(doc);
     }
 
     /// The status entry of `node`.
@@ -331,13 +306,13 @@ impl HubDocs {
 
     /// Heads of `doc`, empty if not held; taken before a frame is applied.
     pub fn heads(&mut self, doc: &DocId) -> Vec<ChangeHash> {
-        self.db.get_mut(doc).map(|d| d.get_heads()).unwrap_or_default()
+        self.sync.db.get_mut(doc).map(|d| d.get_heads()).unwrap_or_default()
     }
 
     /// Checks what the last frame from `node` changed in `doc` (whose heads were `before`). Returns true if the
     /// change was accepted, false if it was refused and the document put back.
     pub fn check_applied(&mut self, node: &NodeId, doc: &DocId, before: &[ChangeHash], now_ms: u64) -> bool {
-        let Some(d) = self.db.get_mut(doc) else { return true };
+        let Some(d) = self.sync.db.get_mut(doc) else { return true };
         if d.get_heads() == before {
             return true;
         }
@@ -351,7 +326,7 @@ impl HubDocs {
                 }
                 // A frozen order's document takes no more changes: store it as one full save.
                 if frozen {
-                    self.db.compact(doc);
+                    self.sync.db.compact(doc);
                 }
                 if self.changed.len() < CHANGED_MAX {
                     self.changed.insert(doc.clone());
@@ -368,7 +343,7 @@ impl HubDocs {
                     self.remove_doc(doc);
                 } else {
                     match d.fork_at(before) {
-                        Ok(old) => self.db.replace(doc, old),
+                        Ok(old) => self.sync.db.replace(doc, old),
                         Err(e) => {
                             // Cannot happen for heads the document had a moment ago; drop it from memory so
                             // that the stored copy (the last accepted state) is what a restart loads.
@@ -377,11 +352,11 @@ impl HubDocs {
                         }
                     }
                 }
-                if self.quarantined.len() < QUARANTINE_MAX {
-                    self.quarantined.insert((node.as_str().to_owned(), doc.clone()));
+                if self.sync.access.quarantined.len() < QUARANTINE_MAX {
+                    self.sync.access.quarantined.insert((node.as_str().to_owned(), doc.clone()));
                     // What the node is entitled to changed without a document changing.
-                    self.digests.clear();
-                    self.db.set_meta(&format!("{QUARANTINE_PREFIX}{node}|{doc}"), now_ms);
+                    self.sync.forget_digests();
+                    self.sync.db.set_meta(&format!("{QUARANTINE_PREFIX}{node}|{doc}"), now_ms);
                 }
                 self.status(node).changes_quarantined += 1;
                 false
@@ -392,7 +367,7 @@ impl HubDocs {
     /// True if the number of quarantined pairs reached its limit (the hub then refuses sessions that
     /// misbehave further rather than remember more).
     pub fn quarantine_full(&self) -> bool {
-        self.quarantined.len() >= QUARANTINE_MAX
+        self.sync.access.quarantined.len() >= QUARANTINE_MAX
     }
 
     /// Order documents (with content), optionally of one site, after `after` (an order id), at most `limit`.
@@ -407,7 +382,7 @@ impl HubDocs {
     /// still have one.
     pub fn order_page(&self, site: Option<&str>, after: Option<&str>, limit: usize, rows_max: usize) -> OrderPage {
         let site = match site {
-            Some(name) => match self.party_numbers.get(name) {
+            Some(name) => match self.sync.access.party_numbers.get(name) {
                 Some(n) => Some(*n),
                 None => return OrderPage::default(),
             },
@@ -419,10 +394,10 @@ impl HubDocs {
         let wanted = |label: u64| site.map_or(split_label(label).is_some(), |n| is_party(label, n));
         let lo = after.and_then(|a| DocId::new(format!("{}{a}", schema::ORDER_PREFIX)));
         let rows: Box<dyn Iterator<Item = (DocId, u64)> + '_> = match lo {
-            Some(lo) => {
-                Box::new(self.db.labels_after(&lo).take_while(|(d, _)| d.as_str().starts_with(schema::ORDER_PREFIX)))
-            }
-            None => Box::new(self.db.labels(schema::ORDER_PREFIX)),
+            Some(lo) => Box::new(
+                self.sync.db.labels_after(&lo).take_while(|(d, _)| d.as_str().starts_with(schema::ORDER_PREFIX)),
+            ),
+            None => Box::new(self.sync.db.labels(schema::ORDER_PREFIX)),
         };
         let mut page = OrderPage::default();
         for (read, (d, l)) in rows.enumerate() {
@@ -440,10 +415,12 @@ impl HubDocs {
 
     /// Number of order documents per fulfilling site.
     pub fn order_counts(&self) -> BTreeMap<String, u64> {
-        self.site_counts
+        self.sync
+            .access
+            .site_counts
             .iter()
             .filter(|(_, c)| **c > 0)
-            .filter_map(|(s, c)| Some((self.party_name(*s)?.to_owned(), *c)))
+            .filter_map(|(s, c)| Some((self.sync.access.party_name(*s)?.to_owned(), *c)))
             .collect()
     }
 
@@ -451,9 +428,10 @@ impl HubDocs {
     pub fn requeue_all(&mut self) {
         let hub_prefix = format!("{}{}-", schema::ORDER_PREFIX, schema::HUB_ORIGIN);
         let ids: Vec<DocId> = self
+            .sync
             .db
             .labels(&hub_prefix)
-            .chain(self.db.labels(schema::STOCK_PREFIX))
+            .chain(self.sync.db.labels(schema::STOCK_PREFIX))
             .map(|(d, _)| d)
             .take(CHANGED_MAX)
             .collect();
@@ -477,13 +455,13 @@ impl HubDocs {
         doc: &DocId,
         f: impl FnOnce(&mut AutoCommit) -> Result<bool, schema::SchemaError>,
     ) -> Result<Vec<String>, schema::SchemaError> {
-        let d = self.db.get_or_create(doc).map_err(|e| schema::SchemaError::Automerge(e.to_string()))?;
+        let d = self.sync.db.get_or_create(doc).map_err(|e| schema::SchemaError::Automerge(e.to_string()))?;
         if !f(d)? {
             return Ok(vec![]);
         }
         d.commit();
         let parties = schema::order_parties(d);
-        self.db.mark_dirty(doc);
+        self.sync.db.mark_dirty(doc);
         let mut tell = Vec::new();
         match DocKind::of(doc) {
             Some(DocKind::Order(_)) => {
@@ -515,7 +493,7 @@ impl HubDocs {
             .iter()
             .filter_map(|d| {
                 let DocKind::Stock(n) = DocKind::of(d)? else { return None };
-                Some((n, schema::read_site_info(&*self.db.read(d)?)?))
+                Some((n, schema::read_site_info(&*self.sync.db.read(d)?)?))
             })
             .collect()
     }
@@ -523,12 +501,35 @@ impl HubDocs {
     /// A document, read-only, without keeping it loaded if it was not ([`DocDb::read`]): readers may scan
     /// many documents.
     pub fn get(&self, doc: &DocId) -> Option<Cow<'_, AutoCommit>> {
-        self.db.read(doc)
+        self.sync.db.read(doc)
     }
 
     /// Stock documents.
     pub fn stock_ids(&self, limit: usize) -> Vec<DocId> {
-        self.db.ids_with_prefix(schema::STOCK_PREFIX, None, limit)
+        self.sync.db.ids_with_prefix(schema::STOCK_PREFIX, None, limit)
+    }
+}
+
+impl Parties {
+    /// Parties of an order document (by label) that are not the origin its id names.
+    fn foreign_parties(&self, doc: &DocId, label: u64) -> impl Iterator<Item = u32> + use<> {
+        let by_id = doc
+            .as_str()
+            .strip_prefix(schema::ORDER_PREFIX)
+            .and_then(|id| id.rsplit_once('-'))
+            .and_then(|(origin, _)| self.party_numbers.get(origin).copied());
+        let parties = split_label(label).map(|(o, s)| if o == s { [Some(o), None] } else { [Some(o), Some(s)] });
+        parties.into_iter().flatten().flatten().filter(move |n| Some(*n) != by_id)
+    }
+
+    /// (origin, site) of an order document, as names.
+    fn parties<'a>(&'a self, db: &DocDb, doc: &DocId) -> Option<(&'a str, &'a str)> {
+        let (o, s) = split_label(db.label(doc)?)?;
+        Some((self.party_name(o)?, self.party_name(s)?))
+    }
+
+    fn party_name(&self, n: u32) -> Option<&str> {
+        self.party_names.get((n as usize).checked_sub(1)?).map(String::as_str)
     }
 
     fn is_quarantined(&self, node: &NodeId, doc: &DocId) -> bool {
@@ -536,20 +537,20 @@ impl HubDocs {
     }
 
     /// What `node` may see besides the orders its id prefixes: orders where it is a party otherwise, and its
-    /// stock and escrow documents (whether held or not), each checked with [`HubDocs::node_entitled`].
-    fn other_docs_for(&self, node: &NodeId) -> Vec<DocId> {
+    /// stock and escrow documents (whether held or not), each checked with [`Parties::node_entitled`].
+    fn other_docs_for(&self, db: &DocDb, node: &NodeId) -> Vec<DocId> {
         let others = self.party_numbers.get(node.as_str()).and_then(|n| self.others.get(n));
         let own = [schema::stock_doc(node), schema::escrow_doc(node)].into_iter().flatten();
-        others.into_iter().flatten().cloned().chain(own).filter(|d| self.node_entitled(node, d)).collect()
+        others.into_iter().flatten().cloned().chain(own).filter(|d| self.node_entitled(db, node, d)).collect()
     }
 
-    fn node_entitled(&self, node: &NodeId, doc: &DocId) -> bool {
+    fn node_entitled(&self, db: &DocDb, node: &NodeId, doc: &DocId) -> bool {
         if self.is_quarantined(node, doc) {
             return false;
         }
         match DocKind::of(doc) {
             Some(DocKind::Stock(owner) | DocKind::Escrow(owner)) => &owner == node,
-            Some(DocKind::Order(id)) => match self.parties(doc) {
+            Some(DocKind::Order(id)) => match self.parties(db, doc) {
                 Some((origin, site)) => origin == node.as_str() || site == node.as_str(),
                 None => schema::order_origin(&id) == Some(node.as_str()),
             },
@@ -558,73 +559,43 @@ impl HubDocs {
     }
 }
 
-impl DocStore for HubDocs {
-    fn entitled(&self, peer: &PeerId, doc: &DocId) -> bool {
-        node_of(peer).is_some_and(|n| self.node_entitled(&n, doc))
+impl Access for Parties {
+    fn entitled(&self, db: &DocDb, peer: &PeerId, doc: &DocId) -> bool {
+        node_of(peer).is_some_and(|n| self.node_entitled(db, &n, doc))
     }
-    fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
+    fn docs_for(&self, db: &DocDb, peer: &PeerId) -> Vec<DocId> {
         let Some(node) = node_of(peer) else { return vec![] };
         let mut out: Vec<DocId> = match self.party_numbers.get(node.as_str()) {
             // Orders whose id names the node as origin and whose label names it as a party (checked here, so
             // not again row by row), then those where it is a party otherwise.
             Some(&n) => {
                 let prefix = format!("{}{node}-", schema::ORDER_PREFIX);
-                let own = self.db.labels(&prefix).filter(|(_, l)| is_party(*l, n)).map(|(d, _)| d);
+                let own = db.labels(&prefix).filter(|(_, l)| is_party(*l, n)).map(|(d, _)| d);
                 own.filter(|d| !self.is_quarantined(&node, d)).collect()
             }
             None => vec![],
         };
-        out.extend(self.other_docs_for(&node).into_iter().filter(|d| self.db.contains(d)));
+        out.extend(self.other_docs_for(db, &node).into_iter().filter(|d| db.contains(d)));
         out
     }
-    fn manifest_heads(&mut self, peer: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)> {
+    fn manifest_heads(&self, db: &mut DocDb, peer: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)> {
         let Some(node) = node_of(peer) else { return vec![] };
         let mut out = Vec::new();
         if let Some(&n) = self.party_numbers.get(node.as_str()) {
             // One pass over the node's rows: ids, labels and heads, no document loaded.
             let prefix = format!("{}{node}-", schema::ORDER_PREFIX);
-            for (doc, label, heads) in self.db.entries(&prefix, usize::MAX) {
+            for (doc, label, heads) in db.entries(&prefix, usize::MAX) {
                 if is_party(label, n) && !self.is_quarantined(&node, &doc) {
                     out.push((doc, heads));
                 }
             }
         }
-        for doc in self.other_docs_for(&node) {
-            if let Some(heads) = self.db.heads(&doc) {
+        for doc in self.other_docs_for(db, &node) {
+            if let Some(heads) = db.heads(&doc) {
                 out.push((doc, heads));
             }
         }
         out
-    }
-    fn manifest_digest(&mut self, peer: &PeerId) -> ManifestDigest {
-        // Any change to any document (or label) moves the generation, so a cached digest is never stale.
-        let generation = self.db.generation();
-        if let Some((at, digest)) = self.digests.get(peer)
-            && *at == generation
-        {
-            return *digest;
-        }
-        let digest = oms_protocol::sync::manifest_digest_of(self, peer);
-        if self.digests.len() >= DIGESTS_CACHED_MAX {
-            self.digests.clear();
-        }
-        self.digests.insert(peer.clone(), (generation, digest));
-        digest
-    }
-    fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
-        self.db.get_mut(doc)
-    }
-    fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
-        self.db.heads(doc)
-    }
-    fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError> {
-        self.db.get_or_create(doc).map_err(|e| StoreError { doc: doc.clone(), reason: e.to_string() })
-    }
-    fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>> {
-        self.db.sync_state(peer, doc)
-    }
-    fn save_sync_state(&mut self, peer: &PeerId, doc: &DocId, state: Vec<u8>) {
-        self.db.set_sync_state(peer, doc, state);
     }
 }
 
@@ -633,6 +604,7 @@ mod tests {
     use super::*;
     use crate::demand::tests::{TODAY, hub_docs};
     use oms_protocol::domain::FulfillmentState;
+    use oms_protocol::sync::DocStore;
     use oms_protocol::sync::automerge::{ROOT, transaction::Transactable};
     use oms_protocol::sync::manifest_digest_of;
 
@@ -648,24 +620,24 @@ mod tests {
         docs.flush().unwrap();
         let wh1 = PeerId::new("oms://acme/node/wh1").unwrap();
         let wh2 = PeerId::new("oms://acme/node/wh2").unwrap();
-        let first = docs.manifest_digest(&wh1);
-        assert_eq!(first, manifest_digest_of(&mut docs, &wh1));
+        let first = docs.sync.manifest_digest(&wh1);
+        assert_eq!(first, manifest_digest_of(&mut docs.sync, &wh1));
         assert_eq!(first.docs(), 2, "wh1's two orders");
-        assert_eq!(docs.manifest_digest(&wh2).docs(), 1);
+        assert_eq!(docs.sync.manifest_digest(&wh2).docs(), 1);
         // Unchanged: the cached digest, computed at the current generation.
-        assert_eq!(docs.manifest_digest(&wh1), first);
-        assert_eq!(docs.digests.get(&wh1).map(|(at, _)| *at), Some(docs.db.generation()));
+        assert_eq!(docs.sync.manifest_digest(&wh1), first);
+        assert_eq!(docs.sync.digest_cached_at(&wh1), Some(docs.sync.db.generation()));
         // A change to one of wh1's documents, not yet flushed: a new digest, equal to one computed afresh.
         let doc = DocId::new("order/wh1-0000000002").unwrap();
-        docs.doc_mut(&doc).unwrap().put(ROOT, "k", 1).unwrap();
-        let second = docs.manifest_digest(&wh1);
+        docs.sync.doc_mut(&doc).unwrap().put(ROOT, "k", 1).unwrap();
+        let second = docs.sync.manifest_digest(&wh1);
         assert_ne!(second, first);
-        assert_eq!(second, manifest_digest_of(&mut docs, &wh1));
+        assert_eq!(second, manifest_digest_of(&mut docs.sync, &wh1));
         // Removing a document is a change too.
         docs.remove_doc(&doc);
-        let third = docs.manifest_digest(&wh1);
+        let third = docs.sync.manifest_digest(&wh1);
         assert_eq!(third.docs(), 1);
-        assert_eq!(third, manifest_digest_of(&mut docs, &wh1));
+        assert_eq!(third, manifest_digest_of(&mut docs.sync, &wh1));
     }
 
     /// Pages `site`'s orders `limit` at a time, reading at most `rows_max` rows per page; returns the ids and

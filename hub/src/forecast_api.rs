@@ -30,7 +30,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use oms_node::sync::link::now_ms;
+use oms_service::now_ms;
 use serde_json::{Value, json};
 
 use crate::demand::{

@@ -27,6 +27,8 @@ use oms_protocol::domain::{GeoPoint, NodeId, OrderDraft, OrderId, OrderLine, Sku
 use oms_protocol::escrow::{EscrowCounter, Party, Rebalance, RebalanceInput, RebalancePolicy, rebalance};
 use oms_protocol::records::draft_sha256;
 use oms_protocol::schema::SiteInfo;
+use oms_service::lock;
+use oms_service::storage::StorageError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +75,7 @@ pub enum IntakeError {
     NotFound(String),
     /// The database failed; nothing was written.
     #[error("storage failure, nothing was written: {0}")]
-    Storage(String),
+    Storage(#[source] StorageError),
     /// A stored record does not decode.
     #[error("corrupt record in {table}: {detail}")]
     Corrupt {
@@ -84,7 +86,7 @@ pub enum IntakeError {
     },
 }
 
-oms_node::redb_errors_as_storage!(IntakeError);
+oms_service::storage_errors_from_redb!(IntakeError);
 
 /// One site's part of a customer order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,7 +209,7 @@ pub struct Intake {
 }
 
 fn enc_json<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
-    serde_json::to_vec(v).map_err(|e| IntakeError::Storage(format!("encode: {e}")))
+    serde_json::to_vec(v).map_err(|e| IntakeError::Storage(StorageError::encode("a JSON record", e)))
 }
 
 fn escrow_key(site: &NodeId, sku: &Sku) -> String {
@@ -216,10 +218,6 @@ fn escrow_key(site: &NodeId, sku: &Sku) -> String {
 
 fn utc_day(ms: u64) -> u64 {
     ms / 86_400_000
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The draft of one site's part: the customer's draft with only the assigned units.
@@ -468,7 +466,7 @@ impl Intake {
 
     /// Takes a channel order: idempotency, routing within the hub's rights, one durable transaction.
     pub fn place(&self, key: &str, draft: OrderDraft, sites: &[SiteFacts], now_ms: u64) -> Result<Placed, IntakeError> {
-        let hash = draft_sha256(&draft).map_err(|e| IntakeError::Storage(e.to_string()))?;
+        let hash = draft_sha256(&draft).map_err(|e| IntakeError::Storage(StorageError::encode("an order", e)))?;
         let mut st = lock(&self.state);
         let w = self.db.begin_write()?;
         let seen = w.open_table(IDEM)?.get(key)?.map(|v| v.value().to_vec());
@@ -674,11 +672,11 @@ impl Intake {
     }
 }
 
-/// Forgets at most [`oms_node::store::IDEMPOTENCY_PRUNE_MAX`] idempotency records older than `cutoff_ms`.
+/// Forgets at most [`oms_protocol::records::IDEMPOTENCY_PRUNE_MAX`] idempotency records older than `cutoff_ms`.
 fn prune_idempotency(w: &redb::WriteTransaction, cutoff_ms: u64) -> Result<(), IntakeError> {
     let mut by_time = w.open_table(IDEM_BY_TIME)?;
     let mut old = Vec::new();
-    for item in by_time.range((0u64, "")..(cutoff_ms, ""))?.take(oms_node::store::IDEMPOTENCY_PRUNE_MAX) {
+    for item in by_time.range((0u64, "")..(cutoff_ms, ""))?.take(oms_protocol::records::IDEMPOTENCY_PRUNE_MAX) {
         let (k, _) = item?;
         let (at, key) = k.value();
         old.push((at, key.to_owned()));
@@ -692,7 +690,7 @@ fn prune_idempotency(w: &redb::WriteTransaction, cutoff_ms: u64) -> Result<(), I
 }
 
 fn postcard_enc<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
-    postcard::to_allocvec(v).map_err(|e| IntakeError::Storage(format!("encode: {e}")))
+    postcard::to_allocvec(v).map_err(|e| IntakeError::Storage(StorageError::encode("a record", e)))
 }
 
 #[cfg(test)]

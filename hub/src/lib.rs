@@ -22,7 +22,7 @@ pub mod server;
 use std::sync::Arc;
 
 use anyhow::Context;
-use oms_node::sync::docdb::DocDb;
+use oms_sync::DocDb;
 use oms_transport::Limits;
 use oms_transport::tls::ServerTlsFiles;
 

@@ -24,10 +24,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use oms_node::problem::{Problem, RawBody};
-use oms_node::sync::link::now_ms;
 use oms_protocol::domain::{FulfillmentState, OrderId};
 use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
+use oms_service::now_ms;
+use oms_service::{Problem, RawBody};
 use serde_json::{Value, json};
 
 use crate::intake::{Effects, HubOrder, IntakeError, NewFulfillment, RETRY_BATCH_MAX, SiteFacts};
@@ -149,7 +149,7 @@ pub async fn create(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
-    let (key, draft) = oms_node::api::order_request(&headers, &body)?;
+    let (key, draft) = oms_service::request::order_request(&headers, &body)?;
     let h = hub.clone();
     let placed = blocking(move || {
         let now = now_ms();

@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oms_node::sync::docdb::DocDbError;
-use oms_node::sync::link::{self, LinkError, now_ms};
 use oms_protocol::domain::NodeId;
 use oms_protocol::sync::{Event, SessionConfig, SyncSession};
 use oms_protocol::wire::{ErrorCode, Frame, FrameEncoder, PeerId, capabilities};
+use oms_service::now_ms;
+use oms_sync::DocDbError;
+use oms_sync::link::{self, LinkError};
 use oms_transport::{Identity, Limits, PkiError};
 use tokio::sync::Semaphore;
 
@@ -82,10 +83,7 @@ pub struct Hub {
     pub intake: crate::intake::Intake,
 }
 
-/// Locks a mutex, recovering from poisoning: the data was consistent at the last statement before a panic.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use oms_service::lock;
 
 impl Hub {
     /// A hub for `tenant` over `docs`. `actor` is this process's fresh Automerge actor id.
@@ -241,7 +239,7 @@ fn handle_frame(hub: &Hub, node: &NodeId, session: &mut SyncSession, frame: Fram
         Frame::Sync { doc, .. } => Some((doc.clone(), docs.heads(doc))),
         _ => None,
     };
-    session.handle_frame(&mut *docs, frame);
+    session.handle_frame(&mut docs.sync, frame);
     if let Some((doc, before)) = target
         && !docs.check_applied(node, &doc, &before, now)
     {
@@ -346,11 +344,11 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                 }
                 None => return Ok(()),
             },
-            _ = tick.tick() => session.tick(&mut *lock(&hub.docs), now_ms()),
+            _ = tick.tick() => session.tick(&mut lock(&hub.docs).sync, now_ms()),
             () = local.notified() => {
                 let mut docs = lock(&hub.docs);
                 for doc in docs.take_local(node.as_str()) {
-                    session.local_change(&mut *docs, &doc);
+                    session.local_change(&mut docs.sync, &doc);
                 }
             }
         }

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 use oms_hub::docs::HubDocs;
-use oms_node::sync::docdb::{DocDb, stored_doc_parts};
 use oms_protocol::domain::{FulfillmentState, NodeId, OrderId, Sku};
 use oms_protocol::fixtures;
 use oms_protocol::records::{FulfillmentLine, OrderRecord};
@@ -12,6 +11,7 @@ use oms_protocol::schema::{self, keys};
 use oms_protocol::sync::DocStore;
 use oms_protocol::sync::automerge::{AutoCommit, ROOT, ReadDoc, transaction::Transactable};
 use oms_protocol::wire::DocId;
+use oms_sync::docdb::{DocDb, stored_doc_parts};
 
 fn record(site: &NodeId) -> OrderRecord {
     let sku = Sku::parse("A").unwrap();
@@ -34,7 +34,7 @@ fn record(site: &NodeId) -> OrderRecord {
 /// and flushes.
 fn sync(hub: &mut HubDocs, node: &NodeId, name: &DocId, node_doc: &mut AutoCommit) -> bool {
     let before = hub.heads(name);
-    hub.create_doc(name).unwrap().merge(node_doc).unwrap();
+    hub.sync.create_doc(name).unwrap().merge(node_doc).unwrap();
     hub.mark_dirty(name);
     let ok = hub.check_applied(node, name, &before, 100);
     hub.flush().unwrap();

@@ -15,21 +15,16 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use oms_protocol::domain::{
-    Balance, Disposition, FulfillmentState, Movement, OrderDraft, OrderId, Sku, TEXT_BYTES_MAX, ValidationError,
-    check_qty,
+    Balance, Disposition, FulfillmentState, Movement, OrderId, Sku, TEXT_BYTES_MAX, ValidationError, check_qty,
 };
 
 use crate::escrow::EscrowFigures;
 use crate::import::{self, Kind};
 use crate::metrics::{Metrics, RequestLabels, StateLabels};
-use crate::problem::{JsonBody, Problem, RawBody};
-use crate::store::{
-    CatalogItem, Command, IDEMPOTENCY_KEY_BYTES_MAX, Outcome, PickConfirmation, ReturnLine, Store, StoreError,
-    WRITE_TIMEOUT,
-};
+use crate::store::{CatalogItem, Command, Outcome, PickConfirmation, ReturnLine, Store, StoreError, WRITE_TIMEOUT};
+use oms_service::request::{JSON_BODY_BYTES_MAX, order_request};
+use oms_service::{JsonBody, Problem, RawBody};
 
-/// Largest JSON body, bytes.
-pub const JSON_BODY_BYTES_MAX: usize = 256 * 1024;
 /// Largest CSV upload, bytes.
 pub const CSV_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Default page size of listings.
@@ -374,42 +369,6 @@ fn order_response(outcome: Outcome, status: StatusCode) -> Result<Response, Prob
     }
 }
 
-/// Reads an order request the way every order intake does (node and hub): the `Idempotency-Key` header,
-/// a JSON content type, the body parsed with typed errors, then validated.
-pub fn order_request(headers: &HeaderMap, body: &[u8]) -> Result<(String, OrderDraft), Problem> {
-    let key = headers
-        .get("idempotency-key")
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "idempotency_key_required",
-                "send an Idempotency-Key header (a unique string per order, reused on retries)",
-            )
-        })?
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_idempotency_key",
-                format!("the Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
-            )
-        })?
-        .to_owned();
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the order as application/json",
-        ));
-    }
-    let draft: OrderDraft = crate::problem::parse_json(body)?;
-    draft.validate()?;
-    Ok((key, draft))
-}
-
 async fn create_order(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -474,7 +433,7 @@ struct PackBody {
 
 /// Parses an optional JSON body: an empty body means the defaults.
 fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) { Ok(T::default()) } else { crate::problem::parse_json(body) }
+    if body.iter().all(u8::is_ascii_whitespace) { Ok(T::default()) } else { oms_service::parse_json(body) }
 }
 
 async fn pack(State(st): State<AppState>, Path(id): Path<String>, RawBody(body): RawBody) -> Result<Response, Problem> {

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use oms_protocol::domain::{GeoPoint, NodeId};
+use oms_service::config::{default_tenant, load_toml};
 use serde::Deserialize;
+
+pub use oms_service::config::ConfigError;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone, Deserialize)]
@@ -162,14 +165,9 @@ fn default_true() -> bool {
     true
 }
 
-/// Tenant when none is configured, the same default `oms ca init` uses.
-pub fn default_tenant() -> String {
-    "default".to_owned()
-}
 fn default_server_name() -> String {
     "localhost".to_owned()
 }
-// --- end of sync additions ---
 
 fn default_node_id() -> NodeId {
     NodeId::parse("node-1").unwrap_or_else(|_| unreachable!("literal id is valid"))
@@ -194,36 +192,10 @@ impl Default for NodeConfig {
     }
 }
 
-/// Why a configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("invalid config {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: Box<toml::de::Error>,
-    },
-    /// A value is out of range.
-    #[error("invalid config: {0}")]
-    Invalid(String),
-}
-
 impl NodeConfig {
     /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let cfg: NodeConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })?;
+        let cfg: NodeConfig = load_toml(path)?;
         cfg.validate()?;
         Ok(cfg)
     }

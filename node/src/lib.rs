@@ -38,7 +38,7 @@ pub async fn run(
     tracing::info!(node = %cfg.node_id, %addr, data = %cfg.data_dir.display(), "node listening");
     // Sync with the hub, if configured. It runs beside the API and never blocks it.
     if let Some(link) = &cfg.hub {
-        let site = sync::schema::SiteInfo {
+        let site = oms_protocol::schema::SiteInfo {
             name: cfg.site.name.clone(),
             lat: cfg.site.lat,
             lon: cfg.site.lon,

@@ -4,10 +4,10 @@
 
 mod common;
 
-use oms_node::problem::Problem;
 use oms_node::store::{Command, Limits, Outcome, PickConfirmation, ReturnLine, Store, StoreError};
 use oms_protocol::domain::{Disposition, OrderId, Sku};
 use oms_protocol::fixtures;
+use oms_service::Problem;
 
 const HOUR_MS: u64 = 3_600_000;
 

@@ -8,6 +8,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Disposition, FulfillmentState, NodeId, OrderDraft, OrderId, ReturnState, Sku};
 
+/// Longest idempotency key, bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+/// Expired idempotency records a write transaction forgets at most (node and hub), so that pruning never
+/// makes one commit slow.
+pub const IDEMPOTENCY_PRUNE_MAX: usize = 64;
+
+/// True if `key` can be an idempotency key: 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`] visible ASCII characters.
+pub fn idempotency_key_valid(key: &str) -> bool {
+    !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_BYTES_MAX && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Hash of the canonical (postcard) encoding of an order, so that the same order sent with other whitespace
 /// or key order is still "the same body" for idempotency. Node and hub compare requests by it.
 pub fn draft_sha256(draft: &OrderDraft) -> Result<[u8; 32], postcard::Error> {

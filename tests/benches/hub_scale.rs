@@ -34,10 +34,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use oms_node::sync::docdb::DocDb;
-use oms_node::sync::{SYNC_DB_FILE, schema};
+use oms_node::sync::SYNC_DB_FILE;
 use oms_protocol::domain::{FulfillmentState, NodeId, OrderDraft, OrderId};
 use oms_protocol::records::{FulfillmentLine, OrderRecord, TimelineEntry};
+use oms_protocol::schema;
+use oms_sync::docdb::DocDb;
 use oms_tests::cluster::{self, ClusterNode, HubProc, get_json, pki};
 use oms_tests::stats::{env_u64, loadavg};
 use serde_json::json;
@@ -318,7 +319,7 @@ async fn main() {
         let seed_root = std::env::var_os("BENCH_SEED_DIR").map(|d| PathBuf::from(d).join(format!("{n}x{m}")));
         let seeded_at = seed_root.clone().unwrap_or_else(|| root.clone());
         if !seeded_at.join("done").exists() {
-            let now = oms_node::sync::link::now_ms();
+            let now = oms_service::now_ms();
             let threads = 2usize;
             std::thread::scope(|s| {
                 for part in 0..threads {

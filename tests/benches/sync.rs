@@ -189,7 +189,7 @@ async fn forwarder(upstream: SocketAddr, fwd: Arc<Fwd>) -> SocketAddr {
 /// Postcard size of the stored draft and Automerge `save()` size of one order document, read from `sync.redb`.
 fn draft_sizes(node_data: &Path, order_id: &str) -> (usize, usize) {
     use oms_protocol::sync::automerge::{ROOT, ReadDoc, ScalarValue, Value as AmValue};
-    let mut db = oms_node::sync::docdb::DocDb::open(&node_data.join("sync.redb"), vec![9; 16], 1_000_000).unwrap();
+    let mut db = oms_sync::docdb::DocDb::open(&node_data.join("sync.redb"), vec![9; 16], 1_000_000).unwrap();
     let id = oms_protocol::wire::DocId::new(format!("order/{order_id}")).unwrap();
     let doc = db.get(&id).expect("order doc in sync.redb");
     let draft = match doc.get(ROOT, "draft").unwrap() {

@@ -324,7 +324,7 @@ async fn third_party_node_never_receives_other_sites_documents() {
     // Give the hub a few manifest rounds' chance to (wrongly) send wh-north's documents, then look.
     tokio::time::sleep(Duration::from_secs(1)).await;
     east.proc.kill9();
-    let docs = oms_node::sync::docdb::stored_doc_ids(&east.dir.join("data").join("sync.redb")).unwrap();
+    let docs = oms_sync::docdb::stored_doc_ids(&east.dir.join("data").join("sync.redb")).unwrap();
     assert!(docs.len() > e_ids.len(), "the 3PL's own documents are there: {docs:?}");
     for d in &docs {
         assert!(d.starts_with("order/3pl-east-") || d == "stock/3pl-east", "the 3PL node received {d}");
@@ -476,7 +476,7 @@ async fn hand_session(
     let step = Duration::from_secs(10);
     let conn = oms_transport::connect(&ep, quic, "localhost", step).await.unwrap();
     let (mut send, recv) = oms_transport::open_bi(&conn, step).await.unwrap();
-    let mut frames = oms_node::sync::link::spawn_reader(recv, limits.frame_bytes_max, 64);
+    let mut frames = oms_sync::link::spawn_reader(recv, limits.frame_bytes_max, 64);
     let me = PeerId::new(format!("oms://{TENANT}/node/{node}")).unwrap();
     let hub_peer = PeerId::new(format!("oms://{TENANT}/hub")).unwrap();
     let mut session = SyncSession::new_client(SessionConfig::default(), me, hub_peer, vec![8; 16], 0);
@@ -489,7 +489,7 @@ async fn hand_session(
         while let Some(f) = session.poll_transmit() {
             out.push(f);
         }
-        oms_node::sync::link::write_frames(&mut send, &out, &mut encoder, step).await.unwrap();
+        oms_sync::link::write_frames(&mut send, &out, &mut encoder, step).await.unwrap();
         while let Some(ev) = session.poll_event() {
             match ev {
                 Event::PeerRefused { doc, code } => refused.entry(doc).or_default().push(code),
@@ -583,13 +583,13 @@ async fn shipped_order_is_frozen_after_the_window_compacted_and_refuses_changes(
     north.proc.kill9();
     let doc_name = format!("order/{id}");
     let sync_db = dir.join("data").join("sync.redb");
-    let (full, increments) = oms_node::sync::docdb::stored_doc_parts(&sync_db, &doc_name).unwrap();
+    let (full, increments) = oms_sync::docdb::stored_doc_parts(&sync_db, &doc_name).unwrap();
     assert!(full.is_some() && increments == 0, "node: full save {full:?}, {increments} increments");
 
     // A change to the frozen document, made with the node's own certificate: quarantined by the hub.
     let doc_id = DocId::new(doc_name.clone()).unwrap();
     let mut tampered = {
-        let mut db = oms_node::sync::docdb::DocDb::open(&sync_db, vec![3; 16], 1_000).unwrap();
+        let mut db = oms_sync::docdb::DocDb::open(&sync_db, vec![3; 16], 1_000).unwrap();
         db.get_mut(&doc_id).unwrap().fork()
     };
     let node_map = match oms_protocol::sync::automerge::ReadDoc::get(&tampered, ROOT, "node").unwrap() {
@@ -611,7 +611,7 @@ async fn shipped_order_is_frozen_after_the_window_compacted_and_refuses_changes(
     // The hub stores it as one full save too.
     hub.proc.kill9();
     let hub_db = tmp.path().join("hub-data").join("hub.redb");
-    let (full, increments) = oms_node::sync::docdb::stored_doc_parts(&hub_db, &doc_name).unwrap();
+    let (full, increments) = oms_sync::docdb::stored_doc_parts(&hub_db, &doc_name).unwrap();
     assert!(full.is_some() && increments == 0, "hub: full save {full:?}, {increments} increments");
 }
 

@@ -14,10 +14,11 @@ use std::time::Duration;
 use oms_protocol::domain::{FulfillmentState, OrderId};
 use oms_protocol::wire::DocId;
 
-use super::{Shared, lock, now_ms};
+use super::Shared;
 use crate::config::HubLink;
 use crate::store::{Command, Store, StoreError};
 use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
+use oms_service::{lock, now_ms};
 
 /// Documents handled per wake-up; the rest wait for the next one.
 pub const INBOUND_BATCH_MAX: usize = 256;
@@ -36,10 +37,10 @@ enum Action {
 
 fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
     let docs = lock(&shared.docs);
-    let me = &docs.node;
+    let me = docs.node();
     match DocKind::of(doc)? {
         DocKind::Order(_) => {
-            let d = docs.db.read(doc)?;
+            let d = docs.sync.db.read(doc)?;
             let view = schema::read_order(&d, doc.as_str()).ok()?;
             if view.origin.as_str() != HUB_ORIGIN || &view.site != me {
                 return None;
@@ -48,7 +49,7 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
             Some(Action::Assign { id: view.id, draft: Box::new(view.draft), at_ms: view.created_at_ms, cancel })
         }
         DocKind::Escrow(n) if &n == me => {
-            let d = docs.db.read(doc)?;
+            let d = docs.sync.db.read(doc)?;
             let (counters, bad) = schema::read_escrow(&d, usize::MAX).ok()?;
             if !bad.is_empty() {
                 tracing::warn!(%doc, skus = ?bad, "sync: hub escrow entries that do not decode were skipped");
@@ -106,7 +107,7 @@ fn startup_scan(shared: &Shared) {
     let mut after: Option<String> = None;
     // Bounded: at most docs_max documents exist, scanned a page at a time.
     for _ in 0..(shared.tuning.docs_max / SCAN_PAGE_MAX + 1) {
-        let page = docs.db.ids_with_prefix(&prefix, after.as_deref(), SCAN_PAGE_MAX);
+        let page = docs.sync.db.ids_with_prefix(&prefix, after.as_deref(), SCAN_PAGE_MAX);
         let Some(last) = page.last() else { break };
         after = Some(last.as_str().to_owned());
         let full = page.len() == SCAN_PAGE_MAX;
@@ -115,7 +116,7 @@ fn startup_scan(shared: &Shared) {
             break;
         }
     }
-    if let Some(e) = schema::escrow_doc(&docs.node) {
+    if let Some(e) = schema::escrow_doc(docs.node()) {
         found.insert(e);
     }
     drop(docs);

@@ -12,10 +12,7 @@
 //!   and on any failure reconnects with exponential backoff and jitter ([`Backoff`]). After a reconnect the
 //!   manifest exchange finds every document that differs, so nothing depends on remembering what was sent.
 
-pub mod docdb;
 pub mod inbound;
-pub mod link;
-pub use oms_protocol::schema;
 #[cfg(test)]
 mod tests;
 
@@ -27,7 +24,7 @@ use std::time::Duration;
 
 use oms_protocol::domain::{NodeId, Sku};
 use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
-use oms_protocol::sync::{DocStore, Event, SessionConfig, StoreError, SyncSession};
+use oms_protocol::sync::{Event, SessionConfig, SyncSession};
 use oms_protocol::wire::{DocId, ErrorCode, FrameEncoder, PeerId, capabilities};
 use oms_transport::backoff::Backoff;
 use oms_transport::tls::ClientTlsFiles;
@@ -36,9 +33,11 @@ use tokio::sync::Notify;
 
 use crate::config::HubLink;
 use crate::store::{FeedEntry, Store};
-use docdb::{DocDb, DocDbError};
-use link::{LinkError, now_ms};
+use oms_protocol::schema;
 use oms_protocol::schema::DocKind;
+use oms_service::{lock, now_ms};
+use oms_sync::link::{self, LinkError};
+use oms_sync::{Access, DocDb, DocDbError, SyncDocs};
 
 /// File of the node's sync documents, in the data directory.
 pub const SYNC_DB_FILE: &str = "sync.redb";
@@ -142,10 +141,10 @@ pub enum IngestError {
     Schema(#[from] schema::SchemaError),
 }
 
-/// The node's documents, as the sync session sees them.
+/// The node's documents, as the sync session sees them, and the balances waiting for the stock document.
 pub struct NodeDocs {
-    db: DocDb,
-    node: NodeId,
+    /// The documents in `sync.redb`, under this site's access policy.
+    pub sync: SyncDocs<SiteAccess>,
     /// SKUs whose balance changed in the feed but is not yet in the stock document (bounded by
     /// `stock_pending_max`). Only in memory: after a restart [`repair_stock`] rewrites every balance.
     stock_pending: BTreeSet<Sku>,
@@ -153,43 +152,40 @@ pub struct NodeDocs {
 }
 
 impl NodeDocs {
+    fn new(db: DocDb, node: NodeId) -> NodeDocs {
+        NodeDocs { sync: SyncDocs::new(db, SiteAccess { node }), stock_pending: BTreeSet::new(), stock_written_ms: 0 }
+    }
+
     /// The underlying database.
     pub fn db(&mut self) -> &mut DocDb {
-        &mut self.db
+        &mut self.sync.db
+    }
+
+    fn node(&self) -> &NodeId {
+        &self.sync.access.node
     }
 }
 
-impl DocStore for NodeDocs {
-    fn entitled(&self, _hub: &PeerId, doc: &DocId) -> bool {
-        // The hub may see and send orders (its `hub` part travels back), and only this node's stock.
+/// What the hub may see of a site's documents: every order document (the hub's part travels back), and only
+/// this site's stock and escrow documents.
+pub struct SiteAccess {
+    node: NodeId,
+}
+
+impl Access for SiteAccess {
+    fn entitled(&self, _db: &DocDb, _hub: &PeerId, doc: &DocId) -> bool {
         match DocKind::of(doc) {
             Some(DocKind::Order(_)) => true,
             Some(DocKind::Stock(n) | DocKind::Escrow(n)) => n == self.node,
             None => false,
         }
     }
-    fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
-        self.db.ids().filter(|d| self.entitled(peer, d)).collect()
+    fn docs_for(&self, db: &DocDb, peer: &PeerId) -> Vec<DocId> {
+        db.ids().filter(|d| self.entitled(db, peer, d)).collect()
     }
-    fn manifest_heads(&mut self, peer: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)> {
-        let all = self.db.entries("", usize::MAX);
-        all.into_iter().filter(|(d, _, _)| self.entitled(peer, d)).map(|(d, _, h)| (d, h)).collect()
-    }
-    fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
-        self.db.get_mut(doc)
-    }
-    fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
-        // From what is on disk for an evicted document: a manifest loads none.
-        self.db.heads(doc)
-    }
-    fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError> {
-        self.db.get_or_create(doc).map_err(|e| StoreError { doc: doc.clone(), reason: e.to_string() })
-    }
-    fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>> {
-        self.db.sync_state(peer, doc)
-    }
-    fn save_sync_state(&mut self, peer: &PeerId, doc: &DocId, state: Vec<u8>) {
-        self.db.set_sync_state(peer, doc, state);
+    fn manifest_heads(&self, db: &mut DocDb, peer: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let all = db.entries("", usize::MAX);
+        all.into_iter().filter(|(d, _, _)| self.entitled(db, peer, d)).map(|(d, _, h)| (d, h)).collect()
     }
 }
 
@@ -204,11 +200,6 @@ struct Shared {
     dirty: Mutex<BTreeSet<DocId>>,
     changed: Notify,
     tuning: SyncTuning,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock leaves data that was consistent at the last statement; keep going.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Starts the feed follower and the hub link for `store`, keeping documents in `data_dir/sync.redb`. The
@@ -236,7 +227,7 @@ pub fn spawn(
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let endpoint = oms_transport::client_endpoint(bind, &files, &Limits::default())?;
-    let mut docs = NodeDocs { db, node, stock_pending: BTreeSet::new(), stock_written_ms: 0 };
+    let mut docs = NodeDocs::new(db, node);
     publish_site(&mut docs, site)?;
     let shared = Arc::new(Shared::new(docs, tuning));
     tokio::spawn(inbound::run(shared.clone(), store.clone(), link.clone()));
@@ -251,15 +242,15 @@ pub fn spawn(
 
 /// Writes the site's routing facts into its stock document (durably) if they changed.
 fn publish_site(docs: &mut NodeDocs, site: &schema::SiteInfo) -> Result<(), SyncError> {
-    let node = docs.node.clone();
+    let node = docs.node().clone();
     let Some(name) = schema::stock_doc(&node) else { return Ok(()) };
-    let doc = docs.db.get_or_create(&name)?;
+    let doc = docs.sync.db.get_or_create(&name)?;
     let changed = schema::write_site_info(doc, &node, site, now_ms())
         .map_err(|e| SyncError::PeerId(format!("site info: {e}")))?;
     if changed {
         doc.commit();
-        docs.db.mark_dirty(&name);
-        docs.db.flush()?;
+        docs.sync.db.mark_dirty(&name);
+        docs.sync.db.flush()?;
     }
     Ok(())
 }
@@ -288,7 +279,7 @@ const STOCK_REPAIR_PAGE: usize = 1_024;
 /// Writes every balance into the stock document (a no-op for those already there). Run at start, because
 /// balances waiting in [`NodeDocs::stock_pending`] when the process stopped are behind the feed cursor.
 fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, IngestError> {
-    let node = docs.node.clone();
+    let node = docs.node().clone();
     let Some(name) = schema::stock_doc(&node) else { return Ok(vec![]) };
     let now = now_ms();
     let mut changed = false;
@@ -296,7 +287,7 @@ fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, Ingest
     for _ in 0..STOCK_REPAIR_PAGES_MAX {
         let page = store.balances(after.as_deref(), STOCK_REPAIR_PAGE)?;
         for (sku, balance) in &page {
-            let doc = docs.db.get_or_create(&name)?;
+            let doc = docs.sync.db.get_or_create(&name)?;
             changed |= write_sku(doc, &node, store, sku, balance, now)?;
         }
         match page.last() {
@@ -307,11 +298,11 @@ fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, Ingest
     if !changed {
         return Ok(vec![]);
     }
-    if let Some(doc) = docs.db.get_mut(&name) {
+    if let Some(doc) = docs.sync.db.get_mut(&name) {
         doc.commit();
     }
-    docs.db.mark_dirty(&name);
-    docs.db.flush()?;
+    docs.sync.db.mark_dirty(&name);
+    docs.sync.db.flush()?;
     Ok(vec![name])
 }
 
@@ -319,11 +310,11 @@ fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, Ingest
 /// document if `stock_coalesce_ms` passed. Returns the documents changed, or `None` if there was nothing
 /// to do.
 fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Option<Vec<DocId>>, IngestError> {
-    let cursor = docs.db.meta(FEED_CURSOR)?.unwrap_or(0);
+    let cursor = docs.sync.db.meta(FEED_CURSOR)?.unwrap_or(0);
     let entries = store.feed_after(cursor, tuning.feed_batch_max)?;
     let last = entries.last().map(|(seq, _)| *seq);
     let now = now_ms();
-    let node = docs.node.clone();
+    let node = docs.node().clone();
     let mut changed = BTreeSet::new();
     let mut frozen = Vec::new();
     let mut pending_full = false;
@@ -334,7 +325,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
                 // progress and `frozen_at_ms` in the same change, its last.
                 let Some((rec, frozen_at)) = store.order_and_frozen_at(&id)? else { continue };
                 let Some(name) = schema::order_doc(&id) else { continue };
-                let doc = docs.db.get_or_create(&name)?;
+                let doc = docs.sync.db.get_or_create(&name)?;
                 let mut wrote = schema::write_order(doc, &node, &rec, now)?;
                 if let Some(at) = frozen_at
                     && schema::write_frozen(doc, at)?
@@ -353,7 +344,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
                     pending_full = true;
                     if let Some(balance) = store.balance(&sku)?
                         && let Some(name) = schema::stock_doc(&node)
-                        && write_sku(docs.db.get_or_create(&name)?, &node, store, &sku, &balance, now)?
+                        && write_sku(docs.sync.db.get_or_create(&name)?, &node, store, &sku, &balance, now)?
                     {
                         changed.insert(name);
                     }
@@ -367,7 +358,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
         if let Some(name) = schema::stock_doc(&node) {
             for sku in &docs.stock_pending {
                 let Some(balance) = store.balance(sku)? else { continue };
-                let doc = docs.db.get_or_create(&name)?;
+                let doc = docs.sync.db.get_or_create(&name)?;
                 if write_sku(doc, &node, store, sku, &balance, now)? {
                     changed.insert(name.clone());
                 }
@@ -380,19 +371,19 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
         return Ok(None);
     }
     for name in &changed {
-        if let Some(doc) = docs.db.get_mut(name) {
+        if let Some(doc) = docs.sync.db.get_mut(name) {
             doc.commit();
         }
-        docs.db.mark_dirty(name);
+        docs.sync.db.mark_dirty(name);
     }
     // A frozen order's document does not change any more: store it as one full save.
     for name in &frozen {
-        docs.db.compact(name);
+        docs.sync.db.compact(name);
     }
     if let Some(last) = last {
-        docs.db.set_meta(FEED_CURSOR, last);
+        docs.sync.db.set_meta(FEED_CURSOR, last);
     }
-    docs.db.flush()?;
+    docs.sync.db.flush()?;
     Ok(Some(changed.into_iter().collect()))
 }
 
@@ -529,11 +520,11 @@ async fn run_session(
                         tracing::info!(hub = %link.addr, "sync: connected");
                     }
                     Event::DocChanged { doc } => {
-                        docs.db.mark_dirty(&doc);
+                        docs.sync.db.mark_dirty(&doc);
                         // A change that reached a frozen order anyway (the hub's, concurrent with the freeze):
                         // keep the document one full save.
-                        if docs.db.get(&doc).and_then(schema::frozen_at_ms).is_some() {
-                            docs.db.compact(&doc);
+                        if docs.sync.db.get(&doc).and_then(schema::frozen_at_ms).is_some() {
+                            docs.sync.db.compact(&doc);
                         }
                         let mut inbound = lock(&shared.inbound);
                         if inbound.len() < shared.tuning.dirty_docs_max {
@@ -566,11 +557,11 @@ async fn run_session(
                 Some(Ok(frame)) => {
                     shared.last_hub_frame_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
                     let mut docs = lock(&shared.docs);
-                    session.handle_frame(&mut *docs, frame);
+                    session.handle_frame(&mut docs.sync, frame);
                     // Take what else is already queued (bounded) before the next flush and write.
                     for _ in 1..batch_max {
                         match frames.try_recv() {
-                            Ok(Ok(frame)) => session.handle_frame(&mut *docs, frame),
+                            Ok(Ok(frame)) => session.handle_frame(&mut docs.sync, frame),
                             Ok(Err(e)) => {
                                 oms_transport::close(&conn, e.code(), &e.to_string());
                                 return Err(e.into());
@@ -589,12 +580,12 @@ async fn run_session(
                 let changed = std::mem::take(&mut *lock(&shared.dirty));
                 let mut docs = lock(&shared.docs);
                 for doc in &changed {
-                    session.local_change(&mut *docs, doc);
+                    session.local_change(&mut docs.sync, doc);
                 }
             }
             _ = tick.tick() => {
                 let now = now_ms();
-                session.tick(&mut *lock(&shared.docs), now);
+                session.tick(&mut lock(&shared.docs).sync, now);
                 // Liveness: ping a quiet hub, and give up on a path that stays silent or a session that stalls.
                 let heard = shared.last_hub_frame_ms.load(std::sync::atomic::Ordering::Relaxed).max(connected_at);
                 let silent_ms = now.saturating_sub(heard);
@@ -651,7 +642,7 @@ impl Shared {
 
 /// Writes what the session changed to `sync.redb`, with the disk I/O outside the documents' lock.
 async fn persist(shared: &Shared) -> Result<(), DocDbError> {
-    let Some(batch) = lock(&shared.docs).db.prepare_flush() else { return Ok(()) };
+    let Some(batch) = lock(&shared.docs).sync.db.prepare_flush() else { return Ok(()) };
     match tokio::task::spawn_blocking(move || batch.commit()).await {
         Ok(result) => result,
         // The batch was dropped uncommitted; the next flush writes its contents.
@@ -707,7 +698,7 @@ mod freeze_tests {
                 drain(&mut docs, &store);
             }
             drop(docs);
-            let (full, increments) = docdb::stored_doc_parts(&path, name.as_str()).unwrap();
+            let (full, increments) = oms_sync::docdb::stored_doc_parts(&path, name.as_str()).unwrap();
             assert!(full.is_some() && increments >= 3, "{full:?} {increments}");
 
             // Frozen in the store: the follower writes it into the document and compacts its storage.
@@ -717,21 +708,25 @@ mod freeze_tests {
             let at = store.frozen_at(&id).unwrap().unwrap();
             let mut docs = open_docs(&path, 1);
             drain(&mut docs, &store);
-            let doc = docs.db.get(&name).unwrap();
+            let doc = docs.sync.db.get(&name).unwrap();
             assert_eq!(schema::frozen_at_ms(doc), Some(at));
             let view = schema::read_order(doc, name.as_str()).unwrap();
             assert_eq!(view.progress.unwrap().status, FulfillmentState::Shipped);
-            let heads = docs.db.get_mut(&name).unwrap().get_heads();
+            let heads = docs.sync.db.get_mut(&name).unwrap().get_heads();
             drop(docs);
-            assert_eq!(docdb::stored_doc_parts(&path, name.as_str()).unwrap().1, 0, "one full save, no increments");
+            assert_eq!(
+                oms_sync::docdb::stored_doc_parts(&path, name.as_str()).unwrap().1,
+                0,
+                "one full save, no increments"
+            );
 
             // Replaying the whole feed (a crash before the cursor moved) adds no change.
             let mut docs = open_docs(&path, 1);
-            docs.db.set_meta(FEED_CURSOR, 0);
+            docs.sync.db.set_meta(FEED_CURSOR, 0);
             drain(&mut docs, &store);
-            assert_eq!(docs.db.get_mut(&name).unwrap().get_heads(), heads);
+            assert_eq!(docs.sync.db.get_mut(&name).unwrap().get_heads(), heads);
             drop(docs);
-            assert_eq!(docdb::stored_doc_parts(&path, name.as_str()).unwrap().1, 0);
+            assert_eq!(oms_sync::docdb::stored_doc_parts(&path, name.as_str()).unwrap().1, 0);
             store.close();
         });
     }

@@ -39,7 +39,7 @@ fn docs(dir: &Path, store: &Store) -> NodeDocs {
 /// write yet, as the node opens them at start. Shared with the module's freeze tests.
 pub(super) fn open_docs(path: &Path, actor: u8) -> NodeDocs {
     let db = DocDb::open(path, vec![actor; 16], 1_000).unwrap();
-    NodeDocs { db, node: site(), stock_pending: BTreeSet::new(), stock_written_ms: 0 }
+    NodeDocs::new(db, site())
 }
 
 /// Runs the follower until the feed is drained (bounded). Shared with the module's freeze tests.
@@ -57,12 +57,12 @@ fn hold_back() -> u64 {
 }
 
 fn stock_heads(docs: &mut NodeDocs) -> Vec<ChangeHash> {
-    docs.db.get_mut(&stock_name()).unwrap().get_heads()
+    docs.sync.db.get_mut(&stock_name()).unwrap().get_heads()
 }
 
 /// Balances and escrow counters in the stock document.
 fn doc_view(docs: &mut NodeDocs) -> (BTreeMap<Sku, Balance>, BTreeMap<Sku, EscrowCounter>) {
-    let doc = docs.db.get_mut(&stock_name()).unwrap();
+    let doc = docs.sync.db.get_mut(&stock_name()).unwrap();
     let stock = schema::read_stock(doc, stock_name().as_str(), 1_000).unwrap();
     let (escrow, bad) = schema::read_escrow(doc, 1_000).unwrap();
     assert!(bad.is_empty(), "undecodable escrow counters {bad:?}");
@@ -102,7 +102,7 @@ async fn balances_of_many_skus_are_coalesced_into_one_change_per_period() {
     docs.stock_written_ms = now_ms() - tuning.stock_coalesce_ms;
     let changed = ingest(&mut docs, &store, &tuning).unwrap().unwrap();
     assert_eq!(changed, vec![stock_name()]);
-    let doc = docs.db.get_mut(&stock_name()).unwrap();
+    let doc = docs.sync.db.get_mut(&stock_name()).unwrap();
     assert_eq!(doc.get_changes(&before).len(), 1, "one Automerge change for all SKUs of the period");
     let (ledger_balances, ledger_escrow) = ledger_view(&store);
     assert_eq!(ledger_balances.len(), SKUS.len());
@@ -130,7 +130,7 @@ async fn a_full_pending_set_is_written_at_once() {
     let changed = ingest(&mut docs, &store, &tuning).unwrap().unwrap();
     assert_eq!(changed, vec![stock_name()], "beyond stock_pending_max the period does not wait");
     assert!(docs.stock_pending.is_empty());
-    assert_eq!(docs.db.get_mut(&stock_name()).unwrap().get_changes(&before).len(), 1);
+    assert_eq!(docs.sync.db.get_mut(&stock_name()).unwrap().get_changes(&before).len(), 1);
     assert_eq!(doc_view(&mut docs), ledger_view(&store));
 }
 
@@ -159,7 +159,7 @@ async fn repair_after_a_crash_rewrites_every_balance_once() {
     let (store, mut docs) = crash_with_pending_balances(dir.path()).await;
     let before = stock_heads(&mut docs);
     assert_eq!(repair_stock(&mut docs, &store).unwrap(), vec![stock_name()]);
-    assert_eq!(docs.db.get_mut(&stock_name()).unwrap().get_changes(&before).len(), 1);
+    assert_eq!(docs.sync.db.get_mut(&stock_name()).unwrap().get_changes(&before).len(), 1);
     assert_eq!(doc_view(&mut docs), ledger_view(&store));
     let repaired = stock_heads(&mut docs);
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use oms_protocol::wire::{ErrorCode, Frame, FrameDecoder, FrameEncoder};
 use oms_transport::{EndpointError, FrameIoError};
 
-use super::docdb::DocDbError;
+use crate::docdb::DocDbError;
 
 /// Why one sync connection ended. The driver logs it and (on the node) reconnects after a backoff.
 #[derive(Debug, thiserror::Error)]
@@ -122,12 +122,4 @@ pub async fn write_frames(
         .await
         .map_err(|_| FrameIoError::Timeout { what: "writing frames", ms })??;
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch, the clock both sides feed their sessions and status pages.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

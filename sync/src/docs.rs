@@ -1,0 +1,105 @@
+//! The one [`DocStore`] over a [`DocDb`]: what the sans-IO session asks of a document store, answered from
+//! the database, with each peer's manifest digest cached until anything changes. The node and the hub differ
+//! only in who may see which document and how to list a peer's documents without loading them; that is their
+//! [`Access`] policy.
+
+use std::collections::BTreeMap;
+
+use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
+use oms_protocol::sync::{DocStore, ManifestDigest, StoreError, manifest_digest_of};
+use oms_protocol::wire::{DocId, PeerId};
+
+use crate::docdb::DocDb;
+
+/// Peers whose manifest digest is cached (beyond it the cache starts over).
+const DIGESTS_CACHED_MAX: usize = 4_096;
+
+/// Who may see which document, and how a peer's documents are listed: the part of a document store that
+/// differs between the node (its own site's documents, one peer) and the hub (every node's, by party).
+pub trait Access {
+    /// May `peer` receive and send `doc`?
+    fn entitled(&self, db: &DocDb, peer: &PeerId, doc: &DocId) -> bool;
+    /// The documents held that `peer` is entitled to.
+    fn docs_for(&self, db: &DocDb, peer: &PeerId) -> Vec<DocId>;
+    /// The documents held that `peer` is entitled to, with their heads, read from `doc_meta` rows without
+    /// loading a document.
+    fn manifest_heads(&self, db: &mut DocDb, peer: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)>;
+}
+
+/// A [`DocDb`] with an [`Access`] policy: the document store a sync session works on.
+pub struct SyncDocs<A> {
+    /// The documents.
+    pub db: DocDb,
+    /// Who may see which.
+    pub access: A,
+    /// Manifest digest per peer with the [`DocDb::generation`] it was computed at: an idle hub answers a
+    /// hundred nodes' digest rounds without reading their rows again. At most [`DIGESTS_CACHED_MAX`].
+    digests: BTreeMap<PeerId, (u64, ManifestDigest)>,
+}
+
+impl<A> std::fmt::Debug for SyncDocs<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncDocs").field("docs", &self.db.len()).field("digests", &self.digests.len()).finish()
+    }
+}
+
+impl<A: Access> SyncDocs<A> {
+    /// `db` under the policy `access`.
+    pub fn new(db: DocDb, access: A) -> Self {
+        SyncDocs { db, access, digests: BTreeMap::new() }
+    }
+
+    /// Forgets every cached digest. Call it when entitlement changes without a document or label changing
+    /// (a quarantine, say); a change to a document or label moves [`DocDb::generation`] by itself.
+    pub fn forget_digests(&mut self) {
+        self.digests.clear();
+    }
+
+    /// The generation the digest of `peer` was cached at, if one is cached.
+    pub fn digest_cached_at(&self, peer: &PeerId) -> Option<u64> {
+        self.digests.get(peer).map(|(at, _)| *at)
+    }
+}
+
+impl<A: Access> DocStore for SyncDocs<A> {
+    fn entitled(&self, peer: &PeerId, doc: &DocId) -> bool {
+        self.access.entitled(&self.db, peer, doc)
+    }
+    fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
+        self.access.docs_for(&self.db, peer)
+    }
+    fn manifest_heads(&mut self, peer: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)> {
+        self.access.manifest_heads(&mut self.db, peer)
+    }
+    fn manifest_digest(&mut self, peer: &PeerId) -> ManifestDigest {
+        // Any change to any document (or label) moves the generation, so a cached digest is never stale.
+        let generation = self.db.generation();
+        if let Some((at, digest)) = self.digests.get(peer)
+            && *at == generation
+        {
+            return *digest;
+        }
+        let digest = manifest_digest_of(self, peer);
+        if self.digests.len() >= DIGESTS_CACHED_MAX {
+            self.digests.clear();
+        }
+        self.digests.insert(peer.clone(), (generation, digest));
+        digest
+    }
+    fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
+        self.db.get_mut(doc)
+    }
+    fn heads(&mut self, doc: &DocId) -> Option<Vec<ChangeHash>> {
+        // From what is on disk for an evicted document: a manifest loads none.
+        self.db.heads(doc)
+    }
+    fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError> {
+        self.db.get_or_create(doc).map_err(|e| StoreError { doc: doc.clone(), reason: e.to_string() })
+    }
+    fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>> {
+        self.db.sync_state(peer, doc)
+    }
+    fn save_sync_state(&mut self, peer: &PeerId, doc: &DocId, state: Vec<u8>) {
+        self.db.set_sync_state(peer, doc, state);
+    }
+}
