@@ -35,10 +35,8 @@ pub const ORDERS_PAGE_MAX: usize = 1_000;
 /// tens of milliseconds, where a scan of a million rows took about a second. A site filter that matches few
 /// of many orders returns short pages.
 pub const ORDER_ROWS_READ_MAX: usize = 20_000;
-/// Most SKUs read from one stock document.
-pub const STOCK_SKUS_MAX: usize = 100_000;
-/// Most stock documents (sites) read for one answer.
-pub const STOCK_SITES_MAX: usize = 10_000;
+// The stock-read bounds live in `docs`, where `demand` reads stock documents too.
+pub use crate::docs::{STOCK_SITES_MAX, STOCK_SKUS_MAX};
 
 /// The router.
 pub fn router(hub: Arc<Hub>) -> Router {

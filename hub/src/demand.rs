@@ -351,9 +351,9 @@ impl StockIndex {
     /// Reads every stock document (bounded as `GET /v1/stock`).
     pub fn build(docs: &HubDocs) -> StockIndex {
         let mut out = StockIndex::default();
-        for d in docs.stock_ids(crate::api::STOCK_SITES_MAX) {
+        for d in docs.stock_ids(crate::docs::STOCK_SITES_MAX) {
             let Some(doc) = docs.get(&d) else { continue };
-            let Ok(view) = schema::read_stock(&doc, d.as_str(), crate::api::STOCK_SKUS_MAX) else { continue };
+            let Ok(view) = schema::read_stock(&doc, d.as_str(), crate::docs::STOCK_SKUS_MAX) else { continue };
             let site = view.node.as_str().to_owned();
             for (sku, b) in view.skus {
                 out.available.insert((sku.as_str().to_owned(), site.clone()), b.available());

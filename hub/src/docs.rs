@@ -34,6 +34,10 @@ pub const DOCS_CACHED_MAX: usize = 2_048;
 /// Node ids remembered as origin or site of order documents; an order naming a node beyond them is
 /// entitled by its id alone (only the node that created it sees it).
 pub const PARTIES_MAX: usize = 65_536;
+/// Most SKUs read from one stock document.
+pub const STOCK_SKUS_MAX: usize = 100_000;
+/// Most stock documents (sites) read for one answer.
+pub const STOCK_SITES_MAX: usize = 10_000;
 const PARTY_PREFIX: &str = "party|";
 /// Label of an order document without parties (looked at, nothing found), so a start does not look again.
 const LABEL_NO_PARTIES: u64 = u64::MAX;
