@@ -30,7 +30,7 @@
 //! orders, so stock on order is zero, and responses say so ([`ON_ORDER_SOURCE`]).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use oms_forecast::{Forecast, ForecastError};
 use oms_protocol::domain::FulfillmentState;
@@ -38,7 +38,6 @@ use oms_protocol::schema;
 
 use crate::docs::HubDocs;
 use crate::forecast_config::{ForecastConfig, Override, Resolved};
-use crate::server::lock;
 
 /// One day in milliseconds.
 pub const DAY_MS: u64 = 86_400_000;
@@ -771,6 +770,14 @@ impl DemandCache {
         *lock(&self.runs) = Some((key, config.clone(), run.clone()));
         run
     }
+}
+
+/// Locks `m`; a lock poisoned by a panic elsewhere is taken as it is, since every value the cache stores is
+/// whole whenever its lock is released.
+// A local copy of `crate::server::lock`, so that `demand` does not depend on `server`. To be replaced by the
+// shared `lock` helper once it moves into the shared crate.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
