@@ -635,7 +635,7 @@ impl DocStore for HubDocs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demand::tests::{TODAY, hub_docs};
+    use crate::demand::test_support::{TODAY, hub_docs};
     use oms_protocol::domain::FulfillmentState;
     use oms_protocol::sync::automerge::{ROOT, transaction::Transactable};
     use oms_protocol::sync::manifest_digest_of;
@@ -643,7 +643,7 @@ mod tests {
     #[test]
     fn a_cached_digest_is_recomputed_after_any_change() {
         let dir = tempfile::tempdir().unwrap();
-        let orders: &[crate::demand::tests::TestOrder] = &[
+        let orders: &[crate::demand::test_support::TestOrder] = &[
             ("wh1", 1, TODAY - 2, 1, FulfillmentState::Accepted, &[("A", 2)]),
             ("wh1", 2, TODAY - 1, 1, FulfillmentState::Accepted, &[("A", 3)]),
             ("wh2", 1, TODAY - 1, 1, FulfillmentState::Accepted, &[("A", 1)]),
@@ -692,7 +692,7 @@ mod tests {
     #[test]
     fn a_site_page_reads_a_bounded_number_of_rows_and_paging_finds_every_order_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mut orders: Vec<crate::demand::tests::TestOrder> = Vec::new();
+        let mut orders: Vec<crate::demand::test_support::TestOrder> = Vec::new();
         for seq in 1..=40 {
             orders.push(("wh1", seq, TODAY - 1, 1, FulfillmentState::Accepted, &[("A", 1)]));
         }

@@ -425,7 +425,7 @@ async fn replenishment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demand::tests::{TODAY, TestOrder, hub_docs};
+    use crate::demand::test_support::{TODAY, TestOrder, hub_docs};
     use crate::server::ServerTuning;
     use oms_protocol::domain::FulfillmentState;
 
