@@ -26,8 +26,9 @@ use oms_service::now_ms;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::server::{Hub, lock};
+use crate::server::Hub;
 use oms_service::Problem;
+use oms_service::lock;
 
 /// Largest page of orders.
 pub const ORDERS_PAGE_MAX: usize = 1_000;
@@ -35,10 +36,8 @@ pub const ORDERS_PAGE_MAX: usize = 1_000;
 /// tens of milliseconds, where a scan of a million rows took about a second. A site filter that matches few
 /// of many orders returns short pages.
 pub const ORDER_ROWS_READ_MAX: usize = 20_000;
-/// Most SKUs read from one stock document.
-pub const STOCK_SKUS_MAX: usize = 100_000;
-/// Most stock documents (sites) read for one answer.
-pub const STOCK_SITES_MAX: usize = 10_000;
+// The stock-read bounds live in `docs`, where `demand` reads stock documents too.
+pub use crate::docs::{STOCK_SITES_MAX, STOCK_SKUS_MAX};
 
 /// The router.
 pub fn router(hub: Arc<Hub>) -> Router {

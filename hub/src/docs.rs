@@ -33,6 +33,10 @@ pub const DOCS_CACHED_MAX: usize = 2_048;
 /// Node ids remembered as origin or site of order documents; an order naming a node beyond them is
 /// entitled by its id alone (only the node that created it sees it).
 pub const PARTIES_MAX: usize = 65_536;
+/// Most SKUs read from one stock document.
+pub const STOCK_SKUS_MAX: usize = 100_000;
+/// Most stock documents (sites) read for one answer.
+pub const STOCK_SITES_MAX: usize = 10_000;
 const PARTY_PREFIX: &str = "party|";
 /// Label of an order document without parties (looked at, nothing found), so a start does not look again.
 const LABEL_NO_PARTIES: u64 = u64::MAX;
@@ -602,7 +606,7 @@ impl Access for Parties {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demand::tests::{TODAY, hub_docs};
+    use crate::demand::test_support::{TODAY, hub_docs};
     use oms_protocol::domain::FulfillmentState;
     use oms_protocol::sync::DocStore;
     use oms_protocol::sync::automerge::{ROOT, transaction::Transactable};
@@ -611,7 +615,7 @@ mod tests {
     #[test]
     fn a_cached_digest_is_recomputed_after_any_change() {
         let dir = tempfile::tempdir().unwrap();
-        let orders: &[crate::demand::tests::TestOrder] = &[
+        let orders: &[crate::demand::test_support::TestOrder] = &[
             ("wh1", 1, TODAY - 2, 1, FulfillmentState::Accepted, &[("A", 2)]),
             ("wh1", 2, TODAY - 1, 1, FulfillmentState::Accepted, &[("A", 3)]),
             ("wh2", 1, TODAY - 1, 1, FulfillmentState::Accepted, &[("A", 1)]),
@@ -660,7 +664,7 @@ mod tests {
     #[test]
     fn a_site_page_reads_a_bounded_number_of_rows_and_paging_finds_every_order_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mut orders: Vec<crate::demand::tests::TestOrder> = Vec::new();
+        let mut orders: Vec<crate::demand::test_support::TestOrder> = Vec::new();
         for seq in 1..=40 {
             orders.push(("wh1", seq, TODAY - 1, 1, FulfillmentState::Accepted, &[("A", 1)]));
         }

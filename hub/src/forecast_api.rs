@@ -41,7 +41,8 @@ use crate::forecast_config::{
     ForecastConfig, Override, Param, check_lead_time, check_order_cycle, check_service_level,
 };
 pub use crate::forecast_config::{LEAD_TIME_DAYS_MAX, SERVICE_LEVEL_MAX, SERVICE_LEVEL_MIN};
-use crate::server::{Hub, lock};
+use crate::server::Hub;
+use oms_service::lock;
 
 /// Largest horizon of `GET /v1/forecast`.
 pub const H_MAX: usize = 365;
@@ -425,7 +426,7 @@ async fn replenishment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demand::tests::{TODAY, TestOrder, hub_docs};
+    use crate::demand::test_support::{TODAY, TestOrder, hub_docs};
     use crate::server::ServerTuning;
     use oms_protocol::domain::FulfillmentState;
 

@@ -73,6 +73,6 @@ pub async fn run(
     endpoint.close(0u32.into(), b"hub shutting down");
     accept.abort();
     watcher.abort();
-    server::lock(&hub.docs).flush()?;
+    oms_service::lock(&hub.docs).flush()?;
     Ok(())
 }

@@ -31,7 +31,8 @@ use oms_service::{Problem, RawBody};
 use serde_json::{Value, json};
 
 use crate::intake::{Effects, HubOrder, IntakeError, NewFulfillment, RETRY_BATCH_MAX, SiteFacts};
-use crate::server::{Hub, lock};
+use crate::server::Hub;
+use oms_service::lock;
 
 /// Most sites considered by routing.
 pub const SITES_MAX: usize = 10_000;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use oms_protocol::domain::NodeId;
 use oms_protocol::sync::{Event, SessionConfig, SyncSession};
 use oms_protocol::wire::{ErrorCode, Frame, FrameEncoder, PeerId, capabilities};
-use oms_service::now_ms;
+use oms_service::{lock, now_ms};
 use oms_sync::DocDbError;
 use oms_sync::link::{self, LinkError};
 use oms_transport::{Identity, Limits, PkiError};
@@ -82,8 +82,6 @@ pub struct Hub {
     /// Channel intake, routing and escrow.
     pub intake: crate::intake::Intake,
 }
-
-pub(crate) use oms_service::lock;
 
 impl Hub {
     /// A hub for `tenant` over `docs`. `actor` is this process's fresh Automerge actor id.

@@ -1,0 +1,94 @@
+//! Test helpers shared by the demand tests and by the tests of [`crate::docs`] and [`crate::forecast_api`]:
+//! a hub document set built from a list of orders and stock balances.
+
+use oms_protocol::domain::{Balance, FulfillmentState, NodeId, OrderDraft, OrderId, Sku};
+use oms_protocol::records::{FulfillmentLine, OrderRecord, TimelineEntry};
+use oms_protocol::schema;
+use oms_sync::DocDb;
+
+use super::history::{Basis, DAY_MS, DemandIndex};
+use super::planning::{Replenishment, RunParams, replenishment};
+use super::stock::StockIndex;
+use crate::docs::HubDocs;
+use crate::forecast_config::{ForecastConfig, Override};
+
+/// The epoch day tests take as today (2024-10-04).
+pub(crate) const TODAY: u64 = 20_000;
+
+/// An order for [`hub_docs`]: (site, seq, day, hour, status, lines).
+pub(crate) type TestOrder<'a> = (&'a str, u64, u64, u64, FulfillmentState, &'a [(&'a str, u32)]);
+
+/// An order draft with `lines` of `(sku, qty)` at 1.00 EUR each, shipped to Berlin.
+fn draft(lines: &[(&str, u32)]) -> OrderDraft {
+    let lines: Vec<_> = lines
+        .iter()
+        .map(|(s, q)| serde_json::json!({"sku": s, "qty": q, "unit_price_minor": 100, "currency": "EUR"}))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "external_ref": "web-1", "channel": "web", "lines": lines,
+        "ship_to": {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postcode": "10115",
+                    "country": "DE", "lat": 52.5, "lon": 13.4}
+    }))
+    .unwrap()
+}
+
+/// Hours from acceptance to carrier hand-over of the shipped and delivered orders of [`hub_docs`].
+pub(crate) const SHIP_AFTER_HOURS: u64 = 30;
+
+/// A hub document set with the given orders `(site, seq, day, hour, status, lines)` and stock. Orders
+/// `shipped` or `delivered` shipped every unit [`SHIP_AFTER_HOURS`] after acceptance.
+pub(crate) fn hub_docs(dir: &std::path::Path, orders: &[TestOrder], stock: &[(&str, &str, u64)]) -> HubDocs {
+    let mut db = DocDb::open(&dir.join("hub.redb"), vec![7; 16], 100_000).unwrap();
+    for &(site, seq, day, hour, status, lines) in orders {
+        let node = NodeId::parse(site).unwrap();
+        let id = OrderId::new(&node, seq);
+        let created_at_ms = day * DAY_MS + hour * 3_600_000;
+        let shipped = matches!(status, FulfillmentState::Shipped | FulfillmentState::Delivered);
+        let progress_lines = lines
+            .iter()
+            .map(|&(sku, qty)| FulfillmentLine {
+                sku: Sku::parse(sku).unwrap(),
+                qty,
+                picked: shipped.then_some(qty),
+                shipped: if shipped { qty } else { 0 },
+                returned: 0,
+            })
+            .collect();
+        let mut timeline =
+            vec![TimelineEntry { at_ms: created_at_ms, status: FulfillmentState::Accepted, note: String::new() }];
+        if shipped {
+            let at_ms = created_at_ms + SHIP_AFTER_HOURS * 3_600_000;
+            timeline.push(TimelineEntry { at_ms, status: FulfillmentState::Shipped, note: String::new() });
+        }
+        let rec = OrderRecord {
+            id: id.clone(),
+            site: node.clone(),
+            status,
+            order: draft(lines),
+            lines: progress_lines,
+            wave: None,
+            parcels: None,
+            shipment: None,
+            returns: vec![],
+            timeline,
+            created_at_ms,
+        };
+        let name = schema::order_doc(&id).unwrap();
+        schema::write_order(db.get_or_create(&name).unwrap(), &node, &rec, 1).unwrap();
+        db.mark_dirty(&name);
+    }
+    for &(site, sku, on_hand) in stock {
+        let node = NodeId::parse(site).unwrap();
+        let name = schema::stock_doc(&node).unwrap();
+        let b = Balance { on_hand, reserved: 0, staged: 0 };
+        schema::write_stock(db.get_or_create(&name).unwrap(), &node, &Sku::parse(sku).unwrap(), &b, 1).unwrap();
+        db.mark_dirty(&name);
+    }
+    HubDocs::new(db).unwrap()
+}
+
+/// The replenishment run of `idx` and `stock` on the ordered basis with the default configuration.
+pub(crate) fn run_default(idx: &DemandIndex, stock: &StockIndex) -> Replenishment {
+    let config = ForecastConfig::default();
+    replenishment(idx, stock, &RunParams { basis: Basis::Ordered, config: &config, query: &Override::default() })
+}
