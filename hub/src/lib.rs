@@ -49,7 +49,7 @@ pub async fn run(
     let intake = intake::Intake::open(&cfg.data_dir.join(intake::INTAKE_DB_FILE), cfg.routing.clone())
         .with_context(|| format!("cannot open {}", cfg.data_dir.join(intake::INTAKE_DB_FILE).display()))?;
     let hub = Arc::new(server::Hub::new(docs, intake, &cfg.tenant, actor.to_vec(), tuning)?);
-    orders::recover(&hub).map_err(|p| anyhow::anyhow!("cannot recover the intake's documents: {p:?}"))?;
+    orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     let watcher = tokio::spawn(orders::watch(hub.clone()));
     let files = ServerTlsFiles {
         ca: cfg.certs_dir.join("ca.pem"),

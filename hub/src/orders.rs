@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use oms_protocol::domain::{FulfillmentState, OrderId};
 use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
+use oms_protocol::wire::DocId;
 use oms_service::now_ms;
 use oms_service::{Problem, RawBody};
 use serde_json::{Value, json};
@@ -68,6 +69,34 @@ impl From<IntakeError> for Problem {
     }
 }
 
+/// Why the intake's decisions could not be written into the hub's documents.
+#[derive(Debug, thiserror::Error)]
+pub enum EffectsError {
+    /// A fulfillment or escrow document could not be written.
+    #[error("document {doc}: {source}")]
+    Document {
+        /// The document.
+        doc: DocId,
+        /// Why.
+        source: schema::SchemaError,
+    },
+    /// The intake's records could not be read.
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+}
+
+impl From<EffectsError> for Problem {
+    fn from(e: EffectsError) -> Self {
+        match e {
+            EffectsError::Intake(e) => e.into(),
+            EffectsError::Document { .. } => {
+                tracing::error!(error = %e, "cannot write a hub document");
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "document_failed", e.to_string())
+            }
+        }
+    }
+}
+
 /// What routing needs about every site, from the documents and connections.
 pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
     let docs = lock(&hub.docs);
@@ -91,7 +120,7 @@ pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
 /// No flush here: what these documents say is already committed in `intake.redb` (and rebuilt from it by
 /// [`recover`] after a crash), and each session flushes dirty documents before it sends a frame, so a site
 /// never sees a document the hub could lose.
-pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), Problem> {
+pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), EffectsError> {
     if effects.fulfillments.is_empty() && effects.escrow.is_empty() {
         return Ok(());
     }
@@ -103,14 +132,14 @@ pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), Problem> {
             let Some(name) = schema::order_doc(&f.id) else { continue };
             let nodes = docs
                 .write_local(&name, |d| schema::create_hub_order(d, &f.id, &f.parent, &f.site, &f.draft, now))
-                .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "document_failed", e.to_string()))?;
+                .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
             tell.extend(nodes);
         }
         for (site, c) in &effects.escrow {
             let Some(name) = schema::escrow_doc(site) else { continue };
             let nodes = docs
                 .write_local(&name, |d| schema::write_escrow(d, site, c, now))
-                .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "document_failed", e.to_string()))?;
+                .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
             tell.extend(nodes);
         }
     }
@@ -350,7 +379,7 @@ async fn cancel(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result<R
             let mut docs = lock(&hub.docs);
             let nodes = docs
                 .write_local(&name, |d| schema::request_cancel(d, now))
-                .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "document_failed", e.to_string()))?;
+                .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
             tell.extend(nodes);
         }
         for l in &f.lines {
@@ -395,7 +424,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                             escrow: publish.into_iter().map(|c| (site.clone(), c)).collect(),
                         };
                         if let Err(e) = apply_effects(hub, &effects) {
-                            tracing::warn!(%site, error = ?e, "cannot publish escrow");
+                            tracing::warn!(%site, error = %e, "cannot publish escrow");
                         }
                     }
                     Ok(_) => {}
@@ -434,7 +463,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
         match hub.intake.reroute(&id, &rel, &sites, now) {
             Ok(Some((_, effects))) => {
                 if let Err(e) = apply_effects(hub, &effects) {
-                    tracing::warn!(order = %id, error = ?e, "cannot write re-routed fulfillments");
+                    tracing::warn!(order = %id, error = %e, "cannot write re-routed fulfillments");
                 }
             }
             Ok(None) => {}
@@ -445,7 +474,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
 
 /// Re-creates fulfillment documents committed before a crash, republishes the escrow views, and queues
 /// every hub order document and stock document for the watcher.
-pub fn recover(hub: &Hub) -> Result<(), Problem> {
+pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
     // Only documents that are missing: recreating one that exists would be a no-op, but would load it.
     let outbox: Vec<NewFulfillment> = {
         let all = hub.intake.outbox()?;

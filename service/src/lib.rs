@@ -8,10 +8,13 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
+#[cfg(feature = "http")]
 pub mod problem;
+#[cfg(feature = "http")]
 pub mod request;
 pub mod storage;
 
+#[cfg(feature = "http")]
 pub use problem::{JsonBody, Problem, RawBody, parse_json};
 
 use std::sync::{Mutex, MutexGuard};
