@@ -10,6 +10,7 @@
 //! * [`replenishment`] — safety stock, reorder point, days of cover, stock-out day and order quantity.
 //! * [`eval`] — the rolling-origin evaluation on a directory of real series (`oms forecast eval`).
 //! * [`synthetic`] — a seeded synthetic SKU panel and an inventory simulation on it.
+#![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod error;

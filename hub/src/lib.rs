@@ -7,6 +7,7 @@
 //! hub refuses (quarantines) any change a node sends to what it does not own. The hub never writes a node's
 //! stock. Channel intake, routing and escrow arrive with later issues.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod api;
 pub mod config;

@@ -3,6 +3,7 @@
 //!
 //! This crate never touches a socket, a clock or the disk: callers pass times in, and bytes in and out.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod domain;
 pub mod escrow;

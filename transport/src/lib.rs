@@ -5,6 +5,7 @@
 //! sans-IO `oms_protocol::sync::SyncSession`, which a driver (node or hub) feeds with frames read here.
 //! Identity comes only from the verified certificate ([`endpoint::peer_identity`]), never from a frame.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod backoff;
 pub mod endpoint;
