@@ -1,11 +1,19 @@
-//! The hub: the tenant's meeting point for its warehouse nodes. It holds every order and stock document the
-//! nodes sync to it ([`docs`], persisted in `hub.redb`), serves them over QUIC with mutual TLS, one
-//! connection per node ([`server`]), and answers operators over HTTP ([`api`]).
+//! The hub: the tenant's meeting point for its warehouse nodes and its sales channels.
+//!
+//! - [`docs`]: every order, stock and escrow document the nodes sync to it, in `hub.redb` (over
+//!   `oms_sync::SyncDocs`), with the hub's access policy (a node sees only its own work) and the ownership
+//!   check that quarantines a change a node makes to what it does not own.
+//! - [`server`]: the QUIC server, one mutual-TLS connection and one sync session per node.
+//! - [`intake`] and [`orders`]: channel orders taken with idempotency in `intake.redb`, routed by [`routing`]
+//!   to the nearest sites that can ship them within the hub's escrowed stock rights, written out as
+//!   fulfillment documents, re-routed when a site rejects, cancelled across sites.
+//! - [`demand`], [`forecast_api`], [`forecast_config`]: demand history from the order documents, forecasts and
+//!   replenishment suggestions.
+//! - [`api`]: HTTP for operators and customers (nodes, orders, stock).
 //!
 //! The hub is never on a node's critical path: nodes accept and ship orders on their own and sync when they
-//! can. Each node may see only its own site's documents, and each field of a document has one owner; the
-//! hub refuses (quarantines) any change a node sends to what it does not own. The hub never writes a node's
-//! stock. Channel intake, routing and escrow arrive with later issues.
+//! can. Each field of a document has one owner; the hub never writes a node's stock. The hub depends on the
+//! contract (`oms-protocol`) and the shared lower crates, never on `oms-node`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, unreachable_pub)]
 
