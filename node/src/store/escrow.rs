@@ -7,13 +7,68 @@ use redb::ReadableTable;
 
 use super::error::escrow_corrupt;
 use super::tables::*;
-use super::writer::Tx;
-use super::{FeedEntry, Outcome, StoreError};
+use super::writer::{Apply, Tx};
+use super::{Command, FeedEntry, Limits, StoreError};
 use crate::escrow::{self, EscrowPolicy, Rights};
 
 /// Orders the hub assigned (`hub-…`) spend and return the hub's rights; every other order the site's.
 pub fn rights_of(order: &OrderId) -> Rights {
     if order.as_str().starts_with(HUB_ORDER_PREFIX) { Rights::Hub } else { Rights::Site }
+}
+
+/// Merge the hub's view of the escrow counters, then do the site's duties (acknowledge, lease, grant).
+#[derive(Debug, Clone)]
+pub struct EscrowSync {
+    /// The hub's counters, one per SKU.
+    pub hub: Vec<EscrowCounter>,
+    /// The site's escrow settings.
+    pub policy: EscrowPolicy,
+}
+
+impl Command for EscrowSync {
+    /// The SKUs whose escrow changed.
+    type Reply = Vec<Sku>;
+}
+
+impl Apply for EscrowSync {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<Vec<Sku>, StoreError> {
+        tx.escrow_sync(self.hub, &self.policy)
+    }
+}
+
+/// Periodic escrow duties over at most `skus_max` SKUs after `after` (the caller passes back the returned
+/// cursor, so a large catalog is covered over several ticks): with the hub reachable, renew leases and grant
+/// by the rebalancing policy; without it, reclaim rights whose lease has run out.
+#[derive(Debug, Clone)]
+pub struct EscrowTick {
+    /// The hub was heard from recently.
+    pub hub_reachable: bool,
+    /// The site's escrow settings.
+    pub policy: EscrowPolicy,
+    /// Most SKUs looked at (at most [`Limits::escrow_tick_skus_max`]).
+    pub skus_max: usize,
+    /// Start after this SKU (`None`: from the first).
+    pub after: Option<Sku>,
+}
+
+/// What an [`EscrowTick`] did: SKUs whose escrow changed, and where the next tick starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscrowTicked {
+    /// Changed SKUs.
+    pub changed: Vec<Sku>,
+    /// The cursor for the next tick (`None`: from the first SKU again).
+    pub next_after: Option<Sku>,
+}
+
+impl Command for EscrowTick {
+    type Reply = EscrowTicked;
+}
+
+impl Apply for EscrowTick {
+    fn apply(self, tx: &mut Tx<'_>, limits: &Limits) -> Result<EscrowTicked, StoreError> {
+        let skus_max = self.skus_max.clamp(1, limits.escrow_tick_skus_max);
+        tx.escrow_tick(self.hub_reachable, &self.policy, skus_max, self.after)
+    }
 }
 
 impl Tx<'_> {
@@ -25,16 +80,12 @@ impl Tx<'_> {
         }
     }
 
-    pub(super) fn put_escrow(&mut self, c: &EscrowCounter) -> Result<(), StoreError> {
+    fn put_escrow(&mut self, c: &EscrowCounter) -> Result<(), StoreError> {
         self.escrow.insert(c.sku().as_str(), enc(c)?.as_slice())?;
         self.feed_push(FeedEntry::Stock(c.sku().clone()))
     }
 
-    pub(super) fn escrow_sync(
-        &mut self,
-        hub: Vec<EscrowCounter>,
-        policy: &EscrowPolicy,
-    ) -> Result<Outcome, StoreError> {
+    fn escrow_sync(&mut self, hub: Vec<EscrowCounter>, policy: &EscrowPolicy) -> Result<Vec<Sku>, StoreError> {
         let mut changed = Vec::new();
         for theirs in hub {
             let sku = theirs.sku().clone();
@@ -57,16 +108,16 @@ impl Tx<'_> {
                 changed.push(sku);
             }
         }
-        Ok(Outcome::Escrow(changed))
+        Ok(changed)
     }
 
-    pub(super) fn escrow_tick(
+    fn escrow_tick(
         &mut self,
         hub_reachable: bool,
         policy: &EscrowPolicy,
         skus_max: usize,
         after: Option<Sku>,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<EscrowTicked, StoreError> {
         let mut skus = Vec::new();
         let range = match &after {
             Some(a) => {
@@ -94,6 +145,6 @@ impl Tx<'_> {
             last = Some(sku);
         }
         let next_after = if visited == skus_max { last } else { None };
-        Ok(Outcome::EscrowTicked { changed, next_after })
+        Ok(EscrowTicked { changed, next_after })
     }
 }

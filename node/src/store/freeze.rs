@@ -5,12 +5,44 @@ use oms_protocol::domain::{FulfillmentState, OrderId};
 use redb::ReadableTable;
 
 use super::tables::*;
-use super::writer::Tx;
-use super::{FeedEntry, OrderRecord, Outcome, StoreError};
+use super::writer::{Apply, Tx};
+use super::{Command, FeedEntry, Limits, OrderRecord, StoreError};
 use crate::freeze;
 
 /// Orders one freeze pass looks at, at most.
 pub const FREEZE_ORDERS_MAX: usize = 10_000;
+
+/// Freezes finished orders (see [`crate::freeze`]): looks at most `orders_max` queued orders after `after`
+/// (the caller passes back the returned cursor) and freezes those finished with a return window of
+/// `return_window_ms`.
+#[derive(Debug, Clone)]
+pub struct Freeze {
+    /// The return window, ms.
+    pub return_window_ms: u64,
+    /// Most orders looked at (at most [`FREEZE_ORDERS_MAX`]).
+    pub orders_max: usize,
+    /// Start after this order id (`None`: from the first).
+    pub after: Option<String>,
+}
+
+/// What a [`Freeze`] pass did: the orders it froze, and where the next pass starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frozen {
+    /// The orders frozen by this pass.
+    pub frozen: Vec<OrderId>,
+    /// The cursor for the next pass (`None`: from the first queued order again).
+    pub next_after: Option<String>,
+}
+
+impl Command for Freeze {
+    type Reply = Frozen;
+}
+
+impl Apply for Freeze {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<Frozen, StoreError> {
+        tx.freeze(self.return_window_ms, self.orders_max.clamp(1, FREEZE_ORDERS_MAX), self.after)
+    }
+}
 
 /// Puts every order that may be frozen into the freeze queue, once: orders saved before the queue existed
 /// (an upgraded database). Runs at open, over the finished states' index only.
@@ -58,12 +90,12 @@ pub(super) fn queue_value(rec: &OrderRecord) -> Option<u64> {
 }
 
 impl Tx<'_> {
-    pub(super) fn freeze(
+    fn freeze(
         &mut self,
         return_window_ms: u64,
         orders_max: usize,
         after: Option<String>,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Frozen, StoreError> {
         let mut queued = Vec::new();
         let range = match &after {
             Some(a) => {
@@ -94,7 +126,7 @@ impl Tx<'_> {
             self.feed_push(FeedEntry::Order(oid.clone()))?;
             frozen.push(oid);
         }
-        Ok(Outcome::Frozen { frozen, next_after })
+        Ok(Frozen { frozen, next_after })
     }
 }
 
@@ -108,11 +140,11 @@ mod tests {
 
     use super::*;
     use crate::metrics::Metrics;
-    use crate::store::{Command, Limits, Store};
+    use crate::store::{Limits, Store, cmd};
     use crate::test_support::{movement, site, store_with_catalog};
 
     #[test]
-    pub(super) fn orders_saved_before_the_freeze_queue_existed_are_queued_once_at_open() {
+    fn orders_saved_before_the_freeze_queue_existed_are_queued_once_at_open() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
@@ -122,11 +154,10 @@ mod tests {
             let draft = fixtures::draft("x", &Sku::parse("A").unwrap(), 1);
             let mut ids = Vec::new();
             for key in ["cancelled", "open"] {
-                let cmd = Command::CreateOrder { key: key.into(), draft: Box::new(draft.clone()) };
-                let Ok(Outcome::Order { record, .. }) = store.execute(cmd).await else { panic!("not created") };
-                ids.push(record.id);
+                let created = store.execute(cmd::CreateOrder { key: key.into(), draft: draft.clone() }).await;
+                ids.push(created.expect("not created").record.id);
             }
-            store.execute(Command::Cancel { order: ids[0].clone(), reason: "x".into() }).await.unwrap();
+            store.execute(cmd::Cancel { order: ids[0].clone(), reason: "x".into() }).await.unwrap();
             assert_eq!(store.freeze_queue(None, 10).unwrap(), vec![(ids[0].to_string(), 0)]);
             store.close();
             // The database as an older version left it: no queue, no flag.

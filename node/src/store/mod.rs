@@ -2,15 +2,22 @@
 //! with their fulfillment, pick waves, idempotency records and a change feed.
 //!
 //! # Writes: one writer, group commit
-//! Every write is a [`Command`] sent to a single writer thread. The writer takes a batch of queued commands
-//! (at most [`Limits::batch_max`]), applies them one after another inside **one** redb write transaction,
-//! commits it with `Durability::Immediate` (fsync), and only then answers each caller. So an acknowledgement
-//! always means "on disk", and concurrent requests share one fsync instead of queueing for one each.
+//! Every write is a [`Command`] (one type per command, in [`cmd`]) sent to a single writer thread. The writer
+//! takes a batch of queued commands (at most [`Limits::batch_max`]), applies them one after another inside
+//! **one** redb write transaction, commits it with `Durability::Immediate` (fsync), and only then answers each
+//! caller. So an acknowledgement always means "on disk", and concurrent requests share one fsync instead of
+//! queueing for one each.
 //!
 //! A command that is refused (bad input, not enough stock) must leave no trace in the shared transaction.
 //! Each command handler therefore *reads and validates everything first, then writes*: no handler returns an
 //! error after its first write. Storage errors are the exception; they abort the whole batch and every caller
 //! in it gets an error, so nothing is half-applied.
+//!
+//! # Typed replies
+//! Each command type names its answer ([`Command::Reply`]), so [`Store::execute`] returns exactly what that
+//! command produces: `store.execute(cmd::Pack { .. })` is a `Result<OrderRecord, StoreError>`. Inside, every
+//! queued command carries a one-shot sender of its own reply type; the writer keeps the results of a batch
+//! and sends them only after the commit (or sends every caller the batch's storage error).
 //!
 //! # Reads
 //! Readers open their own MVCC read transaction (`begin_read`) and never wait for the writer.
@@ -20,21 +27,20 @@
 //!   [`StoreError`].
 //! - `reads`: the read API of [`Store`]; `writer`: the writer thread, its batches and `Tx`, the open tables of
 //!   one write transaction.
-//! - The command handlers, by domain: `stock` (catalog, stock movements, import and the ledger posting every
-//!   movement goes through), `orders` (local orders, hub assignments, fulfillment steps), `waves` (pick waves
-//!   and pick confirmations), `returns`, `escrow` (the site's escrow counters and duties) and `freeze`
-//!   (freezing finished orders).
+//! - The commands, each type with its handler, by domain: `stock` (catalog, stock movements, import, and the
+//!   ledger posting every movement goes through), `orders` (local orders, hub assignments, fulfillment steps),
+//!   `waves` (pick waves and pick confirmations), `returns`, `escrow` (the site's escrow counters and duties)
+//!   and `freeze` (freezing finished orders). Every handler keeps the rule above: validate, then write.
 
+use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oms_protocol::domain::{Disposition, Movement, NodeId, OrderDraft, OrderId, Sku};
-use oms_protocol::escrow::EscrowCounter;
+use oms_protocol::domain::NodeId;
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::escrow::EscrowPolicy;
 use crate::metrics::Metrics;
 pub use oms_protocol::records::{FulfillmentLine, OrderRecord, ReturnLine, ReturnRecord, Shipment, TimelineEntry};
 
@@ -51,12 +57,13 @@ mod waves;
 mod writer;
 
 pub use error::StoreError;
-pub use escrow::rights_of;
-pub use freeze::FREEZE_ORDERS_MAX;
+pub use escrow::{EscrowTicked, rights_of};
 use freeze::fill_freeze_queue;
-pub use orders::IDEMPOTENCY_KEY_BYTES_MAX;
+pub use freeze::{FREEZE_ORDERS_MAX, Frozen};
+pub use orders::{IDEMPOTENCY_KEY_BYTES_MAX, NewOrder};
 use records::IdempotencyRecord;
 pub use records::{CatalogItem, FeedEntry, LedgerEntry, PickConfirmation, PickLine, Shortfall, Wave};
+pub use stock::Imported;
 use tables::*;
 pub use writer::IDEMPOTENCY_PRUNE_MAX;
 use writer::{Job, writer_loop};
@@ -94,184 +101,40 @@ impl Default for Limits {
     }
 }
 
-/// A write request for the writer thread.
-#[derive(Debug)]
-pub enum Command {
-    /// Create or update a catalog item.
-    PutCatalog(CatalogItem),
-    /// Record a stock movement that is not tied to an order (receipt, adjustment, count).
-    Stock {
-        /// The SKU.
-        sku: Sku,
-        /// Receipt, Adjustment or CycleCount (its `delta` is computed here).
-        movement: Movement,
-    },
-    /// Accept a local order and reserve its stock.
-    CreateOrder {
-        /// Idempotency key.
-        key: String,
-        /// The order (boxed: it is much larger than the other commands).
-        draft: Box<OrderDraft>,
-    },
-    /// Build a pick wave from accepted orders.
-    CreateWave {
-        /// Most orders on the wave.
-        orders_max: usize,
-    },
-    /// Confirm picks for some or all lines of an order.
-    ConfirmPicks {
-        /// The order.
-        order: OrderId,
-        /// Per-line confirmations.
-        lines: Vec<PickConfirmation>,
-    },
-    /// Pack.
-    Pack {
-        /// The order.
-        order: OrderId,
-        /// Parcels.
-        parcels: u32,
-    },
-    /// Hand to the carrier.
-    Ship {
-        /// The order.
-        order: OrderId,
-        /// Carrier.
-        carrier: String,
-        /// Tracking number.
-        tracking: String,
-    },
-    /// Carrier confirmed delivery.
-    Deliver {
-        /// The order.
-        order: OrderId,
-    },
-    /// Cancel before shipment.
-    Cancel {
-        /// The order.
-        order: OrderId,
-        /// Why.
-        reason: String,
-    },
-    /// Reserve stock again for a backordered order.
-    Reaccept {
-        /// The order.
-        order: OrderId,
-    },
-    /// Receive a customer return.
-    ReceiveReturn {
-        /// The order.
-        order: OrderId,
-        /// What came back.
-        lines: Vec<ReturnLine>,
-        /// Restock or scrap.
-        disposition: Disposition,
-    },
-    /// Refund a received return.
-    Refund {
-        /// The order.
-        order: OrderId,
-        /// The return's number.
-        return_id: u32,
-    },
-    /// Import catalog rows and stock receipts in one transaction (rows already validated).
-    Import {
-        /// Catalog items.
-        catalog: Vec<CatalogItem>,
-        /// Opening stock: counts per SKU.
-        counts: Vec<(Sku, u64)>,
-    },
-    /// Take an order the hub assigned to this site and reserve its units, paid for by the rights the hub
-    /// consumed when it assigned. Idempotent by order id: a second call returns the order as it is.
-    AcceptAssignment {
-        /// The fulfillment order id the hub chose (`hub-…`).
-        id: OrderId,
-        /// The lines and ship-to of this site's part.
-        draft: Box<OrderDraft>,
-        /// When the hub assigned it.
-        assigned_at_ms: u64,
-        /// Accept at once; otherwise the order waits in `assigned` (units reserved) for staff.
-        auto_accept: bool,
-    },
-    /// Staff decline a hub assignment still in `assigned`: its units go back to the hub.
-    RejectAssignment {
-        /// The order.
-        order: OrderId,
-        /// Why.
-        reason: String,
-    },
-    /// Merge the hub's view of the escrow counters, then do the site's duties (acknowledge, lease, grant).
-    EscrowSync {
-        /// The hub's counters, one per SKU.
-        hub: Vec<EscrowCounter>,
-        /// The site's escrow settings.
-        policy: EscrowPolicy,
-    },
-    /// Periodic escrow duties over at most `skus_max` SKUs after `after` (the caller passes back the
-    /// returned cursor, so a large catalog is covered over several ticks): with the hub reachable, renew
-    /// leases and grant by the rebalancing policy; without it, reclaim rights whose lease has run out.
-    EscrowTick {
-        /// The hub was heard from recently.
-        hub_reachable: bool,
-        /// The site's escrow settings.
-        policy: EscrowPolicy,
-        /// Most SKUs looked at.
-        skus_max: usize,
-        /// Start after this SKU (`None`: from the first).
-        after: Option<Sku>,
-    },
-    /// Freezes finished orders (see [`crate::freeze`]): looks at most `orders_max` queued orders after
-    /// `after` (the caller passes back the returned cursor) and freezes those finished with a return window
-    /// of `return_window_ms`.
-    Freeze {
-        /// The return window, ms.
-        return_window_ms: u64,
-        /// Most orders looked at.
-        orders_max: usize,
-        /// Start after this order id (`None`: from the first).
-        after: Option<String>,
-    },
+/// A write command for [`Store::execute`]: each command is its own type (all of them are in [`cmd`]) and
+/// names what its caller gets back once the batch holding it is committed. Sealed: only the store's commands
+/// implement it.
+pub trait Command: writer::Apply + fmt::Debug + Send + 'static {
+    /// What a command that is applied and committed answers with.
+    type Reply: fmt::Debug + Send + 'static;
 }
 
-/// What a successful command produced.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// A catalog item.
-    Catalog(CatalogItem),
-    /// A ledger entry.
-    Ledger(LedgerEntry),
-    /// An order; `created` is false when an idempotent replay returned the original.
-    Order {
-        /// The order.
-        record: Box<OrderRecord>,
-        /// Whether this call created it.
-        created: bool,
-    },
-    /// A wave.
-    Wave(Wave),
-    /// SKUs whose escrow changed.
-    Escrow(Vec<Sku>),
-    /// SKUs whose escrow changed, and where the next tick starts (`None`: from the first SKU again).
-    EscrowTicked {
-        /// Changed SKUs.
-        changed: Vec<Sku>,
-        /// The cursor for the next tick.
-        next_after: Option<Sku>,
-    },
-    /// Orders frozen, and where the next pass starts (`None`: from the first queued order again).
-    Frozen {
-        /// The orders frozen by this pass.
-        frozen: Vec<OrderId>,
-        /// The cursor for the next pass.
-        next_after: Option<String>,
-    },
-    /// Rows imported.
-    Imported {
-        /// Catalog items written.
-        catalog: usize,
-        /// Stock counts written.
-        counts: usize,
-    },
+pub mod cmd {
+    //! The write commands, one type each; [`Store::execute`] answers each with its [`Command::Reply`]:
+    //! - [`PutCatalog`] → [`CatalogItem`]; [`Stock`] → [`LedgerEntry`]; [`Import`] → [`Imported`];
+    //! - [`CreateOrder`] and [`AcceptAssignment`] → [`NewOrder`] (the order, and whether this call created it);
+    //! - [`RejectAssignment`], [`ConfirmPicks`], [`Pack`], [`Ship`], [`Deliver`], [`Cancel`], [`Reaccept`],
+    //!   [`ReceiveReturn`], [`Refund`] → the [`OrderRecord`] after the change;
+    //! - [`CreateWave`] → [`Wave`]; [`EscrowSync`] → the SKUs whose escrow changed; [`EscrowTick`] →
+    //!   [`EscrowTicked`]; [`Freeze`] → [`Frozen`].
+    //!
+    //! [`Store::execute`]: super::Store::execute
+    //! [`Command::Reply`]: super::Command::Reply
+    //! [`CatalogItem`]: super::CatalogItem
+    //! [`LedgerEntry`]: super::LedgerEntry
+    //! [`Imported`]: super::Imported
+    //! [`NewOrder`]: super::NewOrder
+    //! [`OrderRecord`]: super::OrderRecord
+    //! [`Wave`]: super::Wave
+    //! [`EscrowTicked`]: super::EscrowTicked
+    //! [`Frozen`]: super::Frozen
+
+    pub use super::escrow::{EscrowSync, EscrowTick};
+    pub use super::freeze::Freeze;
+    pub use super::orders::{AcceptAssignment, Cancel, CreateOrder, Deliver, Pack, Reaccept, RejectAssignment, Ship};
+    pub use super::returns::{ReceiveReturn, Refund};
+    pub use super::stock::{Import, PutCatalog, Stock};
+    pub use super::waves::{ConfirmPicks, CreateWave};
 }
 
 /// Handle to the node's database. Cheap to clone.
@@ -347,10 +210,11 @@ impl Store {
         self.limits
     }
 
-    /// Sends `cmd` to the writer and waits until it is committed (or refused).
-    pub async fn execute(&self, cmd: Command) -> Result<Outcome, StoreError> {
+    /// Sends `cmd` to the writer and waits until it is committed (or refused); answers with the command's
+    /// own reply.
+    pub async fn execute<C: Command>(&self, cmd: C) -> Result<C::Reply, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Job { cmd, reply }).map_err(|e| match e {
+        self.tx.try_send(writer::job(cmd, reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::ShuttingDown,
         })?;

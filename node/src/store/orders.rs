@@ -11,8 +11,10 @@ use redb::ReadableTable;
 use super::escrow::rights_of;
 use super::freeze::queue_value;
 use super::tables::*;
-use super::writer::Tx;
-use super::{FeedEntry, FulfillmentLine, IdempotencyRecord, OrderRecord, Outcome, Shipment, StoreError, TimelineEntry};
+use super::writer::{Apply, Tx};
+use super::{
+    Command, FeedEntry, FulfillmentLine, IdempotencyRecord, Limits, OrderRecord, Shipment, StoreError, TimelineEntry,
+};
 use crate::escrow::Rights;
 
 /// Longest idempotency key, bytes.
@@ -21,8 +23,176 @@ pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 /// Timeline note of an order whose stock was reserved on acceptance.
 const ACCEPTED_NOTE: &str = "accepted and stock reserved";
 
-pub(super) fn order_outcome(rec: OrderRecord, created: bool) -> Outcome {
-    Outcome::Order { record: Box::new(rec), created }
+/// What a command that creates an order answers with ([`CreateOrder`], [`AcceptAssignment`]).
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    /// The order.
+    pub record: OrderRecord,
+    /// Whether this call created it: false when it existed already (an idempotent replay).
+    pub created: bool,
+}
+
+/// Accept a local order and reserve its stock. Idempotent by key for [`Limits::idempotency_retention_ms`]: the
+/// same key with the same order answers the order it created; with another order it is refused
+/// ([`StoreError::IdempotencyKeyReused`]).
+#[derive(Debug, Clone)]
+pub struct CreateOrder {
+    /// Idempotency key.
+    pub key: String,
+    /// The order.
+    pub draft: OrderDraft,
+}
+
+impl Command for CreateOrder {
+    type Reply = NewOrder;
+}
+
+impl Apply for CreateOrder {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<NewOrder, StoreError> {
+        tx.create_order(self.key, self.draft)
+    }
+}
+
+/// Take an order the hub assigned to this site and reserve its units, paid for by the rights the hub
+/// consumed when it assigned. Idempotent by order id: a second call returns the order as it is.
+#[derive(Debug, Clone)]
+pub struct AcceptAssignment {
+    /// The fulfillment order id the hub chose (`hub-…`).
+    pub id: OrderId,
+    /// The lines and ship-to of this site's part.
+    pub draft: OrderDraft,
+    /// When the hub assigned it.
+    pub assigned_at_ms: u64,
+    /// Accept at once; otherwise the order waits in `assigned` (units reserved) for staff.
+    pub auto_accept: bool,
+}
+
+impl Command for AcceptAssignment {
+    type Reply = NewOrder;
+}
+
+impl Apply for AcceptAssignment {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<NewOrder, StoreError> {
+        tx.accept_assignment(self.id, self.draft, self.assigned_at_ms, self.auto_accept)
+    }
+}
+
+/// Staff decline a hub assignment still in `assigned`: its units go back to the hub.
+#[derive(Debug, Clone)]
+pub struct RejectAssignment {
+    /// The order.
+    pub order: OrderId,
+    /// Why.
+    pub reason: String,
+}
+
+impl Command for RejectAssignment {
+    /// The order after the change.
+    type Reply = OrderRecord;
+}
+
+impl Apply for RejectAssignment {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
+        tx.reject_assignment(self.order, self.reason)
+    }
+}
+
+/// Pack.
+#[derive(Debug, Clone)]
+pub struct Pack {
+    /// The order.
+    pub order: OrderId,
+    /// Parcels.
+    pub parcels: u32,
+}
+
+impl Command for Pack {
+    /// The order after the change.
+    type Reply = OrderRecord;
+}
+
+impl Apply for Pack {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
+        tx.pack(self.order, self.parcels)
+    }
+}
+
+/// Hand to the carrier.
+#[derive(Debug, Clone)]
+pub struct Ship {
+    /// The order.
+    pub order: OrderId,
+    /// Carrier.
+    pub carrier: String,
+    /// Tracking number.
+    pub tracking: String,
+}
+
+impl Command for Ship {
+    /// The order after the change.
+    type Reply = OrderRecord;
+}
+
+impl Apply for Ship {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
+        tx.ship(self.order, self.carrier, self.tracking)
+    }
+}
+
+/// Carrier confirmed delivery.
+#[derive(Debug, Clone)]
+pub struct Deliver {
+    /// The order.
+    pub order: OrderId,
+}
+
+impl Command for Deliver {
+    /// The order after the change.
+    type Reply = OrderRecord;
+}
+
+impl Apply for Deliver {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
+        tx.deliver(self.order)
+    }
+}
+
+/// Cancel before shipment.
+#[derive(Debug, Clone)]
+pub struct Cancel {
+    /// The order.
+    pub order: OrderId,
+    /// Why.
+    pub reason: String,
+}
+
+impl Command for Cancel {
+    /// The order after the change.
+    type Reply = OrderRecord;
+}
+
+impl Apply for Cancel {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
+        tx.cancel(self.order, self.reason)
+    }
+}
+
+/// Reserve stock again for a backordered order (or accept a hub assignment waiting in `assigned`).
+#[derive(Debug, Clone)]
+pub struct Reaccept {
+    /// The order.
+    pub order: OrderId,
+}
+
+impl Command for Reaccept {
+    /// The order after the change.
+    type Reply = OrderRecord;
+}
+
+impl Apply for Reaccept {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
+        tx.reaccept(self.order)
+    }
 }
 
 impl Tx<'_> {
@@ -72,14 +242,14 @@ impl Tx<'_> {
         rec.timeline.push(TimelineEntry { at_ms: self.now_ms, status: to, note });
     }
 
-    pub(super) fn create_order(&mut self, key: String, draft: OrderDraft) -> Result<Outcome, StoreError> {
+    fn create_order(&mut self, key: String, draft: OrderDraft) -> Result<NewOrder, StoreError> {
         let hash = draft_sha256(&draft).map_err(|e| StoreError::Storage(format!("encode: {e}")))?;
         if let Some(v) = self.idem.get(key.as_str())? {
             let rec: IdempotencyRecord = dec("idempotency", v.value())?;
             if rec.body_sha256 != hash {
                 return Err(StoreError::IdempotencyKeyReused(key));
             }
-            return Ok(order_outcome(self.order(&rec.order)?, false));
+            return Ok(NewOrder { record: self.order(&rec.order)?, created: false });
         }
         // Validate every line before writing anything.
         let mut shortfalls = Vec::new();
@@ -107,11 +277,11 @@ impl Tx<'_> {
         let idem = IdempotencyRecord { body_sha256: hash, order: id, at_ms: self.now_ms };
         self.idem.insert(key.as_str(), enc(&idem)?.as_slice())?;
         self.idem_by_time.insert((self.now_ms, key.as_str()), ())?;
-        Ok(order_outcome(rec, true))
+        Ok(NewOrder { record: rec, created: true })
     }
 
     /// A new order at this site: one unpicked fulfillment line per line of `draft`.
-    pub(super) fn new_record(
+    fn new_record(
         &self,
         id: OrderId,
         draft: OrderDraft,
@@ -138,15 +308,15 @@ impl Tx<'_> {
         }
     }
 
-    pub(super) fn accept_assignment(
+    fn accept_assignment(
         &mut self,
         id: OrderId,
         draft: OrderDraft,
         assigned_at_ms: u64,
         auto_accept: bool,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<NewOrder, StoreError> {
         if let Some(v) = self.orders.get(id.as_str())? {
-            return Ok(order_outcome(dec("orders", v.value())?, false));
+            return Ok(NewOrder { record: dec("orders", v.value())?, created: false });
         }
         if rights_of(&id) != Rights::Hub {
             return Err(StoreError::LineMismatch { order: id, message: "is not a hub order id".into() });
@@ -196,10 +366,10 @@ impl Tx<'_> {
         };
         let rec = self.new_record(id, draft, status, timeline);
         self.save_order(&rec, None)?;
-        Ok(order_outcome(rec, true))
+        Ok(NewOrder { record: rec, created: true })
     }
 
-    pub(super) fn ship(&mut self, order: OrderId, carrier: String, tracking: String) -> Result<Outcome, StoreError> {
+    fn ship(&mut self, order: OrderId, carrier: String, tracking: String) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Ship)?;
         let prev = rec.status;
@@ -216,10 +386,10 @@ impl Tx<'_> {
         rec.shipment = Some(Shipment { carrier, tracking, parcels });
         self.transition(&mut rec, to, note);
         self.save_order(&rec, Some(prev))?;
-        Ok(order_outcome(rec, false))
+        Ok(rec)
     }
 
-    pub(super) fn cancel(&mut self, order: OrderId, reason: String) -> Result<Outcome, StoreError> {
+    fn cancel(&mut self, order: OrderId, reason: String) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Cancel)?;
         let prev = rec.status;
@@ -239,10 +409,10 @@ impl Tx<'_> {
         }
         self.transition(&mut rec, to, format!("cancelled: {reason}"));
         self.save_order(&rec, Some(prev))?;
-        Ok(order_outcome(rec, false))
+        Ok(rec)
     }
 
-    pub(super) fn reaccept(&mut self, order: OrderId) -> Result<Outcome, StoreError> {
+    fn reaccept(&mut self, order: OrderId) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Accept)?;
         let prev = rec.status;
@@ -251,7 +421,7 @@ impl Tx<'_> {
             // A hub assignment waiting for staff: its units are already reserved.
             self.transition(&mut rec, to, "assignment accepted by staff".into());
             self.save_order(&rec, Some(prev))?;
-            return Ok(order_outcome(rec, false));
+            return Ok(rec);
         }
         let mut demand: BTreeMap<&Sku, u64> = BTreeMap::new();
         for l in &rec.lines {
@@ -272,29 +442,29 @@ impl Tx<'_> {
         rec.wave = None;
         self.transition(&mut rec, to, "stock reserved again".into());
         self.save_order(&rec, Some(prev))?;
-        Ok(order_outcome(rec, false))
+        Ok(rec)
     }
 
-    pub(super) fn pack(&mut self, order: OrderId, parcels: u32) -> Result<Outcome, StoreError> {
+    fn pack(&mut self, order: OrderId, parcels: u32) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Pack)?;
         let prev = rec.status;
         rec.parcels = Some(parcels);
         self.transition(&mut rec, to, format!("packed into {parcels} parcel(s)"));
         self.save_order(&rec, Some(prev))?;
-        Ok(order_outcome(rec, false))
+        Ok(rec)
     }
 
-    pub(super) fn deliver(&mut self, order: OrderId) -> Result<Outcome, StoreError> {
+    fn deliver(&mut self, order: OrderId) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Deliver)?;
         let prev = rec.status;
         self.transition(&mut rec, to, "delivered".into());
         self.save_order(&rec, Some(prev))?;
-        Ok(order_outcome(rec, false))
+        Ok(rec)
     }
 
-    pub(super) fn reject_assignment(&mut self, order: OrderId, reason: String) -> Result<Outcome, StoreError> {
+    fn reject_assignment(&mut self, order: OrderId, reason: String) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Reject)?;
         let prev = rec.status;
@@ -304,6 +474,6 @@ impl Tx<'_> {
         }
         self.transition(&mut rec, to, format!("assignment rejected: {reason}"));
         self.save_order(&rec, Some(prev))?;
-        Ok(order_outcome(rec, false))
+        Ok(rec)
     }
 }

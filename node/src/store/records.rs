@@ -57,7 +57,7 @@ pub struct PickLine {
     pub qty: u32,
 }
 
-/// What changed, as read by sync from [`Store::feed_after`].
+/// What changed, as read by sync from [`Store::feed_after`](super::Store::feed_after).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FeedEntry {
     /// An order was created or changed.

@@ -2,17 +2,58 @@
 
 use oms_protocol::domain::{Disposition, FulfillmentState, Movement, OrderId, ReturnState, ReturnStep};
 
-use super::orders::order_outcome;
-use super::writer::Tx;
-use super::{Outcome, ReturnLine, ReturnRecord, StoreError, TimelineEntry};
+use super::writer::{Apply, Tx};
+use super::{Command, Limits, OrderRecord, ReturnLine, ReturnRecord, StoreError, TimelineEntry};
+
+/// Receive a customer return.
+#[derive(Debug, Clone)]
+pub struct ReceiveReturn {
+    /// The order.
+    pub order: OrderId,
+    /// What came back.
+    pub lines: Vec<ReturnLine>,
+    /// Restock or scrap.
+    pub disposition: Disposition,
+}
+
+impl Command for ReceiveReturn {
+    /// The order after the change, the return last in its `returns`.
+    type Reply = OrderRecord;
+}
+
+impl Apply for ReceiveReturn {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
+        tx.receive_return(self.order, self.lines, self.disposition)
+    }
+}
+
+/// Refund a received return.
+#[derive(Debug, Clone)]
+pub struct Refund {
+    /// The order.
+    pub order: OrderId,
+    /// The return's number.
+    pub return_id: u32,
+}
+
+impl Command for Refund {
+    /// The order after the change.
+    type Reply = OrderRecord;
+}
+
+impl Apply for Refund {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
+        tx.refund(self.order, self.return_id)
+    }
+}
 
 impl Tx<'_> {
-    pub(super) fn receive_return(
+    fn receive_return(
         &mut self,
         order: OrderId,
         lines: Vec<ReturnLine>,
         disposition: Disposition,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         if !matches!(rec.status, FulfillmentState::Shipped | FulfillmentState::Delivered) {
             return Err(StoreError::LineMismatch {
@@ -65,10 +106,10 @@ impl Tx<'_> {
             note: format!("return {id} received and {what}"),
         });
         self.save_order(&rec, Some(status))?;
-        Ok(order_outcome(rec, false))
+        Ok(rec)
     }
 
-    pub(super) fn refund(&mut self, order: OrderId, return_id: u32) -> Result<Outcome, StoreError> {
+    fn refund(&mut self, order: OrderId, return_id: u32) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         let ret = rec.returns.iter_mut().find(|r| r.id == return_id).ok_or_else(|| StoreError::LineMismatch {
             order: order.clone(),
@@ -81,6 +122,6 @@ impl Tx<'_> {
         let status = rec.status;
         rec.timeline.push(TimelineEntry { at_ms: self.now_ms, status, note: format!("return {return_id} refunded") });
         self.save_order(&rec, Some(status))?;
-        Ok(order_outcome(rec, false))
+        Ok(rec)
     }
 }

@@ -1,5 +1,6 @@
-//! Catalog and stock commands, and the ledger posting every movement of stock goes through ([`Tx::post`]):
-//! one ledger entry, the new balance and the SKU's escrow counter, in the command's transaction.
+//! Catalog and stock commands ([`PutCatalog`], [`Stock`], [`Import`]), and the ledger posting every movement
+//! of stock goes through ([`Tx::post`]): one ledger entry, the new balance and the SKU's escrow counter, in the
+//! command's transaction.
 
 use oms_protocol::domain::{Balance, BalanceError, Movement, Sku, ValidationError};
 use oms_protocol::escrow::Party;
@@ -8,9 +9,72 @@ use redb::ReadableTable;
 use super::error::escrow_corrupt;
 use super::escrow::rights_of;
 use super::tables::*;
-use super::writer::Tx;
-use super::{CatalogItem, FeedEntry, LedgerEntry, Outcome, Shortfall, StoreError};
+use super::writer::{Apply, Tx};
+use super::{CatalogItem, Command, FeedEntry, LedgerEntry, Limits, Shortfall, StoreError};
 use crate::escrow::{self, Rights};
+
+/// Create or update a catalog item.
+#[derive(Debug, Clone)]
+pub struct PutCatalog(pub CatalogItem);
+
+impl Command for PutCatalog {
+    /// The item as stored.
+    type Reply = CatalogItem;
+}
+
+impl Apply for PutCatalog {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<CatalogItem, StoreError> {
+        tx.put_catalog(self.0)
+    }
+}
+
+/// Record a stock movement that is not tied to an order (receipt, adjustment, count).
+#[derive(Debug, Clone)]
+pub struct Stock {
+    /// The SKU.
+    pub sku: Sku,
+    /// Receipt, Adjustment or CycleCount (its `delta` is computed here).
+    pub movement: Movement,
+}
+
+impl Command for Stock {
+    /// The ledger entry written, with the SKU's balance after it.
+    type Reply = LedgerEntry;
+}
+
+impl Apply for Stock {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<LedgerEntry, StoreError> {
+        tx.stock(self.sku, self.movement)
+    }
+}
+
+/// Import catalog rows and stock receipts in one transaction (rows already validated).
+#[derive(Debug, Clone)]
+pub struct Import {
+    /// Catalog items.
+    pub catalog: Vec<CatalogItem>,
+    /// Opening stock: counts per SKU.
+    pub counts: Vec<(Sku, u64)>,
+}
+
+/// What an [`Import`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    /// Catalog items written.
+    pub catalog: usize,
+    /// Stock counts written.
+    pub counts: usize,
+}
+
+impl Command for Import {
+    type Reply = Imported;
+}
+
+impl Apply for Import {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<Imported, StoreError> {
+        tx.import(self.catalog, self.counts)
+    }
+}
 
 impl Tx<'_> {
     pub(super) fn in_catalog(&self, sku: &Sku) -> Result<bool, StoreError> {
@@ -78,7 +142,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub(super) fn stock(&mut self, sku: Sku, movement: Movement) -> Result<Outcome, StoreError> {
+    fn stock(&mut self, sku: Sku, movement: Movement) -> Result<LedgerEntry, StoreError> {
         if !self.in_catalog(&sku)? {
             return Err(StoreError::UnknownSku(sku));
         }
@@ -97,16 +161,16 @@ impl Tx<'_> {
             source => StoreError::BelowReserved { sku: sku.clone(), source },
         })?;
         self.check_site_decrease(&sku, b.available().saturating_sub(after.available()))?;
-        Ok(Outcome::Ledger(self.post(&sku, movement)?))
+        self.post(&sku, movement)
     }
 
-    pub(super) fn put_catalog(&mut self, item: CatalogItem) -> Result<Outcome, StoreError> {
+    fn put_catalog(&mut self, item: CatalogItem) -> Result<CatalogItem, StoreError> {
         self.catalog.insert(item.sku.as_str(), enc(&item)?.as_slice())?;
         self.feed_push(FeedEntry::Catalog(item.sku.clone()))?;
-        Ok(Outcome::Catalog(item))
+        Ok(item)
     }
 
-    pub(super) fn import(&mut self, catalog: Vec<CatalogItem>, counts: Vec<(Sku, u64)>) -> Result<Outcome, StoreError> {
+    fn import(&mut self, catalog: Vec<CatalogItem>, counts: Vec<(Sku, u64)>) -> Result<Imported, StoreError> {
         for (sku, _) in &counts {
             if !self.in_catalog(sku)? && !catalog.iter().any(|c| &c.sku == sku) {
                 return Err(StoreError::UnknownSku(sku.clone()));
@@ -132,6 +196,6 @@ impl Tx<'_> {
                 self.post(&sku, Movement::CycleCount { counted, delta })?;
             }
         }
-        Ok(Outcome::Imported { catalog: nc, counts: ns })
+        Ok(Imported { catalog: nc, counts: ns })
     }
 }

@@ -3,13 +3,49 @@
 use oms_protocol::domain::{FulfillmentState, Movement, OrderId, Step, TransitionError};
 use redb::ReadableTable;
 
-use super::orders::order_outcome;
 use super::tables::*;
-use super::writer::Tx;
-use super::{CatalogItem, Outcome, PickConfirmation, PickLine, StoreError, Wave};
+use super::writer::{Apply, Tx};
+use super::{CatalogItem, Command, Limits, OrderRecord, PickConfirmation, PickLine, StoreError, Wave};
+
+/// Build a pick wave from accepted orders.
+#[derive(Debug, Clone)]
+pub struct CreateWave {
+    /// Most orders on the wave (at most [`Limits::wave_orders_max`]).
+    pub orders_max: usize,
+}
+
+impl Command for CreateWave {
+    type Reply = Wave;
+}
+
+impl Apply for CreateWave {
+    fn apply(self, tx: &mut Tx<'_>, limits: &Limits) -> Result<Wave, StoreError> {
+        tx.create_wave(self.orders_max.clamp(1, limits.wave_orders_max))
+    }
+}
+
+/// Confirm picks for some or all lines of an order.
+#[derive(Debug, Clone)]
+pub struct ConfirmPicks {
+    /// The order.
+    pub order: OrderId,
+    /// Per-line confirmations.
+    pub lines: Vec<PickConfirmation>,
+}
+
+impl Command for ConfirmPicks {
+    /// The order after the change.
+    type Reply = OrderRecord;
+}
+
+impl Apply for ConfirmPicks {
+    fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
+        tx.confirm_picks(self.order, self.lines)
+    }
+}
 
 impl Tx<'_> {
-    pub(super) fn create_wave(&mut self, orders_max: usize) -> Result<Outcome, StoreError> {
+    fn create_wave(&mut self, orders_max: usize) -> Result<Wave, StoreError> {
         let tag = FulfillmentState::Accepted.tag();
         let mut ids = Vec::new();
         for item in self.by_state.range((tag, "")..(tag + 1, ""))?.take(orders_max) {
@@ -41,14 +77,10 @@ impl Tx<'_> {
         lines.sort_by(|a, b| (&a.bin, &a.sku, &a.order).cmp(&(&b.bin, &b.sku, &b.order)));
         let wave = Wave { id, created_at_ms: self.now_ms, orders: ids, lines };
         self.waves.insert(id, enc(&wave)?.as_slice())?;
-        Ok(Outcome::Wave(wave))
+        Ok(wave)
     }
 
-    pub(super) fn confirm_picks(
-        &mut self,
-        order: OrderId,
-        confirms: Vec<PickConfirmation>,
-    ) -> Result<Outcome, StoreError> {
+    fn confirm_picks(&mut self, order: OrderId, confirms: Vec<PickConfirmation>) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         if rec.status != FulfillmentState::Picking {
             return Err(StoreError::Transition {
@@ -113,6 +145,6 @@ impl Tx<'_> {
         } else {
             self.save_order(&rec, Some(FulfillmentState::Picking))?;
         }
-        Ok(order_outcome(rec, false))
+        Ok(rec)
     }
 }
