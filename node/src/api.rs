@@ -21,7 +21,9 @@ use oms_protocol::domain::{
 use crate::escrow::EscrowFigures;
 use crate::import::{self, Kind};
 use crate::metrics::{Metrics, RequestLabels, StateLabels};
-use crate::store::{CatalogItem, Command, Outcome, PickConfirmation, ReturnLine, Store, StoreError, WRITE_TIMEOUT};
+use crate::store::{
+    CatalogItem, Command, OrderRecord, PickConfirmation, ReturnLine, Store, StoreError, WRITE_TIMEOUT, cmd,
+};
 use oms_service::request::{JSON_BODY_BYTES_MAX, order_request};
 use oms_service::{JsonBody, Problem, RawBody};
 
@@ -169,7 +171,7 @@ fn text(field: &str, s: &str, required: bool) -> Result<(), Problem> {
     Ok(())
 }
 
-async fn exec(st: &AppState, cmd: Command) -> Result<Outcome, Problem> {
+async fn exec<C: Command>(st: &AppState, cmd: C) -> Result<C::Reply, Problem> {
     match tokio::time::timeout(WRITE_TIMEOUT, st.store.execute(cmd)).await {
         Ok(r) => r.map_err(Problem::from),
         Err(_) => Err(Problem::new(
@@ -178,10 +180,6 @@ async fn exec(st: &AppState, cmd: Command) -> Result<Outcome, Problem> {
             "the write did not complete in time; it may still commit, retry with the same idempotency key",
         )),
     }
-}
-
-fn unexpected() -> Problem {
-    Problem::from(StoreError::Storage("unexpected outcome from the store".into()))
 }
 
 #[derive(Deserialize)]
@@ -199,10 +197,8 @@ async fn put_catalog(
     let sku = sku_path(&sku)?;
     text("name", &b.name, true)?;
     text("bin", &b.bin, false)?;
-    match exec(&st, Command::PutCatalog(CatalogItem { sku, name: b.name, bin: b.bin })).await? {
-        Outcome::Catalog(item) => Ok(Json(item).into_response()),
-        _ => Err(unexpected()),
-    }
+    let item = exec(&st, cmd::PutCatalog(CatalogItem { sku, name: b.name, bin: b.bin })).await?;
+    Ok(Json(item).into_response())
 }
 
 async fn get_catalog(State(st): State<AppState>, Path(sku): Path<String>) -> Result<Response, Problem> {
@@ -299,14 +295,10 @@ fn qty_u32(field: &str, q: i64) -> Result<u32, Problem> {
     Ok(v)
 }
 
-async fn stock_outcome(st: &AppState, cmd: Command) -> Result<Response, Problem> {
-    match exec(st, cmd).await? {
-        Outcome::Ledger(e) => {
-            let view = StockView::new(&st.store, e.sku.clone(), e.balance)?;
-            Ok((StatusCode::CREATED, Json(serde_json::json!({"entry": e, "stock": view}))).into_response())
-        }
-        _ => Err(unexpected()),
-    }
+async fn stock_outcome(st: &AppState, cmd: cmd::Stock) -> Result<Response, Problem> {
+    let e = exec(st, cmd).await?;
+    let view = StockView::new(&st.store, e.sku.clone(), e.balance)?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({"entry": e, "stock": view}))).into_response())
 }
 
 async fn receipt(State(st): State<AppState>, JsonBody(b): JsonBody<ReceiptBody>) -> Result<Response, Problem> {
@@ -314,7 +306,7 @@ async fn receipt(State(st): State<AppState>, JsonBody(b): JsonBody<ReceiptBody>)
     if let Some(n) = &b.note {
         text("note", n, false)?;
     }
-    stock_outcome(&st, Command::Stock { sku: b.sku, movement: Movement::Receipt { qty, note: b.note } }).await
+    stock_outcome(&st, cmd::Stock { sku: b.sku, movement: Movement::Receipt { qty, note: b.note } }).await
 }
 
 #[derive(Deserialize)]
@@ -335,11 +327,8 @@ async fn adjustment(State(st): State<AppState>, JsonBody(b): JsonBody<AdjustBody
         .into());
     }
     text("reason", &b.reason, true)?;
-    stock_outcome(
-        &st,
-        Command::Stock { sku: b.sku, movement: Movement::Adjustment { delta: b.delta, reason: b.reason } },
-    )
-    .await
+    stock_outcome(&st, cmd::Stock { sku: b.sku, movement: Movement::Adjustment { delta: b.delta, reason: b.reason } })
+        .await
 }
 
 #[derive(Deserialize)]
@@ -353,20 +342,16 @@ async fn count(State(st): State<AppState>, JsonBody(b): JsonBody<CountBody>) -> 
     let counted = u64::try_from(b.counted).ok().filter(|c| *c <= 1_000_000_000).ok_or_else(|| {
         Problem::from(ValidationError::new("invalid_quantity", "counted", "must be a whole number from 0"))
     })?;
-    stock_outcome(&st, Command::Stock { sku: b.sku, movement: Movement::CycleCount { counted, delta: 0 } }).await
+    stock_outcome(&st, cmd::Stock { sku: b.sku, movement: Movement::CycleCount { counted, delta: 0 } }).await
 }
 
-fn order_response(outcome: Outcome, status: StatusCode) -> Result<Response, Problem> {
-    match outcome {
-        Outcome::Order { record, created } => {
-            let mut resp = (status, Json(record)).into_response();
-            if !created && status == StatusCode::CREATED {
-                resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-            }
-            Ok(resp)
-        }
-        _ => Err(unexpected()),
+/// An order as the answer to a write; `replayed` adds `idempotent-replayed: true`.
+fn order_response(record: OrderRecord, status: StatusCode, replayed: bool) -> Result<Response, Problem> {
+    let mut resp = (status, Json(record)).into_response();
+    if replayed {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    Ok(resp)
 }
 
 async fn create_order(
@@ -375,7 +360,8 @@ async fn create_order(
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let (key, draft) = order_request(&headers, &body)?;
-    order_response(exec(&st, Command::CreateOrder { key, draft: Box::new(draft) }).await?, StatusCode::CREATED)
+    let new = exec(&st, cmd::CreateOrder { key, draft }).await?;
+    order_response(new.record, StatusCode::CREATED, !new.created)
 }
 
 /// One order; a frozen one also shows `frozen_at_ms` (it takes no more changes).
@@ -422,7 +408,7 @@ async fn confirm_picks(
     if b.lines.len() > oms_protocol::domain::ORDER_LINES_MAX {
         return Err(ValidationError::new("too_many_lines", "lines", "too many lines").into());
     }
-    order_response(exec(&st, Command::ConfirmPicks { order, lines: b.lines }).await?, StatusCode::OK)
+    order_response(exec(&st, cmd::ConfirmPicks { order, lines: b.lines }).await?, StatusCode::OK, false)
 }
 
 #[derive(Deserialize, Default)]
@@ -443,7 +429,7 @@ async fn pack(State(st): State<AppState>, Path(id): Path<String>, RawBody(body):
     if !(1..=1000).contains(&parcels) {
         return Err(ValidationError::new("invalid_quantity", "parcels", "must be 1 to 1000").into());
     }
-    order_response(exec(&st, Command::Pack { order, parcels }).await?, StatusCode::OK)
+    order_response(exec(&st, cmd::Pack { order, parcels }).await?, StatusCode::OK, false)
 }
 
 #[derive(Deserialize)]
@@ -461,12 +447,13 @@ async fn ship(
     let order = order_path(&id)?;
     text("carrier", &b.carrier, true)?;
     text("tracking", &b.tracking, true)?;
-    order_response(exec(&st, Command::Ship { order, carrier: b.carrier, tracking: b.tracking }).await?, StatusCode::OK)
+    let record = exec(&st, cmd::Ship { order, carrier: b.carrier, tracking: b.tracking }).await?;
+    order_response(record, StatusCode::OK, false)
 }
 
 async fn deliver(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
     let order = order_path(&id)?;
-    order_response(exec(&st, Command::Deliver { order }).await?, StatusCode::OK)
+    order_response(exec(&st, cmd::Deliver { order }).await?, StatusCode::OK, false)
 }
 
 #[derive(Deserialize, Default)]
@@ -490,7 +477,7 @@ async fn cancel(
 ) -> Result<Response, Problem> {
     let order = order_path(&id)?;
     let reason = reason_body(&body, "requested at the site")?;
-    order_response(exec(&st, Command::Cancel { order, reason }).await?, StatusCode::OK)
+    order_response(exec(&st, cmd::Cancel { order, reason }).await?, StatusCode::OK, false)
 }
 
 async fn reject_assignment(
@@ -500,12 +487,12 @@ async fn reject_assignment(
 ) -> Result<Response, Problem> {
     let order = order_path(&id)?;
     let reason = reason_body(&body, "declined at the site")?;
-    order_response(exec(&st, Command::RejectAssignment { order, reason }).await?, StatusCode::OK)
+    order_response(exec(&st, cmd::RejectAssignment { order, reason }).await?, StatusCode::OK, false)
 }
 
 async fn reaccept(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
     let order = order_path(&id)?;
-    order_response(exec(&st, Command::Reaccept { order }).await?, StatusCode::OK)
+    order_response(exec(&st, cmd::Reaccept { order }).await?, StatusCode::OK, false)
 }
 
 #[derive(Deserialize)]
@@ -535,10 +522,10 @@ async fn receive_return(
     for (i, l) in b.lines.into_iter().enumerate() {
         lines.push(ReturnLine { sku: l.sku, qty: qty_u32(&format!("lines[{i}].qty"), l.qty)? });
     }
-    order_response(
-        exec(&st, Command::ReceiveReturn { order, lines, disposition: b.disposition }).await?,
-        StatusCode::CREATED,
-    )
+    let record = exec(&st, cmd::ReceiveReturn { order, lines, disposition: b.disposition }).await?;
+    // As before typed replies: a return receipt (201, never "created" by an idempotency key) has always been
+    // answered with `idempotent-replayed: true`; kept so the HTTP API does not change here.
+    order_response(record, StatusCode::CREATED, true)
 }
 
 async fn refund(State(st): State<AppState>, Path((id, n)): Path<(String, String)>) -> Result<Response, Problem> {
@@ -546,7 +533,7 @@ async fn refund(State(st): State<AppState>, Path((id, n)): Path<(String, String)
     let return_id = n
         .parse::<u32>()
         .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "return_not_found", format!("return {n:?} does not exist")))?;
-    order_response(exec(&st, Command::Refund { order, return_id }).await?, StatusCode::OK)
+    order_response(exec(&st, cmd::Refund { order, return_id }).await?, StatusCode::OK, false)
 }
 
 #[derive(Deserialize, Default)]
@@ -566,10 +553,8 @@ async fn create_wave(State(st): State<AppState>, RawBody(body): RawBody) -> Resu
         )
         .into());
     }
-    match exec(&st, Command::CreateWave { orders_max }).await? {
-        Outcome::Wave(w) => Ok((StatusCode::CREATED, Json(w)).into_response()),
-        _ => Err(unexpected()),
-    }
+    let w = exec(&st, cmd::CreateWave { orders_max }).await?;
+    Ok((StatusCode::CREATED, Json(w)).into_response())
 }
 
 async fn get_wave(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {

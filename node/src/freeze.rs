@@ -10,7 +10,7 @@
 //!
 //! Anything else (assigned, accepted, picking, picked, packed, backordered) is open.
 //!
-//! The fulfilling node **freezes** a finished order ([`crate::store::Command::Freeze`]): in one store
+//! The fulfilling node **freezes** a finished order ([`crate::store::cmd::Freeze`]): in one store
 //! transaction it records `frozen_at_ms`, drops the order from the freeze queue and appends the order to the
 //! change feed. From then on the store refuses every change to it (`order_frozen`, 409), and the feed
 //! follower writes `frozen_at_ms` into the order document as its last change and compacts the document's
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use oms_protocol::domain::{FulfillmentState, ReturnState};
 
-use crate::store::{Command, OrderRecord, Outcome, Store};
+use crate::store::{Frozen, OrderRecord, Store, cmd};
 
 /// What an order's record says about freezing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,20 +102,19 @@ pub async fn run(store: Store, policy: FreezePolicy) {
     let mut failing = false;
     loop {
         tick.tick().await;
-        let cmd = Command::Freeze {
+        let cmd = cmd::Freeze {
             return_window_ms: policy.return_window_ms,
             orders_max: policy.batch_max,
             after: after.take(),
         };
         match store.execute(cmd).await {
-            Ok(Outcome::Frozen { frozen, next_after }) => {
+            Ok(Frozen { frozen, next_after }) => {
                 failing = false;
                 if !frozen.is_empty() {
                     tracing::info!(orders = frozen.len(), "froze finished orders");
                 }
                 after = next_after;
             }
-            Ok(_) => {}
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, "freezing finished orders failed; retrying next period");

@@ -10,7 +10,7 @@ use std::io::Read;
 use oms_protocol::domain::{Sku, TEXT_BYTES_MAX};
 use serde::Serialize;
 
-use crate::store::{CatalogItem, Command, Outcome, Store, StoreError};
+use crate::store::{CatalogItem, Imported, Store, StoreError, cmd};
 
 /// Rows written per transaction.
 pub const CHUNK_ROWS: usize = 2_000;
@@ -150,19 +150,18 @@ async fn flush(
     let cat = std::mem::take(catalog);
     let cnt = std::mem::take(counts);
     let chunk_lines = std::mem::take(lines);
-    match store.execute(Command::Import { catalog: cat.clone(), counts: cnt.clone() }).await {
-        Ok(Outcome::Imported { catalog, counts }) => {
+    match store.execute(cmd::Import { catalog: cat.clone(), counts: cnt.clone() }).await {
+        Ok(Imported { catalog, counts }) => {
             report.accepted += (catalog + counts) as u64;
             Ok(())
         }
-        Ok(_) => Err(StoreError::Storage("import returned an unexpected outcome".into())),
         // A chunk refused as a whole (unknown SKU, below reserved): retry row by row so only bad rows fail.
         Err(StoreError::UnknownSku(_) | StoreError::BelowReserved { .. }) => {
             for (i, line) in chunk_lines.into_iter().enumerate() {
                 let cmd = if !cat.is_empty() {
-                    Command::Import { catalog: vec![cat[i].clone()], counts: vec![] }
+                    cmd::Import { catalog: vec![cat[i].clone()], counts: vec![] }
                 } else {
-                    Command::Import { catalog: vec![], counts: vec![cnt[i].clone()] }
+                    cmd::Import { catalog: vec![], counts: vec![cnt[i].clone()] }
                 };
                 match store.execute(cmd).await {
                     Ok(_) => report.accepted += 1,

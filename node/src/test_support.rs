@@ -7,7 +7,7 @@ use std::sync::Arc;
 use oms_protocol::domain::{Movement, NodeId, Sku};
 
 use crate::metrics::Metrics;
-use crate::store::{CatalogItem, Command, Limits, Store};
+use crate::store::{CatalogItem, Limits, Store, cmd};
 
 /// The site the unit tests' stores belong to.
 pub(crate) fn site() -> NodeId {
@@ -20,12 +20,12 @@ pub(crate) async fn store_with_catalog(dir: &Path, skus: &[&str]) -> Store {
     let store = Store::open(&dir.join("node.redb"), site(), Limits::default(), Arc::new(Metrics::new())).unwrap();
     for s in skus {
         let item = CatalogItem { sku: Sku::parse(s).unwrap(), name: (*s).into(), bin: "A-1".into() };
-        store.execute(Command::PutCatalog(item)).await.unwrap();
+        store.execute(cmd::PutCatalog(item)).await.unwrap();
     }
     store
 }
 
 /// Records `movement` of SKU `sku` at `store`.
 pub(crate) async fn movement(store: &Store, sku: &str, movement: Movement) {
-    store.execute(Command::Stock { sku: Sku::parse(sku).unwrap(), movement }).await.unwrap();
+    store.execute(cmd::Stock { sku: Sku::parse(sku).unwrap(), movement }).await.unwrap();
 }

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use oms_node::escrow::EscrowPolicy;
-use oms_node::store::{Command, Limits, Outcome, Store, StoreError};
+use oms_node::store::{EscrowTicked, Limits, NewOrder, Store, StoreError, cmd};
 use oms_protocol::domain::{FulfillmentState, Movement, OrderId, Sku};
 use oms_protocol::escrow::{EscrowCounter, Party, RebalancePolicy};
 use oms_protocol::fixtures;
@@ -82,12 +82,9 @@ impl World {
         match op {
             Op::Local(q) => {
                 self.key += 1;
-                let cmd = Command::CreateOrder {
-                    key: format!("k{}", self.key),
-                    draft: Box::new(fixtures::draft("x", &sku, *q)),
-                };
+                let cmd = cmd::CreateOrder { key: format!("k{}", self.key), draft: fixtures::draft("x", &sku, *q) };
                 match self.store.execute(cmd).await {
-                    Ok(Outcome::Order { record, .. }) => self.local_orders.push(record.id),
+                    Ok(NewOrder { record, .. }) => self.local_orders.push(record.id),
                     Err(StoreError::InsufficientStock(_)) => {}
                     other => panic!("local order: {other:?}"),
                 }
@@ -100,14 +97,14 @@ impl World {
             }
             Op::Deliver if self.connected => {
                 if let Some((id, q)) = self.in_flight.pop_front() {
-                    let cmd = Command::AcceptAssignment {
+                    let cmd = cmd::AcceptAssignment {
                         id: id.clone(),
-                        draft: Box::new(fixtures::draft("x", &sku, q)),
+                        draft: fixtures::draft("x", &sku, q),
                         assigned_at_ms: now_ms(),
                         auto_accept: true,
                     };
                     match self.store.execute(cmd).await {
-                        Ok(Outcome::Order { record, .. }) => {
+                        Ok(NewOrder { record, .. }) => {
                             assert_eq!(
                                 record.status,
                                 FulfillmentState::Accepted,
@@ -124,37 +121,33 @@ impl World {
                 self.hub.merge(&site).unwrap();
             }
             Op::ToSite if self.connected => {
-                let cmd = Command::EscrowSync { hub: vec![self.hub.clone()], policy: self.policy };
+                let cmd = cmd::EscrowSync { hub: vec![self.hub.clone()], policy: self.policy };
                 self.store.execute(cmd).await.unwrap();
             }
             Op::Tick => {
-                let cmd = Command::EscrowTick {
-                    hub_reachable: self.connected,
-                    policy: self.policy,
-                    skus_max: 10,
-                    after: None,
-                };
+                let cmd =
+                    cmd::EscrowTick { hub_reachable: self.connected, policy: self.policy, skus_max: 10, after: None };
                 self.store.execute(cmd).await.unwrap();
             }
             Op::Receive(q) => {
                 let m = Movement::Receipt { qty: *q, note: None };
-                self.store.execute(Command::Stock { sku, movement: m }).await.unwrap();
+                self.store.execute(cmd::Stock { sku, movement: m }).await.unwrap();
             }
             Op::Lose(q) => {
                 let m = Movement::Adjustment { delta: -i64::from(*q), reason: "damaged".into() };
-                match self.store.execute(Command::Stock { sku, movement: m }).await {
+                match self.store.execute(cmd::Stock { sku, movement: m }).await {
                     Ok(_) | Err(StoreError::EscrowedToHub { .. } | StoreError::BelowReserved { .. }) => {}
                     other => panic!("loss: {other:?}"),
                 }
             }
             Op::CancelLocal => {
                 if let Some(id) = self.local_orders.pop() {
-                    self.store.execute(Command::Cancel { order: id, reason: "t".into() }).await.unwrap();
+                    self.store.execute(cmd::Cancel { order: id, reason: "t".into() }).await.unwrap();
                 }
             }
             Op::CancelHub => {
                 if let Some(id) = self.hub_orders.pop() {
-                    self.store.execute(Command::Cancel { order: id, reason: "t".into() }).await.unwrap();
+                    self.store.execute(cmd::Cancel { order: id, reason: "t".into() }).await.unwrap();
                 }
             }
             Op::Partition => self.connected = false,
@@ -243,10 +236,8 @@ fn escrow_duties_walk_the_whole_catalog() {
         loop {
             ticks += 1;
             assert!(ticks <= 5, "the walk does not end");
-            let cmd = Command::EscrowTick { hub_reachable: true, policy, skus_max: 2, after: after.take() };
-            let Outcome::EscrowTicked { changed, next_after } = store.execute(cmd).await.unwrap() else {
-                panic!("unexpected outcome")
-            };
+            let cmd = cmd::EscrowTick { hub_reachable: true, policy, skus_max: 2, after: after.take() };
+            let EscrowTicked { changed, next_after } = store.execute(cmd).await.unwrap();
             seen.extend(changed);
             match next_after {
                 Some(n) => after = Some(n),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use oms_node::store::{Command, Limits, Outcome, PickConfirmation, ReturnLine, Store, StoreError};
+use oms_node::store::{Limits, PickConfirmation, ReturnLine, Store, StoreError, cmd};
 use oms_protocol::domain::{Disposition, OrderId, Sku};
 use oms_protocol::fixtures;
 use oms_service::Problem;
@@ -16,27 +16,26 @@ fn sku() -> Sku {
 }
 
 async fn order(store: &Store, key: &str, qty: u32) -> OrderId {
-    let cmd = Command::CreateOrder { key: key.into(), draft: Box::new(fixtures::draft(key, &sku(), qty)) };
-    let Outcome::Order { record, .. } = store.execute(cmd).await.unwrap() else { panic!("not an order") };
-    record.id
+    let cmd = cmd::CreateOrder { key: key.into(), draft: fixtures::draft(key, &sku(), qty) };
+    store.execute(cmd).await.unwrap().record.id
 }
 
 /// Creates an order and takes it through a wave, picking, packing and shipping.
 async fn shipped(store: &Store, key: &str, qty: u32) -> OrderId {
     let id = order(store, key, qty).await;
-    store.execute(Command::CreateWave { orders_max: 1 }).await.unwrap();
+    store.execute(cmd::CreateWave { orders_max: 1 }).await.unwrap();
     let lines = vec![PickConfirmation { sku: sku(), picked: qty }];
-    store.execute(Command::ConfirmPicks { order: id.clone(), lines }).await.unwrap();
-    store.execute(Command::Pack { order: id.clone(), parcels: 1 }).await.unwrap();
-    let ship = Command::Ship { order: id.clone(), carrier: "DHL".into(), tracking: format!("T-{key}") };
+    store.execute(cmd::ConfirmPicks { order: id.clone(), lines }).await.unwrap();
+    store.execute(cmd::Pack { order: id.clone(), parcels: 1 }).await.unwrap();
+    let ship = cmd::Ship { order: id.clone(), carrier: "DHL".into(), tracking: format!("T-{key}") };
     store.execute(ship).await.unwrap();
     id
 }
 
 async fn freeze(store: &Store, window_ms: u64, max: usize, after: Option<String>) -> (Vec<OrderId>, Option<String>) {
-    let cmd = Command::Freeze { return_window_ms: window_ms, orders_max: max, after };
-    let Outcome::Frozen { frozen, next_after } = store.execute(cmd).await.unwrap() else { panic!("not a freeze") };
-    (frozen, next_after)
+    let cmd = cmd::Freeze { return_window_ms: window_ms, orders_max: max, after };
+    let frozen = store.execute(cmd).await.unwrap();
+    (frozen.frozen, frozen.next_after)
 }
 
 /// Everything a refused command could have touched.
@@ -65,7 +64,7 @@ fn finished_orders_freeze_and_then_refuse_every_change() {
         let store = common::store_with_stock(dir.path(), Limits::default(), &[("A", 100)]).await;
         let ship1 = shipped(&store, "ship1", 2).await;
         let cancelled = order(&store, "cancel", 1).await;
-        store.execute(Command::Cancel { order: cancelled.clone(), reason: "x".into() }).await.unwrap();
+        store.execute(cmd::Cancel { order: cancelled.clone(), reason: "x".into() }).await.unwrap();
         let open = order(&store, "open", 1).await;
 
         // Within the return window only the cancelled order is finished.
@@ -83,29 +82,22 @@ fn finished_orders_freeze_and_then_refuse_every_change() {
 
         // Every change to a frozen order is refused and changes nothing.
         let before = snapshot(&store, &ship1);
-        let refused = [
-            Command::ReceiveReturn {
-                order: ship1.clone(),
-                lines: vec![ReturnLine { sku: sku(), qty: 1 }],
-                disposition: Disposition::Restock,
-            },
-            Command::Deliver { order: ship1.clone() },
-            Command::Refund { order: ship1.clone(), return_id: 1 },
-            Command::Cancel { order: ship1.clone(), reason: "late".into() },
-            Command::Pack { order: ship1.clone(), parcels: 2 },
-        ];
-        for cmd in refused {
-            assert_frozen_refusal(store.execute(cmd).await.unwrap_err(), &ship1);
-        }
+        let lines = vec![ReturnLine { sku: sku(), qty: 1 }];
+        let ret = cmd::ReceiveReturn { order: ship1.clone(), lines, disposition: Disposition::Restock };
+        assert_frozen_refusal(store.execute(ret).await.unwrap_err(), &ship1);
+        assert_frozen_refusal(store.execute(cmd::Deliver { order: ship1.clone() }).await.unwrap_err(), &ship1);
+        let refund = cmd::Refund { order: ship1.clone(), return_id: 1 };
+        assert_frozen_refusal(store.execute(refund).await.unwrap_err(), &ship1);
+        let cancel = cmd::Cancel { order: ship1.clone(), reason: "late".into() };
+        assert_frozen_refusal(store.execute(cancel).await.unwrap_err(), &ship1);
+        let pack = cmd::Pack { order: ship1.clone(), parcels: 2 };
+        assert_frozen_refusal(store.execute(pack).await.unwrap_err(), &ship1);
         assert_eq!(snapshot(&store, &ship1), before);
         let before = snapshot(&store, &cancelled);
-        assert_frozen_refusal(
-            store.execute(Command::Reaccept { order: cancelled.clone() }).await.unwrap_err(),
-            &cancelled,
-        );
+        assert_frozen_refusal(store.execute(cmd::Reaccept { order: cancelled.clone() }).await.unwrap_err(), &cancelled);
         assert_eq!(snapshot(&store, &cancelled), before);
         // A refused command in a batch leaves the others alone: the open order still changes.
-        store.execute(Command::Cancel { order: open.clone(), reason: "x".into() }).await.unwrap();
+        store.execute(cmd::Cancel { order: open.clone(), reason: "x".into() }).await.unwrap();
 
         // A restart keeps the freeze (same time) and the next pass is idempotent.
         store.close();
@@ -130,7 +122,7 @@ fn returns_decide_when_a_shipped_order_is_finished() {
         let dir = tempfile::tempdir().unwrap();
         let store = common::store_with_stock(dir.path(), Limits::default(), &[("A", 100)]).await;
         let id = shipped(&store, "s", 2).await;
-        let ret = |qty| Command::ReceiveReturn {
+        let ret = |qty| cmd::ReceiveReturn {
             order: id.clone(),
             lines: vec![ReturnLine { sku: sku(), qty }],
             disposition: Disposition::Restock,
@@ -139,7 +131,7 @@ fn returns_decide_when_a_shipped_order_is_finished() {
         store.execute(ret(2)).await.unwrap();
         assert!(freeze(&store, 0, 100, None).await.0.is_empty());
         // Refunded: every unit is back, so finished within the window.
-        store.execute(Command::Refund { order: id.clone(), return_id: 1 }).await.unwrap();
+        store.execute(cmd::Refund { order: id.clone(), return_id: 1 }).await.unwrap();
         assert_eq!(freeze(&store, HOUR_MS, 100, None).await.0, vec![id.clone()]);
         store.close();
     });
@@ -156,7 +148,7 @@ fn passes_are_bounded_and_resume_from_the_cursor() {
         let mut ids = Vec::new();
         for i in 0..5 {
             let id = order(&store, &format!("c{i}"), 1).await;
-            store.execute(Command::Cancel { order: id.clone(), reason: "x".into() }).await.unwrap();
+            store.execute(cmd::Cancel { order: id.clone(), reason: "x".into() }).await.unwrap();
             ids.push(id);
         }
         let mut frozen = Vec::new();

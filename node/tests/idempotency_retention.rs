@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use oms_node::store::{Command, Limits, Outcome, Store, StoreError};
+use oms_node::store::{Limits, NewOrder, Store, StoreError, cmd};
 use oms_protocol::domain::Sku;
 use oms_protocol::fixtures;
 
@@ -14,8 +14,8 @@ async fn open(dir: &std::path::Path, retention_ms: u64) -> Store {
     common::store_with_stock(dir, limits, &[("A", 100)]).await
 }
 
-fn create(key: &str, ext: &str) -> Command {
-    Command::CreateOrder { key: key.into(), draft: Box::new(fixtures::draft(ext, &Sku::parse("A").unwrap(), 1)) }
+fn create(key: &str, ext: &str) -> cmd::CreateOrder {
+    cmd::CreateOrder { key: key.into(), draft: fixtures::draft(ext, &Sku::parse("A").unwrap(), 1) }
 }
 
 #[test]
@@ -35,12 +35,10 @@ fn keys_are_kept_for_the_retention_then_forgotten() {
         // Retention 1 ms: once a later write ran, the key is forgotten and the same key makes a new order.
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), 1).await;
-        let Outcome::Order { record: first, .. } = store.execute(create("k", "first")).await.unwrap() else { panic!() };
+        let first = store.execute(create("k", "first")).await.unwrap().record;
         tokio::time::sleep(Duration::from_millis(5)).await;
         store.execute(create("other", "x")).await.unwrap();
-        let Outcome::Order { record: second, created } = store.execute(create("k", "second")).await.unwrap() else {
-            panic!()
-        };
+        let NewOrder { record: second, created } = store.execute(create("k", "second")).await.unwrap();
         assert!(created, "a forgotten key creates a new order");
         assert_ne!(first.id, second.id);
         store.close();

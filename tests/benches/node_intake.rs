@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oms_node::store::{CatalogItem, Command as StoreCommand, Limits, Store};
+use oms_node::store::{CatalogItem, Limits, Store, cmd};
 use oms_protocol::domain::{NodeId, OrderDraft, Sku};
 use oms_tests::cluster::Proc;
 use oms_tests::free_addr;
@@ -190,11 +190,11 @@ async fn preload(dir: &Path, n: u64) {
     for i in 0..100 {
         let sku = Sku::parse(&format!("S{i}")).unwrap();
         store
-            .execute(StoreCommand::PutCatalog(CatalogItem { sku: sku.clone(), name: "x".into(), bin: "A".into() }))
+            .execute(cmd::PutCatalog(CatalogItem { sku: sku.clone(), name: "x".into(), bin: "A".into() }))
             .await
             .unwrap();
         store
-            .execute(StoreCommand::Stock {
+            .execute(cmd::Stock {
                 sku,
                 movement: oms_protocol::domain::Movement::Receipt { qty: 1_000_000, note: None },
             })
@@ -210,10 +210,7 @@ async fn preload(dir: &Path, n: u64) {
         }
         set.spawn(async move {
             loop {
-                match store
-                    .execute(StoreCommand::CreateOrder { key: format!("p{i}"), draft: Box::new(draft.clone()) })
-                    .await
-                {
+                match store.execute(cmd::CreateOrder { key: format!("p{i}"), draft: draft.clone() }).await {
                     Ok(_) => return,
                     Err(oms_node::store::StoreError::Overloaded) => tokio::time::sleep(Duration::from_millis(1)).await,
                     Err(e) => panic!("preload: {e}"),

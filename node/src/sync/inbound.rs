@@ -16,7 +16,7 @@ use oms_protocol::wire::DocId;
 
 use super::Shared;
 use crate::config::HubLink;
-use crate::store::{Command, Store, StoreError};
+use crate::store::{EscrowTicked, Store, StoreError, cmd};
 use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
 use oms_service::{lock, now_ms};
 
@@ -65,9 +65,9 @@ async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), Stor
         Action::Assign { id, draft, at_ms, cancel } => {
             let existing = store.order(&id)?;
             if existing.is_none() {
-                let cmd = Command::AcceptAssignment {
+                let cmd = cmd::AcceptAssignment {
                     id: id.clone(),
-                    draft,
+                    draft: *draft,
                     assigned_at_ms: at_ms,
                     auto_accept: link.auto_accept,
                 };
@@ -78,7 +78,7 @@ async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), Stor
                 let cancellable = status.is_some_and(|s| s.next(oms_protocol::domain::Step::Cancel).is_ok());
                 if cancellable {
                     let reason = "requested by the hub (customer)".to_owned();
-                    match store.execute(Command::Cancel { order: id.clone(), reason }).await {
+                    match store.execute(cmd::Cancel { order: id.clone(), reason }).await {
                         Ok(_) | Err(StoreError::Transition { .. } | StoreError::OrderFrozen { .. }) => {}
                         Err(e) => return Err(e),
                     }
@@ -92,7 +92,7 @@ async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), Stor
         }
         Action::Escrow(counters) => {
             if !counters.is_empty() {
-                store.execute(Command::EscrowSync { hub: counters, policy: link.escrow }).await?;
+                store.execute(cmd::EscrowSync { hub: counters, policy: link.escrow }).await?;
             }
             Ok(())
         }
@@ -137,15 +137,14 @@ pub(super) async fn run(shared: Arc<Shared>, store: Store, link: HubLink) {
             _ = tick.tick() => {
                 let last = shared.last_hub_frame_ms.load(Ordering::Relaxed);
                 let reachable = last > 0 && now_ms().saturating_sub(last) < HUB_REACHABLE_WINDOW_MS;
-                let cmd = Command::EscrowTick {
+                let cmd = cmd::EscrowTick {
                     hub_reachable: reachable,
                     policy: link.escrow,
                     skus_max: store.limits().escrow_tick_skus_max,
                     after: cursor.take(),
                 };
                 match store.execute(cmd).await {
-                    Ok(crate::store::Outcome::EscrowTicked { next_after, .. }) => cursor = next_after,
-                    Ok(_) => {}
+                    Ok(EscrowTicked { next_after, .. }) => cursor = next_after,
                     Err(e) => tracing::warn!(error = %e, "sync: escrow duties failed; retrying next tick"),
                 }
             }

@@ -662,7 +662,7 @@ pub fn session_config() -> SessionConfig {
 mod freeze_tests {
     use super::tests::{drain, open_docs};
     use super::*;
-    use crate::store::{Command, Outcome, PickConfirmation};
+    use crate::store::{PickConfirmation, cmd};
     use crate::test_support::{movement, store_with_catalog};
     use oms_protocol::domain::{FulfillmentState, Movement, OrderId};
     use oms_protocol::fixtures;
@@ -675,35 +675,30 @@ mod freeze_tests {
             let store = store_with_catalog(dir.path(), &["A"]).await;
             movement(&store, "A", Movement::Receipt { qty: 5, note: None }).await;
             let sku = Sku::parse("A").unwrap();
-            let cmd = Command::CreateOrder { key: "k".into(), draft: Box::new(fixtures::draft("w", &sku, 1)) };
-            let Outcome::Order { record, .. } = store.execute(cmd).await.unwrap() else { panic!() };
-            let id: OrderId = record.id;
+            let cmd = cmd::CreateOrder { key: "k".into(), draft: fixtures::draft("w", &sku, 1) };
+            let id: OrderId = store.execute(cmd).await.unwrap().record.id;
             let name = schema::order_doc(&id).unwrap();
             let path = dir.path().join(SYNC_DB_FILE);
 
             // Each step written by its own follower pass: one full save, then increments.
             let mut docs = open_docs(&path, 1);
             drain(&mut docs, &store);
-            let steps = [
-                Command::CreateWave { orders_max: 1 },
-                Command::ConfirmPicks {
-                    order: id.clone(),
-                    lines: vec![PickConfirmation { sku: sku.clone(), picked: 1 }],
-                },
-                Command::Pack { order: id.clone(), parcels: 1 },
-                Command::Ship { order: id.clone(), carrier: "DHL".into(), tracking: "T".into() },
-            ];
-            for cmd in steps {
-                store.execute(cmd).await.unwrap();
-                drain(&mut docs, &store);
-            }
+            store.execute(cmd::CreateWave { orders_max: 1 }).await.unwrap();
+            drain(&mut docs, &store);
+            let lines = vec![PickConfirmation { sku: sku.clone(), picked: 1 }];
+            store.execute(cmd::ConfirmPicks { order: id.clone(), lines }).await.unwrap();
+            drain(&mut docs, &store);
+            store.execute(cmd::Pack { order: id.clone(), parcels: 1 }).await.unwrap();
+            drain(&mut docs, &store);
+            store.execute(cmd::Ship { order: id.clone(), carrier: "DHL".into(), tracking: "T".into() }).await.unwrap();
+            drain(&mut docs, &store);
             drop(docs);
             let (full, increments) = oms_sync::docdb::stored_doc_parts(&path, name.as_str()).unwrap();
             assert!(full.is_some() && increments >= 3, "{full:?} {increments}");
 
             // Frozen in the store: the follower writes it into the document and compacts its storage.
-            let cmd = Command::Freeze { return_window_ms: 0, orders_max: 10, after: None };
-            let Outcome::Frozen { frozen, .. } = store.execute(cmd).await.unwrap() else { panic!() };
+            let cmd = cmd::Freeze { return_window_ms: 0, orders_max: 10, after: None };
+            let frozen = store.execute(cmd).await.unwrap().frozen;
             assert_eq!(frozen, vec![id.clone()]);
             let at = store.frozen_at(&id).unwrap().unwrap();
             let mut docs = open_docs(&path, 1);

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use oms_node::metrics::Metrics;
-use oms_node::store::{CatalogItem, Command, Limits, Store};
+use oms_node::store::{CatalogItem, Limits, Store, cmd};
 use oms_protocol::domain::{Movement, NodeId, Sku};
 
 /// A store for site `wh-a` in `dir` with each (SKU, units) in the catalog and received.
@@ -15,9 +15,9 @@ pub async fn store_with_stock(dir: &Path, limits: Limits, stock: &[(&str, u32)])
     for (sku, qty) in stock {
         let sku = Sku::parse(sku).unwrap();
         let item = CatalogItem { sku: sku.clone(), name: sku.to_string(), bin: "A-1".into() };
-        store.execute(Command::PutCatalog(item)).await.unwrap();
+        store.execute(cmd::PutCatalog(item)).await.unwrap();
         let m = Movement::Receipt { qty: *qty, note: None };
-        store.execute(Command::Stock { sku, movement: m }).await.unwrap();
+        store.execute(cmd::Stock { sku, movement: m }).await.unwrap();
     }
     store
 }

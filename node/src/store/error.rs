@@ -1,0 +1,125 @@
+//! Why a store operation was refused ([`StoreError`]), and how redb's errors become storage failures
+//! ([`redb_errors_as_storage!`](crate::redb_errors_as_storage)).
+
+use oms_protocol::domain::{BalanceError, OrderId, Sku, TransitionError, ValidationError};
+
+use super::Shortfall;
+use crate::escrow;
+
+/// Why a store operation was refused. Each variant maps to one stable API code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A field failed validation.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The SKU is not in the catalog.
+    #[error("SKU {0} is not in the catalog; add it with PUT /v1/catalog/{0} first")]
+    UnknownSku(Sku),
+    /// Not enough available stock for an order.
+    #[error("not enough stock: {}", fmt_shortfalls(.0))]
+    InsufficientStock(Vec<Shortfall>),
+    /// An adjustment or count would take on hand below what is reserved.
+    #[error("{sku}: {source}; cancel or short-pick the orders holding it first")]
+    BelowReserved {
+        /// The SKU.
+        sku: Sku,
+        /// Details.
+        source: BalanceError,
+    },
+    /// Taking units away (a loss, a count) would eat into rights the site has escrowed to the hub.
+    #[error(
+        "{sku}: {requested} units would leave the site, but only {site_rights} are the site's own; the rest is \
+         escrowed to the hub for channel orders (the hub gives rights back by rebalancing, or the site reclaims \
+         them after the hub's lease)"
+    )]
+    EscrowedToHub {
+        /// The SKU.
+        sku: Sku,
+        /// Units the site holds rights to.
+        site_rights: u64,
+        /// Units the movement would take.
+        requested: u64,
+    },
+    /// The idempotency key was used before with another body.
+    #[error("idempotency key {0:?} was already used for a different request body")]
+    IdempotencyKeyReused(String),
+    /// No such order.
+    #[error("order {0} does not exist at this site")]
+    OrderNotFound(OrderId),
+    /// No such wave.
+    #[error("pick wave {0} does not exist")]
+    WaveNotFound(u64),
+    /// The order is finished and frozen: it takes no more changes.
+    #[error("order {order} is finished and was frozen at {frozen_at_ms} ms; it takes no more changes")]
+    OrderFrozen {
+        /// The order.
+        order: OrderId,
+        /// When it was frozen, ms since the Unix epoch.
+        frozen_at_ms: u64,
+    },
+    /// The order's state does not allow the step.
+    #[error("order {order}: {source}")]
+    Transition {
+        /// The order.
+        order: OrderId,
+        /// The illegal transition.
+        source: TransitionError,
+    },
+    /// A request about lines does not match the order's lines.
+    #[error("order {order}: {message}")]
+    LineMismatch {
+        /// The order.
+        order: OrderId,
+        /// What does not match.
+        message: String,
+    },
+    /// No accepted orders to put on a wave.
+    #[error("no accepted orders are waiting to be picked")]
+    NothingToPick,
+    /// The writer's queue is full.
+    #[error("the node is overloaded; retry shortly")]
+    Overloaded,
+    /// The store is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The disk or the database failed; nothing of the request was written.
+    #[error("storage failure, nothing was written: {0}")]
+    Storage(String),
+    /// A stored record did not decode: the database is damaged.
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// Decoder message.
+        detail: String,
+    },
+}
+
+fn fmt_shortfalls(s: &[Shortfall]) -> String {
+    s.iter()
+        .map(|s| format!("{} has {} available, {} requested", s.sku, s.available, s.requested))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Implements `From<redb::…Error>` for an error type with a `Storage(String)` variant, for every redb error
+/// type a transaction can return: a storage failure means nothing of the request was written.
+#[macro_export]
+macro_rules! redb_errors_as_storage {
+    ($err:ident) => {
+        $crate::redb_errors_as_storage!(@each $err: redb::Error, redb::DatabaseError, redb::TransactionError,
+            redb::TableError, redb::StorageError, redb::CommitError);
+    };
+    (@each $err:ident: $($t:ty),*) => {$(
+        impl From<$t> for $err {
+            fn from(e: $t) -> Self {
+                $err::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+redb_errors_as_storage!(StoreError);
+
+pub(super) fn escrow_corrupt(e: escrow::EscrowFault) -> StoreError {
+    StoreError::Corrupt { table: "escrow", detail: e.to_string() }
+}
