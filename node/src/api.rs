@@ -22,7 +22,8 @@ use crate::escrow::EscrowFigures;
 use crate::import::{self, Kind};
 use crate::metrics::{Metrics, RequestLabels, StateLabels};
 use crate::store::{
-    CatalogItem, Command, OrderRecord, PickConfirmation, ReturnLine, Store, StoreError, WRITE_TIMEOUT, cmd,
+    CatalogItem, Command, OrderRecord, PickConfirmation, ReturnLine, StorageError, Store, StoreError, WRITE_TIMEOUT,
+    cmd,
 };
 use oms_service::request::{JSON_BODY_BYTES_MAX, order_request};
 use oms_service::{JsonBody, Problem, RawBody};
@@ -370,7 +371,8 @@ async fn get_order(State(st): State<AppState>, Path(id): Path<String>) -> Result
     match st.store.order_and_frozen_at(&id)? {
         Some((r, None)) => Ok(Json(r).into_response()),
         Some((r, Some(at))) => {
-            let mut v = serde_json::to_value(&r).map_err(|e| Problem::from(StoreError::Storage(e.to_string())))?;
+            let mut v = serde_json::to_value(&r)
+                .map_err(|e| Problem::from(StoreError::from(StorageError::encode("an order", e))))?;
             if let Some(o) = v.as_object_mut() {
                 o.insert("frozen_at_ms".into(), at.into());
             }
@@ -570,9 +572,9 @@ async fn get_wave(State(st): State<AppState>, Path(id): Path<String>) -> Result<
 /// Replays the whole ledger and compares it with the stored balances: an operator's audit (O(ledger)).
 async fn audit_ledger(State(st): State<AppState>) -> Result<Response, Problem> {
     let store = st.store.clone();
-    let bad = tokio::task::spawn_blocking(move || store.verify_ledger())
-        .await
-        .map_err(|e| Problem::from(StoreError::Storage(format!("audit task failed: {e}"))))??;
+    let bad = tokio::task::spawn_blocking(move || store.verify_ledger()).await.map_err(|e| {
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the audit task failed: {e}"))
+    })??;
     Ok(Json(serde_json::json!({"consistent": bad.is_empty(), "mismatched_skus": bad})).into_response())
 }
 

@@ -33,8 +33,9 @@ impl StorageError {
     }
 }
 
-/// Implements `From<redb::…Error>` for an error enum with a `Storage(StorageError)` variant, for each of
-/// redb's error types, so `?` on any redb call keeps redb's error as the cause.
+/// Implements `From<redb::…Error>` and `From<StorageError>` for an error enum with a `Storage(S)` variant,
+/// where `S` is [`StorageError`] or anything it converts into (`Arc<StorageError>` for an error that must be
+/// `Clone`), so `?` on any redb call keeps redb's error as the cause.
 #[macro_export]
 macro_rules! storage_errors_from_redb {
     ($err:ident) => {
@@ -42,19 +43,19 @@ macro_rules! storage_errors_from_redb {
             redb::TableError, redb::StorageError, redb::CommitError);
         impl From<redb::Error> for $err {
             fn from(e: redb::Error) -> Self {
-                $err::Storage($crate::storage::StorageError::Redb(e))
+                $err::Storage($crate::storage::StorageError::Redb(e).into())
             }
         }
         impl From<$crate::storage::StorageError> for $err {
             fn from(e: $crate::storage::StorageError) -> Self {
-                $err::Storage(e)
+                $err::Storage(e.into())
             }
         }
     };
     (@each $err:ident: $($t:ty),*) => {$(
         impl From<$t> for $err {
             fn from(e: $t) -> Self {
-                $err::Storage($crate::storage::StorageError::Redb(e.into()))
+                $err::Storage($crate::storage::StorageError::Redb(e.into()).into())
             }
         }
     )*};

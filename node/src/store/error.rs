@@ -5,6 +5,8 @@ use oms_protocol::domain::{BalanceError, OrderId, Sku, TransitionError, Validati
 
 use super::Shortfall;
 use crate::escrow;
+use oms_service::storage::StorageError;
+use std::sync::Arc;
 
 /// Why a store operation was refused. Each variant maps to one stable API code.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -82,9 +84,10 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
-    /// The disk or the database failed; nothing of the request was written.
+    /// The disk or the database failed; nothing of the request was written. Shared (`Arc`), because every
+    /// caller of a failed batch gets the same error, with redb's error as its source.
     #[error("storage failure, nothing was written: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<StorageError>),
     /// A stored record did not decode: the database is damaged.
     #[error("corrupt record in {table}: {detail}")]
     Corrupt {
@@ -102,23 +105,7 @@ fn fmt_shortfalls(s: &[Shortfall]) -> String {
         .join("; ")
 }
 
-/// Implements `From<redb::…Error>` for an error type with a `Storage(String)` variant, for every redb error
-/// type a transaction can return: a storage failure means nothing of the request was written.
-#[macro_export]
-macro_rules! redb_errors_as_storage {
-    ($err:ident) => {
-        $crate::redb_errors_as_storage!(@each $err: redb::Error, redb::DatabaseError, redb::TransactionError,
-            redb::TableError, redb::StorageError, redb::CommitError);
-    };
-    (@each $err:ident: $($t:ty),*) => {$(
-        impl From<$t> for $err {
-            fn from(e: $t) -> Self {
-                $err::Storage(e.to_string())
-            }
-        }
-    )*};
-}
-redb_errors_as_storage!(StoreError);
+oms_service::storage_errors_from_redb!(StoreError);
 
 pub(super) fn escrow_corrupt(e: escrow::EscrowFault) -> StoreError {
     StoreError::Corrupt { table: "escrow", detail: e.to_string() }

@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 pub use oms_protocol::records::{FulfillmentLine, OrderRecord, ReturnLine, ReturnRecord, Shipment, TimelineEntry};
+pub use oms_service::storage::StorageError;
 
 mod error;
 mod escrow;
@@ -177,7 +178,7 @@ impl Store {
         let writer = std::thread::Builder::new()
             .name("oms-writer".into())
             .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics, writer_commits))
-            .map_err(|e| StoreError::Storage(format!("cannot start writer thread: {e}")))?;
+            .map_err(|source| StorageError::Io { what: "starting the writer thread", source })?;
         Ok(Store { db, tx, site, limits, writer: Arc::new(std::sync::Mutex::new(Some(writer))), commits })
     }
 

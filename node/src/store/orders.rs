@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use oms_protocol::domain::{FulfillmentState, Movement, OrderDraft, OrderId, Sku, Step};
 use oms_protocol::records::draft_sha256;
+use oms_service::storage::StorageError;
 use redb::ReadableTable;
 
 use super::escrow::rights_of;
@@ -18,7 +19,7 @@ use super::{
 use crate::escrow::Rights;
 
 /// Longest idempotency key, bytes.
-pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+pub use oms_protocol::records::IDEMPOTENCY_KEY_BYTES_MAX;
 
 /// Timeline note of an order whose stock was reserved on acceptance.
 const ACCEPTED_NOTE: &str = "accepted and stock reserved";
@@ -243,7 +244,7 @@ impl Tx<'_> {
     }
 
     fn create_order(&mut self, key: String, draft: OrderDraft) -> Result<NewOrder, StoreError> {
-        let hash = draft_sha256(&draft).map_err(|e| StoreError::Storage(format!("encode: {e}")))?;
+        let hash = draft_sha256(&draft).map_err(|e| StoreError::from(StorageError::encode("an order", e)))?;
         if let Some(v) = self.idem.get(key.as_str())? {
             let rec: IdempotencyRecord = dec("idempotency", v.value())?;
             if rec.body_sha256 != hash {

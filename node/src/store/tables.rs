@@ -5,7 +5,7 @@ use oms_protocol::domain::FulfillmentState;
 use redb::TableDefinition;
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::StoreError;
+use super::{StorageError, StoreError};
 
 pub(super) const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 pub(super) const BALANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("balances");
@@ -35,7 +35,7 @@ pub(super) const SEQ_WAVE: &str = "seq.wave";
 pub(super) const SEQ_FEED: &str = "seq.feed";
 
 pub(super) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(v).map_err(|e| StoreError::Storage(format!("encode: {e}")))
+    postcard::to_allocvec(v).map_err(|e| StorageError::encode("a record", e).into())
 }
 
 pub(super) fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, StoreError> {

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use oms_service::now_ms;
 
 use oms_protocol::domain::NodeId;
 use redb::{Database, ReadableTable};
@@ -15,7 +17,7 @@ use super::{Command, FeedEntry, Limits, StoreError};
 use crate::metrics::Metrics;
 
 /// Idempotency records forgotten per write transaction, at most.
-pub const IDEMPOTENCY_PRUNE_MAX: usize = 64;
+pub use oms_protocol::records::IDEMPOTENCY_PRUNE_MAX;
 
 /// How a command changes the store inside its batch's transaction: the handler behind every [`Command`].
 /// Nominally public so that [`Command`] can require it; nothing outside the store can name it, so the store's
@@ -87,10 +89,6 @@ impl<R: Send + 'static> Answer for Done<R> {
             Err(e) => Err(e.clone()),
         });
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The writer thread: takes up to `batch_max` queued commands, applies them in one transaction, commits, and
@@ -274,7 +272,7 @@ mod tests {
     use oms_protocol::domain::{Movement, Sku};
 
     use super::*;
-    use crate::store::{CatalogItem, Store, cmd};
+    use crate::store::{CatalogItem, StorageError, Store, cmd};
     use crate::test_support::store_with_catalog;
 
     /// Holds the writer inside its batch until released, so that the commands queued meanwhile share the
@@ -308,7 +306,7 @@ mod tests {
     impl Apply for DiskFails {
         fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<(), StoreError> {
             tx.catalog.insert(self.0.sku.as_str(), enc(&self.0)?.as_slice())?;
-            Err(StoreError::Storage("disk on fire".into()))
+            Err(StorageError::Io { what: "writing", source: std::io::Error::other("disk on fire") }.into())
         }
     }
 
@@ -369,7 +367,7 @@ mod tests {
             queued(&store, 3).await;
             go.send(()).unwrap();
             for r in [d.await.unwrap().map(|_| ()), e.await.unwrap().map(|_| ()), x.await.unwrap()] {
-                assert!(matches!(&r, Err(StoreError::Storage(m)) if m == "disk on fire"), "{r:?}");
+                assert!(matches!(&r, Err(StoreError::Storage(e)) if e.to_string().contains("disk on fire")), "{r:?}");
             }
             for sku in ["D", "E", "X"] {
                 assert_eq!(store.catalog_item(&item(sku).sku).unwrap(), None, "{sku} was not committed");
