@@ -341,6 +341,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             if !r.status().is_success() {
                 bail!("seeding catalog failed: {}", r.status());
             }
+            // cannot truncate: the remainder is below 60.
             let qty = 40 + ((i * 7 + si * 13) % 60) as u64;
             let (st, _) = post(
                 &http,
@@ -362,6 +363,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for (i, s) in sites.iter().enumerate() {
         let (http, stop) = (http.clone(), stop.clone());
+        // cannot truncate: usize has at most 64 bits.
         staff.push(tokio::spawn(staff_loop(http, s.addr, a.seed + i as u64, until, stop, tally.clone())));
     }
     // Two channels (web, marketplace) send three quarters of the orders to the hub, which routes them by
@@ -530,6 +532,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         // Both sides may still be moving (assignments in flight to a site), so read both each round.
         for s in &sites {
             if let Some(ids) = node_order_ids(&http, s.addr).await {
+                // cannot truncate: usize has at most 64 bits.
                 node_counts.insert(s.id.to_owned(), ids.len() as u64);
             }
         }
@@ -593,6 +596,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 }
                 let v: Value = http.get(url).send().await?.json().await?;
                 let page = v["orders"].as_array().cloned().unwrap_or_default();
+                // cannot truncate: usize has at most 64 bits.
                 let k = page.len() as u64;
                 n += k;
                 for o in &page {

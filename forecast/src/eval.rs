@@ -19,6 +19,8 @@ use thiserror::Error;
 use crate::forecast::{self, Forecast, ModelKind};
 use crate::stats::{mean, seasonal_naive_mae, seasonal_naive_mse};
 
+// Casts: series lengths, horizons and fit counts are far below 2^53, so `as f64` on them is exact.
+
 /// Quantile levels scored by the pinball loss.
 pub const EVAL_QUANTILES: [f64; 3] = [0.1, 0.5, 0.9];
 

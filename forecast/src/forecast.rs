@@ -36,6 +36,8 @@ use crate::models::simple::{moving_average, naive, seasonal_naive};
 use crate::models::theta::theta;
 use crate::stats::{mean, normal_quantile, quantile_sorted, seasonal_naive_mae, seasonal_naive_mse, sorted};
 
+// Casts: series lengths, residual counts and model counts are far below 2^53, so `as f64` on them is exact.
+
 /// Shortest history for which [`auto`] fits models; shorter series get a naive forecast.
 pub const MIN_AUTO_HISTORY: usize = 4;
 /// Longest horizon accepted (larger ones are [`ForecastError::InvalidParameter`]).

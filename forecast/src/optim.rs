@@ -6,6 +6,8 @@
 //! optimiser is ~80 lines, has no allocation in the inner loop beyond the simplex, and keeps the
 //! dependency tree of this crate to `thiserror`.
 
+// Casts: the dimension and evaluation counts are far below 2^53, so `as f64` on them is exact.
+
 /// Result of a minimisation.
 #[derive(Debug, Clone)]
 pub struct Minimum {

@@ -40,6 +40,9 @@
 use crate::forecast::Forecast;
 use crate::stats::{normal_quantile, quantile_unsorted, sorted};
 
+// Casts: series lengths, window counts, lead times and day offsets (all at most a few thousand) are far below
+// 2^53, so `as f64` on them is exact.
+
 /// Below this many lead-time windows the safety stock uses the normal approximation.
 pub const MIN_WINDOWS: usize = 30;
 /// At most this many of the most recent windows (and days, for the undershoot) are used.

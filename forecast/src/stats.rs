@@ -1,6 +1,8 @@
 //! Small numeric helpers shared by the models: means, quantiles, the normal inverse CDF, a
 //! least-squares line and the autocorrelation function.
 
+// Casts: slice lengths and indices are far below 2^53, so `as f64` on them is exact.
+
 /// Arithmetic mean; 0 for an empty slice (callers never want NaN).
 pub fn mean(x: &[f64]) -> f64 {
     if x.is_empty() { 0.0 } else { x.iter().sum::<f64>() / x.len() as f64 }
@@ -22,6 +24,8 @@ pub fn quantile_sorted(sorted: &[f64], p: f64) -> f64 {
         0 => 0.0,
         1 => sorted[0],
         n => {
+            // `pos` is in [0, n − 1] (callers pass levels validated to (0, 1)), so `floor() as usize` is an index in
+            // range; a NaN `p` would give index 0 and a NaN result, never a panic.
             let pos = p.clamp(0.0, 1.0) * (n - 1) as f64;
             let lo = pos.floor() as usize;
             let hi = (lo + 1).min(n - 1);
@@ -38,6 +42,7 @@ pub fn quantile_unsorted(x: &mut [f64], p: f64) -> f64 {
     if n == 0 {
         return 0.0;
     }
+    // As in `quantile_sorted`: `pos` is in [0, n − 1], `floor() as usize` rounds down to an index in range.
     let pos = p.clamp(0.0, 1.0) * (n - 1) as f64;
     let lo = (pos.floor() as usize).min(n - 1);
     let (_, &mut lo_value, upper) = x.select_nth_unstable_by(lo, |a, b| a.total_cmp(b));

@@ -34,6 +34,8 @@ use crate::models::simple::seasonal_naive;
 use crate::replenishment::{LeadTimeRisk, PlanOptions, lead_time_risk, plan_with_risk};
 use crate::stats::{mean, seasonal_naive_mse};
 
+// Casts: series lengths, days, ids and outcome counters are far below 2^53, so `as f64` on them is exact.
+
 /// SplitMix64 pseudo-random generator.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
@@ -55,6 +57,7 @@ impl SplitMix64 {
 
     /// Uniform in [0, 1) with 53 random bits.
     pub fn uniform(&mut self) -> f64 {
+        // Exact: both are at most 2^53.
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
@@ -138,6 +141,7 @@ pub struct SyntheticSeries {
 pub fn synthetic_panel(seed: u64, n_series: usize, n_days: usize) -> Vec<SyntheticSeries> {
     (0..n_series)
         .map(|id| {
+            // cannot truncate: usize has at most 64 bits.
             let mut rng = SplitMix64::new(seed ^ (id as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
             // Decorrelate neighbouring seeds.
             rng.next_u64();
@@ -151,6 +155,7 @@ pub fn synthetic_panel(seed: u64, n_series: usize, n_days: usize) -> Vec<Synthet
             } else {
                 Pattern::Lumpy
             };
+            // Truncated towards zero to a whole day in [n_days/2, n_days): finite, non-negative, below n_days.
             let stops_at_day = (rng.uniform() < 0.1).then(|| (n_days as f64 * rng.range(0.5, 0.95)) as usize);
             let mut week = [0.0; 7];
             for w in week.iter_mut() {

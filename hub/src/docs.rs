@@ -151,11 +151,13 @@ impl HubDocs {
             .collect();
         numbered.sort();
         for (n, name) in numbered {
-            // Numbers are handed out densely from 1; anything else is not from this code.
+            // Numbers are handed out densely from 1 and fit a u32; anything else is not from this code. (The
+            // `as u64` cannot truncate: usize has at most 64 bits.)
             if n != party_names.len() as u64 + 1 {
                 break;
             }
-            party_numbers.insert(name.clone(), n as u32);
+            let Ok(n) = u32::try_from(n) else { break };
+            party_numbers.insert(name.clone(), n);
             party_names.push(name);
         }
         let mut quarantined = BTreeSet::new();
@@ -533,6 +535,7 @@ impl Parties {
     }
 
     fn party_name(&self, n: u32) -> Option<&str> {
+        // cannot truncate: usize has at least 32 bits on the targets we build for.
         self.party_names.get((n as usize).checked_sub(1)?).map(String::as_str)
     }
 

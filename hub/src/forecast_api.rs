@@ -211,6 +211,7 @@ pub fn forecast_query(q: &Params) -> Result<ForecastQuery, Problem> {
 fn summary(h: Option<&History>) -> Value {
     match h {
         None => Value::Null,
+        // cannot truncate: usize has at most 64 bits (and a history at most HISTORY_DAYS_MAX days).
         Some(h) => json!({
             "days": h.values.len(),
             "start": iso_date(h.start_day),
@@ -264,6 +265,8 @@ pub fn forecast_answer(
     let quantile = |level: f64, j: usize| {
         f.quantiles.iter().find(|s| s.level == level).and_then(|s| s.values.get(j)).copied().map(round3)
     };
+    // cannot truncate (`as u64` here and for the history's end below): usize has at most 64 bits, and both are
+    // bounded by a horizon of at most H_MAX and a history of at most HISTORY_DAYS_MAX days.
     let days: Vec<Value> = (0..f.mean.len())
         .map(|j| {
             json!({

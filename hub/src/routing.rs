@@ -368,11 +368,13 @@ impl Search<'_> {
 
 fn distance_m(a: GeoPoint, b: GeoPoint) -> Option<u64> {
     let d = Haversine.distance(Point::new(a.lon, a.lat), Point::new(b.lon, b.lat));
-    // `as` saturates; a finite distance on Earth is far below u64::MAX metres.
+    // Rounded to whole metres. A finite haversine distance is ≥ 0 and at most half the Earth's circumference
+    // (~2.0e7 m), so `as` neither saturates nor truncates; NaN (from non-finite coordinates) is refused here.
     d.is_finite().then(|| d.round() as u64)
 }
 
 fn km(distance_m: u64) -> f64 {
+    // Exact: distances from `distance_m` are at most ~2.0e7 m, far below 2^53.
     distance_m as f64 / 1000.0
 }
 
@@ -424,6 +426,7 @@ pub fn route_indexed(order: &RouteRequest, table: &SiteTable, policy: &RoutingPo
     let mut matrix: Vec<Option<u32>> = vec![None; n * lines];
     for (l, sku) in skus.iter().enumerate() {
         for &(s, units) in table.by_sku.get(*sku).map_or(&[][..], Vec::as_slice) {
+            // cannot truncate: `s` is a u32 and usize has at least 32 bits on the targets we build for.
             if let Some(cell) = matrix.get_mut(s as usize * lines + l) {
                 *cell = Some(units);
             }

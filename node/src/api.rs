@@ -88,7 +88,9 @@ async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     st.metrics.requests.get_or_create(&RequestLabels { route: route.clone(), method: method.clone(), status }).inc();
-    tracing::debug!(%method, %route, status, took_us = started.elapsed().as_micros() as u64, "request");
+    // Saturates: a request taking more than u64::MAX µs (584,000 years) logs as u64::MAX.
+    let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    tracing::debug!(%method, %route, status, took_us, "request");
     resp
 }
 
@@ -110,7 +112,9 @@ async fn healthz(State(st): State<AppState>) -> Response {
 async fn metrics(State(st): State<AppState>) -> Response {
     if let Ok(counts) = st.store.order_counts() {
         for (s, n) in counts {
-            st.metrics.orders.get_or_create(&StateLabels { state: s.as_str().to_owned() }).set(n as i64);
+            // The gauge is an i64: a count beyond i64::MAX saturates rather than showing as negative.
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            st.metrics.orders.get_or_create(&StateLabels { state: s.as_str().to_owned() }).set(n);
         }
     }
     let mut resp = st.metrics.render().into_response();

@@ -98,6 +98,7 @@ pub async fn import<R: Read>(
     let mut counts = Vec::new();
     let mut lines = Vec::new();
     let mut rec = csv::StringRecord::new();
+    // The `as u64` casts below cannot truncate: usize has at most 64 bits (ROWS_MAX, a chunk's length).
     loop {
         match rdr.read_record(&mut rec) {
             Ok(false) => break,
@@ -152,6 +153,7 @@ async fn flush(
     let chunk_lines = std::mem::take(lines);
     match store.execute(cmd::Import { catalog: cat.clone(), counts: cnt.clone() }).await {
         Ok(Imported { catalog, counts }) => {
+            // cannot truncate: usize has at most 64 bits, and a chunk holds at most CHUNK_ROWS rows.
             report.accepted += (catalog + counts) as u64;
             Ok(())
         }

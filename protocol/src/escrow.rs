@@ -453,8 +453,10 @@ impl<R: ReplicaId> EscrowCounter<R> {
         let inflow: i128 = (0..n).map(|j| i128::from(self.r(j, i))).sum(); // includes R[i][i]
         let reclaim_in: i128 = if i == owner { self.w.reclaimed.iter().map(|&q| i128::from(q)).sum() } else { 0 };
         let reclaim_out = if i == owner { 0 } else { i128::from(self.w.reclaimed[i]) };
-        // `spent` is at most n·u64::MAX + u64::MAX, far inside i128.
-        inflow + reclaim_in - self.spent(i) as i128 - reclaim_out
+        // `spent` is at most n·u64::MAX + u64::MAX, far inside i128, so the conversion cannot fail; were it to,
+        // saturating makes `local` negative, which `check` refuses.
+        let spent = i128::try_from(self.spent(i)).unwrap_or(i128::MAX);
+        (inflow + reclaim_in - reclaim_out).saturating_sub(spent)
     }
 
     /// Rights replica `i` may still promise, in this replica's view.

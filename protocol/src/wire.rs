@@ -101,6 +101,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// The stable number of this code.
     pub fn as_u32(self) -> u32 {
+        // cannot truncate: `#[repr(u32)]`, so this is the declared discriminant.
         self as u32
     }
 
@@ -551,6 +552,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, WireError> {
 /// Reads the body length from a length prefix, refusing it if it exceeds `frame_bytes_max`. A prefix with
 /// [`COMPRESSED_FLAG`] reads as a length above any limit: use [`decode_prefix`] where compression is allowed.
 pub fn decode_length(prefix: [u8; LENGTH_PREFIX_BYTES], frame_bytes_max: usize) -> Result<usize, WireError> {
+    // cannot truncate: usize has at least 32 bits (asserted below).
     let len = u32::from_le_bytes(prefix) as usize;
     if len > frame_bytes_max {
         return Err(WireError::FrameTooLarge { len, max: frame_bytes_max });
@@ -562,12 +564,16 @@ pub fn decode_length(prefix: [u8; LENGTH_PREFIX_BYTES], frame_bytes_max: usize) 
 pub fn decode_prefix(prefix: [u8; LENGTH_PREFIX_BYTES], frame_bytes_max: usize) -> Result<(usize, bool), WireError> {
     let raw = u32::from_le_bytes(prefix);
     let compressed = raw & COMPRESSED_FLAG != 0;
+    // cannot truncate: usize has at least 32 bits (asserted below).
     let len = (raw & !COMPRESSED_FLAG) as usize;
     if len > frame_bytes_max {
         return Err(WireError::FrameTooLarge { len, max: frame_bytes_max });
     }
     Ok((len, compressed))
 }
+
+// The `u32 as usize` length casts above rely on this.
+const _: () = assert!(usize::BITS >= 32);
 
 /// Incremental decoder: feed it byte chunks of any size, take complete frames out. Deflated frames
 /// ([`COMPRESSED_FLAG`]) are inflated with one decompressor per decoder, i.e. per stream direction.

@@ -18,6 +18,8 @@ use crate::ForecastError;
 use crate::optim::nelder_mead;
 use crate::stats::{linear_fit, mean};
 
+// Casts: series lengths, seasons and parameter counts are far below 2^53, so `as f64` on them is exact.
+
 /// Error component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

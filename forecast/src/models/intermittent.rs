@@ -18,6 +18,9 @@
 use super::PointFit;
 use crate::optim::golden_section;
 
+// Casts: series lengths, demand counts, intervals and horizon steps are far below 2^53, so `as f64` on them is
+// exact.
+
 /// Syntetos–Boylan–Croston demand class (Syntetos, Boylan & Croston 2005, cut-offs
 /// ADI = 1.32 and CV² = 0.49).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +166,8 @@ pub fn adida(y: &[f64], h: usize) -> PointFit {
     // Mean interval between demands (first interval counted from the start), rounded.
     let last_idx = y.iter().rposition(|v| *v > 0.0).unwrap_or(0);
     let mean_interval = (last_idx + 1) as f64 / occurrences as f64;
+    // Rounded to the nearest whole interval; `mean_interval` is finite and in [1, n] (occurrences ≤ last_idx + 1),
+    // so the cast is exact.
     let k = (mean_interval.round() as usize).max(1);
     let offset = n % k;
     let sums: Vec<f64> = y[offset..].chunks(k).map(|c| c.iter().sum()).collect();

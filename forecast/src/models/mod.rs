@@ -3,6 +3,8 @@
 //! [`PointFit`]: the point forecast, in-sample one-step fitted values and, per horizon step, the
 //! factor by which the one-step error variance grows (used for quantiles).
 
+// Casts: series lengths, seasons and per-position counts are far below 2^53, so `as f64` on them is exact.
+
 pub mod ets;
 pub mod intermittent;
 pub mod simple;

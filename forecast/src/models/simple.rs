@@ -3,6 +3,8 @@
 
 use super::PointFit;
 
+// Casts: series lengths, windows, seasons and horizon steps are far below 2^53, so `as f64` on them is exact.
+
 /// Naive: every future value equals the last observation. Error variance grows linearly
 /// with the horizon (random walk, FPP3 Table 5.2).
 pub fn naive(y: &[f64], h: usize) -> PointFit {

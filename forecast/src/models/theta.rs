@@ -13,6 +13,8 @@ use super::{PointFit, seasonal_indices};
 use crate::ForecastError;
 use crate::stats::{acf, linear_fit};
 
+// Casts: series lengths, seasons and horizon steps are far below 2^53, so `as f64` on them is exact.
+
 /// Whether the series shows seasonality at lag `m` (test used by `forecast::thetaf`:
 /// `|r_m| > 1.645·sqrt((1 + 2·Σ_{k<m} r_k²)/n)`).
 pub fn is_seasonal(y: &[f64], m: usize) -> bool {
@@ -48,7 +50,9 @@ pub fn theta(y: &[f64], m: usize, h: usize) -> Result<PointFit, ForecastError> {
     let ses = fit_ets(&x, 1, EtsSpec::SES).ok_or(ForecastError::FitFailed("Theta"))?;
     let alpha = ses.alpha;
     let drift = linear_fit(&x).1 / 2.0;
-    let tail = (1.0 - (1.0 - alpha).powi(n as i32)) / alpha;
+    // `powi` takes an i32: the exponent saturates at i32::MAX, where (1 − α)^n is already 0 for α ≥ 1e-4 (the
+    // SES bound), so a longer series gives the same value instead of a wrapped, negative exponent.
+    let tail = (1.0 - (1.0 - alpha).powi(i32::try_from(n).unwrap_or(i32::MAX))) / alpha;
     let mean: Vec<f64> = (0..h).map(|j| restore(n + j, ses.level + drift * (j as f64 + tail))).collect();
     // In-sample: SES one-step forecasts plus the drift accumulated so far.
     let fitted: Vec<f64> = ses
@@ -56,7 +60,8 @@ pub fn theta(y: &[f64], m: usize, h: usize) -> Result<PointFit, ForecastError> {
         .iter()
         .enumerate()
         .map(|(t, f)| {
-            let tail_t = (1.0 - (1.0 - alpha).powi(t as i32)) / alpha;
+            // Saturates like the exponent of `tail` above.
+            let tail_t = (1.0 - (1.0 - alpha).powi(i32::try_from(t).unwrap_or(i32::MAX))) / alpha;
             restore(t, f + drift * tail_t)
         })
         .collect();

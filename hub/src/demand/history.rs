@@ -82,6 +82,8 @@ impl Series {
     /// Zero-filled daily demand from the first demand day to `end_day` (exclusive).
     fn dense(&self, end_day: u64) -> Vec<f64> {
         let Some(first) = self.first_day() else { return Vec::new() };
+        // cannot truncate (`as usize` here and below): `add_order` and `add_shipment` keep only days in
+        // [today − HISTORY_DAYS_MAX, today), and `end_day` is `today`, so both spans are at most 730 days.
         let mut out = vec![0.0; end_day.saturating_sub(first) as usize];
         for (&d, &q) in self.days.range(first..end_day) {
             if let Some(slot) = out.get_mut((d - first) as usize) {
@@ -291,8 +293,10 @@ impl DemandIndex {
 
 /// ISO 8601 date (`YYYY-MM-DD`) of an epoch day (days since 1970-01-01, UTC).
 pub(crate) fn iso_date(day: u64) -> String {
-    // Howard Hinnant's civil_from_days.
-    let z = day as i64 + 719_468;
+    // Howard Hinnant's civil_from_days. Callers pass days of u64 millisecond timestamps (at most
+    // u64::MAX / DAY_MS, ~2.1e11) plus a horizon, far inside i64; a day beyond that saturates instead of
+    // wrapping into a negative year (or overflowing the addition).
+    let z = i64::try_from(day).unwrap_or(i64::MAX).saturating_add(719_468);
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -421,5 +425,8 @@ mod tests {
         assert_eq!(iso_date(20_000), "2024-10-04");
         assert_eq!(iso_date(19_782), "2024-02-29");
         assert_eq!(iso_date(10_957), "2000-01-01");
+        // Days beyond i64 saturate: u64::MAX used to wrap to day −1 (1969-12-31), and i64::MAX overflowed.
+        assert_ne!(iso_date(u64::MAX), "1969-12-31");
+        assert_eq!(iso_date(u64::MAX), iso_date(u64::MAX / 2));
     }
 }

@@ -96,11 +96,14 @@ impl ItemForecast {
 
     /// Units to order (rounded up), or `None` when no order is due.
     pub(crate) fn reorder_qty(&self) -> Option<u64> {
+        // Rounded up to whole units. `plan` keeps the quantity finite and ≥ 0 and NaN fails `> 0.0`; a quantity
+        // beyond u64::MAX would saturate there, which is the intended meaning.
         (self.plan.reorder_qty > 0.0).then(|| self.plan.reorder_qty.ceil() as u64)
     }
 
     /// Epoch day of the expected stock-out.
     pub(crate) fn stockout_day(&self) -> Option<u64> {
+        // cannot truncate: usize has at most 64 bits, and `d` is at most MAX_COVER_DAYS.
         self.plan.stockout_day.map(|d| self.today + d as u64)
     }
 }
@@ -123,6 +126,7 @@ pub(crate) fn forecast_item(
     })?;
     let options =
         oms_forecast::replenishment::PlanOptions { order_cycle_days: params.order_cycle_days, start_offset_days: 0 };
+    // Exact below 2^53 units, far above any stock count; beyond it the nearest f64 is close enough to plan with.
     let plan = oms_forecast::replenishment::plan_with(
         &forecast,
         available as f64,
@@ -194,6 +198,7 @@ pub(crate) fn round3(v: f64) -> f64 {
 
 impl Suggestion {
     fn from_item(sku: &str, site: &str, item: &ItemForecast, basis: Basis, params: &Resolved) -> Suggestion {
+        // Exact: a horizon is at most H_MAX days, far below 2^53.
         let h = item.forecast.mean.len().max(1);
         Suggestion {
             key: format!("{site}|{sku}"),

@@ -260,11 +260,16 @@ pub struct ManifestDigest {
     lanes: [u64; 4],
 }
 
+// The `usize as u64` length casts in `ManifestDigest::add` rely on this.
+const _: () = assert!(usize::BITS <= 64);
+
 impl ManifestDigest {
     /// Adds one document with its heads in ascending order (as a [`ManifestEntry`] lists them).
     pub fn add(&mut self, doc: &DocId, sorted_heads: &[Hash]) {
         let mut h = sha2::Sha256::new();
         h.update(DIGEST_ENTRY_DOMAIN);
+        // cannot truncate: usize has at most 64 bits (asserted below), so these are the exact lengths the pinned
+        // digest expects.
         h.update((doc.as_str().len() as u64).to_le_bytes());
         h.update(doc.as_str().as_bytes());
         h.update((sorted_heads.len() as u64).to_le_bytes());
