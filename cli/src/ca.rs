@@ -14,7 +14,7 @@ const VALIDITY_DAYS_MAX: i64 = 11_000;
 
 /// `oms ca` subcommands.
 #[derive(clap::Subcommand, Debug)]
-pub enum CaCmd {
+pub(crate) enum CaCmd {
     /// Create a CA for a tenant in DIR (ca.pem, ca.key, crl.pem).
     Init {
         /// PKI directory.
@@ -86,7 +86,7 @@ fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Runs one `oms ca` subcommand.
-pub fn run(cmd: CaCmd) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
     match cmd {
         CaCmd::Init { dir, tenant, days } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -30,7 +30,7 @@ use tokio::process::{Child, Command};
 
 /// Options of `oms demo`.
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How long orders flow, seconds.
     #[arg(long, default_value_t = 20)]
     duration: u64,
@@ -287,7 +287,7 @@ async fn staff_loop(
 }
 
 /// Runs the demo.
-pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if a.duration == 0 || a.duration > 3600 || a.rate == 0 || a.rate > 5000 {
         bail!("--duration must be 1..=3600 s and --rate 1..=5000 orders/s");
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// Options of `oms hub`.
 #[derive(clap::Args, Debug)]
-pub struct HubArgs {
+pub(crate) struct HubArgs {
     /// TOML config file (see deploy/hub.example.toml); flags override its values.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -27,7 +27,7 @@ pub struct HubArgs {
 }
 
 /// The configuration `a` describes.
-pub fn config(a: &HubArgs) -> anyhow::Result<oms_hub::HubConfig> {
+pub(crate) fn config(a: &HubArgs) -> anyhow::Result<oms_hub::HubConfig> {
     let mut cfg = match &a.config {
         Some(p) => oms_hub::HubConfig::load(p)?,
         None => oms_hub::HubConfig::default(),

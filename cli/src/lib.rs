@@ -2,6 +2,7 @@
 //! `forecast` over `oms-forecast`, `ca` over `oms-transport`'s PKI, and `demo`, which runs several nodes as
 //! separate processes on loopback and drives a warehouse day through them.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs, unreachable_pub)]
 
 /// mimalloc instead of glibc's malloc: the hub loads and evicts ≈ 24 KB Automerge documents by the million
 /// between long-lived small index entries, and glibc's per-thread arenas kept the freed space (RSS grew

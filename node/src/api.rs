@@ -29,13 +29,13 @@ use oms_service::request::{JSON_BODY_BYTES_MAX, order_request};
 use oms_service::{JsonBody, Problem, RawBody};
 
 /// Largest CSV upload, bytes.
-pub const CSV_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub(crate) const CSV_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Default page size of listings.
-pub const PAGE_DEFAULT: usize = 50;
+pub(crate) const PAGE_DEFAULT: usize = 50;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The store.
     pub store: Store,
     /// Metrics.
@@ -43,7 +43,7 @@ pub struct AppState {
 }
 
 /// Builds the router.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let csv = Router::new()
         .route("/v1/import/catalog", post(import_catalog))
         .route("/v1/import/stock", post(import_stock))
@@ -222,7 +222,7 @@ async fn list_catalog(State(st): State<AppState>, Q(q): Q) -> Result<Response, P
 
 /// Stock figures of one SKU as the API shows them.
 #[derive(Debug, Serialize)]
-pub struct StockView {
+pub(crate) struct StockView {
     /// The SKU.
     pub sku: Sku,
     /// Units in bins.

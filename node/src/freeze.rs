@@ -30,7 +30,7 @@ use crate::store::{Frozen, OrderRecord, Store, cmd};
 
 /// What an order's record says about freezing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
+pub(crate) enum Finish {
     /// Finished now, whatever the return window: cancelled, rejected, or every shipped unit returned.
     Now,
     /// Shipped, with units that may still come back: finished once the return window that started at this
@@ -41,7 +41,7 @@ pub enum Finish {
 }
 
 /// Where `rec` stands with respect to freezing (see the module docs).
-pub fn finish(rec: &OrderRecord) -> Finish {
+pub(crate) fn finish(rec: &OrderRecord) -> Finish {
     match rec.status {
         FulfillmentState::Cancelled | FulfillmentState::Rejected => Finish::Now,
         FulfillmentState::Shipped | FulfillmentState::Delivered => {
@@ -68,7 +68,7 @@ pub fn finish(rec: &OrderRecord) -> Finish {
 }
 
 /// Whether `rec` is finished at `now_ms` with a return window of `window_ms`.
-pub fn is_finished(rec: &OrderRecord, now_ms: u64, window_ms: u64) -> bool {
+pub(crate) fn is_finished(rec: &OrderRecord, now_ms: u64, window_ms: u64) -> bool {
     match finish(rec) {
         Finish::Now => true,
         Finish::WindowFrom(t) => now_ms >= t.saturating_add(window_ms),
@@ -95,7 +95,7 @@ impl Default for FreezePolicy {
 
 /// Runs freeze passes until the runtime stops. Each pass is one bounded store command; a failed pass is
 /// logged and retried at the next period.
-pub async fn run(store: Store, policy: FreezePolicy) {
+pub(crate) async fn run(store: Store, policy: FreezePolicy) {
     let mut tick = tokio::time::interval(Duration::from_millis(policy.interval_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut after = None;

@@ -3,16 +3,17 @@
 //! ([`api`]) serves staff screens, scripts and local sales channels. It needs no network beyond its own
 //! listener, so the site keeps working when the link to the hub is down.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs, unreachable_pub)]
 
-pub mod api;
+mod api;
 pub mod config;
 pub mod escrow;
-pub mod freeze;
+mod freeze;
 pub mod import;
 pub mod metrics;
-pub mod problem;
+mod problem;
 pub mod store;
-pub mod sync;
+mod sync;
 #[cfg(test)]
 mod test_support;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub use config::NodeConfig;
+pub use sync::SYNC_DB_FILE;
 
 /// Opens the store and serves the HTTP API until `shutdown` resolves. Binds before returning from the
 /// listener setup so callers (and tests) can rely on the port once "listening" is logged.

@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use oms_node::sync::SYNC_DB_FILE;
+use oms_node::SYNC_DB_FILE;
 use oms_protocol::domain::{FulfillmentState, NodeId, OrderDraft, OrderId};
 use oms_protocol::records::{FulfillmentLine, OrderRecord, TimelineEntry};
 use oms_protocol::schema;

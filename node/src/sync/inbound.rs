@@ -21,13 +21,13 @@ use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
 use oms_service::{lock, now_ms};
 
 /// Documents handled per wake-up; the rest wait for the next one.
-pub const INBOUND_BATCH_MAX: usize = 256;
+pub(crate) const INBOUND_BATCH_MAX: usize = 256;
 /// Hub order documents looked at by the startup scan, per page.
 const SCAN_PAGE_MAX: usize = 1_000;
 /// The hub counts as reachable for escrow duties while its last frame is younger than this.
-pub const HUB_REACHABLE_WINDOW_MS: u64 = 30_000;
+pub(crate) const HUB_REACHABLE_WINDOW_MS: u64 = 30_000;
 /// Period of the escrow duties.
-pub const ESCROW_TICK_MS: u64 = 1_000;
+pub(crate) const ESCROW_TICK_MS: u64 = 1_000;
 
 /// What to do about one document the hub changed.
 enum Action {

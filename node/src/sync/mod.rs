@@ -12,7 +12,7 @@
 //!   and on any failure reconnects with exponential backoff and jitter ([`Backoff`]). After a reconnect the
 //!   manifest exchange finds every document that differs, so nothing depends on remembering what was sent.
 
-pub mod inbound;
+pub(crate) mod inbound;
 #[cfg(test)]
 mod tests;
 
@@ -45,7 +45,7 @@ const FEED_CURSOR: &str = "feed.cursor";
 
 /// Timers and limits of the node's sync.
 #[derive(Debug, Clone)]
-pub struct SyncTuning {
+pub(crate) struct SyncTuning {
     /// Change-feed poll period.
     pub feed_poll_ms: u64,
     /// Feed entries applied per transaction.
@@ -112,7 +112,7 @@ impl Default for SyncTuning {
 
 /// Why sync could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub(crate) enum SyncError {
     /// `sync.redb` could not be opened.
     #[error(transparent)]
     Db(#[from] DocDbError),
@@ -129,7 +129,7 @@ pub enum SyncError {
 
 /// Why the change feed could not be turned into documents (retried on the next poll).
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub(crate) enum IngestError {
     /// Reading the store failed.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -142,7 +142,7 @@ pub enum IngestError {
 }
 
 /// The node's documents, as the sync session sees them, and the balances waiting for the stock document.
-pub struct NodeDocs {
+pub(crate) struct NodeDocs {
     /// The documents in `sync.redb`, under this site's access policy.
     pub sync: SyncDocs<SiteAccess>,
     /// SKUs whose balance changed in the feed but is not yet in the stock document (bounded by
@@ -156,11 +156,6 @@ impl NodeDocs {
         NodeDocs { sync: SyncDocs::new(db, SiteAccess { node }), stock_pending: BTreeSet::new(), stock_written_ms: 0 }
     }
 
-    /// The underlying database.
-    pub fn db(&mut self) -> &mut DocDb {
-        &mut self.sync.db
-    }
-
     fn node(&self) -> &NodeId {
         &self.sync.access.node
     }
@@ -168,7 +163,7 @@ impl NodeDocs {
 
 /// What the hub may see of a site's documents: every order document (the hub's part travels back), and only
 /// this site's stock and escrow documents.
-pub struct SiteAccess {
+pub(crate) struct SiteAccess {
     node: NodeId,
 }
 
@@ -204,7 +199,7 @@ struct Shared {
 
 /// Starts the feed follower and the hub link for `store`, keeping documents in `data_dir/sync.redb`. The
 /// tasks run until the runtime shuts down.
-pub fn spawn(
+pub(crate) fn spawn(
     link: &HubLink,
     store: Store,
     data_dir: &Path,
@@ -654,7 +649,7 @@ async fn persist(shared: &Shared) -> Result<(), DocDbError> {
 /// where the hub reads them, answered with full manifests only if it differs) so that a document missed by
 /// the dirty set (which is bounded) still syncs promptly, and up to 256 documents in flight so that a
 /// catch-up fills each flush and each write.
-pub fn session_config() -> SessionConfig {
+pub(crate) fn session_config() -> SessionConfig {
     SessionConfig { manifest_interval_ms: 15_000, docs_in_flight_max: 256, ..SessionConfig::default() }
 }
 
