@@ -224,7 +224,7 @@ async fn persist(hub: &Hub, needed: u64) -> Result<(), DocDbError> {
         }
         Ok(Err(e)) => Err(e),
         // The batch was dropped uncommitted; the next flush writes its contents.
-        Err(e) => Err(DocDbError::Storage { path: "hub.redb".into(), detail: format!("flush task: {e}") }),
+        Err(e) => Err(DocDbError::FlushTask { path: "hub.redb".into(), source: e }),
     }
 }
 

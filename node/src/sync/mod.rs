@@ -641,7 +641,7 @@ async fn persist(shared: &Shared) -> Result<(), DocDbError> {
     match tokio::task::spawn_blocking(move || batch.commit()).await {
         Ok(result) => result,
         // The batch was dropped uncommitted; the next flush writes its contents.
-        Err(e) => Err(DocDbError::Storage { path: SYNC_DB_FILE.into(), detail: format!("flush task: {e}") }),
+        Err(e) => Err(DocDbError::FlushTask { path: SYNC_DB_FILE.into(), source: e }),
     }
 }
 
