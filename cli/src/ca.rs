@@ -1,13 +1,18 @@
-//! `oms ca`: the tenant PKI from the command line, over `oms_transport::pki`.
+//! `oms ca`: the tenant PKI from the command line, over `oms_transport::pki`. Meant to run on an admin host:
+//! the CA key never needs to leave it; a hub needs only `ca.pem`, `crl.pem`, `hub.pem` and `hub.key`, a node
+//! `ca.pem` and its own pair.
 //!
 //! `init` creates the CA (and records the tenant in `DIR/tenant`, so later `issue` calls need not repeat
-//! it), `issue` writes `node-<id>.pem/.key` or `hub.pem/.key` and prints the serial, `revoke` adds a serial
-//! to the CRL that a running hub re-reads.
+//! it), `issue` writes `node-<id>.pem/.key` or `hub.pem/.key` and prints the serial, `renew` replaces such a
+//! pair with a new certificate for the same identity (a fresh key unless `--reuse-key`; the old certificate
+//! stays valid until it expires), `revoke` adds a serial to the CRL that a running hub re-reads (and closes
+//! the revoked node's live connection). Private keys are written `0600`, everything durably (temporary file,
+//! fsync, rename, fsync of the directory).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use oms_transport::pki::{self, Identity, IssueOptions};
+use oms_transport::pki::{self, FileMode, Identity, IssueOptions, KeyChoice};
 
 /// Longest validity accepted, days (about 30 years): a typo must not mint a certificate for ever.
 const VALIDITY_DAYS_MAX: i64 = 11_000;
@@ -48,6 +53,25 @@ pub(crate) enum CaCmd {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
+    /// Renew a node or hub certificate in DIR: same identity and DNS names, a new serial and validity. The
+    /// old certificate is not revoked; it stays valid until it expires (revoke it once the new one is in use).
+    Renew {
+        /// PKI directory (with the CA and the certificate to renew).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node id whose certificate to renew.
+        #[arg(long, required_unless_present = "hub", conflicts_with = "hub")]
+        node: Option<String>,
+        /// Renew the hub's certificate.
+        #[arg(long)]
+        hub: bool,
+        /// Validity of the new certificate from now, days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Keep the current key (only the certificate changes) instead of generating a fresh one.
+        #[arg(long)]
+        reuse_key: bool,
+    },
     /// Revoke a certificate by its serial (hex, as `issue` printed it).
     Revoke {
         /// PKI directory.
@@ -71,7 +95,29 @@ fn check_days(days: i64) -> anyhow::Result<time::Duration> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    pki::hex(bytes)
+}
+
+fn read_tenant(dir: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(tenant_file(dir))
+        .map(|t| t.trim().to_owned())
+        .with_context(|| format!("no --tenant and no {}", tenant_file(dir).display()))
+}
+
+/// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`, or the number of seconds if it is out of range.
+fn date(unix_s: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix_s) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("{unix_s} s after the epoch"),
+    }
 }
 
 fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
@@ -91,16 +137,14 @@ pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
         CaCmd::Init { dir, tenant, days } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             pki::ca_init(&dir, &tenant, check_days(days)?)?;
-            std::fs::write(tenant_file(&dir), format!("{tenant}\n"))
+            pki::write_durable(&tenant_file(&dir), format!("{tenant}\n").as_bytes(), FileMode::Public)
                 .with_context(|| format!("cannot write {}", tenant_file(&dir).display()))?;
             println!("CA for tenant {tenant} created in {}", dir.display());
         }
         CaCmd::Issue { dir, node, hub, tenant, dns, days } => {
             let tenant = match tenant {
                 Some(t) => t,
-                None => std::fs::read_to_string(tenant_file(&dir))
-                    .map(|t| t.trim().to_owned())
-                    .with_context(|| format!("no --tenant and no {}", tenant_file(&dir).display()))?,
+                None => read_tenant(&dir)?,
             };
             let identity = match (node, hub) {
                 (Some(node), false) => Identity::node(&tenant, &node)?,
@@ -119,10 +163,41 @@ pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
                 hex(&issued.serial)
             );
         }
+        CaCmd::Renew { dir, node, hub, days, reuse_key } => {
+            let tenant = read_tenant(&dir)?;
+            let identity = match (node, hub) {
+                (Some(node), false) => Identity::node(&tenant, &node)?,
+                (None, true) => Identity::hub(&tenant)?,
+                _ => bail!("give exactly one of --node ID and --hub"),
+            };
+            let key = if reuse_key { KeyChoice::Reuse } else { KeyChoice::Fresh };
+            let renewed = pki::renew(&dir, &dir, &identity, check_days(days)?, key)
+                .with_context(|| format!("cannot renew {identity} in {}", dir.display()))?;
+            let (old, new) = (&renewed.old, &renewed.new);
+            println!(
+                "renewed {identity}: {} {} serial {} valid until {} ({} key)",
+                renewed.issued.cert_path.display(),
+                renewed.issued.key_path.display(),
+                new.serial_hex(),
+                date(new.not_after_unix_s),
+                if reuse_key { "same" } else { "new" },
+            );
+            println!(
+                "the old certificate, serial {}, stays valid until {}; once the new one is in use, \
+                 `oms ca revoke --dir {} --serial {}`",
+                old.serial_hex(),
+                date(old.not_after_unix_s),
+                dir.display(),
+                old.serial_hex()
+            );
+        }
         CaCmd::Revoke { dir, serial } => {
             let bytes = unhex(&serial)?;
             pki::revoke(&dir, &bytes)?;
-            println!("revoked {}; hubs refuse it from their next CRL check", hex(&bytes));
+            println!(
+                "revoked {}; a hub with this crl.pem closes its connection and refuses it from its next CRL check",
+                hex(&bytes)
+            );
         }
     }
     Ok(())

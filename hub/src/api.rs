@@ -1,6 +1,8 @@
 //! The hub's HTTP API (JSON): what an operator or a channel integration asks the hub.
 //!
-//! - `GET /v1/nodes`: each node's connection state, last sync, lag and refusal counters.
+//! - `GET /v1/nodes`: each node's connection state, last sync, lag, refusal counters and the certificate it
+//!   presented; the hub's own certificate (`hub_certificate`: serial, `not_after_unix_s`, `expires_in_s`,
+//!   `expiring_soon` when less than `oms_transport::pki::EXPIRY_WARNING_DAYS` are left).
 //! - `GET /v1/orders?site=&after=&limit=`: order ids and states as the hub sees them, with per-site counts.
 //!   Follow `next_after` until it is null: a page reads at most [`ORDER_ROWS_READ_MAX`] orders, so with a site
 //!   filter it may hold fewer than `limit`, even none, and still not be the last.
@@ -95,10 +97,21 @@ async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
             "sessions": st.sessions,
             "orders": counts.get(&name).copied().unwrap_or(0),
             "stock_updated_at_ms": stock_updated_at_ms,
+            "certificate": st.certificate.as_ref().map(|c| certificate_json(&c.serial, c.not_after_unix_s, now)),
         }));
     }
     let held = json!({"held": docs.db().len(), "loaded": docs.db().loaded()});
-    Json(json!({"now_ms": now, "nodes": out, "documents": held}))
+    let own = hub.tls().map(|tls| tls.own.info());
+    let own = own.map(|c| certificate_json(&c.serial_hex(), c.not_after_unix_s, now));
+    Json(json!({"now_ms": now, "nodes": out, "documents": held, "hub_certificate": own}))
+}
+
+/// A certificate's serial and remaining validity at `now_ms`.
+fn certificate_json(serial: &str, not_after_unix_s: i64, now_ms: u64) -> Value {
+    let now_s = i64::try_from(now_ms / 1_000).unwrap_or(i64::MAX);
+    let e = oms_transport::pki::expiry(not_after_unix_s, now_s);
+    json!({"serial": serial, "not_after_unix_s": not_after_unix_s, "expires_in_s": e.expires_in_s,
+           "expiring_soon": e.expiring_soon})
 }
 
 #[derive(Deserialize)]

@@ -37,9 +37,14 @@ pub struct HubConfig {
     /// taking more frames. At least `docs_cached_max`.
     #[serde(default = "default_docs_loaded_max")]
     pub docs_loaded_max: usize,
-    /// How often the CRL file is checked for changes, ms.
+    /// How often the CRL file is checked for changes, ms. A revoked node's live connection is closed within
+    /// this interval, and its next handshake refused.
     #[serde(default = "default_crl_check_interval_ms")]
     pub crl_check_interval_ms: u64,
+    /// How often the hub's own certificate and key files are checked for changes, ms: a renewed certificate
+    /// copied over `hub.pem` / `hub.key` is presented from the next handshake on, without a restart.
+    #[serde(default = "default_cert_check_interval_ms")]
+    pub cert_check_interval_ms: u64,
     /// How channel orders are routed (`[routing]`: nearest_k, max_split, split_lines, stale_after_ms,
     /// on_shortfall = "backorder" | "hold" | "reject", region_must_match).
     #[serde(default)]
@@ -77,7 +82,10 @@ fn default_docs_loaded_max() -> usize {
     2 * crate::docs::DOCS_CACHED_MAX
 }
 fn default_crl_check_interval_ms() -> u64 {
-    5_000
+    oms_transport::tls::FILE_CHECK_INTERVAL_MS
+}
+fn default_cert_check_interval_ms() -> u64 {
+    oms_transport::tls::FILE_CHECK_INTERVAL_MS
 }
 
 impl Default for HubConfig {
@@ -93,6 +101,7 @@ impl Default for HubConfig {
             docs_cached_max: default_docs_cached_max(),
             docs_loaded_max: default_docs_loaded_max(),
             crl_check_interval_ms: default_crl_check_interval_ms(),
+            cert_check_interval_ms: default_cert_check_interval_ms(),
             routing: crate::routing::RoutingPolicy::default(),
             forecast: crate::forecast_config::ForecastConfig::default(),
         }

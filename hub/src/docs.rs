@@ -74,6 +74,23 @@ pub struct NodeStatus {
     pub sessions: u64,
     /// The current (or last) session deflates its frames (both sides announced `capabilities::DEFLATE`).
     pub compressed: bool,
+    /// The certificate the node presented on its current (or last) connection.
+    pub certificate: Option<PeerCertificate>,
+}
+
+/// What `GET /v1/nodes` shows of a certificate a node presented.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerCertificate {
+    /// Serial number in hex, as `oms ca` prints it.
+    pub serial: String,
+    /// End of validity, seconds since the Unix epoch.
+    pub not_after_unix_s: i64,
+}
+
+impl From<&oms_transport::CertInfo> for PeerCertificate {
+    fn from(info: &oms_transport::CertInfo) -> Self {
+        PeerCertificate { serial: info.serial_hex(), not_after_unix_s: info.not_after_unix_s }
+    }
 }
 
 /// One page of order ids, from [`HubDocs::order_page`].

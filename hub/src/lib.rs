@@ -66,11 +66,19 @@ pub async fn run(
         key: cfg.certs_dir.join("hub.key"),
         crl: oms_transport::pki::crl_path(&cfg.certs_dir),
         crl_check_interval_ms: cfg.crl_check_interval_ms,
+        cert_check_interval_ms: cfg.cert_check_interval_ms,
     };
+    let tls = oms_transport::tls::server_tls(&files)
+        .with_context(|| format!("cannot load the hub's TLS files from {}", cfg.certs_dir.display()))?;
+    hub.set_tls(server::HubTls { own: tls.own.clone(), clients: tls.clients.clone() });
     // One stream per node is all sync needs; a second is allowed by quinn but never accepted.
     let limits = Limits { bidi_streams_max: 2, ..Limits::default() };
-    let endpoint = oms_transport::server_endpoint(cfg.listen_quic, &files, &limits)
+    let endpoint = oms_transport::server_endpoint_with(cfg.listen_quic, tls.config, &limits)
         .with_context(|| format!("cannot listen for nodes on {}", cfg.listen_quic))?;
+    let revocations =
+        tokio::spawn(server::watch_revocations(hub.clone(), tls.clients.clone(), cfg.crl_check_interval_ms));
+    let own_cert =
+        tokio::spawn(oms_transport::tls::watch_own_certificate(tls.own, "hub", cfg.cert_check_interval_ms, |_| {}));
     let listener = tokio::net::TcpListener::bind(cfg.listen_http)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen_http))?;
@@ -82,6 +90,8 @@ pub async fn run(
     endpoint.close(0u32.into(), b"hub shutting down");
     accept.abort();
     watcher.abort();
+    revocations.abort();
+    own_cert.abort();
     oms_service::lock(&hub.docs).flush()?;
     Ok(())
 }

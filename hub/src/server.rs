@@ -6,10 +6,17 @@
 //! accepted), each read and write has a deadline, and decoded frames queue in a bounded channel. A node
 //! that reconnects replaces its older connection. A node that misbehaves loses its connection or has a
 //! document quarantined; nothing it does stops the accept loop or another node's session.
+//!
+//! **Revocation cuts live sessions.** [`watch_revocations`] looks at the CRL file every half
+//! `crl_check_interval_ms` (so a revocation is acted on within the interval); when a changed CRL loads, every
+//! live connection's certificate chain is verified again against it, and a connection whose certificate is
+//! now revoked is closed with [`ErrorCode::Revoked`]. Its next handshake is refused by the same CRL. A
+//! connection accepted while the CRL changes is checked once more right after it is registered, so none slips
+//! between the handshake and the watch.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use oms_protocol::domain::NodeId;
@@ -18,6 +25,7 @@ use oms_protocol::wire::{ErrorCode, Frame, FrameEncoder, PeerId, capabilities};
 use oms_service::{lock, now_ms};
 use oms_sync::DocDbError;
 use oms_sync::link::{self, LinkError};
+use oms_transport::tls::{ReloadingCert, ReloadingClientVerifier, WATCH_PERIOD_MIN_MS};
 use oms_transport::{Identity, Limits, PkiError};
 use tokio::sync::Semaphore;
 
@@ -81,6 +89,17 @@ pub struct Hub {
     pub node_changes: tokio::sync::Notify,
     /// Channel intake, routing and escrow.
     pub intake: crate::intake::Intake,
+    /// The reloading parts of the QUIC side's TLS, once it listens ([`Hub::set_tls`]).
+    tls: OnceLock<HubTls>,
+}
+
+/// The reloading parts of the hub's TLS configuration, which the hub watches and reports on.
+#[derive(Debug, Clone)]
+pub struct HubTls {
+    /// The hub's own certificate and key.
+    pub own: Arc<ReloadingCert>,
+    /// The client verifier with the CRL.
+    pub clients: Arc<ReloadingClientVerifier>,
 }
 
 impl Hub {
@@ -108,7 +127,19 @@ impl Hub {
             local: Mutex::new(HashMap::new()),
             node_changes: tokio::sync::Notify::new(),
             intake,
+            tls: OnceLock::new(),
         })
+    }
+
+    /// Hands the hub the reloading parts of its TLS configuration (once; later calls change nothing), so that
+    /// connections are checked against each new CRL and `GET /v1/nodes` shows the hub's own certificate.
+    pub fn set_tls(&self, tls: HubTls) {
+        let _ = self.tls.set(tls);
+    }
+
+    /// The reloading parts of the TLS configuration, once set.
+    pub fn tls(&self) -> Option<&HubTls> {
+        self.tls.get()
     }
 
     /// The signal that `node`'s session has hub-made changes to push.
@@ -176,14 +207,25 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
     if let Some((_, old)) = lock(&hub.conns).insert(node.as_str().to_owned(), (conn_id, conn.clone())) {
         oms_transport::close(&old, ErrorCode::NoError, "replaced by a newer connection of the same node");
     }
+    let cert = oms_transport::peer_cert_info(&conn).ok();
     {
         let mut docs = lock(&hub.docs);
         let st = docs.status(&node);
         st.connected = true;
         st.connected_at_ms = Some(now_ms());
         st.sessions += 1;
+        st.certificate = cert.as_ref().map(crate::docs::PeerCertificate::from);
     }
-    tracing::info!(%node, %remote, "node connected");
+    tracing::info!(%node, %remote, serial = %cert.as_ref().map(|c| c.serial_hex()).unwrap_or_default(),
+        "node connected");
+    // The CRL may have changed between this handshake and the registration above, after the watch looked at
+    // the registered connections: check this one against the CRL in force now.
+    if let Some(tls) = hub.tls()
+        && revoked(&tls.clients, &conn)
+    {
+        tracing::warn!(%node, "node's certificate was revoked while it connected; closing");
+        oms_transport::close(&conn, ErrorCode::Revoked, "certificate revoked");
+    }
     let result = drive(hub, &conn, &node).await;
     match &result {
         Ok(()) => tracing::info!(%node, "node session ended"),
@@ -193,6 +235,47 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
     if conns.get(node.as_str()).is_some_and(|(id, _)| *id == conn_id) {
         conns.remove(node.as_str());
         lock(&hub.docs).status(&node).connected = false;
+    }
+}
+
+/// Whether `conn`'s certificate chain is refused by `verifier` as revoked now.
+fn revoked(verifier: &ReloadingClientVerifier, conn: &quinn::Connection) -> bool {
+    oms_transport::peer_certificates(conn).is_ok_and(|chain| verifier.revokes(&chain))
+}
+
+/// Closes, with [`ErrorCode::Revoked`], every live connection whose certificate `verifier` now refuses as
+/// revoked. Returns the nodes cut.
+pub fn cut_revoked(hub: &Hub, verifier: &ReloadingClientVerifier) -> Vec<String> {
+    let live: Vec<(String, quinn::Connection)> =
+        lock(&hub.conns).iter().map(|(node, (_, conn))| (node.clone(), conn.clone())).collect();
+    let mut cut = Vec::new();
+    for (node, conn) in live {
+        if revoked(verifier, &conn) {
+            tracing::warn!(%node, "node's certificate is revoked by the new CRL; closing its connection");
+            oms_transport::close(&conn, ErrorCode::Revoked, "certificate revoked");
+            cut.push(node);
+        }
+    }
+    cut
+}
+
+/// Watches the CRL for as long as the runtime runs: every half `crl_check_interval_ms` (at least
+/// [`WATCH_PERIOD_MIN_MS`]) it re-reads a changed CRL and cuts the sessions it revokes ([`cut_revoked`]), so
+/// that a revoked node is disconnected within the interval even when no handshake happens.
+pub async fn watch_revocations(hub: Arc<Hub>, verifier: Arc<ReloadingClientVerifier>, crl_check_interval_ms: u64) {
+    let period = Duration::from_millis((crl_check_interval_ms / 2).max(WATCH_PERIOD_MIN_MS));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = verifier.generation();
+    loop {
+        tick.tick().await;
+        verifier.refresh();
+        // A handshake may have loaded the new CRL first: act on every generation not yet acted on.
+        let now = verifier.generation();
+        if now != seen {
+            seen = now;
+            cut_revoked(&hub, &verifier);
+        }
     }
 }
 

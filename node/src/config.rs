@@ -159,6 +159,14 @@ pub struct HubLink {
     /// Deflate sync frames when the hub reads them too (`capabilities::DEFLATE`); off only to compare.
     #[serde(default = "default_true")]
     pub compress: bool,
+    /// How often this node's certificate and key files are checked for changes, ms: a renewed pair copied
+    /// into `certs_dir` is presented from the next connection on, without a restart.
+    #[serde(default = "default_cert_check_interval_ms")]
+    pub cert_check_interval_ms: u64,
+}
+
+fn default_cert_check_interval_ms() -> u64 {
+    oms_transport::tls::FILE_CHECK_INTERVAL_MS
 }
 
 fn default_true() -> bool {

@@ -48,7 +48,7 @@ pub async fn run(
             capacity_per_day: cfg.site.capacity_per_day,
             region: cfg.site.region.clone(),
         };
-        sync::spawn(link, store.clone(), &cfg.data_dir, &site, sync::SyncTuning::default())
+        sync::spawn(link, store.clone(), &cfg.data_dir, &site, sync::SyncTuning::default(), metrics.clone())
             .with_context(|| format!("cannot start sync with the hub at {}", link.addr))?;
     }
     // Freeze finished orders, with or without a hub.

@@ -1,6 +1,9 @@
 //! Prometheus metrics of a node: requests by route and status, commit latency and batch size, orders by
-//! state (read from counters the store keeps transactionally, so the figure is exact at scrape time).
+//! state (read from counters the store keeps transactionally, so the figure is exact at scrape time), and
+//! the remaining validity of the node's own certificate (`oms_node_certificate_expires_in_seconds`, labelled
+//! with the serial; computed at scrape time, absent on a node without a hub link).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -28,6 +31,13 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Labels of the certificate gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// The certificate's serial, in hex as `oms ca` prints it.
+    pub serial: String,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -37,6 +47,9 @@ pub struct Metrics {
     batch_size: Histogram,
     /// Orders per fulfillment state.
     pub orders: Family<StateLabels, Gauge>,
+    certificate_expires_in_seconds: Family<CertificateLabels, Gauge>,
+    /// The serial (hex) and `not_after` (seconds since the Unix epoch) of the certificate the node presents.
+    certificate: Mutex<Option<(String, i64)>>,
 }
 
 impl Default for Metrics {
@@ -57,7 +70,26 @@ impl Metrics {
         registry.register("commit_batch_size", "Commands per write transaction (group commit)", batch_size.clone());
         let orders = Family::<StateLabels, Gauge>::default();
         registry.register("orders", "Orders by fulfillment state", orders.clone());
-        Metrics { registry, requests, commit_seconds, batch_size, orders }
+        let certificate_expires_in_seconds = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_expires_in_seconds",
+            "Seconds until this node's own certificate expires (renew within 30 days: `oms ca renew`)",
+            certificate_expires_in_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            commit_seconds,
+            batch_size,
+            orders,
+            certificate_expires_in_seconds,
+            certificate: Mutex::new(None),
+        }
+    }
+
+    /// Records the certificate the node presents (at start and whenever it is reloaded).
+    pub fn set_certificate(&self, serial_hex: &str, not_after_unix_s: i64) {
+        *oms_service::lock(&self.certificate) = Some((serial_hex.to_owned(), not_after_unix_s));
     }
 
     /// Records one write batch.
@@ -69,10 +101,40 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some((serial, not_after)) = oms_service::lock(&self.certificate).clone() {
+            let now_s = i64::try_from(oms_service::now_ms() / 1_000).unwrap_or(i64::MAX);
+            // One series: the certificate presented now (a renewed one replaces the old serial's).
+            self.certificate_expires_in_seconds.clear();
+            self.certificate_expires_in_seconds
+                .get_or_create(&CertificateLabels { serial })
+                .set(not_after.saturating_sub(now_s));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_gauge_shows_the_remaining_validity_of_the_current_certificate() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("oms_node_certificate_expires_in_seconds{"), "no sample before a certificate");
+        let now_s = i64::try_from(oms_service::now_ms() / 1_000).unwrap();
+        m.set_certificate("4a01", now_s + 10 * 86_400);
+        let text = m.render();
+        let line = text.lines().find(|l| l.starts_with("oms_node_certificate_expires_in_seconds{")).unwrap();
+        assert!(line.contains("serial=\"4a01\""), "{line}");
+        let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((10 * 86_400 - 5..=10 * 86_400).contains(&value), "{line}");
+        // A renewed certificate replaces the series.
+        m.set_certificate("4b02", now_s + 90 * 86_400);
+        let text = m.render();
+        assert!(!text.contains("4a01") && text.contains("serial=\"4b02\""), "{text}");
     }
 }

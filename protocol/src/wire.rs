@@ -94,6 +94,9 @@ pub enum ErrorCode {
     Overloaded = 8,
     /// The peer did not answer within the allotted time.
     Timeout = 9,
+    /// The peer's certificate was revoked: the hub closes a live connection with this code when it reloads
+    /// a CRL that names the certificate, and refuses every later handshake with it.
+    Revoked = 10,
     /// A code this build does not know (sent by a newer peer). Never sent by this build.
     Unknown = 0xFFFF_FFFF,
 }
@@ -118,6 +121,7 @@ impl ErrorCode {
             7 => Self::ProtocolViolation,
             8 => Self::Overloaded,
             9 => Self::Timeout,
+            10 => Self::Revoked,
             _ => Self::Unknown,
         }
     }
@@ -789,7 +793,12 @@ mod tests {
         assert_eq!(ErrorCode::Unauthorized.as_u32(), 4);
         assert_eq!(ErrorCode::NotEntitled.as_u32(), 5);
         assert_eq!(ErrorCode::Internal.as_u32(), 6);
-        for n in 0..10 {
+        assert_eq!(ErrorCode::ProtocolViolation.as_u32(), 7);
+        assert_eq!(ErrorCode::Overloaded.as_u32(), 8);
+        assert_eq!(ErrorCode::Timeout.as_u32(), 9);
+        assert_eq!(ErrorCode::Revoked.as_u32(), 10);
+        assert_eq!(ErrorCode::from_u32(10), ErrorCode::Revoked);
+        for n in 0..11 {
             assert_eq!(ErrorCode::from_u32(n).as_u32(), n);
         }
         assert_eq!(ErrorCode::from_u32(4242), ErrorCode::Unknown);
@@ -982,7 +991,7 @@ mod tests {
                 .prop_map(|(doc, msg)| Frame::Sync { doc, msg }),
             (doc.clone(), proptest::collection::vec(any::<[u8; 32]>(), 0..3))
                 .prop_map(|(doc, heads)| Frame::Ack { doc, heads }),
-            (doc, any::<u32>()).prop_map(|(doc, c)| Frame::Refused { doc, code: ErrorCode::from_u32(c % 10) }),
+            (doc, any::<u32>()).prop_map(|(doc, c)| Frame::Refused { doc, code: ErrorCode::from_u32(c % 11) }),
             any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
             (any::<u32>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(round, docs, hash)| Frame::Digest(Digest {
                 round,

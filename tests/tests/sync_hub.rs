@@ -470,6 +470,7 @@ async fn hand_session(
         ca: certs.join("ca.pem"),
         cert: certs.join(format!("node-{node}.pem")),
         key: certs.join(format!("node-{node}.key")),
+        cert_check_interval_ms: oms_transport::tls::FILE_CHECK_INTERVAL_MS,
     };
     let limits = oms_transport::Limits::default();
     let ep = oms_transport::client_endpoint("127.0.0.1:0".parse().unwrap(), &files, &limits).unwrap();

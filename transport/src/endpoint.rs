@@ -5,7 +5,7 @@
 //! Every wait has a deadline: quinn's `open_bi()` waits for stream credit forever, and a peer that stops
 //! reading would otherwise hold a task forever too.
 
-use crate::pki::{Identity, PkiError, identity_from_cert_der};
+use crate::pki::{CertInfo, Identity, PkiError, cert_info, identity_from_cert_der};
 use crate::tls::{ClientTlsFiles, ServerTlsFiles, TlsError, client_config, server_config};
 use oms_protocol::wire::{self, ErrorCode, Frame, LENGTH_PREFIX_BYTES, WireError};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -109,7 +109,17 @@ pub fn transport_config(limits: &Limits) -> TransportConfig {
 
 /// A hub endpoint listening on `addr` (use port 0 in tests; `Endpoint::local_addr` tells the port).
 pub fn server_endpoint(addr: SocketAddr, tls: &ServerTlsFiles, limits: &Limits) -> Result<Endpoint, EndpointError> {
-    let crypto = QuicServerConfig::try_from(server_config(tls)?).map_err(|e| EndpointError::Crypto(e.to_string()))?;
+    server_endpoint_with(addr, server_config(tls)?, limits)
+}
+
+/// A hub endpoint with a rustls configuration already built (by `tls::server_tls`, whose reloading parts
+/// the caller keeps).
+pub fn server_endpoint_with(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    limits: &Limits,
+) -> Result<Endpoint, EndpointError> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| EndpointError::Crypto(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport_config(limits)));
     Endpoint::server(cfg, addr).map_err(|source| EndpointError::Bind { addr, source })
@@ -117,7 +127,17 @@ pub fn server_endpoint(addr: SocketAddr, tls: &ServerTlsFiles, limits: &Limits) 
 
 /// A node endpoint bound to `addr` (usually `0.0.0.0:0` or `127.0.0.1:0`).
 pub fn client_endpoint(addr: SocketAddr, tls: &ClientTlsFiles, limits: &Limits) -> Result<Endpoint, EndpointError> {
-    let crypto = QuicClientConfig::try_from(client_config(tls)?).map_err(|e| EndpointError::Crypto(e.to_string()))?;
+    client_endpoint_with(addr, client_config(tls)?, limits)
+}
+
+/// A node endpoint with a rustls configuration already built (by `tls::client_tls`, whose reloading
+/// certificate the caller keeps).
+pub fn client_endpoint_with(
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    limits: &Limits,
+) -> Result<Endpoint, EndpointError> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| EndpointError::Crypto(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport_config(limits)));
     let mut endpoint = Endpoint::client(addr).map_err(|source| EndpointError::Bind { addr, source })?;
@@ -145,12 +165,28 @@ async fn with_timeout<T>(
     tokio::time::timeout(timeout, fut).await.map_err(|_| EndpointError::Timeout { what, ms })?
 }
 
-/// The identity in the peer's verified certificate.
-pub fn peer_identity(conn: &Connection) -> Result<Identity, EndpointError> {
+/// The peer's verified certificate chain, leaf first.
+pub fn peer_certificates(conn: &Connection) -> Result<Vec<CertificateDer<'static>>, EndpointError> {
     let any = conn.peer_identity().ok_or(EndpointError::NoPeerCertificate)?;
     let certs = any.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| EndpointError::NoPeerCertificate)?;
+    if certs.is_empty() {
+        return Err(EndpointError::NoPeerCertificate);
+    }
+    Ok(*certs)
+}
+
+/// The identity in the peer's verified certificate.
+pub fn peer_identity(conn: &Connection) -> Result<Identity, EndpointError> {
+    let certs = peer_certificates(conn)?;
     let leaf = certs.first().ok_or(EndpointError::NoPeerCertificate)?;
     Ok(identity_from_cert_der(leaf)?)
+}
+
+/// Identity, serial and validity of the peer's verified certificate.
+pub fn peer_cert_info(conn: &Connection) -> Result<CertInfo, EndpointError> {
+    let certs = peer_certificates(conn)?;
+    let leaf = certs.first().ok_or(EndpointError::NoPeerCertificate)?;
+    Ok(cert_info(leaf)?)
 }
 
 /// Opens a bidirectional stream, giving up after `timeout` (e.g. when the peer grants no stream credit).

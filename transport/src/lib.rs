@@ -14,7 +14,8 @@ pub mod relay;
 pub mod tls;
 
 pub use endpoint::{
-    EndpointError, FrameIoError, FramedStream, Limits, accept_bi, client_endpoint, close, close_code, connect, open_bi,
-    peer_identity, server_endpoint,
+    EndpointError, FrameIoError, FramedStream, Limits, accept_bi, client_endpoint, client_endpoint_with, close,
+    close_code, connect, open_bi, peer_cert_info, peer_certificates, peer_identity, server_endpoint,
+    server_endpoint_with,
 };
-pub use pki::{Identity, IssueOptions, Issued, PkiError};
+pub use pki::{CertInfo, Identity, IssueOptions, Issued, PkiError};

@@ -2,24 +2,44 @@
 //!
 //! Layout of a PKI directory: `ca.pem` / `ca.key` (the CA), `<name>.pem` / `<name>.key` per issued identity
 //! (`hub` or `node-<id>`), `revoked.txt` (hex serials, one a line: the source of truth for revocations) and
-//! `crl.pem` (regenerated from `revoked.txt` on every [`revoke`], written atomically by rename so a hub that
-//! reloads it never reads half a file).
+//! `crl.pem` (regenerated from `revoked.txt` on every [`revoke`]).
+//!
+//! **Every file is written durably** ([`write_durable`]): to a temporary file in the same directory, which is
+//! fsynced, renamed over the target, and then the directory is fsynced. A reader (a hub re-reading the CRL,
+//! a node re-reading its certificate) sees the old or the new file, never half of one, and a crash never
+//! leaves a half-written PEM. Private keys ([`FileMode::Secret`]) are created `0600` from the start, so
+//! there is no moment at which a key is readable by others; certificates, the CRL and `revoked.txt` are
+//! `0644`.
 //!
 //! An identity is carried in exactly one URI SAN: `oms://<tenant>/node/<id>` or `oms://<tenant>/hub`. It is
 //! read back from the *verified* peer certificate with [`identity_from_cert_der`]; nothing a peer says in a
 //! frame counts as identity. A hub certificate additionally carries DNS names, because the node verifies the
 //! hub as a TLS server name.
-
+//!
+//! **Renewal** ([`renew`]) issues a new certificate for the identity and DNS names of the current one, with a
+//! new serial and validity, and by default a **fresh key** ([`KeyChoice::Fresh`]): `oms ca` generates every
+//! key on the admin host and ships certificate and key together anyway, so a fresh key costs nothing extra,
+//! and renewal becomes the moment a key that may have been copied off a node stops being useful once the old
+//! certificate expires or is revoked. [`KeyChoice::Reuse`] keeps the key (only the certificate changes on the
+//! node), for a site where copying a key again is harder than copying a certificate. The old certificate is
+//! not revoked: it stays valid until it expires, so a node keeps working until its new files arrive; revoke
+//! its serial once the node uses the new one.
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
 /// Longest tenant or node id, in bytes.
 pub const NAME_BYTES_MAX: usize = 64;
+/// A certificate with less validity left than this many days is *expiring soon*: node and hub warn and say
+/// so in their metrics and status ([`expiry`]).
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+/// Seconds in a day, for [`EXPIRY_WARNING_DAYS`].
+const DAY_SECS: i64 = 86_400;
 
 /// Who a certificate says its holder is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -142,17 +162,89 @@ pub enum PkiError {
         /// The serial.
         serial: String,
     },
+    /// The certificate to renew names another identity than the one asked for.
+    #[error("{path} is the certificate of {found}, not of {wanted}")]
+    WrongIdentity {
+        /// The certificate file.
+        path: PathBuf,
+        /// The identity asked for.
+        wanted: String,
+        /// The identity in the file.
+        found: String,
+    },
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
 }
 
-/// Writes via a temporary file and rename, so readers see the old or the new file, never half of one.
-fn write_atomic(path: &Path, contents: &str) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).map_err(|source| PkiError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
+/// Who may read a file the PKI writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileMode {
+    /// Certificates, the CRL, `revoked.txt`: `0644`.
+    Public,
+    /// Private keys: `0600`, from the moment the file is created.
+    Secret,
+}
+
+impl FileMode {
+    /// The Unix permission bits.
+    pub fn bits(self) -> u32 {
+        match self {
+            FileMode::Public => 0o644,
+            FileMode::Secret => 0o600,
+        }
+    }
+}
+
+/// Writes `contents` to `path` durably: a temporary file in the same directory (created with `mode`), written
+/// and fsynced, renamed over `path`, then the directory fsynced. Readers see the old or the new file, never
+/// half of one, and after a crash the file is the old one or the new one. A temporary file a crash leaves
+/// behind is named `.<name>.<random>.tmp` and may be deleted.
+pub fn write_durable(path: &Path, contents: &[u8], mode: FileMode) -> Result<(), PkiError> {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+        move |source| PkiError::Io { path: path.to_owned(), source }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode.bits());
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let written = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(contents)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&tmp)(e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(path)(e));
+    }
+    sync_dir(dir).map_err(io(dir))
+}
+
+/// Makes a rename in `dir` durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Windows cannot open a directory as a file; its renames are made durable by NTFS's journal.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Paths of the CA files in `dir`.
@@ -183,8 +275,8 @@ pub fn ca_init(dir: &Path, tenant: &str, validity: Duration) -> Result<(), PkiEr
     params.not_after = now + validity;
     params.serial_number = Some(random_serial());
     let cert = params.self_signed(&key)?;
-    write_atomic(&key_path, &key.serialize_pem())?;
-    write_atomic(&cert_path, &cert.pem())?;
+    write_durable(&key_path, key.serialize_pem().as_bytes(), FileMode::Secret)?;
+    write_durable(&cert_path, cert.pem().as_bytes(), FileMode::Public)?;
     write_crl(dir, &[])
 }
 
@@ -239,11 +331,20 @@ pub struct Issued {
     pub key_path: PathBuf,
 }
 
-/// Issues a certificate for `identity`, signed by the CA in `ca_dir`, written to
+/// Issues a certificate for `identity`, signed by the CA in `ca_dir`, with a fresh key, written to
 /// `out_dir/<stem>.pem` and `out_dir/<stem>.key`.
 pub fn issue(ca_dir: &Path, out_dir: &Path, identity: &Identity, opts: &IssueOptions) -> Result<Issued, PkiError> {
+    issue_with_key(ca_dir, out_dir, identity, opts, KeyPair::generate()?)
+}
+
+fn issue_with_key(
+    ca_dir: &Path,
+    out_dir: &Path,
+    identity: &Identity,
+    opts: &IssueOptions,
+    key: KeyPair,
+) -> Result<Issued, PkiError> {
     let issuer = load_issuer(ca_dir)?;
-    let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(&identity.uri());
     let uri = identity.uri().try_into()?;
@@ -264,15 +365,147 @@ pub fn issue(ca_dir: &Path, out_dir: &Path, identity: &Identity, opts: &IssueOpt
     params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(&key, &issuer)?;
     std::fs::create_dir_all(out_dir).map_err(|source| PkiError::Io { path: out_dir.to_owned(), source })?;
-    let stem = identity.file_stem();
-    let cert_path = out_dir.join(format!("{stem}.pem"));
-    let key_path = out_dir.join(format!("{stem}.key"));
-    write_atomic(&key_path, &key.serialize_pem())?;
-    write_atomic(&cert_path, &cert.pem())?;
+    let (cert_path, key_path) = identity_paths(out_dir, identity);
+    // The key first: a reader that sees the new certificate finds its key already there (a reloading node
+    // or hub also checks that the two match and retries otherwise).
+    write_durable(&key_path, key.serialize_pem().as_bytes(), FileMode::Secret)?;
+    write_durable(&cert_path, cert.pem().as_bytes(), FileMode::Public)?;
     Ok(Issued { serial: serial.to_bytes(), cert_path, key_path })
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Paths of `identity`'s certificate and key in `dir`: `<stem>.pem`, `<stem>.key`.
+pub fn identity_paths(dir: &Path, identity: &Identity) -> (PathBuf, PathBuf) {
+    let stem = identity.file_stem();
+    (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")))
+}
+
+/// Which key a renewed certificate certifies (see the module docs for why [`KeyChoice::Fresh`] is the
+/// default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyChoice {
+    /// A new key pair, written over `<stem>.key`.
+    #[default]
+    Fresh,
+    /// The key in `<stem>.key`, unchanged (rewritten `0600`).
+    Reuse,
+}
+
+/// What [`renew`] replaced and wrote.
+#[derive(Debug, Clone)]
+pub struct Renewed {
+    /// The certificate that was in `<stem>.pem` before; it stays valid until it expires unless revoked.
+    pub old: CertInfo,
+    /// The new certificate and key.
+    pub issued: Issued,
+    /// The new certificate.
+    pub new: CertInfo,
+}
+
+/// Renews `identity`'s certificate in `out_dir` (`<stem>.pem`, which must exist): same identity and DNS
+/// names, a new serial, validity from now for `validity`, the key `key` says, signed by the CA in `ca_dir`.
+/// The old certificate is neither revoked nor kept on disk.
+pub fn renew(
+    ca_dir: &Path,
+    out_dir: &Path,
+    identity: &Identity,
+    validity: Duration,
+    key: KeyChoice,
+) -> Result<Renewed, PkiError> {
+    let (cert_path, key_path) = identity_paths(out_dir, identity);
+    let old = cert_info_pem(&read(&cert_path)?)?;
+    if &old.identity != identity {
+        return Err(PkiError::WrongIdentity { path: cert_path, wanted: identity.uri(), found: old.identity.uri() });
+    }
+    let key = match key {
+        KeyChoice::Fresh => KeyPair::generate()?,
+        KeyChoice::Reuse => KeyPair::from_pem(&read(&key_path)?)?,
+    };
+    let opts = IssueOptions { dns_names: old.dns_names.clone(), ..IssueOptions::valid_for(validity) };
+    let issued = issue_with_key(ca_dir, out_dir, identity, &opts, key)?;
+    let new = cert_info_pem(&read(&issued.cert_path)?)?;
+    Ok(Renewed { old, issued, new })
+}
+
+/// What node and hub need to know of a certificate besides its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The identity in its URI SAN.
+    pub identity: Identity,
+    /// Its DNS SANs (a hub's server names).
+    pub dns_names: Vec<String>,
+    /// Serial number, big-endian bytes as encoded.
+    pub serial: Vec<u8>,
+    /// Start of validity, seconds since the Unix epoch.
+    pub not_before_unix_s: i64,
+    /// End of validity, seconds since the Unix epoch.
+    pub not_after_unix_s: i64,
+}
+
+impl CertInfo {
+    /// The serial in hex, as `oms ca` prints it and `oms ca revoke` takes it.
+    pub fn serial_hex(&self) -> String {
+        hex(&self.serial)
+    }
+
+    /// How long it has left at `now_unix_s`.
+    pub fn expiry(&self, now_unix_s: i64) -> Expiry {
+        expiry(self.not_after_unix_s, now_unix_s)
+    }
+}
+
+/// Parses a DER certificate: identity (exactly one `oms://` URI SAN), DNS names, serial, validity.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let identity = identity_from_cert_der(der)?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let san = cert.subject_alternative_name().map_err(|e| PkiError::Parse(e.to_string()))?;
+    let dns_names = san
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some((*d).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let validity = cert.validity();
+    Ok(CertInfo {
+        identity,
+        dns_names,
+        serial: cert.raw_serial().to_vec(),
+        not_before_unix_s: validity.not_before.timestamp(),
+        not_after_unix_s: validity.not_after.timestamp(),
+    })
+}
+
+/// [`cert_info`] of the first certificate in PEM text.
+pub fn cert_info_pem(pem: &str) -> Result<CertInfo, PkiError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Parse(e.to_string()))?;
+    cert_info(&der)
+}
+
+/// How long a certificate has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// Seconds until `not_after`; zero or negative once expired.
+    pub expires_in_s: i64,
+    /// Less than [`EXPIRY_WARNING_DAYS`] left (or expired): time to renew.
+    pub expiring_soon: bool,
+}
+
+/// The one rule for when a certificate is about to expire: less than [`EXPIRY_WARNING_DAYS`] between
+/// `now_unix_s` and `not_after_unix_s`.
+pub fn expiry(not_after_unix_s: i64, now_unix_s: i64) -> Expiry {
+    let expires_in_s = not_after_unix_s.saturating_sub(now_unix_s);
+    Expiry { expires_in_s, expiring_soon: expires_in_s < EXPIRY_WARNING_DAYS * DAY_SECS }
+}
+
+/// Bytes as lower-case hex, the form `oms ca` prints serials in.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -300,7 +533,7 @@ pub fn revoke(dir: &Path, serial: &[u8]) -> Result<(), PkiError> {
         serials.push(serial.to_vec());
     }
     let text: String = serials.iter().map(|s| hex(s) + "\n").collect();
-    write_atomic(&dir.join("revoked.txt"), &text)?;
+    write_durable(&dir.join("revoked.txt"), text.as_bytes(), FileMode::Public)?;
     write_crl(dir, &serials)
 }
 
@@ -325,7 +558,7 @@ fn write_crl(dir: &Path, serials: &[Vec<u8>]) -> Result<(), PkiError> {
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     };
     let crl = params.signed_by(&issuer)?;
-    write_atomic(&crl_path(dir), &crl.pem()?)
+    write_durable(&crl_path(dir), crl.pem()?.as_bytes(), FileMode::Public)
 }
 
 /// Reads the identity out of a certificate that TLS has already verified: exactly one `oms://` URI SAN.
@@ -379,5 +612,128 @@ mod tests {
         revoke(dir.path(), &issued.serial).unwrap();
         revoke(dir.path(), &issued.serial).unwrap();
         assert_eq!(revoked_serials(dir.path()).unwrap(), vec![issued.serial]);
+    }
+
+    /// Permission bits of `path`.
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_keys_are_written_0600_and_certificates_0644() {
+        let dir = tempfile::tempdir().unwrap();
+        ca_init(dir.path(), "acme", Duration::days(1)).unwrap();
+        let node = issue(
+            dir.path(),
+            dir.path(),
+            &Identity::node("acme", "n1").unwrap(),
+            &IssueOptions::valid_for(Duration::days(1)),
+        )
+        .unwrap();
+        let hub =
+            issue(dir.path(), dir.path(), &Identity::hub("acme").unwrap(), &IssueOptions::valid_for(Duration::days(1)))
+                .unwrap();
+        for key in [dir.path().join("ca.key"), node.key_path.clone(), hub.key_path.clone()] {
+            assert_eq!(mode(&key), 0o600, "{}", key.display());
+        }
+        // Certificates may be read by anyone (the umask may take more away, never add).
+        for cert in [dir.path().join("ca.pem"), crl_path(dir.path()), node.cert_path.clone()] {
+            assert_eq!(mode(&cert) & !0o644, 0, "{}", cert.display());
+        }
+        // A key renewed over a key that an older version left world-readable is 0600 again.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&node.key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let id = Identity::node("acme", "n1").unwrap();
+        renew(dir.path(), dir.path(), &id, Duration::days(2), KeyChoice::Reuse).unwrap();
+        assert_eq!(mode(&node.key_path), 0o600);
+    }
+
+    #[test]
+    fn files_are_replaced_by_rename_and_no_temporary_file_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        ca_init(dir.path(), "acme", Duration::days(1)).unwrap();
+        let issued = issue(
+            dir.path(),
+            dir.path(),
+            &Identity::node("acme", "n1").unwrap(),
+            &IssueOptions::valid_for(Duration::days(1)),
+        )
+        .unwrap();
+        // A reader holding the old CRL open (here: a second link to it) keeps reading the whole old file.
+        let before = std::fs::read(crl_path(dir.path())).unwrap();
+        let held = dir.path().join("held-crl");
+        std::fs::hard_link(crl_path(dir.path()), &held).unwrap();
+        revoke(dir.path(), &issued.serial).unwrap();
+        assert_eq!(std::fs::read(&held).unwrap(), before, "the CRL was rewritten in place");
+        assert_ne!(std::fs::read(crl_path(dir.path())).unwrap(), before);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn a_certificate_with_less_than_30_days_left_is_expiring_soon() {
+        // The rule itself, at its boundary.
+        let day = 86_400;
+        assert!(!expiry(1_000 + 30 * day, 1_000).expiring_soon);
+        assert!(expiry(1_000 + 30 * day - 1, 1_000).expiring_soon);
+        assert_eq!(expiry(1_000, 1_500), Expiry { expires_in_s: -500, expiring_soon: true });
+        // On real certificates: one issued for 10 days is expiring soon, one for 90 is not.
+        let dir = tempfile::tempdir().unwrap();
+        ca_init(dir.path(), "acme", Duration::days(365)).unwrap();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        for (days, soon) in [(10, true), (90, false)] {
+            let id = Identity::node("acme", &format!("n{days}")).unwrap();
+            let issued = issue(dir.path(), dir.path(), &id, &IssueOptions::valid_for(Duration::days(days))).unwrap();
+            let info = cert_info_pem(&std::fs::read_to_string(&issued.cert_path).unwrap()).unwrap();
+            let e = info.expiry(now);
+            assert_eq!(e.expiring_soon, soon, "{days} days: {e:?}");
+            assert!((e.expires_in_s - days * day).abs() <= 60, "{days} days: {e:?}");
+        }
+    }
+
+    #[test]
+    fn renewal_keeps_identity_and_names_with_a_new_serial_and_validity() {
+        let dir = tempfile::tempdir().unwrap();
+        ca_init(dir.path(), "acme", Duration::days(365)).unwrap();
+        let hub = Identity::hub("acme").unwrap();
+        let opts = IssueOptions {
+            dns_names: vec!["hub.acme.test".into(), "localhost".into()],
+            ..IssueOptions::valid_for(Duration::days(10))
+        };
+        let issued = issue(dir.path(), dir.path(), &hub, &opts).unwrap();
+        let key_before = std::fs::read(&issued.key_path).unwrap();
+
+        let fresh = renew(dir.path(), dir.path(), &hub, Duration::days(90), KeyChoice::Fresh).unwrap();
+        assert_eq!(fresh.old.serial, issued.serial);
+        assert_ne!(fresh.new.serial, fresh.old.serial);
+        assert_eq!(fresh.new.identity, hub);
+        assert_eq!(fresh.new.dns_names, vec!["hub.acme.test".to_owned(), "localhost".to_owned()]);
+        assert!(fresh.new.not_after_unix_s > fresh.old.not_after_unix_s + 79 * 86_400);
+        let key_fresh = std::fs::read(&issued.key_path).unwrap();
+        assert_ne!(key_fresh, key_before, "a fresh key was asked for");
+
+        let reused = renew(dir.path(), dir.path(), &hub, Duration::days(91), KeyChoice::Reuse).unwrap();
+        assert_eq!(std::fs::read(&issued.key_path).unwrap(), key_fresh, "the key was to be kept");
+        assert_ne!(reused.new.serial, fresh.new.serial);
+
+        // Renewing a certificate file under another identity's name is refused.
+        std::fs::copy(&issued.cert_path, dir.path().join("node-n1.pem")).unwrap();
+        let n1 = Identity::node("acme", "n1").unwrap();
+        assert!(matches!(
+            renew(dir.path(), dir.path(), &n1, Duration::days(1), KeyChoice::Fresh),
+            Err(PkiError::WrongIdentity { .. })
+        ));
+        // Nothing to renew.
+        let n2 = Identity::node("acme", "n2").unwrap();
+        assert!(matches!(
+            renew(dir.path(), dir.path(), &n2, Duration::days(1), KeyChoice::Fresh),
+            Err(PkiError::Io { .. })
+        ));
     }
 }

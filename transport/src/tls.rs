@@ -3,28 +3,52 @@
 //!
 //! The hub verifies client certificates with webpki and the CA's CRL. The CRL is **reloaded when its file
 //! changes**: [`ReloadingClientVerifier`] wraps a `WebPkiClientVerifier` behind an `RwLock` and, on a
-//! handshake, looks at the file's modification time and length at most once per `crl_check_interval_ms`
-//! (0 = on every handshake, which costs one `stat`). We chose the check-on-handshake design over a
-//! watcher task because it needs no runtime, no extra thread, and a revocation takes effect on the very next
-//! handshake after the interval. A CRL that fails to load (half-copied by hand, say) keeps the previous
-//! verifier in force and is retried on the next check: a bad file must not lock every node out, and it
-//! cannot un-revoke anything because `pki::revoke` only ever adds serials. Existing connections are not
-//! cut by a revocation; the hub drops them by policy if it wants to.
+//! handshake, looks at the file's modification time, length and inode at most once per
+//! `crl_check_interval_ms` (0 = on every handshake, which costs one `stat`). We chose the check-on-handshake
+//! design over a file watcher because it needs no extra thread, and a revocation takes effect on the very
+//! next handshake after the interval. A CRL that fails to load (half-copied by hand, say) keeps the previous
+//! verifier in force and is loaded once it changes again (the failure is logged once per version of the
+//! file): a bad file must not lock every node out, and it
+//! cannot un-revoke anything because `pki::revoke` only ever adds serials. Live connections are checked by
+//! the hub, which calls [`ReloadingClientVerifier::refresh`] on the same interval and closes the connection
+//! of every node whose certificate the new CRL revokes (see `oms_hub::server`).
+//!
+//! Node and hub also **reload their own certificate** without a restart: [`ReloadingCert`] resolves the
+//! certificate and key each handshake presents, re-reading both files when one of them changed, checked the
+//! same way (at most once per `cert_check_interval_ms` on a handshake, and by [`watch_own_certificate`] on a
+//! timer, which also keeps the figures of the certificate's validity current and warns when it expires within
+//! `pki::EXPIRY_WARNING_DAYS`). New connections present the new certificate; live ones keep theirs. A pair
+//! that does not load, or whose key does not match the certificate (files copied one after the other), keeps
+//! the previous pair in force and is loaded once the files change again.
 //!
 //! Session resumption is disabled on the hub, so every connection is verified against the current CRL.
 //! webpki refuses a leaf certificate that claims to be a CA (`CaUsedAsEndEntity`); a test pins that.
 
 use oms_protocol::wire::ALPN;
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
+
+use crate::pki::{self, CertInfo, PkiError};
+
+/// Default of `crl_check_interval_ms` and `cert_check_interval_ms`: how often at most a changed CRL or
+/// certificate file is noticed, in milliseconds.
+pub const FILE_CHECK_INTERVAL_MS: u64 = 5_000;
+/// A certificate that expires soon is warned about at most this often (and again whenever it changes).
+pub const EXPIRY_WARNING_REPEAT_MS: u64 = 24 * 3_600 * 1_000;
+/// Shortest period of [`watch_own_certificate`] and of the hub's CRL watch, in milliseconds, whatever the
+/// configured interval (0 means "on every handshake", not "spin").
+pub const WATCH_PERIOD_MIN_MS: u64 = 50;
 
 /// Errors building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +67,25 @@ pub enum TlsError {
     /// The client-certificate verifier could not be built (e.g. a bad CRL).
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A certificate and key do not form a usable pair (unparseable key, or a key that is not the
+    /// certificate's).
+    #[error("{cert} with {key}: {reason}")]
+    KeyPair {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The certificate carries no usable identity or validity.
+    #[error("{path}: {source}")]
+    Cert {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why.
+        source: PkiError,
+    },
 }
 
 /// The crypto provider used everywhere: ring.
@@ -92,14 +135,17 @@ fn roots(ca_path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 pub struct ServerTlsFiles {
     /// CA certificate(s) that client certificates must chain to.
     pub ca: PathBuf,
-    /// The hub's certificate chain.
+    /// The hub's certificate chain, reloaded when it changes.
     pub cert: PathBuf,
-    /// The hub's private key.
+    /// The hub's private key, reloaded with the certificate.
     pub key: PathBuf,
     /// The CA's CRL, reloaded when it changes.
     pub crl: PathBuf,
     /// How often at most the CRL file is checked for changes, in milliseconds (0: every handshake).
     pub crl_check_interval_ms: u64,
+    /// How often at most the certificate and key files are checked for changes, in milliseconds (0: every
+    /// handshake).
+    pub cert_check_interval_ms: u64,
 }
 
 /// Files a node needs.
@@ -107,19 +153,48 @@ pub struct ServerTlsFiles {
 pub struct ClientTlsFiles {
     /// CA certificate(s) that the hub's certificate must chain to.
     pub ca: PathBuf,
-    /// The node's certificate chain.
+    /// The node's certificate chain, reloaded when it changes.
     pub cert: PathBuf,
-    /// The node's private key.
+    /// The node's private key, reloaded with the certificate.
     pub key: PathBuf,
+    /// How often at most the certificate and key files are checked for changes, in milliseconds (0: every
+    /// handshake).
+    pub cert_check_interval_ms: u64,
+}
+
+/// The hub's TLS: the rustls configuration and the reloading parts inside it, which the hub watches.
+#[derive(Debug)]
+pub struct ServerTls {
+    /// The configuration for the QUIC endpoint.
+    pub config: rustls::ServerConfig,
+    /// The hub's own certificate and key.
+    pub own: Arc<ReloadingCert>,
+    /// The client verifier with the CRL.
+    pub clients: Arc<ReloadingClientVerifier>,
+}
+
+/// A node's TLS: the rustls configuration and its reloading certificate.
+#[derive(Debug)]
+pub struct ClientTls {
+    /// The configuration for the QUIC endpoint.
+    pub config: rustls::ClientConfig,
+    /// The node's own certificate and key.
+    pub own: Arc<ReloadingCert>,
 }
 
 /// The hub's rustls configuration.
 pub fn server_config(files: &ServerTlsFiles) -> Result<rustls::ServerConfig, TlsError> {
-    let verifier = ReloadingClientVerifier::new(&files.ca, &files.crl, files.crl_check_interval_ms)?;
+    Ok(server_tls(files)?.config)
+}
+
+/// The hub's rustls configuration with handles on its reloading certificate and CRL.
+pub fn server_tls(files: &ServerTlsFiles) -> Result<ServerTls, TlsError> {
+    let clients = Arc::new(ReloadingClientVerifier::new(&files.ca, &files.crl, files.crl_check_interval_ms)?);
+    let own = Arc::new(ReloadingCert::new(&files.cert, &files.key, files.cert_check_interval_ms)?);
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
+        .with_client_cert_verifier(clients.clone())
+        .with_cert_resolver(own.clone());
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     // No 0-RTT: early data can be replayed, and every sync frame may write.
     cfg.max_early_data_size = 0;
@@ -129,32 +204,45 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<rustls::ServerConfig, Tls
     // at our connection rate.
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
-    Ok(cfg)
+    Ok(ServerTls { config: cfg, own, clients })
 }
 
 /// A node's rustls configuration.
 pub fn client_config(files: &ClientTlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(client_tls(files)?.config)
+}
+
+/// A node's rustls configuration with a handle on its reloading certificate.
+pub fn client_tls(files: &ClientTlsFiles) -> Result<ClientTls, TlsError> {
     let verifier = WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider())
         .build()
         .map_err(TlsError::Verifier)?;
+    let own = Arc::new(ReloadingCert::new(&files.cert, &files.key, files.cert_check_interval_ms)?);
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_webpki_verifier(verifier)
-        .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
+        .with_client_cert_resolver(own.clone());
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.enable_early_data = false;
-    Ok(cfg)
+    Ok(ClientTls { config: cfg, own })
 }
 
+/// What tells a changed file: modification time, length and (on Unix) inode, since a file replaced by rename
+/// (as `oms ca` writes) is a new inode even where the clock is coarse and the length the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
     modified: Option<SystemTime>,
     len: u64,
+    inode: u64,
 }
 
 fn stamp(path: &Path) -> Option<FileStamp> {
     let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp { modified: meta.modified().ok(), len: meta.len() })
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(FileStamp { modified: meta.modified().ok(), len: meta.len(), inode })
 }
 
 #[derive(Debug)]
@@ -162,6 +250,8 @@ struct Current {
     verifier: Arc<dyn ClientCertVerifier>,
     stamp: Option<FileStamp>,
     checked_at: Instant,
+    /// The stamp of the last file that failed to load (`Some(None)`: it was missing), reported once.
+    failed: Option<Option<FileStamp>>,
 }
 
 /// A client-certificate verifier that requires a certificate chained to the CA, checks the CRL, and
@@ -174,6 +264,8 @@ pub struct ReloadingClientVerifier {
     hints: Vec<DistinguishedName>,
     algorithms: WebPkiSupportedAlgorithms,
     current: RwLock<Current>,
+    /// Bumped whenever a changed CRL was loaded.
+    generation: AtomicU64,
 }
 
 impl ReloadingClientVerifier {
@@ -189,8 +281,61 @@ impl ReloadingClientVerifier {
             check_interval: Duration::from_millis(crl_check_interval_ms),
             hints,
             algorithms: provider().signature_verification_algorithms,
-            current: RwLock::new(Current { verifier, stamp, checked_at: Instant::now() }),
+            current: RwLock::new(Current { verifier, stamp, checked_at: Instant::now(), failed: None }),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    /// Looks at the CRL file now, whatever the interval, and loads it if it changed. Returns true if a
+    /// changed CRL was loaded: the caller should then check the live connections against it.
+    pub fn refresh(&self) -> bool {
+        let mut c = match self.current.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        self.reload(&mut c)
+    }
+
+    /// How many changed CRLs were loaded since start.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the CRL in force revokes `chain` (leaf first; a chain already verified at its handshake).
+    /// The same webpki check as a handshake's, so the CRL's signature is checked too.
+    pub fn revokes(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else { return false };
+        let verifier = match self.current.read() {
+            Ok(c) => c.verifier.clone(),
+            Err(poisoned) => poisoned.into_inner().verifier.clone(),
+        };
+        matches!(
+            verifier.verify_client_cert(leaf, intermediates, UnixTime::now()),
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
+        )
+    }
+
+    fn reload(&self, c: &mut Current) -> bool {
+        c.checked_at = Instant::now();
+        let now = stamp(&self.crl_path);
+        if now == c.stamp || Some(now) == c.failed {
+            return false;
+        }
+        match build_client_verifier(&self.roots, &self.crl_path) {
+            Ok(v) => {
+                tracing::info!(crl = %self.crl_path.display(), "CRL changed; client verifier reloaded");
+                c.verifier = v;
+                c.stamp = now;
+                c.failed = None;
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(crl = %self.crl_path.display(), error = %e, "CRL reload failed; keeping the previous one");
+                c.failed = Some(now);
+                false
+            }
+        }
     }
 
     fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
@@ -205,22 +350,199 @@ impl ReloadingClientVerifier {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        c.checked_at = Instant::now();
-        let now = stamp(&self.crl_path);
-        if now != c.stamp {
-            match build_client_verifier(&self.roots, &self.crl_path) {
-                Ok(v) => {
-                    tracing::info!(crl = %self.crl_path.display(), "CRL changed; client verifier reloaded");
-                    c.verifier = v;
-                    c.stamp = now;
-                }
-                Err(e) => {
-                    tracing::warn!(crl = %self.crl_path.display(), error = %e, "CRL reload failed; keeping the previous one");
-                }
-            }
+        // Another handshake may have checked while we waited for the lock.
+        if c.checked_at.elapsed() >= self.check_interval {
+            self.reload(&mut c);
         }
         c.verifier.clone()
     }
+}
+
+/// The certificate and key a node or hub presents, reloaded when either file changes (see the module docs).
+/// It is the rustls certificate resolver of both sides, so every handshake presents the current pair.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    check_interval: Duration,
+    current: RwLock<OwnCurrent>,
+    /// Bumped whenever a changed pair was loaded.
+    generation: AtomicU64,
+}
+
+#[derive(Debug)]
+struct OwnCurrent {
+    key: Arc<CertifiedKey>,
+    info: CertInfo,
+    stamps: (Option<FileStamp>, Option<FileStamp>),
+    checked_at: Instant,
+    /// The stamps of the last pair that failed to load, reported once.
+    failed: Option<(Option<FileStamp>, Option<FileStamp>)>,
+}
+
+/// What [`ReloadingCert::refresh`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// Neither file changed (or they changed into a pair that already failed to load).
+    Unchanged,
+    /// A changed pair was loaded; new handshakes present it.
+    Reloaded(CertInfo),
+    /// The files changed but do not form a usable pair; the previous one stays in force.
+    Failed(String),
+}
+
+impl ReloadingCert {
+    /// Loads the certificate and key; fails if they are unusable at start.
+    pub fn new(cert_path: &Path, key_path: &Path, cert_check_interval_ms: u64) -> Result<Self, TlsError> {
+        let stamps = (stamp(cert_path), stamp(key_path));
+        let (key, info) = load_pair(cert_path, key_path)?;
+        Ok(Self {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            check_interval: Duration::from_millis(cert_check_interval_ms),
+            current: RwLock::new(OwnCurrent { key, info, stamps, checked_at: Instant::now(), failed: None }),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// The certificate file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// Identity, serial and validity of the certificate presented now.
+    pub fn info(&self) -> CertInfo {
+        match self.current.read() {
+            Ok(c) => c.info.clone(),
+            Err(poisoned) => poisoned.into_inner().info.clone(),
+        }
+    }
+
+    /// How many changed pairs were loaded since start.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Looks at both files now, whatever the interval, and loads them if either changed.
+    pub fn refresh(&self) -> Reload {
+        let mut c = match self.current.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        self.reload(&mut c)
+    }
+
+    fn reload(&self, c: &mut OwnCurrent) -> Reload {
+        c.checked_at = Instant::now();
+        let now = (stamp(&self.cert_path), stamp(&self.key_path));
+        if now == c.stamps || Some(now) == c.failed {
+            return Reload::Unchanged;
+        }
+        match load_pair(&self.cert_path, &self.key_path) {
+            Ok((key, info)) => {
+                tracing::info!(cert = %self.cert_path.display(), serial = %info.serial_hex(),
+                    not_after_unix_s = info.not_after_unix_s, "own certificate changed; reloaded");
+                c.key = key;
+                c.info = info.clone();
+                c.stamps = now;
+                c.failed = None;
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                Reload::Reloaded(info)
+            }
+            Err(e) => {
+                tracing::warn!(cert = %self.cert_path.display(), error = %e,
+                    "own certificate changed but does not load; keeping the previous one");
+                c.failed = Some(now);
+                Reload::Failed(e.to_string())
+            }
+        }
+    }
+
+    /// The pair to present, after a check of the files if `cert_check_interval_ms` has passed.
+    fn key(&self) -> Arc<CertifiedKey> {
+        let (key, due) = match self.current.read() {
+            Ok(c) => (c.key.clone(), c.checked_at.elapsed() >= self.check_interval),
+            Err(poisoned) => (poisoned.into_inner().key.clone(), true),
+        };
+        if !due {
+            return key;
+        }
+        let mut c = match self.current.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if c.checked_at.elapsed() >= self.check_interval {
+            self.reload(&mut c);
+        }
+        c.key.clone()
+    }
+}
+
+/// Loads a certificate chain and its key, checking that the key is the certificate's.
+fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(Arc<CertifiedKey>, CertInfo), TlsError> {
+    let certs = load_certs(cert_path)?;
+    let key = load_key(key_path)?;
+    let leaf = certs.first().ok_or_else(|| pem_err(cert_path, "no certificate"))?;
+    let info = pki::cert_info(leaf).map_err(|source| TlsError::Cert { path: cert_path.to_owned(), source })?;
+    let pair_err = |reason: String| TlsError::KeyPair { cert: cert_path.to_owned(), key: key_path.to_owned(), reason };
+    let certified = CertifiedKey::from_der(certs, key, &provider()).map_err(|e| pair_err(e.to_string()))?;
+    // `from_der` lets a pair pass whose consistency it cannot tell; ours always can.
+    certified.keys_match().map_err(|e| pair_err(e.to_string()))?;
+    Ok((Arc::new(certified), info))
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.key())
+    }
+}
+
+impl ResolvesClientCert for ReloadingCert {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.key())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Keeps `cert` current and its validity known, every `cert_check_interval_ms` (at least
+/// [`WATCH_PERIOD_MIN_MS`]) until the runtime stops: re-reads the files if they changed, hands the
+/// certificate's figures to `observe` (for metrics), and logs a warning naming the certificate when it
+/// expires within `pki::EXPIRY_WARNING_DAYS` — at once, again every [`EXPIRY_WARNING_REPEAT_MS`], and
+/// whenever the certificate changes. `role` names the holder in the log (`node`, `hub`).
+pub async fn watch_own_certificate(
+    cert: Arc<ReloadingCert>,
+    role: &'static str,
+    cert_check_interval_ms: u64,
+    mut observe: impl FnMut(&CertInfo) + Send,
+) {
+    let period = Duration::from_millis(cert_check_interval_ms.max(WATCH_PERIOD_MIN_MS));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned: Option<(Vec<u8>, Instant)> = None;
+    loop {
+        tick.tick().await;
+        cert.refresh();
+        let info = cert.info();
+        observe(&info);
+        let now_s = time::OffsetDateTime::now_utc().unix_timestamp();
+        let expiry = info.expiry(now_s);
+        if expiry_warning_due(&expiry, &info.serial, warned.as_ref()) {
+            tracing::warn!(role, cert = %cert.cert_path().display(), identity = %info.identity,
+                serial = %info.serial_hex(), expires_in_s = expiry.expires_in_s,
+                not_after_unix_s = info.not_after_unix_s,
+                "own certificate expires within {} days; renew it with `oms ca renew`", pki::EXPIRY_WARNING_DAYS);
+            warned = Some((info.serial.clone(), Instant::now()));
+        }
+    }
+}
+
+/// Whether to warn about `expiry` now, given the serial and time of the last warning.
+fn expiry_warning_due(expiry: &pki::Expiry, serial: &[u8], last: Option<&(Vec<u8>, Instant)>) -> bool {
+    expiry.expiring_soon
+        && last.is_none_or(|(s, at)| s != serial || at.elapsed() >= Duration::from_millis(EXPIRY_WARNING_REPEAT_MS))
 }
 
 fn build_client_verifier(roots: &Arc<RootCertStore>, crl_path: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {

@@ -1,5 +1,6 @@
 //! Real QUIC over loopback: mutual TLS acceptance and every refusal, typed close codes on malformed input,
-//! CRL reload while the hub runs, and a connection surviving 10% loss through the fault relay.
+//! CRL reload while the hub runs, renewed certificates accepted and presented without a restart (node and
+//! hub), and a connection surviving 10% loss through the fault relay.
 //!
 //! The test hub runs the real `SyncSession` over `FramedStream`, so handshake refusals come from the same
 //! code a production hub uses. Every await that could hang is under a timeout.
@@ -65,18 +66,27 @@ fn pki() -> Pki {
         key: hub.key_path,
         crl: pki::crl_path(&ca_dir),
         crl_check_interval_ms: 0,
+        cert_check_interval_ms: 0,
     };
     Pki { _dir: dir, ca_dir, hub }
 }
 
 fn node_files(ca_dir: &Path, issuing_ca_dir: &Path, node: &str, opts: &IssueOptions) -> (ClientTlsFiles, Vec<u8>) {
     let issued = pki::issue(issuing_ca_dir, issuing_ca_dir, &Identity::node(TENANT, node).unwrap(), opts).unwrap();
-    (ClientTlsFiles { ca: ca_dir.join("ca.pem"), cert: issued.cert_path, key: issued.key_path }, issued.serial)
+    let files = ClientTlsFiles {
+        ca: ca_dir.join("ca.pem"),
+        cert: issued.cert_path,
+        key: issued.key_path,
+        cert_check_interval_ms: 0,
+    };
+    (files, issued.serial)
 }
 
 struct Hub {
     endpoint: Endpoint,
     accepted: Arc<Mutex<Vec<Identity>>>,
+    /// Serial of every accepted peer certificate, in order.
+    serials: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Hub {
@@ -88,23 +98,25 @@ impl Hub {
 fn start_hub(files: &ServerTlsFiles) -> Hub {
     let endpoint = oms_transport::server_endpoint((Ipv4Addr::LOCALHOST, 0).into(), files, &Limits::default()).unwrap();
     let accepted = Arc::new(Mutex::new(Vec::new()));
-    let (ep, acc) = (endpoint.clone(), accepted.clone());
+    let serials = Arc::new(Mutex::new(Vec::new()));
+    let (ep, acc, ser) = (endpoint.clone(), accepted.clone(), serials.clone());
     tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
-            tokio::spawn(serve(incoming, acc.clone()));
+            tokio::spawn(serve(incoming, acc.clone(), ser.clone()));
         }
     });
-    Hub { endpoint, accepted }
+    Hub { endpoint, accepted, serials }
 }
 
 /// One hub connection: verified identity, one stream, the real server session.
-async fn serve(incoming: quinn::Incoming, accepted: Arc<Mutex<Vec<Identity>>>) {
+async fn serve(incoming: quinn::Incoming, accepted: Arc<Mutex<Vec<Identity>>>, serials: Arc<Mutex<Vec<Vec<u8>>>>) {
     let Ok(Ok(conn)) = timeout(STEP, incoming).await else { return };
     let identity = match peer_identity(&conn) {
         Ok(id) => id,
         Err(e) => return close(&conn, ErrorCode::Unauthorized, &e.to_string()),
     };
     accepted.lock().unwrap().push(identity.clone());
+    serials.lock().unwrap().push(oms_transport::peer_cert_info(&conn).unwrap().serial);
     let Ok((send, recv)) = accept_bi(&conn, STEP).await else { return };
     let mut stream = FramedStream::new(send, recv, 64 * 1024, STEP);
     let hub_id = PeerId::new(Identity::hub(TENANT).unwrap().uri()).unwrap();
@@ -232,6 +244,90 @@ async fn crl_updated_on_disk_refuses_new_handshakes() {
     // Another node is unaffected.
     let (other, _) = node_files(&pki.ca_dir, &pki.ca_dir, "n2", &IssueOptions::valid_for(time::Duration::days(1)));
     handshake(&node_endpoint(&other), hub.addr(), "n2").await.expect("other nodes still accepted");
+}
+
+/// `pki::renew` gives a certificate with the same identity and a later `not_after` that the hub accepts in a
+/// real handshake; the old certificate stays valid (it was not revoked).
+#[tokio::test]
+async fn renewed_certificate_is_accepted_with_a_later_not_after() {
+    let pki = pki();
+    let hub = start_hub(&pki.hub);
+    let (files, old_serial) =
+        node_files(&pki.ca_dir, &pki.ca_dir, "n1", &IssueOptions::valid_for(time::Duration::days(1)));
+    // The old pair, as a node that has not received its new files yet still holds it.
+    let old_dir = tempfile::tempdir().unwrap();
+    let old =
+        ClientTlsFiles { cert: old_dir.path().join("old.pem"), key: old_dir.path().join("old.key"), ..files.clone() };
+    std::fs::copy(&files.cert, &old.cert).unwrap();
+    std::fs::copy(&files.key, &old.key).unwrap();
+
+    let id = Identity::node(TENANT, "n1").unwrap();
+    let renewed = pki::renew(&pki.ca_dir, &pki.ca_dir, &id, time::Duration::days(2), pki::KeyChoice::Fresh).unwrap();
+    assert_eq!(renewed.old.serial, old_serial);
+    assert_eq!(renewed.new.identity, id);
+    assert!(
+        renewed.new.not_after_unix_s > renewed.old.not_after_unix_s,
+        "{} <= {}",
+        renewed.new.not_after_unix_s,
+        renewed.old.not_after_unix_s
+    );
+    let on_disk = pki::cert_info_pem(&std::fs::read_to_string(&files.cert).unwrap()).unwrap();
+    assert_eq!(on_disk, renewed.new);
+
+    handshake(&node_endpoint(&files), hub.addr(), "n1").await.expect("the renewed certificate is accepted");
+    handshake(&node_endpoint(&old), hub.addr(), "n1").await.expect("the old certificate stays valid");
+    assert_eq!(*hub.serials.lock().unwrap(), vec![renewed.new.serial.clone(), old_serial]);
+}
+
+/// A node's certificate files replaced by a renewed pair while the hub runs: the node's next connection, on
+/// the same endpoint (no restart), presents the new certificate.
+#[tokio::test]
+async fn node_presents_its_renewed_certificate_on_its_next_connection() {
+    let pki = pki();
+    let hub = start_hub(&pki.hub);
+    let (files, first) = node_files(&pki.ca_dir, &pki.ca_dir, "n1", &IssueOptions::valid_for(time::Duration::days(1)));
+    let tls = oms_transport::tls::client_tls(&files).unwrap();
+    let own = tls.own.clone();
+    let ep =
+        oms_transport::client_endpoint_with((Ipv4Addr::LOCALHOST, 0).into(), tls.config, &Limits::default()).unwrap();
+    let conn = handshake(&ep, hub.addr(), "n1").await.expect("first certificate");
+    assert_eq!(own.info().serial, first);
+
+    let id = Identity::node(TENANT, "n1").unwrap();
+    let renewed = pki::renew(&pki.ca_dir, &pki.ca_dir, &id, time::Duration::days(2), pki::KeyChoice::Fresh).unwrap();
+    // The live connection keeps its certificate; a new one presents the renewed certificate.
+    assert!(conn.close_reason().is_none());
+    handshake(&ep, hub.addr(), "n1").await.expect("renewed certificate");
+    assert_eq!(*hub.serials.lock().unwrap(), vec![first, renewed.new.serial.clone()]);
+    assert_eq!(own.info(), renewed.new);
+    assert_eq!(own.generation(), 1);
+
+    // A key that does not match the certificate (files copied one after the other) keeps the previous pair.
+    let other = tempfile::tempdir().unwrap();
+    pki::ca_init(other.path(), TENANT, time::Duration::days(1)).unwrap();
+    std::fs::copy(other.path().join("ca.key"), &files.key).unwrap();
+    assert!(matches!(own.refresh(), oms_transport::tls::Reload::Failed(_)));
+    handshake(&ep, hub.addr(), "n1").await.expect("the previous pair stays in force");
+    assert_eq!(hub.serials.lock().unwrap().last(), Some(&renewed.new.serial));
+}
+
+/// The hub's certificate renewed while it runs: the next connection sees the new one.
+#[tokio::test]
+async fn hub_presents_its_renewed_certificate_without_a_restart() {
+    let pki = pki();
+    let hub = start_hub(&pki.hub);
+    let (files, _) = node_files(&pki.ca_dir, &pki.ca_dir, "n1", &IssueOptions::valid_for(time::Duration::days(1)));
+    let ep = node_endpoint(&files);
+    let conn = handshake(&ep, hub.addr(), "n1").await.unwrap();
+    let before = oms_transport::peer_cert_info(&conn).unwrap();
+    let id = Identity::hub(TENANT).unwrap();
+    let renewed = pki::renew(&pki.ca_dir, &pki.ca_dir, &id, time::Duration::days(3), pki::KeyChoice::Fresh).unwrap();
+    assert_eq!(renewed.old, before);
+    assert_eq!(renewed.new.dns_names, vec!["localhost".to_owned()]);
+    let conn = handshake(&ep, hub.addr(), "n1").await.expect("the node accepts the renewed hub certificate");
+    let after = oms_transport::peer_cert_info(&conn).unwrap();
+    assert_eq!(after, renewed.new);
+    assert!(after.not_after_unix_s > before.not_after_unix_s);
 }
 
 /// Sends raw bytes on a fresh stream of a good connection and returns the code the hub closed it with.

@@ -29,6 +29,8 @@ use oms_protocol::wire::{DocId, ErrorCode, FrameEncoder, PeerId, capabilities};
 use oms_transport::backoff::Backoff;
 use oms_transport::tls::ClientTlsFiles;
 use oms_transport::{Identity, Limits};
+
+use crate::metrics::Metrics;
 use tokio::sync::Notify;
 
 use crate::config::HubLink;
@@ -197,14 +199,16 @@ struct Shared {
     tuning: SyncTuning,
 }
 
-/// Starts the feed follower and the hub link for `store`, keeping documents in `data_dir/sync.redb`. The
-/// tasks run until the runtime shuts down.
+/// Starts the feed follower and the hub link for `store`, keeping documents in `data_dir/sync.redb`, and the
+/// watch of the node's own certificate (reloaded when its files change; its remaining validity in `metrics`,
+/// a warning in the log within 30 days of its end). The tasks run until the runtime shuts down.
 pub(crate) fn spawn(
     link: &HubLink,
     store: Store,
     data_dir: &Path,
     site: &schema::SiteInfo,
     tuning: SyncTuning,
+    metrics: Arc<Metrics>,
 ) -> Result<(), SyncError> {
     let node = store.site().clone();
     let actor: [u8; 16] = rand::random();
@@ -215,13 +219,21 @@ pub(crate) fn spawn(
         ca: link.certs_dir.join("ca.pem"),
         cert: link.certs_dir.join(format!("{}.pem", me.file_stem())),
         key: link.certs_dir.join(format!("{}.key", me.file_stem())),
+        cert_check_interval_ms: link.cert_check_interval_ms,
     };
     let bind: SocketAddr = if link.addr.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let endpoint = oms_transport::client_endpoint(bind, &files, &Limits::default())?;
+    let tls = oms_transport::tls::client_tls(&files).map_err(oms_transport::EndpointError::from)?;
+    let own = tls.own.clone();
+    let endpoint = oms_transport::client_endpoint_with(bind, tls.config, &Limits::default())?;
+    let info = own.info();
+    metrics.set_certificate(&info.serial_hex(), info.not_after_unix_s);
+    tokio::spawn(oms_transport::tls::watch_own_certificate(own, "node", link.cert_check_interval_ms, move |c| {
+        metrics.set_certificate(&c.serial_hex(), c.not_after_unix_s)
+    }));
     let mut docs = NodeDocs::new(db, node);
     publish_site(&mut docs, site)?;
     let shared = Arc::new(Shared::new(docs, tuning));
@@ -456,6 +468,9 @@ async fn keep_linked(
     loop {
         match run_session(&shared, &endpoint, &link, &hub, &peers, &actor, &mut backoff).await {
             Ok(()) => tracing::info!(hub = %link.addr, "sync: session ended"),
+            Err(e @ LinkError::Closed { code: ErrorCode::Revoked, .. }) => tracing::error!(hub = %link.addr,
+                error = %e, "sync: link down: the hub says this node's certificate is revoked; it needs a new one \
+                (oms ca renew), copied into its certs_dir"),
             Err(e) => tracing::warn!(hub = %link.addr, error = %e, attempt = backoff.attempts(), "sync: link down"),
         }
         tokio::time::sleep(backoff.next_delay()).await;
@@ -566,8 +581,11 @@ async fn run_session(
                     }
                 }
                 Some(Err(e)) => {
-                    oms_transport::close(&conn, e.code(), &e.to_string());
-                    return Err(e.into());
+                    let err = read_failed(&conn, e);
+                    if let LinkError::Frames(e) = &err {
+                        oms_transport::close(&conn, e.code(), &e.to_string());
+                    }
+                    return Err(err);
                 }
                 None => return Ok(()),
             },
@@ -603,6 +621,18 @@ async fn run_session(
                 }
             }
         }
+    }
+}
+
+/// Why reading from the hub failed: the hub's close code and reason when it closed the connection (such as
+/// [`ErrorCode::Revoked`]), else the read error itself.
+fn read_failed(conn: &quinn::Connection, e: oms_transport::FrameIoError) -> LinkError {
+    let Some(closed) = conn.close_reason() else { return e.into() };
+    match (oms_transport::close_code(&closed), &closed) {
+        (Some(code), quinn::ConnectionError::ApplicationClosed(close)) => {
+            LinkError::Closed { code, reason: String::from_utf8_lossy(&close.reason).into_owned(), by_peer: true }
+        }
+        _ => e.into(),
     }
 }
 

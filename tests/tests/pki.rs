@@ -1,0 +1,283 @@
+//! PKI hygiene end to end, with `oms ca` and real `oms` processes on loopback: private keys written `0600`,
+//! a revoked node's live session cut by the hub within `crl_check_interval_ms` with the typed close code
+//! `Revoked` (and its reconnection refused), and a node whose certificate is renewed while everything runs
+//! reloading it without a restart, reconnecting with it once the old one is revoked, with its certificate's
+//! remaining validity in its `/metrics`, in the hub's `GET /v1/nodes`, and a warning in the logs when fewer
+//! than 30 days are left.
+//!
+//! Every wait is a bounded loop with a deadline; processes are killed when their guard drops.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use oms_protocol::wire::{ErrorCode, Frame, Hello, PROTOCOL_VERSION, PeerId};
+use oms_tests::cluster::{self, TENANT, free_tcp, free_udp, get_json, oms, run_ok};
+use oms_transport::tls::ClientTlsFiles;
+use oms_transport::{FramedStream, Limits};
+use serde_json::{Value, json};
+
+const STEP: Duration = Duration::from_secs(10);
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+/// The hex serial `oms ca issue` or `oms ca renew` printed on its first line (`... serial <hex> ...`).
+fn serial_of(out: &str) -> String {
+    let words: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "serial").unwrap_or_else(|| panic!("no serial in {out:?}"));
+    words[at + 1].to_owned()
+}
+
+/// `oms ca init` for the tenant in `root/certs`, and the hub's certificate valid `hub_days`.
+fn ca(root: &Path, hub_days: u32) -> std::path::PathBuf {
+    let certs = root.join("certs");
+    run_ok(oms().args(["ca", "init", "--tenant", TENANT, "--dir"]).arg(&certs));
+    run_ok(oms().args(["ca", "issue", "--hub", "--days", &hub_days.to_string(), "--dir"]).arg(&certs));
+    certs
+}
+
+/// `oms ca issue --node id --days days`; returns the serial.
+fn issue_node(certs: &Path, id: &str, days: u32) -> String {
+    serial_of(&run_ok(oms().args(["ca", "issue", "--node", id, "--days", &days.to_string(), "--dir"]).arg(certs)))
+}
+
+#[cfg(unix)]
+#[test]
+fn oms_ca_writes_private_keys_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = ca(tmp.path(), 365);
+    issue_node(&certs, "wh-north", 365);
+    run_ok(oms().args(["ca", "renew", "--node", "wh-north", "--dir"]).arg(&certs));
+    run_ok(oms().args(["ca", "renew", "--hub", "--reuse-key", "--dir"]).arg(&certs));
+    let mode = |name: &str| std::fs::metadata(certs.join(name)).unwrap().permissions().mode() & 0o777;
+    for key in ["ca.key", "hub.key", "node-wh-north.key"] {
+        assert_eq!(mode(key), 0o600, "{key}");
+    }
+    for public in ["ca.pem", "crl.pem", "hub.pem", "node-wh-north.pem", "tenant"] {
+        assert_eq!(mode(public) & !0o644, 0, "{public}");
+    }
+    let names: Vec<String> =
+        std::fs::read_dir(&certs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "a temporary file stayed: {names:?}");
+}
+
+/// A hand-made node session: its endpoint, connection and stream, held open.
+struct Session {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    _stream: FramedStream,
+}
+
+/// A QUIC connection to the hub with `node`'s certificate from `certs`, past `Hello` / `HelloAck` (so the
+/// hub has registered the session), its stream held open.
+async fn hello(certs: &Path, node: &str, quic: SocketAddr) -> Result<Session, String> {
+    let files = ClientTlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join(format!("node-{node}.pem")),
+        key: certs.join(format!("node-{node}.key")),
+        cert_check_interval_ms: 0,
+    };
+    let ep = oms_transport::client_endpoint("127.0.0.1:0".parse().unwrap(), &files, &Limits::default())
+        .map_err(|e| e.to_string())?;
+    let conn = oms_transport::connect(&ep, quic, "localhost", STEP).await.map_err(|e| format!("connect: {e}"))?;
+    let (send, recv) = oms_transport::open_bi(&conn, STEP).await.map_err(|e| format!("open: {e}"))?;
+    let mut s = FramedStream::new(send, recv, 64 * 1024, STEP);
+    let me = PeerId::new(format!("oms://{TENANT}/node/{node}")).unwrap();
+    let frame = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        min_version: PROTOCOL_VERSION,
+        capabilities: 0,
+        peer_id: me,
+        actor: vec![7; 16],
+    });
+    s.write_frame(&frame).await.map_err(|e| format!("write: {e}"))?;
+    match s.read_frame().await {
+        Ok(Some(Frame::HelloAck(_))) => Ok(Session { _endpoint: ep, conn, _stream: s }),
+        other => Err(format!("no HelloAck: {other:?}")),
+    }
+}
+
+/// Polls the hub's `GET /v1/nodes` until `node`'s entry satisfies `ok`; returns the whole answer.
+async fn wait_node(
+    http: &reqwest::Client,
+    hub: SocketAddr,
+    node: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Some(v) = get_json(http, format!("http://{hub}/v1/nodes")).await {
+            if let Some(n) = v["nodes"].as_array().and_then(|a| a.iter().find(|n| n["node"] == node))
+                && ok(n)
+            {
+                return v;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: the hub's nodes never showed it: {last}");
+}
+
+/// `oms ca revoke` on a connected node: the hub closes its live connection with `Revoked` within
+/// `crl_check_interval_ms`, refuses its next handshake, and keeps serving another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_node_is_cut_within_the_crl_interval_and_cannot_reconnect() {
+    const CRL_CHECK_INTERVAL_MS: u64 = 2_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = ca(tmp.path(), 365);
+    let serial = issue_node(&certs, "wh-gone", 365);
+    issue_node(&certs, "wh-stays", 365);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let toml = format!("crl_check_interval_ms = {CRL_CHECK_INTERVAL_MS}\n");
+    let hub = cluster::spawn_hub_with(tmp.path(), &certs, quic, http_addr, "info", &toml);
+    let http = client();
+    cluster::wait_healthy(&http, hub.http, DEADLINE).await;
+
+    let gone = hello(&certs, "wh-gone", quic).await.expect("accepted before the revocation");
+    let stays = hello(&certs, "wh-stays", quic).await.expect("another node");
+    wait_node(&http, hub.http, "wh-gone", "connected", |n| n["connected"] == true).await;
+
+    run_ok(oms().args(["ca", "revoke", "--serial", &serial, "--dir"]).arg(&certs));
+    let revoked_at = Instant::now();
+    let budget = Duration::from_millis(CRL_CHECK_INTERVAL_MS);
+    let closed =
+        tokio::time::timeout(budget * 3, gone.conn.closed()).await.expect("the hub never closed the revoked node");
+    let took = revoked_at.elapsed();
+    eprintln!("revoked node cut {took:?} after `oms ca revoke` returned");
+    assert_eq!(oms_transport::close_code(&closed), Some(ErrorCode::Revoked), "{closed:?}");
+    assert!(took <= budget, "cut after {took:?}, more than crl_check_interval_ms = {budget:?}");
+
+    // Its next handshake is refused by the same CRL; the other node was not touched and can still connect.
+    let again = hello(&certs, "wh-gone", quic).await;
+    assert!(again.is_err(), "a revoked node connected again");
+    let other = stays.conn.close_reason();
+    assert!(other.is_none(), "the other node's connection was closed: {other:?}");
+    hello(&certs, "wh-stays", quic).await.expect("other nodes are still served");
+    let nodes = wait_node(&http, hub.http, "wh-gone", "disconnected", |n| n["connected"] == false).await;
+    let log = std::fs::read_to_string(tmp.path().join("hub.log")).unwrap_or_default();
+    assert!(log.contains("revoked by the new CRL"), "the hub should log the cut:\n{log}\n{nodes}");
+}
+
+/// Orders the hub lists for `site` (one page is enough here).
+async fn hub_order_count(http: &reqwest::Client, hub: SocketAddr, site: &str) -> usize {
+    get_json(http, format!("http://{hub}/v1/orders?site={site}&limit=1000"))
+        .await
+        .and_then(|v| v["orders"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+async fn wait_hub_orders(http: &reqwest::Client, hub: SocketAddr, site: &str, want: usize) {
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        if hub_order_count(http, hub, site).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the hub never had {want} orders of {site}: {}", hub_order_count(http, hub, site).await);
+}
+
+/// The sample of `oms_node_certificate_expires_in_seconds` in the node's `/metrics`: (serial, seconds).
+async fn node_cert_gauge(http: &reqwest::Client, node: SocketAddr) -> Option<(String, i64)> {
+    let text = http.get(format!("http://{node}/metrics")).send().await.ok()?.text().await.ok()?;
+    let line = text.lines().find(|l| l.starts_with("oms_node_certificate_expires_in_seconds{"))?;
+    let serial = line.split("serial=\"").nth(1)?.split('"').next()?.to_owned();
+    Some((serial, line.rsplit(' ').next()?.parse().ok()?))
+}
+
+/// A node whose certificate has 10 days left (so node and hub warn) is renewed while hub and node run: the
+/// node reloads the new pair without a restart (its `/metrics` shows the new serial); once the old serial is
+/// revoked, the hub cuts the old session and the node reconnects presenting the new certificate, which the
+/// hub's `GET /v1/nodes` shows, and orders keep reaching the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_node_certificate_is_reloaded_and_used_after_the_old_one_is_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = ca(tmp.path(), 10);
+    let old_serial = issue_node(&certs, "wh-renew", 10);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let toml = "crl_check_interval_ms = 1000\ncert_check_interval_ms = 200\n";
+    let hub = cluster::spawn_hub_with(tmp.path(), &certs, quic, http_addr, "info", toml);
+    let (config, node_http, dir) =
+        cluster::node_config_with(tmp.path(), &certs, "wh-renew", quic, "cert_check_interval_ms = 200\n");
+    let mut node = cluster::spawn_node_with("wh-renew", &config, node_http, &dir, "info");
+    let http = client();
+    cluster::wait_healthy(&http, hub.http, DEADLINE).await;
+    cluster::wait_healthy(&http, node.http, DEADLINE).await;
+    cluster::seed(&http, &node, 1, 100).await;
+    let body = |n: u32| {
+        json!({
+            "external_ref": format!("web-{n}"), "channel": "web",
+            "lines": [{"sku": "SKU-0", "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
+            "ship_to": {"name": "C", "line1": "1 Street", "city": "Berlin", "postcode": "10115", "country": "DE",
+                        "lat": 52.5, "lon": 13.4}
+        })
+    };
+    cluster::place(&http, &node, "k-0", &body(0)).await;
+    wait_hub_orders(&http, hub.http, "wh-renew", 1).await;
+
+    // Ten days left: the warning condition, in the node's metrics, the hub's node list and both logs.
+    let (serial, left) = node_cert_gauge(&http, node.http).await.expect("the node exports its certificate's validity");
+    assert_eq!(serial, old_serial);
+    assert!((10 * 86_400 - 600..=10 * 86_400).contains(&left), "{left}");
+    let nodes = wait_node(&http, hub.http, "wh-renew", "the old certificate", |n| {
+        n["certificate"]["serial"] == old_serial.as_str()
+    })
+    .await;
+    let entry = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "wh-renew").unwrap().clone();
+    assert_eq!(entry["certificate"]["expiring_soon"], true, "{entry}");
+    assert_eq!(nodes["hub_certificate"]["expiring_soon"], true, "{nodes}");
+    assert!(nodes["hub_certificate"]["expires_in_s"].as_i64().unwrap() <= 10 * 86_400, "{nodes}");
+    let deadline = Instant::now() + DEADLINE;
+    let warned = |path: &Path| std::fs::read_to_string(path).unwrap_or_default().contains("expires within 30 days");
+    while Instant::now() < deadline && !(warned(&node.log) && warned(&tmp.path().join("hub.log"))) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(warned(&node.log), "the node did not warn:\n{}", std::fs::read_to_string(&node.log).unwrap());
+    assert!(warned(&tmp.path().join("hub.log")), "the hub did not warn");
+
+    // Renew in place (the node reads the same directory), without restarting anything.
+    let out = run_ok(oms().args(["ca", "renew", "--node", "wh-renew", "--days", "365", "--dir"]).arg(&certs));
+    let new_serial = serial_of(&out);
+    assert_ne!(new_serial, old_serial);
+    assert!(out.contains(&old_serial), "renew names the old serial to revoke later: {out}");
+    let deadline = Instant::now() + DEADLINE;
+    let mut gauge = None;
+    while Instant::now() < deadline {
+        gauge = node_cert_gauge(&http, node.http).await;
+        if gauge.as_ref().is_some_and(|(s, _)| *s == new_serial) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (serial, left) = gauge.unwrap();
+    assert_eq!(serial, new_serial, "the node did not reload its renewed certificate");
+    assert!(left > 300 * 86_400, "{left}");
+    // The live session keeps the old certificate: it is still valid.
+    let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
+    let entry = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "wh-renew").unwrap().clone();
+    assert_eq!(entry["certificate"]["serial"], old_serial.as_str(), "{entry}");
+    let sessions = entry["sessions"].as_u64().unwrap();
+
+    // Revoke the old one: the hub cuts the session, the node reconnects with the new certificate.
+    run_ok(oms().args(["ca", "revoke", "--serial", &old_serial, "--dir"]).arg(&certs));
+    let nodes = wait_node(&http, hub.http, "wh-renew", "a session with the new certificate", |n| {
+        n["connected"] == true && n["certificate"]["serial"] == new_serial.as_str()
+    })
+    .await;
+    let entry = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "wh-renew").unwrap().clone();
+    assert!(entry["sessions"].as_u64().unwrap() > sessions, "{entry}");
+    assert_eq!(entry["certificate"]["expiring_soon"], false, "{entry}");
+    cluster::place(&http, &node, "k-1", &body(1)).await;
+    wait_hub_orders(&http, hub.http, "wh-renew", 2).await;
+    assert!(node.proc.child.try_wait().unwrap().is_none(), "the node was not to restart");
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(log.contains("certificate is revoked"), "the node should log why its link was cut:\n{log}");
+    node.proc.kill9();
+}
