@@ -98,10 +98,11 @@ const TENANT: &str = "demo";
 /// The site whose link to the hub the demo cuts.
 const CUT_SITE: &str = "wh-west";
 
-/// A CA, the hub's certificate and one per site in `dir`, valid for a day.
+/// A CA, the hub's certificate and one per site in `dir`, valid for 90 days: a demo run is short, but a
+/// validity under 30 days would make every process warn that its certificate expires soon.
 fn make_pki(dir: &std::path::Path, sites: &[Site]) -> anyhow::Result<()> {
     use oms_transport::pki::{self, Identity, IssueOptions};
-    let day = time::Duration::days(1);
+    let day = time::Duration::days(90);
     pki::ca_init(dir, TENANT, day)?;
     let mut hub = IssueOptions::valid_for(day);
     hub.dns_names = vec!["localhost".into()];
