@@ -153,6 +153,17 @@ async fn hub_counts(http: &reqwest::Client, hub: SocketAddr) -> Option<BTreeMap<
     Some(map.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
 }
 
+/// What the hub reports of the certificates in use (its own and each connected node's): how many it shows,
+/// and how many of them expire within the warning period. None if the hub is unreachable.
+async fn hub_certificates(http: &reqwest::Client, hub: SocketAddr) -> Option<(u64, u64)> {
+    let v: Value = http.get(format!("http://{hub}/v1/nodes")).send().await.ok()?.json().await.ok()?;
+    let nodes = v["nodes"].as_array().into_iter().flatten().map(|n| &n["certificate"]);
+    let certs: Vec<&Value> = std::iter::once(&v["hub_certificate"]).chain(nodes).filter(|c| c.is_object()).collect();
+    let soon = certs.iter().filter(|c| c["expiring_soon"] == Value::Bool(true)).count();
+    // cannot truncate: usize has at most 64 bits.
+    Some((certs.len() as u64, soon as u64))
+}
+
 /// Ids of every order a node holds (all states, all pages); None if unreachable.
 async fn node_order_ids(http: &reqwest::Client, addr: SocketAddr) -> Option<Vec<String>> {
     let mut out = Vec::new();
@@ -687,7 +698,13 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         tally.cancelled.load(Ordering::Relaxed),
         tally.returned.load(Ordering::Relaxed)
     );
+    let (certificates_shown, certificates_expiring_soon) = hub_certificates(&http, hub_http).await.unwrap_or((0, 0));
+    println!(
+        "certificates in use shown by the hub {certificates_shown} (the hub's and each node's), expiring within 30 days {certificates_expiring_soon}"
+    );
     let summary = json!({
+        "certificates_shown": certificates_shown,
+        "certificates_expiring_soon": certificates_expiring_soon,
         "orders_placed": placed + hub_placed,
         "hub_orders_placed": hub_placed,
         "hub_orders_missing": hub_missing,
@@ -719,9 +736,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if !converged {
         bail!("the hub did not converge with the nodes within 120 s");
     }
-    if oversold > 0 || placed != total_orders || !all_consistent || hub_missing > 0 {
+    if oversold > 0 || placed != total_orders || !all_consistent || hub_missing > 0 || certificates_expiring_soon > 0 {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}"
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}"
         );
     }
     Ok(())
