@@ -7,6 +7,8 @@
 //! - **Headers**: a connection that has not sent a complete request head within `header_read_timeout_ms`,
 //!   idle keep-alive connections included, is closed (hyper's HTTP/1 header-read timeout, which
 //!   `axum::serve` does not expose). A client sending its headers a byte a second holds a slot no longer.
+//! - **Answers**: a response write that makes no progress for `send_timeout_ms` (a client that does not read
+//!   what it asked for, once the socket buffers are full) closes the connection, as nginx's `send_timeout`.
 //! - **Requests**: at most `requests_in_flight_max` are handled at once; beyond that a request is refused at
 //!   once with `503 overloaded` (and `Retry-After`), so a burst queues nowhere. A request not answered within
 //!   `request_timeout_ms` (reading its body included) is cut off: `408 request_timeout` (and the connection
@@ -38,6 +40,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -47,6 +50,8 @@ use crate::problem::Problem;
 
 /// Longest accepted `header_read_timeout_ms`.
 pub const HEADER_READ_TIMEOUT_MS_MAX: u64 = 300_000;
+/// Longest accepted `send_timeout_ms`.
+pub const SEND_TIMEOUT_MS_MAX: u64 = 300_000;
 /// Longest accepted `request_timeout_ms`.
 pub const REQUEST_TIMEOUT_MS_MAX: u64 = 3_600_000;
 /// Shortest accepted timeout, ms.
@@ -69,6 +74,9 @@ pub struct HttpConfig {
     /// A connection must send a complete request head within this long (also the keep-alive idle limit), ms.
     #[serde(default = "default_header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
+    /// A response write that makes no progress for this long closes the connection, ms.
+    #[serde(default = "default_send_timeout_ms")]
+    pub send_timeout_ms: u64,
     /// A request must be read and answered within this long, ms.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -82,6 +90,9 @@ pub struct HttpConfig {
 
 fn default_header_read_timeout_ms() -> u64 {
     10_000
+}
+fn default_send_timeout_ms() -> u64 {
+    30_000
 }
 fn default_request_timeout_ms() -> u64 {
     30_000
@@ -98,6 +109,7 @@ impl Default for HttpConfig {
         HttpConfig {
             allowed_hosts: None,
             header_read_timeout_ms: default_header_read_timeout_ms(),
+            send_timeout_ms: default_send_timeout_ms(),
             request_timeout_ms: default_request_timeout_ms(),
             connections_max: default_connections_max(),
             requests_in_flight_max: default_requests_in_flight_max(),
@@ -111,6 +123,7 @@ impl HttpConfig {
         self.allowed_hosts(IpAddr::from([127, 0, 0, 1])).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let timeouts = [
             ("header_read_timeout_ms", self.header_read_timeout_ms, HEADER_READ_TIMEOUT_MS_MAX),
+            ("send_timeout_ms", self.send_timeout_ms, SEND_TIMEOUT_MS_MAX),
             ("request_timeout_ms", self.request_timeout_ms, REQUEST_TIMEOUT_MS_MAX),
         ];
         for (key, v, max) in timeouts {
@@ -136,6 +149,11 @@ impl HttpConfig {
     /// `header_read_timeout_ms` as a duration.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// `send_timeout_ms` as a duration.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
     }
 
     /// `request_timeout_ms` as a duration.
@@ -194,6 +212,81 @@ impl HttpBody for Watched {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A connection's socket whose writes fail with `TimedOut` once they have made no progress for `limit`: a
+/// client that does not read its answers cannot hold a connection slot for ever.
+struct SendTimeout<T> {
+    io: T,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> SendTimeout<T> {
+    fn new(io: T, limit: Duration) -> Self {
+        SendTimeout { io, limit, stalled: None }
+    }
+
+    /// Passes on a write's outcome; a write pending for `limit` since the last progress becomes an error.
+    fn watch<R>(&mut self, polled: Poll<io::Result<R>>, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        match polled {
+            Poll::Pending => {
+                let limit = self.limit;
+                let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the client read nothing for {} ms", limit.as_millis()),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SendTimeout<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(polled, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(polled, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.watch(polled, cx)
     }
 }
 
@@ -298,7 +391,8 @@ where
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let conn = http1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let io = TokioIo::new(SendTimeout::new(stream, cfg.send_timeout()));
+        let conn = http1.serve_connection(io, TowerToHyperService::new(app.clone()));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -323,10 +417,8 @@ mod tests {
     fn defaults_and_limits() {
         let cfg: HttpConfig = toml::from_str("").unwrap();
         assert_eq!(cfg, HttpConfig::default());
-        assert_eq!(
-            (cfg.header_read_timeout_ms, cfg.request_timeout_ms, cfg.connections_max, cfg.requests_in_flight_max),
-            (10_000, 30_000, 512, 256)
-        );
+        assert_eq!((cfg.header_read_timeout_ms, cfg.send_timeout_ms, cfg.request_timeout_ms), (10_000, 30_000, 30_000));
+        assert_eq!((cfg.connections_max, cfg.requests_in_flight_max), (512, 256));
         cfg.validate().unwrap();
         let cfg: HttpConfig = toml::from_str("allowed_hosts = [\"wh.example\"]\nconnections_max = 8").unwrap();
         cfg.validate().unwrap();
@@ -335,6 +427,7 @@ mod tests {
             "header_read_timeout_ms = 0",
             "header_read_timeout_ms = 300001",
             "request_timeout_ms = 99",
+            "send_timeout_ms = 300001",
             "connections_max = 0",
             "requests_in_flight_max = 65537",
             "allowed_hosts = []",

@@ -21,6 +21,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
+/// Size of the `/big` answer: far beyond what the socket buffers of a client that reads nothing hold.
+const BIG_BYTES: usize = 32 << 20;
+
 /// What the test routes share: how many writes ran, and a gate the `/hold` route waits on.
 #[derive(Clone, Default)]
 struct Probe {
@@ -31,6 +34,7 @@ struct Probe {
 fn app(probe: Probe) -> Router {
     let json = Router::new()
         .route("/hit", get(|| async { "ok" }))
+        .route("/big", get(|| async { vec![b'x'; BIG_BYTES] }))
         .route(
             "/write",
             post(|State(p): State<Probe>, RawBody(b): RawBody| async move {
@@ -314,6 +318,29 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     drop(held.pop());
     let status = tokio::time::timeout(Duration::from_secs(5), third).await.expect("served once a slot frees");
     assert_eq!(status.unwrap().unwrap(), 200);
+}
+
+#[tokio::test]
+async fn clients_that_do_not_read_their_answers_are_cut_off() {
+    let cfg = HttpConfig { connections_max: 1, send_timeout_ms: 500, ..HttpConfig::default() };
+    let srv = Server::start(cfg).await;
+    // A client with a small receive window that asks for a large answer and reads none of it holds the only
+    // connection slot.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut greedy = socket.connect(srv.addr).await.unwrap();
+    greedy.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(0).build().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), c.get(srv.url("/hit")).send())
+        .await
+        .expect("served once the stalled answer is given up");
+    assert_eq!(r.unwrap().status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(400), "after the send timeout: {:?}", started.elapsed());
+    // What the greedy client gets is cut short.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), greedy.read_to_end(&mut got)).await.expect("closed");
+    assert!(got.len() < BIG_BYTES, "the answer was cut off ({} bytes)", got.len());
 }
 
 #[tokio::test]

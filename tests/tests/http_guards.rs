@@ -278,6 +278,8 @@ async fn invented_methods_add_at_most_one_metric_label() {
     let added: Vec<&String> = after.difference(&before).collect();
     assert!(added.len() <= 1, "50 invented methods added {added:?}");
     assert!(added.iter().all(|m| *m == "other"), "{added:?}");
+    let text = c.get(n.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("no-such-route"), "unmatched paths are labelled `other` too");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
