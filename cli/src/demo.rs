@@ -285,7 +285,12 @@ async fn staff_loop(
                 post(&http, format!("{base}/orders/{id}/ship"), json!({"carrier": "DHL", "tracking": tracking})).await
             {
                 tally.shipped.fetch_add(1, Ordering::Relaxed);
-                let _ = http.post(format!("{base}/orders/{id}/deliver")).send().await;
+                // Body-less, but every write names its content type (the node refuses it otherwise).
+                let _ = http
+                    .post(format!("{base}/orders/{id}/deliver"))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .send()
+                    .await;
                 if rng.random_ratio(1, 30) {
                     let l0 = &lines[0];
                     let body = json!({"lines": [{"sku": l0["sku"], "qty": 1}], "disposition": "restock"});

@@ -41,9 +41,10 @@ pub const ORDER_ROWS_READ_MAX: usize = 20_000;
 // The stock-read bounds live in `docs`, where `demand` reads stock documents too.
 pub use crate::docs::{STOCK_SITES_MAX, STOCK_SKUS_MAX};
 
-/// The router.
+/// The router. Every POST (orders, cancel) names `application/json` as its content type, the body-less cancel
+/// too (`oms_service::guard::require_media_type`).
 pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/nodes", get(nodes))
         .route("/v1/orders", get(orders).post(crate::orders::create))
@@ -53,7 +54,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub.clone())
         .merge(crate::orders::router(hub.clone()))
         .merge(crate::forecast_api::router(hub))
-        .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX))
+        .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX));
+    oms_service::guard::require_media_type(routes, oms_service::guard::MediaType::Json)
 }
 
 fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Response {

@@ -52,6 +52,9 @@ pub struct HubConfig {
     /// Planning parameters of the forecast and replenishment endpoints (`[forecast]`), validated on load.
     #[serde(default)]
     pub forecast: crate::forecast_config::ForecastConfig,
+    /// The HTTP API's host allow-list, timeouts and connection limits (`[http]`).
+    #[serde(default)]
+    pub http: oms_service::serve::HttpConfig,
 }
 
 fn default_tenant() -> String {
@@ -104,6 +107,7 @@ impl Default for HubConfig {
             cert_check_interval_ms: default_cert_check_interval_ms(),
             routing: crate::routing::RoutingPolicy::default(),
             forecast: crate::forecast_config::ForecastConfig::default(),
+            http: oms_service::serve::HttpConfig::default(),
         }
     }
 }
@@ -122,6 +126,7 @@ impl HubConfig {
 
     /// Checks the values that parse but make no sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.http.validate()?;
         if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {
             return Err(ConfigError::Invalid(format!(
                 "docs_cached_max must be at least 1 and docs_loaded_max at least docs_cached_max (got {} and {})",

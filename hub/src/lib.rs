@@ -86,7 +86,8 @@ pub async fn run(
         data = %cfg.data_dir.display(), "hub listening");
     let accept = tokio::spawn(server::accept_loop(hub.clone(), endpoint.clone()));
     let app = api::router(hub.clone()).layer(forecast_api::settings(cfg.forecast.clone()));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    // Host allow-list, origin check, timeouts and connection limits of `[http]` (see `oms_service::serve`).
+    oms_service::serve::serve(listener, app, &cfg.http, shutdown).await?;
     endpoint.close(0u32.into(), b"hub shutting down");
     accept.abort();
     watcher.abort();

@@ -25,6 +25,7 @@ use crate::store::{
     CatalogItem, Command, OrderRecord, PickConfirmation, ReturnLine, StorageError, Store, StoreError, WRITE_TIMEOUT,
     cmd,
 };
+use oms_service::guard::{MediaType, method_label, require_media_type};
 use oms_service::request::{JSON_BODY_BYTES_MAX, order_request};
 use oms_service::{JsonBody, Problem, RawBody};
 
@@ -48,7 +49,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/import/catalog", post(import_catalog))
         .route("/v1/import/stock", post(import_stock))
         .layer(DefaultBodyLimit::max(CSV_BODY_BYTES_MAX));
-    Router::new()
+    let csv = require_media_type(csv, MediaType::Csv);
+    let json = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/catalog", get(list_catalog))
@@ -73,7 +75,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/audit/ledger", get(audit_ledger))
         .route("/v1/waves", post(create_wave))
         .route("/v1/waves/{id}", get(get_wave))
-        .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX))
+        .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX));
+    // Every POST and PUT names its media type, the body-less ones (cancel, pack, deliver, waves, ...) too:
+    // a cross-site page cannot send JSON or CSV without a preflight these routes never grant.
+    require_media_type(json, MediaType::Json)
         .merge(csv)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -83,7 +88,8 @@ pub(crate) fn router(state: AppState) -> Router {
 
 async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "other".into());
-    let method = req.method().to_string();
+    // Both labels come from fixed sets: unmatched paths are `other`, and so are invented methods.
+    let method = method_label(req.method()).to_owned();
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use oms_protocol::domain::{GeoPoint, NodeId};
 use oms_service::config::{default_tenant, load_toml};
+use oms_service::serve::HttpConfig;
 use serde::Deserialize;
 
 pub use oms_service::config::ConfigError;
@@ -33,6 +34,9 @@ pub struct NodeConfig {
     /// When finished orders are frozen.
     #[serde(default)]
     pub orders: OrdersConfig,
+    /// The HTTP API's host allow-list, timeouts and connection limits (`[http]`).
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// The `[orders]` section: when finished orders are frozen (see [`crate::freeze`]).
@@ -196,6 +200,7 @@ impl Default for NodeConfig {
             site: SiteConfig::default(),
             hub: None,
             orders: OrdersConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -227,6 +232,7 @@ impl NodeConfig {
                 crate::store::FREEZE_ORDERS_MAX
             )));
         }
+        self.http.validate()?;
         if let Some(h) = &self.hub {
             let e = &h.escrow;
             if e.lease_ms < 1_000 || e.margin_ms == 0 || e.rebalance.hub_share_min_bp > e.rebalance.hub_share_max_bp {

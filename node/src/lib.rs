@@ -54,6 +54,7 @@ pub async fn run(
     // Freeze finished orders, with or without a hub.
     tokio::spawn(freeze::run(store.clone(), cfg.orders.freeze_policy()));
     let app = api::router(api::AppState { store, metrics });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    // Host allow-list, origin check, timeouts and connection limits of `[http]` (see `oms_service::serve`).
+    oms_service::serve::serve(listener, app, &cfg.http, shutdown).await?;
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Service plumbing that the node and the hub share and that is no business of the sync contract: RFC 9457
-//! problems and the body extractors that produce them, body limits, reading an order request, loading a TOML
-//! config, the wall clock, a poison-tolerant lock, and storage errors that keep redb's error as their cause.
+//! problems and the body extractors that produce them, body limits, reading an order request, the request
+//! guards against browser-borne requests ([`guard`]: host allow-list, origin check, content types), the HTTP
+//! server loop with its timeouts and connection limits ([`serve`]), loading a TOML config, the wall clock, a
+//! poison-tolerant lock, and storage errors that keep redb's error as their cause.
 //!
 //! It exists so that the hub never depends on the node (nor the node on the hub): both depend on this crate,
 //! on `oms-protocol` for the contract and on `oms-sync` for the I/O half of sync.
@@ -9,9 +11,13 @@
 
 pub mod config;
 #[cfg(feature = "http")]
+pub mod guard;
+#[cfg(feature = "http")]
 pub mod problem;
 #[cfg(feature = "http")]
 pub mod request;
+#[cfg(feature = "http")]
+pub mod serve;
 pub mod storage;
 
 #[cfg(feature = "http")]

@@ -95,8 +95,25 @@ impl NodeProc {
 
     /// Starts `oms node` listening on `addr`.
     pub fn start_at(id: &str, dir: &Path, addr: SocketAddr) -> NodeProc {
-        let child = Command::new(oms_bin())
-            .args(["node", "--node-id", id, "--listen", &addr.to_string(), "--data"])
+        Self::spawn(id, dir, addr, None)
+    }
+
+    /// Starts `oms node` with a config file `dir/node.toml` holding `toml` (the flags set id, address and
+    /// data directory).
+    pub fn start_with_config(id: &str, dir: &Path, toml: &str) -> NodeProc {
+        let config = dir.join("node.toml");
+        std::fs::write(&config, toml).expect("write node config");
+        Self::spawn(id, dir, free_addr(), Some(&config))
+    }
+
+    fn spawn(id: &str, dir: &Path, addr: SocketAddr, config: Option<&Path>) -> NodeProc {
+        let mut cmd = Command::new(oms_bin());
+        cmd.arg("node");
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        let child = cmd
+            .args(["--node-id", id, "--listen", &addr.to_string(), "--data"])
             .arg(dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -391,6 +391,7 @@ async fn csv_import_reports_rejected_rows() {
     let c = http();
     let r = c
         .post(n.url("/v1/import/catalog"))
+        .header("content-type", "text/csv")
         .body("sku,name,bin\nA,Apple,A-1\nbad sku,X,A-2\nB,Banana,A-3\n")
         .send()
         .await
@@ -399,7 +400,13 @@ async fn csv_import_reports_rejected_rows() {
     assert_eq!(v["accepted"], 2, "{v}");
     assert_eq!(v["rejected"], 1);
     assert_eq!(v["rejects"][0]["line"], 3);
-    let r = c.post(n.url("/v1/import/stock")).body("sku,on_hand\nA,7\nB,-1\nZ,3\nB,4\n").send().await.unwrap();
+    let r = c
+        .post(n.url("/v1/import/stock"))
+        .header("content-type", "text/csv")
+        .body("sku,on_hand\nA,7\nB,-1\nZ,3\nB,4\n")
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["accepted"], 2, "{v}");
     assert_eq!(v["rejected"], 2, "negative count and unknown SKU: {v}");
