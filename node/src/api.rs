@@ -535,9 +535,9 @@ async fn receive_return(
         lines.push(ReturnLine { sku: l.sku, qty: qty_u32(&format!("lines[{i}].qty"), l.qty)? });
     }
     let record = exec(&st, cmd::ReceiveReturn { order, lines, disposition: b.disposition }).await?;
-    // As before typed replies: a return receipt (201, never "created" by an idempotency key) has always been
-    // answered with `idempotent-replayed: true`; kept so the HTTP API does not change here.
-    order_response(record, StatusCode::CREATED, true)
+    // A return receipt takes no idempotency key, so it is never a replay (before the store's typed replies it
+    // was answered with `idempotent-replayed: true` by mistake).
+    order_response(record, StatusCode::CREATED, false)
 }
 
 async fn refund(State(st): State<AppState>, Path((id, n)): Path<(String, String)>) -> Result<Response, Problem> {

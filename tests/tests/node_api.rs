@@ -284,14 +284,17 @@ async fn order_lifecycle_wave_pick_pack_ship_return_refund() {
     assert_problem(s, &v, 409, "illegal_transition");
     let (s, v) = post(&c, n.url(&format!("/v1/orders/{id1}/deliver")), json!({})).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("delivered")));
-    // Return: 1 B restocked, then 2 more B is more than shipped.
-    let (s, v) = post(
-        &c,
-        n.url(&format!("/v1/orders/{id1}/returns")),
-        json!({"lines": [{"sku": "B", "qty": 1}], "disposition": "restock"}),
-    )
-    .await;
+    // Return: 1 B restocked, then 2 more B is more than shipped. A return receipt is new, never a replay.
+    let r = c
+        .post(n.url(&format!("/v1/orders/{id1}/returns")))
+        .json(&json!({"lines": [{"sku": "B", "qty": 1}], "disposition": "restock"}))
+        .send()
+        .await
+        .unwrap();
+    let (s, replayed) = (r.status().as_u16(), r.headers().get("idempotent-replayed").cloned());
+    let v: Value = r.json().await.unwrap();
     assert_eq!(s, 201, "{v}");
+    assert_eq!(replayed, None, "a return receipt is not an idempotent replay");
     assert_eq!(v["returns"][0]["status"], "received");
     assert_eq!(stock(&c, &n, "B").await, (9, 0, 9));
     let (s, v) = post(
