@@ -658,9 +658,21 @@ pub fn check_writer(
                 if !created_before && view.origin.as_str() == HUB_ORIGIN {
                     return Err(violation("creation of a hub order".into()));
                 }
+                // The creation writes the layout version with the other creation keys, so that from the next
+                // change on they are fixed: a document without it would count as "being created" for ever
+                // and let its creator rewrite its site.
+                if doc.get(ROOT, keys::V).ok().flatten().is_none() {
+                    return Err(violation(format!("an order without {:?}", keys::V)));
+                }
                 let numbered_by_origin = order_origin(&view.id) == Some(view.origin.as_str());
-                if view.id != id || !numbered_by_origin || (&view.origin != n && &view.site != n) {
+                if view.id != id || !numbered_by_origin {
                     return Err(violation(format!("order {} of {}", view.id, view.origin)));
+                }
+                // A node creates only its own orders, fulfilled by itself (the hub creates the orders it
+                // assigns); afterwards only the fulfilling site writes the document's progress.
+                let own = if created_before { &view.site == n } else { &view.origin == n && &view.site == n };
+                if !own {
+                    return Err(violation(format!("order {} of {} for site {}", view.id, view.origin, view.site)));
                 }
             }
             Ok(())
@@ -765,6 +777,30 @@ mod tests {
         let other = node("3pl-east");
         assert!(check_writer(&mut doc3, &name, &[], Writer::Node(&other)).is_err());
 
+        // A node creating its own order but naming another site as the one to fulfil it: refused (the hub
+        // would otherwise send that site an order it never accepted).
+        let mut foreign_site = record("wh-north", 2);
+        foreign_site.site = node("wh-south");
+        let mut doc4 = AutoCommit::new();
+        write_order(&mut doc4, &n, &foreign_site, 10).unwrap();
+        doc4.commit();
+        let name4 = order_doc(&foreign_site.id).unwrap();
+        let v = check_writer(&mut doc4, &name4, &[], Writer::Node(&n)).unwrap_err();
+        assert!(v.what.contains("for site wh-south"), "{v}");
+        // The fulfilling site of a hub order writes its progress; another node does not, even one named nowhere.
+        let hub_id = OrderId::parse("hub-0000000001.1").unwrap();
+        let hub_name = order_doc(&hub_id).unwrap();
+        let mut h = AutoCommit::new();
+        create_hub_order(&mut h, &hub_id, &OrderId::parse("hub-0000000001").unwrap(), &n, &rec.order, 5).unwrap();
+        h.commit();
+        let assigned = h.get_heads();
+        let mut progress = rec.clone();
+        progress.id = hub_id.clone();
+        write_order(&mut h, &n, &progress, 6).unwrap();
+        h.commit();
+        assert_eq!(check_writer(&mut h, &hub_name, &assigned, Writer::Node(&n)), Ok(()));
+        assert!(check_writer(&mut h, &hub_name, &assigned, Writer::Node(&other)).is_err());
+
         // Stock: only the owner.
         let sname = stock_doc(&n).unwrap();
         let mut s = AutoCommit::new();
@@ -774,6 +810,32 @@ mod tests {
         assert!(check_writer(&mut s, &sname, &[], Writer::Node(&other)).is_err());
         assert!(check_writer(&mut s, &sname, &[], Writer::Hub).is_err());
         assert_eq!(read_stock(&s, "s", 10).unwrap().skus.len(), 1);
+    }
+
+    /// A node that never writes the layout version would have every change count as the creation, and could
+    /// rewrite the creation keys (its order's site) at will.
+    #[test]
+    fn an_order_without_its_layout_version_is_refused_so_its_site_cannot_be_rewritten() {
+        let n = node("wh-north");
+        let rec = record("wh-north", 1);
+        let name = order_doc(&rec.id).unwrap();
+        let mut doc = AutoCommit::new();
+        doc.put(ROOT, keys::ID, rec.id.as_str()).unwrap();
+        doc.put(ROOT, keys::ORIGIN, "wh-north").unwrap();
+        doc.put(ROOT, keys::SITE, "wh-north").unwrap();
+        doc.put(ROOT, keys::CREATED_AT_MS, 1u64).unwrap();
+        doc.put(ROOT, keys::DRAFT, postcard::to_allocvec(&rec.order).unwrap()).unwrap();
+        doc.commit();
+        let v = check_writer(&mut doc, &name, &[], Writer::Node(&n)).unwrap_err();
+        assert!(v.what.contains("without \"v\""), "{v}");
+        // Written properly, the same keys are fixed from the next change on: rewriting the site is refused.
+        let mut doc = AutoCommit::new();
+        write_order(&mut doc, &n, &rec, 10).unwrap();
+        doc.commit();
+        let created = doc.get_heads();
+        doc.put(ROOT, keys::SITE, "wh-south").unwrap();
+        doc.commit();
+        assert!(check_writer(&mut doc, &name, &created, Writer::Node(&n)).is_err());
     }
 
     #[test]

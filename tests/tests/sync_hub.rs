@@ -403,12 +403,34 @@ async fn rogue_node_is_refused_and_quarantined_while_others_sync() {
     own.put(&hub_map, "cancel_requested_at_ms", 5u64).unwrap();
     own.commit();
     store.docs.insert(own_id.clone(), own);
+    // Its own order (origin 3pl-east, numbered by it, well formed) naming wh-north as the site to fulfil it.
+    let foreign_site_id = DocId::new("order/3pl-east-0000000998").unwrap();
+    let mut foreign_site = AutoCommit::new();
+    let sku = oms_protocol::domain::Sku::parse("SKU-0").unwrap();
+    let record = oms_protocol::records::OrderRecord {
+        id: oms_protocol::domain::OrderId::parse("3pl-east-0000000998").unwrap(),
+        site: oms_protocol::domain::NodeId::parse("wh-north").unwrap(),
+        status: oms_protocol::domain::FulfillmentState::Accepted,
+        order: oms_protocol::fixtures::draft("rogue", &sku, 1),
+        lines: vec![],
+        wave: None,
+        parcels: None,
+        shipment: None,
+        returns: vec![],
+        timeline: vec![],
+        created_at_ms: 1,
+    };
+    let rogue_id = oms_protocol::domain::NodeId::parse("3pl-east").unwrap();
+    oms_protocol::schema::write_order(&mut foreign_site, &rogue_id, &record, 1).unwrap();
+    foreign_site.commit();
+    store.docs.insert(foreign_site_id.clone(), foreign_site);
 
-    let refused = hand_session(&certs, quic, "3pl-east", &mut store, 3, Duration::from_secs(20)).await;
+    let refused = hand_session(&certs, quic, "3pl-east", &mut store, 4, Duration::from_secs(20)).await;
     for (doc, codes) in &refused {
         assert!(codes.iter().all(|c| *c == ErrorCode::NotEntitled), "{doc} refused with {codes:?}");
     }
-    let expected: BTreeSet<DocId> = [north_order.clone(), foreign_stock_id, own_id].into_iter().collect();
+    let expected: BTreeSet<DocId> =
+        [north_order.clone(), foreign_stock_id, own_id, foreign_site_id].into_iter().collect();
     assert_eq!(refused.into_keys().collect::<BTreeSet<_>>(), expected, "refused documents");
     assert!(store.docs.get_mut(&north_order).unwrap().get_heads().is_empty(), "the rogue received wh-north's order");
 
@@ -417,6 +439,10 @@ async fn rogue_node_is_refused_and_quarantined_while_others_sync() {
     assert!(rogue["changes_quarantined"].as_u64().unwrap() >= 1, "{rogue}");
     assert!(rogue["docs_refused"].as_u64().unwrap() >= 2, "{rogue}");
     assert_eq!(hub_orders(&http, hub.http, "3pl-east").await.unwrap(), Vec::<String>::new());
+    // wh-north is unaffected: the hub lists for it only its own orders, not the one the rogue named it in.
+    let mut north_at_hub: Vec<String> = hub_orders(&http, hub.http, "wh-north").await.unwrap();
+    north_at_hub.sort();
+    assert_eq!(north_at_hub, n_ids.iter().cloned().collect::<Vec<_>>(), "wh-north's orders at the hub");
     let stock = get_json(&http, format!("http://{}/v1/stock", hub.http)).await.unwrap();
     assert!(stock["sites"].as_array().unwrap().iter().all(|s| s["updated_at_ms"] != 1), "{stock}");
 
