@@ -4,7 +4,7 @@
 # BASE_DEPS / NEW_DEPS: their target/release/deps; OUT_DIR: where intake.log and sync.log go.
 set -u
 cd "${OUT_DIR:-.}"
-bin() { ls "$1"/"$2"-* | grep -v '\.d$' | head -1; }
+bin() { ls -t "$1"/"$2"-* | grep -v '\.d$' | head -1; }  # the newest build
 for round in 1 2 3; do
   for side in base new; do
     if [ $side = base ]; then d=$BASE_DEPS; else d=$NEW_DEPS; fi
