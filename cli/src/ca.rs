@@ -94,10 +94,6 @@ fn check_days(days: i64) -> anyhow::Result<time::Duration> {
     Ok(time::Duration::days(days))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    pki::hex(bytes)
-}
-
 fn read_tenant(dir: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(tenant_file(dir))
         .map(|t| t.trim().to_owned())
@@ -160,7 +156,7 @@ pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
                 "issued {identity}: {} {} serial {}",
                 issued.cert_path.display(),
                 issued.key_path.display(),
-                hex(&issued.serial)
+                pki::hex(&issued.serial)
             );
         }
         CaCmd::Renew { dir, node, hub, days, reuse_key } => {
@@ -196,7 +192,7 @@ pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
             pki::revoke(&dir, &bytes)?;
             println!(
                 "revoked {}; a hub with this crl.pem closes its connection and refuses it from its next CRL check",
-                hex(&bytes)
+                pki::hex(&bytes)
             );
         }
     }

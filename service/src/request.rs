@@ -1,10 +1,10 @@
 //! Reading requests the same way on the node and the hub: body limits and the order intake request.
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use oms_protocol::domain::OrderDraft;
 use oms_protocol::records::{IDEMPOTENCY_KEY_BYTES_MAX, idempotency_key_valid};
 
-use crate::problem::{Problem, parse_json};
+use crate::problem::{Problem, media_type, parse_json};
 
 /// Largest JSON body, bytes (node and hub routes that take JSON).
 pub const JSON_BODY_BYTES_MAX: usize = 256 * 1024;
@@ -32,8 +32,7 @@ pub fn order_request(headers: &HeaderMap, body: &[u8]) -> Result<(String, OrderD
             )
         })?
         .to_owned();
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
+    if media_type(headers) != "application/json" {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

@@ -29,14 +29,12 @@ use oms_protocol::wire::{DocId, ErrorCode, FrameEncoder, PeerId, capabilities};
 use oms_transport::backoff::Backoff;
 use oms_transport::tls::ClientTlsFiles;
 use oms_transport::{Identity, Limits};
-
-use crate::metrics::Metrics;
 use tokio::sync::Notify;
 
 use crate::config::HubLink;
+use crate::metrics::Metrics;
 use crate::store::{FeedEntry, Store};
-use oms_protocol::schema;
-use oms_protocol::schema::DocKind;
+use oms_protocol::schema::{self, DocKind};
 use oms_service::{lock, now_ms};
 use oms_sync::link::{self, LinkError};
 use oms_sync::{Access, DocDb, DocDbError, SyncDocs};
