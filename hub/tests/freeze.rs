@@ -6,7 +6,7 @@
 use oms_hub::docs::HubDocs;
 use oms_protocol::domain::{FulfillmentState, NodeId, OrderId, Sku};
 use oms_protocol::fixtures;
-use oms_protocol::records::{FulfillmentLine, OrderRecord};
+use oms_protocol::records::OrderRecord;
 use oms_protocol::schema::{self, keys};
 use oms_protocol::sync::DocStore;
 use oms_protocol::sync::automerge::{AutoCommit, ROOT, ReadDoc, transaction::Transactable};
@@ -14,20 +14,7 @@ use oms_protocol::wire::DocId;
 use oms_sync::docdb::{DocDb, stored_doc_parts};
 
 fn record(site: &NodeId) -> OrderRecord {
-    let sku = Sku::parse("A").unwrap();
-    OrderRecord {
-        id: OrderId::new(site, 1),
-        site: site.clone(),
-        status: FulfillmentState::Accepted,
-        order: fixtures::draft("w", &sku, 1),
-        lines: vec![FulfillmentLine { sku, qty: 1, picked: None, shipped: 0, returned: 0 }],
-        wave: None,
-        parcels: None,
-        shipment: None,
-        returns: vec![],
-        timeline: vec![],
-        created_at_ms: 1,
-    }
+    fixtures::accepted(OrderId::new(site, 1), site, &Sku::parse("A").unwrap(), 1)
 }
 
 /// Applies what `node_doc` has that the hub lacks, as a sync message would, runs the hub's ownership check

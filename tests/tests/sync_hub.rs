@@ -406,20 +406,12 @@ async fn rogue_node_is_refused_and_quarantined_while_others_sync() {
     // Its own order (origin 3pl-east, numbered by it, well formed) naming wh-north as the site to fulfil it.
     let foreign_site_id = DocId::new("order/3pl-east-0000000998").unwrap();
     let mut foreign_site = AutoCommit::new();
-    let sku = oms_protocol::domain::Sku::parse("SKU-0").unwrap();
-    let record = oms_protocol::records::OrderRecord {
-        id: oms_protocol::domain::OrderId::parse("3pl-east-0000000998").unwrap(),
-        site: oms_protocol::domain::NodeId::parse("wh-north").unwrap(),
-        status: oms_protocol::domain::FulfillmentState::Accepted,
-        order: oms_protocol::fixtures::draft("rogue", &sku, 1),
-        lines: vec![],
-        wave: None,
-        parcels: None,
-        shipment: None,
-        returns: vec![],
-        timeline: vec![],
-        created_at_ms: 1,
-    };
+    let record = oms_protocol::fixtures::accepted(
+        oms_protocol::domain::OrderId::parse("3pl-east-0000000998").unwrap(),
+        &oms_protocol::domain::NodeId::parse("wh-north").unwrap(),
+        &oms_protocol::domain::Sku::parse("SKU-0").unwrap(),
+        1,
+    );
     let rogue_id = oms_protocol::domain::NodeId::parse("3pl-east").unwrap();
     oms_protocol::schema::write_order(&mut foreign_site, &rogue_id, &record, 1).unwrap();
     foreign_site.commit();
