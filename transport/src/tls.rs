@@ -286,14 +286,14 @@ impl ReloadingClientVerifier {
         })
     }
 
-    /// Looks at the CRL file now, whatever the interval, and loads it if it changed. Returns true if a
-    /// changed CRL was loaded: the caller should then check the live connections against it.
-    pub fn refresh(&self) -> bool {
+    /// Looks at the CRL file now, whatever the interval, and loads it if it changed. A handshake may load a
+    /// changed CRL too, so a caller that must act on every new CRL compares [`Self::generation`] instead.
+    pub fn refresh(&self) {
         let mut c = match self.current.write() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        self.reload(&mut c)
+        self.reload(&mut c);
     }
 
     /// How many changed CRLs were loaded since start.
@@ -315,11 +315,11 @@ impl ReloadingClientVerifier {
         )
     }
 
-    fn reload(&self, c: &mut Current) -> bool {
+    fn reload(&self, c: &mut Current) {
         c.checked_at = Instant::now();
         let now = stamp(&self.crl_path);
         if now == c.stamp || Some(now) == c.failed {
-            return false;
+            return;
         }
         match build_client_verifier(&self.roots, &self.crl_path) {
             Ok(v) => {
@@ -328,12 +328,10 @@ impl ReloadingClientVerifier {
                 c.stamp = now;
                 c.failed = None;
                 self.generation.fetch_add(1, Ordering::AcqRel);
-                true
             }
             Err(e) => {
                 tracing::warn!(crl = %self.crl_path.display(), error = %e, "CRL reload failed; keeping the previous one");
                 c.failed = Some(now);
-                false
             }
         }
     }
