@@ -9,6 +9,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, unreachable_pub)]
 
+#[cfg(feature = "http")]
+pub mod audit;
+#[cfg(feature = "http")]
+pub mod auth;
 pub mod config;
 #[cfg(feature = "http")]
 pub mod guard;

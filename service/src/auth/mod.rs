@@ -1,0 +1,593 @@
+//! Who may call what: API keys ([`keys`]), the roles each route admits, and per-key limits.
+//!
+//! [`Auth`] is the running process's view of its key file. Its middleware ([`authorize`]) runs on every
+//! request, after routing (so it knows the route):
+//! 1. The server's [`Policy`] says what the route needs: [`Access::Open`] (health, a customer's tracking
+//!    link) or one of a set of roles (`admin` may always).
+//! 2. `Authorization: Bearer <token>`: missing, malformed, unknown or revoked → `401 unauthenticated` (with
+//!    `WWW-Authenticate: Bearer`). A known key whose role the route does not admit → `403 forbidden`.
+//! 3. Per-key limits: a token bucket (`rate_per_s`, burst `burst`) and a cap on requests in flight; past
+//!    either → `429 rate_limited` with `Retry-After`. Open routes share a bucket per client IP.
+//! 4. The request carries its [`Principal`] (who) for the handler, which scopes channel keys to their
+//!    channel, and an [`crate::audit::Actor`] for the audit trail.
+//!
+//! The key file is re-read when it changes ([`Auth::watch`]): a key created or revoked with `oms keys` takes
+//! effect within `keys_check_interval_ms`, without a restart. A file that fails to parse keeps the keys in
+//! force and is logged (and counted) until it is fixed.
+
+pub mod keys;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+pub use keys::{KeyError, Role};
+use oms_protocol::domain::Channel;
+
+use crate::audit::Actor;
+use crate::config::ConfigError;
+use crate::lock;
+use crate::problem::Problem;
+
+/// Client IPs whose open-route buckets are remembered; past it the oldest idle ones are forgotten.
+const OPEN_BUCKETS_MAX: usize = 4_096;
+
+/// The `[auth]` section of the node's and the hub's configuration. Every key has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How often the key file is checked for changes, ms.
+    #[serde(default = "default_keys_check_interval_ms")]
+    pub keys_check_interval_ms: u64,
+    /// Sustained requests per second of one key (a key's own `rate_per_s` overrides it).
+    #[serde(default = "default_rate_per_s")]
+    pub rate_per_s: u32,
+    /// Requests one key may make at once above its rate, after a quiet spell.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Requests of one key in flight at once.
+    #[serde(default = "default_in_flight_per_key")]
+    pub in_flight_per_key: u32,
+    /// Sustained requests per second one client IP may make to open routes (health, tracking).
+    #[serde(default = "default_open_rate_per_s")]
+    pub open_rate_per_s: u32,
+}
+
+fn default_keys_check_interval_ms() -> u64 {
+    1_000
+}
+fn default_rate_per_s() -> u32 {
+    1_000
+}
+fn default_burst() -> u32 {
+    2_000
+}
+fn default_in_flight_per_key() -> u32 {
+    128
+}
+fn default_open_rate_per_s() -> u32 {
+    20
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            keys_check_interval_ms: default_keys_check_interval_ms(),
+            rate_per_s: default_rate_per_s(),
+            burst: default_burst(),
+            in_flight_per_key: default_in_flight_per_key(),
+            open_rate_per_s: default_open_rate_per_s(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Checks the ranges serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: &str| Err(ConfigError::Invalid(format!("auth.{what}")));
+        if !(100..=60_000).contains(&self.keys_check_interval_ms) {
+            return bad("keys_check_interval_ms must be 100 to 60000");
+        }
+        for (name, v) in [
+            ("rate_per_s", self.rate_per_s),
+            ("burst", self.burst),
+            ("in_flight_per_key", self.in_flight_per_key),
+            ("open_rate_per_s", self.open_rate_per_s),
+        ] {
+            if v == 0 || v > keys::RATE_PER_S_MAX {
+                return bad(&format!("{name} must be 1 to {}", keys::RATE_PER_S_MAX));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Who is calling: the key's name, role and, for a channel key, its channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// The key's name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// The channel a `channel` key acts for.
+    pub channel: Option<Channel>,
+}
+
+impl Principal {
+    /// The channel this caller is confined to: `Some` for a channel key, `None` for roles that see every
+    /// order.
+    pub fn confined_to(&self) -> Option<&Channel> {
+        if self.role == Role::Channel { self.channel.as_ref() } else { None }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = Problem;
+
+    /// The caller [`authorize`] admitted; a route served without it (a bug) refuses rather than guesses.
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts.extensions.get::<Principal>().cloned().ok_or_else(unauthenticated)
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing: anyone may call it (rate limited per client IP).
+    Open,
+    /// A key with one of these roles (or `admin`).
+    Roles(&'static [Role]),
+}
+
+/// Every role: routes any key may call (an unknown path answers 404 only to a known key).
+pub const ANY_ROLE: &[Role] = &keys::ROLES;
+
+/// A server's map from (method, matched route) to what the route needs; `None` is a path no route matched.
+pub type Policy = fn(&Method, Option<&str>) -> Access;
+
+/// The peer a connection came from, which the server loop puts on each request.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A token bucket in thousandths of a request, so rates are exact in integers.
+#[derive(Debug)]
+struct Bucket {
+    milli: u64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: u32) -> Self {
+        Bucket { milli: u64::from(burst) * 1_000, at: Instant::now() }
+    }
+
+    /// Takes one request's worth; `Err(wait)` when the bucket is empty, with how long until it is not.
+    fn take(&mut self, rate_per_s: u32, burst: u32, now: Instant) -> Result<(), Duration> {
+        let elapsed_ms = u64::try_from(now.saturating_duration_since(self.at).as_millis()).unwrap_or(u64::MAX);
+        // `rate_per_s` requests a second is `rate_per_s` thousandths a millisecond.
+        let refill = elapsed_ms.saturating_mul(u64::from(rate_per_s));
+        self.milli = self.milli.saturating_add(refill).min(u64::from(burst) * 1_000);
+        self.at = now;
+        if self.milli >= 1_000 {
+            self.milli -= 1_000;
+            Ok(())
+        } else {
+            let missing = 1_000 - self.milli;
+            Err(Duration::from_millis(missing.div_ceil(u64::from(rate_per_s.max(1)))))
+        }
+    }
+}
+
+/// A live key as the process holds it: who it is, and its limits' state (kept across reloads of the file).
+#[derive(Debug)]
+struct Live {
+    principal: Principal,
+    rate_per_s: Option<u32>,
+    bucket: Mutex<Bucket>,
+    in_flight: AtomicU32,
+}
+
+/// Refused requests, by reason (and reloads that failed), for the metrics.
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    /// `401`: no token, a malformed one, an unknown or revoked one.
+    pub unauthenticated: AtomicU64,
+    /// `403`: a known key whose role the route does not admit.
+    pub forbidden: AtomicU64,
+    /// `429`: past a key's (or an IP's) rate.
+    pub rate_limited: AtomicU64,
+    /// `429`: past a key's requests in flight.
+    pub in_flight_refused: AtomicU64,
+    /// Reloads of the key file that failed (the previous keys stayed in force).
+    pub reload_errors: AtomicU64,
+}
+
+impl AuthStats {
+    /// The counters as OpenMetrics lines (without `# EOF`), each name prefixed with `prefix`.
+    pub fn openmetrics(&self, prefix: &str) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "# HELP {prefix}_auth_refusals Requests refused by authentication, authorization or rate limits.\n\
+             # TYPE {prefix}_auth_refusals counter\n"
+        ));
+        for (reason, c) in [
+            ("unauthenticated", &self.unauthenticated),
+            ("forbidden", &self.forbidden),
+            ("rate_limited", &self.rate_limited),
+            ("in_flight", &self.in_flight_refused),
+        ] {
+            out.push_str(&format!("{prefix}_auth_refusals_total{{reason=\"{reason}\"}} {}\n", c.load(Ordering::Relaxed)));
+        }
+        out.push_str(&format!(
+            "# HELP {prefix}_auth_key_reload_errors Reloads of the key file that failed.\n\
+             # TYPE {prefix}_auth_key_reload_errors counter\n\
+             {prefix}_auth_key_reload_errors_total {}\n",
+            self.reload_errors.load(Ordering::Relaxed)
+        ));
+        out
+    }
+}
+
+/// What identifies a version of the key file: a change to any of these means "read it again".
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    #[cfg(unix)]
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        #[cfg(unix)]
+        inode: std::os::unix::fs::MetadataExt::ino(&m),
+    })
+}
+
+type KeySet = HashMap<[u8; 32], Arc<Live>>;
+
+/// The process's keys, policy and limits. Share it as `Arc<Auth>`.
+#[derive(Debug)]
+pub struct Auth {
+    dir: Option<PathBuf>,
+    cfg: AuthConfig,
+    policy: Policy,
+    keys: RwLock<Arc<KeySet>>,
+    seen: Mutex<Option<Stamp>>,
+    open: Mutex<HashMap<IpAddr, Bucket>>,
+    /// Refusals by reason.
+    pub stats: AuthStats,
+}
+
+impl Auth {
+    /// Loads the key file of the data directory `dir` (none yet: no keys, and a warning that says how to
+    /// create one).
+    pub fn load(dir: &Path, cfg: AuthConfig, policy: Policy) -> Result<Auth, KeyError> {
+        let auth = Auth {
+            dir: Some(dir.to_owned()),
+            cfg,
+            policy,
+            keys: RwLock::new(Arc::new(HashMap::new())),
+            seen: Mutex::new(None),
+            open: Mutex::new(HashMap::new()),
+            stats: AuthStats::default(),
+        };
+        auth.reload()?;
+        if auth.live_keys() == 0 {
+            tracing::warn!(
+                data = %dir.display(),
+                "no API keys: every request but /healthz is refused; create one with \
+                 `oms keys create --data {} --role admin --name admin`",
+                dir.display()
+            );
+        }
+        Ok(auth)
+    }
+
+    /// Keys held in memory only, for tests and benchmarks: `(token, principal, rate)`.
+    pub fn in_memory(keys: Vec<(String, Principal, Option<u32>)>, cfg: AuthConfig, policy: Policy) -> Auth {
+        let set = keys
+            .into_iter()
+            .map(|(token, principal, rate_per_s)| {
+                let live = Live {
+                    principal,
+                    rate_per_s,
+                    bucket: Mutex::new(Bucket::full(burst_of(&cfg, rate_per_s))),
+                    in_flight: AtomicU32::new(0),
+                };
+                (keys::token_hash(&token), Arc::new(live))
+            })
+            .collect();
+        Auth {
+            dir: None,
+            cfg,
+            policy,
+            keys: RwLock::new(Arc::new(set)),
+            seen: Mutex::new(None),
+            open: Mutex::new(HashMap::new()),
+            stats: AuthStats::default(),
+        }
+    }
+
+    /// Live keys in force.
+    pub fn live_keys(&self) -> usize {
+        self.keys.read().map(|k| k.len()).unwrap_or_else(|p| p.into_inner().len())
+    }
+
+    /// Re-reads the key file if it changed since the last read. Returns whether it did; on an error the keys
+    /// in force stay.
+    pub fn reload(&self) -> Result<bool, KeyError> {
+        let Some(dir) = &self.dir else { return Ok(false) };
+        let now = stamp(&keys::keys_path(dir));
+        if *lock(&self.seen) == now && now.is_some() {
+            return Ok(false);
+        }
+        let file = keys::read(dir)?;
+        let old = self.current();
+        let set: KeySet = file
+            .live_keys()
+            .map(|(hash, k)| {
+                // A key that stays keeps its bucket and its in-flight count.
+                let same = old.get(&hash).filter(|l| l.principal.name == k.name && l.principal.role == k.role);
+                let live = match same {
+                    Some(l) if l.rate_per_s == k.rate_per_s && l.principal.channel == k.channel => l.clone(),
+                    _ => Arc::new(Live {
+                        principal: Principal { name: k.name.clone(), role: k.role, channel: k.channel.clone() },
+                        rate_per_s: k.rate_per_s,
+                        bucket: Mutex::new(Bucket::full(burst_of(&self.cfg, k.rate_per_s))),
+                        in_flight: AtomicU32::new(0),
+                    }),
+                };
+                (hash, live)
+            })
+            .collect();
+        let n = set.len();
+        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
+        *lock(&self.seen) = now;
+        tracing::info!(keys = n, "API keys loaded");
+        Ok(true)
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        self.keys.read().map(|k| k.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Re-reads the key file every `keys_check_interval_ms` until the task is dropped.
+    pub async fn watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.keys_check_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let me = self.clone();
+            // File I/O off the async threads.
+            match tokio::task::spawn_blocking(move || me.reload()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    self.stats.reload_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "cannot reload the API keys; the previous keys stay in force");
+                }
+                Err(e) => tracing::error!(error = %e, "the key reload task failed"),
+            }
+        }
+    }
+
+    /// The key behind `headers`' bearer token, if any.
+    fn authenticate(&self, headers: &HeaderMap) -> Option<Arc<Live>> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.trim().split_once(' ')?;
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || !keys::token_well_formed(token) {
+            return None;
+        }
+        self.current().get(&keys::token_hash(token)).cloned()
+    }
+
+    /// One request's worth from the open routes' bucket of `ip`.
+    fn take_open(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let rate = self.cfg.open_rate_per_s;
+        let burst = rate.saturating_mul(2);
+        let mut open = lock(&self.open);
+        if open.len() >= OPEN_BUCKETS_MAX && !open.contains_key(&ip) {
+            // Forget the buckets that have refilled (they hold no state worth keeping), then, if the table is
+            // still full, the one idle longest.
+            let full_after = Duration::from_millis(u64::from(burst) * 1_000 / u64::from(rate.max(1)) + 1);
+            open.retain(|_, b| now.saturating_duration_since(b.at) < full_after);
+            if open.len() >= OPEN_BUCKETS_MAX
+                && let Some(oldest) = open.iter().min_by_key(|(_, b)| b.at).map(|(ip, _)| *ip)
+            {
+                open.remove(&oldest);
+            }
+        }
+        open.entry(ip).or_insert_with(|| Bucket::full(burst)).take(rate, burst, now)
+    }
+}
+
+fn burst_of(cfg: &AuthConfig, rate_per_s: Option<u32>) -> u32 {
+    rate_per_s.map_or(cfg.burst, |r| r.saturating_mul(2))
+}
+
+fn unauthenticated() -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "send Authorization: Bearer <token> with a live API key (create one with `oms keys create`)",
+    )
+}
+
+fn too_many(code: &'static str, detail: String, wait: Duration) -> Response {
+    let secs = wait.as_millis().div_ceil(1_000).max(1);
+    let mut resp =
+        Problem::new(StatusCode::TOO_MANY_REQUESTS, code, detail).with("retry_after_s", secs).into_response();
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// Decrements a key's in-flight count when its request ends, however it ends.
+struct InFlight(Arc<Live>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Middleware: authentication, the route's roles and the per-key limits (see the module docs). Add it with
+/// `Router::layer` so it runs after routing and sees the matched route.
+pub async fn authorize(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let now = Instant::now();
+    let roles = match (auth.policy)(req.method(), route.as_deref()) {
+        Access::Open => {
+            let ip = req.extensions().get::<PeerAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+            if let Err(wait) = auth.take_open(ip, now) {
+                auth.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return too_many(
+                    "rate_limited",
+                    format!("more than {} requests a second from {ip}; slow down", auth.cfg.open_rate_per_s),
+                    wait,
+                );
+            }
+            return next.run(req).await;
+        }
+        Access::Roles(roles) => roles,
+    };
+    let Some(key) = auth.authenticate(req.headers()) else {
+        auth.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+        let mut resp = unauthenticated().into_response();
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    };
+    let p = &key.principal;
+    if p.role != Role::Admin && !roles.contains(&p.role) {
+        auth.stats.forbidden.fetch_add(1, Ordering::Relaxed);
+        let admitted: Vec<&str> = roles.iter().map(|r| r.as_str()).chain(["admin"]).collect();
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "key {:?} has role {}; {} {} needs one of: {}",
+                p.name,
+                p.role,
+                req.method(),
+                route.as_deref().unwrap_or("this path"),
+                admitted.join(", ")
+            ),
+        )
+        .with("role", p.role)
+        .into_response();
+    }
+    let rate = key.rate_per_s.unwrap_or(auth.cfg.rate_per_s);
+    let taken = lock(&key.bucket).take(rate, burst_of(&auth.cfg, key.rate_per_s), now);
+    if let Err(wait) = taken {
+        auth.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return too_many("rate_limited", format!("key {:?} is past its {rate} requests a second", p.name), wait);
+    }
+    let max = auth.cfg.in_flight_per_key;
+    if key.in_flight.fetch_add(1, Ordering::Relaxed) >= max {
+        key.in_flight.fetch_sub(1, Ordering::Relaxed);
+        auth.stats.in_flight_refused.fetch_add(1, Ordering::Relaxed);
+        return too_many(
+            "too_many_in_flight",
+            format!("key {:?} already has {max} requests in flight; wait for answers", p.name),
+            Duration::from_secs(1),
+        );
+    }
+    let _in_flight = InFlight(key.clone());
+    let actor = Actor {
+        key: p.name.clone(),
+        role: p.role,
+        method: crate::guard::method_label(req.method()),
+        route: route.unwrap_or_else(|| "other".to_owned()),
+    };
+    req.extensions_mut().insert(p.clone());
+    req.extensions_mut().insert(actor);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refill_at_their_rate_and_never_past_the_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket { milli: 3_000, at: t0 };
+        for _ in 0..3 {
+            b.take(10, 3, t0).unwrap();
+        }
+        let wait = b.take(10, 3, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100), "10 a second: one every 100 ms");
+        assert!(b.take(10, 3, t0 + Duration::from_millis(99)).is_err());
+        b.take(10, 3, t0 + Duration::from_millis(200)).unwrap();
+        // An hour idle refills to the burst, not to 36,000.
+        let later = t0 + Duration::from_secs(3_600);
+        for _ in 0..3 {
+            b.take(10, 3, later).unwrap();
+        }
+        assert!(b.take(10, 3, later).is_err());
+    }
+
+    #[test]
+    fn config_defaults_and_bounds() {
+        let c: AuthConfig = toml::from_str("").unwrap();
+        assert_eq!(c, AuthConfig::default());
+        c.validate().unwrap();
+        for bad in ["rate_per_s = 0", "burst = 2000000", "keys_check_interval_ms = 10", "in_flight_per_key = 0"] {
+            let c: AuthConfig = toml::from_str(bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<AuthConfig>("rate = 5").is_err());
+    }
+
+    #[test]
+    fn the_open_bucket_table_stays_bounded() {
+        let auth = Auth::in_memory(vec![], AuthConfig::default(), |_, _| Access::Open);
+        let now = Instant::now();
+        for i in 0..(OPEN_BUCKETS_MAX as u32 + 100) {
+            auth.take_open(IpAddr::from(i.to_be_bytes()), now).unwrap();
+        }
+        assert!(lock(&auth.open).len() <= OPEN_BUCKETS_MAX);
+    }
+
+    #[test]
+    fn a_reload_picks_up_new_and_revoked_keys_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::load(dir.path(), AuthConfig::default(), |_, _| Access::Roles(ANY_ROLE)).unwrap();
+        assert_eq!(auth.live_keys(), 0);
+        let new = |name: &str| keys::NewKey { name: name.into(), role: Role::Staff, channel: None, rate_per_s: None };
+        let a = keys::create(dir.path(), new("a"), 1).unwrap();
+        assert!(auth.reload().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, format!("Bearer {a}").parse().unwrap());
+        let live = auth.authenticate(&h).unwrap();
+        assert_eq!(live.principal.name, "a");
+        keys::create(dir.path(), new("b"), 2).unwrap();
+        assert!(auth.reload().unwrap());
+        assert!(Arc::ptr_eq(&live, &auth.authenticate(&h).unwrap()), "a kept its state across the reload");
+        assert!(!auth.reload().unwrap(), "unchanged file: no reload");
+        keys::revoke(dir.path(), "a", 3).unwrap();
+        auth.reload().unwrap();
+        assert!(auth.authenticate(&h).is_none(), "revoked");
+        // A broken file keeps the keys in force.
+        std::fs::write(keys::keys_path(dir.path()), b"garbage").unwrap();
+        assert!(auth.reload().is_err());
+        assert_eq!(auth.live_keys(), 1);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(auth.authenticate(&h).is_none());
+    }
+}
