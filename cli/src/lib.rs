@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod ca;
 mod demo;
 mod hub_cmd;
+mod keys;
 
 use std::path::PathBuf;
 
@@ -39,6 +40,11 @@ enum Cmd {
     Ca {
         #[command(subcommand)]
         cmd: ca::CaCmd,
+    },
+    /// Manage the API keys of a node or the hub (in its data directory).
+    Keys {
+        #[command(subcommand)]
+        cmd: keys::KeysCmd,
     },
     /// Demand forecasting tools.
     Forecast {
@@ -162,7 +168,7 @@ async fn node_import(
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_message(format!("{kind:?}"));
-        let report = import(&store, kind, std::io::BufReader::new(file), |b| bar.set_position(b)).await?;
+        let report = import(&store, kind, std::io::BufReader::new(file), None, |b| bar.set_position(b)).await?;
         bar.finish();
         println!("{}: {} rows imported, {} rejected", path.display(), report.accepted, report.rejected);
         for r in &report.rejects {
@@ -194,6 +200,7 @@ pub fn main() -> anyhow::Result<()> {
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Hub(a) => oms_hub::run(hub_cmd::config(&a)?, shutdown_signal()).await,
             Cmd::Ca { cmd } => ca::run(cmd),
+            Cmd::Keys { cmd } => keys::run(cmd),
             Cmd::Forecast { cmd: ForecastCmd::Eval { data } } => {
                 let mut out = std::io::stdout().lock();
                 oms_forecast::eval_command(&data, &mut out).map(|_| ()).map_err(anyhow::Error::from)

@@ -22,9 +22,12 @@ use crate::escrow::EscrowFigures;
 use crate::import::{self, Kind};
 use crate::metrics::{Metrics, RequestLabels, StateLabels};
 use crate::store::{
-    CatalogItem, Command, OrderRecord, PickConfirmation, ReturnLine, StorageError, Store, StoreError, WRITE_TIMEOUT,
-    cmd,
+    Audit, CatalogItem, Command, OrderRecord, PickConfirmation, ReturnLine, StorageError, Store, StoreError,
+    WRITE_TIMEOUT, cmd,
 };
+use axum::http::Method;
+use oms_service::audit::Actor;
+use oms_service::auth::{ANY_ROLE, Access, Auth, Principal, Role, authorize};
 use oms_service::guard::{MediaType, method_label, require_media_type};
 use oms_service::request::{JSON_BODY_BYTES_MAX, order_request};
 use oms_service::{JsonBody, Problem, RawBody};
@@ -41,6 +44,45 @@ pub(crate) struct AppState {
     pub store: Store,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// API keys, roles and per-key limits.
+    pub auth: Arc<Auth>,
+}
+
+/// Roles that read the site's stock and catalog.
+const STOCK_READERS: &[Role] = &[Role::Staff, Role::Planner];
+/// Roles that read orders (a channel key only its own channel's).
+const ORDER_READERS: &[Role] = &[Role::Staff, Role::Channel, Role::Service];
+/// Admin only (`admin` is admitted everywhere; the empty list admits no other role).
+const ADMIN: &[Role] = &[];
+
+/// What each route needs (see `oms_service::auth`): `/healthz` is open; `admin` may call everything.
+pub(crate) fn policy(method: &Method, route: Option<&str>) -> Access {
+    let get = *method == Method::GET || *method == Method::HEAD;
+    let Some(route) = route else { return Access::Roles(ANY_ROLE) };
+    Access::Roles(match route {
+        "/healthz" => return Access::Open,
+        "/metrics" => &[Role::Monitor],
+        "/v1/catalog" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/stock/{sku}/ledger" | "/v1/audit/ledger" => {
+            STOCK_READERS
+        }
+        "/v1/catalog/{sku}" if get => STOCK_READERS,
+        "/v1/catalog/{sku}" | "/v1/import/catalog" | "/v1/import/stock" | "/v1/audit/events" => ADMIN,
+        "/v1/stock/receipts" | "/v1/stock/adjustments" | "/v1/stock/counts" => &[Role::Staff],
+        "/v1/orders" if get => ORDER_READERS,
+        "/v1/orders" => &[Role::Channel],
+        "/v1/orders/{id}" => ORDER_READERS,
+        "/v1/orders/{id}/cancel" | "/v1/orders/{id}/returns/{n}/refund" => &[Role::Channel, Role::Service],
+        "/v1/orders/{id}/picks"
+        | "/v1/orders/{id}/pack"
+        | "/v1/orders/{id}/ship"
+        | "/v1/orders/{id}/deliver"
+        | "/v1/orders/{id}/accept"
+        | "/v1/orders/{id}/reject"
+        | "/v1/orders/{id}/returns"
+        | "/v1/waves"
+        | "/v1/waves/{id}" => &[Role::Staff],
+        _ => ANY_ROLE,
+    })
 }
 
 /// Builds the router.
@@ -73,6 +115,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/returns", post(receive_return))
         .route("/v1/orders/{id}/returns/{n}/refund", post(refund))
         .route("/v1/audit/ledger", get(audit_ledger))
+        .route("/v1/audit/events", get(audit_events))
         .route("/v1/waves", post(create_wave))
         .route("/v1/waves/{id}", get(get_wave))
         .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX));
@@ -82,6 +125,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(csv)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // After routing, so it knows the route; inside `track`, so refusals are counted by route and status.
+        .layer(middleware::from_fn_with_state(state.auth.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -123,7 +168,11 @@ async fn metrics(State(st): State<AppState>) -> Response {
             st.metrics.orders.get_or_create(&StateLabels { state: s.as_str().to_owned() }).set(n);
         }
     }
-    let mut resp = st.metrics.render().into_response();
+    let mut text = st.metrics.render();
+    // The refusal counters of the auth layer, before OpenMetrics' closing `# EOF`.
+    let body_end = text.rfind("# EOF").unwrap_or(text.len());
+    text.insert_str(body_end, &st.auth.stats.openmetrics("oms_node"));
+    let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -182,8 +231,10 @@ fn text(field: &str, s: &str, required: bool) -> Result<(), Problem> {
     Ok(())
 }
 
-async fn exec<C: Command>(st: &AppState, cmd: C) -> Result<C::Reply, Problem> {
-    match tokio::time::timeout(WRITE_TIMEOUT, st.store.execute(cmd)).await {
+/// Runs `cmd` for the admitted caller `actor`: the change and its audit row commit together.
+async fn exec<C: Command>(st: &AppState, actor: &Actor, target: Option<String>, cmd: C) -> Result<C::Reply, Problem> {
+    let audit = Audit { actor: actor.clone(), target };
+    match tokio::time::timeout(WRITE_TIMEOUT, st.store.execute_audited(cmd, audit)).await {
         Ok(r) => r.map_err(Problem::from),
         Err(_) => Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -202,13 +253,14 @@ struct CatalogBody {
 
 async fn put_catalog(
     State(st): State<AppState>,
+    actor: Actor,
     Path(sku): Path<String>,
     JsonBody(b): JsonBody<CatalogBody>,
 ) -> Result<Response, Problem> {
     let sku = sku_path(&sku)?;
     text("name", &b.name, true)?;
     text("bin", &b.bin, false)?;
-    let item = exec(&st, cmd::PutCatalog(CatalogItem { sku, name: b.name, bin: b.bin })).await?;
+    let item = exec(&st, &actor, None, cmd::PutCatalog(CatalogItem { sku, name: b.name, bin: b.bin })).await?;
     Ok(Json(item).into_response())
 }
 
@@ -306,18 +358,22 @@ fn qty_u32(field: &str, q: i64) -> Result<u32, Problem> {
     Ok(v)
 }
 
-async fn stock_outcome(st: &AppState, cmd: cmd::Stock) -> Result<Response, Problem> {
-    let e = exec(st, cmd).await?;
+async fn stock_outcome(st: &AppState, actor: &Actor, cmd: cmd::Stock) -> Result<Response, Problem> {
+    let e = exec(st, actor, None, cmd).await?;
     let view = StockView::new(&st.store, e.sku.clone(), e.balance)?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({"entry": e, "stock": view}))).into_response())
 }
 
-async fn receipt(State(st): State<AppState>, JsonBody(b): JsonBody<ReceiptBody>) -> Result<Response, Problem> {
+async fn receipt(
+    State(st): State<AppState>,
+    actor: Actor,
+    JsonBody(b): JsonBody<ReceiptBody>,
+) -> Result<Response, Problem> {
     let qty = qty_u32("qty", b.qty)?;
     if let Some(n) = &b.note {
         text("note", n, false)?;
     }
-    stock_outcome(&st, cmd::Stock { sku: b.sku, movement: Movement::Receipt { qty, note: b.note } }).await
+    stock_outcome(&st, &actor, cmd::Stock { sku: b.sku, movement: Movement::Receipt { qty, note: b.note } }).await
 }
 
 #[derive(Deserialize)]
@@ -328,7 +384,11 @@ struct AdjustBody {
     reason: String,
 }
 
-async fn adjustment(State(st): State<AppState>, JsonBody(b): JsonBody<AdjustBody>) -> Result<Response, Problem> {
+async fn adjustment(
+    State(st): State<AppState>,
+    actor: Actor,
+    JsonBody(b): JsonBody<AdjustBody>,
+) -> Result<Response, Problem> {
     if b.delta == 0 || b.delta.unsigned_abs() > u64::from(oms_protocol::domain::QTY_MAX) {
         return Err(ValidationError::new(
             "invalid_quantity",
@@ -338,8 +398,12 @@ async fn adjustment(State(st): State<AppState>, JsonBody(b): JsonBody<AdjustBody
         .into());
     }
     text("reason", &b.reason, true)?;
-    stock_outcome(&st, cmd::Stock { sku: b.sku, movement: Movement::Adjustment { delta: b.delta, reason: b.reason } })
-        .await
+    stock_outcome(
+        &st,
+        &actor,
+        cmd::Stock { sku: b.sku, movement: Movement::Adjustment { delta: b.delta, reason: b.reason } },
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -349,11 +413,15 @@ struct CountBody {
     counted: i64,
 }
 
-async fn count(State(st): State<AppState>, JsonBody(b): JsonBody<CountBody>) -> Result<Response, Problem> {
+async fn count(
+    State(st): State<AppState>,
+    actor: Actor,
+    JsonBody(b): JsonBody<CountBody>,
+) -> Result<Response, Problem> {
     let counted = u64::try_from(b.counted).ok().filter(|c| *c <= 1_000_000_000).ok_or_else(|| {
         Problem::from(ValidationError::new("invalid_quantity", "counted", "must be a whole number from 0"))
     })?;
-    stock_outcome(&st, cmd::Stock { sku: b.sku, movement: Movement::CycleCount { counted, delta: 0 } }).await
+    stock_outcome(&st, &actor, cmd::Stock { sku: b.sku, movement: Movement::CycleCount { counted, delta: 0 } }).await
 }
 
 /// An order as the answer to a write; `replayed` adds `idempotent-replayed: true`.
@@ -367,18 +435,47 @@ fn order_response(record: OrderRecord, status: StatusCode, replayed: bool) -> Re
 
 async fn create_order(
     State(st): State<AppState>,
+    actor: Actor,
+    caller: Principal,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let (key, draft) = order_request(&headers, &body)?;
-    let new = exec(&st, cmd::CreateOrder { key, draft }).await?;
+    if let Some(own) = caller.confined_to()
+        && *own != draft.channel
+    {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("key {:?} sells for channel {own}; it may not create orders for {}", caller.name, draft.channel),
+        ));
+    }
+    let new = exec(&st, &actor, None, cmd::CreateOrder { key, draft }).await?;
     order_response(new.record, StatusCode::CREATED, !new.created)
 }
 
+/// Whether `caller` may see `order`: a channel key only its own channel's orders.
+fn visible_to(caller: &Principal, order: &OrderRecord) -> bool {
+    caller.confined_to().is_none_or(|own| *own == order.order.channel)
+}
+
+/// Refuses an order a channel key may not touch as if it did not exist, so ids of other channels' orders
+/// cannot be probed.
+fn check_visible(st: &AppState, caller: &Principal, id: &OrderId) -> Result<(), Problem> {
+    if caller.confined_to().is_none() {
+        return Ok(());
+    }
+    match st.store.order(id)? {
+        Some(o) if visible_to(caller, &o) => Ok(()),
+        _ => Err(StoreError::OrderNotFound(id.clone()).into()),
+    }
+}
+
 /// One order; a frozen one also shows `frozen_at_ms` (it takes no more changes).
-async fn get_order(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn get_order(State(st): State<AppState>, caller: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
     let id = order_path(&id)?;
-    match st.store.order_and_frozen_at(&id)? {
+    let found = st.store.order_and_frozen_at(&id)?.filter(|(r, _)| visible_to(&caller, r));
+    match found {
         Some((r, None)) => Ok(Json(r).into_response()),
         Some((r, Some(at))) => {
             let mut v = serde_json::to_value(&r)
@@ -392,7 +489,9 @@ async fn get_order(State(st): State<AppState>, Path(id): Path<String>) -> Result
     }
 }
 
-async fn list_orders(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
+/// Orders by id; a channel key sees only its own channel's, so its pages may be short (even empty) and still
+/// not be the last: follow `next_after` until it is null.
+async fn list_orders(State(st): State<AppState>, caller: Principal, Q(q): Q) -> Result<Response, Problem> {
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(FulfillmentState::parse(s).ok_or_else(|| {
@@ -400,8 +499,9 @@ async fn list_orders(State(st): State<AppState>, Q(q): Q) -> Result<Response, Pr
             Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("status must be one of {}", all.join(", ")))
         })?),
     };
-    let orders = st.store.orders(status, q.after.as_deref(), q.limit())?;
+    let mut orders = st.store.orders(status, q.after.as_deref(), q.limit())?;
     let next = orders.last().map(|o| o.id.to_string());
+    orders.retain(|o| visible_to(&caller, o));
     Ok(Json(serde_json::json!({"orders": orders, "next_after": next})).into_response())
 }
 
@@ -413,6 +513,7 @@ struct PicksBody {
 
 async fn confirm_picks(
     State(st): State<AppState>,
+    actor: Actor,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<PicksBody>,
 ) -> Result<Response, Problem> {
@@ -420,7 +521,11 @@ async fn confirm_picks(
     if b.lines.len() > oms_protocol::domain::ORDER_LINES_MAX {
         return Err(ValidationError::new("too_many_lines", "lines", "too many lines").into());
     }
-    order_response(exec(&st, cmd::ConfirmPicks { order, lines: b.lines }).await?, StatusCode::OK, false)
+    order_response(
+        exec(&st, &actor, Some(order.to_string()), cmd::ConfirmPicks { order, lines: b.lines }).await?,
+        StatusCode::OK,
+        false,
+    )
 }
 
 #[derive(Deserialize, Default)]
@@ -434,14 +539,23 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
     if body.iter().all(u8::is_ascii_whitespace) { Ok(T::default()) } else { oms_service::parse_json(body) }
 }
 
-async fn pack(State(st): State<AppState>, Path(id): Path<String>, RawBody(body): RawBody) -> Result<Response, Problem> {
+async fn pack(
+    State(st): State<AppState>,
+    actor: Actor,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
     let order = order_path(&id)?;
     let b: PackBody = optional_body(&body)?;
     let parcels = b.parcels.unwrap_or(1);
     if !(1..=1000).contains(&parcels) {
         return Err(ValidationError::new("invalid_quantity", "parcels", "must be 1 to 1000").into());
     }
-    order_response(exec(&st, cmd::Pack { order, parcels }).await?, StatusCode::OK, false)
+    order_response(
+        exec(&st, &actor, Some(order.to_string()), cmd::Pack { order, parcels }).await?,
+        StatusCode::OK,
+        false,
+    )
 }
 
 #[derive(Deserialize)]
@@ -453,19 +567,22 @@ struct ShipBody {
 
 async fn ship(
     State(st): State<AppState>,
+    actor: Actor,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<ShipBody>,
 ) -> Result<Response, Problem> {
     let order = order_path(&id)?;
     text("carrier", &b.carrier, true)?;
     text("tracking", &b.tracking, true)?;
-    let record = exec(&st, cmd::Ship { order, carrier: b.carrier, tracking: b.tracking }).await?;
+    let record =
+        exec(&st, &actor, Some(order.to_string()), cmd::Ship { order, carrier: b.carrier, tracking: b.tracking })
+            .await?;
     order_response(record, StatusCode::OK, false)
 }
 
-async fn deliver(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn deliver(State(st): State<AppState>, actor: Actor, Path(id): Path<String>) -> Result<Response, Problem> {
     let order = order_path(&id)?;
-    order_response(exec(&st, cmd::Deliver { order }).await?, StatusCode::OK, false)
+    order_response(exec(&st, &actor, Some(order.to_string()), cmd::Deliver { order }).await?, StatusCode::OK, false)
 }
 
 #[derive(Deserialize, Default)]
@@ -484,27 +601,39 @@ fn reason_body(body: &Bytes, default: &str) -> Result<String, Problem> {
 
 async fn cancel(
     State(st): State<AppState>,
+    actor: Actor,
+    caller: Principal,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let order = order_path(&id)?;
+    check_visible(&st, &caller, &order)?;
     let reason = reason_body(&body, "requested at the site")?;
-    order_response(exec(&st, cmd::Cancel { order, reason }).await?, StatusCode::OK, false)
+    order_response(
+        exec(&st, &actor, Some(order.to_string()), cmd::Cancel { order, reason }).await?,
+        StatusCode::OK,
+        false,
+    )
 }
 
 async fn reject_assignment(
     State(st): State<AppState>,
+    actor: Actor,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let order = order_path(&id)?;
     let reason = reason_body(&body, "declined at the site")?;
-    order_response(exec(&st, cmd::RejectAssignment { order, reason }).await?, StatusCode::OK, false)
+    order_response(
+        exec(&st, &actor, Some(order.to_string()), cmd::RejectAssignment { order, reason }).await?,
+        StatusCode::OK,
+        false,
+    )
 }
 
-async fn reaccept(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn reaccept(State(st): State<AppState>, actor: Actor, Path(id): Path<String>) -> Result<Response, Problem> {
     let order = order_path(&id)?;
-    order_response(exec(&st, cmd::Reaccept { order }).await?, StatusCode::OK, false)
+    order_response(exec(&st, &actor, Some(order.to_string()), cmd::Reaccept { order }).await?, StatusCode::OK, false)
 }
 
 #[derive(Deserialize)]
@@ -523,6 +652,7 @@ struct ReturnLineBody {
 
 async fn receive_return(
     State(st): State<AppState>,
+    actor: Actor,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<ReturnBody>,
 ) -> Result<Response, Problem> {
@@ -534,18 +664,30 @@ async fn receive_return(
     for (i, l) in b.lines.into_iter().enumerate() {
         lines.push(ReturnLine { sku: l.sku, qty: qty_u32(&format!("lines[{i}].qty"), l.qty)? });
     }
-    let record = exec(&st, cmd::ReceiveReturn { order, lines, disposition: b.disposition }).await?;
+    let record =
+        exec(&st, &actor, Some(order.to_string()), cmd::ReceiveReturn { order, lines, disposition: b.disposition })
+            .await?;
     // A return receipt takes no idempotency key, so it is never a replay (before the store's typed replies it
     // was answered with `idempotent-replayed: true` by mistake).
     order_response(record, StatusCode::CREATED, false)
 }
 
-async fn refund(State(st): State<AppState>, Path((id, n)): Path<(String, String)>) -> Result<Response, Problem> {
+async fn refund(
+    State(st): State<AppState>,
+    actor: Actor,
+    caller: Principal,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Response, Problem> {
     let order = order_path(&id)?;
+    check_visible(&st, &caller, &order)?;
     let return_id = n
         .parse::<u32>()
         .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "return_not_found", format!("return {n:?} does not exist")))?;
-    order_response(exec(&st, cmd::Refund { order, return_id }).await?, StatusCode::OK, false)
+    order_response(
+        exec(&st, &actor, Some(order.to_string()), cmd::Refund { order, return_id }).await?,
+        StatusCode::OK,
+        false,
+    )
 }
 
 #[derive(Deserialize, Default)]
@@ -554,7 +696,7 @@ struct WaveBody {
     max_orders: Option<usize>,
 }
 
-async fn create_wave(State(st): State<AppState>, RawBody(body): RawBody) -> Result<Response, Problem> {
+async fn create_wave(State(st): State<AppState>, actor: Actor, RawBody(body): RawBody) -> Result<Response, Problem> {
     let b: WaveBody = optional_body(&body)?;
     let orders_max = b.max_orders.unwrap_or(st.store.limits().wave_orders_max);
     if orders_max == 0 || orders_max > st.store.limits().wave_orders_max {
@@ -565,7 +707,7 @@ async fn create_wave(State(st): State<AppState>, RawBody(body): RawBody) -> Resu
         )
         .into());
     }
-    let w = exec(&st, cmd::CreateWave { orders_max }).await?;
+    let w = exec(&st, &actor, None, cmd::CreateWave { orders_max }).await?;
     Ok((StatusCode::CREATED, Json(w)).into_response())
 }
 
@@ -588,12 +730,26 @@ async fn audit_ledger(State(st): State<AppState>) -> Result<Response, Problem> {
     Ok(Json(serde_json::json!({"consistent": bad.is_empty(), "mismatched_skus": bad})).into_response())
 }
 
-async fn import_catalog(State(st): State<AppState>, RawBody(body): RawBody) -> Result<Response, Problem> {
-    let report = import::import(&st.store, Kind::Catalog, body.as_ref(), |_| {}).await?;
+/// The audit trail, oldest first: `?after=<seq>&limit=` (at most `oms_service::audit::AUDIT_PAGE_MAX`).
+async fn audit_events(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
+    let after = match q.after.as_deref() {
+        None | Some("") => 0,
+        Some(a) => a.parse::<u64>().map_err(|_| {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "after must be an audit sequence number")
+        })?,
+    };
+    let (events, next) = st.store.audit_events(after, q.limit())?;
+    Ok(Json(serde_json::json!({"events": events, "next_after": next})).into_response())
+}
+
+async fn import_catalog(State(st): State<AppState>, actor: Actor, RawBody(body): RawBody) -> Result<Response, Problem> {
+    let audit = Some(Audit { actor, target: None });
+    let report = import::import(&st.store, Kind::Catalog, body.as_ref(), audit, |_| {}).await?;
     Ok(Json(report).into_response())
 }
 
-async fn import_stock(State(st): State<AppState>, RawBody(body): RawBody) -> Result<Response, Problem> {
-    let report = import::import(&st.store, Kind::Stock, body.as_ref(), |_| {}).await?;
+async fn import_stock(State(st): State<AppState>, actor: Actor, RawBody(body): RawBody) -> Result<Response, Problem> {
+    let audit = Some(Audit { actor, target: None });
+    let report = import::import(&st.store, Kind::Stock, body.as_ref(), audit, |_| {}).await?;
     Ok(Json(report).into_response())
 }

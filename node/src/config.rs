@@ -37,6 +37,9 @@ pub struct NodeConfig {
     /// The HTTP API's host allow-list, timeouts and connection limits (`[http]`).
     #[serde(default)]
     pub http: HttpConfig,
+    /// API keys: how often the key file is re-read, per-key rates and in-flight caps (`[auth]`).
+    #[serde(default)]
+    pub auth: oms_service::auth::AuthConfig,
 }
 
 /// The `[orders]` section: when finished orders are frozen (see [`crate::freeze`]).
@@ -201,6 +204,7 @@ impl Default for NodeConfig {
             hub: None,
             orders: OrdersConfig::default(),
             http: HttpConfig::default(),
+            auth: oms_service::auth::AuthConfig::default(),
         }
     }
 }
@@ -233,6 +237,7 @@ impl NodeConfig {
             )));
         }
         self.http.validate()?;
+        self.auth.validate()?;
         if let Some(h) = &self.hub {
             let e = &h.escrow;
             if e.lease_ms < 1_000 || e.margin_ms == 0 || e.rebalance.hub_share_min_bp > e.rebalance.hub_share_max_bp {

@@ -10,7 +10,7 @@ use std::io::Read;
 use oms_protocol::domain::{Sku, TEXT_BYTES_MAX};
 use serde::Serialize;
 
-use crate::store::{CatalogItem, Imported, Store, StoreError, cmd};
+use crate::store::{Audit, CatalogItem, Imported, Store, StoreError, cmd};
 
 /// Rows written per transaction.
 pub const CHUNK_ROWS: usize = 2_000;
@@ -85,11 +85,13 @@ fn parse_row(kind: Kind, rec: &csv::StringRecord) -> Result<Row, String> {
     }
 }
 
-/// Imports `input` into `store`, calling `progress(bytes_read)` after each chunk.
+/// Imports `input` into `store`, calling `progress(bytes_read)` after each chunk. With `audit` (an API
+/// upload), each chunk's write appends its row to the audit trail in the same transaction.
 pub async fn import<R: Read>(
     store: &Store,
     kind: Kind,
     input: R,
+    audit: Option<Audit>,
     mut progress: impl FnMut(u64),
 ) -> Result<Report, StoreError> {
     let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(input);
@@ -129,17 +131,18 @@ pub async fn import<R: Read>(
         }
         lines.push(line);
         if lines.len() >= CHUNK_ROWS {
-            flush(store, &mut catalog, &mut counts, &mut lines, &mut report).await?;
+            flush(store, &audit, &mut catalog, &mut counts, &mut lines, &mut report).await?;
             progress(rdr.position().byte());
         }
     }
-    flush(store, &mut catalog, &mut counts, &mut lines, &mut report).await?;
+    flush(store, &audit, &mut catalog, &mut counts, &mut lines, &mut report).await?;
     progress(rdr.position().byte());
     Ok(report)
 }
 
 async fn flush(
     store: &Store,
+    audit: &Option<Audit>,
     catalog: &mut Vec<CatalogItem>,
     counts: &mut Vec<(Sku, u64)>,
     lines: &mut Vec<u64>,
@@ -151,7 +154,7 @@ async fn flush(
     let cat = std::mem::take(catalog);
     let cnt = std::mem::take(counts);
     let chunk_lines = std::mem::take(lines);
-    match store.execute(cmd::Import { catalog: cat.clone(), counts: cnt.clone() }).await {
+    match store.execute_with(cmd::Import { catalog: cat.clone(), counts: cnt.clone() }, audit.clone()).await {
         Ok(Imported { catalog, counts }) => {
             // cannot truncate: usize has at most 64 bits, and a chunk holds at most CHUNK_ROWS rows.
             report.accepted += (catalog + counts) as u64;
@@ -165,7 +168,7 @@ async fn flush(
                 } else {
                     cmd::Import { catalog: vec![], counts: vec![cnt[i].clone()] }
                 };
-                match store.execute(cmd).await {
+                match store.execute_with(cmd, audit.clone()).await {
                     Ok(_) => report.accepted += 1,
                     Err(e @ (StoreError::UnknownSku(_) | StoreError::BelowReserved { .. })) => {
                         report.reject(line, e.to_string())

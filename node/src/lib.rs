@@ -53,8 +53,15 @@ pub async fn run(
     }
     // Freeze finished orders, with or without a hub.
     tokio::spawn(freeze::run(store.clone(), cfg.orders.freeze_policy()));
-    let app = api::router(api::AppState { store, metrics });
+    // API keys from the data directory, re-read when `oms keys` changes them.
+    let auth = Arc::new(
+        oms_service::auth::Auth::load(&cfg.data_dir, cfg.auth.clone(), api::policy)
+            .with_context(|| format!("cannot load the API keys in {}", cfg.data_dir.display()))?,
+    );
+    let keys_watch = tokio::spawn(auth.clone().watch());
+    let app = api::router(api::AppState { store, metrics, auth });
     // Host allow-list, origin check, timeouts and connection limits of `[http]` (see `oms_service::serve`).
     oms_service::serve::serve(listener, app, &cfg.http, shutdown).await?;
+    keys_watch.abort();
     Ok(())
 }

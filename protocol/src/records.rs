@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Disposition, FulfillmentState, NodeId, OrderDraft, OrderId, ReturnState, Sku};
+use crate::domain::{Channel, Disposition, FulfillmentState, NodeId, OrderDraft, OrderId, ReturnState, Sku};
 
 /// Longest idempotency key, bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
@@ -17,6 +17,14 @@ pub const IDEMPOTENCY_PRUNE_MAX: usize = 64;
 /// True if `key` can be an idempotency key: 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`] visible ASCII characters.
 pub fn idempotency_key_valid(key: &str) -> bool {
     !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_BYTES_MAX && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The key an idempotency record is stored under: the order's channel, a unit separator (which neither a
+/// channel nor a key may contain) and the client's key. Two channels sending the same key get two orders, and
+/// a channel can never replay another's. Records written before keys were scoped are stored under the bare
+/// key; node and hub still honour those (same body hash) so that an upgrade loses no idempotency.
+pub fn scoped_idempotency_key(channel: &Channel, key: &str) -> String {
+    format!("{}\u{1f}{key}", channel.as_str())
 }
 
 /// Hash of the canonical (postcard) encoding of an order, so that the same order sent with other whitespace
@@ -112,4 +120,18 @@ pub struct OrderRecord {
     pub timeline: Vec<TimelineEntry>,
     /// When the order was accepted, ms since the Unix epoch.
     pub created_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scoped_keys_cannot_collide_across_channels() {
+        let web = Channel::parse("web").unwrap();
+        let pos = Channel::parse("pos-3").unwrap();
+        assert_ne!(scoped_idempotency_key(&web, "k1"), scoped_idempotency_key(&pos, "k1"));
+        assert_ne!(scoped_idempotency_key(&web, "k1"), "k1");
+        assert!(!idempotency_key_valid(&scoped_idempotency_key(&web, "k1")), "never a bare key");
+    }
 }

@@ -33,6 +33,16 @@ pub struct Actor {
     pub route: String,
 }
 
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Actor {
+    type Rejection = crate::problem::Problem;
+
+    /// The caller [`crate::auth::authorize`] admitted; a write served without it (a bug) is refused rather
+    /// than left out of the trail.
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Actor>().cloned().ok_or_else(crate::auth::unauthenticated)
+    }
+}
+
 /// One row of the trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {

@@ -166,6 +166,8 @@ pub fn node_config_with(
 
 /// Starts `oms node --config <config>`.
 pub fn spawn_node_with(id: &str, config: &Path, http: SocketAddr, dir: &Path, log_level: &str) -> ClusterNode {
+    // The node's data directory is `dir/data` (see `node_config_with`).
+    crate::provision_admin(&dir.join("data"));
     let log_path = dir.join("node.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("node log");
     let child = oms()

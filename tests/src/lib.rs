@@ -107,6 +107,7 @@ impl NodeProc {
     }
 
     fn spawn(id: &str, dir: &Path, addr: SocketAddr, config: Option<&Path>) -> NodeProc {
+        provision_admin(dir);
         let mut cmd = Command::new(oms_bin());
         cmd.arg("node");
         if let Some(config) = config {
@@ -166,8 +167,54 @@ impl Drop for NodeProc {
     }
 }
 
-/// An HTTP client with a time budget per request.
+/// The admin token every test node and hub is provisioned with ([`provision_admin`]) and [`http`] sends.
+pub const TEST_ADMIN_TOKEN: &str = "oms_7e57000000000000000000000000000000000000000000000000000000000001";
+
+/// Records [`TEST_ADMIN_TOKEN`] as the `admin` key of the data directory `dir` (once; later calls do nothing).
+pub fn provision_admin(dir: &Path) {
+    use oms_service::auth::keys;
+    let hash = keys::hex(&keys::token_hash(TEST_ADMIN_TOKEN));
+    if keys::read(dir).expect("read keys").keys.iter().any(|k| k.live() && k.sha256 == hash) {
+        return;
+    }
+    let admin =
+        keys::NewKey { name: "test-admin".into(), role: keys::Role::Admin, channel: None, rate_per_s: Some(1_000_000) };
+    keys::add_token(dir, TEST_ADMIN_TOKEN, admin, 1).expect("provision the test admin key");
+}
+
+/// Creates a key in `dir` and returns its token.
+pub fn create_key(dir: &Path, name: &str, role: &str, channel: Option<&str>, rate_per_s: Option<u32>) -> String {
+    use oms_service::auth::keys;
+    let new = keys::NewKey {
+        name: name.into(),
+        role: role.parse().expect("role"),
+        channel: channel.map(|c| oms_protocol::domain::Channel::parse(c).expect("channel")),
+        rate_per_s,
+    };
+    keys::create(dir, new, 1).expect("create key")
+}
+
+/// An HTTP client with a time budget per request that authenticates as the test admin.
 pub fn http() -> reqwest::Client {
+    http_as(TEST_ADMIN_TOKEN)
+}
+
+/// An HTTP client that sends `token` as its bearer token.
+pub fn http_as(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).default_headers(headers).build().expect("client")
+}
+
+/// Runs `oms <args>` to completion and returns its standard output; panics (with its stderr) if it fails.
+pub fn run_oms(args: &[&str]) -> String {
+    let out = Command::new(oms_bin()).args(args).output().expect("run oms");
+    assert!(out.status.success(), "oms {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An HTTP client that sends no credentials.
+pub fn http_anonymous() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
 }
 

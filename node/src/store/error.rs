@@ -98,6 +98,30 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The stable code of the error, as the API's problem and the audit trail name it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Invalid(v) => v.code,
+            StoreError::UnknownSku(_) => "unknown_sku",
+            StoreError::InsufficientStock(_) => "insufficient_stock",
+            StoreError::BelowReserved { .. } => "below_reserved",
+            StoreError::EscrowedToHub { .. } => "escrowed_to_hub",
+            StoreError::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            StoreError::OrderNotFound(_) => "order_not_found",
+            StoreError::OrderFrozen { .. } => "order_frozen",
+            StoreError::WaveNotFound(_) => "wave_not_found",
+            StoreError::Transition { .. } => "illegal_transition",
+            StoreError::LineMismatch { .. } => "line_mismatch",
+            StoreError::NothingToPick => "nothing_to_pick",
+            StoreError::Overloaded => "overloaded",
+            StoreError::ShuttingDown => "shutting_down",
+            StoreError::Storage(_) => "storage_unavailable",
+            StoreError::Corrupt { .. } => "corrupt_record",
+        }
+    }
+}
+
 fn fmt_shortfalls(s: &[Shortfall]) -> String {
     s.iter()
         .map(|s| format!("{} has {} available, {} requested", s.sku, s.available, s.requested))

@@ -66,6 +66,7 @@ use records::IdempotencyRecord;
 pub use records::{CatalogItem, FeedEntry, LedgerEntry, PickConfirmation, PickLine, Shortfall, Wave};
 pub use stock::Imported;
 use tables::*;
+pub use writer::Audit;
 pub use writer::IDEMPOTENCY_PRUNE_MAX;
 use writer::{Job, writer_loop};
 
@@ -108,6 +109,12 @@ impl Default for Limits {
 pub trait Command: writer::Apply + fmt::Debug + Send + 'static {
     /// What a command that is applied and committed answers with.
     type Reply: fmt::Debug + Send + 'static;
+
+    /// What the audit trail names as the command's target when its reply knows better than the request (the
+    /// id of an order or a wave it created, the SKU a movement posted to).
+    fn audit_target(_reply: &Self::Reply) -> Option<String> {
+        None
+    }
 }
 
 pub mod cmd {
@@ -167,6 +174,7 @@ impl Store {
             w.open_table(WAVES)?;
             w.open_table(FEED)?;
             w.open_table(META)?;
+            w.open_table(oms_service::audit::AUDIT)?;
             w.commit()?;
         }
         let db = Arc::new(db);
@@ -214,8 +222,19 @@ impl Store {
     /// Sends `cmd` to the writer and waits until it is committed (or refused); answers with the command's
     /// own reply.
     pub async fn execute<C: Command>(&self, cmd: C) -> Result<C::Reply, StoreError> {
+        self.execute_with(cmd, None).await
+    }
+
+    /// As [`Store::execute`], for a command an API caller asked for: its row in the audit trail (who, what,
+    /// when, outcome) is committed in the same transaction as the change, or refused with it.
+    pub async fn execute_audited<C: Command>(&self, cmd: C, audit: Audit) -> Result<C::Reply, StoreError> {
+        self.execute_with(cmd, Some(audit)).await
+    }
+
+    /// [`Store::execute_audited`] with an audit row, [`Store::execute`] without.
+    pub async fn execute_with<C: Command>(&self, cmd: C, audit: Option<Audit>) -> Result<C::Reply, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(writer::job(cmd, reply)).map_err(|e| match e {
+        self.tx.try_send(writer::job(cmd, audit, reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::ShuttingDown,
         })?;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use oms_protocol::domain::{FulfillmentState, Movement, OrderDraft, OrderId, Sku, Step};
-use oms_protocol::records::draft_sha256;
+use oms_protocol::records::{draft_sha256, scoped_idempotency_key};
 use oms_service::storage::StorageError;
 use redb::ReadableTable;
 
@@ -46,6 +46,10 @@ pub struct CreateOrder {
 
 impl Command for CreateOrder {
     type Reply = NewOrder;
+
+    fn audit_target(reply: &NewOrder) -> Option<String> {
+        Some(reply.record.id.to_string())
+    }
 }
 
 impl Apply for CreateOrder {
@@ -245,12 +249,20 @@ impl Tx<'_> {
 
     fn create_order(&mut self, key: String, draft: OrderDraft) -> Result<NewOrder, StoreError> {
         let hash = draft_sha256(&draft).map_err(|e| StoreError::from(StorageError::encode("an order", e)))?;
-        if let Some(v) = self.idem.get(key.as_str())? {
+        let scoped = scoped_idempotency_key(&draft.channel, &key);
+        if let Some(v) = self.idem.get(scoped.as_str())? {
             let rec: IdempotencyRecord = dec("idempotency", v.value())?;
             if rec.body_sha256 != hash {
                 return Err(StoreError::IdempotencyKeyReused(key));
             }
             return Ok(NewOrder { record: self.order(&rec.order)?, created: false });
+        }
+        // A record from before keys were scoped by channel: the same body (channel included) is a replay.
+        if let Some(v) = self.idem.get(key.as_str())? {
+            let rec: IdempotencyRecord = dec("idempotency", v.value())?;
+            if rec.body_sha256 == hash {
+                return Ok(NewOrder { record: self.order(&rec.order)?, created: false });
+            }
         }
         // Validate every line before writing anything.
         let mut shortfalls = Vec::new();
@@ -276,8 +288,8 @@ impl Tx<'_> {
         let rec = self.new_record(id.clone(), draft, FulfillmentState::Accepted, timeline);
         self.save_order(&rec, None)?;
         let idem = IdempotencyRecord { body_sha256: hash, order: id, at_ms: self.now_ms };
-        self.idem.insert(key.as_str(), enc(&idem)?.as_slice())?;
-        self.idem_by_time.insert((self.now_ms, key.as_str()), ())?;
+        self.idem.insert(scoped.as_str(), enc(&idem)?.as_slice())?;
+        self.idem_by_time.insert((self.now_ms, scoped.as_str()), ())?;
         Ok(NewOrder { record: rec, created: true })
     }
 

@@ -94,6 +94,15 @@ impl Store {
         Ok(out)
     }
 
+    /// Rows of the audit trail after `after`, at most `limit`, and where to continue if more may follow.
+    pub fn audit_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<oms_service::audit::AuditEvent>, Option<u64>), StoreError> {
+        Ok(oms_service::audit::page(&self.db, after, limit)?)
+    }
+
     /// Replays the whole ledger and compares with the stored balances. Returns the SKUs that differ.
     pub fn verify_ledger(&self) -> Result<Vec<Sku>, StoreError> {
         let r = self.read()?;

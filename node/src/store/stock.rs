@@ -20,6 +20,10 @@ pub struct PutCatalog(pub CatalogItem);
 impl Command for PutCatalog {
     /// The item as stored.
     type Reply = CatalogItem;
+
+    fn audit_target(reply: &CatalogItem) -> Option<String> {
+        Some(reply.sku.to_string())
+    }
 }
 
 impl Apply for PutCatalog {
@@ -40,6 +44,10 @@ pub struct Stock {
 impl Command for Stock {
     /// The ledger entry written, with the SKU's balance after it.
     type Reply = LedgerEntry;
+
+    fn audit_target(reply: &LedgerEntry) -> Option<String> {
+        Some(reply.sku.to_string())
+    }
 }
 
 impl Apply for Stock {

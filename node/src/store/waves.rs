@@ -16,6 +16,10 @@ pub struct CreateWave {
 
 impl Command for CreateWave {
     type Reply = Wave;
+
+    fn audit_target(reply: &Wave) -> Option<String> {
+        Some(format!("wave-{}", reply.id))
+    }
 }
 
 impl Apply for CreateWave {

@@ -33,9 +33,24 @@ pub trait Apply {
 /// A command in the writer's queue, with the sender its caller waits on.
 pub(super) type Job = Box<dyn Queued>;
 
-/// Queues `cmd`; its caller waits on `reply`.
-pub(super) fn job<C: Command>(cmd: C, reply: oneshot::Sender<Result<C::Reply, StoreError>>) -> Job {
-    Box::new(Pending { cmd, reply })
+/// Queues `cmd`; its caller waits on `reply`. With `audit`, the command's row in the audit trail is appended
+/// in the same transaction, whatever its outcome (a storage error aborts both).
+pub(super) fn job<C: Command>(
+    cmd: C,
+    audit: Option<Audit>,
+    reply: oneshot::Sender<Result<C::Reply, StoreError>>,
+) -> Job {
+    Box::new(Pending { cmd, audit, reply })
+}
+
+/// Who asked for a command over the API, and what it targets as far as the request says (an order id from
+/// the path); the command's reply may name the target instead ([`Command::audit_target`]).
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// The admitted caller and route.
+    pub actor: oms_service::audit::Actor,
+    /// The target named by the request, if any.
+    pub target: Option<String>,
 }
 
 /// A queued command, whatever its type: applied in its batch, or refused with the batch before its turn.
@@ -56,13 +71,28 @@ pub(super) trait Answer: Send {
 
 struct Pending<C: Command> {
     cmd: C,
+    audit: Option<Audit>,
     reply: oneshot::Sender<Result<C::Reply, StoreError>>,
 }
 
 impl<C: Command> Queued for Pending<C> {
     fn apply(self: Box<Self>, tx: &mut Tx<'_>, limits: &Limits) -> Box<dyn Answer> {
-        let Pending { cmd, reply } = *self;
-        Box::new(Done { result: cmd.apply(tx, limits), reply })
+        let Pending { cmd, audit, reply } = *self;
+        let mut result = cmd.apply(tx, limits);
+        if let Some(a) = audit
+            && !matches!(result, Err(StoreError::Storage(_)))
+        {
+            let target = result.as_ref().ok().and_then(C::audit_target).or(a.target);
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.code(),
+            };
+            if let Err(e) = oms_service::audit::append(&mut tx.audit, &a.actor, target.as_deref(), tx.now_ms, outcome) {
+                // The row could not be written: the batch fails, and with it the change the row records.
+                result = Err(StoreError::from(e));
+            }
+        }
+        Box::new(Done { result, reply })
     }
 
     fn refuse(self: Box<Self>, e: StoreError) {
@@ -189,6 +219,7 @@ pub struct Tx<'w> {
     pub(super) escrow: redb::Table<'w, &'static str, &'static [u8]>,
     pub(super) frozen: redb::Table<'w, &'static str, u64>,
     pub(super) freeze_queue: redb::Table<'w, &'static str, u64>,
+    pub(super) audit: redb::Table<'w, u64, &'static [u8]>,
     counters: BTreeMap<String, u64>,
 }
 
@@ -211,6 +242,7 @@ impl<'w> Tx<'w> {
             escrow: w.open_table(ESCROW)?,
             frozen: w.open_table(FROZEN)?,
             freeze_queue: w.open_table(FREEZE_QUEUE)?,
+            audit: w.open_table(oms_service::audit::AUDIT)?,
             counters: BTreeMap::new(),
         })
     }

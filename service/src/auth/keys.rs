@@ -272,8 +272,11 @@ pub fn read(dir: &Path) -> Result<KeyFile, KeyError> {
 
 /// Holds `dir`'s writer lock while `f` changes the key file, then writes the result durably.
 fn change<T>(dir: &Path, f: impl FnOnce(&mut KeyFile) -> Result<T, KeyError>) -> Result<T, KeyError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| KeyError::Io { what: "cannot create", path: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
+        what: "cannot create",
+        path: dir.to_owned(),
+        source,
+    })?;
     let lock_path = dir.join(LOCK_FILE);
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -326,6 +329,17 @@ pub struct NewKey {
 
 /// Creates a key in `dir` and returns its token: the only time the token exists outside the caller's hands.
 pub fn create(dir: &Path, new: NewKey, now_ms: u64) -> Result<String, KeyError> {
+    let token = new_token();
+    add_token(dir, &token, new, now_ms)?;
+    Ok(token)
+}
+
+/// Records a key for a token made elsewhere (a secret store provisioning the same key to several sites, a
+/// test harness). The token must have the shape [`create`] gives ([`token_well_formed`]).
+pub fn add_token(dir: &Path, token: &str, new: NewKey, now_ms: u64) -> Result<(), KeyError> {
+    if !token_well_formed(token) {
+        return Err(KeyError::Invalid(format!("a token is {TOKEN_PREFIX} and 64 lower-case hex digits")));
+    }
     check_name(&new.name)?;
     match (new.role, &new.channel) {
         (Role::Channel, None) => {
@@ -346,17 +360,20 @@ pub fn create(dir: &Path, new: NewKey, now_ms: u64) -> Result<String, KeyError> 
         if file.keys.len() >= KEYS_MAX {
             return Err(KeyError::Invalid(format!("the file holds {KEYS_MAX} keys, the most it may")));
         }
-        let token = new_token();
+        let sha256 = hex(&token_hash(token));
+        if file.keys.iter().any(|k| k.live() && k.sha256 == sha256) {
+            return Err(KeyError::Invalid("a live key has this token already".into()));
+        }
         file.keys.push(KeyRecord {
             name: new.name,
             role: new.role,
             channel: new.channel,
-            sha256: hex(&token_hash(&token)),
+            sha256,
             created_at_ms: now_ms,
             revoked_at_ms: None,
             rate_per_s: new.rate_per_s,
         });
-        Ok(token)
+        Ok(())
     })
 }
 

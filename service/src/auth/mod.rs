@@ -226,7 +226,10 @@ impl AuthStats {
             ("rate_limited", &self.rate_limited),
             ("in_flight", &self.in_flight_refused),
         ] {
-            out.push_str(&format!("{prefix}_auth_refusals_total{{reason=\"{reason}\"}} {}\n", c.load(Ordering::Relaxed)));
+            out.push_str(&format!(
+                "{prefix}_auth_refusals_total{{reason=\"{reason}\"}} {}\n",
+                c.load(Ordering::Relaxed)
+            ));
         }
         out.push_str(&format!(
             "# HELP {prefix}_auth_key_reload_errors Reloads of the key file that failed.\n\
@@ -419,7 +422,8 @@ fn burst_of(cfg: &AuthConfig, rate_per_s: Option<u32>) -> u32 {
     rate_per_s.map_or(cfg.burst, |r| r.saturating_mul(2))
 }
 
-fn unauthenticated() -> Problem {
+/// The `401` of a request without a live key.
+pub fn unauthenticated() -> Problem {
     Problem::new(
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
@@ -522,6 +526,117 @@ pub async fn authorize(State(auth): State<Arc<Auth>>, mut req: Request, next: Ne
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn principal(name: &str, role: Role) -> Principal {
+        Principal { name: name.into(), role, channel: None }
+    }
+
+    fn request(token: Option<&str>, path: &str) -> Request {
+        let mut b = axum::http::Request::builder().uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    }
+
+    /// `/slow` waits until the test lets it go; `/admin` is admin only; `/open` needs nothing.
+    fn app(auth: Arc<Auth>, gate: Arc<tokio::sync::Semaphore>) -> axum::Router {
+        use axum::routing::get;
+        axum::Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let gate = gate.clone();
+                    async move {
+                        let _ = gate.acquire().await;
+                        "done"
+                    }
+                }),
+            )
+            .route("/admin", get(|p: Principal| async move { p.name }))
+            .route("/open", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(auth, authorize))
+    }
+
+    fn policy(_: &Method, route: Option<&str>) -> Access {
+        match route {
+            Some("/open") => Access::Open,
+            Some("/admin") => Access::Roles(&[]),
+            _ => Access::Roles(ANY_ROLE),
+        }
+    }
+
+    const T1: &str = "oms_1111111111111111111111111111111111111111111111111111111111111111";
+    const T2: &str = "oms_2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[tokio::test]
+    async fn in_flight_past_the_cap_is_429_and_frees_when_answers_go_out() {
+        use tower::ServiceExt;
+        let cfg = AuthConfig { in_flight_per_key: 2, ..AuthConfig::default() };
+        let keys = vec![
+            (T1.to_owned(), principal("a", Role::Staff), None),
+            (T2.to_owned(), principal("b", Role::Staff), None),
+        ];
+        let auth = Arc::new(Auth::in_memory(keys, cfg, policy));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let app = app(auth.clone(), gate.clone());
+        let held: Vec<_> = (0..2).map(|_| tokio::spawn(app.clone().oneshot(request(Some(T1), "/slow")))).collect();
+        // Wait (bounded) until both are in flight.
+        for _ in 0..200 {
+            if auth.current().get(&keys::token_hash(T1)).unwrap().in_flight.load(Ordering::Relaxed) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let third = app.clone().oneshot(request(Some(T1), "/slow")).await.unwrap();
+        assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(third.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(auth.stats.in_flight_refused.load(Ordering::Relaxed), 1);
+        // Another key is not held up by the first one's cap.
+        gate.add_permits(1);
+        assert_eq!(app.clone().oneshot(request(Some(T2), "/slow")).await.unwrap().status(), StatusCode::OK);
+        gate.add_permits(2);
+        for h in held {
+            assert_eq!(h.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        assert_eq!(auth.current().get(&keys::token_hash(T1)).unwrap().in_flight.load(Ordering::Relaxed), 0);
+        gate.add_permits(1);
+        assert_eq!(app.oneshot(request(Some(T1), "/slow")).await.unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn roles_tokens_and_open_routes() {
+        use tower::ServiceExt;
+        let keys = vec![
+            (T1.to_owned(), principal("s", Role::Staff), None),
+            (T2.to_owned(), principal("root", Role::Admin), None),
+        ];
+        let cfg = AuthConfig { open_rate_per_s: 1, ..AuthConfig::default() };
+        let auth = Arc::new(Auth::in_memory(keys, cfg, policy));
+        let app = app(auth.clone(), Arc::new(tokio::sync::Semaphore::new(0)));
+        let status = |r: Response| r.status();
+        assert_eq!(status(app.clone().oneshot(request(None, "/admin")).await.unwrap()), StatusCode::UNAUTHORIZED);
+        assert_eq!(status(app.clone().oneshot(request(Some(T1), "/admin")).await.unwrap()), StatusCode::FORBIDDEN);
+        let r = app.clone().oneshot(request(Some(T2), "/admin")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"root", "the handler sees the principal");
+        // Open: no token needed, but 1 a second (burst 2) per IP.
+        let codes: Vec<u16> = open_calls(&app, 3).await.into_iter().map(|r| r.status().as_u16()).collect();
+        assert_eq!(codes, [200, 200, 429]);
+        assert_eq!(auth.stats.unauthenticated.load(Ordering::Relaxed), 1);
+        assert_eq!(auth.stats.forbidden.load(Ordering::Relaxed), 1);
+        assert_eq!(auth.stats.rate_limited.load(Ordering::Relaxed), 1);
+    }
+
+    async fn open_calls(app: &axum::Router, n: usize) -> Vec<Response> {
+        use tower::ServiceExt;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(app.clone().oneshot(request(None, "/open")).await.unwrap());
+        }
+        out
+    }
 
     #[test]
     fn buckets_refill_at_their_rate_and_never_past_the_burst() {
