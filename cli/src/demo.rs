@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
+use oms_service::auth::keys;
 use tokio::process::{Child, Command};
 
 /// Options of `oms demo`.
@@ -111,6 +112,78 @@ fn make_pki(dir: &std::path::Path, sites: &[Site]) -> anyhow::Result<()> {
         pki::issue(dir, dir, &Identity::node(TENANT, s.id)?, &IssueOptions::valid_for(day))?;
     }
     Ok(())
+}
+
+/// The demo's API keys: one token per role, provisioned to every site (as a secret store would), each
+/// process holding only its hash.
+struct DemoKeys {
+    /// Seeds stock, reads orders and the audit trail for the report.
+    admin: String,
+    /// The staff loops: waves, picks, pack, ship, deliver, returns.
+    staff: String,
+    /// Each site's till (channel `pos`).
+    pos: String,
+}
+
+impl DemoKeys {
+    fn new() -> Self {
+        let token = || format!("{}{}", keys::TOKEN_PREFIX, keys::hex(&rand::random::<[u8; 32]>()));
+        DemoKeys { admin: token(), staff: token(), pos: token() }
+    }
+
+    /// Records the keys in a node's data directory; returns how many.
+    fn provision_node(&self, dir: &std::path::Path) -> anyhow::Result<u64> {
+        let now = oms_service::now_ms();
+        let key = |name: &str, role, channel: Option<&str>| -> anyhow::Result<keys::NewKey> {
+            let channel = channel.map(oms_protocol::domain::Channel::parse).transpose()?;
+            // The demo drives hundreds of requests a second through each key.
+            Ok(keys::NewKey { name: name.into(), role, channel, rate_per_s: Some(100_000) })
+        };
+        keys::add_token(dir, &self.admin, key("demo-admin", keys::Role::Admin, None)?, now)?;
+        keys::add_token(dir, &self.staff, key("demo-staff", keys::Role::Staff, None)?, now)?;
+        keys::add_token(dir, &self.pos, key("demo-pos", keys::Role::Channel, Some("pos"))?, now)?;
+        Ok(3)
+    }
+}
+
+/// An HTTP client that authenticates with `token`.
+fn client(token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    Ok(reqwest::Client::builder().timeout(Duration::from_secs(15)).default_headers(headers).build()?)
+}
+
+/// Per site: the audit trail's successful ship rows, read through every page; None if unreachable.
+async fn audited_ships(http: &reqwest::Client, addr: SocketAddr) -> Option<u64> {
+    let mut after = 0u64;
+    let mut ships = 0u64;
+    for _ in 0..10_000 {
+        let url = format!("http://{addr}/v1/audit/events?after={after}&limit=1000");
+        let v: Value = http.get(url).send().await.ok()?.json().await.ok()?;
+        for e in v["events"].as_array()? {
+            if e["route"] == "/v1/orders/{id}/ship" && e["outcome"] == "ok" {
+                ships += 1;
+            }
+        }
+        match v["next_after"].as_u64() {
+            Some(n) => after = n,
+            None => return Some(ships),
+        }
+    }
+    None
+}
+
+/// Calls that must be refused: no token (401), and the staff key creating an order (403). Returns how many
+/// were not refused as they should be (must be 0).
+async fn auth_probes(staff: &reqwest::Client, addr: SocketAddr) -> u64 {
+    let anonymous = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/orders");
+    let mut wrong = 0;
+    let r = anonymous.get(&url).send().await;
+    wrong += u64::from(!r.is_ok_and(|r| r.status() == 401));
+    let r = staff.post(&url).header("idempotency-key", "probe").json(&json!({})).send().await;
+    wrong += u64::from(!r.is_ok_and(|r| r.status() == 403));
+    wrong
 }
 
 /// Links a site to the hub through its `node.toml`.
@@ -338,6 +411,14 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         write_node_config(s, via, &certs)?;
     }
     println!("started hub       at http://{hub_http}  (QUIC {hub_quic}); {CUT_SITE} links through a relay");
+    let keys = DemoKeys::new();
+    let mut api_keys = 0u64;
+    for s in &sites {
+        api_keys += keys.provision_node(&s.dir)?;
+    }
+    let admin = client(&keys.admin)?;
+    let staff_http = client(&keys.staff)?;
+    let pos_http = client(&keys.pos)?;
     let mut children = Vec::new();
     for s in &sites {
         children.push(spawn_node(s).await?);
@@ -350,7 +431,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     for (si, s) in sites.iter().enumerate() {
         let base = format!("http://{}/v1", s.addr);
         for i in 0..SKUS {
-            let r = http
+            let r = admin
                 .put(format!("{base}/catalog/{}", sku(i)))
                 .json(&json!({"name": format!("Item {i}"), "bin": format!("{}-{:02}", ["A", "B", "C"][i % 3], i)}))
                 .send()
@@ -361,7 +442,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             // cannot truncate: the remainder is below 60.
             let qty = 40 + ((i * 7 + si * 13) % 60) as u64;
             let (st, _) = post(
-                &http,
+                &admin,
                 format!("{base}/stock/receipts"),
                 json!({"sku": sku(i), "qty": qty, "note": "opening stock"}),
             )
@@ -379,7 +460,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let mut staff = Vec::new();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for (i, s) in sites.iter().enumerate() {
-        let (http, stop) = (http.clone(), stop.clone());
+        let (http, stop) = (staff_http.clone(), stop.clone());
         // cannot truncate: usize has at most 64 bits.
         staff.push(tokio::spawn(staff_loop(http, s.addr, a.seed + i as u64, until, stop, tally.clone())));
     }
@@ -389,7 +470,8 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let addrs: Vec<SocketAddr> = sites.iter().map(|s| s.addr).collect();
     let hub_ids = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let placer = {
-        let (http, tally, addrs, hub_ids) = (http.clone(), tally.clone(), addrs.clone(), hub_ids.clone());
+        let (http, pos_http, tally, addrs, hub_ids) =
+            (http.clone(), pos_http.clone(), tally.clone(), addrs.clone(), hub_ids.clone());
         let rate = a.rate;
         let seed = a.seed;
         tokio::spawn(async move {
@@ -424,7 +506,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 } else {
                     format!("http://{}/v1/orders", addrs[site])
                 };
-                let (http, tally, hub_ids) = (http.clone(), tally.clone(), hub_ids.clone());
+                // The hub's channels and each site's till each use their own key.
+                let http = if to_hub { http.clone() } else { pos_http.clone() };
+                let (tally, hub_ids) = (tally.clone(), hub_ids.clone());
                 if inflight.len() >= 256 {
                     let _ = inflight.join_next().await;
                 }
@@ -473,7 +557,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     // Cut one site off the hub for the middle half of the run.
     let cutter = {
         let relay = relay.clone();
-        let cut_http = http.clone();
+        let cut_http = admin.clone();
         let cut_addr = sites.iter().find(|s| s.id == CUT_SITE).map(|s| s.addr).context("cut site")?;
         let (quarter, half) = (Duration::from_millis(a.duration * 250), Duration::from_millis(a.duration * 500));
         tokio::spawn(async move {
@@ -548,7 +632,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     while traffic_stopped.elapsed() < Duration::from_secs(120) {
         // Both sides may still be moving (assignments in flight to a site), so read both each round.
         for s in &sites {
-            if let Some(ids) = node_order_ids(&http, s.addr).await {
+            if let Some(ids) = node_order_ids(&admin, s.addr).await {
                 // cannot truncate: usize has at most 64 bits.
                 node_counts.insert(s.id.to_owned(), ids.len() as u64);
             }
@@ -584,6 +668,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let mut total_orders = 0u64;
     let mut total_shipped = 0u64;
     let mut all_consistent = true;
+    let (mut audit_ships, mut audit_mismatches, mut auth_probe_failures) = (0u64, 0u64, 0u64);
     println!(
         "\n{:<9} {:>7} {:>8} {:>8} {:>9} {:>10}  ledger   (orders = the site's own + routed by the hub)",
         "site", "orders", "shipped", "deliv.", "cancelled", "backorder"
@@ -611,7 +696,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 if let Some(a) = &after {
                     url.push_str(&format!("&after={a}"));
                 }
-                let v: Value = http.get(url).send().await?.json().await?;
+                let v: Value = admin.get(url).send().await?.json().await?;
                 let page = v["orders"].as_array().cloned().unwrap_or_default();
                 // cannot truncate: usize has at most 64 bits.
                 let k = page.len() as u64;
@@ -637,18 +722,23 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             }
             counts.insert(st, n);
         }
-        let stock: Value = http.get(format!("{base}/stock?limit=500")).send().await?.json().await?;
+        let stock: Value = admin.get(format!("{base}/stock?limit=500")).send().await?.json().await?;
         for item in stock["items"].as_array().into_iter().flatten() {
             let on_hand = item["on_hand"].as_u64().unwrap_or(0);
             let reserved = item["reserved"].as_u64().unwrap_or(0);
             oversold += reserved.saturating_sub(on_hand);
         }
         oversold += rejected_units;
-        let audit: Value = http.get(format!("{base}/audit/ledger")).send().await?.json().await?;
+        let audit: Value = admin.get(format!("{base}/audit/ledger")).send().await?.json().await?;
         let ledger_ok = audit["consistent"] == Value::Bool(true);
         all_consistent &= ledger_ok;
         let orders: u64 = counts.values().sum();
         let shipped = counts["shipped"] + counts["delivered"];
+        // Every shipped order has its `ship` row in the site's audit trail, committed with the change.
+        let ships = audited_ships(&admin, s.addr).await;
+        audit_mismatches += ships.map_or(1, |n| n.abs_diff(shipped));
+        audit_ships += ships.unwrap_or(0);
+        auth_probe_failures += auth_probes(&staff_http, s.addr).await;
         total_orders += local_orders;
         total_shipped += shipped;
         println!(
@@ -707,7 +797,14 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!(
         "certificates in use shown by the hub {certificates_shown} (the hub's and each node's), expiring within 30 days {certificates_expiring_soon}"
     );
+    println!(
+        "API keys {api_keys} (admin, staff and till per site); audited ship rows {audit_ships} (mismatches {audit_mismatches}); unauthenticated or wrong-role calls let through {auth_probe_failures}"
+    );
     let summary = json!({
+        "api_keys": api_keys,
+        "audit_ship_rows": audit_ships,
+        "audit_mismatches": audit_mismatches,
+        "auth_probe_failures": auth_probe_failures,
         "certificates_shown": certificates_shown,
         "certificates_expiring_soon": certificates_expiring_soon,
         "orders_placed": placed + hub_placed,
@@ -741,9 +838,16 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if !converged {
         bail!("the hub did not converge with the nodes within 120 s");
     }
-    if oversold > 0 || placed != total_orders || !all_consistent || hub_missing > 0 || certificates_expiring_soon > 0 {
+    if oversold > 0
+        || placed != total_orders
+        || !all_consistent
+        || hub_missing > 0
+        || certificates_expiring_soon > 0
+        || audit_mismatches > 0
+        || auth_probe_failures > 0
+    {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}"
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}"
         );
     }
     Ok(())
