@@ -393,10 +393,11 @@ where
         }
         let io = TokioIo::new(SendTimeout::new(stream, cfg.send_timeout()));
         // Each request carries its peer's address (the open routes' per-IP rate limit reads it).
-        let svc = tower::ServiceExt::map_request(app.clone(), move |mut req: axum::http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(crate::auth::PeerAddr(peer));
-            req
-        });
+        let svc =
+            tower::ServiceExt::map_request(app.clone(), move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(crate::auth::PeerAddr(peer));
+                req
+            });
         let conn = http1.serve_connection(io, TowerToHyperService::new(svc));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -166,9 +166,58 @@ impl Drop for NodeProc {
     }
 }
 
-/// An HTTP client with a time budget per request.
+/// The token of the admin key [`install_admin_key`] writes: fixed, so that one client (see
+/// [`client_builder`]) can speak to every process a test starts. Only for tests on loopback.
+pub const TEST_ADMIN_TOKEN: &str = "oms_7e57000000000000000000000000000000000000000000000000000000000001";
+/// The name of that key (in audit rows).
+pub const TEST_ADMIN_KEY: &str = "test-admin";
+
+/// Puts the admin key of [`TEST_ADMIN_TOKEN`] into the key file of the data directory `dir` (created if
+/// missing), as `oms keys create` would with that token. A process reading `dir` takes it at start (or at
+/// its next check). Idempotent.
+pub fn install_admin_key(dir: &Path) {
+    use oms_service::auth::keys::{self, KeyRecord, Role};
+    std::fs::create_dir_all(dir).expect("data dir");
+    let mut file = keys::read(dir).expect("key file");
+    let sha256 = keys::hex(&keys::token_hash(TEST_ADMIN_TOKEN));
+    if !file.keys.iter().any(|k| k.live() && k.sha256 == sha256) {
+        file.version = 1;
+        file.keys.push(KeyRecord {
+            name: TEST_ADMIN_KEY.into(),
+            role: Role::Admin,
+            channel: None,
+            sha256,
+            created_at_ms: 1,
+            revoked_at_ms: None,
+            rate_per_s: None,
+        });
+        let path = keys::keys_path(dir);
+        std::fs::write(&path, serde_json::to_vec_pretty(&file).expect("encode keys")).expect("write keys");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod keys");
+        }
+        keys::read(dir).expect("the key file reads back");
+    }
+}
+
+/// A client builder that sends `Authorization: Bearer` [`TEST_ADMIN_TOKEN`] with every request.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    client_with_token(TEST_ADMIN_TOKEN)
+}
+
+/// A client builder that sends `Authorization: Bearer <token>` with every request.
+pub fn client_with_token(token: &str) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("token header");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers)
+}
+
+/// An HTTP client with a time budget per request, acting as the test admin ([`client_builder`]).
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+    client_builder().timeout(Duration::from_secs(20)).build().expect("client")
 }
 
 /// A valid order body for `skus` (sku, qty).

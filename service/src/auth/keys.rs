@@ -272,8 +272,11 @@ pub fn read(dir: &Path) -> Result<KeyFile, KeyError> {
 
 /// Holds `dir`'s writer lock while `f` changes the key file, then writes the result durably.
 fn change<T>(dir: &Path, f: impl FnOnce(&mut KeyFile) -> Result<T, KeyError>) -> Result<T, KeyError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| KeyError::Io { what: "cannot create", path: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
+        what: "cannot create",
+        path: dir.to_owned(),
+        source,
+    })?;
     let lock_path = dir.join(LOCK_FILE);
     let lock = std::fs::OpenOptions::new()
         .create(true)

@@ -226,7 +226,10 @@ impl AuthStats {
             ("rate_limited", &self.rate_limited),
             ("in_flight", &self.in_flight_refused),
         ] {
-            out.push_str(&format!("{prefix}_auth_refusals_total{{reason=\"{reason}\"}} {}\n", c.load(Ordering::Relaxed)));
+            out.push_str(&format!(
+                "{prefix}_auth_refusals_total{{reason=\"{reason}\"}} {}\n",
+                c.load(Ordering::Relaxed)
+            ));
         }
         out.push_str(&format!(
             "# HELP {prefix}_auth_key_reload_errors Reloads of the key file that failed.\n\
