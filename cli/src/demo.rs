@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use oms_service::auth::keys;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
-use oms_service::auth::keys;
 use tokio::process::{Child, Command};
 
 /// Options of `oms demo`.
@@ -123,27 +123,51 @@ struct DemoKeys {
     staff: String,
     /// Each site's till (channel `pos`).
     pos: String,
+    /// Customer service at the sites: the odd cancellation after pick.
+    service: String,
+    /// The hub's `web` channel.
+    web: String,
+    /// The hub's `marketplace` channel.
+    marketplace: String,
 }
 
 impl DemoKeys {
     fn new() -> Self {
         let token = || format!("{}{}", keys::TOKEN_PREFIX, keys::hex(&rand::random::<[u8; 32]>()));
-        DemoKeys { admin: token(), staff: token(), pos: token() }
+        DemoKeys { admin: token(), staff: token(), pos: token(), service: token(), web: token(), marketplace: token() }
     }
 
     /// Records the keys in a node's data directory; returns how many.
     fn provision_node(&self, dir: &std::path::Path) -> anyhow::Result<u64> {
-        let now = oms_service::now_ms();
-        let key = |name: &str, role, channel: Option<&str>| -> anyhow::Result<keys::NewKey> {
-            let channel = channel.map(oms_protocol::domain::Channel::parse).transpose()?;
-            // The demo drives hundreds of requests a second through each key.
-            Ok(keys::NewKey { name: name.into(), role, channel, rate_per_s: Some(100_000) })
-        };
-        keys::add_token(dir, &self.admin, key("demo-admin", keys::Role::Admin, None)?, now)?;
-        keys::add_token(dir, &self.staff, key("demo-staff", keys::Role::Staff, None)?, now)?;
-        keys::add_token(dir, &self.pos, key("demo-pos", keys::Role::Channel, Some("pos"))?, now)?;
+        add_key(dir, &self.admin, "demo-admin", keys::Role::Admin, None)?;
+        add_key(dir, &self.staff, "demo-staff", keys::Role::Staff, None)?;
+        add_key(dir, &self.pos, "demo-pos", keys::Role::Channel, Some("pos"))?;
+        add_key(dir, &self.service, "demo-service", keys::Role::Service, None)?;
+        Ok(4)
+    }
+
+    /// Records the hub's keys (admin for the report, one per channel) in its data directory; returns how many.
+    fn provision_hub(&self, dir: &std::path::Path) -> anyhow::Result<u64> {
+        add_key(dir, &self.admin, "demo-admin", keys::Role::Admin, None)?;
+        add_key(dir, &self.web, "demo-web", keys::Role::Channel, Some("web"))?;
+        add_key(dir, &self.marketplace, "demo-marketplace", keys::Role::Channel, Some("marketplace"))?;
         Ok(3)
     }
+}
+
+/// Records `token` as a key in the data directory `dir`.
+fn add_key(
+    dir: &std::path::Path,
+    token: &str,
+    name: &str,
+    role: keys::Role,
+    channel: Option<&str>,
+) -> anyhow::Result<()> {
+    let channel = channel.map(oms_protocol::domain::Channel::parse).transpose()?;
+    // The demo drives hundreds of requests a second through each key.
+    let new = keys::NewKey { name: name.into(), role, channel, rate_per_s: Some(100_000) };
+    keys::add_token(dir, token, new, oms_service::now_ms())?;
+    Ok(())
 }
 
 /// An HTTP client that authenticates with `token`.
@@ -298,6 +322,7 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Resul
 /// converged, so assignments that arrive late are shipped too), at most two minutes.
 async fn staff_loop(
     http: reqwest::Client,
+    service: reqwest::Client,
     addr: SocketAddr,
     seed: u64,
     until: Instant,
@@ -346,7 +371,8 @@ async fn staff_loop(
             }
             if rng.random_ratio(1, 40) {
                 if let Ok((200, _)) =
-                    post(&http, format!("{base}/orders/{id}/cancel"), json!({"reason": "customer changed mind"})).await
+                    post(&service, format!("{base}/orders/{id}/cancel"), json!({"reason": "customer changed mind"}))
+                        .await
                 {
                     tally.cancelled.fetch_add(1, Ordering::Relaxed);
                 }
@@ -399,6 +425,8 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     make_pki(&certs, &sites)?;
     let hub_quic = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
     let hub_http = free_port()?;
+    let keys = DemoKeys::new();
+    let mut api_keys = keys.provision_hub(&a.data.join("hub"))?;
     let mut hub = spawn_hub(&a.data.join("hub"), &certs, hub_quic, hub_http)?;
     wait_healthy(&http, hub_http).await?;
     let relay = Arc::new(
@@ -411,14 +439,15 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         write_node_config(s, via, &certs)?;
     }
     println!("started hub       at http://{hub_http}  (QUIC {hub_quic}); {CUT_SITE} links through a relay");
-    let keys = DemoKeys::new();
-    let mut api_keys = 0u64;
     for s in &sites {
         api_keys += keys.provision_node(&s.dir)?;
     }
     let admin = client(&keys.admin)?;
     let staff_http = client(&keys.staff)?;
     let pos_http = client(&keys.pos)?;
+    let service_http = client(&keys.service)?;
+    let web_http = client(&keys.web)?;
+    let market_http = client(&keys.marketplace)?;
     let mut children = Vec::new();
     for s in &sites {
         children.push(spawn_node(s).await?);
@@ -460,9 +489,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let mut staff = Vec::new();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for (i, s) in sites.iter().enumerate() {
-        let (http, stop) = (staff_http.clone(), stop.clone());
+        let (http, service, stop) = (staff_http.clone(), service_http.clone(), stop.clone());
         // cannot truncate: usize has at most 64 bits.
-        staff.push(tokio::spawn(staff_loop(http, s.addr, a.seed + i as u64, until, stop, tally.clone())));
+        staff.push(tokio::spawn(staff_loop(http, service, s.addr, a.seed + i as u64, until, stop, tally.clone())));
     }
     // Two channels (web, marketplace) send three quarters of the orders to the hub, which routes them by
     // proximity within its escrowed rights; the rest are each site's own till sales (channel pos), which go
@@ -470,8 +499,8 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let addrs: Vec<SocketAddr> = sites.iter().map(|s| s.addr).collect();
     let hub_ids = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let placer = {
-        let (http, pos_http, tally, addrs, hub_ids) =
-            (http.clone(), pos_http.clone(), tally.clone(), addrs.clone(), hub_ids.clone());
+        let (web_http, market_http, pos_http, tally, addrs, hub_ids) =
+            (web_http.clone(), market_http.clone(), pos_http.clone(), tally.clone(), addrs.clone(), hub_ids.clone());
         let rate = a.rate;
         let seed = a.seed;
         tokio::spawn(async move {
@@ -507,7 +536,11 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                     format!("http://{}/v1/orders", addrs[site])
                 };
                 // The hub's channels and each site's till each use their own key.
-                let http = if to_hub { http.clone() } else { pos_http.clone() };
+                let http = match channel {
+                    "web" => web_http.clone(),
+                    "marketplace" => market_http.clone(),
+                    _ => pos_http.clone(),
+                };
                 let (tally, hub_ids) = (tally.clone(), hub_ids.clone());
                 if inflight.len() >= 256 {
                     let _ = inflight.join_next().await;
@@ -637,7 +670,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 node_counts.insert(s.id.to_owned(), ids.len() as u64);
             }
         }
-        if let Some(c) = hub_counts(&http, hub_http).await {
+        if let Some(c) = hub_counts(&admin, hub_http).await {
             hub_seen = c;
             if node_counts.len() == sites.len() && node_counts.iter().all(|(site, n)| hub_seen.get(site) == Some(n)) {
                 converged = true;
@@ -761,7 +794,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let mut hub_missing = 0u64;
     let mut hub_by_status: BTreeMap<String, u64> = BTreeMap::new();
     for id in &acked {
-        match http.get(format!("http://{hub_http}/v1/orders/{id}")).send().await {
+        match admin.get(format!("http://{hub_http}/v1/orders/{id}")).send().await {
             Ok(r) if r.status().is_success() => {
                 let v: Value = r.json().await.unwrap_or(Value::Null);
                 *hub_by_status.entry(v["status"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
@@ -793,12 +826,12 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         tally.cancelled.load(Ordering::Relaxed),
         tally.returned.load(Ordering::Relaxed)
     );
-    let (certificates_shown, certificates_expiring_soon) = hub_certificates(&http, hub_http).await.unwrap_or((0, 0));
+    let (certificates_shown, certificates_expiring_soon) = hub_certificates(&admin, hub_http).await.unwrap_or((0, 0));
     println!(
         "certificates in use shown by the hub {certificates_shown} (the hub's and each node's), expiring within 30 days {certificates_expiring_soon}"
     );
     println!(
-        "API keys {api_keys} (admin, staff and till per site); audited ship rows {audit_ships} (mismatches {audit_mismatches}); unauthenticated or wrong-role calls let through {auth_probe_failures}"
+        "API keys {api_keys} (admin, staff, till and service per site; admin and one per channel at the hub); audited ship rows {audit_ships} (mismatches {audit_mismatches}); unauthenticated or wrong-role calls let through {auth_probe_failures}"
     );
     let summary = json!({
         "api_keys": api_keys,

@@ -11,6 +11,27 @@
 //!   freshness (when the node last wrote its stock document).
 //! - `GET /v1/forecast/{sku}` and `GET /v1/replenishment`: demand forecasts and reorder suggestions, see
 //!   [`crate::forecast_api`].
+//! - `POST /v1/orders`, `GET /v1/orders/{id}/routing`, `POST /v1/orders/{id}/cancel`, `GET /v1/track/{token}`:
+//!   see [`crate::orders`].
+//! - `GET /v1/audit/events?after=&limit=`: the audit trail of creates and cancels, paged by `seq` (at most
+//!   [`oms_service::audit::AUDIT_PAGE_MAX`] rows; follow `next_after` until it is null).
+//! - `GET /metrics`: OpenMetrics text: the refusals of the auth layer, nodes connected, documents held,
+//!   orders taken and waiting, live API keys.
+//!
+//! Every route but `/healthz` and `/v1/track/{token}` needs an API key (`Authorization: Bearer`, see
+//! [`oms_service::auth`]); [`policy`] says which roles each route admits (`admin` always):
+//!
+//! | route | roles |
+//! |---|---|
+//! | `GET /healthz`, `GET /v1/track/{token}` | open (rate limited per client IP) |
+//! | `GET /v1/nodes`, `/v1/stock`, `/v1/stock/{sku}`, `/v1/forecast/{sku}`, `/v1/replenishment` | planner |
+//! | `GET /v1/orders` | planner, service, channel (a channel key lists its channel's hub orders) |
+//! | `POST /v1/orders` | channel (its own channel only) |
+//! | `GET /v1/orders/{id}`, `GET /v1/orders/{id}/routing` | planner, service, channel (own channel only) |
+//! | `POST /v1/orders/{id}/cancel` | channel (own channel only), service (with a reason) |
+//! | `GET /v1/audit/events` | admin only |
+//! | `GET /metrics` | monitor |
+//! | anything else | any key (so an unknown path is `404`, or `405`, only to a caller with a key) |
 //!
 //! Every handler reads documents under the hub's lock and answers from memory; lists are paged.
 
@@ -18,12 +39,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use oms_protocol::domain::OrderId;
 use oms_protocol::schema;
+use oms_service::auth::{ANY_ROLE, Access, Auth, Principal, Role, authorize};
 use oms_service::now_ms;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -41,9 +63,35 @@ pub const ORDER_ROWS_READ_MAX: usize = 20_000;
 // The stock-read bounds live in `docs`, where `demand` reads stock documents too.
 pub use crate::docs::{STOCK_SITES_MAX, STOCK_SKUS_MAX};
 
-/// The router. Every POST (orders, cancel) names `application/json` as its content type, the body-less cancel
+const PLANNER: &[Role] = &[Role::Planner];
+const ORDER_READERS: &[Role] = &[Role::Planner, Role::Service, Role::Channel];
+const CHANNEL: &[Role] = &[Role::Channel];
+const CANCELLERS: &[Role] = &[Role::Channel, Role::Service];
+const MONITOR: &[Role] = &[Role::Monitor];
+const ADMIN_ONLY: &[Role] = &[];
+
+/// What each hub route needs (the table in the module docs), by method and matched route.
+pub fn policy(method: &Method, route: Option<&str>) -> Access {
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
+    match route {
+        Some("/healthz" | "/v1/track/{token}") if get => Access::Open,
+        Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
+            Access::Roles(PLANNER)
+        }
+        Some("/v1/orders" | "/v1/orders/{id}" | "/v1/orders/{id}/routing") if get => Access::Roles(ORDER_READERS),
+        Some("/v1/orders") if post => Access::Roles(CHANNEL),
+        Some("/v1/orders/{id}/cancel") if post => Access::Roles(CANCELLERS),
+        Some("/v1/audit/events") if get => Access::Roles(ADMIN_ONLY),
+        Some("/metrics") if get => Access::Roles(MONITOR),
+        _ => Access::Roles(ANY_ROLE),
+    }
+}
+
+/// The router, behind `auth` ([`policy`]; the middleware is added last, so it runs first and sees the matched
+/// route). Every POST (orders, cancel) names `application/json` as its content type, the body-less cancel
 /// too (`oms_service::guard::require_media_type`).
-pub fn router(hub: Arc<Hub>) -> Router {
+pub fn router(hub: Arc<Hub>, auth: Arc<Auth>) -> Router {
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/nodes", get(nodes))
@@ -51,11 +99,80 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/orders/{id}", get(order))
         .route("/v1/stock", get(stock))
         .route("/v1/stock/{sku}", get(stock_one))
+        .route("/v1/audit/events", get(audit_events))
         .with_state(hub.clone())
+        .merge(Router::new().route("/metrics", get(metrics)).with_state((hub.clone(), auth.clone())))
         .merge(crate::orders::router(hub.clone()))
         .merge(crate::forecast_api::router(hub))
         .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX));
     oms_service::guard::require_media_type(routes, oms_service::guard::MediaType::Json)
+        .layer(axum::middleware::from_fn_with_state(auth, authorize))
+}
+
+/// Parses `after` / `limit` of a paged query into a problem document when they are not numbers.
+fn query_u64(q: &std::collections::HashMap<String, String>, name: &str) -> Result<Option<u64>, Problem> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{name} must be a whole number"))
+            })
+        })
+        .transpose()
+}
+
+/// `GET /v1/audit/events?after=&limit=`.
+async fn audit_events(
+    State(hub): State<Arc<Hub>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>, Problem> {
+    if let Some(bad) = q.keys().find(|k| !matches!(k.as_str(), "after" | "limit")) {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown parameter {bad:?}")));
+    }
+    let after = query_u64(&q, "after")?.unwrap_or(0);
+    let limit = query_u64(&q, "limit")?.unwrap_or(100);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX).clamp(1, oms_service::audit::AUDIT_PAGE_MAX);
+    let h = hub.clone();
+    let (events, next_after) = tokio::task::spawn_blocking(move || h.intake.audit_page(after, limit))
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("audit read failed: {e}")))?
+        .map_err(Problem::from)?;
+    Ok(Json(json!({"events": events, "next_after": next_after})))
+}
+
+/// `GET /metrics`: OpenMetrics text.
+async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
+    let mut out = auth.stats.openmetrics("oms_hub");
+    let (connected, held) = {
+        let docs = lock(&hub.docs);
+        (docs.nodes.values().filter(|n| n.connected).count(), docs.db().len())
+    };
+    let h = hub.clone();
+    let taken = tokio::task::spawn_blocking(move || h.intake.orders_taken()).await.ok().and_then(Result::ok);
+    let gauge = |out: &mut String, name: &str, help: &str, v: String| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
+    };
+    gauge(&mut out, "oms_hub_nodes_connected", "Nodes with a live sync session.", connected.to_string());
+    gauge(&mut out, "oms_hub_documents_held", "Documents the hub holds.", held.to_string());
+    gauge(
+        &mut out,
+        "oms_hub_orders_waiting",
+        "Customer orders with units not placed yet.",
+        hub.intake.open_count().to_string(),
+    );
+    gauge(&mut out, "oms_hub_api_keys_live", "API keys in force.", auth.live_keys().to_string());
+    if let Some(n) = taken {
+        out.push_str(&format!(
+            "# HELP oms_hub_orders_taken Customer orders the hub took.\n# TYPE oms_hub_orders_taken counter\n\
+             oms_hub_orders_taken_total {n}\n"
+        ));
+    }
+    out.push_str("# EOF\n");
+    let mut resp = out.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
 }
 
 fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Response {
@@ -123,9 +240,18 @@ struct OrdersQuery {
     limit: Option<usize>,
 }
 
-async fn orders(State(hub): State<Arc<Hub>>, Query(q): Query<OrdersQuery>) -> Json<Value> {
-    let docs = lock(&hub.docs);
+async fn orders(State(hub): State<Arc<Hub>>, principal: Principal, Query(q): Query<OrdersQuery>) -> Response {
     let limit = q.limit.unwrap_or(ORDERS_PAGE_MAX).min(ORDERS_PAGE_MAX);
+    if let Some(channel) = principal.confined_to() {
+        if q.site.is_some() {
+            return problem(StatusCode::BAD_REQUEST, "invalid_query", "a channel key lists its orders without site");
+        }
+        return match crate::orders::channel_orders(&hub, channel, q.after.as_deref(), limit.max(1)) {
+            Ok(v) => Json(v).into_response(),
+            Err(p) => p.into_response(),
+        };
+    }
+    let docs = lock(&hub.docs);
     let page = docs.order_page(q.site.as_deref(), q.after.as_deref(), limit, ORDER_ROWS_READ_MAX);
     let list: Vec<Value> = page
         .ids
@@ -143,15 +269,19 @@ async fn orders(State(hub): State<Arc<Hub>>, Query(q): Query<OrdersQuery>) -> Js
         Some(s) => counts.get(s).copied().unwrap_or(0),
         None => counts.values().sum(),
     };
-    Json(json!({"total": total, "by_site": counts, "orders": list, "next_after": next_after}))
+    Json(json!({"total": total, "by_site": counts, "orders": list, "next_after": next_after})).into_response()
 }
 
-async fn order(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
+async fn order(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path<String>) -> Response {
     let Ok(id) = OrderId::parse(&id) else {
         return problem(StatusCode::BAD_REQUEST, "invalid_order_id", "invalid order id");
     };
-    match crate::orders::hub_order(&hub, id.as_str()) {
+    match crate::orders::hub_order(&hub, id.as_str(), &principal) {
         Ok(Some(v)) => return Json(v).into_response(),
+        // A channel key sees its channel's hub orders and nothing else, each refusal alike.
+        Ok(None) if principal.confined_to().is_some() => {
+            return crate::orders::not_found(id.as_str()).into_response();
+        }
         Ok(None) => {}
         Err(p) => return p.into_response(),
     }

@@ -55,6 +55,10 @@ pub struct HubConfig {
     /// The HTTP API's host allow-list, timeouts and connection limits (`[http]`).
     #[serde(default)]
     pub http: oms_service::serve::HttpConfig,
+    /// API keys (`DATA_DIR/keys.json`, made with `oms keys`): how often the file is re-read and the
+    /// per-key and per-IP rates (`[auth]`).
+    #[serde(default)]
+    pub auth: oms_service::auth::AuthConfig,
 }
 
 fn default_tenant() -> String {
@@ -108,6 +112,7 @@ impl Default for HubConfig {
             routing: crate::routing::RoutingPolicy::default(),
             forecast: crate::forecast_config::ForecastConfig::default(),
             http: oms_service::serve::HttpConfig::default(),
+            auth: oms_service::auth::AuthConfig::default(),
         }
     }
 }
@@ -127,6 +132,7 @@ impl HubConfig {
     /// Checks the values that parse but make no sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
+        self.auth.validate()?;
         if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {
             return Err(ConfigError::Invalid(format!(
                 "docs_cached_max must be at least 1 and docs_loaded_max at least docs_cached_max (got {} and {})",
@@ -153,6 +159,19 @@ mod tests {
         assert_eq!(cfg.tenant, "acme");
         assert!(cfg.nodes_max > 0);
         assert!(cfg.docs_loaded_max >= cfg.docs_cached_max);
+    }
+
+    #[test]
+    fn the_auth_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "[auth]\nrate_per_s = 50\nopen_rate_per_s = 5\n").unwrap();
+        let cfg = HubConfig::load(&path).unwrap();
+        assert_eq!((cfg.auth.rate_per_s, cfg.auth.open_rate_per_s), (50, 5));
+        std::fs::write(&path, "[auth]\nrate_per_s = 0\n").unwrap();
+        assert!(matches!(HubConfig::load(&path), Err(ConfigError::Invalid(m)) if m.contains("auth.rate_per_s")));
+        std::fs::write(&path, "[auth]\nrate = 5\n").unwrap();
+        assert!(HubConfig::load(&path).is_err(), "unknown keys are refused");
     }
 
     #[test]

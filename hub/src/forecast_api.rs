@@ -626,17 +626,28 @@ mod tests {
         assert_eq!(v["rows"][0]["basis"], "shipped");
     }
 
+    /// An admin key held in memory, for driving the router directly.
+    const ADMIN_TOKEN: &str = "oms_00000000000000000000000000000000000000000000000000000000000000aa";
+
+    fn admin_auth() -> Arc<oms_service::auth::Auth> {
+        use oms_service::auth::{Auth, AuthConfig, Principal, Role};
+        let admin = Principal { name: "test-admin".into(), role: Role::Admin, channel: None };
+        Arc::new(Auth::in_memory(vec![(ADMIN_TOKEN.into(), admin, None)], AuthConfig::default(), crate::api::policy))
+    }
+
     #[tokio::test]
     async fn routes_are_mounted() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let dir = tempfile::tempdir().unwrap();
-        let app = crate::api::router(Arc::new(hub(dir.path(), &[])));
+        let app = crate::api::router(Arc::new(hub(dir.path(), &[])), admin_auth());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let req = format!("GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n");
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+            );
             s.write_all(req.as_bytes()).await.unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
@@ -651,17 +662,32 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 200") && r.contains("sku,site,model"), "{r}");
         assert!(get("/v1/stock").await.starts_with("HTTP/1.1 200"));
         server.abort();
+        // Without a key: refused before the handler.
+        let app = crate::api::router(Arc::new(hub(tempfile::tempdir().unwrap().path(), &[])), admin_auth());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bare = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut s = tokio::net::TcpStream::connect(bare).await.unwrap();
+        s.write_all(b"GET /v1/replenishment HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 401") && out.contains("unauthenticated"), "{out}");
+        server.abort();
 
         // With the configuration installed as the hub does it (the fixtures' days are long past, so only the
         // echoed defaults show it).
         let config: ForecastConfig = toml::from_str("lead_time_days = 9\n[sites.wh1]\nlead_time_days = 12").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let app = crate::api::router(Arc::new(hub(dir.path(), &[("wh1", "A", 15)]))).layer(settings(config));
+        let app =
+            crate::api::router(Arc::new(hub(dir.path(), &[("wh1", "A", 15)])), admin_auth()).layer(settings(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /v1/replenishment HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n").await.unwrap();
+        let req = format!(
+            "GET /v1/replenishment HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");

@@ -4,7 +4,12 @@
 //! State, in `intake.redb` beside `hub.redb`:
 //! - customer orders (`hub-<seq>`): the draft, its fulfillment orders, the units not yet placed, every
 //!   routing decision with its explanation, the cancellation request;
-//! - idempotency records (key → canonical body hash, order id);
+//! - idempotency records (the order's channel and the key → canonical body hash, order id): a key is the
+//!   channel's own, so two channels using the same key get two orders and neither can replay the other's; a
+//!   record from before keys were scoped (the bare key) still answers a replay of its own body;
+//! - each order's customer tracking token (by its SHA-256) and the orders of each channel (an index);
+//! - the audit trail ([`oms_service::audit::AUDIT`]): one row per admitted create or cancel, in the same
+//!   transaction as the change (or alone, for a call the intake refused);
 //! - the hub's view of every (site, SKU) escrow counter;
 //! - shipments assigned per site and day (capacity).
 //!
@@ -23,10 +28,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
-use oms_protocol::domain::{GeoPoint, NodeId, OrderDraft, OrderId, OrderLine, Sku};
+use oms_protocol::domain::{Channel, GeoPoint, NodeId, OrderDraft, OrderId, OrderLine, Sku};
 use oms_protocol::escrow::{EscrowCounter, Party, Rebalance, RebalanceInput, RebalancePolicy, rebalance};
 use oms_protocol::records::draft_sha256;
 use oms_protocol::schema::SiteInfo;
+use oms_service::audit::{self, AUDIT, Actor, AuditEvent};
+use oms_service::auth::keys::{hex, token_hash};
 use oms_service::lock;
 use oms_service::storage::StorageError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -44,6 +51,19 @@ const ESCROW: TableDefinition<&str, &[u8]> = TableDefinition::new("escrow");
 const CAPACITY: TableDefinition<&str, u64> = TableDefinition::new("capacity");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SEQ_ORDER: &str = "seq.order";
+/// SHA-256 of a tracking token → the order's id.
+const TRACKING: TableDefinition<&[u8], &str> = TableDefinition::new("tracking");
+/// `<channel>\u{1f}<order id>` → (): each channel's orders, for a channel key's listing.
+const BY_CHANNEL: TableDefinition<&str, ()> = TableDefinition::new("orders_by_channel");
+/// Set in `meta` once [`BY_CHANNEL`] holds every order (orders taken before it existed are added at open).
+const BY_CHANNEL_BUILT: &str = "index.by_channel";
+/// Separates the channel from the rest of a key: neither a channel (`- _ . : /`, letters, digits) nor an
+/// idempotency key (visible ASCII) may contain it, so `(channel, key)` pairs never collide.
+const SCOPE_SEP: char = '\u{1f}';
+/// Hex digits of a tracking token (32 random bytes).
+pub const TRACKING_TOKEN_HEX_LEN: usize = 64;
+/// Largest page of a channel's order listing.
+pub const CHANNEL_PAGE_MAX: usize = 1_000;
 
 /// The hub's intake database file, in the data directory.
 pub const INTAKE_DB_FILE: &str = "intake.redb";
@@ -87,6 +107,19 @@ pub enum IntakeError {
 }
 
 oms_service::storage_errors_from_redb!(IntakeError);
+
+impl IntakeError {
+    /// The stable code of the error, as the HTTP problem and the audit row's outcome name it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IntakeError::KeyReused(_) => "idempotency_key_reused",
+            IntakeError::CannotFill(_) => "cannot_fill",
+            IntakeError::NotFound(_) => "order_not_found",
+            IntakeError::Storage(_) => "storage_unavailable",
+            IntakeError::Corrupt { .. } => "corrupt_record",
+        }
+    }
+}
 
 /// One site's part of a customer order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +166,18 @@ pub struct HubOrder {
     pub cancel_requested_at_ms: Option<u64>,
     /// Units dropped from `unfilled` by the cancellation.
     pub cancelled_unfilled: Vec<SkuQty>,
+    /// Why it was cancelled, when the caller said (customer service must).
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
+    /// The customer's tracking token (`GET /v1/track/{token}`); none for orders taken before tokens existed.
+    ///
+    /// A random 256-bit token stored with the order, not an HMAC of its id under a hub secret: it needs no
+    /// secret file to create, guard and rotate, says nothing about the order id (ids are sequential, so they
+    /// would reveal volume), and one order's link can be replaced without touching any other. The lookup is
+    /// by its SHA-256 (table `tracking`), so the database's key comparisons never run on the token itself,
+    /// and the stored token is compared in constant time.
+    #[serde(default)]
+    pub tracking_token: Option<String>,
 }
 
 impl HubOrder {
@@ -212,6 +257,57 @@ fn enc_json<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
     serde_json::to_vec(v).map_err(|e| IntakeError::Storage(StorageError::encode("a JSON record", e)))
 }
 
+/// The idempotency record's key: the order's channel, [`SCOPE_SEP`], the caller's key.
+fn scoped_key(channel: &Channel, key: &str) -> String {
+    format!("{}{SCOPE_SEP}{key}", channel.as_str())
+}
+
+/// The index key of order `id` of `channel`.
+fn channel_key(channel: &Channel, id: &str) -> String {
+    format!("{}{SCOPE_SEP}{id}", channel.as_str())
+}
+
+/// A fresh tracking token: 32 bytes from the operating system's generator, in hex.
+fn new_tracking_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex(&bytes)
+}
+
+/// Whether `token` has the shape of a tracking token (checked before any lookup).
+pub fn tracking_token_well_formed(token: &str) -> bool {
+    token.len() == TRACKING_TOKEN_HEX_LEN && token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Equality of two byte strings in time that depends on their lengths only.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn decode_order(bytes: &[u8]) -> Result<HubOrder, IntakeError> {
+    serde_json::from_slice(bytes).map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })
+}
+
+fn get_order(t: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> Result<Option<HubOrder>, IntakeError> {
+    match t.get(id)? {
+        Some(v) => Ok(Some(decode_order(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn decode_idem(bytes: &[u8]) -> Result<IdemRecord, IntakeError> {
+    postcard::from_bytes(bytes).map_err(|e| IntakeError::Corrupt { table: "idempotency", detail: e.to_string() })
+}
+
+/// What an idempotency key says about a create.
+enum Seen {
+    /// Never used (or forgotten): a new order.
+    New,
+    /// Used for this very body: the original order.
+    Replay(String),
+    /// Used by this channel for another body: refused.
+    Reused(String),
+}
+
 fn escrow_key(site: &NodeId, sku: &Sku) -> String {
     format!("{site}|{sku}")
 }
@@ -253,9 +349,13 @@ impl Intake {
         w.open_table(ESCROW)?;
         w.open_table(CAPACITY)?;
         w.open_table(META)?;
+        w.open_table(TRACKING)?;
+        w.open_table(BY_CHANNEL)?;
+        w.open_table(AUDIT)?;
         w.commit()?;
         let mut escrow = HashMap::new();
         let mut open = BTreeSet::new();
+        let mut unindexed = Vec::new();
         {
             let r = db.begin_read()?;
             for item in r.open_table(ESCROW)?.range::<&str>(..)?.take(ESCROW_CELLS_MAX) {
@@ -267,13 +367,30 @@ impl Intake {
                     escrow.insert((site, c.sku().clone()), c);
                 }
             }
+            let indexed = r.open_table(META)?.get(BY_CHANNEL_BUILT)?.is_some();
             for item in r.open_table(ORDERS)?.range::<&str>(..)? {
                 let (k, v) = item?;
-                let o: HubOrder = serde_json::from_slice(v.value())
-                    .map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })?;
+                let o = decode_order(v.value())?;
                 if o.wants_routing() {
                     open.insert(k.value().to_owned());
                 }
+                if !indexed {
+                    unindexed.push(channel_key(&o.draft.channel, o.id.as_str()));
+                }
+            }
+            if indexed {
+                unindexed.clear();
+            } else {
+                // Orders taken before the index existed (or none): add them once, then mark it built.
+                let w = db.begin_write()?;
+                {
+                    let mut t = w.open_table(BY_CHANNEL)?;
+                    for k in &unindexed {
+                        t.insert(k.as_str(), ())?;
+                    }
+                    w.open_table(META)?.insert(BY_CHANNEL_BUILT, 1)?;
+                }
+                w.commit()?;
             }
         }
         Ok(Intake { db, state: Mutex::new(State { escrow, open }), policy, rebalance: RebalancePolicy::default() })
@@ -287,14 +404,98 @@ impl Intake {
     /// A customer order.
     pub fn order(&self, id: &str) -> Result<Option<HubOrder>, IntakeError> {
         let r = self.db.begin_read()?;
-        let t = r.open_table(ORDERS)?;
-        match t.get(id)? {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(v.value())
-                    .map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })?,
-            )),
-            None => Ok(None),
+        get_order(&r.open_table(ORDERS)?, id)
+    }
+
+    /// The order whose tracking token is `token`, if any (a malformed token is none, without a lookup).
+    pub fn order_by_tracking_token(&self, token: &str) -> Result<Option<HubOrder>, IntakeError> {
+        if !tracking_token_well_formed(token) {
+            return Ok(None);
         }
+        let r = self.db.begin_read()?;
+        let id = r.open_table(TRACKING)?.get(token_hash(token).as_slice())?.map(|v| v.value().to_owned());
+        let Some(id) = id else { return Ok(None) };
+        let order = get_order(&r.open_table(ORDERS)?, &id)?;
+        Ok(order.filter(|o| o.tracking_token.as_deref().is_some_and(|t| ct_eq(t.as_bytes(), token.as_bytes()))))
+    }
+
+    /// The orders of `channel` after the id `after` (exclusive), at most `limit` (capped at
+    /// [`CHANNEL_PAGE_MAX`]), in id order, and the id to continue after if more may follow.
+    pub fn channel_orders(
+        &self,
+        channel: &Channel,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<HubOrder>, Option<String>), IntakeError> {
+        use std::ops::Bound;
+        let limit = limit.clamp(1, CHANNEL_PAGE_MAX);
+        let lo = match after {
+            Some(a) => Bound::Excluded(channel_key(channel, a)),
+            None => Bound::Excluded(format!("{}{SCOPE_SEP}", channel.as_str())),
+        };
+        // The character after the separator: the end of this channel's keys.
+        let hi = Bound::Excluded(format!("{}\u{20}", channel.as_str()));
+        let r = self.db.begin_read()?;
+        let index = r.open_table(BY_CHANNEL)?;
+        let orders = r.open_table(ORDERS)?;
+        let bounds = (lo.as_ref().map(String::as_str), hi.as_ref().map(String::as_str));
+        let mut out = Vec::new();
+        for item in index.range::<&str>(bounds)? {
+            let (k, _) = item?;
+            let Some((_, id)) = k.value().split_once(SCOPE_SEP) else { continue };
+            if let Some(o) = get_order(&orders, id)? {
+                out.push(o);
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        let next = if out.len() == limit { out.last().map(|o| o.id.to_string()) } else { None };
+        Ok((out, next))
+    }
+
+    /// Rows of the audit trail after `after`, at most `limit` (see [`oms_service::audit::page`]).
+    pub fn audit_page(&self, after: u64, limit: usize) -> Result<(Vec<AuditEvent>, Option<u64>), IntakeError> {
+        Ok(audit::page(&self.db, after, limit)?)
+    }
+
+    /// Customer orders taken so far (the order sequence).
+    pub fn orders_taken(&self) -> Result<u64, IntakeError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(META)?.get(SEQ_ORDER)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Customer orders with units waiting to be placed.
+    pub fn open_count(&self) -> usize {
+        lock(&self.state).open.len()
+    }
+
+    /// Appends an audit row in a transaction of its own: for a call the intake refused, which changed
+    /// nothing.
+    fn audit_alone(&self, actor: &Actor, target: Option<&str>, outcome: &str, now_ms: u64) -> Result<(), IntakeError> {
+        let w = self.db.begin_write()?;
+        audit::append(&mut w.open_table(AUDIT)?, actor, target, now_ms, outcome)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// What the idempotency records say of `key` for a body of `channel` hashing to `hash`.
+    fn seen(w: &redb::WriteTransaction, channel: &Channel, key: &str, hash: &[u8; 32]) -> Result<Seen, IntakeError> {
+        let idem = w.open_table(IDEM)?;
+        if let Some(v) = idem.get(scoped_key(channel, key).as_str())? {
+            let rec = decode_idem(v.value())?;
+            return Ok(if rec.body_sha256 == *hash { Seen::Replay(rec.order) } else { Seen::Reused(rec.order) });
+        }
+        // A record from before keys were scoped to the channel. The same body (which names its channel) is a
+        // replay of that order; another body is a reuse only if that order is of this channel, otherwise the
+        // key is this channel's to use.
+        let Some(v) = idem.get(key)? else { return Ok(Seen::New) };
+        let rec = decode_idem(v.value())?;
+        if rec.body_sha256 == *hash {
+            return Ok(Seen::Replay(rec.order));
+        }
+        let theirs = get_order(&w.open_table(ORDERS)?, &rec.order)?;
+        Ok(if theirs.is_some_and(|o| &o.draft.channel == channel) { Seen::Reused(rec.order) } else { Seen::New })
     }
 
     /// The hub's view of the escrow of `sku` at `site`.
@@ -464,21 +665,35 @@ impl Intake {
         Ok(())
     }
 
-    /// Takes a channel order: idempotency, routing within the hub's rights, one durable transaction.
-    pub fn place(&self, key: &str, draft: OrderDraft, sites: &[SiteFacts], now_ms: u64) -> Result<Placed, IntakeError> {
+    /// Takes a channel order for `actor`: idempotency (scoped to the order's channel), routing within the
+    /// hub's rights, a tracking token, the audit row, one durable transaction. A replay answers the original
+    /// and leaves a row too (it is a call); a refusal (key reused, nothing placeable under `reject`) leaves
+    /// a row with its code and nothing else.
+    pub fn place(
+        &self,
+        key: &str,
+        draft: OrderDraft,
+        sites: &[SiteFacts],
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<Placed, IntakeError> {
         let hash = draft_sha256(&draft).map_err(|e| IntakeError::Storage(StorageError::encode("an order", e)))?;
         let mut st = lock(&self.state);
         let w = self.db.begin_write()?;
-        let seen = w.open_table(IDEM)?.get(key)?.map(|v| v.value().to_vec());
-        if let Some(v) = seen {
-            let rec: IdemRecord = postcard::from_bytes(&v)
-                .map_err(|e| IntakeError::Corrupt { table: "idempotency", detail: e.to_string() })?;
-            if rec.body_sha256 != hash {
-                return Err(IntakeError::KeyReused(key.to_owned()));
+        match Self::seen(&w, &draft.channel, key, &hash)? {
+            Seen::New => {}
+            Seen::Replay(id) => {
+                let order = get_order(&w.open_table(ORDERS)?, &id)?.ok_or(IntakeError::NotFound(id))?;
+                audit::append(&mut w.open_table(AUDIT)?, actor, Some(order.id.as_str()), now_ms, "ok")?;
+                w.commit()?;
+                return Ok(Placed { order, created: false, effects: Effects::default() });
             }
-            drop(w);
-            let order = self.order(&rec.order)?.ok_or(IntakeError::NotFound(rec.order))?;
-            return Ok(Placed { order, created: false, effects: Effects::default() });
+            Seen::Reused(id) => {
+                drop(w);
+                let e = IntakeError::KeyReused(key.to_owned());
+                self.audit_alone(actor, Some(&id), e.code(), now_ms)?;
+                return Err(e);
+            }
         }
         let seq = {
             let mut meta = w.open_table(META)?;
@@ -492,6 +707,8 @@ impl Intake {
             &mut unfilled,
             &draft.lines.iter().map(|l| SkuQty { sku: l.sku.clone(), qty: l.qty }).collect::<Vec<_>>(),
         );
+        let scoped = scoped_key(&draft.channel, key);
+        let token = new_tracking_token();
         let mut order = HubOrder {
             id,
             draft,
@@ -501,6 +718,8 @@ impl Intake {
             decisions: Vec::new(),
             cancel_requested_at_ms: None,
             cancelled_unfilled: Vec::new(),
+            cancel_reason: None,
+            tracking_token: Some(token.clone()),
         };
         let mut consumed = HashMap::new();
         let mut effects = Effects::default();
@@ -516,13 +735,19 @@ impl Intake {
             &mut effects,
         )?;
         if decision.outcome == Outcome::Rejected {
-            // Nothing written: the transaction is dropped, the key stays free.
-            return Err(IntakeError::CannotFill(Box::new(decision)));
+            // Nothing written: the transaction is dropped, the key stays free; only the attempt is recorded.
+            drop(w);
+            let e = IntakeError::CannotFill(Box::new(decision));
+            self.audit_alone(actor, None, e.code(), now_ms)?;
+            return Err(e);
         }
         Self::put_order(&w, &order)?;
         let idem = IdemRecord { body_sha256: hash, order: order.id.to_string() };
-        w.open_table(IDEM)?.insert(key, postcard_enc(&idem)?.as_slice())?;
-        w.open_table(IDEM_BY_TIME)?.insert((now_ms, key), ())?;
+        w.open_table(IDEM)?.insert(scoped.as_str(), postcard_enc(&idem)?.as_slice())?;
+        w.open_table(IDEM_BY_TIME)?.insert((now_ms, scoped.as_str()), ())?;
+        w.open_table(TRACKING)?.insert(token_hash(&token).as_slice(), order.id.as_str())?;
+        w.open_table(BY_CHANNEL)?.insert(channel_key(&order.draft.channel, order.id.as_str()).as_str(), ())?;
+        audit::append(&mut w.open_table(AUDIT)?, actor, Some(order.id.as_str()), now_ms, "ok")?;
         prune_idempotency(&w, now_ms.saturating_sub(IDEMPOTENCY_RETENTION_MS))?;
         w.commit()?;
         st.escrow.extend(consumed);
@@ -584,18 +809,39 @@ impl Intake {
         Ok(Some((order, effects)))
     }
 
-    /// Records the customer's cancellation: units not placed are dropped at once; the sites are asked to
-    /// cancel their parts (the caller writes the requests into the fulfillment documents).
-    pub fn request_cancel(&self, id: &str, now_ms: u64) -> Result<HubOrder, IntakeError> {
+    /// Records the customer's cancellation for `actor`: units not placed are dropped at once; the sites are
+    /// asked to cancel their parts (the caller writes the requests into the fulfillment documents). With
+    /// `confined_to`, an order of another channel is [`IntakeError::NotFound`], as one that does not exist.
+    /// The audit row (`ok`, or `order_not_found`) is written in the change's transaction; cancelling an order
+    /// already being cancelled changes nothing and records the call.
+    pub fn request_cancel(
+        &self,
+        id: &str,
+        confined_to: Option<&Channel>,
+        reason: Option<&str>,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<HubOrder, IntakeError> {
         let mut st = lock(&self.state);
-        let mut order = self.order(id)?.ok_or_else(|| IntakeError::NotFound(id.to_owned()))?;
-        if order.cancel_requested_at_ms.is_none() {
+        let w = self.db.begin_write()?;
+        let found = get_order(&w.open_table(ORDERS)?, id)?;
+        let Some(mut order) = found.filter(|o| confined_to.is_none_or(|c| &o.draft.channel == c)) else {
+            let e = IntakeError::NotFound(id.to_owned());
+            audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, e.code())?;
+            w.commit()?;
+            return Err(e);
+        };
+        let changed = order.cancel_requested_at_ms.is_none();
+        if changed {
             order.cancel_requested_at_ms = Some(now_ms);
+            order.cancel_reason = reason.map(str::to_owned);
             let dropped = std::mem::take(&mut order.unfilled);
             add_units(&mut order.cancelled_unfilled, &dropped);
-            let w = self.db.begin_write()?;
             Self::put_order(&w, &order)?;
-            w.commit()?;
+        }
+        audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
+        w.commit()?;
+        if changed {
             st.open.remove(order.id.as_str());
         }
         Ok(order)
@@ -698,12 +944,20 @@ mod tests {
     use super::*;
 
     fn draft(ext: &str) -> OrderDraft {
+        draft_of(ext, "web")
+    }
+
+    fn draft_of(ext: &str, channel: &str) -> OrderDraft {
         serde_json::from_value(serde_json::json!({
-            "external_ref": ext, "channel": "web",
+            "external_ref": ext, "channel": channel,
             "lines": [{"sku": "A", "qty": 1, "unit_price_minor": 100, "currency": "EUR"}],
             "ship_to": {"name": "C", "line1": "1", "city": "B", "postcode": "1", "country": "DE", "lat": 52.0, "lon": 13.0}
         }))
         .unwrap()
+    }
+
+    fn actor() -> Actor {
+        Actor { key: "ops".into(), role: oms_service::auth::Role::Admin, method: "POST", route: "/v1/orders".into() }
     }
 
     #[test]
@@ -712,18 +966,119 @@ mod tests {
         let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
         // No site holds rights: the order is taken and waits (backorder policy), nothing assigned.
         let t0 = 1_000_000;
-        let first = intake.place("k", draft("a"), &[], t0).unwrap();
+        let first = intake.place("k", draft("a"), &[], &actor(), t0).unwrap();
         assert!(first.created && first.order.fulfillments.is_empty());
         assert_eq!(first.order.unfilled.len(), 1);
         assert_eq!(intake.open_orders(10), vec![first.order.id.to_string()]);
         // Same key: replay; another body: refused.
-        assert!(!intake.place("k", draft("a"), &[], t0 + 1).unwrap().created);
-        assert!(matches!(intake.place("k", draft("b"), &[], t0 + 2), Err(IntakeError::KeyReused(_))));
+        assert!(!intake.place("k", draft("a"), &[], &actor(), t0 + 1).unwrap().created);
+        assert!(matches!(intake.place("k", draft("b"), &[], &actor(), t0 + 2), Err(IntakeError::KeyReused(_))));
         // After the retention, a later write forgets the key; the same key is a new order.
         let later = t0 + IDEMPOTENCY_RETENTION_MS + 10;
-        intake.place("other", draft("x"), &[], later).unwrap();
-        let again = intake.place("k", draft("b"), &[], later + 1).unwrap();
+        intake.place("other", draft("x"), &[], &actor(), later).unwrap();
+        let again = intake.place("k", draft("b"), &[], &actor(), later + 1).unwrap();
         assert!(again.created);
         assert_ne!(again.order.id, first.order.id);
+    }
+
+    #[test]
+    fn keys_are_scoped_to_the_channel_and_a_legacy_key_still_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        let a = intake.place("k", draft_of("a", "web"), &[], &actor(), 1).unwrap();
+        // The same key from another channel is that channel's own: a second order, not a replay or a 409.
+        let b = intake.place("k", draft_of("a", "marketplace"), &[], &actor(), 2).unwrap();
+        assert!(a.created && b.created);
+        assert_ne!(a.order.id, b.order.id);
+        let again = intake.place("k", draft_of("a", "web"), &[], &actor(), 3).unwrap();
+        assert_eq!((again.created, &again.order.id), (false, &a.order.id));
+        assert!(matches!(intake.place("k", draft_of("z", "web"), &[], &actor(), 4), Err(IntakeError::KeyReused(_))));
+
+        // A record from before the scoping: the bare key. Move `old`'s record there, as an upgrade finds it.
+        let old = intake.place("old", draft_of("o", "web"), &[], &actor(), 5).unwrap();
+        let w = intake.db.begin_write().unwrap();
+        {
+            let mut idem = w.open_table(IDEM).unwrap();
+            let scoped = scoped_key(&old.order.draft.channel, "old");
+            let rec = idem.remove(scoped.as_str()).unwrap().unwrap().value().to_vec();
+            idem.insert("old", rec.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+        let replay = intake.place("old", draft_of("o", "web"), &[], &actor(), 6).unwrap();
+        assert_eq!((replay.created, &replay.order.id), (false, &old.order.id), "the upgrade lost no idempotency");
+        assert!(matches!(intake.place("old", draft_of("p", "web"), &[], &actor(), 7), Err(IntakeError::KeyReused(_))));
+        let other = intake.place("old", draft_of("p", "marketplace"), &[], &actor(), 8).unwrap();
+        assert!(other.created, "another channel's legacy key does not bind this one");
+
+        // Each channel lists its own orders only.
+        let web = Channel::parse("web").unwrap();
+        let (list, next) = intake.channel_orders(&web, None, 10).unwrap();
+        assert_eq!(
+            list.iter().map(|o| o.id.clone()).collect::<Vec<_>>(),
+            vec![a.order.id.clone(), old.order.id.clone()]
+        );
+        assert!(next.is_none());
+        let (page, next) = intake.channel_orders(&web, None, 1).unwrap();
+        assert_eq!((page.len(), next.as_deref()), (1, Some(a.order.id.as_str())));
+        let (rest, _) = intake.channel_orders(&web, next.as_deref(), 10).unwrap();
+        assert_eq!(rest.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), vec![old.order.id.clone()]);
+
+        // Audit: every call the intake handled, refusals with their code.
+        let (rows, _) = intake.audit_page(0, 100).unwrap();
+        let outcomes: Vec<&str> = rows.iter().map(|e| e.outcome.as_str()).collect();
+        assert_eq!(
+            outcomes,
+            ["ok", "ok", "ok", "idempotency_key_reused", "ok", "ok", "idempotency_key_reused", "ok"],
+            "{rows:?}"
+        );
+        assert_eq!(rows[0].target.as_deref(), Some(a.order.id.as_str()));
+        assert_eq!(rows[0].key, "ops");
+    }
+
+    #[test]
+    fn tracking_tokens_find_their_order_only_and_cancel_is_confined_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        let a = intake.place("k", draft_of("a", "web"), &[], &actor(), 1).unwrap().order;
+        let b = intake.place("k", draft_of("b", "marketplace"), &[], &actor(), 2).unwrap().order;
+        let (ta, tb) = (a.tracking_token.clone().unwrap(), b.tracking_token.clone().unwrap());
+        assert!(tracking_token_well_formed(&ta) && ta != tb);
+        assert_eq!(intake.order_by_tracking_token(&ta).unwrap().unwrap().id, a.id);
+        assert_eq!(intake.order_by_tracking_token(&tb).unwrap().unwrap().id, b.id);
+        let mut guess = ta.clone().into_bytes();
+        guess[0] = if guess[0] == b'0' { b'1' } else { b'0' };
+        assert!(intake.order_by_tracking_token(std::str::from_utf8(&guess).unwrap()).unwrap().is_none());
+        assert!(intake.order_by_tracking_token(a.id.as_str()).unwrap().is_none());
+        assert!(intake.order_by_tracking_token("").unwrap().is_none());
+
+        let web = Channel::parse("web").unwrap();
+        let before = intake.audit_page(0, 100).unwrap().0.len();
+        let e = intake.request_cancel(b.id.as_str(), Some(&web), None, &actor(), 3).unwrap_err();
+        assert!(matches!(e, IntakeError::NotFound(_)));
+        assert!(intake.order(b.id.as_str()).unwrap().unwrap().cancel_requested_at_ms.is_none(), "untouched");
+        let done = intake.request_cancel(a.id.as_str(), Some(&web), Some("changed mind"), &actor(), 4).unwrap();
+        assert_eq!((done.cancel_requested_at_ms, done.cancel_reason.as_deref()), (Some(4), Some("changed mind")));
+        let rows = intake.audit_page(before as u64, 100).unwrap().0;
+        let got: Vec<(Option<&str>, &str)> = rows.iter().map(|e| (e.target.as_deref(), e.outcome.as_str())).collect();
+        assert_eq!(got, [(Some(b.id.as_str()), "order_not_found"), (Some(a.id.as_str()), "ok")]);
+    }
+
+    #[test]
+    fn orders_from_before_the_channel_index_are_indexed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INTAKE_DB_FILE);
+        let id = {
+            let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
+            let id = intake.place("k", draft_of("a", "web"), &[], &actor(), 1).unwrap().order.id;
+            // As an older hub left it: no index, no mark.
+            let w = intake.db.begin_write().unwrap();
+            w.delete_table(BY_CHANNEL).unwrap();
+            w.open_table(META).unwrap().remove(BY_CHANNEL_BUILT).unwrap();
+            w.commit().unwrap();
+            id
+        };
+        let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
+        let (list, _) = intake.channel_orders(&Channel::parse("web").unwrap(), None, 10).unwrap();
+        assert_eq!(list.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), vec![id]);
     }
 }

@@ -9,7 +9,10 @@
 //!   fulfillment documents, re-routed when a site rejects, cancelled across sites.
 //! - [`demand`], [`forecast_api`], [`forecast_config`]: demand history from the order documents, forecasts and
 //!   replenishment suggestions.
-//! - [`api`]: HTTP for operators and customers (nodes, orders, stock).
+//! - [`api`]: HTTP for operators, channels and customers (nodes, orders, stock, forecasts, the audit trail,
+//!   metrics, tracking links), behind API keys with roles (`DATA_DIR/keys.json`, [`oms_service::auth`]): the
+//!   route policy is [`api::policy`]; creates and cancels are written to the audit trail in `intake.redb`
+//!   in the same transaction as the change.
 //!
 //! The hub is never on a node's critical path: nodes accept and ship orders on their own and sync when they
 //! can. Each field of a document has one owner; the hub never writes a node's stock. The hub depends on the
@@ -85,7 +88,12 @@ pub async fn run(
     tracing::info!(quic = %endpoint.local_addr()?, http = %listener.local_addr()?, tenant = %cfg.tenant,
         data = %cfg.data_dir.display(), "hub listening");
     let accept = tokio::spawn(server::accept_loop(hub.clone(), endpoint.clone()));
-    let app = api::router(hub.clone()).layer(forecast_api::settings(cfg.forecast.clone()));
+    let auth = Arc::new(
+        oms_service::auth::Auth::load(&cfg.data_dir, cfg.auth.clone(), api::policy)
+            .with_context(|| format!("cannot read the API keys in {}", cfg.data_dir.display()))?,
+    );
+    let keys = tokio::spawn(auth.clone().watch());
+    let app = api::router(hub.clone(), auth).layer(forecast_api::settings(cfg.forecast.clone()));
     // Host allow-list, origin check, timeouts and connection limits of `[http]` (see `oms_service::serve`).
     oms_service::serve::serve(listener, app, &cfg.http, shutdown).await?;
     endpoint.close(0u32.into(), b"hub shutting down");
@@ -93,6 +101,7 @@ pub async fn run(
     watcher.abort();
     revocations.abort();
     own_cert.abort();
+    keys.abort();
     oms_service::lock(&hub.docs).flush()?;
     Ok(())
 }

@@ -1,15 +1,24 @@
 //! Customer orders at the hub over HTTP, and the watcher that keeps routing going.
 //!
 //! - `POST /v1/orders` (with `Idempotency-Key`): validate, route within the hub's escrowed rights, commit,
-//!   write the fulfillment documents, answer `201` (a replay answers the original with
-//!   `idempotent-replayed: true`). An order nothing can be placed for is `201` with status `backordered`
-//!   (policy `backorder`/`hold`: it is routed again as rights arrive) or `409 cannot_fill` (policy
-//!   `reject`, nothing stored).
+//!   write the fulfillment documents, answer `201` with the order, its `tracking_token` and `tracking_url`
+//!   (a replay answers the original with `idempotent-replayed: true`). An order nothing can be placed for is
+//!   `201` with status `backordered` (policy `backorder`/`hold`: it is routed again as rights arrive) or
+//!   `409 cannot_fill` (policy `reject`, nothing stored). A channel key may only send orders of its own
+//!   channel (`403 forbidden` otherwise, nothing stored); idempotency keys are scoped to the order's channel.
 //! - `GET /v1/orders/{id}` for a hub order: status across its fulfillment orders, per-line figures and one
-//!   timeline merged from every site (the customer's tracking view).
+//!   timeline merged from every site.
 //! - `GET /v1/orders/{id}/routing`: every routing decision with candidates, exclusions and scores.
-//! - `POST /v1/orders/{id}/cancel`: drops units not placed yet, asks each site to cancel its part, and says
-//!   per line what was cancelled, what is being cancelled (the site confirms) and what could not be.
+//! - `POST /v1/orders/{id}/cancel` `{"reason"?}`: drops units not placed yet, asks each site to cancel its
+//!   part, and says per line what was cancelled, what is being cancelled (the site confirms) and what could
+//!   not be. Customer service (`service` keys) must give a reason (`403 reason_required` otherwise).
+//! - `GET /v1/track/{token}` (open, rate limited per client IP): the customer's view of the order behind a
+//!   tracking token: status, lines, a timeline and the carriers' tracking numbers, nothing internal (no
+//!   sites, no routing, no address, no other order). An unknown token is `404 tracking_not_found`.
+//!
+//! A channel key sees only the hub orders of its own channel: any other id, a node's own orders and the
+//! fulfillment orders included, is `404 order_not_found` exactly as an id that does not exist, so ids cannot
+//! be probed. Creates and cancels are written to the audit trail by the intake (see [`crate::intake`]).
 //!
 //! The watcher wakes when a node changes a document (and once a second): it merges each site's escrow view
 //! into the hub's, re-routes the units of fulfillment orders a site rejected or cancelled (never to that
@@ -19,16 +28,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use oms_protocol::domain::{FulfillmentState, OrderId};
+use oms_protocol::domain::{Channel, FulfillmentState, OrderId, TEXT_BYTES_MAX, ValidationError};
 use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
 use oms_protocol::wire::DocId;
+use oms_service::audit::Actor;
+use oms_service::auth::{Principal, Role};
 use oms_service::now_ms;
 use oms_service::{Problem, RawBody};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::intake::{Effects, HubOrder, IntakeError, NewFulfillment, RETRY_BATCH_MAX, SiteFacts};
@@ -45,25 +58,50 @@ pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/v1/orders/{id}/routing", get(routing))
         .route("/v1/orders/{id}/cancel", post(cancel))
+        .route("/v1/track/{token}", get(track))
         .with_state(hub)
+}
+
+/// The admitted caller as the audit trail names it, which [`oms_service::auth::authorize`] put on the
+/// request (a route served without it, a bug, refuses rather than records nobody).
+#[derive(Debug, Clone)]
+pub struct Caller(pub Actor);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts.extensions.get::<Actor>().cloned().map(Caller).ok_or_else(|| {
+            Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "send Authorization: Bearer <token>")
+        })
+    }
+}
+
+/// The answer to an order a caller may not see: the same as for one that does not exist.
+pub fn not_found(id: &str) -> Problem {
+    IntakeError::NotFound(id.to_owned()).into()
+}
+
+/// Whether `p` may see (and act on) hub order `o`: a channel key only its own channel's.
+fn visible_to(p: &Principal, o: &HubOrder) -> bool {
+    p.confined_to().is_none_or(|c| &o.draft.channel == c)
 }
 
 impl From<IntakeError> for Problem {
     fn from(e: IntakeError) -> Self {
         let detail = e.to_string();
+        let code = e.code();
         match e {
-            IntakeError::KeyReused(_) => Problem::new(StatusCode::CONFLICT, "idempotency_key_reused", detail),
-            IntakeError::CannotFill(d) => {
-                Problem::new(StatusCode::CONFLICT, "cannot_fill", detail).with("routing", d.as_ref())
-            }
-            IntakeError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, "order_not_found", detail),
+            IntakeError::KeyReused(_) => Problem::new(StatusCode::CONFLICT, code, detail),
+            IntakeError::CannotFill(d) => Problem::new(StatusCode::CONFLICT, code, detail).with("routing", d.as_ref()),
+            IntakeError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, code, detail),
             IntakeError::Storage(_) => {
                 tracing::error!(error = %detail, "intake storage failure");
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", detail)
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
             }
             IntakeError::Corrupt { .. } => {
                 tracing::error!(error = %detail, "intake corrupt record");
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_record", detail)
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, code, detail)
             }
         }
     }
@@ -176,15 +214,27 @@ async fn blocking<T: Send + 'static, E: Into<Problem> + Send + 'static>(
 /// `POST /v1/orders` (mounted by [`crate::api::router`] beside the listing).
 pub async fn create(
     State(hub): State<Arc<Hub>>,
+    principal: Principal,
+    Caller(actor): Caller,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let (key, draft) = oms_service::request::order_request(&headers, &body)?;
+    if let Some(own) = principal.confined_to()
+        && own != &draft.channel
+    {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("key {:?} sells for channel {own}; this order is for channel {}", principal.name, draft.channel),
+        )
+        .with("role", principal.role));
+    }
     let h = hub.clone();
     let placed = blocking(move || {
         let now = now_ms();
         let sites = site_facts(&h, now);
-        h.intake.place(&key, draft, &sites, now)
+        h.intake.place(&key, draft, &sites, &actor, now)
     })
     .await?;
     let h = hub.clone();
@@ -213,9 +263,14 @@ fn hub_order_id(id: &str) -> Result<OrderId, Problem> {
     Ok(id)
 }
 
-async fn routing(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn routing(
+    State(hub): State<Arc<Hub>>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let id = hub_order_id(&id)?;
-    let order = hub.intake.order(id.as_str())?.ok_or_else(|| IntakeError::NotFound(id.to_string()))?;
+    let order = hub.intake.order(id.as_str())?.filter(|o| visible_to(&principal, o));
+    let order = order.ok_or_else(|| not_found(id.as_str()))?;
     Ok(Json(json!({
         "id": order.id,
         "policy": hub.intake.policy(),
@@ -226,12 +281,25 @@ async fn routing(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result<
     .into_response())
 }
 
-/// The customer's view of a hub order, if `id` is one.
-pub fn hub_order(hub: &Hub, id: &str) -> Result<Option<Value>, Problem> {
+/// The view of a hub order, if `id` is one that `principal` may see.
+pub fn hub_order(hub: &Hub, id: &str, principal: &Principal) -> Result<Option<Value>, Problem> {
     if !is_customer_order(id) {
         return Ok(None);
     }
-    Ok(hub.intake.order(id)?.map(|o| order_view(hub, &o)))
+    Ok(hub.intake.order(id)?.filter(|o| visible_to(principal, o)).map(|o| order_view(hub, &o)))
+}
+
+/// A channel key's listing: the hub orders of its channel, in id order.
+pub fn channel_orders(hub: &Hub, channel: &Channel, after: Option<&str>, limit: usize) -> Result<Value, Problem> {
+    let (orders, next_after) = hub.intake.channel_orders(channel, after, limit)?;
+    let list: Vec<Value> = orders
+        .iter()
+        .map(|o| {
+            json!({"id": o.id, "channel": o.draft.channel, "external_ref": o.draft.external_ref,
+                   "created_at_ms": o.created_at_ms, "cancel_requested_at_ms": o.cancel_requested_at_ms})
+        })
+        .collect();
+    Ok(json!({"channel": channel, "orders": list, "next_after": next_after}))
 }
 
 /// Status and progress of one fulfillment order as last synced.
@@ -350,17 +418,61 @@ fn order_view(hub: &Hub, o: &HubOrder) -> Value {
         "cancel_requested_at_ms": o.cancel_requested_at_ms,
         "cancelled_unfilled": o.cancelled_unfilled,
         "timeline": timeline,
+        "cancel_reason": o.cancel_reason,
+        "tracking_token": o.tracking_token,
+        "tracking_url": o.tracking_token.as_ref().map(|t| format!("/v1/track/{t}")),
         // Every fulfillment is finished and frozen at its site, and nothing waits for a site: the order's
         // history does not change any more.
         "frozen": frozen_all && o.unfilled.is_empty(),
     })
 }
 
-async fn cancel(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result<Response, Problem> {
+/// The optional body of a cancel.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+/// The cancel's reason: none for an empty body or a blank reason; free text of at most
+/// [`TEXT_BYTES_MAX`] bytes without control characters otherwise.
+fn cancel_reason(body: &[u8]) -> Result<Option<String>, Problem> {
+    let b: CancelBody =
+        if body.iter().all(u8::is_ascii_whitespace) { CancelBody::default() } else { oms_service::parse_json(body)? };
+    let Some(reason) = b.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()) else { return Ok(None) };
+    if reason.len() > TEXT_BYTES_MAX || reason.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "invalid_text",
+            "reason",
+            format!("must be at most {TEXT_BYTES_MAX} bytes without control characters"),
+        )
+        .into());
+    }
+    Ok(Some(reason))
+}
+
+async fn cancel(
+    State(hub): State<Arc<Hub>>,
+    principal: Principal,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
     let id = hub_order_id(&id)?;
+    let reason = cancel_reason(&body)?;
+    if principal.role == Role::Service && reason.is_none() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "reason_required",
+            "customer service cancels an order with a reason: send {\"reason\": \"…\"}",
+        )
+        .with("role", principal.role));
+    }
     let h = hub.clone();
     let key = id.to_string();
-    let order = blocking(move || h.intake.request_cancel(&key, now_ms())).await?;
+    let confined = principal.confined_to().cloned();
+    let order =
+        blocking(move || h.intake.request_cancel(&key, confined.as_ref(), reason.as_deref(), &actor, now_ms())).await?;
     let now = now_ms();
     let mut lines = Vec::new();
     let mut tell = Vec::new();
@@ -402,6 +514,60 @@ async fn cancel(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result<R
         Json(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": lines})),
     )
         .into_response())
+}
+
+/// `GET /v1/track/{token}`: the customer's view behind a tracking token.
+async fn track(State(hub): State<Arc<Hub>>, Path(token): Path<String>) -> Result<Response, Problem> {
+    let h = hub.clone();
+    let order = blocking(move || h.intake.order_by_tracking_token(&token)).await?;
+    let order = order
+        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "tracking_not_found", "no order has this tracking link"))?;
+    Ok(Json(tracking_view(&hub, &order)).into_response())
+}
+
+/// What a customer may see of their order: status, lines, shipments with the carrier's tracking number and
+/// a timeline of customer-facing steps. No site, fulfillment id, routing, address, price or other order.
+fn tracking_view(hub: &Hub, o: &HubOrder) -> Value {
+    let full = order_view(hub, o);
+    let empty = Vec::new();
+    let lines: Vec<Value> = full["lines"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|l| json!({"sku": l["sku"], "qty": l["qty"], "shipped": l["shipped"]}))
+        .collect();
+    let shipments: Vec<Value> = full["fulfillments"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter(|f| f["shipment"].is_object())
+        .map(|f| {
+            json!({"carrier": f["shipment"]["carrier"], "tracking": f["shipment"]["tracking"],
+                   "parcels": f["shipment"]["parcels"], "status": f["status"]})
+        })
+        .collect();
+    // Routing steps (`assigned`, a site's `rejected`) are the hub's business, not the customer's.
+    let mut timeline = vec![json!({"at_ms": o.created_at_ms, "status": "received"})];
+    timeline.extend(
+        full["timeline"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter(|t| !matches!(t["status"].as_str(), Some("assigned" | "rejected")))
+            .map(|t| json!({"at_ms": t["at_ms"], "status": t["status"]})),
+    );
+    if let Some(at) = o.cancel_requested_at_ms {
+        timeline.push(json!({"at_ms": at, "status": "cancel_requested"}));
+    }
+    timeline.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
+    json!({
+        "external_ref": o.draft.external_ref,
+        "created_at_ms": o.created_at_ms,
+        "status": full["status"],
+        "lines": lines,
+        "shipments": shipments,
+        "timeline": timeline,
+    })
 }
 
 /// One pass of the watcher: merge escrow views, re-route released fulfillments, retry waiting orders.

@@ -360,7 +360,7 @@ async fn main() {
     }
 
     // ---- 2. hub, empty ----
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let http = oms_tests::client_builder().timeout(Duration::from_secs(30)).build().unwrap();
     // The hub's ports lie below the ephemeral range: the hub is down while the nodes start, and a port from
     // `free_udp` (an ephemeral one) could be taken by a node's client endpoint in the meantime.
     let (quic, hub_http) = (fixed_port_outside_ephemeral(true), fixed_port_outside_ephemeral(false));

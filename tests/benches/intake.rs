@@ -84,7 +84,7 @@ async fn main() {
     let n = env_u64("BENCH_N", 200);
     let tp_n = env_u64("BENCH_TP_N", 1000);
     let clients = env_u64("BENCH_CLIENTS", 16).max(1);
-    let c = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let c = oms_tests::client_builder().timeout(Duration::from_secs(20)).build().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let ids: Vec<&str> = SITES.iter().map(|s| s.0).collect();

@@ -271,7 +271,7 @@ async fn main() {
     let certs = pki(tmp.path(), &names);
     let (quic, hub_http) = (free_udp(), free_tcp());
     let hub = spawn_hub(tmp.path(), &certs, quic, hub_http);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = oms_tests::client_builder().timeout(Duration::from_secs(10)).build().unwrap();
     wait_healthy(&http, hub_http).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let hub_rss_empty = hub.proc.rss_mb();
@@ -292,7 +292,7 @@ async fn main() {
     while get_json(&http, format!("http://{hub_http}/v1/orders/{warm}")).await.is_none() && Instant::now() < dl {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let poll = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let poll = oms_tests::client_builder().timeout(Duration::from_secs(5)).build().unwrap();
     let mut lat = Vec::new();
     let mut lat_from_post = Vec::new();
     let mut missed = 0;
@@ -377,7 +377,7 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     cfwd.blackhole.store(true, Ordering::SeqCst);
-    let many = reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(64).build().unwrap();
+    let many = oms_tests::client_builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(64).build().unwrap();
     let t = Instant::now();
     let ids: Vec<String> =
         futures::stream::iter(0..catch_n).map(|n| place(&many, &cnode, n)).buffer_unordered(32).collect().await;

@@ -83,12 +83,19 @@ pub struct HubProc {
     pub http: SocketAddr,
 }
 
+/// The data directory of the hub started in `root`.
+pub fn hub_data(root: &Path) -> PathBuf {
+    root.join("hub-data")
+}
+
 /// Starts `oms hub` with its data in `root/hub-data`, logging to `root/hub.log` at `log_level`.
 pub fn spawn_hub(root: &Path, certs: &Path, quic: SocketAddr, http: SocketAddr, log_level: &str) -> HubProc {
     spawn_hub_with(root, certs, quic, http, log_level, "")
 }
 
 /// [`spawn_hub`] with a configuration file `root/hub.toml` holding `toml` (flags override its addresses).
+/// The hub's data directory gets the test admin key first ([`crate::install_admin_key`]), so a client from
+/// [`crate::http`] or [`crate::client_builder`] may call every route.
 pub fn spawn_hub_with(
     root: &Path,
     certs: &Path,
@@ -100,13 +107,14 @@ pub fn spawn_hub_with(
     let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("hub.log")).expect("hub log");
     let config = root.join("hub.toml");
     std::fs::write(&config, toml).expect("hub config");
+    crate::install_admin_key(&hub_data(root));
     let child = oms()
         .arg("hub")
         .arg("--config")
         .arg(&config)
         .args(["--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
         .arg("--data")
-        .arg(root.join("hub-data"))
+        .arg(hub_data(root))
         .arg("--certs")
         .arg(certs)
         .env("RUST_LOG", log_level)
@@ -167,7 +175,7 @@ pub fn node_config_with(
 /// Starts `oms node --config <config>`.
 pub fn spawn_node_with(id: &str, config: &Path, http: SocketAddr, dir: &Path, log_level: &str) -> ClusterNode {
     // The node's data directory is `dir/data` (see `node_config_with`).
-    crate::provision_admin(&dir.join("data"));
+    crate::install_admin_key(&dir.join("data"));
     let log_path = dir.join("node.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("node log");
     let child = oms()

@@ -107,7 +107,7 @@ impl NodeProc {
     }
 
     fn spawn(id: &str, dir: &Path, addr: SocketAddr, config: Option<&Path>) -> NodeProc {
-        provision_admin(dir);
+        install_admin_key(dir);
         let mut cmd = Command::new(oms_bin());
         cmd.arg("node");
         if let Some(config) = config {
@@ -167,18 +167,26 @@ impl Drop for NodeProc {
     }
 }
 
-/// The admin token every test node and hub is provisioned with ([`provision_admin`]) and [`http`] sends.
+/// The admin token every test node and hub is provisioned with ([`install_admin_key`]) and [`http`] sends:
+/// fixed, so that one client can speak to every process a test starts. Only for tests on loopback.
 pub const TEST_ADMIN_TOKEN: &str = "oms_7e57000000000000000000000000000000000000000000000000000000000001";
+/// The name of that key (in audit rows).
+pub const TEST_ADMIN_KEY: &str = "test-admin";
 
-/// Records [`TEST_ADMIN_TOKEN`] as the `admin` key of the data directory `dir` (once; later calls do nothing).
-pub fn provision_admin(dir: &Path) {
+/// Records [`TEST_ADMIN_TOKEN`] as the `admin` key of the data directory `dir` (created if missing), as
+/// `oms keys` would with that token. Idempotent.
+pub fn install_admin_key(dir: &Path) {
     use oms_service::auth::keys;
     let hash = keys::hex(&keys::token_hash(TEST_ADMIN_TOKEN));
     if keys::read(dir).expect("read keys").keys.iter().any(|k| k.live() && k.sha256 == hash) {
         return;
     }
-    let admin =
-        keys::NewKey { name: "test-admin".into(), role: keys::Role::Admin, channel: None, rate_per_s: Some(1_000_000) };
+    let admin = keys::NewKey {
+        name: TEST_ADMIN_KEY.into(),
+        role: keys::Role::Admin,
+        channel: None,
+        rate_per_s: Some(1_000_000),
+    };
     keys::add_token(dir, TEST_ADMIN_TOKEN, admin, 1).expect("provision the test admin key");
 }
 
@@ -194,6 +202,19 @@ pub fn create_key(dir: &Path, name: &str, role: &str, channel: Option<&str>, rat
     keys::create(dir, new, 1).expect("create key")
 }
 
+/// A client builder that sends `Authorization: Bearer` [`TEST_ADMIN_TOKEN`] with every request.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    client_with_token(TEST_ADMIN_TOKEN)
+}
+
+/// A client builder that sends `Authorization: Bearer <token>` with every request.
+pub fn client_with_token(token: &str) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("token header");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers)
+}
+
 /// An HTTP client with a time budget per request that authenticates as the test admin.
 pub fn http() -> reqwest::Client {
     http_as(TEST_ADMIN_TOKEN)
@@ -201,9 +222,7 @@ pub fn http() -> reqwest::Client {
 
 /// An HTTP client that sends `token` as its bearer token.
 pub fn http_as(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).default_headers(headers).build().expect("client")
+    client_with_token(token).timeout(Duration::from_secs(20)).build().expect("client")
 }
 
 /// Runs `oms <args>` to completion and returns its standard output; panics (with its stderr) if it fails.

@@ -21,7 +21,7 @@ const STEP: Duration = Duration::from_secs(10);
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn client() -> reqwest::Client {
-    oms_tests::http()
+    oms_tests::client_builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 /// The hex serial `oms ca issue` or `oms ca renew` printed on its first line (`... serial <hex> ...`).

@@ -90,7 +90,7 @@ async fn wait_hub_has(http: &reqwest::Client, hub: SocketAddr, site: &str, expec
 }
 
 fn client() -> reqwest::Client {
-    oms_tests::http()
+    oms_tests::client_builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 /// Seeds three SKUs at each of `nodes`, places orders `0..orders` at each (in turn), and waits until the hub
