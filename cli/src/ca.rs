@@ -3,12 +3,15 @@
 //! `ca.pem` and its own pair.
 //!
 //! `init` creates the CA (and records the tenant in `DIR/tenant`, so later `issue` calls need not repeat
-//! it), `issue` writes `node-<id>.pem/.key` or `hub.pem/.key` and prints the serial, `renew` replaces such a
-//! pair with a new certificate for the same identity (a fresh key unless `--reuse-key`; the old certificate
+//! it), `issue` writes `node-<id>.pem/.key` or `hub.pem/.key` and prints the serial (`--http NAME`: a
+//! certificate for the TLS of a node's or the hub's HTTP API, `http-NAME.pem/.key`, for its `--dns` names and
+//! `--ip` addresses, with no oms identity, so it can never sync as a node or the hub), `renew` replaces such
+//! a pair with a new certificate for the same identity (or names) (a fresh key unless `--reuse-key`; the old certificate
 //! stays valid until it expires), `revoke` adds a serial to the CRL that a running hub re-reads (and closes
 //! the revoked node's live connection). Private keys are written `0600`, everything durably (temporary file,
 //! fsync, rename, fsync of the directory).
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -32,39 +35,53 @@ pub(crate) enum CaCmd {
         #[arg(long, default_value_t = 3650)]
         days: i64,
     },
-    /// Issue a node or hub certificate signed by the CA in DIR.
+    /// Issue a node, hub or HTTP server certificate signed by the CA in DIR.
+    #[command(group(clap::ArgGroup::new("subject").required(true).args(["node", "hub", "http"])))]
     Issue {
         /// PKI directory.
         #[arg(long)]
         dir: PathBuf,
         /// Node id to issue for.
-        #[arg(long, required_unless_present = "hub", conflicts_with = "hub")]
+        #[arg(long)]
         node: Option<String>,
         /// Issue the hub's certificate.
         #[arg(long)]
         hub: bool,
+        /// Issue a certificate for the TLS of an HTTP API (`[http] tls_cert` / `tls_key` of a node or the
+        /// hub) named NAME: `http-NAME.pem`, `http-NAME.key`. It names the `--dns` and `--ip` given and
+        /// carries no oms identity.
+        #[arg(long, value_name = "NAME")]
+        http: Option<String>,
         /// Tenant; defaults to the one `ca init` recorded.
         #[arg(long)]
         tenant: Option<String>,
-        /// DNS names of the hub certificate (nodes check the hub's name against them).
+        /// DNS names of the hub or HTTP certificate (clients check the server's name against them).
         #[arg(long = "dns", default_value = "localhost")]
         dns: Vec<String>,
+        /// IP addresses of the HTTP certificate (clients that address the server by IP check it).
+        #[arg(long = "ip", default_value = "127.0.0.1")]
+        ip: Vec<IpAddr>,
         /// Validity, days.
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
-    /// Renew a node or hub certificate in DIR: same identity and DNS names, a new serial and validity. The
-    /// old certificate is not revoked; it stays valid until it expires (revoke it once the new one is in use).
+    /// Renew a node, hub or HTTP certificate in DIR: same identity, DNS names and IP addresses, a new serial
+    /// and validity. The old certificate is not revoked; it stays valid until it expires (revoke it once the
+    /// new one is in use).
+    #[command(group(clap::ArgGroup::new("subject").required(true).args(["node", "hub", "http"])))]
     Renew {
         /// PKI directory (with the CA and the certificate to renew).
         #[arg(long)]
         dir: PathBuf,
         /// Node id whose certificate to renew.
-        #[arg(long, required_unless_present = "hub", conflicts_with = "hub")]
+        #[arg(long)]
         node: Option<String>,
         /// Renew the hub's certificate.
         #[arg(long)]
         hub: bool,
+        /// Renew the HTTP certificate NAME (`http-NAME.pem`).
+        #[arg(long, value_name = "NAME")]
+        http: Option<String>,
         /// Validity of the new certificate from now, days.
         #[arg(long, default_value_t = 365)]
         days: i64,
@@ -127,6 +144,11 @@ fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
+/// The names an HTTP certificate is for, as `issue` prints them.
+fn names(dns: &[String], ips: &[IpAddr]) -> String {
+    dns.iter().cloned().chain(ips.iter().map(IpAddr::to_string)).collect::<Vec<_>>().join(", ")
+}
+
 /// Runs one `oms ca` subcommand.
 pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
     match cmd {
@@ -137,7 +159,18 @@ pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", tenant_file(&dir).display()))?;
             println!("CA for tenant {tenant} created in {}", dir.display());
         }
-        CaCmd::Issue { dir, node, hub, tenant, dns, days } => {
+        CaCmd::Issue { dir, http: Some(name), node: None, hub: false, dns, ip, days, .. } => {
+            let opts = IssueOptions { dns_names: dns, ip_addresses: ip, ..IssueOptions::valid_for(check_days(days)?) };
+            let issued = pki::issue_http(&dir, &dir, &name, &opts)?;
+            println!(
+                "issued HTTP certificate {name} for {}: {} {} serial {}",
+                names(&opts.dns_names, &opts.ip_addresses),
+                issued.cert_path.display(),
+                issued.key_path.display(),
+                pki::hex(&issued.serial)
+            );
+        }
+        CaCmd::Issue { dir, node, hub, http: None, tenant, dns, days, .. } => {
             let tenant = match tenant {
                 Some(t) => t,
                 None => read_tenant(&dir)?,
@@ -145,7 +178,7 @@ pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
             let identity = match (node, hub) {
                 (Some(node), false) => Identity::node(&tenant, &node)?,
                 (None, true) => Identity::hub(&tenant)?,
-                _ => bail!("give exactly one of --node ID and --hub"),
+                _ => bail!("give exactly one of --node ID, --hub and --http NAME"),
             };
             let mut opts = IssueOptions::valid_for(check_days(days)?);
             if hub {
@@ -159,19 +192,31 @@ pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
                 pki::hex(&issued.serial)
             );
         }
-        CaCmd::Renew { dir, node, hub, days, reuse_key } => {
-            let tenant = read_tenant(&dir)?;
-            let identity = match (node, hub) {
-                (Some(node), false) => Identity::node(&tenant, &node)?,
-                (None, true) => Identity::hub(&tenant)?,
-                _ => bail!("give exactly one of --node ID and --hub"),
-            };
+        CaCmd::Issue { .. } => bail!("give exactly one of --node ID, --hub and --http NAME"),
+        CaCmd::Renew { dir, node, hub, http, days, reuse_key } => {
             let key = if reuse_key { KeyChoice::Reuse } else { KeyChoice::Fresh };
-            let renewed = pki::renew(&dir, &dir, &identity, check_days(days)?, key)
-                .with_context(|| format!("cannot renew {identity} in {}", dir.display()))?;
+            let (what, renewed) = match (node, hub, http) {
+                (None, false, Some(name)) => {
+                    let renewed = pki::renew_http(&dir, &dir, &name, check_days(days)?, key)
+                        .with_context(|| format!("cannot renew the HTTP certificate {name} in {}", dir.display()))?;
+                    (format!("HTTP certificate {name}"), renewed)
+                }
+                (node, hub, None) => {
+                    let tenant = read_tenant(&dir)?;
+                    let identity = match (node, hub) {
+                        (Some(node), false) => Identity::node(&tenant, &node)?,
+                        (None, true) => Identity::hub(&tenant)?,
+                        _ => bail!("give exactly one of --node ID, --hub and --http NAME"),
+                    };
+                    let renewed = pki::renew(&dir, &dir, &identity, check_days(days)?, key)
+                        .with_context(|| format!("cannot renew {identity} in {}", dir.display()))?;
+                    (identity.to_string(), renewed)
+                }
+                _ => bail!("give exactly one of --node ID, --hub and --http NAME"),
+            };
             let (old, new) = (&renewed.old, &renewed.new);
             println!(
-                "renewed {identity}: {} {} serial {} valid until {} ({} key)",
+                "renewed {what}: {} {} serial {} valid until {} ({} key)",
                 renewed.issued.cert_path.display(),
                 renewed.issued.key_path.display(),
                 new.serial_hex(),

@@ -14,6 +14,12 @@
 //! plus any reservation beyond stock: must be 0), whether the hub converged with the nodes and how long the
 //! hub took to catch up after the heal; `--summary FILE` writes the same as JSON (`orders_placed`,
 //! `orders_shipped`, `oversold_units`, `converged`, `convergence_ms`, `sites`, ...).
+//!
+//! The hub's HTTP API is served over TLS with a certificate from the demo's PKI (`http-hub.pem`, as
+//! `oms ca issue --http hub` makes it), and the demo's client trusts only the demo's CA: every answer from
+//! the hub is counted (`hub_https_requests`), and one that did not come over TLS with that certificate is a
+//! mismatch (`hub_https_mismatches`, which must be 0), as is a plain-HTTP answer on the hub's port
+//! (`hub_http_plain_answered`, which must be false). The nodes' APIs stay plain HTTP on loopback.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -81,17 +87,19 @@ async fn spawn_node(site: &Site) -> anyhow::Result<Child> {
     Ok(child)
 }
 
-async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<()> {
+/// Waits until `base` (`http://addr` or `https://addr`) answers `/healthz`, for at most 20 s.
+async fn wait_healthy(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
     while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("http://{addr}/healthz")).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
+        match http.get(format!("{base}/healthz")).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last = r.status().to_string(),
+            Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("process at {addr} did not become healthy within 20 s")
+    bail!("{base} did not become healthy within 20 s ({last})")
 }
 
 /// The demo's tenant.
@@ -108,6 +116,9 @@ fn make_pki(dir: &std::path::Path, sites: &[Site]) -> anyhow::Result<()> {
     let mut hub = IssueOptions::valid_for(day);
     hub.dns_names = vec!["localhost".into()];
     pki::issue(dir, dir, &Identity::hub(TENANT)?, &hub)?;
+    // The hub's HTTP API: `oms ca issue --http hub` (localhost and 127.0.0.1, no identity).
+    hub.ip_addresses = vec![[127, 0, 0, 1].into()];
+    pki::issue_http(dir, dir, "hub", &hub)?;
     for s in sites {
         pki::issue(dir, dir, &Identity::node(TENANT, s.id)?, &IssueOptions::valid_for(day))?;
     }
@@ -170,11 +181,19 @@ fn add_key(
     Ok(())
 }
 
-/// An HTTP client that authenticates with `token`.
-fn client(token: &str) -> anyhow::Result<reqwest::Client> {
+/// An HTTP client that authenticates with `token`: plain HTTP to the nodes, HTTPS to the hub trusting only
+/// the demo's CA (`ca`, PEM), reporting the certificate each answer came with.
+fn client(token: &str, ca: &[u8]) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
-    Ok(reqwest::Client::builder().timeout(Duration::from_secs(15)).default_headers(headers).build()?)
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca)?)
+        .tls_info(true)
+        .timeout(Duration::from_secs(15))
+        .default_headers(headers)
+        .build()?)
 }
 
 /// Per site: the audit trail's successful ship rows, read through every page; None if unreachable.
@@ -229,8 +248,16 @@ fn spawn_hub(
 ) -> anyhow::Result<Child> {
     std::fs::create_dir_all(data)?;
     let log = std::fs::File::create(data.join("hub.log"))?;
+    // HTTPS on the hub's API with the certificate `make_pki` issued for it.
+    let (cert, key) = oms_transport::pki::http_paths(certs, "hub");
+    let config = data.join("hub.toml");
+    let (cert, key) =
+        (serde_json::to_string(&cert.display().to_string())?, serde_json::to_string(&key.display().to_string())?);
+    std::fs::write(&config, format!("[http]\ntls_cert = {cert}\ntls_key = {key}\n"))?;
     Command::new(std::env::current_exe()?)
         .args(["hub", "--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
+        .arg("--config")
+        .arg(&config)
         .arg("--data")
         .arg(data)
         .arg("--certs")
@@ -244,16 +271,20 @@ fn spawn_hub(
 }
 
 /// The hub's order count per site.
-async fn hub_counts(http: &reqwest::Client, hub: SocketAddr) -> Option<BTreeMap<String, u64>> {
-    let v: Value = http.get(format!("http://{hub}/v1/orders?limit=1")).send().await.ok()?.json().await.ok()?;
+async fn hub_counts(http: &reqwest::Client, hub: SocketAddr, tally: &Tally) -> Option<BTreeMap<String, u64>> {
+    let r = http.get(format!("https://{hub}/v1/orders?limit=1")).send().await.ok()?;
+    tally.hub_answer(&r);
+    let v: Value = r.json().await.ok()?;
     let map = v["by_site"].as_object()?;
     Some(map.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
 }
 
 /// What the hub reports of the certificates in use (its own and each connected node's): how many it shows,
 /// and how many of them expire within the warning period. None if the hub is unreachable.
-async fn hub_certificates(http: &reqwest::Client, hub: SocketAddr) -> Option<(u64, u64)> {
-    let v: Value = http.get(format!("http://{hub}/v1/nodes")).send().await.ok()?.json().await.ok()?;
+async fn hub_certificates(http: &reqwest::Client, hub: SocketAddr, tally: &Tally) -> Option<(u64, u64)> {
+    let r = http.get(format!("https://{hub}/v1/nodes")).send().await.ok()?;
+    tally.hub_answer(&r);
+    let v: Value = r.json().await.ok()?;
     let nodes = v["nodes"].as_array().into_iter().flatten().map(|n| &n["certificate"]);
     let certs: Vec<&Value> = std::iter::once(&v["hub_certificate"]).chain(nodes).filter(|c| c.is_object()).collect();
     let soon = certs.iter().filter(|c| c["expiring_soon"] == Value::Bool(true)).count();
@@ -308,6 +339,24 @@ struct Tally {
     short_picks: AtomicU64,
     cancelled: AtomicU64,
     returned: AtomicU64,
+    /// The certificate the hub's HTTPS must present (DER of `http-hub.pem`).
+    hub_cert: Vec<u8>,
+    /// Answers from the hub over TLS with that certificate.
+    hub_https_ok: AtomicU64,
+    /// Answers from the hub that were not: plain HTTP, or another certificate. Must stay 0.
+    hub_https_mismatches: AtomicU64,
+}
+
+impl Tally {
+    /// Counts an answer from the hub: over TLS with the hub's HTTP certificate, or a mismatch.
+    fn hub_answer(&self, r: &reqwest::Response) {
+        let presented = r.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate());
+        if r.url().scheme() == "https" && presented == Some(self.hub_cert.as_slice()) {
+            self.hub_https_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.hub_https_mismatches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<(u16, Value)> {
@@ -418,17 +467,34 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         sites.push(Site { id, lat, lon, addr: free_port()?, dir });
     }
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
     // The hub, and each site's link to it; the cut site goes through a relay the demo controls.
     let certs = a.data.join("certs");
     std::fs::create_dir_all(&certs)?;
     make_pki(&certs, &sites)?;
+    // One client for all: plain HTTP to the nodes, HTTPS to the hub, trusting only the demo's CA, and
+    // reporting the certificate each answer came with.
+    let ca = std::fs::read(certs.join("ca.pem")).context("cannot read the demo CA")?;
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .tls_info(true)
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let hub_cert = oms_transport::tls::load_certs(&oms_transport::pki::http_paths(&certs, "hub").0)?
+        .into_iter()
+        .next()
+        .context("no certificate in http-hub.pem")?
+        .to_vec();
+    let tally = Arc::new(Tally { hub_cert, ..Tally::default() });
     let hub_quic = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
     let hub_http = free_port()?;
     let keys = DemoKeys::new();
     let mut api_keys = keys.provision_hub(&a.data.join("hub"))?;
     let mut hub = spawn_hub(&a.data.join("hub"), &certs, hub_quic, hub_http)?;
-    wait_healthy(&http, hub_http).await?;
+    wait_healthy(&http, &format!("https://{hub_http}")).await?;
+    // Nothing is answered in clear on the hub's HTTPS port.
+    let hub_http_plain_answered = http.get(format!("http://{hub_http}/healthz")).send().await.is_ok();
     let relay = Arc::new(
         oms_transport::relay::Relay::start(hub_quic, oms_transport::relay::Faults::default(), a.seed)
             .await
@@ -438,22 +504,22 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         let via = if s.id == CUT_SITE { relay.local_addr() } else { hub_quic };
         write_node_config(s, via, &certs)?;
     }
-    println!("started hub       at http://{hub_http}  (QUIC {hub_quic}); {CUT_SITE} links through a relay");
+    println!("started hub       at https://{hub_http}  (QUIC {hub_quic}); {CUT_SITE} links through a relay");
     for s in &sites {
         api_keys += keys.provision_node(&s.dir)?;
     }
-    let admin = client(&keys.admin)?;
-    let staff_http = client(&keys.staff)?;
-    let pos_http = client(&keys.pos)?;
-    let service_http = client(&keys.service)?;
-    let web_http = client(&keys.web)?;
-    let market_http = client(&keys.marketplace)?;
+    let admin = client(&keys.admin, &ca)?;
+    let staff_http = client(&keys.staff, &ca)?;
+    let pos_http = client(&keys.pos, &ca)?;
+    let service_http = client(&keys.service, &ca)?;
+    let web_http = client(&keys.web, &ca)?;
+    let market_http = client(&keys.marketplace, &ca)?;
     let mut children = Vec::new();
     for s in &sites {
         children.push(spawn_node(s).await?);
     }
     for s in &sites {
-        wait_healthy(&http, s.addr).await?;
+        wait_healthy(&http, &format!("http://{}", s.addr)).await?;
         println!("started {:<9} at http://{}  ({:.2}, {:.2})  data {}", s.id, s.addr, s.lat, s.lon, s.dir.display());
     }
     // Seed catalog and stock.
@@ -485,7 +551,6 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let until = started + Duration::from_secs(a.duration);
-    let tally = Arc::new(Tally::default());
     let mut staff = Vec::new();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for (i, s) in sites.iter().enumerate() {
@@ -531,7 +596,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                     "ship_to": {"name": "Demo Customer", "line1": format!("{n} Demo Street"), "city": city, "postcode": "10115", "country": "DE", "lat": lat, "lon": lon}
                 });
                 let url = if to_hub {
-                    format!("http://{hub_http}/v1/orders")
+                    format!("https://{hub_http}/v1/orders")
                 } else {
                     format!("http://{}/v1/orders", addrs[site])
                 };
@@ -556,6 +621,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                                 continue;
                             }
                         };
+                        if to_hub {
+                            tally.hub_answer(&r);
+                        }
                         match r.status().as_u16() {
                             201 if to_hub => {
                                 let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -590,7 +658,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     // Cut one site off the hub for the middle half of the run.
     let cutter = {
         let relay = relay.clone();
-        let cut_http = admin.clone();
+        let (cut_http, cut_tally) = (admin.clone(), tally.clone());
         let cut_addr = sites.iter().find(|s| s.id == CUT_SITE).map(|s| s.addr).context("cut site")?;
         let (quarter, half) = (Duration::from_millis(a.duration * 250), Duration::from_millis(a.duration * 500));
         tokio::spawn(async move {
@@ -617,11 +685,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             while healed.elapsed() < Duration::from_secs(120) {
                 let mut still = Vec::new();
                 for id in missing {
-                    let seen = cut_http
-                        .get(format!("http://{hub_http}/v1/orders/{id}"))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success());
+                    let seen = cut_http.get(format!("https://{hub_http}/v1/orders/{id}")).send().await.is_ok_and(|r| {
+                        cut_tally.hub_answer(&r);
+                        r.status().is_success()
+                    });
                     if !seen {
                         still.push(id);
                     }
@@ -648,7 +715,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let _ = children[victim].wait().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     children[victim] = spawn_node(&sites[victim]).await?;
-    wait_healthy(&http, sites[victim].addr).await?;
+    wait_healthy(&http, &format!("http://{}", sites[victim].addr)).await?;
     println!(
         "t={:>4.1}s  {} restarted; clients retry with the same idempotency keys",
         started.elapsed().as_secs_f64(),
@@ -670,7 +737,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 node_counts.insert(s.id.to_owned(), ids.len() as u64);
             }
         }
-        if let Some(c) = hub_counts(&admin, hub_http).await {
+        if let Some(c) = hub_counts(&admin, hub_http, &tally).await {
             hub_seen = c;
             if node_counts.len() == sites.len() && node_counts.iter().all(|(site, n)| hub_seen.get(site) == Some(n)) {
                 converged = true;
@@ -794,8 +861,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let mut hub_missing = 0u64;
     let mut hub_by_status: BTreeMap<String, u64> = BTreeMap::new();
     for id in &acked {
-        match admin.get(format!("http://{hub_http}/v1/orders/{id}")).send().await {
+        match admin.get(format!("https://{hub_http}/v1/orders/{id}")).send().await {
             Ok(r) if r.status().is_success() => {
+                tally.hub_answer(&r);
                 let v: Value = r.json().await.unwrap_or(Value::Null);
                 *hub_by_status.entry(v["status"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
             }
@@ -826,7 +894,14 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         tally.cancelled.load(Ordering::Relaxed),
         tally.returned.load(Ordering::Relaxed)
     );
-    let (certificates_shown, certificates_expiring_soon) = hub_certificates(&admin, hub_http).await.unwrap_or((0, 0));
+    let (certificates_shown, certificates_expiring_soon) =
+        hub_certificates(&admin, hub_http, &tally).await.unwrap_or((0, 0));
+    let hub_https_requests = tally.hub_https_ok.load(Ordering::Relaxed);
+    let hub_https_mismatches = tally.hub_https_mismatches.load(Ordering::Relaxed);
+    println!(
+        "hub API over TLS: {hub_https_requests} answers with its certificate, {hub_https_mismatches} without (must be 0); plain HTTP {}",
+        if hub_http_plain_answered { "ANSWERED" } else { "refused" }
+    );
     println!(
         "certificates in use shown by the hub {certificates_shown} (the hub's and each node's), expiring within 30 days {certificates_expiring_soon}"
     );
@@ -838,6 +913,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "audit_ship_rows": audit_ships,
         "audit_mismatches": audit_mismatches,
         "auth_probe_failures": auth_probe_failures,
+        "hub_http_tls": true,
+        "hub_https_requests": hub_https_requests,
+        "hub_https_mismatches": hub_https_mismatches,
+        "hub_http_plain_answered": hub_http_plain_answered,
         "certificates_shown": certificates_shown,
         "certificates_expiring_soon": certificates_expiring_soon,
         "orders_placed": placed + hub_placed,
@@ -871,6 +950,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if !converged {
         bail!("the hub did not converge with the nodes within 120 s");
     }
+    let tls_broken = hub_https_mismatches > 0 || hub_https_requests == 0 || hub_http_plain_answered;
     if oversold > 0
         || placed != total_orders
         || !all_consistent
@@ -878,9 +958,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || certificates_expiring_soon > 0
         || audit_mismatches > 0
         || auth_probe_failures > 0
+        || tls_broken
     {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}"
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}"
         );
     }
     Ok(())

@@ -133,6 +133,7 @@ impl HubConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
         self.auth.validate()?;
+        self.http.scheme(self.listen_http.ip())?;
         if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {
             return Err(ConfigError::Invalid(format!(
                 "docs_cached_max must be at least 1 and docs_loaded_max at least docs_cached_max (got {} and {})",

@@ -238,6 +238,7 @@ impl NodeConfig {
         }
         self.http.validate()?;
         self.auth.validate()?;
+        self.http.scheme(self.listen.ip())?;
         if let Some(h) = &self.hub {
             let e = &h.escrow;
             if e.lease_ms < 1_000 || e.margin_ms == 0 || e.rebalance.hub_share_min_bp > e.rebalance.hub_share_max_bp {

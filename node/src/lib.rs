@@ -22,6 +22,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub use config::NodeConfig;
+
 pub use sync::SYNC_DB_FILE;
 
 /// Opens the store and serves the HTTP API until `shutdown` resolves. Binds before returning from the
@@ -60,8 +61,16 @@ pub async fn run(
     );
     let keys_watch = tokio::spawn(auth.clone().watch());
     let app = api::router(api::AppState { store, metrics, auth });
+    // TLS on the API if `[http]` names a certificate, re-read when its files change.
+    let tls = match cfg.http.tls_files() {
+        Some((cert, key)) => Some(
+            oms_transport::tls::watched_http_server_tls(cert, key, cfg.http.tls_check_interval_ms, "node-http")
+                .with_context(|| format!("cannot load the HTTP API's certificate {}", cert.display()))?,
+        ),
+        None => None,
+    };
     // Host allow-list, origin check, timeouts and connection limits of `[http]` (see `oms_service::serve`).
-    oms_service::serve::serve(listener, app, &cfg.http, shutdown).await?;
+    oms_service::serve::serve(listener, app, &cfg.http, tls, shutdown).await?;
     keys_watch.abort();
     Ok(())
 }

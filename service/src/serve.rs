@@ -18,11 +18,25 @@
 //! - **Shutdown**: once `shutdown` resolves no connection is accepted; requests in flight finish (idle
 //!   connections close at once) for at most `request_timeout_ms`, after which the rest are dropped.
 //!
-//! HTTP/1.1 only, as before (`axum` is built without HTTP/2).
+//! **TLS.** Given a rustls configuration (the node and the hub build it from `tls_cert` / `tls_key` with
+//! `oms_transport::tls::http_server_tls`, whose certificate resolver re-reads the files at most every
+//! `tls_check_interval_ms` when they change, so a renewed pair is presented from the next handshake on;
+//! this crate knows nothing of certificates), every connection is TLS: the handshake runs in the
+//! connection's own task, never in the accept loop, and must complete within `header_read_timeout_ms` (the
+//! request head then has its own `header_read_timeout_ms`), so a client that opens a socket and stalls
+//! holds its slot no longer than a slow plain-HTTP client. A failed handshake (a plain-HTTP request on the
+//! TLS port, an untrusting client) is a debug log: no answer is ever written in clear.
+//!
+//! **Plain HTTP** is served only on a loopback address, or where the config says `insecure_http = true`
+//! (behind a TLS-terminating proxy, say), and then with a warning at start; [`serve`] refuses to start
+//! otherwise ([`HttpConfig::scheme`]), whatever the caller checked before.
+//!
+//! HTTP/1.1 only, as before (`axum` is built without HTTP/2; over TLS, ALPN `http/1.1`).
 
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -37,12 +51,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
 
 use crate::config::ConfigError;
 use crate::guard::{self, AllowedHosts, HostError};
@@ -58,6 +74,11 @@ pub const REQUEST_TIMEOUT_MS_MAX: u64 = 3_600_000;
 pub const TIMEOUT_MS_MIN: u64 = 100;
 /// Largest accepted `connections_max` and `requests_in_flight_max`.
 pub const SLOTS_MAX: usize = 65_536;
+/// Default of `tls_check_interval_ms`: how often at most the certificate and key files are looked at for a
+/// change, on a handshake and on a timer, ms.
+pub const TLS_CHECK_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// Longest accepted `tls_check_interval_ms` (0 means on every handshake, which costs two `stat`s).
+pub const TLS_CHECK_INTERVAL_MS_MAX: u64 = 3_600_000;
 /// How long the accept loop pauses after an error that is not one connection's (out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
@@ -86,6 +107,31 @@ pub struct HttpConfig {
     /// Requests handled at once; more are refused with `503 overloaded`.
     #[serde(default = "default_requests_in_flight_max")]
     pub requests_in_flight_max: usize,
+    /// The server's certificate chain (PEM): with `tls_key`, the API is served over TLS only. A relative
+    /// path is relative to the working directory, as `data_dir` and `certs_dir` are.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating proxy, say). Without TLS and
+    /// without this, such an address is refused at start.
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// How often at most `tls_cert` and `tls_key` are looked at for a change, ms (0: on every handshake).
+    #[serde(default = "default_tls_check_interval_ms")]
+    pub tls_check_interval_ms: u64,
+}
+
+/// How a server speaks on its listen address, by [`HttpConfig::scheme`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpScheme {
+    /// HTTPS: `tls_cert` and `tls_key` are set.
+    Tls,
+    /// Plain HTTP on a loopback address: only this machine can reach it.
+    PlainLoopback,
+    /// Plain HTTP on a reachable address because `insecure_http = true`: worth a warning.
+    PlainInsecure,
 }
 
 fn default_header_read_timeout_ms() -> u64 {
@@ -103,6 +149,14 @@ fn default_connections_max() -> usize {
 fn default_requests_in_flight_max() -> usize {
     256
 }
+fn default_tls_check_interval_ms() -> u64 {
+    TLS_CHECK_INTERVAL_MS_DEFAULT
+}
+
+/// Whether `ip` reaches only this machine (an IPv4-mapped loopback address included).
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -113,6 +167,10 @@ impl Default for HttpConfig {
             request_timeout_ms: default_request_timeout_ms(),
             connections_max: default_connections_max(),
             requests_in_flight_max: default_requests_in_flight_max(),
+            tls_cert: None,
+            tls_key: None,
+            insecure_http: false,
+            tls_check_interval_ms: default_tls_check_interval_ms(),
         }
     }
 }
@@ -138,7 +196,41 @@ impl HttpConfig {
                 return Err(ConfigError::Invalid(format!("http.{key} must be 1 to {SLOTS_MAX} (got {v})")));
             }
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(ConfigError::Invalid("http.tls_cert is set without http.tls_key".into())),
+            (None, Some(_)) => return Err(ConfigError::Invalid("http.tls_key is set without http.tls_cert".into())),
+            _ => {}
+        }
+        if self.tls_check_interval_ms > TLS_CHECK_INTERVAL_MS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "http.tls_check_interval_ms must be 0 to {TLS_CHECK_INTERVAL_MS_MAX} (got {})",
+                self.tls_check_interval_ms
+            )));
+        }
         Ok(())
+    }
+
+    /// The certificate and key files, if the API is served over TLS.
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+
+    /// How a server listening on `listen` speaks: over TLS if configured, else plain HTTP on a loopback
+    /// address or with `insecure_http = true`; any other address is refused with what to set.
+    pub fn scheme(&self, listen: IpAddr) -> Result<HttpScheme, ConfigError> {
+        if self.tls_files().is_some() {
+            Ok(HttpScheme::Tls)
+        } else if is_loopback(listen) {
+            Ok(HttpScheme::PlainLoopback)
+        } else if self.insecure_http {
+            Ok(HttpScheme::PlainInsecure)
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "the HTTP listen address {listen} is not loopback and [http] has no TLS: set http.tls_cert and \
+                 http.tls_key (PEM files, e.g. from `oms ca issue --dir certs --http NAME`), or set \
+                 http.insecure_http = true to serve plain HTTP there anyway (behind a TLS-terminating proxy)"
+            )))
+        }
     }
 
     /// The host allow-list for a server listening on `listen`.
@@ -171,6 +263,12 @@ pub enum ServeError {
     /// The configured allow-list is not valid.
     #[error(transparent)]
     Hosts(#[from] HostError),
+    /// Plain HTTP on a non-loopback address without `insecure_http = true`.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The config names TLS files but the caller handed no TLS configuration built from them.
+    #[error("http.tls_cert and http.tls_key are set but no TLS configuration was loaded from them")]
+    TlsNotLoaded,
 }
 
 /// The per-request limits, shared by every connection.
@@ -352,17 +450,65 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
+/// Serves one accepted connection (plain or TLS) until it closes or the graceful shutdown closes it.
+async fn serve_connection<I>(
+    io: I,
+    http1: &hyper::server::conn::http1::Builder,
+    app: Router,
+    peer: std::net::SocketAddr,
+    watcher: Watcher,
+    send_timeout: Duration,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(SendTimeout::new(io, send_timeout));
+    // Each request carries its peer's address (the open routes' per-IP rate limit reads it).
+    let svc = tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(crate::auth::PeerAddr(peer));
+        req
+    });
+    let conn = http1.serve_connection(io, TowerToHyperService::new(svc));
+    watcher.watch(conn).await
+}
+
 /// Serves `app` on `listener` with the guards and limits of `cfg` (see the module docs) until `shutdown`
-/// resolves, then lets requests in flight finish for at most `request_timeout_ms`.
-pub async fn serve<F>(listener: TcpListener, app: Router, cfg: &HttpConfig, shutdown: F) -> Result<(), ServeError>
+/// resolves, then lets requests in flight finish for at most `request_timeout_ms`. With `tls`, every
+/// connection is TLS with that configuration; without, plain HTTP, which `cfg` must allow on the listener's
+/// address ([`HttpConfig::scheme`]).
+pub async fn serve<F>(
+    listener: TcpListener,
+    app: Router,
+    cfg: &HttpConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: F,
+) -> Result<(), ServeError>
 where
     F: Future<Output = ()> + Send,
 {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let acceptor = match tls {
+        Some(tls) => {
+            tracing::info!(%addr, "HTTP API served over TLS");
+            Some(TlsAcceptor::from(tls))
+        }
+        None => {
+            match cfg.scheme(addr.ip())? {
+                HttpScheme::Tls => return Err(ServeError::TlsNotLoaded),
+                HttpScheme::PlainInsecure => tracing::warn!(%addr,
+                    "HTTP API served in plain HTTP on a non-loopback address (http.insecure_http = true): requests \
+                     and answers travel unencrypted; set http.tls_cert and http.tls_key unless a TLS proxy \
+                     fronts this address"),
+                HttpScheme::PlainLoopback => tracing::debug!(%addr, "HTTP API served in plain HTTP on loopback"),
+            }
+            None
+        }
+    };
     let app = guarded(app, cfg, addr.ip())?;
     let slots = Arc::new(Semaphore::new(cfg.connections_max));
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1.timer(TokioTimer::new()).header_read_timeout(cfg.header_read_timeout()).keep_alive(true);
+    let (handshake_timeout, send_timeout) = (cfg.header_read_timeout(), cfg.send_timeout());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -391,17 +537,26 @@ where
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let io = TokioIo::new(SendTimeout::new(stream, cfg.send_timeout()));
-        // Each request carries its peer's address (the open routes' per-IP rate limit reads it).
-        let svc =
-            tower::ServiceExt::map_request(app.clone(), move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(crate::auth::PeerAddr(peer));
-                req
-            });
-        let conn = http1.serve_connection(io, TowerToHyperService::new(svc));
-        let conn = graceful.watch(conn);
+        // Taken here, before a shutdown can be signalled: a connection still in its TLS handshake when the
+        // server stops is closed once the handshake ends (within `header_read_timeout_ms`).
+        let watcher = graceful.watcher();
+        let (http1, app, acceptor) = (http1.clone(), app.clone(), acceptor.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match acceptor {
+                None => serve_connection(stream, &http1, app, peer, watcher, send_timeout).await,
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, &http1, app, peer, watcher, send_timeout).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake not complete within header_read_timeout_ms; closed");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
             }
             drop(slot);
@@ -443,5 +598,63 @@ mod tests {
             assert!(matches!(cfg.validate(), Err(ConfigError::Invalid(_))), "{bad}");
         }
         assert!(toml::from_str::<HttpConfig>("header_timeout_ms = 5").is_err(), "unknown key");
+    }
+
+    #[test]
+    fn tls_keys_come_in_pairs_within_bounds() {
+        let cfg: HttpConfig = toml::from_str("").unwrap();
+        assert_eq!((cfg.tls_files(), cfg.insecure_http, cfg.tls_check_interval_ms), (None, false, 5_000));
+        let cfg: HttpConfig = toml::from_str(
+            "tls_cert = \"certs/http-wh1.pem\"\ntls_key = \"certs/http-wh1.key\"\ntls_check_interval_ms = 0",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.tls_files(), Some((Path::new("certs/http-wh1.pem"), Path::new("certs/http-wh1.key"))));
+        for (bad, names) in [
+            ("tls_cert = \"a.pem\"", "tls_key"),
+            ("tls_key = \"a.key\"", "tls_cert"),
+            ("tls_check_interval_ms = 3600001", "tls_check_interval_ms"),
+        ] {
+            let cfg: HttpConfig = toml::from_str(bad).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(names), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_needs_insecure_http() {
+        let plain = HttpConfig::default();
+        for ip in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(plain.scheme(ip.parse().unwrap()).unwrap(), HttpScheme::PlainLoopback, "{ip}");
+        }
+        for ip in ["0.0.0.0", "::", "10.1.2.3", "192.168.1.10", "2001:db8::1"] {
+            let e = plain.scheme(ip.parse().unwrap()).unwrap_err().to_string();
+            assert!(e.contains("tls_cert") && e.contains("insecure_http = true") && e.contains(ip), "{ip}: {e}");
+        }
+        let insecure = HttpConfig { insecure_http: true, ..HttpConfig::default() };
+        assert_eq!(insecure.scheme(IpAddr::from([0, 0, 0, 0])).unwrap(), HttpScheme::PlainInsecure);
+        assert_eq!(insecure.scheme(IpAddr::from([127, 0, 0, 1])).unwrap(), HttpScheme::PlainLoopback);
+        let tls = HttpConfig { tls_cert: Some("c.pem".into()), tls_key: Some("c.key".into()), ..HttpConfig::default() };
+        for ip in ["0.0.0.0", "127.0.0.1"] {
+            assert_eq!(tls.scheme(ip.parse().unwrap()).unwrap(), HttpScheme::Tls, "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_refuses_plain_http_on_a_reachable_address_and_tls_files_it_was_not_given() {
+        let any = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let refused = serve(any, Router::new(), &HttpConfig::default(), None, std::future::pending()).await;
+        assert!(
+            matches!(refused, Err(ServeError::Config(ConfigError::Invalid(ref m))) if m.contains("insecure_http")),
+            "{refused:?}"
+        );
+        let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls = HttpConfig { tls_cert: Some("c.pem".into()), tls_key: Some("c.key".into()), ..HttpConfig::default() };
+        let refused = serve(local, Router::new(), &tls, None, std::future::pending()).await;
+        assert!(matches!(refused, Err(ServeError::TlsNotLoaded)), "{refused:?}");
+        // Allowed explicitly: it serves (and stops when told).
+        let any = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let insecure = HttpConfig { insecure_http: true, ..HttpConfig::default() };
+        serve(any, Router::new(), &insecure, None, async {}).await.unwrap();
     }
 }

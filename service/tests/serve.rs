@@ -85,7 +85,7 @@ impl Server {
         let (stop, stopped) = oneshot::channel::<()>();
         let app = app(probe.clone());
         let task = tokio::spawn(async move {
-            serve(listener, app, &cfg, async move {
+            serve(listener, app, &cfg, None, async move {
                 let _ = stopped.await;
             })
             .await

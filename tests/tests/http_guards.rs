@@ -1,12 +1,15 @@
 //! The node's and the hub's HTTP servers against browser-borne and abusive clients, over real processes on
 //! loopback: every write names its content type (and a refused one changes nothing), foreign `Host`s and
-//! cross-site `Origin`s are refused, the `[http]` section is applied, slow headers are cut off, and invented
-//! methods do not grow the metrics' label set.
+//! cross-site `Origin`s are refused, the `[http]` section is applied, slow headers are cut off, invented
+//! methods do not grow the metrics' label set, the API is served over TLS with a certificate from
+//! `oms ca issue --http` (renewed without a restart), and plain HTTP is refused on a reachable address
+//! unless `insecure_http` says otherwise.
 //!
 //! Every loop is bounded in count and every wait in time.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use oms_tests::cluster::{self, free_tcp, free_udp, pki};
@@ -336,4 +339,147 @@ async fn hub_refuses_untyped_writes_foreign_hosts_cross_site_writes_and_slow_hea
     // A slow head is cut off after the configured second.
     let took = slow_head(&c, hub_http, "127.0.0.1", &format!("http://{hub_http}/healthz")).await.expect("cut off");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "cut off after {took:?}");
+}
+
+/// A client that trusts only the CA in `certs` and reports the certificate each server presented. Each call
+/// builds a new one, so its first request opens a new connection with a full handshake.
+fn https_client(certs: &Path) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(ca)
+        .tls_info(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// `GET url` on a new connection: the status and the serial (hex) of the certificate presented.
+async fn https_get(certs: &Path, url: &str) -> Result<(u16, String), String> {
+    let r = https_client(certs).get(url).send().await.map_err(|e| format!("{e:?}"))?;
+    let der = r.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate()).ok_or("no cert")?;
+    let serial = oms_transport::pki::server_cert_info(der).map_err(|e| e.to_string())?.serial_hex();
+    Ok((r.status().as_u16(), serial))
+}
+
+/// The serial `oms ca issue` or `renew` printed (`... serial <hex> ...` on the first line).
+fn printed_serial(out: &str) -> String {
+    let words: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+    words[words.iter().position(|w| *w == "serial").unwrap() + 1].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_serves_https_from_oms_ca_issue_http_and_takes_a_renewal_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    cluster::run_ok(cluster::oms().args(["ca", "init", "--tenant", cluster::TENANT, "--dir"]).arg(&certs));
+    let issued =
+        printed_serial(&cluster::run_ok(cluster::oms().args(["ca", "issue", "--http", "wh1", "--dir"]).arg(&certs)));
+    let data = tmp.path().join("wh1");
+    std::fs::create_dir_all(&data).unwrap();
+    let toml = format!(
+        "[http]\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_check_interval_ms = 200\n",
+        certs.join("http-wh1.pem").display(),
+        certs.join("http-wh1.key").display()
+    );
+    let n = NodeProc::start_with_config("wh1", &data, &toml);
+    let https = |path: &str| format!("https://127.0.0.1:{}{path}", n.addr.port());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = Err(String::new());
+    while Instant::now() < deadline {
+        last = https_get(&certs, &https("/healthz")).await;
+        if last.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, Ok((200, issued.clone())), "served over TLS with the issued certificate, verified against the CA");
+    // Writes too, over the same TLS.
+    let c = https_client(&certs);
+    let r = c.put(https("/v1/catalog/A")).json(&json!({"name": "A", "bin": "B-1"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Nothing in clear on the API's port.
+    assert!(http().get(n.url("/healthz")).send().await.is_err(), "plain HTTP is not answered");
+
+    // Renewed while the node runs: new connections get the new certificate within the check interval.
+    let renewed =
+        printed_serial(&cluster::run_ok(cluster::oms().args(["ca", "renew", "--http", "wh1", "--dir"]).arg(&certs)));
+    assert_ne!(renewed, issued);
+    let started = Instant::now();
+    let mut seen = String::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        let (status, serial) = https_get(&certs, &https("/healthz")).await.unwrap();
+        assert_eq!(status, 200);
+        seen = serial;
+        if seen == renewed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, renewed, "the renewed certificate is presented without a restart");
+    assert!(started.elapsed() < Duration::from_secs(5), "after {:?}", started.elapsed());
+    // The client that connected before the renewal still reads through its kept-alive connection.
+    let r = c.get(https("/v1/catalog/A")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Starts `oms node` listening on every address (`0.0.0.0`) with `toml` as its config; the child and its
+/// stderr file.
+fn node_on_any_address(dir: &Path, toml: &str) -> (std::process::Child, SocketAddr, std::path::PathBuf) {
+    let config = dir.join("node.toml");
+    std::fs::write(&config, toml).unwrap();
+    let port = oms_tests::free_addr().port();
+    let log = dir.join("node.err");
+    let child = cluster::oms()
+        .args(["node", "--listen", &format!("0.0.0.0:{port}"), "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, SocketAddr::from(([127, 0, 0, 1], port)), log)
+}
+
+#[test]
+fn plain_http_on_a_reachable_address_needs_insecure_http_and_then_warns() {
+    let d = tempfile::tempdir().unwrap();
+    // Without TLS and without insecure_http: refused at start, saying what to set.
+    let (mut child, _, log) = node_on_any_address(d.path(), "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "the node started anyway ({status:?})");
+    assert!(err.contains("0.0.0.0") && err.contains("tls_cert") && err.contains("insecure_http = true"), "{err}");
+
+    // With insecure_http = true: served, with a warning.
+    let (mut child, addr, log) = node_on_any_address(d.path(), "[http]\ninsecure_http = true\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut up = false;
+    while Instant::now() < deadline && !up {
+        assert!(child.try_wait().unwrap().is_none(), "exited: {}", std::fs::read_to_string(&log).unwrap());
+        up = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut warned = false;
+    while up && Instant::now() < deadline && !warned {
+        warned = std::fs::read_to_string(&log).unwrap().contains("plain HTTP on a non-loopback address");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "the node did not listen: {}", std::fs::read_to_string(&log).unwrap());
+    assert!(warned, "no warning: {}", std::fs::read_to_string(&log).unwrap());
 }

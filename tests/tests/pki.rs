@@ -65,6 +65,48 @@ fn oms_ca_writes_private_keys_0600() {
     assert!(names.iter().all(|n| !n.ends_with(".tmp")), "a temporary file stayed: {names:?}");
 }
 
+/// `oms ca issue --http`: the HTTP API's certificate, its key `0600`, for the names and addresses given, and
+/// no oms identity (so it can never sync as a node or the hub); `oms ca renew --http` keeps its names.
+#[cfg(unix)]
+#[test]
+fn oms_ca_issue_http_writes_a_0600_key_and_a_certificate_without_an_identity() {
+    use oms_transport::pki;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = ca(tmp.path(), 365);
+    let out = run_ok(
+        oms()
+            .args(["ca", "issue", "--http", "hub", "--dns", "hub.example", "--dns", "localhost", "--ip", "10.0.0.5"])
+            .arg("--dir")
+            .arg(&certs),
+    );
+    let serial = serial_of(&out);
+    let mode = |name: &str| std::fs::metadata(certs.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("http-hub.key"), 0o600);
+    assert_eq!(mode("http-hub.pem") & !0o644, 0);
+    let pem = std::fs::read_to_string(certs.join("http-hub.pem")).unwrap();
+    let info = pki::server_cert_info_pem(&pem).unwrap();
+    assert_eq!(info.serial_hex(), serial);
+    assert_eq!(info.identity, None, "an HTTP certificate is no oms identity");
+    assert_eq!(info.dns_names, ["hub.example", "localhost"]);
+    assert_eq!(info.ip_addresses, [std::net::IpAddr::from([10, 0, 0, 5])]);
+    assert!(pki::cert_info_pem(&pem).is_err(), "nothing reads an identity out of it");
+    // The hub's own certificate is untouched and still its identity.
+    let hub = pki::cert_info_pem(&std::fs::read_to_string(certs.join("hub.pem")).unwrap()).unwrap();
+    assert_eq!(hub.identity, Some(oms_transport::Identity::hub(TENANT).unwrap()));
+
+    let out = run_ok(oms().args(["ca", "renew", "--http", "hub", "--dir"]).arg(&certs));
+    let renewed = pki::server_cert_info_pem(&std::fs::read_to_string(certs.join("http-hub.pem")).unwrap()).unwrap();
+    assert_eq!(renewed.serial_hex(), serial_of(&out));
+    assert_ne!(renewed.serial, info.serial);
+    assert_eq!((renewed.dns_names, renewed.ip_addresses, renewed.identity), (info.dns_names, info.ip_addresses, None));
+    assert_eq!(mode("http-hub.key"), 0o600);
+    // Defaults: localhost and 127.0.0.1.
+    run_ok(oms().args(["ca", "issue", "--http", "wh1", "--dir"]).arg(&certs));
+    let wh1 = pki::server_cert_info_pem(&std::fs::read_to_string(certs.join("http-wh1.pem")).unwrap()).unwrap();
+    assert_eq!((wh1.dns_names, wh1.ip_addresses), (vec!["localhost".to_owned()], vec![[127, 0, 0, 1].into()]));
+}
+
 /// A hand-made node session: its endpoint, connection and stream, held open.
 struct Session {
     _endpoint: quinn::Endpoint,

@@ -16,6 +16,12 @@
 //! frame counts as identity. A hub certificate additionally carries DNS names, because the node verifies the
 //! hub as a TLS server name.
 //!
+//! **HTTP server certificates** ([`issue_http`], [`renew_http`]; `http-<name>.pem` / `http-<name>.key`) are
+//! for the TLS of a node's or the hub's HTTP API: DNS and IP SANs, the `serverAuth` usage only, and **no
+//! URI SAN**, so such a certificate is never an oms identity: [`identity_from_cert_der`] refuses it, a hub
+//! refuses it from a node (no identity, and no `clientAuth` usage), and node and hub refuse to start QUIC
+//! with it. A key that serves HTTPS on a shop floor can thus never sync as a node.
+//!
 //! **Renewal** ([`renew`]) issues a new certificate for the identity and DNS names of the current one, with a
 //! new serial and validity, and by default a **fresh key** ([`KeyChoice::Fresh`]): `oms ca` generates every
 //! key on the admin host and ships certificate and key together anyway, so a fresh key costs nothing extra,
@@ -30,6 +36,7 @@ use rcgen::{
 };
 use std::fmt;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
@@ -172,6 +179,14 @@ pub enum PkiError {
         /// The identity in the file.
         found: String,
     },
+    /// The certificate to renew as an HTTP server certificate carries an oms identity (or the reverse).
+    #[error("{path} is not an HTTP server certificate (it carries the identity {found})")]
+    NotHttp {
+        /// The certificate file.
+        path: PathBuf,
+        /// The identity in the file.
+        found: String,
+    },
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
@@ -306,8 +321,10 @@ pub struct IssueOptions {
     pub not_before: OffsetDateTime,
     /// End of validity.
     pub not_after: OffsetDateTime,
-    /// DNS names the holder serves as (a hub's server names; empty for nodes).
+    /// DNS names the holder serves as (a hub's server names, an HTTP server's names; empty for nodes).
     pub dns_names: Vec<String>,
+    /// IP addresses the holder serves as (HTTP server certificates only; ignored for identities).
+    pub ip_addresses: Vec<IpAddr>,
     /// Marks the leaf as a CA. Only for testing that the hub refuses such a leaf.
     pub claim_ca: bool,
 }
@@ -316,7 +333,13 @@ impl IssueOptions {
     /// Valid from a few minutes ago for `validity`, no DNS names.
     pub fn valid_for(validity: Duration) -> Self {
         let now = OffsetDateTime::now_utc();
-        Self { not_before: now - Duration::minutes(5), not_after: now + validity, dns_names: vec![], claim_ca: false }
+        Self {
+            not_before: now - Duration::minutes(5),
+            not_after: now + validity,
+            dns_names: vec![],
+            ip_addresses: vec![],
+            claim_ca: false,
+        }
     }
 }
 
@@ -334,30 +357,65 @@ pub struct Issued {
 /// Issues a certificate for `identity`, signed by the CA in `ca_dir`, with a fresh key, written to
 /// `out_dir/<stem>.pem` and `out_dir/<stem>.key`.
 pub fn issue(ca_dir: &Path, out_dir: &Path, identity: &Identity, opts: &IssueOptions) -> Result<Issued, PkiError> {
-    issue_with_key(ca_dir, out_dir, identity, opts, KeyPair::generate()?)
+    issue_with_key(ca_dir, out_dir, Subject::Identity(identity), opts, KeyPair::generate()?)
+}
+
+/// Issues an HTTP server certificate `name` (see the module docs: DNS and IP SANs from `opts`, `serverAuth`
+/// only, no identity), signed by the CA in `ca_dir`, with a fresh key, written to `out_dir/http-<name>.pem`
+/// and `out_dir/http-<name>.key`.
+pub fn issue_http(ca_dir: &Path, out_dir: &Path, name: &str, opts: &IssueOptions) -> Result<Issued, PkiError> {
+    check_name(name)?;
+    issue_with_key(ca_dir, out_dir, Subject::Http(name), opts, KeyPair::generate()?)
+}
+
+/// What a certificate is issued for.
+#[derive(Debug, Clone, Copy)]
+enum Subject<'a> {
+    /// A node or the hub: the identity in one URI SAN.
+    Identity(&'a Identity),
+    /// An HTTP server: names and addresses, no identity.
+    Http(&'a str),
+}
+
+impl Subject<'_> {
+    fn paths(self, dir: &Path) -> (PathBuf, PathBuf) {
+        match self {
+            Subject::Identity(identity) => identity_paths(dir, identity),
+            Subject::Http(name) => http_paths(dir, name),
+        }
+    }
 }
 
 fn issue_with_key(
     ca_dir: &Path,
     out_dir: &Path,
-    identity: &Identity,
+    subject: Subject<'_>,
     opts: &IssueOptions,
     key: KeyPair,
 ) -> Result<Issued, PkiError> {
     let issuer = load_issuer(ca_dir)?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = dn(&identity.uri());
-    let uri = identity.uri().try_into()?;
-    params.subject_alt_names = vec![SanType::URI(uri)];
+    match subject {
+        Subject::Identity(identity) => {
+            params.distinguished_name = dn(&identity.uri());
+            params.subject_alt_names = vec![SanType::URI(identity.uri().try_into()?)];
+            params.extended_key_usages = match identity {
+                Identity::Hub { .. } => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+                Identity::Node { .. } => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            };
+        }
+        Subject::Http(name) => {
+            params.distinguished_name = dn(&format!("oms http {name}"));
+            // Server authentication only: never a client certificate, never an identity (no URI SAN).
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            params.subject_alt_names = opts.ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+        }
+    }
     for name in &opts.dns_names {
         params.subject_alt_names.push(SanType::DnsName(name.clone().try_into()?));
     }
     params.is_ca = if opts.claim_ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::ExplicitNoCa };
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = match identity {
-        Identity::Hub { .. } => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-        Identity::Node { .. } => vec![ExtendedKeyUsagePurpose::ClientAuth],
-    };
     params.not_before = opts.not_before;
     params.not_after = opts.not_after;
     let serial = random_serial();
@@ -365,12 +423,17 @@ fn issue_with_key(
     params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(&key, &issuer)?;
     std::fs::create_dir_all(out_dir).map_err(|source| PkiError::Io { path: out_dir.to_owned(), source })?;
-    let (cert_path, key_path) = identity_paths(out_dir, identity);
+    let (cert_path, key_path) = subject.paths(out_dir);
     // The key first: a reader that sees the new certificate finds its key already there (a reloading node
     // or hub also checks that the two match and retries otherwise).
     write_durable(&key_path, key.serialize_pem().as_bytes(), FileMode::Secret)?;
     write_durable(&cert_path, cert.pem().as_bytes(), FileMode::Public)?;
     Ok(Issued { serial: serial.to_bytes(), cert_path, key_path })
+}
+
+/// Paths of the HTTP server certificate `name` and its key in `dir`: `http-<name>.pem`, `http-<name>.key`.
+pub fn http_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (dir.join(format!("http-{name}.pem")), dir.join(format!("http-{name}.key")))
 }
 
 /// Paths of `identity`'s certificate and key in `dir`: `<stem>.pem`, `<stem>.key`.
@@ -411,28 +474,67 @@ pub fn renew(
     validity: Duration,
     key: KeyChoice,
 ) -> Result<Renewed, PkiError> {
-    let (cert_path, key_path) = identity_paths(out_dir, identity);
+    let (cert_path, _) = identity_paths(out_dir, identity);
     let old = cert_info_pem(&read(&cert_path)?)?;
-    if &old.identity != identity {
-        return Err(PkiError::WrongIdentity { path: cert_path, wanted: identity.uri(), found: old.identity.uri() });
+    if old.identity.as_ref() != Some(identity) {
+        let found = old.identity.as_ref().map_or_else(|| "none".to_owned(), Identity::uri);
+        return Err(PkiError::WrongIdentity { path: cert_path, wanted: identity.uri(), found });
     }
+    renew_subject(ca_dir, out_dir, Subject::Identity(identity), &old, validity, key)
+}
+
+/// Renews the HTTP server certificate `name` in `out_dir` (`http-<name>.pem`, which must exist): same DNS
+/// names and IP addresses, a new serial, validity from now for `validity`, the key `key` says. Refuses a file
+/// that carries an oms identity.
+pub fn renew_http(
+    ca_dir: &Path,
+    out_dir: &Path,
+    name: &str,
+    validity: Duration,
+    key: KeyChoice,
+) -> Result<Renewed, PkiError> {
+    check_name(name)?;
+    let (cert_path, _) = http_paths(out_dir, name);
+    let old = server_cert_info_pem(&read(&cert_path)?)?;
+    if let Some(identity) = &old.identity {
+        return Err(PkiError::NotHttp { path: cert_path, found: identity.uri() });
+    }
+    renew_subject(ca_dir, out_dir, Subject::Http(name), &old, validity, key)
+}
+
+fn renew_subject(
+    ca_dir: &Path,
+    out_dir: &Path,
+    subject: Subject<'_>,
+    old: &CertInfo,
+    validity: Duration,
+    key: KeyChoice,
+) -> Result<Renewed, PkiError> {
+    let (_, key_path) = subject.paths(out_dir);
     let key = match key {
         KeyChoice::Fresh => KeyPair::generate()?,
         KeyChoice::Reuse => KeyPair::from_pem(&read(&key_path)?)?,
     };
-    let opts = IssueOptions { dns_names: old.dns_names.clone(), ..IssueOptions::valid_for(validity) };
-    let issued = issue_with_key(ca_dir, out_dir, identity, &opts, key)?;
-    let new = cert_info_pem(&read(&issued.cert_path)?)?;
-    Ok(Renewed { old, issued, new })
+    let opts = IssueOptions {
+        dns_names: old.dns_names.clone(),
+        ip_addresses: old.ip_addresses.clone(),
+        ..IssueOptions::valid_for(validity)
+    };
+    let issued = issue_with_key(ca_dir, out_dir, subject, &opts, key)?;
+    let new = server_cert_info_pem(&read(&issued.cert_path)?)?;
+    Ok(Renewed { old: old.clone(), issued, new })
 }
 
 /// What node and hub need to know of a certificate besides its identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
-    /// The identity in its URI SAN.
-    pub identity: Identity,
+    /// The identity in its URI SAN; always there for what [`cert_info`] accepts, `None` for an HTTP server
+    /// certificate ([`server_cert_info`]).
+    pub identity: Option<Identity>,
     /// Its DNS SANs (a hub's server names).
     pub dns_names: Vec<String>,
+    /// Its IP address SANs (an HTTP server certificate's).
+    pub ip_addresses: Vec<IpAddr>,
     /// Serial number, big-endian bytes as encoded.
     pub serial: Vec<u8>,
     /// Start of validity, seconds since the Unix epoch.
@@ -451,30 +553,50 @@ impl CertInfo {
     pub fn expiry(&self, now_unix_s: i64) -> Expiry {
         expiry(self.not_after_unix_s, now_unix_s)
     }
+
+    /// The identity's URI, or `none` (an HTTP server certificate), for logs.
+    pub fn identity_label(&self) -> String {
+        self.identity.as_ref().map_or_else(|| "none".to_owned(), Identity::uri)
+    }
 }
 
-/// Parses a DER certificate: identity (exactly one `oms://` URI SAN), DNS names, serial, validity.
+/// Parses a DER certificate of an oms identity: identity (exactly one `oms://` URI SAN), DNS names, serial,
+/// validity.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let identity = identity_from_cert_der(der)?;
+    Ok(CertInfo { identity: Some(identity), ..server_cert_info(der)? })
+}
+
+/// Parses any DER certificate a TLS server may present (an HTTP server certificate from `oms ca issue --http`
+/// or an operator's): DNS and IP names, serial, validity, and the oms identity if it carries one.
+pub fn server_cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| PkiError::Parse(e.to_string()))?;
     let san = cert.subject_alternative_name().map_err(|e| PkiError::Parse(e.to_string()))?;
-    let dns_names = san
-        .map(|ext| {
-            ext.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some((*d).to_owned()),
-                    _ => None,
-                })
-                .collect()
+    let names = san.map(|ext| ext.value.general_names.as_slice()).unwrap_or_default();
+    let dns_names = names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
         })
-        .unwrap_or_default();
+        .collect();
+    let ip_addresses = names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
+                16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
     let validity = cert.validity();
     Ok(CertInfo {
-        identity,
+        identity: identity_from_cert_der(der).ok(),
         dns_names,
+        ip_addresses,
         serial: cert.raw_serial().to_vec(),
         not_before_unix_s: validity.not_before.timestamp(),
         not_after_unix_s: validity.not_after.timestamp(),
@@ -483,9 +605,17 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
 
 /// [`cert_info`] of the first certificate in PEM text.
 pub fn cert_info_pem(pem: &str) -> Result<CertInfo, PkiError> {
+    cert_info(&first_cert_der(pem)?)
+}
+
+/// [`server_cert_info`] of the first certificate in PEM text.
+pub fn server_cert_info_pem(pem: &str) -> Result<CertInfo, PkiError> {
+    server_cert_info(&first_cert_der(pem)?)
+}
+
+fn first_cert_der(pem: &str) -> Result<rustls::pki_types::CertificateDer<'static>, PkiError> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Parse(e.to_string()))?;
-    cert_info(&der)
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Parse(e.to_string()))
 }
 
 /// How long a certificate has left.
@@ -698,6 +828,57 @@ mod tests {
     }
 
     #[test]
+    fn an_http_certificate_names_its_server_and_is_no_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        ca_init(dir.path(), "acme", Duration::days(365)).unwrap();
+        let opts = IssueOptions {
+            dns_names: vec!["localhost".into(), "wh1.example".into()],
+            ip_addresses: vec![IpAddr::from([127, 0, 0, 1]), "::1".parse().unwrap()],
+            ..IssueOptions::valid_for(Duration::days(90))
+        };
+        let issued = issue_http(dir.path(), dir.path(), "node-wh1", &opts).unwrap();
+        assert_eq!(issued.cert_path, dir.path().join("http-node-wh1.pem"));
+        assert_eq!(issued.key_path, dir.path().join("http-node-wh1.key"));
+        let pem = std::fs::read_to_string(&issued.cert_path).unwrap();
+        let info = server_cert_info_pem(&pem).unwrap();
+        assert_eq!(info.identity, None);
+        assert_eq!(info.dns_names, ["localhost", "wh1.example"]);
+        assert_eq!(info.ip_addresses, opts.ip_addresses);
+        assert_eq!(info.serial, issued.serial);
+        // Not an oms identity, whichever way it is read.
+        assert!(matches!(cert_info_pem(&pem), Err(PkiError::BadIdentity { .. })));
+        let der = first_cert_der(&pem).unwrap();
+        assert!(identity_from_cert_der(&der).is_err());
+        // Server authentication only: no client certificate for mutual TLS.
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth, "{eku:?}");
+        assert!(issue_http(dir.path(), dir.path(), "Bad/Name", &opts).is_err());
+
+        // Renewal keeps names and addresses, with a new serial; an identity's file is not renewed as HTTP.
+        let renewed = renew_http(dir.path(), dir.path(), "node-wh1", Duration::days(30), KeyChoice::Fresh).unwrap();
+        assert_eq!(renewed.old.serial, issued.serial);
+        assert_ne!(renewed.new.serial, issued.serial);
+        assert_eq!(
+            (renewed.new.dns_names.clone(), renewed.new.ip_addresses.clone()),
+            (info.dns_names, info.ip_addresses)
+        );
+        assert_eq!(renewed.new.identity, None);
+        issue(dir.path(), dir.path(), &Identity::hub("acme").unwrap(), &IssueOptions::valid_for(Duration::days(1)))
+            .unwrap();
+        std::fs::copy(dir.path().join("hub.pem"), dir.path().join("http-hub.pem")).unwrap();
+        assert!(matches!(
+            renew_http(dir.path(), dir.path(), "hub", Duration::days(1), KeyChoice::Fresh),
+            Err(PkiError::NotHttp { .. })
+        ));
+        // And an HTTP certificate under an identity's name is not renewed as that identity.
+        std::fs::copy(&issued.cert_path, dir.path().join("node-n1.pem")).unwrap();
+        let n1 = Identity::node("acme", "n1").unwrap();
+        assert!(renew(dir.path(), dir.path(), &n1, Duration::days(1), KeyChoice::Fresh).is_err());
+    }
+
+    #[test]
     fn renewal_keeps_identity_and_names_with_a_new_serial_and_validity() {
         let dir = tempfile::tempdir().unwrap();
         ca_init(dir.path(), "acme", Duration::days(365)).unwrap();
@@ -712,7 +893,7 @@ mod tests {
         let fresh = renew(dir.path(), dir.path(), &hub, Duration::days(90), KeyChoice::Fresh).unwrap();
         assert_eq!(fresh.old.serial, issued.serial);
         assert_ne!(fresh.new.serial, fresh.old.serial);
-        assert_eq!(fresh.new.identity, hub);
+        assert_eq!(fresh.new.identity, Some(hub.clone()));
         assert_eq!(fresh.new.dns_names, vec!["hub.acme.test".to_owned(), "localhost".to_owned()]);
         assert!(fresh.new.not_after_unix_s > fresh.old.not_after_unix_s + 79 * 86_400);
         let key_fresh = std::fs::read(&issued.key_path).unwrap();

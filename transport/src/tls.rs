@@ -21,6 +21,12 @@
 //! that does not load, or whose key does not match the certificate (files copied one after the other), keeps
 //! the previous pair in force and is loaded once the files change again.
 //!
+//! The HTTP API of node and hub may be served over TLS too ([`http_server_tls`]): TLS 1.2 and 1.3, ALPN
+//! `http/1.1`, no client certificates, and the same [`ReloadingCert`] as its certificate resolver, in the mode
+//! that takes any server certificate ([`ReloadingCert::new_server`]: an operator's, or one from
+//! `oms ca issue --http`, which carries no oms identity). `oms_service::serve` runs the handshakes; this
+//! crate only builds the configuration, so `oms-service` needs no QUIC.
+//!
 //! Session resumption is disabled on the hub, so every connection is verified against the current CRL.
 //! webpki refuses a leaf certificate that claims to be a CA (`CaUsedAsEndEntity`); a test pins that.
 
@@ -180,6 +186,47 @@ pub struct ClientTls {
     pub config: rustls::ClientConfig,
     /// The node's own certificate and key.
     pub own: Arc<ReloadingCert>,
+}
+
+/// The TLS of an HTTP API: the rustls configuration to hand to `oms_service::serve::serve`, and its
+/// reloading certificate, for [`watch_own_certificate`].
+#[derive(Debug)]
+pub struct HttpTls {
+    /// TLS 1.2 and 1.3, ALPN `http/1.1`, no client certificates.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The server's certificate and key, reloaded when the files change.
+    pub own: Arc<ReloadingCert>,
+}
+
+/// The ALPN protocol of the HTTP API: HTTP/1.1 only (the server speaks nothing else).
+pub const HTTP_ALPN: &[u8] = b"http/1.1";
+
+/// The rustls configuration of an HTTP API served over TLS with the certificate chain in `cert` and the key
+/// in `key` (PEM), re-read at most every `check_interval_ms` when either file changed (see the module docs).
+/// Fails if the pair does not load at start.
+pub fn http_server_tls(cert: &Path, key: &Path, check_interval_ms: u64) -> Result<HttpTls, TlsError> {
+    let own = Arc::new(ReloadingCert::new_server(cert, key, check_interval_ms)?);
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(own.clone());
+    cfg.alpn_protocols = vec![HTTP_ALPN.to_vec()];
+    // No 0-RTT: early data can be replayed, and a POST may write.
+    cfg.max_early_data_size = 0;
+    Ok(HttpTls { config: Arc::new(cfg), own })
+}
+
+/// [`http_server_tls`] with [`watch_own_certificate`] spawned on the current runtime for it (`role` names it
+/// in the log): what node and hub run for `[http] tls_cert` / `tls_key`. Must be called within a runtime.
+pub fn watched_http_server_tls(
+    cert: &Path,
+    key: &Path,
+    check_interval_ms: u64,
+    role: &'static str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let tls = http_server_tls(cert, key, check_interval_ms)?;
+    tokio::spawn(watch_own_certificate(tls.own, role, check_interval_ms, |_| {}));
+    Ok(tls.config)
 }
 
 /// The hub's rustls configuration.
@@ -363,6 +410,8 @@ pub struct ReloadingCert {
     cert_path: PathBuf,
     key_path: PathBuf,
     check_interval: Duration,
+    /// Whether the certificate must carry an oms identity (QUIC), or may be any server certificate (HTTP).
+    identity_required: bool,
     current: RwLock<OwnCurrent>,
     /// Bumped whenever a changed pair was loaded.
     generation: AtomicU64,
@@ -390,14 +439,31 @@ pub enum Reload {
 }
 
 impl ReloadingCert {
-    /// Loads the certificate and key; fails if they are unusable at start.
+    /// Loads the certificate of an oms identity (a node's or the hub's, for QUIC) and its key; fails if they
+    /// are unusable at start. A later pair without an identity is refused like any other that does not load.
     pub fn new(cert_path: &Path, key_path: &Path, cert_check_interval_ms: u64) -> Result<Self, TlsError> {
+        Self::load(cert_path, key_path, cert_check_interval_ms, true)
+    }
+
+    /// Loads any server certificate (the HTTP API's: no oms identity needed) and its key; fails if they are
+    /// unusable at start.
+    pub fn new_server(cert_path: &Path, key_path: &Path, cert_check_interval_ms: u64) -> Result<Self, TlsError> {
+        Self::load(cert_path, key_path, cert_check_interval_ms, false)
+    }
+
+    fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        cert_check_interval_ms: u64,
+        identity_required: bool,
+    ) -> Result<Self, TlsError> {
         let stamps = (stamp(cert_path), stamp(key_path));
-        let (key, info) = load_pair(cert_path, key_path)?;
+        let (key, info) = load_pair(cert_path, key_path, identity_required)?;
         Ok(Self {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
             check_interval: Duration::from_millis(cert_check_interval_ms),
+            identity_required,
             current: RwLock::new(OwnCurrent { key, info, stamps, checked_at: Instant::now(), failed: None }),
             generation: AtomicU64::new(0),
         })
@@ -436,7 +502,7 @@ impl ReloadingCert {
         if now == c.stamps || Some(now) == c.failed {
             return Reload::Unchanged;
         }
-        match load_pair(&self.cert_path, &self.key_path) {
+        match load_pair(&self.cert_path, &self.key_path, self.identity_required) {
             Ok((key, info)) => {
                 tracing::info!(cert = %self.cert_path.display(), serial = %info.serial_hex(),
                     not_after_unix_s = info.not_after_unix_s, "own certificate changed; reloaded");
@@ -476,12 +542,18 @@ impl ReloadingCert {
     }
 }
 
-/// Loads a certificate chain and its key, checking that the key is the certificate's.
-fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(Arc<CertifiedKey>, CertInfo), TlsError> {
+/// Loads a certificate chain and its key, checking that the key is the certificate's (and, if
+/// `identity_required`, that the certificate carries an oms identity).
+fn load_pair(
+    cert_path: &Path,
+    key_path: &Path,
+    identity_required: bool,
+) -> Result<(Arc<CertifiedKey>, CertInfo), TlsError> {
     let certs = load_certs(cert_path)?;
     let key = load_key(key_path)?;
     let leaf = certs.first().ok_or_else(|| pem_err(cert_path, "no certificate"))?;
-    let info = pki::cert_info(leaf).map_err(|source| TlsError::Cert { path: cert_path.to_owned(), source })?;
+    let info = if identity_required { pki::cert_info(leaf) } else { pki::server_cert_info(leaf) }
+        .map_err(|source| TlsError::Cert { path: cert_path.to_owned(), source })?;
     let pair_err = |reason: String| TlsError::KeyPair { cert: cert_path.to_owned(), key: key_path.to_owned(), reason };
     let certified = CertifiedKey::from_der(certs, key, &provider()).map_err(|e| pair_err(e.to_string()))?;
     // `from_der` lets a pair pass whose consistency it cannot tell; ours always can.
@@ -509,7 +581,8 @@ impl ResolvesClientCert for ReloadingCert {
 /// [`WATCH_PERIOD_MIN_MS`]) until the runtime stops: re-reads the files if they changed, hands the
 /// certificate's figures to `observe` (for metrics), and logs a warning naming the certificate when it
 /// expires within `pki::EXPIRY_WARNING_DAYS` — at once, again every [`EXPIRY_WARNING_REPEAT_MS`], and
-/// whenever the certificate changes. `role` names the holder in the log (`node`, `hub`).
+/// whenever the certificate changes. `role` names the holder in the log (`node`, `hub`, `node-http`,
+/// `hub-http`).
 pub async fn watch_own_certificate(
     cert: Arc<ReloadingCert>,
     role: &'static str,
@@ -528,7 +601,7 @@ pub async fn watch_own_certificate(
         let now_s = time::OffsetDateTime::now_utc().unix_timestamp();
         let expiry = info.expiry(now_s);
         if expiry_warning_due(&expiry, &info.serial, warned.as_ref()) {
-            tracing::warn!(role, cert = %cert.cert_path().display(), identity = %info.identity,
+            tracing::warn!(role, cert = %cert.cert_path().display(), identity = %info.identity_label(),
                 serial = %info.serial_hex(), expires_in_s = expiry.expires_in_s,
                 not_after_unix_s = info.not_after_unix_s,
                 "own certificate expires within {} days; renew it with `oms ca renew`", pki::EXPIRY_WARNING_DAYS);
@@ -590,5 +663,36 @@ impl ClientCertVerifier for ReloadingClientVerifier {
 
     fn offer_client_auth(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::IssueOptions;
+
+    #[test]
+    fn an_http_certificate_serves_https_but_is_refused_as_an_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        pki::ca_init(dir.path(), "acme", time::Duration::days(365)).unwrap();
+        let opts =
+            IssueOptions { dns_names: vec!["localhost".into()], ..IssueOptions::valid_for(time::Duration::days(90)) };
+        let http = pki::issue_http(dir.path(), dir.path(), "hub", &opts).unwrap();
+        // QUIC (node or hub): no identity, no start.
+        let refused = ReloadingCert::new(&http.cert_path, &http.key_path, 0);
+        assert!(matches!(refused, Err(TlsError::Cert { source: PkiError::BadIdentity { .. }, .. })), "{refused:?}");
+        let node_files = ClientTlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: http.cert_path.clone(),
+            key: http.key_path.clone(),
+            cert_check_interval_ms: 0,
+        };
+        assert!(client_tls(&node_files).is_err(), "a node refuses to sync with an HTTP certificate");
+        // HTTP: served, with its serial known, ALPN http/1.1 and both TLS versions.
+        let tls = http_server_tls(&http.cert_path, &http.key_path, 0).unwrap();
+        assert_eq!(tls.own.info().serial, http.serial);
+        assert_eq!(tls.own.info().identity, None);
+        assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(tls.config.max_early_data_size, 0);
     }
 }
