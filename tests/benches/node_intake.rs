@@ -3,7 +3,9 @@
 //! unbatched commits); then order lookup by id with 1,000,000 orders stored (p50, p99) and the node's RSS.
 //!
 //! `cargo bench -p oms-tests --bench node_intake` (env: `BENCH_SECS` per level, default 10;
-//! `BENCH_ORDERS` for the lookup store, default 1000000; `BENCH_DIR` for the data, default a temp dir).
+//! `BENCH_ORDERS` for the lookup store, default 1000000; `BENCH_DIR` for the data, default a temp dir;
+//! `BENCH_TLS=1` serves the API over HTTPS with a certificate from a CA the bench makes). Every request
+//! carries the test admin key (`oms_tests::TEST_ADMIN_TOKEN`), as every request to a node must.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -21,14 +23,51 @@ use oms_tests::stats::{env_u64, fsync_rate, percentile};
 struct Node {
     proc: Proc,
     addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
+}
+
+/// Runs `oms-it` with `args` to completion.
+fn oms(args: &[&str]) {
+    let ok = Command::new(env!("CARGO_BIN_EXE_oms-it")).args(args).stdout(Stdio::null()).status().unwrap().success();
+    assert!(ok, "oms {args:?} failed");
+}
+
+/// A client with the admin key, trusting the bench CA when there is one.
+fn client(ca: Option<&Path>, pool: usize) -> reqwest::Client {
+    let mut b = oms_tests::client_builder().pool_max_idle_per_host(pool);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca.join("ca.pem")).unwrap();
+        b = b.tls_built_in_root_certs(false).add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+    }
+    b.build().unwrap()
 }
 
 impl Node {
-    fn start(dir: &Path) -> Node {
+    /// Starts a node with its data in `dir`; with `tls`, HTTPS with a certificate from a CA in `tls`.
+    fn start(dir: &Path, tls: Option<&Path>) -> Node {
         let addr = free_addr();
+        oms_tests::install_admin_key(dir);
+        let config = dir.join("node.toml");
+        let mut text = String::new();
+        if let Some(ca) = tls {
+            let c = ca.to_str().unwrap();
+            if !ca.join("ca.pem").exists() {
+                oms(&["ca", "init", "--dir", c, "--tenant", "bench"]);
+                oms(&["ca", "issue", "--dir", c, "--http", "bench"]);
+            }
+            text = format!(
+                "[http]\ntls_cert = {:?}\ntls_key = {:?}\n",
+                ca.join("http-bench.pem").display().to_string(),
+                ca.join("http-bench.key").display().to_string()
+            );
+        }
+        std::fs::write(&config, text).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_oms-it"))
             .args(["node", "--node-id", "bench", "--listen", &addr.to_string(), "--data"])
             .arg(dir)
+            .arg("--config")
+            .arg(&config)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .spawn()
@@ -38,7 +77,11 @@ impl Node {
             assert!(Instant::now() < deadline, "node did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Node { proc: Proc { child }, addr }
+        Node { proc: Proc { child }, addr, scheme: if tls.is_some() { "https" } else { "http" } }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
     fn rss_mb(&self) -> f64 {
         self.proc.rss_mb()
@@ -55,12 +98,17 @@ fn order_json(n: u64) -> serde_json::Value {
     })
 }
 
-async fn intake_level(addr: SocketAddr, clients: usize, secs: u64, key_base: u64) -> (f64, f64, f64, u64) {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
+async fn intake_level(
+    url: String,
+    http: reqwest::Client,
+    clients: usize,
+    secs: u64,
+    key_base: u64,
+) -> (f64, f64, f64, u64) {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let http = http.clone();
+        let (http, url) = (http.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
@@ -69,12 +117,7 @@ async fn intake_level(addr: SocketAddr, clients: usize, secs: u64, key_base: u64
                 let n = key_base + (c as u64) * 10_000_000 + i;
                 i += 1;
                 let t = Instant::now();
-                let r = http
-                    .post(format!("http://{addr}/v1/orders"))
-                    .header("idempotency-key", format!("k{n}"))
-                    .json(&order_json(n))
-                    .send()
-                    .await;
+                let r = http.post(&url).header("idempotency-key", format!("k{n}")).json(&order_json(n)).send().await;
                 match r {
                     Ok(r) if r.status() == 201 => {
                         let _ = r.bytes().await;
@@ -116,21 +159,23 @@ fn main() {
     println!("raw fsync (4 KiB write + fdatasync): {fsync_per_s:.0}/s, p50 {fsync_p50:.3} ms, p99 {fsync_p99:.3} ms");
 
     // Intake.
+    let tls = (env_u64("BENCH_TLS", 0) == 1).then(|| base.join("ca"));
+    println!("HTTP API: {}, every request with an API key", if tls.is_some() { "HTTPS (TLS)" } else { "plain HTTP" });
     let dir = base.join("intake");
     std::fs::create_dir_all(&dir).unwrap();
-    let node = Node::start(&dir);
+    let node = Node::start(&dir, tls.as_deref());
     rt.block_on(async {
-        let http = reqwest::Client::new();
+        let http = client(tls.as_deref(), 1);
         for i in 0..100 {
             let r = http
-                .put(format!("http://{}/v1/catalog/S{i}", node.addr))
+                .put(node.url(&format!("/v1/catalog/S{i}")))
                 .json(&serde_json::json!({"name": "x", "bin": format!("A-{i}")}))
                 .send()
                 .await
                 .unwrap();
             assert!(r.status().is_success());
             let r = http
-                .post(format!("http://{}/v1/stock/receipts", node.addr))
+                .post(node.url("/v1/stock/receipts"))
                 .json(&serde_json::json!({"sku": format!("S{i}"), "qty": 1_000_000}))
                 .send()
                 .await
@@ -141,7 +186,9 @@ fn main() {
     println!("\n| clients | orders/s | p50 ms | p99 ms | errors | orders/s ÷ raw fsync/s |");
     println!("|---:|---:|---:|---:|---:|---:|");
     for (li, clients) in [1usize, 16, 64].into_iter().enumerate() {
-        let (rate, p50, p99, errors) = rt.block_on(intake_level(node.addr, clients, secs, (li as u64) << 40));
+        let http = client(tls.as_deref(), clients);
+        let (rate, p50, p99, errors) =
+            rt.block_on(intake_level(node.url("/v1/orders"), http, clients, secs, (li as u64) << 40));
         println!("| {clients} | {rate:.0} | {p50:.2} | {p99:.2} | {errors} | {:.2} |", rate / fsync_per_s);
     }
     println!("node RSS after intake: {:.0} MB", node.rss_mb());
@@ -153,10 +200,10 @@ fn main() {
     let t = Instant::now();
     rt.block_on(preload(&dir, lookup_orders));
     println!("\npreloaded {lookup_orders} orders in {:.1} s", t.elapsed().as_secs_f64());
-    let node = Node::start(&dir);
+    let node = Node::start(&dir, tls.as_deref());
     let rss_idle = node.rss_mb();
     let (p50, p99, rss_after) = rt.block_on(async {
-        let http = reqwest::Client::new();
+        let http = client(tls.as_deref(), 1);
         let mut lat = Vec::new();
         let mut x = 0x9E3779B97F4A7C15u64;
         for _ in 0..20_000 {
@@ -165,7 +212,7 @@ fn main() {
             x ^= x << 17;
             let seq = 1 + x % lookup_orders;
             let t = Instant::now();
-            let r = http.get(format!("http://{}/v1/orders/bench-{seq:010}", node.addr)).send().await.unwrap();
+            let r = http.get(node.url(&format!("/v1/orders/bench-{seq:010}"))).send().await.unwrap();
             assert_eq!(r.status(), 200);
             let _ = r.bytes().await.unwrap();
             lat.push(t.elapsed().as_secs_f64() * 1e3);

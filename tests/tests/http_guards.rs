@@ -345,7 +345,8 @@ async fn hub_refuses_untyped_writes_foreign_hosts_cross_site_writes_and_slow_hea
 /// builds a new one, so its first request opens a new connection with a full handshake.
 fn https_client(certs: &Path) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
-    reqwest::Client::builder()
+    // With the test admin key: every route but /healthz needs one.
+    oms_tests::client_builder()
         .use_rustls_tls()
         .add_root_certificate(ca)
         .tls_info(true)
