@@ -780,8 +780,10 @@ mod tests {
     use crate::demand::test_support::{TODAY, hub_docs};
     use oms_protocol::domain::FulfillmentState;
     use oms_protocol::sync::DocStore;
+    use oms_protocol::sync::SyncSession;
     use oms_protocol::sync::automerge::{ROOT, transaction::Transactable};
     use oms_protocol::sync::manifest_digest_of;
+    use oms_protocol::wire::Frame;
 
     #[test]
     fn a_cached_digest_is_recomputed_after_any_change() {
@@ -880,6 +882,94 @@ mod tests {
         let docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000_000).unwrap()).unwrap();
         assert!(docs.sync.entitled(&peer("wh-new"), &name));
         assert_eq!(docs.sync.access.party_names.len(), 3);
+    }
+
+    /// A v2 sync message carrying `changes`.
+    fn message_with(changes: Vec<u8>) -> Vec<u8> {
+        use oms_protocol::sync::automerge::sync::{ChunkList, MessageVersion, State, SyncDoc};
+        let mut state = State::new();
+        let mut msg = AutoCommit::new().sync().generate_sync_message(&mut state).unwrap();
+        msg.changes = ChunkList::from(changes);
+        msg.version = MessageVersion::V2;
+        msg.encode()
+    }
+
+    /// Sends node `node`'s order `seq` (one full save) through a hub session as a sync message, with the
+    /// ownership check the server runs; returns the refusals the session answered with.
+    fn send_order(docs: &mut HubDocs, s: &mut SyncSession, node: &NodeId, seq: u64) -> Vec<Frame> {
+        let id = oms_protocol::domain::OrderId::new(node, seq);
+        let name = schema::order_doc(&id).unwrap();
+        let record = oms_protocol::fixtures::accepted(id, node, &oms_protocol::domain::Sku::parse("A").unwrap(), 1);
+        let mut d = AutoCommit::new();
+        schema::write_order(&mut d, node, &record, 1).unwrap();
+        let msg = message_with(d.save());
+        let (before, len) = (docs.heads(&name), msg.len());
+        s.handle_frame(&mut docs.sync, Frame::Sync { doc: name.clone(), msg });
+        assert!(docs.check_applied(node, &name, &before, len, TODAY));
+        std::iter::from_fn(|| s.poll_transmit()).filter(|f| matches!(f, Frame::Refused { .. })).collect()
+    }
+
+    fn session(docs: &mut HubDocs, node: &str) -> SyncSession {
+        let hub = PeerId::new("oms://acme/hub").unwrap();
+        let cfg = oms_protocol::sync::SessionConfig::default();
+        let mut s = SyncSession::new_server(cfg.clone(), hub.clone(), peer(node), vec![1; 16], 0);
+        let hello = SyncSession::new_client(cfg, peer(node), hub, vec![2; 16], 0).poll_transmit().unwrap();
+        s.handle_frame(&mut docs.sync, hello);
+        while s.poll_transmit().is_some() {}
+        s
+    }
+
+    /// Issue 12, item 6: a node past its quota of documents, then of stored bytes, gets `QuotaExceeded` for
+    /// the change and nothing is stored; another node keeps syncing; the usage is counted from disk after a
+    /// restart.
+    #[test]
+    fn a_node_past_its_quota_is_refused_and_another_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+        docs.set_quota(NodeQuota { docs_max: 2, stored_bytes_max: 1 << 20 });
+        let (a, b) = (NodeId::parse("wh-a").unwrap(), NodeId::parse("wh-b").unwrap());
+        assert!(docs.enroll(&a) && docs.enroll(&b));
+        let (mut sa, mut sb) = (session(&mut docs, "wh-a"), session(&mut docs, "wh-b"));
+        for seq in 1..=2 {
+            assert_eq!(send_order(&mut docs, &mut sa, &a, seq), vec![], "order {seq} within the quota");
+        }
+        let third = schema::order_doc(&oms_protocol::domain::OrderId::new(&a, 3)).unwrap();
+        assert_eq!(
+            send_order(&mut docs, &mut sa, &a, 3),
+            vec![Frame::Refused { doc: third.clone(), code: ErrorCode::QuotaExceeded }]
+        );
+        assert!(!docs.db().contains(&third), "the refused document was not created");
+        assert!(!sa.is_closed(), "the node's session goes on");
+        let limited: Vec<_> = std::iter::from_fn(|| sa.poll_event())
+            .filter(|e| matches!(e, oms_protocol::sync::Event::Limited { code: ErrorCode::QuotaExceeded, .. }))
+            .collect();
+        assert_eq!(limited.len(), 1);
+        let used = docs.usage("wh-a");
+        assert_eq!(used.documents, 2);
+        assert!(used.stored_bytes > 0);
+        // Another node is held to its own quota, not wh-a's.
+        for seq in 1..=2 {
+            assert_eq!(send_order(&mut docs, &mut sb, &b, seq), vec![]);
+        }
+        // Stored bytes: a quota just above what wh-b stores refuses its next change.
+        docs.flush().unwrap();
+        drop((sa, sb));
+        drop(docs);
+        let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+        let after = docs.usage("wh-a");
+        assert_eq!(after.documents, 2, "counted again from disk");
+        assert!(after.stored_bytes > 0 && after.stored_bytes <= used.stored_bytes, "{after:?} vs {used:?}");
+        let stored = docs.usage("wh-b").stored_bytes;
+        docs.set_quota(NodeQuota { docs_max: 100, stored_bytes_max: stored + 10 });
+        let mut sb = session(&mut docs, "wh-b");
+        let refused = send_order(&mut docs, &mut sb, &b, 3);
+        assert!(matches!(refused.as_slice(), [Frame::Refused { code: ErrorCode::QuotaExceeded, .. }]), "{refused:?}");
+        // wh-a, below its own byte quota, still syncs.
+        let mut sa = session(&mut docs, "wh-a");
+        let used_a = docs.usage("wh-a").stored_bytes;
+        docs.set_quota(NodeQuota { docs_max: 100, stored_bytes_max: stored.max(used_a) + 100_000 });
+        assert_eq!(send_order(&mut docs, &mut sa, &a, 3), vec![]);
     }
 
     /// Pages `site`'s orders `limit` at a time, reading at most `rows_max` rows per page; returns the ids and
