@@ -194,8 +194,11 @@ fn skip_actors(b: &[u8]) -> Result<&[u8], ChunkError> {
     Ok(b)
 }
 
+/// A column's spec and data length, as the metadata lists them.
+type ColumnMeta = (u64, usize);
+
 /// Column metadata: (spec, length) per column.
-fn column_meta(b: &[u8]) -> Result<(Vec<(u64, usize)>, &[u8]), ChunkError> {
+fn column_meta(b: &[u8]) -> Result<(Vec<ColumnMeta>, &[u8]), ChunkError> {
     let (count, mut b) = uleb(b)?;
     if count > b.len() as u64 {
         return Err(ChunkError::Malformed("column count"));
@@ -212,7 +215,7 @@ fn column_meta(b: &[u8]) -> Result<(Vec<(u64, usize)>, &[u8]), ChunkError> {
 
 /// The bytes `cols` take once inflated; their data follows in `b`. Returns what follows them.
 fn columns_inflated<'b>(
-    cols: &[(u64, usize)],
+    cols: &[ColumnMeta],
     mut b: &'b [u8],
     budget: usize,
     max: usize,
