@@ -1,7 +1,8 @@
 //! The hub's HTTP API (JSON): what an operator or a channel integration asks the hub.
 //!
-//! - `GET /v1/nodes`: each node's connection state, last sync, lag, refusal counters and the certificate it
-//!   presented; the hub's own certificate (`hub_certificate`: serial, `not_after_unix_s`, `expires_in_s`,
+//! - `GET /v1/nodes`: each node's connection state, last sync, lag, refusal counters (`docs_refused`,
+//!   `changes_quarantined`, `quota_refusals`, `changes_too_large`, `changes_dropped`, `manifests_deferred`),
+//!   what it stores against its quota (`documents`, `stored_bytes`) and the certificate it presented; the hub's own certificate (`hub_certificate`: serial, `not_after_unix_s`, `expires_in_s`,
 //!   `expiring_soon` when less than `oms_transport::pki::EXPIRY_WARNING_DAYS` are left).
 //! - `GET /v1/orders?site=&after=&limit=`: order ids and states as the hub sees them, with per-site counts.
 //!   Follow `next_after` until it is null: a page reads at most [`ORDER_ROWS_READ_MAX`] orders, so with a site
@@ -193,6 +194,7 @@ async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
     names.sort();
     for name in names {
         let st = docs.nodes.get(&name).cloned().unwrap_or_default();
+        let usage = docs.usage(&name);
         let stock_updated_at_ms = oms_protocol::domain::NodeId::parse(&name)
             .ok()
             .and_then(|n| schema::stock_doc(&n))
@@ -213,6 +215,12 @@ async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
             "changes_applied": st.changes_applied,
             "changes_quarantined": st.changes_quarantined,
             "docs_refused": st.docs_refused,
+            "quota_refusals": st.quota_refusals,
+            "changes_too_large": st.changes_too_large,
+            "changes_dropped": st.changes_dropped,
+            "manifests_deferred": st.manifests_deferred,
+            "documents": usage.documents,
+            "stored_bytes": usage.stored_bytes,
             "sessions": st.sessions,
             "orders": counts.get(&name).copied().unwrap_or(0),
             "stock_updated_at_ms": stock_updated_at_ms,

@@ -37,6 +37,18 @@ pub struct HubConfig {
     /// taking more frames. At least `docs_cached_max`.
     #[serde(default = "default_docs_loaded_max")]
     pub docs_loaded_max: usize,
+    /// Documents one node may create (its orders and stock document); beyond it its changes creating more
+    /// are refused with `QuotaExceeded`. 1 ..= `docs_max`.
+    #[serde(default = "default_node_docs_max")]
+    pub node_docs_max: u64,
+    /// Bytes the documents one node writes may take; beyond it its changes are refused with
+    /// `QuotaExceeded`. 1 MiB ..= 1 TiB.
+    #[serde(default = "default_node_stored_bytes_max")]
+    pub node_stored_bytes_max: u64,
+    /// Bytes the changes of one sync message may inflate to; beyond it they are refused with
+    /// `ChangeTooLarge` before anything is inflated. 4 MiB (a frame) ..= 1 GiB.
+    #[serde(default = "default_changes_inflated_bytes_max")]
+    pub changes_inflated_bytes_max: usize,
     /// How often the CRL file is checked for changes, ms. A revoked node's live connection is closed within
     /// this interval, and its next handshake refused.
     #[serde(default = "default_crl_check_interval_ms")]
@@ -88,6 +100,15 @@ fn default_docs_cached_max() -> usize {
 fn default_docs_loaded_max() -> usize {
     2 * crate::docs::DOCS_CACHED_MAX
 }
+fn default_node_docs_max() -> u64 {
+    crate::docs::NODE_DOCS_MAX
+}
+fn default_node_stored_bytes_max() -> u64 {
+    crate::docs::NODE_STORED_BYTES_MAX
+}
+fn default_changes_inflated_bytes_max() -> usize {
+    oms_protocol::sync::CHANGES_INFLATED_BYTES_MAX
+}
 fn default_crl_check_interval_ms() -> u64 {
     oms_transport::tls::FILE_CHECK_INTERVAL_MS
 }
@@ -107,6 +128,9 @@ impl Default for HubConfig {
             docs_max: default_docs_max(),
             docs_cached_max: default_docs_cached_max(),
             docs_loaded_max: default_docs_loaded_max(),
+            node_docs_max: default_node_docs_max(),
+            node_stored_bytes_max: default_node_stored_bytes_max(),
+            changes_inflated_bytes_max: default_changes_inflated_bytes_max(),
             crl_check_interval_ms: default_crl_check_interval_ms(),
             cert_check_interval_ms: default_cert_check_interval_ms(),
             routing: crate::routing::RoutingPolicy::default(),
@@ -116,6 +140,13 @@ impl Default for HubConfig {
         }
     }
 }
+
+/// Smallest `node_stored_bytes_max`: 1 MiB.
+pub const NODE_STORED_BYTES_MIN: u64 = 1 << 20;
+/// Largest `node_stored_bytes_max`: 1 TiB.
+pub const NODE_STORED_BYTES_MAX_MAX: u64 = 1 << 40;
+/// Largest `changes_inflated_bytes_max`: 1 GiB.
+pub const CHANGES_INFLATED_BYTES_MAX_MAX: usize = 1 << 30;
 
 /// Why a configuration was refused (the node's files are read the same way).
 pub use oms_service::config::ConfigError;
@@ -140,7 +171,34 @@ impl HubConfig {
                 self.docs_cached_max, self.docs_loaded_max
             )));
         }
+        let docs_max = u64::try_from(self.docs_max).unwrap_or(u64::MAX);
+        if !(1..=docs_max).contains(&self.node_docs_max) {
+            return Err(ConfigError::Invalid(format!(
+                "node_docs_max must be within 1..=docs_max ({docs_max}), got {}",
+                self.node_docs_max
+            )));
+        }
+        if !(NODE_STORED_BYTES_MIN..=NODE_STORED_BYTES_MAX_MAX).contains(&self.node_stored_bytes_max) {
+            return Err(ConfigError::Invalid(format!(
+                "node_stored_bytes_max must be within {NODE_STORED_BYTES_MIN}..={NODE_STORED_BYTES_MAX_MAX}, got {}",
+                self.node_stored_bytes_max
+            )));
+        }
+        let inflated = oms_protocol::wire::FRAME_BYTES_MAX..=CHANGES_INFLATED_BYTES_MAX_MAX;
+        if !inflated.contains(&self.changes_inflated_bytes_max) {
+            return Err(ConfigError::Invalid(format!(
+                "changes_inflated_bytes_max must be within {}..={}, got {}",
+                inflated.start(),
+                inflated.end(),
+                self.changes_inflated_bytes_max
+            )));
+        }
         Ok(())
+    }
+
+    /// The per-node quota these values set.
+    pub fn node_quota(&self) -> crate::docs::NodeQuota {
+        crate::docs::NodeQuota { docs_max: self.node_docs_max, stored_bytes_max: self.node_stored_bytes_max }
     }
 
     /// The database file.
@@ -185,5 +243,27 @@ mod tests {
         assert!(matches!(HubConfig::load(&path), Err(ConfigError::Invalid(_))));
         std::fs::write(&path, "docs_cached_max = 10\ndocs_loaded_max = 10\n").unwrap();
         assert_eq!(HubConfig::load(&path).unwrap().docs_loaded_max, 10);
+    }
+
+    #[test]
+    fn quotas_and_the_inflation_bound_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        for bad in [
+            "node_docs_max = 0\n",
+            "docs_max = 10\nnode_docs_max = 11\n",
+            "node_stored_bytes_max = 1000\n",
+            "node_stored_bytes_max = 2199023255552\n",
+            "changes_inflated_bytes_max = 1024\n",
+            "changes_inflated_bytes_max = 2147483648\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(matches!(HubConfig::load(&path), Err(ConfigError::Invalid(_))), "{bad}");
+        }
+        std::fs::write(&path, "node_docs_max = 10\nnode_stored_bytes_max = 1048576\n").unwrap();
+        let cfg = HubConfig::load(&path).unwrap();
+        assert_eq!(cfg.node_quota(), crate::docs::NodeQuota { docs_max: 10, stored_bytes_max: 1 << 20 });
+        assert_eq!(HubConfig::default().node_quota(), crate::docs::NodeQuota::default());
+        assert!(HubConfig::default().validate().is_ok());
     }
 }

@@ -10,6 +10,17 @@
 //! ([`schema::check_writer`]), and on a violation puts the document back as it was (a fork at the old heads)
 //! and quarantines the (node, document) pair: from then on the session answers `Refused` for it, while the
 //! node's other documents, and every other node, carry on. Quarantines are counted, logged and persisted.
+//!
+//! Parties are enrolled nodes: a node gets a party number when it connects with a valid certificate
+//! ([`HubDocs::enroll`]), the hub has one of its own, and nothing a node writes creates one. An order whose
+//! origin or site is not enrolled is labelled as having no parties (entitled by its id alone), so the party
+//! table (at most [`PARTIES_MAX`]) fills only with nodes the CA certified, and one node can take one entry.
+//! Only order documents have parties: a node's stock document is its own, whatever keys it writes into it.
+//!
+//! Quotas: each node may cause at most `docs_max` documents to exist (those it creates: its orders and its
+//! stock document) and `stored_bytes_max` bytes to be stored (what the documents it writes take on disk when
+//! the hub starts, plus what each change it sent since weighed), [`NodeQuota`]. A change beyond them is
+//! refused before it is applied ([`ErrorCode::QuotaExceeded`] to that node); other nodes are unaffected.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,7 +30,7 @@ use oms_protocol::schema::{self, DocKind, Writer};
 use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
 use oms_sync::{Access, DocDb, DocDbError, FlushBatch, SyncDocs};
 
-use oms_protocol::wire::{DocId, PeerId};
+use oms_protocol::wire::{DocId, ErrorCode, PeerId};
 use oms_transport::Identity;
 
 const QUARANTINE_PREFIX: &str = "quarantine|";
@@ -43,6 +54,35 @@ const LABEL_NO_PARTIES: u64 = u64::MAX;
 /// Order documents labelled at start between two flushes (a file from before labels), bounding what is
 /// loaded at once.
 const LABEL_PASS_DOCS: usize = 1_024;
+
+/// What one node may cause the hub to store ([`HubDocs::set_quota`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeQuota {
+    /// Documents the node creates (its orders and its stock document).
+    pub docs_max: u64,
+    /// Bytes of the documents the node writes (its own, and the hub orders it fulfils).
+    pub stored_bytes_max: u64,
+}
+
+/// Default of [`NodeQuota::docs_max`]: five million orders, a busy site's years.
+pub const NODE_DOCS_MAX: u64 = 5_000_000;
+/// Default of [`NodeQuota::stored_bytes_max`]: 16 GiB (an order takes about 0.5–2 KB on disk).
+pub const NODE_STORED_BYTES_MAX: u64 = 16 << 30;
+
+impl Default for NodeQuota {
+    fn default() -> Self {
+        NodeQuota { docs_max: NODE_DOCS_MAX, stored_bytes_max: NODE_STORED_BYTES_MAX }
+    }
+}
+
+/// What a node causes the hub to store, as counted against its [`NodeQuota`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Usage {
+    /// Documents the node created.
+    pub documents: u64,
+    /// Bytes of the documents it writes: on disk at start plus what its accepted changes weighed since.
+    pub stored_bytes: u64,
+}
 
 /// Per-node figures for `GET /v1/nodes`, kept in memory (a restarted hub starts them afresh).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -70,6 +110,14 @@ pub struct NodeStatus {
     pub changes_quarantined: u64,
     /// Documents the node offered or asked for without entitlement.
     pub docs_refused: u64,
+    /// Changes refused because the node's quota of documents or stored bytes was used up.
+    pub quota_refusals: u64,
+    /// Changes refused because they inflate beyond `changes_inflated_bytes_max`.
+    pub changes_too_large: u64,
+    /// Messages dropped because their changes lack dependencies beyond the session's bound.
+    pub changes_dropped: u64,
+    /// Manifest rounds ignored for coming faster than the session's rate.
+    pub manifests_deferred: u64,
     /// Connections accepted since the hub started.
     pub sessions: u64,
     /// The current (or last) session deflates its frames (both sides announced `capabilities::DEFLATE`).
@@ -130,6 +178,9 @@ pub struct Parties {
     /// without scanning all of them.
     others: BTreeMap<u32, BTreeSet<DocId>>,
     quarantined: BTreeSet<(String, DocId)>,
+    /// What each party (by number) causes the hub to store, and the quota it is held to.
+    usage: BTreeMap<u32, Usage>,
+    quota: NodeQuota,
 }
 
 /// (origin, site) numbers of a label; `None` for no label or no parties.
@@ -186,8 +237,15 @@ impl HubDocs {
                 quarantined.insert((node.to_owned(), doc));
             }
         }
-        let parties =
-            Parties { party_names, party_numbers, site_counts: BTreeMap::new(), others: BTreeMap::new(), quarantined };
+        let parties = Parties {
+            party_names,
+            party_numbers,
+            site_counts: BTreeMap::new(),
+            others: BTreeMap::new(),
+            quarantined,
+            usage: BTreeMap::new(),
+            quota: NodeQuota::default(),
+        };
         let mut docs = HubDocs {
             sync: SyncDocs::new(db, parties),
             nodes: BTreeMap::new(),
@@ -195,6 +253,9 @@ impl HubDocs {
             local: BTreeMap::new(),
         };
         docs.label_unlabelled()?;
+        // The hub's own orders are labelled with its party number.
+        docs.assign_number(schema::HUB_ORIGIN);
+        docs.count_usage();
         let mut others = Vec::new();
         let p = &mut docs.sync.access;
         for (doc, label) in docs.sync.db.labels(schema::ORDER_PREFIX) {
@@ -217,8 +278,13 @@ impl HubDocs {
         for chunk in todo.chunks(LABEL_PASS_DOCS) {
             for id in chunk {
                 let parties = self.sync.db.get(id).and_then(schema::order_parties);
+                // Files from before labels: their orders were accepted by the ownership check then, and their
+                // parties get numbers as before.
                 let label = match parties {
-                    Some((origin, site)) => self.label_of(&origin, &site),
+                    Some((origin, site)) => match (self.assign_number(&origin), self.assign_number(&site)) {
+                        (Some(o), Some(s)) => (u64::from(o) << 32) | u64::from(s),
+                        _ => LABEL_NO_PARTIES,
+                    },
                     None => LABEL_NO_PARTIES,
                 };
                 self.sync.db.set_label(id, label);
@@ -228,13 +294,65 @@ impl HubDocs {
         Ok(())
     }
 
-    /// The number of a node id, handed out (and persisted with the next flush) if it has none yet.
-    fn number(&mut self, name: &str) -> Option<u32> {
+    /// Counts what each party stores ([`Usage`]) from the `doc_meta` rows: one pass, no document loaded.
+    fn count_usage(&mut self) {
+        let p = &mut self.sync.access;
+        let mut usage: BTreeMap<u32, Usage> = BTreeMap::new();
+        for prefix in [schema::ORDER_PREFIX, schema::STOCK_PREFIX] {
+            self.sync.db.for_each_stored(prefix, |doc, label, bytes| {
+                let creator = match DocKind::of(doc) {
+                    Some(DocKind::Order(id)) => schema::order_origin(&id).and_then(|o| p.party_numbers.get(o)),
+                    Some(DocKind::Stock(n)) => p.party_numbers.get(n.as_str()),
+                    _ => None,
+                };
+                // The bytes go to the writer: an order's fulfilling site, a stock document's owner.
+                let writer = split_label(label).map(|(_, s)| s).or(creator.copied());
+                if let Some(c) = creator {
+                    usage.entry(*c).or_default().documents += 1;
+                }
+                if let Some(w) = writer {
+                    let u = usage.entry(w).or_default();
+                    u.stored_bytes = u.stored_bytes.saturating_add(bytes);
+                }
+            });
+        }
+        p.usage = usage;
+    }
+
+    /// Sets the quota every node is held to.
+    pub fn set_quota(&mut self, quota: NodeQuota) {
+        self.sync.access.quota = quota;
+    }
+
+    /// What `node` causes the hub to store.
+    pub fn usage(&self, node: &str) -> Usage {
+        let p = &self.sync.access;
+        p.party_numbers.get(node).and_then(|n| p.usage.get(n)).copied().unwrap_or_default()
+    }
+
+    /// Enrolls `node`, which connected with a valid certificate: it gets a party number (persisted with the
+    /// next flush) if it has none, so orders naming it are entitled to it. False if the party table is full.
+    pub fn enroll(&mut self, node: &NodeId) -> bool {
+        self.assign_number(node.as_str()).is_some()
+    }
+
+    /// The number of an enrolled node id (or the hub's).
+    fn number(&self, name: &str) -> Option<u32> {
+        self.sync.access.party_numbers.get(name).copied()
+    }
+
+    /// The number of a node id, handed out (and persisted with the next flush) if it has none yet. Only for
+    /// enrolment and for files from before labels: nothing a node writes hands out a number.
+    fn assign_number(&mut self, name: &str) -> Option<u32> {
         if let Some(n) = self.sync.access.party_numbers.get(name) {
             return Some(*n);
         }
         if self.sync.access.party_names.len() >= PARTIES_MAX {
-            tracing::warn!(node = name, max = PARTIES_MAX, "too many node ids named by orders; entitling by order id");
+            tracing::warn!(
+                node = name,
+                max = PARTIES_MAX,
+                "party table full; orders naming this node are entitled by id"
+            );
             return None;
         }
         self.sync.access.party_names.push(name.to_owned());
@@ -244,7 +362,8 @@ impl HubDocs {
         Some(n)
     }
 
-    fn label_of(&mut self, origin: &str, site: &str) -> u64 {
+    /// The label of an order between `origin` and `site`: no parties unless both are enrolled.
+    fn label_of(&self, origin: &str, site: &str) -> u64 {
         match (self.number(origin), self.number(site)) {
             (Some(o), Some(s)) => (u64::from(o) << 32) | u64::from(s),
             _ => LABEL_NO_PARTIES,
@@ -334,7 +453,15 @@ impl HubDocs {
 
     /// Checks what the last frame from `node` changed in `doc` (whose heads were `before`). Returns true if the
     /// change was accepted, false if it was refused and the document put back.
-    pub fn check_applied(&mut self, node: &NodeId, doc: &DocId, before: &[ChangeHash], now_ms: u64) -> bool {
+    /// `msg_bytes`, the size of the message that carried the change, counts toward the node's stored bytes.
+    pub fn check_applied(
+        &mut self,
+        node: &NodeId,
+        doc: &DocId,
+        before: &[ChangeHash],
+        msg_bytes: usize,
+        now_ms: u64,
+    ) -> bool {
         let Some(d) = self.sync.db.get_mut(doc) else { return true };
         if d.get_heads() == before {
             return true;
@@ -344,8 +471,17 @@ impl HubDocs {
                 let parties = schema::order_parties(d);
                 let written = schema::owner_updated_at_ms(d);
                 let frozen = schema::frozen_at_ms(d).is_some();
-                if let Some((origin, site)) = parties {
+                // Only orders have parties: keys named `origin` and `site` in a node's stock document are
+                // the node's business and name nobody.
+                if let (Some(DocKind::Order(_)), Some((origin, site))) = (DocKind::of(doc), parties) {
                     self.set_parties(doc, &origin, &site);
+                }
+                if let Some(n) = self.number(node.as_str()) {
+                    let u = self.sync.access.usage.entry(n).or_default();
+                    if before.is_empty() {
+                        u.documents += 1;
+                    }
+                    u.stored_bytes = u.stored_bytes.saturating_add(msg_bytes as u64);
                 }
                 // A frozen order's document takes no more changes: store it as one full save.
                 if frozen {
@@ -584,6 +720,21 @@ impl Parties {
 }
 
 impl Access for Parties {
+    fn admit_changes(&self, _: &DocDb, peer: &PeerId, _: &DocId, creates: bool, bytes: usize) -> Result<(), ErrorCode> {
+        let Some(n) = node_of(peer).and_then(|node| self.party_numbers.get(node.as_str()).copied()) else {
+            // Not enrolled (the party table is full): its documents could be counted against nothing.
+            return if creates { Err(ErrorCode::QuotaExceeded) } else { Ok(()) };
+        };
+        let u = self.usage.get(&n).copied().unwrap_or_default();
+        if creates && u.documents >= self.quota.docs_max {
+            return Err(ErrorCode::QuotaExceeded);
+        }
+        if u.stored_bytes.saturating_add(bytes as u64) > self.quota.stored_bytes_max {
+            return Err(ErrorCode::QuotaExceeded);
+        }
+        Ok(())
+    }
+
     fn entitled(&self, db: &DocDb, peer: &PeerId, doc: &DocId) -> bool {
         node_of(peer).is_some_and(|n| self.node_entitled(db, &n, doc))
     }
@@ -629,8 +780,10 @@ mod tests {
     use crate::demand::test_support::{TODAY, hub_docs};
     use oms_protocol::domain::FulfillmentState;
     use oms_protocol::sync::DocStore;
+    use oms_protocol::sync::SyncSession;
     use oms_protocol::sync::automerge::{ROOT, transaction::Transactable};
     use oms_protocol::sync::manifest_digest_of;
+    use oms_protocol::wire::Frame;
 
     #[test]
     fn a_cached_digest_is_recomputed_after_any_change() {
@@ -662,6 +815,161 @@ mod tests {
         let third = docs.sync.manifest_digest(&wh1);
         assert_eq!(third.docs(), 1);
         assert_eq!(third, manifest_digest_of(&mut docs.sync, &wh1));
+    }
+
+    fn peer(node: &str) -> PeerId {
+        PeerId::new(format!("oms://acme/node/{node}")).unwrap()
+    }
+
+    /// Issue 12, item 6: a node with a valid certificate named 65,536 invented sites (before the fix, keys
+    /// `origin` and `site` in its own stock document each took a party number, filling the table), so hub
+    /// orders for a node enrolled afterwards were labelled "no parties" and reached nobody. Now nothing a node
+    /// writes takes a number: the table holds the hub, the rogue and the new node, and the new node's hub
+    /// order reaches it.
+    #[test]
+    fn invented_sites_do_not_fill_the_party_table_and_a_new_node_gets_its_hub_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut docs =
+            HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000_000).unwrap()).unwrap();
+        let rogue = NodeId::parse("wh-rogue").unwrap();
+        assert!(docs.enroll(&rogue));
+        let stock = schema::stock_doc(&rogue).unwrap();
+        let started = std::time::Instant::now();
+        // Each change names two new sites. (The hub's copy starts afresh each time, as if the rogue's stock
+        // document were created anew, so that the test's cost does not grow with one document's history.)
+        for i in 0..PARTIES_MAX / 2 {
+            let d = docs.sync.create_doc(&stock).unwrap();
+            d.put(ROOT, schema::keys::OWNER, rogue.as_str()).unwrap();
+            d.put(ROOT, schema::keys::ORIGIN, format!("x{i}-a")).unwrap();
+            d.put(ROOT, schema::keys::SITE, format!("x{i}-b")).unwrap();
+            d.commit();
+            assert!(docs.check_applied(&rogue, &stock, &[], 64, TODAY), "the stock document is the rogue's");
+            docs.remove_doc(&stock);
+        }
+        eprintln!("{} changes naming invented sites in {:?}", PARTIES_MAX / 2, started.elapsed());
+        // An order of its own naming another site is refused outright (as before).
+        let own = DocId::new("order/wh-rogue-0000000001").unwrap();
+        let record = oms_protocol::fixtures::accepted(
+            oms_protocol::domain::OrderId::parse("wh-rogue-0000000001").unwrap(),
+            &NodeId::parse("wh-invented").unwrap(),
+            &oms_protocol::domain::Sku::parse("SKU-0").unwrap(),
+            1,
+        );
+        let d = docs.sync.create_doc(&own).unwrap();
+        schema::write_order(d, &rogue, &record, 1).unwrap();
+        d.commit();
+        assert!(!docs.check_applied(&rogue, &own, &[], 64, TODAY));
+        docs.flush().unwrap();
+        let mut parties = docs.sync.access.party_names.clone();
+        parties.sort();
+        assert_eq!(parties, ["hub", "wh-rogue"], "no invented party");
+        assert!(docs.order_counts().is_empty(), "{:?}", docs.order_counts());
+
+        // A real node enrolls (connects) afterwards, and the hub assigns it an order.
+        let new = NodeId::parse("wh-new").unwrap();
+        assert!(docs.enroll(&new));
+        let id = oms_protocol::domain::OrderId::new(&crate::intake::hub_node(), 1);
+        let name = schema::order_doc(&id).unwrap();
+        let draft = oms_protocol::fixtures::draft("web-1", &oms_protocol::domain::Sku::parse("SKU-0").unwrap(), 1);
+        let told = docs.write_local(&name, |d| schema::create_hub_order(d, &id, &id, &new, &draft, 1)).unwrap();
+        assert_eq!(told, vec!["wh-new".to_owned()]);
+        assert!(docs.sync.entitled(&peer("wh-new"), &name), "the new node may have its order");
+        assert!(docs.sync.docs_for(&peer("wh-new")).contains(&name), "and is sent it");
+        assert!(!docs.sync.entitled(&peer("wh-rogue"), &name));
+        // The same after a restart, from what is on disk.
+        docs.flush().unwrap();
+        drop(docs);
+        let docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000_000).unwrap()).unwrap();
+        assert!(docs.sync.entitled(&peer("wh-new"), &name));
+        assert_eq!(docs.sync.access.party_names.len(), 3);
+    }
+
+    /// A v2 sync message carrying `changes`.
+    fn message_with(changes: Vec<u8>) -> Vec<u8> {
+        use oms_protocol::sync::automerge::sync::{ChunkList, MessageVersion, State, SyncDoc};
+        let mut state = State::new();
+        let mut msg = AutoCommit::new().sync().generate_sync_message(&mut state).unwrap();
+        msg.changes = ChunkList::from(changes);
+        msg.version = MessageVersion::V2;
+        msg.encode()
+    }
+
+    /// Sends node `node`'s order `seq` (one full save) through a hub session as a sync message, with the
+    /// ownership check the server runs; returns the refusals the session answered with.
+    fn send_order(docs: &mut HubDocs, s: &mut SyncSession, node: &NodeId, seq: u64) -> Vec<Frame> {
+        let id = oms_protocol::domain::OrderId::new(node, seq);
+        let name = schema::order_doc(&id).unwrap();
+        let record = oms_protocol::fixtures::accepted(id, node, &oms_protocol::domain::Sku::parse("A").unwrap(), 1);
+        let mut d = AutoCommit::new();
+        schema::write_order(&mut d, node, &record, 1).unwrap();
+        let msg = message_with(d.save());
+        let (before, len) = (docs.heads(&name), msg.len());
+        s.handle_frame(&mut docs.sync, Frame::Sync { doc: name.clone(), msg });
+        assert!(docs.check_applied(node, &name, &before, len, TODAY));
+        std::iter::from_fn(|| s.poll_transmit()).filter(|f| matches!(f, Frame::Refused { .. })).collect()
+    }
+
+    fn session(docs: &mut HubDocs, node: &str) -> SyncSession {
+        let hub = PeerId::new("oms://acme/hub").unwrap();
+        let cfg = oms_protocol::sync::SessionConfig::default();
+        let mut s = SyncSession::new_server(cfg.clone(), hub.clone(), peer(node), vec![1; 16], 0);
+        let hello = SyncSession::new_client(cfg, peer(node), hub, vec![2; 16], 0).poll_transmit().unwrap();
+        s.handle_frame(&mut docs.sync, hello);
+        while s.poll_transmit().is_some() {}
+        s
+    }
+
+    /// Issue 12, item 6: a node past its quota of documents, then of stored bytes, gets `QuotaExceeded` for
+    /// the change and nothing is stored; another node keeps syncing; the usage is counted from disk after a
+    /// restart.
+    #[test]
+    fn a_node_past_its_quota_is_refused_and_another_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+        docs.set_quota(NodeQuota { docs_max: 2, stored_bytes_max: 1 << 20 });
+        let (a, b) = (NodeId::parse("wh-a").unwrap(), NodeId::parse("wh-b").unwrap());
+        assert!(docs.enroll(&a) && docs.enroll(&b));
+        let (mut sa, mut sb) = (session(&mut docs, "wh-a"), session(&mut docs, "wh-b"));
+        for seq in 1..=2 {
+            assert_eq!(send_order(&mut docs, &mut sa, &a, seq), vec![], "order {seq} within the quota");
+        }
+        let third = schema::order_doc(&oms_protocol::domain::OrderId::new(&a, 3)).unwrap();
+        assert_eq!(
+            send_order(&mut docs, &mut sa, &a, 3),
+            vec![Frame::Refused { doc: third.clone(), code: ErrorCode::QuotaExceeded }]
+        );
+        assert!(!docs.db().contains(&third), "the refused document was not created");
+        assert!(!sa.is_closed(), "the node's session goes on");
+        let limited: Vec<_> = std::iter::from_fn(|| sa.poll_event())
+            .filter(|e| matches!(e, oms_protocol::sync::Event::Limited { code: ErrorCode::QuotaExceeded, .. }))
+            .collect();
+        assert_eq!(limited.len(), 1);
+        let used = docs.usage("wh-a");
+        assert_eq!(used.documents, 2);
+        assert!(used.stored_bytes > 0);
+        // Another node is held to its own quota, not wh-a's.
+        for seq in 1..=2 {
+            assert_eq!(send_order(&mut docs, &mut sb, &b, seq), vec![]);
+        }
+        // Stored bytes: a quota just above what wh-b stores refuses its next change.
+        docs.flush().unwrap();
+        drop((sa, sb));
+        drop(docs);
+        let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+        let after = docs.usage("wh-a");
+        assert_eq!(after.documents, 2, "counted again from disk");
+        assert!(after.stored_bytes > 0 && after.stored_bytes <= used.stored_bytes, "{after:?} vs {used:?}");
+        let stored = docs.usage("wh-b").stored_bytes;
+        docs.set_quota(NodeQuota { docs_max: 100, stored_bytes_max: stored + 10 });
+        let mut sb = session(&mut docs, "wh-b");
+        let refused = send_order(&mut docs, &mut sb, &b, 3);
+        assert!(matches!(refused.as_slice(), [Frame::Refused { code: ErrorCode::QuotaExceeded, .. }]), "{refused:?}");
+        // wh-a, below its own byte quota, still syncs.
+        let mut sa = session(&mut docs, "wh-a");
+        let used_a = docs.usage("wh-a").stored_bytes;
+        docs.set_quota(NodeQuota { docs_max: 100, stored_bytes_max: stored.max(used_a) + 100_000 });
+        assert_eq!(send_order(&mut docs, &mut sa, &a, 3), vec![]);
     }
 
     /// Pages `site`'s orders `limit` at a time, reading at most `rows_max` rows per page; returns the ids and

@@ -53,9 +53,11 @@ pub async fn run(
     cfg.validate()?;
     let mut docs = docs::HubDocs::new(db)?;
     docs.set_cache_max(cfg.docs_cached_max);
+    docs.set_quota(cfg.node_quota());
     let tuning = server::ServerTuning {
         nodes_max: cfg.nodes_max,
         docs_loaded_max: cfg.docs_loaded_max,
+        changes_inflated_bytes_max: cfg.changes_inflated_bytes_max,
         ..server::ServerTuning::default()
     };
     let intake = intake::Intake::open(&cfg.data_dir.join(intake::INTAKE_DB_FILE), cfg.routing.clone())

@@ -49,6 +49,8 @@ pub struct ServerTuning {
     /// further queued frame before the next flush. Every session handles at least one frame per flush, so
     /// the hub holds at most this many plus one per session, whatever the number of nodes catching up.
     pub docs_loaded_max: usize,
+    /// Bytes the changes of one node message may inflate to ([`SessionConfig::changes_inflated_bytes_max`]).
+    pub changes_inflated_bytes_max: usize,
 }
 
 impl Default for ServerTuning {
@@ -60,6 +62,7 @@ impl Default for ServerTuning {
             frames_queued_max: 256,
             frames_per_flush_max: 256,
             docs_loaded_max: 2 * crate::docs::DOCS_CACHED_MAX,
+            changes_inflated_bytes_max: oms_protocol::sync::CHANGES_INFLATED_BYTES_MAX,
         }
     }
 }
@@ -156,8 +159,13 @@ impl Hub {
 }
 
 /// The session limits the hub uses.
-pub fn session_config() -> SessionConfig {
-    SessionConfig { manifest_interval_ms: 15_000, docs_in_flight_max: 256, ..SessionConfig::default() }
+pub fn session_config(tuning: &ServerTuning) -> SessionConfig {
+    SessionConfig {
+        manifest_interval_ms: 15_000,
+        docs_in_flight_max: 256,
+        changes_inflated_bytes_max: tuning.changes_inflated_bytes_max,
+        ..SessionConfig::default()
+    }
 }
 
 /// Accepts connections until the endpoint is closed.
@@ -210,6 +218,9 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
     let cert = oms_transport::peer_cert_info(&conn).ok();
     {
         let mut docs = lock(&hub.docs);
+        if !docs.enroll(&node) {
+            tracing::warn!(%node, "party table full: orders naming this node reach it by their id alone");
+        }
         let st = docs.status(&node);
         st.connected = true;
         st.connected_at_ms = Some(now_ms());
@@ -317,12 +328,12 @@ fn handle_frame(hub: &Hub, node: &NodeId, session: &mut SyncSession, frame: Fram
     let now = now_ms();
     docs.status(node).last_frame_at_ms = Some(now);
     let target = match &frame {
-        Frame::Sync { doc, .. } => Some((doc.clone(), docs.heads(doc))),
+        Frame::Sync { doc, msg } => Some((doc.clone(), docs.heads(doc), msg.len())),
         _ => None,
     };
     session.handle_frame(&mut docs.sync, frame);
-    if let Some((doc, before)) = target
-        && !docs.check_applied(node, &doc, &before, now)
+    if let Some((doc, before, msg_bytes)) = target
+        && !docs.check_applied(node, &doc, &before, msg_bytes, now)
     {
         // Tell the node now: the session itself only refuses the document's next frame.
         out.push(Frame::Refused { doc, code: ErrorCode::NotEntitled });
@@ -343,7 +354,8 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
         return Err(LinkError::WrongPeer { seen: uri, expected: "a node id of at most 256 bytes".into() });
     };
     debug_assert!(node_of(&peer).as_ref() == Some(node));
-    let mut session = SyncSession::new_server(session_config(), hub.me.clone(), peer, hub.actor.clone(), now_ms());
+    let mut session =
+        SyncSession::new_server(session_config(&hub.tuning), hub.me.clone(), peer, hub.actor.clone(), now_ms());
     let mut encoder = FrameEncoder::new(frame_max);
     let mut tick = tokio::time::interval(Duration::from_millis(hub.tuning.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -358,7 +370,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
         {
             let mut docs = lock(&hub.docs);
             while let Some(f) = session.poll_transmit() {
-                if matches!(f, Frame::Refused { .. }) {
+                if matches!(f, Frame::Refused { code: ErrorCode::NotEntitled, .. }) {
                     docs.status(node).docs_refused += 1;
                 }
                 out.push(f);
@@ -373,6 +385,17 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                     Event::Closed { code, reason, by_peer } => closed = Some((code, reason, by_peer)),
                     Event::PeerRefused { doc, code } => tracing::warn!(%node, %doc, %code, "node refused a document"),
                     Event::DocFailed { doc, code } => tracing::warn!(%node, %doc, %code, "document failed"),
+                    Event::Limited { doc, code } => {
+                        tracing::warn!(%node, doc = ?doc.as_ref().map(|d| d.as_str()), %code, "a bound refused what the node sent");
+                        let st = docs.status(node);
+                        match code {
+                            ErrorCode::QuotaExceeded => st.quota_refusals += 1,
+                            ErrorCode::ChangeTooLarge => st.changes_too_large += 1,
+                            ErrorCode::MissingDependencies => st.changes_dropped += 1,
+                            ErrorCode::RateLimited => st.manifests_deferred += 1,
+                            _ => {}
+                        }
+                    }
                     // Frames from here on (the HelloAck and manifest included) may be deflated: the node
                     // announced it reads them.
                     Event::Established { capabilities, .. } => {

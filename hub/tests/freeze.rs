@@ -23,7 +23,7 @@ fn sync(hub: &mut HubDocs, node: &NodeId, name: &DocId, node_doc: &mut AutoCommi
     let before = hub.heads(name);
     hub.sync.create_doc(name).unwrap().merge(node_doc).unwrap();
     hub.mark_dirty(name);
-    let ok = hub.check_applied(node, name, &before, 100);
+    let ok = hub.check_applied(node, name, &before, 0, 100);
     hub.flush().unwrap();
     ok
 }

@@ -97,6 +97,16 @@ pub enum ErrorCode {
     /// The peer's certificate was revoked: the hub closes a live connection with this code when it reloads
     /// a CRL that names the certificate, and refuses every later handshake with it.
     Revoked = 10,
+    /// The peer's quota at the receiver is used up (the hub's per-node documents or stored bytes): the
+    /// document is refused ([`Frame::Refused`]) and its change not applied.
+    QuotaExceeded = 11,
+    /// A sync message's changes inflate (DEFLATE) beyond the receiver's bound: refused before inflating them,
+    /// not applied.
+    ChangeTooLarge = 12,
+    /// Changes whose dependencies the receiver lacks beyond its per-session bound: dropped, not parked.
+    MissingDependencies = 13,
+    /// The peer asks for work (a manifest round) more often than the receiver's rate allows: deferred.
+    RateLimited = 14,
     /// A code this build does not know (sent by a newer peer). Never sent by this build.
     Unknown = 0xFFFF_FFFF,
 }
@@ -122,6 +132,10 @@ impl ErrorCode {
             8 => Self::Overloaded,
             9 => Self::Timeout,
             10 => Self::Revoked,
+            11 => Self::QuotaExceeded,
+            12 => Self::ChangeTooLarge,
+            13 => Self::MissingDependencies,
+            14 => Self::RateLimited,
             _ => Self::Unknown,
         }
     }
@@ -798,7 +812,11 @@ mod tests {
         assert_eq!(ErrorCode::Timeout.as_u32(), 9);
         assert_eq!(ErrorCode::Revoked.as_u32(), 10);
         assert_eq!(ErrorCode::from_u32(10), ErrorCode::Revoked);
-        for n in 0..11 {
+        assert_eq!(ErrorCode::QuotaExceeded.as_u32(), 11);
+        assert_eq!(ErrorCode::ChangeTooLarge.as_u32(), 12);
+        assert_eq!(ErrorCode::MissingDependencies.as_u32(), 13);
+        assert_eq!(ErrorCode::RateLimited.as_u32(), 14);
+        for n in 0..15 {
             assert_eq!(ErrorCode::from_u32(n).as_u32(), n);
         }
         assert_eq!(ErrorCode::from_u32(4242), ErrorCode::Unknown);

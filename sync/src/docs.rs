@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
 use oms_protocol::sync::{DocStore, ManifestDigest, StoreError, manifest_digest_of};
-use oms_protocol::wire::{DocId, PeerId};
+use oms_protocol::wire::{DocId, ErrorCode, PeerId};
 
 use crate::docdb::DocDb;
 
@@ -24,6 +24,19 @@ pub trait Access {
     /// The documents held that `peer` is entitled to, with their heads, read from `doc_meta` rows without
     /// loading a document.
     fn manifest_heads(&self, db: &mut DocDb, peer: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)>;
+    /// May changes of `bytes` from `peer` be applied to `doc` (`creates`: not held yet)? See
+    /// [`DocStore::admit_changes`]; the default admits everything.
+    fn admit_changes(
+        &self,
+        db: &DocDb,
+        peer: &PeerId,
+        doc: &DocId,
+        creates: bool,
+        bytes: usize,
+    ) -> Result<(), ErrorCode> {
+        let _ = (db, peer, doc, creates, bytes);
+        Ok(())
+    }
 }
 
 /// A [`DocDb`] with an [`Access`] policy: the document store a sync session works on.
@@ -101,5 +114,8 @@ impl<A: Access> DocStore for SyncDocs<A> {
     }
     fn save_sync_state(&mut self, peer: &PeerId, doc: &DocId, state: Vec<u8>) {
         self.db.set_sync_state(peer, doc, state);
+    }
+    fn admit_changes(&mut self, peer: &PeerId, doc: &DocId, creates: bool, bytes: usize) -> Result<(), ErrorCode> {
+        self.access.admit_changes(&self.db, peer, doc, creates, bytes)
     }
 }

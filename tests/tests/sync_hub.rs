@@ -362,7 +362,7 @@ impl DocStore for MemDocs {
 
 use oms_protocol::sync::automerge::{AutoCommit, ROOT, transaction::Transactable};
 use oms_protocol::sync::{DocStore, Event, SessionConfig, StoreError, SyncSession};
-use oms_protocol::wire::{DocId, ErrorCode, PeerId};
+use oms_protocol::wire::{DocId, ErrorCode, Frame, PeerId};
 
 /// A node with a valid certificate that asks for another site's order, writes another site's stock and
 /// writes the hub-owned part of its own order: each is refused, counted, and the hub keeps serving the
@@ -682,4 +682,188 @@ async fn lossy_links_and_a_partition_lose_and_duplicate_no_order() {
     for n in nodes["nodes"].as_array().unwrap() {
         assert_eq!(n["changes_quarantined"], 0, "{n}");
     }
+}
+
+/// Drives a hand-made session as `node` (with its real certificate) that, once established, sends `frames`
+/// as they are; returns each document the hub refused with its code, once `want` refusals arrived or
+/// `budget` ran out. Panics if the hub closes the session.
+async fn raw_frames(
+    certs: &Path,
+    quic: SocketAddr,
+    node: &str,
+    frames: Vec<Frame>,
+    want: usize,
+    budget: Duration,
+) -> Vec<(DocId, ErrorCode)> {
+    let files = oms_transport::tls::ClientTlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join(format!("node-{node}.pem")),
+        key: certs.join(format!("node-{node}.key")),
+        cert_check_interval_ms: oms_transport::tls::FILE_CHECK_INTERVAL_MS,
+    };
+    let limits = oms_transport::Limits::default();
+    let ep = oms_transport::client_endpoint("127.0.0.1:0".parse().unwrap(), &files, &limits).unwrap();
+    let step = Duration::from_secs(10);
+    let conn = oms_transport::connect(&ep, quic, "localhost", step).await.unwrap();
+    let (mut send, recv) = oms_transport::open_bi(&conn, step).await.unwrap();
+    let mut reader = oms_sync::link::spawn_reader(recv, limits.frame_bytes_max, 64);
+    let me = PeerId::new(format!("oms://{TENANT}/node/{node}")).unwrap();
+    let hub_peer = PeerId::new(format!("oms://{TENANT}/hub")).unwrap();
+    let mut session = SyncSession::new_client(SessionConfig::default(), me, hub_peer, vec![8; 16], 0);
+    let mut encoder = oms_protocol::wire::FrameEncoder::new(limits.frame_bytes_max);
+    let mut store = MemDocs::default();
+    let (mut pending, mut refused) = (Some(frames), Vec::new());
+    let started = Instant::now();
+    while started.elapsed() < budget && refused.len() < want {
+        let mut out: Vec<Frame> = std::iter::from_fn(|| session.poll_transmit()).collect();
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                Event::Established { .. } => out.extend(pending.take().unwrap_or_default()),
+                Event::PeerRefused { doc, code } => refused.push((doc, code)),
+                Event::Closed { code, reason, .. } => panic!("the hub closed {node}'s session: {code} {reason}"),
+                _ => {}
+            }
+        }
+        oms_sync::link::write_frames(&mut send, &out, &mut encoder, step).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(200), reader.recv()).await {
+            Ok(Some(Ok(frame))) => session.handle_frame(&mut store, frame),
+            Ok(other) => panic!("stream ended: {other:?}"),
+            Err(_) => session.tick(&mut store, u64::try_from(started.elapsed().as_millis()).unwrap_or(0)),
+        }
+    }
+    refused
+}
+
+/// A v2 Automerge sync message whose changes are `changes`, whatever they hold.
+fn sync_message_with(changes: Vec<u8>) -> Vec<u8> {
+    use oms_protocol::sync::automerge::sync::{ChunkList, MessageVersion, State, SyncDoc};
+    let mut msg = AutoCommit::new().sync().generate_sync_message(&mut State::new()).unwrap();
+    msg.changes = ChunkList::from(changes);
+    msg.version = MessageVersion::V2;
+    msg.encode()
+}
+
+/// An Automerge compressed-change chunk (type 2) whose DEFLATE data inflates to `n` zero bytes.
+fn deflate_bomb(n: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..n / zeros.len() {
+        enc.write_all(&zeros).unwrap();
+    }
+    let data = enc.finish().unwrap();
+    // Magic, checksum (any: the bound is checked before it), type 2, LEB128 length, data.
+    let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
+    let mut len = data.len() as u64;
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            chunk.push(byte);
+            break;
+        }
+        chunk.push(byte | 0x80);
+    }
+    chunk.extend(data);
+    chunk
+}
+
+/// VmHWM (peak resident set) and VmRSS of process `pid`, KiB.
+fn peak_and_rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap()
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Issue 12, item 6: a change whose compressed columns inflate to 1 GiB fits a 4 MiB frame (about 1 MB).
+/// The hub measures it before Automerge inflates anything and refuses it with `ChangeTooLarge`, without its
+/// peak resident set growing by as much as the bound (32 MiB here; a new connection and its frame buffers
+/// alone take about 16 MiB); the refusal is counted and a
+/// well-behaved node keeps syncing. Without the bound Automerge inflates it into memory (gigabytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deflate_bomb_is_refused_without_the_hub_growing_by_the_bound() {
+    const BOUND: usize = 32 << 20;
+    const INFLATED: usize = 1 << 30;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &["wh-bomb", "wh-good"]);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let config = format!("changes_inflated_bytes_max = {BOUND}\n");
+    let hub = cluster::spawn_hub_with(tmp.path(), &certs, quic, http_addr, "info", &config);
+    let good = spawn_node(tmp.path(), &certs, "wh-good", quic);
+    let http = client();
+    wait_healthy(&http, hub.http).await;
+    wait_healthy(&http, good.http).await;
+    let [mut ids]: [BTreeSet<String>; 1] = place_at_all(&http, hub.http, &[&good], 3).await.try_into().unwrap();
+    let bomb = deflate_bomb(INFLATED);
+    assert!(bomb.len() < 4 << 20, "the bomb fits a frame: {} bytes", bomb.len());
+    let doc = DocId::new("order/wh-bomb-0000000001").unwrap();
+    let frame = Frame::Sync { doc: doc.clone(), msg: sync_message_with(bomb.clone()) };
+    let pid = hub.proc.child.id();
+    let (peak_before, rss_before) = peak_and_rss_kib(pid);
+    let refused = raw_frames(&certs, quic, "wh-bomb", vec![frame], 1, Duration::from_secs(20)).await;
+    let (peak_after, rss_after) = peak_and_rss_kib(pid);
+    assert_eq!(refused, vec![(doc, ErrorCode::ChangeTooLarge)]);
+    let grew_kib = peak_after.saturating_sub(peak_before);
+    eprintln!(
+        "bomb of {} bytes inflating to {INFLATED}: hub peak RSS {peak_before} -> {peak_after} KiB (+{grew_kib} KiB), \
+         RSS {rss_before} -> {rss_after} KiB, bound {} KiB",
+        bomb.len(),
+        BOUND / 1024
+    );
+    assert!(grew_kib * 1024 < BOUND as u64, "the hub's peak RSS grew by {grew_kib} KiB");
+    let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
+    let n = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "wh-bomb").unwrap().clone();
+    assert_eq!(n["changes_too_large"], 1, "{n}");
+    assert_eq!(n["documents"], 0, "{n}");
+    assert_eq!(hub_orders(&http, hub.http, "wh-bomb").await.unwrap(), Vec::<String>::new());
+    ids.insert(place(&http, &good, 100).await);
+    wait_hub_has(&http, hub.http, "wh-good", &ids).await;
+}
+
+/// Issue 12, item 6, end to end: a node whose quota of documents is used up gets `QuotaExceeded` for the
+/// rest (counted in `GET /v1/nodes` with its documents), and another node keeps syncing all of its orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_past_its_document_quota_is_refused_while_another_syncs() {
+    const QUOTA: u64 = 4;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = pki(tmp.path(), &["wh-full", "wh-fine"]);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let config = format!("node_docs_max = {QUOTA}\n");
+    let hub = cluster::spawn_hub_with(tmp.path(), &certs, quic, http_addr, "info", &config);
+    let full = spawn_node(tmp.path(), &certs, "wh-full", quic);
+    let fine = spawn_node(tmp.path(), &certs, "wh-fine", quic);
+    let http = client();
+    for a in [hub.http, full.http, fine.http] {
+        wait_healthy(&http, a).await;
+    }
+    seed(&http, &full, 3).await;
+    for n in 0..8 {
+        place(&http, &full, n).await;
+    }
+    // wh-fine stays within the same quota of its own (two orders and its stock document) and syncs them all.
+    place_at_all(&http, hub.http, &[&fine], 2).await;
+    let deadline = Instant::now() + SYNC_DEADLINE;
+    let n = loop {
+        let nodes = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap_or_default();
+        let n = nodes["nodes"].as_array().and_then(|a| a.iter().find(|n| n["node"] == "wh-full").cloned());
+        if let Some(n) = n
+            && n["quota_refusals"].as_u64().unwrap_or(0) >= 1
+            && n["documents"] == QUOTA
+        {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "wh-full was never refused for its quota");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(n["stored_bytes"].as_u64().unwrap() > 0, "{n}");
+    let at_hub = hub_orders(&http, hub.http, "wh-full").await.unwrap();
+    assert!(at_hub.len() as u64 <= QUOTA, "{at_hub:?}");
+    let log = std::fs::read_to_string(&full.log).unwrap_or_default();
+    assert!(log.contains("QuotaExceeded"), "the node should see its quota refusals:\n{log}");
 }

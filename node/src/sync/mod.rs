@@ -544,6 +544,9 @@ async fn run_session(
                     Event::PeerRefused { doc, code } => tracing::warn!(%doc, %code, "sync: hub refused a document"),
                     Event::DocFailed { doc, code } => tracing::warn!(%doc, %code, "sync: document failed"),
                     Event::DocInSync { .. } => {}
+                    Event::Limited { doc, code } => {
+                        tracing::warn!(doc = ?doc.as_ref().map(DocId::as_str), %code, "sync: a bound refused what the hub sent");
+                    }
                     Event::Closed { code, reason, by_peer } => closed = Some((code, reason, by_peer)),
                 }
             }

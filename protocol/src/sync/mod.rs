@@ -55,8 +55,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// The Automerge version this protocol speaks, re-exported so drivers and stores use the same one.
 pub use automerge;
 
+pub mod chunks;
 #[cfg(test)]
 mod tests;
+
+/// Default of [`SessionConfig::changes_inflated_bytes_max`]: 64 MiB, sixteen times the frame limit (an order
+/// or stock document inflates a few times over; a DEFLATE bomb a thousand times).
+pub const CHANGES_INFLATED_BYTES_MAX: usize = 64 << 20;
 
 /// Refusals ([`Frame::Refused`]) that may wait to be sent, as a multiple of `outbound_frames_max`.
 pub const REFUSALS_QUEUED_PER_OUTBOUND_MAX: usize = 4;
@@ -88,6 +93,20 @@ pub struct SessionConfig {
     pub manifest_interval_ms: u64,
     /// Capabilities this side announces and accepts ([`capabilities::ALL`] unless some are turned off).
     pub capabilities: u64,
+    /// Most bytes the changes of one peer sync message may inflate to (DEFLATE columns and compressed
+    /// changes), measured before Automerge inflates them ([`chunks::inspect`]); beyond it the document is
+    /// refused with [`ErrorCode::ChangeTooLarge`] and the message not applied.
+    pub changes_inflated_bytes_max: usize,
+    /// Most changes whose dependencies this side lacks that a session hands to Automerge, which parks them in
+    /// memory until the dependencies arrive; past it (or past `parked_bytes_max`) such a message is dropped
+    /// like a lost frame ([`ErrorCode::MissingDependencies`] in [`Event::Limited`]).
+    pub parked_changes_max: usize,
+    /// Most inflated bytes of such changes per session.
+    pub parked_bytes_max: usize,
+    /// Most peer manifest rounds started within one `manifest_interval_ms`; a round beyond it is ignored
+    /// ([`ErrorCode::RateLimited`] in [`Event::Limited`]) and the peer's next one taken, so a peer cannot make
+    /// this side pass over its documents as often as it likes.
+    pub peer_manifests_per_interval_max: usize,
 }
 
 impl Default for SessionConfig {
@@ -103,6 +122,10 @@ impl Default for SessionConfig {
             doc_stall_ms: 10_000,
             manifest_interval_ms: 60_000,
             capabilities: capabilities::ALL,
+            changes_inflated_bytes_max: CHANGES_INFLATED_BYTES_MAX,
+            parked_changes_max: 1_024,
+            parked_bytes_max: 16 << 20,
+            peer_manifests_per_interval_max: 4,
         }
     }
 }
@@ -158,6 +181,14 @@ pub trait DocStore {
     fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>>;
     /// Persists the encoded sync state of (peer, doc) so a reconnect resumes.
     fn save_sync_state(&mut self, peer: &PeerId, doc: &DocId, state: Vec<u8>);
+    /// May changes of `bytes` (as sent) from `peer` be applied to `doc`, which `creates` if it is not held
+    /// yet? Asked before a message with changes is applied; an `Err` refuses the document to the peer with
+    /// that code ([`ErrorCode::QuotaExceeded`] for the hub's per-node quotas) and applies nothing. The
+    /// default admits everything.
+    fn admit_changes(&mut self, peer: &PeerId, doc: &DocId, creates: bool, bytes: usize) -> Result<(), ErrorCode> {
+        let _ = (peer, doc, creates, bytes);
+        Ok(())
+    }
 }
 
 /// Which side of the connection this session is.
@@ -203,6 +234,17 @@ pub enum Event {
         /// The document.
         doc: DocId,
         /// Why.
+        code: ErrorCode,
+    },
+    /// A bound of this session refused or dropped something of the peer's, the session goes on: `doc` refused
+    /// with `code` ([`ErrorCode::QuotaExceeded`], [`ErrorCode::ChangeTooLarge`]; the peer got
+    /// [`Frame::Refused`]), a message with changes lacking dependencies dropped
+    /// ([`ErrorCode::MissingDependencies`]), or a manifest round ignored (`doc` is `None`,
+    /// [`ErrorCode::RateLimited`]). For counters.
+    Limited {
+        /// The document, if the bound is about one.
+        doc: Option<DocId>,
+        /// Which bound.
         code: ErrorCode,
     },
     /// The session is over. Send the remaining frames, then close the connection with `code`.
@@ -350,6 +392,13 @@ pub struct SyncSession {
     /// When we last compared a peer digest with ours; others within half an interval are not compared.
     peer_digest_checked_ms: Option<u64>,
     peer_manifest: Option<PeerManifest>,
+    /// Changes lacking dependencies handed to Automerge in this session, and their inflated bytes.
+    parked_changes: usize,
+    parked_bytes: usize,
+    /// When each of the last `peer_manifests_per_interval_max` peer manifest rounds began.
+    peer_rounds_at: VecDeque<u64>,
+    /// The last peer round ignored for the rate: its later chunks are ignored too.
+    ignored_round: Option<u32>,
 }
 
 impl std::fmt::Debug for SyncSession {
@@ -466,6 +515,10 @@ impl SyncSession {
             last_full_manifest_ms: now_ms,
             peer_digest_checked_ms: None,
             peer_manifest: None,
+            parked_changes: 0,
+            parked_bytes: 0,
+            peer_rounds_at: VecDeque::new(),
+            ignored_round: None,
         }
     }
 
@@ -727,7 +780,33 @@ impl SyncSession {
         self.outbound.push_back(Frame::Refused { doc, code: ErrorCode::NotEntitled });
     }
 
+    /// True if a peer manifest round `round` may be taken now: its chunks belong to a round already taken, or
+    /// fewer than `peer_manifests_per_interval_max` rounds began within the last interval. A round that may
+    /// not is ignored whole (its later chunks too) and reported once.
+    fn take_peer_round(&mut self, round: u32) -> bool {
+        if self.peer_manifest.as_ref().is_some_and(|p| p.round == round) {
+            return true;
+        }
+        if self.ignored_round == Some(round) {
+            return false;
+        }
+        let interval = self.cfg.manifest_interval_ms;
+        while self.peer_rounds_at.front().is_some_and(|t| self.now_ms.saturating_sub(*t) >= interval) {
+            self.peer_rounds_at.pop_front();
+        }
+        if self.peer_rounds_at.len() >= self.cfg.peer_manifests_per_interval_max.max(1) {
+            self.ignored_round = Some(round);
+            self.events.push_back(Event::Limited { doc: None, code: ErrorCode::RateLimited });
+            return false;
+        }
+        self.peer_rounds_at.push_back(self.now_ms);
+        true
+    }
+
     fn on_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S, m: Manifest) {
+        if !self.take_peer_round(m.round) {
+            return;
+        }
         let assembling =
             self.peer_manifest.get_or_insert_with(|| PeerManifest { round: m.round, ..Default::default() });
         if m.round != assembling.round {
@@ -831,6 +910,9 @@ impl SyncSession {
                 return self.refuse(ErrorCode::Malformed, format!("sync message for {doc}: {e}"));
             }
         };
+        if !msg.changes.is_empty() && !self.admit(store, &doc, &msg.changes) {
+            return;
+        }
         // At the limit of sync states the message is dropped: the peer restarts the document after its stall
         // timeout, as after a lost frame.
         if self.doc_sync(store, &doc).is_none() {
@@ -869,6 +951,56 @@ impl SyncSession {
             self.events.push_back(Event::DocChanged { doc: doc.clone() });
         }
         self.pump(store, &doc, true);
+    }
+
+    /// Whether the changes of a message for `doc` may go to Automerge: measured before anything is inflated
+    /// ([`chunks::inspect`]) against `changes_inflated_bytes_max`, the budget of changes lacking
+    /// dependencies, and the store's admission ([`DocStore::admit_changes`]). Refuses or drops them if not.
+    fn admit<S: DocStore + ?Sized>(&mut self, store: &mut S, doc: &DocId, changes: &ChunkList) -> bool {
+        let max = self.cfg.changes_inflated_bytes_max;
+        let mut held = store.doc_mut(doc);
+        let creates = held.is_none();
+        let inspected = chunks::inspect(changes.iter(), max, |h| {
+            held.as_deref_mut().is_some_and(|d| d.get_change_meta_by_hash(h).is_some())
+        });
+        let report = match inspected {
+            Ok(r) => r,
+            Err(chunks::ChunkError::TooLarge { .. }) => {
+                self.refuse_doc(doc.clone(), ErrorCode::ChangeTooLarge);
+                return false;
+            }
+            Err(e @ chunks::ChunkError::Malformed(_)) => {
+                self.refuse(ErrorCode::Malformed, format!("sync message for {doc}: {e}"));
+                return false;
+            }
+        };
+        if report.missing_deps > 0 {
+            let changes = self.parked_changes.saturating_add(report.missing_deps);
+            let bytes = self.parked_bytes.saturating_add(report.missing_deps_bytes);
+            if changes > self.cfg.parked_changes_max || bytes > self.cfg.parked_bytes_max {
+                // As if the frame were lost: the peer's stall timer or our next message's needs bring the
+                // changes again, with their dependencies.
+                self.events.push_back(Event::Limited { doc: Some(doc.clone()), code: ErrorCode::MissingDependencies });
+                return false;
+            }
+            (self.parked_changes, self.parked_bytes) = (changes, bytes);
+        }
+        if let Err(code) = store.admit_changes(&self.peer, doc, creates, report.raw_bytes) {
+            self.refuse_doc(doc.clone(), code);
+            return false;
+        }
+        true
+    }
+
+    /// Refuses `doc` to the peer with `code` for a bound of ours (the session goes on), forgetting its state.
+    fn refuse_doc(&mut self, doc: DocId, code: ErrorCode) {
+        self.in_flight.remove(&doc);
+        self.docs.remove(&doc);
+        self.events.push_back(Event::Limited { doc: Some(doc.clone()), code });
+        if self.outbound.len() >= self.cfg.outbound_frames_max.saturating_mul(REFUSALS_QUEUED_PER_OUTBOUND_MAX) {
+            return self.refuse(ErrorCode::Overloaded, "the peer sends more refused changes than we queue");
+        }
+        self.outbound.push_back(Frame::Refused { doc, code });
     }
 
     fn on_ack<S: DocStore + ?Sized>(&mut self, store: &mut S, doc: DocId, heads: Vec<Hash>) {

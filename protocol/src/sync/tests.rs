@@ -45,6 +45,8 @@ struct MemStore {
     received: BTreeSet<DocId>,
     /// Calls of `docs_for`: one per manifest or digest built.
     docs_for_calls: Cell<usize>,
+    /// What [`DocStore::admit_changes`] answers (admit when `None`).
+    refuse_changes: Option<ErrorCode>,
 }
 
 impl MemStore {
@@ -56,6 +58,7 @@ impl MemStore {
             states: HashMap::new(),
             received: BTreeSet::new(),
             docs_for_calls: Cell::new(0),
+            refuse_changes: None,
         }
     }
 
@@ -116,6 +119,10 @@ impl DocStore for MemStore {
 
     fn save_sync_state(&mut self, peer: &PeerId, doc: &DocId, state: Vec<u8>) {
         self.states.insert((peer.clone(), doc.clone()), state);
+    }
+
+    fn admit_changes(&mut self, _: &PeerId, _: &DocId, _: bool, _: usize) -> Result<(), ErrorCode> {
+        self.refuse_changes.map_or(Ok(()), Err)
     }
 }
 
@@ -892,4 +899,128 @@ fn sync_states_stay_bounded_when_the_peer_starts_more_documents_than_the_limit()
     assert!(p.hub_tracked_most <= 4, "the hub held {} sync states", p.hub_tracked_most);
     assert!(p.hub_s.sizes().docs_deferred > 0, "the limit was never reached, so this test proved nothing");
     assert_eq!(p.hub.docs.len(), 40);
+}
+
+/// A hub session for node 0 after the handshake, with `cfg`.
+fn established_hub(hub: &mut MemStore, cfg: SessionConfig) -> SyncSession {
+    let mut s = SyncSession::new_server(cfg.clone(), hub_id(), node_id(0), vec![100], 0);
+    let hello = SyncSession::new_client(cfg, node_id(0), hub_id(), vec![1], 0).poll_transmit().unwrap();
+    s.handle_frame(hub, hello);
+    while s.poll_transmit().is_some() {}
+    while s.poll_event().is_some() {}
+    s
+}
+
+/// A sync message (v2) carrying `changes` as they are, whatever they are.
+fn message_with(changes: Vec<u8>) -> Vec<u8> {
+    let mut d = AutoCommit::new();
+    let mut state = State::new();
+    let mut msg = d.sync().generate_sync_message(&mut state).unwrap();
+    msg.changes = ChunkList::from(changes);
+    msg.version = automerge::sync::MessageVersion::V2;
+    msg.encode()
+}
+
+fn limited(s: &mut SyncSession) -> Vec<(Option<DocId>, ErrorCode)> {
+    let mut out = Vec::new();
+    while let Some(e) = s.poll_event() {
+        if let Event::Limited { doc, code } = e {
+            out.push((doc, code));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_change_that_inflates_past_the_bound_is_refused_and_not_applied() {
+    let mut hub = MemStore::new(None, 100);
+    let c = SessionConfig { changes_inflated_bytes_max: 1 << 20, ..cfg() };
+    let mut s = established_hub(&mut hub, c);
+    let bomb = super::chunks::tests::bomb(32 << 20);
+    s.handle_frame(&mut hub, Frame::Sync { doc: doc("n0-1"), msg: message_with(bomb) });
+    assert_eq!(s.poll_transmit(), Some(Frame::Refused { doc: doc("n0-1"), code: ErrorCode::ChangeTooLarge }));
+    assert_eq!(limited(&mut s), vec![(Some(doc("n0-1")), ErrorCode::ChangeTooLarge)]);
+    assert!(hub.docs.is_empty(), "nothing was created or applied");
+    assert!(!s.is_closed(), "the session goes on");
+    // A real change under the bound still applies.
+    let mut node = MemStore::new(Some(0), 1);
+    node.edit(&doc("n0-2"), 1, 1);
+    let change = node.docs.get_mut(&doc("n0-2")).unwrap().get_changes(&[])[0].raw_bytes().to_vec();
+    s.handle_frame(&mut hub, Frame::Sync { doc: doc("n0-2"), msg: message_with(change) });
+    assert_eq!(hub.heads(&doc("n0-2")), node.heads(&doc("n0-2")));
+}
+
+#[test]
+fn changes_lacking_dependencies_are_parked_only_up_to_the_bound() {
+    // A chain of changes c0 → c1 → … → c4 of one document; the hub gets c0, then c2, c3, c4 alone, each
+    // lacking its predecessor.
+    let mut node = MemStore::new(Some(0), 1);
+    for k in 0..5 {
+        node.edit(&doc("n0-1"), k, k);
+    }
+    let changes: Vec<Vec<u8>> =
+        node.docs.get_mut(&doc("n0-1")).unwrap().get_changes(&[]).iter().map(|c| c.raw_bytes().to_vec()).collect();
+    for (max, parked) in [(2usize, 2usize), (usize::MAX, 3)] {
+        let mut hub = MemStore::new(None, 100);
+        let mut s = established_hub(&mut hub, SessionConfig { parked_changes_max: max, ..cfg() });
+        s.handle_frame(&mut hub, Frame::Sync { doc: doc("n0-1"), msg: message_with(changes[0].clone()) });
+        assert!(limited(&mut s).is_empty());
+        for c in &changes[2..] {
+            s.handle_frame(&mut hub, Frame::Sync { doc: doc("n0-1"), msg: message_with(c.clone()) });
+        }
+        let dropped = limited(&mut s);
+        assert_eq!(dropped.len(), 3 - parked, "bound {max}: {dropped:?}");
+        assert!(dropped.iter().all(|(d, c)| *d == Some(doc("n0-1")) && *c == ErrorCode::MissingDependencies));
+        assert!(!s.is_closed());
+        // What was parked is applied once the missing change arrives; what was dropped is not.
+        s.handle_frame(&mut hub, Frame::Sync { doc: doc("n0-1"), msg: message_with(changes[1].clone()) });
+        let applied = hub.docs.get_mut(&doc("n0-1")).unwrap().get_changes(&[]).len();
+        assert_eq!(applied, 2 + parked, "bound {max}");
+    }
+}
+
+#[test]
+fn a_store_that_refuses_changes_gets_its_code_to_the_peer_and_nothing_applies() {
+    let mut hub = MemStore::new(None, 100);
+    hub.refuse_changes = Some(ErrorCode::QuotaExceeded);
+    let mut s = established_hub(&mut hub, cfg());
+    let mut node = MemStore::new(Some(0), 1);
+    node.edit(&doc("n0-1"), 1, 1);
+    let change = node.docs.get_mut(&doc("n0-1")).unwrap().get_changes(&[])[0].raw_bytes().to_vec();
+    s.handle_frame(&mut hub, Frame::Sync { doc: doc("n0-1"), msg: message_with(change) });
+    assert_eq!(s.poll_transmit(), Some(Frame::Refused { doc: doc("n0-1"), code: ErrorCode::QuotaExceeded }));
+    assert_eq!(limited(&mut s), vec![(Some(doc("n0-1")), ErrorCode::QuotaExceeded)]);
+    assert!(hub.docs.is_empty());
+    // A message without changes (the node asking for what the hub has) is not a change to admit.
+    let mut empty = AutoCommit::new();
+    let ask = empty.sync().generate_sync_message(&mut State::new()).unwrap().encode();
+    s.handle_frame(&mut hub, Frame::Sync { doc: doc("n0-1"), msg: ask });
+    assert!(limited(&mut s).is_empty());
+}
+
+#[test]
+fn peer_manifest_rounds_are_rate_limited() {
+    let (mut hub, _) = stores_in_sync();
+    let c = cfg();
+    let (interval, max) = (c.manifest_interval_ms, c.peer_manifests_per_interval_max);
+    let mut s = established_hub(&mut hub, c);
+    let round = |r: u32| Frame::Manifest(Manifest { round: r, docs: vec![], last: true });
+    let calls = hub.docs_for_calls.get();
+    for r in 1..=20 {
+        s.handle_frame(&mut hub, round(r));
+    }
+    assert_eq!(hub.docs_for_calls.get() - calls, max, "one pass over the documents per round taken");
+    let ignored = limited(&mut s);
+    assert_eq!(ignored.len(), 20 - max);
+    assert!(ignored.iter().all(|l| *l == (None, ErrorCode::RateLimited)));
+    assert!(!s.is_closed());
+    // Later chunks of an ignored round are ignored without another report; after an interval rounds are
+    // taken again.
+    s.handle_frame(&mut hub, round(20));
+    assert!(limited(&mut s).is_empty());
+    s.tick(&mut hub, interval);
+    let calls = hub.docs_for_calls.get();
+    s.handle_frame(&mut hub, round(21));
+    assert!(hub.docs_for_calls.get() > calls, "a round after the interval is taken");
+    assert!(limited(&mut s).is_empty());
 }

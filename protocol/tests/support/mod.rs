@@ -99,6 +99,7 @@ pub fn small_config() -> SessionConfig {
         doc_stall_ms: 300,
         manifest_interval_ms: 500,
         capabilities: oms_protocol::wire::capabilities::ALL,
+        ..SessionConfig::default()
     }
 }
 

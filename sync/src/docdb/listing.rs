@@ -117,6 +117,36 @@ impl DocDb {
     }
 }
 
+impl DocDb {
+    /// Calls `f` with every document whose id starts with `prefix`, its label and the bytes its disk copy
+    /// takes (last full save plus increments, as of the last prepared flush: 0 for a document not flushed
+    /// yet), in id order, without loading any: for figures kept per owner, read once at start.
+    pub fn for_each_stored(&self, prefix: &str, mut f: impl FnMut(&DocId, u64, u64)) {
+        let bytes = |p: &Persisted| u64::from(p.base_bytes).saturating_add(u64::from(p.increment_bytes));
+        let mut after: Option<String> = None;
+        loop {
+            let chunk = self.committed_chunk(prefix, after.as_deref(), LABELS_CHUNK, |v| {
+                let p = Persisted::decode(v).unwrap_or_default();
+                (p.label, bytes(&p))
+            });
+            let in_memory: Vec<(DocId, (u64, u64))> = self
+                .docs
+                .range((chunk.lo.clone(), Bound::Unbounded))
+                .take_while(|(id, _)| chunk.covers(id))
+                .map(|(id, slot)| (id.clone(), (slot.persisted.label, bytes(&slot.persisted))))
+                .collect();
+            let upper = chunk.upper.clone();
+            for (id, (label, n)) in chunk.lay_over(in_memory) {
+                f(&id, label, n);
+            }
+            match upper {
+                Some(u) => after = Some(u),
+                None => break,
+            }
+        }
+    }
+}
+
 /// [`DocDb::labels`]: the committed rows with a prefix, read in chunks of [`LABELS_CHUNK`], with the rows in
 /// memory laid over them (they are newer) and documents being removed left out.
 struct Labels<'a> {
