@@ -107,6 +107,10 @@ pub enum ErrorCode {
     MissingDependencies = 13,
     /// The peer asks for work (a manifest round) more often than the receiver's rate allows: deferred.
     RateLimited = 14,
+    /// The peer's certificate passed its `not_after` while the connection was open: the hub closes a node's
+    /// connection with this code when the node's certificate expires, and a node closes its link when the
+    /// hub's does. A new handshake with the expired certificate is refused.
+    CertificateExpired = 15,
     /// A code this build does not know (sent by a newer peer). Never sent by this build.
     Unknown = 0xFFFF_FFFF,
 }
@@ -136,6 +140,7 @@ impl ErrorCode {
             12 => Self::ChangeTooLarge,
             13 => Self::MissingDependencies,
             14 => Self::RateLimited,
+            15 => Self::CertificateExpired,
             _ => Self::Unknown,
         }
     }
@@ -816,7 +821,9 @@ mod tests {
         assert_eq!(ErrorCode::ChangeTooLarge.as_u32(), 12);
         assert_eq!(ErrorCode::MissingDependencies.as_u32(), 13);
         assert_eq!(ErrorCode::RateLimited.as_u32(), 14);
-        for n in 0..15 {
+        assert_eq!(ErrorCode::CertificateExpired.as_u32(), 15);
+        assert_eq!(ErrorCode::from_u32(15), ErrorCode::CertificateExpired);
+        for n in 0..16 {
             assert_eq!(ErrorCode::from_u32(n).as_u32(), n);
         }
         assert_eq!(ErrorCode::from_u32(4242), ErrorCode::Unknown);

@@ -2,7 +2,8 @@
 //!
 //! Layout of a PKI directory: `ca.pem` / `ca.key` (the CA), `<name>.pem` / `<name>.key` per issued identity
 //! (`hub` or `node-<id>`), `revoked.txt` (hex serials, one a line: the source of truth for revocations) and
-//! `crl.pem` (regenerated from `revoked.txt` on every [`revoke`]).
+//! `crl.pem` (regenerated from `revoked.txt` on every [`revoke`]), and `archive/` (the pairs [`renew`]
+//! replaced). [`ca_init`] makes the directory `0700` ([`PRIVATE_DIR_MODE`]), and `archive/` is made so too.
 //!
 //! **Every file is written durably** ([`write_durable`]): to a temporary file in the same directory, which is
 //! fsynced, renamed over the target, and then the directory is fsynced. A reader (a hub re-reading the CRL,
@@ -29,7 +30,9 @@
 //! certificate expires or is revoked. [`KeyChoice::Reuse`] keeps the key (only the certificate changes on the
 //! node), for a site where copying a key again is harder than copying a certificate. The old certificate is
 //! not revoked: it stays valid until it expires, so a node keeps working until its new files arrive; revoke
-//! its serial once the node uses the new one.
+//! its serial once the node uses the new one. The replaced certificate and key are **archived** first, to
+//! `archive/<stem>-<serial>.pem` / `.key` ([`Archived`]; the key `0600`), and the archive keeps the last
+//! [`ARCHIVE_KEEP`] replaced pairs per identity: enough to look back a few renewals, bounded on disk.
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
@@ -262,6 +265,22 @@ fn sync_dir(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Permission bits of a directory that holds private keys (the PKI directory, its `archive/`).
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` (and its parents) if needed and sets it to [`PRIVATE_DIR_MODE`] on Unix, whatever it was:
+/// an existing directory that others could read is tightened. Parents keep their modes.
+pub fn private_dir(dir: &Path) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io { path: dir.to_owned(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE)).map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Paths of the CA files in `dir`.
 pub fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("ca.pem"), dir.join("ca.key"))
@@ -273,16 +292,21 @@ pub fn crl_path(dir: &Path) -> PathBuf {
 }
 
 /// Creates a CA for `tenant` in `dir` (`ca.pem`, `ca.key`) and an empty `crl.pem`, valid for `validity`.
+/// The directory is created, or tightened, to `0700` on Unix ([`private_dir`]): it holds the CA key and every
+/// key `oms ca` issues, so nobody else may even list it.
 pub fn ca_init(dir: &Path, tenant: &str, validity: Duration) -> Result<(), PkiError> {
     check_name(tenant)?;
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
+    private_dir(dir)?;
     let (cert_path, key_path) = ca_paths(dir);
     if cert_path.exists() {
         return Err(PkiError::CaExists { path: cert_path });
     }
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = dn(&format!("oms {tenant} CA"));
+    // A name of its own per CA, not per tenant: during a rollover two CAs of one tenant are trusted side by
+    // side, and webpki picks the CRL for a certificate by its issuer's name, so two CAs of the same name would
+    // have each other's CRL checked against their certificates (and refused as badly signed).
+    params.distinguished_name = dn(&format!("oms {tenant} CA {:08x}", rand::random::<u32>()));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let now = OffsetDateTime::now_utc();
@@ -458,15 +482,103 @@ pub enum KeyChoice {
 pub struct Renewed {
     /// The certificate that was in `<stem>.pem` before; it stays valid until it expires unless revoked.
     pub old: CertInfo,
+    /// Where the old certificate and key went.
+    pub archived: Archived,
     /// The new certificate and key.
     pub issued: Issued,
     /// The new certificate.
     pub new: CertInfo,
 }
 
+/// Name of the directory, beside the certificates, that [`renew`] moves replaced pairs into.
+pub const ARCHIVE_DIR: &str = "archive";
+/// Replaced pairs kept in the archive per identity (or HTTP certificate name); renewing once more deletes
+/// the oldest. Enough to go back a few renewals (a renewal shipped to the wrong node, a key that must be
+/// looked at after an incident), bounded so that a renewal loop cannot fill the disk.
+pub const ARCHIVE_KEEP: usize = 5;
+
+/// A replaced certificate and key, as [`renew`] archived them: `DIR/archive/<stem>-<serial>.pem` and `.key`
+/// (the key `0600`, the directory `0700`, both written durably).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    /// The old certificate.
+    pub cert_path: PathBuf,
+    /// The old key; `None` if there was no key file to archive.
+    pub key_path: Option<PathBuf>,
+    /// Archived pairs of other serials of the same stem deleted to keep [`ARCHIVE_KEEP`].
+    pub pruned: Vec<PathBuf>,
+}
+
+/// Copies the pair in `cert_path` / `key_path` (certificate `old`) to `dir/archive/<stem>-<serial>.pem/.key`
+/// before a renewal overwrites it, then deletes the oldest archived pairs of `stem` beyond [`ARCHIVE_KEEP`].
+fn archive(dir: &Path, stem: &str, old: &CertInfo, cert_path: &Path, key_path: &Path) -> Result<Archived, PkiError> {
+    let archive = dir.join(ARCHIVE_DIR);
+    private_dir(&archive)?;
+    let base = format!("{stem}-{}", old.serial_hex());
+    let archived_cert = archive.join(format!("{base}.pem"));
+    write_durable(&archived_cert, read(cert_path)?.as_bytes(), FileMode::Public)?;
+    let archived_key = match std::fs::read(key_path) {
+        Ok(key) => {
+            let path = archive.join(format!("{base}.key"));
+            write_durable(&path, &key, FileMode::Secret)?;
+            Some(path)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(PkiError::Io { path: key_path.to_owned(), source }),
+    };
+    let pruned = prune_archive(&archive, stem, &archived_cert)?;
+    Ok(Archived { cert_path: archived_cert, key_path: archived_key, pruned })
+}
+
+/// Deletes archived pairs of `stem` beyond the newest [`ARCHIVE_KEEP`] (by the time they were archived,
+/// `keep` always counting as the newest). Returns the certificates deleted.
+fn prune_archive(archive: &Path, stem: &str, keep: &Path) -> Result<Vec<PathBuf>, PkiError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PkiError::Io { path, source }
+    };
+    let prefix = format!("{stem}-");
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(archive).map_err(io(archive))? {
+        let entry = entry.map_err(io(archive))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `<stem>-<hex serial>.pem` exactly: a longer stem that starts with this one (`node-a` and
+        // `node-a-b`) leaves a `-` in what must be the serial.
+        let is_ours = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".pem"))
+            .is_some_and(|serial| !serial.is_empty() && serial.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !is_ours {
+            continue;
+        }
+        let path = entry.path();
+        let newest = path == keep;
+        let modified = entry.metadata().and_then(|m| m.modified()).ok();
+        entries.push((newest, modified, name, path));
+    }
+    // Newest first: the one just archived, then by modification time (when it was archived), then by name.
+    entries.sort_by(|a, b| (b.0, b.1, &b.2).cmp(&(a.0, a.1, &a.2)));
+    let mut pruned = Vec::new();
+    for (_, _, _, cert) in entries.into_iter().skip(ARCHIVE_KEEP) {
+        for path in [cert.clone(), cert.with_extension("key")] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(PkiError::Io { path, source }),
+            }
+        }
+        pruned.push(cert);
+    }
+    if !pruned.is_empty() {
+        sync_dir(archive).map_err(io(archive))?;
+    }
+    Ok(pruned)
+}
+
 /// Renews `identity`'s certificate in `out_dir` (`<stem>.pem`, which must exist): same identity and DNS
 /// names, a new serial, validity from now for `validity`, the key `key` says, signed by the CA in `ca_dir`.
-/// The old certificate is neither revoked nor kept on disk.
+/// The old certificate is not revoked; it and its key are archived first ([`Archived`], the last
+/// [`ARCHIVE_KEEP`] per identity kept).
 pub fn renew(
     ca_dir: &Path,
     out_dir: &Path,
@@ -510,7 +622,8 @@ fn renew_subject(
     validity: Duration,
     key: KeyChoice,
 ) -> Result<Renewed, PkiError> {
-    let (_, key_path) = subject.paths(out_dir);
+    let (cert_path, key_path) = subject.paths(out_dir);
+    let stem = cert_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let key = match key {
         KeyChoice::Fresh => KeyPair::generate()?,
         KeyChoice::Reuse => KeyPair::from_pem(&read(&key_path)?)?,
@@ -520,9 +633,12 @@ fn renew_subject(
         ip_addresses: old.ip_addresses.clone(),
         ..IssueOptions::valid_for(validity)
     };
+    // Archive before anything is overwritten: a renewal that fails half-way leaves the old pair in place
+    // and a copy of it in the archive, never neither.
+    let archived = archive(out_dir, &stem, old, &cert_path, &key_path)?;
     let issued = issue_with_key(ca_dir, out_dir, subject, &opts, key)?;
     let new = server_cert_info_pem(&read(&issued.cert_path)?)?;
-    Ok(Renewed { old: old.clone(), issued, new })
+    Ok(Renewed { old: old.clone(), archived, issued, new })
 }
 
 /// What node and hub need to know of a certificate besides its identity.
@@ -779,6 +895,67 @@ mod tests {
         let id = Identity::node("acme", "n1").unwrap();
         renew(dir.path(), dir.path(), &id, Duration::days(2), KeyChoice::Reuse).unwrap();
         assert_eq!(mode(&node.key_path), 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn ca_init_makes_the_pki_directory_0700_and_tightens_an_existing_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("new").join("pki");
+        ca_init(&fresh, "acme", Duration::days(1)).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let existing = tmp.path().join("open");
+        std::fs::create_dir(&existing).unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ca_init(&existing, "acme", Duration::days(1)).unwrap();
+        assert_eq!(mode(&existing), 0o700);
+    }
+
+    #[test]
+    fn renew_archives_the_replaced_pair_and_keeps_the_last_few() {
+        let dir = tempfile::tempdir().unwrap();
+        ca_init(dir.path(), "acme", Duration::days(365)).unwrap();
+        let id = Identity::node("acme", "n1").unwrap();
+        // A node whose id extends n1's: its archive entries are not n1's.
+        let other = Identity::node("acme", "n1-b").unwrap();
+        let first = issue(dir.path(), dir.path(), &id, &IssueOptions::valid_for(Duration::days(10))).unwrap();
+        issue(dir.path(), dir.path(), &other, &IssueOptions::valid_for(Duration::days(10))).unwrap();
+        renew(dir.path(), dir.path(), &other, Duration::days(10), KeyChoice::Fresh).unwrap();
+        let (cert_before, key_before) =
+            (std::fs::read(&first.cert_path).unwrap(), std::fs::read(&first.key_path).unwrap());
+        let renewed = renew(dir.path(), dir.path(), &id, Duration::days(20), KeyChoice::Fresh).unwrap();
+        let archive = dir.path().join(ARCHIVE_DIR);
+        let base = format!("node-n1-{}", hex(&first.serial));
+        assert_eq!(renewed.archived.cert_path, archive.join(format!("{base}.pem")));
+        assert_eq!(renewed.archived.key_path, Some(archive.join(format!("{base}.key"))));
+        assert_eq!(std::fs::read(&renewed.archived.cert_path).unwrap(), cert_before);
+        assert_eq!(std::fs::read(archive.join(format!("{base}.key"))).unwrap(), key_before);
+        #[cfg(unix)]
+        {
+            assert_eq!(mode(&archive.join(format!("{base}.key"))), 0o600);
+            assert_eq!(mode(&archive), 0o700);
+        }
+        // Renew again and again: the archive keeps the newest ARCHIVE_KEEP replaced pairs of n1.
+        let mut replaced = vec![first.serial.clone()];
+        let mut current = renewed.new.serial.clone();
+        for _ in 0..ARCHIVE_KEEP + 1 {
+            let r = renew(dir.path(), dir.path(), &id, Duration::days(20), KeyChoice::Fresh).unwrap();
+            assert_eq!(r.old.serial, current);
+            replaced.push(current);
+            current = r.new.serial;
+        }
+        let mut names: Vec<String> =
+            std::fs::read_dir(&archive).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        let ours = |ext: &str| names.iter().filter(|n| n.starts_with("node-n1-") && !n.starts_with("node-n1-b-") && n.ends_with(ext)).count();
+        assert_eq!((ours(".pem"), ours(".key")), (ARCHIVE_KEEP, ARCHIVE_KEEP), "{names:?}");
+        for (i, serial) in replaced.iter().enumerate() {
+            let kept = archive.join(format!("node-n1-{}.pem", hex(serial))).exists();
+            assert_eq!(kept, i >= replaced.len() - ARCHIVE_KEEP, "replaced #{i}: {names:?}");
+        }
+        assert!(names.iter().any(|n| n.starts_with("node-n1-b-")), "the other node's archive was pruned: {names:?}");
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 
     #[test]

@@ -1,17 +1,27 @@
 //! rustls configurations for the hub (server) and nodes (clients): TLS 1.3 only, mutual authentication
 //! against the tenant CA, ALPN `oms/1`, no 0-RTT.
 //!
-//! The hub verifies client certificates with webpki and the CA's CRL. The CRL is **reloaded when its file
-//! changes**: [`ReloadingClientVerifier`] wraps a `WebPkiClientVerifier` behind an `RwLock` and, on a
-//! handshake, looks at the file's modification time, length and inode at most once per
-//! `crl_check_interval_ms` (0 = on every handshake, which costs one `stat`). We chose the check-on-handshake
-//! design over a file watcher because it needs no extra thread, and a revocation takes effect on the very
-//! next handshake after the interval. A CRL that fails to load (half-copied by hand, say) keeps the previous
+//! The hub verifies client certificates with webpki, the CA bundle (`ca.pem`) and the CA's CRL (`crl.pem`).
+//! **Both files are reloaded when they change**: [`ReloadingClientVerifier`] keeps a `WebPkiClientVerifier`
+//! behind an `RwLock` and, on a handshake, looks at the files' modification time, length and inode at most
+//! once per `crl_check_interval_ms` (0 = on every handshake, which costs two `stat`s). A changed bundle is how
+//! a CA rollover reaches a running hub: `ca.pem` holding the old and the new CA (and `crl.pem` a CRL of each,
+//! since a certificate whose CA has no CRL in the file has an unknown revocation status, which is refused)
+//! lets nodes of both CAs in; dropping the old CA later shuts its nodes out. We chose the check-on-handshake
+//! design over a file watcher because it needs no extra thread, and a change takes effect on the very next
+//! handshake after the interval. A pair that fails to load (a half-copied file, say) keeps the previous
 //! verifier in force and is loaded once it changes again (the failure is logged once per version of the
-//! file): a bad file must not lock every node out, and it
-//! cannot un-revoke anything because `pki::revoke` only ever adds serials. Live connections are checked by
-//! the hub, which calls [`ReloadingClientVerifier::refresh`] on the same interval and closes the connection
-//! of every node whose certificate the new CRL revokes (see `oms_hub::server`).
+//! files): a bad file must not lock every node out, and it cannot un-revoke anything because `pki::revoke`
+//! only ever adds serials. Live connections are checked by the hub, which calls
+//! [`ReloadingClientVerifier::refresh`] on the same interval and, after every change, verifies each live
+//! connection's certificate again ([`ReloadingClientVerifier::verify_now`]), closing those now refused with
+//! the code [`refusal_code`] names (see `oms_hub::server`).
+//!
+//! A node verifies the hub the same way ([`ReloadingServerVerifier`]): its `ca.pem`, and `crl.pem` in the
+//! same directory **if the file is there** (so the CRL is distributed to nodes like `ca.pem`), both reloaded
+//! when they change, checked at most every `crl_check_interval_ms` of the node's `[hub]` section. A revoked
+//! hub certificate is refused at the handshake, and a node's link re-checks the hub's certificate after every
+//! change. Once a CRL was loaded, a deleted `crl.pem` keeps it in force: deleting a file must not un-revoke.
 //!
 //! Node and hub also **reload their own certificate** without a restart: [`ReloadingCert`] resolves the
 //! certificate and key each handshake presents, re-reading both files when one of them changed, checked the
@@ -27,15 +37,17 @@
 //! `oms ca issue --http`, which carries no oms identity). `oms_service::serve` runs the handshakes; this
 //! crate only builds the configuration, so `oms-service` needs no QUIC.
 //!
-//! Session resumption is disabled on the hub, so every connection is verified against the current CRL.
+//! Session resumption is disabled on both sides, so every connection is verified against the current CA
+//! bundle and CRL.
 //! webpki refuses a leaf certificate that claims to be a CA (`CaUsedAsEndEntity`); a test pins that.
 
 use oms_protocol::wire::ALPN;
-use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -157,8 +169,12 @@ pub struct ServerTlsFiles {
 /// Files a node needs.
 #[derive(Debug, Clone)]
 pub struct ClientTlsFiles {
-    /// CA certificate(s) that the hub's certificate must chain to.
+    /// CA certificate(s) that the hub's certificate must chain to, reloaded when the file changes.
     pub ca: PathBuf,
+    /// The CA's CRL, checked against the hub's certificate if the file is there, reloaded when it changes.
+    pub crl: PathBuf,
+    /// How often at most `ca` and `crl` are checked for changes, in milliseconds (0: every handshake).
+    pub crl_check_interval_ms: u64,
     /// The node's certificate chain, reloaded when it changes.
     pub cert: PathBuf,
     /// The node's private key, reloaded with the certificate.
@@ -179,13 +195,15 @@ pub struct ServerTls {
     pub clients: Arc<ReloadingClientVerifier>,
 }
 
-/// A node's TLS: the rustls configuration and its reloading certificate.
+/// A node's TLS: the rustls configuration and its reloading parts.
 #[derive(Debug)]
 pub struct ClientTls {
     /// The configuration for the QUIC endpoint.
     pub config: rustls::ClientConfig,
     /// The node's own certificate and key.
     pub own: Arc<ReloadingCert>,
+    /// The verifier of the hub's certificate, with the CA bundle and the CRL.
+    pub hub: Arc<ReloadingServerVerifier>,
 }
 
 /// The TLS of an HTTP API: the rustls configuration to hand to `oms_service::serve::serve`, and its
@@ -259,19 +277,21 @@ pub fn client_config(files: &ClientTlsFiles) -> Result<rustls::ClientConfig, Tls
     Ok(client_tls(files)?.config)
 }
 
-/// A node's rustls configuration with a handle on its reloading certificate.
+/// A node's rustls configuration with handles on its reloading certificate and its verifier of the hub.
 pub fn client_tls(files: &ClientTlsFiles) -> Result<ClientTls, TlsError> {
-    let verifier = WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider())
-        .build()
-        .map_err(TlsError::Verifier)?;
+    let hub = Arc::new(ReloadingServerVerifier::new(&files.ca, &files.crl, files.crl_check_interval_ms)?);
     let own = Arc::new(ReloadingCert::new(&files.cert, &files.key, files.cert_check_interval_ms)?);
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_webpki_verifier(verifier)
+        .dangerous()
+        .with_custom_certificate_verifier(hub.clone())
         .with_client_cert_resolver(own.clone());
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.enable_early_data = false;
-    Ok(ClientTls { config: cfg, own })
+    // No session resumption: a resumed session is not verified again, so a hub certificate revoked (or a CA
+    // dropped from the bundle) after the first handshake could be trusted on its old session.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(ClientTls { config: cfg, own, hub })
 }
 
 /// What tells a changed file: modification time, length and (on Unix) inode, since a file replaced by rename
@@ -292,98 +312,114 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     Some(FileStamp { modified: meta.modified().ok(), len: meta.len(), inode })
 }
 
+/// What [`ReloadingTrust`] has in force.
 #[derive(Debug)]
-struct Current {
-    verifier: Arc<dyn ClientCertVerifier>,
-    stamp: Option<FileStamp>,
+struct Trust<V: ?Sized> {
+    verifier: Arc<V>,
+    /// Stamps of the CA bundle and the CRL the verifier was built from.
+    stamps: (Option<FileStamp>, Option<FileStamp>),
     checked_at: Instant,
-    /// The stamp of the last file that failed to load (`Some(None)`: it was missing), reported once.
-    failed: Option<Option<FileStamp>>,
+    /// The stamps of the last pair of files that failed to load, reported once.
+    failed: Option<(Option<FileStamp>, Option<FileStamp>)>,
+    /// Whether a CRL file was loaded: from then on a missing CRL is a failure, not "no CRL".
+    crl_loaded: bool,
 }
 
-/// A client-certificate verifier that requires a certificate chained to the CA, checks the CRL, and
-/// rebuilds itself when the CRL file changes. See the module docs.
+/// Builds a verifier from the roots and CRLs in force.
+type BuildVerifier<V> = fn(Arc<RootCertStore>, Vec<CertificateRevocationListDer<'static>>) -> Result<Arc<V>, TlsError>;
+
+/// A verifier built from a CA bundle and a CRL, rebuilt when either file changes (see the module docs). The
+/// hub's client verifier and a node's verifier of the hub are both one of these.
 #[derive(Debug)]
-pub struct ReloadingClientVerifier {
-    roots: Arc<RootCertStore>,
+struct ReloadingTrust<V: ?Sized> {
+    ca_path: PathBuf,
     crl_path: PathBuf,
+    /// The hub's CRL must be there; a node's is optional until it had one.
+    crl_required: bool,
     check_interval: Duration,
-    hints: Vec<DistinguishedName>,
-    algorithms: WebPkiSupportedAlgorithms,
-    current: RwLock<Current>,
-    /// Bumped whenever a changed CRL was loaded.
+    build: BuildVerifier<V>,
+    /// Names the verifier in the log.
+    role: &'static str,
+    current: RwLock<Trust<V>>,
+    /// Bumped whenever a changed CA bundle or CRL was loaded.
     generation: AtomicU64,
 }
 
-impl ReloadingClientVerifier {
-    /// Loads the CA and the CRL; fails if either is unusable at start.
-    pub fn new(ca_path: &Path, crl_path: &Path, crl_check_interval_ms: u64) -> Result<Self, TlsError> {
-        let roots = roots(ca_path)?;
-        let stamp = stamp(crl_path);
-        let verifier = build_client_verifier(&roots, crl_path)?;
-        let hints = roots.subjects();
+impl<V: ?Sized> ReloadingTrust<V> {
+    fn new(
+        ca_path: &Path,
+        crl_path: &Path,
+        crl_required: bool,
+        check_interval_ms: u64,
+        build: BuildVerifier<V>,
+        role: &'static str,
+    ) -> Result<Self, TlsError> {
+        let stamps = (stamp(ca_path), stamp(crl_path));
+        let (verifier, crl_loaded) = load_trust(ca_path, crl_path, crl_required, build)?;
         Ok(Self {
-            roots,
+            ca_path: ca_path.to_owned(),
             crl_path: crl_path.to_owned(),
-            check_interval: Duration::from_millis(crl_check_interval_ms),
-            hints,
-            algorithms: provider().signature_verification_algorithms,
-            current: RwLock::new(Current { verifier, stamp, checked_at: Instant::now(), failed: None }),
+            crl_required,
+            check_interval: Duration::from_millis(check_interval_ms),
+            build,
+            role,
+            current: RwLock::new(Trust { verifier, stamps, checked_at: Instant::now(), failed: None, crl_loaded }),
             generation: AtomicU64::new(0),
         })
     }
 
-    /// Looks at the CRL file now, whatever the interval, and loads it if it changed. A handshake may load a
-    /// changed CRL too, so a caller that must act on every new CRL compares [`Self::generation`] instead.
-    pub fn refresh(&self) {
-        let mut c = match self.current.write() {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Trust<V>> {
+        match self.current.write() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
-        };
-        self.reload(&mut c);
+        }
     }
 
-    /// How many changed CRLs were loaded since start.
-    pub fn generation(&self) -> u64 {
+    /// Looks at both files now and loads them if either changed; whether a changed pair was loaded.
+    fn refresh(&self) -> bool {
+        self.reload(&mut self.write())
+    }
+
+    fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Whether the CRL in force revokes `chain` (leaf first; a chain already verified at its handshake).
-    /// The same webpki check as a handshake's, so the CRL's signature is checked too.
-    pub fn revokes(&self, chain: &[CertificateDer<'_>]) -> bool {
-        let Some((leaf, intermediates)) = chain.split_first() else { return false };
-        let verifier = match self.current.read() {
+    /// The verifier in force, without looking at the files.
+    fn in_force(&self) -> Arc<V> {
+        match self.current.read() {
             Ok(c) => c.verifier.clone(),
             Err(poisoned) => poisoned.into_inner().verifier.clone(),
-        };
-        matches!(
-            verifier.verify_client_cert(leaf, intermediates, UnixTime::now()),
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
-        )
+        }
     }
 
-    fn reload(&self, c: &mut Current) {
+    fn reload(&self, c: &mut Trust<V>) -> bool {
         c.checked_at = Instant::now();
-        let now = stamp(&self.crl_path);
-        if now == c.stamp || Some(now) == c.failed {
-            return;
+        let now = (stamp(&self.ca_path), stamp(&self.crl_path));
+        if now == c.stamps || Some(now) == c.failed {
+            return false;
         }
-        match build_client_verifier(&self.roots, &self.crl_path) {
-            Ok(v) => {
-                tracing::info!(crl = %self.crl_path.display(), "CRL changed; client verifier reloaded");
-                c.verifier = v;
-                c.stamp = now;
+        match load_trust(&self.ca_path, &self.crl_path, self.crl_required || c.crl_loaded, self.build) {
+            Ok((verifier, crl_loaded)) => {
+                tracing::info!(verifier = self.role, ca = %self.ca_path.display(), crl = %self.crl_path.display(),
+                    crl_loaded, "CA bundle or CRL changed; verifier reloaded");
+                c.verifier = verifier;
+                c.stamps = now;
                 c.failed = None;
+                c.crl_loaded = crl_loaded;
                 self.generation.fetch_add(1, Ordering::AcqRel);
+                true
             }
             Err(e) => {
-                tracing::warn!(crl = %self.crl_path.display(), error = %e, "CRL reload failed; keeping the previous one");
+                tracing::warn!(verifier = self.role, error = %e,
+                    "CA bundle or CRL changed but does not load; keeping the previous ones");
                 c.failed = Some(now);
+                false
             }
         }
     }
 
-    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+    /// The verifier in force, after a look at the files if the check interval has passed.
+    fn current(&self) -> Arc<V> {
         let (verifier, due) = match self.current.read() {
             Ok(c) => (c.verifier.clone(), c.checked_at.elapsed() >= self.check_interval),
             Err(poisoned) => (poisoned.into_inner().verifier.clone(), true),
@@ -391,15 +427,224 @@ impl ReloadingClientVerifier {
         if !due {
             return verifier;
         }
-        let mut c = match self.current.write() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut c = self.write();
         // Another handshake may have checked while we waited for the lock.
         if c.checked_at.elapsed() >= self.check_interval {
             self.reload(&mut c);
         }
         c.verifier.clone()
+    }
+}
+
+/// Loads the CA bundle and, if it is there or `crl_required`, the CRL, and builds a verifier; also says
+/// whether a CRL file was loaded.
+fn load_trust<V: ?Sized>(
+    ca_path: &Path,
+    crl_path: &Path,
+    crl_required: bool,
+    build: BuildVerifier<V>,
+) -> Result<(Arc<V>, bool), TlsError> {
+    let roots = roots(ca_path)?;
+    let crl_there = crl_required || crl_path.exists();
+    let crls = if crl_there { load_crls(crl_path)? } else { vec![] };
+    Ok((build(roots, crls)?, crl_there))
+}
+
+fn build_client_verifier(
+    roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    Ok(WebPkiClientVerifier::builder_with_provider(roots, provider()).with_crls(crls).build()?)
+}
+
+fn build_server_verifier(
+    roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    Ok(WebPkiServerVerifier::builder_with_provider(roots, provider()).with_crls(crls).build()?)
+}
+
+/// A client-certificate verifier that requires a certificate chained to a CA in the bundle, checks the CRL,
+/// and rebuilds itself when the CA bundle or the CRL file changes. See the module docs.
+#[derive(Debug)]
+pub struct ReloadingClientVerifier {
+    trust: ReloadingTrust<dyn ClientCertVerifier>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ReloadingClientVerifier {
+    /// Loads the CA bundle and the CRL; fails if either is unusable at start. Both files are checked for
+    /// changes at most every `crl_check_interval_ms` on a handshake, and by [`Self::refresh`].
+    pub fn new(ca_path: &Path, crl_path: &Path, crl_check_interval_ms: u64) -> Result<Self, TlsError> {
+        Ok(Self {
+            trust: ReloadingTrust::new(
+                ca_path,
+                crl_path,
+                true,
+                crl_check_interval_ms,
+                build_client_verifier,
+                "client",
+            )?,
+            algorithms: provider().signature_verification_algorithms,
+        })
+    }
+
+    /// Looks at the CA bundle and the CRL now, whatever the interval, and loads them if either changed. A
+    /// handshake may load a change too, so a caller that must act on every change compares
+    /// [`Self::generation`] instead.
+    pub fn refresh(&self) {
+        self.trust.refresh();
+    }
+
+    /// How many changed CA bundles or CRLs were loaded since start.
+    pub fn generation(&self) -> u64 {
+        self.trust.generation()
+    }
+
+    /// Verifies `chain` (leaf first) again, now, against the CA bundle and CRL in force: the same webpki
+    /// check as a handshake's, so a live connection can be held to a CRL or bundle that changed since.
+    pub fn verify_now(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.trust.in_force().verify_client_cert(leaf, intermediates, UnixTime::now()).map(|_| ())
+    }
+
+    /// Whether the CRL in force revokes `chain` (leaf first; a chain already verified at its handshake).
+    pub fn revokes(&self, chain: &[CertificateDer<'_>]) -> bool {
+        matches!(self.verify_now(chain), Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)))
+    }
+}
+
+impl ClientCertVerifier for ReloadingClientVerifier {
+    /// None: the bundle may change under a running hub, and hints borrowed from it could not follow. Our
+    /// nodes present their one certificate whatever the hints.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.trust.current().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+}
+
+/// A node's verifier of the hub's certificate: chained to a CA in the bundle (`ca.pem`), for the server name,
+/// not revoked by the CRL (`crl.pem` beside it, if there), rebuilt when either file changes. A CRL once loaded
+/// must stay: a deleted `crl.pem` keeps the last one in force rather than un-revoking the hub. See the module
+/// docs.
+#[derive(Debug)]
+pub struct ReloadingServerVerifier {
+    trust: ReloadingTrust<WebPkiServerVerifier>,
+}
+
+impl ReloadingServerVerifier {
+    /// Loads the CA bundle and, if the file is there, the CRL; fails if either is unusable at start. Both
+    /// files are checked for changes at most every `check_interval_ms` on a handshake, and by
+    /// [`Self::check`] and [`Self::refresh`].
+    pub fn new(ca_path: &Path, crl_path: &Path, check_interval_ms: u64) -> Result<Self, TlsError> {
+        Ok(Self { trust: ReloadingTrust::new(ca_path, crl_path, false, check_interval_ms, build_server_verifier, "hub")? })
+    }
+
+    /// Looks at both files now, whatever the interval, and loads them if either changed.
+    pub fn refresh(&self) {
+        self.trust.refresh();
+    }
+
+    /// Looks at both files if the check interval has passed since the last look.
+    pub fn check(&self) {
+        self.trust.current();
+    }
+
+    /// How many changed CA bundles or CRLs were loaded since start.
+    pub fn generation(&self) -> u64 {
+        self.trust.generation()
+    }
+
+    /// Verifies the hub's `chain` (leaf first) for `server_name` again, now, against the CA bundle and CRL in
+    /// force, so a live link can be held to a CRL or bundle that changed since its handshake.
+    pub fn verify_now(&self, chain: &[CertificateDer<'_>], server_name: &ServerName<'_>) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.trust.in_force().verify_server_cert(leaf, intermediates, server_name, &[], UnixTime::now()).map(|_| ())
+    }
+}
+
+impl ServerCertVerifier for ReloadingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.trust.current().verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.trust.in_force().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.trust.in_force().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.trust.in_force().supported_verify_schemes()
+    }
+}
+
+/// The close code for a peer certificate that a verification *now* refuses: `Revoked`, `CertificateExpired`,
+/// or `Unauthorized` for anything else (no longer chained to a CA in the bundle, say).
+pub fn refusal_code(error: &rustls::Error) -> oms_protocol::wire::ErrorCode {
+    use oms_protocol::wire::ErrorCode;
+    use rustls::CertificateError as E;
+    match error {
+        rustls::Error::InvalidCertificate(E::Revoked) => ErrorCode::Revoked,
+        rustls::Error::InvalidCertificate(E::Expired | E::ExpiredContext { .. }) => ErrorCode::CertificateExpired,
+        _ => ErrorCode::Unauthorized,
     }
 }
 
@@ -616,60 +861,100 @@ fn expiry_warning_due(expiry: &pki::Expiry, serial: &[u8], last: Option<&(Vec<u8
         && last.is_none_or(|(s, at)| s != serial || at.elapsed() >= Duration::from_millis(EXPIRY_WARNING_REPEAT_MS))
 }
 
-fn build_client_verifier(roots: &Arc<RootCertStore>, crl_path: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let crls = load_crls(crl_path)?;
-    Ok(WebPkiClientVerifier::builder_with_provider(roots.clone(), provider()).with_crls(crls).build()?)
-}
-
-impl ClientCertVerifier for ReloadingClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.hints
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.verifier().verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::IssueOptions;
+    use crate::pki::{Identity, IssueOptions};
+
+    /// A CA for `acme` in `dir` with one certificate issued for `identity` (hub certificates for
+    /// `localhost`); returns the chain of that certificate.
+    fn ca_with(dir: &Path, identity: &Identity) -> Vec<CertificateDer<'static>> {
+        pki::ca_init(dir, "acme", time::Duration::days(365)).unwrap();
+        let opts =
+            IssueOptions { dns_names: vec!["localhost".into()], ..IssueOptions::valid_for(time::Duration::days(30)) };
+        let issued = pki::issue(dir, dir, identity, &opts).unwrap();
+        load_certs(&issued.cert_path).unwrap()
+    }
+
+    /// `parts` concatenated into `to`, written durably (as an operator's `cat a b > tmp && mv tmp to`).
+    fn bundle(to: &Path, parts: &[PathBuf]) {
+        let text: String = parts.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+        pki::write_durable(to, text.as_bytes(), pki::FileMode::Public).unwrap();
+    }
+
+    #[test]
+    fn the_hubs_client_verifier_picks_up_a_replaced_ca_bundle_and_keeps_it_when_a_new_one_is_broken() {
+        let (old, new) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let n1 = ca_with(old.path(), &Identity::node("acme", "n1").unwrap());
+        let n2 = ca_with(new.path(), &Identity::node("acme", "n2").unwrap());
+        let (ca, crl) = (old.path().join("ca.pem"), old.path().join("crl.pem"));
+        // Interval 0: every handshake looks at the files, as a handshake would.
+        let v = ReloadingClientVerifier::new(&ca, &crl, 0).unwrap();
+        let handshake = |chain: &[CertificateDer<'static>]| v.verify_client_cert(&chain[0], &[], UnixTime::now());
+        assert!(handshake(&n1).is_ok());
+        assert!(handshake(&n2).is_err(), "a certificate of another CA");
+
+        // The new CA in the bundle but no CRL of it: its certificates' revocation status is unknown, refused.
+        bundle(&ca, &[old.path().join("ca.pem"), new.path().join("ca.pem")]);
+        let refused = handshake(&n2).unwrap_err();
+        assert!(
+            matches!(refused, rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownRevocationStatus)),
+            "{refused:?}"
+        );
+        // With a CRL of each CA: both CAs' certificates are in, without a new verifier.
+        bundle(&crl, &[old.path().join("crl.pem"), new.path().join("crl.pem")]);
+        assert!(handshake(&n2).is_ok());
+        assert!(handshake(&n1).is_ok());
+        assert_eq!(v.generation(), 2);
+
+        // A broken bundle keeps the roots in force.
+        pki::write_durable(&ca, b"-----BEGIN CERTIFICATE-----\nnot base64\n", pki::FileMode::Public).unwrap();
+        assert!(handshake(&n2).is_ok() && handshake(&n1).is_ok());
+        assert_eq!(v.generation(), 2);
+        // Rollover done: only the new CA. The old CA's live sessions are refused on a check now.
+        bundle(&ca, &[new.path().join("ca.pem")]);
+        v.refresh();
+        assert!(v.verify_now(&n2).is_ok());
+        let e = v.verify_now(&n1).unwrap_err();
+        assert_eq!(refusal_code(&e), oms_protocol::wire::ErrorCode::Unauthorized, "{e:?}");
+    }
+
+    #[test]
+    fn a_nodes_verifier_of_the_hub_reloads_its_ca_bundle_and_checks_a_crl_once_there() {
+        let (old, new, node) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        ca_with(old.path(), &Identity::hub("acme").unwrap());
+        let hub = ca_with(new.path(), &Identity::hub("acme").unwrap());
+        let (ca, crl) = (node.path().join("ca.pem"), node.path().join("crl.pem"));
+        std::fs::copy(old.path().join("ca.pem"), &ca).unwrap();
+        // No crl.pem: no revocation check, as before.
+        let v = ReloadingServerVerifier::new(&ca, &crl, 3_600_000).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let handshake = |v: &ReloadingServerVerifier| v.verify_server_cert(&hub[0], &[], &name, &[], UnixTime::now());
+        assert!(handshake(&v).is_err(), "a hub of another CA");
+        bundle(&ca, &[old.path().join("ca.pem"), new.path().join("ca.pem")]);
+        // Within the interval a handshake does not look; `check` does not either; `refresh` does.
+        v.check();
+        assert!(handshake(&v).is_err());
+        v.refresh();
+        assert!(handshake(&v).is_ok(), "the hub of the new CA, after the bundle changed");
+
+        // The hub's serial revoked by its CA and the CRL copied to the node: refused, live links too.
+        let serial = pki::cert_info(&hub[0]).unwrap().serial;
+        pki::revoke(new.path(), &serial).unwrap();
+        bundle(&crl, &[old.path().join("crl.pem"), new.path().join("crl.pem")]);
+        v.refresh();
+        let e = handshake(&v).unwrap_err();
+        assert!(matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)), "{e:?}");
+        assert_eq!(refusal_code(&v.verify_now(&hub, &name).unwrap_err()), oms_protocol::wire::ErrorCode::Revoked);
+        // Deleting the CRL does not un-revoke.
+        std::fs::remove_file(&crl).unwrap();
+        v.refresh();
+        assert!(handshake(&v).is_err(), "a deleted CRL un-revoked the hub");
+        // A node started with that CRL refuses the hub from its first handshake.
+        bundle(&crl, &[old.path().join("crl.pem"), new.path().join("crl.pem")]);
+        let fresh = ReloadingServerVerifier::new(&ca, &crl, 0).unwrap();
+        assert!(handshake(&fresh).is_err());
+    }
 
     #[test]
     fn an_http_certificate_serves_https_but_is_refused_as_an_identity() {
@@ -683,6 +968,8 @@ mod tests {
         assert!(matches!(refused, Err(TlsError::Cert { source: PkiError::BadIdentity { .. }, .. })), "{refused:?}");
         let node_files = ClientTlsFiles {
             ca: dir.path().join("ca.pem"),
+            crl: dir.path().join("crl.pem"),
+            crl_check_interval_ms: 0,
             cert: http.cert_path.clone(),
             key: http.key_path.clone(),
             cert_check_interval_ms: 0,
