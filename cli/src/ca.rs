@@ -2,13 +2,15 @@
 //! the CA key never needs to leave it; a hub needs only `ca.pem`, `crl.pem`, `hub.pem` and `hub.key`, a node
 //! `ca.pem` and its own pair.
 //!
-//! `init` creates the CA (and records the tenant in `DIR/tenant`, so later `issue` calls need not repeat
+//! `init` creates the CA in a directory made (or tightened to) `0700` (and records the tenant in `DIR/tenant`, so later `issue` calls need not repeat
 //! it), `issue` writes `node-<id>.pem/.key` or `hub.pem/.key` and prints the serial (`--http NAME`: a
 //! certificate for the TLS of a node's or the hub's HTTP API, `http-NAME.pem/.key`, for its `--dns` names and
 //! `--ip` addresses, with no oms identity, so it can never sync as a node or the hub), `renew` replaces such
 //! a pair with a new certificate for the same identity (or names) (a fresh key unless `--reuse-key`; the old certificate
-//! stays valid until it expires), `revoke` adds a serial to the CRL that a running hub re-reads (and closes
-//! the revoked node's live connection). Private keys are written `0600`, everything durably (temporary file,
+//! stays valid until it expires, and the old pair is archived to `DIR/archive/<stem>-<serial>.pem/.key`, the
+//! last `pki::ARCHIVE_KEEP` per identity kept), `revoke` adds a serial to the CRL that a running hub re-reads
+//! (and closes the revoked node's live connection); copied to a node's certs dir, the same `crl.pem` makes
+//! the node refuse a revoked hub certificate. Private keys are written `0600`, everything durably (temporary file,
 //! fsync, rename, fsync of the directory).
 
 use std::net::IpAddr;
@@ -23,7 +25,7 @@ const VALIDITY_DAYS_MAX: i64 = 11_000;
 /// `oms ca` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum CaCmd {
-    /// Create a CA for a tenant in DIR (ca.pem, ca.key, crl.pem).
+    /// Create a CA for a tenant in DIR (ca.pem, ca.key, crl.pem); DIR is made, or tightened to, 0700.
     Init {
         /// PKI directory.
         #[arg(long)]
@@ -67,7 +69,8 @@ pub(crate) enum CaCmd {
     },
     /// Renew a node, hub or HTTP certificate in DIR: same identity, DNS names and IP addresses, a new serial
     /// and validity. The old certificate is not revoked; it stays valid until it expires (revoke it once the
-    /// new one is in use).
+    /// new one is in use). The old certificate and key are archived to DIR/archive/<stem>-<serial>.pem/.key
+    /// (the last 5 per identity are kept).
     #[command(group(clap::ArgGroup::new("subject").required(true).args(["node", "hub", "http"])))]
     Renew {
         /// PKI directory (with the CA and the certificate to renew).
@@ -214,7 +217,7 @@ pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
                 }
                 _ => bail!("give exactly one of --node ID, --hub and --http NAME"),
             };
-            let (old, new) = (&renewed.old, &renewed.new);
+            let (old, new, archived) = (&renewed.old, &renewed.new, &renewed.archived);
             println!(
                 "renewed {what}: {} {} serial {} valid until {} ({} key)",
                 renewed.issued.cert_path.display(),
@@ -231,12 +234,24 @@ pub(crate) fn run(cmd: CaCmd) -> anyhow::Result<()> {
                 dir.display(),
                 old.serial_hex()
             );
+            println!(
+                "the old pair is archived: {}{} (the last {} replaced pairs per identity are kept{})",
+                archived.cert_path.display(),
+                archived.key_path.as_ref().map(|k| format!(" {}", k.display())).unwrap_or_default(),
+                pki::ARCHIVE_KEEP,
+                if archived.pruned.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} older removed", archived.pruned.len())
+                },
+            );
         }
         CaCmd::Revoke { dir, serial } => {
             let bytes = unhex(&serial)?;
             pki::revoke(&dir, &bytes)?;
             println!(
-                "revoked {}; a hub with this crl.pem closes its connection and refuses it from its next CRL check",
+                "revoked {}; a hub with this crl.pem closes its connection and refuses it from its next CRL check \
+                 (copy crl.pem to the nodes' certs dirs too: a node with it refuses a revoked hub certificate)",
                 pki::hex(&bytes)
             );
         }

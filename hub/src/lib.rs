@@ -81,7 +81,7 @@ pub async fn run(
     let endpoint = oms_transport::server_endpoint_with(cfg.listen_quic, tls.config, &limits)
         .with_context(|| format!("cannot listen for nodes on {}", cfg.listen_quic))?;
     let revocations =
-        tokio::spawn(server::watch_revocations(hub.clone(), tls.clients.clone(), cfg.crl_check_interval_ms));
+        tokio::spawn(server::watch_peer_certificates(hub.clone(), tls.clients.clone(), cfg.crl_check_interval_ms));
     let own_cert =
         tokio::spawn(oms_transport::tls::watch_own_certificate(tls.own, "hub", cfg.cert_check_interval_ms, |_| {}));
     let listener = tokio::net::TcpListener::bind(cfg.listen_http)

@@ -7,12 +7,14 @@
 //! that reconnects replaces its older connection. A node that misbehaves loses its connection or has a
 //! document quarantined; nothing it does stops the accept loop or another node's session.
 //!
-//! **Revocation cuts live sessions.** [`watch_revocations`] looks at the CRL file every half
-//! `crl_check_interval_ms` (so a revocation is acted on within the interval); when a changed CRL loads, every
-//! live connection's certificate chain is verified again against it, and a connection whose certificate is
-//! now revoked is closed with [`ErrorCode::Revoked`]. Its next handshake is refused by the same CRL. A
-//! connection accepted while the CRL changes is checked once more right after it is registered, so none slips
-//! between the handshake and the watch.
+//! **A live session is one the hub would accept now.** [`watch_peer_certificates`] looks at the CA bundle and
+//! the CRL every half `crl_check_interval_ms` (so a change is acted on within the interval); when a changed
+//! bundle or CRL loads, every live connection's certificate chain is verified again against it, and a
+//! connection whose certificate is now refused is closed: [`ErrorCode::Revoked`] for a revoked one,
+//! [`ErrorCode::Unauthorized`] for one no CA in the bundle vouches for any more. On the same tick, a connection
+//! whose certificate's `not_after` has passed is closed with [`ErrorCode::CertificateExpired`] ([`cut_expired`]).
+//! The next handshake of either is refused. A connection accepted while the files change is checked once
+//! more right after it is registered, so none slips between the handshake and the watch.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +27,7 @@ use oms_protocol::wire::{ErrorCode, Frame, FrameEncoder, PeerId, capabilities};
 use oms_service::{lock, now_ms};
 use oms_sync::DocDbError;
 use oms_sync::link::{self, LinkError};
-use oms_transport::tls::{ReloadingCert, ReloadingClientVerifier, WATCH_PERIOD_MIN_MS};
+use oms_transport::tls::{ReloadingCert, ReloadingClientVerifier, WATCH_PERIOD_MIN_MS, refusal_code};
 use oms_transport::{Identity, Limits, PkiError};
 use tokio::sync::Semaphore;
 
@@ -229,13 +231,13 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
     }
     tracing::info!(%node, %remote, serial = %cert.as_ref().map(|c| c.serial_hex()).unwrap_or_default(),
         "node connected");
-    // The CRL may have changed between this handshake and the registration above, after the watch looked at
-    // the registered connections: check this one against the CRL in force now.
+    // The CA bundle or CRL may have changed between this handshake and the registration above, after the
+    // watch looked at the registered connections: check this one against what is in force now.
     if let Some(tls) = hub.tls()
-        && revoked(&tls.clients, &conn)
+        && let Some(code) = refused(&tls.clients, &conn)
     {
-        tracing::warn!(%node, "node's certificate was revoked while it connected; closing");
-        oms_transport::close(&conn, ErrorCode::Revoked, "certificate revoked");
+        tracing::warn!(%node, %code, "node's certificate was refused by a CA bundle or CRL loaded while it connected; closing");
+        oms_transport::close(&conn, code, "certificate refused");
     }
     let result = drive(hub, &conn, &node).await;
     match &result {
@@ -249,31 +251,62 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
     }
 }
 
-/// Whether `conn`'s certificate chain is refused by `verifier` as revoked now.
-fn revoked(verifier: &ReloadingClientVerifier, conn: &quinn::Connection) -> bool {
-    oms_transport::peer_certificates(conn).is_ok_and(|chain| verifier.revokes(&chain))
+/// The close code if `conn`'s certificate chain is refused by `verifier` now ([`refusal_code`]), else `None`.
+fn refused(verifier: &ReloadingClientVerifier, conn: &quinn::Connection) -> Option<ErrorCode> {
+    let chain = oms_transport::peer_certificates(conn).ok()?;
+    verifier.verify_now(&chain).err().map(|e| refusal_code(&e))
 }
 
-/// Closes, with [`ErrorCode::Revoked`], every live connection whose certificate `verifier` now refuses as
-/// revoked. Returns the nodes cut.
-pub fn cut_revoked(hub: &Hub, verifier: &ReloadingClientVerifier) -> Vec<String> {
-    let live: Vec<(String, quinn::Connection)> =
-        lock(&hub.conns).iter().map(|(node, (_, conn))| (node.clone(), conn.clone())).collect();
+/// The live connections, by node.
+fn live(hub: &Hub) -> Vec<(String, quinn::Connection)> {
+    lock(&hub.conns).iter().map(|(node, (_, conn))| (node.clone(), conn.clone())).collect()
+}
+
+/// Closes every live connection whose certificate `verifier` now refuses (a CRL that revokes it, a CA bundle
+/// that no longer vouches for it), with the code [`refusal_code`] names. Returns the nodes cut, with the code.
+pub fn cut_refused(hub: &Hub, verifier: &ReloadingClientVerifier) -> Vec<(String, ErrorCode)> {
     let mut cut = Vec::new();
-    for (node, conn) in live {
-        if revoked(verifier, &conn) {
-            tracing::warn!(%node, "node's certificate is revoked by the new CRL; closing its connection");
-            oms_transport::close(&conn, ErrorCode::Revoked, "certificate revoked");
+    for (node, conn) in live(hub) {
+        let Some(code) = refused(verifier, &conn) else { continue };
+        match code {
+            ErrorCode::Revoked => {
+                tracing::warn!(%node, "node's certificate is revoked by the new CRL; closing its connection");
+            }
+            _ => tracing::warn!(%node, %code,
+                "node's certificate is refused by the new CA bundle or CRL; closing its connection"),
+        }
+        oms_transport::close(&conn, code, "certificate refused");
+        cut.push((node, code));
+    }
+    cut
+}
+
+/// Closes, with [`ErrorCode::CertificateExpired`], every live connection whose certificate's `not_after` is
+/// before `now_unix_s` (webpki's rule: valid through its `not_after` second). Returns the nodes cut.
+pub fn cut_expired(hub: &Hub, now_unix_s: i64) -> Vec<String> {
+    let mut cut = Vec::new();
+    for (node, conn) in live(hub) {
+        let Ok(info) = oms_transport::peer_cert_info(&conn) else { continue };
+        if info.not_after_unix_s < now_unix_s {
+            tracing::warn!(%node, serial = %info.serial_hex(), not_after_unix_s = info.not_after_unix_s,
+                "node's certificate expired while connected; closing its connection (it needs a renewed one: \
+                 oms ca renew)");
+            oms_transport::close(&conn, ErrorCode::CertificateExpired, "certificate expired");
             cut.push(node);
         }
     }
     cut
 }
 
-/// Watches the CRL for as long as the runtime runs: every half `crl_check_interval_ms` (at least
-/// [`WATCH_PERIOD_MIN_MS`]) it re-reads a changed CRL and cuts the sessions it revokes ([`cut_revoked`]), so
-/// that a revoked node is disconnected within the interval even when no handshake happens.
-pub async fn watch_revocations(hub: Arc<Hub>, verifier: Arc<ReloadingClientVerifier>, crl_check_interval_ms: u64) {
+/// Watches the peers' certificates for as long as the runtime runs: every half `crl_check_interval_ms` (at
+/// least [`WATCH_PERIOD_MIN_MS`]) it re-reads a changed CA bundle or CRL and cuts the sessions it refuses
+/// ([`cut_refused`]), and cuts the sessions whose certificate expired ([`cut_expired`]), so that a revoked,
+/// untrusted or expired node is disconnected within the interval even when no handshake happens.
+pub async fn watch_peer_certificates(
+    hub: Arc<Hub>,
+    verifier: Arc<ReloadingClientVerifier>,
+    crl_check_interval_ms: u64,
+) {
     let period = Duration::from_millis((crl_check_interval_ms / 2).max(WATCH_PERIOD_MIN_MS));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -281,12 +314,13 @@ pub async fn watch_revocations(hub: Arc<Hub>, verifier: Arc<ReloadingClientVerif
     loop {
         tick.tick().await;
         verifier.refresh();
-        // A handshake may have loaded the new CRL first: act on every generation not yet acted on.
+        // A handshake may have loaded the change first: act on every generation not yet acted on.
         let now = verifier.generation();
         if now != seen {
             seen = now;
-            cut_revoked(&hub, &verifier);
+            cut_refused(&hub, &verifier);
         }
+        cut_expired(&hub, i64::try_from(now_ms() / 1_000).unwrap_or(i64::MAX));
     }
 }
 

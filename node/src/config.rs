@@ -170,6 +170,11 @@ pub struct HubLink {
     /// into `certs_dir` is presented from the next connection on, without a restart.
     #[serde(default = "default_cert_check_interval_ms")]
     pub cert_check_interval_ms: u64,
+    /// How often `ca.pem` and `crl.pem` in `certs_dir` are checked for changes, ms: a replaced CA bundle is
+    /// used from the next connection on, and a CRL that revokes the hub's certificate refuses it and cuts the
+    /// live link, within this interval, without a restart.
+    #[serde(default = "default_cert_check_interval_ms")]
+    pub crl_check_interval_ms: u64,
 }
 
 fn default_cert_check_interval_ms() -> u64 {

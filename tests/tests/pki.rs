@@ -119,6 +119,8 @@ struct Session {
 async fn hello(certs: &Path, node: &str, quic: SocketAddr) -> Result<Session, String> {
     let files = ClientTlsFiles {
         ca: certs.join("ca.pem"),
+        crl: certs.join("crl.pem"),
+        crl_check_interval_ms: 0,
         cert: certs.join(format!("node-{node}.pem")),
         key: certs.join(format!("node-{node}.key")),
         cert_check_interval_ms: 0,

@@ -486,6 +486,8 @@ async fn hand_session(
 ) -> BTreeMap<DocId, Vec<ErrorCode>> {
     let files = oms_transport::tls::ClientTlsFiles {
         ca: certs.join("ca.pem"),
+        crl: certs.join("crl.pem"),
+        crl_check_interval_ms: oms_transport::tls::FILE_CHECK_INTERVAL_MS,
         cert: certs.join(format!("node-{node}.pem")),
         key: certs.join(format!("node-{node}.key")),
         cert_check_interval_ms: oms_transport::tls::FILE_CHECK_INTERVAL_MS,
@@ -697,6 +699,8 @@ async fn raw_frames(
 ) -> Vec<(DocId, ErrorCode)> {
     let files = oms_transport::tls::ClientTlsFiles {
         ca: certs.join("ca.pem"),
+        crl: certs.join("crl.pem"),
+        crl_check_interval_ms: oms_transport::tls::FILE_CHECK_INTERVAL_MS,
         cert: certs.join(format!("node-{node}.pem")),
         key: certs.join(format!("node-{node}.key")),
         cert_check_interval_ms: oms_transport::tls::FILE_CHECK_INTERVAL_MS,

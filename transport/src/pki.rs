@@ -945,10 +945,17 @@ mod tests {
             replaced.push(current);
             current = r.new.serial;
         }
-        let mut names: Vec<String> =
-            std::fs::read_dir(&archive).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(&archive)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
-        let ours = |ext: &str| names.iter().filter(|n| n.starts_with("node-n1-") && !n.starts_with("node-n1-b-") && n.ends_with(ext)).count();
+        let ours = |ext: &str| {
+            names
+                .iter()
+                .filter(|n| n.starts_with("node-n1-") && !n.starts_with("node-n1-b-") && n.ends_with(ext))
+                .count()
+        };
         assert_eq!((ours(".pem"), ours(".key")), (ARCHIVE_KEEP, ARCHIVE_KEEP), "{names:?}");
         for (i, serial) in replaced.iter().enumerate() {
             let kept = archive.join(format!("node-n1-{}.pem", hex(serial))).exists();

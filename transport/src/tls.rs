@@ -42,9 +42,9 @@
 //! webpki refuses a leaf certificate that claims to be a CA (`CaUsedAsEndEntity`); a test pins that.
 
 use oms_protocol::wire::ALPN;
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
-use rustls::client::ResolvesClientCert;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
@@ -575,7 +575,9 @@ impl ReloadingServerVerifier {
     /// files are checked for changes at most every `check_interval_ms` on a handshake, and by
     /// [`Self::check`] and [`Self::refresh`].
     pub fn new(ca_path: &Path, crl_path: &Path, check_interval_ms: u64) -> Result<Self, TlsError> {
-        Ok(Self { trust: ReloadingTrust::new(ca_path, crl_path, false, check_interval_ms, build_server_verifier, "hub")? })
+        Ok(Self {
+            trust: ReloadingTrust::new(ca_path, crl_path, false, check_interval_ms, build_server_verifier, "hub")?,
+        })
     }
 
     /// Looks at both files now, whatever the interval, and loads them if either changed.
@@ -595,9 +597,11 @@ impl ReloadingServerVerifier {
 
     /// Verifies the hub's `chain` (leaf first) for `server_name` again, now, against the CA bundle and CRL in
     /// force, so a live link can be held to a CRL or bundle that changed since its handshake.
-    pub fn verify_now(&self, chain: &[CertificateDer<'_>], server_name: &ServerName<'_>) -> Result<(), rustls::Error> {
+    pub fn verify_now(&self, chain: &[CertificateDer<'_>], server_name: &str) -> Result<(), rustls::Error> {
         let (leaf, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
-        self.trust.in_force().verify_server_cert(leaf, intermediates, server_name, &[], UnixTime::now()).map(|_| ())
+        let name = ServerName::try_from(server_name)
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))?;
+        self.trust.in_force().verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now()).map(|_| ())
     }
 }
 
@@ -921,7 +925,8 @@ mod tests {
 
     #[test]
     fn a_nodes_verifier_of_the_hub_reloads_its_ca_bundle_and_checks_a_crl_once_there() {
-        let (old, new, node) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (old, new, node) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         ca_with(old.path(), &Identity::hub("acme").unwrap());
         let hub = ca_with(new.path(), &Identity::hub("acme").unwrap());
         let (ca, crl) = (node.path().join("ca.pem"), node.path().join("crl.pem"));
@@ -945,7 +950,7 @@ mod tests {
         v.refresh();
         let e = handshake(&v).unwrap_err();
         assert!(matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)), "{e:?}");
-        assert_eq!(refusal_code(&v.verify_now(&hub, &name).unwrap_err()), oms_protocol::wire::ErrorCode::Revoked);
+        assert_eq!(refusal_code(&v.verify_now(&hub, "localhost").unwrap_err()), oms_protocol::wire::ErrorCode::Revoked);
         // Deleting the CRL does not un-revoke.
         std::fs::remove_file(&crl).unwrap();
         v.refresh();

@@ -75,6 +75,8 @@ fn node_files(ca_dir: &Path, issuing_ca_dir: &Path, node: &str, opts: &IssueOpti
     let issued = pki::issue(issuing_ca_dir, issuing_ca_dir, &Identity::node(TENANT, node).unwrap(), opts).unwrap();
     let files = ClientTlsFiles {
         ca: ca_dir.join("ca.pem"),
+        crl: ca_dir.join("crl.pem"),
+        crl_check_interval_ms: 0,
         cert: issued.cert_path,
         key: issued.key_path,
         cert_check_interval_ms: 0,

@@ -27,7 +27,7 @@ use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
 use oms_protocol::sync::{Event, SessionConfig, SyncSession};
 use oms_protocol::wire::{DocId, ErrorCode, FrameEncoder, PeerId, capabilities};
 use oms_transport::backoff::Backoff;
-use oms_transport::tls::ClientTlsFiles;
+use oms_transport::tls::{ClientTlsFiles, ReloadingServerVerifier, refusal_code};
 use oms_transport::{Identity, Limits};
 use tokio::sync::Notify;
 
@@ -215,6 +215,8 @@ pub(crate) fn spawn(
     let hub = Identity::hub(&link.tenant)?;
     let files = ClientTlsFiles {
         ca: link.certs_dir.join("ca.pem"),
+        crl: oms_transport::pki::crl_path(&link.certs_dir),
+        crl_check_interval_ms: link.crl_check_interval_ms,
         cert: link.certs_dir.join(format!("{}.pem", me.file_stem())),
         key: link.certs_dir.join(format!("{}.key", me.file_stem())),
         cert_check_interval_ms: link.cert_check_interval_ms,
@@ -226,6 +228,7 @@ pub(crate) fn spawn(
     };
     let tls = oms_transport::tls::client_tls(&files).map_err(oms_transport::EndpointError::from)?;
     let own = tls.own.clone();
+    let trust = tls.hub.clone();
     let endpoint = oms_transport::client_endpoint_with(bind, tls.config, &Limits::default())?;
     let info = own.info();
     metrics.set_certificate(&info.serial_hex(), info.not_after_unix_s);
@@ -241,6 +244,7 @@ pub(crate) fn spawn(
         PeerId::new(me.uri()).ok_or_else(|| SyncError::PeerId(me.uri()))?,
         PeerId::new(hub.uri()).ok_or_else(|| SyncError::PeerId(hub.uri()))?,
     );
+    let hub = HubTrust { identity: hub, verifier: trust };
     tokio::spawn(keep_linked(shared, endpoint, link.clone(), hub, peers, actor.to_vec()));
     Ok(())
 }
@@ -454,11 +458,17 @@ async fn follow_feed(shared: Arc<Shared>, store: Store) {
     }
 }
 
+/// Who the hub must be, and the verifier of its certificate (CA bundle and CRL, reloaded).
+struct HubTrust {
+    identity: Identity,
+    verifier: Arc<ReloadingServerVerifier>,
+}
+
 async fn keep_linked(
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     link: HubLink,
-    hub: Identity,
+    hub: HubTrust,
     peers: (PeerId, PeerId),
     actor: Vec<u8>,
 ) {
@@ -469,6 +479,10 @@ async fn keep_linked(
             Err(e @ LinkError::Closed { code: ErrorCode::Revoked, .. }) => tracing::error!(hub = %link.addr,
                 error = %e, "sync: link down: the hub says this node's certificate is revoked; it needs a new one \
                 (oms ca renew), copied into its certs_dir"),
+            Err(e @ LinkError::Closed { code: ErrorCode::CertificateExpired, by_peer: true, .. }) => {
+                tracing::error!(hub = %link.addr, error = %e, "sync: link down: the hub says this node's \
+                    certificate expired; it needs a new one (oms ca renew), copied into its certs_dir")
+            }
             Err(e) => tracing::warn!(hub = %link.addr, error = %e, attempt = backoff.attempts(), "sync: link down"),
         }
         tokio::time::sleep(backoff.next_delay()).await;
@@ -480,7 +494,7 @@ async fn run_session(
     shared: &Shared,
     endpoint: &quinn::Endpoint,
     link: &HubLink,
-    hub: &Identity,
+    hub: &HubTrust,
     (me, hub_peer): &(PeerId, PeerId),
     actor: &[u8],
     backoff: &mut Backoff,
@@ -490,10 +504,11 @@ async fn run_session(
     let connect_timeout = Duration::from_millis(shared.tuning.connect_timeout_ms);
     let conn = oms_transport::connect(endpoint, link.addr, &link.server_name, connect_timeout).await?;
     let seen = oms_transport::peer_identity(&conn)?;
-    if &seen != hub {
+    if seen != hub.identity {
         oms_transport::close(&conn, ErrorCode::Unauthorized, "not our hub");
-        return Err(LinkError::WrongPeer { seen: seen.to_string(), expected: hub.to_string() });
+        return Err(LinkError::WrongPeer { seen: seen.to_string(), expected: hub.identity.to_string() });
     }
+    let mut hub_cert = HubCert::of(&conn, &hub.verifier);
     let (mut send, recv) = oms_transport::open_bi(&conn, io_timeout).await?;
     let mut frames = link::spawn_reader(recv, frame_max, shared.tuning.frames_queued_max);
     let mut config = session_config();
@@ -599,6 +614,12 @@ async fn run_session(
             }
             _ = tick.tick() => {
                 let now = now_ms();
+                if let Some((code, reason)) = hub_cert.refused(&hub.verifier, &link.server_name, now) {
+                    tracing::error!(hub = %link.addr, %code, serial = %hub_cert.serial_hex,
+                        not_after_unix_s = hub_cert.not_after_unix_s, "sync: closing the link: {reason}");
+                    oms_transport::close(&conn, code, reason);
+                    return Err(LinkError::Closed { code, reason: reason.to_owned(), by_peer: false });
+                }
                 session.tick(&mut lock(&shared.docs).sync, now);
                 // Liveness: ping a quiet hub, and give up on a path that stays silent or a session that stalls.
                 let heard = shared.last_hub_frame_ms.load(std::sync::atomic::Ordering::Relaxed).max(connected_at);
@@ -622,6 +643,55 @@ async fn run_session(
                 }
             }
         }
+    }
+}
+
+/// The hub's certificate on a live link, held to the node's trust as it changes: its `not_after`, and the
+/// verifier generation it was last verified against.
+struct HubCert {
+    chain: Vec<quinn::rustls::pki_types::CertificateDer<'static>>,
+    serial_hex: String,
+    not_after_unix_s: i64,
+    generation: u64,
+}
+
+impl HubCert {
+    fn of(conn: &quinn::Connection, verifier: &ReloadingServerVerifier) -> HubCert {
+        let info = oms_transport::peer_cert_info(conn).ok();
+        HubCert {
+            chain: oms_transport::peer_certificates(conn).unwrap_or_default(),
+            serial_hex: info.as_ref().map(|i| i.serial_hex()).unwrap_or_default(),
+            // Verified at the handshake, so it parses; if it did not, the expiry check leaves it to re-checks.
+            not_after_unix_s: info.map_or(i64::MAX, |i| i.not_after_unix_s),
+            generation: verifier.generation(),
+        }
+    }
+
+    /// Why the link must close now, if it must: the hub's certificate passed its `not_after` (valid through
+    /// that second, as webpki counts), or a CA bundle or CRL loaded since the last look refuses it. Looks at
+    /// the files if `crl_check_interval_ms` has passed.
+    fn refused(
+        &mut self,
+        verifier: &ReloadingServerVerifier,
+        server_name: &str,
+        now_ms: u64,
+    ) -> Option<(ErrorCode, &'static str)> {
+        let now_s = i64::try_from(now_ms / 1_000).unwrap_or(i64::MAX);
+        if self.not_after_unix_s < now_s {
+            return Some((ErrorCode::CertificateExpired, "the hub's certificate expired"));
+        }
+        verifier.check();
+        let generation = verifier.generation();
+        if generation == self.generation {
+            return None;
+        }
+        self.generation = generation;
+        let e = verifier.verify_now(&self.chain, server_name).err()?;
+        Some(match refusal_code(&e) {
+            ErrorCode::Revoked => (ErrorCode::Revoked, "the hub's certificate is revoked by the node's crl.pem"),
+            ErrorCode::CertificateExpired => (ErrorCode::CertificateExpired, "the hub's certificate expired"),
+            code => (code, "the hub's certificate is refused by the node's changed ca.pem or crl.pem"),
+        })
     }
 }
 
