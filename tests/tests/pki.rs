@@ -117,15 +117,24 @@ struct Session {
 /// A QUIC connection to the hub with `node`'s certificate from `certs`, past `Hello` / `HelloAck` (so the
 /// hub has registered the session), its stream held open.
 async fn hello(certs: &Path, node: &str, quic: SocketAddr) -> Result<Session, String> {
-    let files = ClientTlsFiles {
-        ca: certs.join("ca.pem"),
-        crl: certs.join("crl.pem"),
+    hello_with(&node_files(certs, certs, node), node, quic).await
+}
+
+/// A node's TLS files: the hub verified with `trust/ca.pem` (and its `crl.pem`), the node's pair from `pair`.
+fn node_files(trust: &Path, pair: &Path, node: &str) -> ClientTlsFiles {
+    ClientTlsFiles {
+        ca: trust.join("ca.pem"),
+        crl: trust.join("crl.pem"),
         crl_check_interval_ms: 0,
-        cert: certs.join(format!("node-{node}.pem")),
-        key: certs.join(format!("node-{node}.key")),
+        cert: pair.join(format!("node-{node}.pem")),
+        key: pair.join(format!("node-{node}.key")),
         cert_check_interval_ms: 0,
-    };
-    let ep = oms_transport::client_endpoint("127.0.0.1:0".parse().unwrap(), &files, &Limits::default())
+    }
+}
+
+/// [`hello`] with the TLS files given.
+async fn hello_with(files: &ClientTlsFiles, node: &str, quic: SocketAddr) -> Result<Session, String> {
+    let ep = oms_transport::client_endpoint("127.0.0.1:0".parse().unwrap(), files, &Limits::default())
         .map_err(|e| e.to_string())?;
     let conn = oms_transport::connect(&ep, quic, "localhost", STEP).await.map_err(|e| format!("connect: {e}"))?;
     let (send, recv) = oms_transport::open_bi(&conn, STEP).await.map_err(|e| format!("open: {e}"))?;
@@ -324,4 +333,257 @@ async fn renewed_node_certificate_is_reloaded_and_used_after_the_old_one_is_revo
     let log = std::fs::read_to_string(&node.log).unwrap_or_default();
     assert!(log.contains("certificate is revoked"), "the node should log why its link was cut:\n{log}");
     node.proc.kill9();
+}
+
+/// `parts` concatenated into `to`, written durably (an operator's `cat a b > tmp && mv tmp to`).
+fn bundle(to: &Path, parts: &[std::path::PathBuf]) {
+    let text: String = parts.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    oms_transport::pki::write_durable(to, text.as_bytes(), oms_transport::pki::FileMode::Public).unwrap();
+}
+
+/// Retries [`hello_with`] until it succeeds or `budget` passes; the session and how long it took.
+async fn hello_within(files: &ClientTlsFiles, node: &str, quic: SocketAddr, budget: Duration) -> (Session, Duration) {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < budget {
+        match hello_with(files, node, quic).await {
+            Ok(s) => return (s, start.elapsed()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{node} was not accepted within {budget:?}: {last}");
+}
+
+/// CA rollover without a hub restart: a node with a certificate from a NEW CA is refused; once the hub's
+/// `ca.pem` holds the old and the new CA (and `crl.pem` a CRL of each), it connects within
+/// `crl_check_interval_ms`, and a node of the old CA still does. A broken bundle keeps the roots in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_a_new_ca_connects_once_the_hubs_ca_bundle_holds_it_without_a_restart() {
+    const CRL_CHECK_INTERVAL_MS: u64 = 1_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = ca(tmp.path(), 365);
+    issue_node(&certs, "wh-old", 365);
+    let new_ca = tmp.path().join("new-ca");
+    run_ok(oms().args(["ca", "init", "--tenant", TENANT, "--dir"]).arg(&new_ca));
+    issue_node(&new_ca, "wh-new", 365);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let toml = format!("crl_check_interval_ms = {CRL_CHECK_INTERVAL_MS}\n");
+    let hub = cluster::spawn_hub_with(tmp.path(), &certs, quic, http_addr, "info", &toml);
+    let http = client();
+    cluster::wait_healthy(&http, hub.http, DEADLINE).await;
+
+    // The new node trusts the hub through the old CA (its ca.pem is the old one), its pair is the new CA's.
+    let new_node = node_files(&certs, &new_ca, "wh-new");
+    let refused = hello_with(&new_node, "wh-new", quic).await;
+    assert!(refused.is_err(), "a certificate of a CA the hub does not trust was accepted");
+    hello(&certs, "wh-old", quic).await.expect("a node of the old CA");
+
+    // The bundle: old and new CA, and a CRL of each. The node's own trust files stay the old CA's.
+    let node_trust = tmp.path().join("node-trust");
+    std::fs::create_dir_all(&node_trust).unwrap();
+    for f in ["ca.pem", "crl.pem"] {
+        std::fs::copy(certs.join(f), node_trust.join(f)).unwrap();
+    }
+    let new_node = node_files(&node_trust, &new_ca, "wh-new");
+    bundle(&certs.join("crl.pem"), &[certs.join("crl.pem"), new_ca.join("crl.pem")]);
+    bundle(&certs.join("ca.pem"), &[certs.join("ca.pem"), new_ca.join("ca.pem")]);
+    let (_new, took) = hello_within(&new_node, "wh-new", quic, DEADLINE).await;
+    eprintln!("the node of the new CA was accepted {took:?} after the bundle was written");
+    let budget = Duration::from_millis(CRL_CHECK_INTERVAL_MS) * 3;
+    assert!(took <= budget, "accepted after {took:?}, more than {budget:?}");
+    hello_with(&node_files(&node_trust, &certs, "wh-old"), "wh-old", quic).await.expect("the old CA's node too");
+
+    // A broken bundle: the roots in force stay, and the hub says so.
+    oms_transport::pki::write_durable(
+        &certs.join("ca.pem"),
+        b"-----BEGIN CERTIFICATE-----\nnot a certificate\n",
+        oms_transport::pki::FileMode::Public,
+    )
+    .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let log = || std::fs::read_to_string(tmp.path().join("hub.log")).unwrap_or_default();
+    while Instant::now() < deadline && !log().contains("does not load; keeping the previous ones") {
+        // Handshakes make the hub look at the files.
+        let _ = hello_with(&new_node, "wh-new", quic).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(log().contains("does not load; keeping the previous ones"), "the hub should log the broken bundle");
+    hello_with(&new_node, "wh-new", quic).await.expect("the new CA's node after a broken bundle");
+    hello_with(&node_files(&node_trust, &certs, "wh-old"), "wh-old", quic).await.expect("and the old CA's");
+}
+
+/// A node certificate that expires while connected: the hub closes the session with `CertificateExpired`
+/// within `crl_check_interval_ms` of its `not_after`, logs it, and refuses the next handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_that_expires_while_connected_is_cut_with_certificate_expired() {
+    use oms_transport::pki::{self, IssueOptions};
+    const CRL_CHECK_INTERVAL_MS: u64 = 1_000;
+    const VALID_S: i64 = 5;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = ca(tmp.path(), 365);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let toml = format!("crl_check_interval_ms = {CRL_CHECK_INTERVAL_MS}\n");
+    let hub = cluster::spawn_hub_with(tmp.path(), &certs, quic, http_addr, "info", &toml);
+    let http = client();
+    cluster::wait_healthy(&http, hub.http, DEADLINE).await;
+
+    // Issued in-process: the CLI takes whole days, and a few seconds make no sense there.
+    let id = oms_transport::Identity::node(TENANT, "wh-short").unwrap();
+    let opts = IssueOptions {
+        not_after: time::OffsetDateTime::now_utc() + time::Duration::seconds(VALID_S),
+        ..IssueOptions::valid_for(time::Duration::days(1))
+    };
+    let issued = pki::issue(&certs, &certs, &id, &opts).unwrap();
+    let not_after = pki::cert_info_pem(&std::fs::read_to_string(&issued.cert_path).unwrap()).unwrap().not_after_unix_s;
+    let session = hello(&certs, "wh-short", quic).await.expect("accepted while valid");
+    let closed = tokio::time::timeout(Duration::from_secs(VALID_S as u64) + DEADLINE / 2, session.conn.closed())
+        .await
+        .expect("the hub never closed the expired node's connection");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    eprintln!("cut {}s after not_after", now - not_after);
+    assert_eq!(oms_transport::close_code(&closed), Some(ErrorCode::CertificateExpired), "{closed:?}");
+    assert!(now > not_after, "cut before its not_after");
+    let budget_s = i64::try_from(CRL_CHECK_INTERVAL_MS / 1_000).unwrap() + 1;
+    assert!(now - not_after <= budget_s + 1, "cut {}s after not_after", now - not_after);
+    assert!(hello(&certs, "wh-short", quic).await.is_err(), "an expired certificate connected again");
+    let log = std::fs::read_to_string(tmp.path().join("hub.log")).unwrap_or_default();
+    assert!(log.contains("expired while connected"), "the hub should log the cut:\n{log}");
+}
+
+/// The serial of the certificate in `path`.
+fn serial_in(path: &Path) -> String {
+    oms_transport::pki::cert_info_pem(&std::fs::read_to_string(path).unwrap()).unwrap().serial_hex()
+}
+
+/// A node whose `certs_dir` holds its pair and `ca.pem`, but no `crl.pem` yet.
+fn node_certs(root: &Path, certs: &Path, node: &str) -> std::path::PathBuf {
+    let dir = root.join(format!("{node}-certs"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["ca.pem".to_owned(), format!("node-{node}.pem"), format!("node-{node}.key")] {
+        std::fs::copy(certs.join(&f), dir.join(&f)).unwrap();
+    }
+    dir
+}
+
+/// Polls `log` until it contains `what`.
+async fn wait_log(log: &Path, what: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    let read = || std::fs::read_to_string(log).unwrap_or_default();
+    while Instant::now() < deadline && !read().contains(what) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(read().contains(what), "{} never said {what:?}:\n{}", log.display(), read());
+}
+
+/// The hub's certificate revoked and the CRL copied into a node's certs dir: the node cuts its live link
+/// (code `Revoked`, within its `crl_check_interval_ms`) and refuses to connect again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_crl_refuses_a_revoked_hub_certificate_and_cuts_its_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = ca(tmp.path(), 365);
+    issue_node(&certs, "wh-crl", 365);
+    let hub_serial = serial_in(&certs.join("hub.pem"));
+    let node_dir = node_certs(tmp.path(), &certs, "wh-crl");
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let hub = cluster::spawn_hub_with(tmp.path(), &certs, quic, http_addr, "info", "crl_check_interval_ms = 500\n");
+    let (config, node_http, dir) =
+        cluster::node_config_with(tmp.path(), &node_dir, "wh-crl", quic, "crl_check_interval_ms = 200\n");
+    let node = cluster::spawn_node_with("wh-crl", &config, node_http, &dir, "info");
+    let http = client();
+    cluster::wait_healthy(&http, hub.http, DEADLINE).await;
+    let nodes = wait_node(&http, hub.http, "wh-crl", "connected", |n| n["connected"] == true).await;
+    let entry = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "wh-crl").unwrap().clone();
+    let sessions = entry["sessions"].as_u64().unwrap();
+
+    run_ok(oms().args(["ca", "revoke", "--serial", &hub_serial, "--dir"]).arg(&certs));
+    std::fs::copy(certs.join("crl.pem"), node_dir.join("crl.pem")).unwrap();
+    wait_log(&node.log, "revoked by the node's crl.pem").await;
+    wait_node(&http, hub.http, "wh-crl", "disconnected", |n| n["connected"] == false).await;
+    // It stays away: its reconnections are refused by its own verifier.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let v = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap();
+        let entry = v["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "wh-crl").unwrap().clone();
+        assert_eq!(entry["connected"], false, "the node connected to a revoked hub: {entry}");
+        assert_eq!(entry["sessions"].as_u64().unwrap(), sessions, "{entry}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_log(&node.log, "Revoked").await;
+}
+
+/// A hub certificate that expires while a node is linked: the node closes the link with
+/// `CertificateExpired`, logs why, and does not link again with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_closes_its_link_when_the_hubs_certificate_expires() {
+    use oms_transport::pki::{self, IssueOptions};
+    const VALID_S: i64 = 15;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = ca(tmp.path(), 365);
+    issue_node(&certs, "wh-exp", 365);
+    let (quic, http_addr) = (free_udp(), free_tcp());
+    let hub = cluster::spawn_hub_with(tmp.path(), &certs, quic, http_addr, "info", "cert_check_interval_ms = 100\n");
+    let http = client();
+    cluster::wait_healthy(&http, hub.http, DEADLINE).await;
+    // A hub certificate with seconds left, reloaded by the running hub (issued in-process: the CLI takes days).
+    let opts = IssueOptions {
+        dns_names: vec!["localhost".into()],
+        not_after: time::OffsetDateTime::now_utc() + time::Duration::seconds(VALID_S),
+        ..IssueOptions::valid_for(time::Duration::days(1))
+    };
+    let issued = pki::issue(&certs, &certs, &oms_transport::Identity::hub(TENANT).unwrap(), &opts).unwrap();
+    let short = pki::hex(&issued.serial);
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        let v = get_json(&http, format!("http://{}/v1/nodes", hub.http)).await.unwrap_or_default();
+        if v["hub_certificate"]["serial"] == short.as_str() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (config, node_http, dir) = cluster::node_config_with(tmp.path(), &certs, "wh-exp", quic, "");
+    let node = cluster::spawn_node_with("wh-exp", &config, node_http, &dir, "info");
+    wait_node(&http, hub.http, "wh-exp", "connected", |n| n["connected"] == true).await;
+    wait_log(&node.log, "the hub's certificate expired").await;
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.contains("CertificateExpired"), "the node should log the typed reason:\n{log}");
+    wait_node(&http, hub.http, "wh-exp", "disconnected", |n| n["connected"] == false).await;
+    let expired_at = pki::cert_info_pem(&std::fs::read_to_string(&issued.cert_path).unwrap()).unwrap().not_after_unix_s;
+    assert!(time::OffsetDateTime::now_utc().unix_timestamp() > expired_at);
+}
+
+/// `oms ca init` makes the PKI directory 0700 (tightening an existing one); `oms ca renew` archives the
+/// replaced pair to `archive/<stem>-<serial>.pem/.key` (key 0600), says where, and keeps the last 5.
+#[cfg(unix)]
+#[test]
+fn oms_ca_init_makes_the_dir_0700_and_renew_archives_the_replaced_pair() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    run_ok(oms().args(["ca", "init", "--tenant", TENANT, "--dir"]).arg(&certs));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&certs), 0o700, "oms ca init should tighten the PKI directory");
+    let fresh = tmp.path().join("fresh");
+    run_ok(oms().args(["ca", "init", "--tenant", TENANT, "--dir"]).arg(&fresh));
+    assert_eq!(mode(&fresh), 0o700);
+
+    let mut serial = issue_node(&certs, "wh-a", 365);
+    let mut replaced = Vec::new();
+    for round in 0..7 {
+        let key_before = std::fs::read(certs.join("node-wh-a.key")).unwrap();
+        let out = run_ok(oms().args(["ca", "renew", "--node", "wh-a", "--dir"]).arg(&certs));
+        let archived = certs.join("archive").join(format!("node-wh-a-{serial}"));
+        let (pem, key) = (archived.with_extension("pem"), archived.with_extension("key"));
+        assert!(out.contains(&pem.display().to_string()), "renew should say where the old pair went: {out}");
+        assert_eq!(std::fs::read(&key).unwrap(), key_before, "round {round}");
+        assert_eq!(serial_in(&pem), serial);
+        assert_eq!(mode(&key), 0o600);
+        replaced.push(pem);
+        serial = serial_of(&out);
+    }
+    assert_eq!(mode(&certs.join("archive")), 0o700);
+    let kept: Vec<bool> = replaced.iter().map(|p| p.exists() && p.with_extension("key").exists()).collect();
+    assert_eq!(kept, [false, false, true, true, true, true, true], "the last 5 are kept");
 }
