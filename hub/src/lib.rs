@@ -97,13 +97,9 @@ pub async fn run(
     let keys = tokio::spawn(auth.clone().watch());
     let app = api::router(hub.clone(), auth).layer(forecast_api::settings(cfg.forecast.clone()));
     // TLS on the API if `[http]` names a certificate, re-read when its files change.
-    let tls = match cfg.http.tls_files() {
-        Some((cert, key)) => Some(
-            oms_transport::tls::watched_http_server_tls(cert, key, cfg.http.tls_check_interval_ms, "hub-http")
-                .with_context(|| format!("cannot load the HTTP API's certificate {}", cert.display()))?,
-        ),
-        None => None,
-    };
+    let tls =
+        oms_transport::tls::watched_http_server_tls(cfg.http.tls_files(), cfg.http.tls_check_interval_ms, "hub-http")
+            .context("cannot load the HTTP API's certificate (http.tls_cert, http.tls_key)")?;
     // Host allow-list, origin check, timeouts and connection limits of `[http]` (see `oms_service::serve`).
     oms_service::serve::serve(listener, app, &cfg.http, tls, shutdown).await?;
     endpoint.close(0u32.into(), b"hub shutting down");

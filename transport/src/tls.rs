@@ -234,17 +234,18 @@ pub fn http_server_tls(cert: &Path, key: &Path, check_interval_ms: u64) -> Resul
     Ok(HttpTls { config: Arc::new(cfg), own })
 }
 
-/// [`http_server_tls`] with [`watch_own_certificate`] spawned on the current runtime for it (`role` names it
-/// in the log): what node and hub run for `[http] tls_cert` / `tls_key`. Must be called within a runtime.
+/// [`http_server_tls`] for the `(cert, key)` pair of `files`, with [`watch_own_certificate`] spawned on the
+/// current runtime for it (`role` names it in the log): what node and hub run for `[http] tls_cert` /
+/// `tls_key`. `None` when no pair is configured (plain HTTP). Must be called within a runtime.
 pub fn watched_http_server_tls(
-    cert: &Path,
-    key: &Path,
+    files: Option<(&Path, &Path)>,
     check_interval_ms: u64,
     role: &'static str,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    let Some((cert, key)) = files else { return Ok(None) };
     let tls = http_server_tls(cert, key, check_interval_ms)?;
     tokio::spawn(watch_own_certificate(tls.own, role, check_interval_ms, |_| {}));
-    Ok(tls.config)
+    Ok(Some(tls.config))
 }
 
 /// The hub's rustls configuration.
