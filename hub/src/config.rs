@@ -71,6 +71,9 @@ pub struct HubConfig {
     /// per-key and per-IP rates (`[auth]`).
     #[serde(default)]
     pub auth: oms_service::auth::AuthConfig,
+    /// The intake writer's queue and batch bounds (`[intake]`: `queue_max`, `batch_max`).
+    #[serde(default)]
+    pub intake: crate::intake::IntakeLimits,
 }
 
 fn default_tenant() -> String {
@@ -137,6 +140,7 @@ impl Default for HubConfig {
             forecast: crate::forecast_config::ForecastConfig::default(),
             http: oms_service::serve::HttpConfig::default(),
             auth: oms_service::auth::AuthConfig::default(),
+            intake: crate::intake::IntakeLimits::default(),
         }
     }
 }
@@ -164,6 +168,7 @@ impl HubConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
         self.auth.validate()?;
+        self.intake.check().map_err(ConfigError::Invalid)?;
         self.http.scheme(self.listen_http.ip())?;
         if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {
             return Err(ConfigError::Invalid(format!(

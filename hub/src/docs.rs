@@ -160,6 +160,12 @@ pub struct HubDocs {
     changed: BTreeSet<DocId>,
     /// Documents the hub changed, per node to tell, since that node's session last looked.
     local: BTreeMap<String, BTreeSet<DocId>>,
+    /// What each site published about itself in its stock document, for routing: built from the documents
+    /// once (none until then), then read again only for the sites in `sites_stale`, so that routing reads no
+    /// document while the sites' stock documents stay as they were.
+    site_infos: Option<BTreeMap<NodeId, schema::SiteInfo>>,
+    /// Sites whose stock document a node changed (or that was removed) since `site_infos` was read.
+    sites_stale: BTreeSet<NodeId>,
 }
 
 /// Who may see which of the hub's documents: the parties of every order and the quarantined pairs.
@@ -251,6 +257,8 @@ impl HubDocs {
             nodes: BTreeMap::new(),
             changed: BTreeSet::new(),
             local: BTreeMap::new(),
+            site_infos: None,
+            sites_stale: BTreeSet::new(),
         };
         docs.label_unlabelled()?;
         // The hub's own orders are labelled with its party number.
@@ -402,8 +410,21 @@ impl HubDocs {
         }
     }
 
+    /// Notes that `doc` changed or went: if it is a stock document, its site's view is read again before
+    /// routing next uses it.
+    fn site_changed(&mut self, doc: &DocId) {
+        if let Some(DocKind::Stock(n)) = DocKind::of(doc) {
+            if self.sites_stale.len() < STOCK_SITES_MAX {
+                self.sites_stale.insert(n);
+            } else {
+                self.site_infos = None;
+            }
+        }
+    }
+
     /// Forgets a document and its parties.
     fn remove_doc(&mut self, doc: &DocId) {
+        self.site_changed(doc);
         if let Some(label) = self.sync.db.label(doc) {
             self.unindex(doc, label);
         }
@@ -466,6 +487,10 @@ impl HubDocs {
         if d.get_heads() == before {
             return true;
         }
+        if matches!(DocKind::of(doc), Some(DocKind::Stock(_))) {
+            self.site_changed(doc);
+        }
+        let Some(d) = self.sync.db.get_mut(doc) else { return true };
         match schema::check_writer(d, doc, before, Writer::Node(node)) {
             Ok(()) => {
                 let parties = schema::order_parties(d);
@@ -646,15 +671,35 @@ impl HubDocs {
         Ok(tell)
     }
 
-    /// Sites that published a stock document, with what they published about themselves.
-    pub fn sites(&self, max: usize) -> Vec<(NodeId, schema::SiteInfo)> {
-        self.stock_ids(max)
-            .iter()
-            .filter_map(|d| {
-                let DocKind::Stock(n) = DocKind::of(d)? else { return None };
-                Some((n, schema::read_site_info(&*self.sync.db.read(d)?)?))
-            })
-            .collect()
+    /// Sites that published a stock document, with what they published about themselves, at most `max`.
+    /// Kept between calls: only the stock documents nodes changed since the last call are read again.
+    pub fn sites(&mut self, max: usize) -> Vec<(NodeId, schema::SiteInfo)> {
+        let infos = match self.site_infos.take() {
+            Some(mut infos) => {
+                for n in std::mem::take(&mut self.sites_stale) {
+                    let info = schema::stock_doc(&n)
+                        .and_then(|d| self.sync.db.read(&d).and_then(|doc| schema::read_site_info(&doc)));
+                    match info {
+                        Some(i) => infos.insert(n, i),
+                        None => infos.remove(&n),
+                    };
+                }
+                infos
+            }
+            None => {
+                self.sites_stale.clear();
+                self.stock_ids(STOCK_SITES_MAX)
+                    .iter()
+                    .filter_map(|d| {
+                        let DocKind::Stock(n) = DocKind::of(d)? else { return None };
+                        Some((n, schema::read_site_info(&*self.sync.db.read(d)?)?))
+                    })
+                    .collect()
+            }
+        };
+        let out = infos.iter().take(max).map(|(n, i)| (n.clone(), i.clone())).collect();
+        self.site_infos = Some(infos);
+        out
     }
 
     /// A document, read-only, without keeping it loaded if it was not ([`DocDb::read`]): readers may scan

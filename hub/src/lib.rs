@@ -64,6 +64,12 @@ pub async fn run(
         .with_context(|| format!("cannot open {}", cfg.data_dir.join(intake::INTAKE_DB_FILE).display()))?;
     let hub = Arc::new(server::Hub::new(docs, intake, &cfg.tenant, actor.to_vec(), tuning)?);
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
+    // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
+    // its own writer thread.
+    let weak = Arc::downgrade(&hub);
+    let sites: intake::SiteSource =
+        Box::new(move |now| weak.upgrade().map(|h| orders::site_facts(&h, now)).unwrap_or_default());
+    hub.intake.start(cfg.intake, sites).map_err(|e| anyhow::anyhow!("cannot start the intake's writer: {e}"))?;
     let watcher = tokio::spawn(orders::watch(hub.clone()));
     let files = ServerTlsFiles {
         ca: cfg.certs_dir.join("ca.pem"),

@@ -95,6 +95,9 @@ impl From<IntakeError> for Problem {
             IntakeError::KeyReused(_) => Problem::new(StatusCode::CONFLICT, code, detail),
             IntakeError::CannotFill(d) => Problem::new(StatusCode::CONFLICT, code, detail).with("routing", d.as_ref()),
             IntakeError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, code, detail),
+            IntakeError::Overloaded | IntakeError::ShuttingDown => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+            }
             IntakeError::Storage(_) => {
                 tracing::error!(error = %detail, "intake storage failure");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
@@ -137,7 +140,7 @@ impl From<EffectsError> for Problem {
 
 /// What routing needs about every site, from the documents and connections.
 pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
-    let docs = lock(&hub.docs);
+    let mut docs = lock(&hub.docs);
     docs.sites(SITES_MAX)
         .into_iter()
         .map(|(id, info)| {
@@ -175,6 +178,11 @@ pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), EffectsError> {
         }
         for (site, c) in &effects.escrow {
             let Some(name) = schema::escrow_doc(site) else { continue };
+            // The counter as the intake holds it now, not as this write left it: writes answered out of
+            // order (two batches, or two orders of one) must not put an older state over a newer one, and
+            // the intake's counters only ever grow (element-wise max).
+            let current = hub.intake.escrow(site, c.sku());
+            let c = current.as_ref().unwrap_or(c);
             let nodes = docs
                 .write_local(&name, |d| schema::write_escrow(d, site, c, now))
                 .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
@@ -230,13 +238,9 @@ pub async fn create(
         )
         .with("role", principal.role));
     }
-    let h = hub.clone();
-    let placed = blocking(move || {
-        let now = now_ms();
-        let sites = site_facts(&h, now);
-        h.intake.place(&key, draft, &sites, &actor, now)
-    })
-    .await?;
+    // Queued for the intake's writer, which takes concurrent orders in one transaction; answered once the
+    // transaction holding this one is committed.
+    let placed = hub.intake.submit(key, draft, actor).await?;
     let h = hub.clone();
     let effects = if placed.created { placed.effects } else { replay_effects(&placed.order) };
     // For a replay: the original may have been committed just before a crash that kept its documents from
