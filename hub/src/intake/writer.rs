@@ -85,6 +85,9 @@ impl Create {
     }
 }
 
+/// Where a queued order's answer arrives.
+type Answer = oneshot::Receiver<Result<Placed, IntakeError>>;
+
 struct Job {
     create: Create,
     reply: oneshot::Sender<Result<Placed, IntakeError>>,
@@ -146,6 +149,13 @@ impl Intake {
     /// Takes a channel order for `actor` through the writer (see the module docs of `writer`): answered once
     /// the batch that holds it is committed, with what [`Intake::place`] would answer.
     pub async fn submit(&self, key: String, draft: OrderDraft, actor: Actor) -> Result<Placed, IntakeError> {
+        let answer = self.enqueue(key, draft, actor)?;
+        answer.await.map_err(|_| IntakeError::ShuttingDown)?
+    }
+
+    /// Queues a channel order for the writer without waiting: the answer arrives on the returned receiver.
+    /// Orders queued one after another are taken in that order.
+    fn enqueue(&self, key: String, draft: OrderDraft, actor: Actor) -> Result<Answer, IntakeError> {
         let create = Create::new(key, draft, actor)?;
         let queue = self.queue.get().ok_or(IntakeError::ShuttingDown)?;
         let (reply, answer) = oneshot::channel();
@@ -153,7 +163,7 @@ impl Intake {
             mpsc::error::TrySendError::Full(_) => IntakeError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => IntakeError::ShuttingDown,
         })?;
-        answer.await.map_err(|_| IntakeError::ShuttingDown)?
+        Ok(answer)
     }
 
     /// The writer's batches so far.
@@ -325,5 +335,210 @@ impl Core {
         w.open_table(BY_CHANNEL)?.insert(channel_key(&order.draft.channel, order.id.as_str()).as_str(), ())?;
         audit::append(&mut w.open_table(AUDIT)?, &actor, Some(order.id.as_str()), now_ms, "ok")?;
         Ok(Ok(Placed { order, created: true, effects }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use oms_protocol::escrow::EscrowCounter;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::routing::ShortfallPolicy;
+
+    fn actor() -> Actor {
+        Actor { key: "ops".into(), role: oms_service::auth::Role::Admin, method: "POST", route: "/v1/orders".into() }
+    }
+
+    /// An order of `channel` with `lines` (SKU, units) to `to`; `ext` tells bodies apart.
+    fn draft(ext: &str, channel: &str, lines: &[(&str, u32)], to: (f64, f64)) -> OrderDraft {
+        serde_json::from_value(serde_json::json!({
+            "external_ref": ext, "channel": channel,
+            "lines": lines.iter().map(|(s, q)| serde_json::json!({"sku": s, "qty": q, "unit_price_minor": 100, "currency": "EUR"})).collect::<Vec<_>>(),
+            "ship_to": {"name": "C", "line1": "1", "city": "B", "postcode": "1", "country": "DE", "lat": to.0, "lon": to.1}
+        }))
+        .unwrap()
+    }
+
+    const PLACES: [(f64, f64); 3] = [(52.52, 13.40), (48.14, 11.58), (53.55, 9.99)];
+
+    fn site(n: usize, capacity_per_day: u32) -> SiteFacts {
+        let (lat, lon) = PLACES[n];
+        SiteFacts {
+            id: NodeId::parse(&format!("wh-{n}")).unwrap(),
+            info: SiteInfo { name: format!("site {n}"), lat, lon, priority: 0, capacity_per_day, region: "de".into() },
+            reachable: true,
+            last_heard_age_ms: 0,
+        }
+    }
+
+    /// The rights the hub holds of `sku` at `site`: the site has `stock` units, granted the hub `hub` of them
+    /// with a lease (live or long gone) and an unacknowledged budget of `unacked`.
+    fn grant(intake: &Intake, site: &NodeId, sku: &str, (stock, hub, live, unacked): (u64, u64, bool, u64)) {
+        let mut c = EscrowCounter::new(Sku::parse(sku).unwrap());
+        c.add(Party::Site, stock).unwrap();
+        c.grant_lease(Party::Site, Party::Hub, if live { u64::MAX / 2 } else { 0 }, unacked).unwrap();
+        c.transfer(Party::Site, Party::Hub, hub.min(stock), 0).unwrap();
+        lock(&intake.core.state).escrow.insert((site.clone(), c.sku().clone()), c);
+    }
+
+    /// What a caller learns of its order, without what is random (tracking tokens) or timed.
+    fn outcome(r: &Result<Placed, IntakeError>) -> String {
+        match r {
+            Ok(p) => format!(
+                "{} {} {:?} {:?}",
+                if p.created { "created" } else { "replayed" },
+                p.order.id,
+                p.order.fulfillments.iter().map(|f| (f.site.to_string(), f.lines.clone())).collect::<Vec<_>>(),
+                p.order.unfilled
+            ),
+            Err(e) => e.code().to_owned(),
+        }
+    }
+
+    #[test]
+    fn concurrent_orders_share_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        let sites = vec![site(0, 1_000)];
+        grant(&intake, &sites[0].id, "A", (100, 100, true, 100));
+        let facts = sites.clone();
+        intake.start(IntakeLimits { queue_max: 64, batch_max: 64 }, Box::new(move |_| facts.clone())).unwrap();
+        // Ten callers queue while the writer waits for the state (as it does while another write runs).
+        let held = lock(&intake.core.state);
+        let answers: Vec<Answer> = (0..10)
+            .map(|i| intake.enqueue(format!("k{i}"), draft(&format!("o{i}"), "web", &[("A", 1)], PLACES[0]), actor()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        drop(held);
+        for a in answers {
+            let placed = a.blocking_recv().unwrap().unwrap();
+            assert_eq!(placed.order.fulfillments.len(), 1);
+        }
+        let b = intake.batch_counts();
+        assert_eq!(b.orders, 10);
+        assert!(b.commits <= 2 && b.largest >= 5, "ten queued orders took {b:?}");
+        assert_eq!(intake.escrow(&sites[0].id, &Sku::parse("A").unwrap()).unwrap().consumed(Party::Hub), 10);
+        assert_eq!(intake.orders_taken().unwrap(), 10);
+    }
+
+    #[test]
+    fn a_full_queue_is_overloaded_and_an_unstarted_writer_takes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        let d = || draft("o", "web", &[("A", 1)], PLACES[0]);
+        assert!(matches!(intake.enqueue("k".into(), d(), actor()), Err(IntakeError::ShuttingDown)));
+        intake.start(IntakeLimits { queue_max: 2, batch_max: 1 }, Box::new(|_| Vec::new())).unwrap();
+        let held = lock(&intake.core.state);
+        // The writer takes at most one and waits; the queue holds two more; the next is refused.
+        let mut answers = Vec::new();
+        let mut refused = 0;
+        for i in 0..4 {
+            match intake.enqueue(format!("k{i}"), d(), actor()) {
+                Ok(a) => answers.push(a),
+                Err(IntakeError::Overloaded) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        drop(held);
+        assert!(refused >= 1, "a queue of two took four");
+        for a in answers {
+            assert!(a.blocking_recv().unwrap().unwrap().created);
+        }
+        assert_eq!(intake.orders_taken().unwrap(), 4 - refused);
+    }
+
+    /// One generated order: idempotency key (of a few), channel, lines (SKU index, units), destination,
+    /// body variant.
+    type Job = (usize, usize, Vec<(usize, u32)>, usize, usize);
+
+    fn jobs() -> impl Strategy<Value = Vec<Job>> {
+        prop::collection::vec(
+            (0..5usize, 0..2usize, prop::collection::vec((0..2usize, 1..4u32), 1..3), 0..3usize, 0..2usize),
+            1..14,
+        )
+    }
+
+    fn rights() -> impl Strategy<Value = (u64, u64, bool, u64)> {
+        (0..7u64, 0..7u64, prop::bool::weighted(0.8), 0..7u64)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Orders queued together and taken in batches decide exactly what the same orders taken one by one
+        /// decide (the sequential model), so the rights a batch consumed are never promised again within
+        /// it or by a later batch; and no site gets more units of a SKU than the hub could spend there.
+        #[test]
+        fn batches_decide_as_one_by_one_and_never_promise_a_unit_twice(
+            cells in prop::collection::vec(rights(), 6),
+            caps in prop::collection::vec(1..5u32, 3),
+            reject in any::<bool>(),
+            split_lines in any::<bool>(),
+            batch_max in 1..6usize,
+            jobs in jobs(),
+        ) {
+            let policy = RoutingPolicy {
+                on_shortfall: if reject { ShortfallPolicy::Reject } else { ShortfallPolicy::Backorder },
+                split_lines,
+                ..RoutingPolicy::default()
+            };
+            let sites: Vec<SiteFacts> = (0..3).map(|n| site(n, caps[n])).collect();
+            let skus = ["A", "B"];
+            let dir = tempfile::tempdir().unwrap();
+            let batched = Intake::open(&dir.path().join("batched.redb"), policy.clone()).unwrap();
+            let model = Intake::open(&dir.path().join("model.redb"), policy).unwrap();
+            let mut spendable = BTreeMap::new();
+            for (i, cell) in cells.iter().enumerate() {
+                let (s, sku) = (&sites[i / 2].id, skus[i % 2]);
+                grant(&batched, s, sku, *cell);
+                grant(&model, s, sku, *cell);
+                let c = batched.escrow(s, &Sku::parse(sku).unwrap()).unwrap();
+                spendable.insert((s.to_string(), sku.to_owned()), c.spendable(Party::Hub, now_ms()));
+            }
+            let bodies: Vec<(String, OrderDraft)> = jobs
+                .iter()
+                .map(|(key, ch, lines, to, variant)| {
+                    let lines: Vec<(&str, u32)> = lines.iter().map(|(s, q)| (skus[*s], *q)).collect();
+                    let channel = ["web", "shop"][*ch];
+                    (format!("k{key}"), draft(&format!("ext-{variant}"), channel, &lines, PLACES[*to]))
+                })
+                .collect();
+
+            let facts = sites.clone();
+            batched.start(IntakeLimits { queue_max: 64, batch_max }, Box::new(move |_| facts.clone())).unwrap();
+            let held = lock(&batched.core.state);
+            let answers: Vec<Answer> =
+                bodies.iter().map(|(k, d)| batched.enqueue(k.clone(), d.clone(), actor()).unwrap()).collect();
+            drop(held);
+            let got: Vec<Result<Placed, IntakeError>> =
+                answers.into_iter().map(|a| a.blocking_recv().unwrap()).collect();
+            let want: Vec<Result<Placed, IntakeError>> =
+                bodies.iter().map(|(k, d)| model.place(k, d.clone(), &sites, &actor(), now_ms())).collect();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                prop_assert_eq!(outcome(g), outcome(w), "order {} of {:?}", i, bodies);
+            }
+            // Units assigned per (site, SKU) by created orders: within what the hub could spend there.
+            let mut assigned: BTreeMap<(String, String), u64> = BTreeMap::new();
+            for p in got.iter().flatten().filter(|p| p.created) {
+                for f in &p.order.fulfillments {
+                    for l in &f.lines {
+                        *assigned.entry((f.site.to_string(), l.sku.to_string())).or_default() += u64::from(l.qty);
+                    }
+                }
+            }
+            for (cell, units) in &assigned {
+                prop_assert!(*units <= spendable[cell], "{cell:?}: {units} assigned, {} spendable", spendable[cell]);
+                let c = batched.escrow(&NodeId::parse(&cell.0).unwrap(), &Sku::parse(&cell.1).unwrap()).unwrap();
+                prop_assert_eq!(c.consumed(Party::Hub), *units);
+            }
+            prop_assert_eq!(batched.escrow_table(0), model.escrow_table(0));
+            prop_assert_eq!(batched.orders_taken().unwrap(), model.orders_taken().unwrap());
+            // The same audit trail: one row per call, refusals with their code.
+            let rows = |i: &Intake| -> Vec<(Option<String>, String)> {
+                i.audit_page(0, 100).unwrap().0.into_iter().map(|e| (e.target, e.outcome)).collect()
+            };
+            prop_assert_eq!(rows(&batched), rows(&model));
+        }
     }
 }
