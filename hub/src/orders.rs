@@ -34,7 +34,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use oms_protocol::domain::{Channel, FulfillmentState, OrderId, TEXT_BYTES_MAX, ValidationError};
+use oms_protocol::domain::{Channel, FulfillmentState, NodeId, OrderId, TEXT_BYTES_MAX, ValidationError};
+use oms_protocol::escrow::EscrowCounter;
 use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
 use oms_protocol::wire::DocId;
 use oms_service::audit::Actor;
@@ -167,6 +168,15 @@ pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), EffectsError> {
     }
     let now = now_ms();
     let mut tell = Vec::new();
+    // Each counter as the intake holds it now, not as this write left it: effects applied out of order (two
+    // batches, or two orders of one) must not put an older state over a newer one, and the intake's counters
+    // only ever grow (element-wise max). Read before the documents' lock: the intake's lock may be held
+    // across an intake commit.
+    let escrow: Vec<(NodeId, EscrowCounter)> = effects
+        .escrow
+        .iter()
+        .map(|(site, c)| (site.clone(), hub.intake.escrow(site, c.sku()).unwrap_or_else(|| c.clone())))
+        .collect();
     {
         let mut docs = lock(&hub.docs);
         for f in &effects.fulfillments {
@@ -176,13 +186,8 @@ pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), EffectsError> {
                 .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
             tell.extend(nodes);
         }
-        for (site, c) in &effects.escrow {
+        for (site, c) in &escrow {
             let Some(name) = schema::escrow_doc(site) else { continue };
-            // The counter as the intake holds it now, not as this write left it: writes answered out of
-            // order (two batches, or two orders of one) must not put an older state over a newer one, and
-            // the intake's counters only ever grow (element-wise max).
-            let current = hub.intake.escrow(site, c.sku());
-            let c = current.as_ref().unwrap_or(c);
             let nodes = docs
                 .write_local(&name, |d| schema::write_escrow(d, site, c, now))
                 .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;

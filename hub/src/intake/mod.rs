@@ -9,15 +9,28 @@
 //!   record from before keys were scoped (the bare key) still answers a replay of its own body;
 //! - each order's customer tracking token (by its SHA-256) and the orders of each channel (an index);
 //! - the audit trail ([`oms_service::audit::AUDIT`]): one row per admitted create or cancel, in the same
-//!   transaction as the change (or alone, for a call the intake refused);
+//!   transaction as the change (for a call the intake refused, the row is all that call writes);
 //! - the hub's view of every (site, SKU) escrow counter;
 //! - shipments assigned per site and day (capacity).
 //!
-//! One intake transaction holds the order, its idempotency record, the rights it consumed and the capacity
+//! **Group commit.** Channel orders go through one writer thread (`writer`, started by [`Intake::start`],
+//! fed by [`Intake::submit`]): it takes the queued orders in batches (bounded queue and batch,
+//! [`IntakeLimits`]; a full queue is [`IntakeError::Overloaded`]) and takes each batch in **one** write
+//! transaction, deciding the orders in queue order, each against what the ones before it wrote: the
+//! idempotency records, the capacity and the rights (escrow counters changed by the transaction lie over the
+//! committed ones until it commits). Every order is read and decided before it writes, so a refusal leaves
+//! only its audit row; a storage error fails the whole batch and every caller in it. The sites' views come
+//! once per batch. [`Intake::place`] is the same code for one order in a transaction of its own.
+//!
+//! One intake transaction holds each order, its idempotency record, the rights it consumed and the capacity
 //! it used, and is committed (fsync) before the fulfillment documents are written into `hub.redb` and the
 //! channel gets its `201`. If the hub dies between the two commits, [`Intake::outbox`] recreates the missing
 //! documents at the next start from the committed orders (creation is idempotent: a document that exists is
 //! left alone), so an acknowledged order is never lost and never assigned twice.
+//!
+//! Every write (a batch, a re-route, a cancel, a merge of a site's escrow view) holds the intake's state lock
+//! from its first read until after its commit, so none routes against rights another consumed but has not
+//! committed, and the in-memory counters only ever hold committed states.
 //!
 //! Rights: the hub assigns a unit of a SKU to a site only by consuming a right to it
 //! (`EscrowCounter::consume(Hub, …)`, refused beyond the hub's rights, after its lease or beyond its
