@@ -4,7 +4,8 @@
 //!   `oms_sync::SyncDocs`), with the hub's access policy (a node sees only its own work) and the ownership
 //!   check that quarantines a change a node makes to what it does not own.
 //! - [`server`]: the QUIC server, one mutual-TLS connection and one sync session per node.
-//! - [`intake`] and [`orders`]: channel orders taken with idempotency in `intake.redb`, routed by [`routing`]
+//! - [`intake`] and [`orders`]: channel orders taken with idempotency in `intake.redb` (one writer thread,
+//!   concurrent orders committed together: group commit), routed by [`routing`]
 //!   to the nearest sites that can ship them within the hub's escrowed stock rights, written out as
 //!   fulfillment documents, re-routed when a site rejects, cancelled across sites.
 //! - [`demand`], [`forecast_api`], [`forecast_config`]: demand history from the order documents, forecasts and

@@ -1,7 +1,9 @@
 //! Customer orders at the hub over HTTP, and the watcher that keeps routing going.
 //!
-//! - `POST /v1/orders` (with `Idempotency-Key`): validate, route within the hub's escrowed rights, commit,
-//!   write the fulfillment documents, answer `201` with the order, its `tracking_token` and `tracking_url`
+//! - `POST /v1/orders` (with `Idempotency-Key`): validate, queue for the intake's writer (`503 overloaded`
+//!   when its queue is full), which routes within the hub's escrowed rights and commits concurrent orders in
+//!   one transaction (see [`crate::intake`]); then write the fulfillment documents and answer `201` with the
+//!   order, its `tracking_token` and `tracking_url`
 //!   (a replay answers the original with `idempotent-replayed: true`). An order nothing can be placed for is
 //!   `201` with status `backordered` (policy `backorder`/`hold`: it is routed again as rights arrive) or
 //!   `409 cannot_fill` (policy `reject`, nothing stored). A channel key may only send orders of its own
