@@ -608,18 +608,16 @@ impl HubDocs {
             .collect()
     }
 
-    /// Queues every hub-made order document and every stock document for the watcher (after a start).
-    pub fn requeue_all(&mut self) {
-        let hub_prefix = format!("{}{}-", schema::ORDER_PREFIX, schema::HUB_ORIGIN);
-        let ids: Vec<DocId> = self
-            .sync
-            .db
-            .labels(&hub_prefix)
-            .chain(self.sync.db.labels(schema::STOCK_PREFIX))
-            .map(|(d, _)| d)
-            .take(CHANGED_MAX)
-            .collect();
-        self.changed.extend(ids);
+    /// Queues `orders` (the hub's fulfillment documents a site has not finished with) and every stock
+    /// document for the watcher (after a start), at most [`CHANGED_MAX`] in all.
+    pub fn requeue(&mut self, orders: impl IntoIterator<Item = DocId>) {
+        let stock: Vec<DocId> = self.sync.db.labels(schema::STOCK_PREFIX).map(|(d, _)| d).take(CHANGED_MAX).collect();
+        for d in stock.into_iter().chain(orders) {
+            if self.changed.len() >= CHANGED_MAX {
+                break;
+            }
+            self.changed.insert(d);
+        }
     }
 
     /// Documents nodes changed since the last call.

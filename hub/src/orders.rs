@@ -586,6 +586,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     let changed = lock(&hub.docs).take_changed();
     let now = now_ms();
     let mut released: BTreeMap<String, Vec<(OrderId, String)>> = BTreeMap::new();
+    let mut finished = Vec::new();
     for doc in changed {
         match DocKind::of(&doc) {
             Some(DocKind::Stock(site)) => {
@@ -614,6 +615,9 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                     continue;
                 };
                 let Some(p) = view.progress else { continue };
+                if matches!(p.status, FulfillmentState::Shipped | FulfillmentState::Delivered) {
+                    finished.push(view.id.clone());
+                }
                 if matches!(p.status, FulfillmentState::Rejected | FulfillmentState::Cancelled)
                     && let Some(parent) = view.parent
                 {
@@ -622,6 +626,9 @@ pub fn watch_once(hub: &Hub, retry: bool) {
             }
             _ => {}
         }
+    }
+    if let Err(e) = hub.intake.finished(&finished) {
+        tracing::warn!(error = %e, "cannot note finished fulfillments; a start will look at them again");
     }
     let mut ids: Vec<String> = released.keys().cloned().collect();
     if retry {
@@ -649,14 +656,15 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     }
 }
 
-/// Re-creates fulfillment documents committed before a crash, republishes the escrow views, and queues
-/// every hub order document and stock document for the watcher.
+/// At start: re-creates the fulfillment documents committed before a crash but not written, republishes
+/// the escrow views, and queues for the watcher the other fulfillments a site has not finished with and every
+/// stock document. Reads the open work only ([`crate::intake::Intake::live_fulfillments`]), not every order.
 pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
+    let live = hub.intake.live_fulfillments()?;
     // Only documents that are missing: recreating one that exists would be a no-op, but would load it.
-    let outbox: Vec<NewFulfillment> = {
-        let all = hub.intake.outbox()?;
+    let (missing, present): (Vec<NewFulfillment>, Vec<NewFulfillment>) = {
         let docs = lock(&hub.docs);
-        all.into_iter().filter(|f| schema::order_doc(&f.id).is_some_and(|d| !docs.db().contains(&d))).collect()
+        live.into_iter().partition(|f| schema::order_doc(&f.id).is_some_and(|d| !docs.db().contains(&d)))
     };
     let mut escrow = Vec::new();
     for site in hub.intake.escrow_sites() {
@@ -664,8 +672,8 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
             escrow.push((site.clone(), c));
         }
     }
-    apply_effects(hub, &Effects { fulfillments: outbox, escrow })?;
-    lock(&hub.docs).requeue_all();
+    apply_effects(hub, &Effects { fulfillments: missing, escrow })?;
+    lock(&hub.docs).requeue(present.iter().filter_map(|f| schema::order_doc(&f.id)));
     Ok(())
 }
 

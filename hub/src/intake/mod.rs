@@ -24,9 +24,14 @@
 //!
 //! One intake transaction holds each order, its idempotency record, the rights it consumed and the capacity
 //! it used, and is committed (fsync) before the fulfillment documents are written into `hub.redb` and the
-//! channel gets its `201`. If the hub dies between the two commits, [`Intake::outbox`] recreates the missing
-//! documents at the next start from the committed orders (creation is idempotent: a document that exists is
-//! left alone), so an acknowledged order is never lost and never assigned twice.
+//! channel gets its `201`. If the hub dies between the two commits, the next start recreates the missing
+//! documents from the committed orders (creation is idempotent: a document that exists is left alone), so an
+//! acknowledged order is never lost and never assigned twice.
+//!
+//! **A start reads the open work, not the history**: the orders waiting for units (table `orders_open`) and
+//! the fulfillments a site has not finished with (`fulfillments_live`, [`Intake::live_fulfillments`]), both
+//! kept in the transactions that change them; the watcher drops a fulfillment from the second once its site
+//! shipped it ([`Intake::finished`]) or it was re-routed. A file from before these tables is indexed once.
 //!
 //! Every write (a batch, a re-route, a cancel, a merge of a site's escrow view) holds the intake's state lock
 //! from its first read until after its commit, so none routes against rights another consumed but has not
@@ -73,6 +78,15 @@ const TRACKING: TableDefinition<&[u8], &str> = TableDefinition::new("tracking");
 const BY_CHANNEL: TableDefinition<&str, ()> = TableDefinition::new("orders_by_channel");
 /// Set in `meta` once [`BY_CHANNEL`] holds every order (orders taken before it existed are added at open).
 const BY_CHANNEL_BUILT: &str = "index.by_channel";
+/// Customer orders with units waiting to be placed (`HubOrder::wants_routing`), kept with every write of an
+/// order: what a start loads instead of reading every order.
+const OPEN: TableDefinition<&str, ()> = TableDefinition::new("orders_open");
+/// Fulfillment id → its customer order: fulfillments whose site has not finished with them (not shipped,
+/// delivered, rejected or cancelled as far as the watcher has seen). A start recreates the missing documents
+/// of these and looks at the others again, and nothing else: its work is the open work.
+const LIVE: TableDefinition<&str, &str> = TableDefinition::new("fulfillments_live");
+/// Set in `meta` once [`OPEN`] and [`LIVE`] are complete (files from before them are indexed at open).
+const OPEN_LIVE_BUILT: &str = "index.open_live";
 /// Separates the channel from the rest of a key: neither a channel (`- _ . : /`, letters, digits) nor an
 /// idempotency key (visible ASCII) may contain it, so `(channel, key)` pairs never collide.
 const SCOPE_SEP: char = '\u{1f}';
@@ -394,6 +408,8 @@ impl Intake {
         w.open_table(META)?;
         w.open_table(TRACKING)?;
         w.open_table(BY_CHANNEL)?;
+        w.open_table(OPEN)?;
+        w.open_table(LIVE)?;
         w.open_table(AUDIT)?;
         w.commit()?;
         let mut escrow = HashMap::new();
@@ -410,28 +426,48 @@ impl Intake {
                     escrow.insert((site, c.sku().clone()), c);
                 }
             }
-            let indexed = r.open_table(META)?.get(BY_CHANNEL_BUILT)?.is_some();
-            for item in r.open_table(ORDERS)?.range::<&str>(..)? {
-                let (k, v) = item?;
-                let o = decode_order(v.value())?;
-                if o.wants_routing() {
-                    open.insert(k.value().to_owned());
+            let meta = r.open_table(META)?;
+            let indexed = meta.get(BY_CHANNEL_BUILT)?.is_some();
+            let tracked = meta.get(OPEN_LIVE_BUILT)?.is_some();
+            if indexed && tracked {
+                // Only the open work: the orders waiting for units, not every order ever taken.
+                for item in r.open_table(OPEN)?.range::<&str>(..)? {
+                    open.insert(item?.0.value().to_owned());
                 }
-                if !indexed {
-                    unindexed.push(channel_key(&o.draft.channel, o.id.as_str()));
-                }
-            }
-            if indexed {
-                unindexed.clear();
             } else {
-                // Orders taken before the index existed (or none): add them once, then mark it built.
+                // A file from before the indexes: one pass over every order builds them, then never again.
+                let mut live = Vec::new();
+                for item in r.open_table(ORDERS)?.range::<&str>(..)? {
+                    let (k, v) = item?;
+                    let o = decode_order(v.value())?;
+                    if o.wants_routing() {
+                        open.insert(k.value().to_owned());
+                    }
+                    unindexed.push(channel_key(&o.draft.channel, o.id.as_str()));
+                    live.extend(
+                        o.fulfillments
+                            .iter()
+                            .filter(|f| f.released.is_none())
+                            .map(|f| (f.id.to_string(), o.id.to_string())),
+                    );
+                }
                 let w = db.begin_write()?;
                 {
                     let mut t = w.open_table(BY_CHANNEL)?;
                     for k in &unindexed {
                         t.insert(k.as_str(), ())?;
                     }
-                    w.open_table(META)?.insert(BY_CHANNEL_BUILT, 1)?;
+                    let mut t = w.open_table(OPEN)?;
+                    for id in &open {
+                        t.insert(id.as_str(), ())?;
+                    }
+                    let mut t = w.open_table(LIVE)?;
+                    for (f, parent) in &live {
+                        t.insert(f.as_str(), parent.as_str())?;
+                    }
+                    let mut meta = w.open_table(META)?;
+                    meta.insert(BY_CHANNEL_BUILT, 1)?;
+                    meta.insert(OPEN_LIVE_BUILT, 1)?;
                 }
                 w.commit()?;
             }
@@ -535,15 +571,22 @@ impl Intake {
         lock(&self.core.state).escrow.keys().map(|(s, _)| s.clone()).collect()
     }
 
-    /// Every committed fulfillment, for re-creating documents lost by a crash between the two commits.
-    pub fn outbox(&self) -> Result<Vec<NewFulfillment>, IntakeError> {
+    /// The fulfillments a site has not finished with ([`LIVE`]), for a start: the documents of some may be
+    /// missing (lost by a crash between the intake's commit and the documents' flush), and the others may
+    /// hold a site's answer the watcher has not acted on yet. Reads those fulfillments' orders only, each
+    /// once, however many orders were ever taken.
+    pub fn live_fulfillments(&self) -> Result<Vec<NewFulfillment>, IntakeError> {
         let r = self.core.db.begin_read()?;
+        let orders = r.open_table(ORDERS)?;
+        let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for item in r.open_table(LIVE)?.range::<&str>(..)? {
+            let (f, parent) = item?;
+            wanted.entry(parent.value().to_owned()).or_default().insert(f.value().to_owned());
+        }
         let mut out = Vec::new();
-        for item in r.open_table(ORDERS)?.range::<&str>(..)? {
-            let (_, v) = item?;
-            let o: HubOrder = serde_json::from_slice(v.value())
-                .map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })?;
-            for f in &o.fulfillments {
+        for (parent, ids) in wanted {
+            let Some(o) = get_order(&orders, &parent)? else { continue };
+            for f in o.fulfillments.iter().filter(|f| ids.contains(f.id.as_str())) {
                 out.push(NewFulfillment {
                     id: f.id.clone(),
                     parent: o.id.clone(),
@@ -553,6 +596,23 @@ impl Intake {
             }
         }
         Ok(out)
+    }
+
+    /// Notes that the sites are done with fulfillments `ids` (shipped or delivered; rejected and cancelled
+    /// ones leave when they are re-routed): a start no longer looks at them.
+    pub fn finished(&self, ids: &[OrderId]) -> Result<(), IntakeError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let w = self.core.db.begin_write()?;
+        {
+            let mut live = w.open_table(LIVE)?;
+            for id in ids {
+                live.remove(id.as_str())?;
+            }
+        }
+        w.commit()?;
+        Ok(())
     }
 
     /// Customer orders with units waiting to be placed, at most `max`.
@@ -592,9 +652,11 @@ impl Intake {
         let mut exclude = BTreeSet::new();
         let mut trigger = "retry".to_owned();
         let mut changed = false;
+        let mut gone = Vec::new();
         for (fid, why) in released {
             if let Some(f) = order.fulfillments.iter_mut().find(|f| &f.id == fid && f.released.is_none()) {
                 f.released = Some(why.clone());
+                gone.push(f.id.to_string());
                 exclude.insert(f.site.clone());
                 let lines = f.lines.clone();
                 trigger = format!("released by {}: {why}", f.site);
@@ -607,6 +669,12 @@ impl Intake {
             }
         }
         let w = self.core.db.begin_write()?;
+        {
+            let mut live = w.open_table(LIVE)?;
+            for f in &gone {
+                live.remove(f.as_str())?;
+            }
+        }
         let mut consumed = Overlay::new();
         let mut effects = Effects::default();
         if order.wants_routing() {
@@ -846,6 +914,7 @@ impl Core {
     ) -> Result<(), IntakeError> {
         if !decision.assignments.is_empty() {
             let mut cap = w.open_table(CAPACITY)?;
+            let mut live = w.open_table(LIVE)?;
             let mut touched = BTreeSet::new();
             for a in &decision.assignments {
                 for l in &a.lines {
@@ -875,6 +944,7 @@ impl Core {
                 let day_key = format!("{}|{}", a.site, utc_day(now_ms));
                 let used = cap.get(day_key.as_str())?.map(|v| v.value()).unwrap_or(0);
                 cap.insert(day_key.as_str(), used + 1)?;
+                live.insert(id.as_str(), order.id.as_str())?;
                 effects.fulfillments.push(NewFulfillment {
                     id: id.clone(),
                     parent: order.id.clone(),
@@ -904,8 +974,15 @@ impl Core {
         Ok(())
     }
 
+    /// Writes `o` and keeps [`OPEN`] in step with it.
     fn put_order(w: &redb::WriteTransaction, o: &HubOrder) -> Result<(), IntakeError> {
         w.open_table(ORDERS)?.insert(o.id.as_str(), enc_json(o)?.as_slice())?;
+        let mut open = w.open_table(OPEN)?;
+        if o.wants_routing() {
+            open.insert(o.id.as_str(), ())?;
+        } else {
+            open.remove(o.id.as_str())?;
+        }
         Ok(())
     }
 }
@@ -946,6 +1023,7 @@ fn postcard_enc<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oms_protocol::escrow::EscrowCounter;
 
     fn draft(ext: &str) -> OrderDraft {
         draft_of(ext, "web")
@@ -1084,5 +1162,46 @@ mod tests {
         let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
         let (list, _) = intake.channel_orders(&Channel::parse("web").unwrap(), None, 10).unwrap();
         assert_eq!(list.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), vec![id]);
+    }
+    #[test]
+    fn a_start_reads_the_open_work_not_every_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INTAKE_DB_FILE);
+        let site = NodeId::parse("wh-1").unwrap();
+        let facts = vec![SiteFacts {
+            id: site.clone(),
+            info: SiteInfo {
+                name: "s".into(),
+                lat: 52.0,
+                lon: 13.0,
+                priority: 0,
+                capacity_per_day: 1_000,
+                region: "de".into(),
+            },
+            reachable: true,
+            last_heard_age_ms: 0,
+        }];
+        let (shipped, placed, waiting) = {
+            let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
+            let mut c = EscrowCounter::new(Sku::parse("A").unwrap());
+            c.add(Party::Site, 2).unwrap();
+            c.grant_lease(Party::Site, Party::Hub, u64::MAX / 2, 100).unwrap();
+            c.transfer(Party::Site, Party::Hub, 2, 0).unwrap();
+            lock(&intake.core.state).escrow.insert((site.clone(), c.sku().clone()), c);
+            let place = |k: &str| intake.place(k, draft(k), &facts, &actor(), 1).unwrap().order;
+            let (shipped, placed, waiting) = (place("a"), place("b"), place("c"));
+            assert_eq!((shipped.fulfillments.len(), placed.fulfillments.len(), waiting.fulfillments.len()), (1, 1, 0));
+            intake.finished(&[shipped.fulfillments[0].id.clone()]).unwrap();
+            // The shipped order's record is unreadable now: a start that read every order would fail on it.
+            let w = intake.core.db.begin_write().unwrap();
+            w.open_table(ORDERS).unwrap().insert(shipped.id.as_str(), b"not json".as_slice()).unwrap();
+            w.commit().unwrap();
+            (shipped, placed, waiting)
+        };
+        let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
+        assert_eq!(intake.open_orders(10), vec![waiting.id.to_string()]);
+        let live: Vec<OrderId> = intake.live_fulfillments().unwrap().into_iter().map(|f| f.id).collect();
+        assert_eq!(live, vec![placed.fulfillments[0].id.clone()]);
+        assert!(intake.order(shipped.id.as_str()).is_err(), "the record was damaged, and never read at start");
     }
 }
