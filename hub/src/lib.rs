@@ -67,9 +67,7 @@ pub async fn run(
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
     // its own writer thread.
-    let weak = Arc::downgrade(&hub);
-    let sites: intake::SiteSource =
-        Box::new(move |now| weak.upgrade().map(|h| orders::site_facts(&h, now)).unwrap_or_default());
+    let sites = orders::site_source(Arc::downgrade(&hub));
     hub.intake.start(cfg.intake, sites).map_err(|e| anyhow::anyhow!("cannot start the intake's writer: {e}"))?;
     let watcher = tokio::spawn(orders::watch(hub.clone()));
     let files = ServerTlsFiles {

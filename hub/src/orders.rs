@@ -141,6 +141,34 @@ impl From<EffectsError> for Problem {
     }
 }
 
+/// How old the sites' facts the intake's writer reuses may be, ms, when the documents' lock is busy.
+pub const SITE_FACTS_REUSE_MS: u64 = 250;
+
+/// The sites' facts for the intake's writer ([`crate::intake::SiteSource`]): read from the documents once per
+/// batch when their lock is free; while a session holds it, the last facts (at most
+/// [`SITE_FACTS_REUSE_MS`] old, their ages moved on) are used instead of waiting, so no batch waits for a
+/// session's frame or flush preparation. A site's location, capacity and priority change when its stock
+/// document does; whether it is connected, and since when it was heard from, move on a scale of seconds.
+pub fn site_source(hub: std::sync::Weak<Hub>) -> crate::intake::SiteSource {
+    let mut last: Option<(u64, Vec<SiteFacts>)> = None;
+    Box::new(move |now| {
+        let Some(hub) = hub.upgrade() else { return Vec::new() };
+        if let Some((at, facts)) = &last
+            && now.saturating_sub(*at) <= SITE_FACTS_REUSE_MS
+            && matches!(hub.docs.try_lock(), Err(std::sync::TryLockError::WouldBlock))
+        {
+            let aged = now.saturating_sub(*at);
+            return facts
+                .iter()
+                .map(|f| SiteFacts { last_heard_age_ms: f.last_heard_age_ms.saturating_add(aged), ..f.clone() })
+                .collect();
+        }
+        let facts = site_facts(&hub, now);
+        last = Some((now, facts.clone()));
+        facts
+    })
+}
+
 /// What routing needs about every site, from the documents and connections.
 pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
     let mut docs = lock(&hub.docs);
@@ -253,7 +281,13 @@ pub async fn create(
     // For a replay: the original may have been committed just before a crash that kept its documents from
     // being written; writing them again is a no-op otherwise.
     blocking(move || apply_effects(&h, &effects)).await?;
-    let mut resp = (StatusCode::CREATED, Json(order_view(&hub, &placed.order))).into_response();
+    // A new order's fulfillments were created a moment ago with no progress: its view needs no document.
+    let view = if placed.created {
+        order_view_with(&placed.order, |_| FoState::assigned())
+    } else {
+        order_view(&hub, &placed.order)
+    };
+    let mut resp = (StatusCode::CREATED, Json(view)).into_response();
     if !placed.created {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
@@ -330,13 +364,25 @@ fn fo_state(hub: &Hub, id: &OrderId) -> FoState {
 }
 
 fn order_view(hub: &Hub, o: &HubOrder) -> Value {
+    order_view_with(o, |id| fo_state(hub, id))
+}
+
+impl FoState {
+    /// A fulfillment order its site has not answered yet.
+    fn assigned() -> FoState {
+        FoState { status: None, progress: None, frozen_at_ms: None }
+    }
+}
+
+/// The view of `o`, with each fulfillment order's state from `state`.
+fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
     let mut fos = Vec::new();
     let mut timeline = Vec::new();
     let (mut shipped_units, mut placed_units, mut open_fos, mut delivered_all) = (0u64, 0u64, 0usize, true);
     let mut frozen_all = !o.fulfillments.is_empty();
     let mut per_sku: BTreeMap<String, (u64, u64)> = BTreeMap::new(); // placed, shipped
     for f in &o.fulfillments {
-        let st = fo_state(hub, &f.id);
+        let st = state(&f.id);
         timeline.push(json!({"at_ms": f.assigned_at_ms, "fulfillment": f.id, "site": f.site,
             "status": "assigned", "note": format!("routed to {}", f.site)}));
         if let Some(p) = &st.progress {
@@ -677,6 +723,11 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
     Ok(())
 }
 
+/// Least time between two passes of the watcher, ms: the changes nodes make meanwhile are taken together,
+/// so a busy hub merges each site's escrow view (an intake commit, under the intake's lock) a few dozen
+/// times a second rather than once per change a node sends.
+pub const WATCH_GAP_MS: u64 = 25;
+
 /// Runs the watcher until the runtime stops.
 pub async fn watch(hub: Arc<Hub>) {
     let mut tick = tokio::time::interval(Duration::from_millis(WATCH_TICK_MS));
@@ -686,6 +737,7 @@ pub async fn watch(hub: Arc<Hub>) {
             () = hub.node_changes.notified() => false,
             _ = tick.tick() => true,
         };
+        tokio::time::sleep(Duration::from_millis(WATCH_GAP_MS)).await;
         let h = hub.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || watch_once(&h, retry)).await {
             tracing::error!(error = %e, "the routing watcher failed; continuing");

@@ -67,7 +67,7 @@ impl IntakeLimits {
 
 /// What routing knows of every site at time `now_ms` (location, capacity, connection), asked once per
 /// batch by the writer thread.
-pub type SiteSource = Box<dyn Fn(u64) -> Vec<SiteFacts> + Send>;
+pub type SiteSource = Box<dyn FnMut(u64) -> Vec<SiteFacts> + Send>;
 
 /// One channel order for the writer: the caller's key, the validated order, its canonical hash, the caller.
 pub(super) struct Create {
@@ -138,7 +138,7 @@ impl Intake {
         let core = self.core.clone();
         std::thread::Builder::new()
             .name("oms-intake".into())
-            .spawn(move || writer_loop(&core, rx, limits.batch_max, &sites))
+            .spawn(move || writer_loop(&core, rx, limits.batch_max, sites))
             .map_err(|source| {
                 IntakeError::Storage(Arc::new(StorageError::Io { what: "starting the intake's writer", source }))
             })?;
@@ -180,7 +180,7 @@ impl Intake {
 /// The writer thread: takes up to `batch_max` queued orders, takes them in one transaction, commits, then
 /// answers every caller (each its own result, or all of them the batch's error). Ends when every sender is
 /// gone.
-fn writer_loop(core: &Core, mut rx: mpsc::Receiver<Job>, batch_max: usize, sites: &SiteSource) {
+fn writer_loop(core: &Core, mut rx: mpsc::Receiver<Job>, batch_max: usize, mut sites: SiteSource) {
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
