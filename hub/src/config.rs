@@ -261,6 +261,9 @@ mod tests {
             "node_stored_bytes_max = 2199023255552\n",
             "changes_inflated_bytes_max = 1024\n",
             "changes_inflated_bytes_max = 2147483648\n",
+            "[intake]\nqueue_max = 0\n",
+            "[intake]\nbatch_max = 0\n",
+            "[intake]\nbatch_max = 100000\n",
         ] {
             std::fs::write(&path, bad).unwrap();
             assert!(matches!(HubConfig::load(&path), Err(ConfigError::Invalid(_))), "{bad}");
@@ -270,5 +273,8 @@ mod tests {
         assert_eq!(cfg.node_quota(), crate::docs::NodeQuota { docs_max: 10, stored_bytes_max: 1 << 20 });
         assert_eq!(HubConfig::default().node_quota(), crate::docs::NodeQuota::default());
         assert!(HubConfig::default().validate().is_ok());
+        std::fs::write(&path, "[intake]\nqueue_max = 100\nbatch_max = 10\n").unwrap();
+        let intake = HubConfig::load(&path).unwrap().intake;
+        assert_eq!((intake.queue_max, intake.batch_max), (100, 10));
     }
 }

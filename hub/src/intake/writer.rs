@@ -128,9 +128,13 @@ impl BatchStats {
 
 impl Intake {
     /// Starts the writer thread, which asks `sites` for the sites' views once per batch. Later calls change
-    /// nothing.
+    /// nothing. Bounds outside [`IntakeLimits::check`]'s ranges are clamped into them (the configuration is
+    /// checked when it is read).
     pub fn start(&self, limits: IntakeLimits, sites: SiteSource) -> Result<(), IntakeError> {
-        limits.check().map_err(|detail| IntakeError::Corrupt { table: "config", detail })?;
+        let limits = IntakeLimits {
+            queue_max: limits.queue_max.clamp(1, IntakeLimits::QUEUE_MAX),
+            batch_max: limits.batch_max.clamp(1, IntakeLimits::BATCH_MAX),
+        };
         if self.queue.get().is_some() {
             return Ok(());
         }
