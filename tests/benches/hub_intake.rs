@@ -11,7 +11,8 @@
 //! the hub's, not the escrow round trip's; the count of orders placed at a site (not backordered) is given.
 //!
 //! `cargo bench -p oms-tests --bench hub_intake` (env: `BENCH_SECS` per level, default 8; `BENCH_LEVELS`,
-//! default `1,16,64`). Every loop is bounded by time.
+//! default `1,16,64`; `BENCH_DETACH=1` stops the nodes once they granted their rights, to measure the hub
+//! alone while its lease lasts: keep the run under 30 s). Every loop is bounded by time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
 
 use std::net::SocketAddr;
@@ -154,6 +155,15 @@ async fn main() {
         }
         assert!(Instant::now() < deadline, "no escrow at the hub: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if env_u64("BENCH_DETACH", 0) == 1 {
+        // Diagnostic: the hub alone. The sites granted their rights (the hub may spend them until its lease
+        // ends, at least 30 s from now); with the nodes gone, no CPU goes to syncing and accepting the
+        // fulfillments, so the figure is the hub's intake (HTTP, commit, fulfillment documents) by itself.
+        for nd in &mut nodes {
+            nd.proc.kill9();
+        }
+        println!("nodes stopped after granting: the hub alone (BENCH_DETACH=1)");
     }
     println!("machine: {} cores, load {}", std::thread::available_parallelism().map_or(0, |n| n.get()), loadavg());
     let (fsync_per_s, fsync_p50, fsync_p99) = fsync_rate(root, 300);
