@@ -860,6 +860,45 @@ mod tests {
         assert_eq!(third, manifest_digest_of(&mut docs.sync, &wh1));
     }
 
+    /// Routing's view of the sites is kept between calls and follows every change a node makes to its stock
+    /// document (a new site, a moved one), without reading the documents of the others.
+    #[test]
+    fn the_sites_view_follows_stock_document_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+        let info = |lat: f64| schema::SiteInfo {
+            name: "s".into(),
+            lat,
+            lon: 13.0,
+            priority: 0,
+            capacity_per_day: 10,
+            region: "de".into(),
+        };
+        let publish = |docs: &mut HubDocs, node: &NodeId, lat: f64| {
+            let stock = schema::stock_doc(node).unwrap();
+            let before = docs.heads(&stock);
+            let d = match docs.sync.doc_mut(&stock) {
+                Some(d) => d,
+                None => docs.sync.create_doc(&stock).unwrap(),
+            };
+            schema::write_site_info(d, node, &info(lat), 1).unwrap();
+            d.commit();
+            assert!(docs.check_applied(node, &stock, &before, 64, TODAY));
+        };
+        let (a, b) = (NodeId::parse("wh-a").unwrap(), NodeId::parse("wh-b").unwrap());
+        publish(&mut docs, &a, 50.0);
+        let lats = |docs: &mut HubDocs| -> Vec<(String, f64)> {
+            docs.sites(10).into_iter().map(|(n, i)| (n.to_string(), i.lat)).collect()
+        };
+        assert_eq!(lats(&mut docs), [("wh-a".to_owned(), 50.0)]);
+        publish(&mut docs, &a, 51.0);
+        publish(&mut docs, &b, 48.0);
+        assert_eq!(lats(&mut docs), [("wh-a".to_owned(), 51.0), ("wh-b".to_owned(), 48.0)]);
+        assert!(docs.sites_stale.is_empty(), "read again once");
+        docs.remove_doc(&schema::stock_doc(&a).unwrap());
+        assert_eq!(lats(&mut docs), [("wh-b".to_owned(), 48.0)]);
+    }
+
     fn peer(node: &str) -> PeerId {
         PeerId::new(format!("oms://acme/node/{node}")).unwrap()
     }
