@@ -571,7 +571,7 @@ impl Intake {
         lock(&self.core.state).escrow.keys().map(|(s, _)| s.clone()).collect()
     }
 
-    /// The fulfillments a site has not finished with ([`LIVE`]), for a start: the documents of some may be
+    /// The fulfillments a site has not finished with (table `fulfillments_live`), for a start: the documents of some may be
     /// missing (lost by a crash between the intake's commit and the documents' flush), and the others may
     /// hold a site's answer the watcher has not acted on yet. Reads those fulfillments' orders only, each
     /// once, however many orders were ever taken.
