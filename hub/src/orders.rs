@@ -22,7 +22,8 @@
 //! fulfillment orders included, is `404 order_not_found` exactly as an id that does not exist, so ids cannot
 //! be probed. Creates and cancels are written to the audit trail by the intake (see [`crate::intake`]).
 //!
-//! The watcher wakes when a node changes a document (and once a second): it merges each site's escrow view
+//! The watcher wakes when a node changes a document (and once a second), at most every [`WATCH_GAP_MS`]: it
+//! merges each site's escrow view
 //! into the hub's, re-routes the units of fulfillment orders a site rejected or cancelled (never to that
 //! site in the same round), and retries orders with units still waiting.
 
