@@ -23,9 +23,9 @@
 //! be probed. Creates and cancels are written to the audit trail by the intake (see [`crate::intake`]).
 //!
 //! The watcher wakes when a node changes a document (and once a second), at most every [`WATCH_GAP_MS`]: it
-//! merges each site's escrow view
-//! into the hub's, re-routes the units of fulfillment orders a site rejected or cancelled (never to that
-//! site in the same round), and retries orders with units still waiting.
+//! merges each site's escrow view into the hub's, re-routes the units of fulfillment orders a site rejected
+//! or cancelled (never to that site in the same round), retries orders with units still waiting, and notes
+//! the fulfillments their sites shipped ([`crate::intake::Intake::finished`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
