@@ -17,7 +17,7 @@
 //! - `GET /v1/audit/events?after=&limit=`: the audit trail of creates and cancels, paged by `seq` (at most
 //!   [`oms_service::audit::AUDIT_PAGE_MAX`] rows; follow `next_after` until it is null).
 //! - `GET /metrics`: OpenMetrics text: the refusals of the auth layer, nodes connected, documents held,
-//!   orders taken and waiting, live API keys.
+//!   orders taken and waiting, live API keys, the intake writer's commits and the orders they held.
 //!
 //! Every route but `/healthz` and `/v1/track/{token}` needs an API key (`Authorization: Bearer`, see
 //! [`oms_service::auth`]); [`policy`] says which roles each route admits (`admin` always):
@@ -161,6 +161,20 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
         hub.intake.open_count().to_string(),
     );
     gauge(&mut out, "oms_hub_api_keys_live", "API keys in force.", auth.live_keys().to_string());
+    let b = hub.intake.batch_counts();
+    out.push_str(&format!(
+        "# HELP oms_hub_intake_commits Write transactions of the intake's writer (channel orders).\n\
+         # TYPE oms_hub_intake_commits counter\noms_hub_intake_commits_total {}\n\
+         # HELP oms_hub_intake_orders Channel orders those transactions held (orders per commit: this over \
+         commits).\n# TYPE oms_hub_intake_orders counter\noms_hub_intake_orders_total {}\n",
+        b.commits, b.orders
+    ));
+    gauge(
+        &mut out,
+        "oms_hub_intake_batch_orders_max",
+        "Most channel orders one transaction held.",
+        b.largest.to_string(),
+    );
     if let Some(n) = taken {
         out.push_str(&format!(
             "# HELP oms_hub_orders_taken Customer orders the hub took.\n# TYPE oms_hub_orders_taken counter\n\

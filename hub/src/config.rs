@@ -71,6 +71,9 @@ pub struct HubConfig {
     /// per-key and per-IP rates (`[auth]`).
     #[serde(default)]
     pub auth: oms_service::auth::AuthConfig,
+    /// The intake writer's queue and batch bounds (`[intake]`: `queue_max`, `batch_max`).
+    #[serde(default)]
+    pub intake: crate::intake::IntakeLimits,
 }
 
 fn default_tenant() -> String {
@@ -137,6 +140,7 @@ impl Default for HubConfig {
             forecast: crate::forecast_config::ForecastConfig::default(),
             http: oms_service::serve::HttpConfig::default(),
             auth: oms_service::auth::AuthConfig::default(),
+            intake: crate::intake::IntakeLimits::default(),
         }
     }
 }
@@ -164,6 +168,7 @@ impl HubConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
         self.auth.validate()?;
+        self.intake.check().map_err(ConfigError::Invalid)?;
         self.http.scheme(self.listen_http.ip())?;
         if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {
             return Err(ConfigError::Invalid(format!(
@@ -256,6 +261,9 @@ mod tests {
             "node_stored_bytes_max = 2199023255552\n",
             "changes_inflated_bytes_max = 1024\n",
             "changes_inflated_bytes_max = 2147483648\n",
+            "[intake]\nqueue_max = 0\n",
+            "[intake]\nbatch_max = 0\n",
+            "[intake]\nbatch_max = 100000\n",
         ] {
             std::fs::write(&path, bad).unwrap();
             assert!(matches!(HubConfig::load(&path), Err(ConfigError::Invalid(_))), "{bad}");
@@ -265,5 +273,8 @@ mod tests {
         assert_eq!(cfg.node_quota(), crate::docs::NodeQuota { docs_max: 10, stored_bytes_max: 1 << 20 });
         assert_eq!(HubConfig::default().node_quota(), crate::docs::NodeQuota::default());
         assert!(HubConfig::default().validate().is_ok());
+        std::fs::write(&path, "[intake]\nqueue_max = 100\nbatch_max = 10\n").unwrap();
+        let intake = HubConfig::load(&path).unwrap().intake;
+        assert_eq!((intake.queue_max, intake.batch_max), (100, 10));
     }
 }

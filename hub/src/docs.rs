@@ -160,6 +160,12 @@ pub struct HubDocs {
     changed: BTreeSet<DocId>,
     /// Documents the hub changed, per node to tell, since that node's session last looked.
     local: BTreeMap<String, BTreeSet<DocId>>,
+    /// What each site published about itself in its stock document, for routing: built from the documents
+    /// once (none until then), then read again only for the sites in `sites_stale`, so that routing reads no
+    /// document while the sites' stock documents stay as they were.
+    site_infos: Option<BTreeMap<NodeId, schema::SiteInfo>>,
+    /// Sites whose stock document a node changed (or that was removed) since `site_infos` was read.
+    sites_stale: BTreeSet<NodeId>,
 }
 
 /// Who may see which of the hub's documents: the parties of every order and the quarantined pairs.
@@ -251,6 +257,8 @@ impl HubDocs {
             nodes: BTreeMap::new(),
             changed: BTreeSet::new(),
             local: BTreeMap::new(),
+            site_infos: None,
+            sites_stale: BTreeSet::new(),
         };
         docs.label_unlabelled()?;
         // The hub's own orders are labelled with its party number.
@@ -402,8 +410,21 @@ impl HubDocs {
         }
     }
 
+    /// Notes that `doc` changed or went: if it is a stock document, its site's view is read again before
+    /// routing next uses it.
+    fn site_changed(&mut self, doc: &DocId) {
+        if let Some(DocKind::Stock(n)) = DocKind::of(doc) {
+            if self.sites_stale.len() < STOCK_SITES_MAX {
+                self.sites_stale.insert(n);
+            } else {
+                self.site_infos = None;
+            }
+        }
+    }
+
     /// Forgets a document and its parties.
     fn remove_doc(&mut self, doc: &DocId) {
+        self.site_changed(doc);
         if let Some(label) = self.sync.db.label(doc) {
             self.unindex(doc, label);
         }
@@ -466,6 +487,10 @@ impl HubDocs {
         if d.get_heads() == before {
             return true;
         }
+        if matches!(DocKind::of(doc), Some(DocKind::Stock(_))) {
+            self.site_changed(doc);
+        }
+        let Some(d) = self.sync.db.get_mut(doc) else { return true };
         match schema::check_writer(d, doc, before, Writer::Node(node)) {
             Ok(()) => {
                 let parties = schema::order_parties(d);
@@ -583,18 +608,16 @@ impl HubDocs {
             .collect()
     }
 
-    /// Queues every hub-made order document and every stock document for the watcher (after a start).
-    pub fn requeue_all(&mut self) {
-        let hub_prefix = format!("{}{}-", schema::ORDER_PREFIX, schema::HUB_ORIGIN);
-        let ids: Vec<DocId> = self
-            .sync
-            .db
-            .labels(&hub_prefix)
-            .chain(self.sync.db.labels(schema::STOCK_PREFIX))
-            .map(|(d, _)| d)
-            .take(CHANGED_MAX)
-            .collect();
-        self.changed.extend(ids);
+    /// Queues `orders` (the hub's fulfillment documents a site has not finished with) and every stock
+    /// document for the watcher (after a start), at most [`CHANGED_MAX`] in all.
+    pub fn requeue(&mut self, orders: impl IntoIterator<Item = DocId>) {
+        let stock: Vec<DocId> = self.sync.db.labels(schema::STOCK_PREFIX).map(|(d, _)| d).take(CHANGED_MAX).collect();
+        for d in stock.into_iter().chain(orders) {
+            if self.changed.len() >= CHANGED_MAX {
+                break;
+            }
+            self.changed.insert(d);
+        }
     }
 
     /// Documents nodes changed since the last call.
@@ -646,15 +669,35 @@ impl HubDocs {
         Ok(tell)
     }
 
-    /// Sites that published a stock document, with what they published about themselves.
-    pub fn sites(&self, max: usize) -> Vec<(NodeId, schema::SiteInfo)> {
-        self.stock_ids(max)
-            .iter()
-            .filter_map(|d| {
-                let DocKind::Stock(n) = DocKind::of(d)? else { return None };
-                Some((n, schema::read_site_info(&*self.sync.db.read(d)?)?))
-            })
-            .collect()
+    /// Sites that published a stock document, with what they published about themselves, at most `max`.
+    /// Kept between calls: only the stock documents nodes changed since the last call are read again.
+    pub fn sites(&mut self, max: usize) -> Vec<(NodeId, schema::SiteInfo)> {
+        let infos = match self.site_infos.take() {
+            Some(mut infos) => {
+                for n in std::mem::take(&mut self.sites_stale) {
+                    let info = schema::stock_doc(&n)
+                        .and_then(|d| self.sync.db.read(&d).and_then(|doc| schema::read_site_info(&doc)));
+                    match info {
+                        Some(i) => infos.insert(n, i),
+                        None => infos.remove(&n),
+                    };
+                }
+                infos
+            }
+            None => {
+                self.sites_stale.clear();
+                self.stock_ids(STOCK_SITES_MAX)
+                    .iter()
+                    .filter_map(|d| {
+                        let DocKind::Stock(n) = DocKind::of(d)? else { return None };
+                        Some((n, schema::read_site_info(&*self.sync.db.read(d)?)?))
+                    })
+                    .collect()
+            }
+        };
+        let out = infos.iter().take(max).map(|(n, i)| (n.clone(), i.clone())).collect();
+        self.site_infos = Some(infos);
+        out
     }
 
     /// A document, read-only, without keeping it loaded if it was not ([`DocDb::read`]): readers may scan
@@ -815,6 +858,45 @@ mod tests {
         let third = docs.sync.manifest_digest(&wh1);
         assert_eq!(third.docs(), 1);
         assert_eq!(third, manifest_digest_of(&mut docs.sync, &wh1));
+    }
+
+    /// Routing's view of the sites is kept between calls and follows every change a node makes to its stock
+    /// document (a new site, a moved one), without reading the documents of the others.
+    #[test]
+    fn the_sites_view_follows_stock_document_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+        let info = |lat: f64| schema::SiteInfo {
+            name: "s".into(),
+            lat,
+            lon: 13.0,
+            priority: 0,
+            capacity_per_day: 10,
+            region: "de".into(),
+        };
+        let publish = |docs: &mut HubDocs, node: &NodeId, lat: f64| {
+            let stock = schema::stock_doc(node).unwrap();
+            let before = docs.heads(&stock);
+            let d = match docs.sync.doc_mut(&stock) {
+                Some(d) => d,
+                None => docs.sync.create_doc(&stock).unwrap(),
+            };
+            schema::write_site_info(d, node, &info(lat), 1).unwrap();
+            d.commit();
+            assert!(docs.check_applied(node, &stock, &before, 64, TODAY));
+        };
+        let (a, b) = (NodeId::parse("wh-a").unwrap(), NodeId::parse("wh-b").unwrap());
+        publish(&mut docs, &a, 50.0);
+        let lats = |docs: &mut HubDocs| -> Vec<(String, f64)> {
+            docs.sites(10).into_iter().map(|(n, i)| (n.to_string(), i.lat)).collect()
+        };
+        assert_eq!(lats(&mut docs), [("wh-a".to_owned(), 50.0)]);
+        publish(&mut docs, &a, 51.0);
+        publish(&mut docs, &b, 48.0);
+        assert_eq!(lats(&mut docs), [("wh-a".to_owned(), 51.0), ("wh-b".to_owned(), 48.0)]);
+        assert!(docs.sites_stale.is_empty(), "read again once");
+        docs.remove_doc(&schema::stock_doc(&a).unwrap());
+        assert_eq!(lats(&mut docs), [("wh-b".to_owned(), 48.0)]);
     }
 
     fn peer(node: &str) -> PeerId {

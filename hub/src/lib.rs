@@ -4,7 +4,8 @@
 //!   `oms_sync::SyncDocs`), with the hub's access policy (a node sees only its own work) and the ownership
 //!   check that quarantines a change a node makes to what it does not own.
 //! - [`server`]: the QUIC server, one mutual-TLS connection and one sync session per node.
-//! - [`intake`] and [`orders`]: channel orders taken with idempotency in `intake.redb`, routed by [`routing`]
+//! - [`intake`] and [`orders`]: channel orders taken with idempotency in `intake.redb` (one writer thread,
+//!   concurrent orders committed together: group commit), routed by [`routing`]
 //!   to the nearest sites that can ship them within the hub's escrowed stock rights, written out as
 //!   fulfillment documents, re-routed when a site rejects, cancelled across sites.
 //! - [`demand`], [`forecast_api`], [`forecast_config`]: demand history from the order documents, forecasts and
@@ -64,6 +65,10 @@ pub async fn run(
         .with_context(|| format!("cannot open {}", cfg.data_dir.join(intake::INTAKE_DB_FILE).display()))?;
     let hub = Arc::new(server::Hub::new(docs, intake, &cfg.tenant, actor.to_vec(), tuning)?);
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
+    // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
+    // its own writer thread.
+    let sites = orders::site_source(Arc::downgrade(&hub));
+    hub.intake.start(cfg.intake, sites).map_err(|e| anyhow::anyhow!("cannot start the intake's writer: {e}"))?;
     let watcher = tokio::spawn(orders::watch(hub.clone()));
     let files = ServerTlsFiles {
         ca: cfg.certs_dir.join("ca.pem"),

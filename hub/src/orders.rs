@@ -1,7 +1,9 @@
 //! Customer orders at the hub over HTTP, and the watcher that keeps routing going.
 //!
-//! - `POST /v1/orders` (with `Idempotency-Key`): validate, route within the hub's escrowed rights, commit,
-//!   write the fulfillment documents, answer `201` with the order, its `tracking_token` and `tracking_url`
+//! - `POST /v1/orders` (with `Idempotency-Key`): validate, queue for the intake's writer (`503 overloaded`
+//!   when its queue is full), which routes within the hub's escrowed rights and commits concurrent orders in
+//!   one transaction (see [`crate::intake`]); then write the fulfillment documents and answer `201` with the
+//!   order, its `tracking_token` and `tracking_url`
 //!   (a replay answers the original with `idempotent-replayed: true`). An order nothing can be placed for is
 //!   `201` with status `backordered` (policy `backorder`/`hold`: it is routed again as rights arrive) or
 //!   `409 cannot_fill` (policy `reject`, nothing stored). A channel key may only send orders of its own
@@ -20,9 +22,10 @@
 //! fulfillment orders included, is `404 order_not_found` exactly as an id that does not exist, so ids cannot
 //! be probed. Creates and cancels are written to the audit trail by the intake (see [`crate::intake`]).
 //!
-//! The watcher wakes when a node changes a document (and once a second): it merges each site's escrow view
-//! into the hub's, re-routes the units of fulfillment orders a site rejected or cancelled (never to that
-//! site in the same round), and retries orders with units still waiting.
+//! The watcher wakes when a node changes a document (and once a second), at most every [`WATCH_GAP_MS`]: it
+//! merges each site's escrow view into the hub's, re-routes the units of fulfillment orders a site rejected
+//! or cancelled (never to that site in the same round), retries orders with units still waiting, and notes
+//! the fulfillments their sites shipped ([`crate::intake::Intake::finished`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,7 +37,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use oms_protocol::domain::{Channel, FulfillmentState, OrderId, TEXT_BYTES_MAX, ValidationError};
+use oms_protocol::domain::{Channel, FulfillmentState, NodeId, OrderId, TEXT_BYTES_MAX, ValidationError};
+use oms_protocol::escrow::EscrowCounter;
 use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
 use oms_protocol::wire::DocId;
 use oms_service::audit::Actor;
@@ -95,6 +99,9 @@ impl From<IntakeError> for Problem {
             IntakeError::KeyReused(_) => Problem::new(StatusCode::CONFLICT, code, detail),
             IntakeError::CannotFill(d) => Problem::new(StatusCode::CONFLICT, code, detail).with("routing", d.as_ref()),
             IntakeError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, code, detail),
+            IntakeError::Overloaded | IntakeError::ShuttingDown => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+            }
             IntakeError::Storage(_) => {
                 tracing::error!(error = %detail, "intake storage failure");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
@@ -135,9 +142,37 @@ impl From<EffectsError> for Problem {
     }
 }
 
+/// How old the sites' facts the intake's writer reuses may be, ms, when the documents' lock is busy.
+pub const SITE_FACTS_REUSE_MS: u64 = 250;
+
+/// The sites' facts for the intake's writer ([`crate::intake::SiteSource`]): read from the documents once per
+/// batch when their lock is free; while a session holds it, the last facts (at most
+/// [`SITE_FACTS_REUSE_MS`] old, their ages moved on) are used instead of waiting, so no batch waits for a
+/// session's frame or flush preparation. A site's location, capacity and priority change when its stock
+/// document does; whether it is connected, and since when it was heard from, move on a scale of seconds.
+pub fn site_source(hub: std::sync::Weak<Hub>) -> crate::intake::SiteSource {
+    let mut last: Option<(u64, Vec<SiteFacts>)> = None;
+    Box::new(move |now| {
+        let Some(hub) = hub.upgrade() else { return Vec::new() };
+        if let Some((at, facts)) = &last
+            && now.saturating_sub(*at) <= SITE_FACTS_REUSE_MS
+            && matches!(hub.docs.try_lock(), Err(std::sync::TryLockError::WouldBlock))
+        {
+            let aged = now.saturating_sub(*at);
+            return facts
+                .iter()
+                .map(|f| SiteFacts { last_heard_age_ms: f.last_heard_age_ms.saturating_add(aged), ..f.clone() })
+                .collect();
+        }
+        let facts = site_facts(&hub, now);
+        last = Some((now, facts.clone()));
+        facts
+    })
+}
+
 /// What routing needs about every site, from the documents and connections.
 pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
-    let docs = lock(&hub.docs);
+    let mut docs = lock(&hub.docs);
     docs.sites(SITES_MAX)
         .into_iter()
         .map(|(id, info)| {
@@ -164,6 +199,15 @@ pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), EffectsError> {
     }
     let now = now_ms();
     let mut tell = Vec::new();
+    // Each counter as the intake holds it now, not as this write left it: effects applied out of order (two
+    // batches, or two orders of one) must not put an older state over a newer one, and the intake's counters
+    // only ever grow (element-wise max). Read before the documents' lock: the intake's lock may be held
+    // across an intake commit.
+    let escrow: Vec<(NodeId, EscrowCounter)> = effects
+        .escrow
+        .iter()
+        .map(|(site, c)| (site.clone(), hub.intake.escrow(site, c.sku()).unwrap_or_else(|| c.clone())))
+        .collect();
     {
         let mut docs = lock(&hub.docs);
         for f in &effects.fulfillments {
@@ -173,7 +217,7 @@ pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), EffectsError> {
                 .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
             tell.extend(nodes);
         }
-        for (site, c) in &effects.escrow {
+        for (site, c) in &escrow {
             let Some(name) = schema::escrow_doc(site) else { continue };
             let nodes = docs
                 .write_local(&name, |d| schema::write_escrow(d, site, c, now))
@@ -230,19 +274,21 @@ pub async fn create(
         )
         .with("role", principal.role));
     }
-    let h = hub.clone();
-    let placed = blocking(move || {
-        let now = now_ms();
-        let sites = site_facts(&h, now);
-        h.intake.place(&key, draft, &sites, &actor, now)
-    })
-    .await?;
+    // Queued for the intake's writer, which takes concurrent orders in one transaction; answered once the
+    // transaction holding this one is committed.
+    let placed = hub.intake.submit(key, draft, actor).await?;
     let h = hub.clone();
     let effects = if placed.created { placed.effects } else { replay_effects(&placed.order) };
     // For a replay: the original may have been committed just before a crash that kept its documents from
     // being written; writing them again is a no-op otherwise.
     blocking(move || apply_effects(&h, &effects)).await?;
-    let mut resp = (StatusCode::CREATED, Json(order_view(&hub, &placed.order))).into_response();
+    // A new order's fulfillments were created a moment ago with no progress: its view needs no document.
+    let view = if placed.created {
+        order_view_with(&placed.order, |_| FoState::assigned())
+    } else {
+        order_view(&hub, &placed.order)
+    };
+    let mut resp = (StatusCode::CREATED, Json(view)).into_response();
     if !placed.created {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
@@ -319,13 +365,25 @@ fn fo_state(hub: &Hub, id: &OrderId) -> FoState {
 }
 
 fn order_view(hub: &Hub, o: &HubOrder) -> Value {
+    order_view_with(o, |id| fo_state(hub, id))
+}
+
+impl FoState {
+    /// A fulfillment order its site has not answered yet.
+    fn assigned() -> FoState {
+        FoState { status: None, progress: None, frozen_at_ms: None }
+    }
+}
+
+/// The view of `o`, with each fulfillment order's state from `state`.
+fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
     let mut fos = Vec::new();
     let mut timeline = Vec::new();
     let (mut shipped_units, mut placed_units, mut open_fos, mut delivered_all) = (0u64, 0u64, 0usize, true);
     let mut frozen_all = !o.fulfillments.is_empty();
     let mut per_sku: BTreeMap<String, (u64, u64)> = BTreeMap::new(); // placed, shipped
     for f in &o.fulfillments {
-        let st = fo_state(hub, &f.id);
+        let st = state(&f.id);
         timeline.push(json!({"at_ms": f.assigned_at_ms, "fulfillment": f.id, "site": f.site,
             "status": "assigned", "note": format!("routed to {}", f.site)}));
         if let Some(p) = &st.progress {
@@ -575,6 +633,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     let changed = lock(&hub.docs).take_changed();
     let now = now_ms();
     let mut released: BTreeMap<String, Vec<(OrderId, String)>> = BTreeMap::new();
+    let mut finished = Vec::new();
     for doc in changed {
         match DocKind::of(&doc) {
             Some(DocKind::Stock(site)) => {
@@ -603,6 +662,9 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                     continue;
                 };
                 let Some(p) = view.progress else { continue };
+                if matches!(p.status, FulfillmentState::Shipped | FulfillmentState::Delivered) {
+                    finished.push(view.id.clone());
+                }
                 if matches!(p.status, FulfillmentState::Rejected | FulfillmentState::Cancelled)
                     && let Some(parent) = view.parent
                 {
@@ -611,6 +673,9 @@ pub fn watch_once(hub: &Hub, retry: bool) {
             }
             _ => {}
         }
+    }
+    if let Err(e) = hub.intake.finished(&finished) {
+        tracing::warn!(error = %e, "cannot note finished fulfillments; a start will look at them again");
     }
     let mut ids: Vec<String> = released.keys().cloned().collect();
     if retry {
@@ -638,14 +703,15 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     }
 }
 
-/// Re-creates fulfillment documents committed before a crash, republishes the escrow views, and queues
-/// every hub order document and stock document for the watcher.
+/// At start: re-creates the fulfillment documents committed before a crash but not written, republishes
+/// the escrow views, and queues for the watcher the other fulfillments a site has not finished with and every
+/// stock document. Reads the open work only ([`crate::intake::Intake::live_fulfillments`]), not every order.
 pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
+    let live = hub.intake.live_fulfillments()?;
     // Only documents that are missing: recreating one that exists would be a no-op, but would load it.
-    let outbox: Vec<NewFulfillment> = {
-        let all = hub.intake.outbox()?;
+    let (missing, present): (Vec<NewFulfillment>, Vec<NewFulfillment>) = {
         let docs = lock(&hub.docs);
-        all.into_iter().filter(|f| schema::order_doc(&f.id).is_some_and(|d| !docs.db().contains(&d))).collect()
+        live.into_iter().partition(|f| schema::order_doc(&f.id).is_some_and(|d| !docs.db().contains(&d)))
     };
     let mut escrow = Vec::new();
     for site in hub.intake.escrow_sites() {
@@ -653,10 +719,15 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
             escrow.push((site.clone(), c));
         }
     }
-    apply_effects(hub, &Effects { fulfillments: outbox, escrow })?;
-    lock(&hub.docs).requeue_all();
+    apply_effects(hub, &Effects { fulfillments: missing, escrow })?;
+    lock(&hub.docs).requeue(present.iter().filter_map(|f| schema::order_doc(&f.id)));
     Ok(())
 }
+
+/// Least time between two passes of the watcher, ms: the changes nodes make meanwhile are taken together,
+/// so a busy hub merges each site's escrow view (an intake commit, under the intake's lock) a few dozen
+/// times a second rather than once per change a node sends.
+pub const WATCH_GAP_MS: u64 = 25;
 
 /// Runs the watcher until the runtime stops.
 pub async fn watch(hub: Arc<Hub>) {
@@ -667,6 +738,7 @@ pub async fn watch(hub: Arc<Hub>) {
             () = hub.node_changes.notified() => false,
             _ = tick.tick() => true,
         };
+        tokio::time::sleep(Duration::from_millis(WATCH_GAP_MS)).await;
         let h = hub.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || watch_once(&h, retry)).await {
             tracing::error!(error = %e, "the routing watcher failed; continuing");

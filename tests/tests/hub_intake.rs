@@ -282,6 +282,11 @@ async fn rejected_assignment_is_rerouted_and_cancel_reports_each_line() {
     assert_eq!((st["reserved"].as_u64(), st["on_hand"].as_u64()), (Some(0), Some(99)), "{st}");
 }
 
+/// Clients of [`hub_killed_during_intake_loses_no_acknowledged_order`], and orders each posts (all of them
+/// fit one page of the site's order listing).
+const CLIENTS: u32 = 16;
+const PER_CLIENT: u32 = 24;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_killed_during_intake_loses_no_acknowledged_order() {
     let c = http();
@@ -296,13 +301,14 @@ async fn hub_killed_during_intake_loses_no_acknowledged_order() {
     seed(&c, &berlin, "SKU-1", 10_000).await;
     wait_promisable(&c, hub_http, "SKU-1", "wh-berlin", 20).await;
 
-    // Eight clients post orders; the hub is killed with SIGKILL while they do.
+    // Sixteen clients post orders, so the intake's writer takes them in shared transactions (batches); the
+    // hub is killed with SIGKILL while they do.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut tasks = Vec::new();
-    for k in 0..8u32 {
+    for k in 0..CLIENTS {
         let (c, acked) = (c.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
-            for j in 0..40u32 {
+            for j in 0..PER_CLIENT {
                 let r = c
                     .post(format!("http://{hub_http}/v1/orders"))
                     .header("idempotency-key", format!("kill-{k}-{j}"))
@@ -321,17 +327,30 @@ async fn hub_killed_during_intake_loses_no_acknowledged_order() {
     // Kill once a few orders are acknowledged (not after a fixed sleep: on a loaded CI machine a debug hub
     // may not have acknowledged anything yet), while the clients are still posting the rest.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < 8 && tokio::time::Instant::now() < deadline {
+    while acked.lock().unwrap().len() < 16 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let acked_before_kill = acked.lock().unwrap().len();
+    // The orders so far shared transactions: fewer intake commits than orders.
+    let metrics = c.get(format!("http://{hub_http}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metric = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{metrics}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let (commits, batched) = (metric("oms_hub_intake_commits_total"), metric("oms_hub_intake_orders_total"));
     hub.proc.kill9();
     for t in tasks {
         t.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked_before_kill >= 8, "only {acked_before_kill} orders were acknowledged within 60 s");
-    assert!(acked.len() < 320, "the kill came after every order was acknowledged: nothing was in flight");
+    assert!(acked_before_kill >= 16, "only {acked_before_kill} orders were acknowledged within 60 s");
+    assert!(
+        acked.len() < (CLIENTS * PER_CLIENT) as usize,
+        "the kill came after every order was acknowledged: nothing was in flight"
+    );
+    assert!(batched >= 16 && commits < batched, "{batched} orders in {commits} intake commits: no batching");
+    let distinct: std::collections::BTreeSet<&String> = acked.iter().collect();
+    assert_eq!(distinct.len(), acked.len(), "an order id was acknowledged twice");
     let hub = cluster::spawn_hub(root, &certs, quic, hub_http, "info");
     cluster::wait_healthy(&c, hub_http, HEALTHY).await;
 

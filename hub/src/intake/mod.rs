@@ -9,15 +9,33 @@
 //!   record from before keys were scoped (the bare key) still answers a replay of its own body;
 //! - each order's customer tracking token (by its SHA-256) and the orders of each channel (an index);
 //! - the audit trail ([`oms_service::audit::AUDIT`]): one row per admitted create or cancel, in the same
-//!   transaction as the change (or alone, for a call the intake refused);
+//!   transaction as the change (for a call the intake refused, the row is all that call writes);
 //! - the hub's view of every (site, SKU) escrow counter;
 //! - shipments assigned per site and day (capacity).
 //!
-//! One intake transaction holds the order, its idempotency record, the rights it consumed and the capacity
+//! **Group commit.** Channel orders go through one writer thread (`writer`, started by [`Intake::start`],
+//! fed by [`Intake::submit`]): it takes the queued orders in batches (bounded queue and batch,
+//! [`IntakeLimits`]; a full queue is [`IntakeError::Overloaded`]) and takes each batch in **one** write
+//! transaction, deciding the orders in queue order, each against what the ones before it wrote: the
+//! idempotency records, the capacity and the rights (escrow counters changed by the transaction lie over the
+//! committed ones until it commits). Every order is read and decided before it writes, so a refusal leaves
+//! only its audit row; a storage error fails the whole batch and every caller in it. The sites' views come
+//! once per batch. [`Intake::place`] is the same code for one order in a transaction of its own.
+//!
+//! One intake transaction holds each order, its idempotency record, the rights it consumed and the capacity
 //! it used, and is committed (fsync) before the fulfillment documents are written into `hub.redb` and the
-//! channel gets its `201`. If the hub dies between the two commits, [`Intake::outbox`] recreates the missing
-//! documents at the next start from the committed orders (creation is idempotent: a document that exists is
-//! left alone), so an acknowledged order is never lost and never assigned twice.
+//! channel gets its `201`. If the hub dies between the two commits, the next start recreates the missing
+//! documents from the committed orders (creation is idempotent: a document that exists is left alone), so an
+//! acknowledged order is never lost and never assigned twice.
+//!
+//! **A start reads the open work, not the history**: the orders waiting for units (table `orders_open`) and
+//! the fulfillments a site has not finished with (`fulfillments_live`, [`Intake::live_fulfillments`]), both
+//! kept in the transactions that change them; the watcher drops a fulfillment from the second once its site
+//! shipped it ([`Intake::finished`]) or it was re-routed. A file from before these tables is indexed once.
+//!
+//! Every write (a batch, a re-route, a cancel, a merge of a site's escrow view) holds the intake's state lock
+//! from its first read until after its commit, so none routes against rights another consumed but has not
+//! committed, and the in-memory counters only ever hold committed states.
 //!
 //! Rights: the hub assigns a unit of a SKU to a site only by consuming a right to it
 //! (`EscrowCounter::consume(Hub, …)`, refused beyond the hub's rights, after its lease or beyond its
@@ -26,11 +44,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use oms_protocol::domain::{Channel, GeoPoint, NodeId, OrderDraft, OrderId, OrderLine, Sku};
 use oms_protocol::escrow::{EscrowCounter, Party, Rebalance, RebalanceInput, RebalancePolicy, rebalance};
-use oms_protocol::records::draft_sha256;
 use oms_protocol::schema::SiteInfo;
 use oms_service::audit::{self, AUDIT, Actor, AuditEvent};
 use oms_service::auth::keys::{hex, token_hash};
@@ -40,6 +57,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::routing::{self, Outcome, RouteLine, RouteRequest, RoutingDecision, RoutingPolicy, SiteView, SkuQty};
+
+mod writer;
+
+pub use writer::{BatchCounts, IntakeLimits, SiteSource};
 
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 const IDEM: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
@@ -57,6 +78,15 @@ const TRACKING: TableDefinition<&[u8], &str> = TableDefinition::new("tracking");
 const BY_CHANNEL: TableDefinition<&str, ()> = TableDefinition::new("orders_by_channel");
 /// Set in `meta` once [`BY_CHANNEL`] holds every order (orders taken before it existed are added at open).
 const BY_CHANNEL_BUILT: &str = "index.by_channel";
+/// Customer orders with units waiting to be placed (`HubOrder::wants_routing`), kept with every write of an
+/// order: what a start loads instead of reading every order.
+const OPEN: TableDefinition<&str, ()> = TableDefinition::new("orders_open");
+/// Fulfillment id → its customer order: fulfillments whose site has not finished with them (not shipped,
+/// delivered, rejected or cancelled as far as the watcher has seen). A start recreates the missing documents
+/// of these and looks at the others again, and nothing else: its work is the open work.
+const LIVE: TableDefinition<&str, &str> = TableDefinition::new("fulfillments_live");
+/// Set in `meta` once [`OPEN`] and [`LIVE`] are complete (files from before them are indexed at open).
+const OPEN_LIVE_BUILT: &str = "index.open_live";
 /// Separates the channel from the rest of a key: neither a channel (`- _ . : /`, letters, digits) nor an
 /// idempotency key (visible ASCII) may contain it, so `(channel, key)` pairs never collide.
 const SCOPE_SEP: char = '\u{1f}';
@@ -82,7 +112,7 @@ pub fn hub_node() -> NodeId {
 }
 
 /// Why the intake refused or failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IntakeError {
     /// The idempotency key was used for another body.
     #[error("idempotency key {0:?} was already used for a different request body")]
@@ -93,9 +123,15 @@ pub enum IntakeError {
     /// No such order.
     #[error("order {0} is not a hub order")]
     NotFound(String),
-    /// The database failed; nothing was written.
+    /// The writer's queue is full ([`IntakeLimits::queue_max`]); nothing was written.
+    #[error("the hub's intake is overloaded; retry shortly")]
+    Overloaded,
+    /// The writer is not running (not started yet, or stopped); nothing was written.
+    #[error("the hub's intake is not taking orders")]
+    ShuttingDown,
+    /// The database failed; nothing was written. Shared, because every caller of a failed batch gets it.
     #[error("storage failure, nothing was written: {0}")]
-    Storage(#[source] StorageError),
+    Storage(#[source] Arc<StorageError>),
     /// A stored record does not decode.
     #[error("corrupt record in {table}: {detail}")]
     Corrupt {
@@ -115,6 +151,8 @@ impl IntakeError {
             IntakeError::KeyReused(_) => "idempotency_key_reused",
             IntakeError::CannotFill(_) => "cannot_fill",
             IntakeError::NotFound(_) => "order_not_found",
+            IntakeError::Overloaded => "overloaded",
+            IntakeError::ShuttingDown => "shutting_down",
             IntakeError::Storage(_) => "storage_unavailable",
             IntakeError::Corrupt { .. } => "corrupt_record",
         }
@@ -245,16 +283,35 @@ struct State {
     open: BTreeSet<String>,
 }
 
-/// The intake. See the module docs.
-pub struct Intake {
+/// Escrow counters a write transaction changed, not yet committed: laid over [`State::escrow`] while the
+/// transaction is open, merged into it once the transaction has committed.
+type Overlay = HashMap<(NodeId, Sku), EscrowCounter>;
+
+/// The hub's rights to `key` as a write transaction sees them: what it changed, else what is committed.
+fn rights<'a>(st: &'a State, overlay: &'a Overlay, key: &(NodeId, Sku)) -> Option<&'a EscrowCounter> {
+    overlay.get(key).or_else(|| st.escrow.get(key))
+}
+
+/// The database and the in-memory state that the intake's writer thread and the other writes share.
+struct Core {
     db: Database,
+    /// Taken by every write from before it reads until after it committed (the writer holds it for a whole
+    /// batch), so no write routes against rights another one has consumed but not yet recorded here.
     state: Mutex<State>,
     policy: RoutingPolicy,
     rebalance: RebalancePolicy,
+    stats: writer::BatchStats,
+}
+
+/// The intake. See the module docs.
+pub struct Intake {
+    core: Arc<Core>,
+    /// The writer's queue, once [`Intake::start`] has started it.
+    queue: OnceLock<writer::Queue>,
 }
 
 fn enc_json<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
-    serde_json::to_vec(v).map_err(|e| IntakeError::Storage(StorageError::encode("a JSON record", e)))
+    serde_json::to_vec(v).map_err(|e| IntakeError::Storage(Arc::new(StorageError::encode("a JSON record", e))))
 }
 
 /// The idempotency record's key: the order's channel, [`SCOPE_SEP`], the caller's key.
@@ -351,6 +408,8 @@ impl Intake {
         w.open_table(META)?;
         w.open_table(TRACKING)?;
         w.open_table(BY_CHANNEL)?;
+        w.open_table(OPEN)?;
+        w.open_table(LIVE)?;
         w.open_table(AUDIT)?;
         w.commit()?;
         let mut escrow = HashMap::new();
@@ -367,43 +426,70 @@ impl Intake {
                     escrow.insert((site, c.sku().clone()), c);
                 }
             }
-            let indexed = r.open_table(META)?.get(BY_CHANNEL_BUILT)?.is_some();
-            for item in r.open_table(ORDERS)?.range::<&str>(..)? {
-                let (k, v) = item?;
-                let o = decode_order(v.value())?;
-                if o.wants_routing() {
-                    open.insert(k.value().to_owned());
+            let meta = r.open_table(META)?;
+            let indexed = meta.get(BY_CHANNEL_BUILT)?.is_some();
+            let tracked = meta.get(OPEN_LIVE_BUILT)?.is_some();
+            if indexed && tracked {
+                // Only the open work: the orders waiting for units, not every order ever taken.
+                for item in r.open_table(OPEN)?.range::<&str>(..)? {
+                    open.insert(item?.0.value().to_owned());
                 }
-                if !indexed {
-                    unindexed.push(channel_key(&o.draft.channel, o.id.as_str()));
-                }
-            }
-            if indexed {
-                unindexed.clear();
             } else {
-                // Orders taken before the index existed (or none): add them once, then mark it built.
+                // A file from before the indexes: one pass over every order builds them, then never again.
+                let mut live = Vec::new();
+                for item in r.open_table(ORDERS)?.range::<&str>(..)? {
+                    let (k, v) = item?;
+                    let o = decode_order(v.value())?;
+                    if o.wants_routing() {
+                        open.insert(k.value().to_owned());
+                    }
+                    unindexed.push(channel_key(&o.draft.channel, o.id.as_str()));
+                    live.extend(
+                        o.fulfillments
+                            .iter()
+                            .filter(|f| f.released.is_none())
+                            .map(|f| (f.id.to_string(), o.id.to_string())),
+                    );
+                }
                 let w = db.begin_write()?;
                 {
                     let mut t = w.open_table(BY_CHANNEL)?;
                     for k in &unindexed {
                         t.insert(k.as_str(), ())?;
                     }
-                    w.open_table(META)?.insert(BY_CHANNEL_BUILT, 1)?;
+                    let mut t = w.open_table(OPEN)?;
+                    for id in &open {
+                        t.insert(id.as_str(), ())?;
+                    }
+                    let mut t = w.open_table(LIVE)?;
+                    for (f, parent) in &live {
+                        t.insert(f.as_str(), parent.as_str())?;
+                    }
+                    let mut meta = w.open_table(META)?;
+                    meta.insert(BY_CHANNEL_BUILT, 1)?;
+                    meta.insert(OPEN_LIVE_BUILT, 1)?;
                 }
                 w.commit()?;
             }
         }
-        Ok(Intake { db, state: Mutex::new(State { escrow, open }), policy, rebalance: RebalancePolicy::default() })
+        let core = Core {
+            db,
+            state: Mutex::new(State { escrow, open }),
+            policy,
+            rebalance: RebalancePolicy::default(),
+            stats: writer::BatchStats::default(),
+        };
+        Ok(Intake { core: Arc::new(core), queue: OnceLock::new() })
     }
 
     /// The routing policy in force.
     pub fn policy(&self) -> &RoutingPolicy {
-        &self.policy
+        &self.core.policy
     }
 
     /// A customer order.
     pub fn order(&self, id: &str) -> Result<Option<HubOrder>, IntakeError> {
-        let r = self.db.begin_read()?;
+        let r = self.core.db.begin_read()?;
         get_order(&r.open_table(ORDERS)?, id)
     }
 
@@ -412,7 +498,7 @@ impl Intake {
         if !tracking_token_well_formed(token) {
             return Ok(None);
         }
-        let r = self.db.begin_read()?;
+        let r = self.core.db.begin_read()?;
         let id = r.open_table(TRACKING)?.get(token_hash(token).as_slice())?.map(|v| v.value().to_owned());
         let Some(id) = id else { return Ok(None) };
         let order = get_order(&r.open_table(ORDERS)?, &id)?;
@@ -435,7 +521,7 @@ impl Intake {
         };
         // The character after the separator: the end of this channel's keys.
         let hi = Bound::Excluded(format!("{}\u{20}", channel.as_str()));
-        let r = self.db.begin_read()?;
+        let r = self.core.db.begin_read()?;
         let index = r.open_table(BY_CHANNEL)?;
         let orders = r.open_table(ORDERS)?;
         let bounds = (lo.as_ref().map(String::as_str), hi.as_ref().map(String::as_str));
@@ -456,72 +542,51 @@ impl Intake {
 
     /// Rows of the audit trail after `after`, at most `limit` (see [`oms_service::audit::page`]).
     pub fn audit_page(&self, after: u64, limit: usize) -> Result<(Vec<AuditEvent>, Option<u64>), IntakeError> {
-        Ok(audit::page(&self.db, after, limit)?)
+        Ok(audit::page(&self.core.db, after, limit)?)
     }
 
     /// Customer orders taken so far (the order sequence).
     pub fn orders_taken(&self) -> Result<u64, IntakeError> {
-        let r = self.db.begin_read()?;
+        let r = self.core.db.begin_read()?;
         Ok(r.open_table(META)?.get(SEQ_ORDER)?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// Customer orders with units waiting to be placed.
     pub fn open_count(&self) -> usize {
-        lock(&self.state).open.len()
-    }
-
-    /// Appends an audit row in a transaction of its own: for a call the intake refused, which changed
-    /// nothing.
-    fn audit_alone(&self, actor: &Actor, target: Option<&str>, outcome: &str, now_ms: u64) -> Result<(), IntakeError> {
-        let w = self.db.begin_write()?;
-        audit::append(&mut w.open_table(AUDIT)?, actor, target, now_ms, outcome)?;
-        w.commit()?;
-        Ok(())
-    }
-
-    /// What the idempotency records say of `key` for a body of `channel` hashing to `hash`.
-    fn seen(w: &redb::WriteTransaction, channel: &Channel, key: &str, hash: &[u8; 32]) -> Result<Seen, IntakeError> {
-        let idem = w.open_table(IDEM)?;
-        if let Some(v) = idem.get(scoped_key(channel, key).as_str())? {
-            let rec = decode_idem(v.value())?;
-            return Ok(if rec.body_sha256 == *hash { Seen::Replay(rec.order) } else { Seen::Reused(rec.order) });
-        }
-        // A record from before keys were scoped to the channel. The same body (which names its channel) is a
-        // replay of that order; another body is a reuse only if that order is of this channel, otherwise the
-        // key is this channel's to use.
-        let Some(v) = idem.get(key)? else { return Ok(Seen::New) };
-        let rec = decode_idem(v.value())?;
-        if rec.body_sha256 == *hash {
-            return Ok(Seen::Replay(rec.order));
-        }
-        let theirs = get_order(&w.open_table(ORDERS)?, &rec.order)?;
-        Ok(if theirs.is_some_and(|o| &o.draft.channel == channel) { Seen::Reused(rec.order) } else { Seen::New })
+        lock(&self.core.state).open.len()
     }
 
     /// The hub's view of the escrow of `sku` at `site`.
     pub fn escrow(&self, site: &NodeId, sku: &Sku) -> Option<EscrowCounter> {
-        lock(&self.state).escrow.get(&(site.clone(), sku.clone())).cloned()
+        lock(&self.core.state).escrow.get(&(site.clone(), sku.clone())).cloned()
     }
 
     /// Every escrow counter of `site` (for republishing at start).
     pub fn escrow_of_site(&self, site: &NodeId) -> Vec<EscrowCounter> {
-        lock(&self.state).escrow.iter().filter(|((s, _), _)| s == site).map(|(_, c)| c.clone()).collect()
+        lock(&self.core.state).escrow.iter().filter(|((s, _), _)| s == site).map(|(_, c)| c.clone()).collect()
     }
 
     /// Sites the hub holds escrow with.
     pub fn escrow_sites(&self) -> BTreeSet<NodeId> {
-        lock(&self.state).escrow.keys().map(|(s, _)| s.clone()).collect()
+        lock(&self.core.state).escrow.keys().map(|(s, _)| s.clone()).collect()
     }
 
-    /// Every committed fulfillment, for re-creating documents lost by a crash between the two commits.
-    pub fn outbox(&self) -> Result<Vec<NewFulfillment>, IntakeError> {
-        let r = self.db.begin_read()?;
+    /// The fulfillments a site has not finished with (table `fulfillments_live`), for a start: the documents of some may be
+    /// missing (lost by a crash between the intake's commit and the documents' flush), and the others may
+    /// hold a site's answer the watcher has not acted on yet. Reads those fulfillments' orders only, each
+    /// once, however many orders were ever taken.
+    pub fn live_fulfillments(&self) -> Result<Vec<NewFulfillment>, IntakeError> {
+        let r = self.core.db.begin_read()?;
+        let orders = r.open_table(ORDERS)?;
+        let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for item in r.open_table(LIVE)?.range::<&str>(..)? {
+            let (f, parent) = item?;
+            wanted.entry(parent.value().to_owned()).or_default().insert(f.value().to_owned());
+        }
         let mut out = Vec::new();
-        for item in r.open_table(ORDERS)?.range::<&str>(..)? {
-            let (_, v) = item?;
-            let o: HubOrder = serde_json::from_slice(v.value())
-                .map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })?;
-            for f in &o.fulfillments {
+        for (parent, ids) in wanted {
+            let Some(o) = get_order(&orders, &parent)? else { continue };
+            for f in o.fulfillments.iter().filter(|f| ids.contains(f.id.as_str())) {
                 out.push(NewFulfillment {
                     id: f.id.clone(),
                     parent: o.id.clone(),
@@ -533,142 +598,33 @@ impl Intake {
         Ok(out)
     }
 
-    /// Customer orders with units waiting to be placed, at most `max`.
-    pub fn open_orders(&self, max: usize) -> Vec<String> {
-        lock(&self.state).open.iter().take(max).cloned().collect()
-    }
-
-    fn site_views(
-        &self,
-        st: &State,
-        w: &redb::WriteTransaction,
-        sites: &[SiteFacts],
-        skus: &[Sku],
-        exclude: &BTreeSet<NodeId>,
-        now_ms: u64,
-    ) -> Result<Vec<SiteView>, IntakeError> {
-        let cap = w.open_table(CAPACITY)?;
-        let mut out = Vec::with_capacity(sites.len());
-        for s in sites {
-            if exclude.contains(&s.id) {
-                continue;
-            }
-            let Ok(location) = GeoPoint::new(s.info.lat, s.info.lon) else { continue };
-            let used = cap.get(format!("{}|{}", s.id, utc_day(now_ms)).as_str())?.map(|v| v.value()).unwrap_or(0);
-            let mut promisable = HashMap::new();
-            for sku in skus {
-                if let Some(c) = st.escrow.get(&(s.id.clone(), sku.clone())) {
-                    let n = u32::try_from(c.spendable(Party::Hub, now_ms)).unwrap_or(u32::MAX);
-                    if n > 0 {
-                        promisable.insert(sku.clone(), n);
-                    }
-                }
-            }
-            out.push(SiteView {
-                id: s.id.clone(),
-                location,
-                priority: s.info.priority,
-                capacity_left_shipments: u32::try_from(u64::from(s.info.capacity_per_day).saturating_sub(used))
-                    .unwrap_or(0),
-                region: s.info.region.clone(),
-                reachable: s.reachable,
-                last_heard_age_ms: s.last_heard_age_ms,
-                promisable,
-            });
+    /// Notes that the sites are done with fulfillments `ids` (shipped or delivered; rejected and cancelled
+    /// ones leave when they are re-routed): a start no longer looks at them.
+    pub fn finished(&self, ids: &[OrderId]) -> Result<(), IntakeError> {
+        if ids.is_empty() {
+            return Ok(());
         }
-        Ok(out)
-    }
-
-    /// Routes the unfilled units of `order` and records the fulfillments in `w`. The counters it consumes
-    /// from are copied from `st` into `consumed` (only those, not the whole table) and changed there; the
-    /// caller puts them into `st` once `w` has committed.
-    #[allow(clippy::too_many_arguments)]
-    fn assign(
-        &self,
-        st: &State,
-        consumed: &mut HashMap<(NodeId, Sku), EscrowCounter>,
-        w: &redb::WriteTransaction,
-        order: &mut HubOrder,
-        sites: &[SiteFacts],
-        exclude: &BTreeSet<NodeId>,
-        trigger: String,
-        now_ms: u64,
-        effects: &mut Effects,
-    ) -> Result<RoutingDecision, IntakeError> {
-        let lines: Vec<RouteLine> =
-            order.unfilled.iter().map(|l| RouteLine { sku: l.sku.clone(), qty: l.qty }).collect();
-        let skus: Vec<Sku> = lines.iter().map(|l| l.sku.clone()).collect();
-        let views = self.site_views(st, w, sites, &skus, exclude, now_ms)?;
-        let ship_to = GeoPoint { lat: order.draft.ship_to.lat, lon: order.draft.ship_to.lon };
-        let req = RouteRequest { lines, ship_to, region: None };
-        let decision = routing::route(&req, &views, &self.policy);
-        if !decision.assignments.is_empty() {
-            let mut cap = w.open_table(CAPACITY)?;
-            for a in &decision.assignments {
-                for l in &a.lines {
-                    let key = (a.site.clone(), l.sku.clone());
-                    let c = match consumed.entry(key) {
-                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            let held = st.escrow.get(e.key()).cloned().ok_or_else(|| IntakeError::Corrupt {
-                                table: "escrow",
-                                detail: format!(
-                                    "routing used rights of {} at {} that the hub does not hold",
-                                    l.sku, a.site
-                                ),
-                            })?;
-                            e.insert(held)
-                        }
-                    };
-                    c.consume(Party::Hub, u64::from(l.qty), now_ms).map_err(|e| IntakeError::Corrupt {
-                        table: "escrow",
-                        detail: format!("routing promised more than the hub may spend: {e}"),
-                    })?;
-                }
-                let n = order.fulfillments.len() + 1;
-                let id = OrderId::parse(&format!("{}.{n}", order.id))
-                    .map_err(|e| IntakeError::Corrupt { table: "orders", detail: format!("fulfillment id: {e}") })?;
-                let day_key = format!("{}|{}", a.site, utc_day(now_ms));
-                let used = cap.get(day_key.as_str())?.map(|v| v.value()).unwrap_or(0);
-                cap.insert(day_key.as_str(), used + 1)?;
-                effects.fulfillments.push(NewFulfillment {
-                    id: id.clone(),
-                    parent: order.id.clone(),
-                    site: a.site.clone(),
-                    draft: part_of(&order.draft, &a.lines),
-                });
-                order.fulfillments.push(Fulfillment {
-                    id,
-                    site: a.site.clone(),
-                    lines: a.lines.clone(),
-                    assigned_at_ms: now_ms,
-                    released: None,
-                });
-            }
-            let mut t = w.open_table(ESCROW)?;
-            for ((site, sku), c) in consumed.iter() {
-                t.insert(escrow_key(site, sku).as_str(), postcard_enc(c)?.as_slice())?;
-                effects.escrow.push((site.clone(), c.clone()));
+        let w = self.core.db.begin_write()?;
+        {
+            let mut live = w.open_table(LIVE)?;
+            for id in ids {
+                live.remove(id.as_str())?;
             }
         }
-        order.unfilled = decision.unfilled.clone();
-        let record = DecisionRecord { at_ms: now_ms, trigger, decision: decision.clone() };
-        if order.decisions.len() >= DECISIONS_MAX {
-            order.decisions.remove(1);
-        }
-        order.decisions.push(record);
-        Ok(decision)
-    }
-
-    fn put_order(w: &redb::WriteTransaction, o: &HubOrder) -> Result<(), IntakeError> {
-        w.open_table(ORDERS)?.insert(o.id.as_str(), enc_json(o)?.as_slice())?;
+        w.commit()?;
         Ok(())
     }
 
-    /// Takes a channel order for `actor`: idempotency (scoped to the order's channel), routing within the
-    /// hub's rights, a tracking token, the audit row, one durable transaction. A replay answers the original
-    /// and leaves a row too (it is a call); a refusal (key reused, nothing placeable under `reject`) leaves
-    /// a row with its code and nothing else.
+    /// Customer orders with units waiting to be placed, at most `max`.
+    pub fn open_orders(&self, max: usize) -> Vec<String> {
+        lock(&self.core.state).open.iter().take(max).cloned().collect()
+    }
+
+    /// Takes a channel order for `actor` at once, in a transaction of its own with `sites` as the sites'
+    /// views: the same code as a batch of the writer ([`Intake::submit`]), for one order. Idempotency
+    /// (scoped to the order's channel), routing within the hub's rights, a tracking token, the audit row,
+    /// one durable transaction. A replay answers the original and leaves a row too (it is a call); a refusal
+    /// (key reused, nothing placeable under `reject`) leaves a row with its code and nothing else.
     pub fn place(
         &self,
         key: &str,
@@ -677,84 +633,9 @@ impl Intake {
         actor: &Actor,
         now_ms: u64,
     ) -> Result<Placed, IntakeError> {
-        let hash = draft_sha256(&draft).map_err(|e| IntakeError::Storage(StorageError::encode("an order", e)))?;
-        let mut st = lock(&self.state);
-        let w = self.db.begin_write()?;
-        match Self::seen(&w, &draft.channel, key, &hash)? {
-            Seen::New => {}
-            Seen::Replay(id) => {
-                let order = get_order(&w.open_table(ORDERS)?, &id)?.ok_or(IntakeError::NotFound(id))?;
-                audit::append(&mut w.open_table(AUDIT)?, actor, Some(order.id.as_str()), now_ms, "ok")?;
-                w.commit()?;
-                return Ok(Placed { order, created: false, effects: Effects::default() });
-            }
-            Seen::Reused(id) => {
-                drop(w);
-                let e = IntakeError::KeyReused(key.to_owned());
-                self.audit_alone(actor, Some(&id), e.code(), now_ms)?;
-                return Err(e);
-            }
-        }
-        let seq = {
-            let mut meta = w.open_table(META)?;
-            let seq = meta.get(SEQ_ORDER)?.map(|v| v.value()).unwrap_or(0) + 1;
-            meta.insert(SEQ_ORDER, seq)?;
-            seq
-        };
-        let id = OrderId::new(&hub_node(), seq);
-        let mut unfilled = Vec::new();
-        add_units(
-            &mut unfilled,
-            &draft.lines.iter().map(|l| SkuQty { sku: l.sku.clone(), qty: l.qty }).collect::<Vec<_>>(),
-        );
-        let scoped = scoped_key(&draft.channel, key);
-        let token = new_tracking_token();
-        let mut order = HubOrder {
-            id,
-            draft,
-            created_at_ms: now_ms,
-            fulfillments: Vec::new(),
-            unfilled,
-            decisions: Vec::new(),
-            cancel_requested_at_ms: None,
-            cancelled_unfilled: Vec::new(),
-            cancel_reason: None,
-            tracking_token: Some(token.clone()),
-        };
-        let mut consumed = HashMap::new();
-        let mut effects = Effects::default();
-        let decision = self.assign(
-            &st,
-            &mut consumed,
-            &w,
-            &mut order,
-            sites,
-            &BTreeSet::new(),
-            "intake".into(),
-            now_ms,
-            &mut effects,
-        )?;
-        if decision.outcome == Outcome::Rejected {
-            // Nothing written: the transaction is dropped, the key stays free; only the attempt is recorded.
-            drop(w);
-            let e = IntakeError::CannotFill(Box::new(decision));
-            self.audit_alone(actor, None, e.code(), now_ms)?;
-            return Err(e);
-        }
-        Self::put_order(&w, &order)?;
-        let idem = IdemRecord { body_sha256: hash, order: order.id.to_string() };
-        w.open_table(IDEM)?.insert(scoped.as_str(), postcard_enc(&idem)?.as_slice())?;
-        w.open_table(IDEM_BY_TIME)?.insert((now_ms, scoped.as_str()), ())?;
-        w.open_table(TRACKING)?.insert(token_hash(&token).as_slice(), order.id.as_str())?;
-        w.open_table(BY_CHANNEL)?.insert(channel_key(&order.draft.channel, order.id.as_str()).as_str(), ())?;
-        audit::append(&mut w.open_table(AUDIT)?, actor, Some(order.id.as_str()), now_ms, "ok")?;
-        prune_idempotency(&w, now_ms.saturating_sub(IDEMPOTENCY_RETENTION_MS))?;
-        w.commit()?;
-        st.escrow.extend(consumed);
-        if order.wants_routing() {
-            st.open.insert(order.id.to_string());
-        }
-        Ok(Placed { order, created: true, effects })
+        let job = writer::Create::new(key.to_owned(), draft, actor.clone())?;
+        let mut out = self.core.place_batch(vec![job], sites, now_ms)?;
+        out.pop().unwrap_or(Err(IntakeError::ShuttingDown))
     }
 
     /// Routes what is still unplaced of order `id`; `released` lists fulfillments whose sites gave their
@@ -766,14 +647,16 @@ impl Intake {
         sites: &[SiteFacts],
         now_ms: u64,
     ) -> Result<Option<(HubOrder, Effects)>, IntakeError> {
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.core.state);
         let Some(mut order) = self.order(id)? else { return Ok(None) };
         let mut exclude = BTreeSet::new();
         let mut trigger = "retry".to_owned();
         let mut changed = false;
+        let mut gone = Vec::new();
         for (fid, why) in released {
             if let Some(f) = order.fulfillments.iter_mut().find(|f| &f.id == fid && f.released.is_none()) {
                 f.released = Some(why.clone());
+                gone.push(f.id.to_string());
                 exclude.insert(f.site.clone());
                 let lines = f.lines.clone();
                 trigger = format!("released by {}: {why}", f.site);
@@ -785,20 +668,28 @@ impl Intake {
                 changed = true;
             }
         }
-        let w = self.db.begin_write()?;
-        let mut consumed = HashMap::new();
+        let w = self.core.db.begin_write()?;
+        {
+            let mut live = w.open_table(LIVE)?;
+            for f in &gone {
+                live.remove(f.as_str())?;
+            }
+        }
+        let mut consumed = Overlay::new();
         let mut effects = Effects::default();
         if order.wants_routing() {
             let before = order.unfilled.clone();
-            let d = self.assign(&st, &mut consumed, &w, &mut order, sites, &exclude, trigger, now_ms, &mut effects)?;
+            let d = self.core.plan(&st, &consumed, &w, &order, sites, &exclude, now_ms)?;
             // A retry that placed nothing is not worth a record.
-            if d.assignments.is_empty() && !changed && before == order.unfilled {
+            if d.assignments.is_empty() && !changed && before == d.unfilled {
                 return Ok(None);
             }
+            Core::record(&st, &mut consumed, &w, &mut order, d, trigger, now_ms, &mut effects)?;
         } else if !changed {
             return Ok(None);
         }
-        Self::put_order(&w, &order)?;
+        Core::put_order(&w, &order)?;
+        write_escrow_rows(&w, &consumed)?;
         w.commit()?;
         st.escrow.extend(consumed);
         if order.wants_routing() {
@@ -822,8 +713,8 @@ impl Intake {
         actor: &Actor,
         now_ms: u64,
     ) -> Result<HubOrder, IntakeError> {
-        let mut st = lock(&self.state);
-        let w = self.db.begin_write()?;
+        let mut st = lock(&self.core.state);
+        let w = self.core.db.begin_write()?;
         let found = get_order(&w.open_table(ORDERS)?, id)?;
         let Some(mut order) = found.filter(|o| confined_to.is_none_or(|c| &o.draft.channel == c)) else {
             let e = IntakeError::NotFound(id.to_owned());
@@ -837,7 +728,7 @@ impl Intake {
             order.cancel_reason = reason.map(str::to_owned);
             let dropped = std::mem::take(&mut order.unfilled);
             add_units(&mut order.cancelled_unfilled, &dropped);
-            Self::put_order(&w, &order)?;
+            Core::put_order(&w, &order)?;
         }
         audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
         w.commit()?;
@@ -856,8 +747,8 @@ impl Intake {
         theirs: Vec<EscrowCounter>,
         now_ms: u64,
     ) -> Result<Vec<EscrowCounter>, IntakeError> {
-        let mut st = lock(&self.state);
-        let w = self.db.begin_write()?;
+        let mut st = lock(&self.core.state);
+        let w = self.core.db.begin_write()?;
         let mut publish = Vec::new();
         let mut touched = false;
         {
@@ -881,7 +772,7 @@ impl Intake {
                     site_demand_recent: mine.consumed(Party::Site),
                 };
                 let mut acted = false;
-                if let Rebalance::AskHubBack { units } = rebalance(&input, &self.rebalance) {
+                if let Rebalance::AskHubBack { units } = rebalance(&input, &self.core.rebalance) {
                     let units = units.min(mine.spendable(Party::Hub, now_ms));
                     if units > 0 && mine.transfer(Party::Hub, Party::Site, units, now_ms).is_ok() {
                         acted = true;
@@ -905,7 +796,7 @@ impl Intake {
 
     /// Per (site, SKU): the hub's rights there now (spendable) and its consumption so far.
     pub fn escrow_table(&self, now_ms: u64) -> BTreeMap<(String, String), (u64, u64, u64)> {
-        lock(&self.state)
+        lock(&self.core.state)
             .escrow
             .iter()
             .map(|((site, sku), c)| {
@@ -916,6 +807,196 @@ impl Intake {
             })
             .collect()
     }
+}
+
+/// Routing and its records, shared by the writer's batches and the other writes.
+impl Core {
+    /// What the idempotency records say of `key` for a body of `channel` hashing to `hash`.
+    fn seen(w: &redb::WriteTransaction, channel: &Channel, key: &str, hash: &[u8; 32]) -> Result<Seen, IntakeError> {
+        let idem = w.open_table(IDEM)?;
+        if let Some(v) = idem.get(scoped_key(channel, key).as_str())? {
+            let rec = decode_idem(v.value())?;
+            return Ok(if rec.body_sha256 == *hash { Seen::Replay(rec.order) } else { Seen::Reused(rec.order) });
+        }
+        // A record from before keys were scoped to the channel. The same body (which names its channel) is a
+        // replay of that order; another body is a reuse only if that order is of this channel, otherwise the
+        // key is this channel's to use.
+        let Some(v) = idem.get(key)? else { return Ok(Seen::New) };
+        let rec = decode_idem(v.value())?;
+        if rec.body_sha256 == *hash {
+            return Ok(Seen::Replay(rec.order));
+        }
+        let theirs = get_order(&w.open_table(ORDERS)?, &rec.order)?;
+        Ok(if theirs.is_some_and(|o| &o.draft.channel == channel) { Seen::Reused(rec.order) } else { Seen::New })
+    }
+
+    /// The sites' views for routing `skus` as the transaction `w` sees them: capacity used today from `w`,
+    /// the hub's spendable rights from the counters this transaction changed (`overlay`) over the committed
+    /// ones.
+    #[allow(clippy::too_many_arguments)]
+    fn site_views(
+        st: &State,
+        overlay: &Overlay,
+        w: &redb::WriteTransaction,
+        sites: &[SiteFacts],
+        skus: &[Sku],
+        exclude: &BTreeSet<NodeId>,
+        now_ms: u64,
+    ) -> Result<Vec<SiteView>, IntakeError> {
+        let cap = w.open_table(CAPACITY)?;
+        let mut out = Vec::with_capacity(sites.len());
+        for s in sites {
+            if exclude.contains(&s.id) {
+                continue;
+            }
+            let Ok(location) = GeoPoint::new(s.info.lat, s.info.lon) else { continue };
+            let used = cap.get(format!("{}|{}", s.id, utc_day(now_ms)).as_str())?.map(|v| v.value()).unwrap_or(0);
+            let mut promisable = HashMap::new();
+            for sku in skus {
+                if let Some(c) = rights(st, overlay, &(s.id.clone(), sku.clone())) {
+                    let n = u32::try_from(c.spendable(Party::Hub, now_ms)).unwrap_or(u32::MAX);
+                    if n > 0 {
+                        promisable.insert(sku.clone(), n);
+                    }
+                }
+            }
+            out.push(SiteView {
+                id: s.id.clone(),
+                location,
+                priority: s.info.priority,
+                capacity_left_shipments: u32::try_from(u64::from(s.info.capacity_per_day).saturating_sub(used))
+                    .unwrap_or(0),
+                region: s.info.region.clone(),
+                reachable: s.reachable,
+                last_heard_age_ms: s.last_heard_age_ms,
+                promisable,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Routing's decision for the unfilled units of `order`, reading only: nothing is written, so a decision
+    /// that is refused leaves no trace in a shared transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        st: &State,
+        overlay: &Overlay,
+        w: &redb::WriteTransaction,
+        order: &HubOrder,
+        sites: &[SiteFacts],
+        exclude: &BTreeSet<NodeId>,
+        now_ms: u64,
+    ) -> Result<RoutingDecision, IntakeError> {
+        let lines: Vec<RouteLine> =
+            order.unfilled.iter().map(|l| RouteLine { sku: l.sku.clone(), qty: l.qty }).collect();
+        let skus: Vec<Sku> = lines.iter().map(|l| l.sku.clone()).collect();
+        let views = Self::site_views(st, overlay, w, sites, &skus, exclude, now_ms)?;
+        let ship_to = GeoPoint { lat: order.draft.ship_to.lat, lon: order.draft.ship_to.lon };
+        let req = RouteRequest { lines, ship_to, region: None };
+        Ok(routing::route(&req, &views, &self.policy))
+    }
+
+    /// Records `decision` for `order`: consumes the hub's rights for each assignment in `overlay` (copied
+    /// from `st` on first use), counts the site's shipment for the day in `w`, adds the fulfillments to the
+    /// order and to `effects` (with each counter consumed, after consumption), and the decision to the
+    /// order's record. The counters' rows are written by [`write_escrow_rows`] once per transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        st: &State,
+        overlay: &mut Overlay,
+        w: &redb::WriteTransaction,
+        order: &mut HubOrder,
+        decision: RoutingDecision,
+        trigger: String,
+        now_ms: u64,
+        effects: &mut Effects,
+    ) -> Result<(), IntakeError> {
+        if !decision.assignments.is_empty() {
+            let mut cap = w.open_table(CAPACITY)?;
+            let mut live = w.open_table(LIVE)?;
+            let mut touched = BTreeSet::new();
+            for a in &decision.assignments {
+                for l in &a.lines {
+                    let key = (a.site.clone(), l.sku.clone());
+                    let c = match overlay.entry(key) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let held = st.escrow.get(e.key()).cloned().ok_or_else(|| IntakeError::Corrupt {
+                                table: "escrow",
+                                detail: format!(
+                                    "routing used rights of {} at {} that the hub does not hold",
+                                    l.sku, a.site
+                                ),
+                            })?;
+                            e.insert(held)
+                        }
+                    };
+                    c.consume(Party::Hub, u64::from(l.qty), now_ms).map_err(|e| IntakeError::Corrupt {
+                        table: "escrow",
+                        detail: format!("routing promised more than the hub may spend: {e}"),
+                    })?;
+                    touched.insert((a.site.clone(), l.sku.clone()));
+                }
+                let n = order.fulfillments.len() + 1;
+                let id = OrderId::parse(&format!("{}.{n}", order.id))
+                    .map_err(|e| IntakeError::Corrupt { table: "orders", detail: format!("fulfillment id: {e}") })?;
+                let day_key = format!("{}|{}", a.site, utc_day(now_ms));
+                let used = cap.get(day_key.as_str())?.map(|v| v.value()).unwrap_or(0);
+                cap.insert(day_key.as_str(), used + 1)?;
+                live.insert(id.as_str(), order.id.as_str())?;
+                effects.fulfillments.push(NewFulfillment {
+                    id: id.clone(),
+                    parent: order.id.clone(),
+                    site: a.site.clone(),
+                    draft: part_of(&order.draft, &a.lines),
+                });
+                order.fulfillments.push(Fulfillment {
+                    id,
+                    site: a.site.clone(),
+                    lines: a.lines.clone(),
+                    assigned_at_ms: now_ms,
+                    released: None,
+                });
+            }
+            for key in touched {
+                if let Some(c) = overlay.get(&key) {
+                    effects.escrow.push((key.0, c.clone()));
+                }
+            }
+        }
+        order.unfilled = decision.unfilled.clone();
+        let record = DecisionRecord { at_ms: now_ms, trigger, decision };
+        if order.decisions.len() >= DECISIONS_MAX {
+            order.decisions.remove(1);
+        }
+        order.decisions.push(record);
+        Ok(())
+    }
+
+    /// Writes `o` and keeps [`OPEN`] in step with it.
+    fn put_order(w: &redb::WriteTransaction, o: &HubOrder) -> Result<(), IntakeError> {
+        w.open_table(ORDERS)?.insert(o.id.as_str(), enc_json(o)?.as_slice())?;
+        let mut open = w.open_table(OPEN)?;
+        if o.wants_routing() {
+            open.insert(o.id.as_str(), ())?;
+        } else {
+            open.remove(o.id.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the rows of the counters a transaction changed (each once, however many orders consumed from it).
+fn write_escrow_rows(w: &redb::WriteTransaction, overlay: &Overlay) -> Result<(), IntakeError> {
+    if overlay.is_empty() {
+        return Ok(());
+    }
+    let mut t = w.open_table(ESCROW)?;
+    for ((site, sku), c) in overlay {
+        t.insert(escrow_key(site, sku).as_str(), postcard_enc(c)?.as_slice())?;
+    }
+    Ok(())
 }
 
 /// Forgets at most [`oms_protocol::records::IDEMPOTENCY_PRUNE_MAX`] idempotency records older than `cutoff_ms`.
@@ -936,12 +1017,13 @@ fn prune_idempotency(w: &redb::WriteTransaction, cutoff_ms: u64) -> Result<(), I
 }
 
 fn postcard_enc<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
-    postcard::to_allocvec(v).map_err(|e| IntakeError::Storage(StorageError::encode("a record", e)))
+    postcard::to_allocvec(v).map_err(|e| IntakeError::Storage(Arc::new(StorageError::encode("a record", e))))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oms_protocol::escrow::EscrowCounter;
 
     fn draft(ext: &str) -> OrderDraft {
         draft_of(ext, "web")
@@ -996,7 +1078,7 @@ mod tests {
 
         // A record from before the scoping: the bare key. Move `old`'s record there, as an upgrade finds it.
         let old = intake.place("old", draft_of("o", "web"), &[], &actor(), 5).unwrap();
-        let w = intake.db.begin_write().unwrap();
+        let w = intake.core.db.begin_write().unwrap();
         {
             let mut idem = w.open_table(IDEM).unwrap();
             let scoped = scoped_key(&old.order.draft.channel, "old");
@@ -1071,7 +1153,7 @@ mod tests {
             let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
             let id = intake.place("k", draft_of("a", "web"), &[], &actor(), 1).unwrap().order.id;
             // As an older hub left it: no index, no mark.
-            let w = intake.db.begin_write().unwrap();
+            let w = intake.core.db.begin_write().unwrap();
             w.delete_table(BY_CHANNEL).unwrap();
             w.open_table(META).unwrap().remove(BY_CHANNEL_BUILT).unwrap();
             w.commit().unwrap();
@@ -1080,5 +1162,46 @@ mod tests {
         let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
         let (list, _) = intake.channel_orders(&Channel::parse("web").unwrap(), None, 10).unwrap();
         assert_eq!(list.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), vec![id]);
+    }
+    #[test]
+    fn a_start_reads_the_open_work_not_every_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INTAKE_DB_FILE);
+        let site = NodeId::parse("wh-1").unwrap();
+        let facts = vec![SiteFacts {
+            id: site.clone(),
+            info: SiteInfo {
+                name: "s".into(),
+                lat: 52.0,
+                lon: 13.0,
+                priority: 0,
+                capacity_per_day: 1_000,
+                region: "de".into(),
+            },
+            reachable: true,
+            last_heard_age_ms: 0,
+        }];
+        let (shipped, placed, waiting) = {
+            let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
+            let mut c = EscrowCounter::new(Sku::parse("A").unwrap());
+            c.add(Party::Site, 2).unwrap();
+            c.grant_lease(Party::Site, Party::Hub, u64::MAX / 2, 100).unwrap();
+            c.transfer(Party::Site, Party::Hub, 2, 0).unwrap();
+            lock(&intake.core.state).escrow.insert((site.clone(), c.sku().clone()), c);
+            let place = |k: &str| intake.place(k, draft(k), &facts, &actor(), 1).unwrap().order;
+            let (shipped, placed, waiting) = (place("a"), place("b"), place("c"));
+            assert_eq!((shipped.fulfillments.len(), placed.fulfillments.len(), waiting.fulfillments.len()), (1, 1, 0));
+            intake.finished(&[shipped.fulfillments[0].id.clone()]).unwrap();
+            // The shipped order's record is unreadable now: a start that read every order would fail on it.
+            let w = intake.core.db.begin_write().unwrap();
+            w.open_table(ORDERS).unwrap().insert(shipped.id.as_str(), b"not json".as_slice()).unwrap();
+            w.commit().unwrap();
+            (shipped, placed, waiting)
+        };
+        let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
+        assert_eq!(intake.open_orders(10), vec![waiting.id.to_string()]);
+        let live: Vec<OrderId> = intake.live_fulfillments().unwrap().into_iter().map(|f| f.id).collect();
+        assert_eq!(live, vec![placed.fulfillments[0].id.clone()]);
+        assert!(intake.order(shipped.id.as_str()).is_err(), "the record was damaged, and never read at start");
     }
 }

@@ -1,0 +1,548 @@
+//! The intake's writer: one thread takes the channel orders queued by [`Intake::submit`] in batches (at most
+//! [`IntakeLimits::batch_max`] from a queue of at most [`IntakeLimits::queue_max`]; a caller past that gets
+//! [`IntakeError::Overloaded`]), takes them in **one** `intake.redb` write transaction, commits it
+//! (`Durability::Immediate`, one fsync), and only then answers each caller, as the node's store writer does.
+//!
+//! Within a batch every order is decided in queue order against what the orders before it did in the same
+//! transaction: the idempotency records they wrote, the capacity they used, and the rights they consumed
+//! (an overlay of changed escrow counters over the committed ones). So a batch decides exactly what the
+//! same orders taken one by one would, and no unit is promised twice, within a batch or across batches
+//! (the writer holds the intake's state lock from its first read to after the commit, as every other
+//! intake write does).
+//!
+//! An order is read and decided before anything of it is written: a refusal (key reused, `cannot_fill`
+//! under `reject`, a replay whose order is missing) writes only its audit row, and takes no order number. A
+//! storage error, or a corrupt record met while writing, fails the whole batch: nothing is committed and
+//! every caller in it gets the error.
+//!
+//! The sites' views are built once per batch ([`SiteSource`]), not once per order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use oms_protocol::domain::{OrderDraft, OrderId};
+use oms_protocol::records::draft_sha256;
+use oms_service::audit::{self, AUDIT, Actor};
+use oms_service::auth::keys::token_hash;
+use oms_service::storage::StorageError;
+use oms_service::{lock, now_ms};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+/// Bounds of the intake's writer (`[intake]` in the hub's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeLimits {
+    /// Channel orders waiting for the writer; beyond this a `POST /v1/orders` is `503 overloaded`.
+    pub queue_max: usize,
+    /// Channel orders taken in one write transaction.
+    pub batch_max: usize,
+}
+
+impl Default for IntakeLimits {
+    fn default() -> Self {
+        IntakeLimits { queue_max: 4_096, batch_max: 256 }
+    }
+}
+
+impl IntakeLimits {
+    /// Largest accepted `queue_max`.
+    pub const QUEUE_MAX: usize = 1_000_000;
+    /// Largest accepted `batch_max`.
+    pub const BATCH_MAX: usize = 4_096;
+
+    /// Why these bounds are not usable, if they are not.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=Self::QUEUE_MAX).contains(&self.queue_max) {
+            return Err(format!("[intake] queue_max must be 1 ..= {}, not {}", Self::QUEUE_MAX, self.queue_max));
+        }
+        if !(1..=Self::BATCH_MAX).contains(&self.batch_max) {
+            return Err(format!("[intake] batch_max must be 1 ..= {}, not {}", Self::BATCH_MAX, self.batch_max));
+        }
+        Ok(())
+    }
+}
+
+/// What routing knows of every site at time `now_ms` (location, capacity, connection), asked once per
+/// batch by the writer thread.
+pub type SiteSource = Box<dyn FnMut(u64) -> Vec<SiteFacts> + Send>;
+
+/// One channel order for the writer: the caller's key, the validated order, its canonical hash, the caller.
+pub(super) struct Create {
+    key: String,
+    draft: OrderDraft,
+    hash: [u8; 32],
+    actor: Actor,
+}
+
+impl Create {
+    pub(super) fn new(key: String, draft: OrderDraft, actor: Actor) -> Result<Create, IntakeError> {
+        let hash =
+            draft_sha256(&draft).map_err(|e| IntakeError::Storage(Arc::new(StorageError::encode("an order", e))))?;
+        Ok(Create { key, draft, hash, actor })
+    }
+}
+
+/// Where a queued order's answer arrives.
+type Answer = oneshot::Receiver<Result<Placed, IntakeError>>;
+
+struct Job {
+    create: Create,
+    reply: oneshot::Sender<Result<Placed, IntakeError>>,
+}
+
+/// The sending side of the writer's queue.
+pub(super) struct Queue {
+    tx: mpsc::Sender<Job>,
+}
+
+/// Write transactions of channel orders and the orders they held, for `/metrics` and the tests.
+#[derive(Debug, Default)]
+pub(super) struct BatchStats {
+    commits: AtomicU64,
+    orders: AtomicU64,
+    largest: AtomicU64,
+}
+
+/// A snapshot of the writer's batches ([`Intake::batch_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchCounts {
+    /// Write transactions of channel orders committed.
+    pub commits: u64,
+    /// Channel orders (created, replayed or refused) those transactions held.
+    pub orders: u64,
+    /// Most orders one of them held.
+    pub largest: u64,
+}
+
+impl BatchStats {
+    fn observe(&self, orders: usize) {
+        let n = orders as u64;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.orders.fetch_add(n, Ordering::Relaxed);
+        self.largest.fetch_max(n, Ordering::Relaxed);
+    }
+}
+
+impl Intake {
+    /// Starts the writer thread, which asks `sites` for the sites' views once per batch. Later calls change
+    /// nothing. Bounds outside [`IntakeLimits::check`]'s ranges are clamped into them (the configuration is
+    /// checked when it is read).
+    pub fn start(&self, limits: IntakeLimits, sites: SiteSource) -> Result<(), IntakeError> {
+        let limits = IntakeLimits {
+            queue_max: limits.queue_max.clamp(1, IntakeLimits::QUEUE_MAX),
+            batch_max: limits.batch_max.clamp(1, IntakeLimits::BATCH_MAX),
+        };
+        if self.queue.get().is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::channel(limits.queue_max);
+        let core = self.core.clone();
+        std::thread::Builder::new()
+            .name("oms-intake".into())
+            .spawn(move || writer_loop(&core, rx, limits.batch_max, sites))
+            .map_err(|source| {
+                IntakeError::Storage(Arc::new(StorageError::Io { what: "starting the intake's writer", source }))
+            })?;
+        let _ = self.queue.set(Queue { tx });
+        Ok(())
+    }
+
+    /// Takes a channel order for `actor` through the writer (see the module docs of `writer`): answered once
+    /// the batch that holds it is committed, with what [`Intake::place`] would answer.
+    pub async fn submit(&self, key: String, draft: OrderDraft, actor: Actor) -> Result<Placed, IntakeError> {
+        let answer = self.enqueue(key, draft, actor)?;
+        answer.await.map_err(|_| IntakeError::ShuttingDown)?
+    }
+
+    /// Queues a channel order for the writer without waiting: the answer arrives on the returned receiver.
+    /// Orders queued one after another are taken in that order.
+    fn enqueue(&self, key: String, draft: OrderDraft, actor: Actor) -> Result<Answer, IntakeError> {
+        let create = Create::new(key, draft, actor)?;
+        let queue = self.queue.get().ok_or(IntakeError::ShuttingDown)?;
+        let (reply, answer) = oneshot::channel();
+        queue.tx.try_send(Job { create, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => IntakeError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => IntakeError::ShuttingDown,
+        })?;
+        Ok(answer)
+    }
+
+    /// The writer's batches so far.
+    pub fn batch_counts(&self) -> BatchCounts {
+        let s = &self.core.stats;
+        BatchCounts {
+            commits: s.commits.load(Ordering::Relaxed),
+            orders: s.orders.load(Ordering::Relaxed),
+            largest: s.largest.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The writer thread: takes up to `batch_max` queued orders, takes them in one transaction, commits, then
+/// answers every caller (each its own result, or all of them the batch's error). Ends when every sender is
+/// gone.
+fn writer_loop(core: &Core, mut rx: mpsc::Receiver<Job>, batch_max: usize, mut sites: SiteSource) {
+    let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let facts = sites(now);
+        let (creates, replies): (Vec<Create>, Vec<_>) = batch.drain(..).map(|j| (j.create, j.reply)).unzip();
+        let n = creates.len();
+        match core.place_batch(creates, &facts, now) {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, orders = n, "intake write transaction failed; batch refused");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    tracing::debug!("intake writer stopped");
+}
+
+/// Whether `e`, met while deciding an order, fails its whole batch (the database failed) rather than only
+/// that order.
+fn fails_batch(e: &IntakeError) -> bool {
+    matches!(e, IntakeError::Storage(_))
+}
+
+/// An order's own refusal, or its batch's failure, from an error met while deciding it (before it wrote).
+fn own(e: IntakeError) -> Result<Result<Placed, IntakeError>, IntakeError> {
+    if fails_batch(&e) { Err(e) } else { Ok(Err(e)) }
+}
+
+impl Core {
+    /// Takes `jobs` in one write transaction, in order, each against what those before it wrote (see the
+    /// module docs), and commits. The outer error is the batch's (nothing committed); otherwise one result
+    /// per job, in order.
+    pub(super) fn place_batch(
+        &self,
+        jobs: Vec<Create>,
+        sites: &[SiteFacts],
+        now_ms: u64,
+    ) -> Result<Vec<Result<Placed, IntakeError>>, IntakeError> {
+        let n = jobs.len();
+        let mut st = lock(&self.state);
+        let w = self.db.begin_write()?;
+        let mut overlay = Overlay::new();
+        let seq0 = w.open_table(META)?.get(SEQ_ORDER)?.map(|v| v.value()).unwrap_or(0);
+        let mut seq = seq0;
+        let mut out = Vec::with_capacity(n);
+        for job in jobs {
+            out.push(self.take(&st, &mut overlay, &w, &mut seq, job, sites, now_ms)?);
+        }
+        if seq != seq0 {
+            w.open_table(META)?.insert(SEQ_ORDER, seq)?;
+        }
+        write_escrow_rows(&w, &overlay)?;
+        prune_idempotency(&w, now_ms.saturating_sub(IDEMPOTENCY_RETENTION_MS))?;
+        w.commit()?;
+        st.escrow.extend(overlay);
+        for p in out.iter().flatten() {
+            if p.created && p.order.wants_routing() {
+                st.open.insert(p.order.id.to_string());
+            }
+        }
+        drop(st);
+        self.stats.observe(n);
+        Ok(out)
+    }
+
+    /// Decides one order of a batch, then writes it. `seq` is the last order number taken in `w`.
+    #[allow(clippy::too_many_arguments)]
+    fn take(
+        &self,
+        st: &State,
+        overlay: &mut Overlay,
+        w: &redb::WriteTransaction,
+        seq: &mut u64,
+        job: Create,
+        sites: &[SiteFacts],
+        now_ms: u64,
+    ) -> Result<Result<Placed, IntakeError>, IntakeError> {
+        let Create { key, draft, hash, actor } = job;
+        let seen = match Self::seen(w, &draft.channel, &key, &hash) {
+            Ok(s) => s,
+            Err(e) => return own(e),
+        };
+        match seen {
+            Seen::New => {}
+            Seen::Replay(id) => {
+                let order = match get_order(&w.open_table(ORDERS)?, &id) {
+                    Ok(Some(o)) => o,
+                    Ok(None) => return Ok(Err(IntakeError::NotFound(id))),
+                    Err(e) => return own(e),
+                };
+                audit::append(&mut w.open_table(AUDIT)?, &actor, Some(order.id.as_str()), now_ms, "ok")?;
+                return Ok(Ok(Placed { order, created: false, effects: Effects::default() }));
+            }
+            Seen::Reused(id) => {
+                let e = IntakeError::KeyReused(key);
+                audit::append(&mut w.open_table(AUDIT)?, &actor, Some(&id), now_ms, e.code())?;
+                return Ok(Err(e));
+            }
+        }
+        let id = OrderId::new(&hub_node(), *seq + 1);
+        let mut unfilled = Vec::new();
+        add_units(
+            &mut unfilled,
+            &draft.lines.iter().map(|l| SkuQty { sku: l.sku.clone(), qty: l.qty }).collect::<Vec<_>>(),
+        );
+        let token = new_tracking_token();
+        let mut order = HubOrder {
+            id,
+            draft,
+            created_at_ms: now_ms,
+            fulfillments: Vec::new(),
+            unfilled,
+            decisions: Vec::new(),
+            cancel_requested_at_ms: None,
+            cancelled_unfilled: Vec::new(),
+            cancel_reason: None,
+            tracking_token: Some(token.clone()),
+        };
+        let decision = match self.plan(st, overlay, w, &order, sites, &BTreeSet::new(), now_ms) {
+            Ok(d) => d,
+            Err(e) => return own(e),
+        };
+        if decision.outcome == Outcome::Rejected {
+            // Nothing of the order is written and its number is not taken; only the attempt is recorded.
+            let e = IntakeError::CannotFill(Box::new(decision));
+            audit::append(&mut w.open_table(AUDIT)?, &actor, None, now_ms, e.code())?;
+            return Ok(Err(e));
+        }
+        // From here on the order writes: any error fails the batch, so nothing of it is half-written.
+        *seq += 1;
+        let mut effects = Effects::default();
+        Self::record(st, overlay, w, &mut order, decision, "intake".into(), now_ms, &mut effects)?;
+        Self::put_order(w, &order)?;
+        let scoped = scoped_key(&order.draft.channel, &key);
+        let idem = IdemRecord { body_sha256: hash, order: order.id.to_string() };
+        w.open_table(IDEM)?.insert(scoped.as_str(), postcard_enc(&idem)?.as_slice())?;
+        w.open_table(IDEM_BY_TIME)?.insert((now_ms, scoped.as_str()), ())?;
+        w.open_table(TRACKING)?.insert(token_hash(&token).as_slice(), order.id.as_str())?;
+        w.open_table(BY_CHANNEL)?.insert(channel_key(&order.draft.channel, order.id.as_str()).as_str(), ())?;
+        audit::append(&mut w.open_table(AUDIT)?, &actor, Some(order.id.as_str()), now_ms, "ok")?;
+        Ok(Ok(Placed { order, created: true, effects }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use oms_protocol::escrow::EscrowCounter;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::routing::ShortfallPolicy;
+
+    fn actor() -> Actor {
+        Actor { key: "ops".into(), role: oms_service::auth::Role::Admin, method: "POST", route: "/v1/orders".into() }
+    }
+
+    /// An order of `channel` with `lines` (SKU, units) to `to`; `ext` tells bodies apart.
+    fn draft(ext: &str, channel: &str, lines: &[(&str, u32)], to: (f64, f64)) -> OrderDraft {
+        serde_json::from_value(serde_json::json!({
+            "external_ref": ext, "channel": channel,
+            "lines": lines.iter().map(|(s, q)| serde_json::json!({"sku": s, "qty": q, "unit_price_minor": 100, "currency": "EUR"})).collect::<Vec<_>>(),
+            "ship_to": {"name": "C", "line1": "1", "city": "B", "postcode": "1", "country": "DE", "lat": to.0, "lon": to.1}
+        }))
+        .unwrap()
+    }
+
+    const PLACES: [(f64, f64); 3] = [(52.52, 13.40), (48.14, 11.58), (53.55, 9.99)];
+
+    fn site(n: usize, capacity_per_day: u32) -> SiteFacts {
+        let (lat, lon) = PLACES[n];
+        SiteFacts {
+            id: NodeId::parse(&format!("wh-{n}")).unwrap(),
+            info: SiteInfo { name: format!("site {n}"), lat, lon, priority: 0, capacity_per_day, region: "de".into() },
+            reachable: true,
+            last_heard_age_ms: 0,
+        }
+    }
+
+    /// The rights the hub holds of `sku` at `site`: the site has `stock` units, granted the hub `hub` of them
+    /// with a lease (live or long gone) and an unacknowledged budget of `unacked`.
+    fn grant(intake: &Intake, site: &NodeId, sku: &str, (stock, hub, live, unacked): (u64, u64, bool, u64)) {
+        let mut c = EscrowCounter::new(Sku::parse(sku).unwrap());
+        c.add(Party::Site, stock).unwrap();
+        c.grant_lease(Party::Site, Party::Hub, if live { u64::MAX / 2 } else { 0 }, unacked).unwrap();
+        c.transfer(Party::Site, Party::Hub, hub.min(stock), 0).unwrap();
+        lock(&intake.core.state).escrow.insert((site.clone(), c.sku().clone()), c);
+    }
+
+    /// What a caller learns of its order, without what is random (tracking tokens) or timed.
+    fn outcome(r: &Result<Placed, IntakeError>) -> String {
+        match r {
+            Ok(p) => format!(
+                "{} {} {:?} {:?}",
+                if p.created { "created" } else { "replayed" },
+                p.order.id,
+                p.order.fulfillments.iter().map(|f| (f.site.to_string(), f.lines.clone())).collect::<Vec<_>>(),
+                p.order.unfilled
+            ),
+            Err(e) => e.code().to_owned(),
+        }
+    }
+
+    #[test]
+    fn concurrent_orders_share_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        let sites = vec![site(0, 1_000)];
+        grant(&intake, &sites[0].id, "A", (100, 100, true, 100));
+        let facts = sites.clone();
+        intake.start(IntakeLimits { queue_max: 64, batch_max: 64 }, Box::new(move |_| facts.clone())).unwrap();
+        // Ten callers queue while the writer waits for the state (as it does while another write runs).
+        let held = lock(&intake.core.state);
+        let answers: Vec<Answer> = (0..10)
+            .map(|i| intake.enqueue(format!("k{i}"), draft(&format!("o{i}"), "web", &[("A", 1)], PLACES[0]), actor()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        drop(held);
+        for a in answers {
+            let placed = a.blocking_recv().unwrap().unwrap();
+            assert_eq!(placed.order.fulfillments.len(), 1);
+        }
+        let b = intake.batch_counts();
+        assert_eq!(b.orders, 10);
+        assert!(b.commits <= 2 && b.largest >= 5, "ten queued orders took {b:?}");
+        assert_eq!(intake.escrow(&sites[0].id, &Sku::parse("A").unwrap()).unwrap().consumed(Party::Hub), 10);
+        assert_eq!(intake.orders_taken().unwrap(), 10);
+    }
+
+    #[test]
+    fn a_full_queue_is_overloaded_and_an_unstarted_writer_takes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        let d = || draft("o", "web", &[("A", 1)], PLACES[0]);
+        assert!(matches!(intake.enqueue("k".into(), d(), actor()), Err(IntakeError::ShuttingDown)));
+        intake.start(IntakeLimits { queue_max: 2, batch_max: 1 }, Box::new(|_| Vec::new())).unwrap();
+        let held = lock(&intake.core.state);
+        // The writer takes at most one and waits; the queue holds two more; the next is refused.
+        let mut answers = Vec::new();
+        let mut refused = 0;
+        for i in 0..4 {
+            match intake.enqueue(format!("k{i}"), d(), actor()) {
+                Ok(a) => answers.push(a),
+                Err(IntakeError::Overloaded) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        drop(held);
+        assert!(refused >= 1, "a queue of two took four");
+        for a in answers {
+            assert!(a.blocking_recv().unwrap().unwrap().created);
+        }
+        assert_eq!(intake.orders_taken().unwrap(), 4 - refused);
+    }
+
+    /// One generated order: idempotency key (of a few), channel, lines (SKU index, units), destination,
+    /// body variant.
+    type Job = (usize, usize, Vec<(usize, u32)>, usize, usize);
+
+    fn jobs() -> impl Strategy<Value = Vec<Job>> {
+        prop::collection::vec(
+            (0..5usize, 0..2usize, prop::collection::vec((0..2usize, 1..4u32), 1..3), 0..3usize, 0..2usize),
+            1..14,
+        )
+    }
+
+    fn rights() -> impl Strategy<Value = (u64, u64, bool, u64)> {
+        (0..7u64, 0..7u64, prop::bool::weighted(0.8), 0..7u64)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Orders queued together and taken in batches decide exactly what the same orders taken one by one
+        /// decide (the sequential model), so the rights a batch consumed are never promised again within
+        /// it or by a later batch; and no site gets more units of a SKU than the hub could spend there.
+        #[test]
+        fn batches_decide_as_one_by_one_and_never_promise_a_unit_twice(
+            cells in prop::collection::vec(rights(), 6),
+            caps in prop::collection::vec(1..5u32, 3),
+            reject in any::<bool>(),
+            split_lines in any::<bool>(),
+            batch_max in 1..6usize,
+            jobs in jobs(),
+        ) {
+            let policy = RoutingPolicy {
+                on_shortfall: if reject { ShortfallPolicy::Reject } else { ShortfallPolicy::Backorder },
+                split_lines,
+                ..RoutingPolicy::default()
+            };
+            let sites: Vec<SiteFacts> = (0..3).map(|n| site(n, caps[n])).collect();
+            let skus = ["A", "B"];
+            let dir = tempfile::tempdir().unwrap();
+            let batched = Intake::open(&dir.path().join("batched.redb"), policy.clone()).unwrap();
+            let model = Intake::open(&dir.path().join("model.redb"), policy).unwrap();
+            let mut spendable = BTreeMap::new();
+            for (i, cell) in cells.iter().enumerate() {
+                let (s, sku) = (&sites[i / 2].id, skus[i % 2]);
+                grant(&batched, s, sku, *cell);
+                grant(&model, s, sku, *cell);
+                let c = batched.escrow(s, &Sku::parse(sku).unwrap()).unwrap();
+                spendable.insert((s.to_string(), sku.to_owned()), c.spendable(Party::Hub, now_ms()));
+            }
+            let bodies: Vec<(String, OrderDraft)> = jobs
+                .iter()
+                .map(|(key, ch, lines, to, variant)| {
+                    let lines: Vec<(&str, u32)> = lines.iter().map(|(s, q)| (skus[*s], *q)).collect();
+                    let channel = ["web", "shop"][*ch];
+                    (format!("k{key}"), draft(&format!("ext-{variant}"), channel, &lines, PLACES[*to]))
+                })
+                .collect();
+
+            let facts = sites.clone();
+            batched.start(IntakeLimits { queue_max: 64, batch_max }, Box::new(move |_| facts.clone())).unwrap();
+            let held = lock(&batched.core.state);
+            let answers: Vec<Answer> =
+                bodies.iter().map(|(k, d)| batched.enqueue(k.clone(), d.clone(), actor()).unwrap()).collect();
+            drop(held);
+            let got: Vec<Result<Placed, IntakeError>> =
+                answers.into_iter().map(|a| a.blocking_recv().unwrap()).collect();
+            let want: Vec<Result<Placed, IntakeError>> =
+                bodies.iter().map(|(k, d)| model.place(k, d.clone(), &sites, &actor(), now_ms())).collect();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                prop_assert_eq!(outcome(g), outcome(w), "order {} of {:?}", i, bodies);
+            }
+            // Units assigned per (site, SKU) by created orders: within what the hub could spend there.
+            let mut assigned: BTreeMap<(String, String), u64> = BTreeMap::new();
+            for p in got.iter().flatten().filter(|p| p.created) {
+                for f in &p.order.fulfillments {
+                    for l in &f.lines {
+                        *assigned.entry((f.site.to_string(), l.sku.to_string())).or_default() += u64::from(l.qty);
+                    }
+                }
+            }
+            for (cell, units) in &assigned {
+                prop_assert!(*units <= spendable[cell], "{cell:?}: {units} assigned, {} spendable", spendable[cell]);
+                let c = batched.escrow(&NodeId::parse(&cell.0).unwrap(), &Sku::parse(&cell.1).unwrap()).unwrap();
+                prop_assert_eq!(c.consumed(Party::Hub), *units);
+            }
+            prop_assert_eq!(batched.escrow_table(0), model.escrow_table(0));
+            prop_assert_eq!(batched.orders_taken().unwrap(), model.orders_taken().unwrap());
+            // The same audit trail: one row per call, refusals with their code.
+            let rows = |i: &Intake| -> Vec<(Option<String>, String)> {
+                i.audit_page(0, 100).unwrap().0.into_iter().map(|e| (e.target, e.outcome)).collect()
+            };
+            prop_assert_eq!(rows(&batched), rows(&model));
+        }
+    }
+}
