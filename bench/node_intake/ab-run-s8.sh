@@ -4,12 +4,13 @@
 #   auth  — this build, plain HTTP, every request with an API key;
 #   tls   — this build, HTTPS (BENCH_TLS=1), every request with an API key.
 # Build first: `cargo bench -p oms-tests --bench node_intake --no-run` in both checkouts.
-# BASE_DEPS / NEW_DEPS: their target/release/deps; OUT_DIR: where intake.log goes; ROUNDS (default 3).
+# BASE_DEPS / NEW_DEPS: their target/release/deps; OUT_DIR: where intake.log goes; ROUNDS (default 3);
+# SIDES (default "base auth tls").
 set -u
 cd "${OUT_DIR:-.}"
 bin() { ls -t "$1"/"$2"-* | grep -v '\.d$' | head -1; }  # the newest build
 for round in $(seq 1 "${ROUNDS:-3}"); do
-  for side in base auth tls; do
+  for side in ${SIDES:-base auth tls}; do
     case $side in
       base) d=$BASE_DEPS; tls=0 ;;
       auth) d=$NEW_DEPS; tls=0 ;;

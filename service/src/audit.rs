@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Role;
 use crate::storage::StorageError;
 
-/// seq → JSON-encoded [`AuditEvent`]. Append-only: the next seq is the last plus one.
+/// seq → postcard-encoded [`AuditEvent`] (compact: the row is written with every audited change, so its
+/// bytes are on every such commit's fsync). Append-only: the next seq is the last plus one. Positional
+/// encoding: add fields only at the end.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Largest page of `GET /v1/audit/events`.
 pub const AUDIT_PAGE_MAX: usize = 1_000;
@@ -93,7 +95,7 @@ pub fn append(
         target,
         outcome: outcome.to_owned(),
     };
-    let bytes = serde_json::to_vec(&event).map_err(|e| StorageError::encode("an audit event", e))?;
+    let bytes = postcard::to_allocvec(&event).map_err(|e| StorageError::encode("an audit event", e))?;
     table.insert(seq, bytes.as_slice()).map_err(redb::Error::from)?;
     Ok(seq)
 }
@@ -112,7 +114,7 @@ pub fn page(db: &redb::Database, after: u64, limit: usize) -> Result<(Vec<AuditE
     for row in t.range(after.saturating_add(1)..).map_err(redb::Error::from)? {
         let (_, v) = row.map_err(redb::Error::from)?;
         let e: AuditEvent =
-            serde_json::from_slice(v.value()).map_err(|e| StorageError::encode("reading an audit event", e))?;
+            postcard::from_bytes(v.value()).map_err(|e| StorageError::encode("reading an audit event", e))?;
         out.push(e);
         if out.len() == limit {
             break;
