@@ -269,7 +269,8 @@ pub struct Auth {
     cfg: AuthConfig,
     policy: Policy,
     keys: RwLock<Arc<KeySet>>,
-    seen: Mutex<Option<Stamp>>,
+    /// The key file as last read: `None` before the first read, `Some(None)` when it was missing.
+    seen: Mutex<Option<Option<Stamp>>>,
     open: Mutex<HashMap<IpAddr, Bucket>>,
     /// Refusals by reason.
     pub stats: AuthStats,
@@ -279,15 +280,7 @@ impl Auth {
     /// Loads the key file of the data directory `dir` (none yet: no keys, and a warning that says how to
     /// create one).
     pub fn load(dir: &Path, cfg: AuthConfig, policy: Policy) -> Result<Auth, KeyError> {
-        let auth = Auth {
-            dir: Some(dir.to_owned()),
-            cfg,
-            policy,
-            keys: RwLock::new(Arc::new(HashMap::new())),
-            seen: Mutex::new(None),
-            open: Mutex::new(HashMap::new()),
-            stats: AuthStats::default(),
-        };
+        let auth = Auth::new(Some(dir.to_owned()), cfg, policy, HashMap::new());
         auth.reload()?;
         if auth.live_keys() == 0 {
             tracing::warn!(
@@ -314,11 +307,15 @@ impl Auth {
                 (keys::token_hash(&token), Arc::new(live))
             })
             .collect();
+        Auth::new(None, cfg, policy, set)
+    }
+
+    fn new(dir: Option<PathBuf>, cfg: AuthConfig, policy: Policy, keys: KeySet) -> Auth {
         Auth {
-            dir: None,
+            dir,
             cfg,
             policy,
-            keys: RwLock::new(Arc::new(set)),
+            keys: RwLock::new(Arc::new(keys)),
             seen: Mutex::new(None),
             open: Mutex::new(HashMap::new()),
             stats: AuthStats::default(),
@@ -335,7 +332,7 @@ impl Auth {
     pub fn reload(&self) -> Result<bool, KeyError> {
         let Some(dir) = &self.dir else { return Ok(false) };
         let now = stamp(&keys::keys_path(dir));
-        if *lock(&self.seen) == now && now.is_some() {
+        if lock(&self.seen).as_ref() == Some(&now) {
             return Ok(false);
         }
         let file = keys::read(dir)?;
@@ -359,7 +356,7 @@ impl Auth {
             .collect();
         let n = set.len();
         *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
-        *lock(&self.seen) = now;
+        *lock(&self.seen) = Some(now);
         tracing::info!(keys = n, "API keys loaded");
         Ok(true)
     }
@@ -684,6 +681,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let auth = Auth::load(dir.path(), AuthConfig::default(), |_, _| Access::Roles(ANY_ROLE)).unwrap();
         assert_eq!(auth.live_keys(), 0);
+        assert!(!auth.reload().unwrap(), "still no file: nothing to read again");
         let new = |name: &str| keys::NewKey { name: name.into(), role: Role::Staff, channel: None, rate_per_s: None };
         let a = keys::create(dir.path(), new("a"), 1).unwrap();
         assert!(auth.reload().unwrap());
