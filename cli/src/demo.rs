@@ -144,7 +144,7 @@ struct DemoKeys {
 
 impl DemoKeys {
     fn new() -> Self {
-        let token = || format!("{}{}", keys::TOKEN_PREFIX, keys::hex(&rand::random::<[u8; 32]>()));
+        let token = keys::new_token;
         DemoKeys { admin: token(), staff: token(), pos: token(), service: token(), web: token(), marketplace: token() }
     }
 
@@ -181,11 +181,13 @@ fn add_key(
     Ok(())
 }
 
-/// An HTTP client that authenticates with `token`: plain HTTP to the nodes, HTTPS to the hub trusting only
-/// the demo's CA (`ca`, PEM), reporting the certificate each answer came with.
-fn client(token: &str, ca: &[u8]) -> anyhow::Result<reqwest::Client> {
+/// An HTTP client that authenticates with `token` (none: anonymous): plain HTTP to the nodes, HTTPS to the hub
+/// trusting only the demo's CA (`ca`, PEM), reporting the certificate each answer came with.
+fn client(token: Option<&str>, ca: &[u8]) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    if let Some(token) = token {
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    }
     Ok(reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -474,13 +476,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     // One client for all: plain HTTP to the nodes, HTTPS to the hub, trusting only the demo's CA, and
     // reporting the certificate each answer came with.
     let ca = std::fs::read(certs.join("ca.pem")).context("cannot read the demo CA")?;
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
-        .tls_info(true)
-        .timeout(Duration::from_secs(15))
-        .build()?;
+    let http = client(None, &ca)?;
     let hub_cert = oms_transport::tls::load_certs(&oms_transport::pki::http_paths(&certs, "hub").0)?
         .into_iter()
         .next()
@@ -508,12 +504,12 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     for s in &sites {
         api_keys += keys.provision_node(&s.dir)?;
     }
-    let admin = client(&keys.admin, &ca)?;
-    let staff_http = client(&keys.staff, &ca)?;
-    let pos_http = client(&keys.pos, &ca)?;
-    let service_http = client(&keys.service, &ca)?;
-    let web_http = client(&keys.web, &ca)?;
-    let market_http = client(&keys.marketplace, &ca)?;
+    let admin = client(Some(&keys.admin), &ca)?;
+    let staff_http = client(Some(&keys.staff), &ca)?;
+    let pos_http = client(Some(&keys.pos), &ca)?;
+    let service_http = client(Some(&keys.service), &ca)?;
+    let web_http = client(Some(&keys.web), &ca)?;
+    let market_http = client(Some(&keys.marketplace), &ca)?;
     let mut children = Vec::new();
     for s in &sites {
         children.push(spawn_node(s).await?);

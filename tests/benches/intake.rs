@@ -99,13 +99,7 @@ async fn main() {
     }
     for nd in &nodes {
         cluster::wait_healthy(&c, nd.http, Duration::from_secs(60)).await;
-        for i in 0..4 {
-            let base = format!("http://{}/v1", nd.http);
-            c.put(format!("{base}/catalog/SKU-{i}")).json(&json!({"name": "x", "bin": "A"})).send().await.unwrap();
-            let r =
-                c.post(format!("{base}/stock/receipts")).json(&json!({"sku": format!("SKU-{i}"), "qty": 1_000_000}));
-            assert_eq!(r.send().await.unwrap().status().as_u16(), 201);
-        }
+        cluster::seed(&c, nd, 4, 1_000_000).await;
     }
     cluster::wait_healthy(&c, hub_http, Duration::from_secs(60)).await;
     // Wait for the sites' grants to reach the hub.

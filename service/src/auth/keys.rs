@@ -197,8 +197,9 @@ pub fn token_well_formed(token: &str) -> bool {
     })
 }
 
-/// A fresh token: the prefix and 32 bytes from the operating system's generator, in hex.
-fn new_token() -> String {
+/// A fresh token: the prefix and 32 bytes from the operating system's generator, in hex (what [`create`]
+/// records; a provisioner that hands the same key to several sites makes its tokens with it too).
+pub fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
     format!("{TOKEN_PREFIX}{}", hex(&bytes))
 }
