@@ -23,6 +23,8 @@ pub mod request;
 #[cfg(feature = "http")]
 pub mod serve;
 pub mod storage;
+#[cfg(feature = "http")]
+pub mod web;
 
 #[cfg(feature = "http")]
 pub use problem::{JsonBody, Problem, RawBody, parse_json};

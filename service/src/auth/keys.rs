@@ -129,6 +129,9 @@ pub struct KeyFile {
     pub version: u32,
     /// Every key, revoked ones included, in creation order.
     pub keys: Vec<KeyRecord>,
+    /// The people who sign in to the screens, disabled ones included ([`super::users`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<super::users::UserRecord>,
 }
 
 /// Why a key operation failed.
@@ -204,7 +207,7 @@ pub fn new_token() -> String {
     format!("{TOKEN_PREFIX}{}", hex(&bytes))
 }
 
-fn check_name(name: &str) -> Result<(), KeyError> {
+pub(crate) fn check_name(name: &str) -> Result<(), KeyError> {
     let ok = !name.is_empty()
         && name.len() <= NAME_BYTES_MAX
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
@@ -242,7 +245,7 @@ impl KeyFile {
                 return Err(format!("two live keys are named {:?}", k.name));
             }
         }
-        Ok(())
+        super::users::validate(&self.users)
     }
 
     /// The live keys with their token hashes.
@@ -256,7 +259,9 @@ pub fn read(dir: &Path) -> Result<KeyFile, KeyError> {
     let path = keys_path(dir);
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(KeyFile { version: 1, keys: Vec::new() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(KeyFile { version: 1, keys: Vec::new(), users: Vec::new() });
+        }
         Err(source) => return Err(KeyError::Io { what: "cannot open", path, source }),
     };
     let mut text = String::new();
@@ -272,7 +277,7 @@ pub fn read(dir: &Path) -> Result<KeyFile, KeyError> {
 }
 
 /// Holds `dir`'s writer lock while `f` changes the key file, then writes the result durably.
-fn change<T>(dir: &Path, f: impl FnOnce(&mut KeyFile) -> Result<T, KeyError>) -> Result<T, KeyError> {
+pub(crate) fn change<T>(dir: &Path, f: impl FnOnce(&mut KeyFile) -> Result<T, KeyError>) -> Result<T, KeyError> {
     std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
         what: "cannot create",
         path: dir.to_owned(),

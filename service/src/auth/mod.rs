@@ -16,6 +16,8 @@
 //! force and is logged (and counted) until it is fixed.
 
 pub mod keys;
+pub mod session;
+pub mod users;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -58,9 +60,42 @@ pub struct AuthConfig {
     /// Requests of one key in flight at once.
     #[serde(default = "default_in_flight_per_key")]
     pub in_flight_per_key: u32,
-    /// Sustained requests per second one client IP may make to open routes (health, tracking).
+    /// Sustained requests per second one client IP may make to open routes (health, tracking) and to the
+    /// screens, signed in or not.
     #[serde(default = "default_open_rate_per_s")]
     pub open_rate_per_s: u32,
+    /// A screen session ends after this long without a request, ms (default 8 hours).
+    #[serde(default = "default_session_idle_ms")]
+    pub session_idle_ms: u64,
+    /// A screen session ends this long after sign-in whatever happens, ms (default 14 hours: a shift and a
+    /// half).
+    #[serde(default = "default_session_max_ms")]
+    pub session_max_ms: u64,
+    /// Screen sessions held at once; past it the one idle longest ends.
+    #[serde(default = "default_sessions_max")]
+    pub sessions_max: usize,
+    /// Wrong sign-ins of one user name within `sign_in_lockout_ms` before that name is refused.
+    #[serde(default = "default_sign_in_failures_max")]
+    pub sign_in_failures_max: u32,
+    /// The window of `sign_in_failures_max`, and how long a locked name waits, ms.
+    #[serde(default = "default_sign_in_lockout_ms")]
+    pub sign_in_lockout_ms: u64,
+}
+
+fn default_session_idle_ms() -> u64 {
+    8 * 3_600_000
+}
+fn default_session_max_ms() -> u64 {
+    14 * 3_600_000
+}
+fn default_sessions_max() -> usize {
+    10_000
+}
+fn default_sign_in_failures_max() -> u32 {
+    5
+}
+fn default_sign_in_lockout_ms() -> u64 {
+    15 * 60_000
 }
 
 fn default_keys_check_interval_ms() -> u64 {
@@ -87,6 +122,11 @@ impl Default for AuthConfig {
             burst: default_burst(),
             in_flight_per_key: default_in_flight_per_key(),
             open_rate_per_s: default_open_rate_per_s(),
+            session_idle_ms: default_session_idle_ms(),
+            session_max_ms: default_session_max_ms(),
+            sessions_max: default_sessions_max(),
+            sign_in_failures_max: default_sign_in_failures_max(),
+            sign_in_lockout_ms: default_sign_in_lockout_ms(),
         }
     }
 }
@@ -107,6 +147,18 @@ impl AuthConfig {
             if v == 0 || v > keys::RATE_PER_S_MAX {
                 return bad(&format!("{name} must be 1 to {}", keys::RATE_PER_S_MAX));
             }
+        }
+        if !(60_000..=7 * 86_400_000).contains(&self.session_idle_ms)
+            || !(self.session_idle_ms..=30 * 86_400_000).contains(&self.session_max_ms)
+        {
+            return bad("session_idle_ms must be 1 minute to 7 days and session_max_ms from it to 30 days");
+        }
+        if !(1..=1_000_000).contains(&self.sessions_max) {
+            return bad("sessions_max must be 1 to 1000000");
+        }
+        if !(1..=1_000).contains(&self.sign_in_failures_max) || !(1_000..=86_400_000).contains(&self.sign_in_lockout_ms)
+        {
+            return bad("sign_in_failures_max must be 1 to 1000 and sign_in_lockout_ms 1 s to 1 day");
         }
         Ok(())
     }
@@ -210,6 +262,8 @@ pub struct AuthStats {
     pub in_flight_refused: AtomicU64,
     /// Reloads of the key file that failed (the previous keys stayed in force).
     pub reload_errors: AtomicU64,
+    /// Screen sign-ins refused for a wrong name or secret.
+    pub sign_in_failures: AtomicU64,
 }
 
 impl AuthStats {
@@ -225,6 +279,7 @@ impl AuthStats {
             ("forbidden", &self.forbidden),
             ("rate_limited", &self.rate_limited),
             ("in_flight", &self.in_flight_refused),
+            ("sign_in", &self.sign_in_failures),
         ] {
             out.push_str(&format!(
                 "{prefix}_auth_refusals_total{{reason=\"{reason}\"}} {}\n",
@@ -272,6 +327,10 @@ pub struct Auth {
     /// The key file as last read: `None` before the first read, `Some(None)` when it was missing.
     seen: Mutex<Option<Option<Stamp>>>,
     open: Mutex<HashMap<IpAddr, Bucket>>,
+    users: RwLock<Arc<HashMap<String, session::UserLive>>>,
+    sessions: Mutex<HashMap<[u8; 32], session::Session>>,
+    /// Wrong sign-ins per user name: how many, since when (ms).
+    failures: Mutex<HashMap<String, (u32, u64)>>,
     /// Refusals by reason.
     pub stats: AuthStats,
 }
@@ -318,6 +377,9 @@ impl Auth {
             keys: RwLock::new(Arc::new(keys)),
             seen: Mutex::new(None),
             open: Mutex::new(HashMap::new()),
+            users: RwLock::new(Arc::new(HashMap::new())),
+            sessions: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             stats: AuthStats::default(),
         }
     }
@@ -355,9 +417,17 @@ impl Auth {
             })
             .collect();
         let n = set.len();
+        let people: HashMap<String, session::UserLive> = file
+            .users
+            .iter()
+            .filter(|u| u.live())
+            .map(|u| (u.name.clone(), session::UserLive { role: u.role, hash: u.password_hash.clone() }))
+            .collect();
+        let m = people.len();
         *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
+        *self.users.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(people);
         *lock(&self.seen) = Some(now);
-        tracing::info!(keys = n, "API keys loaded");
+        tracing::info!(keys = n, users = m, "API keys and users loaded");
         Ok(true)
     }
 
@@ -467,6 +537,9 @@ pub async fn authorize(State(auth): State<Arc<Auth>>, mut req: Request, next: Ne
         }
         Access::Roles(roles) => roles,
     };
+    if route.as_deref().is_some_and(is_screen_route) && !req.headers().contains_key(header::AUTHORIZATION) {
+        return screen_request(&auth, roles, route.unwrap_or_default(), req, next, now).await;
+    }
     let Some(key) = auth.authenticate(req.headers()) else {
         auth.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
         let mut resp = unauthenticated().into_response();
@@ -517,6 +590,64 @@ pub async fn authorize(State(auth): State<Arc<Auth>>, mut req: Request, next: Ne
     };
     req.extensions_mut().insert(p.clone());
     req.extensions_mut().insert(actor);
+    next.run(req).await
+}
+
+/// Whether `route` is one of the screens (`/ui`, `/ui/…`), which take a session cookie instead of a key.
+pub fn is_screen_route(route: &str) -> bool {
+    route == "/ui" || route.starts_with("/ui/")
+}
+
+/// Where the sign-in page is; it sends the user back to `next` (a local path) once signed in.
+pub const SIGN_IN_PATH: &str = "/ui/sign-in";
+
+/// A screen request without an API key: the session cookie's user, the route's roles, and the per-IP rate of
+/// the open routes (people click far below it). No session → the sign-in page, with the way back.
+async fn screen_request(
+    auth: &Auth,
+    roles: &[Role],
+    route: String,
+    mut req: Request,
+    next: Next,
+    now: Instant,
+) -> Response {
+    let ip = req.extensions().get::<PeerAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+    if let Err(wait) = auth.take_open(ip, now) {
+        auth.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return too_many(
+            "rate_limited",
+            format!("more than {} requests a second from {ip}; slow down", auth.cfg.open_rate_per_s),
+            wait,
+        );
+    }
+    let found = session::cookie(req.headers(), session::SESSION_COOKIE).and_then(|t| auth.session(t, crate::now_ms()));
+    let Some(s) = found else {
+        auth.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+        // Back to the page asked for after sign-in; a form post goes back to its page's GET instead.
+        let back =
+            if req.method() == Method::GET { req.uri().path_and_query().map_or("/ui", |p| p.as_str()) } else { "/ui" };
+        let to = format!("{SIGN_IN_PATH}?next={}", crate::web::query_escape(back));
+        return crate::web::see_other(&to);
+    };
+    if s.role != Role::Admin && !roles.contains(&s.role) {
+        auth.stats.forbidden.fetch_add(1, Ordering::Relaxed);
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} is signed in as {}; this screen is for {}",
+                s.user,
+                s.role,
+                roles.iter().map(|r| r.as_str()).chain(["admin"]).collect::<Vec<_>>().join(", ")
+            ),
+        )
+        .into_response();
+    }
+    let p = s.principal();
+    let actor = Actor { key: p.name.clone(), role: p.role, method: crate::guard::method_label(req.method()), route };
+    req.extensions_mut().insert(p);
+    req.extensions_mut().insert(actor);
+    req.extensions_mut().insert(s);
     next.run(req).await
 }
 
