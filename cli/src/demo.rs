@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use oms_service::auth::keys;
+use oms_service::auth::users::{self, NewUser};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -140,12 +141,22 @@ struct DemoKeys {
     web: String,
     /// The hub's `marketplace` channel.
     marketplace: String,
+    /// The PIN of the `picker` user of every site's screens.
+    picker_pin: String,
 }
 
 impl DemoKeys {
     fn new() -> Self {
         let token = keys::new_token;
-        DemoKeys { admin: token(), staff: token(), pos: token(), service: token(), web: token(), marketplace: token() }
+        DemoKeys {
+            admin: token(),
+            staff: token(),
+            pos: token(),
+            service: token(),
+            web: token(),
+            marketplace: token(),
+            picker_pin: crate::keys::made_up_secret(true),
+        }
     }
 
     /// Records the keys in a node's data directory; returns how many.
@@ -154,6 +165,9 @@ impl DemoKeys {
         add_key(dir, &self.staff, "demo-staff", keys::Role::Staff, None)?;
         add_key(dir, &self.pos, "demo-pos", keys::Role::Channel, Some("pos"))?;
         add_key(dir, &self.service, "demo-service", keys::Role::Service, None)?;
+        let picker =
+            NewUser { name: "picker".into(), role: keys::Role::Staff, secret: self.picker_pin.clone(), pin: true };
+        users::create(dir, picker, oms_service::now_ms())?;
         Ok(4)
     }
 
@@ -229,6 +243,59 @@ async fn auth_probes(staff: &reqwest::Client, addr: SocketAddr) -> u64 {
     let r = staff.post(&url).header("idempotency-key", "probe").json(&json!({})).send().await;
     wrong += u64::from(!r.is_ok_and(|r| r.status() == 403));
     wrong
+}
+
+/// Screens served and refusals that did not happen as they should, from a person's side: the sign-in page for
+/// a stranger, sign-in with the PIN, today's work and a SKU's stock, a form without its CSRF token refused, a
+/// wrong PIN refused. Returns (pages rendered, failures).
+async fn screen_probes(addr: SocketAddr, site: &str, pin: &str) -> (u64, u64) {
+    let Ok(browser) =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(15)).build()
+    else {
+        return (0, 1);
+    };
+    let base = format!("http://{addr}");
+    let (mut rendered, mut failures) = (0u64, 0u64);
+    let located = |r: &reqwest::Response, to: &str| {
+        r.status() == 303
+            && r.headers().get("location").and_then(|v| v.to_str().ok()).is_some_and(|l| l.starts_with(to))
+    };
+    match browser.get(format!("{base}/ui")).send().await {
+        Ok(r) if located(&r, "/ui/sign-in") => {}
+        _ => failures += 1,
+    }
+    let wrong = browser.post(format!("{base}/ui/sign-in")).form(&[("name", "picker"), ("password", "x")]).send().await;
+    failures += u64::from(!wrong.is_ok_and(|r| r.status() == 401));
+    let signed = browser
+        .post(format!("{base}/ui/sign-in"))
+        .form(&[("name", "picker"), ("password", pin), ("next", "/ui")])
+        .send()
+        .await;
+    let cookie = match signed {
+        Ok(r) if located(&r, "/ui") => r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .map(str::to_owned),
+        _ => None,
+    };
+    let Some(cookie) = cookie else { return (rendered, failures + 1) };
+    for (path, expect) in
+        [("/ui", format!("Today at {site}")), (&format!("/ui/stock?sku={}", sku(0)), "On hand".to_owned())]
+    {
+        match browser.get(format!("{base}{path}")).header("cookie", &cookie).send().await {
+            Ok(r) if r.status() == 200 => {
+                let body = r.text().await.unwrap_or_default();
+                if body.contains(&expect) { rendered += 1 } else { failures += 1 }
+            }
+            _ => failures += 1,
+        }
+    }
+    let forged =
+        browser.post(format!("{base}/ui/waves")).header("cookie", &cookie).form(&[("max_orders", "1")]).send().await;
+    failures += u64::from(!forged.is_ok_and(|r| r.status() == 403));
+    (rendered, failures)
 }
 
 /// Links a site to the hub through its `node.toml`.
@@ -518,6 +585,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         wait_healthy(&http, &format!("http://{}", s.addr)).await?;
         println!("started {:<9} at http://{}  ({:.2}, {:.2})  data {}", s.id, s.addr, s.lat, s.lon, s.dir.display());
     }
+    println!(
+        "warehouse screens: http://<site address>/ui (e.g. http://{}/ui); sign in as picker with PIN {}",
+        sites[0].addr, keys.picker_pin
+    );
     // Seed catalog and stock.
     for (si, s) in sites.iter().enumerate() {
         let base = format!("http://{}/v1", s.addr);
@@ -765,6 +836,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let mut total_shipped = 0u64;
     let mut all_consistent = true;
     let (mut audit_ships, mut audit_mismatches, mut auth_probe_failures) = (0u64, 0u64, 0u64);
+    let (mut screens_rendered, mut screen_failures) = (0u64, 0u64);
     println!(
         "\n{:<9} {:>7} {:>8} {:>8} {:>9} {:>10}  ledger   (orders = the site's own + routed by the hub)",
         "site", "orders", "shipped", "deliv.", "cancelled", "backorder"
@@ -835,6 +907,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         audit_mismatches += ships.map_or(1, |n| n.abs_diff(shipped));
         audit_ships += ships.unwrap_or(0);
         auth_probe_failures += auth_probes(&staff_http, s.addr).await;
+        let (rendered, failed) = screen_probes(s.addr, s.id, &keys.picker_pin).await;
+        screens_rendered += rendered;
+        screen_failures += failed;
         total_orders += local_orders;
         total_shipped += shipped;
         println!(
@@ -904,8 +979,14 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!(
         "API keys {api_keys} (admin, staff, till and service per site; admin and one per channel at the hub); audited ship rows {audit_ships} (mismatches {audit_mismatches}); unauthenticated or wrong-role calls let through {auth_probe_failures}"
     );
+    println!(
+        "warehouse screens rendered for a signed-in picker {screens_rendered}; sign-in, CSRF and wrong-PIN checks failed {screen_failures} (must be 0)"
+    );
     let summary = json!({
         "api_keys": api_keys,
+        "screen_users": sites.len(),
+        "screens_rendered": screens_rendered,
+        "screen_failures": screen_failures,
         "audit_ship_rows": audit_ships,
         "audit_mismatches": audit_mismatches,
         "auth_probe_failures": auth_probe_failures,
@@ -954,10 +1035,11 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || certificates_expiring_soon > 0
         || audit_mismatches > 0
         || auth_probe_failures > 0
+        || screen_failures > 0
         || tls_broken
     {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}"
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}"
         );
     }
     Ok(())

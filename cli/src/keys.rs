@@ -89,3 +89,95 @@ pub(crate) fn run(cmd: KeysCmd) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `oms users` subcommands: the people who sign in to the screens (see `oms_service::auth::users`).
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum UsersCmd {
+    /// Create a user. The password (or PIN) is read from the first line of standard input, or made up and
+    /// printed with --generate.
+    Create {
+        /// The node's or the hub's data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// staff, planner, service or admin.
+        #[arg(long)]
+        role: String,
+        /// The sign-in name (a-z, A-Z, 0-9, '-', '_', '.'), also recorded in the audit trail as `user:<name>`.
+        #[arg(long)]
+        name: String,
+        /// The secret is a PIN of 4 to 12 digits (staff only) instead of a password.
+        #[arg(long)]
+        pin: bool,
+        /// Make up the password (or a 6-digit PIN) and print it, instead of reading it from standard input.
+        #[arg(long)]
+        generate: bool,
+    },
+    /// List the users (names, roles, when created and disabled; never secrets).
+    List {
+        /// The node's or the hub's data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Disable the live user with this name; their sessions end within a second.
+    Disable {
+        /// The node's or the hub's data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// The user's name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// Runs an `oms users` subcommand.
+pub(crate) fn run_users(cmd: UsersCmd) -> anyhow::Result<()> {
+    use oms_service::auth::users::{self, NewUser};
+    let now = oms_service::now_ms();
+    match cmd {
+        UsersCmd::Create { data, role, name, pin, generate } => {
+            let role: Role = role.parse()?;
+            let secret = if generate {
+                made_up_secret(pin)
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            };
+            users::create(&data, NewUser { name: name.clone(), role, secret: secret.clone(), pin }, now)?;
+            eprintln!("created user {name:?} ({role}) in {}", data.display());
+            if generate {
+                eprintln!("the {} is shown only now:", if pin { "PIN" } else { "password" });
+                println!("{secret}");
+            }
+        }
+        UsersCmd::List { data } => {
+            let file = keys::read(&data)?;
+            println!("{:<24} {:<8} {:<8} {:>14} {:>14}", "NAME", "ROLE", "SECRET", "CREATED_MS", "DISABLED_MS");
+            for u in &file.users {
+                println!(
+                    "{:<24} {:<8} {:<8} {:>14} {:>14}",
+                    u.name,
+                    u.role.as_str(),
+                    if u.pin { "pin" } else { "password" },
+                    u.created_at_ms,
+                    u.disabled_at_ms.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                );
+            }
+        }
+        UsersCmd::Disable { data, name } => {
+            let u = users::disable(&data, &name, now)?;
+            println!("disabled {:?} ({}); a running server ends their sessions at its next key check", u.name, u.role);
+        }
+    }
+    Ok(())
+}
+
+/// A random 6-digit PIN, or a password of 16 letters and digits (about 95 bits).
+pub(crate) fn made_up_secret(pin: bool) -> String {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKMNPQRSTUVWXYZ23456789";
+    if pin {
+        format!("{:06}", rand::random_range(0..1_000_000u32))
+    } else {
+        (0..16).map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())])).collect()
+    }
+}

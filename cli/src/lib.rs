@@ -46,6 +46,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: keys::KeysCmd,
     },
+    /// Manage the people who sign in to the screens of a node or the hub (in its data directory).
+    Users {
+        #[command(subcommand)]
+        cmd: keys::UsersCmd,
+    },
     /// Demand forecasting tools.
     Forecast {
         #[command(subcommand)]
@@ -201,6 +206,7 @@ pub fn main() -> anyhow::Result<()> {
             Cmd::Hub(a) => oms_hub::run(hub_cmd::config(&a)?, shutdown_signal()).await,
             Cmd::Ca { cmd } => ca::run(cmd),
             Cmd::Keys { cmd } => keys::run(cmd),
+            Cmd::Users { cmd } => keys::run_users(cmd),
             Cmd::Forecast { cmd: ForecastCmd::Eval { data } } => {
                 let mut out = std::io::stdout().lock();
                 oms_forecast::eval_command(&data, &mut out).map(|_| ()).map_err(anyhow::Error::from)

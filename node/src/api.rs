@@ -46,6 +46,8 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     /// API keys, roles and per-key limits.
     pub auth: Arc<Auth>,
+    /// What the screens put around each page.
+    pub chrome: Arc<oms_service::web::Chrome>,
 }
 
 /// Roles that read the site's stock and catalog.
@@ -60,7 +62,15 @@ pub(crate) fn policy(method: &Method, route: Option<&str>) -> Access {
     let get = *method == Method::GET || *method == Method::HEAD;
     let Some(route) = route else { return Access::Roles(ANY_ROLE) };
     Access::Roles(match route {
-        "/healthz" => return Access::Open,
+        "/healthz" | "/" | "/ui/sign-in" | "/ui/assets/{file}" => return Access::Open,
+        "/ui/sign-out" => ANY_ROLE,
+        "/ui" | "/ui/waves/{id}" | "/ui/orders/{id}" => &[Role::Staff],
+        "/ui/stock" => STOCK_READERS,
+        "/ui/waves"
+        | "/ui/waves/{id}/scan"
+        | "/ui/waves/{id}/short"
+        | "/ui/orders/{id}/{action}"
+        | "/ui/stock/{action}" => &[Role::Staff],
         "/metrics" => &[Role::Monitor],
         "/v1/catalog" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/stock/{sku}/ledger" | "/v1/audit/ledger" => {
             STOCK_READERS
@@ -121,13 +131,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX));
     // Every POST and PUT names its media type, the body-less ones (cancel, pack, deliver, waves, ...) too:
     // a cross-site page cannot send JSON or CSV without a preflight these routes never grant.
+    let screens = crate::ui::routes().merge(oms_service::web::routes(state.auth.clone(), state.chrome.clone()));
     require_media_type(json, MediaType::Json)
         .merge(csv)
+        .merge(screens)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // After routing, so it knows the route; inside `track`, so refusals are counted by route and status.
         .layer(middleware::from_fn_with_state(state.auth.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), track))
+        // Outermost: a problem answered to a screen, whoever refused it, is shown as a page.
+        .layer(middleware::from_fn(oms_service::web::html_problems))
+        .layer(axum::Extension(state.chrome.clone()))
         .with_state(state)
 }
 
@@ -210,13 +225,13 @@ fn sku_path(s: &str) -> Result<Sku, Problem> {
     Sku::parse(s).map_err(Problem::from)
 }
 
-fn order_path(s: &str) -> Result<OrderId, Problem> {
+pub(crate) fn order_path(s: &str) -> Result<OrderId, Problem> {
     OrderId::parse(s).map_err(|_| {
         Problem::new(StatusCode::NOT_FOUND, "order_not_found", format!("order {s:?} does not exist at this site"))
     })
 }
 
-fn text(field: &str, s: &str, required: bool) -> Result<(), Problem> {
+pub(crate) fn text(field: &str, s: &str, required: bool) -> Result<(), Problem> {
     if required && s.trim().is_empty() {
         return Err(ValidationError::new("missing_field", field, "must not be empty").into());
     }
@@ -232,7 +247,12 @@ fn text(field: &str, s: &str, required: bool) -> Result<(), Problem> {
 }
 
 /// Runs `cmd` for the admitted caller `actor`: the change and its audit row commit together.
-async fn exec<C: Command>(st: &AppState, actor: &Actor, target: Option<String>, cmd: C) -> Result<C::Reply, Problem> {
+pub(crate) async fn exec<C: Command>(
+    st: &AppState,
+    actor: &Actor,
+    target: Option<String>,
+    cmd: C,
+) -> Result<C::Reply, Problem> {
     let audit = Audit { actor: actor.clone(), target };
     match tokio::time::timeout(WRITE_TIMEOUT, st.store.execute_audited(cmd, audit)).await {
         Ok(r) => r.map_err(Problem::from),
@@ -352,7 +372,7 @@ struct ReceiptBody {
     note: Option<String>,
 }
 
-fn qty_u32(field: &str, q: i64) -> Result<u32, Problem> {
+pub(crate) fn qty_u32(field: &str, q: i64) -> Result<u32, Problem> {
     let v = u32::try_from(q).unwrap_or(0);
     check_qty(field, v).map_err(Problem::from)?;
     Ok(v)
@@ -509,6 +529,8 @@ async fn list_orders(State(st): State<AppState>, caller: Principal, Q(q): Q) -> 
 #[serde(deny_unknown_fields)]
 struct PicksBody {
     lines: Vec<PickConfirmation>,
+    /// Why a line was picked short, for the timeline.
+    reason: Option<String>,
 }
 
 async fn confirm_picks(
@@ -521,8 +543,12 @@ async fn confirm_picks(
     if b.lines.len() > oms_protocol::domain::ORDER_LINES_MAX {
         return Err(ValidationError::new("too_many_lines", "lines", "too many lines").into());
     }
+    if let Some(r) = &b.reason {
+        text("reason", r, false)?;
+    }
     order_response(
-        exec(&st, &actor, Some(order.to_string()), cmd::ConfirmPicks { order, lines: b.lines }).await?,
+        exec(&st, &actor, Some(order.to_string()), cmd::ConfirmPicks { order, lines: b.lines, reason: b.reason })
+            .await?,
         StatusCode::OK,
         false,
     )

@@ -16,6 +16,7 @@ pub mod store;
 mod sync;
 #[cfg(test)]
 mod test_support;
+mod ui;
 
 use std::sync::Arc;
 
@@ -60,7 +61,8 @@ pub async fn run(
             .with_context(|| format!("cannot load the API keys in {}", cfg.data_dir.display()))?,
     );
     let keys_watch = tokio::spawn(auth.clone().watch());
-    let app = api::router(api::AppState { store, metrics, auth });
+    let chrome = Arc::new(ui::chrome(cfg.node_id.as_str(), cfg.http.tls_files().is_some()));
+    let app = api::router(api::AppState { store, metrics, auth, chrome });
     // TLS on the API if `[http]` names a certificate, re-read when its files change.
     let tls =
         oms_transport::tls::watched_http_server_tls(cfg.http.tls_files(), cfg.http.tls_check_interval_ms, "node-http")

@@ -50,6 +50,35 @@ pub struct Metrics {
     certificate_expires_in_seconds: Family<CertificateLabels, Gauge>,
     /// The serial (hex) and `not_after` (seconds since the Unix epoch) of the certificate the node presents.
     certificate: Mutex<Option<(String, i64)>>,
+    /// The link to the hub, as the screens show it.
+    pub hub_link: std::sync::Arc<HubLinkState>,
+}
+
+/// Whether the node is linked to its hub and since when (ms since the Unix epoch; 0: not so).
+#[derive(Debug, Default)]
+pub struct HubLinkState {
+    /// Whether the node has a hub at all.
+    pub configured: std::sync::atomic::AtomicBool,
+    /// Since when the current session is established.
+    pub up_since_ms: std::sync::atomic::AtomicU64,
+    /// Since when the hub is unreachable (the first failure after the last session, or the start).
+    pub down_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl HubLinkState {
+    /// The link went up now.
+    pub fn up(&self, now_ms: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.up_since_ms.store(now_ms, Relaxed);
+        self.down_since_ms.store(0, Relaxed);
+    }
+
+    /// The link is down now: keeps the first moment of an outage.
+    pub fn down(&self, now_ms: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.up_since_ms.store(0, Relaxed);
+        let _ = self.down_since_ms.compare_exchange(0, now_ms, Relaxed, Relaxed);
+    }
 }
 
 impl Default for Metrics {
@@ -84,6 +113,7 @@ impl Metrics {
             orders,
             certificate_expires_in_seconds,
             certificate: Mutex::new(None),
+            hub_link: std::sync::Arc::new(HubLinkState::default()),
         }
     }
 

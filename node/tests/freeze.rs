@@ -25,7 +25,7 @@ async fn shipped(store: &Store, key: &str, qty: u32) -> OrderId {
     let id = order(store, key, qty).await;
     store.execute(cmd::CreateWave { orders_max: 1 }).await.unwrap();
     let lines = vec![PickConfirmation { sku: sku(), picked: qty }];
-    store.execute(cmd::ConfirmPicks { order: id.clone(), lines }).await.unwrap();
+    store.execute(cmd::ConfirmPicks { order: id.clone(), lines, reason: None }).await.unwrap();
     store.execute(cmd::Pack { order: id.clone(), parcels: 1 }).await.unwrap();
     let ship = cmd::Ship { order: id.clone(), carrier: "DHL".into(), tracking: format!("T-{key}") };
     store.execute(ship).await.unwrap();

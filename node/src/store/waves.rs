@@ -35,6 +35,8 @@ pub struct ConfirmPicks {
     pub order: OrderId,
     /// Per-line confirmations.
     pub lines: Vec<PickConfirmation>,
+    /// Why fewer units than asked were picked (damaged, not in the bin, ...), for the order's timeline.
+    pub reason: Option<String>,
 }
 
 impl Command for ConfirmPicks {
@@ -44,7 +46,7 @@ impl Command for ConfirmPicks {
 
 impl Apply for ConfirmPicks {
     fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
-        tx.confirm_picks(self.order, self.lines)
+        tx.confirm_picks(self.order, self.lines, self.reason)
     }
 }
 
@@ -84,7 +86,12 @@ impl Tx<'_> {
         Ok(wave)
     }
 
-    fn confirm_picks(&mut self, order: OrderId, confirms: Vec<PickConfirmation>) -> Result<OrderRecord, StoreError> {
+    fn confirm_picks(
+        &mut self,
+        order: OrderId,
+        confirms: Vec<PickConfirmation>,
+        reason: Option<String>,
+    ) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         if rec.status != FulfillmentState::Picking {
             return Err(StoreError::Transition {
@@ -130,10 +137,11 @@ impl Tx<'_> {
         if rec.lines.iter().all(|l| l.picked.is_some()) {
             let picked: u64 = rec.lines.iter().map(|l| u64::from(l.picked.unwrap_or(0))).sum();
             let ordered: u64 = rec.lines.iter().map(|l| u64::from(l.qty)).sum();
+            let why = reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
             let (step, note) = if picked == 0 {
-                (Step::ShortPickAll, "nothing found in the bins; backordered, reservation released".to_owned())
+                (Step::ShortPickAll, format!("nothing found in the bins{why}; backordered, reservation released"))
             } else if picked < ordered {
-                (Step::ConfirmPicks, format!("short pick: {picked} of {ordered} units; the rest is released"))
+                (Step::ConfirmPicks, format!("short pick: {picked} of {ordered} units{why}; the rest is released"))
             } else {
                 (Step::ConfirmPicks, "all lines picked".to_owned())
             };

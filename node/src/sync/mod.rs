@@ -195,6 +195,8 @@ struct Shared {
     dirty: Mutex<BTreeSet<DocId>>,
     changed: Notify,
     tuning: SyncTuning,
+    /// Up or down since when, for the screens.
+    link: Arc<crate::metrics::HubLinkState>,
 }
 
 /// Starts the feed follower and the hub link for `store`, keeping documents in `data_dir/sync.redb`, and the
@@ -231,13 +233,16 @@ pub(crate) fn spawn(
     let trust = tls.hub.clone();
     let endpoint = oms_transport::client_endpoint_with(bind, tls.config, &Limits::default())?;
     let info = own.info();
+    let link_state = metrics.hub_link.clone();
+    link_state.configured.store(true, std::sync::atomic::Ordering::Relaxed);
+    link_state.down(now_ms());
     metrics.set_certificate(&info.serial_hex(), info.not_after_unix_s);
     tokio::spawn(oms_transport::tls::watch_own_certificate(own, "node", link.cert_check_interval_ms, move |c| {
         metrics.set_certificate(&c.serial_hex(), c.not_after_unix_s)
     }));
     let mut docs = NodeDocs::new(db, node);
     publish_site(&mut docs, site)?;
-    let shared = Arc::new(Shared::new(docs, tuning));
+    let shared = Arc::new(Shared { link: link_state, ..Shared::new(docs, tuning) });
     tokio::spawn(inbound::run(shared.clone(), store.clone(), link.clone()));
     tokio::spawn(follow_feed(shared.clone(), store));
     let peers = (
@@ -474,7 +479,9 @@ async fn keep_linked(
 ) {
     let mut backoff = Backoff::new(shared.tuning.backoff_base_ms, shared.tuning.backoff_cap_ms, rand::random());
     loop {
-        match run_session(&shared, &endpoint, &link, &hub, &peers, &actor, &mut backoff).await {
+        let ended = run_session(&shared, &endpoint, &link, &hub, &peers, &actor, &mut backoff).await;
+        shared.link.down(now_ms());
+        match ended {
             Ok(()) => tracing::info!(hub = %link.addr, "sync: session ended"),
             Err(e @ LinkError::Closed { code: ErrorCode::Revoked, .. }) => tracing::error!(hub = %link.addr,
                 error = %e, "sync: link down: the hub says this node's certificate is revoked; it needs a new one \
@@ -540,6 +547,7 @@ async fn run_session(
                             encoder.enable_deflate();
                         }
                         backoff.reset();
+                        shared.link.up(now_ms());
                         tracing::info!(hub = %link.addr, "sync: connected");
                     }
                     Event::DocChanged { doc } => {
@@ -732,6 +740,7 @@ impl Shared {
             dirty: Mutex::new(BTreeSet::new()),
             changed: Notify::new(),
             tuning,
+            link: Arc::new(crate::metrics::HubLinkState::default()),
         }
     }
 }
@@ -782,7 +791,7 @@ mod freeze_tests {
             store.execute(cmd::CreateWave { orders_max: 1 }).await.unwrap();
             drain(&mut docs, &store);
             let lines = vec![PickConfirmation { sku: sku.clone(), picked: 1 }];
-            store.execute(cmd::ConfirmPicks { order: id.clone(), lines }).await.unwrap();
+            store.execute(cmd::ConfirmPicks { order: id.clone(), lines, reason: None }).await.unwrap();
             drain(&mut docs, &store);
             store.execute(cmd::Pack { order: id.clone(), parcels: 1 }).await.unwrap();
             drain(&mut docs, &store);

@@ -181,6 +181,21 @@ impl Auth {
     }
 }
 
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for UiSession {
+    type Rejection = crate::problem::Problem;
+
+    /// The session [`super::authorize`] admitted; a screen reached without one (a bug) refuses.
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<UiSession>().cloned().ok_or_else(|| {
+            crate::problem::Problem::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "this screen is for people signed in; an API key cannot use it",
+            )
+        })
+    }
+}
+
 impl UiSession {
     /// The principal the handlers see for this session.
     pub fn principal(&self) -> Principal {

@@ -230,7 +230,7 @@ struct WebState {
 
 /// The sign-in and sign-out routes and the assets, for a server to merge under its auth layer. Its policy
 /// admits `/ui/sign-in` and `/ui/assets/{file}` to anyone and `/ui/sign-out` to any signed-in role.
-pub fn routes(auth: Arc<Auth>, chrome: Arc<Chrome>) -> Router {
+pub fn routes<S: Clone + Send + Sync + 'static>(auth: Arc<Auth>, chrome: Arc<Chrome>) -> Router<S> {
     Router::new()
         .route(SIGN_IN_PATH, get(sign_in_page).post(sign_in))
         .route("/ui/sign-out", post(sign_out))
