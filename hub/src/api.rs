@@ -76,7 +76,14 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
     match route {
-        Some("/healthz" | "/v1/track/{token}") if get => Access::Open,
+        Some("/healthz" | "/v1/track/{token}" | "/t/{token}" | "/" | "/ui/sign-in" | "/ui/assets/{file}") if get => {
+            Access::Open
+        }
+        Some("/ui/sign-in") if post => Access::Open,
+        Some("/ui/sign-out") if post => Access::Roles(ANY_ROLE),
+        Some("/ui" | "/ui/stock" | "/ui/stock.csv" | "/ui/forecast/{sku}") if get => Access::Roles(PLANNER),
+        Some("/ui/orders" | "/ui/orders/{id}") if get => Access::Roles(&[Role::Planner, Role::Service]),
+        Some("/ui/orders/{id}/cancel") if post => Access::Roles(&[Role::Service]),
         Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
             Access::Roles(PLANNER)
         }
@@ -93,6 +100,14 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
 /// route). Every POST (orders, cancel) names `application/json` as its content type, the body-less cancel
 /// too (`oms_service::guard::require_media_type`).
 pub fn router(hub: Arc<Hub>, auth: Arc<Auth>) -> Router {
+    router_with(hub, auth, false)
+}
+
+/// [`router`] with the screens' session cookie `Secure` when `secure_cookie` (the API speaks TLS).
+pub fn router_with(hub: Arc<Hub>, auth: Arc<Auth>, secure_cookie: bool) -> Router {
+    let chrome = Arc::new(crate::ui::chrome(secure_cookie));
+    let screens =
+        crate::ui::routes(hub.clone(), chrome.clone()).merge(oms_service::web::routes(auth.clone(), chrome.clone()));
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/nodes", get(nodes))
@@ -107,7 +122,11 @@ pub fn router(hub: Arc<Hub>, auth: Arc<Auth>) -> Router {
         .merge(crate::forecast_api::router(hub))
         .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX));
     oms_service::guard::require_media_type(routes, oms_service::guard::MediaType::Json)
+        .merge(screens)
         .layer(axum::middleware::from_fn_with_state(auth, authorize))
+        // Outermost: a problem answered to a screen, whoever refused it, is shown as a page.
+        .layer(axum::middleware::from_fn(oms_service::web::html_problems))
+        .layer(axum::Extension(chrome))
 }
 
 /// Parses `after` / `limit` of a paged query into a problem document when they are not numbers.
@@ -195,6 +214,11 @@ fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) ->
 }
 
 async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
+    Json(nodes_view(&hub))
+}
+
+/// What `GET /v1/nodes` answers (also the network screen's data).
+pub(crate) fn nodes_view(hub: &Hub) -> Value {
     let docs = lock(&hub.docs);
     let now = now_ms();
     let counts = docs.order_counts();
@@ -240,7 +264,7 @@ async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
     let held = json!({"held": docs.db().len(), "loaded": docs.db().loaded()});
     let own = hub.tls().map(|tls| tls.own.info());
     let own = own.map(|c| certificate_json(&c.serial_hex(), c.not_after_unix_s, now));
-    Json(json!({"now_ms": now, "nodes": out, "documents": held, "hub_certificate": own}))
+    json!({"now_ms": now, "nodes": out, "documents": held, "hub_certificate": own})
 }
 
 /// A certificate's serial and remaining validity at `now_ms`.
@@ -349,26 +373,27 @@ struct StockQuery {
 
 /// One SKU at one site, as the planner sees it.
 #[derive(Debug, Clone, serde::Serialize)]
-struct StockRow {
-    sku: String,
-    site: String,
-    on_hand: u64,
-    reserved: u64,
-    staged: u64,
-    available: u64,
+pub(crate) struct StockRow {
+    pub(crate) sku: String,
+    pub(crate) site: String,
+    pub(crate) on_hand: u64,
+    pub(crate) reserved: u64,
+    pub(crate) staged: u64,
+    pub(crate) available: u64,
     /// Units the hub may promise there right now (its rights, within lease and budget).
-    hub_promisable: u64,
+    pub(crate) hub_promisable: u64,
     /// Rights the hub holds there (its view).
-    hub_rights: u64,
+    pub(crate) hub_rights: u64,
     /// Rights the site keeps for its own channel (the site's last published view).
-    site_rights: Option<u64>,
-    hub_lease_until_ms: u64,
-    updated_at_ms: u64,
-    age_ms: u64,
-    stale: bool,
+    pub(crate) site_rights: Option<u64>,
+    pub(crate) hub_lease_until_ms: u64,
+    pub(crate) updated_at_ms: u64,
+    pub(crate) age_ms: u64,
+    pub(crate) stale: bool,
 }
 
-fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>, Vec<StockRow>) {
+/// Per site the freshness of its stock document, and the rows (every SKU, or `sku`), by SKU then site.
+pub(crate) fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>, Vec<StockRow>) {
     let escrow = hub.intake.escrow_table(now);
     let stale_after = hub.intake.policy().stale_after_ms;
     let docs = lock(&hub.docs);
@@ -423,7 +448,7 @@ fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>, Vec<StockR
     (sites, rows)
 }
 
-fn stock_csv(rows: &[StockRow]) -> Response {
+pub(crate) fn stock_csv(rows: &[StockRow]) -> Response {
     let mut out = String::from(
         "sku,site,on_hand,reserved,staged,available,hub_promisable,hub_rights,site_rights,updated_at_ms,age_ms,stale\n",
     );

@@ -46,6 +46,8 @@ use oms_service::lock;
 
 /// Largest horizon of `GET /v1/forecast`.
 pub const H_MAX: usize = 365;
+/// Days of history `GET /v1/forecast` lists day by day (`history.recent`).
+pub const RECENT_DAYS: usize = 91;
 /// Largest page of `GET /v1/replenishment`.
 pub const REPLENISHMENT_PAGE_MAX: usize = 1_000;
 
@@ -80,6 +82,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/v1/forecast/{sku}", get(forecast))
         .route("/v1/replenishment", get(replenishment))
+        .route("/ui/forecast/{sku}", get(forecast_screen))
         .with_state(state)
 }
 
@@ -291,6 +294,8 @@ pub fn forecast_answer(
             "start": iso_date(hist.start_day),
             "end": iso_date(hist.start_day + hist.values.len().saturating_sub(1) as u64),
             "total": round3(hist.values.iter().sum()),
+            // The last RECENT_DAYS days, oldest first, for charts.
+            "recent": hist.values[hist.values.len().saturating_sub(RECENT_DAYS)..].iter().map(|v| round3(*v)).collect::<Vec<f64>>(),
             "ordered": summary(ordered.as_ref()),
             "shipped": summary(shipped.as_ref()),
         },
@@ -334,6 +339,26 @@ async fn forecast(
     let res = tokio::task::spawn_blocking(move || forecast_answer(&st.cache, &st.hub, &config, &sku, &q, today)).await;
     match res {
         Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(p)) => p.into_response(),
+        Err(e) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "forecast_failed", e.to_string()).into_response(),
+    }
+}
+
+/// The planner's forecast screen: the same answer as `GET /v1/forecast/{sku}`, drawn.
+async fn forecast_screen(
+    State(st): State<ForecastState>,
+    settings: Option<Extension<ForecastSettings>>,
+    session: oms_service::auth::session::UiSession,
+    chrome: Extension<Arc<oms_service::web::Chrome>>,
+    Path(sku): Path<String>,
+    Query(q): Query<Params>,
+) -> Response {
+    let today = now_ms() / DAY_MS;
+    let config = st.config(settings);
+    let s = sku.clone();
+    let res = tokio::task::spawn_blocking(move || forecast_answer(&st.cache, &st.hub, &config, &s, &q, today)).await;
+    match res {
+        Ok(Ok(v)) => crate::ui::forecast_page(&chrome, &session, &sku, &v).into_response(),
         Ok(Err(p)) => p.into_response(),
         Err(e) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "forecast_failed", e.to_string()).into_response(),
     }

@@ -31,6 +31,7 @@ pub mod intake;
 pub mod orders;
 pub mod routing;
 pub mod server;
+mod ui;
 
 use std::sync::Arc;
 
@@ -100,7 +101,8 @@ pub async fn run(
             .with_context(|| format!("cannot read the API keys in {}", cfg.data_dir.display()))?,
     );
     let keys = tokio::spawn(auth.clone().watch());
-    let app = api::router(hub.clone(), auth).layer(forecast_api::settings(cfg.forecast.clone()));
+    let app = api::router_with(hub.clone(), auth, cfg.http.tls_files().is_some())
+        .layer(forecast_api::settings(cfg.forecast.clone()));
     // TLS on the API if `[http]` names a certificate, re-read when its files change.
     let tls =
         oms_transport::tls::watched_http_server_tls(cfg.http.tls_files(), cfg.http.tls_check_interval_ms, "hub-http")

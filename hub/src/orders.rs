@@ -516,8 +516,22 @@ async fn cancel(
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
-    let id = hub_order_id(&id)?;
     let reason = cancel_reason(&body)?;
+    let v = cancel_order(&hub, &principal, actor, &id, reason).await?;
+    Ok((StatusCode::ACCEPTED, Json(v)).into_response())
+}
+
+/// Cancels hub order `id` for `principal` (a channel only its own; service with a reason), writes the
+/// cancellation requests into the open fulfillments' documents and tells their sites; the answer of
+/// `POST /v1/orders/{id}/cancel`, line by line. The cancel screen calls it too.
+pub(crate) async fn cancel_order(
+    hub: &Arc<Hub>,
+    principal: &Principal,
+    actor: Actor,
+    id: &str,
+    reason: Option<String>,
+) -> Result<Value, Problem> {
+    let id = hub_order_id(id)?;
     if principal.role == Role::Service && reason.is_none() {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
@@ -538,7 +552,7 @@ async fn cancel(
         if f.released.is_some() {
             continue;
         }
-        let st = fo_state(&hub, &f.id).status;
+        let st = fo_state(hub, &f.id).status;
         let (result, reason) = match st {
             Some(FulfillmentState::Shipped | FulfillmentState::Delivered) => ("not_cancellable", "already shipped"),
             Some(FulfillmentState::Cancelled | FulfillmentState::Rejected) => ("cancelled", "cancelled at the site"),
@@ -567,20 +581,21 @@ async fn cancel(
     tell.sort();
     tell.dedup();
     hub.poke(&tell);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": lines})),
-    )
-        .into_response())
+    Ok(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": lines}))
 }
 
 /// `GET /v1/track/{token}`: the customer's view behind a tracking token.
 async fn track(State(hub): State<Arc<Hub>>, Path(token): Path<String>) -> Result<Response, Problem> {
     let h = hub.clone();
-    let order = blocking(move || h.intake.order_by_tracking_token(&token)).await?;
-    let order = order
+    let view = blocking(move || tracking_view_of(&h, &token)).await?;
+    let view = view
         .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "tracking_not_found", "no order has this tracking link"))?;
-    Ok(Json(tracking_view(&hub, &order)).into_response())
+    Ok(Json(view).into_response())
+}
+
+/// The customer's view of the order behind tracking `token`, if there is one (blocking: reads intake.redb).
+pub(crate) fn tracking_view_of(hub: &Hub, token: &str) -> Result<Option<Value>, Problem> {
+    Ok(hub.intake.order_by_tracking_token(token)?.map(|o| tracking_view(hub, &o)))
 }
 
 /// What a customer may see of their order: status, lines, shipments with the carrier's tracking number and

@@ -2,6 +2,7 @@
 //! the full CLI), wait for it, kill it with SIGKILL, talk HTTP to it on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod cluster;
 
 /// Small helpers the benchmarks share.

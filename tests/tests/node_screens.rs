@@ -6,81 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use oms_tests::browser::{Browser, Page};
 use oms_tests::{NodeProc, get, http, order_body, place, run_oms, seed};
 use serde_json::Value;
-
-/// A person at a browser: follows no redirect by itself, keeps the session cookie.
-struct Browser {
-    c: reqwest::Client,
-    base: String,
-    cookie: Option<String>,
-}
-
-/// What a page answered: status, where it redirects, its HTML.
-struct Page {
-    status: u16,
-    location: Option<String>,
-    html: String,
-}
-
-impl Page {
-    /// The CSRF token of the page's first form.
-    fn csrf(&self) -> String {
-        let at = self.html.find(r#"name="csrf" value=""#).expect("a form with a csrf field") + 19;
-        self.html[at..].split('"').next().unwrap().to_owned()
-    }
-}
-
-impl Browser {
-    fn new(n: &NodeProc) -> Self {
-        let c = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
-        Browser { c, base: format!("http://{}", n.addr), cookie: None }
-    }
-
-    async fn read(&mut self, r: reqwest::Response) -> Page {
-        if let Some(c) = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()) {
-            let pair = c.split(';').next().unwrap().to_owned();
-            self.cookie = if pair.ends_with('=') { None } else { Some(pair) };
-        }
-        let status = r.status().as_u16();
-        let location = r.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
-        Page { status, location, html: r.text().await.unwrap() }
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        let mut rq = self.c.get(format!("{}{path}", self.base));
-        if let Some(c) = &self.cookie {
-            rq = rq.header("cookie", c);
-        }
-        let r = rq.send().await.unwrap();
-        self.read(r).await
-    }
-
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let mut rq = self.c.post(format!("{}{path}", self.base)).form(form);
-        if let Some(c) = &self.cookie {
-            rq = rq.header("cookie", c);
-        }
-        let r = rq.send().await.unwrap();
-        self.read(r).await
-    }
-
-    /// Posts the form and follows the redirect that answers it.
-    async fn submit(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let p = self.post(path, form).await;
-        assert_eq!(p.status, 303, "{path} {form:?}: {}", p.html);
-        let to = p.location.unwrap();
-        self.get(&to).await
-    }
-
-    async fn sign_in(&mut self, name: &str, secret: &str) -> Page {
-        self.post("/ui/sign-in", &[("name", name), ("password", secret), ("next", "/ui")]).await
-    }
-}
 
 fn add_user(n: &NodeProc, name: &str, role: oms_service::auth::Role, secret: &str, pin: bool) {
     let new = oms_service::auth::users::NewUser { name: name.into(), role, secret: secret.into(), pin };
@@ -112,7 +40,7 @@ async fn a_picker_signs_in_picks_a_wave_by_scanning_packs_and_ships() {
     assert_eq!(s, 201);
     let (id1, id2) = (o1["id"].as_str().unwrap().to_owned(), o2["id"].as_str().unwrap().to_owned());
     assert_ne!(id1, id2);
-    let mut b = Browser::new(&n);
+    let mut b = Browser::new(n.addr);
     // A stranger is sent to sign in, and back to where they were going afterwards.
     let p = b.get("/ui/stock?sku=A").await;
     assert_eq!((p.status, p.location.as_deref()), (303, Some("/ui/sign-in?next=/ui/stock%3Fsku%3DA")));
@@ -253,10 +181,10 @@ async fn roles_lockout_disabling_and_keys_on_screens() {
     seed(&http(), &n, "A", 5).await;
 
     // A planner may look up stock but not open the picking screens: a page that says so, 403.
-    let mut per = Browser::new(&n);
+    let mut per = Browser::new(n.addr);
     // The CLI's user is picked up within the reload interval.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut bo = Browser::new(&n);
+    let mut bo = Browser::new(n.addr);
     while bo.sign_in("bo", pin).await.status != 303 {
         assert!(Instant::now() < deadline, "bo never signed in");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -274,7 +202,7 @@ async fn roles_lockout_disabling_and_keys_on_screens() {
     assert_eq!(r.status(), 403);
 
     // Three wrong PINs lock the name, even for the right PIN.
-    let mut x = Browser::new(&n);
+    let mut x = Browser::new(n.addr);
     for _ in 0..3 {
         assert_eq!(x.sign_in("ana", "0000").await.status, 401);
     }
@@ -291,7 +219,7 @@ async fn roles_lockout_disabling_and_keys_on_screens() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Assets are served with a long cache and the page names them.
-    let mut anon = Browser::new(&n);
+    let mut anon = Browser::new(n.addr);
     let p = anon.get("/ui/sign-in").await;
     let at = p.html.find("/ui/assets/style-").unwrap();
     let css = p.html[at..].split('"').next().unwrap().to_owned();

@@ -1,0 +1,463 @@
+//! The hub's screens: the network (each node's link and sync state) and network stock per SKU × site with
+//! each site's freshness, filterable in the URL and exported as CSV exactly as shown, for planners; a SKU's
+//! forecast drawn (history, forecast, 10–90 % band) with its replenishment figures; an order's page for
+//! customer service (status in words, lines, fulfillments per site, one timeline) with a cancel that needs a
+//! reason; and the customer's tracking page (`/t/{token}`, no sign-in), which shows nothing internal.
+//!
+//! Server-rendered with `oms_service::web` like the node's screens; reads go through the same functions as
+//! the JSON API (`api::nodes_view`, `api::stock_rows`, `orders::hub_order`, the forecast answer).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use maud::{Markup, PreEscaped, html};
+use serde::Deserialize;
+use serde_json::Value;
+
+use oms_service::Problem;
+use oms_service::audit::Actor;
+use oms_service::auth::session::UiSession;
+use oms_service::web::{Chrome, Form, error_box, page, query_escape, see_other};
+
+use crate::server::Hub;
+
+/// Rows of the stock table on one page.
+const STOCK_ROWS_MAX: usize = 500;
+
+/// The chrome of the hub's screens.
+pub(crate) fn chrome(secure_cookie: bool) -> Chrome {
+    Chrome {
+        product: "oms hub".into(),
+        nav: vec![("Network", "/ui"), ("Stock", "/ui/stock"), ("Orders", "/ui/orders")],
+        secure_cookie,
+    }
+}
+
+#[derive(Clone)]
+struct UiState {
+    hub: Arc<Hub>,
+    chrome: Arc<Chrome>,
+}
+
+/// The screens' routes (their roles are in `api::policy`).
+pub(crate) fn routes(hub: Arc<Hub>, chrome: Arc<Chrome>) -> Router {
+    Router::new()
+        .route("/", get(|| async { see_other("/ui") }))
+        .route("/ui", get(network))
+        .route("/ui/stock", get(stock))
+        .route("/ui/stock.csv", get(stock_csv))
+        .route("/ui/orders", get(find_order))
+        .route("/ui/orders/{id}", get(order_screen))
+        .route("/ui/orders/{id}/cancel", post(cancel))
+        .route("/t/{token}", get(tracking))
+        .with_state(UiState { hub, chrome })
+}
+
+fn ago(at_ms: u64, now_ms: u64) -> String {
+    let s = now_ms.saturating_sub(at_ms) / 1_000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3_600 => format!("{} min", s / 60),
+        3_600..172_800 => format!("{} h {} min", s / 3_600, (s % 3_600) / 60),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+async fn network(State(st): State<UiState>, session: UiSession) -> Response {
+    let v = crate::api::nodes_view(&st.hub);
+    let now = u(&v["now_ms"]);
+    let empty = Vec::new();
+    let nodes = v["nodes"].as_array().unwrap_or(&empty);
+    page(
+        &st.chrome,
+        "Network",
+        Some(&session),
+        html! {
+            h1 { "Network" }
+            p { (nodes.iter().filter(|n| n["connected"] == true).count()) " of " (nodes.len()) " nodes linked now." }
+            div.table-wrap { table {
+                thead { tr { th { "Node" } th { "Link" } th { "Last change synced" } th.num { "Orders" }
+                    th.num { "Quarantined changes" } th { "Certificate" } } }
+                tbody { @for n in nodes { tr {
+                    td { (s(&n["node"])) }
+                    td { @if n["connected"] == true { "Linked for " (ago(u(&n["connected_at_ms"]), now)) }
+                         @else { strong { "Unreachable" } @if let Some(t) = n["last_frame_at_ms"].as_u64() { ", last heard " (ago(t, now)) " ago" } } }
+                    td { @if let Some(t) = n["last_change_at_ms"].as_u64() { (ago(t, now)) " ago" } @else { "—" } }
+                    td.num { (u(&n["orders"])) }
+                    td.num { (u(&n["changes_quarantined"])) }
+                    td { @if n["certificate"]["expiring_soon"] == true { strong { "Expires soon" } }
+                         @else if n["certificate"].is_object() { "valid " (u(&n["certificate"]["expires_in_s"]) / 86_400) " days" }
+                         @else { "—" } }
+                } } }
+            } }
+        },
+    )
+    .into_response()
+}
+
+#[derive(Deserialize, Default, Clone)]
+struct StockQuery {
+    sku: Option<String>,
+    site: Option<String>,
+    /// `1`: only rows whose site's figures are stale.
+    stale: Option<String>,
+    /// Column to sort by: `sku` (default), `site`, `available`, `age`.
+    sort: Option<String>,
+}
+
+impl StockQuery {
+    fn query(&self, sort: Option<&str>) -> String {
+        let mut q = Vec::new();
+        for (k, v) in [("sku", &self.sku), ("site", &self.site), ("stale", &self.stale)] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                q.push(format!("{k}={}", query_escape(v)));
+            }
+        }
+        if let Some(s) = sort.or(self.sort.as_deref()) {
+            q.push(format!("sort={}", query_escape(s)));
+        }
+        q.join("&")
+    }
+}
+
+/// The rows the stock screen shows for `q`, and whether more matched than it shows.
+fn stock_selection(hub: &Hub, q: &StockQuery) -> (Vec<crate::api::StockRow>, bool) {
+    let sku = q.sku.as_deref().map(str::trim).filter(|v| !v.is_empty());
+    let site = q.site.as_deref().map(str::trim).filter(|v| !v.is_empty());
+    let (_, mut rows) = crate::api::stock_rows(hub, sku, oms_service::now_ms());
+    rows.retain(|r| site.is_none_or(|s| r.site == s) && (q.stale.as_deref() != Some("1") || r.stale));
+    match q.sort.as_deref() {
+        Some("site") => rows.sort_by(|a, b| (&a.site, &a.sku).cmp(&(&b.site, &b.sku))),
+        Some("available") => rows.sort_by(|a, b| a.available.cmp(&b.available).then(a.sku.cmp(&b.sku))),
+        Some("age") => rows.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.sku.cmp(&b.sku))),
+        _ => {}
+    }
+    let more = rows.len() > STOCK_ROWS_MAX;
+    rows.truncate(STOCK_ROWS_MAX);
+    (rows, more)
+}
+
+async fn stock(State(st): State<UiState>, session: UiSession, Query(q): Query<StockQuery>) -> Response {
+    let (rows, more) = stock_selection(&st.hub, &q);
+    let sort_link = |col: &str, label: &str| html! { a href={ "/ui/stock?" (q.query(Some(col))) } { (label) } };
+    page(
+        &st.chrome,
+        "Network stock",
+        Some(&session),
+        html! {
+            h1 { "Network stock" }
+            form.card.actions method="get" action="/ui/stock" {
+                div { label for="sku" { "SKU" } input id="sku" name="sku" value=(q.sku.as_deref().unwrap_or("")); }
+                div { label for="site" { "Site" } input id="site" name="site" value=(q.site.as_deref().unwrap_or("")); }
+                div { label for="stale" { "Only stale sites" }
+                    select id="stale" name="stale" {
+                        option value="" selected[q.stale.as_deref() != Some("1")] { "No" }
+                        option value="1" selected[q.stale.as_deref() == Some("1")] { "Yes" }
+                    } }
+                @if let Some(sort) = &q.sort { input type="hidden" name="sort" value=(sort); }
+                button type="submit" { "Filter" }
+            }
+            p { (rows.len()) " rows" @if more { " (the first " (STOCK_ROWS_MAX) "; narrow the filter)" } ". "
+                a href={ "/ui/stock.csv?" (q.query(None)) } { "Download these rows as CSV" } }
+            div.table-wrap { table {
+                thead { tr {
+                    th { (sort_link("sku", "SKU")) } th { (sort_link("site", "Site")) }
+                    th.num { "On hand" } th.num { "Reserved" } th.num { (sort_link("available", "Available")) }
+                    th.num { "Hub may promise" } th.num { "Hub rights" } th.num { "Site rights" }
+                    th { (sort_link("age", "Figures from")) } th { "Forecast" }
+                } }
+                tbody { @for r in &rows { tr {
+                    td { (r.sku) } td { (r.site) }
+                    td.num { (r.on_hand) } td.num { (r.reserved) } td.num { (r.available) }
+                    td.num { (r.hub_promisable) } td.num { (r.hub_rights) }
+                    td.num { @if let Some(v) = r.site_rights { (v) } @else { "—" } }
+                    td { @if r.stale { strong { "Stale: " } } (ago(r.updated_at_ms, r.updated_at_ms + r.age_ms)) " ago" }
+                    td { a href={ "/ui/forecast/" (query_escape(&r.sku)) "?site=" (query_escape(&r.site)) } { "Forecast" } }
+                } } }
+            } }
+        },
+    )
+    .into_response()
+}
+
+async fn stock_csv(State(st): State<UiState>, Query(q): Query<StockQuery>) -> Response {
+    let (rows, _) = stock_selection(&st.hub, &q);
+    crate::api::stock_csv(&rows)
+}
+
+/// The forecast screen (served by `forecast_api`, which holds the demand cache): history and forecast as a
+/// chart, the replenishment figures beside it.
+pub(crate) fn forecast_page(chrome: &Chrome, session: &UiSession, sku: &str, v: &Value) -> Markup {
+    let empty = Vec::new();
+    let recent: Vec<f64> =
+        v["history"]["recent"].as_array().unwrap_or(&empty).iter().filter_map(Value::as_f64).collect();
+    let days = v["forecast"].as_array().unwrap_or(&empty);
+    let band: Vec<(f64, f64, f64)> = days
+        .iter()
+        .map(|d| {
+            let mean = d["mean"].as_f64().unwrap_or(0.0);
+            (d["p10"].as_f64().unwrap_or(mean), mean, d["p90"].as_f64().unwrap_or(mean))
+        })
+        .collect();
+    let site = v["site"].as_str();
+    page(
+        chrome,
+        &format!("Forecast {sku}"),
+        Some(session),
+        html! {
+            h1 { "Forecast for " (sku) @if let Some(site) = site { " at " (site) } @else { " across the network" } }
+            p { "Model " strong { (s(&v["model"])) } ", daily " (s(&v["basis"])) " units, as of " (s(&v["as_of"])) "." }
+            figure.card {
+                (PreEscaped(chart_svg(&recent, &band)))
+                figcaption.hint { "Last " (recent.len()) " days (dark line), forecast mean (blue) and the band from the 10th to the 90th percentile (shaded), units a day." }
+            }
+            dl.facts.card {
+                dt { "Available now" } dd { (u(&v["available"])) }
+                dt { "Days of cover" } dd { @if let Some(d) = v["days_of_cover"].as_f64() { (format!("{d:.1}")) } @else { "—" } }
+                dt { "Reorder point" } dd { (format!("{:.1}", v["reorder_point"].as_f64().unwrap_or(0.0))) }
+                dt { "Safety stock" } dd { (format!("{:.1}", v["safety_stock"].as_f64().unwrap_or(0.0))) }
+                dt { "Lead time" } dd { (u(&v["lead_time_days"])) " days" }
+                dt { "Suggested order" } dd { @if v["reorder"].is_object() { (u(&v["reorder"]["qty"])) " units by " (s(&v["reorder"]["order_by"])) } @else { "none needed" } }
+                dt { "Runs out" } dd { @if let Some(d) = v["stockout_date"].as_str() { (d) } @else { "not within the horizon" } }
+            }
+        },
+    )
+}
+
+/// A line chart as SVG: `history` then the forecast's mean with its p10–p90 band, on one time axis.
+/// Written by hand: one polyline, one polygon and two labelled axes are a few dozen lines, where a charting
+/// crate would bring a font stack and dozens of crates for them.
+fn chart_svg(history: &[f64], forecast: &[(f64, f64, f64)]) -> String {
+    let (w, h, left, bottom, top) = (720.0_f64, 260.0_f64, 44.0_f64, 24.0_f64, 8.0_f64);
+    let n = history.len() + forecast.len();
+    if n < 2 {
+        return "<p>Not enough history to draw.</p>".into();
+    }
+    let max = history.iter().copied().chain(forecast.iter().map(|f| f.2)).fold(1.0_f64, f64::max) * 1.1;
+    let x = |i: usize| left + (w - left - 8.0) * i as f64 / (n - 1) as f64;
+    let y = |v: f64| top + (h - top - bottom) * (1.0 - v.max(0.0) / max);
+    let points = |it: &mut dyn Iterator<Item = (usize, f64)>| {
+        it.map(|(i, v)| format!("{:.1},{:.1}", x(i), y(v))).collect::<Vec<_>>().join(" ")
+    };
+    let off = history.len();
+    let hist = points(&mut history.iter().enumerate().map(|(i, v)| (i, *v)));
+    let mean = points(&mut forecast.iter().enumerate().map(|(i, f)| (off + i, f.1)));
+    let upper = forecast.iter().enumerate().map(|(i, f)| (off + i, f.2));
+    let lower = forecast.iter().enumerate().rev().map(|(i, f)| (off + i, f.0));
+    let band = points(&mut upper.chain(lower));
+    let split = x(off.saturating_sub(1));
+    format!(
+        r##"<svg viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="Daily units: history and forecast" xmlns="http://www.w3.org/2000/svg" style="max-width:{w}px;font:12px system-ui,sans-serif">
+<line x1="{left}" y1="{base:.1}" x2="{right:.1}" y2="{base:.1}" stroke="#4a5360"/>
+<line x1="{left}" y1="{top}" x2="{left}" y2="{base:.1}" stroke="#4a5360"/>
+<text x="{lx:.1}" y="{ty:.1}" text-anchor="end" fill="#1b1f24">{max:.0}</text>
+<text x="{lx:.1}" y="{base:.1}" text-anchor="end" fill="#1b1f24">0</text>
+<text x="{left}" y="{h}" fill="#1b1f24">{past} days ago</text>
+<text x="{split:.1}" y="{h}" text-anchor="middle" fill="#1b1f24">today</text>
+<text x="{right:.1}" y="{h}" text-anchor="end" fill="#1b1f24">+{ahead} days</text>
+<line x1="{split:.1}" y1="{top}" x2="{split:.1}" y2="{base:.1}" stroke="#c9d1d9" stroke-dasharray="4 3"/>
+<polygon points="{band}" fill="#0b5cad" fill-opacity="0.18"/>
+<polyline points="{hist}" fill="none" stroke="#1b1f24" stroke-width="1.5"/>
+<polyline points="{mean}" fill="none" stroke="#0b5cad" stroke-width="2"/>
+</svg>"##,
+        base = h - bottom,
+        right = w - 8.0,
+        lx = left - 4.0,
+        ty = top + 10.0,
+        past = history.len(),
+        ahead = forecast.len(),
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct FindQuery {
+    id: Option<String>,
+}
+
+async fn find_order(State(st): State<UiState>, session: UiSession, Query(q): Query<FindQuery>) -> Response {
+    if let Some(id) = q.id.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        return see_other(&format!("/ui/orders/{}", query_escape(id)));
+    }
+    page(
+        &st.chrome,
+        "Find an order",
+        Some(&session),
+        html! {
+            h1 { "Find an order" }
+            form.card method="get" action="/ui/orders" {
+                label for="id" { "Order number" span.hint { "As on the customer's confirmation, such as hub-12." } }
+                input.scan id="id" name="id" autofocus required autocomplete="off";
+                button type="submit" { "Find" }
+            }
+        },
+    )
+    .into_response()
+}
+
+/// The customer's order status in plain words.
+fn status_words(status: &str) -> &'static str {
+    match status {
+        "in_fulfillment" => "Being prepared",
+        "partially_backordered" => "Partly waiting for stock",
+        "backordered" => "Waiting for stock",
+        "partially_shipped" => "Partly on its way",
+        "shipped" => "On its way",
+        "delivered" => "Delivered",
+        "cancel_requested" => "Cancellation requested",
+        "partially_cancelled" => "Partly cancelled",
+        "cancelled" => "Cancelled",
+        "received" => "Order received",
+        "accepted" | "picking" | "picked" | "packed" => "Being prepared",
+        _ => "In progress",
+    }
+}
+
+fn order_of(st: &UiState, session: &UiSession, id: &str) -> Result<Value, Problem> {
+    crate::orders::hub_order(&st.hub, id, &session.principal())?.ok_or_else(|| crate::orders::not_found(id))
+}
+
+async fn order_screen(
+    State(st): State<UiState>,
+    session: UiSession,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let v = order_of(&st, &session, &id)?;
+    Ok(order_page(&st, &session, &v, None).into_response())
+}
+
+fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>) -> Markup {
+    let empty = Vec::new();
+    let now = oms_service::now_ms();
+    let can_cancel = matches!(session.role, oms_service::auth::Role::Service | oms_service::auth::Role::Admin)
+        && v["cancel_requested_at_ms"].is_null();
+    page(
+        &st.chrome,
+        &format!("Order {}", s(&v["id"])),
+        Some(session),
+        html! {
+            h1 { "Order " (s(&v["id"])) }
+            p { strong { (status_words(s(&v["status"]))) } " · " (s(&v["channel"])) " order " (s(&v["external_ref"]))
+                span.hint { "State: " code { (s(&v["status"])) } } }
+            @if let Some(e) = error { (error_box(e)) }
+            div.table-wrap { table {
+                thead { tr { th { "SKU" } th.num { "Ordered" } th.num { "Placed at sites" } th.num { "Shipped" } th.num { "Waiting for stock" } } }
+                tbody { @for l in v["lines"].as_array().unwrap_or(&empty) { tr {
+                    td { (s(&l["sku"])) } td.num { (u(&l["qty"])) } td.num { (u(&l["placed"])) }
+                    td.num { (u(&l["shipped"])) } td.num { (u(&l["unfilled"])) }
+                } } }
+            } }
+            h2 { "Fulfillments" }
+            ul { @for f in v["fulfillments"].as_array().unwrap_or(&empty) {
+                li { (s(&f["id"])) " from " strong { (s(&f["site"])) } ": " (status_words(s(&f["status"]))) " (" code { (s(&f["status"])) } ")"
+                    @if f["shipment"].is_object() { ", " (s(&f["shipment"]["carrier"])) " " code { (s(&f["shipment"]["tracking"])) } } }
+            } }
+            h2 { "Timeline" }
+            ol { @for t in v["timeline"].as_array().unwrap_or(&empty) {
+                li { (ago(u(&t["at_ms"]), now)) " ago — " (s(&t["site"])) ": " (s(&t["note"])) }
+            } }
+            @if let Some(r) = v["cancel_reason"].as_str() { p { "Cancelled because: " (r) } }
+            @if can_cancel {
+                form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/cancel" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    h2 { "Cancel the order" }
+                    p.hint { "Units not shipped yet are cancelled; sites confirm when they sync." }
+                    label for="reason" { "Reason" span.hint { "Recorded in the audit trail." } }
+                    input id="reason" name="reason" required;
+                    button.danger type="submit" { "Cancel the order" }
+                }
+            }
+        },
+    )
+}
+
+async fn cancel(State(st): State<UiState>, actor: Actor, Path(id): Path<String>, f: Form) -> Result<Response, Problem> {
+    let v = order_of(&st, &f.session, &id)?;
+    let reason = f.get("reason").unwrap_or("").to_owned();
+    if reason.is_empty() {
+        let e = "Give a reason for the cancellation.";
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, order_page(&st, &f.session, &v, Some(e))).into_response());
+    }
+    match crate::orders::cancel_order(&st.hub, &f.session.principal(), actor, &id, Some(reason)).await {
+        Ok(_) => Ok(see_other(&format!("/ui/orders/{}", query_escape(&id)))),
+        Err(p) => {
+            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
+            Ok((status, order_page(&st, &f.session, &v, Some(&p.detail))).into_response())
+        }
+    }
+}
+
+/// The customer's page behind a tracking link: no sign-in, nothing internal (what `GET /v1/track/{token}`
+/// shows), in words. A link that finds no order says so, whatever the token.
+async fn tracking(State(st): State<UiState>, Path(token): Path<String>) -> Response {
+    let hub = st.hub.clone();
+    let found = tokio::task::spawn_blocking(move || crate::orders::tracking_view_of(&hub, &token)).await;
+    let plain = Chrome { product: "Order status".into(), nav: Vec::new(), secure_cookie: false };
+    let v = match found {
+        Ok(Ok(Some(v))) => v,
+        Ok(Ok(None)) => {
+            let body = html! { h1 { "We can't find this order" } p { "Check the link in your confirmation email; it may have been cut short." } };
+            return (StatusCode::NOT_FOUND, page(&plain, "Not found", None, body)).into_response();
+        }
+        Ok(Err(p)) => return p.into_response(),
+        Err(e) => return Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into_response(),
+    };
+    let empty = Vec::new();
+    let status = s(&v["status"]);
+    // Steps in words; several internal states read the same ("Being prepared"), so each shows once.
+    let mut steps: Vec<&str> =
+        v["timeline"].as_array().unwrap_or(&empty).iter().map(|t| status_words(s(&t["status"]))).collect();
+    steps.dedup();
+    page(
+        &plain,
+        "Your order",
+        None,
+        html! {
+            h1 { (status_words(status)) }
+            p { "Order " (s(&v["external_ref"])) }
+            @for sh in v["shipments"].as_array().unwrap_or(&empty) {
+                p.done { "Shipped with " (s(&sh["carrier"])) ", tracking number " strong { (s(&sh["tracking"])) } }
+            }
+            h2 { "Items" }
+            ul { @for l in v["lines"].as_array().unwrap_or(&empty) {
+                li { (u(&l["qty"])) " × " (s(&l["sku"])) @if u(&l["shipped"]) > 0 { " — " (u(&l["shipped"])) " shipped" } }
+            } }
+            h2 { "What happened" }
+            ol { @for words in steps { li { (words) } } }
+        },
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_draws_history_forecast_and_band_inside_its_box() {
+        let svg = chart_svg(&[1.0, 3.0, 2.0], &[(1.0, 2.0, 4.0), (0.5, 2.0, 5.0)]);
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("<polygon").count(), 1);
+        assert!(svg.contains("3 days ago") && svg.contains("+2 days"), "{svg}");
+        // Every point lies in the 720 × 260 box.
+        let points = svg.split("points=\"").skip(1).flat_map(|p| p.split('"').next().unwrap_or("").split(' '));
+        for p in points {
+            let (x, y) = p.split_once(',').unwrap();
+            let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+            assert!((0.0..=720.0).contains(&x) && (0.0..=260.0).contains(&y), "{p}");
+        }
+        assert!(chart_svg(&[1.0], &[]).contains("Not enough history"));
+        assert_eq!(status_words("partially_shipped"), "Partly on its way");
+    }
+}

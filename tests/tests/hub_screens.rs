@@ -1,0 +1,125 @@
+//! The hub's screens over real HTTP against a real `oms hub`: a planner's network and stock screens and the
+//! CSV of exactly what the table shows; customer service finding an order and cancelling it with a reason
+//! (audited as the person), refused without one and for a planner; the customer's tracking page, which shows
+//! nothing internal and nothing for a guessed link.
+
+use std::path::Path;
+use std::time::Duration;
+
+use oms_protocol::domain::Channel;
+use oms_service::auth::keys::{self, NewKey, Role};
+use oms_service::auth::users::{self, NewUser};
+use oms_tests::browser::Browser;
+use oms_tests::cluster::{self, free_tcp, free_udp, hub_data, pki};
+use serde_json::{Value, json};
+
+fn user(root: &Path, name: &str, role: Role) {
+    users::create(
+        &hub_data(root),
+        NewUser { name: name.into(), role, secret: "a long password".into(), pin: false },
+        1,
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planner_service_and_customer_screens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let certs = pki(root, &[] as &[&str]);
+    let web = NewKey {
+        name: "web".into(),
+        role: Role::Channel,
+        channel: Some(Channel::parse("web").unwrap()),
+        rate_per_s: None,
+    };
+    let web = keys::create(&hub_data(root), web, 1).unwrap();
+    user(root, "per", Role::Planner);
+    user(root, "sam", Role::Service);
+    let http = free_tcp();
+    let _hub =
+        cluster::spawn_hub_with(root, &certs, free_udp(), http, "warn", "[auth]\nkeys_check_interval_ms = 100\n");
+    let anon = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    cluster::wait_healthy(&anon, http, Duration::from_secs(30)).await;
+
+    // A channel order with nowhere to go yet: it waits for stock.
+    let channel = oms_tests::http_as(&web);
+    let body = json!({
+        "external_ref": "web-1", "channel": "web",
+        "lines": [{"sku": "SKU-1", "qty": 2, "unit_price_minor": 1250, "currency": "EUR"}],
+        "ship_to": {"name": "Ada Customer", "line1": "1 Secret Street", "city": "X", "postcode": "10115",
+            "country": "DE", "lat": 52.52, "lon": 13.40}
+    });
+    let r = channel
+        .post(format!("http://{http}/v1/orders"))
+        .header("idempotency-key", "o1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let order: Value = r.json().await.unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    let token = order["tracking_token"].as_str().unwrap().to_owned();
+
+    // The planner: network, stock, its CSV; the order read-only.
+    let mut per = Browser::new(http);
+    assert_eq!(per.sign_in("per", "a long password").await.status, 303);
+    let p = per.get("/ui").await;
+    assert_eq!(p.status, 200);
+    assert!(p.html.contains("0 of 0 nodes linked now"), "{}", p.html);
+    let p = per.get("/ui/stock?sku=SKU-1&sort=available").await;
+    assert_eq!(p.status, 200);
+    assert!(p.html.contains("0 rows") && p.html.contains("/ui/stock.csv?sku=SKU-1&amp;sort=available"), "{}", p.html);
+    let csv = per.get("/ui/stock.csv?sku=SKU-1").await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.html.starts_with("sku,site,on_hand"), "{}", csv.html);
+    let p = per.get(&format!("/ui/orders/{id}")).await;
+    assert_eq!(p.status, 200);
+    assert!(p.html.contains("Waiting for stock"), "{}", p.html);
+    assert!(!p.html.contains("Cancel the order"), "a planner has no cancel form");
+    let csrf = per.get("/ui").await.csrf();
+    let p = per.post(&format!("/ui/orders/{id}/cancel"), &[("csrf", &csrf), ("reason", "x")]).await;
+    assert_eq!(p.status, 403);
+    assert!(p.html.contains("this screen is for service"), "{}", p.html);
+
+    // Customer service: find by number, a cancel without a reason is refused and changes nothing, with one
+    // it is done and audited as the person.
+    let mut sam = Browser::new(http);
+    assert_eq!(sam.sign_in("sam", "a long password").await.status, 303);
+    let p = sam.get(&format!("/ui/orders?id={id}")).await;
+    assert_eq!((p.status, p.location.clone()), (303, Some(format!("/ui/orders/{id}"))));
+    let p = sam.get(&format!("/ui/orders/{id}")).await;
+    assert!(p.html.contains("Cancel the order"), "{}", p.html);
+    let csrf = p.csrf();
+    let p = sam.post(&format!("/ui/orders/{id}/cancel"), &[("csrf", &csrf), ("reason", "")]).await;
+    assert_eq!(p.status, 422);
+    assert!(p.html.contains("Give a reason"), "{}", p.html);
+    let admin = oms_tests::http();
+    let v: Value = admin.get(format!("http://{http}/v1/orders/{id}")).send().await.unwrap().json().await.unwrap();
+    assert!(v["cancel_requested_at_ms"].is_null(), "{v}");
+    let p = sam.submit(&format!("/ui/orders/{id}/cancel"), &[("csrf", &csrf), ("reason", "customer called")]).await;
+    assert!(p.html.contains("Cancelled because: customer called"), "{}", p.html);
+    let v: Value = admin.get(format!("http://{http}/v1/orders/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["status"], "cancelled", "{v}");
+    let audit: Value =
+        admin.get(format!("http://{http}/v1/audit/events?limit=100")).send().await.unwrap().json().await.unwrap();
+    let cancels: Vec<&Value> =
+        audit["events"].as_array().unwrap().iter().filter(|e| e["route"] == "/ui/orders/{id}/cancel").collect();
+    assert_eq!(cancels.len(), 1, "{audit}");
+    assert_eq!(cancels[0]["key"], "user:sam");
+
+    // The customer's page: no sign-in, plain words, nothing internal; a guessed link finds nothing.
+    let mut customer = Browser::new(http);
+    let p = customer.get(&format!("/t/{token}")).await;
+    assert_eq!(p.status, 200);
+    assert!(p.html.contains("<h1>Cancelled</h1>") && p.html.contains("web-1"), "{}", p.html);
+    for internal in ["Secret Street", "Ada Customer", &id, "Sign out"] {
+        assert!(!p.html.contains(internal), "the customer page shows {internal:?}");
+    }
+    let mut guess = token.into_bytes();
+    guess[10] = if guess[10] == b'a' { b'b' } else { b'a' };
+    let p = customer.get(&format!("/t/{}", String::from_utf8(guess).unwrap())).await;
+    assert_eq!(p.status, 404);
+    assert!(p.html.contains("can't find this order"), "{}", p.html);
+}
