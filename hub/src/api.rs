@@ -81,8 +81,8 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         }
         Some("/ui/sign-in") if post => Access::Open,
         Some("/ui/sign-out") if post => Access::Roles(ANY_ROLE),
-        Some("/ui" | "/ui/stock" | "/ui/stock.csv" | "/ui/forecast/{sku}") if get => Access::Roles(PLANNER),
-        Some("/ui/orders" | "/ui/orders/{id}") if get => Access::Roles(&[Role::Planner, Role::Service]),
+        Some("/ui/stock" | "/ui/stock.csv" | "/ui/forecast/{sku}") if get => Access::Roles(PLANNER),
+        Some("/ui" | "/ui/orders" | "/ui/orders/{id}") if get => Access::Roles(&[Role::Planner, Role::Service]),
         Some("/ui/orders/{id}/cancel") if post => Access::Roles(&[Role::Service]),
         Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
             Access::Roles(PLANNER)

@@ -34,6 +34,37 @@ fn missing() -> Option<String> {
     None
 }
 
+fn shots_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots")
+}
+
+/// Runs `tests/ui/<script>` with `env` (and OMS_SHOTS) within [`BUDGET`]; its last line of output, as JSON.
+async fn run_script(script: &str, env: &[(&str, String)]) -> serde_json::Value {
+    let mut cmd = Command::new("node");
+    cmd.arg(ui_dir().join(script)).current_dir(ui_dir()).env("OMS_SHOTS", shots_dir());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("run node");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > BUDGET {
+            let _ = child.kill();
+            panic!("{script} took more than {BUDGET:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{script} failed: {stdout}");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    eprintln!("{script}: {report}");
+    report
+}
+
 #[tokio::test]
 async fn a_picker_on_a_phone_picks_packs_and_ships_in_chromium() {
     if let Some(what) = missing() {
@@ -57,34 +88,12 @@ async fn a_picker_on_a_phone_picks_packs_and_ships_in_chromium() {
         let (s, v) = place(&admin, &n, k, &order_body(k, &lines)).await;
         assert_eq!(s, 201, "{v}");
     }
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
-    let mut child = Command::new("node")
-        .arg(ui_dir().join("pick.mjs"))
-        .current_dir(ui_dir())
-        .env("OMS_URL", format!("http://{}", n.addr))
-        .env("OMS_USER", "ana")
-        .env("OMS_PIN", "4711")
-        .env("OMS_SHOTS", &shots)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run node");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > BUDGET {
-            let _ = child.kill();
-            panic!("the browser run took more than {BUDGET:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    assert!(status.success(), "the browser run failed: {stdout}");
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
-    eprintln!("browser run: {report}");
+    let shots = shots_dir();
+    let report = run_script(
+        "pick.mjs",
+        &[("OMS_URL", format!("http://{}", n.addr)), ("OMS_USER", "ana".into()), ("OMS_PIN", "4711".into())],
+    )
+    .await;
     assert_eq!(report["axe_violations"], 0);
     assert_eq!(report["scans"], 5, "two bins (the second line is in the first bin) and three items: {report}");
     // What the browser did is what the node stored.
@@ -95,6 +104,63 @@ async fn a_picker_on_a_phone_picks_packs_and_ships_in_chromium() {
     assert_eq!(v["shipment"]["tracking"], "JD0001");
     for screen in ["sign-in", "today", "pick", "ship", "stock"] {
         assert!(shots.join(format!("{screen}.png")).exists(), "{screen} screenshot");
+        let bytes = report["screens"][screen]["first_load_bytes"].as_u64().unwrap();
+        assert!(bytes < 150_000, "{screen} weighs {bytes} bytes on first load");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_cancels_with_a_reason_and_the_customer_follows_on_a_phone_in_chromium() {
+    use oms_service::auth::{keys, users};
+    use oms_tests::cluster::{self, free_tcp, free_udp, hub_data, pki};
+    if let Some(what) = missing() {
+        assert!(std::env::var("OMS_REQUIRE_BROWSER").is_err(), "OMS_REQUIRE_BROWSER is set but {what}");
+        eprintln!("skipped: {what}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let certs = pki(root, &[] as &[&str]);
+    let channel = oms_protocol::domain::Channel::parse("web").unwrap();
+    let web = keys::NewKey { name: "web".into(), role: keys::Role::Channel, channel: Some(channel), rate_per_s: None };
+    let web = keys::create(&hub_data(root), web, 1).unwrap();
+    for (name, role) in [("per", keys::Role::Planner), ("sam", keys::Role::Service)] {
+        let u = users::NewUser { name: name.into(), role, secret: "a long password".into(), pin: false };
+        users::create(&hub_data(root), u, 1).unwrap();
+    }
+    let http = free_tcp();
+    let _hub = cluster::spawn_hub_with(root, &certs, free_udp(), http, "warn", "");
+    cluster::wait_healthy(&oms_tests::http_anonymous(), http, Duration::from_secs(30)).await;
+    let body = serde_json::json!({
+        "external_ref": "web-1", "channel": "web",
+        "lines": [{"sku": "SKU-1", "qty": 2, "unit_price_minor": 1250, "currency": "EUR"}],
+        "ship_to": {"name": "Ada Customer", "line1": "1 Secret Street", "city": "X", "postcode": "10115",
+            "country": "DE", "lat": 52.52, "lon": 13.40}
+    });
+    let r = oms_tests::http_as(&web)
+        .post(format!("http://{http}/v1/orders"))
+        .header("idempotency-key", "o1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let order: serde_json::Value = r.json().await.unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    let track = format!("/t/{}", order["tracking_token"].as_str().unwrap());
+    let report = run_script(
+        "hub.mjs",
+        &[("OMS_URL", format!("http://{http}")), ("OMS_ORDER", id.clone()), ("OMS_TRACK", track)],
+    )
+    .await;
+    assert_eq!(report["axe_violations"], 0);
+    let (s, v) = get(&oms_tests::http(), format!("http://{http}/v1/orders/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (v["status"].as_str(), v["cancel_reason"].as_str()),
+        (Some("cancelled"), Some("customer called to cancel"))
+    );
+    for screen in ["hub-network", "hub-stock", "hub-order", "customer-tracking"] {
         let bytes = report["screens"][screen]["first_load_bytes"].as_u64().unwrap();
         assert!(bytes < 150_000, "{screen} weighs {bytes} bytes on first load");
     }

@@ -631,7 +631,7 @@ async fn screen_request(
     };
     if s.role != Role::Admin && !roles.contains(&s.role) {
         auth.stats.forbidden.fetch_add(1, Ordering::Relaxed);
-        return Problem::new(
+        let mut resp = Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
@@ -642,13 +642,18 @@ async fn screen_request(
             ),
         )
         .into_response();
+        // The page around the refusal shows who is signed in (see `web::html_problems`).
+        resp.extensions_mut().insert(s);
+        return resp;
     }
     let p = s.principal();
     let actor = Actor { key: p.name.clone(), role: p.role, method: crate::guard::method_label(req.method()), route };
     req.extensions_mut().insert(p);
     req.extensions_mut().insert(actor);
-    req.extensions_mut().insert(s);
-    next.run(req).await
+    req.extensions_mut().insert(s.clone());
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(s);
+    resp
 }
 
 #[cfg(test)]

@@ -96,7 +96,8 @@ pub fn page(chrome: &Chrome, title: &str, session: Option<&UiSession>, body: Mar
             }
             body {
                 header.top {
-                    a href="/ui" { strong { (chrome.product) } }
+                    // A page with no navigation (the customer's) links nowhere a visitor cannot go.
+                    @if chrome.nav.is_empty() { strong { (chrome.product) } } @else { a href="/ui" { strong { (chrome.product) } } }
                     @if let Some(s) = session {
                         nav aria-label="Main" {
                             @for (label, href) in &chrome.nav { a href=(href) { (label) } }
@@ -184,8 +185,9 @@ impl<S: Send + Sync> FromRequest<S> for Form {
 /// as a sentence (and the same status), so nobody at a screen reads raw JSON.
 pub async fn html_problems(Extension(chrome): Extension<Arc<Chrome>>, req: Request, next: Next) -> Response {
     let screen = is_screen_route(req.uri().path());
-    let session = req.extensions().get::<UiSession>().cloned();
     let resp = next.run(req).await;
+    // The authorize layer (inside this one) hands the session back on the response.
+    let session = resp.extensions().get::<UiSession>().cloned();
     let is_problem = resp
         .headers()
         .get(header::CONTENT_TYPE)

@@ -1,0 +1,100 @@
+// The hub's screens in Chromium: a service agent (desktop) finds an order by its number and cancels it with a
+// reason; a planner looks at the network and the stock table; the customer opens the tracking link on a phone
+// (390 × 844), and a guessed link finds nothing. axe-core checks every screen. Run by
+// tests/tests/ui_browser.rs with OMS_URL, OMS_ORDER, OMS_TRACK (the tracking path), OMS_SHOTS; prints one JSON
+// line and exits non-zero on the first thing that is wrong.
+import { chromium } from "playwright-core";
+import { readFileSync, mkdirSync, mkdtempSync } from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const require = createRequire(import.meta.url);
+const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const { OMS_URL, OMS_ORDER, OMS_TRACK, OMS_SHOTS } = process.env;
+mkdirSync(OMS_SHOTS, { recursive: true });
+const fail = (msg) => {
+  console.error(`FAIL: ${msg}`);
+  process.exit(1);
+};
+const launch = (viewport, mobile) =>
+  chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "oms-chromium-")), {
+    executablePath: process.env.OMS_CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    timeout: 60_000,
+    viewport,
+    isMobile: mobile,
+    hasTouch: mobile,
+  });
+const out = { screens: {}, axe_violations: 0 };
+const look = async (page, name) => {
+  const bytes = await page.evaluate(() =>
+    performance.getEntries().reduce((sum, e) => sum + (e.transferSize || e.encodedBodySize || 0), 0));
+  await page.addScriptTag({ content: AXE });
+  const result = await page.evaluate(async () => await window.axe.run(document));
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  for (const v of bad) console.error(`axe on ${name}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target).join(", ")}`);
+  out.axe_violations += bad.length;
+  out.screens[name] = { first_load_bytes: bytes, axe_serious_or_critical: bad.length };
+  await page.screenshot({ path: join(OMS_SHOTS, `${name}.png`), fullPage: true });
+};
+const signIn = async (page, name) => {
+  await page.goto(`${OMS_URL}/ui`);
+  await page.getByLabel("Name").fill(name);
+  await page.getByLabel("Password or PIN").fill("a long password");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Network" }).or(page.getByRole("heading", { name: /Not allowed|Forbidden/ })).first().waitFor();
+};
+
+const desk = await launch({ width: 1280, height: 800 }, false);
+try {
+  const page = await desk.newPage();
+  page.setDefaultTimeout(15_000);
+  // The planner: network and stock.
+  await signIn(page, "per");
+  await look(page, "hub-network");
+  await page.getByRole("link", { name: "Stock" }).click();
+  await page.getByRole("heading", { name: "Network stock" }).waitFor();
+  await look(page, "hub-stock");
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  // The agent: find the order, cancel it with a reason.
+  await page.getByLabel("Name").fill("sam");
+  await page.getByLabel("Password or PIN").fill("a long password");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("link", { name: "Orders" }).click();
+  await page.getByLabel(/Order number/).fill(OMS_ORDER);
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: `Order ${OMS_ORDER}` }).waitFor();
+  await look(page, "hub-order");
+  await page.getByLabel(/Reason/).fill("customer called to cancel");
+  await page.getByRole("button", { name: "Cancel the order" }).click();
+  await page.getByText("Cancelled because: customer called to cancel").waitFor();
+  await look(page, "hub-order-cancelled");
+} catch (e) {
+  fail(e && e.stack ? e.stack : String(e));
+} finally {
+  await desk.close();
+}
+
+const phone = await launch({ width: 390, height: 844 }, true);
+try {
+  const page = await phone.newPage();
+  page.setDefaultTimeout(15_000);
+  await page.goto(`${OMS_URL}${OMS_TRACK}`);
+  await page.getByRole("heading", { name: "Cancelled" }).waitFor();
+  await look(page, "customer-tracking");
+  const text = await page.locator("body").innerText();
+  if (text.includes(OMS_ORDER) || text.includes("Secret Street")) fail("the tracking page shows internal data");
+  const guessed = await page.goto(`${OMS_URL}/t/${"0".repeat(64)}`);
+  if (guessed.status() !== 404) fail(`a guessed tracking link answered ${guessed.status()}`);
+  await page.getByRole("heading", { name: /can't find this order/ }).waitFor();
+} catch (e) {
+  fail(e && e.stack ? e.stack : String(e));
+} finally {
+  await phone.close();
+}
+console.log(JSON.stringify(out));
+if (out.axe_violations > 0) fail(`${out.axe_violations} serious or critical accessibility violations`);
