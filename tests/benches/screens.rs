@@ -47,7 +47,7 @@ async fn alternate(b: &mut Browser, node: &NodeProc, page: &str, json: &str, n: 
 }
 
 fn report(what: &str, ui: &[f64], api: &[f64]) {
-    let (u50, u99, a50, a99) = (percentile(ui, 50.0), percentile(ui, 99.0), percentile(api, 50.0), percentile(api, 99.0));
+    let (u50, u99, a50, a99) = (percentile(ui, 0.5), percentile(ui, 0.99), percentile(api, 0.5), percentile(api, 0.99));
     println!(
         "{what:<34} screen p50 {u50:6.2} ms p99 {u99:6.2} ms | JSON p50 {a50:6.2} ms p99 {a99:6.2} ms | ratio p50 {:.2} p99 {:.2}",
         u50 / a50,
@@ -145,7 +145,7 @@ async fn main() {
     println!(
         "scan to ready (Chromium, loopback): {} scans, median {:.0} ms, max {:.0} ms: {:?}",
         scans.len(),
-        percentile(&scans, 50.0),
+        percentile(&scans, 0.5),
         scans.last().copied().unwrap_or(0.0),
         scans
     );
