@@ -16,14 +16,15 @@ use oms_tests::browser::Browser;
 use oms_tests::stats::{env_u64, loadavg, percentile};
 use oms_tests::{NodeProc, http, order_body, place, seed};
 
-fn user(n: &NodeProc) {
+/// The staff user `ana` (PIN 4711), made before the node starts so it is there at once.
+fn user(dir: &Path) {
     let new = oms_service::auth::users::NewUser {
         name: "ana".into(),
         role: oms_service::auth::Role::Staff,
         secret: "4711".into(),
         pin: true,
     };
-    oms_service::auth::users::create(&n.dir, new, 1).unwrap();
+    oms_service::auth::users::create(dir, new, 1).unwrap();
 }
 
 /// Times `n` alternating GETs of `page` (with the session cookie) and `json` (with the admin key), ms.
@@ -60,8 +61,9 @@ async fn main() {
     let n = env_u64("BENCH_N", 400);
     println!("screens bench: {n} requests per kind and phase; load {}", loadavg());
     let d = tempfile::tempdir().unwrap();
-    let node = NodeProc::start("wh1", d.path());
-    user(&node);
+    user(d.path());
+    // The screens share the per-IP rate of the open routes (20/s by default); the bench is one IP.
+    let node = NodeProc::start_with_config("wh1", d.path(), "[auth]\nopen_rate_per_s = 1000000\n");
     let admin = http();
     for i in 0..20 {
         seed(&admin, &node, &format!("S{i:02}"), 100_000).await;
@@ -120,8 +122,8 @@ async fn main() {
         return;
     }
     let d2 = tempfile::tempdir().unwrap();
+    user(d2.path());
     let small = NodeProc::start("wh2", d2.path());
-    user(&small);
     seed(&admin, &small, "A", 10).await;
     seed(&admin, &small, "B", 10).await;
     for (k, lines) in [("k1", vec![("A", 2), ("B", 1)]), ("k2", vec![("A", 1)])] {

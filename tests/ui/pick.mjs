@@ -73,8 +73,9 @@ try {
     const code = binStep
       ? (await page.locator("p.big").innerText()).trim()
       : await page.locator('input[name="sku"]').first().inputValue();
-    const started = Date.now();
     await page.keyboard.type(code);
+    const started = Date.now(); // from the scanner's Enter
+
     const loaded = page.waitForEvent("load"); // the next document: post, redirect, get
     await page.keyboard.press("Enter");
     await loaded;
