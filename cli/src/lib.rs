@@ -11,6 +11,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod backup;
 mod ca;
 mod demo;
 mod hub_cmd;
@@ -46,6 +47,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: keys::KeysCmd,
     },
+    /// Back up a running node's or hub's databases to one file (online: intake pauses for at most a commit).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory, after checking it (checksums, redb's integrity check, a
+    /// node's ledger replayed against its balances).
+    Restore(backup::RestoreArgs),
     /// Demand forecasting tools.
     Forecast {
         #[command(subcommand)]
@@ -201,6 +207,8 @@ pub fn main() -> anyhow::Result<()> {
             Cmd::Hub(a) => oms_hub::run(hub_cmd::config(&a)?, shutdown_signal()).await,
             Cmd::Ca { cmd } => ca::run(cmd),
             Cmd::Keys { cmd } => keys::run(cmd),
+            Cmd::Backup(a) => backup::backup(&a),
+            Cmd::Restore(a) => backup::restore(&a),
             Cmd::Forecast { cmd: ForecastCmd::Eval { data } } => {
                 let mut out = std::io::stdout().lock();
                 oms_forecast::eval_command(&data, &mut out).map(|_| ()).map_err(anyhow::Error::from)

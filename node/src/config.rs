@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// API keys: how often the key file is re-read, per-key rates and in-flight caps (`[auth]`).
     #[serde(default)]
     pub auth: oms_service::auth::AuthConfig,
+    /// Free space kept in reserve on the data directory's file system (`[storage]`).
+    #[serde(default)]
+    pub storage: oms_service::storage::StorageConfig,
 }
 
 /// The `[orders]` section: when finished orders are frozen (see [`crate::freeze`]).
@@ -210,6 +213,7 @@ impl Default for NodeConfig {
             orders: OrdersConfig::default(),
             http: HttpConfig::default(),
             auth: oms_service::auth::AuthConfig::default(),
+            storage: oms_service::storage::StorageConfig::default(),
         }
     }
 }
@@ -258,6 +262,11 @@ impl NodeConfig {
     /// The database file.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("node.redb")
+    }
+
+    /// The store's limits under this config.
+    pub fn store_limits(&self) -> crate::store::Limits {
+        crate::store::Limits { storage_reserve_bytes: self.storage.reserve_bytes, ..crate::store::Limits::default() }
     }
 }
 

@@ -33,8 +33,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let store = store::Store::open(&cfg.db_path(), cfg.node_id.clone(), store::Limits::default(), metrics.clone())
-        .with_context(|| format!("cannot open the database {}", cfg.db_path().display()))?;
+    let store = store::Store::open(&cfg.db_path(), cfg.node_id.clone(), cfg.store_limits(), metrics.clone())
+        .with_context(|| format!("cannot open the database {}; the node does not start", cfg.db_path().display()))?;
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
@@ -60,6 +60,9 @@ pub async fn run(
             .with_context(|| format!("cannot load the API keys in {}", cfg.data_dir.display()))?,
     );
     let keys_watch = tokio::spawn(auth.clone().watch());
+    // `oms backup --data DIR` reaches the running node here (see `oms_service::storage::admin`).
+    let _admin = oms_service::storage::admin::serve(&cfg.data_dir)
+        .with_context(|| format!("cannot serve the admin socket in {}", cfg.data_dir.display()))?;
     let app = api::router(api::AppState { store, metrics, auth });
     // TLS on the API if `[http]` names a certificate, re-read when its files change.
     let tls =

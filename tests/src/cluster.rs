@@ -24,6 +24,23 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits up to 30 s for a graceful exit (in-flight commits finish, files close cleanly);
+    /// SIGKILL after that. Panics if the process exited with a failure.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "process {pid} exited with {status} on SIGTERM");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        panic!("process {pid} did not stop within 30 s of SIGTERM");
+    }
+
     /// Resident set size from /proc, MB (NaN where unavailable).
     pub fn rss_mb(&self) -> f64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();

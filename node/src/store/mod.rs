@@ -87,6 +87,10 @@ pub struct Limits {
     pub escrow_tick_skus_max: usize,
     /// How long an idempotency key is remembered, ms; a retry after that is a new order.
     pub idempotency_retention_ms: u64,
+    /// Free space, bytes, the store keeps on its file system: below it every write is refused with
+    /// [`StoreError::InsufficientStorage`] before it touches the file (reads go on), so a full disk never
+    /// fails a commit halfway; writes resume as soon as space returns. 0 turns the check off.
+    pub storage_reserve_bytes: u64,
 }
 
 impl Default for Limits {
@@ -99,6 +103,7 @@ impl Default for Limits {
             cache_bytes: 64 << 20,
             escrow_tick_skus_max: 10_000,
             idempotency_retention_ms: 7 * 24 * 3_600_000,
+            storage_reserve_bytes: oms_service::storage::RESERVE_BYTES_DEFAULT,
         }
     }
 }
@@ -157,9 +162,17 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path` and starts the writer thread.
+    /// Opens (or creates) the database at `path` and starts the writer thread. A file of a newer format, or
+    /// one redb finds damaged, is refused ([`oms_service::storage::OpenError`]); an older one is migrated
+    /// after a copy (see `oms_service::storage::format`).
     pub fn open(path: &Path, site: NodeId, limits: Limits, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        let db = Database::builder().set_cache_size(limits.cache_bytes).create(path)?;
+        let options = oms_service::storage::Options { cache_bytes: Some(limits.cache_bytes), faults: None };
+        let opened = oms_service::storage::format::open(path, &NODE_FORMAT, &options)?;
+        if let Some((from, copy)) = &opened.migrated_from {
+            tracing::warn!(file = %path.display(), from, to = NODE_FORMAT.version, copy = %copy.display(),
+                "storage format migrated; the file as it was is kept");
+        }
+        let db = opened.db;
         {
             let w = db.begin_write()?;
             for t in [CATALOG, BALANCES, ORDERS, IDEMPOTENCY, ESCROW] {
@@ -177,15 +190,15 @@ impl Store {
             w.open_table(oms_service::audit::AUDIT)?;
             w.commit()?;
         }
-        let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(limits.queue_max);
         let writer_db = db.clone();
+        let data_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let writer_site = site.clone();
         let commits = Arc::new(tokio::sync::Notify::new());
         let writer_commits = commits.clone();
         let writer = std::thread::Builder::new()
             .name("oms-writer".into())
-            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics, writer_commits))
+            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics, writer_commits, data_dir))
             .map_err(|source| StorageError::Io { what: "starting the writer thread", source })?;
         Ok(Store { db, tx, site, limits, writer: Arc::new(std::sync::Mutex::new(Some(writer))), commits })
     }
