@@ -104,6 +104,8 @@ pub struct RestoreReport {
     pub orders: Option<u64>,
     /// SKUs whose balance differs from a replay of the ledger (must be empty).
     pub ledger_mismatches: Vec<String>,
+    /// Order numbers the restored node skips ([`oms_node::store::RESTORE_ORDER_IDS_SKIPPED`]).
+    pub order_numbers_skipped: Option<u64>,
     /// Documents in `sync.redb` / `hub.redb`.
     pub documents: Option<usize>,
     /// Channel orders waiting for units in `intake.redb` (a hub's backup).
@@ -113,20 +115,20 @@ pub struct RestoreReport {
 }
 
 /// Restores `args.from` into `args.data` after checking it; on any failure the restored files are removed.
-pub(crate) fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
-    let report = restore_into(&args.from, &args.data)?;
+pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
+    let report = restore_into(&args.from, &args.data).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 
 /// [`restore`]'s work, for the demo too: unpacks with checksums, checks every file with redb's integrity
 /// check, then what each holds (a node's ledger replays to its balances; documents and intake open).
-pub fn restore_into(from: &Path, data: &Path) -> anyhow::Result<RestoreReport> {
+pub async fn restore_into(from: &Path, data: &Path) -> anyhow::Result<RestoreReport> {
     std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
     let input = std::fs::File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
     let (manifest, written) = archive::unpack(&mut std::io::BufReader::new(input), data)
         .with_context(|| format!("{} cannot be restored", from.display()))?;
-    match check(data, &manifest) {
+    match check(data, &manifest).await {
         Ok(report) => Ok(report),
         Err(e) => {
             for f in &written {
@@ -137,7 +139,7 @@ pub fn restore_into(from: &Path, data: &Path) -> anyhow::Result<RestoreReport> {
     }
 }
 
-fn check(data: &Path, manifest: &archive::Manifest) -> anyhow::Result<RestoreReport> {
+async fn check(data: &Path, manifest: &archive::Manifest) -> anyhow::Result<RestoreReport> {
     let mut report = RestoreReport {
         files: manifest.files.clone(),
         bytes: manifest.files.iter().map(|f| f.len).sum(),
@@ -163,17 +165,23 @@ fn check(data: &Path, manifest: &archive::Manifest) -> anyhow::Result<RestoreRep
                 let store = oms_node::store::Store::open(&path, site, limits, metrics)?;
                 report.ledger_mismatches = store.verify_ledger()?.iter().map(|s| s.to_string()).collect();
                 report.orders = Some(store.order_total()?);
+                if !report.ledger_mismatches.is_empty() {
+                    store.close();
+                    anyhow::bail!(
+                        "node.redb: the ledger does not replay to the balances of {:?}",
+                        report.ledger_mismatches
+                    );
+                }
+                let skipped = oms_node::store::RESTORE_ORDER_IDS_SKIPPED;
+                let next = store.execute(oms_node::store::cmd::SkipOrderIds { ids: skipped }).await?;
                 store.close();
-                anyhow::ensure!(
-                    report.ledger_mismatches.is_empty(),
-                    "node.redb: the ledger does not replay to the balances of {:?}",
-                    report.ledger_mismatches
-                );
-                report.notes.push(
-                    "orders taken after the backup live on at the hub only as documents; the node does not \
-                     re-create them (GET the hub's /v1/orders?site=<node> to see them)"
-                        .into(),
-                );
+                report.order_numbers_skipped = Some(skipped);
+                report.notes.push(format!(
+                    "what the node did after the backup is not in it: orders it took since then live on at the \
+                     hub only (GET /v1/orders?site=<node> there), with their last synced state; stock movements \
+                     since then are lost, so count the stock. New orders are numbered from {next} on, so none \
+                     takes the id of an order the hub may hold"
+                ));
             }
             "docdb" => {
                 let db = oms_sync::DocDb::open(&path, vec![0; 16], usize::MAX)?;

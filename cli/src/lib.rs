@@ -208,7 +208,7 @@ pub fn main() -> anyhow::Result<()> {
             Cmd::Ca { cmd } => ca::run(cmd),
             Cmd::Keys { cmd } => keys::run(cmd),
             Cmd::Backup(a) => backup::backup(&a),
-            Cmd::Restore(a) => backup::restore(&a),
+            Cmd::Restore(a) => backup::restore(&a).await,
             Cmd::Forecast { cmd: ForecastCmd::Eval { data } } => {
                 let mut out = std::io::stdout().lock();
                 oms_forecast::eval_command(&data, &mut out).map(|_| ()).map_err(anyhow::Error::from)

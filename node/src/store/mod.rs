@@ -51,6 +51,7 @@ mod freeze;
 mod orders;
 mod reads;
 mod records;
+mod restore;
 mod returns;
 mod stock;
 mod tables;
@@ -64,6 +65,7 @@ pub use freeze::{FREEZE_ORDERS_MAX, Frozen};
 pub use orders::{IDEMPOTENCY_KEY_BYTES_MAX, NewOrder};
 use records::IdempotencyRecord;
 pub use records::{CatalogItem, FeedEntry, LedgerEntry, PickConfirmation, PickLine, Shortfall, Wave};
+pub use restore::RESTORE_ORDER_IDS_SKIPPED;
 pub use stock::Imported;
 use tables::*;
 pub use writer::Audit;
@@ -129,7 +131,7 @@ pub mod cmd {
     //! - [`RejectAssignment`], [`ConfirmPicks`], [`Pack`], [`Ship`], [`Deliver`], [`Cancel`], [`Reaccept`],
     //!   [`ReceiveReturn`], [`Refund`] → the [`OrderRecord`] after the change;
     //! - [`CreateWave`] → [`Wave`]; [`EscrowSync`] → the SKUs whose escrow changed; [`EscrowTick`] →
-    //!   [`EscrowTicked`]; [`Freeze`] → [`Frozen`].
+    //!   [`EscrowTicked`]; [`Freeze`] → [`Frozen`]; [`SkipOrderIds`] → the next order number.
     //!
     //! [`Store::execute`]: super::Store::execute
     //! [`Command::Reply`]: super::Command::Reply
@@ -145,6 +147,7 @@ pub mod cmd {
     pub use super::escrow::{EscrowSync, EscrowTick};
     pub use super::freeze::Freeze;
     pub use super::orders::{AcceptAssignment, Cancel, CreateOrder, Deliver, Pack, Reaccept, RejectAssignment, Ship};
+    pub use super::restore::SkipOrderIds;
     pub use super::returns::{ReceiveReturn, Refund};
     pub use super::stock::{Import, PutCatalog, Stock};
     pub use super::waves::{ConfirmPicks, CreateWave};
