@@ -405,10 +405,6 @@ impl Intake {
     /// Opens (or creates) `intake.redb` and loads the escrow view and the open orders.
     pub fn open(path: &Path, policy: RoutingPolicy) -> Result<Intake, IntakeError> {
         let opened = oms_service::storage::format::open(path, &INTAKE_FORMAT, &Default::default())?;
-        if let Some((from, copy)) = &opened.migrated_from {
-            tracing::warn!(file = %path.display(), from, to = INTAKE_FORMAT.version, copy = %copy.display(),
-                "storage format migrated; the file as it was is kept");
-        }
         let db = opened.db;
         let w = db.begin_write()?;
         w.open_table(ORDERS)?;

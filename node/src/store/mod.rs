@@ -171,10 +171,30 @@ impl Store {
     pub fn open(path: &Path, site: NodeId, limits: Limits, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         let options = oms_service::storage::Options { cache_bytes: Some(limits.cache_bytes), faults: None };
         let opened = oms_service::storage::format::open(path, &NODE_FORMAT, &options)?;
-        if let Some((from, copy)) = &opened.migrated_from {
-            tracing::warn!(file = %path.display(), from, to = NODE_FORMAT.version, copy = %copy.display(),
-                "storage format migrated; the file as it was is kept");
-        }
+        Self::start(path, opened, site, limits, metrics)
+    }
+
+    /// [`Store::open`] on another storage than the file at `path`, which then only names it (the power-loss
+    /// tests run a store on `oms_service::storage::crash::CrashBackend`).
+    pub fn open_on(
+        path: &Path,
+        backend: Box<dyn redb::StorageBackend>,
+        site: NodeId,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
+        let options = oms_service::storage::Options { cache_bytes: Some(limits.cache_bytes), faults: None };
+        let opened = oms_service::storage::format::open_on(path, backend, &NODE_FORMAT, &options)?;
+        Self::start(path, opened, site, limits, metrics)
+    }
+
+    fn start(
+        path: &Path,
+        opened: oms_service::storage::Opened,
+        site: NodeId,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
         let db = opened.db;
         {
             let w = db.begin_write()?;

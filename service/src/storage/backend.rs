@@ -1,4 +1,5 @@
-//! The file under every redb database of oms: redb's own [`FileBackend`], wrapped so that
+//! The file under every redb database of oms: redb's own `FileBackend` (or, in tests, any backend), wrapped
+//! so that
 //!
 //! - a running process can copy a database as it was at one commit without stopping its writer for more
 //!   than that commit (a copy-on-write snapshot: while a snapshot is open, the old contents of every block
@@ -16,7 +17,6 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 
 /// Granularity of what a snapshot keeps: redb's page size.
@@ -26,7 +26,7 @@ const BLOCK: u64 = 4096;
 /// faults.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    file: FileBackend,
+    file: Box<dyn StorageBackend>,
     /// The open snapshot, if any. Every write and every snapshot read takes this lock, so a snapshot read
     /// never sees half a write.
     cow: Mutex<Option<Cow>>,
@@ -47,7 +47,7 @@ struct Cow {
 
 impl Cow {
     /// Keeps the old contents of every block of `[start, end)` not kept yet.
-    fn preserve(&mut self, file: &FileBackend, start: u64, end: u64) -> io::Result<()> {
+    fn preserve(&mut self, file: &dyn StorageBackend, start: u64, end: u64) -> io::Result<()> {
         if self.overflowed {
             return Ok(());
         }
@@ -94,7 +94,7 @@ impl FaultSwitch {
 }
 
 impl Shared {
-    pub(crate) fn new(file: FileBackend, faults: Arc<FaultSwitch>) -> Arc<Shared> {
+    pub(crate) fn new(file: Box<dyn StorageBackend>, faults: Arc<FaultSwitch>) -> Arc<Shared> {
         Arc::new(Shared { file, cow: Mutex::new(None), faults })
     }
 
@@ -166,7 +166,7 @@ impl StorageBackend for OmsBackend {
             self.0.faults.check()?;
         }
         if let Some(c) = cow.as_mut() {
-            c.preserve(&self.0.file, len, c.len)?;
+            c.preserve(self.0.file.as_ref(), len, c.len)?;
         }
         self.0.file.set_len(len)
     }
@@ -179,7 +179,7 @@ impl StorageBackend for OmsBackend {
         self.0.faults.check()?;
         let mut cow = crate::lock(&self.0.cow);
         if let Some(c) = cow.as_mut() {
-            c.preserve(&self.0.file, offset, offset + data.len() as u64)?;
+            c.preserve(self.0.file.as_ref(), offset, offset + data.len() as u64)?;
         }
         self.0.file.write(offset, data)
     }

@@ -167,6 +167,17 @@ pub fn open(path: &Path, format: &Format, options: &Options) -> Result<Opened, O
         .open(path)
         .map_err(|e| OpenError::Storage { path: path.into(), source: e.into() })?;
     let backend = FileBackend::new(file).map_err(|e| OpenError::storage(path, e))?;
+    open_on(path, Box::new(backend), format, options)
+}
+
+/// [`open`] on another storage than the file at `path` (which then only names it, and where a migration
+/// keeps its copy): the power-loss tests run stores on a [`super::crash::CrashBackend`].
+pub fn open_on(
+    path: &Path,
+    backend: Box<dyn redb::StorageBackend>,
+    format: &Format,
+    options: &Options,
+) -> Result<Opened, OpenError> {
     let shared = Shared::new(backend, options.faults.clone().unwrap_or_default());
     let mut builder = Database::builder();
     if let Some(bytes) = options.cache_bytes {
@@ -187,6 +198,8 @@ pub fn open(path: &Path, format: &Format, options: &Options) -> Result<Opened, O
                 from,
                 source,
             })?;
+            tracing::warn!(file = %path.display(), from, to = format.version, copy = %copy.display(),
+                "migrating to the current storage format; the file as it was is kept");
             migrated_from = Some((from, copy));
         }
         let w = db.begin_write().map_err(|e| OpenError::storage(path, e))?;

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod archive;
 mod backend;
+pub mod crash;
 pub mod format;
 
 pub use backend::FaultSwitch;

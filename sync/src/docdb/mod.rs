@@ -228,10 +228,6 @@ impl DocDb {
     pub fn open(path: &Path, actor: Vec<u8>, docs_max: usize) -> Result<DocDb, DocDbError> {
         let options = oms_service::storage::Options { cache_bytes: Some(DB_CACHE_BYTES), faults: None };
         let opened = oms_service::storage::format::open(path, &DOCDB_FORMAT, &options)?;
-        if let Some((from, copy)) = &opened.migrated_from {
-            tracing::warn!(file = %path.display(), from, to = DOCDB_FORMAT.version, copy = %copy.display(),
-                "storage format migrated; the file as it was is kept");
-        }
         let db = opened.db;
         let w = db.begin_write().or_storage(path)?;
         {
