@@ -67,6 +67,7 @@ use records::IdempotencyRecord;
 pub use records::{CatalogItem, FeedEntry, LedgerEntry, PickConfirmation, PickLine, Shortfall, Wave};
 pub use restore::RESTORE_ORDER_IDS_SKIPPED;
 pub use stock::Imported;
+pub use tables::NODE_FORMAT;
 use tables::*;
 pub use writer::Audit;
 pub use writer::IDEMPOTENCY_PRUNE_MAX;

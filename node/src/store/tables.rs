@@ -10,7 +10,7 @@ use super::{StorageError, StoreError};
 /// The format of `node.redb` (see `oms_service::storage::format`): 1 is the first versioned one, the same
 /// tables as the unversioned files before it (format 0), whose own one-time upgrades (the freeze queue)
 /// still run at open. A change to a table's name, key or row layout takes the next version and a migration.
-pub(crate) const NODE_FORMAT: oms_service::storage::Format =
+pub const NODE_FORMAT: oms_service::storage::Format =
     oms_service::storage::Format { kind: "node", version: 1, derived: false, migrations: &[] };
 
 pub(super) const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
