@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod backup;
 mod ca;
+mod config_ref;
 mod demo;
 mod hub_cmd;
 mod keys;
@@ -52,6 +53,8 @@ enum Cmd {
     /// Restore a backup into a new data directory, after checking it (checksums, redb's integrity check, a
     /// node's ledger replayed against its balances).
     Restore(backup::RestoreArgs),
+    /// Print the configuration reference (deploy/CONFIG.md) generated from the config types.
+    ConfigReference,
     /// Demand forecasting tools.
     Forecast {
         #[command(subcommand)]
@@ -208,6 +211,10 @@ pub fn main() -> anyhow::Result<()> {
             Cmd::Ca { cmd } => ca::run(cmd),
             Cmd::Keys { cmd } => keys::run(cmd),
             Cmd::Backup(a) => backup::backup(&a),
+            Cmd::ConfigReference => {
+                print!("{}", config_ref::reference()?);
+                Ok(())
+            }
             Cmd::Restore(a) => backup::restore(&a).await,
             Cmd::Forecast { cmd: ForecastCmd::Eval { data } } => {
                 let mut out = std::io::stdout().lock();

@@ -13,7 +13,7 @@ use serde::Deserialize;
 pub use oms_service::config::ConfigError;
 
 /// Everything a node needs to start.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This site's id.
@@ -46,7 +46,7 @@ pub struct NodeConfig {
 }
 
 /// The `[orders]` section: when finished orders are frozen (see [`crate::freeze`]).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrdersConfig {
     /// Days after delivery (or shipment, if no delivery was confirmed) during which a shipped order may
@@ -102,7 +102,7 @@ impl OrdersConfig {
 }
 
 /// The site's location and name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     /// Display name.
@@ -146,7 +146,7 @@ impl Default for SiteConfig {
 }
 
 /// How to reach the hub.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubLink {
     /// The hub's QUIC address.

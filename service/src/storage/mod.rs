@@ -93,7 +93,7 @@ macro_rules! storage_errors_from_redb {
 }
 
 /// The `[storage]` section of the node's and the hub's config.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// Free space, bytes, kept on the data directory's file system: below it writes are refused with `507
