@@ -155,7 +155,7 @@ pub fn image_at(ops: &[Op], cut: usize, how: Cut) -> Vec<u8> {
                 let keep = (rng.next() as usize % sectors) * 512;
                 apply_write(&mut bytes, *offset, &data[..keep.min(data.len())]);
             }
-        } else if rng.next() % 2 == 0 {
+        } else if rng.next().is_multiple_of(2) {
             apply(&mut bytes, op);
         }
     }
