@@ -229,7 +229,8 @@ fn main() {
     // during it, against the same load just before (baseline measured in the same run).
     let url = node.url("/v1/orders");
     let base_secs = secs.min(5);
-    let (b_rate, b_p50, b_p99, _) = rt.block_on(intake_level(url.clone(), client(tls.as_deref(), 16), 16, base_secs, 900_000_000));
+    let (b_rate, b_p50, b_p99, _) =
+        rt.block_on(intake_level(url.clone(), client(tls.as_deref(), 16), 16, base_secs, 900_000_000));
     let out = base.join("lookup.backup");
     let (data, file) = (dir.clone(), out.clone());
     let backup = std::thread::spawn(move || {
@@ -248,7 +249,8 @@ fn main() {
         "online backup with {lookup_orders}+ orders stored: {} bytes in {took:.2} s (pause_ms_max {:.3} ms); \
          16 clients placing orders {base_secs} s before: {b_rate:.0}/s p50 {b_p50:.2} ms p99 {b_p99:.2} ms; \
          {base_secs} s from its start: {d_rate:.0}/s p50 {d_p50:.2} ms p99 {d_p99:.2} ms, errors {d_err}",
-        report["bytes"], report["pause_ms_max"].as_f64().unwrap_or(f64::NAN)
+        report["bytes"],
+        report["pause_ms_max"].as_f64().unwrap_or(f64::NAN)
     );
     let t = Instant::now();
     let restored = base.join("lookup-restored");

@@ -290,3 +290,36 @@ pub async fn get_json(http: &reqwest::Client, url: String) -> Option<Value> {
     }
     r.json().await.ok()
 }
+
+/// How long [`wait_for`] waits.
+pub const WAIT_FOR_MAX: Duration = Duration::from_secs(60);
+
+/// Waits until `f` holds for the JSON at `url` (GET, 2xx), polling every 100 ms for at most
+/// [`WAIT_FOR_MAX`]; returns it. Panics naming `what` and the last answer seen.
+pub async fn wait_for(http: &reqwest::Client, url: String, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT_FOR_MAX;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Some(v) = get_json(http, url.clone()).await {
+            if f(&v) {
+                return v;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within {WAIT_FOR_MAX:?}; last seen {last}");
+}
+
+/// A hub and one node `id` linked to it, with a tenant CA in `root`, both healthy. `site` is TOML added to
+/// the node's config after its `[hub]` keys (see [`node_config_with`]).
+pub async fn hub_and_node(http: &reqwest::Client, root: &Path, id: &str, site: &str) -> (HubProc, ClusterNode) {
+    let certs = pki(root, &[id]);
+    let (quic, hub_http) = (free_udp(), free_tcp());
+    let hub = spawn_hub(root, &certs, quic, hub_http, "info");
+    let (config, node_http, dir) = node_config_with(root, &certs, id, quic, site);
+    let node = spawn_node_with(id, &config, node_http, &dir, "info");
+    wait_healthy(http, node.http, WAIT_FOR_MAX).await;
+    wait_healthy(http, hub_http, WAIT_FOR_MAX).await;
+    (hub, node)
+}

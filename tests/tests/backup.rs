@@ -10,11 +10,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use oms_tests::cluster::{self, free_tcp, free_udp, get_json, pki};
+use oms_tests::cluster::{self, get_json, wait_for};
 use oms_tests::{NodeProc, get, http, oms_bin, order_body, place, run_oms, seed};
 use serde_json::{Value, json};
-
-const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `oms <args>`; returns (success, stdout, stderr).
 fn oms(args: &[&str]) -> (bool, String, String) {
@@ -129,22 +127,6 @@ async fn online_backup_of_a_node_taking_orders_restores_and_checks_out() {
     assert!(!ok && err.contains("no node or hub is running"), "{err}");
 }
 
-/// Waits until `f` holds for the JSON at `url`; returns it.
-async fn wait_for(c: &reqwest::Client, url: String, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        if let Some(v) = get_json(c, url.clone()).await {
-            if f(&v) {
-                return v;
-            }
-            last = v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached within {DEADLINE:?}; last seen {last}");
-}
-
 /// The ids of the node's orders the hub holds.
 async fn hub_site_orders(c: &reqwest::Client, hub: std::net::SocketAddr, site: &str) -> Vec<String> {
     let v = get_json(c, format!("http://{hub}/v1/orders?site={site}&limit=1000")).await.unwrap_or(Value::Null);
@@ -162,12 +144,8 @@ async fn a_node_restored_from_an_older_backup_rejoins_without_losing_or_duplicat
     let c = http();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let certs = pki(root, &["wh-a"]);
-    let (quic, hub_http) = (free_udp(), free_tcp());
-    let _hub = cluster::spawn_hub(root, &certs, quic, hub_http, "info");
-    let mut node = cluster::spawn_node(root, &certs, "wh-a", quic, "info");
-    cluster::wait_healthy(&c, node.http, DEADLINE).await;
-    cluster::wait_healthy(&c, hub_http, DEADLINE).await;
+    let (hub, mut node) = cluster::hub_and_node(&c, root, "wh-a", "").await;
+    let hub_http = hub.http;
     cluster::seed(&c, &node, 1, 10_000).await;
     let body = |k: &str| order_body(k, &[("SKU-0", 1)]);
     for i in 0..10 {
@@ -202,7 +180,7 @@ async fn a_node_restored_from_an_older_backup_rejoins_without_losing_or_duplicat
 
     // The restored node rejoins and takes orders again.
     node.restart();
-    cluster::wait_healthy(&c, node.http, DEADLINE).await;
+    cluster::wait_healthy(&c, node.http, cluster::WAIT_FOR_MAX).await;
     let mut fresh = BTreeSet::new();
     for i in 0..3 {
         fresh.insert(cluster::place(&c, &node, &format!("new-{i}"), &body(&format!("new-{i}"))).await);

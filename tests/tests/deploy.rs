@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use oms_tests::cluster::{self, free_tcp, free_udp, pki};
+use oms_tests::cluster;
 use oms_tests::{http, order_body};
 
 fn deploy(file: &str) -> String {
@@ -56,12 +56,8 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
     let c = http();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let certs = pki(root, &["wh-a"]);
-    let (quic, hub_http) = (free_udp(), free_tcp());
-    let _hub = cluster::spawn_hub(root, &certs, quic, hub_http, "info");
-    let node = cluster::spawn_node(root, &certs, "wh-a", quic, "info");
-    cluster::wait_healthy(&c, node.http, Duration::from_secs(30)).await;
-    cluster::wait_healthy(&c, hub_http, Duration::from_secs(30)).await;
+    let (hub, node) = cluster::hub_and_node(&c, root, "wh-a", "").await;
+    let hub_http = hub.http;
     cluster::seed(&c, &node, 1, 10).await;
     cluster::place(&c, &node, "m-1", &order_body("m-1", &[("SKU-0", 1)])).await;
     // The hub's per-node series exist once the node has linked.

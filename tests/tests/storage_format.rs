@@ -14,13 +14,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, get_json, pki};
+use oms_tests::cluster::{self, ClusterNode, free_tcp, wait_for};
 use oms_tests::{get, http, post};
 use serde_json::{Value, json};
 
-const DEADLINE: Duration = Duration::from_secs(60);
 const NODE: &str = "wh-fix";
 const BERLIN: (f64, f64) = (52.52, 13.40);
 
@@ -40,31 +39,9 @@ fn order(ext: &str, lines: &[(&str, u32)]) -> Value {
     })
 }
 
-async fn wait_for(c: &reqwest::Client, url: String, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        if let Some(v) = get_json(c, url.clone()).await {
-            if f(&v) {
-                return v;
-            }
-            last = v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached within {DEADLINE:?}; last seen {last}");
-}
-
 /// A hub and the node `wh-fix` (Berlin) in `root`, healthy.
 async fn cluster(c: &reqwest::Client, root: &Path) -> (cluster::HubProc, ClusterNode) {
-    let certs = pki(root, &[NODE]);
-    let (quic, hub_http) = (free_udp(), free_tcp());
-    let hub = cluster::spawn_hub(root, &certs, quic, hub_http, "info");
-    let (config, http, dir) = cluster::node_config_with(root, &certs, NODE, quic, &site_toml());
-    let node = cluster::spawn_node_with(NODE, &config, http, &dir, "info");
-    cluster::wait_healthy(c, node.http, DEADLINE).await;
-    cluster::wait_healthy(c, hub_http, DEADLINE).await;
-    (hub, node)
+    cluster::hub_and_node(c, root, NODE, &site_toml()).await
 }
 
 /// What the node's and the hub's APIs answer about every record the fixture holds, without what changes
