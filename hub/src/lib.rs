@@ -103,8 +103,13 @@ pub async fn run(
     );
     let keys = tokio::spawn(auth.clone().watch());
     // `oms backup --data DIR` reaches the running hub here (see `oms_service::storage::admin`).
+    // Without it (a path too long for a Unix socket, say) the process still serves; only online backups
+    // are unavailable, and the log says so.
     let _admin = oms_service::storage::admin::serve(&cfg.data_dir)
-        .with_context(|| format!("cannot serve the admin socket in {}", cfg.data_dir.display()))?;
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, data = %cfg.data_dir.display(), "no admin socket: oms backup cannot reach this process")
+        })
+        .ok();
     let app = api::router(hub.clone(), auth).layer(forecast_api::settings(cfg.forecast.clone()));
     // TLS on the API if `[http]` names a certificate, re-read when its files change.
     let tls =

@@ -228,7 +228,23 @@ impl DocDb {
     pub fn open(path: &Path, actor: Vec<u8>, docs_max: usize) -> Result<DocDb, DocDbError> {
         let options = oms_service::storage::Options { cache_bytes: Some(DB_CACHE_BYTES), faults: None };
         let opened = oms_service::storage::format::open(path, &DOCDB_FORMAT, &options)?;
-        let db = opened.db;
+        Self::start(path, opened.db, actor, docs_max)
+    }
+
+    /// [`DocDb::open`] on another storage than the file at `path`, which then only names it (the power-loss
+    /// tests run on `oms_service::storage::crash::CrashBackend`).
+    pub fn open_on(
+        path: &Path,
+        backend: Box<dyn redb::StorageBackend>,
+        actor: Vec<u8>,
+        docs_max: usize,
+    ) -> Result<DocDb, DocDbError> {
+        let options = oms_service::storage::Options { cache_bytes: Some(DB_CACHE_BYTES), faults: None };
+        let opened = oms_service::storage::format::open_on(path, backend, &DOCDB_FORMAT, &options)?;
+        Self::start(path, opened.db, actor, docs_max)
+    }
+
+    fn start(path: &Path, db: Arc<Database>, actor: Vec<u8>, docs_max: usize) -> Result<DocDb, DocDbError> {
         let w = db.begin_write().or_storage(path)?;
         {
             let docs = w.open_table(DOCS).or_storage(path)?;
