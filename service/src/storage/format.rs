@@ -288,11 +288,12 @@ impl FileSnapshot {
         kind: &'static str,
         version: u64,
     ) -> std::io::Result<Self> {
-        // Holding a write transaction: no commit is in progress, and none starts until it is dropped.
+        // Holding a write transaction: no commit is in progress, and none starts until it ends.
         let w = db.begin_write().map_err(std::io::Error::other)?;
         let t = Instant::now();
         let len = shared.begin_snapshot(SNAPSHOT_OVERLAY_BYTES_MAX);
-        drop(w);
+        // Nothing was written in it: abort, so redb does not warn of a dropped transaction.
+        let _ = w.abort();
         let pause = t.elapsed();
         let Some(len) = len? else {
             return Err(std::io::Error::other(format!("{}: a snapshot is already being taken", path.display())));
