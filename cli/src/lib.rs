@@ -11,7 +11,9 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod backup;
 mod ca;
+mod config_ref;
 mod demo;
 mod hub_cmd;
 mod keys;
@@ -51,6 +53,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: keys::UsersCmd,
     },
+    /// Back up a running node's or hub's databases to one file (online: intake pauses for at most a commit).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory, after checking it (checksums, redb's integrity check, a
+    /// node's ledger replayed against its balances).
+    Restore(backup::RestoreArgs),
+    /// Print the configuration reference (deploy/CONFIG.md) generated from the config types.
+    ConfigReference,
     /// Demand forecasting tools.
     Forecast {
         #[command(subcommand)]
@@ -207,6 +216,12 @@ pub fn main() -> anyhow::Result<()> {
             Cmd::Ca { cmd } => ca::run(cmd),
             Cmd::Keys { cmd } => keys::run(cmd),
             Cmd::Users { cmd } => keys::run_users(cmd),
+            Cmd::Backup(a) => backup::backup(&a),
+            Cmd::ConfigReference => {
+                print!("{}", config_ref::reference()?);
+                Ok(())
+            }
+            Cmd::Restore(a) => backup::restore(&a).await,
             Cmd::Forecast { cmd: ForecastCmd::Eval { data } } => {
                 let mut out = std::io::stdout().lock();
                 oms_forecast::eval_command(&data, &mut out).map(|_| ()).map_err(anyhow::Error::from)

@@ -162,9 +162,19 @@ async fn audit_events(
 /// `GET /metrics`: OpenMetrics text.
 async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
     let mut out = auth.stats.openmetrics("oms_hub");
-    let (connected, held) = {
+    let now = now_ms();
+    let (connected, held, per_node) = {
         let docs = lock(&hub.docs);
-        (docs.nodes.values().filter(|n| n.connected).count(), docs.db().len())
+        // One series per node that ever connected (bounded by `nodes_max` and the hub's parties).
+        let per_node: Vec<(String, bool, Option<u64>, u64)> = docs
+            .nodes
+            .iter()
+            .map(|(name, st)| {
+                let age_s = st.last_frame_at_ms.or(st.connected_at_ms).map(|t| now.saturating_sub(t) / 1_000);
+                (name.clone(), st.connected, age_s, st.changes_quarantined)
+            })
+            .collect();
+        (docs.nodes.values().filter(|n| n.connected).count(), docs.db().len(), per_node)
     };
     let h = hub.clone();
     let taken = tokio::task::spawn_blocking(move || h.intake.orders_taken()).await.ok().and_then(Result::ok);
@@ -180,6 +190,25 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
         hub.intake.open_count().to_string(),
     );
     gauge(&mut out, "oms_hub_api_keys_live", "API keys in force.", auth.live_keys().to_string());
+    // Per node: whether it is linked, how long since its last frame (past the escrow lease, 60 s by default,
+    // and its margin the site reclaims the rights the hub holds there), and the changes quarantined.
+    let mut connected_lines = String::new();
+    let mut age_lines = String::new();
+    let mut quarantined_lines = String::new();
+    for (name, up, age_s, quarantined) in &per_node {
+        connected_lines.push_str(&format!("oms_hub_node_connected{{node=\"{name}\"}} {}\n", u8::from(*up)));
+        if let Some(age) = age_s {
+            age_lines.push_str(&format!("oms_hub_node_last_frame_age_seconds{{node=\"{name}\"}} {age}\n"));
+        }
+        quarantined_lines.push_str(&format!("oms_hub_changes_quarantined_total{{node=\"{name}\"}} {quarantined}\n"));
+    }
+    out.push_str(&format!(
+        "# HELP oms_hub_node_connected 1 while the node has a live sync session.\n# TYPE oms_hub_node_connected gauge\n\
+         {connected_lines}# HELP oms_hub_node_last_frame_age_seconds Seconds since the node's last sync frame.\n\
+         # TYPE oms_hub_node_last_frame_age_seconds gauge\n{age_lines}\
+         # HELP oms_hub_changes_quarantined Changes from the node to keys it does not own, rolled back.\n\
+         # TYPE oms_hub_changes_quarantined counter\n{quarantined_lines}"
+    ));
     let b = hub.intake.batch_counts();
     out.push_str(&format!(
         "# HELP oms_hub_intake_commits Write transactions of the intake's writer (channel orders).\n\

@@ -51,7 +51,7 @@ pub async fn run(
     // A fresh Automerge actor per process start, so two incarnations never reuse sequence numbers.
     let actor: [u8; 16] = rand::random();
     let db = DocDb::open(&cfg.db_path(), actor.to_vec(), cfg.docs_max)
-        .with_context(|| format!("cannot open {}", cfg.db_path().display()))?;
+        .with_context(|| format!("cannot open {}; the hub does not start", cfg.db_path().display()))?;
     cfg.validate()?;
     let mut docs = docs::HubDocs::new(db)?;
     docs.set_cache_max(cfg.docs_cached_max);
@@ -62,8 +62,10 @@ pub async fn run(
         changes_inflated_bytes_max: cfg.changes_inflated_bytes_max,
         ..server::ServerTuning::default()
     };
-    let intake = intake::Intake::open(&cfg.data_dir.join(intake::INTAKE_DB_FILE), cfg.routing.clone())
-        .with_context(|| format!("cannot open {}", cfg.data_dir.join(intake::INTAKE_DB_FILE).display()))?;
+    let intake =
+        intake::Intake::open(&cfg.data_dir.join(intake::INTAKE_DB_FILE), cfg.routing.clone()).with_context(|| {
+            format!("cannot open {}; the hub does not start", cfg.data_dir.join(intake::INTAKE_DB_FILE).display())
+        })?;
     let hub = Arc::new(server::Hub::new(docs, intake, &cfg.tenant, actor.to_vec(), tuning)?);
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
@@ -101,6 +103,14 @@ pub async fn run(
             .with_context(|| format!("cannot read the API keys in {}", cfg.data_dir.display()))?,
     );
     let keys = tokio::spawn(auth.clone().watch());
+    // `oms backup --data DIR` reaches the running hub here (see `oms_service::storage::admin`).
+    // Without it (a path too long for a Unix socket, say) the process still serves; only online backups
+    // are unavailable, and the log says so.
+    let _admin = oms_service::storage::admin::serve(&cfg.data_dir)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, data = %cfg.data_dir.display(), "no admin socket: oms backup cannot reach this process")
+        })
+        .ok();
     let app = api::router_with(hub.clone(), auth, cfg.http.tls_files().is_some())
         .layer(forecast_api::settings(cfg.forecast.clone()));
     // TLS on the API if `[http]` names a certificate, re-read when its files change.

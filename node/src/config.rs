@@ -13,7 +13,7 @@ use serde::Deserialize;
 pub use oms_service::config::ConfigError;
 
 /// Everything a node needs to start.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This site's id.
@@ -40,10 +40,13 @@ pub struct NodeConfig {
     /// API keys: how often the key file is re-read, per-key rates and in-flight caps (`[auth]`).
     #[serde(default)]
     pub auth: oms_service::auth::AuthConfig,
+    /// Free space kept in reserve on the data directory's file system (`[storage]`).
+    #[serde(default)]
+    pub storage: oms_service::storage::StorageConfig,
 }
 
 /// The `[orders]` section: when finished orders are frozen (see [`crate::freeze`]).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrdersConfig {
     /// Days after delivery (or shipment, if no delivery was confirmed) during which a shipped order may
@@ -99,7 +102,7 @@ impl OrdersConfig {
 }
 
 /// The site's location and name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     /// Display name.
@@ -143,7 +146,7 @@ impl Default for SiteConfig {
 }
 
 /// How to reach the hub.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubLink {
     /// The hub's QUIC address.
@@ -210,6 +213,7 @@ impl Default for NodeConfig {
             orders: OrdersConfig::default(),
             http: HttpConfig::default(),
             auth: oms_service::auth::AuthConfig::default(),
+            storage: oms_service::storage::StorageConfig::default(),
         }
     }
 }
@@ -258,6 +262,11 @@ impl NodeConfig {
     /// The database file.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("node.redb")
+    }
+
+    /// The store's limits under this config.
+    pub fn store_limits(&self) -> crate::store::Limits {
+        crate::store::Limits { storage_reserve_bytes: self.storage.reserve_bytes, ..crate::store::Limits::default() }
     }
 }
 

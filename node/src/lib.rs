@@ -34,8 +34,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let store = store::Store::open(&cfg.db_path(), cfg.node_id.clone(), store::Limits::default(), metrics.clone())
-        .with_context(|| format!("cannot open the database {}", cfg.db_path().display()))?;
+    let store = store::Store::open(&cfg.db_path(), cfg.node_id.clone(), cfg.store_limits(), metrics.clone())
+        .with_context(|| format!("cannot open the database {}; the node does not start", cfg.db_path().display()))?;
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
@@ -61,6 +61,14 @@ pub async fn run(
             .with_context(|| format!("cannot load the API keys in {}", cfg.data_dir.display()))?,
     );
     let keys_watch = tokio::spawn(auth.clone().watch());
+    // `oms backup --data DIR` reaches the running node here (see `oms_service::storage::admin`).
+    // Without it (a path too long for a Unix socket, say) the process still serves; only online backups
+    // are unavailable, and the log says so.
+    let _admin = oms_service::storage::admin::serve(&cfg.data_dir)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, data = %cfg.data_dir.display(), "no admin socket: oms backup cannot reach this process")
+        })
+        .ok();
     let chrome = Arc::new(ui::chrome(cfg.node_id.as_str(), cfg.http.tls_files().is_some()));
     let app = api::router(api::AppState { store, metrics, auth, chrome });
     // TLS on the API if `[http]` names a certificate, re-read when its files change.

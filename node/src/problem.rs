@@ -33,6 +33,15 @@ impl From<StoreError> for Problem {
             StoreError::NothingToPick => Problem::new(S::CONFLICT, code, detail),
             StoreError::Overloaded => Problem::new(S::SERVICE_UNAVAILABLE, code, detail),
             StoreError::ShuttingDown => Problem::new(S::SERVICE_UNAVAILABLE, code, detail),
+            StoreError::InsufficientStorage { free_bytes, reserve_bytes } => {
+                Problem::new(S::INSUFFICIENT_STORAGE, code, detail)
+                    .with("free_bytes", free_bytes)
+                    .with("reserve_bytes", reserve_bytes)
+            }
+            StoreError::Storage(e) if e.is_disk_full() => {
+                tracing::error!(error = %detail, "disk full");
+                Problem::new(S::INSUFFICIENT_STORAGE, code, detail)
+            }
             StoreError::Storage(_) => {
                 tracing::error!(error = %detail, "storage failure");
                 Problem::new(S::SERVICE_UNAVAILABLE, code, detail)

@@ -84,7 +84,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
 /// The `[http]` section of the node's and the hub's configuration: who may address the server and how much a
 /// client may hold. Every key has a default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Host names (any port) requests may address (`Host`) and state-changing requests may come from

@@ -224,6 +224,44 @@ fn main() {
         "lookup by id, {lookup_orders} orders stored, 20000 random GETs, 1 client: p50 {p50:.3} ms, p99 {p99:.3} ms"
     );
     println!("node RSS: {rss_idle:.0} MB after start, {rss_after:.0} MB after the lookups");
+
+    // Online backup of that node while 16 clients place orders: what the backup costs and how intake fares
+    // during it, against the same load just before (baseline measured in the same run).
+    let url = node.url("/v1/orders");
+    let base_secs = secs.min(5);
+    let (b_rate, b_p50, b_p99, _) =
+        rt.block_on(intake_level(url.clone(), client(tls.as_deref(), 16), 16, base_secs, 900_000_000));
+    let out = base.join("lookup.backup");
+    let (data, file) = (dir.clone(), out.clone());
+    let backup = std::thread::spawn(move || {
+        let t = Instant::now();
+        let o = Command::new(env!("CARGO_BIN_EXE_oms-it"))
+            .args(["backup", "--data", data.to_str().unwrap(), "--out", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "backup: {}", String::from_utf8_lossy(&o.stderr));
+        (t.elapsed().as_secs_f64(), serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap())
+    });
+    let (d_rate, d_p50, d_p99, d_err) =
+        rt.block_on(intake_level(url, client(tls.as_deref(), 16), 16, base_secs, 950_000_000));
+    let (took, report) = backup.join().unwrap();
+    println!(
+        "online backup with {lookup_orders}+ orders stored: {} bytes in {took:.2} s (pause_ms_max {:.3} ms); \
+         16 clients placing orders {base_secs} s before: {b_rate:.0}/s p50 {b_p50:.2} ms p99 {b_p99:.2} ms; \
+         {base_secs} s from its start: {d_rate:.0}/s p50 {d_p50:.2} ms p99 {d_p99:.2} ms, errors {d_err}",
+        report["bytes"],
+        report["pause_ms_max"].as_f64().unwrap_or(f64::NAN)
+    );
+    let t = Instant::now();
+    let restored = base.join("lookup-restored");
+    let ok = Command::new(env!("CARGO_BIN_EXE_oms-it"))
+        .args(["restore", "--from", out.to_str().unwrap(), "--data", restored.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "restore failed");
+    println!("restore with checks (checksums, integrity, ledger replay): {:.2} s", t.elapsed().as_secs_f64());
 }
 
 async fn preload(dir: &Path, n: u64) {

@@ -24,6 +24,23 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits up to 30 s for a graceful exit (in-flight commits finish, files close cleanly);
+    /// SIGKILL after that. Panics if the process exited with a failure.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "process {pid} exited with {status} on SIGTERM");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        panic!("process {pid} did not stop within 30 s of SIGTERM");
+    }
+
     /// Resident set size from /proc, MB (NaN where unavailable).
     pub fn rss_mb(&self) -> f64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
@@ -272,4 +289,37 @@ pub async fn get_json(http: &reqwest::Client, url: String) -> Option<Value> {
         return None;
     }
     r.json().await.ok()
+}
+
+/// How long [`wait_for`] waits.
+pub const WAIT_FOR_MAX: Duration = Duration::from_secs(60);
+
+/// Waits until `f` holds for the JSON at `url` (GET, 2xx), polling every 100 ms for at most
+/// [`WAIT_FOR_MAX`]; returns it. Panics naming `what` and the last answer seen.
+pub async fn wait_for(http: &reqwest::Client, url: String, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT_FOR_MAX;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Some(v) = get_json(http, url.clone()).await {
+            if f(&v) {
+                return v;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within {WAIT_FOR_MAX:?}; last seen {last}");
+}
+
+/// A hub and one node `id` linked to it, with a tenant CA in `root`, both healthy. `site` is TOML added to
+/// the node's config after its `[hub]` keys (see [`node_config_with`]).
+pub async fn hub_and_node(http: &reqwest::Client, root: &Path, id: &str, site: &str) -> (HubProc, ClusterNode) {
+    let certs = pki(root, &[id]);
+    let (quic, hub_http) = (free_udp(), free_tcp());
+    let hub = spawn_hub(root, &certs, quic, hub_http, "info");
+    let (config, node_http, dir) = node_config_with(root, &certs, id, quic, site);
+    let node = spawn_node_with(id, &config, node_http, &dir, "info");
+    wait_healthy(http, node.http, WAIT_FOR_MAX).await;
+    wait_healthy(http, hub_http, WAIT_FOR_MAX).await;
+    (hub, node)
 }

@@ -7,13 +7,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, get_json, pki};
+use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, pki, wait_for};
 use oms_tests::{get, http, post};
 use serde_json::{Value, json};
 
-const DEADLINE: Duration = Duration::from_secs(60);
 const HEALTHY: Duration = Duration::from_secs(30);
 
 /// Berlin and Munich.
@@ -50,22 +49,6 @@ async fn hub_post(c: &reqwest::Client, hub: SocketAddr, key: &str, body: &Value)
     let s = r.status().as_u16();
     let replayed = r.headers().get("idempotent-replayed").is_some();
     (s, r.json().await.unwrap_or(Value::Null), replayed)
-}
-
-/// Waits until `f` holds for the JSON at `url`; returns it.
-async fn wait_for(c: &reqwest::Client, url: String, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        if let Some(v) = get_json(c, url.clone()).await {
-            if f(&v) {
-                return v;
-            }
-            last = v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached within {DEADLINE:?}; last seen {last}");
 }
 
 fn site_row<'a>(stock: &'a Value, site: &str) -> Option<&'a Value> {

@@ -62,6 +62,12 @@ mod writer;
 
 pub use writer::{BatchCounts, IntakeLimits, SiteSource};
 
+/// The format of `intake.redb` (see `oms_service::storage::format`): 1 is the first versioned one, the same
+/// tables as the unversioned files before it, whose one-time index builds still run at open. Every table in
+/// the file, whoever adds it, is covered by the version and by backups; a change to a table's layout takes
+/// the next version and a migration.
+pub const INTAKE_FORMAT: oms_service::storage::Format =
+    oms_service::storage::Format { kind: "intake", version: 1, derived: false, migrations: &[] };
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 const IDEM: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 /// (recorded at ms, key) → (): idempotency records by age, pruned like the node's.
@@ -294,7 +300,7 @@ fn rights<'a>(st: &'a State, overlay: &'a Overlay, key: &(NodeId, Sku)) -> Optio
 
 /// The database and the in-memory state that the intake's writer thread and the other writes share.
 struct Core {
-    db: Database,
+    db: Arc<Database>,
     /// Taken by every write from before it reads until after it committed (the writer holds it for a whole
     /// batch), so no write routes against rights another one has consumed but not yet recorded here.
     state: Mutex<State>,
@@ -398,7 +404,8 @@ fn add_units(into: &mut Vec<SkuQty>, lines: &[SkuQty]) {
 impl Intake {
     /// Opens (or creates) `intake.redb` and loads the escrow view and the open orders.
     pub fn open(path: &Path, policy: RoutingPolicy) -> Result<Intake, IntakeError> {
-        let db = Database::create(path)?;
+        let opened = oms_service::storage::format::open(path, &INTAKE_FORMAT, &Default::default())?;
+        let db = opened.db;
         let w = db.begin_write()?;
         w.open_table(ORDERS)?;
         w.open_table(IDEM)?;

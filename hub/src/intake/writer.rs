@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::*;
 
 /// Bounds of the intake's writer (`[intake]` in the hub's configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntakeLimits {
     /// Channel orders waiting for the writer; beyond this a `POST /v1/orders` is `503 overloaded`.

@@ -84,6 +84,18 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The file system holding the store has less free space than the store keeps in reserve: the write was
+    /// refused before it touched the file (reads go on; writes resume when space returns).
+    #[error(
+        "insufficient storage: {free_bytes} bytes free, the node keeps {reserve_bytes} in reserve; nothing was \
+         written. Free disk space; writes resume at once"
+    )]
+    InsufficientStorage {
+        /// Bytes free.
+        free_bytes: u64,
+        /// Bytes kept in reserve (`[storage] reserve_bytes`).
+        reserve_bytes: u64,
+    },
     /// The disk or the database failed; nothing of the request was written. Shared (`Arc`), because every
     /// caller of a failed batch gets the same error, with redb's error as its source.
     #[error("storage failure, nothing was written: {0}")]
@@ -116,6 +128,8 @@ impl StoreError {
             StoreError::NothingToPick => "nothing_to_pick",
             StoreError::Overloaded => "overloaded",
             StoreError::ShuttingDown => "shutting_down",
+            StoreError::InsufficientStorage { .. } => "insufficient_storage",
+            StoreError::Storage(e) if e.is_disk_full() => "insufficient_storage",
             StoreError::Storage(_) => "storage_unavailable",
             StoreError::Corrupt { .. } => "corrupt_record",
         }

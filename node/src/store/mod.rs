@@ -51,6 +51,7 @@ mod freeze;
 mod orders;
 mod reads;
 mod records;
+mod restore;
 mod returns;
 mod stock;
 mod tables;
@@ -64,7 +65,9 @@ pub use freeze::{FREEZE_ORDERS_MAX, Frozen};
 pub use orders::{IDEMPOTENCY_KEY_BYTES_MAX, NewOrder};
 use records::IdempotencyRecord;
 pub use records::{CatalogItem, FeedEntry, LedgerEntry, PickConfirmation, PickLine, Shortfall, Wave};
+pub use restore::RESTORE_ORDER_IDS_SKIPPED;
 pub use stock::Imported;
+pub use tables::NODE_FORMAT;
 use tables::*;
 pub use writer::Audit;
 pub use writer::IDEMPOTENCY_PRUNE_MAX;
@@ -87,6 +90,10 @@ pub struct Limits {
     pub escrow_tick_skus_max: usize,
     /// How long an idempotency key is remembered, ms; a retry after that is a new order.
     pub idempotency_retention_ms: u64,
+    /// Free space, bytes, the store keeps on its file system: below it every write is refused with
+    /// [`StoreError::InsufficientStorage`] before it touches the file (reads go on), so a full disk never
+    /// fails a commit halfway; writes resume as soon as space returns. 0 turns the check off.
+    pub storage_reserve_bytes: u64,
 }
 
 impl Default for Limits {
@@ -99,6 +106,7 @@ impl Default for Limits {
             cache_bytes: 64 << 20,
             escrow_tick_skus_max: 10_000,
             idempotency_retention_ms: 7 * 24 * 3_600_000,
+            storage_reserve_bytes: oms_service::storage::RESERVE_BYTES_DEFAULT,
         }
     }
 }
@@ -124,7 +132,7 @@ pub mod cmd {
     //! - [`RejectAssignment`], [`ConfirmPicks`], [`Pack`], [`Ship`], [`Deliver`], [`Cancel`], [`Reaccept`],
     //!   [`ReceiveReturn`], [`Refund`] → the [`OrderRecord`] after the change;
     //! - [`CreateWave`] → [`Wave`]; [`EscrowSync`] → the SKUs whose escrow changed; [`EscrowTick`] →
-    //!   [`EscrowTicked`]; [`Freeze`] → [`Frozen`].
+    //!   [`EscrowTicked`]; [`Freeze`] → [`Frozen`]; [`SkipOrderIds`] → the next order number.
     //!
     //! [`Store::execute`]: super::Store::execute
     //! [`Command::Reply`]: super::Command::Reply
@@ -140,6 +148,7 @@ pub mod cmd {
     pub use super::escrow::{EscrowSync, EscrowTick};
     pub use super::freeze::Freeze;
     pub use super::orders::{AcceptAssignment, Cancel, CreateOrder, Deliver, Pack, Reaccept, RejectAssignment, Ship};
+    pub use super::restore::SkipOrderIds;
     pub use super::returns::{ReceiveReturn, Refund};
     pub use super::stock::{Import, PutCatalog, Stock};
     pub use super::waves::{ConfirmPicks, CreateWave};
@@ -157,9 +166,37 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path` and starts the writer thread.
+    /// Opens (or creates) the database at `path` and starts the writer thread. A file of a newer format, or
+    /// one redb finds damaged, is refused ([`oms_service::storage::OpenError`]); an older one is migrated
+    /// after a copy (see `oms_service::storage::format`).
     pub fn open(path: &Path, site: NodeId, limits: Limits, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        let db = Database::builder().set_cache_size(limits.cache_bytes).create(path)?;
+        let options = oms_service::storage::Options { cache_bytes: Some(limits.cache_bytes), faults: None };
+        let opened = oms_service::storage::format::open(path, &NODE_FORMAT, &options)?;
+        Self::start(path, opened, site, limits, metrics)
+    }
+
+    /// [`Store::open`] on another storage than the file at `path`, which then only names it (the power-loss
+    /// tests run a store on `oms_service::storage::crash::CrashBackend`).
+    pub fn open_on(
+        path: &Path,
+        backend: Box<dyn redb::StorageBackend>,
+        site: NodeId,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
+        let options = oms_service::storage::Options { cache_bytes: Some(limits.cache_bytes), faults: None };
+        let opened = oms_service::storage::format::open_on(path, backend, &NODE_FORMAT, &options)?;
+        Self::start(path, opened, site, limits, metrics)
+    }
+
+    fn start(
+        path: &Path,
+        opened: oms_service::storage::Opened,
+        site: NodeId,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
+        let db = opened.db;
         {
             let w = db.begin_write()?;
             for t in [CATALOG, BALANCES, ORDERS, IDEMPOTENCY, ESCROW] {
@@ -177,15 +214,15 @@ impl Store {
             w.open_table(oms_service::audit::AUDIT)?;
             w.commit()?;
         }
-        let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(limits.queue_max);
         let writer_db = db.clone();
+        let data_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let writer_site = site.clone();
         let commits = Arc::new(tokio::sync::Notify::new());
         let writer_commits = commits.clone();
         let writer = std::thread::Builder::new()
             .name("oms-writer".into())
-            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics, writer_commits))
+            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics, writer_commits, data_dir))
             .map_err(|source| StorageError::Io { what: "starting the writer thread", source })?;
         Ok(Store { db, tx, site, limits, writer: Arc::new(std::sync::Mutex::new(Some(writer))), commits })
     }

@@ -7,6 +7,12 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{StorageError, StoreError};
 
+/// The format of `node.redb` (see `oms_service::storage::format`): 1 is the first versioned one, the same
+/// tables as the unversioned files before it (format 0), whose own one-time upgrades (the freeze queue)
+/// still run at open. A change to a table's name, key or row layout takes the next version and a migration.
+pub const NODE_FORMAT: oms_service::storage::Format =
+    oms_service::storage::Format { kind: "node", version: 1, derived: false, migrations: &[] };
+
 pub(super) const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 pub(super) const BALANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("balances");
 pub(super) const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");

@@ -130,8 +130,10 @@ pub(super) fn writer_loop(
     limits: Limits,
     metrics: Arc<Metrics>,
     commits: Arc<tokio::sync::Notify>,
+    data_dir: std::path::PathBuf,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(limits.batch_max);
+    let mut full = false;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < limits.batch_max {
@@ -142,17 +144,48 @@ pub(super) fn writer_loop(
         }
         let jobs = batch.len();
         let started = Instant::now();
-        let (answers, outcome) = apply_batch(&db, &site, &limits, &mut batch);
+        let (answers, outcome) = match space_left(&data_dir, limits.storage_reserve_bytes) {
+            Ok(()) => apply_batch(&db, &site, &limits, &mut batch),
+            Err(e) => {
+                for job in batch.drain(..) {
+                    job.refuse(e.clone());
+                }
+                (Vec::new(), Err(e))
+            }
+        };
         metrics.observe_commit(started.elapsed(), jobs);
         match &outcome {
             Ok(()) => commits.notify_one(),
+            // Logged when the disk fills and when it has room again, not at every refused batch.
+            Err(e @ StoreError::InsufficientStorage { .. }) => {
+                if !full {
+                    tracing::error!(error = %e, "disk nearly full: writes are refused until space returns");
+                }
+            }
             Err(e) => tracing::error!(error = %e, jobs, "write transaction failed; batch refused"),
         }
+        let now_full = matches!(outcome, Err(StoreError::InsufficientStorage { .. }));
+        if full && !now_full {
+            tracing::warn!("disk space is back above the reserve: writes resume");
+        }
+        full = now_full;
         for answer in answers {
             answer.send(outcome.as_ref().copied());
         }
     }
     tracing::debug!("writer stopped");
+}
+
+/// Refuses a batch before it touches the file when the file system has less than `reserve` bytes free.
+fn space_left(dir: &std::path::Path, reserve: u64) -> Result<(), StoreError> {
+    if reserve == 0 {
+        return Ok(());
+    }
+    match oms_service::storage::free_bytes(dir) {
+        Ok(free) if free < reserve => Err(StoreError::InsufficientStorage { free_bytes: free, reserve_bytes: reserve }),
+        // A file system that cannot say leaves the check to the write itself.
+        _ => Ok(()),
+    }
 }
 
 /// Applies the commands of `batch` (emptying it) in one write transaction and commits it. Returns the answers of

@@ -45,7 +45,7 @@ use crate::problem::Problem;
 const OPEN_BUCKETS_MAX: usize = 4_096;
 
 /// The `[auth]` section of the node's and the hub's configuration. Every key has a default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// How often the key file is checked for changes, ms.

@@ -74,6 +74,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// reads no document.
 const DOC_META: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_meta");
 type MetaTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+/// The format of `sync.redb` and `hub.redb` (see `oms_service::storage::format`): 1 is the first versioned
+/// one, the same tables as the unversioned files before it, whose own upgrade (`doc_meta` rows, below) still
+/// runs at open. Derived: its documents are rebuilt from the process's system of record and caught up by
+/// sync, so a backup copies it before that.
+pub const DOCDB_FORMAT: oms_service::storage::Format =
+    oms_service::storage::Format { kind: "docdb", version: 1, derived: true, migrations: &[] };
 /// Key in `meta` of the file's format: 2 = every stored document has its `doc_meta` row.
 const FORMAT_KEY: &str = "docdb.format";
 const FORMAT: u64 = 2;
@@ -125,6 +131,10 @@ pub enum DocDbError {
         /// Why.
         detail: &'static str,
     },
+    /// The file did not open: a newer format, another kind of file, damage, or a lock held by another
+    /// process (the process refuses to start with it).
+    #[error(transparent)]
+    Open(#[from] oms_service::storage::OpenError),
     /// Creating one more document would exceed the limit.
     #[error("{path}: {max} documents held; refusing to create {doc}")]
     Full {
@@ -216,7 +226,25 @@ impl DocDb {
     /// A file written before `doc_meta` existed is upgraded once: every document is loaded (one at a time)
     /// to learn its heads, and the rows are written before this returns.
     pub fn open(path: &Path, actor: Vec<u8>, docs_max: usize) -> Result<DocDb, DocDbError> {
-        let db = Database::builder().set_cache_size(DB_CACHE_BYTES).create(path).or_storage(path)?;
+        let options = oms_service::storage::Options { cache_bytes: Some(DB_CACHE_BYTES), faults: None };
+        let opened = oms_service::storage::format::open(path, &DOCDB_FORMAT, &options)?;
+        Self::start(path, opened.db, actor, docs_max)
+    }
+
+    /// [`DocDb::open`] on another storage than the file at `path`, which then only names it (the power-loss
+    /// tests run on `oms_service::storage::crash::CrashBackend`).
+    pub fn open_on(
+        path: &Path,
+        backend: Box<dyn redb::StorageBackend>,
+        actor: Vec<u8>,
+        docs_max: usize,
+    ) -> Result<DocDb, DocDbError> {
+        let options = oms_service::storage::Options { cache_bytes: Some(DB_CACHE_BYTES), faults: None };
+        let opened = oms_service::storage::format::open_on(path, backend, &DOCDB_FORMAT, &options)?;
+        Self::start(path, opened.db, actor, docs_max)
+    }
+
+    fn start(path: &Path, db: Arc<Database>, actor: Vec<u8>, docs_max: usize) -> Result<DocDb, DocDbError> {
         let w = db.begin_write().or_storage(path)?;
         {
             let docs = w.open_table(DOCS).or_storage(path)?;
@@ -257,7 +285,7 @@ impl DocDb {
         let dirty_docs = docs.keys().cloned().collect();
         Ok(DocDb {
             path: path.into(),
-            db: Arc::new(db),
+            db,
             gate: Arc::default(),
             commits: Arc::default(),
             meta_view: Mutex::new(None),
@@ -471,13 +499,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sync.redb");
         let _held = DocDb::open(&path, vec![1; 16], 10).unwrap();
-        // redb refuses a second open of a file this process holds.
-        for e in [DocDb::open(&path, vec![2; 16], 10).unwrap_err(), stored_doc_ids(&path).unwrap_err()] {
-            assert!(matches!(&e, DocDbError::Storage { path: p, .. } if *p == path), "{e:?}");
-            let source = e.source().unwrap();
-            let redb = source.downcast_ref::<redb::Error>();
-            assert!(matches!(redb, Some(redb::Error::DatabaseAlreadyOpen)), "{source:?}");
-            assert_eq!(e.to_string(), format!("{}: {source}", path.display()));
-        }
+        // redb refuses a second open of a file this process holds: opening says so in its own words...
+        let e = DocDb::open(&path, vec![2; 16], 10).unwrap_err();
+        assert!(
+            matches!(&e, DocDbError::Open(oms_service::storage::OpenError::Locked { path: p }) if *p == path),
+            "{e:?}"
+        );
+        // ...and a reader of the closed file keeps redb's error as its source.
+        let e = stored_doc_ids(&path).unwrap_err();
+        assert!(matches!(&e, DocDbError::Storage { path: p, .. } if *p == path), "{e:?}");
+        let source = e.source().unwrap();
+        let redb = source.downcast_ref::<redb::Error>();
+        assert!(matches!(redb, Some(redb::Error::DatabaseAlreadyOpen)), "{source:?}");
+        assert_eq!(e.to_string(), format!("{}: {source}", path.display()));
     }
 }

@@ -1,0 +1,274 @@
+//! The backup file: every database file of a node or the hub as of one snapshot each, with a checksum per
+//! file, written in one pass to a stream (the admin socket) and checked in one pass on restore.
+//!
+//! ```text
+//! OMSBACKUP 1\n
+//! {"name":"sync.redb","kind":"docdb","version":1,"len":N}\n   N bytes of the file
+//! …                                                          (one header and body per file)
+//! {"end":true,"files":[{"name","kind","version","len","sha256"}…],"created_at_ms":…,"pause_ms_max":…}\n
+//! ```
+//!
+//! Written by hand rather than as a tar: the trailer carries what a restore checks (a SHA-256 per file,
+//! kinds, versions) and is known only after the files have streamed, and the format takes a dozen lines.
+
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::format::FileSnapshot;
+
+const MAGIC: &str = "OMSBACKUP 1";
+/// Files in one backup.
+pub const BACKUP_FILES_MAX: usize = 32;
+/// Bytes of one header or trailer line.
+const LINE_BYTES_MAX: usize = 64 * 1024;
+
+/// One file of a backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupFile {
+    /// Its name in the data directory (`node.redb`).
+    pub name: String,
+    /// Its kind (`node`, `docdb`, `intake`).
+    pub kind: String,
+    /// Its format version.
+    pub version: u64,
+    /// Its length, bytes.
+    pub len: u64,
+    /// SHA-256 of its bytes, hex (in the trailer only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+}
+
+/// What a backup holds, from its trailer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always true: marks the trailer.
+    pub end: bool,
+    /// The files, in the order they were snapshotted (derived files first).
+    pub files: Vec<BackupFile>,
+    /// When the backup was taken.
+    pub created_at_ms: u64,
+    /// The longest any writer waited for a snapshot to begin, ms.
+    pub pause_ms_max: f64,
+}
+
+/// Why a backup cannot be read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The stream is not a complete backup or does not match its checksums.
+    #[error("not a valid backup: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ArchiveError {
+    ArchiveError::Invalid(msg.into())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a backup of `snaps` to `out`; returns its manifest.
+pub fn write(snaps: &[FileSnapshot], out: &mut impl Write) -> Result<Manifest, ArchiveError> {
+    writeln!(out, "{MAGIC}")?;
+    let mut files = Vec::with_capacity(snaps.len());
+    for s in snaps {
+        let mut f = BackupFile {
+            name: s.name.clone(),
+            kind: s.kind.into(),
+            version: s.version,
+            len: s.len,
+            sha256: String::new(),
+        };
+        serde_json::to_writer(&mut *out, &f).map_err(std::io::Error::other)?;
+        writeln!(out)?;
+        let mut hashing = HashingWriter { inner: &mut *out, hash: Sha256::new() };
+        s.copy_to(&mut hashing)?;
+        f.sha256 = hex(&hashing.hash.finalize());
+        files.push(f);
+    }
+    let pause_ms_max = snaps.iter().map(|s| s.pause.as_secs_f64() * 1e3).fold(0.0, f64::max);
+    let manifest = Manifest { end: true, files, created_at_ms: crate::now_ms(), pause_ms_max };
+    serde_json::to_writer(&mut *out, &manifest).map_err(std::io::Error::other)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(manifest)
+}
+
+struct HashingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn read_line(input: &mut impl BufRead) -> Result<String, ArchiveError> {
+    let mut line = Vec::new();
+    (&mut *input).take(LINE_BYTES_MAX as u64 + 1).read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        return Err(invalid("truncated (a header line is missing or too long)"));
+    }
+    line.pop();
+    String::from_utf8(line).map_err(|_| invalid("a header line is not UTF-8"))
+}
+
+/// A file name a backup may carry: `[a-z0-9_-]+.redb`, nothing that could leave the data directory.
+fn plain_name(name: &str) -> bool {
+    name.strip_suffix(".redb").is_some_and(|stem| {
+        !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    })
+}
+
+/// Reads a whole backup from `input` and checks every file against its length and SHA-256, writing nothing.
+pub fn verify(input: &mut impl BufRead) -> Result<Manifest, ArchiveError> {
+    read(input, None).map(|(m, _)| m)
+}
+
+/// Reads a backup from `input` into `dir` (which must hold none of its files), checking every file against
+/// its length and SHA-256 before it gets its name: a file that does not match is never left under a
+/// database's name. Returns the manifest and the files written.
+pub fn unpack(input: &mut impl BufRead, dir: &Path) -> Result<(Manifest, Vec<PathBuf>), ArchiveError> {
+    read(input, Some(dir))
+}
+
+fn read(input: &mut impl BufRead, dir: Option<&Path>) -> Result<(Manifest, Vec<PathBuf>), ArchiveError> {
+    if read_line(input)? != MAGIC {
+        return Err(invalid("it does not start with the oms backup header"));
+    }
+    let mut seen: Vec<(BackupFile, Option<PathBuf>)> = Vec::new();
+    let result = (|| loop {
+        let line = read_line(input)?;
+        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| invalid(format!("header: {e}")))?;
+        if v.get("end").and_then(|e| e.as_bool()) == Some(true) {
+            let m: Manifest = serde_json::from_value(v).map_err(|e| invalid(format!("trailer: {e}")))?;
+            let listed: Vec<BackupFile> = seen.iter().map(|(f, _)| f.clone()).collect();
+            if m.files != listed {
+                return Err(invalid("a file does not match its checksum, or the trailer lists other files"));
+            }
+            return Ok(m);
+        }
+        let mut f: BackupFile = serde_json::from_value(v).map_err(|e| invalid(format!("header: {e}")))?;
+        if !plain_name(&f.name) || seen.iter().any(|(s, _)| s.name == f.name) || seen.len() >= BACKUP_FILES_MAX {
+            return Err(invalid(format!("unexpected file {:?}", f.name)));
+        }
+        let partial = match dir {
+            Some(dir) => {
+                let dest = dir.join(&f.name);
+                if dest.exists() {
+                    return Err(invalid(format!("{} exists already; restore into an empty directory", dest.display())));
+                }
+                Some(dir.join(format!("{}.partial", f.name)))
+            }
+            None => None,
+        };
+        // Listed before it is written, so a failure removes it.
+        seen.push((f.clone(), partial.clone()));
+        let mut out: Box<dyn Write> = match &partial {
+            Some(p) => Box::new(std::fs::File::create(p)?),
+            None => Box::new(std::io::sink()),
+        };
+        let mut hashing = HashingWriter { inner: &mut out, hash: Sha256::new() };
+        let copied = std::io::copy(&mut (&mut *input).take(f.len), &mut hashing)?;
+        f.sha256 = hex(&hashing.hash.finalize());
+        out.flush()?;
+        drop(out);
+        if let Some(p) = &partial {
+            std::fs::File::open(p)?.sync_all()?;
+        }
+        if let Some(last) = seen.last_mut() {
+            last.0 = f.clone();
+        }
+        if copied != f.len {
+            return Err(invalid(format!("{} is truncated ({copied} of {} bytes)", f.name, f.len)));
+        }
+    })();
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            for partial in seen.iter().filter_map(|(_, p)| p.as_ref()) {
+                let _ = std::fs::remove_file(partial);
+            }
+            return Err(e);
+        }
+    };
+    let mut written = Vec::new();
+    if let Some(dir) = dir {
+        for (f, partial) in seen {
+            if let Some(partial) = partial {
+                let dest = dir.join(&f.name);
+                std::fs::rename(&partial, &dest)?;
+                written.push(dest);
+            }
+        }
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok((manifest, written))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_leave_the_directory_are_refused() {
+        for ok in ["node.redb", "sync.redb", "intake-2.redb"] {
+            assert!(plain_name(ok), "{ok}");
+        }
+        for bad in ["../node.redb", "/etc/x.redb", ".redb", "a/b.redb", "node.redb.bak", "NODE.redb", ""] {
+            assert!(!plain_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_truncated_backup_leaves_nothing_behind() {
+        use crate::storage::format::{Format, Options, open, snapshot};
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        const F: Format = Format { kind: "t", version: 1, derived: false, migrations: &[] };
+        let _db = open(&data.join("a.redb"), &F, &Options::default()).unwrap();
+        let mut backup = Vec::new();
+        let m = write(&snapshot(&data).unwrap(), &mut backup).unwrap();
+        assert_eq!(m.files.len(), 1);
+        // Intact: unpacks, with the same checksum.
+        let good = dir.path().join("good");
+        std::fs::create_dir_all(&good).unwrap();
+        assert_eq!(verify(&mut &backup[..]).unwrap().files, m.files);
+        let (m2, files) = unpack(&mut &backup[..], &good).unwrap();
+        assert_eq!(m2.files, m.files);
+        assert_eq!(files, vec![good.join("a.redb")]);
+        // A flipped byte in the file's body: the trailer's checksum no longer matches.
+        for damage in [Damage::Flip, Damage::Truncate] {
+            let mut b = backup.clone();
+            match damage {
+                Damage::Flip => b[MAGIC.len() + 4096] ^= 1,
+                Damage::Truncate => b.truncate(b.len() / 2),
+            }
+            let out = dir.path().join(format!("{damage:?}"));
+            std::fs::create_dir_all(&out).unwrap();
+            assert!(matches!(verify(&mut &b[..]), Err(ArchiveError::Invalid(_))), "{damage:?}");
+            assert!(matches!(unpack(&mut &b[..], &out), Err(ArchiveError::Invalid(_))), "{damage:?}");
+            assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "{damage:?}: nothing left behind");
+        }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Damage {
+        Flip,
+        Truncate,
+    }
+}
