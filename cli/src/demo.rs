@@ -389,7 +389,11 @@ fn demo_payment(n: u64) -> Value {
         k if k % 10 == 9 => "tok_demo_capture_500",
         _ => "tok_demo",
     };
-    if n % 11 == 0 { json!({"method": "terms"}) } else { json!({"method": "card", "provider": "test", "token": token}) }
+    if n.is_multiple_of(11) {
+        json!({"method": "terms"})
+    } else {
+        json!({"method": "card", "provider": "test", "token": token})
+    }
 }
 
 /// Money at the end of the run: a goodwill refund on a few captured orders (credit notes through the

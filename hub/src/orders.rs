@@ -685,7 +685,9 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     let changed = lock(&hub.docs).take_changed();
     let now = now_ms();
     let mut released: BTreeMap<String, Vec<(OrderId, String)>> = BTreeMap::new();
-    let mut shipped: Vec<(OrderId, Option<String>, String, Vec<(String, u64)>)> = Vec::new();
+    // (fulfillment, its customer order, site, units shipped per SKU)
+    type Shipped = (OrderId, Option<String>, String, Vec<(String, u64)>);
+    let mut shipped: Vec<Shipped> = Vec::new();
     for doc in changed {
         match DocKind::of(&doc) {
             Some(DocKind::Stock(site)) => {
