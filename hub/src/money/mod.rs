@@ -806,6 +806,15 @@ impl Money {
         Ok(())
     }
 
+    /// Records `prepared` as the payment of `order` in a transaction of its own (the intake writes it in the
+    /// order's own transaction instead; this is for tooling, tests and benches that hold orders apart).
+    pub fn record_payment(&self, db: &Database, order: &str, prepared: Prepared) -> Result<(), MoneyError> {
+        let w = db.begin_write()?;
+        open_payment(&w, order, prepared.payment, prepared.attempt_key.as_deref())?;
+        w.commit()?;
+        Ok(())
+    }
+
     /// The payment of hub order `order`, if it has one.
     pub fn payment(&self, db: &Database, order: &str) -> Result<Option<Payment>, MoneyError> {
         let r = db.begin_read()?;

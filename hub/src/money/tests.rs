@@ -46,9 +46,7 @@ fn paid(w: &World, order: &str, token: &str, d: &OrderDraft, now: u64) -> Result
     let req = PaymentRequest { method: Method::Card, provider: Some("test".into()), token: Some(token.into()) };
     let mut p = w.money.prepare(order, d, &[7; 32], &req);
     w.money.authorize(w.intake.db(), &mut p, now)?;
-    let tx = w.intake.db().begin_write().unwrap();
-    open_payment(&tx, order, p.payment, p.attempt_key.as_deref()).unwrap();
-    tx.commit().unwrap();
+    w.money.record_payment(w.intake.db(), order, p).unwrap();
     Ok(w.money.payment(w.intake.db(), order).unwrap().unwrap())
 }
 
