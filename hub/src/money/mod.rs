@@ -874,8 +874,14 @@ impl Money {
         p.invoiced_minor = p.invoiced_minor.saturating_add(amount);
         p.invoices.push(number.clone());
         p.event(now_ms, "invoiced", amount, Some(&number));
+        // With one authorization that covers everything invoiced so far, the capture row is made on it from
+        // the start (one commit less per capture); otherwise the outbox chooses when the row's turn comes.
+        let auth = match p.authorizations.as_slice() {
+            [a] if !a.closed && now_ms < a.expires_at_ms && p.invoiced_minor <= a.amount_minor => Some(0),
+            _ => None,
+        };
         let capture_row = if amount > 0 {
-            Some(outbox::push(&w, order, outbox::Kind::Capture, amount, Some(&number), now_ms)?)
+            Some(outbox::push(&w, order, outbox::Kind::Capture, amount, Some(&number), auth, now_ms)?)
         } else {
             None
         };
@@ -916,7 +922,7 @@ impl Money {
             return Ok(false);
         }
         p.void_requested = true;
-        outbox::push(&w, order, outbox::Kind::Void, 0, None, now_ms)?;
+        outbox::push(&w, order, outbox::Kind::Void, 0, None, None, now_ms)?;
         w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
         w.commit()?;
         self.wake.notify_one();
@@ -953,7 +959,7 @@ impl Money {
         let (net, tax, gross) = sums(&lines);
         let amount = u64::try_from(gross).unwrap_or(0);
         let row = if amount > 0 {
-            Some(outbox::push(&w, order, outbox::Kind::Refund, amount, Some(&number), now_ms)?)
+            Some(outbox::push(&w, order, outbox::Kind::Refund, amount, Some(&number), None, now_ms)?)
         } else {
             None
         };

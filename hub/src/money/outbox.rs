@@ -108,6 +108,7 @@ pub(crate) fn push(
     kind: Kind,
     amount_minor: u64,
     document: Option<&str>,
+    auth: Option<usize>,
     now_ms: u64,
 ) -> Result<u64, MoneyError> {
     let id = {
@@ -122,7 +123,7 @@ pub(crate) fn push(
         kind,
         amount_minor,
         document: document.map(str::to_owned),
-        auth: None,
+        auth,
         status: RowStatus::Pending,
         attempts: 0,
         next_at_ms: 0,
