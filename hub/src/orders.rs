@@ -290,6 +290,19 @@ pub async fn create(
     // Queued for the intake's writer, which takes concurrent orders in one transaction; answered once the
     // transaction holding this one is committed.
     let placed = match hub.intake.submit_paid(key, draft, actor, payment.clone()).await {
+        Ok(p) if !p.created && payment.is_some() => {
+            // A replay: the order has its payment already; this request's authorization is settled against it.
+            let (h, id) = (hub.clone(), p.order.id.to_string());
+            let settled = blocking(move || match &payment {
+                Some(prepared) => h.money.settle_replay(h.intake.db(), &id, prepared),
+                None => Ok(()),
+            })
+            .await;
+            if let Err(pr) = settled {
+                tracing::warn!(detail = %pr.detail, "cannot settle a replay's authorization; the sweep will");
+            }
+            p
+        }
         Ok(p) => p,
         Err(e) => {
             // The intake refused the order: its authorization goes (the sweep does it if this fails).

@@ -273,3 +273,42 @@ pub async fn get_json(http: &reqwest::Client, url: String) -> Option<Value> {
     }
     r.json().await.ok()
 }
+
+/// How long [`wait_for`] waits.
+pub const WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// GETs `url` every 100 ms until `f` holds for its JSON and returns it; panics after [`WAIT_MAX`] naming
+/// `what` and the last answer.
+pub async fn wait_for(http: &reqwest::Client, url: String, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Some(v) = get_json(http, url.clone()).await {
+            if f(&v) {
+                return v;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within {WAIT_MAX:?}; last seen {last}");
+}
+
+/// Puts `sku` in `node`'s catalog and receives `qty` units of it.
+pub async fn seed_sku(http: &reqwest::Client, node: &ClusterNode, sku: &str, qty: u32) {
+    let base = format!("http://{}/v1", node.http);
+    let r = http
+        .put(format!("{base}/catalog/{sku}"))
+        .json(&serde_json::json!({"name": sku, "bin": "A-01"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "catalog: {}", r.status());
+    let r = http
+        .post(format!("{base}/stock/receipts"))
+        .json(&serde_json::json!({"sku": sku, "qty": qty}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "receipt of {sku}");
+}

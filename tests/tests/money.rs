@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, get_json, pki};
+use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, pki, seed_sku, wait_for};
 use oms_tests::{get, http, post};
 use serde_json::{Value, json};
 
@@ -34,14 +34,6 @@ fn node(root: &Path, certs: &Path, id: &str, quic: SocketAddr, at: (f64, f64)) -
     cluster::spawn_node_with(id, &config, http, &dir, "info")
 }
 
-async fn seed(c: &reqwest::Client, n: &ClusterNode, sku: &str, qty: u32) {
-    let base = format!("http://{}/v1", n.http);
-    let r = c.put(format!("{base}/catalog/{sku}")).json(&json!({"name": sku, "bin": "A-01"})).send().await.unwrap();
-    assert!(r.status().is_success());
-    let (s, _) = post(c, format!("{base}/stock/receipts"), json!({"sku": sku, "qty": qty})).await;
-    assert_eq!(s, 201);
-}
-
 fn order(ext: &str, lines: &[(&str, u32, i64)], to: (f64, f64), payment: Value) -> Value {
     json!({
         "external_ref": ext, "channel": "web",
@@ -59,21 +51,6 @@ async fn hub_post(c: &reqwest::Client, hub: SocketAddr, key: &str, body: &Value)
     let r = c.post(format!("http://{hub}/v1/orders")).header("idempotency-key", key).json(body).send().await.unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn wait_for(c: &reqwest::Client, url: String, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        if let Some(v) = get_json(c, url.clone()).await {
-            if f(&v) {
-                return v;
-            }
-            last = v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached within {DEADLINE:?}; last seen {last}");
 }
 
 async fn wait_promisable(c: &reqwest::Client, hub: SocketAddr, sku: &str, site: &str, min: u64) {
@@ -125,8 +102,8 @@ async fn card_order_is_authorized_captured_per_shipment_invoiced_and_refunded() 
     }
     cluster::wait_healthy(&c, hub, HEALTHY).await;
     // SKU-A only in Berlin, SKU-B only in Munich: one order, two shipments.
-    seed(&c, &berlin, "SKU-A", 50).await;
-    seed(&c, &munich, "SKU-B", 50).await;
+    seed_sku(&c, &berlin, "SKU-A", 50).await;
+    seed_sku(&c, &munich, "SKU-B", 50).await;
     wait_promisable(&c, hub, "SKU-A", "wh-berlin", 2).await;
     wait_promisable(&c, hub, "SKU-B", "wh-munich", 2).await;
 
@@ -166,6 +143,11 @@ async fn card_order_is_authorized_captured_per_shipment_invoiced_and_refunded() 
     let (s, again) = hub_post(&c, hub, "k-1", &body).await;
     assert_eq!((s, &again["id"]), (201, &placed["id"]));
     assert_eq!(counts(&state)["authorize"], 1, "a retry gets the same authorization");
+    // The same key and order with another card: the original order, and the other card's authorization voided.
+    let other = order("web-1", &[("SKU-A", 1, 1_190), ("SKU-B", 2, 595)], BERLIN, card("tok_other"));
+    let (s, again) = hub_post(&c, hub, "k-1", &other).await;
+    assert_eq!((s, &again["id"], &again["payment"]["status"]), (201, &placed["id"], &json!("authorized")));
+    assert_eq!((counts(&state)["authorize"].as_u64(), counts(&state)["void"].as_u64()), (Some(2), Some(1)));
     let id = placed["id"].as_str().unwrap().to_owned();
     let fo = |site: &str| -> String {
         placed["fulfillments"].as_array().unwrap().iter().find(|f| f["site"] == site).unwrap()["id"]
@@ -259,7 +241,7 @@ async fn a_hub_killed_between_capture_and_commit_captures_once() {
     let berlin = node(root, &certs, "wh-berlin", quic, BERLIN);
     cluster::wait_healthy(&c, berlin.http, HEALTHY).await;
     cluster::wait_healthy(&c, hub, HEALTHY).await;
-    seed(&c, &berlin, "SKU-A", 50).await;
+    seed_sku(&c, &berlin, "SKU-A", 50).await;
     wait_promisable(&c, hub, "SKU-A", "wh-berlin", 2).await;
     let (s, placed) =
         hub_post(&c, hub, "k-kill", &order("web-k", &[("SKU-A", 2, 1_000)], BERLIN, card("tok_ok"))).await;

@@ -20,7 +20,10 @@ use oms_service::auth::Principal;
 use oms_service::{Problem, RawBody, now_ms};
 use serde_json::json;
 
-use super::{MoneyError, RefundRequest, render};
+use oms_protocol::domain::Channel;
+use redb::Database;
+
+use super::{CreditNote, Invoice, Money, MoneyError, RefundRequest, render};
 use crate::orders::{Caller, blocking};
 use crate::server::Hub;
 
@@ -57,10 +60,10 @@ fn problem(e: MoneyError) -> Problem {
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/v1/orders/{id}/refunds", post(refund))
-        .route("/v1/invoices", get(invoices))
-        .route("/v1/invoices/{number}", get(invoice))
-        .route("/v1/credit-notes", get(credit_notes))
-        .route("/v1/credit-notes/{number}", get(credit_note))
+        .route("/v1/invoices", get(list::<Invoice>))
+        .route("/v1/invoices/{number}", get(one::<Invoice>))
+        .route("/v1/credit-notes", get(list::<CreditNote>))
+        .route("/v1/credit-notes/{number}", get(one::<CreditNote>))
         .route("/v1/payments", get(payments))
         .route("/v1/payments/summary", get(summary))
         .with_state(hub)
@@ -131,41 +134,83 @@ async fn refund(
     Ok((StatusCode::CREATED, Json(note)).into_response())
 }
 
-async fn invoices(
+/// An invoice or a credit note, as the listing and document routes serve it.
+trait Listed: serde::Serialize + Send + Sized + 'static {
+    /// The listing's member (`invoices`, `credit_notes`).
+    const KEY: &'static str;
+    /// What a missing one is called.
+    const WHAT: &'static str;
+    fn channel(&self) -> &Channel;
+    fn doc(&self) -> render::Doc<'_>;
+    fn list(m: &Money, db: &Database, window: (u64, u64, usize), c: Option<&Channel>) -> Result<Vec<Self>, MoneyError>;
+    fn one(m: &Money, db: &Database, number: &str) -> Result<Option<Self>, MoneyError>;
+}
+
+impl Listed for Invoice {
+    const KEY: &'static str = "invoices";
+    const WHAT: &'static str = "invoice";
+    fn channel(&self) -> &Channel {
+        &self.channel
+    }
+    fn doc(&self) -> render::Doc<'_> {
+        render::Doc::Invoice(self)
+    }
+    fn list(
+        m: &Money,
+        db: &Database,
+        (f, t, l): (u64, u64, usize),
+        c: Option<&Channel>,
+    ) -> Result<Vec<Self>, MoneyError> {
+        m.invoices(db, f, t, l, c)
+    }
+    fn one(m: &Money, db: &Database, number: &str) -> Result<Option<Self>, MoneyError> {
+        m.invoice(db, number)
+    }
+}
+
+impl Listed for CreditNote {
+    const KEY: &'static str = "credit_notes";
+    const WHAT: &'static str = "credit note";
+    fn channel(&self) -> &Channel {
+        &self.channel
+    }
+    fn doc(&self) -> render::Doc<'_> {
+        render::Doc::CreditNote(self)
+    }
+    fn list(
+        m: &Money,
+        db: &Database,
+        (f, t, l): (u64, u64, usize),
+        c: Option<&Channel>,
+    ) -> Result<Vec<Self>, MoneyError> {
+        m.credit_notes(db, f, t, l, c)
+    }
+    fn one(m: &Money, db: &Database, number: &str) -> Result<Option<Self>, MoneyError> {
+        m.credit_note(db, number)
+    }
+}
+
+/// `GET /v1/invoices`, `GET /v1/credit-notes`: JSON or CSV.
+async fn list<T: Listed>(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    let (from, to, limit) = window(&q)?;
+    let w = window(&q)?;
     let f = format(&q, &headers, &[Format::Json, Format::Csv])?;
     let confined = principal.confined_to().cloned();
     let h = hub.clone();
-    let list = blocking(move || h.money.invoices(h.intake.db(), from, to, limit, confined.as_ref())).await?;
+    let list = blocking(move || T::list(&h.money, h.intake.db(), w, confined.as_ref())).await?;
     Ok(match f {
-        Format::Csv => render::csv(&list.iter().map(render::Doc::Invoice).collect::<Vec<_>>()),
-        _ => Json(json!({"invoices": list})).into_response(),
+        Format::Csv => render::csv(&list.iter().map(T::doc).collect::<Vec<_>>()),
+        _ => Json(json!({ T::KEY: list })).into_response(),
     })
 }
 
-async fn credit_notes(
-    State(hub): State<Arc<Hub>>,
-    principal: Principal,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, Problem> {
-    let (from, to, limit) = window(&q)?;
-    let f = format(&q, &headers, &[Format::Json, Format::Csv])?;
-    let confined = principal.confined_to().cloned();
-    let h = hub.clone();
-    let list = blocking(move || h.money.credit_notes(h.intake.db(), from, to, limit, confined.as_ref())).await?;
-    Ok(match f {
-        Format::Csv => render::csv(&list.iter().map(render::Doc::CreditNote).collect::<Vec<_>>()),
-        _ => Json(json!({"credit_notes": list})).into_response(),
-    })
-}
-
-async fn invoice(
+/// `GET /v1/invoices/{number}`, `GET /v1/credit-notes/{number}`: JSON or printable HTML; another channel's
+/// is not found.
+async fn one<T: Listed>(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
     headers: HeaderMap,
@@ -176,34 +221,13 @@ async fn invoice(
     let f = format(&q, &headers, &[Format::Json, Format::Html])?;
     let h = hub.clone();
     let n = number.clone();
-    let found = blocking(move || h.money.invoice(h.intake.db(), &n)).await?;
-    let inv = found
-        .filter(|i| principal.confined_to().is_none_or(|c| c == &i.channel))
-        .ok_or_else(|| problem(MoneyError::NotFound { what: "invoice", id: number }))?;
+    let found = blocking(move || T::one(&h.money, h.intake.db(), &n)).await?;
+    let d = found
+        .filter(|d| principal.confined_to().is_none_or(|c| c == d.channel()))
+        .ok_or_else(|| problem(MoneyError::NotFound { what: T::WHAT, id: number }))?;
     Ok(match f {
-        Format::Html => render::html(&render::Doc::Invoice(&inv)),
-        _ => Json(inv).into_response(),
-    })
-}
-
-async fn credit_note(
-    State(hub): State<Arc<Hub>>,
-    principal: Principal,
-    headers: HeaderMap,
-    Path(number): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, Problem> {
-    query(&q, &["format"])?;
-    let f = format(&q, &headers, &[Format::Json, Format::Html])?;
-    let h = hub.clone();
-    let n = number.clone();
-    let found = blocking(move || h.money.credit_note(h.intake.db(), &n)).await?;
-    let note = found
-        .filter(|c| principal.confined_to().is_none_or(|ch| ch == &c.channel))
-        .ok_or_else(|| problem(MoneyError::NotFound { what: "credit note", id: number }))?;
-    Ok(match f {
-        Format::Html => render::html(&render::Doc::CreditNote(&note)),
-        _ => Json(note).into_response(),
+        Format::Html => render::html(&d.doc()),
+        _ => Json(d).into_response(),
     })
 }
 

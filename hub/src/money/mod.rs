@@ -806,6 +806,23 @@ impl Money {
         Ok(())
     }
 
+    /// After the intake answered a replay (the key was used: the order exists) for a request that authorized
+    /// `prepared`: the same request got the same authorization as the order (the same provider key), so only
+    /// the attempt row goes; another card's authorization is voided. Never voids the order's own.
+    pub fn settle_replay(&self, db: &Database, order: &str, prepared: &Prepared) -> Result<(), MoneyError> {
+        let Some(key) = prepared.attempt_key.as_deref() else { return Ok(()) };
+        let theirs = self.payment(db, order)?;
+        let ours = prepared.payment.authorizations.first().map(|a| a.reference.as_str());
+        let same = theirs.as_ref().is_some_and(|p| p.authorizations.iter().any(|a| Some(a.reference.as_str()) == ours));
+        if !same {
+            return self.release(db, prepared);
+        }
+        let w = db.begin_write()?;
+        w.open_table(ATTEMPTS)?.remove(key)?;
+        w.commit()?;
+        Ok(())
+    }
+
     /// Records `prepared` as the payment of `order` in a transaction of its own (the intake writes it in the
     /// order's own transaction instead; this is for tooling, tests and benches that hold orders apart).
     pub fn record_payment(&self, db: &Database, order: &str, prepared: Prepared) -> Result<(), MoneyError> {

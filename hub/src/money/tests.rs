@@ -1,5 +1,7 @@
 use std::sync::Arc;
 
+use proptest::prelude::*;
+
 use oms_protocol::domain::OrderDraft;
 use oms_service::auth::Role;
 
@@ -290,5 +292,55 @@ fn config_is_checked() {
         serde_json::json!("card"),
     ] {
         assert_eq!(m.payment_request(&body(bad.clone())).unwrap_err().code(), "invalid_payment", "{bad}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Random orders shipped in random parts: every invoice's lines add up to its totals and net + tax =
+    /// gross on each line; the invoices of an order add up to its authorized total to the minor unit, and
+    /// that is exactly what is captured.
+    #[test]
+    fn invoices_of_random_orders_add_up_to_the_order(
+        lines in prop::collection::vec((1..40u32, 0..1_000_000i64), 1..6),
+        bp in 0..=2_500u32,
+        exclusive in any::<bool>(),
+        parts in 1..5u64,
+    ) {
+        let tax = TaxConfig {
+            prices: if exclusive { Prices::Exclusive } else { Prices::Inclusive },
+            rates: [("DE".to_owned(), bp)].into(),
+            ..TaxConfig::default()
+        };
+        let w = world(PaymentsConfig::default(), tax, TestProviderConfig::default());
+        let skus: Vec<String> = (0..lines.len()).map(|i| format!("S{i}")).collect();
+        let spec: Vec<(&str, u32, i64)> = lines.iter().zip(&skus).map(|((q, p), s)| (s.as_str(), *q, *p)).collect();
+        let p = paid(&w, "hub-1", "tok_ok", &draft(&spec), oms_service::now_ms()).unwrap();
+        let db = w.intake.db();
+        for k in 1..=parts {
+            let ship: Vec<(String, u64)> = spec
+                .iter()
+                .map(|(s, q, _)| {
+                    let q = u64::from(*q);
+                    ((*s).to_owned(), q * k / parts - q * (k - 1) / parts)
+                })
+                .collect();
+            w.money.bill_shipment(db, &format!("hub-1.{k}"), "hub-1", "wh", &ship, 5).unwrap();
+        }
+        pass(&w, u64::MAX / 2);
+        let after = w.money.payment(db, "hub-1").unwrap().unwrap();
+        let mut sum = 0i64;
+        for n in &after.invoices {
+            let inv = w.money.invoice(db, n).unwrap().unwrap();
+            prop_assert!(inv.lines.iter().all(|l| l.net_minor + l.tax_minor == l.gross_minor && l.tax_minor >= 0));
+            prop_assert_eq!(inv.total_minor, inv.lines.iter().map(|l| l.gross_minor).sum::<i64>());
+            prop_assert_eq!(inv.tax_minor, inv.lines.iter().map(|l| l.tax_minor).sum::<i64>());
+            prop_assert_eq!(inv.net_minor + inv.tax_minor, inv.total_minor);
+            sum += inv.total_minor;
+        }
+        prop_assert_eq!(u64::try_from(sum).unwrap(), p.total_minor);
+        prop_assert_eq!(after.invoiced_minor, p.total_minor);
+        prop_assert_eq!(after.captured_minor, if p.total_minor > 0 { p.total_minor } else { 0 });
     }
 }
