@@ -15,6 +15,14 @@
 //! hub took to catch up after the heal; `--summary FILE` writes the same as JSON (`orders_placed`,
 //! `orders_shipped`, `oversold_units`, `converged`, `convergence_ms`, `sites`, ...).
 //!
+//! Channel orders carry payments (cards at the hub's in-process test provider, with injected timeouts,
+//! duplicate answers and 500s on capture and a decline now and then; some on terms): the hub authorizes at
+//! intake, captures and invoices each shipment through its outbox, and the demo issues a few goodwill
+//! refunds (credit notes) at the end. The summary adds `authorized_minor`, `captured_minor`,
+//! `invoiced_minor`, `credit_noted_minor`, `refunded_minor` and `payment_mismatches` (shipped value not
+//! captured, captures above authorizations, invoices ≠ captures, credit notes ≠ refunds, the cut-off site's
+//! shipments included): it must be 0.
+//!
 //! The hub's HTTP API is served over TLS with a certificate from the demo's PKI (`http-hub.pem`, as
 //! `oms ca issue --http hub` makes it), and the demo's client trusts only the demo's CA: every answer from
 //! the hub is counted (`hub_https_requests`), and one that did not come over TLS with that certificate is a
@@ -322,7 +330,15 @@ fn spawn_hub(
     let config = data.join("hub.toml");
     let (cert, key) =
         (serde_json::to_string(&cert.display().to_string())?, serde_json::to_string(&key.display().to_string())?);
-    std::fs::write(&config, format!("[http]\ntls_cert = {cert}\ntls_key = {key}\n"))?;
+    // Card payments go to the deterministic test provider inside the hub (no other process); prices are
+    // tax-inclusive at 19 % for German addresses.
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\ntls_cert = {cert}\ntls_key = {key}\n[payments]\nretry_backoff_ms = 100\n\
+             [payments.providers.test]\nkind = \"test\"\n[tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n"
+        ),
+    )?;
     Command::new(std::env::current_exe()?)
         .args(["hub", "--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
         .arg("--config")
@@ -401,6 +417,8 @@ struct Tally {
     /// Orders acknowledged by the hub (channels) and by the sites (their own tills).
     hub_placed: AtomicU64,
     hub_backordered: AtomicU64,
+    /// Channel orders whose card the provider declined (`402`, nothing taken).
+    hub_declined: AtomicU64,
     placed: AtomicU64,
     refused_stock: AtomicU64,
     errors: AtomicU64,
@@ -426,6 +444,82 @@ impl Tally {
             self.hub_https_mismatches.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The payment of channel order `n`: mostly cards at the hub's test provider, whose faults the token chooses
+/// (a capture that times out after taking effect, one answered twice, a decline now and then), some on terms.
+fn demo_payment(n: u64) -> Value {
+    let token = match n % 50 {
+        7 => "tok_decline_demo",
+        k if k % 10 == 3 => "tok_demo_capture_timeout",
+        k if k % 10 == 6 => "tok_demo_capture_dup",
+        k if k % 10 == 9 => "tok_demo_capture_500",
+        _ => "tok_demo",
+    };
+    if n.is_multiple_of(11) {
+        json!({"method": "terms"})
+    } else {
+        json!({"method": "card", "provider": "test", "token": token})
+    }
+}
+
+/// Money at the end of the run: a goodwill refund on a few captured orders (credit notes through the
+/// outbox), then, once the hub's payment outbox is empty, every acknowledged hub order's shipped value
+/// (shipped units × tax-inclusive price) against what was captured. Returns the hub's payment summary and the
+/// orders whose shipped value is not exactly captured (waits up to 60 s for the outbox and the watcher).
+async fn settle_money(http: &reqwest::Client, hub: SocketAddr, tally: &Tally, acked: &[String]) -> (Value, u64) {
+    let mut refunds = 0;
+    for id in acked {
+        if refunds >= 10 {
+            break;
+        }
+        let Ok(r) = http.get(format!("https://{hub}/v1/orders/{id}")).send().await else { continue };
+        tally.hub_answer(&r);
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if v["payment"]["captured_minor"].as_u64().unwrap_or(0) >= 500 {
+            let body = json!({"amount_minor": 100, "reason": "goodwill: late delivery (demo)"});
+            if let Ok(r) = http.post(format!("https://{hub}/v1/orders/{id}/refunds")).json(&body).send().await {
+                tally.hub_answer(&r);
+                refunds += u64::from(r.status().as_u16() == 201);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut summary = Value::Null;
+    let mut not_captured = u64::MAX;
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("https://{hub}/v1/payments/summary")).send().await {
+            tally.hub_answer(&r);
+            summary = r.json().await.unwrap_or(Value::Null);
+        }
+        if summary["outbox_open"] == 0 {
+            not_captured = 0;
+            for id in acked {
+                let Ok(r) = http.get(format!("https://{hub}/v1/orders/{id}")).send().await else {
+                    not_captured += 1;
+                    continue;
+                };
+                tally.hub_answer(&r);
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                let prices = v["order"]["lines"].as_array().cloned().unwrap_or_default();
+                let shipped: u64 = v["lines"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .zip(&prices)
+                    .map(|(l, p)| l["shipped"].as_u64().unwrap_or(0) * p["unit_price_minor"].as_u64().unwrap_or(0))
+                    .sum();
+                if shipped != v["payment"]["captured_minor"].as_u64().unwrap_or(0) {
+                    not_captured += 1;
+                }
+            }
+            if not_captured == 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    (summary, not_captured)
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<(u16, Value)> {
@@ -657,11 +751,14 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                     "web"
                 };
                 let (city, lat, lon) = CITIES[rng.random_range(0..CITIES.len())];
-                let body = json!({
+                let mut body = json!({
                     "external_ref": format!("{channel}-{n}"), "channel": channel,
                     "lines": skus.iter().map(|i| json!({"sku": sku(*i), "qty": rng.random_range(1..=3), "unit_price_minor": 1999, "currency": "EUR"})).collect::<Vec<_>>(),
                     "ship_to": {"name": "Demo Customer", "line1": format!("{n} Demo Street"), "city": city, "postcode": "10115", "country": "DE", "lat": lat, "lon": lon}
                 });
+                if to_hub {
+                    body["payment"] = demo_payment(n);
+                }
                 let url = if to_hub {
                     format!("https://{hub_http}/v1/orders")
                 } else {
@@ -707,6 +804,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                             }
                             201 => {
                                 tally.placed.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                            402 if to_hub => {
+                                tally.hub_declined.fetch_add(1, Ordering::Relaxed);
                                 return;
                             }
                             409 => {
@@ -950,6 +1051,20 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         tally.hub_backordered.load(Ordering::Relaxed),
         hub_by_status.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     );
+    let (money, shipped_not_captured) = settle_money(&admin, hub_http, &tally, &acked).await;
+    let m = |k: &str| money[k].as_u64().unwrap_or(0);
+    let payment_mismatches = m("payment_mismatches").saturating_add(shipped_not_captured);
+    let hub_declined = tally.hub_declined.load(Ordering::Relaxed);
+    println!(
+        "money: authorized {} captured {} invoiced {} credit-noted {} refunded {} (minor units, EUR); {} invoices, {} credit notes, {hub_declined} cards declined at intake; shipped value not captured on {shipped_not_captured} orders; payment mismatches {payment_mismatches} (must be 0)",
+        m("authorized_minor"),
+        m("captured_minor"),
+        m("invoiced_minor"),
+        m("credit_noted_minor"),
+        m("refunded_minor"),
+        m("invoices"),
+        m("credit_notes")
+    );
     match heal_catch_up_ms {
         Some(ms) => println!("after the heal the hub caught up with {CUT_SITE} in {ms} ms"),
         None => println!("the hub did NOT catch up with {CUT_SITE} within 120 s of the heal"),
@@ -1030,6 +1145,17 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "converged": converged,
         "convergence_ms": heal_catch_up_ms.unwrap_or(convergence_ms),
         "convergence_after_flow_stopped_ms": convergence_ms,
+        "authorized_minor": m("authorized_minor"),
+        "captured_minor": m("captured_minor"),
+        "invoiced_minor": m("invoiced_minor"),
+        "credit_noted_minor": m("credit_noted_minor"),
+        "refunded_minor": m("refunded_minor"),
+        "invoices": m("invoices"),
+        "credit_notes": m("credit_notes"),
+        "payments_declined": hub_declined,
+        "payments_action_required": m("action_required"),
+        "shipped_not_captured": shipped_not_captured,
+        "payment_mismatches": payment_mismatches,
     });
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
@@ -1055,9 +1181,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || screen_failures > 0
         || tls_broken
         || restore_mismatches > 0
+        || payment_mismatches > 0
     {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}"
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}"
         );
     }
     Ok(())

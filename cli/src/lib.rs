@@ -3,6 +3,8 @@
 //! separate processes on loopback and drives a warehouse day through them.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, unreachable_pub)]
+// The demo's summary is one `json!` literal with more keys than the macro's default recursion allows.
+#![recursion_limit = "256"]
 
 /// mimalloc instead of glibc's malloc: the hub loads and evicts ≈ 24 KB Automerge documents by the million
 /// between long-lived small index entries, and glibc's per-thread arenas kept the freed space (RSS grew

@@ -14,6 +14,7 @@
 //!   [`crate::forecast_api`].
 //! - `POST /v1/orders`, `GET /v1/orders/{id}/routing`, `POST /v1/orders/{id}/cancel`, `GET /v1/track/{token}`:
 //!   see [`crate::orders`].
+//! - Refunds, invoices, credit notes and payments: see [`crate::money::http`].
 //! - `GET /v1/audit/events?after=&limit=`: the audit trail of creates and cancels, paged by `seq` (at most
 //!   [`oms_service::audit::AUDIT_PAGE_MAX`] rows; follow `next_after` until it is null).
 //! - `GET /metrics`: OpenMetrics text: the refusals of the auth layer, nodes connected, documents held,
@@ -30,6 +31,10 @@
 //! | `POST /v1/orders` | channel (its own channel only) |
 //! | `GET /v1/orders/{id}`, `GET /v1/orders/{id}/routing` | planner, service, channel (own channel only) |
 //! | `POST /v1/orders/{id}/cancel` | channel (own channel only), service (with a reason) |
+//! | `POST /v1/orders/{id}/refunds` | service (with a reason) |
+//! | `GET /v1/invoices[/{number}]`, `GET /v1/credit-notes[/{number}]` | planner, service, channel (own channel only) |
+//! | `GET /v1/payments?status=action_required` | service |
+//! | `GET /v1/payments/summary` | planner, service |
 //! | `GET /v1/audit/events` | admin only |
 //! | `GET /metrics` | monitor |
 //! | anything else | any key (so an unknown path is `404`, or `405`, only to a caller with a key) |
@@ -68,6 +73,8 @@ const PLANNER: &[Role] = &[Role::Planner];
 const ORDER_READERS: &[Role] = &[Role::Planner, Role::Service, Role::Channel];
 const CHANNEL: &[Role] = &[Role::Channel];
 const CANCELLERS: &[Role] = &[Role::Channel, Role::Service];
+const SERVICE: &[Role] = &[Role::Service];
+const MONEY_READERS: &[Role] = &[Role::Service, Role::Planner];
 const MONITOR: &[Role] = &[Role::Monitor];
 const ADMIN_ONLY: &[Role] = &[];
 
@@ -90,6 +97,12 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/v1/orders" | "/v1/orders/{id}" | "/v1/orders/{id}/routing") if get => Access::Roles(ORDER_READERS),
         Some("/v1/orders") if post => Access::Roles(CHANNEL),
         Some("/v1/orders/{id}/cancel") if post => Access::Roles(CANCELLERS),
+        Some("/v1/orders/{id}/refunds") if post => Access::Roles(SERVICE),
+        Some("/v1/invoices" | "/v1/invoices/{number}" | "/v1/credit-notes" | "/v1/credit-notes/{number}") if get => {
+            Access::Roles(ORDER_READERS)
+        }
+        Some("/v1/payments") if get => Access::Roles(SERVICE),
+        Some("/v1/payments/summary") if get => Access::Roles(MONEY_READERS),
         Some("/v1/audit/events") if get => Access::Roles(ADMIN_ONLY),
         Some("/metrics") if get => Access::Roles(MONITOR),
         _ => Access::Roles(ANY_ROLE),
@@ -119,6 +132,7 @@ pub fn router_with(hub: Arc<Hub>, auth: Arc<Auth>, secure_cookie: bool) -> Route
         .with_state(hub.clone())
         .merge(Router::new().route("/metrics", get(metrics)).with_state((hub.clone(), auth.clone())))
         .merge(crate::orders::router(hub.clone()))
+        .merge(crate::money::http::router(hub.clone()))
         .merge(crate::forecast_api::router(hub))
         .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX));
     oms_service::guard::require_media_type(routes, oms_service::guard::MediaType::Json)

@@ -74,6 +74,12 @@ pub struct HubConfig {
     /// The intake writer's queue and batch bounds (`[intake]`: `queue_max`, `batch_max`).
     #[serde(default)]
     pub intake: crate::intake::IntakeLimits,
+    /// Payment providers and the outbox's limits (`[payments]`, see [`crate::money::PaymentsConfig`]).
+    #[serde(default)]
+    pub payments: crate::money::PaymentsConfig,
+    /// Tax rates per destination and whether prices include tax (`[tax]`, see [`crate::money::tax`]).
+    #[serde(default)]
+    pub tax: crate::money::tax::TaxConfig,
 }
 
 fn default_tenant() -> String {
@@ -141,6 +147,8 @@ impl Default for HubConfig {
             http: oms_service::serve::HttpConfig::default(),
             auth: oms_service::auth::AuthConfig::default(),
             intake: crate::intake::IntakeLimits::default(),
+            payments: crate::money::PaymentsConfig::default(),
+            tax: crate::money::tax::TaxConfig::default(),
         }
     }
 }
@@ -169,6 +177,8 @@ impl HubConfig {
         self.http.validate()?;
         self.auth.validate()?;
         self.intake.check().map_err(ConfigError::Invalid)?;
+        self.payments.check().map_err(ConfigError::Invalid)?;
+        self.tax.check().map_err(ConfigError::Invalid)?;
         self.http.scheme(self.listen_http.ip())?;
         if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {
             return Err(ConfigError::Invalid(format!(

@@ -471,7 +471,15 @@ mod tests {
         }
         let docs = hub_docs(dir, &orders, stock);
         let intake = crate::intake::Intake::open(&dir.join("intake.redb"), Default::default()).unwrap();
-        Hub::new(docs, intake, "acme", vec![9; 16], ServerTuning::default()).unwrap()
+        Hub::new(
+            docs,
+            intake,
+            crate::money::Money::new(Default::default(), Default::default()).unwrap(),
+            "acme",
+            vec![9; 16],
+            ServerTuning::default(),
+        )
+        .unwrap()
     }
 
     fn cfg() -> Arc<ForecastConfig> {

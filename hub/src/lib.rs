@@ -8,6 +8,8 @@
 //!   concurrent orders committed together: group commit), routed by [`routing`]
 //!   to the nearest sites that can ship them within the hub's escrowed stock rights, written out as
 //!   fulfillment documents, re-routed when a site rejects, cancelled across sites.
+//! - [`money`]: payment authorization at intake, capture per shipment through an outbox, invoices, credit
+//!   notes and refunds, in `intake.redb`.
 //! - [`demand`], [`forecast_api`], [`forecast_config`]: demand history from the order documents, forecasts and
 //!   replenishment suggestions.
 //! - [`api`]: HTTP for operators, channels and customers (nodes, orders, stock, forecasts, the audit trail,
@@ -28,6 +30,7 @@ pub mod docs;
 pub mod forecast_api;
 pub mod forecast_config;
 pub mod intake;
+pub mod money;
 pub mod orders;
 pub mod routing;
 pub mod server;
@@ -66,13 +69,16 @@ pub async fn run(
         intake::Intake::open(&cfg.data_dir.join(intake::INTAKE_DB_FILE), cfg.routing.clone()).with_context(|| {
             format!("cannot open {}; the hub does not start", cfg.data_dir.join(intake::INTAKE_DB_FILE).display())
         })?;
-    let hub = Arc::new(server::Hub::new(docs, intake, &cfg.tenant, actor.to_vec(), tuning)?);
+    let money = money::Money::new(cfg.payments.clone(), cfg.tax.clone())
+        .map_err(|e| anyhow::anyhow!("cannot set up payments: {e}"))?;
+    let hub = Arc::new(server::Hub::new(docs, intake, money, &cfg.tenant, actor.to_vec(), tuning)?);
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
     // its own writer thread.
     let sites = orders::site_source(Arc::downgrade(&hub));
     hub.intake.start(cfg.intake, sites).map_err(|e| anyhow::anyhow!("cannot start the intake's writer: {e}"))?;
     let watcher = tokio::spawn(orders::watch(hub.clone()));
+    let payments = tokio::spawn(money::outbox::run(hub.clone()));
     let files = ServerTlsFiles {
         ca: cfg.certs_dir.join("ca.pem"),
         cert: cfg.certs_dir.join("hub.pem"),
@@ -122,6 +128,7 @@ pub async fn run(
     endpoint.close(0u32.into(), b"hub shutting down");
     accept.abort();
     watcher.abort();
+    payments.abort();
     revocations.abort();
     own_cert.abort();
     keys.abort();

@@ -246,7 +246,7 @@ fn replay_effects(order: &HubOrder) -> Effects {
 }
 
 /// Runs `f` (disk I/O, document work under the hub's locks) off the async workers.
-async fn blocking<T: Send + 'static, E: Into<Problem> + Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static, E: Into<Problem> + Send + 'static>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, Problem> {
     tokio::task::spawn_blocking(f)
@@ -274,20 +274,60 @@ pub async fn create(
         )
         .with("role", principal.role));
     }
+    // A payment is authorized before the order is queued: never under the intake's lock or in its
+    // transaction. A decline is `402` with nothing reserved and the idempotency key not consumed.
+    let payment = match hub.money.payment_request(&body)? {
+        Some(req) => {
+            let hash = crate::intake::body_hash(&draft)?;
+            let mut prepared = hub.money.prepare(&key, &draft, &hash, &req);
+            let h = hub.clone();
+            let prepared =
+                blocking(move || h.money.authorize(h.intake.db(), &mut prepared, now_ms()).map(|()| prepared)).await?;
+            Some(prepared)
+        }
+        None => None,
+    };
     // Queued for the intake's writer, which takes concurrent orders in one transaction; answered once the
     // transaction holding this one is committed.
-    let placed = hub.intake.submit(key, draft, actor).await?;
+    let placed = match hub.intake.submit_paid(key, draft, actor, payment.clone()).await {
+        Ok(p) if !p.created && payment.is_some() => {
+            // A replay: the order has its payment already; this request's authorization is settled against it.
+            let (h, id) = (hub.clone(), p.order.id.to_string());
+            let settled = blocking(move || match &payment {
+                Some(prepared) => h.money.settle_replay(h.intake.db(), &id, prepared),
+                None => Ok(()),
+            })
+            .await;
+            if let Err(pr) = settled {
+                tracing::warn!(detail = %pr.detail, "cannot settle a replay's authorization; the sweep will");
+            }
+            p
+        }
+        Ok(p) => p,
+        Err(e) => {
+            // The intake refused the order: its authorization goes (the sweep does it if this fails).
+            if let Some(prepared) = payment {
+                let h = hub.clone();
+                let released = blocking(move || h.money.release(h.intake.db(), &prepared)).await;
+                if let Err(p) = released {
+                    tracing::warn!(detail = %p.detail, "cannot void the authorization of a refused order; the sweep will");
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let h = hub.clone();
     let effects = if placed.created { placed.effects } else { replay_effects(&placed.order) };
     // For a replay: the original may have been committed just before a crash that kept its documents from
     // being written; writing them again is a no-op otherwise.
     blocking(move || apply_effects(&h, &effects)).await?;
     // A new order's fulfillments were created a moment ago with no progress: its view needs no document.
-    let view = if placed.created {
+    let mut view = if placed.created {
         order_view_with(&placed.order, |_| FoState::assigned())
     } else {
         order_view(&hub, &placed.order)
     };
+    with_payment(&hub, &mut view, placed.order.id.as_str());
     let mut resp = (StatusCode::CREATED, Json(view)).into_response();
     if !placed.created {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -332,7 +372,31 @@ pub fn hub_order(hub: &Hub, id: &str, principal: &Principal) -> Result<Option<Va
     if !is_customer_order(id) {
         return Ok(None);
     }
-    Ok(hub.intake.order(id)?.filter(|o| visible_to(principal, o)).map(|o| order_view(hub, &o)))
+    Ok(hub.intake.order(id)?.filter(|o| visible_to(principal, o)).map(|o| {
+        let mut v = order_view(hub, &o);
+        with_payment(hub, &mut v, id);
+        v
+    }))
+}
+
+/// Adds the order's payment (status, amounts, documents) to its view and its events to the timeline.
+fn with_payment(hub: &Hub, view: &mut Value, id: &str) {
+    let p = match hub.money.payment(hub.intake.db(), id) {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(order = id, error = %e, "cannot read the order's payment");
+            return;
+        }
+    };
+    if let Some(t) = view.get_mut("timeline").and_then(Value::as_array_mut) {
+        t.extend(p.events.iter().map(|e| {
+            json!({"at_ms": e.at_ms, "status": format!("payment_{}", e.status), "amount_minor": e.amount_minor,
+                   "document": e.document})
+        }));
+        t.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
+    }
+    view["payment"] = crate::money::payment_view(&p);
 }
 
 /// A channel key's listing: the hub orders of its channel, in id order.
@@ -571,6 +635,7 @@ pub(crate) async fn cancel_order(
                 "result": result, "reason": reason}));
         }
     }
+    void_if_cancelled(&hub, &order, now);
     for l in &order.cancelled_unfilled {
         lines.push(json!({"fulfillment": null, "site": null, "sku": l.sku, "qty": l.qty,
             "result": "cancelled", "reason": "not yet placed at any site"}));
@@ -648,7 +713,9 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     let changed = lock(&hub.docs).take_changed();
     let now = now_ms();
     let mut released: BTreeMap<String, Vec<(OrderId, String)>> = BTreeMap::new();
-    let mut finished = Vec::new();
+    // (fulfillment, its customer order, site, units shipped per SKU)
+    type Shipped = (OrderId, Option<String>, String, Vec<(String, u64)>);
+    let mut shipped: Vec<Shipped> = Vec::new();
     for doc in changed {
         match DocKind::of(&doc) {
             Some(DocKind::Stock(site)) => {
@@ -678,7 +745,8 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                 };
                 let Some(p) = view.progress else { continue };
                 if matches!(p.status, FulfillmentState::Shipped | FulfillmentState::Delivered) {
-                    finished.push(view.id.clone());
+                    let lines = p.lines.iter().map(|l| (l.sku.to_string(), u64::from(l.shipped))).collect();
+                    shipped.push((view.id.clone(), view.parent.clone(), view.site.to_string(), lines));
                 }
                 if matches!(p.status, FulfillmentState::Rejected | FulfillmentState::Cancelled)
                     && let Some(parent) = view.parent
@@ -687,6 +755,21 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                 }
             }
             _ => {}
+        }
+    }
+    // Each shipment is billed (invoice and capture row, once) before the fulfillment stops being live, so a
+    // crash in between bills it at the next start.
+    let mut finished = Vec::new();
+    for (id, parent, site, lines) in shipped {
+        let billed = match &parent {
+            Some(parent) => {
+                hub.money.bill_shipment(hub.intake.db(), id.as_str(), parent, &site, &lines, now).map(|_| ())
+            }
+            None => Ok(()),
+        };
+        match billed {
+            Ok(()) => finished.push(id),
+            Err(e) => tracing::warn!(fulfillment = %id, error = %e, "cannot bill a shipment; a start will try again"),
         }
     }
     if let Err(e) = hub.intake.finished(&finished) {
@@ -707,14 +790,26 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     for id in ids {
         let rel = released.remove(&id).unwrap_or_default();
         match hub.intake.reroute(&id, &rel, &sites, now) {
-            Ok(Some((_, effects))) => {
+            Ok(Some((order, effects))) => {
                 if let Err(e) = apply_effects(hub, &effects) {
                     tracing::warn!(order = %id, error = %e, "cannot write re-routed fulfillments");
                 }
+                void_if_cancelled(hub, &order, now);
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(order = %id, error = %e, "re-routing failed"),
         }
+    }
+}
+
+/// Voids the payment of an order cancelled before anything shipped, once every fulfillment has given its
+/// units back (a site that ships before it sees the cancellation gets its shipment captured instead).
+fn void_if_cancelled(hub: &Hub, order: &HubOrder, now: u64) {
+    if order.cancel_requested_at_ms.is_none() || order.fulfillments.iter().any(|f| f.released.is_none()) {
+        return;
+    }
+    if let Err(e) = hub.money.void_unshipped(hub.intake.db(), order.id.as_str(), now) {
+        tracing::warn!(order = %order.id, error = %e, "cannot queue the void of a cancelled order");
     }
 }
 

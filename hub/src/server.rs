@@ -94,6 +94,8 @@ pub struct Hub {
     pub node_changes: tokio::sync::Notify,
     /// Channel intake, routing and escrow.
     pub intake: crate::intake::Intake,
+    /// Payments, invoices and credit notes (in the intake's database).
+    pub money: crate::money::Money,
     /// The reloading parts of the QUIC side's TLS, once it listens ([`Hub::set_tls`]).
     tls: OnceLock<HubTls>,
 }
@@ -112,6 +114,7 @@ impl Hub {
     pub fn new(
         docs: HubDocs,
         intake: crate::intake::Intake,
+        money: crate::money::Money,
         tenant: &str,
         actor: Vec<u8>,
         tuning: ServerTuning,
@@ -132,6 +135,7 @@ impl Hub {
             local: Mutex::new(HashMap::new()),
             node_changes: tokio::sync::Notify::new(),
             intake,
+            money,
             tls: OnceLock::new(),
         })
     }

@@ -10,8 +10,12 @@
 //! The sites grant the hub a large unacknowledged budget (`[hub.escrow] unacked_max`) so that the figure is
 //! the hub's, not the escrow round trip's; the count of orders placed at a site (not backordered) is given.
 //!
+//! Each level runs twice in a row: orders without payment, then orders with a card payment that the hub
+//! authorizes at the in-process test provider before the `201` (an attempt row committed before the call, the
+//! payment written in the order's transaction): the same run gives both, as the `payment` column says.
+//!
 //! `cargo bench -p oms-tests --bench hub_intake` (env: `BENCH_SECS` per level, default 8; `BENCH_LEVELS`,
-//! default `1,16,64`; `BENCH_DETACH=1` stops the nodes once they granted their rights, to measure the hub
+//! default `1,16,64`; `BENCH_PAYMENTS=0` runs only the orders without payment; `BENCH_DETACH=1` stops the nodes once they granted their rights, to measure the hub
 //! alone while its lease lasts: keep the run under 30 s). Every loop is bounded by time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
 
@@ -25,13 +29,17 @@ use serde_json::{Value, json};
 const SITES: [(&str, f64, f64); 2] = [("wh-berlin", 52.52, 13.40), ("wh-munich", 48.14, 11.58)];
 const SKUS: u64 = 8;
 
-fn order(n: u64) -> Value {
+fn order(n: u64, card: bool) -> Value {
     let (lat, lon) = if n.is_multiple_of(2) { (52.5, 13.4) } else { (48.1, 11.6) };
-    json!({
+    let mut o = json!({
         "external_ref": format!("bench-{n}"), "channel": "web",
         "lines": [{"sku": format!("SKU-{}", n % SKUS), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
         "ship_to": {"name": "C", "line1": "1 Street", "city": "X", "postcode": "10115", "country": "DE", "lat": lat, "lon": lon}
-    })
+    });
+    if card {
+        o["payment"] = json!({"method": "card", "provider": "test", "token": "tok_bench"});
+    }
+    o
 }
 
 /// What one level measured.
@@ -44,8 +52,9 @@ struct Level {
     lat_ms: Vec<f64>,
 }
 
-/// `clients` clients post orders for `secs` seconds; every order gets a fresh idempotency key.
-async fn level(c: &reqwest::Client, hub: SocketAddr, clients: u64, secs: u64, base: u64) -> Level {
+/// `clients` clients post orders (with a card payment if `card`) for `secs` seconds; every order gets a fresh
+/// idempotency key.
+async fn level(c: &reqwest::Client, hub: SocketAddr, clients: u64, secs: u64, base: u64, card: bool) -> Level {
     let started = Instant::now();
     let stop = started + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -57,7 +66,7 @@ async fn level(c: &reqwest::Client, hub: SocketAddr, clients: u64, secs: u64, ba
             while Instant::now() < stop {
                 let n = base + k * 10_000_000 + j;
                 j += 1;
-                let body = serde_json::to_vec(&order(n)).unwrap();
+                let body = serde_json::to_vec(&order(n, card)).unwrap();
                 let t0 = Instant::now();
                 let r = c
                     .post(format!("http://{hub}/v1/orders"))
@@ -125,7 +134,14 @@ async fn main() {
     let (quic, hub_http) = (free_udp(), free_tcp());
     // The test admin key (`install_admin_key`) may send 1,000,000 requests/s; 64 clients stay below the
     // per-key in-flight cap, raised anyway so that a larger BENCH_LEVELS is not refused.
-    let _hub = cluster::spawn_hub_with(root, &certs, quic, hub_http, "warn", "[auth]\nin_flight_per_key = 1024\n");
+    let _hub = cluster::spawn_hub_with(
+        root,
+        &certs,
+        quic,
+        hub_http,
+        "warn",
+        "[auth]\nin_flight_per_key = 1024\n[payments]\nin_flight_max = 1024\n[payments.providers.test]\nkind = \"test\"\n",
+    );
     let mut nodes: Vec<ClusterNode> = Vec::new();
     for (id, lat, lon) in SITES {
         // `[hub.escrow]` right after the `[hub]` keys: the hub may spend without waiting for acknowledgements.
@@ -165,26 +181,47 @@ async fn main() {
         "raw fsync (4 KiB write + fdatasync), same disk: {fsync_per_s:.0}/s, p50 {fsync_p50:.3} ms, p99 {fsync_p99:.3} ms"
     );
     // Warm-up: connections, caches.
-    let _ = level(&c, hub_http, 4, 1, 900_000_000_000).await;
-    println!("| clients | orders/s (201) | placed | p50 ms | p99 ms | errors | orders per commit | ÷ raw fsync |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = level(&c, hub_http, 4, 1, 900_000_000_000, false).await;
+    let _ = level(&c, hub_http, 4, 1, 950_000_000_000, true).await;
+    let payments = env_u64("BENCH_PAYMENTS", 1) == 1;
+    println!(
+        "| clients | payment | orders/s (201) | placed | p50 ms | p99 ms | errors | orders per commit | ÷ raw fsync |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut last = None;
     for (i, &clients) in levels.iter().enumerate() {
-        let (c0, o0) = batches(&c, hub_http).await;
-        let l = level(&c, hub_http, clients, secs, (i as u64 + 1) * 1_000_000_000_000).await;
-        let (c1, o1) = batches(&c, hub_http).await;
-        let rate = l.created as f64 / l.secs;
-        let per_commit = if c1 > c0 { (o1 - o0) as f64 / (c1 - c0) as f64 } else { f64::NAN };
-        println!(
-            "| {} | {rate:.0} | {} | {:.2} | {:.2} | {} | {per_commit:.1} | {:.2} |",
-            l.clients,
-            l.placed,
-            percentile(&l.lat_ms, 0.5),
-            percentile(&l.lat_ms, 0.99),
-            l.errors,
-            rate / fsync_per_s
-        );
-        last = Some((clients, rate, percentile(&l.lat_ms, 0.99)));
+        let mut none = None;
+        for card in [false, true] {
+            if card && !payments {
+                continue;
+            }
+            let (c0, o0) = batches(&c, hub_http).await;
+            let base = (i as u64 + 1) * 1_000_000_000_000 + if card { 500_000_000_000 } else { 0 };
+            let l = level(&c, hub_http, clients, secs, base, card).await;
+            let (c1, o1) = batches(&c, hub_http).await;
+            let rate = l.created as f64 / l.secs;
+            let per_commit = if c1 > c0 { (o1 - o0) as f64 / (c1 - c0) as f64 } else { f64::NAN };
+            let (p50, p99) = (percentile(&l.lat_ms, 0.5), percentile(&l.lat_ms, 0.99));
+            println!(
+                "| {} | {} | {rate:.0} | {} | {p50:.2} | {p99:.2} | {} | {per_commit:.1} | {:.2} |",
+                l.clients,
+                if card { "card" } else { "none" },
+                l.placed,
+                l.errors,
+                rate / fsync_per_s
+            );
+            match (card, none) {
+                (false, _) => none = Some((rate, p50, p99)),
+                (true, Some((r0, m0, q0))) => println!(
+                    "  card ÷ none at {clients} clients: orders/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
+                    rate / r0,
+                    p50 / m0,
+                    p99 / q0
+                ),
+                (true, None) => {}
+            }
+            last = Some((clients, rate, p99));
+        }
     }
     println!("load at end {}", loadavg());
     if let Some((clients, rate, p99)) = last {

@@ -246,22 +246,8 @@ pub async fn wait_healthy(http: &reqwest::Client, addr: SocketAddr, budget: Dura
 
 /// Puts SKU-0 to SKU-`skus - 1` in `node`'s catalog and receives `qty` units of each.
 pub async fn seed(http: &reqwest::Client, node: &ClusterNode, skus: usize, qty: u64) {
-    let base = format!("http://{}/v1", node.http);
     for i in 0..skus {
-        let r = http
-            .put(format!("{base}/catalog/SKU-{i}"))
-            .json(&serde_json::json!({"name": format!("Item {i}"), "bin": format!("A-{i:02}")}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "catalog: {}", r.status());
-        let r = http
-            .post(format!("{base}/stock/receipts"))
-            .json(&serde_json::json!({"sku": format!("SKU-{i}"), "qty": qty, "note": "opening"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
+        catalog_and_receive(http, node, &format!("SKU-{i}"), &format!("Item {i}"), &format!("A-{i:02}"), qty).await;
     }
 }
 
@@ -322,4 +308,28 @@ pub async fn hub_and_node(http: &reqwest::Client, root: &Path, id: &str, site: &
     wait_healthy(http, node.http, WAIT_FOR_MAX).await;
     wait_healthy(http, hub_http, WAIT_FOR_MAX).await;
     (hub, node)
+}
+
+/// Puts `sku` in `node`'s catalog and receives `qty` units of it.
+pub async fn seed_sku(http: &reqwest::Client, node: &ClusterNode, sku: &str, qty: u32) {
+    catalog_and_receive(http, node, sku, sku, "A-01", u64::from(qty)).await;
+}
+
+/// Puts `sku` (named `name`, in `bin`) in `node`'s catalog and receives `qty` units of it.
+async fn catalog_and_receive(http: &reqwest::Client, node: &ClusterNode, sku: &str, name: &str, bin: &str, qty: u64) {
+    let base = format!("http://{}/v1", node.http);
+    let r = http
+        .put(format!("{base}/catalog/{sku}"))
+        .json(&serde_json::json!({"name": name, "bin": bin}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "catalog: {}", r.status());
+    let r = http
+        .post(format!("{base}/stock/receipts"))
+        .json(&serde_json::json!({"sku": sku, "qty": qty, "note": "opening"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "receipt of {sku}");
 }

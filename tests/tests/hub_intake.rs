@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, pki, wait_for};
+use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, pki, seed_sku, wait_for};
 use oms_tests::{get, http, post};
 use serde_json::{Value, json};
 
@@ -26,14 +26,6 @@ fn site_toml(lat: f64, lon: f64, extra_hub: &str) -> String {
 fn node(root: &Path, certs: &Path, id: &str, quic: SocketAddr, at: (f64, f64), extra_hub: &str) -> ClusterNode {
     let (config, http, dir) = cluster::node_config_with(root, certs, id, quic, &site_toml(at.0, at.1, extra_hub));
     cluster::spawn_node_with(id, &config, http, &dir, "info")
-}
-
-async fn seed(c: &reqwest::Client, n: &ClusterNode, sku: &str, qty: u32) {
-    let base = format!("http://{}/v1", n.http);
-    let r = c.put(format!("{base}/catalog/{sku}")).json(&json!({"name": sku, "bin": "A-01"})).send().await.unwrap();
-    assert!(r.status().is_success());
-    let (s, _) = post(c, format!("{base}/stock/receipts"), json!({"sku": sku, "qty": qty})).await;
-    assert_eq!(s, 201);
 }
 
 fn order(ext: &str, lines: &[(&str, u32)], to: (f64, f64)) -> Value {
@@ -104,8 +96,8 @@ async fn two_sites(c: &reqwest::Client, berlin_hub_toml: &str) -> TwoSites {
 async fn channel_order_is_routed_within_escrow_accepted_and_tracked() {
     let c = http();
     let TwoSites { _tmp, _hub, berlin, munich, hub_http } = two_sites(&c, "").await;
-    seed(&c, &berlin, "SKU-1", 100).await;
-    seed(&c, &munich, "SKU-1", 100).await;
+    seed_sku(&c, &berlin, "SKU-1", 100).await;
+    seed_sku(&c, &munich, "SKU-1", 100).await;
 
     // Both sites grant the hub a share of their stock; the hub sees it with escrow columns.
     wait_promisable(&c, hub_http, "SKU-1", "wh-berlin", 5).await;
@@ -179,10 +171,10 @@ async fn rejected_assignment_is_rerouted_and_cancel_reports_each_line() {
     let c = http();
     // Berlin's staff decide on each assignment; Munich accepts at once.
     let TwoSites { _tmp, _hub, berlin, munich, hub_http } = two_sites(&c, "auto_accept = false").await;
-    seed(&c, &berlin, "SKU-1", 100).await;
-    seed(&c, &munich, "SKU-1", 100).await;
-    seed(&c, &munich, "SKU-2", 100).await;
-    seed(&c, &berlin, "SKU-3", 100).await;
+    seed_sku(&c, &berlin, "SKU-1", 100).await;
+    seed_sku(&c, &munich, "SKU-1", 100).await;
+    seed_sku(&c, &munich, "SKU-2", 100).await;
+    seed_sku(&c, &berlin, "SKU-3", 100).await;
     wait_promisable(&c, hub_http, "SKU-1", "wh-berlin", 5).await;
     wait_promisable(&c, hub_http, "SKU-1", "wh-munich", 5).await;
     wait_promisable(&c, hub_http, "SKU-2", "wh-munich", 5).await;
@@ -281,7 +273,7 @@ async fn hub_killed_during_intake_loses_no_acknowledged_order() {
     let berlin = node(root, &certs, "wh-berlin", quic, BERLIN, "");
     cluster::wait_healthy(&c, berlin.http, HEALTHY).await;
     cluster::wait_healthy(&c, hub_http, HEALTHY).await;
-    seed(&c, &berlin, "SKU-1", 10_000).await;
+    seed_sku(&c, &berlin, "SKU-1", 10_000).await;
     wait_promisable(&c, hub_http, "SKU-1", "wh-berlin", 20).await;
 
     // Sixteen clients post orders, so the intake's writer takes them in shared transactions (batches); the

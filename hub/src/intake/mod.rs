@@ -60,7 +60,7 @@ use crate::routing::{self, Outcome, RouteLine, RouteRequest, RoutingDecision, Ro
 
 mod writer;
 
-pub use writer::{BatchCounts, IntakeLimits, SiteSource};
+pub use writer::{BatchCounts, IntakeLimits, SiteSource, body_hash};
 
 /// The format of `intake.redb` (see `oms_service::storage::format`): 1 is the first versioned one, the same
 /// tables as the unversioned files before it, whose one-time index builds still run at open. Every table in
@@ -149,6 +149,15 @@ pub enum IntakeError {
 }
 
 oms_service::storage_errors_from_redb!(IntakeError);
+
+impl From<crate::money::MoneyError> for IntakeError {
+    fn from(e: crate::money::MoneyError) -> Self {
+        match e {
+            crate::money::MoneyError::Storage(s) => IntakeError::Storage(s),
+            other => IntakeError::Corrupt { table: "payments", detail: other.to_string() },
+        }
+    }
+}
 
 impl IntakeError {
     /// The stable code of the error, as the HTTP problem and the audit row's outcome name it.
@@ -419,6 +428,7 @@ impl Intake {
         w.open_table(LIVE)?;
         w.open_table(AUDIT)?;
         w.commit()?;
+        crate::money::create_tables(&db).map_err(IntakeError::from)?;
         let mut escrow = HashMap::new();
         let mut open = BTreeSet::new();
         let mut unindexed = Vec::new();
@@ -487,6 +497,11 @@ impl Intake {
             stats: writer::BatchStats::default(),
         };
         Ok(Intake { core: Arc::new(core), queue: OnceLock::new() })
+    }
+
+    /// The database (`intake.redb`), which the payments ([`crate::money`]) share.
+    pub fn db(&self) -> &Database {
+        &self.core.db
     }
 
     /// The routing policy in force.

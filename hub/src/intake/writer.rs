@@ -75,14 +75,20 @@ pub(super) struct Create {
     draft: OrderDraft,
     hash: [u8; 32],
     actor: Actor,
+    /// The order's payment, authorized before it was queued (see [`crate::money`]).
+    payment: Option<crate::money::Prepared>,
 }
 
 impl Create {
     pub(super) fn new(key: String, draft: OrderDraft, actor: Actor) -> Result<Create, IntakeError> {
-        let hash =
-            draft_sha256(&draft).map_err(|e| IntakeError::Storage(Arc::new(StorageError::encode("an order", e))))?;
-        Ok(Create { key, draft, hash, actor })
+        let hash = body_hash(&draft)?;
+        Ok(Create { key, draft, hash, actor, payment: None })
     }
+}
+
+/// The canonical hash of an order body, as idempotency compares bodies.
+pub fn body_hash(draft: &OrderDraft) -> Result<[u8; 32], IntakeError> {
+    draft_sha256(draft).map_err(|e| IntakeError::Storage(Arc::new(StorageError::encode("an order", e))))
 }
 
 /// Where a queued order's answer arrives.
@@ -153,14 +159,32 @@ impl Intake {
     /// Takes a channel order for `actor` through the writer (see the module docs of `writer`): answered once
     /// the batch that holds it is committed, with what [`Intake::place`] would answer.
     pub async fn submit(&self, key: String, draft: OrderDraft, actor: Actor) -> Result<Placed, IntakeError> {
-        let answer = self.enqueue(key, draft, actor)?;
+        self.submit_paid(key, draft, actor, None).await
+    }
+
+    /// [`Intake::submit`] for an order whose `payment` was authorized: the payment record is written in the
+    /// order's transaction (and its authorization attempt forgotten there), only if the order is created.
+    pub async fn submit_paid(
+        &self,
+        key: String,
+        draft: OrderDraft,
+        actor: Actor,
+        payment: Option<crate::money::Prepared>,
+    ) -> Result<Placed, IntakeError> {
+        let mut create = Create::new(key, draft, actor)?;
+        create.payment = payment;
+        let answer = self.enqueue_create(create)?;
         answer.await.map_err(|_| IntakeError::ShuttingDown)?
     }
 
     /// Queues a channel order for the writer without waiting: the answer arrives on the returned receiver.
     /// Orders queued one after another are taken in that order.
+    #[cfg(test)]
     fn enqueue(&self, key: String, draft: OrderDraft, actor: Actor) -> Result<Answer, IntakeError> {
-        let create = Create::new(key, draft, actor)?;
+        self.enqueue_create(Create::new(key, draft, actor)?)
+    }
+
+    fn enqueue_create(&self, create: Create) -> Result<Answer, IntakeError> {
         let queue = self.queue.get().ok_or(IntakeError::ShuttingDown)?;
         let (reply, answer) = oneshot::channel();
         queue.tx.try_send(Job { create, reply }).map_err(|e| match e {
@@ -275,7 +299,7 @@ impl Core {
         sites: &[SiteFacts],
         now_ms: u64,
     ) -> Result<Result<Placed, IntakeError>, IntakeError> {
-        let Create { key, draft, hash, actor } = job;
+        let Create { key, draft, hash, actor, payment } = job;
         let seen = match Self::seen(w, &draft.channel, &key, &hash) {
             Ok(s) => s,
             Err(e) => return own(e),
@@ -337,6 +361,10 @@ impl Core {
         w.open_table(IDEM_BY_TIME)?.insert((now_ms, scoped.as_str()), ())?;
         w.open_table(TRACKING)?.insert(token_hash(&token).as_slice(), order.id.as_str())?;
         w.open_table(BY_CHANNEL)?.insert(channel_key(&order.draft.channel, order.id.as_str()).as_str(), ())?;
+        if let Some(p) = payment {
+            crate::money::open_payment(w, order.id.as_str(), p.payment, p.attempt_key.as_deref())
+                .map_err(IntakeError::from)?;
+        }
         audit::append(&mut w.open_table(AUDIT)?, &actor, Some(order.id.as_str()), now_ms, "ok")?;
         Ok(Ok(Placed { order, created: true, effects }))
     }

@@ -1,0 +1,253 @@
+//! HTTP for money (policy in [`crate::api::policy`]):
+//!
+//! - `POST /v1/orders/{id}/refunds` `{"lines": [{"sku", "qty"}] | "amount_minor", "reason", "invoice"?}`:
+//!   a credit note referencing its invoice and a refund through the outbox (service, admin) → `201`.
+//! - `GET /v1/invoices?from=&to=&limit=&format=json|csv`, `GET /v1/invoices/{number}?format=json|html` (or
+//!   `Accept: text/html`): invoices by issue time (ms, `[from, to)`); a channel key sees its channel's only.
+//! - `GET /v1/credit-notes…`: the same for credit notes.
+//! - `GET /v1/payments?status=action_required&limit=`: payments service must act on.
+//! - `GET /v1/payments/summary`: totals over every payment and the mismatch counter (must be 0).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use oms_service::auth::Principal;
+use oms_service::{Problem, RawBody, now_ms};
+use serde_json::json;
+
+use oms_protocol::domain::Channel;
+use redb::Database;
+
+use super::{CreditNote, Invoice, Money, MoneyError, RefundRequest, render};
+use crate::orders::{Caller, blocking};
+use crate::server::Hub;
+
+impl From<MoneyError> for Problem {
+    fn from(e: MoneyError) -> Problem {
+        problem(e)
+    }
+}
+
+/// The problem document of a money error.
+fn problem(e: MoneyError) -> Problem {
+    let code = e.code();
+    let detail = e.to_string();
+    match e {
+        MoneyError::Declined(reason) => Problem::new(StatusCode::PAYMENT_REQUIRED, code, detail).with("reason", reason),
+        MoneyError::ProviderUnavailable(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail),
+        MoneyError::InvalidPayment(_) | MoneyError::InvalidRefund(_) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+        }
+        MoneyError::NotFound { .. } => Problem::new(StatusCode::NOT_FOUND, code, detail),
+        MoneyError::RefundExceeds(_) | MoneyError::NotCaptured(_) => Problem::new(StatusCode::CONFLICT, code, detail),
+        MoneyError::Storage(_) => {
+            tracing::error!(error = %detail, "money storage failure");
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+        }
+        MoneyError::Corrupt { .. } => {
+            tracing::error!(error = %detail, "money corrupt record");
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, code, detail)
+        }
+    }
+}
+
+/// The routes of this module.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/v1/orders/{id}/refunds", post(refund))
+        .route("/v1/invoices", get(list::<Invoice>))
+        .route("/v1/invoices/{number}", get(one::<Invoice>))
+        .route("/v1/credit-notes", get(list::<CreditNote>))
+        .route("/v1/credit-notes/{number}", get(one::<CreditNote>))
+        .route("/v1/payments", get(payments))
+        .route("/v1/payments/summary", get(summary))
+        .with_state(hub)
+}
+
+fn bad_query(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "invalid_query", detail)
+}
+
+/// Checks a query's parameters against `allowed` and reads a number.
+fn query(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Problem> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(bad) => Err(bad_query(format!("unknown parameter {bad:?}"))),
+        None => Ok(()),
+    }
+}
+
+fn number(q: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, Problem> {
+    q.get(name).map_or(Ok(default), |v| v.parse().map_err(|_| bad_query(format!("{name} must be a whole number"))))
+}
+
+/// What rendering a request asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+    Html,
+}
+
+fn format(q: &HashMap<String, String>, headers: &HeaderMap, allowed: &[Format]) -> Result<Format, Problem> {
+    let f = match q.get("format").map(String::as_str) {
+        None if headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html")) => {
+            Format::Html
+        }
+        None | Some("json") => Format::Json,
+        Some("csv") => Format::Csv,
+        Some("html") => Format::Html,
+        Some(_) => return Err(bad_query("format must be json, csv or html")),
+    };
+    if allowed.contains(&f) { Ok(f) } else { Err(bad_query("this format is not offered here")) }
+}
+
+/// `[from, to)` and `limit` of a listing.
+fn window(q: &HashMap<String, String>) -> Result<(u64, u64, usize), Problem> {
+    query(q, &["from", "to", "limit", "format"])?;
+    let from = number(q, "from", 0)?;
+    let to = number(q, "to", u64::MAX)?;
+    if to <= from {
+        return Err(bad_query("to must be after from"));
+    }
+    let limit = usize::try_from(number(q, "limit", super::DOCS_PAGE_MAX as u64)?).unwrap_or(usize::MAX);
+    Ok((from, to, limit.clamp(1, super::DOCS_PAGE_MAX)))
+}
+
+async fn refund(
+    State(hub): State<Arc<Hub>>,
+    principal: Principal,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
+    let id = oms_protocol::domain::OrderId::parse(&id).map_err(Problem::from)?;
+    let req: RefundRequest = oms_service::parse_json(&body)?;
+    let confined = principal.confined_to().cloned();
+    let h = hub.clone();
+    let note =
+        blocking(move || h.money.refund(h.intake.db(), id.as_str(), confined.as_ref(), &req, &actor, now_ms())).await?;
+    Ok((StatusCode::CREATED, Json(note)).into_response())
+}
+
+/// An invoice or a credit note, as the listing and document routes serve it.
+trait Listed: serde::Serialize + Send + Sized + 'static {
+    /// The listing's member (`invoices`, `credit_notes`).
+    const KEY: &'static str;
+    /// What a missing one is called.
+    const WHAT: &'static str;
+    fn channel(&self) -> &Channel;
+    fn doc(&self) -> render::Doc<'_>;
+    fn list(m: &Money, db: &Database, window: (u64, u64, usize), c: Option<&Channel>) -> Result<Vec<Self>, MoneyError>;
+    fn one(m: &Money, db: &Database, number: &str) -> Result<Option<Self>, MoneyError>;
+}
+
+impl Listed for Invoice {
+    const KEY: &'static str = "invoices";
+    const WHAT: &'static str = "invoice";
+    fn channel(&self) -> &Channel {
+        &self.channel
+    }
+    fn doc(&self) -> render::Doc<'_> {
+        render::Doc::Invoice(self)
+    }
+    fn list(
+        m: &Money,
+        db: &Database,
+        (f, t, l): (u64, u64, usize),
+        c: Option<&Channel>,
+    ) -> Result<Vec<Self>, MoneyError> {
+        m.invoices(db, f, t, l, c)
+    }
+    fn one(m: &Money, db: &Database, number: &str) -> Result<Option<Self>, MoneyError> {
+        m.invoice(db, number)
+    }
+}
+
+impl Listed for CreditNote {
+    const KEY: &'static str = "credit_notes";
+    const WHAT: &'static str = "credit note";
+    fn channel(&self) -> &Channel {
+        &self.channel
+    }
+    fn doc(&self) -> render::Doc<'_> {
+        render::Doc::CreditNote(self)
+    }
+    fn list(
+        m: &Money,
+        db: &Database,
+        (f, t, l): (u64, u64, usize),
+        c: Option<&Channel>,
+    ) -> Result<Vec<Self>, MoneyError> {
+        m.credit_notes(db, f, t, l, c)
+    }
+    fn one(m: &Money, db: &Database, number: &str) -> Result<Option<Self>, MoneyError> {
+        m.credit_note(db, number)
+    }
+}
+
+/// `GET /v1/invoices`, `GET /v1/credit-notes`: JSON or CSV.
+async fn list<T: Listed>(
+    State(hub): State<Arc<Hub>>,
+    principal: Principal,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let w = window(&q)?;
+    let f = format(&q, &headers, &[Format::Json, Format::Csv])?;
+    let confined = principal.confined_to().cloned();
+    let h = hub.clone();
+    let list = blocking(move || T::list(&h.money, h.intake.db(), w, confined.as_ref())).await?;
+    Ok(match f {
+        Format::Csv => render::csv(&list.iter().map(T::doc).collect::<Vec<_>>()),
+        _ => Json(json!({ T::KEY: list })).into_response(),
+    })
+}
+
+/// `GET /v1/invoices/{number}`, `GET /v1/credit-notes/{number}`: JSON or printable HTML; another channel's
+/// is not found.
+async fn one<T: Listed>(
+    State(hub): State<Arc<Hub>>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    query(&q, &["format"])?;
+    let f = format(&q, &headers, &[Format::Json, Format::Html])?;
+    let h = hub.clone();
+    let n = number.clone();
+    let found = blocking(move || T::one(&h.money, h.intake.db(), &n)).await?;
+    let d = found
+        .filter(|d| principal.confined_to().is_none_or(|c| c == d.channel()))
+        .ok_or_else(|| problem(MoneyError::NotFound { what: T::WHAT, id: number }))?;
+    Ok(match f {
+        Format::Html => render::html(&d.doc()),
+        _ => Json(d).into_response(),
+    })
+}
+
+async fn payments(State(hub): State<Arc<Hub>>, Query(q): Query<HashMap<String, String>>) -> Result<Response, Problem> {
+    query(&q, &["status", "limit"])?;
+    if q.get("status").map(String::as_str) != Some("action_required") {
+        return Err(bad_query("status must be action_required"));
+    }
+    let limit = usize::try_from(number(&q, "limit", super::DOCS_PAGE_MAX as u64)?).unwrap_or(usize::MAX);
+    let h = hub.clone();
+    let list = blocking(move || h.money.action_required(h.intake.db(), limit)).await?;
+    let list: Vec<_> = list
+        .iter()
+        .map(|p| json!({"order": p.order, "channel": p.channel, "reason": p.action_required, "payment": super::payment_view(p)}))
+        .collect();
+    Ok(Json(json!({"payments": list})).into_response())
+}
+
+async fn summary(State(hub): State<Arc<Hub>>) -> Result<Response, Problem> {
+    let h = hub.clone();
+    let t = blocking(move || h.money.totals(h.intake.db())).await?;
+    Ok(Json(t).into_response())
+}

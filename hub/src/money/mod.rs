@@ -1,0 +1,1294 @@
+//! Money at the hub: payment authorization at intake, capture per shipment through a durable outbox,
+//! invoices and credit notes, refunds. Nodes never call a provider; everything here runs at the hub, in
+//! `intake.redb` beside the orders.
+//!
+//! **Authorization at intake** ([`Money::authorize`]): a card order is authorized for its gross total before
+//! the `201`. The provider's idempotency key is derived from the order's channel-scoped idempotency key, its
+//! body and the card token, so a retry after a crash or a timeout gets the same authorization, never a second
+//! one. An attempt row (table `payment_attempts`) is committed before the call; the order's own transaction
+//! removes it. An attempt whose order never committed (the intake refused it, or the hub died) is voided: at
+//! once when the intake refuses, by the outbox's sweep after `attempt_grace_ms` otherwise. The provider is
+//! never called under the intake's lock or inside its transaction.
+//!
+//! **Capture per shipment** ([`Money::bill_shipment`], called by the watcher when it sees a fulfillment
+//! shipped): in one transaction, exactly once per fulfillment (table `shipments_billed`), the invoice for
+//! exactly the shipped lines, its number (gap-free per series: the counter moves in the same transaction,
+//! and every money write holds [`Money`]'s lock), and a capture row in the outbox for the invoice's total.
+//! The outbox ([`outbox`]) then calls the provider with a key derived from the row (`cap-<row>-a<auth>`),
+//! records the answer, and settles timeouts with `retrieve`. See [`outbox`] for the states.
+//!
+//! **Refunds** ([`Money::refund`], the function the returns code calls too): a credit note referencing its
+//! invoice, for lines or an amount, with a reason, and a refund row in the outbox, in one transaction.
+//!
+//! Amounts are integer minor units (`u64` for money moved, `i64` for document lines). Tax: [`tax`].
+
+pub mod http;
+pub mod outbox;
+pub mod provider;
+pub mod render;
+pub mod tax;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use oms_protocol::domain::{Channel, Currency, OrderDraft, TEXT_BYTES_MAX};
+use oms_service::audit::{self, AUDIT, Actor};
+use oms_service::auth::keys::{hex, token_hash};
+use oms_service::lock;
+use oms_service::storage::StorageError;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use provider::{Bounded, ManualProvider, PaymentProvider, ProviderError, TestProvider, TestProviderConfig};
+use tax::{Prices, TaxConfig};
+
+/// Order id → [`Payment`] (JSON).
+pub(crate) const PAYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments");
+/// Provider idempotency key → [`Attempt`] (JSON): authorizations asked for orders not committed yet.
+pub(crate) const ATTEMPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payment_attempts");
+/// Invoice number → [`Invoice`] (JSON).
+const INVOICES: TableDefinition<&str, &[u8]> = TableDefinition::new("invoices");
+/// (issued at ms, number) → (): invoices by date.
+const INVOICES_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("invoices_by_time");
+/// Credit note number → [`CreditNote`] (JSON).
+const CREDIT_NOTES: TableDefinition<&str, &[u8]> = TableDefinition::new("credit_notes");
+/// (issued at ms, number) → ().
+const CREDIT_NOTES_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("credit_notes_by_time");
+/// Fulfillment id → the invoice number of its shipment (empty: nothing billable shipped): once per shipment.
+const BILLED: TableDefinition<&str, &str> = TableDefinition::new("shipments_billed");
+/// Orders whose payment needs service's action (`payment_action_required`).
+const ACTION: TableDefinition<&str, ()> = TableDefinition::new("payments_action_required");
+/// Counters: invoice and credit note numbers per series, outbox row ids.
+const MONEY_META: TableDefinition<&str, u64> = TableDefinition::new("money_meta");
+
+/// Events kept per payment (the customer's timeline); older ones are dropped, the first kept.
+pub const EVENTS_MAX: usize = 64;
+/// Documents listed per page.
+pub const DOCS_PAGE_MAX: usize = 1_000;
+/// Lines of a refund request.
+pub const REFUND_LINES_MAX: usize = oms_protocol::domain::ORDER_LINES_MAX;
+/// Longest card token, bytes.
+pub const TOKEN_BYTES_MAX: usize = 256;
+/// The implicit provider of terms and cash-on-delivery orders.
+pub const MANUAL: &str = "manual";
+
+/// Why a money operation was refused or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MoneyError {
+    /// The provider declined the authorization.
+    #[error("payment declined: {0}")]
+    Declined(String),
+    /// The provider could not be reached or did not answer in time; nothing was reserved.
+    #[error("payment provider unavailable: {0}")]
+    ProviderUnavailable(String),
+    /// The request's `payment` is not usable.
+    #[error("{0}")]
+    InvalidPayment(String),
+    /// A refund request is not usable.
+    #[error("{0}")]
+    InvalidRefund(String),
+    /// No such invoice / credit note / paid order (or not visible to the caller).
+    #[error("{what} {id:?} not found")]
+    NotFound {
+        /// What was looked for.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The refund is more than what can be refunded.
+    #[error("{0}")]
+    RefundExceeds(String),
+    /// The capture of the invoice has not settled yet.
+    #[error("invoice {0} is not captured yet; refund after its capture settles")]
+    NotCaptured(String),
+    /// Storage failed; nothing was written.
+    #[error("storage failure, nothing was written: {0}")]
+    Storage(#[source] Arc<StorageError>),
+    /// A stored record does not decode.
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+oms_service::storage_errors_from_redb!(MoneyError);
+
+impl MoneyError {
+    /// The stable code (problem documents, audit rows).
+    pub fn code(&self) -> &'static str {
+        match self {
+            MoneyError::Declined(_) => "payment_declined",
+            MoneyError::ProviderUnavailable(_) => "payment_provider_unavailable",
+            MoneyError::InvalidPayment(_) => "invalid_payment",
+            MoneyError::InvalidRefund(_) => "invalid_refund",
+            MoneyError::NotFound { what: "invoice", .. } => "invoice_not_found",
+            MoneyError::NotFound { what: "credit note", .. } => "credit_note_not_found",
+            MoneyError::NotFound { .. } => "payment_not_found",
+            MoneyError::RefundExceeds(_) => "refund_exceeds_invoice",
+            MoneyError::NotCaptured(_) => "not_captured",
+            MoneyError::Storage(_) => "storage_unavailable",
+            MoneyError::Corrupt { .. } => "corrupt_record",
+        }
+    }
+}
+
+/// How a provider is configured (`[payments.providers.<name>]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProviderConfig {
+    /// The deterministic fault-injecting test provider, in process.
+    Test(TestProviderConfig),
+}
+
+/// `[payments]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    /// Time budget of one provider call, ms.
+    pub call_timeout_ms: u64,
+    /// Failed attempts of one outbox row before it needs service's action.
+    pub retries_max: u32,
+    /// Wait before retrying a failed or indeterminate row, ms (doubled per attempt, at most 64×).
+    pub retry_backoff_ms: u64,
+    /// Provider calls in flight at once, per provider; beyond it a call is refused (`503` at intake).
+    pub in_flight_max: usize,
+    /// How long an authorization is good for, ms (cards: about 7 days). A capture after it re-authorizes.
+    pub authorization_validity_ms: u64,
+    /// An authorization attempt whose order did not commit within this is voided, ms.
+    pub attempt_grace_ms: u64,
+    /// Outbox rows handled per pass.
+    pub outbox_batch_max: usize,
+    /// Invoice number prefix (a series numbers without gaps).
+    pub invoice_series: String,
+    /// Credit note number prefix.
+    pub credit_note_series: String,
+    /// Providers by name (`manual` always exists).
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        PaymentsConfig {
+            call_timeout_ms: 10_000,
+            retries_max: 8,
+            retry_backoff_ms: 500,
+            in_flight_max: 64,
+            authorization_validity_ms: 7 * 24 * 3_600_000,
+            attempt_grace_ms: 600_000,
+            outbox_batch_max: 256,
+            invoice_series: "INV".into(),
+            credit_note_series: "CN".into(),
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+impl PaymentsConfig {
+    /// Why the section is unusable, if it is.
+    pub fn check(&self) -> Result<(), String> {
+        let range = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("[payments] {name} must be {lo} ..= {hi}, not {v}"))
+            }
+        };
+        range("call_timeout_ms", self.call_timeout_ms, 1, 300_000)?;
+        range("retries_max", u64::from(self.retries_max), 0, 1_000)?;
+        range("retry_backoff_ms", self.retry_backoff_ms, 1, 3_600_000)?;
+        range("in_flight_max", self.in_flight_max as u64, 1, 100_000)?;
+        range("authorization_validity_ms", self.authorization_validity_ms, 1, 31 * 24 * 3_600_000)?;
+        range("attempt_grace_ms", self.attempt_grace_ms, 1_000, 7 * 24 * 3_600_000)?;
+        range("outbox_batch_max", self.outbox_batch_max as u64, 1, 10_000)?;
+        for (what, s) in [("invoice_series", &self.invoice_series), ("credit_note_series", &self.credit_note_series)] {
+            if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(format!("[payments] {what} must be 1 to 16 letters or digits, not {s:?}"));
+            }
+        }
+        if self.invoice_series == self.credit_note_series {
+            return Err("[payments] invoice_series and credit_note_series must differ".into());
+        }
+        if self.providers.contains_key(MANUAL) {
+            return Err("[payments] the provider name \"manual\" is reserved".into());
+        }
+        if self.providers.len() > 64 {
+            return Err("[payments] at most 64 providers".into());
+        }
+        Ok(())
+    }
+}
+
+/// How an order is paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// A card, authorized at intake, captured per shipment.
+    Card,
+    /// On invoice, paid later.
+    Terms,
+    /// Cash on delivery.
+    Cod,
+}
+
+/// The `payment` of a `POST /v1/orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRequest {
+    /// `card`, `terms` or `cod`.
+    pub method: Method,
+    /// The provider (cards).
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The provider's payment method token (cards).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// One authorization of an order (a re-authorization adds one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorization {
+    /// The provider's reference.
+    pub reference: String,
+    /// Authorized, minor units.
+    pub amount_minor: u64,
+    /// Captured on it (settled).
+    pub captured_minor: u64,
+    /// Refunded on it (settled).
+    pub refunded_minor: u64,
+    /// When.
+    pub at_ms: u64,
+    /// Good until (the hub's view; [`PaymentsConfig::authorization_validity_ms`]).
+    pub expires_at_ms: u64,
+    /// Voided or expired: nothing more is captured on it.
+    pub closed: bool,
+}
+
+/// A priced line of an order, as its payment keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricedLine {
+    /// SKU.
+    pub sku: String,
+    /// Units ordered.
+    pub qty: u64,
+    /// Price of one unit.
+    pub unit_price_minor: i64,
+}
+
+/// Something that happened to a payment (the customer's timeline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentEvent {
+    /// When.
+    pub at_ms: u64,
+    /// `authorized`, `invoiced`, `captured`, `capture_indeterminate`, `credit_noted`, `refunded`, `voided`,
+    /// `reauthorized`, `action_required`.
+    pub status: String,
+    /// Amount, minor units.
+    pub amount_minor: u64,
+    /// The invoice or credit note, if any.
+    pub document: Option<String>,
+}
+
+/// The payment of one hub order: what was authorized, captured, invoiced, credited and refunded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// The hub order.
+    pub order: String,
+    /// Its channel.
+    pub channel: Channel,
+    /// How it is paid.
+    pub method: Method,
+    /// The provider (`manual` for terms and COD).
+    pub provider: String,
+    /// The payment method token (re-authorizations use it).
+    pub token: Option<String>,
+    /// Currency of every amount.
+    pub currency: Currency,
+    /// Tax rate of the destination at intake, basis points.
+    pub tax_bp: u32,
+    /// Whether prices included tax at intake.
+    pub prices: Prices,
+    /// The order's lines and prices.
+    pub lines: Vec<PricedLine>,
+    /// The order's gross total.
+    pub total_minor: u64,
+    /// Authorizations, first the one at intake.
+    pub authorizations: Vec<Authorization>,
+    /// Captured (settled).
+    pub captured_minor: u64,
+    /// Refunded (settled).
+    pub refunded_minor: u64,
+    /// Units invoiced per SKU.
+    pub invoiced: BTreeMap<String, u64>,
+    /// Invoiced, gross.
+    pub invoiced_minor: u64,
+    /// Credited, gross.
+    pub credit_noted_minor: u64,
+    /// Invoice numbers.
+    pub invoices: Vec<String>,
+    /// Credit note numbers.
+    pub credit_notes: Vec<String>,
+    /// A void was queued (the order was cancelled before anything shipped).
+    pub void_requested: bool,
+    /// Every authorization was voided.
+    pub voided: bool,
+    /// Why service must act, if it must.
+    pub action_required: Option<String>,
+    /// What happened (at most [`EVENTS_MAX`]).
+    pub events: Vec<PaymentEvent>,
+}
+
+impl Payment {
+    /// Authorized over all authorizations.
+    pub fn authorized_minor(&self) -> u64 {
+        self.authorizations.iter().map(|a| a.amount_minor).sum()
+    }
+
+    /// The customer-facing status.
+    pub fn status(&self) -> &'static str {
+        if self.action_required.is_some() {
+            "action_required"
+        } else if self.refunded_minor > 0 && self.refunded_minor >= self.captured_minor {
+            "refunded"
+        } else if self.refunded_minor > 0 {
+            "partially_refunded"
+        } else if self.captured_minor > 0 && self.captured_minor >= self.total_minor {
+            "captured"
+        } else if self.captured_minor > 0 {
+            "partially_captured"
+        } else if self.voided {
+            "voided"
+        } else {
+            "authorized"
+        }
+    }
+
+    fn event(&mut self, at_ms: u64, status: &str, amount_minor: u64, document: Option<&str>) {
+        if self.events.len() >= EVENTS_MAX {
+            self.events.remove(1);
+        }
+        self.events.push(PaymentEvent {
+            at_ms,
+            status: status.to_owned(),
+            amount_minor,
+            document: document.map(str::to_owned),
+        });
+    }
+}
+
+/// An authorization asked at intake for an order not committed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Attempt {
+    provider: String,
+    token: String,
+    amount_minor: u64,
+    currency: Currency,
+    at_ms: u64,
+}
+
+/// One line of an invoice or credit note.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocLine {
+    /// SKU (`adjustment` for an amount credited without lines).
+    pub sku: String,
+    /// Units.
+    pub qty: u64,
+    /// Price of one unit.
+    pub unit_price_minor: i64,
+    /// Units of the same line on earlier documents of its kind (how its tax was rounded, see [`tax`]).
+    pub before: u64,
+    /// Net.
+    pub net_minor: i64,
+    /// Rate, basis points.
+    pub tax_bp: u32,
+    /// Tax.
+    pub tax_minor: i64,
+    /// Gross.
+    pub gross_minor: i64,
+}
+
+/// An invoice: one per shipment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoice {
+    /// `<series>-<seq>`, gap-free per series.
+    pub number: String,
+    /// The hub order.
+    pub order: String,
+    /// Its channel.
+    pub channel: Channel,
+    /// The fulfillment shipped.
+    pub fulfillment: String,
+    /// The site that shipped it.
+    pub site: String,
+    /// When.
+    pub issued_at_ms: u64,
+    /// Currency.
+    pub currency: Currency,
+    /// Whether prices include tax.
+    pub prices: Prices,
+    /// Lines.
+    pub lines: Vec<DocLine>,
+    /// Net total.
+    pub net_minor: i64,
+    /// Tax total.
+    pub tax_minor: i64,
+    /// Gross total (what is captured).
+    pub total_minor: i64,
+    /// The capture's outbox row.
+    pub capture_row: Option<u64>,
+    /// Captured (the capture settled).
+    pub captured: bool,
+    /// Credited so far, gross.
+    pub credited_minor: i64,
+    /// Units credited so far per SKU.
+    pub credited: BTreeMap<String, u64>,
+    /// Credit notes referencing it.
+    pub credit_notes: Vec<String>,
+}
+
+/// A credit note: one per refund.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditNote {
+    /// `<series>-<seq>`.
+    pub number: String,
+    /// The invoice it credits.
+    pub invoice: String,
+    /// The hub order.
+    pub order: String,
+    /// Its channel.
+    pub channel: Channel,
+    /// When.
+    pub issued_at_ms: u64,
+    /// Why.
+    pub reason: String,
+    /// Who (the API key's name).
+    pub issued_by: String,
+    /// Currency.
+    pub currency: Currency,
+    /// Lines.
+    pub lines: Vec<DocLine>,
+    /// Net total.
+    pub net_minor: i64,
+    /// Tax total.
+    pub tax_minor: i64,
+    /// Gross total (what is refunded).
+    pub total_minor: i64,
+    /// The refund's outbox row.
+    pub refund_row: Option<u64>,
+}
+
+/// What to refund ([`Money::refund`]): lines of one invoice, or an amount, with a reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// The invoice to credit; by default the first of the order that covers the refund.
+    #[serde(default)]
+    pub invoice: Option<String>,
+    /// Units per SKU to credit.
+    #[serde(default)]
+    pub lines: Option<Vec<RefundLine>>,
+    /// An amount (gross, minor units) to credit, e.g. goodwill.
+    #[serde(default)]
+    pub amount_minor: Option<u64>,
+    /// Why (required).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Units of a SKU to credit.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundLine {
+    /// SKU.
+    pub sku: String,
+    /// Units.
+    pub qty: u64,
+}
+
+/// Totals over every payment (the demo's summary).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MoneyTotals {
+    /// Paid orders.
+    pub payments: u64,
+    /// Authorized.
+    pub authorized_minor: u64,
+    /// Captured.
+    pub captured_minor: u64,
+    /// Invoiced.
+    pub invoiced_minor: u64,
+    /// Credited.
+    pub credit_noted_minor: u64,
+    /// Refunded.
+    pub refunded_minor: u64,
+    /// Invoices issued.
+    pub invoices: u64,
+    /// Credit notes issued.
+    pub credit_notes: u64,
+    /// Outbox rows not settled (pending or indeterminate).
+    pub outbox_open: u64,
+    /// Orders needing service's action.
+    pub action_required: u64,
+    /// Captures above authorizations, invoices ≠ captures and credit notes ≠ refunds once the outbox is
+    /// empty (orders counted once per kind of mismatch).
+    pub payment_mismatches: u64,
+}
+
+fn storage_enc(what: &'static str, e: serde_json::Error) -> MoneyError {
+    MoneyError::Storage(Arc::new(StorageError::encode(what, e)))
+}
+
+pub(crate) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, MoneyError> {
+    serde_json::to_vec(v).map_err(|e| storage_enc("a money record", e))
+}
+
+pub(crate) fn dec<T: for<'de> Deserialize<'de>>(table: &'static str, b: &[u8]) -> Result<T, MoneyError> {
+    serde_json::from_slice(b).map_err(|e| MoneyError::Corrupt { table, detail: e.to_string() })
+}
+
+pub(crate) fn get_json<T: for<'de> Deserialize<'de>>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    table: &'static str,
+    key: &str,
+) -> Result<Option<T>, MoneyError> {
+    match t.get(key)? {
+        Some(v) => Ok(Some(dec(table, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Creates the money tables (at the intake's open).
+pub fn create_tables(db: &Database) -> Result<(), MoneyError> {
+    let w = db.begin_write()?;
+    w.open_table(PAYMENTS)?;
+    w.open_table(ATTEMPTS)?;
+    w.open_table(INVOICES)?;
+    w.open_table(INVOICES_BY_TIME)?;
+    w.open_table(CREDIT_NOTES)?;
+    w.open_table(CREDIT_NOTES_BY_TIME)?;
+    w.open_table(BILLED)?;
+    w.open_table(ACTION)?;
+    w.open_table(MONEY_META)?;
+    w.open_table(outbox::OUTBOX)?;
+    w.open_table(outbox::OUTBOX_OPEN)?;
+    w.commit()?;
+    Ok(())
+}
+
+/// Writes the payment of a new order in the order's own transaction (the intake's writer calls this), and
+/// forgets its authorization attempt: from now on the order owns the authorization.
+pub(crate) fn open_payment(
+    w: &redb::WriteTransaction,
+    order: &str,
+    mut p: Payment,
+    key: Option<&str>,
+) -> Result<(), MoneyError> {
+    p.order = order.to_owned();
+    w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
+    if let Some(k) = key {
+        w.open_table(ATTEMPTS)?.remove(k)?;
+    }
+    Ok(())
+}
+
+/// A prepared payment for a new order: the record to write with it and the provider key of its attempt.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The record (its order id is set by the intake).
+    pub payment: Payment,
+    /// The provider's idempotency key of the authorization (cards).
+    pub attempt_key: Option<String>,
+}
+
+/// Money at the hub: configuration, providers and the lock every money write holds.
+pub struct Money {
+    cfg: PaymentsConfig,
+    tax: TaxConfig,
+    providers: BTreeMap<String, Arc<dyn PaymentProvider>>,
+    /// Held by every money write transaction (billing, outbox results, refunds), so invoice numbers are
+    /// allocated one transaction after another and a read-modify-write of a payment sees the last one.
+    write: Mutex<()>,
+    /// Wakes the outbox.
+    pub(crate) wake: tokio::sync::Notify,
+}
+
+impl Money {
+    /// Money with `cfg` and `tax` (both checked), its providers built.
+    pub fn new(cfg: PaymentsConfig, tax: TaxConfig) -> Result<Money, String> {
+        cfg.check()?;
+        tax.check()?;
+        let mut providers: BTreeMap<String, Arc<dyn PaymentProvider>> = BTreeMap::new();
+        providers.insert(MANUAL.into(), Arc::new(ManualProvider));
+        for (name, p) in &cfg.providers {
+            let inner: Arc<dyn PaymentProvider> = match p {
+                ProviderConfig::Test(t) => Arc::new(TestProvider::new(t.clone(), cfg.call_timeout_ms)?),
+            };
+            providers.insert(name.clone(), Arc::new(Bounded::new(inner, cfg.in_flight_max)));
+        }
+        Ok(Money { cfg, tax, providers, write: Mutex::new(()), wake: tokio::sync::Notify::new() })
+    }
+
+    /// Adds (or replaces) a provider under `name` (tests and the demo hand in their own instance).
+    pub fn with_provider(mut self, name: &str, p: Arc<dyn PaymentProvider>) -> Money {
+        let bounded: Arc<dyn PaymentProvider> = Arc::new(Bounded::new(p, self.cfg.in_flight_max));
+        self.providers.insert(name.to_owned(), bounded);
+        self
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &PaymentsConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn provider(&self, name: &str) -> Option<&Arc<dyn PaymentProvider>> {
+        self.providers.get(name)
+    }
+
+    /// Reads the optional `payment` member of an order body: none when absent.
+    pub fn payment_request(&self, body: &[u8]) -> Result<Option<PaymentRequest>, MoneyError> {
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(default)]
+            payment: Option<serde_json::Value>,
+        }
+        let Ok(Body { payment }) = serde_json::from_slice::<Body>(body) else { return Ok(None) };
+        let Some(v) = payment else { return Ok(None) };
+        let req: PaymentRequest =
+            serde_json::from_value(v).map_err(|e| MoneyError::InvalidPayment(format!("payment: {e}")))?;
+        match req.method {
+            Method::Card => {
+                let provider = req.provider.as_deref().unwrap_or_default();
+                if provider == MANUAL || !self.providers.contains_key(provider) {
+                    return Err(MoneyError::InvalidPayment(format!(
+                        "payment.provider: no card provider {provider:?} is configured"
+                    )));
+                }
+                let token = req.token.as_deref().unwrap_or_default();
+                if token.is_empty() || token.len() > TOKEN_BYTES_MAX || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(MoneyError::InvalidPayment(format!(
+                        "payment.token must be 1 to {TOKEN_BYTES_MAX} visible ASCII characters"
+                    )));
+                }
+            }
+            Method::Terms | Method::Cod => {
+                if req.provider.is_some() || req.token.is_some() {
+                    return Err(MoneyError::InvalidPayment("payment: terms and cod take no provider or token".into()));
+                }
+            }
+        }
+        Ok(Some(req))
+    }
+
+    /// The payment record of a new order of `draft` (tax, totals), and the provider key its authorization
+    /// uses: derived from the channel-scoped idempotency key, the body's hash and the token, so a retry of the
+    /// same request gets the same authorization and a new body or card a new one.
+    pub fn prepare(&self, key: &str, draft: &OrderDraft, body_sha256: &[u8; 32], req: &PaymentRequest) -> Prepared {
+        let tax_bp = self.tax.rate_bp(&draft.ship_to.country, None);
+        let prices = self.tax.prices;
+        let lines: Vec<PricedLine> = draft
+            .lines
+            .iter()
+            .map(|l| PricedLine { sku: l.sku.to_string(), qty: u64::from(l.qty), unit_price_minor: l.unit_price_minor })
+            .collect();
+        let total: i64 = lines.iter().map(|l| tax::part(l.unit_price_minor, 0, l.qty, tax_bp, prices).2).sum();
+        let (provider, token) = match req.method {
+            Method::Card => (req.provider.clone().unwrap_or_default(), req.token.clone()),
+            Method::Terms | Method::Cod => (MANUAL.to_owned(), None),
+        };
+        let attempt_key = token.as_ref().map(|t| {
+            let material = format!("{}\u{1f}{key}\u{1f}{}\u{1f}{t}", draft.channel, hex(body_sha256));
+            format!("auth-{}", &hex(&token_hash(&material))[..40])
+        });
+        let payment = Payment {
+            order: String::new(),
+            channel: draft.channel.clone(),
+            method: req.method,
+            provider,
+            token,
+            currency: draft
+                .lines
+                .first()
+                .map_or_else(|| Currency::parse("EUR").unwrap_or_else(|_| unreachable!()), |l| l.currency),
+            tax_bp,
+            prices,
+            lines,
+            total_minor: u64::try_from(total).unwrap_or(0),
+            authorizations: Vec::new(),
+            captured_minor: 0,
+            refunded_minor: 0,
+            invoiced: BTreeMap::new(),
+            invoiced_minor: 0,
+            credit_noted_minor: 0,
+            invoices: Vec::new(),
+            credit_notes: Vec::new(),
+            void_requested: false,
+            voided: false,
+            action_required: None,
+            events: Vec::new(),
+        };
+        Prepared { payment, attempt_key }
+    }
+
+    /// Authorizes `prepared` for its total (blocking): commits the attempt row, calls the provider, and fills
+    /// in the authorization. A decline is [`MoneyError::Declined`] and leaves nothing (the attempt row goes).
+    /// Terms and COD are recorded without a call.
+    pub fn authorize(&self, db: &Database, prepared: &mut Prepared, now_ms: u64) -> Result<(), MoneyError> {
+        let p = &mut prepared.payment;
+        let expires = now_ms.saturating_add(self.cfg.authorization_validity_ms);
+        let (Some(key), Some(token)) = (prepared.attempt_key.as_deref(), p.token.clone()) else {
+            p.authorizations.push(Authorization {
+                reference: MANUAL.into(),
+                amount_minor: p.total_minor,
+                captured_minor: 0,
+                refunded_minor: 0,
+                at_ms: now_ms,
+                expires_at_ms: u64::MAX,
+                closed: false,
+            });
+            p.event(now_ms, "authorized", p.total_minor, None);
+            return Ok(());
+        };
+        let provider = self
+            .provider(&p.provider)
+            .ok_or_else(|| MoneyError::InvalidPayment(format!("no provider {:?}", p.provider)))?
+            .clone();
+        let attempt = Attempt {
+            provider: p.provider.clone(),
+            token: token.clone(),
+            amount_minor: p.total_minor,
+            currency: p.currency,
+            at_ms: now_ms,
+        };
+        {
+            let w = db.begin_write()?;
+            w.open_table(ATTEMPTS)?.insert(key, enc(&attempt)?.as_slice())?;
+            w.commit()?;
+        }
+        match provider.authorize(key, &token, p.total_minor, p.currency.as_str()) {
+            Ok(a) => {
+                p.authorizations.push(Authorization {
+                    reference: a.reference,
+                    amount_minor: a.amount_minor,
+                    captured_minor: 0,
+                    refunded_minor: 0,
+                    at_ms: now_ms,
+                    expires_at_ms: expires,
+                    closed: false,
+                });
+                p.event(now_ms, "authorized", p.total_minor, None);
+                Ok(())
+            }
+            Err(ProviderError::Declined(reason)) => {
+                let w = db.begin_write()?;
+                w.open_table(ATTEMPTS)?.remove(key)?;
+                w.commit()?;
+                Err(MoneyError::Declined(reason))
+            }
+            // The attempt row stays: the sweep voids whatever the provider may have authorized.
+            Err(e) => Err(MoneyError::ProviderUnavailable(e.to_string())),
+        }
+    }
+
+    /// Voids the authorization of an order the intake refused (blocking) and forgets its attempt. A failure
+    /// leaves the attempt for the sweep.
+    pub fn release(&self, db: &Database, prepared: &Prepared) -> Result<(), MoneyError> {
+        let Some(key) = prepared.attempt_key.as_deref() else { return Ok(()) };
+        let p = &prepared.payment;
+        if let (Some(provider), Some(a)) = (self.provider(&p.provider), p.authorizations.first()) {
+            provider
+                .void(&a.reference, &format!("void-{key}"))
+                .map_err(|e| MoneyError::ProviderUnavailable(e.to_string()))?;
+        }
+        let w = db.begin_write()?;
+        w.open_table(ATTEMPTS)?.remove(key)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// After the intake answered a replay (the key was used: the order exists) for a request that authorized
+    /// `prepared`: the same request got the same authorization as the order (the same provider key), so only
+    /// the attempt row goes; another card's authorization is voided. Never voids the order's own.
+    pub fn settle_replay(&self, db: &Database, order: &str, prepared: &Prepared) -> Result<(), MoneyError> {
+        let Some(key) = prepared.attempt_key.as_deref() else { return Ok(()) };
+        let theirs = self.payment(db, order)?;
+        let ours = prepared.payment.authorizations.first().map(|a| a.reference.as_str());
+        let same = theirs.as_ref().is_some_and(|p| p.authorizations.iter().any(|a| Some(a.reference.as_str()) == ours));
+        if !same {
+            return self.release(db, prepared);
+        }
+        let w = db.begin_write()?;
+        w.open_table(ATTEMPTS)?.remove(key)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Records `prepared` as the payment of `order` in a transaction of its own (the intake writes it in the
+    /// order's own transaction instead; this is for tooling, tests and benches that hold orders apart).
+    pub fn record_payment(&self, db: &Database, order: &str, prepared: Prepared) -> Result<(), MoneyError> {
+        let w = db.begin_write()?;
+        open_payment(&w, order, prepared.payment, prepared.attempt_key.as_deref())?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The payment of hub order `order`, if it has one.
+    pub fn payment(&self, db: &Database, order: &str) -> Result<Option<Payment>, MoneyError> {
+        let r = db.begin_read()?;
+        get_json(&r.open_table(PAYMENTS)?, "payments", order)
+    }
+
+    /// Bills a shipment the watcher saw: in one transaction, once per fulfillment, the invoice for the
+    /// shipped lines (`shipped`: SKU, units), its number and the capture row. Returns the invoice number (none
+    /// for an order without payment, or a shipment already billed or with nothing billable).
+    pub fn bill_shipment(
+        &self,
+        db: &Database,
+        fulfillment: &str,
+        order: &str,
+        site: &str,
+        shipped: &[(String, u64)],
+        now_ms: u64,
+    ) -> Result<Option<String>, MoneyError> {
+        let _g = lock(&self.write);
+        let w = db.begin_write()?;
+        if w.open_table(BILLED)?.get(fulfillment)?.is_some() {
+            return Ok(None);
+        }
+        let Some(mut p) = get_json::<Payment>(&w.open_table(PAYMENTS)?, "payments", order)? else { return Ok(None) };
+        let mut lines = Vec::new();
+        for (sku, qty) in shipped {
+            let Some(l) = p.lines.iter().find(|l| &l.sku == sku) else { continue };
+            let before = p.invoiced.get(sku).copied().unwrap_or(0);
+            // Never more than was ordered, whatever a site reports.
+            let qty = (*qty).min(l.qty.saturating_sub(before));
+            if qty == 0 {
+                continue;
+            }
+            let (net, tax, gross) = tax::part(l.unit_price_minor, before, qty, p.tax_bp, p.prices);
+            lines.push(DocLine {
+                sku: sku.clone(),
+                qty,
+                unit_price_minor: l.unit_price_minor,
+                before,
+                net_minor: net,
+                tax_bp: p.tax_bp,
+                tax_minor: tax,
+                gross_minor: gross,
+            });
+        }
+        if lines.is_empty() {
+            w.open_table(BILLED)?.insert(fulfillment, "")?;
+            w.commit()?;
+            return Ok(None);
+        }
+        let number = next_number(&w, &self.cfg.invoice_series)?;
+        let (net, tax, gross) = sums(&lines);
+        for l in &lines {
+            *p.invoiced.entry(l.sku.clone()).or_default() += l.qty;
+        }
+        let amount = u64::try_from(gross).unwrap_or(0);
+        p.invoiced_minor = p.invoiced_minor.saturating_add(amount);
+        p.invoices.push(number.clone());
+        p.event(now_ms, "invoiced", amount, Some(&number));
+        // With one authorization that covers everything invoiced so far, the capture row is made on it from
+        // the start (one commit less per capture); otherwise the outbox chooses when the row's turn comes.
+        let auth = match p.authorizations.as_slice() {
+            [a] if !a.closed && now_ms < a.expires_at_ms && p.invoiced_minor <= a.amount_minor => Some(0),
+            _ => None,
+        };
+        let capture_row = if amount > 0 {
+            Some(outbox::push(&w, order, outbox::Kind::Capture, amount, Some(&number), auth, now_ms)?)
+        } else {
+            None
+        };
+        let inv = Invoice {
+            number: number.clone(),
+            order: order.to_owned(),
+            channel: p.channel.clone(),
+            fulfillment: fulfillment.to_owned(),
+            site: site.to_owned(),
+            issued_at_ms: now_ms,
+            currency: p.currency,
+            prices: p.prices,
+            lines,
+            net_minor: net,
+            tax_minor: tax,
+            total_minor: gross,
+            capture_row,
+            captured: capture_row.is_none(),
+            credited_minor: 0,
+            credited: BTreeMap::new(),
+            credit_notes: Vec::new(),
+        };
+        w.open_table(INVOICES)?.insert(number.as_str(), enc(&inv)?.as_slice())?;
+        w.open_table(INVOICES_BY_TIME)?.insert((now_ms, number.as_str()), ())?;
+        w.open_table(BILLED)?.insert(fulfillment, number.as_str())?;
+        w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
+        w.commit()?;
+        self.wake.notify_one();
+        Ok(Some(number))
+    }
+
+    /// Queues the void of an order cancelled before anything was invoiced (once). Returns whether it queued.
+    pub fn void_unshipped(&self, db: &Database, order: &str, now_ms: u64) -> Result<bool, MoneyError> {
+        let _g = lock(&self.write);
+        let w = db.begin_write()?;
+        let Some(mut p) = get_json::<Payment>(&w.open_table(PAYMENTS)?, "payments", order)? else { return Ok(false) };
+        if p.void_requested || !p.invoices.is_empty() {
+            return Ok(false);
+        }
+        p.void_requested = true;
+        outbox::push(&w, order, outbox::Kind::Void, 0, None, None, now_ms)?;
+        w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
+        w.commit()?;
+        self.wake.notify_one();
+        Ok(true)
+    }
+
+    /// Refunds part of a hub order: validates `req` against the order's invoices (an order of another channel
+    /// than `confined_to` is not found), then in one transaction issues the credit note referencing its invoice,
+    /// queues the refund in the outbox and appends the audit row. Nothing is written on a refusal but the audit
+    /// row. This is the one refund path: goodwill from service and returns both call it.
+    pub fn refund(
+        &self,
+        db: &Database,
+        order: &str,
+        confined_to: Option<&Channel>,
+        req: &RefundRequest,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<CreditNote, MoneyError> {
+        let _g = lock(&self.write);
+        let w = db.begin_write()?;
+        let decided = self.decide_refund(&w, order, confined_to, req);
+        let (mut p, mut inv, lines) = match decided {
+            Ok(d) => d,
+            Err(e) => {
+                if !matches!(e, MoneyError::Storage(_)) {
+                    audit::append(&mut w.open_table(AUDIT)?, actor, Some(order), now_ms, e.code())?;
+                    w.commit()?;
+                }
+                return Err(e);
+            }
+        };
+        let number = next_number(&w, &self.cfg.credit_note_series)?;
+        let (net, tax, gross) = sums(&lines);
+        let amount = u64::try_from(gross).unwrap_or(0);
+        let row = if amount > 0 {
+            Some(outbox::push(&w, order, outbox::Kind::Refund, amount, Some(&number), None, now_ms)?)
+        } else {
+            None
+        };
+        for l in lines.iter().filter(|l| l.sku != ADJUSTMENT) {
+            *inv.credited.entry(l.sku.clone()).or_default() += l.qty;
+        }
+        inv.credited_minor += gross;
+        inv.credit_notes.push(number.clone());
+        p.credit_noted_minor = p.credit_noted_minor.saturating_add(amount);
+        p.credit_notes.push(number.clone());
+        p.event(now_ms, "credit_noted", amount, Some(&number));
+        let note = CreditNote {
+            number: number.clone(),
+            invoice: inv.number.clone(),
+            order: order.to_owned(),
+            channel: p.channel.clone(),
+            issued_at_ms: now_ms,
+            reason: req.reason.trim().to_owned(),
+            issued_by: actor.key.clone(),
+            currency: p.currency,
+            lines,
+            net_minor: net,
+            tax_minor: tax,
+            total_minor: gross,
+            refund_row: row,
+        };
+        w.open_table(CREDIT_NOTES)?.insert(number.as_str(), enc(&note)?.as_slice())?;
+        w.open_table(CREDIT_NOTES_BY_TIME)?.insert((now_ms, number.as_str()), ())?;
+        w.open_table(INVOICES)?.insert(inv.number.as_str(), enc(&inv)?.as_slice())?;
+        w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
+        audit::append(&mut w.open_table(AUDIT)?, actor, Some(order), now_ms, "ok")?;
+        w.commit()?;
+        self.wake.notify_one();
+        Ok(note)
+    }
+
+    /// Reads and checks a refund; writes nothing.
+    fn decide_refund(
+        &self,
+        w: &redb::WriteTransaction,
+        order: &str,
+        confined_to: Option<&Channel>,
+        req: &RefundRequest,
+    ) -> Result<(Payment, Invoice, Vec<DocLine>), MoneyError> {
+        let reason = req.reason.trim();
+        if reason.is_empty() || reason.len() > TEXT_BYTES_MAX || reason.chars().any(char::is_control) {
+            return Err(MoneyError::InvalidRefund(format!(
+                "reason is required: 1 to {TEXT_BYTES_MAX} bytes without control characters"
+            )));
+        }
+        let lines_req = match (&req.lines, req.amount_minor) {
+            (Some(l), None) if !l.is_empty() && l.len() <= REFUND_LINES_MAX => Some(l),
+            (None, Some(a)) if a > 0 => None,
+            _ => {
+                return Err(MoneyError::InvalidRefund(format!(
+                    "send either lines (1 to {REFUND_LINES_MAX}) or a positive amount_minor"
+                )));
+            }
+        };
+        if let Some(lines) = lines_req {
+            for (i, l) in lines.iter().enumerate() {
+                if l.qty == 0 || lines[..i].iter().any(|o| o.sku == l.sku) {
+                    return Err(MoneyError::InvalidRefund(format!("lines[{i}]: a positive qty, each SKU once")));
+                }
+            }
+        }
+        let not_found = || MoneyError::NotFound { what: "paid order", id: order.to_owned() };
+        let p: Payment = get_json(&w.open_table(PAYMENTS)?, "payments", order)?.ok_or_else(not_found)?;
+        if confined_to.is_some_and(|c| c != &p.channel) {
+            return Err(not_found());
+        }
+        let invoices = w.open_table(INVOICES)?;
+        let candidates: Vec<String> = match &req.invoice {
+            Some(n) if p.invoices.contains(n) => vec![n.clone()],
+            Some(n) => return Err(MoneyError::NotFound { what: "invoice", id: n.clone() }),
+            None => p.invoices.clone(),
+        };
+        let mut last_err = MoneyError::RefundExceeds("the order has no invoice to credit".into());
+        for n in candidates {
+            let inv: Invoice = get_json(&invoices, "invoices", &n)?
+                .ok_or_else(|| MoneyError::Corrupt { table: "invoices", detail: format!("{n} is missing") })?;
+            match credit_lines(&inv, lines_req.map(Vec::as_slice), req.amount_minor) {
+                Ok(lines) if !inv.captured => {
+                    let _ = lines;
+                    last_err = MoneyError::NotCaptured(inv.number.clone());
+                }
+                Ok(lines) => return Ok((p, inv, lines)),
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
+    /// The documents, payments and outbox figures over every order (bounded by the number of paid orders the
+    /// hub holds; the demo and `/v1/payments/summary` use it).
+    pub fn totals(&self, db: &Database) -> Result<MoneyTotals, MoneyError> {
+        let r = db.begin_read()?;
+        let mut t = MoneyTotals::default();
+        let open = outbox::open_orders(&r)?;
+        for item in r.open_table(PAYMENTS)?.range::<&str>(..)? {
+            let (k, v) = item?;
+            let p: Payment = dec("payments", v.value())?;
+            t.payments += 1;
+            t.authorized_minor += p.authorized_minor();
+            t.captured_minor += p.captured_minor;
+            t.invoiced_minor += p.invoiced_minor;
+            t.credit_noted_minor += p.credit_noted_minor;
+            t.refunded_minor += p.refunded_minor;
+            t.invoices += p.invoices.len() as u64;
+            t.credit_notes += p.credit_notes.len() as u64;
+            let settled = !open.contains(k.value());
+            if p.captured_minor > p.authorized_minor() {
+                t.payment_mismatches += 1;
+            }
+            if settled && p.invoiced_minor != p.captured_minor {
+                t.payment_mismatches += 1;
+            }
+            if settled && p.credit_noted_minor != p.refunded_minor {
+                t.payment_mismatches += 1;
+            }
+        }
+        t.outbox_open = r.open_table(outbox::OUTBOX_OPEN)?.len()?;
+        t.action_required = r.open_table(ACTION)?.len()?;
+        Ok(t)
+    }
+}
+
+/// The SKU of a credit note line for an amount without lines.
+pub const ADJUSTMENT: &str = "adjustment";
+
+/// The lines a refund credits on `inv`: `lines` (units of its lines not credited yet, their tax rounded as
+/// the invoice's, see [`tax`]) or an `amount` (one adjustment line at the invoice's first rate); refused past
+/// what the invoice has left.
+fn credit_lines(inv: &Invoice, lines: Option<&[RefundLine]>, amount: Option<u64>) -> Result<Vec<DocLine>, MoneyError> {
+    let left = inv.total_minor - inv.credited_minor;
+    let out = match (lines, amount) {
+        (Some(lines), _) => {
+            let mut out = Vec::new();
+            for r in lines {
+                let Some(l) = inv.lines.iter().find(|l| l.sku == r.sku) else {
+                    return Err(MoneyError::RefundExceeds(format!("invoice {} has no line {}", inv.number, r.sku)));
+                };
+                let done = inv.credited.get(&r.sku).copied().unwrap_or(0);
+                if done.saturating_add(r.qty) > l.qty {
+                    return Err(MoneyError::RefundExceeds(format!(
+                        "invoice {} has {} of {} not credited yet, not {}",
+                        inv.number,
+                        l.qty - done,
+                        r.sku,
+                        r.qty
+                    )));
+                }
+                let (net, tax, gross) = tax::part(l.unit_price_minor, l.before + done, r.qty, l.tax_bp, inv.prices);
+                out.push(DocLine {
+                    sku: r.sku.clone(),
+                    qty: r.qty,
+                    unit_price_minor: l.unit_price_minor,
+                    before: done,
+                    net_minor: net,
+                    tax_bp: l.tax_bp,
+                    tax_minor: tax,
+                    gross_minor: gross,
+                });
+            }
+            out
+        }
+        (None, Some(a)) => {
+            let gross = i64::try_from(a).unwrap_or(i64::MAX);
+            let bp = inv.lines.first().map_or(0, |l| l.tax_bp);
+            let tax = i64::try_from(tax::line_tax(i128::from(gross), bp, Prices::Inclusive)).unwrap_or(0);
+            vec![DocLine {
+                sku: ADJUSTMENT.into(),
+                qty: 1,
+                unit_price_minor: gross,
+                before: 0,
+                net_minor: gross - tax,
+                tax_bp: bp,
+                tax_minor: tax,
+                gross_minor: gross,
+            }]
+        }
+        (None, None) => return Err(MoneyError::InvalidRefund("nothing to refund".into())),
+    };
+    let (_, _, gross) = sums(&out);
+    if gross > left {
+        return Err(MoneyError::RefundExceeds(format!(
+            "invoice {} has {left} left to credit, the refund is {gross}",
+            inv.number
+        )));
+    }
+    Ok(out)
+}
+
+fn sums(lines: &[DocLine]) -> (i64, i64, i64) {
+    lines.iter().fold((0, 0, 0), |(n, t, g), l| (n + l.net_minor, t + l.tax_minor, g + l.gross_minor))
+}
+
+/// The next number of `series` (in `w`: the number and the document commit together, so none is skipped).
+fn next_number(w: &redb::WriteTransaction, series: &str) -> Result<String, MoneyError> {
+    let mut meta = w.open_table(MONEY_META)?;
+    let key = format!("seq.{series}");
+    let n = meta.get(key.as_str())?.map_or(0, |v| v.value()) + 1;
+    meta.insert(key.as_str(), n)?;
+    Ok(format!("{series}-{n:06}"))
+}
+
+/// Documents of one kind issued within `[from, to)` ms, after `after` (a number), at most `limit`, with
+/// `keep` choosing which the caller may see; and the number to continue after.
+fn documents<T: for<'de> Deserialize<'de>>(
+    db: &Database,
+    credit_notes: bool,
+    from: u64,
+    to: u64,
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Vec<T>, MoneyError> {
+    let r = db.begin_read()?;
+    let (by_time, docs, name) = if credit_notes {
+        (r.open_table(CREDIT_NOTES_BY_TIME)?, r.open_table(CREDIT_NOTES)?, "credit_notes")
+    } else {
+        (r.open_table(INVOICES_BY_TIME)?, r.open_table(INVOICES)?, "invoices")
+    };
+    let mut out = Vec::new();
+    for item in by_time.range((from, "")..(to, ""))?.take(limit.saturating_mul(4).max(limit)) {
+        let (k, _) = item?;
+        let (_, number) = k.value();
+        if let Some(d) = get_json::<T>(&docs, name, number)?
+            && keep(&d)
+        {
+            out.push(d);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Money {
+    /// Invoices issued in `[from, to)` ms visible to `confined_to` (a channel key sees its channel's only).
+    pub fn invoices(
+        &self,
+        db: &Database,
+        from: u64,
+        to: u64,
+        limit: usize,
+        confined_to: Option<&Channel>,
+    ) -> Result<Vec<Invoice>, MoneyError> {
+        documents(db, false, from, to, limit.clamp(1, DOCS_PAGE_MAX), |i: &Invoice| {
+            confined_to.is_none_or(|c| c == &i.channel)
+        })
+    }
+
+    /// Credit notes issued in `[from, to)` ms visible to `confined_to`.
+    pub fn credit_notes(
+        &self,
+        db: &Database,
+        from: u64,
+        to: u64,
+        limit: usize,
+        confined_to: Option<&Channel>,
+    ) -> Result<Vec<CreditNote>, MoneyError> {
+        documents(db, true, from, to, limit.clamp(1, DOCS_PAGE_MAX), |c: &CreditNote| {
+            confined_to.is_none_or(|ch| ch == &c.channel)
+        })
+    }
+
+    /// One invoice.
+    pub fn invoice(&self, db: &Database, number: &str) -> Result<Option<Invoice>, MoneyError> {
+        let r = db.begin_read()?;
+        get_json(&r.open_table(INVOICES)?, "invoices", number)
+    }
+
+    /// One credit note.
+    pub fn credit_note(&self, db: &Database, number: &str) -> Result<Option<CreditNote>, MoneyError> {
+        let r = db.begin_read()?;
+        get_json(&r.open_table(CREDIT_NOTES)?, "credit_notes", number)
+    }
+
+    /// Payments that need service's action, at most `limit`.
+    pub fn action_required(&self, db: &Database, limit: usize) -> Result<Vec<Payment>, MoneyError> {
+        let r = db.begin_read()?;
+        let payments = r.open_table(PAYMENTS)?;
+        let mut out = Vec::new();
+        for item in r.open_table(ACTION)?.range::<&str>(..)?.take(limit.clamp(1, DOCS_PAGE_MAX)) {
+            let (k, _) = item?;
+            if let Some(p) = get_json(&payments, "payments", k.value())? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The payment as the order's view shows it: status, amounts, documents.
+pub fn payment_view(p: &Payment) -> serde_json::Value {
+    serde_json::json!({
+        "method": p.method,
+        "provider": p.provider,
+        "status": p.status(),
+        "currency": p.currency,
+        "total_minor": p.total_minor,
+        "authorized_minor": p.authorized_minor(),
+        "captured_minor": p.captured_minor,
+        "refunded_minor": p.refunded_minor,
+        "invoiced_minor": p.invoiced_minor,
+        "credit_noted_minor": p.credit_noted_minor,
+        "invoices": p.invoices,
+        "credit_notes": p.credit_notes,
+        "action_required": p.action_required,
+    })
+}
+
+#[cfg(test)]
+mod tests;

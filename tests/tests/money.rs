@@ -1,0 +1,269 @@
+//! Money at the hub, end to end over real processes: a card order authorized at intake, shipped from two
+//! sites, captured and invoiced per shipment, refunded with a credit note; a decline that reserves nothing
+//! and leaves the idempotency key unused; bad input on every money route; and a hub killed with SIGKILL
+//! between the provider's capture and its commit that captures once after its restart (the test provider
+//! keeps its state in a file, so "the provider" outlives the hub).
+//!
+//! Every wait is a bounded loop with a deadline; processes are killed when their guard drops.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, pki, seed_sku, wait_for};
+use oms_tests::{get, http, post};
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const HEALTHY: Duration = Duration::from_secs(30);
+const BERLIN: (f64, f64) = (52.52, 13.40);
+const MUNICH: (f64, f64) = (48.14, 11.58);
+
+fn hub_toml(state: &Path, capture_delay_ms: u64) -> String {
+    format!(
+        "[payments]\ncall_timeout_ms = 30000\nretry_backoff_ms = 50\n\
+         [payments.providers.test]\nkind = \"test\"\nstate_file = {:?}\ncapture_delay_ms = {capture_delay_ms}\n\
+         [tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n",
+        state.display().to_string()
+    )
+}
+
+fn node(root: &Path, certs: &Path, id: &str, quic: SocketAddr, at: (f64, f64)) -> ClusterNode {
+    let toml = format!("\n[site]\nname = \"site\"\nlat = {}\nlon = {}\n", at.0, at.1);
+    let (config, http, dir) = cluster::node_config_with(root, certs, id, quic, &toml);
+    cluster::spawn_node_with(id, &config, http, &dir, "info")
+}
+
+fn order(ext: &str, lines: &[(&str, u32, i64)], to: (f64, f64), payment: Value) -> Value {
+    json!({
+        "external_ref": ext, "channel": "web",
+        "lines": lines.iter().map(|(s, q, p)| json!({"sku": s, "qty": q, "unit_price_minor": p, "currency": "EUR"})).collect::<Vec<_>>(),
+        "ship_to": {"name": "C", "line1": "1 Street", "city": "X", "postcode": "10115", "country": "DE", "lat": to.0, "lon": to.1},
+        "payment": payment,
+    })
+}
+
+fn card(token: &str) -> Value {
+    json!({"method": "card", "provider": "test", "token": token})
+}
+
+async fn hub_post(c: &reqwest::Client, hub: SocketAddr, key: &str, body: &Value) -> (u16, Value) {
+    let r = c.post(format!("http://{hub}/v1/orders")).header("idempotency-key", key).json(body).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_promisable(c: &reqwest::Client, hub: SocketAddr, sku: &str, site: &str, min: u64) {
+    wait_for(c, format!("http://{hub}/v1/stock/{sku}"), &format!("hub rights for {sku} at {site}"), |v| {
+        v["sites"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["site"] == site))
+            .and_then(|r| r["hub_promisable"].as_u64())
+            .is_some_and(|n| n >= min)
+    })
+    .await;
+}
+
+async fn ship(c: &reqwest::Client, n: &ClusterNode, id: &str, lines: &[(&str, u32)]) {
+    let base = format!("http://{}/v1", n.http);
+    wait_for(c, format!("{base}/orders/{id}"), "accepted at the site", |v| v["status"] == "accepted").await;
+    let (s, w) = post(c, format!("{base}/waves"), json!({"max_orders": 50})).await;
+    assert_eq!(s, 201, "wave: {w}");
+    let picks: Vec<Value> = lines.iter().map(|(s, q)| json!({"sku": s, "picked": q})).collect();
+    let (s, v) = post(c, format!("{base}/orders/{id}/picks"), json!({"lines": picks})).await;
+    assert_eq!(s, 200, "picks: {v}");
+    let (s, v) = post(c, format!("{base}/orders/{id}/pack"), json!({"parcels": 1})).await;
+    assert_eq!(s, 200, "pack: {v}");
+    let (s, v) = post(c, format!("{base}/orders/{id}/ship"), json!({"carrier": "DHL", "tracking": "T1"})).await;
+    assert_eq!(s, 200, "ship: {v}");
+}
+
+fn counts(state: &Path) -> Value {
+    std::fs::read(state)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|v| v["counts"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_order_is_authorized_captured_per_shipment_invoiced_and_refunded() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let state = root.join("provider.json");
+    let certs = pki(root, &["wh-berlin", "wh-munich"]);
+    let (quic, hub) = (free_udp(), free_tcp());
+    let _hub = cluster::spawn_hub_with(root, &certs, quic, hub, "info", &hub_toml(&state, 0));
+    let berlin = node(root, &certs, "wh-berlin", quic, BERLIN);
+    let munich = node(root, &certs, "wh-munich", quic, MUNICH);
+    for n in [&berlin, &munich] {
+        cluster::wait_healthy(&c, n.http, HEALTHY).await;
+    }
+    cluster::wait_healthy(&c, hub, HEALTHY).await;
+    // SKU-A only in Berlin, SKU-B only in Munich: one order, two shipments.
+    seed_sku(&c, &berlin, "SKU-A", 50).await;
+    seed_sku(&c, &munich, "SKU-B", 50).await;
+    wait_promisable(&c, hub, "SKU-A", "wh-berlin", 2).await;
+    wait_promisable(&c, hub, "SKU-B", "wh-munich", 2).await;
+
+    // A decline: 402 with the provider's reason, nothing reserved, and the key still free.
+    let body =
+        order("web-1", &[("SKU-A", 1, 1_190), ("SKU-B", 2, 595)], BERLIN, card("tok_decline_insufficient_funds"));
+    let (s, v) = hub_post(&c, hub, "k-1", &body).await;
+    assert_eq!(
+        (s, v["code"].as_str(), v["reason"].as_str()),
+        (402, Some("payment_declined"), Some("insufficient_funds")),
+        "{v}"
+    );
+    let metrics = c.get(format!("http://{hub}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("oms_hub_orders_taken_total 0"), "a decline takes no order and no rights: {metrics}");
+    let (_, list) = get(&c, format!("http://{hub}/v1/orders")).await;
+    assert_eq!(list["total"], 0, "no order: {list}");
+
+    // Bad payments: typed, nothing stored.
+    for bad in [
+        json!({"method": "card", "provider": "nope", "token": "t"}),
+        json!({"method": "wire"}),
+        json!({"method": "cod", "token": "x"}),
+    ] {
+        let (s, v) = hub_post(&c, hub, "k-bad", &order("web-x", &[("SKU-A", 1, 100)], BERLIN, bad.clone())).await;
+        assert_eq!((s, v["code"].as_str()), (422, Some("invalid_payment")), "{bad}: {v}");
+    }
+
+    // The same key with another card: authorized for the gross total before the 201.
+    let body = order("web-1", &[("SKU-A", 1, 1_190), ("SKU-B", 2, 595)], BERLIN, card("tok_ok"));
+    let (s, placed) = hub_post(&c, hub, "k-1", &body).await;
+    assert_eq!(s, 201, "{placed}");
+    assert_eq!(
+        (placed["payment"]["status"].as_str(), placed["payment"]["authorized_minor"].as_u64()),
+        (Some("authorized"), Some(2_380)),
+        "{placed}"
+    );
+    let (s, again) = hub_post(&c, hub, "k-1", &body).await;
+    assert_eq!((s, &again["id"]), (201, &placed["id"]));
+    assert_eq!(counts(&state)["authorize"], 1, "a retry gets the same authorization");
+    // The same key and order with another card: the original order, and the other card's authorization voided.
+    let other = order("web-1", &[("SKU-A", 1, 1_190), ("SKU-B", 2, 595)], BERLIN, card("tok_other"));
+    let (s, again) = hub_post(&c, hub, "k-1", &other).await;
+    assert_eq!((s, &again["id"], &again["payment"]["status"]), (201, &placed["id"], &json!("authorized")));
+    assert_eq!((counts(&state)["authorize"].as_u64(), counts(&state)["void"].as_u64()), (Some(2), Some(1)));
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let fo = |site: &str| -> String {
+        placed["fulfillments"].as_array().unwrap().iter().find(|f| f["site"] == site).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (fa, fb) = (fo("wh-berlin"), fo("wh-munich"));
+
+    // Berlin ships SKU-A: invoice 1, captured exactly its amount.
+    ship(&c, &berlin, &fa, &[("SKU-A", 1)]).await;
+    let url = format!("http://{hub}/v1/orders/{id}");
+    let v = wait_for(&c, url.clone(), "first capture", |v| v["payment"]["captured_minor"] == 1_190).await;
+    assert_eq!(v["payment"]["status"], "partially_captured", "{v}");
+    let inv1 = v["payment"]["invoices"][0].as_str().unwrap().to_owned();
+    // Munich ships SKU-B: invoice 2, fully captured.
+    ship(&c, &munich, &fb, &[("SKU-B", 2)]).await;
+    let v = wait_for(&c, url.clone(), "second capture", |v| v["payment"]["status"] == "captured").await;
+    assert_eq!(v["payment"]["captured_minor"], 2_380, "{v}");
+    let inv2 = v["payment"]["invoices"][1].as_str().unwrap().to_owned();
+    assert_eq!(counts(&state)["capture"], 2);
+    let statuses: Vec<&str> = v["timeline"].as_array().unwrap().iter().filter_map(|t| t["status"].as_str()).collect();
+    assert!(statuses.contains(&"payment_invoiced") && statuses.contains(&"payment_captured"), "{statuses:?}");
+
+    // The invoices: gap-free numbers, lines, tax (19 % inclusive), JSON, HTML and CSV.
+    let (s, i2) = get(&c, format!("http://{hub}/v1/invoices/{inv2}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (i2["total_minor"].as_i64(), i2["tax_minor"].as_i64(), i2["net_minor"].as_i64()),
+        (Some(1_190), Some(190), Some(1_000)),
+        "{i2}"
+    );
+    let n = |s: &str| s.rsplit('-').next().unwrap().parse::<u64>().unwrap();
+    assert_eq!(n(&inv2), n(&inv1) + 1);
+    let html = c.get(format!("http://{hub}/v1/invoices/{inv1}?format=html")).send().await.unwrap();
+    assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(html.text().await.unwrap().contains(&inv1));
+    let csv = c.get(format!("http://{hub}/v1/invoices?format=csv")).send().await.unwrap().text().await.unwrap();
+    assert!(csv.starts_with("number,order,reference") && csv.contains(&inv2), "{csv}");
+
+    // Bad input on the money routes: typed problems, nothing changes.
+    let refund_url = format!("http://{hub}/v1/orders/{id}/refunds");
+    for (body, code) in [
+        (json!({"amount_minor": 100}), "invalid_refund"),
+        (json!({"amount_minor": 0, "reason": "x"}), "invalid_refund"),
+        (json!({"lines": [{"sku": "SKU-B", "qty": 3}], "reason": "x", "invoice": inv2}), "refund_exceeds_invoice"),
+        (json!({"amount_minor": 1, "reason": "x", "invoice": "INV-999999"}), "invoice_not_found"),
+        (json!({"amount_minor": 1, "reason": "x", "bogus": 1}), "invalid_json"),
+    ] {
+        let (s, v) = post(&c, refund_url.clone(), body.clone()).await;
+        assert!((400..500).contains(&s), "{body}: {s} {v}");
+        if code != "invalid_json" {
+            assert_eq!(v["code"], code, "{body}: {v}");
+        }
+    }
+    for bad in
+        ["/v1/invoices?from=5&to=1", "/v1/invoices?bogus=1", "/v1/invoices?format=xml", "/v1/credit-notes?from=x"]
+    {
+        let (s, v) = get(&c, format!("http://{hub}{bad}")).await;
+        assert_eq!((s, v["code"].as_str()), (400, Some("invalid_query")), "{bad}: {v}");
+    }
+    let (s, v) = get(&c, format!("http://{hub}/v1/invoices/INV-999999")).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("invoice_not_found")));
+    let (_, cns) = get(&c, format!("http://{hub}/v1/credit-notes")).await;
+    assert_eq!(cns["credit_notes"].as_array().map(Vec::len), Some(0), "refusals wrote nothing: {cns}");
+
+    // A refund of one unit of SKU-B: credit note referencing invoice 2, refunded through the provider.
+    let (s, cn) = post(&c, refund_url, json!({"lines": [{"sku": "SKU-B", "qty": 1}], "reason": "damaged"})).await;
+    assert_eq!(s, 201, "{cn}");
+    assert_eq!((cn["invoice"].as_str(), cn["total_minor"].as_i64()), (Some(inv2.as_str()), Some(595)), "{cn}");
+    let v = wait_for(&c, url, "refund", |v| v["payment"]["refunded_minor"] == 595).await;
+    assert_eq!(v["payment"]["status"], "partially_refunded");
+    let (s, cnj) = get(&c, format!("http://{hub}/v1/credit-notes/{}", cn["number"].as_str().unwrap())).await;
+    assert_eq!((s, &cnj["reason"]), (200, &json!("damaged")));
+    let (_, summary) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
+    assert_eq!(summary["payment_mismatches"], 0, "{summary}");
+    assert_eq!((summary["captured_minor"].as_u64(), summary["refunded_minor"].as_u64()), (Some(2_380), Some(595)));
+    assert_eq!(counts(&state)["refund"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_killed_between_capture_and_commit_captures_once() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let state = root.join("provider.json");
+    let certs = pki(root, &["wh-berlin"]);
+    let (quic, hub) = (free_udp(), free_tcp());
+    // Captures answer 20 s after they took effect: the kill lands between the call and the commit.
+    let mut hub_proc = cluster::spawn_hub_with(root, &certs, quic, hub, "info", &hub_toml(&state, 20_000));
+    let berlin = node(root, &certs, "wh-berlin", quic, BERLIN);
+    cluster::wait_healthy(&c, berlin.http, HEALTHY).await;
+    cluster::wait_healthy(&c, hub, HEALTHY).await;
+    seed_sku(&c, &berlin, "SKU-A", 50).await;
+    wait_promisable(&c, hub, "SKU-A", "wh-berlin", 2).await;
+    let (s, placed) =
+        hub_post(&c, hub, "k-kill", &order("web-k", &[("SKU-A", 2, 1_000)], BERLIN, card("tok_ok"))).await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let fo = placed["fulfillments"][0]["id"].as_str().unwrap().to_owned();
+    ship(&c, &berlin, &fo, &[("SKU-A", 2)]).await;
+    let deadline = Instant::now() + DEADLINE;
+    while counts(&state)["capture"] != 1 {
+        assert!(Instant::now() < deadline, "the provider never captured: {}", counts(&state));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The provider captured; the hub has not committed (its answer is 20 s away). Kill it there.
+    hub_proc.proc.kill9();
+    let _hub2 = cluster::spawn_hub_with(root, &certs, quic, hub, "info", &hub_toml(&state, 0));
+    cluster::wait_healthy(&c, hub, HEALTHY).await;
+    let v = wait_for(&c, format!("http://{hub}/v1/orders/{id}"), "captured after the restart", |v| {
+        v["payment"]["status"] == "captured"
+    })
+    .await;
+    assert_eq!(v["payment"]["captured_minor"], 2_000, "{v}");
+    assert_eq!(counts(&state)["capture"], 1, "captured once");
+    let (_, summary) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
+    assert_eq!((summary["payment_mismatches"].as_u64(), summary["invoices"].as_u64()), (Some(0), Some(1)), "{summary}");
+}
