@@ -635,7 +635,7 @@ pub(crate) async fn cancel_order(
                 "result": result, "reason": reason}));
         }
     }
-    void_if_cancelled(&hub, &order, now);
+    void_if_cancelled(hub, &order, now);
     for l in &order.cancelled_unfilled {
         lines.push(json!({"fulfillment": null, "site": null, "sku": l.sku, "qty": l.qty,
             "result": "cancelled", "reason": "not yet placed at any site"}));
