@@ -8,6 +8,8 @@
 //!   concurrent orders committed together: group commit), routed by [`routing`]
 //!   to the nearest sites that can ship them within the hub's escrowed stock rights, written out as
 //!   fulfillment documents, re-routed when a site rejects, cancelled across sites.
+//! - [`events`]: the durable event log (appended in the transaction of each change it reports), the pull
+//!   feed `GET /v1/events` and signed webhooks delivered from it at least once.
 //! - [`demand`], [`forecast_api`], [`forecast_config`]: demand history from the order documents, forecasts and
 //!   replenishment suggestions.
 //! - [`api`]: HTTP for operators, channels and customers (nodes, orders, stock, forecasts, the audit trail,
@@ -25,6 +27,7 @@ pub mod api;
 pub mod config;
 pub mod demand;
 pub mod docs;
+pub mod events;
 pub mod forecast_api;
 pub mod forecast_config;
 pub mod intake;
@@ -63,6 +66,7 @@ pub async fn run(
     };
     let intake = intake::Intake::open(&cfg.data_dir.join(intake::INTAKE_DB_FILE), cfg.routing.clone())
         .with_context(|| format!("cannot open {}", cfg.data_dir.join(intake::INTAKE_DB_FILE).display()))?;
+    events::init(intake.db()).context("cannot create the event log's tables")?;
     let hub = Arc::new(server::Hub::new(docs, intake, &cfg.tenant, actor.to_vec(), tuning)?);
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
@@ -70,6 +74,13 @@ pub async fn run(
     let sites = orders::site_source(Arc::downgrade(&hub));
     hub.intake.start(cfg.intake, sites).map_err(|e| anyhow::anyhow!("cannot start the intake's writer: {e}"))?;
     let watcher = tokio::spawn(orders::watch(hub.clone()));
+    let deliveries = tokio::spawn(events::webhooks::run(
+        hub.clone(),
+        cfg.webhooks,
+        cfg.events,
+        Arc::new(events::webhooks::DeliveryStats::default()),
+    ));
+    let node_events = tokio::spawn(events::watch::nodes(hub.clone(), cfg.events.node_debounce_ms));
     let files = ServerTlsFiles {
         ca: cfg.certs_dir.join("ca.pem"),
         cert: cfg.certs_dir.join("hub.pem"),
@@ -100,7 +111,9 @@ pub async fn run(
             .with_context(|| format!("cannot read the API keys in {}", cfg.data_dir.display()))?,
     );
     let keys = tokio::spawn(auth.clone().watch());
-    let app = api::router(hub.clone(), auth).layer(forecast_api::settings(cfg.forecast.clone()));
+    let app = api::router(hub.clone(), auth)
+        .layer(forecast_api::settings(cfg.forecast.clone()))
+        .layer(events::api::settings(cfg.webhooks));
     // TLS on the API if `[http]` names a certificate, re-read when its files change.
     let tls =
         oms_transport::tls::watched_http_server_tls(cfg.http.tls_files(), cfg.http.tls_check_interval_ms, "hub-http")
@@ -110,6 +123,8 @@ pub async fn run(
     endpoint.close(0u32.into(), b"hub shutting down");
     accept.abort();
     watcher.abort();
+    deliveries.abort();
+    node_events.abort();
     revocations.abort();
     own_cert.abort();
     keys.abort();

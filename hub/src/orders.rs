@@ -634,6 +634,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     let now = now_ms();
     let mut released: BTreeMap<String, Vec<(OrderId, String)>> = BTreeMap::new();
     let mut finished = Vec::new();
+    let mut seen = Vec::new();
     for doc in changed {
         match DocKind::of(&doc) {
             Some(DocKind::Stock(site)) => {
@@ -662,6 +663,13 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                     continue;
                 };
                 let Some(p) = view.progress else { continue };
+                seen.extend(crate::events::watch::FulfillmentSeen::of(
+                    &view.id,
+                    view.parent.as_deref(),
+                    &view.site,
+                    &view.draft.channel,
+                    &p,
+                ));
                 if matches!(p.status, FulfillmentState::Shipped | FulfillmentState::Delivered) {
                     finished.push(view.id.clone());
                 }
@@ -673,6 +681,12 @@ pub fn watch_once(hub: &Hub, retry: bool) {
             }
             _ => {}
         }
+    }
+    // Their events before they leave the open work, so a failure here leaves them for a start to read again.
+    if let Err(e) = crate::events::watch::report_fulfillments(hub.intake.db(), &seen, now) {
+        tracing::warn!(error = %e, "cannot record the fulfillments' events; reading their documents again");
+        lock(&hub.docs).requeue(seen.iter().filter_map(|f| schema::order_doc(&f.id)));
+        finished.clear();
     }
     if let Err(e) = hub.intake.finished(&finished) {
         tracing::warn!(error = %e, "cannot note finished fulfillments; a start will look at them again");
@@ -720,7 +734,11 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
         }
     }
     apply_effects(hub, &Effects { fulfillments: missing, escrow })?;
-    lock(&hub.docs).requeue(present.iter().filter_map(|f| schema::order_doc(&f.id)));
+    // And the shipped ones whose delivery is still to be reported (the intake no longer tracks them).
+    let unfinished = crate::events::watch::unfinished(hub.intake.db()).map_err(|e| EffectsError::Intake(e.into()))?;
+    lock(&hub.docs).requeue(
+        present.iter().map(|f| &f.id).chain(&unfinished).filter_map(schema::order_doc),
+    );
     Ok(())
 }
 
