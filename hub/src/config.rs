@@ -283,7 +283,8 @@ mod tests {
         }
         std::fs::write(&path, "[webhooks]\nallow_private = true\n").unwrap();
         assert!(HubConfig::load(&path).is_err(), "unknown keys are refused");
-        std::fs::write(&path, "[webhooks]\nallow_private_addresses = true\n[events]\nretention_ms = 172800000\n").unwrap();
+        std::fs::write(&path, "[webhooks]\nallow_private_addresses = true\n[events]\nretention_ms = 172800000\n")
+            .unwrap();
         assert!(HubConfig::load(&path).unwrap().webhooks.allow_private_addresses);
         std::fs::write(&path, "node_docs_max = 10\nnode_stored_bytes_max = 1048576\n").unwrap();
         let cfg = HubConfig::load(&path).unwrap();

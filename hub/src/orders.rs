@@ -736,9 +736,7 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
     apply_effects(hub, &Effects { fulfillments: missing, escrow })?;
     // And the shipped ones whose delivery is still to be reported (the intake no longer tracks them).
     let unfinished = crate::events::watch::unfinished(hub.intake.db()).map_err(|e| EffectsError::Intake(e.into()))?;
-    lock(&hub.docs).requeue(
-        present.iter().map(|f| &f.id).chain(&unfinished).filter_map(schema::order_doc),
-    );
+    lock(&hub.docs).requeue(present.iter().map(|f| &f.id).chain(&unfinished).filter_map(schema::order_doc));
     Ok(())
 }
 

@@ -73,7 +73,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Problem> + Se
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("task failed: {e}")))?
 }
 
-async fn feed(State(hub): St, principal: Principal, Query(q): Query<HashMap<String, String>>) -> Result<Response, Problem> {
+async fn feed(
+    State(hub): St,
+    principal: Principal,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
     if let Some(bad) = q.keys().find(|k| !matches!(k.as_str(), "after" | "limit" | "types" | "wait_ms")) {
         return Err(bad_query(format!("unknown parameter {bad:?}")));
     }
@@ -92,10 +96,9 @@ async fn feed(State(hub): St, principal: Principal, Query(q): Query<HashMap<Stri
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     loop {
         let (h, t, c) = (hub.clone(), types.clone(), channel.clone());
-        let page = blocking(move || {
-            super::page(h.intake.db(), after, limit, &t, c.as_ref(), FEED_SCAN_MAX).map_err(storage)
-        })
-        .await?;
+        let page =
+            blocking(move || super::page(h.intake.db(), after, limit, &t, c.as_ref(), FEED_SCAN_MAX).map_err(storage))
+                .await?;
         if !page.events.is_empty() || page.last_seq > after || Instant::now() >= deadline {
             let body = json!({"events": page.events, "next_after": page.last_seq});
             return Ok(Json(body).into_response());
@@ -141,10 +144,9 @@ async fn create(
 async fn list(State(hub): St, cfg: Cfg, principal: Principal) -> Result<Response, Problem> {
     let cfg = cfg.map(|c| c.0).unwrap_or_default();
     let channel = principal.confined_to().cloned();
-    let subs = blocking(move || {
-        webhooks::list(hub.intake.db(), channel.as_ref(), cfg.subscriptions_max).map_err(storage)
-    })
-    .await?;
+    let subs =
+        blocking(move || webhooks::list(hub.intake.db(), channel.as_ref(), cfg.subscriptions_max).map_err(storage))
+            .await?;
     Ok(Json(json!({"webhooks": subs.iter().map(webhooks::Subscription::view).collect::<Vec<_>>()})).into_response())
 }
 

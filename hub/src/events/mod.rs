@@ -199,10 +199,8 @@ impl EventDraft {
 
     /// `order.routed` for the fulfillments `placed` just made, with the units still waiting.
     pub fn routed(o: &HubOrder, placed: &[Fulfillment], unfilled: &[SkuQty], at_ms: u64) -> Self {
-        let fulfillments: Vec<Value> = placed
-            .iter()
-            .map(|f| json!({"fulfillment_id": f.id, "site": f.site, "lines": f.lines}))
-            .collect();
+        let fulfillments: Vec<Value> =
+            placed.iter().map(|f| json!({"fulfillment_id": f.id, "site": f.site, "lines": f.lines})).collect();
         EventDraft::new(ORDER_ROUTED, at_ms)
             .order(&o.id, &o.draft.channel)
             .data(json!({"external_ref": o.draft.external_ref, "fulfillments": fulfillments, "unfilled": unfilled}))

@@ -22,7 +22,9 @@ use oms_service::storage::StorageError;
 use redb::{ReadableTable, TableDefinition};
 use serde_json::json;
 
-use super::{EventDraft, FULFILLMENT_ACCEPTED, FULFILLMENT_SHIPPED, NODE_OFFLINE, NODE_ONLINE, ORDER_DELIVERED, append};
+use super::{
+    EventDraft, FULFILLMENT_ACCEPTED, FULFILLMENT_SHIPPED, NODE_OFFLINE, NODE_ONLINE, ORDER_DELIVERED, append,
+};
 
 /// Fulfillment id → the events reported for it ([`ACCEPTED`] | [`SHIPPED`] | [`DELIVERED`]). One byte per
 /// fulfillment that got as far as accepted; kept (not pruned) so that no re-read reports again.
@@ -211,7 +213,10 @@ impl NodeWatch {
         for (name, up, since) in &changes {
             let kind = if *up { NODE_ONLINE } else { NODE_OFFLINE };
             append(&w, EventDraft::new(kind, now_ms).data(json!({"node": name, "since_ms": since})))?;
-            w.open_table(NODES).map_err(redb::Error::from)?.insert(name.as_str(), u8::from(*up)).map_err(redb::Error::from)?;
+            w.open_table(NODES)
+                .map_err(redb::Error::from)?
+                .insert(name.as_str(), u8::from(*up))
+                .map_err(redb::Error::from)?;
         }
         w.commit().map_err(redb::Error::from)?;
         Ok(changes.len())

@@ -303,7 +303,13 @@ pub enum SignatureError {
 
 /// The reference check of a delivery: `header` (`X-Oms-Signature`) over the raw `body` under `secret`, with
 /// the timestamp within `window_s` of `now_s`. Receivers should also deduplicate by `X-Oms-Event-Id`.
-pub fn verify_signature(secret: &str, header: &str, body: &[u8], now_s: u64, window_s: u64) -> Result<(), SignatureError> {
+pub fn verify_signature(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+    now_s: u64,
+    window_s: u64,
+) -> Result<(), SignatureError> {
     let mut t = None;
     let mut v1 = Vec::new();
     for part in header.split(',') {
@@ -387,7 +393,9 @@ pub struct NewSubscription {
 
 /// Whether `id` has the shape of a subscription id (checked before any lookup).
 pub fn id_well_formed(id: &str) -> bool {
-    id.len() == 3 + 16 && id.starts_with("wh_") && id[3..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 3 + 16
+        && id.starts_with("wh_")
+        && id[3..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Makes a subscription for `actor` (`confined_to` for a channel key), with its audit row in the same
@@ -527,10 +535,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let allow = self.allow_private;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| allow || !private_ip(a.ip()))
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|a| allow || !private_ip(a.ip())).collect();
             if addrs.is_empty() {
                 return Err(format!("{host} resolves to no public address").into());
             }
@@ -549,12 +555,7 @@ pub struct DeliveryStats {
 }
 
 /// The delivery loop: runs until the runtime stops. Also prunes the log every second.
-pub async fn run(
-    db: Arc<dyn DbSource>,
-    cfg: WebhooksConfig,
-    events: super::EventsConfig,
-    stats: Arc<DeliveryStats>,
-) {
+pub async fn run(db: Arc<dyn DbSource>, cfg: WebhooksConfig, events: super::EventsConfig, stats: Arc<DeliveryStats>) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .connect_timeout(Duration::from_millis(cfg.timeout_ms))
@@ -647,7 +648,13 @@ async fn on_db<T: Send + 'static>(
 
 /// Delivers up to [`BURST_MAX`] events to `sub`, in order, stopping at the first failure. Cursor moves
 /// commit without fsync; the burst ends with a durable commit that carries them.
-async fn burst(db: &Arc<dyn DbSource>, client: &reqwest::Client, cfg: &WebhooksConfig, sub: Subscription, stats: &DeliveryStats) {
+async fn burst(
+    db: &Arc<dyn DbSource>,
+    client: &reqwest::Client,
+    cfg: &WebhooksConfig,
+    sub: Subscription,
+    stats: &DeliveryStats,
+) {
     let mut moved = false;
     let id = sub.id.clone();
     deliver_some(db, client, cfg, sub, stats, &mut moved).await;
@@ -814,12 +821,19 @@ mod tests {
             verify_signature(&secret, &h, body, 1_000 + REPLAY_WINDOW_S + 1, REPLAY_WINDOW_S),
             Err(SignatureError::Stale)
         );
-        assert_eq!(verify_signature(&secret, &h, body, 1_000 - REPLAY_WINDOW_S - 1, REPLAY_WINDOW_S), Err(SignatureError::Stale));
+        assert_eq!(
+            verify_signature(&secret, &h, body, 1_000 - REPLAY_WINDOW_S - 1, REPLAY_WINDOW_S),
+            Err(SignatureError::Stale)
+        );
         // Another timestamp in the header with the same MAC: the MAC covers the timestamp.
         let moved = h.replacen("t=1000", "t=1001", 1);
         assert_eq!(verify_signature(&secret, &moved, body, 1_000, REPLAY_WINDOW_S), Err(SignatureError::Mismatch));
         for bad in ["", "t=1000", "v1=00", "t=x,v1=00", "t=1000,v1=zz", "t=1000,v1=0"] {
-            assert_eq!(verify_signature(&secret, bad, body, 1_000, REPLAY_WINDOW_S), Err(SignatureError::Malformed), "{bad}");
+            assert_eq!(
+                verify_signature(&secret, bad, body, 1_000, REPLAY_WINDOW_S),
+                Err(SignatureError::Malformed),
+                "{bad}"
+            );
         }
     }
 
@@ -878,7 +892,12 @@ mod tests {
             channel: channel.map(str::to_owned),
             after: None,
         };
-        let k = Actor { key: "k".into(), role: oms_service::auth::Role::Channel, method: "POST", route: "/v1/webhooks".into() };
+        let k = Actor {
+            key: "k".into(),
+            role: oms_service::auth::Role::Channel,
+            method: "POST",
+            route: "/v1/webhooks".into(),
+        };
         let admin = Actor { key: "admin".into(), role: oms_service::auth::Role::Admin, ..k.clone() };
         let e = create(&db, &cfg, new("https://example.com/h", Some("shop")), &k, Some(&web), 1).unwrap_err();
         assert!(matches!(e, WebhookError::Invalid { field: "channel", .. }));
@@ -901,7 +920,10 @@ mod tests {
         delete(&db, &all.id, None, &admin, 2).unwrap();
         assert!(id_well_formed(&all.id) && !id_well_formed("wh_x") && !id_well_formed("../etc"));
         let rows = audit::page(&db, 0, 10).unwrap().0;
-        assert_eq!(rows.iter().map(|r| r.target.clone().unwrap()).collect::<Vec<_>>(), [mine.id.clone(), all.id.clone(), all.id.clone()]);
+        assert_eq!(
+            rows.iter().map(|r| r.target.clone().unwrap()).collect::<Vec<_>>(),
+            [mine.id.clone(), all.id.clone(), all.id.clone()]
+        );
         assert_eq!(list(&db, None, 10).unwrap().len(), 1);
     }
 }
