@@ -223,6 +223,31 @@ impl NodeWatch {
     }
 }
 
+/// Period of the nodes' connection check, ms.
+pub const NODES_TICK_MS: u64 = 1_000;
+
+/// Reports the nodes' connection changes ([`NodeWatch`]) every [`NODES_TICK_MS`] until the runtime stops.
+pub async fn nodes(hub: std::sync::Arc<crate::server::Hub>, debounce_ms: u64) {
+    let state = std::sync::Arc::new(std::sync::Mutex::new(NodeWatch::default()));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(NODES_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let connected: BTreeMap<String, bool> =
+            oms_service::lock(&hub.docs).nodes.iter().map(|(n, s)| (n.clone(), s.connected)).collect();
+        let (h, st) = (hub.clone(), state.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            oms_service::lock(&st).pass(h.intake.db(), &connected, debounce_ms, oms_service::now_ms())
+        })
+        .await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the nodes' connection events"),
+            Err(e) => tracing::error!(error = %e, "the nodes' connection check failed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,30 +313,5 @@ mod tests {
         assert_eq!(fresh.pass(&db, &BTreeMap::new(), 100, 700).unwrap(), 0);
         assert_eq!(fresh.pass(&db, &BTreeMap::new(), 100, 900).unwrap(), 0);
         assert_eq!(kinds(&db), [NODE_ONLINE, NODE_OFFLINE]);
-    }
-}
-
-/// Period of the nodes' connection check, ms.
-pub const NODES_TICK_MS: u64 = 1_000;
-
-/// Reports the nodes' connection changes ([`NodeWatch`]) every [`NODES_TICK_MS`] until the runtime stops.
-pub async fn nodes(hub: std::sync::Arc<crate::server::Hub>, debounce_ms: u64) {
-    let state = std::sync::Arc::new(std::sync::Mutex::new(NodeWatch::default()));
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(NODES_TICK_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let connected: BTreeMap<String, bool> =
-            oms_service::lock(&hub.docs).nodes.iter().map(|(n, s)| (n.clone(), s.connected)).collect();
-        let (h, st) = (hub.clone(), state.clone());
-        let r = tokio::task::spawn_blocking(move || {
-            oms_service::lock(&st).pass(h.intake.db(), &connected, debounce_ms, oms_service::now_ms())
-        })
-        .await;
-        match r {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the nodes' connection events"),
-            Err(e) => tracing::error!(error = %e, "the nodes' connection check failed"),
-        }
     }
 }
