@@ -20,6 +20,11 @@
 //! the hub is counted (`hub_https_requests`), and one that did not come over TLS with that certificate is a
 //! mismatch (`hub_https_mismatches`, which must be 0), as is a plain-HTTP answer on the hub's port
 //! (`hub_http_plain_answered`, which must be false). The nodes' APIs stay plain HTTP on loopback.
+//!
+//! The `web` channel subscribes a webhook receiver in this process (see `webhooks`): after the run every
+//! event of its feed must have arrived exactly once after deduplication by id, those of the cut-off site's
+//! fulfillments included (`webhooks_delivered`, `webhooks_duplicates_after_dedup` and `webhooks_missing`,
+//! both 0, `webhooks_from_cut_site`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +39,8 @@ use oms_service::auth::keys;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
+
+mod webhooks;
 
 /// Options of `oms demo`.
 #[derive(clap::Args, Debug)]
@@ -255,7 +262,9 @@ fn spawn_hub(
     let config = data.join("hub.toml");
     let (cert, key) =
         (serde_json::to_string(&cert.display().to_string())?, serde_json::to_string(&key.display().to_string())?);
-    std::fs::write(&config, format!("[http]\ntls_cert = {cert}\ntls_key = {key}\n"))?;
+    // Webhooks to the demo's receiver on loopback, retried quickly.
+    let hooks = "[webhooks]\nallow_private_addresses = true\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\n";
+    std::fs::write(&config, format!("[http]\ntls_cert = {cert}\ntls_key = {key}\n{hooks}"))?;
     Command::new(std::env::current_exe()?)
         .args(["hub", "--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
         .arg("--config")
@@ -510,6 +519,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let service_http = client(Some(&keys.service), &ca)?;
     let web_http = client(Some(&keys.web), &ca)?;
     let market_http = client(Some(&keys.marketplace), &ca)?;
+    // The web channel hears of its orders by signed webhooks, checked at the end.
+    let hooks = webhooks::subscribe(&web_http, hub_http).await?;
+    println!("web channel subscribed a webhook receiver on loopback (signatures checked, deduplicated by event id)");
     let mut children = Vec::new();
     for s in &sites {
         children.push(spawn_node(s).await?);
@@ -904,7 +916,12 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!(
         "API keys {api_keys} (admin, staff, till and service per site; admin and one per channel at the hub); audited ship rows {audit_ships} (mismatches {audit_mismatches}); unauthenticated or wrong-role calls let through {auth_probe_failures}"
     );
-    let summary = json!({
+    let hook = hooks.check(&web_http, hub_http, CUT_SITE).await?;
+    println!(
+        "webhooks to the web channel: {} events delivered ({} again, deduplicated by id), the same fact twice {}, missing {}, bad signatures {}; {} about {CUT_SITE}'s fulfillments",
+        hook.delivered, hook.redelivered, hook.duplicates_after_dedup, hook.missing, hook.bad_signatures, hook.from_cut_site
+    );
+    let mut summary = json!({
         "api_keys": api_keys,
         "audit_ship_rows": audit_ships,
         "audit_mismatches": audit_mismatches,
@@ -933,6 +950,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "convergence_ms": heal_catch_up_ms.unwrap_or(convergence_ms),
         "convergence_after_flow_stopped_ms": convergence_ms,
     });
+    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), hook.json()) {
+        all.extend(w);
+    }
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
         println!("summary written to {}", p.display());
@@ -955,9 +975,11 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || audit_mismatches > 0
         || auth_probe_failures > 0
         || tls_broken
+        || !hook.ok()
     {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}"
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, webhooks {}",
+            hook.json()
         );
     }
     Ok(())
