@@ -919,7 +919,12 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let hook = hooks.check(&web_http, hub_http, CUT_SITE).await?;
     println!(
         "webhooks to the web channel: {} events delivered ({} again, deduplicated by id), the same fact twice {}, missing {}, bad signatures {}; {} about {CUT_SITE}'s fulfillments",
-        hook.delivered, hook.redelivered, hook.duplicates_after_dedup, hook.missing, hook.bad_signatures, hook.from_cut_site
+        hook.delivered,
+        hook.redelivered,
+        hook.duplicates_after_dedup,
+        hook.missing,
+        hook.bad_signatures,
+        hook.from_cut_site
     );
     let mut summary = json!({
         "api_keys": api_keys,

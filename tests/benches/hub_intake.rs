@@ -13,6 +13,12 @@
 //! `cargo bench -p oms-tests --bench hub_intake` (env: `BENCH_SECS` per level, default 8; `BENCH_LEVELS`,
 //! default `1,16,64`; `BENCH_DETACH=1` stops the nodes once they granted their rights, to measure the hub
 //! alone while its lease lasts: keep the run under 30 s). Every loop is bounded by time.
+//!
+//! Then, in the same run (`BENCH_WEBHOOKS`, default 10; 0 skips it): that many webhook subscriptions to
+//! as many reference receivers in this process (`oms_hub::events::receiver`, loopback, checking signatures),
+//! the same levels again, and the delivery figures: latency from the event's commit (its `created_at_ms`,
+//! taken just before the commit) to its arrival at a receiver, p50/p99, and deliveries per second through
+//! the outbox until every receiver holds every event.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
 
 use std::net::SocketAddr;
@@ -125,7 +131,8 @@ async fn main() {
     let (quic, hub_http) = (free_udp(), free_tcp());
     // The test admin key (`install_admin_key`) may send 1,000,000 requests/s; 64 clients stay below the
     // per-key in-flight cap, raised anyway so that a larger BENCH_LEVELS is not refused.
-    let _hub = cluster::spawn_hub_with(root, &certs, quic, hub_http, "warn", "[auth]\nin_flight_per_key = 1024\n");
+    let toml = "[auth]\nin_flight_per_key = 1024\n[webhooks]\nallow_private_addresses = true\n";
+    let _hub = cluster::spawn_hub_with(root, &certs, quic, hub_http, "warn", toml);
     let mut nodes: Vec<ClusterNode> = Vec::new();
     for (id, lat, lon) in SITES {
         // `[hub.escrow]` right after the `[hub]` keys: the hub may spend without waiting for acknowledgements.
@@ -166,13 +173,122 @@ async fn main() {
     );
     // Warm-up: connections, caches.
     let _ = level(&c, hub_http, 4, 1, 900_000_000_000).await;
+    let last = levels_table(&c, hub_http, &levels, secs, fsync_per_s, 1).await;
+    println!("load at end {}", loadavg());
+    if let Some((clients, rate, p99)) = last {
+        println!(
+            "hub intake at {clients} clients: {rate:.0} orders/s, p99 {p99:.2} ms, {:.2}x the raw fsync rate ({fsync_per_s:.0}/s)",
+            rate / fsync_per_s
+        );
+    }
+    let subs = env_u64("BENCH_WEBHOOKS", 10);
+    if subs > 0 {
+        with_webhooks(&c, hub_http, subs, &levels, secs, fsync_per_s, last.map(|l| l.1)).await;
+    }
+}
+
+/// Subscribes `subs` receivers, runs the levels again and reports the deliveries.
+async fn with_webhooks(
+    c: &reqwest::Client,
+    hub: SocketAddr,
+    subs: u64,
+    levels: &[u64],
+    secs: u64,
+    fsync_per_s: f64,
+    without: Option<f64>,
+) {
+    use oms_hub::events::receiver::Receiver;
+    let mut rxs = Vec::new();
+    for _ in 0..subs {
+        let rx = Receiver::start().await.unwrap();
+        // From now on: the receivers get the events of the levels below only.
+        let r = c.post(format!("http://{hub}/v1/webhooks")).json(&json!({"url": rx.url()})).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let v: Value = r.json().await.unwrap();
+        rx.set_secret(v["secret"].as_str().unwrap());
+        rxs.push(rx);
+    }
+    println!("\nwith {subs} webhook subscriptions (reference receivers on loopback, signatures checked):");
+    let started = Instant::now();
+    let last = levels_table(c, hub, levels, secs, fsync_per_s, 100).await;
+    let flow_secs = started.elapsed().as_secs_f64();
+    // Every receiver gets every event appended since it subscribed; wait (bounded) until they all hold them.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let target = |rxs: &[Receiver]| rxs.iter().map(|r| r.tally().unique).min().unwrap_or(0);
+    let mut expected = 0u64;
+    for _ in 0..1_000_000 {
+        // The events since the subscriptions: what the first receiver should hold, read from the feed's end.
+        let n = events_since(c, hub, &rxs[0]).await;
+        expected = expected.max(n);
+        if (target(&rxs) >= expected && expected > 0) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained_secs = started.elapsed().as_secs_f64();
+    let mut lat: Vec<f64> = Vec::new();
+    let mut delivered = 0u64;
+    for rx in &rxs {
+        for d in rx.events() {
+            delivered += 1;
+            lat.push(d.at_ms.saturating_sub(d.event.created_at_ms) as f64);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let t = rxs.iter().map(Receiver::tally).fold((0, 0), |a, t| (a.0 + t.duplicates, a.1 + t.refused_signature));
+    println!(
+        "webhooks: {delivered} deliveries to {subs} receivers ({} events each expected), redelivered {}, bad signatures {}",
+        expected, t.0, t.1
+    );
+    println!(
+        "delivery latency commit → receiver: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {:.0} deliveries/s through the outbox \
+         (all deliveries ÷ {drained_secs:.1} s from the first order to the last receiver holding every event; orders flowed {flow_secs:.1} s)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+        delivered as f64 / drained_secs
+    );
+    if let (Some(base), Some((clients, rate, _))) = (without, last) {
+        println!(
+            "intake at {clients} clients with {subs} subscriptions: {rate:.0} orders/s, {:.2}x the run without",
+            rate / base
+        );
+    }
+}
+
+/// How many events were appended after the first one `rx` received (inclusive), from the feed.
+async fn events_since(c: &reqwest::Client, hub: SocketAddr, rx: &oms_hub::events::receiver::Receiver) -> u64 {
+    let Some(first) = rx.events().first().map(|d| d.event.seq) else { return u64::MAX };
+    let mut after = first - 1;
+    let mut n = 0u64;
+    for _ in 0..100_000 {
+        let Some(v) = get_json(c, format!("http://{hub}/v1/events?after={after}&limit=1000")).await else { break };
+        n += v["events"].as_array().map_or(0, |a| a.len() as u64);
+        let next = v["next_after"].as_u64().unwrap_or(after);
+        if next == after {
+            break;
+        }
+        after = next;
+    }
+    n
+}
+
+/// Runs each level and prints a table row; returns the last level's (clients, orders/s, p99 ms).
+async fn levels_table(
+    c: &reqwest::Client,
+    hub_http: SocketAddr,
+    levels: &[u64],
+    secs: u64,
+    fsync_per_s: f64,
+    round: u64,
+) -> Option<(u64, f64, f64)> {
     println!("| clients | orders/s (201) | placed | p50 ms | p99 ms | errors | orders per commit | ÷ raw fsync |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut last = None;
     for (i, &clients) in levels.iter().enumerate() {
-        let (c0, o0) = batches(&c, hub_http).await;
-        let l = level(&c, hub_http, clients, secs, (i as u64 + 1) * 1_000_000_000_000).await;
-        let (c1, o1) = batches(&c, hub_http).await;
+        let (c0, o0) = batches(c, hub_http).await;
+        let l = level(c, hub_http, clients, secs, (round * 10 + i as u64 + 1) * 1_000_000_000_000).await;
+        let (c1, o1) = batches(c, hub_http).await;
         let rate = l.created as f64 / l.secs;
         let per_commit = if c1 > c0 { (o1 - o0) as f64 / (c1 - c0) as f64 } else { f64::NAN };
         println!(
@@ -186,11 +302,5 @@ async fn main() {
         );
         last = Some((clients, rate, percentile(&l.lat_ms, 0.99)));
     }
-    println!("load at end {}", loadavg());
-    if let Some((clients, rate, p99)) = last {
-        println!(
-            "hub intake at {clients} clients: {rate:.0} orders/s, p99 {p99:.2} ms, {:.2}x the raw fsync rate ({fsync_per_s:.0}/s)",
-            rate / fsync_per_s
-        );
-    }
+    last
 }

@@ -71,7 +71,8 @@ async fn feed(web: &reqwest::Client, hub: SocketAddr) -> anyhow::Result<BTreeMap
     let mut out = BTreeMap::new();
     let mut after = 0u64;
     for _ in 0..100_000 {
-        let v: Value = web.get(format!("https://{hub}/v1/events?after={after}&limit=1000")).send().await?.json().await?;
+        let v: Value =
+            web.get(format!("https://{hub}/v1/events?after={after}&limit=1000")).send().await?.json().await?;
         for e in v["events"].as_array().into_iter().flatten() {
             out.insert(e["id"].as_str().unwrap_or_default().to_owned(), e.clone());
         }
@@ -114,7 +115,12 @@ fn fact(e: &oms_hub::events::Event) -> String {
 
 impl DemoWebhooks {
     /// Waits (at most 60 s) until every event of the channel's feed has arrived, then counts.
-    pub(super) async fn check(&self, web: &reqwest::Client, hub: SocketAddr, cut_site: &str) -> anyhow::Result<WebhookFigures> {
+    pub(super) async fn check(
+        &self,
+        web: &reqwest::Client,
+        hub: SocketAddr,
+        cut_site: &str,
+    ) -> anyhow::Result<WebhookFigures> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let (expected, received) = loop {
             let expected = feed(web, hub).await?;
@@ -142,8 +148,10 @@ impl DemoWebhooks {
             duplicates_after_dedup: facts.values().map(|n| n - 1).sum(),
             missing: expected.keys().filter(|id| !received.contains(*id)).count() as u64
                 + orders.iter().filter(|id| !created.contains(*id)).count() as u64,
-            from_cut_site: events.iter().filter(|d| d.event.data.get("site").and_then(Value::as_str) == Some(cut_site)).count()
-                as u64,
+            from_cut_site: events
+                .iter()
+                .filter(|d| d.event.data.get("site").and_then(Value::as_str) == Some(cut_site))
+                .count() as u64,
             bad_signatures: tally.refused_signature,
         })
     }
