@@ -213,7 +213,7 @@ async fn with_webhooks(
     let last = levels_table(c, hub, levels, secs, fsync_per_s, 100).await;
     let flow_secs = started.elapsed().as_secs_f64();
     // Every receiver gets every event appended since it subscribed; wait (bounded) until they all hold them.
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let target = |rxs: &[Receiver]| rxs.iter().map(|r| r.tally().unique).min().unwrap_or(0);
     let mut expected = 0u64;
     for _ in 0..1_000_000 {

@@ -88,7 +88,9 @@ pub const NODE_ONLINE: &str = "node.online";
 pub const PAGE_MAX: usize = 1_000;
 /// Most events pruned in one transaction.
 pub const PRUNE_BATCH_MAX: usize = 1_000;
-/// Longest payload accepted by [`append`], bytes of JSON (a bug guard: events carry ids and small facts).
+/// Longest event [`append`] stores, bytes of JSON; a larger one keeps its type and order but its `data` is
+/// replaced by `{"truncated": true, "bytes": n}` (events carry ids and small facts; an order of 200 lines
+/// stays well below).
 pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
 /// Most types one filter names.
 pub const FILTER_TYPES_MAX: usize = 32;
@@ -248,7 +250,7 @@ pub fn append(w: &redb::WriteTransaction, draft: EventDraft) -> Result<EventId, 
         Some((o, c)) => (Some(o), Some(c)),
         None => (None, None),
     };
-    let event = Event {
+    let mut event = Event {
         id: format!("evt_{log:016x}{seq:016x}"),
         seq,
         kind: draft.kind.to_owned(),
@@ -257,9 +259,11 @@ pub fn append(w: &redb::WriteTransaction, draft: EventDraft) -> Result<EventId, 
         created_at_ms: draft.at_ms,
         data: draft.data,
     };
-    let bytes = serde_json::to_vec(&event).map_err(|e| StorageError::encode("an event", e))?;
+    let mut bytes = serde_json::to_vec(&event).map_err(|e| StorageError::encode("an event", e))?;
     if bytes.len() > PAYLOAD_BYTES_MAX {
-        return Err(StorageError::encode("an event", std::io::Error::other("event larger than PAYLOAD_BYTES_MAX")));
+        // Never fail the change for its event: say what was left out instead (the order itself is there).
+        event.data = json!({"truncated": true, "bytes": bytes.len()});
+        bytes = serde_json::to_vec(&event).map_err(|e| StorageError::encode("an event", e))?;
     }
     t.insert(seq, bytes.as_slice()).map_err(redb::Error::from)?;
     Ok(EventId { seq, id: event.id })
@@ -277,6 +281,18 @@ pub fn init(db: &redb::Database) -> Result<(), StorageError> {
     webhooks::init(&w)?;
     w.commit().map_err(redb::Error::from)?;
     Ok(())
+}
+
+/// `table` opened for reading in `r`; `None` while no write has created it (a file from before events).
+pub(crate) fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    r: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StorageError> {
+    match r.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(redb::Error::from(e).into()),
+    }
 }
 
 fn decode(bytes: &[u8]) -> Result<Event, StorageError> {
@@ -343,11 +359,7 @@ pub fn page(
 ) -> Result<Page, StorageError> {
     let limit = limit.clamp(1, PAGE_MAX);
     let r = db.begin_read().map_err(redb::Error::from)?;
-    let t = match r.open_table(EVENTS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Page { events: vec![], last_seq: after }),
-        Err(e) => return Err(redb::Error::from(e).into()),
-    };
+    let Some(t) = read_table(&r, EVENTS)? else { return Ok(Page { events: vec![], last_seq: after }) };
     let mut out = Page { events: Vec::new(), last_seq: after };
     for row in t.range(after.saturating_add(1)..).map_err(redb::Error::from)?.take(scan_max.max(1)) {
         let (k, v) = row.map_err(redb::Error::from)?;
@@ -366,17 +378,24 @@ pub fn page(
 /// The highest sequence committed (0 for an empty log).
 pub fn last_seq(db: &redb::Database) -> Result<u64, StorageError> {
     let r = db.begin_read().map_err(redb::Error::from)?;
-    let t = match r.open_table(EVENTS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(redb::Error::from(e).into()),
-    };
+    let Some(t) = read_table(&r, EVENTS)? else { return Ok(0) };
     Ok(t.last().map_err(redb::Error::from)?.map(|(k, _)| k.value()).unwrap_or(0))
 }
 
 /// Prunes at most [`PRUNE_BATCH_MAX`] of the oldest events that are older than `cutoff_ms` or beyond the
 /// newest `retained_max`; returns how many. Call again while it returns the full batch.
 pub fn prune(db: &redb::Database, cutoff_ms: u64, retained_max: u64) -> Result<usize, StorageError> {
+    // A read first: most calls find nothing to prune and should not wait for the intake's writer.
+    {
+        let r = db.begin_read().map_err(redb::Error::from)?;
+        let Some(t) = read_table(&r, EVENTS)? else { return Ok(0) };
+        let held = t.len().map_err(redb::Error::from)?;
+        let first = t.first().map_err(redb::Error::from)?;
+        let old = first.is_some_and(|(_, v)| decode(v.value()).map_or(true, |e| e.created_at_ms < cutoff_ms));
+        if !old && held <= retained_max {
+            return Ok(0);
+        }
+    }
     let w = db.begin_write().map_err(redb::Error::from)?;
     let mut gone = Vec::new();
     {
@@ -477,6 +496,19 @@ mod tests {
         assert!(TypeFilter::parse(&["nope.*"]).is_err());
         assert!(TypeFilter::parse(&vec!["order.created"; FILTER_TYPES_MAX + 1]).is_err());
         assert!(TypeFilter::parse(&["payment.*"]).unwrap().admits("payment.captured"));
+    }
+
+    #[test]
+    fn an_oversized_payload_is_cut_not_failed() {
+        let (_d, db) = db();
+        let w = db.begin_write().unwrap();
+        let big = json!({"blob": "x".repeat(PAYLOAD_BYTES_MAX)});
+        append(&w, EventDraft::new(ORDER_CREATED, 1).order(&order(1), &Channel::parse("web").unwrap()).data(big))
+            .unwrap();
+        w.commit().unwrap();
+        let e = &page(&db, 0, 10, &TypeFilter::default(), None, 100).unwrap().events[0];
+        assert_eq!((e.kind.as_str(), e.order_id.as_deref()), (ORDER_CREATED, Some("hub-1")));
+        assert_eq!(e.data["truncated"], true);
     }
 
     #[test]

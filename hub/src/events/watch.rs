@@ -100,13 +100,31 @@ fn implied(status: FulfillmentState) -> &'static [(u8, &'static str)] {
 /// Appends the events the fulfillments' states imply and were not reported yet, in one transaction of
 /// `db`, and records them. Returns how many events were appended.
 pub fn report_fulfillments(db: &redb::Database, seen: &[FulfillmentSeen], now_ms: u64) -> Result<usize, StorageError> {
-    if seen.is_empty() {
+    // A read first: the watcher passes every changed document, and most changes imply nothing new (a pick,
+    // a pack, a re-sync), so they should cost no write transaction (and no fsync).
+    let due: Vec<&FulfillmentSeen> = {
+        use redb::ReadableDatabase;
+        let r = db.begin_read().map_err(redb::Error::from)?;
+        let t = super::read_table(&r, REPORTED)?;
+        let mut due = Vec::new();
+        for f in seen {
+            let mask = match &t {
+                Some(t) => t.get(f.id.as_str()).map_err(redb::Error::from)?.map(|v| v.value()).unwrap_or(0),
+                None => 0,
+            };
+            if implied(f.status).iter().any(|(bit, _)| mask & bit == 0) {
+                due.push(f);
+            }
+        }
+        due
+    };
+    if due.is_empty() {
         return Ok(0);
     }
     let w = db.begin_write().map_err(redb::Error::from)?;
     let mut n = 0;
     let mut t = w.open_table(REPORTED).map_err(redb::Error::from)?;
-    for f in seen {
+    for f in due {
         let key = f.id.as_str();
         let mask = t.get(key).map_err(redb::Error::from)?.map(|v| v.value()).unwrap_or(0);
         let mut new_mask = mask;
@@ -134,11 +152,7 @@ pub fn report_fulfillments(db: &redb::Database, seen: &[FulfillmentSeen], now_ms
 pub fn unfinished(db: &redb::Database) -> Result<Vec<OrderId>, StorageError> {
     use redb::ReadableDatabase;
     let r = db.begin_read().map_err(redb::Error::from)?;
-    let t = match r.open_table(REPORTED) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
-        Err(e) => return Err(redb::Error::from(e).into()),
-    };
+    let Some(t) = super::read_table(&r, REPORTED)? else { return Ok(vec![]) };
     let mut out = Vec::new();
     for row in t.range::<&str>(..).map_err(redb::Error::from)?.take(UNFINISHED_MAX) {
         let (k, v) = row.map_err(redb::Error::from)?;
@@ -170,21 +184,16 @@ impl NodeWatch {
         now_ms: u64,
     ) -> Result<usize, StorageError> {
         use redb::ReadableDatabase;
-        let reported: BTreeMap<String, bool> = {
+        let mut reported: BTreeMap<String, bool> = BTreeMap::new();
+        {
             let r = db.begin_read().map_err(redb::Error::from)?;
-            match r.open_table(NODES) {
-                Ok(t) => {
-                    let mut m = BTreeMap::new();
-                    for row in t.range::<&str>(..).map_err(redb::Error::from)?.take(NODES_READ_MAX) {
-                        let (k, v) = row.map_err(redb::Error::from)?;
-                        m.insert(k.value().to_owned(), v.value() == 1);
-                    }
-                    m
+            if let Some(t) = super::read_table(&r, NODES)? {
+                for row in t.range::<&str>(..).map_err(redb::Error::from)?.take(NODES_READ_MAX) {
+                    let (k, v) = row.map_err(redb::Error::from)?;
+                    reported.insert(k.value().to_owned(), v.value() == 1);
                 }
-                Err(redb::TableError::TableDoesNotExist(_)) => BTreeMap::new(),
-                Err(e) => return Err(redb::Error::from(e).into()),
             }
-        };
+        }
         let mut changes = Vec::new();
         let names: std::collections::BTreeSet<&String> = connected.keys().chain(reported.keys()).collect();
         for name in names {

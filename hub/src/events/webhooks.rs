@@ -16,8 +16,9 @@
 //! is durable; a subscription's cursor (the last sequence delivered or skipped, in its row) moves past an
 //! event only after the receiver answered `2xx`. So delivery is **at least once**: a crash between the
 //! answer and the cursor's commit delivers the event again, with the same `X-Oms-Event-Id`, which receivers
-//! deduplicate by. Cursor moves within a burst commit without fsync (`Durability::None`; a crash costs
-//! redeliveries, never a loss) and the last one of each burst with it.
+//! deduplicate by. A burst of deliveries records its cursor in one transaction without fsync
+//! (`Durability::None`: a crash costs redeliveries, never a loss); the next durable commit carries it (the
+//! intake's, or the loop's checkpoint within a second). A failed attempt is recorded durably.
 //!
 //! **Order: strict per subscription** (one event at a time, in sequence order): this holds order per order
 //! id as well, costs nothing to reason about for a receiver, and a receiver that fails one event fails the
@@ -462,11 +463,7 @@ pub fn create(
 /// The subscriptions a caller may see (a channel key: its channel's), at most `subscriptions_max`.
 pub fn list(db: &redb::Database, confined_to: Option<&Channel>, max: usize) -> Result<Vec<Subscription>, StorageError> {
     let r = db.begin_read().map_err(redb::Error::from)?;
-    let t = match r.open_table(WEBHOOKS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
-        Err(e) => return Err(redb::Error::from(e).into()),
-    };
+    let Some(t) = super::read_table(&r, WEBHOOKS)? else { return Ok(vec![]) };
     let mut out = Vec::new();
     for row in t.range::<&str>(..).map_err(redb::Error::from)?.take(max) {
         let (_, v) = row.map_err(redb::Error::from)?;
@@ -576,6 +573,12 @@ pub async fn run(db: Arc<dyn DbSource>, cfg: WebhooksConfig, events: super::Even
     let mut tick = tokio::time::interval(Duration::from_millis(POLL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = 0u64;
+    // The subscriptions are listed (decoded) only when there may be work: the log grew, a burst ended or
+    // left some waiting, a retry falls due, or a second passed (a new subscription with an `after`).
+    let rescan = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Set when a burst committed without fsync; the next second's pass commits durably.
+    let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut seen_last, mut listed_at, mut wake_at) = (0u64, 0u64, u64::MAX);
     loop {
         tick.tick().await;
         let now = now_ms();
@@ -584,21 +587,30 @@ pub async fn run(db: Arc<dyn DbSource>, cfg: WebhooksConfig, events: super::Even
         if prune {
             last_prune = now;
         }
-        let due = tokio::task::spawn_blocking(move || -> Result<Vec<Subscription>, StorageError> {
+        let persist = prune && dirty.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let forced = rescan.swap(false, std::sync::atomic::Ordering::Relaxed)
+            || now >= wake_at
+            || now.saturating_sub(listed_at) >= 1_000;
+        type Found = (u64, Option<Vec<Subscription>>);
+        let found = tokio::task::spawn_blocking(move || -> Result<Found, StorageError> {
             let db = d.db();
+            if persist {
+                checkpoint(db, now)?;
+            }
             if prune {
                 let cutoff = now.saturating_sub(events.retention_ms);
                 super::prune(db, cutoff, events.retained_max)?;
             }
             let last = super::last_seq(db)?;
-            Ok(list(db, None, cfg.subscriptions_max)?
-                .into_iter()
-                .filter(|s| s.status == Status::Active && s.cursor < last && s.next_attempt_at_ms <= now)
-                .collect())
+            if last == seen_last && !forced {
+                return Ok((last, None));
+            }
+            let subs = list(db, None, cfg.subscriptions_max)?;
+            Ok((last, Some(subs.into_iter().filter(|s| s.status == Status::Active && s.cursor < last).collect())))
         })
         .await;
-        let due = match due {
-            Ok(Ok(d)) => d,
+        let (last, subs) = match found {
+            Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "webhooks: cannot read the subscriptions");
                 continue;
@@ -608,18 +620,27 @@ pub async fn run(db: Arc<dyn DbSource>, cfg: WebhooksConfig, events: super::Even
                 continue;
             }
         };
-        for sub in due {
+        seen_last = last;
+        let Some(subs) = subs else { continue };
+        listed_at = now;
+        wake_at = subs.iter().map(|s| s.next_attempt_at_ms).filter(|t| *t > now).min().unwrap_or(u64::MAX);
+        for sub in subs.into_iter().filter(|s| s.next_attempt_at_ms <= now) {
             if lock(&busy).contains(&sub.id) {
                 continue;
             }
-            let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                rescan.store(true, std::sync::atomic::Ordering::Relaxed);
+                break;
+            };
             lock(&busy).insert(sub.id.clone());
-            let (db, client, busy, stats) = (db.clone(), client.clone(), busy.clone(), stats.clone());
+            let (db, client, busy, stats, rescan, dirty) =
+                (db.clone(), client.clone(), busy.clone(), stats.clone(), rescan.clone(), dirty.clone());
             tokio::spawn(async move {
                 let id = sub.id.clone();
-                burst(&db, &client, &cfg, sub, &stats).await;
+                burst(&db, &client, &cfg, sub, &stats, &dirty).await;
                 lock(&busy).remove(&id);
                 drop(permit);
+                rescan.store(true, std::sync::atomic::Ordering::Relaxed);
             });
         }
     }
@@ -646,22 +667,66 @@ async fn on_db<T: Send + 'static>(
     }
 }
 
-/// Delivers up to [`BURST_MAX`] events to `sub`, in order, stopping at the first failure. Cursor moves
-/// commit without fsync; the burst ends with a durable commit that carries them.
+/// What a burst did, written to the subscription's row in one transaction at its end.
+#[derive(Debug)]
+struct Outcome {
+    /// The last sequence delivered or looked past.
+    cursor: u64,
+    /// Events delivered.
+    delivered: u64,
+    /// Why the event after `cursor` failed, if it did.
+    failure: Option<String>,
+}
+
+/// Delivers up to [`BURST_MAX`] events to `sub` (one read of the log), in order, stopping at the first
+/// failure, then records what happened in one transaction: without fsync when all went well (a crash costs
+/// redeliveries only; the next durable commit, the intake's or the loop's checkpoint, carries it, and
+/// `dirty` asks for the checkpoint), durably when an attempt failed (its backoff must survive a restart).
 async fn burst(
     db: &Arc<dyn DbSource>,
     client: &reqwest::Client,
     cfg: &WebhooksConfig,
     sub: Subscription,
     stats: &DeliveryStats,
+    dirty: &std::sync::atomic::AtomicBool,
 ) {
-    let mut moved = false;
-    let id = sub.id.clone();
-    deliver_some(db, client, cfg, sub, stats, &mut moved).await;
-    if moved {
-        let r = on_db(db, move |d| update(d, &id, true, |_| {})).await;
-        if let Some(Err(e)) = r {
-            tracing::warn!(error = %e, "webhooks: cannot persist cursors; deliveries may be repeated");
+    let out = deliver_some(db, client, &sub, stats).await;
+    if out.cursor <= sub.cursor && out.delivered == 0 && out.failure.is_none() {
+        return;
+    }
+    let (id, cfg, now) = (sub.id.clone(), *cfg, now_ms());
+    let durable = out.failure.is_some();
+    let r = on_db(db, move |d| {
+        update(d, &id, durable, |s| {
+            s.cursor = s.cursor.max(out.cursor);
+            if out.delivered > 0 {
+                s.delivered += out.delivered;
+                s.attempts = 0;
+                s.failing_since_ms = None;
+                s.next_attempt_at_ms = 0;
+                s.last_error = None;
+            }
+            if let Some(why) = out.failure {
+                s.attempts = s.attempts.saturating_add(1);
+                let since = *s.failing_since_ms.get_or_insert(now);
+                let delay = cfg.backoff_ms(s.attempts);
+                let jitter = rand::random_range(0..=delay / 2);
+                s.next_attempt_at_ms = now.saturating_add(delay).saturating_add(jitter);
+                if now.saturating_sub(since) >= cfg.retry_for_ms {
+                    s.status = Status::Failing;
+                    tracing::warn!(webhook = %s.id, url = %s.url, error = %why,
+                        "webhook failing: retried for retry_for_ms; not delivered to any more");
+                }
+                s.last_error = Some(why);
+            }
+        })
+    })
+    .await;
+    match r {
+        Some(Ok(_)) if !durable => dirty.store(true, std::sync::atomic::Ordering::Relaxed),
+        Some(Ok(_)) | None => {}
+        Some(Err(e)) => {
+            tracing::warn!(webhook = %sub.id, error = %e, "webhooks: cannot record deliveries; they will be sent again");
         }
     }
 }
@@ -669,99 +734,54 @@ async fn burst(
 async fn deliver_some(
     db: &Arc<dyn DbSource>,
     client: &reqwest::Client,
-    cfg: &WebhooksConfig,
-    mut sub: Subscription,
+    sub: &Subscription,
     stats: &DeliveryStats,
-    moved: &mut bool,
-) {
+) -> Outcome {
     use std::sync::atomic::Ordering::Relaxed;
-    let channel = sub.confined();
-    for _ in 0..BURST_MAX {
-        let (cursor, types, ch) = (sub.cursor, sub.types.clone(), channel.clone());
-        let next = on_db(db, move |d| super::page(d, cursor, 1, &types, ch.as_ref(), SCAN_MAX)).await;
-        let page = match next {
-            Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                tracing::warn!(webhook = %sub.id, error = %e, "webhooks: cannot read the log");
-                return;
-            }
-            None => return,
-        };
-        let Some(event) = page.events.into_iter().next() else {
-            // Nothing for this subscription up to what was looked at: move past it.
-            if page.last_seq > sub.cursor {
-                let (id, to) = (sub.id.clone(), page.last_seq);
-                let r = on_db(db, move |d| update(d, &id, false, |s| s.cursor = s.cursor.max(to))).await;
-                match r {
-                    Some(Ok(_)) => *moved = true,
-                    Some(Err(e)) => tracing::warn!(webhook = %sub.id, error = %e, "webhooks: cannot move a cursor"),
-                    None => {}
-                }
-            }
-            return;
-        };
-        match post(client, &sub, &event).await {
+    let mut out = Outcome { cursor: sub.cursor, delivered: 0, failure: None };
+    let (cursor, types, ch) = (sub.cursor, sub.types.clone(), sub.confined());
+    let page = match on_db(db, move |d| super::page(d, cursor, BURST_MAX, &types, ch.as_ref(), SCAN_MAX)).await {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            tracing::warn!(webhook = %sub.id, error = %e, "webhooks: cannot read the log");
+            return out;
+        }
+        None => return out,
+    };
+    let mut attempt = sub.attempts.saturating_add(1);
+    for event in &page.events {
+        match post(client, sub, attempt, event).await {
             Ok(()) => {
                 stats.delivered.fetch_add(1, Relaxed);
-                let (id, seq) = (sub.id.clone(), event.seq);
-                let r = on_db(db, move |d| {
-                    update(d, &id, false, |s| {
-                        s.cursor = s.cursor.max(seq);
-                        s.attempts = 0;
-                        s.failing_since_ms = None;
-                        s.next_attempt_at_ms = 0;
-                        s.last_error = None;
-                        s.delivered += 1;
-                    })
-                })
-                .await;
-                match r {
-                    Some(Ok(Some(s))) => {
-                        *moved = true;
-                        sub = s;
-                    }
-                    Some(Ok(None)) | None => return,
-                    Some(Err(e)) => {
-                        tracing::warn!(webhook = %sub.id, error = %e,
-                            "webhooks: cannot record a delivery; it will be sent again");
-                        return;
-                    }
-                }
+                out.cursor = event.seq;
+                out.delivered += 1;
+                attempt = 1;
             }
             Err(why) => {
                 stats.failed.fetch_add(1, Relaxed);
-                let now = now_ms();
-                let (id, cfg) = (sub.id.clone(), *cfg);
-                let r = on_db(db, move |d| {
-                    update(d, &id, true, |s| {
-                        s.attempts = s.attempts.saturating_add(1);
-                        let since = *s.failing_since_ms.get_or_insert(now);
-                        let delay = cfg.backoff_ms(s.attempts);
-                        let jitter = rand::random_range(0..=delay / 2);
-                        s.next_attempt_at_ms = now.saturating_add(delay).saturating_add(jitter);
-                        if now.saturating_sub(since) >= cfg.retry_for_ms {
-                            s.status = Status::Failing;
-                            tracing::warn!(webhook = %s.id, url = %s.url, error = %why,
-                                "webhook failing: retried for retry_for_ms; not delivered to any more");
-                        }
-                        s.last_error = Some(why);
-                    })
-                })
-                .await;
-                match r {
-                    // The durable failure record carries the cursor moves before it.
-                    Some(Ok(_)) => *moved = false,
-                    Some(Err(e)) => tracing::warn!(webhook = %sub.id, error = %e, "webhooks: cannot record a failure"),
-                    None => {}
-                }
-                return;
+                out.failure = Some(why);
+                return out;
             }
         }
     }
+    // Everything the page looked at is delivered or not for this subscription.
+    out.cursor = out.cursor.max(page.last_seq);
+    out
+}
+
+/// A durable commit that carries the cursor moves committed without fsync before it.
+fn checkpoint(db: &redb::Database, now: u64) -> Result<(), StorageError> {
+    let w = db.begin_write().map_err(redb::Error::from)?;
+    w.open_table(super::EVENTS_META)
+        .map_err(redb::Error::from)?
+        .insert("webhooks.checkpoint_ms", now)
+        .map_err(redb::Error::from)?;
+    w.commit().map_err(redb::Error::from)?;
+    Ok(())
 }
 
 /// Posts `event` to `sub`; `Err` says why it did not count as delivered.
-async fn post(client: &reqwest::Client, sub: &Subscription, event: &Event) -> Result<(), String> {
+async fn post(client: &reqwest::Client, sub: &Subscription, attempt: u32, event: &Event) -> Result<(), String> {
     let body = serde_json::to_vec(event).map_err(|e| format!("encoding: {e}"))?;
     let t = now_ms() / 1_000;
     let r = client
@@ -771,7 +791,7 @@ async fn post(client: &reqwest::Client, sub: &Subscription, event: &Event) -> Re
         .header("x-oms-event-type", &event.kind)
         .header("x-oms-webhook-id", &sub.id)
         .header("x-oms-signature", signature_header(&sub.secret, t, &body))
-        .header("x-oms-delivery-attempt", sub.attempts.saturating_add(1).to_string())
+        .header("x-oms-delivery-attempt", attempt.to_string())
         .body(body)
         .send()
         .await;
