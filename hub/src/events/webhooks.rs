@@ -16,9 +16,10 @@
 //! is durable; a subscription's cursor (the last sequence delivered or skipped, in its row) moves past an
 //! event only after the receiver answered `2xx`. So delivery is **at least once**: a crash between the
 //! answer and the cursor's commit delivers the event again, with the same `X-Oms-Event-Id`, which receivers
-//! deduplicate by. A burst of deliveries records its cursor in one transaction without fsync
-//! (`Durability::None`: a crash costs redeliveries, never a loss); the next durable commit carries it (the
-//! intake's, or the loop's checkpoint within a second). A failed attempt is recorded durably.
+//! deduplicate by. The cursors the bursts of deliveries moved are written together every [`FLUSH_MS`] in
+//! one transaction without fsync (`Durability::None`: a crash costs redeliveries, never a loss); the next
+//! durable commit carries them (the intake's, or the loop's checkpoint within a second). A failed attempt
+//! is recorded durably at once.
 //!
 //! **Order: strict per subscription** (one event at a time, in sequence order): this holds order per order
 //! id as well, costs nothing to reason about for a receiver, and a receiver that fails one event fails the
@@ -576,8 +577,10 @@ pub async fn run(db: Arc<dyn DbSource>, cfg: WebhooksConfig, events: super::Even
     // The subscriptions are listed (decoded) only when there may be work: the log grew, a burst ended or
     // left some waiting, a retry falls due, or a second passed (a new subscription with an `after`).
     let rescan = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    // Set when a burst committed without fsync; the next second's pass commits durably.
-    let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Deliveries acknowledged and not written yet; written together every FLUSH_MS without fsync, and
+    // durably by the checkpoint within a second (or by any durable commit of the intake before it).
+    let pending: Pending = Arc::default();
+    let (mut dirty, mut flushed_at) = (false, 0u64);
     let (mut seen_last, mut listed_at, mut wake_at) = (0u64, 0u64, u64::MAX);
     loop {
         tick.tick().await;
@@ -587,13 +590,23 @@ pub async fn run(db: Arc<dyn DbSource>, cfg: WebhooksConfig, events: super::Even
         if prune {
             last_prune = now;
         }
-        let persist = prune && dirty.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let persist = prune && dirty;
+        let write = now.saturating_sub(flushed_at) >= FLUSH_MS;
+        if write {
+            flushed_at = now;
+        }
         let forced = rescan.swap(false, std::sync::atomic::Ordering::Relaxed)
             || now >= wake_at
             || now.saturating_sub(listed_at) >= 1_000;
-        type Found = (u64, Option<Vec<Subscription>>);
+        // A subscription busy before the listing reads may have moved on since; one idle then cannot have
+        // (only this loop starts its bursts), so what the listing reads of it is current.
+        let busy_before: HashSet<String> = lock(&busy).clone();
+        type Found = (bool, u64, Option<Vec<Subscription>>);
+        let p = pending.clone();
         let found = tokio::task::spawn_blocking(move || -> Result<Found, StorageError> {
             let db = d.db();
+            // Written before the listing below reads, so a listing never misses a cursor taken out of `p`.
+            let wrote = write && flush(db, &p)?;
             if persist {
                 checkpoint(db, now)?;
             }
@@ -603,13 +616,21 @@ pub async fn run(db: Arc<dyn DbSource>, cfg: WebhooksConfig, events: super::Even
             }
             let last = super::last_seq(db)?;
             if last == seen_last && !forced {
-                return Ok((last, None));
+                return Ok((wrote, last, None));
             }
-            let subs = list(db, None, cfg.subscriptions_max)?;
-            Ok((last, Some(subs.into_iter().filter(|s| s.status == Status::Active && s.cursor < last).collect())))
+            let mut subs = list(db, None, cfg.subscriptions_max)?;
+            let waiting = lock(&p);
+            for s in &mut subs {
+                if let Some((cursor, _)) = waiting.get(&s.id) {
+                    s.cursor = s.cursor.max(*cursor);
+                }
+            }
+            drop(waiting);
+            subs.retain(|s| s.status == Status::Active && s.cursor < last);
+            Ok((wrote, last, Some(subs)))
         })
         .await;
-        let (last, subs) = match found {
+        let (wrote, last, subs) = match found {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "webhooks: cannot read the subscriptions");
@@ -620,12 +641,16 @@ pub async fn run(db: Arc<dyn DbSource>, cfg: WebhooksConfig, events: super::Even
                 continue;
             }
         };
+        if persist {
+            dirty = false;
+        }
+        dirty |= wrote;
         seen_last = last;
         let Some(subs) = subs else { continue };
         listed_at = now;
         wake_at = subs.iter().map(|s| s.next_attempt_at_ms).filter(|t| *t > now).min().unwrap_or(u64::MAX);
         for sub in subs.into_iter().filter(|s| s.next_attempt_at_ms <= now) {
-            if lock(&busy).contains(&sub.id) {
+            if busy_before.contains(&sub.id) || lock(&busy).contains(&sub.id) {
                 continue;
             }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -633,11 +658,11 @@ pub async fn run(db: Arc<dyn DbSource>, cfg: WebhooksConfig, events: super::Even
                 break;
             };
             lock(&busy).insert(sub.id.clone());
-            let (db, client, busy, stats, rescan, dirty) =
-                (db.clone(), client.clone(), busy.clone(), stats.clone(), rescan.clone(), dirty.clone());
+            let (db, client, busy, stats, rescan, pending) =
+                (db.clone(), client.clone(), busy.clone(), stats.clone(), rescan.clone(), pending.clone());
             tokio::spawn(async move {
                 let id = sub.id.clone();
-                burst(&db, &client, &cfg, sub, &stats, &dirty).await;
+                burst(&db, &client, &cfg, sub, &stats, &pending).await;
                 lock(&busy).remove(&id);
                 drop(permit);
                 rescan.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -678,26 +703,65 @@ struct Outcome {
     failure: Option<String>,
 }
 
+/// Deliveries acknowledged and not yet written, per subscription: (cursor, events delivered).
+type Pending = Arc<Mutex<std::collections::HashMap<String, (u64, u64)>>>;
+/// How often the loop writes what bursts delivered, ms.
+pub const FLUSH_MS: u64 = 100;
+
+/// Writes `pending` in one transaction without fsync; whether there was anything.
+fn flush(db: &redb::Database, pending: &Pending) -> Result<bool, StorageError> {
+    let taken = std::mem::take(&mut *lock(pending));
+    if taken.is_empty() {
+        return Ok(false);
+    }
+    let mut w = db.begin_write().map_err(redb::Error::from)?;
+    w.set_durability(redb::Durability::None).map_err(redb::Error::from)?;
+    {
+        let mut t = w.open_table(WEBHOOKS).map_err(redb::Error::from)?;
+        for (id, (cursor, delivered)) in taken {
+            let found = t.get(id.as_str()).map_err(redb::Error::from)?.map(|v| decode(v.value())).transpose()?;
+            // A subscription deleted meanwhile: nothing to keep.
+            let Some(mut s) = found else { continue };
+            s.cursor = s.cursor.max(cursor);
+            s.delivered += delivered;
+            t.insert(id.as_str(), encode(&s)?.as_slice()).map_err(redb::Error::from)?;
+        }
+    }
+    w.commit().map_err(redb::Error::from)?;
+    Ok(true)
+}
+
 /// Delivers up to [`BURST_MAX`] events to `sub` (one read of the log), in order, stopping at the first
-/// failure, then records what happened in one transaction: without fsync when all went well (a crash costs
-/// redeliveries only; the next durable commit, the intake's or the loop's checkpoint, carries it, and
-/// `dirty` asks for the checkpoint), durably when an attempt failed (its backoff must survive a restart).
+/// failure. What went well waits in `pending` for the loop's next write (a crash before it costs
+/// redeliveries, never a loss); a failure, or the first success after failures, is written at once (a
+/// failure durably: its backoff must survive a restart), with what was pending for the subscription.
 async fn burst(
     db: &Arc<dyn DbSource>,
     client: &reqwest::Client,
     cfg: &WebhooksConfig,
     sub: Subscription,
     stats: &DeliveryStats,
-    dirty: &std::sync::atomic::AtomicBool,
+    pending: &Pending,
 ) {
     let out = deliver_some(db, client, &sub, stats).await;
-    if out.cursor <= sub.cursor && out.delivered == 0 && out.failure.is_none() {
+    if out.failure.is_none() && sub.attempts == 0 {
+        if out.cursor > sub.cursor || out.delivered > 0 {
+            let mut p = lock(pending);
+            let e = p.entry(sub.id.clone()).or_insert((0, 0));
+            e.0 = e.0.max(out.cursor);
+            e.1 += out.delivered;
+        }
         return;
     }
+    let folded = lock(pending).remove(&sub.id);
     let (id, cfg, now) = (sub.id.clone(), *cfg, now_ms());
     let durable = out.failure.is_some();
     let r = on_db(db, move |d| {
         update(d, &id, durable, |s| {
+            if let Some((cursor, delivered)) = folded {
+                s.cursor = s.cursor.max(cursor);
+                s.delivered += delivered;
+            }
             s.cursor = s.cursor.max(out.cursor);
             if out.delivered > 0 {
                 s.delivered += out.delivered;
@@ -722,12 +786,8 @@ async fn burst(
         })
     })
     .await;
-    match r {
-        Some(Ok(_)) if !durable => dirty.store(true, std::sync::atomic::Ordering::Relaxed),
-        Some(Ok(_)) | None => {}
-        Some(Err(e)) => {
-            tracing::warn!(webhook = %sub.id, error = %e, "webhooks: cannot record deliveries; they will be sent again");
-        }
+    if let Some(Err(e)) = r {
+        tracing::warn!(webhook = %sub.id, error = %e, "webhooks: cannot record deliveries; they will be sent again");
     }
 }
 
