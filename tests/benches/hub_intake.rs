@@ -215,14 +215,23 @@ async fn with_webhooks(
     // Every receiver gets every event appended since it subscribed; wait (bounded) until they all hold them.
     let deadline = Instant::now() + Duration::from_secs(300);
     let target = |rxs: &[Receiver]| rxs.iter().map(|r| r.tally().unique).min().unwrap_or(0);
-    // The events since the subscriptions, counted once from the feed (nothing but the orders above and the odd
-    // node event appends any), then the receivers' tallies are polled until they hold them all.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let expected = events_since(c, hub, &rxs[0]).await;
-    while target(&rxs) < expected && Instant::now() < deadline {
+    // Drained: every receiver holds the same number of events and none got more for a second (they all
+    // subscribed to everything at the same point of the log).
+    let mut drained_at = Instant::now();
+    let mut stable = (u64::MAX, Instant::now());
+    while Instant::now() < deadline {
+        let counts: Vec<u64> = rxs.iter().map(|r| r.tally().unique).collect();
+        let (lo, hi) = (counts.iter().min().copied().unwrap_or(0), counts.iter().max().copied().unwrap_or(0));
+        if lo != stable.0 || lo != hi {
+            stable = (lo, Instant::now());
+            drained_at = Instant::now();
+        } else if stable.1.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let drained_secs = started.elapsed().as_secs_f64();
+    let expected = stable.0;
+    let drained_secs = drained_at.duration_since(started).as_secs_f64();
     // Latency at a rate the outbox keeps up with: one client, `BENCH_WEBHOOK_RATE` orders/s (default 20)
     // for 5 s, then every receiver holds them.
     let rate = env_u64("BENCH_WEBHOOK_RATE", 20).max(1);
@@ -285,23 +294,6 @@ async fn with_webhooks(
             rate / base
         );
     }
-}
-
-/// How many events were appended after the first one `rx` received (inclusive), from the feed.
-async fn events_since(c: &reqwest::Client, hub: SocketAddr, rx: &oms_hub::events::receiver::Receiver) -> u64 {
-    let Some(first) = rx.events().first().map(|d| d.event.seq) else { return u64::MAX };
-    let mut after = first - 1;
-    let mut n = 0u64;
-    for _ in 0..100_000 {
-        let Some(v) = get_json(c, format!("http://{hub}/v1/events?after={after}&limit=1000")).await else { break };
-        n += v["events"].as_array().map_or(0, |a| a.len() as u64);
-        let next = v["next_after"].as_u64().unwrap_or(after);
-        if next == after {
-            break;
-        }
-        after = next;
-    }
-    n
 }
 
 /// Runs each level and prints a table row; returns the last level's (clients, orders/s, p99 ms).
