@@ -28,6 +28,11 @@
 //! the hub is counted (`hub_https_requests`), and one that did not come over TLS with that certificate is a
 //! mismatch (`hub_https_mismatches`, which must be 0), as is a plain-HTTP answer on the hub's port
 //! (`hub_http_plain_answered`, which must be false). The nodes' APIs stay plain HTTP on loopback.
+//!
+//! The `web` channel subscribes a webhook receiver in this process (see `webhooks`): after the run every
+//! event of its feed must have arrived exactly once after deduplication by id, those of the cut-off site's
+//! fulfillments included (`webhooks_delivered`, `webhooks_duplicates_after_dedup` and `webhooks_missing`,
+//! both 0, `webhooks_from_cut_site`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +48,8 @@ use oms_service::auth::users::{self, NewUser};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
+
+mod webhooks;
 
 /// Options of `oms demo`.
 #[derive(clap::Args, Debug)]
@@ -331,12 +338,13 @@ fn spawn_hub(
     let (cert, key) =
         (serde_json::to_string(&cert.display().to_string())?, serde_json::to_string(&key.display().to_string())?);
     // Card payments go to the deterministic test provider inside the hub (no other process); prices are
-    // tax-inclusive at 19 % for German addresses.
+    // tax-inclusive at 19 % for German addresses. Webhooks to the demo's receiver on loopback, retried quickly.
+    let hooks = "[webhooks]\nallow_private_addresses = true\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\n";
     std::fs::write(
         &config,
         format!(
             "[http]\ntls_cert = {cert}\ntls_key = {key}\n[payments]\nretry_backoff_ms = 100\n\
-             [payments.providers.test]\nkind = \"test\"\n[tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n"
+             [payments.providers.test]\nkind = \"test\"\n[tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n{hooks}"
         ),
     )?;
     Command::new(std::env::current_exe()?)
@@ -671,6 +679,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let service_http = client(Some(&keys.service), &ca)?;
     let web_http = client(Some(&keys.web), &ca)?;
     let market_http = client(Some(&keys.marketplace), &ca)?;
+    // The web channel hears of its orders by signed webhooks, checked at the end.
+    let hooks = webhooks::subscribe(&web_http, hub_http).await?;
+    println!("web channel subscribed a webhook receiver on loopback (signatures checked, deduplicated by event id)");
     let mut children = Vec::new();
     for s in &sites {
         children.push(spawn_node(s).await?);
@@ -1097,6 +1108,16 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!(
         "API keys {api_keys} (admin, staff, till and service per site; admin and one per channel at the hub); audited ship rows {audit_ships} (mismatches {audit_mismatches}); unauthenticated or wrong-role calls let through {auth_probe_failures}"
     );
+    let hook = hooks.check(&web_http, hub_http, CUT_SITE).await?;
+    println!(
+        "webhooks to the web channel: {} events delivered ({} again, deduplicated by id), the same fact twice {}, missing {}, bad signatures {}; {} about {CUT_SITE}'s fulfillments",
+        hook.delivered,
+        hook.redelivered,
+        hook.duplicates_after_dedup,
+        hook.missing,
+        hook.bad_signatures,
+        hook.from_cut_site
+    );
     println!(
         "warehouse screens rendered for a signed-in picker {screens_rendered}; sign-in, CSRF and wrong-PIN checks failed {screen_failures} (must be 0)"
     );
@@ -1108,7 +1129,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         ),
         None => println!("online backup of {}: FAILED", sites[0].id),
     }
-    let summary = json!({
+    let mut summary = json!({
         "backup_bytes": backup.as_ref().map_or(0, |b| b.bytes),
         "backup_ms": backup.as_ref().map_or(0, |b| b.ms),
         "backup_pause_ms": backup.as_ref().map_or(0.0, |b| b.pause_ms),
@@ -1157,6 +1178,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "shipped_not_captured": shipped_not_captured,
         "payment_mismatches": payment_mismatches,
     });
+    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), hook.json()) {
+        all.extend(w);
+    }
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
         println!("summary written to {}", p.display());
@@ -1182,6 +1206,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || tls_broken
         || restore_mismatches > 0
         || payment_mismatches > 0
+        || !hook.ok()
     {
         bail!(
             "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}"

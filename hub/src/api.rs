@@ -17,6 +17,8 @@
 //! - Refunds, invoices, credit notes and payments: see [`crate::money::http`].
 //! - `GET /v1/audit/events?after=&limit=`: the audit trail of creates and cancels, paged by `seq` (at most
 //!   [`oms_service::audit::AUDIT_PAGE_MAX`] rows; follow `next_after` until it is null).
+//! - `GET /v1/events?after=&limit=&types=&wait_ms=` and `/v1/webhooks`: the event feed and webhook
+//!   subscriptions, see [`crate::events`].
 //! - `GET /metrics`: OpenMetrics text: the refusals of the auth layer, nodes connected, documents held,
 //!   orders taken and waiting, live API keys, the intake writer's commits and the orders they held.
 //!
@@ -36,6 +38,7 @@
 //! | `GET /v1/payments?status=action_required` | service |
 //! | `GET /v1/payments/summary` | planner, service |
 //! | `GET /v1/audit/events` | admin only |
+//! | `GET /v1/events`, `GET`/`POST /v1/webhooks`, `DELETE /v1/webhooks/{id}` | channel (its own orders' events and subscriptions) |
 //! | `GET /metrics` | monitor |
 //! | anything else | any key (so an unknown path is `404`, or `405`, only to a caller with a key) |
 //!
@@ -104,6 +107,9 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/v1/payments") if get => Access::Roles(SERVICE),
         Some("/v1/payments/summary") if get => Access::Roles(MONEY_READERS),
         Some("/v1/audit/events") if get => Access::Roles(ADMIN_ONLY),
+        Some("/v1/events") if get => Access::Roles(CHANNEL),
+        Some("/v1/webhooks") if get || post => Access::Roles(CHANNEL),
+        Some("/v1/webhooks/{id}") if method == Method::DELETE => Access::Roles(CHANNEL),
         Some("/metrics") if get => Access::Roles(MONITOR),
         _ => Access::Roles(ANY_ROLE),
     }
@@ -133,6 +139,7 @@ pub fn router_with(hub: Arc<Hub>, auth: Arc<Auth>, secure_cookie: bool) -> Route
         .merge(Router::new().route("/metrics", get(metrics)).with_state((hub.clone(), auth.clone())))
         .merge(crate::orders::router(hub.clone()))
         .merge(crate::money::http::router(hub.clone()))
+        .merge(crate::events::api::router(hub.clone()))
         .merge(crate::forecast_api::router(hub))
         .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX));
     oms_service::guard::require_media_type(routes, oms_service::guard::MediaType::Json)

@@ -80,6 +80,12 @@ pub struct HubConfig {
     /// Tax rates per destination and whether prices include tax (`[tax]`, see [`crate::money::tax`]).
     #[serde(default)]
     pub tax: crate::money::tax::TaxConfig,
+    /// The event log's retention and the nodes' debounce (`[events]`).
+    #[serde(default)]
+    pub events: crate::events::EventsConfig,
+    /// Webhook delivery: retries, timeouts, concurrency, private addresses (`[webhooks]`).
+    #[serde(default)]
+    pub webhooks: crate::events::webhooks::WebhooksConfig,
 }
 
 fn default_tenant() -> String {
@@ -149,6 +155,8 @@ impl Default for HubConfig {
             intake: crate::intake::IntakeLimits::default(),
             payments: crate::money::PaymentsConfig::default(),
             tax: crate::money::tax::TaxConfig::default(),
+            events: crate::events::EventsConfig::default(),
+            webhooks: crate::events::webhooks::WebhooksConfig::default(),
         }
     }
 }
@@ -179,6 +187,8 @@ impl HubConfig {
         self.intake.check().map_err(ConfigError::Invalid)?;
         self.payments.check().map_err(ConfigError::Invalid)?;
         self.tax.check().map_err(ConfigError::Invalid)?;
+        self.webhooks.check().map_err(ConfigError::Invalid)?;
+        self.events.check(&self.webhooks).map_err(ConfigError::Invalid)?;
         self.http.scheme(self.listen_http.ip())?;
         if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {
             return Err(ConfigError::Invalid(format!(
@@ -274,10 +284,18 @@ mod tests {
             "[intake]\nqueue_max = 0\n",
             "[intake]\nbatch_max = 0\n",
             "[intake]\nbatch_max = 100000\n",
+            "[webhooks]\nconcurrency_max = 0\n",
+            "[webhooks]\ntimeout_ms = 1\n",
+            "[webhooks]\nretry_for_ms = 1000\n[events]\nretention_ms = 999\n",
         ] {
             std::fs::write(&path, bad).unwrap();
             assert!(matches!(HubConfig::load(&path), Err(ConfigError::Invalid(_))), "{bad}");
         }
+        std::fs::write(&path, "[webhooks]\nallow_private = true\n").unwrap();
+        assert!(HubConfig::load(&path).is_err(), "unknown keys are refused");
+        std::fs::write(&path, "[webhooks]\nallow_private_addresses = true\n[events]\nretention_ms = 172800000\n")
+            .unwrap();
+        assert!(HubConfig::load(&path).unwrap().webhooks.allow_private_addresses);
         std::fs::write(&path, "node_docs_max = 10\nnode_stored_bytes_max = 1048576\n").unwrap();
         let cfg = HubConfig::load(&path).unwrap();
         assert_eq!(cfg.node_quota(), crate::docs::NodeQuota { docs_max: 10, stored_bytes_max: 1 << 20 });

@@ -10,6 +10,8 @@
 //!   fulfillment documents, re-routed when a site rejects, cancelled across sites.
 //! - [`money`]: payment authorization at intake, capture per shipment through an outbox, invoices, credit
 //!   notes and refunds, in `intake.redb`.
+//! - [`events`]: the durable event log (appended in the transaction of each change it reports), the pull
+//!   feed `GET /v1/events` and signed webhooks delivered from it at least once.
 //! - [`demand`], [`forecast_api`], [`forecast_config`]: demand history from the order documents, forecasts and
 //!   replenishment suggestions.
 //! - [`api`]: HTTP for operators, channels and customers (nodes, orders, stock, forecasts, the audit trail,
@@ -27,6 +29,7 @@ pub mod api;
 pub mod config;
 pub mod demand;
 pub mod docs;
+pub mod events;
 pub mod forecast_api;
 pub mod forecast_config;
 pub mod intake;
@@ -71,6 +74,7 @@ pub async fn run(
         })?;
     let money = money::Money::new(cfg.payments.clone(), cfg.tax.clone())
         .map_err(|e| anyhow::anyhow!("cannot set up payments: {e}"))?;
+    events::init(intake.db()).context("cannot create the event log's tables")?;
     let hub = Arc::new(server::Hub::new(docs, intake, money, &cfg.tenant, actor.to_vec(), tuning)?);
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
@@ -79,6 +83,13 @@ pub async fn run(
     hub.intake.start(cfg.intake, sites).map_err(|e| anyhow::anyhow!("cannot start the intake's writer: {e}"))?;
     let watcher = tokio::spawn(orders::watch(hub.clone()));
     let payments = tokio::spawn(money::outbox::run(hub.clone()));
+    let deliveries = tokio::spawn(events::webhooks::run(
+        hub.clone(),
+        cfg.webhooks,
+        cfg.events,
+        Arc::new(events::webhooks::DeliveryStats::default()),
+    ));
+    let node_events = tokio::spawn(events::watch::nodes(hub.clone(), cfg.events.node_debounce_ms));
     let files = ServerTlsFiles {
         ca: cfg.certs_dir.join("ca.pem"),
         cert: cfg.certs_dir.join("hub.pem"),
@@ -118,7 +129,8 @@ pub async fn run(
         })
         .ok();
     let app = api::router_with(hub.clone(), auth, cfg.http.tls_files().is_some())
-        .layer(forecast_api::settings(cfg.forecast.clone()));
+        .layer(forecast_api::settings(cfg.forecast.clone()))
+        .layer(events::api::settings(cfg.webhooks));
     // TLS on the API if `[http]` names a certificate, re-read when its files change.
     let tls =
         oms_transport::tls::watched_http_server_tls(cfg.http.tls_files(), cfg.http.tls_check_interval_ms, "hub-http")
@@ -129,6 +141,8 @@ pub async fn run(
     accept.abort();
     watcher.abort();
     payments.abort();
+    deliveries.abort();
+    node_events.abort();
     revocations.abort();
     own_cert.abort();
     keys.abort();

@@ -716,6 +716,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     // (fulfillment, its customer order, site, units shipped per SKU)
     type Shipped = (OrderId, Option<String>, String, Vec<(String, u64)>);
     let mut shipped: Vec<Shipped> = Vec::new();
+    let mut seen = Vec::new();
     for doc in changed {
         match DocKind::of(&doc) {
             Some(DocKind::Stock(site)) => {
@@ -744,6 +745,13 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                     continue;
                 };
                 let Some(p) = view.progress else { continue };
+                seen.extend(crate::events::watch::FulfillmentSeen::of(
+                    &view.id,
+                    view.parent.as_deref(),
+                    &view.site,
+                    &view.draft.channel,
+                    &p,
+                ));
                 if matches!(p.status, FulfillmentState::Shipped | FulfillmentState::Delivered) {
                     let lines = p.lines.iter().map(|l| (l.sku.to_string(), u64::from(l.shipped))).collect();
                     shipped.push((view.id.clone(), view.parent.clone(), view.site.to_string(), lines));
@@ -771,6 +779,12 @@ pub fn watch_once(hub: &Hub, retry: bool) {
             Ok(()) => finished.push(id),
             Err(e) => tracing::warn!(fulfillment = %id, error = %e, "cannot bill a shipment; a start will try again"),
         }
+    }
+    // Their events before they leave the open work, so a failure here leaves them for a start to read again.
+    if let Err(e) = crate::events::watch::report_fulfillments(hub.intake.db(), &seen, now) {
+        tracing::warn!(error = %e, "cannot record the fulfillments' events; reading their documents again");
+        lock(&hub.docs).requeue(seen.iter().filter_map(|f| schema::order_doc(&f.id)));
+        finished.clear();
     }
     if let Err(e) = hub.intake.finished(&finished) {
         tracing::warn!(error = %e, "cannot note finished fulfillments; a start will look at them again");
@@ -830,7 +844,9 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
         }
     }
     apply_effects(hub, &Effects { fulfillments: missing, escrow })?;
-    lock(&hub.docs).requeue(present.iter().filter_map(|f| schema::order_doc(&f.id)));
+    // And the shipped ones whose delivery is still to be reported (the intake no longer tracks them).
+    let unfinished = crate::events::watch::unfinished(hub.intake.db()).map_err(|e| EffectsError::Intake(e.into()))?;
+    lock(&hub.docs).requeue(present.iter().map(|f| &f.id).chain(&unfinished).filter_map(schema::order_doc));
     Ok(())
 }
 

@@ -54,6 +54,8 @@ pub(crate) struct AppState {
 const STOCK_READERS: &[Role] = &[Role::Staff, Role::Planner];
 /// Roles that read orders (a channel key only its own channel's).
 const ORDER_READERS: &[Role] = &[Role::Staff, Role::Channel, Role::Service];
+/// Roles that read the node's event feed (a channel key only its own channel's orders' events).
+const EVENT_READERS: &[Role] = &[Role::Staff, Role::Planner, Role::Channel];
 /// Admin only (`admin` is admitted everywhere; the empty list admits no other role).
 const ADMIN: &[Role] = &[];
 
@@ -78,6 +80,7 @@ pub(crate) fn policy(method: &Method, route: Option<&str>) -> Access {
         "/v1/catalog/{sku}" if get => STOCK_READERS,
         "/v1/catalog/{sku}" | "/v1/import/catalog" | "/v1/import/stock" | "/v1/audit/events" => ADMIN,
         "/v1/stock/receipts" | "/v1/stock/adjustments" | "/v1/stock/counts" => &[Role::Staff],
+        "/v1/events" if get => EVENT_READERS,
         "/v1/orders" if get => ORDER_READERS,
         "/v1/orders" => &[Role::Channel],
         "/v1/orders/{id}" => ORDER_READERS,
@@ -126,6 +129,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/returns/{n}/refund", post(refund))
         .route("/v1/audit/ledger", get(audit_ledger))
         .route("/v1/audit/events", get(audit_events))
+        .route("/v1/events", get(crate::events::feed))
         .route("/v1/waves", post(create_wave))
         .route("/v1/waves/{id}", get(get_wave))
         .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX));

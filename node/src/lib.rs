@@ -8,6 +8,7 @@
 mod api;
 pub mod config;
 pub mod escrow;
+mod events;
 mod freeze;
 pub mod import;
 pub mod metrics;

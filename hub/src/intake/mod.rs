@@ -499,7 +499,8 @@ impl Intake {
         Ok(Intake { core: Arc::new(core), queue: OnceLock::new() })
     }
 
-    /// The database (`intake.redb`), which the payments ([`crate::money`]) share.
+    /// The database (`intake.redb`), which the payments ([`crate::money`]) share, and the event log and
+    /// the webhooks ([`crate::events`]), which live in it so that an event commits with its change.
     pub fn db(&self) -> &Database {
         &self.core.db
     }
@@ -751,6 +752,7 @@ impl Intake {
             let dropped = std::mem::take(&mut order.unfilled);
             add_units(&mut order.cancelled_unfilled, &dropped);
             Core::put_order(&w, &order)?;
+            crate::events::append(&w, crate::events::EventDraft::cancelled(&order, now_ms))?;
         }
         audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
         w.commit()?;
@@ -986,6 +988,8 @@ impl Core {
                     effects.escrow.push((key.0, c.clone()));
                 }
             }
+            let placed = &order.fulfillments[order.fulfillments.len() - decision.assignments.len()..];
+            crate::events::append(w, crate::events::EventDraft::routed(order, placed, &decision.unfilled, now_ms))?;
         }
         order.unfilled = decision.unfilled.clone();
         let record = DecisionRecord { at_ms: now_ms, trigger, decision };

@@ -353,6 +353,8 @@ impl Core {
         // From here on the order writes: any error fails the batch, so nothing of it is half-written.
         *seq += 1;
         let mut effects = Effects::default();
+        // `order.created` before the `order.routed` its routing appends.
+        crate::events::append(w, crate::events::EventDraft::created(&order, now_ms))?;
         Self::record(st, overlay, w, &mut order, decision, "intake".into(), now_ms, &mut effects)?;
         Self::put_order(w, &order)?;
         let scoped = scoped_key(&order.draft.channel, &key);

@@ -1,0 +1,326 @@
+//! Events the hub learns of by watching rather than by making the change: a site's progress on its
+//! fulfillments (from the order documents it syncs) and the nodes' connections.
+//!
+//! **Fulfillments** ([`report_fulfillments`], called by the watcher in `crate::orders` with what it read
+//! from the changed documents): per fulfillment the table `events_reported` remembers which of
+//! `fulfillment.accepted`, `fulfillment.shipped` and `order.delivered` were reported, in the transaction
+//! that appends them, so a document read again (a re-read, a restart, a re-sync) reports nothing twice.
+//! A state implies the ones before it (a document first seen as shipped reports accepted, then shipped, in
+//! that order). A start re-reads the
+//! documents of shipped, undelivered fulfillments ([`unfinished`]), which the intake no longer tracks, so a
+//! delivery seen just before a crash is still reported.
+//!
+//! **Nodes** ([`NodeWatch`], one pass a second): `node.offline` once a node has been disconnected for
+//! `node_debounce_ms`, `node.online` once it has been connected that long after being reported offline (or
+//! when first seen). What was last reported per node is kept (`events_nodes`), so a restart reports only
+//! changes; the debounce clock starts again at a restart.
+
+use std::collections::{BTreeMap, HashMap};
+
+use oms_protocol::domain::{Channel, FulfillmentState, NodeId, OrderId};
+use oms_service::storage::StorageError;
+use redb::{ReadableTable, TableDefinition};
+use serde_json::json;
+
+use super::{
+    EventDraft, FULFILLMENT_ACCEPTED, FULFILLMENT_SHIPPED, NODE_OFFLINE, NODE_ONLINE, ORDER_DELIVERED, append,
+};
+
+/// Fulfillment id → the events reported for it ([`ACCEPTED`] | [`SHIPPED`] | [`DELIVERED`]). One byte per
+/// fulfillment that got as far as accepted; kept (not pruned) so that no re-read reports again.
+const REPORTED: TableDefinition<&str, u8> = TableDefinition::new("events_reported");
+/// Node id → 1 if last reported online, 0 if offline.
+const NODES: TableDefinition<&str, u8> = TableDefinition::new("events_nodes");
+const ACCEPTED: u8 = 1;
+const SHIPPED: u8 = 2;
+const DELIVERED: u8 = 4;
+/// Most fulfillments a start re-reads for a delivery.
+pub const UNFINISHED_MAX: usize = 100_000;
+/// Most nodes whose reported state one pass reads.
+pub const NODES_READ_MAX: usize = 100_000;
+
+pub(super) fn init(w: &redb::WriteTransaction) -> Result<(), StorageError> {
+    w.open_table(REPORTED).map_err(redb::Error::from)?;
+    w.open_table(NODES).map_err(redb::Error::from)?;
+    Ok(())
+}
+
+/// What the watcher read of one fulfillment document.
+#[derive(Debug, Clone)]
+pub struct FulfillmentSeen {
+    /// The fulfillment.
+    pub id: OrderId,
+    /// Its customer order.
+    pub parent: OrderId,
+    /// The order's channel.
+    pub channel: Channel,
+    /// The site.
+    pub site: NodeId,
+    /// Its state at the site.
+    pub status: FulfillmentState,
+    /// The carrier's hand-over, once shipped (carrier, tracking), as the document shows it.
+    pub shipment: Option<serde_json::Value>,
+}
+
+impl FulfillmentSeen {
+    /// What the watcher read of fulfillment `id` of customer order `parent` (none for a document without a
+    /// parent, which is no hub fulfillment).
+    pub fn of(
+        id: &OrderId,
+        parent: Option<&str>,
+        site: &NodeId,
+        channel: &Channel,
+        p: &oms_protocol::schema::Progress,
+    ) -> Option<FulfillmentSeen> {
+        Some(FulfillmentSeen {
+            id: id.clone(),
+            parent: OrderId::parse(parent?).ok()?,
+            channel: channel.clone(),
+            site: site.clone(),
+            status: p.status,
+            shipment: p.shipment.as_ref().and_then(|s| serde_json::to_value(s).ok()),
+        })
+    }
+}
+
+/// The events `status` implies, in order, as (bit, type).
+fn implied(status: FulfillmentState) -> &'static [(u8, &'static str)] {
+    use FulfillmentState as S;
+    const ACC: (u8, &str) = (ACCEPTED, FULFILLMENT_ACCEPTED);
+    const SHIP: (u8, &str) = (SHIPPED, FULFILLMENT_SHIPPED);
+    const DELIV: (u8, &str) = (DELIVERED, ORDER_DELIVERED);
+    match status {
+        S::Accepted | S::Picking | S::Picked | S::Packed | S::Backordered => &[ACC],
+        S::Shipped => &[ACC, SHIP],
+        S::Delivered => &[ACC, SHIP, DELIV],
+        S::Assigned | S::Rejected | S::Cancelled => &[],
+    }
+}
+
+/// Appends the events the fulfillments' states imply and were not reported yet, in one transaction of
+/// `db`, and records them. Returns how many events were appended.
+pub fn report_fulfillments(db: &redb::Database, seen: &[FulfillmentSeen], now_ms: u64) -> Result<usize, StorageError> {
+    // A read first: the watcher passes every changed document, and most changes imply nothing new (a pick,
+    // a pack, a re-sync), so they should cost no write transaction (and no fsync).
+    let due: Vec<&FulfillmentSeen> = {
+        use redb::ReadableDatabase;
+        let r = db.begin_read().map_err(redb::Error::from)?;
+        let t = super::read_table(&r, REPORTED)?;
+        let mut due = Vec::new();
+        for f in seen {
+            let mask = match &t {
+                Some(t) => t.get(f.id.as_str()).map_err(redb::Error::from)?.map(|v| v.value()).unwrap_or(0),
+                None => 0,
+            };
+            if implied(f.status).iter().any(|(bit, _)| mask & bit == 0) {
+                due.push(f);
+            }
+        }
+        due
+    };
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let w = db.begin_write().map_err(redb::Error::from)?;
+    let mut n = 0;
+    let mut t = w.open_table(REPORTED).map_err(redb::Error::from)?;
+    for f in due {
+        let key = f.id.as_str();
+        let mask = t.get(key).map_err(redb::Error::from)?.map(|v| v.value()).unwrap_or(0);
+        let mut new_mask = mask;
+        for (bit, kind) in implied(f.status) {
+            if mask & bit != 0 {
+                continue;
+            }
+            let data = json!({"fulfillment_id": f.id, "site": f.site, "status": f.status.as_str(),
+                "shipment": f.shipment});
+            append(&w, EventDraft::new(kind, now_ms).order(&f.parent, &f.channel).data(data))?;
+            n += 1;
+            new_mask |= bit;
+        }
+        if new_mask != mask {
+            t.insert(key, new_mask).map_err(redb::Error::from)?;
+        }
+    }
+    drop(t);
+    w.commit().map_err(redb::Error::from)?;
+    Ok(n)
+}
+
+/// Fulfillments reported shipped and not delivered (at most [`UNFINISHED_MAX`]): a start reads their
+/// documents again.
+pub fn unfinished(db: &redb::Database) -> Result<Vec<OrderId>, StorageError> {
+    use redb::ReadableDatabase;
+    let r = db.begin_read().map_err(redb::Error::from)?;
+    let Some(t) = super::read_table(&r, REPORTED)? else { return Ok(vec![]) };
+    let mut out = Vec::new();
+    for row in t.range::<&str>(..).map_err(redb::Error::from)?.take(UNFINISHED_MAX) {
+        let (k, v) = row.map_err(redb::Error::from)?;
+        if v.value() & (SHIPPED | DELIVERED) == SHIPPED
+            && let Ok(id) = OrderId::parse(k.value())
+        {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// The connection-state half: what is seen of each node since when, in memory.
+#[derive(Debug, Default)]
+pub struct NodeWatch {
+    /// Per node: connected or not, and since when (as far as this process has seen).
+    seen: HashMap<String, (bool, u64)>,
+}
+
+impl NodeWatch {
+    /// One pass: `connected` is every node known to the hub's sessions and whether it is connected now.
+    /// Nodes reported before but not in `connected` count as disconnected. Appends the debounced changes;
+    /// returns how many.
+    pub fn pass(
+        &mut self,
+        db: &redb::Database,
+        connected: &BTreeMap<String, bool>,
+        debounce_ms: u64,
+        now_ms: u64,
+    ) -> Result<usize, StorageError> {
+        use redb::ReadableDatabase;
+        let mut reported: BTreeMap<String, bool> = BTreeMap::new();
+        {
+            let r = db.begin_read().map_err(redb::Error::from)?;
+            if let Some(t) = super::read_table(&r, NODES)? {
+                for row in t.range::<&str>(..).map_err(redb::Error::from)?.take(NODES_READ_MAX) {
+                    let (k, v) = row.map_err(redb::Error::from)?;
+                    reported.insert(k.value().to_owned(), v.value() == 1);
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        let names: std::collections::BTreeSet<&String> = connected.keys().chain(reported.keys()).collect();
+        for name in names {
+            let up = connected.get(name).copied().unwrap_or(false);
+            let since = match self.seen.get(name) {
+                Some((was, at)) if *was == up => *at,
+                _ => {
+                    self.seen.insert(name.clone(), (up, now_ms));
+                    now_ms
+                }
+            };
+            if now_ms.saturating_sub(since) < debounce_ms {
+                continue;
+            }
+            match reported.get(name) {
+                Some(r) if *r == up => {}
+                // A node never reported and never connected in this process: nothing to say.
+                None if !up => {}
+                _ => changes.push((name.clone(), up, since)),
+            }
+        }
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let w = db.begin_write().map_err(redb::Error::from)?;
+        for (name, up, since) in &changes {
+            let kind = if *up { NODE_ONLINE } else { NODE_OFFLINE };
+            append(&w, EventDraft::new(kind, now_ms).data(json!({"node": name, "since_ms": since})))?;
+            w.open_table(NODES)
+                .map_err(redb::Error::from)?
+                .insert(name.as_str(), u8::from(*up))
+                .map_err(redb::Error::from)?;
+        }
+        w.commit().map_err(redb::Error::from)?;
+        Ok(changes.len())
+    }
+}
+
+/// Period of the nodes' connection check, ms.
+pub const NODES_TICK_MS: u64 = 1_000;
+
+/// Reports the nodes' connection changes ([`NodeWatch`]) every [`NODES_TICK_MS`] until the runtime stops.
+pub async fn nodes(hub: std::sync::Arc<crate::server::Hub>, debounce_ms: u64) {
+    let state = std::sync::Arc::new(std::sync::Mutex::new(NodeWatch::default()));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(NODES_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let connected: BTreeMap<String, bool> =
+            oms_service::lock(&hub.docs).nodes.iter().map(|(n, s)| (n.clone(), s.connected)).collect();
+        let (h, st) = (hub.clone(), state.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            oms_service::lock(&st).pass(h.intake.db(), &connected, debounce_ms, oms_service::now_ms())
+        })
+        .await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the nodes' connection events"),
+            Err(e) => tracing::error!(error = %e, "the nodes' connection check failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{TypeFilter, page};
+
+    fn seen(status: FulfillmentState) -> FulfillmentSeen {
+        FulfillmentSeen {
+            id: OrderId::parse("hub-1.1").unwrap(),
+            parent: OrderId::parse("hub-1").unwrap(),
+            channel: Channel::parse("web").unwrap(),
+            site: NodeId::parse("wh-1").unwrap(),
+            status,
+            shipment: None,
+        }
+    }
+
+    fn kinds(db: &redb::Database) -> Vec<String> {
+        page(db, 0, 100, &TypeFilter::default(), None, 1000).unwrap().events.into_iter().map(|e| e.kind).collect()
+    }
+
+    #[test]
+    fn each_fulfillment_event_is_reported_once_in_lifecycle_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("e.redb")).unwrap();
+        crate::events::init(&db).unwrap();
+        use FulfillmentState as S;
+        assert_eq!(report_fulfillments(&db, &[seen(S::Assigned)], 1).unwrap(), 0);
+        assert_eq!(report_fulfillments(&db, &[seen(S::Picking)], 2).unwrap(), 1);
+        assert_eq!(report_fulfillments(&db, &[seen(S::Packed), seen(S::Picked)], 3).unwrap(), 0, "re-reads");
+        // Seen first as shipped after a gap: shipped only (accepted was reported).
+        assert_eq!(report_fulfillments(&db, &[seen(S::Shipped)], 4).unwrap(), 1);
+        assert_eq!(unfinished(&db).unwrap(), vec![OrderId::parse("hub-1.1").unwrap()]);
+        assert_eq!(report_fulfillments(&db, &[seen(S::Delivered)], 5).unwrap(), 1);
+        assert_eq!(report_fulfillments(&db, &[seen(S::Delivered)], 6).unwrap(), 0, "delivered stays reported");
+        assert!(unfinished(&db).unwrap().is_empty());
+        assert_eq!(kinds(&db), [FULFILLMENT_ACCEPTED, FULFILLMENT_SHIPPED, ORDER_DELIVERED]);
+        // Another fulfillment seen first as delivered: all three, in order.
+        let mut f = seen(S::Delivered);
+        f.id = OrderId::parse("hub-1.2").unwrap();
+        assert_eq!(report_fulfillments(&db, &[f], 7).unwrap(), 3);
+        assert_eq!(kinds(&db)[3..], [FULFILLMENT_ACCEPTED, FULFILLMENT_SHIPPED, ORDER_DELIVERED]);
+    }
+
+    #[test]
+    fn node_changes_are_debounced_and_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("e.redb")).unwrap();
+        crate::events::init(&db).unwrap();
+        let mut w = NodeWatch::default();
+        let up: BTreeMap<String, bool> = [("wh-1".to_owned(), true)].into();
+        let down: BTreeMap<String, bool> = [("wh-1".to_owned(), false)].into();
+        assert_eq!(w.pass(&db, &up, 100, 0).unwrap(), 0, "not up for the debounce yet");
+        assert_eq!(w.pass(&db, &up, 100, 100).unwrap(), 1, "online");
+        assert_eq!(w.pass(&db, &up, 100, 200).unwrap(), 0);
+        // A blip shorter than the debounce says nothing.
+        assert_eq!(w.pass(&db, &down, 100, 210).unwrap(), 0);
+        assert_eq!(w.pass(&db, &up, 100, 250).unwrap(), 0);
+        assert_eq!(w.pass(&db, &up, 100, 400).unwrap(), 0);
+        assert_eq!(w.pass(&db, &down, 100, 500).unwrap(), 0);
+        assert_eq!(w.pass(&db, &down, 100, 650).unwrap(), 1, "offline");
+        // A restarted hub (a fresh watch) that never sees the node: nothing more to say.
+        let mut fresh = NodeWatch::default();
+        assert_eq!(fresh.pass(&db, &BTreeMap::new(), 100, 700).unwrap(), 0);
+        assert_eq!(fresh.pass(&db, &BTreeMap::new(), 100, 900).unwrap(), 0);
+        assert_eq!(kinds(&db), [NODE_ONLINE, NODE_OFFLINE]);
+    }
+}

@@ -1,0 +1,329 @@
+//! Hub intake throughput with and without webhook subscriptions (the events branch's hub_intake bench, kept whole): how many channel orders the hub takes durably (`201` from `POST /v1/orders`), at 1,
+//! 16 and 64 concurrent clients, with a real hub and two real nodes (the `oms-it` binary) on loopback,
+//! certificates from `oms ca`, QUIC with mutual TLS, API keys as the tests provision them.
+//!
+//! Each `201` means the order, its idempotency record, the rights it consumed, the capacity it used, its
+//! tracking token, channel index entry and audit row were committed (fsync) in `intake.redb`, and its
+//! fulfillment documents written into the hub's documents (the sites get them by sync meanwhile). The raw
+//! fsync rate of the same disk is measured in the same run: the ceiling of one commit per order.
+//!
+//! The sites grant the hub a large unacknowledged budget (`[hub.escrow] unacked_max`) so that the figure is
+//! the hub's, not the escrow round trip's; the count of orders placed at a site (not backordered) is given.
+//!
+//! `cargo bench -p oms-tests --bench hub_intake` (env: `BENCH_SECS` per level, default 8; `BENCH_LEVELS`,
+//! default `1,16,64`; `BENCH_DETACH=1` stops the nodes once they granted their rights, to measure the hub
+//! alone while its lease lasts: keep the run under 30 s). Every loop is bounded by time.
+//!
+//! Then, in the same run (`BENCH_WEBHOOKS`, default 10; 0 skips it): that many webhook subscriptions to
+//! as many reference receivers in this process (`oms_hub::events::receiver`, loopback, checking signatures),
+//! the same levels again, and the delivery figures: latency from the event's commit (its `created_at_ms`,
+//! taken just before the commit) to its arrival at a receiver, p50/p99, and deliveries per second through
+//! the outbox until every receiver holds every event.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, get_json, pki};
+use oms_tests::stats::{env_u64, fsync_rate, loadavg, percentile};
+use serde_json::{Value, json};
+
+const SITES: [(&str, f64, f64); 2] = [("wh-berlin", 52.52, 13.40), ("wh-munich", 48.14, 11.58)];
+const SKUS: u64 = 8;
+
+fn order(n: u64) -> Value {
+    let (lat, lon) = if n.is_multiple_of(2) { (52.5, 13.4) } else { (48.1, 11.6) };
+    json!({
+        "external_ref": format!("bench-{n}"), "channel": "web",
+        "lines": [{"sku": format!("SKU-{}", n % SKUS), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
+        "ship_to": {"name": "C", "line1": "1 Street", "city": "X", "postcode": "10115", "country": "DE", "lat": lat, "lon": lon}
+    })
+}
+
+/// What one level measured.
+struct Level {
+    clients: u64,
+    created: usize,
+    placed: usize,
+    errors: usize,
+    secs: f64,
+    lat_ms: Vec<f64>,
+}
+
+/// `clients` clients post orders for `secs` seconds; every order gets a fresh idempotency key.
+async fn level(c: &reqwest::Client, hub: SocketAddr, clients: u64, secs: u64, base: u64) -> Level {
+    let started = Instant::now();
+    let stop = started + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut placed, mut errors) = (Vec::new(), 0usize, 0usize);
+            let mut j = 0u64;
+            while Instant::now() < stop {
+                let n = base + k * 10_000_000 + j;
+                j += 1;
+                let body = serde_json::to_vec(&order(n)).unwrap();
+                let t0 = Instant::now();
+                let r = c
+                    .post(format!("http://{hub}/v1/orders"))
+                    .header("idempotency-key", format!("hb-{n}"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        let v: Value = r.json().await.unwrap_or(Value::Null);
+                        lat.push(t0.elapsed().as_secs_f64() * 1e3);
+                        if v["fulfillments"].as_array().is_some_and(|f| !f.is_empty()) {
+                            placed += 1;
+                        }
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (lat, placed, errors)
+        }));
+    }
+    let mut out = Level { clients, created: 0, placed: 0, errors: 0, secs: 0.0, lat_ms: Vec::new() };
+    for t in tasks {
+        let (lat, placed, errors) = t.await.unwrap();
+        out.created += lat.len();
+        out.placed += placed;
+        out.errors += errors;
+        out.lat_ms.extend(lat);
+    }
+    out.secs = started.elapsed().as_secs_f64();
+    out.lat_ms.sort_by(f64::total_cmp);
+    out
+}
+
+/// (write transactions, orders in them) from the hub's `/metrics`.
+async fn batches(c: &reqwest::Client, hub: SocketAddr) -> (u64, u64) {
+    let text = match c.get(format!("http://{hub}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (value("oms_hub_intake_commits_total"), value("oms_hub_intake_orders_total"))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let secs = env_u64("BENCH_SECS", 8);
+    let levels: Vec<u64> = std::env::var("BENCH_LEVELS")
+        .unwrap_or_else(|_| "1,16,64".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let c = oms_tests::client_builder().timeout(Duration::from_secs(20)).pool_max_idle_per_host(256).build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let ids: Vec<&str> = SITES.iter().map(|s| s.0).collect();
+    let certs = pki(root, &ids);
+    let (quic, hub_http) = (free_udp(), free_tcp());
+    // The test admin key (`install_admin_key`) may send 1,000,000 requests/s; 64 clients stay below the
+    // per-key in-flight cap, raised anyway so that a larger BENCH_LEVELS is not refused.
+    let toml = "[auth]\nin_flight_per_key = 1024\n[webhooks]\nallow_private_addresses = true\n";
+    let _hub = cluster::spawn_hub_with(root, &certs, quic, hub_http, "warn", toml);
+    let mut nodes: Vec<ClusterNode> = Vec::new();
+    for (id, lat, lon) in SITES {
+        // `[hub.escrow]` right after the `[hub]` keys: the hub may spend without waiting for acknowledgements.
+        let extra = format!("\n[hub.escrow]\nunacked_max = 100000000\n\n[site]\nlat = {lat}\nlon = {lon}\n");
+        let (config, http, dir) = cluster::node_config_with(root, &certs, id, quic, &extra);
+        nodes.push(cluster::spawn_node_with(id, &config, http, &dir, "warn"));
+    }
+    for nd in &nodes {
+        cluster::wait_healthy(&c, nd.http, Duration::from_secs(60)).await;
+        cluster::seed(&c, nd, SKUS as usize, 1_000_000).await;
+    }
+    cluster::wait_healthy(&c, hub_http, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get_json(&c, format!("http://{hub_http}/v1/stock")).await.unwrap_or(Value::Null);
+        let ok = v["skus"].as_array().is_some_and(|s| {
+            s.len() == SKUS as usize && s.iter().all(|k| k["hub_promisable"].as_u64().unwrap_or(0) > 100_000)
+        });
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no escrow at the hub: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if env_u64("BENCH_DETACH", 0) == 1 {
+        // Diagnostic: the hub alone. The sites granted their rights (the hub may spend them until its lease
+        // ends, at least 30 s from now); with the nodes gone, no CPU goes to syncing and accepting the
+        // fulfillments, so the figure is the hub's intake (HTTP, commit, fulfillment documents) by itself.
+        for nd in &mut nodes {
+            nd.proc.kill9();
+        }
+        println!("nodes stopped after granting: the hub alone (BENCH_DETACH=1)");
+    }
+    println!("machine: {} cores, load {}", std::thread::available_parallelism().map_or(0, |n| n.get()), loadavg());
+    let (fsync_per_s, fsync_p50, fsync_p99) = fsync_rate(root, 300);
+    println!(
+        "raw fsync (4 KiB write + fdatasync), same disk: {fsync_per_s:.0}/s, p50 {fsync_p50:.3} ms, p99 {fsync_p99:.3} ms"
+    );
+    // Warm-up: connections, caches.
+    let _ = level(&c, hub_http, 4, 1, 900_000_000_000).await;
+    let last = levels_table(&c, hub_http, &levels, secs, fsync_per_s, 1).await;
+    println!("load at end {}", loadavg());
+    if let Some((clients, rate, p99)) = last {
+        println!(
+            "hub intake at {clients} clients: {rate:.0} orders/s, p99 {p99:.2} ms, {:.2}x the raw fsync rate ({fsync_per_s:.0}/s)",
+            rate / fsync_per_s
+        );
+    }
+    let subs = env_u64("BENCH_WEBHOOKS", 10);
+    if subs > 0 {
+        with_webhooks(&c, hub_http, subs, &levels, secs, fsync_per_s, last.map(|l| l.1)).await;
+    }
+}
+
+/// Subscribes `subs` receivers, runs the levels again and reports the deliveries.
+async fn with_webhooks(
+    c: &reqwest::Client,
+    hub: SocketAddr,
+    subs: u64,
+    levels: &[u64],
+    secs: u64,
+    fsync_per_s: f64,
+    without: Option<f64>,
+) {
+    use oms_hub::events::receiver::Receiver;
+    let mut rxs = Vec::new();
+    for _ in 0..subs {
+        let rx = Receiver::start().await.unwrap();
+        // From now on: the receivers get the events of the levels below only.
+        let r = c.post(format!("http://{hub}/v1/webhooks")).json(&json!({"url": rx.url()})).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let v: Value = r.json().await.unwrap();
+        rx.set_secret(v["secret"].as_str().unwrap());
+        rxs.push(rx);
+    }
+    println!("\nwith {subs} webhook subscriptions (reference receivers on loopback, signatures checked):");
+    let started = Instant::now();
+    let last = levels_table(c, hub, levels, secs, fsync_per_s, 100).await;
+    let flow_secs = started.elapsed().as_secs_f64();
+    // Every receiver gets every event appended since it subscribed; wait (bounded) until they all hold them.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let target = |rxs: &[Receiver]| rxs.iter().map(|r| r.tally().unique).min().unwrap_or(0);
+    // Drained: no receiver got another event for a second (a node event appended between two subscriptions
+    // may leave one receiver an event ahead of another for good).
+    let mut drained_at = Instant::now();
+    let mut stable = (u64::MAX, Instant::now());
+    while Instant::now() < deadline {
+        let counts: Vec<u64> = rxs.iter().map(|r| r.tally().unique).collect();
+        let hi = counts.iter().max().copied().unwrap_or(0);
+        if hi != stable.0 {
+            stable = (hi, Instant::now());
+            drained_at = Instant::now();
+        } else if stable.1.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let expected = rxs.iter().map(|r| r.tally().unique).min().unwrap_or(0);
+    let drained_secs = drained_at.duration_since(started).as_secs_f64();
+    // Latency at a rate the outbox keeps up with: one client, `BENCH_WEBHOOK_RATE` orders/s (default 20)
+    // for 5 s, then every receiver holds them.
+    let rate = env_u64("BENCH_WEBHOOK_RATE", 20).max(1);
+    let paced_from = oms_service::now_ms();
+    let before = target(&rxs);
+    for n in 0..rate * 5 {
+        let r = c
+            .post(format!("http://{hub}/v1/orders"))
+            .header("idempotency-key", format!("paced-{n}"))
+            .json(&order(7_000_000_000_000 + n))
+            .send()
+            .await;
+        assert!(r.is_ok_and(|r| r.status().as_u16() == 201));
+        tokio::time::sleep(Duration::from_millis(1_000 / rate)).await;
+    }
+    let paced_deadline = Instant::now() + Duration::from_secs(60);
+    let paced_expected = before + 2 * rate * 5;
+    while target(&rxs) < paced_expected && Instant::now() < paced_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut paced: Vec<f64> = rxs
+        .iter()
+        .flat_map(|rx| rx.events())
+        .filter(|d| d.event.created_at_ms >= paced_from)
+        .map(|d| d.at_ms.saturating_sub(d.event.created_at_ms) as f64)
+        .collect();
+    paced.sort_by(f64::total_cmp);
+    println!(
+        "paced ({rate} orders/s, 1 client, {} deliveries): delivery latency commit → receiver p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        paced.len(),
+        percentile(&paced, 0.5),
+        percentile(&paced, 0.99),
+        paced.last().copied().unwrap_or(f64::NAN)
+    );
+    let mut lat: Vec<f64> = Vec::new();
+    let mut delivered = 0u64;
+    for rx in &rxs {
+        for d in rx.events().into_iter().filter(|d| d.event.created_at_ms < paced_from) {
+            delivered += 1;
+            lat.push(d.at_ms.saturating_sub(d.event.created_at_ms) as f64);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let t = rxs.iter().map(Receiver::tally).fold((0, 0), |a, t| (a.0 + t.duplicates, a.1 + t.refused_signature));
+    println!(
+        "webhooks: {delivered} deliveries to {subs} receivers ({} events each expected), redelivered {}, bad signatures {}",
+        expected, t.0, t.1
+    );
+    println!(
+        "under the flood above (a backlog whenever orders come faster than the outbox delivers): latency commit → receiver p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {:.0} deliveries/s through the outbox \
+         (all deliveries ÷ {drained_secs:.1} s from the first order to the last receiver holding every event; orders flowed {flow_secs:.1} s)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+        delivered as f64 / drained_secs
+    );
+    if let (Some(base), Some((clients, rate, _))) = (without, last) {
+        println!(
+            "intake at {clients} clients with {subs} subscriptions: {rate:.0} orders/s, {:.2}x the run without",
+            rate / base
+        );
+    }
+}
+
+/// Runs each level and prints a table row; returns the last level's (clients, orders/s, p99 ms).
+async fn levels_table(
+    c: &reqwest::Client,
+    hub_http: SocketAddr,
+    levels: &[u64],
+    secs: u64,
+    fsync_per_s: f64,
+    round: u64,
+) -> Option<(u64, f64, f64)> {
+    println!("| clients | orders/s (201) | placed | p50 ms | p99 ms | errors | orders per commit | ÷ raw fsync |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut last = None;
+    for (i, &clients) in levels.iter().enumerate() {
+        let (c0, o0) = batches(c, hub_http).await;
+        let l = level(c, hub_http, clients, secs, (round * 10 + i as u64 + 1) * 1_000_000_000_000).await;
+        let (c1, o1) = batches(c, hub_http).await;
+        let rate = l.created as f64 / l.secs;
+        let per_commit = if c1 > c0 { (o1 - o0) as f64 / (c1 - c0) as f64 } else { f64::NAN };
+        println!(
+            "| {} | {rate:.0} | {} | {:.2} | {:.2} | {} | {per_commit:.1} | {:.2} |",
+            l.clients,
+            l.placed,
+            percentile(&l.lat_ms, 0.5),
+            percentile(&l.lat_ms, 0.99),
+            l.errors,
+            rate / fsync_per_s
+        );
+        last = Some((clients, rate, percentile(&l.lat_ms, 0.99)));
+    }
+    last
+}
