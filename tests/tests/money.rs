@@ -172,6 +172,18 @@ async fn card_order_is_authorized_captured_per_shipment_invoiced_and_refunded() 
     let statuses: Vec<&str> = v["timeline"].as_array().unwrap().iter().filter_map(|t| t["status"].as_str()).collect();
     assert!(statuses.contains(&"payment_invoiced") && statuses.contains(&"payment_captured"), "{statuses:?}");
 
+    // Each invoice is an `invoice.created` event, committed with it, in the feed (and so to webhooks).
+    let (s, ev) = get(&c, format!("http://{hub}/v1/events?types=invoice.created&limit=100")).await;
+    assert_eq!(s, 200, "{ev}");
+    let numbers: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["order_id"] == id.as_str())
+        .filter_map(|e| e["data"]["invoice"].as_str())
+        .collect();
+    assert_eq!(numbers, [inv1.as_str(), inv2.as_str()], "{ev}");
+
     // The invoices: gap-free numbers, lines, tax (19 % inclusive), JSON, HTML and CSV.
     let (s, i2) = get(&c, format!("http://{hub}/v1/invoices/{inv2}")).await;
     assert_eq!(s, 200);

@@ -925,6 +925,13 @@ impl Money {
         w.open_table(INVOICES_BY_TIME)?.insert((now_ms, number.as_str()), ())?;
         w.open_table(BILLED)?.insert(fulfillment, number.as_str())?;
         w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
+        // `invoice.created` for the feed and the webhooks, in the invoice's own transaction.
+        if let Ok(id) = oms_protocol::domain::OrderId::parse(order) {
+            let data = serde_json::json!({"invoice": number, "fulfillment": fulfillment, "site": site,
+                "total_minor": gross, "tax_minor": tax, "currency": p.currency});
+            let draft = crate::events::EventDraft::new("invoice.created", now_ms).order(&id, &p.channel).data(data);
+            crate::events::append(&w, draft).map_err(|e| MoneyError::Storage(Arc::new(e)))?;
+        }
         w.commit()?;
         self.wake.notify_one();
         Ok(Some(number))
