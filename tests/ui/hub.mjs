@@ -3,43 +3,11 @@
 // (390 × 844), and a guessed link finds nothing. axe-core checks every screen. Run by
 // tests/tests/ui_browser.rs with OMS_URL, OMS_ORDER, OMS_TRACK (the tracking path), OMS_SHOTS; prints one JSON
 // line and exits non-zero on the first thing that is wrong.
-import { chromium } from "playwright-core";
-import { readFileSync, mkdirSync, mkdtempSync } from "node:fs";
-import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { fail, launch, look as lookAt } from "./common.mjs";
 
-const require = createRequire(import.meta.url);
-const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const { OMS_URL, OMS_ORDER, OMS_TRACK, OMS_SHOTS } = process.env;
-mkdirSync(OMS_SHOTS, { recursive: true });
-const fail = (msg) => {
-  console.error(`FAIL: ${msg}`);
-  process.exit(1);
-};
-const launch = (viewport, mobile) =>
-  chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "oms-chromium-")), {
-    executablePath: process.env.OMS_CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    timeout: 60_000,
-    viewport,
-    isMobile: mobile,
-    hasTouch: mobile,
-  });
 const out = { screens: {}, axe_violations: 0 };
-const look = async (page, name) => {
-  const bytes = await page.evaluate(() =>
-    performance.getEntries().reduce((sum, e) => sum + (e.transferSize || e.encodedBodySize || 0), 0));
-  await page.addScriptTag({ content: AXE });
-  const result = await page.evaluate(async () => await window.axe.run(document));
-  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
-  for (const v of bad) console.error(`axe on ${name}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target).join(", ")}`);
-  out.axe_violations += bad.length;
-  out.screens[name] = { first_load_bytes: bytes, axe_serious_or_critical: bad.length };
-  await page.screenshot({ path: join(OMS_SHOTS, `${name}.png`), fullPage: true });
-};
+const look = (page, name) => lookAt(page, name, out, OMS_SHOTS);
 const signIn = async (page, name) => {
   await page.goto(`${OMS_URL}/ui`);
   await page.getByLabel("Name").fill(name);

@@ -3,53 +3,18 @@
 // order, and looks up a SKU; axe-core checks every screen for serious or critical accessibility violations.
 // Run by tests/tests/ui_browser.rs with OMS_URL, OMS_USER, OMS_PIN and OMS_SHOTS (a screenshot folder);
 // prints one JSON line with what it measured, and exits non-zero on the first thing that is wrong.
-import { chromium } from "playwright-core";
-import { readFileSync, mkdirSync, mkdtempSync } from "node:fs";
-import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { fail, launch, look as lookAt } from "./common.mjs";
 
-const require = createRequire(import.meta.url);
-const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const { OMS_URL, OMS_USER, OMS_PIN, OMS_SHOTS } = process.env;
 const STEPS_MAX = 40; // bounded: a wave of a few lines takes two scans a line
-mkdirSync(OMS_SHOTS, { recursive: true });
 
-const fail = (msg) => {
-  console.error(`FAIL: ${msg}`);
-  process.exit(1);
-};
-
-// A fresh profile each run (Playwright passes it as --user-data-dir).
-const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "oms-chromium-")), {
-  executablePath: process.env.OMS_CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-  timeout: 60_000,
-  viewport: { width: 390, height: 844 },
-  isMobile: true,
-  hasTouch: true,
-});
+const context = await launch({ width: 390, height: 844 }, true);
 const out = { screens: {}, scan_to_ready_ms: [], axe_violations: 0 };
 try {
   const page = await context.newPage();
   page.setDefaultTimeout(15_000);
 
-  // What the screen weighs on first load, and whether axe finds anything serious; then a screenshot.
-  const look = async (name) => {
-    const bytes = await page.evaluate(() =>
-      performance.getEntries().reduce((sum, e) => sum + (e.transferSize || e.encodedBodySize || 0), 0));
-    await page.addScriptTag({ content: AXE });
-    const result = await page.evaluate(async () => await window.axe.run(document));
-    const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
-    for (const v of bad) console.error(`axe on ${name}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target).join(", ")}`);
-    out.axe_violations += bad.length;
-    out.screens[name] = { first_load_bytes: bytes, axe_serious_or_critical: bad.length };
-    await page.screenshot({ path: join(OMS_SHOTS, `${name}.png`), fullPage: true });
-  };
+  const look = (name) => lookAt(page, name, out, OMS_SHOTS);
 
   await page.goto(`${OMS_URL}/ui`);
   if (!page.url().includes("/ui/sign-in")) fail(`a stranger was not sent to sign in: ${page.url()}`);
