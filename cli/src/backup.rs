@@ -110,6 +110,10 @@ pub struct RestoreReport {
     pub documents: Option<usize>,
     /// Channel orders waiting for units in `intake.redb` (a hub's backup).
     pub intake_open_orders: Option<usize>,
+    /// API keys (revoked ones included) and screen users in the restored `keys.json`, if the backup had one.
+    pub keys: Option<usize>,
+    /// Screen users in it.
+    pub users: Option<usize>,
     /// What the restored node cannot know from this backup and how it recovers it.
     pub notes: Vec<String>,
 }
@@ -146,7 +150,7 @@ async fn check(data: &Path, manifest: &archive::Manifest) -> anyhow::Result<Rest
         backup_created_at_ms: manifest.created_at_ms,
         ..RestoreReport::default()
     };
-    for f in &manifest.files {
+    for f in manifest.files.iter().filter(|f| f.kind != "keys") {
         let path = data.join(&f.name);
         let mut db = redb::Database::open(&path).with_context(|| format!("{} does not open", f.name))?;
         anyhow::ensure!(
@@ -190,6 +194,11 @@ async fn check(data: &Path, manifest: &archive::Manifest) -> anyhow::Result<Rest
             "intake" => {
                 let intake = oms_hub::intake::Intake::open(&path, oms_hub::routing::RoutingPolicy::default())?;
                 report.intake_open_orders = Some(intake.open_count());
+            }
+            "keys" => {
+                let keys = oms_service::auth::keys::read(data).with_context(|| format!("{} does not read", f.name))?;
+                report.keys = Some(keys.keys.len());
+                report.users = Some(keys.users.len());
             }
             other => anyhow::bail!("{}: unknown kind of database {other:?}", f.name),
         }

@@ -29,10 +29,20 @@
 //! mismatch (`hub_https_mismatches`, which must be 0), as is a plain-HTTP answer on the hub's port
 //! (`hub_http_plain_answered`, which must be false). The nodes' APIs stay plain HTTP on loopback.
 //!
+//! Every site publishes a shipping schedule (`DEMO_SHIPPING`): the hub promises each fulfillment a ship-by
+//! date and per service an estimated delivery; the summary counts the promises (`promised_ship_by`, and
+//! `promised_ship_by_missing` for fulfillments without one) and those the sites missed
+//! (`promised_ship_by_missed`, with `promised_ship_by_missed_reasons`; must be 0).
+//!
 //! The `web` channel subscribes a webhook receiver in this process (see `webhooks`): after the run every
 //! event of its feed must have arrived exactly once after deduplication by id, those of the cut-off site's
 //! fulfillments included (`webhooks_delivered`, `webhooks_duplicates_after_dedup` and `webhooks_missing`,
 //! both 0, `webhooks_from_cut_site`).
+//!
+//! A purchasing pass (see `purchasing`) sets up a demo supplier and turns each site's replenishment
+//! suggestions (or, without enough history, lines at the supplier's terms) into purchase orders, sends them
+//! through the hub's outbox, confirms them and records ASNs. The summary adds `purchase_orders` (by state),
+//! `units_on_order`, `units_received_against_po`, `on_order_mismatches` and `purchasing_mismatches` (both 0).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -49,6 +59,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
+mod purchasing;
 mod webhooks;
 
 /// Options of `oms demo`.
@@ -313,12 +324,70 @@ async fn screen_probes(addr: SocketAddr, site: &str, pin: &str) -> (u64, u64) {
     (rendered, failures)
 }
 
-/// Links a site to the hub through its `node.toml`.
+/// Every site's shipping schedule: a daily parcel service and a weekday express one, each collecting
+/// late in the evening in Berlin's time, so the hub promises each channel order a ship date and an estimated
+/// delivery per service.
+const DEMO_SHIPPING: &str = "[shipping]\ntime_zone = \"Europe/Berlin\"\nhandling_minutes = 30\n\n\
+    [[shipping.schedules]]\ncarrier = \"dhl\"\nservice = \"parcel\"\n\
+    pickup_days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\ncutoff = \"23:30\"\ntransit_days = 2\n\n\
+    [[shipping.schedules]]\ncarrier = \"ups\"\nservice = \"express\"\n\
+    pickup_days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]\ncutoff = \"22:00\"\ntransit_days = 1\n";
+
+/// The hub's ship-by promises against what the sites did: a live fulfillment shipped after its promise, or
+/// not shipped when its promise has passed, is missed, counted by reason.
+#[derive(Default)]
+struct Promises {
+    promised: u64,
+    unpromised: u64,
+    missed_by_reason: BTreeMap<&'static str, u64>,
+}
+
+impl Promises {
+    /// Checks the fulfillments of one hub order view (`GET /v1/orders/{id}`) at `now_ms`.
+    fn check(&mut self, order: &Value, now_ms: u64) {
+        let empty = Vec::new();
+        let timeline = order["timeline"].as_array().unwrap_or(&empty);
+        for f in order["fulfillments"].as_array().unwrap_or(&empty) {
+            if !f["released"].is_null() || f["status"] == "cancelled" {
+                continue;
+            }
+            let Some(promise) = f["promised_ship_by_ms"].as_u64() else {
+                self.unpromised += 1;
+                continue;
+            };
+            self.promised += 1;
+            let shipped_at = timeline
+                .iter()
+                .find(|t| t["fulfillment"] == f["id"] && t["status"] == "shipped")
+                .and_then(|t| t["at_ms"].as_u64());
+            let reason = match shipped_at {
+                Some(at) if at > promise => "shipped after the promised cut-off",
+                None if now_ms > promise => "not shipped by the promised cut-off",
+                _ => continue,
+            };
+            *self.missed_by_reason.entry(reason).or_default() += 1;
+        }
+    }
+
+    fn missed(&self) -> u64 {
+        self.missed_by_reason.values().sum()
+    }
+}
+
+/// The test carrier's directory in each site's data directory: the labels it sold and its purchase log.
+const DEMO_CARRIER_DIR: &str = "carrier";
+
+/// Links a site to the hub through its `node.toml`, with [`DEMO_SHIPPING`] and the fault-injecting test
+/// carrier (cut off with the site: it is unreachable while the site is).
 fn write_node_config(site: &Site, hub: SocketAddr, certs: &std::path::Path) -> anyhow::Result<()> {
     let certs = serde_json::to_string(&certs.display().to_string())?;
     let text = format!(
-        "[site]\nname = \"{}\"\nlat = {}\nlon = {}\n\n[hub]\naddr = \"{hub}\"\ncerts_dir = {certs}\ntenant = \"{TENANT}\"\n",
-        site.id, site.lat, site.lon
+        "[site]\nname = \"{}\"\nlat = {}\nlon = {}\n\n{DEMO_SHIPPING}\n[hub]\naddr = \"{hub}\"\ncerts_dir = {certs}\ntenant = \"{TENANT}\"\n\n\
+         [carrier]\nkind = \"test\"\ndir = {}\ndefault_service = \"ground\"\nlabel_poll_ms = 100\n",
+        site.id,
+        site.lat,
+        site.lon,
+        serde_json::to_string(&site.dir.join(DEMO_CARRIER_DIR).display().to_string())?
     );
     std::fs::write(site.dir.join("node.toml"), text)?;
     Ok(())
@@ -551,8 +620,17 @@ async fn staff_loop(
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
     let base = format!("http://{addr}/v1");
+    // Packed orders whose label is not bought yet (the carrier is unreachable from the cut site).
+    let mut awaiting: Vec<String> = Vec::new();
     while !stop.load(Ordering::Relaxed) && Instant::now() < until + Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut still = Vec::new();
+        for id in std::mem::take(&mut awaiting) {
+            if !ship_labelled(&http, &base, &id, &tally).await {
+                still.push(id);
+            }
+        }
+        awaiting = still;
         let Ok((201, wave)) = post(&http, format!("{base}/waves"), json!({"max_orders": 20})).await else { continue };
         let orders: Vec<String> = wave["orders"]
             .as_array()
@@ -598,28 +676,58 @@ async fn staff_loop(
                 }
                 continue;
             }
-            let _ = post(&http, format!("{base}/orders/{id}/pack"), json!({"parcels": 1})).await;
-            let tracking = format!("TRK{}", rng.random_range(100_000_000u64..999_999_999));
-            if let Ok((200, _)) =
-                post(&http, format!("{base}/orders/{id}/ship"), json!({"carrier": "DHL", "tracking": tracking})).await
-            {
-                tally.shipped.fetch_add(1, Ordering::Relaxed);
-                // Body-less, but every write names its content type (the node refuses it otherwise).
-                let _ = http
-                    .post(format!("{base}/orders/{id}/deliver"))
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .send()
-                    .await;
-                if rng.random_ratio(1, 30) {
-                    let l0 = &lines[0];
-                    let body = json!({"lines": [{"sku": l0["sku"], "qty": 1}], "disposition": "restock"});
-                    if let Ok((201, _)) = post(&http, format!("{base}/orders/{id}/returns"), body).await {
-                        tally.returned.fetch_add(1, Ordering::Relaxed);
-                    }
+            // Packed into a consignment; shipped with the label's tracking once the test carrier sold it
+            // (at the cut site, after the heal).
+            let parcel = json!({"weight_g": 900, "length_mm": 300, "width_mm": 200, "height_mm": 100});
+            if !matches!(
+                post(&http, format!("{base}/orders/{id}/pack"), json!({"parcels": [parcel]})).await,
+                Ok((200, _))
+            ) {
+                continue;
+            }
+            if !ship_labelled(&http, &base, &id, &tally).await {
+                awaiting.push(id);
+                continue;
+            }
+            if rng.random_ratio(1, 30) {
+                let l0 = &lines[0];
+                let body = json!({"lines": [{"sku": l0["sku"], "qty": 1}], "disposition": "restock"});
+                if let Ok((201, _)) = post(&http, format!("{base}/orders/{id}/returns"), body).await {
+                    tally.returned.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
     }
+}
+
+/// Ships (and delivers) the packed order `id` with its consignment's tracking if its label is bought,
+/// waiting for it at most a second; false if the label is not there yet.
+async fn ship_labelled(http: &reqwest::Client, base: &str, id: &str, tally: &Tally) -> bool {
+    let mut tracking = None;
+    for _ in 0..10 {
+        if let Ok(r) = http.get(format!("{base}/consignments/C-{id}")).send().await
+            && let Ok(c) = r.json::<Value>().await
+            && c["state"] == "labelled"
+        {
+            tracking = c["tracking"].as_str().map(String::from);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(tracking) = tracking else { return false };
+    let Ok((200, _)) =
+        post(http, format!("{base}/orders/{id}/ship"), json!({"carrier": "test", "tracking": tracking})).await
+    else {
+        return false;
+    };
+    tally.shipped.fetch_add(1, Ordering::Relaxed);
+    // Body-less, but every write names its content type (the node refuses it otherwise).
+    let _ = http
+        .post(format!("{base}/orders/{id}/deliver"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .send()
+        .await;
+    true
 }
 
 /// Runs the demo.
@@ -839,12 +947,19 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         let relay = relay.clone();
         let (cut_http, cut_tally) = (admin.clone(), tally.clone());
         let cut_addr = sites.iter().find(|s| s.id == CUT_SITE).map(|s| s.addr).context("cut site")?;
+        let cut_fault = sites
+            .iter()
+            .find(|s| s.id == CUT_SITE)
+            .map(|s| s.dir.join(DEMO_CARRIER_DIR).join("fault"))
+            .context("cut site")?;
         let (quarter, half) = (Duration::from_millis(a.duration * 250), Duration::from_millis(a.duration * 500));
         tokio::spawn(async move {
             tokio::time::sleep(quarter).await;
             relay.set_blackhole(true);
+            // Cut off from the carrier too: it keeps packing, its consignments wait for their labels.
+            let _ = std::fs::write(&cut_fault, "unreachable");
             println!(
-                "t={:>4.1}s  {CUT_SITE} cut off from the hub (it keeps taking orders)",
+                "t={:>4.1}s  {CUT_SITE} cut off from the hub and its carrier (it keeps taking orders and packing)",
                 started.elapsed().as_secs_f64()
             );
             tokio::time::sleep(half).await;
@@ -854,6 +969,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 ids.into_iter().filter(|id| !id.starts_with(oms_protocol::domain::HUB_ORDER_PREFIX)).collect::<Vec<_>>()
             });
             relay.set_blackhole(false);
+            let _ = std::fs::remove_file(&cut_fault);
             let healed = Instant::now();
             let mut missing = at_heal?;
             println!(
@@ -1046,12 +1162,14 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let acked: Vec<String> = hub_ids.lock().map(|v| v.clone()).unwrap_or_default();
     let mut hub_missing = 0u64;
     let mut hub_by_status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut promises = Promises::default();
     for id in &acked {
         match admin.get(format!("https://{hub_http}/v1/orders/{id}")).send().await {
             Ok(r) if r.status().is_success() => {
                 tally.hub_answer(&r);
                 let v: Value = r.json().await.unwrap_or(Value::Null);
                 *hub_by_status.entry(v["status"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+                promises.check(&v, oms_service::now_ms());
             }
             _ => hub_missing += 1,
         }
@@ -1061,6 +1179,13 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "channel orders acknowledged by the hub {hub_placed} (backordered at intake {}), missing at the hub {hub_missing}; by status {}",
         tally.hub_backordered.load(Ordering::Relaxed),
         hub_by_status.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "ship-by promises on {} of the hub's fulfillments ({} without a schedule); missed {} (must be 0){}",
+        promises.promised,
+        promises.unpromised,
+        promises.missed(),
+        if promises.missed() == 0 { String::new() } else { format!(": {:?}", promises.missed_by_reason) }
     );
     let (money, shipped_not_captured) = settle_money(&admin, hub_http, &tally, &acked).await;
     let m = |k: &str| money[k].as_u64().unwrap_or(0);
@@ -1109,6 +1234,18 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "API keys {api_keys} (admin, staff, till and service per site; admin and one per channel at the hub); audited ship rows {audit_ships} (mismatches {audit_mismatches}); unauthenticated or wrong-role calls let through {auth_probe_failures}"
     );
     let hook = hooks.check(&web_http, hub_http, CUT_SITE).await?;
+    let site_ids: Vec<&str> = sites.iter().map(|s| s.id).collect();
+    let skus: Vec<String> = (0..SKUS).map(sku).collect();
+    let docks = purchasing::Docks {
+        staff: &staff_http,
+        sites: sites.iter().map(|s| (s.id, s.addr)).collect(),
+        cut_site: CUT_SITE,
+        relay: &relay,
+    };
+    let buying =
+        purchasing::pass(&admin, hub_http, &site_ids, &skus, &a.data.join("hub").join("purchase-orders"), &docks)
+            .await?;
+    println!("{}", buying.line());
     println!(
         "webhooks to the web channel: {} events delivered ({} again, deduplicated by id), the same fact twice {}, missing {}, bad signatures {}; {} about {CUT_SITE}'s fulfillments",
         hook.delivered,
@@ -1129,7 +1266,29 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         ),
         None => println!("online backup of {}: FAILED", sites[0].id),
     }
+    // Consignments by state at every site, and the labels each site's test carrier sold (twice: must be 0).
+    let mut consignments: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut labels_bought, mut labels_bought_twice) = (0u64, 0u64);
+    for s in &sites {
+        if let Ok(r) = admin.get(format!("http://{}/v1/consignments?limit=1", s.addr)).send().await
+            && let Ok(v) = r.json::<Value>().await
+            && let Some(counts) = v["counts"].as_object()
+        {
+            for (state, n) in counts {
+                *consignments.entry(state.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+        let (bought, twice) = oms_node::carrier::test_purchases(&s.dir.join(DEMO_CARRIER_DIR)).unwrap_or((0, 0));
+        labels_bought += bought;
+        labels_bought_twice += twice;
+    }
+    println!(
+        "consignments {consignments:?}; labels bought {labels_bought}, bought twice {labels_bought_twice} (must be 0)"
+    );
     let mut summary = json!({
+        "consignments": consignments,
+        "labels_bought": labels_bought,
+        "labels_bought_twice": labels_bought_twice,
         "backup_bytes": backup.as_ref().map_or(0, |b| b.bytes),
         "backup_ms": backup.as_ref().map_or(0, |b| b.ms),
         "backup_pause_ms": backup.as_ref().map_or(0.0, |b| b.pause_ms),
@@ -1177,8 +1336,15 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "payments_action_required": m("action_required"),
         "shipped_not_captured": shipped_not_captured,
         "payment_mismatches": payment_mismatches,
+        "promised_ship_by": promises.promised,
+        "promised_ship_by_missing": promises.unpromised,
+        "promised_ship_by_missed": promises.missed(),
+        "promised_ship_by_missed_reasons": promises.missed_by_reason,
     });
     if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), hook.json()) {
+        all.extend(w);
+    }
+    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), buying.json()) {
         all.extend(w);
     }
     if let Some(p) = &a.summary {
@@ -1207,9 +1373,11 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || restore_mismatches > 0
         || payment_mismatches > 0
         || !hook.ok()
+        || !buying.ok()
     {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}"
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}",
+            buying.line()
         );
     }
     Ok(())

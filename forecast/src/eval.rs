@@ -82,6 +82,23 @@ pub struct EvalSummary {
     pub windows: usize,
     /// How often the automatic choice picked each model.
     pub auto_choices: BTreeMap<String, usize>,
+    /// Per-series scores of the models in [`PER_SERIES_MODELS`] and of the automatic choice.
+    pub per_series: Vec<SeriesScore>,
+}
+
+/// Models whose per-series scores the report lists (beside the automatic choice).
+pub const PER_SERIES_MODELS: [ModelKind; 4] =
+    [ModelKind::Ets, ModelKind::Theta, ModelKind::AutoTheta, ModelKind::Combination];
+
+/// Mean scores of one series over its three origins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesScore {
+    /// Series id.
+    pub name: String,
+    /// Mean MASE of each model of [`PER_SERIES_MODELS`], then of the automatic choice.
+    pub mase: Vec<f64>,
+    /// Mean RMSSE, same order.
+    pub rmsse: Vec<f64>,
 }
 
 /// One series of the data set.
@@ -302,8 +319,40 @@ pub fn eval_command(data_dir: &Path, out: &mut dyn Write) -> Result<EvalSummary,
     }
     let picks: Vec<String> = choices.iter().map(|(k, v)| format!("{k}={v}")).collect();
     writeln!(out, "auto choices: {}", picks.join(" ")).map_err(io)?;
+    let per_series = per_series_scores(&usable, &accs, &auto_acc);
+    write_per_series(out, &per_series).map_err(io)?;
     writeln!(out, "auto mean MASE: {:.4}", auto.mase).map_err(io)?;
-    Ok(EvalSummary { models, auto, series: usable.len(), windows, auto_choices: choices })
+    Ok(EvalSummary { models, auto, series: usable.len(), windows, auto_choices: choices, per_series })
+}
+
+/// Per-series means: every usable series contributes exactly three consecutive windows to each `Acc`.
+fn per_series_scores(usable: &[&EvalSeries], accs: &[Acc], auto_acc: &Acc) -> Vec<SeriesScore> {
+    let picked: Vec<&Acc> = PER_SERIES_MODELS
+        .iter()
+        .filter_map(|k| ModelKind::ALL.iter().position(|a| a == k).and_then(|i| accs.get(i)))
+        .chain(std::iter::once(auto_acc))
+        .collect();
+    let window_mean = |v: &[f64], i: usize| mean(v.get(3 * i..3 * i + 3).unwrap_or(&[]));
+    usable
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SeriesScore {
+            name: s.name.clone(),
+            mase: picked.iter().map(|a| window_mean(&a.mase, i)).collect(),
+            rmsse: picked.iter().map(|a| window_mean(&a.rmsse, i)).collect(),
+        })
+        .collect()
+}
+
+fn write_per_series(out: &mut dyn Write, rows: &[SeriesScore]) -> std::io::Result<()> {
+    let names: Vec<&str> = PER_SERIES_MODELS.iter().map(|k| k.name()).chain(std::iter::once("Auto")).collect();
+    writeln!(out, "per series (mean over 3 origins): MASE of {} | RMSSE of the same", names.join(", "))?;
+    for r in rows {
+        let mase: Vec<String> = r.mase.iter().map(|v| format!("{v:>7.4}")).collect();
+        let rmsse: Vec<String> = r.rmsse.iter().map(|v| format!("{v:>7.4}")).collect();
+        writeln!(out, "  {:<48} {} | {}", r.name, mase.join(" "), rmsse.join(" "))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -337,5 +386,14 @@ mod tests {
         assert!(last.starts_with("auto mean MASE:"), "{text}");
         assert_eq!(summary.windows, 3);
         assert!(summary.auto.mase.is_finite() && summary.auto.mase < 1.0, "{text}");
+        // One series: its per-series means are the overall means, and the report lists it.
+        assert_eq!(summary.per_series.len(), 1);
+        let row = &summary.per_series[0];
+        assert_eq!(row.mase.len(), PER_SERIES_MODELS.len() + 1);
+        assert!((row.mase[PER_SERIES_MODELS.len()] - summary.auto.mase).abs() < 1e-12, "{row:?}");
+        assert!((row.rmsse[PER_SERIES_MODELS.len()] - summary.auto.rmsse).abs() < 1e-12, "{row:?}");
+        let combination = summary.models.iter().find(|m| m.name == "Combination").unwrap();
+        assert!((row.mase[3] - combination.mase).abs() < 1e-12, "{row:?}");
+        assert!(text.lines().any(|l| l.trim_start().starts_with("s1 ")), "{text}");
     }
 }

@@ -7,12 +7,14 @@
 //!   AutoETS selection by AICc, Theta, Croston/SBA/TSB/ADIDA) and the Syntetos–Boylan classification.
 //! * [`forecast`] — one entry point per model plus [`forecast::auto`], which picks a model (or a
 //!   combination) per series by rolling-origin backtest, and produces point forecasts and quantiles.
+//! * [`compound`] — the lead-time demand of intermittent items as a compound Bernoulli distribution.
 //! * [`replenishment`] — safety stock, reorder point, days of cover, stock-out day and order quantity.
 //! * [`eval`] — the rolling-origin evaluation on a directory of real series (`oms forecast eval`).
 //! * [`synthetic`] — a seeded synthetic SKU panel and an inventory simulation on it.
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod compound;
 pub mod error;
 pub mod eval;
 pub mod forecast;

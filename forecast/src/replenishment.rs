@@ -29,6 +29,25 @@
 //! The quantile level is raised slightly ([`coverage_corrected`]) because an empirical quantile
 //! from a finite sample covers less than its nominal level on average.
 //!
+//! **Intermittent items** (Syntetos–Boylan class [`DemandClass::Intermittent`]: infrequent orders
+//! of stable size) in whole units with at least [`MIN_ORDERS`] orders take their reorder point from
+//! a model of demand that is not continuous instead ([`crate::compound`]): each day an order with
+//! probability `p`, its size drawn from the empirical sizes; the reorder point is the smallest whole
+//! `s` with `P(D_L + ⌊U⌋ ≤ s) ≥` the service level, and the safety stock is `s` minus the forecast's
+//! lead-time demand (at least 0). The lead-time demand of a slow mover has large atoms, and the
+//! empirical quantile of error sums with the finite-sample correction jumped to the next one: a
+//! realised cycle service level of 0.975 for a 0.95 target on the synthetic panel. Measured on the
+//! panel's intermittent items (3,000 series, seeds 42 / 7 / 1234): distribution-free 0.975 / 0.977 /
+//! 0.977; compound with `p` from the forecast (`p` = forecast per day ÷ mean size) 0.944, because the
+//! Croston-family level is an average of some twenty recent orders (α = 0.1) and SBA's deflation
+//! biases it low; compound with `p` = the share of days with an order in the history window
+//! (up to [`MAX_WINDOWS`] days, hundreds of orders) 0.956 / 0.958 / 0.956 with 12% less stock on
+//! hand, which is what is used. With the finite-sample correction on top (by the number of orders)
+//! it was 0.961 / 0.964 / 0.961, over-protecting again, so none is applied.
+//! Lumpy items (variable sizes) keep the distribution-free method: with the compound model they
+//! fell below target (0.949 / 0.943 / 0.949, with the correction 0.953 / 0.946 / 0.953), because an
+//! empirical size distribution from a few hundred orders misses the heavy tail of their sizes.
+//!
 //! The quantile of `E + U` is taken over every error window combined with [`UNDERSHOOT_GRID`]
 //! mid-point quantiles of `U` (the two are treated as independent). A coarser 50×20 grid of
 //! both cut off the tails and under-protected erratic items. [`lead_time_risk`] computes it once per forecast so a simulation
@@ -37,7 +56,9 @@
 //! All outputs are finite and non-negative whatever the inputs: non-finite stock figures count as
 //! zero and the service level is clamped to [0.5, 0.9999] (NaN → 0.95).
 
+use crate::compound::{SizeDistribution, lead_time_pmf, quantile_of_sum};
 use crate::forecast::Forecast;
+use crate::models::intermittent::DemandClass;
 use crate::stats::{normal_quantile, quantile_unsorted, sorted};
 
 // Casts: series lengths, window counts, lead times and day offsets (all at most a few thousand) are far below
@@ -45,6 +66,8 @@ use crate::stats::{normal_quantile, quantile_unsorted, sorted};
 
 /// Below this many lead-time windows the safety stock uses the normal approximation.
 pub const MIN_WINDOWS: usize = 30;
+/// Fewest orders (days with demand) in the history for the compound model of intermittent demand.
+pub const MIN_ORDERS: usize = 10;
 /// At most this many of the most recent windows (and days, for the undershoot) are used.
 pub const MAX_WINDOWS: usize = 730;
 /// Default order cycle: an order covers this many days of demand beyond the lead time.
@@ -230,11 +253,51 @@ pub fn lead_time_risk(forecast: &Forecast, lead_time_days: usize, service_level:
     if l == 0 {
         return LeadTimeRisk { lead_time_days: l, safety_stock: 0.0, undershoot: 0.0 };
     }
+    let demands = recent_demands(forecast);
+    if forecast.demand_class == Some(DemandClass::Intermittent)
+        && let Some(risk) = compound_risk(forecast, &demands, l, level)
+    {
+        return risk;
+    }
+    empirical_risk(forecast, &demands, l, level)
+}
+
+/// The history behind a forecast's residuals, at most the last [`MAX_WINDOWS`] days.
+fn recent_demands(forecast: &Forecast) -> Vec<f64> {
     let n = forecast.residuals.len().min(forecast.fitted.len());
     let first_day = n.saturating_sub(MAX_WINDOWS);
-    let demands: Vec<f64> = (first_day..n).map(|t| (forecast.fitted[t] + forecast.residuals[t]).max(0.0)).collect();
-    let (mut u_grid, mut undershoot) = undershoot_grid(&demands, UNDERSHOOT_GRID);
-    if whole_units(&demands) {
+    (first_day..n).map(|t| (forecast.fitted[t] + forecast.residuals[t]).max(0.0)).collect()
+}
+
+/// Intermittent demand in whole units (module docs): the reorder point is a quantile of the
+/// compound lead-time demand plus undershoot ([`crate::compound`]), with the order probability and
+/// sizes of the history behind the forecast. `None` (use [`empirical_risk`]) when the history is
+/// not in whole units, has fewer than [`MIN_ORDERS`] orders, or past the bounds of
+/// [`crate::compound`].
+fn compound_risk(forecast: &Forecast, demands: &[f64], l: usize, level: f64) -> Option<LeadTimeRisk> {
+    let orders = demands.iter().filter(|d| **d > 0.0).count();
+    if !whole_units(demands) || orders < MIN_ORDERS {
+        return None;
+    }
+    let sizes = SizeDistribution::empirical(demands)?;
+    let lead_time_demand: f64 = (0..l).map(|j| daily(forecast, j)).sum();
+    let p = orders as f64 / demands.len() as f64;
+    let lead_time = lead_time_pmf(p, &sizes, l)?;
+    let undershoot = sizes.undershoot_pmf();
+    let reorder_point = quantile_of_sum(&lead_time, &undershoot, level)? as f64;
+    let expected_undershoot: f64 = undershoot.iter().enumerate().map(|(k, q)| k as f64 * q).sum();
+    Some(LeadTimeRisk {
+        lead_time_days: l,
+        safety_stock: finite_or_zero(reorder_point - lead_time_demand).max(0.0),
+        undershoot: finite_or_zero(expected_undershoot),
+    })
+}
+
+/// The distribution-free safety stock of the module docs.
+fn empirical_risk(forecast: &Forecast, demands: &[f64], l: usize, level: f64) -> LeadTimeRisk {
+    let n = forecast.residuals.len().min(forecast.fitted.len());
+    let (mut u_grid, mut undershoot) = undershoot_grid(demands, UNDERSHOOT_GRID);
+    if whole_units(demands) {
         // Whole units: the undershoot is ⌊U⌋ (see the module docs); floor is monotone, so the grid of
         // quantiles of U floors into one of ⌊U⌋, and E[⌊U⌋] = E[U] − 1/2 for a size-biased uniform share.
         u_grid.iter_mut().for_each(|u| *u = u.floor());
@@ -395,8 +458,10 @@ mod tests {
                 *r += 1e-3;
             }
         });
-        let a = lead_time_risk(&whole, 7, 0.95);
-        let b = lead_time_risk(&fractional, 7, 0.95);
+        // The distribution-free method itself (intermittent items in whole units take the compound model).
+        let a = empirical_risk(&whole, &recent_demands(&whole), 7, 0.95);
+        let b = empirical_risk(&fractional, &recent_demands(&fractional), 7, 0.95);
+        assert_eq!(b, lead_time_risk(&fractional, 7, 0.95));
         assert!((b.undershoot - a.undershoot - 0.5).abs() < 0.01, "{a:?} {b:?}");
         assert!(a.safety_stock <= b.safety_stock && b.safety_stock - a.safety_stock <= 1.0 + 0.01, "{a:?} {b:?}");
     }
@@ -411,5 +476,54 @@ mod tests {
         let pz = plan(&zero, 3.0, 0.0, 5, 0.95);
         assert_eq!(pz.days_of_cover, None);
         assert_eq!(pz.reorder_qty, 0.0);
+    }
+
+    /// Orders of 2–4 units on about a fifth of the days (class intermittent), whole units.
+    fn intermittent_forecast(days: usize) -> Forecast {
+        let mut rng = crate::synthetic::SplitMix64::new(3);
+        let y: Vec<f64> =
+            (0..days).map(|_| if rng.uniform() < 0.2 { 2.0 + (rng.uniform() * 3.0).floor() } else { 0.0 }).collect();
+        let f = crate::forecast::auto(&y, 7, 28, &[]).unwrap();
+        assert_eq!(f.demand_class, Some(DemandClass::Intermittent));
+        f
+    }
+
+    #[test]
+    fn intermittent_items_take_the_compound_quantile() {
+        let f = intermittent_forecast(400);
+        let demands = recent_demands(&f);
+        let orders = demands.iter().filter(|d| **d > 0.0).count();
+        let sizes = SizeDistribution::empirical(&demands).unwrap();
+        let pmf = lead_time_pmf(orders as f64 / demands.len() as f64, &sizes, 7).unwrap();
+        for level in [0.8, 0.95, 0.99] {
+            let risk = lead_time_risk(&f, 7, level);
+            let p = plan(&f, 0.0, 0.0, 7, level);
+            let want = quantile_of_sum(&pmf, &sizes.undershoot_pmf(), level).unwrap() as f64;
+            // The reorder point is the whole-unit quantile (the safety stock is not clamped here).
+            assert!(risk.safety_stock > 0.0);
+            assert!((p.reorder_point - want).abs() < 1e-9, "{level}: {} vs {want}", p.reorder_point);
+        }
+        // Sizes 2–4, uniform: E[⌊U⌋] = E[S(S − 1)] / (2·E[S]) ≈ 20/6 / 3 = 1.1.
+        assert!((lead_time_risk(&f, 7, 0.95).undershoot - 10.0 / 9.0).abs() < 0.15);
+        // And it protects less than the distribution-free method did for such items.
+        assert!(lead_time_risk(&f, 7, 0.95).safety_stock < empirical_risk(&f, &demands, 7, 0.95).safety_stock + 1e-9);
+    }
+
+    #[test]
+    fn too_few_orders_or_fractional_units_fall_back_to_the_empirical_method() {
+        let mut y = vec![0.0; 120];
+        for t in (5..120).step_by(20) {
+            y[t] = 3.0; // 6 orders < MIN_ORDERS
+        }
+        let f = crate::forecast::auto(&y, 7, 28, &[]).unwrap();
+        assert_eq!(lead_time_risk(&f, 7, 0.95), empirical_risk(&f, &recent_demands(&f), 7, 0.95));
+        let g = intermittent_forecast(400);
+        let mut half = g.clone();
+        half.residuals.iter_mut().zip(&half.fitted).for_each(|(r, fit)| {
+            if fit + *r > 0.0 {
+                *r += 0.5;
+            }
+        });
+        assert_eq!(lead_time_risk(&half, 7, 0.95), empirical_risk(&half, &recent_demands(&half), 7, 0.95));
     }
 }

@@ -2,8 +2,9 @@
 //! monotone, and plans stay finite and non-negative.
 
 use oms_forecast::ForecastError;
+use oms_forecast::compound::{SizeDistribution, lead_time_pmf, quantile_of_sum};
 use oms_forecast::forecast::{Forecast, ModelKind, auto, fit};
-use oms_forecast::replenishment::plan;
+use oms_forecast::replenishment::{lead_time_risk, plan};
 use proptest::prelude::*;
 
 fn check_forecast(f: &Forecast, h: usize) {
@@ -72,6 +73,52 @@ proptest! {
         let p = plan(&f, on_hand, on_order, lead, sl);
         for v in [p.lead_time_demand, p.safety_stock, p.reorder_point, p.order_up_to, p.reorder_qty, p.inventory_position] {
             prop_assert!(v.is_finite());
+        }
+    }
+}
+
+/// Whole-unit demand histories: intermittent (orders of stable size on some days), lumpy and smooth.
+fn demand_history() -> impl Strategy<Value = Vec<f64>> {
+    prop_oneof![
+        prop::collection::vec(prop_oneof![6 => Just(0.0), 1 => (1u32..4).prop_map(f64::from)], 20..300),
+        prop::collection::vec(prop_oneof![4 => Just(0.0), 1 => (1u32..200).prop_map(f64::from)], 20..300),
+        prop::collection::vec((0u32..30).prop_map(f64::from), 20..200),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Safety stock is never negative and never falls when the service level rises, for every demand pattern
+    /// (the compound model for intermittent items, the distribution-free one otherwise).
+    #[test]
+    fn safety_stock_is_non_negative_and_monotone_in_service_level(y in demand_history(), lead in 1usize..15) {
+        let f = auto(&y, 7, 28, &[]).unwrap();
+        let mut last = 0.0;
+        for level in [0.5, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 0.999] {
+            let risk = lead_time_risk(&f, lead, level);
+            prop_assert!(risk.safety_stock.is_finite() && risk.safety_stock >= 0.0, "{risk:?}");
+            prop_assert!(risk.safety_stock >= last, "{level}: {} < {last}", risk.safety_stock);
+            last = risk.safety_stock;
+        }
+    }
+
+    /// The compound lead-time quantile is monotone in the level and in the order probability.
+    #[test]
+    fn compound_quantile_is_monotone(sizes in prop::collection::vec(1u32..50, 1..40), p in 0.0f64..1.0, days in 1usize..30) {
+        let history: Vec<f64> = sizes.iter().map(|s| f64::from(*s)).collect();
+        let dist = SizeDistribution::empirical(&history).unwrap();
+        let u = dist.undershoot_pmf();
+        prop_assert!((u.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let low = lead_time_pmf(p * 0.5, &dist, days).unwrap();
+        let high = lead_time_pmf(p, &dist, days).unwrap();
+        prop_assert!((high.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let mut last = 0;
+        for level in [0.5, 0.9, 0.95, 0.99] {
+            let q = quantile_of_sum(&high, &u, level).unwrap();
+            prop_assert!(q >= last);
+            prop_assert!(quantile_of_sum(&low, &u, level).unwrap() <= q);
+            last = q;
         }
     }
 }

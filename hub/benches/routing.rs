@@ -1,6 +1,10 @@
 //! Routing throughput and latency on one thread: 50 sites × 10,000 SKUs, 5-line orders, max split 3,
 //! seeded random stock and locations. Plain `harness = false` bench so it needs no extra dependency;
 //! prints decisions/s, median and p99 latency. Run with `cargo bench -p oms-hub --bench routing`.
+//!
+//! "schedules on" gives every site a shipping schedule (three time zones, two services, a closure) and, per
+//! order, computes every site's promise first, as the intake does for each order it routes, then routes with
+//! the promises in the ranking; "schedules off" is the same index without them, in the same run.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -10,6 +14,7 @@ use oms_hub::routing::{
     RouteLine, RouteRequest, RoutingDecision, RoutingPolicy, SiteTable, SiteView, route, route_indexed,
 };
 use oms_protocol::domain::{GeoPoint, NodeId, Sku};
+use oms_protocol::shipping::{OpenWork, Schedule, ServiceSchedule, ShippingSchedule, Weekday, site_promise};
 
 const SITES: usize = 50;
 const SKUS: usize = 10_000;
@@ -66,6 +71,7 @@ fn main() {
                 reachable: rng.below(10) != 0,
                 last_heard_age_ms: rng.below(30 * 60 * 1000),
                 promisable,
+                promise: None,
             }
         })
         .collect();
@@ -83,13 +89,48 @@ fn main() {
         .collect();
 
     let table = SiteTable::new(sites.clone());
+    // 2026-12-01 12:00 UTC, a Tuesday: some sites make today's cut-off, others not.
+    const NOW_MS: u64 = 1_796_126_400_000;
+    let schedules: Vec<Schedule> = (0..SITES)
+        .map(|i| {
+            let service = |carrier: &str, days: &[Weekday], hour: u64| ServiceSchedule {
+                carrier: carrier.into(),
+                service: "parcel".into(),
+                pickup_days: days.to_vec(),
+                cutoff: format!("{hour:02}:00"),
+                transit_days: 2,
+            };
+            ShippingSchedule {
+                time_zone: ["Europe/Berlin", "Europe/Lisbon", "Europe/Helsinki"][i % 3].into(),
+                handling_minutes: 30 + rng.below(120) as u32,
+                minutes_per_shipment: rng.below(3) as u32,
+                closures: vec!["2026-12-25".into()],
+                schedules: vec![
+                    service("dhl", &Weekday::ALL[..5], 10 + rng.below(9)),
+                    service("ups", &Weekday::ALL[..6], 10 + rng.below(9)),
+                ],
+            }
+            .compile()
+            .expect("valid schedule")
+        })
+        .collect();
+    let promises = |open: u64| -> Vec<_> {
+        schedules.iter().map(|s| site_promise(s, NOW_MS, OpenWork { shipments: open })).collect()
+    };
+    let table_scheduled =
+        SiteTable::new(sites.iter().zip(promises(10)).map(|(s, promise)| SiteView { promise, ..s.clone() }).collect());
     let whole = RoutingPolicy::default();
     let split = RoutingPolicy { split_lines: true, ..RoutingPolicy::default() };
-    let runs: [(&str, &RoutingPolicy, Router); 4] = [
+    let runs: [(&str, &RoutingPolicy, Router); 6] = [
         ("route, per-site maps, whole lines", &whole, &|o, p| route(o, &sites, p)),
         ("route, per-site maps, split lines", &split, &|o, p| route(o, &sites, p)),
         ("route_indexed, whole lines", &whole, &|o, p| route_indexed(o, &table, p)),
         ("route_indexed, split lines", &split, &|o, p| route_indexed(o, &table, p)),
+        ("route_indexed, whole lines, schedules off", &whole, &|o, p| route_indexed(o, &table, p)),
+        ("route_indexed, whole lines, schedules on (every site's promise computed per order)", &whole, &|o, p| {
+            black_box(promises(10));
+            route_indexed(o, &table_scheduled, p)
+        }),
     ];
     for (name, policy, run) in runs {
         // Warm-up: caches, allocator, branch predictors.

@@ -40,17 +40,21 @@
 //! | `GET /v1/audit/events` | admin only |
 //! | `GET /v1/events`, `GET`/`POST /v1/webhooks`, `DELETE /v1/webhooks/{id}` | channel (its own orders' events and subscriptions) |
 //! | `GET /metrics` | monitor |
+//! | `GET /v1/suppliers[/{id}]`, `PUT /v1/suppliers/{id}`, `POST /v1/suppliers/import`, `POST /v1/asns/import` | planner |
+//! | `GET`/`POST /v1/purchase-orders`, `GET /v1/purchase-orders/{id}`, `POST …/{id}/send\|confirm\|cancel`, `POST …/{id}/lines/{n}/close`, `POST …/{id}/asns`, `GET /v1/purchasing/summary` | planner |
 //! | anything else | any key (so an unknown path is `404`, or `405`, only to a caller with a key) |
 //!
 //! Every handler reads documents under the hub's lock and answers from memory; lists are paged.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use oms_protocol::domain::OrderId;
 use oms_protocol::schema;
@@ -86,9 +90,10 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
     match route {
-        Some("/healthz" | "/v1/track/{token}" | "/t/{token}" | "/" | "/ui/sign-in" | "/ui/assets/{file}") if get => {
-            Access::Open
-        }
+        Some(
+            "/healthz" | "/openapi.json" | "/v1/track/{token}" | "/t/{token}" | "/" | "/ui/sign-in"
+            | "/ui/assets/{file}",
+        ) if get => Access::Open,
         Some("/ui/sign-in") if post => Access::Open,
         Some("/ui/sign-out") if post => Access::Roles(ANY_ROLE),
         Some("/ui/stock" | "/ui/stock.csv" | "/ui/forecast/{sku}") if get => Access::Roles(PLANNER),
@@ -97,6 +102,7 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
             Access::Roles(PLANNER)
         }
+        Some("/v1/orders/search") if get => Access::Roles(SERVICE),
         Some("/v1/orders" | "/v1/orders/{id}" | "/v1/orders/{id}/routing") if get => Access::Roles(ORDER_READERS),
         Some("/v1/orders") if post => Access::Roles(CHANNEL),
         Some("/v1/orders/{id}/cancel") if post => Access::Roles(CANCELLERS),
@@ -111,6 +117,24 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/v1/webhooks") if get || post => Access::Roles(CHANNEL),
         Some("/v1/webhooks/{id}") if method == Method::DELETE => Access::Roles(CHANNEL),
         Some("/metrics") if get => Access::Roles(MONITOR),
+        Some(
+            "/v1/suppliers"
+            | "/v1/suppliers/{id}"
+            | "/v1/purchase-orders"
+            | "/v1/purchase-orders/{id}"
+            | "/v1/purchasing/summary",
+        ) if get => Access::Roles(PLANNER),
+        Some("/v1/suppliers/{id}") if method == Method::PUT => Access::Roles(PLANNER),
+        Some(
+            "/v1/suppliers/import"
+            | "/v1/asns/import"
+            | "/v1/purchase-orders"
+            | "/v1/purchase-orders/{id}/send"
+            | "/v1/purchase-orders/{id}/confirm"
+            | "/v1/purchase-orders/{id}/cancel"
+            | "/v1/purchase-orders/{id}/lines/{n}/close"
+            | "/v1/purchase-orders/{id}/asns",
+        ) if post => Access::Roles(PLANNER),
         _ => Access::Roles(ANY_ROLE),
     }
 }
@@ -127,27 +151,68 @@ pub fn router_with(hub: Arc<Hub>, auth: Arc<Auth>, secure_cookie: bool) -> Route
     let chrome = Arc::new(crate::ui::chrome(secure_cookie));
     let screens =
         crate::ui::routes(hub.clone(), chrome.clone()).merge(oms_service::web::routes(auth.clone(), chrome.clone()));
-    let routes = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/orders", get(orders).post(crate::orders::create))
-        .route("/v1/orders/{id}", get(order))
-        .route("/v1/stock", get(stock))
-        .route("/v1/stock/{sku}", get(stock_one))
-        .route("/v1/audit/events", get(audit_events))
+    // Every route is registered by `routes!` from its handler's `#[utoipa::path]`, so the OpenAPI document
+    // (GET /openapi.json) lists exactly what is served; the screens (HTML) are left out of it.
+    let (purchasing, purchasing_csv) = crate::purchasing::http::routers(hub.clone());
+    let (purchasing_csv, csv_doc) = purchasing_csv.split_for_parts();
+    let (routes, mut doc) = OpenApiRouter::with_openapi(<Tags as utoipa::OpenApi>::openapi())
+        .merge(oms_service::openapi::route())
+        .routes(routes!(healthz))
+        .routes(routes!(nodes))
+        .routes(routes!(orders, crate::orders::create))
+        .routes(routes!(order))
+        .routes(routes!(stock))
+        .routes(routes!(stock_one))
+        .routes(routes!(audit_events))
         .with_state(hub.clone())
-        .merge(Router::new().route("/metrics", get(metrics)).with_state((hub.clone(), auth.clone())))
+        .merge(OpenApiRouter::new().routes(routes!(metrics)).with_state((hub.clone(), auth.clone())))
         .merge(crate::orders::router(hub.clone()))
         .merge(crate::money::http::router(hub.clone()))
         .merge(crate::events::api::router(hub.clone()))
         .merge(crate::forecast_api::router(hub))
-        .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX));
+        .merge(purchasing)
+        .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX))
+        .split_for_parts();
+    doc.merge(csv_doc);
+    let doc = oms_service::openapi::finish(
+        doc,
+        "oms hub",
+        "The hub: channel intake and routing across sites, the network's stock, money (payments, invoices, \
+         credit notes, refunds), forecasting, the event feed and webhooks. See README.md.",
+        policy,
+    );
+    let routes = oms_service::openapi::serve(routes, &doc);
     oms_service::guard::require_media_type(routes, oms_service::guard::MediaType::Json)
+        .merge(oms_service::guard::require_media_type(purchasing_csv, oms_service::guard::MediaType::Csv))
         .merge(screens)
+        // After the caller is known (a refused key is a 401 whatever the disk), before any handler writes.
+        .layer(axum::middleware::from_fn(oms_service::storage::reserve::refuse_writes_below_reserve))
         .layer(axum::middleware::from_fn_with_state(auth, authorize))
         // Outermost: a problem answered to a screen, whoever refused it, is shown as a page.
         .layer(axum::middleware::from_fn(oms_service::web::html_problems))
         .layer(axum::Extension(chrome))
+}
+
+/// The tags of the hub's document.
+#[derive(utoipa::OpenApi)]
+#[openapi(tags(
+    (name = "meta", description = "Health, metrics and this document"),
+    (name = "purchasing", description = "Suppliers, purchase orders, advance shipping notices"),
+    (name = "network", description = "The sites and their sync state"),
+    (name = "orders", description = "Customer orders: intake, routing, cancellation, tracking"),
+    (name = "stock", description = "The network's stock as the sites last reported it"),
+    (name = "money", description = "Payments, invoices, credit notes and refunds"),
+    (name = "forecast", description = "Demand forecasts and replenishment"),
+    (name = "events", description = "The event feed and webhook subscriptions"),
+    (name = "audit", description = "The audit trail"),
+))]
+struct Tags;
+
+/// Whether the hub is up.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "Up", content_type = "text/plain", body = String, example = "ok")))]
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// Parses `after` / `limit` of a paged query into a problem document when they are not numbers.
@@ -162,10 +227,12 @@ fn query_u64(q: &std::collections::HashMap<String, String>, name: &str) -> Resul
 }
 
 /// `GET /v1/audit/events?after=&limit=`.
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(("after" = Option<u64>, Query, description = "Rows after this sequence (default 0)"), ("limit" = Option<u64>, Query, description = "Page size (capped)")),
+    responses((status = 200, description = "A page of the audit trail", body = oms_service::audit::AuditPage)))]
 async fn audit_events(
     State(hub): State<Arc<Hub>>,
     Query(q): Query<std::collections::HashMap<String, String>>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<oms_service::audit::AuditPage>, Problem> {
     if let Some(bad) = q.keys().find(|k| !matches!(k.as_str(), "after" | "limit")) {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown parameter {bad:?}")));
     }
@@ -177,10 +244,12 @@ async fn audit_events(
         .await
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("audit read failed: {e}")))?
         .map_err(Problem::from)?;
-    Ok(Json(json!({"events": events, "next_after": next_after})))
+    Ok(Json(oms_service::audit::AuditPage { events, next_after }))
 }
 
 /// `GET /metrics`: OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "OpenMetrics text",
+    content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
     let mut out = auth.stats.openmetrics("oms_hub");
     let now = now_ms();
@@ -263,6 +332,8 @@ fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) ->
     Problem::new(status, code, detail).into_response()
 }
 
+#[utoipa::path(get, path = "/v1/nodes", tag = "network", responses((status = 200,
+    description = "Each known site's link, sync and storage figures and certificate (`now_ms`, `nodes`, `documents`, `hub_certificate`)", body = Object)))]
 async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
     Json(nodes_view(&hub))
 }
@@ -325,14 +396,30 @@ fn certificate_json(serial: &str, not_after_unix_s: i64, now_ms: u64) -> Value {
            "expiring_soon": e.expiring_soon})
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct OrdersQuery {
+    /// Only the orders of this site (not for a channel key).
     site: Option<String>,
+    /// Continue after this order id (the previous page's `next_after`).
     after: Option<String>,
+    /// Page size (capped).
     limit: Option<usize>,
 }
 
-async fn orders(State(hub): State<Arc<Hub>>, principal: Principal, Query(q): Query<OrdersQuery>) -> Response {
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(OrdersQuery),
+    responses((status = 200, description = "A page of orders (a channel key's: its own)", body = Object)))]
+async fn orders(
+    State(hub): State<Arc<Hub>>,
+    principal: Principal,
+    q: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    // A query that does not parse (`limit=-1`) is a problem like every refusal, not axum's plain text (found
+    // by schemathesis).
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "invalid_query", format!("bad query string: {e}")),
+    };
     let limit = q.limit.unwrap_or(ORDERS_PAGE_MAX).min(ORDERS_PAGE_MAX);
     if let Some(channel) = principal.confined_to() {
         if q.site.is_some() {
@@ -364,6 +451,8 @@ async fn orders(State(hub): State<Arc<Hub>>, principal: Principal, Query(q): Que
     Json(json!({"total": total, "by_site": counts, "orders": list, "next_after": next_after})).into_response()
 }
 
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    responses((status = 200, description = "The order with its fulfillments, merged from every site", body = Object)))]
 async fn order(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path<String>) -> Response {
     let Ok(id) = OrderId::parse(&id) else {
         return problem(StatusCode::BAD_REQUEST, "invalid_order_id", "invalid order id");
@@ -415,9 +504,12 @@ async fn order(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path
     .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StockQuery {
+    /// Only SKUs starting with this.
     sku: Option<String>,
+    /// `json` (default) or `csv`.
     format: Option<String>,
 }
 
@@ -557,6 +649,8 @@ fn bad_format() -> Response {
     problem(StatusCode::BAD_REQUEST, "invalid_query", "format must be json or csv")
 }
 
+#[utoipa::path(get, path = "/v1/stock", tag = "stock", params(StockQuery),
+    responses((status = 200, description = "Stock per SKU and site; the same as csv (`format=csv`)", content((Object = "application/json"), (String = "text/csv")))))]
 async fn stock(State(hub): State<Arc<Hub>>, Query(q): Query<StockQuery>) -> Response {
     let Some(csv) = csv_wanted(q.format.as_deref()) else { return bad_format() };
     let now = now_ms();
@@ -564,6 +658,8 @@ async fn stock(State(hub): State<Arc<Hub>>, Query(q): Query<StockQuery>) -> Resp
     if csv { stock_csv(&rows) } else { Json(stock_json(now, sites, rows)).into_response() }
 }
 
+#[utoipa::path(get, path = "/v1/stock/{sku}", tag = "stock", params(("sku" = String, Path, description = "The SKU"), StockQuery),
+    responses((status = 200, description = "One SKU's stock per site; the same as csv (`format=csv`)", content((Object = "application/json"), (String = "text/csv")))))]
 async fn stock_one(State(hub): State<Arc<Hub>>, Path(sku): Path<String>, Query(q): Query<StockQuery>) -> Response {
     if let Err(e) = oms_protocol::domain::Sku::parse(&sku) {
         return Problem::from(e).into_response();

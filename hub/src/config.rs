@@ -67,6 +67,10 @@ pub struct HubConfig {
     /// The HTTP API's host allow-list, timeouts and connection limits (`[http]`).
     #[serde(default)]
     pub http: oms_service::serve::HttpConfig,
+    /// Free space kept in reserve on the data directory's file system (`[storage]`): below it, every API
+    /// call that may write is refused with `507 insufficient_storage`; reads go on.
+    #[serde(default)]
+    pub storage: oms_service::storage::StorageConfig,
     /// API keys (`DATA_DIR/keys.json`, made with `oms keys`): how often the file is re-read and the
     /// per-key and per-IP rates (`[auth]`).
     #[serde(default)]
@@ -86,6 +90,9 @@ pub struct HubConfig {
     /// Webhook delivery: retries, timeouts, concurrency, private addresses (`[webhooks]`).
     #[serde(default)]
     pub webhooks: crate::events::webhooks::WebhooksConfig,
+    /// Sending purchase orders to suppliers: the folder, retries, timeouts (`[purchasing]`).
+    #[serde(default)]
+    pub purchasing: crate::purchasing::PurchasingConfig,
 }
 
 fn default_tenant() -> String {
@@ -151,12 +158,14 @@ impl Default for HubConfig {
             routing: crate::routing::RoutingPolicy::default(),
             forecast: crate::forecast_config::ForecastConfig::default(),
             http: oms_service::serve::HttpConfig::default(),
+            storage: oms_service::storage::StorageConfig::default(),
             auth: oms_service::auth::AuthConfig::default(),
             intake: crate::intake::IntakeLimits::default(),
             payments: crate::money::PaymentsConfig::default(),
             tax: crate::money::tax::TaxConfig::default(),
             events: crate::events::EventsConfig::default(),
             webhooks: crate::events::webhooks::WebhooksConfig::default(),
+            purchasing: crate::purchasing::PurchasingConfig::default(),
         }
     }
 }
@@ -188,6 +197,7 @@ impl HubConfig {
         self.payments.check().map_err(ConfigError::Invalid)?;
         self.tax.check().map_err(ConfigError::Invalid)?;
         self.webhooks.check().map_err(ConfigError::Invalid)?;
+        self.purchasing.check().map_err(ConfigError::Invalid)?;
         self.events.check(&self.webhooks).map_err(ConfigError::Invalid)?;
         self.http.scheme(self.listen_http.ip())?;
         if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {

@@ -24,9 +24,11 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use oms_protocol::domain::NodeId;
 use oms_protocol::schema::{self, DocKind, Writer};
+use oms_protocol::shipping::Schedule;
 use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
 use oms_sync::{Access, DocDb, DocDbError, FlushBatch, SyncDocs};
 
@@ -163,7 +165,7 @@ pub struct HubDocs {
     /// What each site published about itself in its stock document, for routing: built from the documents
     /// once (none until then), then read again only for the sites in `sites_stale`, so that routing reads no
     /// document while the sites' stock documents stay as they were.
-    site_infos: Option<BTreeMap<NodeId, schema::SiteInfo>>,
+    site_infos: Option<BTreeMap<NodeId, PublishedSite>>,
     /// Sites whose stock document a node changed (or that was removed) since `site_infos` was read.
     sites_stale: BTreeSet<NodeId>,
 }
@@ -657,7 +659,7 @@ impl HubDocs {
                     }
                 }
             }
-            Some(DocKind::Escrow(n) | DocKind::Stock(n)) => tell.push(n.as_str().to_owned()),
+            Some(DocKind::Escrow(n) | DocKind::Stock(n) | DocKind::Inbound(n)) => tell.push(n.as_str().to_owned()),
             None => {}
         }
         for n in &tell {
@@ -671,12 +673,12 @@ impl HubDocs {
 
     /// Sites that published a stock document, with what they published about themselves, at most `max`.
     /// Kept between calls: only the stock documents nodes changed since the last call are read again.
-    pub fn sites(&mut self, max: usize) -> Vec<(NodeId, schema::SiteInfo)> {
+    pub fn sites(&mut self, max: usize) -> Vec<(NodeId, PublishedSite)> {
         let infos = match self.site_infos.take() {
             Some(mut infos) => {
                 for n in std::mem::take(&mut self.sites_stale) {
-                    let info = schema::stock_doc(&n)
-                        .and_then(|d| self.sync.db.read(&d).and_then(|doc| schema::read_site_info(&doc)));
+                    let info =
+                        schema::stock_doc(&n).and_then(|d| self.sync.db.read(&d).and_then(|doc| published(&n, &doc)));
                     match info {
                         Some(i) => infos.insert(n, i),
                         None => infos.remove(&n),
@@ -690,7 +692,8 @@ impl HubDocs {
                     .iter()
                     .filter_map(|d| {
                         let DocKind::Stock(n) = DocKind::of(d)? else { return None };
-                        Some((n, schema::read_site_info(&*self.sync.db.read(d)?)?))
+                        let site = published(&n, &*self.sync.db.read(d)?)?;
+                        Some((n, site))
                     })
                     .collect()
             }
@@ -710,6 +713,28 @@ impl HubDocs {
     pub fn stock_ids(&self, limit: usize) -> Vec<DocId> {
         self.sync.db.ids_with_prefix(schema::STOCK_PREFIX, None, limit)
     }
+}
+
+/// What a site published about itself in its stock document, for routing.
+#[derive(Debug, Clone)]
+pub struct PublishedSite {
+    /// Location, priority, capacity, region.
+    pub info: schema::SiteInfo,
+    /// Its shipping schedule, compiled; none when it published none, or one that does not compile (logged).
+    pub schedule: Option<Arc<Schedule>>,
+}
+
+/// The site facts of `node`'s stock document `doc`, if it published them; its schedule is compiled once here,
+/// not per routing decision.
+fn published(node: &NodeId, doc: &AutoCommit) -> Option<PublishedSite> {
+    let info = schema::read_site_info(doc)?;
+    let schedule = schema::read_shipping(doc).and_then(|s| {
+        s.compile()
+            .inspect_err(|e| tracing::warn!(node = %node, error = %e, "the site's shipping schedule is ignored"))
+            .ok()
+            .map(Arc::new)
+    });
+    Some(PublishedSite { info, schedule })
 }
 
 impl Parties {
@@ -743,7 +768,7 @@ impl Parties {
     /// stock and escrow documents (whether held or not), each checked with [`Parties::node_entitled`].
     fn other_docs_for(&self, db: &DocDb, node: &NodeId) -> Vec<DocId> {
         let others = self.party_numbers.get(node.as_str()).and_then(|n| self.others.get(n));
-        let own = [schema::stock_doc(node), schema::escrow_doc(node)].into_iter().flatten();
+        let own = [schema::stock_doc(node), schema::escrow_doc(node), schema::inbound_doc(node)].into_iter().flatten();
         others.into_iter().flatten().cloned().chain(own).filter(|d| self.node_entitled(db, node, d)).collect()
     }
 
@@ -752,7 +777,7 @@ impl Parties {
             return false;
         }
         match DocKind::of(doc) {
-            Some(DocKind::Stock(owner) | DocKind::Escrow(owner)) => &owner == node,
+            Some(DocKind::Stock(owner) | DocKind::Escrow(owner) | DocKind::Inbound(owner)) => &owner == node,
             Some(DocKind::Order(id)) => match self.parties(db, doc) {
                 Some((origin, site)) => origin == node.as_str() || site == node.as_str(),
                 None => schema::order_origin(&id) == Some(node.as_str()),
@@ -888,7 +913,7 @@ mod tests {
         let (a, b) = (NodeId::parse("wh-a").unwrap(), NodeId::parse("wh-b").unwrap());
         publish(&mut docs, &a, 50.0);
         let lats = |docs: &mut HubDocs| -> Vec<(String, f64)> {
-            docs.sites(10).into_iter().map(|(n, i)| (n.to_string(), i.lat)).collect()
+            docs.sites(10).into_iter().map(|(n, i)| (n.to_string(), i.info.lat)).collect()
         };
         assert_eq!(lats(&mut docs), [("wh-a".to_owned(), 50.0)]);
         publish(&mut docs, &a, 51.0);

@@ -12,8 +12,10 @@
 //!
 //! Service level, lead time and order cycle come from the `[forecast]` configuration per site, SKU or site
 //! and SKU ([`crate::forecast_config`]); a query parameter overrides them. Every response says which value
-//! was used and where it came from (`query`, `site_sku`, `sku`, `site`, `default`). Stock on order is
-//! always 0 with `on_order_source: "none"`: the hub has no purchase orders. The configuration reaches the
+//! was used and where it came from (`query`, `site_sku`, `sku`, `site`, `default`, `supplier`). Stock on
+//! order is what open purchase orders still bring (`on_order_source: "purchase_orders"`, see
+//! [`crate::purchasing`]); each row names the SKU's supplier and `po_qty`, the suggestion rounded up to its
+//! MOQ and order multiple. The configuration reaches the
 //! handlers as an [`axum::Extension`] ([`settings`]); without it the built-in defaults apply.
 //!
 //! Errors are RFC 9457 problem documents (`application/problem+json`) with a machine-readable `code`:
@@ -23,19 +25,21 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use axum::Extension;
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use oms_service::now_ms;
 use serde_json::{Value, json};
 
 use crate::demand::{
     Basis, DAY_MS, DemandCache, DemandError, History, ON_ORDER_SOURCE, PlanParams, QUANTILES, forecast_item, iso_date,
-    round3, to_csv,
+    resolved_with_supplier, round3, to_csv,
 };
 use crate::forecast_config::{
     ForecastConfig, Override, Param, check_lead_time, check_order_cycle, check_service_level,
@@ -76,12 +80,12 @@ impl ForecastState {
 }
 
 /// The forecasting routes, with their own demand cache.
-pub fn router(hub: Arc<Hub>) -> Router {
-    let state =
-        ForecastState { hub, cache: Arc::new(DemandCache::default()), defaults: Arc::new(ForecastConfig::default()) };
-    Router::new()
-        .route("/v1/forecast/{sku}", get(forecast))
-        .route("/v1/replenishment", get(replenishment))
+pub fn router(hub: Arc<Hub>) -> OpenApiRouter {
+    let state = ForecastState { cache: hub.demand.clone(), hub, defaults: Arc::new(ForecastConfig::default()) };
+    OpenApiRouter::new()
+        .routes(routes!(forecast))
+        .routes(routes!(replenishment))
+        // A screen: not in the OpenAPI document (`oms_service::openapi::is_screen`).
         .route("/ui/forecast/{sku}", get(forecast_screen))
         .with_state(state)
 }
@@ -139,6 +143,11 @@ impl IntoResponse for Problem {
 }
 
 type Params = HashMap<String, String>;
+
+/// Purchasing's storage failed while reading what is on order.
+fn supply_problem(e: crate::purchasing::PurchasingError) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+}
 
 fn parse<T: std::str::FromStr>(q: &Params, name: &str, default: T) -> Result<T, Problem> {
     match q.get(name) {
@@ -260,10 +269,18 @@ pub fn forecast_answer(
         Basis::Shipped => shipped.clone(),
     }
     .ok_or(DemandError::InsufficientHistory { days: 0, needed: crate::demand::MIN_HISTORY_DAYS })?;
-    let resolved = config.resolve(sku, site, &fq.overrides);
+    let supply = hub.purchasing.supply(hub.intake.db()).map_err(supply_problem)?;
+    let resolved = resolved_with_supplier(config.resolve(sku, site, &fq.overrides), supply.offers.get(sku));
     let params = PlanParams::from_resolved(fq.h, &resolved);
     let available = snap.stock.available(sku, site);
-    let item = forecast_item(history, available, snap.index.today, &params)?;
+    // At a site, what its open orders bring; for the network, every site's.
+    let on_order: u64 = supply
+        .on_order
+        .iter()
+        .filter(|((k, s), _)| k == sku && site.is_none_or(|site| site == s))
+        .map(|(_, o)| o.qty)
+        .fold(0, u64::saturating_add);
+    let item = forecast_item(history, available, on_order, snap.index.today, &params)?;
     let f = &item.forecast;
     let quantile = |level: f64, j: usize| {
         f.quantiles.iter().find(|s| s.level == level).and_then(|s| s.values.get(j)).copied().map(round3)
@@ -312,8 +329,9 @@ pub fn forecast_answer(
             "order_cycle_days": param(&resolved.order_cycle_days),
         },
         "available": available,
-        "on_order": 0,
+        "on_order": on_order,
         "on_order_source": ON_ORDER_SOURCE,
+        "supplier": supply.offers.get(sku).map(|(s, _)| s.id.to_string()),
         "lead_time_demand": round3(p.lead_time_demand),
         "safety_stock": round3(p.safety_stock),
         "reorder_point": round3(p.reorder_point),
@@ -327,6 +345,14 @@ pub fn forecast_answer(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/forecast/{sku}", tag = "forecast", params(("sku" = String, Path, description = "The SKU"),
+        ("site" = Option<String>, Query, description = "One site (default: the network)"),
+        ("h" = Option<u32>, Query, description = "Horizon in days (default 28)"),
+        ("basis" = Option<String>, Query, description = "Which history: orders or shipments"),
+        ("service_level" = Option<f64>, Query, description = "Target service level, 0 to 1"),
+        ("lead_time_days" = Option<u32>, Query, description = "Supplier lead time"),
+        ("order_cycle_days" = Option<u32>, Query, description = "Days between orders")),
+    responses((status = 200, description = "Forecast, its intervals and the reorder advice", body = Object)))]
 async fn forecast(
     State(st): State<ForecastState>,
     settings: Option<Extension<ForecastSettings>>,
@@ -393,7 +419,8 @@ pub fn replenishment_answer(
         let docs = lock(&hub.docs);
         cache.snapshot(&docs, today)
     };
-    let run = cache.replenishment(&snap, basis, config, &query);
+    let supply = hub.purchasing.supply(hub.intake.db()).map_err(supply_problem)?;
+    let run = cache.replenishment(&snap, basis, config, &query, &supply);
     let rows: Vec<_> = run.rows.iter().filter(|r| all || r.reorder_qty > 0).collect();
     let start = match q.get("after") {
         None => 0,
@@ -436,6 +463,16 @@ pub fn replenishment_answer(
     .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/replenishment", tag = "forecast",
+    params(("basis" = Option<String>, Query, description = "Which history: orders or shipments"),
+        ("service_level" = Option<f64>, Query, description = "Target service level, 0 to 1"),
+        ("lead_time_days" = Option<u32>, Query, description = "Supplier lead time"),
+        ("order_cycle_days" = Option<u32>, Query, description = "Days between orders"),
+        ("format" = Option<String>, Query, description = "json (default) or csv"),
+        ("all" = Option<bool>, Query, description = "Every SKU, not only those to reorder"),
+        ("after" = Option<String>, Query, description = "Continue after this SKU"),
+        ("limit" = Option<u64>, Query, description = "Page size (capped)")),
+    responses((status = 200, description = "What to reorder, SKU by SKU; the same as csv", content((Object = "application/json"), (String = "text/csv")))))]
 async fn replenishment(
     State(st): State<ForecastState>,
     settings: Option<Extension<ForecastSettings>>,
@@ -471,10 +508,12 @@ mod tests {
         }
         let docs = hub_docs(dir, &orders, stock);
         let intake = crate::intake::Intake::open(&dir.join("intake.redb"), Default::default()).unwrap();
+        let purchasing = crate::purchasing::Purchasing::new(Default::default(), dir, intake.db()).unwrap();
         Hub::new(
             docs,
             intake,
             crate::money::Money::new(Default::default(), Default::default()).unwrap(),
+            purchasing,
             "acme",
             vec![9; 16],
             ServerTuning::default(),
@@ -621,7 +660,7 @@ mod tests {
         assert_eq!(v["parameters"]["service_level"], json!({"value": 0.98, "source": "sku"}));
         assert_eq!(v["parameters"]["order_cycle_days"], json!({"value": 14, "source": "default"}));
         assert_eq!(v["lead_time_days"], 12);
-        assert_eq!((v["on_order"].clone(), v["on_order_source"].clone()), (json!(0), json!("none")));
+        assert_eq!((v["on_order"].clone(), v["on_order_source"].clone()), (json!(0), json!("purchase_orders")));
         // About 10 a day over 12 days.
         assert!((v["lead_time_demand"].as_f64().unwrap() - 120.0).abs() < 15.0, "{v}");
         let v = forecast_answer(&cache, &hub, &config, "A", &q(&[("site", "wh1"), ("lead_time_days", "3")]), TODAY)
@@ -644,7 +683,7 @@ mod tests {
         let a = cfg();
         let v = json_of(replenishment_answer(&cache, &hub, &a, &q(&[("all", "true")]), TODAY).unwrap()).await;
         assert_eq!(v["rows"][0]["lead_time_source"], "default");
-        assert_eq!(v["on_order_source"], "none");
+        assert_eq!(v["on_order_source"], "purchase_orders");
         assert_eq!(v["defaults"]["lead_time_days"], 7);
         let b: Arc<ForecastConfig> = Arc::new(toml::from_str("[sites.wh2]\nlead_time_days = 30").unwrap());
         let v = json_of(replenishment_answer(&cache, &hub, &b, &q(&[("all", "true")]), TODAY).unwrap()).await;
@@ -666,6 +705,46 @@ mod tests {
         use oms_service::auth::{Auth, AuthConfig, Principal, Role};
         let admin = Principal { name: "test-admin".into(), role: Role::Admin, channel: None };
         Arc::new(Auth::in_memory(vec![(ADMIN_TOKEN.into(), admin, None)], AuthConfig::default(), crate::api::policy))
+    }
+
+    /// The served `GET /openapi.json` lists every route the hub serves (but the screens), and the reverse; a
+    /// route added with plain `.route()` is named. Here, beside the other whole-router test, for its hub.
+    #[tokio::test]
+    async fn openapi_document_lists_every_route() {
+        use tower::ServiceExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let app = crate::api::router(Arc::new(hub(dir.path(), &[])), admin_auth());
+        let req = axum::http::Request::get("/openapi.json").body(axum::body::Body::empty()).unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "open: no key sent");
+        let body = axum::body::to_bytes(resp.into_body(), 4 << 20).await.unwrap();
+        let doc: utoipa::openapi::OpenApi = serde_json::from_slice(&body).unwrap();
+        if let Err(e) = oms_service::openapi::check_complete(&app, &doc) {
+            panic!("{e}");
+        }
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["openapi"], "3.1.0");
+        assert_eq!(
+            v["paths"]["/v1/orders"]["post"]["requestBody"]["content"]["application/json"]["example"]["channel"],
+            "web"
+        );
+        // An answer in two media types keeps both (two entries of one status would keep only the last).
+        let invoice = &v["paths"]["/v1/invoices/{number}"]["get"]["responses"]["200"]["content"];
+        assert!(invoice["application/json"].is_object() && invoice["text/html"].is_object(), "{invoice}");
+        let roles = v["paths"]["/v1/orders/{id}/refunds"]["post"]["description"].as_str().unwrap();
+        assert!(roles.ends_with("Roles: service, admin."), "{roles}");
+        // Found by schemathesis: a listing query that does not parse was refused in plain text.
+        let req = axum::http::Request::get("/v1/orders?limit=-1")
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let extra = app.route("/v1/secret", axum::routing::get(|| async { "x" }));
+        let err = oms_service::openapi::check_complete(&extra, &doc).unwrap_err();
+        assert_eq!(err.lines().collect::<Vec<_>>().len(), 1, "{err}");
+        assert!(err.starts_with("route /v1/secret is served but not in the OpenAPI document"), "{err}");
     }
 
     #[tokio::test]

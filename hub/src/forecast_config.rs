@@ -337,6 +337,8 @@ pub enum Source {
     Site,
     /// `[forecast]` (or the built-in default).
     Default,
+    /// The lead time of the SKU's supplier (where nothing more specific than the default is set).
+    Supplier,
 }
 
 impl Source {
@@ -348,6 +350,7 @@ impl Source {
             Source::Sku => "sku",
             Source::Site => "site",
             Source::Default => "default",
+            Source::Supplier => "supplier",
         }
     }
 }

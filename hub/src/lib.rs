@@ -10,6 +10,8 @@
 //!   fulfillment documents, re-routed when a site rejects, cancelled across sites.
 //! - [`money`]: payment authorization at intake, capture per shipment through an outbox, invoices, credit
 //!   notes and refunds, in `intake.redb`.
+//! - [`purchasing`]: suppliers, purchase orders sent through an outbox ([`purchasing::channel`]), ASNs and
+//!   the sites' receipts; what is on order counts in the replenishment.
 //! - [`events`]: the durable event log (appended in the transaction of each change it reports), the pull
 //!   feed `GET /v1/events` and signed webhooks delivered from it at least once.
 //! - [`demand`], [`forecast_api`], [`forecast_config`]: demand history from the order documents, forecasts and
@@ -35,6 +37,7 @@ pub mod forecast_config;
 pub mod intake;
 pub mod money;
 pub mod orders;
+pub mod purchasing;
 pub mod routing;
 pub mod server;
 mod ui;
@@ -75,7 +78,9 @@ pub async fn run(
     let money = money::Money::new(cfg.payments.clone(), cfg.tax.clone())
         .map_err(|e| anyhow::anyhow!("cannot set up payments: {e}"))?;
     events::init(intake.db()).context("cannot create the event log's tables")?;
-    let hub = Arc::new(server::Hub::new(docs, intake, money, &cfg.tenant, actor.to_vec(), tuning)?);
+    let purchasing = purchasing::Purchasing::new(cfg.purchasing.clone(), &cfg.data_dir, intake.db())
+        .map_err(|e| anyhow::anyhow!("cannot set up purchasing: {e}"))?;
+    let hub = Arc::new(server::Hub::new(docs, intake, money, purchasing, &cfg.tenant, actor.to_vec(), tuning)?);
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
     // its own writer thread.
@@ -83,6 +88,7 @@ pub async fn run(
     hub.intake.start(cfg.intake, sites).map_err(|e| anyhow::anyhow!("cannot start the intake's writer: {e}"))?;
     let watcher = tokio::spawn(orders::watch(hub.clone()));
     let payments = tokio::spawn(money::outbox::run(hub.clone()));
+    let po_sends = tokio::spawn(purchasing::channel::run(hub.clone()));
     let deliveries = tokio::spawn(events::webhooks::run(
         hub.clone(),
         cfg.webhooks,
@@ -130,7 +136,11 @@ pub async fn run(
         .ok();
     let app = api::router_with(hub.clone(), auth, cfg.http.tls_files().is_some())
         .layer(forecast_api::settings(cfg.forecast.clone()))
-        .layer(events::api::settings(cfg.webhooks));
+        .layer(events::api::settings(cfg.webhooks))
+        .layer(axum::Extension(oms_service::storage::reserve::DiskReserve {
+            dir: cfg.data_dir.clone(),
+            reserve_bytes: cfg.storage.reserve_bytes,
+        }));
     // TLS on the API if `[http]` names a certificate, re-read when its files change.
     let tls =
         oms_transport::tls::watched_http_server_tls(cfg.http.tls_files(), cfg.http.tls_check_interval_ms, "hub-http")
@@ -141,6 +151,7 @@ pub async fn run(
     accept.abort();
     watcher.abort();
     payments.abort();
+    po_sends.abort();
     deliveries.abort();
     node_events.abort();
     revocations.abort();

@@ -30,16 +30,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use oms_protocol::domain::{Channel, FulfillmentState, NodeId, OrderId, TEXT_BYTES_MAX, ValidationError};
 use oms_protocol::escrow::EscrowCounter;
 use oms_protocol::schema::{self, DocKind, HUB_ORIGIN};
+use oms_protocol::shipping;
 use oms_protocol::wire::DocId;
 use oms_service::audit::Actor;
 use oms_service::auth::{Principal, Role};
@@ -58,11 +60,12 @@ pub const SITES_MAX: usize = 10_000;
 pub const WATCH_TICK_MS: u64 = 1_000;
 
 /// The routes of this module.
-pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
-        .route("/v1/orders/{id}/routing", get(routing))
-        .route("/v1/orders/{id}/cancel", post(cancel))
-        .route("/v1/track/{token}", get(track))
+pub fn router(hub: Arc<Hub>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(search))
+        .routes(routes!(routing))
+        .routes(routes!(cancel))
+        .routes(routes!(track))
         .with_state(hub)
 }
 
@@ -175,14 +178,15 @@ pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
     let mut docs = lock(&hub.docs);
     docs.sites(SITES_MAX)
         .into_iter()
-        .map(|(id, info)| {
+        .map(|(id, site)| {
             let st = docs.nodes.get(id.as_str());
             let heard = st.and_then(|s| s.last_frame_at_ms);
             SiteFacts {
                 reachable: st.is_some_and(|s| s.connected),
                 last_heard_age_ms: heard.map_or(u64::MAX, |t| now.saturating_sub(t)),
                 id,
-                info,
+                info: site.info,
+                schedule: site.schedule,
             }
         })
         .collect()
@@ -256,6 +260,11 @@ pub(crate) async fn blocking<T: Send + 'static, E: Into<Problem> + Send + 'stati
 }
 
 /// `POST /v1/orders` (mounted by [`crate::api::router`] beside the listing).
+#[utoipa::path(post, path = "/v1/orders", tag = "orders",
+    params(("Idempotency-Key" = String, Header, description = "Unique per order, reused on retries (1 to 128 visible ASCII characters)")),
+    request_body(content = oms_protocol::domain::OrderDraft, example = oms_service::openapi::order_example),
+    responses((status = 201, description = "Taken: the hub order with its routing", body = Object),
+        (status = 200, description = "A retry with the same key and body: the order it created (`idempotent-replayed: true`)", body = Object)))]
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -349,6 +358,8 @@ fn hub_order_id(id: &str) -> Result<OrderId, Problem> {
     Ok(id)
 }
 
+#[utoipa::path(get, path = "/v1/orders/{id}/routing", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    responses((status = 200, description = "Why the order went where it went", body = Object)))]
 async fn routing(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -365,6 +376,56 @@ async fn routing(
         "decisions": order.decisions,
     }))
     .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/orders/search", tag = "orders",
+    params(("q" = String, Query, description = "An order id, an e-mail address, a phone number or a channel's order reference"),
+        ("limit" = Option<u32>, Query, description = "At most this many orders (20; 1 to 50)")),
+    responses((status = 200, description = "`{\"orders\": [...]}`, newest first, each as `GET /v1/orders/{id}` shows it", body = Object)))]
+/// `GET /v1/orders/search?q=&limit=`: the orders a customer may be asking about, by order id, e-mail
+/// address, phone number or the channel's order reference (`crate::intake::Intake::search`), newest first,
+/// each as `GET /v1/orders/{id}` shows it. For customer service.
+async fn search(
+    State(hub): State<Arc<Hub>>,
+    principal: Principal,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>, Problem> {
+    if let Some(bad) = q.keys().find(|k| !matches!(k.as_str(), "q" | "limit")) {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown parameter {bad:?}")));
+    }
+    let query = q.get("q").map(|v| v.trim()).unwrap_or_default().to_owned();
+    if query.is_empty() || query.len() > 256 {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "q must name an order id, an e-mail address, a phone number or an order reference (1 to 256 bytes)",
+        ));
+    }
+    let limit = match q.get("limit") {
+        None => 20,
+        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=crate::intake::SEARCH_RESULTS_MAX).contains(l)).ok_or_else(
+            || {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("limit must be 1 to {}", crate::intake::SEARCH_RESULTS_MAX),
+                )
+            },
+        )?,
+    };
+    let orders = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, Problem> {
+        let found = hub.intake.search(&query, limit)?;
+        let mut out = Vec::with_capacity(found.len());
+        for o in found {
+            if let Some(v) = hub_order(&hub, o.id.as_str(), &principal)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(Json(json!({"orders": orders})))
 }
 
 /// The view of a hub order, if `id` is one that `principal` may see.
@@ -446,8 +507,15 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
     let (mut shipped_units, mut placed_units, mut open_fos, mut delivered_all) = (0u64, 0u64, 0usize, true);
     let mut frozen_all = !o.fulfillments.is_empty();
     let mut per_sku: BTreeMap<String, (u64, u64)> = BTreeMap::new(); // placed, shipped
+    // The order ships when its last live fulfillment does.
+    let mut promised_ship_by_ms: Option<u64> = None;
     for f in &o.fulfillments {
         let st = state(&f.id);
+        if f.released.is_none()
+            && let Some(p) = &f.promise
+        {
+            promised_ship_by_ms = promised_ship_by_ms.max(Some(p.ship_by_ms));
+        }
         timeline.push(json!({"at_ms": f.assigned_at_ms, "fulfillment": f.id, "site": f.site,
             "status": "assigned", "note": format!("routed to {}", f.site)}));
         if let Some(p) = &st.progress {
@@ -491,6 +559,9 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
             "shipment": st.progress.as_ref().and_then(|p| p.shipment.clone()),
             "released": f.released,
             "frozen_at_ms": st.frozen_at_ms,
+            "promised_ship_by_ms": f.promise.as_ref().map(|p| p.ship_by_ms),
+            "promised_ship_by": f.promise.as_ref().and_then(|p| shipping::rfc3339(p.ship_by_ms)),
+            "services": f.promise.as_ref().map(|p| p.services.as_slice()).unwrap_or_default(),
         }));
     }
     timeline.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
@@ -543,6 +614,8 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
         "cancel_reason": o.cancel_reason,
         "tracking_token": o.tracking_token,
         "tracking_url": o.tracking_token.as_ref().map(|t| format!("/v1/track/{t}")),
+        "promised_ship_by_ms": promised_ship_by_ms,
+        "promised_ship_by": promised_ship_by_ms.and_then(shipping::rfc3339),
         // Every fulfillment is finished and frozen at its site, and nothing waits for a site: the order's
         // history does not change any more.
         "frozen": frozen_all && o.unfilled.is_empty(),
@@ -573,6 +646,9 @@ fn cancel_reason(body: &[u8]) -> Result<Option<String>, Problem> {
     Ok(Some(reason))
 }
 
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    request_body(content = Option<Object>, description = "Optional `{\"reason\"}`"),
+    responses((status = 202, description = "Cancellation requested, line by line", body = Object)))]
 async fn cancel(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -650,6 +726,8 @@ pub(crate) async fn cancel_order(
 }
 
 /// `GET /v1/track/{token}`: the customer's view behind a tracking token.
+#[utoipa::path(get, path = "/v1/track/{token}", tag = "orders", params(("token" = String, Path, description = "The order's tracking token")),
+    responses((status = 200, description = "What the customer may see of the order", body = Object)))]
 async fn track(State(hub): State<Arc<Hub>>, Path(token): Path<String>) -> Result<Response, Problem> {
     let h = hub.clone();
     let view = blocking(move || tracking_view_of(&h, &token)).await?;
@@ -698,6 +776,18 @@ fn tracking_view(hub: &Hub, o: &HubOrder) -> Value {
         timeline.push(json!({"at_ms": at, "status": "cancel_requested"}));
     }
     timeline.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
+    // Per carrier service of each live fulfillment: when it leaves and when it should arrive.
+    let deliveries: Vec<Value> = o
+        .fulfillments
+        .iter()
+        .filter(|f| f.released.is_none())
+        .filter_map(|f| f.promise.as_ref())
+        .flat_map(|p| p.services.iter())
+        .map(|s| {
+            json!({"carrier": s.carrier, "service": s.service, "ship_by": shipping::rfc3339(s.ship_by_ms),
+                   "estimated_delivery": s.estimated_delivery})
+        })
+        .collect();
     json!({
         "external_ref": o.draft.external_ref,
         "created_at_ms": o.created_at_ms,
@@ -705,6 +795,8 @@ fn tracking_view(hub: &Hub, o: &HubOrder) -> Value {
         "lines": lines,
         "shipments": shipments,
         "timeline": timeline,
+        "promised_ship_by": full["promised_ship_by"],
+        "deliveries": deliveries,
     })
 }
 
@@ -724,6 +816,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                     let docs = lock(&hub.docs);
                     docs.get(&doc).and_then(|d| schema::read_escrow(&d, usize::MAX).ok()).map(|(c, _)| c)
                 };
+                crate::purchasing::sites::apply_site_receipts(hub, &site, &doc);
                 let Some(counters) = counters else { continue };
                 match hub.intake.merge_site(&site, counters, now) {
                     Ok(publish) if !publish.is_empty() => {
@@ -847,6 +940,10 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
     // And the shipped ones whose delivery is still to be reported (the intake no longer tracks them).
     let unfinished = crate::events::watch::unfinished(hub.intake.db()).map_err(|e| EffectsError::Intake(e.into()))?;
     lock(&hub.docs).requeue(present.iter().map(|f| &f.id).chain(&unfinished).filter_map(schema::order_doc));
+    // Requeued above, the stock documents bring back any site receipt not applied yet.
+    if let Err(e) = crate::purchasing::sites::publish_open(hub) {
+        tracing::warn!(error = %e, "purchasing: cannot publish the open orders to their sites");
+    }
     Ok(())
 }
 

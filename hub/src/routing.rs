@@ -33,10 +33,30 @@
 //! - `split_lines = true`: a line takes what the nearest site has, then the next nearest, and so on.
 //!
 //! Sets in which some site receives nothing are skipped: the smaller set without it gives the same plan.
-//! Plans are compared by, in order: fewest unfilled units, fewest shipments, fewest stale sites, lowest sum
-//! of site priorities, least distance × units, and the sorted site ids (lexicographic). All of these are
-//! integers (distances in whole metres), so ties break the same way on every machine and for every input
-//! order of the sites.
+//! Plans are compared by, in order: fewest unfilled units, fewest shipments, fewest stale sites, earliest
+//! ship day, lowest sum of site priorities, least distance × units, and the sorted site ids (lexicographic).
+//! All of these are integers (distances in whole metres, days since 1970), so ties break the same way on
+//! every machine and for every input order of the sites.
+//!
+//! # Promised ship dates
+//!
+//! Each site may carry a [`SitePromise`] (`SiteView::promise`), computed by the caller from the schedule
+//! the site published ([`oms_protocol::shipping::site_promise`]: the first carrier cut-off it can still make
+//! given its open work). A plan ships when its last site does, so its ship day is the latest of its sites'
+//! ([`PlanScore::ship_day`]; a site without a schedule counts as never, `u32::MAX`: a promise nobody made
+//! cannot beat one that was). It sits after stock, split and staleness and before priority and distance:
+//!
+//! - after unfilled units and shipments, because a sooner truck never justifies leaving units unfilled or
+//!   sending the customer two parcels where one would do;
+//! - after staleness, because a site that may be down makes no truck whatever its schedule says;
+//! - before priority and distance, because a day saved at dispatch is worth more than the hours a nearer
+//!   site saves in transit, and the customer sees the ship date. It compares the local **day** of the
+//!   promise, not the instant, so two sites that both make today's truck tie and distance decides between
+//!   them as before; only a site that misses today's cut-off (or is closed) loses to one that makes it.
+//!
+//! With no site publishing a schedule every plan's ship day is `u32::MAX` and the ranking is the one without
+//! schedules. Each candidate's promise is in the explanation (`promised_ship_by_ms`, and `ship_day` in its
+//! score), and each assignment carries its site's promise.
 //!
 //! # What cannot be filled
 //!
@@ -57,6 +77,7 @@ use std::collections::HashMap;
 
 use geo::{Distance, Haversine, Point};
 use oms_protocol::domain::{GeoPoint, NodeId, Sku};
+use oms_protocol::shipping::SitePromise;
 use serde::{Deserialize, Serialize};
 
 /// Largest `nearest_k` honoured; larger values are clamped (bounds the search).
@@ -104,6 +125,9 @@ pub struct SiteView {
     pub last_heard_age_ms: u64,
     /// Units per SKU the hub may promise: its escrowed rights there. Nothing else counts.
     pub promisable: HashMap<Sku, u32>,
+    /// When a shipment routed there now would leave, from the site's shipping schedule; none without one.
+    #[serde(default)]
+    pub promise: Option<SitePromise>,
 }
 
 /// What to do with units no plan within `max_split` can fill.
@@ -182,6 +206,9 @@ pub struct Assignment {
     pub distance_km: f64,
     /// The units it ships, in order-line order.
     pub lines: Vec<SkuQty>,
+    /// The site's promise for this shipment: ship-by and, per carrier service, the estimated delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promise: Option<SitePromise>,
 }
 
 /// How a plan scored; lower is better, compared field by field in this order.
@@ -193,6 +220,10 @@ pub struct PlanScore {
     pub shipments: u32,
     /// Stale sites shipping.
     pub stale_sites: u32,
+    /// The local date (days since 1970-01-01) of the latest promised ship date among the shipping sites;
+    /// `u32::MAX` when one of them has no schedule (see the module docs).
+    #[serde(default)]
+    pub ship_day: u32,
     /// Sum of the shipping sites' priorities.
     pub priority_sum: u64,
     /// Σ units × distance of the site shipping them, in metres.
@@ -214,6 +245,9 @@ pub struct CandidateSite {
     pub promisable_units: u64,
     /// The score of shipping from this site alone.
     pub alone: PlanScore,
+    /// When it would ship, from its schedule, ms since the Unix epoch; none without one.
+    #[serde(default)]
+    pub promised_ship_by_ms: Option<u64>,
 }
 
 /// Why a site was not considered.
@@ -283,6 +317,7 @@ struct Cand {
     site: usize,
     distance_m: u64,
     stale: bool,
+    ship_day: u32,
     priority: u32,
     id_rank: u16,
 }
@@ -355,14 +390,18 @@ impl Search<'_> {
         let mut ids = [u16::MAX; MAX_SPLIT_LIMIT];
         let mut stale_sites = 0;
         let mut priority_sum = 0u64;
+        let mut ship_day = 0u32;
         for (p, &c) in set.iter().enumerate() {
             ids[p] = self.cands[c].id_rank;
             stale_sites += u32::from(self.cands[c].stale);
             priority_sum += u64::from(self.cands[c].priority);
+            ship_day = ship_day.max(self.cands[c].ship_day);
         }
         ids[..set.len()].sort_unstable();
         let shipments = u32::try_from(set.len()).unwrap_or(u32::MAX);
-        Some((PlanScore { unfilled_units: unfilled, shipments, stale_sites, priority_sum, unit_distance_m }, ids))
+        let score =
+            PlanScore { unfilled_units: unfilled, shipments, stale_sites, ship_day, priority_sum, unit_distance_m };
+        Some((score, ids))
     }
 }
 
@@ -526,6 +565,7 @@ fn route_core(
                 site: s,
                 distance_m,
                 stale: !site.reachable || site.last_heard_age_ms > policy.stale_after_ms,
+                ship_day: site.promise.as_ref().map_or(u32::MAX, |p| p.ship_day),
                 priority: site.priority,
                 id_rank: id_rank[c],
             }
@@ -606,6 +646,7 @@ fn route_core(
                 site: sites[cands[c].site].id.clone(),
                 distance_km: km(cands[c].distance_m),
                 lines,
+                promise: sites[cands[c].site].promise.clone(),
             })
             .collect(),
         None => Vec::new(),
@@ -641,9 +682,11 @@ fn route_core(
                     unfilled_units: qty.iter().sum(),
                     shipments: 0,
                     stale_sites: 0,
+                    ship_day: 0,
                     priority_sum: 0,
                     unit_distance_m: 0,
                 }),
+                promised_ship_by_ms: site.promise.as_ref().map(|p| p.ship_by_ms),
             }
         })
         .collect();
@@ -675,6 +718,7 @@ mod tests {
             reachable: true,
             last_heard_age_ms: 0,
             promisable: stock.iter().map(|&(s, q)| (sku(s), q)).collect(),
+            promise: None,
         }
     }
 
@@ -815,16 +859,58 @@ mod tests {
         assert_eq!(shipped(&route(&o, &[b, a], &RoutingPolicy::default()))[0].0, "b-site");
     }
 
+    fn promise(ship_day: u32) -> Option<SitePromise> {
+        Some(SitePromise {
+            ship_by_ms: u64::from(ship_day) * 86_400_000 + 15 * 3_600_000,
+            ship_day,
+            services: Vec::new(),
+        })
+    }
+
+    /// With stock and distance tied, the site that makes today's truck wins, whatever the ids say; two sites
+    /// that both make it tie on the day and the id decides, as without schedules. The explanation shows it.
+    #[test]
+    fn the_site_that_makes_todays_truck_wins_a_tie() {
+        let o = order(&[("A", 1)]);
+        let (mut a, mut b) = (site("a-site", 0.0, 1.0, &[("A", 1)]), site("b-site", 0.0, 1.0, &[("A", 1)]));
+        assert_eq!(shipped(&route(&o, &[a.clone(), b.clone()], &RoutingPolicy::default()))[0].0, "a-site");
+        a.promise = promise(20_001); // missed today's cut-off: tomorrow
+        b.promise = promise(20_000); // makes today's
+        let d = route(&o, &[a.clone(), b.clone()], &RoutingPolicy::default());
+        assert_eq!(shipped(&d)[0].0, "b-site");
+        assert_eq!(d.explanation.chosen.unwrap().ship_day, 20_000);
+        assert_eq!(d.assignments[0].promise, b.promise);
+        let cand = |id: &str| d.explanation.candidates.iter().find(|c| c.site.as_str() == id).unwrap().clone();
+        assert_eq!(cand("a-site").alone.ship_day, 20_001);
+        assert_eq!(cand("b-site").promised_ship_by_ms, Some(20_000 * 86_400_000 + 15 * 3_600_000));
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["explanation"]["chosen"]["ship_day"], 20_000);
+        // Both make today's truck: the day ties, the id decides.
+        a.promise = promise(20_000);
+        assert_eq!(shipped(&route(&o, &[a.clone(), b.clone()], &RoutingPolicy::default()))[0].0, "a-site");
+        // A site without a schedule loses to one with a promise; but a nearer site beats an earlier promise
+        // only when it fills more or ships fewer parcels, never by distance alone.
+        a.promise = None;
+        assert_eq!(shipped(&route(&o, &[a.clone(), b.clone()], &RoutingPolicy::default()))[0].0, "b-site");
+        let near = site("c-near", 0.0, 0.5, &[("A", 1)]);
+        b.location = GeoPoint { lat: 0.0, lon: 2.0 };
+        let d = route(&o, &[near, b], &RoutingPolicy::default());
+        assert_eq!(shipped(&d)[0].0, "b-site", "a day sooner beats a nearer site without a schedule");
+    }
+
     /// A small random instance: sites on a coarse grid (so distances tie), few SKUs, small stocks.
     fn instance() -> impl Strategy<Value = (RouteRequest, Vec<SiteView>, RoutingPolicy)> {
         let sites = proptest::collection::vec(
-            (0i32..4, 0i32..4, 0u32..3, 0u32..3, any::<bool>(), proptest::collection::vec(0u32..4, 4)),
+            (
+                (0i32..4, 0i32..4, 0u32..3, 0u32..3, any::<bool>(), proptest::collection::vec(0u32..4, 4)),
+                proptest::option::of(0u32..3),
+            ),
             1..7,
         )
         .prop_map(|raw| {
             raw.into_iter()
                 .enumerate()
-                .map(|(i, (x, y, priority, cap, stale, stock))| SiteView {
+                .map(|(i, ((x, y, priority, cap, stale, stock), ship_day))| SiteView {
                     id: NodeId::parse(&format!("s{}", (i * 7) % 10)).unwrap(),
                     location: GeoPoint { lat: f64::from(y), lon: f64::from(x) },
                     priority,
@@ -838,6 +924,11 @@ mod tests {
                         .filter(|&(_, &q)| q > 0)
                         .map(|(k, &q)| (sku(&format!("K{k}")), q))
                         .collect(),
+                    promise: ship_day.map(|ship_day| SitePromise {
+                        ship_by_ms: u64::from(ship_day) * 86_400_000,
+                        ship_day,
+                        services: Vec::new(),
+                    }),
                 })
                 .collect::<Vec<_>>()
         });
@@ -922,6 +1013,7 @@ mod tests {
                 unfilled_units: unfilled,
                 shipments: set.len() as u32,
                 stale_sites: set.iter().filter(|(s, _)| s.last_heard_age_ms > p.stale_after_ms).count() as u32,
+                ship_day: set.iter().map(|(s, _)| s.promise.as_ref().map_or(u32::MAX, |x| x.ship_day)).max().unwrap(),
                 priority_sum: set.iter().map(|(s, _)| u64::from(s.priority)).sum(),
                 unit_distance_m,
             };

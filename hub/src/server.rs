@@ -96,6 +96,10 @@ pub struct Hub {
     pub intake: crate::intake::Intake,
     /// Payments, invoices and credit notes (in the intake's database).
     pub money: crate::money::Money,
+    /// Suppliers, purchase orders, ASNs and receipts (in the intake's database).
+    pub purchasing: crate::purchasing::Purchasing,
+    /// The demand index and last replenishment run (the forecast routes and purchase orders made from it).
+    pub demand: Arc<crate::demand::DemandCache>,
     /// The reloading parts of the QUIC side's TLS, once it listens ([`Hub::set_tls`]).
     tls: OnceLock<HubTls>,
 }
@@ -115,6 +119,7 @@ impl Hub {
         docs: HubDocs,
         intake: crate::intake::Intake,
         money: crate::money::Money,
+        purchasing: crate::purchasing::Purchasing,
         tenant: &str,
         actor: Vec<u8>,
         tuning: ServerTuning,
@@ -136,6 +141,8 @@ impl Hub {
             node_changes: tokio::sync::Notify::new(),
             intake,
             money,
+            purchasing,
+            demand: Arc::default(),
             tls: OnceLock::new(),
         })
     }

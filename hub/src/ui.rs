@@ -284,22 +284,73 @@ fn chart_svg(history: &[f64], forecast: &[(f64, f64, f64)]) -> String {
 #[derive(Deserialize, Default)]
 struct FindQuery {
     id: Option<String>,
+    q: Option<String>,
 }
 
+/// Orders shown for one search on the screen.
+const FOUND_SHOWN_MAX: usize = 20;
+
+/// Finds an order by its number, the customer's e-mail address or phone number, or the channel's order
+/// reference: one match opens it, several are listed newest first, none says so.
 async fn find_order(State(st): State<UiState>, session: UiSession, Query(q): Query<FindQuery>) -> Response {
     if let Some(id) = q.id.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         return see_other(&format!("/ui/orders/{}", query_escape(id)));
     }
+    let query =
+        q.q.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(|v| v.chars().take(256).collect::<String>());
+    let mut found: Vec<Value> = Vec::new();
+    let mut error = None;
+    if let Some(query) = &query {
+        let principal = session.principal();
+        let hub = st.hub.clone();
+        let query = query.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, Problem> {
+            let mut out = Vec::new();
+            for o in hub.intake.search(&query, FOUND_SHOWN_MAX)? {
+                out.extend(crate::orders::hub_order(&hub, o.id.as_str(), &principal)?);
+            }
+            Ok(out)
+        })
+        .await;
+        match r {
+            Ok(Ok(v)) => found = v,
+            Ok(Err(p)) => error = Some(p.detail),
+            Err(e) => error = Some(e.to_string()),
+        }
+        if found.len() == 1 && error.is_none() {
+            return see_other(&format!("/ui/orders/{}", query_escape(s(&found[0]["id"]))));
+        }
+    }
+    let now = oms_service::now_ms();
     page(
         &st.chrome,
         "Find an order",
         Some(&session),
         html! {
             h1 { "Find an order" }
-            form.card method="get" action="/ui/orders" {
-                label for="id" { "Order number" span.hint { "As on the customer's confirmation, such as hub-12." } }
-                input.scan id="id" name="id" autofocus required autocomplete="off";
+            form.card method="get" action="/ui/orders" role="search" {
+                label for="q" { "Order number, e-mail, phone or order reference"
+                    span.hint { "As the customer gives it: hub-12, ann@example.com, +49 30 1234567 or the shop's order number." } }
+                input.scan id="q" name="q" autofocus required autocomplete="off" value=[query.as_deref()];
                 button type="submit" { "Find" }
+            }
+            @if let Some(e) = &error { (error_box(e)) }
+            @if let Some(query) = &query {
+                @if found.is_empty() && error.is_none() {
+                    p role="status" { "No order matches “" (query) "”. Check the spelling, or ask for the order number on the confirmation." }
+                } @else if !found.is_empty() {
+                    p role="status" { (found.len()) " orders match “" (query) "”, newest first." }
+                    div.table-wrap { table {
+                        thead { tr { th { "Order" } th { "Placed" } th { "Customer" } th { "Reference" } th { "Status" } } }
+                        tbody { @for v in &found { tr {
+                            td { a href={ "/ui/orders/" (s(&v["id"])) } { (s(&v["id"])) } }
+                            td { (ago(u(&v["created_at_ms"]), now)) " ago" }
+                            td { (s(&v["order"]["ship_to"]["name"])) }
+                            td { (s(&v["channel"])) " " (s(&v["external_ref"])) }
+                            td { (status_words(s(&v["status"]))) }
+                        } } }
+                    } }
+                }
             }
         },
     )

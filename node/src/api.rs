@@ -5,14 +5,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::OpenApi;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use oms_protocol::domain::{
     Balance, Disposition, FulfillmentState, Movement, OrderId, Sku, TEXT_BYTES_MAX, ValidationError, check_qty,
@@ -22,7 +25,8 @@ use crate::escrow::EscrowFigures;
 use crate::import::{self, Kind};
 use crate::metrics::{Metrics, RequestLabels, StateLabels};
 use crate::store::{
-    Audit, CatalogItem, Command, OrderRecord, PickConfirmation, ReturnLine, StorageError, Store, StoreError,
+    Audit, CatalogItem, Command, ConsignmentState, NewConsignment, OrderRecord, PARCEL_SIDE_MM_MAX,
+    PARCEL_WEIGHT_G_MAX, PARCELS_MAX, Parcel, PickConfirmation, ReturnLine, StorageError, Store, StoreError,
     WRITE_TIMEOUT, cmd,
 };
 use axum::http::Method;
@@ -48,6 +52,10 @@ pub(crate) struct AppState {
     pub auth: Arc<Auth>,
     /// What the screens put around each page.
     pub chrome: Arc<oms_service::web::Chrome>,
+    /// `[receiving]`.
+    pub receiving: crate::config::ReceivingConfig,
+    /// The site's carrier, if it buys labels (`[carrier]`).
+    pub carrier: Option<Arc<crate::carrier::CarrierConfig>>,
 }
 
 /// Roles that read the site's stock and catalog.
@@ -64,7 +72,7 @@ pub(crate) fn policy(method: &Method, route: Option<&str>) -> Access {
     let get = *method == Method::GET || *method == Method::HEAD;
     let Some(route) = route else { return Access::Roles(ANY_ROLE) };
     Access::Roles(match route {
-        "/healthz" | "/" | "/ui/sign-in" | "/ui/assets/{file}" => return Access::Open,
+        "/healthz" | "/openapi.json" | "/" | "/ui/sign-in" | "/ui/assets/{file}" => return Access::Open,
         "/ui/sign-out" => ANY_ROLE,
         "/ui" | "/ui/waves/{id}" | "/ui/orders/{id}" => &[Role::Staff],
         "/ui/stock" => STOCK_READERS,
@@ -80,6 +88,8 @@ pub(crate) fn policy(method: &Method, route: Option<&str>) -> Access {
         "/v1/catalog/{sku}" if get => STOCK_READERS,
         "/v1/catalog/{sku}" | "/v1/import/catalog" | "/v1/import/stock" | "/v1/audit/events" => ADMIN,
         "/v1/stock/receipts" | "/v1/stock/adjustments" | "/v1/stock/counts" => &[Role::Staff],
+        "/v1/inbound" => STOCK_READERS,
+        "/v1/inbound/{asn}/receipts" | "/v1/inbound/po/{po}/receipts" => &[Role::Staff],
         "/v1/events" if get => EVENT_READERS,
         "/v1/orders" if get => ORDER_READERS,
         "/v1/orders" => &[Role::Channel],
@@ -93,50 +103,93 @@ pub(crate) fn policy(method: &Method, route: Option<&str>) -> Access {
         | "/v1/orders/{id}/reject"
         | "/v1/orders/{id}/returns"
         | "/v1/waves"
-        | "/v1/waves/{id}" => &[Role::Staff],
+        | "/v1/waves/{id}"
+        | "/v1/consignments"
+        | "/v1/consignments/{id}"
+        | "/v1/consignments/{id}/label" => &[Role::Staff],
         _ => ANY_ROLE,
     })
 }
 
+/// The documented routes: the CSV imports and the JSON API, each with its body limit, and the OpenAPI
+/// document they make (`#[utoipa::path]` on each handler names its method and path; `routes!` registers it
+/// there, so the two cannot differ).
+fn api() -> (Router<AppState>, Router<AppState>, OpenApi) {
+    let (csv, csv_doc) = OpenApiRouter::new()
+        .routes(routes!(import_catalog))
+        .routes(routes!(import_stock))
+        .layer(DefaultBodyLimit::max(CSV_BODY_BYTES_MAX))
+        .split_for_parts();
+    let (json, mut doc) = OpenApiRouter::with_openapi(<Tags as utoipa::OpenApi>::openapi())
+        .merge(oms_service::openapi::route())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(list_catalog))
+        .routes(routes!(put_catalog, get_catalog))
+        .routes(routes!(list_stock))
+        .routes(routes!(receipt))
+        .routes(routes!(adjustment))
+        .routes(routes!(count))
+        .routes(routes!(crate::receiving::list))
+        .routes(routes!(crate::receiving::receive_asn))
+        .routes(routes!(crate::receiving::receive_po))
+        .routes(routes!(get_stock))
+        .routes(routes!(get_ledger))
+        .routes(routes!(create_order, list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(confirm_picks))
+        .routes(routes!(pack))
+        .routes(routes!(ship))
+        .routes(routes!(deliver))
+        .routes(routes!(cancel))
+        .routes(routes!(reaccept))
+        .routes(routes!(reject_assignment))
+        .routes(routes!(receive_return))
+        .routes(routes!(refund))
+        .routes(routes!(audit_ledger))
+        .routes(routes!(audit_events))
+        .routes(routes!(crate::events::feed))
+        .routes(routes!(create_wave))
+        .routes(routes!(get_wave))
+        .routes(routes!(list_consignments))
+        .routes(routes!(get_consignment))
+        .routes(routes!(get_label))
+        .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX))
+        .split_for_parts();
+    doc.merge(csv_doc);
+    let doc = oms_service::openapi::finish(
+        doc,
+        "oms node",
+        "A site's local API: catalog, stock ledger, orders, pick waves, returns and its event feed. See README.md.",
+        policy,
+    );
+    (json, csv, doc)
+}
+
+/// The tags of the node's document.
+#[derive(utoipa::OpenApi)]
+#[openapi(tags(
+    (name = "meta", description = "Health, metrics and this document"),
+    (name = "catalog", description = "What the site stocks and where"),
+    (name = "stock", description = "Balances and the append-only stock ledger"),
+    (name = "inbound", description = "Purchase orders and advance shipping notices expected here, and their receipts"),
+    (name = "orders", description = "Orders and their fulfillment at this site"),
+    (name = "waves", description = "Pick waves"),
+    (name = "consignments", description = "Parcels packed for a carrier, their labels and the label outbox"),
+    (name = "audit", description = "The audit trail and the ledger check"),
+    (name = "events", description = "This node's event feed"),
+    (name = "import", description = "CSV imports"),
+))]
+struct Tags;
+
 /// Builds the router.
 pub(crate) fn router(state: AppState) -> Router {
-    let csv = Router::new()
-        .route("/v1/import/catalog", post(import_catalog))
-        .route("/v1/import/stock", post(import_stock))
-        .layer(DefaultBodyLimit::max(CSV_BODY_BYTES_MAX));
-    let csv = require_media_type(csv, MediaType::Csv);
-    let json = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/v1/catalog", get(list_catalog))
-        .route("/v1/catalog/{sku}", put(put_catalog).get(get_catalog))
-        .route("/v1/stock", get(list_stock))
-        .route("/v1/stock/receipts", post(receipt))
-        .route("/v1/stock/adjustments", post(adjustment))
-        .route("/v1/stock/counts", post(count))
-        .route("/v1/stock/{sku}", get(get_stock))
-        .route("/v1/stock/{sku}/ledger", get(get_ledger))
-        .route("/v1/orders", post(create_order).get(list_orders))
-        .route("/v1/orders/{id}", get(get_order))
-        .route("/v1/orders/{id}/picks", post(confirm_picks))
-        .route("/v1/orders/{id}/pack", post(pack))
-        .route("/v1/orders/{id}/ship", post(ship))
-        .route("/v1/orders/{id}/deliver", post(deliver))
-        .route("/v1/orders/{id}/cancel", post(cancel))
-        .route("/v1/orders/{id}/accept", post(reaccept))
-        .route("/v1/orders/{id}/reject", post(reject_assignment))
-        .route("/v1/orders/{id}/returns", post(receive_return))
-        .route("/v1/orders/{id}/returns/{n}/refund", post(refund))
-        .route("/v1/audit/ledger", get(audit_ledger))
-        .route("/v1/audit/events", get(audit_events))
-        .route("/v1/events", get(crate::events::feed))
-        .route("/v1/waves", post(create_wave))
-        .route("/v1/waves/{id}", get(get_wave))
-        .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX));
+    let (json, csv, doc) = api();
     // Every POST and PUT names its media type, the body-less ones (cancel, pack, deliver, waves, ...) too:
     // a cross-site page cannot send JSON or CSV without a preflight these routes never grant.
+    let csv = require_media_type(csv, MediaType::Csv);
     let screens = crate::ui::routes().merge(oms_service::web::routes(state.auth.clone(), state.chrome.clone()));
-    require_media_type(json, MediaType::Json)
+    oms_service::openapi::serve(require_media_type(json, MediaType::Json), &doc)
         .merge(csv)
         .merge(screens)
         .fallback(not_found)
@@ -172,13 +225,28 @@ async fn method_not_allowed() -> Problem {
     Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
 }
 
+/// The answer of `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
+    /// This site.
+    site: oms_protocol::domain::NodeId,
+    /// Orders held.
+    orders: u64,
+}
+
+/// Whether the node is up, its site and how many orders it holds.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Up", body = Health)))]
 async fn healthz(State(st): State<AppState>) -> Response {
     match st.store.order_total() {
-        Ok(n) => Json(serde_json::json!({"status": "ok", "site": st.store.site(), "orders": n})).into_response(),
+        Ok(orders) => Json(Health { status: "ok", site: st.store.site().clone(), orders }).into_response(),
         Err(e) => Problem::from(e).into_response(),
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "OpenMetrics text",
+    content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 async fn metrics(State(st): State<AppState>) -> Response {
     if let Ok(counts) = st.store.order_counts() {
         for (s, n) in counts {
@@ -200,14 +268,19 @@ async fn metrics(State(st): State<AppState>) -> Response {
 }
 
 /// Query parameters of listings; errors become problems.
-#[derive(Debug, Deserialize, Default)]
-struct PageQuery {
-    after: Option<String>,
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PageQuery {
+    /// Continue after this key (the previous page's `next_after`).
+    pub(crate) after: Option<String>,
+    /// Page size (default 50, capped by the node's page limit).
     limit: Option<usize>,
+    /// Only orders in this state (`GET /v1/orders`).
+    #[param(value_type = Option<FulfillmentState>)]
     status: Option<String>,
 }
 
-struct Q(PageQuery);
+pub(crate) struct Q(pub(crate) PageQuery);
 
 impl<S: Send + Sync> FromRequestParts<S> for Q {
     type Rejection = Problem;
@@ -220,7 +293,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Q {
 }
 
 impl PageQuery {
-    fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit.unwrap_or(PAGE_DEFAULT).max(1)
     }
 }
@@ -268,13 +341,15 @@ pub(crate) async fn exec<C: Command>(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CatalogBody {
     name: String,
     bin: String,
 }
 
+#[utoipa::path(put, path = "/v1/catalog/{sku}", tag = "catalog", params(("sku" = String, Path, description = "The SKU")), request_body = CatalogBody,
+    responses((status = 200, description = "The item as stored", body = CatalogItem)))]
 async fn put_catalog(
     State(st): State<AppState>,
     actor: Actor,
@@ -288,6 +363,8 @@ async fn put_catalog(
     Ok(Json(item).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/catalog/{sku}", tag = "catalog", params(("sku" = String, Path, description = "The SKU")),
+    responses((status = 200, description = "The item", body = CatalogItem)))]
 async fn get_catalog(State(st): State<AppState>, Path(sku): Path<String>) -> Result<Response, Problem> {
     let sku = sku_path(&sku)?;
     match st.store.catalog_item(&sku)? {
@@ -296,14 +373,72 @@ async fn get_catalog(State(st): State<AppState>, Path(sku): Path<String>) -> Res
     }
 }
 
+#[utoipa::path(get, path = "/v1/catalog", tag = "catalog", params(PageQuery),
+    responses((status = 200, description = "A page of items by SKU", body = CatalogPage)))]
 async fn list_catalog(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
     let items = st.store.catalog(q.after.as_deref(), q.limit())?;
-    let next = items.last().map(|i| i.sku.to_string());
-    Ok(Json(serde_json::json!({"items": items, "next_after": next})).into_response())
+    let next_after = items.last().map(|i| i.sku.clone());
+    Ok(Json(CatalogPage { items, next_after }).into_response())
+}
+
+/// A page of the catalog.
+#[derive(Serialize, ToSchema)]
+struct CatalogPage {
+    /// Items by SKU.
+    items: Vec<CatalogItem>,
+    /// `after` of the next page; null on an empty page.
+    next_after: Option<Sku>,
+}
+
+/// A page of stock figures.
+#[derive(Serialize, ToSchema)]
+struct StockPage {
+    /// Figures by SKU.
+    items: Vec<StockView>,
+    /// `after` of the next page; null on an empty page.
+    next_after: Option<Sku>,
+}
+
+/// A page of one SKU's ledger.
+#[derive(Serialize, ToSchema)]
+struct LedgerPage {
+    /// The SKU.
+    sku: Sku,
+    /// Entries by sequence.
+    entries: Vec<crate::store::LedgerEntry>,
+    /// `after` of the next page; null on an empty page.
+    next_after: Option<u64>,
+}
+
+/// What a stock movement answers.
+#[derive(Serialize, ToSchema)]
+struct StockOutcome {
+    /// The ledger entry written.
+    entry: crate::store::LedgerEntry,
+    /// The SKU's figures after it.
+    stock: StockView,
+}
+
+/// A page of orders.
+#[derive(Serialize, ToSchema)]
+struct OrdersPage {
+    /// Orders by id (a channel key's only its channel's).
+    orders: Vec<OrderRecord>,
+    /// `after` of the next page; null when this page was the last.
+    next_after: Option<OrderId>,
+}
+
+/// What the ledger check found.
+#[derive(Serialize, ToSchema)]
+struct LedgerAudit {
+    /// Every balance equals the replay of its ledger.
+    consistent: bool,
+    /// The SKUs whose balance does not.
+    mismatched_skus: Vec<Sku>,
 }
 
 /// Stock figures of one SKU as the API shows them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct StockView {
     /// The SKU.
     pub sku: Sku,
@@ -333,6 +468,8 @@ impl StockView {
     }
 }
 
+#[utoipa::path(get, path = "/v1/stock/{sku}", tag = "stock", params(("sku" = String, Path, description = "The SKU")),
+    responses((status = 200, description = "The SKU's figures", body = StockView)))]
 async fn get_stock(State(st): State<AppState>, Path(sku): Path<String>) -> Result<Response, Problem> {
     let sku = sku_path(&sku)?;
     match st.store.balance(&sku)? {
@@ -341,6 +478,8 @@ async fn get_stock(State(st): State<AppState>, Path(sku): Path<String>) -> Resul
     }
 }
 
+#[utoipa::path(get, path = "/v1/stock", tag = "stock", params(PageQuery),
+    responses((status = 200, description = "A page of balances by SKU", body = StockPage)))]
 async fn list_stock(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
     let items = st
         .store
@@ -348,10 +487,12 @@ async fn list_stock(State(st): State<AppState>, Q(q): Q) -> Result<Response, Pro
         .into_iter()
         .map(|(s, b)| StockView::new(&st.store, s, b))
         .collect::<Result<Vec<StockView>, StoreError>>()?;
-    let next = items.last().map(|i| i.sku.to_string());
-    Ok(Json(serde_json::json!({"items": items, "next_after": next})).into_response())
+    let next_after = items.last().map(|i| i.sku.clone());
+    Ok(Json(StockPage { items, next_after }).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/stock/{sku}/ledger", tag = "stock", params(("sku" = String, Path, description = "The SKU"), PageQuery),
+    responses((status = 200, description = "The SKU's ledger entries after `after`", body = LedgerPage)))]
 async fn get_ledger(State(st): State<AppState>, Path(sku): Path<String>, Q(q): Q) -> Result<Response, Problem> {
     let sku = sku_path(&sku)?;
     if st.store.catalog_item(&sku)?.is_none() {
@@ -364,11 +505,11 @@ async fn get_ledger(State(st): State<AppState>, Path(sku): Path<String>, Q(q): Q
         })?,
     };
     let entries = st.store.ledger(&sku, after, q.limit())?;
-    let next = entries.last().map(|e| e.seq);
-    Ok(Json(serde_json::json!({"sku": sku, "entries": entries, "next_after": next})).into_response())
+    let next_after = entries.last().map(|e| e.seq);
+    Ok(Json(LedgerPage { sku, entries, next_after }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReceiptBody {
     sku: Sku,
@@ -385,9 +526,12 @@ pub(crate) fn qty_u32(field: &str, q: i64) -> Result<u32, Problem> {
 async fn stock_outcome(st: &AppState, actor: &Actor, cmd: cmd::Stock) -> Result<Response, Problem> {
     let e = exec(st, actor, None, cmd).await?;
     let view = StockView::new(&st.store, e.sku.clone(), e.balance)?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({"entry": e, "stock": view}))).into_response())
+    Ok((StatusCode::CREATED, Json(StockOutcome { entry: e, stock: view })).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/stock/receipts", tag = "stock", request_body(content = ReceiptBody,
+    example = json!({"sku": "TSHIRT-RED-M", "qty": 40, "note": "delivery note 8812"})),
+    responses((status = 201, description = "The ledger entry and the SKU's figures after it", body = StockOutcome)))]
 async fn receipt(
     State(st): State<AppState>,
     actor: Actor,
@@ -400,7 +544,7 @@ async fn receipt(
     stock_outcome(&st, &actor, cmd::Stock { sku: b.sku, movement: Movement::Receipt { qty, note: b.note } }).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AdjustBody {
     sku: Sku,
@@ -408,6 +552,8 @@ struct AdjustBody {
     reason: String,
 }
 
+#[utoipa::path(post, path = "/v1/stock/adjustments", tag = "stock", request_body = AdjustBody,
+    responses((status = 201, description = "The ledger entry and the SKU's figures after it", body = StockOutcome)))]
 async fn adjustment(
     State(st): State<AppState>,
     actor: Actor,
@@ -430,13 +576,15 @@ async fn adjustment(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CountBody {
     sku: Sku,
     counted: i64,
 }
 
+#[utoipa::path(post, path = "/v1/stock/counts", tag = "stock", request_body = CountBody,
+    responses((status = 201, description = "The ledger entry and the SKU's figures after it", body = StockOutcome)))]
 async fn count(
     State(st): State<AppState>,
     actor: Actor,
@@ -457,6 +605,11 @@ fn order_response(record: OrderRecord, status: StatusCode, replayed: bool) -> Re
     Ok(resp)
 }
 
+#[utoipa::path(post, path = "/v1/orders", tag = "orders",
+    params(("Idempotency-Key" = String, Header, description = "Unique per order, reused on retries (1 to 128 visible ASCII characters)")),
+    request_body(content = oms_protocol::domain::OrderDraft, example = oms_service::openapi::order_example),
+    responses((status = 201, description = "Accepted and reserved", body = OrderRecord),
+        (status = 200, description = "A retry with the same key and body: the order it created (`idempotent-replayed: true`)", body = OrderRecord)))]
 async fn create_order(
     State(st): State<AppState>,
     actor: Actor,
@@ -496,6 +649,8 @@ fn check_visible(st: &AppState, caller: &Principal, id: &OrderId) -> Result<(), 
 }
 
 /// One order; a frozen one also shows `frozen_at_ms` (it takes no more changes).
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    responses((status = 200, description = "The order", body = OrderRecord)))]
 async fn get_order(State(st): State<AppState>, caller: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
     let id = order_path(&id)?;
     let found = st.store.order_and_frozen_at(&id)?.filter(|(r, _)| visible_to(&caller, r));
@@ -515,6 +670,8 @@ async fn get_order(State(st): State<AppState>, caller: Principal, Path(id): Path
 
 /// Orders by id; a channel key sees only its own channel's, so its pages may be short (even empty) and still
 /// not be the last: follow `next_after` until it is null.
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(PageQuery),
+    responses((status = 200, description = "A page of orders by id", body = OrdersPage)))]
 async fn list_orders(State(st): State<AppState>, caller: Principal, Q(q): Q) -> Result<Response, Problem> {
     let status = match q.status.as_deref() {
         None | Some("") => None,
@@ -524,12 +681,12 @@ async fn list_orders(State(st): State<AppState>, caller: Principal, Q(q): Q) -> 
         })?),
     };
     let mut orders = st.store.orders(status, q.after.as_deref(), q.limit())?;
-    let next = orders.last().map(|o| o.id.to_string());
+    let next_after = orders.last().map(|o| o.id.clone());
     orders.retain(|o| visible_to(&caller, o));
-    Ok(Json(serde_json::json!({"orders": orders, "next_after": next})).into_response())
+    Ok(Json(OrdersPage { orders, next_after }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PicksBody {
     lines: Vec<PickConfirmation>,
@@ -537,6 +694,9 @@ struct PicksBody {
     reason: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/orders/{id}/picks", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    request_body = PicksBody,
+    responses((status = 200, description = "The order after the change", body = OrderRecord)))]
 async fn confirm_picks(
     State(st): State<AppState>,
     actor: Actor,
@@ -558,10 +718,20 @@ async fn confirm_picks(
     )
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PackBody {
-    parcels: Option<u32>,
+    parcels: Option<PackParcels>,
+    service: Option<String>,
+}
+
+/// `parcels` of a pack: a count (no consignment; staff ship by hand) or the parcels themselves (a
+/// consignment for the site's carrier).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+enum PackParcels {
+    Count(u32),
+    List(Vec<Parcel>),
 }
 
 /// Parses an optional JSON body: an empty body means the defaults.
@@ -569,6 +739,52 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
     if body.iter().all(u8::is_ascii_whitespace) { Ok(T::default()) } else { oms_service::parse_json(body) }
 }
 
+/// The consignment a pack with a list of parcels asks for, checked against the limits and the carrier.
+fn new_consignment(
+    carrier: Option<&crate::carrier::CarrierConfig>,
+    parcels: Vec<Parcel>,
+    service: Option<String>,
+) -> Result<NewConsignment, Problem> {
+    let Some(carrier) = carrier else {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "no_carrier",
+            "this site has no [carrier] configured: pack with a parcel count and ship with the carrier's tracking",
+        ));
+    };
+    if parcels.is_empty() || parcels.len() > PARCELS_MAX {
+        return Err(ValidationError::new(
+            "invalid_parcels",
+            "parcels",
+            format!("must list 1 to {PARCELS_MAX} parcels"),
+        )
+        .into());
+    }
+    for (i, p) in parcels.iter().enumerate() {
+        if !(1..=PARCEL_WEIGHT_G_MAX).contains(&p.weight_g) {
+            let msg = format!("parcel {i}: weight_g must be 1 to {PARCEL_WEIGHT_G_MAX}");
+            return Err(ValidationError::new("invalid_parcels", "parcels", msg).into());
+        }
+        if [p.length_mm, p.width_mm, p.height_mm].iter().any(|d| !(1..=PARCEL_SIDE_MM_MAX).contains(d)) {
+            let msg = format!("parcel {i}: length_mm, width_mm and height_mm must be 1 to {PARCEL_SIDE_MM_MAX}");
+            return Err(ValidationError::new("invalid_parcels", "parcels", msg).into());
+        }
+    }
+    let service = service.unwrap_or_else(|| carrier.default_service.clone());
+    if !carrier.offers(&service) {
+        return Err(ValidationError::new(
+            "unknown_service",
+            "service",
+            format!("{} does not offer {service:?} at this site", carrier.name()),
+        )
+        .into());
+    }
+    Ok(NewConsignment { carrier: carrier.name().to_owned(), service, parcels })
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/pack", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    request_body = Option<PackBody>,
+    responses((status = 200, description = "The order after the change", body = OrderRecord)))]
 async fn pack(
     State(st): State<AppState>,
     actor: Actor,
@@ -577,24 +793,109 @@ async fn pack(
 ) -> Result<Response, Problem> {
     let order = order_path(&id)?;
     let b: PackBody = optional_body(&body)?;
-    let parcels = b.parcels.unwrap_or(1);
+    let (parcels, consignment) = match b.parcels {
+        Some(PackParcels::List(list)) => {
+            let c = new_consignment(st.carrier.as_deref(), list, b.service)?;
+            (u32::try_from(c.parcels.len()).unwrap_or(u32::MAX), Some(c))
+        }
+        Some(PackParcels::Count(n)) if b.service.is_none() => (n, None),
+        None if b.service.is_none() => (1, None),
+        _ => {
+            return Err(ValidationError::new("invalid_parcels", "parcels", "a service needs the parcels listed").into());
+        }
+    };
     if !(1..=1000).contains(&parcels) {
         return Err(ValidationError::new("invalid_quantity", "parcels", "must be 1 to 1000").into());
     }
     order_response(
-        exec(&st, &actor, Some(order.to_string()), cmd::Pack { order, parcels }).await?,
+        exec(&st, &actor, Some(order.to_string()), cmd::Pack { order, parcels, consignment }).await?,
         StatusCode::OK,
         false,
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConsignmentQuery {
+    state: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/consignments?state=&after=&limit=`: a page of consignments, and how many await a label and
+/// since when.
+#[utoipa::path(get, path = "/v1/consignments", tag = "consignments",
+    params(("state" = Option<String>, Query, description = "awaiting_label, labelled, manifested, collected or label_failed"),
+        ("after" = Option<String>, Query, description = "Continue after this consignment id"),
+        ("limit" = Option<u32>, Query, description = "Page size")),
+    responses((status = 200, description = "`items`, `next`, `awaiting_label {count, oldest_since_ms}`, `counts` by state, `labels_stored`, `labels_found`", body = Object)))]
+async fn list_consignments(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, Problem> {
+    let q: ConsignmentQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("bad query string: {e}")))?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(ConsignmentState::parse(s).ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("state {s:?} is not one of awaiting_label, labelled, manifested, collected, label_failed"),
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(PAGE_DEFAULT).max(1);
+    let items = st.store.consignments(state, q.after.as_deref(), limit)?;
+    let next = if items.len() >= limit.min(st.store.page_max()) { items.last().map(|c| c.id.clone()) } else { None };
+    let awaiting = st.store.awaiting_label(st.store.page_max())?;
+    let all = st.store.consignment_counts()?;
+    let (labels_stored, labels_found) = (all.labels_stored, all.labels_found);
+    let counts: serde_json::Map<String, serde_json::Value> =
+        all.by_state.into_iter().map(|(s, n)| (s.as_str().to_owned(), n.into())).collect();
+    Ok(Json(serde_json::json!({
+        "items": items,
+        "next": next,
+        "awaiting_label": awaiting,
+        "counts": counts,
+        "labels_stored": labels_stored,
+        "labels_found": labels_found,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/consignments/{id}`.
+#[utoipa::path(get, path = "/v1/consignments/{id}", tag = "consignments", params(("id" = String, Path, description = "The consignment id (`C-<order>`)")),
+    responses((status = 200, description = "The consignment: parcels, service, state, label attempts", body = Object)))]
+async fn get_consignment(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let c = st.store.consignment(&id)?.ok_or(StoreError::ConsignmentNotFound(id))?;
+    Ok(Json(c).into_response())
+}
+
+/// `GET /v1/consignments/{id}/label`: the label document as the carrier returned it.
+#[utoipa::path(get, path = "/v1/consignments/{id}/label", tag = "consignments", params(("id" = String, Path, description = "The consignment id")),
+    responses((status = 200, description = "The label (PDF, ZPL or text, as the carrier returned it)", content_type = "application/octet-stream", body = String)))]
+async fn get_label(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let c = st.store.consignment(&id)?.ok_or_else(|| StoreError::ConsignmentNotFound(id.clone()))?;
+    let Some(doc) = st.store.label(&id)? else {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "label_not_ready",
+            format!("consignment {id} is {}; its label is not bought yet", c.state.as_str()),
+        )
+        .with("state", c.state.as_str()));
+    };
+    let ct = HeaderValue::from_str(&doc.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok(([(header::CONTENT_TYPE, ct)], doc.body).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ShipBody {
     carrier: String,
     tracking: String,
 }
 
+#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    request_body(content = ShipBody, example = json!({"carrier": "DHL", "tracking": "JD014600006281234567"})),
+    responses((status = 200, description = "The order, shipped", body = OrderRecord)))]
 async fn ship(
     State(st): State<AppState>,
     actor: Actor,
@@ -610,12 +911,14 @@ async fn ship(
     order_response(record, StatusCode::OK, false)
 }
 
+#[utoipa::path(post, path = "/v1/orders/{id}/deliver", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    responses((status = 200, description = "The order after the change", body = OrderRecord)))]
 async fn deliver(State(st): State<AppState>, actor: Actor, Path(id): Path<String>) -> Result<Response, Problem> {
     let order = order_path(&id)?;
     order_response(exec(&st, &actor, Some(order.to_string()), cmd::Deliver { order }).await?, StatusCode::OK, false)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelBody {
     reason: Option<String>,
@@ -629,6 +932,9 @@ fn reason_body(body: &Bytes, default: &str) -> Result<String, Problem> {
     Ok(reason)
 }
 
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    request_body = Option<CancelBody>,
+    responses((status = 200, description = "The order after the change", body = OrderRecord)))]
 async fn cancel(
     State(st): State<AppState>,
     actor: Actor,
@@ -646,6 +952,9 @@ async fn cancel(
     )
 }
 
+#[utoipa::path(post, path = "/v1/orders/{id}/reject", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    request_body = Option<CancelBody>,
+    responses((status = 200, description = "The order after the change", body = OrderRecord)))]
 async fn reject_assignment(
     State(st): State<AppState>,
     actor: Actor,
@@ -661,25 +970,30 @@ async fn reject_assignment(
     )
 }
 
+#[utoipa::path(post, path = "/v1/orders/{id}/accept", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    responses((status = 200, description = "The order after the change", body = OrderRecord)))]
 async fn reaccept(State(st): State<AppState>, actor: Actor, Path(id): Path<String>) -> Result<Response, Problem> {
     let order = order_path(&id)?;
     order_response(exec(&st, &actor, Some(order.to_string()), cmd::Reaccept { order }).await?, StatusCode::OK, false)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReturnBody {
     lines: Vec<ReturnLineBody>,
     disposition: Disposition,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReturnLineBody {
     sku: Sku,
     qty: i64,
 }
 
+#[utoipa::path(post, path = "/v1/orders/{id}/returns", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    request_body = ReturnBody,
+    responses((status = 201, description = "The order after the change", body = OrderRecord)))]
 async fn receive_return(
     State(st): State<AppState>,
     actor: Actor,
@@ -702,6 +1016,8 @@ async fn receive_return(
     order_response(record, StatusCode::CREATED, false)
 }
 
+#[utoipa::path(post, path = "/v1/orders/{id}/returns/{n}/refund", tag = "orders", params(("id" = String, Path, description = "The order id"), ("n" = u32, Path, description = "The return number")),
+    responses((status = 200, description = "The order after the change", body = OrderRecord)))]
 async fn refund(
     State(st): State<AppState>,
     actor: Actor,
@@ -720,12 +1036,14 @@ async fn refund(
     )
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WaveBody {
     max_orders: Option<usize>,
 }
 
+#[utoipa::path(post, path = "/v1/waves", tag = "waves", request_body = Option<WaveBody>,
+    responses((status = 201, description = "The wave", body = crate::store::Wave)))]
 async fn create_wave(State(st): State<AppState>, actor: Actor, RawBody(body): RawBody) -> Result<Response, Problem> {
     let b: WaveBody = optional_body(&body)?;
     let orders_max = b.max_orders.unwrap_or(st.store.limits().wave_orders_max);
@@ -741,6 +1059,8 @@ async fn create_wave(State(st): State<AppState>, actor: Actor, RawBody(body): Ra
     Ok((StatusCode::CREATED, Json(w)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/waves/{id}", tag = "waves", params(("id" = u64, Path, description = "The wave number")),
+    responses((status = 200, description = "The wave", body = crate::store::Wave)))]
 async fn get_wave(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
     let id = id.parse::<u64>().map_err(|_| {
         Problem::new(StatusCode::NOT_FOUND, "wave_not_found", format!("pick wave {id:?} does not exist"))
@@ -752,15 +1072,19 @@ async fn get_wave(State(st): State<AppState>, Path(id): Path<String>) -> Result<
 }
 
 /// Replays the whole ledger and compares it with the stored balances: an operator's audit (O(ledger)).
+#[utoipa::path(get, path = "/v1/audit/ledger", tag = "audit",
+    responses((status = 200, description = "Whether every balance matches its ledger", body = LedgerAudit)))]
 async fn audit_ledger(State(st): State<AppState>) -> Result<Response, Problem> {
     let store = st.store.clone();
     let bad = tokio::task::spawn_blocking(move || store.verify_ledger()).await.map_err(|e| {
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the audit task failed: {e}"))
     })??;
-    Ok(Json(serde_json::json!({"consistent": bad.is_empty(), "mismatched_skus": bad})).into_response())
+    Ok(Json(LedgerAudit { consistent: bad.is_empty(), mismatched_skus: bad }).into_response())
 }
 
 /// The audit trail, oldest first: `?after=<seq>&limit=` (at most `oms_service::audit::AUDIT_PAGE_MAX`).
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(PageQuery),
+    responses((status = 200, description = "A page of the audit trail", body = oms_service::audit::AuditPage)))]
 async fn audit_events(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
     let after = match q.after.as_deref() {
         None | Some("") => 0,
@@ -768,18 +1092,69 @@ async fn audit_events(State(st): State<AppState>, Q(q): Q) -> Result<Response, P
             Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "after must be an audit sequence number")
         })?,
     };
-    let (events, next) = st.store.audit_events(after, q.limit())?;
-    Ok(Json(serde_json::json!({"events": events, "next_after": next})).into_response())
+    let (events, next_after) = st.store.audit_events(after, q.limit())?;
+    Ok(Json(oms_service::audit::AuditPage { events, next_after }).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/import/catalog", tag = "import", request_body(content = String, content_type = "text/csv"),
+    responses((status = 200, description = "What was imported", body = import::Report)))]
 async fn import_catalog(State(st): State<AppState>, actor: Actor, RawBody(body): RawBody) -> Result<Response, Problem> {
     let audit = Some(Audit { actor, target: None });
     let report = import::import(&st.store, Kind::Catalog, body.as_ref(), audit, |_| {}).await?;
     Ok(Json(report).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/import/stock", tag = "import", request_body(content = String, content_type = "text/csv"),
+    responses((status = 200, description = "What was imported", body = import::Report)))]
 async fn import_stock(State(st): State<AppState>, actor: Actor, RawBody(body): RawBody) -> Result<Response, Problem> {
     let audit = Some(Audit { actor, target: None });
     let report = import::import(&st.store, Kind::Stock, body.as_ref(), audit, |_| {}).await?;
     Ok(Json(report).into_response())
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    use super::*;
+
+    async fn app(dir: &std::path::Path) -> Router {
+        let store = crate::test_support::store_with_catalog(dir, &[]).await;
+        let auth = Arc::new(Auth::in_memory(Vec::new(), Default::default(), policy));
+        let chrome = Arc::new(crate::ui::chrome("t", false));
+        router(AppState {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            auth,
+            chrome,
+            receiving: Default::default(),
+            carrier: None,
+        })
+    }
+
+    /// Every route the node serves (but the screens) is in its OpenAPI document, and the reverse.
+    #[tokio::test]
+    async fn document_lists_every_route() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = api().2;
+        if let Err(e) = oms_service::openapi::check_complete(&app(dir.path()).await, &doc) {
+            panic!("{e}");
+        }
+        // Spot checks that the registry is the real one: the main calls, their examples, who may call them.
+        let create = doc.paths.paths["/v1/orders"].post.as_ref().unwrap();
+        let json = serde_json::to_value(create).unwrap();
+        assert_eq!(json["requestBody"]["content"]["application/json"]["example"]["channel"], "web");
+        assert!(json["description"].as_str().unwrap().contains("Roles: channel, admin."), "{json}");
+        assert!(json["responses"]["4XX"].is_object(), "{json}");
+        let health = serde_json::to_value(doc.paths.paths["/healthz"].get.as_ref().unwrap()).unwrap();
+        assert_eq!(health["security"], serde_json::json!([{}]), "open route");
+    }
+
+    /// A route added with plain `.route()` is named by the check.
+    #[tokio::test]
+    async fn an_undocumented_route_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = app(dir.path()).await.route("/v1/secret", axum::routing::get(|| async { "x" }));
+        let err = oms_service::openapi::check_complete(&extra, &api().2).unwrap_err();
+        assert!(err.contains("route /v1/secret is served but not in the OpenAPI document"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 }

@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// When finished orders are frozen.
     #[serde(default)]
     pub orders: OrdersConfig,
+    /// Receiving against purchase orders (`[receiving]`).
+    #[serde(default)]
+    pub receiving: ReceivingConfig,
     /// The HTTP API's host allow-list, timeouts and connection limits (`[http]`).
     #[serde(default)]
     pub http: HttpConfig,
@@ -43,6 +46,14 @@ pub struct NodeConfig {
     /// Free space kept in reserve on the data directory's file system (`[storage]`).
     #[serde(default)]
     pub storage: oms_service::storage::StorageConfig,
+    /// When the site's carriers collect (`[shipping]` with `[[shipping.schedules]]`), published to the hub
+    /// so it can promise ship dates; none means the hub promises none for this site.
+    #[serde(default)]
+    pub shipping: Option<oms_protocol::shipping::ShippingSchedule>,
+    /// The carrier whose labels this site buys (`[carrier]`); none means no consignments: staff ship by
+    /// typing the carrier and tracking.
+    #[serde(default)]
+    pub carrier: Option<crate::carrier::CarrierConfig>,
 }
 
 /// The `[orders]` section: when finished orders are frozen (see [`crate::freeze`]).
@@ -62,6 +73,21 @@ pub struct OrdersConfig {
     /// Orders looked at per pass, at most.
     #[serde(default = "default_freeze_batch_max")]
     pub freeze_batch_max: usize,
+}
+
+/// The `[receiving]` section: receipts against purchase orders.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceivingConfig {
+    /// Units a PO line may receive beyond what it expects (ordered less short-closed), percent; more is
+    /// `409 over_receipt` unless forced with a reason. At most 1000.
+    pub over_receipt_tolerance_pct: u32,
+}
+
+impl Default for ReceivingConfig {
+    fn default() -> Self {
+        ReceivingConfig { over_receipt_tolerance_pct: 10 }
+    }
 }
 
 /// Longest return window, days.
@@ -211,9 +237,12 @@ impl Default for NodeConfig {
             site: SiteConfig::default(),
             hub: None,
             orders: OrdersConfig::default(),
+            receiving: ReceivingConfig::default(),
             http: HttpConfig::default(),
             auth: oms_service::auth::AuthConfig::default(),
             storage: oms_service::storage::StorageConfig::default(),
+            shipping: None,
+            carrier: None,
         }
     }
 }
@@ -244,6 +273,15 @@ impl NodeConfig {
                  freeze_interval_ms 10 to 86400000, freeze_batch_max 1 to {}",
                 crate::store::FREEZE_ORDERS_MAX
             )));
+        }
+        if self.receiving.over_receipt_tolerance_pct > crate::store::TOLERANCE_PCT_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "receiving: over_receipt_tolerance_pct must be at most {}",
+                crate::store::TOLERANCE_PCT_MAX
+            )));
+        }
+        if let Some(s) = &self.shipping {
+            s.compile().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         self.http.validate()?;
         self.auth.validate()?;
@@ -312,5 +350,21 @@ mod tests {
             assert!(cfg.validate().is_err(), "{bad}");
         }
         assert!(toml::from_str::<NodeConfig>("[orders]\nreturn_window = 3").is_err(), "unknown key");
+    }
+
+    #[test]
+    fn shipping_section_parses_and_is_checked() {
+        let text = "[shipping]\ntime_zone = \"Europe/Berlin\"\nhandling_minutes = 45\nclosures = [\"2026-12-25\"]\n\
+                    [[shipping.schedules]]\ncarrier = \"dhl\"\nservice = \"parcel\"\n\
+                    pickup_days = [\"mon\", \"fri\"]\ncutoff = \"16:30\"\n";
+        let cfg: NodeConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        let s = cfg.shipping.as_ref().unwrap();
+        assert_eq!((s.handling_minutes, s.schedules[0].transit_days), (45, 2));
+        let bad: NodeConfig = toml::from_str(&text.replace("Europe/Berlin", "Europe/Nowhere")).unwrap();
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("shipping.time_zone"), "{e}");
+        assert!(toml::from_str::<NodeConfig>(&text.replace("\"fri\"", "\"friday\"")).is_err(), "bad weekday");
+        assert!(toml::from_str::<NodeConfig>(&format!("{text}speed = 1\n")).is_err(), "unknown key");
     }
 }

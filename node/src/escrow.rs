@@ -179,7 +179,7 @@ pub fn maintain(
 }
 
 /// Escrow figures of one SKU as the site's API shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct EscrowFigures {
     /// Units the site's own channel may still promise.
     pub site_rights: u64,

@@ -15,9 +15,10 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use oms_protocol::domain::{OrderId, Sku};
 use oms_service::Problem;
 use oms_service::auth::Principal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::api::AppState;
@@ -29,18 +30,58 @@ pub(crate) const PAGE_MAX: usize = 1_000;
 pub(crate) const WAIT_MS_MAX: u64 = 20_000;
 const WAIT_POLL_MS: u64 = 20;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventsQuery {
+    /// Events after this sequence (default 0).
     after: Option<u64>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Wait up to this long for an event when there is none yet (long-poll), at most 20000.
+    #[param(maximum = 20000)]
     wait_ms: Option<u64>,
+}
+
+/// A page of the node's events.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EventsPage {
+    /// Events by sequence.
+    events: Vec<NodeEvent>,
+    /// `after` of the next page.
+    next_after: u64,
+}
+
+/// One event of the node's feed (see the module's doc).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct NodeEvent {
+    /// `nevt_<seq>`, unique on this node.
+    id: String,
+    /// Position in the feed.
+    seq: u64,
+    /// `order.changed`, `stock.changed` or `catalog.changed`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// The order of an `order.changed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_id: Option<OrderId>,
+    /// The SKU of a `stock.changed` or `catalog.changed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sku: Option<Sku>,
+    /// The record as it is now: an order's status, site, channel, external_ref, lines and shipment; a SKU's
+    /// `balance`; a catalog `item`.
+    #[schema(value_type = Object)]
+    data: Value,
 }
 
 fn bad(detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, "invalid_query", detail)
 }
 
+/// The node's own events after `after` (long-poll with `wait_ms`).
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
+    responses((status = 200, description = "A page of events", body = EventsPage)))]
 pub(crate) async fn feed(
     State(st): State<AppState>,
     principal: Principal,
@@ -68,7 +109,7 @@ pub(crate) async fn feed(
                     events.push(e);
                 }
             }
-            return Ok(Json(json!({"events": events, "next_after": next_after})).into_response());
+            return Ok(Json(EventsPage { events, next_after }).into_response());
         }
         tokio::time::sleep(Duration::from_millis(WAIT_POLL_MS)).await;
     }
@@ -80,8 +121,8 @@ fn event(
     seq: u64,
     entry: FeedEntry,
     confined: Option<&oms_protocol::domain::Channel>,
-) -> Result<Option<Value>, Problem> {
-    let (kind, subject, data) = match entry {
+) -> Result<Option<NodeEvent>, Problem> {
+    let (kind, order_id, sku, data) = match entry {
         FeedEntry::Order(id) => {
             let Some(o) = st.store.order(&id)? else { return Ok(None) };
             if confined.is_some_and(|c| &o.order.channel != c) {
@@ -89,21 +130,21 @@ fn event(
             }
             let data = json!({"status": o.status, "site": o.site, "channel": o.order.channel,
                 "external_ref": o.order.external_ref, "lines": o.lines, "shipment": o.shipment});
-            ("order.changed", json!({"order_id": id}), data)
+            ("order.changed", Some(id), None, data)
         }
         _ if confined.is_some() => return Ok(None),
         FeedEntry::Stock(sku) => {
             let balance = st.store.balance(&sku)?;
-            ("stock.changed", json!({"sku": sku}), json!({"balance": balance}))
+            ("stock.changed", None, Some(sku), json!({"balance": balance}))
         }
         FeedEntry::Catalog(sku) => {
             let item = st.store.catalog_item(&sku)?;
-            ("catalog.changed", json!({"sku": sku}), json!({"item": item}))
+            ("catalog.changed", None, Some(sku), json!({"item": item}))
+        }
+        FeedEntry::Receipt(id) => {
+            let receipt = st.store.po_receipt(&id)?;
+            ("receipt.booked", None, None, json!({"receipt_id": id, "receipt": receipt}))
         }
     };
-    let mut e = json!({"id": format!("nevt_{seq}"), "seq": seq, "type": kind, "data": data});
-    if let (Some(obj), Value::Object(s)) = (e.as_object_mut(), subject) {
-        obj.extend(s);
-    }
-    Ok(Some(e))
+    Ok(Some(NodeEvent { id: format!("nevt_{seq}"), seq, kind, order_id, sku, data }))
 }

@@ -20,7 +20,7 @@ pub const REJECTS_LISTED_MAX: usize = 1_000;
 pub const ROWS_MAX: usize = 5_000_000;
 
 /// A rejected row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Reject {
     /// Line number in the file, from 1 (the header is line 1).
     pub line: u64,
@@ -29,7 +29,7 @@ pub struct Reject {
 }
 
 /// The outcome of an import.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Report {
     /// Rows written.
     pub accepted: u64,

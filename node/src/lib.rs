@@ -6,13 +6,16 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod api;
+pub mod carrier;
 pub mod config;
 pub mod escrow;
 mod events;
 mod freeze;
 pub mod import;
+mod labels;
 pub mod metrics;
 mod problem;
+mod receiving;
 pub mod store;
 mod sync;
 #[cfg(test)]
@@ -51,8 +54,30 @@ pub async fn run(
             capacity_per_day: cfg.site.capacity_per_day,
             region: cfg.site.region.clone(),
         };
-        sync::spawn(link, store.clone(), &cfg.data_dir, &site, sync::SyncTuning::default(), metrics.clone())
-            .with_context(|| format!("cannot start sync with the hub at {}", link.addr))?;
+        sync::spawn(
+            link,
+            store.clone(),
+            &cfg.data_dir,
+            &site,
+            cfg.shipping.as_ref(),
+            sync::SyncTuning::default(),
+            metrics.clone(),
+        )
+        .with_context(|| format!("cannot start sync with the hub at {}", link.addr))?;
+    }
+    // Buy the labels of packed consignments, with or without a link to the carrier.
+    if let Some(c) = &cfg.carrier {
+        match c.kind {
+            carrier::CarrierKind::Manual => {
+                tokio::spawn(labels::run(store.clone(), carrier::Manual, c.clone(), metrics.clone()));
+            }
+            carrier::CarrierKind::Test => {
+                let dir = c.dir.as_ref().context("[carrier] kind = \"test\" needs dir")?;
+                let test = carrier::TestCarrier::new(dir.clone())
+                    .with_context(|| format!("cannot use the test carrier's directory {}", dir.display()))?;
+                tokio::spawn(labels::run(store.clone(), test, c.clone(), metrics.clone()));
+            }
+        }
     }
     // Freeze finished orders, with or without a hub.
     tokio::spawn(freeze::run(store.clone(), cfg.orders.freeze_policy()));
@@ -71,7 +96,14 @@ pub async fn run(
         })
         .ok();
     let chrome = Arc::new(ui::chrome(cfg.node_id.as_str(), cfg.http.tls_files().is_some()));
-    let app = api::router(api::AppState { store, metrics, auth, chrome });
+    let app = api::router(api::AppState {
+        store,
+        metrics,
+        auth,
+        chrome,
+        receiving: cfg.receiving,
+        carrier: cfg.carrier.clone().map(Arc::new),
+    });
     // TLS on the API if `[http]` names a certificate, re-read when its files change.
     let tls =
         oms_transport::tls::watched_http_server_tls(cfg.http.tls_files(), cfg.http.tls_check_interval_ms, "node-http")

@@ -52,6 +52,8 @@ pub struct Metrics {
     certificate: Mutex<Option<(String, i64)>>,
     /// The link to the hub, as the screens show it.
     pub hub_link: std::sync::Arc<HubLinkState>,
+    awaiting_label: Gauge,
+    awaiting_label_oldest_seconds: Gauge,
 }
 
 /// Whether the node is linked to its hub and since when (ms since the Unix epoch; 0: not so).
@@ -105,7 +107,21 @@ impl Metrics {
             "Seconds until this node's own certificate expires (renew within 30 days: `oms ca renew`)",
             certificate_expires_in_seconds.clone(),
         );
+        let awaiting_label = Gauge::default();
+        registry.register(
+            "consignments_awaiting_label",
+            "Packed consignments whose label is not bought yet (the carrier may be unreachable)",
+            awaiting_label.clone(),
+        );
+        let awaiting_label_oldest_seconds = Gauge::default();
+        registry.register(
+            "consignments_awaiting_label_oldest_seconds",
+            "How long the oldest consignment awaiting a label has waited",
+            awaiting_label_oldest_seconds.clone(),
+        );
         Metrics {
+            awaiting_label,
+            awaiting_label_oldest_seconds,
             registry,
             requests,
             commit_seconds,
@@ -120,6 +136,13 @@ impl Metrics {
     /// Records the certificate the node presents (at start and whenever it is reloaded).
     pub fn set_certificate(&self, serial_hex: &str, not_after_unix_s: i64) {
         *oms_service::lock(&self.certificate) = Some((serial_hex.to_owned(), not_after_unix_s));
+    }
+
+    /// Records the consignments waiting for a label (see [`crate::labels`]).
+    pub fn set_awaiting_label(&self, w: crate::store::AwaitingLabel, now_ms: u64) {
+        self.awaiting_label.set(i64::try_from(w.count).unwrap_or(i64::MAX));
+        let age_s = w.oldest_since_ms.map_or(0, |t| now_ms.saturating_sub(t) / 1_000);
+        self.awaiting_label_oldest_seconds.set(i64::try_from(age_s).unwrap_or(i64::MAX));
     }
 
     /// Records one write batch.

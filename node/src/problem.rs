@@ -25,12 +25,27 @@ impl From<StoreError> for Problem {
             StoreError::OrderFrozen { order, frozen_at_ms } => {
                 Problem::new(S::CONFLICT, code, detail).with("order", order).with("frozen_at_ms", frozen_at_ms)
             }
-            StoreError::WaveNotFound(_) => Problem::new(S::NOT_FOUND, code, detail),
+            StoreError::WaveNotFound(_) | StoreError::ConsignmentNotFound(_) => {
+                Problem::new(S::NOT_FOUND, code, detail)
+            }
             StoreError::Transition { source, .. } => {
                 Problem::new(S::CONFLICT, code, detail).with("state", source.from).with("step", source.step)
             }
             StoreError::LineMismatch { .. } => Problem::new(S::UNPROCESSABLE_ENTITY, code, detail),
             StoreError::NothingToPick => Problem::new(S::CONFLICT, code, detail),
+            StoreError::InboundNotFound { .. } => Problem::new(S::NOT_FOUND, code, detail),
+            StoreError::NotReceivable { po, state } => {
+                Problem::new(S::CONFLICT, code, detail).with("purchase_order", po).with("state", state)
+            }
+            StoreError::OverReceipt { po, line, expected, received, requested, tolerance_pct } => {
+                Problem::new(S::CONFLICT, code, detail)
+                    .with("purchase_order", po)
+                    .with("line", line)
+                    .with("expected", expected)
+                    .with("received", received)
+                    .with("requested", requested)
+                    .with("tolerance_pct", tolerance_pct)
+            }
             StoreError::Overloaded => Problem::new(S::SERVICE_UNAVAILABLE, code, detail),
             StoreError::ShuttingDown => Problem::new(S::SERVICE_UNAVAILABLE, code, detail),
             StoreError::InsufficientStorage { free_bytes, reserve_bytes } => {

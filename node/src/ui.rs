@@ -534,7 +534,7 @@ async fn order_action(
     let result: Result<OrderRecord, Problem> = match action.as_str() {
         "pack" => match f.get("parcels").unwrap_or("1").parse::<u32>() {
             Ok(parcels) if (1..=1000).contains(&parcels) => {
-                exec(&st, &actor, target, cmd::Pack { order, parcels }).await
+                exec(&st, &actor, target, cmd::Pack { order, parcels, consignment: None }).await
             }
             _ => Err(Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

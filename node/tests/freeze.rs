@@ -26,7 +26,7 @@ async fn shipped(store: &Store, key: &str, qty: u32) -> OrderId {
     store.execute(cmd::CreateWave { orders_max: 1 }).await.unwrap();
     let lines = vec![PickConfirmation { sku: sku(), picked: qty }];
     store.execute(cmd::ConfirmPicks { order: id.clone(), lines, reason: None }).await.unwrap();
-    store.execute(cmd::Pack { order: id.clone(), parcels: 1 }).await.unwrap();
+    store.execute(cmd::Pack { order: id.clone(), parcels: 1, consignment: None }).await.unwrap();
     let ship = cmd::Ship { order: id.clone(), carrier: "DHL".into(), tracking: format!("T-{key}") };
     store.execute(ship).await.unwrap();
     id
@@ -90,7 +90,7 @@ fn finished_orders_freeze_and_then_refuse_every_change() {
         assert_frozen_refusal(store.execute(refund).await.unwrap_err(), &ship1);
         let cancel = cmd::Cancel { order: ship1.clone(), reason: "late".into() };
         assert_frozen_refusal(store.execute(cancel).await.unwrap_err(), &ship1);
-        let pack = cmd::Pack { order: ship1.clone(), parcels: 2 };
+        let pack = cmd::Pack { order: ship1.clone(), parcels: 2, consignment: None };
         assert_frozen_refusal(store.execute(pack).await.unwrap_err(), &ship1);
         assert_eq!(snapshot(&store, &ship1), before);
         let before = snapshot(&store, &cancelled);

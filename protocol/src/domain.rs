@@ -68,7 +68,8 @@ fn check_token(field: &str, code: &'static str, s: &str) -> Result<(), Validatio
     Ok(())
 }
 
-fn check_text(field: &str, s: &str, required: bool) -> Result<(), ValidationError> {
+/// Checks free text: at most [`TEXT_BYTES_MAX`] bytes, no control characters, not blank when `required`.
+pub fn check_text(field: &str, s: &str, required: bool) -> Result<(), ValidationError> {
     if required && s.trim().is_empty() {
         return Err(ValidationError::new("missing_field", field, "must not be empty"));
     }
@@ -88,8 +89,9 @@ fn check_text(field: &str, s: &str, required: bool) -> Result<(), ValidationErro
 macro_rules! token_id {
     ($(#[$doc:meta])* $name:ident, $code:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
+        #[schema(pattern = "^[A-Za-z0-9._:/-]{1,64}$")]
         pub struct $name(String);
 
         impl $name {
@@ -143,6 +145,21 @@ token_id!(
     Channel,
     "invalid_channel"
 );
+token_id!(
+    /// A supplier the hub buys from, such as `acme`.
+    SupplierId,
+    "invalid_supplier_id"
+);
+token_id!(
+    /// A purchase order, numbered by the hub (`PO-000001`).
+    PurchaseOrderId,
+    "invalid_purchase_order_id"
+);
+token_id!(
+    /// An advance shipping notice, named by the supplier or the planner who records it.
+    AsnId,
+    "invalid_asn_id"
+);
 
 impl OrderId {
     /// The id of the `seq`th order accepted by `site`: globally unique because each site numbers its own.
@@ -152,8 +169,9 @@ impl OrderId {
 }
 
 /// An ISO 4217 currency code (active codes only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "EUR")]
 pub struct Currency([u8; 3]);
 
 /// Active ISO 4217 codes. A list rather than a crate: it is short, changes rarely, and we want no dependency
@@ -208,7 +226,7 @@ impl fmt::Display for Currency {
 }
 
 /// A point on Earth in degrees (WGS 84).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GeoPoint {
     /// Latitude, −90 to 90.
     pub lat: f64,
@@ -230,7 +248,7 @@ impl GeoPoint {
 }
 
 /// Where an order ships to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Address {
     /// Recipient's name.
     pub name: String,
@@ -280,7 +298,7 @@ impl Address {
 }
 
 /// Optional customer contact, for notifications.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Contact {
     /// E-mail address.
     #[serde(default)]
@@ -291,7 +309,7 @@ pub struct Contact {
 }
 
 /// One line of an order as a channel sends it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderLine {
     /// What is ordered.
     pub sku: Sku,
@@ -305,7 +323,7 @@ pub struct OrderLine {
 
 /// An order as a channel submits it, before it is accepted. Deserialized straight from the request body;
 /// [`OrderDraft::validate`] checks what the types cannot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderDraft {
     /// The channel's own reference for the order.
     pub external_ref: String,
@@ -387,7 +405,7 @@ pub fn check_qty(field: &str, qty: u32) -> Result<(), ValidationError> {
 }
 
 /// The state of a fulfillment order: the part of an order that one site fulfills.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FulfillmentState {
     /// Routed to a site that has not answered yet.
@@ -548,7 +566,7 @@ pub struct TransitionError {
 }
 
 /// What happens to returned goods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Disposition {
     /// Back on the shelf, sellable.
@@ -558,7 +576,7 @@ pub enum Disposition {
 }
 
 /// The state of a return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReturnState {
     /// The customer asked to return.
@@ -601,7 +619,7 @@ impl ReturnState {
 }
 
 /// A typed stock movement: the only way a balance changes. Stored append-only in the node's ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Movement {
     /// Goods received into a bin.
@@ -673,7 +691,7 @@ pub enum Movement {
 }
 
 /// Per-SKU stock figures at one site. `available = on_hand − reserved`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Balance {
     /// Units in bins (including reserved ones).
     pub on_hand: u64,

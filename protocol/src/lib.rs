@@ -12,5 +12,6 @@ pub mod escrow;
 pub mod fixtures;
 pub mod records;
 pub mod schema;
+pub mod shipping;
 pub mod sync;
 pub mod wire;

@@ -35,7 +35,7 @@ pub fn draft_sha256(draft: &OrderDraft) -> Result<[u8; 32], postcard::Error> {
 }
 
 /// One line of a fulfillment order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FulfillmentLine {
     /// The SKU.
     pub sku: Sku,
@@ -50,7 +50,7 @@ pub struct FulfillmentLine {
 }
 
 /// A moment in an order's life.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
     /// When, ms since the Unix epoch.
     pub at_ms: u64,
@@ -61,7 +61,7 @@ pub struct TimelineEntry {
 }
 
 /// The carrier hand-over.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Shipment {
     /// Carrier name.
     pub carrier: String,
@@ -72,7 +72,7 @@ pub struct Shipment {
 }
 
 /// A customer return received at this site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReturnRecord {
     /// Number of the return within the order, from 1.
     pub id: u32,
@@ -87,7 +87,7 @@ pub struct ReturnRecord {
 }
 
 /// A returned SKU and quantity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReturnLine {
     /// The SKU.
     pub sku: Sku,
@@ -96,7 +96,7 @@ pub struct ReturnLine {
 }
 
 /// An order at this site together with its fulfillment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderRecord {
     /// The order id.
     pub id: OrderId,

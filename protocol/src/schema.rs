@@ -14,6 +14,10 @@
 //!   hub's view of the stock rights it shares with that site. The site's view travels in its stock document
 //!   (under [`keys::ESCROW`]); both sides merge the other's view by element-wise max (every cell of the
 //!   counter has one writer), see `oms_protocol::escrow`.
+//! - `inbound/<node-id>`: one per node, written only by the hub: a map purchase order id → postcard
+//!   [`InboundPo`], what the site is to receive (the order's lines, what the hub counts as received and
+//!   short-closed, and the ASNs announced). The site's receipts travel back in its stock document (under
+//!   [`keys::RECEIPTS`], receipt id → postcard [`SiteReceipt`]), which the hub applies once per receipt id.
 //! - Orders the hub takes from channels are `order/hub-<seq>.<n>` documents the hub creates (origin `hub`,
 //!   site = the node it assigned), one per fulfillment order; the node writes their progress as for its own.
 //!
@@ -37,6 +41,8 @@ pub const ORDER_PREFIX: &str = "order/";
 pub const STOCK_PREFIX: &str = "stock/";
 /// Prefix of the hub's escrow document ids.
 pub const ESCROW_PREFIX: &str = "escrow/";
+/// Prefix of the hub's inbound (expected receipts) document ids.
+pub const INBOUND_PREFIX: &str = "inbound/";
 /// The origin of orders the hub creates (one name with [`crate::domain::HUB_ORDER_PREFIX`]).
 pub use crate::domain::HUB_ORIGIN;
 
@@ -77,9 +83,74 @@ pub mod keys {
     pub const ESCROW: &str = "escrow";
     /// postcard `SiteInfo` in a stock document: where the site is and what it can take.
     pub const SITE_INFO: &str = "site_info";
+    /// postcard `ShippingSchedule` in a stock document: when the site's carriers collect. Absent when the site
+    /// has no schedule (a separate key, so a hub reads `SITE_INFO` of sites from before schedules unchanged).
+    pub const SHIPPING: &str = "shipping";
     /// The fulfilling node froze the finished order at this time, ms since the Unix epoch (in [`NODE`]). The
     /// change that sets it is the document's last: nobody may change a frozen order document.
     pub const FROZEN_AT_MS: &str = "frozen_at_ms";
+    /// Map purchase order id → postcard `InboundPo` (in an inbound document).
+    pub const EXPECTED: &str = "expected";
+    /// Map receipt id → postcard `SiteReceipt` (in a stock document).
+    pub const RECEIPTS: &str = "receipts";
+}
+
+/// One line of a purchase order a site is to receive, as the hub publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundLine {
+    /// The PO line number.
+    pub line: u32,
+    /// The SKU.
+    pub sku: Sku,
+    /// Units ordered.
+    pub ordered: u64,
+    /// Units the hub counts as received (from the site's receipts it applied).
+    pub received: u64,
+    /// Units short-closed (will never come).
+    pub short_closed: u64,
+}
+
+/// An advance shipping notice as the hub publishes it: units of some lines on their way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundAsn {
+    /// The ASN id.
+    pub id: String,
+    /// (PO line, units shipped).
+    pub lines: Vec<(u32, u64)>,
+    /// Expected arrival, epoch day.
+    pub expected_day: u64,
+}
+
+/// A purchase order a site is to receive (hub-owned, in `inbound/<node>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundPo {
+    /// The purchase order id.
+    pub po: String,
+    /// Its state at the hub (`sent`, `partially_received`, ...).
+    pub state: String,
+    /// Whether units may still be received against it.
+    pub receivable: bool,
+    /// Expected arrival, epoch day.
+    pub expected_day: u64,
+    /// Its lines.
+    pub lines: Vec<InboundLine>,
+    /// Its ASNs.
+    pub asns: Vec<InboundAsn>,
+}
+
+/// A receipt a site booked against a purchase order (node-owned, in its stock document).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteReceipt {
+    /// The receipt id (unique at the site).
+    pub id: String,
+    /// The purchase order.
+    pub po: String,
+    /// The ASN it was received under, if any.
+    pub asn: Option<String>,
+    /// (PO line, units received); unplanned units are not here.
+    pub lines: Vec<(u32, u64)>,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// What a node tells the hub about its site, for routing.
@@ -145,6 +216,8 @@ pub enum DocKind {
     Stock(NodeId),
     /// `escrow/<node>` (hub-owned).
     Escrow(NodeId),
+    /// `inbound/<node>` (hub-owned).
+    Inbound(NodeId),
 }
 
 impl DocKind {
@@ -159,6 +232,9 @@ impl DocKind {
         }
         if let Some(node) = s.strip_prefix(ESCROW_PREFIX) {
             return NodeId::parse(node).ok().map(DocKind::Escrow);
+        }
+        if let Some(node) = s.strip_prefix(INBOUND_PREFIX) {
+            return NodeId::parse(node).ok().map(DocKind::Inbound);
         }
         None
     }
@@ -178,6 +254,11 @@ pub fn stock_doc(node: &NodeId) -> Option<DocId> {
 /// `escrow/<node>`.
 pub fn escrow_doc(node: &NodeId) -> Option<DocId> {
     DocId::new(format!("{ESCROW_PREFIX}{node}"))
+}
+
+/// `inbound/<node>`.
+pub fn inbound_doc(node: &NodeId) -> Option<DocId> {
+    DocId::new(format!("{INBOUND_PREFIX}{node}"))
 }
 
 /// The site that numbered `id` (`wh-north` for `wh-north-0000000042`): the node that created the order.
@@ -465,31 +546,75 @@ pub fn write_escrow(
     now_ms: u64,
 ) -> Result<bool, SchemaError> {
     ensure_owner(doc, node)?;
-    let map = map_obj(doc, &ROOT, keys::ESCROW)?;
-    let sku = counter.sku().as_str();
-    let bytes = enc(counter, node.as_str(), sku)?;
-    if get_bytes(doc, &map, sku)?.as_deref() == Some(&bytes[..]) {
-        return Ok(false);
-    }
-    doc.put(&map, sku, bytes)?;
-    doc.put(ROOT, keys::UPDATED_AT_MS, now_ms)?;
-    Ok(true)
+    put_keyed(doc, node, keys::ESCROW, counter.sku().as_str(), counter, now_ms)
 }
 
 /// Reads the escrow counters under [`keys::ESCROW`], at most `max`. A counter that does not decode (or
 /// claims another SKU than its key) is skipped and reported in the second list.
 pub fn read_escrow(doc: &AutoCommit, max: usize) -> Result<(Vec<EscrowCounter>, Vec<String>), SchemaError> {
+    read_keyed(doc, keys::ESCROW, max, |k, c: &EscrowCounter| c.sku().as_str() == k)
+}
+
+/// Writes one purchase order into `inbound/<node>` (hub only). Returns true if the document changed.
+pub fn write_inbound(doc: &mut AutoCommit, node: &NodeId, po: &InboundPo, now_ms: u64) -> Result<bool, SchemaError> {
+    ensure_owner(doc, node)?;
+    put_keyed(doc, node, keys::EXPECTED, &po.po, po, now_ms)
+}
+
+/// Writes one receipt into the site's stock document (node only). Returns true if the document changed.
+pub fn write_receipt(doc: &mut AutoCommit, node: &NodeId, r: &SiteReceipt, now_ms: u64) -> Result<bool, SchemaError> {
+    ensure_owner(doc, node)?;
+    put_keyed(doc, node, keys::RECEIPTS, &r.id, r, now_ms)
+}
+
+/// Puts `v` at `map[key]` unless it is there already; stamps `updated_at_ms` when it writes.
+fn put_keyed<T: Serialize>(
+    doc: &mut AutoCommit,
+    node: &NodeId,
+    map: &str,
+    key: &str,
+    v: &T,
+    now_ms: u64,
+) -> Result<bool, SchemaError> {
+    let obj = map_obj(doc, &ROOT, map)?;
+    let bytes = enc(v, node.as_str(), key)?;
+    if get_bytes(doc, &obj, key)?.as_deref() == Some(&bytes[..]) {
+        return Ok(false);
+    }
+    doc.put(&obj, key, bytes)?;
+    doc.put(ROOT, keys::UPDATED_AT_MS, now_ms)?;
+    Ok(true)
+}
+
+/// Reads the values of `map`, at most `max`, keeping those `ok` accepts for their key; the keys of values
+/// that do not decode (or that `ok` refuses) are the second list.
+fn read_keyed<T: for<'de> Deserialize<'de>>(
+    doc: &AutoCommit,
+    map: &str,
+    max: usize,
+    ok: impl Fn(&str, &T) -> bool,
+) -> Result<(Vec<T>, Vec<String>), SchemaError> {
     let (mut out, mut bad) = (Vec::new(), Vec::new());
-    if let Some((automerge::Value::Object(ObjType::Map), obj)) = doc.get(ROOT, keys::ESCROW)? {
+    if let Some((automerge::Value::Object(ObjType::Map), obj)) = doc.get(ROOT, map)? {
         for key in doc.keys(&obj).take(max) {
             let Some(b) = get_bytes(doc, &obj, &key)? else { continue };
-            match postcard::from_bytes::<EscrowCounter>(&b) {
-                Ok(c) if c.sku().as_str() == key => out.push(c),
+            match postcard::from_bytes::<T>(&b) {
+                Ok(v) if ok(&key, &v) => out.push(v),
                 _ => bad.push(key),
             }
         }
     }
     Ok((out, bad))
+}
+
+/// The purchase orders of an inbound document, at most `max`; keys that do not decode are the second list.
+pub fn read_inbound(doc: &AutoCommit, max: usize) -> Result<(Vec<InboundPo>, Vec<String>), SchemaError> {
+    read_keyed(doc, keys::EXPECTED, max, |k, v: &InboundPo| v.po == k)
+}
+
+/// The receipts of a stock document, at most `max`; keys that do not decode are the second list.
+pub fn read_receipts(doc: &AutoCommit, max: usize) -> Result<(Vec<SiteReceipt>, Vec<String>), SchemaError> {
+    read_keyed(doc, keys::RECEIPTS, max, |k, v: &SiteReceipt| v.id == k)
 }
 
 /// Writes the site's routing facts into its stock document. Returns true if the document changed.
@@ -507,6 +632,36 @@ pub fn write_site_info(doc: &mut AutoCommit, node: &NodeId, info: &SiteInfo, now
 /// The site's routing facts from its stock document, if it published them.
 pub fn read_site_info(doc: &AutoCommit) -> Option<SiteInfo> {
     get_bytes(doc, &ROOT, keys::SITE_INFO).ok().flatten().and_then(|b| postcard::from_bytes(&b).ok())
+}
+
+/// Writes the site's shipping schedule into its stock document, or removes it for `None`. Returns true if the
+/// document changed.
+pub fn write_shipping(
+    doc: &mut AutoCommit,
+    node: &NodeId,
+    schedule: Option<&crate::shipping::ShippingSchedule>,
+    now_ms: u64,
+) -> Result<bool, SchemaError> {
+    ensure_owner(doc, node)?;
+    let current = get_bytes(doc, &ROOT, keys::SHIPPING)?;
+    match schedule {
+        Some(s) => {
+            let bytes = enc(s, node.as_str(), keys::SHIPPING)?;
+            if current.as_deref() == Some(&bytes[..]) {
+                return Ok(false);
+            }
+            doc.put(ROOT, keys::SHIPPING, bytes)?;
+        }
+        None if current.is_some() => doc.delete(ROOT, keys::SHIPPING)?,
+        None => return Ok(false),
+    }
+    doc.put(ROOT, keys::UPDATED_AT_MS, now_ms)?;
+    Ok(true)
+}
+
+/// The site's shipping schedule from its stock document, if it published one that decodes.
+pub fn read_shipping(doc: &AutoCommit) -> Option<crate::shipping::ShippingSchedule> {
+    get_bytes(doc, &ROOT, keys::SHIPPING).ok().flatten().and_then(|b| postcard::from_bytes(&b).ok())
 }
 
 /// Writes one SKU's balance into the node's stock document. Returns true if the document changed.
@@ -625,11 +780,12 @@ pub fn check_writer(
             }
         }
         (DocKind::Stock(_), _) => Err(violation("another site's stock".into())),
-        (DocKind::Escrow(owner), Writer::Hub) => match get_str(doc, &ROOT, keys::OWNER) {
+        (DocKind::Escrow(owner) | DocKind::Inbound(owner), Writer::Hub) => match get_str(doc, &ROOT, keys::OWNER) {
             Ok(Some(o)) if o == owner.as_str() => Ok(()),
             _ => Err(violation(format!("key {:?}", keys::OWNER))),
         },
         (DocKind::Escrow(_), Writer::Node(_)) => Err(violation("the hub's escrow view".into())),
+        (DocKind::Inbound(_), Writer::Node(_)) => Err(violation("the hub's expected receipts".into())),
         (DocKind::Order(id), writer) => {
             if frozen_at(doc, before) {
                 return Err(violation(format!("order {id}, which is frozen")));
@@ -810,6 +966,46 @@ mod tests {
         assert!(check_writer(&mut s, &sname, &[], Writer::Node(&other)).is_err());
         assert!(check_writer(&mut s, &sname, &[], Writer::Hub).is_err());
         assert_eq!(read_stock(&s, "s", 10).unwrap().skus.len(), 1);
+    }
+
+    /// `inbound/<node>` is the hub's alone; the site's receipts go in its own stock document; both read back
+    /// what was written and a rewrite of the same value changes nothing.
+    #[test]
+    fn inbound_is_hub_owned_and_receipts_are_the_sites() {
+        let (n, other) = (node("wh-a"), node("wh-b"));
+        let name = inbound_doc(&n).unwrap();
+        assert_eq!(DocKind::of(&name), Some(DocKind::Inbound(n.clone())));
+        let po = InboundPo {
+            po: "PO-1".into(),
+            state: "sent".into(),
+            receivable: true,
+            expected_day: 20_000,
+            lines: vec![InboundLine {
+                line: 1,
+                sku: Sku::parse("A").unwrap(),
+                ordered: 10,
+                received: 0,
+                short_closed: 0,
+            }],
+            asns: vec![InboundAsn { id: "ASN-1".into(), lines: vec![(1, 4)], expected_day: 20_001 }],
+        };
+        let mut d = AutoCommit::new();
+        assert!(write_inbound(&mut d, &n, &po, 1).unwrap());
+        assert!(!write_inbound(&mut d, &n, &po, 2).unwrap());
+        d.commit();
+        assert_eq!(check_writer(&mut d, &name, &[], Writer::Hub), Ok(()));
+        assert!(check_writer(&mut d, &name, &[], Writer::Node(&n)).is_err());
+        assert_eq!(read_inbound(&d, 10).unwrap(), (vec![po], vec![]));
+
+        let sname = stock_doc(&n).unwrap();
+        let r = SiteReceipt { id: "r-1".into(), po: "PO-1".into(), asn: None, lines: vec![(1, 4)], at_ms: 3 };
+        let mut s = AutoCommit::new();
+        assert!(write_receipt(&mut s, &n, &r, 3).unwrap());
+        assert!(!write_receipt(&mut s, &n, &r, 4).unwrap());
+        s.commit();
+        assert_eq!(check_writer(&mut s, &sname, &[], Writer::Node(&n)), Ok(()));
+        assert!(check_writer(&mut s, &sname, &[], Writer::Node(&other)).is_err());
+        assert_eq!(read_receipts(&s, 10).unwrap(), (vec![r], vec![]));
     }
 
     /// A node that never writes the layout version would have every change count as the creation, and could

@@ -581,16 +581,45 @@ enum Expect {
 }
 
 /// The peer manifest round being assembled, as the protocol defines it: a newer round replaces an older
-/// one, chunks of an older round are ignored, and a round may not list more than `manifest_docs_max`.
+/// one, chunks of an older round are ignored, a round may not list more than `manifest_docs_max`, and at
+/// most `peer_manifests_per_interval_max` rounds may begin within one `manifest_interval_ms` (a round past
+/// that is ignored whole, its later chunks too; a chunk of an older round still counts as a beginning).
 #[derive(Default)]
 struct ManifestModel {
     round: Option<u32>,
     seen: std::collections::BTreeSet<DocId>,
+    /// When each recent round began.
+    began_at: std::collections::VecDeque<u64>,
+    /// The last round ignored for beginning too soon.
+    ignored: Option<u32>,
 }
 
 impl ManifestModel {
-    /// Whether the chunk is taken (not stale), and whether it overflows the round.
-    fn take(&mut self, m: &Manifest) -> (bool, bool) {
+    /// Whether a chunk of `round` may be looked at `now` under the rate of round beginnings.
+    fn admit(&mut self, round: u32, now: u64) -> bool {
+        if self.round == Some(round) {
+            return true;
+        }
+        if self.ignored == Some(round) {
+            return false;
+        }
+        let cfg = small_config();
+        while self.began_at.front().is_some_and(|t| now.saturating_sub(*t) >= cfg.manifest_interval_ms) {
+            self.began_at.pop_front();
+        }
+        if self.began_at.len() >= cfg.peer_manifests_per_interval_max.max(1) {
+            self.ignored = Some(round);
+            return false;
+        }
+        self.began_at.push_back(now);
+        true
+    }
+
+    /// Whether the chunk is taken (admitted and not stale), and whether it overflows the round.
+    fn take(&mut self, m: &Manifest, now: u64) -> (bool, bool) {
+        if !self.admit(m.round, now) {
+            return (false, false);
+        }
         match self.round {
             Some(r) if r != m.round && m.round.wrapping_sub(r) >= u32::MAX / 2 => return (false, false),
             Some(r) if r == m.round => {}
@@ -604,7 +633,8 @@ impl ManifestModel {
         }
         self.seen.extend(m.docs.iter().filter(|e| node_entitled(&e.doc)).map(|e| e.doc.clone()));
         if m.last {
-            *self = Self::default();
+            self.round = None;
+            self.seen.clear();
         }
         (true, false)
     }
@@ -678,7 +708,7 @@ proptest! {
             }
             let before_manifest = (manifest.round, manifest.seen.len());
             let taken = match &frame {
-                Some(Frame::Manifest(m)) => Some(manifest.take(m)),
+                Some(Frame::Manifest(m)) => Some(manifest.take(m, now)),
                 _ => None,
             };
             let manifest_taken = taken.is_some_and(|(taken, _)| taken);
@@ -753,6 +783,51 @@ proptest! {
             prop_assert!(store.docs.len() <= store.docs_max);
         }
     }
+}
+
+/// Regression for the model above (the session was right): the fifth manifest round begun within one
+/// interval is ignored whole, so a foreign document it names is not refused and the session stays open;
+/// once the interval has passed, a new round is taken again and the foreign document is refused.
+#[test]
+fn a_round_begun_too_soon_is_ignored_then_rounds_are_taken_again() {
+    let cfg = small_config();
+    let mut store = MemStore::seeded(8);
+    let mut s = server(0);
+    s.handle_frame(&mut store, valid_hello());
+    drain_out(&mut s);
+    drain_events(&mut s);
+    let foreign = DocId::new("n2-foreign").unwrap();
+    let manifest = |round: u32, docs: Vec<DocId>| {
+        Frame::Manifest(Manifest {
+            round,
+            docs: docs.into_iter().map(|doc| ManifestEntry { doc, heads: vec![[1; 32]] }).collect(),
+            last: true,
+        })
+    };
+    for round in 0..cfg.peer_manifests_per_interval_max as u32 {
+        s.handle_frame(&mut store, manifest(round, vec![]));
+    }
+    drain_out(&mut s);
+    drain_events(&mut s);
+    let mut model = ManifestModel::default();
+    for round in 0..cfg.peer_manifests_per_interval_max as u32 {
+        assert_eq!(model.take(&Manifest { round, docs: vec![], last: true }, 0), (true, false));
+    }
+    let too_soon =
+        Manifest { round: 0, docs: vec![ManifestEntry { doc: foreign.clone(), heads: vec![[1; 32]] }], last: true };
+    assert_eq!(model.take(&too_soon, 0), (false, false));
+    s.handle_frame(&mut store, Frame::Manifest(too_soon));
+    let out = drain_out(&mut s);
+    assert!(!out.iter().any(|f| matches!(f, Frame::Refused { .. })), "{out:?}");
+    assert!(
+        drain_events(&mut s).iter().any(|e| matches!(e, Event::Limited { doc: None, code: ErrorCode::RateLimited }))
+    );
+    assert!(s.is_established());
+    s.tick(&mut store, cfg.manifest_interval_ms);
+    drain_out(&mut s);
+    s.handle_frame(&mut store, manifest(7, vec![foreign.clone()]));
+    let out = drain_out(&mut s);
+    assert!(out.contains(&Frame::Refused { doc: foreign, code: ErrorCode::NotEntitled }), "{out:?}");
 }
 
 /// Regression: a node announcing, round after round, documents the hub does not hold (and is entitled to,

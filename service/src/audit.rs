@@ -46,7 +46,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Actor {
 }
 
 /// One row of the trail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Position in the trail, from 1.
     pub seq: u64,
@@ -64,6 +64,15 @@ pub struct AuditEvent {
     pub target: Option<String>,
     /// `ok`, or the stable code of the error the change was refused with.
     pub outcome: String,
+}
+
+/// A page of the trail as `GET /v1/audit/events` answers it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    /// Rows by sequence.
+    pub events: Vec<AuditEvent>,
+    /// `after` of the next page; null when this page was the last.
+    pub next_after: Option<u64>,
 }
 
 /// Appends a row for `actor` to `table` (open in the change's write transaction) and returns its seq.

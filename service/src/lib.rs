@@ -17,6 +17,8 @@ pub mod config;
 #[cfg(feature = "http")]
 pub mod guard;
 #[cfg(feature = "http")]
+pub mod openapi;
+#[cfg(feature = "http")]
 pub mod problem;
 #[cfg(feature = "http")]
 pub mod request;

@@ -10,8 +10,10 @@ use serde::de::DeserializeOwned;
 
 use oms_protocol::domain::ValidationError;
 
-/// A problem details document.
-#[derive(Debug, Clone, Serialize)]
+/// A problem details document (RFC 9457), served as `application/problem+json`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"type": "https://oms.dev/problems/insufficient-stock", "title": "Conflict", "status": 409,
+    "detail": "2 requested, 1 available", "code": "insufficient_stock", "sku": "TSHIRT-RED-M"}))]
 pub struct Problem {
     /// A URI naming the problem type; `about:blank`-style tag URIs built from the code.
     #[serde(rename = "type")]
@@ -22,10 +24,12 @@ pub struct Problem {
     pub status: u16,
     /// What happened in this case and what to do about it.
     pub detail: String,
-    /// Stable machine-readable code.
+    /// Stable machine-readable code; each operation's description lists the codes it answers.
+    #[schema(value_type = String)]
     pub code: &'static str,
     /// Extra members (the offending field, the shortfalls, ...).
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 

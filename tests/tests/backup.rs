@@ -81,7 +81,7 @@ async fn online_backup_of_a_node_taking_orders_restores_and_checks_out() {
     }
     let report: Value = serde_json::from_str(&report).unwrap();
     let names: Vec<&str> = report["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["node.redb"], "{report}");
+    assert_eq!(names, ["node.redb", "keys.json"], "the databases, then the key file: {report}");
     assert!(report["bytes"].as_u64().unwrap() > 0 && report["pause_ms_max"].is_number(), "{report}");
     let acked = acked.lock().unwrap().clone();
     let before: BTreeSet<String> =
@@ -94,6 +94,12 @@ async fn online_backup_of_a_node_taking_orders_restores_and_checks_out() {
     let out = run_oms(&["restore", "--from", backup.to_str().unwrap(), "--data", restored.to_str().unwrap()]);
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["ledger_mismatches"], json!([]), "{r}");
+    assert!(r["keys"].as_u64() >= Some(1), "the API keys come back with the data: {r}");
+    assert_eq!(
+        std::fs::read(restored.join("keys.json")).unwrap(),
+        serde_json::to_vec_pretty(&oms_service::auth::keys::read(&node.dir).unwrap()).unwrap(),
+        "the key file as it was"
+    );
     let restored_orders = r["orders"].as_u64().unwrap();
 
     // A node on the restored data holds every order acknowledged before the backup began, and nothing the
@@ -160,7 +166,7 @@ async fn a_node_restored_from_an_older_backup_rejoins_without_losing_or_duplicat
     let out = run_oms(&["backup", "--data", data.to_str().unwrap(), "--out", backup.to_str().unwrap()]);
     let report: Value = serde_json::from_str(&out).unwrap();
     let names: Vec<&str> = report["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["sync.redb", "node.redb"], "the derived file first: {report}");
+    assert_eq!(names, ["sync.redb", "node.redb", "keys.json"], "the derived file first: {report}");
 
     // Five more orders after the backup reach the hub; then the node's disk is lost.
     let mut lost = BTreeSet::new();
@@ -208,7 +214,7 @@ async fn a_node_restored_from_an_older_backup_rejoins_without_losing_or_duplicat
     let out = run_oms(&["backup", "--data", hub_data.to_str().unwrap(), "--out", hub_backup.to_str().unwrap()]);
     let report: Value = serde_json::from_str(&out).unwrap();
     let names: Vec<&str> = report["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["hub.redb", "intake.redb"], "{report}");
+    assert_eq!(names, ["hub.redb", "intake.redb", "keys.json"], "{report}");
     let restored = root.join("hub-restored");
     let out = run_oms(&["restore", "--from", hub_backup.to_str().unwrap(), "--data", restored.to_str().unwrap()]);
     let r: Value = serde_json::from_str(&out).unwrap();

@@ -1,12 +1,13 @@
-//! A node whose disk fills up: writes are refused with `507 insufficient_storage` before they touch the
-//! database, reads go on, nothing is half-written, and writes resume as soon as space returns. On a real
+//! A node or a hub whose disk fills up: writes are refused with `507 insufficient_storage` before they touch
+//! the database, reads go on, nothing is half-written, and writes resume as soon as space returns. On a real
 //! file system that really fills: a small tmpfs, which needs root to mount (CI runs as root); elsewhere the
 //! test says why it skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use oms_tests::{NodeProc, get, http, order_body, place, seed};
+use oms_tests::cluster::{self, free_tcp, free_udp, pki};
+use oms_tests::{NodeProc, get, http, order_body, place, post, seed};
 use serde_json::json;
 
 const MIB: u64 = 1 << 20;
@@ -26,6 +27,22 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// A `mib` MiB tmpfs under `dir` for a test, or `None` (and why, on stderr) where it cannot be mounted:
+    /// the test then skips.
+    fn for_test(dir: &Path, mib: u64) -> Option<Tmpfs> {
+        if !is_root() {
+            eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+            return None;
+        }
+        let fs = Tmpfs::mount(&dir.join("mnt"), mib);
+        if fs.is_none() {
+            eprintln!("skipped: mount -t tmpfs failed");
+        }
+        fs
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -38,15 +55,8 @@ fn is_root() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
-    if !is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&tmp.path().join("mnt"), 48) else {
-        eprintln!("skipped: mount -t tmpfs failed");
-        return;
-    };
+    let Some(fs) = Tmpfs::for_test(tmp.path(), 48) else { return };
     let data = fs.0.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let mut node = NodeProc::start_with_config("wh-full", &data, &format!("[storage]\nreserve_bytes = {}\n", 8 * MIB));
@@ -56,9 +66,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
     assert_eq!(s, 201, "{first}");
 
     // Fill the disk until less than the reserve is free.
-    let free = oms_service::storage::free_bytes(&fs.0).unwrap();
-    let filler = fs.0.join("filler");
-    std::fs::write(&filler, vec![0u8; (free - 4 * MIB) as usize]).unwrap();
+    let filler = fill(&fs.0, 4 * MIB);
     assert!(oms_service::storage::free_bytes(&fs.0).unwrap() < 8 * MIB);
 
     // Writes: a typed 507, nothing stored; reads: as before.
@@ -84,4 +92,51 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
     assert_eq!((s, audit["consistent"].as_bool()), (200, Some(true)), "{audit}");
     node.kill9();
     drop(node);
+}
+
+/// Fills the file system of `dir` until less than `left` bytes are free; returns the filler to remove.
+fn fill(dir: &Path, left: u64) -> PathBuf {
+    let free = oms_service::storage::free_bytes(dir).unwrap();
+    let filler = dir.join("filler");
+    std::fs::write(&filler, vec![0u8; (free - left) as usize]).unwrap();
+    filler
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_with_a_full_disk_refuses_api_writes_keeps_reads_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::for_test(tmp.path(), 64) else { return };
+    let root = fs.0.clone();
+    let certs = pki(&root, &["wh-1"]);
+    let (quic, addr) = (free_udp(), free_tcp());
+    let toml = format!("[storage]\nreserve_bytes = {}\n[webhooks]\nallow_private_addresses = true\n", 8 * MIB);
+    let mut hub = cluster::spawn_hub_with(&root, &certs, quic, addr, "info", &toml);
+    let c = http();
+    cluster::wait_healthy(&c, addr, std::time::Duration::from_secs(30)).await;
+    let url = |p: &str| format!("http://{addr}{p}");
+    let hook = |n: u32| json!({"url": format!("http://127.0.0.1:9/hook-{n}"), "types": ["order.created"]});
+    let (s, v) = post(&c, url("/v1/webhooks"), hook(1)).await;
+    assert_eq!(s, 201, "{v}");
+
+    let filler = fill(&root, 4 * MIB);
+    let (s, v) = post(&c, url("/v1/webhooks"), hook(2)).await;
+    assert_eq!((s, v["code"].as_str()), (507, Some("insufficient_storage")), "{v}");
+    assert!(v["free_bytes"].as_u64().is_some_and(|f| f < 8 * MIB) && v["reserve_bytes"] == 8 * MIB, "{v}");
+    let (s, v) = post(&c, url("/v1/orders"), order_body("full-1", &[("SKU-1", 1)])).await;
+    assert_eq!((s, v["code"].as_str()), (507, Some("insufficient_storage")), "{v}");
+    // Reads go on, and show that nothing was written.
+    let (s, list) = get(&c, url("/v1/webhooks")).await;
+    assert_eq!((s, list["webhooks"].as_array().map(Vec::len)), (200, Some(1)), "{list}");
+    let (s, orders) = get(&c, url("/v1/orders")).await;
+    assert_eq!((s, orders["orders"].as_array().map(Vec::len)), (200, Some(0)), "{orders}");
+    // A caller without a key is still told so first.
+    let r = reqwest::Client::new().post(url("/v1/webhooks")).json(&hook(3)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    std::fs::remove_file(&filler).unwrap();
+    let (s, v) = post(&c, url("/v1/webhooks"), hook(2)).await;
+    assert_eq!(s, 201, "{v}");
+    let (_, list) = get(&c, url("/v1/webhooks")).await;
+    assert_eq!(list["webhooks"].as_array().map(Vec::len), Some(2), "{list}");
+    hub.proc.kill9();
 }

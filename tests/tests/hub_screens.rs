@@ -87,6 +87,49 @@ async fn planner_service_and_customer_screens() {
     // it is done and audited as the person.
     let mut sam = Browser::new(http);
     assert_eq!(sam.sign_in("sam", "a long password").await.status, 303);
+    // Found by what the customer says: two orders under one e-mail are listed, a phone number opens its one,
+    // and a search that matches nothing says so.
+    let mut ids = vec![id.clone()];
+    for (key, ext, phone) in [("o2", "web-2", "+49 30 1234567"), ("o3", "web-3", "+49 40 7654321")] {
+        let mut b = body.clone();
+        b["external_ref"] = json!(ext);
+        b["contact"] = json!({"email": "Ada@Example.com", "phone": phone});
+        let r = channel.post(format!("http://{http}/v1/orders")).header("idempotency-key", key).json(&b).send().await;
+        let v: Value = r.unwrap().json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let p = sam.get("/ui/orders?q=ada%40example.com").await;
+    assert_eq!(p.status, 200);
+    assert!(p.html.contains("2 orders match") && p.html.contains(&ids[1]) && p.html.contains(&ids[2]), "{}", p.html);
+    assert!(p.html.find(&ids[2]) < p.html.find(&ids[1]), "newest first: {}", p.html);
+    let p = sam.get("/ui/orders?q=%2B49%2030%201234567").await;
+    assert_eq!((p.status, p.location.clone()), (303, Some(format!("/ui/orders/{}", ids[1]))));
+    let p = sam.get("/ui/orders?q=web-3").await;
+    assert_eq!(p.location, Some(format!("/ui/orders/{}", ids[2])), "by the shop's reference");
+    let p = sam.get("/ui/orders?q=nobody%40example.com").await;
+    assert!(p.html.contains("No order matches"), "{}", p.html);
+    // The same search over the API, for service only, with typed refusals.
+    let admin = oms_tests::http();
+    let v: Value = admin
+        .get(format!("http://{http}/v1/orders/search?q=ADA@example.com"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let found: Vec<&str> = v["orders"].as_array().unwrap().iter().filter_map(|o| o["id"].as_str()).collect();
+    assert_eq!(found, [ids[2].as_str(), ids[1].as_str()], "{v}");
+    for bad in
+        ["/v1/orders/search", "/v1/orders/search?q=", "/v1/orders/search?q=x&limit=0", "/v1/orders/search?q=x&x=1"]
+    {
+        let r = admin.get(format!("http://{http}{bad}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "invalid_query", "{bad}: {v}");
+    }
+    let r = channel.get(format!("http://{http}/v1/orders/search?q=ada@example.com")).send().await.unwrap();
+    assert_eq!(r.status(), 403, "a channel does not search other channels' customers");
     let p = sam.get(&format!("/ui/orders?id={id}")).await;
     assert_eq!((p.status, p.location.clone()), (303, Some(format!("/ui/orders/{id}"))));
     let p = sam.get(&format!("/ui/orders/{id}")).await;
@@ -95,7 +138,6 @@ async fn planner_service_and_customer_screens() {
     let p = sam.post(&format!("/ui/orders/{id}/cancel"), &[("csrf", &csrf), ("reason", "")]).await;
     assert_eq!(p.status, 422);
     assert!(p.html.contains("Give a reason"), "{}", p.html);
-    let admin = oms_tests::http();
     let v: Value = admin.get(format!("http://{http}/v1/orders/{id}")).send().await.unwrap().json().await.unwrap();
     assert!(v["cancel_requested_at_ms"].is_null(), "{v}");
     let p = sam.submit(&format!("/ui/orders/{id}/cancel"), &[("csrf", &csrf), ("reason", "customer called")]).await;

@@ -238,6 +238,30 @@ async fn card_order_is_authorized_captured_per_shipment_invoiced_and_refunded() 
     assert_eq!(summary["payment_mismatches"], 0, "{summary}");
     assert_eq!((summary["captured_minor"].as_u64(), summary["refunded_minor"].as_u64()), (Some(2_380), Some(595)));
     assert_eq!(counts(&state)["refund"], 1);
+
+    // Every settled money movement is a `payment.*` event, each once, committed with what it reports: the
+    // authorization with the order, a capture per invoice, the refund with its credit note.
+    let (s, ev) = get(&c, format!("http://{hub}/v1/events?types=payment.*&limit=100")).await;
+    assert_eq!(s, 200, "{ev}");
+    let mine: Vec<(&str, u64, Option<&str>)> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["order_id"] == id.as_str())
+        .map(|e| {
+            (e["type"].as_str().unwrap(), e["data"]["amount_minor"].as_u64().unwrap(), e["data"]["document"].as_str())
+        })
+        .collect();
+    assert_eq!(
+        mine,
+        [
+            ("payment.authorized", 2_380, None),
+            ("payment.captured", 1_190, Some(inv1.as_str())),
+            ("payment.captured", 1_190, Some(inv2.as_str())),
+            ("payment.refunded", 595, cn["number"].as_str()),
+        ],
+        "{ev}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,9 +67,10 @@ async fn tokens_roles_and_key_changes_without_restart() {
     let staff = http_as(&create_key(&dir, "picker", "staff", None, None));
     let chan = http_as(&create_key(&dir, "shop", "channel", Some("web"), None));
     let planner = http_as(&create_key(&dir, "plan", "planner", None, None));
-    let monitor = http_as(&create_key(&dir, "prom", "monitor", None, None));
     let service = http_as(&create_key(&dir, "cs", "service", None, None));
-    until_status(&staff, n.url("/v1/stock"), 200).await;
+    let monitor = http_as(&create_key(&dir, "prom", "monitor", None, None));
+    // The keys file is read whole: once the key made last is known, so are the others.
+    until_status(&monitor, n.url("/metrics"), 200).await;
     let forbidden: Vec<(&reqwest::Client, &str, &str)> = vec![
         (&staff, "POST", "/v1/orders"),
         (&staff, "POST", "/v1/import/stock"),
@@ -79,6 +80,10 @@ async fn tokens_roles_and_key_changes_without_restart() {
         (&chan, "POST", "/v1/stock/receipts"),
         (&chan, "GET", "/v1/stock"),
         (&planner, "POST", "/v1/stock/adjustments"),
+        (&planner, "POST", "/v1/inbound/ASN-1/receipts"),
+        (&planner, "POST", "/v1/inbound/po/PO-1/receipts"),
+        (&chan, "GET", "/v1/inbound"),
+        (&service, "POST", "/v1/inbound/ASN-1/receipts"),
         (&planner, "GET", "/v1/orders"),
         (&monitor, "GET", "/v1/orders"),
         (&monitor, "GET", "/v1/stock"),
@@ -102,7 +107,7 @@ async fn tokens_roles_and_key_changes_without_restart() {
     assert_eq!(s, 201, "{v}");
     assert_eq!(get(&planner, n.url("/v1/stock/A")).await.0, 200);
     let text = monitor.get(n.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("oms_node_auth_refusals_total{reason=\"forbidden\"} 13"), "{text}");
+    assert!(text.contains("oms_node_auth_refusals_total{reason=\"forbidden\"} 17"), "{text}");
     // At least the four above (more if a poll ran before the new keys were loaded).
     let unauthenticated: u64 = text
         .lines()

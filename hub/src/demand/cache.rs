@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use oms_service::lock;
 
 use super::history::{Basis, DemandIndex};
-use super::planning::{Replenishment, RunParams, replenishment};
+use super::planning::{Replenishment, RunParams, Supply, replenishment};
 use super::stock::StockIndex;
 use crate::docs::HubDocs;
 use crate::forecast_config::{ForecastConfig, Override};
@@ -44,8 +44,9 @@ impl Fingerprint {
     }
 }
 
-/// A replenishment run's key besides the configuration: data, basis and the query's overrides.
-type PlanKey = (Fingerprint, Basis, Option<usize>, Option<u64>, Option<usize>);
+/// A replenishment run's key besides the configuration: data, basis, the query's overrides and the
+/// purchasing generation (suppliers and orders).
+type PlanKey = (Fingerprint, Basis, Option<usize>, Option<u64>, Option<usize>, u64);
 
 /// The last replenishment run: its key, the configuration it used and the result.
 type CachedRun = (PlanKey, Arc<ForecastConfig>, Arc<Replenishment>);
@@ -98,6 +99,7 @@ impl DemandCache {
         basis: Basis,
         config: &Arc<ForecastConfig>,
         query: &Override,
+        supply: &Supply,
     ) -> Arc<Replenishment> {
         let key = (
             snap.fingerprint,
@@ -105,6 +107,7 @@ impl DemandCache {
             query.lead_time_days,
             query.service_level.map(f64::to_bits),
             query.order_cycle_days,
+            supply.generation,
         );
         if let Some((k, cfg, run)) = lock(&self.runs).as_ref()
             && *k == key
@@ -113,7 +116,7 @@ impl DemandCache {
             return run.clone();
         }
         // Computed without holding the cache lock; two concurrent misses both compute, the last one stays.
-        let params = RunParams { basis, config, query };
+        let params = RunParams { basis, config, query, supply };
         let run = Arc::new(replenishment(&snap.index, &snap.stock, &params));
         *lock(&self.runs) = Some((key, config.clone(), run.clone()));
         run

@@ -5,7 +5,8 @@ use super::planning::Suggestion;
 /// Header of the CSV export.
 pub(crate) const CSV_HEADER: &str = "sku,site,model,history_days,available,mean_daily_demand,lead_time_demand,\
 safety_stock,reorder_point,shortfall,days_of_cover,stockout_day,stockout_date,reorder_qty,basis,lead_time_days,\
-lead_time_source,service_level,service_level_source,order_cycle_days,order_cycle_source,on_order,on_order_source";
+lead_time_source,service_level,service_level_source,order_cycle_days,order_cycle_source,on_order,on_order_source,\
+supplier,po_qty";
 
 /// One CSV field, quoted (RFC 4180: inner quotes doubled) when it holds a comma, a quote or a line break.
 fn csv_field(s: &str) -> String {
@@ -42,6 +43,8 @@ pub(crate) fn to_csv(rows: &[Suggestion]) -> String {
             r.order_cycle_source.to_owned(),
             r.on_order.to_string(),
             r.on_order_source.to_owned(),
+            csv_field(r.supplier.as_deref().unwrap_or("")),
+            r.po_qty.to_string(),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');

@@ -4,8 +4,11 @@
 //! [`forecast_item`] runs [`oms_forecast::auto`] (weekly season) on a series and [`oms_forecast::plan`] on
 //! the available stock (on hand minus reserved) from the site's stock document, or the network total. Lead
 //! time, service level and order cycle are resolved per item from the `[forecast]` configuration
-//! ([`crate::forecast_config`]) unless the request sets them. The hub knows no purchase orders, so stock on
-//! order is zero, and responses say so ([`ON_ORDER_SOURCE`]).
+//! ([`crate::forecast_config`]) unless the request sets them. Stock on order is what open purchase orders
+//! will still bring to the site ([`Supply`], from [`crate::purchasing`]; [`ON_ORDER_SOURCE`]): it counts in
+//! the inventory position, so a suggestion is smaller by exactly the units on order (while the position
+//! stays below the reorder point). The cheapest supplier of a SKU names the lead time (unless the
+//! configuration or the query sets one) and rounds the order up to its MOQ and order multiple (`po_qty`).
 
 use oms_forecast::{Forecast, ForecastError};
 
@@ -23,8 +26,22 @@ pub(crate) const SEASON_DAYS: usize = 7;
 pub(crate) const QUANTILES: [f64; 3] = [0.1, 0.5, 0.9];
 /// Horizon used for replenishment runs (the plan extends the last week beyond it).
 pub(crate) const REPLENISHMENT_HORIZON: usize = 28;
-/// Where stock on order comes from: nowhere, the hub has no purchase orders, so it is always 0.
-pub(crate) const ON_ORDER_SOURCE: &str = "none";
+/// Where stock on order comes from: the open purchase orders.
+pub(crate) const ON_ORDER_SOURCE: &str = "purchase_orders";
+/// Purchase orders and expected dates named per suggestion; more are counted in `on_order` all the same.
+pub(crate) const ON_ORDER_LISTED_MAX: usize = 10;
+
+/// What purchasing tells the replenishment: units on order and each SKU's supplier terms.
+#[derive(Debug, Clone, Default)]
+pub struct Supply {
+    /// Moves with every change of suppliers or orders (the cache key).
+    pub generation: u64,
+    /// Open PO quantities per (SKU, site).
+    pub on_order: crate::purchasing::store::OnOrderIndex,
+    /// The chosen supplier's terms per SKU.
+    pub offers:
+        std::collections::BTreeMap<String, (crate::purchasing::model::Supplier, crate::purchasing::model::SupplierSku)>,
+}
 
 /// Why demand figures could not be produced.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -112,6 +129,7 @@ impl ItemForecast {
 pub(crate) fn forecast_item(
     history: History,
     available: u64,
+    on_order: u64,
     today: u64,
     params: &PlanParams,
 ) -> Result<ItemForecast, DemandError> {
@@ -130,7 +148,7 @@ pub(crate) fn forecast_item(
     let plan = oms_forecast::replenishment::plan_with(
         &forecast,
         available as f64,
-        0.0,
+        on_order as f64,
         params.lead_time_days,
         params.service_level,
         &options,
@@ -185,10 +203,18 @@ pub(crate) struct Suggestion {
     pub(crate) order_cycle_days: usize,
     /// Where the order cycle came from.
     pub(crate) order_cycle_source: &'static str,
-    /// Stock on order: always 0, the hub has no purchase orders.
+    /// Units on order: open purchase orders to this site, not received or short-closed.
     pub(crate) on_order: u64,
     /// Where stock on order comes from: [`ON_ORDER_SOURCE`].
     pub(crate) on_order_source: &'static str,
+    /// Expected arrival dates of what is on order (earliest first, at most [`ON_ORDER_LISTED_MAX`]).
+    pub(crate) on_order_expected: Vec<String>,
+    /// The purchase orders it is on (at most [`ON_ORDER_LISTED_MAX`]).
+    pub(crate) on_order_pos: Vec<String>,
+    /// The supplier the order would go to (the cheapest offer of the SKU), if any.
+    pub(crate) supplier: Option<String>,
+    /// `reorder_qty` rounded up to the supplier's MOQ and order multiple: what a PO would order.
+    pub(crate) po_qty: u64,
 }
 
 /// Rounds for display; non-finite values become zero.
@@ -197,7 +223,17 @@ pub(crate) fn round3(v: f64) -> f64 {
 }
 
 impl Suggestion {
-    fn from_item(sku: &str, site: &str, item: &ItemForecast, basis: Basis, params: &Resolved) -> Suggestion {
+    fn from_item(
+        sku: &str,
+        site: &str,
+        item: &ItemForecast,
+        basis: Basis,
+        params: &Resolved,
+        supply: &Supply,
+    ) -> Suggestion {
+        let on = supply.on_order.get(&(sku.to_owned(), site.to_owned()));
+        let offer = supply.offers.get(sku);
+        let reorder_qty = item.reorder_qty().unwrap_or(0);
         // Exact: a horizon is at most H_MAX days, far below 2^53.
         let h = item.forecast.mean.len().max(1);
         Suggestion {
@@ -215,7 +251,7 @@ impl Suggestion {
             days_of_cover: item.plan.days_of_cover.map(round3),
             stockout_day: item.plan.stockout_day,
             stockout_date: item.stockout_day().map(iso_date),
-            reorder_qty: item.reorder_qty().unwrap_or(0),
+            reorder_qty,
             basis: basis.as_str(),
             lead_time_days: params.lead_time_days.value,
             lead_time_source: params.lead_time_days.source.as_str(),
@@ -223,10 +259,35 @@ impl Suggestion {
             service_level_source: params.service_level.source.as_str(),
             order_cycle_days: params.order_cycle_days.value,
             order_cycle_source: params.order_cycle_days.source.as_str(),
-            on_order: 0,
+            on_order: on.map_or(0, |o| o.qty),
             on_order_source: ON_ORDER_SOURCE,
+            on_order_expected: on
+                .map(|o| o.expected_days.iter().take(ON_ORDER_LISTED_MAX).map(|d| iso_date(*d)).collect())
+                .unwrap_or_default(),
+            on_order_pos: on.map(|o| o.pos.iter().take(ON_ORDER_LISTED_MAX).cloned().collect()).unwrap_or_default(),
+            supplier: offer.map(|(s, _)| s.id.to_string()),
+            po_qty: match offer {
+                Some((_, t)) => crate::purchasing::model::order_qty(reorder_qty, t.moq, t.order_multiple),
+                None => reorder_qty,
+            },
         }
     }
+}
+
+/// `resolved` with the supplier's lead time where nothing more specific than the default set one.
+pub(crate) fn resolved_with_supplier(
+    mut resolved: Resolved,
+    offer: Option<&(crate::purchasing::model::Supplier, crate::purchasing::model::SupplierSku)>,
+) -> Resolved {
+    if let Some((s, _)) = offer
+        && resolved.lead_time_days.source == crate::forecast_config::Source::Default
+    {
+        resolved.lead_time_days = crate::forecast_config::Param {
+            value: usize::try_from(s.lead_time_days).unwrap_or(usize::MAX),
+            source: crate::forecast_config::Source::Supplier,
+        };
+    }
+    resolved
 }
 
 /// Most urgent first: earliest stock-out (none last), then largest shortfall, then key.
@@ -261,6 +322,8 @@ pub(crate) struct RunParams<'a> {
     pub(crate) config: &'a ForecastConfig,
     /// The request's values, which take precedence.
     pub(crate) query: &'a Override,
+    /// Units on order and supplier terms.
+    pub(crate) supply: &'a Supply,
 }
 
 /// Forecasts every SKU × site of `index` on `run.basis` with `stock` and ranks the results.
@@ -272,10 +335,12 @@ pub(crate) fn replenishment(index: &DemandIndex, stock: &StockIndex, run: &RunPa
             break;
         }
         let Some(history) = index.history_of(run.basis, sku, Some(site)) else { continue };
-        let resolved = run.config.resolve(sku, Some(site), run.query);
+        let resolved =
+            resolved_with_supplier(run.config.resolve(sku, Some(site), run.query), run.supply.offers.get(sku));
         let params = PlanParams::from_resolved(REPLENISHMENT_HORIZON, &resolved);
-        match forecast_item(history, stock.available(sku, Some(site)), index.today, &params) {
-            Ok(item) => out.rows.push(Suggestion::from_item(sku, site, &item, run.basis, &resolved)),
+        let on_order = run.supply.on_order.get(&(sku.to_owned(), site.to_owned())).map_or(0, |o| o.qty);
+        match forecast_item(history, stock.available(sku, Some(site)), on_order, index.today, &params) {
+            Ok(item) => out.rows.push(Suggestion::from_item(sku, site, &item, run.basis, &resolved, run.supply)),
             Err(DemandError::InsufficientHistory { .. }) => out.skipped_insufficient_history += 1,
             Err(e) => {
                 tracing::debug!(%sku, %site, error = %e, "no replenishment figures");
@@ -303,20 +368,20 @@ mod tests {
 
     #[test]
     fn low_stock_gets_a_reorder_high_stock_none() {
-        let low = forecast_item(steady(120), 20, TODAY, &PARAMS).unwrap();
+        let low = forecast_item(steady(120), 20, 0, TODAY, &PARAMS).unwrap();
         let qty = low.reorder_qty().unwrap();
         assert!(qty >= 70, "order covers lead time and cycle, got {qty}");
         assert!(low.plan.stockout_day.unwrap() <= 3);
         assert!(low.plan.safety_stock.is_finite() && low.plan.safety_stock > 0.0);
         assert_eq!(low.forecast.quantiles.len(), 3);
-        let high = forecast_item(steady(120), 10_000, TODAY, &PARAMS).unwrap();
+        let high = forecast_item(steady(120), 10_000, 0, TODAY, &PARAMS).unwrap();
         assert_eq!(high.reorder_qty(), None);
         assert!(high.plan.days_of_cover.unwrap() > 500.0);
     }
 
     #[test]
     fn short_history_is_a_typed_error() {
-        let err = forecast_item(steady(5), 20, TODAY, &PARAMS).unwrap_err();
+        let err = forecast_item(steady(5), 20, 0, TODAY, &PARAMS).unwrap_err();
         assert_eq!(err, DemandError::InsufficientHistory { days: 5, needed: MIN_HISTORY_DAYS });
     }
 
@@ -363,7 +428,11 @@ mod tests {
         )
         .unwrap();
         let none = Override::default();
-        let run = replenishment(&idx, &stock, &RunParams { basis: Basis::Ordered, config: &config, query: &none });
+        let run = replenishment(
+            &idx,
+            &stock,
+            &RunParams { basis: Basis::Ordered, config: &config, query: &none, supply: &Supply::default() },
+        );
         let row = |sku: &str| run.rows.iter().find(|r| r.sku == sku).unwrap().clone();
         let (a, b) = (row("A"), row("B"));
         assert_eq!((a.lead_time_days, a.lead_time_source), (14, "site"));
@@ -373,10 +442,69 @@ mod tests {
         // 14 days of lead time at 10 a day.
         assert!((a.lead_time_demand - 140.0).abs() < 15.0, "{a:?}");
         let q = Override { lead_time_days: Some(2), ..Override::default() };
-        let run = replenishment(&idx, &stock, &RunParams { basis: Basis::Ordered, config: &config, query: &q });
+        let run = replenishment(
+            &idx,
+            &stock,
+            &RunParams { basis: Basis::Ordered, config: &config, query: &q, supply: &Supply::default() },
+        );
         assert!(run.rows.iter().all(|r| r.lead_time_days == 2 && r.lead_time_source == "query"));
         // Nothing shipped yet: no rows on the shipped basis.
-        let run = replenishment(&idx, &stock, &RunParams { basis: Basis::Shipped, config: &config, query: &none });
+        let run = replenishment(
+            &idx,
+            &stock,
+            &RunParams { basis: Basis::Shipped, config: &config, query: &none, supply: &Supply::default() },
+        );
         assert!(run.rows.is_empty());
+    }
+
+    /// Units on order reduce a suggestion by exactly that many; the supplier's lead time and MOQ/multiple
+    /// apply; the row names the supplier, the order and its expected date.
+    #[test]
+    fn units_on_order_reduce_the_suggestion_exactly() {
+        use crate::purchasing::model::{ChannelSpec, Supplier, SupplierSku};
+        use crate::purchasing::store::OnOrder;
+        use oms_protocol::domain::{Currency, Sku, SupplierId};
+        let mut idx = DemandIndex::new(TODAY);
+        for d in 0..90u64 {
+            idx.add_order("wh1", (TODAY - 90 + d) * DAY_MS, None, [("A", 10)]);
+        }
+        let mut stock = StockIndex::default();
+        stock.available.insert(("A".into(), "wh1".into()), 5);
+        let config = ForecastConfig::default();
+        let none = Override::default();
+        let terms = SupplierSku { supplier_sku: "a-1".into(), cost_minor: 250, moq: 100, order_multiple: 12 };
+        let supplier = Supplier {
+            id: SupplierId::parse("acme").unwrap(),
+            name: "Acme".into(),
+            contact: String::new(),
+            currency: Currency::parse("EUR").unwrap(),
+            lead_time_days: 7,
+            skus: [(Sku::parse("A").unwrap(), terms.clone())].into(),
+            channel: ChannelSpec::Folder,
+            webhook_secret: None,
+            updated_at_ms: 0,
+        };
+        let mut supply = Supply::default();
+        supply.offers.insert("A".into(), (supplier, terms));
+        let run = |supply: &Supply| {
+            let p = RunParams { basis: Basis::Ordered, config: &config, query: &none, supply };
+            replenishment(&idx, &stock, &p).rows.into_iter().find(|r| r.key == "wh1|A").unwrap()
+        };
+        let before = run(&supply);
+        assert!(before.reorder_qty > 40, "{before:?}");
+        assert_eq!((before.lead_time_days, before.lead_time_source), (7, "supplier"));
+        assert_eq!(before.supplier.as_deref(), Some("acme"));
+        assert_eq!(before.po_qty, crate::purchasing::model::order_qty(before.reorder_qty, 100, 12));
+        assert!(before.po_qty >= 100 && before.po_qty % 12 == 0);
+        let on = 30;
+        supply.on_order.insert(
+            ("A".into(), "wh1".into()),
+            OnOrder { qty: on, expected_days: [TODAY + 3].into(), pos: ["PO-000001".to_owned()].into() },
+        );
+        let after = run(&supply);
+        assert_eq!(after.reorder_qty, before.reorder_qty - on, "less by exactly what is on order");
+        assert_eq!(after.on_order, on);
+        assert_eq!(after.on_order_expected, [iso_date(TODAY + 3)]);
+        assert_eq!(after.on_order_pos, ["PO-000001"]);
     }
 }

@@ -90,5 +90,14 @@ pub(crate) fn hub_docs(dir: &std::path::Path, orders: &[TestOrder], stock: &[(&s
 /// The replenishment run of `idx` and `stock` on the ordered basis with the default configuration.
 pub(crate) fn run_default(idx: &DemandIndex, stock: &StockIndex) -> Replenishment {
     let config = ForecastConfig::default();
-    replenishment(idx, stock, &RunParams { basis: Basis::Ordered, config: &config, query: &Override::default() })
+    replenishment(
+        idx,
+        stock,
+        &RunParams {
+            basis: Basis::Ordered,
+            config: &config,
+            query: &Override::default(),
+            supply: &crate::demand::planning::Supply::default(),
+        },
+    )
 }

@@ -16,14 +16,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
 use oms_service::auth::Principal;
 use oms_service::{Problem, RawBody};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::webhooks::{self, WebhookError, WebhooksConfig};
 use super::{PAGE_MAX, TypeFilter};
@@ -38,12 +39,8 @@ const WAIT_POLL_MS: u64 = 20;
 pub const FEED_SCAN_MAX: usize = 10_000;
 
 /// The routes of this module. The `[webhooks]` settings come as an [`Extension`] (the defaults without it).
-pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
-        .route("/v1/events", get(feed))
-        .route("/v1/webhooks", get(list).post(create))
-        .route("/v1/webhooks/{id}", delete(remove))
-        .with_state(hub)
+pub fn router(hub: Arc<Hub>) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(feed)).routes(routes!(list, create)).routes(routes!(remove)).with_state(hub)
 }
 
 /// The settings the routes use, for the router's `layer`.
@@ -73,6 +70,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Problem> + Se
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("task failed: {e}")))?
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(
+        ("after" = Option<u64>, Query, description = "Events after this sequence (default 0)"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
+        ("types" = Option<String>, Query, description = "Comma-separated types or families (`order.*`)"),
+        ("wait_ms" = Option<u64>, Query, maximum = 20000, description = "Long-poll this long when there is none yet")),
+    responses((status = 200, description = "`{\"events\": [...], \"next_after\"}` with the webhooks' event ids", body = Object)))]
 async fn feed(
     State(hub): St,
     principal: Principal,
@@ -121,6 +124,8 @@ impl From<WebhookError> for Problem {
     }
 }
 
+#[utoipa::path(post, path = "/v1/webhooks", tag = "events", request_body = webhooks::NewSubscription,
+    responses((status = 201, description = "The subscription and its signing `secret` (shown this once)", body = Object)))]
 async fn create(
     State(hub): St,
     cfg: Cfg,
@@ -141,6 +146,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/webhooks", tag = "events",
+    responses((status = 200, description = "`{\"webhooks\": [...]}`: the caller's subscriptions with their state and last error", body = Object)))]
 async fn list(State(hub): St, cfg: Cfg, principal: Principal) -> Result<Response, Problem> {
     let cfg = cfg.map(|c| c.0).unwrap_or_default();
     let channel = principal.confined_to().cloned();
@@ -150,6 +157,8 @@ async fn list(State(hub): St, cfg: Cfg, principal: Principal) -> Result<Response
     Ok(Json(json!({"webhooks": subs.iter().map(webhooks::Subscription::view).collect::<Vec<_>>()})).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "events", params(("id" = String, Path, description = "The subscription id")),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(
     State(hub): St,
     principal: Principal,

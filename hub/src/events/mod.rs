@@ -61,12 +61,23 @@ pub const TYPES: &[&str] = &[
     ORDER_DELIVERED,
     NODE_OFFLINE,
     NODE_ONLINE,
-    "payment.authorized",
-    "payment.captured",
-    "payment.refunded",
-    "payment.failed",
+    PAYMENT_AUTHORIZED,
+    PAYMENT_CAPTURED,
+    PAYMENT_REFUNDED,
+    PAYMENT_VOIDED,
+    PAYMENT_FAILED,
     "invoice.created",
 ];
+/// A card order was authorized for its total (in the order's own transaction).
+pub const PAYMENT_AUTHORIZED: &str = "payment.authorized";
+/// A capture settled at the provider (per shipment; `document` is the invoice).
+pub const PAYMENT_CAPTURED: &str = "payment.captured";
+/// A refund settled at the provider (`document` is the credit note).
+pub const PAYMENT_REFUNDED: &str = "payment.refunded";
+/// The authorization was voided (an order cancelled before anything was captured).
+pub const PAYMENT_VOIDED: &str = "payment.voided";
+/// A capture, refund or void needs a person (`reason`); the order is flagged `payment_action_required`.
+pub const PAYMENT_FAILED: &str = "payment.failed";
 /// A channel's order was taken.
 pub const ORDER_CREATED: &str = "order.created";
 /// Units of an order were assigned to sites (at intake, or later from the backorder or a re-route).

@@ -376,7 +376,7 @@ fn encode(s: &Subscription) -> Result<Vec<u8>, StorageError> {
 }
 
 /// What a caller asks for in `POST /v1/webhooks`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSubscription {
     /// Where to post.
@@ -671,6 +671,19 @@ pub async fn run(db: Arc<dyn DbSource>, cfg: WebhooksConfig, events: super::Even
     }
 }
 
+/// `s` cut to at most [`ERROR_BYTES_MAX`] bytes (on a character boundary): an error kept for an admin to read
+/// (a delivery's, or a supplier channel's, [`crate::purchasing::channel`]).
+pub(crate) fn cut_error(mut s: String) -> String {
+    if s.len() > ERROR_BYTES_MAX {
+        let mut end = ERROR_BYTES_MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// Where the delivery loop finds `intake.redb` (the hub, or a test's database).
 pub trait DbSource: Send + Sync + 'static {
     /// The database holding the log and the subscriptions.
@@ -855,16 +868,7 @@ async fn post(client: &reqwest::Client, sub: &Subscription, attempt: u32, event:
         .body(body)
         .send()
         .await;
-    let cut = |mut s: String| {
-        if s.len() > ERROR_BYTES_MAX {
-            let mut end = ERROR_BYTES_MAX;
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s.truncate(end);
-        }
-        s
-    };
+    let cut = cut_error;
     match r {
         Ok(resp) if resp.status().is_success() => Ok(()),
         Ok(resp) => Err(cut(format!("receiver answered {}", resp.status()))),

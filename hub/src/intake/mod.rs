@@ -84,6 +84,13 @@ const TRACKING: TableDefinition<&[u8], &str> = TableDefinition::new("tracking");
 const BY_CHANNEL: TableDefinition<&str, ()> = TableDefinition::new("orders_by_channel");
 /// Set in `meta` once [`BY_CHANNEL`] holds every order (orders taken before it existed are added at open).
 const BY_CHANNEL_BUILT: &str = "index.by_channel";
+/// `<kind>:<value>\u{1f}<order id>` → (): the orders by what a customer tells service (e-mail, phone, the
+/// channel's order reference), see [`search_keys`].
+const BY_CONTACT: TableDefinition<&str, ()> = TableDefinition::new("orders_by_contact");
+/// Set in `meta` once [`BY_CONTACT`] holds every order.
+const BY_CONTACT_BUILT: &str = "index.by_contact";
+/// Most orders one search answers.
+pub const SEARCH_RESULTS_MAX: usize = 50;
 /// Customer orders with units waiting to be placed (`HubOrder::wants_routing`), kept with every write of an
 /// order: what a start loads instead of reading every order.
 const OPEN: TableDefinition<&str, ()> = TableDefinition::new("orders_open");
@@ -187,6 +194,9 @@ pub struct Fulfillment {
     pub assigned_at_ms: u64,
     /// Set when the site rejected or cancelled it and its units went back to routing.
     pub released: Option<String>,
+    /// What the site promised when it was assigned: ship-by and, per carrier service, estimated delivery.
+    #[serde(default)]
+    pub promise: Option<oms_protocol::shipping::SitePromise>,
 }
 
 /// A routing decision as recorded.
@@ -257,6 +267,8 @@ pub struct SiteFacts {
     pub reachable: bool,
     /// Since the hub last heard from it.
     pub last_heard_age_ms: u64,
+    /// Its shipping schedule, compiled; none when it published none.
+    pub schedule: Option<Arc<oms_protocol::shipping::Schedule>>,
 }
 
 /// A new fulfillment document to write.
@@ -337,6 +349,76 @@ fn scoped_key(channel: &Channel, key: &str) -> String {
 /// The index key of order `id` of `channel`.
 fn channel_key(channel: &Channel, id: &str) -> String {
     format!("{}{SCOPE_SEP}{id}", channel.as_str())
+}
+
+/// What a search for `query` looks up: an e-mail address (lower case), a phone number (its digits, at least
+/// five) or a channel's order reference (as given), each as `<kind>:<value>`.
+fn search_terms(query: &str) -> Vec<String> {
+    let q = query.trim();
+    if q.is_empty() {
+        return Vec::new();
+    }
+    let mut terms = Vec::new();
+    if q.contains('@') {
+        terms.push(email_term(q));
+    }
+    if q.chars().all(|c| c.is_ascii_digit() || " +-./()".contains(c)) {
+        terms.extend(phone_term(q));
+    }
+    terms.push(ref_term(q));
+    terms
+}
+
+/// The e-mail address as indexed and searched: trimmed, lower case.
+fn email_term(email: &str) -> String {
+    format!("email:{}", email.trim().to_lowercase())
+}
+
+/// The phone number as indexed and searched: its digits, if there are at least five.
+fn phone_term(phone: &str) -> Option<String> {
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    (digits.len() >= 5).then(|| format!("phone:{digits}"))
+}
+
+/// The channel's order reference as indexed and searched: trimmed.
+fn ref_term(external_ref: &str) -> String {
+    format!("ref:{}", external_ref.trim())
+}
+
+/// The index keys of `draft`: its e-mail address, its phone number and its channel reference.
+pub(crate) fn search_keys(draft: &oms_protocol::domain::OrderDraft, id: &str) -> Vec<String> {
+    let email = draft.contact.email.as_deref().filter(|e| !e.trim().is_empty()).map(email_term);
+    let phone = draft.contact.phone.as_deref().and_then(phone_term);
+    email
+        .into_iter()
+        .chain(phone)
+        .chain([ref_term(&draft.external_ref)])
+        .map(|v| format!("{v}{SCOPE_SEP}{id}"))
+        .collect()
+}
+
+/// Adds the orders of a file from before [`BY_CONTACT`] to it, once (one pass over every order).
+fn index_contacts_once(db: &Database) -> Result<(), IntakeError> {
+    let r = db.begin_read()?;
+    if r.open_table(META)?.get(BY_CONTACT_BUILT)?.is_some() {
+        return Ok(());
+    }
+    let mut keys = Vec::new();
+    for item in r.open_table(ORDERS)?.range::<&str>(..)? {
+        let (k, v) = item?;
+        keys.extend(search_keys(&decode_order(v.value())?.draft, k.value()));
+    }
+    drop(r);
+    let w = db.begin_write()?;
+    {
+        let mut t = w.open_table(BY_CONTACT)?;
+        for k in &keys {
+            t.insert(k.as_str(), ())?;
+        }
+        w.open_table(META)?.insert(BY_CONTACT_BUILT, 1)?;
+    }
+    w.commit()?;
+    Ok(())
 }
 
 /// A fresh tracking token: 32 bytes from the operating system's generator, in hex.
@@ -424,6 +506,7 @@ impl Intake {
         w.open_table(META)?;
         w.open_table(TRACKING)?;
         w.open_table(BY_CHANNEL)?;
+        w.open_table(BY_CONTACT)?;
         w.open_table(OPEN)?;
         w.open_table(LIVE)?;
         w.open_table(AUDIT)?;
@@ -489,6 +572,7 @@ impl Intake {
                 w.commit()?;
             }
         }
+        index_contacts_once(&db)?;
         let core = Core {
             db,
             state: Mutex::new(State { escrow, open }),
@@ -561,6 +645,40 @@ impl Intake {
         }
         let next = if out.len() == limit { out.last().map(|o| o.id.to_string()) } else { None };
         Ok((out, next))
+    }
+
+    /// The orders a customer may be asking about: by an order id, an e-mail address, a phone number or the
+    /// channel's order reference (see [`search_terms`]), at most `limit` (capped at [`SEARCH_RESULTS_MAX`]),
+    /// newest first.
+    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<HubOrder>, IntakeError> {
+        let limit = limit.clamp(1, SEARCH_RESULTS_MAX);
+        let r = self.core.db.begin_read()?;
+        let orders = r.open_table(ORDERS)?;
+        let index = r.open_table(BY_CONTACT)?;
+        let mut out: Vec<HubOrder> = Vec::new();
+        if let Some(o) = get_order(&orders, query.trim())? {
+            out.push(o);
+        }
+        for term in search_terms(query) {
+            let lo = format!("{term}{SCOPE_SEP}");
+            let hi = format!("{term}\u{20}");
+            for item in index.range::<&str>(lo.as_str()..hi.as_str())?.rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, _) = item?;
+                let Some((_, id)) = k.value().split_once(SCOPE_SEP) else { continue };
+                if out.iter().any(|o| o.id.as_str() == id) {
+                    continue;
+                }
+                if let Some(o) = get_order(&orders, id)? {
+                    out.push(o);
+                }
+            }
+        }
+        out.truncate(limit);
+        out.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then_with(|| b.id.as_str().cmp(a.id.as_str())));
+        Ok(out)
     }
 
     /// Rows of the audit trail after `after`, at most `limit` (see [`oms_service::audit::page`]).
@@ -884,6 +1002,9 @@ impl Core {
                     }
                 }
             }
+            // Open work: the shipments the hub routed there today, this batch's included.
+            let open = oms_protocol::shipping::OpenWork { shipments: used };
+            let promise = s.schedule.as_ref().and_then(|c| oms_protocol::shipping::site_promise(c, now_ms, open));
             out.push(SiteView {
                 id: s.id.clone(),
                 location,
@@ -894,6 +1015,7 @@ impl Core {
                 reachable: s.reachable,
                 last_heard_age_ms: s.last_heard_age_ms,
                 promisable,
+                promise,
             });
         }
         Ok(out)
@@ -981,6 +1103,7 @@ impl Core {
                     lines: a.lines.clone(),
                     assigned_at_ms: now_ms,
                     released: None,
+                    promise: a.promise.clone(),
                 });
             }
             for key in touched {
@@ -1190,6 +1313,42 @@ mod tests {
         assert_eq!(list.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), vec![id]);
     }
     #[test]
+    fn service_finds_orders_by_email_phone_reference_and_id_also_in_files_from_before_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INTAKE_DB_FILE);
+        let with_contact = |ext: &str, email: &str, phone: &str| {
+            let mut d = draft_of(ext, "web");
+            d.contact.email = Some(email.into());
+            d.contact.phone = Some(phone.into());
+            d
+        };
+        let (a, b, c) = {
+            let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
+            let a = intake.place("k1", with_contact("SHOP-1", "Ann@Example.com", "+49 30 1234567"), &[], &actor(), 1);
+            let b = intake.place("k2", with_contact("SHOP-2", "ann@example.com", "030/123-4567"), &[], &actor(), 2);
+            let c = intake.place("k3", with_contact("SHOP-3", "bob@example.com", "12"), &[], &actor(), 3);
+            let a = a.unwrap().order.id;
+            // As an older hub left the file: no contact index, no mark.
+            let w = intake.core.db.begin_write().unwrap();
+            w.delete_table(BY_CONTACT).unwrap();
+            w.open_table(META).unwrap().remove(BY_CONTACT_BUILT).unwrap();
+            w.commit().unwrap();
+            (a, b.unwrap().order.id, c.unwrap().order.id)
+        };
+        let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
+        let ids = |q: &str| intake.search(q, 10).unwrap().into_iter().map(|o| o.id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(" ANN@example.COM "), [b.to_string(), a.to_string()], "any case, newest first");
+        assert_eq!(ids("+49 30 1234567"), [a.to_string()]);
+        assert_eq!(ids("0301234567"), [b.to_string()], "digits only, whatever the punctuation");
+        assert_eq!(ids("SHOP-3"), [c.to_string()]);
+        assert_eq!(ids(c.as_str()), [c.to_string()]);
+        assert!(ids("12").is_empty(), "too few digits for a phone number, and no such reference");
+        assert!(ids("nobody@example.com").is_empty());
+        assert!(ids("").is_empty());
+        assert_eq!(intake.search("ann@example.com", 1).unwrap().len(), 1, "the limit holds");
+    }
+
+    #[test]
     fn a_start_reads_the_open_work_not_every_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(INTAKE_DB_FILE);
@@ -1206,6 +1365,7 @@ mod tests {
             },
             reachable: true,
             last_heard_age_ms: 0,
+            schedule: None,
         }];
         let (shipped, placed, waiting) = {
             let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();

@@ -363,6 +363,11 @@ impl Core {
         w.open_table(IDEM_BY_TIME)?.insert((now_ms, scoped.as_str()), ())?;
         w.open_table(TRACKING)?.insert(token_hash(&token).as_slice(), order.id.as_str())?;
         w.open_table(BY_CHANNEL)?.insert(channel_key(&order.draft.channel, order.id.as_str()).as_str(), ())?;
+        let mut by_contact = w.open_table(BY_CONTACT)?;
+        for k in search_keys(&order.draft, order.id.as_str()) {
+            by_contact.insert(k.as_str(), ())?;
+        }
+        drop(by_contact);
         if let Some(p) = payment {
             crate::money::open_payment(w, order.id.as_str(), p.payment, p.attempt_key.as_deref())
                 .map_err(IntakeError::from)?;
@@ -403,6 +408,7 @@ mod tests {
             info: SiteInfo { name: format!("site {n}"), lat, lon, priority: 0, capacity_per_day, region: "de".into() },
             reachable: true,
             last_heard_age_ms: 0,
+            schedule: None,
         }
     }
 

@@ -11,14 +11,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use oms_service::auth::Principal;
 use oms_service::{Problem, RawBody, now_ms};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use oms_protocol::domain::Channel;
 use redb::Database;
@@ -57,16 +58,68 @@ fn problem(e: MoneyError) -> Problem {
 }
 
 /// The routes of this module.
-pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
-        .route("/v1/orders/{id}/refunds", post(refund))
-        .route("/v1/invoices", get(list::<Invoice>))
-        .route("/v1/invoices/{number}", get(one::<Invoice>))
-        .route("/v1/credit-notes", get(list::<CreditNote>))
-        .route("/v1/credit-notes/{number}", get(one::<CreditNote>))
-        .route("/v1/payments", get(payments))
-        .route("/v1/payments/summary", get(summary))
+pub fn router(hub: Arc<Hub>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(refund))
+        .routes(routes!(invoices))
+        .routes(routes!(invoice))
+        .routes(routes!(credit_notes))
+        .routes(routes!(credit_note))
+        .routes(routes!(payments))
+        .routes(routes!(summary))
         .with_state(hub)
+}
+
+// One named handler a route (its annotation names its path); the work is the generic `list` and `one`.
+
+/// Invoices issued in `[from, to)` (ms), JSON or CSV; a channel key's: its own.
+#[utoipa::path(get, path = "/v1/invoices", tag = "money", params(("from" = Option<u64>, Query, description = "From, ms since the Unix epoch (default 0)"), ("to" = Option<u64>, Query, description = "To, exclusive"), ("limit" = Option<u64>, Query, description = "Page size (capped)"), ("format" = Option<String>, Query, description = "json (default) or csv")),
+    responses((status = 200, description = "`{\"invoices\": [...]}`; the same as csv", content((Object = "application/json"), (String = "text/csv")))))]
+async fn invoices(
+    st: State<Arc<Hub>>,
+    p: Principal,
+    h: HeaderMap,
+    q: Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    list::<Invoice>(st, p, h, q).await
+}
+
+/// Credit notes issued in `[from, to)` (ms), JSON or CSV; a channel key's: its own.
+#[utoipa::path(get, path = "/v1/credit-notes", tag = "money", params(("from" = Option<u64>, Query, description = "From, ms since the Unix epoch (default 0)"), ("to" = Option<u64>, Query, description = "To, exclusive"), ("limit" = Option<u64>, Query, description = "Page size (capped)"), ("format" = Option<String>, Query, description = "json (default) or csv")),
+    responses((status = 200, description = "`{\"credit_notes\": [...]}`; the same as csv", content((Object = "application/json"), (String = "text/csv")))))]
+async fn credit_notes(
+    st: State<Arc<Hub>>,
+    p: Principal,
+    h: HeaderMap,
+    q: Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    list::<CreditNote>(st, p, h, q).await
+}
+
+/// One invoice, JSON or printable HTML (`format=html`).
+#[utoipa::path(get, path = "/v1/invoices/{number}", tag = "money", params(("number" = String, Path, description = "The invoice number"), ("format" = Option<String>, Query, description = "json (default) or html")),
+    responses((status = 200, description = "The invoice; printable", content((Invoice = "application/json"), (String = "text/html")))))]
+async fn invoice(
+    st: State<Arc<Hub>>,
+    p: Principal,
+    h: HeaderMap,
+    n: Path<String>,
+    q: Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    one::<Invoice>(st, p, h, n, q).await
+}
+
+/// One credit note, JSON or printable HTML (`format=html`).
+#[utoipa::path(get, path = "/v1/credit-notes/{number}", tag = "money", params(("number" = String, Path, description = "The credit note number"), ("format" = Option<String>, Query, description = "json (default) or html")),
+    responses((status = 200, description = "The credit note; printable", content((CreditNote = "application/json"), (String = "text/html")))))]
+async fn credit_note(
+    st: State<Arc<Hub>>,
+    p: Principal,
+    h: HeaderMap,
+    n: Path<String>,
+    q: Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    one::<CreditNote>(st, p, h, n, q).await
 }
 
 fn bad_query(detail: impl Into<String>) -> Problem {
@@ -118,6 +171,8 @@ fn window(q: &HashMap<String, String>) -> Result<(u64, u64, usize), Problem> {
     Ok((from, to, limit.clamp(1, super::DOCS_PAGE_MAX)))
 }
 
+#[utoipa::path(post, path = "/v1/orders/{id}/refunds", tag = "money", params(("id" = String, Path, description = "The order id")),
+    request_body = RefundRequest, responses((status = 201, description = "The credit note; the refund goes out through the outbox", body = CreditNote)))]
 async fn refund(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -231,6 +286,9 @@ async fn one<T: Listed>(
     })
 }
 
+#[utoipa::path(get, path = "/v1/payments", tag = "money",
+    params(("status" = String, Query, description = "Must be action_required"), ("limit" = Option<u64>, Query, description = "Page size (capped)")),
+    responses((status = 200, description = "`{\"payments\": [{order, channel, reason, payment}]}`: payments that need a person", body = Object)))]
 async fn payments(State(hub): State<Arc<Hub>>, Query(q): Query<HashMap<String, String>>) -> Result<Response, Problem> {
     query(&q, &["status", "limit"])?;
     if q.get("status").map(String::as_str) != Some("action_required") {
@@ -246,6 +304,8 @@ async fn payments(State(hub): State<Arc<Hub>>, Query(q): Query<HashMap<String, S
     Ok(Json(json!({"payments": list})).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/payments/summary", tag = "money",
+    responses((status = 200, description = "Money totals", body = super::MoneyTotals)))]
 async fn summary(State(hub): State<Arc<Hub>>) -> Result<Response, Problem> {
     let h = hub.clone();
     let t = blocking(move || h.money.totals(h.intake.db())).await?;

@@ -389,7 +389,7 @@ pub(crate) struct Attempt {
 }
 
 /// One line of an invoice or credit note.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DocLine {
     /// SKU (`adjustment` for an amount credited without lines).
     pub sku: String,
@@ -410,7 +410,7 @@ pub struct DocLine {
 }
 
 /// An invoice: one per shipment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invoice {
     /// `<series>-<seq>`, gap-free per series.
     pub number: String,
@@ -449,7 +449,7 @@ pub struct Invoice {
 }
 
 /// A credit note: one per refund.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreditNote {
     /// `<series>-<seq>`.
     pub number: String,
@@ -480,7 +480,7 @@ pub struct CreditNote {
 }
 
 /// What to refund ([`Money::refund`]): lines of one invoice, or an amount, with a reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
     /// The invoice to credit; by default the first of the order that covers the refund.
@@ -498,7 +498,7 @@ pub struct RefundRequest {
 }
 
 /// Units of a SKU to credit.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundLine {
     /// SKU.
@@ -508,7 +508,7 @@ pub struct RefundLine {
 }
 
 /// Totals over every payment (the demo's summary).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MoneyTotals {
     /// Paid orders.
     pub payments: u64,
@@ -589,6 +589,30 @@ pub(crate) fn open_payment(
     if let Some(k) = key {
         w.open_table(ATTEMPTS)?.remove(k)?;
     }
+    if p.method == Method::Card {
+        payment_event(w, crate::events::PAYMENT_AUTHORIZED, &p, p.authorized_minor(), None, None)?;
+    }
+    Ok(())
+}
+
+/// Appends a `payment.*` event about `p` in `w`, the transaction of the change it reports: `amount_minor`
+/// moved, with the document (invoice or credit note) it moved for and, for a failure, why.
+pub(crate) fn payment_event(
+    w: &redb::WriteTransaction,
+    kind: &'static str,
+    p: &Payment,
+    amount_minor: u64,
+    document: Option<&str>,
+    reason: Option<&str>,
+) -> Result<(), MoneyError> {
+    let Ok(id) = oms_protocol::domain::OrderId::parse(&p.order) else { return Ok(()) };
+    let data = serde_json::json!({
+        "amount_minor": amount_minor, "currency": p.currency, "method": p.method, "provider": p.provider,
+        "document": document, "reason": reason,
+        "authorized_minor": p.authorized_minor(), "captured_minor": p.captured_minor, "refunded_minor": p.refunded_minor,
+    });
+    let draft = crate::events::EventDraft::new(kind, oms_service::now_ms()).order(&id, &p.channel).data(data);
+    crate::events::append(w, draft).map_err(|e| MoneyError::Storage(Arc::new(e)))?;
     Ok(())
 }
 

@@ -468,6 +468,23 @@ impl Money {
         }
         if matches!(row.status, RowStatus::Done | RowStatus::ActionRequired) {
             w.open_table(OUTBOX_OPEN)?.remove(open_key(&row.order, row.id).as_str())?;
+            // `payment.*` for the feed and the webhooks, in the transaction that settles the row.
+            let kind = match (row.status, row.kind) {
+                (RowStatus::ActionRequired, _) => Some(crate::events::PAYMENT_FAILED),
+                (_, Kind::Capture) => Some(crate::events::PAYMENT_CAPTURED),
+                (_, Kind::Refund) => Some(crate::events::PAYMENT_REFUNDED),
+                (_, Kind::Void) => Some(crate::events::PAYMENT_VOIDED),
+            };
+            if let Some(kind) = kind {
+                super::payment_event(
+                    &w,
+                    kind,
+                    &p,
+                    row.amount_minor,
+                    row.document.as_deref(),
+                    row.last_error.as_deref(),
+                )?;
+            }
         }
         w.open_table(OUTBOX)?.insert(row.id, enc(&row)?.as_slice())?;
         w.open_table(PAYMENTS)?.insert(row.order.as_str(), enc(&p)?.as_slice())?;

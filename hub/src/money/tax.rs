@@ -21,7 +21,7 @@ pub const RATE_BP_MAX: u32 = 10_000;
 pub const RATES_MAX: usize = 1_000;
 
 /// Whether prices include tax.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Prices {
     /// The price is the gross; tax is part of it.

@@ -48,6 +48,9 @@ pub enum StoreError {
     /// No such order.
     #[error("order {0} does not exist at this site")]
     OrderNotFound(OrderId),
+    /// No such consignment.
+    #[error("consignment {0} does not exist at this site")]
+    ConsignmentNotFound(String),
     /// No such wave.
     #[error("pick wave {0} does not exist")]
     WaveNotFound(u64),
@@ -78,6 +81,41 @@ pub enum StoreError {
     /// No accepted orders to put on a wave.
     #[error("no accepted orders are waiting to be picked")]
     NothingToPick,
+    /// No such purchase order or ASN among what the hub published for this site.
+    #[error("no {kind} {id:?} is expected at this site")]
+    InboundNotFound {
+        /// `purchase_order` or `asn`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The purchase order takes no more receipts (received, closed or cancelled at the hub).
+    #[error("purchase order {po} is {state}: nothing can be received against it")]
+    NotReceivable {
+        /// The order.
+        po: String,
+        /// Its state at the hub.
+        state: String,
+    },
+    /// More units than the line expects, beyond the tolerance, without `force` and a reason.
+    #[error(
+        "purchase order {po} line {line}: {received} received and {requested} more exceed the {expected} expected \
+         by more than {tolerance_pct} %; force with a reason to receive them"
+    )]
+    OverReceipt {
+        /// The order.
+        po: String,
+        /// The line.
+        line: u32,
+        /// Units expected (ordered less short-closed).
+        expected: u64,
+        /// Units received here so far.
+        received: u64,
+        /// Units in this receipt.
+        requested: u64,
+        /// The tolerance.
+        tolerance_pct: u32,
+    },
     /// The writer's queue is full.
     #[error("the node is overloaded; retry shortly")]
     Overloaded,
@@ -123,9 +161,14 @@ impl StoreError {
             StoreError::OrderNotFound(_) => "order_not_found",
             StoreError::OrderFrozen { .. } => "order_frozen",
             StoreError::WaveNotFound(_) => "wave_not_found",
+            StoreError::ConsignmentNotFound(_) => "consignment_not_found",
             StoreError::Transition { .. } => "illegal_transition",
             StoreError::LineMismatch { .. } => "line_mismatch",
             StoreError::NothingToPick => "nothing_to_pick",
+            StoreError::InboundNotFound { kind: "asn", .. } => "asn_not_found",
+            StoreError::InboundNotFound { .. } => "purchase_order_not_found",
+            StoreError::NotReceivable { .. } => "not_receivable",
+            StoreError::OverReceipt { .. } => "over_receipt",
             StoreError::Overloaded => "overloaded",
             StoreError::ShuttingDown => "shutting_down",
             StoreError::InsufficientStorage { .. } => "insufficient_storage",

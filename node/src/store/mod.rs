@@ -45,9 +45,11 @@ use crate::metrics::Metrics;
 pub use oms_protocol::records::{FulfillmentLine, OrderRecord, ReturnLine, ReturnRecord, Shipment, TimelineEntry};
 pub use oms_service::storage::StorageError;
 
+mod consignments;
 mod error;
 mod escrow;
 mod freeze;
+mod inbound;
 mod orders;
 mod reads;
 mod records;
@@ -58,10 +60,18 @@ mod tables;
 mod waves;
 mod writer;
 
+pub use consignments::{
+    AwaitingLabel, Consignment, ConsignmentCounts, ConsignmentState, LABEL_BYTES_MAX, LabelDoc, NewConsignment,
+    PARCEL_SIDE_MM_MAX, PARCEL_WEIGHT_G_MAX, PARCELS_MAX, Parcel, consignment_id,
+};
 pub use error::StoreError;
 pub use escrow::{EscrowTicked, rights_of};
 use freeze::fill_freeze_queue;
 pub use freeze::{FREEZE_ORDERS_MAX, Frozen};
+pub use inbound::{
+    INBOUND_POS_MAX, InboundRecord, PoReceipt, RECEIPT_LINES_MAX, ReceiptLine, ReceiveAgainst, ReceiveLine, Received,
+    TOLERANCE_PCT_MAX,
+};
 pub use orders::{IDEMPOTENCY_KEY_BYTES_MAX, NewOrder};
 use records::IdempotencyRecord;
 pub use records::{CatalogItem, FeedEntry, LedgerEntry, PickConfirmation, PickLine, Shortfall, Wave};
@@ -132,7 +142,8 @@ pub mod cmd {
     //! - [`RejectAssignment`], [`ConfirmPicks`], [`Pack`], [`Ship`], [`Deliver`], [`Cancel`], [`Reaccept`],
     //!   [`ReceiveReturn`], [`Refund`] → the [`OrderRecord`] after the change;
     //! - [`CreateWave`] → [`Wave`]; [`EscrowSync`] → the SKUs whose escrow changed; [`EscrowTick`] →
-    //!   [`EscrowTicked`]; [`Freeze`] → [`Frozen`]; [`SkipOrderIds`] → the next order number.
+    //!   [`EscrowTicked`]; [`Freeze`] → [`Frozen`]; [`SkipOrderIds`] → the next order number;
+    //! - [`SetInbound`] → how many purchase orders were stored; [`ReceiveInbound`] → [`Received`].
     //!
     //! [`Store::execute`]: super::Store::execute
     //! [`Command::Reply`]: super::Command::Reply
@@ -144,9 +155,12 @@ pub mod cmd {
     //! [`Wave`]: super::Wave
     //! [`EscrowTicked`]: super::EscrowTicked
     //! [`Frozen`]: super::Frozen
+    //! [`Received`]: super::Received
 
+    pub use super::consignments::{LabelAttempt, LabelFailed, LabelStored};
     pub use super::escrow::{EscrowSync, EscrowTick};
     pub use super::freeze::Freeze;
+    pub use super::inbound::{ReceiveInbound, SetInbound};
     pub use super::orders::{AcceptAssignment, Cancel, CreateOrder, Deliver, Pack, Reaccept, RejectAssignment, Ship};
     pub use super::restore::SkipOrderIds;
     pub use super::returns::{ReceiveReturn, Refund};
@@ -199,7 +213,7 @@ impl Store {
         let db = opened.db;
         {
             let w = db.begin_write()?;
-            for t in [CATALOG, BALANCES, ORDERS, IDEMPOTENCY, ESCROW] {
+            for t in [CATALOG, BALANCES, ORDERS, IDEMPOTENCY, ESCROW, INBOUND, PO_RECEIPTS, CONSIGNMENTS, LABELS] {
                 w.open_table(t)?;
             }
             w.open_table(FROZEN)?;
@@ -207,6 +221,7 @@ impl Store {
             w.open_table(LEDGER)?;
             w.open_table(LEDGER_BY_SKU)?;
             w.open_table(ORDERS_BY_STATE)?;
+            w.open_table(CONSIGNMENTS_BY_STATE)?;
             w.open_table(IDEMPOTENCY_BY_TIME)?;
             w.open_table(WAVES)?;
             w.open_table(FEED)?;

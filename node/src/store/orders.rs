@@ -109,6 +109,8 @@ pub struct Pack {
     pub order: OrderId,
     /// Parcels.
     pub parcels: u32,
+    /// The consignment to create for the carrier, if the parcels were described.
+    pub consignment: Option<super::NewConsignment>,
 }
 
 impl Command for Pack {
@@ -118,7 +120,7 @@ impl Command for Pack {
 
 impl Apply for Pack {
     fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
-        tx.pack(self.order, self.parcels)
+        tx.pack(self.order, self.parcels, self.consignment)
     }
 }
 
@@ -458,13 +460,25 @@ impl Tx<'_> {
         Ok(rec)
     }
 
-    fn pack(&mut self, order: OrderId, parcels: u32) -> Result<OrderRecord, StoreError> {
+    fn pack(
+        &mut self,
+        order: OrderId,
+        parcels: u32,
+        consignment: Option<super::NewConsignment>,
+    ) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Pack)?;
         let prev = rec.status;
         rec.parcels = Some(parcels);
-        self.transition(&mut rec, to, format!("packed into {parcels} parcel(s)"));
+        let note = match &consignment {
+            Some(c) => format!("packed into {parcels} parcel(s) for {} {}", c.carrier, c.service),
+            None => format!("packed into {parcels} parcel(s)"),
+        };
+        self.transition(&mut rec, to, note);
         self.save_order(&rec, Some(prev))?;
+        if let Some(c) = consignment {
+            self.create_consignment(&order, c)?;
+        }
         Ok(rec)
     }
 

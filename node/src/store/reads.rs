@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::escrow_corrupt;
 use super::tables::*;
-use super::{CatalogItem, FeedEntry, LedgerEntry, OrderRecord, Store, StoreError, Wave};
+use super::{CatalogItem, FeedEntry, InboundRecord, LedgerEntry, OrderRecord, PoReceipt, Store, StoreError, Wave};
 use crate::escrow;
 
 impl Store {
@@ -27,6 +27,24 @@ impl Store {
     pub fn catalog(&self, after: Option<&str>, limit: usize) -> Result<Vec<CatalogItem>, StoreError> {
         let t = self.read()?.open_table(CATALOG)?;
         page(&t, after, limit.min(self.limits.page_max), "catalog")
+    }
+
+    /// A receipt against a purchase order.
+    pub fn po_receipt(&self, id: &str) -> Result<Option<PoReceipt>, StoreError> {
+        let t = self.read()?.open_table(PO_RECEIPTS)?;
+        t.get(id)?.map(|v| dec("po_receipts", v.value())).transpose()
+    }
+
+    /// One purchase order the site is to receive.
+    pub fn inbound_po(&self, po: &str) -> Result<Option<InboundRecord>, StoreError> {
+        let t = self.read()?.open_table(INBOUND)?;
+        t.get(po)?.map(|v| dec("inbound", v.value())).transpose()
+    }
+
+    /// A page of the purchase orders the site is to receive, ids after `after`.
+    pub fn inbound(&self, after: Option<&str>, limit: usize) -> Result<Vec<InboundRecord>, StoreError> {
+        let t = self.read()?.open_table(INBOUND)?;
+        page(&t, after, limit.min(self.limits.page_max), "inbound")
     }
 
     /// One SKU's balance, if the SKU is in the catalog.
@@ -195,28 +213,7 @@ impl Store {
             None => page(&orders, after, limit, "orders"),
             Some(s) => {
                 let idx = r.open_table(ORDERS_BY_STATE)?;
-                let tag = s.tag();
-                let range = match after {
-                    Some(a) => idx.range((tag, a)..(tag.saturating_add(1), ""))?,
-                    None => idx.range((tag, "")..(tag.saturating_add(1), ""))?,
-                };
-                let mut out = Vec::new();
-                for item in range {
-                    let (k, _) = item?;
-                    let id = k.value().1;
-                    if Some(id) == after {
-                        continue;
-                    }
-                    if out.len() >= limit {
-                        break;
-                    }
-                    let v = orders.get(id)?.ok_or(StoreError::Corrupt {
-                        table: "orders_by_state",
-                        detail: format!("index names missing order {id}"),
-                    })?;
-                    out.push(dec("orders", v.value())?);
-                }
-                Ok(out)
+                state_page(&idx, &orders, s.tag(), after, limit, ("orders_by_state", "orders"))
             }
         }
     }
@@ -255,7 +252,7 @@ impl Store {
     }
 }
 
-fn page<T: DeserializeOwned>(
+pub(super) fn page<T: DeserializeOwned>(
     t: &redb::ReadOnlyTable<&str, &[u8]>,
     after: Option<&str>,
     limit: usize,
@@ -268,6 +265,34 @@ fn page<T: DeserializeOwned>(
     let mut out = Vec::new();
     for item in range.take(limit) {
         out.push(dec(name, item?.1.value())?);
+    }
+    Ok(out)
+}
+
+/// A page of the rows of `rows` listed under `tag` in the state index `idx` ((tag, id) → ()), ids after
+/// `after`; `names` are (index, rows) for errors.
+pub(super) fn state_page<T: DeserializeOwned>(
+    idx: &redb::ReadOnlyTable<(u8, &str), ()>,
+    rows: &redb::ReadOnlyTable<&str, &[u8]>,
+    tag: u8,
+    after: Option<&str>,
+    limit: usize,
+    names: (&'static str, &'static str),
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for item in idx.range((tag, after.unwrap_or(""))..(tag.saturating_add(1), ""))? {
+        let (k, _) = item?;
+        let id = k.value().1;
+        if Some(id) == after {
+            continue;
+        }
+        if out.len() >= limit {
+            break;
+        }
+        let v = rows
+            .get(id)?
+            .ok_or(StoreError::Corrupt { table: names.0, detail: format!("index names missing row {id}") })?;
+        out.push(dec(names.1, v.value())?);
     }
     Ok(out)
 }

@@ -6,7 +6,7 @@ use oms_protocol::domain::{Balance, Movement, OrderId, Sku};
 use serde::{Deserialize, Serialize};
 
 /// A catalog item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CatalogItem {
     /// The SKU.
     pub sku: Sku,
@@ -17,7 +17,7 @@ pub struct CatalogItem {
 }
 
 /// One entry of the stock ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LedgerEntry {
     /// Position in this node's ledger, from 1, without gaps.
     pub seq: u64,
@@ -32,7 +32,7 @@ pub struct LedgerEntry {
 }
 
 /// A pick wave: lines of several orders sorted for one walk through the aisles.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Wave {
     /// Wave number.
     pub id: u64,
@@ -45,7 +45,7 @@ pub struct Wave {
 }
 
 /// One line of a pick list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PickLine {
     /// Bin location.
     pub bin: String,
@@ -66,6 +66,8 @@ pub enum FeedEntry {
     Stock(Sku),
     /// A catalog item was created or changed.
     Catalog(Sku),
+    /// A receipt against a purchase order was booked (its id).
+    Receipt(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,7 +91,7 @@ pub struct Shortfall {
 }
 
 /// A picker's confirmation of one line.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 pub struct PickConfirmation {
     /// The SKU.
     pub sku: Sku,

@@ -27,12 +27,22 @@ pub(super) const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed"
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// SKU → postcard `EscrowCounter`: the rights to the SKU's available units shared with the hub.
 pub(super) const ESCROW: TableDefinition<&str, &[u8]> = TableDefinition::new("escrow");
+/// Purchase order id → `InboundRecord`: what the hub says the site is to receive and what it received.
+pub(super) const INBOUND: TableDefinition<&str, &[u8]> = TableDefinition::new("inbound");
+/// Receipt id → `PoReceipt`: the site's receipts against purchase orders.
+pub(super) const PO_RECEIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("po_receipts");
 /// Order id → when it was frozen (ms since the Unix epoch): finished orders that refuse every change.
 pub(super) const FROZEN: TableDefinition<&str, u64> = TableDefinition::new("frozen");
 /// Order id → the start of its return window (0: finished at once): orders that may be frozen once due
 /// (see [`crate::freeze`]). Kept in the transaction that saves the order; frozen orders leave it.
 pub(super) const FREEZE_QUEUE: TableDefinition<&str, u64> = TableDefinition::new("freeze_queue");
 /// META flag: the freeze queue holds every order saved before it existed.
+/// Consignment id → postcard `Consignment` (see `consignments`): also the label outbox.
+pub(super) const CONSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("consignments");
+/// (state tag, consignment id) → (): consignments by state.
+pub(super) const CONSIGNMENTS_BY_STATE: TableDefinition<(u8, &str), ()> = TableDefinition::new("consignments_by_state");
+/// Consignment id → postcard `LabelDoc`: the label documents bought.
+pub(super) const LABELS: TableDefinition<&str, &[u8]> = TableDefinition::new("labels");
 pub(super) const FREEZE_QUEUE_FILLED: &str = "freeze.queue_filled";
 
 pub(super) const SEQ_LEDGER: &str = "seq.ledger";

@@ -253,6 +253,11 @@ pub struct Tx<'w> {
     pub(super) frozen: redb::Table<'w, &'static str, u64>,
     pub(super) freeze_queue: redb::Table<'w, &'static str, u64>,
     pub(super) audit: redb::Table<'w, u64, &'static [u8]>,
+    pub(super) inbound: redb::Table<'w, &'static str, &'static [u8]>,
+    pub(super) po_receipts: redb::Table<'w, &'static str, &'static [u8]>,
+    pub(super) consignments: redb::Table<'w, &'static str, &'static [u8]>,
+    pub(super) consignments_by_state: redb::Table<'w, (u8, &'static str), ()>,
+    pub(super) labels: redb::Table<'w, &'static str, &'static [u8]>,
     counters: BTreeMap<String, u64>,
 }
 
@@ -276,6 +281,11 @@ impl<'w> Tx<'w> {
             frozen: w.open_table(FROZEN)?,
             freeze_queue: w.open_table(FREEZE_QUEUE)?,
             audit: w.open_table(oms_service::audit::AUDIT)?,
+            inbound: w.open_table(INBOUND)?,
+            po_receipts: w.open_table(PO_RECEIPTS)?,
+            consignments: w.open_table(CONSIGNMENTS)?,
+            consignments_by_state: w.open_table(CONSIGNMENTS_BY_STATE)?,
+            labels: w.open_table(LABELS)?,
             counters: BTreeMap::new(),
         })
     }

@@ -1,6 +1,7 @@
 //! What the hub sends the node, turned into store commands: assignments (`order/hub-…` documents for this
 //! site) become local orders, the hub's cancellation requests become cancellations, and the hub's escrow
-//! view (`escrow/<node>`) is merged into the site's counters. Plus the site's periodic escrow duties.
+//! view (`escrow/<node>`) is merged into the site's counters, and the purchase orders the hub publishes for the
+//! site (`inbound/<node>`) are stored for receiving. Plus the site's periodic escrow duties.
 //!
 //! The documents are already durable in `sync.redb` when a change is announced, and every command here is
 //! idempotent (an assignment is keyed by its order id, a cancellation of a cancelled order is refused as an
@@ -33,6 +34,7 @@ pub(crate) const ESCROW_TICK_MS: u64 = 1_000;
 enum Action {
     Assign { id: OrderId, draft: Box<oms_protocol::domain::OrderDraft>, at_ms: u64, cancel: bool },
     Escrow(Vec<oms_protocol::escrow::EscrowCounter>),
+    Inbound(Vec<schema::InboundPo>),
 }
 
 fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
@@ -55,6 +57,15 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
                 tracing::warn!(%doc, skus = ?bad, "sync: hub escrow entries that do not decode were skipped");
             }
             Some(Action::Escrow(counters))
+        }
+        DocKind::Inbound(n) if &n == me => {
+            let d = docs.sync.db.read(doc)?;
+            let limit = usize::try_from(crate::store::INBOUND_POS_MAX).unwrap_or(usize::MAX);
+            let (pos, bad) = schema::read_inbound(&d, limit).ok()?;
+            if !bad.is_empty() {
+                tracing::warn!(%doc, pos = ?bad, "sync: hub purchase orders that do not decode were skipped");
+            }
+            Some(Action::Inbound(pos))
         }
         _ => None,
     }
@@ -96,6 +107,17 @@ async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), Stor
             }
             Ok(())
         }
+        Action::Inbound(pos) => {
+            // Only what changed: the document holds every order the site has been sent.
+            let changed: Vec<_> = pos
+                .into_iter()
+                .filter(|p| store.inbound_po(&p.po).ok().flatten().is_none_or(|r| &r.hub != p))
+                .collect();
+            for chunk in changed.chunks(INBOUND_BATCH_MAX) {
+                store.execute(cmd::SetInbound(chunk.to_vec())).await?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -116,9 +138,8 @@ fn startup_scan(shared: &Shared) {
             break;
         }
     }
-    if let Some(e) = schema::escrow_doc(docs.node()) {
-        found.insert(e);
-    }
+    found.extend(schema::escrow_doc(docs.node()));
+    found.extend(schema::inbound_doc(docs.node()));
     drop(docs);
     let mut inbound = lock(&shared.inbound);
     inbound.extend(found);

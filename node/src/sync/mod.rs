@@ -171,7 +171,7 @@ impl Access for SiteAccess {
     fn entitled(&self, _db: &DocDb, _hub: &PeerId, doc: &DocId) -> bool {
         match DocKind::of(doc) {
             Some(DocKind::Order(_)) => true,
-            Some(DocKind::Stock(n) | DocKind::Escrow(n)) => n == self.node,
+            Some(DocKind::Stock(n) | DocKind::Escrow(n) | DocKind::Inbound(n)) => n == self.node,
             None => false,
         }
     }
@@ -207,6 +207,7 @@ pub(crate) fn spawn(
     store: Store,
     data_dir: &Path,
     site: &schema::SiteInfo,
+    shipping: Option<&oms_protocol::shipping::ShippingSchedule>,
     tuning: SyncTuning,
     metrics: Arc<Metrics>,
 ) -> Result<(), SyncError> {
@@ -241,7 +242,7 @@ pub(crate) fn spawn(
         metrics.set_certificate(&c.serial_hex(), c.not_after_unix_s)
     }));
     let mut docs = NodeDocs::new(db, node);
-    publish_site(&mut docs, site)?;
+    publish_site(&mut docs, site, shipping)?;
     let shared = Arc::new(Shared { link: link_state, ..Shared::new(docs, tuning) });
     tokio::spawn(inbound::run(shared.clone(), store.clone(), link.clone()));
     tokio::spawn(follow_feed(shared.clone(), store));
@@ -254,13 +255,21 @@ pub(crate) fn spawn(
     Ok(())
 }
 
-/// Writes the site's routing facts into its stock document (durably) if they changed.
-fn publish_site(docs: &mut NodeDocs, site: &schema::SiteInfo) -> Result<(), SyncError> {
+/// Writes the site's routing facts and shipping schedule into its stock document (durably) if they changed.
+fn publish_site(
+    docs: &mut NodeDocs,
+    site: &schema::SiteInfo,
+    shipping: Option<&oms_protocol::shipping::ShippingSchedule>,
+) -> Result<(), SyncError> {
     let node = docs.node().clone();
     let Some(name) = schema::stock_doc(&node) else { return Ok(()) };
     let doc = docs.sync.db.get_or_create(&name)?;
-    let changed = schema::write_site_info(doc, &node, site, now_ms())
-        .map_err(|e| SyncError::PeerId(format!("site info: {e}")))?;
+    let now = now_ms();
+    let info =
+        schema::write_site_info(doc, &node, site, now).map_err(|e| SyncError::PeerId(format!("site info: {e}")))?;
+    let schedule = schema::write_shipping(doc, &node, shipping, now)
+        .map_err(|e| SyncError::PeerId(format!("shipping schedule: {e}")))?;
+    let changed = info || schedule;
     if changed {
         doc.commit();
         docs.sync.db.mark_dirty(&name);
@@ -365,6 +374,17 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
                 }
             }
             FeedEntry::Catalog(_) => {}
+            FeedEntry::Receipt(id) => {
+                // The hub applies each receipt once, by its id; unplanned lines are the site's alone.
+                let Some(r) = store.po_receipt(&id)? else { continue };
+                let lines = r.lines.iter().filter_map(|l| Some((l.line?, u64::from(l.qty)))).collect();
+                let site = schema::SiteReceipt { id: r.id, po: r.po, asn: r.asn, lines, at_ms: r.at_ms };
+                if let Some(name) = schema::stock_doc(&node)
+                    && schema::write_receipt(docs.sync.db.get_or_create(&name)?, &node, &site, now)?
+                {
+                    changed.insert(name);
+                }
+            }
         }
     }
     let due = now.saturating_sub(docs.stock_written_ms) >= tuning.stock_coalesce_ms || pending_full;
@@ -793,7 +813,7 @@ mod freeze_tests {
             let lines = vec![PickConfirmation { sku: sku.clone(), picked: 1 }];
             store.execute(cmd::ConfirmPicks { order: id.clone(), lines, reason: None }).await.unwrap();
             drain(&mut docs, &store);
-            store.execute(cmd::Pack { order: id.clone(), parcels: 1 }).await.unwrap();
+            store.execute(cmd::Pack { order: id.clone(), parcels: 1, consignment: None }).await.unwrap();
             drain(&mut docs, &store);
             store.execute(cmd::Ship { order: id.clone(), carrier: "DHL".into(), tracking: "T".into() }).await.unwrap();
             drain(&mut docs, &store);

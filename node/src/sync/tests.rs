@@ -30,7 +30,7 @@ fn site_info() -> schema::SiteInfo {
 fn docs(dir: &Path, store: &Store) -> NodeDocs {
     let mut docs = open_docs(&dir.join(SYNC_DB_FILE), 7);
     docs.stock_written_ms = hold_back();
-    publish_site(&mut docs, &site_info()).unwrap();
+    publish_site(&mut docs, &site_info(), None).unwrap();
     drain(&mut docs, store);
     docs
 }

@@ -38,7 +38,7 @@ pub const TOKEN_PREFIX: &str = "oms_";
 const TOKEN_HEX_LEN: usize = 64;
 
 /// What a key may do. Each server maps its routes to the roles that may call them; `admin` may call all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A sales channel: creates orders and reads, cancels and returns only the orders of its channel.

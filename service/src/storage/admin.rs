@@ -69,10 +69,31 @@ fn handle(dir: &Path, conn: UnixStream) {
             return;
         }
     };
+    // The key file as it is now: `keys::read` validates it, and it is written whole by rename, so a read
+    // never sees half a change. A process without one (no keys made yet) backs up its databases only.
+    let keys = match crate::auth::keys::read(dir) {
+        Ok(k) if k.keys.is_empty() && k.users.is_empty() => None,
+        Ok(k) => match serde_json::to_vec_pretty(&k) {
+            Ok(bytes) => Some(super::archive::PlainFile {
+                name: crate::auth::keys::KEYS_FILE.into(),
+                kind: "keys",
+                version: u64::from(k.version),
+                bytes,
+            }),
+            Err(e) => {
+                let _ = writeln!(out, "ERR keys.json: {e}");
+                return;
+            }
+        },
+        Err(e) => {
+            let _ = writeln!(out, "ERR {e}");
+            return;
+        }
+    };
     if writeln!(out, "OK").is_err() {
         return;
     }
-    match super::archive::write(&snaps, &mut out) {
+    match super::archive::write(&snaps, keys.as_slice(), &mut out) {
         Ok(m) => tracing::info!(
             files = m.files.len(),
             bytes = m.files.iter().map(|f| f.len).sum::<u64>(),

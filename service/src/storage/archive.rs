@@ -1,5 +1,6 @@
-//! The backup file: every database file of a node or the hub as of one snapshot each, with a checksum per
-//! file, written in one pass to a stream (the admin socket) and checked in one pass on restore.
+//! The backup file: every database file of a node or the hub as of one snapshot each, and its key file
+//! (`keys.json`: API keys and screen users, as hashes), with a checksum per file, written in one pass to a
+//! stream (the admin socket) and checked in one pass on restore.
 //!
 //! ```text
 //! OMSBACKUP 1\n
@@ -18,6 +19,17 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::format::FileSnapshot;
+use crate::auth::keys::KEYS_FILE;
+
+/// Creates `path` readable by its owner only (a backup's key file holds token and password hashes; the
+/// databases hold customers' addresses).
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
+}
 
 const MAGIC: &str = "OMSBACKUP 1";
 /// Files in one backup.
@@ -73,24 +85,50 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes a backup of `snaps` to `out`; returns its manifest.
-pub fn write(snaps: &[FileSnapshot], out: &mut impl Write) -> Result<Manifest, ArchiveError> {
+/// A small file backed up whole, as read when the backup began (the key file).
+#[derive(Debug, Clone)]
+pub struct PlainFile {
+    /// Its name in the data directory (see [`plain_name`]).
+    pub name: String,
+    /// Its kind (`keys`).
+    pub kind: &'static str,
+    /// Its format version.
+    pub version: u64,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Writes a backup of `snaps` and then `plain` to `out`; returns its manifest.
+pub fn write(snaps: &[FileSnapshot], plain: &[PlainFile], out: &mut impl Write) -> Result<Manifest, ArchiveError> {
     writeln!(out, "{MAGIC}")?;
-    let mut files = Vec::with_capacity(snaps.len());
+    let mut files = Vec::with_capacity(snaps.len() + plain.len());
+    let mut put = |f: BackupFile, body: &dyn Fn(&mut dyn Write) -> std::io::Result<()>| -> Result<(), ArchiveError> {
+        serde_json::to_writer(&mut *out, &f).map_err(std::io::Error::other)?;
+        writeln!(out)?;
+        let mut hashing = HashingWriter { inner: &mut *out, hash: Sha256::new() };
+        body(&mut hashing)?;
+        files.push(BackupFile { sha256: hex(&hashing.hash.finalize()), ..f });
+        Ok(())
+    };
     for s in snaps {
-        let mut f = BackupFile {
+        let f = BackupFile {
             name: s.name.clone(),
             kind: s.kind.into(),
             version: s.version,
             len: s.len,
             sha256: String::new(),
         };
-        serde_json::to_writer(&mut *out, &f).map_err(std::io::Error::other)?;
-        writeln!(out)?;
-        let mut hashing = HashingWriter { inner: &mut *out, hash: Sha256::new() };
-        s.copy_to(&mut hashing)?;
-        f.sha256 = hex(&hashing.hash.finalize());
-        files.push(f);
+        put(f, &|w| s.copy_to(&mut WriteRef(w)))?;
+    }
+    for p in plain {
+        let f = BackupFile {
+            name: p.name.clone(),
+            kind: p.kind.into(),
+            version: p.version,
+            len: p.bytes.len() as u64,
+            sha256: String::new(),
+        };
+        put(f, &|w| w.write_all(&p.bytes))?;
     }
     let pause_ms_max = snaps.iter().map(|s| s.pause.as_secs_f64() * 1e3).fold(0.0, f64::max);
     let manifest = Manifest { end: true, files, created_at_ms: crate::now_ms(), pause_ms_max };
@@ -100,12 +138,24 @@ pub fn write(snaps: &[FileSnapshot], out: &mut impl Write) -> Result<Manifest, A
     Ok(manifest)
 }
 
-struct HashingWriter<'a, W: Write> {
+/// A `&mut dyn Write` as a sized `Write`, for [`FileSnapshot::copy_to`].
+struct WriteRef<'a>(&'a mut dyn Write);
+
+impl Write for WriteRef<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+struct HashingWriter<'a, W: Write + ?Sized> {
     inner: &'a mut W,
     hash: Sha256,
 }
 
-impl<W: Write> Write for HashingWriter<'_, W> {
+impl<W: Write + ?Sized> Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hash.update(&buf[..n]);
@@ -126,11 +176,14 @@ fn read_line(input: &mut impl BufRead) -> Result<String, ArchiveError> {
     String::from_utf8(line).map_err(|_| invalid("a header line is not UTF-8"))
 }
 
-/// A file name a backup may carry: `[a-z0-9_-]+.redb`, nothing that could leave the data directory.
+/// A file name a backup may carry: `[a-z0-9_-]+.redb` or the key file, nothing that could leave the data
+/// directory.
 fn plain_name(name: &str) -> bool {
-    name.strip_suffix(".redb").is_some_and(|stem| {
-        !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    })
+    name == KEYS_FILE
+        || name.strip_suffix(".redb").is_some_and(|stem| {
+            !stem.is_empty()
+                && stem.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        })
 }
 
 /// Reads a whole backup from `input` and checks every file against its length and SHA-256, writing nothing.
@@ -178,7 +231,7 @@ fn read(input: &mut impl BufRead, dir: Option<&Path>) -> Result<(Manifest, Vec<P
         // Listed before it is written, so a failure removes it.
         seen.push((f.clone(), partial.clone()));
         let mut out: Box<dyn Write> = match &partial {
-            Some(p) => Box::new(std::fs::File::create(p)?),
+            Some(p) => Box::new(create_private(p)?),
             None => Box::new(std::io::sink()),
         };
         let mut hashing = HashingWriter { inner: &mut out, hash: Sha256::new() };
@@ -225,10 +278,20 @@ mod tests {
 
     #[test]
     fn names_that_could_leave_the_directory_are_refused() {
-        for ok in ["node.redb", "sync.redb", "intake-2.redb"] {
+        for ok in ["node.redb", "sync.redb", "intake-2.redb", "keys.json"] {
             assert!(plain_name(ok), "{ok}");
         }
-        for bad in ["../node.redb", "/etc/x.redb", ".redb", "a/b.redb", "node.redb.bak", "NODE.redb", ""] {
+        for bad in [
+            "../node.redb",
+            "/etc/x.redb",
+            ".redb",
+            "a/b.redb",
+            "node.redb.bak",
+            "NODE.redb",
+            "",
+            "other.json",
+            "../keys.json",
+        ] {
             assert!(!plain_name(bad), "{bad}");
         }
     }
@@ -242,7 +305,7 @@ mod tests {
         const F: Format = Format { kind: "t", version: 1, derived: false, migrations: &[] };
         let _db = open(&data.join("a.redb"), &F, &Options::default()).unwrap();
         let mut backup = Vec::new();
-        let m = write(&snapshot(&data).unwrap(), &mut backup).unwrap();
+        let m = write(&snapshot(&data).unwrap(), &[], &mut backup).unwrap();
         assert_eq!(m.files.len(), 1);
         // Intact: unpacks, with the same checksum.
         let good = dir.path().join("good");
@@ -264,6 +327,37 @@ mod tests {
             assert!(matches!(unpack(&mut &b[..], &out), Err(ArchiveError::Invalid(_))), "{damage:?}");
             assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "{damage:?}: nothing left behind");
         }
+    }
+
+    #[test]
+    fn the_key_file_travels_with_the_databases_and_is_restored_private() {
+        use crate::storage::format::{Format, Options, open, snapshot};
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        const F: Format = Format { kind: "t", version: 1, derived: false, migrations: &[] };
+        let _db = open(&data.join("a.redb"), &F, &Options::default()).unwrap();
+        let keys = PlainFile { name: KEYS_FILE.into(), kind: "keys", version: 1, bytes: b"{\"version\":1}".to_vec() };
+        let mut backup = Vec::new();
+        let m = write(&snapshot(&data).unwrap(), std::slice::from_ref(&keys), &mut backup).unwrap();
+        let names: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a.redb", "keys.json"]);
+        assert_eq!((m.files[1].kind.as_str(), m.files[1].len), ("keys", keys.bytes.len() as u64));
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        unpack(&mut &backup[..], &out).unwrap();
+        assert_eq!(std::fs::read(out.join("keys.json")).unwrap(), keys.bytes);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(out.join("keys.json")).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "restored readable by its owner only");
+        }
+        // Its checksum is checked like a database's.
+        let mut b = backup.clone();
+        let body = b.windows(keys.bytes.len()).rposition(|w| w == keys.bytes.as_slice()).unwrap();
+        b[body + 2] ^= 1;
+        assert!(matches!(verify(&mut &b[..]), Err(ArchiveError::Invalid(_))));
     }
 
     #[derive(Debug, Clone, Copy)]

@@ -12,6 +12,7 @@ pub mod archive;
 mod backend;
 pub mod crash;
 pub mod format;
+pub mod reserve;
 
 pub use backend::FaultSwitch;
 pub use format::{Format, Migration, OpenError, Opened, Options};

@@ -1,0 +1,347 @@
+//! Purchasing at the hub over real processes: suppliers by JSON and CSV, a purchase order sent through the
+//! outbox into the folder channel, confirmed, announced by an ASN (a replay recorded once), counted as on
+//! order by the replenishment; and bad input on every purchasing route, each refused with its typed code and
+//! changing nothing. Every wait is a bounded loop; processes are killed when their guard drops.
+
+use oms_tests::cluster::{hub_and_node, hub_data, seed_sku, wait_for};
+use oms_tests::{get, http, post};
+use serde_json::{Value, json};
+
+const SITE: &str = "\n[site]\nname = \"Berlin\"\nlat = 52.52\nlon = 13.40\n";
+
+async fn put(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let r = c.put(url).json(&body).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn raw(c: &reqwest::Client, url: String, content_type: &str, body: &str) -> (u16, Value) {
+    let r = c.post(url).header("content-type", content_type).body(body.to_owned()).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+fn supplier() -> Value {
+    json!({"name": "Acme", "contact": "po@acme.test", "currency": "EUR", "lead_time_days": 5,
+           "skus": {"SKU-A": {"supplier_sku": "AC-A", "cost_minor": 250, "moq": 10, "order_multiple": 5}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suppliers_orders_and_asns_and_every_bad_input_changes_nothing() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (hub, node) = hub_and_node(&c, root, "wh1", SITE).await;
+    let base = format!("http://{}/v1", hub.http);
+    seed_sku(&c, &node, "SKU-A", 5).await;
+    wait_for(&c, format!("{base}/stock/SKU-A"), "the site's stock at the hub", |v| {
+        v["sites"].as_array().is_some_and(|a| a.iter().any(|s| s["site"] == "wh1"))
+    })
+    .await;
+
+    // Suppliers: bad ones refused with their codes, nothing stored.
+    let mut bad_currency = supplier();
+    bad_currency["currency"] = json!("XXX");
+    let mut bad_moq = supplier();
+    bad_moq["skus"]["SKU-A"]["moq"] = json!(0);
+    let mut bad_url = supplier();
+    bad_url["channel"] = json!({"kind": "webhook", "url": "http://127.0.0.1:1/po"});
+    for (id, body, status, code) in [
+        ("acme", bad_currency, 422, "unknown_currency"),
+        ("acme", bad_moq, 422, "invalid_quantity"),
+        ("acme", bad_url, 422, "invalid_url"),
+        ("not an id", supplier(), 422, "invalid_supplier_id"),
+    ] {
+        let (s, v) = put(&c, format!("{base}/suppliers/{}", id.replace(' ', "%20")), body).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{v}");
+    }
+    let (s, v) = raw(&c, format!("{base}/suppliers/import"), "text/csv", "supplier,name\nx,y\n").await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("invalid_csv")), "{v}");
+    let csv = "supplier,name,contact,currency,lead_time_days,sku,supplier_sku,cost_minor,moq,order_multiple\n\
+               zed,Zed,,EUR,3,SKU-A,Z-A,200,1,1\nzed,Zed,,EUR,3,SKU-B,Z-B,abc,1,1\n";
+    let (s, v) = raw(&c, format!("{base}/suppliers/import"), "text/csv", csv).await;
+    assert_eq!((s, v["code"].as_str(), v["rows"][0]["line"].as_u64()), (422, Some("invalid_csv"), Some(3)), "{v}");
+    assert_eq!(v["rows"][0]["code"], "invalid_number", "{v}");
+    let (s, v) = raw(&c, format!("{base}/suppliers/import"), "application/json", "{}").await;
+    assert_eq!((s, v["code"].as_str()), (415, Some("unsupported_media_type")), "{v}");
+    let (_, list) = get(&c, format!("{base}/suppliers")).await;
+    assert_eq!(list["suppliers"], json!([]), "nothing stored: {list}");
+
+    // Good ones: JSON and CSV.
+    let (s, v) = put(&c, format!("{base}/suppliers/acme"), supplier()).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = put(&c, format!("{base}/suppliers/acme"), supplier()).await;
+    assert_eq!(s, 200, "replaced: {v}");
+    let csv = "supplier,name,contact,currency,lead_time_days,sku,supplier_sku,cost_minor,moq,order_multiple\n\
+               zed,Zed,,EUR,3,SKU-A,Z-A,900,1,1\nzed,Zed,,EUR,3,SKU-B,Z-B,100,2,2\n";
+    let (s, v) = raw(&c, format!("{base}/suppliers/import"), "text/csv", csv).await;
+    assert_eq!((s, v["suppliers"].as_u64(), v["skus"].as_u64()), (200, Some(1), Some(2)), "{v}");
+
+    // Purchase orders: bad ones refused, nothing created.
+    let po = |lines: Value| json!({"supplier": "acme", "site": "wh1", "lines": lines});
+    for (body, status, code) in [
+        (json!({"supplier": "acme", "site": "nowhere", "lines": [{"sku": "SKU-A", "qty": 10}]}), 422, "unknown_site"),
+        (
+            json!({"supplier": "nobody", "site": "wh1", "lines": [{"sku": "SKU-A", "qty": 10}]}),
+            404,
+            "supplier_not_found",
+        ),
+        (po(json!([{"sku": "SKU-A", "qty": 7}])), 422, "below_moq"),
+        (po(json!([{"sku": "SKU-A", "qty": 12}])), 422, "not_order_multiple"),
+        (po(json!([{"sku": "SKU-B", "qty": 2}])), 422, "sku_not_offered"),
+        (json!({"supplier": "acme", "site": "wh1", "lines": [], "from_replenishment": true}), 422, "invalid_body"),
+        (json!({"supplier": "acme", "site": "wh1", "from_replenishment": true}), 422, "nothing_to_order"),
+        (json!({"supplier": "acme", "site": "wh1", "expected_date": "2026-02-30", "lines": []}), 422, "invalid_date"),
+    ] {
+        let (s, v) = post(&c, format!("{base}/purchase-orders"), body.clone()).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{body}: {v}");
+    }
+    let (_, list) = get(&c, format!("{base}/purchase-orders")).await;
+    assert_eq!(list["purchase_orders"], json!([]), "nothing created: {list}");
+
+    // One order, its key replayed: one order.
+    let body = po(json!([{"sku": "SKU-A", "qty": 15}]));
+    let create = |key: &'static str, body: Value| {
+        let c = c.clone();
+        let url = format!("{base}/purchase-orders");
+        async move {
+            let r = c.post(url).header("idempotency-key", key).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, created) = create("po-1", body.clone()).await;
+    assert_eq!((s, created["state"].as_str(), created["total_minor"].as_u64()), (201, Some("draft"), Some(3_750)));
+    let (s, again) = create("po-1", body).await;
+    assert_eq!((s, &again["id"]), (200, &created["id"]));
+    let (s, v) = create("po-1", po(json!([{"sku": "SKU-A", "qty": 20}]))).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("idempotency_key_reused")));
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    // Steps out of order, unknown orders and lines: typed, nothing changed.
+    let step = |what: String| post(&c, format!("{base}/purchase-orders/{what}"), json!({}));
+    let (s, v) = step(format!("{id}/confirm")).await;
+    assert_eq!((s, v["code"].as_str(), v["state"].as_str()), (409, Some("invalid_transition"), Some("draft")), "{v}");
+    let (s, v) = step("PO-999999/send".into()).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("purchase_order_not_found")));
+    let (s, v) = step(format!("{id}/lines/1/close")).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("not_receivable")), "no short-close of a draft: {v}");
+    let asn = |lines: Value| json!({"asn": "ASN-1", "lines": lines});
+    let (s, v) = post(&c, format!("{base}/purchase-orders/{id}/asns"), asn(json!([{"line": 1, "qty": 5}]))).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("not_receivable")), "no ASN before sending: {v}");
+
+    // Sent through the outbox into the folder; confirmed.
+    let (s, v) = step(format!("{id}/send")).await;
+    assert_eq!(
+        (s, v["state"].as_str(), v["send_key"].as_str()),
+        (200, Some("sent"), Some(format!("po-send-{id}").as_str()))
+    );
+    let v =
+        wait_for(&c, format!("{base}/purchase-orders/{id}"), "delivered", |v| v["send_status"] == "delivered").await;
+    assert_eq!(v["state"], "sent");
+    let folder = hub_data(root).join("purchase-orders");
+    let doc: Value = serde_json::from_slice(&std::fs::read(folder.join(format!("{id}.json"))).unwrap()).unwrap();
+    assert_eq!((doc["total_minor"].as_u64(), doc["lines"][0]["supplier_sku"].as_str()), (Some(3_750), Some("AC-A")));
+    assert!(folder.join(format!("{id}.csv")).is_file());
+    let (s, v) = step(format!("{id}/confirm")).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("confirmed")));
+
+    // ASNs: bad ones typed; one recorded once however often it is sent.
+    for (lines, code) in
+        [(json!([{"line": 9, "qty": 1}]), "unknown_line"), (json!([{"line": 1, "qty": 16}]), "invalid_quantity")]
+    {
+        let (s, v) = post(&c, format!("{base}/purchase-orders/{id}/asns"), asn(lines)).await;
+        assert_eq!((s, v["code"].as_str()), (422, Some(code)), "{v}");
+    }
+    let (s, _) = post(&c, format!("{base}/purchase-orders/{id}/asns"), asn(json!([{"line": 1, "qty": 5}]))).await;
+    assert_eq!(s, 201);
+    let (s, _) = post(&c, format!("{base}/purchase-orders/{id}/asns"), asn(json!([{"line": 1, "qty": 5}]))).await;
+    assert_eq!(s, 200);
+    let (s, v) = post(&c, format!("{base}/purchase-orders/{id}/asns"), asn(json!([{"line": 1, "qty": 6}]))).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("asn_conflict")));
+    let (_, v) = get(&c, format!("{base}/purchase-orders/{id}")).await;
+    assert_eq!(v["asns"], json!(["ASN-1"]), "{v}");
+
+    // On order, as the summary and the replenishment count it.
+    let (_, summary) = get(&c, format!("{base}/purchasing/summary")).await;
+    assert_eq!(
+        (summary["units_on_order"].as_u64(), summary["purchase_orders"]["confirmed"].as_u64()),
+        (Some(15), Some(1))
+    );
+    let (s, run) = get(&c, format!("{base}/replenishment?all=true")).await;
+    assert_eq!((s, run["on_order_source"].as_str()), (200, Some("purchase_orders")), "{run}");
+    let (_, f) = get(&c, format!("{base}/forecast/SKU-A?site=wh1")).await;
+    // Too little history to forecast: the answer says so; the on-order figure shows where there is one.
+    assert!(f["code"] == "insufficient_history" || f["on_order"] == 15, "{f}");
+
+    // A cancel after confirming is fine before any receipt; a second one is not.
+    let (s, v) = step(format!("{id}/cancel")).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")));
+    let (s, v) = step(format!("{id}/cancel")).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("invalid_transition")));
+    let (_, summary) = get(&c, format!("{base}/purchasing/summary")).await;
+    assert_eq!(summary["units_on_order"], 0, "{summary}");
+}
+
+/// POSTs a receipt to a node with an idempotency key.
+async fn receipt(c: &reqwest::Client, url: String, key: Option<&str>, body: Value) -> (u16, Value) {
+    let mut r = c.post(url).json(&body);
+    if let Some(k) = key {
+        r = r.header("idempotency-key", k);
+    }
+    let r = r.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn on_hand(c: &reqwest::Client, node: &oms_tests::cluster::ClusterNode, sku: &str) -> u64 {
+    let (_, v) = get(c, format!("http://{}/v1/stock/{sku}", node.http)).await;
+    v["balance"]["on_hand"].as_u64().or_else(|| v["on_hand"].as_u64()).unwrap_or(u64::MAX)
+}
+
+/// Receiving at two sites: each sees its own purchase orders in `GET /v1/inbound`; one receives an ASN while
+/// the hub is down (a replay of the receipt changes nothing) and the order advances once after the heal;
+/// an over-receipt is refused, then forced with a reason; a short-close closes the order, after which the
+/// site receives nothing more against it; the other site receives part of its order. Bad input on the
+/// node's receiving routes is typed and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_receive_against_purchase_orders_offline_once_with_tolerance_and_short_close() {
+    use oms_tests::cluster::{node_config_with, pki, spawn_hub, spawn_node_with, wait_healthy};
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let certs = pki(root, &["wh1", "wh2"]);
+    let (quic, hub_http) = (oms_tests::cluster::free_udp(), oms_tests::cluster::free_tcp());
+    let hub = spawn_hub(root, &certs, quic, hub_http, "info");
+    let extra = format!("{SITE}\n[receiving]\nover_receipt_tolerance_pct = 10\n");
+    let mut nodes = Vec::new();
+    for id in ["wh1", "wh2"] {
+        let (config, node_http, dir) = node_config_with(root, &certs, id, quic, &extra);
+        nodes.push(spawn_node_with(id, &config, node_http, &dir, "info"));
+    }
+    let max = oms_tests::cluster::WAIT_FOR_MAX;
+    wait_healthy(&c, hub_http, max).await;
+    for n in &nodes {
+        wait_healthy(&c, n.http, max).await;
+        for sku in ["SKU-A", "SKU-B", "SKU-X"] {
+            seed_sku(&c, n, sku, 5).await;
+        }
+    }
+    let base = format!("http://{hub_http}/v1");
+    wait_for(&c, format!("{base}/stock/SKU-A"), "both sites' stock at the hub", |v| {
+        v["sites"].as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    let mut sup = supplier();
+    sup["skus"]["SKU-B"] = json!({"supplier_sku": "AC-B", "cost_minor": 100, "moq": 1, "order_multiple": 1});
+    assert_eq!(put(&c, format!("{base}/suppliers/acme"), sup).await.0, 201);
+    let mut pos = Vec::new();
+    for site in ["wh1", "wh2"] {
+        let body = json!({"supplier": "acme", "site": site,
+                          "lines": [{"sku": "SKU-A", "qty": 20}, {"sku": "SKU-B", "qty": 10}]});
+        let (s, v) = post(&c, format!("{base}/purchase-orders"), body).await;
+        assert_eq!(s, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_owned();
+        assert_eq!(post(&c, format!("{base}/purchase-orders/{id}/send"), json!({})).await.0, 200);
+        pos.push(id);
+    }
+    let asn = json!({"asn": "ASN-W1", "lines": [{"line": 1, "qty": 10}]});
+    assert_eq!(post(&c, format!("{base}/purchase-orders/{}/asns", pos[0]), asn).await.0, 201);
+    let (w1, w2) = (&nodes[0], &nodes[1]);
+    let inbound1 = format!("http://{}/v1/inbound", w1.http);
+    let v = wait_for(&c, inbound1.clone(), "the ASN at wh1", |v| v["items"][0]["asns"][0]["asn"] == "ASN-W1").await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "only its own order: {v}");
+    assert_eq!(v["items"][0]["purchase_order"], pos[0].as_str());
+    wait_for(&c, format!("http://{}/v1/inbound", w2.http), "wh2's order", |v| {
+        v["items"][0]["purchase_order"] == pos[1].as_str()
+    })
+    .await;
+
+    // Bad input at the node: typed, nothing booked.
+    let asn_url = format!("http://{}/v1/inbound/ASN-W1/receipts", w1.http);
+    let good = json!({"lines": [{"sku": "SKU-A", "qty": 10}, {"sku": "SKU-X", "qty": 2}]});
+    for (url, key, body, status, code) in [
+        (asn_url.clone(), None, good.clone(), 400, "idempotency_key_required"),
+        (format!("http://{}/v1/inbound/ASN-NONE/receipts", w1.http), Some("b1"), good.clone(), 404, "asn_not_found"),
+        (
+            format!("http://{}/v1/inbound/po/PO-NONE/receipts", w1.http),
+            Some("b2"),
+            good.clone(),
+            404,
+            "purchase_order_not_found",
+        ),
+        (asn_url.clone(), Some("b3"), json!({"lines": []}), 422, "invalid_lines"),
+        (asn_url.clone(), Some("b4"), json!({"lines": [{"sku": "SKU-A", "qty": 0}]}), 422, "invalid_quantity"),
+        (asn_url.clone(), Some("b5"), json!({"lines": [{"line": 9, "sku": "SKU-A", "qty": 1}]}), 422, "unknown_line"),
+        (asn_url.clone(), Some("b6"), json!({"lines": [{"line": 2, "sku": "SKU-A", "qty": 1}]}), 422, "line_mismatch"),
+        (asn_url.clone(), Some("b7"), json!({"lines": [{"sku": "NOPE", "qty": 1}]}), 422, "unknown_sku"),
+        (
+            asn_url.clone(),
+            Some("b8"),
+            json!({"lines": [{"sku": "SKU-A", "qty": 1}], "force": true}),
+            422,
+            "reason_required",
+        ),
+    ] {
+        let (s, v) = receipt(&c, url, key, body.clone()).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{body}: {v}");
+    }
+    assert_eq!(on_hand(&c, w1, "SKU-A").await, 5, "nothing booked");
+
+    // Cut off from the hub: the site receives the ASN (and unplanned units), once however often it is sent.
+    drop(hub);
+    let (s, v) = receipt(&c, asn_url.clone(), Some("r-1"), good.clone()).await;
+    assert_eq!((s, v["receipt"]["lines"][0]["line"].as_u64()), (201, Some(1)), "{v}");
+    assert_eq!(v["receipt"]["lines"][1]["line"], Value::Null, "SKU-X is unplanned: {v}");
+    let (s, again) = receipt(&c, asn_url.clone(), Some("r-1"), good.clone()).await;
+    assert_eq!((s, &again["receipt"]), (200, &v["receipt"]));
+    let (s, v) = receipt(&c, asn_url.clone(), Some("r-1"), json!({"lines": [{"sku": "SKU-A", "qty": 9}]})).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("idempotency_key_reused")));
+    assert_eq!((on_hand(&c, w1, "SKU-A").await, on_hand(&c, w1, "SKU-X").await), (15, 7));
+
+    // Over-receipt: line 2 expects 10, 10 % more is 11; 12 is refused, then forced with a reason.
+    let po_url = format!("http://{}/v1/inbound/po/{}/receipts", w1.http, pos[0]);
+    let twelve = json!({"lines": [{"line": 2, "sku": "SKU-B", "qty": 12}]});
+    let (s, v) = receipt(&c, po_url.clone(), Some("r-2"), twelve.clone()).await;
+    assert_eq!((s, v["code"].as_str(), v["expected"].as_u64()), (409, Some("over_receipt"), Some(10)), "{v}");
+    assert_eq!(on_hand(&c, w1, "SKU-B").await, 5, "refused: nothing booked");
+    let forced =
+        json!({"lines": [{"line": 2, "sku": "SKU-B", "qty": 12}], "force": true, "reason": "supplier sent extra"});
+    let (s, v) = receipt(&c, po_url.clone(), Some("r-3"), forced).await;
+    assert_eq!((s, v["receipt"]["forced_reason"].as_str()), (201, Some("supplier sent extra")), "{v}");
+
+    // The heal: the hub applies each receipt once, whatever the replays.
+    let hub = spawn_hub(root, &certs, quic, hub_http, "info");
+    wait_healthy(&c, hub_http, max).await;
+    let v = wait_for(&c, format!("{base}/purchase-orders/{}", pos[0]), "wh1's receipts at the hub", |v| {
+        v["lines"][0]["received"] == 10 && v["lines"][1]["received"] == 12
+    })
+    .await;
+    assert_eq!(v["state"], "partially_received", "{v}");
+
+    // wh2 receives part of its order, online.
+    let (s, v) = receipt(
+        &c,
+        format!("http://{}/v1/inbound/po/{}/receipts", w2.http, pos[1]),
+        Some("r-1"),
+        json!({"lines": [{"sku": "SKU-A", "qty": 5}]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let v = wait_for(&c, format!("{base}/purchase-orders/{}", pos[1]), "wh2's receipt at the hub", |v| {
+        v["lines"][0]["received"] == 5
+    })
+    .await;
+    assert_eq!(v["state"], "partially_received", "{v}");
+
+    // Short-close what will not come to wh1: closed, and the site sees it and receives no more.
+    let (s, v) = post(&c, format!("{base}/purchase-orders/{}/lines/1/close", pos[0]), json!({})).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("closed")), "{v}");
+    wait_for(&c, inbound1.clone(), "the closed order at wh1", |v| v["items"][0]["state"] == "closed").await;
+    let (s, v) = receipt(&c, asn_url, Some("r-4"), json!({"lines": [{"sku": "SKU-A", "qty": 1}]})).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("not_receivable")), "{v}");
+
+    // Exactly once, after everything: units received are the sum of the receipts.
+    let (_, summary) = get(&c, format!("{base}/purchasing/summary")).await;
+    assert_eq!(summary["units_received_against_po"], 27, "{summary}");
+    drop(hub);
+}
