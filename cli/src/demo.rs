@@ -60,6 +60,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 mod purchasing;
+mod reports;
 mod webhooks;
 
 /// Options of `oms demo`.
@@ -169,6 +170,8 @@ struct DemoKeys {
     marketplace: String,
     /// The PIN of the `picker` user of every site's screens.
     picker_pin: String,
+    /// The password of the hub's `planner` user (its screens: network, stock, forecasts, reports).
+    planner_password: String,
 }
 
 impl DemoKeys {
@@ -182,6 +185,7 @@ impl DemoKeys {
             web: token(),
             marketplace: token(),
             picker_pin: crate::keys::made_up_secret(true),
+            planner_password: crate::keys::made_up_secret(false),
         }
     }
 
@@ -202,6 +206,13 @@ impl DemoKeys {
         add_key(dir, &self.admin, "demo-admin", keys::Role::Admin, None)?;
         add_key(dir, &self.web, "demo-web", keys::Role::Channel, Some("web"))?;
         add_key(dir, &self.marketplace, "demo-marketplace", keys::Role::Channel, Some("marketplace"))?;
+        let planner = NewUser {
+            name: "planner".into(),
+            role: keys::Role::Planner,
+            secret: self.planner_password.clone(),
+            pin: false,
+        };
+        users::create(dir, planner, oms_service::now_ms())?;
         Ok(3)
     }
 }
@@ -778,6 +789,11 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         write_node_config(s, via, &certs)?;
     }
     println!("started hub       at https://{hub_http}  (QUIC {hub_quic}); {CUT_SITE} links through a relay");
+    println!(
+        "hub screens: https://{hub_http}/ui (network, stock, forecasts, reports at /ui/reports); sign in as planner with password {} (the browser must trust {}/ca.pem)",
+        keys.planner_password,
+        certs.display()
+    );
     for s in &sites {
         api_keys += keys.provision_node(&s.dir)?;
     }
@@ -1246,6 +1262,16 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         purchasing::pass(&admin, hub_http, &site_ids, &skus, &a.data.join("hub").join("purchase-orders"), &docks)
             .await?;
     println!("{}", buying.line());
+    let browser = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let planner = reports::Planner { browser: &browser, password: &keys.planner_password };
+    let report = reports::pass(&admin, hub_http, hub_placed, &planner).await?;
+    println!("{}", report.line());
     println!(
         "webhooks to the web channel: {} events delivered ({} again, deduplicated by id), the same fact twice {}, missing {}, bad signatures {}; {} about {CUT_SITE}'s fulfillments",
         hook.delivered,
@@ -1347,6 +1373,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), buying.json()) {
         all.extend(w);
     }
+    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), report.json()) {
+        all.extend(w);
+    }
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
         println!("summary written to {}", p.display());
@@ -1374,10 +1403,12 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || payment_mismatches > 0
         || !hook.ok()
         || !buying.ok()
+        || !report.ok()
     {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}",
-            buying.line()
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}, {}",
+            buying.line(),
+            report.line()
         );
     }
     Ok(())

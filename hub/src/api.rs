@@ -97,6 +97,7 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/ui/sign-in") if post => Access::Open,
         Some("/ui/sign-out") if post => Access::Roles(ANY_ROLE),
         Some("/ui/stock" | "/ui/stock.csv" | "/ui/forecast/{sku}") if get => Access::Roles(PLANNER),
+        Some("/v1/reports" | "/ui/reports" | "/ui/reports.csv") if get => Access::Roles(MONEY_READERS),
         Some("/ui" | "/ui/orders" | "/ui/orders/{id}") if get => Access::Roles(&[Role::Planner, Role::Service]),
         Some("/ui/orders/{id}/cancel") if post => Access::Roles(&[Role::Service]),
         Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
@@ -169,6 +170,7 @@ pub fn router_with(hub: Arc<Hub>, auth: Arc<Auth>, secure_cookie: bool) -> Route
         .merge(crate::orders::router(hub.clone()))
         .merge(crate::money::http::router(hub.clone()))
         .merge(crate::events::api::router(hub.clone()))
+        .merge(crate::reports::screen::router(hub.clone()))
         .merge(crate::forecast_api::router(hub))
         .merge(purchasing)
         .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX))
@@ -203,6 +205,7 @@ pub fn router_with(hub: Arc<Hub>, auth: Arc<Auth>, secure_cookie: bool) -> Route
     (name = "stock", description = "The network's stock as the sites last reported it"),
     (name = "money", description = "Payments, invoices, credit notes and refunds"),
     (name = "forecast", description = "Demand forecasts and replenishment"),
+    (name = "reports", description = "Orders, fill, on-time shipping, time to ship, cancellations and returns per period"),
     (name = "events", description = "The event feed and webhook subscriptions"),
     (name = "audit", description = "The audit trail"),
 ))]

@@ -38,6 +38,7 @@ pub mod intake;
 pub mod money;
 pub mod orders;
 pub mod purchasing;
+pub mod reports;
 pub mod routing;
 pub mod server;
 mod ui;

@@ -32,7 +32,7 @@ const STOCK_ROWS_MAX: usize = 500;
 pub(crate) fn chrome(secure_cookie: bool) -> Chrome {
     Chrome {
         product: "oms hub".into(),
-        nav: vec![("Network", "/ui"), ("Stock", "/ui/stock"), ("Orders", "/ui/orders")],
+        nav: vec![("Network", "/ui"), ("Stock", "/ui/stock"), ("Orders", "/ui/orders"), ("Reports", "/ui/reports")],
         secure_cookie,
     }
 }

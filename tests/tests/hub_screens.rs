@@ -34,6 +34,8 @@ async fn planner_service_and_customer_screens() {
         rate_per_s: None,
     };
     let web = keys::create(&hub_data(root), web, 1).unwrap();
+    let svc = NewKey { name: "svc".into(), role: Role::Service, channel: None, rate_per_s: None };
+    let svc = keys::create(&hub_data(root), svc, 1).unwrap();
     user(root, "per", Role::Planner);
     user(root, "sam", Role::Service);
     let http = free_tcp();
@@ -150,6 +152,49 @@ async fn planner_service_and_customer_screens() {
         audit["events"].as_array().unwrap().iter().filter(|e| e["route"] == "/ui/orders/{id}/cancel").collect();
     assert_eq!(cancels.len(), 1, "{audit}");
     assert_eq!(cancels[0]["key"], "user:sam");
+
+    // Reports: three orders of two units, none placed (no site yet), one cancelled; the planner's screen draws
+    // them with a CSV of the same figures; service reads the JSON; a channel may not; bad queries are typed.
+    let (s, r) = oms_tests::get(&admin, format!("http://{http}/v1/reports")).await;
+    assert_eq!(s, 200, "{r}");
+    let t = &r["total"];
+    assert_eq!(
+        (t["orders"].as_u64(), t["units_ordered"].as_u64(), t["units_backordered_at_intake"].as_u64()),
+        (Some(3), Some(6), Some(6)),
+        "{r}"
+    );
+    assert_eq!(
+        (t["fill_rate"].as_f64(), t["cancellations"].as_u64(), t["shipped"].as_u64()),
+        (Some(0.0), Some(1), Some(0))
+    );
+    assert_eq!(r["days"].as_array().map(Vec::len), Some(14), "the last 14 days by default: {r}");
+    assert_eq!(r["channels"][0]["name"], "web", "{r}");
+    let p = per.get("/ui/reports").await;
+    assert_eq!(p.status, 200);
+    assert!(
+        p.html.contains("Orders per day") && p.html.contains("<svg") && p.html.contains("/ui/reports.csv"),
+        "{}",
+        p.html
+    );
+    let csv = per.get("/ui/reports.csv?channel=web").await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.html.lines().last().is_some_and(|l| l.starts_with("total,,3,6,0.0000,6,1,")), "{}", csv.html);
+    let p = per.get("/ui/reports?from=2026-13-01").await;
+    assert!(p.html.contains("is not a date"), "a bad date is said on the screen: {}", p.html);
+    let (s, _) = oms_tests::get(&oms_tests::http_as(&svc), format!("http://{http}/v1/reports?channel=web")).await;
+    assert_eq!(s, 200, "service reads reports");
+    let r = channel.get(format!("http://{http}/v1/reports")).send().await.unwrap();
+    assert_eq!(r.status(), 403, "a channel does not read the network's reports");
+    for bad in [
+        "/v1/reports?from=2026-12-05&to=2026-12-01",
+        "/v1/reports?from=2020-01-01&to=2026-01-01",
+        "/v1/reports?to=tomorrow",
+        "/v1/reports?format=xml",
+        "/v1/reports?sku=A",
+    ] {
+        let (s, v) = oms_tests::get(&admin, format!("http://{http}{bad}")).await;
+        assert_eq!((s, v["code"].as_str()), (400, Some("invalid_query")), "{bad}: {v}");
+    }
 
     // The customer's page: no sign-in, plain words, nothing internal; a guessed link finds nothing.
     let mut customer = Browser::new(http);

@@ -160,7 +160,7 @@ async fn service_cancels_with_a_reason_and_the_customer_follows_on_a_phone_in_ch
         (v["status"].as_str(), v["cancel_reason"].as_str()),
         (Some("cancelled"), Some("customer called to cancel"))
     );
-    for screen in ["hub-network", "hub-stock", "hub-order", "customer-tracking"] {
+    for screen in ["hub-network", "hub-stock", "hub-reports", "hub-order", "customer-tracking"] {
         let bytes = report["screens"][screen]["first_load_bytes"].as_u64().unwrap();
         assert!(bytes < 150_000, "{screen} weighs {bytes} bytes on first load");
     }

@@ -1,5 +1,5 @@
 // The hub's screens in Chromium: a service agent (desktop) finds an order by its number and cancels it with a
-// reason; a planner looks at the network and the stock table; the customer opens the tracking link on a phone
+// reason; a planner looks at the network, the stock table and the reports; the customer opens the tracking link on a phone
 // (390 × 844), and a guessed link finds nothing. axe-core checks every screen. Run by
 // tests/tests/ui_browser.rs with OMS_URL, OMS_ORDER, OMS_TRACK (the tracking path), OMS_SHOTS; prints one JSON
 // line and exits non-zero on the first thing that is wrong.
@@ -26,6 +26,9 @@ try {
   await page.getByRole("link", { name: "Stock" }).click();
   await page.getByRole("heading", { name: "Network stock" }).waitFor();
   await look(page, "hub-stock");
+  await page.getByRole("link", { name: "Reports" }).click();
+  await page.getByRole("heading", { name: "Orders per day" }).waitFor();
+  await look(page, "hub-reports");
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByRole("heading", { name: "Sign in" }).waitFor();
   // The agent: find the order, cancel it with a reason.

@@ -211,12 +211,14 @@ impl EventDraft {
     }
 
     /// `order.routed` for the fulfillments `placed` just made, with the units still waiting.
-    pub fn routed(o: &HubOrder, placed: &[Fulfillment], unfilled: &[SkuQty], at_ms: u64) -> Self {
+    /// `trigger` says what routed them (`intake`, `backorder`, a re-route's reason).
+    pub fn routed(o: &HubOrder, placed: &[Fulfillment], unfilled: &[SkuQty], trigger: &str, at_ms: u64) -> Self {
         let fulfillments: Vec<Value> =
             placed.iter().map(|f| json!({"fulfillment_id": f.id, "site": f.site, "lines": f.lines})).collect();
         EventDraft::new(ORDER_ROUTED, at_ms)
             .order(&o.id, &o.draft.channel)
-            .data(json!({"external_ref": o.draft.external_ref, "fulfillments": fulfillments, "unfilled": unfilled}))
+            .data(json!({"external_ref": o.draft.external_ref, "fulfillments": fulfillments, "unfilled": unfilled,
+                "trigger": trigger}))
     }
 
     /// `order.cancelled` for a cancellation just recorded.
@@ -270,6 +272,8 @@ pub fn append(w: &redb::WriteTransaction, draft: EventDraft) -> Result<EventId, 
         created_at_ms: draft.at_ms,
         data: draft.data,
     };
+    // The reports count it in the same transaction: exactly when the change commits.
+    crate::reports::fold(w, &event)?;
     let mut bytes = serde_json::to_vec(&event).map_err(|e| StorageError::encode("an event", e))?;
     if bytes.len() > PAYLOAD_BYTES_MAX {
         // Never fail the change for its event: say what was left out instead (the order itself is there).
@@ -290,6 +294,7 @@ pub fn init(db: &redb::Database) -> Result<(), StorageError> {
     w.open_table(EVENTS_META).map_err(redb::Error::from)?;
     watch::init(&w)?;
     webhooks::init(&w)?;
+    crate::reports::init(&w, oms_service::now_ms())?;
     w.commit().map_err(redb::Error::from)?;
     Ok(())
 }

@@ -60,6 +60,8 @@ pub struct FulfillmentSeen {
     pub status: FulfillmentState,
     /// The carrier's hand-over, once shipped (carrier, tracking), as the document shows it.
     pub shipment: Option<serde_json::Value>,
+    /// When the site shipped it, by the site's clock (its timeline), once shipped.
+    pub shipped_at_ms: Option<u64>,
 }
 
 impl FulfillmentSeen {
@@ -79,6 +81,7 @@ impl FulfillmentSeen {
             site: site.clone(),
             status: p.status,
             shipment: p.shipment.as_ref().and_then(|s| serde_json::to_value(s).ok()),
+            shipped_at_ms: p.timeline.iter().rev().find(|e| e.status == FulfillmentState::Shipped).map(|e| e.at_ms),
         })
     }
 }
@@ -133,7 +136,7 @@ pub fn report_fulfillments(db: &redb::Database, seen: &[FulfillmentSeen], now_ms
                 continue;
             }
             let data = json!({"fulfillment_id": f.id, "site": f.site, "status": f.status.as_str(),
-                "shipment": f.shipment});
+                "shipment": f.shipment, "shipped_at_ms": f.shipped_at_ms});
             append(&w, EventDraft::new(kind, now_ms).order(&f.parent, &f.channel).data(data))?;
             n += 1;
             new_mask |= bit;
@@ -270,6 +273,7 @@ mod tests {
             site: NodeId::parse("wh-1").unwrap(),
             status,
             shipment: None,
+            shipped_at_ms: None,
         }
     }
 

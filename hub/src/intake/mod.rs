@@ -448,6 +448,21 @@ fn get_order(t: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> R
     }
 }
 
+/// When order `order` was taken and what ship-by its fulfillment `fulfillment` was promised, read in `w` (for
+/// the reports' fold); nones when either is unknown.
+pub(crate) fn promise_of(
+    w: &redb::WriteTransaction,
+    order: &str,
+    fulfillment: &str,
+) -> Result<(Option<u64>, Option<u64>), StorageError> {
+    let t = w.open_table(ORDERS).map_err(redb::Error::from)?;
+    let Some(o) = t.get(order).map_err(redb::Error::from)?.and_then(|v| decode_order(v.value()).ok()) else {
+        return Ok((None, None));
+    };
+    let promise = o.fulfillments.iter().find(|f| f.id.as_str() == fulfillment).and_then(|f| f.promise.as_ref());
+    Ok((Some(o.created_at_ms), promise.map(|p| p.ship_by_ms)))
+}
+
 fn decode_idem(bytes: &[u8]) -> Result<IdemRecord, IntakeError> {
     postcard::from_bytes(bytes).map_err(|e| IntakeError::Corrupt { table: "idempotency", detail: e.to_string() })
 }
@@ -1112,7 +1127,10 @@ impl Core {
                 }
             }
             let placed = &order.fulfillments[order.fulfillments.len() - decision.assignments.len()..];
-            crate::events::append(w, crate::events::EventDraft::routed(order, placed, &decision.unfilled, now_ms))?;
+            crate::events::append(
+                w,
+                crate::events::EventDraft::routed(order, placed, &decision.unfilled, &trigger, now_ms),
+            )?;
         }
         order.unfilled = decision.unfilled.clone();
         let record = DecisionRecord { at_ms: now_ms, trigger, decision };

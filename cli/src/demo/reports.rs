@@ -1,0 +1,149 @@
+//! The demo's reports pass: the hub's report for the last 14 days (`GET /v1/reports`, all of the demo, whose
+//! data is fresh), its CSV, and the planner's `/ui/reports` screen. The report is a fold over the event log
+//! made in each event's own transaction, so its counts must equal the events in the feed: orders =
+//! `order.created`, shipped = `fulfillment.shipped`, delivered = `order.delivered`, cancellations =
+//! `order.cancelled`; every difference counts in `report_mismatches` (must be 0), as does a report with fewer
+//! orders than the hub acknowledged or a CSV that does not end with its total.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+/// Most pages of the feed read (1,000 events each).
+const FEED_PAGES_MAX: usize = 1_000;
+
+/// What the pass found.
+#[derive(Debug, Default)]
+pub(super) struct ReportFigures {
+    total: Value,
+    sites: usize,
+    mismatches: u64,
+    screen_ok: bool,
+}
+
+impl ReportFigures {
+    pub(super) fn json(&self) -> Value {
+        json!({
+            "report": {
+                "orders": self.total["orders"], "shipped": self.total["shipped"],
+                "fill_rate": self.total["fill_rate"], "on_time_rate": self.total["on_time_rate"],
+                "ship_time_p50_s": self.total["ship_time_p50_s"], "ship_time_p90_s": self.total["ship_time_p90_s"],
+                "cancellations": self.total["cancellations"], "delivered": self.total["delivered"], "sites": self.sites,
+            },
+            "report_mismatches": self.mismatches,
+        })
+    }
+
+    pub(super) fn ok(&self) -> bool {
+        self.mismatches == 0
+    }
+
+    pub(super) fn line(&self) -> String {
+        let t = &self.total;
+        format!(
+            "reports: {} orders, fill rate at intake {}, {} shipped from {} sites, on time {}, order to ship p50 {} s / p90 {} s, {} cancelled, {} delivered; report screen {}; report mismatches {} (must be 0)",
+            t["orders"],
+            t["fill_rate"],
+            t["shipped"],
+            self.sites,
+            t["on_time_rate"],
+            t["ship_time_p50_s"],
+            t["ship_time_p90_s"],
+            t["cancellations"],
+            t["delivered"],
+            if self.screen_ok { "rendered" } else { "FAILED" },
+            self.mismatches
+        )
+    }
+}
+
+/// Counts the feed's events by type.
+async fn feed_counts(admin: &reqwest::Client, hub: SocketAddr) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut counts = BTreeMap::new();
+    let mut after = 0u64;
+    for _ in 0..FEED_PAGES_MAX {
+        let url = format!("https://{hub}/v1/events?after={after}&limit=1000");
+        let v: Value = admin.get(url).send().await.context("hub unreachable")?.json().await?;
+        let events = v["events"].as_array().cloned().unwrap_or_default();
+        for e in &events {
+            *counts.entry(e["type"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+        }
+        let next = v["next_after"].as_u64().unwrap_or(after);
+        if events.is_empty() || next <= after {
+            break;
+        }
+        after = next;
+    }
+    Ok(counts)
+}
+
+/// The hub's planner, signing in to the screens like a person: an anonymous client that follows no redirect.
+pub(super) struct Planner<'a> {
+    /// Trusts the demo's CA, no key, no redirects.
+    pub browser: &'a reqwest::Client,
+    /// The `planner` user's password.
+    pub password: &'a str,
+}
+
+impl Planner<'_> {
+    /// Signs in; the session cookie (`name=value`).
+    async fn sign_in(&self, hub: SocketAddr) -> Option<String> {
+        let form = [("name", "planner"), ("password", self.password), ("next", "/ui/reports")];
+        let r = self.browser.post(format!("https://{hub}/ui/sign-in")).form(&form).send().await.ok()?;
+        if r.status() != 303 {
+            return None;
+        }
+        let cookie = r.headers().get("set-cookie")?.to_str().ok()?;
+        cookie.split(';').next().map(str::to_owned)
+    }
+}
+
+/// Runs the pass; `acknowledged` is how many channel orders the hub answered `201`.
+pub(super) async fn pass(
+    admin: &reqwest::Client,
+    hub: SocketAddr,
+    acknowledged: u64,
+    planner: &Planner<'_>,
+) -> anyhow::Result<ReportFigures> {
+    let r: Value =
+        admin.get(format!("https://{hub}/v1/reports")).send().await.context("hub unreachable")?.json().await?;
+    let counts = feed_counts(admin, hub).await?;
+    let t = r["total"].clone();
+    let mut f = ReportFigures { sites: r["sites"].as_array().map_or(0, Vec::len), ..ReportFigures::default() };
+    for (field, kind) in [
+        ("orders", "order.created"),
+        ("shipped", "fulfillment.shipped"),
+        ("delivered", "order.delivered"),
+        ("cancellations", "order.cancelled"),
+    ] {
+        let (report, feed) = (t[field].as_u64().unwrap_or(0), counts.get(kind).copied().unwrap_or(0));
+        if report != feed {
+            eprintln!("report {field} {report} but the feed has {feed} {kind} events");
+            f.mismatches += report.abs_diff(feed);
+        }
+    }
+    if t["orders"].as_u64().unwrap_or(0) < acknowledged {
+        eprintln!("the report counts fewer orders than the hub acknowledged ({acknowledged})");
+        f.mismatches += 1;
+    }
+    let csv = admin.get(format!("https://{hub}/v1/reports?format=csv")).send().await?.text().await?;
+    if !csv.lines().last().is_some_and(|l| l.starts_with(&format!("total,,{},", t["orders"]))) {
+        eprintln!("the report's CSV does not end with its total");
+        f.mismatches += 1;
+    }
+    f.screen_ok = match planner.sign_in(hub).await {
+        Some(cookie) => {
+            let screen =
+                planner.browser.get(format!("https://{hub}/ui/reports")).header("cookie", cookie).send().await?;
+            screen.status().is_success() && screen.text().await?.contains("Orders per day")
+        }
+        None => false,
+    };
+    if !f.screen_ok {
+        f.mismatches += 1;
+    }
+    f.total = t;
+    Ok(f)
+}
