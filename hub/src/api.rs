@@ -35,6 +35,8 @@
 //! | `POST /v1/orders/{id}/cancel` | channel (own channel only), service (with a reason) |
 //! | `POST /v1/orders/{id}/refunds` | service (with a reason) |
 //! | `GET /v1/invoices[/{number}]`, `GET /v1/credit-notes[/{number}]` | planner, service, channel (own channel only) |
+//! | `GET /v1/reports`, `/ui/reports[.csv]` | planner, service |
+//! | `POST /v1/orders/{id}/notes`, `/ui/orders/{id}/notes` | service |
 //! | `GET /v1/payments?status=action_required` | service |
 //! | `GET /v1/payments/summary` | planner, service |
 //! | `GET /v1/audit/events` | admin only |
@@ -99,7 +101,7 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/ui/stock" | "/ui/stock.csv" | "/ui/forecast/{sku}") if get => Access::Roles(PLANNER),
         Some("/v1/reports" | "/ui/reports" | "/ui/reports.csv") if get => Access::Roles(MONEY_READERS),
         Some("/ui" | "/ui/orders" | "/ui/orders/{id}") if get => Access::Roles(&[Role::Planner, Role::Service]),
-        Some("/ui/orders/{id}/cancel") if post => Access::Roles(&[Role::Service]),
+        Some("/ui/orders/{id}/cancel" | "/ui/orders/{id}/notes") if post => Access::Roles(&[Role::Service]),
         Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
             Access::Roles(PLANNER)
         }
@@ -107,7 +109,7 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/v1/orders" | "/v1/orders/{id}" | "/v1/orders/{id}/routing") if get => Access::Roles(ORDER_READERS),
         Some("/v1/orders") if post => Access::Roles(CHANNEL),
         Some("/v1/orders/{id}/cancel") if post => Access::Roles(CANCELLERS),
-        Some("/v1/orders/{id}/refunds") if post => Access::Roles(SERVICE),
+        Some("/v1/orders/{id}/refunds" | "/v1/orders/{id}/notes") if post => Access::Roles(SERVICE),
         Some("/v1/invoices" | "/v1/invoices/{number}" | "/v1/credit-notes" | "/v1/credit-notes/{number}") if get => {
             Access::Roles(ORDER_READERS)
         }
@@ -171,6 +173,7 @@ pub fn router_with(hub: Arc<Hub>, auth: Arc<Auth>, secure_cookie: bool) -> Route
         .merge(crate::money::http::router(hub.clone()))
         .merge(crate::events::api::router(hub.clone()))
         .merge(crate::reports::screen::router(hub.clone()))
+        .merge(crate::notes::router(hub.clone()))
         .merge(crate::forecast_api::router(hub))
         .merge(purchasing)
         .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX))

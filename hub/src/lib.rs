@@ -36,6 +36,7 @@ pub mod forecast_api;
 pub mod forecast_config;
 pub mod intake;
 pub mod money;
+pub mod notes;
 pub mod orders;
 pub mod purchasing;
 pub mod reports;
@@ -79,6 +80,7 @@ pub async fn run(
     let money = money::Money::new(cfg.payments.clone(), cfg.tax.clone())
         .map_err(|e| anyhow::anyhow!("cannot set up payments: {e}"))?;
     events::init(intake.db()).context("cannot create the event log's tables")?;
+    notes::init(intake.db()).context("cannot create the notes' table")?;
     let purchasing = purchasing::Purchasing::new(cfg.purchasing.clone(), &cfg.data_dir, intake.db())
         .map_err(|e| anyhow::anyhow!("cannot set up purchasing: {e}"))?;
     let hub = Arc::new(server::Hub::new(docs, intake, money, purchasing, &cfg.tenant, actor.to_vec(), tuning)?);

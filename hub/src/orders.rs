@@ -346,7 +346,7 @@ pub async fn create(
 
 /// A customer order the hub took (`hub-<n>`), as opposed to one of its fulfillments (`hub-<n>.<k>`) or a
 /// site's own order.
-fn is_customer_order(id: &str) -> bool {
+pub(crate) fn is_customer_order(id: &str) -> bool {
     id.starts_with(oms_protocol::domain::HUB_ORDER_PREFIX) && !id.contains('.')
 }
 
@@ -436,6 +436,7 @@ pub fn hub_order(hub: &Hub, id: &str, principal: &Principal) -> Result<Option<Va
     Ok(hub.intake.order(id)?.filter(|o| visible_to(principal, o)).map(|o| {
         let mut v = order_view(hub, &o);
         with_payment(hub, &mut v, id);
+        crate::notes::with_notes(hub, &mut v, id, principal);
         v
     }))
 }

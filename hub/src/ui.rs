@@ -53,6 +53,7 @@ pub(crate) fn routes(hub: Arc<Hub>, chrome: Arc<Chrome>) -> Router {
         .route("/ui/orders", get(find_order))
         .route("/ui/orders/{id}", get(order_screen))
         .route("/ui/orders/{id}/cancel", post(cancel))
+        .route("/ui/orders/{id}/notes", post(add_note))
         .route("/t/{token}", get(tracking))
         .with_state(UiState { hub, chrome })
 }
@@ -416,9 +417,19 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
             } }
             h2 { "Timeline" }
             ol { @for t in v["timeline"].as_array().unwrap_or(&empty) {
-                li { (ago(u(&t["at_ms"]), now)) " ago — " (s(&t["site"])) ": " (s(&t["note"])) }
+                li { (ago(u(&t["at_ms"]), now)) " ago — "
+                    @if t["status"] == "note" { "Note by " (s(&t["by"])) ": " } @else { (s(&t["site"])) ": " }
+                    (s(&t["note"])) }
             } }
             @if let Some(r) = v["cancel_reason"].as_str() { p { "Cancelled because: " (r) } }
+            @if session.role == oms_service::auth::Role::Service {
+                form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/notes" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    label for="note" { "Add a note" span.hint { "For service and planners only; the customer never sees it." } }
+                    textarea id="note" name="text" rows="3" maxlength=(crate::notes::NOTE_BYTES_MAX) required {}
+                    button.secondary type="submit" { "Add the note" }
+                }
+            }
             @if can_cancel {
                 form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/cancel" } {
                     input type="hidden" name="csrf" value=(session.csrf);
@@ -441,6 +452,22 @@ async fn cancel(State(st): State<UiState>, actor: Actor, Path(id): Path<String>,
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, order_page(&st, &f.session, &v, Some(e))).into_response());
     }
     match crate::orders::cancel_order(&st.hub, &f.session.principal(), actor, &id, Some(reason)).await {
+        Ok(_) => Ok(see_other(&format!("/ui/orders/{}", query_escape(&id)))),
+        Err(p) => {
+            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
+            Ok((status, order_page(&st, &f.session, &v, Some(&p.detail))).into_response())
+        }
+    }
+}
+
+async fn add_note(
+    State(st): State<UiState>,
+    actor: Actor,
+    Path(id): Path<String>,
+    f: Form,
+) -> Result<Response, Problem> {
+    let v = order_of(&st, &f.session, &id)?;
+    match crate::notes::note(&st.hub, actor, &id, f.get("text").unwrap_or("")).await {
         Ok(_) => Ok(see_other(&format!("/ui/orders/{}", query_escape(&id)))),
         Err(p) => {
             let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);

@@ -153,6 +153,64 @@ async fn planner_service_and_customer_screens() {
     assert_eq!(cancels.len(), 1, "{audit}");
     assert_eq!(cancels[0]["key"], "user:sam");
 
+    // Notes: service writes one on the screen and one over the API; both show in the timeline with their
+    // author for service, never to the channel; a blank or unknown-field note, an unknown order, a channel's
+    // note are refused and change nothing.
+    let p = sam.get(&format!("/ui/orders/{}", ids[1])).await;
+    let csrf = p.csrf();
+    let p = sam
+        .submit(
+            &format!("/ui/orders/{}/notes", ids[1]),
+            &[("csrf", &csrf), ("text", "customer asked for a Friday delivery")],
+        )
+        .await;
+    assert!(p.html.contains("Note by user:sam: customer asked for a Friday delivery"), "{}", p.html);
+    let p = sam.post(&format!("/ui/orders/{}/notes", ids[1]), &[("csrf", &csrf), ("text", "   ")]).await;
+    assert_eq!(p.status, 422);
+    assert!(p.html.contains("a note is 1 to 2000 bytes"), "{}", p.html);
+    let svc_http = oms_tests::http_as(&svc);
+    let (s, n) =
+        oms_tests::post(&svc_http, format!("http://{http}/v1/orders/{}/notes", ids[1]), json!({"text": "called back"}))
+            .await;
+    assert_eq!((s, n["n"].as_u64(), n["by"].as_str()), (201, Some(2), Some("svc")), "{n}");
+    for (url, body, status, code) in [
+        (format!("/v1/orders/{}/notes", ids[1]), json!({"text": ""}), 422, "invalid_text"),
+        (format!("/v1/orders/{}/notes", ids[1]), json!({"text": "x", "pin": true}), 422, "invalid_body"),
+        ("/v1/orders/hub-999999/notes".to_owned(), json!({"text": "x"}), 404, "order_not_found"),
+    ] {
+        let (s, v) = oms_tests::post(&svc_http, format!("http://{http}{url}"), body).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{url}: {v}");
+    }
+    let r = channel
+        .post(format!("http://{http}/v1/orders/{}/notes", ids[1]))
+        .json(&json!({"text": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a channel writes no notes");
+    let (_, v) = oms_tests::get(&svc_http, format!("http://{http}/v1/orders/{}", ids[1])).await;
+    let notes: Vec<(&str, &str)> = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "note")
+        .map(|t| (t["by"].as_str().unwrap(), t["note"].as_str().unwrap()))
+        .collect();
+    assert_eq!(notes, [("user:sam", "customer asked for a Friday delivery"), ("svc", "called back")], "{v}");
+    let v: Value =
+        channel.get(format!("http://{http}/v1/orders/{}", ids[1])).send().await.unwrap().json().await.unwrap();
+    assert!(!v.to_string().contains("Friday"), "the channel does not see service's notes: {v}");
+    let audit: Value =
+        admin.get(format!("http://{http}/v1/audit/events?limit=100")).send().await.unwrap().json().await.unwrap();
+    let noted: Vec<(&str, &str)> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["route"].as_str().is_some_and(|r| r.ends_with("/notes")))
+        .map(|e| (e["key"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(noted, [("user:sam", "ok"), ("svc", "ok"), ("svc", "order_not_found")], "{audit}");
+
     // Reports: three orders of two units, none placed (no site yet), one cancelled; the planner's screen draws
     // them with a CSV of the same figures; service reads the JSON; a channel may not; bad queries are typed.
     let (s, r) = oms_tests::get(&admin, format!("http://{http}/v1/reports")).await;
