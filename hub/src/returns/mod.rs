@@ -712,33 +712,7 @@ impl Returns {
     ) -> Result<Rma, ReturnsError> {
         let _g = lock(&self.write);
         let w = db.begin_write()?;
-        let decided = (|| {
-            let mut rma = get(&w, id)?.ok_or_else(|| ReturnsError::RmaNotFound(id.to_owned()))?;
-            let wrong = |rma: &Rma| ReturnsError::WrongState { rma: rma.id.clone(), state: rma.state, action };
-            match action {
-                "approve" if rma.state == RmaState::Requested => {
-                    let note = format!("approved by {}; {} receives it", actor.key, rma.site);
-                    rma.event(now_ms, RmaState::Approved, note);
-                }
-                "decline" if rma.state == RmaState::Requested => {
-                    let why = text("reason".into(), reason.as_deref().unwrap_or(""))?;
-                    rma.event(now_ms, RmaState::Declined, format!("declined by {}: {why}", actor.key));
-                    rma.reason = Some(why);
-                }
-                "cancel" if matches!(rma.state, RmaState::Requested | RmaState::Approved) && rma.received() == 0 => {
-                    let why = reason.as_deref().map(|r| text("reason".into(), r)).transpose()?;
-                    let note = format!(
-                        "cancelled by {}{}",
-                        actor.key,
-                        why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()
-                    );
-                    rma.event(now_ms, RmaState::Cancelled, note);
-                    rma.reason = why;
-                }
-                _ => return Err(wrong(&rma)),
-            }
-            Ok(rma)
-        })();
+        let decided = Self::decide_step(&w, id, action, reason, actor, now_ms);
         let rma = match decided {
             Ok(r) => r,
             Err(e) => {
@@ -752,6 +726,42 @@ impl Returns {
         put(&w, &rma)?;
         audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
         w.commit()?;
+        Ok(rma)
+    }
+
+    /// Reads and checks a service step; writes nothing.
+    fn decide_step(
+        w: &redb::WriteTransaction,
+        id: &str,
+        action: &'static str,
+        reason: Option<String>,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<Rma, ReturnsError> {
+        let mut rma = get(w, id)?.ok_or_else(|| ReturnsError::RmaNotFound(id.to_owned()))?;
+        let wrong = |rma: &Rma| ReturnsError::WrongState { rma: rma.id.clone(), state: rma.state, action };
+        match action {
+            "approve" if rma.state == RmaState::Requested => {
+                let note = format!("approved by {}; {} receives it", actor.key, rma.site);
+                rma.event(now_ms, RmaState::Approved, note);
+            }
+            "decline" if rma.state == RmaState::Requested => {
+                let why = text("reason".into(), reason.as_deref().unwrap_or(""))?;
+                rma.event(now_ms, RmaState::Declined, format!("declined by {}: {why}", actor.key));
+                rma.reason = Some(why);
+            }
+            "cancel" if matches!(rma.state, RmaState::Requested | RmaState::Approved) && rma.received() == 0 => {
+                let why = reason.as_deref().map(|r| text("reason".into(), r)).transpose()?;
+                let note = format!(
+                    "cancelled by {}{}",
+                    actor.key,
+                    why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()
+                );
+                rma.event(now_ms, RmaState::Cancelled, note);
+                rma.reason = why;
+            }
+            _ => return Err(wrong(&rma)),
+        }
         Ok(rma)
     }
 

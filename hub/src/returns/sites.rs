@@ -93,7 +93,13 @@ pub fn apply_site_receipts(hub: &Hub, site: &NodeId, doc: &DocId) {
 /// Refunds `rma` if it is received in full under `refund = "auto"` and its invoice's capture settled (a
 /// refund before would be refused; the next pass tries again).
 fn refund_if_due(hub: &Hub, rma: &Rma) {
-    if rma.state != RmaState::Received || rma.refund != RefundPolicy::Auto || !rma.credit_notes.is_empty() {
+    // One that money refused for another reason than a capture to come waits for service (its
+    // `refund_error` says why), so the pass does not retry it every second.
+    if rma.state != RmaState::Received
+        || rma.refund != RefundPolicy::Auto
+        || !rma.credit_notes.is_empty()
+        || rma.refund_error.is_some()
+    {
         return;
     }
     let db = hub.intake.db();
