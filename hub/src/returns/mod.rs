@@ -752,11 +752,8 @@ impl Returns {
             }
             "cancel" if matches!(rma.state, RmaState::Requested | RmaState::Approved) && rma.received() == 0 => {
                 let why = reason.as_deref().map(|r| text("reason".into(), r)).transpose()?;
-                let note = format!(
-                    "cancelled by {}{}",
-                    actor.key,
-                    why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()
-                );
+                let note =
+                    format!("cancelled by {}{}", actor.key, why.as_ref().map(|w| format!(": {w}")).unwrap_or_default());
                 rma.event(now_ms, RmaState::Cancelled, note);
                 rma.reason = why;
             }
