@@ -23,6 +23,13 @@
 //! captured, captures above authorizations, invoices ≠ captures, credit notes ≠ refunds, the cut-off site's
 //! shipments included): it must be 0.
 //!
+//! Returns (see `returns`): per site one shipped card order gets a return request, approved by service,
+//! received at the site against the RMA (the cut-off site while cut off again, synced after the heal), and
+//! refunded through the hub's outbox; the summary adds `rmas` (count by state), the units and refunds, and
+//! `rma_mismatches` (units the hub counts received ≠ units the sites recorded against RMAs, refunds ≠ the
+//! credit notes of exactly those units): it must be 0. `payment_mismatches` is taken again after the
+//! returns' refunds.
+//!
 //! The hub's HTTP API is served over TLS with a certificate from the demo's PKI (`http-hub.pem`, as
 //! `oms ca issue --http hub` makes it), and the demo's client trusts only the demo's CA: every answer from
 //! the hub is counted (`hub_https_requests`), and one that did not come over TLS with that certificate is a
@@ -61,6 +68,7 @@ use tokio::process::{Child, Command};
 
 mod purchasing;
 mod reports;
+mod returns;
 mod webhooks;
 
 /// Options of `oms demo`.
@@ -608,6 +616,24 @@ async fn settle_money(http: &reqwest::Client, hub: SocketAddr, tally: &Tally, ac
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     (summary, not_captured)
+}
+
+/// The hub's payment summary once its outbox is empty (at most 30 s), if it answers.
+async fn settled_summary(http: &reqwest::Client, hub: SocketAddr, tally: &Tally) -> Option<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("https://{hub}/v1/payments/summary")).send().await {
+            tally.hub_answer(&r);
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            if v["outbox_open"] == 0 {
+                return Some(v);
+            }
+            last = Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    last
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<(u16, Value)> {
@@ -1262,6 +1288,17 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         purchasing::pass(&admin, hub_http, &site_ids, &skus, &a.data.join("hub").join("purchase-orders"), &docks)
             .await?;
     println!("{}", buying.line());
+    let rmas = returns::pass(&admin, hub_http, &acked, &docks).await?;
+    println!("{}", rmas.line());
+    // The returns' refunds are money too: the payment figures again, once the outbox is empty.
+    let money = settled_summary(&admin, hub_http, &tally).await.unwrap_or(money);
+    let m = |k: &str| money[k].as_u64().unwrap_or(0);
+    let payment_mismatches = m("payment_mismatches").saturating_add(shipped_not_captured);
+    println!(
+        "money after the returns: refunded {} credit-noted {} (minor units); payment mismatches {payment_mismatches} (must be 0)",
+        m("refunded_minor"),
+        m("credit_noted_minor")
+    );
     let browser = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -1367,6 +1404,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "promised_ship_by_missed": promises.missed(),
         "promised_ship_by_missed_reasons": promises.missed_by_reason,
     });
+    if let (Some(all), Value::Object(r)) = (summary.as_object_mut(), rmas.json()) {
+        all.extend(r);
+    }
     if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), hook.json()) {
         all.extend(w);
     }
@@ -1404,10 +1444,12 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || !hook.ok()
         || !buying.ok()
         || !report.ok()
+        || !rmas.ok()
     {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}, {}",
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}; {}; {}",
             buying.line(),
+            rmas.line(),
             report.line()
         );
     }

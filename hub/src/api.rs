@@ -15,6 +15,7 @@
 //! - `POST /v1/orders`, `GET /v1/orders/{id}/routing`, `POST /v1/orders/{id}/cancel`, `GET /v1/track/{token}`:
 //!   see [`crate::orders`].
 //! - Refunds, invoices, credit notes and payments: see [`crate::money::http`].
+//! - Returns (RMAs): see [`crate::returns::http`].
 //! - `GET /v1/audit/events?after=&limit=`: the audit trail of creates and cancels, paged by `seq` (at most
 //!   [`oms_service::audit::AUDIT_PAGE_MAX`] rows; follow `next_after` until it is null).
 //! - `GET /v1/events?after=&limit=&types=&wait_ms=` and `/v1/webhooks`: the event feed and webhook
@@ -34,6 +35,10 @@
 //! | `GET /v1/orders/{id}`, `GET /v1/orders/{id}/routing` | planner, service, channel (own channel only) |
 //! | `POST /v1/orders/{id}/cancel` | channel (own channel only), service (with a reason) |
 //! | `POST /v1/orders/{id}/refunds` | service (with a reason) |
+//! | `POST /v1/orders/{id}/returns` | channel (own channel only), service |
+//! | `GET /v1/returns[/{rma}]` | planner, service, channel (own channel only) |
+//! | `POST /v1/returns/{rma}/approve\|decline\|cancel\|refund` | service |
+//! | `GET /v1/returns/summary` | planner, service |
 //! | `GET /v1/invoices[/{number}]`, `GET /v1/credit-notes[/{number}]` | planner, service, channel (own channel only) |
 //! | `GET /v1/reports`, `/ui/reports[.csv]` | planner, service |
 //! | `POST /v1/orders/{id}/notes`, `/ui/orders/{id}/notes` | service |
@@ -110,6 +115,15 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/v1/orders") if post => Access::Roles(CHANNEL),
         Some("/v1/orders/{id}/cancel") if post => Access::Roles(CANCELLERS),
         Some("/v1/orders/{id}/refunds" | "/v1/orders/{id}/notes") if post => Access::Roles(SERVICE),
+        Some("/v1/orders/{id}/returns") if post => Access::Roles(CANCELLERS),
+        Some("/v1/returns" | "/v1/returns/{rma}") if get => Access::Roles(ORDER_READERS),
+        Some("/v1/returns/summary") if get => Access::Roles(MONEY_READERS),
+        Some(
+            "/v1/returns/{rma}/approve"
+            | "/v1/returns/{rma}/decline"
+            | "/v1/returns/{rma}/cancel"
+            | "/v1/returns/{rma}/refund",
+        ) if post => Access::Roles(SERVICE),
         Some("/v1/invoices" | "/v1/invoices/{number}" | "/v1/credit-notes" | "/v1/credit-notes/{number}") if get => {
             Access::Roles(ORDER_READERS)
         }
@@ -171,6 +185,7 @@ pub fn router_with(hub: Arc<Hub>, auth: Arc<Auth>, secure_cookie: bool) -> Route
         .merge(OpenApiRouter::new().routes(routes!(metrics)).with_state((hub.clone(), auth.clone())))
         .merge(crate::orders::router(hub.clone()))
         .merge(crate::money::http::router(hub.clone()))
+        .merge(crate::returns::http::router(hub.clone()))
         .merge(crate::events::api::router(hub.clone()))
         .merge(crate::reports::screen::router(hub.clone()))
         .merge(crate::notes::router(hub.clone()))
@@ -207,6 +222,7 @@ pub fn router_with(hub: Arc<Hub>, auth: Arc<Auth>, secure_cookie: bool) -> Route
     (name = "orders", description = "Customer orders: intake, routing, cancellation, tracking"),
     (name = "stock", description = "The network's stock as the sites last reported it"),
     (name = "money", description = "Payments, invoices, credit notes and refunds"),
+    (name = "returns", description = "Return authorizations (RMAs): request, approval, receipt at the site, refund"),
     (name = "forecast", description = "Demand forecasts and replenishment"),
     (name = "reports", description = "Orders, fill, on-time shipping, time to ship, cancellations and returns per period"),
     (name = "events", description = "The event feed and webhook subscriptions"),

@@ -93,6 +93,9 @@ pub struct HubConfig {
     /// Sending purchase orders to suppliers: the folder, retries, timeouts (`[purchasing]`).
     #[serde(default)]
     pub purchasing: crate::purchasing::PurchasingConfig,
+    /// The returns policy: window, non-returnable SKUs, auto-approval, refund at receipt or held (`[returns]`).
+    #[serde(default)]
+    pub returns: crate::returns::ReturnsConfig,
 }
 
 fn default_tenant() -> String {
@@ -166,6 +169,7 @@ impl Default for HubConfig {
             events: crate::events::EventsConfig::default(),
             webhooks: crate::events::webhooks::WebhooksConfig::default(),
             purchasing: crate::purchasing::PurchasingConfig::default(),
+            returns: crate::returns::ReturnsConfig::default(),
         }
     }
 }
@@ -198,6 +202,7 @@ impl HubConfig {
         self.tax.check().map_err(ConfigError::Invalid)?;
         self.webhooks.check().map_err(ConfigError::Invalid)?;
         self.purchasing.check().map_err(ConfigError::Invalid)?;
+        self.returns.check().map_err(ConfigError::Invalid)?;
         self.events.check(&self.webhooks).map_err(ConfigError::Invalid)?;
         self.http.scheme(self.listen_http.ip())?;
         if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {

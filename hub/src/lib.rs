@@ -12,6 +12,8 @@
 //!   notes and refunds, in `intake.redb`.
 //! - [`purchasing`]: suppliers, purchase orders sent through an outbox ([`purchasing::channel`]), ASNs and
 //!   the sites' receipts; what is on order counts in the replenishment.
+//! - [`returns`]: return authorizations (RMAs) requested by channels or service, approved by policy or by
+//!   service, published to the site that shipped the units, received there and refunded through [`money`].
 //! - [`events`]: the durable event log (appended in the transaction of each change it reports), the pull
 //!   feed `GET /v1/events` and signed webhooks delivered from it at least once.
 //! - [`demand`], [`forecast_api`], [`forecast_config`]: demand history from the order documents, forecasts and
@@ -40,6 +42,7 @@ pub mod notes;
 pub mod orders;
 pub mod purchasing;
 pub mod reports;
+pub mod returns;
 pub mod routing;
 pub mod server;
 mod ui;
@@ -83,7 +86,9 @@ pub async fn run(
     notes::init(intake.db()).context("cannot create the notes' table")?;
     let purchasing = purchasing::Purchasing::new(cfg.purchasing.clone(), &cfg.data_dir, intake.db())
         .map_err(|e| anyhow::anyhow!("cannot set up purchasing: {e}"))?;
-    let hub = Arc::new(server::Hub::new(docs, intake, money, purchasing, &cfg.tenant, actor.to_vec(), tuning)?);
+    let mut hub = server::Hub::new(docs, intake, money, purchasing, &cfg.tenant, actor.to_vec(), tuning)?;
+    hub.returns = returns::Returns::new(cfg.returns.clone());
+    let hub = Arc::new(hub);
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
     // its own writer thread.

@@ -437,6 +437,7 @@ pub fn hub_order(hub: &Hub, id: &str, principal: &Principal) -> Result<Option<Va
         let mut v = order_view(hub, &o);
         with_payment(hub, &mut v, id);
         crate::notes::with_notes(hub, &mut v, id, principal);
+        with_returns(hub, &mut v, id);
         v
     }))
 }
@@ -459,6 +460,34 @@ fn with_payment(hub: &Hub, view: &mut Value, id: &str) {
         t.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
     }
     view["payment"] = crate::money::payment_view(&p);
+}
+
+/// Adds the order's RMAs (state, lines, credit notes) to its view and their events to the timeline.
+fn with_returns(hub: &Hub, view: &mut Value, id: &str) {
+    let rmas = match hub.returns.of_order(hub.intake.db(), id) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(order = id, error = %e, "cannot read the order's returns");
+            return;
+        }
+    };
+    if let Some(t) = view.get_mut("timeline").and_then(Value::as_array_mut) {
+        for r in &rmas {
+            t.extend(r.events.iter().map(|e| {
+                json!({"at_ms": e.at_ms, "status": format!("rma_{}", e.state.as_str()), "rma": r.id,
+                       "fulfillment": r.fulfillment, "site": r.site, "note": e.note})
+            }));
+        }
+        t.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
+    }
+    view["rmas"] = rmas
+        .iter()
+        .map(|r| {
+            json!({"id": r.id, "state": r.state, "fulfillment": r.fulfillment, "site": r.site, "lines": r.lines,
+                   "credit_notes": r.credit_notes, "refunded_minor": r.refunded_minor,
+                   "refund_error": r.refund_error})
+        })
+        .collect();
 }
 
 /// A channel key's listing: the hub orders of its channel, in id order.
@@ -818,6 +847,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                     docs.get(&doc).and_then(|d| schema::read_escrow(&d, usize::MAX).ok()).map(|(c, _)| c)
                 };
                 crate::purchasing::sites::apply_site_receipts(hub, &site, &doc);
+                crate::returns::sites::apply_site_receipts(hub, &site, &doc);
                 let Some(counters) = counters else { continue };
                 match hub.intake.merge_site(&site, counters, now) {
                     Ok(publish) if !publish.is_empty() => {
@@ -883,6 +913,9 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     if let Err(e) = hub.intake.finished(&finished) {
         tracing::warn!(error = %e, "cannot note finished fulfillments; a start will look at them again");
     }
+    if retry {
+        crate::returns::sites::tick(hub);
+    }
     let mut ids: Vec<String> = released.keys().cloned().collect();
     if retry {
         for id in hub.intake.open_orders(RETRY_BATCH_MAX) {
@@ -944,6 +977,9 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
     // Requeued above, the stock documents bring back any site receipt not applied yet.
     if let Err(e) = crate::purchasing::sites::publish_open(hub) {
         tracing::warn!(error = %e, "purchasing: cannot publish the open orders to their sites");
+    }
+    if let Err(e) = crate::returns::sites::publish_open(hub) {
+        tracing::warn!(error = %e, "returns: cannot publish the open RMAs to their sites");
     }
     Ok(())
 }

@@ -98,6 +98,9 @@ pub struct Hub {
     pub money: crate::money::Money,
     /// Suppliers, purchase orders, ASNs and receipts (in the intake's database).
     pub purchasing: crate::purchasing::Purchasing,
+    /// Return authorizations (RMAs), in the intake's database; the default policy until the caller sets
+    /// `[returns]`.
+    pub returns: crate::returns::Returns,
     /// The demand index and last replenishment run (the forecast routes and purchase orders made from it).
     pub demand: Arc<crate::demand::DemandCache>,
     /// The reloading parts of the QUIC side's TLS, once it listens ([`Hub::set_tls`]).
@@ -142,6 +145,7 @@ impl Hub {
             intake,
             money,
             purchasing,
+            returns: crate::returns::Returns::default(),
             demand: Arc::default(),
             tls: OnceLock::new(),
         })

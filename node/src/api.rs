@@ -88,7 +88,7 @@ pub(crate) fn policy(method: &Method, route: Option<&str>) -> Access {
         "/v1/catalog/{sku}" if get => STOCK_READERS,
         "/v1/catalog/{sku}" | "/v1/import/catalog" | "/v1/import/stock" | "/v1/audit/events" => ADMIN,
         "/v1/stock/receipts" | "/v1/stock/adjustments" | "/v1/stock/counts" => &[Role::Staff],
-        "/v1/inbound" => STOCK_READERS,
+        "/v1/inbound" | "/v1/rmas" => STOCK_READERS,
         "/v1/inbound/{asn}/receipts" | "/v1/inbound/po/{po}/receipts" => &[Role::Staff],
         "/v1/events" if get => EVENT_READERS,
         "/v1/orders" if get => ORDER_READERS,
@@ -131,6 +131,7 @@ fn api() -> (Router<AppState>, Router<AppState>, OpenApi) {
         .routes(routes!(adjustment))
         .routes(routes!(count))
         .routes(routes!(crate::receiving::list))
+        .routes(routes!(crate::receiving::rmas))
         .routes(routes!(crate::receiving::receive_asn))
         .routes(routes!(crate::receiving::receive_po))
         .routes(routes!(get_stock))
@@ -981,7 +982,12 @@ async fn reaccept(State(st): State<AppState>, actor: Actor, Path(id): Path<Strin
 #[serde(deny_unknown_fields)]
 struct ReturnBody {
     lines: Vec<ReturnLineBody>,
-    disposition: Disposition,
+    /// Restock or scrap, for every line that does not say.
+    #[serde(default)]
+    disposition: Option<Disposition>,
+    /// The return (RMA) the hub approved, if the units come back against one.
+    #[serde(default)]
+    rma: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -989,6 +995,9 @@ struct ReturnBody {
 struct ReturnLineBody {
     sku: Sku,
     qty: i64,
+    /// Restock or scrap this line (default: the body's `disposition`).
+    #[serde(default)]
+    disposition: Option<Disposition>,
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/returns", tag = "orders", params(("id" = String, Path, description = "The order id")),
@@ -1006,11 +1015,21 @@ async fn receive_return(
     }
     let mut lines = Vec::with_capacity(b.lines.len());
     for (i, l) in b.lines.into_iter().enumerate() {
-        lines.push(ReturnLine { sku: l.sku, qty: qty_u32(&format!("lines[{i}].qty"), l.qty)? });
+        let disposition = l.disposition.or(b.disposition).ok_or_else(|| {
+            ValidationError::new(
+                "missing_field",
+                format!("lines[{i}].disposition"),
+                "restock or scrap, per line or for all",
+            )
+        })?;
+        lines.push((ReturnLine { sku: l.sku, qty: qty_u32(&format!("lines[{i}].qty"), l.qty)? }, disposition));
     }
-    let record =
-        exec(&st, &actor, Some(order.to_string()), cmd::ReceiveReturn { order, lines, disposition: b.disposition })
-            .await?;
+    if let Some(r) = &b.rma
+        && (r.is_empty() || r.len() > 64 || r.chars().any(|c| c.is_control() || c.is_whitespace()))
+    {
+        return Err(ValidationError::new("invalid_rma", "rma", "an RMA id: 1 to 64 bytes, no spaces").into());
+    }
+    let record = exec(&st, &actor, Some(order.to_string()), cmd::ReceiveReturn { order, lines, rma: b.rma }).await?;
     // A return receipt takes no idempotency key, so it is never a replay (before the store's typed replies it
     // was answered with `idempotent-replayed: true` by mistake).
     order_response(record, StatusCode::CREATED, false)

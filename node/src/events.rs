@@ -145,6 +145,12 @@ fn event(
             let receipt = st.store.po_receipt(&id)?;
             ("receipt.booked", None, None, json!({"receipt_id": id, "receipt": receipt}))
         }
+        FeedEntry::RmaReceipt(id) => {
+            let r = st.store.rma_receipt(&id)?;
+            let data = json!({"receipt_id": id, "rma": r.as_ref().map(|r| &r.rma),
+                              "lines": r.as_ref().map(|r| r.lines.iter().map(|l| json!({"sku": l.sku, "qty": l.qty, "disposition": l.disposition})).collect::<Vec<_>>())});
+            ("return.received", None, None, data)
+        }
     };
     Ok(Some(NodeEvent { id: format!("nevt_{seq}"), seq, kind, order_id, sku, data }))
 }

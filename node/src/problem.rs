@@ -46,6 +46,18 @@ impl From<StoreError> for Problem {
                     .with("requested", requested)
                     .with("tolerance_pct", tolerance_pct)
             }
+            StoreError::RmaNotFound(rma) => Problem::new(S::NOT_FOUND, code, detail).with("rma", rma),
+            StoreError::RmaNotReceivable { rma, state } => {
+                Problem::new(S::CONFLICT, code, detail).with("rma", rma).with("state", state)
+            }
+            StoreError::OverReturn { rma, sku, approved, received, requested } => {
+                Problem::new(S::CONFLICT, code, detail)
+                    .with("rma", rma)
+                    .with("sku", sku)
+                    .with("approved", approved)
+                    .with("received", received)
+                    .with("requested", requested)
+            }
             StoreError::Overloaded => Problem::new(S::SERVICE_UNAVAILABLE, code, detail),
             StoreError::ShuttingDown => Problem::new(S::SERVICE_UNAVAILABLE, code, detail),
             StoreError::InsufficientStorage { free_bytes, reserve_bytes } => {

@@ -66,6 +66,33 @@ pub(crate) async fn list(State(st): State<AppState>, Q(q): Q) -> Result<Response
     Ok(Json(json!({"items": items, "next_after": next})).into_response())
 }
 
+/// `GET /v1/rmas`: a page of the returns (RMAs) the hub approved for this site (`after`, `limit`), each with
+/// what the hub approved and what the site received against it. Units come back against one through
+/// `POST /v1/orders/{id}/returns` with `"rma"`.
+#[utoipa::path(get, path = "/v1/rmas", tag = "inbound", params(crate::api::PageQuery),
+    responses((status = 200, description = "`{\"items\": [...], \"next_after\"}`: each RMA with its lines and what was received here", body = Object)))]
+pub(crate) async fn rmas(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
+    let rows = st.store.rmas(q.after.as_deref(), q.limit())?;
+    let next = if rows.len() >= q.limit() { rows.last().map(|r| r.hub.rma.clone()) } else { None };
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let lines: Vec<Value> = r
+                .hub
+                .lines
+                .iter()
+                .map(|l| {
+                    json!({"sku": l.sku, "approved": l.qty, "received_at_hub": l.received,
+                                "received_here": r.received_here(&l.sku)})
+                })
+                .collect();
+            json!({"rma": r.hub.rma, "order": r.hub.order, "state": r.hub.state, "receivable": r.hub.receivable,
+                   "lines": lines})
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "next_after": next})).into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LineBody {

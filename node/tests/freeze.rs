@@ -82,8 +82,8 @@ fn finished_orders_freeze_and_then_refuse_every_change() {
 
         // Every change to a frozen order is refused and changes nothing.
         let before = snapshot(&store, &ship1);
-        let lines = vec![ReturnLine { sku: sku(), qty: 1 }];
-        let ret = cmd::ReceiveReturn { order: ship1.clone(), lines, disposition: Disposition::Restock };
+        let lines = vec![(ReturnLine { sku: sku(), qty: 1 }, Disposition::Restock)];
+        let ret = cmd::ReceiveReturn { order: ship1.clone(), lines, rma: None };
         assert_frozen_refusal(store.execute(ret).await.unwrap_err(), &ship1);
         assert_frozen_refusal(store.execute(cmd::Deliver { order: ship1.clone() }).await.unwrap_err(), &ship1);
         let refund = cmd::Refund { order: ship1.clone(), return_id: 1 };
@@ -124,8 +124,8 @@ fn returns_decide_when_a_shipped_order_is_finished() {
         let id = shipped(&store, "s", 2).await;
         let ret = |qty| cmd::ReceiveReturn {
             order: id.clone(),
-            lines: vec![ReturnLine { sku: sku(), qty }],
-            disposition: Disposition::Restock,
+            lines: vec![(ReturnLine { sku: sku(), qty }, Disposition::Restock)],
+            rma: None,
         };
         // Everything came back but the refund is owed: open even past the window.
         store.execute(ret(2)).await.unwrap();

@@ -18,6 +18,9 @@
 //!   [`InboundPo`], what the site is to receive (the order's lines, what the hub counts as received and
 //!   short-closed, and the ASNs announced). The site's receipts travel back in its stock document (under
 //!   [`keys::RECEIPTS`], receipt id → postcard [`SiteReceipt`]), which the hub applies once per receipt id.
+//!   The same document carries the approved returns (RMAs) the site is to receive, under [`keys::RMAS`]
+//!   (RMA id → postcard [`InboundRma`]); the site's receipts against them travel back in its stock document
+//!   under [`keys::RMA_RECEIPTS`] (receipt id → postcard [`SiteRmaReceipt`]).
 //! - Orders the hub takes from channels are `order/hub-<seq>.<n>` documents the hub creates (origin `hub`,
 //!   site = the node it assigned), one per fulfillment order; the node writes their progress as for its own.
 //!
@@ -25,7 +28,7 @@
 //! which top-level keys it touches ([`check_writer`]). The types encoded as bytes here are postcard, whose
 //! layout is positional: add fields only at the end of [`Progress`], and bump [`SCHEMA_VERSION`] otherwise.
 
-use crate::domain::{Balance, FulfillmentState, NodeId, OrderDraft, OrderId, Sku};
+use crate::domain::{Balance, Disposition, FulfillmentState, NodeId, OrderDraft, OrderId, Sku};
 use crate::escrow::EscrowCounter;
 use crate::wire::DocId;
 use automerge::{AutoCommit, ObjType, Patch, PatchAction, Prop, ROOT, ReadDoc, transaction::Transactable};
@@ -93,6 +96,10 @@ pub mod keys {
     pub const EXPECTED: &str = "expected";
     /// Map receipt id → postcard `SiteReceipt` (in a stock document).
     pub const RECEIPTS: &str = "receipts";
+    /// Map RMA id → postcard `InboundRma` (in an inbound document).
+    pub const RMAS: &str = "rmas";
+    /// Map receipt id → postcard `SiteRmaReceipt` (in a stock document).
+    pub const RMA_RECEIPTS: &str = "rma_receipts";
 }
 
 /// One line of a purchase order a site is to receive, as the hub publishes it.
@@ -149,6 +156,58 @@ pub struct SiteReceipt {
     pub asn: Option<String>,
     /// (PO line, units received); unplanned units are not here.
     pub lines: Vec<(u32, u64)>,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// One line of a return (RMA) a site is to receive, as the hub publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundRmaLine {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units the hub approved for return.
+    pub qty: u64,
+    /// Units the hub counts as received (from the site's receipts it applied).
+    pub received: u64,
+}
+
+/// An approved return a site is to receive (hub-owned, in `inbound/<node>` under [`keys::RMAS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundRma {
+    /// The RMA id.
+    pub rma: String,
+    /// The fulfillment order (at this site) whose units come back.
+    pub order: String,
+    /// Its state at the hub (`approved`, `partially_received`, `cancelled`, ...).
+    pub state: String,
+    /// Whether units may still be received against it.
+    pub receivable: bool,
+    /// Its lines.
+    pub lines: Vec<InboundRmaLine>,
+}
+
+/// One line of a site's receipt against an RMA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRmaLine {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units received.
+    pub qty: u64,
+    /// Back on the shelf or written off.
+    pub disposition: Disposition,
+}
+
+/// A receipt a site booked against an RMA (node-owned, in its stock document under [`keys::RMA_RECEIPTS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRmaReceipt {
+    /// The receipt id (unique at the site).
+    pub id: String,
+    /// The RMA.
+    pub rma: String,
+    /// The fulfillment order the units came back from.
+    pub order: String,
+    /// Units received per SKU and disposition.
+    pub lines: Vec<SiteRmaLine>,
     /// When, ms since the Unix epoch.
     pub at_ms: u64,
 }
@@ -565,6 +624,39 @@ pub fn write_inbound(doc: &mut AutoCommit, node: &NodeId, po: &InboundPo, now_ms
 pub fn write_receipt(doc: &mut AutoCommit, node: &NodeId, r: &SiteReceipt, now_ms: u64) -> Result<bool, SchemaError> {
     ensure_owner(doc, node)?;
     put_keyed(doc, node, keys::RECEIPTS, &r.id, r, now_ms)
+}
+
+/// Writes one approved return into `inbound/<node>` (hub only). Returns true if the document changed.
+pub fn write_inbound_rma(
+    doc: &mut AutoCommit,
+    node: &NodeId,
+    rma: &InboundRma,
+    now_ms: u64,
+) -> Result<bool, SchemaError> {
+    ensure_owner(doc, node)?;
+    put_keyed(doc, node, keys::RMAS, &rma.rma, rma, now_ms)
+}
+
+/// Writes one receipt against an RMA into the site's stock document (node only). Returns true if the
+/// document changed.
+pub fn write_rma_receipt(
+    doc: &mut AutoCommit,
+    node: &NodeId,
+    r: &SiteRmaReceipt,
+    now_ms: u64,
+) -> Result<bool, SchemaError> {
+    ensure_owner(doc, node)?;
+    put_keyed(doc, node, keys::RMA_RECEIPTS, &r.id, r, now_ms)
+}
+
+/// The returns of an inbound document, at most `max`; keys that do not decode are the second list.
+pub fn read_inbound_rmas(doc: &AutoCommit, max: usize) -> Result<(Vec<InboundRma>, Vec<String>), SchemaError> {
+    read_keyed(doc, keys::RMAS, max, |k, v: &InboundRma| v.rma == k)
+}
+
+/// The receipts against RMAs of a stock document, at most `max`; keys that do not decode are the second list.
+pub fn read_rma_receipts(doc: &AutoCommit, max: usize) -> Result<(Vec<SiteRmaReceipt>, Vec<String>), SchemaError> {
+    read_keyed(doc, keys::RMA_RECEIPTS, max, |k, v: &SiteRmaReceipt| v.id == k)
 }
 
 /// Puts `v` at `map[key]` unless it is there already; stamps `updated_at_ms` when it writes.
@@ -1006,6 +1098,46 @@ mod tests {
         assert_eq!(check_writer(&mut s, &sname, &[], Writer::Node(&n)), Ok(()));
         assert!(check_writer(&mut s, &sname, &[], Writer::Node(&other)).is_err());
         assert_eq!(read_receipts(&s, 10).unwrap(), (vec![r], vec![]));
+    }
+
+    /// Approved returns ride in the hub's inbound document, the site's receipts against them in its stock
+    /// document; a node may not write the former, another node not the latter.
+    #[test]
+    fn rmas_are_hub_owned_and_rma_receipts_are_the_sites() {
+        let (n, other) = (node("wh-north"), node("wh-south"));
+        let name = inbound_doc(&n).unwrap();
+        let rma = InboundRma {
+            rma: "RMA-1".into(),
+            order: "hub-1.1".into(),
+            state: "approved".into(),
+            receivable: true,
+            lines: vec![InboundRmaLine { sku: Sku::parse("A").unwrap(), qty: 2, received: 0 }],
+        };
+        let mut d = AutoCommit::new();
+        assert!(write_inbound_rma(&mut d, &n, &rma, 1).unwrap());
+        assert!(!write_inbound_rma(&mut d, &n, &rma, 2).unwrap());
+        d.commit();
+        assert_eq!(check_writer(&mut d, &name, &[], Writer::Hub), Ok(()));
+        assert!(check_writer(&mut d, &name, &[], Writer::Node(&n)).is_err());
+        assert_eq!(read_inbound_rmas(&d, 10).unwrap(), (vec![rma], vec![]));
+        assert_eq!(read_inbound(&d, 10).unwrap(), (vec![], vec![]), "purchase orders are another map");
+
+        let sname = stock_doc(&n).unwrap();
+        let line = SiteRmaLine { sku: Sku::parse("A").unwrap(), qty: 1, disposition: Disposition::Scrap };
+        let r = SiteRmaReceipt {
+            id: "hub-1.1/1".into(),
+            rma: "RMA-1".into(),
+            order: "hub-1.1".into(),
+            lines: vec![line],
+            at_ms: 3,
+        };
+        let mut s = AutoCommit::new();
+        assert!(write_rma_receipt(&mut s, &n, &r, 3).unwrap());
+        assert!(!write_rma_receipt(&mut s, &n, &r, 4).unwrap());
+        s.commit();
+        assert_eq!(check_writer(&mut s, &sname, &[], Writer::Node(&n)), Ok(()));
+        assert!(check_writer(&mut s, &sname, &[], Writer::Node(&other)).is_err());
+        assert_eq!(read_rma_receipts(&s, 10).unwrap(), (vec![r], vec![]));
     }
 
     /// A node that never writes the layout version would have every change count as the creation, and could

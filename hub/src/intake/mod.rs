@@ -527,6 +527,8 @@ impl Intake {
         w.open_table(AUDIT)?;
         w.commit()?;
         crate::money::create_tables(&db).map_err(IntakeError::from)?;
+        crate::returns::create_tables(&db)
+            .map_err(|e| IntakeError::Corrupt { table: "rmas", detail: e.to_string() })?;
         let mut escrow = HashMap::new();
         let mut open = BTreeSet::new();
         let mut unindexed = Vec::new();

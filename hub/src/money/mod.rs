@@ -961,6 +961,17 @@ impl Money {
         Ok(Some(number))
     }
 
+    /// The invoice of a fulfillment's shipment, if it was billed with one.
+    pub fn invoice_of_fulfillment(&self, db: &Database, fulfillment: &str) -> Result<Option<String>, MoneyError> {
+        let r = db.begin_read()?;
+        Ok(r.open_table(BILLED)?.get(fulfillment)?.map(|v| v.value().to_owned()).filter(|n| !n.is_empty()))
+    }
+
+    /// Whether `order` has outbox rows (captures, refunds, voids) not settled yet.
+    pub fn unsettled(&self, db: &Database, order: &str) -> Result<bool, MoneyError> {
+        Ok(outbox::open_orders(&db.begin_read()?)?.contains(order))
+    }
+
     /// Queues the void of an order cancelled before anything was invoiced (once). Returns whether it queued.
     pub fn void_unshipped(&self, db: &Database, order: &str, now_ms: u64) -> Result<bool, MoneyError> {
         let _g = lock(&self.write);
@@ -989,6 +1000,23 @@ impl Money {
         req: &RefundRequest,
         actor: &Actor,
         now_ms: u64,
+    ) -> Result<CreditNote, MoneyError> {
+        self.refund_with(db, order, confined_to, req, actor, now_ms, |_, _| Ok(()))
+    }
+
+    /// [`Money::refund`], with `also` writing the caller's own rows in the credit note's transaction (a
+    /// return records its refund with it, so a crash never leaves a credit note its return does not know,
+    /// and a retry never refunds twice). `also` runs only when the refund is issued; its error aborts it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refund_with(
+        &self,
+        db: &Database,
+        order: &str,
+        confined_to: Option<&Channel>,
+        req: &RefundRequest,
+        actor: &Actor,
+        now_ms: u64,
+        also: impl FnOnce(&redb::WriteTransaction, &CreditNote) -> Result<(), MoneyError>,
     ) -> Result<CreditNote, MoneyError> {
         let _g = lock(&self.write);
         let w = db.begin_write()?;
@@ -1039,6 +1067,7 @@ impl Money {
         w.open_table(INVOICES)?.insert(inv.number.as_str(), enc(&inv)?.as_slice())?;
         w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
         audit::append(&mut w.open_table(AUDIT)?, actor, Some(order), now_ms, "ok")?;
+        also(&w, &note)?;
         w.commit()?;
         self.wake.notify_one();
         Ok(note)

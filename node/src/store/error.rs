@@ -116,6 +116,31 @@ pub enum StoreError {
         /// The tolerance.
         tolerance_pct: u32,
     },
+    /// No such return (RMA) at this site.
+    #[error("RMA {0:?} is not known at this site (the hub publishes approved returns to the site that shipped them)")]
+    RmaNotFound(String),
+    /// The RMA takes no units in its state (declined, cancelled, received in full, closed).
+    #[error("RMA {rma} is {state}: nothing can be received against it")]
+    RmaNotReceivable {
+        /// The RMA.
+        rma: String,
+        /// Its state at the hub.
+        state: String,
+    },
+    /// More units of a SKU than the RMA allows.
+    #[error("RMA {rma}: {requested} units of {sku} would exceed the {approved} approved ({received} received before)")]
+    OverReturn {
+        /// The RMA.
+        rma: String,
+        /// The SKU.
+        sku: Sku,
+        /// Units approved.
+        approved: u64,
+        /// Units received against it so far.
+        received: u64,
+        /// Units in this receipt.
+        requested: u64,
+    },
     /// The writer's queue is full.
     #[error("the node is overloaded; retry shortly")]
     Overloaded,
@@ -169,6 +194,9 @@ impl StoreError {
             StoreError::InboundNotFound { .. } => "purchase_order_not_found",
             StoreError::NotReceivable { .. } => "not_receivable",
             StoreError::OverReceipt { .. } => "over_receipt",
+            StoreError::RmaNotFound(_) => "rma_not_found",
+            StoreError::RmaNotReceivable { .. } => "rma_not_receivable",
+            StoreError::OverReturn { .. } => "over_return",
             StoreError::Overloaded => "overloaded",
             StoreError::ShuttingDown => "shutting_down",
             StoreError::InsufficientStorage { .. } => "insufficient_storage",

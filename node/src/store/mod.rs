@@ -76,6 +76,7 @@ pub use orders::{IDEMPOTENCY_KEY_BYTES_MAX, NewOrder};
 use records::IdempotencyRecord;
 pub use records::{CatalogItem, FeedEntry, LedgerEntry, PickConfirmation, PickLine, Shortfall, Wave};
 pub use restore::RESTORE_ORDER_IDS_SKIPPED;
+pub use returns::{RMAS_MAX, RmaReceipt, RmaRecord};
 pub use stock::Imported;
 pub use tables::NODE_FORMAT;
 use tables::*;
@@ -143,7 +144,8 @@ pub mod cmd {
     //!   [`ReceiveReturn`], [`Refund`] → the [`OrderRecord`] after the change;
     //! - [`CreateWave`] → [`Wave`]; [`EscrowSync`] → the SKUs whose escrow changed; [`EscrowTick`] →
     //!   [`EscrowTicked`]; [`Freeze`] → [`Frozen`]; [`SkipOrderIds`] → the next order number;
-    //! - [`SetInbound`] → how many purchase orders were stored; [`ReceiveInbound`] → [`Received`].
+    //! - [`SetInbound`] → how many purchase orders were stored; [`ReceiveInbound`] → [`Received`];
+    //! - [`SetRmas`] → how many returns (RMAs) were stored.
     //!
     //! [`Store::execute`]: super::Store::execute
     //! [`Command::Reply`]: super::Command::Reply
@@ -163,7 +165,7 @@ pub mod cmd {
     pub use super::inbound::{ReceiveInbound, SetInbound};
     pub use super::orders::{AcceptAssignment, Cancel, CreateOrder, Deliver, Pack, Reaccept, RejectAssignment, Ship};
     pub use super::restore::SkipOrderIds;
-    pub use super::returns::{ReceiveReturn, Refund};
+    pub use super::returns::{ReceiveReturn, Refund, SetRmas};
     pub use super::stock::{Import, PutCatalog, Stock};
     pub use super::waves::{ConfirmPicks, CreateWave};
 }
@@ -213,7 +215,19 @@ impl Store {
         let db = opened.db;
         {
             let w = db.begin_write()?;
-            for t in [CATALOG, BALANCES, ORDERS, IDEMPOTENCY, ESCROW, INBOUND, PO_RECEIPTS, CONSIGNMENTS, LABELS] {
+            for t in [
+                CATALOG,
+                BALANCES,
+                ORDERS,
+                IDEMPOTENCY,
+                ESCROW,
+                INBOUND,
+                PO_RECEIPTS,
+                RMAS,
+                RMA_RECEIPTS,
+                CONSIGNMENTS,
+                LABELS,
+            ] {
                 w.open_table(t)?;
             }
             w.open_table(FROZEN)?;

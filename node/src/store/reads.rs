@@ -9,7 +9,10 @@ use serde::de::DeserializeOwned;
 
 use super::error::escrow_corrupt;
 use super::tables::*;
-use super::{CatalogItem, FeedEntry, InboundRecord, LedgerEntry, OrderRecord, PoReceipt, Store, StoreError, Wave};
+use super::{
+    CatalogItem, FeedEntry, InboundRecord, LedgerEntry, OrderRecord, PoReceipt, RmaReceipt, RmaRecord, Store,
+    StoreError, Wave,
+};
 use crate::escrow;
 
 impl Store {
@@ -33,6 +36,24 @@ impl Store {
     pub fn po_receipt(&self, id: &str) -> Result<Option<PoReceipt>, StoreError> {
         let t = self.read()?.open_table(PO_RECEIPTS)?;
         t.get(id)?.map(|v| dec("po_receipts", v.value())).transpose()
+    }
+
+    /// A receipt against a return (RMA).
+    pub fn rma_receipt(&self, id: &str) -> Result<Option<RmaReceipt>, StoreError> {
+        let t = self.read()?.open_table(RMA_RECEIPTS)?;
+        t.get(id)?.map(|v| dec("rma_receipts", v.value())).transpose()
+    }
+
+    /// One return (RMA) the site is to receive.
+    pub fn rma(&self, rma: &str) -> Result<Option<RmaRecord>, StoreError> {
+        let t = self.read()?.open_table(RMAS)?;
+        t.get(rma)?.map(|v| dec("rmas", v.value())).transpose()
+    }
+
+    /// A page of the returns (RMAs) the site is to receive, ids after `after`.
+    pub fn rmas(&self, after: Option<&str>, limit: usize) -> Result<Vec<RmaRecord>, StoreError> {
+        let t = self.read()?.open_table(RMAS)?;
+        page(&t, after, limit.min(self.limits.page_max), "rmas")
     }
 
     /// One purchase order the site is to receive.

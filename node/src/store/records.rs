@@ -68,6 +68,8 @@ pub enum FeedEntry {
     Catalog(Sku),
     /// A receipt against a purchase order was booked (its id).
     Receipt(String),
+    /// A receipt against a return (RMA) was booked (its id).
+    RmaReceipt(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

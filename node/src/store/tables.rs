@@ -31,6 +31,10 @@ pub(super) const ESCROW: TableDefinition<&str, &[u8]> = TableDefinition::new("es
 pub(super) const INBOUND: TableDefinition<&str, &[u8]> = TableDefinition::new("inbound");
 /// Receipt id → `PoReceipt`: the site's receipts against purchase orders.
 pub(super) const PO_RECEIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("po_receipts");
+/// RMA id → `RmaRecord`: the returns the hub approved for this site and what the site received against them.
+pub(super) const RMAS: TableDefinition<&str, &[u8]> = TableDefinition::new("rmas");
+/// Receipt id → `RmaReceipt`: the site's receipts against RMAs.
+pub(super) const RMA_RECEIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rma_receipts");
 /// Order id → when it was frozen (ms since the Unix epoch): finished orders that refuse every change.
 pub(super) const FROZEN: TableDefinition<&str, u64> = TableDefinition::new("frozen");
 /// Order id → the start of its return window (0: finished at once): orders that may be frozen once due

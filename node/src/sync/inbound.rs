@@ -34,7 +34,7 @@ pub(crate) const ESCROW_TICK_MS: u64 = 1_000;
 enum Action {
     Assign { id: OrderId, draft: Box<oms_protocol::domain::OrderDraft>, at_ms: u64, cancel: bool },
     Escrow(Vec<oms_protocol::escrow::EscrowCounter>),
-    Inbound(Vec<schema::InboundPo>),
+    Inbound(Vec<schema::InboundPo>, Vec<schema::InboundRma>),
 }
 
 fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
@@ -65,7 +65,12 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
             if !bad.is_empty() {
                 tracing::warn!(%doc, pos = ?bad, "sync: hub purchase orders that do not decode were skipped");
             }
-            Some(Action::Inbound(pos))
+            let limit = usize::try_from(crate::store::RMAS_MAX).unwrap_or(usize::MAX);
+            let (rmas, bad) = schema::read_inbound_rmas(&d, limit).ok()?;
+            if !bad.is_empty() {
+                tracing::warn!(%doc, rmas = ?bad, "sync: hub returns (RMAs) that do not decode were skipped");
+            }
+            Some(Action::Inbound(pos, rmas))
         }
         _ => None,
     }
@@ -107,7 +112,7 @@ async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), Stor
             }
             Ok(())
         }
-        Action::Inbound(pos) => {
+        Action::Inbound(pos, rmas) => {
             // Only what changed: the document holds every order the site has been sent.
             let changed: Vec<_> = pos
                 .into_iter()
@@ -115,6 +120,11 @@ async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), Stor
                 .collect();
             for chunk in changed.chunks(INBOUND_BATCH_MAX) {
                 store.execute(cmd::SetInbound(chunk.to_vec())).await?;
+            }
+            let changed: Vec<_> =
+                rmas.into_iter().filter(|r| store.rma(&r.rma).ok().flatten().is_none_or(|o| &o.hub != r)).collect();
+            for chunk in changed.chunks(INBOUND_BATCH_MAX) {
+                store.execute(cmd::SetRmas(chunk.to_vec())).await?;
             }
             Ok(())
         }

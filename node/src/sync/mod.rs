@@ -385,6 +385,15 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
                     changed.insert(name);
                 }
             }
+            FeedEntry::RmaReceipt(id) => {
+                // The hub applies each receipt against an RMA once, by its id.
+                let Some(r) = store.rma_receipt(&id)? else { continue };
+                if let Some(name) = schema::stock_doc(&node)
+                    && schema::write_rma_receipt(docs.sync.db.get_or_create(&name)?, &node, &r, now)?
+                {
+                    changed.insert(name);
+                }
+            }
         }
     }
     let due = now.saturating_sub(docs.stock_written_ms) >= tuning.stock_coalesce_ms || pending_full;

@@ -1,0 +1,279 @@
+//! Returns (RMAs) over real processes: a card order shipped from a site, a return requested at the hub,
+//! approved by service, published to the site, received there against the RMA (one line restocked, one
+//! scrapped, the node killed with SIGKILL in between), credit-noted and refunded once; refusals
+//! (over-return at the hub and at the site, a non-returnable SKU, a declined RMA at the site) that change
+//! nothing; and a held refund that waits for service. The window is covered by the hub's unit tests (a
+//! test cannot wait 24 hours).
+//!
+//! Every wait is a bounded loop with a deadline; processes are killed when their guard drops.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, pki, seed_sku, wait_for};
+use oms_tests::{get, http, post};
+use serde_json::{Value, json};
+
+const HEALTHY: Duration = Duration::from_secs(30);
+const BERLIN: (f64, f64) = (52.52, 13.40);
+
+fn hub_toml(state: &Path, returns: &str) -> String {
+    format!(
+        "[payments]\ncall_timeout_ms = 30000\nretry_backoff_ms = 50\n\
+         [payments.providers.test]\nkind = \"test\"\nstate_file = {:?}\n\
+         [tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n\
+         [returns]\n{returns}\n",
+        state.display().to_string()
+    )
+}
+
+fn counts(state: &Path) -> Value {
+    std::fs::read(state)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|v| v["counts"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn order(ext: &str, lines: &[(&str, u32, i64)]) -> Value {
+    json!({
+        "external_ref": ext, "channel": "web",
+        "lines": lines.iter().map(|(s, q, p)| json!({"sku": s, "qty": q, "unit_price_minor": p, "currency": "EUR"})).collect::<Vec<_>>(),
+        "ship_to": {"name": "C", "line1": "1 Street", "city": "X", "postcode": "10115", "country": "DE", "lat": BERLIN.0, "lon": BERLIN.1},
+        "payment": {"method": "card", "provider": "test", "token": "tok_ok"},
+    })
+}
+
+async fn hub_post(c: &reqwest::Client, hub: SocketAddr, key: &str, body: &Value) -> (u16, Value) {
+    let r = c.post(format!("http://{hub}/v1/orders")).header("idempotency-key", key).json(body).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn on_hand(c: &reqwest::Client, node: &ClusterNode, sku: &str) -> u64 {
+    let (_, v) = get(c, format!("http://{}/v1/stock/{sku}", node.http)).await;
+    v["balance"]["on_hand"].as_u64().or_else(|| v["on_hand"].as_u64()).unwrap_or(u64::MAX)
+}
+
+/// Starts a hub with `returns` as its `[returns]` section and one site holding 50 of each SKU; places a card
+/// order for `lines` and ships it; returns the processes, the order and its fulfillment, once captured.
+async fn shipped_order(
+    c: &reqwest::Client,
+    root: &Path,
+    returns: &str,
+    lines: &[(&str, u32, i64)],
+) -> (cluster::HubProc, ClusterNode, SocketAddr, String, String) {
+    let state = root.join("provider.json");
+    let certs = pki(root, &["wh-berlin"]);
+    let (quic, hub) = (free_udp(), free_tcp());
+    let hub_proc = cluster::spawn_hub_with(root, &certs, quic, hub, "info", &hub_toml(&state, returns));
+    let toml = format!("\n[site]\nname = \"Berlin\"\nlat = {}\nlon = {}\n", BERLIN.0, BERLIN.1);
+    let (config, node_http, dir) = cluster::node_config_with(root, &certs, "wh-berlin", quic, &toml);
+    let berlin = cluster::spawn_node_with("wh-berlin", &config, node_http, &dir, "info");
+    cluster::wait_healthy(c, berlin.http, HEALTHY).await;
+    cluster::wait_healthy(c, hub, HEALTHY).await;
+    for (sku, _, _) in lines {
+        seed_sku(c, &berlin, sku, 50).await;
+        wait_for(c, format!("http://{hub}/v1/stock/{sku}"), "hub rights", |v| {
+            v["sites"]
+                .as_array()
+                .and_then(|a| a.iter().find(|r| r["site"] == "wh-berlin"))
+                .and_then(|r| r["hub_promisable"].as_u64())
+                .is_some_and(|n| n >= 5)
+        })
+        .await;
+    }
+    let (s, placed) = hub_post(c, hub, "k-1", &order("web-1", lines)).await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let fo = placed["fulfillments"][0]["id"].as_str().unwrap().to_owned();
+    let base = format!("http://{}/v1", berlin.http);
+    wait_for(c, format!("{base}/orders/{fo}"), "accepted at the site", |v| v["status"] == "accepted").await;
+    let (s, w) = post(c, format!("{base}/waves"), json!({"max_orders": 50})).await;
+    assert_eq!(s, 201, "wave: {w}");
+    let picks: Vec<Value> = lines.iter().map(|(s, q, _)| json!({"sku": s, "picked": q})).collect();
+    let (s, v) = post(c, format!("{base}/orders/{fo}/picks"), json!({"lines": picks})).await;
+    assert_eq!(s, 200, "picks: {v}");
+    let (s, v) = post(c, format!("{base}/orders/{fo}/pack"), json!({"parcels": 1})).await;
+    assert_eq!(s, 200, "pack: {v}");
+    let (s, v) = post(c, format!("{base}/orders/{fo}/ship"), json!({"carrier": "DHL", "tracking": "T1"})).await;
+    assert_eq!(s, 200, "ship: {v}");
+    wait_for(c, format!("http://{hub}/v1/orders/{id}"), "captured", |v| v["payment"]["status"] == "captured").await;
+    (hub_proc, berlin, hub, id, fo)
+}
+
+/// The node's view of one RMA, once it has it in `state`.
+async fn at_site(c: &reqwest::Client, node: &ClusterNode, rma: &str, state: &str) -> Value {
+    let v = wait_for(c, format!("http://{}/v1/rmas", node.http), &format!("{rma} {state} at the site"), |v| {
+        v["items"].as_array().is_some_and(|a| a.iter().any(|r| r["rma"] == rma && r["state"] == state))
+    })
+    .await;
+    v["items"].as_array().unwrap().iter().find(|r| r["rma"] == rma).unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rma_is_approved_received_at_the_site_and_refunded_once_and_refusals_change_nothing() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let policy = "window_days = 30\nnon_returnable_skus = [\"SKU-N\"]\nauto_approve = false\nrefund = \"auto\"";
+    let (_hub, mut berlin, hub, id, fo) =
+        shipped_order(&c, root, policy, &[("SKU-A", 3, 1_190), ("SKU-N", 1, 500)]).await;
+    let returns = format!("http://{hub}/v1/orders/{id}/returns");
+    let req = |lines: Value| json!({"lines": lines});
+    let line = |sku: &str, qty: u64| json!({"sku": sku, "qty": qty, "reason": "does not fit"});
+
+    // Refusals at the hub: typed, nothing stored.
+    for (body, status, code) in [
+        (req(json!([line("SKU-A", 4)])), 409, "over_return"),
+        (req(json!([line("SKU-N", 1)])), 422, "sku_not_returnable"),
+        (req(json!([line("SKU-Z", 1)])), 409, "over_return"),
+        (req(json!([])), 422, "invalid_lines"),
+        (req(json!([{"sku": "SKU-A", "qty": 1, "reason": ""}])), 422, "invalid_text"),
+    ] {
+        let (s, v) = post(&c, returns.clone(), body.clone()).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{body}: {v}");
+    }
+    let (s, v) = post(&c, format!("http://{hub}/v1/orders/hub-999/returns"), req(json!([line("SKU-A", 1)]))).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("order_not_found")), "{v}");
+    let (_, list) = get(&c, format!("http://{hub}/v1/returns")).await;
+    assert_eq!(list["rmas"], json!([]), "refusals stored nothing: {list}");
+
+    // A declined RMA: the site knows it and refuses units against it; stock unchanged.
+    let (s, first) = post(&c, returns.clone(), req(json!([line("SKU-A", 1)]))).await;
+    assert_eq!(
+        (s, first["state"].as_str(), first["site"].as_str()),
+        (201, Some("requested"), Some("wh-berlin")),
+        "{first}"
+    );
+    let r1 = first["id"].as_str().unwrap().to_owned();
+    let (s, v) = post(&c, format!("http://{hub}/v1/returns/{r1}/decline"), json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("invalid_text")), "a decline needs a reason: {v}");
+    let (s, v) = post(&c, format!("http://{hub}/v1/returns/{r1}/decline"), json!({"reason": "worn"})).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("declined")), "{v}");
+    let (s, v) = post(&c, format!("http://{hub}/v1/returns/{r1}/approve"), json!({})).await;
+    assert_eq!((s, v["code"].as_str(), v["state"].as_str()), (409, Some("invalid_rma_state"), Some("declined")));
+    at_site(&c, &berlin, &r1, "declined").await;
+    let node_returns = format!("http://{}/v1/orders/{fo}/returns", berlin.http);
+    let receive = |rma: &str, lines: Value| json!({"rma": rma, "lines": lines});
+    let unit = |sku: &str, qty: u64, d: &str| json!({"sku": sku, "qty": qty, "disposition": d});
+    let stock_before = on_hand(&c, &berlin, "SKU-A").await;
+    let (s, v) = post(&c, node_returns.clone(), receive(&r1, json!([unit("SKU-A", 1, "restock")]))).await;
+    assert_eq!(
+        (s, v["code"].as_str(), v["state"].as_str()),
+        (409, Some("rma_not_receivable"), Some("declined")),
+        "{v}"
+    );
+    let (s, v) = post(&c, node_returns.clone(), receive("RMA-999", json!([unit("SKU-A", 1, "restock")]))).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("rma_not_found")), "{v}");
+
+    // Two units, approved by service: published to the site that shipped them.
+    let (s, rma) = post(&c, returns.clone(), req(json!([line("SKU-A", 2)]))).await;
+    assert_eq!((s, rma["state"].as_str()), (201, Some("requested")), "{rma}");
+    let r2 = rma["id"].as_str().unwrap().to_owned();
+    let (s, v) = post(&c, returns.clone(), req(json!([line("SKU-A", 2)]))).await;
+    assert_eq!((s, v["code"].as_str(), v["returnable"].as_u64()), (409, Some("over_return"), Some(1)), "{v}");
+    let (s, v) = post(&c, format!("http://{hub}/v1/returns/{r2}/approve"), json!({})).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("approved")), "{v}");
+    at_site(&c, &berlin, &r2, "approved").await;
+    let (_, pending) = get(&c, format!("http://{hub}/v1/returns?state=approved")).await;
+    assert_eq!(pending["rmas"].as_array().map(Vec::len), Some(1), "{pending}");
+
+    // At the site: more than the RMA allows is refused and changes nothing.
+    let (s, v) = post(&c, node_returns.clone(), receive(&r2, json!([unit("SKU-A", 3, "restock")]))).await;
+    assert_eq!((s, v["code"].as_str(), v["approved"].as_u64()), (409, Some("over_return"), Some(2)), "{v}");
+    assert_eq!(on_hand(&c, &berlin, "SKU-A").await, stock_before, "refusals at the site moved no stock");
+
+    // One unit restocked; the node killed mid-way; the second scrapped after its restart.
+    let (s, v) = post(&c, node_returns.clone(), receive(&r2, json!([unit("SKU-A", 1, "restock")]))).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(on_hand(&c, &berlin, "SKU-A").await, stock_before + 1, "restocked");
+    let rma_url = format!("http://{hub}/v1/returns/{r2}");
+    wait_for(&c, rma_url.clone(), "partially received at the hub", |v| v["state"] == "partially_received").await;
+    let (s, v) = post(&c, format!("http://{hub}/v1/returns/{r2}/cancel"), json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("invalid_rma_state")), "no cancel once units arrived: {v}");
+    berlin.restart();
+    cluster::wait_healthy(&c, berlin.http, HEALTHY).await;
+    let (s, v) = post(&c, node_returns.clone(), receive(&r2, json!([unit("SKU-A", 1, "scrap")]))).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(on_hand(&c, &berlin, "SKU-A").await, stock_before + 1, "scrapped, not restocked");
+    let (s, v) = post(&c, node_returns.clone(), receive(&r2, json!([unit("SKU-A", 1, "restock")]))).await;
+    // Received in full: refused by the site's own count, whether or not the hub's `received` reached it yet.
+    let code = v["code"].as_str().unwrap_or("");
+    assert!(s == 409 && ["over_return", "rma_not_receivable"].contains(&code), "received in full: {v}");
+
+    // Received → credit note → refund (automatic), once; closed when the refund settled.
+    let v = wait_for(&c, rma_url.clone(), "closed", |v| v["state"] == "closed").await;
+    assert_eq!(
+        (v["refunded_minor"].as_u64(), v["credit_notes"].as_array().map(Vec::len)),
+        (Some(2_380), Some(1)),
+        "{v}"
+    );
+    assert_eq!((v["lines"][0]["received"].as_u64(), v["lines"][0]["restocked"].as_u64()), (Some(2), Some(1)), "{v}");
+    let site = at_site(&c, &berlin, &r2, "closed").await;
+    assert_eq!(site["lines"][0]["received_here"], 2, "{site}");
+    let order_url = format!("http://{hub}/v1/orders/{id}");
+    let o = wait_for(&c, order_url, "refunded", |v| v["payment"]["refunded_minor"] == 2_380).await;
+    assert_eq!(counts(&root.join("provider.json"))["refund"], 1, "refunded once");
+    let states: Vec<&str> = o["rmas"].as_array().unwrap().iter().filter_map(|r| r["state"].as_str()).collect();
+    assert_eq!(states, ["declined", "closed"], "{o}");
+    let timeline: Vec<&str> = o["timeline"].as_array().unwrap().iter().filter_map(|t| t["status"].as_str()).collect();
+    for s in ["rma_requested", "rma_approved", "rma_partially_received", "rma_received", "rma_refunded", "rma_closed"] {
+        assert!(timeline.contains(&s), "{s} in {timeline:?}");
+    }
+    let (_, cns) = get(&c, format!("http://{hub}/v1/credit-notes")).await;
+    assert_eq!(cns["credit_notes"].as_array().map(Vec::len), Some(1), "{cns}");
+    assert_eq!(cns["credit_notes"][0]["reason"], format!("return {r2}"));
+    let (_, sum) = get(&c, format!("http://{hub}/v1/returns/summary")).await;
+    assert_eq!(
+        (sum["units_received"].as_u64(), sum["rma_mismatches"].as_u64(), sum["rmas"]["closed"].as_u64()),
+        (Some(2), Some(0), Some(1)),
+        "{sum}"
+    );
+    let (_, pay) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
+    assert_eq!(pay["payment_mismatches"], 0, "{pay}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_refund_waits_for_service_and_refunds_once() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (_hub, berlin, hub, id, fo) =
+        shipped_order(&c, root, "auto_approve = true\nrefund = \"hold\"", &[("SKU-A", 2, 1_000)]).await;
+    let (s, rma) = post(
+        &c,
+        format!("http://{hub}/v1/orders/{id}/returns"),
+        json!({"lines": [{"sku": "SKU-A", "qty": 2, "reason": "changed my mind"}]}),
+    )
+    .await;
+    assert_eq!((s, rma["state"].as_str()), (201, Some("approved")), "approved by policy: {rma}");
+    let r = rma["id"].as_str().unwrap().to_owned();
+    let url = format!("http://{hub}/v1/returns/{r}");
+    let (s, v) = post(&c, format!("{url}/refund"), json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("invalid_rma_state")), "nothing received yet: {v}");
+    at_site(&c, &berlin, &r, "approved").await;
+    let (s, v) = post(
+        &c,
+        format!("http://{}/v1/orders/{fo}/returns", berlin.http),
+        json!({"rma": r, "disposition": "restock", "lines": [{"sku": "SKU-A", "qty": 2}]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    wait_for(&c, url.clone(), "received", |v| v["state"] == "received").await;
+    // Held: several watcher passes later, still no credit note and no refund.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (_, v) = get(&c, url.clone()).await;
+    assert_eq!((v["state"].as_str(), v["credit_notes"].as_array().map(Vec::len)), (Some("received"), Some(0)), "{v}");
+    assert_eq!(counts(&root.join("provider.json"))["refund"], Value::Null, "no refund call");
+
+    let (s, v) = post(&c, format!("{url}/refund"), json!({})).await;
+    assert_eq!((s, v["state"].as_str(), v["refunded_minor"].as_u64()), (200, Some("refunded"), Some(2_000)), "{v}");
+    let (s, v) = post(&c, format!("{url}/refund"), json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("invalid_rma_state")), "refunded once: {v}");
+    wait_for(&c, url, "closed", |v| v["state"] == "closed").await;
+    assert_eq!(counts(&root.join("provider.json"))["refund"], 1);
+    let (_, pay) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
+    assert_eq!((pay["refunded_minor"].as_u64(), pay["payment_mismatches"].as_u64()), (Some(2_000), Some(0)), "{pay}");
+}
