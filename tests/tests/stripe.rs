@@ -12,7 +12,8 @@ use oms_hub::money::stripe::{StripeConfig, StripeProvider};
 fn provider(url: &str, dir: &std::path::Path) -> StripeProvider {
     let key = dir.join("stripe.key");
     std::fs::write(&key, "sk_test_oms\n").unwrap();
-    let cfg = StripeConfig { base_url: url.into(), secret_key_file: Some(key), timeout_ms: 10_000, ..Default::default() };
+    let cfg =
+        StripeConfig { base_url: url.into(), secret_key_file: Some(key), timeout_ms: 10_000, ..Default::default() };
     StripeProvider::new(&cfg, 10_000).unwrap()
 }
 
@@ -67,7 +68,10 @@ fn payment_intents_authorize_capture_once_reauthorize_refund_and_void_against_lo
     assert!(p.refund(&a.reference, 200, &r1).unwrap().replayed, "the same refund again");
     let s = settled(&a.reference);
     assert_eq!((s.captured_minor, s.refunded_minor), (300, 200), "{s:?}");
-    assert!(matches!(p.refund(&a.reference, 500, &key("ref-2")), Err(ProviderError::Declined(_))));
+    assert_eq!(
+        p.refund(&a.reference, 101, &key("ref-2")).unwrap_err(),
+        ProviderError::Declined("refund_exceeds_capture".into())
+    );
     assert_eq!(settled(&a.reference).refunded_minor, 200, "a refused refund moved nothing");
 
     // A cancel before shipment voids; the void replayed answers; nothing can be captured after it.
@@ -87,10 +91,15 @@ fn payment_intents_authorize_capture_once_reauthorize_refund_and_void_against_lo
     // a partial shipment).
     assert!(p.void(&re.reference, &key("void-2")).unwrap().replayed);
 
-    // A card that declines: the provider's reason; an unknown PaymentIntent is no authorization.
+    // A card that declines when charged (localstripe: 4000000000000341): the provider's reason; an unknown
+    // payment method or PaymentIntent is a decline too.
     assert_eq!(
-        p.authorize(&key("auth-d"), "pm_card_visa_chargeDeclined", 500, "EUR").unwrap_err(),
+        p.authorize(&key("auth-d"), "pm_card_chargeCustomerFail", 500, "EUR").unwrap_err(),
         ProviderError::Declined("card_declined".into())
+    );
+    assert_eq!(
+        p.authorize(&key("auth-u"), "pm_doesnotexist", 500, "EUR").unwrap_err(),
+        ProviderError::Declined("no_such_payment_method".into())
     );
     assert_eq!(p.retrieve("pi_doesnotexist").unwrap_err(), ProviderError::Declined("no_such_authorization".into()));
 }

@@ -30,11 +30,13 @@
 //! - A connection that never opened, `409` (the same key in flight) and `429` (rate limited) are
 //!   [`ProviderError::Unavailable`]: nothing was done, the outbox calls again with the same key. So are
 //!   `401`/`403`: a wrong secret key is the operator's to fix, not the card's.
-//! - A capture refused because the PaymentIntent is no longer capturable is checked with a retrieve: if it
-//!   was captured for exactly the amount asked, this is the same capture again (captures are one per
-//!   PaymentIntent) and answers `replayed`; otherwise `authorization_closed`, and the outbox re-authorizes.
+//! - A capture first retrieves its PaymentIntent (and again after a refusal): one no longer capturable that
+//!   was captured for exactly the amount asked is the same capture again (captures are one per
+//!   PaymentIntent) and answers `replayed`; otherwise it is `authorization_closed`, and the outbox
+//!   re-authorizes.
 //!   A void of a PaymentIntent already cancelled or captured answers `replayed` (nothing is left to release).
-//!   A refund first looks for a refund of the PaymentIntent carrying its key. These three make capture, void
+//!   A refund first looks for a refund of the PaymentIntent carrying its key (and refuses more than what is
+//!   captured and not refunded, `refund_exceeds_capture`, which localstripe would allow). These three make capture, void
 //!   and refund safe to repeat even against a server that ignores `Idempotency-Key` (localstripe does), which
 //!   is what a hub killed between a call and its commit does after its restart. An authorization has no
 //!   such check (no PaymentIntent id is known before the answer): it relies on `Idempotency-Key`.
@@ -143,7 +145,8 @@ impl StripeProvider {
     pub fn new(cfg: &StripeConfig, default_timeout_ms: u64) -> Result<StripeProvider, String> {
         cfg.check()?;
         let secret = cfg.secret()?;
-        let timeout = Duration::from_millis(if cfg.timeout_ms > 0 { cfg.timeout_ms } else { default_timeout_ms }.max(1));
+        let timeout =
+            Duration::from_millis(if cfg.timeout_ms > 0 { cfg.timeout_ms } else { default_timeout_ms }.max(1));
         let builder = reqwest::blocking::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -213,6 +216,32 @@ impl StripeProvider {
         }
     }
 
+    /// What PaymentIntent `id` holds, and its refunds (listed once it was captured).
+    fn settled(&self, id: &str) -> Result<(Settled, Vec<Value>), ProviderError> {
+        let pi = self.intent(id)?;
+        let status = str_of(&pi, "status");
+        let amount = u64_of(&pi, "amount").unwrap_or(0);
+        let refunds = if status == "succeeded" { self.refunds(id)? } else { Vec::new() };
+        let refunded_minor = refunds.iter().filter(|r| ours(r).is_some()).filter_map(|r| u64_of(r, "amount")).sum();
+        let captured_minor = match status {
+            "succeeded" => u64_of(&pi, "amount_received").unwrap_or_else(|| {
+                // Servers without `amount_received` (localstripe) record the released remainder of a
+                // partial capture as a refund the hub did not ask for.
+                let released: u64 =
+                    refunds.iter().filter(|r| ours(r).is_none()).filter_map(|r| u64_of(r, "amount")).sum();
+                amount.saturating_sub(released)
+            }),
+            _ => 0,
+        };
+        let settled = Settled {
+            authorized_minor: amount,
+            captured_minor,
+            refunded_minor,
+            closed: matches!(status, "succeeded" | "canceled"),
+        };
+        Ok((settled, refunds))
+    }
+
     /// The refunds of PaymentIntent `id` (at most [`REFUNDS_LISTED_MAX`]).
     fn refunds(&self, id: &str) -> Result<Vec<Value>, ProviderError> {
         let path = format!("/v1/refunds?payment_intent={id}&limit={REFUNDS_LISTED_MAX}");
@@ -280,7 +309,13 @@ impl PaymentProvider for StripeProvider {
         if let Some(c) = customer {
             f.push(("customer".into(), c.to_owned()));
         }
-        let pi = match self.post("/v1/payment_intents", &f, key)? {
+        let pi = match self.post("/v1/payment_intents", &f, key) {
+            Err(ProviderError::Declined(r)) if r == "no_such_authorization" => {
+                return Err(ProviderError::Declined("no_such_payment_method".into()));
+            }
+            r => r?,
+        };
+        let pi = match pi {
             Reply::Ok(v) => v,
             Reply::Refused(_, e) => return Err(ProviderError::Declined(reason(&e, "invalid_request"))),
         };
@@ -303,22 +338,28 @@ impl PaymentProvider for StripeProvider {
     }
 
     fn capture(&self, reference: &str, amount_minor: u64, key: &str) -> Result<Answer, ProviderError> {
-        check_id(reference)?;
+        // Captured or cancelled already: the same capture again (one per PaymentIntent, so the same amount
+        // is this one), or a closed authorization. Asked first, so a server that would capture a cancelled
+        // PaymentIntent (localstripe does) never gets the chance.
+        let closed = |s: Settled| {
+            if s.captured_minor == amount_minor {
+                Ok(Answer { reference: reference.to_owned(), amount_minor, replayed: true })
+            } else {
+                Err(ProviderError::Declined("authorization_closed".into()))
+            }
+        };
+        let before = self.retrieve(reference)?;
+        if before.closed {
+            return closed(before);
+        }
         let amount = amount_minor.to_string();
         let f = form(&[("amount_to_capture", &amount)]);
         match self.post(&format!("/v1/payment_intents/{reference}/capture"), &f, key)? {
             Reply::Ok(_) => Ok(Answer { reference: reference.to_owned(), amount_minor, replayed: false }),
-            Reply::Refused(_, e) => {
-                // Not capturable (any more): the same capture again, or a closed authorization.
-                let s = self.retrieve(reference)?;
-                if s.closed && s.captured_minor == amount_minor {
-                    Ok(Answer { reference: reference.to_owned(), amount_minor, replayed: true })
-                } else if s.closed {
-                    Err(ProviderError::Declined("authorization_closed".into()))
-                } else {
-                    Err(ProviderError::Declined(reason(&e, "capture_refused")))
-                }
-            }
+            Reply::Refused(_, e) => match self.retrieve(reference)? {
+                s if s.closed => closed(s),
+                _ => Err(ProviderError::Declined(reason(&e, "capture_refused"))),
+            },
         }
     }
 
@@ -344,10 +385,14 @@ impl PaymentProvider for StripeProvider {
     }
 
     fn refund(&self, reference: &str, amount_minor: u64, key: &str) -> Result<Answer, ProviderError> {
-        check_id(reference)?;
-        if let Some(r) = self.refunds(reference)?.iter().find(|r| ours(r) == Some(key)) {
+        let (s, refunds) = self.settled(reference)?;
+        if let Some(r) = refunds.iter().find(|r| ours(r) == Some(key)) {
             let amount_minor = u64_of(r, "amount").unwrap_or(amount_minor);
             return Ok(Answer { reference: reference.to_owned(), amount_minor, replayed: true });
+        }
+        // Never more than captured, whatever the server would allow.
+        if s.refunded_minor.saturating_add(amount_minor) > s.captured_minor {
+            return Err(ProviderError::Declined("refund_exceeds_capture".into()));
         }
         let amount = amount_minor.to_string();
         let f = form(&[("payment_intent", reference), ("amount", &amount), ("metadata[oms_key]", key)]);
@@ -358,27 +403,7 @@ impl PaymentProvider for StripeProvider {
     }
 
     fn retrieve(&self, reference: &str) -> Result<Settled, ProviderError> {
-        let pi = self.intent(reference)?;
-        let status = str_of(&pi, "status");
-        let amount = u64_of(&pi, "amount").unwrap_or(0);
-        let refunds = if matches!(status, "succeeded") { self.refunds(reference)? } else { Vec::new() };
-        let refunded_minor = refunds.iter().filter(|r| ours(r).is_some()).filter_map(|r| u64_of(r, "amount")).sum();
-        let captured_minor = match status {
-            "succeeded" => u64_of(&pi, "amount_received").unwrap_or_else(|| {
-                // Servers without `amount_received` (localstripe) record the released remainder of a
-                // partial capture as a refund the hub did not ask for.
-                let released: u64 =
-                    refunds.iter().filter(|r| ours(r).is_none()).filter_map(|r| u64_of(r, "amount")).sum();
-                amount.saturating_sub(released)
-            }),
-            _ => 0,
-        };
-        Ok(Settled {
-            authorized_minor: amount,
-            captured_minor,
-            refunded_minor,
-            closed: matches!(status, "succeeded" | "canceled"),
-        })
+        Ok(self.settled(reference)?.0)
     }
 
     fn captures_once(&self) -> bool {
@@ -444,12 +469,17 @@ mod tests {
     fn posts_carry_the_key_and_answers_map_to_the_outbox_errors() {
         let pi = r#"{"id":"pi_1","status":"requires_capture","amount":500}"#.to_owned();
         let decline = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds"}}"#;
+        // Each capture first retrieves its PaymentIntent (still capturable), then posts.
         let (base, seen) = fake(vec![
-            (200, pi, 0),
+            (200, pi.clone(), 0),
             (402, decline.into(), 0),
+            (200, pi.clone(), 0),
             (500, "{}".into(), 0),
+            (200, pi.clone(), 0),
             (429, "{}".into(), 0),
+            (200, pi.clone(), 0),
             (200, "x".repeat(RESPONSE_BYTES_MAX as usize + 10), 0),
+            (200, pi, 0),
             (200, "{}".into(), 400),
         ]);
         let p = provider(&base, 200);
@@ -463,7 +493,10 @@ mod tests {
         assert!(matches!(p.capture("pi_1", 100, "cap-1-a0"), Err(ProviderError::Unavailable(_))), "429 did nothing");
         assert_eq!(p.capture("pi_1", 100, "cap-1-a0").unwrap_err(), ProviderError::Timeout, "too large");
         assert_eq!(p.capture("pi_1", 100, "cap-1-a0").unwrap_err(), ProviderError::Timeout, "slower than the budget");
-        let seen = seen.lock().unwrap();
+        let all = seen.lock().unwrap();
+        assert_eq!(all.len(), 10);
+        assert!(all[2].starts_with("GET /v1/payment_intents/pi_1 "), "{}", all[2]);
+        let seen: Vec<&String> = all.iter().filter(|r| r.starts_with("POST ")).collect();
         assert_eq!(seen.len(), 6);
         for (req, key) in seen.iter().zip(["auth-k1", "auth-k2", "cap-1-a0", "cap-1-a0", "cap-1-a0", "cap-1-a0"]) {
             let lower = req.to_ascii_lowercase();
@@ -472,7 +505,9 @@ mod tests {
         }
         assert!(seen[0].contains("capture_method=manual") && seen[0].contains("confirm=true"), "{}", seen[0]);
         assert!(seen[0].contains("payment_method=pm_card_visa") && seen[0].contains("currency=eur"), "{}", seen[0]);
-        assert!(seen[2].starts_with("POST /v1/payment_intents/pi_1/capture") && seen[2].contains("amount_to_capture=100"));
+        assert!(
+            seen[2].starts_with("POST /v1/payment_intents/pi_1/capture") && seen[2].contains("amount_to_capture=100")
+        );
     }
 
     #[test]
