@@ -89,6 +89,10 @@ pub(crate) struct DemoArgs {
     /// Random seed for the order stream.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// A Stripe-compatible API (localstripe on loopback: `bash .ci/localstripe oms demo --stripe-url
+    /// "$OMS_LOCALSTRIPE_URL"`): one card order in five then goes to the hub's `stripe` provider.
+    #[arg(long)]
+    stripe_url: Option<String>,
 }
 
 struct Site {
@@ -417,6 +421,7 @@ fn spawn_hub(
     certs: &std::path::Path,
     quic: SocketAddr,
     http: SocketAddr,
+    stripe_url: Option<&str>,
 ) -> anyhow::Result<Child> {
     std::fs::create_dir_all(data)?;
     let log = std::fs::File::create(data.join("hub.log"))?;
@@ -428,11 +433,24 @@ fn spawn_hub(
     // Card payments go to the deterministic test provider inside the hub (no other process); prices are
     // tax-inclusive at 19 % for German addresses. Webhooks to the demo's receiver on loopback, retried quickly.
     let hooks = "[webhooks]\nallow_private_addresses = true\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\n";
+    // With `--stripe-url`, a Stripe-compatible provider too, its (test) secret key in a file beside the config.
+    let stripe = match stripe_url {
+        Some(url) => {
+            let secret = data.join("stripe.key");
+            std::fs::write(&secret, "sk_test_oms_demo\n")?;
+            format!(
+                "[payments.providers.stripe]\nkind = \"stripe\"\nbase_url = {}\nsecret_key_file = {}\n",
+                serde_json::to_string(url)?,
+                serde_json::to_string(&secret.display().to_string())?
+            )
+        }
+        None => String::new(),
+    };
     std::fs::write(
         &config,
         format!(
             "[http]\ntls_cert = {cert}\ntls_key = {key}\n[payments]\nretry_backoff_ms = 100\n\
-             [payments.providers.test]\nkind = \"test\"\n[tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n{hooks}"
+             [payments.providers.test]\nkind = \"test\"\n{stripe}[tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n{hooks}"
         ),
     )?;
     Command::new(std::env::current_exe()?)
@@ -515,6 +533,9 @@ struct Tally {
     hub_backordered: AtomicU64,
     /// Channel orders whose card the provider declined (`402`, nothing taken).
     hub_declined: AtomicU64,
+    /// Of those, the ones at the Stripe-compatible provider (`--stripe-url`): taken, declined.
+    stripe_placed: AtomicU64,
+    stripe_declined: AtomicU64,
     placed: AtomicU64,
     refused_stock: AtomicU64,
     errors: AtomicU64,
@@ -543,8 +564,10 @@ impl Tally {
 }
 
 /// The payment of channel order `n`: mostly cards at the hub's test provider, whose faults the token chooses
-/// (a capture that times out after taking effect, one answered twice, a decline now and then), some on terms.
-fn demo_payment(n: u64) -> Value {
+/// (a capture that times out after taking effect, one answered twice, a decline now and then), some on terms;
+/// with `stripe`, one card in five at the Stripe-compatible provider (localstripe's test cards, one of them
+/// declining).
+fn demo_payment(n: u64, stripe: bool) -> Value {
     let token = match n % 50 {
         7 => "tok_decline_demo",
         k if k % 10 == 3 => "tok_demo_capture_timeout",
@@ -554,6 +577,9 @@ fn demo_payment(n: u64) -> Value {
     };
     if n.is_multiple_of(11) {
         json!({"method": "terms"})
+    } else if stripe && n % 5 == 2 {
+        let token = if n % 50 == 22 { "pm_card_chargeCustomerFail" } else { "pm_card_visa" };
+        json!({"method": "card", "provider": "stripe", "token": token})
     } else {
         json!({"method": "card", "provider": "test", "token": token})
     }
@@ -801,7 +827,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let hub_http = free_port()?;
     let keys = DemoKeys::new();
     let mut api_keys = keys.provision_hub(&a.data.join("hub"))?;
-    let mut hub = spawn_hub(&a.data.join("hub"), &certs, hub_quic, hub_http)?;
+    let mut hub = spawn_hub(&a.data.join("hub"), &certs, hub_quic, hub_http, a.stripe_url.as_deref())?;
     wait_healthy(&http, &format!("https://{hub_http}")).await?;
     // Nothing is answered in clear on the hub's HTTPS port.
     let hub_http_plain_answered = http.get(format!("http://{hub_http}/healthz")).send().await.is_ok();
@@ -890,6 +916,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             (web_http.clone(), market_http.clone(), pos_http.clone(), tally.clone(), addrs.clone(), hub_ids.clone());
         let rate = a.rate;
         let seed = a.seed;
+        let stripe = a.stripe_url.is_some();
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
@@ -918,7 +945,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                     "ship_to": {"name": "Demo Customer", "line1": format!("{n} Demo Street"), "city": city, "postcode": "10115", "country": "DE", "lat": lat, "lon": lon}
                 });
                 if to_hub {
-                    body["payment"] = demo_payment(n);
+                    body["payment"] = demo_payment(n, stripe);
                 }
                 let url = if to_hub {
                     format!("https://{hub_http}/v1/orders")
@@ -935,6 +962,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 if inflight.len() >= 256 {
                     let _ = inflight.join_next().await;
                 }
+                let at_stripe = body["payment"]["provider"] == "stripe";
                 inflight.spawn(async move {
                     // Retry with the same idempotency key: a process being restarted must not lose or double it.
                     for _ in 0..20 {
@@ -953,6 +981,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                             201 if to_hub => {
                                 let v: Value = r.json().await.unwrap_or(Value::Null);
                                 tally.hub_placed.fetch_add(1, Ordering::Relaxed);
+                                if at_stripe {
+                                    tally.stripe_placed.fetch_add(1, Ordering::Relaxed);
+                                }
                                 if v["status"] == "backordered" {
                                     tally.hub_backordered.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -969,6 +1000,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
                             }
                             402 if to_hub => {
                                 tally.hub_declined.fetch_add(1, Ordering::Relaxed);
+                                if at_stripe {
+                                    tally.stripe_declined.fetch_add(1, Ordering::Relaxed);
+                                }
                                 return;
                             }
                             409 => {
@@ -1396,6 +1430,8 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "invoices": m("invoices"),
         "credit_notes": m("credit_notes"),
         "payments_declined": hub_declined,
+        "stripe_orders": tally.stripe_placed.load(Ordering::Relaxed),
+        "stripe_declined": tally.stripe_declined.load(Ordering::Relaxed),
         "payments_action_required": m("action_required"),
         "shipped_not_captured": shipped_not_captured,
         "payment_mismatches": payment_mismatches,

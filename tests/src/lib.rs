@@ -287,3 +287,20 @@ pub async fn post(c: &reqwest::Client, url: String, body: serde_json::Value) -> 
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(serde_json::Value::Null))
 }
+
+/// The localstripe the Stripe-compatible provider's tests run against (`OMS_LOCALSTRIPE_URL`, set by
+/// `.ci/localstripe`). None when unset, after saying the test skipped; a panic when unset but
+/// `OMS_REQUIRE_LOCALSTRIPE` is (CI), so a missing localstripe fails instead of passing.
+pub fn localstripe(test: &str) -> Option<String> {
+    match std::env::var("OMS_LOCALSTRIPE_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var("OMS_REQUIRE_LOCALSTRIPE").is_err(),
+                "OMS_REQUIRE_LOCALSTRIPE is set but OMS_LOCALSTRIPE_URL is not: {test} cannot run"
+            );
+            eprintln!("skipped {test}: OMS_LOCALSTRIPE_URL is unset (run it with `bash .ci/localstripe cargo test …`)");
+            None
+        }
+    }
+}

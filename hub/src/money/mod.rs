@@ -26,6 +26,7 @@ pub mod http;
 pub mod outbox;
 pub mod provider;
 pub mod render;
+pub mod stripe;
 pub mod tax;
 
 use std::collections::BTreeMap;
@@ -141,6 +142,8 @@ impl MoneyError {
 pub enum ProviderConfig {
     /// The deterministic fault-injecting test provider, in process.
     Test(TestProviderConfig),
+    /// A Stripe-compatible HTTP API ([`stripe`]).
+    Stripe(stripe::StripeConfig),
 }
 
 /// `[payments]`.
@@ -647,6 +650,10 @@ impl Money {
         for (name, p) in &cfg.providers {
             let inner: Arc<dyn PaymentProvider> = match p {
                 ProviderConfig::Test(t) => Arc::new(TestProvider::new(t.clone(), cfg.call_timeout_ms)?),
+                ProviderConfig::Stripe(s) => Arc::new(
+                    stripe::StripeProvider::new(s, cfg.call_timeout_ms)
+                        .map_err(|e| format!("[payments.providers.{name}] {e}"))?,
+                ),
             };
             providers.insert(name.clone(), Arc::new(Bounded::new(inner, cfg.in_flight_max)));
         }

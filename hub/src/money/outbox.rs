@@ -17,6 +17,9 @@
 //! - A capture whose authorization expired ([`super::PaymentsConfig::authorization_validity_ms`], or the
 //!   provider says so) or does not cover it re-authorizes with the order's card token, for what is left of
 //!   the order (`reauth-<row>-<n>`); a decline there, or an order without a token, needs service's action.
+//! - At a provider whose authorizations take one capture ([`super::provider::PaymentProvider::captures_once`],
+//!   Stripe's PaymentIntents) the authorization is closed in the transaction that settles its capture, so the
+//!   next shipment's capture re-authorizes what is left (see [`super::stripe`]).
 //! - Rows are retried with exponential backoff (`retry_backoff_ms`, doubled per attempt, at most 64×).
 //!
 //! The pass also voids authorization attempts whose order never committed (older than `attempt_grace_ms`).
@@ -279,7 +282,10 @@ impl Money {
                     Err(e @ (ProviderError::Unavailable(_) | ProviderError::Busy)) => Outcome::Retry(e.to_string()),
                     Err(ProviderError::Declined(r))
                         if row.kind == Kind::Capture
-                            && matches!(r.as_str(), "authorization_expired" | "authorization_voided") =>
+                            && matches!(
+                                r.as_str(),
+                                "authorization_expired" | "authorization_voided" | "authorization_closed"
+                            ) =>
                     {
                         Outcome::AuthClosed(r)
                     }
@@ -413,8 +419,11 @@ impl Money {
                 let a = row.auth.and_then(|i| p.authorizations.get_mut(i));
                 match row.kind {
                     Kind::Capture => {
+                        let once = self.provider(&p.provider).is_some_and(|x| x.captures_once());
                         if let Some(a) = a {
                             a.captured_minor += row.amount_minor;
+                            // One capture per authorization at this provider: the rest is released.
+                            a.closed |= once;
                         }
                         p.captured_minor += row.amount_minor;
                         p.event(now, "captured", row.amount_minor, row.document.as_deref());

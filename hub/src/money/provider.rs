@@ -11,6 +11,8 @@
 //!   (see its docs) and delays chosen by configuration; with `state_file` its state survives the hub's death
 //!   (written and fsynced before it answers), so a test can kill the hub between a call and its commit and
 //!   see the restarted hub capture once.
+//! - [`super::stripe::StripeProvider`] (`kind = "stripe"`): a Stripe-compatible HTTP API (PaymentIntents with
+//!   manual capture), tested against localstripe.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -74,6 +76,11 @@ pub trait PaymentProvider: Send + Sync {
     fn refund(&self, reference: &str, amount_minor: u64, key: &str) -> Result<Answer, ProviderError>;
     /// What the provider holds for `reference` now (how an indeterminate call is settled).
     fn retrieve(&self, reference: &str) -> Result<Settled, ProviderError>;
+    /// Whether an authorization takes one capture only (the rest is released by it, as a Stripe
+    /// PaymentIntent's): the outbox then closes it after its first capture and re-authorizes for the next.
+    fn captures_once(&self) -> bool {
+        false
+    }
 }
 
 /// The `manual` provider: terms and cash on delivery. It records, it moves no money.
@@ -392,6 +399,9 @@ impl PaymentProvider for Bounded {
     fn retrieve(&self, reference: &str) -> Result<Settled, ProviderError> {
         let _s = self.slot()?;
         self.inner.retrieve(reference)
+    }
+    fn captures_once(&self) -> bool {
+        self.inner.captures_once()
     }
 }
 
