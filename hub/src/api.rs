@@ -56,7 +56,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use oms_protocol::domain::OrderId;
+use oms_protocol::domain::{NodeId, OrderId, Sku};
 use oms_protocol::schema;
 use oms_service::auth::{ANY_ROLE, Access, Auth, Principal, Role, authorize};
 use oms_service::now_ms;
@@ -507,10 +507,14 @@ async fn order(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct StockQuery {
-    /// Only SKUs starting with this.
+    /// Only this SKU.
     sku: Option<String>,
     /// `json` (default) or `csv`.
     format: Option<String>,
+    /// Continue after this row, `<sku>|<site>` (the previous page's `next_after`).
+    after: Option<String>,
+    /// Rows per page (default and most: 10,000).
+    limit: Option<usize>,
 }
 
 /// One SKU at one site, as the planner sees it.
@@ -534,45 +538,66 @@ pub(crate) struct StockRow {
     pub(crate) stale: bool,
 }
 
+/// Most rows of one `GET /v1/stock` page.
+pub const STOCK_PAGE_MAX: usize = 10_000;
+
 /// Per site the freshness of its stock document, and the rows (every SKU, or `sku`), by SKU then site.
 pub(crate) fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>, Vec<StockRow>) {
-    let escrow = hub.intake.escrow_table(now);
+    let (sites, rows, _) = stock_page(hub, sku, None, usize::MAX, now);
+    (sites, rows)
+}
+
+/// One page of [`stock_rows`]: at most `limit` rows after `after` (sku, site), and where the next page
+/// starts. Read from the sites' stock as the demand cache keeps it ([`crate::demand::DemandCache::stock_sites`]:
+/// the documents' lock is held for one changed stock document at a time, never for the listing), each row
+/// from one state of its site's document, with the hub's rights looked up for the page's rows only.
+pub(crate) fn stock_page(
+    hub: &Hub,
+    sku: Option<&str>,
+    after: Option<(&str, &str)>,
+    limit: usize,
+    now: u64,
+) -> (Vec<Value>, Vec<StockRow>, Option<String>) {
     let stale_after = hub.intake.policy().stale_after_ms;
-    let docs = lock(&hub.docs);
-    let mut sites = Vec::new();
-    let mut rows = Vec::new();
-    for d in docs.stock_ids(STOCK_SITES_MAX) {
-        let Some(doc) = docs.get(&d) else { continue };
-        let view = match schema::read_stock(&doc, d.as_str(), STOCK_SKUS_MAX) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(doc = %d, error = %e, "unreadable stock document");
+    let stock = hub.demand.stock_sites(&hub.docs);
+    let sites = stock
+        .iter()
+        .map(|s| {
+            let age_ms = now.saturating_sub(s.updated_at_ms);
+            json!({"site": s.site, "updated_at_ms": s.updated_at_ms, "age_ms": age_ms,
+                   "stale": age_ms > stale_after, "skus": s.skus.len()})
+        })
+        .collect();
+    // (sku, site) of every wanted row after `after`, then the page of them in that order.
+    let mut keys: Vec<(&str, &str, usize, usize)> = Vec::new();
+    for (i, s) in stock.iter().enumerate() {
+        for (j, (k, _)) in s.skus.iter().enumerate() {
+            let key = (k.as_str(), s.site.as_str());
+            if sku.is_some_and(|q| q != key.0) || after.is_some_and(|a| key <= a) {
                 continue;
             }
-        };
-        let site_escrow: BTreeMap<String, u64> = schema::read_escrow(&doc, STOCK_SKUS_MAX)
-            .map(|(c, _)| {
-                c.into_iter().map(|c| (c.sku().to_string(), c.local(oms_protocol::escrow::Party::Site))).collect()
-            })
-            .unwrap_or_default();
-        let age_ms = now.saturating_sub(view.updated_at_ms);
-        sites.push(json!({
-            "site": view.node,
-            "updated_at_ms": view.updated_at_ms,
-            "age_ms": age_ms,
-            "stale": age_ms > stale_after,
-            "skus": view.skus.len(),
-        }));
-        for (s, b) in view.skus {
-            if sku.is_some_and(|q| q != s.as_str()) {
-                continue;
-            }
-            let key = (view.node.to_string(), s.to_string());
-            let (hub_promisable, hub_rights, hub_lease_until_ms) = escrow.get(&key).copied().unwrap_or_default();
-            rows.push(StockRow {
-                site_rights: site_escrow.get(s.as_str()).copied(),
-                sku: s.to_string(),
-                site: view.node.to_string(),
+            keys.push((key.0, key.1, i, j));
+        }
+    }
+    keys.sort_unstable();
+    let next_after =
+        (keys.len() > limit).then(|| keys.get(limit.saturating_sub(1)).map(|k| format!("{}|{}", k.0, k.1)));
+    keys.truncate(limit);
+    let cells: Vec<(NodeId, Sku)> =
+        keys.iter().filter_map(|(k, site, _, _)| Some((NodeId::parse(site).ok()?, Sku::parse(k).ok()?))).collect();
+    let escrow = hub.intake.escrow_cells(&cells, now);
+    let rows = keys
+        .iter()
+        .filter_map(|&(k, site, i, j)| {
+            let s = stock.get(i)?;
+            let (_, b) = s.skus.get(j)?;
+            let age_ms = now.saturating_sub(s.updated_at_ms);
+            let (hub_promisable, hub_rights, hub_lease_until_ms) =
+                escrow.get(&(site.to_owned(), k.to_owned())).copied().unwrap_or_default();
+            Some(StockRow {
+                site_rights: s.site_rights.get(k).copied(),
+                sku: k.to_owned(),
+                site: site.to_owned(),
                 on_hand: b.on_hand,
                 reserved: b.reserved,
                 staged: b.staged,
@@ -580,14 +605,13 @@ pub(crate) fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>,
                 hub_promisable,
                 hub_rights,
                 hub_lease_until_ms,
-                updated_at_ms: view.updated_at_ms,
+                updated_at_ms: s.updated_at_ms,
                 age_ms,
                 stale: age_ms > stale_after,
-            });
-        }
-    }
-    rows.sort_by(|a, b| (&a.sku, &a.site).cmp(&(&b.sku, &b.site)));
-    (sites, rows)
+            })
+        })
+        .collect();
+    (sites, rows, next_after.flatten())
 }
 
 pub(crate) fn stock_csv(rows: &[StockRow]) -> Response {
@@ -653,9 +677,42 @@ fn bad_format() -> Response {
     responses((status = 200, description = "Stock per SKU and site; the same as csv (`format=csv`)", content((Object = "application/json"), (String = "text/csv")))))]
 async fn stock(State(hub): State<Arc<Hub>>, Query(q): Query<StockQuery>) -> Response {
     let Some(csv) = csv_wanted(q.format.as_deref()) else { return bad_format() };
+    let limit = q.limit.unwrap_or(STOCK_PAGE_MAX);
+    if !(1..=STOCK_PAGE_MAX).contains(&limit) {
+        return problem(StatusCode::BAD_REQUEST, "invalid_query", format!("limit must be in 1..={STOCK_PAGE_MAX}"));
+    }
+    let after = match q.after.as_deref().map(|a| a.split_once('|')) {
+        None => None,
+        Some(Some(pair)) => Some(pair),
+        Some(None) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "after must be <sku>|<site>, a page's next_after",
+            );
+        }
+    };
     let now = now_ms();
-    let (sites, rows) = stock_rows(&hub, q.sku.as_deref(), now);
-    if csv { stock_csv(&rows) } else { Json(stock_json(now, sites, rows)).into_response() }
+    let h = hub.clone();
+    let (after, sku) = (after.map(|(a, b)| (a.to_owned(), b.to_owned())), q.sku.clone());
+    let page = tokio::task::spawn_blocking(move || {
+        let after = after.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+        stock_page(&h, sku.as_deref(), after, limit, now)
+    })
+    .await;
+    let Ok((sites, rows, next_after)) = page else {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stock read failed");
+    };
+    if csv {
+        let mut resp = stock_csv(&rows);
+        if let Some(next) = next_after.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            resp.headers_mut().insert("x-next-after", next);
+        }
+        return resp;
+    }
+    let mut v = stock_json(now, sites, rows);
+    v["next_after"] = json!(next_after);
+    Json(v).into_response()
 }
 
 #[utoipa::path(get, path = "/v1/stock/{sku}", tag = "stock", params(("sku" = String, Path, description = "The SKU"), StockQuery),
@@ -666,7 +723,11 @@ async fn stock_one(State(hub): State<Arc<Hub>>, Path(sku): Path<String>, Query(q
     }
     let Some(csv) = csv_wanted(q.format.as_deref()) else { return bad_format() };
     let now = now_ms();
-    let (_, rows) = stock_rows(&hub, Some(&sku), now);
+    let h = hub.clone();
+    let s = sku.clone();
+    let Ok((_, rows)) = tokio::task::spawn_blocking(move || stock_rows(&h, Some(&s), now)).await else {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stock read failed");
+    };
     if rows.is_empty() {
         return problem(StatusCode::NOT_FOUND, "unknown_sku", format!("no site reports stock of {sku}"));
     }

@@ -22,6 +22,7 @@
 mod cache;
 mod export;
 mod history;
+mod ledger;
 mod planning;
 mod stock;
 #[cfg(test)]

@@ -936,7 +936,22 @@ impl Intake {
         Ok(publish)
     }
 
+    /// Per (site, SKU) of `cells`: the hub's rights there now (spendable), the rights it holds, and its
+    /// lease; one short hold of the intake's lock, looking up these cells only (a stock page's).
+    pub fn escrow_cells(&self, cells: &[(NodeId, Sku)], now_ms: u64) -> BTreeMap<(String, String), (u64, u64, u64)> {
+        let st = lock(&self.core.state);
+        cells
+            .iter()
+            .filter_map(|key| {
+                let c = st.escrow.get(key)?;
+                let row = (c.spendable(Party::Hub, now_ms), c.local(Party::Hub), c.lease_until_ms(Party::Hub));
+                Some(((key.0.to_string(), key.1.to_string()), row))
+            })
+            .collect()
+    }
+
     /// Per (site, SKU): the hub's rights there now (spendable) and its consumption so far.
+    #[cfg(test)]
     pub fn escrow_table(&self, now_ms: u64) -> BTreeMap<(String, String), (u64, u64, u64)> {
         lock(&self.core.state)
             .escrow
