@@ -43,6 +43,10 @@
 //! suggestions (or, without enough history, lines at the supplier's terms) into purchase orders, sends them
 //! through the hub's outbox, confirms them and records ASNs. The summary adds `purchase_orders` (by state),
 //! `units_on_order`, `units_received_against_po`, `on_order_mismatches` and `purchasing_mismatches` (both 0).
+//!
+//! Then the hub's network stock is walked in pages (see `stock_pages`) and held against one unpaged read:
+//! the summary adds `stock_rows`, `stock_pages`, `stock_page_mismatches` (0) and `demand_documents_read`
+//! (what the hub's incrementally kept demand history read).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -60,6 +64,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 mod purchasing;
+mod stock_pages;
 mod webhooks;
 
 /// Options of `oms demo`.
@@ -1246,6 +1251,8 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         purchasing::pass(&admin, hub_http, &site_ids, &skus, &a.data.join("hub").join("purchase-orders"), &docks)
             .await?;
     println!("{}", buying.line());
+    let stock_pages = stock_pages::check(&admin, hub_http).await?;
+    println!("{}", stock_pages.line());
     println!(
         "webhooks to the web channel: {} events delivered ({} again, deduplicated by id), the same fact twice {}, missing {}, bad signatures {}; {} about {CUT_SITE}'s fulfillments",
         hook.delivered,
@@ -1342,6 +1349,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "promised_ship_by_missed_reasons": promises.missed_by_reason,
     });
     if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), hook.json()) {
+        all.extend(w);
+    }
+    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), stock_pages.json()) {
         all.extend(w);
     }
     if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), buying.json()) {

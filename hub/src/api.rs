@@ -313,6 +313,12 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
         "Most channel orders one transaction held.",
         b.largest.to_string(),
     );
+    out.push_str(&format!(
+        "# HELP oms_hub_demand_documents_read Order and stock documents the demand history and the network stock \
+         read (each once after a start, then only those that changed).\n\
+         # TYPE oms_hub_demand_documents_read counter\noms_hub_demand_documents_read_total {}\n",
+        hub.demand.docs_read()
+    ));
     if let Some(n) = taken {
         out.push_str(&format!(
             "# HELP oms_hub_orders_taken Customer orders the hub took.\n# TYPE oms_hub_orders_taken counter\n\
@@ -340,20 +346,22 @@ async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
 
 /// What `GET /v1/nodes` answers (also the network screen's data).
 pub(crate) fn nodes_view(hub: &Hub) -> Value {
+    // When each site last wrote its stock, from the stock the demand cache keeps (re-read per changed
+    // document), not from a read of every stock document under the documents' lock.
+    let stock_updated: BTreeMap<String, u64> =
+        hub.demand.stock_sites(&hub.docs).iter().map(|s| (s.site.clone(), s.updated_at_ms)).collect();
     let docs = lock(&hub.docs);
     let now = now_ms();
     let counts = docs.order_counts();
     let mut out = Vec::new();
     // Connected or known nodes and sites that hold orders, each once, in order: linear in both (a `Vec` and
     // `contains` made this quadratic in the number of parties).
-    let names: std::collections::BTreeSet<String> = docs.nodes.keys().chain(counts.keys()).cloned().collect();
+    let names: std::collections::BTreeSet<&String> = docs.nodes.keys().chain(counts.keys()).collect();
+    let default = crate::docs::NodeStatus::default();
     for name in names {
-        let st = docs.nodes.get(&name).cloned().unwrap_or_default();
-        let usage = docs.usage(&name);
-        let stock_updated_at_ms = oms_protocol::domain::NodeId::parse(&name)
-            .ok()
-            .and_then(|n| schema::stock_doc(&n))
-            .and_then(|d| docs.get(&d).and_then(|doc| schema::owner_updated_at_ms(&doc)));
+        let st = docs.nodes.get(name).unwrap_or(&default);
+        let usage = docs.usage(name);
+        let stock_updated_at_ms = stock_updated.get(name);
         out.push(json!({
             "node": name,
             "connected": st.connected,
@@ -377,7 +385,7 @@ pub(crate) fn nodes_view(hub: &Hub) -> Value {
             "documents": usage.documents,
             "stored_bytes": usage.stored_bytes,
             "sessions": st.sessions,
-            "orders": counts.get(&name).copied().unwrap_or(0),
+            "orders": counts.get(name).copied().unwrap_or(0),
             "stock_updated_at_ms": stock_updated_at_ms,
             "certificate": st.certificate.as_ref().map(|c| certificate_json(&c.serial, c.not_after_unix_s, now)),
         }));
@@ -430,25 +438,45 @@ async fn orders(
             Err(p) => p.into_response(),
         };
     }
-    let docs = lock(&hub.docs);
-    let page = docs.order_page(q.site.as_deref(), q.after.as_deref(), limit, ORDER_ROWS_READ_MAX);
-    let list: Vec<Value> = page
-        .ids
-        .iter()
-        .filter_map(|d| {
+    let h = hub.clone();
+    let listed =
+        tokio::task::spawn_blocking(move || order_list(&h, q.site.as_deref(), q.after.as_deref(), limit)).await;
+    let Ok((list, next_after, total, counts)) = listed else {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "order listing failed");
+    };
+    Json(json!({"total": total, "by_site": counts, "orders": list, "next_after": next_after})).into_response()
+}
+
+/// One page of `GET /v1/orders`: the rows, where the next page starts, the total and the counts per site.
+/// The page's ids come from one short hold of the documents' lock (at most [`ORDER_ROWS_READ_MAX`] label
+/// rows); its documents are read [`crate::demand::READ_CHUNK`] per hold, each whole under one hold.
+fn order_list(
+    hub: &Hub,
+    site: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<Value>, Option<String>, u64, BTreeMap<String, u64>) {
+    let (page, counts) = {
+        let docs = lock(&hub.docs);
+        (docs.order_page(site, after, limit, ORDER_ROWS_READ_MAX), docs.order_counts())
+    };
+    let mut list = Vec::with_capacity(page.ids.len());
+    for chunk in page.ids.chunks(crate::demand::READ_CHUNK) {
+        let docs = lock(&hub.docs);
+        list.extend(chunk.iter().filter_map(|d| {
             let doc = docs.get(d)?;
             let (origin, site) = schema::order_parties(&doc)?;
             let id = d.as_str().strip_prefix(schema::ORDER_PREFIX)?;
             Some(json!({"id": id, "origin": origin, "site": site, "status": schema::order_status(&doc)}))
-        })
-        .collect();
-    let next_after = page.next_after.as_ref().and_then(|d| d.as_str().strip_prefix(schema::ORDER_PREFIX));
-    let counts = docs.order_counts();
-    let total: u64 = match &q.site {
+        }));
+    }
+    let next_after =
+        page.next_after.as_ref().and_then(|d| d.as_str().strip_prefix(schema::ORDER_PREFIX)).map(str::to_owned);
+    let total: u64 = match site {
         Some(s) => counts.get(s).copied().unwrap_or(0),
         None => counts.values().sum(),
     };
-    Json(json!({"total": total, "by_site": counts, "orders": list, "next_after": next_after})).into_response()
+    (list, next_after, total, counts)
 }
 
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "The order id")),
@@ -519,7 +547,7 @@ struct StockQuery {
 
 /// One SKU at one site, as the planner sees it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct StockRow {
+pub struct StockRow {
     pub(crate) sku: String,
     pub(crate) site: String,
     pub(crate) on_hand: u64,
@@ -551,7 +579,7 @@ pub(crate) fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>,
 /// starts. Read from the sites' stock as the demand cache keeps it ([`crate::demand::DemandCache::stock_sites`]:
 /// the documents' lock is held for one changed stock document at a time, never for the listing), each row
 /// from one state of its site's document, with the hub's rights looked up for the page's rows only.
-pub(crate) fn stock_page(
+pub fn stock_page(
     hub: &Hub,
     sku: Option<&str>,
     after: Option<(&str, &str)>,

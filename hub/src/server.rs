@@ -370,7 +370,7 @@ async fn persist(hub: &Hub, needed: u64) -> Result<(), DocDbError> {
 /// Writes what the hub changed in its documents so far to `hub.redb`, as the sessions' flushes do: prepared
 /// under the documents' lock, committed (fsync) on a blocking thread without it. For an HTTP handler that
 /// must answer only once its writes are durable.
-pub(crate) async fn flush_docs(hub: &Hub) -> Result<(), DocDbError> {
+pub async fn flush_docs(hub: &Hub) -> Result<(), DocDbError> {
     let needed = {
         let _docs = lock(&hub.docs);
         hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1

@@ -11,6 +11,7 @@
 //! sums without reading any document and kept until the ledger changes or the day does.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use oms_protocol::schema;
@@ -45,30 +46,38 @@ type PlanKey = (Fingerprint, Basis, Option<usize>, Option<u64>, Option<usize>, u
 /// The last replenishment run: its key, the configuration it used and the result.
 type CachedRun = (PlanKey, Arc<ForecastConfig>, Arc<Replenishment>);
 
-/// What the readers keep between requests.
+/// The demand side of what the readers keep between requests.
 #[derive(Default)]
-struct Live {
+struct Orders {
     /// Every order document was read into the ledger (after a start, or after too many changes).
-    orders_built: bool,
-    /// The same for the stock documents.
-    stock_built: bool,
+    built: bool,
     ledger: Ledger,
-    /// Each stock document as last read.
-    stock: BTreeMap<DocId, Arc<SiteStock>>,
-    stock_version: u64,
     /// The demand index cut for (ledger version, day).
     index: Option<((u64, u64), Arc<DemandIndex>)>,
-    /// The stock index of a stock version.
-    stock_index: Option<(u64, Arc<StockIndex>)>,
-    /// Documents read so far (what the tests count).
-    docs_read: u64,
+}
+
+/// The stock side, kept apart so that the network stock and `/v1/nodes` never wait for a read of every
+/// order.
+#[derive(Default)]
+struct Stock {
+    /// Every stock document was read.
+    built: bool,
+    /// Each stock document as last read.
+    sites: BTreeMap<DocId, Arc<SiteStock>>,
+    version: u64,
+    /// The stock index of a version.
+    index: Option<(u64, Arc<StockIndex>)>,
 }
 
 /// The demand ledger, the sites' stock and one cached replenishment run (the last parameters asked for).
 #[derive(Default)]
 pub struct DemandCache {
-    live: Mutex<Live>,
+    /// Taken before `stock` where both are.
+    orders: Mutex<Orders>,
+    stock: Mutex<Stock>,
     runs: Mutex<Option<CachedRun>>,
+    /// Documents read into the ledger and the stock so far.
+    docs_read: AtomicU64,
 }
 
 impl std::fmt::Debug for DemandCache {
@@ -99,17 +108,18 @@ fn read_orders(docs: &HubDocs, ids: &[DocId]) -> Vec<(DocId, Option<Entry>)> {
         .collect()
 }
 
-impl Live {
-    /// Brings the ledger up to date: the orders changed since the last look, or all of them.
-    fn refresh_orders(&mut self, docs: &Mutex<HubDocs>) {
+impl Orders {
+    /// Brings the ledger up to date: the orders changed since the last look, or all of them. Counts the
+    /// documents read into `read`.
+    fn refresh(&mut self, docs: &Mutex<HubDocs>, read: &AtomicU64) {
         let changed = lock(docs).take_order_changes();
         match changed {
-            Some(ids) if self.orders_built => {
+            Some(ids) if self.built => {
                 let ids: Vec<DocId> = ids.into_iter().collect();
                 for chunk in ids.chunks(READ_CHUNK) {
-                    let read = read_orders(&lock(docs), chunk);
-                    self.docs_read += read.len() as u64;
-                    for (id, entry) in read {
+                    let entries = read_orders(&lock(docs), chunk);
+                    read.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                    for (id, entry) in entries {
                         self.ledger.set(&id, entry);
                     }
                 }
@@ -120,68 +130,24 @@ impl Live {
                 self.ledger.clear();
                 let mut after: Option<String> = None;
                 for _ in 0..=ORDERS_SCAN_MAX / READ_CHUNK {
-                    let read = {
+                    let entries = {
                         let d = lock(docs);
                         read_orders(&d, &d.order_ids(None, after.as_deref(), READ_CHUNK))
                     };
-                    self.docs_read += read.len() as u64;
-                    let n = read.len();
-                    after =
-                        read.last().and_then(|(d, _)| d.as_str().strip_prefix(schema::ORDER_PREFIX)).map(str::to_owned);
-                    for (id, entry) in read {
+                    read.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                    let n = entries.len();
+                    after = entries
+                        .last()
+                        .and_then(|(d, _)| d.as_str().strip_prefix(schema::ORDER_PREFIX))
+                        .map(str::to_owned);
+                    for (id, entry) in entries {
                         self.ledger.set(&id, entry);
                     }
                     if n < READ_CHUNK || after.is_none() {
                         break;
                     }
                 }
-                self.orders_built = true;
-            }
-        }
-    }
-
-    /// Brings the sites' stock up to date: the stock documents changed since the last look, or all of
-    /// them; one document per hold of the lock (a stock document may list 100,000 SKUs).
-    fn refresh_stock(&mut self, docs: &Mutex<HubDocs>) {
-        let changed = lock(docs).take_stock_changes();
-        let ids: Vec<DocId> = match changed {
-            Some(ids) if self.stock_built => ids.into_iter().collect(),
-            _ => {
-                self.stock.clear();
-                self.stock_built = true;
-                lock(docs).stock_ids(STOCK_SITES_MAX)
-            }
-        };
-        for id in ids {
-            let read = lock(docs).get(&id).and_then(|d| SiteStock::read(&d, &id));
-            self.docs_read += 1;
-            match read {
-                Some(s) if self.stock.get(&id).is_some_and(|old| **old == s) => {}
-                Some(s) if self.stock.len() < STOCK_SITES_MAX || self.stock.contains_key(&id) => {
-                    self.stock.insert(id, Arc::new(s));
-                    self.stock_version = self.stock_version.wrapping_add(1);
-                }
-                Some(_) => {}
-                None => {
-                    if self.stock.remove(&id).is_some() {
-                        self.stock_version = self.stock_version.wrapping_add(1);
-                    }
-                }
-            }
-        }
-        if self.stock_version == 0 {
-            // Distinguishes "read, nothing there" from the empty index nobody asked for.
-            self.stock_version = 1;
-        }
-    }
-
-    fn stock_index(&mut self) -> Arc<StockIndex> {
-        match &self.stock_index {
-            Some((v, idx)) if *v == self.stock_version => idx.clone(),
-            _ => {
-                let idx = Arc::new(StockIndex::of(self.stock.values().map(|s| &**s)));
-                self.stock_index = Some((self.stock_version, idx.clone()));
-                idx
+                self.built = true;
             }
         }
     }
@@ -199,36 +165,83 @@ impl Live {
     }
 }
 
+impl Stock {
+    /// Brings the sites' stock up to date: the stock documents changed since the last look, or all of
+    /// them; one document per hold of the lock (a stock document may list 100,000 SKUs).
+    fn refresh(&mut self, docs: &Mutex<HubDocs>, read: &AtomicU64) {
+        let changed = lock(docs).take_stock_changes();
+        let ids: Vec<DocId> = match changed {
+            Some(ids) if self.built => ids.into_iter().collect(),
+            _ => {
+                self.sites.clear();
+                self.built = true;
+                lock(docs).stock_ids(STOCK_SITES_MAX)
+            }
+        };
+        for id in ids {
+            let site = lock(docs).get(&id).and_then(|d| SiteStock::read(&d, &id));
+            read.fetch_add(1, Ordering::Relaxed);
+            match site {
+                Some(s) if self.sites.get(&id).is_some_and(|old| **old == s) => {}
+                Some(s) if self.sites.len() < STOCK_SITES_MAX || self.sites.contains_key(&id) => {
+                    self.sites.insert(id, Arc::new(s));
+                    self.version = self.version.wrapping_add(1);
+                }
+                Some(_) => {}
+                None => {
+                    if self.sites.remove(&id).is_some() {
+                        self.version = self.version.wrapping_add(1);
+                    }
+                }
+            }
+        }
+    }
+
+    fn index(&mut self) -> Arc<StockIndex> {
+        match &self.index {
+            Some((v, idx)) if *v == self.version => idx.clone(),
+            _ => {
+                let idx = Arc::new(StockIndex::of(self.sites.values().map(|s| &**s)));
+                self.index = Some((self.version, idx.clone()));
+                idx
+            }
+        }
+    }
+}
+
 impl DemandCache {
     /// The demand index and the sites' available stock, brought up to date from the documents that changed
     /// (see the module docs); the documents' lock is held for a chunk of reads at a time, never for a scan.
     pub(crate) fn snapshot(&self, docs: &Mutex<HubDocs>, today: u64) -> Snapshot {
-        let mut live = lock(&self.live);
-        live.refresh_orders(docs);
-        live.refresh_stock(docs);
-        let fingerprint = Fingerprint { today, demand: live.ledger.version, stock: live.stock_version };
-        Snapshot { index: live.index(today), stock: live.stock_index(), fingerprint }
+        let mut orders = lock(&self.orders);
+        orders.refresh(docs, &self.docs_read);
+        let index = orders.index(today);
+        let demand = orders.ledger.version;
+        drop(orders);
+        let mut stock = lock(&self.stock);
+        stock.refresh(docs, &self.docs_read);
+        let fingerprint = Fingerprint { today, demand, stock: stock.version };
+        Snapshot { index, stock: stock.index(), fingerprint }
     }
 
     /// Every site's stock as last read, brought up to date from the stock documents that changed, by site.
     /// Each site's figures come from one state of its document.
     pub(crate) fn stock_sites(&self, docs: &Mutex<HubDocs>) -> Vec<Arc<SiteStock>> {
-        let mut live = lock(&self.live);
-        live.refresh_stock(docs);
-        live.stock.values().cloned().collect()
+        let mut stock = lock(&self.stock);
+        stock.refresh(docs, &self.docs_read);
+        stock.sites.values().cloned().collect()
     }
 
     /// Reads every order and stock document once, so that the first forecast after a start does not (the
     /// hub calls this in the background at start).
     pub fn warm(&self, docs: &Mutex<HubDocs>) {
-        let mut live = lock(&self.live);
-        live.refresh_orders(docs);
-        live.refresh_stock(docs);
+        lock(&self.stock).refresh(docs, &self.docs_read);
+        lock(&self.orders).refresh(docs, &self.docs_read);
     }
 
     /// Documents read into the ledger and the stock so far.
     pub fn docs_read(&self) -> u64 {
-        lock(&self.live).docs_read
+        self.docs_read.load(Ordering::Relaxed)
     }
 
     /// The replenishment run for `snap` and the parameters, cached until the documents, the basis, the
