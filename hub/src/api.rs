@@ -340,8 +340,12 @@ fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) ->
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "network", responses((status = 200,
     description = "Each known site's link, sync and storage figures and certificate (`now_ms`, `nodes`, `documents`, `hub_certificate`)", body = Object)))]
-async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
-    Json(nodes_view(&hub))
+async fn nodes(State(hub): State<Arc<Hub>>) -> Response {
+    // It may read a changed stock document: on a blocking thread, not on this async worker.
+    match tokio::task::spawn_blocking(move || nodes_view(&hub)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "node listing failed"),
+    }
 }
 
 /// What `GET /v1/nodes` answers (also the network screen's data).
@@ -764,4 +768,59 @@ async fn stock_one(State(hub): State<Arc<Hub>>, Path(sku): Path<String>, Query(q
     }
     let v = stock_json(now, vec![], rows);
     Json(v.get("skus").and_then(|s| s.get(0)).cloned().unwrap_or(Value::Null)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demand::test_support::hub_docs;
+    use crate::server::ServerTuning;
+
+    fn hub(dir: &std::path::Path, stock: &[(&str, &str, u64)]) -> Hub {
+        let docs = hub_docs(dir, &[], stock);
+        let intake = crate::intake::Intake::open(&dir.join("intake.redb"), Default::default()).unwrap();
+        let purchasing = crate::purchasing::Purchasing::new(Default::default(), dir, intake.db()).unwrap();
+        let money = crate::money::Money::new(Default::default(), Default::default()).unwrap();
+        Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], ServerTuning::default()).unwrap()
+    }
+
+    #[test]
+    fn stock_pages_hold_exactly_the_rows_of_one_read_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let stock: Vec<(&str, &str, u64)> = ["wh1", "wh2", "wh3"]
+            .iter()
+            .flat_map(|site| ["A", "B", "C", "D"].iter().map(move |sku| (*site, *sku, 5)))
+            .collect();
+        let hub = hub(dir.path(), &stock);
+        let (_, whole) = stock_rows(&hub, None, 1);
+        assert_eq!(whole.len(), 12);
+        let key = |r: &StockRow| (r.sku.clone(), r.site.clone());
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let a = after.as_deref().and_then(|a| a.split_once('|'));
+            let (_, rows, next) = stock_page(&hub, None, a, 5, 1);
+            pages += 1;
+            assert!(rows.len() <= 5);
+            paged.extend(rows.iter().map(key));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+            assert!(pages < 10, "the walk ends");
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(paged, whole.iter().map(key).collect::<Vec<_>>());
+        let mut sorted = paged.clone();
+        sorted.sort();
+        assert_eq!(paged, sorted, "by SKU, then site");
+        // One SKU, after a row of it.
+        let (_, rows, next) = stock_page(&hub, Some("B"), Some(("B", "wh1")), 5, 1);
+        assert_eq!(
+            rows.iter().map(key).collect::<Vec<_>>(),
+            vec![("B".into(), "wh2".into()), ("B".into(), "wh3".into())]
+        );
+        assert!(next.is_none());
+    }
 }
