@@ -1376,25 +1376,30 @@ mod tests {
         assert_eq!(intake.search("ann@example.com", 1).unwrap().len(), 1, "the limit holds");
     }
 
-    #[test]
-    fn a_start_reads_the_open_work_not_every_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(INTAKE_DB_FILE);
-        let site = NodeId::parse("wh-1").unwrap();
-        let facts = vec![SiteFacts {
+    /// One reachable site in Berlin shipping `capacity_per_day`.
+    fn one_site(site: &NodeId, capacity_per_day: u32) -> Vec<SiteFacts> {
+        vec![SiteFacts {
             id: site.clone(),
             info: SiteInfo {
                 name: "s".into(),
                 lat: 52.0,
                 lon: 13.0,
                 priority: 0,
-                capacity_per_day: 1_000,
+                capacity_per_day,
                 region: "de".into(),
             },
             reachable: true,
             last_heard_age_ms: 0,
             schedule: None,
-        }];
+        }]
+    }
+
+    #[test]
+    fn a_start_reads_the_open_work_not_every_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INTAKE_DB_FILE);
+        let site = NodeId::parse("wh-1").unwrap();
+        let facts = one_site(&site, 1_000);
         let (shipped, placed, waiting) = {
             let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
             let mut c = EscrowCounter::new(Sku::parse("A").unwrap());
@@ -1424,20 +1429,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(INTAKE_DB_FILE);
         let site = NodeId::parse("wh-1").unwrap();
-        let facts = vec![SiteFacts {
-            id: site.clone(),
-            info: SiteInfo {
-                name: "s".into(),
-                lat: 52.0,
-                lon: 13.0,
-                priority: 0,
-                capacity_per_day: 100_000,
-                region: "de".into(),
-            },
-            reachable: true,
-            last_heard_age_ms: 0,
-            schedule: None,
-        }];
+        let facts = one_site(&site, 100_000);
         const FINISHED: usize = 500;
         {
             let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
