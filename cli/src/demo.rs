@@ -50,6 +50,10 @@
 //! suggestions (or, without enough history, lines at the supplier's terms) into purchase orders, sends them
 //! through the hub's outbox, confirms them and records ASNs. The summary adds `purchase_orders` (by state),
 //! `units_on_order`, `units_received_against_po`, `on_order_mismatches` and `purchasing_mismatches` (both 0).
+//!
+//! Then the hub's network stock is walked in pages (see `stock_pages`) and held against one unpaged read:
+//! the summary adds `stock_rows`, `stock_pages`, `stock_page_mismatches` (0) and `demand_documents_read`
+//! (what the hub's incrementally kept demand history read).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -69,6 +73,7 @@ use tokio::process::{Child, Command};
 mod purchasing;
 mod reports;
 mod returns;
+mod stock_pages;
 mod webhooks;
 
 /// Options of `oms demo`.
@@ -1343,6 +1348,8 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let planner = reports::Planner { browser: &browser, password: &keys.planner_password };
     let report = reports::pass(&admin, hub_http, hub_placed, &planner).await?;
     println!("{}", report.line());
+    let stock_pages = stock_pages::check(&admin, hub_http).await?;
+    println!("{}", stock_pages.line());
     println!(
         "webhooks to the web channel: {} events delivered ({} again, deduplicated by id), the same fact twice {}, missing {}, bad signatures {}; {} about {CUT_SITE}'s fulfillments",
         hook.delivered,
@@ -1446,6 +1453,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), hook.json()) {
         all.extend(w);
     }
+    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), stock_pages.json()) {
+        all.extend(w);
+    }
     if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), buying.json()) {
         all.extend(w);
     }
@@ -1481,12 +1491,14 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || !buying.ok()
         || !report.ok()
         || !rmas.ok()
+        || !stock_pages.ok()
     {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}; {}; {}",
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}; {}; {}; {}",
             buying.line(),
             rmas.line(),
-            report.line()
+            report.line(),
+            stock_pages.line()
         );
     }
     Ok(())

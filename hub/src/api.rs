@@ -63,7 +63,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use oms_protocol::domain::OrderId;
+use oms_protocol::domain::{NodeId, OrderId, Sku};
 use oms_protocol::schema;
 use oms_service::auth::{ANY_ROLE, Access, Auth, Principal, Role, authorize};
 use oms_service::now_ms;
@@ -335,6 +335,12 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
         "Most channel orders one transaction held.",
         b.largest.to_string(),
     );
+    out.push_str(&format!(
+        "# HELP oms_hub_demand_documents_read Order and stock documents the demand history and the network stock \
+         read (each once after a start, then only those that changed).\n\
+         # TYPE oms_hub_demand_documents_read counter\noms_hub_demand_documents_read_total {}\n",
+        hub.demand.docs_read()
+    ));
     if let Some(n) = taken {
         out.push_str(&format!(
             "# HELP oms_hub_orders_taken Customer orders the hub took.\n# TYPE oms_hub_orders_taken counter\n\
@@ -356,26 +362,32 @@ fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) ->
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "network", responses((status = 200,
     description = "Each known site's link, sync and storage figures and certificate (`now_ms`, `nodes`, `documents`, `hub_certificate`)", body = Object)))]
-async fn nodes(State(hub): State<Arc<Hub>>) -> Json<Value> {
-    Json(nodes_view(&hub))
+async fn nodes(State(hub): State<Arc<Hub>>) -> Response {
+    // It may read a changed stock document: on a blocking thread, not on this async worker.
+    match tokio::task::spawn_blocking(move || nodes_view(&hub)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "node listing failed"),
+    }
 }
 
 /// What `GET /v1/nodes` answers (also the network screen's data).
 pub(crate) fn nodes_view(hub: &Hub) -> Value {
+    // When each site last wrote its stock, from the stock the demand cache keeps (re-read per changed
+    // document), not from a read of every stock document under the documents' lock.
+    let stock_updated: BTreeMap<String, u64> =
+        hub.demand.stock_sites(&hub.docs).iter().map(|s| (s.site.clone(), s.updated_at_ms)).collect();
     let docs = lock(&hub.docs);
     let now = now_ms();
     let counts = docs.order_counts();
     let mut out = Vec::new();
     // Connected or known nodes and sites that hold orders, each once, in order: linear in both (a `Vec` and
     // `contains` made this quadratic in the number of parties).
-    let names: std::collections::BTreeSet<String> = docs.nodes.keys().chain(counts.keys()).cloned().collect();
+    let names: std::collections::BTreeSet<&String> = docs.nodes.keys().chain(counts.keys()).collect();
+    let default = crate::docs::NodeStatus::default();
     for name in names {
-        let st = docs.nodes.get(&name).cloned().unwrap_or_default();
-        let usage = docs.usage(&name);
-        let stock_updated_at_ms = oms_protocol::domain::NodeId::parse(&name)
-            .ok()
-            .and_then(|n| schema::stock_doc(&n))
-            .and_then(|d| docs.get(&d).and_then(|doc| schema::owner_updated_at_ms(&doc)));
+        let st = docs.nodes.get(name).unwrap_or(&default);
+        let usage = docs.usage(name);
+        let stock_updated_at_ms = stock_updated.get(name);
         out.push(json!({
             "node": name,
             "connected": st.connected,
@@ -399,7 +411,7 @@ pub(crate) fn nodes_view(hub: &Hub) -> Value {
             "documents": usage.documents,
             "stored_bytes": usage.stored_bytes,
             "sessions": st.sessions,
-            "orders": counts.get(&name).copied().unwrap_or(0),
+            "orders": counts.get(name).copied().unwrap_or(0),
             "stock_updated_at_ms": stock_updated_at_ms,
             "certificate": st.certificate.as_ref().map(|c| certificate_json(&c.serial, c.not_after_unix_s, now)),
         }));
@@ -452,25 +464,45 @@ async fn orders(
             Err(p) => p.into_response(),
         };
     }
-    let docs = lock(&hub.docs);
-    let page = docs.order_page(q.site.as_deref(), q.after.as_deref(), limit, ORDER_ROWS_READ_MAX);
-    let list: Vec<Value> = page
-        .ids
-        .iter()
-        .filter_map(|d| {
+    let h = hub.clone();
+    let listed =
+        tokio::task::spawn_blocking(move || order_list(&h, q.site.as_deref(), q.after.as_deref(), limit)).await;
+    let Ok((list, next_after, total, counts)) = listed else {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "order listing failed");
+    };
+    Json(json!({"total": total, "by_site": counts, "orders": list, "next_after": next_after})).into_response()
+}
+
+/// One page of `GET /v1/orders`: the rows, where the next page starts, the total and the counts per site.
+/// The page's ids come from one short hold of the documents' lock (at most [`ORDER_ROWS_READ_MAX`] label
+/// rows); its documents are read [`crate::demand::READ_CHUNK`] per hold, each whole under one hold.
+fn order_list(
+    hub: &Hub,
+    site: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<Value>, Option<String>, u64, BTreeMap<String, u64>) {
+    let (page, counts) = {
+        let docs = lock(&hub.docs);
+        (docs.order_page(site, after, limit, ORDER_ROWS_READ_MAX), docs.order_counts())
+    };
+    let mut list = Vec::with_capacity(page.ids.len());
+    for chunk in page.ids.chunks(crate::demand::READ_CHUNK) {
+        let docs = lock(&hub.docs);
+        list.extend(chunk.iter().filter_map(|d| {
             let doc = docs.get(d)?;
             let (origin, site) = schema::order_parties(&doc)?;
             let id = d.as_str().strip_prefix(schema::ORDER_PREFIX)?;
             Some(json!({"id": id, "origin": origin, "site": site, "status": schema::order_status(&doc)}))
-        })
-        .collect();
-    let next_after = page.next_after.as_ref().and_then(|d| d.as_str().strip_prefix(schema::ORDER_PREFIX));
-    let counts = docs.order_counts();
-    let total: u64 = match &q.site {
+        }));
+    }
+    let next_after =
+        page.next_after.as_ref().and_then(|d| d.as_str().strip_prefix(schema::ORDER_PREFIX)).map(str::to_owned);
+    let total: u64 = match site {
         Some(s) => counts.get(s).copied().unwrap_or(0),
         None => counts.values().sum(),
     };
-    Json(json!({"total": total, "by_site": counts, "orders": list, "next_after": next_after})).into_response()
+    (list, next_after, total, counts)
 }
 
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "The order id")),
@@ -529,15 +561,19 @@ async fn order(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct StockQuery {
-    /// Only SKUs starting with this.
+    /// Only this SKU.
     sku: Option<String>,
     /// `json` (default) or `csv`.
     format: Option<String>,
+    /// Continue after this row, `<sku>|<site>` (the previous page's `next_after`).
+    after: Option<String>,
+    /// Rows per page (default and most: 10,000).
+    limit: Option<usize>,
 }
 
 /// One SKU at one site, as the planner sees it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct StockRow {
+pub struct StockRow {
     pub(crate) sku: String,
     pub(crate) site: String,
     pub(crate) on_hand: u64,
@@ -556,45 +592,66 @@ pub(crate) struct StockRow {
     pub(crate) stale: bool,
 }
 
+/// Most rows of one `GET /v1/stock` page.
+pub const STOCK_PAGE_MAX: usize = 10_000;
+
 /// Per site the freshness of its stock document, and the rows (every SKU, or `sku`), by SKU then site.
 pub(crate) fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>, Vec<StockRow>) {
-    let escrow = hub.intake.escrow_table(now);
+    let (sites, rows, _) = stock_page(hub, sku, None, usize::MAX, now);
+    (sites, rows)
+}
+
+/// One page of [`stock_rows`]: at most `limit` rows after `after` (sku, site), and where the next page
+/// starts. Read from the sites' stock as the demand cache keeps it ([`crate::demand::DemandCache::stock_sites`]:
+/// the documents' lock is held for one changed stock document at a time, never for the listing), each row
+/// from one state of its site's document, with the hub's rights looked up for the page's rows only.
+pub fn stock_page(
+    hub: &Hub,
+    sku: Option<&str>,
+    after: Option<(&str, &str)>,
+    limit: usize,
+    now: u64,
+) -> (Vec<Value>, Vec<StockRow>, Option<String>) {
     let stale_after = hub.intake.policy().stale_after_ms;
-    let docs = lock(&hub.docs);
-    let mut sites = Vec::new();
-    let mut rows = Vec::new();
-    for d in docs.stock_ids(STOCK_SITES_MAX) {
-        let Some(doc) = docs.get(&d) else { continue };
-        let view = match schema::read_stock(&doc, d.as_str(), STOCK_SKUS_MAX) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(doc = %d, error = %e, "unreadable stock document");
+    let stock = hub.demand.stock_sites(&hub.docs);
+    let sites = stock
+        .iter()
+        .map(|s| {
+            let age_ms = now.saturating_sub(s.updated_at_ms);
+            json!({"site": s.site, "updated_at_ms": s.updated_at_ms, "age_ms": age_ms,
+                   "stale": age_ms > stale_after, "skus": s.skus.len()})
+        })
+        .collect();
+    // (sku, site) of every wanted row after `after`, then the page of them in that order.
+    let mut keys: Vec<(&str, &str, usize, usize)> = Vec::new();
+    for (i, s) in stock.iter().enumerate() {
+        for (j, (k, _)) in s.skus.iter().enumerate() {
+            let key = (k.as_str(), s.site.as_str());
+            if sku.is_some_and(|q| q != key.0) || after.is_some_and(|a| key <= a) {
                 continue;
             }
-        };
-        let site_escrow: BTreeMap<String, u64> = schema::read_escrow(&doc, STOCK_SKUS_MAX)
-            .map(|(c, _)| {
-                c.into_iter().map(|c| (c.sku().to_string(), c.local(oms_protocol::escrow::Party::Site))).collect()
-            })
-            .unwrap_or_default();
-        let age_ms = now.saturating_sub(view.updated_at_ms);
-        sites.push(json!({
-            "site": view.node,
-            "updated_at_ms": view.updated_at_ms,
-            "age_ms": age_ms,
-            "stale": age_ms > stale_after,
-            "skus": view.skus.len(),
-        }));
-        for (s, b) in view.skus {
-            if sku.is_some_and(|q| q != s.as_str()) {
-                continue;
-            }
-            let key = (view.node.to_string(), s.to_string());
-            let (hub_promisable, hub_rights, hub_lease_until_ms) = escrow.get(&key).copied().unwrap_or_default();
-            rows.push(StockRow {
-                site_rights: site_escrow.get(s.as_str()).copied(),
-                sku: s.to_string(),
-                site: view.node.to_string(),
+            keys.push((key.0, key.1, i, j));
+        }
+    }
+    keys.sort_unstable();
+    let next_after =
+        (keys.len() > limit).then(|| keys.get(limit.saturating_sub(1)).map(|k| format!("{}|{}", k.0, k.1)));
+    keys.truncate(limit);
+    let cells: Vec<(NodeId, Sku)> =
+        keys.iter().filter_map(|(k, site, _, _)| Some((NodeId::parse(site).ok()?, Sku::parse(k).ok()?))).collect();
+    let escrow = hub.intake.escrow_cells(&cells, now);
+    let rows = keys
+        .iter()
+        .filter_map(|&(k, site, i, j)| {
+            let s = stock.get(i)?;
+            let (_, b) = s.skus.get(j)?;
+            let age_ms = now.saturating_sub(s.updated_at_ms);
+            let (hub_promisable, hub_rights, hub_lease_until_ms) =
+                escrow.get(&(site.to_owned(), k.to_owned())).copied().unwrap_or_default();
+            Some(StockRow {
+                site_rights: s.site_rights.get(k).copied(),
+                sku: k.to_owned(),
+                site: site.to_owned(),
                 on_hand: b.on_hand,
                 reserved: b.reserved,
                 staged: b.staged,
@@ -602,14 +659,13 @@ pub(crate) fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>,
                 hub_promisable,
                 hub_rights,
                 hub_lease_until_ms,
-                updated_at_ms: view.updated_at_ms,
+                updated_at_ms: s.updated_at_ms,
                 age_ms,
                 stale: age_ms > stale_after,
-            });
-        }
-    }
-    rows.sort_by(|a, b| (&a.sku, &a.site).cmp(&(&b.sku, &b.site)));
-    (sites, rows)
+            })
+        })
+        .collect();
+    (sites, rows, next_after.flatten())
 }
 
 pub(crate) fn stock_csv(rows: &[StockRow]) -> Response {
@@ -675,9 +731,42 @@ fn bad_format() -> Response {
     responses((status = 200, description = "Stock per SKU and site; the same as csv (`format=csv`)", content((Object = "application/json"), (String = "text/csv")))))]
 async fn stock(State(hub): State<Arc<Hub>>, Query(q): Query<StockQuery>) -> Response {
     let Some(csv) = csv_wanted(q.format.as_deref()) else { return bad_format() };
+    let limit = q.limit.unwrap_or(STOCK_PAGE_MAX);
+    if !(1..=STOCK_PAGE_MAX).contains(&limit) {
+        return problem(StatusCode::BAD_REQUEST, "invalid_query", format!("limit must be in 1..={STOCK_PAGE_MAX}"));
+    }
+    let after = match q.after.as_deref().map(|a| a.split_once('|')) {
+        None => None,
+        Some(Some(pair)) => Some(pair),
+        Some(None) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "after must be <sku>|<site>, a page's next_after",
+            );
+        }
+    };
     let now = now_ms();
-    let (sites, rows) = stock_rows(&hub, q.sku.as_deref(), now);
-    if csv { stock_csv(&rows) } else { Json(stock_json(now, sites, rows)).into_response() }
+    let h = hub.clone();
+    let (after, sku) = (after.map(|(a, b)| (a.to_owned(), b.to_owned())), q.sku.clone());
+    let page = tokio::task::spawn_blocking(move || {
+        let after = after.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+        stock_page(&h, sku.as_deref(), after, limit, now)
+    })
+    .await;
+    let Ok((sites, rows, next_after)) = page else {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stock read failed");
+    };
+    if csv {
+        let mut resp = stock_csv(&rows);
+        if let Some(next) = next_after.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            resp.headers_mut().insert("x-next-after", next);
+        }
+        return resp;
+    }
+    let mut v = stock_json(now, sites, rows);
+    v["next_after"] = json!(next_after);
+    Json(v).into_response()
 }
 
 #[utoipa::path(get, path = "/v1/stock/{sku}", tag = "stock", params(("sku" = String, Path, description = "The SKU"), StockQuery),
@@ -688,7 +777,11 @@ async fn stock_one(State(hub): State<Arc<Hub>>, Path(sku): Path<String>, Query(q
     }
     let Some(csv) = csv_wanted(q.format.as_deref()) else { return bad_format() };
     let now = now_ms();
-    let (_, rows) = stock_rows(&hub, Some(&sku), now);
+    let h = hub.clone();
+    let s = sku.clone();
+    let Ok((_, rows)) = tokio::task::spawn_blocking(move || stock_rows(&h, Some(&s), now)).await else {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stock read failed");
+    };
     if rows.is_empty() {
         return problem(StatusCode::NOT_FOUND, "unknown_sku", format!("no site reports stock of {sku}"));
     }
@@ -697,4 +790,59 @@ async fn stock_one(State(hub): State<Arc<Hub>>, Path(sku): Path<String>, Query(q
     }
     let v = stock_json(now, vec![], rows);
     Json(v.get("skus").and_then(|s| s.get(0)).cloned().unwrap_or(Value::Null)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demand::test_support::hub_docs;
+    use crate::server::ServerTuning;
+
+    fn hub(dir: &std::path::Path, stock: &[(&str, &str, u64)]) -> Hub {
+        let docs = hub_docs(dir, &[], stock);
+        let intake = crate::intake::Intake::open(&dir.join("intake.redb"), Default::default()).unwrap();
+        let purchasing = crate::purchasing::Purchasing::new(Default::default(), dir, intake.db()).unwrap();
+        let money = crate::money::Money::new(Default::default(), Default::default()).unwrap();
+        Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], ServerTuning::default()).unwrap()
+    }
+
+    #[test]
+    fn stock_pages_hold_exactly_the_rows_of_one_read_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let stock: Vec<(&str, &str, u64)> = ["wh1", "wh2", "wh3"]
+            .iter()
+            .flat_map(|site| ["A", "B", "C", "D"].iter().map(move |sku| (*site, *sku, 5)))
+            .collect();
+        let hub = hub(dir.path(), &stock);
+        let (_, whole) = stock_rows(&hub, None, 1);
+        assert_eq!(whole.len(), 12);
+        let key = |r: &StockRow| (r.sku.clone(), r.site.clone());
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let a = after.as_deref().and_then(|a| a.split_once('|'));
+            let (_, rows, next) = stock_page(&hub, None, a, 5, 1);
+            pages += 1;
+            assert!(rows.len() <= 5);
+            paged.extend(rows.iter().map(key));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+            assert!(pages < 10, "the walk ends");
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(paged, whole.iter().map(key).collect::<Vec<_>>());
+        let mut sorted = paged.clone();
+        sorted.sort();
+        assert_eq!(paged, sorted, "by SKU, then site");
+        // One SKU, after a row of it.
+        let (_, rows, next) = stock_page(&hub, Some("B"), Some(("B", "wh1")), 5, 1);
+        assert_eq!(
+            rows.iter().map(key).collect::<Vec<_>>(),
+            vec![("B".into(), "wh2".into()), ("B".into(), "wh3".into())]
+        );
+        assert!(next.is_none());
+    }
 }

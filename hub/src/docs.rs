@@ -168,6 +168,12 @@ pub struct HubDocs {
     site_infos: Option<BTreeMap<NodeId, PublishedSite>>,
     /// Sites whose stock document a node changed (or that was removed) since `site_infos` was read.
     sites_stale: BTreeSet<NodeId>,
+    /// Order documents changed (by a node or the hub) or removed since the demand history last took them
+    /// ([`HubDocs::take_order_changes`]); `None` once more than [`CHANGED_MAX`] piled up, and the reader
+    /// then reads every order again.
+    order_changes: Option<BTreeSet<DocId>>,
+    /// The same for stock documents ([`HubDocs::take_stock_changes`]).
+    stock_changes: Option<BTreeSet<DocId>>,
 }
 
 /// Who may see which of the hub's documents: the parties of every order and the quarantined pairs.
@@ -261,6 +267,8 @@ impl HubDocs {
             local: BTreeMap::new(),
             site_infos: None,
             sites_stale: BTreeSet::new(),
+            order_changes: Some(BTreeSet::new()),
+            stock_changes: Some(BTreeSet::new()),
         };
         docs.label_unlabelled()?;
         // The hub's own orders are labelled with its party number.
@@ -424,9 +432,43 @@ impl HubDocs {
         }
     }
 
+    /// Notes for the readers ([`crate::demand`]) that order or stock document `doc` changed or went.
+    fn note_change(&mut self, doc: &DocId) {
+        let set = match DocKind::of(doc) {
+            Some(DocKind::Order(_)) => &mut self.order_changes,
+            Some(DocKind::Stock(_)) => &mut self.stock_changes,
+            _ => return,
+        };
+        if let Some(s) = set {
+            if s.len() < CHANGED_MAX {
+                s.insert(doc.clone());
+            } else {
+                *set = None;
+            }
+        }
+    }
+
+    /// The order documents changed or removed since the last call, or `None` if more changed than are
+    /// remembered (read them all). Cheap: the caller reads the documents later, a few per hold of the lock.
+    pub fn take_order_changes(&mut self) -> Option<BTreeSet<DocId>> {
+        self.order_changes.replace(BTreeSet::new())
+    }
+
+    /// Forgets the order changes noted as if more had piled up than are remembered (for tests).
+    #[cfg(test)]
+    pub(crate) fn overflow_order_changes(&mut self) {
+        self.order_changes = None;
+    }
+
+    /// The stock documents changed or removed since the last call, as [`HubDocs::take_order_changes`].
+    pub fn take_stock_changes(&mut self) -> Option<BTreeSet<DocId>> {
+        self.stock_changes.replace(BTreeSet::new())
+    }
+
     /// Forgets a document and its parties.
     fn remove_doc(&mut self, doc: &DocId) {
         self.site_changed(doc);
+        self.note_change(doc);
         if let Some(label) = self.sync.db.label(doc) {
             self.unindex(doc, label);
         }
@@ -492,6 +534,8 @@ impl HubDocs {
         if matches!(DocKind::of(doc), Some(DocKind::Stock(_))) {
             self.site_changed(doc);
         }
+        // Accepted or put back, the readers look again (a put-back document reads as before).
+        self.note_change(doc);
         let Some(d) = self.sync.db.get_mut(doc) else { return true };
         match schema::check_writer(d, doc, before, Writer::Node(node)) {
             Ok(()) => {
@@ -554,6 +598,11 @@ impl HubDocs {
     /// misbehave further rather than remember more).
     pub fn quarantine_full(&self) -> bool {
         self.sync.access.quarantined.len() >= QUARANTINE_MAX
+    }
+
+    /// True if order document `doc` is held and has parties (as the listings of [`HubDocs::order_ids`] want).
+    pub fn has_parties(&self, doc: &DocId) -> bool {
+        self.sync.db.label(doc).and_then(split_label).is_some()
     }
 
     /// Order documents (with content), optionally of one site, after `after` (an order id), at most `limit`.
@@ -646,6 +695,7 @@ impl HubDocs {
         d.commit();
         let parties = schema::order_parties(d);
         self.sync.db.mark_dirty(doc);
+        self.note_change(doc);
         let mut tell = Vec::new();
         match DocKind::of(doc) {
             Some(DocKind::Order(_)) => {

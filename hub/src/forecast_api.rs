@@ -46,7 +46,6 @@ use crate::forecast_config::{
 };
 pub use crate::forecast_config::{LEAD_TIME_DAYS_MAX, SERVICE_LEVEL_MAX, SERVICE_LEVEL_MIN};
 use crate::server::Hub;
-use oms_service::lock;
 
 /// Largest horizon of `GET /v1/forecast`.
 pub const H_MAX: usize = 365;
@@ -248,10 +247,7 @@ pub fn forecast_answer(
     today: u64,
 ) -> Result<Value, Problem> {
     let fq = forecast_query(q)?;
-    let snap = {
-        let docs = lock(&hub.docs);
-        cache.snapshot(&docs, today)
-    };
+    let snap = cache.snapshot(&hub.docs, today);
     let site = fq.site.as_deref();
     if let Some(site) = site
         && !snap.index.has_site(site)
@@ -415,10 +411,7 @@ pub fn replenishment_answer(
     if !(1..=REPLENISHMENT_PAGE_MAX).contains(&limit) {
         return Err(Problem::invalid(format!("limit must be in 1..={REPLENISHMENT_PAGE_MAX}")));
     }
-    let snap = {
-        let docs = lock(&hub.docs);
-        cache.snapshot(&docs, today)
-    };
+    let snap = cache.snapshot(&hub.docs, today);
     let supply = hub.purchasing.supply(hub.intake.db()).map_err(supply_problem)?;
     let run = cache.replenishment(&snap, basis, config, &query, &supply);
     let rows: Vec<_> = run.rows.iter().filter(|r| all || r.reorder_qty > 0).collect();

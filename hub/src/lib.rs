@@ -94,6 +94,12 @@ pub async fn run(
     // its own writer thread.
     let sites = orders::site_source(Arc::downgrade(&hub));
     hub.intake.start(cfg.intake, sites).map_err(|e| anyhow::anyhow!("cannot start the intake's writer: {e}"))?;
+    // The demand ledger and the sites' stock read once in the background (a chunk of documents per hold of
+    // their lock), so that the first forecast does not wait for it; the hub is healthy meanwhile.
+    let warm = {
+        let h = hub.clone();
+        tokio::task::spawn_blocking(move || h.demand.warm(&h.docs))
+    };
     let watcher = tokio::spawn(orders::watch(hub.clone()));
     let payments = tokio::spawn(money::outbox::run(hub.clone()));
     let po_sends = tokio::spawn(purchasing::channel::run(hub.clone()));
@@ -165,6 +171,7 @@ pub async fn run(
     revocations.abort();
     own_cert.abort();
     keys.abort();
+    warm.abort();
     oms_service::lock(&hub.docs).flush()?;
     Ok(())
 }

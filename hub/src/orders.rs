@@ -741,13 +741,20 @@ pub(crate) async fn cancel_order(
                 "result": result, "reason": reason}));
         }
     }
-    void_if_cancelled(hub, &order, now);
+    // The void is an intake commit (fsync): on a blocking thread, not on this async worker.
+    let (h, o) = (hub.clone(), order.clone());
+    blocking(move || {
+        void_if_cancelled(&h, &o, now);
+        Ok::<(), IntakeError>(())
+    })
+    .await?;
     for l in &order.cancelled_unfilled {
         lines.push(json!({"fulfillment": null, "site": null, "sku": l.sku, "qty": l.qty,
             "result": "cancelled", "reason": "not yet placed at any site"}));
     }
-    lock(&hub.docs)
-        .flush()
+    // Durable before the answer, but the fsync runs without the documents' lock and off this worker.
+    crate::server::flush_docs(hub)
+        .await
         .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
     tell.sort();
     tell.dedup();

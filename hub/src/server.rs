@@ -371,6 +371,17 @@ async fn persist(hub: &Hub, needed: u64) -> Result<(), DocDbError> {
     }
 }
 
+/// Writes what the hub changed in its documents so far to `hub.redb`, as the sessions' flushes do: prepared
+/// under the documents' lock, committed (fsync) on a blocking thread without it. For an HTTP handler that
+/// must answer only once its writes are durable.
+pub async fn flush_docs(hub: &Hub) -> Result<(), DocDbError> {
+    let needed = {
+        let _docs = lock(&hub.docs);
+        hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1
+    };
+    persist(hub, needed).await
+}
+
 /// Feeds one frame from `node` to its session, with the ownership check of what it changed.
 fn handle_frame(hub: &Hub, node: &NodeId, session: &mut SyncSession, frame: Frame, out: &mut Vec<Frame>) {
     let mut docs = lock(&hub.docs);

@@ -20,6 +20,9 @@ use std::collections::BTreeMap;
 use oms_protocol::domain::FulfillmentState;
 use oms_protocol::schema;
 
+#[cfg(test)]
+use super::ledger::Entry;
+#[cfg(test)]
 use crate::docs::HubDocs;
 
 /// One day in milliseconds.
@@ -29,6 +32,7 @@ pub(crate) const HISTORY_DAYS_MAX: u64 = 730;
 /// Most order documents scanned for one index.
 pub(crate) const ORDERS_SCAN_MAX: usize = 2_000_000;
 /// Order documents read per page while scanning.
+#[cfg(test)]
 const SCAN_PAGE: usize = 10_000;
 /// Most SKU × site series kept; further pairs are dropped and the index is marked truncated.
 pub(crate) const SERIES_MAX: usize = 200_000;
@@ -82,8 +86,9 @@ impl Series {
     /// Zero-filled daily demand from the first demand day to `end_day` (exclusive).
     fn dense(&self, end_day: u64) -> Vec<f64> {
         let Some(first) = self.first_day() else { return Vec::new() };
-        // cannot truncate (`as usize` here and below): `add_order` and `add_shipment` keep only days in
-        // [today − HISTORY_DAYS_MAX, today), and `end_day` is `today`, so both spans are at most 730 days.
+        // cannot truncate (`as usize` here and below): `add_order`, `add_shipment` and the ledger's `index`
+        // keep only days in [today − HISTORY_DAYS_MAX, today), and `end_day` is `today`, so both spans are at
+        // most 730 days.
         let mut out = vec![0.0; end_day.saturating_sub(first) as usize];
         for (&d, &q) in self.days.range(first..end_day) {
             if let Some(slot) = out.get_mut((d - first) as usize) {
@@ -104,7 +109,7 @@ pub(crate) struct History {
 }
 
 /// Demand per SKU × site and per SKU, built from order documents. See the module docs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct DemandIndex {
     /// Epoch day the index was built for ("today"); history ends the day before.
     pub(crate) today: u64,
@@ -136,6 +141,7 @@ impl DemandIndex {
 
     /// Adds one order: accepted at `created_at_ms` for `site`, with node status `status` (`None` if the site
     /// has not answered yet) and `(sku, qty)` lines. Returns true if it counted as demand.
+    #[cfg(test)]
     pub(crate) fn add_order<'a>(
         &mut self,
         site: &str,
@@ -166,6 +172,7 @@ impl DemandIndex {
 
     /// Adds the units an order shipped from `site` on the day of `shipped_at_ms` (call only for orders that
     /// [`DemandIndex::add_order`] counted). Returns true if the day is inside the history window.
+    #[cfg(test)]
     fn add_shipment<'a>(
         &mut self,
         site: &str,
@@ -192,19 +199,40 @@ impl DemandIndex {
     }
 
     /// Adds an order's shipped units from its progress (see the module docs for the day used).
+    #[cfg(test)]
     fn add_progress(&mut self, site: &str, progress: &schema::Progress) {
-        if !progress.lines.iter().any(|l| l.shipped > 0) {
-            return;
+        match shipment(progress) {
+            Shipment::Nothing => {}
+            Shipment::Undated => self.shipments_undated += 1,
+            Shipment::On(day, lines) => {
+                self.add_shipment(site, day * DAY_MS, lines.iter().map(|(s, q)| (s.as_str(), *q)));
+            }
         }
-        let at = |status: FulfillmentState| progress.timeline.iter().find(|e| e.status == status).map(|e| e.at_ms);
-        let Some(shipped_at_ms) = at(FulfillmentState::Shipped).or_else(|| at(FulfillmentState::Delivered)) else {
-            self.shipments_undated += 1;
-            return;
-        };
-        self.add_shipment(site, shipped_at_ms, progress.lines.iter().map(|l| (l.sku.as_str(), l.shipped)));
     }
 
-    /// Scans the hub's order documents.
+    /// Adds what one order document's entry says.
+    #[cfg(test)]
+    fn add_entry(&mut self, entry: &Entry) {
+        let Entry::Order { site, ordered_day, excluded, lines, shipped, undated } = entry else {
+            self.orders_unreadable += 1;
+            return;
+        };
+        let status = excluded.then_some(FulfillmentState::Cancelled);
+        self.add_order(site, ordered_day * DAY_MS, status, lines.iter().map(|(s, q)| (s.as_str(), *q)));
+        if *excluded {
+            return;
+        }
+        if *undated {
+            self.shipments_undated += 1;
+        }
+        if let Some((day, lines)) = shipped {
+            self.add_shipment(site, day * DAY_MS, lines.iter().map(|(s, q)| (s.as_str(), *q)));
+        }
+    }
+
+    /// Scans the hub's order documents: the full rebuild, which the incremental ledger
+    /// ([`super::ledger::Ledger`]) must equal. Holds the documents' lock for the whole scan: for tests.
+    #[cfg(test)]
     pub(crate) fn build(docs: &HubDocs, today: u64) -> DemandIndex {
         let mut index = DemandIndex::new(today);
         let mut after: Option<String> = None;
@@ -213,23 +241,7 @@ impl DemandIndex {
             let ids = docs.order_ids(None, after.as_deref(), SCAN_PAGE);
             for d in &ids {
                 let Some(doc) = docs.get(d) else { continue };
-                match schema::read_order(&doc, d.as_str()) {
-                    Ok(view) => {
-                        let status = view.progress.as_ref().map(|p| p.status);
-                        let lines = view.draft.lines.iter().map(|l| (l.sku.as_str(), l.qty));
-                        index.add_order(view.site.as_str(), view.created_at_ms, status, lines);
-                        let excluded = matches!(status, Some(FulfillmentState::Cancelled | FulfillmentState::Rejected));
-                        if let Some(progress) = view.progress.as_ref()
-                            && !excluded
-                        {
-                            index.add_progress(view.site.as_str(), progress);
-                        }
-                    }
-                    Err(e) => {
-                        index.orders_unreadable += 1;
-                        tracing::debug!(doc = %d, error = %e, "order document skipped for demand");
-                    }
-                }
+                index.add_entry(&Entry::of(&doc, d));
             }
             seen += ids.len();
             if ids.len() < SCAN_PAGE {
@@ -245,6 +257,48 @@ impl DemandIndex {
             }
         }
         index
+    }
+
+    /// Puts the ordered units of one SKU × site (`key`) per day, as the ledger summed them; days outside the
+    /// window are the caller's to leave out.
+    pub(crate) fn put_ordered(&mut self, key: &(String, String), days: impl Iterator<Item = (u64, u64)>) {
+        self.put(Basis::Ordered, key, days);
+    }
+
+    /// Puts the shipped units of one SKU × site per day, as [`DemandIndex::put_ordered`].
+    pub(crate) fn put_shipped(&mut self, key: &(String, String), days: impl Iterator<Item = (u64, u64)>) {
+        self.put(Basis::Shipped, key, days);
+    }
+
+    fn put(&mut self, basis: Basis, key: &(String, String), days: impl Iterator<Item = (u64, u64)>) {
+        let (by_site, network) = match basis {
+            Basis::Ordered => (&mut self.by_site, &mut self.network),
+            Basis::Shipped => (&mut self.shipped_by_site, &mut self.shipped_network),
+        };
+        let mut days = days.peekable();
+        if days.peek().is_none() {
+            return;
+        }
+        if !by_site.contains_key(key) && by_site.len() >= SERIES_MAX {
+            self.truncated = true;
+            return;
+        }
+        let series = by_site.entry(key.clone()).or_default();
+        let net = network.entry(key.0.clone()).or_default();
+        for (day, units) in days {
+            // cannot lose precision: units per day are far below 2^53.
+            let units = units as f64;
+            series.add(day, units);
+            net.add(day, units);
+        }
+    }
+
+    /// Sets the counts of orders read, excluded and unreadable and of undated shipments.
+    pub(crate) fn set_counts(&mut self, read: u64, excluded: u64, unreadable: u64, undated: u64) {
+        self.orders_scanned = read;
+        self.orders_excluded = excluded;
+        self.orders_unreadable = unreadable;
+        self.shipments_undated = undated;
     }
 
     /// The ordered series of `sku` at `site`, or for the network when `site` is `None`.
@@ -288,6 +342,31 @@ impl DemandIndex {
     /// True if some order was fulfilled by `site`.
     pub(crate) fn has_site(&self, site: &str) -> bool {
         self.by_site.keys().chain(self.shipped_by_site.keys()).any(|(_, s)| s == site)
+    }
+}
+
+/// What an order's progress shipped: nothing, units without a hand-over day, or units on an epoch day.
+pub(crate) enum Shipment {
+    /// No unit shipped.
+    Nothing,
+    /// Units shipped, but the timeline has neither a `shipped` nor a `delivered` entry.
+    Undated,
+    /// (epoch day of the hand-over, (sku, units shipped) of the lines that shipped any).
+    On(u64, Vec<(String, u32)>),
+}
+
+/// What `progress` shipped and on which day (see the module docs for the day used).
+pub(crate) fn shipment(progress: &schema::Progress) -> Shipment {
+    if !progress.lines.iter().any(|l| l.shipped > 0) {
+        return Shipment::Nothing;
+    }
+    let at = |status: FulfillmentState| progress.timeline.iter().find(|e| e.status == status).map(|e| e.at_ms);
+    match at(FulfillmentState::Shipped).or_else(|| at(FulfillmentState::Delivered)) {
+        Some(ms) => Shipment::On(
+            ms / DAY_MS,
+            progress.lines.iter().filter(|l| l.shipped > 0).map(|l| (l.sku.as_str().to_owned(), l.shipped)).collect(),
+        ),
+        None => Shipment::Undated,
     }
 }
 

@@ -10,11 +10,16 @@
 //!   service level and order cycle resolved from the `[forecast]` configuration ([`crate::forecast_config`]).
 //!   The hub knows no purchase orders, so stock on order is zero, and responses say so (`ON_ORDER_SOURCE`).
 //! - `export`: the CSV form of a replenishment run (`to_csv`).
-//! - `cache`: the demand index and the last replenishment run, kept until the documents change
+//! - `ledger`: what each order document adds to the demand and the integer sums per SKU × site and day,
+//!   kept up to date one changed document at a time; a demand index for a day is cut from it.
+//! - `cache`: the ledger and the sites' stock brought up to date from the documents the hub noted as
+//!   changed, a chunk of documents per hold of the documents' lock, and the last replenishment run
 //!   ([`DemandCache`]).
 //!
-//! Within the module the uses point one way: `history` and `stock` use none of the others, `planning` uses
-//! both, `export` uses `planning`, and `cache` uses `history`, `stock` and `planning`. Outside it, `demand`
+//! Within the module the uses point one way: `stock` uses none of the others, `history` and `ledger` use
+//! each other (the ledger cuts an index; the full rebuild of the tests reads entries), `planning` uses
+//! `history` and `stock`, `export` uses `planning`, and `cache` uses `history`, `ledger`, `stock` and
+//! `planning`. Outside it, `demand`
 //! uses only [`crate::docs`] and [`crate::forecast_config`] (and the protocol and forecast crates): the HTTP
 //! side ([`crate::forecast_api`]) uses it, never the reverse. [`Basis`] and [`DemandCache`] are public because
 //! the public signatures of [`crate::forecast_api`] name them; everything else is for the crate only.
@@ -22,12 +27,14 @@
 mod cache;
 mod export;
 mod history;
+mod ledger;
 mod planning;
 mod stock;
 #[cfg(test)]
 pub(crate) mod test_support;
 
 pub use cache::DemandCache;
+pub(crate) use cache::READ_CHUNK;
 // The header is named outside `demand` by the tests of `forecast_api` only.
 #[cfg(test)]
 pub(crate) use export::CSV_HEADER;

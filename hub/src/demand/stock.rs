@@ -3,9 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use oms_protocol::domain::{Balance, Sku};
+use oms_protocol::escrow::Party;
 use oms_protocol::schema;
+use oms_protocol::sync::automerge::AutoCommit;
+use oms_protocol::wire::DocId;
 
-use crate::docs::{HubDocs, STOCK_SITES_MAX, STOCK_SKUS_MAX};
+use crate::docs::STOCK_SKUS_MAX;
+#[cfg(test)]
+use crate::docs::{HubDocs, STOCK_SITES_MAX};
 
 /// Available stock (on hand minus reserved) per (sku, site), from the nodes' stock documents.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -16,18 +22,59 @@ pub(crate) struct StockIndex {
     pub(crate) sites: Vec<String>,
 }
 
-impl StockIndex {
-    /// Reads every stock document (bounded as `GET /v1/stock`).
-    pub(crate) fn build(docs: &HubDocs) -> StockIndex {
-        let mut out = StockIndex::default();
-        for d in docs.stock_ids(STOCK_SITES_MAX) {
-            let Some(doc) = docs.get(&d) else { continue };
-            let Ok(view) = schema::read_stock(&doc, d.as_str(), STOCK_SKUS_MAX) else { continue };
-            let site = view.node.as_str().to_owned();
-            for (sku, b) in view.skus {
-                out.available.insert((sku.as_str().to_owned(), site.clone()), b.available());
+/// One site's stock document as read at one point: every figure of it comes from the same document state
+/// (one read under the documents' lock), so no figure mixes two commits.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SiteStock {
+    /// The site.
+    pub(crate) site: String,
+    /// The site's last write, ms.
+    pub(crate) updated_at_ms: u64,
+    /// Balances by SKU, sorted.
+    pub(crate) skus: Vec<(Sku, Balance)>,
+    /// Rights the site keeps for its own channel, by SKU (its last published escrow view).
+    pub(crate) site_rights: BTreeMap<String, u64>,
+}
+
+impl SiteStock {
+    /// Reads stock document `id` (bounded as `GET /v1/stock`); `None` if it does not read.
+    pub(crate) fn read(doc: &AutoCommit, id: &DocId) -> Option<SiteStock> {
+        let view = match schema::read_stock(doc, id.as_str(), STOCK_SKUS_MAX) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(doc = %id, error = %e, "unreadable stock document");
+                return None;
             }
-            out.sites.push(site);
+        };
+        let site_rights = schema::read_escrow(doc, STOCK_SKUS_MAX)
+            .map(|(c, _)| c.into_iter().map(|c| (c.sku().to_string(), c.local(Party::Site))).collect())
+            .unwrap_or_default();
+        Some(SiteStock {
+            site: view.node.as_str().to_owned(),
+            updated_at_ms: view.updated_at_ms,
+            skus: view.skus,
+            site_rights,
+        })
+    }
+}
+
+impl StockIndex {
+    /// Reads every stock document (bounded as `GET /v1/stock`), holding the documents' lock: for tests.
+    #[cfg(test)]
+    pub(crate) fn build(docs: &HubDocs) -> StockIndex {
+        let sites: Vec<SiteStock> =
+            docs.stock_ids(STOCK_SITES_MAX).iter().filter_map(|d| SiteStock::read(&*docs.get(d)?, d)).collect();
+        StockIndex::of(sites.iter())
+    }
+
+    /// The available stock of `sites`.
+    pub(crate) fn of<'a>(sites: impl Iterator<Item = &'a SiteStock>) -> StockIndex {
+        let mut out = StockIndex::default();
+        for s in sites {
+            for (sku, b) in &s.skus {
+                out.available.insert((sku.as_str().to_owned(), s.site.clone()), b.available());
+            }
+            out.sites.push(s.site.clone());
         }
         out
     }

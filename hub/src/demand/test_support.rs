@@ -4,6 +4,7 @@
 use oms_protocol::domain::{Balance, FulfillmentState, NodeId, OrderDraft, OrderId, Sku};
 use oms_protocol::records::{FulfillmentLine, OrderRecord, TimelineEntry};
 use oms_protocol::schema;
+use oms_protocol::wire::DocId;
 use oms_sync::DocDb;
 
 use super::history::{Basis, DAY_MS, DemandIndex};
@@ -35,45 +36,59 @@ fn draft(lines: &[(&str, u32)]) -> OrderDraft {
 /// Hours from acceptance to carrier hand-over of the shipped and delivered orders of [`hub_docs`].
 pub(crate) const SHIP_AFTER_HOURS: u64 = 30;
 
+/// The document and record of an order of `site` numbered `seq`, accepted at `created_at_ms` with `(sku,
+/// qty)` lines and node status `status`. `shipped` says when every unit was handed over, as which timeline
+/// status (`shipped` or `delivered`); with `Some((None, _))` the units shipped but the timeline has no day.
+pub(crate) fn order_record(
+    site: &str,
+    seq: u64,
+    created_at_ms: u64,
+    status: FulfillmentState,
+    lines: &[(&str, u32)],
+    shipped: Option<(Option<FulfillmentState>, u64)>,
+) -> (DocId, NodeId, OrderRecord) {
+    let node = NodeId::parse(site).unwrap();
+    let id = OrderId::new(&node, seq);
+    let progress_lines = lines
+        .iter()
+        .map(|&(sku, qty)| FulfillmentLine {
+            sku: Sku::parse(sku).unwrap(),
+            qty,
+            picked: shipped.is_some().then_some(qty),
+            shipped: if shipped.is_some() { qty } else { 0 },
+            returned: 0,
+        })
+        .collect();
+    let mut timeline =
+        vec![TimelineEntry { at_ms: created_at_ms, status: FulfillmentState::Accepted, note: String::new() }];
+    if let Some((Some(as_status), at_ms)) = shipped {
+        timeline.push(TimelineEntry { at_ms, status: as_status, note: String::new() });
+    }
+    let rec = OrderRecord {
+        id: id.clone(),
+        site: node.clone(),
+        status,
+        order: draft(lines),
+        lines: progress_lines,
+        wave: None,
+        parcels: None,
+        shipment: None,
+        returns: vec![],
+        timeline,
+        created_at_ms,
+    };
+    (schema::order_doc(&id).unwrap(), node, rec)
+}
+
 /// A hub document set with the given orders `(site, seq, day, hour, status, lines)` and stock. Orders
 /// `shipped` or `delivered` shipped every unit [`SHIP_AFTER_HOURS`] after acceptance.
 pub(crate) fn hub_docs(dir: &std::path::Path, orders: &[TestOrder], stock: &[(&str, &str, u64)]) -> HubDocs {
     let mut db = DocDb::open(&dir.join("hub.redb"), vec![7; 16], 100_000).unwrap();
     for &(site, seq, day, hour, status, lines) in orders {
-        let node = NodeId::parse(site).unwrap();
-        let id = OrderId::new(&node, seq);
         let created_at_ms = day * DAY_MS + hour * 3_600_000;
-        let shipped = matches!(status, FulfillmentState::Shipped | FulfillmentState::Delivered);
-        let progress_lines = lines
-            .iter()
-            .map(|&(sku, qty)| FulfillmentLine {
-                sku: Sku::parse(sku).unwrap(),
-                qty,
-                picked: shipped.then_some(qty),
-                shipped: if shipped { qty } else { 0 },
-                returned: 0,
-            })
-            .collect();
-        let mut timeline =
-            vec![TimelineEntry { at_ms: created_at_ms, status: FulfillmentState::Accepted, note: String::new() }];
-        if shipped {
-            let at_ms = created_at_ms + SHIP_AFTER_HOURS * 3_600_000;
-            timeline.push(TimelineEntry { at_ms, status: FulfillmentState::Shipped, note: String::new() });
-        }
-        let rec = OrderRecord {
-            id: id.clone(),
-            site: node.clone(),
-            status,
-            order: draft(lines),
-            lines: progress_lines,
-            wave: None,
-            parcels: None,
-            shipment: None,
-            returns: vec![],
-            timeline,
-            created_at_ms,
-        };
-        let name = schema::order_doc(&id).unwrap();
+        let shipped = matches!(status, FulfillmentState::Shipped | FulfillmentState::Delivered)
+            .then_some((Some(FulfillmentState::Shipped), created_at_ms + SHIP_AFTER_HOURS * 3_600_000));
+        let (name, node, rec) = order_record(site, seq, created_at_ms, status, lines, shipped);
         schema::write_order(db.get_or_create(&name).unwrap(), &node, &rec, 1).unwrap();
         db.mark_dirty(&name);
     }

@@ -29,6 +29,10 @@ use super::{
 /// Fulfillment id → the events reported for it ([`ACCEPTED`] | [`SHIPPED`] | [`DELIVERED`]). One byte per
 /// fulfillment that got as far as accepted; kept (not pruned) so that no re-read reports again.
 const REPORTED: TableDefinition<&str, u8> = TableDefinition::new("events_reported");
+/// Fulfillment id → (): those reported shipped and not yet delivered, kept with [`REPORTED`] in the same
+/// transactions, so that a start reads these rows and not every fulfillment ever reported
+/// ([`unfinished`]). A file from before it gets it built from [`REPORTED`] once, when [`init`] creates it.
+const IN_TRANSIT: TableDefinition<&str, ()> = TableDefinition::new("events_in_transit");
 /// Node id → 1 if last reported online, 0 if offline.
 const NODES: TableDefinition<&str, u8> = TableDefinition::new("events_nodes");
 const ACCEPTED: u8 = 1;
@@ -40,7 +44,20 @@ pub const UNFINISHED_MAX: usize = 100_000;
 pub const NODES_READ_MAX: usize = 100_000;
 
 pub(super) fn init(w: &redb::WriteTransaction) -> Result<(), StorageError> {
-    w.open_table(REPORTED).map_err(redb::Error::from)?;
+    use redb::TableHandle;
+    let built = w.list_tables().map_err(redb::Error::from)?.any(|t| t.name() == IN_TRANSIT.name());
+    let reported = w.open_table(REPORTED).map_err(redb::Error::from)?;
+    let mut in_transit = w.open_table(IN_TRANSIT).map_err(redb::Error::from)?;
+    if !built {
+        // Once, for a file from before the table: every fulfillment reported shipped and not delivered.
+        for row in reported.range::<&str>(..).map_err(redb::Error::from)? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            if v.value() & (SHIPPED | DELIVERED) == SHIPPED {
+                in_transit.insert(k.value(), ()).map_err(redb::Error::from)?;
+            }
+        }
+    }
+    drop((reported, in_transit));
     w.open_table(NODES).map_err(redb::Error::from)?;
     Ok(())
 }
@@ -127,6 +144,7 @@ pub fn report_fulfillments(db: &redb::Database, seen: &[FulfillmentSeen], now_ms
     let w = db.begin_write().map_err(redb::Error::from)?;
     let mut n = 0;
     let mut t = w.open_table(REPORTED).map_err(redb::Error::from)?;
+    let mut in_transit = w.open_table(IN_TRANSIT).map_err(redb::Error::from)?;
     for f in due {
         let key = f.id.as_str();
         let mask = t.get(key).map_err(redb::Error::from)?.map(|v| v.value()).unwrap_or(0);
@@ -143,25 +161,28 @@ pub fn report_fulfillments(db: &redb::Database, seen: &[FulfillmentSeen], now_ms
         }
         if new_mask != mask {
             t.insert(key, new_mask).map_err(redb::Error::from)?;
+            if new_mask & (SHIPPED | DELIVERED) == SHIPPED {
+                in_transit.insert(key, ()).map_err(redb::Error::from)?;
+            } else if new_mask & DELIVERED != 0 {
+                in_transit.remove(key).map_err(redb::Error::from)?;
+            }
         }
     }
-    drop(t);
+    drop((t, in_transit));
     w.commit().map_err(redb::Error::from)?;
     Ok(n)
 }
 
 /// Fulfillments reported shipped and not delivered (at most [`UNFINISHED_MAX`]): a start reads their
-/// documents again.
+/// documents again. Reads those rows only ([`IN_TRANSIT`]), however many fulfillments were ever reported.
 pub fn unfinished(db: &redb::Database) -> Result<Vec<OrderId>, StorageError> {
     use redb::ReadableDatabase;
     let r = db.begin_read().map_err(redb::Error::from)?;
-    let Some(t) = super::read_table(&r, REPORTED)? else { return Ok(vec![]) };
+    let Some(t) = super::read_table(&r, IN_TRANSIT)? else { return Ok(vec![]) };
     let mut out = Vec::new();
     for row in t.range::<&str>(..).map_err(redb::Error::from)?.take(UNFINISHED_MAX) {
-        let (k, v) = row.map_err(redb::Error::from)?;
-        if v.value() & (SHIPPED | DELIVERED) == SHIPPED
-            && let Ok(id) = OrderId::parse(k.value())
-        {
+        let (k, _) = row.map_err(redb::Error::from)?;
+        if let Ok(id) = OrderId::parse(k.value()) {
             out.push(id);
         }
     }
@@ -279,6 +300,30 @@ mod tests {
 
     fn kinds(db: &redb::Database) -> Vec<String> {
         page(db, 0, 100, &TypeFilter::default(), None, 1000).unwrap().events.into_iter().map(|e| e.kind).collect()
+    }
+
+    #[test]
+    fn a_file_from_before_the_in_transit_table_gets_it_built_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("e.redb")).unwrap();
+        // As an older hub left it: fulfillments reported, no in-transit table.
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(REPORTED).unwrap();
+            t.insert("hub-1.1", ACCEPTED | SHIPPED).unwrap();
+            t.insert("hub-2.1", ACCEPTED | SHIPPED | DELIVERED).unwrap();
+            t.insert("hub-3.1", ACCEPTED).unwrap();
+        }
+        w.commit().unwrap();
+        assert!(unfinished(&db).unwrap().is_empty(), "no table yet");
+        crate::events::init(&db).unwrap();
+        assert_eq!(unfinished(&db).unwrap(), vec![OrderId::parse("hub-1.1").unwrap()]);
+        // Built once: a row the table lost is not brought back by the next start's init.
+        let w = db.begin_write().unwrap();
+        w.open_table(IN_TRANSIT).unwrap().remove("hub-1.1").unwrap();
+        w.commit().unwrap();
+        crate::events::init(&db).unwrap();
+        assert!(unfinished(&db).unwrap().is_empty(), "a start does not walk the reported fulfillments again");
     }
 
     #[test]

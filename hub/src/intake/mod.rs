@@ -328,6 +328,9 @@ struct Core {
     policy: RoutingPolicy,
     rebalance: RebalancePolicy,
     stats: writer::BatchStats,
+    /// Order records read by [`Intake::open`] and [`Intake::live_fulfillments`]: what a start costs, which
+    /// tests hold to the open work ([`Intake::start_reads`]).
+    start_reads: std::sync::atomic::AtomicU64,
 }
 
 /// The intake. See the module docs.
@@ -532,6 +535,7 @@ impl Intake {
         let mut escrow = HashMap::new();
         let mut open = BTreeSet::new();
         let mut unindexed = Vec::new();
+        let mut start_reads = 0u64;
         {
             let r = db.begin_read()?;
             for item in r.open_table(ESCROW)?.range::<&str>(..)?.take(ESCROW_CELLS_MAX) {
@@ -557,6 +561,7 @@ impl Intake {
                 for item in r.open_table(ORDERS)?.range::<&str>(..)? {
                     let (k, v) = item?;
                     let o = decode_order(v.value())?;
+                    start_reads += 1;
                     if o.wants_routing() {
                         open.insert(k.value().to_owned());
                     }
@@ -596,6 +601,7 @@ impl Intake {
             policy,
             rebalance: RebalancePolicy::default(),
             stats: writer::BatchStats::default(),
+            start_reads: start_reads.into(),
         };
         Ok(Intake { core: Arc::new(core), queue: OnceLock::new() })
     }
@@ -743,6 +749,7 @@ impl Intake {
         }
         let mut out = Vec::new();
         for (parent, ids) in wanted {
+            self.core.start_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Some(o) = get_order(&orders, &parent)? else { continue };
             for f in o.fulfillments.iter().filter(|f| ids.contains(f.id.as_str())) {
                 out.push(NewFulfillment {
@@ -771,6 +778,12 @@ impl Intake {
         }
         w.commit()?;
         Ok(())
+    }
+
+    /// Order records a start read so far ([`Intake::open`] and [`Intake::live_fulfillments`]): the open
+    /// work's, not every order's, once the indexes exist.
+    pub fn start_reads(&self) -> u64 {
+        self.core.start_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Customer orders with units waiting to be placed, at most `max`.
@@ -953,7 +966,22 @@ impl Intake {
         Ok(publish)
     }
 
+    /// Per (site, SKU) of `cells`: the hub's rights there now (spendable), the rights it holds, and its
+    /// lease; one short hold of the intake's lock, looking up these cells only (a stock page's).
+    pub fn escrow_cells(&self, cells: &[(NodeId, Sku)], now_ms: u64) -> BTreeMap<(String, String), (u64, u64, u64)> {
+        let st = lock(&self.core.state);
+        cells
+            .iter()
+            .filter_map(|key| {
+                let c = st.escrow.get(key)?;
+                let row = (c.spendable(Party::Hub, now_ms), c.local(Party::Hub), c.lease_until_ms(Party::Hub));
+                Some(((key.0.to_string(), key.1.to_string()), row))
+            })
+            .collect()
+    }
+
     /// Per (site, SKU): the hub's rights there now (spendable) and its consumption so far.
+    #[cfg(test)]
     pub fn escrow_table(&self, now_ms: u64) -> BTreeMap<(String, String), (u64, u64, u64)> {
         lock(&self.core.state)
             .escrow
@@ -1368,25 +1396,30 @@ mod tests {
         assert_eq!(intake.search("ann@example.com", 1).unwrap().len(), 1, "the limit holds");
     }
 
-    #[test]
-    fn a_start_reads_the_open_work_not_every_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(INTAKE_DB_FILE);
-        let site = NodeId::parse("wh-1").unwrap();
-        let facts = vec![SiteFacts {
+    /// One reachable site in Berlin shipping `capacity_per_day`.
+    fn one_site(site: &NodeId, capacity_per_day: u32) -> Vec<SiteFacts> {
+        vec![SiteFacts {
             id: site.clone(),
             info: SiteInfo {
                 name: "s".into(),
                 lat: 52.0,
                 lon: 13.0,
                 priority: 0,
-                capacity_per_day: 1_000,
+                capacity_per_day,
                 region: "de".into(),
             },
             reachable: true,
             last_heard_age_ms: 0,
             schedule: None,
-        }];
+        }]
+    }
+
+    #[test]
+    fn a_start_reads_the_open_work_not_every_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INTAKE_DB_FILE);
+        let site = NodeId::parse("wh-1").unwrap();
+        let facts = one_site(&site, 1_000);
         let (shipped, placed, waiting) = {
             let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
             let mut c = EscrowCounter::new(Sku::parse("A").unwrap());
@@ -1409,5 +1442,34 @@ mod tests {
         let live: Vec<OrderId> = intake.live_fulfillments().unwrap().into_iter().map(|f| f.id).collect();
         assert_eq!(live, vec![placed.fulfillments[0].id.clone()]);
         assert!(intake.order(shipped.id.as_str()).is_err(), "the record was damaged, and never read at start");
+    }
+
+    #[test]
+    fn a_start_with_many_finished_orders_reads_only_the_open_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INTAKE_DB_FILE);
+        let site = NodeId::parse("wh-1").unwrap();
+        let facts = one_site(&site, 100_000);
+        const FINISHED: usize = 500;
+        {
+            let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
+            let mut c = EscrowCounter::new(Sku::parse("A").unwrap());
+            c.add(Party::Site, 10_000).unwrap();
+            c.grant_lease(Party::Site, Party::Hub, u64::MAX / 2, 100_000).unwrap();
+            c.transfer(Party::Site, Party::Hub, 10_000, 0).unwrap();
+            lock(&intake.core.state).escrow.insert((site.clone(), c.sku().clone()), c);
+            let mut done = Vec::new();
+            for n in 0..FINISHED + 3 {
+                let o = intake.place(&format!("k{n}"), draft(&format!("k{n}")), &facts, &actor(), 1).unwrap().order;
+                if n < FINISHED {
+                    done.push(o.fulfillments[0].id.clone());
+                }
+            }
+            intake.finished(&done).unwrap();
+        }
+        let intake = Intake::open(&path, RoutingPolicy::default()).unwrap();
+        assert_eq!(intake.start_reads(), 0, "opening read no order record");
+        assert_eq!(intake.live_fulfillments().unwrap().len(), 3);
+        assert_eq!(intake.start_reads(), 3, "only the three open orders were read, not the {FINISHED} finished ones");
     }
 }

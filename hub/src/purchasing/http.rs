@@ -408,10 +408,7 @@ pub(crate) fn suggested_lines(
     site: &str,
 ) -> Result<Vec<LineInput>, Problem> {
     let today = now_ms() / crate::demand::DAY_MS;
-    let snap = {
-        let docs = oms_service::lock(&hub.docs);
-        hub.demand.snapshot(&docs, today)
-    };
+    let snap = hub.demand.snapshot(&hub.docs, today);
     let supply = hub.purchasing.supply(hub.intake.db())?;
     let run = hub.demand.replenishment(
         &snap,

@@ -1,0 +1,98 @@
+//! The demo's check of the hub's paged network stock and its demand reads (issue 17): the whole of
+//! `GET /v1/stock` walked in pages of [`PAGE`] rows (following `next_after`) must hold exactly the rows of
+//! one unpaged read, in the same order (`stock_page_mismatches`, must be 0, with nothing syncing meanwhile
+//! the figures are equal too), and the hub's `/metrics` says how many documents its demand ledger read
+//! (`demand_documents_read`: each order once after the start and again only when it changed, not every order
+//! per forecast).
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+
+/// Rows per page of the walk.
+const PAGE: usize = 7;
+/// Most pages walked.
+const PAGES_MAX: usize = 10_000;
+
+/// What the check found.
+#[derive(Debug, Default)]
+pub(super) struct StockPages {
+    rows: usize,
+    pages: usize,
+    mismatches: u64,
+    demand_documents_read: u64,
+}
+
+impl StockPages {
+    pub(super) fn json(&self) -> Value {
+        json!({
+            "stock_rows": self.rows,
+            "stock_pages": self.pages,
+            "stock_page_mismatches": self.mismatches,
+            "demand_documents_read": self.demand_documents_read,
+        })
+    }
+
+    /// True when the pages held exactly what one unpaged read held (and there was something to page).
+    pub(super) fn ok(&self) -> bool {
+        self.mismatches == 0 && self.rows > 0
+    }
+
+    pub(super) fn line(&self) -> String {
+        format!(
+            "network stock: {} rows read in {} pages of {PAGE}, page mismatches {} (must be 0); the demand ledger read {} documents",
+            self.rows, self.pages, self.mismatches, self.demand_documents_read
+        )
+    }
+}
+
+/// (sku, site, on_hand, available) of every row of a `GET /v1/stock` answer, in order.
+fn rows(v: &Value) -> Vec<(String, String, u64, u64)> {
+    let mut out = Vec::new();
+    for s in v["skus"].as_array().into_iter().flatten() {
+        for r in s["sites"].as_array().into_iter().flatten() {
+            out.push((
+                r["sku"].as_str().unwrap_or_default().to_owned(),
+                r["site"].as_str().unwrap_or_default().to_owned(),
+                r["on_hand"].as_u64().unwrap_or(0),
+                r["available"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+async fn get(admin: &reqwest::Client, url: String) -> anyhow::Result<Value> {
+    Ok(admin.get(url).send().await?.error_for_status()?.json().await?)
+}
+
+/// Runs the check against the hub at `hub`.
+pub(super) async fn check(admin: &reqwest::Client, hub: SocketAddr) -> anyhow::Result<StockPages> {
+    let mut out = StockPages::default();
+    let whole = rows(&get(admin, format!("https://{hub}/v1/stock")).await?);
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..PAGES_MAX {
+        let mut url = format!("https://{hub}/v1/stock?limit={PAGE}");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={}", a.replace('|', "%7C")));
+        }
+        let page = get(admin, url).await?;
+        out.pages += 1;
+        paged.extend(rows(&page));
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    out.rows = paged.len();
+    out.mismatches = whole.len().abs_diff(paged.len()) as u64
+        + whole.iter().zip(&paged).filter(|(a, b)| (&a.0, &a.1) != (&b.0, &b.1)).count() as u64;
+    let metrics = admin.get(format!("https://{hub}/metrics")).send().await?.text().await?;
+    out.demand_documents_read = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("oms_hub_demand_documents_read_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(out)
+}
