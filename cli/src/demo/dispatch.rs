@@ -73,13 +73,12 @@ pub(super) async fn end_of_day(http: &reqwest::Client, addrs: &[SocketAddr]) -> 
         }
         f.manifests += manifests.len() as u64;
         f.manifested += taken;
-        if let Some(first) = manifests.first().and_then(|m| m["consignments"][0].as_str()) {
-            if let Ok(r) = http.get(format!("http://{addr}/v1/consignments/{first}/slip")).send().await
-                && r.status().is_success()
-                && r.text().await.is_ok_and(|t| t.contains(first))
-            {
-                f.slips += 1;
-            }
+        if let Some(first) = manifests.first().and_then(|m| m["consignments"][0].as_str())
+            && let Ok(r) = http.get(format!("http://{addr}/v1/consignments/{first}/slip")).send().await
+            && r.status().is_success()
+            && r.text().await.is_ok_and(|t| t.contains(first))
+        {
+            f.slips += 1;
         }
         for m in &manifests {
             let Some(id) = m["id"].as_str() else { continue };
