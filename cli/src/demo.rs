@@ -70,6 +70,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
+mod dispatch;
 mod purchasing;
 mod reports;
 mod returns;
@@ -1370,6 +1371,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         ),
         None => println!("online backup of {}: FAILED", sites[0].id),
     }
+    // End of day: close the labelled consignments into manifests, and the carrier collects them.
+    let day = dispatch::end_of_day(&admin, &sites.iter().map(|s| s.addr).collect::<Vec<_>>()).await;
+    println!("{}", day.line());
     // Consignments by state at every site, and the labels each site's test carrier sold (twice: must be 0).
     let mut consignments: BTreeMap<String, u64> = BTreeMap::new();
     let (mut labels_bought, mut labels_bought_twice) = (0u64, 0u64);
@@ -1393,6 +1397,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "consignments": consignments,
         "labels_bought": labels_bought,
         "labels_bought_twice": labels_bought_twice,
+        "dispatch": day.json(),
         "backup_bytes": backup.as_ref().map_or(0, |b| b.bytes),
         "backup_ms": backup.as_ref().map_or(0, |b| b.ms),
         "backup_pause_ms": backup.as_ref().map_or(0.0, |b| b.pause_ms),

@@ -106,7 +106,12 @@ pub(crate) fn policy(method: &Method, route: Option<&str>) -> Access {
         | "/v1/waves/{id}"
         | "/v1/consignments"
         | "/v1/consignments/{id}"
-        | "/v1/consignments/{id}/label" => &[Role::Staff],
+        | "/v1/consignments/{id}/label"
+        | "/v1/consignments/{id}/slip"
+        | "/v1/consignments/{id}/void"
+        | "/v1/manifests"
+        | "/v1/manifests/{id}"
+        | "/v1/manifests/{id}/collected" => &[Role::Staff],
         _ => ANY_ROLE,
     })
 }
@@ -155,6 +160,11 @@ fn api() -> (Router<AppState>, Router<AppState>, OpenApi) {
         .routes(routes!(list_consignments))
         .routes(routes!(get_consignment))
         .routes(routes!(get_label))
+        .routes(routes!(crate::dispatch::slip))
+        .routes(routes!(crate::dispatch::void))
+        .routes(routes!(crate::dispatch::close))
+        .routes(routes!(crate::dispatch::get))
+        .routes(routes!(crate::dispatch::collected))
         .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX))
         .split_for_parts();
     doc.merge(csv_doc);
@@ -826,7 +836,7 @@ struct ConsignmentQuery {
 /// `GET /v1/consignments?state=&after=&limit=`: a page of consignments, and how many await a label and
 /// since when.
 #[utoipa::path(get, path = "/v1/consignments", tag = "consignments",
-    params(("state" = Option<String>, Query, description = "awaiting_label, labelled, manifested, collected or label_failed"),
+    params(("state" = Option<String>, Query, description = "awaiting_label, labelled, manifested, collected, label_failed, void_pending or voided"),
         ("after" = Option<String>, Query, description = "Continue after this consignment id"),
         ("limit" = Option<u32>, Query, description = "Page size")),
     responses((status = 200, description = "`items`, `next`, `awaiting_label {count, oldest_since_ms}`, `counts` by state, `labels_stored`, `labels_found`", body = Object)))]
@@ -839,7 +849,7 @@ async fn list_consignments(State(st): State<AppState>, RawQuery(q): RawQuery) ->
             Problem::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_query",
-                format!("state {s:?} is not one of awaiting_label, labelled, manifested, collected, label_failed"),
+                format!("state {s:?} is not one of awaiting_label, labelled, manifested, collected, label_failed, void_pending, voided"),
             )
         })?),
     };

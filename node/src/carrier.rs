@@ -20,12 +20,21 @@ pub struct CarrierConfig {
     /// The test carrier's directory (`kind = "test"` only; see [`TestCarrier`]).
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// The label API's base URL (`kind = "easypost"` only), e.g. `https://api.easypost.com/v2`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// A file whose first line is the label API's key (`kind = "easypost"`; wins over `api_key_env`).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// The environment variable holding the label API's key (`kind = "easypost"`).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
     /// The service used when staff name none at pack.
     pub default_service: String,
     /// The services staff may choose; empty means only `default_service`.
     #[serde(default)]
     pub services: Vec<String>,
-    /// Time budget of one label call (lookup and purchase), ms.
+    /// Time budget of one label call (lookup and purchase), ms; with `easypost`, also of each HTTP call.
     #[serde(default = "default_label_timeout_ms")]
     pub label_timeout_ms: u64,
     /// How often the label outbox looks for consignments due, ms.
@@ -48,6 +57,8 @@ pub enum CarrierKind {
     Manual,
     /// The fault-injecting test carrier keeping its labels in `dir` (see [`TestCarrier`]).
     Test,
+    /// An EasyPost-style label API over HTTP at `base_url` (see [`crate::easypost`]).
+    Easypost,
 }
 
 impl CarrierConfig {
@@ -56,6 +67,7 @@ impl CarrierConfig {
         match self.kind {
             CarrierKind::Manual => "manual",
             CarrierKind::Test => "test",
+            CarrierKind::Easypost => "easypost",
         }
     }
 
@@ -103,6 +115,8 @@ pub trait Carrier: Send + Sync + 'static {
     fn find_label(&self, reference: &str) -> impl Future<Output = Result<Option<BoughtLabel>, CarrierError>> + Send;
     /// Buys a label.
     fn buy_label(&self, req: &LabelRequest) -> impl Future<Output = Result<BoughtLabel, CarrierError>> + Send;
+    /// Voids (refunds) the label bought under `reference`; voiding one already void, or none, is no error.
+    fn void_label(&self, reference: &str) -> impl Future<Output = Result<(), CarrierError>> + Send;
 }
 
 /// The `manual` carrier: a plain-text label naming the consignment; no call leaves the site.
@@ -121,11 +135,15 @@ impl Carrier for Manual {
             doc: LabelDoc { content_type: "text/plain".into(), body: body.into_bytes() },
         })
     }
+
+    async fn void_label(&self, _: &str) -> Result<(), CarrierError> {
+        Ok(())
+    }
 }
 
 /// The fault-injecting test carrier. Its directory holds `labels/<reference>` (the labels it sold),
 /// `purchases.log` (one line `<reference> <tracking>` per purchase, so a second purchase of one reference is
-/// visible) and optionally `fault`, read at every call:
+/// visible), `voids.log` (one line `<reference>` per void) and optionally `fault`, read at every call:
 /// - `unreachable`: every call fails as if the network were down;
 /// - `timeout_after_buy`: a purchase is made, then the answer is lost (the call fails);
 /// - `hang_after_buy`: a purchase is made, then the call never answers (the node may be killed meanwhile);
@@ -247,6 +265,18 @@ impl Carrier for TestCarrier {
                 doc: LabelDoc { content_type: "application/zpl".into(), body: text.into_bytes() },
             }),
         }
+    }
+
+    async fn void_label(&self, reference: &str) -> Result<(), CarrierError> {
+        self.before_call().await?;
+        self.label_path(reference)?;
+        let mut log = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("voids.log"))
+            .await
+            .map_err(io)?;
+        tokio::io::AsyncWriteExt::write_all(&mut log, format!("{reference}\n").as_bytes()).await.map_err(io)
     }
 }
 

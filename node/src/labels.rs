@@ -7,6 +7,10 @@
 //! the node killed mid-call — is found, not bought again. A carrier that cannot be reached leaves the
 //! consignment waiting (backoff doubling from 250 ms up to 30 s); packing goes on
 //! meanwhile. A refusal marks it `label_failed`.
+//!
+//! Voids go the same way: `POST /v1/consignments/{id}/void` commits `void_pending` (the outbox row), and
+//! each pass voids the due ones at the carrier ([`cmd::VoidDone`], or [`cmd::VoidFailed`] to retry later).
+//! A void is idempotent at every carrier, so a retry after a lost answer is harmless.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +30,9 @@ pub(crate) async fn run<C: Carrier>(store: Store, carrier: C, cfg: CarrierConfig
         if let Err(e) = pass(&store, &carrier, cfg.name(), budget).await {
             tracing::warn!(error = %e, "label outbox pass failed; retrying");
         }
+        if let Err(e) = void_pass(&store, &carrier, cfg.name(), budget).await {
+            tracing::warn!(error = %e, "label void pass failed; retrying");
+        }
         match store.awaiting_label(PASS_MAX) {
             Ok(w) => metrics.set_awaiting_label(w, oms_service::now_ms()),
             Err(e) => tracing::warn!(error = %e, "cannot read the consignments awaiting a label"),
@@ -34,15 +41,20 @@ pub(crate) async fn run<C: Carrier>(store: Store, carrier: C, cfg: CarrierConfig
     }
 }
 
+/// The ids of this carrier's consignments in `state` whose next attempt is due (at most [`PASS_MAX`]).
+fn due(store: &Store, state: ConsignmentState, carrier: &str) -> Result<Vec<String>, StoreError> {
+    let now = oms_service::now_ms();
+    Ok(store
+        .consignments(Some(state), None, PASS_MAX)?
+        .into_iter()
+        .filter(|c| c.next_attempt_ms <= now && c.carrier == carrier)
+        .map(|c| c.id)
+        .collect())
+}
+
 /// One pass over the consignments due; answers how many labels it stored.
 async fn pass<C: Carrier>(store: &Store, carrier: &C, name: &str, budget: Duration) -> Result<usize, StoreError> {
-    let now = oms_service::now_ms();
-    let due: Vec<String> = store
-        .consignments(Some(ConsignmentState::AwaitingLabel), None, PASS_MAX)?
-        .into_iter()
-        .filter(|c| c.next_attempt_ms <= now && c.carrier == name)
-        .map(|c| c.id)
-        .collect();
+    let due = due(store, ConsignmentState::AwaitingLabel, name)?;
     let mut stored = 0;
     for id in due {
         let Some(c) = store.execute(cmd::LabelAttempt { id }).await? else { continue };
@@ -78,4 +90,28 @@ async fn pass<C: Carrier>(store: &Store, carrier: &C, name: &str, budget: Durati
         store.execute(done).await?;
     }
     Ok(stored)
+}
+
+/// One pass over the voids due; answers how many labels it voided.
+async fn void_pass<C: Carrier>(store: &Store, carrier: &C, name: &str, budget: Duration) -> Result<usize, StoreError> {
+    let due = due(store, ConsignmentState::VoidPending, name)?;
+    let mut voided = 0;
+    for id in due {
+        let outcome = match tokio::time::timeout(budget, carrier.void_label(&id)).await {
+            Ok(r) => r,
+            Err(_) => Err(CarrierError::Unreachable(format!("no answer within {} ms", budget.as_millis()))),
+        };
+        match outcome {
+            Ok(()) => {
+                store.execute(cmd::VoidDone { id }).await?;
+                voided += 1;
+            }
+            Err(e) => {
+                tracing::info!(consignment = %id, error = %e, "label not voided yet");
+                let permanent = matches!(e, CarrierError::Rejected(_));
+                store.execute(cmd::VoidFailed { id, error: e.to_string(), permanent }).await?;
+            }
+        }
+    }
+    Ok(voided)
 }

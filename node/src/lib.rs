@@ -8,6 +8,8 @@
 mod api;
 pub mod carrier;
 pub mod config;
+mod dispatch;
+pub mod easypost;
 pub mod escrow;
 mod events;
 mod freeze;
@@ -23,6 +25,7 @@ mod test_support;
 mod ui;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -76,6 +79,12 @@ pub async fn run(
                 let test = carrier::TestCarrier::new(dir.clone())
                     .with_context(|| format!("cannot use the test carrier's directory {}", dir.display()))?;
                 tokio::spawn(labels::run(store.clone(), test, c.clone(), metrics.clone()));
+            }
+            carrier::CarrierKind::Easypost => {
+                let base = c.base_url.as_deref().context("[carrier] kind = \"easypost\" needs base_url")?;
+                let key = easypost::read_api_key(c.api_key_file.as_deref(), c.api_key_env.as_deref())?;
+                let api = easypost::EasyPost::new(base, key, Duration::from_millis(c.label_timeout_ms.max(1)))?;
+                tokio::spawn(labels::run(store.clone(), api, c.clone(), metrics.clone()));
             }
         }
     }

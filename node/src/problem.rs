@@ -25,7 +25,9 @@ impl From<StoreError> for Problem {
             StoreError::OrderFrozen { order, frozen_at_ms } => {
                 Problem::new(S::CONFLICT, code, detail).with("order", order).with("frozen_at_ms", frozen_at_ms)
             }
-            StoreError::WaveNotFound(_) | StoreError::ConsignmentNotFound(_) => {
+            StoreError::ConsignmentState { state, .. } => Problem::new(S::CONFLICT, code, detail).with("state", state),
+            StoreError::NothingToManifest(_) => Problem::new(S::CONFLICT, code, detail),
+            StoreError::WaveNotFound(_) | StoreError::ConsignmentNotFound(_) | StoreError::ManifestNotFound(_) => {
                 Problem::new(S::NOT_FOUND, code, detail)
             }
             StoreError::Transition { source, .. } => {

@@ -4,8 +4,9 @@
 //! that row *is* the outbox row of the label purchase (see [`crate::labels`]), committed before any call
 //! to the carrier. Before each call the outbox commits the attempt ([`LabelAttempt`]), so after a crash a
 //! consignment with attempts > 0 is looked up at the carrier (by its id, the carrier's reference) before a
-//! label is bought again. States: `awaiting_label → labelled → manifested → collected`, and `label_failed`
-//! when the carrier refuses the consignment for good.
+//! label is bought again. States: `awaiting_label → labelled → manifested → collected`, `label_failed`
+//! when the carrier refuses the consignment for good, and `labelled → void_pending → voided` when staff void
+//! the label (the consignment row is the void's outbox row too, see [`crate::labels`]).
 
 use oms_protocol::domain::OrderId;
 use redb::{ReadableDatabase, ReadableTable};
@@ -42,16 +43,22 @@ pub enum ConsignmentState {
     Collected,
     /// The carrier refused it for good; staff repack or switch the service.
     LabelFailed,
+    /// Staff voided the label; the outbox has not told the carrier yet.
+    VoidPending,
+    /// The label is void at the carrier (terminal: the order stays packed; staff ship it by hand or cancel).
+    Voided,
 }
 
 impl ConsignmentState {
     /// Every state, in lifecycle order.
-    pub const ALL: [ConsignmentState; 5] = [
+    pub const ALL: [ConsignmentState; 7] = [
         ConsignmentState::AwaitingLabel,
         ConsignmentState::Labelled,
         ConsignmentState::Manifested,
         ConsignmentState::Collected,
         ConsignmentState::LabelFailed,
+        ConsignmentState::VoidPending,
+        ConsignmentState::Voided,
     ];
 
     /// The name used in the API and the metrics.
@@ -62,6 +69,8 @@ impl ConsignmentState {
             ConsignmentState::Manifested => "manifested",
             ConsignmentState::Collected => "collected",
             ConsignmentState::LabelFailed => "label_failed",
+            ConsignmentState::VoidPending => "void_pending",
+            ConsignmentState::Voided => "voided",
         }
     }
 
@@ -71,13 +80,15 @@ impl ConsignmentState {
     }
 
     /// The key of the state index (part of the file format).
-    fn tag(self) -> u8 {
+    pub(super) fn tag(self) -> u8 {
         match self {
             ConsignmentState::AwaitingLabel => 0,
             ConsignmentState::Labelled => 1,
             ConsignmentState::Manifested => 2,
             ConsignmentState::Collected => 3,
             ConsignmentState::LabelFailed => 4,
+            ConsignmentState::VoidPending => 5,
+            ConsignmentState::Voided => 6,
         }
     }
 }
@@ -182,12 +193,16 @@ const LABELS_STORED: &str = "labels.stored";
 const LABELS_FOUND: &str = "labels.found";
 
 impl Tx<'_> {
-    fn consignment(&self, id: &str) -> Result<Consignment, StoreError> {
+    pub(super) fn consignment(&self, id: &str) -> Result<Consignment, StoreError> {
         let v = self.consignments.get(id)?.ok_or_else(|| StoreError::ConsignmentNotFound(id.to_owned()))?;
         dec("consignments", v.value())
     }
 
-    fn save_consignment(&mut self, c: &Consignment, prev: Option<ConsignmentState>) -> Result<(), StoreError> {
+    pub(super) fn save_consignment(
+        &mut self,
+        c: &Consignment,
+        prev: Option<ConsignmentState>,
+    ) -> Result<(), StoreError> {
         if prev != Some(c.state) {
             if let Some(p) = prev {
                 self.consignments_by_state.remove((p.tag(), c.id.as_str()))?;

@@ -51,6 +51,22 @@ pub enum StoreError {
     /// No such consignment.
     #[error("consignment {0} does not exist at this site")]
     ConsignmentNotFound(String),
+    /// No such manifest.
+    #[error("manifest {0} does not exist at this site")]
+    ManifestNotFound(String),
+    /// The consignment's state does not allow the action.
+    #[error("consignment {id} is {state}: it cannot {action}")]
+    ConsignmentState {
+        /// The consignment.
+        id: String,
+        /// Its state.
+        state: &'static str,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// No labelled consignment (of the carrier asked for) to close into a manifest.
+    #[error("no labelled consignment{} waits for a manifest", .0.as_ref().map(|c| format!(" of {c}")).unwrap_or_default())]
+    NothingToManifest(Option<String>),
     /// No such wave.
     #[error("pick wave {0} does not exist")]
     WaveNotFound(u64),
@@ -187,6 +203,9 @@ impl StoreError {
             StoreError::OrderFrozen { .. } => "order_frozen",
             StoreError::WaveNotFound(_) => "wave_not_found",
             StoreError::ConsignmentNotFound(_) => "consignment_not_found",
+            StoreError::ManifestNotFound(_) => "manifest_not_found",
+            StoreError::ConsignmentState { .. } => "illegal_consignment_state",
+            StoreError::NothingToManifest(_) => "nothing_to_manifest",
             StoreError::Transition { .. } => "illegal_transition",
             StoreError::LineMismatch { .. } => "line_mismatch",
             StoreError::NothingToPick => "nothing_to_pick",

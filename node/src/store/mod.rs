@@ -50,6 +50,7 @@ mod error;
 mod escrow;
 mod freeze;
 mod inbound;
+mod manifests;
 mod orders;
 mod reads;
 mod records;
@@ -72,6 +73,7 @@ pub use inbound::{
     INBOUND_POS_MAX, InboundRecord, PoReceipt, RECEIPT_LINES_MAX, ReceiptLine, ReceiveAgainst, ReceiveLine, Received,
     TOLERANCE_PCT_MAX,
 };
+pub use manifests::{Closed, Collected, MANIFEST_CONSIGNMENTS_MAX, Manifest, VOID_REASON_BYTES_MAX};
 pub use orders::{IDEMPOTENCY_KEY_BYTES_MAX, NewOrder};
 use records::IdempotencyRecord;
 pub use records::{CatalogItem, FeedEntry, LedgerEntry, PickConfirmation, PickLine, Shortfall, Wave};
@@ -163,6 +165,7 @@ pub mod cmd {
     pub use super::escrow::{EscrowSync, EscrowTick};
     pub use super::freeze::Freeze;
     pub use super::inbound::{ReceiveInbound, SetInbound};
+    pub use super::manifests::{CloseManifest, Collect, VoidDone, VoidFailed, VoidLabel};
     pub use super::orders::{AcceptAssignment, Cancel, CreateOrder, Deliver, Pack, Reaccept, RejectAssignment, Ship};
     pub use super::restore::SkipOrderIds;
     pub use super::returns::{ReceiveReturn, Refund, SetRmas};
@@ -227,6 +230,7 @@ impl Store {
                 RMA_RECEIPTS,
                 CONSIGNMENTS,
                 LABELS,
+                MANIFESTS,
             ] {
                 w.open_table(t)?;
             }

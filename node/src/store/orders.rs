@@ -384,7 +384,12 @@ impl Tx<'_> {
         Ok(NewOrder { record: rec, created: true })
     }
 
-    fn ship(&mut self, order: OrderId, carrier: String, tracking: String) -> Result<OrderRecord, StoreError> {
+    pub(super) fn ship(
+        &mut self,
+        order: OrderId,
+        carrier: String,
+        tracking: String,
+    ) -> Result<OrderRecord, StoreError> {
         let mut rec = self.order_to_change(&order)?;
         let to = self.step(&rec, Step::Ship)?;
         let prev = rec.status;

@@ -47,6 +47,8 @@ pub(super) const CONSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::n
 pub(super) const CONSIGNMENTS_BY_STATE: TableDefinition<(u8, &str), ()> = TableDefinition::new("consignments_by_state");
 /// Consignment id → postcard `LabelDoc`: the label documents bought.
 pub(super) const LABELS: TableDefinition<&str, &[u8]> = TableDefinition::new("labels");
+/// Manifest id → postcard `Manifest` (see `manifests`): the closed manifests.
+pub(super) const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
 pub(super) const FREEZE_QUEUE_FILLED: &str = "freeze.queue_filled";
 
 pub(super) const SEQ_LEDGER: &str = "seq.ledger";

@@ -260,6 +260,7 @@ pub struct Tx<'w> {
     pub(super) consignments: redb::Table<'w, &'static str, &'static [u8]>,
     pub(super) consignments_by_state: redb::Table<'w, (u8, &'static str), ()>,
     pub(super) labels: redb::Table<'w, &'static str, &'static [u8]>,
+    pub(super) manifests: redb::Table<'w, &'static str, &'static [u8]>,
     counters: BTreeMap<String, u64>,
 }
 
@@ -290,6 +291,7 @@ impl<'w> Tx<'w> {
             consignments: w.open_table(CONSIGNMENTS)?,
             consignments_by_state: w.open_table(CONSIGNMENTS_BY_STATE)?,
             labels: w.open_table(LABELS)?,
+            manifests: w.open_table(MANIFESTS)?,
             counters: BTreeMap::new(),
         })
     }
