@@ -73,6 +73,7 @@ use serde_json::{Value, json};
 use crate::server::Hub;
 use oms_service::Problem;
 use oms_service::lock;
+use oms_service::problem::QueryParams;
 
 /// Largest page of orders.
 pub const ORDERS_PAGE_MAX: usize = 1_000;
@@ -446,14 +447,10 @@ struct OrdersQuery {
 async fn orders(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
-    q: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
     // A query that does not parse (`limit=-1`) is a problem like every refusal, not axum's plain text (found
     // by schemathesis).
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "invalid_query", format!("bad query string: {e}")),
-    };
+    QueryParams(q): QueryParams<OrdersQuery>,
+) -> Response {
     let limit = q.limit.unwrap_or(ORDERS_PAGE_MAX).min(ORDERS_PAGE_MAX);
     if let Some(channel) = principal.confined_to() {
         if q.site.is_some() {
@@ -729,7 +726,7 @@ fn bad_format() -> Response {
 
 #[utoipa::path(get, path = "/v1/stock", tag = "stock", params(StockQuery),
     responses((status = 200, description = "Stock per SKU and site; the same as csv (`format=csv`)", content((Object = "application/json"), (String = "text/csv")))))]
-async fn stock(State(hub): State<Arc<Hub>>, Query(q): Query<StockQuery>) -> Response {
+async fn stock(State(hub): State<Arc<Hub>>, QueryParams(q): QueryParams<StockQuery>) -> Response {
     let Some(csv) = csv_wanted(q.format.as_deref()) else { return bad_format() };
     let limit = q.limit.unwrap_or(STOCK_PAGE_MAX);
     if !(1..=STOCK_PAGE_MAX).contains(&limit) {
@@ -771,7 +768,11 @@ async fn stock(State(hub): State<Arc<Hub>>, Query(q): Query<StockQuery>) -> Resp
 
 #[utoipa::path(get, path = "/v1/stock/{sku}", tag = "stock", params(("sku" = String, Path, description = "The SKU"), StockQuery),
     responses((status = 200, description = "One SKU's stock per site; the same as csv (`format=csv`)", content((Object = "application/json"), (String = "text/csv")))))]
-async fn stock_one(State(hub): State<Arc<Hub>>, Path(sku): Path<String>, Query(q): Query<StockQuery>) -> Response {
+async fn stock_one(
+    State(hub): State<Arc<Hub>>,
+    Path(sku): Path<String>,
+    QueryParams(q): QueryParams<StockQuery>,
+) -> Response {
     if let Err(e) = oms_protocol::domain::Sku::parse(&sku) {
         return Problem::from(e).into_response();
     }

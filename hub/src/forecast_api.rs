@@ -727,13 +727,15 @@ mod tests {
         let roles = v["paths"]["/v1/orders/{id}/refunds"]["post"]["description"].as_str().unwrap();
         assert!(roles.ends_with("Roles: service, admin."), "{roles}");
         // Found by schemathesis: a listing query that does not parse was refused in plain text.
-        let req = axum::http::Request::get("/v1/orders?limit=-1")
-            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-            .body(axum::body::Body::empty())
-            .unwrap();
-        let resp = app.clone().oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        for uri in ["/v1/orders?limit=-1", "/v1/stock?limit=-1", "/v1/stock/S1?limit=-1"] {
+            let req = axum::http::Request::get(uri)
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(resp.headers()["content-type"], "application/problem+json", "{uri}");
+        }
         let extra = app.route("/v1/secret", axum::routing::get(|| async { "x" }));
         let err = oms_service::openapi::check_complete(&extra, &doc).unwrap_err();
         assert_eq!(err.lines().collect::<Vec<_>>().len(), 1, "{err}");

@@ -96,6 +96,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A request's query string. Unlike `axum::extract::Query` a query that does not parse (`limit=-1`) is a
+/// problem (`400 invalid_query`) like every other refusal, not axum's plain-text answer.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for QueryParams<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Problem> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| QueryParams(q))
+            .map_err(|e| {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("bad query string: {}", e.body_text()))
+            })
+    }
+}
+
 /// The essence of a request's media type (`type/subtype`, lower case, without parameters); empty when the
 /// request names none or its `Content-Type` is not text.
 pub fn media_type(headers: &HeaderMap) -> String {
