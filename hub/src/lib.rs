@@ -88,6 +88,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("cannot set up purchasing: {e}"))?;
     let mut hub = server::Hub::new(docs, intake, money, purchasing, &cfg.tenant, actor.to_vec(), tuning)?;
     hub.returns = returns::Returns::new(cfg.returns.clone());
+    hub.stock_low_at = cfg.events.stock_low_at;
     let hub = Arc::new(hub);
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by

@@ -849,10 +849,25 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     for doc in changed {
         match DocKind::of(&doc) {
             Some(DocKind::Stock(site)) => {
-                let counters = {
+                let (counters, stock) = {
                     let docs = lock(&hub.docs);
-                    docs.get(&doc).and_then(|d| schema::read_escrow(&d, usize::MAX).ok()).map(|(c, _)| c)
+                    let d = docs.get(&doc);
+                    (
+                        d.as_ref().and_then(|d| schema::read_escrow(d, usize::MAX).ok()).map(|(c, _)| c),
+                        d.as_ref().and_then(|d| schema::read_stock(d, doc.as_str(), crate::docs::STOCK_SKUS_MAX).ok()),
+                    )
                 };
+                if let Some(stock) = stock
+                    && let Err(e) = crate::events::watch::report_stock(
+                        hub.intake.db(),
+                        site.as_str(),
+                        &stock.skus,
+                        hub.stock_low_at,
+                        now,
+                    )
+                {
+                    tracing::warn!(%site, error = %e, "cannot record the site's stock.low events");
+                }
                 crate::purchasing::sites::apply_site_receipts(hub, &site, &doc);
                 crate::returns::sites::apply_site_receipts(hub, &site, &doc);
                 let Some(counters) = counters else { continue };

@@ -101,6 +101,8 @@ pub struct Hub {
     /// Return authorizations (RMAs), in the intake's database; the default policy until the caller sets
     /// `[returns]`.
     pub returns: crate::returns::Returns,
+    /// `[events] stock_low_at`: `stock.low` when a SKU's available units at a site fall to this or below.
+    pub stock_low_at: u64,
     /// The demand index and last replenishment run (the forecast routes and purchase orders made from it).
     pub demand: Arc<crate::demand::DemandCache>,
     /// The reloading parts of the QUIC side's TLS, once it listens ([`Hub::set_tls`]).
@@ -146,6 +148,7 @@ impl Hub {
             money,
             purchasing,
             returns: crate::returns::Returns::default(),
+            stock_low_at: crate::events::EventsConfig::default().stock_low_at,
             demand: Arc::default(),
             tls: OnceLock::new(),
         })

@@ -21,6 +21,10 @@ pub(super) struct ReportFigures {
     sites: usize,
     mismatches: u64,
     screen_ok: bool,
+    /// `stock.low` events in the feed, and those whose own figures contradict them (available above the
+    /// threshold they name; must be 0).
+    stock_low: u64,
+    stock_low_mismatches: u64,
 }
 
 impl ReportFigures {
@@ -33,17 +37,19 @@ impl ReportFigures {
                 "cancellations": self.total["cancellations"], "delivered": self.total["delivered"], "sites": self.sites,
             },
             "report_mismatches": self.mismatches,
+            "stock_low_events": self.stock_low,
+            "stock_low_mismatches": self.stock_low_mismatches,
         })
     }
 
     pub(super) fn ok(&self) -> bool {
-        self.mismatches == 0
+        self.mismatches == 0 && self.stock_low_mismatches == 0
     }
 
     pub(super) fn line(&self) -> String {
         let t = &self.total;
         format!(
-            "reports: {} orders, fill rate at intake {}, {} shipped from {} sites, on time {}, order to ship p50 {} s / p90 {} s, {} cancelled, {} delivered; report screen {}; report mismatches {} (must be 0)",
+            "reports: {} orders, fill rate at intake {}, {} shipped from {} sites, on time {}, order to ship p50 {} s / p90 {} s, {} cancelled, {} delivered; report screen {}; report mismatches {} (must be 0); stock.low events {} ({} contradict their figures, must be 0)",
             t["orders"],
             t["fill_rate"],
             t["shipped"],
@@ -54,14 +60,18 @@ impl ReportFigures {
             t["cancellations"],
             t["delivered"],
             if self.screen_ok { "rendered" } else { "FAILED" },
-            self.mismatches
+            self.mismatches,
+            self.stock_low,
+            self.stock_low_mismatches
         )
     }
 }
 
-/// Counts the feed's events by type.
-async fn feed_counts(admin: &reqwest::Client, hub: SocketAddr) -> anyhow::Result<BTreeMap<String, u64>> {
+/// Counts the feed's events by type; also the `stock.low` events whose available units exceed the threshold
+/// they name.
+async fn feed_counts(admin: &reqwest::Client, hub: SocketAddr) -> anyhow::Result<(BTreeMap<String, u64>, u64)> {
     let mut counts = BTreeMap::new();
+    let mut low_contradicted = 0;
     let mut after = 0u64;
     for _ in 0..FEED_PAGES_MAX {
         let url = format!("https://{hub}/v1/events?after={after}&limit=1000");
@@ -69,6 +79,10 @@ async fn feed_counts(admin: &reqwest::Client, hub: SocketAddr) -> anyhow::Result
         let events = v["events"].as_array().cloned().unwrap_or_default();
         for e in &events {
             *counts.entry(e["type"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+            let low = (e["data"]["available"].as_u64(), e["data"]["low_at"].as_u64());
+            if e["type"] == "stock.low" && !matches!(low, (Some(a), Some(at)) if a <= at) {
+                low_contradicted += 1;
+            }
         }
         let next = v["next_after"].as_u64().unwrap_or(after);
         if events.is_empty() || next <= after {
@@ -76,7 +90,7 @@ async fn feed_counts(admin: &reqwest::Client, hub: SocketAddr) -> anyhow::Result
         }
         after = next;
     }
-    Ok(counts)
+    Ok((counts, low_contradicted))
 }
 
 /// The hub's planner, signing in to the screens like a person: an anonymous client that follows no redirect.
@@ -109,9 +123,14 @@ pub(super) async fn pass(
 ) -> anyhow::Result<ReportFigures> {
     let r: Value =
         admin.get(format!("https://{hub}/v1/reports")).send().await.context("hub unreachable")?.json().await?;
-    let counts = feed_counts(admin, hub).await?;
+    let (counts, stock_low_mismatches) = feed_counts(admin, hub).await?;
     let t = r["total"].clone();
-    let mut f = ReportFigures { sites: r["sites"].as_array().map_or(0, Vec::len), ..ReportFigures::default() };
+    let mut f = ReportFigures {
+        sites: r["sites"].as_array().map_or(0, Vec::len),
+        stock_low: counts.get("stock.low").copied().unwrap_or(0),
+        stock_low_mismatches,
+        ..ReportFigures::default()
+    };
     for (field, kind) in [
         ("orders", "order.created"),
         ("shipped", "fulfillment.shipped"),

@@ -67,6 +67,7 @@ pub const TYPES: &[&str] = &[
     PAYMENT_VOIDED,
     PAYMENT_FAILED,
     "invoice.created",
+    STOCK_LOW,
 ];
 /// A card order was authorized for its total (in the order's own transaction).
 pub const PAYMENT_AUTHORIZED: &str = "payment.authorized";
@@ -90,6 +91,8 @@ pub const FULFILLMENT_ACCEPTED: &str = "fulfillment.accepted";
 pub const FULFILLMENT_SHIPPED: &str = "fulfillment.shipped";
 /// The carrier delivered a site's part (one event per fulfillment: a split order has several parcels).
 pub const ORDER_DELIVERED: &str = "order.delivered";
+/// A SKU's available units at a site fell to `[events] stock_low_at` or below (once per fall).
+pub const STOCK_LOW: &str = "stock.low";
 /// A node's connection has been down for the debounce period.
 pub const NODE_OFFLINE: &str = "node.offline";
 /// A node's connection has been up for the debounce period (after being reported offline, or first seen).
@@ -116,11 +119,19 @@ pub struct EventsConfig {
     pub retained_max: u64,
     /// How long a node's connection must stay down (up) before `node.offline` (`node.online`), ms.
     pub node_debounce_ms: u64,
+    /// `stock.low` when a SKU's available units at a site (on hand − reserved) fall to this or below
+    /// (default 0: when it runs out).
+    pub stock_low_at: u64,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig { retention_ms: 7 * 24 * 3_600_000, retained_max: 10_000_000, node_debounce_ms: 10_000 }
+        EventsConfig {
+            retention_ms: 7 * 24 * 3_600_000,
+            retained_max: 10_000_000,
+            node_debounce_ms: 10_000,
+            stock_low_at: 0,
+        }
     }
 }
 

@@ -14,6 +14,12 @@
 //! `node_debounce_ms`, `node.online` once it has been connected that long after being reported offline (or
 //! when first seen). What was last reported per node is kept (`events_nodes`), so a restart reports only
 //! changes; the debounce clock starts again at a restart.
+//!
+//! **Stock** ([`report_stock`], called by the watcher with a site's stock document each time it changes):
+//! `stock.low` once a SKU's available units at a site (on hand − reserved) fall to `[events] stock_low_at`
+//! or below. The table `events_stock_low` keeps the (site, SKU) pairs reported low, in the transaction that
+//! appends their events, and forgets a pair once it is back above the threshold, so each fall reports once
+//! however often the document is read again, and the next fall reports again.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -35,6 +41,9 @@ const REPORTED: TableDefinition<&str, u8> = TableDefinition::new("events_reporte
 const IN_TRANSIT: TableDefinition<&str, ()> = TableDefinition::new("events_in_transit");
 /// Node id → 1 if last reported online, 0 if offline.
 const NODES: TableDefinition<&str, u8> = TableDefinition::new("events_nodes");
+/// (site, SKU) → the available units when reported low: the pairs reported `stock.low` and not back above
+/// the threshold since.
+const STOCK_LOW: TableDefinition<(&str, &str), u64> = TableDefinition::new("events_stock_low");
 const ACCEPTED: u8 = 1;
 const SHIPPED: u8 = 2;
 const DELIVERED: u8 = 4;
@@ -42,6 +51,9 @@ const DELIVERED: u8 = 4;
 pub const UNFINISHED_MAX: usize = 100_000;
 /// Most nodes whose reported state one pass reads.
 pub const NODES_READ_MAX: usize = 100_000;
+/// Most `stock.low` events one stock document's change appends (a site whose every SKU ran out at once
+/// reports the first this many; the rest are reported by the document's next change).
+pub const STOCK_LOW_EVENTS_MAX: usize = 10_000;
 
 pub(super) fn init(w: &redb::WriteTransaction) -> Result<(), StorageError> {
     use redb::TableHandle;
@@ -59,6 +71,7 @@ pub(super) fn init(w: &redb::WriteTransaction) -> Result<(), StorageError> {
     }
     drop((reported, in_transit));
     w.open_table(NODES).map_err(redb::Error::from)?;
+    w.open_table(STOCK_LOW).map_err(redb::Error::from)?;
     Ok(())
 }
 
@@ -171,6 +184,62 @@ pub fn report_fulfillments(db: &redb::Database, seen: &[FulfillmentSeen], now_ms
     drop((t, in_transit));
     w.commit().map_err(redb::Error::from)?;
     Ok(n)
+}
+
+/// Appends `stock.low` for each SKU of `site` whose available units (on hand − reserved, from `skus`, the
+/// site's stock document as just read) are at most `low_at` and were not reported low since they were last
+/// above it; forgets the pairs back above it (or gone from the document). One write transaction, and none
+/// when nothing changed. Returns how many events were appended.
+pub fn report_stock(
+    db: &redb::Database,
+    site: &str,
+    skus: &[(oms_protocol::domain::Sku, oms_protocol::domain::Balance)],
+    low_at: u64,
+    now_ms: u64,
+) -> Result<usize, StorageError> {
+    use std::collections::BTreeSet;
+    let available = |b: &oms_protocol::domain::Balance| b.on_hand.saturating_sub(b.reserved);
+    let low: BTreeMap<&str, u64> =
+        skus.iter().filter(|(_, b)| available(b) <= low_at).map(|(s, b)| (s.as_str(), available(b))).collect();
+    // The pairs reported low before (only this site's rows: few, however many SKUs the site holds).
+    let reported: BTreeSet<String> = {
+        use redb::ReadableDatabase;
+        let r = db.begin_read().map_err(redb::Error::from)?;
+        let Some(t) = super::read_table(&r, STOCK_LOW)? else { return Ok(0) };
+        let mut out = BTreeSet::new();
+        for row in t.range::<(&str, &str)>((site, "")..).map_err(redb::Error::from)? {
+            let (k, _) = row.map_err(redb::Error::from)?;
+            let (s, sku) = k.value();
+            if s != site {
+                break;
+            }
+            out.insert(sku.to_owned());
+        }
+        out
+    };
+    let fell: Vec<(&str, u64)> = low
+        .iter()
+        .filter(|(sku, _)| !reported.contains(**sku))
+        .map(|(s, a)| (*s, *a))
+        .take(STOCK_LOW_EVENTS_MAX)
+        .collect();
+    let recovered: Vec<&String> = reported.iter().filter(|sku| !low.contains_key(sku.as_str())).collect();
+    if fell.is_empty() && recovered.is_empty() {
+        return Ok(0);
+    }
+    let w = db.begin_write().map_err(redb::Error::from)?;
+    let mut t = w.open_table(STOCK_LOW).map_err(redb::Error::from)?;
+    for sku in &recovered {
+        t.remove((site, sku.as_str())).map_err(redb::Error::from)?;
+    }
+    for (sku, units) in &fell {
+        let data = json!({"site": site, "sku": sku, "available": units, "low_at": low_at});
+        append(&w, EventDraft::new(super::STOCK_LOW, now_ms).data(data))?;
+        t.insert((site, *sku), *units).map_err(redb::Error::from)?;
+    }
+    drop(t);
+    w.commit().map_err(redb::Error::from)?;
+    Ok(fell.len())
 }
 
 /// Fulfillments reported shipped and not delivered (at most [`UNFINISHED_MAX`]): a start reads their
@@ -324,6 +393,51 @@ mod tests {
         w.commit().unwrap();
         crate::events::init(&db).unwrap();
         assert!(unfinished(&db).unwrap().is_empty(), "a start does not walk the reported fulfillments again");
+    }
+
+    #[test]
+    fn stock_low_is_reported_once_per_fall_per_site_and_sku() {
+        use oms_protocol::domain::{Balance, Sku};
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("e.redb")).unwrap();
+        crate::events::init(&db).unwrap();
+        let doc = |rows: &[(&str, u64, u64)]| -> Vec<(Sku, Balance)> {
+            rows.iter()
+                .map(|(s, on_hand, reserved)| {
+                    (Sku::parse(s).unwrap(), Balance { on_hand: *on_hand, reserved: *reserved, staged: 0 })
+                })
+                .collect()
+        };
+        // Threshold 2: A has 5 - 4 = 1 available (low), B has 3 (not).
+        assert_eq!(report_stock(&db, "wh-1", &doc(&[("A", 5, 4), ("B", 3, 0)]), 2, 1).unwrap(), 1);
+        assert_eq!(report_stock(&db, "wh-1", &doc(&[("A", 5, 5), ("B", 3, 0)]), 2, 2).unwrap(), 0, "still low");
+        // The same SKU at another site is its own pair.
+        assert_eq!(report_stock(&db, "wh-2", &doc(&[("A", 0, 0)]), 2, 3).unwrap(), 1);
+        // A back above, B down: B reported; A forgotten, so its next fall reports again.
+        assert_eq!(report_stock(&db, "wh-1", &doc(&[("A", 9, 0), ("B", 2, 0)]), 2, 4).unwrap(), 1);
+        assert_eq!(report_stock(&db, "wh-1", &doc(&[("A", 1, 0), ("B", 2, 0)]), 2, 5).unwrap(), 1);
+        // wh-2's row untouched by wh-1's reads; a SKU gone from the document is forgotten.
+        assert_eq!(report_stock(&db, "wh-2", &doc(&[]), 2, 6).unwrap(), 0);
+        assert_eq!(report_stock(&db, "wh-2", &doc(&[("A", 1, 0)]), 2, 7).unwrap(), 1);
+        let events = page(&db, 0, 100, &TypeFilter::default(), None, 1000).unwrap().events;
+        let got: Vec<(String, String, u64)> = events
+            .iter()
+            .map(|e| {
+                assert_eq!(e.kind, crate::events::STOCK_LOW);
+                assert!(e.order_id.is_none() && e.channel.is_none(), "no channel sees stock events");
+                (
+                    e.data["site"].as_str().unwrap().into(),
+                    e.data["sku"].as_str().unwrap().into(),
+                    e.data["available"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String, u64)> =
+            [("wh-1", "A", 1), ("wh-2", "A", 0), ("wh-1", "B", 2), ("wh-1", "A", 1), ("wh-2", "A", 1)]
+                .iter()
+                .map(|(a, b, c)| ((*a).into(), (*b).into(), *c))
+                .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
