@@ -15,7 +15,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(frame_decoder decode_body sync_session)
+    targets=(frame_decoder decode_body sync_session order_draft check_writer)
 fi
 sanitizer="${FUZZ_SANITIZER:-none}"
 target_dir="${FUZZ_TARGET_DIR:-target}"
@@ -37,9 +37,10 @@ fi
 
 status=0
 for t in "${targets[@]}"; do
-    mkdir -p "corpus/$t"
+    # New inputs go to corpus/<target> (not committed); seeds/<target> (committed, minimized) is read too.
+    mkdir -p "corpus/$t" "seeds/$t"
     echo "== $t: ${secs}s, sanitizer $sanitizer"
-    if ! env "${env[@]}" cargo fuzz run --sanitizer "$sanitizer" --target-dir "$target_dir" "$t" "corpus/$t" -- \
+    if ! env "${env[@]}" cargo fuzz run --sanitizer "$sanitizer" --target-dir "$target_dir" "$t" "corpus/$t" "seeds/$t" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 \
         "${parallel[@]}"; then
         echo "== $t FAILED: the crashing input is in fuzz/artifacts/$t/"
