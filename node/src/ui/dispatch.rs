@@ -61,7 +61,7 @@ pub(super) async fn screen_get(
 
 fn consignment_rows(list: &[Consignment], now: u64) -> Markup {
     html! {
-        div.table-wrap { table {
+        div.table-wrap tabindex="0" role="region" aria-label="Consignments" { table {
             thead { tr { th { "Consignment" } th { "Order" } th { "Carrier" } th.num { "Parcels" } th { "Since" } th { "Papers" } } }
             tbody { @for c in list { tr {
                 td { (c.id) }
