@@ -74,6 +74,7 @@ mod dispatch;
 mod purchasing;
 mod reports;
 mod returns;
+mod screens;
 mod stock_pages;
 mod webhooks;
 
@@ -304,38 +305,18 @@ async fn auth_probes(staff: &reqwest::Client, addr: SocketAddr) -> u64 {
 /// a stranger, sign-in with the PIN, today's work and a SKU's stock, a form without its CSRF token refused, a
 /// wrong PIN refused. Returns (pages rendered, failures).
 async fn screen_probes(addr: SocketAddr, site: &str, pin: &str) -> (u64, u64) {
-    let Ok(browser) =
-        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(15)).build()
-    else {
-        return (0, 1);
-    };
+    let Ok(browser) = screens::browser() else { return (0, 1) };
     let base = format!("http://{addr}");
     let (mut rendered, mut failures) = (0u64, 0u64);
-    let located = |r: &reqwest::Response, to: &str| {
-        r.status() == 303
-            && r.headers().get("location").and_then(|v| v.to_str().ok()).is_some_and(|l| l.starts_with(to))
-    };
     match browser.get(format!("{base}/ui")).send().await {
-        Ok(r) if located(&r, "/ui/sign-in") => {}
+        Ok(r) if screens::located(&r, "/ui/sign-in") => {}
         _ => failures += 1,
     }
     let wrong = browser.post(format!("{base}/ui/sign-in")).form(&[("name", "picker"), ("password", "x")]).send().await;
     failures += u64::from(!wrong.is_ok_and(|r| r.status() == 401));
-    let signed = browser
-        .post(format!("{base}/ui/sign-in"))
-        .form(&[("name", "picker"), ("password", pin), ("next", "/ui")])
-        .send()
-        .await;
-    let cookie = match signed {
-        Ok(r) if located(&r, "/ui") => r
-            .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|c| c.split(';').next())
-            .map(str::to_owned),
-        _ => None,
+    let Some(cookie) = screens::sign_in(&browser, addr, "picker", pin, "/ui").await else {
+        return (rendered, failures + 1);
     };
-    let Some(cookie) = cookie else { return (rendered, failures + 1) };
     for (path, expect) in
         [("/ui", format!("Today at {site}")), (&format!("/ui/stock?sku={}", sku(0)), "On hand".to_owned())]
     {
@@ -1323,6 +1304,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         sites: sites.iter().map(|s| (s.id, s.addr)).collect(),
         cut_site: CUT_SITE,
         relay: &relay,
+        picker_pin: &keys.picker_pin,
     };
     let buying =
         purchasing::pass(&admin, hub_http, &site_ids, &skus, &a.data.join("hub").join("purchase-orders"), &docks)
