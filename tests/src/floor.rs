@@ -29,6 +29,11 @@ pub struct Floor {
 impl Floor {
     /// Starts both processes and makes the day's traffic (a few seconds).
     pub async fn start() -> Floor {
+        Floor::start_with("").await
+    }
+
+    /// [`Floor::start`] with `auth` added to the node's `[auth]` table (e.g. `open_rate_per_s = 1000000`).
+    pub async fn start_with(auth: &str) -> Floor {
         let c = crate::http();
         let tmp = tempfile::tempdir().expect("temp dir");
         let root = tmp.path();
@@ -43,8 +48,10 @@ impl Floor {
             state.display().to_string()
         );
         let hub_proc = cluster::spawn_hub_with(root, &certs, quic, hub, "info", &hub_toml);
-        let site = "\n[site]\nname = \"Berlin\"\nlat = 52.52\nlon = 13.40\n[auth]\nkeys_check_interval_ms = 100\n";
-        let (config, node_http, dir) = cluster::node_config_with(root, &certs, "wh-berlin", quic, site);
+        let site = format!(
+            "\n[site]\nname = \"Berlin\"\nlat = 52.52\nlon = 13.40\n[auth]\nkeys_check_interval_ms = 100\n{auth}\n"
+        );
+        let (config, node_http, dir) = cluster::node_config_with(root, &certs, "wh-berlin", quic, &site);
         let berlin = cluster::spawn_node_with("wh-berlin", &config, node_http, &dir, "info");
         cluster::wait_healthy(&c, berlin.http, std::time::Duration::from_secs(30)).await;
         cluster::wait_healthy(&c, hub, std::time::Duration::from_secs(30)).await;
