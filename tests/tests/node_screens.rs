@@ -321,6 +321,10 @@ async fn receiving_and_returns_screens_book_what_the_hub_published() {
     let again = b.get(p.location.as_deref().unwrap()).await;
     assert!(again.html.contains("already booked"), "{}", again.html);
     assert_eq!(on_hand_at(berlin.http, "SKU-A").await, before + 6);
+    // The same form sent back with other units (the back button): refused, nothing booked.
+    let p = post_form(&mut b, form(&receipt, "SKU-A", "5"), action.clone()).await;
+    assert!(p.status >= 400 && p.html.contains("already booked a different receipt"), "{}", p.html);
+    assert_eq!(on_hand_at(berlin.http, "SKU-A").await, before + 6);
     let (_, ledger) = get(&c, format!("{base}/stock/SKU-A/ledger?limit=500")).await;
     let booked = ledger.to_string().matches(&format!("receipt {receipt}")).count();
     assert_eq!(booked, 1, "{ledger}");

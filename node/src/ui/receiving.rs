@@ -286,10 +286,12 @@ pub(super) async fn receive(
         }
         Err(p) => {
             let over = p.code == "over_receipt";
-            let detail = if over {
-                format!("{} Count again, or receive anyway with a reason.", p.detail)
-            } else {
-                p.detail.clone()
+            let detail = match p.code {
+                "over_receipt" => format!("{} Count again, or receive anyway with a reason.", p.detail),
+                "idempotency_key_reused" => {
+                    "This form already booked a different receipt; here is the page again for the next one.".into()
+                }
+                _ => p.detail.clone(),
             };
             again(status_of(&p), &detail, over)
         }
@@ -320,5 +322,6 @@ mod tests {
         assert_eq!(super::day(0), "1970-01-01");
         assert_eq!(super::day(20_000), "2024-10-04");
         assert_eq!(super::day(19_782), "2024-02-29");
+        assert_eq!(super::day(u64::MAX), format!("day {}", u64::MAX), "out of the calendar: said, not a panic");
     }
 }
