@@ -1044,7 +1044,13 @@ async fn receive_return(
     {
         return Err(ValidationError::new("invalid_rma", "rma", "an RMA id: 1 to 64 bytes, no spaces").into());
     }
-    let record = exec(&st, &actor, Some(order.to_string()), cmd::ReceiveReturn { order, lines, rma: b.rma }).await?;
+    let record = exec(
+        &st,
+        &actor,
+        Some(order.to_string()),
+        cmd::ReceiveReturn { order, lines, rma: b.rma, expect_received: None },
+    )
+    .await?;
     // A return receipt takes no idempotency key, so it is never a replay (before the store's typed replies it
     // was answered with `idempotent-replayed: true` by mistake).
     order_response(record, StatusCode::CREATED, false)

@@ -5,8 +5,8 @@
 //! an RMA no longer open or a SKU it does not list is refused as a sentence and changes nothing.
 //!
 //! A return receipt has no idempotency key in the store; the form carries the units the RMA had received when
-//! the page was drawn, and a post that finds another number (a second press, another device) is refused
-//! instead of booked again.
+//! the page was drawn, and the store command (`expect_received`) refuses, in its transaction, a receipt that
+//! finds another number (a second press, another device) instead of booking it again.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -171,11 +171,9 @@ pub(super) async fn receive(
         let posted = (sku_text, qty_text, disposition_text);
         Ok(refused(status, rma_page(&st, &f.session, &r, None, Some(e), posted)?))
     };
-    if f.get("seen").and_then(|v| v.parse::<u64>().ok()) != Some(received_total(&r)) {
-        let e = "This return changed since the page was drawn (a receipt was booked, here or on another device): \
-                 check the lines and receive again.";
-        return again(StatusCode::CONFLICT, e);
-    }
+    let Some(seen) = f.get("seen").and_then(|v| v.parse::<u64>().ok()) else {
+        return again(StatusCode::BAD_REQUEST, "This form has no count of the units received; open the page again.");
+    };
     let disposition = match disposition_text {
         "restock" => Disposition::Restock,
         "scrap" => Disposition::Scrap,
@@ -194,12 +192,18 @@ pub(super) async fn receive(
         order: order.clone(),
         lines: vec![(ReturnLine { sku: sku.clone(), qty }, disposition)],
         rma: Some(r.hub.rma.clone()),
+        expect_received: Some(seen),
     };
     match exec(&st, &actor, Some(order.to_string()), c).await {
         Ok(_) => {
             let what = if disposition == Disposition::Restock { "restocked" } else { "scrapped" };
             let done = format!("Received {qty} × {sku} against return {rma}, {what}.");
             Ok(see_other(&format!("/ui/returns/{}?done={}", query_escape(&rma), query_escape(&done))))
+        }
+        Err(p) if p.code == "rma_changed" => {
+            let e = "This return changed since the page was drawn (a receipt was booked, here or on another \
+                     device, or this form was sent twice): check the lines and receive again.";
+            again(status_of(&p), e)
         }
         Err(p) => again(status_of(&p), &p.detail),
     }
