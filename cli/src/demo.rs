@@ -302,8 +302,8 @@ async fn auth_probes(staff: &reqwest::Client, addr: SocketAddr) -> u64 {
 }
 
 /// Screens served and refusals that did not happen as they should, from a person's side: the sign-in page for
-/// a stranger, sign-in with the PIN, today's work and a SKU's stock, a form without its CSRF token refused, a
-/// wrong PIN refused. Returns (pages rendered, failures).
+/// a stranger, sign-in with the PIN, today's work, a SKU's stock, receiving, returns and dispatch, a form
+/// without its CSRF token refused, a wrong PIN refused. Returns (pages rendered, failures).
 async fn screen_probes(addr: SocketAddr, site: &str, pin: &str) -> (u64, u64) {
     let Ok(browser) = screens::browser() else { return (0, 1) };
     let base = format!("http://{addr}");
@@ -317,9 +317,14 @@ async fn screen_probes(addr: SocketAddr, site: &str, pin: &str) -> (u64, u64) {
     let Some(cookie) = screens::sign_in(&browser, addr, "picker", pin, "/ui").await else {
         return (rendered, failures + 1);
     };
-    for (path, expect) in
-        [("/ui", format!("Today at {site}")), (&format!("/ui/stock?sku={}", sku(0)), "On hand".to_owned())]
-    {
+    let stock = format!("/ui/stock?sku={}", sku(0));
+    for (path, expect) in [
+        ("/ui", format!("Today at {site}")),
+        (stock.as_str(), "On hand".to_owned()),
+        ("/ui/inbound", "<h1>Receiving</h1>".to_owned()),
+        ("/ui/returns", "<h1>Returns</h1>".to_owned()),
+        ("/ui/dispatch", "<h1>Dispatch</h1>".to_owned()),
+    ] {
         match browser.get(format!("{base}{path}")).header("cookie", &cookie).send().await {
             Ok(r) if r.status() == 200 => {
                 let body = r.text().await.unwrap_or_default();

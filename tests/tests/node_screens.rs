@@ -1,7 +1,9 @@
 //! The warehouse screens of a real node over HTTP on loopback, as a browser would use them (form posts,
 //! redirects, a session cookie): sign-in and its refusals, a wave picked by scanning bins and items, a wrong
 //! scan and a forged form that change nothing, a short pick with its reason, pack and ship, the audit trail's
-//! `user:<name>` rows, roles, and a disabled user's session ending without a restart. The same flows in a
+//! `user:<name>` rows, roles, and a disabled user's session ending without a restart; receiving an ASN line,
+//! an over-receipt forced with a reason and a return against its RMA through the screens, against what a real
+//! hub published; the dispatch screen while the carrier is away and a manifest closed from it. The same flows in a
 //! real Chromium are `tests/ui/` (run by `ui_browser.rs`).
 
 use std::time::{Duration, Instant};

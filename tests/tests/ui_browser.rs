@@ -1,7 +1,9 @@
 //! The warehouse screens in a real browser: Debian's Chromium, driven by Playwright (`tests/ui/pick.mjs`,
 //! by label and role as a person would), against a real node on loopback. A picker on a phone viewport signs
 //! in, picks a wave by typing bins and SKUs into the focused field, packs and ships; axe-core finds no
-//! serious or critical violation on any screen. Screenshots land in `target/tmp/ui-screenshots/`.
+//! serious or critical violation on any screen. Staff on a phone at a site a real hub sent a purchase order
+//! and a return receive an ASN line and a return unit by scanning (`tests/ui/floor.mjs`) and open dispatch.
+//! Screenshots land in `target/tmp/ui-screenshots/`.
 //!
 //! `.ci/run` installs Chromium and the npm packages and sets `OMS_REQUIRE_BROWSER=1`, so in CI a missing
 //! browser fails this test; elsewhere it says what is missing and passes without running.
