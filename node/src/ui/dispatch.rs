@@ -59,9 +59,9 @@ pub(super) async fn screen_get(
     Ok(dispatch_page(&st, &s, q.done.as_deref(), None)?.into_response())
 }
 
-fn consignment_rows(list: &[Consignment], now: u64) -> Markup {
+fn consignment_rows(list: &[Consignment], now: u64, label: &str) -> Markup {
     html! {
-        div.table-wrap tabindex="0" role="region" aria-label="Consignments" { table {
+        div.table-wrap tabindex="0" role="region" aria-label=(label) { table {
             thead { tr { th { "Consignment" } th { "Order" } th { "Carrier" } th.num { "Parcels" } th { "Since" } th { "Papers" } } }
             tbody { @for c in list { tr {
                 td { (c.id) }
@@ -141,7 +141,7 @@ fn dispatch_page(st: &AppState, s: &UiSession, done: Option<&str>, error: Option
             }
             @for (_, words, list) in &lists {
                 h2 { (words) }
-                @if list.is_empty() { p.hint { "None." } } @else { (consignment_rows(list, now)) }
+                @if list.is_empty() { p.hint { "None." } } @else { (consignment_rows(list, now, words)) }
             }
         },
     ))

@@ -101,7 +101,7 @@ fn lines_table(r: &InboundRecord, asn: Option<&str>) -> Markup {
         Some(a.lines.iter().filter(|(l, _)| *l == line).map(|(_, q)| *q).sum())
     };
     html! {
-        div.table-wrap tabindex="0" role="region" aria-label="Lines expected and received" { table {
+        div.table-wrap tabindex="0" role="region" aria-label={ "Lines of purchase order " (r.hub.po) } { table {
             thead { tr {
                 th.num { "Line" } th { "SKU" }
                 @if asn.is_some() { th.num { "On the ASN" } }

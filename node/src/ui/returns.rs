@@ -45,7 +45,7 @@ fn received_total(r: &RmaRecord) -> u64 {
 
 fn lines_table(r: &RmaRecord) -> Markup {
     html! {
-        div.table-wrap tabindex="0" role="region" aria-label="Lines approved and received" { table {
+        div.table-wrap tabindex="0" role="region" aria-label={ "Lines of return " (r.hub.rma) } { table {
             thead { tr { th { "SKU" } th.num { "Approved" } th.num { "Received here" } th.num { "Still to come" } } }
             tbody { @for l in &r.hub.lines {
                 @let here = r.received_here(&l.sku);
