@@ -74,6 +74,7 @@ mod dispatch;
 mod purchasing;
 mod reports;
 mod returns;
+mod screens;
 mod stock_pages;
 mod webhooks;
 
@@ -301,44 +302,29 @@ async fn auth_probes(staff: &reqwest::Client, addr: SocketAddr) -> u64 {
 }
 
 /// Screens served and refusals that did not happen as they should, from a person's side: the sign-in page for
-/// a stranger, sign-in with the PIN, today's work and a SKU's stock, a form without its CSRF token refused, a
-/// wrong PIN refused. Returns (pages rendered, failures).
+/// a stranger, sign-in with the PIN, today's work, a SKU's stock, receiving, returns and dispatch, a form
+/// without its CSRF token refused, a wrong PIN refused. Returns (pages rendered, failures).
 async fn screen_probes(addr: SocketAddr, site: &str, pin: &str) -> (u64, u64) {
-    let Ok(browser) =
-        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(15)).build()
-    else {
-        return (0, 1);
-    };
+    let Ok(browser) = screens::browser() else { return (0, 1) };
     let base = format!("http://{addr}");
     let (mut rendered, mut failures) = (0u64, 0u64);
-    let located = |r: &reqwest::Response, to: &str| {
-        r.status() == 303
-            && r.headers().get("location").and_then(|v| v.to_str().ok()).is_some_and(|l| l.starts_with(to))
-    };
     match browser.get(format!("{base}/ui")).send().await {
-        Ok(r) if located(&r, "/ui/sign-in") => {}
+        Ok(r) if screens::located(&r, "/ui/sign-in") => {}
         _ => failures += 1,
     }
     let wrong = browser.post(format!("{base}/ui/sign-in")).form(&[("name", "picker"), ("password", "x")]).send().await;
     failures += u64::from(!wrong.is_ok_and(|r| r.status() == 401));
-    let signed = browser
-        .post(format!("{base}/ui/sign-in"))
-        .form(&[("name", "picker"), ("password", pin), ("next", "/ui")])
-        .send()
-        .await;
-    let cookie = match signed {
-        Ok(r) if located(&r, "/ui") => r
-            .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|c| c.split(';').next())
-            .map(str::to_owned),
-        _ => None,
+    let Some(cookie) = screens::sign_in(&browser, addr, "picker", pin, "/ui").await else {
+        return (rendered, failures + 1);
     };
-    let Some(cookie) = cookie else { return (rendered, failures + 1) };
-    for (path, expect) in
-        [("/ui", format!("Today at {site}")), (&format!("/ui/stock?sku={}", sku(0)), "On hand".to_owned())]
-    {
+    let stock = format!("/ui/stock?sku={}", sku(0));
+    for (path, expect) in [
+        ("/ui", format!("Today at {site}")),
+        (stock.as_str(), "On hand".to_owned()),
+        ("/ui/inbound", "<h1>Receiving</h1>".to_owned()),
+        ("/ui/returns", "<h1>Returns</h1>".to_owned()),
+        ("/ui/dispatch", "<h1>Dispatch</h1>".to_owned()),
+    ] {
         match browser.get(format!("{base}{path}")).header("cookie", &cookie).send().await {
             Ok(r) if r.status() == 200 => {
                 let body = r.text().await.unwrap_or_default();
@@ -1325,6 +1311,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         sites: sites.iter().map(|s| (s.id, s.addr)).collect(),
         cut_site: CUT_SITE,
         relay: &relay,
+        picker_pin: &keys.picker_pin,
     };
     let buying =
         purchasing::pass(&admin, hub_http, &site_ids, &skus, &a.data.join("hub").join("purchase-orders"), &docks)

@@ -75,12 +75,17 @@ pub(crate) fn policy(method: &Method, route: Option<&str>) -> Access {
         "/healthz" | "/openapi.json" | "/" | "/ui/sign-in" | "/ui/assets/{file}" => return Access::Open,
         "/ui/sign-out" => ANY_ROLE,
         "/ui" | "/ui/waves/{id}" | "/ui/orders/{id}" => &[Role::Staff],
+        "/ui/inbound" | "/ui/inbound/{po}" | "/ui/returns" | "/ui/returns/{rma}" | "/ui/dispatch" => &[Role::Staff],
+        "/ui/dispatch/{id}/slip" | "/ui/dispatch/{id}/label" => &[Role::Staff],
         "/ui/stock" => STOCK_READERS,
         "/ui/waves"
         | "/ui/waves/{id}/scan"
         | "/ui/waves/{id}/short"
         | "/ui/orders/{id}/{action}"
-        | "/ui/stock/{action}" => &[Role::Staff],
+        | "/ui/stock/{action}"
+        | "/ui/inbound/{po}/receive"
+        | "/ui/returns/{rma}/receive"
+        | "/ui/dispatch/manifests" => &[Role::Staff],
         "/metrics" => &[Role::Monitor],
         "/v1/catalog" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/stock/{sku}/ledger" | "/v1/audit/ledger" => {
             STOCK_READERS
@@ -883,7 +888,7 @@ async fn get_consignment(State(st): State<AppState>, Path(id): Path<String>) -> 
 /// `GET /v1/consignments/{id}/label`: the label document as the carrier returned it.
 #[utoipa::path(get, path = "/v1/consignments/{id}/label", tag = "consignments", params(("id" = String, Path, description = "The consignment id")),
     responses((status = 200, description = "The label (PDF, ZPL or text, as the carrier returned it)", content_type = "application/octet-stream", body = String)))]
-async fn get_label(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+pub(crate) async fn get_label(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
     let c = st.store.consignment(&id)?.ok_or_else(|| StoreError::ConsignmentNotFound(id.clone()))?;
     let Some(doc) = st.store.label(&id)? else {
         return Err(Problem::new(
@@ -1039,7 +1044,13 @@ async fn receive_return(
     {
         return Err(ValidationError::new("invalid_rma", "rma", "an RMA id: 1 to 64 bytes, no spaces").into());
     }
-    let record = exec(&st, &actor, Some(order.to_string()), cmd::ReceiveReturn { order, lines, rma: b.rma }).await?;
+    let record = exec(
+        &st,
+        &actor,
+        Some(order.to_string()),
+        cmd::ReceiveReturn { order, lines, rma: b.rma, expect_received: None },
+    )
+    .await?;
     // A return receipt takes no idempotency key, so it is never a replay (before the store's typed replies it
     // was answered with `idempotent-replayed: true` by mistake).
     order_response(record, StatusCode::CREATED, false)

@@ -60,6 +60,10 @@ impl From<StoreError> for Problem {
                     .with("received", received)
                     .with("requested", requested)
             }
+            StoreError::RmaChanged { rma, expected, received } => Problem::new(S::CONFLICT, code, detail)
+                .with("rma", rma)
+                .with("expected_received", expected)
+                .with("received", received),
             StoreError::Overloaded => Problem::new(S::SERVICE_UNAVAILABLE, code, detail),
             StoreError::ShuttingDown => Problem::new(S::SERVICE_UNAVAILABLE, code, detail),
             StoreError::InsufficientStorage { free_bytes, reserve_bytes } => {

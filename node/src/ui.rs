@@ -1,7 +1,8 @@
 //! The warehouse screens, served by the node on the site's LAN at `/ui` and working whether or not the hub is
 //! reachable: today's work, building a pick wave, picking it line by line by scanning the bin and the item,
 //! packing and shipping an order, accepting or declining the hub's assignments, looking up a SKU's stock and
-//! ledger, receiving stock and counting a bin.
+//! ledger, receiving stock and counting a bin; receiving what the hub said to expect ([`receiving`]),
+//! customer returns against their RMAs ([`returns`]) and dispatch: labels, slips and manifests ([`dispatch`]).
 //!
 //! Every action is one form post that runs the same store command as the API, with the same checks, in the
 //! same transaction as its audit row (the actor is `user:<name>`), and answers with a redirect to the next
@@ -29,6 +30,10 @@ use oms_service::web::{Chrome, Form, error_box, page, query_escape, see_other};
 use crate::api::{AppState, exec, order_path, qty_u32, text};
 use crate::store::{OrderRecord, PickConfirmation, PickLine, StoreError, Wave, cmd};
 
+mod dispatch;
+mod receiving;
+mod returns;
+
 /// Orders listed per state on the today screen.
 const LIST_MAX: usize = 20;
 /// Ledger entries on the stock screen.
@@ -54,11 +59,31 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/ui/orders/{id}/{action}", post(order_action))
         .route("/ui/stock", get(stock_screen))
         .route("/ui/stock/{action}", post(stock_action))
+        .route("/ui/inbound", get(receiving::list))
+        .route("/ui/inbound/{po}", get(receiving::po_screen))
+        .route("/ui/inbound/{po}/receive", post(receiving::receive))
+        .route("/ui/returns", get(returns::list))
+        .route("/ui/returns/{rma}", get(returns::rma_screen))
+        .route("/ui/returns/{rma}/receive", post(returns::receive))
+        .route("/ui/dispatch", get(dispatch::screen_get))
+        .route("/ui/dispatch/manifests", post(dispatch::close))
+        .route("/ui/dispatch/{id}/slip", get(dispatch::slip))
+        .route("/ui/dispatch/{id}/label", get(dispatch::label))
 }
 
 /// The chrome of the node's screens.
 pub(crate) fn chrome(site: &str, secure_cookie: bool) -> Chrome {
-    Chrome { product: format!("oms · {site}"), nav: vec![("Today", "/ui"), ("Stock", "/ui/stock")], secure_cookie }
+    Chrome {
+        product: format!("oms · {site}"),
+        nav: vec![
+            ("Today", "/ui"),
+            ("Receiving", "/ui/inbound"),
+            ("Returns", "/ui/returns"),
+            ("Dispatch", "/ui/dispatch"),
+            ("Stock", "/ui/stock"),
+        ],
+        secure_cookie,
+    }
 }
 
 fn screen(st: &AppState, title: &str, s: &UiSession, body: Markup) -> Markup {
@@ -72,6 +97,25 @@ fn refused(status: StatusCode, markup: Markup) -> Response {
 
 fn status_of(p: &Problem) -> StatusCode {
     StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// A scanned SKU and the units typed with it, or the status and the sentence that refuse them.
+fn scanned(sku: &str, qty: &str) -> Result<(Sku, u32), (StatusCode, String)> {
+    let sku = match Sku::parse(sku) {
+        Ok(k) => k,
+        Err(_) if sku.is_empty() => return Err((StatusCode::BAD_REQUEST, "Scan the item first.".into())),
+        Err(_) => {
+            let e = format!("{sku:?} is not a SKU; scan the item's barcode.");
+            return Err((StatusCode::UNPROCESSABLE_ENTITY, e));
+        }
+    };
+    match qty.parse::<u32>() {
+        Ok(q) if (1..=oms_protocol::domain::QTY_MAX).contains(&q) => Ok((sku, q)),
+        _ => {
+            let e = format!("Units must be a whole number from 1 to {}.", oms_protocol::domain::QTY_MAX);
+            Err((StatusCode::UNPROCESSABLE_ENTITY, e))
+        }
+    }
 }
 
 /// An order's state in the words of the floor.
@@ -168,6 +212,7 @@ fn today_page(st: &AppState, s: &UiSession, error: Option<&str>) -> Result<Marku
             div.tiles { @for (state, label) in tiles {
                 div.tile { span.n { (n(state)) } span.l { (label) } }
             } }
+            (elsewhere(st)?)
             form.card method="post" action="/ui/waves" {
                 input type="hidden" name="csrf" value=(s.csrf);
                 h2 { "Pick" }
@@ -187,6 +232,28 @@ fn today_page(st: &AppState, s: &UiSession, error: Option<&str>) -> Result<Marku
             h2 { "Assigned by the hub, waiting for you" } (orders_list(&assigned, "No assignments wait."))
         },
     ))
+}
+
+/// Rows read to count what waits on the receiving and returns screens; beyond it the count shows as "n+".
+const COUNT_SCAN_MAX: usize = 500;
+
+/// The links from today's work to receiving, returns and dispatch, each with what waits there.
+fn elsewhere(st: &AppState) -> Result<Markup, Problem> {
+    let (pos, more_pos) = receiving::open_inbound(st, COUNT_SCAN_MAX)?;
+    let (rmas, more_rmas) = returns::open_rmas(st, COUNT_SCAN_MAX)?;
+    let (labels, oldest) = dispatch::awaiting(st)?;
+    let now = oms_service::now_ms();
+    let count = |n: usize, more: bool| if more { format!("{n}+") } else { n.to_string() };
+    Ok(html! {
+        nav.tiles aria-label="Other work" {
+            a.tile href="/ui/inbound" { span.n { (count(pos.len(), more_pos)) } span.l { "Purchase orders to receive" } }
+            a.tile href="/ui/returns" { span.n { (count(rmas.len(), more_rmas)) } span.l { "Returns to receive" } }
+            a.tile href="/ui/dispatch" {
+                span.n { (labels) }
+                span.l { "Awaiting a label" @if let Some(t) = oldest { ", oldest " (ago(t, now)) } }
+            }
+        }
+    })
 }
 
 async fn build_wave(State(st): State<AppState>, actor: Actor, f: Form) -> Result<Response, Problem> {

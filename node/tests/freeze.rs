@@ -83,7 +83,7 @@ fn finished_orders_freeze_and_then_refuse_every_change() {
         // Every change to a frozen order is refused and changes nothing.
         let before = snapshot(&store, &ship1);
         let lines = vec![(ReturnLine { sku: sku(), qty: 1 }, Disposition::Restock)];
-        let ret = cmd::ReceiveReturn { order: ship1.clone(), lines, rma: None };
+        let ret = cmd::ReceiveReturn { order: ship1.clone(), lines, rma: None, expect_received: None };
         assert_frozen_refusal(store.execute(ret).await.unwrap_err(), &ship1);
         assert_frozen_refusal(store.execute(cmd::Deliver { order: ship1.clone() }).await.unwrap_err(), &ship1);
         let refund = cmd::Refund { order: ship1.clone(), return_id: 1 };
@@ -126,6 +126,7 @@ fn returns_decide_when_a_shipped_order_is_finished() {
             order: id.clone(),
             lines: vec![(ReturnLine { sku: sku(), qty }, Disposition::Restock)],
             rma: None,
+            expect_received: None,
         };
         // Everything came back but the refund is owed: open even past the window.
         store.execute(ret(2)).await.unwrap();

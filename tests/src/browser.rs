@@ -25,6 +25,13 @@ impl Page {
         let at = self.html.find(r#"name="csrf" value=""#).expect("a form with a csrf field") + 19;
         self.html[at..].split('"').next().unwrap().to_owned()
     }
+
+    /// The value of the page's first field named `name` (written `name="…" value="…"`), if any.
+    pub fn field(&self, name: &str) -> Option<String> {
+        let key = format!(r#"name="{name}" value=""#);
+        let at = self.html.find(&key)? + key.len();
+        self.html[at..].split('"').next().map(str::to_owned)
+    }
 }
 
 impl Browser {

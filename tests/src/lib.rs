@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod floor;
 
 /// Small helpers the benchmarks share.
 pub mod stats {

@@ -1,7 +1,9 @@
 //! The warehouse screens in a real browser: Debian's Chromium, driven by Playwright (`tests/ui/pick.mjs`,
 //! by label and role as a person would), against a real node on loopback. A picker on a phone viewport signs
 //! in, picks a wave by typing bins and SKUs into the focused field, packs and ships; axe-core finds no
-//! serious or critical violation on any screen. Screenshots land in `target/tmp/ui-screenshots/`.
+//! serious or critical violation on any screen. Staff on a phone at a site a real hub sent a purchase order
+//! and a return receive an ASN line and a return unit by scanning (`tests/ui/floor.mjs`) and open dispatch.
+//! Screenshots land in `target/tmp/ui-screenshots/`.
 //!
 //! `.ci/run` installs Chromium and the npm packages and sets `OMS_REQUIRE_BROWSER=1`, so in CI a missing
 //! browser fails this test; elsewhere it says what is missing and passes without running.
@@ -161,6 +163,42 @@ async fn service_cancels_with_a_reason_and_the_customer_follows_on_a_phone_in_ch
         (Some("cancelled"), Some("customer called to cancel"))
     );
     for screen in ["hub-network", "hub-stock", "hub-reports", "hub-order", "customer-tracking"] {
+        let bytes = report["screens"][screen]["first_load_bytes"].as_u64().unwrap();
+        assert!(bytes < 150_000, "{screen} weighs {bytes} bytes on first load");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_on_a_phone_receive_an_asn_and_a_return_by_scanning_in_chromium() {
+    if let Some(what) = missing() {
+        assert!(std::env::var("OMS_REQUIRE_BROWSER").is_err(), "OMS_REQUIRE_BROWSER is set but {what}");
+        eprintln!("skipped: {what}");
+        return;
+    }
+    let f = oms_tests::floor::Floor::start().await;
+    let base = format!("http://{}/v1", f.node.http);
+    let admin = http();
+    let on_hand = |admin: reqwest::Client, url: String| async move {
+        let (s, v) = get(&admin, url).await;
+        assert_eq!(s, 200, "{v}");
+        v["balance"]["on_hand"].as_u64().or_else(|| v["on_hand"].as_u64()).unwrap()
+    };
+    let before = on_hand(admin.clone(), format!("{base}/stock/SKU-A")).await;
+    let report = run_script(
+        "floor.mjs",
+        &[("OMS_URL", format!("http://{}", f.node.http)), ("OMS_USER", "ana".into()), ("OMS_PIN", "4711".into())],
+    )
+    .await;
+    assert_eq!(report["axe_violations"], 0);
+    assert_eq!((report["received_units"].as_u64(), report["returned_units"].as_u64()), (Some(4), Some(1)));
+    // What the browser did is what the node booked: 4 received against the PO line, 1 restocked.
+    assert_eq!(on_hand(admin.clone(), format!("{base}/stock/SKU-A")).await, before + 5);
+    let (_, inbound) = get(&admin, format!("{base}/inbound")).await;
+    assert_eq!(inbound["items"][0]["lines"][0]["received_here"], 4, "{inbound}");
+    let (_, rmas) = get(&admin, format!("{base}/rmas")).await;
+    assert_eq!(rmas["items"][0]["lines"][0]["received_here"], 1, "{rmas}");
+    for screen in ["node-inbound", "node-returns", "node-dispatch"] {
+        assert!(shots_dir().join(format!("{screen}.png")).exists(), "{screen} screenshot");
         let bytes = report["screens"][screen]["first_load_bytes"].as_u64().unwrap();
         assert!(bytes < 150_000, "{screen} weighs {bytes} bytes on first load");
     }

@@ -9,7 +9,9 @@
 //! Then every site receives its ASN at the dock (`POST /v1/inbound/{asn}/receipts`, sent twice under one
 //! key: booked once), the cut site while the demo cuts it off from the hub again; the hub advances each order
 //! once the receipts sync back (`units_received_against_po` = the units received, else
-//! `receipt_mismatches`).
+//! `receipt_mismatches`). Every site also receives one more unit of its ASN line through the receiving
+//! screen as its `picker` (the form pressed twice): `screen_receipts` counts them, and
+//! `screen_receipt_mismatches` (must be 0) counts receipts whose ledger entries differ from what was posted.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +28,9 @@ const DELIVERY_WAIT: Duration = Duration::from_secs(15);
 /// Longest wait for an ASN to reach its site, and for the receipts to reach the hub after the heal.
 const RECEIVING_WAIT: Duration = Duration::from_secs(60);
 
+/// Units every site receives through the receiving screen.
+const SCREEN_UNITS: u64 = 1;
+
 /// The sites' side of the pass: their staff key, where each site listens, and the site to cut off.
 pub(super) struct Docks<'a> {
     /// A staff client of the nodes.
@@ -36,6 +41,8 @@ pub(super) struct Docks<'a> {
     pub cut_site: &'a str,
     /// Its link to the hub.
     pub relay: &'a oms_transport::relay::Relay,
+    /// The PIN of every site's `picker` (staff), for the receiving screen.
+    pub picker_pin: &'a str,
 }
 
 /// What the pass found.
@@ -51,6 +58,9 @@ pub(super) struct PurchasingFigures {
     receipt_mismatches: u64,
     on_order_mismatches: u64,
     mismatches: u64,
+    screen_receipts: u64,
+    screen_units: u64,
+    screen_receipt_mismatches: u64,
 }
 
 impl PurchasingFigures {
@@ -66,16 +76,22 @@ impl PurchasingFigures {
             "receipt_mismatches": self.receipt_mismatches,
             "on_order_mismatches": self.on_order_mismatches,
             "purchasing_mismatches": self.mismatches,
+            "screen_receipts": self.screen_receipts,
+            "screen_receipt_units": self.screen_units,
+            "screen_receipt_mismatches": self.screen_receipt_mismatches,
         })
     }
 
     pub(super) fn ok(&self) -> bool {
-        self.on_order_mismatches == 0 && self.mismatches == 0 && self.receipt_mismatches == 0
+        self.on_order_mismatches == 0
+            && self.mismatches == 0
+            && self.receipt_mismatches == 0
+            && self.screen_receipt_mismatches == 0
     }
 
     pub(super) fn line(&self) -> String {
         format!(
-            "purchasing: orders by state {}, {} from the replenishment, {} ASNs, {} units on order, {} received against orders in {} site receipts ({} while cut off); on-order mismatches {}, purchasing mismatches {}, receipt mismatches {} (all must be 0)",
+            "purchasing: orders by state {}, {} from the replenishment, {} ASNs, {} units on order, {} received against orders in {} site receipts ({} while cut off) and {} through the receiving screen ({} units); on-order mismatches {}, purchasing mismatches {}, receipt mismatches {}, screen receipt mismatches {} (all must be 0)",
             self.by_state,
             self.from_replenishment,
             self.asns,
@@ -83,9 +99,12 @@ impl PurchasingFigures {
             self.received,
             self.receipts,
             self.received_while_cut_off,
+            self.screen_receipts,
+            self.screen_units,
             self.on_order_mismatches,
             self.mismatches,
-            self.receipt_mismatches
+            self.receipt_mismatches,
+            self.screen_receipt_mismatches
         )
     }
 }
@@ -172,7 +191,7 @@ pub(super) async fn pass(
     }
     receive(docks, &asns, &mut f).await?;
     // The receipts come back to the hub: each unit counted once.
-    let expected: u64 = asns.iter().map(|a| a.3).sum();
+    let expected: u64 = asns.iter().map(|a| a.3).sum::<u64>() + f.screen_units;
     let started = Instant::now();
     loop {
         let (_, summary) = call(admin.get(format!("{base}/purchasing/summary"))).await?;
@@ -242,18 +261,18 @@ async fn receive(
         let Some((_, addr)) = docks.sites.iter().find(|(s, _)| s == site) else { continue };
         let inbound = format!("http://{addr}/v1/inbound?limit=500");
         let started = Instant::now();
-        loop {
+        let po = loop {
             let (_, v) = call(docks.staff.get(&inbound)).await?;
             let arrived =
-                v["items"].as_array().into_iter().flatten().any(|p| {
+                v["items"].as_array().into_iter().flatten().find(|p| {
                     p["asns"].as_array().into_iter().flatten().any(|a| a["asn"].as_str() == Some(asn.as_str()))
                 });
-            if arrived || started.elapsed() > RECEIVING_WAIT {
-                f.receipt_mismatches += u64::from(!arrived);
-                break;
+            if arrived.is_some() || started.elapsed() > RECEIVING_WAIT {
+                f.receipt_mismatches += u64::from(arrived.is_none());
+                break arrived.and_then(|p| p["purchase_order"].as_str()).map(str::to_owned);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
         let cut = *site == docks.cut_site;
         if cut {
             docks.relay.set_blackhole(true);
@@ -264,12 +283,25 @@ async fn receive(
         let key = format!("demo-receipt-{asn}");
         let (s1, _) = call(docks.staff.post(&url).header("Idempotency-Key", &key).json(&body)).await?;
         let (s2, _) = call(docks.staff.post(&url).header("Idempotency-Key", &key).json(&body)).await?;
+        // One more unit of the line through the receiving screen, as the site's picker (cut off too).
+        let screen = match &po {
+            Some(po) => {
+                let line = (po.as_str(), asn.as_str(), sku.as_str().unwrap_or_default(), SCREEN_UNITS);
+                Some(super::screens::receive_asn_line(*addr, docks.picker_pin, docks.staff, line).await)
+            }
+            None => None,
+        };
         if cut {
             docks.relay.set_blackhole(false);
             f.received_while_cut_off += u64::from(s1 == 201);
         }
         f.receipts += u64::from(s1 == 201);
         f.receipt_mismatches += u64::from(s1 != 201) + u64::from(s2 != 200);
+        if let Some(done) = screen.transpose()? {
+            f.screen_receipts += u64::from(done.posted > 0);
+            f.screen_units += done.booked;
+            f.screen_receipt_mismatches += u64::from(done.posted != SCREEN_UNITS || done.booked != done.posted);
+        }
     }
     Ok(())
 }

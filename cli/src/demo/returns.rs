@@ -79,6 +79,15 @@ fn returnable(v: &Value) -> Option<(String, String, String, String)> {
     Some((v["id"].as_str()?.to_owned(), f["id"].as_str()?.to_owned(), f["site"].as_str()?.to_owned(), sku))
 }
 
+/// Whether the site already took units of fulfillment `fo` back without an RMA (the load's walk-in returns,
+/// which the hub does not count against what an RMA may approve): such an order is not chosen, as the site
+/// would refuse the RMA's unit as more than was shipped.
+async fn returned_at_site(docks: &Docks<'_>, site: &str, fo: &str) -> anyhow::Result<bool> {
+    let Some((_, addr)) = docks.sites.iter().find(|(s, _)| *s == site) else { return Ok(false) };
+    let (_, v) = call(docks.staff.get(format!("http://{addr}/v1/orders/{fo}"))).await?;
+    Ok(v["returns"].as_array().is_some_and(|r| !r.is_empty()))
+}
+
 /// Runs the pass over the hub's acknowledged orders `acked`.
 pub(super) async fn pass(
     admin: &reqwest::Client,
@@ -97,6 +106,7 @@ pub(super) async fn pass(
         let (_, v) = call(admin.get(format!("{base}/orders/{id}"))).await?;
         if let Some((order, fo, site, sku)) = returnable(&v)
             && !chosen.contains_key(&site)
+            && !returned_at_site(docks, &site, &fo).await?
         {
             chosen.insert(site, (order, fo, sku));
         }

@@ -157,6 +157,19 @@ pub enum StoreError {
         /// Units in this receipt.
         requested: u64,
     },
+    /// The RMA received units since the caller looked (a screen's form drawn before another receipt).
+    #[error(
+        "RMA {rma} has {received} units received, not the {expected} this receipt was made against: another \
+         receipt was booked meanwhile (or this one was sent twice); nothing was booked"
+    )]
+    RmaChanged {
+        /// The RMA.
+        rma: String,
+        /// Units received when the caller looked.
+        expected: u64,
+        /// Units received now.
+        received: u64,
+    },
     /// The writer's queue is full.
     #[error("the node is overloaded; retry shortly")]
     Overloaded,
@@ -216,6 +229,7 @@ impl StoreError {
             StoreError::RmaNotFound(_) => "rma_not_found",
             StoreError::RmaNotReceivable { .. } => "rma_not_receivable",
             StoreError::OverReturn { .. } => "over_return",
+            StoreError::RmaChanged { .. } => "rma_changed",
             StoreError::Overloaded => "overloaded",
             StoreError::ShuttingDown => "shutting_down",
             StoreError::InsufficientStorage { .. } => "insufficient_storage",

@@ -73,6 +73,9 @@ pub struct ReceiveReturn {
     pub lines: Vec<(ReturnLine, Disposition)>,
     /// The RMA it is received against.
     pub rma: Option<String>,
+    /// With an RMA: the units it had received here (all SKUs) when the caller looked, as a screen's form
+    /// carries them; another number now refuses the receipt (`rma_changed`), so a form sent twice books once.
+    pub expect_received: Option<u64>,
 }
 
 impl Command for ReceiveReturn {
@@ -82,6 +85,13 @@ impl Command for ReceiveReturn {
 
 impl Apply for ReceiveReturn {
     fn apply(self, tx: &mut Tx<'_>, _: &Limits) -> Result<OrderRecord, StoreError> {
+        if let (Some(rma), Some(expected)) = (&self.rma, self.expect_received) {
+            let rec: Option<RmaRecord> = tx.rmas.get(rma.as_str())?.map(|v| dec("rmas", v.value())).transpose()?;
+            let now: u64 = rec.map_or(0, |r| r.received.iter().map(|(_, q)| *q).sum());
+            if now != expected {
+                return Err(StoreError::RmaChanged { rma: rma.clone(), expected, received: now });
+            }
+        }
         tx.receive_return(self.order, self.lines, self.rma)
     }
 }
