@@ -526,7 +526,9 @@ fn inflate_sync(z: &mut Decompress, body: &[u8], max: usize) -> Result<Vec<u8>, 
     let mut input = Vec::with_capacity(body.len() + SYNC_FLUSH_TAIL.len());
     input.extend_from_slice(body);
     input.extend_from_slice(&SYNC_FLUSH_TAIL);
-    let mut out: Vec<u8> = Vec::with_capacity(body.len().saturating_mul(4).clamp(64, max.saturating_add(1)));
+    // At least 64 bytes to start with, never more than `max` + 1 (a limit below 63 bytes is allowed: `clamp`
+    // would panic there; found by the `frame_decoder` fuzz target in CI).
+    let mut out: Vec<u8> = Vec::with_capacity(body.len().saturating_mul(4).max(64).min(max.saturating_add(1)));
     let start_in = z.total_in();
     let mut consumed = 0usize;
     // Bounded: each round consumes input or fills the output, which grows until it passes `max`.
@@ -740,6 +742,20 @@ mod tests {
             peer_id: PeerId::new("oms://acme/node/n1").unwrap(),
             actor: vec![0xAB, 0xCD],
         })
+    }
+
+    /// Found by the `frame_decoder` fuzz target: a compressed body under a limit below 63 bytes panicked
+    /// (`clamp` with min > max) instead of refusing the frame as too large.
+    #[test]
+    fn a_compressed_body_under_a_tiny_limit_is_refused_not_a_panic() {
+        let mut z = Compress::new(Compression::new(DEFLATE_LEVEL), false);
+        let mut body = Vec::with_capacity(64);
+        deflate_sync(&mut z, &[7u8; 200], &mut body).unwrap();
+        for max in [0, 1, 62, 63] {
+            let got = inflate_sync(&mut Decompress::new(false), &body, max);
+            assert!(matches!(got, Err(WireError::FrameTooLarge { max: m, .. }) if m == max), "{max}: {got:?}");
+        }
+        assert_eq!(inflate_sync(&mut Decompress::new(false), &body, 200).unwrap(), vec![7u8; 200]);
     }
 
     /// Pins the bytes of `Hello` v1: if this test fails, old nodes can no longer talk to this hub.
