@@ -780,7 +780,7 @@ pub(crate) fn tracking_view_of(hub: &Hub, token: &str) -> Result<Option<Value>, 
 
 /// What a customer may see of their order: status, lines, shipments with the carrier's tracking number and
 /// a timeline of customer-facing steps. No site, fulfillment id, routing, address, price or other order.
-fn tracking_view(hub: &Hub, o: &HubOrder) -> Value {
+pub(crate) fn tracking_view(hub: &Hub, o: &HubOrder) -> Value {
     let full = order_view(hub, o);
     let empty = Vec::new();
     let lines: Vec<Value> = full["lines"]

@@ -2,7 +2,7 @@
 //! each site's freshness, filterable in the URL and exported as CSV exactly as shown, for planners; a SKU's
 //! forecast drawn (history, forecast, 10–90 % band) with its replenishment figures; an order's page for
 //! customer service (status in words, lines, fulfillments per site, one timeline) with a cancel that needs a
-//! reason; and the customer's tracking page (`/t/{token}`, no sign-in), which shows nothing internal.
+//! reason. The customer's tracking page (`/t/{token}`, no sign-in) is [`crate::selfservice`].
 //!
 //! Server-rendered with `oms_service::web` like the node's screens; reads go through the same functions as
 //! the JSON API (`api::nodes_view`, `api::stock_rows`, `orders::hub_order`, the forecast answer).
@@ -54,8 +54,8 @@ pub(crate) fn routes(hub: Arc<Hub>, chrome: Arc<Chrome>) -> Router {
         .route("/ui/orders/{id}", get(order_screen))
         .route("/ui/orders/{id}/cancel", post(cancel))
         .route("/ui/orders/{id}/notes", post(add_note))
-        .route("/t/{token}", get(tracking))
-        .with_state(UiState { hub, chrome })
+        .with_state(UiState { hub: hub.clone(), chrome: chrome.clone() })
+        .merge(crate::selfservice::routes(hub, chrome.secure_cookie))
 }
 
 fn ago(at_ms: u64, now_ms: u64) -> String {
@@ -359,7 +359,7 @@ async fn find_order(State(st): State<UiState>, session: UiSession, Query(q): Que
 }
 
 /// The customer's order status in plain words.
-fn status_words(status: &str) -> &'static str {
+pub(crate) fn status_words(status: &str) -> &'static str {
     match status {
         "in_fulfillment" => "Being prepared",
         "partially_backordered" => "Partly waiting for stock",
@@ -474,48 +474,6 @@ async fn add_note(
             Ok((status, order_page(&st, &f.session, &v, Some(&p.detail))).into_response())
         }
     }
-}
-
-/// The customer's page behind a tracking link: no sign-in, nothing internal (what `GET /v1/track/{token}`
-/// shows), in words. A link that finds no order says so, whatever the token.
-async fn tracking(State(st): State<UiState>, Path(token): Path<String>) -> Response {
-    let hub = st.hub.clone();
-    let found = tokio::task::spawn_blocking(move || crate::orders::tracking_view_of(&hub, &token)).await;
-    let plain = Chrome { product: "Order status".into(), nav: Vec::new(), secure_cookie: false };
-    let v = match found {
-        Ok(Ok(Some(v))) => v,
-        Ok(Ok(None)) => {
-            let body = html! { h1 { "We can't find this order" } p { "Check the link in your confirmation email; it may have been cut short." } };
-            return (StatusCode::NOT_FOUND, page(&plain, "Not found", None, body)).into_response();
-        }
-        Ok(Err(p)) => return p.into_response(),
-        Err(e) => return Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into_response(),
-    };
-    let empty = Vec::new();
-    let status = s(&v["status"]);
-    // Steps in words; several internal states read the same ("Being prepared"), so each shows once.
-    let mut steps: Vec<&str> =
-        v["timeline"].as_array().unwrap_or(&empty).iter().map(|t| status_words(s(&t["status"]))).collect();
-    steps.dedup();
-    page(
-        &plain,
-        "Your order",
-        None,
-        html! {
-            h1 { (status_words(status)) }
-            p { "Order " (s(&v["external_ref"])) }
-            @for sh in v["shipments"].as_array().unwrap_or(&empty) {
-                p.done { "Shipped with " (s(&sh["carrier"])) ", tracking number " strong { (s(&sh["tracking"])) } }
-            }
-            h2 { "Items" }
-            ul { @for l in v["lines"].as_array().unwrap_or(&empty) {
-                li { (u(&l["qty"])) " × " (s(&l["sku"])) @if u(&l["shipped"]) > 0 { " — " (u(&l["shipped"])) " shipped" } }
-            } }
-            h2 { "What happened" }
-            ol { @for words in steps { li { (words) } } }
-        },
-    )
-    .into_response()
 }
 
 #[cfg(test)]

@@ -183,7 +183,7 @@ impl RmaState {
     }
 
     /// Whether its units count against what may still be returned.
-    fn counts(self) -> bool {
+    pub fn counts(self) -> bool {
         !matches!(self, RmaState::Declined | RmaState::Cancelled)
     }
 }
