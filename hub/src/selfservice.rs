@@ -411,11 +411,16 @@ async fn cancel(State(st): State<St>, Path(token): Path<String>, headers: Header
     }
 }
 
-/// The return asked for in the form, or the sentence saying why it cannot be read.
-fn return_lines(form: &Posted) -> Result<Vec<RequestLine>, String> {
+/// The lines of a return form (`sku.<i>`, `qty.<i>` for `i` below [`RETURN_LINES_SHOWN_MAX`]; a blank or
+/// zero quantity is no line), each with the reason `reason(i)` gives, or the sentence saying why the form
+/// cannot be read. The customer's page and the service console read their forms with it.
+pub(crate) fn chosen_lines<'a>(
+    get: impl Fn(&str) -> Option<&'a str>,
+    reason: impl Fn(usize) -> Result<String, String>,
+) -> Result<Vec<RequestLine>, String> {
     let mut lines = Vec::new();
     for i in 0..RETURN_LINES_SHOWN_MAX {
-        let Some(qty) = form.get(&format!("qty.{i}")) else { continue };
+        let Some(qty) = get(&format!("qty.{i}")) else { continue };
         let qty: u64 = match qty {
             "" => 0,
             q => q.parse().map_err(|_| "Enter how many items as a whole number.".to_owned())?,
@@ -423,17 +428,28 @@ fn return_lines(form: &Posted) -> Result<Vec<RequestLine>, String> {
         if qty == 0 {
             continue;
         }
-        let sku = form.get(&format!("sku.{i}")).unwrap_or("").to_owned();
-        let reason = form.get(&format!("reason.{i}")).unwrap_or("");
-        let Some((_, words)) = REASONS.iter().find(|(k, _)| *k == reason) else {
-            return Err("Choose a reason from the list for each item you return.".into());
-        };
-        lines.push(RequestLine { sku, qty, reason: (*words).to_owned() });
+        let sku = get(&format!("sku.{i}")).unwrap_or("").to_owned();
+        lines.push(RequestLine { sku, qty, reason: reason(i)? });
     }
     if lines.is_empty() {
         return Err("Choose how many of an item you want to send back.".into());
     }
     Ok(lines)
+}
+
+/// The customer's return asked for in the form: a reason from [`REASONS`] on each line.
+fn return_lines(form: &Posted) -> Result<Vec<RequestLine>, String> {
+    chosen_lines(
+        |k| form.get(k),
+        |i| {
+            let reason = form.get(&format!("reason.{i}")).unwrap_or("");
+            REASONS
+                .iter()
+                .find(|(k, _)| *k == reason)
+                .map(|(_, words)| (*words).to_owned())
+                .ok_or_else(|| "Choose a reason from the list for each item you return.".to_owned())
+        },
+    )
 }
 
 /// Why a return was refused, in words for the customer.

@@ -54,6 +54,7 @@ pub(crate) fn routes(hub: Arc<Hub>, chrome: Arc<Chrome>) -> Router {
         .route("/ui/orders/{id}", get(order_screen))
         .route("/ui/orders/{id}/cancel", post(cancel))
         .route("/ui/orders/{id}/notes", post(add_note))
+        .route("/ui/orders/{id}/returns", post(create_return))
         .with_state(UiState { hub: hub.clone(), chrome: chrome.clone() })
         .merge(crate::selfservice::routes(hub, chrome.secure_cookie))
 }
@@ -358,6 +359,48 @@ async fn find_order(State(st): State<UiState>, session: UiSession, Query(q): Que
     .into_response()
 }
 
+/// Service creates a return on the order page: the lines and their quantities, one reason for all of them
+/// (required), approved at once if asked. The request and the approval are each audited in their own
+/// transaction, as over the API.
+async fn create_return(
+    State(st): State<UiState>,
+    actor: Actor,
+    Path(id): Path<String>,
+    f: Form,
+) -> Result<Response, Problem> {
+    let v = order_of(&st, &f.session, &id)?;
+    let refuse = |words: &str| (StatusCode::UNPROCESSABLE_ENTITY, order_page(&st, &f.session, &v, Some(words)));
+    let reason = f.get("reason").unwrap_or("").to_owned();
+    if reason.is_empty() {
+        return Ok(refuse("Give a reason for the return.").into_response());
+    }
+    let lines = match crate::selfservice::chosen_lines(|k| f.get(k), |_| Ok(reason.clone())) {
+        Ok(l) => l,
+        Err(words) => return Ok(refuse(&words).into_response()),
+    };
+    let approve = f.get("approve") == Some("1");
+    let (h, key) = (st.hub.clone(), id.clone());
+    let done = crate::orders::blocking(move || -> Result<crate::returns::Rma, crate::returns::ReturnsError> {
+        let order = h.intake.order(&key)?.ok_or_else(|| crate::returns::ReturnsError::OrderNotFound(key.clone()))?;
+        let shipped = crate::returns::http::shipped_of(&h, &order);
+        let req = crate::returns::ReturnRequest { lines, fulfillment: None };
+        let (db, now) = (h.intake.db(), oms_service::now_ms());
+        let rma = h.returns.request(db, &key, &order.draft.channel, &shipped, &req, &actor, now)?;
+        if approve { h.returns.step(db, &rma.id, "approve", None, &actor, now) } else { Ok(rma) }
+    })
+    .await;
+    match done {
+        Ok(rma) => {
+            crate::returns::sites::publish(&st.hub, &rma);
+            Ok(see_other(&format!("/ui/orders/{}", query_escape(&id))))
+        }
+        Err(p) => {
+            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
+            Ok((status, order_page(&st, &f.session, &v, Some(&p.detail))).into_response())
+        }
+    }
+}
+
 /// The customer's order status in plain words.
 pub(crate) fn status_words(status: &str) -> &'static str {
     match status {
@@ -394,6 +437,15 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
     let now = oms_service::now_ms();
     let can_cancel = matches!(session.role, oms_service::auth::Role::Service | oms_service::auth::Role::Admin)
         && v["cancel_requested_at_ms"].is_null();
+    // The lines with shipped units (what a return may take back), at most as many as the form reads.
+    let shipped: Vec<(&str, u64)> = v["lines"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter(|l| u(&l["shipped"]) > 0)
+        .map(|l| (s(&l["sku"]), u(&l["shipped"])))
+        .take(crate::selfservice::RETURN_LINES_SHOWN_MAX)
+        .collect();
     page(
         &st.chrome,
         &format!("Order {}", s(&v["id"])),
@@ -428,6 +480,29 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
                     label for="note" { "Add a note" span.hint { "For service and planners only; the customer never sees it." } }
                     textarea id="note" name="text" rows="3" maxlength=(crate::notes::NOTE_BYTES_MAX) required {}
                     button.secondary type="submit" { "Add the note" }
+                }
+            }
+            @if !v["rmas"].as_array().unwrap_or(&empty).is_empty() {
+                h2 { "Returns" }
+                ul { @for r in v["rmas"].as_array().unwrap_or(&empty) {
+                    li { strong { (s(&r["id"])) } " from " (s(&r["site"])) ": " code { (s(&r["state"])) } " — "
+                        (r["lines"].as_array().unwrap_or(&empty).iter().map(|l| format!("{} × {} ({})", u(&l["qty"]), s(&l["sku"]), s(&l["reason"]))).collect::<Vec<_>>().join(", ")) }
+                } }
+            }
+            @if session.role == oms_service::auth::Role::Service && !shipped.is_empty() {
+                form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/returns" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    h2 { "Create a return" }
+                    p.hint { "Units shipped by one site per return; the returns policy (window, SKUs, what is left to return) applies." }
+                    @for (i, (sku, n)) in shipped.iter().enumerate() {
+                        input type="hidden" name={ "sku." (i) } value=(sku);
+                        label for={ "rqty-" (i) } { (sku) span.hint { "Units to take back (shipped " (n) ")" } }
+                        input id={ "rqty-" (i) } name={ "qty." (i) } type="number" min="0" max=(n) value="0";
+                    }
+                    label for="rreason" { "Reason" span.hint { "Recorded on the return and in the audit trail." } }
+                    input id="rreason" name="reason" required maxlength=(oms_protocol::domain::TEXT_BYTES_MAX);
+                    label { input type="checkbox" name="approve" value="1"; " Approve it now" }
+                    button.secondary type="submit" { "Create the return" }
                 }
             }
             @if can_cancel {

@@ -7,6 +7,12 @@
 //! `rma_mismatches` (units the hub counts received ≠ units the sites recorded against the RMAs, the hub's own
 //! check that refunds equal the credit notes of exactly the units received, and RMAs not refunded in time):
 //! it must be 0.
+//!
+//! The first of these returns is asked for by the customer on the order's tracking page (`GET /t/{token}`,
+//! then the page's form posted with its form cookie, as a phone's browser does), the others over the API.
+//! The hub's reports must then count one return per RMA that received units and every unit received:
+//! `returns_via_tracking_page` (≥ 1) and `report_returns_mismatches` (the reports' `returns` and
+//! `units_returned` against the RMAs' own figures) must be 0.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +35,9 @@ pub(super) struct ReturnsFigures {
     received_while_cut_off: u64,
     refunded_minor: u64,
     mismatches: u64,
+    via_tracking_page: u64,
+    report_returns: u64,
+    report_mismatches: u64,
 }
 
 impl ReturnsFigures {
@@ -41,22 +50,28 @@ impl ReturnsFigures {
             "rmas_received_while_cut_off": self.received_while_cut_off,
             "rma_refunded_minor": self.refunded_minor,
             "rma_mismatches": self.mismatches,
+            "returns_via_tracking_page": self.via_tracking_page,
+            "report_returns": self.report_returns,
+            "report_returns_mismatches": self.report_mismatches,
         })
     }
 
     pub(super) fn ok(&self) -> bool {
-        self.mismatches == 0
+        self.mismatches == 0 && self.report_mismatches == 0 && self.via_tracking_page > 0
     }
 
     pub(super) fn line(&self) -> String {
         format!(
-            "returns: {} RMAs requested and approved, {} units received at the sites ({} while cut off), {} counted by the hub, refunded {} (minor units); by state {}; RMA mismatches {} (must be 0)",
+            "returns: {} RMAs requested ({} on the customer's tracking page) and approved, {} units received at the sites ({} while cut off), {} counted by the hub, refunded {} (minor units); by state {}; the reports count {} returns (mismatches {}, must be 0); RMA mismatches {} (must be 0)",
             self.requested,
+            self.via_tracking_page,
             self.received_at_sites,
             self.received_while_cut_off,
             self.received_at_hub,
             self.refunded_minor,
             self.by_state,
+            self.report_returns,
+            self.report_mismatches,
             self.mismatches
         )
     }
@@ -102,9 +117,21 @@ pub(super) async fn pass(
         }
     }
     let mut rmas: Vec<(String, String, String, String)> = Vec::new(); // rma, site, fulfillment, sku
-    for (site, (order, fo, sku)) in &chosen {
-        let body = json!({"fulfillment": fo, "lines": [{"sku": sku, "qty": 1, "reason": "arrived damaged (demo)"}]});
-        let (s, rma) = call(admin.post(format!("{base}/orders/{order}/returns")).json(&body)).await?;
+    for (i, (site, (order, fo, sku))) in chosen.iter().enumerate() {
+        let asked = if i == 0 {
+            let rma = on_tracking_page(admin, hub, order, sku).await?;
+            f.via_tracking_page += u64::from(rma.is_some());
+            rma.map(|r| (201, r))
+        } else {
+            let body =
+                json!({"fulfillment": fo, "lines": [{"sku": sku, "qty": 1, "reason": "arrived damaged (demo)"}]});
+            Some(call(admin.post(format!("{base}/orders/{order}/returns")).json(&body)).await?)
+        };
+        let Some((s, rma)) = asked else {
+            println!("returns: the customer's request for {order} on its tracking page was not taken");
+            f.mismatches += 1;
+            continue;
+        };
         let Some(id) = rma["id"].as_str().filter(|_| s == 201) else {
             println!("returns: the request for {order} was refused: {s} {rma}");
             f.mismatches += 1;
@@ -113,7 +140,9 @@ pub(super) async fn pass(
         let (s, _) = call(admin.post(format!("{base}/returns/{id}/approve")).json(&json!({}))).await?;
         f.mismatches += u64::from(s != 200);
         f.requested += 1;
-        rmas.push((id.to_owned(), site.clone(), fo.clone(), sku.clone()));
+        // The page names no fulfillment: the hub picked the one that shipped the unit.
+        let (site, fo) = (rma["site"].as_str().unwrap_or(site), rma["fulfillment"].as_str().unwrap_or(fo));
+        rmas.push((id.to_owned(), site.to_owned(), fo.to_owned(), sku.clone()));
     }
     for (i, (rma, site, fo, sku)) in rmas.iter().enumerate() {
         let Some((_, addr)) = docks.sites.iter().find(|(s, _)| s == site) else { continue };
@@ -179,5 +208,60 @@ pub(super) async fn pass(
     f.by_state = sum["rmas"].clone();
     f.mismatches += sum["rma_mismatches"].as_u64().unwrap_or(1);
     f.mismatches += u64::from(at_sites != f.received_at_hub) + u64::from(f.received_at_sites != f.received_at_hub);
+    // The reports, folded from the `return.received` events: one return per RMA that received units.
+    let with_units: u64 = ["partially_received", "received", "refunded", "closed"]
+        .iter()
+        .map(|s| sum["rmas"][*s].as_u64().unwrap_or(0))
+        .sum();
+    let (_, rep) = call(admin.get(format!("{base}/reports"))).await?;
+    f.report_returns = rep["total"]["returns"].as_u64().unwrap_or(u64::MAX);
+    let units = rep["total"]["units_returned"].as_u64().unwrap_or(u64::MAX);
+    f.report_mismatches = u64::from(f.report_returns != with_units) + u64::from(units != f.received_at_hub);
     Ok(f)
+}
+
+/// The customer's return of one unit of `sku` on `order`'s tracking page: the page read (its form cookie
+/// kept), the form posted back as a browser does. The RMA it made, if the page took it.
+async fn on_tracking_page(
+    admin: &reqwest::Client,
+    hub: SocketAddr,
+    order: &str,
+    sku: &str,
+) -> anyhow::Result<Option<Value>> {
+    let (_, v) = call(admin.get(format!("https://{hub}/v1/orders/{order}"))).await?;
+    let Some(token) = v["tracking_token"].as_str() else { return Ok(None) };
+    let page = admin.get(format!("https://{hub}/t/{token}")).send().await?;
+    let cookie = page
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .map(str::to_owned);
+    let html = page.text().await?;
+    let field = |name: &str| -> Option<String> {
+        let at = html.find(&format!(r#"name="{name}" value=""#))? + name.len() + 15;
+        html[at..].split('"').next().map(str::to_owned)
+    };
+    // The form's line for `sku`: `sku.<i>`.
+    let line =
+        (0..oms_hub::selfservice::RETURN_LINES_SHOWN_MAX).find(|i| field(&format!("sku.{i}")).as_deref() == Some(sku));
+    let (Some(cookie), Some(form), Some(i)) = (cookie, field("form"), line) else { return Ok(None) };
+    let body = [
+        ("form".to_owned(), form),
+        (format!("sku.{i}"), sku.to_owned()),
+        (format!("qty.{i}"), "1".to_owned()),
+        (format!("reason.{i}"), "damaged".to_owned()),
+    ];
+    let sent = admin
+        .post(format!("https://{hub}/t/{token}/returns"))
+        .header(reqwest::header::COOKIE, cookie)
+        .form(&body)
+        .send()
+        .await?;
+    if !(sent.status().is_success() || sent.status().is_redirection()) {
+        println!("returns: the tracking page refused the return of {order}: {}", sent.status());
+        return Ok(None);
+    }
+    let (_, v) = call(admin.get(format!("https://{hub}/v1/orders/{order}"))).await?;
+    Ok(v["rmas"].as_array().and_then(|a| a.last()).cloned())
 }
