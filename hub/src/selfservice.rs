@@ -290,7 +290,7 @@ fn tracking_page(seen: &Seen, token: &str, form: &str, error: Option<&str>) -> M
             @if let Some(p) = &seen.payment {
                 h2 { "Payment" }
                 dl.facts {
-                    dt { "Payment" } dd { (payment_words(p)) }
+                    dt { "Status" } dd { (payment_words(p)) }
                     dt { "Order total" } dd { (format_money(p.total_minor, p.currency.as_str())) }
                     @if p.refunded_minor > 0 { dt { "Refunded" } dd { (format_money(p.refunded_minor, p.currency.as_str())) } }
                 }

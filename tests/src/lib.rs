@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod shipped;
 
 /// Small helpers the benchmarks share.
 pub mod stats {
