@@ -41,7 +41,7 @@
 //! | `GET /v1/returns/summary` | planner, service |
 //! | `GET /v1/invoices[/{number}]`, `GET /v1/credit-notes[/{number}]` | planner, service, channel (own channel only) |
 //! | `GET /v1/reports`, `/ui/reports[.csv]` | planner, service |
-//! | `POST /v1/orders/{id}/notes`, `/ui/orders/{id}/notes`, `/ui/orders/{id}/returns` | service |
+//! | `POST /v1/orders/{id}/notes`, `/ui/orders/{id}/notes`, `/ui/orders/{id}/returns`, `/ui/orders/{id}/cancel-lines` | service |
 //! | `GET /v1/payments?status=action_required` | service |
 //! | `GET /v1/payments/summary` | planner, service |
 //! | `GET /v1/audit/events` | admin only |
@@ -106,9 +106,12 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/ui/stock" | "/ui/stock.csv" | "/ui/forecast/{sku}") if get => Access::Roles(PLANNER),
         Some("/v1/reports" | "/ui/reports" | "/ui/reports.csv") if get => Access::Roles(MONEY_READERS),
         Some("/ui" | "/ui/orders" | "/ui/orders/{id}") if get => Access::Roles(&[Role::Planner, Role::Service]),
-        Some("/ui/orders/{id}/cancel" | "/ui/orders/{id}/notes" | "/ui/orders/{id}/returns") if post => {
-            Access::Roles(&[Role::Service])
-        }
+        Some(
+            "/ui/orders/{id}/cancel"
+            | "/ui/orders/{id}/cancel-lines"
+            | "/ui/orders/{id}/notes"
+            | "/ui/orders/{id}/returns",
+        ) if post => Access::Roles(&[Role::Service]),
         Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
             Access::Roles(PLANNER)
         }

@@ -55,6 +55,7 @@ pub(crate) fn routes(hub: Arc<Hub>, chrome: Arc<Chrome>) -> Router {
         .route("/ui/orders/{id}/cancel", post(cancel))
         .route("/ui/orders/{id}/notes", post(add_note))
         .route("/ui/orders/{id}/returns", post(create_return))
+        .route("/ui/orders/{id}/cancel-lines", post(cancel_lines))
         .with_state(UiState { hub: hub.clone(), chrome: chrome.clone() })
         .merge(crate::selfservice::routes(hub, chrome.secure_cookie))
 }
@@ -359,6 +360,47 @@ async fn find_order(State(st): State<UiState>, session: UiSession, Query(q): Que
     .into_response()
 }
 
+/// A quantity field per line (`sku.<i>`, `qty.<i>`, up to its units, `hint` under the SKU) and the required
+/// `reason`, for the order page's forms; `ids` keeps two forms' element ids apart.
+fn line_fields(ids: &str, lines: &[(&str, u64)], hint: impl Fn(u64) -> String, reason_hint: &str) -> Markup {
+    html! {
+        @for (i, (sku, n)) in lines.iter().enumerate() {
+            input type="hidden" name={ "sku." (i) } value=(sku);
+            label for={ (ids) "qty-" (i) } { (sku) span.hint { (hint(*n)) } }
+            input id={ (ids) "qty-" (i) } name={ "qty." (i) } type="number" min="0" max=(n) value="0";
+        }
+        label for={ (ids) "reason" } { "Reason" span.hint { (reason_hint) } }
+        input id={ (ids) "reason" } name="reason" required maxlength=(oms_protocol::domain::TEXT_BYTES_MAX);
+    }
+}
+
+/// The order page again with `error`, or the redirect to it: the answer of the order page's forms.
+fn after_form(st: &UiState, f: &Form, v: &Value, id: &str, done: Result<(), Problem>) -> Response {
+    match done {
+        Ok(()) => see_other(&format!("/ui/orders/{}", query_escape(id))),
+        Err(p) => {
+            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, order_page(st, &f.session, v, Some(&p.detail))).into_response()
+        }
+    }
+}
+
+/// An order page form's required `reason` and its lines (`sku.<i>`, `qty.<i>`), or the sentence saying what
+/// is missing.
+fn reason_and_lines(f: &Form, no_reason: &str) -> Result<(String, Vec<crate::returns::RequestLine>), String> {
+    let reason = f.get("reason").unwrap_or("").to_owned();
+    if reason.is_empty() {
+        return Err(no_reason.to_owned());
+    }
+    let lines = crate::selfservice::chosen_lines(|k| f.get(k), |_| Ok(reason.clone()))?;
+    Ok((reason, lines))
+}
+
+/// The order page again with `words` (`422`): a form that cannot be taken as sent.
+fn unreadable(st: &UiState, f: &Form, v: &Value, words: &str) -> Response {
+    (StatusCode::UNPROCESSABLE_ENTITY, order_page(st, &f.session, v, Some(words))).into_response()
+}
+
 /// Service creates a return on the order page: the lines and their quantities, one reason for all of them
 /// (required), approved at once if asked. The request and the approval are each audited in their own
 /// transaction, as over the API.
@@ -369,14 +411,9 @@ async fn create_return(
     f: Form,
 ) -> Result<Response, Problem> {
     let v = order_of(&st, &f.session, &id)?;
-    let refuse = |words: &str| (StatusCode::UNPROCESSABLE_ENTITY, order_page(&st, &f.session, &v, Some(words)));
-    let reason = f.get("reason").unwrap_or("").to_owned();
-    if reason.is_empty() {
-        return Ok(refuse("Give a reason for the return.").into_response());
-    }
-    let lines = match crate::selfservice::chosen_lines(|k| f.get(k), |_| Ok(reason.clone())) {
-        Ok(l) => l,
-        Err(words) => return Ok(refuse(&words).into_response()),
+    let lines = match reason_and_lines(&f, "Give a reason for the return.") {
+        Ok((_, lines)) => lines,
+        Err(words) => return Ok(unreadable(&st, &f, &v, &words)),
     };
     let approve = f.get("approve") == Some("1");
     let (h, key) = (st.hub.clone(), id.clone());
@@ -389,16 +426,37 @@ async fn create_return(
         if approve { h.returns.step(db, &rma.id, "approve", None, &actor, now) } else { Ok(rma) }
     })
     .await;
-    match done {
-        Ok(rma) => {
-            crate::returns::sites::publish(&st.hub, &rma);
-            Ok(see_other(&format!("/ui/orders/{}", query_escape(&id))))
-        }
-        Err(p) => {
-            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
-            Ok((status, order_page(&st, &f.session, &v, Some(&p.detail))).into_response())
-        }
+    if let Ok(rma) = &done {
+        crate::returns::sites::publish(&st.hub, rma);
     }
+    Ok(after_form(&st, &f, &v, &id, done.map(|_| ())))
+}
+
+/// Service cancels units still waiting for stock on the order page: quantities per line and a required
+/// reason; the change and its audit row in one transaction (`Intake::cancel_waiting`).
+async fn cancel_lines(
+    State(st): State<UiState>,
+    actor: Actor,
+    Path(id): Path<String>,
+    f: Form,
+) -> Result<Response, Problem> {
+    let v = order_of(&st, &f.session, &id)?;
+    let (reason, chosen) = match reason_and_lines(&f, "Give a reason for the cancellation.") {
+        Ok(r) => r,
+        Err(words) => return Ok(unreadable(&st, &f, &v, &words)),
+    };
+    let asked: Vec<crate::orders::CancelLine> = chosen
+        .into_iter()
+        .map(|l| crate::orders::CancelLine { sku: l.sku, qty: u32::try_from(l.qty).unwrap_or(u32::MAX) })
+        .collect();
+    let done = match crate::orders::cancel_lines(&asked) {
+        Ok(lines) => {
+            let principal = f.session.principal();
+            crate::orders::cancel_order_lines(&st.hub, &principal, actor, &id, lines, Some(reason)).await.map(|_| ())
+        }
+        Err(p) => Err(p),
+    };
+    Ok(after_form(&st, &f, &v, &id, done))
 }
 
 /// The customer's order status in plain words.
@@ -437,15 +495,19 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
     let now = oms_service::now_ms();
     let can_cancel = matches!(session.role, oms_service::auth::Role::Service | oms_service::auth::Role::Admin)
         && v["cancel_requested_at_ms"].is_null();
-    // The lines with shipped units (what a return may take back), at most as many as the form reads.
-    let shipped: Vec<(&str, u64)> = v["lines"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .filter(|l| u(&l["shipped"]) > 0)
-        .map(|l| (s(&l["sku"]), u(&l["shipped"])))
-        .take(crate::selfservice::RETURN_LINES_SHOWN_MAX)
-        .collect();
+    // Per line, the units a figure (`shipped`: what a return may take back; `unfilled`: what a line cancel
+    // may take) holds, for the lines that have some, at most as many as the forms read.
+    let having = |field: &str| -> Vec<(&str, u64)> {
+        v["lines"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter(|l| u(&l[field]) > 0)
+            .map(|l| (s(&l["sku"]), u(&l[field])))
+            .take(crate::selfservice::RETURN_LINES_SHOWN_MAX)
+            .collect()
+    };
+    let (shipped, waiting) = (having("shipped"), having("unfilled"));
     page(
         &st.chrome,
         &format!("Order {}", s(&v["id"])),
@@ -494,15 +556,18 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
                     input type="hidden" name="csrf" value=(session.csrf);
                     h2 { "Create a return" }
                     p.hint { "Units shipped by one site per return; the returns policy (window, SKUs, what is left to return) applies." }
-                    @for (i, (sku, n)) in shipped.iter().enumerate() {
-                        input type="hidden" name={ "sku." (i) } value=(sku);
-                        label for={ "rqty-" (i) } { (sku) span.hint { "Units to take back (shipped " (n) ")" } }
-                        input id={ "rqty-" (i) } name={ "qty." (i) } type="number" min="0" max=(n) value="0";
-                    }
-                    label for="rreason" { "Reason" span.hint { "Recorded on the return and in the audit trail." } }
-                    input id="rreason" name="reason" required maxlength=(oms_protocol::domain::TEXT_BYTES_MAX);
+                    (line_fields("r", &shipped, |n| format!("Units to take back (shipped {n})"), "Recorded on the return and in the audit trail."))
                     label { input type="checkbox" name="approve" value="1"; " Approve it now" }
                     button.secondary type="submit" { "Create the return" }
+                }
+            }
+            @if can_cancel && !waiting.is_empty() {
+                form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/cancel-lines" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    h2 { "Cancel units waiting for stock" }
+                    p.hint { "Only units not placed at any site yet; the rest of the order goes on." }
+                    (line_fields("c", &waiting, |n| format!("Units to cancel ({n} waiting)"), "Recorded in the audit trail."))
+                    button.danger type="submit" { "Cancel these units" }
                 }
             }
             @if can_cancel {

@@ -70,7 +70,8 @@ try {
   await page.keyboard.press("Enter");
   await page.getByRole("heading", { name: `Order ${OMS_ORDER}` }).waitFor();
   await look(page, "hub-order");
-  await page.getByLabel(/Reason/).fill("customer called to cancel");
+  // The whole-order cancel (the page also offers to cancel only the units waiting for stock).
+  await page.locator('form[action$="/cancel"]').getByLabel(/Reason/).fill("customer called to cancel");
   await page.getByRole("button", { name: "Cancel the order" }).click();
   await page.getByText("Cancelled because: customer called to cancel").waitFor();
   await look(page, "hub-order-cancelled");

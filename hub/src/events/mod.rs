@@ -58,6 +58,7 @@ pub const TYPES: &[&str] = &[
     ORDER_CREATED,
     ORDER_ROUTED,
     ORDER_CANCELLED,
+    ORDER_LINES_CANCELLED,
     FULFILLMENT_ACCEPTED,
     FULFILLMENT_SHIPPED,
     ORDER_DELIVERED,
@@ -108,6 +109,8 @@ pub const ORDER_CREATED: &str = "order.created";
 pub const ORDER_ROUTED: &str = "order.routed";
 /// The customer's cancellation was recorded.
 pub const ORDER_CANCELLED: &str = "order.cancelled";
+/// Units of an order still waiting for stock were cancelled (`lines`, `reason`); the order goes on.
+pub const ORDER_LINES_CANCELLED: &str = "order.lines_cancelled";
 /// A site accepted its part of an order.
 pub const FULFILLMENT_ACCEPTED: &str = "fulfillment.accepted";
 /// A site handed its part to the carrier.
@@ -270,6 +273,15 @@ impl EventDraft {
         let mut draft = EventDraft::new(kind, at_ms).data(data);
         draft.order = Some((rma.order.clone(), rma.channel.as_str().to_owned()));
         draft
+    }
+}
+
+impl EventDraft {
+    /// `order.lines_cancelled` for units of `o` waiting for stock that were just cancelled.
+    pub fn lines_cancelled(o: &HubOrder, lines: &[SkuQty], reason: Option<&str>, at_ms: u64) -> Self {
+        EventDraft::new(ORDER_LINES_CANCELLED, at_ms).order(&o.id, &o.draft.channel).data(json!({
+            "external_ref": o.draft.external_ref, "lines": lines, "reason": reason, "unfilled": o.unfilled,
+        }))
     }
 }
 
