@@ -114,13 +114,8 @@ struct Seen {
 fn returnable(shipped: &[Shipped], rmas: &[Rma]) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = Vec::new();
     for f in shipped {
-        for (sku, units) in &f.units {
-            let covered: u64 = rmas
-                .iter()
-                .filter(|r| r.fulfillment == f.id && r.state.counts())
-                .flat_map(|r| r.lines.iter().filter(|l| &l.sku == sku).map(|l| l.qty))
-                .sum();
-            let left = units.saturating_sub(covered);
+        for sku in f.units.keys() {
+            let left = crate::returns::returnable(f, sku, rmas);
             match out.iter_mut().find(|(s, _)| s == sku) {
                 Some((_, n)) => *n += left,
                 None => out.push((sku.clone(), left)),

@@ -434,10 +434,28 @@ pub struct Shipped {
     pub site: String,
     /// Units shipped per SKU.
     pub units: BTreeMap<String, u64>,
+    /// Units the site recorded returned per SKU (against RMAs or not), as it last reported.
+    pub returned: BTreeMap<String, u64>,
     /// When it shipped, ms.
     pub shipped_at_ms: Option<u64>,
     /// When it was delivered, ms, if the site reported it.
     pub delivered_at_ms: Option<u64>,
+}
+
+/// Units of `sku` that fulfillment `f` may still take back given the order's RMAs `rmas`: what it shipped,
+/// less what live RMAs cover, less what its site took back without an RMA (the site's `returned` less the
+/// units the hub applied against RMAs; a receipt the hub has not applied yet makes this smaller for a
+/// moment, never larger).
+pub fn returnable(f: &Shipped, sku: &str, rmas: &[Rma]) -> u64 {
+    let (mut covered, mut received_against_rmas) = (0u64, 0u64);
+    for r in rmas.iter().filter(|r| r.fulfillment == f.id) {
+        for l in r.lines.iter().filter(|l| l.sku == sku) {
+            covered += if r.state.counts() { l.qty } else { 0 };
+            received_against_rmas += l.received;
+        }
+    }
+    let outside = f.returned.get(sku).copied().unwrap_or(0).saturating_sub(received_against_rmas);
+    f.units.get(sku).copied().unwrap_or(0).saturating_sub(covered).saturating_sub(outside)
 }
 
 /// Totals over every RMA (`GET /v1/returns/summary`, the demo).
@@ -636,14 +654,7 @@ impl Returns {
         if existing.len() >= RMAS_PER_ORDER_MAX {
             return Err(ReturnsError::Limit(format!("an order has at most {RMAS_PER_ORDER_MAX} RMAs")));
         }
-        let returnable = |f: &Shipped, sku: &str| -> u64 {
-            let covered: u64 = existing
-                .iter()
-                .filter(|r| r.fulfillment == f.id && r.state.counts())
-                .flat_map(|r| r.lines.iter().filter(|l| l.sku == sku).map(|l| l.qty))
-                .sum();
-            f.units.get(sku).copied().unwrap_or(0).saturating_sub(covered)
-        };
+        let returnable = |f: &Shipped, sku: &str| returnable(f, sku, &existing);
         let candidates: Vec<&Shipped> = match &req.fulfillment {
             Some(id) => match shipped.iter().find(|f| &f.id == id) {
                 Some(f) => vec![f],

@@ -28,6 +28,7 @@ fn shipped(id: &str, site: &str, units: &[(&str, u64)], delivered: Option<u64>) 
         id: id.into(),
         site: site.into(),
         units: units.iter().map(|(s, q)| ((*s).to_owned(), *q)).collect::<BTreeMap<_, _>>(),
+        returned: BTreeMap::new(),
         shipped_at_ms: Some(NOW - 10 * DAY),
         delivered_at_ms: delivered,
     }
@@ -209,4 +210,34 @@ fn return_events_follow_the_rma_and_feed_the_reports() {
     assert_eq!((rep.days[0].figures.returns, rep.days[0].figures.units_returned), (1, 1));
     assert_eq!((rep.days[1].figures.returns, rep.days[1].figures.units_returned), (0, 2));
     assert_eq!(rep.sites.iter().map(|s| (s.name.as_str(), s.figures.returns)).collect::<Vec<_>>(), [("wh-a", 1)]);
+}
+
+/// Units the site took back without an RMA are not returnable again; units received against an RMA are not
+/// counted twice (once as covered, once as returned at the site).
+#[test]
+fn returns_taken_at_the_site_without_an_rma_count_against_what_may_be_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(dir.path());
+    let r = Returns::new(ReturnsConfig { auto_approve: true, ..Default::default() });
+    let web = Channel::parse("web").unwrap();
+    let mut f = shipped("hub-5.1", "wh-a", &[("A", 3)], Some(NOW));
+    f.returned.insert("A".into(), 1);
+    assert_eq!(returnable(&f, "A", &[]), 2);
+    let fos = [f.clone()];
+    assert!(matches!(
+        r.request(&db, "hub-5", &web, &fos, &req(&[("A", 3)], None), &actor(), NOW),
+        Err(ReturnsError::OverReturn { returnable: 2, .. })
+    ));
+    let rma = r.request(&db, "hub-5", &web, &fos, &req(&[("A", 1)], None), &actor(), NOW).unwrap();
+    let receipt = SiteRmaReceipt {
+        id: "1".into(),
+        rma: rma.id.clone(),
+        order: "hub-5.1".into(),
+        lines: vec![SiteRmaLine { sku: Sku::parse("A").unwrap(), qty: 1, disposition: Disposition::Restock }],
+        at_ms: NOW,
+    };
+    let rma = r.apply_receipt(&db, "wh-a", "wh-a/1", &receipt, NOW).unwrap().unwrap();
+    // The site now counts 2 returned: 1 without an RMA, 1 against it.
+    f.returned.insert("A".into(), 2);
+    assert_eq!(returnable(&f, "A", std::slice::from_ref(&rma)), 1);
 }
