@@ -28,7 +28,7 @@
 //!
 //! | route | roles |
 //! |---|---|
-//! | `GET /healthz`, `GET /v1/track/{token}` | open (rate limited per client IP) |
+//! | `GET /healthz`, `GET /v1/track/{token}`, `GET /t/{token}`, `POST /t/{token}/cancel\|returns` | open (rate limited per client IP; the tracking page's forms need its `SameSite=Strict` form cookie, see [`crate::selfservice`]) |
 //! | `GET /v1/nodes`, `/v1/stock`, `/v1/stock/{sku}`, `/v1/forecast/{sku}`, `/v1/replenishment` | planner |
 //! | `GET /v1/orders` | planner, service, channel (a channel key lists its channel's hub orders) |
 //! | `POST /v1/orders` | channel (its own channel only) |
@@ -41,7 +41,7 @@
 //! | `GET /v1/returns/summary` | planner, service |
 //! | `GET /v1/invoices[/{number}]`, `GET /v1/credit-notes[/{number}]` | planner, service, channel (own channel only) |
 //! | `GET /v1/reports`, `/ui/reports[.csv]` | planner, service |
-//! | `POST /v1/orders/{id}/notes`, `/ui/orders/{id}/notes` | service |
+//! | `POST /v1/orders/{id}/notes`, `/ui/orders/{id}/notes`, `/ui/orders/{id}/returns`, `/ui/orders/{id}/cancel-lines` | service |
 //! | `GET /v1/payments?status=action_required` | service |
 //! | `GET /v1/payments/summary` | planner, service |
 //! | `GET /v1/audit/events` | admin only |
@@ -102,12 +102,17 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
             "/healthz" | "/openapi.json" | "/v1/track/{token}" | "/t/{token}" | "/" | "/ui/sign-in"
             | "/ui/assets/{file}",
         ) if get => Access::Open,
-        Some("/ui/sign-in") if post => Access::Open,
+        Some("/ui/sign-in" | "/t/{token}/cancel" | "/t/{token}/returns") if post => Access::Open,
         Some("/ui/sign-out") if post => Access::Roles(ANY_ROLE),
         Some("/ui/stock" | "/ui/stock.csv" | "/ui/forecast/{sku}") if get => Access::Roles(PLANNER),
         Some("/v1/reports" | "/ui/reports" | "/ui/reports.csv") if get => Access::Roles(MONEY_READERS),
         Some("/ui" | "/ui/orders" | "/ui/orders/{id}") if get => Access::Roles(&[Role::Planner, Role::Service]),
-        Some("/ui/orders/{id}/cancel" | "/ui/orders/{id}/notes") if post => Access::Roles(&[Role::Service]),
+        Some(
+            "/ui/orders/{id}/cancel"
+            | "/ui/orders/{id}/cancel-lines"
+            | "/ui/orders/{id}/notes"
+            | "/ui/orders/{id}/returns",
+        ) if post => Access::Roles(&[Role::Service]),
         Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
             Access::Roles(PLANNER)
         }

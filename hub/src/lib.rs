@@ -44,6 +44,7 @@ pub mod purchasing;
 pub mod reports;
 pub mod returns;
 pub mod routing;
+pub mod selfservice;
 pub mod server;
 mod ui;
 

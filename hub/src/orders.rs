@@ -13,7 +13,11 @@
 //! - `GET /v1/orders/{id}/routing`: every routing decision with candidates, exclusions and scores.
 //! - `POST /v1/orders/{id}/cancel` `{"reason"?}`: drops units not placed yet, asks each site to cancel its
 //!   part, and says per line what was cancelled, what is being cancelled (the site confirms) and what could
-//!   not be. Customer service (`service` keys) must give a reason (`403 reason_required` otherwise).
+//!   not be. Customer service (`service` keys) must give a reason (`403 reason_required` otherwise). With
+//!   `"lines": [{"sku", "qty"}]` only those units, among the ones still waiting for stock (placed nowhere, so
+//!   holding no reservation and no escrow rights): cancelled at once, the order goes on; more than wait is
+//!   `409 units_not_waiting`, changing nothing. Units placed at a site are cancelled with the whole order
+//!   only (a site cancels a fulfillment whole).
 //! - `GET /v1/track/{token}` (open, rate limited per client IP): the customer's view of the order behind a
 //!   tracking token: status, lines, a timeline and the carriers' tracking numbers, nothing internal (no
 //!   sites, no routing, no address, no other order). An unknown token is `404 tracking_not_found`.
@@ -102,6 +106,10 @@ impl From<IntakeError> for Problem {
             IntakeError::KeyReused(_) => Problem::new(StatusCode::CONFLICT, code, detail),
             IntakeError::CannotFill(d) => Problem::new(StatusCode::CONFLICT, code, detail).with("routing", d.as_ref()),
             IntakeError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, code, detail),
+            IntakeError::NotWaiting { sku, requested, waiting } => Problem::new(StatusCode::CONFLICT, code, detail)
+                .with("sku", sku)
+                .with("requested", requested)
+                .with("waiting", waiting),
             IntakeError::Overloaded | IntakeError::ShuttingDown => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
             }
@@ -657,14 +665,28 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
 #[serde(deny_unknown_fields)]
 struct CancelBody {
     reason: Option<String>,
+    /// Only these units, among those still waiting for stock.
+    lines: Option<Vec<CancelLine>>,
+}
+
+/// A line of a line-level cancel.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CancelLine {
+    pub(crate) sku: String,
+    pub(crate) qty: u32,
 }
 
 /// The cancel's reason: none for an empty body or a blank reason; free text of at most
-/// [`TEXT_BYTES_MAX`] bytes without control characters otherwise.
-fn cancel_reason(body: &[u8]) -> Result<Option<String>, Problem> {
+/// [`TEXT_BYTES_MAX`] bytes without control characters otherwise. And its lines, if it names any: each SKU
+/// once, 1 to [`oms_protocol::domain::QTY_MAX`] units, at most [`oms_protocol::domain::ORDER_LINES_MAX`].
+fn cancel_body(body: &[u8]) -> Result<(Option<String>, Option<Vec<crate::routing::SkuQty>>), Problem> {
     let b: CancelBody =
         if body.iter().all(u8::is_ascii_whitespace) { CancelBody::default() } else { oms_service::parse_json(body)? };
-    let Some(reason) = b.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()) else { return Ok(None) };
+    let lines = b.lines.map(|ls| cancel_lines(&ls)).transpose()?;
+    let Some(reason) = b.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()) else {
+        return Ok((None, lines));
+    };
     if reason.len() > TEXT_BYTES_MAX || reason.chars().any(char::is_control) {
         return Err(ValidationError::new(
             "invalid_text",
@@ -673,12 +695,79 @@ fn cancel_reason(body: &[u8]) -> Result<Option<String>, Problem> {
         )
         .into());
     }
-    Ok(Some(reason))
+    Ok((Some(reason), lines))
+}
+
+/// Checks the lines of a line-level cancel.
+pub(crate) fn cancel_lines(ls: &[CancelLine]) -> Result<Vec<crate::routing::SkuQty>, Problem> {
+    use oms_protocol::domain::{ORDER_LINES_MAX, QTY_MAX, Sku};
+    if ls.is_empty() || ls.len() > ORDER_LINES_MAX {
+        return Err(ValidationError::new("invalid_lines", "lines", format!("1 ..= {ORDER_LINES_MAX} lines")).into());
+    }
+    let mut out: Vec<crate::routing::SkuQty> = Vec::with_capacity(ls.len());
+    for (i, l) in ls.iter().enumerate() {
+        let sku = Sku::parse(&l.sku)
+            .map_err(|_| ValidationError::new("invalid_sku", format!("lines[{i}].sku"), "not a SKU"))?;
+        if l.qty == 0 || l.qty > QTY_MAX {
+            return Err(ValidationError::new(
+                "invalid_quantity",
+                format!("lines[{i}].qty"),
+                format!("1 ..= {QTY_MAX}"),
+            )
+            .into());
+        }
+        if out.iter().any(|o| o.sku == sku) {
+            return Err(ValidationError::new("duplicate_sku", format!("lines[{i}].sku"), "each SKU once").into());
+        }
+        out.push(crate::routing::SkuQty { sku, qty: l.qty });
+    }
+    Ok(out)
+}
+
+/// Customer service cancels `what` with a reason only (`403 reason_required` otherwise).
+fn reason_given(principal: &Principal, reason: Option<&str>, what: &str) -> Result<(), Problem> {
+    if principal.role == Role::Service && reason.is_none() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "reason_required",
+            format!("customer service cancels {what} with a reason: send {{\"reason\": \"…\"}}"),
+        )
+        .with("role", principal.role));
+    }
+    Ok(())
+}
+
+/// Cancels `lines` of hub order `id` among its units waiting for stock, for `principal` (a channel only its
+/// own orders; service with a reason): `POST /v1/orders/{id}/cancel` with `lines`, and the console's form.
+pub(crate) async fn cancel_order_lines(
+    hub: &Arc<Hub>,
+    principal: &Principal,
+    actor: Actor,
+    id: &str,
+    lines: Vec<crate::routing::SkuQty>,
+    reason: Option<String>,
+) -> Result<Value, Problem> {
+    let id = hub_order_id(id)?;
+    reason_given(principal, reason.as_deref(), "units")?;
+    let (h, key, confined) = (hub.clone(), id.to_string(), principal.confined_to().cloned());
+    let asked = lines.clone();
+    let order =
+        blocking(move || h.intake.cancel_waiting(&key, confined.as_ref(), &asked, reason.as_deref(), &actor, now_ms()))
+            .await?;
+    let done: Vec<Value> = lines
+        .iter()
+        .map(|l| {
+            json!({"fulfillment": null, "site": null, "sku": l.sku, "qty": l.qty,
+            "result": "cancelled", "reason": "not yet placed at any site"})
+        })
+        .collect();
+    Ok(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": done,
+        "unfilled": order.unfilled}))
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path, description = "The order id")),
-    request_body(content = Option<Object>, description = "Optional `{\"reason\"}`"),
-    responses((status = 202, description = "Cancellation requested, line by line", body = Object)))]
+    request_body(content = Option<Object>, description = "Optional `{\"reason\"}`; with `\"lines\": [{\"sku\", \"qty\"}]` only those units, among the ones still waiting for stock (`409 units_not_waiting` otherwise)"),
+    responses((status = 202, description = "Cancellation requested, line by line (with `lines`: those units cancelled at once)", body = Object)))]
 async fn cancel(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -686,8 +775,11 @@ async fn cancel(
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
-    let reason = cancel_reason(&body)?;
-    let v = cancel_order(&hub, &principal, actor, &id, reason).await?;
+    let (reason, lines) = cancel_body(&body)?;
+    let v = match lines {
+        Some(lines) => cancel_order_lines(&hub, &principal, actor, &id, lines, reason).await?,
+        None => cancel_order(&hub, &principal, actor, &id, reason).await?,
+    };
     Ok((StatusCode::ACCEPTED, Json(v)).into_response())
 }
 
@@ -702,14 +794,7 @@ pub(crate) async fn cancel_order(
     reason: Option<String>,
 ) -> Result<Value, Problem> {
     let id = hub_order_id(id)?;
-    if principal.role == Role::Service && reason.is_none() {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "reason_required",
-            "customer service cancels an order with a reason: send {\"reason\": \"…\"}",
-        )
-        .with("role", principal.role));
-    }
+    reason_given(principal, reason.as_deref(), "an order")?;
     let h = hub.clone();
     let key = id.to_string();
     let confined = principal.confined_to().cloned();
@@ -780,7 +865,7 @@ pub(crate) fn tracking_view_of(hub: &Hub, token: &str) -> Result<Option<Value>, 
 
 /// What a customer may see of their order: status, lines, shipments with the carrier's tracking number and
 /// a timeline of customer-facing steps. No site, fulfillment id, routing, address, price or other order.
-fn tracking_view(hub: &Hub, o: &HubOrder) -> Value {
+pub(crate) fn tracking_view(hub: &Hub, o: &HubOrder) -> Value {
     let full = order_view(hub, o);
     let empty = Vec::new();
     let lines: Vec<Value> = full["lines"]

@@ -2,7 +2,7 @@
 //! each site's freshness, filterable in the URL and exported as CSV exactly as shown, for planners; a SKU's
 //! forecast drawn (history, forecast, 10–90 % band) with its replenishment figures; an order's page for
 //! customer service (status in words, lines, fulfillments per site, one timeline) with a cancel that needs a
-//! reason; and the customer's tracking page (`/t/{token}`, no sign-in), which shows nothing internal.
+//! reason. The customer's tracking page (`/t/{token}`, no sign-in) is [`crate::selfservice`].
 //!
 //! Server-rendered with `oms_service::web` like the node's screens; reads go through the same functions as
 //! the JSON API (`api::nodes_view`, `api::stock_rows`, `orders::hub_order`, the forecast answer).
@@ -54,8 +54,10 @@ pub(crate) fn routes(hub: Arc<Hub>, chrome: Arc<Chrome>) -> Router {
         .route("/ui/orders/{id}", get(order_screen))
         .route("/ui/orders/{id}/cancel", post(cancel))
         .route("/ui/orders/{id}/notes", post(add_note))
-        .route("/t/{token}", get(tracking))
-        .with_state(UiState { hub, chrome })
+        .route("/ui/orders/{id}/returns", post(create_return))
+        .route("/ui/orders/{id}/cancel-lines", post(cancel_lines))
+        .with_state(UiState { hub: hub.clone(), chrome: chrome.clone() })
+        .merge(crate::selfservice::routes(hub, chrome.secure_cookie))
 }
 
 fn ago(at_ms: u64, now_ms: u64) -> String {
@@ -358,8 +360,107 @@ async fn find_order(State(st): State<UiState>, session: UiSession, Query(q): Que
     .into_response()
 }
 
+/// A quantity field per line (`sku.<i>`, `qty.<i>`, up to its units, `hint` under the SKU) and the required
+/// `reason`, for the order page's forms; `ids` keeps two forms' element ids apart.
+fn line_fields(ids: &str, lines: &[(&str, u64)], hint: impl Fn(u64) -> String, reason_hint: &str) -> Markup {
+    html! {
+        @for (i, (sku, n)) in lines.iter().enumerate() {
+            input type="hidden" name={ "sku." (i) } value=(sku);
+            label for={ (ids) "qty-" (i) } { (sku) span.hint { (hint(*n)) } }
+            input id={ (ids) "qty-" (i) } name={ "qty." (i) } type="number" min="0" max=(n) value="0";
+        }
+        label for={ (ids) "reason" } { "Reason" span.hint { (reason_hint) } }
+        input id={ (ids) "reason" } name="reason" required maxlength=(oms_protocol::domain::TEXT_BYTES_MAX);
+    }
+}
+
+/// The order page again with `error`, or the redirect to it: the answer of the order page's forms.
+fn after_form(st: &UiState, f: &Form, v: &Value, id: &str, done: Result<(), Problem>) -> Response {
+    match done {
+        Ok(()) => see_other(&format!("/ui/orders/{}", query_escape(id))),
+        Err(p) => {
+            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, order_page(st, &f.session, v, Some(&p.detail))).into_response()
+        }
+    }
+}
+
+/// An order page form's required `reason` and its lines (`sku.<i>`, `qty.<i>`), or the sentence saying what
+/// is missing.
+fn reason_and_lines(f: &Form, no_reason: &str) -> Result<(String, Vec<crate::returns::RequestLine>), String> {
+    let reason = f.get("reason").unwrap_or("").to_owned();
+    if reason.is_empty() {
+        return Err(no_reason.to_owned());
+    }
+    let lines = crate::selfservice::chosen_lines(|k| f.get(k), |_| Ok(reason.clone()))?;
+    Ok((reason, lines))
+}
+
+/// The order page again with `words` (`422`): a form that cannot be taken as sent.
+fn unreadable(st: &UiState, f: &Form, v: &Value, words: &str) -> Response {
+    (StatusCode::UNPROCESSABLE_ENTITY, order_page(st, &f.session, v, Some(words))).into_response()
+}
+
+/// Service creates a return on the order page: the lines and their quantities, one reason for all of them
+/// (required), approved at once if asked. The request and the approval are each audited in their own
+/// transaction, as over the API.
+async fn create_return(
+    State(st): State<UiState>,
+    actor: Actor,
+    Path(id): Path<String>,
+    f: Form,
+) -> Result<Response, Problem> {
+    let v = order_of(&st, &f.session, &id)?;
+    let lines = match reason_and_lines(&f, "Give a reason for the return.") {
+        Ok((_, lines)) => lines,
+        Err(words) => return Ok(unreadable(&st, &f, &v, &words)),
+    };
+    let approve = f.get("approve") == Some("1");
+    let (h, key) = (st.hub.clone(), id.clone());
+    let done = crate::orders::blocking(move || -> Result<crate::returns::Rma, crate::returns::ReturnsError> {
+        let order = h.intake.order(&key)?.ok_or_else(|| crate::returns::ReturnsError::OrderNotFound(key.clone()))?;
+        let shipped = crate::returns::http::shipped_of(&h, &order);
+        let req = crate::returns::ReturnRequest { lines, fulfillment: None };
+        let (db, now) = (h.intake.db(), oms_service::now_ms());
+        let rma = h.returns.request(db, &key, &order.draft.channel, &shipped, &req, &actor, now)?;
+        if approve { h.returns.step(db, &rma.id, "approve", None, &actor, now) } else { Ok(rma) }
+    })
+    .await;
+    if let Ok(rma) = &done {
+        crate::returns::sites::publish(&st.hub, rma);
+    }
+    Ok(after_form(&st, &f, &v, &id, done.map(|_| ())))
+}
+
+/// Service cancels units still waiting for stock on the order page: quantities per line and a required
+/// reason; the change and its audit row in one transaction (`Intake::cancel_waiting`).
+async fn cancel_lines(
+    State(st): State<UiState>,
+    actor: Actor,
+    Path(id): Path<String>,
+    f: Form,
+) -> Result<Response, Problem> {
+    let v = order_of(&st, &f.session, &id)?;
+    let (reason, chosen) = match reason_and_lines(&f, "Give a reason for the cancellation.") {
+        Ok(r) => r,
+        Err(words) => return Ok(unreadable(&st, &f, &v, &words)),
+    };
+    let asked: Vec<crate::orders::CancelLine> = chosen
+        .into_iter()
+        .map(|l| crate::orders::CancelLine { sku: l.sku, qty: u32::try_from(l.qty).unwrap_or(u32::MAX) })
+        .collect();
+    let done = match crate::orders::cancel_lines(&asked) {
+        Ok(lines) => {
+            let principal = f.session.principal();
+            crate::orders::cancel_order_lines(&st.hub, &principal, actor, &id, lines, Some(reason)).await.map(|_| ())
+        }
+        Err(p) => Err(p),
+    };
+    Ok(after_form(&st, &f, &v, &id, done))
+}
+
 /// The customer's order status in plain words.
-fn status_words(status: &str) -> &'static str {
+pub(crate) fn status_words(status: &str) -> &'static str {
     match status {
         "in_fulfillment" => "Being prepared",
         "partially_backordered" => "Partly waiting for stock",
@@ -394,6 +495,19 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
     let now = oms_service::now_ms();
     let can_cancel = matches!(session.role, oms_service::auth::Role::Service | oms_service::auth::Role::Admin)
         && v["cancel_requested_at_ms"].is_null();
+    // Per line, the units a figure (`shipped`: what a return may take back; `unfilled`: what a line cancel
+    // may take) holds, for the lines that have some, at most as many as the forms read.
+    let having = |field: &str| -> Vec<(&str, u64)> {
+        v["lines"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter(|l| u(&l[field]) > 0)
+            .map(|l| (s(&l["sku"]), u(&l[field])))
+            .take(crate::selfservice::RETURN_LINES_SHOWN_MAX)
+            .collect()
+    };
+    let (shipped, waiting) = (having("shipped"), having("unfilled"));
     page(
         &st.chrome,
         &format!("Order {}", s(&v["id"])),
@@ -428,6 +542,32 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
                     label for="note" { "Add a note" span.hint { "For service and planners only; the customer never sees it." } }
                     textarea id="note" name="text" rows="3" maxlength=(crate::notes::NOTE_BYTES_MAX) required {}
                     button.secondary type="submit" { "Add the note" }
+                }
+            }
+            @if !v["rmas"].as_array().unwrap_or(&empty).is_empty() {
+                h2 { "Returns" }
+                ul { @for r in v["rmas"].as_array().unwrap_or(&empty) {
+                    li { strong { (s(&r["id"])) } " from " (s(&r["site"])) ": " code { (s(&r["state"])) } " — "
+                        (r["lines"].as_array().unwrap_or(&empty).iter().map(|l| format!("{} × {} ({})", u(&l["qty"]), s(&l["sku"]), s(&l["reason"]))).collect::<Vec<_>>().join(", ")) }
+                } }
+            }
+            @if session.role == oms_service::auth::Role::Service && !shipped.is_empty() {
+                form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/returns" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    h2 { "Create a return" }
+                    p.hint { "Units shipped by one site per return; the returns policy (window, SKUs, what is left to return) applies." }
+                    (line_fields("r", &shipped, |n| format!("Units to take back (shipped {n})"), "Recorded on the return and in the audit trail."))
+                    label { input type="checkbox" name="approve" value="1"; " Approve it now" }
+                    button.secondary type="submit" { "Create the return" }
+                }
+            }
+            @if can_cancel && !waiting.is_empty() {
+                form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/cancel-lines" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    h2 { "Cancel units waiting for stock" }
+                    p.hint { "Only units not placed at any site yet; the rest of the order goes on." }
+                    (line_fields("c", &waiting, |n| format!("Units to cancel ({n} waiting)"), "Recorded in the audit trail."))
+                    button.danger type="submit" { "Cancel these units" }
                 }
             }
             @if can_cancel {
@@ -474,48 +614,6 @@ async fn add_note(
             Ok((status, order_page(&st, &f.session, &v, Some(&p.detail))).into_response())
         }
     }
-}
-
-/// The customer's page behind a tracking link: no sign-in, nothing internal (what `GET /v1/track/{token}`
-/// shows), in words. A link that finds no order says so, whatever the token.
-async fn tracking(State(st): State<UiState>, Path(token): Path<String>) -> Response {
-    let hub = st.hub.clone();
-    let found = tokio::task::spawn_blocking(move || crate::orders::tracking_view_of(&hub, &token)).await;
-    let plain = Chrome { product: "Order status".into(), nav: Vec::new(), secure_cookie: false };
-    let v = match found {
-        Ok(Ok(Some(v))) => v,
-        Ok(Ok(None)) => {
-            let body = html! { h1 { "We can't find this order" } p { "Check the link in your confirmation email; it may have been cut short." } };
-            return (StatusCode::NOT_FOUND, page(&plain, "Not found", None, body)).into_response();
-        }
-        Ok(Err(p)) => return p.into_response(),
-        Err(e) => return Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into_response(),
-    };
-    let empty = Vec::new();
-    let status = s(&v["status"]);
-    // Steps in words; several internal states read the same ("Being prepared"), so each shows once.
-    let mut steps: Vec<&str> =
-        v["timeline"].as_array().unwrap_or(&empty).iter().map(|t| status_words(s(&t["status"]))).collect();
-    steps.dedup();
-    page(
-        &plain,
-        "Your order",
-        None,
-        html! {
-            h1 { (status_words(status)) }
-            p { "Order " (s(&v["external_ref"])) }
-            @for sh in v["shipments"].as_array().unwrap_or(&empty) {
-                p.done { "Shipped with " (s(&sh["carrier"])) ", tracking number " strong { (s(&sh["tracking"])) } }
-            }
-            h2 { "Items" }
-            ul { @for l in v["lines"].as_array().unwrap_or(&empty) {
-                li { (u(&l["qty"])) " × " (s(&l["sku"])) @if u(&l["shipped"]) > 0 { " — " (u(&l["shipped"])) " shipped" } }
-            } }
-            h2 { "What happened" }
-            ol { @for words in steps { li { (words) } } }
-        },
-    )
-    .into_response()
 }
 
 #[cfg(test)]

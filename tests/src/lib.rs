@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod floor;
+pub mod shipped;
 
 /// Small helpers the benchmarks share.
 pub mod stats {

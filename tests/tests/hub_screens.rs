@@ -132,6 +132,63 @@ async fn planner_service_and_customer_screens() {
     }
     let r = channel.get(format!("http://{http}/v1/orders/search?q=ada@example.com")).send().await.unwrap();
     assert_eq!(r.status(), 403, "a channel does not search other channels' customers");
+    // Line-level cancel of units waiting for stock: over the API more than wait is refused and changes
+    // nothing; on the console a reason is required, then one of the two units goes, audited as the person,
+    // with its event; the order goes on (waiting units hold no reservation and no rights, so nothing else moves).
+    let (s, v) = oms_tests::post(
+        &channel,
+        format!("http://{http}/v1/orders/{id}/cancel"),
+        json!({"lines": [{"sku": "SKU-1", "qty": 3}]}),
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str(), v["waiting"].as_u64()), (409, Some("units_not_waiting"), Some(2)), "{v}");
+    let (s, v) = oms_tests::post(
+        &channel,
+        format!("http://{http}/v1/orders/{id}/cancel"),
+        json!({"lines": [{"sku": "SKU-1", "qty": 0}]}),
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("invalid_quantity")), "{v}");
+    let p = sam.get(&format!("/ui/orders/{id}")).await;
+    assert!(p.html.contains("Cancel units waiting for stock") && p.html.contains("2 waiting"), "{}", p.html);
+    let csrf = p.csrf();
+    let lines = format!("/ui/orders/{id}/cancel-lines");
+    let p = sam.post(&lines, &[("csrf", &csrf), ("sku.0", "SKU-1"), ("qty.0", "1"), ("reason", "")]).await;
+    assert_eq!(p.status, 422);
+    assert!(p.html.contains("Give a reason for the cancellation."), "{}", p.html);
+    let form = [("csrf", csrf.as_str()), ("sku.0", "SKU-1"), ("qty.0", "1"), ("reason", "customer wants one")];
+    let p = sam.submit(&lines, &form).await;
+    assert!(p.html.contains("1 waiting"), "{}", p.html);
+    let v: Value = admin.get(format!("http://{http}/v1/orders/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (
+            v["cancel_requested_at_ms"].is_null(),
+            v["lines"][0]["unfilled"].as_u64(),
+            v["cancelled_unfilled"][0]["qty"].as_u64()
+        ),
+        (true, Some(1), Some(1)),
+        "{v}"
+    );
+    let audit: Value =
+        admin.get(format!("http://{http}/v1/audit/events?limit=100")).send().await.unwrap().json().await.unwrap();
+    let rows: Vec<(&str, &str)> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["route"] == "/ui/orders/{id}/cancel-lines" || e["route"] == "/v1/orders/{id}/cancel")
+        .map(|e| (e["key"].as_str().unwrap_or(""), e["outcome"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(rows, [("web", "units_not_waiting"), ("user:sam", "ok")], "{audit}");
+    let ev: Value = admin
+        .get(format!("http://{http}/v1/events?types=order.lines_cancelled"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ev["events"].as_array().map(Vec::len), Some(1), "{ev}");
+    assert_eq!(ev["events"][0]["data"]["reason"], "customer wants one", "{ev}");
     let p = sam.get(&format!("/ui/orders?id={id}")).await;
     assert_eq!((p.status, p.location.clone()), (303, Some(format!("/ui/orders/{id}"))));
     let p = sam.get(&format!("/ui/orders/{id}")).await;

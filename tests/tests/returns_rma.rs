@@ -3,104 +3,26 @@
 //! scrapped, the node killed with SIGKILL in between), credit-noted and refunded once; refusals
 //! (over-return at the hub and at the site, a non-returnable SKU, a declined RMA at the site) that change
 //! nothing; and a held refund that waits for service. The window is covered by the hub's unit tests (a
-//! test cannot wait 24 hours).
+//! test cannot wait 24 hours). The customer's own tracking page: a return asked for there (refusals in a
+//! sentence, storing nothing), its state in words as it moves on, its `return.*` events in order and in the
+//! reports; a cancel from the page; forged and other orders' links refused.
 //!
 //! Every wait is a bounded loop with a deadline; processes are killed when their guard drops.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use oms_tests::cluster::{self, ClusterNode, free_tcp, free_udp, pki, seed_sku, wait_for};
+use oms_service::auth::Role;
+use oms_service::auth::users::{self, NewUser};
+use oms_tests::browser::Browser;
+use oms_tests::cluster::{self, ClusterNode, wait_for};
+use oms_tests::shipped::{HEALTHY, counts, hub_post, order, shipped_order};
 use oms_tests::{get, http, post};
 use serde_json::{Value, json};
-
-const HEALTHY: Duration = Duration::from_secs(30);
-const BERLIN: (f64, f64) = (52.52, 13.40);
-
-fn hub_toml(state: &Path, returns: &str) -> String {
-    format!(
-        "[payments]\ncall_timeout_ms = 30000\nretry_backoff_ms = 50\n\
-         [payments.providers.test]\nkind = \"test\"\nstate_file = {:?}\n\
-         [tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n\
-         [returns]\n{returns}\n",
-        state.display().to_string()
-    )
-}
-
-fn counts(state: &Path) -> Value {
-    std::fs::read(state)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .map(|v| v["counts"].clone())
-        .unwrap_or(Value::Null)
-}
-
-fn order(ext: &str, lines: &[(&str, u32, i64)]) -> Value {
-    json!({
-        "external_ref": ext, "channel": "web",
-        "lines": lines.iter().map(|(s, q, p)| json!({"sku": s, "qty": q, "unit_price_minor": p, "currency": "EUR"})).collect::<Vec<_>>(),
-        "ship_to": {"name": "C", "line1": "1 Street", "city": "X", "postcode": "10115", "country": "DE", "lat": BERLIN.0, "lon": BERLIN.1},
-        "payment": {"method": "card", "provider": "test", "token": "tok_ok"},
-    })
-}
-
-async fn hub_post(c: &reqwest::Client, hub: SocketAddr, key: &str, body: &Value) -> (u16, Value) {
-    let r = c.post(format!("http://{hub}/v1/orders")).header("idempotency-key", key).json(body).send().await.unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
 
 async fn on_hand(c: &reqwest::Client, node: &ClusterNode, sku: &str) -> u64 {
     let (_, v) = get(c, format!("http://{}/v1/stock/{sku}", node.http)).await;
     v["balance"]["on_hand"].as_u64().or_else(|| v["on_hand"].as_u64()).unwrap_or(u64::MAX)
-}
-
-/// Starts a hub with `returns` as its `[returns]` section and one site holding 50 of each SKU; places a card
-/// order for `lines` and ships it; returns the processes, the order and its fulfillment, once captured.
-async fn shipped_order(
-    c: &reqwest::Client,
-    root: &Path,
-    returns: &str,
-    lines: &[(&str, u32, i64)],
-) -> (cluster::HubProc, ClusterNode, SocketAddr, String, String) {
-    let state = root.join("provider.json");
-    let certs = pki(root, &["wh-berlin"]);
-    let (quic, hub) = (free_udp(), free_tcp());
-    let hub_proc = cluster::spawn_hub_with(root, &certs, quic, hub, "info", &hub_toml(&state, returns));
-    let toml = format!("\n[site]\nname = \"Berlin\"\nlat = {}\nlon = {}\n", BERLIN.0, BERLIN.1);
-    let (config, node_http, dir) = cluster::node_config_with(root, &certs, "wh-berlin", quic, &toml);
-    let berlin = cluster::spawn_node_with("wh-berlin", &config, node_http, &dir, "info");
-    cluster::wait_healthy(c, berlin.http, HEALTHY).await;
-    cluster::wait_healthy(c, hub, HEALTHY).await;
-    for (sku, _, _) in lines {
-        seed_sku(c, &berlin, sku, 50).await;
-        wait_for(c, format!("http://{hub}/v1/stock/{sku}"), "hub rights", |v| {
-            v["sites"]
-                .as_array()
-                .and_then(|a| a.iter().find(|r| r["site"] == "wh-berlin"))
-                .and_then(|r| r["hub_promisable"].as_u64())
-                .is_some_and(|n| n >= 5)
-        })
-        .await;
-    }
-    let (s, placed) = hub_post(c, hub, "k-1", &order("web-1", lines)).await;
-    assert_eq!(s, 201, "{placed}");
-    let id = placed["id"].as_str().unwrap().to_owned();
-    let fo = placed["fulfillments"][0]["id"].as_str().unwrap().to_owned();
-    let base = format!("http://{}/v1", berlin.http);
-    wait_for(c, format!("{base}/orders/{fo}"), "accepted at the site", |v| v["status"] == "accepted").await;
-    let (s, w) = post(c, format!("{base}/waves"), json!({"max_orders": 50})).await;
-    assert_eq!(s, 201, "wave: {w}");
-    let picks: Vec<Value> = lines.iter().map(|(s, q, _)| json!({"sku": s, "picked": q})).collect();
-    let (s, v) = post(c, format!("{base}/orders/{fo}/picks"), json!({"lines": picks})).await;
-    assert_eq!(s, 200, "picks: {v}");
-    let (s, v) = post(c, format!("{base}/orders/{fo}/pack"), json!({"parcels": 1})).await;
-    assert_eq!(s, 200, "pack: {v}");
-    let (s, v) = post(c, format!("{base}/orders/{fo}/ship"), json!({"carrier": "DHL", "tracking": "T1"})).await;
-    assert_eq!(s, 200, "ship: {v}");
-    wait_for(c, format!("http://{hub}/v1/orders/{id}"), "captured", |v| v["payment"]["status"] == "captured").await;
-    (hub_proc, berlin, hub, id, fo)
 }
 
 /// The node's view of one RMA, once it has it in `state`.
@@ -110,6 +32,18 @@ async fn at_site(c: &reqwest::Client, node: &ClusterNode, rma: &str, state: &str
     })
     .await;
     v["items"].as_array().unwrap().iter().find(|r| r["rma"] == rma).unwrap().clone()
+}
+
+/// Once the site has approved RMA `rma`, receives `qty` units of SKU-A against it there, restocked.
+async fn restock_at_site(c: &reqwest::Client, node: &ClusterNode, fo: &str, rma: &str, qty: u64) {
+    at_site(c, node, rma, "approved").await;
+    let (s, v) = post(
+        c,
+        format!("http://{}/v1/orders/{fo}/returns", node.http),
+        json!({"rma": rma, "disposition": "restock", "lines": [{"sku": "SKU-A", "qty": qty}]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,14 +187,7 @@ async fn a_held_refund_waits_for_service_and_refunds_once() {
     let url = format!("http://{hub}/v1/returns/{r}");
     let (s, v) = post(&c, format!("{url}/refund"), json!({})).await;
     assert_eq!((s, v["code"].as_str()), (409, Some("invalid_rma_state")), "nothing received yet: {v}");
-    at_site(&c, &berlin, &r, "approved").await;
-    let (s, v) = post(
-        &c,
-        format!("http://{}/v1/orders/{fo}/returns", berlin.http),
-        json!({"rma": r, "disposition": "restock", "lines": [{"sku": "SKU-A", "qty": 2}]}),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
+    restock_at_site(&c, &berlin, &fo, &r, 2).await;
     wait_for(&c, url.clone(), "received", |v| v["state"] == "received").await;
     // Held: several watcher passes later, still no credit note and no refund.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -276,4 +203,180 @@ async fn a_held_refund_waits_for_service_and_refunds_once() {
     assert_eq!(counts(&root.join("provider.json"))["refund"], 1);
     let (_, pay) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
     assert_eq!((pay["refunded_minor"].as_u64(), pay["payment_mismatches"].as_u64()), (Some(2_000), Some(0)), "{pay}");
+}
+
+/// The value of the page's `form` field (its form token).
+fn form_token(html: &str) -> String {
+    let at = html.find(r#"name="form" value=""#).expect("a form on the page") + 19;
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+/// A form's fields as `Browser::post` takes them.
+fn refs<'a>(v: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The kinds of the `return.*` events of `rma`, in feed order.
+async fn return_events(c: &reqwest::Client, hub: SocketAddr, rma: &str) -> Vec<String> {
+    let (s, v) = get(c, format!("http://{hub}/v1/events?types=return.*&limit=100")).await;
+    assert_eq!(s, 200, "{v}");
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    assert!(events.windows(2).all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()), "in order: {v}");
+    events.iter().filter(|e| e["data"]["rma"] == rma).filter_map(|e| e["type"].as_str().map(str::to_owned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_returns_and_cancels_on_the_tracking_page() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let policy = "window_days = 30\nnon_returnable_skus = [\"SKU-N\"]\nauto_approve = false\nrefund = \"auto\"";
+    let (_hub, berlin, hub, id, fo) = shipped_order(&c, root, policy, &[("SKU-A", 3, 1_190), ("SKU-N", 1, 500)]).await;
+    let (_, o) = get(&c, format!("http://{hub}/v1/orders/{id}")).await;
+    let token = o["tracking_token"].as_str().unwrap().to_owned();
+    let mut ada = Browser::new(hub);
+    let p = ada.get(&format!("/t/{token}")).await;
+    assert_eq!(p.status, 200);
+    assert!(p.html.contains("Paid 40.70 EUR."), "the payment in words: {}", p.html);
+    assert!(p.html.contains("How many (up to 3)") && p.html.contains("cannot be returned: SKU-N"), "{}", p.html);
+    assert!(!p.html.contains("Cancel the order"), "everything shipped: no cancel");
+    assert!(!p.html.contains("wh-berlin") && !p.html.contains(&fo), "nothing internal");
+    assert!(ada.cookie.as_deref().is_some_and(|c| c.starts_with("oms_t=")), "the form cookie");
+    let form = form_token(&p.html);
+    let path = format!("/t/{token}/returns");
+    let ask = |sku: &'static str, qty: &'static str, reason: &'static str| {
+        vec![("form", form.clone()), ("sku.0", sku.into()), ("qty.0", qty.into()), ("reason.0", reason.into())]
+    };
+
+    // Refused with a sentence, storing nothing: a form without its cookie (another site's), more than was
+    // shipped, a non-returnable SKU, a reason not on the list, nothing chosen.
+    let mut forger = Browser::new(hub);
+    let body = ask("SKU-A", "1", "damaged");
+    let p = forger.post(&path, &refs(&body)).await;
+    assert_eq!(p.status, 403, "{}", p.html);
+    assert!(p.html.contains("This form has expired or did not come from this page"), "{}", p.html);
+    for (body, status, words) in [
+        (ask("SKU-A", "4", "damaged"), 409, "At most 3 of SKU-A can still be returned."),
+        (ask("SKU-N", "1", "damaged"), 422, "SKU-N cannot be returned."),
+        (ask("SKU-A", "1", "bored"), 422, "Choose a reason from the list"),
+        (ask("SKU-A", "0", "damaged"), 422, "Choose how many of an item"),
+    ] {
+        let p = ada.post(&path, &refs(&body)).await;
+        assert_eq!(p.status, status, "{body:?}: {}", p.html);
+        assert!(p.html.contains(words), "{words}: {}", p.html);
+    }
+    let (_, list) = get(&c, format!("http://{hub}/v1/returns")).await;
+    assert_eq!(list["rmas"], json!([]), "refusals stored nothing: {list}");
+
+    // A forged link, for the page and its forms: the same 404 as a missing order.
+    let forged = "0".repeat(64);
+    let missing = ada.get(&format!("/t/{forged}")).await;
+    assert_eq!(missing.status, 404);
+    let p = ada.post(&format!("/t/{forged}/returns"), &refs(&body)).await;
+    assert_eq!((p.status, &p.html), (404, &missing.html));
+    let p = ada.post(&format!("/t/{forged}/cancel"), &[("form", &form)]).await;
+    assert_eq!((p.status, &p.html), (404, &missing.html));
+
+    // Two units returned from the page: requested, in plain words, audited as the customer.
+    let p = ada.post(&path, &refs(&ask("SKU-A", "2", "damaged"))).await;
+    assert_eq!((p.status, p.location.as_deref()), (303, Some(format!("/t/{token}#returns").as_str())), "{}", p.html);
+    let (_, list) = get(&c, format!("http://{hub}/v1/returns")).await;
+    let rma = list["rmas"][0].clone();
+    assert_eq!(
+        (rma["state"].as_str(), rma["requested_by"].as_str(), rma["lines"][0]["reason"].as_str()),
+        (Some("requested"), Some("customer"), Some("Arrived damaged")),
+        "{list}"
+    );
+    let r = rma["id"].as_str().unwrap().to_owned();
+    let p = ada.get(&format!("/t/{token}")).await;
+    assert!(p.html.contains(&format!("Return {r}")) && p.html.contains("Requested: we will confirm it shortly"));
+    assert!(p.html.contains("How many (up to 1)"), "one unit of SKU-A is left to return: {}", p.html);
+    let (_, audit) = get(&c, format!("http://{hub}/v1/audit/events?limit=1000")).await;
+    let mine = audit["events"].as_array().unwrap().iter().filter(|e| e["route"] == "/t/{token}/returns").count();
+    assert_eq!(mine, 3, "each request from the page the policy took or refused is audited: {audit}");
+
+    // Approved by service, received at the site, refunded: the page says so at each step.
+    let (s, v) = post(&c, format!("http://{hub}/v1/returns/{r}/approve"), json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let p = ada.get(&format!("/t/{token}")).await;
+    assert!(p.html.contains("Approved: please send the items back"), "{}", p.html);
+    restock_at_site(&c, &berlin, &fo, &r, 2).await;
+    wait_for(&c, format!("http://{hub}/v1/returns/{r}"), "closed", |v| v["state"] == "closed").await;
+    let p = ada.get(&format!("/t/{token}")).await;
+    assert!(p.html.contains("Completed") && p.html.contains("(23.80 EUR)"), "{}", p.html);
+    assert!(p.html.contains("Paid 40.70 EUR, of which 23.80 EUR refunded."), "{}", p.html);
+
+    // Its events, in order, once each; the reports count one return of two units.
+    let kinds = return_events(&c, hub, &r).await;
+    assert_eq!(
+        kinds,
+        ["return.requested", "return.approved", "return.received", "return.refunded", "return.closed"],
+        "{kinds:?}"
+    );
+    let (_, rep) = get(&c, format!("http://{hub}/v1/reports")).await;
+    assert_eq!(
+        (rep["total"]["returns"].as_u64(), rep["total"]["units_returned"].as_u64(), rep["total"]["shipped"].as_u64()),
+        (Some(1), Some(2), Some(1)),
+        "{rep}"
+    );
+
+    // A second order, nothing shipped: cancelled from its page. The first order's link cannot act on it and
+    // its link cannot return the first order's units.
+    let (s, second) = hub_post(&c, hub, "k-2", &order("web-2", &[("SKU-A", 1, 1_190)])).await;
+    assert_eq!(s, 201, "{second}");
+    let (id2, token2) = (second["id"].as_str().unwrap().to_owned(), second["tracking_token"].as_str().unwrap());
+    let p = ada.get(&format!("/t/{token2}")).await;
+    assert!(p.html.contains("Cancel the order") && !p.html.contains("Return items"), "{}", p.html);
+    let form2 = form_token(&p.html);
+    let body =
+        [("form", form2.clone()), ("sku.0", "SKU-A".into()), ("qty.0", "1".into()), ("reason.0", "damaged".into())];
+    let p = ada.post(&format!("/t/{token2}/returns"), &refs(&body)).await;
+    assert_eq!(p.status, 409, "nothing of the second order shipped: {}", p.html);
+    assert!(p.html.contains("There is nothing left of SKU-A to return."), "{}", p.html);
+    let p = ada.post(&format!("/t/{token2}/cancel"), &[("form", &form2)]).await;
+    assert_eq!((p.status, p.location), (303, Some(format!("/t/{token2}"))), "{}", p.html);
+    let (_, o2) = get(&c, format!("http://{hub}/v1/orders/{id2}")).await;
+    assert!(o2["cancel_requested_at_ms"].is_u64(), "{o2}");
+    assert_eq!(o2["cancel_reason"], "cancelled by the customer on the tracking page");
+    let p = ada.get(&format!("/t/{token2}")).await;
+    assert!(!p.html.contains("Cancel the order"), "{}", p.html);
+    let p = ada.post(&format!("/t/{token2}/cancel"), &[("form", &form2)]).await;
+    assert_eq!(p.status, 409);
+    assert!(p.html.contains("This order is already cancelled."), "{}", p.html);
+    let (_, list) = get(&c, format!("http://{hub}/v1/returns")).await;
+    assert_eq!(list["rmas"].as_array().map(Vec::len), Some(1), "still the one RMA: {list}");
+
+    // Service, on the order's page in the console: a return needs a reason; with one it is created and
+    // approved at once, each step audited as the person.
+    let sam = NewUser { name: "sam".into(), role: Role::Service, secret: "a long password".into(), pin: false };
+    users::create(&cluster::hub_data(root), sam, 1).unwrap();
+    // The hub reads its key file again within a second ([auth] keys_check_interval_ms).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut sam = Browser::new(hub);
+    let p = sam.sign_in("sam", "a long password").await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    let p = sam.get(&format!("/ui/orders/{id}")).await;
+    assert!(p.html.contains("Create a return") && p.html.contains(&r), "{}", p.html);
+    let csrf = p.csrf();
+    let console = format!("/ui/orders/{id}/returns");
+    let mut form = vec![("csrf", csrf.as_str()), ("sku.0", "SKU-A"), ("qty.0", "1"), ("approve", "1")];
+    let p = sam.post(&console, &form).await;
+    assert_eq!(p.status, 422);
+    assert!(p.html.contains("Give a reason for the return."), "{}", p.html);
+    form.push(("reason", "customer called: wrong colour"));
+    let p = sam.post(&console, &form).await;
+    assert_eq!((p.status, p.location), (303, Some(format!("/ui/orders/{id}"))), "{}", p.html);
+    let (_, list) = get(&c, format!("http://{hub}/v1/returns")).await;
+    let made = list["rmas"].as_array().unwrap().iter().find(|x| x["id"] != r.as_str()).cloned().unwrap();
+    assert_eq!(
+        (made["state"].as_str(), made["requested_by"].as_str(), made["lines"][0]["reason"].as_str()),
+        (Some("approved"), Some("user:sam"), Some("customer called: wrong colour")),
+        "{list}"
+    );
+    let (_, audit) = get(&c, format!("http://{hub}/v1/audit/events?limit=1000")).await;
+    let rows = audit["events"].as_array().unwrap().iter().filter(|e| e["route"] == "/ui/orders/{id}/returns");
+    assert_eq!(rows.map(|e| e["key"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["user:sam", "user:sam"], "{audit}");
+    let p = sam.post(&console, &form).await;
+    assert_eq!(p.status, 409, "nothing of SKU-A left to return: {}", p.html);
+    assert!(p.html.contains("may still be returned"), "{}", p.html);
 }

@@ -203,3 +203,31 @@ async fn staff_on_a_phone_receive_an_asn_and_a_return_by_scanning_in_chromium() 
         assert!(bytes < 150_000, "{screen} weighs {bytes} bytes on first load");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_requests_a_return_on_the_tracking_page_on_a_phone_in_chromium() {
+    use oms_tests::shipped::shipped_order;
+    if let Some(what) = missing() {
+        assert!(std::env::var("OMS_REQUIRE_BROWSER").is_err(), "OMS_REQUIRE_BROWSER is set but {what}");
+        eprintln!("skipped: {what}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let admin = http();
+    let (_hub, _site, hub, id, _) = shipped_order(&admin, tmp.path(), "", &[("SKU-A", 2, 1_190)]).await;
+    let (_, v) = get(&admin, format!("http://{hub}/v1/orders/{id}")).await;
+    let track = format!("/t/{}", v["tracking_token"].as_str().unwrap());
+    let report = run_script("hub.mjs", &[("OMS_URL", format!("http://{hub}")), ("OMS_RETURN_TRACK", track)]).await;
+    assert_eq!(report["axe_violations"], 0, "{report}");
+    let (_, v) = get(&admin, format!("http://{hub}/v1/orders/{id}")).await;
+    let rma = &v["rmas"][0];
+    assert_eq!(
+        (rma["state"].as_str(), rma["lines"][0]["qty"].as_u64(), rma["lines"][0]["reason"].as_str()),
+        (Some("requested"), Some(1), Some("Arrived damaged")),
+        "{v}"
+    );
+    for screen in ["hub-tracking", "hub-tracking-return"] {
+        let bytes = report["screens"][screen]["first_load_bytes"].as_u64().unwrap();
+        assert!(bytes < 150_000, "{screen} weighs {bytes} bytes on first load");
+    }
+}

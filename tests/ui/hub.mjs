@@ -2,10 +2,12 @@
 // reason; a planner looks at the network, the stock table and the reports; the customer opens the tracking link on a phone
 // (390 × 844), and a guessed link finds nothing. axe-core checks every screen. Run by
 // tests/tests/ui_browser.rs with OMS_URL, OMS_ORDER, OMS_TRACK (the tracking path), OMS_SHOTS; prints one JSON
-// line and exits non-zero on the first thing that is wrong.
+// line and exits non-zero on the first thing that is wrong. With OMS_RETURN_TRACK (the tracking path of a
+// shipped order) instead: the customer on a phone asks for a return of one unit on the tracking page and
+// sees it requested.
 import { fail, launch, look as lookAt } from "./common.mjs";
 
-const { OMS_URL, OMS_ORDER, OMS_TRACK, OMS_SHOTS } = process.env;
+const { OMS_URL, OMS_ORDER, OMS_TRACK, OMS_RETURN_TRACK, OMS_SHOTS } = process.env;
 const out = { screens: {}, axe_violations: 0 };
 const look = (page, name) => lookAt(page, name, out, OMS_SHOTS);
 const signIn = async (page, name) => {
@@ -15,6 +17,34 @@ const signIn = async (page, name) => {
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("heading", { name: "Network" }).or(page.getByRole("heading", { name: /Not allowed|Forbidden/ })).first().waitFor();
 };
+
+/** The customer returns one unit from the tracking page of a shipped order, on a phone. */
+const customerReturns = async () => {
+  const phone = await launch({ width: 390, height: 844 }, true);
+  try {
+    const page = await phone.newPage();
+    page.setDefaultTimeout(15_000);
+    await page.goto(`${OMS_URL}${OMS_RETURN_TRACK}`);
+    await page.getByRole("heading", { name: "Return items" }).waitFor();
+    await look(page, "hub-tracking");
+    await page.getByLabel(/How many/).first().fill("1");
+    await page.getByLabel("Why").first().selectOption("damaged");
+    await page.getByRole("button", { name: "Request the return" }).click();
+    await page.getByText("Requested: we will confirm it shortly").waitFor();
+    await look(page, "hub-tracking-return");
+  } catch (e) {
+    fail(e && e.stack ? e.stack : String(e));
+  } finally {
+    await phone.close();
+  }
+};
+
+if (OMS_RETURN_TRACK) {
+  await customerReturns();
+  console.log(JSON.stringify(out));
+  if (out.axe_violations > 0) fail(`${out.axe_violations} serious or critical accessibility violations`);
+  process.exit(0);
+}
 
 const desk = await launch({ width: 1280, height: 800 }, false);
 try {
@@ -40,7 +70,8 @@ try {
   await page.keyboard.press("Enter");
   await page.getByRole("heading", { name: `Order ${OMS_ORDER}` }).waitFor();
   await look(page, "hub-order");
-  await page.getByLabel(/Reason/).fill("customer called to cancel");
+  // The whole-order cancel (the page also offers to cancel only the units waiting for stock).
+  await page.locator('form[action$="/cancel"]').getByLabel(/Reason/).fill("customer called to cancel");
   await page.getByRole("button", { name: "Cancel the order" }).click();
   await page.getByText("Cancelled because: customer called to cancel").waitFor();
   await look(page, "hub-order-cancelled");

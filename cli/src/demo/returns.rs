@@ -7,6 +7,17 @@
 //! `rma_mismatches` (units the hub counts received ≠ units the sites recorded against the RMAs, the hub's own
 //! check that refunds equal the credit notes of exactly the units received, and RMAs not refunded in time):
 //! it must be 0.
+//!
+//! The first of these returns is asked for by the customer on the order's tracking page (`GET /t/{token}`,
+//! then the page's form posted with its form cookie, as a phone's browser does), the others over the API.
+//! The hub's reports must then count one return per RMA that received units and every unit received:
+//! `returns_via_tracking_page` (≥ 1) and `report_returns_mismatches` (the reports' `returns` and
+//! `units_returned` against the RMAs' own figures) must be 0.
+//!
+//! Last, service's line-level cancel: an order for a SKU no site holds waits for stock; cancelling more units
+//! than wait is refused (`409 units_not_waiting`, nothing changed), then two of its three units are
+//! cancelled and the order still waits for the third (then it is cancelled whole, so nothing is left
+//! waiting): `units_cancelled_waiting` and `line_cancel_mismatches` (must be 0).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,6 +27,8 @@ use serde_json::{Value, json};
 
 use super::purchasing::Docks;
 
+/// Orders per site a return is asked for, in turn, until one is taken.
+const CANDIDATES_PER_SITE: usize = 3;
 /// Longest wait for an RMA to reach its site, and for the refunds after the heal.
 const RETURNS_WAIT: Duration = Duration::from_secs(60);
 
@@ -29,6 +42,11 @@ pub(super) struct ReturnsFigures {
     received_while_cut_off: u64,
     refunded_minor: u64,
     mismatches: u64,
+    via_tracking_page: u64,
+    report_returns: u64,
+    report_mismatches: u64,
+    units_cancelled_waiting: u64,
+    line_cancel_mismatches: u64,
 }
 
 impl ReturnsFigures {
@@ -41,23 +59,37 @@ impl ReturnsFigures {
             "rmas_received_while_cut_off": self.received_while_cut_off,
             "rma_refunded_minor": self.refunded_minor,
             "rma_mismatches": self.mismatches,
+            "returns_via_tracking_page": self.via_tracking_page,
+            "report_returns": self.report_returns,
+            "report_returns_mismatches": self.report_mismatches,
+            "units_cancelled_waiting": self.units_cancelled_waiting,
+            "line_cancel_mismatches": self.line_cancel_mismatches,
         })
     }
 
     pub(super) fn ok(&self) -> bool {
         self.mismatches == 0
+            && self.report_mismatches == 0
+            && self.via_tracking_page > 0
+            && self.line_cancel_mismatches == 0
+            && self.units_cancelled_waiting > 0
     }
 
     pub(super) fn line(&self) -> String {
         format!(
-            "returns: {} RMAs requested and approved, {} units received at the sites ({} while cut off), {} counted by the hub, refunded {} (minor units); by state {}; RMA mismatches {} (must be 0)",
+            "returns: {} RMAs requested ({} on the customer's tracking page) and approved, {} units received at the sites ({} while cut off), {} counted by the hub, refunded {} (minor units); by state {}; the reports count {} returns (mismatches {}, must be 0); RMA mismatches {} (must be 0); {} units waiting for stock cancelled by line (mismatches {}, must be 0)",
             self.requested,
+            self.via_tracking_page,
             self.received_at_sites,
             self.received_while_cut_off,
             self.received_at_hub,
             self.refunded_minor,
             self.by_state,
-            self.mismatches
+            self.report_returns,
+            self.report_mismatches,
+            self.mismatches,
+            self.units_cancelled_waiting,
+            self.line_cancel_mismatches
         )
     }
 }
@@ -79,15 +111,6 @@ fn returnable(v: &Value) -> Option<(String, String, String, String)> {
     Some((v["id"].as_str()?.to_owned(), f["id"].as_str()?.to_owned(), f["site"].as_str()?.to_owned(), sku))
 }
 
-/// Whether the site already took units of fulfillment `fo` back without an RMA (the load's walk-in returns,
-/// which the hub does not count against what an RMA may approve): such an order is not chosen, as the site
-/// would refuse the RMA's unit as more than was shipped.
-async fn returned_at_site(docks: &Docks<'_>, site: &str, fo: &str) -> anyhow::Result<bool> {
-    let Some((_, addr)) = docks.sites.iter().find(|(s, _)| *s == site) else { return Ok(false) };
-    let (_, v) = call(docks.staff.get(format!("http://{addr}/v1/orders/{fo}"))).await?;
-    Ok(v["returns"].as_array().is_some_and(|r| !r.is_empty()))
-}
-
 /// Runs the pass over the hub's acknowledged orders `acked`.
 pub(super) async fn pass(
     admin: &reqwest::Client,
@@ -97,33 +120,57 @@ pub(super) async fn pass(
 ) -> anyhow::Result<ReturnsFigures> {
     let mut f = ReturnsFigures::default();
     let base = format!("https://{hub}/v1");
-    // One order per site, the cut site's included.
-    let mut chosen: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+    // Up to CANDIDATES_PER_SITE orders per site, the cut site's included: the sites' staff take the odd
+    // unit back without an RMA, and the hub refuses to authorize a unit already back (`409 over_return`),
+    // so the next candidate is asked then.
+    let mut chosen: BTreeMap<String, Vec<(String, String, String)>> = BTreeMap::new();
     for id in acked {
-        if chosen.len() >= docks.sites.len() {
+        if chosen.len() >= docks.sites.len() && chosen.values().all(|c| c.len() >= CANDIDATES_PER_SITE) {
             break;
         }
         let (_, v) = call(admin.get(format!("{base}/orders/{id}"))).await?;
-        if let Some((order, fo, site, sku)) = returnable(&v)
-            && !chosen.contains_key(&site)
-            && !returned_at_site(docks, &site, &fo).await?
-        {
-            chosen.insert(site, (order, fo, sku));
+        if let Some((order, fo, site, sku)) = returnable(&v) {
+            let c = chosen.entry(site).or_default();
+            if c.len() < CANDIDATES_PER_SITE {
+                c.push((order, fo, sku));
+            }
         }
     }
     let mut rmas: Vec<(String, String, String, String)> = Vec::new(); // rma, site, fulfillment, sku
-    for (site, (order, fo, sku)) in &chosen {
-        let body = json!({"fulfillment": fo, "lines": [{"sku": sku, "qty": 1, "reason": "arrived damaged (demo)"}]});
-        let (s, rma) = call(admin.post(format!("{base}/orders/{order}/returns")).json(&body)).await?;
+    for (i, (site, candidates)) in chosen.iter().enumerate() {
+        let mut taken = None;
+        for (order, fo, sku) in candidates {
+            let (s, rma) = if i == 0 {
+                on_tracking_page(admin, hub, order, sku).await?
+            } else {
+                let body =
+                    json!({"fulfillment": fo, "lines": [{"sku": sku, "qty": 1, "reason": "arrived damaged (demo)"}]});
+                call(admin.post(format!("{base}/orders/{order}/returns")).json(&body)).await?
+            };
+            if s == 409 {
+                println!("returns: {order}'s unit of {sku} is back at {site} already; asking for the next order");
+                continue;
+            }
+            taken = Some((order, fo, sku, s, rma));
+            break;
+        }
+        let Some((order, fo, sku, s, rma)) = taken else {
+            println!("returns: no order of {site} could be returned");
+            f.mismatches += 1;
+            continue;
+        };
         let Some(id) = rma["id"].as_str().filter(|_| s == 201) else {
             println!("returns: the request for {order} was refused: {s} {rma}");
             f.mismatches += 1;
             continue;
         };
+        f.via_tracking_page += u64::from(i == 0);
         let (s, _) = call(admin.post(format!("{base}/returns/{id}/approve")).json(&json!({}))).await?;
         f.mismatches += u64::from(s != 200);
         f.requested += 1;
-        rmas.push((id.to_owned(), site.clone(), fo.clone(), sku.clone()));
+        // The page names no fulfillment: the hub picked the one that shipped the unit.
+        let (site, fo) = (rma["site"].as_str().unwrap_or(site), rma["fulfillment"].as_str().unwrap_or(fo));
+        rmas.push((id.to_owned(), site.to_owned(), fo.to_owned(), sku.clone()));
     }
     for (i, (rma, site, fo, sku)) in rmas.iter().enumerate() {
         let Some((_, addr)) = docks.sites.iter().find(|(s, _)| s == site) else { continue };
@@ -189,5 +236,97 @@ pub(super) async fn pass(
     f.by_state = sum["rmas"].clone();
     f.mismatches += sum["rma_mismatches"].as_u64().unwrap_or(1);
     f.mismatches += u64::from(at_sites != f.received_at_hub) + u64::from(f.received_at_sites != f.received_at_hub);
+    // The reports, folded from the `return.received` events: one return per RMA that received units.
+    let with_units: u64 = ["partially_received", "received", "refunded", "closed"]
+        .iter()
+        .map(|s| sum["rmas"][*s].as_u64().unwrap_or(0))
+        .sum();
+    let (_, rep) = call(admin.get(format!("{base}/reports"))).await?;
+    f.report_returns = rep["total"]["returns"].as_u64().unwrap_or(u64::MAX);
+    let units = rep["total"]["units_returned"].as_u64().unwrap_or(u64::MAX);
+    f.report_mismatches = u64::from(f.report_returns != with_units) + u64::from(units != f.received_at_hub);
+    (f.units_cancelled_waiting, f.line_cancel_mismatches) = cancel_waiting_units(admin, &base).await?;
     Ok(f)
+}
+
+/// The SKU no site holds, for the order that waits.
+const WAITING_SKU: &str = "DEMO-WAITING";
+
+/// Service's line-level cancel of units waiting for stock (see the module's docs): units cancelled, mismatches.
+async fn cancel_waiting_units(admin: &reqwest::Client, base: &str) -> anyhow::Result<(u64, u64)> {
+    let order = json!({
+        "external_ref": "web-waiting-1", "channel": "web",
+        "lines": [{"sku": WAITING_SKU, "qty": 3, "unit_price_minor": 1999, "currency": "EUR"}],
+        "ship_to": {"name": "Demo Customer", "line1": "1 Demo Street", "city": "Berlin", "postcode": "10115",
+            "country": "DE", "lat": 52.52, "lon": 13.40}
+    });
+    let placed = admin.post(format!("{base}/orders")).header("idempotency-key", "demo-waiting-1").json(&order);
+    let (s, v) = call(placed).await?;
+    let Some(id) = v["id"].as_str().filter(|_| s == 201 && v["status"] == "backordered") else {
+        println!("line cancel: the waiting order was not taken as backordered: {s} {v}");
+        return Ok((0, 1));
+    };
+    let cancel = |qty: u64| {
+        let body = json!({"reason": "customer wants fewer (demo)", "lines": [{"sku": WAITING_SKU, "qty": qty}]});
+        admin.post(format!("{base}/orders/{id}/cancel")).json(&body)
+    };
+    let mut bad = 0;
+    let (s, v) = call(cancel(4)).await?;
+    bad += u64::from(s != 409 || v["code"] != "units_not_waiting" || v["waiting"] != 3);
+    let (s, _) = call(cancel(2)).await?;
+    bad += u64::from(s != 202);
+    let (_, v) = call(admin.get(format!("{base}/orders/{id}"))).await?;
+    let (waiting, cancelled) = (v["lines"][0]["unfilled"].as_u64(), v["cancelled_unfilled"][0]["qty"].as_u64());
+    bad += u64::from(waiting != Some(1) || cancelled != Some(2) || !v["cancel_requested_at_ms"].is_null());
+    let whole = json!({"reason": "the last unit is not coming (demo)"});
+    let (s, _) = call(admin.post(format!("{base}/orders/{id}/cancel")).json(&whole)).await?;
+    bad += u64::from(s != 202);
+    Ok((cancelled.unwrap_or(0), bad))
+}
+
+/// The customer's return of one unit of `sku` on `order`'s tracking page: the page read (its form cookie
+/// kept), the form posted back as a browser does. `201` and the RMA it made, or the page's status.
+async fn on_tracking_page(
+    admin: &reqwest::Client,
+    hub: SocketAddr,
+    order: &str,
+    sku: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let (_, v) = call(admin.get(format!("https://{hub}/v1/orders/{order}"))).await?;
+    let Some(token) = v["tracking_token"].as_str() else { return Ok((0, Value::Null)) };
+    let page = admin.get(format!("https://{hub}/t/{token}")).send().await?;
+    let cookie = page
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .map(str::to_owned);
+    let html = page.text().await?;
+    let field = |name: &str| -> Option<String> {
+        let at = html.find(&format!(r#"name="{name}" value=""#))? + name.len() + 15;
+        html[at..].split('"').next().map(str::to_owned)
+    };
+    // The form's line for `sku`: `sku.<i>`.
+    let line =
+        (0..oms_hub::selfservice::RETURN_LINES_SHOWN_MAX).find(|i| field(&format!("sku.{i}")).as_deref() == Some(sku));
+    let (Some(cookie), Some(form)) = (cookie, field("form")) else { return Ok((0, Value::Null)) };
+    // The page offers only what may still be returned: a unit already back at the site is not offered.
+    let Some(i) = line else { return Ok((409, Value::Null)) };
+    let body = [
+        ("form".to_owned(), form),
+        (format!("sku.{i}"), sku.to_owned()),
+        (format!("qty.{i}"), "1".to_owned()),
+        (format!("reason.{i}"), "damaged".to_owned()),
+    ];
+    let sent = admin
+        .post(format!("https://{hub}/t/{token}/returns"))
+        .header(reqwest::header::COOKIE, cookie)
+        .form(&body)
+        .send()
+        .await?;
+    if !(sent.status().is_success() || sent.status().is_redirection()) {
+        return Ok((sent.status().as_u16(), Value::Null));
+    }
+    let (_, v) = call(admin.get(format!("https://{hub}/v1/orders/{order}"))).await?;
+    Ok(v["rmas"].as_array().and_then(|a| a.last()).cloned().map_or((0, Value::Null), |r| (201, r)))
 }

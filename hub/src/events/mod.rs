@@ -22,7 +22,9 @@
 //! Sources: `order.created` and `order.routed` (the intake's writer and re-routing), `order.cancelled`
 //! (the cancel), `fulfillment.accepted`, `fulfillment.shipped`, `order.delivered` (the watcher, from the
 //! sites' documents, remembering per fulfillment what it reported: [`watch`]), `node.offline` /
-//! `node.online` (the hub's connections, debounced: [`watch`]).
+//! `node.online` (the hub's connections, debounced: [`watch`]), `return.requested`, `.approved`,
+//! `.declined`, `.cancelled`, `.received`, `.refunded`, `.closed` (the RMA's own transaction in
+//! [`crate::returns`]).
 //!
 //! **Retention** ([`EventsConfig`]): events older than `retention_ms` or beyond the newest `retained_max` are
 //! pruned, at most [`PRUNE_BATCH_MAX`] per transaction, by the delivery loop. A webhook still retrying an
@@ -56,6 +58,7 @@ pub const TYPES: &[&str] = &[
     ORDER_CREATED,
     ORDER_ROUTED,
     ORDER_CANCELLED,
+    ORDER_LINES_CANCELLED,
     FULFILLMENT_ACCEPTED,
     FULFILLMENT_SHIPPED,
     ORDER_DELIVERED,
@@ -68,7 +71,29 @@ pub const TYPES: &[&str] = &[
     PAYMENT_FAILED,
     "invoice.created",
     STOCK_LOW,
+    RETURN_REQUESTED,
+    RETURN_APPROVED,
+    RETURN_DECLINED,
+    RETURN_CANCELLED,
+    RETURN_RECEIVED,
+    RETURN_REFUNDED,
+    RETURN_CLOSED,
 ];
+/// A return (RMA) was asked for (by the customer on the tracking page, a channel or service).
+pub const RETURN_REQUESTED: &str = "return.requested";
+/// An RMA was approved (by policy or service): its site may receive against it.
+pub const RETURN_APPROVED: &str = "return.approved";
+/// Service declined an RMA (`reason`).
+pub const RETURN_DECLINED: &str = "return.declined";
+/// An RMA was withdrawn before anything arrived.
+pub const RETURN_CANCELLED: &str = "return.cancelled";
+/// A site's receipt against an RMA was applied (`units` in it; `first` on the RMA's first receipt). One per
+/// receipt; the reports count `first` as one return and `units` as units returned.
+pub const RETURN_RECEIVED: &str = "return.received";
+/// An RMA's credit note was issued and its refund queued (`amount_minor`, `credit_note`).
+pub const RETURN_REFUNDED: &str = "return.refunded";
+/// An RMA is finished: its refund settled, or there was nothing to refund.
+pub const RETURN_CLOSED: &str = "return.closed";
 /// A card order was authorized for its total (in the order's own transaction).
 pub const PAYMENT_AUTHORIZED: &str = "payment.authorized";
 /// A capture settled at the provider (per shipment; `document` is the invoice).
@@ -85,6 +110,8 @@ pub const ORDER_CREATED: &str = "order.created";
 pub const ORDER_ROUTED: &str = "order.routed";
 /// The customer's cancellation was recorded.
 pub const ORDER_CANCELLED: &str = "order.cancelled";
+/// Units of an order still waiting for stock were cancelled (`lines`, `reason`); the order goes on.
+pub const ORDER_LINES_CANCELLED: &str = "order.lines_cancelled";
 /// A site accepted its part of an order.
 pub const FULFILLMENT_ACCEPTED: &str = "fulfillment.accepted";
 /// A site handed its part to the carrier.
@@ -238,6 +265,33 @@ impl EventDraft {
             "external_ref": o.draft.external_ref, "reason": o.cancel_reason,
             "cancelled_unfilled": o.cancelled_unfilled,
             "fulfillments_asked": o.fulfillments.iter().filter(|f| f.released.is_none()).map(|f| &f.id).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+/// The returns' events, built here so the returns module only calls them.
+impl EventDraft {
+    /// A `return.*` event of `kind` for `rma` (its order, channel, site and units), with `extra` merged into
+    /// the payload.
+    pub fn rma(kind: &'static str, rma: &crate::returns::Rma, at_ms: u64, extra: Value) -> Self {
+        let lines: Vec<Value> =
+            rma.lines.iter().map(|l| json!({"sku": l.sku, "qty": l.qty, "received": l.received})).collect();
+        let mut data = json!({"rma": rma.id, "state": rma.state, "fulfillment_id": rma.fulfillment,
+            "site": rma.site, "lines": lines});
+        if let (Some(d), Value::Object(more)) = (data.as_object_mut(), extra) {
+            d.extend(more);
+        }
+        let mut draft = EventDraft::new(kind, at_ms).data(data);
+        draft.order = Some((rma.order.clone(), rma.channel.as_str().to_owned()));
+        draft
+    }
+}
+
+impl EventDraft {
+    /// `order.lines_cancelled` for units of `o` waiting for stock that were just cancelled.
+    pub fn lines_cancelled(o: &HubOrder, lines: &[SkuQty], reason: Option<&str>, at_ms: u64) -> Self {
+        EventDraft::new(ORDER_LINES_CANCELLED, at_ms).order(&o.id, &o.draft.channel).data(json!({
+            "external_ref": o.draft.external_ref, "lines": lines, "reason": reason, "unfilled": o.unfilled,
         }))
     }
 }

@@ -136,6 +136,19 @@ pub enum IntakeError {
     /// No such order.
     #[error("order {0} is not a hub order")]
     NotFound(String),
+    /// A line cancel asked for more units than wait for stock (units placed at a site are cancelled with the
+    /// whole order), or the order is being cancelled already.
+    #[error(
+        "{requested} units of {sku} asked to cancel, {waiting} wait for stock (units placed at a site are cancelled with the whole order)"
+    )]
+    NotWaiting {
+        /// The SKU.
+        sku: String,
+        /// Units asked for.
+        requested: u64,
+        /// Units still waiting (not placed at any site).
+        waiting: u64,
+    },
     /// The writer's queue is full ([`IntakeLimits::queue_max`]); nothing was written.
     #[error("the hub's intake is overloaded; retry shortly")]
     Overloaded,
@@ -173,6 +186,7 @@ impl IntakeError {
             IntakeError::KeyReused(_) => "idempotency_key_reused",
             IntakeError::CannotFill(_) => "cannot_fill",
             IntakeError::NotFound(_) => "order_not_found",
+            IntakeError::NotWaiting { .. } => "units_not_waiting",
             IntakeError::Overloaded => "overloaded",
             IntakeError::ShuttingDown => "shutting_down",
             IntakeError::Storage(_) => "storage_unavailable",
@@ -910,6 +924,64 @@ impl Intake {
         Ok(order)
     }
 
+    /// Cancels `lines` of order `id` among its units still waiting for stock (not placed at any site, so
+    /// holding no reservation and no rights): they move from `unfilled` to `cancelled_unfilled`, with the
+    /// `order.lines_cancelled` event and the audit row in the same transaction. More units than wait (or an
+    /// order being cancelled already) is [`IntakeError::NotWaiting`], changing nothing but the audit row.
+    pub fn cancel_waiting(
+        &self,
+        id: &str,
+        confined_to: Option<&Channel>,
+        lines: &[SkuQty],
+        reason: Option<&str>,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<HubOrder, IntakeError> {
+        let mut st = lock(&self.core.state);
+        let w = self.core.db.begin_write()?;
+        let found = get_order(&w.open_table(ORDERS)?, id)?;
+        let decided = match found.filter(|o| confined_to.is_none_or(|c| &o.draft.channel == c)) {
+            None => Err(IntakeError::NotFound(id.to_owned())),
+            Some(mut order) => {
+                let mut refused = None;
+                for l in lines {
+                    let waiting = order.unfilled.iter().find(|u| u.sku == l.sku).map_or(0, |u| u64::from(u.qty));
+                    let waiting = if order.cancel_requested_at_ms.is_some() { 0 } else { waiting };
+                    if u64::from(l.qty) > waiting {
+                        refused = Some(IntakeError::NotWaiting {
+                            sku: l.sku.to_string(),
+                            requested: u64::from(l.qty),
+                            waiting,
+                        });
+                        break;
+                    }
+                    if let Some(u) = order.unfilled.iter_mut().find(|u| u.sku == l.sku) {
+                        u.qty -= l.qty;
+                    }
+                }
+                order.unfilled.retain(|u| u.qty > 0);
+                add_units(&mut order.cancelled_unfilled, lines);
+                refused.map_or(Ok(order), Err)
+            }
+        };
+        let order = match decided {
+            Ok(o) => o,
+            Err(e) => {
+                audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, e.code())?;
+                w.commit()?;
+                return Err(e);
+            }
+        };
+        Core::put_order(&w, &order)?;
+        crate::events::append(&w, crate::events::EventDraft::lines_cancelled(&order, lines, reason, now_ms))?;
+        audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
+        w.commit()?;
+        if !order.wants_routing() {
+            st.open.remove(order.id.as_str());
+        }
+        Ok(order)
+    }
+
     /// Merges a site's view of its escrow counters (from its stock document) into the hub's, then applies
     /// the hub's side of the rebalancing policy (giving rights back the site needs more than the hub).
     /// Returns the counters the hub changed by its own action, to publish.
@@ -1258,6 +1330,36 @@ mod tests {
         let again = intake.place("k", draft("b"), &[], &actor(), later + 1).unwrap();
         assert!(again.created);
         assert_ne!(again.order.id, first.order.id);
+    }
+
+    /// A line cancel takes units only from those waiting for stock: more is refused and changes nothing but
+    /// the audit row; what it takes is never routed later (the order leaves the open work when none wait).
+    #[test]
+    fn a_line_cancel_takes_waiting_units_only_and_they_are_never_routed() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        let mut d = draft("a");
+        d.lines[0].qty = 3;
+        let placed = intake.place("k", d, &[], &actor(), 1_000).unwrap().order;
+        let id = placed.id.to_string();
+        let a = |qty: u32| vec![SkuQty { sku: oms_protocol::domain::Sku::parse("A").unwrap(), qty }];
+        let e = intake.cancel_waiting(&id, None, &a(4), Some("x"), &actor(), 1_001).unwrap_err();
+        assert!(matches!(e, IntakeError::NotWaiting { requested: 4, waiting: 3, .. }), "{e:?}");
+        assert_eq!(intake.order(&id).unwrap().unwrap(), placed, "a refusal changes nothing");
+        let other = Channel::parse("shop").unwrap();
+        let e = intake.cancel_waiting(&id, Some(&other), &a(1), None, &actor(), 1_002).unwrap_err();
+        assert!(matches!(e, IntakeError::NotFound(_)), "another channel's order is not found");
+        let o = intake.cancel_waiting(&id, None, &a(2), Some("x"), &actor(), 1_003).unwrap();
+        assert_eq!((o.unfilled.clone(), o.cancelled_unfilled.clone(), o.cancel_requested_at_ms), (a(1), a(2), None));
+        assert_eq!(intake.open_orders(10), vec![id.clone()], "one unit still waits");
+        let o = intake.cancel_waiting(&id, None, &a(1), Some("x"), &actor(), 1_004).unwrap();
+        assert!(o.unfilled.is_empty() && o.cancelled_unfilled == a(3));
+        assert!(intake.open_orders(10).is_empty(), "nothing waits: never routed again");
+        drop(intake);
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        assert!(intake.open_orders(10).is_empty(), "nor after a start");
+        let outcomes: Vec<String> = intake.audit_page(0, 100).unwrap().0.into_iter().map(|e| e.outcome).collect();
+        assert_eq!(outcomes[1..], ["units_not_waiting", "order_not_found", "ok", "ok"], "{outcomes:?}");
     }
 
     #[test]

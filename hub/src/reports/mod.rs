@@ -26,7 +26,10 @@
 //!   [1 s · 2^(i/4), 1 s · 2^((i+1)/4)), the first from 0, the last open above 2^24 s, about 194 days), so a
 //!   percentile is its bucket's geometric middle, within 9.1 % of the exact figure. Clocks differ by site: a
 //!   negative span counts as 0;
-//! - *returns rate*: returns received ÷ fulfillments shipped in the same period.
+//! - *returns rate*: returns received ÷ fulfillments shipped in the same period. A return is an RMA, counted
+//!   once on the day (and at the site) its first units arrived (`return.received` with `first`); its units
+//!   are counted as each receipt arrives (`units_returned`). An RMA is for one fulfillment, so the rate is
+//!   the share of shipped fulfillments that came back.
 //!
 //! Figures start when this version first ran: a store from before has no rows for earlier days (the screen
 //! says from when figures exist, `since`).
@@ -82,7 +85,7 @@ pub struct Figures {
     pub ship_time: BTreeMap<u8, u64>,
     /// Fulfillments delivered.
     pub delivered: u64,
-    /// Returns received at the site.
+    /// Returns received at the site: RMAs, on the day their first units arrived.
     pub returns: u64,
     /// Units in them.
     pub units_returned: u64,
@@ -265,6 +268,15 @@ pub(crate) fn fold(w: &redb::WriteTransaction, event: &Event) -> Result<(), Stor
         }
         crate::events::ORDER_DELIVERED => {
             bump(w, (day, d["site"].as_str().unwrap_or(""), channel), |f| f.delivered += 1)
+        }
+        // One return per RMA (on the receipt that brought its first units), every unit received.
+        crate::events::RETURN_RECEIVED => {
+            let units = d["units"].as_u64().unwrap_or(0);
+            let first = d["first"].as_bool().unwrap_or(false);
+            bump(w, (day, d["site"].as_str().unwrap_or(""), channel), |f| {
+                f.returns += u64::from(first);
+                f.units_returned += units;
+            })
         }
         _ => Ok(()),
     }

@@ -140,3 +140,34 @@ proptest! {
         prop_assert!((got / exact - 1.0).abs() <= 0.091, "{got} vs {exact}");
     }
 }
+
+#[test]
+fn return_received_events_count_one_return_per_rma_and_every_unit_at_their_site() {
+    let (_d, db) = db();
+    let at = u64::from(DAY) * MS_PER_DAY + 3_600_000;
+    let web = Channel::parse("web").unwrap();
+    let o = OrderId::parse("hub-1").unwrap();
+    let received = |site: &str, units: u64, first: bool, when: u64| {
+        EventDraft::new(events::RETURN_RECEIVED, when)
+            .order(&o, &web)
+            .data(json!({"rma": "RMA-1", "site": site, "units": units, "first": first}))
+    };
+    append(&db, received("wh-a", 2, true, at));
+    append(&db, received("wh-a", 1, false, at + MS_PER_DAY));
+    append(&db, received("wh-b", 1, true, at + MS_PER_DAY));
+    // The other return events count for nothing in the reports.
+    for kind in [events::RETURN_REQUESTED, events::RETURN_APPROVED, events::RETURN_REFUNDED, events::RETURN_CLOSED] {
+        append(&db, EventDraft::new(kind, at).order(&o, &web).data(json!({"rma": "RMA-1", "site": "wh-a"})));
+    }
+    append(
+        &db,
+        EventDraft::new(events::FULFILLMENT_SHIPPED, at).order(&o, &web).data(json!({
+        "fulfillment_id": "hub-1.1", "site": "wh-a", "shipped_at_ms": at})),
+    );
+    let r = report(&db, &period(DAY, DAY + 1)).unwrap();
+    assert_eq!((r.total.returns, r.total.units_returned), (2, 4));
+    assert_eq!((r.days[0].figures.returns, r.days[0].figures.units_returned), (1, 2));
+    assert_eq!((r.days[1].figures.returns, r.days[1].figures.units_returned), (1, 2));
+    let a = report(&db, &Period { site: Some("wh-a".into()), ..period(DAY, DAY + 1) }).unwrap();
+    assert_eq!((a.total.returns, a.total.units_returned, a.total.returns_rate), (1, 3, Some(1.0)));
+}

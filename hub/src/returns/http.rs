@@ -90,15 +90,17 @@ pub fn shipped_of(hub: &Hub, order: &crate::intake::HubOrder) -> Vec<Shipped> {
         if !matches!(p.status, FulfillmentState::Shipped | FulfillmentState::Delivered) {
             continue;
         }
-        let mut units = BTreeMap::new();
+        let (mut units, mut returned) = (BTreeMap::new(), BTreeMap::new());
         for l in &p.lines {
             *units.entry(l.sku.to_string()).or_insert(0) += u64::from(l.shipped);
+            *returned.entry(l.sku.to_string()).or_insert(0) += u64::from(l.returned);
         }
         let at = |s: FulfillmentState| p.timeline.iter().find(|t| t.status == s).map(|t| t.at_ms);
         out.push(Shipped {
             id: f.id.to_string(),
             site: f.site.to_string(),
             units,
+            returned,
             shipped_at_ms: at(FulfillmentState::Shipped),
             delivered_at_ms: at(FulfillmentState::Delivered),
         });

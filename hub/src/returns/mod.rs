@@ -39,6 +39,7 @@ use oms_service::storage::StorageError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::events::{self, EventDraft};
 use crate::money::MoneyError;
 
 /// RMA id → [`Rma`] (JSON).
@@ -182,7 +183,7 @@ impl RmaState {
     }
 
     /// Whether its units count against what may still be returned.
-    fn counts(self) -> bool {
+    pub fn counts(self) -> bool {
         !matches!(self, RmaState::Declined | RmaState::Cancelled)
     }
 }
@@ -433,10 +434,28 @@ pub struct Shipped {
     pub site: String,
     /// Units shipped per SKU.
     pub units: BTreeMap<String, u64>,
+    /// Units the site recorded returned per SKU (against RMAs or not), as it last reported.
+    pub returned: BTreeMap<String, u64>,
     /// When it shipped, ms.
     pub shipped_at_ms: Option<u64>,
     /// When it was delivered, ms, if the site reported it.
     pub delivered_at_ms: Option<u64>,
+}
+
+/// Units of `sku` that fulfillment `f` may still take back given the order's RMAs `rmas`: what it shipped,
+/// less what live RMAs cover, less what its site took back without an RMA (the site's `returned` less the
+/// units the hub applied against RMAs; a receipt the hub has not applied yet makes this smaller for a
+/// moment, never larger).
+pub fn returnable(f: &Shipped, sku: &str, rmas: &[Rma]) -> u64 {
+    let (mut covered, mut received_against_rmas) = (0u64, 0u64);
+    for r in rmas.iter().filter(|r| r.fulfillment == f.id) {
+        for l in r.lines.iter().filter(|l| l.sku == sku) {
+            covered += if r.state.counts() { l.qty } else { 0 };
+            received_against_rmas += l.received;
+        }
+    }
+    let outside = f.returned.get(sku).copied().unwrap_or(0).saturating_sub(received_against_rmas);
+    f.units.get(sku).copied().unwrap_or(0).saturating_sub(covered).saturating_sub(outside)
 }
 
 /// Totals over every RMA (`GET /v1/returns/summary`, the demo).
@@ -583,6 +602,13 @@ impl Returns {
         };
         put(&w, &rma)?;
         w.open_table(RMAS_BY_ORDER)?.insert((order, rma.id.as_str()), ())?;
+        let reasons: Vec<&str> = rma.lines.iter().map(|l| l.reason.as_str()).collect();
+        let asked = serde_json::json!({"requested_by": actor.key, "reasons": reasons});
+        events::append(&w, EventDraft::rma(events::RETURN_REQUESTED, &rma, now_ms, asked))?;
+        if rma.state == RmaState::Approved {
+            let by = serde_json::json!({"by": "policy"});
+            events::append(&w, EventDraft::rma(events::RETURN_APPROVED, &rma, now_ms, by))?;
+        }
         audit::append(&mut w.open_table(AUDIT)?, actor, Some(order), now_ms, "ok")?;
         w.commit()?;
         Ok(rma)
@@ -628,14 +654,7 @@ impl Returns {
         if existing.len() >= RMAS_PER_ORDER_MAX {
             return Err(ReturnsError::Limit(format!("an order has at most {RMAS_PER_ORDER_MAX} RMAs")));
         }
-        let returnable = |f: &Shipped, sku: &str| -> u64 {
-            let covered: u64 = existing
-                .iter()
-                .filter(|r| r.fulfillment == f.id && r.state.counts())
-                .flat_map(|r| r.lines.iter().filter(|l| l.sku == sku).map(|l| l.qty))
-                .sum();
-            f.units.get(sku).copied().unwrap_or(0).saturating_sub(covered)
-        };
+        let returnable = |f: &Shipped, sku: &str| returnable(f, sku, &existing);
         let candidates: Vec<&Shipped> = match &req.fulfillment {
             Some(id) => match shipped.iter().find(|f| &f.id == id) {
                 Some(f) => vec![f],
@@ -724,6 +743,13 @@ impl Returns {
             }
         };
         put(&w, &rma)?;
+        let kind = match rma.state {
+            RmaState::Approved => events::RETURN_APPROVED,
+            RmaState::Declined => events::RETURN_DECLINED,
+            _ => events::RETURN_CANCELLED,
+        };
+        let by = serde_json::json!({"by": actor.key, "reason": rma.reason});
+        events::append(&w, EventDraft::rma(kind, &rma, now_ms, by))?;
         audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
         w.commit()?;
         Ok(rma)
@@ -782,6 +808,7 @@ impl Returns {
             .filter(|r| r.site == site && r.fulfillment == receipt.order)
             .ok_or_else(|| ReturnsError::RmaNotFound(receipt.rma.clone()))?;
         let mut units = 0;
+        let before = rma.received();
         for l in &receipt.lines {
             let Some(line) = rma.lines.iter_mut().find(|x| x.sku == l.sku.as_str()) else {
                 tracing::warn!(rma = %rma.id, sku = %l.sku, "returns: a site received a SKU the RMA does not have");
@@ -809,6 +836,9 @@ impl Returns {
         }
         put(&w, &rma)?;
         w.open_table(APPLIED)?.insert(applied_id, rma.id.as_str())?;
+        // `first`: this receipt brought the RMA's first units (the reports count it as one return).
+        let got = serde_json::json!({"units": units, "first": before == 0 && units > 0, "receipt": applied_id});
+        events::append(&w, EventDraft::rma(events::RETURN_RECEIVED, &rma, now_ms, got))?;
         w.commit()?;
         Ok(Some(rma))
     }
@@ -863,7 +893,11 @@ impl Returns {
             put(w, &done).map_err(|e| match e {
                 ReturnsError::Storage(s) => MoneyError::Storage(s),
                 e => MoneyError::Corrupt { table: "rmas", detail: e.to_string() },
-            })
+            })?;
+            let paid = serde_json::json!({"amount_minor": amount, "units": units, "credit_note": note.number});
+            events::append(w, EventDraft::rma(events::RETURN_REFUNDED, &done, now_ms, paid))
+                .map_err(|e| MoneyError::Storage(Arc::new(e)))?;
+            Ok(())
         });
         match outcome {
             Ok(_) => Ok(done),
@@ -872,6 +906,8 @@ impl Returns {
                 let w = db.begin_write()?;
                 rma.event(now_ms, RmaState::Closed, "received; the order has no payment to refund".into());
                 put(&w, &rma)?;
+                let why = serde_json::json!({"why": "no_payment"});
+                events::append(&w, EventDraft::rma(events::RETURN_CLOSED, &rma, now_ms, why))?;
                 w.commit()?;
                 Ok(rma)
             }
@@ -904,6 +940,8 @@ impl Returns {
         }
         rma.event(now_ms, RmaState::Closed, "refund settled".into());
         put(&w, &rma)?;
+        let why = serde_json::json!({"why": "refund_settled"});
+        events::append(&w, EventDraft::rma(events::RETURN_CLOSED, &rma, now_ms, why))?;
         w.commit()?;
         Ok(true)
     }

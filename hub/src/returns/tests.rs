@@ -28,6 +28,7 @@ fn shipped(id: &str, site: &str, units: &[(&str, u64)], delivered: Option<u64>) 
         id: id.into(),
         site: site.into(),
         units: units.iter().map(|(s, q)| ((*s).to_owned(), *q)).collect::<BTreeMap<_, _>>(),
+        returned: BTreeMap::new(),
         shipped_at_ms: Some(NOW - 10 * DAY),
         delivered_at_ms: delivered,
     }
@@ -147,4 +148,96 @@ fn steps_follow_the_lifecycle_and_receipts_apply_once() {
     let s = Returns::new(ReturnsConfig::default());
     let other = s.request(&db, "hub-2", &web, &fos, &req(&[("A", 1)], None), &actor(), NOW);
     assert!(matches!(other, Err(ReturnsError::OverReturn { returnable: 0, .. })), "all three are covered");
+}
+
+/// Each RMA change appends its `return.*` event in its own transaction, in order; a refusal appends none;
+/// the reports count the RMA once (on its first units) and every unit received.
+#[test]
+fn return_events_follow_the_rma_and_feed_the_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(dir.path());
+    crate::events::init(&db).unwrap();
+    let r = Returns::new(ReturnsConfig::default());
+    let web = Channel::parse("web").unwrap();
+    let fos = [shipped("hub-3.1", "wh-a", &[("A", 3)], Some(NOW))];
+    let rma = r.request(&db, "hub-3", &web, &fos, &req(&[("A", 3)], None), &actor(), NOW).unwrap();
+    assert!(r.request(&db, "hub-3", &web, &fos, &req(&[("A", 1)], None), &actor(), NOW).is_err());
+    r.step(&db, &rma.id, "approve", None, &actor(), NOW).unwrap();
+    let receipt = |id: &str, qty: u64| SiteRmaReceipt {
+        id: id.into(),
+        rma: rma.id.clone(),
+        order: "hub-3.1".into(),
+        lines: vec![SiteRmaLine { sku: Sku::parse("A").unwrap(), qty, disposition: Disposition::Restock }],
+        at_ms: NOW,
+    };
+    r.apply_receipt(&db, "wh-a", "wh-a/1", &receipt("1", 1), NOW).unwrap().unwrap();
+    r.apply_receipt(&db, "wh-a", "wh-a/2", &receipt("2", 2), NOW + DAY).unwrap().unwrap();
+    // A second RMA declined, a third cancelled: events, but no return in the reports.
+    let fos2 = [shipped("hub-4.1", "wh-b", &[("B", 2)], Some(NOW))];
+    let d = r.request(&db, "hub-4", &web, &fos2, &req(&[("B", 1)], None), &actor(), NOW).unwrap();
+    r.step(&db, &d.id, "decline", Some("worn".into()), &actor(), NOW).unwrap();
+    let c = r.request(&db, "hub-4", &web, &fos2, &req(&[("B", 1)], None), &actor(), NOW).unwrap();
+    r.step(&db, &c.id, "cancel", None, &actor(), NOW).unwrap();
+
+    let all = crate::events::TypeFilter::parse(&["return.*"]).unwrap();
+    let got = crate::events::page(&db, 0, 100, &all, None, 1_000).unwrap().events;
+    let kinds: Vec<(&str, &str)> =
+        got.iter().map(|e| (e.kind.as_str(), e.data["rma"].as_str().unwrap_or(""))).collect();
+    let (a, b, cc) = (rma.id.as_str(), d.id.as_str(), c.id.as_str());
+    assert_eq!(
+        kinds,
+        [
+            ("return.requested", a),
+            ("return.approved", a),
+            ("return.received", a),
+            ("return.received", a),
+            ("return.requested", b),
+            ("return.declined", b),
+            ("return.requested", cc),
+            ("return.cancelled", cc),
+        ]
+    );
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!((got[2].data["units"].as_u64(), got[2].data["first"].as_bool()), (Some(1), Some(true)));
+    assert_eq!((got[3].data["units"].as_u64(), got[3].data["first"].as_bool()), (Some(2), Some(false)));
+    assert_eq!((got[0].order_id.as_deref(), got[0].channel.as_deref()), (Some("hub-3"), Some("web")));
+    assert_eq!(got[5].data["reason"], "worn");
+
+    let day = crate::reports::day_of(NOW);
+    let p = crate::reports::Period { from: day, to: day + 1, site: None, channel: None };
+    let rep = crate::reports::report(&db, &p).unwrap();
+    assert_eq!((rep.total.returns, rep.total.units_returned), (1, 3), "one RMA, three units");
+    assert_eq!((rep.days[0].figures.returns, rep.days[0].figures.units_returned), (1, 1));
+    assert_eq!((rep.days[1].figures.returns, rep.days[1].figures.units_returned), (0, 2));
+    assert_eq!(rep.sites.iter().map(|s| (s.name.as_str(), s.figures.returns)).collect::<Vec<_>>(), [("wh-a", 1)]);
+}
+
+/// Units the site took back without an RMA are not returnable again; units received against an RMA are not
+/// counted twice (once as covered, once as returned at the site).
+#[test]
+fn returns_taken_at_the_site_without_an_rma_count_against_what_may_be_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(dir.path());
+    let r = Returns::new(ReturnsConfig { auto_approve: true, ..Default::default() });
+    let web = Channel::parse("web").unwrap();
+    let mut f = shipped("hub-5.1", "wh-a", &[("A", 3)], Some(NOW));
+    f.returned.insert("A".into(), 1);
+    assert_eq!(returnable(&f, "A", &[]), 2);
+    let fos = [f.clone()];
+    assert!(matches!(
+        r.request(&db, "hub-5", &web, &fos, &req(&[("A", 3)], None), &actor(), NOW),
+        Err(ReturnsError::OverReturn { returnable: 2, .. })
+    ));
+    let rma = r.request(&db, "hub-5", &web, &fos, &req(&[("A", 1)], None), &actor(), NOW).unwrap();
+    let receipt = SiteRmaReceipt {
+        id: "1".into(),
+        rma: rma.id.clone(),
+        order: "hub-5.1".into(),
+        lines: vec![SiteRmaLine { sku: Sku::parse("A").unwrap(), qty: 1, disposition: Disposition::Restock }],
+        at_ms: NOW,
+    };
+    let rma = r.apply_receipt(&db, "wh-a", "wh-a/1", &receipt, NOW).unwrap().unwrap();
+    // The site now counts 2 returned: 1 without an RMA, 1 against it.
+    f.returned.insert("A".into(), 2);
+    assert_eq!(returnable(&f, "A", std::slice::from_ref(&rma)), 1);
 }
