@@ -101,6 +101,8 @@ pub struct Hub {
     /// Return authorizations (RMAs), in the intake's database; the default policy until the caller sets
     /// `[returns]`.
     pub returns: crate::returns::Returns,
+    /// The carriers' tracking webhooks (`[carriers]`); none until the caller sets them.
+    pub tracking: crate::tracking::Tracking,
     /// The demand index and last replenishment run (the forecast routes and purchase orders made from it).
     pub demand: Arc<crate::demand::DemandCache>,
     /// The reloading parts of the QUIC side's TLS, once it listens ([`Hub::set_tls`]).
@@ -146,6 +148,7 @@ impl Hub {
             money,
             purchasing,
             returns: crate::returns::Returns::default(),
+            tracking: crate::tracking::Tracking::default(),
             demand: Arc::default(),
             tls: OnceLock::new(),
         })

@@ -21,7 +21,8 @@
 //!
 //! Sources: `order.created` and `order.routed` (the intake's writer and re-routing), `order.cancelled`
 //! (the cancel), `fulfillment.accepted`, `fulfillment.shipped`, `order.delivered` (the watcher, from the
-//! sites' documents, remembering per fulfillment what it reported: [`watch`]), `node.offline` /
+//! sites' documents, remembering per fulfillment what it reported: [`watch`]), `tracking.updated` (a
+//! carrier's event matched to its shipment, `crate::tracking`), `node.offline` /
 //! `node.online` (the hub's connections, debounced: [`watch`]).
 //!
 //! **Retention** ([`EventsConfig`]): events older than `retention_ms` or beyond the newest `retained_max` are
@@ -67,7 +68,11 @@ pub const TYPES: &[&str] = &[
     PAYMENT_VOIDED,
     PAYMENT_FAILED,
     "invoice.created",
+    TRACKING_UPDATED,
 ];
+/// A carrier's tracking event for a shipped fulfillment (`crate::tracking`): `status` one of
+/// `crate::tracking::STATUSES`, with the carrier, tracking number, the carrier's event id and time.
+pub const TRACKING_UPDATED: &str = "tracking.updated";
 /// A card order was authorized for its total (in the order's own transaction).
 pub const PAYMENT_AUTHORIZED: &str = "payment.authorized";
 /// A capture settled at the provider (per shipment; `document` is the invoice).
