@@ -158,7 +158,9 @@ async fn carrier_events_are_signed_idempotent_matched_late_and_deliver_once_at_t
     let good = event("bad-1", "T1", "delivered", t0);
     let sig = signature_header(SECRET, now_s(), &good);
     let tampered = event("bad-1", "T1", "delivered", t0 + 1);
-    let cases: Vec<(&str, Vec<u8>, Option<String>, u16, &str)> = vec![
+    // (carrier, body, signature, status, code)
+    type Case = (&'static str, Vec<u8>, Option<String>, u16, &'static str);
+    let cases: Vec<Case> = vec![
         ("fedex", good.clone(), Some(sig.clone()), 404, "carrier_not_found"),
         ("ups", good.clone(), None, 401, "signature_missing"),
         ("ups", good.clone(), Some("t=1".into()), 401, "signature_malformed"),
@@ -248,6 +250,12 @@ async fn carrier_events_are_signed_idempotent_matched_late_and_deliver_once_at_t
     assert_eq!(delivered, [fos[0].as_str(), fos[1].as_str()], "each delivered once");
     let tracking = events.iter().filter(|e| e["type"] == "tracking.updated").count();
     assert_eq!(tracking, 6, "e3-1, e1-1, e1-2, e1-3, e2-1, e3-2 once each");
+    let metrics = c.get(hub("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in
+        ["oms_hub_carrier_events_total{result=\"stored\"} 6", "oms_hub_carrier_events_total{result=\"replayed\"} 1"]
+    {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     // The customer's page shows the carrier's words.
     let token = order(0).await["tracking_token"].as_str().unwrap().to_owned();
     let page = reqwest::get(hub(&format!("/t/{token}"))).await.unwrap().text().await.unwrap();

@@ -1,5 +1,5 @@
-//! The demo acting as the carrier (issue 15, item 6): after the end of day, for the hub's fulfillments the
-//! collection shipped, it posts signed tracking events to the hub (`POST /v1/carriers/test/events`, the
+//! The demo acting as the carrier (issue 15, item 6): after the end of day, for (at most [`TRACKED_MAX`]
+//! of) the hub's fulfillments shipped and not delivered (staff deliver only their site's own orders), it posts signed tracking events to the hub (`POST /v1/carriers/test/events`, the
 //! hub's `[carriers.test]`): `in_transit` then `delivered` for all but one, whose parcel fails (`failure`,
 //! which flags the order for customer service). Then it waits until the sites delivered those fulfillments
 //! (the hub writes the carrier's delivery into each fulfillment's document; each site applies its own
@@ -19,7 +19,7 @@ pub(super) const CARRIER: &str = "test";
 /// Its webhook secret (the demo's own, on loopback).
 pub(super) const SECRET: &str = "whsec_oms_demo_test_carrier";
 /// Most fulfillments the demo tracks (bounds the run).
-const TRACKED_MAX: usize = 60;
+const TRACKED_MAX: usize = 100;
 /// Most events replayed.
 const REPLAYS_MAX: usize = 5;
 /// How long the sites get to deliver what the carrier delivered.
