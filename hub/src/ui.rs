@@ -323,6 +323,15 @@ async fn find_order(State(st): State<UiState>, session: UiSession, Query(q): Que
         }
     }
     let now = oms_service::now_ms();
+    // The orders a carrier exception flagged for service, first ones by order id.
+    let hub = st.hub.clone();
+    let flagged = tokio::task::spawn_blocking(move || {
+        crate::tracking::flagged(hub.intake.db(), None, FOUND_SHOWN_MAX, None).map(|(f, _)| f)
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default();
     page(
         &st.chrome,
         "Find an order",
@@ -352,6 +361,14 @@ async fn find_order(State(st): State<UiState>, session: UiSession, Query(q): Que
                         } } }
                     } }
                 }
+            }
+            @if !flagged.is_empty() {
+                h2 { "Carrier exceptions" }
+                p.hint { "Parcels a carrier could not deliver or is sending back; all of them: GET /v1/orders?flag=carrier_exception." }
+                ul { @for f in &flagged {
+                    li { a href={ "/ui/orders/" (f.order) } { (f.order) } ": " (f.carrier) " " code { (f.tracking) } " — " (f.status)
+                        @if let Some(d) = &f.description { " (" (d) ")" } }
+                } }
             }
         },
     )

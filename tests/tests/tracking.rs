@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use oms_hub::events::webhooks::signature_header;
+use oms_service::auth::keys::Role;
+use oms_service::auth::users::{self, NewUser};
+use oms_tests::browser::Browser;
 use oms_tests::cluster::{self, free_tcp, free_udp, pki};
 use oms_tests::{get, http, post};
 use serde_json::{Value, json};
@@ -88,6 +91,8 @@ async fn carrier_events_are_signed_idempotent_matched_late_and_deliver_once_at_t
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let certs = pki(root, &["wh-1"]);
+    let sam = NewUser { name: "sam".into(), role: Role::Service, secret: "a long password".into(), pin: false };
+    users::create(&cluster::hub_data(root), sam, 1).unwrap();
     let (quic, hub_http) = (free_udp(), free_tcp());
     let _hub = cluster::spawn_hub_with(root, &certs, quic, hub_http, "info", HUB_TOML);
     cluster::wait_healthy(&c, hub_http, HEALTHY).await;
@@ -232,6 +237,13 @@ async fn carrier_events_are_signed_idempotent_matched_late_and_deliver_once_at_t
     let flagged: Vec<&str> = v["orders"].as_array().unwrap().iter().filter_map(|f| f["order"].as_str()).collect();
     assert_eq!(flagged, [ids[2].as_str()], "{v}");
     assert_eq!(order(2).await["carrier_exception"]["status"], "failure");
+    // Customer service sees it on the console: the list and the order's page.
+    let mut sam = Browser::new(hub_http);
+    assert_eq!(sam.sign_in("sam", "a long password").await.status, 303);
+    let p = sam.get("/ui/orders").await;
+    assert!(p.html.contains("Carrier exceptions") && p.html.contains(&format!("/ui/orders/{}", ids[2])), "{}", p.html);
+    let p = sam.get(&format!("/ui/orders/{}", ids[2])).await;
+    assert!(p.html.contains("Carrier exception: ups reports failure for T3"), "{}", p.html);
     let (s, v) = get(&c, hub("/v1/orders?flag=overdue")).await;
     assert_eq!((s, v["code"].as_str()), (400, Some("invalid_query")), "{v}");
 
