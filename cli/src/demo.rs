@@ -4,7 +4,8 @@
 //! Two channels (`web`, `marketplace`) send three quarters of the orders to the hub at a steady rate; the hub
 //! routes each to the nearest sites holding stock rights it was granted (escrow) and the sites accept the
 //! assignments. The remaining quarter are each site's own till sales (`pos`). Each site's staff loop builds
-//! pick waves, confirms picks (with the odd short pick), packs, ships and delivers; some orders are
+//! pick waves, confirms picks (with the odd short pick), packs, ships and delivers its own orders (the carrier
+//! delivers the hub's, see below); some orders are
 //! cancelled and some returned. One site (`wh-west`) reaches the hub through a fault relay that the demo
 //! blackholes for the middle half of the run: the site keeps selling from its own share while the hub keeps
 //! selling the share it holds there, never the same unit twice. Midway another node is killed with SIGKILL
@@ -51,6 +52,13 @@
 //! through the hub's outbox, confirms them and records ASNs. The summary adds `purchase_orders` (by state),
 //! `units_on_order`, `units_received_against_po`, `on_order_mismatches` and `purchasing_mismatches` (both 0).
 //!
+//! After the end of day the demo plays the carrier (see `tracking`): signed tracking events to the hub for
+//! (at most 100 of) the hub's fulfillments shipped and not delivered, `in_transit` then `delivered` for all but one (`failure`, flagged
+//! for customer service); the sites deliver what the carrier delivered. The summary adds `tracking_events`,
+//! `delivered_by_carrier`, `carrier_exceptions` and the mismatch counters `tracking_events_replayed_changed`,
+//! `tracking_state_regressions`, `delivered_by_carrier_missing`, `carrier_exception_mismatches` and
+//! `order_delivered_twice` (all 0).
+//!
 //! Then the hub's network stock is walked in pages (see `stock_pages`) and held against one unpaged read:
 //! the summary adds `stock_rows`, `stock_pages`, `stock_page_mismatches` (0) and `demand_documents_read`
 //! (what the hub's incrementally kept demand history read).
@@ -76,6 +84,7 @@ mod reports;
 mod returns;
 mod screens;
 mod stock_pages;
+mod tracking;
 mod webhooks;
 
 /// Options of `oms demo`.
@@ -444,7 +453,8 @@ fn spawn_hub(
         &config,
         format!(
             "[http]\ntls_cert = {cert}\ntls_key = {key}\n[payments]\nretry_backoff_ms = 100\n\
-             [payments.providers.test]\nkind = \"test\"\n{stripe}[tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n{hooks}"
+             [payments.providers.test]\nkind = \"test\"\n{stripe}[tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n{hooks}{}",
+            tracking::hub_toml()
         ),
     )?;
     Command::new(std::env::current_exe()?)
@@ -757,7 +767,7 @@ async fn staff_loop(
     }
 }
 
-/// Ships (and delivers) the packed order `id` with its consignment's tracking if its label is bought,
+/// Ships (and, a site's own, delivers) the packed order `id` with its consignment's tracking if its label is bought,
 /// waiting for it at most a second; false if the label is not there yet.
 async fn ship_labelled(http: &reqwest::Client, base: &str, id: &str, tally: &Tally) -> bool {
     let mut tracking = None;
@@ -778,6 +788,11 @@ async fn ship_labelled(http: &reqwest::Client, base: &str, id: &str, tally: &Tal
         return false;
     };
     tally.shipped.fetch_add(1, Ordering::Relaxed);
+    // The hub's fulfillments are delivered by the carrier (the demo plays it at the end, see `tracking`);
+    // staff deliver the site's own orders by hand.
+    if id.starts_with(oms_protocol::domain::HUB_ORDER_PREFIX) {
+        return true;
+    }
     // Body-less, but every write names its content type (the node refuses it otherwise).
     let _ = http
         .post(format!("{base}/orders/{id}/deliver"))
@@ -1363,6 +1378,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     // End of day: close the labelled consignments into manifests, and the carrier collects them.
     let day = dispatch::end_of_day(&admin, &sites.iter().map(|s| s.addr).collect::<Vec<_>>()).await;
     println!("{}", day.line());
+    // The demo plays the carrier for what the collections shipped: signed tracking events to the hub.
+    let carrier = client(None, &ca)?;
+    let tracked = tracking::pass(&admin, &carrier, hub_http, &acked).await;
+    println!("{}", tracked.line());
     // Consignments by state at every site, and the labels each site's test carrier sold (twice: must be 0).
     let mut consignments: BTreeMap<String, u64> = BTreeMap::new();
     let (mut labels_bought, mut labels_bought_twice) = (0u64, 0u64);
@@ -1456,6 +1475,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), report.json()) {
         all.extend(w);
     }
+    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), tracked.json()) {
+        all.extend(w);
+    }
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
         println!("summary written to {}", p.display());
@@ -1486,13 +1508,15 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || !report.ok()
         || !rmas.ok()
         || !stock_pages.ok()
+        || !tracked.ok()
     {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}; {}; {}; {}",
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}; {}; {}; {}; {}",
             buying.line(),
             rmas.line(),
             report.line(),
-            stock_pages.line()
+            stock_pages.line(),
+            tracked.line()
         );
     }
     Ok(())

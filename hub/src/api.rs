@@ -4,6 +4,8 @@
 //!   `changes_quarantined`, `quota_refusals`, `changes_too_large`, `changes_dropped`, `manifests_deferred`),
 //!   what it stores against its quota (`documents`, `stored_bytes`) and the certificate it presented; the hub's own certificate (`hub_certificate`: serial, `not_after_unix_s`, `expires_in_s`,
 //!   `expiring_soon` when less than `oms_transport::pki::EXPIRY_WARNING_DAYS` are left).
+//! - `GET /v1/orders?flag=carrier_exception&after=&limit=`: the customer orders a carrier exception flagged
+//!   for customer service (`crate::tracking`), by order id.
 //! - `GET /v1/orders?site=&after=&limit=`: order ids and states as the hub sees them, with per-site counts.
 //!   Follow `next_after` until it is null: a page reads at most [`ORDER_ROWS_READ_MAX`] orders, so with a site
 //!   filter it may hold fewer than `limit`, even none, and still not be the last.
@@ -21,6 +23,7 @@
 //! - `GET /v1/events?after=&limit=&types=&wait_ms=` and `/v1/webhooks`: the event feed and webhook
 //!   subscriptions, see [`crate::events`].
 //! - `GET /metrics`: OpenMetrics text: the refusals of the auth layer, nodes connected, documents held,
+//!   carrier tracking events by outcome (`oms_hub_carrier_events_total{result}`),
 //!   orders taken and waiting, live API keys, the intake writer's commits and the orders they held.
 //!
 //! Every route but `/healthz` and `/v1/track/{token}` needs an API key (`Authorization: Bearer`, see
@@ -29,8 +32,9 @@
 //! | route | roles |
 //! |---|---|
 //! | `GET /healthz`, `GET /v1/track/{token}`, `GET /t/{token}`, `POST /t/{token}/cancel\|returns` | open (rate limited per client IP; the tracking page's forms need its `SameSite=Strict` form cookie, see [`crate::selfservice`]) |
+//! | `POST /v1/carriers/{carrier}/events` | open: the carrier's HMAC signature (`crate::tracking`), rate limited per client IP |
 //! | `GET /v1/nodes`, `/v1/stock`, `/v1/stock/{sku}`, `/v1/forecast/{sku}`, `/v1/replenishment` | planner |
-//! | `GET /v1/orders` | planner, service, channel (a channel key lists its channel's hub orders) |
+//! | `GET /v1/orders` | planner, service, channel (a channel key lists its channel's hub orders; `flag=carrier_exception` its flagged ones) |
 //! | `POST /v1/orders` | channel (its own channel only) |
 //! | `GET /v1/orders/{id}`, `GET /v1/orders/{id}/routing` | planner, service, channel (own channel only) |
 //! | `POST /v1/orders/{id}/cancel` | channel (own channel only), service (with a reason) |
@@ -103,6 +107,8 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
             | "/ui/assets/{file}",
         ) if get => Access::Open,
         Some("/ui/sign-in" | "/t/{token}/cancel" | "/t/{token}/returns") if post => Access::Open,
+        // A carrier has no API key: the per-carrier signature authenticates it (`crate::tracking`).
+        Some("/v1/carriers/{carrier}/events") if post => Access::Open,
         Some("/ui/sign-out") if post => Access::Roles(ANY_ROLE),
         Some("/ui/stock" | "/ui/stock.csv" | "/ui/forecast/{sku}") if get => Access::Roles(PLANNER),
         Some("/v1/reports" | "/ui/reports" | "/ui/reports.csv") if get => Access::Roles(MONEY_READERS),
@@ -195,6 +201,7 @@ pub fn router_with(hub: Arc<Hub>, auth: Arc<Auth>, secure_cookie: bool) -> Route
         .merge(crate::events::api::router(hub.clone()))
         .merge(crate::reports::screen::router(hub.clone()))
         .merge(crate::notes::router(hub.clone()))
+        .merge(crate::tracking::router(hub.clone()))
         .merge(crate::forecast_api::router(hub))
         .merge(purchasing)
         .layer(axum::extract::DefaultBodyLimit::max(oms_service::request::JSON_BODY_BYTES_MAX))
@@ -347,6 +354,16 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
          # TYPE oms_hub_demand_documents_read counter\noms_hub_demand_documents_read_total {}\n",
         hub.demand.docs_read()
     ));
+    let t = &hub.tracking;
+    out.push_str(&format!(
+        "# HELP oms_hub_carrier_events Carrier tracking events by outcome: stored, replays answered without a \
+         change, refused (carrier, signature, body).\n# TYPE oms_hub_carrier_events counter\n\
+         oms_hub_carrier_events_total{{result=\"stored\"}} {}\noms_hub_carrier_events_total{{result=\"replayed\"}} {}\n\
+         oms_hub_carrier_events_total{{result=\"refused\"}} {}\n",
+        t.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        t.replayed.load(std::sync::atomic::Ordering::Relaxed),
+        t.refused.load(std::sync::atomic::Ordering::Relaxed)
+    ));
     if let Some(n) = taken {
         out.push_str(&format!(
             "# HELP oms_hub_orders_taken Customer orders the hub took.\n# TYPE oms_hub_orders_taken counter\n\
@@ -445,6 +462,8 @@ struct OrdersQuery {
     after: Option<String>,
     /// Page size (capped).
     limit: Option<usize>,
+    /// Only the customer orders flagged so: `carrier_exception` (a carrier's failure or return to sender).
+    flag: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(OrdersQuery),
@@ -457,6 +476,9 @@ async fn orders(
     QueryParams(q): QueryParams<OrdersQuery>,
 ) -> Response {
     let limit = q.limit.unwrap_or(ORDERS_PAGE_MAX).min(ORDERS_PAGE_MAX);
+    if let Some(flag) = q.flag.as_deref() {
+        return flagged_orders(&hub, &principal, flag, q.site.is_some(), q.after, limit).await;
+    }
     if let Some(channel) = principal.confined_to() {
         if q.site.is_some() {
             return problem(StatusCode::BAD_REQUEST, "invalid_query", "a channel key lists its orders without site");
@@ -473,6 +495,34 @@ async fn orders(
         return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "order listing failed");
     };
     Json(json!({"total": total, "by_site": counts, "orders": list, "next_after": next_after})).into_response()
+}
+
+/// `GET /v1/orders?flag=carrier_exception`: a page of the flagged customer orders (a channel key's own).
+async fn flagged_orders(
+    hub: &Arc<Hub>,
+    principal: &Principal,
+    flag: &str,
+    with_site: bool,
+    after: Option<String>,
+    limit: usize,
+) -> Response {
+    if flag != "carrier_exception" || with_site {
+        return problem(StatusCode::BAD_REQUEST, "invalid_query", "flag must be carrier_exception, without site");
+    }
+    let limit = limit.clamp(1, crate::tracking::FLAGS_PAGE_MAX);
+    let channel = principal.confined_to().map(|c| c.as_str().to_owned());
+    let h = hub.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        crate::tracking::flagged(h.intake.db(), after.as_deref(), limit, channel.as_deref())
+    })
+    .await;
+    match read {
+        Ok(Ok((flags, next_after))) => {
+            Json(json!({"flag": flag, "orders": flags, "next_after": next_after})).into_response()
+        }
+        Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+        Err(_) => problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "flag listing failed"),
+    }
 }
 
 /// One page of `GET /v1/orders`: the rows, where the next page starts, the total and the counts per site.

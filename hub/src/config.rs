@@ -96,6 +96,10 @@ pub struct HubConfig {
     /// The returns policy: window, non-returnable SKUs, auto-approval, refund at receipt or held (`[returns]`).
     #[serde(default)]
     pub returns: crate::returns::ReturnsConfig,
+    /// Carriers that post tracking events to `POST /v1/carriers/{carrier}/events`, by name (`[carriers.<name>]`
+    /// with its `webhook_secret`, at least 16 bytes; see `crate::tracking`). None by default.
+    #[serde(default)]
+    pub carriers: crate::tracking::CarriersConfig,
 }
 
 fn default_tenant() -> String {
@@ -170,6 +174,7 @@ impl Default for HubConfig {
             webhooks: crate::events::webhooks::WebhooksConfig::default(),
             purchasing: crate::purchasing::PurchasingConfig::default(),
             returns: crate::returns::ReturnsConfig::default(),
+            carriers: crate::tracking::CarriersConfig::default(),
         }
     }
 }
@@ -203,6 +208,7 @@ impl HubConfig {
         self.webhooks.check().map_err(ConfigError::Invalid)?;
         self.purchasing.check().map_err(ConfigError::Invalid)?;
         self.returns.check().map_err(ConfigError::Invalid)?;
+        crate::tracking::check_config(&self.carriers).map_err(ConfigError::Invalid)?;
         self.events.check(&self.webhooks).map_err(ConfigError::Invalid)?;
         self.http.scheme(self.listen_http.ip())?;
         if self.docs_cached_max == 0 || self.docs_loaded_max < self.docs_cached_max {

@@ -14,6 +14,9 @@
 //!   the sites' receipts; what is on order counts in the replenishment.
 //! - [`returns`]: return authorizations (RMAs) requested by channels or service, approved by policy or by
 //!   service, published to the site that shipped the units, received there and refunded through [`money`].
+//! - [`tracking`]: carriers' signed tracking webhooks, matched to shipments by tracking number, merged into
+//!   the order's view, exceptions flagged for service, a carrier's delivery completing the fulfillment at its
+//!   site.
 //! - [`events`]: the durable event log (appended in the transaction of each change it reports), the pull
 //!   feed `GET /v1/events` and signed webhooks delivered from it at least once.
 //! - [`demand`], [`forecast_api`], [`forecast_config`]: demand history from the order documents, forecasts and
@@ -46,6 +49,7 @@ pub mod returns;
 pub mod routing;
 pub mod selfservice;
 pub mod server;
+pub mod tracking;
 mod ui;
 
 use std::sync::Arc;
@@ -85,11 +89,13 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("cannot set up payments: {e}"))?;
     events::init(intake.db()).context("cannot create the event log's tables")?;
     notes::init(intake.db()).context("cannot create the notes' table")?;
+    tracking::init(intake.db()).context("cannot create the carrier tracking tables")?;
     let purchasing = purchasing::Purchasing::new(cfg.purchasing.clone(), &cfg.data_dir, intake.db())
         .map_err(|e| anyhow::anyhow!("cannot set up purchasing: {e}"))?;
     let mut hub = server::Hub::new(docs, intake, money, purchasing, &cfg.tenant, actor.to_vec(), tuning)?;
     hub.returns = returns::Returns::new(cfg.returns.clone());
     hub.stock_low_at = cfg.events.stock_low_at;
+    hub.tracking = tracking::Tracking::new(cfg.carriers.clone());
     let hub = Arc::new(hub);
     orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by

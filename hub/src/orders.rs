@@ -528,7 +528,9 @@ fn fo_state(hub: &Hub, id: &OrderId) -> FoState {
 }
 
 fn order_view(hub: &Hub, o: &HubOrder) -> Value {
-    order_view_with(o, |id| fo_state(hub, id))
+    let mut v = order_view_with(o, |id| fo_state(hub, id));
+    crate::tracking::with_tracking(hub, &mut v);
+    v
 }
 
 impl FoState {
@@ -881,7 +883,8 @@ pub(crate) fn tracking_view(hub: &Hub, o: &HubOrder) -> Value {
         .filter(|f| f["shipment"].is_object())
         .map(|f| {
             json!({"carrier": f["shipment"]["carrier"], "tracking": f["shipment"]["tracking"],
-                   "parcels": f["shipment"]["parcels"], "status": f["status"]})
+                   "parcels": f["shipment"]["parcels"], "status": f["status"],
+                   "tracking_status": f["tracking_status"]})
         })
         .collect();
     // Routing steps (`assigned`, a site's `rejected`) are the hub's business, not the customer's.
@@ -1110,5 +1113,7 @@ pub async fn watch(hub: Arc<Hub>) {
         if let Err(e) = tokio::task::spawn_blocking(move || watch_once(&h, retry)).await {
             tracing::error!(error = %e, "the routing watcher failed; continuing");
         }
+        // The carriers' deliveries the watcher (a shipment matched late) or a webhook left due.
+        crate::tracking::deliver_due(&hub).await;
     }
 }

@@ -103,6 +103,8 @@ pub struct Hub {
     pub returns: crate::returns::Returns,
     /// `[events] stock_low_at`: `stock.low` when a SKU's available units at a site fall to this or below.
     pub stock_low_at: u64,
+    /// The carriers' tracking webhooks (`[carriers]`); none until the caller sets them.
+    pub tracking: crate::tracking::Tracking,
     /// The demand index and last replenishment run (the forecast routes and purchase orders made from it).
     pub demand: Arc<crate::demand::DemandCache>,
     /// The reloading parts of the QUIC side's TLS, once it listens ([`Hub::set_tls`]).
@@ -149,6 +151,7 @@ impl Hub {
             purchasing,
             returns: crate::returns::Returns::default(),
             stock_low_at: crate::events::EventsConfig::default().stock_low_at,
+            tracking: crate::tracking::Tracking::default(),
             demand: Arc::default(),
             tls: OnceLock::new(),
         })

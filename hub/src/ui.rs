@@ -325,6 +325,15 @@ async fn find_order(State(st): State<UiState>, session: UiSession, Query(q): Que
         }
     }
     let now = oms_service::now_ms();
+    // The orders a carrier exception flagged for service, first ones by order id.
+    let hub = st.hub.clone();
+    let flagged = tokio::task::spawn_blocking(move || {
+        crate::tracking::flagged(hub.intake.db(), None, FOUND_SHOWN_MAX, None).map(|(f, _)| f)
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default();
     page(
         &st.chrome,
         "Find an order",
@@ -354,6 +363,14 @@ async fn find_order(State(st): State<UiState>, session: UiSession, Query(q): Que
                         } } }
                     } }
                 }
+            }
+            @if !flagged.is_empty() {
+                h2 { "Carrier exceptions" }
+                p.hint { "Parcels a carrier could not deliver or is sending back; all of them: GET /v1/orders?flag=carrier_exception." }
+                ul { @for f in &flagged {
+                    li { a href={ "/ui/orders/" (f.order) } { (f.order) } ": " (f.carrier) " " code { (f.tracking) } " — " (f.status)
+                        @if let Some(d) = &f.description { " (" (d) ")" } }
+                } }
             }
         },
     )
@@ -472,6 +489,13 @@ pub(crate) fn status_words(status: &str) -> &'static str {
         "partially_cancelled" => "Partly cancelled",
         "cancelled" => "Cancelled",
         "received" => "Order received",
+        "carrier_pre_transit" => "Label created, waiting for the carrier",
+        "carrier_in_transit" => "With the carrier, on its way",
+        "carrier_out_for_delivery" => "Out for delivery",
+        "carrier_available_for_pickup" => "Ready for pickup at the carrier's point",
+        "carrier_delivered" => "Delivered (reported by the carrier)",
+        "carrier_return_to_sender" => "Being returned to us by the carrier",
+        "carrier_failure" => "The carrier reports a problem; we are looking into it",
         "accepted" | "picking" | "picked" | "packed" => "Being prepared",
         _ => "In progress",
     }
@@ -517,6 +541,11 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
             p { strong { (status_words(s(&v["status"]))) } " · " (s(&v["channel"])) " order " (s(&v["external_ref"]))
                 span.hint { "State: " code { (s(&v["status"])) } } }
             @if let Some(e) = error { (error_box(e)) }
+            @if v["carrier_exception"].is_object() {
+                (error_box(&format!("Carrier exception: {} reports {} for {} ({}). {}", s(&v["carrier_exception"]["carrier"]),
+                    s(&v["carrier_exception"]["status"]), s(&v["carrier_exception"]["tracking"]),
+                    s(&v["carrier_exception"]["fulfillment"]), s(&v["carrier_exception"]["description"]))))
+            }
             div.table-wrap { table {
                 thead { tr { th { "SKU" } th.num { "Ordered" } th.num { "Placed at sites" } th.num { "Shipped" } th.num { "Waiting for stock" } } }
                 tbody { @for l in v["lines"].as_array().unwrap_or(&empty) { tr {
@@ -527,7 +556,8 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
             h2 { "Fulfillments" }
             ul { @for f in v["fulfillments"].as_array().unwrap_or(&empty) {
                 li { (s(&f["id"])) " from " strong { (s(&f["site"])) } ": " (status_words(s(&f["status"]))) " (" code { (s(&f["status"])) } ")"
-                    @if f["shipment"].is_object() { ", " (s(&f["shipment"]["carrier"])) " " code { (s(&f["shipment"]["tracking"])) } } }
+                    @if f["shipment"].is_object() { ", " (s(&f["shipment"]["carrier"])) " " code { (s(&f["shipment"]["tracking"])) } }
+                    @if let Some(t) = f["tracking_status"].as_str() { " — carrier: " code { (t) } } }
             } }
             h2 { "Timeline" }
             ol { @for t in v["timeline"].as_array().unwrap_or(&empty) {

@@ -81,6 +81,9 @@ pub mod keys {
     pub const CANCEL_REQUESTED_AT_MS: &str = "cancel_requested_at_ms";
     /// The customer order a hub-created fulfillment order belongs to (in [`HUB`]).
     pub const PARENT: &str = "parent";
+    /// The carrier reported the shipment delivered, ms since the Unix epoch (in [`HUB`]); the fulfilling
+    /// node applies its own `Deliver` step to a shipped order that carries it.
+    pub const CARRIER_DELIVERED_AT_MS: &str = "carrier_delivered_at_ms";
     /// Map SKU → postcard `EscrowCounter` (in a stock document: the site's view; in an escrow document: the
     /// hub's view).
     pub const ESCROW: &str = "escrow";
@@ -365,6 +368,8 @@ pub struct OrderView {
     pub cancel_requested_at_ms: Option<u64>,
     /// For a hub-created fulfillment order: the customer order.
     pub parent: Option<String>,
+    /// The carrier reported the shipment delivered at this time (written by the hub).
+    pub carrier_delivered_at_ms: Option<u64>,
     /// The fulfilling node froze the finished order at this time; the document does not change any more.
     pub frozen_at_ms: Option<u64>,
 }
@@ -470,10 +475,11 @@ pub fn read_order(doc: &AutoCommit, name: &str) -> Result<OrderView, SchemaError
         node_updated_at_ms = get_u64(doc, &node, keys::UPDATED_AT_MS)?.unwrap_or(0);
     }
     let frozen_at_ms = frozen_at_ms(doc);
-    let (mut cancel_requested_at_ms, mut parent) = (None, None);
+    let (mut cancel_requested_at_ms, mut parent, mut carrier_delivered_at_ms) = (None, None, None);
     if let Some((automerge::Value::Object(ObjType::Map), hub)) = doc.get(ROOT, keys::HUB)? {
         cancel_requested_at_ms = get_u64(doc, &hub, keys::CANCEL_REQUESTED_AT_MS)?;
         parent = get_str(doc, &hub, keys::PARENT)?;
+        carrier_delivered_at_ms = get_u64(doc, &hub, keys::CARRIER_DELIVERED_AT_MS)?;
     }
     Ok(OrderView {
         id,
@@ -485,6 +491,7 @@ pub fn read_order(doc: &AutoCommit, name: &str) -> Result<OrderView, SchemaError
         node_updated_at_ms,
         cancel_requested_at_ms,
         parent,
+        carrier_delivered_at_ms,
         frozen_at_ms,
     })
 }
@@ -560,6 +567,21 @@ pub fn request_cancel(doc: &mut AutoCommit, now_ms: u64) -> Result<bool, SchemaE
         return Ok(false);
     }
     doc.put(&hub, keys::CANCEL_REQUESTED_AT_MS, now_ms)?;
+    Ok(true)
+}
+
+/// Records that the carrier delivered the order's shipment (hub only), at `at_ms`. A frozen order is finished
+/// and its document does not change; a key already there is kept (the first delivery counts). Returns true if
+/// the document changed.
+pub fn request_delivered(doc: &mut AutoCommit, at_ms: u64) -> Result<bool, SchemaError> {
+    if frozen_at_ms(doc).is_some() {
+        return Ok(false);
+    }
+    let hub = map_obj(doc, &ROOT, keys::HUB)?;
+    if get_u64(doc, &hub, keys::CARRIER_DELIVERED_AT_MS)?.is_some() {
+        return Ok(false);
+    }
+    doc.put(&hub, keys::CARRIER_DELIVERED_AT_MS, at_ms)?;
     Ok(true)
 }
 
@@ -1017,6 +1039,14 @@ mod tests {
         doc2.commit();
         assert!(check_writer(&mut doc2, &name, &progressed, Writer::Node(&n)).is_err());
         assert_eq!(check_writer(&mut doc2, &name, &progressed, Writer::Hub), Ok(()));
+        // The carrier's delivery is the hub's key too: the first one counts, a node may not write it.
+        let mut doc4 = doc.fork_at(&progressed).unwrap();
+        assert!(request_delivered(&mut doc4, 40).unwrap());
+        assert!(!request_delivered(&mut doc4, 50).unwrap(), "a second delivery changes nothing");
+        doc4.commit();
+        assert!(check_writer(&mut doc4, &name, &progressed, Writer::Node(&n)).is_err());
+        assert_eq!(check_writer(&mut doc4, &name, &progressed, Writer::Hub), Ok(()));
+        assert_eq!(read_order(&doc4, name.as_str()).unwrap().carrier_delivered_at_ms, Some(40));
 
         // Another node creating wh-north's order: refused.
         let mut doc3 = AutoCommit::new();

@@ -21,7 +21,8 @@
 //!
 //! Sources: `order.created` and `order.routed` (the intake's writer and re-routing), `order.cancelled`
 //! (the cancel), `fulfillment.accepted`, `fulfillment.shipped`, `order.delivered` (the watcher, from the
-//! sites' documents, remembering per fulfillment what it reported: [`watch`]), `node.offline` /
+//! sites' documents, remembering per fulfillment what it reported: [`watch`]), `tracking.updated` (a
+//! carrier's event matched to its shipment, `crate::tracking`), `node.offline` /
 //! `node.online` (the hub's connections, debounced: [`watch`]), `return.requested`, `.approved`,
 //! `.declined`, `.cancelled`, `.received`, `.refunded`, `.closed` (the RMA's own transaction in
 //! [`crate::returns`]).
@@ -78,7 +79,11 @@ pub const TYPES: &[&str] = &[
     RETURN_RECEIVED,
     RETURN_REFUNDED,
     RETURN_CLOSED,
+    TRACKING_UPDATED,
 ];
+/// A carrier's tracking event for a shipped fulfillment (`crate::tracking`): `status` one of
+/// `crate::tracking::STATUSES`, with the carrier, tracking number, the carrier's event id and time.
+pub const TRACKING_UPDATED: &str = "tracking.updated";
 /// A return (RMA) was asked for (by the customer on the tracking page, a channel or service).
 pub const RETURN_REQUESTED: &str = "return.requested";
 /// An RMA was approved (by policy or service): its site may receive against it.

@@ -169,6 +169,10 @@ pub fn report_fulfillments(db: &redb::Database, seen: &[FulfillmentSeen], now_ms
             let data = json!({"fulfillment_id": f.id, "site": f.site, "status": f.status.as_str(),
                 "shipment": f.shipment, "shipped_at_ms": f.shipped_at_ms});
             append(&w, EventDraft::new(kind, now_ms).order(&f.parent, &f.channel).data(data))?;
+            if *bit == SHIPPED {
+                // Its tracking number, and the carrier's events that arrived before it, in this transaction.
+                crate::tracking::on_shipped(&w, f)?;
+            }
             n += 1;
             new_mask |= bit;
         }

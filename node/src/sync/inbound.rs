@@ -1,5 +1,7 @@
 //! What the hub sends the node, turned into store commands: assignments (`order/hub-…` documents for this
-//! site) become local orders, the hub's cancellation requests become cancellations, and the hub's escrow
+//! site) become local orders, the hub's cancellation requests become cancellations, the carrier's delivery
+//! the hub records (`carrier_delivered_at_ms`) becomes the site's own `Deliver` of a shipped order (so a
+//! manual deliver and the carrier's reach `delivered` once: the second is an illegal transition), and the hub's escrow
 //! view (`escrow/<node>`) is merged into the site's counters, and the purchase orders the hub publishes for the
 //! site (`inbound/<node>`) are stored for receiving. Plus the site's periodic escrow duties.
 //!
@@ -32,7 +34,7 @@ pub(crate) const ESCROW_TICK_MS: u64 = 1_000;
 
 /// What to do about one document the hub changed.
 enum Action {
-    Assign { id: OrderId, draft: Box<oms_protocol::domain::OrderDraft>, at_ms: u64, cancel: bool },
+    Assign { id: OrderId, draft: Box<oms_protocol::domain::OrderDraft>, at_ms: u64, cancel: bool, delivered: bool },
     Escrow(Vec<oms_protocol::escrow::EscrowCounter>),
     Inbound(Vec<schema::InboundPo>, Vec<schema::InboundRma>),
 }
@@ -48,7 +50,14 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
                 return None;
             }
             let cancel = view.cancel_requested_at_ms.is_some();
-            Some(Action::Assign { id: view.id, draft: Box::new(view.draft), at_ms: view.created_at_ms, cancel })
+            let delivered = view.carrier_delivered_at_ms.is_some();
+            Some(Action::Assign {
+                id: view.id,
+                draft: Box::new(view.draft),
+                at_ms: view.created_at_ms,
+                cancel,
+                delivered,
+            })
         }
         DocKind::Escrow(n) if &n == me => {
             let d = docs.sync.db.read(doc)?;
@@ -78,7 +87,7 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
 
 async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), StoreError> {
     match action {
-        Action::Assign { id, draft, at_ms, cancel } => {
+        Action::Assign { id, draft, at_ms, cancel, delivered } => {
             let existing = store.order(&id)?;
             if existing.is_none() {
                 let cmd = cmd::AcceptAssignment {
@@ -102,6 +111,14 @@ async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), Stor
                     && !matches!(s, FulfillmentState::Cancelled | FulfillmentState::Rejected)
                 {
                     tracing::info!(order = %id, state = %s, "sync: the hub asked to cancel an order past cancelling");
+                }
+            }
+            if delivered && store.order(&id)?.is_some_and(|r| r.status == FulfillmentState::Shipped) {
+                // The carrier delivered it. Staff may deliver it by hand meanwhile: then this is an illegal
+                // transition, and the order is delivered once either way.
+                match store.execute(cmd::Deliver { order: id.clone() }).await {
+                    Ok(_) | Err(StoreError::Transition { .. } | StoreError::OrderFrozen { .. }) => {}
+                    Err(e) => return Err(e),
                 }
             }
             Ok(())
