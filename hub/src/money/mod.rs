@@ -72,6 +72,10 @@ pub const REFUND_LINES_MAX: usize = oms_protocol::domain::ORDER_LINES_MAX;
 pub const TOKEN_BYTES_MAX: usize = 256;
 /// The implicit provider of terms and cash-on-delivery orders.
 pub const MANUAL: &str = "manual";
+/// Manual payments recorded per order ([`Money::record_manual`]); beyond it `409 too_many_payments`.
+pub const RECORDED_MAX: usize = 64;
+/// Longest reference of a recorded payment (a bank transfer's, a receipt number), bytes.
+pub const PAYMENT_REFERENCE_BYTES_MAX: usize = 128;
 
 /// Why a money operation was refused or failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -261,6 +265,11 @@ pub struct Authorization {
     pub captured_minor: u64,
     /// Refunded on it (settled).
     pub refunded_minor: u64,
+    /// Released: what was not captured when it closed (voided, released at the order's end, expired, or
+    /// given up by a provider whose authorizations take one capture). `amount = captured + released` once
+    /// closed; 0 while open.
+    #[serde(default)]
+    pub released_minor: u64,
     /// When.
     pub at_ms: u64,
     /// Good until (the hub's view; [`PaymentsConfig::authorization_validity_ms`]).
@@ -337,6 +346,19 @@ pub struct Payment {
     pub void_requested: bool,
     /// Every authorization was voided.
     pub voided: bool,
+    /// The release of what the order will never capture was queued (the order reached its final state with
+    /// something shipped: short-shipped, lines cancelled, cancelled after a partial shipment).
+    #[serde(default)]
+    pub release_requested: bool,
+    /// Released over all authorizations (see [`Authorization::released_minor`]).
+    #[serde(default)]
+    pub released_minor: u64,
+    /// Recorded by service as received (terms and COD), minor units.
+    #[serde(default)]
+    pub paid_minor: u64,
+    /// The payments service recorded (at most [`RECORDED_MAX`]).
+    #[serde(default)]
+    pub recorded: Vec<RecordedPayment>,
     /// Why service must act, if it must.
     pub action_required: Option<String>,
     /// What happened (at most [`EVENTS_MAX`]).
@@ -349,6 +371,25 @@ impl Payment {
         self.authorizations.iter().map(|a| a.amount_minor).sum()
     }
 
+    /// Still held: authorized on open authorizations and not captured.
+    pub fn held_minor(&self) -> u64 {
+        self.authorizations.iter().filter(|a| !a.closed).map(|a| a.amount_minor.saturating_sub(a.captured_minor)).sum()
+    }
+
+    /// Closes authorization `i` (if open): what it did not capture is released. Returns that amount.
+    pub(crate) fn close_auth(&mut self, i: usize) -> u64 {
+        let Some(a) = self.authorizations.get_mut(i).filter(|a| !a.closed) else { return 0 };
+        a.closed = true;
+        a.released_minor = a.amount_minor.saturating_sub(a.captured_minor);
+        self.released_minor = self.released_minor.saturating_add(a.released_minor);
+        a.released_minor
+    }
+
+    /// What is owed on a terms or COD order: invoiced, less credited, less recorded as paid.
+    pub fn outstanding_minor(&self) -> u64 {
+        self.invoiced_minor.saturating_sub(self.credit_noted_minor).saturating_sub(self.paid_minor)
+    }
+
     /// The customer-facing status.
     pub fn status(&self) -> &'static str {
         if self.action_required.is_some() {
@@ -357,7 +398,10 @@ impl Payment {
             "refunded"
         } else if self.refunded_minor > 0 {
             "partially_refunded"
-        } else if self.captured_minor > 0 && self.captured_minor >= self.total_minor {
+        } else if self.captured_minor > 0
+            && (self.captured_minor >= self.total_minor || (self.release_requested && self.held_minor() == 0))
+        {
+            // Everything the order will ever capture is captured (a short shipment's rest was released).
             "captured"
         } else if self.captured_minor > 0 {
             "partially_captured"
@@ -379,6 +423,41 @@ impl Payment {
             document: document.map(str::to_owned),
         });
     }
+}
+
+/// How money recorded by service was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceivedBy {
+    /// Cash (a courier's cash on delivery, a counter).
+    Cash,
+    /// A bank transfer.
+    BankTransfer,
+    /// A cheque.
+    Cheque,
+    /// A card taken outside oms (a terminal at the door).
+    CardTerminal,
+    /// Anything else (say what in the reason).
+    Other,
+}
+
+/// A payment service recorded for a terms or COD order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecordedPayment {
+    /// `<order>-P<n>`, n from 1 per order.
+    pub id: String,
+    /// Amount received, minor units.
+    pub amount_minor: u64,
+    /// How.
+    pub method: ReceivedBy,
+    /// The payer's or bank's reference.
+    pub reference: String,
+    /// Why (a note for the books).
+    pub reason: String,
+    /// Who recorded it (the API key's name).
+    pub recorded_by: String,
+    /// When.
+    pub at_ms: u64,
 }
 
 /// An authorization asked at intake for an order not committed yet.
@@ -525,6 +604,15 @@ pub struct MoneyTotals {
     pub credit_noted_minor: u64,
     /// Refunded.
     pub refunded_minor: u64,
+    /// Released: authorized and never to be captured (voids, the rest of final orders, expired or closed
+    /// authorizations). `authorized = captured + released + held`.
+    pub released_minor: u64,
+    /// Still held on open authorizations.
+    pub held_minor: u64,
+    /// Recorded by service as received for terms and COD orders.
+    pub paid_minor: u64,
+    /// Manual payments recorded (`POST /v1/orders/{id}/payments`).
+    pub payments_recorded: u64,
     /// Invoices issued.
     pub invoices: u64,
     /// Credit notes issued.
@@ -534,7 +622,8 @@ pub struct MoneyTotals {
     /// Orders needing service's action.
     pub action_required: u64,
     /// Captures above authorizations, invoices ≠ captures and credit notes ≠ refunds once the outbox is
-    /// empty (orders counted once per kind of mismatch).
+    /// empty, authorized ≠ captured + released + held, a final order still holding money once its release
+    /// settled, recorded payments above what is owed (orders counted once per kind of mismatch).
     pub payment_mismatches: u64,
 }
 
@@ -755,6 +844,10 @@ impl Money {
             credit_notes: Vec::new(),
             void_requested: false,
             voided: false,
+            release_requested: false,
+            released_minor: 0,
+            paid_minor: 0,
+            recorded: Vec::new(),
             action_required: None,
             events: Vec::new(),
         };
@@ -773,6 +866,7 @@ impl Money {
                 amount_minor: p.total_minor,
                 captured_minor: 0,
                 refunded_minor: 0,
+                released_minor: 0,
                 at_ms: now_ms,
                 expires_at_ms: u64::MAX,
                 closed: false,
@@ -803,6 +897,7 @@ impl Money {
                     amount_minor: a.amount_minor,
                     captured_minor: 0,
                     refunded_minor: 0,
+                    released_minor: 0,
                     at_ms: now_ms,
                     expires_at_ms: expires,
                     closed: false,
@@ -979,16 +1074,36 @@ impl Money {
         Ok(outbox::open_orders(&db.begin_read()?)?.contains(order))
     }
 
-    /// Queues the void of an order cancelled before anything was invoiced (once). Returns whether it queued.
-    pub fn void_unshipped(&self, db: &Database, order: &str, now_ms: u64) -> Result<bool, MoneyError> {
+    /// Settles the authorization of an order that reached its final state (every fulfillment shipped or given
+    /// back, nothing left to place): once, in one transaction, queues the void of an order nothing was invoiced
+    /// for, or the release of what it will never capture (short-shipped, lines cancelled, cancelled after a
+    /// partial shipment). `shipped` are the fulfillments that shipped: until each is billed (its invoice and
+    /// capture row committed) nothing is queued, so the release row comes after every capture row of the
+    /// order and the outbox (rows of an order strictly in order) releases only what no capture takes. Returns
+    /// whether it queued.
+    pub fn settle_final(&self, db: &Database, order: &str, shipped: &[&str], now_ms: u64) -> Result<bool, MoneyError> {
         let _g = lock(&self.write);
         let w = db.begin_write()?;
         let Some(mut p) = get_json::<Payment>(&w.open_table(PAYMENTS)?, "payments", order)? else { return Ok(false) };
-        if p.void_requested || !p.invoices.is_empty() {
+        if p.void_requested || p.release_requested {
             return Ok(false);
         }
-        p.void_requested = true;
-        outbox::push(&w, order, outbox::Kind::Void, 0, None, None, now_ms)?;
+        {
+            let billed = w.open_table(BILLED)?;
+            for f in shipped {
+                if billed.get(*f)?.is_none() {
+                    return Ok(false);
+                }
+            }
+        }
+        let kind = if p.invoices.is_empty() {
+            p.void_requested = true;
+            outbox::Kind::Void
+        } else {
+            p.release_requested = true;
+            outbox::Kind::Release
+        };
+        outbox::push(&w, order, kind, 0, None, None, now_ms)?;
         w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
         w.commit()?;
         self.wake.notify_one();
@@ -1152,6 +1267,10 @@ impl Money {
             t.invoiced_minor += p.invoiced_minor;
             t.credit_noted_minor += p.credit_noted_minor;
             t.refunded_minor += p.refunded_minor;
+            t.released_minor += p.released_minor;
+            t.held_minor += p.held_minor();
+            t.paid_minor += p.paid_minor;
+            t.payments_recorded += p.recorded.len() as u64;
             t.invoices += p.invoices.len() as u64;
             t.credit_notes += p.credit_notes.len() as u64;
             let settled = !open.contains(k.value());
@@ -1162,6 +1281,24 @@ impl Money {
                 t.payment_mismatches += 1;
             }
             if settled && p.credit_noted_minor != p.refunded_minor {
+                t.payment_mismatches += 1;
+            }
+            // Authorized = captured + released + still held, per authorization and over the payment.
+            let per_auth = p.authorizations.iter().any(|a| {
+                a.captured_minor > a.amount_minor
+                    || (a.closed && a.captured_minor + a.released_minor != a.amount_minor)
+                    || (!a.closed && a.released_minor != 0)
+            });
+            if per_auth || p.authorized_minor() != p.captured_minor + p.released_minor + p.held_minor() {
+                t.payment_mismatches += 1;
+            }
+            // A final order holds nothing once its release settled; recorded payments never exceed what is owed.
+            if settled && (p.release_requested || p.voided) && p.held_minor() != 0 {
+                t.payment_mismatches += 1;
+            }
+            if p.paid_minor > p.invoiced_minor.saturating_sub(p.credit_noted_minor)
+                || p.paid_minor != p.recorded.iter().map(|r| r.amount_minor).sum::<u64>()
+            {
                 t.payment_mismatches += 1;
             }
         }
@@ -1349,6 +1486,11 @@ pub fn payment_view(p: &Payment) -> serde_json::Value {
         "authorized_minor": p.authorized_minor(),
         "captured_minor": p.captured_minor,
         "refunded_minor": p.refunded_minor,
+        "released_minor": p.released_minor,
+        "held_minor": p.held_minor(),
+        "paid_minor": p.paid_minor,
+        "outstanding_minor": if p.method == Method::Card { 0 } else { p.outstanding_minor() },
+        "recorded": p.recorded,
         "invoiced_minor": p.invoiced_minor,
         "credit_noted_minor": p.credit_noted_minor,
         "invoices": p.invoices,

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use oms_protocol::domain::OrderDraft;
 use oms_service::auth::Role;
 
-use super::outbox::RowStatus;
+use super::outbox::{Kind, RowStatus};
 use super::provider::{TestProvider, TestProviderConfig};
 use super::*;
 use crate::intake::{INTAKE_DB_FILE, Intake};
@@ -223,12 +223,59 @@ fn a_cancel_before_shipment_voids_once() {
     let w = world(PaymentsConfig::default(), TaxConfig::default(), TestProviderConfig::default());
     let db = w.intake.db();
     paid(&w, "hub-1", "tok_ok", &draft(&[("A", 1, 100)]), 1).unwrap();
-    assert!(w.money.void_unshipped(db, "hub-1", 2).unwrap());
-    assert!(!w.money.void_unshipped(db, "hub-1", 3).unwrap(), "once");
+    assert!(w.money.settle_final(db, "hub-1", &[], 2).unwrap());
+    assert!(!w.money.settle_final(db, "hub-1", &[], 3).unwrap(), "once");
     pass(&w, 10);
     let p = w.money.payment(db, "hub-1").unwrap().unwrap();
     assert_eq!((p.status(), p.captured_minor), ("voided", 0));
+    assert_eq!((p.released_minor, p.held_minor()), (100, 0), "the void released the whole authorization");
     assert_eq!(w.provider.count("void"), 1);
+}
+
+#[test]
+fn a_final_order_releases_what_it_will_never_capture_once() {
+    let w = world(PaymentsConfig::default(), TaxConfig::default(), TestProviderConfig::default());
+    let db = w.intake.db();
+    // Two of A and one of B authorized (250); one A and the B ship, the other A never will (short-shipped).
+    let p = paid(&w, "hub-1", "tok_ok", &draft(&[("A", 2, 100), ("B", 1, 50)]), 1).unwrap();
+    assert_eq!(p.held_minor(), 250);
+    w.money.bill_shipment(db, "hub-1.1", "hub-1", "wh-a", &lines(&[("A", 1), ("B", 1)]), 2).unwrap();
+    assert!(
+        !w.money.settle_final(db, "hub-1", &["hub-1.1", "hub-1.2"], 3).unwrap(),
+        "not before every shipment is billed"
+    );
+    assert!(w.money.settle_final(db, "hub-1", &["hub-1.1"], 3).unwrap());
+    assert!(!w.money.settle_final(db, "hub-1", &["hub-1.1"], 4).unwrap(), "once");
+    let kinds: Vec<Kind> = w.money.rows(db, "hub-1", 10).unwrap().iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [Kind::Capture, Kind::Release], "the release comes after the capture");
+    pass(&w, 10);
+    let p = w.money.payment(db, "hub-1").unwrap().unwrap();
+    assert_eq!((p.captured_minor, p.released_minor, p.held_minor(), p.status()), (150, 100, 0, "captured"));
+    assert_eq!((p.authorizations[0].captured_minor, p.authorizations[0].released_minor), (150, 100));
+    assert!(p.events.iter().any(|e| e.status == "released" && e.amount_minor == 100), "{:?}", p.events);
+    assert_eq!(w.provider.count("void"), 1);
+    let at_provider = w.provider.retrieve(&p.authorizations[0].reference).unwrap();
+    assert!(at_provider.closed && at_provider.captured_minor == 150, "{at_provider:?}");
+    assert!(w.money.rows(db, "hub-1", 10).unwrap().iter().all(|r| r.status == RowStatus::Done));
+
+    // Shipped in full: the release finds nothing held, calls nobody and reports nothing.
+    paid(&w, "hub-2", "tok_ok", &draft(&[("A", 1, 100)]), 1).unwrap();
+    w.money.bill_shipment(db, "hub-2.1", "hub-2", "wh-a", &lines(&[("A", 1)]), 2).unwrap();
+    assert!(w.money.settle_final(db, "hub-2", &["hub-2.1"], 3).unwrap());
+    pass(&w, 10);
+    let p2 = w.money.payment(db, "hub-2").unwrap().unwrap();
+    assert_eq!((p2.captured_minor, p2.released_minor, p2.held_minor(), p2.status()), (100, 0, 0, "captured"));
+    assert!(!p2.events.iter().any(|e| e.status == "released"));
+    assert_eq!(w.provider.count("void"), 1, "no call for a release of nothing");
+
+    let t = w.money.totals(db).unwrap();
+    assert_eq!((t.authorized_minor, t.captured_minor, t.released_minor, t.held_minor), (350, 250, 100, 0));
+    assert_eq!(t.payment_mismatches, 0);
+    // A payment whose amounts do not add up is counted.
+    let mut bad = w.money.payment(db, "hub-1").unwrap().unwrap();
+    bad.released_minor += 1;
+    w.money.record_payment(db, "hub-1", Prepared { payment: bad, attempt_key: None }).unwrap();
+    assert_eq!(w.money.totals(db).unwrap().payment_mismatches, 1);
 }
 
 #[test]
