@@ -162,11 +162,23 @@ async fn card_order_is_authorized_captured_per_shipment_invoiced_and_refunded() 
     let (s, again) = hub_post(&c, hub, "k-1", &body).await;
     assert_eq!((s, &again["id"]), (201, &placed["id"]));
     assert_eq!(counts(&state)["authorize"], 1, "a retry gets the same authorization");
-    // The same key and order with another card: the original order, and the other card's authorization voided.
+    // The same key and order with another payment is a changed body: 409, and the other card's authorization
+    // voided; terms, COD or no payment at all are refused the same way, and nothing is authorized for them.
     let other = order("web-1", &[("SKU-A", 1, 1_190), ("SKU-B", 2, 595)], BERLIN, card("tok_other"));
     let (s, again) = hub_post(&c, hub, "k-1", &other).await;
-    assert_eq!((s, &again["id"], &again["payment"]["status"]), (201, &placed["id"], &json!("authorized")));
+    assert_eq!((s, again["code"].as_str()), (409, Some("idempotency_key_reused")), "{again}");
     assert_eq!((counts(&state)["authorize"].as_u64(), counts(&state)["void"].as_u64()), (Some(2), Some(1)));
+    for payment in [json!({"method": "terms"}), json!({"method": "cod"}), Value::Null] {
+        let mut changed = order("web-1", &[("SKU-A", 1, 1_190), ("SKU-B", 2, 595)], BERLIN, payment.clone());
+        if payment.is_null() {
+            changed.as_object_mut().unwrap().remove("payment");
+        }
+        let (s, again) = hub_post(&c, hub, "k-1", &changed).await;
+        assert_eq!((s, again["code"].as_str()), (409, Some("idempotency_key_reused")), "{payment}: {again}");
+    }
+    let (s, again) = hub_post(&c, hub, "k-1", &body).await;
+    assert_eq!((s, &again["id"]), (201, &placed["id"]), "the original body still replays");
+    assert_eq!(counts(&state)["authorize"], 2, "nothing authorized for the refused ones");
     let id = placed["id"].as_str().unwrap().to_owned();
     let (fa, fb) = (fulfillment_at(&placed, "wh-berlin"), fulfillment_at(&placed, "wh-munich"));
 
@@ -360,6 +372,10 @@ async fn a_card_order_at_a_stripe_compatible_provider_is_captured_per_shipment_a
         "{v}"
     );
     assert_eq!(v["payment"]["invoices"].as_array().map(Vec::len), Some(2), "{v}");
+    // The order is final: what the first PaymentIntent did not capture was released by its partial capture
+    // (Stripe releases the rest), the second was captured in full, nothing is held.
+    let v = wait_for(&c, url.clone(), "the release settled", |v| v["payment"]["held_minor"] == 0).await;
+    assert_eq!(v["payment"]["released_minor"], 1_190, "authorized = captured + released: {v}");
 
     let (s, cn) =
         post(&c, format!("{url}/refunds"), json!({"lines": [{"sku": "SKU-B", "qty": 1}], "reason": "damaged"})).await;
@@ -370,6 +386,63 @@ async fn a_card_order_at_a_stripe_compatible_provider_is_captured_per_shipment_a
     assert_eq!(
         (summary["payment_mismatches"].as_u64(), summary["action_required"].as_u64(), summary["outbox_open"].as_u64()),
         (Some(0), Some(0), Some(0)),
+        "{summary}"
+    );
+}
+
+/// An order that reaches its final state with part of its authorization never to be captured releases the
+/// rest at the provider through the outbox, once: here the customer cancels after Berlin shipped its part and
+/// Munich cancels its part at the site. Authorized = captured + released, nothing held, one void call, one
+/// `payment.released` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_cancelled_after_a_partial_shipment_releases_the_rest_once() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let state = root.join("provider.json");
+    let (_hub, hub, berlin, _munich) = two_sites(&c, root, &hub_toml(&state, 0)).await;
+    let body = order("web-r", &[("SKU-A", 1, 1_190), ("SKU-B", 2, 595)], BERLIN, card("tok_ok"));
+    let (s, placed) = hub_post(&c, hub, "k-r", &body).await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let url = format!("http://{hub}/v1/orders/{id}");
+    ship(&c, &berlin, &fulfillment_at(&placed, "wh-berlin"), &[("SKU-A", 1)]).await;
+    let v = wait_for(&c, url.clone(), "first capture", |v| v["payment"]["captured_minor"] == 1_190).await;
+    assert_eq!((v["payment"]["held_minor"].as_u64(), v["payment"]["released_minor"].as_u64()), (Some(1_190), Some(0)));
+    assert_eq!(counts(&state)["void"], Value::Null, "nothing released while the order is open");
+
+    let (s, v) = post(&c, format!("{url}/cancel"), json!({"reason": "changed their mind"})).await;
+    assert_eq!(s, 202, "{v}");
+    let v = wait_for(&c, url.clone(), "the rest released", |v| v["payment"]["released_minor"] == 1_190).await;
+    assert_eq!(v["status"], "partially_cancelled", "{v}");
+    let p = &v["payment"];
+    assert_eq!(
+        (p["status"].as_str(), p["authorized_minor"].as_u64(), p["captured_minor"].as_u64(), p["held_minor"].as_u64()),
+        (Some("captured"), Some(2_380), Some(1_190), Some(0)),
+        "{v}"
+    );
+    let statuses: Vec<&str> = v["timeline"].as_array().unwrap().iter().filter_map(|t| t["status"].as_str()).collect();
+    assert!(statuses.contains(&"payment_released"), "{statuses:?}");
+    assert_eq!(counts(&state)["void"], 1, "released at the provider once");
+    let (s, ev) = get(&c, format!("http://{hub}/v1/events?types=payment.released&limit=100")).await;
+    assert_eq!(s, 200, "{ev}");
+    let released: Vec<u64> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["order_id"] == id.as_str())
+        .filter_map(|e| e["data"]["amount_minor"].as_u64())
+        .collect();
+    assert_eq!(released, [1_190], "{ev}");
+    let (_, summary) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
+    assert_eq!(
+        (
+            summary["released_minor"].as_u64(),
+            summary["held_minor"].as_u64(),
+            summary["outbox_open"].as_u64(),
+            summary["payment_mismatches"].as_u64()
+        ),
+        (Some(1_190), Some(0), Some(0), Some(0)),
         "{summary}"
     );
 }
