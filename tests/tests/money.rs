@@ -446,3 +446,121 @@ async fn an_order_cancelled_after_a_partial_shipment_releases_the_rest_once() {
         "{summary}"
     );
 }
+
+/// A cash-on-delivery order: nothing is owed before it ships; once shipped (invoiced) service records what
+/// the courier collected, over the API (idempotent by its key) and on the order's screen, never more than it
+/// owes; every refusal is typed and changes nothing; the order's payment view, its timeline, the
+/// `payment.recorded` event and the summary show the payments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cod_order_records_payments_up_to_what_it_owes() {
+    use oms_service::auth::{Role, users};
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir_all(cluster::hub_data(root)).unwrap();
+    let sam = users::NewUser { name: "sam".into(), role: Role::Service, secret: "a long password".into(), pin: false };
+    users::create(&cluster::hub_data(root), sam, 1).unwrap();
+    let (_hub, hub, berlin, _munich) = two_sites(&c, root, &hub_toml(&root.join("provider.json"), 0)).await;
+    let card_order = order("web-card", &[("SKU-A", 1, 100)], BERLIN, card("tok_ok"));
+    let (s, card_placed) = hub_post(&c, hub, "k-card", &card_order).await;
+    assert_eq!(s, 201, "{card_placed}");
+    let (s, placed) =
+        hub_post(&c, hub, "k-cod", &order("web-cod", &[("SKU-A", 1, 1_190)], BERLIN, json!({"method": "cod"}))).await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let url = format!("http://{hub}/v1/orders/{id}");
+    let record = |key: Option<&'static str>, body: Value, order: String| {
+        let c = c.clone();
+        async move {
+            let mut r = c.post(format!("http://{hub}/v1/orders/{order}/payments")).json(&body);
+            if let Some(k) = key {
+                r = r.header("idempotency-key", k);
+            }
+            let r = r.send().await.unwrap();
+            let replayed = r.headers().get("idempotent-replayed").is_some();
+            (r.status().as_u16(), replayed, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let cash = |amount: u64| json!({"amount_minor": amount, "method": "cash", "reference": "R-1", "reason": "courier"});
+    let (s, _, v) = record(Some("p-1"), cash(1_000), id.clone()).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("overpayment")), "nothing owed before it ships: {v}");
+
+    ship(&c, &berlin, &fulfillment_at(&placed, "wh-berlin"), &[("SKU-A", 1)]).await;
+    wait_for(&c, url.clone(), "invoiced", |v| v["payment"]["outstanding_minor"] == 1_190).await;
+    let (s, replayed, first) = record(Some("p-1"), cash(1_000), id.clone()).await;
+    assert_eq!((s, replayed, first["amount_minor"].as_u64()), (201, false, Some(1_000)), "{first}");
+    let (s, replayed, again) = record(Some("p-1"), cash(1_000), id.clone()).await;
+    assert_eq!((s, replayed, &again), (201, true, &first), "the same key and body: the first record");
+    let card_id = card_placed["id"].as_str().unwrap().to_owned();
+    for (key, body, order, status, code) in [
+        (Some("p-1"), cash(900), id.clone(), 409, "idempotency_key_reused"),
+        (Some("p-2"), cash(191), id.clone(), 409, "overpayment"),
+        (None, cash(1), id.clone(), 400, "idempotency_key_required"),
+        (
+            Some("p-2"),
+            json!({"amount_minor": 0, "method": "cash", "reference": "R", "reason": "x"}),
+            id.clone(),
+            422,
+            "invalid_payment",
+        ),
+        (
+            Some("p-2"),
+            json!({"amount_minor": 1, "method": "gold", "reference": "R", "reason": "x"}),
+            id.clone(),
+            422,
+            "invalid_body",
+        ),
+        (Some("p-2"), cash(1), card_id, 409, "payment_not_manual"),
+        (Some("p-2"), cash(1), "hub-0000009999".to_owned(), 404, "payment_not_found"),
+    ] {
+        let (s, _, v) = record(key, body.clone(), order).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{body}: {v}");
+    }
+    let (_, v) = get(&c, url.clone()).await;
+    assert_eq!(
+        (v["payment"]["paid_minor"].as_u64(), v["payment"]["outstanding_minor"].as_u64()),
+        (Some(1_000), Some(190))
+    );
+
+    // The rest on the order's screen, by a person of service; the same form sent twice records once.
+    let mut b = oms_tests::browser::Browser::new(hub);
+    assert_eq!(b.sign_in("sam", "a long password").await.status, 303);
+    let p = b.get(&format!("/ui/orders/{id}")).await;
+    assert!(p.html.contains("Record the payment") && p.html.contains("owed"), "{}", p.html);
+    let key = p.html.split("name=\"key\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+    let csrf = p.csrf();
+    let form = |amount: &str| -> Vec<(&'static str, String)> {
+        let f = [("key", key.as_str()), ("amount_minor", amount), ("method", "cash"), ("reference", "R-2")];
+        let mut f: Vec<(&'static str, String)> = f.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        f.extend([("csrf", csrf.clone()), ("reason", "the rest".to_owned())]);
+        f
+    };
+    let too_much = form("191");
+    let too_much: Vec<(&str, &str)> = too_much.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let p = b.post(&format!("/ui/orders/{id}/payments"), &too_much).await;
+    assert_eq!(p.status, 409);
+    assert!(p.html.contains("owes 190"), "{}", p.html);
+    let right = form("190");
+    let right: Vec<(&str, &str)> = right.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for _ in 0..2 {
+        let p = b.post(&format!("/ui/orders/{id}/payments"), &right).await;
+        assert_eq!(p.status, 303, "{}", p.html);
+    }
+    let (_, v) = get(&c, url).await;
+    let pay = &v["payment"];
+    assert_eq!((pay["paid_minor"].as_u64(), pay["outstanding_minor"].as_u64()), (Some(1_190), Some(0)), "{v}");
+    assert_eq!(pay["recorded"].as_array().map(Vec::len), Some(2), "the form sent twice recorded once: {v}");
+    assert_eq!(pay["recorded"][1]["recorded_by"], "user:sam", "{v}");
+    let statuses: Vec<&str> = v["timeline"].as_array().unwrap().iter().filter_map(|t| t["status"].as_str()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "payment_recorded").count(), 2, "{statuses:?}");
+    let (_, ev) = get(&c, format!("http://{hub}/v1/events?types=payment.recorded&limit=100")).await;
+    let amounts: Vec<u64> =
+        ev["events"].as_array().unwrap().iter().filter_map(|e| e["data"]["amount_minor"].as_u64()).collect();
+    assert_eq!(amounts, [1_000, 190], "{ev}");
+    let (_, summary) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
+    assert_eq!(
+        (summary["payments_recorded"].as_u64(), summary["paid_minor"].as_u64(), summary["payment_mismatches"].as_u64()),
+        (Some(2), Some(1_190), Some(0)),
+        "{summary}"
+    );
+}

@@ -59,6 +59,9 @@ const CREDIT_NOTES_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::
 const BILLED: TableDefinition<&str, &str> = TableDefinition::new("shipments_billed");
 /// Orders whose payment needs service's action (`payment_action_required`).
 const ACTION: TableDefinition<&str, ()> = TableDefinition::new("payments_action_required");
+/// `<order>\u{1f}<Idempotency-Key>` → [`RecordedKey`] (JSON): recorded payments by their key (at most
+/// [`RECORDED_MAX`] per order: refusals store none).
+const RECORDED_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments_recorded_keys");
 /// Counters: invoice and credit note numbers per series, outbox row ids.
 const MONEY_META: TableDefinition<&str, u64> = TableDefinition::new("money_meta");
 
@@ -106,6 +109,18 @@ pub enum MoneyError {
     /// The capture of the invoice has not settled yet.
     #[error("invoice {0} is not captured yet; refund after its capture settles")]
     NotCaptured(String),
+    /// A recorded payment would be more than the order owes.
+    #[error("{0}")]
+    Overpayment(String),
+    /// Payments are recorded for terms and cash-on-delivery orders only (a card order is captured).
+    #[error("order {0} is paid by card: its money moves through captures, not recorded payments")]
+    NotManual(String),
+    /// The order has [`RECORDED_MAX`] recorded payments already.
+    #[error("order {0} has {RECORDED_MAX} recorded payments already")]
+    TooManyPayments(String),
+    /// The idempotency key was used for another payment of this order.
+    #[error("the Idempotency-Key was used for another payment of order {0}")]
+    KeyReused(String),
     /// Storage failed; nothing was written.
     #[error("storage failure, nothing was written: {0}")]
     Storage(#[source] Arc<StorageError>),
@@ -134,6 +149,10 @@ impl MoneyError {
             MoneyError::NotFound { .. } => "payment_not_found",
             MoneyError::RefundExceeds(_) => "refund_exceeds_invoice",
             MoneyError::NotCaptured(_) => "not_captured",
+            MoneyError::Overpayment(_) => "overpayment",
+            MoneyError::NotManual(_) => "payment_not_manual",
+            MoneyError::TooManyPayments(_) => "too_many_payments",
+            MoneyError::KeyReused(_) => "idempotency_key_reused",
             MoneyError::Storage(_) => "storage_unavailable",
             MoneyError::Corrupt { .. } => "corrupt_record",
         }
@@ -460,6 +479,29 @@ pub struct RecordedPayment {
     pub at_ms: u64,
 }
 
+/// The body of `POST /v1/orders/{id}/payments`: money service received for a terms or COD order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManualPaymentRequest {
+    /// Received, minor units (positive; at most what the order owes).
+    pub amount_minor: u64,
+    /// How.
+    pub method: ReceivedBy,
+    /// The payer's or bank's reference: 1 to [`PAYMENT_REFERENCE_BYTES_MAX`] bytes.
+    pub reference: String,
+    /// Why / a note for the books: 1 to `TEXT_BYTES_MAX` bytes.
+    pub reason: String,
+}
+
+/// What an idempotency key of a recorded payment stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RecordedKey {
+    /// The request's canonical hash (hex).
+    body_sha256: String,
+    /// The payment it recorded.
+    id: String,
+}
+
 /// An authorization asked at intake for an order not committed yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Attempt {
@@ -662,6 +704,7 @@ pub fn create_tables(db: &Database) -> Result<(), MoneyError> {
     w.open_table(BILLED)?;
     w.open_table(ACTION)?;
     w.open_table(MONEY_META)?;
+    w.open_table(RECORDED_KEYS)?;
     w.open_table(outbox::OUTBOX)?;
     w.open_table(outbox::OUTBOX_OPEN)?;
     w.commit()?;
@@ -1193,6 +1236,109 @@ impl Money {
         w.commit()?;
         self.wake.notify_one();
         Ok(note)
+    }
+
+    /// Records money service received for a terms or COD order (`POST /v1/orders/{id}/payments`): in one
+    /// transaction the payment on the order (at most [`RECORDED_MAX`], never more than it owes: invoiced less
+    /// credited less recorded), a `payment.recorded` event, the audit row and the idempotency key. The same
+    /// key with the same request answers the first record (`true`: replayed); with another request,
+    /// [`MoneyError::KeyReused`]. A refusal writes the audit row only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_manual(
+        &self,
+        db: &Database,
+        order: &str,
+        key: &str,
+        req: &ManualPaymentRequest,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<(RecordedPayment, bool), MoneyError> {
+        let hash = hex(&token_hash(&serde_json::to_string(req).map_err(|e| storage_enc("a payment", e))?));
+        let _g = lock(&self.write);
+        let w = db.begin_write()?;
+        let slot = format!("{order}\u{1f}{key}");
+        let decided = self.decide_manual(&w, order, &slot, &hash, req);
+        let mut p = match decided {
+            Ok(Ok(p)) => p,
+            Ok(Err(replayed)) => return Ok((replayed, true)),
+            Err(e) => {
+                if !matches!(e, MoneyError::Storage(_)) {
+                    audit::append(&mut w.open_table(AUDIT)?, actor, Some(order), now_ms, e.code())?;
+                    w.commit()?;
+                }
+                return Err(e);
+            }
+        };
+        let rec = RecordedPayment {
+            id: format!("{order}-P{}", p.recorded.len() + 1),
+            amount_minor: req.amount_minor,
+            method: req.method,
+            reference: req.reference.trim().to_owned(),
+            reason: req.reason.trim().to_owned(),
+            recorded_by: actor.key.clone(),
+            at_ms: now_ms,
+        };
+        p.paid_minor += rec.amount_minor;
+        p.recorded.push(rec.clone());
+        p.event(now_ms, "recorded", rec.amount_minor, Some(&rec.id));
+        let k = RecordedKey { body_sha256: hash, id: rec.id.clone() };
+        w.open_table(RECORDED_KEYS)?.insert(slot.as_str(), enc(&k)?.as_slice())?;
+        w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
+        payment_event(&w, crate::events::PAYMENT_RECORDED, &p, rec.amount_minor, Some(&rec.id), None)?;
+        audit::append(&mut w.open_table(AUDIT)?, actor, Some(order), now_ms, "ok")?;
+        w.commit()?;
+        Ok((rec, false))
+    }
+
+    /// Reads and checks a recorded payment: the payment to add it to, or the record a replay answers with.
+    fn decide_manual(
+        &self,
+        w: &redb::WriteTransaction,
+        order: &str,
+        slot: &str,
+        hash: &str,
+        req: &ManualPaymentRequest,
+    ) -> Result<Result<Payment, RecordedPayment>, MoneyError> {
+        let not_found = || MoneyError::NotFound { what: "paid order", id: order.to_owned() };
+        let p: Payment = get_json(&w.open_table(PAYMENTS)?, "payments", order)?.ok_or_else(not_found)?;
+        if let Some(k) = get_json::<RecordedKey>(&w.open_table(RECORDED_KEYS)?, "payments_recorded_keys", slot)? {
+            if k.body_sha256 != hash {
+                return Err(MoneyError::KeyReused(order.to_owned()));
+            }
+            return match p.recorded.iter().find(|r| r.id == k.id) {
+                Some(r) => Ok(Err(r.clone())),
+                None => Err(MoneyError::Corrupt { table: "payments", detail: format!("{} is missing", k.id) }),
+            };
+        }
+        let text = |what: &str, v: &str, max: usize| {
+            let v = v.trim();
+            if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
+                Err(MoneyError::InvalidPayment(format!(
+                    "{what} is required: 1 to {max} bytes without control characters"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        text("reference", &req.reference, PAYMENT_REFERENCE_BYTES_MAX)?;
+        text("reason", &req.reason, TEXT_BYTES_MAX)?;
+        if req.amount_minor == 0 {
+            return Err(MoneyError::InvalidPayment("amount_minor must be positive".into()));
+        }
+        if p.method == Method::Card {
+            return Err(MoneyError::NotManual(order.to_owned()));
+        }
+        if p.recorded.len() >= RECORDED_MAX {
+            return Err(MoneyError::TooManyPayments(order.to_owned()));
+        }
+        let owed = p.outstanding_minor();
+        if req.amount_minor > owed {
+            return Err(MoneyError::Overpayment(format!(
+                "order {order} owes {owed} {} (invoiced {}, credited {}, paid {}), not {}",
+                p.currency, p.invoiced_minor, p.credit_noted_minor, p.paid_minor, req.amount_minor
+            )));
+        }
+        Ok(Ok(p))
     }
 
     /// Reads and checks a refund; writes nothing.

@@ -279,6 +279,55 @@ fn a_final_order_releases_what_it_will_never_capture_once() {
 }
 
 #[test]
+fn a_cod_payment_is_recorded_once_per_key_and_never_above_what_is_owed() {
+    let w = world(PaymentsConfig::default(), TaxConfig::default(), TestProviderConfig::default());
+    let db = w.intake.db();
+    let req = PaymentRequest { method: Method::Cod, provider: None, token: None };
+    let mut prepared = w.money.prepare("hub-1", &draft(&[("A", 2, 500)]), &[7; 32], &req);
+    w.money.authorize(db, &mut prepared, 1).unwrap();
+    w.money.record_payment(db, "hub-1", prepared).unwrap();
+    let pay = |amount_minor, reference: &str| ManualPaymentRequest {
+        amount_minor,
+        method: ReceivedBy::Cash,
+        reference: reference.into(),
+        reason: "paid the courier".into(),
+    };
+    let a = actor();
+    // Nothing shipped, nothing owed.
+    let e = w.money.record_manual(db, "hub-1", "k1", &pay(100, "r1"), &a, 2).unwrap_err();
+    assert_eq!(e.code(), "overpayment", "{e}");
+    w.money.bill_shipment(db, "hub-1.1", "hub-1", "wh-a", &lines(&[("A", 1)]), 3).unwrap();
+    pass(&w, 10);
+    let (r1, replayed) = w.money.record_manual(db, "hub-1", "k1", &pay(300, "r1"), &a, 4).unwrap();
+    assert_eq!((r1.id.as_str(), r1.amount_minor, replayed), ("hub-1-P1", 300, false));
+    let (again, replayed) = w.money.record_manual(db, "hub-1", "k1", &pay(300, "r1"), &a, 5).unwrap();
+    assert_eq!((again, replayed), (r1.clone(), true), "the same key and body answer the first record");
+    let e = w.money.record_manual(db, "hub-1", "k1", &pay(200, "r1"), &a, 5).unwrap_err();
+    assert_eq!(e.code(), "idempotency_key_reused");
+    // 500 invoiced, 300 paid: 201 is too much, 200 is right.
+    let e = w.money.record_manual(db, "hub-1", "k2", &pay(201, "r2"), &a, 6).unwrap_err();
+    assert_eq!(e.code(), "overpayment");
+    for (bad, code) in [
+        (pay(0, "r2"), "invalid_payment"),
+        (pay(1, " "), "invalid_payment"),
+        (pay(1, &"x".repeat(129)), "invalid_payment"),
+    ] {
+        assert_eq!(w.money.record_manual(db, "hub-1", "k2", &bad, &a, 6).unwrap_err().code(), code, "{bad:?}");
+    }
+    w.money.record_manual(db, "hub-1", "k2", &pay(200, "r2"), &a, 7).unwrap();
+    let p = w.money.payment(db, "hub-1").unwrap().unwrap();
+    assert_eq!((p.paid_minor, p.outstanding_minor(), p.recorded.len()), (500, 0, 2));
+    assert!(p.events.iter().any(|e| e.status == "recorded" && e.document.as_deref() == Some("hub-1-P2")));
+    let t = w.money.totals(db).unwrap();
+    assert_eq!((t.paid_minor, t.payments_recorded, t.payment_mismatches), (500, 2, 0));
+
+    // A card order's money moves through captures.
+    paid(&w, "hub-2", "tok_ok", &draft(&[("A", 1, 100)]), 1).unwrap();
+    assert_eq!(w.money.record_manual(db, "hub-2", "k", &pay(1, "r"), &a, 8).unwrap_err().code(), "payment_not_manual");
+    assert_eq!(w.money.record_manual(db, "hub-9", "k", &pay(1, "r"), &a, 8).unwrap_err().code(), "payment_not_found");
+}
+
+#[test]
 fn fifty_concurrent_shipments_get_gap_free_invoice_numbers() {
     let w = Arc::new(world(PaymentsConfig::default(), de19(), TestProviderConfig::default()));
     for i in 0..50 {
