@@ -1,4 +1,4 @@
-//! The payment outbox: captures, refunds and voids as rows in `intake.redb`, each committed **before** its
+//! The payment outbox: captures, refunds, voids and releases as rows in `intake.redb`, each committed **before** its
 //! provider call and settled after it.
 //!
 //! A row is `pending` until its call answers: `done` (the amounts move on the payment in the same
@@ -7,9 +7,9 @@
 //! `payment_action_required` and is listed by `GET /v1/payments?status=action_required`).
 //!
 //! - The idempotency key of a call is the row's id and the authorization it is made on
-//!   (`cap-<row>-a<n>`, `ref-<row>-a<n>`, `void-<row>-a<n>`), and the authorization a row uses is committed
-//!   before the first call on it. So a hub killed between a call and its commit calls again with the same key
-//!   after its restart and the provider answers the first call's result: captured once.
+//!   (`cap-<row>-a<n>`, `ref-<row>-a<n>`, `void-<row>-a<n>`, `rel-<row>-a<n>`), and the authorization a row
+//!   uses is committed before the first call on it. So a hub killed between a call and its commit calls again
+//!   with the same key after its restart and the provider answers the first call's result: captured once.
 //! - An `indeterminate` row is settled with `retrieve`: the rows of one order are handled strictly one after
 //!   another (a later row waits while an earlier one is open), so the provider's captured (refunded) total on
 //!   the authorization either includes this row's amount over what the hub has settled (done) or equals it
@@ -21,6 +21,11 @@
 //!   Stripe's PaymentIntents) the authorization is closed in the transaction that settles its capture, so the
 //!   next shipment's capture re-authorizes what is left (see [`super::stripe`]).
 //! - Rows are retried with exponential backoff (`retry_backoff_ms`, doubled per attempt, at most 64×).
+//!
+//! - A release ([`Kind::Release`], queued by [`Money::settle_final`] once an order is final) comes after every
+//!   capture row of its order, so by its turn the captures settled: it voids the uncaptured rest of each open
+//!   authorization, one per round (none when captured in full), and every closing of an authorization books
+//!   that rest as released ([`super::Payment::close_auth`]).
 //!
 //! The pass also voids authorization attempts whose order never committed (older than `attempt_grace_ms`).
 
