@@ -17,12 +17,15 @@
 //! `orders_shipped`, `oversold_units`, `converged`, `convergence_ms`, `sites`, ...).
 //!
 //! Channel orders carry payments (cards at the hub's in-process test provider, with injected timeouts,
-//! duplicate answers and 500s on capture and a decline now and then; some on terms): the hub authorizes at
-//! intake, captures and invoices each shipment through its outbox, and the demo issues a few goodwill
+//! duplicate answers and 500s on capture and a decline now and then; some on terms, some cash on delivery):
+//! the hub authorizes at intake, captures and invoices each shipment through its outbox, releases what a
+//! final order (short-picked, cancelled after a pick) will never capture, and the demo issues a few goodwill
 //! refunds (credit notes) at the end. The summary adds `authorized_minor`, `captured_minor`,
-//! `invoiced_minor`, `credit_noted_minor`, `refunded_minor` and `payment_mismatches` (shipped value not
-//! captured, captures above authorizations, invoices ≠ captures, credit notes ≠ refunds, the cut-off site's
-//! shipments included): it must be 0.
+//! `released_minor`, `held_minor`, `invoiced_minor`, `credit_noted_minor`, `refunded_minor` and
+//! `payment_mismatches` (shipped value not captured, captures above authorizations, invoices ≠ captures,
+//! credit notes ≠ refunds, authorized ≠ captured + released + held, a final order still holding money, the
+//! cut-off site's shipments included): it must be 0. Service then records the cash of one shipped COD order
+//! (see `payments`): `payments_recorded`, `paid_minor` and `payment_record_mismatches` (must be 0).
 //!
 //! Returns (see `returns`): per site one shipped card order gets a return request, approved by service,
 //! received at the site against the RMA (the cut-off site while cut off again, synced after the heal), and
@@ -79,6 +82,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 mod dispatch;
+mod payments;
 mod purchasing;
 mod reports;
 mod returns;
@@ -579,8 +583,10 @@ fn demo_payment(n: u64, stripe: bool) -> Value {
         k if k % 10 == 9 => "tok_demo_capture_500",
         _ => "tok_demo",
     };
-    if n.is_multiple_of(11) {
+    if n.is_multiple_of(22) {
         json!({"method": "terms"})
+    } else if n.is_multiple_of(11) {
+        json!({"method": "cod"})
     } else if stripe && n % 5 == 2 {
         let token = if n % 50 == 22 { "pm_card_chargeCustomerFail" } else { "pm_card_visa" };
         json!({"method": "card", "provider": "stripe", "token": token})
@@ -1334,14 +1340,20 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!("{}", buying.line());
     let rmas = returns::pass(&admin, hub_http, &acked, &docks).await?;
     println!("{}", rmas.line());
+    let recorded = payments::pass(&admin, hub_http, &acked).await;
+    println!("{}", recorded.line());
     // The returns' refunds are money too: the payment figures again, once the outbox is empty.
     let money = settled_summary(&admin, hub_http, &tally).await.unwrap_or(money);
     let m = |k: &str| money[k].as_u64().unwrap_or(0);
     let payment_mismatches = m("payment_mismatches").saturating_add(shipped_not_captured);
     println!(
-        "money after the returns: refunded {} credit-noted {} (minor units); payment mismatches {payment_mismatches} (must be 0)",
+        "money after the returns and the COD payment: refunded {} credit-noted {} released {} still held {} paid {} in {} recorded payments (minor units); payment mismatches {payment_mismatches} (must be 0)",
         m("refunded_minor"),
-        m("credit_noted_minor")
+        m("credit_noted_minor"),
+        m("released_minor"),
+        m("held_minor"),
+        m("paid_minor"),
+        m("payments_recorded")
     );
     let browser = reqwest::Client::builder()
         .use_rustls_tls()
@@ -1447,6 +1459,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "invoiced_minor": m("invoiced_minor"),
         "credit_noted_minor": m("credit_noted_minor"),
         "refunded_minor": m("refunded_minor"),
+        "released_minor": m("released_minor"),
+        "held_minor": m("held_minor"),
+        "paid_minor": m("paid_minor"),
+        "payments_recorded": m("payments_recorded"),
         "invoices": m("invoices"),
         "credit_notes": m("credit_notes"),
         "payments_declined": hub_declined,
@@ -1462,6 +1478,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     });
     if let (Some(all), Value::Object(r)) = (summary.as_object_mut(), rmas.json()) {
         all.extend(r);
+    }
+    if let (Some(all), Value::Object(p)) = (summary.as_object_mut(), recorded.json()) {
+        all.extend(p);
     }
     if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), hook.json()) {
         all.extend(w);
@@ -1507,13 +1526,15 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         || !buying.ok()
         || !report.ok()
         || !rmas.ok()
+        || !recorded.ok()
         || !stock_pages.ok()
         || !tracked.ok()
     {
         bail!(
-            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}; {}; {}; {}; {}",
+            "invariant violated: oversold {oversold}, acknowledged {placed}, stored {total_orders}, hub orders missing {hub_missing}, certificates expiring soon {certificates_expiring_soon}, audit mismatches {audit_mismatches}, auth probes let through {auth_probe_failures}, screen checks failed {screen_failures}, hub HTTPS answers {hub_https_requests} with {hub_https_mismatches} mismatches, plain HTTP answered {hub_http_plain_answered}, restore mismatches {restore_mismatches}, payment mismatches {payment_mismatches}, {}; {}; {}; {}; {}; {}",
             buying.line(),
             rmas.line(),
+            recorded.line(),
             report.line(),
             stock_pages.line(),
             tracked.line()

@@ -39,6 +39,7 @@
 //! | `GET /v1/orders/{id}`, `GET /v1/orders/{id}/routing` | planner, service, channel (own channel only) |
 //! | `POST /v1/orders/{id}/cancel` | channel (own channel only), service (with a reason) |
 //! | `POST /v1/orders/{id}/refunds` | service (with a reason) |
+//! | `POST /v1/orders/{id}/payments`, `/ui/orders/{id}/payments` | service |
 //! | `POST /v1/orders/{id}/returns` | channel (own channel only), service |
 //! | `GET /v1/returns[/{rma}]` | planner, service, channel (own channel only) |
 //! | `POST /v1/returns/{rma}/approve\|decline\|cancel\|refund` | service |
@@ -117,6 +118,7 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
             "/ui/orders/{id}/cancel"
             | "/ui/orders/{id}/cancel-lines"
             | "/ui/orders/{id}/notes"
+            | "/ui/orders/{id}/payments"
             | "/ui/orders/{id}/returns",
         ) if post => Access::Roles(&[Role::Service]),
         Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
@@ -126,7 +128,9 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/v1/orders" | "/v1/orders/{id}" | "/v1/orders/{id}/routing") if get => Access::Roles(ORDER_READERS),
         Some("/v1/orders") if post => Access::Roles(CHANNEL),
         Some("/v1/orders/{id}/cancel") if post => Access::Roles(CANCELLERS),
-        Some("/v1/orders/{id}/refunds" | "/v1/orders/{id}/notes") if post => Access::Roles(SERVICE),
+        Some("/v1/orders/{id}/refunds" | "/v1/orders/{id}/notes" | "/v1/orders/{id}/payments") if post => {
+            Access::Roles(SERVICE)
+        }
         Some("/v1/orders/{id}/returns") if post => Access::Roles(CANCELLERS),
         Some("/v1/returns" | "/v1/returns/{rma}") if get => Access::Roles(ORDER_READERS),
         Some("/v1/returns/summary") if get => Access::Roles(MONEY_READERS),

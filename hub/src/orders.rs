@@ -31,7 +31,7 @@
 //! or cancelled (never to that site in the same round), retries orders with units still waiting, and notes
 //! the fulfillments their sites shipped ([`crate::intake::Intake::finished`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa_axum::router::OpenApiRouter;
@@ -831,7 +831,7 @@ pub(crate) async fn cancel_order(
     // The void is an intake commit (fsync): on a blocking thread, not on this async worker.
     let (h, o) = (hub.clone(), order.clone());
     blocking(move || {
-        void_if_cancelled(&h, &o, now);
+        settle_if_final(&h, &o, now);
         Ok::<(), IntakeError>(())
     })
     .await?;
@@ -1002,6 +1002,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     // Each shipment is billed (invoice and capture row, once) before the fulfillment stops being live, so a
     // crash in between bills it at the next start.
     let mut finished = Vec::new();
+    let mut parents = BTreeSet::new();
     for (id, parent, site, lines) in shipped {
         let billed = match &parent {
             Some(parent) => {
@@ -1010,8 +1011,20 @@ pub fn watch_once(hub: &Hub, retry: bool) {
             None => Ok(()),
         };
         match billed {
-            Ok(()) => finished.push(id),
+            Ok(()) => {
+                finished.push(id);
+                parents.extend(parent);
+            }
             Err(e) => tracing::warn!(fulfillment = %id, error = %e, "cannot bill a shipment; a start will try again"),
+        }
+    }
+    // An order whose last shipment this was is final: the rest of its authorization is released, still before
+    // its fulfillments stop being live (a crash in between releases it at the next start).
+    for parent in parents {
+        match hub.intake.order(&parent) {
+            Ok(Some(o)) => settle_if_final(hub, &o, now),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(order = %parent, error = %e, "cannot read an order to settle its payment"),
         }
     }
     // Their events before they leave the open work, so a failure here leaves them for a start to read again.
@@ -1045,7 +1058,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                 if let Err(e) = apply_effects(hub, &effects) {
                     tracing::warn!(order = %id, error = %e, "cannot write re-routed fulfillments");
                 }
-                void_if_cancelled(hub, &order, now);
+                settle_if_final(hub, &order, now);
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(order = %id, error = %e, "re-routing failed"),
@@ -1053,14 +1066,24 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     }
 }
 
-/// Voids the payment of an order cancelled before anything shipped, once every fulfillment has given its
-/// units back (a site that ships before it sees the cancellation gets its shipment captured instead).
-fn void_if_cancelled(hub: &Hub, order: &HubOrder, now: u64) {
-    if order.cancel_requested_at_ms.is_none() || order.fulfillments.iter().any(|f| f.released.is_none()) {
+/// Settles the payment of an order that reached its final state: nothing left to place (or cancelled) and
+/// every fulfillment shipped or given back. An order nothing was invoiced for is voided (cancelled before
+/// anything shipped; a site that ships before it sees the cancellation gets its shipment captured
+/// instead); otherwise what it will never capture is released ([`crate::money::Money::settle_final`]).
+fn settle_if_final(hub: &Hub, order: &HubOrder, now: u64) {
+    if !order.unfilled.is_empty() {
         return;
     }
-    if let Err(e) = hub.money.void_unshipped(hub.intake.db(), order.id.as_str(), now) {
-        tracing::warn!(order = %order.id, error = %e, "cannot queue the void of a cancelled order");
+    let mut shipped = Vec::new();
+    for f in order.fulfillments.iter().filter(|f| f.released.is_none()) {
+        match fo_state(hub, &f.id).status {
+            Some(FulfillmentState::Shipped | FulfillmentState::Delivered) => shipped.push(f.id.as_str()),
+            // Still at its site, or given back and not re-routed yet: not final.
+            _ => return,
+        }
+    }
+    if let Err(e) = hub.money.settle_final(hub.intake.db(), order.id.as_str(), &shipped, now) {
+        tracing::warn!(order = %order.id, error = %e, "cannot queue the void or release of a final order");
     }
 }
 

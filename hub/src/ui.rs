@@ -54,6 +54,7 @@ pub(crate) fn routes(hub: Arc<Hub>, chrome: Arc<Chrome>) -> Router {
         .route("/ui/orders/{id}", get(order_screen))
         .route("/ui/orders/{id}/cancel", post(cancel))
         .route("/ui/orders/{id}/notes", post(add_note))
+        .route("/ui/orders/{id}/payments", post(record_payment))
         .route("/ui/orders/{id}/returns", post(create_return))
         .route("/ui/orders/{id}/cancel-lines", post(cancel_lines))
         .with_state(UiState { hub: hub.clone(), chrome: chrome.clone() })
@@ -566,6 +567,33 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
                     (s(&t["note"])) }
             } }
             @if let Some(r) = v["cancel_reason"].as_str() { p { "Cancelled because: " (r) } }
+            @let pay = &v["payment"];
+            @if pay.is_object() {
+                p { "Payment: " strong { (s(&pay["method"])) } " · " code { (s(&pay["status"])) }
+                    " · captured " (u(&pay["captured_minor"])) ", released " (u(&pay["released_minor"]))
+                    @if pay["method"] != "card" { ", paid " (u(&pay["paid_minor"])) ", owed " strong { (u(&pay["outstanding_minor"])) } }
+                    " " (s(&pay["currency"])) " (minor units)" }
+            }
+            @if session.role == oms_service::auth::Role::Service && pay.is_object() && pay["method"] != "card" {
+                form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/payments" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    // The same form sent twice records once: its key is fixed when the page is drawn.
+                    input type="hidden" name="key" value=(payment_form_key(session, pay));
+                    label for="amount" { "Record a payment received" span.hint { "Amount in minor units (cents); at most what is owed." } }
+                    input id="amount" name="amount_minor" type="number" min="1" max=(u(&pay["outstanding_minor"])) required;
+                    label for="method" { "How" }
+                    select id="method" name="method" {
+                        option value="cash" { "Cash" } option value="bank_transfer" { "Bank transfer" }
+                        option value="cheque" { "Cheque" } option value="card_terminal" { "Card terminal" }
+                        option value="other" { "Other" }
+                    }
+                    label for="reference" { "Reference" span.hint { "The receipt or bank reference." } }
+                    input id="reference" name="reference" maxlength=(crate::money::PAYMENT_REFERENCE_BYTES_MAX) required;
+                    label for="pay-reason" { "Note" }
+                    input id="pay-reason" name="reason" required;
+                    button.secondary type="submit" { "Record the payment" }
+                }
+            }
             @if session.role == oms_service::auth::Role::Service {
                 form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/notes" } {
                     input type="hidden" name="csrf" value=(session.csrf);
@@ -614,6 +642,18 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
     )
 }
 
+/// After a form on the order page: back to the order when it was done, the page with what went wrong
+/// otherwise (with the refusal's status).
+fn back_to_order(st: &UiState, f: &Form, v: &Value, id: &str, done: Result<(), Problem>) -> Response {
+    match done {
+        Ok(()) => see_other(&format!("/ui/orders/{}", query_escape(id))),
+        Err(p) => {
+            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, order_page(st, &f.session, v, Some(&p.detail))).into_response()
+        }
+    }
+}
+
 async fn cancel(State(st): State<UiState>, actor: Actor, Path(id): Path<String>, f: Form) -> Result<Response, Problem> {
     let v = order_of(&st, &f.session, &id)?;
     let reason = f.get("reason").unwrap_or("").to_owned();
@@ -621,13 +661,8 @@ async fn cancel(State(st): State<UiState>, actor: Actor, Path(id): Path<String>,
         let e = "Give a reason for the cancellation.";
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, order_page(&st, &f.session, &v, Some(e))).into_response());
     }
-    match crate::orders::cancel_order(&st.hub, &f.session.principal(), actor, &id, Some(reason)).await {
-        Ok(_) => Ok(see_other(&format!("/ui/orders/{}", query_escape(&id)))),
-        Err(p) => {
-            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
-            Ok((status, order_page(&st, &f.session, &v, Some(&p.detail))).into_response())
-        }
-    }
+    let done = crate::orders::cancel_order(&st.hub, &f.session.principal(), actor, &id, Some(reason)).await;
+    Ok(back_to_order(&st, &f, &v, &id, done.map(|_| ())))
 }
 
 async fn add_note(
@@ -637,13 +672,38 @@ async fn add_note(
     f: Form,
 ) -> Result<Response, Problem> {
     let v = order_of(&st, &f.session, &id)?;
-    match crate::notes::note(&st.hub, actor, &id, f.get("text").unwrap_or("")).await {
-        Ok(_) => Ok(see_other(&format!("/ui/orders/{}", query_escape(&id)))),
-        Err(p) => {
-            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
-            Ok((status, order_page(&st, &f.session, &v, Some(&p.detail))).into_response())
-        }
-    }
+    let done = crate::notes::note(&st.hub, actor, &id, f.get("text").unwrap_or("")).await;
+    Ok(back_to_order(&st, &f, &v, &id, done.map(|_| ())))
+}
+
+/// The idempotency key of the payment form: the session's and the payments recorded so far, so a form sent
+/// twice records once and the next one drawn records the next payment.
+fn payment_form_key(session: &UiSession, pay: &Value) -> String {
+    let n = pay["recorded"].as_array().map_or(0, Vec::len);
+    let session_part = oms_service::auth::keys::hex(&oms_service::auth::keys::token_hash(&session.csrf));
+    format!("ui-{}-{n}", &session_part[..16])
+}
+
+async fn record_payment(
+    State(st): State<UiState>,
+    actor: Actor,
+    Path(id): Path<String>,
+    f: Form,
+) -> Result<Response, Problem> {
+    let v = order_of(&st, &f.session, &id)?;
+    let method = serde_json::from_value(Value::String(f.get("method").unwrap_or("").to_owned()));
+    let (Some(amount), Ok(method)) = (f.get("amount_minor").and_then(|a| a.parse::<u64>().ok()), method) else {
+        let e = "Give the amount as a whole number of minor units and choose how it was paid.";
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, order_page(&st, &f.session, &v, Some(e))).into_response());
+    };
+    let req = crate::money::ManualPaymentRequest {
+        amount_minor: amount,
+        method,
+        reference: f.get("reference").unwrap_or("").to_owned(),
+        reason: f.get("reason").unwrap_or("").to_owned(),
+    };
+    let done = crate::money::http::record(&st.hub, actor, &id, f.get("key").unwrap_or(""), req).await;
+    Ok(back_to_order(&st, &f, &v, &id, done.map(|_| ())))
 }
 
 #[cfg(test)]

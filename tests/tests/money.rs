@@ -162,11 +162,23 @@ async fn card_order_is_authorized_captured_per_shipment_invoiced_and_refunded() 
     let (s, again) = hub_post(&c, hub, "k-1", &body).await;
     assert_eq!((s, &again["id"]), (201, &placed["id"]));
     assert_eq!(counts(&state)["authorize"], 1, "a retry gets the same authorization");
-    // The same key and order with another card: the original order, and the other card's authorization voided.
+    // The same key and order with another payment is a changed body: 409, and the other card's authorization
+    // voided; terms, COD or no payment at all are refused the same way, and nothing is authorized for them.
     let other = order("web-1", &[("SKU-A", 1, 1_190), ("SKU-B", 2, 595)], BERLIN, card("tok_other"));
     let (s, again) = hub_post(&c, hub, "k-1", &other).await;
-    assert_eq!((s, &again["id"], &again["payment"]["status"]), (201, &placed["id"], &json!("authorized")));
+    assert_eq!((s, again["code"].as_str()), (409, Some("idempotency_key_reused")), "{again}");
     assert_eq!((counts(&state)["authorize"].as_u64(), counts(&state)["void"].as_u64()), (Some(2), Some(1)));
+    for payment in [json!({"method": "terms"}), json!({"method": "cod"}), Value::Null] {
+        let mut changed = order("web-1", &[("SKU-A", 1, 1_190), ("SKU-B", 2, 595)], BERLIN, payment.clone());
+        if payment.is_null() {
+            changed.as_object_mut().unwrap().remove("payment");
+        }
+        let (s, again) = hub_post(&c, hub, "k-1", &changed).await;
+        assert_eq!((s, again["code"].as_str()), (409, Some("idempotency_key_reused")), "{payment}: {again}");
+    }
+    let (s, again) = hub_post(&c, hub, "k-1", &body).await;
+    assert_eq!((s, &again["id"]), (201, &placed["id"]), "the original body still replays");
+    assert_eq!(counts(&state)["authorize"], 2, "nothing authorized for the refused ones");
     let id = placed["id"].as_str().unwrap().to_owned();
     let (fa, fb) = (fulfillment_at(&placed, "wh-berlin"), fulfillment_at(&placed, "wh-munich"));
 
@@ -360,6 +372,10 @@ async fn a_card_order_at_a_stripe_compatible_provider_is_captured_per_shipment_a
         "{v}"
     );
     assert_eq!(v["payment"]["invoices"].as_array().map(Vec::len), Some(2), "{v}");
+    // The order is final: what the first PaymentIntent did not capture was released by its partial capture
+    // (Stripe releases the rest), the second was captured in full, nothing is held.
+    let v = wait_for(&c, url.clone(), "the release settled", |v| v["payment"]["held_minor"] == 0).await;
+    assert_eq!(v["payment"]["released_minor"], 1_190, "authorized = captured + released: {v}");
 
     let (s, cn) =
         post(&c, format!("{url}/refunds"), json!({"lines": [{"sku": "SKU-B", "qty": 1}], "reason": "damaged"})).await;
@@ -370,6 +386,181 @@ async fn a_card_order_at_a_stripe_compatible_provider_is_captured_per_shipment_a
     assert_eq!(
         (summary["payment_mismatches"].as_u64(), summary["action_required"].as_u64(), summary["outbox_open"].as_u64()),
         (Some(0), Some(0), Some(0)),
+        "{summary}"
+    );
+}
+
+/// An order that reaches its final state with part of its authorization never to be captured releases the
+/// rest at the provider through the outbox, once: here the customer cancels after Berlin shipped its part and
+/// Munich cancels its part at the site. Authorized = captured + released, nothing held, one void call, one
+/// `payment.released` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_cancelled_after_a_partial_shipment_releases_the_rest_once() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let state = root.join("provider.json");
+    let (_hub, hub, berlin, _munich) = two_sites(&c, root, &hub_toml(&state, 0)).await;
+    let body = order("web-r", &[("SKU-A", 1, 1_190), ("SKU-B", 2, 595)], BERLIN, card("tok_ok"));
+    let (s, placed) = hub_post(&c, hub, "k-r", &body).await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let url = format!("http://{hub}/v1/orders/{id}");
+    ship(&c, &berlin, &fulfillment_at(&placed, "wh-berlin"), &[("SKU-A", 1)]).await;
+    let v = wait_for(&c, url.clone(), "first capture", |v| v["payment"]["captured_minor"] == 1_190).await;
+    assert_eq!((v["payment"]["held_minor"].as_u64(), v["payment"]["released_minor"].as_u64()), (Some(1_190), Some(0)));
+    assert_eq!(counts(&state)["void"], Value::Null, "nothing released while the order is open");
+
+    let (s, v) = post(&c, format!("{url}/cancel"), json!({"reason": "changed their mind"})).await;
+    assert_eq!(s, 202, "{v}");
+    let v = wait_for(&c, url.clone(), "the rest released", |v| v["payment"]["released_minor"] == 1_190).await;
+    assert_eq!(v["status"], "partially_cancelled", "{v}");
+    let p = &v["payment"];
+    assert_eq!(
+        (p["status"].as_str(), p["authorized_minor"].as_u64(), p["captured_minor"].as_u64(), p["held_minor"].as_u64()),
+        (Some("captured"), Some(2_380), Some(1_190), Some(0)),
+        "{v}"
+    );
+    let statuses: Vec<&str> = v["timeline"].as_array().unwrap().iter().filter_map(|t| t["status"].as_str()).collect();
+    assert!(statuses.contains(&"payment_released"), "{statuses:?}");
+    assert_eq!(counts(&state)["void"], 1, "released at the provider once");
+    let (s, ev) = get(&c, format!("http://{hub}/v1/events?types=payment.released&limit=100")).await;
+    assert_eq!(s, 200, "{ev}");
+    let released: Vec<u64> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["order_id"] == id.as_str())
+        .filter_map(|e| e["data"]["amount_minor"].as_u64())
+        .collect();
+    assert_eq!(released, [1_190], "{ev}");
+    let (_, summary) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
+    assert_eq!(
+        (
+            summary["released_minor"].as_u64(),
+            summary["held_minor"].as_u64(),
+            summary["outbox_open"].as_u64(),
+            summary["payment_mismatches"].as_u64()
+        ),
+        (Some(1_190), Some(0), Some(0), Some(0)),
+        "{summary}"
+    );
+}
+
+/// A cash-on-delivery order: nothing is owed before it ships; once shipped (invoiced) service records what
+/// the courier collected, over the API (idempotent by its key) and on the order's screen, never more than it
+/// owes; every refusal is typed and changes nothing; the order's payment view, its timeline, the
+/// `payment.recorded` event and the summary show the payments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cod_order_records_payments_up_to_what_it_owes() {
+    use oms_service::auth::{Role, users};
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir_all(cluster::hub_data(root)).unwrap();
+    let sam = users::NewUser { name: "sam".into(), role: Role::Service, secret: "a long password".into(), pin: false };
+    users::create(&cluster::hub_data(root), sam, 1).unwrap();
+    let (_hub, hub, berlin, _munich) = two_sites(&c, root, &hub_toml(&root.join("provider.json"), 0)).await;
+    let card_order = order("web-card", &[("SKU-A", 1, 100)], BERLIN, card("tok_ok"));
+    let (s, card_placed) = hub_post(&c, hub, "k-card", &card_order).await;
+    assert_eq!(s, 201, "{card_placed}");
+    let (s, placed) =
+        hub_post(&c, hub, "k-cod", &order("web-cod", &[("SKU-A", 1, 1_190)], BERLIN, json!({"method": "cod"}))).await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let url = format!("http://{hub}/v1/orders/{id}");
+    let record = |key: Option<&'static str>, body: Value, order: String| {
+        let c = c.clone();
+        async move {
+            let mut r = c.post(format!("http://{hub}/v1/orders/{order}/payments")).json(&body);
+            if let Some(k) = key {
+                r = r.header("idempotency-key", k);
+            }
+            let r = r.send().await.unwrap();
+            let replayed = r.headers().get("idempotent-replayed").is_some();
+            (r.status().as_u16(), replayed, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let cash = |amount: u64| json!({"amount_minor": amount, "method": "cash", "reference": "R-1", "reason": "courier"});
+    let (s, _, v) = record(Some("p-1"), cash(1_000), id.clone()).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("overpayment")), "nothing owed before it ships: {v}");
+
+    ship(&c, &berlin, &fulfillment_at(&placed, "wh-berlin"), &[("SKU-A", 1)]).await;
+    wait_for(&c, url.clone(), "invoiced", |v| v["payment"]["outstanding_minor"] == 1_190).await;
+    let (s, replayed, first) = record(Some("p-1"), cash(1_000), id.clone()).await;
+    assert_eq!((s, replayed, first["amount_minor"].as_u64()), (201, false, Some(1_000)), "{first}");
+    let (s, replayed, again) = record(Some("p-1"), cash(1_000), id.clone()).await;
+    assert_eq!((s, replayed, &again), (201, true, &first), "the same key and body: the first record");
+    let card_id = card_placed["id"].as_str().unwrap().to_owned();
+    for (key, body, order, status, code) in [
+        (Some("p-1"), cash(900), id.clone(), 409, "idempotency_key_reused"),
+        (Some("p-2"), cash(191), id.clone(), 409, "overpayment"),
+        (None, cash(1), id.clone(), 400, "idempotency_key_required"),
+        (
+            Some("p-2"),
+            json!({"amount_minor": 0, "method": "cash", "reference": "R", "reason": "x"}),
+            id.clone(),
+            422,
+            "invalid_payment",
+        ),
+        (
+            Some("p-2"),
+            json!({"amount_minor": 1, "method": "gold", "reference": "R", "reason": "x"}),
+            id.clone(),
+            422,
+            "invalid_body",
+        ),
+        (Some("p-2"), cash(1), card_id, 409, "payment_not_manual"),
+        (Some("p-2"), cash(1), "hub-0000009999".to_owned(), 404, "payment_not_found"),
+    ] {
+        let (s, _, v) = record(key, body.clone(), order).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{body}: {v}");
+    }
+    let (_, v) = get(&c, url.clone()).await;
+    assert_eq!(
+        (v["payment"]["paid_minor"].as_u64(), v["payment"]["outstanding_minor"].as_u64()),
+        (Some(1_000), Some(190))
+    );
+
+    // The rest on the order's screen, by a person of service; the same form sent twice records once.
+    let mut b = oms_tests::browser::Browser::new(hub);
+    assert_eq!(b.sign_in("sam", "a long password").await.status, 303);
+    let p = b.get(&format!("/ui/orders/{id}")).await;
+    assert!(p.html.contains("Record the payment") && p.html.contains("owed"), "{}", p.html);
+    let key = p.html.split("name=\"key\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+    let csrf = p.csrf();
+    let form = |amount: &str| -> Vec<(&'static str, String)> {
+        let f = [("key", key.as_str()), ("amount_minor", amount), ("method", "cash"), ("reference", "R-2")];
+        let mut f: Vec<(&'static str, String)> = f.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        f.extend([("csrf", csrf.clone()), ("reason", "the rest".to_owned())]);
+        f
+    };
+    let too_much = form("191");
+    let too_much: Vec<(&str, &str)> = too_much.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let p = b.post(&format!("/ui/orders/{id}/payments"), &too_much).await;
+    assert_eq!(p.status, 409);
+    assert!(p.html.contains("owes 190"), "{}", p.html);
+    let right = form("190");
+    let right: Vec<(&str, &str)> = right.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for _ in 0..2 {
+        let p = b.post(&format!("/ui/orders/{id}/payments"), &right).await;
+        assert_eq!(p.status, 303, "{}", p.html);
+    }
+    let (_, v) = get(&c, url).await;
+    let pay = &v["payment"];
+    assert_eq!((pay["paid_minor"].as_u64(), pay["outstanding_minor"].as_u64()), (Some(1_190), Some(0)), "{v}");
+    assert_eq!(pay["recorded"].as_array().map(Vec::len), Some(2), "the form sent twice recorded once: {v}");
+    assert_eq!(pay["recorded"][1]["recorded_by"], "user:sam", "{v}");
+    let statuses: Vec<&str> = v["timeline"].as_array().unwrap().iter().filter_map(|t| t["status"].as_str()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "payment_recorded").count(), 2, "{statuses:?}");
+    let (_, ev) = get(&c, format!("http://{hub}/v1/events?types=payment.recorded&limit=100")).await;
+    let amounts: Vec<u64> =
+        ev["events"].as_array().unwrap().iter().filter_map(|e| e["data"]["amount_minor"].as_u64()).collect();
+    assert_eq!(amounts, [1_000, 190], "{ev}");
+    let (_, summary) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
+    assert_eq!(
+        (summary["payments_recorded"].as_u64(), summary["paid_minor"].as_u64(), summary["payment_mismatches"].as_u64()),
+        (Some(2), Some(1_190), Some(0)),
         "{summary}"
     );
 }

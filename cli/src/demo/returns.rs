@@ -100,13 +100,23 @@ async fn call(r: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
     Ok((s, r.json().await.unwrap_or(Value::Null)))
 }
 
-/// A shipped fulfillment of a captured hub order: (order, fulfillment, site, SKU).
+/// A shipped fulfillment of a captured hub order: (order, fulfillment, site, SKU). One the site already took a
+/// return for (the order flow returns one shipped order in 30 at the dock) is not chosen: its unit came back.
 fn returnable(v: &Value) -> Option<(String, String, String, String)> {
     if v["payment"]["captured_minor"].as_u64().unwrap_or(0) == 0 || v["rmas"].as_array().is_some_and(|a| !a.is_empty())
     {
         return None;
     }
-    let f = v["fulfillments"].as_array()?.iter().find(|f| f["status"] == "shipped" || f["status"] == "delivered")?;
+    let returned_at_site = |f: &Value| {
+        v["timeline"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|e| e["fulfillment"] == f["id"] && e["note"].as_str().is_some_and(|n| n.starts_with("return ")))
+        })
+    };
+    let f = v["fulfillments"]
+        .as_array()?
+        .iter()
+        .find(|f| (f["status"] == "shipped" || f["status"] == "delivered") && !returned_at_site(f))?;
     let sku = f["lines"].as_array()?.iter().find(|l| l["qty"].as_u64().unwrap_or(0) > 0)?["sku"].as_str()?.to_owned();
     Some((v["id"].as_str()?.to_owned(), f["id"].as_str()?.to_owned(), f["site"].as_str()?.to_owned(), sku))
 }

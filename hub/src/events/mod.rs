@@ -69,6 +69,8 @@ pub const TYPES: &[&str] = &[
     PAYMENT_CAPTURED,
     PAYMENT_REFUNDED,
     PAYMENT_VOIDED,
+    PAYMENT_RELEASED,
+    PAYMENT_RECORDED,
     PAYMENT_FAILED,
     "invoice.created",
     STOCK_LOW,
@@ -107,6 +109,11 @@ pub const PAYMENT_CAPTURED: &str = "payment.captured";
 pub const PAYMENT_REFUNDED: &str = "payment.refunded";
 /// The authorization was voided (an order cancelled before anything was captured).
 pub const PAYMENT_VOIDED: &str = "payment.voided";
+/// What an order that reached its final state will never capture was released at the provider (short
+/// shipment, cancelled lines, a cancel after a partial shipment; `amount_minor` is what was released).
+pub const PAYMENT_RELEASED: &str = "payment.released";
+/// Service recorded money received for a terms or cash-on-delivery order (`document` is its reference).
+pub const PAYMENT_RECORDED: &str = "payment.recorded";
 /// A capture, refund or void needs a person (`reason`); the order is flagged `payment_action_required`.
 pub const PAYMENT_FAILED: &str = "payment.failed";
 /// A channel's order was taken.

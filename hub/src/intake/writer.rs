@@ -91,6 +91,15 @@ pub fn body_hash(draft: &OrderDraft) -> Result<[u8; 32], IntakeError> {
     draft_sha256(draft).map_err(|e| IntakeError::Storage(Arc::new(StorageError::encode("an order", e))))
 }
 
+/// The hash idempotency compares for an order with a `payment`: the order's own hash and the payment's
+/// method, provider and token, so the same key with another payment (another card, terms instead of COD, or
+/// none) is `409 idempotency_key_reused`, as a changed order is. An order without a payment keeps the
+/// order's hash alone, so keys stored before payments existed still replay.
+pub(super) fn paid_body_hash(order_hash: &[u8; 32], p: &crate::money::Payment) -> [u8; 32] {
+    let payment = serde_json::json!([p.method, p.provider, p.token]);
+    token_hash(&format!("{}\u{1f}payment\u{1f}{payment}", oms_service::auth::keys::hex(order_hash)))
+}
+
 /// Where a queued order's answer arrives.
 type Answer = oneshot::Receiver<Result<Placed, IntakeError>>;
 
@@ -172,6 +181,9 @@ impl Intake {
         payment: Option<crate::money::Prepared>,
     ) -> Result<Placed, IntakeError> {
         let mut create = Create::new(key, draft, actor)?;
+        if let Some(p) = &payment {
+            create.hash = paid_body_hash(&create.hash, &p.payment);
+        }
         create.payment = payment;
         let answer = self.enqueue_create(create)?;
         answer.await.map_err(|_| IntakeError::ShuttingDown)?

@@ -2,6 +2,8 @@
 //!
 //! - `POST /v1/orders/{id}/refunds` `{"lines": [{"sku", "qty"}] | "amount_minor", "reason", "invoice"?}`:
 //!   a credit note referencing its invoice and a refund through the outbox (service, admin) → `201`.
+//! - `POST /v1/orders/{id}/payments` `{"amount_minor", "method", "reference", "reason"}` with an
+//!   `Idempotency-Key`: money received for a terms or COD order, at most what it owes (service) → `201`.
 //! - `GET /v1/invoices?from=&to=&limit=&format=json|csv`, `GET /v1/invoices/{number}?format=json|html` (or
 //!   `Accept: text/html`): invoices by issue time (ms, `[from, to)`); a channel key sees its channel's only.
 //! - `GET /v1/credit-notes…`: the same for credit notes.
@@ -45,7 +47,12 @@ fn problem(e: MoneyError) -> Problem {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
         }
         MoneyError::NotFound { .. } => Problem::new(StatusCode::NOT_FOUND, code, detail),
-        MoneyError::RefundExceeds(_) | MoneyError::NotCaptured(_) => Problem::new(StatusCode::CONFLICT, code, detail),
+        MoneyError::RefundExceeds(_)
+        | MoneyError::NotCaptured(_)
+        | MoneyError::Overpayment(_)
+        | MoneyError::NotManual(_)
+        | MoneyError::TooManyPayments(_)
+        | MoneyError::KeyReused(_) => Problem::new(StatusCode::CONFLICT, code, detail),
         MoneyError::Storage(_) => {
             tracing::error!(error = %detail, "money storage failure");
             Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
@@ -61,6 +68,7 @@ fn problem(e: MoneyError) -> Problem {
 pub fn router(hub: Arc<Hub>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(refund))
+        .routes(routes!(record_payment))
         .routes(routes!(invoices))
         .routes(routes!(invoice))
         .routes(routes!(credit_notes))
@@ -187,6 +195,46 @@ async fn refund(
     let note =
         blocking(move || h.money.refund(h.intake.db(), id.as_str(), confined.as_ref(), &req, &actor, now_ms())).await?;
     Ok((StatusCode::CREATED, Json(note)).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/payments", tag = "money", params(("id" = String, Path, description = "The order id"), ("Idempotency-Key" = String, Header, description = "Required; the same key and body answer the first record")),
+    request_body = super::ManualPaymentRequest, responses((status = 201, description = "The recorded payment (header `idempotent-replayed: true` on a replay)", body = super::RecordedPayment)))]
+async fn record_payment(
+    State(hub): State<Arc<Hub>>,
+    Caller(actor): Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
+    let key = oms_service::request::idempotency_key(&headers)?;
+    let req: super::ManualPaymentRequest = oms_service::parse_json(&body)?;
+    record(&hub, actor, &id, &key, req).await
+}
+
+/// Records a manual payment for `actor` (the route and the console's form): `201` with the record.
+pub(crate) async fn record(
+    hub: &Arc<Hub>,
+    actor: oms_service::audit::Actor,
+    id: &str,
+    key: &str,
+    req: super::ManualPaymentRequest,
+) -> Result<Response, Problem> {
+    let id = oms_protocol::domain::OrderId::parse(id).map_err(Problem::from)?;
+    if !oms_protocol::records::idempotency_key_valid(key) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "the payment's key is not usable",
+        ));
+    }
+    let (h, key) = (hub.clone(), key.to_owned());
+    let (rec, replayed) =
+        blocking(move || h.money.record_manual(h.intake.db(), id.as_str(), &key, &req, &actor, now_ms())).await?;
+    let mut resp = (StatusCode::CREATED, Json(rec)).into_response();
+    if replayed {
+        resp.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    }
+    Ok(resp)
 }
 
 /// An invoice or a credit note, as the listing and document routes serve it.

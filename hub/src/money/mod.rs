@@ -59,6 +59,9 @@ const CREDIT_NOTES_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::
 const BILLED: TableDefinition<&str, &str> = TableDefinition::new("shipments_billed");
 /// Orders whose payment needs service's action (`payment_action_required`).
 const ACTION: TableDefinition<&str, ()> = TableDefinition::new("payments_action_required");
+/// `<order>\u{1f}<Idempotency-Key>` → [`RecordedKey`] (JSON): recorded payments by their key (at most
+/// [`RECORDED_MAX`] per order: refusals store none).
+const RECORDED_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments_recorded_keys");
 /// Counters: invoice and credit note numbers per series, outbox row ids.
 const MONEY_META: TableDefinition<&str, u64> = TableDefinition::new("money_meta");
 
@@ -72,6 +75,10 @@ pub const REFUND_LINES_MAX: usize = oms_protocol::domain::ORDER_LINES_MAX;
 pub const TOKEN_BYTES_MAX: usize = 256;
 /// The implicit provider of terms and cash-on-delivery orders.
 pub const MANUAL: &str = "manual";
+/// Manual payments recorded per order ([`Money::record_manual`]); beyond it `409 too_many_payments`.
+pub const RECORDED_MAX: usize = 64;
+/// Longest reference of a recorded payment (a bank transfer's, a receipt number), bytes.
+pub const PAYMENT_REFERENCE_BYTES_MAX: usize = 128;
 
 /// Why a money operation was refused or failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -102,6 +109,18 @@ pub enum MoneyError {
     /// The capture of the invoice has not settled yet.
     #[error("invoice {0} is not captured yet; refund after its capture settles")]
     NotCaptured(String),
+    /// A recorded payment would be more than the order owes.
+    #[error("{0}")]
+    Overpayment(String),
+    /// Payments are recorded for terms and cash-on-delivery orders only (a card order is captured).
+    #[error("order {0} is paid by card: its money moves through captures, not recorded payments")]
+    NotManual(String),
+    /// The order has [`RECORDED_MAX`] recorded payments already.
+    #[error("order {0} has {RECORDED_MAX} recorded payments already")]
+    TooManyPayments(String),
+    /// The idempotency key was used for another payment of this order.
+    #[error("the Idempotency-Key was used for another payment of order {0}")]
+    KeyReused(String),
     /// Storage failed; nothing was written.
     #[error("storage failure, nothing was written: {0}")]
     Storage(#[source] Arc<StorageError>),
@@ -130,6 +149,10 @@ impl MoneyError {
             MoneyError::NotFound { .. } => "payment_not_found",
             MoneyError::RefundExceeds(_) => "refund_exceeds_invoice",
             MoneyError::NotCaptured(_) => "not_captured",
+            MoneyError::Overpayment(_) => "overpayment",
+            MoneyError::NotManual(_) => "payment_not_manual",
+            MoneyError::TooManyPayments(_) => "too_many_payments",
+            MoneyError::KeyReused(_) => "idempotency_key_reused",
             MoneyError::Storage(_) => "storage_unavailable",
             MoneyError::Corrupt { .. } => "corrupt_record",
         }
@@ -261,6 +284,11 @@ pub struct Authorization {
     pub captured_minor: u64,
     /// Refunded on it (settled).
     pub refunded_minor: u64,
+    /// Released: what was not captured when it closed (voided, released at the order's end, expired, or
+    /// given up by a provider whose authorizations take one capture). `amount = captured + released` once
+    /// closed; 0 while open.
+    #[serde(default)]
+    pub released_minor: u64,
     /// When.
     pub at_ms: u64,
     /// Good until (the hub's view; [`PaymentsConfig::authorization_validity_ms`]).
@@ -337,6 +365,19 @@ pub struct Payment {
     pub void_requested: bool,
     /// Every authorization was voided.
     pub voided: bool,
+    /// The release of what the order will never capture was queued (the order reached its final state with
+    /// something shipped: short-shipped, lines cancelled, cancelled after a partial shipment).
+    #[serde(default)]
+    pub release_requested: bool,
+    /// Released over all authorizations (see [`Authorization::released_minor`]).
+    #[serde(default)]
+    pub released_minor: u64,
+    /// Recorded by service as received (terms and COD), minor units.
+    #[serde(default)]
+    pub paid_minor: u64,
+    /// The payments service recorded (at most [`RECORDED_MAX`]).
+    #[serde(default)]
+    pub recorded: Vec<RecordedPayment>,
     /// Why service must act, if it must.
     pub action_required: Option<String>,
     /// What happened (at most [`EVENTS_MAX`]).
@@ -349,6 +390,25 @@ impl Payment {
         self.authorizations.iter().map(|a| a.amount_minor).sum()
     }
 
+    /// Still held: authorized on open authorizations and not captured.
+    pub fn held_minor(&self) -> u64 {
+        self.authorizations.iter().filter(|a| !a.closed).map(|a| a.amount_minor.saturating_sub(a.captured_minor)).sum()
+    }
+
+    /// Closes authorization `i` (if open): what it did not capture is released. Returns that amount.
+    pub(crate) fn close_auth(&mut self, i: usize) -> u64 {
+        let Some(a) = self.authorizations.get_mut(i).filter(|a| !a.closed) else { return 0 };
+        a.closed = true;
+        a.released_minor = a.amount_minor.saturating_sub(a.captured_minor);
+        self.released_minor = self.released_minor.saturating_add(a.released_minor);
+        a.released_minor
+    }
+
+    /// What is owed on a terms or COD order: invoiced, less credited, less recorded as paid.
+    pub fn outstanding_minor(&self) -> u64 {
+        self.invoiced_minor.saturating_sub(self.credit_noted_minor).saturating_sub(self.paid_minor)
+    }
+
     /// The customer-facing status.
     pub fn status(&self) -> &'static str {
         if self.action_required.is_some() {
@@ -357,7 +417,10 @@ impl Payment {
             "refunded"
         } else if self.refunded_minor > 0 {
             "partially_refunded"
-        } else if self.captured_minor > 0 && self.captured_minor >= self.total_minor {
+        } else if self.captured_minor > 0
+            && (self.captured_minor >= self.total_minor || (self.release_requested && self.held_minor() == 0))
+        {
+            // Everything the order will ever capture is captured (a short shipment's rest was released).
             "captured"
         } else if self.captured_minor > 0 {
             "partially_captured"
@@ -379,6 +442,64 @@ impl Payment {
             document: document.map(str::to_owned),
         });
     }
+}
+
+/// How money recorded by service was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceivedBy {
+    /// Cash (a courier's cash on delivery, a counter).
+    Cash,
+    /// A bank transfer.
+    BankTransfer,
+    /// A cheque.
+    Cheque,
+    /// A card taken outside oms (a terminal at the door).
+    CardTerminal,
+    /// Anything else (say what in the reason).
+    Other,
+}
+
+/// A payment service recorded for a terms or COD order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecordedPayment {
+    /// `<order>-P<n>`, n from 1 per order.
+    pub id: String,
+    /// Amount received, minor units.
+    pub amount_minor: u64,
+    /// How.
+    pub method: ReceivedBy,
+    /// The payer's or bank's reference.
+    pub reference: String,
+    /// Why (a note for the books).
+    pub reason: String,
+    /// Who recorded it (the API key's name).
+    pub recorded_by: String,
+    /// When.
+    pub at_ms: u64,
+}
+
+/// The body of `POST /v1/orders/{id}/payments`: money service received for a terms or COD order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManualPaymentRequest {
+    /// Received, minor units (positive; at most what the order owes).
+    pub amount_minor: u64,
+    /// How.
+    pub method: ReceivedBy,
+    /// The payer's or bank's reference: 1 to [`PAYMENT_REFERENCE_BYTES_MAX`] bytes.
+    pub reference: String,
+    /// Why / a note for the books: 1 to `TEXT_BYTES_MAX` bytes.
+    pub reason: String,
+}
+
+/// What an idempotency key of a recorded payment stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RecordedKey {
+    /// The request's canonical hash (hex).
+    body_sha256: String,
+    /// The payment it recorded.
+    id: String,
 }
 
 /// An authorization asked at intake for an order not committed yet.
@@ -525,6 +646,15 @@ pub struct MoneyTotals {
     pub credit_noted_minor: u64,
     /// Refunded.
     pub refunded_minor: u64,
+    /// Released: authorized and never to be captured (voids, the rest of final orders, expired or closed
+    /// authorizations). `authorized = captured + released + held`.
+    pub released_minor: u64,
+    /// Still held on open authorizations.
+    pub held_minor: u64,
+    /// Recorded by service as received for terms and COD orders.
+    pub paid_minor: u64,
+    /// Manual payments recorded (`POST /v1/orders/{id}/payments`).
+    pub payments_recorded: u64,
     /// Invoices issued.
     pub invoices: u64,
     /// Credit notes issued.
@@ -534,7 +664,8 @@ pub struct MoneyTotals {
     /// Orders needing service's action.
     pub action_required: u64,
     /// Captures above authorizations, invoices ≠ captures and credit notes ≠ refunds once the outbox is
-    /// empty (orders counted once per kind of mismatch).
+    /// empty, authorized ≠ captured + released + held, a final order still holding money once its release
+    /// settled, recorded payments above what is owed (orders counted once per kind of mismatch).
     pub payment_mismatches: u64,
 }
 
@@ -573,6 +704,7 @@ pub fn create_tables(db: &Database) -> Result<(), MoneyError> {
     w.open_table(BILLED)?;
     w.open_table(ACTION)?;
     w.open_table(MONEY_META)?;
+    w.open_table(RECORDED_KEYS)?;
     w.open_table(outbox::OUTBOX)?;
     w.open_table(outbox::OUTBOX_OPEN)?;
     w.commit()?;
@@ -755,6 +887,10 @@ impl Money {
             credit_notes: Vec::new(),
             void_requested: false,
             voided: false,
+            release_requested: false,
+            released_minor: 0,
+            paid_minor: 0,
+            recorded: Vec::new(),
             action_required: None,
             events: Vec::new(),
         };
@@ -773,6 +909,7 @@ impl Money {
                 amount_minor: p.total_minor,
                 captured_minor: 0,
                 refunded_minor: 0,
+                released_minor: 0,
                 at_ms: now_ms,
                 expires_at_ms: u64::MAX,
                 closed: false,
@@ -803,6 +940,7 @@ impl Money {
                     amount_minor: a.amount_minor,
                     captured_minor: 0,
                     refunded_minor: 0,
+                    released_minor: 0,
                     at_ms: now_ms,
                     expires_at_ms: expires,
                     closed: false,
@@ -979,16 +1117,42 @@ impl Money {
         Ok(outbox::open_orders(&db.begin_read()?)?.contains(order))
     }
 
-    /// Queues the void of an order cancelled before anything was invoiced (once). Returns whether it queued.
-    pub fn void_unshipped(&self, db: &Database, order: &str, now_ms: u64) -> Result<bool, MoneyError> {
+    /// Settles the authorization of an order that reached its final state (every fulfillment shipped or given
+    /// back, nothing left to place): once, in one transaction, queues the void of an order nothing was invoiced
+    /// for, or the release of what it will never capture (short-shipped, lines cancelled, cancelled after a
+    /// partial shipment). `shipped` are the fulfillments that shipped: until each is billed (its invoice and
+    /// capture row committed) nothing is queued, so the release row comes after every capture row of the
+    /// order and the outbox (rows of an order strictly in order) releases only what no capture takes. Returns
+    /// whether it queued.
+    pub fn settle_final(&self, db: &Database, order: &str, shipped: &[&str], now_ms: u64) -> Result<bool, MoneyError> {
         let _g = lock(&self.write);
         let w = db.begin_write()?;
         let Some(mut p) = get_json::<Payment>(&w.open_table(PAYMENTS)?, "payments", order)? else { return Ok(false) };
-        if p.void_requested || !p.invoices.is_empty() {
+        if p.void_requested || p.release_requested {
             return Ok(false);
         }
-        p.void_requested = true;
-        outbox::push(&w, order, outbox::Kind::Void, 0, None, None, now_ms)?;
+        {
+            let billed = w.open_table(BILLED)?;
+            for f in shipped {
+                if billed.get(*f)?.is_none() {
+                    return Ok(false);
+                }
+            }
+        }
+        let kind = if p.invoices.is_empty() {
+            p.void_requested = true;
+            outbox::Kind::Void
+        } else {
+            p.release_requested = true;
+            outbox::Kind::Release
+        };
+        // With one open authorization, the row is made on it from the start (one commit less per release).
+        let mut open = p.authorizations.iter().enumerate().filter(|(_, a)| !a.closed).map(|(i, _)| i);
+        let auth = match (open.next(), open.next()) {
+            (Some(i), None) => Some(i),
+            _ => None,
+        };
+        outbox::push(&w, order, kind, 0, None, auth, now_ms)?;
         w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
         w.commit()?;
         self.wake.notify_one();
@@ -1080,6 +1244,109 @@ impl Money {
         Ok(note)
     }
 
+    /// Records money service received for a terms or COD order (`POST /v1/orders/{id}/payments`): in one
+    /// transaction the payment on the order (at most [`RECORDED_MAX`], never more than it owes: invoiced less
+    /// credited less recorded), a `payment.recorded` event, the audit row and the idempotency key. The same
+    /// key with the same request answers the first record (`true`: replayed); with another request,
+    /// [`MoneyError::KeyReused`]. A refusal writes the audit row only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_manual(
+        &self,
+        db: &Database,
+        order: &str,
+        key: &str,
+        req: &ManualPaymentRequest,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<(RecordedPayment, bool), MoneyError> {
+        let hash = hex(&token_hash(&serde_json::to_string(req).map_err(|e| storage_enc("a payment", e))?));
+        let _g = lock(&self.write);
+        let w = db.begin_write()?;
+        let slot = format!("{order}\u{1f}{key}");
+        let decided = self.decide_manual(&w, order, &slot, &hash, req);
+        let mut p = match decided {
+            Ok(Ok(p)) => p,
+            Ok(Err(replayed)) => return Ok((replayed, true)),
+            Err(e) => {
+                if !matches!(e, MoneyError::Storage(_)) {
+                    audit::append(&mut w.open_table(AUDIT)?, actor, Some(order), now_ms, e.code())?;
+                    w.commit()?;
+                }
+                return Err(e);
+            }
+        };
+        let rec = RecordedPayment {
+            id: format!("{order}-P{}", p.recorded.len() + 1),
+            amount_minor: req.amount_minor,
+            method: req.method,
+            reference: req.reference.trim().to_owned(),
+            reason: req.reason.trim().to_owned(),
+            recorded_by: actor.key.clone(),
+            at_ms: now_ms,
+        };
+        p.paid_minor += rec.amount_minor;
+        p.recorded.push(rec.clone());
+        p.event(now_ms, "recorded", rec.amount_minor, Some(&rec.id));
+        let k = RecordedKey { body_sha256: hash, id: rec.id.clone() };
+        w.open_table(RECORDED_KEYS)?.insert(slot.as_str(), enc(&k)?.as_slice())?;
+        w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
+        payment_event(&w, crate::events::PAYMENT_RECORDED, &p, rec.amount_minor, Some(&rec.id), None)?;
+        audit::append(&mut w.open_table(AUDIT)?, actor, Some(order), now_ms, "ok")?;
+        w.commit()?;
+        Ok((rec, false))
+    }
+
+    /// Reads and checks a recorded payment: the payment to add it to, or the record a replay answers with.
+    fn decide_manual(
+        &self,
+        w: &redb::WriteTransaction,
+        order: &str,
+        slot: &str,
+        hash: &str,
+        req: &ManualPaymentRequest,
+    ) -> Result<Result<Payment, RecordedPayment>, MoneyError> {
+        let not_found = || MoneyError::NotFound { what: "paid order", id: order.to_owned() };
+        let p: Payment = get_json(&w.open_table(PAYMENTS)?, "payments", order)?.ok_or_else(not_found)?;
+        if let Some(k) = get_json::<RecordedKey>(&w.open_table(RECORDED_KEYS)?, "payments_recorded_keys", slot)? {
+            if k.body_sha256 != hash {
+                return Err(MoneyError::KeyReused(order.to_owned()));
+            }
+            return match p.recorded.iter().find(|r| r.id == k.id) {
+                Some(r) => Ok(Err(r.clone())),
+                None => Err(MoneyError::Corrupt { table: "payments", detail: format!("{} is missing", k.id) }),
+            };
+        }
+        let text = |what: &str, v: &str, max: usize| {
+            let v = v.trim();
+            if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
+                Err(MoneyError::InvalidPayment(format!(
+                    "{what} is required: 1 to {max} bytes without control characters"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        text("reference", &req.reference, PAYMENT_REFERENCE_BYTES_MAX)?;
+        text("reason", &req.reason, TEXT_BYTES_MAX)?;
+        if req.amount_minor == 0 {
+            return Err(MoneyError::InvalidPayment("amount_minor must be positive".into()));
+        }
+        if p.method == Method::Card {
+            return Err(MoneyError::NotManual(order.to_owned()));
+        }
+        if p.recorded.len() >= RECORDED_MAX {
+            return Err(MoneyError::TooManyPayments(order.to_owned()));
+        }
+        let owed = p.outstanding_minor();
+        if req.amount_minor > owed {
+            return Err(MoneyError::Overpayment(format!(
+                "order {order} owes {owed} {} (invoiced {}, credited {}, paid {}), not {}",
+                p.currency, p.invoiced_minor, p.credit_noted_minor, p.paid_minor, req.amount_minor
+            )));
+        }
+        Ok(Ok(p))
+    }
+
     /// Reads and checks a refund; writes nothing.
     fn decide_refund(
         &self,
@@ -1152,6 +1419,10 @@ impl Money {
             t.invoiced_minor += p.invoiced_minor;
             t.credit_noted_minor += p.credit_noted_minor;
             t.refunded_minor += p.refunded_minor;
+            t.released_minor += p.released_minor;
+            t.held_minor += p.held_minor();
+            t.paid_minor += p.paid_minor;
+            t.payments_recorded += p.recorded.len() as u64;
             t.invoices += p.invoices.len() as u64;
             t.credit_notes += p.credit_notes.len() as u64;
             let settled = !open.contains(k.value());
@@ -1162,6 +1433,24 @@ impl Money {
                 t.payment_mismatches += 1;
             }
             if settled && p.credit_noted_minor != p.refunded_minor {
+                t.payment_mismatches += 1;
+            }
+            // Authorized = captured + released + still held, per authorization and over the payment.
+            let per_auth = p.authorizations.iter().any(|a| {
+                a.captured_minor > a.amount_minor
+                    || (a.closed && a.captured_minor + a.released_minor != a.amount_minor)
+                    || (!a.closed && a.released_minor != 0)
+            });
+            if per_auth || p.authorized_minor() != p.captured_minor + p.released_minor + p.held_minor() {
+                t.payment_mismatches += 1;
+            }
+            // A final order holds nothing once its release settled; recorded payments never exceed what is owed.
+            if settled && (p.release_requested || p.voided) && p.held_minor() != 0 {
+                t.payment_mismatches += 1;
+            }
+            if p.paid_minor > p.invoiced_minor.saturating_sub(p.credit_noted_minor)
+                || p.paid_minor != p.recorded.iter().map(|r| r.amount_minor).sum::<u64>()
+            {
                 t.payment_mismatches += 1;
             }
         }
@@ -1349,6 +1638,11 @@ pub fn payment_view(p: &Payment) -> serde_json::Value {
         "authorized_minor": p.authorized_minor(),
         "captured_minor": p.captured_minor,
         "refunded_minor": p.refunded_minor,
+        "released_minor": p.released_minor,
+        "held_minor": p.held_minor(),
+        "paid_minor": p.paid_minor,
+        "outstanding_minor": if p.method == Method::Card { 0 } else { p.outstanding_minor() },
+        "recorded": p.recorded,
         "invoiced_minor": p.invoiced_minor,
         "credit_noted_minor": p.credit_noted_minor,
         "invoices": p.invoices,

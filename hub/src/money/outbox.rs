@@ -1,4 +1,4 @@
-//! The payment outbox: captures, refunds and voids as rows in `intake.redb`, each committed **before** its
+//! The payment outbox: captures, refunds, voids and releases as rows in `intake.redb`, each committed **before** its
 //! provider call and settled after it.
 //!
 //! A row is `pending` until its call answers: `done` (the amounts move on the payment in the same
@@ -7,9 +7,9 @@
 //! `payment_action_required` and is listed by `GET /v1/payments?status=action_required`).
 //!
 //! - The idempotency key of a call is the row's id and the authorization it is made on
-//!   (`cap-<row>-a<n>`, `ref-<row>-a<n>`, `void-<row>-a<n>`), and the authorization a row uses is committed
-//!   before the first call on it. So a hub killed between a call and its commit calls again with the same key
-//!   after its restart and the provider answers the first call's result: captured once.
+//!   (`cap-<row>-a<n>`, `ref-<row>-a<n>`, `void-<row>-a<n>`, `rel-<row>-a<n>`), and the authorization a row
+//!   uses is committed before the first call on it. So a hub killed between a call and its commit calls again
+//!   with the same key after its restart and the provider answers the first call's result: captured once.
 //! - An `indeterminate` row is settled with `retrieve`: the rows of one order are handled strictly one after
 //!   another (a later row waits while an earlier one is open), so the provider's captured (refunded) total on
 //!   the authorization either includes this row's amount over what the hub has settled (done) or equals it
@@ -21,6 +21,11 @@
 //!   Stripe's PaymentIntents) the authorization is closed in the transaction that settles its capture, so the
 //!   next shipment's capture re-authorizes what is left (see [`super::stripe`]).
 //! - Rows are retried with exponential backoff (`retry_backoff_ms`, doubled per attempt, at most 64×).
+//!
+//! - A release ([`Kind::Release`], queued by [`Money::settle_final`] once an order is final) comes after every
+//!   capture row of its order, so by its turn the captures settled: it voids the uncaptured rest of each open
+//!   authorization, one per round (none when captured in full), and every closing of an authorization books
+//!   that rest as released ([`super::Payment::close_auth`]).
 //!
 //! The pass also voids authorization attempts whose order never committed (older than `attempt_grace_ms`).
 
@@ -55,6 +60,10 @@ pub enum Kind {
     Refund,
     /// Void every open authorization.
     Void,
+    /// Release what an order that reached its final state will never capture: every open authorization's
+    /// uncaptured rest, one authorization after another (a void at the provider; at Stripe, the cancel of
+    /// the PaymentIntent). Its `amount_minor` is what it released so far.
+    Release,
 }
 
 /// Where a row is.
@@ -151,6 +160,11 @@ pub(crate) fn open_orders(r: &redb::ReadTransaction) -> Result<BTreeSet<String>,
     Ok(out)
 }
 
+/// Whether a provider's refusal says the authorization is closed (expired, voided, captured once).
+fn closed_reason(r: &str) -> bool {
+    matches!(r, "authorization_expired" | "authorization_voided" | "authorization_closed")
+}
+
 /// One row's outcome, to commit.
 enum Outcome {
     /// Settled: the amount moved.
@@ -229,8 +243,8 @@ impl Money {
                         }
                         None => return Ok(()),
                     },
-                    None if row.kind == Kind::Void => {
-                        // Nothing open to void.
+                    None if matches!(row.kind, Kind::Void | Kind::Release) => {
+                        // Nothing open to void or release.
                         return self.finish(db, &row, Outcome::Done);
                     }
                     None => {
@@ -247,11 +261,23 @@ impl Money {
                     Kind::Capture => "cap",
                     Kind::Refund => "ref",
                     Kind::Void => "void",
+                    Kind::Release => "rel",
                 },
                 row.id
             );
-            let outcome = if row.status == RowStatus::Indeterminate {
+            let outcome = if row.kind == Kind::Release && a.captured_minor >= a.amount_minor {
+                // Captured in full: nothing held to release, no call.
+                Outcome::Done
+            } else if row.status == RowStatus::Indeterminate {
                 match provider.retrieve(&a.reference) {
+                    // A void or release is done once the authorization is closed; otherwise it did nothing.
+                    Ok(s) if matches!(row.kind, Kind::Void | Kind::Release) => {
+                        if s.closed {
+                            Outcome::Done
+                        } else {
+                            Outcome::Again
+                        }
+                    }
                     Ok(s) => {
                         let (theirs, ours) = match row.kind {
                             Kind::Refund => (s.refunded_minor, a.refunded_minor),
@@ -274,21 +300,17 @@ impl Money {
                 let answer = match row.kind {
                     Kind::Capture => provider.capture(&a.reference, row.amount_minor, &key),
                     Kind::Refund => provider.refund(&a.reference, row.amount_minor, &key),
-                    Kind::Void => provider.void(&a.reference, &key),
+                    Kind::Void | Kind::Release => provider.void(&a.reference, &key),
                 };
                 match answer {
                     Ok(_) => Outcome::Done,
                     Err(ProviderError::Timeout) => Outcome::Indeterminate("timeout".into()),
                     Err(e @ (ProviderError::Unavailable(_) | ProviderError::Busy)) => Outcome::Retry(e.to_string()),
-                    Err(ProviderError::Declined(r))
-                        if row.kind == Kind::Capture
-                            && matches!(
-                                r.as_str(),
-                                "authorization_expired" | "authorization_voided" | "authorization_closed"
-                            ) =>
-                    {
+                    Err(ProviderError::Declined(r)) if row.kind == Kind::Capture && closed_reason(&r) => {
                         Outcome::AuthClosed(r)
                     }
+                    // Closed at the provider already: nothing is held there any more.
+                    Err(ProviderError::Declined(r)) if row.kind == Kind::Release && closed_reason(&r) => Outcome::Done,
                     Err(ProviderError::Declined(r)) => Outcome::Action(format!("declined: {r}")),
                 }
             };
@@ -320,7 +342,7 @@ impl Money {
                 !a.closed && now < a.expires_at_ms && a.amount_minor - a.captured_minor >= row.amount_minor
             }
             Kind::Refund => a.captured_minor - a.refunded_minor >= row.amount_minor,
-            Kind::Void => !a.closed,
+            Kind::Void | Kind::Release => !a.closed,
         })
     }
 
@@ -346,8 +368,10 @@ impl Money {
                     return Ok(None);
                 };
                 // Expired authorizations are closed for captures from now on.
-                for old in p.authorizations.iter_mut().filter(|o| now >= o.expires_at_ms) {
-                    old.closed = true;
+                let expired: Vec<usize> =
+                    (0..p.authorizations.len()).filter(|&i| now >= p.authorizations[i].expires_at_ms).collect();
+                for i in expired {
+                    p.close_auth(i);
                 }
                 let i = match p.authorizations.iter().position(|x| x.reference == a.reference) {
                     Some(i) => i,
@@ -357,6 +381,7 @@ impl Money {
                             amount_minor: a.amount_minor,
                             captured_minor: 0,
                             refunded_minor: 0,
+                            released_minor: 0,
                             at_ms: now,
                             expires_at_ms: now.saturating_add(self.cfg.authorization_validity_ms),
                             closed: false,
@@ -384,9 +409,7 @@ impl Money {
         let _g = lock(&self.write);
         let w = db.begin_write()?;
         if let Some(mut p) = get_json::<Payment>(&w.open_table(PAYMENTS)?, "payments", order)? {
-            if let Some(a) = p.authorizations.get_mut(auth) {
-                a.closed = true;
-            }
+            p.close_auth(auth);
             tracing::info!(order, auth, why, "authorization closed");
             w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
         }
@@ -412,18 +435,22 @@ impl Money {
             return Ok(());
         };
         let backoff = |attempts: u32| self.cfg.retry_backoff_ms.saturating_mul(1u64 << attempts.min(6));
+        let mut more = false;
         match outcome {
             Outcome::Done => {
                 row.status = RowStatus::Done;
                 row.settled_at_ms = Some(now);
-                let a = row.auth.and_then(|i| p.authorizations.get_mut(i));
+                let auth = row.auth.filter(|&i| i < p.authorizations.len());
+                let a = auth.and_then(|i| p.authorizations.get_mut(i));
                 match row.kind {
                     Kind::Capture => {
                         let once = self.provider(&p.provider).is_some_and(|x| x.captures_once());
                         if let Some(a) = a {
                             a.captured_minor += row.amount_minor;
-                            // One capture per authorization at this provider: the rest is released.
-                            a.closed |= once;
+                        }
+                        // One capture per authorization at this provider: the rest is released.
+                        if let Some(i) = auth.filter(|_| once) {
+                            p.close_auth(i);
                         }
                         p.captured_minor += row.amount_minor;
                         p.event(now, "captured", row.amount_minor, row.document.as_deref());
@@ -443,11 +470,21 @@ impl Money {
                         p.event(now, "refunded", row.amount_minor, row.document.as_deref());
                     }
                     Kind::Void => {
-                        for a in &mut p.authorizations {
-                            a.closed = true;
-                        }
+                        let released: u64 = (0..p.authorizations.len()).map(|i| p.close_auth(i)).sum();
                         p.voided = true;
-                        p.event(now, "voided", p.authorized_minor().saturating_sub(p.captured_minor), None);
+                        p.event(now, "voided", released, None);
+                    }
+                    Kind::Release => {
+                        row.amount_minor += auth.map_or(0, |i| p.close_auth(i));
+                        if p.authorizations.iter().any(|a| !a.closed) {
+                            // The next open authorization, in the next round.
+                            row.status = RowStatus::Pending;
+                            row.settled_at_ms = None;
+                            row.auth = None;
+                            more = true;
+                        } else if row.amount_minor > 0 {
+                            p.event(now, "released", row.amount_minor, None);
+                        }
                     }
                 }
             }
@@ -483,6 +520,9 @@ impl Money {
                 (_, Kind::Capture) => Some(crate::events::PAYMENT_CAPTURED),
                 (_, Kind::Refund) => Some(crate::events::PAYMENT_REFUNDED),
                 (_, Kind::Void) => Some(crate::events::PAYMENT_VOIDED),
+                // A release that found nothing held (everything captured) reports nothing.
+                (_, Kind::Release) if row.amount_minor == 0 => None,
+                (_, Kind::Release) => Some(crate::events::PAYMENT_RELEASED),
             };
             if let Some(kind) = kind {
                 super::payment_event(
@@ -498,6 +538,9 @@ impl Money {
         w.open_table(OUTBOX)?.insert(row.id, enc(&row)?.as_slice())?;
         w.open_table(PAYMENTS)?.insert(row.order.as_str(), enc(&p)?.as_slice())?;
         w.commit()?;
+        if more {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 

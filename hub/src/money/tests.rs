@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use oms_protocol::domain::OrderDraft;
 use oms_service::auth::Role;
 
-use super::outbox::RowStatus;
+use super::outbox::{Kind, RowStatus};
 use super::provider::{TestProvider, TestProviderConfig};
 use super::*;
 use crate::intake::{INTAKE_DB_FILE, Intake};
@@ -223,12 +223,108 @@ fn a_cancel_before_shipment_voids_once() {
     let w = world(PaymentsConfig::default(), TaxConfig::default(), TestProviderConfig::default());
     let db = w.intake.db();
     paid(&w, "hub-1", "tok_ok", &draft(&[("A", 1, 100)]), 1).unwrap();
-    assert!(w.money.void_unshipped(db, "hub-1", 2).unwrap());
-    assert!(!w.money.void_unshipped(db, "hub-1", 3).unwrap(), "once");
+    assert!(w.money.settle_final(db, "hub-1", &[], 2).unwrap());
+    assert!(!w.money.settle_final(db, "hub-1", &[], 3).unwrap(), "once");
     pass(&w, 10);
     let p = w.money.payment(db, "hub-1").unwrap().unwrap();
     assert_eq!((p.status(), p.captured_minor), ("voided", 0));
+    assert_eq!((p.released_minor, p.held_minor()), (100, 0), "the void released the whole authorization");
     assert_eq!(w.provider.count("void"), 1);
+}
+
+#[test]
+fn a_final_order_releases_what_it_will_never_capture_once() {
+    let w = world(PaymentsConfig::default(), TaxConfig::default(), TestProviderConfig::default());
+    let db = w.intake.db();
+    // Two of A and one of B authorized (250); one A and the B ship, the other A never will (short-shipped).
+    let p = paid(&w, "hub-1", "tok_ok", &draft(&[("A", 2, 100), ("B", 1, 50)]), 1).unwrap();
+    assert_eq!(p.held_minor(), 250);
+    w.money.bill_shipment(db, "hub-1.1", "hub-1", "wh-a", &lines(&[("A", 1), ("B", 1)]), 2).unwrap();
+    assert!(
+        !w.money.settle_final(db, "hub-1", &["hub-1.1", "hub-1.2"], 3).unwrap(),
+        "not before every shipment is billed"
+    );
+    assert!(w.money.settle_final(db, "hub-1", &["hub-1.1"], 3).unwrap());
+    assert!(!w.money.settle_final(db, "hub-1", &["hub-1.1"], 4).unwrap(), "once");
+    let kinds: Vec<Kind> = w.money.rows(db, "hub-1", 10).unwrap().iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [Kind::Capture, Kind::Release], "the release comes after the capture");
+    pass(&w, 10);
+    let p = w.money.payment(db, "hub-1").unwrap().unwrap();
+    assert_eq!((p.captured_minor, p.released_minor, p.held_minor(), p.status()), (150, 100, 0, "captured"));
+    assert_eq!((p.authorizations[0].captured_minor, p.authorizations[0].released_minor), (150, 100));
+    assert!(p.events.iter().any(|e| e.status == "released" && e.amount_minor == 100), "{:?}", p.events);
+    assert_eq!(w.provider.count("void"), 1);
+    let at_provider = w.provider.retrieve(&p.authorizations[0].reference).unwrap();
+    assert!(at_provider.closed && at_provider.captured_minor == 150, "{at_provider:?}");
+    assert!(w.money.rows(db, "hub-1", 10).unwrap().iter().all(|r| r.status == RowStatus::Done));
+
+    // Shipped in full: the release finds nothing held, calls nobody and reports nothing.
+    paid(&w, "hub-2", "tok_ok", &draft(&[("A", 1, 100)]), 1).unwrap();
+    w.money.bill_shipment(db, "hub-2.1", "hub-2", "wh-a", &lines(&[("A", 1)]), 2).unwrap();
+    assert!(w.money.settle_final(db, "hub-2", &["hub-2.1"], 3).unwrap());
+    pass(&w, 10);
+    let p2 = w.money.payment(db, "hub-2").unwrap().unwrap();
+    assert_eq!((p2.captured_minor, p2.released_minor, p2.held_minor(), p2.status()), (100, 0, 0, "captured"));
+    assert!(!p2.events.iter().any(|e| e.status == "released"));
+    assert_eq!(w.provider.count("void"), 1, "no call for a release of nothing");
+
+    let t = w.money.totals(db).unwrap();
+    assert_eq!((t.authorized_minor, t.captured_minor, t.released_minor, t.held_minor), (350, 250, 100, 0));
+    assert_eq!(t.payment_mismatches, 0);
+    // A payment whose amounts do not add up is counted.
+    let mut bad = w.money.payment(db, "hub-1").unwrap().unwrap();
+    bad.released_minor += 1;
+    w.money.record_payment(db, "hub-1", Prepared { payment: bad, attempt_key: None }).unwrap();
+    assert_eq!(w.money.totals(db).unwrap().payment_mismatches, 1);
+}
+
+#[test]
+fn a_cod_payment_is_recorded_once_per_key_and_never_above_what_is_owed() {
+    let w = world(PaymentsConfig::default(), TaxConfig::default(), TestProviderConfig::default());
+    let db = w.intake.db();
+    let req = PaymentRequest { method: Method::Cod, provider: None, token: None };
+    let mut prepared = w.money.prepare("hub-1", &draft(&[("A", 2, 500)]), &[7; 32], &req);
+    w.money.authorize(db, &mut prepared, 1).unwrap();
+    w.money.record_payment(db, "hub-1", prepared).unwrap();
+    let pay = |amount_minor, reference: &str| ManualPaymentRequest {
+        amount_minor,
+        method: ReceivedBy::Cash,
+        reference: reference.into(),
+        reason: "paid the courier".into(),
+    };
+    let a = actor();
+    // Nothing shipped, nothing owed.
+    let e = w.money.record_manual(db, "hub-1", "k1", &pay(100, "r1"), &a, 2).unwrap_err();
+    assert_eq!(e.code(), "overpayment", "{e}");
+    w.money.bill_shipment(db, "hub-1.1", "hub-1", "wh-a", &lines(&[("A", 1)]), 3).unwrap();
+    pass(&w, 10);
+    let (r1, replayed) = w.money.record_manual(db, "hub-1", "k1", &pay(300, "r1"), &a, 4).unwrap();
+    assert_eq!((r1.id.as_str(), r1.amount_minor, replayed), ("hub-1-P1", 300, false));
+    let (again, replayed) = w.money.record_manual(db, "hub-1", "k1", &pay(300, "r1"), &a, 5).unwrap();
+    assert_eq!((again, replayed), (r1.clone(), true), "the same key and body answer the first record");
+    let e = w.money.record_manual(db, "hub-1", "k1", &pay(200, "r1"), &a, 5).unwrap_err();
+    assert_eq!(e.code(), "idempotency_key_reused");
+    // 500 invoiced, 300 paid: 201 is too much, 200 is right.
+    let e = w.money.record_manual(db, "hub-1", "k2", &pay(201, "r2"), &a, 6).unwrap_err();
+    assert_eq!(e.code(), "overpayment");
+    for (bad, code) in [
+        (pay(0, "r2"), "invalid_payment"),
+        (pay(1, " "), "invalid_payment"),
+        (pay(1, &"x".repeat(129)), "invalid_payment"),
+    ] {
+        assert_eq!(w.money.record_manual(db, "hub-1", "k2", &bad, &a, 6).unwrap_err().code(), code, "{bad:?}");
+    }
+    w.money.record_manual(db, "hub-1", "k2", &pay(200, "r2"), &a, 7).unwrap();
+    let p = w.money.payment(db, "hub-1").unwrap().unwrap();
+    assert_eq!((p.paid_minor, p.outstanding_minor(), p.recorded.len()), (500, 0, 2));
+    assert!(p.events.iter().any(|e| e.status == "recorded" && e.document.as_deref() == Some("hub-1-P2")));
+    let t = w.money.totals(db).unwrap();
+    assert_eq!((t.paid_minor, t.payments_recorded, t.payment_mismatches), (500, 2, 0));
+
+    // A card order's money moves through captures.
+    paid(&w, "hub-2", "tok_ok", &draft(&[("A", 1, 100)]), 1).unwrap();
+    assert_eq!(w.money.record_manual(db, "hub-2", "k", &pay(1, "r"), &a, 8).unwrap_err().code(), "payment_not_manual");
+    assert_eq!(w.money.record_manual(db, "hub-9", "k", &pay(1, "r"), &a, 8).unwrap_err().code(), "payment_not_found");
 }
 
 #[test]
