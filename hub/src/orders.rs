@@ -756,6 +756,14 @@ pub(crate) async fn cancel_order_lines(
     let order =
         blocking(move || h.intake.cancel_waiting(&key, confined.as_ref(), &asked, reason.as_deref(), &actor, now_ms()))
             .await?;
+    // The last waiting units cancelled may leave the order final (everything else shipped): its payment is
+    // settled as after any other change that can end an order. An intake commit (fsync): off this worker.
+    let (h, o) = (hub.clone(), order.clone());
+    blocking(move || {
+        settle_if_final(&h, &o, now_ms());
+        Ok::<(), IntakeError>(())
+    })
+    .await?;
     let done: Vec<Value> = lines
         .iter()
         .map(|l| {

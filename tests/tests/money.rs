@@ -447,6 +447,39 @@ async fn an_order_cancelled_after_a_partial_shipment_releases_the_rest_once() {
     );
 }
 
+/// Units waiting for stock (no site carries the SKU) cancelled by line after the rest of the order shipped:
+/// the order is final, so what it will never capture is released at once, not held until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_cancel_that_leaves_the_order_final_releases_the_rest() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let state = root.join("provider.json");
+    let (_hub, hub, berlin, _munich) = two_sites(&c, root, &hub_toml(&state, 0)).await;
+    let body = order("web-l", &[("SKU-A", 1, 1_190), ("SKU-NONE", 1, 500)], BERLIN, card("tok_ok"));
+    let (s, placed) = hub_post(&c, hub, "k-l", &body).await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let url = format!("http://{hub}/v1/orders/{id}");
+    ship(&c, &berlin, &fulfillment_at(&placed, "wh-berlin"), &[("SKU-A", 1)]).await;
+    let v = wait_for(&c, url.clone(), "the capture", |v| v["payment"]["captured_minor"] == 1_190).await;
+    assert_eq!(v["payment"]["held_minor"].as_u64(), Some(500), "SKU-NONE still waits: its part is held");
+    assert_eq!(counts(&state)["void"], Value::Null, "nothing released while a unit waits");
+    let cancel = json!({"reason": "out of range", "lines": [{"sku": "SKU-NONE", "qty": 1}]});
+    let (s, v) = post(&c, format!("{url}/cancel"), cancel).await;
+    assert_eq!(s, 202, "{v}");
+    let v = wait_for(&c, url.clone(), "the rest released", |v| v["payment"]["released_minor"] == 500).await;
+    let p = &v["payment"];
+    assert_eq!(
+        (p["captured_minor"].as_u64(), p["released_minor"].as_u64(), p["held_minor"].as_u64()),
+        (Some(1_190), Some(500), Some(0)),
+        "{v}"
+    );
+    assert_eq!(counts(&state)["void"], 1, "released at the provider once");
+    let (_, summary) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
+    assert_eq!(summary["payment_mismatches"].as_u64(), Some(0), "{summary}");
+}
+
 /// A cash-on-delivery order: nothing is owed before it ships; once shipped (invoiced) service records what
 /// the courier collected, over the API (idempotent by its key) and on the order's screen, never more than it
 /// owes; every refusal is typed and changes nothing; the order's payment view, its timeline, the
