@@ -15,6 +15,10 @@ use serde_json::Value;
 fn add_user(n: &NodeProc, name: &str, role: oms_service::auth::Role, secret: &str, pin: bool) {
     let new = oms_service::auth::users::NewUser { name: name.into(), role, secret: secret.into(), pin };
     oms_service::auth::users::create(&n.dir, new, 1).unwrap();
+    // The running node reads its key file again within `keys_check_interval_ms` (100 ms here): wait four
+    // of them, so a sign-in right after this does not race the reload (it did once in CI, 401 for a user
+    // the node had not read yet). The node exposes no "keys read" signal to wait on instead.
+    std::thread::sleep(std::time::Duration::from_millis(400));
 }
 
 fn node(d: &tempfile::TempDir) -> NodeProc {
