@@ -119,7 +119,8 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
             | "/ui/orders/{id}/cancel-lines"
             | "/ui/orders/{id}/notes"
             | "/ui/orders/{id}/payments"
-            | "/ui/orders/{id}/returns",
+            | "/ui/orders/{id}/returns"
+            | "/ui/orders/{id}/fulfillments/{fulfillment}/cancel",
         ) if post => Access::Roles(&[Role::Service]),
         Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
             Access::Roles(PLANNER)
@@ -128,9 +129,12 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/v1/orders" | "/v1/orders/{id}" | "/v1/orders/{id}/routing") if get => Access::Roles(ORDER_READERS),
         Some("/v1/orders") if post => Access::Roles(CHANNEL),
         Some("/v1/orders/{id}/cancel") if post => Access::Roles(CANCELLERS),
-        Some("/v1/orders/{id}/refunds" | "/v1/orders/{id}/notes" | "/v1/orders/{id}/payments") if post => {
-            Access::Roles(SERVICE)
-        }
+        Some(
+            "/v1/orders/{id}/refunds"
+            | "/v1/orders/{id}/notes"
+            | "/v1/orders/{id}/payments"
+            | "/v1/orders/{id}/fulfillments/{fulfillment}/cancel",
+        ) if post => Access::Roles(SERVICE),
         Some("/v1/orders/{id}/returns") if post => Access::Roles(CANCELLERS),
         Some("/v1/returns" | "/v1/returns/{rma}") if get => Access::Roles(ORDER_READERS),
         Some("/v1/returns/summary") if get => Access::Roles(MONEY_READERS),

@@ -51,7 +51,7 @@ use oms_service::audit::Actor;
 use oms_service::auth::{Principal, Role};
 use oms_service::now_ms;
 use oms_service::{Problem, RawBody};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::intake::{Effects, HubOrder, IntakeError, NewFulfillment, RETRY_BATCH_MAX, SiteFacts};
@@ -69,6 +69,7 @@ pub fn router(hub: Arc<Hub>) -> OpenApiRouter {
         .routes(routes!(search))
         .routes(routes!(routing))
         .routes(routes!(cancel))
+        .routes(routes!(cancel_at_site))
         .routes(routes!(track))
         .with_state(hub)
 }
@@ -110,6 +111,12 @@ impl From<IntakeError> for Problem {
                 .with("sku", sku)
                 .with("requested", requested)
                 .with("waiting", waiting),
+            IntakeError::FulfillmentNotFound { fulfillment, .. } => {
+                Problem::new(StatusCode::NOT_FOUND, code, detail).with("fulfillment", fulfillment)
+            }
+            IntakeError::FulfillmentNotOpen { fulfillment, .. } => {
+                Problem::new(StatusCode::CONFLICT, code, detail).with("fulfillment", fulfillment)
+            }
             IntakeError::Overloaded | IntakeError::ShuttingDown => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
             }
@@ -598,6 +605,7 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
             "status": st.status.map_or("assigned", |s| s.as_str()),
             "shipment": st.progress.as_ref().and_then(|p| p.shipment.clone()),
             "released": f.released,
+            "site_cancel": f.site_cancel.as_ref().map(|c| json!({"at_ms": c.at_ms, "then": c.then, "reason": c.reason})),
             "frozen_at_ms": st.frozen_at_ms,
             "promised_ship_by_ms": f.promise.as_ref().map(|p| p.ship_by_ms),
             "promised_ship_by": f.promise.as_ref().and_then(|p| shipping::rfc3339(p.ship_by_ms)),
@@ -650,6 +658,7 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
         "unfilled": o.unfilled,
         "cancel_requested_at_ms": o.cancel_requested_at_ms,
         "cancelled_unfilled": o.cancelled_unfilled,
+        "avoid_sites": o.avoid_sites,
         "timeline": timeline,
         "cancel_reason": o.cancel_reason,
         "tracking_token": o.tracking_token,
@@ -686,9 +695,12 @@ fn cancel_body(body: &[u8]) -> Result<(Option<String>, Option<Vec<crate::routing
     let b: CancelBody =
         if body.iter().all(u8::is_ascii_whitespace) { CancelBody::default() } else { oms_service::parse_json(body)? };
     let lines = b.lines.map(|ls| cancel_lines(&ls)).transpose()?;
-    let Some(reason) = b.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()) else {
-        return Ok((None, lines));
-    };
+    Ok((checked_reason(b.reason)?, lines))
+}
+
+/// A cancel's reason, trimmed (none when empty), or the refusal of one too long or with control characters.
+fn checked_reason(reason: Option<String>) -> Result<Option<String>, Problem> {
+    let Some(reason) = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()) else { return Ok(None) };
     if reason.len() > TEXT_BYTES_MAX || reason.chars().any(char::is_control) {
         return Err(ValidationError::new(
             "invalid_text",
@@ -697,7 +709,118 @@ fn cancel_body(body: &[u8]) -> Result<(Option<String>, Option<Vec<crate::routing
         )
         .into());
     }
-    Ok((Some(reason), lines))
+    Ok(Some(reason))
+}
+
+/// The body of `POST /v1/orders/{id}/fulfillments/{fulfillment}/cancel`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SiteCancelBody {
+    /// Why (required, at most 2,000 bytes): kept with the fulfillment and in the audit trail.
+    reason: Option<String>,
+    /// What becomes of the units once the site confirms: `cancel` (the default) or `reroute` (back to
+    /// routing, never to that site again for this order).
+    #[serde(default = "cancel_then")]
+    then: crate::intake::AfterSiteCancel,
+}
+
+fn cancel_then() -> crate::intake::AfterSiteCancel {
+    crate::intake::AfterSiteCancel::Cancel
+}
+
+/// What a cancel asked of one site answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SiteCancelAnswer {
+    /// The order.
+    pub id: String,
+    /// The fulfillment.
+    pub fulfillment: String,
+    /// Its site.
+    pub site: String,
+    /// What becomes of its units once the site confirms.
+    pub then: crate::intake::AfterSiteCancel,
+    /// `cancel_requested`: the site confirms when it syncs.
+    pub result: &'static str,
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/fulfillments/{fulfillment}/cancel", tag = "orders",
+    params(("id" = String, Path, description = "The order id"), ("fulfillment" = String, Path, description = "One of its fulfillments")),
+    request_body = SiteCancelBody,
+    responses((status = 202, description = "The cancel is asked of that site alone; its units are cancelled or re-routed when it confirms", body = SiteCancelAnswer)))]
+async fn cancel_at_site(
+    State(hub): State<Arc<Hub>>,
+    principal: Principal,
+    Caller(actor): Caller,
+    Path((id, fulfillment)): Path<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
+    let b: SiteCancelBody = oms_service::parse_json(&body)?;
+    let answer = site_cancel(&hub, &principal, actor, &id, &fulfillment, b.then, b.reason.unwrap_or_default()).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// Asks the site of `fulfillment` of hub order `id` to cancel it (service's console and
+/// `POST /v1/orders/{id}/fulfillments/{fulfillment}/cancel`): a fulfillment the site shipped or gave back is
+/// `409 fulfillment_not_cancellable`; otherwise the request is recorded with its audit row
+/// ([`crate::intake::Intake::request_site_cancel`]), written into the fulfillment's document (durable before
+/// the answer) and the site told.
+pub(crate) async fn site_cancel(
+    hub: &Arc<Hub>,
+    principal: &Principal,
+    actor: Actor,
+    id: &str,
+    fulfillment: &str,
+    then: crate::intake::AfterSiteCancel,
+    reason: String,
+) -> Result<SiteCancelAnswer, Problem> {
+    let id = hub_order_id(id)?.to_string();
+    let reason = checked_reason(Some(reason))?
+        .ok_or_else(|| Problem::from(ValidationError::new("reason_required", "reason", "say why: it is audited")))?;
+    let (h, key, confined) = (hub.clone(), id.clone(), principal.confined_to().cloned());
+    let order = blocking(move || h.intake.order(&key))
+        .await?
+        .filter(|o| confined.as_ref().is_none_or(|c| &o.draft.channel == c));
+    // The site's state is read only for a fulfillment of an order the caller may see.
+    let state = order
+        .as_ref()
+        .and_then(|o| o.fulfillments.iter().find(|f| f.id.as_str() == fulfillment))
+        .map(|f| fo_state(hub, &f.id).status);
+    if let Some(Some(st)) = state {
+        let why = match st {
+            FulfillmentState::Shipped | FulfillmentState::Delivered => Some("its site shipped it already"),
+            FulfillmentState::Cancelled | FulfillmentState::Rejected => Some("its site gave it back already"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(IntakeError::FulfillmentNotOpen { fulfillment: fulfillment.to_owned(), why }.into());
+        }
+    }
+    let (h, key, fid, confined) = (hub.clone(), id.clone(), fulfillment.to_owned(), principal.confined_to().cloned());
+    let order =
+        blocking(move || h.intake.request_site_cancel(&key, &fid, confined.as_ref(), then, &reason, &actor, now_ms()))
+            .await?;
+    let Some(f) = order.fulfillments.iter().find(|f| f.id.as_str() == fulfillment) else {
+        return Err(crate::orders::not_found(&id));
+    };
+    let mut tell = Vec::new();
+    if let Some(name) = schema::order_doc(&f.id) {
+        let mut docs = lock(&hub.docs);
+        let nodes = docs
+            .write_local(&name, |d| schema::request_cancel(d, now_ms()))
+            .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
+        tell.extend(nodes);
+    }
+    crate::server::flush_docs(hub)
+        .await
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
+    hub.poke(&tell);
+    Ok(SiteCancelAnswer {
+        id,
+        fulfillment: f.id.to_string(),
+        site: f.site.to_string(),
+        then,
+        result: "cancel_requested",
+    })
 }
 
 /// Checks the lines of a line-level cancel.
@@ -1122,7 +1245,30 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
     if let Err(e) = crate::returns::sites::publish_open(hub) {
         tracing::warn!(error = %e, "returns: cannot publish the open RMAs to their sites");
     }
+    settle_due(hub);
     Ok(())
+}
+
+/// Orders settled per start at most (each is one read and at most one commit); the rest wait for the next
+/// start, or settle on their own when their last shipment is billed.
+pub const SETTLE_DUE_AT_START_MAX: usize = 100_000;
+
+/// Settles the payments a crash left due: a cancel, line cancel or re-route made the order final and committed,
+/// and the hub died before [`crate::money::Money::settle_final`] did (the change noted it in its transaction).
+/// An order that is not final yet keeps its note until its last shipment settles it.
+fn settle_due(hub: &Hub) {
+    let due = match hub.money.settle_due(hub.intake.db(), SETTLE_DUE_AT_START_MAX) {
+        Ok(d) => d,
+        Err(e) => return tracing::warn!(error = %e, "cannot read the payments due to be settled"),
+    };
+    let now = now_ms();
+    for id in due {
+        match hub.intake.order(&id) {
+            Ok(Some(o)) => settle_if_final(hub, &o, now),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(order = %id, error = %e, "cannot read an order to settle its payment"),
+        }
+    }
 }
 
 /// Least time between two passes of the watcher, ms: the changes nodes make meanwhile are taken together,

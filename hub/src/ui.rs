@@ -57,6 +57,7 @@ pub(crate) fn routes(hub: Arc<Hub>, chrome: Arc<Chrome>) -> Router {
         .route("/ui/orders/{id}/payments", post(record_payment))
         .route("/ui/orders/{id}/returns", post(create_return))
         .route("/ui/orders/{id}/cancel-lines", post(cancel_lines))
+        .route("/ui/orders/{id}/fulfillments/{fulfillment}/cancel", post(cancel_at_site))
         .with_state(UiState { hub: hub.clone(), chrome: chrome.clone() })
         .merge(crate::selfservice::routes(hub, chrome.secure_cookie))
 }
@@ -477,6 +478,34 @@ async fn cancel_lines(
     Ok(after_form(&st, &f, &v, &id, done))
 }
 
+/// Whether a fulfillment in `status` (its site's state) can still be cancelled at its site.
+fn site_may_cancel(status: &str) -> bool {
+    !matches!(status, "shipped" | "delivered" | "cancelled" | "rejected")
+}
+
+/// Service asks one site to cancel its fulfillment on the order page, with a required reason: the units are
+/// cancelled, or go back to routing away from that site (`then`), once the site confirms.
+async fn cancel_at_site(
+    State(st): State<UiState>,
+    actor: Actor,
+    Path((id, fulfillment)): Path<(String, String)>,
+    f: Form,
+) -> Result<Response, Problem> {
+    let v = order_of(&st, &f.session, &id)?;
+    let reason = f.get("reason").unwrap_or("").trim().to_owned();
+    if reason.is_empty() {
+        return Ok(unreadable(&st, &f, &v, "Give a reason for cancelling at this site."));
+    }
+    let then = match f.get("then") {
+        Some("reroute") => crate::intake::AfterSiteCancel::Reroute,
+        Some("cancel") => crate::intake::AfterSiteCancel::Cancel,
+        _ => return Ok(unreadable(&st, &f, &v, "Choose to move the units to another site or to cancel them.")),
+    };
+    let principal = f.session.principal();
+    let done = crate::orders::site_cancel(&st.hub, &principal, actor, &id, &fulfillment, then, reason).await;
+    Ok(after_form(&st, &f, &v, &id, done.map(|_| ())))
+}
+
 /// The customer's order status in plain words.
 pub(crate) fn status_words(status: &str) -> &'static str {
     match status {
@@ -558,7 +587,22 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
             ul { @for f in v["fulfillments"].as_array().unwrap_or(&empty) {
                 li { (s(&f["id"])) " from " strong { (s(&f["site"])) } ": " (status_words(s(&f["status"]))) " (" code { (s(&f["status"])) } ")"
                     @if f["shipment"].is_object() { ", " (s(&f["shipment"]["carrier"])) " " code { (s(&f["shipment"]["tracking"])) } }
-                    @if let Some(t) = f["tracking_status"].as_str() { " — carrier: " code { (t) } } }
+                    @if let Some(t) = f["tracking_status"].as_str() { " — carrier: " code { (t) } }
+                    @if f["site_cancel"].is_object() {
+                        " — " strong { @if f["site_cancel"]["then"] == "reroute" { "moving to another site" } @else { "cancel asked of the site" } }
+                        " (" (s(&f["site_cancel"]["reason"])) ")"
+                    }
+                    @if can_cancel && f["site_cancel"].is_null() && f["released"].is_null() && site_may_cancel(s(&f["status"])) {
+                        form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/fulfillments/" (s(&f["id"])) "/cancel" } {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            label for={ "sc-reason-" (s(&f["id"])) } { "Reason" span.hint { "Recorded in the audit trail." } }
+                            input id={ "sc-reason-" (s(&f["id"])) } name="reason" required maxlength=(oms_protocol::domain::TEXT_BYTES_MAX);
+                            button.secondary type="submit" name="then" value="reroute" { "Move to another site" }
+                            " "
+                            button.danger type="submit" name="then" value="cancel" { "Cancel at this site" }
+                        }
+                    }
+                }
             } }
             h2 { "Timeline" }
             ol { @for t in v["timeline"].as_array().unwrap_or(&empty) {
@@ -642,18 +686,6 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
     )
 }
 
-/// After a form on the order page: back to the order when it was done, the page with what went wrong
-/// otherwise (with the refusal's status).
-fn back_to_order(st: &UiState, f: &Form, v: &Value, id: &str, done: Result<(), Problem>) -> Response {
-    match done {
-        Ok(()) => see_other(&format!("/ui/orders/{}", query_escape(id))),
-        Err(p) => {
-            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
-            (status, order_page(st, &f.session, v, Some(&p.detail))).into_response()
-        }
-    }
-}
-
 async fn cancel(State(st): State<UiState>, actor: Actor, Path(id): Path<String>, f: Form) -> Result<Response, Problem> {
     let v = order_of(&st, &f.session, &id)?;
     let reason = f.get("reason").unwrap_or("").to_owned();
@@ -662,7 +694,7 @@ async fn cancel(State(st): State<UiState>, actor: Actor, Path(id): Path<String>,
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, order_page(&st, &f.session, &v, Some(e))).into_response());
     }
     let done = crate::orders::cancel_order(&st.hub, &f.session.principal(), actor, &id, Some(reason)).await;
-    Ok(back_to_order(&st, &f, &v, &id, done.map(|_| ())))
+    Ok(after_form(&st, &f, &v, &id, done.map(|_| ())))
 }
 
 async fn add_note(
@@ -673,7 +705,7 @@ async fn add_note(
 ) -> Result<Response, Problem> {
     let v = order_of(&st, &f.session, &id)?;
     let done = crate::notes::note(&st.hub, actor, &id, f.get("text").unwrap_or("")).await;
-    Ok(back_to_order(&st, &f, &v, &id, done.map(|_| ())))
+    Ok(after_form(&st, &f, &v, &id, done.map(|_| ())))
 }
 
 /// The idempotency key of the payment form: the session's and the payments recorded so far, so a form sent
@@ -703,7 +735,7 @@ async fn record_payment(
         reason: f.get("reason").unwrap_or("").to_owned(),
     };
     let done = crate::money::http::record(&st.hub, actor, &id, f.get("key").unwrap_or(""), req).await;
-    Ok(back_to_order(&st, &f, &v, &id, done.map(|_| ())))
+    Ok(after_form(&st, &f, &v, &id, done.map(|_| ())))
 }
 
 #[cfg(test)]

@@ -597,3 +597,121 @@ async fn a_cod_order_records_payments_up_to_what_it_owes() {
         "{summary}"
     );
 }
+
+/// Service moves one site's part of an order to another site, and cancels another site's part, each with a
+/// reason: the first goes back to routing and lands elsewhere, never at the site it left; the second's units
+/// are cancelled when the site confirms (`order.lines_cancelled`), and the payment releases their value once
+/// the rest ships. Refusals (no reason, unknown or shipped fulfillment, asked twice) change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_moves_a_fulfillment_to_another_site_and_cancels_one_at_its_site() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let state = root.join("provider.json");
+    oms_service::auth::users::create(
+        &cluster::hub_data(root),
+        oms_service::auth::users::NewUser {
+            name: "sam".into(),
+            role: oms_service::auth::Role::Service,
+            secret: "a long password".into(),
+            pin: false,
+        },
+        1,
+    )
+    .unwrap();
+    let (_hub_proc, hub, berlin, munich) = two_sites(&c, root, &hub_toml(&state, 0)).await;
+    let url = |o: &str, f: &str| format!("http://{hub}/v1/orders/{o}/fulfillments/{f}/cancel");
+    // Cancelled at one site, on the console: A from Berlin, B from Munich; service cancels Munich's part.
+    let (s, placed) =
+        hub_post(&c, hub, "k-cut", &order("web-c", &[("SKU-A", 1, 1_000), ("SKU-B", 1, 500)], BERLIN, card("tok_ok")))
+            .await;
+    assert_eq!(s, 201, "{placed}");
+    let id2 = placed["id"].as_str().unwrap().to_owned();
+    let (fa, fb) = (fulfillment_at(&placed, "wh-berlin"), fulfillment_at(&placed, "wh-munich"));
+    let mut sam = oms_tests::browser::Browser::new(hub);
+    assert_eq!(sam.sign_in("sam", "a long password").await.status, 303);
+    let p = sam.get(&format!("/ui/orders/{id2}")).await;
+    assert!(p.html.contains("Move to another site") && p.html.contains("Cancel at this site"), "{}", p.html);
+    let csrf = p.csrf();
+    let form = format!("/ui/orders/{id2}/fulfillments/{fb}/cancel");
+    let p = sam.post(&form, &[("csrf", &csrf), ("reason", ""), ("then", "cancel")]).await;
+    assert_eq!(p.status, 422);
+    assert!(p.html.contains("Give a reason for cancelling at this site."), "{}", p.html);
+    let p = sam.submit(&form, &[("csrf", &csrf), ("reason", "customer no longer wants B"), ("then", "cancel")]).await;
+    assert!(p.html.contains("cancel asked of the site"), "{}", p.html);
+    let v = wait_for(&c, format!("http://{hub}/v1/orders/{id2}"), "B cancelled at Munich", |v| {
+        v["cancelled_unfilled"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    assert_eq!(v["cancelled_unfilled"], json!([{"sku": "SKU-B", "qty": 1}]), "{v}");
+    assert_eq!(v["unfilled"], json!([]), "not re-routed: {v}");
+    let (_, ev) = get(&c, format!("http://{hub}/v1/events?types=order.lines_cancelled")).await;
+    let evs: Vec<&Value> = ev["events"].as_array().unwrap().iter().filter(|e| e["order_id"] == id2.as_str()).collect();
+    assert_eq!(evs.len(), 1, "{ev}");
+    assert_eq!(evs[0]["data"]["reason"], "customer no longer wants B", "{ev}");
+    // Berlin ships A; the order is final; B's value (500) is released, A's captured.
+    ship(&c, &berlin, &fa, &[("SKU-A", 1)]).await;
+    let v = wait_for(&c, format!("http://{hub}/v1/orders/{id2}"), "captured and released", |v| {
+        v["payment"]["captured_minor"] == 1_000 && v["payment"]["released_minor"] == 500
+    })
+    .await;
+    assert_eq!(v["payment"]["status"], "captured", "{v}");
+    // A shipped fulfillment cannot be cancelled at its site.
+    wait_for(&c, format!("http://{hub}/v1/orders/{id2}"), "shipped at the hub", |v| {
+        v["fulfillments"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["id"] == fa.as_str() && f["status"] == "shipped"))
+    })
+    .await;
+    let (s, v) = post(&c, url(&id2, &fa), json!({"reason": "too late"})).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("fulfillment_not_cancellable")), "{v}");
+
+    seed_sku(&c, &munich, "SKU-A", 10).await;
+    wait_promisable(&c, hub, "SKU-A", "wh-munich", 2).await;
+
+    // Moved: two of A, placed at Berlin (nearest), moved away by service; Munich takes them.
+    let (s, placed) =
+        hub_post(&c, hub, "k-move", &order("web-m", &[("SKU-A", 2, 1_000)], BERLIN, card("tok_ok"))).await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let fo = fulfillment_at(&placed, "wh-berlin");
+    for (body, status, code) in [
+        (json!({"then": "reroute"}), 422, "reason_required"),
+        (json!({"reason": "x", "then": "elsewhere"}), 422, "invalid_body"),
+    ] {
+        let (s, v) = post(&c, url(&id, &fo), body).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{v}");
+    }
+    let (s, v) = post(&c, url(&id, &format!("{id}.9")), json!({"reason": "x"})).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("fulfillment_not_found")), "{v}");
+    let (s, v) = post(&c, url(&id, &fo), json!({"reason": "Berlin's dock is flooded", "then": "reroute"})).await;
+    assert_eq!(
+        (s, v["result"].as_str(), v["site"].as_str()),
+        (202, Some("cancel_requested"), Some("wh-berlin")),
+        "{v}"
+    );
+    let (s, v) = post(&c, url(&id, &fo), json!({"reason": "again", "then": "reroute"})).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("fulfillment_not_cancellable")), "asked twice: {v}");
+    let v = wait_for(&c, format!("http://{hub}/v1/orders/{id}"), "moved to Munich", |v| {
+        v["fulfillments"].as_array().is_some_and(|f| f.iter().any(|f| f["site"] == "wh-munich"))
+    })
+    .await;
+    assert_eq!(v["avoid_sites"], json!(["wh-berlin"]), "{v}");
+    let fos = v["fulfillments"].as_array().unwrap();
+    assert_eq!(fos.len(), 2, "{v}");
+    assert!(fos[0]["released"].is_string() && fos[0]["site_cancel"]["then"] == "reroute", "{v}");
+    assert_eq!(v["unfilled"], json!([]), "{v}");
+    assert_eq!(v["cancelled_unfilled"], json!([]), "moved, not cancelled: {v}");
+
+    let (_, audit) = get(&c, format!("http://{hub}/v1/audit/events?limit=200")).await;
+    let outcomes: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["route"].as_str().is_some_and(|r| r.ends_with("/fulfillments/{fulfillment}/cancel")))
+        .filter_map(|e| e["outcome"].as_str())
+        .collect();
+    assert!(outcomes.contains(&"ok") && outcomes.contains(&"fulfillment_not_found"), "{audit}");
+    let (_, summary) = get(&c, format!("http://{hub}/v1/payments/summary")).await;
+    assert_eq!(summary["payment_mismatches"].as_u64(), Some(0), "{summary}");
+}

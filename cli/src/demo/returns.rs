@@ -18,6 +18,11 @@
 //! than wait is refused (`409 units_not_waiting`, nothing changed), then two of its three units are
 //! cancelled and the order still waits for the third (then it is cancelled whole, so nothing is left
 //! waiting): `units_cancelled_waiting` and `line_cancel_mismatches` (must be 0).
+//!
+//! And service's cancel at one site (`POST /v1/orders/{id}/fulfillments/{f}/cancel`): one order's part is
+//! moved away from its site (`then: reroute`: it lands at another, and the order never goes back to the
+//! first), another's is cancelled there (`then: cancel`: its unit ends cancelled, not waiting):
+//! `site_cancels_moved`, `site_cancels_cancelled` and `site_cancel_mismatches` (must be 0).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,6 +52,9 @@ pub(super) struct ReturnsFigures {
     report_mismatches: u64,
     units_cancelled_waiting: u64,
     line_cancel_mismatches: u64,
+    site_cancels_moved: u64,
+    site_cancels_cancelled: u64,
+    site_cancel_mismatches: u64,
 }
 
 impl ReturnsFigures {
@@ -64,6 +72,9 @@ impl ReturnsFigures {
             "report_returns_mismatches": self.report_mismatches,
             "units_cancelled_waiting": self.units_cancelled_waiting,
             "line_cancel_mismatches": self.line_cancel_mismatches,
+            "site_cancels_moved": self.site_cancels_moved,
+            "site_cancels_cancelled": self.site_cancels_cancelled,
+            "site_cancel_mismatches": self.site_cancel_mismatches,
         })
     }
 
@@ -73,11 +84,14 @@ impl ReturnsFigures {
             && self.via_tracking_page > 0
             && self.line_cancel_mismatches == 0
             && self.units_cancelled_waiting > 0
+            && self.site_cancel_mismatches == 0
+            && self.site_cancels_moved > 0
+            && self.site_cancels_cancelled > 0
     }
 
     pub(super) fn line(&self) -> String {
         format!(
-            "returns: {} RMAs requested ({} on the customer's tracking page) and approved, {} units received at the sites ({} while cut off), {} counted by the hub, refunded {} (minor units); by state {}; the reports count {} returns (mismatches {}, must be 0); RMA mismatches {} (must be 0); {} units waiting for stock cancelled by line (mismatches {}, must be 0)",
+            "returns: {} RMAs requested ({} on the customer's tracking page) and approved, {} units received at the sites ({} while cut off), {} counted by the hub, refunded {} (minor units); by state {}; the reports count {} returns (mismatches {}, must be 0); RMA mismatches {} (must be 0); {} units waiting for stock cancelled by line (mismatches {}, must be 0); cancels at one site: {} moved to another site, {} cancelled there (mismatches {}, must be 0)",
             self.requested,
             self.via_tracking_page,
             self.received_at_sites,
@@ -89,7 +103,10 @@ impl ReturnsFigures {
             self.report_mismatches,
             self.mismatches,
             self.units_cancelled_waiting,
-            self.line_cancel_mismatches
+            self.line_cancel_mismatches,
+            self.site_cancels_moved,
+            self.site_cancels_cancelled,
+            self.site_cancel_mismatches
         )
     }
 }
@@ -256,7 +273,83 @@ pub(super) async fn pass(
     let units = rep["total"]["units_returned"].as_u64().unwrap_or(u64::MAX);
     f.report_mismatches = u64::from(f.report_returns != with_units) + u64::from(units != f.received_at_hub);
     (f.units_cancelled_waiting, f.line_cancel_mismatches) = cancel_waiting_units(admin, &base).await?;
+    (f.site_cancels_moved, f.site_cancels_cancelled, f.site_cancel_mismatches) = cancel_at_sites(admin, &base).await?;
     Ok(f)
+}
+
+/// SKUs tried in turn for the orders cancelled at their site, until one is placed.
+const SITE_CANCEL_SKUS: usize = 24;
+
+/// A placed one-unit order of the first SKU some site can still take (an order left waiting is cancelled
+/// whole): (order, fulfillment, site).
+async fn placed_order(admin: &reqwest::Client, base: &str, n: u32) -> anyhow::Result<Option<(String, String, String)>> {
+    for i in 0..SITE_CANCEL_SKUS {
+        let order = json!({
+            "external_ref": format!("web-site-cancel-{n}-{i}"), "channel": "web",
+            "lines": [{"sku": format!("SKU-{i:03}"), "qty": 1, "unit_price_minor": 1500, "currency": "EUR"}],
+            "ship_to": {"name": "Demo Customer", "line1": "1 Demo Street", "city": "Berlin", "postcode": "10115",
+                "country": "DE", "lat": 52.52, "lon": 13.40}
+        });
+        let key = format!("demo-site-cancel-{n}-{i}");
+        let (s, v) = call(admin.post(format!("{base}/orders")).header("idempotency-key", key).json(&order)).await?;
+        let (Some(id), Some(fo), Some(site)) =
+            (v["id"].as_str(), v["fulfillments"][0]["id"].as_str(), v["fulfillments"][0]["site"].as_str())
+        else {
+            if let Some(id) = v["id"].as_str().filter(|_| s == 201) {
+                let whole = json!({"reason": "nothing to show here (demo)"});
+                call(admin.post(format!("{base}/orders/{id}/cancel")).json(&whole)).await?;
+            }
+            continue;
+        };
+        return Ok(Some((id.to_owned(), fo.to_owned(), site.to_owned())));
+    }
+    Ok(None)
+}
+
+/// Service's cancel at one site: one order's fulfillment moved away from its site (it must land at another
+/// and the order avoid the first), another's cancelled there (its unit must end cancelled, not waiting).
+/// Returns (moved, cancelled, mismatches).
+async fn cancel_at_sites(admin: &reqwest::Client, base: &str) -> anyhow::Result<(u64, u64, u64)> {
+    let (mut moved, mut cancelled, mut bad) = (0, 0, 0);
+    for (n, then) in [(1, "reroute"), (2, "cancel")] {
+        let Some((id, fo, site)) = placed_order(admin, base, n).await? else {
+            println!("cancel at a site: no site could take a one-unit order");
+            bad += 1;
+            continue;
+        };
+        let body = json!({"reason": format!("demo: {then} away from {site}"), "then": then});
+        let (s, v) = call(admin.post(format!("{base}/orders/{id}/fulfillments/{fo}/cancel")).json(&body)).await?;
+        if s != 202 {
+            println!("cancel at a site: {id} {fo}: {s} {v}");
+            bad += 1;
+            continue;
+        }
+        let deadline = Instant::now() + RETURNS_WAIT;
+        loop {
+            let (_, v) = call(admin.get(format!("{base}/orders/{id}"))).await?;
+            let done = if then == "reroute" {
+                let fos = v["fulfillments"].as_array().map(Vec::as_slice).unwrap_or_default();
+                fos.len() == 2 && fos[1]["site"] != site.as_str() && v["avoid_sites"][0] == site.as_str()
+            } else {
+                v["cancelled_unfilled"][0]["qty"] == 1 && v["unfilled"].as_array().is_some_and(Vec::is_empty)
+            };
+            if done {
+                if then == "reroute" {
+                    moved += 1;
+                } else {
+                    cancelled += 1;
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                println!("cancel at a site: {id} did not {then} in time: {v}");
+                bad += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok((moved, cancelled, bad))
 }
 
 /// The SKU no site holds, for the order that waits.

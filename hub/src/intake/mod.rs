@@ -66,8 +66,18 @@ pub use writer::{BatchCounts, IntakeLimits, SiteSource, body_hash};
 /// tables as the unversioned files before it, whose one-time index builds still run at open. Every table in
 /// the file, whoever adds it, is covered by the version and by backups; a change to a table's layout takes
 /// the next version and a migration.
-pub const INTAKE_FORMAT: oms_service::storage::Format =
-    oms_service::storage::Format { kind: "intake", version: 1, derived: false, migrations: &[] };
+///
+/// - 2: payments record what each closed authorization released ([`crate::money::migrate_released`]).
+pub const INTAKE_FORMAT: oms_service::storage::Format = oms_service::storage::Format {
+    kind: "intake",
+    version: 2,
+    derived: false,
+    migrations: &[oms_service::storage::format::Migration {
+        to: 2,
+        what: "payments: the released amount of authorizations closed before it was recorded",
+        apply: crate::money::migrate_released,
+    }],
+};
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 const IDEM: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 /// (recorded at ms, key) → (): idempotency records by age, pruned like the node's.
@@ -149,6 +159,23 @@ pub enum IntakeError {
         /// Units still waiting (not placed at any site).
         waiting: u64,
     },
+    /// The order has no such fulfillment.
+    #[error("order {order} has no fulfillment {fulfillment}")]
+    FulfillmentNotFound {
+        /// The order.
+        order: String,
+        /// The fulfillment asked for.
+        fulfillment: String,
+    },
+    /// The fulfillment cannot be cancelled at its site: given back already, a cancel asked already, or the
+    /// whole order being cancelled.
+    #[error("fulfillment {fulfillment} cannot be cancelled at its site: {why}")]
+    FulfillmentNotOpen {
+        /// The fulfillment.
+        fulfillment: String,
+        /// Why, in words.
+        why: &'static str,
+    },
     /// The writer's queue is full ([`IntakeLimits::queue_max`]); nothing was written.
     #[error("the hub's intake is overloaded; retry shortly")]
     Overloaded,
@@ -187,6 +214,8 @@ impl IntakeError {
             IntakeError::CannotFill(_) => "cannot_fill",
             IntakeError::NotFound(_) => "order_not_found",
             IntakeError::NotWaiting { .. } => "units_not_waiting",
+            IntakeError::FulfillmentNotFound { .. } => "fulfillment_not_found",
+            IntakeError::FulfillmentNotOpen { .. } => "fulfillment_not_cancellable",
             IntakeError::Overloaded => "overloaded",
             IntakeError::ShuttingDown => "shutting_down",
             IntakeError::Storage(_) => "storage_unavailable",
@@ -211,6 +240,31 @@ pub struct Fulfillment {
     /// What the site promised when it was assigned: ship-by and, per carrier service, estimated delivery.
     #[serde(default)]
     pub promise: Option<oms_protocol::shipping::SitePromise>,
+    /// A cancel asked of this site alone ([`Intake::request_site_cancel`]), and what becomes of the units
+    /// once the site gives them back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_cancel: Option<SiteCancel>,
+}
+
+/// What becomes of a fulfillment's units once its site confirms a cancel asked of that site alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterSiteCancel {
+    /// They are cancelled: the customer no longer wants them (`order.lines_cancelled` when the site confirms).
+    Cancel,
+    /// They go back to routing, and this order is never placed at that site again.
+    Reroute,
+}
+
+/// A cancel asked of one site for its fulfillment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteCancel {
+    /// When it was asked.
+    pub at_ms: u64,
+    /// What becomes of the units.
+    pub then: AfterSiteCancel,
+    /// Why (required: service gives one, and the audit trail keeps it).
+    pub reason: String,
 }
 
 /// A routing decision as recorded.
@@ -246,6 +300,10 @@ pub struct HubOrder {
     /// Why it was cancelled, when the caller said (customer service must).
     #[serde(default)]
     pub cancel_reason: Option<String>,
+    /// Sites this order is never placed at again: a re-route away from them was asked
+    /// ([`AfterSiteCancel::Reroute`]). At most one per fulfillment the order had.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid_sites: Vec<NodeId>,
     /// The customer's tracking token (`GET /v1/track/{token}`); none for orders taken before tokens existed.
     ///
     /// A random 256-bit token stored with the order, not an HMAC of its id under a hub secret: it needs no
@@ -456,6 +514,19 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn decode_order(bytes: &[u8]) -> Result<HubOrder, IntakeError> {
     serde_json::from_slice(bytes).map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })
+}
+
+/// A refused call on order `id`: commits `w` with only the audit row naming `e`'s code, and returns `e`.
+fn refuse<T>(
+    w: redb::WriteTransaction,
+    actor: &Actor,
+    id: &str,
+    now_ms: u64,
+    e: IntakeError,
+) -> Result<T, IntakeError> {
+    audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, e.code())?;
+    w.commit()?;
+    Err(e)
 }
 
 fn get_order(t: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> Result<Option<HubOrder>, IntakeError> {
@@ -834,10 +905,12 @@ impl Intake {
     ) -> Result<Option<(HubOrder, Effects)>, IntakeError> {
         let mut st = lock(&self.core.state);
         let Some(mut order) = self.order(id)? else { return Ok(None) };
-        let mut exclude = BTreeSet::new();
+        let mut exclude: BTreeSet<NodeId> = order.avoid_sites.iter().cloned().collect();
         let mut trigger = "retry".to_owned();
         let mut changed = false;
         let mut gone = Vec::new();
+        // Units a cancel asked of their site alone cancels, with its reason, as the site confirms.
+        let mut cancelled_here: Vec<(Vec<SkuQty>, String)> = Vec::new();
         for (fid, why) in released {
             if let Some(f) = order.fulfillments.iter_mut().find(|f| &f.id == fid && f.released.is_none()) {
                 f.released = Some(why.clone());
@@ -845,15 +918,30 @@ impl Intake {
                 exclude.insert(f.site.clone());
                 let lines = f.lines.clone();
                 trigger = format!("released by {}: {why}", f.site);
-                if order.cancel_requested_at_ms.is_some() {
-                    add_units(&mut order.cancelled_unfilled, &lines);
-                } else {
-                    add_units(&mut order.unfilled, &lines);
+                let asked = f.site_cancel.as_ref().map(|c| (c.then, c.reason.clone()));
+                match asked {
+                    _ if order.cancel_requested_at_ms.is_some() => add_units(&mut order.cancelled_unfilled, &lines),
+                    Some((AfterSiteCancel::Cancel, reason)) => {
+                        add_units(&mut order.cancelled_unfilled, &lines);
+                        cancelled_here.push((lines, reason));
+                    }
+                    Some((AfterSiteCancel::Reroute, _)) => {
+                        trigger = format!("moved away from {} by service", f.site);
+                        if !order.avoid_sites.contains(&f.site) {
+                            order.avoid_sites.push(f.site.clone());
+                        }
+                        add_units(&mut order.unfilled, &lines);
+                    }
+                    None => add_units(&mut order.unfilled, &lines),
                 }
                 changed = true;
             }
         }
         let w = self.core.db.begin_write()?;
+        for (lines, reason) in &cancelled_here {
+            let draft = crate::events::EventDraft::lines_cancelled(&order, lines, Some(reason), now_ms);
+            crate::events::append(&w, draft)?;
+        }
         {
             let mut live = w.open_table(LIVE)?;
             for f in &gone {
@@ -875,6 +963,10 @@ impl Intake {
         }
         Core::put_order(&w, &order)?;
         write_escrow_rows(&w, &consumed)?;
+        // Nothing left to place: the order may be final (once its sites are done).
+        if order.unfilled.is_empty() {
+            crate::money::note_settle_due(&w, order.id.as_str(), now_ms)?;
+        }
         w.commit()?;
         st.escrow.extend(consumed);
         if order.wants_routing() {
@@ -902,10 +994,7 @@ impl Intake {
         let w = self.core.db.begin_write()?;
         let found = get_order(&w.open_table(ORDERS)?, id)?;
         let Some(mut order) = found.filter(|o| confined_to.is_none_or(|c| &o.draft.channel == c)) else {
-            let e = IntakeError::NotFound(id.to_owned());
-            audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, e.code())?;
-            w.commit()?;
-            return Err(e);
+            return refuse(w, actor, id, now_ms, IntakeError::NotFound(id.to_owned()));
         };
         let changed = order.cancel_requested_at_ms.is_none();
         if changed {
@@ -915,6 +1004,7 @@ impl Intake {
             add_units(&mut order.cancelled_unfilled, &dropped);
             Core::put_order(&w, &order)?;
             crate::events::append(&w, crate::events::EventDraft::cancelled(&order, now_ms))?;
+            crate::money::note_settle_due(&w, order.id.as_str(), now_ms)?;
         }
         audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
         w.commit()?;
@@ -966,19 +1056,81 @@ impl Intake {
         };
         let order = match decided {
             Ok(o) => o,
-            Err(e) => {
-                audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, e.code())?;
-                w.commit()?;
-                return Err(e);
-            }
+            Err(e) => return refuse(w, actor, id, now_ms, e),
         };
         Core::put_order(&w, &order)?;
         crate::events::append(&w, crate::events::EventDraft::lines_cancelled(&order, lines, reason, now_ms))?;
+        // Nothing left to place: the order may be final (once its sites are done).
+        if order.unfilled.is_empty() {
+            crate::money::note_settle_due(&w, order.id.as_str(), now_ms)?;
+        }
         audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
         w.commit()?;
         if !order.wants_routing() {
             st.open.remove(order.id.as_str());
         }
+        Ok(order)
+    }
+
+    /// Asks the site of fulfillment `fulfillment` of order `id` to cancel it, for `actor` (with `confined_to`,
+    /// an order of another channel is [`IntakeError::NotFound`]); once the site confirms, its units are
+    /// cancelled or go back to routing away from that site, as `then` says ([`Intake::reroute`]). The caller
+    /// writes the request into the fulfillment's document. A fulfillment given back already, asked already, or
+    /// of an order being cancelled is [`IntakeError::FulfillmentNotOpen`]; every refusal changes nothing but
+    /// its audit row, written in the same transaction as the change otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request_site_cancel(
+        &self,
+        id: &str,
+        fulfillment: &str,
+        confined_to: Option<&Channel>,
+        then: AfterSiteCancel,
+        reason: &str,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<HubOrder, IntakeError> {
+        let _st = lock(&self.core.state);
+        let w = self.core.db.begin_write()?;
+        let found = get_order(&w.open_table(ORDERS)?, id)?;
+        let decided = match found.filter(|o| confined_to.is_none_or(|c| &o.draft.channel == c)) {
+            None => Err(IntakeError::NotFound(id.to_owned())),
+            Some(mut order) => {
+                let cancelling = order.cancel_requested_at_ms.is_some();
+                match order.fulfillments.iter_mut().find(|f| f.id.as_str() == fulfillment) {
+                    None => Err(IntakeError::FulfillmentNotFound {
+                        order: id.to_owned(),
+                        fulfillment: fulfillment.to_owned(),
+                    }),
+                    Some(f) => {
+                        let why = if cancelling {
+                            Some("the whole order is being cancelled")
+                        } else if f.released.is_some() {
+                            Some("its site gave it back already")
+                        } else if f.site_cancel.is_some() {
+                            Some("a cancel was asked of its site already")
+                        } else {
+                            None
+                        };
+                        match why {
+                            Some(why) => {
+                                Err(IntakeError::FulfillmentNotOpen { fulfillment: fulfillment.to_owned(), why })
+                            }
+                            None => {
+                                f.site_cancel = Some(SiteCancel { at_ms: now_ms, then, reason: reason.to_owned() });
+                                Ok(order)
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let order = match decided {
+            Ok(o) => o,
+            Err(e) => return refuse(w, actor, id, now_ms, e),
+        };
+        Core::put_order(&w, &order)?;
+        audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
+        w.commit()?;
         Ok(order)
     }
 
@@ -1221,6 +1373,7 @@ impl Core {
                     assigned_at_ms: now_ms,
                     released: None,
                     promise: a.promise.clone(),
+                    site_cancel: None,
                 });
             }
             for key in touched {

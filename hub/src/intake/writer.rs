@@ -350,6 +350,7 @@ impl Core {
             cancel_requested_at_ms: None,
             cancelled_unfilled: Vec::new(),
             cancel_reason: None,
+            avoid_sites: Vec::new(),
             tracking_token: Some(token.clone()),
         };
         let decision = match self.plan(st, overlay, w, &order, sites, &BTreeSet::new(), now_ms) {

@@ -62,6 +62,12 @@ const ACTION: TableDefinition<&str, ()> = TableDefinition::new("payments_action_
 /// `<order>\u{1f}<Idempotency-Key>` → [`RecordedKey`] (JSON): recorded payments by their key (at most
 /// [`RECORDED_MAX`] per order: refusals store none).
 const RECORDED_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments_recorded_keys");
+/// Order id → when it was noted: orders a change may have made final (a cancel, a line cancel, a re-route),
+/// written in that change's own transaction ([`note_settle_due`]) and removed by [`Money::settle_final`] in the
+/// transaction that queues the void or release (or finds it queued already). What a crash leaves here between
+/// the change and the settlement, a start settles ([`crate::orders::recover`]). Holds open work only: an entry
+/// leaves when its order settles.
+const SETTLE_DUE: TableDefinition<&str, u64> = TableDefinition::new("payments_settle_due");
 /// Counters: invoice and credit note numbers per series, outbox row ids.
 const MONEY_META: TableDefinition<&str, u64> = TableDefinition::new("money_meta");
 
@@ -313,8 +319,9 @@ pub struct PricedLine {
 pub struct PaymentEvent {
     /// When.
     pub at_ms: u64,
-    /// `authorized`, `invoiced`, `captured`, `capture_indeterminate`, `credit_noted`, `refunded`, `voided`,
-    /// `reauthorized`, `action_required`.
+    /// `authorized`, `invoiced`, `captured`, `credit_noted`, `refunded`, `voided`, `released`, `recorded`,
+    /// `reauthorized`, `action_required`, and `<capture|refund|void|release>_indeterminate` (a call timed out;
+    /// `retrieve` settles it).
     pub status: String,
     /// Amount, minor units.
     pub amount_minor: u64,
@@ -704,10 +711,55 @@ pub fn create_tables(db: &Database) -> Result<(), MoneyError> {
     w.open_table(BILLED)?;
     w.open_table(ACTION)?;
     w.open_table(MONEY_META)?;
+    w.open_table(SETTLE_DUE)?;
     w.open_table(RECORDED_KEYS)?;
     w.open_table(outbox::OUTBOX)?;
     w.open_table(outbox::OUTBOX_OPEN)?;
     w.commit()?;
+    Ok(())
+}
+
+/// Notes, in the transaction of a change that may have made `order` final (a cancel, a line cancel, a
+/// re-route), that its payment is to be settled: if the hub dies before [`Money::settle_final`] commits, a
+/// start finds the note and settles it. Orders without a payment are not noted.
+pub(crate) fn note_settle_due(w: &redb::WriteTransaction, order: &str, now_ms: u64) -> Result<(), MoneyError> {
+    if w.open_table(PAYMENTS)?.get(order)?.is_some() {
+        w.open_table(SETTLE_DUE)?.insert(order, now_ms)?;
+    }
+    Ok(())
+}
+
+/// Intake format 2 ([`crate::intake::INTAKE_FORMAT`]): payments written before releases were recorded have
+/// `released_minor` 0 on authorizations already closed (voided at a cancel, expired, or given up after one
+/// capture), so `authorized = captured + released + held` would not add up. Closing an authorization has
+/// always released its uncaptured rest, so each such authorization gets `amount − captured`, and the payment
+/// their sum, as [`Payment::close_auth`] records it today. A record that does not decode is left as it is
+/// (the totals report it; the migration does not guess). Runs once, in the migration's transaction.
+pub(crate) fn migrate_released(w: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut t = w.open_table(PAYMENTS)?;
+    let mut fixed = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        let Ok(mut p) = serde_json::from_slice::<Payment>(v.value()) else {
+            tracing::warn!(order = k.value(), "migration: a payment record does not decode; left as it is");
+            continue;
+        };
+        let mut changed = false;
+        for a in p.authorizations.iter_mut().filter(|a| a.closed && a.released_minor == 0) {
+            a.released_minor = a.amount_minor.saturating_sub(a.captured_minor);
+            changed |= a.released_minor > 0;
+        }
+        if changed {
+            p.released_minor = p.authorizations.iter().map(|a| a.released_minor).sum();
+            if let Ok(bytes) = enc(&p) {
+                fixed.push((k.value().to_owned(), bytes));
+            }
+        }
+    }
+    for (k, bytes) in &fixed {
+        t.insert(k.as_str(), bytes.as_slice())?;
+    }
+    tracing::info!(payments = fixed.len(), "migration: released amounts recorded");
     Ok(())
 }
 
@@ -1127,18 +1179,24 @@ impl Money {
     pub fn settle_final(&self, db: &Database, order: &str, shipped: &[&str], now_ms: u64) -> Result<bool, MoneyError> {
         let _g = lock(&self.write);
         let w = db.begin_write()?;
-        let Some(mut p) = get_json::<Payment>(&w.open_table(PAYMENTS)?, "payments", order)? else { return Ok(false) };
-        if p.void_requested || p.release_requested {
+        let found = get_json::<Payment>(&w.open_table(PAYMENTS)?, "payments", order)?;
+        let Some(mut p) = found.filter(|p| !p.void_requested && !p.release_requested) else {
+            // Nothing to settle, or settled already: the note (if any) is done with.
+            if w.open_table(SETTLE_DUE)?.remove(order)?.is_some() {
+                w.commit()?;
+            }
             return Ok(false);
-        }
+        };
         {
             let billed = w.open_table(BILLED)?;
             for f in shipped {
                 if billed.get(*f)?.is_none() {
+                    // Settled when that shipment is billed (the watcher bills, then asks again).
                     return Ok(false);
                 }
             }
         }
+        w.open_table(SETTLE_DUE)?.remove(order)?;
         let kind = if p.invoices.is_empty() {
             p.void_requested = true;
             outbox::Kind::Void
@@ -1157,6 +1215,18 @@ impl Money {
         w.commit()?;
         self.wake.notify_one();
         Ok(true)
+    }
+
+    /// Orders noted as due to be settled ([`note_settle_due`]) and not settled yet, at most `max`, oldest
+    /// first by id: what a start hands to [`crate::orders::recover`].
+    pub fn settle_due(&self, db: &Database, max: usize) -> Result<Vec<String>, MoneyError> {
+        let r = db.begin_read()?;
+        let t = r.open_table(SETTLE_DUE)?;
+        let mut out = Vec::new();
+        for row in t.range::<&str>(..)?.take(max) {
+            out.push(row?.0.value().to_owned());
+        }
+        Ok(out)
     }
 
     /// Refunds part of a hub order: validates `req` against the order's invoices (an order of another channel

@@ -66,6 +66,18 @@ pub enum Kind {
     Release,
 }
 
+impl Kind {
+    /// The timeline's word for a call of this kind that timed out (settled later by `retrieve`).
+    pub fn indeterminate(self) -> &'static str {
+        match self {
+            Kind::Capture => "capture_indeterminate",
+            Kind::Refund => "refund_indeterminate",
+            Kind::Void => "void_indeterminate",
+            Kind::Release => "release_indeterminate",
+        }
+    }
+}
+
 /// Where a row is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -493,7 +505,7 @@ impl Money {
                 row.attempts += 1;
                 row.next_at_ms = now + backoff(row.attempts);
                 if row.attempts == 1 {
-                    p.event(now, "capture_indeterminate", row.amount_minor, row.document.as_deref());
+                    p.event(now, row.kind.indeterminate(), row.amount_minor, row.document.as_deref());
                 }
                 row.last_error = Some(e);
             }

@@ -132,6 +132,9 @@ struct TestAuth {
     at_ms: u64,
     /// Captures attempted (for the token's first-capture faults).
     capture_calls: u32,
+    /// Voids attempted (for the token's first-void fault).
+    #[serde(default)]
+    void_calls: u32,
 }
 
 /// Everything the test provider remembers.
@@ -156,6 +159,7 @@ struct TestState {
 /// - containing `capture_500`: the first capture fails with a 500 and does nothing;
 /// - containing `capture_dup`: the first capture takes effect and then fails with a 500 (the retry gets the
 ///   duplicate answer, `replayed`);
+/// - containing `void_timeout`: the first void takes effect and then times out (the answer is lost);
 /// - anything else succeeds.
 ///
 /// Delays come from [`TestProviderConfig`]; an answer later than the call's time budget is a timeout (the
@@ -318,8 +322,10 @@ impl PaymentProvider for TestProvider {
             let a =
                 st.auths.get_mut(reference).ok_or_else(|| ProviderError::Declined("no_such_authorization".into()))?;
             a.voided = true;
+            a.void_calls += 1;
             let rest = a.amount_minor.saturating_sub(a.captured_minor);
-            Ok((Answer { reference: reference.to_owned(), amount_minor: rest, replayed: false }, None))
+            let lost = (a.void_calls == 1 && a.token.contains("void_timeout")).then_some(ProviderError::Timeout);
+            Ok((Answer { reference: reference.to_owned(), amount_minor: rest, replayed: false }, lost))
         })
     }
 

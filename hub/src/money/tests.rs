@@ -182,6 +182,25 @@ fn a_timed_out_capture_is_indeterminate_until_retrieve_settles_it_once() {
 }
 
 #[test]
+fn a_timed_out_void_is_named_a_void_in_the_timeline_and_settled_once() {
+    let w = world(PaymentsConfig::default(), TaxConfig::default(), TestProviderConfig::default());
+    let db = w.intake.db();
+    paid(&w, "hub-1", "tok_void_timeout", &draft(&[("A", 1, 300)]), 1).unwrap();
+    assert!(w.money.settle_final(db, "hub-1", &[], 2).unwrap());
+    w.money.outbox_pass(db, 3).unwrap();
+    let p = w.money.payment(db, "hub-1").unwrap().unwrap();
+    let statuses: Vec<&str> = p.events.iter().map(|e| e.status.as_str()).collect();
+    assert!(statuses.contains(&"void_indeterminate"), "{statuses:?}");
+    assert!(!statuses.iter().any(|s| s.starts_with("capture")), "no capture was ever asked: {statuses:?}");
+    assert!(!p.voided, "not settled before retrieve");
+    pass(&w, u64::MAX / 2);
+    let p = w.money.payment(db, "hub-1").unwrap().unwrap();
+    assert_eq!((p.status(), p.released_minor, p.held_minor()), ("voided", 300, 0));
+    assert_eq!(w.provider.count("void"), 1, "voided once");
+    assert_eq!(w.money.totals(db).unwrap().payment_mismatches, 0);
+}
+
+#[test]
 fn a_500_is_retried_and_a_duplicate_answer_counts_once() {
     let w = world(PaymentsConfig::default(), TaxConfig::default(), TestProviderConfig::default());
     let db = w.intake.db();
@@ -439,4 +458,87 @@ proptest! {
         prop_assert_eq!(after.invoiced_minor, p.total_minor);
         prop_assert_eq!(after.captured_minor, if p.total_minor > 0 { p.total_minor } else { 0 });
     }
+}
+
+/// A hub over `dir` with `provider` as the `test` provider, as a start opens it.
+fn hub_in(dir: &std::path::Path, provider: &Arc<TestProvider>) -> crate::server::Hub {
+    let docs = crate::demand::test_support::hub_docs(dir, &[], &[]);
+    let intake = Intake::open(&dir.join(INTAKE_DB_FILE), Default::default()).unwrap();
+    let purchasing = crate::purchasing::Purchasing::new(Default::default(), dir, intake.db()).unwrap();
+    let money =
+        Money::new(PaymentsConfig::default(), TaxConfig::default()).unwrap().with_provider("test", provider.clone());
+    crate::server::Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], Default::default()).unwrap()
+}
+
+#[test]
+fn a_cancel_whose_settlement_a_crash_cut_off_is_settled_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Arc::new(TestProvider::new(TestProviderConfig::default(), 1_000).unwrap());
+    let id = {
+        let hub = hub_in(dir.path(), &provider);
+        let d = draft(&[("A", 2, 250)]);
+        // No site holds A: the order waits for stock, its card authorized.
+        let placed = hub.intake.place("k1", d.clone(), &[], &actor(), 1).unwrap();
+        let id = placed.order.id.to_string();
+        let req = PaymentRequest { method: Method::Card, provider: Some("test".into()), token: Some("tok_ok".into()) };
+        let mut p = hub.money.prepare(&id, &d, &[7; 32], &req);
+        hub.money.authorize(hub.intake.db(), &mut p, 1).unwrap();
+        hub.money.record_payment(hub.intake.db(), &id, p).unwrap();
+        // The cancel commits; the hub dies before the settlement the cancel route would queue next.
+        let o = hub.intake.request_cancel(&id, None, Some("changed mind"), &actor(), 2).unwrap();
+        assert!(o.unfilled.is_empty() && o.fulfillments.is_empty(), "final: {o:?}");
+        assert!(hub.money.rows(hub.intake.db(), &id, 10).unwrap().is_empty(), "nothing queued before the crash");
+        id
+    };
+    let hub = hub_in(dir.path(), &provider);
+    crate::orders::recover(&hub).unwrap();
+    let db = hub.intake.db();
+    let kinds: Vec<Kind> = hub.money.rows(db, &id, 10).unwrap().iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [Kind::Void], "the start queued the void the crash cut off");
+    assert!(hub.money.settle_due(db, 10).unwrap().is_empty(), "the note left with the settlement");
+    for _ in 0..10 {
+        if hub.money.outbox_pass(db, 10).unwrap() == 0 {
+            break;
+        }
+    }
+    let p = hub.money.payment(db, &id).unwrap().unwrap();
+    assert_eq!((p.status(), p.released_minor, p.held_minor()), ("voided", 500, 0));
+    assert_eq!(provider.count("void"), 1);
+    // Another start settles nothing again.
+    drop(hub);
+    let hub = hub_in(dir.path(), &provider);
+    crate::orders::recover(&hub).unwrap();
+    assert_eq!(hub.money.rows(hub.intake.db(), &id, 10).unwrap().len(), 1, "voided once");
+}
+
+#[test]
+fn a_store_from_before_released_amounts_is_migrated_to_add_up() {
+    let w = world(PaymentsConfig::default(), TaxConfig::default(), TestProviderConfig::default());
+    let db = w.intake.db();
+    paid(&w, "hub-1", "tok_ok", &draft(&[("A", 1, 500)]), 1).unwrap();
+    assert!(w.money.settle_final(db, "hub-1", &[], 2).unwrap());
+    pass(&w, 10);
+    // As format 1 wrote it: the authorization closed, nothing recorded as released.
+    let wt = db.begin_write().unwrap();
+    {
+        let mut t = wt.open_table(PAYMENTS).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(t.get("hub-1").unwrap().unwrap().value()).unwrap();
+        v["released_minor"] = 0.into();
+        v["authorizations"][0]["released_minor"] = 0.into();
+        t.insert("hub-1", serde_json::to_vec(&v).unwrap().as_slice()).unwrap();
+        wt.open_table(oms_service::storage::format::FORMAT_TABLE).unwrap().insert("intake", 1).unwrap();
+    }
+    wt.commit().unwrap();
+    assert_eq!(w.money.totals(db).unwrap().payment_mismatches, 1, "the old record does not add up");
+    let World { _dir: dir, intake, money, .. } = w;
+    drop(intake);
+    let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), Default::default()).unwrap();
+    let p = money.payment(intake.db(), "hub-1").unwrap().unwrap();
+    assert_eq!((p.released_minor, p.authorizations[0].released_minor, p.status()), (500, 500, "voided"));
+    assert_eq!(money.totals(intake.db()).unwrap().payment_mismatches, 0);
+    let copies = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{INTAKE_DB_FILE}.v1.")));
+    assert_eq!(copies.count(), 1, "the file before the migration is kept beside it");
 }
