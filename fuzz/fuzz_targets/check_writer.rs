@@ -7,10 +7,8 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use oms_protocol::domain::{
-    Address, Channel, Contact, Currency, FulfillmentState, NodeId, OrderDraft, OrderId, OrderLine, Sku,
-};
-use oms_protocol::records::{FulfillmentLine, OrderRecord};
+use oms_protocol::domain::{NodeId, OrderId, Sku};
+use oms_protocol::records::OrderRecord;
 use oms_protocol::schema::{Writer, check_writer, keys, order_doc, write_order};
 use oms_protocol::sync::automerge::transaction::Transactable;
 use oms_protocol::sync::automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
@@ -59,40 +57,7 @@ struct Input {
 }
 
 fn record(site: &NodeId) -> OrderRecord {
-    let sku = Sku::parse("SKU-1").expect("sku");
-    OrderRecord {
-        id: OrderId::new(site, 1),
-        site: site.clone(),
-        status: FulfillmentState::Accepted,
-        order: OrderDraft {
-            external_ref: "web-1".into(),
-            channel: Channel::parse("web").expect("channel"),
-            lines: vec![OrderLine {
-                sku: sku.clone(),
-                qty: 2,
-                unit_price_minor: 1999,
-                currency: Currency::parse("EUR").expect("currency"),
-            }],
-            ship_to: Address {
-                name: "A".into(),
-                line1: "1 Street".into(),
-                line2: None,
-                city: "Berlin".into(),
-                postcode: "10115".into(),
-                country: "DE".into(),
-                lat: 52.5,
-                lon: 13.4,
-            },
-            contact: Contact::default(),
-        },
-        lines: vec![FulfillmentLine { sku, qty: 2, picked: None, shipped: 0, returned: 0 }],
-        wave: None,
-        parcels: None,
-        shipment: None,
-        returns: vec![],
-        timeline: vec![],
-        created_at_ms: 1,
-    }
+    oms_protocol::fixtures::accepted(OrderId::new(site, 1), site, &Sku::parse("SKU-1").expect("sku"), 2)
 }
 
 fn inner_map(doc: &mut AutoCommit, hub: bool) -> oms_protocol::sync::automerge::ObjId {

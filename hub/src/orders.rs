@@ -554,6 +554,8 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
     let (mut shipped_units, mut placed_units, mut open_fos, mut delivered_all) = (0u64, 0u64, 0usize, true);
     let mut frozen_all = !o.fulfillments.is_empty();
     let mut per_sku: BTreeMap<String, (u64, u64)> = BTreeMap::new(); // placed, shipped
+    // Units of fulfillments a line cancel may still ask of their sites (open, no cancel asked yet).
+    let mut open_units: BTreeMap<String, u64> = BTreeMap::new();
     // The order ships when its last live fulfillment does.
     let mut promised_ship_by_ms: Option<u64> = None;
     for f in &o.fulfillments {
@@ -598,6 +600,11 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
                 )
             ) {
                 open_fos += 1;
+                if f.site_cancel.is_none() {
+                    for l in &f.lines {
+                        *open_units.entry(l.sku.to_string()).or_default() += u64::from(l.qty);
+                    }
+                }
             }
         }
         fos.push(json!({
@@ -642,7 +649,9 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
         .map(|l| {
             let (placed, shipped) = per_sku.get(l.sku.as_str()).copied().unwrap_or_default();
             let waiting = o.unfilled.iter().filter(|u| u.sku == l.sku).map(|u| u64::from(u.qty)).sum::<u64>();
-            json!({"sku": l.sku, "qty": l.qty, "placed": placed, "shipped": shipped, "unfilled": waiting})
+            let at_sites = open_units.get(l.sku.as_str()).copied().unwrap_or(0);
+            json!({"sku": l.sku, "qty": l.qty, "placed": placed, "shipped": shipped, "unfilled": waiting,
+                "cancellable": if o.cancel_requested_at_ms.is_some() { 0 } else { waiting + at_sites }})
         })
         .collect();
     json!({
@@ -803,17 +812,8 @@ pub(crate) async fn site_cancel(
         return Err(crate::orders::not_found(&id));
     };
     let mut tell = Vec::new();
-    if let Some(name) = schema::order_doc(&f.id) {
-        let mut docs = lock(&hub.docs);
-        let nodes = docs
-            .write_local(&name, |d| schema::request_cancel(d, now_ms()))
-            .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
-        tell.extend(nodes);
-    }
-    crate::server::flush_docs(hub)
-        .await
-        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
-    hub.poke(&tell);
+    ask_site_to_cancel(hub, &f.id, now_ms(), &mut tell)?;
+    flush_and_tell(hub, tell).await?;
     Ok(SiteCancelAnswer {
         id,
         fulfillment: f.id.to_string(),
@@ -862,8 +862,10 @@ fn reason_given(principal: &Principal, reason: Option<&str>, what: &str) -> Resu
     Ok(())
 }
 
-/// Cancels `lines` of hub order `id` among its units waiting for stock, for `principal` (a channel only its
-/// own orders; service with a reason): `POST /v1/orders/{id}/cancel` with `lines`, and the console's form.
+/// Cancels `lines` of hub order `id` for `principal` (a channel only its own orders; service with a reason):
+/// `POST /v1/orders/{id}/cancel` with `lines`, and the console's form. Units waiting for stock go at once;
+/// the rest are asked of the sites holding them, not shipped ([`crate::intake::Intake::cancel_units`]): each
+/// such request is written into its fulfillment's document (durable before the answer) and the site told.
 pub(crate) async fn cancel_order_lines(
     hub: &Arc<Hub>,
     principal: &Principal,
@@ -874,11 +876,60 @@ pub(crate) async fn cancel_order_lines(
 ) -> Result<Value, Problem> {
     let id = hub_order_id(id)?;
     reason_given(principal, reason.as_deref(), "units")?;
+    // The fulfillments their sites shipped or gave back (read before the intake's lock: it is never held
+    // with the documents').
+    let (h, key) = (hub.clone(), id.to_string());
+    let current = blocking(move || h.intake.order(&key)).await?;
+    let closed: BTreeSet<OrderId> = current
+        .iter()
+        .flat_map(|o| &o.fulfillments)
+        .filter(|f| {
+            matches!(
+                fo_state(hub, &f.id).status,
+                Some(
+                    FulfillmentState::Shipped
+                        | FulfillmentState::Delivered
+                        | FulfillmentState::Cancelled
+                        | FulfillmentState::Rejected
+                )
+            )
+        })
+        .map(|f| f.id.clone())
+        .collect();
     let (h, key, confined) = (hub.clone(), id.to_string(), principal.confined_to().cloned());
-    let asked = lines.clone();
-    let order =
-        blocking(move || h.intake.cancel_waiting(&key, confined.as_ref(), &asked, reason.as_deref(), &actor, now_ms()))
-            .await?;
+    let asked_lines = lines.clone();
+    let (order, asked) = blocking(move || {
+        h.intake.cancel_units(&key, confined.as_ref(), &asked_lines, reason.as_deref(), &closed, &actor, now_ms())
+    })
+    .await?;
+    let mut done = Vec::new();
+    let mut tell = Vec::new();
+    let now = now_ms();
+    for fid in &asked {
+        let Some(f) = order.fulfillments.iter().find(|f| &f.id == fid) else { continue };
+        ask_site_to_cancel(hub, fid, now, &mut tell)?;
+        for l in f.site_cancel.as_ref().and_then(|c| c.lines.as_ref()).into_iter().flatten() {
+            done.push(json!({"fulfillment": f.id, "site": f.site, "sku": l.sku, "qty": l.qty,
+                "result": "cancel_requested", "reason": "asked of the site; the rest of its part is placed again"}));
+        }
+    }
+    // What the sites were not asked for came from the units waiting for stock.
+    for l in &lines {
+        let at_sites: u32 = done
+            .iter()
+            .filter(|d| d["sku"] == l.sku.as_str())
+            .filter_map(|d| d["qty"].as_u64())
+            .map(|q| u32::try_from(q).unwrap_or(u32::MAX))
+            .sum();
+        let waiting = l.qty.saturating_sub(at_sites);
+        if waiting > 0 {
+            done.push(json!({"fulfillment": null, "site": null, "sku": l.sku, "qty": waiting,
+                "result": "cancelled", "reason": "not yet placed at any site"}));
+        }
+    }
+    if !asked.is_empty() {
+        flush_and_tell(hub, tell).await?;
+    }
     // The last waiting units cancelled may leave the order final (everything else shipped): its payment is
     // settled as after any other change that can end an order. An intake commit (fsync): off this worker.
     let (h, o) = (hub.clone(), order.clone());
@@ -887,19 +938,12 @@ pub(crate) async fn cancel_order_lines(
         Ok::<(), IntakeError>(())
     })
     .await?;
-    let done: Vec<Value> = lines
-        .iter()
-        .map(|l| {
-            json!({"fulfillment": null, "site": null, "sku": l.sku, "qty": l.qty,
-            "result": "cancelled", "reason": "not yet placed at any site"})
-        })
-        .collect();
     Ok(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": done,
         "unfilled": order.unfilled}))
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path, description = "The order id")),
-    request_body(content = Option<Object>, description = "Optional `{\"reason\"}`; with `\"lines\": [{\"sku\", \"qty\"}]` only those units, among the ones still waiting for stock (`409 units_not_waiting` otherwise)"),
+    request_body(content = Option<Object>, description = "Optional `{\"reason\"}`; with `\"lines\": [{\"sku\", \"qty\"}]` only those units: waiting ones at once, the rest asked of the sites holding them and not shipped (the rest of such a site's part is placed again); more than can be cancelled is `409 units_not_waiting`"),
     responses((status = 202, description = "Cancellation requested, line by line (with `lines`: those units cancelled at once)", body = Object)))]
 async fn cancel(
     State(hub): State<Arc<Hub>>,
@@ -947,12 +991,7 @@ pub(crate) async fn cancel_order(
             _ => ("cancel_requested", "the site confirms the cancellation when it syncs"),
         };
         if result == "cancel_requested" {
-            let Some(name) = schema::order_doc(&f.id) else { continue };
-            let mut docs = lock(&hub.docs);
-            let nodes = docs
-                .write_local(&name, |d| schema::request_cancel(d, now))
-                .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
-            tell.extend(nodes);
+            ask_site_to_cancel(hub, &f.id, now, &mut tell)?;
         }
         for l in &f.lines {
             lines.push(json!({"fulfillment": f.id, "site": f.site, "sku": l.sku, "qty": l.qty,
@@ -970,14 +1009,31 @@ pub(crate) async fn cancel_order(
         lines.push(json!({"fulfillment": null, "site": null, "sku": l.sku, "qty": l.qty,
             "result": "cancelled", "reason": "not yet placed at any site"}));
     }
-    // Durable before the answer, but the fsync runs without the documents' lock and off this worker.
+    flush_and_tell(hub, tell).await?;
+    Ok(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": lines}))
+}
+
+/// Writes a cancellation request into fulfillment `id`'s document (the site cancels what it has not shipped
+/// when it syncs), adding to `tell` the nodes to wake. Made durable by [`flush_and_tell`].
+fn ask_site_to_cancel(hub: &Hub, id: &OrderId, now: u64, tell: &mut Vec<String>) -> Result<(), EffectsError> {
+    let Some(name) = schema::order_doc(id) else { return Ok(()) };
+    let nodes = lock(&hub.docs)
+        .write_local(&name, |d| schema::request_cancel(d, now))
+        .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
+    tell.extend(nodes);
+    Ok(())
+}
+
+/// Makes the documents' writes durable before an answer (the fsync without the documents' lock and off this
+/// worker), then wakes the sessions of `tell`.
+async fn flush_and_tell(hub: &Arc<Hub>, mut tell: Vec<String>) -> Result<(), Problem> {
     crate::server::flush_docs(hub)
         .await
         .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
     tell.sort();
     tell.dedup();
     hub.poke(&tell);
-    Ok(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": lines}))
+    Ok(())
 }
 
 /// `GET /v1/track/{token}`: the customer's view behind a tracking token.

@@ -451,8 +451,8 @@ async fn create_return(
     Ok(after_form(&st, &f, &v, &id, done.map(|_| ())))
 }
 
-/// Service cancels units still waiting for stock on the order page: quantities per line and a required
-/// reason; the change and its audit row in one transaction (`Intake::cancel_waiting`).
+/// Service cancels units on the order page: quantities per line and a required reason; waiting units at
+/// once, units at a site asked of it (`Intake::cancel_units`), the change and its audit row in one transaction.
 async fn cancel_lines(
     State(st): State<UiState>,
     actor: Actor,
@@ -561,7 +561,7 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
             .take(crate::selfservice::RETURN_LINES_SHOWN_MAX)
             .collect()
     };
-    let (shipped, waiting) = (having("shipped"), having("unfilled"));
+    let (shipped, cancellable) = (having("shipped"), having("cancellable"));
     page(
         &st.chrome,
         &format!("Order {}", s(&v["id"])),
@@ -663,12 +663,12 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
                     button.secondary type="submit" { "Create the return" }
                 }
             }
-            @if can_cancel && !waiting.is_empty() {
+            @if can_cancel && !cancellable.is_empty() {
                 form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/cancel-lines" } {
                     input type="hidden" name="csrf" value=(session.csrf);
-                    h2 { "Cancel units waiting for stock" }
-                    p.hint { "Only units not placed at any site yet; the rest of the order goes on." }
-                    (line_fields("c", &waiting, |n| format!("Units to cancel ({n} waiting)"), "Recorded in the audit trail."))
+                    h2 { "Cancel units" }
+                    p.hint { "Units waiting for stock go at once. Units at a site that has not shipped them are asked of the site; the rest of its part is placed again. The rest of the order goes on." }
+                    (line_fields("c", &cancellable, |n| format!("Units to cancel ({n} can be)"), "Recorded in the audit trail."))
                     button.danger type="submit" { "Cancel these units" }
                 }
             }

@@ -38,21 +38,7 @@ async fn main() {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, path) in &screens {
-        let (mut ui, mut hz) = (Vec::new(), Vec::new());
-        let mut bytes = 0;
-        for _ in 0..n {
-            let t = Instant::now();
-            let p = b.get(path).await;
-            ui.push(t.elapsed().as_secs_f64() * 1e3);
-            assert_eq!(p.status, 200, "{path}: {}", p.html);
-            bytes = p.html.len();
-            let t = Instant::now();
-            let h = b.get("/healthz").await;
-            hz.push(t.elapsed().as_secs_f64() * 1e3);
-            assert_eq!(h.status, 200);
-        }
-        ui.sort_by(f64::total_cmp);
-        hz.sort_by(f64::total_cmp);
+        let (ui, hz, bytes) = b.alternate_with_healthz(path, n).await;
         let (u50, u99, h50, h99) =
             (percentile(&ui, 0.5), percentile(&ui, 0.99), percentile(&hz, 0.5), percentile(&hz, 0.99));
         println!(

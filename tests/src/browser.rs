@@ -55,6 +55,27 @@ impl Browser {
         Page { status, location, html: r.text().await.unwrap() }
     }
 
+    /// Times `n` GETs of `path` (which must answer `200`), each followed by a `GET /healthz` on the same
+    /// connection (the baseline: the cheapest answer of the same server, alternated so both see the same load):
+    /// (screen ms, baseline ms, the screen's bytes), each list sorted. For the screens' benches.
+    pub async fn alternate_with_healthz(&mut self, path: &str, n: u64) -> (Vec<f64>, Vec<f64>, usize) {
+        let (mut ui, mut hz) = (Vec::new(), Vec::new());
+        let mut bytes = 0;
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            let p = self.get(path).await;
+            ui.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(p.status, 200, "{path}: {}", p.html);
+            bytes = p.html.len();
+            let t = std::time::Instant::now();
+            assert_eq!(self.get("/healthz").await.status, 200);
+            hz.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        ui.sort_by(f64::total_cmp);
+        hz.sort_by(f64::total_cmp);
+        (ui, hz, bytes)
+    }
+
     /// GET `path`.
     pub async fn get(&mut self, path: &str) -> Page {
         let mut rq = self.c.get(format!("{}{path}", self.base));

@@ -32,7 +32,9 @@ impl Floor {
         Floor::start_with("").await
     }
 
-    /// [`Floor::start`] with `auth` added to the node's `[auth]` table (e.g. `open_rate_per_s = 1000000`).
+    /// [`Floor::start`] with `auth` added to the node's and the hub's `[auth]` tables (e.g.
+    /// `open_rate_per_s = 1000000`). The hub has a planner `per` and a service agent `sam` (password "a long
+    /// password") from its start.
     pub async fn start_with(auth: &str) -> Floor {
         let c = crate::http();
         let tmp = tempfile::tempdir().expect("temp dir");
@@ -44,9 +46,18 @@ impl Floor {
             "[payments]\ncall_timeout_ms = 30000\nretry_backoff_ms = 50\n\
              [payments.providers.test]\nkind = \"test\"\nstate_file = {:?}\n\
              [tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n\
-             [returns]\nwindow_days = 30\nauto_approve = true\n",
+             [returns]\nwindow_days = 30\nauto_approve = true\n[auth]\n{auth}\n",
             state.display().to_string()
         );
+        for (name, role) in [("per", oms_service::auth::Role::Planner), ("sam", oms_service::auth::Role::Service)] {
+            let user = oms_service::auth::users::NewUser {
+                name: name.into(),
+                role,
+                secret: "a long password".into(),
+                pin: false,
+            };
+            oms_service::auth::users::create(&cluster::hub_data(root), user, 1).unwrap();
+        }
         let hub_proc = cluster::spawn_hub_with(root, &certs, quic, hub, "info", &hub_toml);
         let site = format!(
             "\n[site]\nname = \"Berlin\"\nlat = 52.52\nlon = 13.40\n[auth]\nkeys_check_interval_ms = 100\n{auth}\n"

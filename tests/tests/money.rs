@@ -666,6 +666,45 @@ async fn service_moves_a_fulfillment_to_another_site_and_cancels_one_at_its_site
     let (s, v) = post(&c, url(&id2, &fa), json!({"reason": "too late"})).await;
     assert_eq!((s, v["code"].as_str()), (409, Some("fulfillment_not_cancellable")), "{v}");
 
+    // A line cancel of units placed at a site: one of three A at Berlin. Berlin cancels its part whole; the
+    // unit is cancelled and the other two are placed again, at Berlin (the only site with A).
+    let (s, placed) =
+        hub_post(&c, hub, "k-line", &order("web-l", &[("SKU-A", 3, 1_000)], BERLIN, card("tok_ok"))).await;
+    assert_eq!(s, 201, "{placed}");
+    let id3 = placed["id"].as_str().unwrap().to_owned();
+    let first = fulfillment_at(&placed, "wh-berlin");
+    let (s, v) = post(
+        &c,
+        format!("http://{hub}/v1/orders/{id3}/cancel"),
+        json!({"reason": "one is enough", "lines": [{"sku": "SKU-A", "qty": 4}]}),
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str(), v["waiting"].as_u64()), (409, Some("units_not_waiting"), Some(3)), "{v}");
+    let (s, v) = post(
+        &c,
+        format!("http://{hub}/v1/orders/{id3}/cancel"),
+        json!({"reason": "one is enough", "lines": [{"sku": "SKU-A", "qty": 1}]}),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["lines"][0]["result"], "cancel_requested", "{v}");
+    assert_eq!((v["lines"][0]["fulfillment"].as_str(), v["lines"][0]["qty"].as_u64()), (Some(first.as_str()), Some(1)));
+    let v = wait_for(&c, format!("http://{hub}/v1/orders/{id3}"), "one cancelled, two placed again", |v| {
+        v["cancelled_unfilled"].as_array().is_some_and(|a| !a.is_empty())
+            && v["fulfillments"].as_array().is_some_and(|f| f.len() == 2)
+    })
+    .await;
+    assert_eq!(v["cancelled_unfilled"], json!([{"sku": "SKU-A", "qty": 1}]), "{v}");
+    assert_eq!(v["unfilled"], json!([]), "{v}");
+    let again = &v["fulfillments"][1];
+    assert_eq!((again["site"].as_str(), again["lines"][0]["qty"].as_u64()), (Some("wh-berlin"), Some(2)), "{v}");
+    assert_eq!(v["avoid_sites"], json!([]), "a line cancel does not move the order away: {v}");
+    assert_eq!(v["lines"][0]["cancellable"].as_u64(), Some(2), "{v}");
+    let (_, ev) = get(&c, format!("http://{hub}/v1/events?types=order.lines_cancelled")).await;
+    let evs: Vec<&Value> = ev["events"].as_array().unwrap().iter().filter(|e| e["order_id"] == id3.as_str()).collect();
+    assert_eq!(evs.len(), 1, "{ev}");
+    assert_eq!(evs[0]["data"]["lines"], json!([{"sku": "SKU-A", "qty": 1}]), "{ev}");
+
     seed_sku(&c, &munich, "SKU-A", 10).await;
     wait_promisable(&c, hub, "SKU-A", "wh-munich", 2).await;
 

@@ -146,17 +146,17 @@ pub enum IntakeError {
     /// No such order.
     #[error("order {0} is not a hub order")]
     NotFound(String),
-    /// A line cancel asked for more units than wait for stock (units placed at a site are cancelled with the
-    /// whole order), or the order is being cancelled already.
+    /// A line cancel asked for more units than can be cancelled, or the order is being cancelled already.
     #[error(
-        "{requested} units of {sku} asked to cancel, {waiting} wait for stock (units placed at a site are cancelled with the whole order)"
+        "{requested} units of {sku} asked to cancel, {waiting} can be (waiting for stock, or at a site and not shipped)"
     )]
     NotWaiting {
         /// The SKU.
         sku: String,
         /// Units asked for.
         requested: u64,
-        /// Units still waiting (not placed at any site).
+        /// Units that can still be cancelled: waiting for stock, or in a fulfillment its site has not shipped
+        /// or given back and no cancel was asked of.
         waiting: u64,
     },
     /// The order has no such fulfillment.
@@ -265,6 +265,10 @@ pub struct SiteCancel {
     pub then: AfterSiteCancel,
     /// Why (required: service gives one, and the audit trail keeps it).
     pub reason: String,
+    /// Only these units are cancelled (a line cancel); the rest of the fulfillment is placed again, the site
+    /// not excluded. `None`: all of them, as `then` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<SkuQty>>,
 }
 
 /// A routing decision as recorded.
@@ -516,6 +520,57 @@ fn decode_order(bytes: &[u8]) -> Result<HubOrder, IntakeError> {
     serde_json::from_slice(bytes).map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })
 }
 
+/// A line cancel decided: the order with its waiting units taken, those units, and per fulfillment the units
+/// to ask of its site.
+type TakenUnits = (HubOrder, Vec<SkuQty>, BTreeMap<OrderId, Vec<SkuQty>>);
+
+/// Decides a line cancel ([`Intake::cancel_units`]) on `order`: the units taken from `unfilled` (moved to
+/// `cancelled_unfilled` in the returned order) and, per open fulfillment not in `closed`, the units to ask of
+/// its site; or [`IntakeError::NotWaiting`] naming the first line that cannot be cancelled in full.
+fn take_units(mut order: HubOrder, lines: &[SkuQty], closed: &BTreeSet<OrderId>) -> Result<TakenUnits, IntakeError> {
+    let cancelling = order.cancel_requested_at_ms.is_some();
+    let mut waiting_taken = Vec::new();
+    let mut asks: BTreeMap<OrderId, Vec<SkuQty>> = BTreeMap::new();
+    for l in lines {
+        let waiting = if cancelling { 0 } else { order.unfilled.iter().find(|u| u.sku == l.sku).map_or(0, |u| u.qty) };
+        let from_waiting = waiting.min(l.qty);
+        let mut rest = l.qty - from_waiting;
+        let mut at_sites = 0u64;
+        for f in order
+            .fulfillments
+            .iter()
+            .filter(|f| !cancelling && f.released.is_none() && f.site_cancel.is_none() && !closed.contains(&f.id))
+        {
+            let held = f.lines.iter().filter(|x| x.sku == l.sku).map(|x| x.qty).sum::<u32>();
+            let asked_already: u32 =
+                asks.get(&f.id).map_or(0, |a| a.iter().filter(|x| x.sku == l.sku).map(|x| x.qty).sum());
+            let free = held.saturating_sub(asked_already);
+            at_sites += u64::from(free);
+            let take = free.min(rest);
+            if take > 0 {
+                add_units(asks.entry(f.id.clone()).or_default(), &[SkuQty { sku: l.sku.clone(), qty: take }]);
+                rest -= take;
+            }
+        }
+        if rest > 0 {
+            return Err(IntakeError::NotWaiting {
+                sku: l.sku.to_string(),
+                requested: u64::from(l.qty),
+                waiting: u64::from(from_waiting) + at_sites,
+            });
+        }
+        if from_waiting > 0 {
+            if let Some(u) = order.unfilled.iter_mut().find(|u| u.sku == l.sku) {
+                u.qty -= from_waiting;
+            }
+            add_units(&mut waiting_taken, &[SkuQty { sku: l.sku.clone(), qty: from_waiting }]);
+        }
+    }
+    order.unfilled.retain(|u| u.qty > 0);
+    add_units(&mut order.cancelled_unfilled, &waiting_taken);
+    Ok((order, waiting_taken, asks))
+}
+
 /// A refused call on order `id`: commits `w` with only the audit row naming `e`'s code, and returns `e`.
 fn refuse<T>(
     w: redb::WriteTransaction,
@@ -584,6 +639,18 @@ pub fn part_of(draft: &OrderDraft, lines: &[SkuQty]) -> OrderDraft {
         })
         .collect();
     part
+}
+
+/// `lines` less `part`, per SKU (none below zero), without the SKUs left at zero.
+fn minus_units(lines: &[SkuQty], part: &[SkuQty]) -> Vec<SkuQty> {
+    let mut out: Vec<SkuQty> = lines.to_vec();
+    for p in part {
+        if let Some(u) = out.iter_mut().find(|u| u.sku == p.sku) {
+            u.qty = u.qty.saturating_sub(p.qty);
+        }
+    }
+    out.retain(|u| u.qty > 0);
+    out
 }
 
 fn add_units(into: &mut Vec<SkuQty>, lines: &[SkuQty]) {
@@ -918,14 +985,26 @@ impl Intake {
                 exclude.insert(f.site.clone());
                 let lines = f.lines.clone();
                 trigger = format!("released by {}: {why}", f.site);
-                let asked = f.site_cancel.as_ref().map(|c| (c.then, c.reason.clone()));
+                let asked = f.site_cancel.as_ref().map(|c| (c.then, c.reason.clone(), c.lines.clone()));
                 match asked {
                     _ if order.cancel_requested_at_ms.is_some() => add_units(&mut order.cancelled_unfilled, &lines),
-                    Some((AfterSiteCancel::Cancel, reason)) => {
+                    Some((AfterSiteCancel::Cancel, reason, Some(part))) => {
+                        // A line cancel: those units go, the rest is placed again (this site may take it).
+                        let rest = minus_units(&lines, &part);
+                        add_units(&mut order.cancelled_unfilled, &part);
+                        cancelled_here.push((part, reason));
+                        if !rest.is_empty() {
+                            add_units(&mut order.unfilled, &rest);
+                            if !order.avoid_sites.contains(&f.site) {
+                                exclude.remove(&f.site);
+                            }
+                        }
+                    }
+                    Some((AfterSiteCancel::Cancel, reason, None)) => {
                         add_units(&mut order.cancelled_unfilled, &lines);
                         cancelled_here.push((lines, reason));
                     }
-                    Some((AfterSiteCancel::Reroute, _)) => {
+                    Some((AfterSiteCancel::Reroute, _, _)) => {
                         trigger = format!("moved away from {} by service", f.site);
                         if !order.avoid_sites.contains(&f.site) {
                             order.avoid_sites.push(f.site.clone());
@@ -1014,52 +1093,50 @@ impl Intake {
         Ok(order)
     }
 
-    /// Cancels `lines` of order `id` among its units still waiting for stock (not placed at any site, so
-    /// holding no reservation and no rights): they move from `unfilled` to `cancelled_unfilled`, with the
-    /// `order.lines_cancelled` event and the audit row in the same transaction. More units than wait (or an
-    /// order being cancelled already) is [`IntakeError::NotWaiting`], changing nothing but the audit row.
-    pub fn cancel_waiting(
+    /// Cancels `lines` of order `id`: first among its units still waiting for stock (not placed at any site,
+    /// so holding no reservation and no rights), which move from `unfilled` to `cancelled_unfilled` at once
+    /// with the `order.lines_cancelled` event; the rest among the units of its open fulfillments (not given
+    /// back, no cancel asked yet, and not in `closed`: the ones the caller saw shipped or cancelled at their
+    /// site), oldest first, each asked of its site ([`SiteCancel`] with those `lines`): a site cancels a
+    /// fulfillment whole, so when it confirms, those units are cancelled and the rest of its part is placed
+    /// again ([`Intake::reroute`]). The caller writes the requests into the returned fulfillments' documents.
+    /// More units than can be cancelled (or an order being cancelled already) is [`IntakeError::NotWaiting`],
+    /// changing nothing but the audit row, which is written in the change's transaction otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cancel_units(
         &self,
         id: &str,
         confined_to: Option<&Channel>,
         lines: &[SkuQty],
         reason: Option<&str>,
+        closed: &BTreeSet<OrderId>,
         actor: &Actor,
         now_ms: u64,
-    ) -> Result<HubOrder, IntakeError> {
+    ) -> Result<(HubOrder, Vec<OrderId>), IntakeError> {
         let mut st = lock(&self.core.state);
         let w = self.core.db.begin_write()?;
         let found = get_order(&w.open_table(ORDERS)?, id)?;
         let decided = match found.filter(|o| confined_to.is_none_or(|c| &o.draft.channel == c)) {
             None => Err(IntakeError::NotFound(id.to_owned())),
-            Some(mut order) => {
-                let mut refused = None;
-                for l in lines {
-                    let waiting = order.unfilled.iter().find(|u| u.sku == l.sku).map_or(0, |u| u64::from(u.qty));
-                    let waiting = if order.cancel_requested_at_ms.is_some() { 0 } else { waiting };
-                    if u64::from(l.qty) > waiting {
-                        refused = Some(IntakeError::NotWaiting {
-                            sku: l.sku.to_string(),
-                            requested: u64::from(l.qty),
-                            waiting,
-                        });
-                        break;
-                    }
-                    if let Some(u) = order.unfilled.iter_mut().find(|u| u.sku == l.sku) {
-                        u.qty -= l.qty;
-                    }
-                }
-                order.unfilled.retain(|u| u.qty > 0);
-                add_units(&mut order.cancelled_unfilled, lines);
-                refused.map_or(Ok(order), Err)
-            }
+            Some(order) => take_units(order, lines, closed),
         };
-        let order = match decided {
-            Ok(o) => o,
+        let (mut order, waiting, asks) = match decided {
+            Ok(d) => d,
             Err(e) => return refuse(w, actor, id, now_ms, e),
         };
+        let mut asked = Vec::new();
+        for (fid, part) in asks {
+            if let Some(f) = order.fulfillments.iter_mut().find(|f| f.id == fid) {
+                let reason = reason.unwrap_or("units cancelled by line").to_owned();
+                f.site_cancel =
+                    Some(SiteCancel { at_ms: now_ms, then: AfterSiteCancel::Cancel, reason, lines: Some(part) });
+                asked.push(fid);
+            }
+        }
         Core::put_order(&w, &order)?;
-        crate::events::append(&w, crate::events::EventDraft::lines_cancelled(&order, lines, reason, now_ms))?;
+        if !waiting.is_empty() {
+            crate::events::append(&w, crate::events::EventDraft::lines_cancelled(&order, &waiting, reason, now_ms))?;
+        }
         // Nothing left to place: the order may be final (once its sites are done).
         if order.unfilled.is_empty() {
             crate::money::note_settle_due(&w, order.id.as_str(), now_ms)?;
@@ -1069,7 +1146,7 @@ impl Intake {
         if !order.wants_routing() {
             st.open.remove(order.id.as_str());
         }
-        Ok(order)
+        Ok((order, asked))
     }
 
     /// Asks the site of fulfillment `fulfillment` of order `id` to cancel it, for `actor` (with `confined_to`,
@@ -1116,7 +1193,8 @@ impl Intake {
                                 Err(IntakeError::FulfillmentNotOpen { fulfillment: fulfillment.to_owned(), why })
                             }
                             None => {
-                                f.site_cancel = Some(SiteCancel { at_ms: now_ms, then, reason: reason.to_owned() });
+                                f.site_cancel =
+                                    Some(SiteCancel { at_ms: now_ms, then, reason: reason.to_owned(), lines: None });
                                 Ok(order)
                             }
                         }
@@ -1485,10 +1563,11 @@ mod tests {
         assert_ne!(again.order.id, first.order.id);
     }
 
-    /// A line cancel takes units only from those waiting for stock: more is refused and changes nothing but
-    /// the audit row; what it takes is never routed later (the order leaves the open work when none wait).
+    /// A line cancel of an order no site holds takes units from those waiting for stock: more is refused and
+    /// changes nothing but the audit row; what it takes is never routed later (the order leaves the open work
+    /// when none wait).
     #[test]
-    fn a_line_cancel_takes_waiting_units_only_and_they_are_never_routed() {
+    fn a_line_cancel_takes_waiting_units_and_they_are_never_routed() {
         let dir = tempfile::tempdir().unwrap();
         let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
         let mut d = draft("a");
@@ -1496,16 +1575,18 @@ mod tests {
         let placed = intake.place("k", d, &[], &actor(), 1_000).unwrap().order;
         let id = placed.id.to_string();
         let a = |qty: u32| vec![SkuQty { sku: oms_protocol::domain::Sku::parse("A").unwrap(), qty }];
-        let e = intake.cancel_waiting(&id, None, &a(4), Some("x"), &actor(), 1_001).unwrap_err();
+        let none = BTreeSet::new();
+        let e = intake.cancel_units(&id, None, &a(4), Some("x"), &none, &actor(), 1_001).unwrap_err();
         assert!(matches!(e, IntakeError::NotWaiting { requested: 4, waiting: 3, .. }), "{e:?}");
         assert_eq!(intake.order(&id).unwrap().unwrap(), placed, "a refusal changes nothing");
         let other = Channel::parse("shop").unwrap();
-        let e = intake.cancel_waiting(&id, Some(&other), &a(1), None, &actor(), 1_002).unwrap_err();
+        let e = intake.cancel_units(&id, Some(&other), &a(1), None, &none, &actor(), 1_002).unwrap_err();
         assert!(matches!(e, IntakeError::NotFound(_)), "another channel's order is not found");
-        let o = intake.cancel_waiting(&id, None, &a(2), Some("x"), &actor(), 1_003).unwrap();
+        let (o, asked) = intake.cancel_units(&id, None, &a(2), Some("x"), &none, &actor(), 1_003).unwrap();
+        assert!(asked.is_empty(), "no site holds any of it");
         assert_eq!((o.unfilled.clone(), o.cancelled_unfilled.clone(), o.cancel_requested_at_ms), (a(1), a(2), None));
         assert_eq!(intake.open_orders(10), vec![id.clone()], "one unit still waits");
-        let o = intake.cancel_waiting(&id, None, &a(1), Some("x"), &actor(), 1_004).unwrap();
+        let (o, _) = intake.cancel_units(&id, None, &a(1), Some("x"), &none, &actor(), 1_004).unwrap();
         assert!(o.unfilled.is_empty() && o.cancelled_unfilled == a(3));
         assert!(intake.open_orders(10).is_empty(), "nothing waits: never routed again");
         drop(intake);
