@@ -81,7 +81,9 @@ fn s(v: &Value) -> &str {
 }
 
 async fn network(State(st): State<UiState>, session: UiSession) -> Response {
-    let v = crate::api::nodes_view(&st.hub);
+    // Off the async worker: it reads the documents' and the intake's state, which sync and intake hold.
+    let h = st.hub.clone();
+    let v = tokio::task::spawn_blocking(move || crate::api::nodes_view(&h)).await.unwrap_or_default();
     let now = u(&v["now_ms"]);
     let empty = Vec::new();
     let nodes = v["nodes"].as_array().unwrap_or(&empty);
@@ -137,6 +139,13 @@ impl StockQuery {
     }
 }
 
+/// [`stock_selection`] on a blocking thread: it takes the intake's and the demand cache's locks, which a busy
+/// intake holds, and must not stall the async workers the other screens share.
+async fn stock_selection_off(hub: &Arc<Hub>, q: &StockQuery) -> (Vec<crate::api::StockRow>, bool) {
+    let (h, q) = (hub.clone(), q.clone());
+    tokio::task::spawn_blocking(move || stock_selection(&h, &q)).await.unwrap_or_default()
+}
+
 /// The rows the stock screen shows for `q`, and whether more matched than it shows.
 fn stock_selection(hub: &Hub, q: &StockQuery) -> (Vec<crate::api::StockRow>, bool) {
     let sku = q.sku.as_deref().map(str::trim).filter(|v| !v.is_empty());
@@ -155,7 +164,7 @@ fn stock_selection(hub: &Hub, q: &StockQuery) -> (Vec<crate::api::StockRow>, boo
 }
 
 async fn stock(State(st): State<UiState>, session: UiSession, Query(q): Query<StockQuery>) -> Response {
-    let (rows, more) = stock_selection(&st.hub, &q);
+    let (rows, more) = stock_selection_off(&st.hub, &q).await;
     let sort_link = |col: &str, label: &str| html! { a href={ "/ui/stock?" (q.query(Some(col))) } { (label) } };
     page(
         &st.chrome,
@@ -198,7 +207,7 @@ async fn stock(State(st): State<UiState>, session: UiSession, Query(q): Query<St
 }
 
 async fn stock_csv(State(st): State<UiState>, Query(q): Query<StockQuery>) -> Response {
-    let (rows, _) = stock_selection(&st.hub, &q);
+    let (rows, _) = stock_selection_off(&st.hub, &q).await;
     crate::api::stock_csv(&rows)
 }
 
@@ -429,7 +438,7 @@ async fn create_return(
     Path(id): Path<String>,
     f: Form,
 ) -> Result<Response, Problem> {
-    let v = order_of(&st, &f.session, &id)?;
+    let v = order_of(&st, &f.session, &id).await?;
     let lines = match reason_and_lines(&f, "Give a reason for the return.") {
         Ok((_, lines)) => lines,
         Err(words) => return Ok(unreadable(&st, &f, &v, &words)),
@@ -459,7 +468,7 @@ async fn cancel_lines(
     Path(id): Path<String>,
     f: Form,
 ) -> Result<Response, Problem> {
-    let v = order_of(&st, &f.session, &id)?;
+    let v = order_of(&st, &f.session, &id).await?;
     let (reason, chosen) = match reason_and_lines(&f, "Give a reason for the cancellation.") {
         Ok(r) => r,
         Err(words) => return Ok(unreadable(&st, &f, &v, &words)),
@@ -491,7 +500,7 @@ async fn cancel_at_site(
     Path((id, fulfillment)): Path<(String, String)>,
     f: Form,
 ) -> Result<Response, Problem> {
-    let v = order_of(&st, &f.session, &id)?;
+    let v = order_of(&st, &f.session, &id).await?;
     let reason = f.get("reason").unwrap_or("").trim().to_owned();
     if reason.is_empty() {
         return Ok(unreadable(&st, &f, &v, "Give a reason for cancelling at this site."));
@@ -531,8 +540,13 @@ pub(crate) fn status_words(status: &str) -> &'static str {
     }
 }
 
-fn order_of(st: &UiState, session: &UiSession, id: &str) -> Result<Value, Problem> {
-    crate::orders::hub_order(&st.hub, id, &session.principal())?.ok_or_else(|| crate::orders::not_found(id))
+/// The order view of `id` as `session` may see it (a read of intake.redb and the documents: off the async
+/// worker, so a busy intake never stalls the other screens).
+async fn order_of(st: &UiState, session: &UiSession, id: &str) -> Result<Value, Problem> {
+    let (hub, principal, key) = (st.hub.clone(), session.principal(), id.to_owned());
+    crate::orders::blocking(move || crate::orders::hub_order(&hub, &key, &principal))
+        .await?
+        .ok_or_else(|| crate::orders::not_found(id))
 }
 
 async fn order_screen(
@@ -540,7 +554,7 @@ async fn order_screen(
     session: UiSession,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let v = order_of(&st, &session, &id)?;
+    let v = order_of(&st, &session, &id).await?;
     Ok(order_page(&st, &session, &v, None).into_response())
 }
 
@@ -687,7 +701,7 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
 }
 
 async fn cancel(State(st): State<UiState>, actor: Actor, Path(id): Path<String>, f: Form) -> Result<Response, Problem> {
-    let v = order_of(&st, &f.session, &id)?;
+    let v = order_of(&st, &f.session, &id).await?;
     let reason = f.get("reason").unwrap_or("").to_owned();
     if reason.is_empty() {
         let e = "Give a reason for the cancellation.";
@@ -703,7 +717,7 @@ async fn add_note(
     Path(id): Path<String>,
     f: Form,
 ) -> Result<Response, Problem> {
-    let v = order_of(&st, &f.session, &id)?;
+    let v = order_of(&st, &f.session, &id).await?;
     let done = crate::notes::note(&st.hub, actor, &id, f.get("text").unwrap_or("")).await;
     Ok(after_form(&st, &f, &v, &id, done.map(|_| ())))
 }
@@ -722,7 +736,7 @@ async fn record_payment(
     Path(id): Path<String>,
     f: Form,
 ) -> Result<Response, Problem> {
-    let v = order_of(&st, &f.session, &id)?;
+    let v = order_of(&st, &f.session, &id).await?;
     let method = serde_json::from_value(Value::String(f.get("method").unwrap_or("").to_owned()));
     let (Some(amount), Ok(method)) = (f.get("amount_minor").and_then(|a| a.parse::<u64>().ok()), method) else {
         let e = "Give the amount as a whole number of minor units and choose how it was paid.";
