@@ -128,8 +128,6 @@ pub const EASYPOST_SIGNATURE_HEADER: &str = "x-hmac-signature";
 pub const EASYPOST_SIGNATURE_PREFIX: &str = "hmac-sha256-hex=";
 /// The EasyPost events that carry a tracker; other events are acknowledged and ignored.
 pub const EASYPOST_TRACKER_EVENTS: &[&str] = &["tracker.created", "tracker.updated"];
-/// Most `tracking_details` of an EasyPost tracker read (the latest is the last).
-pub const EASYPOST_DETAILS_MAX: usize = 1_000;
 
 /// How a carrier posts its events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -518,7 +516,8 @@ pub fn check_easypost(carrier: &str, body: &[u8], now_ms: u64) -> Result<Option<
     if t.object != "Tracker" {
         return Err(invalid("result.object", "a Tracker"));
     }
-    let latest = t.tracking_details.iter().take(EASYPOST_DETAILS_MAX).last();
+    // The latest detail is the last; the body limit bounds how many there are.
+    let latest = t.tracking_details.last();
     let occurred_at_ms = latest
         .and_then(|d| d.datetime.as_deref())
         .or(t.updated_at.as_deref())
