@@ -14,6 +14,15 @@
 //! wrong signature `401`; a body over [`EVENT_BODY_BYTES_MAX`] `413`; a bad field `422`. Nothing is stored for
 //! a refused request.
 //!
+//! **A carrier's own format.** A carrier with `format = "easypost"` ([`CarrierFormat`]) posts EasyPost's
+//! `Event` with a `Tracker` as its `result`, signed `X-Hmac-Signature: hmac-sha256-hex=<hex HMAC-SHA256(secret,
+//! raw body)>` ([`verify_easypost`]; EasyPost signs no timestamp, so the event id is the replay guard).
+//! [`check_easypost`] normalizes it to the same [`TrackingEvent`] (the event's id, the tracker's code and
+//! status, the latest tracking detail's time and words), which goes through the same [`store`]. A status
+//! outside [`STATUSES`] (EasyPost's `unknown`, `cancelled`, `error`) is stored and listed, and changes no
+//! state: no event, flag, delivery or tracking state. Another EasyPost event answers `200 {"ignored": true}`.
+//! No polling fallback: a webhook that never comes leaves the parcel as it was.
+//!
 //! **Idempotent by the carrier's event id.** The event is keyed by (carrier, event id) in `intake.redb`; a
 //! replay answers `200` with `"replayed": true` and changes nothing. A new event answers `200` (`"replayed":
 //! false`) once committed, with `"matched"` saying whether a shipment carries its tracking number.
@@ -34,6 +43,13 @@
 //! documents and only then deletes the row. The site's sync applies its own `Deliver` to a shipped order that
 //! carries the key, so a manual deliver and the carrier's reach `delivered` once, and the watcher's
 //! `order.delivered` fires once.
+//!
+//! **Frozen documents.** A site freezes a shipped fulfillment once its return window has passed, and a frozen
+//! document takes no more changes. A `delivered` that comes later is recorded by the hub itself:
+//! [`deliver_due`] finds the document frozen as shipped and, in the transaction that deletes the outbox row,
+//! writes `carrier_deliveries_frozen` ([`frozen_delivery`]) and reports the fulfillment's `order.delivered`
+//! (once, like the watcher). The order's view reads that row (`crate::orders`), so its status, timeline and
+//! the customer's page say `delivered`; the site keeps its frozen order `shipped`.
 //!
 //! **State.** A fulfillment's tracking state is derived from its events, never overwritten: `delivered` and
 //! `return_to_sender` are final (a late `in_transit` does not regress them); otherwise the latest by the
@@ -1016,9 +1032,6 @@ async fn carrier_event(
         // An EasyPost event without a tracker (a batch, a refund…): acknowledged so the carrier does not retry.
         return Ok(Json(json!({"carrier": carrier, "ignored": true})).into_response());
     };
-    if hook_format(&hub.tracking.carriers, &carrier) == CarrierFormat::Easypost {
-        hub.tracking.easypost.fetch_add(1, Ordering::Relaxed);
-    }
     let h = hub.clone();
     let e = event.clone();
     let stored = crate::orders::blocking(move || store(h.intake.db(), &e)).await?;
@@ -1026,6 +1039,9 @@ async fn carrier_event(
         hub.tracking.replayed.fetch_add(1, Ordering::Relaxed);
     } else {
         hub.tracking.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    if hook_format(&hub.tracking.carriers, &carrier) == CarrierFormat::Easypost {
+        hub.tracking.easypost.fetch_add(1, Ordering::Relaxed);
     }
     if stored.delivery_due {
         deliver_due(&hub).await;

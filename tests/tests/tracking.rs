@@ -457,5 +457,8 @@ async fn easypost_events_deliver_and_a_frozen_fulfillment_still_reaches_delivere
     tokio::time::sleep(Duration::from_secs(1)).await;
     let events = feed(&c, hub_http).await;
     assert_eq!(delivered_fulfillments(&events), [fos[0].as_str(), fos[1].as_str()], "each delivered once");
+    // evt_11, evt_12, evt_13 (and its replay), evt_21 (and its replay).
+    let metrics = c.get(hub("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("oms_hub_carrier_events_easypost_total 6\n"), "{metrics}");
     drop(node);
 }
