@@ -664,6 +664,26 @@ mod tests {
         }
     }
 
+    /// The horizon counts from the ready instant's local date, so a cached "nothing within the horizon" must
+    /// not answer for the next day, whose horizon reaches one day further.
+    #[test]
+    fn the_cache_does_not_carry_an_answer_over_local_midnight() {
+        // Mondays only, every Monday closed from 2026-11-30 for 57 weeks: from Sunday 2026-11-29 the horizon
+        // ends the day before the first open Monday (2028-01-03); from Monday it reaches it.
+        let mondays: Vec<String> = (0..57)
+            .map(|w| Date::constant(2026, 11, 30).checked_add(jiff::Span::new().weeks(w)).unwrap().to_string())
+            .collect();
+        let mondays: Vec<&str> = mondays.iter().map(String::as_str).collect();
+        let s = schedule("Europe/Berlin", &[(&[Weekday::Mon], "16:00")], &mondays, 0).compile().unwrap();
+        let ms = |t: &str| u64::try_from(at(t).as_millisecond()).unwrap();
+        let (sunday, monday) = (ms("2026-11-29T22:00:00Z"), ms("2026-11-29T23:30:00Z")); // 23:00, 00:30 local
+        assert_eq!(site_promise(&s, sunday, OpenWork::default()), None);
+        let p = site_promise(&s, monday, OpenWork::default()).unwrap();
+        assert_eq!(p.ship_by_ms, ms("2028-01-03T15:00:00Z"));
+        assert_eq!(s.promise(sunday, OpenWork::default()), None);
+        assert_eq!(s.promise(monday, OpenWork::default()), Some(p));
+    }
+
     #[test]
     fn the_promise_cache_is_bounded_and_a_clone_starts_empty() {
         let s = schedule("Europe/Berlin", &[(WEEKDAYS, "16:00")], &[], 30);
