@@ -57,10 +57,12 @@
 //!
 //! After the end of day the demo plays the carrier (see `tracking`): signed tracking events to the hub for
 //! (at most 100 of) the hub's fulfillments shipped and not delivered, `in_transit` then `delivered` for all but one (`failure`, flagged
-//! for customer service); the sites deliver what the carrier delivered. The summary adds `tracking_events`,
+//! for customer service); the sites deliver what the carrier delivered. Every other parcel's carrier posts in
+//! EasyPost's own format (`[carriers.test-easypost]`, `format = "easypost"`), one of them also a status the
+//! hub does not know. The summary adds `tracking_events`, `tracking_events_easypost_format`,
 //! `delivered_by_carrier`, `carrier_exceptions` and the mismatch counters `tracking_events_replayed_changed`,
-//! `tracking_state_regressions`, `delivered_by_carrier_missing`, `carrier_exception_mismatches` and
-//! `order_delivered_twice` (all 0).
+//! `tracking_state_regressions`, `delivered_by_carrier_missing`, `carrier_exception_mismatches`,
+//! `order_delivered_twice` and `tracking_unknown_status_changed` (all 0).
 //!
 //! Then the hub's network stock is walked in pages (see `stock_pages`) and held against one unpaged read:
 //! the summary adds `stock_rows`, `stock_pages`, `stock_page_mismatches` (0) and `demand_documents_read`

@@ -4,8 +4,13 @@
 //!
 //! "schedules on" gives every site a shipping schedule (three time zones, two services, a closure) and, per
 //! order, computes every site's promise first, as the intake does for each order it routes, then routes with
-//! the promises in the ranking; "schedules off" is the same index without them, in the same run.
+//! the promises in the ranking; "schedules off" is the same index without them, in the same run. Each order
+//! moves the clock on 50 ms and adds one shipment to one site's open work (round robin), so promises change
+//! as they would in a day's routing. "uncached" computes each promise (`site_promise`, what the intake did
+//! before the cache); "cached" asks the schedule's cache (`Schedule::promise`, what the intake does), which
+//! gives the same answers (checked at the end).
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -119,20 +124,52 @@ fn main() {
     };
     let table_scheduled =
         SiteTable::new(sites.iter().zip(promises(10)).map(|(s, promise)| SiteView { promise, ..s.clone() }).collect());
+    // The day's clock and each site's open work, advanced per order (reset at the start of each run).
+    let clock = Cell::new(0u64);
+    let open_work: RefCell<Vec<u64>> = RefCell::new(vec![10; SITES]);
+    let reset = || {
+        clock.set(0);
+        open_work.borrow_mut().iter_mut().for_each(|o| *o = 10);
+    };
+    let schedules_cached: Vec<Schedule> = schedules.clone(); // a clone starts with an empty cache
+    let promises_now = |cached: bool| -> Vec<_> {
+        let i = clock.get();
+        clock.set(i + 1);
+        let now = NOW_MS + i * 50;
+        let mut open = open_work.borrow_mut();
+        open[(i as usize) % SITES] += 1;
+        let set = if cached { &schedules_cached } else { &schedules };
+        set.iter()
+            .zip(open.iter())
+            .map(|(s, o)| {
+                let open = OpenWork { shipments: *o };
+                if cached { s.promise(now, open) } else { site_promise(s, now, open) }
+            })
+            .collect::<Vec<_>>()
+    };
     let whole = RoutingPolicy::default();
     let split = RoutingPolicy { split_lines: true, ..RoutingPolicy::default() };
-    let runs: [(&str, &RoutingPolicy, Router); 6] = [
+    let runs: [(&str, &RoutingPolicy, Router); 7] = [
         ("route, per-site maps, whole lines", &whole, &|o, p| route(o, &sites, p)),
         ("route, per-site maps, split lines", &split, &|o, p| route(o, &sites, p)),
         ("route_indexed, whole lines", &whole, &|o, p| route_indexed(o, &table, p)),
         ("route_indexed, split lines", &split, &|o, p| route_indexed(o, &table, p)),
         ("route_indexed, whole lines, schedules off", &whole, &|o, p| route_indexed(o, &table, p)),
-        ("route_indexed, whole lines, schedules on (every site's promise computed per order)", &whole, &|o, p| {
-            black_box(promises(10));
+        (
+            "route_indexed, whole lines, schedules on, uncached (every site's promise computed per order)",
+            &whole,
+            &|o, p| {
+                black_box(promises_now(false));
+                route_indexed(o, &table_scheduled, p)
+            },
+        ),
+        ("route_indexed, whole lines, schedules on, cached (every site's promise asked per order)", &whole, &|o, p| {
+            black_box(promises_now(true));
             route_indexed(o, &table_scheduled, p)
         }),
     ];
     for (name, policy, run) in runs {
+        reset();
         // Warm-up: caches, allocator, branch predictors.
         for o in orders.iter().take(2_000) {
             black_box(run(black_box(o), policy));
@@ -162,6 +199,18 @@ fn main() {
             latencies[latencies.len() - 1].as_secs_f64() * 1e6,
             outcomes,
         );
+    }
+    // The cache must give the uncached answers, on the clock and open work the runs went through and beyond.
+    reset();
+    let fresh: Vec<Schedule> = schedules.clone();
+    for i in 0..2_000u64 {
+        let now = NOW_MS + i * 600;
+        for (n, (s, f)) in schedules_cached.iter().zip(&fresh).enumerate() {
+            let open = OpenWork { shipments: 10 + (i + n as u64) % 500 };
+            let want = site_promise(s, now, open);
+            assert_eq!(s.promise(now, open), want, "the cached promise disagrees");
+            assert_eq!(f.promise(now, open), want, "the cached promise disagrees");
+        }
     }
     // Both paths must agree; a bench that measured a wrong answer would be worthless.
     for o in orders.iter().take(1_000) {

@@ -23,7 +23,8 @@
 //! - `GET /v1/events?after=&limit=&types=&wait_ms=` and `/v1/webhooks`: the event feed and webhook
 //!   subscriptions, see [`crate::events`].
 //! - `GET /metrics`: OpenMetrics text: the refusals of the auth layer, nodes connected, documents held,
-//!   carrier tracking events by outcome (`oms_hub_carrier_events_total{result}`),
+//!   carrier tracking events by outcome (`oms_hub_carrier_events_total{result}`) and those in EasyPost's
+//!   format (`oms_hub_carrier_events_easypost_total`),
 //!   orders taken and waiting, live API keys, the intake writer's commits and the orders they held.
 //!
 //! Every route but `/healthz` and `/v1/track/{token}` needs an API key (`Authorization: Bearer`, see
@@ -367,10 +368,13 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
         "# HELP oms_hub_carrier_events Carrier tracking events by outcome: stored, replays answered without a \
          change, refused (carrier, signature, body).\n# TYPE oms_hub_carrier_events counter\n\
          oms_hub_carrier_events_total{{result=\"stored\"}} {}\noms_hub_carrier_events_total{{result=\"replayed\"}} {}\n\
-         oms_hub_carrier_events_total{{result=\"refused\"}} {}\n",
+         oms_hub_carrier_events_total{{result=\"refused\"}} {}\n\
+         # HELP oms_hub_carrier_events_easypost Carrier tracking events stored or replayed from carriers that post in \
+         EasyPost's format.\n# TYPE oms_hub_carrier_events_easypost counter\noms_hub_carrier_events_easypost_total {}\n",
         t.accepted.load(std::sync::atomic::Ordering::Relaxed),
         t.replayed.load(std::sync::atomic::Ordering::Relaxed),
-        t.refused.load(std::sync::atomic::Ordering::Relaxed)
+        t.refused.load(std::sync::atomic::Ordering::Relaxed),
+        t.easypost.load(std::sync::atomic::Ordering::Relaxed)
     ));
     if let Some(n) = taken {
         out.push_str(&format!(

@@ -729,6 +729,15 @@ impl HubDocs {
                 for n in std::mem::take(&mut self.sites_stale) {
                     let info =
                         schema::stock_doc(&n).and_then(|d| self.sync.db.read(&d).and_then(|doc| published(&n, &doc)));
+                    // The same schedule published again keeps its compiled form, and its promise cache.
+                    let info = info.map(|mut i| {
+                        if let (Some(new), Some(old)) = (&i.schedule, infos.get(&n).and_then(|o| o.schedule.as_ref()))
+                            && new.source() == old.source()
+                        {
+                            i.schedule = Some(old.clone());
+                        }
+                        i
+                    });
                     match info {
                         Some(i) => infos.insert(n, i),
                         None => infos.remove(&n),

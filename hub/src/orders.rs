@@ -527,11 +527,45 @@ struct FoState {
 }
 
 fn fo_state(hub: &Hub, id: &OrderId) -> FoState {
-    let docs = lock(&hub.docs);
-    let view = schema::order_doc(id).and_then(|n| docs.get(&n).and_then(|d| schema::read_order(&d, n.as_str()).ok()));
+    let view = {
+        let docs = lock(&hub.docs);
+        schema::order_doc(id).and_then(|n| docs.get(&n).and_then(|d| schema::read_order(&d, n.as_str()).ok()))
+    };
     let frozen_at_ms = view.as_ref().and_then(|v| v.frozen_at_ms);
-    let progress = view.and_then(|v| v.progress);
+    let mut progress = view.as_ref().and_then(|v| v.progress.clone());
+    if let (Some(v), Some(p)) = (&view, progress.as_mut()) {
+        frozen_delivered(hub, v, p);
+    }
     FoState { status: progress.as_ref().map(|p| p.status), progress, frozen_at_ms }
+}
+
+/// When the carrier delivered a fulfillment its site had frozen as shipped (so its document cannot say so):
+/// the hub's record ([`crate::tracking::frozen_delivery`]) or the hub's key that reached the document as the
+/// site froze it. None for any other document.
+pub(crate) fn carrier_delivered_frozen(hub: &Hub, v: &schema::OrderView) -> Option<u64> {
+    let shipped = v.progress.as_ref().is_some_and(|p| p.status == FulfillmentState::Shipped);
+    if v.frozen_at_ms.is_none() || !shipped {
+        return None;
+    }
+    v.carrier_delivered_at_ms.or_else(|| {
+        crate::tracking::frozen_delivery(hub.intake.db(), v.id.as_str())
+            .inspect_err(|e| tracing::warn!(fulfillment = %v.id, error = %e, "cannot read a frozen delivery"))
+            .ok()
+            .flatten()
+    })
+}
+
+/// Shows in `p` (the progress of `v`) the carrier's delivery of a fulfillment frozen as shipped: `delivered`,
+/// with its timeline entry.
+fn frozen_delivered(hub: &Hub, v: &schema::OrderView, p: &mut schema::Progress) {
+    if let Some(at_ms) = carrier_delivered_frozen(hub, v) {
+        p.status = FulfillmentState::Delivered;
+        p.timeline.push(oms_protocol::records::TimelineEntry {
+            at_ms,
+            status: FulfillmentState::Delivered,
+            note: "delivered by the carrier (after the site froze the order)".into(),
+        });
+    }
 }
 
 fn order_view(hub: &Hub, o: &HubOrder) -> Value {
@@ -1165,14 +1199,24 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                 let Some(view) = docs.get(&doc).and_then(|d| schema::read_order(&d, doc.as_str()).ok()) else {
                     continue;
                 };
+                let delivered_frozen = carrier_delivered_frozen(hub, &view).is_some();
                 let Some(p) = view.progress else { continue };
-                seen.extend(crate::events::watch::FulfillmentSeen::of(
-                    &view.id,
-                    view.parent.as_deref(),
-                    &view.site,
-                    &view.draft.channel,
-                    &p,
-                ));
+                seen.extend(
+                    crate::events::watch::FulfillmentSeen::of(
+                        &view.id,
+                        view.parent.as_deref(),
+                        &view.site,
+                        &view.draft.channel,
+                        &p,
+                    )
+                    .map(|mut f| {
+                        // A carrier delivery the site could not apply (frozen as shipped) is reported once too.
+                        if delivered_frozen {
+                            f.status = FulfillmentState::Delivered;
+                        }
+                        f
+                    }),
+                );
                 if matches!(p.status, FulfillmentState::Shipped | FulfillmentState::Delivered) {
                     let lines = p.lines.iter().map(|l| (l.sku.to_string(), u64::from(l.shipped))).collect();
                     shipped.push((view.id.clone(), view.parent.clone(), view.site.to_string(), lines));

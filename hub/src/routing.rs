@@ -42,7 +42,7 @@
 //!
 //! Each site may carry a [`SitePromise`] (`SiteView::promise`), computed by the caller from the schedule
 //! the site published ([`oms_protocol::shipping::site_promise`]: the first carrier cut-off it can still make
-//! given its open work). A plan ships when its last site does, so its ship day is the latest of its sites'
+//! given its open work; the intake asks the schedule's cache, `Schedule::promise`, which gives the same). A plan ships when its last site does, so its ship day is the latest of its sites'
 //! ([`PlanScore::ship_day`]; a site without a schedule counts as never, `u32::MAX`: a promise nobody made
 //! cannot beat one that was). It sits after stock, split and staleness and before priority and distance:
 //!

@@ -14,6 +14,15 @@
 //! wrong signature `401`; a body over [`EVENT_BODY_BYTES_MAX`] `413`; a bad field `422`. Nothing is stored for
 //! a refused request.
 //!
+//! **A carrier's own format.** A carrier with `format = "easypost"` ([`CarrierFormat`]) posts EasyPost's
+//! `Event` with a `Tracker` as its `result`, signed `X-Hmac-Signature: hmac-sha256-hex=<hex HMAC-SHA256(secret,
+//! raw body)>` ([`verify_easypost`]; EasyPost signs no timestamp, so the event id is the replay guard).
+//! [`check_easypost`] normalizes it to the same [`TrackingEvent`] (the event's id, the tracker's code and
+//! status, the latest tracking detail's time and words), which goes through the same [`store`]. A status
+//! outside [`STATUSES`] (EasyPost's `unknown`, `cancelled`, `error`) is stored and listed, and changes no
+//! state: no event, flag, delivery or tracking state. Another EasyPost event answers `200 {"ignored": true}`.
+//! No polling fallback: a webhook that never comes leaves the parcel as it was.
+//!
 //! **Idempotent by the carrier's event id.** The event is keyed by (carrier, event id) in `intake.redb`; a
 //! replay answers `200` with `"replayed": true` and changes nothing. A new event answers `200` (`"replayed":
 //! false`) once committed, with `"matched"` saying whether a shipment carries its tracking number.
@@ -35,6 +44,13 @@
 //! carries the key, so a manual deliver and the carrier's reach `delivered` once, and the watcher's
 //! `order.delivered` fires once.
 //!
+//! **Frozen documents.** A site freezes a shipped fulfillment once its return window has passed, and a frozen
+//! document takes no more changes. A `delivered` that comes later is recorded by the hub itself:
+//! [`deliver_due`] finds the document frozen as shipped and, in the transaction that deletes the outbox row,
+//! writes `carrier_deliveries_frozen` ([`frozen_delivery`]) and reports the fulfillment's `order.delivered`
+//! (once, like the watcher). The order's view reads that row (`crate::orders`), so its status, timeline and
+//! the customer's page say `delivered`; the site keeps its frozen order `shipped`.
+//!
 //! **State.** A fulfillment's tracking state is derived from its events, never overwritten: `delivered` and
 //! `return_to_sender` are final (a late `in_transit` does not regress them); otherwise the latest by the
 //! carrier's `occurred_at_ms` (ties by the order of [`STATUSES`]). At most [`EVENTS_PER_TRACKING_MAX`] events
@@ -48,7 +64,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use oms_protocol::domain::{Channel, OrderId};
+use oms_protocol::domain::{Channel, FulfillmentState, OrderId};
 use oms_protocol::schema;
 use oms_service::storage::StorageError;
 use oms_service::{Problem, RawBody, lock, now_ms};
@@ -75,6 +91,10 @@ const SHIPMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tracking_s
 const FLAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders_flagged_carrier");
 /// Fulfillment → when the carrier delivered it: the outbox of [`deliver_due`].
 const DELIVER_DUE: TableDefinition<&str, u64> = TableDefinition::new("carrier_deliveries_due");
+/// Fulfillment → when the carrier delivered it, for a fulfillment whose document its site had frozen as
+/// shipped before the delivery came: the hub's own record of it ([`frozen_delivery`]), since a frozen
+/// document takes no more changes.
+const DELIVERED_FROZEN: TableDefinition<&str, u64> = TableDefinition::new("carrier_deliveries_frozen");
 
 /// Largest request body, bytes (one event; EasyPost's tracker events are a few KiB).
 pub const EVENT_BODY_BYTES_MAX: usize = 16 * 1024;
@@ -118,12 +138,34 @@ pub const EXCEPTIONS: &[&str] = &["failure", "return_to_sender"];
 /// States nothing later replaces.
 const FINAL: &[&str] = &["delivered", "return_to_sender"];
 
+/// The header EasyPost signs its events in.
+pub const EASYPOST_SIGNATURE_HEADER: &str = "x-hmac-signature";
+/// The prefix of EasyPost's signature value.
+pub const EASYPOST_SIGNATURE_PREFIX: &str = "hmac-sha256-hex=";
+/// The EasyPost events that carry a tracker; other events are acknowledged and ignored.
+pub const EASYPOST_TRACKER_EVENTS: &[&str] = &["tracker.created", "tracker.updated"];
+
+/// How a carrier posts its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CarrierFormat {
+    /// The hub's normalized event ([`EventBody`]) signed with `X-Oms-Signature`.
+    #[default]
+    Oms,
+    /// EasyPost's `Event` with a `Tracker` as its `result`, signed with `X-Hmac-Signature:
+    /// hmac-sha256-hex=<hex HMAC-SHA256(secret, raw body)>` (see [`check_easypost`]).
+    Easypost,
+}
+
 /// One carrier's webhook (`[carriers.<name>]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CarrierWebhook {
-    /// The shared secret the carrier signs its events with (at least 16 bytes).
+    /// The shared secret the carrier signs its events with (at least 16 bytes; ASCII for `easypost`).
     pub webhook_secret: String,
+    /// The format of its events and signature (`oms`, the default, or `easypost`).
+    #[serde(default)]
+    pub format: CarrierFormat,
 }
 
 /// The `[carriers]` section: carrier name (`a-z`, `0-9`, `-`, `_`, at most 32 bytes) → its webhook.
@@ -140,6 +182,10 @@ pub fn check_config(c: &CarriersConfig) -> Result<(), String> {
         }
         if w.webhook_secret.len() < SECRET_BYTES_MIN {
             return Err(format!("[carriers.{name}] webhook_secret must be at least {SECRET_BYTES_MIN} bytes"));
+        }
+        // EasyPost keys its HMAC with the secret in Unicode NFKD form; an ASCII secret is its own NFKD form.
+        if w.format == CarrierFormat::Easypost && !w.webhook_secret.is_ascii() {
+            return Err(format!("[carriers.{name}] an easypost webhook_secret must be ASCII"));
         }
     }
     Ok(())
@@ -160,6 +206,12 @@ pub struct Tracking {
     pub replayed: AtomicU64,
     /// Requests refused (signature, body, unknown carrier).
     pub refused: AtomicU64,
+    /// Events accepted or replayed from carriers of format `easypost`.
+    pub easypost: AtomicU64,
+}
+
+fn hook_format(carriers: &CarriersConfig, carrier: &str) -> CarrierFormat {
+    carriers.get(carrier).map(|h| h.format).unwrap_or_default()
 }
 
 impl Tracking {
@@ -300,6 +352,7 @@ pub(crate) fn init(db: &redb::Database) -> Result<(), StorageError> {
     w.open_table(SHIPMENTS).map_err(redb::Error::from)?;
     w.open_table(FLAGS).map_err(redb::Error::from)?;
     w.open_table(DELIVER_DUE).map_err(redb::Error::from)?;
+    w.open_table(DELIVERED_FROZEN).map_err(redb::Error::from)?;
     w.commit().map_err(redb::Error::from)?;
     Ok(())
 }
@@ -315,15 +368,37 @@ fn text(field: &'static str, v: &str) -> Result<String, TrackingError> {
     Ok(v.to_owned())
 }
 
-/// Checks carrier `carrier`'s request: the carrier exists, the signature is good, the body is an event. The
-/// event, with `received_at_ms` = `now_ms`.
+/// The signature headers of a request: `X-Oms-Signature` and EasyPost's `X-Hmac-Signature`, as sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Signatures<'a> {
+    /// `X-Oms-Signature` (format `oms`).
+    pub oms: Option<&'a str>,
+    /// `X-Hmac-Signature` (format `easypost`).
+    pub easypost: Option<&'a str>,
+}
+
+impl<'a> Signatures<'a> {
+    /// Only an `X-Oms-Signature`.
+    pub fn oms(v: Option<&'a str>) -> Self {
+        Signatures { oms: v, easypost: None }
+    }
+
+    fn of(headers: &'a HeaderMap) -> Self {
+        let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+        Signatures { oms: get(SIGNATURE_HEADER), easypost: get(EASYPOST_SIGNATURE_HEADER) }
+    }
+}
+
+/// Checks carrier `carrier`'s request: the carrier exists, the signature is good (in the carrier's
+/// [`CarrierFormat`]), the body is an event. The event, with `received_at_ms` = `now_ms`; `None` for an
+/// EasyPost event that carries no tracker (acknowledged, nothing stored).
 pub fn check_request(
     carriers: &CarriersConfig,
     carrier: &str,
-    signature: Option<&str>,
+    signatures: Signatures<'_>,
     body: &[u8],
     now_ms: u64,
-) -> Result<TrackingEvent, Problem> {
+) -> Result<Option<TrackingEvent>, Problem> {
     let hook = carriers.get(carrier).ok_or_else(|| TrackingError::UnknownCarrier(carrier.to_owned()))?;
     if body.len() > EVENT_BODY_BYTES_MAX {
         return Err(Problem::new(
@@ -332,7 +407,12 @@ pub fn check_request(
             format!("a tracking event is at most {EVENT_BODY_BYTES_MAX} bytes"),
         ));
     }
-    let signature = signature.ok_or(TrackingError::SignatureMissing)?;
+    if hook.format == CarrierFormat::Easypost {
+        let signature = signatures.easypost.ok_or(TrackingError::SignatureMissing)?;
+        verify_easypost(&hook.webhook_secret, signature, body).map_err(TrackingError::Signature)?;
+        return check_easypost(carrier, body, now_ms);
+    }
+    let signature = signatures.oms.ok_or(TrackingError::SignatureMissing)?;
     verify_signature(&hook.webhook_secret, signature, body, now_ms / 1_000, REPLAY_WINDOW_S)
         .map_err(TrackingError::Signature)?;
     let b: EventBody = oms_service::parse_json(body)?;
@@ -342,23 +422,134 @@ pub fn check_request(
             TrackingError::Invalid { field: "status", detail: format!("one of {}", STATUSES.join(", ")) }.into()
         );
     }
-    let description = b.description.map(|d| {
-        let d: String = d.chars().filter(|c| !c.is_control()).collect();
-        let mut cut = d.trim().to_owned();
-        while cut.len() > DESCRIPTION_BYTES_MAX {
-            cut.pop();
-        }
-        cut
-    });
-    Ok(TrackingEvent {
+    Ok(Some(TrackingEvent {
         carrier: carrier.to_owned(),
         id: text("id", &b.id)?,
         tracking: text("tracking_code", &b.tracking_code)?,
         status: status.to_owned(),
         occurred_at_ms: b.occurred_at_ms,
-        description: description.filter(|d| !d.is_empty()),
+        description: b.description.as_deref().and_then(description),
         received_at_ms: now_ms,
-    })
+    }))
+}
+
+/// The carrier's words without control characters, trimmed, cut to [`DESCRIPTION_BYTES_MAX`] bytes; none
+/// if nothing is left.
+fn description(d: &str) -> Option<String> {
+    let d: String = d.chars().filter(|c| !c.is_control()).collect();
+    let mut cut = d.trim().to_owned();
+    while cut.len() > DESCRIPTION_BYTES_MAX {
+        cut.pop();
+    }
+    Some(cut).filter(|c| !c.is_empty())
+}
+
+/// EasyPost's signature: `hmac-sha256-hex=<hex HMAC-SHA256(secret, raw body)>`, compared in constant time.
+/// EasyPost signs no timestamp: a replay is caught by the event id ([`store`] is idempotent by it).
+pub fn verify_easypost(secret: &str, header: &str, body: &[u8]) -> Result<(), SignatureError> {
+    use hmac::{KeyInit, Mac};
+    let hex = header.trim().strip_prefix(EASYPOST_SIGNATURE_PREFIX).ok_or(SignatureError::Malformed)?;
+    let sig = crate::events::webhooks::unhex(hex).filter(|s| s.len() == 32).ok_or(SignatureError::Malformed)?;
+    let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .map_err(|_| SignatureError::Mismatch)?;
+    m.update(body);
+    m.verify_slice(&sig).map_err(|_| SignatureError::Mismatch)
+}
+
+/// The `X-Hmac-Signature` value EasyPost sends for `body` under `secret` (for tests and the demo).
+pub fn easypost_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+    m.update(body);
+    format!("{EASYPOST_SIGNATURE_PREFIX}{}", oms_service::auth::keys::hex(&m.finalize().into_bytes()))
+}
+
+/// EasyPost's `Event` (the fields read; others are ignored).
+#[derive(Debug, Deserialize)]
+struct EasypostEvent {
+    id: String,
+    object: String,
+    description: String,
+    #[serde(default)]
+    created_at: Option<String>,
+    /// Read as a [`EasypostTracker`] only for a tracker event.
+    #[serde(default)]
+    result: Option<Value>,
+}
+
+/// EasyPost's `Tracker` (the fields read).
+#[derive(Debug, Deserialize)]
+struct EasypostTracker {
+    object: String,
+    tracking_code: String,
+    status: String,
+    #[serde(default)]
+    status_detail: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
+    #[serde(default)]
+    tracking_details: Vec<EasypostDetail>,
+}
+
+/// One of a tracker's `tracking_details`.
+#[derive(Debug, Deserialize)]
+struct EasypostDetail {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    datetime: Option<String>,
+}
+
+/// An RFC 3339 time as ms since the Unix epoch (none before the epoch or unreadable).
+fn rfc3339_ms(s: &str) -> Option<u64> {
+    s.parse::<jiff::Timestamp>().ok().and_then(|t| u64::try_from(t.as_millisecond()).ok())
+}
+
+/// Normalizes an EasyPost `Event` (signature already checked): a `tracker.created`/`tracker.updated` gives
+/// the tracker's state as a [`TrackingEvent`] keyed by the event's id; its time is the latest tracking
+/// detail's `datetime` (else the tracker's `updated_at`, the event's `created_at`, the hub's clock); its
+/// words the latest detail's `message` (else `status_detail`). A status outside [`STATUSES`] (`unknown`,
+/// `cancelled`, `error`, or one EasyPost adds) is kept as sent and changes no state ([`store`]). Another
+/// event gives `None`.
+pub fn check_easypost(carrier: &str, body: &[u8], now_ms: u64) -> Result<Option<TrackingEvent>, Problem> {
+    let e: EasypostEvent = oms_service::parse_json(body)?;
+    let invalid = |field: &'static str, detail: &str| -> Problem {
+        TrackingError::Invalid { field, detail: detail.to_owned() }.into()
+    };
+    if e.object != "Event" {
+        return Err(invalid("object", "an EasyPost Event"));
+    }
+    let id = text("id", &e.id)?;
+    if !EASYPOST_TRACKER_EVENTS.contains(&e.description.as_str()) {
+        return Ok(None);
+    }
+    let t: EasypostTracker = match e.result.map(serde_json::from_value) {
+        Some(Ok(t)) => t,
+        Some(Err(err)) => return Err(invalid("result", &format!("a Tracker: {err}"))),
+        None => return Err(invalid("result", "a Tracker")),
+    };
+    if t.object != "Tracker" {
+        return Err(invalid("result.object", "a Tracker"));
+    }
+    // The latest detail is the last; the body limit bounds how many there are.
+    let latest = t.tracking_details.last();
+    let occurred_at_ms = latest
+        .and_then(|d| d.datetime.as_deref())
+        .or(t.updated_at.as_deref())
+        .or(e.created_at.as_deref())
+        .and_then(rfc3339_ms)
+        .unwrap_or(now_ms);
+    let words = latest.and_then(|d| d.message.as_deref()).or(t.status_detail.as_deref());
+    Ok(Some(TrackingEvent {
+        carrier: carrier.to_owned(),
+        id,
+        tracking: text("result.tracking_code", &t.tracking_code)?,
+        status: text("result.status", &t.status)?,
+        occurred_at_ms,
+        description: words.and_then(description),
+        received_at_ms: now_ms,
+    }))
 }
 
 /// What storing an event did.
@@ -457,6 +648,10 @@ fn apply_matched(w: &redb::WriteTransaction, sh: &ShipmentRef, e: &TrackingEvent
     let (Ok(order), Ok(channel)) = (OrderId::parse(&sh.order), Channel::parse(&sh.channel)) else {
         return Ok(false);
     };
+    // A status the hub does not know (EasyPost's `unknown`, `cancelled`, `error`) is kept and does nothing.
+    if !STATUSES.contains(&e.status.as_str()) {
+        return Ok(false);
+    }
     let data = json!({"fulfillment_id": sh.fulfillment, "carrier": e.carrier, "tracking": e.tracking,
         "status": e.status, "event_id": e.id, "occurred_at_ms": e.occurred_at_ms, "description": e.description});
     crate::events::append(w, EventDraft::new(TRACKING_UPDATED, e.received_at_ms).order(&order, &channel).data(data))?;
@@ -556,9 +751,11 @@ fn rank(status: &str) -> usize {
 }
 
 /// The tracking state of a shipment from its events: a final state stays; else the latest (ties by rank).
+/// Events of a status outside [`STATUSES`] do not count.
 pub fn current_state(events: &[TrackingEvent]) -> Option<&str> {
     events
         .iter()
+        .filter(|e| STATUSES.contains(&e.status.as_str()))
         .max_by_key(|e| (FINAL.contains(&e.status.as_str()), e.occurred_at_ms, rank(&e.status)))
         .map(|e| e.status.as_str())
 }
@@ -653,7 +850,7 @@ pub(crate) fn with_tracking(hub: &Hub, view: &mut Value) {
                     continue;
                 }
             };
-            for e in &events {
+            for e in events.iter().filter(|e| STATUSES.contains(&e.status.as_str())) {
                 timeline.push(json!({"at_ms": e.occurred_at_ms, "fulfillment": f["id"], "site": e.carrier,
                     "status": format!("carrier_{}", e.status), "note": e.description.clone().unwrap_or_default()}));
             }
@@ -672,9 +869,49 @@ pub(crate) fn with_tracking(hub: &Hub, view: &mut Value) {
     }
 }
 
+/// When the carrier delivered fulfillment `fulfillment` after its site froze it as shipped, if it did: the
+/// hub's record ([`deliver_due`]).
+pub fn frozen_delivery(db: &redb::Database, fulfillment: &str) -> Result<Option<u64>, StorageError> {
+    let r = db.begin_read().map_err(redb::Error::from)?;
+    let Some(t) = crate::events::read_table(&r, DELIVERED_FROZEN)? else { return Ok(None) };
+    Ok(t.get(fulfillment).map_err(redb::Error::from)?.map(|v| v.value()))
+}
+
+/// What the outbox does with one due delivery, from the fulfillment's document.
+enum DueDelivery {
+    /// Written into the document (or nothing to write): the row goes.
+    Done,
+    /// The document is frozen as shipped: the hub records the delivery itself and reports `order.delivered`.
+    Frozen(FulfillmentSeen, u64),
+    /// Not written (the document refused it): the row stays for the next pass.
+    Retry,
+}
+
+/// Records in `w` a carrier's delivery of a fulfillment whose document is frozen as shipped (`f`, with the
+/// status `delivered`): the [`DELIVERED_FROZEN`] row and, once, its `order.delivered`; removes the due row.
+pub(crate) fn record_frozen(
+    w: &redb::WriteTransaction,
+    f: &FulfillmentSeen,
+    at_ms: u64,
+    now_ms: u64,
+) -> Result<(), StorageError> {
+    {
+        let mut t = w.open_table(DELIVERED_FROZEN).map_err(redb::Error::from)?;
+        if t.get(f.id.as_str()).map_err(redb::Error::from)?.is_none() {
+            t.insert(f.id.as_str(), at_ms).map_err(redb::Error::from)?;
+        }
+        w.open_table(DELIVER_DUE).map_err(redb::Error::from)?.remove(f.id.as_str()).map_err(redb::Error::from)?;
+    }
+    crate::events::watch::report_in(w, f, now_ms)?;
+    Ok(())
+}
+
 /// The outbox pass: writes each due delivery into its fulfillment's document (`hub.carrier_delivered_at_ms`),
-/// flushes the documents, then deletes the rows and tells the sites. At most [`DELIVER_BATCH_MAX`] a pass; a
-/// row whose write failed stays for the next pass.
+/// flushes the documents, then deletes the rows and tells the sites. A fulfillment whose document its site
+/// already froze as shipped cannot take the key: the hub records the delivery in its own store instead
+/// ([`DELIVERED_FROZEN`], read by the order's view) and reports its `order.delivered`, in the transaction
+/// that deletes the row. At most [`DELIVER_BATCH_MAX`] a pass; a row whose write failed stays for the next
+/// pass.
 pub async fn deliver_due(hub: &Arc<Hub>) {
     let h = hub.clone();
     let due = tokio::task::spawn_blocking(move || -> Result<Vec<(String, u64)>, StorageError> {
@@ -695,25 +932,15 @@ pub async fn deliver_due(hub: &Arc<Hub>) {
         Err(e) => return tracing::warn!(error = %e, "the carrier deliveries' read failed"),
     };
     let mut done = Vec::new();
+    let mut frozen = Vec::new();
     let mut tell = Vec::new();
     {
         let mut docs = lock(&hub.docs);
         for (fulfillment, at) in &due {
-            let Some(name) = OrderId::parse(fulfillment).ok().as_ref().and_then(schema::order_doc) else {
-                done.push(fulfillment.clone());
-                continue;
-            };
-            if !docs.db().contains(&name) {
-                tracing::warn!(%fulfillment, "a carrier delivery for a fulfillment whose document is not here");
-                done.push(fulfillment.clone());
-                continue;
-            }
-            match docs.write_local(&name, |d| schema::request_delivered(d, *at)) {
-                Ok(nodes) => {
-                    tell.extend(nodes);
-                    done.push(fulfillment.clone());
-                }
-                Err(e) => tracing::warn!(%fulfillment, error = %e, "cannot write the carrier's delivery; retrying"),
+            match deliver_one(&mut docs, fulfillment, *at, &mut tell) {
+                DueDelivery::Done => done.push(fulfillment.clone()),
+                DueDelivery::Frozen(f, at) => frozen.push((f, at)),
+                DueDelivery::Retry => {}
             }
         }
     }
@@ -729,6 +956,10 @@ pub async fn deliver_due(hub: &Arc<Hub>) {
                 t.remove(f.as_str()).map_err(redb::Error::from)?;
             }
         }
+        let now = now_ms();
+        for (f, at) in &frozen {
+            record_frozen(&w, f, *at, now)?;
+        }
         w.commit().map_err(redb::Error::from)?;
         Ok(())
     })
@@ -741,11 +972,47 @@ pub async fn deliver_due(hub: &Arc<Hub>) {
     hub.poke(&tell);
 }
 
+/// One due delivery against its fulfillment's document (under the documents' lock).
+fn deliver_one(docs: &mut crate::docs::HubDocs, fulfillment: &str, at: u64, tell: &mut Vec<String>) -> DueDelivery {
+    let Some(name) = OrderId::parse(fulfillment).ok().as_ref().and_then(schema::order_doc) else {
+        return DueDelivery::Done;
+    };
+    if !docs.db().contains(&name) {
+        tracing::warn!(%fulfillment, "a carrier delivery for a fulfillment whose document is not here");
+        return DueDelivery::Done;
+    }
+    let view = docs.get(&name).and_then(|d| schema::read_order(&d, name.as_str()).ok());
+    if let Some(v) = view.filter(|v| v.frozen_at_ms.is_some()) {
+        // Frozen: the document takes no more changes. Shipped, the delivery is the hub's to record.
+        let Some(p) = v.progress.as_ref().filter(|p| p.status == FulfillmentState::Shipped) else {
+            return DueDelivery::Done;
+        };
+        return match FulfillmentSeen::of(&v.id, v.parent.as_deref(), &v.site, &v.draft.channel, p) {
+            Some(mut f) => {
+                f.status = FulfillmentState::Delivered;
+                DueDelivery::Frozen(f, at)
+            }
+            None => DueDelivery::Done,
+        };
+    }
+    match docs.write_local(&name, |d| schema::request_delivered(d, at)) {
+        Ok(nodes) => {
+            tell.extend(nodes);
+            DueDelivery::Done
+        }
+        Err(e) => {
+            tracing::warn!(%fulfillment, error = %e, "cannot write the carrier's delivery; retrying");
+            DueDelivery::Retry
+        }
+    }
+}
+
 #[utoipa::path(post, path = "/v1/carriers/{carrier}/events", tag = "orders",
     params(("carrier" = String, Path, description = "The carrier, as named in `[carriers]`"),
-        ("X-Oms-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>`")),
-    request_body(content = EventBody, description = "One tracking event"),
-    responses((status = 200, description = "Stored (or a replay: `replayed`), with whether a shipment carries its tracking number", body = Object),
+        ("X-Oms-Signature" = Option<String>, Header, description = "Format `oms`: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>`"),
+        ("X-Hmac-Signature" = Option<String>, Header, description = "Format `easypost`: `hmac-sha256-hex=<hex HMAC-SHA256(secret, body)>`")),
+    request_body(content = EventBody, description = "One tracking event: the hub's normalized event (format `oms`) or EasyPost's `Event` with a `Tracker` (format `easypost`)"),
+    responses((status = 200, description = "Stored (or a replay: `replayed`), with whether a shipment carries its tracking number; `ignored` for an EasyPost event that carries no tracker", body = Object),
         (status = 401, description = "`signature_missing`, `signature_malformed`, `signature_stale`, `signature_mismatch`"),
         (status = 404, description = "`carrier_not_found`"),
         (status = 409, description = "`too_many_events`"),
@@ -757,10 +1024,14 @@ async fn carrier_event(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
-    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    let event = check_request(&hub.tracking.carriers, &carrier, signature, &body, now_ms()).inspect_err(|_| {
-        hub.tracking.refused.fetch_add(1, Ordering::Relaxed);
-    })?;
+    let checked = check_request(&hub.tracking.carriers, &carrier, Signatures::of(&headers), &body, now_ms())
+        .inspect_err(|_| {
+            hub.tracking.refused.fetch_add(1, Ordering::Relaxed);
+        })?;
+    let Some(event) = checked else {
+        // An EasyPost event without a tracker (a batch, a refund…): acknowledged so the carrier does not retry.
+        return Ok(Json(json!({"carrier": carrier, "ignored": true})).into_response());
+    };
     let h = hub.clone();
     let e = event.clone();
     let stored = crate::orders::blocking(move || store(h.intake.db(), &e)).await?;
@@ -768,6 +1039,9 @@ async fn carrier_event(
         hub.tracking.replayed.fetch_add(1, Ordering::Relaxed);
     } else {
         hub.tracking.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    if hook_format(&hub.tracking.carriers, &carrier) == CarrierFormat::Easypost {
+        hub.tracking.easypost.fetch_add(1, Ordering::Relaxed);
     }
     if stored.delivery_due {
         deliver_due(&hub).await;
@@ -791,7 +1065,10 @@ mod tests {
     const SECRET: &str = "whsec_test_carrier_secret";
 
     fn carriers() -> CarriersConfig {
-        BTreeMap::from([("ups".to_owned(), CarrierWebhook { webhook_secret: SECRET.into() })])
+        BTreeMap::from([(
+            "ups".to_owned(),
+            CarrierWebhook { webhook_secret: SECRET.into(), format: CarrierFormat::Oms },
+        )])
     }
 
     fn body(id: &str, tracking: &str, status: &str, at: u64) -> Vec<u8> {
@@ -803,7 +1080,9 @@ mod tests {
     fn event(id: &str, tracking: &str, status: &str, at: u64) -> TrackingEvent {
         let b = body(id, tracking, status, at);
         let now = 1_000_000_000;
-        check_request(&carriers(), "ups", Some(&signature_header(SECRET, now / 1000, &b)), &b, now).unwrap()
+        check_request(&carriers(), "ups", Signatures::oms(Some(&signature_header(SECRET, now / 1000, &b))), &b, now)
+            .unwrap()
+            .unwrap()
     }
 
     fn db() -> (tempfile::TempDir, redb::Database) {
@@ -850,9 +1129,9 @@ mod tests {
         let b = body("e1", "1Z1", "in_transit", 1);
         let good = signature_header(SECRET, now / 1000, &b);
         let code = |carrier: &str, sig: Option<&str>, body: &[u8]| {
-            check_request(&carriers(), carrier, sig, body, now).map(|_| ()).unwrap_err().code
+            check_request(&carriers(), carrier, Signatures::oms(sig), body, now).map(|_| ()).unwrap_err().code
         };
-        assert!(check_request(&carriers(), "ups", Some(&good), &b, now).is_ok());
+        assert!(check_request(&carriers(), "ups", Signatures::oms(Some(&good)), &b, now).is_ok());
         assert_eq!(code("fedex", Some(&good), &b), "carrier_not_found");
         assert_eq!(code("ups", None, &b), "signature_missing");
         assert_eq!(code("ups", Some("v1=zz"), &b), "signature_malformed");
@@ -874,7 +1153,8 @@ mod tests {
             br#"{"id":"e","status":"delivered","occurred_at_ms":1}"#,
             br#"{"id":"e","tracking_code":"t","status":"delivered","occurred_at_ms":-1}"#,
         ] {
-            let p = check_request(&carriers(), "ups", Some(&sign(bad)), bad, now).map(|_| ()).unwrap_err();
+            let p =
+                check_request(&carriers(), "ups", Signatures::oms(Some(&sign(bad))), bad, now).map(|_| ()).unwrap_err();
             assert!(p.status == 400 || p.status == 422, "{p:?}");
         }
         let big = vec![b' '; EVENT_BODY_BYTES_MAX + 1];
@@ -944,12 +1224,182 @@ mod tests {
         assert_eq!(left, (EVENTS_PER_TRACKING_MAX - PRUNE_MAX.min(EVENTS_PER_TRACKING_MAX)) as u64 + 1);
     }
 
+    const EP_SECRET: &str = "easypost_webhook_secret_0123";
+
+    fn ep_carriers() -> CarriersConfig {
+        let hook = CarrierWebhook { webhook_secret: EP_SECRET.into(), format: CarrierFormat::Easypost };
+        BTreeMap::from([("easypost".to_owned(), hook)])
+    }
+
+    /// An EasyPost `Event` with a `Tracker`, as EasyPost posts it.
+    fn ep_body(id: &str, tracking: &str, status: &str, at: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({"id": id, "object": "Event", "description": "tracker.updated", "mode": "test",
+        "created_at": "2026-12-01T00:00:00Z", "previous_attributes": {"status": "unknown"},
+        "result": {"id": "trk_1", "object": "Tracker", "mode": "test", "tracking_code": tracking,
+            "status": status, "status_detail": "arrived_at_facility", "carrier": "USPS",
+            "updated_at": "2026-12-01T00:00:00Z",
+            "tracking_details": [
+                {"object": "TrackingDetail", "message": "Pre-Shipment Info Sent", "status": "pre_transit",
+                 "datetime": "2026-11-30T10:00:00Z"},
+                {"object": "TrackingDetail", "message": format!("{status} at the facility"), "status": status,
+                 "datetime": at, "tracking_location": {"city": "Berlin", "country": "DE"}}
+            ]}}))
+        .unwrap()
+    }
+
+    fn ep_check(body: &[u8], sig: Option<&str>) -> Result<Option<TrackingEvent>, Problem> {
+        let sigs = Signatures { oms: None, easypost: sig };
+        check_request(&ep_carriers(), "easypost", sigs, body, 1_000_000_000)
+    }
+
+    fn ep_event(id: &str, tracking: &str, status: &str, at: &str) -> TrackingEvent {
+        let b = ep_body(id, tracking, status, at);
+        ep_check(&b, Some(&easypost_signature(EP_SECRET, &b))).unwrap().unwrap()
+    }
+
+    #[test]
+    fn easypost_events_are_normalized_and_move_the_fulfillment() {
+        let e = ep_event("evt_1", "EZ1", "in_transit", "2026-12-01T12:00:00Z");
+        assert_eq!((e.carrier.as_str(), e.id.as_str(), e.tracking.as_str()), ("easypost", "evt_1", "EZ1"));
+        assert_eq!(e.status, "in_transit");
+        assert_eq!(e.occurred_at_ms, 1_796_126_400_000, "the latest tracking detail's datetime");
+        assert_eq!(e.description.as_deref(), Some("in_transit at the facility"));
+        let (_d, db) = db();
+        ship(&db, "hub-1.1", "EZ1");
+        assert!(store(&db, &e).unwrap().matched);
+        assert_eq!(current_state(&events_of(&db, "EZ1").unwrap()), Some("in_transit"));
+        let d = ep_event("evt_2", "EZ1", "delivered", "2026-12-02T09:30:00Z");
+        let s = store(&db, &d).unwrap();
+        assert!(s.delivery_due && !s.replayed);
+        assert_eq!(current_state(&events_of(&db, "EZ1").unwrap()), Some("delivered"));
+        assert_eq!(due(&db), ["hub-1.1"]);
+        assert_eq!(kinds(&db), 2);
+        // A replay (EasyPost retries with the same event id) changes nothing.
+        assert!(store(&db, &d).unwrap().replayed);
+        assert_eq!(kinds(&db), 2);
+        // Unknown statuses are stored and change no state: no event, no flag, no delivery, no regression.
+        for (i, st) in ["unknown", "cancelled", "error", "something_new"].iter().enumerate() {
+            let u = ep_event(&format!("evt_u{i}"), "EZ1", st, "2026-12-03T09:30:00Z");
+            let s = store(&db, &u).unwrap();
+            assert!(s.matched && !s.replayed && !s.delivery_due);
+        }
+        let evs = events_of(&db, "EZ1").unwrap();
+        assert_eq!(evs.len(), 6);
+        assert_eq!(current_state(&evs), Some("delivered"));
+        assert_eq!(kinds(&db), 2, "no tracking.updated for an unknown status");
+        assert!(flag_of(&db, "hub-1").unwrap().is_none());
+        // An unknown status alone is no state either; exceptions flag as in the hub's own format.
+        ship(&db, "hub-2.1", "EZ2");
+        store(&db, &ep_event("evt_3", "EZ2", "unknown", "2026-12-01T12:00:00Z")).unwrap();
+        assert_eq!(current_state(&events_of(&db, "EZ2").unwrap()), None);
+        store(&db, &ep_event("evt_4", "EZ2", "return_to_sender", "2026-12-01T13:00:00Z")).unwrap();
+        assert_eq!(flag_of(&db, "hub-1").unwrap().map(|f| f.status), Some("return_to_sender".to_owned()));
+    }
+
+    #[test]
+    fn easypost_signatures_and_bodies_are_checked() {
+        let b = ep_body("evt_1", "EZ1", "delivered", "2026-12-01T12:00:00Z");
+        let good = easypost_signature(EP_SECRET, &b);
+        let code = |body: &[u8], sig: Option<&str>| ep_check(body, sig).map(|_| ()).unwrap_err().code;
+        assert!(ep_check(&b, Some(&good)).unwrap().is_some());
+        assert!(ep_check(&b, Some(&format!("  {good} "))).is_ok(), "surrounding blanks are tolerated");
+        assert_eq!(code(&b, None), "signature_missing");
+        // The hub's own header does not authenticate an EasyPost carrier.
+        let oms = signature_header(EP_SECRET, 1_000_000, &b);
+        let p = check_request(&ep_carriers(), "easypost", Signatures::oms(Some(&oms)), &b, 1_000_000_000);
+        assert_eq!(p.map(|_| ()).unwrap_err().code, "signature_missing");
+        assert_eq!(code(&b, Some("sha256=00")), "signature_malformed");
+        assert_eq!(code(&b, Some("hmac-sha256-hex=zz")), "signature_malformed");
+        assert_eq!(code(&b, Some("hmac-sha256-hex=abcd")), "signature_malformed");
+        assert_eq!(code(&b, Some(&easypost_signature("another secret entirely", &b))), "signature_mismatch");
+        let tampered = ep_body("evt_1", "EZ1", "in_transit", "2026-12-01T12:00:00Z");
+        assert_eq!(code(&tampered, Some(&good)), "signature_mismatch");
+        // Signed but malformed: typed problems.
+        let tracker = |id: &str, object: &str, code: &str, status: &str| {
+            json!({"id": id, "object": "Event", "description": "tracker.updated",
+                "result": {"object": object, "tracking_code": code, "status": status}})
+        };
+        let cases: Vec<(Value, &str)> = vec![
+            (json!({"id": "evt_1", "object": "Batch", "description": "tracker.updated"}), "invalid_event"),
+            (json!({"id": "evt_1", "object": "Event", "description": "tracker.updated"}), "invalid_event"),
+            (tracker("", "Tracker", "EZ1", "delivered"), "invalid_event"),
+            (tracker("evt_1", "Shipment", "EZ1", "delivered"), "invalid_event"),
+            (tracker("evt_1", "Tracker", "EZ\u{7}", "delivered"), "invalid_event"),
+            (tracker("evt_1", "Tracker", "EZ1", ""), "invalid_event"),
+        ];
+        for (v, want) in cases {
+            let body = serde_json::to_vec(&v).unwrap();
+            let p = ep_check(&body, Some(&easypost_signature(EP_SECRET, &body))).map(|_| ()).unwrap_err();
+            assert_eq!((p.status, p.code), (422, want), "{v}");
+        }
+        for bad in [&b"{not json"[..], br#"{"object":"Event","description":"tracker.updated"}"#, br#"[]"#] {
+            let p = ep_check(bad, Some(&easypost_signature(EP_SECRET, bad))).map(|_| ()).unwrap_err();
+            assert!(p.status == 400 || p.status == 422, "{p:?}");
+        }
+        // Another kind of event: acknowledged, nothing to store.
+        let batch = serde_json::to_vec(&json!({"id": "evt_9", "object": "Event", "description": "batch.updated",
+            "result": {"object": "Batch"}}))
+        .unwrap();
+        assert!(ep_check(&batch, Some(&easypost_signature(EP_SECRET, &batch))).unwrap().is_none());
+        // A tracker without details: its updated_at, then the status detail's words.
+        let bare = serde_json::to_vec(&json!({"id": "evt_8", "object": "Event", "description": "tracker.created",
+            "result": {"object": "Tracker", "tracking_code": "EZ8", "status": "pre_transit",
+                "status_detail": "label_created", "updated_at": "2026-12-01T12:00:00Z"}}))
+        .unwrap();
+        let e = ep_check(&bare, Some(&easypost_signature(EP_SECRET, &bare))).unwrap().unwrap();
+        assert_eq!((e.occurred_at_ms, e.description.as_deref()), (1_796_126_400_000, Some("label_created")));
+    }
+
+    #[test]
+    fn a_delivery_for_a_frozen_document_is_recorded_and_reported_once() {
+        let (_d, db) = db();
+        ship(&db, "hub-1.1", "1Z7");
+        let w = db.begin_write().unwrap();
+        crate::events::watch::report_in(&w, &seen("hub-1.1", "1Z7"), 6).unwrap();
+        w.commit().unwrap();
+        store(&db, &event("d", "1Z7", "delivered", 40)).unwrap();
+        assert_eq!(due(&db), ["hub-1.1"]);
+        let delivered = |db: &redb::Database| {
+            let f = crate::events::TypeFilter::default();
+            let page = crate::events::page(db, 0, 100, &f, None, 1000).unwrap();
+            page.events.iter().filter(|e| e.kind == crate::events::ORDER_DELIVERED).count()
+        };
+        assert_eq!(delivered(&db), 0);
+        let mut f = seen("hub-1.1", "1Z7");
+        f.status = FulfillmentState::Delivered;
+        for _ in 0..2 {
+            let w = db.begin_write().unwrap();
+            record_frozen(&w, &f, 40, 50).unwrap();
+            w.commit().unwrap();
+        }
+        assert_eq!(frozen_delivery(&db, "hub-1.1").unwrap(), Some(40));
+        assert_eq!(frozen_delivery(&db, "hub-1.2").unwrap(), None);
+        assert!(due(&db).is_empty(), "the outbox row goes with the record");
+        assert_eq!(delivered(&db), 1, "order.delivered once");
+        assert!(crate::events::watch::unfinished(&db).unwrap().is_empty(), "no longer in transit");
+    }
+
     #[test]
     fn the_config_is_checked() {
         assert!(check_config(&carriers()).is_ok());
-        let short = BTreeMap::from([("ups".to_owned(), CarrierWebhook { webhook_secret: "short".into() })]);
+        let short = BTreeMap::from([(
+            "ups".to_owned(),
+            CarrierWebhook { webhook_secret: "short".into(), format: CarrierFormat::Oms },
+        )]);
         assert!(check_config(&short).is_err());
-        let bad = BTreeMap::from([("UPS!".to_owned(), CarrierWebhook { webhook_secret: SECRET.into() })]);
+        let bad = BTreeMap::from([(
+            "UPS!".to_owned(),
+            CarrierWebhook { webhook_secret: SECRET.into(), format: CarrierFormat::Oms },
+        )]);
         assert!(check_config(&bad).is_err());
+        assert!(check_config(&ep_carriers()).is_ok());
+        let hook = CarrierWebhook { webhook_secret: "ünïcödé_secret_0123".into(), format: CarrierFormat::Easypost };
+        assert!(check_config(&BTreeMap::from([("ep".to_owned(), hook)])).is_err(), "easypost secrets are ASCII");
+        let toml: CarriersConfig =
+            toml::from_str("[ep]\nwebhook_secret = \"0123456789abcdef\"\nformat = \"easypost\"\n").unwrap();
+        assert_eq!(toml["ep"].format, CarrierFormat::Easypost);
+        assert!(
+            toml::from_str::<CarriersConfig>("[ep]\nwebhook_secret = \"0123456789abcdef\"\nformat = \"x\"\n").is_err()
+        );
     }
 }

@@ -13,7 +13,8 @@
 //! cut-off in a daylight-saving gap) or exist twice take jiff's "compatible" reading, as RFC 5545 does: the
 //! later instant for a gap, the earlier for a fold.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 
 use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
@@ -34,6 +35,9 @@ pub const TRANSIT_DAYS_MAX: u8 = 60;
 pub const HORIZON_DAYS: u32 = 400;
 /// Longest carrier or service name, bytes.
 pub const NAME_BYTES_MAX: usize = 64;
+/// Most promises one schedule keeps cached ([`Schedule::promise`]), one per amount of work ahead; a full
+/// cache is emptied.
+pub const PROMISE_CACHE_MAX: usize = 256;
 
 /// A day of the week, as the config spells it (`mon` … `sun`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -150,6 +154,30 @@ pub struct Schedule {
     minutes_per_shipment: u32,
     closures: BTreeSet<Date>,
     services: Vec<Service>,
+    /// What it was compiled from (a site that publishes the same schedule again keeps this one, and its cache).
+    source: ShippingSchedule,
+    cache: PromiseCache,
+}
+
+/// [`Schedule::promise`]'s cache: minutes of work before a shipment is ready → the last promise computed
+/// with them and the ready instants it holds for. A clone starts empty.
+#[derive(Debug, Default)]
+struct PromiseCache(Mutex<HashMap<u64, CachedPromise>>);
+
+impl Clone for PromiseCache {
+    fn clone(&self) -> Self {
+        PromiseCache::default()
+    }
+}
+
+/// A promise and the ready instants it is the answer for: from `from` to `until` (inclusive; no end if
+/// none) with the same local date `date`.
+#[derive(Debug, Clone)]
+struct CachedPromise {
+    from: Timestamp,
+    until: Option<Timestamp>,
+    date: Date,
+    promise: Option<SitePromise>,
 }
 
 impl ShippingSchedule {
@@ -211,6 +239,8 @@ impl ShippingSchedule {
             minutes_per_shipment: self.minutes_per_shipment,
             closures,
             services,
+            source: self.clone(),
+            cache: PromiseCache::default(),
         })
     }
 }
@@ -261,15 +291,49 @@ pub struct SitePromise {
 impl Schedule {
     /// When a shipment taken at `now` is ready: the handling time plus the time each open shipment takes.
     pub fn ready_at(&self, now: Timestamp, open: OpenWork) -> Option<Timestamp> {
+        // At most HORIZON_DAYS in minutes, far below i64::MAX.
+        let minutes = i64::try_from(self.work_minutes(open)).ok()?;
+        now.checked_add(SignedDuration::from_mins(minutes)).ok()
+    }
+
+    /// Minutes of work before a shipment taken with `open` work ahead is ready (at most [`HORIZON_DAYS`]).
+    fn work_minutes(&self, open: OpenWork) -> u64 {
         let horizon = u64::from(HORIZON_DAYS) * 24 * 60;
-        let minutes = open
-            .shipments
+        open.shipments
             .saturating_mul(u64::from(self.minutes_per_shipment))
             .saturating_add(u64::from(self.handling_minutes))
-            .min(horizon);
-        // At most HORIZON_DAYS in minutes, far below i64::MAX.
-        let minutes = i64::try_from(minutes).ok()?;
-        now.checked_add(SignedDuration::from_mins(minutes)).ok()
+            .min(horizon)
+    }
+
+    /// What the schedule was compiled from.
+    pub fn source(&self) -> &ShippingSchedule {
+        &self.source
+    }
+
+    /// [`site_promise`], cached: always the same answer, computed once for every shipment that is ready on
+    /// the same local day no later than the first cut-off the last computation found (the answer depends on
+    /// the ready instant only through that day and which cut-offs come at or after it). Keyed by the minutes
+    /// of work ahead, at most [`PROMISE_CACHE_MAX`] entries; a changed schedule is a new `Schedule` with an
+    /// empty cache.
+    pub fn promise(&self, now_ms: u64, open: OpenWork) -> Option<SitePromise> {
+        let now = Timestamp::from_millisecond(i64::try_from(now_ms).ok()?).ok()?;
+        let ready = self.ready_at(now, open)?;
+        let key = self.work_minutes(open);
+        let date = self.tz.to_datetime(ready).date();
+        let mut cache = self.cache.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = cache.get(&key)
+            && c.from <= ready
+            && c.until.is_none_or(|u| ready <= u)
+            && c.date == date
+        {
+            return c.promise.clone();
+        }
+        let (promise, until) = promise_from(self, ready);
+        if cache.len() >= PROMISE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, CachedPromise { from: ready, until, date, promise: promise.clone() });
+        promise
     }
 
     /// The site's time zone.
@@ -322,19 +386,33 @@ pub fn promised_ship_by(schedule: &Schedule, now: Timestamp, open: OpenWork) -> 
 /// `now_ms` (ms since the Unix epoch).
 pub fn site_promise(schedule: &Schedule, now_ms: u64, open: OpenWork) -> Option<SitePromise> {
     let now = Timestamp::from_millisecond(i64::try_from(now_ms).ok()?).ok()?;
-    let ready = schedule.ready_at(now, open)?;
+    promise_from(schedule, schedule.ready_at(now, open)?).0
+}
+
+/// The promise for a shipment ready at `ready`, and the latest ready instant it holds for as long as the
+/// local date stays the same: the earliest cut-off found (none when no service collects within the horizon).
+/// The answer depends on `ready` only through its local date and the cut-offs at or after it, so every
+/// instant from `ready` up to that cut-off on the same local date gets the same answer.
+fn promise_from(schedule: &Schedule, ready: Timestamp) -> (Option<SitePromise>, Option<Timestamp>) {
+    let found: Vec<(&Service, Timestamp, Date)> =
+        schedule.services.iter().filter_map(|s| schedule.first_cutoff(s, ready).map(|(t, d)| (s, t, d))).collect();
+    let until = found.iter().map(|(_, t, _)| *t).min();
+    (promise_of(&found), until)
+}
+
+/// The promise from each service's first cut-off (in the schedule's order).
+fn promise_of(found: &[(&Service, Timestamp, Date)]) -> Option<SitePromise> {
     let mut best: Option<(Timestamp, Date)> = None;
-    let mut services = Vec::with_capacity(schedule.services.len());
-    for s in &schedule.services {
-        let Some((t, date)) = schedule.first_cutoff(s, ready) else { continue };
-        if best.is_none_or(|(b, _)| t < b) {
-            best = Some((t, date));
+    let mut services = Vec::with_capacity(found.len());
+    for (s, t, date) in found {
+        if best.is_none_or(|(b, _)| *t < b) {
+            best = Some((*t, *date));
         }
         services.push(ServicePromise {
             carrier: s.carrier.clone(),
             service: s.service.clone(),
             ship_by_ms: u64::try_from(t.as_millisecond()).ok()?,
-            estimated_delivery: add_business_days(date, s.transit_days)?.to_string(),
+            estimated_delivery: add_business_days(*date, s.transit_days)?.to_string(),
         });
     }
     let (t, date) = best?;
@@ -561,5 +639,72 @@ mod tests {
             let busier = OpenWork { shipments: open.shipments + more };
             prop_assert!(promised_ship_by(&s, now, busier).unwrap() >= p);
         }
+
+        /// The cached promise is the uncached one, for a clock that moves forward by milliseconds to days,
+        /// sometimes backwards, across cut-offs, midnights and daylight-saving changes, with the work ahead
+        /// changing between calls; and a small cache that empties itself stays right.
+        #[test]
+        fn the_cached_promise_is_the_uncached_one(
+            (cfg, now, open) in arb_case(),
+            steps in proptest::collection::vec(
+                (prop_oneof![0i64..2_000, 0i64..3_600_000, 0i64..172_800_000, -7_200_000i64..0], 0u64..4), 1..40),
+        ) {
+            let s = cfg.compile().unwrap();
+            let mut at = now.as_millisecond();
+            for (step, work) in steps {
+                at = (at + step).max(0);
+                let now_ms = u64::try_from(at).unwrap();
+                let open = OpenWork { shipments: open.shipments + work };
+                let cached = s.promise(now_ms, open);
+                prop_assert_eq!(&cached, &site_promise(&s, now_ms, open), "at {} with {:?}", now_ms, open);
+                // Asked again at once: the cache answers, and the same.
+                prop_assert_eq!(&s.promise(now_ms, open), &cached);
+            }
+            prop_assert!(s.cache.0.lock().unwrap().len() <= PROMISE_CACHE_MAX);
+        }
+    }
+
+    /// The horizon counts from the ready instant's local date, so a cached "nothing within the horizon" must
+    /// not answer for the next day, whose horizon reaches one day further.
+    #[test]
+    fn the_cache_does_not_carry_an_answer_over_local_midnight() {
+        // Mondays only, every Monday closed from 2026-11-30 for 57 weeks: from Sunday 2026-11-29 the horizon
+        // ends the day before the first open Monday (2028-01-03); from Monday it reaches it.
+        let mondays: Vec<String> = (0..57)
+            .map(|w| Date::constant(2026, 11, 30).checked_add(jiff::Span::new().weeks(w)).unwrap().to_string())
+            .collect();
+        let mondays: Vec<&str> = mondays.iter().map(String::as_str).collect();
+        let s = schedule("Europe/Berlin", &[(&[Weekday::Mon], "16:00")], &mondays, 0).compile().unwrap();
+        let ms = |t: &str| u64::try_from(at(t).as_millisecond()).unwrap();
+        let (sunday, monday) = (ms("2026-11-29T22:00:00Z"), ms("2026-11-29T23:30:00Z")); // 23:00, 00:30 local
+        assert_eq!(site_promise(&s, sunday, OpenWork::default()), None);
+        let p = site_promise(&s, monday, OpenWork::default()).unwrap();
+        assert_eq!(p.ship_by_ms, ms("2028-01-03T15:00:00Z"));
+        assert_eq!(s.promise(sunday, OpenWork::default()), None);
+        assert_eq!(s.promise(monday, OpenWork::default()), Some(p));
+    }
+
+    #[test]
+    fn the_promise_cache_is_bounded_and_a_clone_starts_empty() {
+        let s = schedule("Europe/Berlin", &[(WEEKDAYS, "16:00")], &[], 30);
+        let s = ShippingSchedule { minutes_per_shipment: 1, ..s }.compile().unwrap();
+        let now_ms = u64::try_from(at("2026-12-01T11:00:00Z").as_millisecond()).unwrap();
+        for open in 0..(PROMISE_CACHE_MAX as u64 + 10) {
+            let o = OpenWork { shipments: open };
+            assert_eq!(s.promise(now_ms, o), site_promise(&s, now_ms, o));
+        }
+        assert!(s.cache.0.lock().unwrap().len() <= PROMISE_CACHE_MAX);
+        // A minute later, before the cut-off: served from the entry computed first (its `from` stays).
+        let o = OpenWork { shipments: 1 };
+        let first = s.promise(now_ms, o);
+        let from = s.cache.0.lock().unwrap()[&s.work_minutes(o)].from;
+        assert_eq!(s.promise(now_ms + 60_000, o), first);
+        assert_eq!(s.cache.0.lock().unwrap()[&s.work_minutes(o)].from, from, "a hit");
+        // After the cut-off: computed again, and tomorrow's.
+        let late = now_ms + 6 * 3_600_000;
+        assert_eq!(s.promise(late, o), site_promise(&s, late, o));
+        assert_ne!(s.promise(late, o), first);
+        assert!(s.clone().cache.0.lock().unwrap().is_empty());
+        assert_eq!(s.source().time_zone, "Europe/Berlin");
     }
 }

@@ -30,13 +30,18 @@ fn now_s() -> u64 {
 
 /// Posts `body` as carrier `carrier` would, signed at `t` with `secret` (no API key).
 async fn carrier_post(hub: SocketAddr, carrier: &str, body: &[u8], sig: Option<String>) -> (u16, Value) {
+    post_signed(hub, carrier, body, sig.map(|s| ("x-oms-signature", s))).await
+}
+
+/// Posts `body` to carrier `carrier`'s route with the signature header `sig` (name, value), if any.
+async fn post_signed(hub: SocketAddr, carrier: &str, body: &[u8], sig: Option<(&str, String)>) -> (u16, Value) {
     let c = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
     let mut r = c
         .post(format!("http://{hub}/v1/carriers/{carrier}/events"))
         .header("content-type", "application/json")
         .body(body.to_vec());
-    if let Some(s) = sig {
-        r = r.header("x-oms-signature", s);
+    if let Some((name, value)) = sig {
+        r = r.header(name, value);
     }
     let r = r.send().await.unwrap();
     let s = r.status().as_u16();
@@ -85,74 +90,117 @@ async fn feed(c: &reqwest::Client, hub: SocketAddr) -> Vec<Value> {
     panic!("the feed did not end");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn carrier_events_are_signed_idempotent_matched_late_and_deliver_once_at_the_node() {
-    let c = http();
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
+/// A hub (`hub_toml`) and one node `wh-1` (`site_toml`) with `n` hub orders of one unit each, accepted,
+/// picked and packed at the node, not shipped.
+struct Packed {
+    _hub: cluster::HubProc,
+    node: cluster::ClusterNode,
+    hub_http: SocketAddr,
+    /// The node's API.
+    base: String,
+    /// The customer orders.
+    ids: Vec<String>,
+    /// Their fulfillments (`<id>.1`).
+    fos: Vec<String>,
+}
+
+async fn packed(c: &reqwest::Client, root: &std::path::Path, hub_toml: &str, site_toml: &str, n: usize) -> Packed {
     let certs = pki(root, &["wh-1"]);
-    let sam = NewUser { name: "sam".into(), role: Role::Service, secret: "a long password".into(), pin: false };
-    users::create(&cluster::hub_data(root), sam, 1).unwrap();
     let (quic, hub_http) = (free_udp(), free_tcp());
-    let _hub = cluster::spawn_hub_with(root, &certs, quic, hub_http, "info", HUB_TOML);
-    cluster::wait_healthy(&c, hub_http, HEALTHY).await;
-    let (config, node_http, dir) =
-        cluster::node_config_with(root, &certs, "wh-1", quic, "[site]\nname = \"s\"\nlat = 52.5\nlon = 13.4\n");
+    let hub_proc = cluster::spawn_hub_with(root, &certs, quic, hub_http, "info", hub_toml);
+    cluster::wait_healthy(c, hub_http, HEALTHY).await;
+    let (config, node_http, dir) = cluster::node_config_with(root, &certs, "wh-1", quic, site_toml);
     let node = cluster::spawn_node_with("wh-1", &config, node_http, &dir, "info");
-    cluster::wait_healthy(&c, node.http, HEALTHY).await;
+    cluster::wait_healthy(c, node.http, HEALTHY).await;
     let base = format!("http://{}/v1", node.http);
     let hub = |p: &str| format!("http://{hub_http}{p}");
-    cluster::seed_sku(&c, &node, "SKU-1", 50).await;
+    cluster::seed_sku(c, &node, "SKU-1", 50).await;
     wait_until("rights at the site", || async {
-        let (_, st) = get(&c, hub("/v1/stock/SKU-1")).await;
-        st["sites"].as_array().is_some_and(|a| a.iter().any(|r| r["hub_promisable"].as_u64().unwrap_or(0) >= 3))
+        let (_, st) = get(c, hub("/v1/stock/SKU-1")).await;
+        st["sites"].as_array().is_some_and(|a| a.iter().any(|r| r["hub_promisable"].as_u64().unwrap_or(0) >= n as u64))
     })
     .await;
     let mut ids = Vec::new();
-    for n in 1..=3 {
+    for k in 1..=n {
         let body = json!({
-            "external_ref": format!("web-{n}"), "channel": "web",
+            "external_ref": format!("web-{k}"), "channel": "web",
             "lines": [{"sku": "SKU-1", "qty": 1, "unit_price_minor": 1250, "currency": "EUR"}],
             "ship_to": {"name": "C", "line1": "1 Street", "city": "X", "postcode": "10115", "country": "DE", "lat": 52.52, "lon": 13.40}
         });
-        let r = c.post(hub("/v1/orders")).header("idempotency-key", format!("k-{n}")).json(&body).send().await.unwrap();
+        let r = c.post(hub("/v1/orders")).header("idempotency-key", format!("k-{k}")).json(&body).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 201);
         ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
     }
     let fos: Vec<String> = ids.iter().map(|id| format!("{id}.1")).collect();
     for fo in &fos {
-        cluster::wait_for(&c, format!("{base}/orders/{fo}"), "assignment accepted", |v| v["status"] == "accepted")
-            .await;
+        cluster::wait_for(c, format!("{base}/orders/{fo}"), "assignment accepted", |v| v["status"] == "accepted").await;
     }
-    let (s, w) = post(&c, format!("{base}/waves"), json!({"max_orders": 10})).await;
+    let (s, w) = post(c, format!("{base}/waves"), json!({"max_orders": 10})).await;
     assert_eq!(s, 201, "{w}");
     for fo in &fos {
         let (s, v) =
-            post(&c, format!("{base}/orders/{fo}/picks"), json!({"lines": [{"sku": "SKU-1", "picked": 1}]})).await;
+            post(c, format!("{base}/orders/{fo}/picks"), json!({"lines": [{"sku": "SKU-1", "picked": 1}]})).await;
         assert_eq!(s, 200, "{v}");
-        let (s, v) = post(&c, format!("{base}/orders/{fo}/pack"), json!({"parcels": 1})).await;
-        assert_eq!(s, 200, "{v}");
-    }
-    // The carrier reports T3 before its site ships it: stored, not matched yet.
-    let t0 = oms_service::now_ms();
-    let v = send(hub_http, "e3-1", "T3", "in_transit", t0).await;
-    assert_eq!((v["replayed"].as_bool(), v["matched"].as_bool()), (Some(false), Some(false)), "{v}");
-    for (fo, t) in fos.iter().zip(["T1", "T2", "T3"]) {
-        let (s, v) = post(&c, format!("{base}/orders/{fo}/ship"), json!({"carrier": "UPS", "tracking": t})).await;
+        let (s, v) = post(c, format!("{base}/orders/{fo}/pack"), json!({"parcels": 1})).await;
         assert_eq!(s, 200, "{v}");
     }
-    let order = |i: usize| {
-        let (c, url) = (c.clone(), hub(&format!("/v1/orders/{}", ids[i])));
-        async move { get(&c, url).await.1 }
-    };
+    Packed { _hub: hub_proc, node, hub_http, base, ids, fos }
+}
+
+/// Ships each fulfillment `fos[k]` at the node (`base`) with `carrier` and tracking number `trackings[k]`,
+/// and waits until the hub shows every order `ids[k]` shipped.
+async fn ship_all(
+    c: &reqwest::Client,
+    hub_http: SocketAddr,
+    base: &str,
+    ids: &[String],
+    fos: &[String],
+    carrier: &str,
+    trackings: &[&str],
+) {
+    for (fo, t) in fos.iter().zip(trackings) {
+        let (s, v) = post(c, format!("{base}/orders/{fo}/ship"), json!({"carrier": carrier, "tracking": t})).await;
+        assert_eq!(s, 200, "{v}");
+    }
     wait_until("the shipments reach the hub", || async {
         let mut all = true;
-        for i in 0..3 {
-            all &= order(i).await["fulfillments"][0]["status"] == "shipped";
+        for id in ids {
+            all &=
+                get(c, format!("http://{hub_http}/v1/orders/{id}")).await.1["fulfillments"][0]["status"] == "shipped";
         }
         all
     })
     .await;
+}
+
+/// The fulfillments of the feed's `order.delivered` events, in order.
+fn delivered_fulfillments(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "order.delivered")
+        .filter_map(|e| e["data"]["fulfillment_id"].as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_events_are_signed_idempotent_matched_late_and_deliver_once_at_the_node() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let sam = NewUser { name: "sam".into(), role: Role::Service, secret: "a long password".into(), pin: false };
+    users::create(&cluster::hub_data(root), sam, 1).unwrap();
+    let site = "[site]\nname = \"s\"\nlat = 52.5\nlon = 13.4\n";
+    let Packed { _hub, node, hub_http, base, ids, fos } = packed(&c, root, HUB_TOML, site, 3).await;
+    let hub = |p: &str| format!("http://{hub_http}{p}");
+    // The carrier reports T3 before its site ships it: stored, not matched yet.
+    let t0 = oms_service::now_ms();
+    let v = send(hub_http, "e3-1", "T3", "in_transit", t0).await;
+    assert_eq!((v["replayed"].as_bool(), v["matched"].as_bool()), (Some(false), Some(false)), "{v}");
+    ship_all(&c, hub_http, &base, &ids, &fos, "UPS", &["T1", "T2", "T3"]).await;
+    let order = |i: usize| {
+        let (c, url) = (c.clone(), hub(&format!("/v1/orders/{}", ids[i])));
+        async move { get(&c, url).await.1 }
+    };
     // Matched late: T3's early event shows once its shipment arrived.
     wait_until("T3's early event matched", || async {
         order(2).await["fulfillments"][0]["tracking_status"] == "in_transit"
@@ -254,12 +302,7 @@ async fn carrier_events_are_signed_idempotent_matched_late_and_deliver_once_at_t
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let events = feed(&c, hub_http).await;
-    let delivered: Vec<&str> = events
-        .iter()
-        .filter(|e| e["type"] == "order.delivered")
-        .filter_map(|e| e["data"]["fulfillment_id"].as_str())
-        .collect();
-    assert_eq!(delivered, [fos[0].as_str(), fos[1].as_str()], "each delivered once");
+    assert_eq!(delivered_fulfillments(&events), [fos[0].as_str(), fos[1].as_str()], "each delivered once");
     let tracking = events.iter().filter(|e| e["type"] == "tracking.updated").count();
     assert_eq!(tracking, 6, "e3-1, e1-1, e1-2, e1-3, e2-1, e3-2 once each");
     let metrics = c.get(hub("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -272,5 +315,150 @@ async fn carrier_events_are_signed_idempotent_matched_late_and_deliver_once_at_t
     let token = order(0).await["tracking_token"].as_str().unwrap().to_owned();
     let page = reqwest::get(hub(&format!("/t/{token}"))).await.unwrap().text().await.unwrap();
     assert!(page.contains("With the carrier, on its way"), "{page}");
+    drop(node);
+}
+
+const EP_SECRET: &str = "easypost_it_webhook_secret_0123";
+const HUB_TOML_EASYPOST: &str = "[carriers.easypost]\nwebhook_secret = \"easypost_it_webhook_secret_0123\"\n\
+     format = \"easypost\"\n[auth]\nopen_rate_per_s = 1000\n";
+/// The node freezes a finished order this long after it shipped (or was delivered).
+const RETURN_WINDOW_MS: u64 = 20_000;
+
+/// An EasyPost `Event` with a `Tracker`, as EasyPost posts it.
+fn ep_event(id: &str, tracking: &str, status: &str, at: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"id": id, "object": "Event", "description": "tracker.updated", "mode": "test",
+        "created_at": at, "result": {"id": format!("trk_{tracking}"), "object": "Tracker", "tracking_code": tracking,
+            "status": status, "status_detail": "unknown", "carrier": "USPS", "updated_at": at,
+            "tracking_details": [{"object": "TrackingDetail", "message": format!("{status} (EasyPost)"),
+                "status": status, "datetime": at}]}}))
+    .unwrap()
+}
+
+/// Posts `body` to the EasyPost-format carrier with `X-Hmac-Signature: sig` (none if `None`).
+async fn ep_post(hub: SocketAddr, body: &[u8], sig: Option<String>) -> (u16, Value) {
+    post_signed(hub, "easypost", body, sig.map(|s| ("x-hmac-signature", s))).await
+}
+
+async fn ep_send(hub: SocketAddr, id: &str, tracking: &str, status: &str, at: &str) -> Value {
+    let b = ep_event(id, tracking, status, at);
+    let (s, v) = ep_post(hub, &b, Some(oms_hub::tracking::easypost_signature(EP_SECRET, &b))).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// A carrier that posts in EasyPost's format (`format = "easypost"`): its events move fulfillments like the
+/// hub's own; bad signatures, malformed bodies, replays and unknown statuses change nothing. And a delivery
+/// that comes after the site froze the fulfillment as shipped still reaches the order (the hub's record),
+/// once, while the frozen document stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn easypost_events_deliver_and_a_frozen_fulfillment_still_reaches_delivered_once() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let site = format!(
+        "[site]\nname = \"s\"\nlat = 52.5\nlon = 13.4\n[orders]\nreturn_window_ms = {RETURN_WINDOW_MS}\nfreeze_interval_ms = 200\n"
+    );
+    let Packed { _hub, node, hub_http, base, ids, fos } = packed(&c, tmp.path(), HUB_TOML_EASYPOST, &site, 2).await;
+    let hub = |p: &str| format!("http://{hub_http}{p}");
+    ship_all(&c, hub_http, &base, &ids, &fos, "USPS", &["EZ1", "EZ2"]).await;
+    let order = |i: usize| {
+        let (c, url) = (c.clone(), hub(&format!("/v1/orders/{}", ids[i])));
+        async move { get(&c, url).await.1 }
+    };
+
+    // Bad input in EasyPost's format: typed problems, nothing stored.
+    let good = ep_event("evt_bad", "EZ1", "delivered", "2026-12-01T12:00:00Z");
+    let sig = |b: &[u8]| Some(oms_hub::tracking::easypost_signature(EP_SECRET, b));
+    let cases: Vec<(Vec<u8>, Option<String>, u16, &str)> = vec![
+        (good.clone(), None, 401, "signature_missing"),
+        (good.clone(), Some("sha256=abc".into()), 401, "signature_malformed"),
+        (
+            good.clone(),
+            Some(oms_hub::tracking::easypost_signature("someone_else_secret_0123", &good)),
+            401,
+            "signature_mismatch",
+        ),
+        (ep_event("evt_bad", "EZ1", "in_transit", "2026-12-01T12:00:00Z"), sig(&good), 401, "signature_mismatch"),
+    ];
+    for (body, s, status, code) in cases {
+        let (st, v) = ep_post(hub_http, &body, s).await;
+        assert_eq!((st, v["code"].as_str()), (status, Some(code)), "{v}");
+    }
+    // The hub's own signature does not authenticate the EasyPost-format carrier.
+    let oms_sig = Some(("x-oms-signature", signature_header(EP_SECRET, now_s(), &good)));
+    let (s, v) = post_signed(hub_http, "easypost", &good, oms_sig).await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("signature_missing")), "{v}");
+    let malformed: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        serde_json::to_vec(&json!({"id": "evt_m1", "object": "Shipment", "description": "tracker.updated"})).unwrap(),
+        serde_json::to_vec(&json!({"id": "evt_m2", "object": "Event", "description": "tracker.updated",
+            "result": {"object": "Batch", "tracking_code": "EZ1", "status": "delivered"}}))
+        .unwrap(),
+        serde_json::to_vec(&json!({"id": "evt_m3", "object": "Event", "description": "tracker.updated"})).unwrap(),
+    ];
+    for b in &malformed {
+        let (s, v) = ep_post(hub_http, b, sig(b)).await;
+        assert!(matches!(s, 400 | 422), "{s} {v}");
+        assert_eq!(v["status"].as_u64(), Some(u64::from(s)), "problem+json: {v}");
+        assert!(v["code"].is_string(), "{v}");
+    }
+    let v = order(0).await;
+    assert_eq!(v["fulfillments"][0]["tracking"], json!([]), "nothing stored for EZ1: {v}");
+
+    // EZ1: in transit, an unknown status, then delivered: the node delivers it.
+    let v = ep_send(hub_http, "evt_11", "EZ1", "in_transit", "2026-12-01T12:00:00Z").await;
+    assert_eq!((v["replayed"].as_bool(), v["matched"].as_bool()), (Some(false), Some(true)), "{v}");
+    assert_eq!(order(0).await["fulfillments"][0]["tracking_status"], "in_transit");
+    let before = order(0).await;
+    ep_send(hub_http, "evt_12", "EZ1", "unknown", "2026-12-01T13:00:00Z").await;
+    let after = order(0).await;
+    assert_eq!(after["fulfillments"][0]["tracking_status"], "in_transit", "an unknown status changes no state");
+    assert_eq!(after["fulfillments"][0]["tracking"].as_array().map(Vec::len), Some(2), "but it is kept");
+    assert_eq!(before["timeline"], after["timeline"]);
+    ep_send(hub_http, "evt_13", "EZ1", "delivered", "2026-12-01T14:00:00Z").await;
+    cluster::wait_for(&c, format!("{base}/orders/{}", fos[0]), "the node delivers EZ1", |v| v["status"] == "delivered")
+        .await;
+    wait_until("the hub sees EZ1 delivered", || async { order(0).await["fulfillments"][0]["status"] == "delivered" })
+        .await;
+    let before = order(0).await;
+    let v = ep_send(hub_http, "evt_13", "EZ1", "delivered", "2026-12-01T14:00:00Z").await;
+    assert_eq!(v["replayed"].as_bool(), Some(true), "{v}");
+    assert_eq!(before["fulfillments"], order(0).await["fulfillments"], "a replay changed the order");
+    // Another kind of EasyPost event is acknowledged and ignored.
+    let batch = serde_json::to_vec(&json!({"id": "evt_b", "object": "Event", "description": "batch.updated",
+        "result": {"object": "Batch"}}))
+    .unwrap();
+    let (s, v) = ep_post(hub_http, &batch, sig(&batch)).await;
+    assert_eq!((s, v["ignored"].as_bool()), (200, Some(true)), "{v}");
+
+    // EZ2: the site freezes it as shipped (its return window passed); then the carrier delivers it.
+    wait_until("the site froze EZ2", || async { order(1).await["fulfillments"][0]["frozen_at_ms"].is_u64() }).await;
+    let v = ep_send(hub_http, "evt_21", "EZ2", "delivered", "2026-12-01T15:00:00Z").await;
+    assert_eq!(v["matched"].as_bool(), Some(true), "{v}");
+    wait_until("the hub shows EZ2 delivered", || async {
+        let v = order(1).await;
+        v["fulfillments"][0]["status"] == "delivered" && v["status"] == "delivered"
+    })
+    .await;
+    let v = order(1).await;
+    let delivered_steps = v["timeline"].as_array().unwrap().iter().filter(|t| t["status"] == "delivered").count();
+    assert_eq!(delivered_steps, 1, "one delivered step in the timeline: {v}");
+    // The customer sees it delivered too.
+    let token = v["tracking_token"].as_str().unwrap().to_owned();
+    let (s, t) = get(&c, hub(&format!("/v1/track/{token}"))).await;
+    assert_eq!((s, t["status"].as_str()), (200, Some("delivered")), "{t}");
+    // The frozen document did not change: the site still has it shipped and frozen.
+    let (s, n) = get(&c, format!("{base}/orders/{}", fos[1])).await;
+    assert_eq!((s, n["status"].as_str()), (200, Some("shipped")), "{n}");
+    // A replay of the delivery changes nothing.
+    let v = ep_send(hub_http, "evt_21", "EZ2", "delivered", "2026-12-01T15:00:00Z").await;
+    assert_eq!(v["replayed"].as_bool(), Some(true), "{v}");
+
+    // order.delivered once per fulfillment, whoever recorded it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = feed(&c, hub_http).await;
+    assert_eq!(delivered_fulfillments(&events), [fos[0].as_str(), fos[1].as_str()], "each delivered once");
+    // evt_11, evt_12, evt_13 (and its replay), evt_21 (and its replay).
+    let metrics = c.get(hub("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("oms_hub_carrier_events_easypost_total 6\n"), "{metrics}");
     drop(node);
 }

@@ -156,37 +156,44 @@ pub fn report_fulfillments(db: &redb::Database, seen: &[FulfillmentSeen], now_ms
     }
     let w = db.begin_write().map_err(redb::Error::from)?;
     let mut n = 0;
+    for f in due {
+        n += report_in(&w, f, now_ms)?;
+    }
+    w.commit().map_err(redb::Error::from)?;
+    Ok(n)
+}
+
+/// Appends, in `w`, the events `f`'s state implies and were not reported yet, and records them. Returns how
+/// many events were appended.
+pub(crate) fn report_in(w: &redb::WriteTransaction, f: &FulfillmentSeen, now_ms: u64) -> Result<usize, StorageError> {
+    let mut n = 0;
     let mut t = w.open_table(REPORTED).map_err(redb::Error::from)?;
     let mut in_transit = w.open_table(IN_TRANSIT).map_err(redb::Error::from)?;
-    for f in due {
-        let key = f.id.as_str();
-        let mask = t.get(key).map_err(redb::Error::from)?.map(|v| v.value()).unwrap_or(0);
-        let mut new_mask = mask;
-        for (bit, kind) in implied(f.status) {
-            if mask & bit != 0 {
-                continue;
-            }
-            let data = json!({"fulfillment_id": f.id, "site": f.site, "status": f.status.as_str(),
-                "shipment": f.shipment, "shipped_at_ms": f.shipped_at_ms});
-            append(&w, EventDraft::new(kind, now_ms).order(&f.parent, &f.channel).data(data))?;
-            if *bit == SHIPPED {
-                // Its tracking number, and the carrier's events that arrived before it, in this transaction.
-                crate::tracking::on_shipped(&w, f)?;
-            }
-            n += 1;
-            new_mask |= bit;
+    let key = f.id.as_str();
+    let mask = t.get(key).map_err(redb::Error::from)?.map(|v| v.value()).unwrap_or(0);
+    let mut new_mask = mask;
+    for (bit, kind) in implied(f.status) {
+        if mask & bit != 0 {
+            continue;
         }
-        if new_mask != mask {
-            t.insert(key, new_mask).map_err(redb::Error::from)?;
-            if new_mask & (SHIPPED | DELIVERED) == SHIPPED {
-                in_transit.insert(key, ()).map_err(redb::Error::from)?;
-            } else if new_mask & DELIVERED != 0 {
-                in_transit.remove(key).map_err(redb::Error::from)?;
-            }
+        let data = json!({"fulfillment_id": f.id, "site": f.site, "status": f.status.as_str(),
+            "shipment": f.shipment, "shipped_at_ms": f.shipped_at_ms});
+        append(w, EventDraft::new(kind, now_ms).order(&f.parent, &f.channel).data(data))?;
+        if *bit == SHIPPED {
+            // Its tracking number, and the carrier's events that arrived before it, in this transaction.
+            crate::tracking::on_shipped(w, f)?;
+        }
+        n += 1;
+        new_mask |= bit;
+    }
+    if new_mask != mask {
+        t.insert(key, new_mask).map_err(redb::Error::from)?;
+        if new_mask & (SHIPPED | DELIVERED) == SHIPPED {
+            in_transit.insert(key, ()).map_err(redb::Error::from)?;
+        } else if new_mask & DELIVERED != 0 {
+            in_transit.remove(key).map_err(redb::Error::from)?;
         }
     }
-    drop((t, in_transit));
-    w.commit().map_err(redb::Error::from)?;
     Ok(n)
 }
 

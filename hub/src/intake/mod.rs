@@ -1351,7 +1351,8 @@ impl Core {
             }
             // Open work: the shipments the hub routed there today, this batch's included.
             let open = oms_protocol::shipping::OpenWork { shipments: used };
-            let promise = s.schedule.as_ref().and_then(|c| oms_protocol::shipping::site_promise(c, now_ms, open));
+            // Cached per schedule: the same answer as `site_promise`, computed once per day and cut-off.
+            let promise = s.schedule.as_ref().and_then(|c| c.promise(now_ms, open));
             out.push(SiteView {
                 id: s.id.clone(),
                 location,
