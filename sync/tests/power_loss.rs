@@ -321,6 +321,8 @@ mod session {
     #[derive(Debug, Default)]
     struct Tally {
         points: usize,
+        /// Images the store refused to open (a typed error, only before it told anything).
+        refused: usize,
         resumed: usize,
         heads_checked: usize,
     }
@@ -348,6 +350,7 @@ mod session {
                     Ok(db) => db,
                     Err(e) => {
                         assert!(last_told.is_none(), "{name} cut {cut} {how:?}: does not open ({e}) after telling");
+                        tally.refused += 1;
                         continue;
                     }
                 };
@@ -433,11 +436,12 @@ mod session {
         for node in [true, false] {
             let t = cut_and_resume(&rec, node, cuts);
             eprintln!(
-                "{} power cuts in a sync session: {} points × 3 ways over {} operations, {} resumed and converged, \
-                 {} told heads checked",
+                "{} power cuts in a sync session: {} points × 3 ways over {} operations, {} refused to open (before \
+                 telling anything), {} resumed and converged, {} told heads checked",
                 if node { "sync.redb (node)" } else { "hub.redb (hub)" },
                 t.points,
                 if node { rec.node_ops.len() } else { rec.hub_ops.len() },
+                t.refused,
                 t.resumed,
                 t.heads_checked
             );

@@ -189,7 +189,8 @@ fn every_201_survives_a_power_cut_once_with_gap_free_invoices_and_one_capture_ea
     assert_eq!(provider(&state).count("capture"), captures, "the run captured each invoice once");
     let numbers: BTreeMap<&str, &str> = billed.iter().map(|b| (b.fulfillment.as_str(), b.number.as_str())).collect();
     let web = Channel::parse("web").unwrap();
-    let (mut points, mut orders_checked, mut invoices_checked, mut resumed) = (0usize, 0usize, 0usize, 0usize);
+    let (mut points, mut refused, mut resumed) = (0usize, 0usize, 0usize);
+    let (mut orders_checked, mut invoices_checked) = (0usize, 0usize);
     for cut in (0..=ops.len()).step_by((ops.len() / cuts).max(1)) {
         points += 1;
         let must: Vec<&Acked> = acked.iter().filter(|a| a.at <= cut).collect();
@@ -199,6 +200,7 @@ fn every_201_survives_a_power_cut_once_with_gap_free_invoices_and_one_capture_ea
                 Ok(i) => i,
                 Err(e) => {
                     assert!(must.is_empty(), "cut {cut} {how:?}: does not open ({e}) though orders were answered 201");
+                    refused += 1;
                     continue;
                 }
             };
@@ -285,8 +287,8 @@ fn every_201_survives_a_power_cut_once_with_gap_free_invoices_and_one_capture_ea
     }
     assert!(points >= cuts.min(ops.len()) / 2, "{points} points");
     eprintln!(
-        "intake.redb power cuts: {points} points × 3 ways over {} operations; {} orders ({replays} replays), {} \
-         invoices in the run; {orders_checked} acknowledged orders and {invoices_checked} invoices checked, \
+        "intake.redb power cuts: {points} points × 3 ways over {} operations ({refused} refused to open, before any \
+         201); {} orders ({replays} replays), {} invoices in the run; {orders_checked} acknowledged orders and {invoices_checked} invoices checked, \
          {resumed} resumed outboxes settled; {:.1} s",
         ops.len(),
         acked.len(),
