@@ -22,9 +22,9 @@
 //! the same heads on both, every hub order is accepted at its site exactly once, every site order is at the
 //! hub once, and available = received − sold − reserved.
 //!
-//! `OMS_SIM_SEEDS` (1,000) seeds from `OMS_SIM_FIRST_SEED` (0) on run on two threads within `OMS_SIM_BUDGET_S`
-//! (600) seconds; the last line gives the simulated days and the seeds per minute. A failure (a broken
-//! invariant or a panic) names its seed and step, and one command replays it alone:
+//! `OMS_SIM_SEEDS` (1,000) seeds, the first being `OMS_SIM_FIRST_SEED` (0), run on two threads within
+//! `OMS_SIM_BUDGET_S` (600) seconds; the last line gives the simulated days and the seeds per minute. A failure
+//! (a broken invariant, or a panic) names its seed, and one command replays it alone:
 //! `OMS_SIM_SEED=<seed> cargo test -p oms-protocol --test simulation -- --nocapture`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -903,7 +903,7 @@ fn a_week_offline_keeps_every_invariant_across_seeds() {
             .map(|t| {
                 scope.spawn(move || {
                     let mut out = Vec::new();
-                    for seed in (first + t..first.saturating_add(seeds)).step_by(threads as usize) {
+                    for seed in (first.saturating_add(t)..first.saturating_add(seeds)).step_by(threads as usize) {
                         if start.elapsed() > budget {
                             break;
                         }

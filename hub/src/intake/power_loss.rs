@@ -110,7 +110,7 @@ fn every_201_survives_a_power_cut_once_with_gap_free_invoices_and_one_capture_ea
     let state = dir.path().join("provider.json");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let log = OpLog::default();
-    let (acked, billed, replays) = rt.block_on(async {
+    let (acked, billed, replays, batches) = rt.block_on(async {
         let intake = Arc::new(open(CrashBackend::recording(log.clone())).unwrap());
         let mut rights = EscrowCounter::new(sku());
         rights.add(Party::Site, 1_000).unwrap();
@@ -123,23 +123,24 @@ fn every_201_survives_a_power_cut_once_with_gap_free_invoices_and_one_capture_ea
         let mut billed: Vec<Billed> = Vec::new();
         let mut replays = 0usize;
         for round in 0..ROUNDS {
-            // Spawned, so the orders are queued together and the writer commits them in one batch.
+            // Authorized first (each its attempt row, committed before the call), then the three submitted
+            // from spawned tasks, so they are queued together and the writer commits them in one batch.
             let tasks: Vec<_> = (0..PER_ROUND)
                 .map(|i| {
-                    let (intake, money, log) = (intake.clone(), money.clone(), log.clone());
                     let (key, ext, card) = (format!("k-{round}-{i}"), format!("o-{round}-{i}"), i != 0);
+                    let d = draft(&ext, 1 + i as u32);
+                    let payment = card.then(|| {
+                        let req = PaymentRequest {
+                            method: Method::Card,
+                            provider: Some("test".into()),
+                            token: Some("tok_ok".into()),
+                        };
+                        let mut p = money.prepare(&key, &d, &body_hash(&d).unwrap(), &req);
+                        money.authorize(intake.db(), &mut p, now_ms()).unwrap();
+                        p
+                    });
+                    let (intake, log) = (intake.clone(), log.clone());
                     tokio::spawn(async move {
-                        let d = draft(&ext, 1 + i as u32);
-                        let payment = card.then(|| {
-                            let req = PaymentRequest {
-                                method: Method::Card,
-                                provider: Some("test".into()),
-                                token: Some("tok_ok".into()),
-                            };
-                            let mut p = money.prepare(&key, &d, &body_hash(&d).unwrap(), &req);
-                            money.authorize(intake.db(), &mut p, now_ms()).unwrap();
-                            p
-                        });
                         let placed = intake.submit_paid(key, d, actor(), payment).await.unwrap();
                         assert!(placed.created);
                         let at = log.lock().unwrap().len();
@@ -182,7 +183,7 @@ fn every_201_survives_a_power_cut_once_with_gap_free_invoices_and_one_capture_ea
             "{placed} of {} orders placed: the rights must run out",
             acked.len()
         );
-        (acked, billed, replays)
+        (acked, billed, replays, intake.batch_counts())
     });
     let ops = log.lock().unwrap().clone();
     let captures = billed.len() as u64;
@@ -288,10 +289,12 @@ fn every_201_survives_a_power_cut_once_with_gap_free_invoices_and_one_capture_ea
     assert!(points >= cuts.min(ops.len()) / 2, "{points} points");
     eprintln!(
         "intake.redb power cuts: {points} points × 3 ways over {} operations ({refused} refused to open, before any \
-         201); {} orders ({replays} replays), {} invoices in the run; {orders_checked} acknowledged orders and {invoices_checked} invoices checked, \
+         201); {} orders ({replays} replays) in {} commits of the writer (at most {} in one), {} invoices in the run; {orders_checked} acknowledged orders and {invoices_checked} invoices checked, \
          {resumed} resumed outboxes settled; {:.1} s",
         ops.len(),
         acked.len(),
+        batches.commits,
+        batches.largest,
         billed.len(),
         started.elapsed().as_secs_f64()
     );
