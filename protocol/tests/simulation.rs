@@ -22,8 +22,9 @@
 //! the same heads on both, every hub order is accepted at its site exactly once, every site order is at the
 //! hub once, and available = received − sold − reserved.
 //!
-//! `OMS_SIM_SEEDS` (1,000) seeds run on two threads within `OMS_SIM_BUDGET_S` (600) seconds. A failure names
-//! its seed and step, and one command replays it alone:
+//! `OMS_SIM_SEEDS` (1,000) seeds, the first being `OMS_SIM_FIRST_SEED` (0), run on two threads within
+//! `OMS_SIM_BUDGET_S` (600) seconds; the last line gives the simulated days and the seeds per minute. A failure
+//! (a broken invariant, or a panic) names its seed, and one command replays it alone:
 //! `OMS_SIM_SEED=<seed> cargo test -p oms-protocol --test simulation -- --nocapture`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -861,6 +862,19 @@ fn run(seed: u64) -> Result<Report, String> {
     })
 }
 
+/// [`run`], with a panic (in the simulation or in the code it drives) reported as that seed's failure, so it
+/// too names the seed and its replay command instead of ending the thread.
+fn run_caught(seed: u64) -> Result<Report, String> {
+    std::panic::catch_unwind(|| run(seed)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Err(format!("panicked: {what}"))
+    })
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -880,6 +894,7 @@ fn a_week_offline_keeps_every_invariant_across_seeds() {
         return;
     }
     let seeds = env_u64("OMS_SIM_SEEDS", 1_000);
+    let first = env_u64("OMS_SIM_FIRST_SEED", 0);
     let budget = Duration::from_secs(env_u64("OMS_SIM_BUDGET_S", 600));
     let start = Instant::now();
     let threads = 2u64;
@@ -888,11 +903,11 @@ fn a_week_offline_keeps_every_invariant_across_seeds() {
             .map(|t| {
                 scope.spawn(move || {
                     let mut out = Vec::new();
-                    for seed in (t..seeds).step_by(threads as usize) {
+                    for seed in (first.saturating_add(t)..first.saturating_add(seeds)).step_by(threads as usize) {
                         if start.elapsed() > budget {
                             break;
                         }
-                        let r = run(seed);
+                        let r = run_caught(seed);
                         let failed = r.is_err();
                         out.push((seed, r));
                         if failed {
@@ -915,7 +930,14 @@ fn a_week_offline_keeps_every_invariant_across_seeds() {
     for r in results.iter().filter_map(|(_, r)| r.as_ref().ok()) {
         total.add(r);
     }
-    println!("{ran} seeds in {:.1} s, in all (heal rounds: the most): {total:?}", start.elapsed().as_secs_f64());
+    let secs = start.elapsed().as_secs_f64();
+    println!("{ran} seeds in {secs:.1} s, in all (heal rounds: the most): {total:?}");
+    println!(
+        "{} simulated days, {:.0} seeds ({:.0} simulated days) per minute",
+        ran * SIM_MS / DAY_MS,
+        ran as f64 * 60.0 / secs,
+        (ran * SIM_MS / DAY_MS) as f64 * 60.0 / secs
+    );
     assert_eq!(ran, seeds, "only {ran} of {seeds} seeds ran within the {} s budget", budget.as_secs());
     assert!(
         total.hub_orders > 0 && total.site_orders > 0,

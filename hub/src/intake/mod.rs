@@ -666,7 +666,21 @@ impl Intake {
     /// Opens (or creates) `intake.redb` and loads the escrow view and the open orders.
     pub fn open(path: &Path, policy: RoutingPolicy) -> Result<Intake, IntakeError> {
         let opened = oms_service::storage::format::open(path, &INTAKE_FORMAT, &Default::default())?;
-        let db = opened.db;
+        Self::load(opened.db, policy)
+    }
+
+    /// [`Intake::open`] on another storage than the file at `path`, which then only names it (the power-loss
+    /// tests run the intake, its payments and outbox on `oms_service::storage::crash::CrashBackend`).
+    pub fn open_on(
+        path: &Path,
+        backend: Box<dyn redb::StorageBackend>,
+        policy: RoutingPolicy,
+    ) -> Result<Intake, IntakeError> {
+        let opened = oms_service::storage::format::open_on(path, backend, &INTAKE_FORMAT, &Default::default())?;
+        Self::load(opened.db, policy)
+    }
+
+    fn load(db: Arc<Database>, policy: RoutingPolicy) -> Result<Intake, IntakeError> {
         let w = db.begin_write()?;
         w.open_table(ORDERS)?;
         w.open_table(IDEM)?;
@@ -1520,6 +1534,9 @@ fn prune_idempotency(w: &redb::WriteTransaction, cutoff_ms: u64) -> Result<(), I
 fn postcard_enc<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
     postcard::to_allocvec(v).map_err(|e| IntakeError::Storage(Arc::new(StorageError::encode("a record", e))))
 }
+
+#[cfg(test)]
+mod power_loss;
 
 #[cfg(test)]
 mod tests {
