@@ -47,7 +47,7 @@ async fn suppliers_orders_and_asns_and_every_bad_input_changes_nothing() {
     let c = http();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (hub, node, base) = hub_and_stocked_site(&c, root).await;
+    let (_hub, _node, base) = hub_and_stocked_site(&c, root).await;
 
     // Suppliers: bad ones refused with their codes, nothing stored.
     let mut bad_currency = supplier();

@@ -295,7 +295,7 @@ async fn the_folder_channel_writes_csv_and_json() {
 }
 
 #[test]
-fn every_purchasing_route_is_for_planners() {
+fn every_purchasing_route_is_for_planners_and_the_supplier_ones_for_suppliers_too() {
     use axum::http::Method;
     use oms_service::auth::Access;
     let routes = [
