@@ -487,6 +487,26 @@ async fn a_supplier_key_sees_and_acts_on_its_own_purchase_orders_only() {
     assert!(by_key.contains(&("/v1/purchase-orders/{id}/confirm".into(), own.clone())), "{by_key:?}");
     assert!(by_key.iter().any(|(r, t)| r == "/v1/asns/import" && t == "ASN-A2"), "{by_key:?}");
     assert!(by_key.iter().all(|(_, t)| t != &foreign), "nothing on another's order: {by_key:?}");
+
+    // A node admits no supplier key on any route (401 until it read the key, 403 once it has).
+    let token = oms_tests::create_supplier_key(&node.dir.join("data"), "acme-at-the-dock", "acme");
+    let at_node = oms_tests::http_as(&token);
+    let inbound = format!("http://{}/v1/inbound", node.http);
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(&at_node, inbound.clone()).await.0;
+        if status != 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 403, "the node read the supplier key and refuses it");
+    for path in ["/v1/stock/SKU-A", "/v1/orders", "/v1/inbound", "/v1/rmas"] {
+        let (s, v) = get(&at_node, format!("http://{}{path}", node.http)).await;
+        assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{path}: {v}");
+    }
+    let (s, v) = post(&at_node, format!("http://{}/v1/inbound/ASN-A1/receipts", node.http), json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{v}");
     drop((hub, node));
 }
 
