@@ -342,6 +342,16 @@ mod tests {
     }
 
     #[test]
+    fn receipt_prune_grace_defaults_to_a_minute_and_is_bounded() {
+        let cfg: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg.receiving.receipt_prune_grace_ms, 60_000);
+        let cfg: NodeConfig = toml::from_str("[receiving]\nreceipt_prune_grace_ms = 0").unwrap();
+        cfg.validate().unwrap();
+        let over = format!("[receiving]\nreceipt_prune_grace_ms = {}", RECEIPT_PRUNE_GRACE_MS_MAX + 1);
+        assert!(toml::from_str::<NodeConfig>(&over).unwrap().validate().is_err());
+    }
+
+    #[test]
     fn orders_section_defaults_overrides_and_limits() {
         let cfg: NodeConfig = toml::from_str("").unwrap();
         let p = cfg.orders.freeze_policy();
