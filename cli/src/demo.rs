@@ -52,8 +52,11 @@
 //!
 //! A purchasing pass (see `purchasing`) sets up a demo supplier and turns each site's replenishment
 //! suggestions (or, without enough history, lines at the supplier's terms) into purchase orders, sends them
-//! through the hub's outbox, confirms them and records ASNs. The summary adds `purchase_orders` (by state),
-//! `units_on_order`, `units_received_against_po`, `on_order_mismatches` and `purchasing_mismatches` (both 0).
+//! through the hub's outbox; the supplier confirms them and records ASNs with its own `supplier` key, which
+//! must not reach another supplier's order. The summary adds `purchase_orders` (by state), `units_on_order`,
+//! `units_received_against_po`, `asns_by_supplier_key`, `on_order_mismatches`, `purchasing_mismatches`,
+//! `supplier_key_foreign_access` (all three 0); and, once the sites' receipts reached the hub, that they
+//! left the stock documents (`site_receipts_pruned`, `receipt_prune_mismatches` 0).
 //!
 //! After the end of day the demo plays the carrier (see `tracking`): signed tracking events to the hub for
 //! (at most 100 of) the hub's fulfillments shipped and not delivered, `in_transit` then `delivered` for all but one (`failure`, flagged
@@ -202,6 +205,8 @@ struct DemoKeys {
     web: String,
     /// The hub's `marketplace` channel.
     marketplace: String,
+    /// The demo supplier's key at the hub (role `supplier`, its own purchase orders only).
+    supplier: String,
     /// The PIN of the `picker` user of every site's screens.
     picker_pin: String,
     /// The password of the hub's `planner` user (its screens: network, stock, forecasts, reports).
@@ -218,6 +223,7 @@ impl DemoKeys {
             service: token(),
             web: token(),
             marketplace: token(),
+            supplier: token(),
             picker_pin: crate::keys::made_up_secret(true),
             planner_password: crate::keys::made_up_secret(false),
         }
@@ -240,6 +246,14 @@ impl DemoKeys {
         add_key(dir, &self.admin, "demo-admin", keys::Role::Admin, None)?;
         add_key(dir, &self.web, "demo-web", keys::Role::Channel, Some("web"))?;
         add_key(dir, &self.marketplace, "demo-marketplace", keys::Role::Channel, Some("marketplace"))?;
+        let supplier = keys::NewKey {
+            name: "demo-supplier-portal".into(),
+            role: keys::Role::Supplier,
+            channel: None,
+            supplier: Some(oms_protocol::domain::SupplierId::parse(purchasing::SUPPLIER)?),
+            rate_per_s: Some(100_000),
+        };
+        keys::add_token(dir, &self.supplier, supplier, oms_service::now_ms())?;
         let planner = NewUser {
             name: "planner".into(),
             role: keys::Role::Planner,
@@ -247,7 +261,7 @@ impl DemoKeys {
             pin: false,
         };
         users::create(dir, planner, oms_service::now_ms())?;
-        Ok(3)
+        Ok(4)
     }
 }
 
@@ -261,7 +275,7 @@ fn add_key(
 ) -> anyhow::Result<()> {
     let channel = channel.map(oms_protocol::domain::Channel::parse).transpose()?;
     // The demo drives hundreds of requests a second through each key.
-    let new = keys::NewKey { name: name.into(), role, channel, rate_per_s: Some(100_000) };
+    let new = keys::NewKey { name: name.into(), role, channel, supplier: None, rate_per_s: Some(100_000) };
     keys::add_token(dir, token, new, oms_service::now_ms())?;
     Ok(())
 }
@@ -404,6 +418,10 @@ impl Promises {
     }
 }
 
+/// How long a receipt the hub applied stays in a site's stock document (the default is a minute; the demo
+/// watches them go).
+const DEMO_RECEIPT_PRUNE_GRACE_MS: u64 = 1_000;
+
 /// The test carrier's directory in each site's data directory: the labels it sold and its purchase log.
 const DEMO_CARRIER_DIR: &str = "carrier";
 
@@ -413,7 +431,8 @@ fn write_node_config(site: &Site, hub: SocketAddr, certs: &std::path::Path) -> a
     let certs = serde_json::to_string(&certs.display().to_string())?;
     let text = format!(
         "[site]\nname = \"{}\"\nlat = {}\nlon = {}\n\n{DEMO_SHIPPING}\n[hub]\naddr = \"{hub}\"\ncerts_dir = {certs}\ntenant = \"{TENANT}\"\n\n\
-         [carrier]\nkind = \"test\"\ndir = {}\ndefault_service = \"ground\"\nlabel_poll_ms = 100\n",
+         [carrier]\nkind = \"test\"\ndir = {}\ndefault_service = \"ground\"\nlabel_poll_ms = 100\n\n\
+         [receiving]\nreceipt_prune_grace_ms = {DEMO_RECEIPT_PRUNE_GRACE_MS}\n",
         site.id,
         site.lat,
         site.lon,
@@ -872,6 +891,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let service_http = client(Some(&keys.service), &ca)?;
     let web_http = client(Some(&keys.web), &ca)?;
     let market_http = client(Some(&keys.marketplace), &ca)?;
+    let supplier_http = client(Some(&keys.supplier), &ca)?;
     // The web channel hears of its orders by signed webhooks, checked at the end.
     let hooks = webhooks::subscribe(&web_http, hub_http).await?;
     println!("web channel subscribed a webhook receiver on loopback (signatures checked, deduplicated by event id)");
@@ -1324,7 +1344,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "certificates in use shown by the hub {certificates_shown} (the hub's and each node's), expiring within 30 days {certificates_expiring_soon}"
     );
     println!(
-        "API keys {api_keys} (admin, staff, till and service per site; admin and one per channel at the hub); audited ship rows {audit_ships} (mismatches {audit_mismatches}); unauthenticated or wrong-role calls let through {auth_probe_failures}"
+        "API keys {api_keys} (admin, staff, till and service per site; admin, one per channel and the demo supplier's at the hub); audited ship rows {audit_ships} (mismatches {audit_mismatches}); unauthenticated or wrong-role calls let through {auth_probe_failures}"
     );
     let hook = hooks.check(&web_http, hub_http, CUT_SITE).await?;
     let site_ids: Vec<&str> = sites.iter().map(|s| s.id).collect();
@@ -1336,9 +1356,16 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         relay: &relay,
         picker_pin: &keys.picker_pin,
     };
-    let buying =
-        purchasing::pass(&admin, hub_http, &site_ids, &skus, &a.data.join("hub").join("purchase-orders"), &docks)
-            .await?;
+    let buying = purchasing::pass(
+        &admin,
+        &supplier_http,
+        hub_http,
+        &site_ids,
+        &skus,
+        &a.data.join("hub").join("purchase-orders"),
+        &docks,
+    )
+    .await?;
     println!("{}", buying.line());
     let rmas = returns::pass(&admin, hub_http, &acked, &docks).await?;
     println!("{}", rmas.line());

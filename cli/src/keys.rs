@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use oms_protocol::domain::Channel;
+use oms_protocol::domain::{Channel, SupplierId};
 use oms_service::auth::keys::{self, NewKey, Role};
 
 /// `oms keys` subcommands.
@@ -16,7 +16,7 @@ pub(crate) enum KeysCmd {
         /// The node's or the hub's data directory.
         #[arg(long)]
         data: PathBuf,
-        /// channel, staff, planner, service, monitor or admin.
+        /// channel, staff, planner, service, monitor, admin or supplier.
         #[arg(long)]
         role: String,
         /// A unique name (a-z, A-Z, 0-9, '-', '_', '.'), recorded in the audit trail.
@@ -25,6 +25,10 @@ pub(crate) enum KeysCmd {
         /// The channel a channel key sells for (required for --role channel).
         #[arg(long)]
         channel: Option<String>,
+        /// The supplier a supplier key acts for (required for --role supplier; hub only): it reads and
+        /// confirms that supplier's purchase orders and announces ASNs against them, nothing else.
+        #[arg(long)]
+        supplier: Option<String>,
         /// Its own rate limit, requests per second (default: the server's `auth.rate_per_s`).
         #[arg(long)]
         rate_per_s: Option<u32>,
@@ -53,10 +57,11 @@ pub(crate) enum KeysCmd {
 pub(crate) fn run(cmd: KeysCmd) -> anyhow::Result<()> {
     let now = oms_service::now_ms();
     match cmd {
-        KeysCmd::Create { data, role, name, channel, rate_per_s } => {
+        KeysCmd::Create { data, role, name, channel, supplier, rate_per_s } => {
             let role: Role = role.parse()?;
             let channel = channel.map(|c| Channel::parse(&c)).transpose().context("--channel")?;
-            let token = keys::create(&data, NewKey { name: name.clone(), role, channel, rate_per_s }, now)?;
+            let supplier = supplier.map(|s| SupplierId::parse(&s)).transpose().context("--supplier")?;
+            let token = keys::create(&data, NewKey { name: name.clone(), role, channel, supplier, rate_per_s }, now)?;
             eprintln!("created key {name:?} ({role}) in {}; the token is shown only now:", data.display());
             println!("{token}");
         }
@@ -68,14 +73,14 @@ pub(crate) fn run(cmd: KeysCmd) -> anyhow::Result<()> {
             }
             println!(
                 "{:<24} {:<8} {:<16} {:>14} {:>14} {:>8}",
-                "NAME", "ROLE", "CHANNEL", "CREATED_MS", "REVOKED_MS", "RATE/S"
+                "NAME", "ROLE", "SCOPE", "CREATED_MS", "REVOKED_MS", "RATE/S"
             );
             for k in &file.keys {
                 println!(
                     "{:<24} {:<8} {:<16} {:>14} {:>14} {:>8}",
                     k.name,
                     k.role.as_str(),
-                    k.channel.as_ref().map_or("-", |c| c.as_str()),
+                    k.channel.as_ref().map(|c| c.as_str()).or(k.supplier.as_ref().map(|s| s.as_str())).unwrap_or("-"),
                     k.created_at_ms,
                     k.revoked_at_ms.map_or_else(|| "-".to_owned(), |t| t.to_string()),
                     k.rate_per_s.map_or_else(|| "default".to_owned(), |r| r.to_string()),

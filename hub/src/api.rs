@@ -53,8 +53,9 @@
 //! | `GET /v1/audit/events` | admin only |
 //! | `GET /v1/events`, `GET`/`POST /v1/webhooks`, `DELETE /v1/webhooks/{id}` | channel (its own orders' events and subscriptions) |
 //! | `GET /metrics` | monitor |
-//! | `GET /v1/suppliers[/{id}]`, `PUT /v1/suppliers/{id}`, `POST /v1/suppliers/import`, `POST /v1/asns/import` | planner |
-//! | `GET`/`POST /v1/purchase-orders`, `GET /v1/purchase-orders/{id}`, `POST …/{id}/send\|confirm\|cancel`, `POST …/{id}/lines/{n}/close`, `POST …/{id}/asns`, `GET /v1/purchasing/summary` | planner |
+//! | `GET /v1/suppliers[/{id}]`, `PUT /v1/suppliers/{id}`, `POST /v1/suppliers/import` | planner |
+//! | `POST /v1/purchase-orders`, `POST …/{id}/send\|cancel`, `POST …/{id}/lines/{n}/close`, `GET /v1/purchasing/summary` | planner |
+//! | `GET /v1/purchase-orders`, `GET /v1/purchase-orders/{id}`, `POST …/{id}/confirm`, `POST …/{id}/asns`, `POST /v1/asns/import` | planner, supplier (its own orders only) |
 //! | anything else | any key (so an unknown path is `404`, or `405`, only to a caller with a key) |
 //!
 //! Every handler reads documents under the hub's lock and answers from memory; lists are paged.
@@ -98,6 +99,9 @@ const SERVICE: &[Role] = &[Role::Service];
 const MONEY_READERS: &[Role] = &[Role::Service, Role::Planner];
 const MONITOR: &[Role] = &[Role::Monitor];
 const ADMIN_ONLY: &[Role] = &[];
+/// Purchase orders: planners see and act on all; a supplier key only on its own ([`crate::purchasing::http`]
+/// answers another supplier's order as an unknown one).
+const PO_PARTIES: &[Role] = &[Role::Planner, Role::Supplier];
 
 /// What each hub route needs (the table in the module docs), by method and matched route.
 pub fn policy(method: &Method, route: Option<&str>) -> Access {
@@ -155,23 +159,18 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
         Some("/v1/webhooks") if get || post => Access::Roles(CHANNEL),
         Some("/v1/webhooks/{id}") if method == Method::DELETE => Access::Roles(CHANNEL),
         Some("/metrics") if get => Access::Roles(MONITOR),
-        Some(
-            "/v1/suppliers"
-            | "/v1/suppliers/{id}"
-            | "/v1/purchase-orders"
-            | "/v1/purchase-orders/{id}"
-            | "/v1/purchasing/summary",
-        ) if get => Access::Roles(PLANNER),
+        Some("/v1/purchase-orders" | "/v1/purchase-orders/{id}") if get => Access::Roles(PO_PARTIES),
+        Some("/v1/suppliers" | "/v1/suppliers/{id}" | "/v1/purchasing/summary") if get => Access::Roles(PLANNER),
         Some("/v1/suppliers/{id}") if method == Method::PUT => Access::Roles(PLANNER),
+        Some("/v1/asns/import" | "/v1/purchase-orders/{id}/confirm" | "/v1/purchase-orders/{id}/asns") if post => {
+            Access::Roles(PO_PARTIES)
+        }
         Some(
             "/v1/suppliers/import"
-            | "/v1/asns/import"
             | "/v1/purchase-orders"
             | "/v1/purchase-orders/{id}/send"
-            | "/v1/purchase-orders/{id}/confirm"
             | "/v1/purchase-orders/{id}/cancel"
-            | "/v1/purchase-orders/{id}/lines/{n}/close"
-            | "/v1/purchase-orders/{id}/asns",
+            | "/v1/purchase-orders/{id}/lines/{n}/close",
         ) if post => Access::Roles(PLANNER),
         _ => Access::Roles(ANY_ROLE),
     }

@@ -696,7 +696,7 @@ mod tests {
 
     fn admin_auth() -> Arc<oms_service::auth::Auth> {
         use oms_service::auth::{Auth, AuthConfig, Principal, Role};
-        let admin = Principal { name: "test-admin".into(), role: Role::Admin, channel: None };
+        let admin = Principal { name: "test-admin".into(), role: Role::Admin, channel: None, supplier: None };
         Arc::new(Auth::in_memory(vec![(ADMIN_TOKEN.into(), admin, None)], AuthConfig::default(), crate::api::policy))
     }
 

@@ -387,8 +387,12 @@ async fn cancel(State(st): State<St>, Path(token): Path<String>, headers: Header
         return answer(&st, StatusCode::CONFLICT, &seen, &token, &headers, Some(words));
     }
     let o = &seen.order;
-    let principal =
-        Principal { name: CUSTOMER_ACTOR.into(), role: Role::Channel, channel: Some(o.draft.channel.clone()) };
+    let principal = Principal {
+        name: CUSTOMER_ACTOR.into(),
+        role: Role::Channel,
+        channel: Some(o.draft.channel.clone()),
+        supplier: None,
+    };
     let reason = Some("cancelled by the customer on the tracking page".to_owned());
     match crate::orders::cancel_order(&st.hub, &principal, customer("/t/{token}/cancel"), o.id.as_str(), reason).await {
         Ok(_) => see_other(&format!("/t/{token}")),

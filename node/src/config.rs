@@ -82,11 +82,17 @@ pub struct ReceivingConfig {
     /// Units a PO line may receive beyond what it expects (ordered less short-closed), percent; more is
     /// `409 over_receipt` unless forced with a reason. At most 1000.
     pub over_receipt_tolerance_pct: u32,
+    /// A receipt the hub has acknowledged as applied leaves the stock document once it is this old, ms (so
+    /// the document holds only receipts in flight). At most [`RECEIPT_PRUNE_GRACE_MS_MAX`] (a day).
+    pub receipt_prune_grace_ms: u64,
 }
+
+/// Longest `[receiving] receipt_prune_grace_ms`.
+pub const RECEIPT_PRUNE_GRACE_MS_MAX: u64 = 86_400_000;
 
 impl Default for ReceivingConfig {
     fn default() -> Self {
-        ReceivingConfig { over_receipt_tolerance_pct: 10 }
+        ReceivingConfig { over_receipt_tolerance_pct: 10, receipt_prune_grace_ms: 60_000 }
     }
 }
 
@@ -274,9 +280,12 @@ impl NodeConfig {
                 crate::store::FREEZE_ORDERS_MAX
             )));
         }
-        if self.receiving.over_receipt_tolerance_pct > crate::store::TOLERANCE_PCT_MAX {
+        if self.receiving.over_receipt_tolerance_pct > crate::store::TOLERANCE_PCT_MAX
+            || self.receiving.receipt_prune_grace_ms > RECEIPT_PRUNE_GRACE_MS_MAX
+        {
             return Err(ConfigError::Invalid(format!(
-                "receiving: over_receipt_tolerance_pct must be at most {}",
+                "receiving: over_receipt_tolerance_pct must be at most {}, receipt_prune_grace_ms at most \
+                 {RECEIPT_PRUNE_GRACE_MS_MAX}",
                 crate::store::TOLERANCE_PCT_MAX
             )));
         }
@@ -330,6 +339,16 @@ mod tests {
         assert!(toml::from_str::<NodeConfig>("unknown_key = 1").is_err());
         let cfg: NodeConfig = toml::from_str("[site]\nlat = 100.0").unwrap();
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn receipt_prune_grace_defaults_to_a_minute_and_is_bounded() {
+        let cfg: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg.receiving.receipt_prune_grace_ms, 60_000);
+        let cfg: NodeConfig = toml::from_str("[receiving]\nreceipt_prune_grace_ms = 0").unwrap();
+        cfg.validate().unwrap();
+        let over = format!("[receiving]\nreceipt_prune_grace_ms = {}", RECEIPT_PRUNE_GRACE_MS_MAX + 1);
+        assert!(toml::from_str::<NodeConfig>(&over).unwrap().validate().is_err());
     }
 
     #[test]

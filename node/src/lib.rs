@@ -63,7 +63,10 @@ pub async fn run(
             &cfg.data_dir,
             &site,
             cfg.shipping.as_ref(),
-            sync::SyncTuning::default(),
+            sync::SyncTuning {
+                receipt_prune_grace_ms: cfg.receiving.receipt_prune_grace_ms,
+                ..sync::SyncTuning::default()
+            },
             metrics.clone(),
         )
         .with_context(|| format!("cannot start sync with the hub at {}", link.addr))?;

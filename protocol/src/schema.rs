@@ -21,6 +21,14 @@
 //!   The same document carries the approved returns (RMAs) the site is to receive, under [`keys::RMAS`]
 //!   (RMA id → postcard [`InboundRma`]); the site's receipts against them travel back in its stock document
 //!   under [`keys::RMA_RECEIPTS`] (receipt id → postcard [`SiteRmaReceipt`]).
+//!   **Receipts do not pile up**: the hub acknowledges, in `inbound/<node>`, the receipts it has durably
+//!   applied that are still in the site's stock document ([`keys::RECEIPTS_APPLIED`],
+//!   [`keys::RMA_RECEIPTS_APPLIED`]: receipt id → when acknowledged; [`write_receipt_acks`]), and the site
+//!   removes those receipts from its stock document once they are older than a grace period
+//!   ([`prune_receipts`]). The hub drops an acknowledgement once the receipt is gone from the stock
+//!   document, so both maps hold only receipts in flight. The hub's own table of applied receipt ids (never
+//!   pruned) keeps a receipt seen again from being applied twice; a receipt the hub has not applied has no
+//!   acknowledgement and is never removed.
 //! - Orders the hub takes from channels are `order/hub-<seq>.<n>` documents the hub creates (origin `hub`,
 //!   site = the node it assigned), one per fulfillment order; the node writes their progress as for its own.
 //!
@@ -103,6 +111,11 @@ pub mod keys {
     pub const RMAS: &str = "rmas";
     /// Map receipt id → postcard `SiteRmaReceipt` (in a stock document).
     pub const RMA_RECEIPTS: &str = "rma_receipts";
+    /// Map receipt id → ms the hub acknowledged it (in an inbound document): receipts under [`RECEIPTS`] of
+    /// the site's stock document that the hub has applied, which the site may remove.
+    pub const RECEIPTS_APPLIED: &str = "receipts_applied";
+    /// The same for [`RMA_RECEIPTS`].
+    pub const RMA_RECEIPTS_APPLIED: &str = "rma_receipts_applied";
 }
 
 /// One line of a purchase order a site is to receive, as the hub publishes it.
@@ -731,6 +744,127 @@ pub fn read_receipts(doc: &AutoCommit, max: usize) -> Result<(Vec<SiteReceipt>, 
     read_keyed(doc, keys::RECEIPTS, max, |k, v: &SiteReceipt| v.id == k)
 }
 
+/// Sets the hub's acknowledgements under `map` ([`keys::RECEIPTS_APPLIED`] or [`keys::RMA_RECEIPTS_APPLIED`])
+/// of `inbound/<node>` to exactly `applied` (hub only): the receipts of the site's stock document it has
+/// applied durably. Ids there already keep their time; ids not in `applied` (their receipt left the stock
+/// document) are removed. Returns true if the document changed.
+pub fn write_receipt_acks(
+    doc: &mut AutoCommit,
+    node: &NodeId,
+    map: &str,
+    applied: &std::collections::BTreeSet<String>,
+    now_ms: u64,
+) -> Result<bool, SchemaError> {
+    let exists = matches!(doc.get(ROOT, map)?, Some((automerge::Value::Object(ObjType::Map), _)));
+    if !exists && applied.is_empty() {
+        return Ok(false);
+    }
+    ensure_owner(doc, node)?;
+    let obj = map_obj(doc, &ROOT, map)?;
+    let held: Vec<String> = doc.keys(&obj).collect();
+    let mut changed = !exists;
+    for k in held.iter().filter(|k| !applied.contains(k.as_str())) {
+        doc.delete(&obj, k.as_str())?;
+        changed = true;
+    }
+    for id in applied.iter().filter(|id| !held.contains(id)) {
+        doc.put(&obj, id.as_str(), now_ms)?;
+        changed = true;
+    }
+    if changed {
+        doc.put(ROOT, keys::UPDATED_AT_MS, now_ms)?;
+    }
+    Ok(changed)
+}
+
+/// The receipts the hub acknowledged in an inbound document: (purchase order receipts, RMA receipts), at
+/// most `max` of each.
+pub fn read_receipt_acks(doc: &AutoCommit, max: usize) -> Result<ReceiptAcks, SchemaError> {
+    let ids = |map: &str| -> Result<std::collections::BTreeSet<String>, SchemaError> {
+        match doc.get(ROOT, map)? {
+            Some((automerge::Value::Object(ObjType::Map), obj)) => Ok(doc.keys(&obj).take(max).collect()),
+            _ => Ok(Default::default()),
+        }
+    };
+    Ok(ReceiptAcks { po: ids(keys::RECEIPTS_APPLIED)?, rma: ids(keys::RMA_RECEIPTS_APPLIED)? })
+}
+
+/// Receipt ids the hub acknowledged ([`read_receipt_acks`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiptAcks {
+    /// Under [`keys::RECEIPTS_APPLIED`].
+    pub po: std::collections::BTreeSet<String>,
+    /// Under [`keys::RMA_RECEIPTS_APPLIED`].
+    pub rma: std::collections::BTreeSet<String>,
+}
+
+/// What [`prune_receipts`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Purchase order receipts removed.
+    pub receipts: usize,
+    /// RMA receipts removed.
+    pub rma_receipts: usize,
+    /// The earliest time an acknowledged receipt kept for its grace period may go, ms.
+    pub next_at_ms: Option<u64>,
+}
+
+/// Removes from the site's stock document (node only) the receipts the hub acknowledged (`acks`) that were
+/// booked at least `grace_ms` before `now_ms`, at most `max` in all. A receipt without an acknowledgement is
+/// never removed. Returns what it removed and when the next acknowledged one is due.
+pub fn prune_receipts(
+    doc: &mut AutoCommit,
+    acks: &ReceiptAcks,
+    now_ms: u64,
+    grace_ms: u64,
+    max: usize,
+) -> Result<Pruned, SchemaError> {
+    let cutoff = now_ms.saturating_sub(grace_ms);
+    let mut out = Pruned::default();
+    let (n, next) = prune_keyed(doc, keys::RECEIPTS, &acks.po, cutoff, max, |r: &SiteReceipt| r.at_ms)?;
+    out.receipts = n;
+    out.next_at_ms = next;
+    let (n, next) =
+        prune_keyed(doc, keys::RMA_RECEIPTS, &acks.rma, cutoff, max.saturating_sub(n), |r: &SiteRmaReceipt| r.at_ms)?;
+    out.rma_receipts = n;
+    out.next_at_ms = match (out.next_at_ms, next) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+    .map(|at| at.saturating_add(grace_ms));
+    if out.receipts + out.rma_receipts > 0 {
+        doc.put(ROOT, keys::UPDATED_AT_MS, now_ms)?;
+    }
+    Ok(out)
+}
+
+/// Removes the values of `map` whose keys are in `acked` and whose time (`at`) is at or before `cutoff`, at
+/// most `max`. Returns how many it removed and the earliest time of those it kept for being too recent (or
+/// for `max`). A value that does not decode is left alone.
+fn prune_keyed<T: for<'de> Deserialize<'de>>(
+    doc: &mut AutoCommit,
+    map: &str,
+    acked: &std::collections::BTreeSet<String>,
+    cutoff: u64,
+    max: usize,
+    at: impl Fn(&T) -> u64,
+) -> Result<(usize, Option<u64>), SchemaError> {
+    let Some((automerge::Value::Object(ObjType::Map), obj)) = doc.get(ROOT, map)? else { return Ok((0, None)) };
+    let (mut removed, mut next) = (0usize, None::<u64>);
+    for id in acked {
+        let Some(b) = get_bytes(doc, &obj, id)? else { continue };
+        let Ok(v) = postcard::from_bytes::<T>(&b) else { continue };
+        let t = at(&v);
+        if t <= cutoff && removed < max {
+            doc.delete(&obj, id.as_str())?;
+            removed += 1;
+        } else {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+    }
+    Ok((removed, next))
+}
+
 /// Writes the site's routing facts into its stock document. Returns true if the document changed.
 pub fn write_site_info(doc: &mut AutoCommit, node: &NodeId, info: &SiteInfo, now_ms: u64) -> Result<bool, SchemaError> {
     ensure_owner(doc, node)?;
@@ -1128,6 +1262,60 @@ mod tests {
         assert_eq!(check_writer(&mut s, &sname, &[], Writer::Node(&n)), Ok(()));
         assert!(check_writer(&mut s, &sname, &[], Writer::Node(&other)).is_err());
         assert_eq!(read_receipts(&s, 10).unwrap(), (vec![r], vec![]));
+    }
+
+    /// The hub acknowledges applied receipts in its inbound document (which only it may write); the site
+    /// removes only acknowledged receipts past the grace period from its stock document (which only it may
+    /// write); the hub then drops the acknowledgements of receipts gone, so both hold only receipts in flight.
+    #[test]
+    fn acknowledged_receipts_are_pruned_after_the_grace_and_only_they() {
+        let n = node("wh-a");
+        let (iname, sname) = (inbound_doc(&n).unwrap(), stock_doc(&n).unwrap());
+        let mut s = AutoCommit::new();
+        for (id, at) in [("r-1", 1_000), ("r-2", 1_000), ("r-3", 9_000)] {
+            let r = SiteReceipt { id: id.into(), po: "PO-1".into(), asn: None, lines: vec![(1, 1)], at_ms: at };
+            write_receipt(&mut s, &n, &r, at).unwrap();
+        }
+        let rr =
+            SiteRmaReceipt { id: "m-1".into(), rma: "RMA-1".into(), order: "o".into(), lines: vec![], at_ms: 1_000 };
+        write_rma_receipt(&mut s, &n, &rr, 1_000).unwrap();
+        s.commit();
+        let ids = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<std::collections::BTreeSet<_>>();
+
+        // Nothing acknowledged: nothing goes, however old (a site cut off from the hub keeps everything).
+        let mut i = AutoCommit::new();
+        assert!(!write_receipt_acks(&mut i, &n, keys::RECEIPTS_APPLIED, &ids(&[]), 5).unwrap(), "no empty map");
+        let none = read_receipt_acks(&i, 100).unwrap();
+        assert_eq!(prune_receipts(&mut s, &none, 1_000_000, 10, 100).unwrap(), Pruned::default());
+        assert_eq!(read_receipts(&s, 10).unwrap().0.len(), 3);
+
+        // The hub applied r-1, r-3 (and a receipt not in the document, which the site ignores) and m-1.
+        assert!(write_receipt_acks(&mut i, &n, keys::RECEIPTS_APPLIED, &ids(&["r-1", "r-3", "r-9"]), 10_000).unwrap());
+        assert!(!write_receipt_acks(&mut i, &n, keys::RECEIPTS_APPLIED, &ids(&["r-1", "r-3", "r-9"]), 10_001).unwrap());
+        assert!(write_receipt_acks(&mut i, &n, keys::RMA_RECEIPTS_APPLIED, &ids(&["m-1"]), 10_000).unwrap());
+        i.commit();
+        assert_eq!(check_writer(&mut i, &iname, &[], Writer::Hub), Ok(()));
+        assert!(check_writer(&mut i, &iname, &[], Writer::Node(&n)).is_err(), "the acknowledgements are the hub's");
+        let acks = read_receipt_acks(&i, 100).unwrap();
+        assert_eq!((acks.po.clone(), acks.rma.clone()), (ids(&["r-1", "r-3", "r-9"]), ids(&["m-1"])));
+
+        // At 10 000 with a 5 000 ms grace: r-1 and m-1 go, r-3 (booked at 9 000) waits until 14 000, r-2 stays.
+        let before = s.get_heads();
+        let p = prune_receipts(&mut s, &acks, 10_000, 5_000, 100).unwrap();
+        assert_eq!(p, Pruned { receipts: 1, rma_receipts: 1, next_at_ms: Some(14_000) });
+        s.commit();
+        assert_eq!(check_writer(&mut s, &sname, &before, Writer::Node(&n)), Ok(()), "the site prunes its own");
+        let left: Vec<String> = read_receipts(&s, 10).unwrap().0.into_iter().map(|r| r.id).collect();
+        assert_eq!(left, ["r-2", "r-3"]);
+        assert!(read_rma_receipts(&s, 10).unwrap().0.is_empty());
+        let p = prune_receipts(&mut s, &acks, 14_000, 5_000, 100).unwrap();
+        assert_eq!((p.receipts, p.next_at_ms), (1, None));
+        let left: Vec<String> = read_receipts(&s, 10).unwrap().0.into_iter().map(|r| r.id).collect();
+        assert_eq!(left, ["r-2"], "never acknowledged: kept");
+
+        // The hub sees them gone and drops their acknowledgements.
+        assert!(write_receipt_acks(&mut i, &n, keys::RECEIPTS_APPLIED, &ids(&[]), 20_000).unwrap());
+        assert!(read_receipt_acks(&i, 100).unwrap().po.is_empty());
     }
 
     /// Approved returns ride in the hub's inbound document, the site's receipts against them in its stock

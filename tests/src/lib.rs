@@ -188,6 +188,7 @@ pub fn install_admin_key(dir: &Path) {
         name: TEST_ADMIN_KEY.into(),
         role: keys::Role::Admin,
         channel: None,
+        supplier: None,
         rate_per_s: Some(1_000_000),
     };
     keys::add_token(dir, TEST_ADMIN_TOKEN, admin, 1).expect("provision the test admin key");
@@ -200,7 +201,21 @@ pub fn create_key(dir: &Path, name: &str, role: &str, channel: Option<&str>, rat
         name: name.into(),
         role: role.parse().expect("role"),
         channel: channel.map(|c| oms_protocol::domain::Channel::parse(c).expect("channel")),
+        supplier: None,
         rate_per_s,
+    };
+    keys::create(dir, new, 1).expect("create key")
+}
+
+/// Creates a `supplier` key for `supplier` in `dir` and returns its token.
+pub fn create_supplier_key(dir: &Path, name: &str, supplier: &str) -> String {
+    use oms_service::auth::keys;
+    let new = keys::NewKey {
+        name: name.into(),
+        role: keys::Role::Supplier,
+        channel: None,
+        supplier: Some(oms_protocol::domain::SupplierId::parse(supplier).expect("supplier")),
+        rate_per_s: None,
     };
     keys::create(dir, new, 1).expect("create key")
 }

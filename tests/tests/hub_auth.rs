@@ -18,7 +18,13 @@ const HEALTHY: Duration = Duration::from_secs(30);
 
 /// Creates a key in the hub's data directory; returns its token.
 fn key(root: &Path, name: &str, role: Role, channel: Option<&str>, rate_per_s: Option<u32>) -> String {
-    let new = NewKey { name: name.into(), role, channel: channel.map(|c| Channel::parse(c).unwrap()), rate_per_s };
+    let new = NewKey {
+        name: name.into(),
+        role,
+        channel: channel.map(|c| Channel::parse(c).unwrap()),
+        supplier: None,
+        rate_per_s,
+    };
     keys::create(&hub_data(root), new, 1).unwrap()
 }
 

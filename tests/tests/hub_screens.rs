@@ -31,10 +31,11 @@ async fn planner_service_and_customer_screens() {
         name: "web".into(),
         role: Role::Channel,
         channel: Some(Channel::parse("web").unwrap()),
+        supplier: None,
         rate_per_s: None,
     };
     let web = keys::create(&hub_data(root), web, 1).unwrap();
-    let svc = NewKey { name: "svc".into(), role: Role::Service, channel: None, rate_per_s: None };
+    let svc = NewKey { name: "svc".into(), role: Role::Service, channel: None, supplier: None, rate_per_s: None };
     let svc = keys::create(&hub_data(root), svc, 1).unwrap();
     user(root, "per", Role::Planner);
     user(root, "sam", Role::Service);

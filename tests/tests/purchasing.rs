@@ -1,7 +1,8 @@
 //! Purchasing at the hub over real processes: suppliers by JSON and CSV, a purchase order sent through the
 //! outbox into the folder channel, confirmed, announced by an ASN (a replay recorded once), counted as on
 //! order by the replenishment; and bad input on every purchasing route, each refused with its typed code and
-//! changing nothing. Every wait is a bounded loop; processes are killed when their guard drops.
+//! changing nothing. A supplier key sees and acts on its own orders only. Receipts the hub applied leave the
+//! sites' stock documents. Every wait is a bounded loop; processes are killed when their guard drops.
 
 use oms_tests::cluster::{hub_and_node, hub_data, seed_sku, wait_for};
 use oms_tests::{get, http, post};
@@ -26,18 +27,27 @@ fn supplier() -> Value {
            "skus": {"SKU-A": {"supplier_sku": "AC-A", "cost_minor": 250, "moq": 10, "order_multiple": 5}}})
 }
 
+/// A hub and site `wh1` holding 5 of SKU-A, which the hub has seen; the hub's API base URL.
+async fn hub_and_stocked_site(
+    c: &reqwest::Client,
+    root: &std::path::Path,
+) -> (oms_tests::cluster::HubProc, oms_tests::cluster::ClusterNode, String) {
+    let (hub, node) = hub_and_node(c, root, "wh1", SITE).await;
+    let base = format!("http://{}/v1", hub.http);
+    seed_sku(c, &node, "SKU-A", 5).await;
+    wait_for(c, format!("{base}/stock/SKU-A"), "the site's stock at the hub", |v| {
+        v["sites"].as_array().is_some_and(|a| a.iter().any(|s| s["site"] == "wh1"))
+    })
+    .await;
+    (hub, node, base)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suppliers_orders_and_asns_and_every_bad_input_changes_nothing() {
     let c = http();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (hub, node) = hub_and_node(&c, root, "wh1", SITE).await;
-    let base = format!("http://{}/v1", hub.http);
-    seed_sku(&c, &node, "SKU-A", 5).await;
-    wait_for(&c, format!("{base}/stock/SKU-A"), "the site's stock at the hub", |v| {
-        v["sites"].as_array().is_some_and(|a| a.iter().any(|s| s["site"] == "wh1"))
-    })
-    .await;
+    let (_hub, _node, base) = hub_and_stocked_site(&c, root).await;
 
     // Suppliers: bad ones refused with their codes, nothing stored.
     let mut bad_currency = supplier();
@@ -212,7 +222,7 @@ async fn sites_receive_against_purchase_orders_offline_once_with_tolerance_and_s
     let certs = pki(root, &["wh1", "wh2"]);
     let (quic, hub_http) = (oms_tests::cluster::free_udp(), oms_tests::cluster::free_tcp());
     let hub = spawn_hub(root, &certs, quic, hub_http, "info");
-    let extra = format!("{SITE}\n[receiving]\nover_receipt_tolerance_pct = 10\n");
+    let extra = format!("{SITE}\n[receiving]\nover_receipt_tolerance_pct = 10\nreceipt_prune_grace_ms = 0\n");
     let mut nodes = Vec::new();
     for id in ["wh1", "wh2"] {
         let (config, node_http, dir) = node_config_with(root, &certs, id, quic, &extra);
@@ -343,5 +353,163 @@ async fn sites_receive_against_purchase_orders_offline_once_with_tolerance_and_s
     // Exactly once, after everything: units received are the sum of the receipts.
     let (_, summary) = get(&c, format!("{base}/purchasing/summary")).await;
     assert_eq!(summary["units_received_against_po"], 27, "{summary}");
+
+    // The receipts wh1 booked while cut off were kept until the hub applied them (they arrived above); once
+    // applied and acknowledged, both sites prune them from their stock documents and the hub drops its
+    // acknowledgements: nothing left in flight, and the orders' totals are unchanged.
+    let pruned = json!({"po_receipts": 0, "rma_receipts": 0, "acknowledged": 0});
+    let v = wait_for(&c, format!("{base}/purchasing/summary"), "receipts pruned", |v| {
+        v["site_receipts_in_flight"] == pruned
+    })
+    .await;
+    assert_eq!(v["units_received_against_po"], 27, "{v}");
+    let (_, po0) = get(&c, format!("{base}/purchase-orders/{}", pos[0])).await;
+    assert_eq!((&po0["lines"][0]["received"], &po0["lines"][1]["received"]), (&json!(10), &json!(12)), "{po0}");
+
+    // A replay of a pruned receipt at the site changes nothing anywhere.
+    let (s, again) = receipt(&c, po_url, Some("r-3"), forced_again()).await;
+    assert_eq!((s, again["replayed"].as_bool()), (200, Some(true)), "{again}");
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let (_, v) = get(&c, format!("{base}/purchasing/summary")).await;
+    assert_eq!((&v["units_received_against_po"], &v["site_receipts_in_flight"]), (&json!(27), &pruned), "{v}");
+    let (_, after) = get(&c, format!("{base}/purchase-orders/{}", pos[0])).await;
+    assert_eq!(after["lines"], po0["lines"]);
     drop(hub);
+}
+
+/// The forced receipt `r-3` of the receiving test, as sent.
+fn forced_again() -> Value {
+    json!({"lines": [{"line": 2, "sku": "SKU-B", "qty": 12}], "force": true, "reason": "supplier sent extra"})
+}
+
+/// A supplier key: its own purchase orders listed, read, confirmed and announced (JSON and CSV); another
+/// supplier's answer 404 like an unknown id, however asked; every other route 403; a CSV with one foreign
+/// row refused whole, nothing written; the audit trail names the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_key_sees_and_acts_on_its_own_purchase_orders_only() {
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (hub, node, base) = hub_and_stocked_site(&c, root).await;
+    let mut ids = Vec::new();
+    for sup in ["acme", "zed"] {
+        assert_eq!(put(&c, format!("{base}/suppliers/{sup}"), supplier()).await.0, 201);
+        let body = json!({"supplier": sup, "site": "wh1", "lines": [{"sku": "SKU-A", "qty": 15}]});
+        let (s, v) = post(&c, format!("{base}/purchase-orders"), body).await;
+        assert_eq!(s, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_owned();
+        assert_eq!(post(&c, format!("{base}/purchase-orders/{id}/send"), json!({})).await.0, 200);
+        ids.push(id);
+    }
+    let (own, foreign) = (ids[0].clone(), ids[1].clone());
+    let token = oms_tests::create_supplier_key(&hub_data(root), "acme-portal", "acme");
+    let sup = oms_tests::http_as(&token);
+    let list = wait_for(&sup, format!("{base}/purchase-orders"), "the supplier key taken", |v| {
+        v["purchase_orders"].is_array()
+    })
+    .await;
+    let listed: Vec<&str> =
+        list["purchase_orders"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [own.as_str()], "only its own orders: {list}");
+    let (s, v) = get(&sup, format!("{base}/purchase-orders?supplier=zed")).await;
+    assert_eq!((s, &v["purchase_orders"]), (200, &json!([])), "asking for another's finds none: {v}");
+    let (s, v) = get(&sup, format!("{base}/purchase-orders/{own}")).await;
+    assert_eq!((s, v["supplier"].as_str()), (200, Some("acme")), "{v}");
+
+    // Another supplier's order: the answer an unknown id gets, on every route.
+    let (s, unknown) = get(&sup, format!("{base}/purchase-orders/PO-999999")).await;
+    assert_eq!((s, unknown["code"].as_str()), (404, Some("purchase_order_not_found")));
+    let (s, v) = get(&sup, format!("{base}/purchase-orders/{foreign}")).await;
+    assert_eq!((s, &v["code"]), (404, &unknown["code"]), "{v}");
+    let (s, v) = post(&sup, format!("{base}/purchase-orders/{foreign}/confirm"), json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("purchase_order_not_found")), "{v}");
+    let asn = |id: &str| json!({"asn": id, "lines": [{"line": 1, "qty": 5}]});
+    let (s, v) = post(&sup, format!("{base}/purchase-orders/{foreign}/asns"), asn("ASN-Z")).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("purchase_order_not_found")), "{v}");
+    let (_, z) = get(&c, format!("{base}/purchase-orders/{foreign}")).await;
+    assert_eq!((z["state"].as_str(), &z["asns"]), (Some("sent"), &json!([])), "untouched: {z}");
+
+    // Its own: confirmed, announced.
+    let (s, v) = post(&sup, format!("{base}/purchase-orders/{own}/confirm"), json!({})).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("confirmed")), "{v}");
+    let (s, v) = post(&sup, format!("{base}/purchase-orders/{own}/asns"), asn("ASN-A1")).await;
+    assert_eq!(s, 201, "{v}");
+
+    // Nothing else.
+    let (s, v) = put(&sup, format!("{base}/suppliers/acme"), supplier()).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{v}");
+    for (method, path) in [
+        ("GET", "/suppliers".to_owned()),
+        ("GET", "/suppliers/acme".to_owned()),
+        ("GET", "/purchasing/summary".to_owned()),
+        ("GET", "/stock".to_owned()),
+        ("GET", "/nodes".to_owned()),
+        ("GET", "/orders".to_owned()),
+        ("GET", "/replenishment".to_owned()),
+        ("GET", "/events".to_owned()),
+        ("POST", "/orders".to_owned()),
+        ("POST", "/purchase-orders".to_owned()),
+        ("POST", format!("/purchase-orders/{own}/send")),
+        ("POST", format!("/purchase-orders/{own}/cancel")),
+        ("POST", format!("/purchase-orders/{own}/lines/1/close")),
+        ("POST", "/suppliers/import".to_owned()),
+    ] {
+        let url = format!("{base}{path}");
+        let (s, v) = if method == "GET" { get(&sup, url).await } else { post(&sup, url, json!({})).await };
+        assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{method} {path}: {v}");
+    }
+
+    // The ASN file: one row for another supplier's order refuses the whole file, naming the row.
+    let csv = format!("asn,purchase_order,line,qty,expected_date\nASN-A2,{own},1,5,\nASN-Z2,{foreign},1,5,\n");
+    let (s, v) = sup_csv(&sup, &base, &csv).await;
+    assert_eq!((s, v["code"].as_str(), v["rows"][0]["line"].as_u64()), (422, Some("invalid_csv"), Some(3)), "{v}");
+    assert_eq!(
+        (v["rows"][0]["code"].as_str(), v["rows"].as_array().map(Vec::len)),
+        (Some("purchase_order_not_found"), Some(1))
+    );
+    let (_, a) = get(&c, format!("{base}/purchase-orders/{own}")).await;
+    let (_, z) = get(&c, format!("{base}/purchase-orders/{foreign}")).await;
+    assert_eq!((&a["asns"], &z["asns"]), (&json!(["ASN-A1"]), &json!([])), "nothing written");
+    let csv = format!("asn,purchase_order,line,qty,expected_date\nASN-A2,{own},1,5,\n");
+    let (s, v) = sup_csv(&sup, &base, &csv).await;
+    assert_eq!((s, v["asns"].as_u64()), (200, Some(1)), "{v}");
+
+    // The audit trail names the key for what it did.
+    let (s, audit) = get(&c, format!("{base}/audit/events?limit=1000")).await;
+    assert_eq!(s, 200, "{audit}");
+    let by_key: Vec<(String, String)> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["key"] == "acme-portal")
+        .map(|e| (e["route"].as_str().unwrap_or("").to_owned(), e["target"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    assert!(by_key.contains(&("/v1/purchase-orders/{id}/confirm".into(), own.clone())), "{by_key:?}");
+    assert!(by_key.iter().any(|(r, t)| r == "/v1/asns/import" && t == "ASN-A2"), "{by_key:?}");
+    assert!(by_key.iter().all(|(_, t)| t != &foreign), "nothing on another's order: {by_key:?}");
+
+    // A node admits no supplier key on any route (401 until it read the key, 403 once it has).
+    let token = oms_tests::create_supplier_key(&node.dir.join("data"), "acme-at-the-dock", "acme");
+    let at_node = oms_tests::http_as(&token);
+    let inbound = format!("http://{}/v1/inbound", node.http);
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(&at_node, inbound.clone()).await.0;
+        if status != 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 403, "the node read the supplier key and refuses it");
+    for path in ["/v1/stock/SKU-A", "/v1/orders", "/v1/inbound", "/v1/rmas"] {
+        let (s, v) = get(&at_node, format!("http://{}{path}", node.http)).await;
+        assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{path}: {v}");
+    }
+    let (s, v) = post(&at_node, format!("http://{}/v1/inbound/ASN-A1/receipts", node.http), json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{v}");
+    drop((hub, node));
+}
+
+async fn sup_csv(c: &reqwest::Client, base: &str, csv: &str) -> (u16, Value) {
+    raw(c, format!("{base}/asns/import"), "text/csv", csv).await
 }

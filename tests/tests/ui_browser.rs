@@ -124,7 +124,13 @@ async fn service_cancels_with_a_reason_and_the_customer_follows_on_a_phone_in_ch
     let root = tmp.path();
     let certs = pki(root, &[] as &[&str]);
     let channel = oms_protocol::domain::Channel::parse("web").unwrap();
-    let web = keys::NewKey { name: "web".into(), role: keys::Role::Channel, channel: Some(channel), rate_per_s: None };
+    let web = keys::NewKey {
+        name: "web".into(),
+        role: keys::Role::Channel,
+        channel: Some(channel),
+        supplier: None,
+        rate_per_s: None,
+    };
     let web = keys::create(&hub_data(root), web, 1).unwrap();
     for (name, role) in [("per", keys::Role::Planner), ("sam", keys::Role::Service)] {
         let u = users::NewUser { name: name.into(), role, secret: "a long password".into(), pin: false };

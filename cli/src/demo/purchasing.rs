@@ -12,6 +12,14 @@
 //! `receipt_mismatches`). Every site also receives one more unit of its ASN line through the receiving
 //! screen as its `picker` (the form pressed twice): `screen_receipts` counts them, and
 //! `screen_receipt_mismatches` (must be 0) counts receipts whose ledger entries differ from what was posted.
+//!
+//! The supplier acts with its own `supplier` key: it lists its orders, confirms them and posts their ASNs
+//! (`asns_by_supplier_key`). A second supplier gets one order of its own, which the demo supplier's key
+//! probes (listing, reading, confirming, an ASN, a CSV of ASNs with one row for it):
+//! `supplier_key_foreign_access` counts every answer that let it see or touch that order (must be 0).
+//! Once the receipts reached the hub, the sites drop them from their stock documents (acknowledged by the
+//! hub, after the demo's 1 s grace): `site_receipts_pruned` and `receipt_prune_mismatches` (receipts or
+//! acknowledgements still in flight at the end of the wait, or units received that moved; must be 0).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,7 +30,9 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 /// The demo's supplier.
-const SUPPLIER: &str = "demo-supplier";
+pub(super) const SUPPLIER: &str = "demo-supplier";
+/// Another supplier, whose order the demo supplier's key must not reach.
+const OTHER_SUPPLIER: &str = "other-supplier";
 /// Longest wait for the outbox to deliver every order.
 const DELIVERY_WAIT: Duration = Duration::from_secs(15);
 /// Longest wait for an ASN to reach its site, and for the receipts to reach the hub after the heal.
@@ -61,6 +71,10 @@ pub(super) struct PurchasingFigures {
     screen_receipts: u64,
     screen_units: u64,
     screen_receipt_mismatches: u64,
+    asns_by_supplier_key: u64,
+    supplier_key_foreign_access: u64,
+    receipts_pruned: u64,
+    receipt_prune_mismatches: u64,
 }
 
 impl PurchasingFigures {
@@ -79,6 +93,10 @@ impl PurchasingFigures {
             "screen_receipts": self.screen_receipts,
             "screen_receipt_units": self.screen_units,
             "screen_receipt_mismatches": self.screen_receipt_mismatches,
+            "asns_by_supplier_key": self.asns_by_supplier_key,
+            "supplier_key_foreign_access": self.supplier_key_foreign_access,
+            "site_receipts_pruned": self.receipts_pruned,
+            "receipt_prune_mismatches": self.receipt_prune_mismatches,
         })
     }
 
@@ -87,20 +105,26 @@ impl PurchasingFigures {
             && self.mismatches == 0
             && self.receipt_mismatches == 0
             && self.screen_receipt_mismatches == 0
+            && self.supplier_key_foreign_access == 0
+            && self.receipt_prune_mismatches == 0
     }
 
     pub(super) fn line(&self) -> String {
         format!(
-            "purchasing: orders by state {}, {} from the replenishment, {} ASNs, {} units on order, {} received against orders in {} site receipts ({} while cut off) and {} through the receiving screen ({} units); on-order mismatches {}, purchasing mismatches {}, receipt mismatches {}, screen receipt mismatches {} (all must be 0)",
+            "purchasing: orders by state {}, {} from the replenishment, {} ASNs ({} by the supplier's own key; its reaches into another supplier's order {}), {} units on order, {} received against orders in {} site receipts ({} while cut off) and {} through the receiving screen ({} units), {} receipts pruned from the stock documents (prune mismatches {}); on-order mismatches {}, purchasing mismatches {}, receipt mismatches {}, screen receipt mismatches {} (all must be 0)",
             self.by_state,
             self.from_replenishment,
             self.asns,
+            self.asns_by_supplier_key,
+            self.supplier_key_foreign_access,
             self.on_order,
             self.received,
             self.receipts,
             self.received_while_cut_off,
             self.screen_receipts,
             self.screen_units,
+            self.receipts_pruned,
+            self.receipt_prune_mismatches,
             self.on_order_mismatches,
             self.mismatches,
             self.receipt_mismatches,
@@ -119,6 +143,7 @@ async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
 /// folder.
 pub(super) async fn pass(
     admin: &reqwest::Client,
+    supplier_key: &reqwest::Client,
     hub: SocketAddr,
     sites: &[&str],
     skus: &[String],
@@ -166,19 +191,22 @@ pub(super) async fn pass(
         }
         ids.push((id, site));
     }
+    let foreign = other_suppliers_order(admin, &base, sites[0], &skus[0]).await?;
     let mut asns = Vec::new();
     for (n, (id, site)) in ids.iter().enumerate() {
         let (s, _) = call(admin.post(format!("{base}/purchase-orders/{id}/send")).json(&json!({}))).await?;
-        let (c, _) = call(admin.post(format!("{base}/purchase-orders/{id}/confirm")).json(&json!({}))).await?;
+        // The supplier confirms with its own key and reads the order it got.
+        let (c, _) = call(supplier_key.post(format!("{base}/purchase-orders/{id}/confirm")).json(&json!({}))).await?;
         f.mismatches += u64::from(s != 200) + u64::from(c != 200);
         // An ASN for half of line 1, recorded twice: once.
-        let (_, po) = call(admin.get(format!("{base}/purchase-orders/{id}"))).await?;
+        let (_, po) = call(supplier_key.get(format!("{base}/purchase-orders/{id}"))).await?;
         let qty = po["lines"][0]["ordered"].as_u64().unwrap_or(2) / 2;
         let asn = json!({"asn": format!("ASN-{id}-1"), "lines": [{"line": 1, "qty": qty.max(1)}]});
-        let (a1, _) = call(admin.post(format!("{base}/purchase-orders/{id}/asns")).json(&asn)).await?;
-        let (a2, _) = call(admin.post(format!("{base}/purchase-orders/{id}/asns")).json(&asn)).await?;
+        let (a1, _) = call(supplier_key.post(format!("{base}/purchase-orders/{id}/asns")).json(&asn)).await?;
+        let (a2, _) = call(supplier_key.post(format!("{base}/purchase-orders/{id}/asns")).json(&asn)).await?;
         f.mismatches += u64::from(a1 != 201) + u64::from(a2 != 200);
         f.asns += u64::from(a1 == 201);
+        f.asns_by_supplier_key += u64::from(a1 == 201);
         asns.push((format!("ASN-{id}-1"), *site, po["lines"][0]["sku"].clone(), qty.max(1)));
         if n == 0 {
             // A second order to the first site, cancelled before anything arrives.
@@ -189,6 +217,8 @@ pub(super) async fn pass(
             f.mismatches += u64::from(x != 200);
         }
     }
+    f.supplier_key_foreign_access +=
+        probe_foreign(supplier_key, &base, &foreign, ids.first().map(|i| i.0.as_str())).await?;
     receive(docks, &asns, &mut f).await?;
     // The receipts come back to the hub: each unit counted once.
     let expected: u64 = asns.iter().map(|a| a.3).sum::<u64>() + f.screen_units;
@@ -202,6 +232,23 @@ pub(super) async fn pass(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Applied, acknowledged, pruned: the stock documents and the acknowledgements empty, the units unmoved.
+    let started = Instant::now();
+    loop {
+        let (_, summary) = call(admin.get(format!("{base}/purchasing/summary"))).await?;
+        let left = &summary["site_receipts_in_flight"];
+        let (receipts, acks) =
+            (left["po_receipts"].as_u64().unwrap_or(u64::MAX), left["acknowledged"].as_u64().unwrap_or(u64::MAX));
+        let units = summary["units_received_against_po"].as_u64().unwrap_or(0);
+        if (receipts == 0 && acks == 0) || started.elapsed() > RECEIVING_WAIT {
+            // Every receipt booked at the sites, none left in their documents.
+            f.receipts_pruned = if receipts == 0 { f.receipts + f.screen_receipts } else { 0 };
+            f.receipt_prune_mismatches += receipts.min(1_000) + acks.min(1_000) + u64::from(units != expected);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The outbox delivers every order sent (bounded wait).
     let started = Instant::now();
     let pos = loop {
@@ -248,6 +295,48 @@ pub(super) async fn pass(
         f.on_order_mismatches += u64::from(r["on_order"].as_u64() != Some(expected));
     }
     Ok(f)
+}
+
+/// Another supplier offering `sku`, with one order sent to `site` (by the admin): what the demo supplier's
+/// key must not reach. Returns its id.
+async fn other_suppliers_order(admin: &reqwest::Client, base: &str, site: &str, sku: &str) -> anyhow::Result<String> {
+    let terms = json!({"supplier_sku": "OS-1", "cost_minor": 990, "moq": 1, "order_multiple": 1});
+    let other = json!({"name": "Other Supplier", "contact": "orders@other.test", "currency": "EUR", "lead_time_days": 9, "skus": {sku: terms}});
+    let (status, _) = call(admin.put(format!("{base}/suppliers/{OTHER_SUPPLIER}")).json(&other)).await?;
+    anyhow::ensure!(status == 201 || status == 200, "PUT {OTHER_SUPPLIER} answered {status}");
+    let body = json!({"supplier": OTHER_SUPPLIER, "site": site, "lines": [{"sku": sku, "qty": 3}]});
+    let (status, po) = call(admin.post(format!("{base}/purchase-orders")).json(&body)).await?;
+    anyhow::ensure!(status == 201, "POST {OTHER_SUPPLIER}'s order answered {status}: {po}");
+    let id = po["id"].as_str().unwrap_or_default().to_owned();
+    let (status, _) = call(admin.post(format!("{base}/purchase-orders/{id}/send")).json(&json!({}))).await?;
+    anyhow::ensure!(status == 200, "sending {id} answered {status}");
+    Ok(id)
+}
+
+/// The demo supplier's key tries every way at another supplier's order `foreign`: its listing must not show
+/// it, reading, confirming and an ASN must answer 404 like an unknown id, and an ASN file with one row for it
+/// (and one for its own order `own`) must be refused whole. Returns the answers that let it through.
+async fn probe_foreign(key: &reqwest::Client, base: &str, foreign: &str, own: Option<&str>) -> anyhow::Result<u64> {
+    let mut through = 0u64;
+    let (s, list) = call(key.get(format!("{base}/purchase-orders?limit=1000"))).await?;
+    let pos = list["purchase_orders"].as_array().cloned().unwrap_or_default();
+    through += u64::from(s != 200) + pos.iter().filter(|p| p["supplier"] != SUPPLIER).count() as u64;
+    let (s, _) = call(key.get(format!("{base}/purchase-orders/{foreign}"))).await?;
+    through += u64::from(s != 404);
+    let (s, _) = call(key.post(format!("{base}/purchase-orders/{foreign}/confirm")).json(&json!({}))).await?;
+    through += u64::from(s != 404);
+    let asn = json!({"asn": format!("ASN-{foreign}-X"), "lines": [{"line": 1, "qty": 1}]});
+    let (s, _) = call(key.post(format!("{base}/purchase-orders/{foreign}/asns")).json(&asn)).await?;
+    through += u64::from(s != 404);
+    if let Some(own) = own {
+        let csv = format!(
+            "asn,purchase_order,line,qty,expected_date\nASN-{own}-CSV,{own},1,1,\nASN-{foreign}-CSV,{foreign},1,1,\n"
+        );
+        let req = key.post(format!("{base}/asns/import")).header("content-type", "text/csv").body(csv);
+        let (s, v) = call(req).await?;
+        through += u64::from(s != 422 || v["rows"][0]["code"] != "purchase_order_not_found");
+    }
+    Ok(through)
 }
 
 /// Each site receives its ASN `(asn, site, sku, qty)` at the dock, the request sent twice under one key; the

@@ -6,7 +6,9 @@
 //! through the money outbox and closes it. The figures: RMAs per state (`rmas`), units received, refunds, and
 //! `rma_mismatches` (units the hub counts received ≠ units the sites recorded against the RMAs, the hub's own
 //! check that refunds equal the credit notes of exactly the units received, and RMAs not refunded in time):
-//! it must be 0.
+//! it must be 0. Once applied, the sites' receipts against the RMAs leave their stock documents (the hub
+//! acknowledges them, the sites prune them after the demo's 1 s grace): `rma_receipts_pruned`, and
+//! `rma_receipt_prune_mismatches`, receipts or acknowledgements still in the documents after the wait: 0.
 //!
 //! The first of these returns is asked for by the customer on the order's tracking page (`GET /t/{token}`,
 //! then the page's form posted with its form cookie, as a phone's browser does), the others over the API.
@@ -55,6 +57,8 @@ pub(super) struct ReturnsFigures {
     site_cancels_moved: u64,
     site_cancels_cancelled: u64,
     site_cancel_mismatches: u64,
+    receipts_pruned: u64,
+    prune_mismatches: u64,
 }
 
 impl ReturnsFigures {
@@ -75,6 +79,8 @@ impl ReturnsFigures {
             "site_cancels_moved": self.site_cancels_moved,
             "site_cancels_cancelled": self.site_cancels_cancelled,
             "site_cancel_mismatches": self.site_cancel_mismatches,
+            "rma_receipts_pruned": self.receipts_pruned,
+            "rma_receipt_prune_mismatches": self.prune_mismatches,
         })
     }
 
@@ -87,11 +93,12 @@ impl ReturnsFigures {
             && self.site_cancel_mismatches == 0
             && self.site_cancels_moved > 0
             && self.site_cancels_cancelled > 0
+            && self.prune_mismatches == 0
     }
 
     pub(super) fn line(&self) -> String {
         format!(
-            "returns: {} RMAs requested ({} on the customer's tracking page) and approved, {} units received at the sites ({} while cut off), {} counted by the hub, refunded {} (minor units); by state {}; the reports count {} returns (mismatches {}, must be 0); RMA mismatches {} (must be 0); {} units waiting for stock cancelled by line (mismatches {}, must be 0); cancels at one site: {} moved to another site, {} cancelled there (mismatches {}, must be 0)",
+            "returns: {} RMAs requested ({} on the customer's tracking page) and approved, {} units received at the sites ({} while cut off), {} counted by the hub, refunded {} (minor units); by state {}; the reports count {} returns (mismatches {}, must be 0); RMA mismatches {} (must be 0); {} RMA receipts pruned from the stock documents (mismatches {}, must be 0); {} units waiting for stock cancelled by line (mismatches {}, must be 0); cancels at one site: {} moved to another site, {} cancelled there (mismatches {}, must be 0)",
             self.requested,
             self.via_tracking_page,
             self.received_at_sites,
@@ -102,6 +109,8 @@ impl ReturnsFigures {
             self.report_returns,
             self.report_mismatches,
             self.mismatches,
+            self.receipts_pruned,
+            self.prune_mismatches,
             self.units_cancelled_waiting,
             self.line_cancel_mismatches,
             self.site_cancels_moved,
@@ -240,6 +249,20 @@ pub(super) async fn pass(
         }
         if done == rmas.len() || started.elapsed() > RETURNS_WAIT {
             f.mismatches += (rmas.len() - done) as u64;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Applied and acknowledged: the receipts leave the sites' stock documents, the acknowledgements follow.
+    let started = Instant::now();
+    loop {
+        let (_, p) = call(admin.get(format!("{base}/purchasing/summary"))).await?;
+        let left = &p["site_receipts_in_flight"];
+        let (receipts, acks) =
+            (left["rma_receipts"].as_u64().unwrap_or(u64::MAX), left["acknowledged"].as_u64().unwrap_or(u64::MAX));
+        if (receipts == 0 && acks == 0) || started.elapsed() > RETURNS_WAIT {
+            f.receipts_pruned = if receipts == 0 { f.received_at_sites } else { 0 };
+            f.prune_mismatches = receipts.min(1_000) + acks.min(1_000);
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -1,4 +1,6 @@
-//! HTTP for purchasing (policy in [`crate::api::policy`]: planner, and admin):
+//! HTTP for purchasing (policy in [`crate::api::policy`]: planner, and admin; a `supplier` key reads,
+//! confirms and announces ASNs against its own purchase orders only, another supplier's answering as an
+//! unknown id ([`own_po`])):
 //!
 //! - `GET /v1/suppliers?after=&limit=`, `GET /v1/suppliers/{id}`, `PUT /v1/suppliers/{id}` (`200`, `201`
 //!   when new; a webhook channel's signing secret is answered once, as `webhook_secret`).
@@ -11,14 +13,19 @@
 //!   `{"supplier", "site", "from_replenishment": true}` (the site's suggestions for the supplier's SKUs,
 //!   `po_qty` each: MOQ and multiples applied) → `201`; an `Idempotency-Key` header makes a retry answer the
 //!   same order (`200`).
-//! - `GET /v1/purchase-orders?state=&after=&limit=`, `GET /v1/purchase-orders/{id}`.
+//! - `GET /v1/purchase-orders?state=&supplier=&after=&limit=`, `GET /v1/purchase-orders/{id}` (a supplier
+//!   key: its own orders only).
 //! - `POST /v1/purchase-orders/{id}/send|confirm|cancel`, `POST /v1/purchase-orders/{id}/lines/{n}/close`.
 //! - `POST /v1/purchase-orders/{id}/asns` `{"asn", "lines": [{"line", "qty"}], "expected_date"?}` → `201`,
 //!   a replay of the same ASN `200`.
 //! - `POST /v1/asns/import` (`text/csv`, header `asn,purchase_order,line,qty,expected_date`, one row per ASN
 //!   line, at most [`CSV_ROWS_MAX`] rows): every ASN recorded in one transaction, or none (`422 invalid_csv`
 //!   naming the first refused row and its code); replays of recorded ASNs are counted, not recorded again.
-//! - `GET /v1/purchasing/summary`: orders by state and units received against them.
+//!   From a supplier key, every row must name one of its orders: rows naming another's are all listed as
+//!   `purchase_order_not_found` and nothing is written.
+//! - `GET /v1/purchasing/summary`: orders by state, units received against them and on order, and the
+//!   sites' receipts in flight (`site_receipts_in_flight`: still in their stock documents, and the hub's
+//!   acknowledgements of applied ones not yet pruned, [`super::sites::in_flight`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +36,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use oms_protocol::domain::{AsnId, Currency, NodeId, Sku, SupplierId};
+use oms_service::auth::Principal;
 use oms_service::{Problem, RawBody, now_ms};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -129,6 +137,25 @@ fn page(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(String, usize)
         Some(v) => v.parse::<usize>().map_err(|_| bad_query("limit must be a whole number"))?.clamp(1, PAGE_MAX),
     };
     Ok((q.get("after").cloned().unwrap_or_default(), limit))
+}
+
+/// Whether `p` may see purchase order `po`: a supplier key only its own supplier's.
+fn visible_to(p: &Principal, po: &super::model::PurchaseOrder) -> bool {
+    p.supplier_scope().is_none_or(|s| &po.supplier == s)
+}
+
+/// Refuses a supplier key's request about purchase order `id` unless the order is its supplier's, with the
+/// answer an unknown id gets (`404 purchase_order_not_found`), so ids of other suppliers' orders cannot be
+/// probed. Other callers pass. An order's supplier never changes, so the check holds for the write after it.
+async fn own_po(hub: &Arc<Hub>, p: &Principal, id: &str) -> Result<(), Problem> {
+    let Some(scope) = p.supplier_scope().cloned() else { return Ok(()) };
+    let h = hub.clone();
+    let i = id.to_owned();
+    let found = blocking(move || h.purchasing.po(h.intake.db(), &i)).await?;
+    match found {
+        Some(po) if po.supplier == scope => Ok(()),
+        _ => Err(PurchasingError::PoNotFound(id.to_owned()).into()),
+    }
 }
 
 fn supplier_id(id: &str) -> Result<SupplierId, Problem> {
@@ -349,12 +376,17 @@ pub fn parse_asn_csv(bytes: &[u8]) -> Result<Vec<(u64, NewAsn)>, PurchasingError
     responses((status = 200, description = "The ASNs recorded, all in one transaction or none", body = Object)))]
 async fn import_asns(
     State(hub): State<Arc<Hub>>,
+    principal: Principal,
     Caller(actor): Caller,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let h = hub.clone();
+    let scope = principal.supplier_scope().cloned();
     let out = blocking(move || {
         let asns = parse_asn_csv(&body)?;
+        if let Some(scope) = &scope {
+            foreign_rows(&h, scope, &asns)?;
+        }
         h.purchasing.record_asns(h.intake.db(), asns, &actor, now_ms())
     })
     .await?;
@@ -365,6 +397,21 @@ async fn import_asns(
     }
     let replayed = out.iter().filter(|(_, r)| *r).count();
     Ok(Json(json!({"asns": out.len() - replayed, "replayed": replayed})).into_response())
+}
+
+/// Refuses an ASN file from supplier `scope` if any ASN names an order that is not the supplier's (another
+/// supplier's, or none): every such row listed (the first [`ROW_ERRORS_MAX`]) with the code an unknown order
+/// gets, nothing written.
+fn foreign_rows(hub: &Hub, scope: &SupplierId, asns: &[(u64, NewAsn)]) -> Result<(), PurchasingError> {
+    let mut rows = Vec::new();
+    for (line, asn) in asns {
+        let own = hub.purchasing.po(hub.intake.db(), &asn.po)?.is_some_and(|po| &po.supplier == scope);
+        if !own && rows.len() < ROW_ERRORS_MAX {
+            let e = PurchasingError::PoNotFound(asn.po.clone());
+            rows.push(RowError { line: *line, code: e.code(), detail: e.to_string() });
+        }
+    }
+    if rows.is_empty() { Ok(()) } else { Err(PurchasingError::Csv(rows)) }
 }
 
 /// The body of `POST /v1/purchase-orders`.
@@ -489,16 +536,29 @@ pub fn view(po: &super::model::PurchaseOrder) -> serde_json::Value {
 
 #[utoipa::path(get, path = "/v1/purchase-orders", tag = "purchasing", params(("after" = Option<String>, Query, description = "Continue after this id"), ("limit" = Option<u32>, Query, description = "Page size"), ("state" = Option<String>, Query, description = "Only orders in this state"), ("supplier" = Option<String>, Query, description = "Only this supplier's orders")),
     responses((status = 200, description = "A page of purchase orders", body = Object)))]
-async fn pos(State(hub): State<Arc<Hub>>, Query(q): Query<HashMap<String, String>>) -> Result<Response, Problem> {
-    let (after, limit) = page(&q, &["state"])?;
+async fn pos(
+    State(hub): State<Arc<Hub>>,
+    principal: Principal,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let (after, limit) = page(&q, &["state", "supplier"])?;
     let state = match q.get("state") {
         None => None,
         Some(s) => Some(
             PoState::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| bad_query(format!("no state {s:?}")))?,
         ),
     };
+    let asked = q.get("supplier").map(|s| supplier_id(s)).transpose()?;
+    // A supplier key sees its own orders: asking for another supplier's finds none.
+    let supplier = match (principal.supplier_scope(), asked) {
+        (Some(own), Some(asked)) if &asked != own => {
+            return Ok(Json(json!({"purchase_orders": [], "next_after": null})).into_response());
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, asked) => asked,
+    };
     let h = hub.clone();
-    let list = blocking(move || h.purchasing.pos(h.intake.db(), state, &after, limit)).await?;
+    let list = blocking(move || h.purchasing.pos(h.intake.db(), state, supplier.as_ref(), &after, limit)).await?;
     let next_after = (list.len() == limit).then(|| list.last().map(|p| p.id.to_string())).flatten();
     Ok(Json(json!({"purchase_orders": list.iter().map(view).collect::<Vec<_>>(), "next_after": next_after}))
         .into_response())
@@ -506,11 +566,12 @@ async fn pos(State(hub): State<Arc<Hub>>, Query(q): Query<HashMap<String, String
 
 #[utoipa::path(get, path = "/v1/purchase-orders/{id}", tag = "purchasing", params(("id" = String, Path, description = "The purchase order")),
     responses((status = 200, description = "The purchase order with its lines, ASNs and receipts", body = Object)))]
-async fn po(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn po(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
     let h = hub.clone();
     let i = id.clone();
     let found = blocking(move || h.purchasing.po(h.intake.db(), &i)).await?;
-    let po = found.ok_or_else(|| Problem::from(PurchasingError::PoNotFound(id)))?;
+    let po =
+        found.filter(|po| visible_to(&principal, po)).ok_or_else(|| Problem::from(PurchasingError::PoNotFound(id)))?;
     Ok(Json(view(&po)).into_response())
 }
 
@@ -522,7 +583,13 @@ async fn send(hub: State<Arc<Hub>>, caller: Caller, id: Path<String>) -> Result<
 
 #[utoipa::path(post, path = "/v1/purchase-orders/{id}/confirm", tag = "purchasing", params(("id" = String, Path, description = "The purchase order")),
     responses((status = 200, description = "Confirmed by the supplier", body = Object)))]
-async fn confirm(hub: State<Arc<Hub>>, caller: Caller, id: Path<String>) -> Result<Response, Problem> {
+async fn confirm(
+    hub: State<Arc<Hub>>,
+    principal: Principal,
+    caller: Caller,
+    id: Path<String>,
+) -> Result<Response, Problem> {
+    own_po(&hub.0, &principal, &id.0).await?;
     step(hub, caller, id, PoStep::Confirm).await
 }
 
@@ -574,10 +641,12 @@ struct AsnBody {
     responses((status = 201, description = "Recorded and published to the destination site", body = Object), (status = 200, description = "The same ASN again", body = Object)))]
 async fn record_asn(
     State(hub): State<Arc<Hub>>,
+    principal: Principal,
     Caller(actor): Caller,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
+    own_po(&hub, &principal, &id).await?;
     let req: AsnBody = oms_service::parse_json(&body)?;
     let expected_day = date("expected_date", req.expected_date.as_deref())?;
     let h = hub.clone();
@@ -606,6 +675,8 @@ async fn summary(State(hub): State<Arc<Hub>>) -> Result<Response, Problem> {
         Ok((counts, received, open))
     })
     .await?;
-    Ok(Json(json!({"purchase_orders": counts, "units_received_against_po": received, "units_on_order": open}))
-        .into_response())
+    let in_flight = super::sites::in_flight(&hub);
+    Ok(Json(json!({"purchase_orders": counts, "units_received_against_po": received, "units_on_order": open,
+                   "site_receipts_in_flight": in_flight}))
+    .into_response())
 }

@@ -4,6 +4,14 @@
 //! own stock documents (`schema::keys::RECEIPTS`); the watcher hands each to
 //! [`Purchasing::apply_receipt`] under the id `<site>/<receipt>`, which applies it once however often the
 //! document is read again, and only against an order for that site.
+//!
+//! After each pass the hub acknowledges, in the inbound document, the receipts of the stock document it has
+//! applied (committed) ([`acknowledge`], `schema::keys::RECEIPTS_APPLIED`); the site removes them from its
+//! stock document after a grace period, and the next pass, not finding them, drops their acknowledgement.
+//! The table of applied ids is never pruned, so a receipt seen again (a site's document rebuilt) changes
+//! nothing; a receipt refused (an unknown order, another site's) is not acknowledged and stays.
+
+use std::collections::BTreeSet;
 
 use oms_protocol::domain::NodeId;
 use oms_protocol::schema::{self, InboundAsn, InboundLine, InboundPo};
@@ -91,8 +99,10 @@ pub fn apply_site_receipts(hub: &Hub, site: &NodeId, doc: &DocId) {
         let docs = lock(&hub.docs);
         docs.get(doc).and_then(|d| schema::read_receipts(&d, RECEIPTS_READ_MAX).ok()).map(|(r, _)| r)
     };
+    let Some(receipts) = receipts else { return };
     let db = hub.intake.db();
-    for r in receipts.into_iter().flatten() {
+    let mut applied = BTreeSet::new();
+    for r in receipts {
         let id = format!("{site}/{}", r.id);
         let outcome = hub.purchasing.receipt_applied(db, &id).and_then(|done| {
             if done {
@@ -106,9 +116,61 @@ pub fn apply_site_receipts(hub: &Hub, site: &NodeId, doc: &DocId) {
             hub.purchasing.po(db, &r.po)
         });
         match outcome {
-            Ok(Some(po)) => publish(hub, &po),
-            Ok(None) => {}
+            Ok(po) => {
+                if let Some(po) = po {
+                    publish(hub, &po);
+                }
+                applied.insert(r.id);
+            }
             Err(e) => tracing::warn!(%site, receipt = %r.id, error = %e, "purchasing: a site's receipt not applied"),
         }
     }
+    acknowledge(hub, site, schema::keys::RECEIPTS_APPLIED, &applied);
+}
+
+/// Sets the acknowledgements under `map` of `site`'s inbound document to `applied`, the receipt ids of its
+/// stock document that the hub has applied (durably), and tells the site. A failure is logged: the next pass
+/// writes them again, and until then the site keeps the receipts.
+pub(crate) fn acknowledge(hub: &Hub, site: &NodeId, map: &str, applied: &BTreeSet<String>) {
+    let Some(name) = schema::inbound_doc(site) else { return };
+    let tell = lock(&hub.docs).write_local(&name, |d| schema::write_receipt_acks(d, site, map, applied, now_ms()));
+    match tell {
+        Ok(nodes) => hub.poke(&nodes),
+        Err(e) => tracing::warn!(%site, error = %e, "cannot acknowledge a site's applied receipts"),
+    }
+}
+
+/// Receipts in flight across the sites: those still in the stock documents (purchase order receipts, RMA
+/// receipts, at most [`RECEIPTS_READ_MAX`] of each per site) and the hub's acknowledgements still in the
+/// inbound documents. With every site connected and its grace period past, the receipts left are only the
+/// ones the hub has not applied (refused, or just booked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InFlight {
+    /// Receipts against purchase orders in the sites' stock documents.
+    pub po_receipts: u64,
+    /// Receipts against RMAs in the sites' stock documents.
+    pub rma_receipts: u64,
+    /// The hub's acknowledgements (both kinds) in the inbound documents.
+    pub acknowledged: u64,
+}
+
+/// Counts [`InFlight`] over at most [`crate::docs::STOCK_SITES_MAX`] sites.
+pub fn in_flight(hub: &Hub) -> InFlight {
+    let docs = lock(&hub.docs);
+    let mut out = InFlight::default();
+    for id in docs.stock_ids(crate::docs::STOCK_SITES_MAX) {
+        let Some(schema::DocKind::Stock(site)) = schema::DocKind::of(&id) else { continue };
+        if let Some(d) = docs.get(&id) {
+            let n = schema::read_receipts(&d, RECEIPTS_READ_MAX).map_or(0, |(r, _)| r.len());
+            let m = schema::read_rma_receipts(&d, RECEIPTS_READ_MAX).map_or(0, |(r, _)| r.len());
+            out.po_receipts += n as u64;
+            out.rma_receipts += m as u64;
+        }
+        if let Some(d) = schema::inbound_doc(&site).and_then(|i| docs.get(&i))
+            && let Ok(acks) = schema::read_receipt_acks(&d, RECEIPTS_READ_MAX)
+        {
+            out.acknowledged += (acks.po.len() + acks.rma.len()) as u64;
+        }
+    }
+    out
 }

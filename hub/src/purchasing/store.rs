@@ -423,18 +423,19 @@ impl Purchasing {
         get(&db.begin_read()?.open_table(POS)?, "purchase_orders", id)
     }
 
-    /// Purchase orders after `after` (by id), optionally in one state, at most `limit`.
+    /// Purchase orders after `after` (by id), optionally in one state and of one supplier, at most `limit`.
     pub fn pos(
         &self,
         db: &Database,
         state: Option<PoState>,
+        supplier: Option<&SupplierId>,
         after: &str,
         limit: usize,
     ) -> Result<Vec<PurchaseOrder>, PurchasingError> {
         let r = db.begin_read()?;
         let t = r.open_table(POS)?;
         let mut out = Vec::new();
-        // A state filter may skip rows; the scan is bounded all the same.
+        // A state or supplier filter may skip rows; the scan is bounded all the same (20 pages' worth).
         for (scanned, item) in
             t.range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))?.enumerate()
         {
@@ -442,7 +443,7 @@ impl Purchasing {
                 break;
             }
             let po: PurchaseOrder = dec("purchase_orders", item?.1.value())?;
-            if state.is_none_or(|s| s == po.state) {
+            if state.is_none_or(|s| s == po.state) && supplier.is_none_or(|s| s == &po.supplier) {
                 out.push(po);
             }
         }

@@ -107,7 +107,7 @@ fn bad_suppliers_and_orders_change_nothing() {
     let mut unknown = new_po(&[("B", 1)]);
     unknown.supplier = SupplierId::parse("nobody").unwrap();
     assert_eq!(p.create_po(db, unknown, None, &actor(), 2).unwrap_err().code(), "supplier_not_found");
-    assert!(p.pos(db, None, "", 10).unwrap().is_empty());
+    assert!(p.pos(db, None, None, "", 10).unwrap().is_empty());
     assert_eq!(audit_rows(db), rows_before);
     // The first order still gets the first number: refusals took none.
     let (po, _) = p.create_po(db, new_po(&[("A", 15)]), None, &actor(), 3).unwrap();
@@ -128,7 +128,7 @@ fn lifecycle_asns_and_receipts_are_idempotent() {
     assert_eq!(again.id, po.id);
     let err = p.create_po(db, new_po(&[("B", 1)]), Some(("k1", b"other")), &actor(), 3).unwrap_err();
     assert_eq!(err.code(), "idempotency_key_reused");
-    assert_eq!(p.pos(db, None, "", 10).unwrap().len(), 1);
+    assert_eq!(p.pos(db, None, None, "", 10).unwrap().len(), 1);
     let id = po.id.to_string();
     let on = p.on_order(db).unwrap();
     assert_eq!(on[&("A".to_owned(), "wh1".to_owned())].qty, 20, "a draft counts as on order");
@@ -295,7 +295,7 @@ async fn the_folder_channel_writes_csv_and_json() {
 }
 
 #[test]
-fn every_purchasing_route_is_for_planners() {
+fn every_purchasing_route_is_for_planners_and_the_supplier_ones_for_suppliers_too() {
     use axum::http::Method;
     use oms_service::auth::Access;
     let routes = [
@@ -314,13 +314,38 @@ fn every_purchasing_route_is_for_planners() {
         (Method::POST, "/v1/asns/import"),
         (Method::GET, "/v1/purchasing/summary"),
     ];
+    // A supplier key reads, confirms and announces against purchase orders (its own: the handlers check).
+    let supplier_routes = [
+        "/v1/purchase-orders/{id}/confirm",
+        "/v1/purchase-orders/{id}/asns",
+        "/v1/asns/import",
+        "/v1/purchase-orders/{id}",
+    ];
     for (m, r) in routes {
-        assert_eq!(crate::api::policy(&m, Some(r)), Access::Roles(&[Role::Planner]), "{m} {r}");
+        let both = supplier_routes.contains(&r) || (m == Method::GET && r == "/v1/purchase-orders");
+        let want: &[Role] = if both { &[Role::Planner, Role::Supplier] } else { &[Role::Planner] };
+        assert_eq!(crate::api::policy(&m, Some(r)), Access::Roles(want), "{m} {r}");
     }
+    assert!(
+        !oms_service::auth::ANY_ROLE.contains(&Role::Supplier),
+        "a supplier key is admitted only where a route names it"
+    );
     assert_eq!(
         crate::api::policy(&Method::DELETE, Some("/v1/suppliers/{id}")),
         Access::Roles(oms_service::auth::ANY_ROLE)
     );
+}
+
+/// A hub over `docs` in `dir`, with supplier `acme` (the folder channel).
+fn hub_with_acme(dir: &std::path::Path, docs: crate::docs::HubDocs) -> crate::server::Hub {
+    let intake = crate::intake::Intake::open(&dir.join("intake.redb"), Default::default()).unwrap();
+    let purchasing = Purchasing::new(PurchasingConfig::default(), dir, intake.db()).unwrap();
+    let money = crate::money::Money::new(Default::default(), Default::default()).unwrap();
+    let tuning = crate::server::ServerTuning::default();
+    let hub = crate::server::Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], tuning).unwrap();
+    let (p, db) = (&hub.purchasing, hub.intake.db());
+    p.put_supplier(db, &SupplierId::parse("acme").unwrap(), acme(ChannelSpec::Folder), &actor(), 1).unwrap();
+    hub
 }
 
 /// `from_replenishment` orders the site's suggestion rounded to the supplier's MOQ and multiple; once that
@@ -335,13 +360,8 @@ fn from_replenishment_orders_the_suggestion_at_the_suppliers_terms_once() {
     let orders: Vec<TestOrder> =
         (0..60u64).map(|d| ("wh1", d + 1, today - 60 + d, 10, FulfillmentState::Accepted, &[("A", 10)][..])).collect();
     let docs = hub_docs(dir.path(), &orders, &[("wh1", "A", 5)]);
-    let intake = crate::intake::Intake::open(&dir.path().join("intake.redb"), Default::default()).unwrap();
-    let purchasing = Purchasing::new(PurchasingConfig::default(), dir.path(), intake.db()).unwrap();
-    let money = crate::money::Money::new(Default::default(), Default::default()).unwrap();
-    let tuning = crate::server::ServerTuning::default();
-    let hub = crate::server::Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], tuning).unwrap();
+    let hub = hub_with_acme(dir.path(), docs);
     let (p, db) = (&hub.purchasing, hub.intake.db());
-    p.put_supplier(db, &SupplierId::parse("acme").unwrap(), acme(ChannelSpec::Folder), &actor(), 1).unwrap();
     let config = Arc::new(crate::forecast_config::ForecastConfig::default());
     let lines = super::http::suggested_lines(&hub, &config, "acme", "wh1").unwrap();
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -353,4 +373,59 @@ fn from_replenishment_orders_the_suggestion_at_the_suppliers_terms_once() {
     assert_eq!((po.origin.as_str(), po.lines[0].ordered), ("replenishment", q));
     let again = super::http::suggested_lines(&hub, &config, "acme", "wh1").unwrap();
     assert!(again.is_empty(), "what is on order is not ordered twice: {again:?}");
+}
+
+/// The hub acknowledges, in the site's inbound document, exactly the receipts of the stock document it has
+/// applied (not one it refused); once the site pruned them it drops the acknowledgement; a receipt seen
+/// again after pruning (a site's document rebuilt) advances nothing.
+#[test]
+fn applied_receipts_are_acknowledged_then_forgotten_and_a_replay_changes_nothing() {
+    use oms_protocol::schema::{self, SiteReceipt};
+    let dir = tempfile::tempdir().unwrap();
+    let docs = crate::demand::test_support::hub_docs(dir.path(), &[], &[("wh1", "A", 5)]);
+    let hub = hub_with_acme(dir.path(), docs);
+    let (p, db) = (&hub.purchasing, hub.intake.db());
+    let (po, _) = p.create_po(db, new_po(&[("A", 10)]), None, &actor(), 2).unwrap();
+    p.step(db, po.id.as_str(), PoStep::Send, &actor(), 3).unwrap();
+    let site = NodeId::parse("wh1").unwrap();
+    let (stock, inbound) = (schema::stock_doc(&site).unwrap(), schema::inbound_doc(&site).unwrap());
+    let good = SiteReceipt { id: "r-1".into(), po: po.id.to_string(), asn: None, lines: vec![(1, 4)], at_ms: 5 };
+    let stray = SiteReceipt { id: "r-x".into(), po: "PO-999999".into(), asn: None, lines: vec![(1, 1)], at_ms: 5 };
+    let write = |r: &SiteReceipt| {
+        oms_service::lock(&hub.docs).write_local(&stock, |d| schema::write_receipt(d, &site, r, 5)).unwrap();
+    };
+    write(&good);
+    write(&stray);
+    let acks = || {
+        let docs = oms_service::lock(&hub.docs);
+        docs.get(&inbound).map(|d| schema::read_receipt_acks(&d, 100).unwrap()).unwrap_or_default()
+    };
+    let received = || p.po(db, po.id.as_str()).unwrap().unwrap().lines[0].received;
+
+    super::sites::apply_site_receipts(&hub, &site, &stock);
+    assert_eq!(received(), 4);
+    let a = acks();
+    assert_eq!(a.po.iter().map(String::as_str).collect::<Vec<_>>(), ["r-1"], "the refused one is not acknowledged");
+    assert_eq!(
+        super::sites::in_flight(&hub),
+        super::sites::InFlight { po_receipts: 2, rma_receipts: 0, acknowledged: 1 }
+    );
+
+    // The site prunes what was acknowledged; the next pass drops the acknowledgement.
+    oms_service::lock(&hub.docs)
+        .write_local(&stock, |d| schema::prune_receipts(d, &a, 100, 0, 100).map(|p| p.receipts > 0))
+        .unwrap();
+    super::sites::apply_site_receipts(&hub, &site, &stock);
+    assert!(acks().po.is_empty());
+    assert_eq!(
+        super::sites::in_flight(&hub),
+        super::sites::InFlight { po_receipts: 1, rma_receipts: 0, acknowledged: 0 }
+    );
+    assert_eq!(received(), 4);
+
+    // The pruned receipt comes back: applied once already, nothing moves; acknowledged again.
+    write(&good);
+    super::sites::apply_site_receipts(&hub, &site, &stock);
+    assert_eq!((received(), p.units(db).unwrap().0), (4, 4));
+    assert_eq!(acks().po.len(), 1);
 }

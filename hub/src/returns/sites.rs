@@ -3,7 +3,8 @@
 //! its state and whether it takes units), after each change and again at every start. The sites' receipts
 //! come back in their stock documents (`rma_receipts`); the watcher hands each to
 //! [`super::Returns::apply_receipt`] under the id `<site>/<receipt>`, which applies it once however often the
-//! document is read again, and only against an RMA of that site. The periodic pass ([`tick`]) refunds
+//! document is read again, and only against an RMA of that site; the applied ones are acknowledged for the
+//! site to prune (as for purchase orders, `crate::purchasing::sites::acknowledge`). The periodic pass ([`tick`]) refunds
 //! received RMAs under `refund = "auto"` whose invoice is captured, and closes refunded ones once settled.
 
 use oms_protocol::domain::{NodeId, Sku};
@@ -76,18 +77,24 @@ pub fn apply_site_receipts(hub: &Hub, site: &NodeId, doc: &DocId) {
         let docs = lock(&hub.docs);
         docs.get(doc).and_then(|d| schema::read_rma_receipts(&d, RMA_RECEIPTS_READ_MAX).ok()).map(|(r, _)| r)
     };
+    let Some(receipts) = receipts else { return };
     let db = hub.intake.db();
-    for r in receipts.into_iter().flatten() {
+    let mut applied = std::collections::BTreeSet::new();
+    for r in receipts {
         let id = format!("{site}/{}", r.id);
         match hub.returns.apply_receipt(db, site.as_str(), &id, &r, now_ms()) {
-            Ok(Some(rma)) => {
-                publish(hub, &rma);
-                refund_if_due(hub, &rma);
+            Ok(rma) => {
+                // `None`: applied before. Either way it is committed: acknowledged, the site may prune it.
+                if let Some(rma) = rma {
+                    publish(hub, &rma);
+                    refund_if_due(hub, &rma);
+                }
+                applied.insert(r.id);
             }
-            Ok(None) => {}
             Err(e) => tracing::warn!(%site, receipt = %r.id, error = %e, "returns: a site's receipt not applied"),
         }
     }
+    crate::purchasing::sites::acknowledge(hub, site, schema::keys::RMA_RECEIPTS_APPLIED, &applied);
 }
 
 /// Refunds `rma` if it is received in full under `refund = "auto"` and its invoice's capture settled (a

@@ -40,7 +40,7 @@ enum Action {
 }
 
 fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
-    let docs = lock(&shared.docs);
+    let mut docs = lock(&shared.docs);
     let me = docs.node();
     match DocKind::of(doc)? {
         DocKind::Order(_) => {
@@ -68,6 +68,8 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
             Some(Action::Escrow(counters))
         }
         DocKind::Inbound(n) if &n == me => {
+            // The hub may have acknowledged receipts: the feed pass prunes them from the stock document.
+            docs.prune_soon();
             let d = docs.sync.db.read(doc)?;
             let limit = usize::try_from(crate::store::INBOUND_POS_MAX).unwrap_or(usize::MAX);
             let (pos, bad) = schema::read_inbound(&d, limit).ok()?;

@@ -85,7 +85,15 @@ pub(crate) struct SyncTuning {
     pub stock_coalesce_ms: u64,
     /// SKUs waiting for the stock document; at this many they are written at once.
     pub stock_pending_max: usize,
+    /// A receipt the hub acknowledged leaves the stock document once it is this old (`[receiving]
+    /// receipt_prune_grace_ms`).
+    pub receipt_prune_grace_ms: u64,
 }
+
+/// Receipts (PO and RMA together) removed from the stock document per feed pass; the rest go in the next.
+pub(crate) const RECEIPTS_PRUNED_PER_PASS_MAX: usize = 1_000;
+/// Acknowledgements read from the inbound document per pass (each kind).
+const RECEIPT_ACKS_READ_MAX: usize = 20_000;
 
 impl Default for SyncTuning {
     fn default() -> Self {
@@ -106,6 +114,7 @@ impl Default for SyncTuning {
             frames_per_flush_max: 256,
             stock_coalesce_ms: 250,
             stock_pending_max: 10_000,
+            receipt_prune_grace_ms: 60_000,
         }
     }
 }
@@ -149,11 +158,27 @@ pub(crate) struct NodeDocs {
     /// `stock_pending_max`). Only in memory: after a restart [`repair_stock`] rewrites every balance.
     stock_pending: BTreeSet<Sku>,
     stock_written_ms: u64,
+    /// When the next pruning of acknowledged receipts is due, ms: set when the hub's inbound document
+    /// changes (new acknowledgements) and to the end of the grace of an acknowledged receipt kept for it;
+    /// `None` when nothing is waiting. The stock document is pruned as well whenever it is written.
+    prune_at_ms: Option<u64>,
 }
 
 impl NodeDocs {
     fn new(db: DocDb, node: NodeId) -> NodeDocs {
-        NodeDocs { sync: SyncDocs::new(db, SiteAccess { node }), stock_pending: BTreeSet::new(), stock_written_ms: 0 }
+        NodeDocs {
+            sync: SyncDocs::new(db, SiteAccess { node }),
+            stock_pending: BTreeSet::new(),
+            stock_written_ms: 0,
+            // Once at start: acknowledgements may have arrived before a stop.
+            prune_at_ms: Some(0),
+        }
+    }
+
+    /// Asks the next feed pass to prune the stock document's acknowledged receipts (the inbound document
+    /// changed).
+    pub(crate) fn prune_soon(&mut self) {
+        self.prune_at_ms = Some(0);
     }
 
     fn node(&self) -> &NodeId {
@@ -410,6 +435,12 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
         docs.stock_pending.clear();
         docs.stock_written_ms = now;
     }
+    if let Some(name) = schema::stock_doc(&node)
+        && (changed.contains(&name) || docs.prune_at_ms.is_some_and(|at| at <= now))
+        && prune(docs, &name, tuning, now)?
+    {
+        changed.insert(name);
+    }
     if last.is_none() && changed.is_empty() {
         return Ok(None);
     }
@@ -428,6 +459,36 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
     }
     docs.sync.db.flush()?;
     Ok(Some(changed.into_iter().collect()))
+}
+
+/// Removes from the stock document `name` the receipts the hub acknowledged as applied in its inbound
+/// document that are past the grace period, at most [`RECEIPTS_PRUNED_PER_PASS_MAX`]; schedules the next
+/// pass for those kept for their grace (or for the bound). Receipts the hub has not acknowledged (a site cut
+/// off keeps all it books) are never removed. Returns true if the document changed (not yet committed).
+fn prune(docs: &mut NodeDocs, name: &DocId, tuning: &SyncTuning, now: u64) -> Result<bool, IngestError> {
+    docs.prune_at_ms = None;
+    let Some(inbound) = schema::inbound_doc(docs.node()) else { return Ok(false) };
+    let acks = match docs.sync.db.read(&inbound) {
+        Some(d) => schema::read_receipt_acks(&d, RECEIPT_ACKS_READ_MAX)?,
+        None => return Ok(false),
+    };
+    if acks.po.is_empty() && acks.rma.is_empty() {
+        return Ok(false);
+    }
+    let Some(doc) = docs.sync.db.get_mut(name) else { return Ok(false) };
+    let grace = tuning.receipt_prune_grace_ms;
+    let pruned = schema::prune_receipts(doc, &acks, now, grace, RECEIPTS_PRUNED_PER_PASS_MAX)?;
+    let removed = pruned.receipts + pruned.rma_receipts;
+    // At the bound, the rest in the next pass; otherwise when the first one kept for its grace is due.
+    docs.prune_at_ms = if removed >= RECEIPTS_PRUNED_PER_PASS_MAX { Some(now) } else { pruned.next_at_ms };
+    if removed > 0 {
+        tracing::debug!(
+            receipts = pruned.receipts,
+            rma_receipts = pruned.rma_receipts,
+            "sync: pruned receipts the hub applied"
+        );
+    }
+    Ok(removed > 0)
 }
 
 async fn follow_feed(shared: Arc<Shared>, store: Store) {

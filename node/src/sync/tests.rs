@@ -194,3 +194,49 @@ async fn the_feed_follower_repairs_the_stock_document_at_start() {
     task.abort();
     assert!(caught_up, "the stock document never caught up with the ledger: {:?}", doc_view(&mut lock(&shared.docs)));
 }
+
+/// Receipts in the stock document leave it only once the hub acknowledged them in its inbound document and
+/// their grace is over: nothing goes while the site is cut off (no acknowledgement), the feed pass prunes
+/// after an acknowledgement arrives, and one kept for its grace goes when it is due.
+#[tokio::test]
+async fn acknowledged_receipts_leave_the_stock_document_after_their_grace_and_only_they() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let mut docs = docs(dir.path(), &store);
+    let tuning = SyncTuning { receipt_prune_grace_ms: 10_000, ..SyncTuning::default() };
+    let now = now_ms();
+    let node = site();
+    for (id, at) in [("r-old", now - 60_000), ("r-new", now), ("r-unacked", now - 60_000)] {
+        let r = schema::SiteReceipt { id: id.into(), po: "PO-1".into(), asn: None, lines: vec![(1, 1)], at_ms: at };
+        schema::write_receipt(docs.sync.db.get_or_create(&stock_name()).unwrap(), &node, &r, at).unwrap();
+    }
+    let receipts = |docs: &mut NodeDocs| -> Vec<String> {
+        let doc = docs.sync.db.get_mut(&stock_name()).unwrap();
+        schema::read_receipts(doc, 100).unwrap().0.into_iter().map(|r| r.id).collect()
+    };
+
+    // Cut off: no acknowledgement, however often it looks, nothing goes.
+    docs.prune_soon();
+    assert_eq!(ingest(&mut docs, &store, &tuning).unwrap(), None);
+    assert_eq!(receipts(&mut docs).len(), 3);
+
+    // The hub's inbound document arrives with two acknowledgements: the old one goes, the new one waits.
+    let inbound = schema::inbound_doc(&node).unwrap();
+    let acked: BTreeSet<String> = ["r-old", "r-new"].into_iter().map(str::to_owned).collect();
+    let i = docs.sync.db.get_or_create(&inbound).unwrap();
+    schema::write_receipt_acks(i, &node, schema::keys::RECEIPTS_APPLIED, &acked, now).unwrap();
+    docs.prune_soon();
+    let changed = ingest(&mut docs, &store, &tuning).unwrap().unwrap();
+    assert_eq!(changed, vec![stock_name()]);
+    assert_eq!(receipts(&mut docs), ["r-new", "r-unacked"]);
+    let due = docs.prune_at_ms.unwrap();
+    assert!(due >= now + 10_000 && due <= now_ms() + 10_000, "due at the end of r-new's grace: {due}");
+
+    // Before it is due nothing happens; once due, r-new goes; the unacknowledged one stays for good.
+    assert_eq!(ingest(&mut docs, &store, &tuning).unwrap(), None);
+    docs.prune_at_ms = Some(0);
+    let later = SyncTuning { receipt_prune_grace_ms: 0, ..tuning };
+    assert_eq!(ingest(&mut docs, &store, &later).unwrap().unwrap(), vec![stock_name()]);
+    assert_eq!(receipts(&mut docs), ["r-unacked"]);
+    assert_eq!(docs.prune_at_ms, None, "nothing acknowledged is waiting");
+}

@@ -2,7 +2,8 @@
 //! (and re-read when it changes) by the running process.
 //!
 //! A key is a random 256-bit token shown once, when it is created; the file keeps only its SHA-256, with a
-//! name, a role, an optional channel scope and an optional rate. A plain hash (no salt, no slow KDF) is
+//! name, a role, an optional channel scope (channel keys), an optional supplier scope (supplier keys) and an
+//! optional rate. A plain hash (no salt, no slow KDF) is
 //! enough: the token has 256 bits of entropy, so a stolen file gives nothing to guess. Revoking a key keeps
 //! its entry (with `revoked_at_ms`) so the audit trail's key names stay explained.
 //!
@@ -18,7 +19,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use oms_protocol::domain::Channel;
+use oms_protocol::domain::{Channel, SupplierId};
 
 /// The key file's name in a data directory.
 pub const KEYS_FILE: &str = "keys.json";
@@ -53,10 +54,14 @@ pub enum Role {
     Monitor,
     /// Everything, keys and imports included.
     Admin,
+    /// A supplier (hub): reads and confirms only its own purchase orders and announces ASNs against them;
+    /// nothing else (routes that do not name the role refuse it, see `ANY_ROLE`).
+    Supplier,
 }
 
 /// Every role, in the order `oms keys` lists them.
-pub const ROLES: [Role; 6] = [Role::Channel, Role::Staff, Role::Planner, Role::Service, Role::Monitor, Role::Admin];
+pub const ROLES: [Role; 7] =
+    [Role::Channel, Role::Staff, Role::Planner, Role::Service, Role::Monitor, Role::Admin, Role::Supplier];
 
 impl Role {
     /// The role's name, as the CLI and the key file spell it.
@@ -68,6 +73,7 @@ impl Role {
             Role::Service => "service",
             Role::Monitor => "monitor",
             Role::Admin => "admin",
+            Role::Supplier => "supplier",
         }
     }
 }
@@ -102,6 +108,9 @@ pub struct KeyRecord {
     /// The channel a `channel` key acts for (required for that role, refused for the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<Channel>,
+    /// The supplier a `supplier` key acts for (required for that role, refused for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supplier: Option<SupplierId>,
     /// SHA-256 of the token, hex.
     pub sha256: String,
     /// When it was created, ms since the Unix epoch.
@@ -238,6 +247,9 @@ impl KeyFile {
             if (k.role == Role::Channel) != k.channel.is_some() {
                 return Err(format!("key {:?}: a channel key names its channel and no other key does", k.name));
             }
+            if (k.role == Role::Supplier) != k.supplier.is_some() {
+                return Err(format!("key {:?}: a supplier key names its supplier and no other key does", k.name));
+            }
             if k.rate_per_s.is_some_and(|r| r == 0 || r > RATE_PER_S_MAX) {
                 return Err(format!("key {:?}: rate_per_s must be 1 to {RATE_PER_S_MAX}", k.name));
             }
@@ -329,6 +341,8 @@ pub struct NewKey {
     pub role: Role,
     /// The channel of a `channel` key.
     pub channel: Option<Channel>,
+    /// The supplier of a `supplier` key.
+    pub supplier: Option<SupplierId>,
     /// Its own rate, requests per second.
     pub rate_per_s: Option<u32>,
 }
@@ -356,6 +370,15 @@ pub fn add_token(dir: &Path, token: &str, new: NewKey, now_ms: u64) -> Result<()
         }
         _ => {}
     }
+    match (new.role, &new.supplier) {
+        (Role::Supplier, None) => {
+            return Err(KeyError::Invalid("a supplier key needs --supplier (the supplier it acts for)".into()));
+        }
+        (role, Some(_)) if role != Role::Supplier => {
+            return Err(KeyError::Invalid(format!("--supplier is only for supplier keys, not {role}")));
+        }
+        _ => {}
+    }
     if new.rate_per_s.is_some_and(|r| r == 0 || r > RATE_PER_S_MAX) {
         return Err(KeyError::Invalid(format!("--rate-per-s must be 1 to {RATE_PER_S_MAX}")));
     }
@@ -374,6 +397,7 @@ pub fn add_token(dir: &Path, token: &str, new: NewKey, now_ms: u64) -> Result<()
             name: new.name,
             role: new.role,
             channel: new.channel,
+            supplier: new.supplier,
             sha256,
             created_at_ms: now_ms,
             revoked_at_ms: None,
@@ -401,7 +425,44 @@ mod tests {
     use super::*;
 
     fn key(name: &str, role: Role, channel: Option<&str>) -> NewKey {
-        NewKey { name: name.into(), role, channel: channel.map(|c| Channel::parse(c).unwrap()), rate_per_s: None }
+        NewKey {
+            name: name.into(),
+            role,
+            channel: channel.map(|c| Channel::parse(c).unwrap()),
+            supplier: None,
+            rate_per_s: None,
+        }
+    }
+
+    fn supplier_key(name: &str, role: Role, supplier: Option<&str>) -> NewKey {
+        NewKey { supplier: supplier.map(|s| SupplierId::parse(s).unwrap()), ..key(name, role, None) }
+    }
+
+    /// A supplier key names its supplier; no other key does; the file keeps the scope and reads it back.
+    #[test]
+    fn supplier_keys_need_their_supplier_and_only_they_have_one() {
+        let dir = tempfile::tempdir().unwrap();
+        create(dir.path(), key("ops", Role::Admin, None), 1).unwrap();
+        let before = std::fs::read(keys_path(dir.path())).unwrap();
+        for bad in [
+            supplier_key("acme", Role::Supplier, None),
+            supplier_key("plan", Role::Planner, Some("acme")),
+            NewKey {
+                channel: Some(Channel::parse("web").unwrap()),
+                ..supplier_key("acme", Role::Supplier, Some("acme"))
+            },
+        ] {
+            assert!(matches!(create(dir.path(), bad.clone(), 2), Err(KeyError::Invalid(_))), "{bad:?}");
+        }
+        assert_eq!(std::fs::read(keys_path(dir.path())).unwrap(), before, "refusals change nothing");
+        create(dir.path(), supplier_key("acme", Role::Supplier, Some("acme")), 3).unwrap();
+        let f = read(dir.path()).unwrap();
+        assert_eq!(f.keys[1].supplier.as_ref().map(|s| s.as_str()), Some("acme"));
+        assert_eq!("supplier".parse::<Role>().unwrap(), Role::Supplier);
+        // A file whose supplier key lost its scope is corrupt, not a key that sees every supplier.
+        let text = std::fs::read_to_string(keys_path(dir.path())).unwrap().replace("\"supplier\": \"acme\",", "");
+        std::fs::write(keys_path(dir.path()), text).unwrap();
+        assert!(matches!(read(dir.path()), Err(KeyError::Corrupt { .. })));
     }
 
     #[test]

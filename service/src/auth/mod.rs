@@ -173,6 +173,8 @@ pub struct Principal {
     pub role: Role,
     /// The channel a `channel` key acts for.
     pub channel: Option<Channel>,
+    /// The supplier a `supplier` key acts for.
+    pub supplier: Option<oms_protocol::domain::SupplierId>,
 }
 
 impl Principal {
@@ -180,6 +182,12 @@ impl Principal {
     /// order.
     pub fn confined_to(&self) -> Option<&Channel> {
         if self.role == Role::Channel { self.channel.as_ref() } else { None }
+    }
+
+    /// The supplier this caller is confined to: `Some` for a supplier key (its own purchase orders only),
+    /// `None` for roles that see every supplier's.
+    pub fn supplier_scope(&self) -> Option<&oms_protocol::domain::SupplierId> {
+        if self.role == Role::Supplier { self.supplier.as_ref() } else { None }
     }
 }
 
@@ -201,8 +209,9 @@ pub enum Access {
     Roles(&'static [Role]),
 }
 
-/// Every role: routes any key may call (an unknown path answers 404 only to a known key).
-pub const ANY_ROLE: &[Role] = &keys::ROLES;
+/// Every role but `supplier`: routes any key may call (an unknown path answers 404 only to a known key). A
+/// supplier key, which acts for someone outside the business, is admitted only by routes that name its role.
+pub const ANY_ROLE: &[Role] = &[Role::Channel, Role::Staff, Role::Planner, Role::Service, Role::Monitor, Role::Admin];
 
 /// A server's map from (method, matched route) to what the route needs; `None` is a path no route matched.
 pub type Policy = fn(&Method, Option<&str>) -> Access;
@@ -405,9 +414,20 @@ impl Auth {
                 // A key that stays keeps its bucket and its in-flight count.
                 let same = old.get(&hash).filter(|l| l.principal.name == k.name && l.principal.role == k.role);
                 let live = match same {
-                    Some(l) if l.rate_per_s == k.rate_per_s && l.principal.channel == k.channel => l.clone(),
+                    Some(l)
+                        if l.rate_per_s == k.rate_per_s
+                            && l.principal.channel == k.channel
+                            && l.principal.supplier == k.supplier =>
+                    {
+                        l.clone()
+                    }
                     _ => Arc::new(Live {
-                        principal: Principal { name: k.name.clone(), role: k.role, channel: k.channel.clone() },
+                        principal: Principal {
+                            name: k.name.clone(),
+                            role: k.role,
+                            channel: k.channel.clone(),
+                            supplier: k.supplier.clone(),
+                        },
                         rate_per_s: k.rate_per_s,
                         bucket: Mutex::new(Bucket::full(burst_of(&self.cfg, k.rate_per_s))),
                         in_flight: AtomicU32::new(0),
@@ -661,7 +681,7 @@ mod tests {
     use super::*;
 
     fn principal(name: &str, role: Role) -> Principal {
-        Principal { name: name.into(), role, channel: None }
+        Principal { name: name.into(), role, channel: None, supplier: None }
     }
 
     fn request(token: Option<&str>, path: &str) -> Request {
@@ -818,7 +838,13 @@ mod tests {
         let auth = Auth::load(dir.path(), AuthConfig::default(), |_, _| Access::Roles(ANY_ROLE)).unwrap();
         assert_eq!(auth.live_keys(), 0);
         assert!(!auth.reload().unwrap(), "still no file: nothing to read again");
-        let new = |name: &str| keys::NewKey { name: name.into(), role: Role::Staff, channel: None, rate_per_s: None };
+        let new = |name: &str| keys::NewKey {
+            name: name.into(),
+            role: Role::Staff,
+            channel: None,
+            supplier: None,
+            rate_per_s: None,
+        };
         let a = keys::create(dir.path(), new("a"), 1).unwrap();
         assert!(auth.reload().unwrap());
         let mut h = HeaderMap::new();

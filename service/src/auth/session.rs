@@ -199,7 +199,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for UiSession {
 impl UiSession {
     /// The principal the handlers see for this session.
     pub fn principal(&self) -> Principal {
-        Principal { name: format!("user:{}", self.user), role: self.role, channel: None }
+        Principal { name: format!("user:{}", self.user), role: self.role, channel: None, supplier: None }
     }
 
     /// Whether `token` (from a form) is this session's CSRF token, compared in constant time.

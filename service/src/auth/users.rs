@@ -85,7 +85,7 @@ pub(crate) fn validate(users: &[UserRecord]) -> Result<(), String> {
 
 fn check_role(role: Role, pin: bool) -> Result<(), KeyError> {
     match role {
-        Role::Channel | Role::Monitor => {
+        Role::Channel | Role::Monitor | Role::Supplier => {
             Err(KeyError::Invalid(format!("{role} is a role for API keys; a user is staff, planner, service or admin")))
         }
         r if pin && r != Role::Staff => {
