@@ -323,6 +323,12 @@ async fn receiving_and_returns_screens_book_what_the_hub_published() {
     let done = b.get(p.location.as_deref().unwrap()).await;
     assert!(done.html.contains("Received 6 × SKU-A (line 1)"), "{}", done.html);
     assert_eq!(on_hand_at(berlin.http, "SKU-A").await, before + 6);
+    // The sentence comes from the stored receipt, never from the address: a crafted link says nothing.
+    let crafted =
+        p.location.as_deref().unwrap().split("?done=").next().unwrap().to_owned() + "?done=Call%20this%20number%20now";
+    let page = b.get(&crafted).await;
+    assert_eq!(page.status, 200);
+    assert!(!page.html.contains("Call this number") && !page.html.contains("Received 6"), "{}", page.html);
     // The ledger has the receipt, once, under the form's receipt id; a second press books nothing.
     let p = post_form(&mut b, form(&receipt, "SKU-A", "6"), action.clone()).await;
     assert_eq!(p.status, 303);

@@ -121,7 +121,12 @@ fn lines_table(r: &InboundRecord, asn: Option<&str>) -> Markup {
 #[derive(Deserialize, Default)]
 pub(super) struct PoQuery {
     asn: Option<String>,
+    /// The receipt just booked (its id): the screen says what it booked, read from the store, so the
+    /// sentence is never text from the address (a crafted link cannot make the screen say anything).
     done: Option<String>,
+    /// The receipt had been booked before (a double press or a resent form).
+    #[serde(default)]
+    again: Option<String>,
 }
 
 fn po_of(st: &AppState, po: &str) -> Result<InboundRecord, Problem> {
@@ -156,7 +161,14 @@ pub(super) async fn po_screen(
 ) -> Result<Response, Problem> {
     let r = po_of(&st, &po)?;
     let asn = q.asn.as_deref().filter(|a| !a.is_empty());
-    Ok(po_page(&st, &s, &r, asn, q.done.as_deref(), None, &Posted::default())?.into_response())
+    // Only a receipt of this purchase order, as the store holds it.
+    let done = match q.done.as_deref().filter(|d| !d.is_empty() && d.len() <= RECEIPT_ID_BYTES_MAX) {
+        Some(id) => {
+            st.store.po_receipt(id)?.filter(|rc| rc.po == r.hub.po).map(|rc| receipt_words(&rc, q.again.is_some()))
+        }
+        None => None,
+    };
+    Ok(po_page(&st, &s, &r, asn, done.as_deref(), None, &Posted::default())?.into_response())
 }
 
 fn po_page(
@@ -277,8 +289,10 @@ pub(super) async fn receive(
     };
     match exec(&st, &actor, Some(receipt.to_owned()), c).await {
         Ok(Received { receipt, replayed }) => {
-            let done = receipt_words(&receipt, replayed);
-            let mut to = format!("/ui/inbound/{}?done={}", query_escape(&r.hub.po), query_escape(&done));
+            let mut to = format!("/ui/inbound/{}?done={}", query_escape(&r.hub.po), query_escape(&receipt.id));
+            if replayed {
+                to.push_str("&again=1");
+            }
             if let Some(a) = asn {
                 to.push_str(&format!("&asn={}", query_escape(a)));
             }
