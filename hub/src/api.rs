@@ -125,7 +125,8 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
             | "/ui/orders/{id}/notes"
             | "/ui/orders/{id}/payments"
             | "/ui/orders/{id}/returns"
-            | "/ui/orders/{id}/fulfillments/{fulfillment}/cancel",
+            | "/ui/orders/{id}/fulfillments/{fulfillment}/cancel"
+            | "/ui/orders/{id}/route",
         ) if post => Access::Roles(&[Role::Service]),
         Some("/v1/nodes" | "/v1/stock" | "/v1/stock/{sku}" | "/v1/forecast/{sku}" | "/v1/replenishment") if get => {
             Access::Roles(PLANNER)
@@ -138,7 +139,8 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
             "/v1/orders/{id}/refunds"
             | "/v1/orders/{id}/notes"
             | "/v1/orders/{id}/payments"
-            | "/v1/orders/{id}/fulfillments/{fulfillment}/cancel",
+            | "/v1/orders/{id}/fulfillments/{fulfillment}/cancel"
+            | "/v1/orders/{id}/route",
         ) if post => Access::Roles(SERVICE),
         Some("/v1/orders/{id}/returns") if post => Access::Roles(CANCELLERS),
         Some("/v1/returns" | "/v1/returns/{rma}") if get => Access::Roles(ORDER_READERS),

@@ -70,6 +70,7 @@ pub fn router(hub: Arc<Hub>) -> OpenApiRouter {
         .routes(routes!(routing))
         .routes(routes!(cancel))
         .routes(routes!(cancel_at_site))
+        .routes(routes!(route_now))
         .routes(routes!(track))
         .with_state(hub)
 }
@@ -1045,6 +1046,54 @@ pub(crate) async fn cancel_order(
     }
     flush_and_tell(hub, tell).await?;
     Ok(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": lines}))
+}
+
+/// What `POST /v1/orders/{id}/route` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RouteNowAnswer {
+    /// The order.
+    pub id: String,
+    /// Whether this round placed any unit (`false`: no site can take any of them now; the watcher keeps
+    /// trying every second).
+    pub routed: bool,
+    /// Units still waiting for stock after it.
+    #[schema(value_type = Vec<Object>)]
+    pub unfilled: Vec<crate::routing::SkuQty>,
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/route", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    responses((status = 200, description = "The order's waiting units routed now (audited); `routed: false` when no site can take any of them", body = RouteNowAnswer)))]
+async fn route_now(
+    State(hub): State<Arc<Hub>>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    Ok(Json(route_waiting_now(&hub, actor, &id).await?).into_response())
+}
+
+/// Routes hub order `id`'s units waiting for stock now, for `actor` (customer service), rather than at the
+/// watcher's next pass ([`crate::intake::Intake::reroute_by`], audited): new fulfillments are written like the
+/// watcher's, and the payment settled if that left the order final.
+pub(crate) async fn route_waiting_now(hub: &Arc<Hub>, actor: Actor, id: &str) -> Result<RouteNowAnswer, Problem> {
+    let id = hub_order_id(id)?.to_string();
+    let (h, key) = (hub.clone(), id.clone());
+    let routed = blocking(move || {
+        let now = now_ms();
+        let sites = site_facts(&h, now);
+        let r = h.intake.reroute_by(&key, &sites, &actor, now)?;
+        if let Some((order, effects)) = &r {
+            // The intake's commit is the record: a start re-creates documents a failure here did not write.
+            if let Err(e) = apply_effects(&h, effects) {
+                tracing::warn!(order = %key, error = %e, "cannot write re-routed fulfillments");
+            }
+            settle_if_final(&h, order, now);
+        }
+        Ok::<bool, IntakeError>(r.is_some())
+    })
+    .await?;
+    let (h, key) = (hub.clone(), id.clone());
+    let order = blocking(move || h.intake.order(&key)).await?.ok_or_else(|| not_found(&id))?;
+    Ok(RouteNowAnswer { id, routed, unfilled: order.unfilled })
 }
 
 /// Writes a cancellation request into fulfillment `id`'s document (the site cancels what it has not shipped

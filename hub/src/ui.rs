@@ -58,6 +58,7 @@ pub(crate) fn routes(hub: Arc<Hub>, chrome: Arc<Chrome>) -> Router {
         .route("/ui/orders/{id}/returns", post(create_return))
         .route("/ui/orders/{id}/cancel-lines", post(cancel_lines))
         .route("/ui/orders/{id}/fulfillments/{fulfillment}/cancel", post(cancel_at_site))
+        .route("/ui/orders/{id}/route", post(route_now))
         .with_state(UiState { hub: hub.clone(), chrome: chrome.clone() })
         .merge(crate::selfservice::routes(hub, chrome.secure_cookie))
 }
@@ -487,6 +488,27 @@ async fn cancel_lines(
     Ok(after_form(&st, &f, &v, &id, done))
 }
 
+/// Service asks for the order's waiting units to be routed now (audited); the order page again, saying so
+/// when no site can take any of them.
+async fn route_now(
+    State(st): State<UiState>,
+    actor: Actor,
+    Path(id): Path<String>,
+    f: Form,
+) -> Result<Response, Problem> {
+    let v = order_of(&st, &f.session, &id).await?;
+    let done = match crate::orders::route_waiting_now(&st.hub, actor, &id).await {
+        Ok(a) if !a.routed => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "nothing_placeable",
+            "No site can take any of the waiting units now; routing keeps trying every second.",
+        )),
+        Ok(_) => Ok(()),
+        Err(p) => Err(p),
+    };
+    Ok(after_form(&st, &f, &v, &id, done))
+}
+
 /// Whether a fulfillment in `status` (its site's state) can still be cancelled at its site.
 fn site_may_cancel(status: &str) -> bool {
     !matches!(status, "shipped" | "delivered" | "cancelled" | "rejected")
@@ -675,6 +697,14 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
                     (line_fields("r", &shipped, |n| format!("Units to take back (shipped {n})"), "Recorded on the return and in the audit trail."))
                     label { input type="checkbox" name="approve" value="1"; " Approve it now" }
                     button.secondary type="submit" { "Create the return" }
+                }
+            }
+            @if can_cancel && v["unfilled"].as_array().is_some_and(|a| !a.is_empty()) {
+                form.card method="post" action={ "/ui/orders/" (s(&v["id"])) "/route" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    h2 { "Route the waiting units now" }
+                    p.hint { "Routing tries them by itself every second; this asks at once and records who asked." }
+                    button.secondary type="submit" { "Route now" }
                 }
             }
             @if can_cancel && !cancellable.is_empty() {

@@ -190,6 +190,27 @@ async fn planner_service_and_customer_screens() {
         .unwrap();
     assert_eq!(ev["events"].as_array().map(Vec::len), Some(1), "{ev}");
     assert_eq!(ev["events"][0]["data"]["reason"], "customer wants one", "{ev}");
+    // Route the waiting unit now: no site exists, so nothing is placed, said on the page and audited.
+    let p = sam.get(&format!("/ui/orders/{id}")).await;
+    assert!(p.html.contains("Route the waiting units now"), "{}", p.html);
+    let csrf = p.csrf();
+    let p = sam.post(&format!("/ui/orders/{id}/route"), &[("csrf", &csrf)]).await;
+    assert_eq!(p.status, 409);
+    assert!(p.html.contains("No site can take any of the waiting units now"), "{}", p.html);
+    let (s, v) = oms_tests::post(&admin, format!("http://{http}/v1/orders/{id}/route"), json!({})).await;
+    assert_eq!((s, v["routed"].as_bool()), (200, Some(false)), "{v}");
+    let r = channel.post(format!("http://{http}/v1/orders/{id}/route")).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 403, "routing by hand is service's");
+    let audit: Value =
+        admin.get(format!("http://{http}/v1/audit/events?limit=200")).send().await.unwrap().json().await.unwrap();
+    let routed: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["route"].as_str().is_some_and(|r| r.ends_with("/route")))
+        .filter_map(|e| e["outcome"].as_str())
+        .collect();
+    assert_eq!(routed, ["nothing_placeable", "nothing_placeable"], "{audit}");
     let p = sam.get(&format!("/ui/orders?id={id}")).await;
     assert_eq!((p.status, p.location.clone()), (303, Some(format!("/ui/orders/{id}"))));
     let p = sam.get(&format!("/ui/orders/{id}")).await;

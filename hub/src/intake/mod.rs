@@ -984,10 +984,42 @@ impl Intake {
         sites: &[SiteFacts],
         now_ms: u64,
     ) -> Result<Option<(HubOrder, Effects)>, IntakeError> {
+        self.reroute_as(id, released, sites, now_ms, None)
+    }
+
+    /// Routes the units of order `id` still waiting for stock now, at `actor`'s asking (customer service's
+    /// "route the waiting units now"), rather than at the watcher's next pass: the same round as
+    /// [`Intake::reroute`], with the audit row (`ok`, `nothing_placeable` when no site can take any of them
+    /// now, `units_not_waiting`, `order_not_found`) in its transaction.
+    pub fn reroute_by(
+        &self,
+        id: &str,
+        sites: &[SiteFacts],
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<Option<(HubOrder, Effects)>, IntakeError> {
+        self.reroute_as(id, &[], sites, now_ms, Some(actor))
+    }
+
+    fn reroute_as(
+        &self,
+        id: &str,
+        released: &[(OrderId, String)],
+        sites: &[SiteFacts],
+        now_ms: u64,
+        by: Option<&Actor>,
+    ) -> Result<Option<(HubOrder, Effects)>, IntakeError> {
         let mut st = lock(&self.core.state);
-        let Some(mut order) = self.order(id)? else { return Ok(None) };
+        let Some(mut order) = self.order(id)? else {
+            return match by {
+                Some(actor) => {
+                    refuse(self.core.db.begin_write()?, actor, id, now_ms, IntakeError::NotFound(id.to_owned()))
+                }
+                None => Ok(None),
+            };
+        };
         let mut exclude: BTreeSet<NodeId> = order.avoid_sites.iter().cloned().collect();
-        let mut trigger = "retry".to_owned();
+        let mut trigger = by.map_or_else(|| "retry".to_owned(), |a| format!("asked by {}", a.key));
         let mut changed = false;
         let mut gone = Vec::new();
         // Units a cancel asked of their site alone cancels, with its reason, as the site confirms.
@@ -1046,16 +1078,27 @@ impl Intake {
         if order.wants_routing() {
             let before = order.unfilled.clone();
             let d = self.core.plan(&st, &consumed, &w, &order, sites, &exclude, now_ms)?;
-            // A retry that placed nothing is not worth a record.
+            // A retry that placed nothing is not worth a record (but a person's asking is audited).
             if d.assignments.is_empty() && !changed && before == d.unfilled {
+                if let Some(actor) = by {
+                    audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "nothing_placeable")?;
+                    w.commit()?;
+                }
                 return Ok(None);
             }
             Core::record(&st, &mut consumed, &w, &mut order, d, trigger, now_ms, &mut effects)?;
         } else if !changed {
+            if let Some(actor) = by {
+                audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "units_not_waiting")?;
+                w.commit()?;
+            }
             return Ok(None);
         }
         Core::put_order(&w, &order)?;
         write_escrow_rows(&w, &consumed)?;
+        if let Some(actor) = by {
+            audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
+        }
         // Nothing left to place: the order may be final (once its sites are done).
         if order.unfilled.is_empty() {
             crate::money::note_settle_due(&w, order.id.as_str(), now_ms)?;
@@ -1766,6 +1809,32 @@ mod tests {
             last_heard_age_ms: 0,
             schedule: None,
         }]
+    }
+
+    /// Service's "route now": with no rights anywhere it places nothing and says so in the audit trail; once
+    /// the hub holds rights it places the waiting units at once (before the watcher's next pass), audited;
+    /// an unknown order is refused and audited.
+    #[test]
+    fn routing_waiting_units_at_a_persons_asking_is_audited_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        let site = NodeId::parse("wh-1").unwrap();
+        let facts = one_site(&site, 1_000);
+        let waiting = intake.place("w", draft("w"), &facts, &actor(), 1).unwrap().order;
+        assert!(waiting.fulfillments.is_empty(), "no rights yet: it waits");
+        assert!(intake.reroute_by(waiting.id.as_str(), &facts, &actor(), 2).unwrap().is_none());
+        let mut c = EscrowCounter::new(Sku::parse("A").unwrap());
+        c.add(Party::Site, 5).unwrap();
+        c.grant_lease(Party::Site, Party::Hub, u64::MAX / 2, 100).unwrap();
+        c.transfer(Party::Site, Party::Hub, 5, 0).unwrap();
+        lock(&intake.core.state).escrow.insert((site.clone(), c.sku().clone()), c);
+        let (o, effects) = intake.reroute_by(waiting.id.as_str(), &facts, &actor(), 3).unwrap().unwrap();
+        assert_eq!((o.fulfillments.len(), o.unfilled.len(), effects.fulfillments.len()), (1, 0, 1));
+        assert!(o.decisions.last().is_some_and(|d| d.trigger.starts_with("asked by ")), "{:?}", o.decisions);
+        let e = intake.reroute_by("hub-0000009999", &facts, &actor(), 4).unwrap_err();
+        assert!(matches!(e, IntakeError::NotFound(_)), "{e:?}");
+        let outcomes: Vec<String> = intake.audit_page(0, 100).unwrap().0.into_iter().map(|e| e.outcome).collect();
+        assert_eq!(outcomes[1..], ["nothing_placeable", "ok", "order_not_found"], "{outcomes:?}");
     }
 
     #[test]
