@@ -196,7 +196,7 @@ impl IntakeError {
 }
 
 /// One site's part of a customer order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Fulfillment {
     /// The fulfillment order id (`hub-<seq>.<n>`), also its document `order/<id>`.
     pub id: OrderId,
@@ -214,7 +214,7 @@ pub struct Fulfillment {
 }
 
 /// A routing decision as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DecisionRecord {
     /// When.
     pub at_ms: u64,
