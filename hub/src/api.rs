@@ -756,7 +756,7 @@ async fn order(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path
         }
     };
     let progress = view.progress;
-    Json(OrderAnswer::Site(SiteOrderView {
+    Json(OrderAnswer::Site(Box::new(SiteOrderView {
         id: view.id,
         origin: view.origin,
         site: view.site,
@@ -772,7 +772,7 @@ async fn order(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path
         node_updated_at_ms: view.node_updated_at_ms,
         cancel_requested_at_ms: view.cancel_requested_at_ms,
         frozen_at_ms: view.frozen_at_ms,
-    }))
+    })))
     .into_response()
 }
 
@@ -783,7 +783,7 @@ pub(crate) enum OrderAnswer {
     /// A customer order the hub took.
     Hub(Box<crate::orders::HubOrderView>),
     /// An order a site took, as it synced to the hub.
-    Site(SiteOrderView),
+    Site(Box<SiteOrderView>),
 }
 
 /// A site's own order as the hub holds it; the progress fields are `null` until the site wrote some.
