@@ -460,7 +460,10 @@ fn spawn_hub(
     // tax-inclusive at 19 % for German addresses. Webhooks to the demo's receiver on loopback, retried quickly.
     // `stock.low` at 45 available units or fewer: the demo seeds 40 to 99 of each SKU per site, so some start
     // low and more fall there as orders flow.
-    let hooks = "[webhooks]\nallow_private_addresses = true\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\n[events]\nstock_low_at = 45\n";
+    let hooks = format!(
+        "[webhooks]\nallow_private_addresses = true\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\n[events]\nstock_low_at = {}\n",
+        reports::STOCK_LOW_AT
+    );
     // With `--stripe-url`, a Stripe-compatible provider too, its (test) secret key in a file beside the config.
     let stripe = match stripe_url {
         Some(url) => {

@@ -74,7 +74,7 @@ use oms_protocol::domain::{NodeId, OrderId, Sku};
 use oms_protocol::schema;
 use oms_service::auth::{ANY_ROLE, Access, Auth, Principal, Role, authorize};
 use oms_service::now_ms;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::server::Hub;
@@ -397,17 +397,22 @@ fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) ->
 }
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "network", responses((status = 200,
-    description = "Each known site's link, sync and storage figures and certificate (`now_ms`, `nodes`, `documents`, `hub_certificate`)", body = Object)))]
+    description = "Each known site's link, sync and storage figures and certificate", body = NodesView)))]
 async fn nodes(State(hub): State<Arc<Hub>>) -> Response {
     // It may read a changed stock document: on a blocking thread, not on this async worker.
-    match tokio::task::spawn_blocking(move || nodes_view(&hub)).await {
+    match tokio::task::spawn_blocking(move || nodes_typed(&hub)).await {
         Ok(v) => Json(v).into_response(),
         Err(_) => problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "node listing failed"),
     }
 }
 
-/// What `GET /v1/nodes` answers (also the network screen's data).
+/// What `GET /v1/nodes` answers, as the network screen reads it.
 pub(crate) fn nodes_view(hub: &Hub) -> Value {
+    json!(nodes_typed(hub))
+}
+
+/// What `GET /v1/nodes` answers.
+pub(crate) fn nodes_typed(hub: &Hub) -> NodesView {
     // When each site last wrote its stock, from the stock the demand cache keeps (re-read per changed
     // document), not from a read of every stock document under the documents' lock.
     let stock_updated: BTreeMap<String, u64> =
@@ -423,47 +428,155 @@ pub(crate) fn nodes_view(hub: &Hub) -> Value {
     for name in names {
         let st = docs.nodes.get(name).unwrap_or(&default);
         let usage = docs.usage(name);
-        let stock_updated_at_ms = stock_updated.get(name);
-        out.push(json!({
-            "node": name,
-            "connected": st.connected,
-            "connected_at_ms": st.connected_at_ms,
-            "last_frame_at_ms": st.last_frame_at_ms,
-            "last_sync_at_ms": st.last_sync_at_ms,
-            "last_change_at_ms": st.last_change_at_ms,
-            "since_last_change_ms": st.last_change_at_ms.map(|t| now.saturating_sub(t)),
-            "last_change_lag_ms": st.last_change_lag_ms,
-            "pending": st.pending,
-            "session": {"doc_states": st.session_sizes.doc_states, "in_flight": st.session_sizes.in_flight,
-                        "pending": st.session_sizes.pending, "outbound": st.session_sizes.outbound},
-            "compressed": st.compressed,
-            "changes_applied": st.changes_applied,
-            "changes_quarantined": st.changes_quarantined,
-            "docs_refused": st.docs_refused,
-            "quota_refusals": st.quota_refusals,
-            "changes_too_large": st.changes_too_large,
-            "changes_dropped": st.changes_dropped,
-            "manifests_deferred": st.manifests_deferred,
-            "documents": usage.documents,
-            "stored_bytes": usage.stored_bytes,
-            "sessions": st.sessions,
-            "orders": counts.get(name).copied().unwrap_or(0),
-            "stock_updated_at_ms": stock_updated_at_ms,
-            "certificate": st.certificate.as_ref().map(|c| certificate_json(&c.serial, c.not_after_unix_s, now)),
-        }));
+        out.push(NodeView {
+            node: name.clone(),
+            connected: st.connected,
+            connected_at_ms: st.connected_at_ms,
+            last_frame_at_ms: st.last_frame_at_ms,
+            last_sync_at_ms: st.last_sync_at_ms,
+            last_change_at_ms: st.last_change_at_ms,
+            since_last_change_ms: st.last_change_at_ms.map(|t| now.saturating_sub(t)),
+            last_change_lag_ms: st.last_change_lag_ms,
+            pending: st.pending,
+            session: SessionView {
+                doc_states: st.session_sizes.doc_states,
+                in_flight: st.session_sizes.in_flight,
+                pending: st.session_sizes.pending,
+                outbound: st.session_sizes.outbound,
+            },
+            compressed: st.compressed,
+            changes_applied: st.changes_applied,
+            changes_quarantined: st.changes_quarantined,
+            docs_refused: st.docs_refused,
+            quota_refusals: st.quota_refusals,
+            changes_too_large: st.changes_too_large,
+            changes_dropped: st.changes_dropped,
+            manifests_deferred: st.manifests_deferred,
+            documents: usage.documents,
+            stored_bytes: usage.stored_bytes,
+            sessions: st.sessions,
+            orders: counts.get(name).copied().unwrap_or(0),
+            stock_updated_at_ms: stock_updated.get(name).copied(),
+            certificate: st.certificate.as_ref().map(|c| certificate_view(&c.serial, c.not_after_unix_s, now)),
+        });
     }
-    let held = json!({"held": docs.db().len(), "loaded": docs.db().loaded()});
+    let documents = DocumentsHeld { held: docs.db().len(), loaded: docs.db().loaded() };
     let own = hub.tls().map(|tls| tls.own.info());
-    let own = own.map(|c| certificate_json(&c.serial_hex(), c.not_after_unix_s, now));
-    json!({"now_ms": now, "nodes": out, "documents": held, "hub_certificate": own})
+    let hub_certificate = own.map(|c| certificate_view(&c.serial_hex(), c.not_after_unix_s, now));
+    NodesView { now_ms: now, nodes: out, documents, hub_certificate }
+}
+
+/// The answer of `GET /v1/nodes`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct NodesView {
+    /// The hub's clock, ms.
+    now_ms: u64,
+    /// Each connected or known node and each site that holds orders, by name.
+    nodes: Vec<NodeView>,
+    /// The documents the hub holds.
+    documents: DocumentsHeld,
+    /// The hub's own certificate, when it serves QUIC with one.
+    hub_certificate: Option<CertificateView>,
+}
+
+/// One site's link, sync and storage figures.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct NodeView {
+    /// The node.
+    node: String,
+    /// Whether a session is up now.
+    connected: bool,
+    /// When the current or last session came up, ms.
+    connected_at_ms: Option<u64>,
+    /// When the last frame came, ms.
+    last_frame_at_ms: Option<u64>,
+    /// When both sides last had the same heads, ms.
+    last_sync_at_ms: Option<u64>,
+    /// When a change of the node was last applied, ms.
+    last_change_at_ms: Option<u64>,
+    /// How long ago that was, ms.
+    since_last_change_ms: Option<u64>,
+    /// From the node's write to the hub's apply of that change, ms.
+    last_change_lag_ms: Option<u64>,
+    /// Whether changes wait to be sent.
+    pending: bool,
+    /// The session's queue sizes.
+    session: SessionView,
+    /// Whether the session compresses.
+    compressed: bool,
+    /// Changes applied.
+    changes_applied: u64,
+    /// Changes put back (touched what the node does not own).
+    changes_quarantined: u64,
+    /// Documents refused.
+    docs_refused: u64,
+    /// Changes refused for the node's quota.
+    quota_refusals: u64,
+    /// Changes refused for their size.
+    changes_too_large: u64,
+    /// Changes dropped.
+    changes_dropped: u64,
+    /// Manifests deferred.
+    manifests_deferred: u64,
+    /// Documents the node caused to exist.
+    documents: u64,
+    /// Bytes stored for it.
+    stored_bytes: u64,
+    /// Sessions since the start.
+    sessions: u64,
+    /// Orders it holds.
+    orders: u64,
+    /// When it last wrote its stock, ms.
+    stock_updated_at_ms: Option<u64>,
+    /// Its certificate, if it connected with one.
+    certificate: Option<CertificateView>,
+}
+
+/// A session's queue sizes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionView {
+    /// Documents with sync state.
+    doc_states: usize,
+    /// Messages sent and not acknowledged.
+    in_flight: usize,
+    /// Documents with changes to send.
+    pending: usize,
+    /// Frames queued out.
+    outbound: usize,
+}
+
+/// The documents the hub holds.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct DocumentsHeld {
+    /// Stored.
+    held: usize,
+    /// Of those, loaded in memory.
+    loaded: usize,
+}
+
+/// A certificate's serial and remaining validity.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CertificateView {
+    /// Serial, hex.
+    serial: String,
+    /// End of validity, Unix seconds.
+    not_after_unix_s: i64,
+    /// Seconds left (zero or negative once expired).
+    expires_in_s: i64,
+    /// Time to renew.
+    expiring_soon: bool,
 }
 
 /// A certificate's serial and remaining validity at `now_ms`.
-fn certificate_json(serial: &str, not_after_unix_s: i64, now_ms: u64) -> Value {
+fn certificate_view(serial: &str, not_after_unix_s: i64, now_ms: u64) -> CertificateView {
     let now_s = i64::try_from(now_ms / 1_000).unwrap_or(i64::MAX);
     let e = oms_transport::pki::expiry(not_after_unix_s, now_s);
-    json!({"serial": serial, "not_after_unix_s": not_after_unix_s, "expires_in_s": e.expires_in_s,
-           "expiring_soon": e.expiring_soon})
+    CertificateView {
+        serial: serial.to_owned(),
+        not_after_unix_s,
+        expires_in_s: e.expires_in_s,
+        expiring_soon: e.expiring_soon,
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -480,7 +593,7 @@ struct OrdersQuery {
 }
 
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(OrdersQuery),
-    responses((status = 200, description = "A page of orders (a channel key's: its own)", body = Object)))]
+    responses((status = 200, description = "A page of orders: every site's with the counts per site; a channel key's own hub orders; or the flagged customer orders (`flag`)", body = OrdersAnswer)))]
 async fn orders(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -497,7 +610,7 @@ async fn orders(
             return problem(StatusCode::BAD_REQUEST, "invalid_query", "a channel key lists its orders without site");
         }
         return match crate::orders::channel_orders(&hub, channel, q.after.as_deref(), limit.max(1)) {
-            Ok(v) => Json(v).into_response(),
+            Ok(v) => Json(OrdersAnswer::Channel(v)).into_response(),
             Err(p) => p.into_response(),
         };
     }
@@ -507,7 +620,56 @@ async fn orders(
     let Ok((list, next_after, total, counts)) = listed else {
         return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "order listing failed");
     };
-    Json(json!({"total": total, "by_site": counts, "orders": list, "next_after": next_after})).into_response()
+    Json(OrdersAnswer::Sites(OrderPage { total, by_site: counts, orders: list, next_after })).into_response()
+}
+
+/// The answer of `GET /v1/orders`, by who asks and what.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum OrdersAnswer {
+    /// An admin's or service's page: every site's orders.
+    Sites(OrderPage),
+    /// A channel key's page: its channel's hub orders.
+    Channel(crate::orders::ChannelOrders),
+    /// `flag=carrier_exception`: the flagged customer orders.
+    Flagged(FlaggedOrders),
+}
+
+/// A page of every site's orders.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct OrderPage {
+    /// Orders in all (of the site asked for, or of every site).
+    total: u64,
+    /// Orders per site.
+    by_site: BTreeMap<String, u64>,
+    /// The page, by document id.
+    orders: Vec<OrderRow>,
+    /// Where the next page starts (`after`), or `null` on the last page.
+    next_after: Option<String>,
+}
+
+/// One order of a page.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct OrderRow {
+    /// The order id.
+    id: String,
+    /// The node that took it (`hub` for the hub's fulfillment orders).
+    origin: String,
+    /// The site that fulfills it.
+    site: String,
+    /// Its state as its site last wrote it, if it did.
+    status: Option<String>,
+}
+
+/// A page of flagged customer orders.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct FlaggedOrders {
+    /// The flag asked for: `carrier_exception`.
+    flag: String,
+    /// The flags, by order.
+    orders: Vec<crate::tracking::Flag>,
+    /// Where the next page starts (`after`), or `null` on the last page.
+    next_after: Option<String>,
 }
 
 /// `GET /v1/orders?flag=carrier_exception`: a page of the flagged customer orders (a channel key's own).
@@ -530,8 +692,8 @@ async fn flagged_orders(
     })
     .await;
     match read {
-        Ok(Ok((flags, next_after))) => {
-            Json(json!({"flag": flag, "orders": flags, "next_after": next_after})).into_response()
+        Ok(Ok((orders, next_after))) => {
+            Json(OrdersAnswer::Flagged(FlaggedOrders { flag: flag.to_owned(), orders, next_after })).into_response()
         }
         Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
         Err(_) => problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "flag listing failed"),
@@ -546,7 +708,7 @@ fn order_list(
     site: Option<&str>,
     after: Option<&str>,
     limit: usize,
-) -> (Vec<Value>, Option<String>, u64, BTreeMap<String, u64>) {
+) -> (Vec<OrderRow>, Option<String>, u64, BTreeMap<String, u64>) {
     let (page, counts) = {
         let docs = lock(&hub.docs);
         (docs.order_page(site, after, limit, ORDER_ROWS_READ_MAX), docs.order_counts())
@@ -558,7 +720,7 @@ fn order_list(
             let doc = docs.get(d)?;
             let (origin, site) = schema::order_parties(&doc)?;
             let id = d.as_str().strip_prefix(schema::ORDER_PREFIX)?;
-            Some(json!({"id": id, "origin": origin, "site": site, "status": schema::order_status(&doc)}))
+            Some(OrderRow { id: id.to_owned(), origin, site, status: schema::order_status(&doc) })
         }));
     }
     let next_after =
@@ -571,13 +733,13 @@ fn order_list(
 }
 
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "The order id")),
-    responses((status = 200, description = "The order with its fulfillments, merged from every site", body = Object)))]
+    responses((status = 200, description = "A hub order with its fulfillments, merged from every site; or a site's own order as it synced", body = OrderAnswer, example = crate::orders::hub_order_example)))]
 async fn order(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path<String>) -> Response {
     let Ok(id) = OrderId::parse(&id) else {
         return problem(StatusCode::BAD_REQUEST, "invalid_order_id", "invalid order id");
     };
-    match crate::orders::hub_order(&hub, id.as_str(), &principal) {
-        Ok(Some(v)) => return Json(v).into_response(),
+    match crate::orders::hub_order_view(&hub, id.as_str(), &principal) {
+        Ok(Some(v)) => return Json(OrderAnswer::Hub(Box::new(v))).into_response(),
         // A channel key sees its channel's hub orders and nothing else, each refusal alike.
         Ok(None) if principal.confined_to().is_some() => {
             return crate::orders::not_found(id.as_str()).into_response();
@@ -602,25 +764,70 @@ async fn order(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path
             );
         }
     };
-    let progress = view.progress.as_ref();
-    Json(json!({
-        "id": view.id,
-        "origin": view.origin,
-        "site": view.site,
-        "created_at_ms": view.created_at_ms,
-        "status": progress.map(|p| p.status),
-        "order": view.draft,
-        "lines": progress.map(|p| &p.lines),
-        "wave": progress.and_then(|p| p.wave),
-        "parcels": progress.and_then(|p| p.parcels),
-        "shipment": progress.and_then(|p| p.shipment.as_ref()),
-        "returns": progress.map(|p| &p.returns),
-        "timeline": progress.map(|p| &p.timeline),
-        "node_updated_at_ms": view.node_updated_at_ms,
-        "cancel_requested_at_ms": view.cancel_requested_at_ms,
-        "frozen_at_ms": view.frozen_at_ms,
-    }))
+    let progress = view.progress;
+    Json(OrderAnswer::Site(Box::new(SiteOrderView {
+        id: view.id,
+        origin: view.origin,
+        site: view.site,
+        created_at_ms: view.created_at_ms,
+        status: progress.as_ref().map(|p| p.status),
+        order: view.draft,
+        wave: progress.as_ref().and_then(|p| p.wave),
+        parcels: progress.as_ref().and_then(|p| p.parcels),
+        shipment: progress.as_ref().and_then(|p| p.shipment.clone()),
+        lines: progress.as_ref().map(|p| p.lines.clone()),
+        returns: progress.as_ref().map(|p| p.returns.clone()),
+        timeline: progress.map(|p| p.timeline),
+        node_updated_at_ms: view.node_updated_at_ms,
+        cancel_requested_at_ms: view.cancel_requested_at_ms,
+        frozen_at_ms: view.frozen_at_ms,
+    })))
     .into_response()
+}
+
+/// The answer of `GET /v1/orders/{id}`: a hub order, or a site's own order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum OrderAnswer {
+    /// A customer order the hub took.
+    Hub(Box<crate::orders::HubOrderView>),
+    /// An order a site took, as it synced to the hub.
+    Site(Box<SiteOrderView>),
+}
+
+/// A site's own order as the hub holds it; the progress fields are `null` until the site wrote some.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SiteOrderView {
+    /// The order id.
+    id: OrderId,
+    /// The node that took it.
+    origin: oms_protocol::domain::NodeId,
+    /// The site that fulfills it.
+    site: oms_protocol::domain::NodeId,
+    /// When taken, ms.
+    created_at_ms: u64,
+    /// Its state.
+    status: Option<oms_protocol::domain::FulfillmentState>,
+    /// The order as taken.
+    order: oms_protocol::domain::OrderDraft,
+    /// Per line: picked and shipped.
+    lines: Option<Vec<oms_protocol::records::FulfillmentLine>>,
+    /// Its pick wave.
+    wave: Option<u64>,
+    /// Parcels packed.
+    parcels: Option<u32>,
+    /// The carrier hand-over.
+    shipment: Option<oms_protocol::records::Shipment>,
+    /// Returns received.
+    returns: Option<Vec<oms_protocol::records::ReturnRecord>>,
+    /// The site's steps.
+    timeline: Option<Vec<oms_protocol::records::TimelineEntry>>,
+    /// When the site last wrote it, ms.
+    node_updated_at_ms: u64,
+    /// When a cancellation was asked for, ms.
+    cancel_requested_at_ms: Option<u64>,
+    /// When the site froze it, ms.
+    frozen_at_ms: Option<u64>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -637,7 +844,7 @@ struct StockQuery {
 }
 
 /// One SKU at one site, as the planner sees it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct StockRow {
     pub(crate) sku: String,
     pub(crate) site: String,
@@ -661,7 +868,7 @@ pub struct StockRow {
 pub const STOCK_PAGE_MAX: usize = 10_000;
 
 /// Per site the freshness of its stock document, and the rows (every SKU, or `sku`), by SKU then site.
-pub(crate) fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<Value>, Vec<StockRow>) {
+pub(crate) fn stock_rows(hub: &Hub, sku: Option<&str>, now: u64) -> (Vec<SiteStock>, Vec<StockRow>) {
     let (sites, rows, _) = stock_page(hub, sku, None, usize::MAX, now);
     (sites, rows)
 }
@@ -676,15 +883,20 @@ pub fn stock_page(
     after: Option<(&str, &str)>,
     limit: usize,
     now: u64,
-) -> (Vec<Value>, Vec<StockRow>, Option<String>) {
+) -> (Vec<SiteStock>, Vec<StockRow>, Option<String>) {
     let stale_after = hub.intake.policy().stale_after_ms;
     let stock = hub.demand.stock_sites(&hub.docs);
     let sites = stock
         .iter()
         .map(|s| {
             let age_ms = now.saturating_sub(s.updated_at_ms);
-            json!({"site": s.site, "updated_at_ms": s.updated_at_ms, "age_ms": age_ms,
-                   "stale": age_ms > stale_after, "skus": s.skus.len()})
+            SiteStock {
+                site: s.site.clone(),
+                updated_at_ms: s.updated_at_ms,
+                age_ms,
+                stale: age_ms > stale_after,
+                skus: s.skus.len(),
+            }
         })
         .collect();
     // (sku, site) of every wanted row after `after`, then the page of them in that order.
@@ -757,26 +969,71 @@ pub(crate) fn stock_csv(rows: &[StockRow]) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
 }
 
-fn stock_json(now: u64, sites: Vec<Value>, rows: Vec<StockRow>) -> Value {
+fn stock_json(now: u64, sites: Vec<SiteStock>, rows: Vec<StockRow>) -> StockPage {
     let mut by_sku: BTreeMap<String, Vec<StockRow>> = BTreeMap::new();
     for r in rows {
         by_sku.entry(r.sku.clone()).or_default().push(r);
     }
-    let skus: Vec<Value> = by_sku
+    let skus = by_sku
         .into_iter()
         .map(|(sku, rows)| {
             let sum = |f: fn(&StockRow) -> u64| rows.iter().map(f).sum::<u64>();
-            json!({
-                "sku": sku,
-                "on_hand": sum(|r| r.on_hand),
-                "reserved": sum(|r| r.reserved),
-                "available": sum(|r| r.available),
-                "hub_promisable": sum(|r| r.hub_promisable),
-                "sites": rows,
-            })
+            SkuStock {
+                sku,
+                on_hand: sum(|r| r.on_hand),
+                reserved: sum(|r| r.reserved),
+                available: sum(|r| r.available),
+                hub_promisable: sum(|r| r.hub_promisable),
+                sites: rows,
+            }
         })
         .collect();
-    json!({"now_ms": now, "sites": sites, "skus": skus})
+    StockPage { now_ms: now, sites, skus, next_after: None }
+}
+
+/// The JSON answer of `GET /v1/stock`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct StockPage {
+    /// The hub's clock, ms.
+    now_ms: u64,
+    /// Each site that published stock, with its age.
+    sites: Vec<SiteStock>,
+    /// Per SKU: the network's figures and each site's row.
+    skus: Vec<SkuStock>,
+    /// Where the next page starts (`<sku>|<site>`), or `null` on the last page.
+    next_after: Option<String>,
+}
+
+/// One SKU across the sites (`GET /v1/stock/{sku}`, and each SKU of `GET /v1/stock`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SkuStock {
+    /// The SKU.
+    sku: String,
+    /// On hand over the sites.
+    on_hand: u64,
+    /// Reserved over the sites.
+    reserved: u64,
+    /// Available (on hand − reserved) over the sites.
+    available: u64,
+    /// What the hub may promise now over the sites.
+    hub_promisable: u64,
+    /// Each site's row.
+    sites: Vec<StockRow>,
+}
+
+/// A site that published its stock.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SiteStock {
+    /// The site.
+    site: String,
+    /// When it last wrote its stock, ms.
+    updated_at_ms: u64,
+    /// How long ago, ms.
+    age_ms: u64,
+    /// Older than the routing policy's `stale_after_ms`: routing leaves it out.
+    stale: bool,
+    /// SKUs it holds.
+    skus: usize,
 }
 
 /// `Some(true)` for CSV, `Some(false)` for JSON, `None` for anything else.
@@ -793,7 +1050,7 @@ fn bad_format() -> Response {
 }
 
 #[utoipa::path(get, path = "/v1/stock", tag = "stock", params(StockQuery),
-    responses((status = 200, description = "Stock per SKU and site; the same as csv (`format=csv`)", content((Object = "application/json"), (String = "text/csv")))))]
+    responses((status = 200, description = "Stock per SKU and site; the same as csv (`format=csv`)", content((StockPage = "application/json"), (String = "text/csv")))))]
 async fn stock(State(hub): State<Arc<Hub>>, QueryParams(q): QueryParams<StockQuery>) -> Response {
     let Some(csv) = csv_wanted(q.format.as_deref()) else { return bad_format() };
     let limit = q.limit.unwrap_or(STOCK_PAGE_MAX);
@@ -829,13 +1086,11 @@ async fn stock(State(hub): State<Arc<Hub>>, QueryParams(q): QueryParams<StockQue
         }
         return resp;
     }
-    let mut v = stock_json(now, sites, rows);
-    v["next_after"] = json!(next_after);
-    Json(v).into_response()
+    Json(StockPage { next_after, ..stock_json(now, sites, rows) }).into_response()
 }
 
 #[utoipa::path(get, path = "/v1/stock/{sku}", tag = "stock", params(("sku" = String, Path, description = "The SKU"), StockQuery),
-    responses((status = 200, description = "One SKU's stock per site; the same as csv (`format=csv`)", content((Object = "application/json"), (String = "text/csv")))))]
+    responses((status = 200, description = "One SKU's stock per site; the same as csv (`format=csv`)", content((SkuStock = "application/json"), (String = "text/csv")))))]
 async fn stock_one(
     State(hub): State<Arc<Hub>>,
     Path(sku): Path<String>,
@@ -857,8 +1112,10 @@ async fn stock_one(
     if csv {
         return stock_csv(&rows);
     }
-    let v = stock_json(now, vec![], rows);
-    Json(v.get("skus").and_then(|s| s.get(0)).cloned().unwrap_or(Value::Null)).into_response()
+    match stock_json(now, vec![], rows).skus.into_iter().next() {
+        Some(one) => Json(one).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "unknown_sku", format!("no site reports stock of {sku}")),
+    }
 }
 
 #[cfg(test)]

@@ -174,6 +174,12 @@ pub struct HubDocs {
     order_changes: Option<BTreeSet<DocId>>,
     /// The same for stock documents ([`HubDocs::take_stock_changes`]).
     stock_changes: Option<BTreeSet<DocId>>,
+    /// Stock documents the `stock.low` watcher read whole since the start and whose touched SKUs are noted
+    /// since ([`HubDocs::take_stock_touched`]), at most [`STOCK_SITES_MAX`].
+    stock_tracked: BTreeSet<DocId>,
+    /// Per tracked stock document: the SKU keys its node's changes touched since the watcher last took them
+    /// (at most [`schema::STOCK_TOUCHED_MAX`] each; past it the document is read whole again).
+    stock_touched: BTreeMap<DocId, BTreeSet<String>>,
 }
 
 /// Who may see which of the hub's documents: the parties of every order and the quarantined pairs.
@@ -269,6 +275,8 @@ impl HubDocs {
             sites_stale: BTreeSet::new(),
             order_changes: Some(BTreeSet::new()),
             stock_changes: Some(BTreeSet::new()),
+            stock_tracked: BTreeSet::new(),
+            stock_touched: BTreeMap::new(),
         };
         docs.label_unlabelled()?;
         // The hub's own orders are labelled with its party number.
@@ -465,9 +473,48 @@ impl HubDocs {
         self.stock_changes.replace(BTreeSet::new())
     }
 
+    /// What the `stock.low` watcher reads of stock document `doc` after a change: `Some(keys)`, the SKUs its
+    /// node's changes touched since the watcher last asked (the diffs [`HubDocs::check_applied`] makes anyway),
+    /// or `None`: the whole document, the first time since the start (what changed while the hub was down is
+    /// not known) and whenever more were touched than are listed. Call it and read the document under one hold
+    /// of the lock, so that no change falls between the two.
+    pub fn take_stock_touched(&mut self, doc: &DocId) -> Option<BTreeSet<String>> {
+        if self.stock_tracked.contains(doc) {
+            return Some(self.stock_touched.remove(doc).unwrap_or_default());
+        }
+        self.stock_touched.remove(doc);
+        if self.stock_tracked.len() < STOCK_SITES_MAX {
+            self.stock_tracked.insert(doc.clone());
+        }
+        None
+    }
+
+    /// Makes the watcher's next read of stock document `doc` a whole one (it could not report all it read).
+    pub fn reread_stock(&mut self, doc: &DocId) {
+        self.stock_tracked.remove(doc);
+        self.stock_touched.remove(doc);
+    }
+
+    /// Notes the SKUs an accepted change of stock document `doc` touched (`None`: cannot tell), for
+    /// [`HubDocs::take_stock_touched`].
+    fn note_skus(&mut self, doc: &DocId, touched: Option<BTreeSet<String>>) {
+        if !self.stock_tracked.contains(doc) {
+            return;
+        }
+        let listed = touched.is_some_and(|t| {
+            let all = self.stock_touched.entry(doc.clone()).or_default();
+            all.extend(t);
+            all.len() <= schema::STOCK_TOUCHED_MAX
+        });
+        if !listed {
+            self.reread_stock(doc);
+        }
+    }
+
     /// Forgets a document and its parties.
     fn remove_doc(&mut self, doc: &DocId) {
         self.site_changed(doc);
+        self.reread_stock(doc);
         self.note_change(doc);
         if let Some(label) = self.sync.db.label(doc) {
             self.unindex(doc, label);
@@ -537,8 +584,8 @@ impl HubDocs {
         // Accepted or put back, the readers look again (a put-back document reads as before).
         self.note_change(doc);
         let Some(d) = self.sync.db.get_mut(doc) else { return true };
-        match schema::check_writer(d, doc, before, Writer::Node(node)) {
-            Ok(()) => {
+        match schema::check_writer_skus(d, doc, before, Writer::Node(node)) {
+            Ok(touched) => {
                 let parties = schema::order_parties(d);
                 let written = schema::owner_updated_at_ms(d);
                 let frozen = schema::frozen_at_ms(d).is_some();
@@ -560,6 +607,9 @@ impl HubDocs {
                 }
                 if self.changed.len() < CHANGED_MAX {
                     self.changed.insert(doc.clone());
+                }
+                if matches!(DocKind::of(doc), Some(DocKind::Stock(_))) {
+                    self.note_skus(doc, touched);
                 }
                 let st = self.status(node);
                 st.changes_applied += 1;
@@ -981,6 +1031,143 @@ mod tests {
         assert!(docs.sites_stale.is_empty(), "read again once");
         docs.remove_doc(&schema::stock_doc(&a).unwrap());
         assert_eq!(lats(&mut docs), [("wh-b".to_owned(), 48.0)]);
+    }
+
+    /// Writes `skus` (SKU, on hand) into `node`'s stock document as the node would, in one change the hub
+    /// then checks as it checks each applied frame.
+    fn write_skus(docs: &mut HubDocs, node: &NodeId, skus: &[(String, u64)]) {
+        use oms_protocol::domain::{Balance, Sku};
+        let stock = schema::stock_doc(node).unwrap();
+        let before = docs.heads(&stock);
+        let d = match docs.sync.doc_mut(&stock) {
+            Some(d) => d,
+            None => docs.sync.create_doc(&stock).unwrap(),
+        };
+        for (sku, on_hand) in skus {
+            let b = Balance { on_hand: *on_hand, reserved: 0, staged: 0 };
+            schema::write_stock(d, node, &Sku::parse(sku).unwrap(), &b, 1).unwrap();
+        }
+        d.commit();
+        // As the session does for every applied message: stored at the next flush.
+        docs.mark_dirty(&stock);
+        assert!(docs.check_applied(node, &stock, &before, 64, TODAY));
+    }
+
+    /// What the `stock.low` watcher reads of `node`'s stock document now (as `orders::watch_once` does).
+    fn stock_read(docs: &mut HubDocs, node: &NodeId) -> crate::events::watch::StockRead {
+        let stock = schema::stock_doc(node).unwrap();
+        let touched = docs.take_stock_touched(&stock);
+        let d = docs.get(&stock).unwrap();
+        crate::events::watch::read_stock_change(&d, &stock, touched).unwrap()
+    }
+
+    fn skus_of(n: usize) -> Vec<(String, u64)> {
+        (0..n).map(|i| (format!("SKU-{i:05}"), 10)).collect()
+    }
+
+    #[test]
+    fn a_stock_change_reads_only_the_skus_it_touched() {
+        use crate::events::watch::{StockRead, report_stock_skus};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+        let n = NodeId::parse("wh-a").unwrap();
+        write_skus(&mut docs, &n, &skus_of(20_000));
+        // The first read since the start is the whole document: what changed before is not known.
+        match stock_read(&mut docs, &n) {
+            StockRead::Whole(s) => assert_eq!(s.len(), 20_000),
+            r => panic!("{r:?}"),
+        }
+        // One SKU of 20,000 changes: that SKU is what is read, and nothing else.
+        write_skus(&mut docs, &n, &[("SKU-00007".into(), 1)]);
+        let touched = |r: StockRead| -> Vec<(String, Option<u64>)> {
+            match r {
+                StockRead::Touched(s) => s.into_iter().map(|(k, b)| (k.to_string(), b.map(|b| b.on_hand))).collect(),
+                r => panic!("{r:?}"),
+            }
+        };
+        let read: Vec<(String, Option<u64>)> = touched(stock_read(&mut docs, &n));
+        assert_eq!(read, [("SKU-00007".to_owned(), Some(1))]);
+        assert_eq!(touched(stock_read(&mut docs, &n)), Vec::<(String, Option<u64>)>::new(), "nothing changed since");
+        // Two changes before the watcher looks (each frame diffed on its own): both SKUs, once each.
+        write_skus(&mut docs, &n, &[("SKU-00001".into(), 2)]);
+        write_skus(&mut docs, &n, &[("SKU-00002".into(), 3), ("SKU-00001".into(), 4)]);
+        let read = touched(stock_read(&mut docs, &n));
+        assert_eq!(read, [("SKU-00001".to_owned(), Some(4)), ("SKU-00002".to_owned(), Some(3))]);
+        // What the watcher reports from a touched read: the one SKU that fell, from its own row.
+        let events = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(events.path().join("e.redb")).unwrap();
+        crate::events::init(&db).unwrap();
+        write_skus(&mut docs, &n, &[("SKU-00009".into(), 0)]);
+        let StockRead::Touched(skus) = stock_read(&mut docs, &n) else { panic!("a touched read") };
+        assert_eq!(report_stock_skus(&db, "wh-a", &skus, 2, 5).unwrap(), 1);
+        assert_eq!(report_stock_skus(&db, "wh-a", &skus, 2, 6).unwrap(), 0, "reported once");
+        // More SKUs touched than are listed: the next read is the whole document again.
+        write_skus(
+            &mut docs,
+            &n,
+            &skus_of(schema::STOCK_TOUCHED_MAX + 1).iter().map(|(s, _)| (s.clone(), 5)).collect::<Vec<_>>(),
+        );
+        assert!(matches!(stock_read(&mut docs, &n), StockRead::Whole(s) if s.len() == 20_000));
+        // A restart knows nothing of what changed: whole again, then touched.
+        docs.flush().unwrap();
+        drop(docs);
+        let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+        assert!(matches!(stock_read(&mut docs, &n), StockRead::Whole(s) if s.len() == 20_000));
+        write_skus(&mut docs, &n, &[("SKU-00003".into(), 1)]);
+        assert_eq!(touched(stock_read(&mut docs, &n)), [("SKU-00003".to_owned(), Some(1))]);
+    }
+
+    /// The change-to-event cost of `stock.low` (BENCHMARKS.md): one SKU of a site of 1 and of 20,000 SKUs
+    /// changes; timed from the hub's check of the applied change to the event appended, against reading
+    /// the whole document as before. `cargo test -p oms-hub --lib stock_low_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement; run by hand"]
+    fn stock_low_cost() {
+        use crate::events::watch::{StockRead, report_stock, report_stock_skus};
+        const ROUNDS: usize = 50;
+        for size in [1usize, 20_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut docs =
+                HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+            // Each way its own event log, so that each appends (and commits) the events it finds.
+            let db = redb::Database::create(dir.path().join("e.redb")).unwrap();
+            let db_whole = redb::Database::create(dir.path().join("e-whole.redb")).unwrap();
+            crate::events::init(&db).unwrap();
+            crate::events::init(&db_whole).unwrap();
+            let n = NodeId::parse("wh-a").unwrap();
+            write_skus(&mut docs, &n, &skus_of(size));
+            let _ = stock_read(&mut docs, &n);
+            let (mut check, mut touched, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..ROUNDS {
+                // Down to 0 (reported) and back to 10 (forgotten): an event every other round.
+                let units = if i % 2 == 0 { 0 } else { 10 };
+                let t = std::time::Instant::now();
+                write_skus(&mut docs, &n, &[("SKU-00000".into(), units)]);
+                check.push(t.elapsed());
+                let t = std::time::Instant::now();
+                let StockRead::Touched(skus) = stock_read(&mut docs, &n) else { panic!("a touched read") };
+                report_stock_skus(&db, "wh-a", &skus, 2, i as u64).unwrap();
+                touched.push(t.elapsed());
+                // As before: the whole document read and the site's rows compared.
+                let t = std::time::Instant::now();
+                let stock = schema::stock_doc(&n).unwrap();
+                let d = docs.get(&stock).unwrap();
+                let all = schema::read_stock(&d, stock.as_str(), STOCK_SKUS_MAX).unwrap();
+                report_stock(&db_whole, "wh-a", &all.skus, 2, i as u64).unwrap();
+                whole.push(t.elapsed());
+            }
+            for v in [&mut check, &mut touched, &mut whole] {
+                v.sort();
+            }
+            println!(
+                "stock_low_cost skus={size} write_and_check_p50_us={} touched_read_report_p50_us={} \
+                 whole_read_report_p50_us={}",
+                check[ROUNDS / 2].as_micros(),
+                touched[ROUNDS / 2].as_micros(),
+                whole[ROUNDS / 2].as_micros()
+            );
+        }
     }
 
     fn peer(node: &str) -> PeerId {

@@ -219,21 +219,151 @@ pub fn forecast_query(q: &Params) -> Result<ForecastQuery, Problem> {
     Ok(ForecastQuery { site, h, basis: basis(q)?, overrides: overrides(q)? })
 }
 
-fn summary(h: Option<&History>) -> Value {
-    match h {
-        None => Value::Null,
-        // cannot truncate: usize has at most 64 bits (and a history at most HISTORY_DAYS_MAX days).
-        Some(h) => json!({
-            "days": h.values.len(),
-            "start": iso_date(h.start_day),
-            "end": iso_date(h.start_day + h.values.len().saturating_sub(1) as u64),
-            "total": round3(h.values.iter().sum()),
-        }),
+fn span(h: &History) -> HistorySpan {
+    // cannot truncate: usize has at most 64 bits (and a history at most HISTORY_DAYS_MAX days).
+    HistorySpan {
+        days: h.values.len(),
+        start: iso_date(h.start_day),
+        end: iso_date(h.start_day + h.values.len().saturating_sub(1) as u64),
+        total: round3(h.values.iter().sum()),
     }
 }
 
-fn param<T: serde::Serialize>(p: &Param<T>) -> Value {
-    json!({"value": p.value, "source": p.source.as_str()})
+fn param<T: Copy>(p: &Param<T>) -> ParamView<T> {
+    ParamView { value: p.value, source: p.source.as_str() }
+}
+
+/// The answer of `GET /v1/forecast/{sku}` (README, Forecast): the forecast with its intervals, the history
+/// it was fitted on, the planning parameters and the reorder advice.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ForecastAnswer {
+    /// The SKU.
+    pub sku: String,
+    /// The site, or `null` for the network.
+    pub site: Option<String>,
+    /// The day the forecast starts, `YYYY-MM-DD`.
+    pub as_of: String,
+    /// `ordered` or `shipped`.
+    pub basis: &'static str,
+    /// The history fitted on.
+    pub history: HistoryView,
+    /// The model chosen.
+    pub model: &'static str,
+    /// Why a simpler model was used, if one was.
+    pub fallback: Option<String>,
+    /// Horizon, days.
+    pub h: usize,
+    /// One row per day of the horizon.
+    pub forecast: Vec<ForecastDay>,
+    /// Lead time used, days.
+    pub lead_time_days: usize,
+    /// Cycle service level used.
+    pub service_level: f64,
+    /// Days between orders used.
+    pub order_cycle_days: usize,
+    /// Each parameter with where it came from.
+    pub parameters: Parameters,
+    /// Units available now (on hand − reserved).
+    pub available: u64,
+    /// Units on open purchase orders.
+    pub on_order: u64,
+    /// Where `on_order` comes from (`purchase_orders`).
+    pub on_order_source: &'static str,
+    /// The supplier chosen for the SKU, if any offers it.
+    pub supplier: Option<String>,
+    /// Expected demand over the lead time.
+    pub lead_time_demand: f64,
+    /// Safety stock.
+    pub safety_stock: f64,
+    /// Reorder point.
+    pub reorder_point: f64,
+    /// Available plus on order.
+    pub inventory_position: f64,
+    /// Order-up-to level.
+    pub order_up_to: f64,
+    /// Days the stock lasts at the forecast.
+    pub days_of_cover: Option<f64>,
+    /// Day of the horizon the stock runs out, from 0.
+    pub stockout_day: Option<usize>,
+    /// That day, `YYYY-MM-DD`.
+    pub stockout_date: Option<String>,
+    /// What to order now, if anything.
+    pub reorder: Option<Reorder>,
+    /// Whether the demand history left orders out (its limit).
+    pub demand_orders_truncated: bool,
+}
+
+/// The history a forecast was fitted on.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct HistoryView {
+    /// `ordered` or `shipped`.
+    pub basis: &'static str,
+    /// Its span.
+    #[serde(flatten)]
+    pub span: HistorySpan,
+    /// The last days, oldest first, for charts.
+    pub recent: Vec<f64>,
+    /// The ordered history's span, if there is one.
+    pub ordered: Option<HistorySpan>,
+    /// The shipped history's span, if there is one.
+    pub shipped: Option<HistorySpan>,
+}
+
+/// The span of one history.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct HistorySpan {
+    /// Days.
+    pub days: usize,
+    /// First day, `YYYY-MM-DD`.
+    pub start: String,
+    /// Last day.
+    pub end: String,
+    /// Units.
+    pub total: f64,
+}
+
+/// One day of a forecast: the mean and the 10/50/90 % quantiles.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ForecastDay {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// Mean units.
+    pub mean: f64,
+    /// 10 % quantile.
+    pub p10: Option<f64>,
+    /// Median.
+    pub p50: Option<f64>,
+    /// 90 % quantile.
+    pub p90: Option<f64>,
+}
+
+/// The planning parameters with their sources.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Parameters {
+    /// Cycle service level.
+    pub service_level: ParamView<f64>,
+    /// Lead time, days.
+    pub lead_time_days: ParamView<usize>,
+    /// Days between orders.
+    pub order_cycle_days: ParamView<usize>,
+}
+
+/// A parameter's value and where it came from.
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+pub struct ParamView<T> {
+    /// The value used.
+    pub value: T,
+    /// Where it came from.
+    pub source: &'static str,
+}
+
+/// What to order now.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Reorder {
+    /// Units.
+    pub qty: u64,
+    /// Order by this day, `YYYY-MM-DD`.
+    pub order_by: String,
 }
 
 /// `GET /v1/forecast/{sku}` on already-read state, at epoch day `today`, with the planning parameters of
@@ -246,6 +376,18 @@ pub fn forecast_answer(
     q: &Params,
     today: u64,
 ) -> Result<Value, Problem> {
+    forecast_typed(cache, hub, config, sku, q, today).map(|a| json!(a))
+}
+
+/// [`forecast_answer`] as the handler answers it.
+pub fn forecast_typed(
+    cache: &DemandCache,
+    hub: &Hub,
+    config: &ForecastConfig,
+    sku: &str,
+    q: &Params,
+    today: u64,
+) -> Result<ForecastAnswer, Problem> {
     let fq = forecast_query(q)?;
     let snap = cache.snapshot(&hub.docs, today);
     let site = fq.site.as_deref();
@@ -283,62 +425,57 @@ pub fn forecast_answer(
     };
     // cannot truncate (`as u64` here and for the history's end below): usize has at most 64 bits, and both are
     // bounded by a horizon of at most H_MAX and a history of at most HISTORY_DAYS_MAX days.
-    let days: Vec<Value> = (0..f.mean.len())
-        .map(|j| {
-            json!({
-                "date": iso_date(item.today + j as u64),
-                "mean": round3(f.mean[j]),
-                "p10": quantile(QUANTILES[0], j),
-                "p50": quantile(QUANTILES[1], j),
-                "p90": quantile(QUANTILES[2], j),
-            })
+    let days: Vec<ForecastDay> = (0..f.mean.len())
+        .map(|j| ForecastDay {
+            date: iso_date(item.today + j as u64),
+            mean: round3(f.mean[j]),
+            p10: quantile(QUANTILES[0], j),
+            p50: quantile(QUANTILES[1], j),
+            p90: quantile(QUANTILES[2], j),
         })
         .collect();
     let p = &item.plan;
     let hist = &item.history;
-    Ok(json!({
-        "sku": sku,
-        "site": site,
-        "as_of": iso_date(item.today),
-        "basis": fq.basis.as_str(),
-        "history": {
-            "basis": fq.basis.as_str(),
-            "days": hist.values.len(),
-            "start": iso_date(hist.start_day),
-            "end": iso_date(hist.start_day + hist.values.len().saturating_sub(1) as u64),
-            "total": round3(hist.values.iter().sum()),
+    Ok(ForecastAnswer {
+        sku: sku.to_owned(),
+        site: site.map(str::to_owned),
+        as_of: iso_date(item.today),
+        basis: fq.basis.as_str(),
+        history: HistoryView {
+            basis: fq.basis.as_str(),
+            span: span(hist),
             // The last RECENT_DAYS days, oldest first, for charts.
-            "recent": hist.values[hist.values.len().saturating_sub(RECENT_DAYS)..].iter().map(|v| round3(*v)).collect::<Vec<f64>>(),
-            "ordered": summary(ordered.as_ref()),
-            "shipped": summary(shipped.as_ref()),
+            recent: hist.values[hist.values.len().saturating_sub(RECENT_DAYS)..].iter().map(|v| round3(*v)).collect(),
+            ordered: ordered.as_ref().map(span),
+            shipped: shipped.as_ref().map(span),
         },
-        "model": f.model.name(),
-        "fallback": f.fallback.map(|fb| format!("{fb:?}")),
-        "h": f.mean.len(),
-        "forecast": days,
-        "lead_time_days": params.lead_time_days,
-        "service_level": params.service_level,
-        "order_cycle_days": params.order_cycle_days,
-        "parameters": {
-            "service_level": param(&resolved.service_level),
-            "lead_time_days": param(&resolved.lead_time_days),
-            "order_cycle_days": param(&resolved.order_cycle_days),
+        model: f.model.name(),
+        fallback: f.fallback.map(|fb| format!("{fb:?}")),
+        h: f.mean.len(),
+        forecast: days,
+        lead_time_days: params.lead_time_days,
+        service_level: params.service_level,
+        order_cycle_days: params.order_cycle_days,
+        parameters: Parameters {
+            service_level: param(&resolved.service_level),
+            lead_time_days: param(&resolved.lead_time_days),
+            order_cycle_days: param(&resolved.order_cycle_days),
         },
-        "available": available,
-        "on_order": on_order,
-        "on_order_source": ON_ORDER_SOURCE,
-        "supplier": supply.offers.get(sku).map(|(s, _)| s.id.to_string()),
-        "lead_time_demand": round3(p.lead_time_demand),
-        "safety_stock": round3(p.safety_stock),
-        "reorder_point": round3(p.reorder_point),
-        "inventory_position": round3(p.inventory_position),
-        "order_up_to": round3(p.order_up_to),
-        "days_of_cover": p.days_of_cover.map(round3),
-        "stockout_day": p.stockout_day,
-        "stockout_date": item.stockout_day().map(iso_date),
-        "reorder": item.reorder_qty().map(|qty| json!({"qty": qty, "order_by": iso_date(item.today)})),
-        "demand_orders_truncated": snap.index.truncated,
-    }))
+        available,
+        on_order,
+        on_order_source: ON_ORDER_SOURCE,
+        supplier: supply.offers.get(sku).map(|(s, _)| s.id.to_string()),
+        lead_time_demand: round3(p.lead_time_demand),
+        safety_stock: round3(p.safety_stock),
+        reorder_point: round3(p.reorder_point),
+        inventory_position: round3(p.inventory_position),
+        order_up_to: round3(p.order_up_to),
+        days_of_cover: p.days_of_cover.map(round3),
+        stockout_day: p.stockout_day,
+        stockout_date: item.stockout_day().map(iso_date),
+        reorder: item.reorder_qty().map(|qty| Reorder { qty, order_by: iso_date(item.today) }),
+        demand_orders_truncated: snap.index.truncated,
+    })
 }
 
 #[utoipa::path(get, path = "/v1/forecast/{sku}", tag = "forecast", params(("sku" = String, Path, description = "The SKU"),
@@ -348,7 +485,7 @@ pub fn forecast_answer(
         ("service_level" = Option<f64>, Query, description = "Target service level, 0 to 1"),
         ("lead_time_days" = Option<u32>, Query, description = "Supplier lead time"),
         ("order_cycle_days" = Option<u32>, Query, description = "Days between orders")),
-    responses((status = 200, description = "Forecast, its intervals and the reorder advice", body = Object)))]
+    responses((status = 200, description = "Forecast, its intervals and the reorder advice", body = ForecastAnswer)))]
 async fn forecast(
     State(st): State<ForecastState>,
     settings: Option<Extension<ForecastSettings>>,
@@ -358,7 +495,7 @@ async fn forecast(
     let today = now_ms() / DAY_MS;
     let config = st.config(settings);
     // Model fitting is CPU-bound: keep it off the async workers.
-    let res = tokio::task::spawn_blocking(move || forecast_answer(&st.cache, &st.hub, &config, &sku, &q, today)).await;
+    let res = tokio::task::spawn_blocking(move || forecast_typed(&st.cache, &st.hub, &config, &sku, &q, today)).await;
     match res {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(p)) => p.into_response(),
@@ -432,28 +569,66 @@ pub fn replenishment_answer(
         }
         return Ok(resp);
     }
-    Ok(Json(json!({
-        "as_of": iso_date(today),
-        "basis": basis.as_str(),
-        "query": {
-            "service_level": query.service_level,
-            "lead_time_days": query.lead_time_days,
-            "order_cycle_days": query.order_cycle_days,
+    Ok(Json(ReplenishmentAnswer {
+        as_of: iso_date(today),
+        basis: basis.as_str(),
+        query: Override {
+            service_level: query.service_level,
+            lead_time_days: query.lead_time_days,
+            order_cycle_days: query.order_cycle_days,
         },
-        "defaults": {
-            "service_level": config.service_level,
-            "lead_time_days": config.lead_time_days,
-            "order_cycle_days": config.order_cycle_days,
+        defaults: Defaults {
+            lead_time_days: config.lead_time_days,
+            order_cycle_days: config.order_cycle_days,
+            service_level: config.service_level,
         },
-        "on_order_source": ON_ORDER_SOURCE,
-        "total": rows.len(),
-        "rows": page,
-        "next_after": next_after,
-        "skipped_insufficient_history": run.skipped_insufficient_history,
-        "skipped_failed": run.skipped_failed,
-        "truncated": run.truncated,
-    }))
+        on_order_source: ON_ORDER_SOURCE,
+        total: rows.len(),
+        rows: page,
+        next_after,
+        skipped_insufficient_history: run.skipped_insufficient_history,
+        skipped_failed: run.skipped_failed,
+        truncated: run.truncated,
+    })
     .into_response())
+}
+
+/// The JSON answer of `GET /v1/replenishment`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ReplenishmentAnswer {
+    /// The day planned from, `YYYY-MM-DD`.
+    as_of: String,
+    /// `ordered` or `shipped`.
+    basis: &'static str,
+    /// The parameters the query set.
+    query: Override,
+    /// The configured defaults.
+    defaults: Defaults,
+    /// Where `on_order` comes from (`purchase_orders`).
+    on_order_source: &'static str,
+    /// Rows in all (every page).
+    total: usize,
+    /// This page, most urgent first.
+    rows: Vec<crate::demand::Suggestion>,
+    /// The row key to continue after, or `null` on the last page.
+    next_after: Option<String>,
+    /// Series skipped for too short a history.
+    skipped_insufficient_history: usize,
+    /// Series skipped because the forecast failed.
+    skipped_failed: usize,
+    /// More series than are planned, or the demand history was truncated.
+    truncated: bool,
+}
+
+/// The configured planning defaults.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Defaults {
+    /// Lead time, days.
+    lead_time_days: usize,
+    /// Days between orders.
+    order_cycle_days: usize,
+    /// Cycle service level.
+    service_level: f64,
 }
 
 #[utoipa::path(get, path = "/v1/replenishment", tag = "forecast",
@@ -465,7 +640,7 @@ pub fn replenishment_answer(
         ("all" = Option<bool>, Query, description = "Every SKU, not only those to reorder"),
         ("after" = Option<String>, Query, description = "Continue after this SKU"),
         ("limit" = Option<u64>, Query, description = "Page size (capped)")),
-    responses((status = 200, description = "What to reorder, SKU by SKU; the same as csv", content((Object = "application/json"), (String = "text/csv")))))]
+    responses((status = 200, description = "What to reorder, SKU by SKU; the same as csv", content((ReplenishmentAnswer = "application/json"), (String = "text/csv")))))]
 async fn replenishment(
     State(st): State<ForecastState>,
     settings: Option<Extension<ForecastSettings>>,
@@ -715,8 +890,20 @@ mod tests {
         if let Err(e) = oms_service::openapi::check_complete(&app, &doc) {
             panic!("{e}");
         }
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        let mut v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["openapi"], "3.1.0");
+        // Every 2xx answer has a real schema; a bare object is named.
+        assert_eq!(oms_service::openapi::untyped_responses(&v), Vec::<String>::new());
+        let order = &v["paths"]["/v1/orders/{id}"]["get"]["responses"]["200"]["content"]["application/json"];
+        assert_eq!(order["example"]["id"], "hub-42", "{order}");
+        assert!(order["schema"]["$ref"].is_string() || order["schema"]["oneOf"].is_array(), "{order}");
+        let mut bare = v.clone();
+        bare["paths"]["/v1/orders/{id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] =
+            serde_json::json!({"type": "object"});
+        assert_eq!(oms_service::openapi::untyped_responses(&bare), ["GET /v1/orders/{id} 200 application/json"]);
+        v["paths"]["/openapi.json"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] =
+            serde_json::json!({"type": "object"});
+        assert!(oms_service::openapi::untyped_responses(&v).is_empty(), "the document describes itself");
         assert_eq!(
             v["paths"]["/v1/orders"]["post"]["requestBody"]["content"]["application/json"]["example"]["channel"],
             "web"

@@ -103,7 +103,7 @@ pub enum ForecastConfigError {
 }
 
 /// Values that override the defaults for a site, a SKU or a site and SKU; unset ones fall through.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Override {
     /// Cycle service level.

@@ -19,7 +19,6 @@ use oms_service::storage::StorageError;
 use oms_service::{Problem, RawBody, now_ms};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -163,7 +162,7 @@ pub fn of(db: &redb::Database, order: &str) -> Result<Vec<Note>, StorageError> {
 }
 
 /// Adds the order's notes to its view's timeline, for a principal who may see them (not a channel).
-pub(crate) fn with_notes(hub: &Hub, view: &mut Value, id: &str, principal: &Principal) {
+pub(crate) fn with_notes(hub: &Hub, view: &mut crate::orders::HubOrderView, id: &str, principal: &Principal) {
     if principal.confined_to().is_some() {
         return;
     }
@@ -174,10 +173,12 @@ pub(crate) fn with_notes(hub: &Hub, view: &mut Value, id: &str, principal: &Prin
             return;
         }
     };
-    if let Some(t) = view.get_mut("timeline").and_then(Value::as_array_mut) {
-        t.extend(notes.iter().map(|n| json!({"at_ms": n.at_ms, "status": "note", "note": n.text, "by": n.by})));
-        t.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
-    }
+    view.timeline.extend(notes.into_iter().map(|n| crate::orders::TimelineItem {
+        note: Some(n.text),
+        by: Some(n.by),
+        ..crate::orders::TimelineItem::new(n.at_ms, "note")
+    }));
+    crate::orders::sort_timeline(&mut view.timeline);
 }
 
 /// The body of `POST /v1/orders/{id}/notes`.

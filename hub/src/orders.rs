@@ -54,6 +54,7 @@ use oms_service::{Problem, RawBody};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::events::watch::StockRead;
 use crate::intake::{Effects, HubOrder, IntakeError, NewFulfillment, RETRY_BATCH_MAX, SiteFacts};
 use crate::server::Hub;
 use oms_service::lock;
@@ -279,8 +280,8 @@ pub(crate) async fn blocking<T: Send + 'static, E: Into<Problem> + Send + 'stati
 #[utoipa::path(post, path = "/v1/orders", tag = "orders",
     params(("Idempotency-Key" = String, Header, description = "Unique per order, reused on retries (1 to 128 visible ASCII characters)")),
     request_body(content = oms_protocol::domain::OrderDraft, example = oms_service::openapi::order_example),
-    responses((status = 201, description = "Taken: the hub order with its routing", body = Object),
-        (status = 200, description = "A retry with the same key and body: the order it created (`idempotent-replayed: true`)", body = Object)))]
+    responses((status = 201, description = "Taken: the hub order with its routing", body = HubOrderView, example = hub_order_example),
+        (status = 200, description = "A retry with the same key and body: the order it created (`idempotent-replayed: true`)", body = HubOrderView)))]
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -375,7 +376,7 @@ fn hub_order_id(id: &str) -> Result<OrderId, Problem> {
 }
 
 #[utoipa::path(get, path = "/v1/orders/{id}/routing", tag = "orders", params(("id" = String, Path, description = "The order id")),
-    responses((status = 200, description = "Why the order went where it went", body = Object)))]
+    responses((status = 200, description = "Why the order went where it went", body = RoutingExplained)))]
 async fn routing(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -384,20 +385,35 @@ async fn routing(
     let id = hub_order_id(&id)?;
     let order = hub.intake.order(id.as_str())?.filter(|o| visible_to(&principal, o));
     let order = order.ok_or_else(|| not_found(id.as_str()))?;
-    Ok(Json(json!({
-        "id": order.id,
-        "policy": hub.intake.policy(),
-        "fulfillments": order.fulfillments,
-        "unfilled": order.unfilled,
-        "decisions": order.decisions,
-    }))
+    Ok(Json(RoutingExplained {
+        id: order.id,
+        policy: hub.intake.policy().clone(),
+        fulfillments: order.fulfillments,
+        unfilled: order.unfilled,
+        decisions: order.decisions,
+    })
     .into_response())
+}
+
+/// The answer of `GET /v1/orders/{id}/routing`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RoutingExplained {
+    /// The order.
+    pub id: OrderId,
+    /// The routing policy in force.
+    pub policy: crate::routing::RoutingPolicy,
+    /// Its fulfillment orders as routed.
+    pub fulfillments: Vec<crate::intake::Fulfillment>,
+    /// Units waiting for stock.
+    pub unfilled: Vec<crate::routing::SkuQty>,
+    /// Every routing decision, with candidates, exclusions and scores.
+    pub decisions: Vec<crate::intake::DecisionRecord>,
 }
 
 #[utoipa::path(get, path = "/v1/orders/search", tag = "orders",
     params(("q" = String, Query, description = "An order id, an e-mail address, a phone number or a channel's order reference"),
         ("limit" = Option<u32>, Query, description = "At most this many orders (20; 1 to 50)")),
-    responses((status = 200, description = "`{\"orders\": [...]}`, newest first, each as `GET /v1/orders/{id}` shows it", body = Object)))]
+    responses((status = 200, description = "Newest first, each as `GET /v1/orders/{id}` shows it", body = FoundOrders)))]
 /// `GET /v1/orders/search?q=&limit=`: the orders a customer may be asking about, by order id, e-mail
 /// address, phone number or the channel's order reference (`crate::intake::Intake::search`), newest first,
 /// each as `GET /v1/orders/{id}` shows it. For customer service.
@@ -405,7 +421,7 @@ async fn search(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<FoundOrders>, Problem> {
     if let Some(bad) = q.keys().find(|k| !matches!(k.as_str(), "q" | "limit")) {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown parameter {bad:?}")));
     }
@@ -429,11 +445,11 @@ async fn search(
             },
         )?,
     };
-    let orders = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, Problem> {
+    let orders = tokio::task::spawn_blocking(move || -> Result<Vec<HubOrderView>, Problem> {
         let found = hub.intake.search(&query, limit)?;
         let mut out = Vec::with_capacity(found.len());
         for o in found {
-            if let Some(v) = hub_order(&hub, o.id.as_str(), &principal)? {
+            if let Some(v) = hub_order_view(&hub, o.id.as_str(), &principal)? {
                 out.push(v);
             }
         }
@@ -441,11 +457,23 @@ async fn search(
     })
     .await
     .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    Ok(Json(json!({"orders": orders})))
+    Ok(Json(FoundOrders { orders }))
 }
 
-/// The view of a hub order, if `id` is one that `principal` may see.
+/// The answer of `GET /v1/orders/search`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FoundOrders {
+    /// The orders found, newest first.
+    pub orders: Vec<HubOrderView>,
+}
+
+/// The view of a hub order, if `id` is one that `principal` may see, as the screens read it.
 pub fn hub_order(hub: &Hub, id: &str, principal: &Principal) -> Result<Option<Value>, Problem> {
+    Ok(hub_order_view(hub, id, principal)?.map(|v| json!(v)))
+}
+
+/// The view of a hub order, if `id` is one that `principal` may see (`GET /v1/orders/{id}`).
+pub fn hub_order_view(hub: &Hub, id: &str, principal: &Principal) -> Result<Option<HubOrderView>, Problem> {
     if !is_customer_order(id) {
         return Ok(None);
     }
@@ -459,7 +487,7 @@ pub fn hub_order(hub: &Hub, id: &str, principal: &Principal) -> Result<Option<Va
 }
 
 /// Adds the order's payment (status, amounts, documents) to its view and its events to the timeline.
-fn with_payment(hub: &Hub, view: &mut Value, id: &str) {
+fn with_payment(hub: &Hub, view: &mut HubOrderView, id: &str) {
     let p = match hub.money.payment(hub.intake.db(), id) {
         Ok(Some(p)) => p,
         Ok(None) => return,
@@ -468,18 +496,17 @@ fn with_payment(hub: &Hub, view: &mut Value, id: &str) {
             return;
         }
     };
-    if let Some(t) = view.get_mut("timeline").and_then(Value::as_array_mut) {
-        t.extend(p.events.iter().map(|e| {
-            json!({"at_ms": e.at_ms, "status": format!("payment_{}", e.status), "amount_minor": e.amount_minor,
-                   "document": e.document})
-        }));
-        t.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
-    }
-    view["payment"] = crate::money::payment_view(&p);
+    view.timeline.extend(p.events.iter().map(|e| TimelineItem {
+        amount_minor: Some(e.amount_minor),
+        document: Some(e.document.clone()),
+        ..TimelineItem::new(e.at_ms, format!("payment_{}", e.status))
+    }));
+    sort_timeline(&mut view.timeline);
+    view.payment = Some(crate::money::payment_view(&p));
 }
 
 /// Adds the order's RMAs (state, lines, credit notes) to its view and their events to the timeline.
-fn with_returns(hub: &Hub, view: &mut Value, id: &str) {
+fn with_returns(hub: &Hub, view: &mut HubOrderView, id: &str) {
     let rmas = match hub.returns.of_order(hub.intake.db(), id) {
         Ok(r) => r,
         Err(e) => {
@@ -487,36 +514,80 @@ fn with_returns(hub: &Hub, view: &mut Value, id: &str) {
             return;
         }
     };
-    if let Some(t) = view.get_mut("timeline").and_then(Value::as_array_mut) {
-        for r in &rmas {
-            t.extend(r.events.iter().map(|e| {
-                json!({"at_ms": e.at_ms, "status": format!("rma_{}", e.state.as_str()), "rma": r.id,
-                       "fulfillment": r.fulfillment, "site": r.site, "note": e.note})
-            }));
-        }
-        t.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
+    for r in &rmas {
+        view.timeline.extend(r.events.iter().map(|e| TimelineItem {
+            rma: Some(r.id.clone()),
+            ..TimelineItem::at_site(
+                e.at_ms,
+                format!("rma_{}", e.state.as_str()),
+                &r.fulfillment,
+                &r.site,
+                e.note.clone(),
+            )
+        }));
     }
-    view["rmas"] = rmas
-        .iter()
-        .map(|r| {
-            json!({"id": r.id, "state": r.state, "fulfillment": r.fulfillment, "site": r.site, "lines": r.lines,
-                   "credit_notes": r.credit_notes, "refunded_minor": r.refunded_minor,
-                   "refund_error": r.refund_error})
-        })
-        .collect();
+    sort_timeline(&mut view.timeline);
+    view.rmas = Some(
+        rmas.into_iter()
+            .map(|r| RmaBrief {
+                id: r.id,
+                state: r.state,
+                fulfillment: r.fulfillment,
+                site: r.site,
+                lines: r.lines,
+                credit_notes: r.credit_notes,
+                refunded_minor: r.refunded_minor,
+                refund_error: r.refund_error,
+            })
+            .collect(),
+    );
 }
 
 /// A channel key's listing: the hub orders of its channel, in id order.
-pub fn channel_orders(hub: &Hub, channel: &Channel, after: Option<&str>, limit: usize) -> Result<Value, Problem> {
+pub fn channel_orders(
+    hub: &Hub,
+    channel: &Channel,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<ChannelOrders, Problem> {
     let (orders, next_after) = hub.intake.channel_orders(channel, after, limit)?;
-    let list: Vec<Value> = orders
+    let orders = orders
         .iter()
-        .map(|o| {
-            json!({"id": o.id, "channel": o.draft.channel, "external_ref": o.draft.external_ref,
-                   "created_at_ms": o.created_at_ms, "cancel_requested_at_ms": o.cancel_requested_at_ms})
+        .map(|o| ChannelOrder {
+            id: o.id.clone(),
+            channel: o.draft.channel.clone(),
+            external_ref: o.draft.external_ref.clone(),
+            created_at_ms: o.created_at_ms,
+            cancel_requested_at_ms: o.cancel_requested_at_ms,
         })
         .collect();
-    Ok(json!({"channel": channel, "orders": list, "next_after": next_after}))
+    Ok(ChannelOrders { channel: channel.clone(), orders, next_after })
+}
+
+/// A channel key's page of `GET /v1/orders`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChannelOrders {
+    /// The key's channel.
+    pub channel: Channel,
+    /// Its hub orders, by id.
+    pub orders: Vec<ChannelOrder>,
+    /// Where the next page starts (`after`), or `null` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// One order of a channel's page.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChannelOrder {
+    /// `hub-<seq>`.
+    pub id: OrderId,
+    /// The channel.
+    pub channel: Channel,
+    /// The channel's reference.
+    pub external_ref: String,
+    /// When taken, ms.
+    pub created_at_ms: u64,
+    /// When a cancellation was asked for, ms.
+    pub cancel_requested_at_ms: Option<u64>,
 }
 
 /// Status and progress of one fulfillment order as last synced.
@@ -569,7 +640,7 @@ fn frozen_delivered(hub: &Hub, v: &schema::OrderView, p: &mut schema::Progress) 
     }
 }
 
-fn order_view(hub: &Hub, o: &HubOrder) -> Value {
+fn order_view(hub: &Hub, o: &HubOrder) -> HubOrderView {
     let mut v = order_view_with(o, |id| fo_state(hub, id));
     crate::tracking::with_tracking(hub, &mut v);
     v
@@ -583,7 +654,7 @@ impl FoState {
 }
 
 /// The view of `o`, with each fulfillment order's state from `state`.
-fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
+fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> HubOrderView {
     let mut fos = Vec::new();
     let mut timeline = Vec::new();
     let (mut shipped_units, mut placed_units, mut open_fos, mut delivered_all) = (0u64, 0u64, 0usize, true);
@@ -600,12 +671,11 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
         {
             promised_ship_by_ms = promised_ship_by_ms.max(Some(p.ship_by_ms));
         }
-        timeline.push(json!({"at_ms": f.assigned_at_ms, "fulfillment": f.id, "site": f.site,
-            "status": "assigned", "note": format!("routed to {}", f.site)}));
+        let (fid, site) = (f.id.as_str(), f.site.as_str());
+        timeline.push(TimelineItem::at_site(f.assigned_at_ms, "assigned", fid, site, format!("routed to {}", f.site)));
         if let Some(p) = &st.progress {
             for t in &p.timeline {
-                timeline.push(json!({"at_ms": t.at_ms, "fulfillment": f.id, "site": f.site,
-                    "status": t.status, "note": t.note}));
+                timeline.push(TimelineItem::at_site(t.at_ms, t.status.as_str(), fid, site, t.note.clone()));
             }
         }
         frozen_all &= st.frozen_at_ms.is_some();
@@ -642,19 +712,28 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
                 }
             }
         }
-        fos.push(json!({
-            "id": f.id, "site": f.site, "lines": f.lines, "assigned_at_ms": f.assigned_at_ms,
-            "status": st.status.map_or("assigned", |s| s.as_str()),
-            "shipment": st.progress.as_ref().and_then(|p| p.shipment.clone()),
-            "released": f.released,
-            "site_cancel": f.site_cancel.as_ref().map(|c| json!({"at_ms": c.at_ms, "then": c.then, "reason": c.reason})),
-            "frozen_at_ms": st.frozen_at_ms,
-            "promised_ship_by_ms": f.promise.as_ref().map(|p| p.ship_by_ms),
-            "promised_ship_by": f.promise.as_ref().and_then(|p| shipping::rfc3339(p.ship_by_ms)),
-            "services": f.promise.as_ref().map(|p| p.services.as_slice()).unwrap_or_default(),
-        }));
+        fos.push(FulfillmentView {
+            id: f.id.clone(),
+            site: f.site.clone(),
+            lines: f.lines.clone(),
+            assigned_at_ms: f.assigned_at_ms,
+            status: st.status.map_or("assigned", |s| s.as_str()),
+            shipment: st.progress.as_ref().and_then(|p| p.shipment.clone()),
+            released: f.released.clone(),
+            site_cancel: f.site_cancel.as_ref().map(|c| SiteCancelView {
+                at_ms: c.at_ms,
+                then: c.then,
+                reason: c.reason.clone(),
+            }),
+            frozen_at_ms: st.frozen_at_ms,
+            promised_ship_by_ms: f.promise.as_ref().map(|p| p.ship_by_ms),
+            promised_ship_by: f.promise.as_ref().and_then(|p| shipping::rfc3339(p.ship_by_ms)),
+            services: f.promise.as_ref().map(|p| p.services.clone()).unwrap_or_default(),
+            tracking_status: None,
+            tracking: None,
+        });
     }
-    timeline.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
+    sort_timeline(&mut timeline);
     let unfilled: u64 = o.unfilled.iter().map(|l| u64::from(l.qty)).sum();
     let status = if o.cancel_requested_at_ms.is_some() {
         if open_fos == 0 && shipped_units == 0 {
@@ -677,7 +756,7 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
     } else {
         "in_fulfillment"
     };
-    let lines: Vec<Value> = o
+    let lines = o
         .draft
         .lines
         .iter()
@@ -685,34 +764,270 @@ fn order_view_with(o: &HubOrder, state: impl Fn(&OrderId) -> FoState) -> Value {
             let (placed, shipped) = per_sku.get(l.sku.as_str()).copied().unwrap_or_default();
             let waiting = o.unfilled.iter().filter(|u| u.sku == l.sku).map(|u| u64::from(u.qty)).sum::<u64>();
             let at_sites = open_units.get(l.sku.as_str()).copied().unwrap_or(0);
-            json!({"sku": l.sku, "qty": l.qty, "placed": placed, "shipped": shipped, "unfilled": waiting,
-                "cancellable": if o.cancel_requested_at_ms.is_some() { 0 } else { waiting + at_sites }})
+            let cancellable = if o.cancel_requested_at_ms.is_some() { 0 } else { waiting + at_sites };
+            HubLineView { sku: l.sku.clone(), qty: l.qty, placed, shipped, unfilled: waiting, cancellable }
         })
         .collect();
-    json!({
-        "id": o.id,
-        "origin": HUB_ORIGIN,
-        "channel": o.draft.channel,
-        "external_ref": o.draft.external_ref,
-        "created_at_ms": o.created_at_ms,
-        "status": status,
-        "lines": lines,
-        "order": o.draft,
-        "fulfillments": fos,
-        "unfilled": o.unfilled,
-        "cancel_requested_at_ms": o.cancel_requested_at_ms,
-        "cancelled_unfilled": o.cancelled_unfilled,
-        "avoid_sites": o.avoid_sites,
-        "timeline": timeline,
-        "cancel_reason": o.cancel_reason,
-        "tracking_token": o.tracking_token,
-        "tracking_url": o.tracking_token.as_ref().map(|t| format!("/v1/track/{t}")),
-        "promised_ship_by_ms": promised_ship_by_ms,
-        "promised_ship_by": promised_ship_by_ms.and_then(shipping::rfc3339),
+    HubOrderView {
+        id: o.id.clone(),
+        origin: HUB_ORIGIN,
+        channel: o.draft.channel.clone(),
+        external_ref: o.draft.external_ref.clone(),
+        created_at_ms: o.created_at_ms,
+        status,
+        lines,
+        order: o.draft.clone(),
+        fulfillments: fos,
+        unfilled: o.unfilled.clone(),
+        cancel_requested_at_ms: o.cancel_requested_at_ms,
+        cancelled_unfilled: o.cancelled_unfilled.clone(),
+        avoid_sites: o.avoid_sites.clone(),
+        timeline,
+        cancel_reason: o.cancel_reason.clone(),
+        tracking_token: o.tracking_token.clone(),
+        tracking_url: o.tracking_token.as_ref().map(|t| format!("/v1/track/{t}")),
+        promised_ship_by_ms,
+        promised_ship_by: promised_ship_by_ms.and_then(shipping::rfc3339),
         // Every fulfillment is finished and frozen at its site, and nothing waits for a site: the order's
         // history does not change any more.
-        "frozen": frozen_all && o.unfilled.is_empty(),
+        frozen: frozen_all && o.unfilled.is_empty(),
+        carrier_exception: None,
+        payment: None,
+        rmas: None,
+    }
+}
+
+/// The example hub order of the document's `POST /v1/orders` and `GET /v1/orders/{id}` answers: the
+/// example order body taken, routed to one site, not shipped yet.
+pub fn hub_order_example() -> Value {
+    json!({
+        "id": "hub-42", "origin": "hub", "channel": "web", "external_ref": "web-100234",
+        "created_at_ms": 1_767_225_600_000u64, "status": "in_fulfillment",
+        "lines": [{"sku": "TSHIRT-RED-M", "qty": 2, "placed": 2, "shipped": 0, "unfilled": 0}],
+        "order": oms_service::openapi::order_example(),
+        "fulfillments": [{"id": "hub-42.1", "site": "wh-berlin", "lines": [{"sku": "TSHIRT-RED-M", "qty": 2}],
+            "assigned_at_ms": 1_767_225_600_010u64, "status": "accepted", "shipment": null, "released": null,
+            "frozen_at_ms": null, "promised_ship_by_ms": 1_767_283_200_000u64,
+            "promised_ship_by": "2026-01-01T16:00:00Z",
+            "services": [{"carrier": "dhl", "service": "parcel", "ship_by_ms": 1_767_283_200_000u64,
+                "estimated_delivery": "2026-01-02"}]}],
+        "unfilled": [], "cancel_requested_at_ms": null, "cancelled_unfilled": [],
+        "timeline": [
+            {"at_ms": 1_767_225_600_010u64, "fulfillment": "hub-42.1", "site": "wh-berlin", "status": "assigned",
+             "note": "routed to wh-berlin"},
+            {"at_ms": 1_767_225_601_000u64, "fulfillment": "hub-42.1", "site": "wh-berlin", "status": "accepted",
+             "note": "accepted"}],
+        "cancel_reason": null, "tracking_token": "trk_4f9c2a7d1e8b", "tracking_url": "/v1/track/trk_4f9c2a7d1e8b",
+        "promised_ship_by_ms": 1_767_283_200_000u64, "promised_ship_by": "2026-01-01T16:00:00Z", "frozen": false,
+        "carrier_exception": null
     })
+}
+
+/// A hub order as `GET /v1/orders/{id}` (and `POST /v1/orders`, the search) shows it: status across its
+/// fulfillment orders, per-line figures, one timeline merged from every site, and (as far as they were read)
+/// its carriers' tracking, payment and returns.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HubOrderView {
+    /// `hub-<seq>`.
+    pub id: OrderId,
+    /// Always `hub`.
+    pub origin: &'static str,
+    /// The channel.
+    pub channel: Channel,
+    /// The channel's own reference.
+    pub external_ref: String,
+    /// When taken, ms.
+    pub created_at_ms: u64,
+    /// `in_fulfillment`, `partially_shipped`, `shipped`, `delivered`, `backordered`, `partially_backordered`,
+    /// `cancel_requested`, `partially_cancelled` or `cancelled`.
+    pub status: &'static str,
+    /// Per line: ordered, placed at sites, shipped and waiting for stock.
+    pub lines: Vec<HubLineView>,
+    /// The order as taken.
+    pub order: oms_protocol::domain::OrderDraft,
+    /// Its fulfillment orders, one per site part.
+    pub fulfillments: Vec<FulfillmentView>,
+    /// Units waiting for stock.
+    pub unfilled: Vec<crate::routing::SkuQty>,
+    /// When a cancellation was asked for, ms.
+    pub cancel_requested_at_ms: Option<u64>,
+    /// Units cancelled: before any site had them, or by a line cancel a site confirmed.
+    pub cancelled_unfilled: Vec<crate::routing::SkuQty>,
+    /// Sites this order is never placed at again (service moved it away from them).
+    pub avoid_sites: Vec<oms_protocol::domain::NodeId>,
+    /// What happened, oldest first: routing, each site's steps, carriers, payment, notes and returns.
+    pub timeline: Vec<TimelineItem>,
+    /// Why it was cancelled.
+    pub cancel_reason: Option<String>,
+    /// The customer's tracking token.
+    pub tracking_token: Option<String>,
+    /// The customer's tracking page, `/v1/track/<token>`.
+    pub tracking_url: Option<String>,
+    /// When the last live fulfillment promised to ship, ms.
+    pub promised_ship_by_ms: Option<u64>,
+    /// The same, RFC 3339.
+    pub promised_ship_by: Option<String>,
+    /// Every fulfillment is finished and frozen at its site and nothing waits: its history does not change.
+    pub frozen: bool,
+    /// A carrier's failure or return to sender, when its flag could be read (`null`: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carrier_exception: Option<Option<crate::tracking::Flag>>,
+    /// Its payment, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment: Option<crate::money::PaymentView>,
+    /// Its returns (RMAs), when they could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rmas: Option<Vec<RmaBrief>>,
+}
+
+/// One line of a hub order.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HubLineView {
+    /// SKU.
+    pub sku: oms_protocol::domain::Sku,
+    /// Units ordered.
+    pub qty: u32,
+    /// Units placed at live fulfillments.
+    pub placed: u64,
+    /// Units shipped.
+    pub shipped: u64,
+    /// Units waiting for stock.
+    pub unfilled: u64,
+    /// Units a line cancel may still take: waiting for stock, or at a site that has not shipped them and was
+    /// asked for no cancel (0 once the order is being cancelled).
+    pub cancellable: u64,
+}
+
+/// A cancel asked of one site for its fulfillment, as the order view shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SiteCancelView {
+    /// When it was asked, ms.
+    pub at_ms: u64,
+    /// What becomes of the units once the site confirms.
+    pub then: crate::intake::AfterSiteCancel,
+    /// Why.
+    pub reason: String,
+}
+
+/// One fulfillment order of a hub order.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FulfillmentView {
+    /// `hub-<seq>.<n>`.
+    pub id: OrderId,
+    /// The site.
+    pub site: oms_protocol::domain::NodeId,
+    /// Units per SKU.
+    pub lines: Vec<crate::routing::SkuQty>,
+    /// When assigned, ms.
+    pub assigned_at_ms: u64,
+    /// `assigned` until the site answers, then its state.
+    pub status: &'static str,
+    /// The carrier hand-over, once shipped.
+    pub shipment: Option<oms_protocol::records::Shipment>,
+    /// Why its units went back to routing (the site rejected or cancelled it).
+    pub released: Option<String>,
+    /// A cancel asked of its site alone (service's), if any.
+    pub site_cancel: Option<SiteCancelView>,
+    /// When the site froze it, ms.
+    pub frozen_at_ms: Option<u64>,
+    /// The site's promised cut-off, ms.
+    pub promised_ship_by_ms: Option<u64>,
+    /// The same, RFC 3339.
+    pub promised_ship_by: Option<String>,
+    /// Per carrier service: cut-off and estimated delivery.
+    pub services: Vec<oms_protocol::shipping::ServicePromise>,
+    /// The carrier's current state of the shipment (`null`: no event yet); with a tracked shipment only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking_status: Option<Option<String>>,
+    /// The carrier's events; with a tracked shipment only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<Vec<crate::tracking::TrackingEvent>>,
+}
+
+/// One entry of an order's timeline. `at_ms` and `status` always; the rest as the kind of entry has them:
+/// a site's step (`fulfillment`, `site`, `note`), a carrier's event (`carrier_<status>`: the carrier as
+/// `site`), a payment's (`payment_<status>`: `amount_minor`, `document`), a note (`by`), an RMA's
+/// (`rma_<state>`: `rma`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TimelineItem {
+    /// When, ms.
+    pub at_ms: u64,
+    /// What happened.
+    pub status: String,
+    /// The fulfillment order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fulfillment: Option<String>,
+    /// The site (or the carrier).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// What happened, for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Who wrote a note.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The RMA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rma: Option<String>,
+    /// A payment step's amount, minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_minor: Option<u64>,
+    /// A payment step's invoice or credit note (`null`: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<Option<String>>,
+}
+
+impl TimelineItem {
+    /// An entry with `at_ms` and `status` only.
+    pub fn new(at_ms: u64, status: impl Into<String>) -> TimelineItem {
+        TimelineItem {
+            at_ms,
+            status: status.into(),
+            fulfillment: None,
+            site: None,
+            note: None,
+            by: None,
+            rma: None,
+            amount_minor: None,
+            document: None,
+        }
+    }
+
+    /// An entry of fulfillment `fulfillment` at `site` with a `note`.
+    pub fn at_site(at_ms: u64, status: impl Into<String>, fulfillment: &str, site: &str, note: String) -> TimelineItem {
+        TimelineItem {
+            fulfillment: Some(fulfillment.to_owned()),
+            site: Some(site.to_owned()),
+            note: Some(note),
+            ..TimelineItem::new(at_ms, status)
+        }
+    }
+}
+
+/// An RMA of an order, as its view shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RmaBrief {
+    /// `RMA-<seq>`.
+    pub id: String,
+    /// Where it stands.
+    pub state: crate::returns::RmaState,
+    /// The fulfillment whose units come back.
+    pub fulfillment: String,
+    /// The site that receives them.
+    pub site: String,
+    /// Lines.
+    pub lines: Vec<crate::returns::RmaLine>,
+    /// Its credit notes.
+    pub credit_notes: Vec<String>,
+    /// Refunded, minor units.
+    pub refunded_minor: u64,
+    /// Why the refund failed, if it did.
+    pub refund_error: Option<String>,
+}
+
+/// Sorts a timeline by time, keeping the order of entries at the same time.
+pub(crate) fn sort_timeline(t: &mut [TimelineItem]) {
+    t.sort_by_key(|t| t.at_ms);
 }
 
 /// The optional body of a cancel.
@@ -908,7 +1223,7 @@ pub(crate) async fn cancel_order_lines(
     id: &str,
     lines: Vec<crate::routing::SkuQty>,
     reason: Option<String>,
-) -> Result<Value, Problem> {
+) -> Result<Cancelled, Problem> {
     let id = hub_order_id(id)?;
     reason_given(principal, reason.as_deref(), "units")?;
     // The fulfillments their sites shipped or gave back (read before the intake's lock: it is never held
@@ -944,22 +1259,22 @@ pub(crate) async fn cancel_order_lines(
         let Some(f) = order.fulfillments.iter().find(|f| &f.id == fid) else { continue };
         ask_site_to_cancel(hub, fid, now, &mut tell)?;
         for l in f.site_cancel.as_ref().and_then(|c| c.lines.as_ref()).into_iter().flatten() {
-            done.push(json!({"fulfillment": f.id, "site": f.site, "sku": l.sku, "qty": l.qty,
-                "result": "cancel_requested", "reason": "asked of the site; the rest of its part is placed again"}));
+            done.push(CancelledLine {
+                fulfillment: Some(f.id.clone()),
+                site: Some(f.site.clone()),
+                sku: l.sku.clone(),
+                qty: l.qty,
+                result: "cancel_requested",
+                reason: "asked of the site; the rest of its part is placed again",
+            });
         }
     }
     // What the sites were not asked for came from the units waiting for stock.
     for l in &lines {
-        let at_sites: u32 = done
-            .iter()
-            .filter(|d| d["sku"] == l.sku.as_str())
-            .filter_map(|d| d["qty"].as_u64())
-            .map(|q| u32::try_from(q).unwrap_or(u32::MAX))
-            .sum();
+        let at_sites: u32 = done.iter().filter(|d| d.sku == l.sku).map(|d| d.qty).sum();
         let waiting = l.qty.saturating_sub(at_sites);
         if waiting > 0 {
-            done.push(json!({"fulfillment": null, "site": null, "sku": l.sku, "qty": waiting,
-                "result": "cancelled", "reason": "not yet placed at any site"}));
+            done.push(CancelledLine::unplaced(&crate::routing::SkuQty { sku: l.sku.clone(), qty: waiting }));
         }
     }
     if !asked.is_empty() {
@@ -973,13 +1288,63 @@ pub(crate) async fn cancel_order_lines(
         Ok::<(), IntakeError>(())
     })
     .await?;
-    Ok(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": done,
-        "unfilled": order.unfilled}))
+    Ok(Cancelled {
+        id: order.id,
+        cancel_requested_at_ms: order.cancel_requested_at_ms,
+        lines: done,
+        unfilled: Some(order.unfilled),
+    })
+}
+
+/// The answer of `POST /v1/orders/{id}/cancel`: what became of each line.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Cancelled {
+    /// The order.
+    pub id: OrderId,
+    /// When the cancellation was asked for (none for a line cancel that leaves the order going), ms.
+    pub cancel_requested_at_ms: Option<u64>,
+    /// Per fulfillment line (and units placed nowhere): the result.
+    pub lines: Vec<CancelledLine>,
+    /// A line cancel's answer only: the units still waiting for stock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfilled: Option<Vec<crate::routing::SkuQty>>,
+}
+
+/// What became of one line of a cancellation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CancelledLine {
+    /// The fulfillment order (`null`: units placed at no site).
+    pub fulfillment: Option<OrderId>,
+    /// Its site.
+    pub site: Option<oms_protocol::domain::NodeId>,
+    /// SKU.
+    pub sku: oms_protocol::domain::Sku,
+    /// Units.
+    pub qty: u32,
+    /// `cancelled`, `cancel_requested` (the site confirms when it syncs; for a line cancel, only these units
+    /// are cancelled and the rest of its part is placed again) or `not_cancellable`.
+    pub result: &'static str,
+    /// Why.
+    pub reason: &'static str,
+}
+
+impl CancelledLine {
+    /// Units that were placed at no site: cancelled at once.
+    fn unplaced(l: &crate::routing::SkuQty) -> CancelledLine {
+        CancelledLine {
+            fulfillment: None,
+            site: None,
+            sku: l.sku.clone(),
+            qty: l.qty,
+            result: "cancelled",
+            reason: "not yet placed at any site",
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path, description = "The order id")),
     request_body(content = Option<Object>, description = "Optional `{\"reason\"}`; with `\"lines\": [{\"sku\", \"qty\"}]` only those units: waiting ones at once, the rest asked of the sites holding them and not shipped (the rest of such a site's part is placed again); more than can be cancelled is `409 units_not_waiting`"),
-    responses((status = 202, description = "Cancellation requested, line by line (with `lines`: those units cancelled at once)", body = Object)))]
+    responses((status = 202, description = "Cancellation requested, line by line (with `lines`: those units cancelled at once)", body = Cancelled)))]
 async fn cancel(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -1004,7 +1369,7 @@ pub(crate) async fn cancel_order(
     actor: Actor,
     id: &str,
     reason: Option<String>,
-) -> Result<Value, Problem> {
+) -> Result<Cancelled, Problem> {
     let id = hub_order_id(id)?;
     reason_given(principal, reason.as_deref(), "an order")?;
     let h = hub.clone();
@@ -1029,8 +1394,14 @@ pub(crate) async fn cancel_order(
             ask_site_to_cancel(hub, &f.id, now, &mut tell)?;
         }
         for l in &f.lines {
-            lines.push(json!({"fulfillment": f.id, "site": f.site, "sku": l.sku, "qty": l.qty,
-                "result": result, "reason": reason}));
+            lines.push(CancelledLine {
+                fulfillment: Some(f.id.clone()),
+                site: Some(f.site.clone()),
+                sku: l.sku.clone(),
+                qty: l.qty,
+                result,
+                reason,
+            });
         }
     }
     // The void is an intake commit (fsync): on a blocking thread, not on this async worker.
@@ -1040,12 +1411,9 @@ pub(crate) async fn cancel_order(
         Ok::<(), IntakeError>(())
     })
     .await?;
-    for l in &order.cancelled_unfilled {
-        lines.push(json!({"fulfillment": null, "site": null, "sku": l.sku, "qty": l.qty,
-            "result": "cancelled", "reason": "not yet placed at any site"}));
-    }
+    lines.extend(order.cancelled_unfilled.iter().map(CancelledLine::unplaced));
     flush_and_tell(hub, tell).await?;
-    Ok(json!({"id": order.id, "cancel_requested_at_ms": order.cancel_requested_at_ms, "lines": lines}))
+    Ok(Cancelled { id: order.id, cancel_requested_at_ms: order.cancel_requested_at_ms, lines, unfilled: None })
 }
 
 /// What `POST /v1/orders/{id}/route` answers.
@@ -1057,7 +1425,6 @@ pub(crate) struct RouteNowAnswer {
     /// trying every second).
     pub routed: bool,
     /// Units still waiting for stock after it.
-    #[schema(value_type = Vec<Object>)]
     pub unfilled: Vec<crate::routing::SkuQty>,
 }
 
@@ -1121,78 +1488,148 @@ async fn flush_and_tell(hub: &Arc<Hub>, mut tell: Vec<String>) -> Result<(), Pro
 
 /// `GET /v1/track/{token}`: the customer's view behind a tracking token.
 #[utoipa::path(get, path = "/v1/track/{token}", tag = "orders", params(("token" = String, Path, description = "The order's tracking token")),
-    responses((status = 200, description = "What the customer may see of the order", body = Object)))]
+    responses((status = 200, description = "What the customer may see of the order", body = CustomerView)))]
 async fn track(State(hub): State<Arc<Hub>>, Path(token): Path<String>) -> Result<Response, Problem> {
     let h = hub.clone();
-    let view = blocking(move || tracking_view_of(&h, &token)).await?;
+    let view = blocking(move || -> Result<_, Problem> {
+        Ok(h.intake.order_by_tracking_token(&token)?.map(|o| customer_view(&h, &o)))
+    })
+    .await?;
     let view = view
         .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "tracking_not_found", "no order has this tracking link"))?;
     Ok(Json(view).into_response())
 }
 
-/// The customer's view of the order behind tracking `token`, if there is one (blocking: reads intake.redb).
-pub(crate) fn tracking_view_of(hub: &Hub, token: &str) -> Result<Option<Value>, Problem> {
-    Ok(hub.intake.order_by_tracking_token(token)?.map(|o| tracking_view(hub, &o)))
+/// What a customer may see of their order, as the tracking page reads it ([`customer_view`]).
+pub(crate) fn tracking_view(hub: &Hub, o: &HubOrder) -> Value {
+    json!(customer_view(hub, o))
 }
 
 /// What a customer may see of their order: status, lines, shipments with the carrier's tracking number and
 /// a timeline of customer-facing steps. No site, fulfillment id, routing, address, price or other order.
-pub(crate) fn tracking_view(hub: &Hub, o: &HubOrder) -> Value {
+pub(crate) fn customer_view(hub: &Hub, o: &HubOrder) -> CustomerView {
     let full = order_view(hub, o);
-    let empty = Vec::new();
-    let lines: Vec<Value> = full["lines"]
-        .as_array()
-        .unwrap_or(&empty)
+    let lines =
+        full.lines.iter().map(|l| CustomerLine { sku: l.sku.clone(), qty: l.qty, shipped: l.shipped }).collect();
+    let shipments = full
+        .fulfillments
         .iter()
-        .map(|l| json!({"sku": l["sku"], "qty": l["qty"], "shipped": l["shipped"]}))
-        .collect();
-    let shipments: Vec<Value> = full["fulfillments"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .filter(|f| f["shipment"].is_object())
-        .map(|f| {
-            json!({"carrier": f["shipment"]["carrier"], "tracking": f["shipment"]["tracking"],
-                   "parcels": f["shipment"]["parcels"], "status": f["status"],
-                   "tracking_status": f["tracking_status"]})
+        .filter_map(|f| {
+            let s = f.shipment.as_ref()?;
+            Some(CustomerShipment {
+                carrier: s.carrier.clone(),
+                tracking: s.tracking.clone(),
+                parcels: s.parcels,
+                status: f.status,
+                tracking_status: f.tracking_status.clone().flatten(),
+            })
         })
         .collect();
     // Routing steps (`assigned`, a site's `rejected`) are the hub's business, not the customer's.
-    let mut timeline = vec![json!({"at_ms": o.created_at_ms, "status": "received"})];
+    let mut timeline = vec![CustomerStep { at_ms: o.created_at_ms, status: "received".into() }];
     timeline.extend(
-        full["timeline"]
-            .as_array()
-            .unwrap_or(&empty)
+        full.timeline
             .iter()
-            .filter(|t| !matches!(t["status"].as_str(), Some("assigned" | "rejected")))
-            .map(|t| json!({"at_ms": t["at_ms"], "status": t["status"]})),
+            .filter(|t| !matches!(t.status.as_str(), "assigned" | "rejected"))
+            .map(|t| CustomerStep { at_ms: t.at_ms, status: t.status.clone() }),
     );
     if let Some(at) = o.cancel_requested_at_ms {
-        timeline.push(json!({"at_ms": at, "status": "cancel_requested"}));
+        timeline.push(CustomerStep { at_ms: at, status: "cancel_requested".into() });
     }
-    timeline.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
+    timeline.sort_by_key(|t| t.at_ms);
     // Per carrier service of each live fulfillment: when it leaves and when it should arrive.
-    let deliveries: Vec<Value> = o
+    let deliveries = o
         .fulfillments
         .iter()
         .filter(|f| f.released.is_none())
         .filter_map(|f| f.promise.as_ref())
         .flat_map(|p| p.services.iter())
-        .map(|s| {
-            json!({"carrier": s.carrier, "service": s.service, "ship_by": shipping::rfc3339(s.ship_by_ms),
-                   "estimated_delivery": s.estimated_delivery})
+        .map(|s| CustomerDelivery {
+            carrier: s.carrier.clone(),
+            service: s.service.clone(),
+            ship_by: shipping::rfc3339(s.ship_by_ms),
+            estimated_delivery: s.estimated_delivery.clone(),
         })
         .collect();
-    json!({
-        "external_ref": o.draft.external_ref,
-        "created_at_ms": o.created_at_ms,
-        "status": full["status"],
-        "lines": lines,
-        "shipments": shipments,
-        "timeline": timeline,
-        "promised_ship_by": full["promised_ship_by"],
-        "deliveries": deliveries,
-    })
+    CustomerView {
+        external_ref: o.draft.external_ref.clone(),
+        created_at_ms: o.created_at_ms,
+        status: full.status,
+        lines,
+        shipments,
+        timeline,
+        promised_ship_by: full.promised_ship_by,
+        deliveries,
+    }
+}
+
+/// What `GET /v1/track/{token}` shows a customer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CustomerView {
+    /// The channel's reference of the order.
+    pub external_ref: String,
+    /// When taken, ms.
+    pub created_at_ms: u64,
+    /// The order's status, as `GET /v1/orders/{id}` says it.
+    pub status: &'static str,
+    /// Units ordered and shipped per line.
+    pub lines: Vec<CustomerLine>,
+    /// Each shipment with its carrier's tracking number.
+    pub shipments: Vec<CustomerShipment>,
+    /// The customer-facing steps, oldest first.
+    pub timeline: Vec<CustomerStep>,
+    /// When the order should ship, RFC 3339.
+    pub promised_ship_by: Option<String>,
+    /// Per carrier service: when it leaves and should arrive.
+    pub deliveries: Vec<CustomerDelivery>,
+}
+
+/// One line of a customer's order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CustomerLine {
+    /// SKU.
+    pub sku: oms_protocol::domain::Sku,
+    /// Units ordered.
+    pub qty: u32,
+    /// Units shipped.
+    pub shipped: u64,
+}
+
+/// One shipment of a customer's order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CustomerShipment {
+    /// The carrier.
+    pub carrier: String,
+    /// Its tracking number.
+    pub tracking: String,
+    /// Parcels.
+    pub parcels: u32,
+    /// The part's status.
+    pub status: &'static str,
+    /// The carrier's last word on it.
+    pub tracking_status: Option<String>,
+}
+
+/// One customer-facing step.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CustomerStep {
+    /// When, ms.
+    pub at_ms: u64,
+    /// What happened.
+    pub status: String,
+}
+
+/// When a carrier service leaves and should arrive.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CustomerDelivery {
+    /// The carrier.
+    pub carrier: String,
+    /// Its service.
+    pub service: String,
+    /// The cut-off, RFC 3339.
+    pub ship_by: Option<String>,
+    /// The estimated delivery date, `YYYY-MM-DD`.
+    pub estimated_delivery: String,
 }
 
 /// One pass of the watcher: merge escrow views, re-route released fulfillments, retry waiting orders.
@@ -1208,23 +1645,31 @@ pub fn watch_once(hub: &Hub, retry: bool) {
         match DocKind::of(&doc) {
             Some(DocKind::Stock(site)) => {
                 let (counters, stock) = {
-                    let docs = lock(&hub.docs);
+                    let mut docs = lock(&hub.docs);
+                    // The SKUs the changes touched, taken under the same hold of the lock as the read.
+                    let touched = docs.take_stock_touched(&doc);
                     let d = docs.get(&doc);
                     (
                         d.as_ref().and_then(|d| schema::read_escrow(d, usize::MAX).ok()).map(|(c, _)| c),
-                        d.as_ref().and_then(|d| schema::read_stock(d, doc.as_str(), crate::docs::STOCK_SKUS_MAX).ok()),
+                        d.as_ref().and_then(|d| crate::events::watch::read_stock_change(d, &doc, touched)),
                     )
                 };
-                if let Some(stock) = stock
-                    && let Err(e) = crate::events::watch::report_stock(
-                        hub.intake.db(),
-                        site.as_str(),
-                        &stock.skus,
-                        hub.stock_low_at,
-                        now,
-                    )
-                {
-                    tracing::warn!(%site, error = %e, "cannot record the site's stock.low events");
+                let (db, at, low_at) = (hub.intake.db(), site.as_str(), hub.stock_low_at);
+                let reported = match &stock {
+                    Some(StockRead::Whole(skus)) => crate::events::watch::report_stock(db, at, skus, low_at, now),
+                    Some(StockRead::Touched(skus)) => {
+                        crate::events::watch::report_stock_skus(db, at, skus, low_at, now)
+                    }
+                    None => Ok(0),
+                };
+                match reported {
+                    // Capped: the rest are found by the next change's whole read.
+                    Ok(n) if n >= crate::events::watch::STOCK_LOW_EVENTS_MAX => lock(&hub.docs).reread_stock(&doc),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(%site, error = %e, "cannot record the site's stock.low events");
+                        lock(&hub.docs).reread_stock(&doc);
+                    }
                 }
                 crate::purchasing::sites::apply_site_receipts(hub, &site, &doc);
                 crate::returns::sites::apply_site_receipts(hub, &site, &doc);

@@ -131,7 +131,7 @@ pub struct SiteView {
 }
 
 /// What to do with units no plan within `max_split` can fill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ShortfallPolicy {
     /// Ship what can be filled now and backorder the rest.
@@ -144,7 +144,7 @@ pub enum ShortfallPolicy {
 }
 
 /// Tuning of [`route`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingPolicy {
     /// How many of the nearest eligible sites to consider (at most [`NEAREST_K_MAX`]).
@@ -175,7 +175,7 @@ impl Default for RoutingPolicy {
 }
 
 /// The overall result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Every unit assigned.
@@ -189,7 +189,7 @@ pub enum Outcome {
 }
 
 /// Units of one SKU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkuQty {
     /// The SKU.
     pub sku: Sku,
@@ -198,7 +198,7 @@ pub struct SkuQty {
 }
 
 /// What one site ships.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
     /// The site.
     pub site: NodeId,
@@ -212,7 +212,7 @@ pub struct Assignment {
 }
 
 /// How a plan scored; lower is better, compared field by field in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanScore {
     /// Units not filled.
     pub unfilled_units: u64,
@@ -231,7 +231,7 @@ pub struct PlanScore {
 }
 
 /// A site that was considered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CandidateSite {
     /// The site.
     pub site: NodeId,
@@ -251,7 +251,7 @@ pub struct CandidateSite {
 }
 
 /// Why a site was not considered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExclusionReason {
     /// No shipments left today.
@@ -273,7 +273,7 @@ pub enum ExclusionReason {
 }
 
 /// A site that was not considered, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExcludedSite {
     /// The site.
     pub site: NodeId,
@@ -282,7 +282,7 @@ pub struct ExcludedSite {
 }
 
 /// Why the decision is what it is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Explanation {
     /// Sites considered, nearest first.
     pub candidates: Vec<CandidateSite>,
@@ -297,7 +297,7 @@ pub struct Explanation {
 }
 
 /// The routing decision for one order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoutingDecision {
     /// Routed, partial, held or rejected.
     pub outcome: Outcome,

@@ -70,7 +70,7 @@ use oms_service::storage::StorageError;
 use oms_service::{Problem, RawBody, lock, now_ms};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -475,7 +475,7 @@ struct EasypostEvent {
     created_at: Option<String>,
     /// Read as a [`EasypostTracker`] only for a tracker event.
     #[serde(default)]
-    result: Option<Value>,
+    result: Option<serde_json::Value>,
 }
 
 /// EasyPost's `Tracker` (the fields read).
@@ -837,35 +837,36 @@ pub fn flagged(
 /// Adds each shipped fulfillment's carrier events (`tracking`, `tracking_status`) to an order's view, the
 /// events to its timeline (`carrier_<status>`, with the carrier as `site` and its words as `note`), and the
 /// order's carrier flag (`carrier_exception`).
-pub(crate) fn with_tracking(hub: &Hub, view: &mut Value) {
+pub(crate) fn with_tracking(hub: &Hub, view: &mut crate::orders::HubOrderView) {
     let db = hub.intake.db();
     let mut timeline = Vec::new();
-    if let Some(fos) = view.get_mut("fulfillments").and_then(Value::as_array_mut) {
-        for f in fos {
-            let Some(tracking) = f["shipment"]["tracking"].as_str().map(str::to_owned) else { continue };
-            let events = match events_of(db, &tracking) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(%tracking, error = %e, "cannot read the carrier's events");
-                    continue;
-                }
-            };
-            for e in events.iter().filter(|e| STATUSES.contains(&e.status.as_str())) {
-                timeline.push(json!({"at_ms": e.occurred_at_ms, "fulfillment": f["id"], "site": e.carrier,
-                    "status": format!("carrier_{}", e.status), "note": e.description.clone().unwrap_or_default()}));
+    for f in &mut view.fulfillments {
+        let Some(tracking) = f.shipment.as_ref().map(|s| s.tracking.clone()) else { continue };
+        let events = match events_of(db, &tracking) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(%tracking, error = %e, "cannot read the carrier's events");
+                continue;
             }
-            f["tracking_status"] = json!(current_state(&events));
-            f["tracking"] = json!(events);
+        };
+        // Unknown statuses are kept with the events but say nothing in the customer's timeline.
+        for e in events.iter().filter(|e| STATUSES.contains(&e.status.as_str())) {
+            timeline.push(crate::orders::TimelineItem::at_site(
+                e.occurred_at_ms,
+                format!("carrier_{}", e.status),
+                f.id.as_str(),
+                &e.carrier,
+                e.description.clone().unwrap_or_default(),
+            ));
         }
+        f.tracking_status = Some(current_state(&events).map(str::to_owned));
+        f.tracking = Some(events);
     }
-    if let Some(t) = view.get_mut("timeline").and_then(Value::as_array_mut) {
-        t.extend(timeline);
-        t.sort_by_key(|t| t.get("at_ms").and_then(Value::as_u64).unwrap_or(0));
-    }
-    let id = view["id"].as_str().unwrap_or_default().to_owned();
-    match flag_of(db, &id) {
-        Ok(flag) => view["carrier_exception"] = json!(flag),
-        Err(e) => tracing::warn!(order = id, error = %e, "cannot read the order's carrier flag"),
+    view.timeline.extend(timeline);
+    crate::orders::sort_timeline(&mut view.timeline);
+    match flag_of(db, view.id.as_str()) {
+        Ok(flag) => view.carrier_exception = Some(flag),
+        Err(e) => tracing::warn!(order = %view.id, error = %e, "cannot read the order's carrier flag"),
     }
 }
 
@@ -1012,7 +1013,7 @@ fn deliver_one(docs: &mut crate::docs::HubDocs, fulfillment: &str, at: u64, tell
         ("X-Oms-Signature" = Option<String>, Header, description = "Format `oms`: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>`"),
         ("X-Hmac-Signature" = Option<String>, Header, description = "Format `easypost`: `hmac-sha256-hex=<hex HMAC-SHA256(secret, body)>`")),
     request_body(content = EventBody, description = "One tracking event: the hub's normalized event (format `oms`) or EasyPost's `Event` with a `Tracker` (format `easypost`)"),
-    responses((status = 200, description = "Stored (or a replay: `replayed`), with whether a shipment carries its tracking number; `ignored` for an EasyPost event that carries no tracker", body = Object),
+    responses((status = 200, description = "Stored (or a replay: `replayed`), with whether a shipment carries its tracking number; `ignored` for an EasyPost event that carries no tracker", body = EventAnswer),
         (status = 401, description = "`signature_missing`, `signature_malformed`, `signature_stale`, `signature_mismatch`"),
         (status = 404, description = "`carrier_not_found`"),
         (status = 409, description = "`too_many_events`"),
@@ -1030,7 +1031,7 @@ async fn carrier_event(
         })?;
     let Some(event) = checked else {
         // An EasyPost event without a tracker (a batch, a refund…): acknowledged so the carrier does not retry.
-        return Ok(Json(json!({"carrier": carrier, "ignored": true})).into_response());
+        return Ok(Json(EventIgnored { carrier, ignored: true }).into_response());
     };
     let h = hub.clone();
     let e = event.clone();
@@ -1046,9 +1047,51 @@ async fn carrier_event(
     if stored.delivery_due {
         deliver_due(&hub).await;
     }
-    Ok(Json(json!({"carrier": event.carrier, "id": event.id, "tracking": event.tracking, "status": event.status,
-        "replayed": stored.replayed, "matched": stored.matched}))
+    Ok(Json(EventStored {
+        carrier: event.carrier,
+        id: event.id,
+        tracking: event.tracking,
+        status: event.status,
+        replayed: stored.replayed,
+        matched: stored.matched,
+    })
     .into_response())
+}
+
+/// The answer to a carrier's tracking event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventStored {
+    /// The carrier.
+    pub carrier: String,
+    /// The carrier's event id.
+    pub id: String,
+    /// The tracking number.
+    pub tracking: String,
+    /// The status it reports.
+    pub status: String,
+    /// The same event was stored before: nothing changed.
+    pub replayed: bool,
+    /// Whether a shipment carries its tracking number.
+    pub matched: bool,
+}
+
+/// The answer to an EasyPost event that carries no tracker (a batch, a refund…): acknowledged, stored nowhere.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventIgnored {
+    /// The carrier.
+    pub carrier: String,
+    /// Always `true`.
+    pub ignored: bool,
+}
+
+/// What `POST /v1/carriers/{carrier}/events` answers: the event stored (or replayed), or ignored.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EventAnswer {
+    /// A tracking event, stored or replayed.
+    Stored(EventStored),
+    /// An EasyPost event without a tracker.
+    Ignored(EventIgnored),
 }
 
 /// The route (open in `api::policy`: the signature authenticates the carrier).
@@ -1319,7 +1362,7 @@ mod tests {
             json!({"id": id, "object": "Event", "description": "tracker.updated",
                 "result": {"object": object, "tracking_code": code, "status": status}})
         };
-        let cases: Vec<(Value, &str)> = vec![
+        let cases: Vec<(serde_json::Value, &str)> = vec![
             (json!({"id": "evt_1", "object": "Batch", "description": "tracker.updated"}), "invalid_event"),
             (json!({"id": "evt_1", "object": "Event", "description": "tracker.updated"}), "invalid_event"),
             (tracker("", "Tracker", "EZ1", "delivered"), "invalid_event"),

@@ -40,7 +40,7 @@ pub(crate) struct VoidBody {
 #[utoipa::path(post, path = "/v1/consignments/{id}/void", tag = "consignments",
     params(("id" = String, Path, description = "The consignment id")),
     request_body(content = VoidBody, example = json!({"reason": "wrong parcel size"})),
-    responses((status = 202, description = "The consignment, `void_pending` (or already `voided`)", body = Object)))]
+    responses((status = 202, description = "The consignment, `void_pending` (or already `voided`)", body = crate::store::Consignment)))]
 pub(crate) async fn void(
     State(st): State<AppState>,
     actor: Actor,

@@ -10,8 +10,7 @@ use axum::response::{IntoResponse, Response};
 use oms_protocol::domain::{Sku, ValidationError};
 use oms_service::audit::Actor;
 use oms_service::{JsonBody, Problem};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use crate::api::{AppState, Q, exec, qty_u32, text};
 use crate::store::{InboundRecord, RECEIPT_LINES_MAX, ReceiveAgainst, ReceiveLine, Received, cmd};
@@ -19,78 +18,186 @@ use crate::store::{InboundRecord, RECEIPT_LINES_MAX, ReceiveAgainst, ReceiveLine
 /// Longest ASN or purchase order id in a path, bytes.
 const ID_BYTES_MAX: usize = 64;
 
-fn view(r: &InboundRecord) -> Value {
-    let lines: Vec<Value> = r
+fn view(r: &InboundRecord) -> InboundView {
+    let lines = r
         .hub
         .lines
         .iter()
         .map(|l| {
             let here = r.received_here(l.line);
-            json!({
-                "line": l.line,
-                "sku": l.sku,
-                "ordered": l.ordered,
-                "short_closed": l.short_closed,
-                "received_at_hub": l.received,
-                "received_here": here,
-                "open": l.ordered.saturating_sub(l.short_closed.saturating_add(here.max(l.received))),
-            })
+            InboundLineView {
+                line: l.line,
+                sku: l.sku.clone(),
+                ordered: l.ordered,
+                short_closed: l.short_closed,
+                received_at_hub: l.received,
+                received_here: here,
+                open: l.ordered.saturating_sub(l.short_closed.saturating_add(here.max(l.received))),
+            }
         })
         .collect();
-    let asns: Vec<Value> = r
+    let asns = r
         .hub
         .asns
         .iter()
-        .map(|a| {
-            let lines: Vec<Value> = a.lines.iter().map(|(line, qty)| json!({"line": line, "qty": qty})).collect();
-            json!({"asn": a.id, "expected_day": a.expected_day, "lines": lines})
+        .map(|a| AsnView {
+            asn: a.id.clone(),
+            expected_day: a.expected_day,
+            lines: a.lines.iter().map(|(line, qty)| AsnLineView { line: *line, qty: *qty }).collect(),
         })
         .collect();
-    json!({
-        "purchase_order": r.hub.po,
-        "state": r.hub.state,
-        "receivable": r.hub.receivable,
-        "expected_day": r.hub.expected_day,
-        "lines": lines,
-        "asns": asns,
-    })
+    InboundView {
+        purchase_order: r.hub.po.clone(),
+        state: r.hub.state.clone(),
+        receivable: r.hub.receivable,
+        expected_day: r.hub.expected_day,
+        lines,
+        asns,
+    }
+}
+
+/// A purchase order the site is to receive, with what was received.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct InboundView {
+    /// The purchase order id.
+    purchase_order: String,
+    /// Its state at the hub (`sent`, `partially_received`, ...).
+    state: String,
+    /// Whether units may still be received against it.
+    receivable: bool,
+    /// Expected arrival, epoch day.
+    expected_day: u64,
+    /// Its lines.
+    lines: Vec<InboundLineView>,
+    /// Its ASNs.
+    asns: Vec<AsnView>,
+}
+
+/// One line of an inbound purchase order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct InboundLineView {
+    /// The PO line number.
+    line: u32,
+    /// The SKU.
+    sku: Sku,
+    /// Units ordered.
+    ordered: u64,
+    /// Units short-closed (will never come).
+    short_closed: u64,
+    /// Units the hub counts as received.
+    received_at_hub: u64,
+    /// Units this site received.
+    received_here: u64,
+    /// Units still expected.
+    open: u64,
+}
+
+/// An advance shipping notice of an inbound purchase order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AsnView {
+    /// The ASN id.
+    asn: String,
+    /// Expected arrival, epoch day.
+    expected_day: u64,
+    /// Units shipped per PO line.
+    lines: Vec<AsnLineView>,
+}
+
+/// Units of one PO line on an ASN.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AsnLineView {
+    /// The PO line number.
+    line: u32,
+    /// Units.
+    qty: u64,
+}
+
+/// A page of `GET /v1/inbound` or `GET /v1/rmas`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Page<T> {
+    /// The page.
+    items: Vec<T>,
+    /// The id to continue after, or `null` on the last page.
+    next_after: Option<String>,
+}
+
+/// A return (RMA) the site is to receive, with what was received here.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RmaView {
+    /// The RMA id.
+    rma: String,
+    /// The fulfillment order whose units come back.
+    order: String,
+    /// Its state at the hub.
+    state: String,
+    /// Whether units may still be received against it.
+    receivable: bool,
+    /// Its lines.
+    lines: Vec<RmaLineView>,
+}
+
+/// One line of an RMA.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RmaLineView {
+    /// The SKU.
+    sku: Sku,
+    /// Units the hub approved for return.
+    approved: u64,
+    /// Units the hub counts as received.
+    received_at_hub: u64,
+    /// Units this site received.
+    received_here: u64,
+}
+
+/// The answer to a receipt.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReceiptAnswer {
+    /// The receipt as booked.
+    receipt: crate::store::PoReceipt,
+    /// True when the id was received before and nothing changed.
+    replayed: bool,
+    /// The purchase order now, if the site still has it.
+    purchase_order: Option<InboundView>,
 }
 
 /// `GET /v1/inbound`: a page of the purchase orders the site is to receive (`after`, `limit`).
 #[utoipa::path(get, path = "/v1/inbound", tag = "inbound", params(crate::api::PageQuery),
-    responses((status = 200, description = "`{\"items\": [...], \"next_after\"}`: each purchase order with its lines, ASNs and what was received", body = Object)))]
+    responses((status = 200, description = "Each purchase order with its lines, ASNs and what was received", body = Page<InboundView>)))]
 pub(crate) async fn list(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
     let rows = st.store.inbound(q.after.as_deref(), q.limit())?;
     let next = if rows.len() >= q.limit() { rows.last().map(|r| r.hub.po.clone()) } else { None };
-    let items: Vec<Value> = rows.iter().map(view).collect();
-    Ok(Json(json!({"items": items, "next_after": next})).into_response())
+    Ok(Json(Page { items: rows.iter().map(view).collect(), next_after: next }).into_response())
 }
 
 /// `GET /v1/rmas`: a page of the returns (RMAs) the hub approved for this site (`after`, `limit`), each with
 /// what the hub approved and what the site received against it. Units come back against one through
 /// `POST /v1/orders/{id}/returns` with `"rma"`.
 #[utoipa::path(get, path = "/v1/rmas", tag = "inbound", params(crate::api::PageQuery),
-    responses((status = 200, description = "`{\"items\": [...], \"next_after\"}`: each RMA with its lines and what was received here", body = Object)))]
+    responses((status = 200, description = "Each RMA with its lines and what was received here", body = Page<RmaView>)))]
 pub(crate) async fn rmas(State(st): State<AppState>, Q(q): Q) -> Result<Response, Problem> {
     let rows = st.store.rmas(q.after.as_deref(), q.limit())?;
     let next = if rows.len() >= q.limit() { rows.last().map(|r| r.hub.rma.clone()) } else { None };
-    let items: Vec<Value> = rows
+    let items = rows
         .iter()
-        .map(|r| {
-            let lines: Vec<Value> = r
+        .map(|r| RmaView {
+            rma: r.hub.rma.clone(),
+            order: r.hub.order.clone(),
+            state: r.hub.state.clone(),
+            receivable: r.hub.receivable,
+            lines: r
                 .hub
                 .lines
                 .iter()
-                .map(|l| {
-                    json!({"sku": l.sku, "approved": l.qty, "received_at_hub": l.received,
-                                "received_here": r.received_here(&l.sku)})
+                .map(|l| RmaLineView {
+                    sku: l.sku.clone(),
+                    approved: l.qty,
+                    received_at_hub: l.received,
+                    received_here: r.received_here(&l.sku),
                 })
-                .collect();
-            json!({"rma": r.hub.rma, "order": r.hub.order, "state": r.hub.state, "receivable": r.hub.receivable,
-                   "lines": lines})
+                .collect(),
         })
         .collect();
-    Ok(Json(json!({"items": items, "next_after": next})).into_response())
+    Ok(Json(Page { items, next_after: next }).into_response())
 }
 
 #[derive(Deserialize)]
@@ -154,8 +261,7 @@ async fn receive(
     let Received { receipt, replayed } = exec(st, actor, Some(id), cmd).await?;
     let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
     let po = st.store.inbound_po(&receipt.po)?;
-    Ok((status, Json(json!({"receipt": receipt, "replayed": replayed, "purchase_order": po.as_ref().map(view)})))
-        .into_response())
+    Ok((status, Json(ReceiptAnswer { receipt, replayed, purchase_order: po.as_ref().map(view) })).into_response())
 }
 
 /// `POST /v1/inbound/{asn}/receipts`.
@@ -163,8 +269,8 @@ async fn receive(
     params(("asn" = String, Path, description = "The advance shipping notice"),
         ("Idempotency-Key" = String, Header, description = "The receipt's id: a replay answers the receipt it made")),
     request_body(content = Object, description = "`{\"lines\": [{\"line\", \"sku\", \"qty\"}], \"force\", \"reason\"}`"),
-    responses((status = 201, description = "Received: the receipt and the purchase order", body = Object),
-        (status = 200, description = "A replay: the receipt it made", body = Object)))]
+    responses((status = 201, description = "Received: the receipt and the purchase order", body = ReceiptAnswer),
+        (status = 200, description = "A replay: the receipt it made", body = ReceiptAnswer)))]
 pub(crate) async fn receive_asn(
     State(st): State<AppState>,
     actor: Actor,
@@ -181,8 +287,8 @@ pub(crate) async fn receive_asn(
     params(("po" = String, Path, description = "The purchase order"),
         ("Idempotency-Key" = String, Header, description = "The receipt's id: a replay answers the receipt it made")),
     request_body(content = Object, description = "`{\"lines\": [{\"line\", \"sku\", \"qty\"}], \"force\", \"reason\"}`"),
-    responses((status = 201, description = "Received: the receipt and the purchase order", body = Object),
-        (status = 200, description = "A replay: the receipt it made", body = Object)))]
+    responses((status = 201, description = "Received: the receipt and the purchase order", body = ReceiptAnswer),
+        (status = 200, description = "A replay: the receipt it made", body = ReceiptAnswer)))]
 pub(crate) async fn receive_po(
     State(st): State<AppState>,
     actor: Actor,

@@ -36,6 +36,8 @@
 //! which top-level keys it touches ([`check_writer`]). The types encoded as bytes here are postcard, whose
 //! layout is positional: add fields only at the end of [`Progress`], and bump [`SCHEMA_VERSION`] otherwise.
 
+use std::collections::BTreeSet;
+
 use crate::domain::{Balance, Disposition, FulfillmentState, NodeId, OrderDraft, OrderId, Sku};
 use crate::escrow::EscrowCounter;
 use crate::wire::DocId;
@@ -948,16 +950,85 @@ pub fn read_stock(doc: &AutoCommit, name: &str, skus_max: usize) -> Result<Stock
     if let Some((automerge::Value::Object(ObjType::Map), obj)) = doc.get(ROOT, keys::SKUS)? {
         for key in doc.keys(&obj).take(skus_max) {
             let Ok(sku) = Sku::parse(&key) else { continue };
-            let Some(b) = get_bytes(doc, &obj, &key)? else { continue };
-            let balance: Balance = postcard::from_bytes(&b).map_err(|e| SchemaError::Decode {
-                doc: name.into(),
-                key: key.clone(),
-                detail: e.to_string(),
-            })?;
+            let Some(balance) = stock_balance(doc, name, &obj, &key)? else { continue };
             skus.push((sku, balance));
         }
     }
     Ok(StockView { node, updated_at_ms, skus })
+}
+
+/// One SKU's balance from the `skus` map `obj` of stock document `name`, if it has one.
+fn stock_balance(
+    doc: &AutoCommit,
+    name: &str,
+    obj: &automerge::ObjId,
+    key: &str,
+) -> Result<Option<Balance>, SchemaError> {
+    let Some(b) = get_bytes(doc, obj, key)? else { return Ok(None) };
+    postcard::from_bytes(&b).map(Some).map_err(|e| SchemaError::Decode {
+        doc: name.into(),
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Reads the balances of the SKUs `keys` only (`None`: not in the document; keys that are no SKU are
+/// skipped): what [`read_stock`] reads of them, at a cost proportional to the keys asked for rather than to
+/// the document's SKUs.
+pub fn read_stock_skus<'a>(
+    doc: &AutoCommit,
+    name: &str,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<(Sku, Option<Balance>)>, SchemaError> {
+    let obj = match doc.get(ROOT, keys::SKUS)? {
+        Some((automerge::Value::Object(ObjType::Map), obj)) => Some(obj),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for key in keys {
+        let Ok(sku) = Sku::parse(key) else { continue };
+        let balance = match &obj {
+            Some(obj) => stock_balance(doc, name, obj, key)?,
+            None => None,
+        };
+        out.push((sku, balance));
+    }
+    Ok(out)
+}
+
+/// Most SKU keys [`stock_skus_touched`] lists; past it the answer is "too many to list" (read the whole
+/// document).
+pub const STOCK_TOUCHED_MAX: usize = 10_000;
+
+/// The SKU keys of a stock document's `skus` map that `patches` (a diff between two heads, so every change
+/// in between, concurrent ones included) touch; other keys of the document are ignored. `None` when they
+/// cannot be listed: the map itself was put (created or replaced: any key may differ), a patch in it is not
+/// a map key's, or more than [`STOCK_TOUCHED_MAX`] keys were touched.
+pub fn stock_skus_touched(patches: &[Patch]) -> Option<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for p in patches {
+        let key = match p.path.first() {
+            Some((obj, Prop::Map(k))) if obj == &ROOT && k == keys::SKUS => match (p.path.get(1), &p.action) {
+                (Some((_, Prop::Map(sku))), _) => sku.clone(),
+                (Some(_), _) => return None,
+                (None, PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key }) => key.clone(),
+                (
+                    None,
+                    PatchAction::Increment { prop: Prop::Map(sku), .. }
+                    | PatchAction::Conflict { prop: Prop::Map(sku) },
+                ) => sku.clone(),
+                (None, _) => return None,
+            },
+            Some(_) => continue,
+            None if root_key(p).as_deref() == Some(keys::SKUS) => return None,
+            None => continue,
+        };
+        out.insert(key);
+        if out.len() > STOCK_TOUCHED_MAX {
+            return None;
+        }
+    }
+    Some(out)
 }
 
 /// Who wrote a set of changes.
@@ -1011,13 +1082,41 @@ pub fn check_writer(
     before: &[automerge::ChangeHash],
     writer: Writer<'_>,
 ) -> Result<(), Violation> {
+    let after = doc.get_heads();
+    let patches = doc.diff(before, &after);
+    check_patches(doc, name, before, &patches, writer)
+}
+
+/// [`check_writer`], answering also, for an accepted change of a stock document, which of its SKUs the
+/// changes touched ([`stock_skus_touched`], from the same diff); `Some` of nothing for other documents.
+pub fn check_writer_skus(
+    doc: &mut AutoCommit,
+    name: &DocId,
+    before: &[automerge::ChangeHash],
+    writer: Writer<'_>,
+) -> Result<Option<BTreeSet<String>>, Violation> {
+    let after = doc.get_heads();
+    let patches = doc.diff(before, &after);
+    check_patches(doc, name, before, &patches, writer)?;
+    Ok(match DocKind::of(name) {
+        Some(DocKind::Stock(_)) => stock_skus_touched(&patches),
+        _ => Some(BTreeSet::new()),
+    })
+}
+
+/// [`check_writer`] over `patches`, the diff from `before` to the current heads.
+fn check_patches(
+    doc: &mut AutoCommit,
+    name: &DocId,
+    before: &[automerge::ChangeHash],
+    patches: &[Patch],
+    writer: Writer<'_>,
+) -> Result<(), Violation> {
     let who = match writer {
         Writer::Node(n) => format!("node {n}"),
         Writer::Hub => "the hub".to_owned(),
     };
     let violation = |what: String| Violation { writer: who.clone(), doc: name.to_string(), what };
-    let after = doc.get_heads();
-    let patches = doc.diff(before, &after);
     let kind = DocKind::of(name).ok_or_else(|| violation("a document outside the layout".into()))?;
     match (kind, writer) {
         (DocKind::Stock(owner), Writer::Node(n)) if &owner == n => {
@@ -1039,7 +1138,7 @@ pub fn check_writer(
                 return Err(violation(format!("order {id}, which is frozen")));
             }
             let created_before = !before.is_empty() && doc.get_at(ROOT, keys::V, before).ok().flatten().is_some();
-            for p in &patches {
+            for p in patches {
                 let key = root_key(p).ok_or_else(|| violation("a non-map root".into()))?;
                 let allowed = match writer {
                     Writer::Hub => {

@@ -262,7 +262,7 @@ pub struct OpenWork {
 }
 
 /// One service's promise.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServicePromise {
     /// The carrier.
     pub carrier: String,
@@ -277,7 +277,7 @@ pub struct ServicePromise {
 
 /// What a site promises for a shipment taken now: the first cut-off of any of its services, and each
 /// service's own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SitePromise {
     /// The earliest cut-off the shipment can make, ms since the Unix epoch ([`promised_ship_by`]).
     pub ship_by_ms: u64,

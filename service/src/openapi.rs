@@ -175,6 +175,42 @@ pub fn registered_paths<S>(router: &axum::Router<S>) -> BTreeSet<String> {
     out
 }
 
+/// The operations whose answer describes itself: `GET /openapi.json` answers with the document, whose
+/// schema is OpenAPI's own, not one of this document's.
+const SELF_DESCRIBED: &[&str] = &["/openapi.json"];
+
+/// The 2xx answers of `doc` (a served document, as JSON) whose schema says nothing of their shape: a bare
+/// `{"type": "object"}` (what `body = Object` makes) with no properties, no `$ref`, no composition and no
+/// `additionalProperties`. Each as `METHOD PATH STATUS MEDIA-TYPE`; empty when every answer is typed (the
+/// completeness tests require it). Give such a response a `#[derive(Serialize, utoipa::ToSchema)]` struct
+/// that the handler answers with.
+pub fn untyped_responses(doc: &serde_json::Value) -> Vec<String> {
+    let bare = |schema: &serde_json::Value| {
+        let Some(m) = schema.as_object() else { return false };
+        m.get("type").and_then(serde_json::Value::as_str) == Some("object")
+            && !["properties", "$ref", "allOf", "oneOf", "anyOf", "additionalProperties"]
+                .iter()
+                .any(|k| m.contains_key(*k))
+    };
+    let mut out = Vec::new();
+    let Some(paths) = doc.get("paths").and_then(serde_json::Value::as_object) else { return out };
+    for (path, item) in paths.iter().filter(|(p, _)| !SELF_DESCRIBED.contains(&p.as_str())) {
+        let Some(item) = item.as_object() else { continue };
+        for (method, op) in item {
+            let Some(responses) = op.get("responses").and_then(serde_json::Value::as_object) else { continue };
+            for (status, resp) in responses.iter().filter(|(s, _)| s.starts_with('2')) {
+                let Some(content) = resp.get("content").and_then(serde_json::Value::as_object) else { continue };
+                for (media, c) in content {
+                    if c.get("schema").is_some_and(bare) {
+                        out.push(format!("{} {path} {status} {media}", method.to_uppercase()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The completeness check of a server's document: every path `router` serves but the screens is in `doc`,
 /// and every path of `doc` is served. The error names each route that lacks documentation (or is documented
 /// but not served) and what to do.

@@ -43,6 +43,6 @@ pub use history::Basis;
 pub(crate) use history::{DAY_MS, History, iso_date};
 pub use planning::Supply;
 pub(crate) use planning::{
-    DemandError, MIN_HISTORY_DAYS, ON_ORDER_SOURCE, PlanParams, QUANTILES, forecast_item, resolved_with_supplier,
-    round3,
+    DemandError, MIN_HISTORY_DAYS, ON_ORDER_SOURCE, PlanParams, QUANTILES, Suggestion, forecast_item,
+    resolved_with_supplier, round3,
 };

@@ -157,7 +157,7 @@ pub(crate) fn forecast_item(
 }
 
 /// One row of `GET /v1/replenishment`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Suggestion {
     /// Paging key: `site|sku`.
     pub(crate) key: String,

@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use oms_service::auth::Principal;
 use oms_service::{Problem, RawBody};
-use serde_json::json;
+use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -49,6 +49,22 @@ pub fn settings(cfg: WebhooksConfig) -> Extension<WebhooksConfig> {
 }
 
 type St = State<Arc<Hub>>;
+
+/// A page of `GET /v1/events`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventsPage {
+    /// The events, in sequence order.
+    pub events: Vec<super::Event>,
+    /// Where the next page starts (`after`): the last sequence looked at.
+    pub next_after: u64,
+}
+
+/// The answer of `GET /v1/webhooks`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Webhooks {
+    /// The caller's subscriptions.
+    pub webhooks: Vec<webhooks::SubscriptionView>,
+}
 type Cfg = Option<Extension<WebhooksConfig>>;
 
 fn bad_query(detail: impl Into<String>) -> Problem {
@@ -75,7 +91,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Problem> + Se
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
         ("types" = Option<String>, Query, description = "Comma-separated types or families (`order.*`)"),
         ("wait_ms" = Option<u64>, Query, maximum = 20000, description = "Long-poll this long when there is none yet")),
-    responses((status = 200, description = "`{\"events\": [...], \"next_after\"}` with the webhooks' event ids", body = Object)))]
+    responses((status = 200, description = "A page of events, with the webhooks' event ids", body = EventsPage)))]
 async fn feed(
     State(hub): St,
     principal: Principal,
@@ -103,8 +119,7 @@ async fn feed(
             blocking(move || super::page(h.intake.db(), after, limit, &t, c.as_ref(), FEED_SCAN_MAX).map_err(storage))
                 .await?;
         if !page.events.is_empty() || page.last_seq > after || Instant::now() >= deadline {
-            let body = json!({"events": page.events, "next_after": page.last_seq});
-            return Ok(Json(body).into_response());
+            return Ok(Json(EventsPage { events: page.events, next_after: page.last_seq }).into_response());
         }
         tokio::time::sleep(Duration::from_millis(WAIT_POLL_MS)).await;
     }
@@ -125,7 +140,7 @@ impl From<WebhookError> for Problem {
 }
 
 #[utoipa::path(post, path = "/v1/webhooks", tag = "events", request_body = webhooks::NewSubscription,
-    responses((status = 201, description = "The subscription and its signing `secret` (shown this once)", body = Object)))]
+    responses((status = 201, description = "The subscription and its signing `secret` (shown this once)", body = webhooks::SubscriptionView)))]
 async fn create(
     State(hub): St,
     cfg: Cfg,
@@ -141,20 +156,19 @@ async fn create(
             .map_err(Problem::from)
     })
     .await?;
-    let mut view = sub.view();
-    view["secret"] = json!(secret);
+    let view = webhooks::SubscriptionView { secret: Some(secret), ..sub.view() };
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/webhooks", tag = "events",
-    responses((status = 200, description = "`{\"webhooks\": [...]}`: the caller's subscriptions with their state and last error", body = Object)))]
+    responses((status = 200, description = "The caller's subscriptions with their state and last error", body = Webhooks)))]
 async fn list(State(hub): St, cfg: Cfg, principal: Principal) -> Result<Response, Problem> {
     let cfg = cfg.map(|c| c.0).unwrap_or_default();
     let channel = principal.confined_to().cloned();
     let subs =
         blocking(move || webhooks::list(hub.intake.db(), channel.as_ref(), cfg.subscriptions_max).map_err(storage))
             .await?;
-    Ok(Json(json!({"webhooks": subs.iter().map(webhooks::Subscription::view).collect::<Vec<_>>()})).into_response())
+    Ok(Json(Webhooks { webhooks: subs.iter().map(webhooks::Subscription::view).collect() }).into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "events", params(("id" = String, Path, description = "The subscription id")),

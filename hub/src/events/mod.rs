@@ -194,7 +194,7 @@ impl EventsConfig {
 }
 
 /// An event as stored, served by the feed and posted to webhooks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Stable, unique id (`evt_…`): the same in the feed and in every delivery of it.
     pub id: String,
@@ -212,6 +212,7 @@ pub struct Event {
     /// When the change was made, ms since the Unix epoch.
     pub created_at_ms: u64,
     /// What the change was.
+    #[schema(value_type = Object)]
     pub data: Value,
 }
 

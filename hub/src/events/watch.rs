@@ -15,15 +15,21 @@
 //! when first seen). What was last reported per node is kept (`events_nodes`), so a restart reports only
 //! changes; the debounce clock starts again at a restart.
 //!
-//! **Stock** ([`report_stock`], called by the watcher with a site's stock document each time it changes):
-//! `stock.low` once a SKU's available units at a site (on hand − reserved) fall to `[events] stock_low_at`
-//! or below. The table `events_stock_low` keeps the (site, SKU) pairs reported low, in the transaction that
-//! appends their events, and forgets a pair once it is back above the threshold, so each fall reports once
-//! however often the document is read again, and the next fall reports again.
+//! **Stock** ([`read_stock_change`] then [`report_stock`] or [`report_stock_skus`], called by the watcher
+//! each time a site's stock document changes): `stock.low` once a SKU's available units at a site (on hand −
+//! reserved) fall to `[events] stock_low_at` or below. The table `events_stock_low` keeps the (site, SKU)
+//! pairs reported low, in the transaction that appends their events, and forgets a pair once it is back above
+//! the threshold, so each fall reports once however often the document is read again, and the next fall
+//! reports again. A change costs what it touched: the hub notes which SKUs each accepted change of a stock
+//! document touched (the diff between the heads before and after it, which the ownership check makes anyway,
+//! so changes merged concurrently are in it), and the watcher reads those SKUs' balances and their rows of
+//! the table only. The first change after a start (what changed while the hub was down is not known), and one
+//! that touched more than `schema::STOCK_TOUCHED_MAX` SKUs, reads the whole document and reconciles the
+//! site's rows.
 
 use std::collections::{BTreeMap, HashMap};
 
-use oms_protocol::domain::{Channel, FulfillmentState, NodeId, OrderId};
+use oms_protocol::domain::{Balance, Channel, FulfillmentState, NodeId, OrderId, Sku};
 use oms_service::storage::StorageError;
 use redb::{ReadableTable, TableDefinition};
 use serde_json::json;
@@ -204,12 +210,11 @@ pub(crate) fn report_in(w: &redb::WriteTransaction, f: &FulfillmentSeen, now_ms:
 pub fn report_stock(
     db: &redb::Database,
     site: &str,
-    skus: &[(oms_protocol::domain::Sku, oms_protocol::domain::Balance)],
+    skus: &[(Sku, Balance)],
     low_at: u64,
     now_ms: u64,
 ) -> Result<usize, StorageError> {
     use std::collections::BTreeSet;
-    let available = |b: &oms_protocol::domain::Balance| b.on_hand.saturating_sub(b.reserved);
     let low: BTreeMap<&str, u64> =
         skus.iter().filter(|(_, b)| available(b) <= low_at).map(|(s, b)| (s.as_str(), available(b))).collect();
     // The pairs reported low before (only this site's rows: few, however many SKUs the site holds).
@@ -234,16 +239,93 @@ pub fn report_stock(
         .map(|(s, a)| (*s, *a))
         .take(STOCK_LOW_EVENTS_MAX)
         .collect();
-    let recovered: Vec<&String> = reported.iter().filter(|sku| !low.contains_key(sku.as_str())).collect();
+    let recovered: Vec<&str> = reported.iter().map(String::as_str).filter(|sku| !low.contains_key(sku)).collect();
+    record_stock_low(db, site, &fell, &recovered, low_at, now_ms)
+}
+
+/// What the watcher read of a changed stock document ([`read_stock_change`]).
+#[derive(Debug)]
+pub enum StockRead {
+    /// Every SKU (at most `docs::STOCK_SKUS_MAX`): for [`report_stock`].
+    Whole(Vec<(Sku, Balance)>),
+    /// The SKUs the changes touched, `None` for one no longer in the document: for [`report_stock_skus`].
+    Touched(Vec<(Sku, Option<Balance>)>),
+}
+
+/// Reads what changed of stock document `d` (named `doc`): the SKUs `touched`
+/// ([`crate::docs::HubDocs::take_stock_touched`], taken under the same hold of the documents' lock), or the
+/// whole document when that is `None`. `None` if it does not read (logged).
+pub fn read_stock_change(
+    d: &oms_protocol::sync::automerge::AutoCommit,
+    doc: &oms_protocol::wire::DocId,
+    touched: Option<std::collections::BTreeSet<String>>,
+) -> Option<StockRead> {
+    use oms_protocol::schema;
+    let read = match touched {
+        Some(keys) => schema::read_stock_skus(d, doc.as_str(), keys.iter().map(String::as_str)).map(StockRead::Touched),
+        None => schema::read_stock(d, doc.as_str(), crate::docs::STOCK_SKUS_MAX).map(|s| StockRead::Whole(s.skus)),
+    };
+    read.inspect_err(|e| tracing::warn!(%doc, error = %e, "cannot read the site's stock for stock.low")).ok()
+}
+
+/// [`report_stock`] for the SKUs in `skus` only (each with its balance now, `None` if gone from the
+/// document): reads their rows of the table, not the site's; appends `stock.low` for those that fell to
+/// `low_at` or below and forgets those back above it (or gone). One write transaction, and none when nothing
+/// changed. Returns how many events were appended.
+pub fn report_stock_skus(
+    db: &redb::Database,
+    site: &str,
+    skus: &[(Sku, Option<Balance>)],
+    low_at: u64,
+    now_ms: u64,
+) -> Result<usize, StorageError> {
+    let low_now = |b: &Option<Balance>| b.as_ref().map(available).filter(|a| *a <= low_at);
+    let reported: Vec<bool> = {
+        use redb::ReadableDatabase;
+        let r = db.begin_read().map_err(redb::Error::from)?;
+        let Some(t) = super::read_table(&r, STOCK_LOW)? else { return Ok(0) };
+        let mut out = Vec::with_capacity(skus.len());
+        for (sku, _) in skus {
+            out.push(t.get((site, sku.as_str())).map_err(redb::Error::from)?.is_some());
+        }
+        out
+    };
+    let mut fell = Vec::new();
+    let mut recovered = Vec::new();
+    for ((sku, b), was) in skus.iter().zip(reported) {
+        match (low_now(b), was) {
+            (Some(a), false) if fell.len() < STOCK_LOW_EVENTS_MAX => fell.push((sku.as_str(), a)),
+            (None, true) => recovered.push(sku.as_str()),
+            _ => {}
+        }
+    }
+    record_stock_low(db, site, &fell, &recovered, low_at, now_ms)
+}
+
+/// Available units of a balance: on hand − reserved.
+fn available(b: &Balance) -> u64 {
+    b.on_hand.saturating_sub(b.reserved)
+}
+
+/// Appends `stock.low` for `fell` and remembers them, forgets `recovered`: one write transaction, none when
+/// both are empty. Returns how many events were appended.
+fn record_stock_low(
+    db: &redb::Database,
+    site: &str,
+    fell: &[(&str, u64)],
+    recovered: &[&str],
+    low_at: u64,
+    now_ms: u64,
+) -> Result<usize, StorageError> {
     if fell.is_empty() && recovered.is_empty() {
         return Ok(0);
     }
     let w = db.begin_write().map_err(redb::Error::from)?;
     let mut t = w.open_table(STOCK_LOW).map_err(redb::Error::from)?;
-    for sku in &recovered {
-        t.remove((site, sku.as_str())).map_err(redb::Error::from)?;
+    for sku in recovered {
+        t.remove((site, *sku)).map_err(redb::Error::from)?;
     }
-    for (sku, units) in &fell {
+    for (sku, units) in fell {
         let data = json!({"site": site, "sku": sku, "available": units, "low_at": low_at});
         append(&w, EventDraft::new(super::STOCK_LOW, now_ms).data(data))?;
         t.insert((site, *sku), *units).map_err(redb::Error::from)?;

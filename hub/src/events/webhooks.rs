@@ -55,7 +55,6 @@ use oms_service::storage::StorageError;
 use oms_service::{lock, now_ms};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::{Event, TypeFilter};
@@ -137,7 +136,7 @@ impl WebhooksConfig {
 }
 
 /// Whether a subscription is being delivered to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Delivered to (perhaps retrying).
@@ -179,16 +178,60 @@ pub struct Subscription {
     pub delivered: u64,
 }
 
+/// A subscription as the API shows it ([`Subscription::view`]): everything but the secret, which only the
+/// answer to its creation carries.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SubscriptionView {
+    /// `wh_` + 16 hex digits.
+    pub id: String,
+    /// Where events are posted.
+    pub url: String,
+    /// Which types or families (empty: all).
+    pub types: Vec<String>,
+    /// Only this channel's orders' events.
+    pub channel: Option<String>,
+    /// When it was made, ms.
+    pub created_at_ms: u64,
+    /// The key that made it.
+    pub created_by: String,
+    /// The last sequence delivered or skipped.
+    pub cursor: u64,
+    /// Active or failing.
+    pub status: Status,
+    /// Failed attempts of the event after the cursor.
+    pub attempts: u32,
+    /// Since when that event fails.
+    pub failing_since_ms: Option<u64>,
+    /// Not delivered to before this time (a retry's backoff).
+    pub next_attempt_at_ms: u64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Events delivered.
+    pub delivered: u64,
+    /// The signing secret: in the answer to `POST /v1/webhooks` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
 impl Subscription {
     /// What a caller may see of it (everything but the secret).
-    pub fn view(&self) -> Value {
-        json!({
-            "id": self.id, "url": self.url, "types": self.types.0, "channel": self.channel,
-            "created_at_ms": self.created_at_ms, "created_by": self.created_by, "cursor": self.cursor,
-            "status": self.status, "attempts": self.attempts, "failing_since_ms": self.failing_since_ms,
-            "next_attempt_at_ms": self.next_attempt_at_ms, "last_error": self.last_error,
-            "delivered": self.delivered,
-        })
+    pub fn view(&self) -> SubscriptionView {
+        SubscriptionView {
+            id: self.id.clone(),
+            url: self.url.clone(),
+            types: self.types.0.clone(),
+            channel: self.channel.clone(),
+            created_at_ms: self.created_at_ms,
+            created_by: self.created_by.clone(),
+            cursor: self.cursor,
+            status: self.status,
+            attempts: self.attempts,
+            failing_since_ms: self.failing_since_ms,
+            next_attempt_at_ms: self.next_attempt_at_ms,
+            last_error: self.last_error.clone(),
+            delivered: self.delivered,
+            secret: None,
+        }
     }
 
     fn confined(&self) -> Option<Channel> {
@@ -991,7 +1034,7 @@ mod tests {
         let (mine, secret) = create(&db, &cfg, new("https://example.com/h", None), &k, Some(&web), 1).unwrap();
         assert_eq!(mine.channel.as_deref(), Some("web"));
         assert!(secret.starts_with("whsec_") && secret.len() == 6 + 64);
-        assert!(!mine.view().to_string().contains(&secret), "the secret is never shown again");
+        assert!(!serde_json::to_string(&mine.view()).unwrap().contains(&secret), "the secret is never shown again");
         let (all, _) = create(&db, &cfg, new("https://example.com/a", None), &admin, None, 1).unwrap();
         assert!(matches!(
             create(&db, &cfg, new("https://example.com/b", None), &admin, None, 1),

@@ -225,7 +225,7 @@ impl IntakeError {
 }
 
 /// One site's part of a customer order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Fulfillment {
     /// The fulfillment order id (`hub-<seq>.<n>`), also its document `order/<id>`.
     pub id: OrderId,
@@ -257,7 +257,7 @@ pub enum AfterSiteCancel {
 }
 
 /// A cancel asked of one site for its fulfillment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SiteCancel {
     /// When it was asked.
     pub at_ms: u64,
@@ -272,7 +272,7 @@ pub struct SiteCancel {
 }
 
 /// A routing decision as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DecisionRecord {
     /// When.
     pub at_ms: u64,

@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use oms_service::auth::Principal;
 use oms_service::{Problem, RawBody, now_ms};
-use serde_json::json;
+use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -82,7 +82,7 @@ pub fn router(hub: Arc<Hub>) -> OpenApiRouter {
 
 /// Invoices issued in `[from, to)` (ms), JSON or CSV; a channel key's: its own.
 #[utoipa::path(get, path = "/v1/invoices", tag = "money", params(("from" = Option<u64>, Query, description = "From, ms since the Unix epoch (default 0)"), ("to" = Option<u64>, Query, description = "To, exclusive"), ("limit" = Option<u64>, Query, description = "Page size (capped)"), ("format" = Option<String>, Query, description = "json (default) or csv")),
-    responses((status = 200, description = "`{\"invoices\": [...]}`; the same as csv", content((Object = "application/json"), (String = "text/csv")))))]
+    responses((status = 200, description = "`{\"invoices\": [...]}`; the same as csv", content((Invoices = "application/json"), (String = "text/csv")))))]
 async fn invoices(
     st: State<Arc<Hub>>,
     p: Principal,
@@ -94,7 +94,7 @@ async fn invoices(
 
 /// Credit notes issued in `[from, to)` (ms), JSON or CSV; a channel key's: its own.
 #[utoipa::path(get, path = "/v1/credit-notes", tag = "money", params(("from" = Option<u64>, Query, description = "From, ms since the Unix epoch (default 0)"), ("to" = Option<u64>, Query, description = "To, exclusive"), ("limit" = Option<u64>, Query, description = "Page size (capped)"), ("format" = Option<String>, Query, description = "json (default) or csv")),
-    responses((status = 200, description = "`{\"credit_notes\": [...]}`; the same as csv", content((Object = "application/json"), (String = "text/csv")))))]
+    responses((status = 200, description = "`{\"credit_notes\": [...]}`; the same as csv", content((CreditNotes = "application/json"), (String = "text/csv")))))]
 async fn credit_notes(
     st: State<Arc<Hub>>,
     p: Principal,
@@ -239,8 +239,10 @@ pub(crate) async fn record(
 
 /// An invoice or a credit note, as the listing and document routes serve it.
 trait Listed: serde::Serialize + Send + Sized + 'static {
-    /// The listing's member (`invoices`, `credit_notes`).
-    const KEY: &'static str;
+    /// The JSON answer of the listing.
+    type Page: Serialize;
+    /// The listing's answer.
+    fn page(list: Vec<Self>) -> Self::Page;
     /// What a missing one is called.
     const WHAT: &'static str;
     fn channel(&self) -> &Channel;
@@ -250,7 +252,10 @@ trait Listed: serde::Serialize + Send + Sized + 'static {
 }
 
 impl Listed for Invoice {
-    const KEY: &'static str = "invoices";
+    type Page = Invoices;
+    fn page(invoices: Vec<Self>) -> Invoices {
+        Invoices { invoices }
+    }
     const WHAT: &'static str = "invoice";
     fn channel(&self) -> &Channel {
         &self.channel
@@ -272,7 +277,10 @@ impl Listed for Invoice {
 }
 
 impl Listed for CreditNote {
-    const KEY: &'static str = "credit_notes";
+    type Page = CreditNotes;
+    fn page(credit_notes: Vec<Self>) -> CreditNotes {
+        CreditNotes { credit_notes }
+    }
     const WHAT: &'static str = "credit note";
     fn channel(&self) -> &Channel {
         &self.channel
@@ -307,7 +315,7 @@ async fn list<T: Listed>(
     let list = blocking(move || T::list(&h.money, h.intake.db(), w, confined.as_ref())).await?;
     Ok(match f {
         Format::Csv => render::csv(&list.iter().map(T::doc).collect::<Vec<_>>()),
-        _ => Json(json!({ T::KEY: list })).into_response(),
+        _ => Json(T::page(list)).into_response(),
     })
 }
 
@@ -336,7 +344,7 @@ async fn one<T: Listed>(
 
 #[utoipa::path(get, path = "/v1/payments", tag = "money",
     params(("status" = String, Query, description = "Must be action_required"), ("limit" = Option<u64>, Query, description = "Page size (capped)")),
-    responses((status = 200, description = "`{\"payments\": [{order, channel, reason, payment}]}`: payments that need a person", body = Object)))]
+    responses((status = 200, description = "Payments that need a person", body = ActionRequired)))]
 async fn payments(State(hub): State<Arc<Hub>>, Query(q): Query<HashMap<String, String>>) -> Result<Response, Problem> {
     query(&q, &["status", "limit"])?;
     if q.get("status").map(String::as_str) != Some("action_required") {
@@ -345,11 +353,50 @@ async fn payments(State(hub): State<Arc<Hub>>, Query(q): Query<HashMap<String, S
     let limit = usize::try_from(number(&q, "limit", super::DOCS_PAGE_MAX as u64)?).unwrap_or(usize::MAX);
     let h = hub.clone();
     let list = blocking(move || h.money.action_required(h.intake.db(), limit)).await?;
-    let list: Vec<_> = list
+    let payments = list
         .iter()
-        .map(|p| json!({"order": p.order, "channel": p.channel, "reason": p.action_required, "payment": super::payment_view(p)}))
+        .map(|p| NeedsAction {
+            order: p.order.clone(),
+            channel: p.channel.clone(),
+            reason: p.action_required.clone(),
+            payment: super::payment_view(p),
+        })
         .collect();
-    Ok(Json(json!({"payments": list})).into_response())
+    Ok(Json(ActionRequired { payments }).into_response())
+}
+
+/// The JSON answer of `GET /v1/invoices`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Invoices {
+    /// The invoices, oldest first.
+    pub invoices: Vec<Invoice>,
+}
+
+/// The JSON answer of `GET /v1/credit-notes`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreditNotes {
+    /// The credit notes, oldest first.
+    pub credit_notes: Vec<CreditNote>,
+}
+
+/// The answer of `GET /v1/payments?status=action_required`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActionRequired {
+    /// The payments that need a person, by order.
+    pub payments: Vec<NeedsAction>,
+}
+
+/// One payment that needs a person.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NeedsAction {
+    /// The hub order.
+    pub order: String,
+    /// Its channel.
+    pub channel: Channel,
+    /// Why service must act.
+    pub reason: Option<String>,
+    /// The payment.
+    pub payment: super::PaymentView,
 }
 
 #[utoipa::path(get, path = "/v1/payments/summary", tag = "money",

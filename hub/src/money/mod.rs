@@ -254,7 +254,7 @@ impl PaymentsConfig {
 }
 
 /// How an order is paid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// A card, authorized at intake, captured per shipment.
@@ -1698,27 +1698,68 @@ impl Money {
 }
 
 /// The payment as the order's view shows it: status, amounts, documents.
-pub fn payment_view(p: &Payment) -> serde_json::Value {
-    serde_json::json!({
-        "method": p.method,
-        "provider": p.provider,
-        "status": p.status(),
-        "currency": p.currency,
-        "total_minor": p.total_minor,
-        "authorized_minor": p.authorized_minor(),
-        "captured_minor": p.captured_minor,
-        "refunded_minor": p.refunded_minor,
-        "released_minor": p.released_minor,
-        "held_minor": p.held_minor(),
-        "paid_minor": p.paid_minor,
-        "outstanding_minor": if p.method == Method::Card { 0 } else { p.outstanding_minor() },
-        "recorded": p.recorded,
-        "invoiced_minor": p.invoiced_minor,
-        "credit_noted_minor": p.credit_noted_minor,
-        "invoices": p.invoices,
-        "credit_notes": p.credit_notes,
-        "action_required": p.action_required,
-    })
+pub fn payment_view(p: &Payment) -> PaymentView {
+    PaymentView {
+        method: p.method,
+        provider: p.provider.clone(),
+        status: p.status(),
+        currency: p.currency,
+        total_minor: p.total_minor,
+        authorized_minor: p.authorized_minor(),
+        captured_minor: p.captured_minor,
+        refunded_minor: p.refunded_minor,
+        released_minor: p.released_minor,
+        held_minor: p.held_minor(),
+        paid_minor: p.paid_minor,
+        outstanding_minor: if p.method == Method::Card { 0 } else { p.outstanding_minor() },
+        recorded: p.recorded.clone(),
+        invoiced_minor: p.invoiced_minor,
+        credit_noted_minor: p.credit_noted_minor,
+        invoices: p.invoices.clone(),
+        credit_notes: p.credit_notes.clone(),
+        action_required: p.action_required.clone(),
+    }
+}
+
+/// A payment as the API shows it ([`payment_view`]): the order view's `payment` and `GET /v1/payments`'s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PaymentView {
+    /// How it is paid.
+    pub method: Method,
+    /// The provider (`manual` for terms and COD).
+    pub provider: String,
+    /// The customer-facing status ([`Payment::status`]).
+    pub status: &'static str,
+    /// Currency of every amount.
+    pub currency: Currency,
+    /// The order's gross total, minor units.
+    pub total_minor: u64,
+    /// Authorized over all authorizations.
+    pub authorized_minor: u64,
+    /// Captured (settled).
+    pub captured_minor: u64,
+    /// Refunded (settled).
+    pub refunded_minor: u64,
+    /// Released over all authorizations.
+    pub released_minor: u64,
+    /// Authorized and neither captured nor released.
+    pub held_minor: u64,
+    /// Recorded by service as received (terms and COD).
+    pub paid_minor: u64,
+    /// Owed on a terms or COD order (0 for a card).
+    pub outstanding_minor: u64,
+    /// The payments service recorded.
+    pub recorded: Vec<RecordedPayment>,
+    /// Invoiced, gross.
+    pub invoiced_minor: u64,
+    /// Credited, gross.
+    pub credit_noted_minor: u64,
+    /// Invoice numbers.
+    pub invoices: Vec<String>,
+    /// Credit note numbers.
+    pub credit_notes: Vec<String>,
+    /// Why service must act, if it must.
+    pub action_required: Option<String>,
 }
 
 #[cfg(test)]

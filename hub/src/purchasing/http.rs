@@ -27,7 +27,7 @@
 //!   sites' receipts in flight (`site_receipts_in_flight`: still in their stock documents, and the hub's
 //!   acknowledgements of applied ones not yet pruned, [`super::sites::in_flight`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Extension;
@@ -39,7 +39,7 @@ use oms_protocol::domain::{AsnId, Currency, NodeId, Sku, SupplierId};
 use oms_service::auth::Principal;
 use oms_service::{Problem, RawBody, now_ms};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -163,18 +163,17 @@ fn supplier_id(id: &str) -> Result<SupplierId, Problem> {
 }
 
 #[utoipa::path(get, path = "/v1/suppliers", tag = "purchasing", params(("after" = Option<String>, Query, description = "Continue after this supplier id"), ("limit" = Option<u32>, Query, description = "Page size")),
-    responses((status = 200, description = "A page of suppliers", body = Object)))]
+    responses((status = 200, description = "A page of suppliers", body = SupplierPage)))]
 async fn suppliers(State(hub): State<Arc<Hub>>, Query(q): Query<HashMap<String, String>>) -> Result<Response, Problem> {
     let (after, limit) = page(&q, &[])?;
     let h = hub.clone();
     let list = blocking(move || h.purchasing.suppliers(h.intake.db(), &after, limit)).await?;
     let next_after = (list.len() == limit).then(|| list.last().map(|s| s.id.to_string())).flatten();
-    Ok(Json(json!({"suppliers": list.iter().map(|s| s.view()).collect::<Vec<_>>(), "next_after": next_after}))
-        .into_response())
+    Ok(Json(SupplierPage { suppliers: list.iter().map(|s| s.view()).collect(), next_after }).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/suppliers/{id}", tag = "purchasing", params(("id" = String, Path, description = "The supplier id")),
-    responses((status = 200, description = "The supplier with its SKUs and terms", body = Object)))]
+    responses((status = 200, description = "The supplier with its SKUs and terms", body = super::model::Supplier)))]
 async fn supplier(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result<Response, Problem> {
     let id = supplier_id(&id)?;
     let h = hub.clone();
@@ -186,7 +185,7 @@ async fn supplier(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Result
 
 #[utoipa::path(put, path = "/v1/suppliers/{id}", tag = "purchasing", params(("id" = String, Path, description = "The supplier id")),
     request_body(content = Object, description = "Name, contact, currency, lead time, channel and per-SKU terms (README, Purchasing)"),
-    responses((status = 200, description = "Saved", body = Object), (status = 201, description = "Created (a webhook channel's secret is shown once)", body = Object)))]
+    responses((status = 200, description = "Saved", body = super::model::Supplier), (status = 201, description = "Created (a webhook channel's secret is shown once)", body = super::model::Supplier)))]
 async fn put_supplier(
     State(hub): State<Arc<Hub>>,
     Caller(actor): Caller,
@@ -197,10 +196,7 @@ async fn put_supplier(
     let input: SupplierInput = oms_service::parse_json(&body)?;
     let h = hub.clone();
     let out = blocking(move || h.purchasing.put_supplier(h.intake.db(), &id, input, &actor, now_ms())).await?;
-    let mut v = out.supplier.view();
-    if let (Some(secret), Some(m)) = (out.new_secret, v.as_object_mut()) {
-        m.insert("webhook_secret".into(), json!(secret));
-    }
+    let v = super::model::Supplier { webhook_secret: out.new_secret, ..out.supplier.view() };
     let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(v)).into_response())
 }
@@ -315,7 +311,7 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<(SupplierId, SupplierInput)>, Purch
 }
 
 #[utoipa::path(post, path = "/v1/suppliers/import", tag = "purchasing", request_body(content = String, content_type = "text/csv"),
-    responses((status = 200, description = "What was imported (every row checked first; one bad row imports nothing)", body = Object)))]
+    responses((status = 200, description = "What was imported (every row checked first; one bad row imports nothing)", body = SuppliersImported)))]
 async fn import(
     State(hub): State<Arc<Hub>>,
     Caller(actor): Caller,
@@ -328,8 +324,28 @@ async fn import(
     })
     .await?;
     let skus: usize = out.iter().map(|o| o.supplier.skus.len()).sum();
-    Ok(Json(json!({"suppliers": out.len(), "created": out.iter().filter(|o| o.created).count(), "skus": skus}))
-        .into_response())
+    let created = out.iter().filter(|o| o.created).count();
+    Ok(Json(SuppliersImported { suppliers: out.len(), created, skus }).into_response())
+}
+
+/// A page of `GET /v1/suppliers`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SupplierPage {
+    /// The suppliers, by id.
+    pub suppliers: Vec<super::model::Supplier>,
+    /// The id to continue after, or `null` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// What `POST /v1/suppliers/import` imported.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SuppliersImported {
+    /// Suppliers saved.
+    pub suppliers: usize,
+    /// Of those, new.
+    pub created: usize,
+    /// SKU terms saved.
+    pub skus: usize,
 }
 
 /// One row of the ASN CSV.
@@ -373,7 +389,7 @@ pub fn parse_asn_csv(bytes: &[u8]) -> Result<Vec<(u64, NewAsn)>, PurchasingError
 }
 
 #[utoipa::path(post, path = "/v1/asns/import", tag = "purchasing", request_body(content = String, content_type = "text/csv"),
-    responses((status = 200, description = "The ASNs recorded, all in one transaction or none", body = Object)))]
+    responses((status = 200, description = "The ASNs recorded, all in one transaction or none", body = AsnsImported)))]
 async fn import_asns(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -396,7 +412,16 @@ async fn import_asns(
         }
     }
     let replayed = out.iter().filter(|(_, r)| *r).count();
-    Ok(Json(json!({"asns": out.len() - replayed, "replayed": replayed})).into_response())
+    Ok(Json(AsnsImported { asns: out.len() - replayed, replayed }).into_response())
+}
+
+/// What `POST /v1/asns/import` recorded.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AsnsImported {
+    /// ASNs recorded.
+    pub asns: usize,
+    /// ASNs recorded before (the same again): nothing changed.
+    pub replayed: usize,
 }
 
 /// Refuses an ASN file from supplier `scope` if any ASN names an order that is not the supplier's (another
@@ -478,7 +503,7 @@ pub(crate) fn suggested_lines(
 #[utoipa::path(post, path = "/v1/purchase-orders", tag = "purchasing",
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry answer the order it created")),
     request_body(content = Object, description = "Explicit `lines`, or `from_replenishment` for a site and a supplier"),
-    responses((status = 201, description = "The purchase order (draft)", body = Object), (status = 200, description = "A replay", body = Object)))]
+    responses((status = 201, description = "The purchase order (draft)", body = PoView), (status = 200, description = "A replay", body = PoView)))]
 async fn create_po(
     State(hub): State<Arc<Hub>>,
     settings: Option<Extension<ForecastSettings>>,
@@ -524,18 +549,63 @@ async fn create_po(
 }
 
 /// A purchase order as the API shows it: the record, its total and its dates as ISO dates.
-pub fn view(po: &super::model::PurchaseOrder) -> serde_json::Value {
-    let mut v = serde_json::to_value(po).unwrap_or_default();
-    if let Some(m) = v.as_object_mut() {
-        m.insert("expected_date".into(), json!(crate::demand::iso_date(po.expected_day)));
-        m.insert("total_minor".into(), json!(po.total_minor()));
-        m.insert("open_qty".into(), json!(po.lines.iter().map(|l| l.open_qty()).sum::<u64>()));
+pub fn view(po: &super::model::PurchaseOrder) -> PoView {
+    PoView {
+        po: po.clone(),
+        expected_date: crate::demand::iso_date(po.expected_day),
+        total_minor: po.total_minor(),
+        open_qty: po.lines.iter().map(|l| l.open_qty()).sum::<u64>(),
     }
-    v
+}
+
+/// A purchase order as the API shows it ([`view`]).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PoView {
+    /// The record.
+    #[serde(flatten)]
+    pub po: super::model::PurchaseOrder,
+    /// Expected arrival, `YYYY-MM-DD`.
+    pub expected_date: String,
+    /// The total, minor units of its currency.
+    pub total_minor: u64,
+    /// Units still expected over its lines.
+    pub open_qty: u64,
+}
+
+/// A page of `GET /v1/purchase-orders`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PoPage {
+    /// The purchase orders, by id.
+    pub purchase_orders: Vec<PoView>,
+    /// The id to continue after, or `null` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// An ASN as the API shows it: the record and its date as an ISO date.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AsnView {
+    /// The record.
+    #[serde(flatten)]
+    pub asn: super::model::Asn,
+    /// Expected arrival, `YYYY-MM-DD`.
+    pub expected_date: String,
+}
+
+/// `GET /v1/purchasing/summary`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PurchasingSummary {
+    /// Purchase orders per state.
+    pub purchase_orders: BTreeMap<&'static str, u64>,
+    /// Units received against purchase orders, ever.
+    pub units_received_against_po: u64,
+    /// Units on open purchase orders.
+    pub units_on_order: u64,
+    /// Receipts and acknowledgements still in the sites' documents (pruned once applied and acknowledged).
+    pub site_receipts_in_flight: super::sites::InFlight,
 }
 
 #[utoipa::path(get, path = "/v1/purchase-orders", tag = "purchasing", params(("after" = Option<String>, Query, description = "Continue after this id"), ("limit" = Option<u32>, Query, description = "Page size"), ("state" = Option<String>, Query, description = "Only orders in this state"), ("supplier" = Option<String>, Query, description = "Only this supplier's orders")),
-    responses((status = 200, description = "A page of purchase orders", body = Object)))]
+    responses((status = 200, description = "A page of purchase orders", body = PoPage)))]
 async fn pos(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -552,7 +622,7 @@ async fn pos(
     // A supplier key sees its own orders: asking for another supplier's finds none.
     let supplier = match (principal.supplier_scope(), asked) {
         (Some(own), Some(asked)) if &asked != own => {
-            return Ok(Json(json!({"purchase_orders": [], "next_after": null})).into_response());
+            return Ok(Json(PoPage { purchase_orders: Vec::new(), next_after: None }).into_response());
         }
         (Some(own), _) => Some(own.clone()),
         (None, asked) => asked,
@@ -560,12 +630,11 @@ async fn pos(
     let h = hub.clone();
     let list = blocking(move || h.purchasing.pos(h.intake.db(), state, supplier.as_ref(), &after, limit)).await?;
     let next_after = (list.len() == limit).then(|| list.last().map(|p| p.id.to_string())).flatten();
-    Ok(Json(json!({"purchase_orders": list.iter().map(view).collect::<Vec<_>>(), "next_after": next_after}))
-        .into_response())
+    Ok(Json(PoPage { purchase_orders: list.iter().map(view).collect(), next_after }).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/purchase-orders/{id}", tag = "purchasing", params(("id" = String, Path, description = "The purchase order")),
-    responses((status = 200, description = "The purchase order with its lines, ASNs and receipts", body = Object)))]
+    responses((status = 200, description = "The purchase order with its lines, ASNs and receipts", body = PoView)))]
 async fn po(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
     let h = hub.clone();
     let i = id.clone();
@@ -576,13 +645,13 @@ async fn po(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path<St
 }
 
 #[utoipa::path(post, path = "/v1/purchase-orders/{id}/send", tag = "purchasing", params(("id" = String, Path, description = "The purchase order")),
-    responses((status = 200, description = "Sent: queued in the outbox to the supplier's channel", body = Object)))]
+    responses((status = 200, description = "Sent: queued in the outbox to the supplier's channel", body = PoView)))]
 async fn send(hub: State<Arc<Hub>>, caller: Caller, id: Path<String>) -> Result<Response, Problem> {
     step(hub, caller, id, PoStep::Send).await
 }
 
 #[utoipa::path(post, path = "/v1/purchase-orders/{id}/confirm", tag = "purchasing", params(("id" = String, Path, description = "The purchase order")),
-    responses((status = 200, description = "Confirmed by the supplier", body = Object)))]
+    responses((status = 200, description = "Confirmed by the supplier", body = PoView)))]
 async fn confirm(
     hub: State<Arc<Hub>>,
     principal: Principal,
@@ -594,7 +663,7 @@ async fn confirm(
 }
 
 #[utoipa::path(post, path = "/v1/purchase-orders/{id}/cancel", tag = "purchasing", params(("id" = String, Path, description = "The purchase order")),
-    responses((status = 200, description = "Cancelled (before any receipt)", body = Object)))]
+    responses((status = 200, description = "Cancelled (before any receipt)", body = PoView)))]
 async fn cancel(hub: State<Arc<Hub>>, caller: Caller, id: Path<String>) -> Result<Response, Problem> {
     step(hub, caller, id, PoStep::Cancel).await
 }
@@ -613,7 +682,7 @@ async fn step(
 
 #[utoipa::path(post, path = "/v1/purchase-orders/{id}/lines/{n}/close", tag = "purchasing", params(("id" = String, Path, description = "The purchase order"), ("n" = u32, Path, description = "The line number, from 1")),
     request_body(content = Option<Object>, description = "Optional `{\"reason\"}`"),
-    responses((status = 200, description = "The line short-closed: what was not received will not come", body = Object)))]
+    responses((status = 200, description = "The line short-closed: what was not received will not come", body = PoView)))]
 async fn close_line(
     State(hub): State<Arc<Hub>>,
     Caller(actor): Caller,
@@ -638,7 +707,7 @@ struct AsnBody {
 
 #[utoipa::path(post, path = "/v1/purchase-orders/{id}/asns", tag = "purchasing", params(("id" = String, Path, description = "The purchase order")),
     request_body(content = Object, description = "`{\"asn\", \"lines\": [{\"line\", \"qty\"}], \"expected_date\"}`"),
-    responses((status = 201, description = "Recorded and published to the destination site", body = Object), (status = 200, description = "The same ASN again", body = Object)))]
+    responses((status = 201, description = "Recorded and published to the destination site", body = AsnView), (status = 200, description = "The same ASN again", body = AsnView)))]
 async fn record_asn(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -657,15 +726,12 @@ async fn record_asn(
     .await?;
     super::sites::publish(&hub, &po);
     let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
-    let mut v = serde_json::to_value(&asn).unwrap_or_default();
-    if let Some(m) = v.as_object_mut() {
-        m.insert("expected_date".into(), json!(crate::demand::iso_date(asn.expected_day)));
-    }
-    Ok((status, Json(v)).into_response())
+    let expected_date = crate::demand::iso_date(asn.expected_day);
+    Ok((status, Json(AsnView { asn, expected_date })).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/purchasing/summary", tag = "purchasing",
-    responses((status = 200, description = "Purchase orders by state, units received and units on order", body = Object)))]
+    responses((status = 200, description = "Purchase orders by state, units received and units on order", body = PurchasingSummary)))]
 async fn summary(State(hub): State<Arc<Hub>>) -> Result<Response, Problem> {
     let h = hub.clone();
     let (counts, received, open) = blocking(move || -> Result<_, PurchasingError> {
@@ -676,7 +742,11 @@ async fn summary(State(hub): State<Arc<Hub>>) -> Result<Response, Problem> {
     })
     .await?;
     let in_flight = super::sites::in_flight(&hub);
-    Ok(Json(json!({"purchase_orders": counts, "units_received_against_po": received, "units_on_order": open,
-                   "site_receipts_in_flight": in_flight}))
+    Ok(Json(PurchasingSummary {
+        purchase_orders: counts,
+        units_received_against_po: received,
+        units_on_order: open,
+        site_receipts_in_flight: in_flight,
+    })
     .into_response())
 }

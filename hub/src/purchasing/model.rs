@@ -21,7 +21,7 @@ pub const LEAD_TIME_DAYS_MAX: u32 = 365;
 pub const ASNS_PER_PO_MAX: usize = 50;
 
 /// What a supplier offers of one SKU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SupplierSku {
     /// The supplier's own code for it.
@@ -41,7 +41,7 @@ fn one() -> u64 {
 }
 
 /// How purchase orders reach a supplier.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ChannelSpec {
     /// The email/EDI stand-in: the order is written as CSV and JSON into the hub's purchase-order folder.
@@ -55,7 +55,7 @@ pub enum ChannelSpec {
 }
 
 /// A supplier.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Supplier {
     /// Id.
     pub id: SupplierId,
@@ -79,13 +79,10 @@ pub struct Supplier {
 }
 
 impl Supplier {
-    /// The supplier as the API shows it: everything but the secret.
-    pub fn view(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Some(m) = v.as_object_mut() {
-            m.remove("webhook_secret");
-        }
-        v
+    /// The supplier as the API shows it: everything but the secret (which only the answer to the `PUT` that
+    /// made it carries).
+    pub fn view(&self) -> Supplier {
+        Supplier { webhook_secret: None, ..self.clone() }
     }
 }
 
@@ -172,7 +169,7 @@ pub fn order_qty(need: u64, moq: u64, multiple: u64) -> u64 {
 }
 
 /// Where a purchase order is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PoState {
     /// Written, not sent.
@@ -260,7 +257,7 @@ pub struct TransitionError {
 }
 
 /// One line of a purchase order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoLine {
     /// Its number, from 1.
     pub line: u32,
@@ -286,7 +283,7 @@ impl PoLine {
 }
 
 /// One state change of a purchase order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoEvent {
     /// The state entered.
     pub state: PoState,
@@ -298,7 +295,7 @@ pub struct PoEvent {
 pub const PO_EVENTS_MAX: usize = 16;
 
 /// A purchase order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PurchaseOrder {
     /// Id.
     pub id: PurchaseOrderId,
@@ -386,7 +383,7 @@ impl PurchaseOrder {
 }
 
 /// One line of an ASN.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AsnLine {
     /// The PO line.
@@ -396,7 +393,7 @@ pub struct AsnLine {
 }
 
 /// An advance shipping notice: units of some lines of a PO on their way to its site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Asn {
     /// Id.
     pub id: AsnId,

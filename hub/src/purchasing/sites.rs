@@ -144,7 +144,7 @@ pub(crate) fn acknowledge(hub: &Hub, site: &NodeId, map: &str, applied: &BTreeSe
 /// receipts, at most [`RECEIPTS_READ_MAX`] of each per site) and the hub's acknowledgements still in the
 /// inbound documents. With every site connected and its grace period past, the receipts left are only the
 /// ones the hub has not applied (refused, or just booked).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct InFlight {
     /// Receipts against purchase orders in the sites' stock documents.
     pub po_receipts: u64,

@@ -20,7 +20,6 @@ use oms_protocol::schema;
 use oms_service::auth::Principal;
 use oms_service::{Problem, RawBody, lock, now_ms};
 use serde::Deserialize;
-use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -142,7 +141,7 @@ fn bad_query(detail: impl Into<String>) -> Problem {
 
 #[utoipa::path(get, path = "/v1/returns", tag = "returns",
     params(("state" = Option<String>, Query, description = "Only RMAs in this state"), ("after" = Option<String>, Query, description = "RMA id to continue after"), ("limit" = Option<u64>, Query, description = "Page size (capped)")),
-    responses((status = 200, description = "`{\"rmas\": [...], \"next_after\"}`", body = Object)))]
+    responses((status = 200, description = "A page of RMAs", body = RmaPage)))]
 async fn list(
     State(hub): State<Arc<Hub>>,
     principal: Principal,
@@ -164,7 +163,16 @@ async fn list(
     let h = hub.clone();
     let (rmas, next) =
         blocking(move || h.returns.list(h.intake.db(), state, confined.as_ref(), after.as_deref(), limit)).await?;
-    Ok(Json(json!({"rmas": rmas, "next_after": next})).into_response())
+    Ok(Json(RmaPage { rmas, next_after: next }).into_response())
+}
+
+/// A page of `GET /v1/returns`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RmaPage {
+    /// The RMAs, by id.
+    pub rmas: Vec<super::Rma>,
+    /// The id to continue after, or `null` on the last page.
+    pub next_after: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/returns/summary", tag = "returns",

@@ -30,7 +30,7 @@ pub(super) const LABEL_BACKOFF_MAX_MS: u64 = 30_000;
 pub(super) const LABEL_BACKOFF_MIN_MS: u64 = 250;
 
 /// Where a consignment is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsignmentState {
     /// Packed; the label is not bought yet (the carrier may be unreachable).
@@ -108,7 +108,7 @@ pub struct Parcel {
 }
 
 /// A consignment: the parcels of one packed order for one carrier service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Consignment {
     /// `C-` and the order id: the carrier's reference and the label purchase's idempotency key.
     pub id: String,
@@ -164,7 +164,7 @@ pub struct NewConsignment {
 }
 
 /// Consignments waiting for their label: how many, and since when the oldest waits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AwaitingLabel {
     /// How many.
     pub count: u64,

@@ -38,7 +38,7 @@ impl InboundRecord {
 }
 
 /// One line of a receipt as booked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReceiptLine {
     /// The PO line, `None` for an unplanned receipt (a SKU the order does not have).
     pub line: Option<u32>,
@@ -51,7 +51,7 @@ pub struct ReceiptLine {
 }
 
 /// A receipt against a purchase order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoReceipt {
     /// Its id (the caller's idempotency key).
     pub id: String,
