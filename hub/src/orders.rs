@@ -1429,6 +1429,7 @@ pub(crate) struct RouteNowAnswer {
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/route", tag = "orders", params(("id" = String, Path, description = "The order id")),
+    request_body(content = Option<Object>, description = "Empty, or `{}`: nothing is read"),
     responses((status = 200, description = "The order's waiting units routed now (audited); `routed: false` when no site can take any of them", body = RouteNowAnswer)))]
 async fn route_now(
     State(hub): State<Arc<Hub>>,
