@@ -109,16 +109,18 @@ pub fn policy(method: &Method, route: Option<&str>) -> Access {
     let post = method == Method::POST;
     match route {
         Some(
-            "/healthz" | "/openapi.json" | "/v1/track/{token}" | "/t/{token}" | "/" | "/ui/sign-in"
+            "/healthz" | "/openapi.json" | "/v1/track/{token}" | "/t" | "/t/{token}" | "/" | "/ui/sign-in"
             | "/ui/assets/{file}",
         ) if get => Access::Open,
-        Some("/ui/sign-in" | "/t/{token}/cancel" | "/t/{token}/returns") if post => Access::Open,
+        Some("/ui/sign-in" | "/t" | "/t/{token}/cancel" | "/t/{token}/returns") if post => Access::Open,
         // A carrier has no API key: the per-carrier signature authenticates it (`crate::tracking`).
         Some("/v1/carriers/{carrier}/events") if post => Access::Open,
         Some("/ui/sign-out") if post => Access::Roles(ANY_ROLE),
         Some("/ui/stock" | "/ui/stock.csv" | "/ui/forecast/{sku}") if get => Access::Roles(PLANNER),
         Some("/v1/reports" | "/ui/reports" | "/ui/reports.csv") if get => Access::Roles(MONEY_READERS),
-        Some("/ui" | "/ui/orders" | "/ui/orders/{id}") if get => Access::Roles(&[Role::Planner, Role::Service]),
+        Some("/ui" | "/ui/orders" | "/ui/orders/{id}" | "/ui/orders/{id}/routing") if get => {
+            Access::Roles(&[Role::Planner, Role::Service])
+        }
         Some(
             "/ui/orders/{id}/cancel"
             | "/ui/orders/{id}/cancel-lines"

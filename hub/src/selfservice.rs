@@ -1,4 +1,5 @@
-//! The customer's own page behind a tracking link (`/t/{token}`, no sign-in, phone-first): the order's
+//! The customer's own page behind a tracking link (`/t/{token}`, no sign-in, phone-first; a customer without
+//! the link finds it at `/t` with the order number and the e-mail address the order was placed with): the order's
 //! status in words, the payment in words and amounts, the returns asked for and where they stand, and two
 //! actions: *cancel* (while something is still to be sent; the same cancellation as a channel's
 //! `POST /v1/orders/{id}/cancel`) and *request a return* (per shipped line, a quantity and a reason from
@@ -65,6 +66,7 @@ const _: () = assert!(3 * RETURN_LINES_SHOWN_MAX < FORM_FIELDS_MAX);
 /// The routes (open, rate limited per client IP; see `api::policy`).
 pub(crate) fn routes(hub: Arc<Hub>, secure_cookie: bool) -> Router {
     Router::new()
+        .route("/t", get(find_form).post(find))
         .route("/t/{token}", get(tracking))
         .route("/t/{token}/cancel", post(cancel))
         .route("/t/{token}/returns", post(request_return))
@@ -150,6 +152,56 @@ fn plain() -> Chrome {
 fn not_found() -> Response {
     let body = html! { h1 { "We can't find this order" } p { "Check the link in your confirmation email; it may have been cut short." } };
     (StatusCode::NOT_FOUND, page(&plain(), "Not found", None, body)).into_response()
+}
+
+/// The form that finds an order by its number and the e-mail address it was placed with (for a customer
+/// without the link): `GET /t`.
+fn find_page(status: StatusCode, words: Option<&str>) -> Response {
+    let body = html! {
+        h1 { "Find your order" }
+        @if let Some(w) = words { (error_box(w)) }
+        form.card method="post" action="/t" {
+            label for="order" { "Order number" span.hint { "As in your confirmation, e.g. hub-0000000123." } }
+            input id="order" name="order" required maxlength="64" autocomplete="off";
+            label for="email" { "E-mail address" span.hint { "The one you ordered with." } }
+            input id="email" name="email" type="email" required maxlength="254" autocomplete="email";
+            button type="submit" { "Show my order" }
+        }
+    };
+    (status, page(&plain(), "Find your order", None, body)).into_response()
+}
+
+async fn find_form() -> Response {
+    find_page(StatusCode::OK, None)
+}
+
+/// `POST /t`: the order whose number and e-mail address (any case) both match, by a redirect to its tracking
+/// page; anything else (no such order, another address, an order without one, a malformed form) gets the
+/// same page and status, so the form tells nothing about which part was wrong. Reads only.
+async fn find(State(st): State<St>, body: Bytes) -> Response {
+    let fields: Vec<(String, String)> =
+        if body.len() <= FORM_BYTES_MAX { serde_urlencoded::from_bytes(&body).unwrap_or_default() } else { Vec::new() };
+    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    let (order, email) = (get("order"), get("email"));
+    let miss = || {
+        find_page(
+            StatusCode::NOT_FOUND,
+            Some("No order has this number and e-mail address. Check both in your confirmation."),
+        )
+    };
+    if order.is_empty() || order.len() > 64 || email.is_empty() || email.len() > 254 {
+        return miss();
+    }
+    let h = st.hub.clone();
+    let found = crate::orders::blocking(move || h.intake.order(&order)).await;
+    let token = found.ok().flatten().and_then(|o| {
+        let matches = o.draft.contact.email.as_deref().is_some_and(|e| e.trim().eq_ignore_ascii_case(&email));
+        o.tracking_token.filter(|_| matches)
+    });
+    match token {
+        Some(t) => see_other(&format!("/t/{t}")),
+        None => miss(),
+    }
 }
 
 /// A page with one sentence and a way back.

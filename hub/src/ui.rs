@@ -59,6 +59,7 @@ pub(crate) fn routes(hub: Arc<Hub>, chrome: Arc<Chrome>) -> Router {
         .route("/ui/orders/{id}/cancel-lines", post(cancel_lines))
         .route("/ui/orders/{id}/fulfillments/{fulfillment}/cancel", post(cancel_at_site))
         .route("/ui/orders/{id}/route", post(route_now))
+        .route("/ui/orders/{id}/routing", get(routing_screen))
         .with_state(UiState { hub: hub.clone(), chrome: chrome.clone() })
         .merge(crate::selfservice::routes(hub, chrome.secure_cookie))
 }
@@ -509,6 +510,75 @@ async fn route_now(
     Ok(after_form(&st, &f, &v, &id, done))
 }
 
+/// A serde enum's word (`partial`, `no_capacity_today`) for people: underscores as spaces.
+fn word<T: serde::Serialize>(t: &T) -> String {
+    serde_json::to_value(t).ok().and_then(|v| v.as_str().map(|w| w.replace('_', " "))).unwrap_or_default()
+}
+
+/// A promise's time for people (RFC 3339 in UTC), or a dash.
+fn when(ms: Option<u64>) -> String {
+    ms.and_then(oms_protocol::shipping::rfc3339).unwrap_or_else(|| "—".into())
+}
+
+/// Every routing decision of an order drawn for people (planner and service): per decision its trigger and
+/// outcome, what each chosen site ships, and the candidates with what decided between them, in the order the
+/// router compares plans; the sites left out and why. The same data as `GET /v1/orders/{id}/routing`.
+async fn routing_screen(
+    State(st): State<UiState>,
+    session: UiSession,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let (hub, key, principal) = (st.hub.clone(), id.clone(), session.principal());
+    let order = crate::orders::blocking(move || hub.intake.order(&key))
+        .await?
+        .filter(|o| principal.confined_to().is_none_or(|c| &o.draft.channel == c))
+        .ok_or_else(|| crate::orders::not_found(&id))?;
+    let now = oms_service::now_ms();
+    let body = html! {
+        h1 { "Routing of order " (order.id) }
+        p { a href={ "/ui/orders/" (order.id) } { "Back to the order" } }
+        p.hint { "Plans are compared on, in this order: units left unfilled, then the number of shipments, then stale sites \
+            shipping, then the day the last shipment leaves (from each site's cut-offs), then the sites' priorities, then \
+            units × distance. The first difference decides." }
+        @if !order.avoid_sites.is_empty() {
+            p { "Never placed at again (moved away by service): " (order.avoid_sites.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")) }
+        }
+        @for d in order.decisions.iter().rev() {
+            section.card {
+                h2 { (ago(d.at_ms, now)) " ago — " (word(&d.decision.outcome)) }
+                p { "Why routing ran: " (d.trigger) ". " (d.decision.explanation.sets_evaluated) " site sets scored." }
+                @if d.decision.assignments.is_empty() { p { strong { "No site was chosen." } } }
+                ul { @for a in &d.decision.assignments {
+                    li { strong { (a.site) } " ships "
+                        (a.lines.iter().map(|l| format!("{} × {}", l.qty, l.sku)).collect::<Vec<_>>().join(", "))
+                        " (" (format!("{:.0}", a.distance_km)) " km)"
+                        @if let Some(p) = &a.promise { ", ships by " (when(Some(p.ship_by_ms))) } }
+                } }
+                @if !d.decision.unfilled.is_empty() {
+                    p { "Left waiting for stock: " (d.decision.unfilled.iter().map(|l| format!("{} × {}", l.qty, l.sku)).collect::<Vec<_>>().join(", ")) }
+                }
+                @if d.decision.explanation.candidates.is_empty() { p { "No site could be considered: none is known, or every one was left out." } }
+                @else { div.table-wrap { table {
+                    caption { "Sites considered, nearest first" }
+                    thead { tr { th { "Site" } th.num { "Distance (km)" } th.num { "Units it could ship" } th { "Ships by" }
+                        th.num { "Priority" } th { "Fresh" } th.num { "Alone: unfilled" } th { "Chosen" } } }
+                    tbody { @for c in &d.decision.explanation.candidates { tr {
+                        td { (c.site) } td.num { (format!("{:.0}", c.distance_km)) } td.num { (c.promisable_units) }
+                        td { (when(c.promised_ship_by_ms)) } td.num { (c.priority) }
+                        td { @if c.stale { "stale" } @else { "yes" } } td.num { (c.alone.unfilled_units) }
+                        td { @if d.decision.assignments.iter().any(|a| a.site == c.site) { strong { "chosen" } } @else { "—" } }
+                    } } }
+                } } }
+                @if !d.decision.explanation.excluded.is_empty() {
+                    p { "Left out: " (d.decision.explanation.excluded.iter().map(|e| format!("{} ({})", e.site, word(&e.reason))).collect::<Vec<_>>().join(", ")) }
+                }
+            }
+        }
+        @if order.decisions.is_empty() { p { "No routing decision recorded." } }
+    };
+    Ok(page(&st.chrome, &format!("Routing of {}", order.id), Some(&session), body).into_response())
+}
+
 /// Whether a fulfillment in `status` (its site's state) can still be cancelled at its site.
 fn site_may_cancel(status: &str) -> bool {
     !matches!(status, "shipped" | "delivered" | "cancelled" | "rejected")
@@ -620,6 +690,7 @@ fn order_page(st: &UiState, session: &UiSession, v: &Value, error: Option<&str>)
                 } } }
             } }
             h2 { "Fulfillments" }
+            p { a href={ "/ui/orders/" (s(&v["id"])) "/routing" } { "How it was routed" } }
             ul { @for f in v["fulfillments"].as_array().unwrap_or(&empty) {
                 li { (s(&f["id"])) " from " strong { (s(&f["site"])) } ": " (status_words(s(&f["status"]))) " (" code { (s(&f["status"])) } ")"
                     @if f["shipment"].is_object() { ", " (s(&f["shipment"]["carrier"])) " " code { (s(&f["shipment"]["tracking"])) } }

@@ -81,6 +81,13 @@ async fn planner_service_and_customer_screens() {
     assert_eq!(p.status, 200);
     assert!(p.html.contains("Waiting for stock"), "{}", p.html);
     assert!(!p.html.contains("Cancel the order"), "a planner has no cancel form");
+    // How it was routed, drawn: no site exists yet, so the one decision held it and chose none.
+    assert!(p.html.contains(&format!("/ui/orders/{id}/routing")), "{}", p.html);
+    let r = per.get(&format!("/ui/orders/{id}/routing")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.html.contains(&format!("Routing of order {id}")) && r.html.contains("held"), "{}", r.html);
+    assert!(r.html.contains("No site was chosen.") && r.html.contains("units left unfilled"), "{}", r.html);
+    assert_eq!(per.get("/ui/orders/hub-0000099999/routing").await.status, 404);
     let csrf = per.get("/ui").await.csrf();
     let p = per.post(&format!("/ui/orders/{id}/cancel"), &[("csrf", &csrf), ("reason", "x")]).await;
     assert_eq!(p.status, 403);
@@ -341,6 +348,24 @@ async fn planner_service_and_customer_screens() {
     for internal in ["Secret Street", "Ada Customer", &id, "Sign out"] {
         assert!(!p.html.contains(internal), "the customer page shows {internal:?}");
     }
+    // Without the link: the order number and the e-mail address it was placed with (any case) find it; a
+    // wrong address or an unknown number get the same page and status.
+    let p = customer.get("/t").await;
+    assert!(p.status == 200 && p.html.contains("Find your order"), "{}", p.html);
+    let p = customer.post("/t", &[("order", ids[1].as_str()), ("email", " ADA@example.COM ")]).await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    let to = p.location.clone().unwrap();
+    assert!(to.starts_with("/t/"), "{to}");
+    let page = customer.get(&to).await;
+    assert!(page.status == 200 && page.html.contains("web-2"), "{}", page.html);
+    let wrong = customer.post("/t", &[("order", ids[1].as_str()), ("email", "eve@example.com")]).await;
+    let unknown = customer.post("/t", &[("order", "hub-0000099999"), ("email", "ada@example.com")]).await;
+    let no_email = customer.post("/t", &[("order", id.as_str()), ("email", "ada@example.com")]).await;
+    for p in [&wrong, &unknown, &no_email] {
+        assert_eq!(p.status, 404);
+        assert!(p.html.contains("No order has this number and e-mail address"), "{}", p.html);
+    }
+    assert_eq!(wrong.html, unknown.html, "the page says nothing about which part was wrong");
     let mut guess = token.into_bytes();
     guess[10] = if guess[10] == b'a' { b'b' } else { b'a' };
     let p = customer.get(&format!("/t/{}", String::from_utf8(guess).unwrap())).await;

@@ -143,7 +143,8 @@ async fn service_cancels_with_a_reason_and_the_customer_follows_on_a_phone_in_ch
         "external_ref": "web-1", "channel": "web",
         "lines": [{"sku": "SKU-1", "qty": 2, "unit_price_minor": 1250, "currency": "EUR"}],
         "ship_to": {"name": "Ada Customer", "line1": "1 Secret Street", "city": "X", "postcode": "10115",
-            "country": "DE", "lat": 52.52, "lon": 13.40}
+            "country": "DE", "lat": 52.52, "lon": 13.40},
+        "contact": {"email": "ada@example.com"}
     });
     let r = oms_tests::http_as(&web)
         .post(format!("http://{http}/v1/orders"))
@@ -158,17 +159,38 @@ async fn service_cancels_with_a_reason_and_the_customer_follows_on_a_phone_in_ch
     let track = format!("/t/{}", order["tracking_token"].as_str().unwrap());
     let report = run_script(
         "hub.mjs",
-        &[("OMS_URL", format!("http://{http}")), ("OMS_ORDER", id.clone()), ("OMS_TRACK", track)],
+        &[
+            ("OMS_URL", format!("http://{http}")),
+            ("OMS_ORDER", id.clone()),
+            ("OMS_EMAIL", "ADA@example.com".into()),
+            ("OMS_TRACK", track),
+        ],
     )
     .await;
     assert_eq!(report["axe_violations"], 0);
+    // The agent's line cancel and whole cancel are in the audit trail under the person's name.
+    let (_, audit) = get(&oms_tests::http(), format!("http://{http}/v1/audit/events?limit=100")).await;
+    let rows: Vec<(&str, &str, &str)> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["route"].as_str().is_some_and(|r| r.starts_with("/ui/orders/{id}/cancel")))
+        .map(|e| (e["route"].as_str().unwrap(), e["key"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        [("/ui/orders/{id}/cancel-lines", "user:sam", "ok"), ("/ui/orders/{id}/cancel", "user:sam", "ok")],
+        "{audit}"
+    );
     let (s, v) = get(&oms_tests::http(), format!("http://{http}/v1/orders/{id}")).await;
     assert_eq!(s, 200);
     assert_eq!(
         (v["status"].as_str(), v["cancel_reason"].as_str()),
         (Some("cancelled"), Some("customer called to cancel"))
     );
-    for screen in ["hub-network", "hub-stock", "hub-reports", "hub-order", "customer-tracking"] {
+    for screen in
+        ["hub-network", "hub-stock", "hub-reports", "hub-order", "hub-routing", "customer-tracking", "customer-find"]
+    {
         let bytes = report["screens"][screen]["first_load_bytes"].as_u64().unwrap();
         assert!(bytes < 150_000, "{screen} weighs {bytes} bytes on first load");
     }
@@ -203,6 +225,23 @@ async fn staff_on_a_phone_receive_an_asn_and_a_return_by_scanning_in_chromium() 
     assert_eq!(inbound["items"][0]["lines"][0]["received_here"], 4, "{inbound}");
     let (_, rmas) = get(&admin, format!("{base}/rmas")).await;
     assert_eq!(rmas["items"][0]["lines"][0]["received_here"], 1, "{rmas}");
+    // A planner watching the hub's network stock table sees the site's receipt arrive after sync.
+    let expect = before + 5;
+    let planner = run_script(
+        "planner.mjs",
+        &[
+            ("OMS_URL", format!("http://{}", f.hub_http)),
+            ("OMS_SKU", "SKU-A".into()),
+            ("OMS_SITE", "wh-berlin".into()),
+            ("OMS_EXPECT", expect.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (planner["axe_violations"].as_u64(), planner["last_seen"].as_u64()),
+        (Some(0), Some(expect)),
+        "{planner}"
+    );
     for screen in ["node-inbound", "node-returns", "node-dispatch"] {
         assert!(shots_dir().join(format!("{screen}.png")).exists(), "{screen} screenshot");
         let bytes = report["screens"][screen]["first_load_bytes"].as_u64().unwrap();

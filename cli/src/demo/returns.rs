@@ -24,7 +24,10 @@
 //! And service's cancel at one site (`POST /v1/orders/{id}/fulfillments/{f}/cancel`): one order's part is
 //! moved away from its site (`then: reroute`: it lands at another, and the order never goes back to the
 //! first), another's is cancelled there (`then: cancel`: its unit ends cancelled, not waiting):
-//! `site_cancels_moved`, `site_cancels_cancelled` and `site_cancel_mismatches` (must be 0).
+//! `site_cancels_moved`, `site_cancels_cancelled` and `site_cancel_mismatches` (must be 0). Each of those
+//! orders is also found by its customer without the link (`POST /t` with the order number and the e-mail
+//! address, in another case; another address finds nothing): `orders_found_by_email`, `order_find_mismatches`
+//! (must be 0).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,6 +60,8 @@ pub(super) struct ReturnsFigures {
     site_cancels_moved: u64,
     site_cancels_cancelled: u64,
     site_cancel_mismatches: u64,
+    orders_found_by_email: u64,
+    order_find_mismatches: u64,
     receipts_pruned: u64,
     prune_mismatches: u64,
 }
@@ -79,6 +84,8 @@ impl ReturnsFigures {
             "site_cancels_moved": self.site_cancels_moved,
             "site_cancels_cancelled": self.site_cancels_cancelled,
             "site_cancel_mismatches": self.site_cancel_mismatches,
+            "orders_found_by_email": self.orders_found_by_email,
+            "order_find_mismatches": self.order_find_mismatches,
             "rma_receipts_pruned": self.receipts_pruned,
             "rma_receipt_prune_mismatches": self.prune_mismatches,
         })
@@ -93,12 +100,14 @@ impl ReturnsFigures {
             && self.site_cancel_mismatches == 0
             && self.site_cancels_moved > 0
             && self.site_cancels_cancelled > 0
+            && self.order_find_mismatches == 0
+            && self.orders_found_by_email > 0
             && self.prune_mismatches == 0
     }
 
     pub(super) fn line(&self) -> String {
         format!(
-            "returns: {} RMAs requested ({} on the customer's tracking page) and approved, {} units received at the sites ({} while cut off), {} counted by the hub, refunded {} (minor units); by state {}; the reports count {} returns (mismatches {}, must be 0); RMA mismatches {} (must be 0); {} RMA receipts pruned from the stock documents (mismatches {}, must be 0); {} units waiting for stock cancelled by line (mismatches {}, must be 0); cancels at one site: {} moved to another site, {} cancelled there (mismatches {}, must be 0)",
+            "returns: {} RMAs requested ({} on the customer's tracking page) and approved, {} units received at the sites ({} while cut off), {} counted by the hub, refunded {} (minor units); by state {}; the reports count {} returns (mismatches {}, must be 0); RMA mismatches {} (must be 0); {} RMA receipts pruned from the stock documents (mismatches {}, must be 0); {} units waiting for stock cancelled by line (mismatches {}, must be 0); cancels at one site: {} moved to another site, {} cancelled there (mismatches {}, must be 0); {} orders found on /t by number and e-mail (mismatches {}, must be 0)",
             self.requested,
             self.via_tracking_page,
             self.received_at_sites,
@@ -115,7 +124,9 @@ impl ReturnsFigures {
             self.line_cancel_mismatches,
             self.site_cancels_moved,
             self.site_cancels_cancelled,
-            self.site_cancel_mismatches
+            self.site_cancel_mismatches,
+            self.orders_found_by_email,
+            self.order_find_mismatches
         )
     }
 }
@@ -296,8 +307,31 @@ pub(super) async fn pass(
     let units = rep["total"]["units_returned"].as_u64().unwrap_or(u64::MAX);
     f.report_mismatches = u64::from(f.report_returns != with_units) + u64::from(units != f.received_at_hub);
     (f.units_cancelled_waiting, f.line_cancel_mismatches) = cancel_waiting_units(admin, &base).await?;
-    (f.site_cancels_moved, f.site_cancels_cancelled, f.site_cancel_mismatches) = cancel_at_sites(admin, &base).await?;
+    (
+        f.site_cancels_moved,
+        f.site_cancels_cancelled,
+        f.site_cancel_mismatches,
+        f.orders_found_by_email,
+        f.order_find_mismatches,
+    ) = cancel_at_sites(admin, &base).await?;
     Ok(f)
+}
+
+/// The e-mail address the orders cancelled at their site are placed with (the customer finds them by it).
+const DEMO_EMAIL: &str = "demo.customer@example.com";
+
+/// The customer without the link: `POST /t` with the order number and the e-mail address (in another case)
+/// must lead to the order's tracking page, and another address must find nothing (404). Returns (found,
+/// mismatches).
+async fn find_by_email(admin: &reqwest::Client, base: &str, order: &str) -> anyhow::Result<(u64, u64)> {
+    let site = base.trim_end_matches("/v1");
+    let post = |email: &str| admin.post(format!("{site}/t")).form(&[("order", order), ("email", email)]).send();
+    let found = post(&DEMO_EMAIL.to_uppercase()).await?;
+    let (status, path) = (found.status().as_u16(), found.url().path().to_owned());
+    let page = found.text().await.unwrap_or_default();
+    let ok = status == 200 && path.starts_with("/t/") && page.contains("web-site-cancel-");
+    let wrong = post("someone.else@example.com").await?.status().as_u16();
+    Ok((u64::from(ok), u64::from(!ok) + u64::from(wrong != 404)))
 }
 
 /// SKUs tried in turn for the orders cancelled at their site, until one is placed.
@@ -311,7 +345,8 @@ async fn placed_order(admin: &reqwest::Client, base: &str, n: u32) -> anyhow::Re
             "external_ref": format!("web-site-cancel-{n}-{i}"), "channel": "web",
             "lines": [{"sku": format!("SKU-{i:03}"), "qty": 1, "unit_price_minor": 1500, "currency": "EUR"}],
             "ship_to": {"name": "Demo Customer", "line1": "1 Demo Street", "city": "Berlin", "postcode": "10115",
-                "country": "DE", "lat": 52.52, "lon": 13.40}
+                "country": "DE", "lat": 52.52, "lon": 13.40},
+            "contact": {"email": DEMO_EMAIL}
         });
         let key = format!("demo-site-cancel-{n}-{i}");
         let (s, v) = call(admin.post(format!("{base}/orders")).header("idempotency-key", key).json(&order)).await?;
@@ -332,14 +367,17 @@ async fn placed_order(admin: &reqwest::Client, base: &str, n: u32) -> anyhow::Re
 /// Service's cancel at one site: one order's fulfillment moved away from its site (it must land at another
 /// and the order avoid the first), another's cancelled there (its unit must end cancelled, not waiting).
 /// Returns (moved, cancelled, mismatches).
-async fn cancel_at_sites(admin: &reqwest::Client, base: &str) -> anyhow::Result<(u64, u64, u64)> {
+async fn cancel_at_sites(admin: &reqwest::Client, base: &str) -> anyhow::Result<(u64, u64, u64, u64, u64)> {
     let (mut moved, mut cancelled, mut bad) = (0, 0, 0);
+    let (mut found, mut find_bad) = (0, 0);
     for (n, then) in [(1, "reroute"), (2, "cancel")] {
         let Some((id, fo, site)) = placed_order(admin, base, n).await? else {
             println!("cancel at a site: no site could take a one-unit order");
             bad += 1;
             continue;
         };
+        let (f, b) = find_by_email(admin, base, &id).await?;
+        (found, find_bad) = (found + f, find_bad + b);
         let body = json!({"reason": format!("demo: {then} away from {site}"), "then": then});
         let (s, v) = call(admin.post(format!("{base}/orders/{id}/fulfillments/{fo}/cancel")).json(&body)).await?;
         if s != 202 {
@@ -372,7 +410,7 @@ async fn cancel_at_sites(admin: &reqwest::Client, base: &str) -> anyhow::Result<
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    Ok((moved, cancelled, bad))
+    Ok((moved, cancelled, bad, found, find_bad))
 }
 
 /// The SKU no site holds, for the order that waits.
