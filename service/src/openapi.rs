@@ -51,7 +51,7 @@ pub fn order_example() -> serde_json::Value {
 
 /// Whether `path` is one of the HTML screens, which the documents leave out (see the module's doc).
 pub fn is_screen(path: &str) -> bool {
-    path == "/" || path == "/ui" || path.starts_with("/ui/") || path.starts_with("/t/")
+    path == "/" || path == "/ui" || path.starts_with("/ui/") || path == "/t" || path.starts_with("/t/")
 }
 
 /// The document as served: built once at start, shared by every request.
