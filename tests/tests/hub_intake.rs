@@ -349,10 +349,24 @@ async fn hub_killed_during_intake_loses_no_acknowledged_order() {
         })
         .await;
     }
-    // Nothing assigned twice: the site reserved exactly one unit per fulfillment the hub knows of.
-    let (_, st) = get(&c, format!("http://{}/v1/stock/SKU-1", berlin.http)).await;
-    let (_, listed) = get(&c, format!("http://{}/v1/orders?limit=500", berlin.http)).await;
-    let at_site = listed["orders"].as_array().unwrap().len() as u64;
+    // Nothing assigned twice: the site reserved exactly one unit per order it holds. Orders the hub committed
+    // but never acknowledged (the kill came first) may still be arriving, so the count is read between two
+    // listings that agree (bounded: 100 tries, 100 ms apart).
+    let count = |v: &Value| v["orders"].as_array().map_or(0, |a| a.len() as u64);
+    let mut seen = None;
+    for _ in 0..100 {
+        let (_, before) = get(&c, format!("http://{}/v1/orders?limit=500", berlin.http)).await;
+        let (_, st) = get(&c, format!("http://{}/v1/stock/SKU-1", berlin.http)).await;
+        let (_, after) = get(&c, format!("http://{}/v1/orders?limit=500", berlin.http)).await;
+        let settled = count(&before) == count(&after)
+            && after["orders"].as_array().is_some_and(|a| a.iter().all(|o| o["status"] == "accepted"));
+        seen = Some((count(&after), st));
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (at_site, st) = seen.unwrap();
     assert!(at_site >= acked.len() as u64, "{at_site} orders at the site, {} acknowledged", acked.len());
     assert_eq!(st["reserved"].as_u64(), Some(at_site), "{st}");
     drop(hub);
