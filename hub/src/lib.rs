@@ -101,7 +101,10 @@ pub async fn run(
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
     // its own writer thread.
     let sites = orders::site_source(Arc::downgrade(&hub));
-    hub.intake.start(cfg.intake, sites).map_err(|e| anyhow::anyhow!("cannot start the intake's writer: {e}"))?;
+    let effects = orders::effects_sink(Arc::downgrade(&hub));
+    hub.intake
+        .start(cfg.intake, sites, Some(effects))
+        .map_err(|e| anyhow::anyhow!("cannot start the intake's writer: {e}"))?;
     // The demand ledger and the sites' stock read once in the background (a chunk of documents per hold of
     // their lock), so that the first forecast does not wait for it; the hub is healthy meanwhile.
     let warm = {

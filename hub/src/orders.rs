@@ -215,33 +215,58 @@ pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
 /// [`recover`] after a crash), and each session flushes dirty documents before it sends a frame, so a site
 /// never sees a document the hub could lose.
 pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), EffectsError> {
-    if effects.fulfillments.is_empty() && effects.escrow.is_empty() {
+    apply_all_effects(hub, &[effects])
+}
+
+/// [`apply_effects`] for many orders under one hold of the documents' lock: each site's escrow view gets one
+/// change for all of them, with each counter written once, merged (element-wise max) with what the view holds,
+/// so that effects applied out of order (two batches, two orders of one, a cancel beside an intake) never put
+/// an older state over a newer one: the intake's counters only ever grow.
+pub fn apply_all_effects(hub: &Hub, all: &[&Effects]) -> Result<(), EffectsError> {
+    if all.iter().all(|e| e.fulfillments.is_empty() && e.escrow.is_empty()) {
         return Ok(());
     }
     let now = now_ms();
+    // The newest counter per site and SKU: later effects hold larger counters, and the merge keeps every cell's
+    // largest value whichever comes last.
+    let mut escrow: BTreeMap<(NodeId, String), EscrowCounter> = BTreeMap::new();
+    for (site, c) in all.iter().flat_map(|e| &e.escrow) {
+        match escrow.entry((site.clone(), c.sku().as_str().to_owned())) {
+            std::collections::btree_map::Entry::Occupied(mut held) => {
+                if held.get_mut().merge(c).is_err() {
+                    // Same SKU by the key: cannot happen; the later counter stands.
+                    held.insert(c.clone());
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(c.clone());
+            }
+        }
+    }
     let mut tell = Vec::new();
-    // Each counter as the intake holds it now, not as this write left it: effects applied out of order (two
-    // batches, or two orders of one) must not put an older state over a newer one, and the intake's counters
-    // only ever grow (element-wise max). Read before the documents' lock: the intake's lock may be held
-    // across an intake commit.
-    let escrow: Vec<(NodeId, EscrowCounter)> = effects
-        .escrow
-        .iter()
-        .map(|(site, c)| (site.clone(), hub.intake.escrow(site, c.sku()).unwrap_or_else(|| c.clone())))
-        .collect();
     {
         let mut docs = lock(&hub.docs);
-        for f in &effects.fulfillments {
+        for f in all.iter().flat_map(|e| &e.fulfillments) {
             let Some(name) = schema::order_doc(&f.id) else { continue };
             let nodes = docs
                 .write_local(&name, |d| schema::create_hub_order(d, &f.id, &f.parent, &f.site, &f.draft, now))
                 .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
             tell.extend(nodes);
         }
-        for (site, c) in &escrow {
+        let mut by_site: BTreeMap<&NodeId, Vec<&EscrowCounter>> = BTreeMap::new();
+        for ((site, _), c) in &escrow {
+            by_site.entry(site).or_default().push(c);
+        }
+        for (site, counters) in by_site {
             let Some(name) = schema::escrow_doc(site) else { continue };
             let nodes = docs
-                .write_local(&name, |d| schema::write_escrow(d, site, c, now))
+                .write_local(&name, |d| {
+                    let mut changed = false;
+                    for c in counters {
+                        changed |= schema::merge_escrow(d, site, c, now)?;
+                    }
+                    Ok(changed)
+                })
                 .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
             tell.extend(nodes);
         }
@@ -250,6 +275,15 @@ pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), EffectsError> {
     tell.dedup();
     hub.poke(&tell);
     Ok(())
+}
+
+/// The intake's [`crate::intake::EffectsSink`]: writes what each committed batch of channel orders created,
+/// before their callers are answered (see `intake::writer`).
+pub fn effects_sink(hub: std::sync::Weak<Hub>) -> crate::intake::EffectsSink {
+    Box::new(move |all| {
+        let Some(hub) = hub.upgrade() else { return Err("the hub is shutting down".into()) };
+        apply_all_effects(&hub, all).map_err(|e| e.to_string())
+    })
 }
 
 fn replay_effects(order: &HubOrder) -> Effects {
@@ -342,11 +376,14 @@ pub async fn create(
             return Err(e.into());
         }
     };
-    let h = hub.clone();
-    let effects = if placed.created { placed.effects } else { replay_effects(&placed.order) };
-    // For a replay: the original may have been committed just before a crash that kept its documents from
-    // being written; writing them again is a no-op otherwise.
-    blocking(move || apply_effects(&h, &effects)).await?;
+    // The intake's documents thread wrote a new order's documents before answering (`written`). For a
+    // replay: the original may have been committed just before a crash that kept its documents from being
+    // written; writing them again is a no-op otherwise.
+    if !placed.written {
+        let h = hub.clone();
+        let effects = if placed.created { placed.effects } else { replay_effects(&placed.order) };
+        blocking(move || apply_effects(&h, &effects)).await?;
+    }
     // A new order's fulfillments were created a moment ago with no progress: its view needs no document.
     let mut view = if placed.created {
         order_view_with(&placed.order, |_| FoState::assigned())

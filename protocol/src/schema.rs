@@ -645,6 +645,33 @@ pub fn write_escrow(
     put_keyed(doc, node, keys::ESCROW, counter.sku().as_str(), counter, now_ms)
 }
 
+/// [`write_escrow`] of `counter` merged (element-wise max) with the counter the document holds for its SKU,
+/// so that a view written late never puts an older state over a newer one. A stored counter that does not
+/// decode, or names another SKU, is replaced. Returns true if the document changed.
+pub fn merge_escrow(
+    doc: &mut AutoCommit,
+    node: &NodeId,
+    counter: &EscrowCounter,
+    now_ms: u64,
+) -> Result<bool, SchemaError> {
+    let sku = counter.sku().as_str();
+    let held = match doc.get(ROOT, keys::ESCROW)? {
+        Some((automerge::Value::Object(ObjType::Map), obj)) => get_bytes(doc, &obj, sku)?
+            .and_then(|b| postcard::from_bytes::<EscrowCounter>(&b).ok())
+            .filter(|c| c.sku().as_str() == sku),
+        _ => None,
+    };
+    let merged = match held {
+        Some(mut c) => {
+            // Same SKU (checked above): the merge cannot fail.
+            c.merge(counter).map_err(|e| SchemaError::Automerge(e.to_string()))?;
+            c
+        }
+        None => counter.clone(),
+    };
+    write_escrow(doc, node, &merged, now_ms)
+}
+
 /// Reads the escrow counters under [`keys::ESCROW`], at most `max`. A counter that does not decode (or
 /// claims another SKU than its key) is skipped and reported in the second list.
 pub fn read_escrow(doc: &AutoCommit, max: usize) -> Result<(Vec<EscrowCounter>, Vec<String>), SchemaError> {
@@ -1227,6 +1254,32 @@ mod tests {
             timeline: vec![],
             created_at_ms: 1,
         }
+    }
+
+    #[test]
+    fn an_escrow_view_written_late_never_goes_back() {
+        use crate::escrow::{EscrowCounter, Party};
+        let node = NodeId::parse("wh-1").unwrap();
+        let mut older = EscrowCounter::new(crate::domain::Sku::parse("A").unwrap());
+        older.add(Party::Site, 10).unwrap();
+        older.grant_lease(Party::Site, Party::Hub, u64::MAX / 2, 10).unwrap();
+        older.transfer(Party::Site, Party::Hub, 10, 0).unwrap();
+        older.consume(Party::Hub, 2, 0).unwrap();
+        let mut newer = older.clone();
+        newer.consume(Party::Hub, 3, 0).unwrap();
+        let mut doc = AutoCommit::new();
+        assert!(merge_escrow(&mut doc, &node, &newer, 1).unwrap());
+        // The older state arrives second: nothing changes, the newer one stands.
+        assert!(!merge_escrow(&mut doc, &node, &older, 2).unwrap());
+        let (read, bad) = read_escrow(&doc, 10).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(read, vec![newer.clone()]);
+        assert_eq!(read[0].consumed(Party::Hub), 5);
+        // A newer one still moves it on.
+        let mut newest = newer.clone();
+        newest.consume(Party::Hub, 1, 0).unwrap();
+        assert!(merge_escrow(&mut doc, &node, &newest, 3).unwrap());
+        assert_eq!(read_escrow(&doc, 10).unwrap().0[0].consumed(Party::Hub), 6);
     }
 
     #[test]

@@ -60,7 +60,7 @@ use crate::routing::{self, Outcome, RouteLine, RouteRequest, RoutingDecision, Ro
 
 mod writer;
 
-pub use writer::{BatchCounts, IntakeLimits, SiteSource, body_hash};
+pub use writer::{BatchCounts, DOCS_BATCHES_MAX, DOCS_QUEUE_MAX, EffectsSink, IntakeLimits, SiteSource, body_hash};
 
 /// The format of `intake.redb` (see `oms_service::storage::format`): 1 is the first versioned one, the same
 /// tables as the unversioned files before it, whose one-time index builds still run at open. Every table in
@@ -378,6 +378,9 @@ pub struct Placed {
     pub created: bool,
     /// What to write into documents.
     pub effects: Effects,
+    /// True once `effects` are written into the hub's documents by the writer's [`EffectsSink`] (see
+    /// [`Intake::start`]); false leaves that to the caller.
+    pub written: bool,
 }
 
 struct State {

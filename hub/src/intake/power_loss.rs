@@ -117,7 +117,7 @@ fn every_201_survives_a_power_cut_once_with_gap_free_invoices_and_one_capture_ea
         rights.grant_lease(Party::Site, Party::Hub, u64::MAX / 2, 1_000).unwrap();
         rights.transfer(Party::Site, Party::Hub, HUB_RIGHTS, 0).unwrap();
         intake.merge_site(&site(), vec![rights], now_ms()).unwrap();
-        intake.start(IntakeLimits::default(), Box::new(|_| facts())).unwrap();
+        intake.start(IntakeLimits::default(), Box::new(|_| facts()), None).unwrap();
         let money = Arc::new(money(provider(&state)));
         let mut acked: Vec<Acked> = Vec::new();
         let mut billed: Vec<Billed> = Vec::new();

@@ -16,6 +16,14 @@
 //! every caller in it gets the error.
 //!
 //! The sites' views are built once per batch ([`SiteSource`]), not once per order.
+//!
+//! With an [`EffectsSink`], a second thread (`oms-intake-docs`) takes each committed batch, writes what its
+//! orders created into the hub's documents (fulfillment documents, escrow views) with one call for every
+//! batch waiting (at most [`DOCS_BATCHES_MAX`] batches, [`DOCS_QUEUE_MAX`] queued), and only then answers
+//! the batch's callers. The writer meanwhile takes the next batch: the commit of one batch and the documents of
+//! the one before run side by side, and the documents' lock, which every sync session needs, is taken once
+//! per round instead of once per order. If the sink fails, the callers are answered with `written: false`
+//! and write the documents themselves (and answer the error if that fails too).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +77,16 @@ impl IntakeLimits {
 /// batch by the writer thread.
 pub type SiteSource = Box<dyn FnMut(u64) -> Vec<SiteFacts> + Send>;
 
+/// Writes what committed orders created into the hub's documents, on the intake's documents thread (see the
+/// module docs), before their callers are answered. The error is logged; the callers then write themselves.
+pub type EffectsSink = Box<dyn FnMut(&[&Effects]) -> Result<(), String> + Send>;
+
+/// Committed batches waiting for the documents thread; the writer waits for room beyond this (so a slow
+/// sink slows the intake down rather than queueing without bound).
+pub const DOCS_QUEUE_MAX: usize = 64;
+/// Committed batches the documents thread writes with one call of the sink.
+pub const DOCS_BATCHES_MAX: usize = 16;
+
 /// One channel order for the writer: the caller's key, the validated order, its canonical hash, the caller.
 pub(super) struct Create {
     key: String,
@@ -105,7 +123,7 @@ type Answer = oneshot::Receiver<Result<Placed, IntakeError>>;
 
 struct Job {
     create: Create,
-    reply: oneshot::Sender<Result<Placed, IntakeError>>,
+    reply: Reply,
 }
 
 /// The sending side of the writer's queue.
@@ -142,10 +160,15 @@ impl BatchStats {
 }
 
 impl Intake {
-    /// Starts the writer thread, which asks `sites` for the sites' views once per batch. Later calls change
-    /// nothing. Bounds outside [`IntakeLimits::check`]'s ranges are clamped into them (the configuration is
-    /// checked when it is read).
-    pub fn start(&self, limits: IntakeLimits, sites: SiteSource) -> Result<(), IntakeError> {
+    /// Starts the writer thread, which asks `sites` for the sites' views once per batch, and with `effects`
+    /// the documents thread (see the module docs). Later calls change nothing. Bounds outside
+    /// [`IntakeLimits::check`]'s ranges are clamped into them (the configuration is checked when it is read).
+    pub fn start(
+        &self,
+        limits: IntakeLimits,
+        sites: SiteSource,
+        effects: Option<EffectsSink>,
+    ) -> Result<(), IntakeError> {
         let limits = IntakeLimits {
             queue_max: limits.queue_max.clamp(1, IntakeLimits::QUEUE_MAX),
             batch_max: limits.batch_max.clamp(1, IntakeLimits::BATCH_MAX),
@@ -155,12 +178,23 @@ impl Intake {
         }
         let (tx, rx) = mpsc::channel(limits.queue_max);
         let core = self.core.clone();
+        let spawn_failed =
+            |source| IntakeError::Storage(Arc::new(StorageError::Io { what: "starting the intake's writer", source }));
+        let answers = match effects {
+            Some(sink) => {
+                let (done_tx, done_rx) = std::sync::mpsc::sync_channel(DOCS_QUEUE_MAX);
+                std::thread::Builder::new()
+                    .name("oms-intake-docs".into())
+                    .spawn(move || docs_loop(&done_rx, sink))
+                    .map_err(spawn_failed)?;
+                Answers::Docs(done_tx)
+            }
+            None => Answers::Direct,
+        };
         std::thread::Builder::new()
             .name("oms-intake".into())
-            .spawn(move || writer_loop(&core, rx, limits.batch_max, sites))
-            .map_err(|source| {
-                IntakeError::Storage(Arc::new(StorageError::Io { what: "starting the intake's writer", source }))
-            })?;
+            .spawn(move || writer_loop(&core, rx, limits.batch_max, sites, &answers))
+            .map_err(spawn_failed)?;
         let _ = self.queue.set(Queue { tx });
         Ok(())
     }
@@ -217,10 +251,89 @@ impl Intake {
     }
 }
 
+/// One caller's answer channel.
+type Reply = oneshot::Sender<Result<Placed, IntakeError>>;
+
+/// A committed batch on its way to the documents thread: each caller's result and answer channel.
+type Committed = Vec<(Result<Placed, IntakeError>, Reply)>;
+
+/// Where the writer sends a committed batch's results.
+enum Answers {
+    /// Straight to the callers (no sink).
+    Direct,
+    /// Through the documents thread.
+    Docs(std::sync::mpsc::SyncSender<Committed>),
+}
+
+impl Answers {
+    fn send(&self, committed: Committed) {
+        match self {
+            Answers::Direct => answer(committed),
+            Answers::Docs(tx) => {
+                if let Err(std::sync::mpsc::SendError(committed)) = tx.send(committed) {
+                    // The documents thread is gone (it only ends with the process): the callers write.
+                    answer(committed);
+                }
+            }
+        }
+    }
+}
+
+fn answer(committed: Committed) {
+    for (r, reply) in committed {
+        let _ = reply.send(r);
+    }
+}
+
+/// The documents thread: takes every committed batch waiting (at most [`DOCS_BATCHES_MAX`]), writes what
+/// their orders created with one call of `sink`, then answers their callers. Ends when the writer is gone.
+fn docs_loop(rx: &std::sync::mpsc::Receiver<Committed>, mut sink: EffectsSink) {
+    while let Ok(first) = rx.recv() {
+        let mut round = vec![first];
+        while round.len() < DOCS_BATCHES_MAX {
+            match rx.try_recv() {
+                Ok(c) => round.push(c),
+                Err(_) => break,
+            }
+        }
+        let created: Vec<&Effects> = round
+            .iter()
+            .flatten()
+            .filter_map(|(r, _)| r.as_ref().ok().filter(|p| p.created))
+            .map(|p| &p.effects)
+            .collect();
+        let written = created.is_empty()
+            || {
+                match sink(&created) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, orders = created.len(), "cannot write the documents of committed orders; their callers will");
+                        false
+                    }
+                }
+            };
+        for committed in round {
+            answer(
+                committed
+                    .into_iter()
+                    .map(|(r, reply)| {
+                        let r = r.map(|mut p| {
+                            p.written = written && p.created;
+                            p
+                        });
+                        (r, reply)
+                    })
+                    .collect(),
+            );
+        }
+    }
+    tracing::debug!("intake documents thread stopped");
+}
+
 /// The writer thread: takes up to `batch_max` queued orders, takes them in one transaction, commits, then
-/// answers every caller (each its own result, or all of them the batch's error). Ends when every sender is
-/// gone.
-fn writer_loop(core: &Core, mut rx: mpsc::Receiver<Job>, batch_max: usize, mut sites: SiteSource) {
+/// answers every caller (each its own result, or all of them the batch's error), through the documents
+/// thread if there is one. Ends when every sender is gone.
+fn writer_loop(core: &Core, mut rx: mpsc::Receiver<Job>, batch_max: usize, mut sites: SiteSource, answers: &Answers) {
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -235,11 +348,7 @@ fn writer_loop(core: &Core, mut rx: mpsc::Receiver<Job>, batch_max: usize, mut s
         let (creates, replies): (Vec<Create>, Vec<_>) = batch.drain(..).map(|j| (j.create, j.reply)).unzip();
         let n = creates.len();
         match core.place_batch(creates, &facts, now) {
-            Ok(results) => {
-                for (reply, r) in replies.into_iter().zip(results) {
-                    let _ = reply.send(r);
-                }
-            }
+            Ok(results) => answers.send(results.into_iter().zip(replies).collect()),
             Err(e) => {
                 tracing::error!(error = %e, orders = n, "intake write transaction failed; batch refused");
                 for reply in replies {
@@ -325,7 +434,7 @@ impl Core {
                     Err(e) => return own(e),
                 };
                 audit::append(&mut w.open_table(AUDIT)?, &actor, Some(order.id.as_str()), now_ms, "ok")?;
-                return Ok(Ok(Placed { order, created: false, effects: Effects::default() }));
+                return Ok(Ok(Placed { order, created: false, effects: Effects::default(), written: false }));
             }
             Seen::Reused(id) => {
                 let e = IntakeError::KeyReused(key);
@@ -386,7 +495,7 @@ impl Core {
                 .map_err(IntakeError::from)?;
         }
         audit::append(&mut w.open_table(AUDIT)?, &actor, Some(order.id.as_str()), now_ms, "ok")?;
-        Ok(Ok(Placed { order, created: true, effects }))
+        Ok(Ok(Placed { order, created: true, effects, written: false }))
     }
 }
 
@@ -456,7 +565,7 @@ mod tests {
         let sites = vec![site(0, 1_000)];
         grant(&intake, &sites[0].id, "A", (100, 100, true, 100));
         let facts = sites.clone();
-        intake.start(IntakeLimits { queue_max: 64, batch_max: 64 }, Box::new(move |_| facts.clone())).unwrap();
+        intake.start(IntakeLimits { queue_max: 64, batch_max: 64 }, Box::new(move |_| facts.clone()), None).unwrap();
         // Ten callers queue while the writer waits for the state (as it does while another write runs).
         let held = lock(&intake.core.state);
         let answers: Vec<Answer> = (0..10)
@@ -476,12 +585,63 @@ mod tests {
     }
 
     #[test]
+    fn the_documents_thread_writes_each_created_order_once_before_its_caller_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
+        let sites = vec![site(0, 1_000)];
+        grant(&intake, &sites[0].id, "A", (100, 100, true, 100));
+        let facts = sites.clone();
+        // The sink records what it was given, and fails its first call: those callers write themselves.
+        let seen: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Arc::default();
+        let log = seen.clone();
+        let sink: EffectsSink = Box::new(move |all: &[&Effects]| {
+            let mut log = log.lock().unwrap();
+            log.push(all.iter().flat_map(|e| e.fulfillments.iter().map(|f| f.parent.to_string())).collect());
+            if log.len() == 1 { Err("refused".into()) } else { Ok(()) }
+        });
+        intake
+            .start(IntakeLimits { queue_max: 64, batch_max: 4 }, Box::new(move |_| facts.clone()), Some(sink))
+            .unwrap();
+        // Ten callers queue while the writer waits for the state: batches of at most four.
+        let held = lock(&intake.core.state);
+        let answers: Vec<Answer> = (0..10)
+            .map(|i| intake.enqueue(format!("k{i}"), draft(&format!("o{i}"), "web", &[("A", 1)], PLACES[0]), actor()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        drop(held);
+        let placed: Vec<Placed> = answers.into_iter().map(|a| a.blocking_recv().unwrap().unwrap()).collect();
+        // Every caller is answered after the sink's call that held its order: each order was given once.
+        let calls = seen.lock().unwrap().clone();
+        let given: Vec<&String> = calls.iter().flatten().collect();
+        let mut unique = given.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!((given.len(), unique.len()), (10, 10), "{calls:?}");
+        let failed: BTreeSet<&String> = calls.first().into_iter().flatten().collect();
+        for p in &placed {
+            assert!(p.created);
+            // `written` says whether the sink took it: false exactly for the orders of the failed call.
+            assert_eq!(p.written, !failed.contains(&p.order.id.to_string()), "{}", p.order.id);
+        }
+        // Batches of at most four: at least three commits, and never more sink calls than commits.
+        let b = intake.batch_counts();
+        assert!(b.commits >= 3 && calls.len() as u64 <= b.commits, "{b:?} {calls:?}");
+        // A replay creates nothing: it is not given to the sink, and its caller writes (a no-op, or what a crash
+        // kept from being written).
+        let before = seen.lock().unwrap().len();
+        let again = intake.enqueue("k0".into(), draft("o0", "web", &[("A", 1)], PLACES[0]), actor()).unwrap();
+        let replay = again.blocking_recv().unwrap().unwrap();
+        assert!(!replay.created && !replay.written);
+        assert_eq!(seen.lock().unwrap().len(), before);
+    }
+
+    #[test]
     fn a_full_queue_is_overloaded_and_an_unstarted_writer_takes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
         let d = || draft("o", "web", &[("A", 1)], PLACES[0]);
         assert!(matches!(intake.enqueue("k".into(), d(), actor()), Err(IntakeError::ShuttingDown)));
-        intake.start(IntakeLimits { queue_max: 2, batch_max: 1 }, Box::new(|_| Vec::new())).unwrap();
+        intake.start(IntakeLimits { queue_max: 2, batch_max: 1 }, Box::new(|_| Vec::new()), None).unwrap();
         let held = lock(&intake.core.state);
         // The writer takes at most one and waits; the queue holds two more; the next is refused.
         let mut answers = Vec::new();
@@ -559,7 +719,7 @@ mod tests {
                 .collect();
 
             let facts = sites.clone();
-            batched.start(IntakeLimits { queue_max: 64, batch_max }, Box::new(move |_| facts.clone())).unwrap();
+            batched.start(IntakeLimits { queue_max: 64, batch_max }, Box::new(move |_| facts.clone()), None).unwrap();
             let held = lock(&batched.core.state);
             let answers: Vec<Answer> =
                 bodies.iter().map(|(k, d)| batched.enqueue(k.clone(), d.clone(), actor()).unwrap()).collect();

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+
 use oms_protocol::domain::{FulfillmentState, OrderId};
 use oms_protocol::wire::DocId;
 
@@ -25,6 +27,10 @@ use oms_service::{lock, now_ms};
 
 /// Documents handled per wake-up; the rest wait for the next one.
 pub(crate) const INBOUND_BATCH_MAX: usize = 256;
+/// Assignments of one wake-up submitted to the store at once: the store's writer takes concurrent commands
+/// in one transaction, so a burst of assignments costs a few commits rather than one fsync each. Bounded
+/// well under the store's queue (`[store] queue_max`, 8,192 by default) so that staff and tills still get in.
+pub(crate) const ASSIGNMENTS_IN_FLIGHT_MAX: usize = 64;
 /// Hub order documents looked at by the startup scan, per page.
 const SCAN_PAGE_MAX: usize = 1_000;
 /// The hub counts as reachable for escrow duties while its last frame is younger than this.
@@ -210,15 +216,41 @@ pub(super) async fn run(shared: Arc<Shared>, store: Store, link: HubLink) {
             }
             take
         };
+        // The escrow view and the purchase orders first, one after another, in the documents' order (as
+        // before); then the assignments, each its own sequence (accept, then a cancel or a delivery the hub
+        // asked for), up to `ASSIGNMENTS_IN_FLIGHT_MAX` at once: different orders touch different records, and
+        // the writer still applies every command in one order and checks each against stock.
+        let mut assignments = Vec::new();
         for doc in batch {
             let Some(action) = action_for(&shared, &doc) else { continue };
+            if matches!(action, Action::Assign { .. }) {
+                assignments.push((doc, action));
+                continue;
+            }
             if let Err(e) = apply(&store, &link, action).await {
-                tracing::warn!(%doc, error = %e, "sync: cannot apply the hub's change; will retry");
-                let mut inbound = lock(&shared.inbound);
-                if inbound.len() < shared.tuning.dirty_docs_max {
-                    inbound.insert(doc);
-                }
+                retry(&shared, doc, &e);
             }
         }
+        let failed: Vec<(DocId, StoreError)> = futures::stream::iter(assignments)
+            .map(|(doc, action)| {
+                let (store, link) = (&store, &link);
+                async move { apply(store, link, action).await.err().map(|e| (doc, e)) }
+            })
+            .buffer_unordered(ASSIGNMENTS_IN_FLIGHT_MAX)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        for (doc, e) in failed {
+            retry(&shared, doc, &e);
+        }
+    }
+}
+
+/// Puts `doc` back for the next wake-up after `e` (bounded like every dirty set).
+fn retry(shared: &Shared, doc: DocId, e: &StoreError) {
+    tracing::warn!(%doc, error = %e, "sync: cannot apply the hub's change; will retry");
+    let mut inbound = lock(&shared.inbound);
+    if inbound.len() < shared.tuning.dirty_docs_max {
+        inbound.insert(doc);
     }
 }

@@ -4,8 +4,9 @@
 
 use super::*;
 use crate::test_support::{movement, site, store_with_catalog};
-use oms_protocol::domain::{Balance, Movement};
+use oms_protocol::domain::{Balance, Movement, OrderId};
 use oms_protocol::escrow::EscrowCounter;
+use oms_protocol::schema::HUB_ORIGIN;
 use oms_protocol::sync::automerge::ChangeHash;
 use std::collections::BTreeMap;
 
@@ -239,4 +240,63 @@ async fn acknowledged_receipts_leave_the_stock_document_after_their_grace_and_on
     assert_eq!(ingest(&mut docs, &store, &later).unwrap().unwrap(), vec![stock_name()]);
     assert_eq!(receipts(&mut docs), ["r-unacked"]);
     assert_eq!(docs.prune_at_ms, None, "nothing acknowledged is waiting");
+}
+
+/// A burst of assignments from the hub is taken in shared store transactions (the store's writer takes
+/// concurrent commands in one), not one transaction and one fsync each: the inbound task submits them together.
+#[tokio::test]
+async fn a_burst_of_assignments_is_taken_in_shared_transactions() {
+    const ORDERS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let store =
+        Store::open(&dir.path().join("node.redb"), site(), crate::store::Limits::default(), metrics.clone()).unwrap();
+    for s in SKUS {
+        let item = crate::store::CatalogItem { sku: Sku::parse(s).unwrap(), name: s.into(), bin: "A-1".into() };
+        store.execute(crate::store::cmd::PutCatalog(item)).await.unwrap();
+        movement(&store, s, Movement::Receipt { qty: 100, note: None }).await;
+    }
+    let mut docs = docs(dir.path(), &store);
+    let draft: oms_protocol::domain::OrderDraft = serde_json::from_value(serde_json::json!({
+        "external_ref": "x", "channel": "web",
+        "lines": [{"sku": "SKU-A", "qty": 1, "unit_price_minor": 100, "currency": "EUR"}],
+        "ship_to": {"name": "C", "line1": "1", "city": "B", "postcode": "1", "country": "DE", "lat": 52.5, "lon": 13.4}
+    }))
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 1..=ORDERS {
+        let parent = OrderId::new(&NodeId::parse(HUB_ORIGIN).unwrap(), i as u64);
+        let id = OrderId::parse(&format!("{parent}.1")).unwrap();
+        let name = schema::order_doc(&id).unwrap();
+        schema::create_hub_order(docs.sync.db.get_or_create(&name).unwrap(), &id, &parent, &site(), &draft, now_ms())
+            .unwrap();
+        ids.push((id, name));
+    }
+    let batches = |m: &crate::metrics::Metrics| -> u64 {
+        let text = m.render();
+        let line = text.lines().find(|l| l.starts_with("oms_node_commit_batch_size_count")).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let before = batches(&metrics);
+    let shared = Arc::new(Shared::new(docs, SyncTuning::default()));
+    lock(&shared.inbound).extend(ids.iter().map(|(_, d)| d.clone()));
+    let link: crate::config::HubLink =
+        serde_json::from_value(serde_json::json!({"addr": "127.0.0.1:9", "certs_dir": "/nonexistent"})).unwrap();
+    let task = tokio::spawn(inbound::run(shared.clone(), store.clone(), link));
+    let mut accepted = 0;
+    for _ in 0..200 {
+        accepted = ids.iter().filter(|(id, _)| store.order(id).unwrap().is_some()).count();
+        if accepted == ORDERS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+    assert_eq!(accepted, ORDERS, "every assignment is taken");
+    for (id, _) in &ids {
+        // The hub holds no rights here, so the site turns each down: decided, once, like an accepted one.
+        assert_eq!(store.order(id).unwrap().unwrap().status, oms_protocol::domain::FulfillmentState::Rejected);
+    }
+    let took = batches(&metrics) - before;
+    assert!(took >= 1 && took <= (ORDERS / 2) as u64, "{ORDERS} assignments took {took} store transactions");
 }
