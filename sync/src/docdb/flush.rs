@@ -296,10 +296,11 @@ impl FlushBatch {
             for id in &self.removed {
                 let name = id.as_str();
                 docs.remove(name).or_storage(path)?;
-                if let Some(old) = metas.remove(name).or_storage(path)? {
-                    totals.row(name, old.value(), -1);
-                }
-                mark_full_needed(&mut full_needed, name, None).or_storage(path)?;
+                let was = match metas.remove(name).or_storage(path)? {
+                    Some(old) => totals.row(name, old.value(), -1),
+                    None => false,
+                };
+                mark_full_needed(&mut full_needed, name, was, false).or_storage(path)?;
                 incs.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).or_storage(path)?;
             }
             for (id, write) in &self.writes {
@@ -318,11 +319,12 @@ impl FlushBatch {
                     }
                     DocWrite::Meta { meta } => meta,
                 };
-                if let Some(old) = metas.insert(name, &meta[..]).or_storage(path)? {
-                    totals.row(name, old.value(), -1);
-                }
-                totals.row(name, meta, 1);
-                mark_full_needed(&mut full_needed, name, Some(&meta[..])).or_storage(path)?;
+                let was = match metas.insert(name, &meta[..]).or_storage(path)? {
+                    Some(old) => totals.row(name, old.value(), -1),
+                    None => false,
+                };
+                let now = totals.row(name, meta, 1);
+                mark_full_needed(&mut full_needed, name, was, now).or_storage(path)?;
             }
             drop((docs, incs, metas, full_needed));
             totals.apply(&w).or_storage(path)?;

@@ -282,14 +282,15 @@ pub(super) struct TotalsDelta {
 }
 
 impl TotalsDelta {
-    /// A row added (`sign` 1) or taken away (`sign` -1). A row that does not decode counts as a document
-    /// with label 0 and no bytes (this code writes none such).
-    pub(super) fn row(&mut self, name: &str, row: &[u8], sign: i64) {
+    /// A row added (`sign` 1) or taken away (`sign` -1); returns whether it asks for a full save. A row that
+    /// does not decode counts as a document with label 0 and no bytes (this code writes none such).
+    pub(super) fn row(&mut self, name: &str, row: &[u8], sign: i64) -> bool {
         let p = Persisted::decode(row).unwrap_or_default();
         self.documents += sign;
         let e = self.by_group.entry((group_of(name), p.label)).or_default();
         e.0 += sign;
         e.1 = e.1.saturating_add(sign.saturating_mul(i64::try_from(stored_bytes(&p)).unwrap_or(i64::MAX)));
+        p.full_needed
     }
 
     /// Adds the changes to what the file holds.
@@ -317,18 +318,21 @@ impl TotalsDelta {
     }
 }
 
-/// Keeps `doc_full_needed` in step with a row just written (`row`) or removed (`None`).
+/// Keeps `doc_full_needed` in step with a row replaced or removed: whether the old row (if any) and the new
+/// one (if any) ask for a full save. Touches the table only when that changes (almost never: a flush writes
+/// rows that do not).
 pub(super) fn mark_full_needed(
     t: &mut redb::Table<'_, &'static str, ()>,
     name: &str,
-    row: Option<&[u8]>,
+    was: bool,
+    now: bool,
 ) -> Result<(), redb::Error> {
-    if row.and_then(Persisted::decode).is_some_and(|p| p.full_needed) {
-        t.insert(name, ())?;
-    } else {
-        t.remove(name)?;
+    match (was, now) {
+        (false, true) => t.insert(name, ()).map(|_| ()),
+        (true, false) => t.remove(name).map(|_| ()),
+        _ => Ok(()),
     }
-    Ok(())
+    .map_err(Into::into)
 }
 
 impl Totals {
