@@ -382,6 +382,9 @@ impl HubDocs {
     /// Counts what each party stores ([`Usage`]) and the orders per site from the totals `hub.redb` keeps:
     /// no row read, no document loaded.
     fn count_usage(&mut self, totals: &[(String, u64, u64, u64)]) {
+        if totals.len() >= TOTALS_READ_MAX {
+            tracing::warn!(max = TOTALS_READ_MAX, "more (origin, parties) totals than are read: usage counted short");
+        }
         let p = &mut self.sync.access;
         let mut usage: BTreeMap<u32, Usage> = BTreeMap::new();
         let mut site_counts: BTreeMap<u32, u64> = BTreeMap::new();
