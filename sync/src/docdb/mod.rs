@@ -262,7 +262,9 @@ impl DocDb {
     /// at most 1,024 loaded unless [`DocDb::set_cache_max`] says otherwise.
     ///
     /// A file written before `doc_meta` existed is upgraded once: every document is loaded (one at a time)
-    /// to learn its heads, and the rows are written before this returns.
+    /// to learn its heads, and the rows are written before this returns. A file written before the totals
+    /// kept with the rows ([`DocDb::stored_totals`]) gets them from one walk of the rows, once. After that an
+    /// open reads the count and the rows of documents due a full save, not a row per document.
     pub fn open(path: &Path, actor: Vec<u8>, docs_max: usize) -> Result<DocDb, DocDbError> {
         Self::open_with(path, actor, docs_max, None)
     }
