@@ -1529,16 +1529,32 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), tracked.json()) {
         all.extend(w);
     }
-    if let Some(p) = &a.summary {
-        std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
-        println!("summary written to {}", p.display());
-    }
     for mut c in children {
         let _ = c.start_kill();
         let _ = c.wait().await;
     }
     let _ = hub.start_kill();
     let _ = hub.wait().await;
+    // The hub killed, its documents are opened again as a start opens them.
+    let hub_db = a.data.join("hub").join("hub.redb");
+    let hub_start = tokio::task::spawn_blocking(move || hub_start_check(&hub_db)).await?;
+    println!(
+        "hub documents reopened after the kill: {} stored, start {} ms reading {} doc_meta rows; kept totals ≠ a walk of the rows: {} (must be 0)",
+        hub_start.documents, hub_start.start_ms, hub_start.rows_read, hub_start.mismatches
+    );
+    if let Some(all) = summary.as_object_mut() {
+        all.insert("hub_docs_stored".into(), json!(hub_start.documents));
+        all.insert("hub_start_docs_ms".into(), json!(hub_start.start_ms));
+        all.insert("hub_start_rows_read".into(), json!(hub_start.rows_read));
+        all.insert("hub_docs_totals_mismatches".into(), json!(hub_start.mismatches));
+    }
+    if let Some(p) = &a.summary {
+        std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
+        println!("summary written to {}", p.display());
+    }
+    if hub_start.mismatches > 0 {
+        bail!("the totals kept in hub.redb differ from a walk of its rows in {} places", hub_start.mismatches);
+    }
     if !converged {
         bail!("the hub did not converge with the nodes within 120 s");
     }
@@ -1573,6 +1589,42 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The hub's documents opened again after the run, as a start opens them (issue 17, item 4).
+struct HubStart {
+    /// Documents held.
+    documents: u64,
+    /// `DocDb::open` + `HubDocs::new`, ms.
+    start_ms: u64,
+    /// `doc_meta` rows they read (not one per stored order).
+    rows_read: u64,
+    /// Places where the figures kept with the rows (count, totals per group and label, documents due a full
+    /// save) differ from a walk of every row; must be 0. A file that does not open counts 1.
+    mismatches: u64,
+}
+
+fn hub_start_check(path: &std::path::Path) -> HubStart {
+    let t = Instant::now();
+    let opened = oms_sync::DocDb::open(path, vec![0; 16], usize::MAX)
+        .map_err(anyhow::Error::from)
+        .and_then(|db| Ok(oms_hub::docs::HubDocs::new(db)?));
+    let start_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let audit = opened.and_then(|docs| Ok((docs.db().rows_read(), docs.db().audit_totals()?)));
+    match audit {
+        Ok((rows_read, (kept, walked))) => {
+            let groups = kept.by_group.iter().filter(|(k, v)| walked.by_group.get(*k) != Some(*v)).count()
+                + walked.by_group.keys().filter(|k| !kept.by_group.contains_key(*k)).count();
+            let mismatches = u64::from(kept.documents != walked.documents)
+                + u64::from(kept.full_needed != walked.full_needed)
+                + groups as u64;
+            HubStart { documents: kept.documents, start_ms, rows_read, mismatches }
+        }
+        Err(e) => {
+            println!("hub.redb does not open after the run: {e:#}");
+            HubStart { documents: 0, start_ms, rows_read: 0, mismatches: 1 }
+        }
+    }
 }
 
 /// What the demo's online backup measured.

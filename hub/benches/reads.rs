@@ -13,6 +13,10 @@
 //!    ask for a forecast (a random SKU), the replenishment run and a stock page in turn. Each round trip is
 //!    timed; the figure is p50/p99 with readers against without, and the readers' requests per second.
 //!
+//! `BENCH_START_ONLY=1` stops after the start: it starts the hub over the seeded files `BENCH_STARTS` times
+//! (default 3, at most 20), dropping it in between, and prints each start and the median (the figure of issue
+//! 17 item 4: start to healthy with `BENCH_ORDERS=1000000` finished orders stored).
+//!
 //! `cargo bench -p oms-hub --bench reads` (`--profile dev` to reuse a debug build). Every loop is bounded in
 //! count or time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
@@ -216,6 +220,27 @@ fn main() {
         println!("seeded {orders} delivered order documents of {} sites in {secs:.1} s", SITES.len());
     }
     let dir = dir.as_path();
+
+    if env_u64("BENCH_START_ONLY", 0) == 1 {
+        let mut starts = Vec::new();
+        for i in 0..env_u64("BENCH_STARTS", 3).clamp(1, 20) {
+            let t = Instant::now();
+            let hub = start(dir);
+            let secs = t.elapsed().as_secs_f64();
+            println!("start {}: {secs:.3} s", i + 1);
+            starts.push(secs);
+            drop(hub);
+        }
+        starts.sort_by(f64::total_cmp);
+        println!(
+            "hub start at {orders} finished orders: median {:.3} s over {} starts (min {:.3} s, max {:.3} s)",
+            pct(&starts, 0.5),
+            starts.len(),
+            starts[0],
+            starts[starts.len() - 1]
+        );
+        return;
+    }
 
     let t = Instant::now();
     let hub = Arc::new(start(dir));

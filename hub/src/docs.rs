@@ -56,6 +56,14 @@ const LABEL_NO_PARTIES: u64 = u64::MAX;
 /// Order documents labelled at start between two flushes (a file from before labels), bounding what is
 /// loaded at once.
 const LABEL_PASS_DOCS: usize = 1_024;
+/// Set in the documents' `meta` once the parties index in `hub.redb` ([`DocDb::indexed`], see [`Parties`])
+/// holds every order document (a file from before it is indexed once, at its first start).
+const OTHERS_BUILT: &str = "index.others";
+/// Entries of the parties index written per flush while it is built (bounds what is held in memory).
+const OTHERS_PASS_ENTRIES: usize = 65_536;
+/// (group, label) totals read at start ([`DocDb::stored_totals`]): a group is a node's orders or one
+/// stock document, a label a pair of parties, so a few per party.
+pub const TOTALS_READ_MAX: usize = 1 << 20;
 
 /// What one node may cause the hub to store ([`HubDocs::set_quota`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,12 +199,13 @@ pub struct Parties {
     /// Node ids by number (number − 1), and numbers by id; persisted in `meta` as `party|<node>`.
     party_names: Vec<String>,
     party_numbers: BTreeMap<String, u32>,
-    /// Order documents per fulfilling site (by number).
+    /// Order documents per fulfilling site (by number): read at start from the totals `hub.redb` keeps with
+    /// the labels ([`DocDb::stored_totals`]), kept up here since.
     site_counts: BTreeMap<u32, u64>,
-    /// (node number, order document) where the node is a party but not the origin named by the order's id
-    /// (e.g. the site of a hub order): with the id prefix `order/<node>-` this finds a node's documents
-    /// without scanning all of them.
-    others: BTreeMap<u32, BTreeSet<DocId>>,
+    // The documents where a node is a party but not the origin named by the order's id (e.g. the site of a
+    // hub order) are in `hub.redb`'s index under the node's number ([`DocDb::indexed`]), written with each
+    // label: with the id prefix `order/<node>-` they find a node's documents without scanning all of them,
+    // and neither a start nor memory grows with them.
     quarantined: BTreeSet<(String, DocId)>,
     /// What each party (by number) causes the hub to store, and the quota it is held to.
     usage: BTreeMap<u32, Usage>,
@@ -213,6 +222,16 @@ fn split_label(label: u64) -> Option<(u32, u32)> {
     (origin != 0 && site != 0).then_some((origin, site))
 }
 
+/// The id prefix of the order documents a (group, label) total counts, if it counts unlabelled ones
+/// ([`DocDb::stored_totals`]: the group of an order is `order/<origin>`, `order/` for an id naming none).
+fn unlabelled_orders((group, label, documents, _): &(String, u64, u64, u64)) -> Option<String> {
+    let origin = group.strip_prefix(schema::ORDER_PREFIX)?;
+    if *label != 0 || *documents == 0 {
+        return None;
+    }
+    Some(if origin.is_empty() { group.clone() } else { format!("{group}-") })
+}
+
 /// True if `label` names party number `n` as the origin or the fulfilling site of an order.
 fn is_party(label: u64, n: u32) -> bool {
     split_label(label).is_some_and(|(o, s)| o == n || s == n)
@@ -227,9 +246,13 @@ pub fn node_of(peer: &PeerId) -> Option<NodeId> {
 }
 
 impl HubDocs {
-    /// Reads the parties and quarantines (no document is loaded, except once for a file from before labels).
+    /// Reads the parties and quarantines, and what each party stores and the orders per site from the totals
+    /// `hub.redb` keeps ([`DocDb::stored_totals`]): no document is loaded and no row is read per order, except
+    /// once for a file from before labels or from before the parties index, and for unlabelled orders.
     pub fn new(mut db: DocDb) -> Result<HubDocs, DocDbError> {
         db.set_cache_max(DOCS_CACHED_MAX);
+        // What the caller created before handing the database over is in the totals read below.
+        db.flush()?;
         let mut party_names = Vec::new();
         let mut party_numbers = BTreeMap::new();
         let mut numbered: Vec<(u64, String)> = db
@@ -261,7 +284,6 @@ impl HubDocs {
             party_names,
             party_numbers,
             site_counts: BTreeMap::new(),
-            others: BTreeMap::new(),
             quarantined,
             usage: BTreeMap::new(),
             quota: NodeQuota::default(),
@@ -278,29 +300,30 @@ impl HubDocs {
             stock_tracked: BTreeSet::new(),
             stock_touched: BTreeMap::new(),
         };
-        docs.label_unlabelled()?;
+        let totals = docs.sync.db.stored_totals(TOTALS_READ_MAX)?;
+        docs.label_unlabelled(&totals)?;
         // The hub's own orders are labelled with its party number.
         docs.assign_number(schema::HUB_ORIGIN);
-        docs.count_usage();
-        let mut others = Vec::new();
-        let p = &mut docs.sync.access;
-        for (doc, label) in docs.sync.db.labels(schema::ORDER_PREFIX) {
-            if let Some((_, site)) = split_label(label) {
-                *p.site_counts.entry(site).or_insert(0) += 1;
-            }
-            others.extend(p.foreign_parties(&doc, label).map(|n| (n, doc.clone())));
-        }
-        for (n, doc) in others {
-            p.others.entry(n).or_default().insert(doc);
-        }
+        docs.build_others_index()?;
+        // Labelling changed the totals only if there was something to label.
+        let totals = if totals.iter().any(|t| unlabelled_orders(t).is_some()) {
+            docs.sync.db.stored_totals(TOTALS_READ_MAX)?
+        } else {
+            totals
+        };
+        docs.count_usage(&totals);
         Ok(docs)
     }
 
-    /// Labels order documents that have no label yet (a file written before labels): loads each once,
-    /// flushing every [`LABEL_PASS_DOCS`] so that evicted documents leave memory.
-    fn label_unlabelled(&mut self) -> Result<(), DocDbError> {
-        let todo: Vec<DocId> =
-            self.sync.db.labels(schema::ORDER_PREFIX).filter(|(_, l)| *l == 0).map(|(d, _)| d).collect();
+    /// Labels order documents that have no label yet (a file written before labels, or an order a node sent
+    /// without parties): loads each once, flushing every [`LABEL_PASS_DOCS`] so that evicted documents leave
+    /// memory. Reads only the rows of the origins whose totals count unlabelled orders.
+    fn label_unlabelled(&mut self, totals: &[(String, u64, u64, u64)]) -> Result<(), DocDbError> {
+        let mut todo = BTreeSet::new();
+        for prefix in totals.iter().filter_map(unlabelled_orders) {
+            todo.extend(self.sync.db.labels(&prefix).filter(|(_, l)| *l == 0).map(|(d, _)| d));
+        }
+        let todo: Vec<DocId> = todo.into_iter().collect();
         for chunk in todo.chunks(LABEL_PASS_DOCS) {
             for id in chunk {
                 let parties = self.sync.db.get(id).and_then(schema::order_parties);
@@ -314,35 +337,80 @@ impl HubDocs {
                     None => LABEL_NO_PARTIES,
                 };
                 self.sync.db.set_label(id, label);
+                self.index_others(id, label);
             }
             self.sync.db.flush()?;
         }
         Ok(())
     }
 
-    /// Counts what each party stores ([`Usage`]) from the `doc_meta` rows: one pass, no document loaded.
-    fn count_usage(&mut self) {
+    /// Builds the parties index of a file from before it: one walk of the order rows, at the first start
+    /// with this code, flushing every [`OTHERS_PASS_ENTRIES`] entries; the mark that it is complete goes with
+    /// the last of them (a start that stops half way walks again, writing the same entries).
+    fn build_others_index(&mut self) -> Result<(), DocDbError> {
+        if self.sync.db.meta(OTHERS_BUILT)?.is_some() {
+            return Ok(());
+        }
+        let mut pending = 0usize;
+        let mut after: Option<DocId> = None;
+        // Bounded by the rows: each round starts after the last row of the one before.
+        loop {
+            let rows: Vec<(DocId, u64)> = match &after {
+                Some(a) => self
+                    .sync
+                    .db
+                    .labels_after(a)
+                    .take_while(|(d, _)| d.as_str().starts_with(schema::ORDER_PREFIX))
+                    .take(OTHERS_PASS_ENTRIES)
+                    .collect(),
+                None => self.sync.db.labels(schema::ORDER_PREFIX).take(OTHERS_PASS_ENTRIES).collect(),
+            };
+            let Some((last, _)) = rows.last().cloned() else { break };
+            for (doc, label) in &rows {
+                pending += self.index_others(doc, *label);
+            }
+            if pending >= OTHERS_PASS_ENTRIES {
+                self.sync.db.flush()?;
+                pending = 0;
+            }
+            after = Some(last);
+        }
+        self.sync.db.set_meta(OTHERS_BUILT, 1);
+        self.sync.db.flush()
+    }
+
+    /// Counts what each party stores ([`Usage`]) and the orders per site from the totals `hub.redb` keeps:
+    /// no row read, no document loaded.
+    fn count_usage(&mut self, totals: &[(String, u64, u64, u64)]) {
+        if totals.len() >= TOTALS_READ_MAX {
+            tracing::warn!(max = TOTALS_READ_MAX, "more (origin, parties) totals than are read: usage counted short");
+        }
         let p = &mut self.sync.access;
         let mut usage: BTreeMap<u32, Usage> = BTreeMap::new();
-        for prefix in [schema::ORDER_PREFIX, schema::STOCK_PREFIX] {
-            self.sync.db.for_each_stored(prefix, |doc, label, bytes| {
-                let creator = match DocKind::of(doc) {
-                    Some(DocKind::Order(id)) => schema::order_origin(&id).and_then(|o| p.party_numbers.get(o)),
-                    Some(DocKind::Stock(n)) => p.party_numbers.get(n.as_str()),
-                    _ => None,
-                };
-                // The bytes go to the writer: an order's fulfilling site, a stock document's owner.
-                let writer = split_label(label).map(|(_, s)| s).or(creator.copied());
-                if let Some(c) = creator {
-                    usage.entry(*c).or_default().documents += 1;
-                }
-                if let Some(w) = writer {
-                    let u = usage.entry(w).or_default();
-                    u.stored_bytes = u.stored_bytes.saturating_add(bytes);
-                }
-            });
+        let mut site_counts: BTreeMap<u32, u64> = BTreeMap::new();
+        for (group, label, documents, bytes) in totals {
+            // Who created them: the origin an order's id names, a stock document's owner.
+            let (creator, order) = match group.strip_prefix(schema::ORDER_PREFIX) {
+                Some(origin) => (p.party_numbers.get(origin).copied(), true),
+                None => (group.strip_prefix(schema::STOCK_PREFIX).and_then(|n| p.party_numbers.get(n)).copied(), false),
+            };
+            // The bytes go to the writer: an order's fulfilling site, a stock document's owner.
+            let site = split_label(*label).map(|(_, s)| s).filter(|_| order);
+            let writer = site.or(creator);
+            if let Some(c) = creator {
+                let u = usage.entry(c).or_default();
+                u.documents = u.documents.saturating_add(*documents);
+            }
+            if let Some(w) = writer {
+                let u = usage.entry(w).or_default();
+                u.stored_bytes = u.stored_bytes.saturating_add(*bytes);
+            }
+            if let Some(s) = site {
+                *site_counts.entry(s).or_insert(0) += documents;
+            }
         }
         p.usage = usage;
+        p.site_counts = site_counts;
     }
 
     /// Sets the quota every node is held to.
@@ -410,9 +478,7 @@ impl HubDocs {
         if let Some((_, s)) = split_label(label) {
             *self.sync.access.site_counts.entry(s).or_insert(0) += 1;
         }
-        for n in self.sync.access.foreign_parties(doc, label).collect::<Vec<_>>() {
-            self.sync.access.others.entry(n).or_default().insert(doc.clone());
-        }
+        self.index_others(doc, label);
     }
 
     fn unindex(&mut self, doc: &DocId, label: u64) {
@@ -422,10 +488,18 @@ impl HubDocs {
             *c = c.saturating_sub(1);
         }
         for n in self.sync.access.foreign_parties(doc, label).collect::<Vec<_>>() {
-            if let Some(set) = self.sync.access.others.get_mut(&n) {
-                set.remove(doc);
-            }
+            self.sync.db.index_remove(u64::from(n), doc);
         }
+    }
+
+    /// Puts `doc` in the parties index under each party of `label` that its id does not name (written with
+    /// the label by the next flush). Returns how many entries that is.
+    fn index_others(&mut self, doc: &DocId, label: u64) -> usize {
+        let parties: Vec<u32> = self.sync.access.foreign_parties(doc, label).collect();
+        for n in &parties {
+            self.sync.db.index_insert(u64::from(*n), doc);
+        }
+        parties.len()
     }
 
     /// Notes that `doc` changed or went: if it is a stock document, its site's view is read again before
@@ -876,9 +950,9 @@ impl Parties {
     /// What `node` may see besides the orders its id prefixes: orders where it is a party otherwise, and its
     /// stock and escrow documents (whether held or not), each checked with [`Parties::node_entitled`].
     fn other_docs_for(&self, db: &DocDb, node: &NodeId) -> Vec<DocId> {
-        let others = self.party_numbers.get(node.as_str()).and_then(|n| self.others.get(n));
+        let others = self.party_numbers.get(node.as_str()).map(|n| db.indexed(u64::from(*n))).unwrap_or_default();
         let own = [schema::stock_doc(node), schema::escrow_doc(node), schema::inbound_doc(node)].into_iter().flatten();
-        others.into_iter().flatten().cloned().chain(own).filter(|d| self.node_entitled(db, node, d)).collect()
+        others.into_iter().chain(own).filter(|d| self.node_entitled(db, node, d)).collect()
     }
 
     fn node_entitled(&self, db: &DocDb, node: &NodeId, doc: &DocId) -> bool {
@@ -1375,5 +1449,129 @@ mod tests {
             assert!(unknown.ids.is_empty() && unknown.next_after.is_none());
             docs.flush().unwrap();
         }
+    }
+
+    /// What a start computes from the totals and the parties index (orders per site, each node's usage, the
+    /// documents each node is sent), and the same computed by walking every row as the hub did before.
+    type Figures = (BTreeMap<String, u64>, Vec<(String, Usage)>, Vec<Vec<DocId>>);
+
+    fn start_figures(docs: &HubDocs) -> Figures {
+        let nodes = ["hub", "wh1", "wh2"];
+        let usage = nodes.iter().map(|n| (n.to_string(), docs.usage(n))).collect();
+        let sent = nodes[1..].iter().map(|n| docs.sync.docs_for(&peer(n))).collect();
+        (docs.order_counts(), usage, sent)
+    }
+
+    fn walked_figures(docs: &HubDocs) -> (BTreeMap<String, u64>, Vec<(String, Usage)>) {
+        let p = &docs.sync.access;
+        let name = |n: u32| p.party_name(n).unwrap().to_owned();
+        let mut counts = BTreeMap::new();
+        let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
+        for prefix in [schema::ORDER_PREFIX, schema::STOCK_PREFIX] {
+            docs.db().for_each_stored(prefix, |doc, label, bytes| {
+                let creator = match DocKind::of(doc) {
+                    Some(DocKind::Order(id)) => schema::order_origin(&id).map(str::to_owned),
+                    Some(DocKind::Stock(n)) => Some(n.as_str().to_owned()),
+                    _ => None,
+                };
+                if let Some((_, s)) = split_label(label) {
+                    *counts.entry(name(s)).or_insert(0) += 1;
+                }
+                let writer = split_label(label).map(|(_, s)| name(s)).or(creator.clone());
+                if let Some(c) = creator {
+                    usage.entry(c).or_default().documents += 1;
+                }
+                if let Some(w) = writer {
+                    usage.entry(w).or_default().stored_bytes += bytes;
+                }
+            });
+        }
+        let usage = ["hub", "wh1", "wh2"].iter().map(|n| (n.to_string(), usage.get(*n).copied().unwrap_or_default()));
+        (counts, usage.collect())
+    }
+
+    /// Issue 17, item 4: a start reads no `doc_meta` row per order stored (the per-site counts, each node's
+    /// usage and the parties index are kept in `hub.redb` with the labels), and what it knows equals what a
+    /// walk of every row computes, before and after the restart.
+    #[test]
+    fn a_start_reads_no_row_per_stored_order_and_knows_what_a_walk_knows() {
+        let mut reads = Vec::new();
+        for n in [20u64, 400] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("hub.redb");
+            let orders: Vec<crate::demand::test_support::TestOrder> = (1..=n)
+                .map(|i| {
+                    let site = if i % 2 == 0 { "wh1" } else { "wh2" };
+                    (site, i, TODAY - 1 - i % 30, 1, FulfillmentState::Delivered, &[("A", 1)][..])
+                })
+                .collect();
+            // The first start labels the orders (written unlabelled, as before labels) and indexes them.
+            let mut docs = hub_docs(dir.path(), &orders, &[("wh1", "A", 5), ("wh2", "A", 7)]);
+            let wh2 = NodeId::parse("wh2").unwrap();
+            assert!(docs.enroll(&wh2));
+            let draft = oms_protocol::fixtures::draft("web-1", &oms_protocol::domain::Sku::parse("A").unwrap(), 1);
+            let mut hub_orders = Vec::new();
+            for i in 1..=n / 10 {
+                let id = oms_protocol::domain::OrderId::new(&crate::intake::hub_node(), i);
+                let name = schema::order_doc(&id).unwrap();
+                docs.write_local(&name, |d| schema::create_hub_order(d, &id, &id, &wh2, &draft, 1)).unwrap();
+                hub_orders.push(name);
+            }
+            // One hub order removed (quarantined as it was created), one of wh1's too.
+            docs.remove_doc(&hub_orders.pop().unwrap());
+            docs.remove_doc(&DocId::new("order/wh1-0000000002").unwrap());
+            let before = start_figures(&docs);
+            docs.flush().unwrap();
+            assert_eq!(walked_figures(&docs).0, before.0);
+            assert!(before.2[1].iter().any(|d| hub_orders.contains(d)), "wh2 is sent the hub's orders");
+            assert_eq!(before.2[1].iter().filter(|d| hub_orders.contains(d)).count(), hub_orders.len());
+            assert!(!before.2[0].iter().any(|d| hub_orders.contains(d)), "wh1 is not");
+            drop(docs);
+
+            let docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 100_000).unwrap()).unwrap();
+            reads.push(docs.db().rows_read());
+            let after = start_figures(&docs);
+            // (Usage is counted from disk at a start and only grows with accepted changes until the next.)
+            assert_eq!((&after.0, &after.2), (&before.0, &before.2), "{n} orders: the start knows what the hub knew");
+            assert_eq!(walked_figures(&docs), (after.0.clone(), after.1.clone()));
+            assert_eq!(after.1[0].1.documents, hub_orders.len() as u64, "the hub created its orders");
+            assert_eq!(after.0.get("wh2"), Some(&(n / 2 + hub_orders.len() as u64)));
+            let (kept, walked) = docs.db().audit_totals().unwrap();
+            assert_eq!(kept, walked);
+        }
+        assert_eq!(reads, [0, 0], "doc_meta rows read by a start, with 20 and 400 orders stored");
+    }
+
+    /// A file from before the parties index gets it at its first start (one walk), not at the next.
+    #[test]
+    fn the_parties_index_is_built_once_for_a_file_from_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let mut docs = hub_docs(dir.path(), &[("wh1", 1, TODAY - 1, 1, FulfillmentState::Delivered, &[("A", 1)])], &[]);
+        let wh2 = NodeId::parse("wh2").unwrap();
+        assert!(docs.enroll(&wh2));
+        let draft = oms_protocol::fixtures::draft("web-1", &oms_protocol::domain::Sku::parse("A").unwrap(), 1);
+        let id = oms_protocol::domain::OrderId::new(&crate::intake::hub_node(), 1);
+        let name = schema::order_doc(&id).unwrap();
+        docs.write_local(&name, |d| schema::create_hub_order(d, &id, &id, &wh2, &draft, 1)).unwrap();
+        let n = u64::from(docs.number("wh2").unwrap());
+        // The file as the code before the index left it: no entries, no mark.
+        docs.sync.db.index_remove(n, &name);
+        docs.flush().unwrap();
+        drop(docs);
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap().remove(OTHERS_BUILT).unwrap();
+            w.commit().unwrap();
+        }
+        let docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 100).unwrap()).unwrap();
+        assert!(docs.db().rows_read() >= 2, "the first start walks the order rows");
+        assert_eq!(docs.db().indexed(n), vec![name.clone()]);
+        assert!(docs.sync.docs_for(&peer("wh2")).contains(&name));
+        drop(docs);
+        let docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 100).unwrap()).unwrap();
+        assert_eq!(docs.db().rows_read(), 0, "the second does not");
+        assert!(docs.sync.docs_for(&peer("wh2")).contains(&name));
     }
 }

@@ -73,6 +73,7 @@ pub async fn run(
         .with_context(|| format!("cannot open {}; the hub does not start", cfg.db_path().display()))?;
     cfg.validate()?;
     let mut docs = docs::HubDocs::new(db)?;
+    tracing::info!(documents = docs.db().len(), rows_read = docs.db().rows_read(), "hub documents opened");
     docs.set_cache_max(cfg.docs_cached_max);
     docs.set_quota(cfg.node_quota());
     let tuning = server::ServerTuning {

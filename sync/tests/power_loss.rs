@@ -65,6 +65,9 @@ fn every_cut_leaves_documents_and_cursor_all_old_or_all_new() {
             let cursor = db.meta("feed.cursor").unwrap().unwrap_or(0);
             assert!(cursor >= want, "cut {cut} {how:?}: cursor {cursor} behind acknowledged flush {want}");
             assert_eq!(db.len() as u64, cursor, "cut {cut} {how:?}: documents ≠ cursor");
+            // The figures kept with the rows are those of the same commit.
+            let (kept, walked) = db.audit_totals().unwrap();
+            assert_eq!(kept, walked, "cut {cut} {how:?}: kept totals ≠ a walk of the rows");
             for r in 1..=cursor {
                 assert_eq!(value(&db, &doc(r), "created"), Some(r as i64), "cut {cut} {how:?}: doc {r}");
                 assert_eq!(value(&db, &doc(r), "round"), Some(cursor as i64), "cut {cut} {how:?}: doc {r} half old");
@@ -354,6 +357,9 @@ mod session {
                         continue;
                     }
                 };
+                let (kept, walked) = db.audit_totals().unwrap();
+                assert_eq!(kept, walked, "{name} cut {cut} {how:?}: kept totals ≠ a walk of the rows");
+                assert_eq!(kept.documents, db.len() as u64, "{name} cut {cut} {how:?}");
                 // Nothing told to the other side is lost.
                 if let Some(t) = last_told {
                     for (d, heads) in &t.heads {

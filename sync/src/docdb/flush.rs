@@ -14,10 +14,10 @@ use oms_protocol::wire::{DocId, PeerId};
 use oms_service::lock;
 use redb::Database;
 
-use super::meta::{Heads, bytes_u32};
+use super::meta::{Heads, TotalsDelta, bytes_u32, mark_full_needed};
 use super::{
-    DOC_INCREMENTS, DOC_META, DOCS, DocDb, DocDbError, INCREMENT_BYTES_MIN, INCREMENTS_PER_DOC_MAX, META, OrStorage,
-    SYNC_STATES,
+    DOC_FULL_NEEDED, DOC_INCREMENTS, DOC_INDEX, DOC_META, DOCS, DocDb, DocDbError, INCREMENT_BYTES_MIN,
+    INCREMENTS_PER_DOC_MAX, META, OrStorage, SYNC_STATES,
 };
 
 /// What a failed or abandoned batch held, handed back to the next prepare.
@@ -27,6 +27,7 @@ struct Returned {
     removed: Vec<DocId>,
     states: Vec<((PeerId, DocId), Vec<u8>)>,
     meta: Vec<(String, u64)>,
+    index: Vec<((u64, DocId), bool)>,
 }
 
 /// Orders the commits of prepared batches and carries their failures back to the [`DocDb`].
@@ -85,6 +86,7 @@ impl DocDb {
             // Everything prepared before is on disk, or came back in `failed`.
             self.flushing_states.clear();
             self.flushing_meta.clear();
+            self.flushing_index.clear();
             self.flushing_removed.clear();
             for r in std::mem::take(&mut g.failed) {
                 self.restore(r);
@@ -160,7 +162,14 @@ impl DocDb {
         self.flushing_removed.extend(removed.iter().cloned());
         let states: Vec<_> = std::mem::take(&mut self.dirty_states).into_iter().collect();
         let meta: Vec<_> = std::mem::take(&mut self.dirty_meta).into_iter().collect();
-        if writes.is_empty() && removed.is_empty() && states.is_empty() && meta.is_empty() && !recovers {
+        let index: Vec<_> = std::mem::take(&mut self.dirty_index).into_iter().collect();
+        if writes.is_empty()
+            && removed.is_empty()
+            && states.is_empty()
+            && meta.is_empty()
+            && index.is_empty()
+            && !recovers
+        {
             return None;
         }
         let mut g = lock(&gate.0);
@@ -170,6 +179,7 @@ impl DocDb {
         drop(g);
         self.flushing_states.extend(states.iter().cloned());
         self.flushing_meta.extend(meta.iter().cloned());
+        self.flushing_index.extend(index.iter().cloned());
         Some(FlushBatch {
             path: self.path.clone(),
             db: self.db.clone(),
@@ -181,6 +191,7 @@ impl DocDb {
             removed,
             states,
             meta,
+            index,
             finished: false,
         })
     }
@@ -204,6 +215,9 @@ impl DocDb {
         for (k, v) in r.meta {
             self.dirty_meta.entry(k).or_insert(v);
         }
+        for (k, v) in r.index {
+            self.dirty_index.entry(k).or_insert(v);
+        }
     }
 }
 
@@ -221,6 +235,8 @@ pub struct FlushBatch {
     removed: Vec<DocId>,
     states: Vec<((PeerId, DocId), Vec<u8>)>,
     meta: Vec<(String, u64)>,
+    /// Entries of the owner's index to write (true) or delete (false).
+    index: Vec<((u64, DocId), bool)>,
     finished: bool,
 }
 
@@ -273,11 +289,18 @@ impl FlushBatch {
             let mut docs = w.open_table(DOCS).or_storage(path)?;
             let mut incs = w.open_table(DOC_INCREMENTS).or_storage(path)?;
             let mut metas = w.open_table(DOC_META).or_storage(path)?;
+            let mut full_needed = w.open_table(DOC_FULL_NEEDED).or_storage(path)?;
+            // What the rows add up to follows each row replaced or removed, in this transaction.
+            let mut totals = TotalsDelta::default();
             // Removals first: a document removed and created again in the same batch keeps its new copy.
             for id in &self.removed {
                 let name = id.as_str();
                 docs.remove(name).or_storage(path)?;
-                metas.remove(name).or_storage(path)?;
+                let was = match metas.remove(name).or_storage(path)? {
+                    Some(old) => totals.row(name, old.value(), -1),
+                    None => false,
+                };
+                mark_full_needed(&mut full_needed, name, was, false).or_storage(path)?;
                 incs.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).or_storage(path)?;
             }
             for (id, write) in &self.writes {
@@ -296,7 +319,22 @@ impl FlushBatch {
                     }
                     DocWrite::Meta { meta } => meta,
                 };
-                metas.insert(name, &meta[..]).or_storage(path)?;
+                let was = match metas.insert(name, &meta[..]).or_storage(path)? {
+                    Some(old) => totals.row(name, old.value(), -1),
+                    None => false,
+                };
+                let now = totals.row(name, meta, 1);
+                mark_full_needed(&mut full_needed, name, was, now).or_storage(path)?;
+            }
+            drop((docs, incs, metas, full_needed));
+            totals.apply(&w).or_storage(path)?;
+            let mut index = w.open_table(DOC_INDEX).or_storage(path)?;
+            for ((key, doc), present) in &self.index {
+                if *present {
+                    index.insert((*key, doc.as_str()), ()).or_storage(path)?;
+                } else {
+                    index.remove((*key, doc.as_str())).or_storage(path)?;
+                }
             }
             let mut states = w.open_table(SYNC_STATES).or_storage(path)?;
             for ((peer, doc), s) in &self.states {
@@ -323,6 +361,7 @@ impl FlushBatch {
                 removed: std::mem::take(&mut self.removed),
                 states: std::mem::take(&mut self.states),
                 meta: std::mem::take(&mut self.meta),
+                index: std::mem::take(&mut self.index),
             });
         }
         g.in_flight = g.in_flight.saturating_sub(1);
@@ -355,7 +394,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use oms_protocol::sync::automerge::{ROOT, transaction::Transactable};
+    use oms_protocol::sync::automerge::{AutoCommit, ROOT, transaction::Transactable};
     use redb::{ReadableDatabase, ReadableTable};
 
     fn increments(path: &Path) -> usize {
@@ -476,5 +515,149 @@ mod tests {
         };
         let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
         assert_eq!(db.get_mut(&a).unwrap().get_heads(), heads);
+    }
+
+    /// The figures kept with the `doc_meta` rows (count, totals per group and label, documents due a full
+    /// save) and the owner's index stay what a walk of the rows (and a model) says through a deterministic
+    /// random run of creations, changes, relabels, removals, replacements, compactions, evictions, flushes,
+    /// batches dropped uncommitted, commits failing on a full disk, and reopens.
+    #[test]
+    fn kept_totals_and_the_index_match_a_walk_through_random_changes_failures_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let names: Vec<DocId> = (0..24)
+            .map(|i| match i % 8 {
+                6 => format!("stock/wh{}", i % 3),
+                7 => format!("misc/{i}"),
+                _ => format!("order/wh{}-{i:04}", i % 3),
+            })
+            .map(|n| DocId::new(n).unwrap())
+            .collect();
+        let labels = [0u64, 1, (1 << 32) | 2, (2 << 32) | 2, u64::MAX];
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let faults = Arc::new(oms_service::storage::FaultSwitch::default());
+        let open = |actor: u8| DocDb::open_with(&path, vec![actor; 16], 1_000, Some(faults.clone())).unwrap();
+        let mut db = open(1);
+        db.set_cache_max(4);
+        let mut held: BTreeSet<DocId> = BTreeSet::new();
+        let mut index: BTreeSet<(u64, DocId)> = BTreeSet::new();
+        let (mut flushes, mut failures, mut reopens) = (0, 0, 0);
+        let check = |db: &DocDb, held: &BTreeSet<DocId>, index: &BTreeSet<(u64, DocId)>, step: usize| {
+            assert_eq!(db.len(), held.len(), "step {step}: documents held");
+            for key in 1..4 {
+                let want: Vec<DocId> = index.iter().filter(|(k, _)| *k == key).map(|(_, d)| d.clone()).collect();
+                assert_eq!(db.indexed(key), want, "step {step}: index key {key}");
+            }
+        };
+        for step in 0..600 {
+            let id = names[usize::try_from(next(names.len() as u64)).unwrap()].clone();
+            match next(12) {
+                0..=2 => {
+                    db.get_or_create(&id).unwrap().put(ROOT, "k", step as u64).unwrap();
+                    db.mark_dirty(&id);
+                    held.insert(id);
+                }
+                3 => {
+                    if held.contains(&id) {
+                        db.set_label(&id, labels[usize::try_from(next(5)).unwrap()]);
+                    }
+                }
+                4 => {
+                    db.remove(&id);
+                    held.remove(&id);
+                }
+                5 => {
+                    let mut d = AutoCommit::new();
+                    d.put(ROOT, "replaced", step as u64).unwrap();
+                    db.replace(&id, d);
+                    held.insert(id);
+                }
+                6 => db.compact(&id),
+                7 => {
+                    let key = 1 + next(3);
+                    if next(2) == 0 {
+                        db.index_insert(key, &id);
+                        index.insert((key, id));
+                    } else {
+                        db.index_remove(key, &id);
+                        index.remove(&(key, id));
+                    }
+                }
+                8 => {
+                    db.flush().unwrap();
+                    db.evict_idle();
+                    flushes += 1;
+                    let (kept, walked) = db.audit_totals().unwrap();
+                    assert_eq!(kept, walked, "step {step}: after a flush");
+                    assert_eq!(kept.documents, held.len() as u64, "step {step}");
+                }
+                9 => {
+                    // A batch dropped uncommitted, or one whose commit finds the disk full: nothing of it is
+                    // written, and the next flush writes it all.
+                    if let Some(batch) = db.prepare_flush() {
+                        if next(2) == 0 {
+                            drop(batch);
+                        } else {
+                            // redb answers nothing more after an I/O error until reopened: what was not
+                            // written is lost with the process, and the model is what is on disk.
+                            faults.set_disk_full(true);
+                            assert!(batch.commit().is_err());
+                            faults.set_disk_full(false);
+                            drop(db);
+                            db = open(2 + (step % 200) as u8);
+                            db.set_cache_max(4);
+                            held = db.ids().collect();
+                            index = (1..4).flat_map(|k| db.indexed(k).into_iter().map(move |d| (k, d))).collect();
+                        }
+                        failures += 1;
+                        let (kept, walked) = db.audit_totals().unwrap();
+                        assert_eq!(kept, walked, "step {step}: after a failed flush");
+                    }
+                }
+                10 => {
+                    db.flush().unwrap();
+                    drop(db);
+                    db = open(2 + (step % 200) as u8);
+                    db.set_cache_max(4);
+                    reopens += 1;
+                    let (kept, walked) = db.audit_totals().unwrap();
+                    assert_eq!(kept, walked, "step {step}: after a reopen");
+                    assert_eq!(
+                        db.rows_read(),
+                        kept.full_needed.len() as u64,
+                        "a start reads only rows due a full save"
+                    );
+                }
+                _ => {
+                    if let Some(d) = db.get_mut(&id) {
+                        d.put(ROOT, "n", step as u64).unwrap();
+                        db.mark_dirty(&id);
+                    }
+                }
+            }
+            check(&db, &held, &index, step);
+        }
+        db.flush().unwrap();
+        let (kept, walked) = db.audit_totals().unwrap();
+        assert_eq!(kept, walked);
+        assert!(
+            flushes > 20 && failures > 10 && reopens > 20,
+            "{flushes} flushes, {failures} failures, {reopens} reopens"
+        );
+        let order_labels: BTreeSet<u64> =
+            kept.by_group.keys().filter(|(g, _)| g.starts_with("order/wh")).map(|(_, l)| *l).collect();
+        assert!(order_labels.len() >= 3, "{kept:?}");
+        assert!(kept.by_group.keys().any(|(g, _)| g == "stock/wh0"), "{kept:?}");
+        assert!(kept.by_group.keys().any(|(g, _)| g.is_empty()), "{kept:?}");
+        drop(db);
+        let db = open(250);
+        check(&db, &held, &index, 600);
+        assert_eq!(db.audit_totals().unwrap().0, kept);
     }
 }

@@ -7,7 +7,7 @@ use std::ops::Bound;
 
 use oms_protocol::wire::DocId;
 
-use super::meta::Persisted;
+use super::meta::{Persisted, stored_bytes};
 use super::{ChangeHash, DocDb, OrStorage};
 
 /// Committed rows read per redb transaction by [`Labels`].
@@ -61,7 +61,11 @@ impl DocDb {
             Ok((out, false))
         });
         let (rows, more) = match read.and_then(|r| r) {
-            Ok(r) => r,
+            Ok(r) => {
+                let n = u64::try_from(r.0.len()).unwrap_or(u64::MAX);
+                self.rows_read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                r
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot list documents");
                 (Vec::new(), false)
@@ -120,9 +124,10 @@ impl DocDb {
 impl DocDb {
     /// Calls `f` with every document whose id starts with `prefix`, its label and the bytes its disk copy
     /// takes (last full save plus increments, as of the last prepared flush: 0 for a document not flushed
-    /// yet), in id order, without loading any: for figures kept per owner, read once at start.
+    /// yet), in id order, without loading any. Reads every row with the prefix: for checks of the figures
+    /// kept with the rows ([`DocDb::stored_totals`]), not for a start.
     pub fn for_each_stored(&self, prefix: &str, mut f: impl FnMut(&DocId, u64, u64)) {
-        let bytes = |p: &Persisted| u64::from(p.base_bytes).saturating_add(u64::from(p.increment_bytes));
+        let bytes = stored_bytes;
         let mut after: Option<String> = None;
         loop {
             let chunk = self.committed_chunk(prefix, after.as_deref(), LABELS_CHUNK, |v| {

@@ -2,16 +2,20 @@
 //! encoding, reading the committed rows (one read view per commit), and the one-time upgrade that writes the
 //! rows of a file from before the table.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use oms_protocol::schema::{self, DocKind};
 use oms_protocol::sync::automerge::{AutoCommit, AutomergeError};
 use oms_protocol::wire::DocId;
 use oms_service::lock;
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::{ChangeHash, DOC_INCREMENTS, DOC_META, DOCS, DocDb, DocDbError, MetaTable, OrStorage};
+use super::{
+    ChangeHash, DOC_FULL_NEEDED, DOC_INCREMENTS, DOC_META, DOC_TOTALS, DOCS, DOCUMENTS_KEY, DocDb, DocDbError, FORMAT,
+    FORMAT_KEY, META, MetaTable, OrStorage,
+};
 
 /// Heads of a document, compact: almost every document has one head.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -236,9 +240,171 @@ pub(super) fn upgrade(path: &Path, w: &redb::WriteTransaction) -> Result<(), Doc
     Ok(())
 }
 
+/// The group a document is totalled under in `doc_totals`: who its id names, as the protocol lays ids out
+/// (`oms_protocol::schema::DocKind`): `order/<origin>` for an order (`order/` for one whose id names no
+/// origin), the whole id for a node's stock, escrow or inbound document, `""` for any other id. The same for
+/// every file and every process, so totals written by one start are read by the next.
+pub(super) fn group_of(name: &str) -> String {
+    let Some(id) = DocId::new(name) else { return String::new() };
+    match DocKind::of(&id) {
+        Some(DocKind::Order(order)) => match schema::order_origin(&order) {
+            Some(origin) => format!("{}{origin}", schema::ORDER_PREFIX),
+            None => schema::ORDER_PREFIX.to_owned(),
+        },
+        Some(DocKind::Stock(_) | DocKind::Escrow(_) | DocKind::Inbound(_)) => name.to_owned(),
+        None => String::new(),
+    }
+}
+
+/// The bytes a row says its document takes on disk: the last full save plus the increments since.
+pub(super) fn stored_bytes(p: &Persisted) -> u64 {
+    u64::from(p.base_bytes).saturating_add(u64::from(p.increment_bytes))
+}
+
+/// What the `doc_meta` rows add up to, kept beside them (`meta`'s document count, `doc_totals`,
+/// `doc_full_needed`) so that a start reads these instead of every row: the count of documents, per (group,
+/// label) the documents and their stored bytes, and the documents whose next flush must write a full save.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals {
+    /// Documents with a `doc_meta` row.
+    pub documents: u64,
+    /// Per (group, label): documents and stored bytes (see [`DocDb::stored_totals`]).
+    pub by_group: BTreeMap<(String, u64), (u64, u64)>,
+    /// Documents whose row asks for a full save.
+    pub full_needed: BTreeSet<String>,
+}
+
+/// Changes to [`Totals`] in one write transaction: rows taken away and rows added, applied at the end.
+#[derive(Debug, Default)]
+pub(super) struct TotalsDelta {
+    documents: i64,
+    by_group: BTreeMap<(String, u64), (i64, i64)>,
+}
+
+impl TotalsDelta {
+    /// A row added (`sign` 1) or taken away (`sign` -1); returns whether it asks for a full save. A row that
+    /// does not decode counts as a document with label 0 and no bytes (this code writes none such).
+    pub(super) fn row(&mut self, name: &str, row: &[u8], sign: i64) -> bool {
+        let p = Persisted::decode(row).unwrap_or_default();
+        self.documents += sign;
+        let e = self.by_group.entry((group_of(name), p.label)).or_default();
+        e.0 += sign;
+        e.1 = e.1.saturating_add(sign.saturating_mul(i64::try_from(stored_bytes(&p)).unwrap_or(i64::MAX)));
+        p.full_needed
+    }
+
+    /// Adds the changes to what the file holds.
+    pub(super) fn apply(self, w: &redb::WriteTransaction) -> Result<(), redb::Error> {
+        let add = |v: u64, d: i64| u64::try_from(i128::from(v) + i128::from(d)).unwrap_or(0);
+        let mut totals = w.open_table(DOC_TOTALS)?;
+        for ((group, label), (n, bytes)) in self.by_group {
+            if n == 0 && bytes == 0 {
+                continue;
+            }
+            let (old_n, old_bytes) = totals.get((group.as_str(), label))?.map(|v| v.value()).unwrap_or_default();
+            let (n, bytes) = (add(old_n, n), add(old_bytes, bytes));
+            if n == 0 {
+                totals.remove((group.as_str(), label))?;
+            } else {
+                totals.insert((group.as_str(), label), (n, bytes))?;
+            }
+        }
+        if self.documents != 0 {
+            let mut meta = w.open_table(META)?;
+            let old = meta.get(DOCUMENTS_KEY)?.map(|v| v.value()).unwrap_or(0);
+            meta.insert(DOCUMENTS_KEY, add(old, self.documents))?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps `doc_full_needed` in step with a row replaced or removed: whether the old row (if any) and the new
+/// one (if any) ask for a full save. Touches the table only when that changes (almost never: a flush writes
+/// rows that do not).
+pub(super) fn mark_full_needed(
+    t: &mut redb::Table<'_, &'static str, ()>,
+    name: &str,
+    was: bool,
+    now: bool,
+) -> Result<(), redb::Error> {
+    match (was, now) {
+        (false, true) => t.insert(name, ()).map(|_| ()),
+        (true, false) => t.remove(name).map(|_| ()),
+        _ => Ok(()),
+    }
+    .map_err(Into::into)
+}
+
+impl Totals {
+    /// What a walk of every `doc_meta` row adds up to (the upgrade, and the check of the kept figures).
+    pub(super) fn walk(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Totals, redb::Error> {
+        let mut out = Totals::default();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let name = k.value();
+            let p = Persisted::decode(v.value())
+                .ok_or_else(|| redb::Error::Corrupted(format!("document {name}: its doc_meta row does not decode")))?;
+            out.documents += 1;
+            let e = out.by_group.entry((group_of(name), p.label)).or_default();
+            e.0 += 1;
+            e.1 = e.1.saturating_add(stored_bytes(&p));
+            if p.full_needed {
+                out.full_needed.insert(name.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The figures the file keeps, as a start reads them.
+    pub(super) fn read(r: &redb::ReadTransaction) -> Result<Totals, redb::Error> {
+        let documents = r.open_table(META)?.get(DOCUMENTS_KEY)?.map(|v| v.value()).unwrap_or(0);
+        let mut out = Totals { documents, ..Totals::default() };
+        for item in r.open_table(DOC_TOTALS)?.iter()? {
+            let (k, v) = item?;
+            let (group, label) = k.value();
+            out.by_group.insert((group.to_owned(), label), v.value());
+        }
+        for item in r.open_table(DOC_FULL_NEEDED)?.iter()? {
+            out.full_needed.insert(item?.0.value().to_owned());
+        }
+        Ok(out)
+    }
+}
+
+/// Writes the figures kept beside the `doc_meta` rows ([`Totals`]) from one walk of the rows, replacing what
+/// was there, and records the format that has them: the one-time upgrade of a file from before them (as a
+/// migration of [`super::DOCDB_FORMAT`], and at open for a file from before versions), in the caller's
+/// transaction.
+pub(super) fn build_totals(w: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let walked = Totals::walk(&w.open_table(DOC_META)?)?;
+    let mut totals = w.open_table(DOC_TOTALS)?;
+    totals.retain(|_, _| false)?;
+    for ((group, label), v) in &walked.by_group {
+        totals.insert((group.as_str(), *label), *v)?;
+    }
+    let mut full = w.open_table(DOC_FULL_NEEDED)?;
+    full.retain(|_, _| false)?;
+    for name in &walked.full_needed {
+        full.insert(name.as_str(), ())?;
+    }
+    let mut meta = w.open_table(META)?;
+    meta.insert(DOCUMENTS_KEY, walked.documents)?;
+    meta.insert(FORMAT_KEY, FORMAT)?;
+    tracing::info!(documents = walked.documents, groups = walked.by_group.len(), "totalled every stored document");
+    Ok(())
+}
+
+/// [`build_totals`] as a step of [`super::DOCDB_FORMAT`]: a file of version 1 has every `doc_meta` row
+/// (written at its first open) but not the figures.
+pub(super) fn migrate_totals(w: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let format = w.open_table(META)?.get(FORMAT_KEY)?.map(|v| v.value());
+    // A version-1 file whose rows were never written (the process stopped within its first open) is
+    // upgraded whole at open, totals included.
+    if format.is_some_and(|f| f >= 2) { build_totals(w) } else { Ok(()) }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::{FORMAT, FORMAT_KEY};
     use super::*;
     use oms_protocol::sync::automerge::{ROOT, ReadDoc, transaction::Transactable};
     use proptest::prelude::*;
@@ -319,6 +485,9 @@ mod tests {
         assert_eq!(db.loaded(), 0);
         assert_eq!(db.heads(&id), Some(heads.clone()));
         assert_eq!(db.meta(FORMAT_KEY).unwrap(), Some(FORMAT));
+        let (kept, walked) = db.audit_totals().unwrap();
+        assert_eq!((kept.documents, db.len()), (1, 1));
+        assert_eq!(kept, walked, "the totals are built with the rows");
         // Increments continue after the upgraded ones and load in order.
         db.get_mut(&id).unwrap().put(ROOT, "k", 3).unwrap();
         db.mark_dirty(&id);
@@ -328,5 +497,65 @@ mod tests {
         let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
         assert_eq!(db.get_mut(&id).unwrap().get(ROOT, "k").unwrap().map(|(v, _)| v.as_i64()), Some(Some(3)));
         assert_eq!(db.heads(&id), Some(heads));
+    }
+
+    /// A file written before the totals (docdb format version 1, rows of format 2) gets them from one walk
+    /// at its first open, in the migration's transaction; the next open reads them and walks nothing.
+    #[test]
+    fn a_file_from_before_the_totals_is_upgraded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let due = DocId::new("order/wh1-0003").unwrap();
+        {
+            let mut db = DocDb::open(&path, vec![1; 16], 100).unwrap();
+            for i in 0..10u64 {
+                let id = DocId::new(format!("order/wh{}-{i:04}", i % 2)).unwrap();
+                db.get_or_create(&id).unwrap().put(ROOT, "k", i).unwrap();
+                db.mark_dirty(&id);
+                db.set_label(&id, i % 3);
+            }
+            let stock = DocId::new("stock/wh1").unwrap();
+            db.get_or_create(&stock).unwrap().put(ROOT, "k", 1).unwrap();
+            db.mark_dirty(&stock);
+            db.flush().unwrap();
+        }
+        {
+            // What the code before the totals left: no totals, no count, format 2, version 1; and one row due a
+            // full save (as the upgrade from before `doc_meta` leaves a document with increments only).
+            let db = Database::open(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            assert!(w.delete_table(DOC_TOTALS).unwrap() && w.delete_table(DOC_FULL_NEEDED).unwrap());
+            {
+                let mut meta = w.open_table(META).unwrap();
+                meta.remove(DOCUMENTS_KEY).unwrap();
+                meta.insert(FORMAT_KEY, 2).unwrap();
+                let mut rows = w.open_table(DOC_META).unwrap();
+                let mut p = Persisted::decode(rows.get(due.as_str()).unwrap().unwrap().value()).unwrap();
+                p.full_needed = true;
+                rows.insert(due.as_str(), &p.encode()[..]).unwrap();
+            }
+            w.open_table(oms_service::storage::format::FORMAT_TABLE).unwrap().insert("docdb", 1).unwrap();
+            w.commit().unwrap();
+        }
+        let db = DocDb::open(&path, vec![2; 16], 100).unwrap();
+        let (kept, walked) = db.audit_totals().unwrap();
+        assert_eq!(kept, walked);
+        assert_eq!((kept.documents, db.len()), (11, 11));
+        assert_eq!(kept.full_needed, BTreeSet::from([due.as_str().to_owned()]));
+        assert_eq!(kept.by_group[&("order/wh1".to_owned(), 1)].0, 2, "wh1's orders 1 and 7");
+        assert_eq!(db.meta(FORMAT_KEY).unwrap(), Some(FORMAT));
+        assert_eq!(db.rows_read(), 1, "the open read the row due a full save, no other");
+        drop(db);
+        {
+            // A figure planted in the file: an open that walked the rows would drop it.
+            let db = Database::open(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(DOC_TOTALS).unwrap().insert(("planted", 9), (1, 1)).unwrap();
+            w.commit().unwrap();
+        }
+        let db = DocDb::open(&path, vec![3; 16], 100).unwrap();
+        assert!(db.stored_totals(100).unwrap().contains(&("planted".to_owned(), 9, 1, 1)), "the second open walked");
+        assert_eq!(db.rows_read(), 1);
+        assert_eq!(db.len(), 11);
     }
 }

@@ -25,6 +25,13 @@
 //! page cache). A per-document index in memory cost ≈ 230 B per document at the hub (≈ 230 MB at a million
 //! orders) and, built while documents were loaded and evicted, fragmented the heap besides.
 //!
+//! **Opening does not grow with the number of documents either.** What the rows add up to is kept beside
+//! them and written by every flush in the transaction that writes the rows, from the rows it replaces or
+//! removes: the document count, per (group, label) the documents and their stored bytes
+//! ([`DocDb::stored_totals`]), and the documents due a full save; so is the owner's index
+//! ([`DocDb::index_insert`]). An open reads those, not the rows ([`DocDb::rows_read`]). A file from before
+//! them is totalled by one walk of its rows, once (format version 2).
+//!
 //! # Layout
 //!
 //! One file per concern, each with the tests of what it does. The [`DocDb`] struct keeps every field here,
@@ -61,6 +68,7 @@ mod meta;
 /// Re-exported so callers name the same Automerge.
 pub use automerge::ChangeHash;
 pub use flush::FlushBatch;
+pub use meta::Totals;
 
 use cache::Slot;
 use flush::SharedGate;
@@ -73,16 +81,40 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Per document: what `Persisted` says about its disk copy (heads, sizes, label), so that opening the file
 /// reads no document.
 const DOC_META: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_meta");
+/// (group, label) → (documents, stored bytes): what the `doc_meta` rows add up to per group of ids
+/// (`meta::group_of`) and label, written in the transaction that writes the rows ([`DocDb::stored_totals`]).
+const DOC_TOTALS: TableDefinition<(&str, u64), (u64, u64)> = TableDefinition::new("doc_totals");
+/// Documents whose `doc_meta` row asks for a full save, kept with the rows so that a start finds them
+/// without reading every row.
+const DOC_FULL_NEEDED: TableDefinition<&str, ()> = TableDefinition::new("doc_full_needed");
+/// (key, document) → (): the owner's index of documents by a number of its own ([`DocDb::index_insert`]),
+/// written in the transaction that writes the labels it derives from.
+const DOC_INDEX: TableDefinition<(u64, &str), ()> = TableDefinition::new("doc_index");
+/// Key in `meta` of the number of `doc_meta` rows.
+const DOCUMENTS_KEY: &str = "docdb.documents";
 type MetaTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
 /// The format of `sync.redb` and `hub.redb` (see `oms_service::storage::format`): 1 is the first versioned
 /// one, the same tables as the unversioned files before it, whose own upgrade (`doc_meta` rows, below) still
 /// runs at open. Derived: its documents are rebuilt from the process's system of record and caught up by
 /// sync, so a backup copies it before that.
-pub const DOCDB_FORMAT: oms_service::storage::Format =
-    oms_service::storage::Format { kind: "docdb", version: 1, derived: true, migrations: &[] };
-/// Key in `meta` of the file's format: 2 = every stored document has its `doc_meta` row.
+///
+/// - 2: the figures the `doc_meta` rows add up to are kept beside them (`meta`'s document count,
+///   `doc_totals`, `doc_full_needed`) and the owner's `doc_index`, all written with the rows; built by one
+///   walk of the rows. A build that does not keep them refuses the file (it would let them go stale).
+pub const DOCDB_FORMAT: oms_service::storage::Format = oms_service::storage::Format {
+    kind: "docdb",
+    version: 2,
+    derived: true,
+    migrations: &[oms_service::storage::format::Migration {
+        to: 2,
+        what: "documents: their count, totals per group and label, and those due a full save, kept with their rows",
+        apply: meta::migrate_totals,
+    }],
+};
+/// Key in `meta` of the file's format: 2 = every stored document has its `doc_meta` row; 3 = and the figures
+/// they add up to are kept ([`meta::build_totals`]).
 const FORMAT_KEY: &str = "docdb.format";
-const FORMAT: u64 = 2;
+const FORMAT: u64 = 3;
 
 /// A document's appended increments may grow to this many bytes (or to the size of its last full save, if
 /// larger) before a flush compacts them into a full save.
@@ -209,6 +241,12 @@ pub struct DocDb {
     /// Sync states and counters of batches prepared but maybe not yet committed, for readers.
     flushing_states: BTreeMap<(PeerId, DocId), Vec<u8>>,
     flushing_meta: BTreeMap<String, u64>,
+    /// Index entries to write (true) or delete (false) with the next flush ([`DocDb::index_insert`]), and
+    /// those of batches prepared but maybe not yet committed, for readers.
+    dirty_index: BTreeMap<(u64, DocId), bool>,
+    flushing_index: BTreeMap<(u64, DocId), bool>,
+    /// `doc_meta` rows read since the open, by the open itself and by listings ([`DocDb::rows_read`]).
+    rows_read: AtomicU64,
 }
 
 impl std::fmt::Debug for DocDb {
@@ -224,9 +262,21 @@ impl DocDb {
     /// at most 1,024 loaded unless [`DocDb::set_cache_max`] says otherwise.
     ///
     /// A file written before `doc_meta` existed is upgraded once: every document is loaded (one at a time)
-    /// to learn its heads, and the rows are written before this returns.
+    /// to learn its heads, and the rows are written before this returns. A file written before the totals
+    /// kept with the rows ([`DocDb::stored_totals`]) gets them from one walk of the rows, once. After that an
+    /// open reads the count and the rows of documents due a full save, not a row per document.
     pub fn open(path: &Path, actor: Vec<u8>, docs_max: usize) -> Result<DocDb, DocDbError> {
-        let options = oms_service::storage::Options { cache_bytes: Some(DB_CACHE_BYTES), faults: None };
+        Self::open_with(path, actor, docs_max, None)
+    }
+
+    /// [`DocDb::open`] with faults a test injects into the file's storage.
+    fn open_with(
+        path: &Path,
+        actor: Vec<u8>,
+        docs_max: usize,
+        faults: Option<Arc<oms_service::storage::FaultSwitch>>,
+    ) -> Result<DocDb, DocDbError> {
+        let options = oms_service::storage::Options { cache_bytes: Some(DB_CACHE_BYTES), faults };
         let opened = oms_service::storage::format::open(path, &DOCDB_FORMAT, &options)?;
         Self::start(path, opened.db, actor, docs_max)
     }
@@ -251,36 +301,47 @@ impl DocDb {
             let incs = w.open_table(DOC_INCREMENTS).or_storage(path)?;
             w.open_table(SYNC_STATES).or_storage(path)?;
             w.open_table(DOC_META).or_storage(path)?;
-            let mut meta = w.open_table(META).or_storage(path)?;
+            w.open_table(DOC_TOTALS).or_storage(path)?;
+            w.open_table(DOC_FULL_NEEDED).or_storage(path)?;
+            w.open_table(DOC_INDEX).or_storage(path)?;
+            let meta = w.open_table(META).or_storage(path)?;
             let format = meta.get(FORMAT_KEY).or_storage(path)?.map(|v| v.value());
+            drop(meta);
             if format.is_none_or(|f| f < FORMAT) {
                 let empty = docs.is_empty().or_storage(path)? && incs.is_empty().or_storage(path)?;
                 drop((docs, incs));
-                if !empty {
+                if !empty && format.is_none_or(|f| f < 2) {
                     meta::upgrade(path, &w)?;
                 }
-                meta.insert(FORMAT_KEY, FORMAT).or_storage(path)?;
+                // One walk of the rows, once: later opens read the figures it leaves.
+                meta::build_totals(&w).or_storage(path)?;
             }
         }
         w.commit().or_storage(path)?;
         let actor = ActorId::from(actor);
-        // Every row is checked, but only those of documents that need a full save stay in memory.
-        let mut count = 0usize;
+        // The count is kept; of the rows only those of documents that need a full save are read, and stay in
+        // memory.
         let mut docs = BTreeMap::new();
-        {
+        let rows_read = AtomicU64::new(0);
+        let count = {
             let r = db.begin_read().or_storage(path)?;
-            let t = r.open_table(DOC_META).or_storage(path)?;
-            for item in t.iter().or_storage(path)? {
-                let (k, v) = item.or_storage(path)?;
+            let meta = r.open_table(META).or_storage(path)?;
+            let count = meta.get(DOCUMENTS_KEY).or_storage(path)?.map_or(0, |v| v.value());
+            let rows = r.open_table(DOC_META).or_storage(path)?;
+            let full = r.open_table(DOC_FULL_NEEDED).or_storage(path)?;
+            for item in full.iter().or_storage(path)? {
+                let (k, _) = item.or_storage(path)?;
                 let name = k.value();
                 let Some(id) = DocId::new(name) else { continue };
+                let Some(v) = rows.get(name).or_storage(path)? else { continue };
+                rows_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let persisted = Persisted::decode(v.value()).ok_or_else(|| row_error(path, name))?;
-                count += 1;
                 if persisted.full_needed {
                     docs.insert(id, Slot { persisted, ..Slot::default() });
                 }
             }
-        }
+            usize::try_from(count).unwrap_or(usize::MAX)
+        };
         // Documents with increments but no full save (not written by this code) get one at the next flush.
         let dirty_docs = docs.keys().cloned().collect();
         Ok(DocDb {
@@ -304,7 +365,91 @@ impl DocDb {
             flushing_removed: BTreeSet::new(),
             flushing_states: BTreeMap::new(),
             flushing_meta: BTreeMap::new(),
+            dirty_index: BTreeMap::new(),
+            flushing_index: BTreeMap::new(),
+            rows_read,
         })
+    }
+
+    /// `doc_meta` rows read since the open: by the open (only the rows of documents due a full save) and by
+    /// the listings. What a start costs, for tests: it does not grow with the documents stored.
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Per (group, label), the documents committed and the bytes they take on disk (last full save plus
+    /// increments), at most `limit` pairs, without reading a `doc_meta` row: the figures written with the rows.
+    /// The group is who a document's id names (`order/<origin>` for an order, the whole id for a node's stock,
+    /// escrow or inbound document, `""` otherwise); labels are the owner's. Documents created, changed or
+    /// removed since the last commit are not in them.
+    pub fn stored_totals(&self, limit: usize) -> Result<Vec<(String, u64, u64, u64)>, DocDbError> {
+        let r = self.db.begin_read().or_storage(&self.path)?;
+        let t = r.open_table(DOC_TOTALS).or_storage(&self.path)?;
+        let mut out = Vec::new();
+        for item in t.iter().or_storage(&self.path)?.take(limit) {
+            let (k, v) = item.or_storage(&self.path)?;
+            let ((group, label), (n, bytes)) = (k.value(), v.value());
+            out.push((group.to_owned(), label, n, bytes));
+        }
+        Ok(out)
+    }
+
+    /// The figures kept beside the `doc_meta` rows and what a walk of every row adds up to, in one read
+    /// view: equal unless the file is damaged (for tests and operators; reads every row).
+    pub fn audit_totals(&self) -> Result<(Totals, Totals), DocDbError> {
+        let r = self.db.begin_read().or_storage(&self.path)?;
+        let kept = Totals::read(&r).or_storage(&self.path)?;
+        let walked = Totals::walk(&r.open_table(DOC_META).or_storage(&self.path)?).or_storage(&self.path)?;
+        Ok((kept, walked))
+    }
+
+    /// Adds `doc` under `key` in the owner's index, written by the next flush (in the transaction that writes
+    /// the labels of the same step). The index is the owner's: removing a document leaves its entries.
+    pub fn index_insert(&mut self, key: u64, doc: &DocId) {
+        self.dirty_index.insert((key, doc.clone()), true);
+    }
+
+    /// Takes `doc` out from under `key` in the owner's index, with the next flush.
+    pub fn index_remove(&mut self, key: u64, doc: &DocId) {
+        self.dirty_index.insert((key, doc.clone()), false);
+    }
+
+    /// The documents under `key` in the owner's index, in id order: the committed entries with those not yet
+    /// written laid over them.
+    pub fn indexed(&self, key: u64) -> Vec<DocId> {
+        let read = || -> Result<BTreeSet<DocId>, DocDbError> {
+            let r = self.db.begin_read().or_storage(&self.path)?;
+            let t = r.open_table(DOC_INDEX).or_storage(&self.path)?;
+            let mut out = BTreeSet::new();
+            for item in t.range((key, "")..).or_storage(&self.path)? {
+                let (k, _) = item.or_storage(&self.path)?;
+                let (at, name) = k.value();
+                if at != key {
+                    break;
+                }
+                out.extend(DocId::new(name));
+            }
+            Ok(out)
+        };
+        let mut out = read().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the documents' index");
+            BTreeSet::new()
+        });
+        // The least id there is ("\0"), so the range starts at the key's first entry.
+        let Some(first) = DocId::new("\u{0}") else { return out.into_iter().collect() };
+        for pending in [&self.flushing_index, &self.dirty_index] {
+            for ((k, doc), present) in pending.range((key, first.clone())..) {
+                if *k != key {
+                    break;
+                }
+                if *present {
+                    out.insert(doc.clone());
+                } else {
+                    out.remove(doc);
+                }
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// A number that changes whenever a document or a label may have changed (a mutable borrow, a creation,
@@ -385,6 +530,7 @@ impl DocDb {
         !(self.dirty_docs.is_empty()
             && self.dirty_states.is_empty()
             && self.dirty_meta.is_empty()
+            && self.dirty_index.is_empty()
             && self.removed.is_empty())
     }
 
