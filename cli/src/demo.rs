@@ -69,7 +69,10 @@
 //!
 //! Then the hub's network stock is walked in pages (see `stock_pages`) and held against one unpaged read:
 //! the summary adds `stock_rows`, `stock_pages`, `stock_page_mismatches` (0) and `demand_documents_read`
-//! (what the hub's incrementally kept demand history read).
+//! (what the hub's incrementally kept demand history read), and what the hub's intake documents thread did
+//! since the hub's last start: `hub_intake_document_rounds`, `hub_intake_document_orders` and
+//! `hub_intake_document_fallbacks` (0: every created order's documents written by the thread, none left to its
+//! request).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

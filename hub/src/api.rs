@@ -354,6 +354,17 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
          commits).\n# TYPE oms_hub_intake_orders counter\noms_hub_intake_orders_total {}\n",
         b.commits, b.orders
     ));
+    out.push_str(&format!(
+        "# HELP oms_hub_intake_document_rounds Rounds of the intake's documents thread (the documents of one or \
+         more committed batches written under one hold of the documents' lock).\n\
+         # TYPE oms_hub_intake_document_rounds counter\noms_hub_intake_document_rounds_total {}\n\
+         # HELP oms_hub_intake_document_orders Created orders whose documents those rounds wrote.\n\
+         # TYPE oms_hub_intake_document_orders counter\noms_hub_intake_document_orders_total {}\n\
+         # HELP oms_hub_intake_document_fallbacks Created orders whose documents a round could not write (their \
+         requests wrote them).\n# TYPE oms_hub_intake_document_fallbacks counter\n\
+         oms_hub_intake_document_fallbacks_total {}\n",
+        b.document_rounds, b.document_orders, b.document_fallbacks
+    ));
     gauge(
         &mut out,
         "oms_hub_intake_batch_orders_max",

@@ -21,6 +21,10 @@ pub(super) struct StockPages {
     pages: usize,
     mismatches: u64,
     demand_documents_read: u64,
+    /// The hub's intake documents thread (`/metrics`): rounds, orders written, orders left to their callers.
+    document_rounds: u64,
+    document_orders: u64,
+    document_fallbacks: u64,
 }
 
 impl StockPages {
@@ -30,18 +34,29 @@ impl StockPages {
             "stock_pages": self.pages,
             "stock_page_mismatches": self.mismatches,
             "demand_documents_read": self.demand_documents_read,
+            "hub_intake_document_rounds": self.document_rounds,
+            "hub_intake_document_orders": self.document_orders,
+            "hub_intake_document_fallbacks": self.document_fallbacks,
         })
     }
 
-    /// True when the pages held exactly what one unpaged read held (and there was something to page).
+    /// True when the pages held exactly what one unpaged read held (and there was something to page), and
+    /// the hub's intake documents thread wrote every created order's documents itself.
     pub(super) fn ok(&self) -> bool {
-        self.mismatches == 0 && self.rows > 0
+        self.mismatches == 0 && self.rows > 0 && self.document_fallbacks == 0
     }
 
     pub(super) fn line(&self) -> String {
         format!(
-            "network stock: {} rows read in {} pages of {PAGE}, page mismatches {} (must be 0); the demand ledger read {} documents",
-            self.rows, self.pages, self.mismatches, self.demand_documents_read
+            "network stock: {} rows read in {} pages of {PAGE}, page mismatches {} (must be 0); the demand ledger read {} documents; \
+             the intake's documents thread wrote {} orders in {} rounds, {} left to their requests (must be 0)",
+            self.rows,
+            self.pages,
+            self.mismatches,
+            self.demand_documents_read,
+            self.document_orders,
+            self.document_rounds,
+            self.document_fallbacks
         )
     }
 }
@@ -89,10 +104,12 @@ pub(super) async fn check(admin: &reqwest::Client, hub: SocketAddr) -> anyhow::R
     out.mismatches = whole.len().abs_diff(paged.len()) as u64
         + whole.iter().zip(&paged).filter(|(a, b)| (&a.0, &a.1) != (&b.0, &b.1)).count() as u64;
     let metrics = admin.get(format!("https://{hub}/metrics")).send().await?.text().await?;
-    out.demand_documents_read = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("oms_hub_demand_documents_read_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let counter = |name: &str| -> u64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+    };
+    out.demand_documents_read = counter("oms_hub_demand_documents_read_total");
+    out.document_rounds = counter("oms_hub_intake_document_rounds_total");
+    out.document_orders = counter("oms_hub_intake_document_orders_total");
+    out.document_fallbacks = counter("oms_hub_intake_document_fallbacks_total");
     Ok(out)
 }

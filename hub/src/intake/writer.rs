@@ -137,6 +137,11 @@ pub(super) struct BatchStats {
     commits: AtomicU64,
     orders: AtomicU64,
     largest: AtomicU64,
+    /// Rounds of the documents thread that wrote documents, the created orders they wrote, and the orders
+    /// whose callers had to write (the sink failed).
+    doc_rounds: AtomicU64,
+    doc_orders: AtomicU64,
+    doc_fallbacks: AtomicU64,
 }
 
 /// A snapshot of the writer's batches ([`Intake::batch_counts`]).
@@ -148,6 +153,13 @@ pub struct BatchCounts {
     pub orders: u64,
     /// Most orders one of them held.
     pub largest: u64,
+    /// Rounds of the intake's documents thread that wrote the documents of created orders.
+    pub document_rounds: u64,
+    /// Created orders whose documents those rounds wrote.
+    pub document_orders: u64,
+    /// Created orders whose documents the round could not write, left to their callers (0 unless a document
+    /// write failed).
+    pub document_fallbacks: u64,
 }
 
 impl BatchStats {
@@ -183,9 +195,10 @@ impl Intake {
         let answers = match effects {
             Some(sink) => {
                 let (done_tx, done_rx) = std::sync::mpsc::sync_channel(DOCS_QUEUE_MAX);
+                let docs_core = self.core.clone();
                 std::thread::Builder::new()
                     .name("oms-intake-docs".into())
-                    .spawn(move || docs_loop(&done_rx, sink))
+                    .spawn(move || docs_loop(&docs_core.stats, &done_rx, sink))
                     .map_err(spawn_failed)?;
                 Answers::Docs(done_tx)
             }
@@ -247,6 +260,9 @@ impl Intake {
             commits: s.commits.load(Ordering::Relaxed),
             orders: s.orders.load(Ordering::Relaxed),
             largest: s.largest.load(Ordering::Relaxed),
+            document_rounds: s.doc_rounds.load(Ordering::Relaxed),
+            document_orders: s.doc_orders.load(Ordering::Relaxed),
+            document_fallbacks: s.doc_fallbacks.load(Ordering::Relaxed),
         }
     }
 }
@@ -287,7 +303,7 @@ fn answer(committed: Committed) {
 
 /// The documents thread: takes every committed batch waiting (at most [`DOCS_BATCHES_MAX`]), writes what
 /// their orders created with one call of `sink`, then answers their callers. Ends when the writer is gone.
-fn docs_loop(rx: &std::sync::mpsc::Receiver<Committed>, mut sink: EffectsSink) {
+fn docs_loop(stats: &BatchStats, rx: &std::sync::mpsc::Receiver<Committed>, mut sink: EffectsSink) {
     while let Ok(first) = rx.recv() {
         let mut round = vec![first];
         while round.len() < DOCS_BATCHES_MAX {
@@ -302,16 +318,8 @@ fn docs_loop(rx: &std::sync::mpsc::Receiver<Committed>, mut sink: EffectsSink) {
             .filter_map(|(r, _)| r.as_ref().ok().filter(|p| p.created))
             .map(|p| &p.effects)
             .collect();
-        let written = created.is_empty()
-            || {
-                match sink(&created) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(error = %e, orders = created.len(), "cannot write the documents of committed orders; their callers will");
-                        false
-                    }
-                }
-            };
+        let n = created.len() as u64;
+        let written = created.is_empty() || write_round(stats, &mut sink, &created, n);
         for committed in round {
             answer(
                 committed
@@ -328,6 +336,22 @@ fn docs_loop(rx: &std::sync::mpsc::Receiver<Committed>, mut sink: EffectsSink) {
         }
     }
     tracing::debug!("intake documents thread stopped");
+}
+
+/// One round's call of the sink, counted; true if it wrote.
+fn write_round(stats: &BatchStats, sink: &mut EffectsSink, created: &[&Effects], n: u64) -> bool {
+    match sink(created) {
+        Ok(()) => {
+            stats.doc_rounds.fetch_add(1, Ordering::Relaxed);
+            stats.doc_orders.fetch_add(n, Ordering::Relaxed);
+            true
+        }
+        Err(e) => {
+            stats.doc_fallbacks.fetch_add(n, Ordering::Relaxed);
+            tracing::error!(error = %e, orders = n, "cannot write the documents of committed orders; their callers will");
+            false
+        }
+    }
 }
 
 /// The writer thread: takes up to `batch_max` queued orders, takes them in one transaction, commits, then
@@ -626,6 +650,9 @@ mod tests {
         // Batches of at most four: at least three commits, and never more sink calls than commits.
         let b = intake.batch_counts();
         assert!(b.commits >= 3 && calls.len() as u64 <= b.commits, "{b:?} {calls:?}");
+        let fell_back = failed.len() as u64;
+        assert_eq!((b.document_orders, b.document_fallbacks), (10 - fell_back, fell_back), "{b:?}");
+        assert_eq!(b.document_rounds, calls.len() as u64 - 1, "{b:?}");
         // A replay creates nothing: it is not given to the sink, and its caller writes (a no-op, or what a crash
         // kept from being written).
         let before = seen.lock().unwrap().len();
