@@ -13,6 +13,9 @@
 //!    ask for a forecast (a random SKU), the replenishment run and a stock page in turn. Each round trip is
 //!    timed; the figure is p50/p99 with readers against without, and the readers' requests per second.
 //!
+//! The readers go through the hub's gate on planner reads (`oms_hub::gate`, as the handlers do): one fewer
+//! at once than the machine has cores; `BENCH_READ_SLOTS=<n>` sets another bound (8 = no bound for 8 readers).
+//!
 //! `BENCH_START_ONLY=1` stops after the start: it starts the hub over the seeded files `BENCH_STARTS` times
 //! (default 3, at most 20), dropping it in between, and prints each start and the median (the figure of issue
 //! 17 item 4: start to healthy with `BENCH_ORDERS=1000000` finished orders stored).
@@ -243,7 +246,14 @@ fn main() {
     }
 
     let t = Instant::now();
-    let hub = Arc::new(start(dir));
+    let mut hub = start(dir);
+    // The planner reads' gate (`oms_hub::gate`): as the hub sets it for this machine, or `BENCH_READ_SLOTS`
+    // slots (e.g. as many as the readers, to measure without it).
+    if let Some(slots) = std::env::var("BENCH_READ_SLOTS").ok().and_then(|v| v.parse().ok()) {
+        hub.planner_reads = oms_hub::gate::ReadGate::new(slots, Duration::from_millis(oms_hub::gate::READ_WAIT_MAX_MS));
+    }
+    println!("planner read slots: {}", hub.planner_reads.max());
+    let hub = Arc::new(hub);
     let started = t.elapsed();
     println!("start (open hub.redb and intake.redb, parties, recover): {:.3} s", started.as_secs_f64());
     let t = Instant::now();
@@ -271,13 +281,22 @@ fn main() {
                     match n % 3 {
                         0 => {
                             let sku = format!("SKU-{}", n % SKUS);
-                            let _ = oms_hub::forecast_api::forecast_answer(&hub.demand, &hub, &config, &sku, &q, today);
+                            let (h, config) = (hub.clone(), config.clone());
+                            let _ = hub.planner_reads.run(move || {
+                                oms_hub::forecast_api::forecast_answer(&h.demand, &h, &config, &sku, &q, today)
+                            });
                         }
                         1 => {
-                            let _ = oms_hub::forecast_api::replenishment_answer(&hub.demand, &hub, &config, &q, today);
+                            let (h, config) = (hub.clone(), config.clone());
+                            let _ = hub.planner_reads.run(move || {
+                                oms_hub::forecast_api::replenishment_answer(&h.demand, &h, &config, &q, today)
+                            });
                         }
                         _ => {
-                            let _ = oms_hub::api::stock_page(&hub, None, None, 1_000, oms_service::now_ms());
+                            let h = hub.clone();
+                            let _ = hub
+                                .planner_reads
+                                .run(move || oms_hub::api::stock_page(&h, None, None, 1_000, oms_service::now_ms()));
                         }
                     }
                     served.fetch_add(1, Ordering::Relaxed);

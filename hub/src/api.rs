@@ -1085,12 +1085,17 @@ async fn stock(State(hub): State<Arc<Hub>>, QueryParams(q): QueryParams<StockQue
     let h = hub.clone();
     let (after, sku) = (after.map(|(a, b)| (a.to_owned(), b.to_owned())), q.sku.clone());
     let page = tokio::task::spawn_blocking(move || {
-        let after = after.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
-        stock_page(&h, sku.as_deref(), after, limit, now)
+        let gate = h.clone();
+        gate.planner_reads.run(move || {
+            let after = after.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+            stock_page(&h, sku.as_deref(), after, limit, now)
+        })
     })
     .await;
-    let Ok((sites, rows, next_after)) = page else {
-        return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stock read failed");
+    let (sites, rows, next_after) = match page {
+        Ok(Ok(page)) => page,
+        Ok(Err(busy)) => return busy.into_response(),
+        Err(_) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stock read failed"),
     };
     if csv {
         let mut resp = stock_csv(&rows);

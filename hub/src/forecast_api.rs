@@ -100,6 +100,17 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// Runs a planner read on the hub's gate ([`crate::gate`]): `503 overloaded` if it cannot start in time.
+fn gated<T: Send + 'static>(hub: &Hub, f: impl FnOnce() -> Result<T, Problem> + Send + 'static) -> Result<T, Problem> {
+    hub.planner_reads.run(f).unwrap_or_else(|busy| {
+        Err(Problem::new(
+            StatusCode::from_u16(busy.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            busy.code,
+            busy.detail,
+        ))
+    })
+}
+
 impl Problem {
     fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
         Problem { status, code, detail: detail.into() }
@@ -495,7 +506,10 @@ async fn forecast(
     let today = now_ms() / DAY_MS;
     let config = st.config(settings);
     // Model fitting is CPU-bound: keep it off the async workers.
-    let res = tokio::task::spawn_blocking(move || forecast_typed(&st.cache, &st.hub, &config, &sku, &q, today)).await;
+    let res = tokio::task::spawn_blocking(move || {
+        gated(&st.hub.clone(), move || forecast_typed(&st.cache, &st.hub, &config, &sku, &q, today))
+    })
+    .await;
     match res {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(p)) => p.into_response(),
@@ -515,7 +529,10 @@ async fn forecast_screen(
     let today = now_ms() / DAY_MS;
     let config = st.config(settings);
     let s = sku.clone();
-    let res = tokio::task::spawn_blocking(move || forecast_answer(&st.cache, &st.hub, &config, &s, &q, today)).await;
+    let res = tokio::task::spawn_blocking(move || {
+        gated(&st.hub.clone(), move || forecast_answer(&st.cache, &st.hub, &config, &s, &q, today))
+    })
+    .await;
     match res {
         Ok(Ok(v)) => crate::ui::forecast_page(&chrome, &session, &sku, &v).into_response(),
         Ok(Err(p)) => p.into_response(),
@@ -648,7 +665,10 @@ async fn replenishment(
 ) -> Response {
     let today = now_ms() / DAY_MS;
     let config = st.config(settings);
-    let res = tokio::task::spawn_blocking(move || replenishment_answer(&st.cache, &st.hub, &config, &q, today)).await;
+    let res = tokio::task::spawn_blocking(move || {
+        gated(&st.hub.clone(), move || replenishment_answer(&st.cache, &st.hub, &config, &q, today))
+    })
+    .await;
     match res {
         Ok(Ok(r)) => r,
         Ok(Err(p)) => p.into_response(),

@@ -39,6 +39,7 @@ pub mod docs;
 pub mod events;
 pub mod forecast_api;
 pub mod forecast_config;
+pub mod gate;
 pub mod intake;
 pub mod money;
 pub mod notes;

@@ -107,6 +107,8 @@ pub struct Hub {
     pub tracking: crate::tracking::Tracking,
     /// The demand index and last replenishment run (the forecast routes and purchase orders made from it).
     pub demand: Arc<crate::demand::DemandCache>,
+    /// How many of the planner's heavy reads run at once ([`crate::gate`]).
+    pub planner_reads: crate::gate::ReadGate,
     /// The reloading parts of the QUIC side's TLS, once it listens ([`Hub::set_tls`]).
     tls: OnceLock<HubTls>,
 }
@@ -153,6 +155,7 @@ impl Hub {
             stock_low_at: crate::events::EventsConfig::default().stock_low_at,
             tracking: crate::tracking::Tracking::default(),
             demand: Arc::default(),
+            planner_reads: crate::gate::ReadGate::for_this_machine(),
             tls: OnceLock::new(),
         })
     }
