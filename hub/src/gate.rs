@@ -1,5 +1,5 @@
-//! A bound on the planner's heavy reads, and their place behind sync: forecasts, the replenishment run and
-//! the network stock pages. Each is CPU work over the demand history or every site's stock; eight planners
+//! A bound on the planner's heavy reads, and their place behind sync: forecasts, the replenishment run, the
+//! network stock pages and the stock screen. Each is CPU work over the demand history or every site's stock; eight planners
 //! (or one script) asking in a loop would otherwise take every core, and a node's sync round trip, which
 //! needs a core for a moment, would wait behind them (issue 17: with eight readers on two cores the sync
 //! p99 was 20× the p99 without, with no lock held).

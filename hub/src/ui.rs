@@ -141,11 +141,18 @@ impl StockQuery {
     }
 }
 
-/// [`stock_selection`] on a blocking thread: it takes the intake's and the demand cache's locks, which a busy
-/// intake holds, and must not stall the async workers the other screens share.
-async fn stock_selection_off(hub: &Arc<Hub>, q: &StockQuery) -> (Vec<crate::api::StockRow>, bool) {
+/// [`stock_selection`] on the hub's planner-read threads ([`crate::gate`]): it reads every site's stock and
+/// takes the intake's and the demand cache's locks, so it must neither stall the async workers the other
+/// screens share nor take the core sync needs. `503 overloaded` (a sentence on the screen) if it cannot
+/// start in time.
+async fn stock_selection_off(hub: &Arc<Hub>, q: &StockQuery) -> Result<(Vec<crate::api::StockRow>, bool), Problem> {
     let (h, q) = (hub.clone(), q.clone());
-    tokio::task::spawn_blocking(move || stock_selection(&h, &q)).await.unwrap_or_default()
+    let read = tokio::task::spawn_blocking(move || {
+        let gate = h.clone();
+        gate.planner_reads.run(move || stock_selection(&h, &q))
+    })
+    .await;
+    read.unwrap_or_else(|e| Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())))
 }
 
 /// The rows the stock screen shows for `q`, and whether more matched than it shows.
@@ -166,7 +173,10 @@ fn stock_selection(hub: &Hub, q: &StockQuery) -> (Vec<crate::api::StockRow>, boo
 }
 
 async fn stock(State(st): State<UiState>, session: UiSession, Query(q): Query<StockQuery>) -> Response {
-    let (rows, more) = stock_selection_off(&st.hub, &q).await;
+    let (rows, more) = match stock_selection_off(&st.hub, &q).await {
+        Ok(r) => r,
+        Err(p) => return p.into_response(),
+    };
     let sort_link = |col: &str, label: &str| html! { a href={ "/ui/stock?" (q.query(Some(col))) } { (label) } };
     page(
         &st.chrome,
@@ -209,8 +219,10 @@ async fn stock(State(st): State<UiState>, session: UiSession, Query(q): Query<St
 }
 
 async fn stock_csv(State(st): State<UiState>, Query(q): Query<StockQuery>) -> Response {
-    let (rows, _) = stock_selection_off(&st.hub, &q).await;
-    crate::api::stock_csv(&rows)
+    match stock_selection_off(&st.hub, &q).await {
+        Ok((rows, _)) => crate::api::stock_csv(&rows),
+        Err(p) => p.into_response(),
+    }
 }
 
 /// The forecast screen (served by `forecast_api`, which holds the demand cache): history and forecast as a
