@@ -582,6 +582,18 @@ mod tests {
         }
     }
 
+    /// Ten callers (`k0`..`k9`, one unit of A each) queued while the writer waits for the state, as it does
+    /// while another write runs; their answers.
+    fn ten_queued(intake: &Intake) -> Vec<Answer> {
+        let held = lock(&intake.core.state);
+        let answers = (0..10)
+            .map(|i| intake.enqueue(format!("k{i}"), draft(&format!("o{i}"), "web", &[("A", 1)], PLACES[0]), actor()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        drop(held);
+        answers
+    }
+
     #[test]
     fn concurrent_orders_share_one_transaction() {
         let dir = tempfile::tempdir().unwrap();
@@ -590,14 +602,7 @@ mod tests {
         grant(&intake, &sites[0].id, "A", (100, 100, true, 100));
         let facts = sites.clone();
         intake.start(IntakeLimits { queue_max: 64, batch_max: 64 }, Box::new(move |_| facts.clone()), None).unwrap();
-        // Ten callers queue while the writer waits for the state (as it does while another write runs).
-        let held = lock(&intake.core.state);
-        let answers: Vec<Answer> = (0..10)
-            .map(|i| intake.enqueue(format!("k{i}"), draft(&format!("o{i}"), "web", &[("A", 1)], PLACES[0]), actor()))
-            .collect::<Result<_, _>>()
-            .unwrap();
-        drop(held);
-        for a in answers {
+        for a in ten_queued(&intake) {
             let placed = a.blocking_recv().unwrap().unwrap();
             assert_eq!(placed.order.fulfillments.len(), 1);
         }
@@ -626,14 +631,9 @@ mod tests {
         intake
             .start(IntakeLimits { queue_max: 64, batch_max: 4 }, Box::new(move |_| facts.clone()), Some(sink))
             .unwrap();
-        // Ten callers queue while the writer waits for the state: batches of at most four.
-        let held = lock(&intake.core.state);
-        let answers: Vec<Answer> = (0..10)
-            .map(|i| intake.enqueue(format!("k{i}"), draft(&format!("o{i}"), "web", &[("A", 1)], PLACES[0]), actor()))
-            .collect::<Result<_, _>>()
-            .unwrap();
-        drop(held);
-        let placed: Vec<Placed> = answers.into_iter().map(|a| a.blocking_recv().unwrap().unwrap()).collect();
+        // Batches of at most four.
+        let placed: Vec<Placed> =
+            ten_queued(&intake).into_iter().map(|a| a.blocking_recv().unwrap().unwrap()).collect();
         // Every caller is answered after the sink's call that held its order: each order was given once.
         let calls = seen.lock().unwrap().clone();
         let given: Vec<&String> = calls.iter().flatten().collect();
