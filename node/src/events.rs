@@ -28,7 +28,6 @@ use crate::store::FeedEntry;
 pub(crate) const PAGE_MAX: usize = 1_000;
 /// Longest long-poll, ms (below the server's default request timeout).
 pub(crate) const WAIT_MS_MAX: u64 = 20_000;
-const WAIT_POLL_MS: u64 = 20;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -99,19 +98,36 @@ pub(crate) async fn feed(
     }
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     let confined = principal.confined_to().cloned();
-    loop {
-        let entries = st.store.feed_after(after, limit)?;
-        if !entries.is_empty() || Instant::now() >= deadline {
-            let next_after = entries.last().map_or(after, |(seq, _)| *seq);
-            let mut events = Vec::with_capacity(entries.len());
-            for (seq, entry) in entries {
-                if let Some(e) = event(&st, seq, entry, confined.as_ref())? {
-                    events.push(e);
-                }
-            }
-            return Ok(Json(EventsPage { events, next_after }).into_response());
+    let entries = wait_for(st.store.commit_watch(), deadline, || st.store.feed_after(after, limit)).await?;
+    let next_after = entries.last().map_or(after, |(seq, _)| *seq);
+    let mut events = Vec::with_capacity(entries.len());
+    for (seq, entry) in entries {
+        if let Some(e) = event(&st, seq, entry, confined.as_ref())? {
+            events.push(e);
         }
-        tokio::time::sleep(Duration::from_millis(WAIT_POLL_MS)).await;
+    }
+    Ok(Json(EventsPage { events, next_after }).into_response())
+}
+
+/// Reads with `read` until it finds something or `deadline` passes, reading again only after a commit
+/// (`commits` was subscribed before the first read, so a commit between a read and the wait still wakes it):
+/// a long-poll answers as soon as its event is committed and costs no reads while nothing is.
+async fn wait_for<T, E>(
+    mut commits: tokio::sync::watch::Receiver<u64>,
+    deadline: Instant,
+    mut read: impl FnMut() -> Result<Vec<T>, E>,
+) -> Result<Vec<T>, E> {
+    loop {
+        commits.borrow_and_update();
+        let found = read()?;
+        if !found.is_empty() || Instant::now() >= deadline {
+            return Ok(found);
+        }
+        match tokio::time::timeout_at(deadline.into(), commits.changed()).await {
+            Ok(Ok(())) => {}
+            // The deadline passed, or the writer is gone (the node is stopping): one last read answers.
+            Ok(Err(_)) | Err(_) => return read(),
+        }
     }
 }
 
@@ -153,4 +169,70 @@ fn event(
         }
     };
     Ok(Some(NodeEvent { id: format!("nevt_{seq}"), seq, kind, order_id, sku, data }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::wait_for;
+
+    /// A long-poll with nothing to find reads once, waits out its deadline without reading, and reads once
+    /// more: it does not poll the store while nothing is committed.
+    #[tokio::test]
+    async fn a_long_poll_reads_only_after_a_commit_or_at_its_deadline() {
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let reads = AtomicUsize::new(0);
+        let started = Instant::now();
+        let got: Result<Vec<u8>, ()> = wait_for(rx, started + Duration::from_millis(300), || {
+            reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Vec::new())
+        })
+        .await;
+        assert_eq!(got, Ok(Vec::new()));
+        assert!(started.elapsed() >= Duration::from_millis(300), "it waited its deadline");
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "one read before the wait, one at the deadline");
+        drop(tx);
+    }
+
+    /// A commit wakes the long-poll, which reads again and answers with what it finds, long before its
+    /// deadline; a commit that finds nothing new sends it back to waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_wakes_a_long_poll_which_answers_what_it_finds() {
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let found = std::sync::Arc::new(AtomicUsize::new(0));
+        let reads = std::sync::Arc::new(AtomicUsize::new(0));
+        let (f, r) = (found.clone(), reads.clone());
+        let poll = tokio::spawn(async move {
+            wait_for(rx, Instant::now() + Duration::from_secs(30), move || {
+                // Counted after the read, so a count the test sees is of a finished read.
+                let page = vec![7u8; f.load(Ordering::SeqCst)];
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ()>(page)
+            })
+            .await
+        });
+        // A commit with nothing for this reader, then one with an event.
+        for _ in 0..200 {
+            if reads.load(Ordering::SeqCst) >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.send_modify(|n| *n += 1);
+        for _ in 0..200 {
+            if reads.load(Ordering::SeqCst) >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "the empty commit was read once");
+        assert!(!poll.is_finished(), "an empty commit does not end the wait");
+        found.store(1, Ordering::SeqCst);
+        tx.send_modify(|n| *n += 1);
+        let got = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("woken by the commit").unwrap();
+        assert_eq!(got, Ok(vec![7u8]));
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
 }

@@ -428,6 +428,17 @@ async fn the_node_serves_its_own_events_without_a_hub() {
     let after = v["next_after"].as_u64().unwrap();
     let (s, v) = get(&web, n.url(&format!("/v1/events?after={after}&wait_ms=200"))).await;
     assert_eq!((s, v["events"].clone()), (200, json!([])));
+    // A long-poll is answered by the commit that holds its event, not at its deadline (20 s).
+    let (wc, url) = (web.clone(), n.url(&format!("/v1/events?after={after}&wait_ms=20000")));
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move { get(&wc, url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, placed) = oms_tests::place(&c, &n, "k-2", &oms_tests::order_body("web-2", &[("SKU-1", 1)])).await;
+    assert_eq!(s, 201, "{placed}");
+    let (s, v) = waiting.await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["events"][0]["order_id"], placed["id"], "{v}");
+    assert!(started.elapsed() < Duration::from_secs(10), "woken by the commit, not at the deadline");
     for q in ["limit=0", "after=x", "wait_ms=999999", "surprise=1"] {
         let (s, v) = get(&c, n.url(&format!("/v1/events?{q}"))).await;
         assert_eq!((s, v["code"].as_str()), (400, Some("invalid_query")), "{q}: {v}");

@@ -182,6 +182,7 @@ pub struct Store {
     limits: Limits,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     commits: Arc<tokio::sync::Notify>,
+    committed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -252,12 +253,14 @@ impl Store {
         let data_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let writer_site = site.clone();
         let commits = Arc::new(tokio::sync::Notify::new());
-        let writer_commits = commits.clone();
+        let committed = Arc::new(tokio::sync::watch::Sender::new(0));
+        let signals = writer::CommitSignals { one: commits.clone(), all: committed.clone() };
         let writer = std::thread::Builder::new()
             .name("oms-writer".into())
-            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics, writer_commits, data_dir))
+            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics, signals, data_dir))
             .map_err(|source| StorageError::Io { what: "starting the writer thread", source })?;
-        Ok(Store { db, tx, site, limits, writer: Arc::new(std::sync::Mutex::new(Some(writer))), commits })
+        let writer = Arc::new(std::sync::Mutex::new(Some(writer)));
+        Ok(Store { db, tx, site, limits, writer, commits, committed })
     }
 
     /// Stops accepting writes, lets the writer finish what is queued, and waits for it, so that the database
@@ -277,6 +280,12 @@ impl Store {
     /// instead of polling. `notify_one` keeps a permit when nobody waits, so no commit is missed.
     pub fn commit_notify(&self) -> Arc<tokio::sync::Notify> {
         self.commits.clone()
+    }
+
+    /// The count of committed write batches, for any number of followers (the event feed's long-polls):
+    /// subscribe before reading, then `changed()` wakes at the first commit after the read.
+    pub fn commit_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 
     /// This node's site id.
