@@ -240,22 +240,25 @@ async fn main() {
     for k in 0..clients {
         let (c, sites, how) = (c.clone(), sites.clone(), how.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
+            let (mut lat, mut posts) = (Vec::new(), Vec::new());
             for j in 0..per {
                 let i = 1_000_000 + k * per + j;
                 let t0 = Instant::now();
                 let (id, site) = place(&c, hub_http, i).await;
+                posts.push(t0.elapsed().as_secs_f64() * 1e3);
                 let addr = sites.iter().find(|s| s.0 == site).unwrap().1;
                 if let Some(at) = wait_accepted(&c, &how, addr, &id, Duration::from_secs(60)).await {
                     lat.push(at.duration_since(t0).as_secs_f64() * 1e3);
                 }
             }
-            lat
+            (lat, posts)
         }));
     }
-    let mut all = Vec::new();
+    let (mut all, mut posts) = (Vec::new(), Vec::new());
     for t in tasks {
-        all.extend(t.await.unwrap());
+        let (lat, p) = t.await.unwrap();
+        all.extend(lat);
+        posts.extend(p);
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -264,6 +267,7 @@ async fn main() {
         all.len() as f64 / secs
     );
     report("  per order POST -> accepted", &mut all);
+    report("  of which the hub's 201", &mut posts);
     println!("load at end {}", loadavg());
     stop.notify_waiters();
 }

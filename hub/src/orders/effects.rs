@@ -1,0 +1,171 @@
+//! Writing the intake's decisions into the hub's documents: the fulfillment documents it created and the
+//! escrow views it changed ([`apply_all_effects`], on the intake's documents thread), and the sites' facts
+//! routing reads.
+
+use super::*;
+
+/// Why the intake's decisions could not be written into the hub's documents.
+#[derive(Debug, thiserror::Error)]
+pub enum EffectsError {
+    /// A fulfillment or escrow document could not be written.
+    #[error("document {doc}: {source}")]
+    Document {
+        /// The document.
+        doc: DocId,
+        /// Why.
+        source: schema::SchemaError,
+    },
+    /// The intake's records could not be read.
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+}
+
+impl From<EffectsError> for Problem {
+    fn from(e: EffectsError) -> Self {
+        match e {
+            EffectsError::Intake(e) => e.into(),
+            EffectsError::Document { .. } => {
+                tracing::error!(error = %e, "cannot write a hub document");
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "document_failed", e.to_string())
+            }
+        }
+    }
+}
+
+/// How old the sites' facts the intake's writer reuses may be, ms, when the documents' lock is busy.
+pub const SITE_FACTS_REUSE_MS: u64 = 250;
+
+/// The sites' facts for the intake's writer ([`crate::intake::SiteSource`]): read from the documents once per
+/// batch when their lock is free; while a session holds it, the last facts (at most
+/// [`SITE_FACTS_REUSE_MS`] old, their ages moved on) are used instead of waiting, so no batch waits for a
+/// session's frame or flush preparation. A site's location, capacity and priority change when its stock
+/// document does; whether it is connected, and since when it was heard from, move on a scale of seconds.
+pub fn site_source(hub: std::sync::Weak<Hub>) -> crate::intake::SiteSource {
+    let mut last: Option<(u64, Vec<SiteFacts>)> = None;
+    Box::new(move |now| {
+        let Some(hub) = hub.upgrade() else { return Vec::new() };
+        if let Some((at, facts)) = &last
+            && now.saturating_sub(*at) <= SITE_FACTS_REUSE_MS
+            && matches!(hub.docs.try_lock(), Err(std::sync::TryLockError::WouldBlock))
+        {
+            let aged = now.saturating_sub(*at);
+            return facts
+                .iter()
+                .map(|f| SiteFacts { last_heard_age_ms: f.last_heard_age_ms.saturating_add(aged), ..f.clone() })
+                .collect();
+        }
+        let facts = site_facts(&hub, now);
+        last = Some((now, facts.clone()));
+        facts
+    })
+}
+
+/// What routing needs about every site, from the documents and connections.
+pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
+    let mut docs = lock(&hub.docs);
+    docs.sites(SITES_MAX)
+        .into_iter()
+        .map(|(id, site)| {
+            let st = docs.nodes.get(id.as_str());
+            let heard = st.and_then(|s| s.last_frame_at_ms);
+            SiteFacts {
+                reachable: st.is_some_and(|s| s.connected),
+                last_heard_age_ms: heard.map_or(u64::MAX, |t| now.saturating_sub(t)),
+                id,
+                info: site.info,
+                schedule: site.schedule,
+            }
+        })
+        .collect()
+}
+
+/// Writes fulfillment documents and escrow views into the hub's documents and wakes the sites' sessions.
+///
+/// No flush here: what these documents say is already committed in `intake.redb` (and rebuilt from it by
+/// [`recover`] after a crash), and each session flushes dirty documents before it sends a frame, so a site
+/// never sees a document the hub could lose.
+pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), EffectsError> {
+    apply_all_effects(hub, &[effects])
+}
+
+/// [`apply_effects`] for many orders under one hold of the documents' lock: each site's escrow view gets one
+/// change for all of them, with each counter written once, merged (element-wise max) with what the view holds,
+/// so that effects applied out of order (two batches, two orders of one, a cancel beside an intake) never put
+/// an older state over a newer one: the intake's counters only ever grow.
+pub fn apply_all_effects(hub: &Hub, all: &[&Effects]) -> Result<(), EffectsError> {
+    if all.iter().all(|e| e.fulfillments.is_empty() && e.escrow.is_empty()) {
+        return Ok(());
+    }
+    let now = now_ms();
+    // The newest counter per site and SKU: later effects hold larger counters, and the merge keeps every cell's
+    // largest value whichever comes last.
+    let mut escrow: BTreeMap<(NodeId, String), EscrowCounter> = BTreeMap::new();
+    for (site, c) in all.iter().flat_map(|e| &e.escrow) {
+        match escrow.entry((site.clone(), c.sku().as_str().to_owned())) {
+            std::collections::btree_map::Entry::Occupied(mut held) => {
+                if held.get_mut().merge(c).is_err() {
+                    // Same SKU by the key: cannot happen; the later counter stands.
+                    held.insert(c.clone());
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(c.clone());
+            }
+        }
+    }
+    let mut tell = Vec::new();
+    {
+        let mut docs = lock(&hub.docs);
+        for f in all.iter().flat_map(|e| &e.fulfillments) {
+            let Some(name) = schema::order_doc(&f.id) else { continue };
+            let nodes = docs
+                .write_local(&name, |d| schema::create_hub_order(d, &f.id, &f.parent, &f.site, &f.draft, now))
+                .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
+            tell.extend(nodes);
+        }
+        let mut by_site: BTreeMap<&NodeId, Vec<&EscrowCounter>> = BTreeMap::new();
+        for ((site, _), c) in &escrow {
+            by_site.entry(site).or_default().push(c);
+        }
+        for (site, counters) in by_site {
+            let Some(name) = schema::escrow_doc(site) else { continue };
+            let nodes = docs
+                .write_local(&name, |d| {
+                    let mut changed = false;
+                    for c in counters {
+                        changed |= schema::merge_escrow(d, site, c, now)?;
+                    }
+                    Ok(changed)
+                })
+                .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
+            tell.extend(nodes);
+        }
+    }
+    tell.sort();
+    tell.dedup();
+    hub.poke(&tell);
+    Ok(())
+}
+
+/// The intake's [`crate::intake::EffectsSink`]: writes what each committed batch of channel orders created,
+/// before their callers are answered (see `intake::writer`).
+pub fn effects_sink(hub: std::sync::Weak<Hub>) -> crate::intake::EffectsSink {
+    Box::new(move |all| {
+        let Some(hub) = hub.upgrade() else { return Err("the hub is shutting down".into()) };
+        apply_all_effects(&hub, all).map_err(|e| e.to_string())
+    })
+}
+
+pub(super) fn replay_effects(order: &HubOrder) -> Effects {
+    let fulfillments = order
+        .fulfillments
+        .iter()
+        .map(|f| NewFulfillment {
+            id: f.id.clone(),
+            parent: order.id.clone(),
+            site: f.site.clone(),
+            draft: crate::intake::part_of(&order.draft, &f.lines),
+        })
+        .collect();
+    Effects { fulfillments, escrow: vec![] }
+}
