@@ -15,8 +15,10 @@
 //! payment written in the order's transaction): the same run gives both, as the `payment` column says.
 //!
 //! `cargo bench -p oms-tests --bench hub_intake` (env: `BENCH_SECS` per level, default 8; `BENCH_LEVELS`,
-//! default `1,16,64`; `BENCH_PAYMENTS=0` runs only the orders without payment; `BENCH_DETACH=1` stops the nodes once they granted their rights, to measure the hub
-//! alone while its lease lasts: keep the run under 30 s). Every loop is bounded by time.
+//! default `1,16,64`; `BENCH_PAYMENTS=0` runs only the orders without payment; `BENCH_UNACKED` sets the
+//! sites' `unacked_max`, default 100,000,000 (a node's own default is 50); `BENCH_DETACH=1` stops the nodes
+//! once they granted their rights, to measure the hub alone while its lease lasts: keep the run under
+//! 30 s). Every loop is bounded by time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
 
 use std::net::SocketAddr;
@@ -143,9 +145,11 @@ async fn main() {
         "[auth]\nin_flight_per_key = 1024\n[payments]\nin_flight_max = 1024\n[payments.providers.test]\nkind = \"test\"\n",
     );
     let mut nodes: Vec<ClusterNode> = Vec::new();
+    let unacked = env_u64("BENCH_UNACKED", 100_000_000);
+    println!("[hub.escrow] unacked_max = {unacked} units per SKU");
     for (id, lat, lon) in SITES {
         // `[hub.escrow]` right after the `[hub]` keys: the hub may spend without waiting for acknowledgements.
-        let extra = format!("\n[hub.escrow]\nunacked_max = 100000000\n\n[site]\nlat = {lat}\nlon = {lon}\n");
+        let extra = format!("\n[hub.escrow]\nunacked_max = {unacked}\n\n[site]\nlat = {lat}\nlon = {lon}\n");
         let (config, http, dir) = cluster::node_config_with(root, &certs, id, quic, &extra);
         nodes.push(cluster::spawn_node_with(id, &config, http, &dir, "warn"));
     }
@@ -158,7 +162,9 @@ async fn main() {
     loop {
         let v = get_json(&c, format!("http://{hub_http}/v1/stock")).await.unwrap_or(Value::Null);
         let ok = v["skus"].as_array().is_some_and(|s| {
-            s.len() == SKUS as usize && s.iter().all(|k| k["hub_promisable"].as_u64().unwrap_or(0) > 100_000)
+            // Both sites' budgets, or the large grant when the budget is not what bounds it.
+            let want = (2 * unacked).min(100_001);
+            s.len() == SKUS as usize && s.iter().all(|k| k["hub_promisable"].as_u64().unwrap_or(0) >= want)
         });
         if ok {
             break;
