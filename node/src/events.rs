@@ -7,7 +7,8 @@
 //! `order.changed`, `stock.changed` or `catalog.changed`, and `data` is the record **as it is now** (so
 //! two events of one order may show the same latest state; the sequence says the order of the changes). A
 //! channel key sees only its own channel's orders' events; staff, planners and admin see all. `next_after`
-//! is where to continue; with `wait_ms` (at most [`WAIT_MS_MAX`]) an empty answer waits that long for one.
+//! is where to continue; with `wait_ms` (at most [`WAIT_MS_MAX`]) an empty answer waits that long for one,
+//! and is answered as soon as the store's writer commits it ([`crate::store::Store::commit_watch`]).
 
 use std::time::{Duration, Instant};
 
