@@ -12,13 +12,25 @@ use oms_tests::browser::{Browser, Page};
 use oms_tests::{NodeProc, get, http, order_body, place, run_oms, seed};
 use serde_json::Value;
 
-fn add_user(n: &NodeProc, name: &str, role: oms_service::auth::Role, secret: &str, pin: bool) {
+/// How many times the node has read its key file (`/metrics`).
+async fn key_reloads(n: &NodeProc) -> u64 {
+    let body = http().get(n.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    body.lines()
+        .find_map(|l| l.split_once("_auth_key_reloads_total ").and_then(|(_, v)| v.trim().parse().ok()))
+        .expect("the node counts its key file reads")
+}
+
+/// Adds a user to the node's key file and waits until the running node has read the file again (it does
+/// within `keys_check_interval_ms`, 100 ms here), so that a sign-in right after this does not race the reload.
+async fn add_user(n: &NodeProc, name: &str, role: oms_service::auth::Role, secret: &str, pin: bool) {
+    let before = key_reloads(n).await;
     let new = oms_service::auth::users::NewUser { name: name.into(), role, secret: secret.into(), pin };
     oms_service::auth::users::create(&n.dir, new, 1).unwrap();
-    // The running node reads its key file again within `keys_check_interval_ms` (100 ms here): wait four
-    // of them, so a sign-in right after this does not race the reload (it did once in CI, 401 for a user
-    // the node had not read yet). The node exposes no "keys read" signal to wait on instead.
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while key_reloads(n).await <= before {
+        assert!(Instant::now() < deadline, "the node did not read its key file again within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn node(d: &tempfile::TempDir) -> NodeProc {
@@ -36,7 +48,7 @@ async fn order_state(n: &NodeProc, id: &str) -> Value {
 async fn a_picker_signs_in_picks_a_wave_by_scanning_packs_and_ships() {
     let d = tempfile::tempdir().unwrap();
     let n = node(&d);
-    add_user(&n, "ana", oms_service::auth::Role::Staff, "4711", true);
+    add_user(&n, "ana", oms_service::auth::Role::Staff, "4711", true).await;
     let admin = http();
     seed(&admin, &n, "A", 10).await; // bin B-A
     seed(&admin, &n, "B", 10).await; // bin B-B
@@ -168,8 +180,8 @@ async fn a_picker_signs_in_picks_a_wave_by_scanning_packs_and_ships() {
 async fn roles_lockout_disabling_and_keys_on_screens() {
     let d = tempfile::tempdir().unwrap();
     let n = node(&d);
-    add_user(&n, "ana", oms_service::auth::Role::Staff, "4711", true);
-    add_user(&n, "per", oms_service::auth::Role::Planner, "a long password", false);
+    add_user(&n, "ana", oms_service::auth::Role::Staff, "4711", true).await;
+    add_user(&n, "per", oms_service::auth::Role::Planner, "a long password", false).await;
     let pin = run_oms(&[
         "users",
         "create",
@@ -446,8 +458,8 @@ async fn dispatch_screen_shows_waiting_labels_and_closes_only_labelled_consignme
         carrier.display().to_string()
     );
     let n = NodeProc::start_with_config("wh1", &node_dir, &cfg);
-    add_user(&n, "ana", oms_service::auth::Role::Staff, "4711", true);
-    add_user(&n, "per", oms_service::auth::Role::Planner, "a long password", false);
+    add_user(&n, "ana", oms_service::auth::Role::Staff, "4711", true).await;
+    add_user(&n, "per", oms_service::auth::Role::Planner, "a long password", false).await;
     let c = http();
     seed(&c, &n, "A", 10).await;
     let parcel = json!({"parcels": [{"weight_g": 1200, "length_mm": 300, "width_mm": 200, "height_mm": 100}]});

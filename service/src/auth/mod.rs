@@ -271,6 +271,8 @@ pub struct AuthStats {
     pub in_flight_refused: AtomicU64,
     /// Reloads of the key file that failed (the previous keys stayed in force).
     pub reload_errors: AtomicU64,
+    /// Reads of the key file that took effect: the one at start and one after each change of the file.
+    pub reloads: AtomicU64,
     /// Screen sign-ins refused for a wrong name or secret.
     pub sign_in_failures: AtomicU64,
 }
@@ -298,8 +300,12 @@ impl AuthStats {
         out.push_str(&format!(
             "# HELP {prefix}_auth_key_reload_errors Reloads of the key file that failed.\n\
              # TYPE {prefix}_auth_key_reload_errors counter\n\
-             {prefix}_auth_key_reload_errors_total {}\n",
-            self.reload_errors.load(Ordering::Relaxed)
+             {prefix}_auth_key_reload_errors_total {}\n\
+             # HELP {prefix}_auth_key_reloads Reads of the key file that took effect.\n\
+             # TYPE {prefix}_auth_key_reloads counter\n\
+             {prefix}_auth_key_reloads_total {}\n",
+            self.reload_errors.load(Ordering::Relaxed),
+            self.reloads.load(Ordering::Relaxed)
         ));
         out
     }
@@ -447,6 +453,7 @@ impl Auth {
         *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
         *self.users.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(people);
         *lock(&self.seen) = Some(now);
+        self.stats.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(keys = n, users = m, "API keys and users loaded");
         Ok(true)
     }
