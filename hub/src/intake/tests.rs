@@ -106,10 +106,7 @@ fn keys_are_scoped_to_the_channel_and_a_legacy_key_still_replays() {
     // Each channel lists its own orders only.
     let web = Channel::parse("web").unwrap();
     let (list, next) = intake.channel_orders(&web, None, 10).unwrap();
-    assert_eq!(
-        list.iter().map(|o| o.id.clone()).collect::<Vec<_>>(),
-        vec![a.order.id.clone(), old.order.id.clone()]
-    );
+    assert_eq!(list.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), vec![a.order.id.clone(), old.order.id.clone()]);
     assert!(next.is_none());
     let (page, next) = intake.channel_orders(&web, None, 1).unwrap();
     assert_eq!((page.len(), next.as_deref()), (1, Some(a.order.id.as_str())));
@@ -214,14 +211,7 @@ fn service_finds_orders_by_email_phone_reference_and_id_also_in_files_from_befor
 fn one_site(site: &NodeId, capacity_per_day: u32) -> Vec<SiteFacts> {
     vec![SiteFacts {
         id: site.clone(),
-        info: SiteInfo {
-            name: "s".into(),
-            lat: 52.0,
-            lon: 13.0,
-            priority: 0,
-            capacity_per_day,
-            region: "de".into(),
-        },
+        info: SiteInfo { name: "s".into(), lat: 52.0, lon: 13.0, priority: 0, capacity_per_day, region: "de".into() },
         reachable: true,
         last_heard_age_ms: 0,
         schedule: None,
