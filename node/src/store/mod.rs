@@ -181,7 +181,6 @@ pub struct Store {
     site: NodeId,
     limits: Limits,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
-    commits: Arc<tokio::sync::Notify>,
     committed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
@@ -252,15 +251,14 @@ impl Store {
         let writer_db = db.clone();
         let data_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let writer_site = site.clone();
-        let commits = Arc::new(tokio::sync::Notify::new());
         let committed = Arc::new(tokio::sync::watch::Sender::new(0));
-        let signals = writer::CommitSignals { one: commits.clone(), all: committed.clone() };
+        let writer_committed = committed.clone();
         let writer = std::thread::Builder::new()
             .name("oms-writer".into())
-            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics, signals, data_dir))
+            .spawn(move || writer_loop(writer_db, writer_site, rx, limits, metrics, writer_committed, data_dir))
             .map_err(|source| StorageError::Io { what: "starting the writer thread", source })?;
         let writer = Arc::new(std::sync::Mutex::new(Some(writer)));
-        Ok(Store { db, tx, site, limits, writer, commits, committed })
+        Ok(Store { db, tx, site, limits, writer, committed })
     }
 
     /// Stops accepting writes, lets the writer finish what is queued, and waits for it, so that the database
@@ -276,14 +274,9 @@ impl Store {
         }
     }
 
-    /// Poked after every committed write batch, so followers of the change feed (sync) wake up promptly
-    /// instead of polling. `notify_one` keeps a permit when nobody waits, so no commit is missed.
-    pub fn commit_notify(&self) -> Arc<tokio::sync::Notify> {
-        self.commits.clone()
-    }
-
-    /// The count of committed write batches, for any number of followers (the event feed's long-polls):
-    /// subscribe before reading, then `changed()` wakes at the first commit after the read.
+    /// The count of committed write batches, for any number of followers (the sync's feed follower, the
+    /// event feed's long-polls), so they wake up promptly instead of polling: subscribe before reading, then
+    /// `changed()` wakes at the first commit after the read, and no commit is missed.
     pub fn commit_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.committed.subscribe()
     }

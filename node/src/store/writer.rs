@@ -121,13 +121,6 @@ impl<R: Send + 'static> Answer for Done<R> {
     }
 }
 
-/// How the writer tells others it committed a batch: `one` wakes the sync's feed follower (a permit is kept
-/// when it is busy), `all` counts commits for any number of long-polls.
-pub(super) struct CommitSignals {
-    pub(super) one: Arc<tokio::sync::Notify>,
-    pub(super) all: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
 /// The writer thread: takes up to `batch_max` queued commands, applies them in one transaction, commits, and
 /// then answers every caller (each its command's result, or all of them the batch's storage error).
 pub(super) fn writer_loop(
@@ -136,7 +129,7 @@ pub(super) fn writer_loop(
     mut rx: mpsc::Receiver<Job>,
     limits: Limits,
     metrics: Arc<Metrics>,
-    commits: CommitSignals,
+    committed: Arc<tokio::sync::watch::Sender<u64>>,
     data_dir: std::path::PathBuf,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(limits.batch_max);
@@ -162,10 +155,7 @@ pub(super) fn writer_loop(
         };
         metrics.observe_commit(started.elapsed(), jobs);
         match &outcome {
-            Ok(()) => {
-                commits.one.notify_one();
-                commits.all.send_modify(|n| *n = n.wrapping_add(1));
-            }
+            Ok(()) => committed.send_modify(|n| *n = n.wrapping_add(1)),
             // Logged when the disk fills and when it has room again, not at every refused batch.
             Err(e @ StoreError::InsufficientStorage { .. }) => {
                 if !full {

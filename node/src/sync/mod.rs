@@ -2,7 +2,7 @@
 //! connection to the hub that syncs them.
 //!
 //! Two tasks share a [`NodeDocs`] (the documents in `sync.redb`, beside `node.redb`):
-//! - the *feed follower* wakes when the store's writer commits ([`Store::commit_notify`]; a slow
+//! - the *feed follower* wakes when the store's writer commits ([`Store::commit_watch`]; a slow
 //!   [`SyncTuning::feed_poll_ms`] tick is only a safety net) and reads [`Store::feed_after`], writes each changed
 //!   order and balance into its document ([`schema`]), and commits documents and the feed cursor in one
 //!   transaction. It runs whether or not the hub is reachable, so the node never waits for the network and
@@ -497,7 +497,9 @@ async fn follow_feed(shared: Arc<Shared>, store: Store) {
     let coalesce = Duration::from_millis(shared.tuning.stock_coalesce_ms.max(1));
     let mut failing = false;
     let mut repaired = false;
-    let commits = store.commit_notify();
+    let mut commits = store.commit_watch();
+    // Whatever was committed before this follower started is read at once.
+    commits.mark_changed();
     loop {
         if !repaired {
             match repair_stock(&mut lock(&shared.docs), &store) {
@@ -517,7 +519,8 @@ async fn follow_feed(shared: Arc<Shared>, store: Store) {
         let stock_pending = !lock(&shared.docs).stock_pending.is_empty();
         // Wake on the store's commit signal, or when pending balances are due; the tick is only a safety net.
         tokio::select! {
-            _ = commits.notified() => {}
+            // The sender lives as long as the store does, which this task holds: `changed` does not fail.
+            _ = commits.changed() => {}
             () = tokio::time::sleep(coalesce), if stock_pending => {}
             _ = tick.tick() => {}
         }
