@@ -412,6 +412,12 @@ impl<R: ReplicaId> EscrowCounter<R> {
         self.w.unacked_max[at.index()]
     }
 
+    /// How much of `at`'s spending the owner has acknowledged ([`EscrowCounter::acknowledge`]): what refills
+    /// `at`'s unacknowledged budget once `at` sees it.
+    pub fn acked_spent(&self, at: R) -> u64 {
+        self.w.acked_spent[at.index()]
+    }
+
     /// Units `at` may spend right now by its own view and clock: its rights, limited for a non-owner by its
     /// lease (nothing after expiry) and by what is left of its unacknowledged budget.
     pub fn spendable(&self, at: R, now_ms: u64) -> u64 {

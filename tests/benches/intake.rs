@@ -8,7 +8,9 @@
 //!    accepted at its node (orders/s), and per order POST → accepted p50/p99.
 //!
 //! The sites grant the hub a large unacknowledged budget (`[hub.escrow] unacked_max`), as `bench hub_intake`
-//! does, so that no order is backordered for want of the sites' acknowledgements.
+//! does, so that no order is backordered for want of the sites' acknowledgements; `BENCH_UNACKED=50` runs
+//! with a node's default budget instead, and the bench then counts the orders backordered; `BENCH_SKUS=1`
+//! puts every order on one SKU (a flash sale) instead of spreading them over four.
 //!
 //! How a client learns that its order was accepted: by default (`BENCH_WAIT=feed`) one follower per node
 //! long-polls the node's `GET /v1/events` (which answers at the commit that holds the event) and wakes the
@@ -17,7 +19,8 @@
 //! cores, 16 clients polling cost the machine some 15,000 requests a second).
 //!
 //! `cargo bench -p oms-tests --bench intake` (env: `BENCH_N` default 200, `BENCH_TP_N` default 1000,
-//! `BENCH_CLIENTS` default 16, `BENCH_WAIT` default `feed`). Every loop is bounded.
+//! `BENCH_CLIENTS` default 16, `BENCH_WAIT` default `feed`, `BENCH_UNACKED` default 100,000,000, `BENCH_SKUS`
+//! default 4). Every loop is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
 
 use std::collections::HashMap;
@@ -31,22 +34,24 @@ use serde_json::{Value, json};
 
 const SITES: [(&str, f64, f64); 2] = [("wh-berlin", 52.52, 13.40), ("wh-munich", 48.14, 11.58)];
 
-fn order(n: u64) -> Value {
+/// Order `n`: to Berlin if `n` is even, else to Munich; one unit of `SKU-{n mod skus}`.
+fn order(n: u64, skus: u64) -> Value {
     let (lat, lon) = if n.is_multiple_of(2) { (52.5, 13.4) } else { (48.1, 11.6) };
     json!({
         "external_ref": format!("bench-{n}"), "channel": "web",
-        "lines": [{"sku": format!("SKU-{}", n % 4), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
+        "lines": [{"sku": format!("SKU-{}", n % skus.clamp(1, 4)), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
         "ship_to": {"name": "C", "line1": "1 Street", "city": "X", "postcode": "10115", "country": "DE", "lat": lat, "lon": lon}
     })
 }
 
-/// Posts order `n`; returns (fulfillment id, site) of its first fulfillment.
-async fn place(c: &reqwest::Client, hub: SocketAddr, n: u64) -> (String, String) {
+/// Posts order `n` until the hub takes it: its first fulfillment's id and site, or `None` if the hub
+/// backordered it (placed at no site).
+async fn place(c: &reqwest::Client, hub: SocketAddr, n: u64, skus: u64) -> Option<(String, String)> {
     for _ in 0..100 {
         let r = c
             .post(format!("http://{hub}/v1/orders"))
             .header("idempotency-key", format!("bench-{n}"))
-            .json(&order(n))
+            .json(&order(n, skus))
             .send()
             .await;
         if let Ok(r) = r
@@ -54,10 +59,11 @@ async fn place(c: &reqwest::Client, hub: SocketAddr, n: u64) -> (String, String)
         {
             let v: Value = r.json().await.unwrap();
             let f = &v["fulfillments"][0];
-            if let (Some(id), Some(site)) = (f["id"].as_str(), f["site"].as_str()) {
-                return (id.to_owned(), site.to_owned());
-            }
-            panic!("order {n} not placed at any site: {v}");
+            return match (f["id"].as_str(), f["site"].as_str()) {
+                (Some(id), Some(site)) => Some((id.to_owned(), site.to_owned())),
+                _ if v["unfilled"].as_array().is_some_and(|u| !u.is_empty()) => None,
+                _ => panic!("order {n} neither placed nor backordered: {v}"),
+            };
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -162,6 +168,9 @@ async fn main() {
     let n = env_u64("BENCH_N", 200);
     let tp_n = env_u64("BENCH_TP_N", 1000);
     let clients = env_u64("BENCH_CLIENTS", 16).max(1);
+    let unacked = env_u64("BENCH_UNACKED", 100_000_000);
+    let skus = env_u64("BENCH_SKUS", 4).clamp(1, 4);
+    println!("[hub.escrow] unacked_max = {unacked} units per SKU; orders spread over {skus} SKU(s)");
     let c = oms_tests::client_builder().timeout(Duration::from_secs(20)).build().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -175,7 +184,7 @@ async fn main() {
         // figure is the order's path, not the escrow round trip's. With the default budget (50 units per SKU
         // unacknowledged) a site's acknowledgements, which come back with its coalesced stock document,
         // cap each SKU at a site near 100 orders/s, and past that the hub backorders (this bench then stops).
-        let extra = format!("\n[hub.escrow]\nunacked_max = 100000000\n\n[site]\nlat = {lat}\nlon = {lon}\n");
+        let extra = format!("\n[hub.escrow]\nunacked_max = {unacked}\n\n[site]\nlat = {lat}\nlon = {lon}\n");
         let (config, http, dir) = cluster::node_config_with(root, &certs, id, quic, &extra);
         nodes.push(cluster::spawn_node_with(id, &config, http, &dir, "warn"));
     }
@@ -220,11 +229,15 @@ async fn main() {
 
     // 1. Sequential latency.
     let (mut e2e, mut post_ms) = (Vec::new(), Vec::new());
-    let mut missed = 0;
+    let (mut missed, mut backordered) = (0, 0);
     for i in 0..n {
         let t0 = Instant::now();
-        let (id, site) = place(&c, hub_http, i).await;
+        let placed = place(&c, hub_http, i, skus).await;
         post_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        let Some((id, site)) = placed else {
+            backordered += 1;
+            continue;
+        };
         if let Some(at) = wait_accepted(&c, &how, node_of(&site), &id, Duration::from_secs(30)).await {
             e2e.push(at.duration_since(t0).as_secs_f64() * 1e3);
         } else {
@@ -237,7 +250,7 @@ async fn main() {
         "  = {:.1} raw fsyncs at the median (hub intake commit, hub document flush, node commit, node flush, and back)",
         percentile(&e2e, 0.5) / fsync_p50
     );
-    println!("missed (not accepted within 30 s): {missed}");
+    println!("missed (not accepted within 30 s): {missed}; backordered: {backordered}");
 
     // 2. Throughput with concurrent clients.
     let started = Instant::now();
@@ -247,29 +260,35 @@ async fn main() {
     for k in 0..clients {
         let (c, sites, how) = (c.clone(), sites.clone(), how.clone());
         tasks.push(tokio::spawn(async move {
-            let (mut lat, mut posts) = (Vec::new(), Vec::new());
+            let (mut lat, mut posts, mut backordered) = (Vec::new(), Vec::new(), 0u64);
             for j in 0..per {
                 let i = 1_000_000 + k * per + j;
                 let t0 = Instant::now();
-                let (id, site) = place(&c, hub_http, i).await;
+                let placed = place(&c, hub_http, i, skus).await;
                 posts.push(t0.elapsed().as_secs_f64() * 1e3);
+                let Some((id, site)) = placed else {
+                    backordered += 1;
+                    continue;
+                };
                 let addr = sites.iter().find(|s| s.0 == site).unwrap().1;
                 if let Some(at) = wait_accepted(&c, &how, addr, &id, Duration::from_secs(60)).await {
                     lat.push(at.duration_since(t0).as_secs_f64() * 1e3);
                 }
             }
-            (lat, posts)
+            (lat, posts, backordered)
         }));
     }
-    let (mut all, mut posts) = (Vec::new(), Vec::new());
+    let (mut all, mut posts, mut backordered) = (Vec::new(), Vec::new(), 0);
     for t in tasks {
-        let (lat, p) = t.await.unwrap();
+        let (lat, p, b) = t.await.unwrap();
         all.extend(lat);
         posts.extend(p);
+        backordered += b;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "throughput: {} orders with {clients} clients, all accepted in {secs:.2} s = {:.0} orders/s",
+        "throughput: {} orders with {clients} clients, all accepted in {secs:.2} s = {:.0} orders/s; backordered: \
+         {backordered}",
         all.len(),
         all.len() as f64 / secs
     );

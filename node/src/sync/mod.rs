@@ -16,13 +16,14 @@ pub(crate) mod inbound;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oms_protocol::domain::{NodeId, Sku};
+use oms_protocol::escrow::Party;
 use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
 use oms_protocol::sync::{Event, SessionConfig, SyncSession};
 use oms_protocol::wire::{DocId, ErrorCode, FrameEncoder, PeerId, capabilities};
@@ -81,7 +82,8 @@ pub(crate) struct SyncTuning {
     /// Frames already queued that the link handles before one flush and one write of the answers.
     pub frames_per_flush_max: usize,
     /// Changed balances are written into the stock document at most this often (one Automerge change for all
-    /// SKUs changed in the period, rather than one per feed batch).
+    /// SKUs changed in the period, rather than one per feed batch), unless an acknowledgement of the hub's
+    /// spending presses (see `ack_pressing`).
     pub stock_coalesce_ms: u64,
     /// SKUs waiting for the stock document; at this many they are written at once.
     pub stock_pending_max: usize,
@@ -158,6 +160,11 @@ pub(crate) struct NodeDocs {
     /// `stock_pending_max`). Only in memory: after a restart [`repair_stock`] rewrites every balance.
     stock_pending: BTreeSet<Sku>,
     stock_written_ms: u64,
+    /// Per SKU, how much of the hub's spending the stock document acknowledges (as last written), to tell
+    /// when the ledger's acknowledgement ran far enough ahead that it must not wait for the period's end (see
+    /// [`ack_pressing`]). At most [`ACKS_TRACKED_MAX`] SKUs; only in memory (a SKU not listed counts as 0,
+    /// which at worst writes its balance early once).
+    acks_written: HashMap<Sku, u64>,
     /// When the next pruning of acknowledged receipts is due, ms: set when the hub's inbound document
     /// changes (new acknowledgements) and to the end of the grace of an acknowledged receipt kept for it;
     /// `None` when nothing is waiting. The stock document is pruned as well whenever it is written.
@@ -170,6 +177,7 @@ impl NodeDocs {
             sync: SyncDocs::new(db, SiteAccess { node }),
             stock_pending: BTreeSet::new(),
             stock_written_ms: 0,
+            acks_written: HashMap::new(),
             // Once at start: acknowledgements may have arrived before a stop.
             prune_at_ms: Some(0),
         }
@@ -303,10 +311,15 @@ fn publish_site(
     Ok(())
 }
 
+/// SKUs whose written acknowledgement [`NodeDocs::acks_written`] remembers.
+const ACKS_TRACKED_MAX: usize = 100_000;
+
 /// Writes one SKU's balance and its escrow counter (the site's view of the rights it shares with the hub)
-/// into the stock document. Returns true if the document changed.
+/// into the stock document, noting the acknowledgement written in `acks`. Returns true if the document
+/// changed.
 fn write_sku(
     doc: &mut AutoCommit,
+    acks: &mut HashMap<Sku, u64>,
     node: &NodeId,
     store: &Store,
     sku: &oms_protocol::domain::Sku,
@@ -316,8 +329,22 @@ fn write_sku(
     let mut changed = schema::write_stock(doc, node, sku, balance, now)?;
     if let Some(c) = store.escrow(sku)? {
         changed |= schema::write_escrow(doc, node, &c, now)?;
+        if acks.len() >= ACKS_TRACKED_MAX && !acks.contains_key(sku) {
+            acks.clear();
+        }
+        acks.insert(sku.clone(), c.acked_spent(Party::Hub));
     }
     Ok(changed)
+}
+
+/// Whether the site acknowledged at least a quarter of the hub's unacknowledged budget on `sku` more than the
+/// stock document says. The hub's budget refills only when it reads the acknowledgement there, so a hub
+/// selling one SKU fast would run dry and backorder while the balance waited for the end of the coalescing
+/// period: then the pending balances are written at once (one change for all of them, as at a period's end).
+fn ack_pressing(docs: &NodeDocs, store: &Store, sku: &Sku) -> Result<bool, IngestError> {
+    let Some(c) = store.escrow(sku)? else { return Ok(false) };
+    let written = docs.acks_written.get(sku).copied().unwrap_or(0);
+    Ok(c.acked_spent(Party::Hub).saturating_sub(written) >= (c.unacked_max(Party::Hub) / 4).max(1))
 }
 
 /// Pages of balances [`repair_stock`] reads, of [`STOCK_REPAIR_PAGE`] SKUs each.
@@ -336,7 +363,7 @@ fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, Ingest
         let page = store.balances(after.as_deref(), STOCK_REPAIR_PAGE)?;
         for (sku, balance) in &page {
             let doc = docs.sync.db.get_or_create(&name)?;
-            changed |= write_sku(doc, &node, store, sku, balance, now)?;
+            changed |= write_sku(doc, &mut docs.acks_written, &node, store, sku, balance, now)?;
         }
         match page.last() {
             Some((sku, _)) if page.len() >= STOCK_REPAIR_PAGE => after = Some(sku.as_str().to_owned()),
@@ -355,7 +382,7 @@ fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, Ingest
 }
 
 /// Applies feed entries after the cursor to the documents, and writes the balances pending for the stock
-/// document if `stock_coalesce_ms` passed. Returns the documents changed, or `None` if there was nothing
+/// document if `stock_coalesce_ms` passed (or an acknowledgement presses, [`ack_pressing`]). Returns the documents changed, or `None` if there was nothing
 /// to do.
 fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Option<Vec<DocId>>, IngestError> {
     let cursor = docs.sync.db.meta(FEED_CURSOR)?.unwrap_or(0);
@@ -366,6 +393,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
     let mut changed = BTreeSet::new();
     let mut frozen = Vec::new();
     let mut pending_full = false;
+    let mut acks_due = false;
     for (_, entry) in entries {
         match entry {
             FeedEntry::Order(id) => {
@@ -386,13 +414,22 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
                 }
             }
             FeedEntry::Stock(sku) => {
+                acks_due = acks_due || ack_pressing(docs, store, &sku)?;
                 if docs.stock_pending.len() < tuning.stock_pending_max {
                     docs.stock_pending.insert(sku);
                 } else {
                     pending_full = true;
                     if let Some(balance) = store.balance(&sku)?
                         && let Some(name) = schema::stock_doc(&node)
-                        && write_sku(docs.sync.db.get_or_create(&name)?, &node, store, &sku, &balance, now)?
+                        && write_sku(
+                            docs.sync.db.get_or_create(&name)?,
+                            &mut docs.acks_written,
+                            &node,
+                            store,
+                            &sku,
+                            &balance,
+                            now,
+                        )?
                     {
                         changed.insert(name);
                     }
@@ -421,13 +458,13 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
             }
         }
     }
-    let due = now.saturating_sub(docs.stock_written_ms) >= tuning.stock_coalesce_ms || pending_full;
+    let due = now.saturating_sub(docs.stock_written_ms) >= tuning.stock_coalesce_ms || pending_full || acks_due;
     if due && !docs.stock_pending.is_empty() {
         if let Some(name) = schema::stock_doc(&node) {
             for sku in &docs.stock_pending {
                 let Some(balance) = store.balance(sku)? else { continue };
                 let doc = docs.sync.db.get_or_create(&name)?;
-                if write_sku(doc, &node, store, sku, &balance, now)? {
+                if write_sku(doc, &mut docs.acks_written, &node, store, sku, &balance, now)? {
                     changed.insert(name.clone());
                 }
             }

@@ -3,9 +3,10 @@
 //! that a crash between a ledger commit and the coalesced write loses nothing.
 
 use super::*;
+use crate::escrow::EscrowPolicy;
 use crate::test_support::{movement, site, store_with_catalog};
 use oms_protocol::domain::{Balance, Movement, OrderId};
-use oms_protocol::escrow::EscrowCounter;
+use oms_protocol::escrow::{EscrowCounter, Party};
 use oms_protocol::schema::HUB_ORIGIN;
 use oms_protocol::sync::automerge::ChangeHash;
 use std::collections::BTreeMap;
@@ -133,6 +134,63 @@ async fn a_full_pending_set_is_written_at_once() {
     assert!(docs.stock_pending.is_empty());
     assert_eq!(docs.sync.db.get_mut(&stock_name()).unwrap().get_changes(&before).len(), 1);
     assert_eq!(doc_view(&mut docs), ledger_view(&store));
+}
+
+/// The site's acknowledgement of what the hub spent on `sku`, as the stock document carries it.
+fn acked_in_doc(docs: &mut NodeDocs, sku: &str) -> u64 {
+    doc_view(docs).1.get(&Sku::parse(sku).unwrap()).map_or(0, |c| c.acked_spent(Party::Hub))
+}
+
+/// The hub spends `n` units of its rights to `sku` and the site merges its view (acknowledging it), as when
+/// the hub's escrow document arrives; then the follower runs once.
+async fn hub_spends(store: &Store, docs: &mut NodeDocs, hub: &mut EscrowCounter, n: u64) -> Option<Vec<DocId>> {
+    hub.merge(&store.escrow(hub.sku()).unwrap().unwrap()).unwrap();
+    hub.consume(Party::Hub, n, now_ms()).unwrap();
+    let cmd = crate::store::cmd::EscrowSync { hub: vec![hub.clone()], policy: EscrowPolicy::default() };
+    store.execute(cmd).await.unwrap();
+    ingest(docs, store, &SyncTuning::default()).unwrap()
+}
+
+#[tokio::test]
+async fn an_acknowledgement_of_a_quarter_of_the_hubs_budget_is_written_without_waiting_for_the_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let mut docs = docs(dir.path(), &store);
+    movement(&store, "SKU-A", Movement::Receipt { qty: 1_000, note: None }).await;
+    // The site grants the hub a lease (budget 50 unacknowledged units) and rights, by its policy.
+    let policy = EscrowPolicy::default();
+    assert_eq!(policy.unacked_max, 50);
+    let tick = crate::store::cmd::EscrowTick { hub_reachable: true, policy, skus_max: 10, after: None };
+    store.execute(tick).await.unwrap();
+    drain(&mut docs, &store);
+    let mut hub = store.escrow(&Sku::parse("SKU-A").unwrap()).unwrap().unwrap();
+    assert!(hub.spendable(Party::Hub, now_ms()) >= 50, "{hub:?}");
+    let before = stock_heads(&mut docs);
+
+    // 10 units acknowledged: under a quarter of 50, so they wait for the period like any balance.
+    let changed = hub_spends(&store, &mut docs, &mut hub, 10).await.unwrap();
+    assert!(!changed.contains(&stock_name()));
+    assert_eq!(stock_heads(&mut docs), before);
+    assert_eq!(store.escrow(hub.sku()).unwrap().unwrap().acked_spent(Party::Hub), 10, "the ledger acknowledged");
+
+    // 15 acknowledged, 15 more than the document says: written now, in one change, period or not.
+    let changed = hub_spends(&store, &mut docs, &mut hub, 5).await.unwrap();
+    assert_eq!(changed, vec![stock_name()]);
+    assert_eq!(docs.sync.db.get_mut(&stock_name()).unwrap().get_changes(&before).len(), 1);
+    assert_eq!(acked_in_doc(&mut docs, "SKU-A"), 15);
+    assert_eq!(doc_view(&mut docs), ledger_view(&store));
+    assert!(docs.stock_pending.is_empty());
+
+    // Counted from what the document says, not from the start: 20 is only 5 past the 15 written.
+    let after = stock_heads(&mut docs);
+    let changed = hub_spends(&store, &mut docs, &mut hub, 5).await.unwrap();
+    assert!(!changed.contains(&stock_name()));
+    assert_eq!(stock_heads(&mut docs), after);
+    assert_eq!(acked_in_doc(&mut docs, "SKU-A"), 15);
+    // 12 more (a quarter of 50 is 12): 32 acknowledged, 17 past the document, written.
+    let changed = hub_spends(&store, &mut docs, &mut hub, 12).await.unwrap();
+    assert_eq!(changed, vec![stock_name()]);
+    assert_eq!(acked_in_doc(&mut docs, "SKU-A"), 32);
 }
 
 /// Movements whose feed entries the follower consumed (cursor saved) while their balances waited for the
