@@ -182,12 +182,60 @@ pub struct HubDocs {
     order_changes: Option<BTreeSet<DocId>>,
     /// The same for stock documents ([`HubDocs::take_stock_changes`]).
     stock_changes: Option<BTreeSet<DocId>>,
-    /// Stock documents the `stock.low` watcher read whole since the start and whose touched SKUs are noted
-    /// since ([`HubDocs::take_stock_touched`]), at most [`STOCK_SITES_MAX`].
-    stock_tracked: BTreeSet<DocId>,
-    /// Per tracked stock document: the SKU keys its node's changes touched since the watcher last took them
-    /// (at most [`schema::STOCK_TOUCHED_MAX`] each; past it the document is read whole again).
-    stock_touched: BTreeMap<DocId, BTreeSet<String>>,
+    /// The balances' SKUs the nodes' changes touched per stock document, for the `stock.low` watcher
+    /// ([`HubDocs::take_stock_touched`]).
+    stock_touched: Touched,
+    /// The escrow counters' SKUs the same changes touched, for the watcher's merge of the sites' escrow views
+    /// ([`HubDocs::take_escrow_touched`]).
+    escrow_touched: Touched,
+}
+
+/// Which keys of one map of the stock documents the nodes' changes touched since a reader last asked, so
+/// that the reader reads those and not the whole map after every change.
+#[derive(Default)]
+struct Touched {
+    /// Stock documents the reader read whole since the start and whose touched keys are noted since, at most
+    /// [`STOCK_SITES_MAX`].
+    tracked: BTreeSet<DocId>,
+    /// Per tracked document: the keys touched since the reader last took them (at most
+    /// [`schema::STOCK_TOUCHED_MAX`] each; past it the document is read whole again).
+    keys: BTreeMap<DocId, BTreeSet<String>>,
+}
+
+impl Touched {
+    /// `Some(keys)` touched since the last call, or `None`: read the whole map (the first time since the
+    /// start, and whenever more were touched than are listed).
+    fn take(&mut self, doc: &DocId) -> Option<BTreeSet<String>> {
+        if self.tracked.contains(doc) {
+            return Some(self.keys.remove(doc).unwrap_or_default());
+        }
+        self.keys.remove(doc);
+        if self.tracked.len() < STOCK_SITES_MAX {
+            self.tracked.insert(doc.clone());
+        }
+        None
+    }
+
+    /// The next [`Touched::take`] of `doc` answers `None`.
+    fn reread(&mut self, doc: &DocId) {
+        self.tracked.remove(doc);
+        self.keys.remove(doc);
+    }
+
+    /// Notes the keys an accepted change of `doc` touched (`None`: cannot tell).
+    fn note(&mut self, doc: &DocId, touched: Option<BTreeSet<String>>) {
+        if !self.tracked.contains(doc) {
+            return;
+        }
+        let listed = touched.is_some_and(|t| {
+            let all = self.keys.entry(doc.clone()).or_default();
+            all.extend(t);
+            all.len() <= schema::STOCK_TOUCHED_MAX
+        });
+        if !listed {
+            self.reread(doc);
+        }
+    }
 }
 
 /// Who may see which of the hub's documents: the parties of every order and the quarantined pairs.
@@ -297,8 +345,8 @@ impl HubDocs {
             sites_stale: BTreeSet::new(),
             order_changes: Some(BTreeSet::new()),
             stock_changes: Some(BTreeSet::new()),
-            stock_tracked: BTreeSet::new(),
-            stock_touched: BTreeMap::new(),
+            stock_touched: Touched::default(),
+            escrow_touched: Touched::default(),
         };
         let totals = docs.sync.db.stored_totals(TOTALS_READ_MAX)?;
         docs.label_unlabelled(&totals)?;
@@ -553,42 +601,33 @@ impl HubDocs {
     /// not known) and whenever more were touched than are listed. Call it and read the document under one hold
     /// of the lock, so that no change falls between the two.
     pub fn take_stock_touched(&mut self, doc: &DocId) -> Option<BTreeSet<String>> {
-        if self.stock_tracked.contains(doc) {
-            return Some(self.stock_touched.remove(doc).unwrap_or_default());
-        }
-        self.stock_touched.remove(doc);
-        if self.stock_tracked.len() < STOCK_SITES_MAX {
-            self.stock_tracked.insert(doc.clone());
-        }
-        None
+        self.stock_touched.take(doc)
     }
 
     /// Makes the watcher's next read of stock document `doc` a whole one (it could not report all it read).
     pub fn reread_stock(&mut self, doc: &DocId) {
-        self.stock_tracked.remove(doc);
-        self.stock_touched.remove(doc);
+        self.stock_touched.reread(doc);
     }
 
-    /// Notes the SKUs an accepted change of stock document `doc` touched (`None`: cannot tell), for
-    /// [`HubDocs::take_stock_touched`].
-    fn note_skus(&mut self, doc: &DocId, touched: Option<BTreeSet<String>>) {
-        if !self.stock_tracked.contains(doc) {
-            return;
-        }
-        let listed = touched.is_some_and(|t| {
-            let all = self.stock_touched.entry(doc.clone()).or_default();
-            all.extend(t);
-            all.len() <= schema::STOCK_TOUCHED_MAX
-        });
-        if !listed {
-            self.reread_stock(doc);
-        }
+    /// What the watcher's merge of a site's escrow view reads of stock document `doc` after a change:
+    /// `Some(keys)`, the SKUs whose escrow counters its node's changes touched since the watcher last asked, or
+    /// `None`: every counter (the first time since the start, and whenever more were touched than are listed).
+    /// As [`HubDocs::take_stock_touched`], call it and read the document under one hold of the lock.
+    pub fn take_escrow_touched(&mut self, doc: &DocId) -> Option<BTreeSet<String>> {
+        self.escrow_touched.take(doc)
+    }
+
+    /// Makes the watcher's next read of the escrow counters of stock document `doc` a whole one (it could not
+    /// merge what it read).
+    pub fn reread_escrow(&mut self, doc: &DocId) {
+        self.escrow_touched.reread(doc);
     }
 
     /// Forgets a document and its parties.
     fn remove_doc(&mut self, doc: &DocId) {
         self.site_changed(doc);
         self.reread_stock(doc);
+        self.reread_escrow(doc);
         self.note_change(doc);
         if let Some(label) = self.sync.db.label(doc) {
             self.unindex(doc, label);
@@ -658,7 +697,7 @@ impl HubDocs {
         // Accepted or put back, the readers look again (a put-back document reads as before).
         self.note_change(doc);
         let Some(d) = self.sync.db.get_mut(doc) else { return true };
-        match schema::check_writer_skus(d, doc, before, Writer::Node(node)) {
+        match schema::check_writer_touched(d, doc, before, Writer::Node(node)) {
             Ok(touched) => {
                 let parties = schema::order_parties(d);
                 let written = schema::owner_updated_at_ms(d);
@@ -683,7 +722,8 @@ impl HubDocs {
                     self.changed.insert(doc.clone());
                 }
                 if matches!(DocKind::of(doc), Some(DocKind::Stock(_))) {
-                    self.note_skus(doc, touched);
+                    self.stock_touched.note(doc, touched.skus);
+                    self.escrow_touched.note(doc, touched.escrow);
                 }
                 let st = self.status(node);
                 st.changes_applied += 1;
@@ -1111,16 +1151,24 @@ mod tests {
     /// then checks as it checks each applied frame.
     fn write_skus(docs: &mut HubDocs, node: &NodeId, skus: &[(String, u64)]) {
         use oms_protocol::domain::{Balance, Sku};
+        node_writes_stock(docs, node, |d| {
+            for (sku, on_hand) in skus {
+                let b = Balance { on_hand: *on_hand, reserved: 0, staged: 0 };
+                schema::write_stock(d, node, &Sku::parse(sku).unwrap(), &b, 1).unwrap();
+            }
+        });
+    }
+
+    /// `node` changes its stock document by `write`, in one change the hub then checks as it checks each
+    /// applied frame.
+    fn node_writes_stock(docs: &mut HubDocs, node: &NodeId, write: impl FnOnce(&mut AutoCommit)) {
         let stock = schema::stock_doc(node).unwrap();
         let before = docs.heads(&stock);
         let d = match docs.sync.doc_mut(&stock) {
             Some(d) => d,
             None => docs.sync.create_doc(&stock).unwrap(),
         };
-        for (sku, on_hand) in skus {
-            let b = Balance { on_hand: *on_hand, reserved: 0, staged: 0 };
-            schema::write_stock(d, node, &Sku::parse(sku).unwrap(), &b, 1).unwrap();
-        }
+        write(d);
         d.commit();
         // As the session does for every applied message: stored at the next flush.
         docs.mark_dirty(&stock);
@@ -1192,6 +1240,75 @@ mod tests {
         assert_eq!(touched(stock_read(&mut docs, &n)), [("SKU-00003".to_owned(), Some(1))]);
     }
 
+    /// Writes escrow counters (SKU, units created at the site) into `node`'s stock document as the node would,
+    /// in one change the hub checks.
+    fn write_counters(docs: &mut HubDocs, node: &NodeId, skus: &[(String, u64)]) {
+        use oms_protocol::domain::Sku;
+        use oms_protocol::escrow::{EscrowCounter, Party};
+        node_writes_stock(docs, node, |d| {
+            for (sku, units) in skus {
+                let mut c = EscrowCounter::new(Sku::parse(sku).unwrap());
+                c.add(Party::Site, *units).unwrap();
+                schema::write_escrow(d, node, &c, 1).unwrap();
+            }
+        });
+    }
+
+    /// The counters the watcher's escrow merge reads of `node`'s stock document now (as `orders::watch_once`
+    /// does): `(whole read, [(SKU, units at the site)])`.
+    fn escrow_read(docs: &mut HubDocs, node: &NodeId) -> (bool, Vec<(String, u64)>) {
+        use oms_protocol::escrow::Party;
+        let stock = schema::stock_doc(node).unwrap();
+        let touched = docs.take_escrow_touched(&stock);
+        let d = docs.get(&stock).unwrap();
+        let (read, bad) = match &touched {
+            Some(skus) => schema::read_escrow_of(&d, skus.iter().map(String::as_str)).unwrap(),
+            None => schema::read_escrow(&d, usize::MAX).unwrap(),
+        };
+        assert!(bad.is_empty(), "{bad:?}");
+        (touched.is_none(), read.iter().map(|c| (c.sku().to_string(), c.local(Party::Site))).collect())
+    }
+
+    #[test]
+    fn a_stock_change_reads_only_the_escrow_counters_it_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+        let n = NodeId::parse("wh-a").unwrap();
+        write_counters(&mut docs, &n, &skus_of(12_000));
+        // The first read since the start takes every counter: what changed before is not known.
+        let (whole, read) = escrow_read(&mut docs, &n);
+        assert!(whole);
+        assert_eq!(read.len(), 12_000);
+        // Two counters of 12,000 change, in two frames: those two are read, with their new values.
+        write_counters(&mut docs, &n, &[("SKU-00007".into(), 30)]);
+        write_counters(&mut docs, &n, &[("SKU-00011".into(), 40)]);
+        assert_eq!(escrow_read(&mut docs, &n), (false, vec![("SKU-00007".into(), 30), ("SKU-00011".into(), 40)]));
+        assert_eq!(escrow_read(&mut docs, &n), (false, vec![]), "nothing changed since");
+        // A balance changes and no counter does: no counter is read (the balances' reader gets the SKU).
+        write_skus(&mut docs, &n, &[("SKU-00003".into(), 1)]);
+        assert_eq!(escrow_read(&mut docs, &n), (false, vec![]));
+        // More counters touched than are listed: every counter is read again.
+        write_counters(
+            &mut docs,
+            &n,
+            &skus_of(schema::STOCK_TOUCHED_MAX + 1).iter().map(|(s, _)| (s.clone(), 5)).collect::<Vec<_>>(),
+        );
+        assert!(escrow_read(&mut docs, &n).0);
+        // The watcher could not merge what it read: the next read is whole too.
+        write_counters(&mut docs, &n, &[("SKU-00001".into(), 9)]);
+        docs.reread_escrow(&schema::stock_doc(&n).unwrap());
+        let (whole, read) = escrow_read(&mut docs, &n);
+        assert!(whole && read.len() == 12_000 && read.contains(&("SKU-00001".into(), 9)));
+        // A restart knows nothing of what changed: whole, then touched.
+        docs.flush().unwrap();
+        drop(docs);
+        let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+        assert!(escrow_read(&mut docs, &n).0);
+        write_counters(&mut docs, &n, &[("SKU-00002".into(), 7)]);
+        assert_eq!(escrow_read(&mut docs, &n), (false, vec![("SKU-00002".into(), 7)]));
+    }
+
     /// The change-to-event cost of `stock.low` (BENCHMARKS.md): one SKU of a site of 1 and of 20,000 SKUs
     /// changes; timed from the hub's check of the applied change to the event appended, against reading
     /// the whole document as before. `cargo test -p oms-hub --lib stock_low_cost -- --ignored --nocapture`
@@ -1240,6 +1357,67 @@ mod tests {
                 check[ROUNDS / 2].as_micros(),
                 touched[ROUNDS / 2].as_micros(),
                 whole[ROUNDS / 2].as_micros()
+            );
+        }
+    }
+
+    /// The watcher's merge of a site's escrow view after one counter of 1 or 20,000 changes (BENCHMARKS.md):
+    /// the touched counters read and merged into the intake (`Intake::merge_site`, one commit), against every
+    /// counter read and merged, as before, into an intake of its own. Run by hand:
+    /// `cargo test --release -p oms-hub --lib escrow_merge_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement; run by hand"]
+    fn escrow_merge_cost() {
+        use crate::intake::{INTAKE_DB_FILE, Intake};
+        const ROUNDS: usize = 50;
+        for size in [1usize, 20_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut docs =
+                HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+            let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), Default::default()).unwrap();
+            let whole_dir = dir.path().join("whole");
+            std::fs::create_dir_all(&whole_dir).unwrap();
+            let intake_whole = Intake::open(&whole_dir.join(INTAKE_DB_FILE), Default::default()).unwrap();
+            let n = NodeId::parse("wh-a").unwrap();
+            let stock = schema::stock_doc(&n).unwrap();
+            write_counters(&mut docs, &n, &skus_of(size));
+            let (all, _) = {
+                let d = docs.get(&stock).unwrap();
+                schema::read_escrow(&d, usize::MAX).unwrap()
+            };
+            let _ = docs.take_escrow_touched(&stock);
+            intake.merge_site(&n, all.clone(), TODAY).unwrap();
+            intake_whole.merge_site(&n, all, TODAY).unwrap();
+            let (mut touched, mut whole) = (Vec::new(), Vec::new());
+            for i in 0..ROUNDS {
+                write_counters(&mut docs, &n, &[("SKU-00000".into(), 20 + i as u64)]);
+                let t = std::time::Instant::now();
+                let keys = docs.take_escrow_touched(&stock).expect("tracked");
+                let (read, _) = {
+                    let d = docs.get(&stock).unwrap();
+                    schema::read_escrow_of(&d, keys.iter().map(String::as_str)).unwrap()
+                };
+                assert_eq!(read.len(), 1);
+                intake.merge_site(&n, read, TODAY).unwrap();
+                touched.push(t.elapsed());
+                let t = std::time::Instant::now();
+                let (read, _) = {
+                    let d = docs.get(&stock).unwrap();
+                    schema::read_escrow(&d, usize::MAX).unwrap()
+                };
+                assert_eq!(read.len(), size);
+                intake_whole.merge_site(&n, read, TODAY).unwrap();
+                whole.push(t.elapsed());
+            }
+            touched.sort();
+            whole.sort();
+            println!(
+                "escrow_merge_cost skus={size} touched_read_merge_p50_us={} whole_read_merge_p50_us={} \
+                 touched_p99_us={} whole_p99_us={}",
+                touched[ROUNDS / 2].as_micros(),
+                whole[ROUNDS / 2].as_micros(),
+                touched[ROUNDS * 99 / 100].as_micros(),
+                whole[ROUNDS * 99 / 100].as_micros()
             );
         }
     }

@@ -678,6 +678,25 @@ pub fn read_escrow(doc: &AutoCommit, max: usize) -> Result<(Vec<EscrowCounter>, 
     read_keyed(doc, keys::ESCROW, max, |k, c: &EscrowCounter| c.sku().as_str() == k)
 }
 
+/// [`read_escrow`] of the SKU keys `skus` only (those [`StockTouched::escrow`] lists); a key the document does
+/// not hold is skipped, one that does not decode is in the second list.
+pub fn read_escrow_of<'a>(
+    doc: &AutoCommit,
+    skus: impl IntoIterator<Item = &'a str>,
+) -> Result<(Vec<EscrowCounter>, Vec<String>), SchemaError> {
+    let (mut out, mut bad) = (Vec::new(), Vec::new());
+    if let Some((automerge::Value::Object(ObjType::Map), obj)) = doc.get(ROOT, keys::ESCROW)? {
+        for key in skus {
+            let Some(b) = get_bytes(doc, &obj, key)? else { continue };
+            match postcard::from_bytes::<EscrowCounter>(&b) {
+                Ok(c) if c.sku().as_str() == key => out.push(c),
+                _ => bad.push(key.to_owned()),
+            }
+        }
+    }
+    Ok((out, bad))
+}
+
 /// Writes one purchase order into `inbound/<node>` (hub only). Returns true if the document changed.
 pub fn write_inbound(doc: &mut AutoCommit, node: &NodeId, po: &InboundPo, now_ms: u64) -> Result<bool, SchemaError> {
     ensure_owner(doc, node)?;
@@ -1023,19 +1042,30 @@ pub fn read_stock_skus<'a>(
     Ok(out)
 }
 
-/// Most SKU keys [`stock_skus_touched`] lists; past it the answer is "too many to list" (read the whole
-/// document).
+/// Most keys of one map [`stock_keys_touched`] lists; past it the answer is "too many to list" (read the
+/// whole map).
 pub const STOCK_TOUCHED_MAX: usize = 10_000;
 
-/// The SKU keys of a stock document's `skus` map that `patches` (a diff between two heads, so every change
-/// in between, concurrent ones included) touch; other keys of the document are ignored. `None` when they
-/// cannot be listed: the map itself was put (created or replaced: any key may differ), a patch in it is not
-/// a map key's, or more than [`STOCK_TOUCHED_MAX`] keys were touched.
-pub fn stock_skus_touched(patches: &[Patch]) -> Option<BTreeSet<String>> {
+/// What the accepted changes of a stock document touched, per map read by SKU key (from the diff
+/// [`check_writer_touched`] makes anyway): `None` for a map whose touched keys cannot be listed (read it
+/// whole). Both are `Some` of nothing for other documents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockTouched {
+    /// SKU keys of the `skus` map (balances).
+    pub skus: Option<BTreeSet<String>>,
+    /// SKU keys of the `escrow` map (the site's escrow counters).
+    pub escrow: Option<BTreeSet<String>>,
+}
+
+/// The keys of a stock document's root map `map` (`skus` or `escrow`) that `patches` (a diff between two
+/// heads, so every change in between, concurrent ones included) touch; other keys of the document are
+/// ignored. `None` when they cannot be listed: the map itself was put (created or replaced: any key may
+/// differ), a patch in it is not a map key's, or more than [`STOCK_TOUCHED_MAX`] keys were touched.
+pub fn stock_keys_touched(patches: &[Patch], map: &str) -> Option<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     for p in patches {
         let key = match p.path.first() {
-            Some((obj, Prop::Map(k))) if obj == &ROOT && k == keys::SKUS => match (p.path.get(1), &p.action) {
+            Some((obj, Prop::Map(k))) if obj == &ROOT && k == map => match (p.path.get(1), &p.action) {
                 (Some((_, Prop::Map(sku))), _) => sku.clone(),
                 (Some(_), _) => return None,
                 (None, PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key }) => key.clone(),
@@ -1047,7 +1077,7 @@ pub fn stock_skus_touched(patches: &[Patch]) -> Option<BTreeSet<String>> {
                 (None, _) => return None,
             },
             Some(_) => continue,
-            None if root_key(p).as_deref() == Some(keys::SKUS) => return None,
+            None if root_key(p).as_deref() == Some(map) => return None,
             None => continue,
         };
         out.insert(key);
@@ -1114,20 +1144,23 @@ pub fn check_writer(
     check_patches(doc, name, before, &patches, writer)
 }
 
-/// [`check_writer`], answering also, for an accepted change of a stock document, which of its SKUs the
-/// changes touched ([`stock_skus_touched`], from the same diff); `Some` of nothing for other documents.
-pub fn check_writer_skus(
+/// [`check_writer`], answering also, for an accepted change of a stock document, which SKUs of its balances
+/// and of its escrow counters the changes touched ([`stock_keys_touched`], from the same diff).
+pub fn check_writer_touched(
     doc: &mut AutoCommit,
     name: &DocId,
     before: &[automerge::ChangeHash],
     writer: Writer<'_>,
-) -> Result<Option<BTreeSet<String>>, Violation> {
+) -> Result<StockTouched, Violation> {
     let after = doc.get_heads();
     let patches = doc.diff(before, &after);
     check_patches(doc, name, before, &patches, writer)?;
     Ok(match DocKind::of(name) {
-        Some(DocKind::Stock(_)) => stock_skus_touched(&patches),
-        _ => Some(BTreeSet::new()),
+        Some(DocKind::Stock(_)) => StockTouched {
+            skus: stock_keys_touched(&patches, keys::SKUS),
+            escrow: stock_keys_touched(&patches, keys::ESCROW),
+        },
+        _ => StockTouched { skus: Some(BTreeSet::new()), escrow: Some(BTreeSet::new()) },
     })
 }
 

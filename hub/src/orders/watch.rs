@@ -17,13 +17,24 @@ pub fn watch_once(hub: &Hub, retry: bool) {
             Some(DocKind::Stock(site)) => {
                 let (counters, stock) = {
                     let mut docs = lock(&hub.docs);
-                    // The SKUs the changes touched, taken under the same hold of the lock as the read.
+                    // The SKUs the changes touched, taken under the same hold of the lock as the read: only
+                    // their balances and escrow counters are read, not the whole catalog's.
                     let touched = docs.take_stock_touched(&doc);
+                    let escrow_touched = docs.take_escrow_touched(&doc);
                     let d = docs.get(&doc);
-                    (
-                        d.as_ref().and_then(|d| schema::read_escrow(d, usize::MAX).ok()).map(|(c, _)| c),
-                        d.as_ref().and_then(|d| crate::events::watch::read_stock_change(d, &doc, touched)),
-                    )
+                    let counters = d.as_ref().and_then(|d| {
+                        let read = match &escrow_touched {
+                            Some(skus) => schema::read_escrow_of(d, skus.iter().map(String::as_str)),
+                            None => schema::read_escrow(d, usize::MAX),
+                        };
+                        read.ok().map(|(c, _)| c)
+                    });
+                    let stock = d.as_ref().and_then(|d| crate::events::watch::read_stock_change(d, &doc, touched));
+                    drop(d);
+                    if counters.is_none() {
+                        docs.reread_escrow(&doc);
+                    }
+                    (counters, stock)
                 };
                 let (db, at, low_at) = (hub.intake.db(), site.as_str(), hub.stock_low_at);
                 let reported = match &stock {
@@ -56,7 +67,11 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(%site, error = %e, "cannot merge a site's escrow view"),
+                    Err(e) => {
+                        tracing::warn!(%site, error = %e, "cannot merge a site's escrow view");
+                        // What was read is not merged: the next change's read takes every counter.
+                        lock(&hub.docs).reread_escrow(&doc);
+                    }
                 }
             }
             Some(DocKind::Order(id)) if schema::order_origin(&id) == Some(HUB_ORIGIN) => {
