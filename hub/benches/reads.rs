@@ -273,6 +273,8 @@ fn main() {
         .map(|r| {
             let (hub, stop, served, config) = (hub.clone(), stop.clone(), served.clone(), config.clone());
             std::thread::spawn(move || {
+                // Each reader awaits its reads as a handler does, on a runtime of its own.
+                let reader = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
                 let mut n = r;
                 // Bounded by time (the flag) and by count.
                 while !stop.load(Ordering::Relaxed) && n < 100_000_000 {
@@ -282,21 +284,22 @@ fn main() {
                         0 => {
                             let sku = format!("SKU-{}", n % SKUS);
                             let (h, config) = (hub.clone(), config.clone());
-                            let _ = hub.planner_reads.run(move || {
+                            let _ = reader.block_on(hub.planner_reads.read(move || {
                                 oms_hub::forecast_api::forecast_answer(&h.demand, &h, &config, &sku, &q, today)
-                            });
+                            }));
                         }
                         1 => {
                             let (h, config) = (hub.clone(), config.clone());
-                            let _ = hub.planner_reads.run(move || {
+                            let _ = reader.block_on(hub.planner_reads.read(move || {
                                 oms_hub::forecast_api::replenishment_answer(&h.demand, &h, &config, &q, today)
-                            });
+                            }));
                         }
                         _ => {
                             let h = hub.clone();
-                            let _ = hub
-                                .planner_reads
-                                .run(move || oms_hub::api::stock_page(&h, None, None, 1_000, oms_service::now_ms()));
+                            let _ =
+                                reader.block_on(hub.planner_reads.read(move || {
+                                    oms_hub::api::stock_page(&h, None, None, 1_000, oms_service::now_ms())
+                                }));
                         }
                     }
                     served.fetch_add(1, Ordering::Relaxed);

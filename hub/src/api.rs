@@ -1084,18 +1084,16 @@ async fn stock(State(hub): State<Arc<Hub>>, QueryParams(q): QueryParams<StockQue
     let now = now_ms();
     let h = hub.clone();
     let (after, sku) = (after.map(|(a, b)| (a.to_owned(), b.to_owned())), q.sku.clone());
-    let page = tokio::task::spawn_blocking(move || {
-        let gate = h.clone();
-        gate.planner_reads.run(move || {
+    let page = hub
+        .planner_reads
+        .read(move || {
             let after = after.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
             stock_page(&h, sku.as_deref(), after, limit, now)
         })
-    })
-    .await;
+        .await;
     let (sites, rows, next_after) = match page {
-        Ok(Ok(page)) => page,
-        Ok(Err(busy)) => return busy.into_response(),
-        Err(_) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stock read failed"),
+        Ok(page) => page,
+        Err(busy) => return busy.into_response(),
     };
     if csv {
         let mut resp = stock_csv(&rows);

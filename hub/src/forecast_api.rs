@@ -101,8 +101,11 @@ pub struct Problem {
 }
 
 /// Runs a planner read on the hub's gate ([`crate::gate`]): `503 overloaded` if it cannot start in time.
-fn gated<T: Send + 'static>(hub: &Hub, f: impl FnOnce() -> Result<T, Problem> + Send + 'static) -> Result<T, Problem> {
-    hub.planner_reads.run(f).unwrap_or_else(|busy| {
+async fn gated<T: Send + 'static>(
+    hub: &Hub,
+    f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    hub.planner_reads.read(f).await.unwrap_or_else(|busy| {
         Err(Problem::new(
             StatusCode::from_u16(busy.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             busy.code,
@@ -505,15 +508,11 @@ async fn forecast(
 ) -> Response {
     let today = now_ms() / DAY_MS;
     let config = st.config(settings);
-    // Model fitting is CPU-bound: keep it off the async workers.
-    let res = tokio::task::spawn_blocking(move || {
-        gated(&st.hub.clone(), move || forecast_typed(&st.cache, &st.hub, &config, &sku, &q, today))
-    })
-    .await;
-    match res {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(p)) => p.into_response(),
-        Err(e) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "forecast_failed", e.to_string()).into_response(),
+    // Model fitting is CPU-bound: on the planner-read threads, off the async workers.
+    let hub = st.hub.clone();
+    match gated(&hub, move || forecast_typed(&st.cache, &st.hub, &config, &sku, &q, today)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(p) => p.into_response(),
     }
 }
 
@@ -529,14 +528,10 @@ async fn forecast_screen(
     let today = now_ms() / DAY_MS;
     let config = st.config(settings);
     let s = sku.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        gated(&st.hub.clone(), move || forecast_answer(&st.cache, &st.hub, &config, &s, &q, today))
-    })
-    .await;
-    match res {
-        Ok(Ok(v)) => crate::ui::forecast_page(&chrome, &session, &sku, &v).into_response(),
-        Ok(Err(p)) => p.into_response(),
-        Err(e) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "forecast_failed", e.to_string()).into_response(),
+    let hub = st.hub.clone();
+    match gated(&hub, move || forecast_answer(&st.cache, &st.hub, &config, &s, &q, today)).await {
+        Ok(v) => crate::ui::forecast_page(&chrome, &session, &sku, &v).into_response(),
+        Err(p) => p.into_response(),
     }
 }
 
@@ -665,14 +660,10 @@ async fn replenishment(
 ) -> Response {
     let today = now_ms() / DAY_MS;
     let config = st.config(settings);
-    let res = tokio::task::spawn_blocking(move || {
-        gated(&st.hub.clone(), move || replenishment_answer(&st.cache, &st.hub, &config, &q, today))
-    })
-    .await;
-    match res {
-        Ok(Ok(r)) => r,
-        Ok(Err(p)) => p.into_response(),
-        Err(e) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "forecast_failed", e.to_string()).into_response(),
+    let hub = st.hub.clone();
+    match gated(&hub, move || replenishment_answer(&st.cache, &st.hub, &config, &q, today)).await {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
     }
 }
 

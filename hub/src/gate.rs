@@ -14,7 +14,7 @@
 //! Written by hand rather than with a thread-pool crate: a bounded channel, a deadline per job and a
 //! priority set once per thread are the whole of it.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -90,26 +90,28 @@ impl ReadGate {
             .as_ref()
     }
 
-    /// Runs `f` on one of the gate's threads and waits for its answer (blocking: call it on a blocking
-    /// thread); `503 overloaded` if it cannot start within the wait, `500` if it panicked.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
-        let busy = || {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                format!(
-                    "{} planner reads (forecasts, replenishment, network stock) are running; retry shortly",
-                    self.max
-                ),
-            )
-        };
+    /// `503 overloaded`: no read can start now.
+    fn busy(&self) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("{} planner reads (forecasts, replenishment, network stock) are running; retry shortly", self.max),
+        )
+    }
+
+    /// Runs `f` on one of the gate's threads and awaits its answer, holding no thread of the caller's
+    /// meanwhile (an async worker goes on serving others while the read waits or runs); `503 overloaded` if
+    /// it cannot start within the wait, `500` if it panicked. A caller that goes away (the request dropped)
+    /// before the read started leaves it unrun.
+    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
         let deadline = Instant::now() + self.wait;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Progress<T>>(2);
+        // Two messages at most, so a send from the gate's thread never waits.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Progress<T>>(2);
         let job = Job {
             deadline,
             run: Box::new(move || {
-                if tx.send(Progress::Started).is_ok() {
-                    let _ = tx.send(Progress::Done(f()));
+                if tx.try_send(Progress::Started).is_ok() {
+                    let _ = tx.try_send(Progress::Done(f()));
                 }
             }),
         };
@@ -118,7 +120,7 @@ impl ReadGate {
         };
         match queue.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(busy()),
+            Err(TrySendError::Full(_)) => return Err(self.busy()),
             Err(TrySendError::Disconnected(_)) => {
                 return Err(Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,15 +130,15 @@ impl ReadGate {
             }
         }
         let failed = || Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the planner read failed");
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Progress::Started) => {}
-            Ok(Progress::Done(v)) => return Ok(v),
-            Err(RecvTimeoutError::Timeout) => return Err(busy()),
-            Err(RecvTimeoutError::Disconnected) => return Err(failed()),
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), rx.recv()).await {
+            Ok(Some(Progress::Started)) => {}
+            Ok(Some(Progress::Done(v))) => return Ok(v),
+            Err(_) => return Err(self.busy()),
+            Ok(None) => return Err(failed()),
         }
         // Started: the read itself is bounded by what it reads (pages, the index), not by this wait.
-        match rx.recv() {
-            Ok(Progress::Done(v)) => Ok(v),
+        match rx.recv().await {
+            Some(Progress::Done(v)) => Ok(v),
             _ => Err(failed()),
         }
     }
@@ -168,29 +170,30 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn no_more_than_max_reads_run_at_once_and_a_read_that_cannot_start_is_refused_after_its_wait() {
+    #[tokio::test]
+    async fn no_more_than_max_reads_run_at_once_and_a_read_that_cannot_start_is_refused_after_its_wait() {
         let gate = Arc::new(ReadGate::new(2, Duration::from_secs(10)));
         let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let threads: Vec<_> = (0..8)
+        let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let (gate, now, most) = (gate.clone(), now.clone(), most.clone());
-                std::thread::spawn(move || {
+                tokio::spawn(async move {
                     let got = gate
-                        .run(move || {
+                        .read(move || {
                             let n = now.fetch_add(1, Ordering::SeqCst) + 1;
                             most.fetch_max(n, Ordering::SeqCst);
                             std::thread::sleep(Duration::from_millis(20));
                             now.fetch_sub(1, Ordering::SeqCst);
                             i
                         })
+                        .await
                         .unwrap();
                     assert_eq!(got, i);
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
+        for t in tasks {
+            t.await.unwrap();
         }
         assert_eq!(most.load(Ordering::SeqCst), 2, "eight reads through a gate of two");
 
@@ -198,40 +201,58 @@ mod tests {
         // thread is free the next read runs.
         let tight = Arc::new(ReadGate::new(1, Duration::from_millis(50)));
         let (held, release) = std::sync::mpsc::channel::<()>();
-        let (entered, inside) = std::sync::mpsc::channel::<()>();
+        let (entered, inside) = tokio::sync::oneshot::channel::<()>();
         let holder = {
             let tight = tight.clone();
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 tight
-                    .run(move || {
+                    .read(move || {
                         entered.send(()).unwrap();
                         release.recv().unwrap();
                     })
+                    .await
                     .unwrap();
             })
         };
-        inside.recv().unwrap();
+        inside.await.unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
         let r = ran.clone();
         let refused = tight
-            .run(move || {
+            .read(move || {
                 r.fetch_add(1, Ordering::SeqCst);
             })
+            .await
             .unwrap_err();
         assert_eq!((refused.status, refused.code), (503, "overloaded"));
         held.send(()).unwrap();
-        holder.join().unwrap();
-        assert_eq!(tight.run(|| 7).unwrap(), 7);
+        holder.await.unwrap();
+        assert_eq!(tight.read(|| 7).await.unwrap(), 7);
         assert_eq!(ran.load(Ordering::SeqCst), 0, "a read whose caller gave up is not run");
         // A read that panics answers 500, and the thread goes on.
-        assert_eq!(tight.run(|| -> u8 { panic!("boom") }).unwrap_err().status, 500);
-        assert_eq!(tight.run(|| 8).unwrap(), 8);
+        assert_eq!(tight.read(|| -> u8 { panic!("boom") }).await.unwrap_err().status, 500);
+        assert_eq!(tight.read(|| 8).await.unwrap(), 8);
     }
 
-    #[test]
-    fn the_gate_threads_run_at_a_lower_priority() {
+    /// On a runtime of one thread, a read awaiting its answer leaves that thread free: the task that lets the
+    /// read finish runs meanwhile. A read that blocked its caller's thread would wait for ever (here: the read
+    /// gives up after 5 s and answers false).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiting_read_holds_no_thread_of_the_caller() {
         let gate = ReadGate::new(1, Duration::from_secs(10));
-        let nice = gate.run(|| rustix::process::getpriority_process(None).unwrap()).unwrap();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let other = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            go.send(()).unwrap();
+        });
+        let finished = gate.read(move || wait.recv_timeout(Duration::from_secs(5)).is_ok()).await.unwrap();
+        assert!(finished, "the other task could not run while the read waited");
+        other.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_gate_threads_run_at_a_lower_priority() {
+        let gate = ReadGate::new(1, Duration::from_secs(10));
+        let nice = gate.read(|| rustix::process::getpriority_process(None).unwrap()).await.unwrap();
         assert_eq!(nice, READ_NICE);
     }
 }

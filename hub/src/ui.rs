@@ -147,12 +147,7 @@ impl StockQuery {
 /// start in time.
 async fn stock_selection_off(hub: &Arc<Hub>, q: &StockQuery) -> Result<(Vec<crate::api::StockRow>, bool), Problem> {
     let (h, q) = (hub.clone(), q.clone());
-    let read = tokio::task::spawn_blocking(move || {
-        let gate = h.clone();
-        gate.planner_reads.run(move || stock_selection(&h, &q))
-    })
-    .await;
-    read.unwrap_or_else(|e| Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())))
+    hub.planner_reads.read(move || stock_selection(&h, &q)).await
 }
 
 /// The rows the stock screen shows for `q`, and whether more matched than it shows.
