@@ -1,8 +1,9 @@
 //! The demo's flash sale: one SKU ([`FLASH_SKU`]) stocked at two sites only, then [`ORDERS`] one-unit channel
 //! orders for it, [`CLIENTS`] at a time, as fast as the hub takes them, with the sites' default escrow budget
-//! (50 units per SKU the hub may spend unacknowledged). Each site acknowledges the hub's spending as soon as
-//! a quarter of that budget is used up (not at the end of its 250 ms stock period), so the hub's budget
-//! refills while the sale runs and the orders are placed rather than backordered.
+//! (50 units per SKU the hub may spend unacknowledged). Each site writes its acknowledgement of the hub's
+//! spending into its stock document once a quarter of that budget is used up (at most every 31 ms, not at the
+//! end of its 250 ms stock period), so the hub's budget refills while the sale runs and the orders are placed
+//! rather than backordered.
 //!
 //! The orders pay by card at the test provider and join the run's other channel orders: they are picked,
 //! shipped and billed, and every end-of-run check (oversold units, orders missing at the hub, payments)

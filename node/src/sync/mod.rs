@@ -165,6 +165,9 @@ pub(crate) struct NodeDocs {
     /// [`ack_pressing`]). At most [`ACKS_TRACKED_MAX`] SKUs; only in memory (a SKU not listed counts as 0,
     /// which at worst writes its balance early once).
     acks_written: HashMap<Sku, u64>,
+    /// An acknowledgement pressed ([`ack_pressing`]) since the stock document was last written: the pending
+    /// balances are written an eighth of the period after the last write, not at its end.
+    ack_pressed: bool,
     /// When the next pruning of acknowledged receipts is due, ms: set when the hub's inbound document
     /// changes (new acknowledgements) and to the end of the grace of an acknowledged receipt kept for it;
     /// `None` when nothing is waiting. The stock document is pruned as well whenever it is written.
@@ -178,6 +181,7 @@ impl NodeDocs {
             stock_pending: BTreeSet::new(),
             stock_written_ms: 0,
             acks_written: HashMap::new(),
+            ack_pressed: false,
             // Once at start: acknowledgements may have arrived before a stop.
             prune_at_ms: Some(0),
         }
@@ -311,6 +315,11 @@ fn publish_site(
     Ok(())
 }
 
+/// The least gap between two stock writes an acknowledgement presses for ([`ack_pressing`]), ms.
+fn ack_gap_ms(tuning: &SyncTuning) -> u64 {
+    tuning.stock_coalesce_ms / 8
+}
+
 /// SKUs whose written acknowledgement [`NodeDocs::acks_written`] remembers.
 const ACKS_TRACKED_MAX: usize = 100_000;
 
@@ -340,7 +349,8 @@ fn write_sku(
 /// Whether the site acknowledged at least a quarter of the hub's unacknowledged budget on `sku` more than the
 /// stock document says. The hub's budget refills only when it reads the acknowledgement there, so a hub
 /// selling one SKU fast would run dry and backorder while the balance waited for the end of the coalescing
-/// period: then the pending balances are written at once (one change for all of them, as at a period's end).
+/// period: then the pending balances are written an eighth of the period after the last write ([`ack_gap_ms`];
+/// one change for all of them, as at a period's end).
 fn ack_pressing(docs: &NodeDocs, store: &Store, sku: &Sku) -> Result<bool, IngestError> {
     let Some(c) = store.escrow(sku)? else { return Ok(false) };
     let written = docs.acks_written.get(sku).copied().unwrap_or(0);
@@ -393,7 +403,6 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
     let mut changed = BTreeSet::new();
     let mut frozen = Vec::new();
     let mut pending_full = false;
-    let mut acks_due = false;
     for (_, entry) in entries {
         match entry {
             FeedEntry::Order(id) => {
@@ -414,7 +423,9 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
                 }
             }
             FeedEntry::Stock(sku) => {
-                acks_due = acks_due || ack_pressing(docs, store, &sku)?;
+                if !docs.ack_pressed && ack_pressing(docs, store, &sku)? {
+                    docs.ack_pressed = true;
+                }
                 if docs.stock_pending.len() < tuning.stock_pending_max {
                     docs.stock_pending.insert(sku);
                 } else {
@@ -458,7 +469,11 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
             }
         }
     }
-    let due = now.saturating_sub(docs.stock_written_ms) >= tuning.stock_coalesce_ms || pending_full || acks_due;
+    let since = now.saturating_sub(docs.stock_written_ms);
+    // A pressing acknowledgement waits at most an eighth of the period, and no more often than that: a hub
+    // selling fast gets its budget back within ~30 ms, and the stock document (whose every change the hub
+    // checks and merges) changes at most eight times a period for it.
+    let due = since >= tuning.stock_coalesce_ms || pending_full || (docs.ack_pressed && since >= ack_gap_ms(tuning));
     if due && !docs.stock_pending.is_empty() {
         if let Some(name) = schema::stock_doc(&node) {
             for sku in &docs.stock_pending {
@@ -471,6 +486,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
         }
         docs.stock_pending.clear();
         docs.stock_written_ms = now;
+        docs.ack_pressed = false;
     }
     if let Some(name) = schema::stock_doc(&node)
         && (changed.contains(&name) || docs.prune_at_ms.is_some_and(|at| at <= now))
@@ -553,12 +569,17 @@ async fn follow_feed(shared: Arc<Shared>, store: Store) {
                 }
             }
         }
-        let stock_pending = !lock(&shared.docs).stock_pending.is_empty();
-        // Wake on the store's commit signal, or when pending balances are due; the tick is only a safety net.
+        let (stock_pending, pressed) = {
+            let docs = lock(&shared.docs);
+            (!docs.stock_pending.is_empty(), docs.ack_pressed)
+        };
+        // Wake on the store's commit signal, or when pending balances are due (sooner if an acknowledgement
+        // presses); the tick is only a safety net.
+        let wait = if pressed { Duration::from_millis(ack_gap_ms(&shared.tuning).max(1)) } else { coalesce };
         tokio::select! {
             // The sender lives as long as the store does, which this task holds: `changed` does not fail.
             _ = commits.changed() => {}
-            () = tokio::time::sleep(coalesce), if stock_pending => {}
+            () = tokio::time::sleep(wait), if stock_pending => {}
             _ = tick.tick() => {}
         }
         // Drain what is there in bounded batches, then wait for the next tick.

@@ -142,8 +142,10 @@ fn acked_in_doc(docs: &mut NodeDocs, sku: &str) -> u64 {
 }
 
 /// The hub spends `n` units of its rights to `sku` and the site merges its view (acknowledging it), as when
-/// the hub's escrow document arrives; then the follower runs once.
+/// the hub's escrow document arrives; then the follower runs once, an eighth of the coalescing period after
+/// the last stock write (the least gap between two writes an acknowledgement presses for).
 async fn hub_spends(store: &Store, docs: &mut NodeDocs, hub: &mut EscrowCounter, n: u64) -> Option<Vec<DocId>> {
+    docs.stock_written_ms = now_ms() - SyncTuning::default().stock_coalesce_ms / 8;
     hub.merge(&store.escrow(hub.sku()).unwrap().unwrap()).unwrap();
     hub.consume(Party::Hub, n, now_ms()).unwrap();
     let cmd = crate::store::cmd::EscrowSync { hub: vec![hub.clone()], policy: EscrowPolicy::default() };
@@ -173,8 +175,17 @@ async fn an_acknowledgement_of_a_quarter_of_the_hubs_budget_is_written_without_w
     assert_eq!(stock_heads(&mut docs), before);
     assert_eq!(store.escrow(hub.sku()).unwrap().unwrap().acked_spent(Party::Hub), 10, "the ledger acknowledged");
 
-    // 15 acknowledged, 15 more than the document says: written now, in one change, period or not.
-    let changed = hub_spends(&store, &mut docs, &mut hub, 5).await.unwrap();
+    // 15 acknowledged, 15 more than the document says: pressing, but not within an eighth of the period of
+    // the last write; then written, in one change, though the period has not ended.
+    docs.stock_written_ms = now_ms();
+    hub.merge(&store.escrow(hub.sku()).unwrap().unwrap()).unwrap();
+    hub.consume(Party::Hub, 5, now_ms()).unwrap();
+    let cmd = crate::store::cmd::EscrowSync { hub: vec![hub.clone()], policy: EscrowPolicy::default() };
+    store.execute(cmd).await.unwrap();
+    let changed = ingest(&mut docs, &store, &SyncTuning::default()).unwrap().unwrap();
+    assert!(!changed.contains(&stock_name()), "pressing, but too soon after the last write");
+    assert_eq!(stock_heads(&mut docs), before);
+    let changed = hub_spends(&store, &mut docs, &mut hub, 0).await.unwrap();
     assert_eq!(changed, vec![stock_name()]);
     assert_eq!(docs.sync.db.get_mut(&stock_name()).unwrap().get_changes(&before).len(), 1);
     assert_eq!(acked_in_doc(&mut docs, "SKU-A"), 15);
