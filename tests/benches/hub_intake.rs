@@ -149,7 +149,11 @@ async fn main() {
     println!("[hub.escrow] unacked_max = {unacked} units per SKU");
     for (id, lat, lon) in SITES {
         // `[hub.escrow]` right after the `[hub]` keys: the hub may spend without waiting for acknowledgements.
-        let extra = format!("\n[hub.escrow]\nunacked_max = {unacked}\n\n[site]\nlat = {lat}\nlon = {lon}\n");
+        // A site ships at most `capacity_per_day` orders a day (default 10,000): past it the hub backorders,
+        // which costs it less than placing. The bench's sites take all it can send.
+        let extra = format!(
+            "\n[hub.escrow]\nunacked_max = {unacked}\n\n[site]\nlat = {lat}\nlon = {lon}\ncapacity_per_day = 10000000\n"
+        );
         let (config, http, dir) = cluster::node_config_with(root, &certs, id, quic, &extra);
         nodes.push(cluster::spawn_node_with(id, &config, http, &dir, "warn"));
     }
