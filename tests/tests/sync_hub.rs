@@ -868,6 +868,14 @@ async fn a_node_past_its_document_quota_is_refused_while_another_syncs() {
     assert!(n["stored_bytes"].as_u64().unwrap() > 0, "{n}");
     let at_hub = hub_orders(&http, hub.http, "wh-full").await.unwrap();
     assert!(at_hub.len() as u64 <= QUOTA, "{at_hub:?}");
-    let log = std::fs::read_to_string(&full.log).unwrap_or_default();
-    assert!(log.contains("QuotaExceeded"), "the node should see its quota refusals:\n{log}");
+    // The hub counts a refusal when it sends it; the node logs it when the frame arrives, a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&full.log).unwrap_or_default();
+        if log.contains("QuotaExceeded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node should see its quota refusals:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
