@@ -675,7 +675,12 @@ pub fn merge_escrow(
 /// Reads the escrow counters under [`keys::ESCROW`], at most `max`. A counter that does not decode (or
 /// claims another SKU than its key) is skipped and reported in the second list.
 pub fn read_escrow(doc: &AutoCommit, max: usize) -> Result<(Vec<EscrowCounter>, Vec<String>), SchemaError> {
-    read_keyed(doc, keys::ESCROW, max, |k, c: &EscrowCounter| c.sku().as_str() == k)
+    read_keyed(doc, keys::ESCROW, max, escrow_under)
+}
+
+/// Whether counter `c` is stored under its own SKU `key`.
+fn escrow_under(key: &str, c: &EscrowCounter) -> bool {
+    c.sku().as_str() == key
 }
 
 /// [`read_escrow`] of the SKU keys `skus` only (those [`StockTouched::escrow`] lists); a key the document does
@@ -684,17 +689,10 @@ pub fn read_escrow_of<'a>(
     doc: &AutoCommit,
     skus: impl IntoIterator<Item = &'a str>,
 ) -> Result<(Vec<EscrowCounter>, Vec<String>), SchemaError> {
-    let (mut out, mut bad) = (Vec::new(), Vec::new());
-    if let Some((automerge::Value::Object(ObjType::Map), obj)) = doc.get(ROOT, keys::ESCROW)? {
-        for key in skus {
-            let Some(b) = get_bytes(doc, &obj, key)? else { continue };
-            match postcard::from_bytes::<EscrowCounter>(&b) {
-                Ok(c) if c.sku().as_str() == key => out.push(c),
-                _ => bad.push(key.to_owned()),
-            }
-        }
+    match doc.get(ROOT, keys::ESCROW)? {
+        Some((automerge::Value::Object(ObjType::Map), obj)) => read_keys(doc, &obj, skus, escrow_under),
+        _ => Ok((Vec::new(), Vec::new())),
     }
-    Ok((out, bad))
 }
 
 /// Writes one purchase order into `inbound/<node>` (hub only). Returns true if the document changed.
@@ -769,14 +767,27 @@ fn read_keyed<T: for<'de> Deserialize<'de>>(
     max: usize,
     ok: impl Fn(&str, &T) -> bool,
 ) -> Result<(Vec<T>, Vec<String>), SchemaError> {
+    match doc.get(ROOT, map)? {
+        Some((automerge::Value::Object(ObjType::Map), obj)) => read_keys(doc, &obj, doc.keys(&obj).take(max), ok),
+        _ => Ok((Vec::new(), Vec::new())),
+    }
+}
+
+/// The values under `keys` of map `obj` (a key it does not hold is skipped), keeping those `ok` accepts for
+/// their key; the keys of values that do not decode (or that `ok` refuses) are the second list.
+fn read_keys<T: for<'de> Deserialize<'de>, K: AsRef<str>>(
+    doc: &AutoCommit,
+    obj: &automerge::ObjId,
+    keys: impl IntoIterator<Item = K>,
+    ok: impl Fn(&str, &T) -> bool,
+) -> Result<(Vec<T>, Vec<String>), SchemaError> {
     let (mut out, mut bad) = (Vec::new(), Vec::new());
-    if let Some((automerge::Value::Object(ObjType::Map), obj)) = doc.get(ROOT, map)? {
-        for key in doc.keys(&obj).take(max) {
-            let Some(b) = get_bytes(doc, &obj, &key)? else { continue };
-            match postcard::from_bytes::<T>(&b) {
-                Ok(v) if ok(&key, &v) => out.push(v),
-                _ => bad.push(key),
-            }
+    for key in keys {
+        let key = key.as_ref();
+        let Some(b) = get_bytes(doc, obj, key)? else { continue };
+        match postcard::from_bytes::<T>(&b) {
+            Ok(v) if ok(key, &v) => out.push(v),
+            _ => bad.push(key.to_owned()),
         }
     }
     Ok((out, bad))

@@ -392,8 +392,8 @@ fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, Ingest
 }
 
 /// Applies feed entries after the cursor to the documents, and writes the balances pending for the stock
-/// document if `stock_coalesce_ms` passed (or an acknowledgement presses, [`ack_pressing`]). Returns the documents changed, or `None` if there was nothing
-/// to do.
+/// document if `stock_coalesce_ms` passed (or an acknowledgement presses, [`ack_pressing`]). Returns the
+/// documents changed, or `None` if there was nothing to do.
 fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Option<Vec<DocId>>, IngestError> {
     let cursor = docs.sync.db.meta(FEED_CURSOR)?.unwrap_or(0);
     let entries = store.feed_after(cursor, tuning.feed_batch_max)?;
