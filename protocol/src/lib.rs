@@ -10,6 +10,7 @@ pub mod escrow;
 #[cfg(feature = "fixtures")]
 #[doc(hidden)]
 pub mod fixtures;
+pub mod generations;
 pub mod records;
 pub mod schema;
 pub mod shipping;

@@ -289,11 +289,11 @@ impl From<automerge::AutomergeError> for SchemaError {
 pub enum DocKind {
     /// `order/<id>`.
     Order(OrderId),
-    /// `stock/<node>`.
+    /// `stock/<node>`, or a later generation of it (`stock/<node>#<n>`, see [`crate::generations`]).
     Stock(NodeId),
-    /// `escrow/<node>` (hub-owned).
+    /// `escrow/<node>` (hub-owned), or a later generation of it.
     Escrow(NodeId),
-    /// `inbound/<node>` (hub-owned).
+    /// `inbound/<node>` (hub-owned), or a later generation of it.
     Inbound(NodeId),
 }
 
@@ -304,6 +304,8 @@ impl DocKind {
         if let Some(id) = s.strip_prefix(ORDER_PREFIX) {
             return OrderId::parse(id).ok().map(DocKind::Order);
         }
+        // A site's state documents come in generations (`stock/<node>#<n>`, see [`crate::generations`]).
+        let (s, _) = crate::generations::split(s)?;
         if let Some(node) = s.strip_prefix(STOCK_PREFIX) {
             return NodeId::parse(node).ok().map(DocKind::Stock);
         }

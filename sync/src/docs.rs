@@ -76,7 +76,8 @@ impl<A: Access> SyncDocs<A> {
 
 impl<A: Access> DocStore for SyncDocs<A> {
     fn entitled(&self, peer: &PeerId, doc: &DocId) -> bool {
-        self.access.entitled(&self.db, peer, doc)
+        // An older generation of a state document is never merged back (see `oms_protocol::generations`).
+        !self.db.is_superseded(doc) && self.access.entitled(&self.db, peer, doc)
     }
     fn docs_for(&self, peer: &PeerId) -> Vec<DocId> {
         self.access.docs_for(&self.db, peer)

@@ -6,6 +6,8 @@
 //! full, nothing beyond it. So sync resumes from the cursor and sends nothing twice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 
 use oms_protocol::sync::automerge::transaction::Transactable;
@@ -87,12 +89,13 @@ mod session {
     use std::collections::{BTreeMap, VecDeque};
     use std::path::Path;
 
+    use super::common::Everything;
     use oms_protocol::sync::automerge::transaction::Transactable;
     use oms_protocol::sync::automerge::{ChangeHash, ObjType, ROOT, ReadDoc, Value};
     use oms_protocol::sync::{Event, SessionConfig, SyncSession};
     use oms_protocol::wire::{DocId, Frame, PeerId};
     use oms_service::storage::crash::{CrashBackend, Cut, OpLog, image_at};
-    use oms_sync::{Access, DocDb, DocDbError, SyncDocs};
+    use oms_sync::{DocDb, DocDbError, SyncDocs};
 
     /// Documents the node's feed writes into, and events in the feed.
     const DOCS: u64 = 6;
@@ -102,22 +105,6 @@ mod session {
     /// Steps a run (or a resume) may take to take in the feed and converge.
     const STEPS_MAX: usize = 400;
     const CURSOR: &str = "feed.cursor";
-
-    /// Both sides see every document (the node's and the hub's policies are tested elsewhere).
-    struct Everything;
-
-    impl Access for Everything {
-        fn entitled(&self, _: &DocDb, _: &PeerId, _: &DocId) -> bool {
-            true
-        }
-        fn docs_for(&self, db: &DocDb, _: &PeerId) -> Vec<DocId> {
-            db.ids().collect()
-        }
-        fn manifest_heads(&self, db: &mut DocDb, _: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)> {
-            let ids: Vec<DocId> = db.ids().collect();
-            ids.into_iter().filter_map(|d| db.heads(&d).map(|h| (d, h))).collect()
-        }
-    }
 
     fn doc(i: u64) -> DocId {
         DocId::new(format!("order/wh-a-{i:010}")).unwrap()

@@ -195,40 +195,50 @@ pub struct HubDocs {
 #[derive(Default)]
 struct Touched {
     /// Stock documents the reader read whole since the start and whose touched keys are noted since, at most
-    /// [`STOCK_SITES_MAX`].
-    tracked: BTreeSet<DocId>,
+    /// [`STOCK_SITES_MAX`], by base name with the generation read (a new generation is read whole).
+    tracked: BTreeMap<DocId, u32>,
     /// Per tracked document: the keys touched since the reader last took them (at most
     /// [`schema::STOCK_TOUCHED_MAX`] each; past it the document is read whole again).
     keys: BTreeMap<DocId, BTreeSet<String>>,
 }
 
 impl Touched {
+    /// Whether `doc`'s generation is the one tracked; its base name.
+    fn tracking(&self, doc: &DocId) -> (bool, DocId) {
+        let base = oms_protocol::generations::base(doc);
+        let g = oms_protocol::generations::of(doc);
+        (self.tracked.get(&base) == Some(&g), base)
+    }
+
     /// `Some(keys)` touched since the last call, or `None`: read the whole map (the first time since the
-    /// start, and whenever more were touched than are listed).
+    /// start, for each new generation, and whenever more were touched than are listed).
     fn take(&mut self, doc: &DocId) -> Option<BTreeSet<String>> {
-        if self.tracked.contains(doc) {
-            return Some(self.keys.remove(doc).unwrap_or_default());
+        let (tracked, base) = self.tracking(doc);
+        if tracked {
+            return Some(self.keys.remove(&base).unwrap_or_default());
         }
-        self.keys.remove(doc);
-        if self.tracked.len() < STOCK_SITES_MAX {
-            self.tracked.insert(doc.clone());
+        self.keys.remove(&base);
+        if self.tracked.len() < STOCK_SITES_MAX || self.tracked.contains_key(&base) {
+            self.tracked.insert(base, oms_protocol::generations::of(doc));
         }
         None
     }
 
     /// The next [`Touched::take`] of `doc` answers `None`.
     fn reread(&mut self, doc: &DocId) {
-        self.tracked.remove(doc);
-        self.keys.remove(doc);
+        let base = oms_protocol::generations::base(doc);
+        self.tracked.remove(&base);
+        self.keys.remove(&base);
     }
 
     /// Notes the keys an accepted change of `doc` touched (`None`: cannot tell).
     fn note(&mut self, doc: &DocId, touched: Option<BTreeSet<String>>) {
-        if !self.tracked.contains(doc) {
+        let (tracked, base) = self.tracking(doc);
+        if !tracked {
             return;
         }
         let listed = touched.is_some_and(|t| {
-            let all = self.keys.entry(doc.clone()).or_default();
+            let all = self.keys.entry(base).or_default();
             all.extend(t);
             all.len() <= schema::STOCK_TOUCHED_MAX
         });
@@ -440,7 +450,11 @@ impl HubDocs {
             // Who created them: the origin an order's id names, a stock document's owner.
             let (creator, order) = match group.strip_prefix(schema::ORDER_PREFIX) {
                 Some(origin) => (p.party_numbers.get(origin).copied(), true),
-                None => (group.strip_prefix(schema::STOCK_PREFIX).and_then(|n| p.party_numbers.get(n)).copied(), false),
+                None => {
+                    // A stock document's group is its id, which may name a generation (`stock/<node>#<n>`).
+                    let owner = group.strip_prefix(schema::STOCK_PREFIX).and_then(oms_protocol::generations::split);
+                    (owner.and_then(|(n, _)| p.party_numbers.get(n)).copied(), false)
+                }
             };
             // The bytes go to the writer: an order's fulfilling site, a stock document's owner.
             let site = split_label(*label).map(|(_, s)| s).filter(|_| order);
@@ -709,7 +723,8 @@ impl HubDocs {
                 }
                 if let Some(n) = self.number(node.as_str()) {
                     let u = self.sync.access.usage.entry(n).or_default();
-                    if before.is_empty() {
+                    // A new generation of its stock document replaces the one it held.
+                    if before.is_empty() && oms_protocol::generations::of(doc) == 0 {
                         u.documents += 1;
                     }
                     u.stored_bytes = u.stored_bytes.saturating_add(msg_bytes as u64);
@@ -852,6 +867,11 @@ impl HubDocs {
         doc: &DocId,
         f: impl FnOnce(&mut AutoCommit) -> Result<bool, schema::SchemaError>,
     ) -> Result<Vec<String>, schema::SchemaError> {
+        // A state document is written in its current generation; one whose history grew long starts the next
+        // (see `oms_protocol::generations`).
+        let base = doc;
+        let current = self.sync.db.current(base);
+        let doc = &current;
         let d = self.sync.db.get_or_create(doc).map_err(|e| schema::SchemaError::Automerge(e.to_string()))?;
         if !f(d)? {
             return Ok(vec![]);
@@ -860,6 +880,11 @@ impl HubDocs {
         let parties = schema::order_parties(d);
         self.sync.db.mark_dirty(doc);
         self.note_change(doc);
+        let rotated = self.sync.db.rotate_if_due(base).map_err(|e| schema::SchemaError::Automerge(e.to_string()))?;
+        let doc = rotated.as_ref().unwrap_or(doc);
+        if let Some(next) = &rotated {
+            self.note_change(next);
+        }
         let mut tell = Vec::new();
         match DocKind::of(doc) {
             Some(DocKind::Order(_)) => {
@@ -891,8 +916,7 @@ impl HubDocs {
         let infos = match self.site_infos.take() {
             Some(mut infos) => {
                 for n in std::mem::take(&mut self.sites_stale) {
-                    let info =
-                        schema::stock_doc(&n).and_then(|d| self.sync.db.read(&d).and_then(|doc| published(&n, &doc)));
+                    let info = schema::stock_doc(&n).and_then(|d| self.get(&d).and_then(|doc| published(&n, &doc)));
                     // The same schedule published again keeps its compiled form, and its promise cache.
                     let info = info.map(|mut i| {
                         if let (Some(new), Some(old)) = (&i.schedule, infos.get(&n).and_then(|o| o.schedule.as_ref()))
@@ -929,7 +953,8 @@ impl HubDocs {
     /// A document, read-only, without keeping it loaded if it was not ([`DocDb::read`]): readers may scan
     /// many documents.
     pub fn get(&self, doc: &DocId) -> Option<Cow<'_, AutoCommit>> {
-        self.sync.db.read(doc)
+        // A state document's base name reads its current generation.
+        self.sync.db.read(&self.sync.db.current(doc))
     }
 
     /// Stock documents.
@@ -991,7 +1016,10 @@ impl Parties {
     /// stock and escrow documents (whether held or not), each checked with [`Parties::node_entitled`].
     fn other_docs_for(&self, db: &DocDb, node: &NodeId) -> Vec<DocId> {
         let others = self.party_numbers.get(node.as_str()).map(|n| db.indexed(u64::from(*n))).unwrap_or_default();
-        let own = [schema::stock_doc(node), schema::escrow_doc(node), schema::inbound_doc(node)].into_iter().flatten();
+        let own = [schema::stock_doc(node), schema::escrow_doc(node), schema::inbound_doc(node)]
+            .into_iter()
+            .flatten()
+            .map(|base| db.current(&base));
         others.into_iter().chain(own).filter(|d| self.node_entitled(db, node, d)).collect()
     }
 

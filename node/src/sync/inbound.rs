@@ -173,8 +173,9 @@ fn startup_scan(shared: &Shared) {
             break;
         }
     }
-    found.extend(schema::escrow_doc(docs.node()));
-    found.extend(schema::inbound_doc(docs.node()));
+    // The current generations of the hub's documents for this site.
+    found.extend(schema::escrow_doc(docs.node()).map(|base| docs.sync.db.current(&base)));
+    found.extend(schema::inbound_doc(docs.node()).map(|base| docs.sync.db.current(&base)));
     drop(docs);
     let mut inbound = lock(&shared.inbound);
     inbound.extend(found);

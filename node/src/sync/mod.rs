@@ -196,6 +196,11 @@ impl NodeDocs {
     fn node(&self) -> &NodeId {
         &self.sync.access.node
     }
+
+    /// The current generation of this site's stock document (see `oms_protocol::generations`).
+    fn stock_name(&self) -> Option<DocId> {
+        schema::stock_doc(self.node()).map(|base| self.sync.db.current(&base))
+    }
 }
 
 /// What the hub may see of a site's documents: every order document (the hub's part travels back), and only
@@ -299,7 +304,7 @@ fn publish_site(
     shipping: Option<&oms_protocol::shipping::ShippingSchedule>,
 ) -> Result<(), SyncError> {
     let node = docs.node().clone();
-    let Some(name) = schema::stock_doc(&node) else { return Ok(()) };
+    let Some(name) = docs.stock_name() else { return Ok(()) };
     let doc = docs.sync.db.get_or_create(&name)?;
     let now = now_ms();
     let info =
@@ -365,7 +370,7 @@ const STOCK_REPAIR_PAGE: usize = 1_024;
 /// balances waiting in [`NodeDocs::stock_pending`] when the process stopped are behind the feed cursor.
 fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, IngestError> {
     let node = docs.node().clone();
-    let Some(name) = schema::stock_doc(&node) else { return Ok(vec![]) };
+    let Some(name) = docs.stock_name() else { return Ok(vec![]) };
     let now = now_ms();
     let mut changed = false;
     let mut after: Option<String> = None;
@@ -400,6 +405,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
     let last = entries.last().map(|(seq, _)| *seq);
     let now = now_ms();
     let node = docs.node().clone();
+    let stock_name = docs.stock_name();
     let mut changed = BTreeSet::new();
     let mut frozen = Vec::new();
     let mut pending_full = false;
@@ -431,7 +437,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
                 } else {
                     pending_full = true;
                     if let Some(balance) = store.balance(&sku)?
-                        && let Some(name) = schema::stock_doc(&node)
+                        && let Some(name) = stock_name.clone()
                         && write_sku(
                             docs.sync.db.get_or_create(&name)?,
                             &mut docs.acks_written,
@@ -452,7 +458,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
                 let Some(r) = store.po_receipt(&id)? else { continue };
                 let lines = r.lines.iter().filter_map(|l| Some((l.line?, u64::from(l.qty)))).collect();
                 let site = schema::SiteReceipt { id: r.id, po: r.po, asn: r.asn, lines, at_ms: r.at_ms };
-                if let Some(name) = schema::stock_doc(&node)
+                if let Some(name) = stock_name.clone()
                     && schema::write_receipt(docs.sync.db.get_or_create(&name)?, &node, &site, now)?
                 {
                     changed.insert(name);
@@ -461,7 +467,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
             FeedEntry::RmaReceipt(id) => {
                 // The hub applies each receipt against an RMA once, by its id.
                 let Some(r) = store.rma_receipt(&id)? else { continue };
-                if let Some(name) = schema::stock_doc(&node)
+                if let Some(name) = stock_name.clone()
                     && schema::write_rma_receipt(docs.sync.db.get_or_create(&name)?, &node, &r, now)?
                 {
                     changed.insert(name);
@@ -475,7 +481,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
     // checks and merges) changes at most eight times a period for it.
     let due = since >= tuning.stock_coalesce_ms || pending_full || (docs.ack_pressed && since >= ack_gap_ms(tuning));
     if due && !docs.stock_pending.is_empty() {
-        if let Some(name) = schema::stock_doc(&node) {
+        if let Some(name) = stock_name.clone() {
             for sku in &docs.stock_pending {
                 let Some(balance) = store.balance(sku)? else { continue };
                 let doc = docs.sync.db.get_or_create(&name)?;
@@ -488,7 +494,7 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
         docs.stock_written_ms = now;
         docs.ack_pressed = false;
     }
-    if let Some(name) = schema::stock_doc(&node)
+    if let Some(name) = stock_name.clone()
         && (changed.contains(&name) || docs.prune_at_ms.is_some_and(|at| at <= now))
         && prune(docs, &name, tuning, now)?
     {
@@ -502,6 +508,15 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
             doc.commit();
         }
         docs.sync.db.mark_dirty(name);
+    }
+    // A stock document whose history grew long starts its next generation, written with this flush.
+    if let Some(name) = &stock_name
+        && changed.contains(name)
+        && let Some(base) = schema::stock_doc(&node)
+        && let Some(next) = docs.sync.db.rotate_if_due(&base)?
+    {
+        changed.remove(name);
+        changed.insert(next);
     }
     // A frozen order's document does not change any more: store it as one full save.
     for name in &frozen {
@@ -520,7 +535,9 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
 /// off keeps all it books) are never removed. Returns true if the document changed (not yet committed).
 fn prune(docs: &mut NodeDocs, name: &DocId, tuning: &SyncTuning, now: u64) -> Result<bool, IngestError> {
     docs.prune_at_ms = None;
-    let Some(inbound) = schema::inbound_doc(docs.node()) else { return Ok(false) };
+    let Some(inbound) = schema::inbound_doc(docs.node()).map(|base| docs.sync.db.current(&base)) else {
+        return Ok(false);
+    };
     let acks = match docs.sync.db.read(&inbound) {
         Some(d) => schema::read_receipt_acks(&d, RECEIPT_ACKS_READ_MAX)?,
         None => return Ok(false),

@@ -1159,6 +1159,14 @@ impl SyncSession {
                 self.outbound.push_back(self.hello());
             }
             Phase::Established { .. } => {
+                // A document no longer ours to sync (an older generation a newer one replaced, a quarantine)
+                // leaves the flight: no answer about it is coming, and none is owed.
+                let gone: Vec<DocId> =
+                    self.in_flight.iter().filter(|d| !store.entitled(&self.peer, d)).cloned().collect();
+                for doc in gone {
+                    self.in_flight.remove(&doc);
+                    self.docs.remove(&doc);
+                }
                 let stalled: Vec<DocId> = self
                     .in_flight
                     .iter()

@@ -192,6 +192,7 @@ impl DocDb {
     pub fn get_or_create(&mut self, doc: &DocId) -> Result<&mut AutoCommit, DocDbError> {
         self.generation = self.generation.wrapping_add(1);
         if !self.contains(doc) {
+            self.before_create(doc)?;
             if self.count >= self.docs_max {
                 return Err(DocDbError::Full { path: self.path.clone(), max: self.docs_max, doc: doc.to_string() });
             }

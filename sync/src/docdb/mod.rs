@@ -62,6 +62,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 mod cache;
 mod flush;
+mod generations;
 mod listing;
 mod meta;
 
@@ -177,6 +178,15 @@ pub enum DocDbError {
         /// The document refused.
         doc: String,
     },
+    /// A generation of a state document older than the one held: it is not created again (see
+    /// `oms_protocol::generations`).
+    #[error("{path}: {doc} is an older generation than the one held")]
+    Superseded {
+        /// The database file.
+        path: PathBuf,
+        /// The document refused.
+        doc: String,
+    },
     /// A batch prepared before this one failed (or was dropped uncommitted), so this one is not written
     /// either: the next flush writes the contents of both.
     #[error("{path}: an earlier flush failed; its contents are retried by the next flush")]
@@ -247,6 +257,10 @@ pub struct DocDb {
     flushing_index: BTreeMap<(u64, DocId), bool>,
     /// `doc_meta` rows read since the open, by the open itself and by listings ([`DocDb::rows_read`]).
     rows_read: AtomicU64,
+    /// The newest generation held of each state document, by base name (see `generations`).
+    generations: BTreeMap<DocId, u32>,
+    /// Per state document, the history size (operations) past which [`DocDb::rotate_if_due`] looks again.
+    rotation_checks: BTreeMap<DocId, u64>,
 }
 
 impl std::fmt::Debug for DocDb {
@@ -344,7 +358,7 @@ impl DocDb {
         };
         // Documents with increments but no full save (not written by this code) get one at the next flush.
         let dirty_docs = docs.keys().cloned().collect();
-        Ok(DocDb {
+        let mut db = DocDb {
             path: path.into(),
             db,
             gate: Arc::default(),
@@ -368,7 +382,11 @@ impl DocDb {
             dirty_index: BTreeMap::new(),
             flushing_index: BTreeMap::new(),
             rows_read,
-        })
+            generations: BTreeMap::new(),
+            rotation_checks: BTreeMap::new(),
+        };
+        db.load_generations()?;
+        Ok(db)
     }
 
     /// `doc_meta` rows read since the open: by the open (only the rows of documents due a full save) and by

@@ -1,0 +1,222 @@
+//! Generations of a site's state documents: how their history is kept bounded.
+//!
+//! A stock document (`stock/<node>`, written by the site), an escrow view (`escrow/<node>`) and the expected
+//! receipts (`inbound/<node>`, both written by the hub) hold a *current state* that their one writer
+//! overwrites for as long as the site exists: balances, counters, receipts. Automerge keeps every overwritten
+//! value, and both applying a peer's change to a map and receiving a sync message walk that history (a
+//! one-change sync round costs 0.3 ms at 1,000 changes, 2 ms at 10,000 and 21 ms at 100,000: see
+//! BENCHMARKS.md). A busy site writes hundreds of operations a second into these documents, so left alone
+//! every sync round of a long-running site would slow down without bound.
+//!
+//! So the writer starts a new *generation* once the history has grown past both [`HISTORY_OPS_MIN`] and twice
+//! what the document currently shows ([`rotation_due`]): a fresh document named `<base>#<n>` holding only the
+//! current state ([`copy_visible`]; Automerge has no way to drop history from a document that peers share,
+//! hence this copy), after which the older generation is removed. A reader that receives generation `n`
+//! removes every older one and refuses changes to them ([`is_older`]), so an old generation is never merged
+//! back. Readers look a document up by its base name and read the newest generation they hold; the content
+//! of a generation is complete, so a reader that sees only the newest one misses nothing. Generation 0 is
+//! the base name itself, so documents written before generations existed are generation 0.
+
+use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc, Value, ValueRef, transaction::Transactable};
+
+use crate::wire::DocId;
+
+/// Separator of a base name and its generation: `stock/wh-north#3`. Not a character of node ids.
+pub const SEPARATOR: char = '#';
+
+/// Operations of history a state document may keep beyond twice its visible state before its writer starts a
+/// new generation.
+pub const HISTORY_OPS_MIN: u64 = 5_000;
+
+/// Nesting depth [`copy_visible`] and [`visible_ops`] follow; the state documents nest three levels.
+const DEPTH_MAX: usize = 16;
+
+/// Splits `doc` into its base name and generation: `("stock/a", 3)` for `stock/a#3`, `("stock/a", 0)` for
+/// `stock/a`. `None` for a suffix that is not the canonical decimal of a generation ≥ 1 (`#0`, `#03`, `#x`),
+/// so that one generation has one name.
+pub fn split(doc: &str) -> Option<(&str, u32)> {
+    match doc.rsplit_once(SEPARATOR) {
+        None => Some((doc, 0)),
+        Some((base, n)) => {
+            let g: u32 = n.parse().ok()?;
+            (g >= 1 && !n.starts_with('0') && !n.starts_with('+')).then_some((base, g))
+        }
+    }
+}
+
+/// The generation of `doc` (0 for a base name or an id that is not one of a generation).
+pub fn of(doc: &DocId) -> u32 {
+    split(doc.as_str()).map_or(0, |(_, g)| g)
+}
+
+/// The base name of `doc`: the id without its generation.
+pub fn base(doc: &DocId) -> DocId {
+    match split(doc.as_str()) {
+        Some((b, g)) if g > 0 => DocId::new(b).unwrap_or_else(|| doc.clone()),
+        _ => doc.clone(),
+    }
+}
+
+/// The id of generation `g` of `base` (`base` itself for 0); `None` if that id would be too long.
+pub fn name(base: &DocId, g: u32) -> Option<DocId> {
+    if g == 0 { Some(base.clone()) } else { DocId::new(format!("{}{SEPARATOR}{g}", base.as_str())) }
+}
+
+/// Whether `doc` is an older generation than `current` of the same base.
+pub fn is_older(doc: &DocId, current: u32) -> bool {
+    of(doc) < current
+}
+
+/// Values (scalars and objects) `doc` shows, counted through at most [`DEPTH_MAX`] levels of objects; text
+/// counts one per character, as Automerge stores it.
+pub fn visible_ops(doc: &AutoCommit) -> u64 {
+    fn count(doc: &AutoCommit, obj: &ObjId, depth: usize) -> u64 {
+        let children: Vec<(bool, ObjId)> = match doc.object_type(obj) {
+            Ok(ObjType::Map | ObjType::Table) => {
+                doc.map_range(obj, ..).map(|i| (matches!(i.value, ValueRef::Object(_)), i.id())).collect()
+            }
+            Ok(ObjType::List) => {
+                doc.list_range(obj, ..).map(|i| (matches!(i.value, ValueRef::Object(_)), i.id())).collect()
+            }
+            Ok(ObjType::Text) => return doc.length(obj) as u64,
+            Err(_) => return 0,
+        };
+        let mut n = children.len() as u64;
+        if depth < DEPTH_MAX {
+            for (_, child) in children.iter().filter(|(object, _)| *object) {
+                n = n.saturating_add(count(doc, child, depth + 1));
+            }
+        }
+        n
+    }
+    count(doc, &ROOT, 0)
+}
+
+/// Whether a document whose history holds `ops` operations, of which `visible` are still shown, should start
+/// a new generation.
+pub fn rotation_due(ops: u64, visible: u64) -> bool {
+    ops > HISTORY_OPS_MIN.saturating_add(visible.saturating_mul(2))
+}
+
+/// Why a state could not be copied.
+#[derive(Debug, thiserror::Error)]
+#[error("copying a document's state: {0}")]
+pub struct CopyError(String);
+
+impl From<automerge::AutomergeError> for CopyError {
+    fn from(e: automerge::AutomergeError) -> Self {
+        CopyError(e.to_string())
+    }
+}
+
+/// Writes what `from` shows (maps, lists, text and scalars, through [`DEPTH_MAX`] levels) into the empty
+/// document `to`, without `from`'s history. Not committed.
+pub fn copy_visible(from: &AutoCommit, to: &mut AutoCommit) -> Result<(), CopyError> {
+    copy_obj(from, &ROOT, to, &ROOT, 0)
+}
+
+fn copy_obj(from: &AutoCommit, src: &ObjId, to: &mut AutoCommit, dst: &ObjId, depth: usize) -> Result<(), CopyError> {
+    if depth > DEPTH_MAX {
+        return Err(CopyError(format!("objects nest deeper than {DEPTH_MAX} levels")));
+    }
+    match from.object_type(src)? {
+        ObjType::Map | ObjType::Table => {
+            let items: Vec<(String, Value<'static>, ObjId)> =
+                from.map_range(src, ..).map(|i| (i.key.to_string(), i.value.clone().into_value(), i.id())).collect();
+            for (key, value, id) in items {
+                match value {
+                    Value::Scalar(s) => to.put(dst, key.as_str(), s.into_owned())?,
+                    Value::Object(t) => {
+                        let child = to.put_object(dst, key.as_str(), t)?;
+                        copy_obj(from, &id, to, &child, depth + 1)?;
+                    }
+                }
+            }
+        }
+        ObjType::List => {
+            let items: Vec<(Value<'static>, ObjId)> =
+                from.list_range(src, ..).map(|i| (i.value.clone().into_value(), i.id())).collect();
+            for (index, (value, id)) in items.into_iter().enumerate() {
+                match value {
+                    Value::Scalar(s) => to.insert(dst, index, s.into_owned())?,
+                    Value::Object(t) => {
+                        let child = to.insert_object(dst, index, t)?;
+                        copy_obj(from, &id, to, &child, depth + 1)?;
+                    }
+                }
+            }
+        }
+        ObjType::Text => {
+            let text = from.text(src)?;
+            to.splice_text(dst, 0, 0, &text)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> DocId {
+        DocId::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_generation_has_one_name() {
+        assert_eq!(split("stock/wh-1"), Some(("stock/wh-1", 0)));
+        assert_eq!(split("stock/wh-1#3"), Some(("stock/wh-1", 3)));
+        assert_eq!(split("stock/wh-1#12"), Some(("stock/wh-1", 12)));
+        for bad in
+            ["stock/a#0", "stock/a#03", "stock/a#x", "stock/a#", "stock/a#-1", "stock/a#+2", "stock/a#99999999999"]
+        {
+            assert_eq!(split(bad), None, "{bad}");
+        }
+        assert_eq!(name(&id("escrow/a"), 0), Some(id("escrow/a")));
+        assert_eq!(name(&id("escrow/a"), 7), Some(id("escrow/a#7")));
+        assert_eq!(base(&id("escrow/a#7")), id("escrow/a"));
+        assert_eq!(base(&id("escrow/a")), id("escrow/a"));
+        assert_eq!(of(&id("escrow/a#7")), 7);
+        assert!(is_older(&id("escrow/a#6"), 7));
+        assert!(is_older(&id("escrow/a"), 1));
+        assert!(!is_older(&id("escrow/a#7"), 7));
+        assert!(!is_older(&id("escrow/a#8"), 7));
+    }
+
+    #[test]
+    fn a_copy_shows_the_same_state_without_the_history() {
+        let mut d = AutoCommit::new();
+        d.put(ROOT, "v", 1u64).unwrap();
+        d.put(ROOT, "owner", "wh-1").unwrap();
+        let stock = d.put_object(ROOT, "stock", ObjType::Map).unwrap();
+        let list = d.put_object(ROOT, "list", ObjType::List).unwrap();
+        d.insert(&list, 0, "a").unwrap();
+        let inner = d.insert_object(&list, 1, ObjType::Map).unwrap();
+        d.put(&inner, "x", -4i64).unwrap();
+        let text = d.put_object(ROOT, "note", ObjType::Text).unwrap();
+        d.splice_text(&text, 0, 0, "hello").unwrap();
+        // 1,000 overwrites of 10 keys: history far beyond what shows.
+        for i in 0..1_000u64 {
+            d.put(&stock, format!("SKU-{}", i % 10), vec![i as u8, 1, 2]).unwrap();
+            d.commit();
+        }
+        d.delete(ROOT, "owner").unwrap();
+        d.commit();
+        let ops = d.stats().num_ops;
+        let visible = visible_ops(&d);
+        // v, stock, list, note + 10 SKUs + 2 list items + x + 5 characters.
+        assert_eq!(visible, 4 + 10 + 2 + 1 + 5);
+        assert!(rotation_due(ops.max(HISTORY_OPS_MIN + 2 * visible + 1), visible));
+        assert!(!rotation_due(HISTORY_OPS_MIN + 2 * visible, visible));
+
+        let mut copy = AutoCommit::new();
+        copy_visible(&d, &mut copy).unwrap();
+        copy.commit();
+        assert_eq!(
+            serde_json::to_value(automerge::AutoSerde::from(&copy)).unwrap(),
+            serde_json::to_value(automerge::AutoSerde::from(&d)).unwrap()
+        );
+        assert!(copy.stats().num_ops < 30, "{} ops in the copy", copy.stats().num_ops);
+        assert!(d.stats().num_ops > 1_000);
+    }
+}

@@ -1,0 +1,127 @@
+//! Generations of the state documents in a [`DocDb`] (see [`oms_protocol::generations`]): which generation of
+//! each base name is current, starting the next one when the history has grown long
+//! ([`DocDb::rotate_if_due`]), and superseding older ones when a newer one is created here or arrives from a
+//! peer ([`DocDb::get_or_create`]).
+
+use oms_protocol::generations;
+use oms_protocol::schema::DocKind;
+use oms_protocol::sync::automerge::{AutoCommit, ReadDoc};
+use oms_protocol::wire::DocId;
+
+use super::{DocDb, DocDbError};
+
+/// State documents whose generation a database reads when it opens (a site has three; a hub three per site).
+const STATE_DOCS_LISTED_MAX: usize = 100_000;
+/// `meta` key prefix of a state document's current generation (`generation|stock/wh-north` → 3), written in
+/// the flush that writes the generation.
+const GENERATION_META: &str = "generation|";
+
+/// Whether `doc` is a state document, whose history is bounded by generations.
+pub(super) fn generational(doc: &DocId) -> bool {
+    matches!(DocKind::of(doc), Some(DocKind::Stock(_) | DocKind::Escrow(_) | DocKind::Inbound(_)))
+}
+
+impl DocDb {
+    /// Reads which generation of each state document is current, as the flushes that created them noted in
+    /// `meta` (no document row is read: a start does not grow with the documents held).
+    pub(super) fn load_generations(&mut self) -> Result<(), DocDbError> {
+        for (key, g) in self.meta_with_prefix(GENERATION_META, STATE_DOCS_LISTED_MAX)? {
+            let Some(base) = key.strip_prefix(GENERATION_META).and_then(DocId::new) else { continue };
+            self.generations.insert(base, u32::try_from(g).unwrap_or(u32::MAX));
+        }
+        Ok(())
+    }
+
+    /// The id of the current generation of state document `base` (`stock/<node>` and the like): the newest
+    /// held, or `base` itself if none is. Other ids are returned as they are.
+    pub fn current(&self, base: &DocId) -> DocId {
+        match self.generations.get(base) {
+            Some(&g) if g > 0 => generations::name(base, g).unwrap_or_else(|| base.clone()),
+            _ => base.clone(),
+        }
+    }
+
+    /// Whether `doc` is a generation of a state document older than the one held: it must not be created
+    /// again, synced or changed.
+    pub fn is_superseded(&self, doc: &DocId) -> bool {
+        let Some((base, g)) = generations::split(doc.as_str()) else { return false };
+        let Some(base) = DocId::new(base) else { return false };
+        self.generations.get(&base).is_some_and(|&newest| g < newest)
+    }
+
+    /// Called by [`DocDb::get_or_create`] before `doc` is created: refuses a superseded generation, and notes a
+    /// newer one as current, removing the one it supersedes (in the same flush as the new one is written).
+    pub(super) fn before_create(&mut self, doc: &DocId) -> Result<(), DocDbError> {
+        if !generational(doc) {
+            return Ok(());
+        }
+        if self.is_superseded(doc) {
+            return Err(DocDbError::Superseded { path: self.path.clone(), doc: doc.to_string() });
+        }
+        let g = generations::of(doc);
+        let base = generations::base(doc);
+        let held = self.generations.get(&base).copied();
+        if held.is_none_or(|h| g > h) {
+            if let Some(h) = held
+                && let Some(old) = generations::name(&base, h)
+                && self.contains(&old)
+            {
+                self.remove(&old);
+            } else if held.is_none() && g > 0 && self.contains(&base) {
+                self.remove(&base);
+            }
+            self.set_meta(&format!("{GENERATION_META}{base}"), u64::from(g));
+            self.generations.insert(base.clone(), g);
+            self.rotation_checks.remove(&base);
+        }
+        Ok(())
+    }
+
+    /// Starts the next generation of state document `base` if its current one's history has grown past
+    /// [`generations::rotation_due`]: a fresh document with only what the current one shows, marked dirty,
+    /// and the current one removed, both written by the next flush. Returns the new id if it did. Looks at
+    /// the visible state only when the history has grown past the point of the last look, so a call per
+    /// write costs one counter read. Commit pending changes first: uncommitted ones are committed here.
+    pub fn rotate_if_due(&mut self, base: &DocId) -> Result<Option<DocId>, DocDbError> {
+        if !generational(base) || generations::of(base) != 0 {
+            return Ok(None);
+        }
+        let current = self.current(base);
+        let next_look = self.rotation_checks.get(base).copied().unwrap_or(generations::HISTORY_OPS_MIN);
+        let actor = self.actor.clone();
+        let path = self.path.clone();
+        let Some(doc) = self.get_mut(&current) else { return Ok(None) };
+        doc.commit();
+        let ops = doc.stats().num_ops;
+        if ops <= next_look {
+            return Ok(None);
+        }
+        let visible = generations::visible_ops(doc);
+        if !generations::rotation_due(ops, visible) {
+            let due_at = generations::HISTORY_OPS_MIN.saturating_add(visible.saturating_mul(2));
+            self.rotation_checks.insert(base.clone(), due_at);
+            return Ok(None);
+        }
+        let mut fresh = AutoCommit::new().with_actor(actor);
+        generations::copy_visible(doc, &mut fresh).map_err(|e| DocDbError::Unreadable {
+            path,
+            doc: current.to_string(),
+            detail: leak(e),
+        })?;
+        fresh.commit();
+        let g = generations::of(&current).saturating_add(1);
+        let Some(next) = generations::name(base, g) else { return Ok(None) };
+        // Creating it supersedes (removes) the current one.
+        *self.get_or_create(&next)? = fresh;
+        self.mark_dirty(&next);
+        tracing::debug!(doc = %next, history_ops = ops, visible_ops = visible, "started a new generation");
+        Ok(Some(next))
+    }
+}
+
+/// `Unreadable`'s detail is a static sentence; a copy fails only on an Automerge error, rare enough to name
+/// generically.
+fn leak(e: generations::CopyError) -> &'static str {
+    tracing::error!(error = %e, "copying a state document into its next generation failed");
+    "its state could not be copied into a new generation"
+}
