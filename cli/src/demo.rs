@@ -72,7 +72,10 @@
 //! (what the hub's incrementally kept demand history read), and what the hub's intake documents thread did
 //! since the hub's last start: `hub_intake_document_rounds`, `hub_intake_document_orders` and
 //! `hub_intake_document_fallbacks` (0: every created order's documents written by the thread, none left to its
-//! request).
+//! request). The sites' stock documents and the hub's escrow and inbound views continue in new generations
+//! once their history grows (`oms_protocol::generations`; the demo sets the bound low, 200 operations): the
+//! summary adds `state_doc_generations` (new generations the hub started or took), `state_doc_history_ops_max`
+//! (the longest history held) and `state_docs_over_history_bound` (0).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -426,6 +429,11 @@ impl Promises {
 /// watches them go).
 const DEMO_RECEIPT_PRUNE_GRACE_MS: u64 = 1_000;
 
+/// Operations of history the sites' state documents keep beyond twice what they show before a new generation
+/// starts (`state_history_ops_min`; production's default is 5,000): low, so that the demo's traffic takes the
+/// stock documents and escrow views through several generations.
+const DEMO_STATE_HISTORY_OPS_MIN: u64 = 200;
+
 /// The test carrier's directory in each site's data directory: the labels it sold and its purchase log.
 const DEMO_CARRIER_DIR: &str = "carrier";
 
@@ -434,7 +442,8 @@ const DEMO_CARRIER_DIR: &str = "carrier";
 fn write_node_config(site: &Site, hub: SocketAddr, certs: &std::path::Path) -> anyhow::Result<()> {
     let certs = serde_json::to_string(&certs.display().to_string())?;
     let text = format!(
-        "[site]\nname = \"{}\"\nlat = {}\nlon = {}\n\n{DEMO_SHIPPING}\n[hub]\naddr = \"{hub}\"\ncerts_dir = {certs}\ntenant = \"{TENANT}\"\n\n\
+        "[site]\nname = \"{}\"\nlat = {}\nlon = {}\n\n{DEMO_SHIPPING}\n[hub]\naddr = \"{hub}\"\ncerts_dir = {certs}\ntenant = \"{TENANT}\"\n\
+         state_history_ops_min = {DEMO_STATE_HISTORY_OPS_MIN}\n\n\
          [carrier]\nkind = \"test\"\ndir = {}\ndefault_service = \"ground\"\nlabel_poll_ms = 100\n\n\
          [receiving]\nreceipt_prune_grace_ms = {DEMO_RECEIPT_PRUNE_GRACE_MS}\n",
         site.id,
@@ -484,7 +493,7 @@ fn spawn_hub(
     std::fs::write(
         &config,
         format!(
-            "[http]\ntls_cert = {cert}\ntls_key = {key}\n[payments]\nretry_backoff_ms = 100\n\
+            "state_history_ops_min = {DEMO_STATE_HISTORY_OPS_MIN}\n[http]\ntls_cert = {cert}\ntls_key = {key}\n[payments]\nretry_backoff_ms = 100\n\
              [payments.providers.test]\nkind = \"test\"\n{stripe}[tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n{hooks}{}",
             tracking::hub_toml()
         ),

@@ -88,6 +88,9 @@ pub const ORDERS_PAGE_MAX: usize = 1_000;
 /// tens of milliseconds, where a scan of a million rows took about a second. A site filter that matches few
 /// of many orders returns short pages.
 pub const ORDER_ROWS_READ_MAX: usize = 20_000;
+/// State documents of each kind (stock, escrow, inbound) whose history `/metrics` measures, under the
+/// documents' lock: the first this many by id.
+const STATE_DOCS_MEASURED_MAX: usize = 256;
 // The stock-read bounds live in `docs`, where `demand` reads stock documents too.
 pub use crate::docs::{STOCK_SITES_MAX, STOCK_SKUS_MAX};
 
@@ -313,6 +316,7 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
             .collect();
         (docs.nodes.values().filter(|n| n.connected).count(), docs.db().len(), per_node)
     };
+    let history = lock(&hub.docs).db().state_history(STATE_DOCS_MEASURED_MAX);
     let h = hub.clone();
     let taken = tokio::task::spawn_blocking(move || h.intake.orders_taken()).await.ok().and_then(Result::ok);
     let gauge = |out: &mut String, name: &str, help: &str, v: String| {
@@ -370,6 +374,24 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
         "oms_hub_intake_batch_orders_max",
         "Most channel orders one transaction held.",
         b.largest.to_string(),
+    );
+    out.push_str(&format!(
+        "# HELP oms_hub_state_doc_generations New generations of the sites' state documents (stock, escrow, \
+         inbound) the hub started or took since it started.\n# TYPE oms_hub_state_doc_generations counter\n\
+         oms_hub_state_doc_generations_total {}\n",
+        history.generations_started
+    ));
+    gauge(
+        &mut out,
+        "oms_hub_state_doc_history_ops_max",
+        "The longest history (Automerge operations) among the current generations of the state documents.",
+        history.history_ops_max.to_string(),
+    );
+    gauge(
+        &mut out,
+        "oms_hub_state_docs_over_history_bound",
+        "State documents whose history is over twice the bound at which a new generation starts (0).",
+        history.over_bound.to_string(),
     );
     out.push_str(&format!(
         "# HELP oms_hub_demand_documents_read Order and stock documents the demand history and the network stock \

@@ -45,6 +45,10 @@ pub struct HubConfig {
     /// `QuotaExceeded`. 1 MiB ..= 1 TiB.
     #[serde(default = "default_node_stored_bytes_max")]
     pub node_stored_bytes_max: u64,
+    /// Operations of history the hub's escrow and inbound documents for a site may keep beyond twice what they
+    /// show before they continue in a new generation (see `oms_protocol::generations`); at least 100.
+    #[serde(default = "default_state_history_ops_min")]
+    pub state_history_ops_min: u64,
     /// Bytes the changes of one sync message may inflate to; beyond it they are refused with
     /// `ChangeTooLarge` before anything is inflated. 4 MiB (a frame) ..= 1 GiB.
     #[serde(default = "default_changes_inflated_bytes_max")]
@@ -132,6 +136,9 @@ fn default_docs_loaded_max() -> usize {
 fn default_node_docs_max() -> u64 {
     crate::docs::NODE_DOCS_MAX
 }
+fn default_state_history_ops_min() -> u64 {
+    oms_protocol::generations::HISTORY_OPS_MIN
+}
 fn default_node_stored_bytes_max() -> u64 {
     crate::docs::NODE_STORED_BYTES_MAX
 }
@@ -159,6 +166,7 @@ impl Default for HubConfig {
             docs_loaded_max: default_docs_loaded_max(),
             node_docs_max: default_node_docs_max(),
             node_stored_bytes_max: default_node_stored_bytes_max(),
+            state_history_ops_min: default_state_history_ops_min(),
             changes_inflated_bytes_max: default_changes_inflated_bytes_max(),
             crl_check_interval_ms: default_crl_check_interval_ms(),
             cert_check_interval_ms: default_cert_check_interval_ms(),
@@ -215,6 +223,13 @@ impl HubConfig {
             return Err(ConfigError::Invalid(format!(
                 "docs_cached_max must be at least 1 and docs_loaded_max at least docs_cached_max (got {} and {})",
                 self.docs_cached_max, self.docs_loaded_max
+            )));
+        }
+        if self.state_history_ops_min < oms_protocol::generations::HISTORY_OPS_MIN_LEAST {
+            return Err(ConfigError::Invalid(format!(
+                "state_history_ops_min must be at least {}, got {}",
+                oms_protocol::generations::HISTORY_OPS_MIN_LEAST,
+                self.state_history_ops_min
             )));
         }
         let docs_max = u64::try_from(self.docs_max).unwrap_or(u64::MAX);

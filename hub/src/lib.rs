@@ -70,9 +70,10 @@ pub async fn run(
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     // A fresh Automerge actor per process start, so two incarnations never reuse sequence numbers.
     let actor: [u8; 16] = rand::random();
-    let db = DocDb::open(&cfg.db_path(), actor.to_vec(), cfg.docs_max)
+    let mut db = DocDb::open(&cfg.db_path(), actor.to_vec(), cfg.docs_max)
         .with_context(|| format!("cannot open {}; the hub does not start", cfg.db_path().display()))?;
     cfg.validate()?;
+    db.set_history_ops_min(cfg.state_history_ops_min);
     let mut docs = docs::HubDocs::new(db)?;
     tracing::info!(documents = docs.db().len(), rows_read = docs.db().rows_read(), "hub documents opened");
     docs.set_cache_max(cfg.docs_cached_max);

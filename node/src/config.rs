@@ -210,6 +210,15 @@ pub struct HubLink {
     /// live link, within this interval, without a restart.
     #[serde(default = "default_cert_check_interval_ms")]
     pub crl_check_interval_ms: u64,
+    /// Operations of history the stock document may keep beyond twice what it shows before it continues in a
+    /// new generation (see `oms_protocol::generations`); at least 100. The default suits production; the
+    /// demo sets it low so that generations happen while it runs.
+    #[serde(default = "default_state_history_ops_min")]
+    pub state_history_ops_min: u64,
+}
+
+fn default_state_history_ops_min() -> u64 {
+    oms_protocol::generations::HISTORY_OPS_MIN
 }
 
 fn default_cert_check_interval_ms() -> u64 {
@@ -296,6 +305,12 @@ impl NodeConfig {
         self.auth.validate()?;
         self.http.scheme(self.listen.ip())?;
         if let Some(h) = &self.hub {
+            if h.state_history_ops_min < oms_protocol::generations::HISTORY_OPS_MIN_LEAST {
+                return Err(ConfigError::Invalid(format!(
+                    "hub.state_history_ops_min must be at least {}",
+                    oms_protocol::generations::HISTORY_OPS_MIN_LEAST
+                )));
+            }
             let e = &h.escrow;
             if e.lease_ms < 1_000 || e.margin_ms == 0 || e.rebalance.hub_share_min_bp > e.rebalance.hub_share_max_bp {
                 return Err(ConfigError::Invalid(

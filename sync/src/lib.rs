@@ -15,5 +15,5 @@ pub mod docdb;
 pub mod docs;
 pub mod link;
 
-pub use docdb::{DocDb, DocDbError, FlushBatch};
+pub use docdb::{DocDb, DocDbError, FlushBatch, StateHistory};
 pub use docs::{Access, SyncDocs};

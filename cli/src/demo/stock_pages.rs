@@ -25,6 +25,11 @@ pub(super) struct StockPages {
     document_rounds: u64,
     document_orders: u64,
     document_fallbacks: u64,
+    /// The sites' state documents (`/metrics`): new generations started or taken by the hub, the longest
+    /// history among the current ones, and those over twice the bound (0).
+    state_doc_generations: u64,
+    state_doc_history_ops_max: u64,
+    state_docs_over_history_bound: u64,
 }
 
 impl StockPages {
@@ -37,26 +42,33 @@ impl StockPages {
             "hub_intake_document_rounds": self.document_rounds,
             "hub_intake_document_orders": self.document_orders,
             "hub_intake_document_fallbacks": self.document_fallbacks,
+            "state_doc_generations": self.state_doc_generations,
+            "state_doc_history_ops_max": self.state_doc_history_ops_max,
+            "state_docs_over_history_bound": self.state_docs_over_history_bound,
         })
     }
 
     /// True when the pages held exactly what one unpaged read held (and there was something to page), and
     /// the hub's intake documents thread wrote every created order's documents itself.
     pub(super) fn ok(&self) -> bool {
-        self.mismatches == 0 && self.rows > 0 && self.document_fallbacks == 0
+        self.mismatches == 0 && self.rows > 0 && self.document_fallbacks == 0 && self.state_docs_over_history_bound == 0
     }
 
     pub(super) fn line(&self) -> String {
         format!(
             "network stock: {} rows read in {} pages of {PAGE}, page mismatches {} (must be 0); the demand ledger read {} documents; \
-             the intake's documents thread wrote {} orders in {} rounds, {} left to their requests (must be 0)",
+             the intake's documents thread wrote {} orders in {} rounds, {} left to their requests (must be 0); \
+             state documents: {} new generations, longest history {} operations, {} over the bound (must be 0)",
             self.rows,
             self.pages,
             self.mismatches,
             self.demand_documents_read,
             self.document_orders,
             self.document_rounds,
-            self.document_fallbacks
+            self.document_fallbacks,
+            self.state_doc_generations,
+            self.state_doc_history_ops_max,
+            self.state_docs_over_history_bound
         )
     }
 }
@@ -111,5 +123,8 @@ pub(super) async fn check(admin: &reqwest::Client, hub: SocketAddr) -> anyhow::R
     out.document_rounds = counter("oms_hub_intake_document_rounds_total");
     out.document_orders = counter("oms_hub_intake_document_orders_total");
     out.document_fallbacks = counter("oms_hub_intake_document_fallbacks_total");
+    out.state_doc_generations = counter("oms_hub_state_doc_generations_total");
+    out.state_doc_history_ops_max = counter("oms_hub_state_doc_history_ops_max");
+    out.state_docs_over_history_bound = counter("oms_hub_state_docs_over_history_bound");
     Ok(out)
 }

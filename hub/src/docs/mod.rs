@@ -1039,7 +1039,17 @@ impl Parties {
 }
 
 impl Access for Parties {
-    fn admit_changes(&self, _: &DocDb, peer: &PeerId, _: &DocId, creates: bool, bytes: usize) -> Result<(), ErrorCode> {
+    fn admit_changes(
+        &self,
+        _: &DocDb,
+        peer: &PeerId,
+        doc: &DocId,
+        creates: bool,
+        bytes: usize,
+    ) -> Result<(), ErrorCode> {
+        // A new generation of a state document replaces the one held (see `oms_protocol::generations`): not one
+        // more document, so a site at its quota still starts it.
+        let creates = creates && oms_protocol::generations::of(doc) == 0;
         let Some(n) = node_of(peer).and_then(|node| self.party_numbers.get(node.as_str()).copied()) else {
             // Not enrolled (the party table is full): its documents could be counted against nothing.
             return if creates { Err(ErrorCode::QuotaExceeded) } else { Ok(()) };

@@ -683,3 +683,77 @@ fn the_parties_index_is_built_once_for_a_file_from_before_it() {
     assert_eq!(docs.db().rows_read(), 0, "the second does not");
     assert!(docs.sync.docs_for(&peer("wh2")).contains(&name));
 }
+
+/// A site's stock document continues in a new generation (its follower's copy of what it shows): the hub
+/// drops the older one, reads the new one whole (then only what changes), counts no new document for it (so a
+/// site at its quota still may), and refuses the older one from then on. The hub's own escrow view starts a
+/// new generation in `write_local` once its history grew long, and the site is told of the new one.
+#[test]
+fn state_documents_continue_in_new_generations_at_the_hub() {
+    use oms_protocol::escrow::{EscrowCounter, Party};
+    use oms_protocol::generations;
+    let dir = tempfile::tempdir().unwrap();
+    let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+    let n = NodeId::parse("wh-a").unwrap();
+    assert!(docs.enroll(&n));
+    let stock = schema::stock_doc(&n).unwrap();
+    write_counters(&mut docs, &n, &skus_of(3));
+    assert!(escrow_read(&mut docs, &n).0, "whole at first");
+    write_counters(&mut docs, &n, &[("SKU-00001".into(), 4)]);
+    assert_eq!(escrow_read(&mut docs, &n), (false, vec![("SKU-00001".into(), 4)]));
+    let documents = docs.usage("wh-a").documents;
+
+    // The site's next generation arrives, as a session creates it.
+    let gen1 = generations::name(&stock, 1).unwrap();
+    let mut copy = AutoCommit::new();
+    generations::copy_visible(&docs.get(&stock).unwrap(), &mut copy).unwrap();
+    copy.commit();
+    let peer = PeerId::new("oms://t/node/wh-a").unwrap();
+    assert_eq!(docs.sync.admit_changes(&peer, &gen1, true, 100), Ok(()));
+    *docs.sync.create_doc(&gen1).unwrap() = copy;
+    docs.mark_dirty(&gen1);
+    assert!(docs.check_applied(&n, &gen1, &[], 64, TODAY));
+    assert!(!docs.sync.db.contains(&stock), "the older generation is gone");
+    assert_eq!(docs.sync.db.current(&stock), gen1);
+    assert_eq!(docs.usage("wh-a").documents, documents, "a new generation is not one more document");
+    // Read whole, with every counter, once; then only what changes.
+    assert_eq!(docs.take_escrow_touched(&gen1), None);
+    let d = docs.get(&stock).unwrap();
+    let (all, _) = schema::read_escrow(&d, usize::MAX).unwrap();
+    drop(d);
+    assert_eq!(all.len(), 3);
+    let before = docs.heads(&gen1);
+    let d = docs.sync.doc_mut(&gen1).unwrap();
+    let mut c = EscrowCounter::new(oms_protocol::domain::Sku::parse("SKU-00002").unwrap());
+    c.add(Party::Site, 9).unwrap();
+    schema::write_escrow(d, &n, &c, 1).unwrap();
+    d.commit();
+    docs.mark_dirty(&gen1);
+    assert!(docs.check_applied(&n, &gen1, &before, 64, TODAY));
+    assert_eq!(docs.take_escrow_touched(&gen1), Some(BTreeSet::from(["SKU-00002".to_owned()])));
+    // The older generation is refused from now on.
+    assert!(!docs.sync.entitled(&peer, &stock));
+    assert!(docs.sync.create_doc(&stock).is_err());
+    docs.flush().unwrap();
+
+    // The hub's escrow view: overwritten until its history passes the bound, it continues in generation 1.
+    let escrow = schema::escrow_doc(&n).unwrap();
+    let mut told = Vec::new();
+    for round in 1..=6_000u64 {
+        let mut c = EscrowCounter::new(oms_protocol::domain::Sku::parse("SKU-00001").unwrap());
+        c.add(Party::Hub, round).unwrap();
+        told = docs.write_local(&escrow, |d| schema::merge_escrow(d, &n, &c, round)).unwrap();
+        if docs.sync.db.current(&escrow) != escrow {
+            break;
+        }
+    }
+    let next = generations::name(&escrow, 1).unwrap();
+    assert_eq!(docs.sync.db.current(&escrow), next, "the escrow view started generation 1");
+    assert_eq!(told, vec!["wh-a".to_owned()]);
+    assert!(docs.local.get("wh-a").is_some_and(|s| s.contains(&next)), "the site's session is told of it");
+    assert!(!docs.sync.db.contains(&escrow));
+    let d = docs.get(&escrow).unwrap();
+    let (counters, _) = schema::read_escrow(&d, 10).unwrap();
+    assert!(counters.len() == 1 && counters[0].local(Party::Hub) > 1_000, "{counters:?}");
+    assert!(oms_protocol::sync::automerge::ReadDoc::stats(&*d).num_ops < 50);
+}

@@ -255,7 +255,8 @@ pub(crate) fn spawn(
 ) -> Result<(), SyncError> {
     let node = store.site().clone();
     let actor: [u8; 16] = rand::random();
-    let db = DocDb::open(&data_dir.join(SYNC_DB_FILE), actor.to_vec(), tuning.docs_max)?;
+    let mut db = DocDb::open(&data_dir.join(SYNC_DB_FILE), actor.to_vec(), tuning.docs_max)?;
+    db.set_history_ops_min(link.state_history_ops_min);
     let me = Identity::node(&link.tenant, node.as_str())?;
     let hub = Identity::hub(&link.tenant)?;
     let files = ClientTlsFiles {

@@ -71,6 +71,60 @@ fn doc_view(docs: &mut NodeDocs) -> (BTreeMap<Sku, Balance>, BTreeMap<Sku, Escro
     (stock.skus.into_iter().collect(), escrow.into_iter().map(|c| (c.sku().clone(), c)).collect())
 }
 
+/// A stock document whose history grew long continues in its next generation: the feed pass that writes past
+/// the bound hands the link the new document (not the old one, which is gone), the new one shows exactly what
+/// the ledger says with a short history, and after a restart the follower keeps writing into it.
+#[tokio::test]
+async fn a_stock_document_whose_history_grew_long_continues_in_a_new_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let mut docs = docs(dir.path(), &store);
+    let tuning = SyncTuning::default();
+    let next = oms_protocol::generations::name(&stock_name(), 1).unwrap();
+    let mut rotated_at = None;
+    // Every pass rewrites five balances and counters: the bound (5,000 operations beyond the visible state)
+    // is passed within a few hundred passes.
+    for pass in 0..1_000u32 {
+        for s in SKUS {
+            movement(&store, s, Movement::Receipt { qty: 1, note: None }).await;
+        }
+        docs.stock_written_ms = now_ms() - tuning.stock_coalesce_ms;
+        let changed = ingest(&mut docs, &store, &tuning).unwrap().unwrap();
+        if docs.stock_name() != Some(stock_name()) {
+            assert_eq!(changed, vec![next.clone()], "the link is told of the new generation only");
+            rotated_at = Some(pass);
+            break;
+        }
+        assert_eq!(changed, vec![stock_name()]);
+    }
+    let pass = rotated_at.expect("the stock document started a new generation");
+    assert!(pass > 100, "not before its history grew: pass {pass}");
+    assert!(!docs.sync.db.contains(&stock_name()), "the older generation is gone");
+    let view = |docs: &mut NodeDocs| {
+        let doc = docs.sync.db.get_mut(&next).unwrap();
+        let stock = schema::read_stock(doc, next.as_str(), 1_000).unwrap();
+        let (escrow, _) = schema::read_escrow(doc, 1_000).unwrap();
+        let info = schema::read_site_info(doc);
+        let stock: BTreeMap<Sku, Balance> = stock.skus.into_iter().collect();
+        (stock, escrow.into_iter().map(|c| (c.sku().clone(), c)).collect::<BTreeMap<_, _>>(), info)
+    };
+    let (balances, escrow, info) = view(&mut docs);
+    assert_eq!((balances, escrow), ledger_view(&store));
+    assert_eq!(info.map(|i| i.name), Some("A".to_owned()), "the site's facts came along");
+    let ops = oms_protocol::sync::automerge::ReadDoc::stats(docs.sync.db.get_mut(&next).unwrap()).num_ops;
+    assert!(ops < 200, "{ops} operations in the new generation");
+
+    // After a restart the follower writes into the new generation.
+    drop(docs);
+    let mut docs = open_docs(&dir.path().join(SYNC_DB_FILE), 9);
+    assert_eq!(docs.stock_name(), Some(next.clone()));
+    movement(&store, SKUS[0], Movement::Receipt { qty: 5, note: None }).await;
+    docs.stock_written_ms = now_ms() - tuning.stock_coalesce_ms;
+    assert_eq!(ingest(&mut docs, &store, &tuning).unwrap().unwrap(), vec![next.clone()]);
+    assert_eq!(view(&mut docs).0, ledger_view(&store).0);
+    assert!(!docs.sync.db.contains(&stock_name()));
+}
+
 /// Balances and escrow counters in the ledger.
 fn ledger_view(store: &Store) -> (BTreeMap<Sku, Balance>, BTreeMap<Sku, EscrowCounter>) {
     let balances: BTreeMap<Sku, Balance> = store.balances(None, 1_000).unwrap().into_iter().collect();

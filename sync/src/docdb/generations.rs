@@ -4,7 +4,7 @@
 //! peer ([`DocDb::get_or_create`]).
 
 use oms_protocol::generations;
-use oms_protocol::schema::DocKind;
+use oms_protocol::schema::{self, DocKind};
 use oms_protocol::sync::automerge::{AutoCommit, ReadDoc};
 use oms_protocol::wire::DocId;
 
@@ -21,7 +21,43 @@ pub(super) fn generational(doc: &DocId) -> bool {
     matches!(DocKind::of(doc), Some(DocKind::Stock(_) | DocKind::Escrow(_) | DocKind::Inbound(_)))
 }
 
+/// How long the histories of the state documents held are ([`DocDb::state_history`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateHistory {
+    /// State documents looked at.
+    pub documents: u64,
+    /// New generations taken since the database opened ([`DocDb::generations_started`]).
+    pub generations_started: u64,
+    /// The longest history among them, in operations.
+    pub history_ops_max: u64,
+    /// Those whose history is over twice the bound at which a new generation starts: 0 unless a writer failed
+    /// to start one.
+    pub over_bound: u64,
+}
+
 impl DocDb {
+    /// The histories of the current generations of the state documents held (at most `max` per kind): each
+    /// document is read, and what it shows is counted only when its history is long enough to be over the
+    /// bound. For `/metrics` and the demo.
+    pub fn state_history(&self, max: usize) -> StateHistory {
+        let mut out = StateHistory { generations_started: self.generations_started, ..StateHistory::default() };
+        for prefix in [schema::STOCK_PREFIX, schema::ESCROW_PREFIX, schema::INBOUND_PREFIX] {
+            for id in self.ids_with_prefix(prefix, None, max) {
+                let Some(doc) = self.read(&id) else { continue };
+                let ops = doc.stats().num_ops;
+                out.documents += 1;
+                out.history_ops_max = out.history_ops_max.max(ops);
+                let slack = generations::rotation_bound(0, self.history_ops_min).saturating_mul(2);
+                if ops > slack
+                    && ops > generations::rotation_bound(generations::visible_ops(&doc), self.history_ops_min) * 2
+                {
+                    out.over_bound += 1;
+                }
+            }
+        }
+        out
+    }
+
     /// Reads which generation of each state document is current, as the flushes that created them noted in
     /// `meta` (no document row is read: a start does not grow with the documents held).
     pub(super) fn load_generations(&mut self) -> Result<(), DocDbError> {
@@ -30,6 +66,20 @@ impl DocDb {
             self.generations.insert(base, u32::try_from(g).unwrap_or(u32::MAX));
         }
         Ok(())
+    }
+
+    /// Operations of history a state document may keep beyond twice what it shows before
+    /// [`DocDb::rotate_if_due`] starts its next generation (default [`generations::HISTORY_OPS_MIN`]; at least
+    /// [`generations::HISTORY_OPS_MIN_LEAST`]).
+    pub fn set_history_ops_min(&mut self, ops: u64) {
+        self.history_ops_min = ops.max(generations::HISTORY_OPS_MIN_LEAST);
+        self.rotation_checks.clear();
+    }
+
+    /// New generations of state documents this database took since it opened: those it started and those
+    /// that arrived from a peer.
+    pub fn generations_started(&self) -> u64 {
+        self.generations_started
     }
 
     /// The id of the current generation of state document `base` (`stock/<node>` and the like): the newest
@@ -71,6 +121,9 @@ impl DocDb {
                 self.remove(&base);
             }
             self.set_meta(&format!("{GENERATION_META}{base}"), u64::from(g));
+            if g > 0 {
+                self.generations_started = self.generations_started.saturating_add(1);
+            }
             self.generations.insert(base.clone(), g);
             self.rotation_checks.remove(&base);
         }
@@ -87,7 +140,8 @@ impl DocDb {
             return Ok(None);
         }
         let current = self.current(base);
-        let next_look = self.rotation_checks.get(base).copied().unwrap_or(generations::HISTORY_OPS_MIN);
+        let floor = self.history_ops_min;
+        let next_look = self.rotation_checks.get(base).copied().unwrap_or(floor);
         let actor = self.actor.clone();
         let path = self.path.clone();
         let Some(doc) = self.get_mut(&current) else { return Ok(None) };
@@ -97,9 +151,8 @@ impl DocDb {
             return Ok(None);
         }
         let visible = generations::visible_ops(doc);
-        if !generations::rotation_due(ops, visible) {
-            let due_at = generations::HISTORY_OPS_MIN.saturating_add(visible.saturating_mul(2));
-            self.rotation_checks.insert(base.clone(), due_at);
+        if !generations::rotation_due(ops, visible, floor) {
+            self.rotation_checks.insert(base.clone(), generations::rotation_bound(visible, floor));
             return Ok(None);
         }
         let mut fresh = AutoCommit::new().with_actor(actor);

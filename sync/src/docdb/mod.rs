@@ -69,6 +69,7 @@ mod meta;
 /// Re-exported so callers name the same Automerge.
 pub use automerge::ChangeHash;
 pub use flush::FlushBatch;
+pub use generations::StateHistory;
 pub use meta::Totals;
 
 use cache::Slot;
@@ -261,6 +262,10 @@ pub struct DocDb {
     generations: BTreeMap<DocId, u32>,
     /// Per state document, the history size (operations) past which [`DocDb::rotate_if_due`] looks again.
     rotation_checks: BTreeMap<DocId, u64>,
+    /// See [`DocDb::set_history_ops_min`].
+    history_ops_min: u64,
+    /// See [`DocDb::generations_started`].
+    generations_started: u64,
 }
 
 impl std::fmt::Debug for DocDb {
@@ -384,6 +389,8 @@ impl DocDb {
             rows_read,
             generations: BTreeMap::new(),
             rotation_checks: BTreeMap::new(),
+            history_ops_min: oms_protocol::generations::HISTORY_OPS_MIN,
+            generations_started: 0,
         };
         db.load_generations()?;
         Ok(db)
