@@ -179,6 +179,9 @@ impl Stock {
             }
         };
         for id in ids {
+            // By the document's base name, read in its current generation: a site's stock is one entry
+            // whichever generations of its document changed (see `oms_protocol::generations`).
+            let id = oms_protocol::generations::base(&id);
             let site = lock(docs).get(&id).and_then(|d| SiteStock::read(&d, &id));
             read.fetch_add(1, Ordering::Relaxed);
             match site {
@@ -448,5 +451,32 @@ mod tests {
             r.join().unwrap();
         }
         assert_eq!(cache.snapshot(&docs, TODAY).stock.available("A", Some("wh1")), 400);
+    }
+
+    /// A site whose stock document continues in new generations stays one site, with the newest figures:
+    /// the stock is kept by the document's base name, whichever generation changed.
+    #[test]
+    fn a_site_whose_stock_document_starts_new_generations_stays_one_site() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = Mutex::new(hub_docs(dir.path(), &[], &[("wh1", "A", 0)]));
+        lock(&docs).sync.db.set_history_ops_min(100);
+        let cache = DemandCache::default();
+        let node = NodeId::parse("wh1").unwrap();
+        let name = schema::stock_doc(&node).unwrap();
+        for n in 1..=300u64 {
+            let b = Balance { on_hand: n, reserved: 0, staged: 0 };
+            lock(&docs)
+                .write_local(&name, |d| schema::write_stock(d, &node, &Sku::parse("A").unwrap(), &b, n))
+                .unwrap();
+            // Read now and then, so that the cache holds the older generations as they go.
+            if n % 7 == 0 {
+                let sites = cache.stock_sites(&docs);
+                assert_eq!(sites.len(), 1, "one site after {n} writes");
+                assert_eq!(sites[0].skus[0].1.on_hand, n);
+            }
+        }
+        assert!(oms_protocol::generations::of(&lock(&docs).db().current(&name)) >= 2, "generations started");
+        assert_eq!(cache.stock_sites(&docs).len(), 1);
+        assert_eq!(cache.snapshot(&docs, TODAY).stock.available("A", Some("wh1")), 300);
     }
 }
