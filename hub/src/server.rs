@@ -452,6 +452,10 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                     }
                     Event::DocInSync { .. } => docs.status(node).last_sync_at_ms = Some(now_ms()),
                     Event::Closed { code, reason, by_peer } => closed = Some((code, reason, by_peer)),
+                    // An older generation of a state document crossing its replacement on the wire: expected.
+                    Event::PeerRefused { doc, code } if docs.db().is_superseded(&doc) => {
+                        tracing::debug!(%node, %doc, %code, "node refused an older generation")
+                    }
                     Event::PeerRefused { doc, code } => tracing::warn!(%node, %doc, %code, "node refused a document"),
                     Event::DocFailed { doc, code } => tracing::warn!(%node, %doc, %code, "document failed"),
                     Event::Limited { doc, code } => {

@@ -733,6 +733,10 @@ async fn run_session(
                         drop(inbound);
                         shared.inbound_changed.notify_one();
                     }
+                    // An older generation of a state document crossing its replacement on the wire: expected.
+                    Event::PeerRefused { doc, code } if docs.sync.db.is_superseded(&doc) => {
+                        tracing::debug!(%doc, %code, "sync: hub refused an older generation")
+                    }
                     Event::PeerRefused { doc, code } => tracing::warn!(%doc, %code, "sync: hub refused a document"),
                     Event::DocFailed { doc, code } => tracing::warn!(%doc, %code, "sync: document failed"),
                     Event::DocInSync { .. } => {}
