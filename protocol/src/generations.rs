@@ -19,10 +19,20 @@
 
 use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc, Value, ValueRef, transaction::Transactable};
 
+use crate::schema;
 use crate::wire::DocId;
 
 /// Separator of a base name and its generation: `stock/wh-north#3`. Not a character of node ids.
 pub const SEPARATOR: char = '#';
+
+/// Prefixes of the state documents, whose history generations bound.
+pub const STATE_PREFIXES: [&str; 3] = [schema::STOCK_PREFIX, schema::ESCROW_PREFIX, schema::INBOUND_PREFIX];
+
+/// Whether `doc` may name a state document (or a generation of one): a prefix test, without parsing or
+/// allocating, for the paths that ask it of every document (a session's entitlement check, every write).
+pub fn is_state_doc(doc: &str) -> bool {
+    STATE_PREFIXES.iter().any(|p| doc.starts_with(p))
+}
 
 /// Operations of history a state document may keep beyond twice its visible state before its writer starts a
 /// new generation (the default of the node's and the hub's `state_history_ops_min`).
@@ -190,6 +200,12 @@ mod tests {
         assert!(is_older(&id("escrow/a"), 1));
         assert!(!is_older(&id("escrow/a#7"), 7));
         assert!(!is_older(&id("escrow/a#8"), 7));
+        for state in ["stock/a", "escrow/a#2", "inbound/a"] {
+            assert!(is_state_doc(state), "{state}");
+        }
+        for other in ["order/wh-1-0000000001", "stocks", "a/stock/x"] {
+            assert!(!is_state_doc(other), "{other}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! peer ([`DocDb::get_or_create`]).
 
 use oms_protocol::generations;
-use oms_protocol::schema::{self, DocKind};
+use oms_protocol::schema::DocKind;
 use oms_protocol::sync::automerge::{AutoCommit, ReadDoc};
 use oms_protocol::wire::DocId;
 
@@ -16,16 +16,16 @@ const STATE_DOCS_LISTED_MAX: usize = 100_000;
 /// the flush that writes the generation.
 const GENERATION_META: &str = "generation|";
 
-/// Whether `doc` is a state document, whose history is bounded by generations.
+/// Whether `doc` is a state document, whose history is bounded by generations. The prefix test first: it
+/// answers for order documents without parsing their ids.
 pub(super) fn generational(doc: &DocId) -> bool {
-    matches!(DocKind::of(doc), Some(DocKind::Stock(_) | DocKind::Escrow(_) | DocKind::Inbound(_)))
+    generations::is_state_doc(doc.as_str())
+        && matches!(DocKind::of(doc), Some(DocKind::Stock(_) | DocKind::Escrow(_) | DocKind::Inbound(_)))
 }
 
 /// How long the histories of the state documents held are ([`DocDb::state_history`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateHistory {
-    /// State documents looked at.
-    pub documents: u64,
     /// New generations taken since the database opened ([`DocDb::generations_started`]).
     pub generations_started: u64,
     /// The longest history among them, in operations.
@@ -41,11 +41,10 @@ impl DocDb {
     /// bound. For `/metrics` and the demo.
     pub fn state_history(&self, max: usize) -> StateHistory {
         let mut out = StateHistory { generations_started: self.generations_started, ..StateHistory::default() };
-        for prefix in [schema::STOCK_PREFIX, schema::ESCROW_PREFIX, schema::INBOUND_PREFIX] {
+        for prefix in generations::STATE_PREFIXES {
             for id in self.ids_with_prefix(prefix, None, max) {
                 let Some(doc) = self.read(&id) else { continue };
                 let ops = doc.stats().num_ops;
-                out.documents += 1;
                 out.history_ops_max = out.history_ops_max.max(ops);
                 // Between two writes a history may pass the bound by one write's operations: twice the bound
                 // is over it. What a document shows is counted only for a history that long.
@@ -95,9 +94,9 @@ impl DocDb {
     /// Whether `doc` is a generation of a state document older than the one held: it must not be created
     /// again, synced or changed.
     pub fn is_superseded(&self, doc: &DocId) -> bool {
-        let Some((base, g)) = generations::split(doc.as_str()) else { return false };
-        let Some(base) = DocId::new(base) else { return false };
-        self.generations.get(&base).is_some_and(|&newest| g < newest)
+        // Asked of every document a session touches: order documents are answered by the prefix alone.
+        generations::is_state_doc(doc.as_str())
+            && self.generations.get(&generations::base(doc)).is_some_and(|&newest| generations::is_older(doc, newest))
     }
 
     /// Called by [`DocDb::get_or_create`] before `doc` is created: refuses a superseded generation, and notes a
@@ -160,7 +159,7 @@ impl DocDb {
         generations::copy_visible(doc, &mut fresh).map_err(|e| DocDbError::Unreadable {
             path,
             doc: current.to_string(),
-            detail: leak(e),
+            detail: copy_failed(e),
         })?;
         fresh.commit();
         let g = generations::of(&current).saturating_add(1);
@@ -173,9 +172,9 @@ impl DocDb {
     }
 }
 
-/// `Unreadable`'s detail is a static sentence; a copy fails only on an Automerge error, rare enough to name
-/// generically.
-fn leak(e: generations::CopyError) -> &'static str {
+/// Logs why a copy into the next generation failed and names it for `Unreadable`, whose detail is a static
+/// sentence (a copy fails only on an Automerge error).
+fn copy_failed(e: generations::CopyError) -> &'static str {
     tracing::error!(error = %e, "copying a state document into its next generation failed");
     "its state could not be copied into a new generation"
 }
