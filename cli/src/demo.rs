@@ -75,7 +75,11 @@
 //! request). The sites' stock documents and the hub's escrow and inbound views continue in new generations
 //! once their history grows (`oms_protocol::generations`; the demo sets the bound low, 200 operations): the
 //! summary adds `state_doc_generations` (new generations the hub started or took), `state_doc_history_ops_max`
-//! (the longest history held) and `state_docs_over_history_bound` (0).
+//! (the longest history held) and `state_docs_over_history_bound` (0). Anti-entropy between the hub and the
+//! sites runs in bucket rounds (`oms_protocol::sync`, "Bucket rounds"): the summary adds `sync_sessions`,
+//! `anti_entropy_digest_rounds`, `anti_entropy_full_manifests`, `anti_entropy_partial_manifests`,
+//! `anti_entropy_entries_listed` (what the hub sent) and `anti_entropy_full_manifest_excess` (full manifests
+//! beyond the one each session starts with: 0).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

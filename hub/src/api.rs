@@ -317,6 +317,14 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
         (docs.nodes.values().filter(|n| n.connected).count(), docs.db().len(), per_node)
     };
     let history = lock(&hub.docs).db().state_history(STATE_DOCS_MEASURED_MAX);
+    let (anti_entropy, sessions) = {
+        let docs = lock(&hub.docs);
+        let mut total = oms_protocol::sync::AntiEntropyStats::default();
+        for st in docs.nodes.values() {
+            total.add_since(&oms_protocol::sync::AntiEntropyStats::default(), &st.anti_entropy);
+        }
+        (total, docs.nodes.values().map(|st| st.sessions).sum::<u64>())
+    };
     let h = hub.clone();
     let taken = tokio::task::spawn_blocking(move || h.intake.orders_taken()).await.ok().and_then(Result::ok);
     let gauge = |out: &mut String, name: &str, help: &str, v: String| {
@@ -375,6 +383,24 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
         "Most channel orders one transaction held.",
         b.largest.to_string(),
     );
+    out.push_str(&format!(
+        "# HELP oms_hub_sync_sessions Sync sessions nodes opened since the hub started.\n\
+         # TYPE oms_hub_sync_sessions counter\noms_hub_sync_sessions_total {sessions}\n\
+         # HELP oms_hub_anti_entropy_digests Periodic anti-entropy rounds the hub sent (a digest of its manifest, \
+         whole or per bucket).\n# TYPE oms_hub_anti_entropy_digests counter\noms_hub_anti_entropy_digests_total {}\n\
+         # HELP oms_hub_anti_entropy_full_manifests Manifests the hub sent listing every document a node shares (one \
+         per session is expected; beyond it, a node without bucket rounds).\n\
+         # TYPE oms_hub_anti_entropy_full_manifests counter\noms_hub_anti_entropy_full_manifests_total {}\n\
+         # HELP oms_hub_anti_entropy_partial_manifests Manifests the hub sent listing only the buckets of documents \
+         whose digests differed.\n# TYPE oms_hub_anti_entropy_partial_manifests counter\n\
+         oms_hub_anti_entropy_partial_manifests_total {}\n\
+         # HELP oms_hub_anti_entropy_entries Documents listed in the manifests the hub sent.\n\
+         # TYPE oms_hub_anti_entropy_entries counter\noms_hub_anti_entropy_entries_total {}\n",
+        anti_entropy.digests_sent,
+        anti_entropy.full_manifests,
+        anti_entropy.partial_manifests,
+        anti_entropy.entries_sent
+    ));
     out.push_str(&format!(
         "# HELP oms_hub_state_doc_generations New generations of the sites' state documents (stock, escrow, \
          inbound) the hub started or took since it started.\n# TYPE oms_hub_state_doc_generations counter\n\

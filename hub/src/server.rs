@@ -433,6 +433,8 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
     lock(&hub.docs).take_local(node.as_str());
     let batch_max = hub.tuning.frames_per_flush_max.max(1);
     let mut out: Vec<Frame> = Vec::new();
+    // What this session's anti-entropy had sent when last added to the node's status.
+    let mut anti_entropy_noted = oms_protocol::sync::AntiEntropyStats::default();
     loop {
         let mut closed = None;
         let needed;
@@ -483,6 +485,9 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
             let st = docs.status(node);
             st.pending = !session.is_idle();
             st.session_sizes = session.sizes();
+            let sent = session.anti_entropy();
+            st.anti_entropy.add_since(&anti_entropy_noted, &sent);
+            anti_entropy_noted = sent;
             needed = hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1;
         }
         // Persist before answering: what the node believes the hub has, the hub has on disk. One flush covers

@@ -65,8 +65,12 @@ pub mod capabilities {
     /// The peer understands [`super::Frame::Digest`]: periodic anti-entropy rounds send a digest of the
     /// manifest instead of the manifest itself (see `sync` module docs).
     pub const MANIFEST_DIGEST: u64 = 1 << 2;
+    /// The peer understands [`super::Frame::Buckets`] and [`super::Frame::Scope`]: periodic rounds send one
+    /// digest per bucket of documents, and a mismatch is answered with a manifest of the differing buckets
+    /// only (see `sync` module docs). Used only together with [`MANIFEST_DIGEST`].
+    pub const MANIFEST_BUCKETS: u64 = 1 << 3;
     /// Every capability this build implements.
-    pub const ALL: u64 = PING | DEFLATE | MANIFEST_DIGEST;
+    pub const ALL: u64 = PING | DEFLATE | MANIFEST_DIGEST | MANIFEST_BUCKETS;
 }
 
 /// Typed errors a peer reports, as QUIC application close codes and in [`Frame::Refuse`] /
@@ -284,6 +288,61 @@ pub struct Digest {
     pub hash: Hash,
 }
 
+/// Most buckets in one [`Buckets`] frame (a power of two): 4,096 bucket digests are about 74 KB.
+pub const BUCKETS_MAX: u32 = 4096;
+
+/// Bytes of a bucket's combined hash on the wire: the first half of its `sync::ManifestDigest` hash.
+pub const BUCKET_HASH_BYTES: usize = 16;
+
+/// One bucket of a [`Buckets`] frame: how many of the sender's documents fall in it and the first
+/// [`BUCKET_HASH_BYTES`] bytes of their combined hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketDigest {
+    /// Documents of the sender's manifest in this bucket.
+    pub docs: u64,
+    /// Their combined hash, truncated.
+    pub hash: [u8; BUCKET_HASH_BYTES],
+}
+
+/// The sender's manifest split into buckets by document id, one digest per bucket (capability
+/// [`capabilities::MANIFEST_BUCKETS`]); `sync::bucket_of` says which document falls in which bucket. Sent
+/// instead of a [`Digest`] in periodic rounds. A receiver whose own digest of some bucket differs answers with
+/// a [`Scope`] naming those buckets and a manifest of its documents in them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buckets {
+    /// Round number, from the same counter as [`Manifest::round`].
+    pub round: u32,
+    /// One digest per bucket; their number is a power of two, at most [`BUCKETS_MAX`].
+    pub buckets: Vec<BucketDigest>,
+}
+
+/// Announces that the sender's manifest round `round`, whose chunks follow, lists only its documents in the
+/// `covered` buckets of `buckets` (capability [`capabilities::MANIFEST_BUCKETS`]): a document of those
+/// buckets that the manifest does not name, the sender lacks; of other buckets it says nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    /// The manifest round this scope belongs to.
+    pub round: u32,
+    /// How many buckets the documents were split into: a power of two, at most [`BUCKETS_MAX`].
+    pub buckets: u32,
+    /// The buckets listed, ascending, each below `buckets`.
+    pub covered: Vec<u32>,
+}
+
+impl Scope {
+    /// True if the bucket count is a power of two within [`BUCKETS_MAX`] and `covered` ascends below it.
+    pub fn is_valid(&self) -> bool {
+        buckets_count_valid(self.buckets)
+            && self.covered.windows(2).all(|w| w[0] < w[1])
+            && self.covered.last().is_none_or(|&b| b < self.buckets)
+    }
+}
+
+/// True if `n` buckets may travel: a power of two no greater than [`BUCKETS_MAX`].
+pub fn buckets_count_valid(n: u32) -> bool {
+    n.is_power_of_two() && n <= BUCKETS_MAX
+}
+
 /// Everything that travels on a sync stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
@@ -334,6 +393,11 @@ pub enum Frame {
     /// A digest of the sender's manifest, sent instead of it in periodic rounds (capability
     /// [`capabilities::MANIFEST_DIGEST`]). Appended last so that the variants before it keep their tags.
     Digest(Digest),
+    /// The sender's manifest digest per bucket, sent instead of a [`Frame::Digest`] in periodic rounds
+    /// (capability [`capabilities::MANIFEST_BUCKETS`]). Appended after `Digest`.
+    Buckets(Buckets),
+    /// The buckets the manifest round that follows covers (capability [`capabilities::MANIFEST_BUCKETS`]).
+    Scope(Scope),
 }
 
 impl Frame {
@@ -350,6 +414,8 @@ impl Frame {
             }
             // Fixed-size fields only: postcard has checked everything there is to check.
             Frame::Digest(_) => Ok(()),
+            Frame::Buckets(b) if !u32::try_from(b.buckets.len()).is_ok_and(buckets_count_valid) => bad("bucket count"),
+            Frame::Scope(s) if !s.is_valid() => bad("scope buckets"),
             _ => Ok(()),
         }
     }
@@ -820,6 +886,49 @@ mod tests {
         const { assert!(capabilities::MANIFEST_DIGEST & (capabilities::PING | capabilities::DEFLATE) == 0) };
     }
 
+    /// Pins the bytes of `Buckets` and `Scope`: appended after `Digest` (tags 10 and 11).
+    #[test]
+    fn golden_buckets_and_scope_v1() {
+        let frame = Frame::Buckets(Buckets { round: 2, buckets: vec![BucketDigest { docs: 3, hash: [0x33; 16] }] });
+        let bytes = encode_frame(&frame).unwrap();
+        let mut expected = vec![10, 2, 1, 3]; // variant 10, round 2, one bucket, docs 3
+        expected.extend_from_slice(&[0x33; 16]);
+        let mut prefixed = (expected.len() as u32).to_le_bytes().to_vec();
+        prefixed.extend_from_slice(&expected);
+        assert_eq!(bytes, prefixed);
+        assert_eq!(decode_body(&bytes[LENGTH_PREFIX_BYTES..]), Ok(frame));
+
+        let frame = Frame::Scope(Scope { round: 4, buckets: 256, covered: vec![1, 200] });
+        let bytes = encode_frame(&frame).unwrap();
+        // variant 11, round 4, 256 buckets and 200 as varints, two covered
+        let expected = vec![11, 4, 0x80, 0x02, 2, 1, 0xC8, 0x01];
+        let mut prefixed = (expected.len() as u32).to_le_bytes().to_vec();
+        prefixed.extend_from_slice(&expected);
+        assert_eq!(bytes, prefixed);
+        assert_eq!(decode_body(&bytes[LENGTH_PREFIX_BYTES..]), Ok(frame));
+    }
+
+    /// A bucket count that is not a power of two within `BUCKETS_MAX`, or a scope whose buckets do not ascend
+    /// below its count, is refused as invalid before any session sees it.
+    #[test]
+    fn malformed_buckets_and_scopes_are_invalid() {
+        let bucket = BucketDigest { docs: 1, hash: [0; 16] };
+        for n in [0usize, 3, 4097, 8192] {
+            let body = postcard::to_allocvec(&Frame::Buckets(Buckets { round: 1, buckets: vec![bucket; n] })).unwrap();
+            assert!(matches!(decode_body(&body), Err(WireError::Invalid { .. })), "{n} buckets");
+        }
+        for n in [1usize, 2, 4096] {
+            let body = postcard::to_allocvec(&Frame::Buckets(Buckets { round: 1, buckets: vec![bucket; n] })).unwrap();
+            assert!(decode_body(&body).is_ok(), "{n} buckets");
+        }
+        for (buckets, covered) in [(3, vec![0]), (8, vec![8]), (8, vec![2, 2]), (8, vec![3, 1]), (0, vec![])] {
+            let body = postcard::to_allocvec(&Frame::Scope(Scope { round: 1, buckets, covered })).unwrap();
+            assert!(matches!(decode_body(&body), Err(WireError::Invalid { .. })), "{body:?}");
+        }
+        const { assert!(capabilities::ALL & capabilities::MANIFEST_BUCKETS != 0) };
+        const { assert!(capabilities::MANIFEST_BUCKETS & (capabilities::ALL & !capabilities::MANIFEST_BUCKETS) == 0) };
+    }
+
     #[test]
     fn error_codes_are_stable() {
         assert_eq!(ErrorCode::FrameTooLarge.as_u32(), 1);
@@ -1039,6 +1148,12 @@ mod tests {
                 docs,
                 hash
             })),
+            (any::<u32>(), 0u32..4, any::<u64>(), any::<[u8; 16]>()).prop_map(|(round, log, docs, hash)| {
+                Frame::Buckets(Buckets { round, buckets: vec![BucketDigest { docs, hash }; 1 << log] })
+            }),
+            (any::<u32>(), proptest::collection::btree_set(0u32..64, 0..5)).prop_map(|(round, covered)| Frame::Scope(
+                Scope { round, buckets: 64, covered: covered.into_iter().collect() }
+            )),
         ]
     }
 

@@ -6,13 +6,16 @@
 use std::collections::BTreeMap;
 
 use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
-use oms_protocol::sync::{DocStore, ManifestDigest, StoreError, manifest_digest_of};
+use oms_protocol::sync::{DocStore, ManifestDigest, StoreError, buckets_for, manifest_buckets_of, manifest_digest_of};
 use oms_protocol::wire::{DocId, ErrorCode, PeerId};
 
 use crate::docdb::DocDb;
 
 /// Peers whose manifest digest is cached (beyond it the cache starts over).
 const DIGESTS_CACHED_MAX: usize = 4_096;
+
+/// Most peers whose bucket digests are cached: each holds up to `BUCKETS_MAX` digests (160 KB).
+const BUCKET_DIGESTS_CACHED_MAX: usize = 128;
 
 /// Who may see which document, and how a peer's documents are listed: the part of a document store that
 /// differs between the node (its own site's documents, one peer) and the hub (every node's, by party).
@@ -48,6 +51,9 @@ pub struct SyncDocs<A> {
     /// Manifest digest per peer with the [`DocDb::generation`] it was computed at: an idle hub answers a
     /// hundred nodes' digest rounds without reading their rows again. At most [`DIGESTS_CACHED_MAX`].
     digests: BTreeMap<PeerId, (u64, ManifestDigest)>,
+    /// Bucket digests per peer with the generation they were computed at, as `digests`. At most
+    /// [`BUCKET_DIGESTS_CACHED_MAX`].
+    buckets: BTreeMap<PeerId, (u64, Vec<ManifestDigest>)>,
 }
 
 impl<A> std::fmt::Debug for SyncDocs<A> {
@@ -59,13 +65,14 @@ impl<A> std::fmt::Debug for SyncDocs<A> {
 impl<A: Access> SyncDocs<A> {
     /// `db` under the policy `access`.
     pub fn new(db: DocDb, access: A) -> Self {
-        SyncDocs { db, access, digests: BTreeMap::new() }
+        SyncDocs { db, access, digests: BTreeMap::new(), buckets: BTreeMap::new() }
     }
 
     /// Forgets every cached digest. Call it when entitlement changes without a document or label changing
     /// (a quarantine, say); a change to a document or label moves [`DocDb::generation`] by itself.
     pub fn forget_digests(&mut self) {
         self.digests.clear();
+        self.buckets.clear();
     }
 
     /// The generation the digest of `peer` was cached at, if one is cached.
@@ -99,6 +106,24 @@ impl<A: Access> DocStore for SyncDocs<A> {
         }
         self.digests.insert(peer.clone(), (generation, digest));
         digest
+    }
+    fn manifest_buckets(&mut self, peer: &PeerId, buckets: Option<u32>) -> Vec<ManifestDigest> {
+        let generation = self.db.generation();
+        if let Some((at, cached)) = self.buckets.get(peer)
+            && *at == generation
+        {
+            let docs: u64 = cached.iter().map(ManifestDigest::docs).sum();
+            let wanted = buckets.unwrap_or_else(|| buckets_for(usize::try_from(docs).unwrap_or(usize::MAX)));
+            if cached.len() == wanted as usize {
+                return cached.clone();
+            }
+        }
+        let computed = manifest_buckets_of(self, peer, buckets);
+        if self.buckets.len() >= BUCKET_DIGESTS_CACHED_MAX {
+            self.buckets.clear();
+        }
+        self.buckets.insert(peer.clone(), (generation, computed.clone()));
+        computed
     }
     fn doc_mut(&mut self, doc: &DocId) -> Option<&mut AutoCommit> {
         self.db.get_mut(doc)

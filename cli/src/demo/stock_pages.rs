@@ -30,6 +30,21 @@ pub(super) struct StockPages {
     state_doc_generations: u64,
     state_doc_history_ops_max: u64,
     state_docs_over_history_bound: u64,
+    /// The hub's anti-entropy (`/metrics`): sessions, periodic digest rounds, manifests listing everything
+    /// (one a session; beyond that an excess, which must be 0) and only the buckets that differed, and the
+    /// documents they listed.
+    sync_sessions: u64,
+    anti_entropy_digests: u64,
+    anti_entropy_full_manifests: u64,
+    anti_entropy_partial_manifests: u64,
+    anti_entropy_entries: u64,
+}
+
+impl StockPages {
+    /// Full manifests beyond one a session: rounds that listed every document when bucket rounds would do.
+    fn full_manifest_excess(&self) -> u64 {
+        self.anti_entropy_full_manifests.saturating_sub(self.sync_sessions)
+    }
 }
 
 impl StockPages {
@@ -45,20 +60,32 @@ impl StockPages {
             "state_doc_generations": self.state_doc_generations,
             "state_doc_history_ops_max": self.state_doc_history_ops_max,
             "state_docs_over_history_bound": self.state_docs_over_history_bound,
+            "sync_sessions": self.sync_sessions,
+            "anti_entropy_digest_rounds": self.anti_entropy_digests,
+            "anti_entropy_full_manifests": self.anti_entropy_full_manifests,
+            "anti_entropy_partial_manifests": self.anti_entropy_partial_manifests,
+            "anti_entropy_entries_listed": self.anti_entropy_entries,
+            "anti_entropy_full_manifest_excess": self.full_manifest_excess(),
         })
     }
 
     /// True when the pages held exactly what one unpaged read held (and there was something to page), and
     /// the hub's intake documents thread wrote every created order's documents itself.
     pub(super) fn ok(&self) -> bool {
-        self.mismatches == 0 && self.rows > 0 && self.document_fallbacks == 0 && self.state_docs_over_history_bound == 0
+        self.mismatches == 0
+            && self.rows > 0
+            && self.document_fallbacks == 0
+            && self.state_docs_over_history_bound == 0
+            && self.full_manifest_excess() == 0
     }
 
     pub(super) fn line(&self) -> String {
         format!(
             "network stock: {} rows read in {} pages of {PAGE}, page mismatches {} (must be 0); the demand ledger read {} documents; \
              the intake's documents thread wrote {} orders in {} rounds, {} left to their requests (must be 0); \
-             state documents: {} new generations, longest history {} operations, {} over the bound (must be 0)",
+             state documents: {} new generations, longest history {} operations, {} over the bound (must be 0); \
+             anti-entropy: {} sessions, {} digest rounds, {} full manifests ({} beyond one a session, must be 0), \
+             {} of differing buckets only, {} documents listed",
             self.rows,
             self.pages,
             self.mismatches,
@@ -68,7 +95,13 @@ impl StockPages {
             self.document_fallbacks,
             self.state_doc_generations,
             self.state_doc_history_ops_max,
-            self.state_docs_over_history_bound
+            self.state_docs_over_history_bound,
+            self.sync_sessions,
+            self.anti_entropy_digests,
+            self.anti_entropy_full_manifests,
+            self.full_manifest_excess(),
+            self.anti_entropy_partial_manifests,
+            self.anti_entropy_entries
         )
     }
 }
@@ -126,5 +159,10 @@ pub(super) async fn check(admin: &reqwest::Client, hub: SocketAddr) -> anyhow::R
     out.state_doc_generations = counter("oms_hub_state_doc_generations_total");
     out.state_doc_history_ops_max = counter("oms_hub_state_doc_history_ops_max");
     out.state_docs_over_history_bound = counter("oms_hub_state_docs_over_history_bound");
+    out.sync_sessions = counter("oms_hub_sync_sessions_total");
+    out.anti_entropy_digests = counter("oms_hub_anti_entropy_digests_total");
+    out.anti_entropy_full_manifests = counter("oms_hub_anti_entropy_full_manifests_total");
+    out.anti_entropy_partial_manifests = counter("oms_hub_anti_entropy_partial_manifests_total");
+    out.anti_entropy_entries = counter("oms_hub_anti_entropy_entries_total");
     Ok(out)
 }

@@ -128,6 +128,9 @@ pub struct NodeStatus {
     pub changes_dropped: u64,
     /// Manifest rounds ignored for coming faster than the session's rate.
     pub manifests_deferred: u64,
+    /// What the hub's side of this node's sessions sent for anti-entropy, summed over its sessions.
+    #[serde(skip)]
+    pub anti_entropy: oms_protocol::sync::AntiEntropyStats,
     /// Connections accepted since the hub started.
     pub sessions: u64,
     /// The current (or last) session deflates its frames (both sides announced `capabilities::DEFLATE`).

@@ -37,6 +37,19 @@
 //! without the capability closes the session as a protocol violation; a peer without it gets full
 //! manifests, as before.
 //!
+//! **Bucket rounds** (capability [`capabilities::MANIFEST_BUCKETS`], with the digest's): under steady load the
+//! two sides' digests never match, since documents change between the two computations, and every round then
+//! cost a full manifest each way: a pass over, and a frame for, every document held, up to a million a site,
+//! while only the few in flight differ. With this capability a periodic round sends [`Frame::Buckets`]
+//! instead: the documents split into a power of two of buckets by a hash of their id ([`bucket_of`]; about
+//! [`BUCKET_DOCS_TARGET`] a bucket, at most [`BUCKETS_MAX`] buckets, as the sender chooses), one digest per
+//! bucket. The receiver computes its own per bucket with the same count and answers only the buckets that
+//! differ: a [`Frame::Scope`] naming them, then a manifest round of its documents in them. To the side that
+//! receives that round, a document of a covered bucket it holds and the round does not name is one the peer
+//! lacks (it schedules it), and it answers a round naming documents it lacks with its own manifest of the
+//! same buckets; of documents in other buckets the round says nothing. The rate bounds of full manifests
+//! hold for partial ones (they count as full). The first manifest after the handshake is still full.
+//!
 //! Bounds: at most `docs_in_flight_max` documents that this side initiated are in flight, no new document
 //! is started while `outbound_frames_max` frames wait to be sent, a manifest chunk carries at most
 //! `manifest_docs_per_frame_max` entries, a peer manifest round is refused beyond `manifest_docs_max`, and at
@@ -44,8 +57,8 @@
 //! waits as after a lost frame).
 
 use crate::wire::{
-    Digest, DocId, ErrorCode, Frame, Hash, Hello, HelloAck, Manifest, ManifestEntry, PROTOCOL_VERSION,
-    PROTOCOL_VERSION_MIN, PeerId, REASON_BYTES_MAX, capabilities,
+    BUCKET_HASH_BYTES, BUCKETS_MAX, BucketDigest, Buckets, Digest, DocId, ErrorCode, Frame, Hash, Hello, HelloAck,
+    Manifest, ManifestEntry, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, PeerId, REASON_BYTES_MAX, Scope, capabilities,
 };
 use automerge::sync::{BloomFilter, Capability, ChunkList, Have, Message, State, SyncDoc};
 use automerge::{AutoCommit, ChangeHash};
@@ -174,6 +187,12 @@ pub trait DocStore {
     fn manifest_digest(&mut self, peer: &PeerId) -> ManifestDigest {
         manifest_digest_of(self, peer)
     }
+    /// The digest of each bucket of what [`DocStore::manifest_heads`] lists for `peer`
+    /// ([`manifest_buckets_of`]): `buckets` of them, or as many as [`buckets_for`] the number of documents
+    /// when `None`. A store may answer from a cache, as for [`DocStore::manifest_digest`].
+    fn manifest_buckets(&mut self, peer: &PeerId, buckets: Option<u32>) -> Vec<ManifestDigest> {
+        manifest_buckets_of(self, peer, buckets)
+    }
     /// Creates an empty document that a peer is sending us (only called for entitled documents). The store
     /// chooses the actor id.
     fn create_doc(&mut self, doc: &DocId) -> Result<&mut AutoCommit, StoreError>;
@@ -278,6 +297,47 @@ struct PeerManifest {
     seen: BTreeSet<DocId>,
     /// The round names a document we may hold but do not: the peer learns that only from our manifest.
     lists_what_we_lack: bool,
+    /// The buckets the round covers, announced by a [`Frame::Scope`] before it; `None`: every document.
+    scope: Option<PeerScope>,
+}
+
+/// What a [`Frame::Scope`] announced: a manifest round that lists only the documents of some buckets.
+#[derive(Clone, Default)]
+struct PeerScope {
+    round: u32,
+    buckets: u32,
+    covered: BTreeSet<u32>,
+}
+
+impl PeerScope {
+    fn covers(&self, doc: &DocId) -> bool {
+        self.covered.contains(&bucket_of(doc, self.buckets))
+    }
+}
+
+/// Domain separation of the hash that puts a document in a bucket, with the version of its layout.
+const BUCKET_ID_DOMAIN: &[u8] = b"oms/manifest-bucket/1";
+
+/// About how many documents a bucket holds when the sender chooses the number of buckets ([`buckets_for`]):
+/// a document in flight makes its whole bucket differ, so small buckets keep a partial manifest short.
+pub const BUCKET_DOCS_TARGET: usize = 16;
+
+/// The bucket of `doc` among `buckets` (a power of two): the first eight bytes of a SHA-256 over a domain
+/// tag and the id, little-endian, masked. Part of the wire contract (`bucket_of_is_pinned`): both sides must
+/// put a document in the same bucket.
+pub fn bucket_of(doc: &DocId, buckets: u32) -> u32 {
+    let h: Hash = sha2::Sha256::new().chain_update(BUCKET_ID_DOMAIN).chain_update(doc.as_str()).finalize().into();
+    let mut le = [0u8; 8];
+    le.copy_from_slice(&h[..8]);
+    // The mask keeps the value below `buckets`, a u32: the cast cannot truncate.
+    (u64::from_le_bytes(le) & u64::from(buckets.max(1) - 1)) as u32
+}
+
+/// How many buckets a sender of `docs` documents splits them into: about [`BUCKET_DOCS_TARGET`] per bucket,
+/// a power of two, at least 1 and at most [`BUCKETS_MAX`].
+pub fn buckets_for(docs: usize) -> u32 {
+    let wanted = docs.div_ceil(BUCKET_DOCS_TARGET).max(1);
+    u32::try_from(wanted).unwrap_or(BUCKETS_MAX).min(BUCKETS_MAX).next_power_of_two().min(BUCKETS_MAX)
 }
 
 /// Domain separation of the per-document hash of a [`ManifestDigest`], with the version of its layout.
@@ -345,6 +405,14 @@ impl ManifestDigest {
     pub fn matches(&self, digest: &Digest) -> bool {
         self.docs == digest.docs && self.hash() == digest.hash
     }
+
+    /// This digest as one bucket of a [`Frame::Buckets`]: the count and the first [`BUCKET_HASH_BYTES`] of
+    /// the hash.
+    pub fn bucket(&self) -> BucketDigest {
+        let mut hash = [0u8; BUCKET_HASH_BYTES];
+        hash.copy_from_slice(&self.hash()[..BUCKET_HASH_BYTES]);
+        BucketDigest { docs: self.docs, hash }
+    }
 }
 
 /// What a [`SyncSession`] holds at one moment ([`SyncSession::sizes`]).
@@ -364,6 +432,33 @@ pub struct SessionSizes {
     pub refused_by_peer: usize,
     /// Times a document waited because `docs_tracked_max` sync states were held (since the session began).
     pub docs_deferred: u64,
+}
+
+/// What this side's anti-entropy rounds cost so far in the session ([`SyncSession::anti_entropy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AntiEntropyStats {
+    /// Manifest rounds sent that listed every document shared with the peer.
+    pub full_manifests: u64,
+    /// Manifest rounds sent that listed only the documents of some buckets ([`Frame::Scope`]).
+    pub partial_manifests: u64,
+    /// Documents listed in the manifest rounds sent, full and partial.
+    pub entries_sent: u64,
+    /// Digest rounds sent ([`Frame::Digest`] or [`Frame::Buckets`]).
+    pub digests_sent: u64,
+    /// Buckets of peer [`Frame::Buckets`] found to differ from ours.
+    pub buckets_differing: u64,
+}
+
+impl AntiEntropyStats {
+    /// Adds what `now` counts beyond `before` (two readings of one session, `before` the earlier): for a
+    /// total over sessions.
+    pub fn add_since(&mut self, before: &AntiEntropyStats, now: &AntiEntropyStats) {
+        self.full_manifests += now.full_manifests.saturating_sub(before.full_manifests);
+        self.partial_manifests += now.partial_manifests.saturating_sub(before.partial_manifests);
+        self.entries_sent += now.entries_sent.saturating_sub(before.entries_sent);
+        self.digests_sent += now.digests_sent.saturating_sub(before.digests_sent);
+        self.buckets_differing += now.buckets_differing.saturating_sub(before.buckets_differing);
+    }
 }
 
 /// One side of one sync connection. See the module docs.
@@ -392,6 +487,10 @@ pub struct SyncSession {
     /// When we last compared a peer digest with ours; others within half an interval are not compared.
     peer_digest_checked_ms: Option<u64>,
     peer_manifest: Option<PeerManifest>,
+    /// The last [`Frame::Scope`] received, for the manifest round it names.
+    peer_scope: Option<PeerScope>,
+    /// Anti-entropy counters, see [`AntiEntropyStats`].
+    anti_entropy: AntiEntropyStats,
     /// Changes lacking dependencies handed to Automerge in this session, and their inflated bytes.
     parked_changes: usize,
     parked_bytes: usize,
@@ -426,6 +525,25 @@ fn manifest_entries_of<S: DocStore + ?Sized>(store: &mut S, peer: &PeerId) -> Ve
     entries.sort_by(|a, b| a.doc.cmp(&b.doc));
     entries.dedup_by(|a, b| a.doc == b.doc);
     entries
+}
+
+/// The digest of each bucket of the manifest `store` would send `peer` now, computed from
+/// [`DocStore::manifest_heads`]: `buckets` of them, or [`buckets_for`] the number of documents when `None`.
+/// The default of [`DocStore::manifest_buckets`], for stores that cache it to call when they recompute.
+pub fn manifest_buckets_of<S: DocStore + ?Sized>(
+    store: &mut S,
+    peer: &PeerId,
+    buckets: Option<u32>,
+) -> Vec<ManifestDigest> {
+    let entries = manifest_entries_of(store, peer);
+    let count = buckets.unwrap_or_else(|| buckets_for(entries.len())).clamp(1, BUCKETS_MAX);
+    let mut out = vec![ManifestDigest::default(); count as usize];
+    for e in entries {
+        if let Some(d) = out.get_mut(bucket_of(&e.doc, count) as usize) {
+            d.add(&e.doc, &e.heads);
+        }
+    }
+    out
 }
 
 /// The digest of the manifest `store` would send `peer` now, computed from [`DocStore::manifest_heads`]: the
@@ -515,6 +633,8 @@ impl SyncSession {
             last_full_manifest_ms: now_ms,
             peer_digest_checked_ms: None,
             peer_manifest: None,
+            peer_scope: None,
+            anti_entropy: AntiEntropyStats::default(),
             parked_changes: 0,
             parked_bytes: 0,
             peer_rounds_at: VecDeque::new(),
@@ -568,6 +688,11 @@ impl SyncSession {
             refused_by_peer: self.refused_by_peer.len(),
             docs_deferred: self.docs_deferred,
         }
+    }
+
+    /// What this side's anti-entropy rounds sent so far, for tests and metrics.
+    pub fn anti_entropy(&self) -> AntiEntropyStats {
+        self.anti_entropy
     }
 
     /// The next frame to send.
@@ -674,6 +799,13 @@ impl SyncSession {
         matches!(self.phase, Phase::Established { capabilities: caps, .. } if caps & capabilities::MANIFEST_DIGEST != 0)
     }
 
+    /// True once both sides announced [`capabilities::MANIFEST_BUCKETS`] as well: periodic rounds send
+    /// bucket digests, and mismatches are answered with manifests of the differing buckets.
+    fn bucket_rounds(&self) -> bool {
+        let both = capabilities::MANIFEST_DIGEST | capabilities::MANIFEST_BUCKETS;
+        matches!(self.phase, Phase::Established { capabilities: caps, .. } if caps & both == both)
+    }
+
     /// The digest of the manifest we would send now ([`DocStore::manifest_digest`]).
     fn manifest_digest<S: DocStore + ?Sized>(&self, store: &mut S) -> ManifestDigest {
         store.manifest_digest(&self.peer)
@@ -683,6 +815,7 @@ impl SyncSession {
     fn send_digest<S: DocStore + ?Sized>(&mut self, store: &mut S) {
         self.manifest_round = self.manifest_round.wrapping_add(1);
         self.last_manifest_ms = self.now_ms;
+        self.anti_entropy.digests_sent += 1;
         let digest = self.manifest_digest(store);
         self.outbound.push_back(Frame::Digest(Digest {
             round: self.manifest_round,
@@ -691,33 +824,92 @@ impl SyncSession {
         }));
     }
 
-    /// Sends our full manifest in answer to a digest that differs from ours, or to a manifest that names
-    /// documents we lack; at most once per `manifest_interval_ms`, so a peer cannot make us build manifests
-    /// in a loop. One that is held back is not lost: the next digest round differs again.
-    fn answer_with_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S) {
-        if self.now_ms - self.last_full_manifest_ms >= self.cfg.manifest_interval_ms {
-            self.send_manifest(store);
+    /// A periodic round with [`capabilities::MANIFEST_BUCKETS`]: a digest per bucket of our documents.
+    fn send_buckets<S: DocStore + ?Sized>(&mut self, store: &mut S) {
+        self.manifest_round = self.manifest_round.wrapping_add(1);
+        self.last_manifest_ms = self.now_ms;
+        self.anti_entropy.digests_sent += 1;
+        let buckets = store.manifest_buckets(&self.peer, None).iter().map(ManifestDigest::bucket).collect();
+        self.outbound.push_back(Frame::Buckets(Buckets { round: self.manifest_round, buckets }));
+    }
+
+    /// Sends our manifest in answer to a digest that differs from ours, or to a manifest that names documents
+    /// we lack: of the buckets in `scope` only when one is given, else whole. At most once per
+    /// `manifest_interval_ms`, so a peer cannot make us build manifests in a loop. One that is held back is not
+    /// lost: the next digest round differs again.
+    fn answer_with_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S, scope: Option<(u32, Vec<u32>)>) {
+        if self.now_ms - self.last_full_manifest_ms < self.cfg.manifest_interval_ms {
+            return;
         }
+        match scope {
+            Some((buckets, covered)) => self.send_partial_manifest(store, buckets, covered),
+            None => self.send_manifest(store),
+        }
+    }
+
+    /// Peer bucket digests (capability [`capabilities::MANIFEST_BUCKETS`]): ours are computed with the
+    /// peer's number of buckets; the buckets that differ are answered with a manifest of our documents in them.
+    fn on_buckets<S: DocStore + ?Sized>(&mut self, store: &mut S, theirs: &Buckets) {
+        if !self.bucket_rounds() {
+            return self.refuse(ErrorCode::ProtocolViolation, "Buckets without the manifest-buckets capability");
+        }
+        if !self.may_compare_peer_digest() {
+            return;
+        }
+        // `validate` let through only a power of two within BUCKETS_MAX: the cast cannot truncate.
+        let count = theirs.buckets.len() as u32;
+        let ours = store.manifest_buckets(&self.peer, Some(count));
+        let differing: Vec<u32> = (0..count)
+            .zip(&theirs.buckets)
+            .filter(|(i, t)| ours.get(*i as usize).map(ManifestDigest::bucket).as_ref() != Some(*t))
+            .map(|(i, _)| i)
+            .collect();
+        self.anti_entropy.buckets_differing += differing.len() as u64;
+        if differing.is_empty() {
+            // As for a matching digest: the peer's round counts as ours.
+            self.last_manifest_ms = self.now_ms;
+        } else {
+            self.answer_with_manifest(store, Some((count, differing)));
+        }
+    }
+
+    /// A peer [`Frame::Scope`]: kept for the manifest round it names, which follows it.
+    fn on_scope(&mut self, scope: Scope) {
+        if !self.bucket_rounds() {
+            return self.refuse(ErrorCode::ProtocolViolation, "Scope without the manifest-buckets capability");
+        }
+        self.peer_scope = Some(PeerScope {
+            round: scope.round,
+            buckets: scope.buckets,
+            covered: scope.covered.into_iter().collect(),
+        });
+    }
+
+    /// Comparing a peer digest costs a pass over the heads of every document we share with the peer: an honest
+    /// peer sends one per interval, so one compared per half interval is plenty, and a flood costs us decoding
+    /// only. True if this one may be compared (and notes it).
+    fn may_compare_peer_digest(&mut self) -> bool {
+        let half_interval_ms = self.cfg.manifest_interval_ms / 2;
+        if self.peer_digest_checked_ms.is_some_and(|t| self.now_ms - t < half_interval_ms) {
+            return false;
+        }
+        self.peer_digest_checked_ms = Some(self.now_ms);
+        true
     }
 
     fn on_digest<S: DocStore + ?Sized>(&mut self, store: &mut S, digest: &Digest) {
         if !self.digest_rounds() {
             return self.refuse(ErrorCode::ProtocolViolation, "Digest without the manifest-digest capability");
         }
-        // Comparing costs a pass over the heads of every document we share with the peer: an honest peer
-        // sends one digest per interval, so one compared per half interval is plenty, and a flood costs us
-        // decoding only.
-        let half_interval_ms = self.cfg.manifest_interval_ms / 2;
-        if self.peer_digest_checked_ms.is_some_and(|t| self.now_ms - t < half_interval_ms) {
+        if !self.may_compare_peer_digest() {
             return;
         }
-        self.peer_digest_checked_ms = Some(self.now_ms);
         if self.manifest_digest(store).matches(digest) {
             // The peer's round showed both sides hold the same: it counts as ours, so that in steady state only
             // one side computes a digest per interval.
             self.last_manifest_ms = self.now_ms;
         } else {
-            self.answer_with_manifest(store);
+            self.answer_with_manifest(store, None);
         }
     }
 
@@ -725,7 +917,28 @@ impl SyncSession {
         self.manifest_round = self.manifest_round.wrapping_add(1);
         self.last_manifest_ms = self.now_ms;
         self.last_full_manifest_ms = self.now_ms;
+        self.anti_entropy.full_manifests += 1;
         let entries = manifest_entries_of(store, &self.peer);
+        self.push_manifest(&entries);
+    }
+
+    /// A manifest round of our documents in the `covered` buckets of `buckets` only, announced by a
+    /// [`Frame::Scope`].
+    fn send_partial_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S, buckets: u32, covered: Vec<u32>) {
+        self.manifest_round = self.manifest_round.wrapping_add(1);
+        self.last_manifest_ms = self.now_ms;
+        self.last_full_manifest_ms = self.now_ms;
+        self.anti_entropy.partial_manifests += 1;
+        let wanted: BTreeSet<u32> = covered.iter().copied().collect();
+        let mut entries = manifest_entries_of(store, &self.peer);
+        entries.retain(|e| wanted.contains(&bucket_of(&e.doc, buckets)));
+        self.outbound.push_back(Frame::Scope(Scope { round: self.manifest_round, buckets, covered }));
+        self.push_manifest(&entries);
+    }
+
+    /// Queues `entries` as the chunks of manifest round `manifest_round` (one empty chunk if none).
+    fn push_manifest(&mut self, entries: &[ManifestEntry]) {
+        self.anti_entropy.entries_sent += entries.len() as u64;
         let per_frame = self.cfg.manifest_docs_per_frame_max.max(1);
         let mut chunks = entries.chunks(per_frame).peekable();
         if chunks.peek().is_none() {
@@ -746,6 +959,8 @@ impl SyncSession {
         match frame {
             Frame::Manifest(m) => self.on_manifest(store, m),
             Frame::Digest(d) => self.on_digest(store, &d),
+            Frame::Buckets(b) => self.on_buckets(store, &b),
+            Frame::Scope(s) => self.on_scope(s),
             Frame::Sync { doc, msg } => self.on_sync(store, doc, &msg),
             Frame::Ack { doc, heads } => self.on_ack(store, doc, heads),
             Frame::Refused { doc, code } => {
@@ -807,12 +1022,14 @@ impl SyncSession {
         if !self.take_peer_round(m.round) {
             return;
         }
-        let assembling =
-            self.peer_manifest.get_or_insert_with(|| PeerManifest { round: m.round, ..Default::default() });
+        // The scope announced for this round, if any: a later round's scope replaces it.
+        let scope = self.peer_scope.as_ref().filter(|s| s.round == m.round).cloned();
+        let fresh = || PeerManifest { round: m.round, scope: scope.clone(), ..Default::default() };
+        let assembling = self.peer_manifest.get_or_insert_with(fresh);
         if m.round != assembling.round {
             // A newer round replaces a half-assembled older one; chunks of an older round are stale.
             if m.round.wrapping_sub(assembling.round) < u32::MAX / 2 {
-                *assembling = PeerManifest { round: m.round, ..Default::default() };
+                *assembling = fresh();
             } else {
                 return;
             }
@@ -842,15 +1059,20 @@ impl SyncSession {
                 to_finish.push((entry.doc, ours));
             }
         }
-        let mut lacking = false;
+        let mut lacking = None;
         if m.last {
-            let (seen, lists_what_we_lack) =
-                self.peer_manifest.take().map(|p| (p.seen, p.lists_what_we_lack)).unwrap_or_default();
-            lacking = lists_what_we_lack;
+            let done = self.peer_manifest.take().unwrap_or_default();
+            // What the peer's round does not name, it lacks: within the buckets it covers, if it named them.
             for doc in store.docs_for(&self.peer) {
-                if !seen.contains(&doc) && store.entitled(&self.peer, &doc) {
+                if !done.seen.contains(&doc)
+                    && done.scope.as_ref().is_none_or(|s| s.covers(&doc))
+                    && store.entitled(&self.peer, &doc)
+                {
                     to_schedule.push(doc);
                 }
+            }
+            if done.lists_what_we_lack {
+                lacking = Some(done.scope.map(|s| (s.buckets, s.covered.into_iter().collect())));
             }
         }
         for (doc, heads) in to_finish {
@@ -866,8 +1088,11 @@ impl SyncSession {
         // scheduled above), but not those only the peer holds: it sends them once it sees our manifest without
         // them. Periodic rounds used to carry our manifest; with digest rounds the peer may only have our
         // digest, so a manifest naming what we lack is answered with ours.
-        if lacking && self.digest_rounds() {
-            self.answer_with_manifest(store);
+        // A partial round is answered with ours of the same buckets.
+        if let Some(scope) = lacking
+            && self.digest_rounds()
+        {
+            self.answer_with_manifest(store, scope);
         }
     }
 
@@ -1186,7 +1411,13 @@ impl SyncSession {
                 if self.now_ms - self.last_manifest_ms >= self.cfg.manifest_interval_ms {
                     // The first manifest after the handshake is always full (`establish`); later rounds only
                     // need to find out whether anything differs.
-                    if self.digest_rounds() { self.send_digest(store) } else { self.send_manifest(store) }
+                    if self.bucket_rounds() {
+                        self.send_buckets(store);
+                    } else if self.digest_rounds() {
+                        self.send_digest(store);
+                    } else {
+                        self.send_manifest(store);
+                    }
                 }
                 self.start_pending(store);
             }
@@ -1207,5 +1438,7 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Ping { .. } => "Ping",
         Frame::Pong { .. } => "Pong",
         Frame::Digest(_) => "Digest",
+        Frame::Buckets(_) => "Buckets",
+        Frame::Scope(_) => "Scope",
     }
 }

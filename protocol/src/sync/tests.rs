@@ -418,6 +418,14 @@ proptest! {
         converge_after_chaos(cfg_without_digest(), &actions)?;
     }
 
+    /// With whole digests but no buckets, as between peers of a build before buckets.
+    #[test]
+    fn replicas_converge_after_chaos_with_whole_digest_rounds(
+        actions in proptest::collection::vec(arb_action(), 0..150)
+    ) {
+        converge_after_chaos(cfg_without_buckets(), &actions)?;
+    }
+
     /// With room for two sync states a side, fewer than the documents in play and than `docs_in_flight_max`:
     /// documents wait their turn, and every replica still converges.
     #[test]
@@ -446,6 +454,11 @@ fn converge_after_chaos(cfg: SessionConfig, actions: &[Action]) -> Result<(), Te
 
 fn cfg_without_digest() -> SessionConfig {
     SessionConfig { capabilities: capabilities::ALL & !capabilities::MANIFEST_DIGEST, ..cfg() }
+}
+
+/// Digest rounds but not bucket rounds, as between peers of a build before buckets.
+fn cfg_without_buckets() -> SessionConfig {
+    SessionConfig { capabilities: capabilities::ALL & !capabilities::MANIFEST_BUCKETS, ..cfg() }
 }
 
 #[test]
@@ -696,8 +709,13 @@ fn is_manifest(f: &Frame) -> bool {
     matches!(f, Frame::Manifest(m) if m.last)
 }
 
+/// A periodic round's digest: whole, or per bucket.
 fn is_digest(f: &Frame) -> bool {
-    matches!(f, Frame::Digest(_))
+    matches!(f, Frame::Digest(_) | Frame::Buckets(_))
+}
+
+fn is_scope(f: &Frame) -> bool {
+    matches!(f, Frame::Scope(_))
 }
 
 fn is_sync(f: &Frame) -> bool {
@@ -718,8 +736,15 @@ fn stores_in_sync() -> (MemStore, MemStore) {
 /// round a digest and nothing else; a digest that matches stands for the receiver's own round.
 #[test]
 fn in_sync_sessions_exchange_only_digests_after_the_first_round() {
+    for node_cfg in [cfg(), cfg_without_buckets()] {
+        in_sync_sessions_exchange_only_digests(node_cfg);
+    }
+}
+
+fn in_sync_sessions_exchange_only_digests(node_cfg: SessionConfig) {
+    let buckets = node_cfg.capabilities & capabilities::MANIFEST_BUCKETS != 0;
     let (hub, node) = stores_in_sync();
-    let mut p = Pair::new(hub, node, cfg());
+    let mut p = Pair::new(hub, node, node_cfg);
     assert!(p.converged());
     assert_eq!(p.count(0, is_manifest), (1, 1), "the first round is a full manifest each way");
     let interval = cfg().manifest_interval_ms;
@@ -729,7 +754,11 @@ fn in_sync_sessions_exchange_only_digests_after_the_first_round() {
     }
     assert_eq!(p.count(first, is_manifest), (0, 0), "later rounds send no manifest: {:?}", &p.sent[first..]);
     assert_eq!(p.count(first, is_digest), (5, 5), "{:?}", &p.sent[first..]);
+    let of_kind: fn(&Frame) -> bool =
+        if buckets { |f| matches!(f, Frame::Buckets(_)) } else { |f| matches!(f, Frame::Digest(_)) };
+    assert_eq!(p.count(first, of_kind), (5, 5), "buckets: {buckets}: {:?}", &p.sent[first..]);
     assert_eq!(p.count(first, is_sync), (0, 0));
+    assert_eq!(p.count(first, is_scope), (0, 0));
     assert!(p.converged());
 
     // The node's timer fires first (the hub's clock is a millisecond behind): its matching digest stands for
@@ -747,9 +776,11 @@ fn in_sync_sessions_exchange_only_digests_after_the_first_round() {
 /// document only the node holds and one only the hub holds — whichever side's digest comes first.
 #[test]
 fn digest_round_repairs_what_pushes_did_not_carry() {
-    for hub_first in [false, true] {
+    for (hub_first, node_cfg) in
+        [(false, cfg()), (true, cfg()), (false, cfg_without_buckets()), (true, cfg_without_buckets())]
+    {
         let (hub, node) = stores_in_sync();
-        let mut p = Pair::new(hub, node, cfg());
+        let mut p = Pair::new(hub, node, node_cfg);
         let interval = cfg().manifest_interval_ms;
         p.tick(interval, true, true);
         assert!(p.converged());
@@ -1023,4 +1054,156 @@ fn peer_manifest_rounds_are_rate_limited() {
     s.handle_frame(&mut hub, round(21));
     assert!(hub.docs_for_calls.get() > calls, "a round after the interval is taken");
     assert!(limited(&mut s).is_empty());
+}
+
+/// A hub and node 0 that hold the same `docs` documents of node 0, none in flight.
+fn stores_with_many(docs: usize) -> (MemStore, MemStore) {
+    let mut hub = MemStore::new(None, 100);
+    let mut node = MemStore::new(Some(0), 1);
+    for k in 0..docs {
+        let id = doc(&format!("n0-{k}"));
+        node.edit(&id, 1, (k % 251) as u8);
+        let copy = node.docs[&id].clone();
+        hub.docs.insert(id, copy);
+    }
+    (hub, node)
+}
+
+/// What a side's anti-entropy sent between two readings.
+fn sent_since(before: AntiEntropyStats, after: AntiEntropyStats) -> AntiEntropyStats {
+    let mut d = AntiEntropyStats::default();
+    d.add_since(&before, &after);
+    d
+}
+
+/// 3,000 documents shared, six of them changed behind the sessions' backs (as documents in flight under load
+/// look to a digest round): heads that differ on both sides, documents only the node holds and one only the
+/// hub holds. A bucket round repairs all of it listing only the documents of the few buckets that differ;
+/// the same round without buckets lists every document, both ways.
+#[test]
+fn a_bucket_round_lists_only_the_buckets_that_differ() {
+    const DOCS: usize = 3_000;
+    let big = SessionConfig { manifest_docs_per_frame_max: 512, outbound_frames_max: 64, ..cfg() };
+    let mut listed = Vec::new();
+    for buckets in [true, false] {
+        let node_cfg = if buckets {
+            big.clone()
+        } else {
+            SessionConfig { capabilities: capabilities::ALL & !capabilities::MANIFEST_BUCKETS, ..big.clone() }
+        };
+        let (hub, node) = stores_with_many(DOCS);
+        let mut p = Pair::with_configs(hub, node, big.clone(), node_cfg);
+        assert!(p.converged());
+        let interval = big.manifest_interval_ms;
+        p.tick(interval, true, true);
+        let (hub0, node0) = (p.hub_s.anti_entropy(), p.node_s.anti_entropy());
+        p.hub.edit(&doc("n0-7"), 9, 9);
+        p.node.edit(&doc("n0-8"), 9, 9);
+        p.node.edit(&doc("n0-2999"), 9, 1);
+        p.hub.edit(&doc("n0-5000"), 9, 9);
+        p.node.edit(&doc("n0-5001"), 9, 9);
+        p.node.edit(&doc("n0-5002"), 9, 9);
+        let before = p.sent.len();
+        p.tick(interval - 1, true, true);
+        p.tick(1, true, false);
+        assert!(p.converged(), "buckets: {buckets}");
+        assert!(p.node.docs.contains_key(&doc("n0-5000")) && p.hub.docs.contains_key(&doc("n0-5002")));
+        let hub_sent = sent_since(hub0, p.hub_s.anti_entropy());
+        let node_sent = sent_since(node0, p.node_s.anti_entropy());
+        if buckets {
+            // The node's round: bucket digests. The hub answers the differing buckets, which name documents
+            // the node lacks; the node answers with its own of the same buckets.
+            assert_eq!((node_sent.digests_sent, node_sent.full_manifests, node_sent.partial_manifests), (1, 0, 1));
+            assert_eq!((hub_sent.full_manifests, hub_sent.partial_manifests), (0, 1));
+            assert_eq!(p.count(before, is_scope), (1, 1));
+            assert!((1..=6).contains(&hub_sent.buckets_differing), "{hub_sent:?}");
+            // 3,000 documents in 256 buckets: about 12 a bucket, at most 6 buckets.
+            let bound = 6 * 3 * DOCS as u64 / 256;
+            assert!(hub_sent.entries_sent <= bound && node_sent.entries_sent <= bound, "{hub_sent:?} {node_sent:?}");
+        } else {
+            assert_eq!((hub_sent.full_manifests, node_sent.full_manifests), (1, 1));
+            assert!(hub_sent.entries_sent >= DOCS as u64 && node_sent.entries_sent >= DOCS as u64);
+        }
+        listed.push(hub_sent.entries_sent + node_sent.entries_sent);
+        // And once repaired, rounds are digests again.
+        let after = p.sent.len();
+        p.tick(interval, true, true);
+        assert_eq!(p.count(after, is_manifest), (0, 0), "buckets: {buckets}");
+    }
+    assert!(listed[0] * 20 < listed[1], "entries listed with buckets and without: {listed:?}");
+}
+
+/// A partial round says nothing of the buckets it does not cover: the receiver sends the documents of the
+/// covered buckets the round does not name, and no other.
+#[test]
+fn a_scoped_round_schedules_only_the_documents_of_its_buckets() {
+    let mut hub = MemStore::new(None, 100);
+    for k in 0..40 {
+        hub.edit(&doc(&format!("n0-{k}")), 1, 1);
+    }
+    let buckets = 8;
+    let covered = 3;
+    let mut s = SyncSession::new_server(
+        SessionConfig { docs_in_flight_max: 64, outbound_frames_max: 256, ..cfg() },
+        hub_id(),
+        node_id(0),
+        vec![100],
+        0,
+    );
+    let hello = SyncSession::new_client(cfg(), node_id(0), hub_id(), vec![1], 0).poll_transmit().unwrap();
+    s.handle_frame(&mut hub, hello);
+    while s.poll_transmit().is_some() {}
+    s.handle_frame(&mut hub, Frame::Scope(Scope { round: 5, buckets, covered: vec![covered] }));
+    s.handle_frame(&mut hub, Frame::Manifest(Manifest { round: 5, docs: vec![], last: true }));
+    let mut synced = BTreeSet::new();
+    while let Some(f) = s.poll_transmit() {
+        if let Frame::Sync { doc, .. } = f {
+            synced.insert(doc);
+        }
+    }
+    let expected: BTreeSet<DocId> = hub.docs.keys().filter(|d| bucket_of(d, buckets) == covered).cloned().collect();
+    assert!(!expected.is_empty() && expected.len() < 40, "{expected:?}");
+    assert_eq!(synced, expected);
+    // The same empty round without a scope is a whole manifest: the node lacks everything.
+    s.handle_frame(&mut hub, Frame::Manifest(Manifest { round: 6, docs: vec![], last: true }));
+    s.tick(&mut hub, 1);
+    let mut more = BTreeSet::new();
+    for _ in 0..1000 {
+        let Some(f) = s.poll_transmit() else { break };
+        if let Frame::Sync { doc, .. } = f {
+            more.insert(doc);
+        }
+    }
+    assert!(more.iter().any(|d| bucket_of(d, buckets) != covered), "{more:?}");
+}
+
+/// Bucket frames are announced by a capability: a peer that did not agree to it and sends one is refused.
+#[test]
+fn buckets_or_a_scope_without_the_capability_close_the_session() {
+    for frame in [
+        Frame::Buckets(Buckets { round: 2, buckets: vec![ManifestDigest::default().bucket()] }),
+        Frame::Scope(Scope { round: 2, buckets: 1, covered: vec![0] }),
+    ] {
+        let (hub, node) = stores_in_sync();
+        let mut p = Pair::new(hub, node, cfg_without_buckets());
+        p.hub_s.handle_frame(&mut p.hub, frame);
+        assert!(matches!(p.hub_s.poll_transmit(), Some(Frame::Refuse { code: ErrorCode::ProtocolViolation, .. })));
+        assert!(p.hub_s.is_closed());
+    }
+}
+
+/// Which document falls in which bucket is part of the wire contract, like the digest.
+#[test]
+fn bucket_of_is_pinned() {
+    let got: Vec<u32> = ["order/n1-1", "stock/n1", "n0-7"].iter().map(|d| bucket_of(&doc(d), 4096)).collect();
+    assert_eq!(got, vec![3298, 2087, 2532], "computed independently: SHA-256 of the tag and id, low bits");
+    for d in ["order/n1-1", "stock/n1", "n0-7"] {
+        let id = doc(d);
+        assert_eq!(bucket_of(&id, 1), 0);
+        // Fewer buckets take the low bits: a document stays in the bucket its larger count's bits name.
+        assert_eq!(bucket_of(&id, 64), bucket_of(&id, 4096) % 64);
+    }
+    assert_eq!([buckets_for(0), buckets_for(16), buckets_for(17), buckets_for(3_000)], [1, 1, 2, 256]);
+    assert_eq!(buckets_for(usize::MAX), BUCKETS_MAX);
+    assert_eq!(buckets_for(16 * 4096 + 1), BUCKETS_MAX);
 }
