@@ -7,7 +7,7 @@ use oms_protocol::domain::FulfillmentState;
 use oms_protocol::sync::DocStore;
 use oms_protocol::sync::SyncSession;
 use oms_protocol::sync::automerge::{ROOT, transaction::Transactable};
-use oms_protocol::sync::manifest_digest_of;
+use oms_protocol::sync::{manifest_buckets_of, manifest_digest_of};
 use oms_protocol::wire::Frame;
 
 #[test]
@@ -24,6 +24,16 @@ fn a_cached_digest_is_recomputed_after_any_change() {
     let wh2 = PeerId::new("oms://acme/node/wh2").unwrap();
     let first = docs.sync.manifest_digest(&wh1);
     assert_eq!(first, manifest_digest_of(&mut docs.sync, &wh1));
+    // Bucket digests likewise, for the count the sender chooses and for one a peer asks for.
+    let buckets = |docs: &mut HubDocs, n: Option<u32>| {
+        let cached = docs.sync.manifest_buckets(&wh1, n);
+        assert_eq!(cached, manifest_buckets_of(&mut docs.sync, &wh1, n), "a stale bucket digest");
+        cached
+    };
+    let first_buckets = buckets(&mut docs, Some(4));
+    assert_eq!(first_buckets.len(), 4);
+    assert_eq!(first_buckets.iter().map(|b| b.docs()).sum::<u64>(), 2);
+    assert_eq!(buckets(&mut docs, None).len(), 1, "two documents: one bucket");
     assert_eq!(first.docs(), 2, "wh1's two orders");
     assert_eq!(docs.sync.manifest_digest(&wh2).docs(), 1);
     // Unchanged: the cached digest, computed at the current generation.
@@ -35,11 +45,13 @@ fn a_cached_digest_is_recomputed_after_any_change() {
     let second = docs.sync.manifest_digest(&wh1);
     assert_ne!(second, first);
     assert_eq!(second, manifest_digest_of(&mut docs.sync, &wh1));
+    assert_ne!(buckets(&mut docs, Some(4)), first_buckets);
     // Removing a document is a change too.
     docs.remove_doc(&doc);
     let third = docs.sync.manifest_digest(&wh1);
     assert_eq!(third.docs(), 1);
     assert_eq!(third, manifest_digest_of(&mut docs.sync, &wh1));
+    assert_eq!(buckets(&mut docs, Some(4)).iter().map(|b| b.docs()).sum::<u64>(), 1);
 }
 
 /// Routing's view of the sites is kept between calls and follows every change a node makes to its stock

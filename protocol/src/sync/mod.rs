@@ -315,22 +315,21 @@ impl PeerScope {
     }
 }
 
-/// Domain separation of the hash that puts a document in a bucket, with the version of its layout.
-const BUCKET_ID_DOMAIN: &[u8] = b"oms/manifest-bucket/1";
-
 /// About how many documents a bucket holds when the sender chooses the number of buckets ([`buckets_for`]):
 /// a document in flight makes its whole bucket differ, so small buckets keep a partial manifest short.
 pub const BUCKET_DOCS_TARGET: usize = 16;
 
-/// The bucket of `doc` among `buckets` (a power of two): the first eight bytes of a SHA-256 over a domain
-/// tag and the id, little-endian, masked. Part of the wire contract (`bucket_of_is_pinned`): both sides must
-/// put a document in the same bucket.
+/// The bucket of `doc` among `buckets` (a power of two): the low bits of the 64-bit FNV-1a hash of the id's
+/// bytes. Part of the wire contract (`bucket_of_is_pinned`): both sides must put a document in the same
+/// bucket. Not a cryptographic hash, and it need not be: a peer that chose ids to crowd one bucket would only
+/// make its own rounds longer, and every round passes over every document held, so the hash is kept cheap
+/// (written out here: FNV-1a is a few lines, and the constants are the standard's).
 pub fn bucket_of(doc: &DocId, buckets: u32) -> u32 {
-    let h: Hash = sha2::Sha256::new().chain_update(BUCKET_ID_DOMAIN).chain_update(doc.as_str()).finalize().into();
-    let mut le = [0u8; 8];
-    le.copy_from_slice(&h[..8]);
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let h = doc.as_str().bytes().fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
     // The mask keeps the value below `buckets`, a u32: the cast cannot truncate.
-    (u64::from_le_bytes(le) & u64::from(buckets.max(1) - 1)) as u32
+    (h & u64::from(buckets.max(1) - 1)) as u32
 }
 
 /// How many buckets a sender of `docs` documents splits them into: about [`BUCKET_DOCS_TARGET`] per bucket,
@@ -517,9 +516,19 @@ impl std::fmt::Debug for SyncSession {
 /// What a manifest for `peer` lists, in id order, each document once ([`DocStore::manifest_heads`], so a
 /// store that keeps heads apart from its documents loads none).
 fn manifest_entries_of<S: DocStore + ?Sized>(store: &mut S, peer: &PeerId) -> Vec<ManifestEntry> {
+    manifest_entries_where(store, peer, |_| true)
+}
+
+/// What [`manifest_entries_of`] lists, of the documents `keep` keeps only.
+fn manifest_entries_where<S: DocStore + ?Sized>(
+    store: &mut S,
+    peer: &PeerId,
+    keep: impl Fn(&DocId) -> bool,
+) -> Vec<ManifestEntry> {
     let mut entries: Vec<ManifestEntry> = store
         .manifest_heads(peer)
         .into_iter()
+        .filter(|(doc, _)| keep(doc))
         .map(|(doc, heads)| ManifestEntry { doc, heads: sorted(hashes(&heads)) })
         .collect();
     entries.sort_by(|a, b| a.doc.cmp(&b.doc));
@@ -930,8 +939,7 @@ impl SyncSession {
         self.last_full_manifest_ms = self.now_ms;
         self.anti_entropy.partial_manifests += 1;
         let wanted: BTreeSet<u32> = covered.iter().copied().collect();
-        let mut entries = manifest_entries_of(store, &self.peer);
-        entries.retain(|e| wanted.contains(&bucket_of(&e.doc, buckets)));
+        let entries = manifest_entries_where(store, &self.peer, |doc| wanted.contains(&bucket_of(doc, buckets)));
         self.outbound.push_back(Frame::Scope(Scope { round: self.manifest_round, buckets, covered }));
         self.push_manifest(&entries);
     }
