@@ -239,6 +239,8 @@ struct Shared {
     tuning: SyncTuning,
     /// Up or down since when, for the screens.
     link: Arc<crate::metrics::HubLinkState>,
+    /// Held by [`persist`] from prepare to commit.
+    flush_turn: tokio::sync::Mutex<()>,
 }
 
 /// Starts the feed follower and the hub link for `store`, keeping documents in `data_dir/sync.redb`, and the
@@ -400,7 +402,21 @@ fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, Ingest
 /// Applies feed entries after the cursor to the documents, and writes the balances pending for the stock
 /// document if `stock_coalesce_ms` passed (or an acknowledgement presses, [`ack_pressing`]). Returns the
 /// documents changed, or `None` if there was nothing to do.
+/// One pass of the feed follower ([`ingest_pass`]) and its flush, at once.
+#[cfg(test)]
 fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Option<Vec<DocId>>, IngestError> {
+    let changed = ingest_pass(docs, store, tuning)?;
+    if changed.is_some() {
+        docs.sync.db.flush()?;
+    }
+    Ok(changed)
+}
+
+/// Reads the next entries of the store's change feed into the documents and moves the feed cursor, all left
+/// dirty in `docs` for one flush to write together (after a crash, a document and the cursor that produced it
+/// are both old or both new, and the feed is read again from the old one). `None` when the feed had nothing
+/// new; otherwise the documents changed.
+fn ingest_pass(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Option<Vec<DocId>>, IngestError> {
     let cursor = docs.sync.db.meta(FEED_CURSOR)?.unwrap_or(0);
     let entries = store.feed_after(cursor, tuning.feed_batch_max)?;
     let last = entries.last().map(|(seq, _)| *seq);
@@ -526,7 +542,6 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
     if let Some(last) = last {
         docs.sync.db.set_meta(FEED_CURSOR, last);
     }
-    docs.sync.db.flush()?;
     Ok(Some(changed.into_iter().collect()))
 }
 
@@ -602,7 +617,15 @@ async fn follow_feed(shared: Arc<Shared>, store: Store) {
         }
         // Drain what is there in bounded batches, then wait for the next tick.
         for _ in 0..64 {
-            let result = ingest(&mut lock(&shared.docs), &store, &shared.tuning);
+            let result = ingest_pass(&mut lock(&shared.docs), &store, &shared.tuning);
+            // While a session is up it writes what a pass changed with its own flush, which it makes before it
+            // sends anything (`persist`): one `sync.redb` commit a round rather than two. Without one (or with
+            // more waiting than a round should carry) the follower flushes itself, as the session does: the
+            // fsync off the documents' lock and off this async worker.
+            let flush_here = matches!(result, Ok(Some(_)))
+                && (!linked(&shared) || lock(&shared.docs).sync.db.dirty_docs() > FOLLOWER_DIRTY_MAX);
+            let result =
+                if flush_here { persist(&shared).await.map_err(IngestError::from).and(result) } else { result };
             match result {
                 Ok(None) => {
                     failing = false;
@@ -914,12 +937,24 @@ impl Shared {
             changed: Notify::new(),
             tuning,
             link: Arc::new(crate::metrics::HubLinkState::default()),
+            flush_turn: tokio::sync::Mutex::new(()),
         }
     }
 }
 
-/// Writes what the session changed to `sync.redb`, with the disk I/O outside the documents' lock.
+/// Most documents the feed follower leaves for the session's flush; beyond it, it flushes them itself.
+const FOLLOWER_DIRTY_MAX: usize = 1_024;
+
+/// True while a sync session with the hub is established (it flushes before it sends).
+fn linked(shared: &Shared) -> bool {
+    shared.link.up_since_ms.load(std::sync::atomic::Ordering::Relaxed) != 0
+}
+
+/// Writes what the session or the feed follower changed to `sync.redb`, with the disk I/O outside the
+/// documents' lock. One at a time (`flush_turn`): a caller whose prepare finds nothing new still waits for a
+/// batch another caller prepared to commit, so what it is about to send is on disk when it returns.
 async fn persist(shared: &Shared) -> Result<(), DocDbError> {
+    let _turn = shared.flush_turn.lock().await;
     let Some(batch) = lock(&shared.docs).sync.db.prepare_flush() else { return Ok(()) };
     match tokio::task::spawn_blocking(move || batch.commit()).await {
         Ok(result) => result,

@@ -423,3 +423,54 @@ async fn a_burst_of_assignments_is_taken_in_shared_transactions() {
     let took = batches(&metrics) - before;
     assert!(took >= 1 && took <= (ORDERS / 2) as u64, "{ORDERS} assignments took {took} store transactions");
 }
+
+/// Creates a one-unit order of `SKU-A` at the store (with a unit received for it) and returns its document.
+async fn order_at(store: &Store, key: &str) -> DocId {
+    movement(store, "SKU-A", Movement::Receipt { qty: 1, note: None }).await;
+    let sku = oms_protocol::domain::Sku::parse("SKU-A").unwrap();
+    let cmd = crate::store::cmd::CreateOrder { key: key.into(), draft: oms_protocol::fixtures::draft("w", &sku, 1) };
+    let id: OrderId = store.execute(cmd).await.unwrap().record.id;
+    schema::order_doc(&id).unwrap()
+}
+
+/// Waits (bounded) until the follower hands the link `doc`; then how many documents are left unflushed.
+async fn handed_over(shared: &Shared, doc: &DocId) -> usize {
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if lock(&shared.dirty).contains(doc) {
+            return lock(&shared.docs).sync.db.dirty_docs();
+        }
+    }
+    panic!("the follower never handed {doc} to the link");
+}
+
+/// With no session up the feed follower flushes each pass itself before it hands the link what changed; with
+/// one up it leaves its documents (and the cursor) for the session's flush, which the session makes before it
+/// sends anything: one `sync.redb` commit a round instead of two, and no fsync under the documents' lock.
+#[tokio::test]
+async fn while_a_session_is_up_the_follower_leaves_its_flush_to_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let docs = docs(dir.path(), &store);
+    let shared = Arc::new(Shared::new(docs, SyncTuning { feed_poll_ms: 20, ..SyncTuning::default() }));
+    let task = tokio::spawn(follow_feed(shared.clone(), store.clone()));
+
+    let first = order_at(&store, "k1").await;
+    assert_eq!(handed_over(&shared, &first).await, 0, "unlinked: the follower flushed what it handed over");
+
+    shared.link.up(now_ms());
+    let second = order_at(&store, "k2").await;
+    let unflushed = handed_over(&shared, &second).await;
+    assert!(unflushed >= 1, "linked: the order's document waits for the session's flush");
+    let cursor = lock(&shared.docs).sync.db.meta(FEED_CURSOR).unwrap();
+    // The session's flush writes it all, cursor included.
+    persist(&shared).await.unwrap();
+    assert_eq!(lock(&shared.docs).sync.db.dirty_docs(), 0);
+    task.abort();
+    let _ = task.await;
+    drop(shared);
+    let mut reopened = open_docs(&dir.path().join(SYNC_DB_FILE), 7);
+    assert!(cursor.is_some());
+    assert_eq!(reopened.sync.db.meta(FEED_CURSOR).unwrap(), cursor);
+    assert!(reopened.sync.db.get(&second).is_some() && reopened.sync.db.get(&first).is_some());
+}

@@ -559,6 +559,11 @@ impl DocDb {
             && self.removed.is_empty())
     }
 
+    /// How many documents are marked dirty (changed since the last prepared flush).
+    pub fn dirty_docs(&self) -> usize {
+        self.dirty_docs.len()
+    }
+
     /// A counter or cursor, including a value not yet flushed.
     pub fn meta(&self, key: &str) -> Result<Option<u64>, DocDbError> {
         if let Some(v) = self.dirty_meta.get(key).or_else(|| self.flushing_meta.get(key)) {
