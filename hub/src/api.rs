@@ -303,7 +303,7 @@ async fn audit_events(
 async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
     let mut out = auth.stats.openmetrics("oms_hub");
     let now = now_ms();
-    let (connected, held, per_node) = {
+    let (connected, held, per_node, anti_entropy, sessions) = {
         let docs = lock(&hub.docs);
         // One series per node that ever connected (bounded by `nodes_max` and the hub's parties).
         let per_node: Vec<(String, bool, Option<u64>, u64)> = docs
@@ -314,17 +314,15 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
                 (name.clone(), st.connected, age_s, st.changes_quarantined)
             })
             .collect();
-        (docs.nodes.values().filter(|n| n.connected).count(), docs.db().len(), per_node)
+        // What the hub's side of every node's sessions sent for anti-entropy, and the sessions.
+        let mut anti_entropy = oms_protocol::sync::AntiEntropyStats::default();
+        for st in docs.nodes.values() {
+            anti_entropy.add_since(&oms_protocol::sync::AntiEntropyStats::default(), &st.anti_entropy);
+        }
+        let sessions = docs.nodes.values().map(|st| st.sessions).sum::<u64>();
+        (docs.nodes.values().filter(|n| n.connected).count(), docs.db().len(), per_node, anti_entropy, sessions)
     };
     let history = lock(&hub.docs).db().state_history(STATE_DOCS_MEASURED_MAX);
-    let (anti_entropy, sessions) = {
-        let docs = lock(&hub.docs);
-        let mut total = oms_protocol::sync::AntiEntropyStats::default();
-        for st in docs.nodes.values() {
-            total.add_since(&oms_protocol::sync::AntiEntropyStats::default(), &st.anti_entropy);
-        }
-        (total, docs.nodes.values().map(|st| st.sessions).sum::<u64>())
-    };
     let h = hub.clone();
     let taken = tokio::task::spawn_blocking(move || h.intake.orders_taken()).await.ok().and_then(Result::ok);
     let gauge = |out: &mut String, name: &str, help: &str, v: String| {

@@ -399,9 +399,6 @@ fn repair_stock(docs: &mut NodeDocs, store: &Store) -> Result<Vec<DocId>, Ingest
     Ok(vec![name])
 }
 
-/// Applies feed entries after the cursor to the documents, and writes the balances pending for the stock
-/// document if `stock_coalesce_ms` passed (or an acknowledgement presses, [`ack_pressing`]). Returns the
-/// documents changed, or `None` if there was nothing to do.
 /// One pass of the feed follower ([`ingest_pass`]) and its flush, at once.
 #[cfg(test)]
 fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Option<Vec<DocId>>, IngestError> {
@@ -412,10 +409,11 @@ fn ingest(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Opt
     Ok(changed)
 }
 
-/// Reads the next entries of the store's change feed into the documents and moves the feed cursor, all left
-/// dirty in `docs` for one flush to write together (after a crash, a document and the cursor that produced it
-/// are both old or both new, and the feed is read again from the old one). `None` when the feed had nothing
-/// new; otherwise the documents changed.
+/// Applies feed entries after the cursor to the documents, and writes the balances pending for the stock
+/// document if `stock_coalesce_ms` passed (or an acknowledgement presses, [`ack_pressing`]). The documents
+/// and the moved feed cursor are left dirty in `docs` for one flush to write together (after a crash, a
+/// document and the cursor that produced it are both old or both new, and the feed is read again from the
+/// old one). Returns the documents changed, or `None` if there was nothing to do.
 fn ingest_pass(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Result<Option<Vec<DocId>>, IngestError> {
     let cursor = docs.sync.db.meta(FEED_CURSOR)?.unwrap_or(0);
     let entries = store.feed_after(cursor, tuning.feed_batch_max)?;
@@ -617,13 +615,16 @@ async fn follow_feed(shared: Arc<Shared>, store: Store) {
         }
         // Drain what is there in bounded batches, then wait for the next tick.
         for _ in 0..64 {
-            let result = ingest_pass(&mut lock(&shared.docs), &store, &shared.tuning);
+            let (result, waiting) = {
+                let mut docs = lock(&shared.docs);
+                let result = ingest_pass(&mut docs, &store, &shared.tuning);
+                (result, docs.sync.db.dirty_docs())
+            };
             // While a session is up it writes what a pass changed with its own flush, which it makes before it
             // sends anything (`persist`): one `sync.redb` commit a round rather than two. Without one (or with
             // more waiting than a round should carry) the follower flushes itself, as the session does: the
             // fsync off the documents' lock and off this async worker.
-            let flush_here = matches!(result, Ok(Some(_)))
-                && (!linked(&shared) || lock(&shared.docs).sync.db.dirty_docs() > FOLLOWER_DIRTY_MAX);
+            let flush_here = matches!(result, Ok(Some(_))) && (!linked(&shared) || waiting > FOLLOWER_DIRTY_MAX);
             let result =
                 if flush_here { persist(&shared).await.map_err(IngestError::from).and(result) } else { result };
             match result {

@@ -846,7 +846,7 @@ impl SyncSession {
     /// we lack: of the buckets in `scope` only when one is given, else whole. At most once per
     /// `manifest_interval_ms`, so a peer cannot make us build manifests in a loop. One that is held back is not
     /// lost: the next digest round differs again.
-    fn answer_with_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S, scope: Option<(u32, Vec<u32>)>) {
+    fn answer_with_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S, scope: Option<(u32, BTreeSet<u32>)>) {
         if self.now_ms - self.last_full_manifest_ms < self.cfg.manifest_interval_ms {
             return;
         }
@@ -868,7 +868,7 @@ impl SyncSession {
         // `validate` let through only a power of two within BUCKETS_MAX: the cast cannot truncate.
         let count = theirs.buckets.len() as u32;
         let ours = store.manifest_buckets(&self.peer, Some(count));
-        let differing: Vec<u32> = (0..count)
+        let differing: BTreeSet<u32> = (0..count)
             .zip(&theirs.buckets)
             .filter(|(i, t)| ours.get(*i as usize).map(ManifestDigest::bucket).as_ref() != Some(*t))
             .map(|(i, _)| i)
@@ -933,13 +933,14 @@ impl SyncSession {
 
     /// A manifest round of our documents in the `covered` buckets of `buckets` only, announced by a
     /// [`Frame::Scope`].
-    fn send_partial_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S, buckets: u32, covered: Vec<u32>) {
+    fn send_partial_manifest<S: DocStore + ?Sized>(&mut self, store: &mut S, buckets: u32, covered: BTreeSet<u32>) {
         self.manifest_round = self.manifest_round.wrapping_add(1);
         self.last_manifest_ms = self.now_ms;
         self.last_full_manifest_ms = self.now_ms;
         self.anti_entropy.partial_manifests += 1;
-        let wanted: BTreeSet<u32> = covered.iter().copied().collect();
-        let entries = manifest_entries_where(store, &self.peer, |doc| wanted.contains(&bucket_of(doc, buckets)));
+        let entries = manifest_entries_where(store, &self.peer, |doc| covered.contains(&bucket_of(doc, buckets)));
+        // Ascending, as the frame requires: a set's order.
+        let covered = covered.into_iter().collect();
         self.outbound.push_back(Frame::Scope(Scope { round: self.manifest_round, buckets, covered }));
         self.push_manifest(&entries);
     }
@@ -1080,7 +1081,7 @@ impl SyncSession {
                 }
             }
             if done.lists_what_we_lack {
-                lacking = Some(done.scope.map(|s| (s.buckets, s.covered.into_iter().collect())));
+                lacking = Some(done.scope.map(|s| (s.buckets, s.covered)));
             }
         }
         for (doc, heads) in to_finish {
