@@ -13,6 +13,21 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process and the processes it starts (`PR_SET_THP_DISABLE`,
+/// which the kernel checks at each page fault, so it covers what the allocator mapped before `main`).
+///
+/// mimalloc maps its arenas 2 MiB-aligned, and where the kernel backs them with huge pages (`always`, or
+/// `madvise` with the `MADV_HUGEPAGE` mimalloc gives by default, which the `no_thp` feature drops) each first
+/// touch of a fresh region zeroes 2 MiB for what is often a few small objects. Under channel intake that
+/// zeroing was 35 % of the hub's CPU; without huge pages the hub alone took 1.4-1.7x the orders a second
+/// (BENCHMARKS.md, "Transparent huge pages off"). A failure (another kernel, a sandbox) changes nothing else.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("oms: transparent huge pages stay on ({e})");
+    }
+}
+
 pub mod backup;
 mod ca;
 mod config_ref;
@@ -201,6 +216,7 @@ async fn node_import(
 /// Parses the command line and runs the subcommand. `main.rs` and the integration tests' copy of the binary
 /// both call this, so tests drive exactly what users run.
 pub fn main() -> anyhow::Result<()> {
+    no_huge_pages();
     let cli = Cli::parse();
     init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -230,4 +246,15 @@ pub fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// `main` turns transparent huge pages off for the process (the flag is the process's, so the test's too).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn main_turns_transparent_huge_pages_off() {
+        super::no_huge_pages();
+        assert!(rustix::thread::transparent_huge_pages_are_disabled().unwrap());
+    }
 }

@@ -320,6 +320,7 @@ mod tests {
             "[intake]\nqueue_max = 0\n",
             "[intake]\nbatch_max = 0\n",
             "[intake]\nbatch_max = 100000\n",
+            "[intake]\ncache_bytes = 4096\n",
             "[webhooks]\nconcurrency_max = 0\n",
             "[webhooks]\ntimeout_ms = 1\n",
             "[webhooks]\nretry_for_ms = 1000\n[events]\nretention_ms = 999\n",
@@ -337,8 +338,9 @@ mod tests {
         assert_eq!(cfg.node_quota(), crate::docs::NodeQuota { docs_max: 10, stored_bytes_max: 1 << 20 });
         assert_eq!(HubConfig::default().node_quota(), crate::docs::NodeQuota::default());
         assert!(HubConfig::default().validate().is_ok());
-        std::fs::write(&path, "[intake]\nqueue_max = 100\nbatch_max = 10\n").unwrap();
+        std::fs::write(&path, "[intake]\nqueue_max = 100\nbatch_max = 10\ncache_bytes = 8388608\n").unwrap();
         let intake = HubConfig::load(&path).unwrap().intake;
-        assert_eq!((intake.queue_max, intake.batch_max), (100, 10));
+        assert_eq!((intake.queue_max, intake.batch_max, intake.cache_bytes), (100, 10, 8 << 20));
+        assert_eq!(HubConfig::default().intake.cache_bytes, 64 << 20, "not redb's 1 GiB");
     }
 }

@@ -84,10 +84,14 @@ pub async fn run(
         changes_inflated_bytes_max: cfg.changes_inflated_bytes_max,
         ..server::ServerTuning::default()
     };
-    let intake =
-        intake::Intake::open(&cfg.data_dir.join(intake::INTAKE_DB_FILE), cfg.routing.clone()).with_context(|| {
-            format!("cannot open {}; the hub does not start", cfg.data_dir.join(intake::INTAKE_DB_FILE).display())
-        })?;
+    let intake = intake::Intake::open_cached(
+        &cfg.data_dir.join(intake::INTAKE_DB_FILE),
+        cfg.routing.clone(),
+        cfg.intake.cache_bytes,
+    )
+    .with_context(|| {
+        format!("cannot open {}; the hub does not start", cfg.data_dir.join(intake::INTAKE_DB_FILE).display())
+    })?;
     let money = money::Money::new(cfg.payments.clone(), cfg.tax.clone())
         .map_err(|e| anyhow::anyhow!("cannot set up payments: {e}"))?;
     events::init(intake.db()).context("cannot create the event log's tables")?;

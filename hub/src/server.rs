@@ -356,28 +356,37 @@ async fn persist(hub: &Hub, needed: u64) -> Result<(), DocDbError> {
     if *committed >= needed {
         return Ok(());
     }
+    let Some((batch, upto)) = prepare_persist(hub, &mut committed) else { return Ok(()) };
+    match tokio::task::spawn_blocking(move || batch.commit()).await {
+        Ok(result) => finish_persist(hub, &mut committed, upto, result),
+        // The batch was dropped uncommitted; the next flush writes its contents.
+        Err(e) => Err(DocDbError::FlushTask { path: "hub.redb".into(), source: e }),
+    }
+}
+
+/// The first half of a flush, under the documents' lock: the batch and the frames it covers, or `None` (and
+/// `committed` moved up) if nothing is dirty.
+fn prepare_persist(hub: &Hub, committed: &mut u64) -> Option<(oms_sync::docdb::FlushBatch, u64)> {
     let (batch, upto) = {
         let mut docs = lock(&hub.docs);
         (docs.prepare_flush(), hub.frames_handled.load(Ordering::Acquire))
     };
-    let Some(batch) = batch else {
+    if batch.is_none() {
         *committed = upto;
         // Nothing to write, but sessions may have loaded documents to send them: drop what exceeds the cache.
         lock(&hub.docs).evict_idle();
-        return Ok(());
-    };
-    match tokio::task::spawn_blocking(move || batch.commit()).await {
-        Ok(Ok(())) => {
-            *committed = upto;
-            // What the batch held is on disk: documents beyond the cache need not wait for the next flush,
-            // which after a burst may not come for a long time.
-            lock(&hub.docs).evict_idle();
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e),
-        // The batch was dropped uncommitted; the next flush writes its contents.
-        Err(e) => Err(DocDbError::FlushTask { path: "hub.redb".into(), source: e }),
     }
+    batch.map(|b| (b, upto))
+}
+
+/// The second half, once the batch's commit returned.
+fn finish_persist(hub: &Hub, committed: &mut u64, upto: u64, result: Result<(), DocDbError>) -> Result<(), DocDbError> {
+    result?;
+    *committed = upto;
+    // What the batch held is on disk: documents beyond the cache need not wait for the next flush, which after
+    // a burst may not come for a long time.
+    lock(&hub.docs).evict_idle();
+    Ok(())
 }
 
 /// Writes what the hub changed in its documents so far to `hub.redb`, as the sessions' flushes do: prepared
@@ -389,6 +398,32 @@ pub async fn flush_docs(hub: &Hub) -> Result<(), DocDbError> {
         hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1
     };
     persist(hub, needed).await
+}
+
+/// With `docs_loaded_max` documents or more loaded, [`flush_docs_blocking`], so the clean ones can be evicted.
+/// A failed flush is logged: what it held stays dirty in memory for the next flush, which retries it.
+pub fn flush_docs_if_full(hub: &Hub) {
+    if lock(&hub.docs).db().loaded() < hub.tuning.docs_loaded_max {
+        return;
+    }
+    if let Err(e) = flush_docs_blocking(hub) {
+        tracing::warn!(error = %e, "flushing the hub's documents failed; the next flush retries");
+    }
+}
+
+/// [`flush_docs`] for a thread outside the async runtime (the intake's documents thread), which may block:
+/// it waits for a flush in progress, then commits on the calling thread.
+pub fn flush_docs_blocking(hub: &Hub) -> Result<(), DocDbError> {
+    let needed = {
+        let _docs = lock(&hub.docs);
+        hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1
+    };
+    let mut committed = hub.persist.blocking_lock();
+    if *committed >= needed {
+        return Ok(());
+    }
+    let Some((batch, upto)) = prepare_persist(hub, &mut committed) else { return Ok(()) };
+    finish_persist(hub, &mut committed, upto, batch.commit())
 }
 
 /// Feeds one frame from `node` to its session, with the ownership check of what it changed.

@@ -10,6 +10,9 @@
 //! The sites grant the hub a large unacknowledged budget (`[hub.escrow] unacked_max`) so that the figure is
 //! the hub's, not the escrow round trip's; the count of orders placed at a site (not backordered) is given.
 //!
+//! The last column is the hub's resident memory at the end of the level (`/proc`), which a bounded hub keeps
+//! from growing with the orders taken.
+//!
 //! Each level runs twice in a row: orders without payment, then orders with a card payment that the hub
 //! authorizes at the in-process test provider before the `201` (an attempt row committed before the call, the
 //! payment written in the order's transaction): the same run gives both, as the `payment` column says.
@@ -136,7 +139,7 @@ async fn main() {
     let (quic, hub_http) = (free_udp(), free_tcp());
     // The test admin key (`install_admin_key`) may send 1,000,000 requests/s; 64 clients stay below the
     // per-key in-flight cap, raised anyway so that a larger BENCH_LEVELS is not refused.
-    let _hub = cluster::spawn_hub_with(
+    let hub = cluster::spawn_hub_with(
         root,
         &certs,
         quic,
@@ -195,9 +198,9 @@ async fn main() {
     let _ = level(&c, hub_http, 4, 1, 950_000_000_000, true).await;
     let payments = env_u64("BENCH_PAYMENTS", 1) == 1;
     println!(
-        "| clients | payment | orders/s (201) | placed | p50 ms | p99 ms | errors | orders per commit | ÷ raw fsync |"
+        "| clients | payment | orders/s (201) | placed | p50 ms | p99 ms | errors | orders per commit | ÷ raw fsync | hub RSS MB |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut last = None;
     for (i, &clients) in levels.iter().enumerate() {
         let mut none = None;
@@ -213,12 +216,13 @@ async fn main() {
             let per_commit = if c1 > c0 { (o1 - o0) as f64 / (c1 - c0) as f64 } else { f64::NAN };
             let (p50, p99) = (percentile(&l.lat_ms, 0.5), percentile(&l.lat_ms, 0.99));
             println!(
-                "| {} | {} | {rate:.0} | {} | {p50:.2} | {p99:.2} | {} | {per_commit:.1} | {:.2} |",
+                "| {} | {} | {rate:.0} | {} | {p50:.2} | {p99:.2} | {} | {per_commit:.1} | {:.2} | {:.0} |",
                 l.clients,
                 if card { "card" } else { "none" },
                 l.placed,
                 l.errors,
-                rate / fsync_per_s
+                rate / fsync_per_s,
+                hub.proc.rss_mb()
             );
             match (card, none) {
                 (false, _) => none = Some((rate, p50, p99)),

@@ -667,9 +667,16 @@ fn add_units(into: &mut Vec<SkuQty>, lines: &[SkuQty]) {
 }
 
 impl Intake {
-    /// Opens (or creates) `intake.redb` and loads the escrow view and the open orders.
+    /// Opens (or creates) `intake.redb` and loads the escrow view and the open orders, with the default cache
+    /// ([`IntakeLimits::CACHE_BYTES_DEFAULT`]).
     pub fn open(path: &Path, policy: RoutingPolicy) -> Result<Intake, IntakeError> {
-        let opened = oms_service::storage::format::open(path, &INTAKE_FORMAT, &Default::default())?;
+        Self::open_cached(path, policy, IntakeLimits::CACHE_BYTES_DEFAULT)
+    }
+
+    /// [`Intake::open`] keeping at most `cache_bytes` of the file's pages in memory ([`IntakeLimits::cache_bytes`]).
+    pub fn open_cached(path: &Path, policy: RoutingPolicy, cache_bytes: usize) -> Result<Intake, IntakeError> {
+        let options = oms_service::storage::Options { cache_bytes: Some(cache_bytes), faults: None };
+        let opened = oms_service::storage::format::open(path, &INTAKE_FORMAT, &options)?;
         Self::load(opened.db, policy)
     }
 
@@ -680,7 +687,9 @@ impl Intake {
         backend: Box<dyn redb::StorageBackend>,
         policy: RoutingPolicy,
     ) -> Result<Intake, IntakeError> {
-        let opened = oms_service::storage::format::open_on(path, backend, &INTAKE_FORMAT, &Default::default())?;
+        let options =
+            oms_service::storage::Options { cache_bytes: Some(IntakeLimits::CACHE_BYTES_DEFAULT), faults: None };
+        let opened = oms_service::storage::format::open_on(path, backend, &INTAKE_FORMAT, &options)?;
         Self::load(opened.db, policy)
     }
 

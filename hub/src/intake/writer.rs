@@ -47,11 +47,14 @@ pub struct IntakeLimits {
     pub queue_max: usize,
     /// Channel orders taken in one write transaction.
     pub batch_max: usize,
+    /// Bytes of `intake.redb` pages kept in memory (redb's cache, read and written pages alike). redb's own
+    /// default is 1 GiB, which a busy hub fills: its memory grew by ≈ 7 KB per channel order until it did.
+    pub cache_bytes: usize,
 }
 
 impl Default for IntakeLimits {
     fn default() -> Self {
-        IntakeLimits { queue_max: 4_096, batch_max: 256 }
+        IntakeLimits { queue_max: 4_096, batch_max: 256, cache_bytes: Self::CACHE_BYTES_DEFAULT }
     }
 }
 
@@ -60,6 +63,10 @@ impl IntakeLimits {
     pub const QUEUE_MAX: usize = 1_000_000;
     /// Largest accepted `batch_max`.
     pub const BATCH_MAX: usize = 4_096;
+    /// Default `cache_bytes`: as the documents' `hub.redb` and a node's files.
+    pub const CACHE_BYTES_DEFAULT: usize = 64 << 20;
+    /// Accepted `cache_bytes`.
+    pub const CACHE_BYTES: std::ops::RangeInclusive<usize> = (1 << 20)..=(64 << 30);
 
     /// Why these bounds are not usable, if they are not.
     pub fn check(&self) -> Result<(), String> {
@@ -68,6 +75,14 @@ impl IntakeLimits {
         }
         if !(1..=Self::BATCH_MAX).contains(&self.batch_max) {
             return Err(format!("[intake] batch_max must be 1 ..= {}, not {}", Self::BATCH_MAX, self.batch_max));
+        }
+        if !Self::CACHE_BYTES.contains(&self.cache_bytes) {
+            return Err(format!(
+                "[intake] cache_bytes must be {} ..= {}, not {}",
+                Self::CACHE_BYTES.start(),
+                Self::CACHE_BYTES.end(),
+                self.cache_bytes
+            ));
         }
         Ok(())
     }
@@ -184,6 +199,7 @@ impl Intake {
         let limits = IntakeLimits {
             queue_max: limits.queue_max.clamp(1, IntakeLimits::QUEUE_MAX),
             batch_max: limits.batch_max.clamp(1, IntakeLimits::BATCH_MAX),
+            ..limits
         };
         if self.queue.get().is_some() {
             return Ok(());
@@ -601,7 +617,13 @@ mod tests {
         let sites = vec![site(0, 1_000)];
         grant(&intake, &sites[0].id, "A", (100, 100, true, 100));
         let facts = sites.clone();
-        intake.start(IntakeLimits { queue_max: 64, batch_max: 64 }, Box::new(move |_| facts.clone()), None).unwrap();
+        intake
+            .start(
+                IntakeLimits { queue_max: 64, batch_max: 64, ..Default::default() },
+                Box::new(move |_| facts.clone()),
+                None,
+            )
+            .unwrap();
         for a in ten_queued(&intake) {
             let placed = a.blocking_recv().unwrap().unwrap();
             assert_eq!(placed.order.fulfillments.len(), 1);
@@ -629,7 +651,11 @@ mod tests {
             if log.len() == 1 { Err("refused".into()) } else { Ok(()) }
         });
         intake
-            .start(IntakeLimits { queue_max: 64, batch_max: 4 }, Box::new(move |_| facts.clone()), Some(sink))
+            .start(
+                IntakeLimits { queue_max: 64, batch_max: 4, ..Default::default() },
+                Box::new(move |_| facts.clone()),
+                Some(sink),
+            )
             .unwrap();
         // Batches of at most four.
         let placed: Vec<Placed> =
@@ -668,7 +694,9 @@ mod tests {
         let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), RoutingPolicy::default()).unwrap();
         let d = || draft("o", "web", &[("A", 1)], PLACES[0]);
         assert!(matches!(intake.enqueue("k".into(), d(), actor()), Err(IntakeError::ShuttingDown)));
-        intake.start(IntakeLimits { queue_max: 2, batch_max: 1 }, Box::new(|_| Vec::new()), None).unwrap();
+        intake
+            .start(IntakeLimits { queue_max: 2, batch_max: 1, ..Default::default() }, Box::new(|_| Vec::new()), None)
+            .unwrap();
         let held = lock(&intake.core.state);
         // The writer takes at most one and waits; the queue holds two more; the next is refused.
         let mut answers = Vec::new();
@@ -746,7 +774,7 @@ mod tests {
                 .collect();
 
             let facts = sites.clone();
-            batched.start(IntakeLimits { queue_max: 64, batch_max }, Box::new(move |_| facts.clone()), None).unwrap();
+            batched.start(IntakeLimits { queue_max: 64, batch_max, ..Default::default() }, Box::new(move |_| facts.clone()), None).unwrap();
             let held = lock(&batched.core.state);
             let answers: Vec<Answer> =
                 bodies.iter().map(|(k, d)| batched.enqueue(k.clone(), d.clone(), actor()).unwrap()).collect();

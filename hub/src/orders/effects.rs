@@ -149,10 +149,17 @@ pub fn apply_all_effects(hub: &Hub, all: &[&Effects]) -> Result<(), EffectsError
 
 /// The intake's [`crate::intake::EffectsSink`]: writes what each committed batch of channel orders created,
 /// before their callers are answered (see `intake::writer`).
+///
+/// Sessions flush what it writes before they send it; with no session up (every site unreachable) nothing
+/// else would, and every document it created would stay loaded. So past `docs_loaded_max` documents loaded it
+/// flushes them itself, on its own thread (the write of the next batch waits for it, which bounds the intake
+/// by the disk rather than by memory).
 pub fn effects_sink(hub: std::sync::Weak<Hub>) -> crate::intake::EffectsSink {
     Box::new(move |all| {
         let Some(hub) = hub.upgrade() else { return Err("the hub is shutting down".into()) };
-        apply_all_effects(&hub, all).map_err(|e| e.to_string())
+        apply_all_effects(&hub, all).map_err(|e| e.to_string())?;
+        crate::server::flush_docs_if_full(&hub);
+        Ok(())
     })
 }
 
@@ -168,4 +175,53 @@ pub(super) fn replay_effects(order: &HubOrder) -> Effects {
         })
         .collect();
     Effects { fulfillments, escrow: vec![] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docs::HubDocs;
+    use crate::intake::{Intake, NewFulfillment};
+    use oms_protocol::domain::{NodeId, OrderId, Sku};
+    use oms_sync::docdb::DocDb;
+
+    /// With no session up (every site unreachable), what the intake's documents thread writes is flushed once
+    /// `docs_loaded_max` documents are loaded, so the hub's memory stays bounded and the documents reach the
+    /// disk. Without that flush nothing else writes them: all 400 would stay loaded.
+    #[test]
+    fn with_no_session_up_the_documents_thread_flushes_past_the_loaded_bound() {
+        const LOADED_MAX: usize = 32;
+        const PER_BATCH: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 100_000).unwrap()).unwrap();
+        docs.set_cache_max(16);
+        let intake = Intake::open(&dir.path().join(crate::intake::INTAKE_DB_FILE), Default::default()).unwrap();
+        let purchasing = crate::purchasing::Purchasing::new(Default::default(), dir.path(), intake.db()).unwrap();
+        let money = crate::money::Money::new(Default::default(), Default::default()).unwrap();
+        let tuning = crate::server::ServerTuning { docs_loaded_max: LOADED_MAX, ..Default::default() };
+        let hub = Arc::new(Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], tuning).unwrap());
+        let held_before = lock(&hub.docs).db().len();
+        let mut sink = effects_sink(Arc::downgrade(&hub));
+        let site = NodeId::parse("wh-a").unwrap();
+        let sku = Sku::parse("SKU-1").unwrap();
+        for batch in 0..50 {
+            let fulfillments = (0..PER_BATCH)
+                .map(|i| {
+                    let parent = OrderId::parse(&format!("hub-{:010}", batch * PER_BATCH + i)).unwrap();
+                    NewFulfillment {
+                        id: OrderId::parse(&format!("{parent}.1")).unwrap(),
+                        parent,
+                        site: site.clone(),
+                        draft: oms_protocol::fixtures::draft("r", &sku, 1),
+                    }
+                })
+                .collect();
+            sink(&[&Effects { fulfillments, escrow: vec![] }]).unwrap();
+            let loaded = lock(&hub.docs).db().loaded();
+            assert!(loaded < LOADED_MAX + PER_BATCH, "batch {batch}: {loaded} documents loaded");
+        }
+        let docs = lock(&hub.docs);
+        assert_eq!(docs.db().len(), held_before + 400, "every fulfillment document is held");
+        assert!(docs.db().dirty_docs() < LOADED_MAX, "{} documents never written", docs.db().dirty_docs());
+    }
 }
