@@ -19,8 +19,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc maps its arenas 2 MiB-aligned, and where the kernel backs them with huge pages (`always`, or
 /// `madvise` with the `MADV_HUGEPAGE` mimalloc gives by default, which the `no_thp` feature drops) each first
 /// touch of a fresh region zeroes 2 MiB for what is often a few small objects. Under channel intake that
-/// zeroing was 35 % of the hub's CPU; without huge pages the hub alone took 1.4-1.7x the orders a second
-/// (BENCHMARKS.md, "Transparent huge pages off"). A failure (another kernel, a sandbox) changes nothing else.
+/// zeroing was 35 % of the hub's CPU; without huge pages the hub alone took 1.4x the orders a second
+/// (BENCHMARKS.md, "Hub: transparent huge pages off, ..."). A failure (another kernel, a sandbox) changes nothing else.
 fn no_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {

@@ -393,11 +393,14 @@ fn finish_persist(hub: &Hub, committed: &mut u64, upto: u64, result: Result<(), 
 /// under the documents' lock, committed (fsync) on a blocking thread without it. For an HTTP handler that
 /// must answer only once its writes are durable.
 pub async fn flush_docs(hub: &Hub) -> Result<(), DocDbError> {
-    let needed = {
-        let _docs = lock(&hub.docs);
-        hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1
-    };
-    persist(hub, needed).await
+    persist(hub, flush_ticket(hub)).await
+}
+
+/// What a flush must cover for a caller outside the sessions: every frame handled and every document marked
+/// before now (taken under the documents' lock, as a session takes its own).
+fn flush_ticket(hub: &Hub) -> u64 {
+    let _docs = lock(&hub.docs);
+    hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1
 }
 
 /// With `docs_loaded_max` documents or more loaded, [`flush_docs_blocking`], so the clean ones can be evicted.
@@ -413,11 +416,8 @@ pub fn flush_docs_if_full(hub: &Hub) {
 
 /// [`flush_docs`] for a thread outside the async runtime (the intake's documents thread), which may block:
 /// it waits for a flush in progress, then commits on the calling thread.
-pub fn flush_docs_blocking(hub: &Hub) -> Result<(), DocDbError> {
-    let needed = {
-        let _docs = lock(&hub.docs);
-        hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1
-    };
+fn flush_docs_blocking(hub: &Hub) -> Result<(), DocDbError> {
+    let needed = flush_ticket(hub);
     let mut committed = hub.persist.blocking_lock();
     if *committed >= needed {
         return Ok(());

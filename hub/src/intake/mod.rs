@@ -666,6 +666,11 @@ fn add_units(into: &mut Vec<SkuQty>, lines: &[SkuQty]) {
     }
 }
 
+/// How `intake.redb` is opened: with a page cache of `cache_bytes`, not redb's default of 1 GiB.
+fn cached(cache_bytes: usize) -> oms_service::storage::Options {
+    oms_service::storage::Options { cache_bytes: Some(cache_bytes), faults: None }
+}
+
 impl Intake {
     /// Opens (or creates) `intake.redb` and loads the escrow view and the open orders, with the default cache
     /// ([`IntakeLimits::CACHE_BYTES_DEFAULT`]).
@@ -675,8 +680,7 @@ impl Intake {
 
     /// [`Intake::open`] keeping at most `cache_bytes` of the file's pages in memory ([`IntakeLimits::cache_bytes`]).
     pub fn open_cached(path: &Path, policy: RoutingPolicy, cache_bytes: usize) -> Result<Intake, IntakeError> {
-        let options = oms_service::storage::Options { cache_bytes: Some(cache_bytes), faults: None };
-        let opened = oms_service::storage::format::open(path, &INTAKE_FORMAT, &options)?;
+        let opened = oms_service::storage::format::open(path, &INTAKE_FORMAT, &cached(cache_bytes))?;
         Self::load(opened.db, policy)
     }
 
@@ -687,8 +691,7 @@ impl Intake {
         backend: Box<dyn redb::StorageBackend>,
         policy: RoutingPolicy,
     ) -> Result<Intake, IntakeError> {
-        let options =
-            oms_service::storage::Options { cache_bytes: Some(IntakeLimits::CACHE_BYTES_DEFAULT), faults: None };
+        let options = cached(IntakeLimits::CACHE_BYTES_DEFAULT);
         let opened = oms_service::storage::format::open_on(path, backend, &INTAKE_FORMAT, &options)?;
         Self::load(opened.db, policy)
     }
