@@ -160,6 +160,11 @@ impl Hub {
         })
     }
 
+    /// This process's Automerge actor, which every document the hub writes carries.
+    pub fn actor_id(&self) -> oms_protocol::sync::automerge::ActorId {
+        oms_protocol::sync::automerge::ActorId::from(self.actor.as_slice())
+    }
+
     /// Hands the hub the reloading parts of its TLS configuration (once; later calls change nothing), so that
     /// connections are checked against each new CRL and `GET /v1/nodes` shows the hub's own certificate.
     pub fn set_tls(&self, tls: HubTls) {

@@ -888,6 +888,29 @@ impl HubDocs {
         if let Some(next) = &rotated {
             self.note_change(next);
         }
+        Ok(self.tell_local(doc, parties))
+    }
+
+    /// Holds `value`, an order document the hub built and committed away from the documents' lock (see
+    /// `orders::effects`), as the new document `doc`, and does what [`HubDocs::write_local`] does after a
+    /// change. `Ok(None)`, and nothing held, if `doc` is not an order document or is already held: the
+    /// caller then writes through [`HubDocs::write_local`].
+    pub fn create_local(&mut self, doc: &DocId, value: AutoCommit) -> Result<Option<Vec<String>>, schema::SchemaError> {
+        if !matches!(DocKind::of(doc), Some(DocKind::Order(_))) {
+            return Ok(None);
+        }
+        let parties = schema::order_parties(&value);
+        if !self.sync.db.create(doc, value).map_err(|e| schema::SchemaError::Automerge(e.to_string()))? {
+            return Ok(None);
+        }
+        self.sync.db.mark_dirty(doc);
+        self.note_change(doc);
+        Ok(Some(self.tell_local(doc, parties)))
+    }
+
+    /// After the hub changed `doc` (whose origin and site are `parties`, for an order): the nodes to tell,
+    /// each of which gets it among the documents its session pushes.
+    fn tell_local(&mut self, doc: &DocId, parties: Option<(String, String)>) -> Vec<String> {
         let mut tell = Vec::new();
         match DocKind::of(doc) {
             Some(DocKind::Order(_)) => {
@@ -910,7 +933,7 @@ impl HubDocs {
                 set.insert(doc.clone());
             }
         }
-        Ok(tell)
+        tell
     }
 
     /// Sites that published a stock document, with what they published about themselves, at most `max`.

@@ -135,11 +135,15 @@ impl DocDb {
     pub(super) fn evict(&mut self) {
         // Every batch is committed: removals are off the disk, and settled rows on it.
         self.flushing_removed.clear();
-        let dirty = &self.dirty_docs;
-        self.docs.retain(|id, s| s.doc.get().is_some() || !s.persisted.settled() || dirty.contains(id));
         // `get_mut` takes no lock (`&mut self` is proof enough), so `oms_service::lock` has no part here; a
         // poisoned set is taken as it is, as `lock` would.
         let resident = self.resident.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Slots of documents not loaded, once settled, go; with no more slots than loaded documents there are
+        // none, and the walk over every slot (after each flush) is skipped.
+        if self.docs.len() > resident.len() {
+            let dirty = &self.dirty_docs;
+            self.docs.retain(|id, s| s.doc.get().is_some() || !s.persisted.settled() || dirty.contains(id));
+        }
         if resident.len() <= self.cache_max {
             return;
         }
@@ -192,13 +196,7 @@ impl DocDb {
     pub fn get_or_create(&mut self, doc: &DocId) -> Result<&mut AutoCommit, DocDbError> {
         self.generation = self.generation.wrapping_add(1);
         if !self.contains(doc) {
-            self.before_create(doc)?;
-            if self.count >= self.docs_max {
-                return Err(DocDbError::Full { path: self.path.clone(), max: self.docs_max, doc: doc.to_string() });
-            }
-            self.docs.insert(doc.clone(), Slot::loaded(AutoCommit::new().with_actor(self.actor.clone())));
-            self.count += 1;
-            lock(&self.resident).insert(doc.clone());
+            self.hold_new(doc, AutoCommit::new())?;
         }
         let path = self.path.clone();
         // `get` logged why it did not load (the error value is gone by now).
@@ -207,6 +205,31 @@ impl DocDb {
             doc: doc.to_string(),
             detail: "evicted and does not load",
         })
+    }
+
+    /// Holds `value`, built elsewhere (e.g. away from a lock this database sits behind), as the new document
+    /// `doc`, with this process's actor for its later changes. `Ok(false)`, and nothing held, if `doc` is
+    /// already held. Call [`DocDb::mark_dirty`] afterwards, as after a change.
+    pub fn create(&mut self, doc: &DocId, value: AutoCommit) -> Result<bool, DocDbError> {
+        self.generation = self.generation.wrapping_add(1);
+        if self.contains(doc) {
+            return Ok(false);
+        }
+        self.hold_new(doc, value)?;
+        Ok(true)
+    }
+
+    /// Holds `value` as `doc`, which is not held, within `docs_max`.
+    fn hold_new(&mut self, doc: &DocId, mut value: AutoCommit) -> Result<(), DocDbError> {
+        self.before_create(doc)?;
+        if self.count >= self.docs_max {
+            return Err(DocDbError::Full { path: self.path.clone(), max: self.docs_max, doc: doc.to_string() });
+        }
+        value.set_actor(self.actor.clone());
+        self.docs.insert(doc.clone(), Slot::loaded(value));
+        self.count += 1;
+        lock(&self.resident).insert(doc.clone());
+        Ok(())
     }
 
     /// Replaces a document (e.g. with a fork taken before a refused change).
@@ -305,6 +328,43 @@ mod tests {
         };
         let mut db = DocDb::open(&path, vec![2; 16], 100).unwrap();
         assert_eq!(ids.iter().map(|id| db.get_mut(id).unwrap().get_heads()).collect::<Vec<_>>(), heads);
+    }
+
+    #[test]
+    fn a_document_built_elsewhere_is_held_once_and_never_over_one_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let (a, b) = (DocId::new("order/a-1").unwrap(), DocId::new("order/a-2").unwrap());
+        let built = |v: u64| {
+            let mut d = AutoCommit::new().with_actor(vec![9; 16].into());
+            d.put(ROOT, "k", v).unwrap();
+            d.commit();
+            d
+        };
+        let heads = {
+            let mut db = DocDb::open(&path, vec![1; 16], 1).unwrap();
+            assert!(db.create(&a, built(1)).unwrap());
+            db.mark_dirty(&a);
+            assert_eq!((db.len(), db.loaded()), (1, 1));
+            // Its later changes are this process's.
+            assert_eq!(db.get_mut(&a).unwrap().get_actor(), &vec![1u8; 16].into());
+            db.flush().unwrap();
+            // Held already (loaded, or only on disk after an eviction): not replaced, nothing changes.
+            let before = db.get_mut(&a).unwrap().get_heads();
+            assert!(!db.create(&a, built(2)).unwrap());
+            db.set_cache_max(1);
+            db.evict();
+            assert!(!db.create(&a, built(3)).unwrap());
+            assert_eq!(db.get_mut(&a).unwrap().get_heads(), before);
+            // Within `docs_max`, as `get_or_create`.
+            assert!(matches!(db.create(&b, built(4)), Err(DocDbError::Full { .. })));
+            assert!(!db.contains(&b));
+            before
+        };
+        let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
+        let d = db.get_mut(&a).unwrap();
+        assert_eq!(d.get_heads(), heads);
+        assert_eq!(d.get(ROOT, "k").unwrap().map(|(v, _)| v.as_u64()), Some(Some(1)));
     }
 
     #[test]
