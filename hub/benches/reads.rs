@@ -35,7 +35,6 @@ use oms_hub::server::{Hub, ServerTuning};
 use oms_protocol::domain::{Balance, FulfillmentState, NodeId, OrderDraft, OrderId, Sku};
 use oms_protocol::records::{FulfillmentLine, OrderRecord, TimelineEntry};
 use oms_protocol::schema;
-use oms_service::lock;
 use oms_sync::DocDb;
 
 const SITES: [&str; 4] = ["wh-a", "wh-b", "wh-c", "wh-d"];
@@ -189,7 +188,7 @@ fn sync_rounds(hub: &Arc<Hub>, rt: &tokio::runtime::Runtime, secs: u64, now: u64
         let rec = record(&site, 10_000_000 + step % 200, now, true, step);
         let name = schema::order_doc(&rec.id).unwrap();
         let t = Instant::now();
-        let mut docs = lock(&hub.docs);
+        let mut docs = hub.docs.lock();
         waits.push(t.elapsed().as_secs_f64() * 1e3);
         docs.write_local(&name, |d| schema::write_order(d, &site, &rec, now + step)).unwrap();
         drop(docs);

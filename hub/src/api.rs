@@ -22,7 +22,8 @@
 //!   [`oms_service::audit::AUDIT_PAGE_MAX`] rows; follow `next_after` until it is null).
 //! - `GET /v1/events?after=&limit=&types=&wait_ms=` and `/v1/webhooks`: the event feed and webhook
 //!   subscriptions, see [`crate::events`].
-//! - `GET /metrics`: OpenMetrics text: the refusals of the auth layer, nodes connected, documents held,
+//! - `GET /metrics`: OpenMetrics text: the refusals of the auth layer, nodes connected, documents held, the
+//!   documents' lock's acquisitions and the seconds it was held and waited for ([`oms_service::TimedMutex`]),
 //!   carrier tracking events by outcome (`oms_hub_carrier_events_total{result}`) and those in EasyPost's
 //!   format (`oms_hub_carrier_events_easypost_total`),
 //!   orders taken and waiting, live API keys, the intake writer's commits and the orders they held.
@@ -79,7 +80,6 @@ use serde_json::{Value, json};
 
 use crate::server::Hub;
 use oms_service::Problem;
-use oms_service::lock;
 use oms_service::problem::QueryParams;
 
 /// Largest page of orders.
@@ -304,7 +304,7 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
     let mut out = auth.stats.openmetrics("oms_hub");
     let now = now_ms();
     let (connected, held, per_node, anti_entropy, sessions) = {
-        let docs = lock(&hub.docs);
+        let docs = hub.docs.lock();
         // One series per node that ever connected (bounded by `nodes_max` and the hub's parties).
         let per_node: Vec<(String, bool, Option<u64>, u64)> = docs
             .nodes
@@ -322,7 +322,7 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
         let sessions = docs.nodes.values().map(|st| st.sessions).sum::<u64>();
         (docs.nodes.values().filter(|n| n.connected).count(), docs.db().len(), per_node, anti_entropy, sessions)
     };
-    let history = lock(&hub.docs).db().state_history(STATE_DOCS_MEASURED_MAX);
+    let history = hub.docs.lock().db().state_history(STATE_DOCS_MEASURED_MAX);
     let h = hub.clone();
     let taken = tokio::task::spawn_blocking(move || h.intake.orders_taken()).await.ok().and_then(Result::ok);
     let gauge = |out: &mut String, name: &str, help: &str, v: String| {
@@ -330,6 +330,21 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
     };
     gauge(&mut out, "oms_hub_nodes_connected", "Nodes with a live sync session.", connected.to_string());
     gauge(&mut out, "oms_hub_documents_held", "Documents the hub holds.", held.to_string());
+    let lock = hub.docs.times();
+    let secs = |ns: u64| format!("{:.6}", ns as f64 / 1e9);
+    out.push_str(&format!(
+        "# HELP oms_hub_documents_lock_acquisitions Times the documents' lock was taken (by every sync session, the \
+         intake's documents thread, the watcher and the reads of documents).\n\
+         # TYPE oms_hub_documents_lock_acquisitions counter\noms_hub_documents_lock_acquisitions_total {}\n\
+         # HELP oms_hub_documents_lock_held_seconds Time the documents' lock was held. Its rate is the share of the \
+         time it is busy: near 1, everything that needs the documents waits in line.\n\
+         # TYPE oms_hub_documents_lock_held_seconds counter\noms_hub_documents_lock_held_seconds_total {}\n\
+         # HELP oms_hub_documents_lock_waited_seconds Time callers waited for the documents' lock, all together.\n\
+         # TYPE oms_hub_documents_lock_waited_seconds counter\noms_hub_documents_lock_waited_seconds_total {}\n",
+        lock.acquisitions,
+        secs(lock.held_ns),
+        secs(lock.waited_ns)
+    ));
     gauge(
         &mut out,
         "oms_hub_orders_waiting",
@@ -476,7 +491,7 @@ pub(crate) fn nodes_typed(hub: &Hub) -> NodesView {
     // document), not from a read of every stock document under the documents' lock.
     let stock_updated: BTreeMap<String, u64> =
         hub.demand.stock_sites(&hub.docs).iter().map(|s| (s.site.clone(), s.updated_at_ms)).collect();
-    let docs = lock(&hub.docs);
+    let docs = hub.docs.lock();
     let now = now_ms();
     let counts = docs.order_counts();
     let mut out = Vec::new();
@@ -769,12 +784,12 @@ fn order_list(
     limit: usize,
 ) -> (Vec<OrderRow>, Option<String>, u64, BTreeMap<String, u64>) {
     let (page, counts) = {
-        let docs = lock(&hub.docs);
+        let docs = hub.docs.lock();
         (docs.order_page(site, after, limit, ORDER_ROWS_READ_MAX), docs.order_counts())
     };
     let mut list = Vec::with_capacity(page.ids.len());
     for chunk in page.ids.chunks(crate::demand::READ_CHUNK) {
-        let docs = lock(&hub.docs);
+        let docs = hub.docs.lock();
         list.extend(chunk.iter().filter_map(|d| {
             let doc = docs.get(d)?;
             let (origin, site) = schema::order_parties(&doc)?;
@@ -809,7 +824,7 @@ async fn order(State(hub): State<Arc<Hub>>, principal: Principal, Path(id): Path
     let Some(name) = schema::order_doc(&id) else {
         return problem(StatusCode::BAD_REQUEST, "invalid_order_id", "invalid order id");
     };
-    let docs = lock(&hub.docs);
+    let docs = hub.docs.lock();
     let Some(doc) = docs.get(&name) else {
         return problem(StatusCode::NOT_FOUND, "order_not_found", format!("order {id} has not reached the hub"));
     };

@@ -190,6 +190,6 @@ pub async fn run(
     own_cert.abort();
     keys.abort();
     warm.abort();
-    oms_service::lock(&hub.docs).flush()?;
+    hub.docs.lock().flush()?;
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use oms_protocol::domain::NodeId;
 use oms_protocol::sync::{Event, SessionConfig, SyncSession};
 use oms_protocol::wire::{ErrorCode, Frame, FrameEncoder, PeerId, capabilities};
-use oms_service::{lock, now_ms};
+use oms_service::{TimedMutex, lock, now_ms};
 use oms_sync::DocDbError;
 use oms_sync::link::{self, LinkError};
 use oms_transport::tls::{ReloadingCert, ReloadingClientVerifier, WATCH_PERIOD_MIN_MS, refusal_code};
@@ -72,7 +72,7 @@ impl Default for ServerTuning {
 /// What the QUIC side shares with the HTTP side.
 pub struct Hub {
     /// The documents.
-    pub docs: Mutex<HubDocs>,
+    pub docs: TimedMutex<HubDocs>,
     /// Held from preparing a flush until its commit is done, so that sessions flush one after another while
     /// the documents' lock is free for the others and for HTTP. Holds the number of the last frame handled
     /// before the last committed flush: a session whose frames a flush of another session already covered
@@ -137,7 +137,7 @@ impl Hub {
         // A valid tenant name is at most 64 bytes, so the URI fits a peer id.
         let me = PeerId::new(me.uri()).ok_or_else(|| PkiError::BadIdentity { uri: me.uri() })?;
         Ok(Hub {
-            docs: Mutex::new(docs),
+            docs: TimedMutex::new(docs),
             persist: tokio::sync::Mutex::new(0),
             frames_handled: AtomicU64::new(0),
             tenant: tenant.to_owned(),
@@ -248,7 +248,7 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
     }
     let cert = oms_transport::peer_cert_info(&conn).ok();
     {
-        let mut docs = lock(&hub.docs);
+        let mut docs = hub.docs.lock();
         if !docs.enroll(&node) {
             tracing::warn!(%node, "party table full: orders naming this node reach it by their id alone");
         }
@@ -276,7 +276,7 @@ async fn serve(hub: &Hub, incoming: quinn::Incoming) {
     let mut conns = lock(&hub.conns);
     if conns.get(node.as_str()).is_some_and(|(id, _)| *id == conn_id) {
         conns.remove(node.as_str());
-        lock(&hub.docs).status(&node).connected = false;
+        hub.docs.lock().status(&node).connected = false;
     }
 }
 
@@ -373,13 +373,13 @@ async fn persist(hub: &Hub, needed: u64) -> Result<(), DocDbError> {
 /// `committed` moved up) if nothing is dirty.
 fn prepare_persist(hub: &Hub, committed: &mut u64) -> Option<(oms_sync::docdb::FlushBatch, u64)> {
     let (batch, upto) = {
-        let mut docs = lock(&hub.docs);
+        let mut docs = hub.docs.lock();
         (docs.prepare_flush(), hub.frames_handled.load(Ordering::Acquire))
     };
     if batch.is_none() {
         *committed = upto;
         // Nothing to write, but sessions may have loaded documents to send them: drop what exceeds the cache.
-        lock(&hub.docs).evict_idle();
+        hub.docs.lock().evict_idle();
     }
     batch.map(|b| (b, upto))
 }
@@ -390,7 +390,7 @@ fn finish_persist(hub: &Hub, committed: &mut u64, upto: u64, result: Result<(), 
     *committed = upto;
     // What the batch held is on disk: documents beyond the cache need not wait for the next flush, which after
     // a burst may not come for a long time.
-    lock(&hub.docs).evict_idle();
+    hub.docs.lock().evict_idle();
     Ok(())
 }
 
@@ -404,14 +404,14 @@ pub async fn flush_docs(hub: &Hub) -> Result<(), DocDbError> {
 /// What a flush must cover for a caller outside the sessions: every frame handled and every document marked
 /// before now (taken under the documents' lock, as a session takes its own).
 fn flush_ticket(hub: &Hub) -> u64 {
-    let _docs = lock(&hub.docs);
+    let _docs = hub.docs.lock();
     hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1
 }
 
 /// With `docs_loaded_max` documents or more loaded, [`flush_docs_blocking`], so the clean ones can be evicted.
 /// A failed flush is logged: what it held stays dirty in memory for the next flush, which retries it.
 pub fn flush_docs_if_full(hub: &Hub) {
-    if lock(&hub.docs).db().loaded() < hub.tuning.docs_loaded_max {
+    if hub.docs.lock().db().loaded() < hub.tuning.docs_loaded_max {
         return;
     }
     if let Err(e) = flush_docs_blocking(hub) {
@@ -433,7 +433,7 @@ fn flush_docs_blocking(hub: &Hub) -> Result<(), DocDbError> {
 
 /// Feeds one frame from `node` to its session, with the ownership check of what it changed.
 fn handle_frame(hub: &Hub, node: &NodeId, session: &mut SyncSession, frame: Frame, out: &mut Vec<Frame>) {
-    let mut docs = lock(&hub.docs);
+    let mut docs = hub.docs.lock();
     let now = now_ms();
     docs.status(node).last_frame_at_ms = Some(now);
     let target = match &frame {
@@ -470,7 +470,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let local = hub.local_signal(node.as_str());
     // The manifest exchange covers what the hub changed before this connection.
-    lock(&hub.docs).take_local(node.as_str());
+    hub.docs.lock().take_local(node.as_str());
     let batch_max = hub.tuning.frames_per_flush_max.max(1);
     let mut out: Vec<Frame> = Vec::new();
     // What this session's anti-entropy had sent when last added to the node's status.
@@ -479,7 +479,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
         let mut closed = None;
         let needed;
         {
-            let mut docs = lock(&hub.docs);
+            let mut docs = hub.docs.lock();
             while let Some(f) = session.poll_transmit() {
                 if matches!(f, Frame::Refused { code: ErrorCode::NotEntitled, .. }) {
                     docs.status(node).docs_refused += 1;
@@ -547,7 +547,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                     for _ in 1..batch_max {
                         // A hundred nodes catching up at once would otherwise keep 100 × `batch_max`
                         // documents loaded and dirty between two flushes (about 19 KB each).
-                        if lock(&hub.docs).db().loaded() >= hub.tuning.docs_loaded_max {
+                        if hub.docs.lock().db().loaded() >= hub.tuning.docs_loaded_max {
                             break;
                         }
                         match frames.try_recv() {
@@ -566,9 +566,9 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                 }
                 None => return Ok(()),
             },
-            _ = tick.tick() => session.tick(&mut lock(&hub.docs).sync, now_ms()),
+            _ = tick.tick() => session.tick(&mut hub.docs.lock().sync, now_ms()),
             () = local.notified() => {
-                let mut docs = lock(&hub.docs);
+                let mut docs = hub.docs.lock();
                 for doc in docs.take_local(node.as_str()) {
                     session.local_change(&mut docs.sync, &doc);
                 }

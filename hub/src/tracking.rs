@@ -67,7 +67,7 @@ use axum::response::{IntoResponse, Response};
 use oms_protocol::domain::{Channel, FulfillmentState, OrderId};
 use oms_protocol::schema;
 use oms_service::storage::StorageError;
-use oms_service::{Problem, RawBody, lock, now_ms};
+use oms_service::{Problem, RawBody, now_ms};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -936,7 +936,7 @@ pub async fn deliver_due(hub: &Arc<Hub>) {
     let mut frozen = Vec::new();
     let mut tell = Vec::new();
     {
-        let mut docs = lock(&hub.docs);
+        let mut docs = hub.docs.lock();
         for (fulfillment, at) in &due {
             match deliver_one(&mut docs, fulfillment, *at, &mut tell) {
                 DueDelivery::Done => done.push(fulfillment.clone()),

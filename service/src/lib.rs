@@ -2,7 +2,8 @@
 //! problems and the body extractors that produce them, body limits, reading an order request, the request
 //! guards against browser-borne requests ([`guard`]: host allow-list, origin check, content types), the HTTP
 //! server loop with its timeouts and connection limits ([`serve`]), loading a TOML config, the wall clock, a
-//! poison-tolerant lock, and storage errors that keep redb's error as their cause.
+//! poison-tolerant lock (and one that counts its waits and holds, [`timed`]), and storage errors that keep
+//! redb's error as their cause.
 //!
 //! It exists so that the hub never depends on the node (nor the node on the hub): both depend on this crate,
 //! on `oms-protocol` for the contract and on `oms-sync` for the I/O half of sync.
@@ -25,11 +26,13 @@ pub mod request;
 #[cfg(feature = "http")]
 pub mod serve;
 pub mod storage;
+pub mod timed;
 #[cfg(feature = "http")]
 pub mod web;
 
 #[cfg(feature = "http")]
 pub use problem::{JsonBody, Problem, RawBody, parse_json};
+pub use timed::{LockTimes, TimedMutex};
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -10,8 +10,10 @@
 //! The sites grant the hub a large unacknowledged budget (`[hub.escrow] unacked_max`) so that the figure is
 //! the hub's, not the escrow round trip's; the count of orders placed at a site (not backordered) is given.
 //!
-//! The last column is the hub's resident memory at the end of the level (`/proc`), which a bounded hub keeps
-//! from growing with the orders taken.
+//! The column before the last is the hub's resident memory at the end of the level (`/proc`), which a
+//! bounded hub keeps from growing with the orders taken. The last is the share of the level's time the hub's
+//! documents' lock was held (`oms_hub_documents_lock_held_seconds_total`), which every sync session, the
+//! intake's documents thread and the watcher take: near 100 %, they wait in line for one another.
 //!
 //! Each level runs twice in a row: orders without payment, then orders with a card payment that the hub
 //! authorizes at the in-process test provider before the `201` (an attempt row committed before the call, the
@@ -107,8 +109,8 @@ async fn level(c: &reqwest::Client, hub: SocketAddr, clients: u64, secs: u64, ba
     out
 }
 
-/// (write transactions, orders in them) from the hub's `/metrics`.
-async fn batches(c: &reqwest::Client, hub: SocketAddr) -> (u64, u64) {
+/// (write transactions, orders in them, seconds the documents' lock was held) from the hub's `/metrics`.
+async fn batches(c: &reqwest::Client, hub: SocketAddr) -> (u64, u64, f64) {
     let text = match c.get(format!("http://{hub}/metrics")).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
@@ -117,10 +119,14 @@ async fn batches(c: &reqwest::Client, hub: SocketAddr) -> (u64, u64) {
         text.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
-    (value("oms_hub_intake_commits_total"), value("oms_hub_intake_orders_total"))
+    (
+        value("oms_hub_intake_commits_total") as u64,
+        value("oms_hub_intake_orders_total") as u64,
+        value("oms_hub_documents_lock_held_seconds_total"),
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -198,9 +204,9 @@ async fn main() {
     let _ = level(&c, hub_http, 4, 1, 950_000_000_000, true).await;
     let payments = env_u64("BENCH_PAYMENTS", 1) == 1;
     println!(
-        "| clients | payment | orders/s (201) | placed | p50 ms | p99 ms | errors | orders per commit | ÷ raw fsync | hub RSS MB |"
+        "| clients | payment | orders/s (201) | placed | p50 ms | p99 ms | errors | orders per commit | ÷ raw fsync | hub RSS MB | documents' lock held |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut last = None;
     for (i, &clients) in levels.iter().enumerate() {
         let mut none = None;
@@ -208,21 +214,24 @@ async fn main() {
             if card && !payments {
                 continue;
             }
-            let (c0, o0) = batches(&c, hub_http).await;
+            let (c0, o0, h0) = batches(&c, hub_http).await;
             let base = (i as u64 + 1) * 1_000_000_000_000 + if card { 500_000_000_000 } else { 0 };
             let l = level(&c, hub_http, clients, secs, base, card).await;
-            let (c1, o1) = batches(&c, hub_http).await;
+            let (c1, o1, h1) = batches(&c, hub_http).await;
+            // The share of the level's time the documents' lock was held (1.0: never free).
+            let held = (h1 - h0) / l.secs;
             let rate = l.created as f64 / l.secs;
             let per_commit = if c1 > c0 { (o1 - o0) as f64 / (c1 - c0) as f64 } else { f64::NAN };
             let (p50, p99) = (percentile(&l.lat_ms, 0.5), percentile(&l.lat_ms, 0.99));
             println!(
-                "| {} | {} | {rate:.0} | {} | {p50:.2} | {p99:.2} | {} | {per_commit:.1} | {:.2} | {:.0} |",
+                "| {} | {} | {rate:.0} | {} | {p50:.2} | {p99:.2} | {} | {per_commit:.1} | {:.2} | {:.0} | {:.0} % |",
                 l.clients,
                 if card { "card" } else { "none" },
                 l.placed,
                 l.errors,
                 rate / fsync_per_s,
-                hub.proc.rss_mb()
+                hub.proc.rss_mb(),
+                held * 100.0
             );
             match (card, none) {
                 (false, _) => none = Some((rate, p50, p99)),

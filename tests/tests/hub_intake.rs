@@ -313,6 +313,14 @@ async fn hub_killed_during_intake_loses_no_acknowledged_order() {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
     let (commits, batched) = (metric("oms_hub_intake_commits_total"), metric("oms_hub_intake_orders_total"));
+    // The documents' lock counts its use: the documents thread alone took it for the orders acknowledged.
+    let held: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("oms_hub_documents_lock_held_seconds_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(metric("oms_hub_documents_lock_acquisitions_total") > 0 && held > 0.0, "{metrics}");
     hub.proc.kill9();
     for t in tasks {
         t.await.unwrap();

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use oms_protocol::schema;
 use oms_protocol::wire::DocId;
-use oms_service::lock;
+use oms_service::{TimedMutex, lock};
 
 use super::history::{Basis, DemandIndex, ORDERS_SCAN_MAX};
 use super::ledger::{Entry, Ledger};
@@ -111,13 +111,13 @@ fn read_orders(docs: &HubDocs, ids: &[DocId]) -> Vec<(DocId, Option<Entry>)> {
 impl Orders {
     /// Brings the ledger up to date: the orders changed since the last look, or all of them. Counts the
     /// documents read into `read`.
-    fn refresh(&mut self, docs: &Mutex<HubDocs>, read: &AtomicU64) {
-        let changed = lock(docs).take_order_changes();
+    fn refresh(&mut self, docs: &TimedMutex<HubDocs>, read: &AtomicU64) {
+        let changed = docs.lock().take_order_changes();
         match changed {
             Some(ids) if self.built => {
                 let ids: Vec<DocId> = ids.into_iter().collect();
                 for chunk in ids.chunks(READ_CHUNK) {
-                    let entries = read_orders(&lock(docs), chunk);
+                    let entries = read_orders(&docs.lock(), chunk);
                     read.fetch_add(entries.len() as u64, Ordering::Relaxed);
                     for (id, entry) in entries {
                         self.ledger.set(&id, entry);
@@ -131,7 +131,7 @@ impl Orders {
                 let mut after: Option<String> = None;
                 for _ in 0..=ORDERS_SCAN_MAX / READ_CHUNK {
                     let entries = {
-                        let d = lock(docs);
+                        let d = docs.lock();
                         read_orders(&d, &d.order_ids(None, after.as_deref(), READ_CHUNK))
                     };
                     read.fetch_add(entries.len() as u64, Ordering::Relaxed);
@@ -168,21 +168,21 @@ impl Orders {
 impl Stock {
     /// Brings the sites' stock up to date: the stock documents changed since the last look, or all of
     /// them; one document per hold of the lock (a stock document may list 100,000 SKUs).
-    fn refresh(&mut self, docs: &Mutex<HubDocs>, read: &AtomicU64) {
-        let changed = lock(docs).take_stock_changes();
+    fn refresh(&mut self, docs: &TimedMutex<HubDocs>, read: &AtomicU64) {
+        let changed = docs.lock().take_stock_changes();
         let ids: Vec<DocId> = match changed {
             Some(ids) if self.built => ids.into_iter().collect(),
             _ => {
                 self.sites.clear();
                 self.built = true;
-                lock(docs).stock_ids(STOCK_SITES_MAX)
+                docs.lock().stock_ids(STOCK_SITES_MAX)
             }
         };
         for id in ids {
             // By the document's base name, read in its current generation: a site's stock is one entry
             // whichever generations of its document changed (see `oms_protocol::generations`).
             let id = oms_protocol::generations::base(&id);
-            let site = lock(docs).get(&id).and_then(|d| SiteStock::read(&d, &id));
+            let site = docs.lock().get(&id).and_then(|d| SiteStock::read(&d, &id));
             read.fetch_add(1, Ordering::Relaxed);
             match site {
                 Some(s) if self.sites.get(&id).is_some_and(|old| **old == s) => {}
@@ -215,7 +215,7 @@ impl Stock {
 impl DemandCache {
     /// The demand index and the sites' available stock, brought up to date from the documents that changed
     /// (see the module docs); the documents' lock is held for a chunk of reads at a time, never for a scan.
-    pub(crate) fn snapshot(&self, docs: &Mutex<HubDocs>, today: u64) -> Snapshot {
+    pub(crate) fn snapshot(&self, docs: &TimedMutex<HubDocs>, today: u64) -> Snapshot {
         let mut orders = lock(&self.orders);
         orders.refresh(docs, &self.docs_read);
         let index = orders.index(today);
@@ -229,7 +229,7 @@ impl DemandCache {
 
     /// Every site's stock as last read, brought up to date from the stock documents that changed, by site.
     /// Each site's figures come from one state of its document.
-    pub(crate) fn stock_sites(&self, docs: &Mutex<HubDocs>) -> Vec<Arc<SiteStock>> {
+    pub(crate) fn stock_sites(&self, docs: &TimedMutex<HubDocs>) -> Vec<Arc<SiteStock>> {
         let mut stock = lock(&self.stock);
         stock.refresh(docs, &self.docs_read);
         stock.sites.values().cloned().collect()
@@ -237,7 +237,7 @@ impl DemandCache {
 
     /// Reads every order and stock document once, so that the first forecast after a start does not (the
     /// hub calls this in the background at start).
-    pub fn warm(&self, docs: &Mutex<HubDocs>) {
+    pub fn warm(&self, docs: &TimedMutex<HubDocs>) {
         lock(&self.stock).refresh(docs, &self.docs_read);
         lock(&self.orders).refresh(docs, &self.docs_read);
     }
@@ -287,9 +287,9 @@ mod tests {
     use proptest::prelude::*;
 
     /// Writes an order as its site would (through the hub's own write path, which notes the change alike).
-    fn write(docs: &Mutex<HubDocs>, order: (DocId, NodeId, oms_protocol::records::OrderRecord)) {
+    fn write(docs: &TimedMutex<HubDocs>, order: (DocId, NodeId, oms_protocol::records::OrderRecord)) {
         let (name, node, rec) = order;
-        lock(docs).write_local(&name, |d| schema::write_order(d, &node, &rec, 2)).unwrap();
+        docs.lock().write_local(&name, |d| schema::write_order(d, &node, &rec, 2)).unwrap();
     }
 
     #[test]
@@ -297,8 +297,8 @@ mod tests {
         use FulfillmentState::*;
         let dir = tempfile::tempdir().unwrap();
         let orders: Vec<_> = (1..=200).map(|n| ("wh1", n, TODAY - 1 - n % 20, 1, Accepted, &[("A", 1)][..])).collect();
-        let docs = Mutex::new(hub_docs(dir.path(), &orders, &[("wh1", "A", 5)]));
-        lock(&docs).enroll(&NodeId::parse("wh1").unwrap());
+        let docs = TimedMutex::new(hub_docs(dir.path(), &orders, &[("wh1", "A", 5)]));
+        docs.lock().enroll(&NodeId::parse("wh1").unwrap());
         let cache = DemandCache::default();
         let a = cache.snapshot(&docs, TODAY);
         assert_eq!(cache.docs_read(), 201, "the first look reads every order and stock document once");
@@ -309,20 +309,20 @@ mod tests {
         let c = cache.snapshot(&docs, TODAY);
         assert_eq!(cache.docs_read(), 202, "one order changed, one document read");
         assert!(!Arc::ptr_eq(&a.index, &c.index));
-        assert_eq!(*c.index, DemandIndex::build(&lock(&docs), TODAY));
+        assert_eq!(*c.index, DemandIndex::build(&docs.lock(), TODAY));
         assert!(Arc::ptr_eq(&a.stock, &c.stock), "the stock did not change");
         // A new day cuts the history again from the ledger: no document is read.
         let d = cache.snapshot(&docs, TODAY + 1);
         assert_eq!(d.index.today, TODAY + 1);
         assert_eq!(cache.docs_read(), 202);
-        assert_eq!(*d.index, DemandIndex::build(&lock(&docs), TODAY + 1));
+        assert_eq!(*d.index, DemandIndex::build(&docs.lock(), TODAY + 1));
     }
 
     #[test]
     fn too_many_changes_read_everything_again() {
         let dir = tempfile::tempdir().unwrap();
-        let docs = Mutex::new(hub_docs(dir.path(), &[], &[]));
-        lock(&docs).enroll(&NodeId::parse("wh1").unwrap());
+        let docs = TimedMutex::new(hub_docs(dir.path(), &[], &[]));
+        docs.lock().enroll(&NodeId::parse("wh1").unwrap());
         let cache = DemandCache::default();
         cache.snapshot(&docs, TODAY);
         // Fake an overflow of the notes: the next look reads every order.
@@ -339,12 +339,12 @@ mod tests {
                 ),
             );
         }
-        assert!(lock(&docs).take_order_changes().is_some_and(|s| s.len() == 3));
+        assert!(docs.lock().take_order_changes().is_some_and(|s| s.len() == 3));
         let snap = cache.snapshot(&docs, TODAY);
         assert!(snap.index.history_of(Basis::Ordered, "A", None).is_none(), "the notes were taken above");
-        lock(&docs).overflow_order_changes();
+        docs.lock().overflow_order_changes();
         let snap = cache.snapshot(&docs, TODAY);
-        assert_eq!(*snap.index, DemandIndex::build(&lock(&docs), TODAY));
+        assert_eq!(*snap.index, DemandIndex::build(&docs.lock(), TODAY));
         assert_eq!(snap.index.history_of(Basis::Ordered, "A", None).unwrap().values, vec![6.0]);
     }
 
@@ -368,9 +368,9 @@ mod tests {
             ops in proptest::collection::vec((0usize..3, 0u64..10, 0u64..40, 0usize..6, 1u32..5, 0u8..3, any::<bool>()), 1..50),
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let docs = Mutex::new(hub_docs(dir.path(), &[], &[]));
+            let docs = TimedMutex::new(hub_docs(dir.path(), &[], &[]));
             for s in ["wh1", "wh2", "wh3"] {
-                lock(&docs).enroll(&NodeId::parse(s).unwrap());
+                docs.lock().enroll(&NodeId::parse(s).unwrap());
             }
             let cache = DemandCache::default();
             for (site, seq, age, status, qty, ship, look) in ops {
@@ -391,10 +391,10 @@ mod tests {
                 }
             }
             let snap = cache.snapshot(&docs, TODAY);
-            prop_assert_eq!(&*snap.index, &DemandIndex::build(&lock(&docs), TODAY));
+            prop_assert_eq!(&*snap.index, &DemandIndex::build(&docs.lock(), TODAY));
             let read = cache.docs_read();
             let later = cache.snapshot(&docs, TODAY + 3);
-            prop_assert_eq!(&*later.index, &DemandIndex::build(&lock(&docs), TODAY + 3));
+            prop_assert_eq!(&*later.index, &DemandIndex::build(&docs.lock(), TODAY + 3));
             prop_assert_eq!(cache.docs_read(), read);
         }
     }
@@ -405,7 +405,7 @@ mod tests {
     #[test]
     fn stock_reads_during_writes_never_mix_two_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let docs = Arc::new(Mutex::new(hub_docs(dir.path(), &[], &[("wh1", "A", 0), ("wh1", "B", 0)])));
+        let docs = Arc::new(TimedMutex::new(hub_docs(dir.path(), &[], &[("wh1", "A", 0), ("wh1", "B", 0)])));
         let cache = Arc::new(DemandCache::default());
         let node = NodeId::parse("wh1").unwrap();
         let name = schema::stock_doc(&node).unwrap();
@@ -414,7 +414,7 @@ mod tests {
             std::thread::spawn(move || {
                 for n in 1..=400u64 {
                     let b = Balance { on_hand: n, reserved: 0, staged: 0 };
-                    lock(&docs)
+                    docs.lock()
                         .write_local(&name, |d| {
                             schema::write_stock(d, &node, &Sku::parse("A").unwrap(), &b, n)?;
                             schema::write_stock(d, &node, &Sku::parse("B").unwrap(), &b, n)?;
@@ -458,14 +458,14 @@ mod tests {
     #[test]
     fn a_site_whose_stock_document_starts_new_generations_stays_one_site() {
         let dir = tempfile::tempdir().unwrap();
-        let docs = Mutex::new(hub_docs(dir.path(), &[], &[("wh1", "A", 0)]));
-        lock(&docs).sync.db.set_history_ops_min(100);
+        let docs = TimedMutex::new(hub_docs(dir.path(), &[], &[("wh1", "A", 0)]));
+        docs.lock().sync.db.set_history_ops_min(100);
         let cache = DemandCache::default();
         let node = NodeId::parse("wh1").unwrap();
         let name = schema::stock_doc(&node).unwrap();
         for n in 1..=300u64 {
             let b = Balance { on_hand: n, reserved: 0, staged: 0 };
-            lock(&docs)
+            docs.lock()
                 .write_local(&name, |d| schema::write_stock(d, &node, &Sku::parse("A").unwrap(), &b, n))
                 .unwrap();
             // Read now and then, so that the cache holds the older generations as they go.
@@ -475,7 +475,7 @@ mod tests {
                 assert_eq!(sites[0].skus[0].1.on_hand, n);
             }
         }
-        assert!(oms_protocol::generations::of(&lock(&docs).db().current(&name)) >= 2, "generations started");
+        assert!(oms_protocol::generations::of(&docs.lock().db().current(&name)) >= 2, "generations started");
         assert_eq!(cache.stock_sites(&docs).len(), 1);
         assert_eq!(cache.snapshot(&docs, TODAY).stock.available("A", Some("wh1")), 300);
     }

@@ -429,7 +429,7 @@ pub async fn nodes(hub: std::sync::Arc<crate::server::Hub>, debounce_ms: u64) {
     loop {
         tick.tick().await;
         let connected: BTreeMap<String, bool> =
-            oms_service::lock(&hub.docs).nodes.iter().map(|(n, s)| (n.clone(), s.connected)).collect();
+            hub.docs.lock().nodes.iter().map(|(n, s)| (n.clone(), s.connected)).collect();
         let (h, st) = (hub.clone(), state.clone());
         let r = tokio::task::spawn_blocking(move || {
             oms_service::lock(&st).pass(h.intake.db(), &connected, debounce_ms, oms_service::now_ms())

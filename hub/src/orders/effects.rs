@@ -48,7 +48,7 @@ pub fn site_source(hub: std::sync::Weak<Hub>) -> crate::intake::SiteSource {
         let Some(hub) = hub.upgrade() else { return Vec::new() };
         if let Some((at, facts)) = &last
             && now.saturating_sub(*at) <= SITE_FACTS_REUSE_MS
-            && matches!(hub.docs.try_lock(), Err(std::sync::TryLockError::WouldBlock))
+            && hub.docs.try_lock().is_none()
         {
             let aged = now.saturating_sub(*at);
             return facts
@@ -64,7 +64,7 @@ pub fn site_source(hub: std::sync::Weak<Hub>) -> crate::intake::SiteSource {
 
 /// What routing needs about every site, from the documents and connections.
 pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
-    let mut docs = lock(&hub.docs);
+    let mut docs = hub.docs.lock();
     docs.sites(SITES_MAX)
         .into_iter()
         .map(|(id, site)| {
@@ -119,7 +119,7 @@ pub fn apply_all_effects(hub: &Hub, all: &[&Effects]) -> Result<(), EffectsError
     let built = build_orders(&hub.actor_id(), &fulfillments, now)?;
     let mut tell = Vec::new();
     {
-        let mut docs = lock(&hub.docs);
+        let mut docs = hub.docs.lock();
         for (f, name, d) in built {
             let created =
                 docs.create_local(&name, d).map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
@@ -246,7 +246,7 @@ mod tests {
         apply_effects(&hub, &effects).unwrap();
         let cancel = |d: &mut oms_protocol::sync::automerge::AutoCommit| schema::request_cancel(d, 5);
         let heads = {
-            let mut docs = lock(&hub.docs);
+            let mut docs = hub.docs.lock();
             assert_eq!(docs.take_local(site.as_str()), BTreeSet::from([name.clone()]));
             let view = schema::read_order(&docs.get(&name).unwrap(), name.as_str()).unwrap();
             assert_eq!((view.id, view.site), (id, site.clone()));
@@ -255,9 +255,9 @@ mod tests {
             docs.take_local(site.as_str());
             docs.heads(&name)
         };
-        let held = lock(&hub.docs).db().len();
+        let held = hub.docs.lock().db().len();
         apply_effects(&hub, &effects).unwrap();
-        let mut docs = lock(&hub.docs);
+        let mut docs = hub.docs.lock();
         assert_eq!(docs.db().len(), held);
         assert_eq!(docs.heads(&name), heads, "replaced or changed again");
         assert!(docs.take_local(site.as_str()).is_empty(), "nothing changed, nobody to tell");
@@ -272,7 +272,7 @@ mod tests {
         const PER_BATCH: usize = 8;
         let dir = tempfile::tempdir().unwrap();
         let hub = hub(dir.path(), LOADED_MAX);
-        let held_before = lock(&hub.docs).db().len();
+        let held_before = hub.docs.lock().db().len();
         let mut sink = effects_sink(Arc::downgrade(&hub));
         let site = NodeId::parse("wh-a").unwrap();
         let sku = Sku::parse("SKU-1").unwrap();
@@ -289,10 +289,10 @@ mod tests {
                 })
                 .collect();
             sink(&[&Effects { fulfillments, escrow: vec![] }]).unwrap();
-            let loaded = lock(&hub.docs).db().loaded();
+            let loaded = hub.docs.lock().db().loaded();
             assert!(loaded < LOADED_MAX + PER_BATCH, "batch {batch}: {loaded} documents loaded");
         }
-        let docs = lock(&hub.docs);
+        let docs = hub.docs.lock();
         assert_eq!(docs.db().len(), held_before + 400, "every fulfillment document is held");
         assert!(docs.db().dirty_docs() < LOADED_MAX, "{} documents never written", docs.db().dirty_docs());
     }

@@ -57,7 +57,6 @@ use serde_json::{Value, json};
 use crate::events::watch::StockRead;
 use crate::intake::{Effects, HubOrder, IntakeError, NewFulfillment, RETRY_BATCH_MAX, SiteFacts};
 use crate::server::Hub;
-use oms_service::lock;
 
 mod effects;
 mod views;
@@ -863,7 +862,9 @@ pub(crate) async fn route_waiting_now(hub: &Arc<Hub>, actor: Actor, id: &str) ->
 /// when it syncs), adding to `tell` the nodes to wake. Made durable by [`flush_and_tell`].
 fn ask_site_to_cancel(hub: &Hub, id: &OrderId, now: u64, tell: &mut Vec<String>) -> Result<(), EffectsError> {
     let Some(name) = schema::order_doc(id) else { return Ok(()) };
-    let nodes = lock(&hub.docs)
+    let nodes = hub
+        .docs
+        .lock()
         .write_local(&name, |d| schema::request_cancel(d, now))
         .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
     tell.extend(nodes);

@@ -60,7 +60,7 @@ pub(super) struct FoState {
 
 pub(super) fn fo_state(hub: &Hub, id: &OrderId) -> FoState {
     let view = {
-        let docs = lock(&hub.docs);
+        let docs = hub.docs.lock();
         schema::order_doc(id).and_then(|n| docs.get(&n).and_then(|d| schema::read_order(&d, n.as_str()).ok()))
     };
     let frozen_at_ms = view.as_ref().and_then(|v| v.frozen_at_ms);

@@ -5,7 +5,7 @@ use super::*;
 
 /// One pass of the watcher: merge escrow views, re-route released fulfillments, retry waiting orders.
 pub fn watch_once(hub: &Hub, retry: bool) {
-    let changed = lock(&hub.docs).take_changed();
+    let changed = hub.docs.lock().take_changed();
     let now = now_ms();
     let mut released: BTreeMap<String, Vec<(OrderId, String)>> = BTreeMap::new();
     // (fulfillment, its customer order, site, units shipped per SKU)
@@ -16,7 +16,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
         match DocKind::of(&doc) {
             Some(DocKind::Stock(site)) => {
                 let (counters, stock) = {
-                    let mut docs = lock(&hub.docs);
+                    let mut docs = hub.docs.lock();
                     // The SKUs the changes touched, taken under the same hold of the lock as the read: only
                     // their balances and escrow counters are read, not the whole catalog's.
                     let touched = docs.take_stock_touched(&doc);
@@ -46,11 +46,11 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                 };
                 match reported {
                     // Capped: the rest are found by the next change's whole read.
-                    Ok(n) if n >= crate::events::watch::STOCK_LOW_EVENTS_MAX => lock(&hub.docs).reread_stock(&doc),
+                    Ok(n) if n >= crate::events::watch::STOCK_LOW_EVENTS_MAX => hub.docs.lock().reread_stock(&doc),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(%site, error = %e, "cannot record the site's stock.low events");
-                        lock(&hub.docs).reread_stock(&doc);
+                        hub.docs.lock().reread_stock(&doc);
                     }
                 }
                 crate::purchasing::sites::apply_site_receipts(hub, &site, &doc);
@@ -70,12 +70,12 @@ pub fn watch_once(hub: &Hub, retry: bool) {
                     Err(e) => {
                         tracing::warn!(%site, error = %e, "cannot merge a site's escrow view");
                         // What was read is not merged: the next change's read takes every counter.
-                        lock(&hub.docs).reread_escrow(&doc);
+                        hub.docs.lock().reread_escrow(&doc);
                     }
                 }
             }
             Some(DocKind::Order(id)) if schema::order_origin(&id) == Some(HUB_ORIGIN) => {
-                let docs = lock(&hub.docs);
+                let docs = hub.docs.lock();
                 let Some(view) = docs.get(&doc).and_then(|d| schema::read_order(&d, doc.as_str()).ok()) else {
                     continue;
                 };
@@ -141,7 +141,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     // Their events before they leave the open work, so a failure here leaves them for a start to read again.
     if let Err(e) = crate::events::watch::report_fulfillments(hub.intake.db(), &seen, now) {
         tracing::warn!(error = %e, "cannot record the fulfillments' events; reading their documents again");
-        lock(&hub.docs).requeue(seen.iter().filter_map(|f| schema::order_doc(&f.id)));
+        hub.docs.lock().requeue(seen.iter().filter_map(|f| schema::order_doc(&f.id)));
         finished.clear();
     }
     if let Err(e) = hub.intake.finished(&finished) {
@@ -205,7 +205,7 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
     let live = hub.intake.live_fulfillments()?;
     // Only documents that are missing: recreating one that exists would be a no-op, but would load it.
     let (missing, present): (Vec<NewFulfillment>, Vec<NewFulfillment>) = {
-        let docs = lock(&hub.docs);
+        let docs = hub.docs.lock();
         live.into_iter().partition(|f| schema::order_doc(&f.id).is_some_and(|d| !docs.db().contains(&d)))
     };
     let mut escrow = Vec::new();
@@ -217,7 +217,7 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
     apply_effects(hub, &Effects { fulfillments: missing, escrow })?;
     // And the shipped ones whose delivery is still to be reported (the intake no longer tracks them).
     let unfinished = crate::events::watch::unfinished(hub.intake.db()).map_err(|e| EffectsError::Intake(e.into()))?;
-    lock(&hub.docs).requeue(present.iter().map(|f| &f.id).chain(&unfinished).filter_map(schema::order_doc));
+    hub.docs.lock().requeue(present.iter().map(|f| &f.id).chain(&unfinished).filter_map(schema::order_doc));
     // Requeued above, the stock documents bring back any site receipt not applied yet.
     if let Err(e) = crate::purchasing::sites::publish_open(hub) {
         tracing::warn!(error = %e, "purchasing: cannot publish the open orders to their sites");

@@ -515,7 +515,7 @@ async fn create_po(
     let req: CreateBody = oms_service::parse_json(&body)?;
     let expected_day = date("expected_date", req.expected_date.as_deref())?;
     let known = {
-        let mut docs = oms_service::lock(&hub.docs);
+        let mut docs = hub.docs.lock();
         docs.sites(crate::docs::STOCK_SITES_MAX).iter().any(|(s, _)| s == &req.site)
     };
     if !known {

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use oms_protocol::domain::NodeId;
 use oms_protocol::schema::{self, InboundAsn, InboundLine, InboundPo};
 use oms_protocol::wire::DocId;
-use oms_service::{lock, now_ms};
+use oms_service::now_ms;
 use redb::Database;
 
 use super::model::PurchaseOrder;
@@ -74,7 +74,7 @@ pub fn publish(hub: &Hub, po: &PurchaseOrder) {
         }
     };
     let Some(name) = schema::inbound_doc(&po.site) else { return };
-    let tell = lock(&hub.docs).write_local(&name, |d| schema::write_inbound(d, &po.site, &inbound, now_ms()));
+    let tell = hub.docs.lock().write_local(&name, |d| schema::write_inbound(d, &po.site, &inbound, now_ms()));
     match tell {
         Ok(nodes) => hub.poke(&nodes),
         Err(e) => tracing::warn!(po = %po.id, error = %e, "purchasing: cannot publish the order to its site"),
@@ -96,7 +96,7 @@ pub fn publish_open(hub: &Hub) -> Result<(), PurchasingError> {
 /// the orders they advanced. A receipt against another site's order is refused (logged).
 pub fn apply_site_receipts(hub: &Hub, site: &NodeId, doc: &DocId) {
     let receipts = {
-        let docs = lock(&hub.docs);
+        let docs = hub.docs.lock();
         docs.get(doc).and_then(|d| schema::read_receipts(&d, RECEIPTS_READ_MAX).ok()).map(|(r, _)| r)
     };
     let Some(receipts) = receipts else { return };
@@ -133,7 +133,7 @@ pub fn apply_site_receipts(hub: &Hub, site: &NodeId, doc: &DocId) {
 /// writes them again, and until then the site keeps the receipts.
 pub(crate) fn acknowledge(hub: &Hub, site: &NodeId, map: &str, applied: &BTreeSet<String>) {
     let Some(name) = schema::inbound_doc(site) else { return };
-    let tell = lock(&hub.docs).write_local(&name, |d| schema::write_receipt_acks(d, site, map, applied, now_ms()));
+    let tell = hub.docs.lock().write_local(&name, |d| schema::write_receipt_acks(d, site, map, applied, now_ms()));
     match tell {
         Ok(nodes) => hub.poke(&nodes),
         Err(e) => tracing::warn!(%site, error = %e, "cannot acknowledge a site's applied receipts"),
@@ -156,7 +156,7 @@ pub struct InFlight {
 
 /// Counts [`InFlight`] over at most [`crate::docs::STOCK_SITES_MAX`] sites.
 pub fn in_flight(hub: &Hub) -> InFlight {
-    let docs = lock(&hub.docs);
+    let docs = hub.docs.lock();
     let mut out = InFlight::default();
     for id in docs.stock_ids(crate::docs::STOCK_SITES_MAX) {
         let Some(schema::DocKind::Stock(site)) = schema::DocKind::of(&id) else { continue };

@@ -392,12 +392,12 @@ fn applied_receipts_are_acknowledged_then_forgotten_and_a_replay_changes_nothing
     let good = SiteReceipt { id: "r-1".into(), po: po.id.to_string(), asn: None, lines: vec![(1, 4)], at_ms: 5 };
     let stray = SiteReceipt { id: "r-x".into(), po: "PO-999999".into(), asn: None, lines: vec![(1, 1)], at_ms: 5 };
     let write = |r: &SiteReceipt| {
-        oms_service::lock(&hub.docs).write_local(&stock, |d| schema::write_receipt(d, &site, r, 5)).unwrap();
+        hub.docs.lock().write_local(&stock, |d| schema::write_receipt(d, &site, r, 5)).unwrap();
     };
     write(&good);
     write(&stray);
     let acks = || {
-        let docs = oms_service::lock(&hub.docs);
+        let docs = hub.docs.lock();
         docs.get(&inbound).map(|d| schema::read_receipt_acks(&d, 100).unwrap()).unwrap_or_default()
     };
     let received = || p.po(db, po.id.as_str()).unwrap().unwrap().lines[0].received;
@@ -412,7 +412,8 @@ fn applied_receipts_are_acknowledged_then_forgotten_and_a_replay_changes_nothing
     );
 
     // The site prunes what was acknowledged; the next pass drops the acknowledgement.
-    oms_service::lock(&hub.docs)
+    hub.docs
+        .lock()
         .write_local(&stock, |d| schema::prune_receipts(d, &a, 100, 0, 100).map(|p| p.receipts > 0))
         .unwrap();
     super::sites::apply_site_receipts(&hub, &site, &stock);

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use oms_protocol::domain::{FulfillmentState, OrderId};
 use oms_protocol::schema;
 use oms_service::auth::Principal;
-use oms_service::{Problem, RawBody, lock, now_ms};
+use oms_service::{Problem, RawBody, now_ms};
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -80,7 +80,7 @@ pub fn router(hub: Arc<Hub>) -> OpenApiRouter {
 
 /// What the order's live fulfillments shipped, as their sites last reported it.
 pub fn shipped_of(hub: &Hub, order: &crate::intake::HubOrder) -> Vec<Shipped> {
-    let docs = lock(&hub.docs);
+    let docs = hub.docs.lock();
     let mut out = Vec::new();
     for f in order.fulfillments.iter().filter(|f| f.released.is_none()) {
         let view =

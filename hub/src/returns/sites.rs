@@ -11,7 +11,7 @@ use oms_protocol::domain::{NodeId, Sku};
 use oms_protocol::schema::{self, InboundRma, InboundRmaLine};
 use oms_protocol::wire::DocId;
 use oms_service::audit::Actor;
-use oms_service::{lock, now_ms};
+use oms_service::now_ms;
 
 use super::{OPEN_PER_PASS_MAX, RefundPolicy, Rma, RmaState};
 use crate::server::Hub;
@@ -55,7 +55,7 @@ pub fn publish(hub: &Hub, rma: &Rma) {
     let Ok(site) = NodeId::parse(&rma.site) else { return };
     let Some(name) = schema::inbound_doc(&site) else { return };
     let inbound = inbound_of(rma);
-    let tell = lock(&hub.docs).write_local(&name, |d| schema::write_inbound_rma(d, &site, &inbound, now_ms()));
+    let tell = hub.docs.lock().write_local(&name, |d| schema::write_inbound_rma(d, &site, &inbound, now_ms()));
     match tell {
         Ok(nodes) => hub.poke(&nodes),
         Err(e) => tracing::warn!(rma = %rma.id, error = %e, "returns: cannot publish the RMA to its site"),
@@ -74,7 +74,7 @@ pub fn publish_open(hub: &Hub) -> Result<(), super::ReturnsError> {
 /// publishes the RMAs they advanced and refunds those received in full under `refund = "auto"`.
 pub fn apply_site_receipts(hub: &Hub, site: &NodeId, doc: &DocId) {
     let receipts = {
-        let docs = lock(&hub.docs);
+        let docs = hub.docs.lock();
         docs.get(doc).and_then(|d| schema::read_rma_receipts(&d, RMA_RECEIPTS_READ_MAX).ok()).map(|(r, _)| r)
     };
     let Some(receipts) = receipts else { return };
