@@ -1198,15 +1198,11 @@ async fn stock_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demand::test_support::hub_docs;
+    use crate::demand::test_support::{hub_docs, hub_over, money};
     use crate::server::ServerTuning;
 
     fn hub(dir: &std::path::Path, stock: &[(&str, &str, u64)]) -> Hub {
-        let docs = hub_docs(dir, &[], stock);
-        let intake = crate::intake::Intake::open(&dir.join("intake.redb"), Default::default()).unwrap();
-        let purchasing = crate::purchasing::Purchasing::new(Default::default(), dir, intake.db()).unwrap();
-        let money = crate::money::Money::new(Default::default(), Default::default()).unwrap();
-        Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], ServerTuning::default()).unwrap()
+        hub_over(dir, hub_docs(dir, &[], stock), money(), ServerTuning::default())
     }
 
     #[test]

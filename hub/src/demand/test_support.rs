@@ -1,5 +1,6 @@
 //! Test helpers shared by the demand tests and by the tests of [`crate::docs`] and [`crate::forecast_api`]:
-//! a hub document set built from a list of orders and stock balances.
+//! a hub document set built from a list of orders and stock balances; and a whole hub over a directory
+//! ([`hub_over`]) for the tests of the API, money, purchasing and the intake's effects.
 
 use oms_protocol::domain::{Balance, FulfillmentState, NodeId, OrderDraft, OrderId, Sku};
 use oms_protocol::records::{FulfillmentLine, OrderRecord, TimelineEntry};
@@ -100,6 +101,24 @@ pub(crate) fn hub_docs(dir: &std::path::Path, orders: &[TestOrder], stock: &[(&s
         db.mark_dirty(&name);
     }
     HubDocs::new(db).unwrap()
+}
+
+/// A hub over `dir` with no session (tenant `acme`): its documents `docs` (e.g. [`hub_docs`]), `intake.redb`
+/// and purchasing in `dir`, `money` ([`money`] for the defaults) and `tuning`.
+pub(crate) fn hub_over(
+    dir: &std::path::Path,
+    docs: HubDocs,
+    money: crate::money::Money,
+    tuning: crate::server::ServerTuning,
+) -> crate::server::Hub {
+    let intake = crate::intake::Intake::open(&dir.join(crate::intake::INTAKE_DB_FILE), Default::default()).unwrap();
+    let purchasing = crate::purchasing::Purchasing::new(Default::default(), dir, intake.db()).unwrap();
+    crate::server::Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], tuning).unwrap()
+}
+
+/// Money with the default payments and tax configuration (no provider).
+pub(crate) fn money() -> crate::money::Money {
+    crate::money::Money::new(Default::default(), Default::default()).unwrap()
 }
 
 /// The replenishment run of `idx` and `stock` on the ordered basis with the default configuration.

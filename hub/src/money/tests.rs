@@ -463,11 +463,9 @@ proptest! {
 /// A hub over `dir` with `provider` as the `test` provider, as a start opens it.
 fn hub_in(dir: &std::path::Path, provider: &Arc<TestProvider>) -> crate::server::Hub {
     let docs = crate::demand::test_support::hub_docs(dir, &[], &[]);
-    let intake = Intake::open(&dir.join(INTAKE_DB_FILE), Default::default()).unwrap();
-    let purchasing = crate::purchasing::Purchasing::new(Default::default(), dir, intake.db()).unwrap();
     let money =
         Money::new(PaymentsConfig::default(), TaxConfig::default()).unwrap().with_provider("test", provider.clone());
-    crate::server::Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], Default::default()).unwrap()
+    crate::demand::test_support::hub_over(dir, docs, money, Default::default())
 }
 
 #[test]

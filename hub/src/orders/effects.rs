@@ -170,10 +170,8 @@ fn build_orders<'a>(
         .iter()
         .filter_map(|f| Some((*f, schema::order_doc(&f.id)?)))
         .map(|(f, name)| {
-            let mut d = AutoCommit::new().with_actor(actor.clone());
-            schema::create_hub_order(&mut d, &f.id, &f.parent, &f.site, &f.draft, now)
+            let d = schema::new_hub_order(actor, &f.id, &f.parent, &f.site, &f.draft, now)
                 .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
-            d.commit();
             Ok((f, name, d))
         })
         .collect()
@@ -213,7 +211,7 @@ pub(super) fn replay_effects(order: &HubOrder) -> Effects {
 mod tests {
     use super::*;
     use crate::docs::HubDocs;
-    use crate::intake::{Intake, NewFulfillment};
+    use crate::intake::NewFulfillment;
     use oms_protocol::domain::{NodeId, OrderId, Sku};
     use oms_sync::docdb::DocDb;
 
@@ -221,11 +219,8 @@ mod tests {
     fn hub(dir: &std::path::Path, docs_loaded_max: usize) -> Arc<Hub> {
         let mut docs = HubDocs::new(DocDb::open(&dir.join("hub.redb"), vec![9; 16], 100_000).unwrap()).unwrap();
         docs.set_cache_max(16);
-        let intake = Intake::open(&dir.join(crate::intake::INTAKE_DB_FILE), Default::default()).unwrap();
-        let purchasing = crate::purchasing::Purchasing::new(Default::default(), dir, intake.db()).unwrap();
-        let money = crate::money::Money::new(Default::default(), Default::default()).unwrap();
         let tuning = crate::server::ServerTuning { docs_loaded_max, ..Default::default() };
-        Arc::new(Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], tuning).unwrap())
+        Arc::new(crate::demand::test_support::hub_over(dir, docs, crate::demand::test_support::money(), tuning))
     }
 
     /// A fulfillment document is built away from the documents' lock, then held: its site is told, and the same

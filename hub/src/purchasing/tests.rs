@@ -338,11 +338,8 @@ fn every_purchasing_route_is_for_planners_and_the_supplier_ones_for_suppliers_to
 
 /// A hub over `docs` in `dir`, with supplier `acme` (the folder channel).
 fn hub_with_acme(dir: &std::path::Path, docs: crate::docs::HubDocs) -> crate::server::Hub {
-    let intake = crate::intake::Intake::open(&dir.join("intake.redb"), Default::default()).unwrap();
-    let purchasing = Purchasing::new(PurchasingConfig::default(), dir, intake.db()).unwrap();
-    let money = crate::money::Money::new(Default::default(), Default::default()).unwrap();
-    let tuning = crate::server::ServerTuning::default();
-    let hub = crate::server::Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], tuning).unwrap();
+    use crate::demand::test_support::{hub_over, money};
+    let hub = hub_over(dir, docs, money(), Default::default());
     let (p, db) = (&hub.purchasing, hub.intake.db());
     p.put_supplier(db, &SupplierId::parse("acme").unwrap(), acme(ChannelSpec::Folder), &actor(), 1).unwrap();
     hub
