@@ -10,10 +10,13 @@
 //! The sites grant the hub a large unacknowledged budget (`[hub.escrow] unacked_max`) so that the figure is
 //! the hub's, not the escrow round trip's; the count of orders placed at a site (not backordered) is given.
 //!
-//! The column before the last is the hub's resident memory at the end of the level (`/proc`), which a
-//! bounded hub keeps from growing with the orders taken. The last is the share of the level's time the hub's
-//! documents' lock was held (`oms_hub_documents_lock_held_seconds_total`), which every sync session, the
-//! intake's documents thread and the watcher take: near 100 %, they wait in line for one another.
+//! After the ratio to raw fsync come the hub's resident memory at the end of the level (`/proc`), which a
+//! bounded hub keeps from growing with the orders taken; the share of the level's time the hub's documents'
+//! lock was held (`oms_hub_documents_lock_held_seconds_total`), which every sync session, the intake's
+//! documents thread and the watcher take: near 100 %, they wait in line for one another; and the CPU time the
+//! hub and both nodes spent per order taken over the level (user and system, every thread, from `/proc`): on
+//! this shared, noisy machine a change's effect shows there when the throughputs of two runs differ by less
+//! than their own spread.
 //!
 //! Each level runs twice in a row: orders without payment, then orders with a card payment that the hub
 //! authorizes at the in-process test provider before the `201` (an attempt row committed before the call, the
@@ -35,6 +38,11 @@ use serde_json::{Value, json};
 
 const SITES: [(&str, f64, f64); 2] = [("wh-berlin", 52.52, 13.40), ("wh-munich", 48.14, 11.58)];
 const SKUS: u64 = 8;
+
+/// CPU seconds both nodes have used so far (0 for a node that was stopped: `BENCH_DETACH`).
+fn nodes_cpu(nodes: &[ClusterNode]) -> f64 {
+    nodes.iter().map(|n| n.proc.cpu_secs()).filter(|s| s.is_finite()).sum()
+}
 
 fn order(n: u64, card: bool) -> Value {
     let (lat, lon) = if n.is_multiple_of(2) { (52.5, 13.4) } else { (48.1, 11.6) };
@@ -204,9 +212,9 @@ async fn main() {
     let _ = level(&c, hub_http, 4, 1, 950_000_000_000, true).await;
     let payments = env_u64("BENCH_PAYMENTS", 1) == 1;
     println!(
-        "| clients | payment | orders/s (201) | placed | p50 ms | p99 ms | errors | orders per commit | ÷ raw fsync | hub RSS MB | documents' lock held |"
+        "| clients | payment | orders/s (201) | placed | p50 ms | p99 ms | errors | orders per commit | ÷ raw fsync | hub RSS MB | documents' lock held | hub CPU µs/order | nodes CPU µs/order |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut last = None;
     for (i, &clients) in levels.iter().enumerate() {
         let mut none = None;
@@ -215,16 +223,21 @@ async fn main() {
                 continue;
             }
             let (c0, o0, h0) = batches(&c, hub_http).await;
+            let (hub_cpu0, nodes_cpu0) = (hub.proc.cpu_secs(), nodes_cpu(&nodes));
             let base = (i as u64 + 1) * 1_000_000_000_000 + if card { 500_000_000_000 } else { 0 };
             let l = level(&c, hub_http, clients, secs, base, card).await;
             let (c1, o1, h1) = batches(&c, hub_http).await;
+            // CPU per order (µs) of the hub and of both nodes over the level: what the order cost the machine.
+            let per_order = |cpu: f64| cpu * 1e6 / l.created.max(1) as f64;
+            let hub_us = per_order(hub.proc.cpu_secs() - hub_cpu0);
+            let nodes_us = per_order(nodes_cpu(&nodes) - nodes_cpu0);
             // The share of the level's time the documents' lock was held (1.0: never free).
             let held = (h1 - h0) / l.secs;
             let rate = l.created as f64 / l.secs;
             let per_commit = if c1 > c0 { (o1 - o0) as f64 / (c1 - c0) as f64 } else { f64::NAN };
             let (p50, p99) = (percentile(&l.lat_ms, 0.5), percentile(&l.lat_ms, 0.99));
             println!(
-                "| {} | {} | {rate:.0} | {} | {p50:.2} | {p99:.2} | {} | {per_commit:.1} | {:.2} | {:.0} | {:.0} % |",
+                "| {} | {} | {rate:.0} | {} | {p50:.2} | {p99:.2} | {} | {per_commit:.1} | {:.2} | {:.0} | {:.0} % | {hub_us:.0} | {nodes_us:.0} |",
                 l.clients,
                 if card { "card" } else { "none" },
                 l.placed,

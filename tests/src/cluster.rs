@@ -41,6 +41,20 @@ impl Proc {
         panic!("process {pid} did not stop within 30 s of SIGTERM");
     }
 
+    /// CPU time the process has used so far, user and system, all its threads, in seconds (from
+    /// `/proc/<pid>/stat`, whose ticks are `USER_HZ`, 100 a second on Linux whatever the kernel's own tick;
+    /// NaN where unavailable, 0 once the process is gone). The difference over a level divided by the orders
+    /// is a figure this machine's noise moves far less than a throughput.
+    pub fn cpu_secs(&self) -> f64 {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else { return f64::NAN };
+        // After the command name, which may hold spaces, in parentheses: fields 3.. (utime and stime are 14, 15).
+        let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else { return f64::NAN };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+        // `rest` starts at field 3 (the state), so field n is at index n - 3.
+        (tick(14 - 3) + tick(15 - 3)) / 100.0
+    }
+
     /// Resident set size from /proc, MB (NaN where unavailable).
     pub fn rss_mb(&self) -> f64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
