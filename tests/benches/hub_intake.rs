@@ -14,9 +14,9 @@
 //! bounded hub keeps from growing with the orders taken; the share of the level's time the hub's documents'
 //! lock was held (`oms_hub_documents_lock_held_seconds_total`), which every sync session, the intake's
 //! documents thread and the watcher take: near 100 %, they wait in line for one another; and the CPU time the
-//! hub and both nodes spent per order taken over the level (user and system, every thread, from `/proc`): on
-//! this shared, noisy machine a change's effect shows there when the throughputs of two runs differ by less
-//! than their own spread.
+//! hub and both nodes spent per order taken over the level (user and system, every thread, from `/proc`),
+//! which this shared, noisy machine moves less than a throughput (contention for the cores moves it too:
+//! compare medians of several rounds).
 //!
 //! Each level runs twice in a row: orders without payment, then orders with a card payment that the hub
 //! authorizes at the in-process test provider before the `201` (an attempt row committed before the call, the

@@ -43,8 +43,8 @@ impl Proc {
 
     /// CPU time the process has used so far, user and system, all its threads, in seconds (from
     /// `/proc/<pid>/stat`, whose ticks are `USER_HZ`, 100 a second on Linux whatever the kernel's own tick;
-    /// NaN where unavailable, 0 once the process is gone). The difference over a level divided by the orders
-    /// is a figure this machine's noise moves far less than a throughput.
+    /// NaN where unavailable, as for a process gone). The difference over a level divided by the orders is a
+    /// figure this machine's noise moves less than a throughput, though contention for the cores moves it too.
     pub fn cpu_secs(&self) -> f64 {
         let Ok(s) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else { return f64::NAN };
         // After the command name, which may hold spaces, in parentheses: fields 3.. (utime and stime are 14, 15).
