@@ -320,46 +320,85 @@ pub struct EventId {
 
 /// Appends `draft` to the log in `w`, the write transaction of the change it reports: it is committed (and
 /// seen by the feed and the webhooks) with that change, or not at all. Returns its sequence and id.
+///
+/// A transaction that appends many events (the intake's batches) opens a [`Log`] once instead.
 pub fn append(w: &redb::WriteTransaction, draft: EventDraft) -> Result<EventId, StorageError> {
-    let mut meta = w.open_table(EVENTS_META).map_err(redb::Error::from)?;
-    let found = meta.get(LOG_ID).map_err(redb::Error::from)?.map(|v| v.value());
-    let log = match found {
-        Some(v) => v,
-        None => {
-            let id: u64 = rand::random();
-            meta.insert(LOG_ID, id).map_err(redb::Error::from)?;
-            id
-        }
-    };
-    let mut t = w.open_table(EVENTS).map_err(redb::Error::from)?;
-    // After pruning the front, the last row still holds the highest sequence; an empty log starts after the
-    // highest ever pruned (kept in meta) so a sequence is never reused.
-    let last = t.last().map_err(redb::Error::from)?.map(|(k, _)| k.value());
-    let floor = meta.get(PRUNED_THROUGH).map_err(redb::Error::from)?.map(|v| v.value()).unwrap_or(0);
-    let seq = last.unwrap_or(0).max(floor) + 1;
-    let (order_id, channel) = match draft.order {
-        Some((o, c)) => (Some(o), Some(c)),
-        None => (None, None),
-    };
-    let mut event = Event {
-        id: format!("evt_{log:016x}{seq:016x}"),
-        seq,
-        kind: draft.kind.to_owned(),
-        order_id,
-        channel,
-        created_at_ms: draft.at_ms,
-        data: draft.data,
-    };
-    // The reports count it in the same transaction: exactly when the change commits.
-    crate::reports::fold(w, &event)?;
-    let mut bytes = serde_json::to_vec(&event).map_err(|e| StorageError::encode("an event", e))?;
-    if bytes.len() > PAYLOAD_BYTES_MAX {
-        // Never fail the change for its event: say what was left out instead (the order itself is there).
-        event.data = json!({"truncated": true, "bytes": bytes.len()});
-        bytes = serde_json::to_vec(&event).map_err(|e| StorageError::encode("an event", e))?;
+    let mut log = Log::open(w)?;
+    let id = log.append(draft, &mut |order, fulfillment| crate::intake::promise_of(w, order, fulfillment))?;
+    log.finish()?;
+    Ok(id)
+}
+
+/// When an order was taken and what ship-by one of its fulfillments was promised (order id, fulfillment id →
+/// nones when unknown), for the reports' fold of a shipment.
+pub type Promises<'a> = dyn FnMut(&str, &str) -> Result<(Option<u64>, Option<u64>), StorageError> + 'a;
+
+/// The log open in one write transaction, for appending several events: its tables are opened, and its id
+/// and next sequence read, once; the reports' figures of all its events are read and written once per
+/// (day, site, channel) row at [`Log::finish`] (see [`crate::reports::Days`]). While it is open no other
+/// code may append in the same transaction (redb refuses to open a table twice in one), and it must be
+/// finished before the transaction commits, or the figures of its events are not counted.
+pub struct Log<'t> {
+    log: u64,
+    next: u64,
+    events: redb::Table<'t, u64, &'static [u8]>,
+    days: crate::reports::Days<'t>,
+}
+
+impl<'t> Log<'t> {
+    /// Opens the log in `w`, giving it its random id on the first append ever.
+    pub fn open(w: &'t redb::WriteTransaction) -> Result<Log<'t>, StorageError> {
+        let mut meta = w.open_table(EVENTS_META).map_err(redb::Error::from)?;
+        let found = meta.get(LOG_ID).map_err(redb::Error::from)?.map(|v| v.value());
+        let log = match found {
+            Some(v) => v,
+            None => {
+                let id: u64 = rand::random();
+                meta.insert(LOG_ID, id).map_err(redb::Error::from)?;
+                id
+            }
+        };
+        let events = w.open_table(EVENTS).map_err(redb::Error::from)?;
+        // After pruning the front, the last row still holds the highest sequence; an empty log starts after the
+        // highest ever pruned (kept in meta) so a sequence is never reused.
+        let last = events.last().map_err(redb::Error::from)?.map(|(k, _)| k.value());
+        let floor = meta.get(PRUNED_THROUGH).map_err(redb::Error::from)?.map(|v| v.value()).unwrap_or(0);
+        Ok(Log { log, next: last.unwrap_or(0).max(floor) + 1, events, days: crate::reports::Days::open(w)? })
     }
-    t.insert(seq, bytes.as_slice()).map_err(redb::Error::from)?;
-    Ok(EventId { seq, id: event.id })
+
+    /// Appends `draft` (see [`append`]); `promises` answers the reports' fold of a shipment.
+    pub fn append(&mut self, draft: EventDraft, promises: &mut Promises<'_>) -> Result<EventId, StorageError> {
+        let seq = self.next;
+        let (order_id, channel) = match draft.order {
+            Some((o, c)) => (Some(o), Some(c)),
+            None => (None, None),
+        };
+        let mut event = Event {
+            id: format!("evt_{:016x}{seq:016x}", self.log),
+            seq,
+            kind: draft.kind.to_owned(),
+            order_id,
+            channel,
+            created_at_ms: draft.at_ms,
+            data: draft.data,
+        };
+        // The reports count it in the same transaction: exactly when the change commits.
+        self.days.fold(&event, promises)?;
+        let mut bytes = serde_json::to_vec(&event).map_err(|e| StorageError::encode("an event", e))?;
+        if bytes.len() > PAYLOAD_BYTES_MAX {
+            // Never fail the change for its event: say what was left out instead (the order itself is there).
+            event.data = json!({"truncated": true, "bytes": bytes.len()});
+            bytes = serde_json::to_vec(&event).map_err(|e| StorageError::encode("an event", e))?;
+        }
+        self.events.insert(seq, bytes.as_slice()).map_err(redb::Error::from)?;
+        self.next = seq + 1;
+        Ok(EventId { seq, id: event.id })
+    }
+
+    /// Writes the reports' figures of the events appended (before the transaction commits).
+    pub fn finish(self) -> Result<(), StorageError> {
+        self.days.finish()
+    }
 }
 
 /// The highest sequence pruned so far (in [`EVENTS_META`]).

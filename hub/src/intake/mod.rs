@@ -602,12 +602,67 @@ pub(crate) fn promise_of(
     order: &str,
     fulfillment: &str,
 ) -> Result<(Option<u64>, Option<u64>), StorageError> {
-    let t = w.open_table(ORDERS).map_err(redb::Error::from)?;
+    promise_in(&w.open_table(ORDERS).map_err(redb::Error::from)?, order, fulfillment)
+}
+
+/// [`promise_of`] read in the orders' table `t`.
+fn promise_in(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    order: &str,
+    fulfillment: &str,
+) -> Result<(Option<u64>, Option<u64>), StorageError> {
     let Some(o) = t.get(order).map_err(redb::Error::from)?.and_then(|v| decode_order(v.value()).ok()) else {
         return Ok((None, None));
     };
     let promise = o.fulfillments.iter().find(|f| f.id.as_str() == fulfillment).and_then(|f| f.promise.as_ref());
     Ok((Some(o.created_at_ms), promise.map(|p| p.ship_by_ms)))
+}
+
+/// The tables an order is written through, opened once in a write transaction: the orders, the open ones,
+/// the sites' capacity used, the live fulfillments, the audit trail and the event log. redb looks a table up
+/// in the transaction's table tree at each open and writes its root back at each close: once per insert, that
+/// was a tenth of the intake writer's work. While they are open nothing else in the transaction may open one
+/// of them (redb refuses a table opened twice), so every path that writes an order takes these, and
+/// [`Tables::finish`] must come before the commit (it writes the reports' figures of the events).
+pub(crate) struct Tables<'t> {
+    orders: redb::Table<'t, &'static str, &'static [u8]>,
+    open: redb::Table<'t, &'static str, ()>,
+    capacity: redb::Table<'t, &'static str, u64>,
+    live: redb::Table<'t, &'static str, &'static str>,
+    audit: redb::Table<'t, u64, &'static [u8]>,
+    log: crate::events::Log<'t>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(w: &'t redb::WriteTransaction) -> Result<Tables<'t>, IntakeError> {
+        Ok(Tables {
+            orders: w.open_table(ORDERS)?,
+            open: w.open_table(OPEN)?,
+            capacity: w.open_table(CAPACITY)?,
+            live: w.open_table(LIVE)?,
+            audit: w.open_table(AUDIT)?,
+            log: crate::events::Log::open(w)?,
+        })
+    }
+
+    /// Appends `draft` to the event log.
+    fn event(&mut self, draft: crate::events::EventDraft) -> Result<(), IntakeError> {
+        let orders = &self.orders;
+        self.log.append(draft, &mut |order, fulfillment| promise_in(orders, order, fulfillment))?;
+        Ok(())
+    }
+
+    /// Appends the audit row of `actor`'s call on `target`.
+    fn audit(&mut self, actor: &Actor, target: Option<&str>, now_ms: u64, outcome: &str) -> Result<(), IntakeError> {
+        audit::append(&mut self.audit, actor, target, now_ms, outcome)?;
+        Ok(())
+    }
+
+    /// Writes what is kept until the end (the reports' figures) and closes the tables.
+    fn finish(self) -> Result<(), IntakeError> {
+        self.log.finish()?;
+        Ok(())
+    }
 }
 
 fn decode_idem(bytes: &[u8]) -> Result<IdemRecord, IntakeError> {
@@ -1080,8 +1135,13 @@ impl Intake {
 /// Routing and its records, shared by the writer's batches and the other writes.
 impl Core {
     /// What the idempotency records say of `key` for a body of `channel` hashing to `hash`.
-    fn seen(w: &redb::WriteTransaction, channel: &Channel, key: &str, hash: &[u8; 32]) -> Result<Seen, IntakeError> {
-        let idem = w.open_table(IDEM)?;
+    fn seen(
+        idem: &impl ReadableTable<&'static str, &'static [u8]>,
+        orders: &impl ReadableTable<&'static str, &'static [u8]>,
+        channel: &Channel,
+        key: &str,
+        hash: &[u8; 32],
+    ) -> Result<Seen, IntakeError> {
         if let Some(v) = idem.get(scoped_key(channel, key).as_str())? {
             let rec = decode_idem(v.value())?;
             return Ok(if rec.body_sha256 == *hash { Seen::Replay(rec.order) } else { Seen::Reused(rec.order) });
@@ -1094,24 +1154,23 @@ impl Core {
         if rec.body_sha256 == *hash {
             return Ok(Seen::Replay(rec.order));
         }
-        let theirs = get_order(&w.open_table(ORDERS)?, &rec.order)?;
+        let theirs = get_order(orders, &rec.order)?;
         Ok(if theirs.is_some_and(|o| &o.draft.channel == channel) { Seen::Reused(rec.order) } else { Seen::New })
     }
 
-    /// The sites' views for routing `skus` as the transaction `w` sees them: capacity used today from `w`,
+    /// The sites' views for routing `skus` as the transaction sees them: capacity used today from `cap`,
     /// the hub's spendable rights from the counters this transaction changed (`overlay`) over the committed
     /// ones.
     #[allow(clippy::too_many_arguments)]
     fn site_views(
         st: &State,
         overlay: &Overlay,
-        w: &redb::WriteTransaction,
+        cap: &impl ReadableTable<&'static str, u64>,
         sites: &[SiteFacts],
         skus: &[Sku],
         exclude: &BTreeSet<NodeId>,
         now_ms: u64,
     ) -> Result<Vec<SiteView>, IntakeError> {
-        let cap = w.open_table(CAPACITY)?;
         let mut out = Vec::with_capacity(sites.len());
         for s in sites {
             if exclude.contains(&s.id) {
@@ -1155,7 +1214,7 @@ impl Core {
         &self,
         st: &State,
         overlay: &Overlay,
-        w: &redb::WriteTransaction,
+        t: &Tables<'_>,
         order: &HubOrder,
         sites: &[SiteFacts],
         exclude: &BTreeSet<NodeId>,
@@ -1164,21 +1223,21 @@ impl Core {
         let lines: Vec<RouteLine> =
             order.unfilled.iter().map(|l| RouteLine { sku: l.sku.clone(), qty: l.qty }).collect();
         let skus: Vec<Sku> = lines.iter().map(|l| l.sku.clone()).collect();
-        let views = Self::site_views(st, overlay, w, sites, &skus, exclude, now_ms)?;
+        let views = Self::site_views(st, overlay, &t.capacity, sites, &skus, exclude, now_ms)?;
         let ship_to = GeoPoint { lat: order.draft.ship_to.lat, lon: order.draft.ship_to.lon };
         let req = RouteRequest { lines, ship_to, region: None };
         Ok(routing::route(&req, &views, &self.policy))
     }
 
     /// Records `decision` for `order`: consumes the hub's rights for each assignment in `overlay` (copied
-    /// from `st` on first use), counts the site's shipment for the day in `w`, adds the fulfillments to the
+    /// from `st` on first use), counts the site's shipment for the day in `t`, adds the fulfillments to the
     /// order and to `effects` (with each counter consumed, after consumption), and the decision to the
     /// order's record. The counters' rows are written by [`write_escrow_rows`] once per transaction.
     #[allow(clippy::too_many_arguments)]
     fn record(
         st: &State,
         overlay: &mut Overlay,
-        w: &redb::WriteTransaction,
+        t: &mut Tables<'_>,
         order: &mut HubOrder,
         decision: RoutingDecision,
         trigger: String,
@@ -1186,8 +1245,6 @@ impl Core {
         effects: &mut Effects,
     ) -> Result<(), IntakeError> {
         if !decision.assignments.is_empty() {
-            let mut cap = w.open_table(CAPACITY)?;
-            let mut live = w.open_table(LIVE)?;
             let mut touched = BTreeSet::new();
             for a in &decision.assignments {
                 for l in &a.lines {
@@ -1215,9 +1272,9 @@ impl Core {
                 let id = OrderId::parse(&format!("{}.{n}", order.id))
                     .map_err(|e| IntakeError::Corrupt { table: "orders", detail: format!("fulfillment id: {e}") })?;
                 let day_key = format!("{}|{}", a.site, utc_day(now_ms));
-                let used = cap.get(day_key.as_str())?.map(|v| v.value()).unwrap_or(0);
-                cap.insert(day_key.as_str(), used + 1)?;
-                live.insert(id.as_str(), order.id.as_str())?;
+                let used = t.capacity.get(day_key.as_str())?.map(|v| v.value()).unwrap_or(0);
+                t.capacity.insert(day_key.as_str(), used + 1)?;
+                t.live.insert(id.as_str(), order.id.as_str())?;
                 effects.fulfillments.push(NewFulfillment {
                     id: id.clone(),
                     parent: order.id.clone(),
@@ -1240,10 +1297,7 @@ impl Core {
                 }
             }
             let placed = &order.fulfillments[order.fulfillments.len() - decision.assignments.len()..];
-            crate::events::append(
-                w,
-                crate::events::EventDraft::routed(order, placed, &decision.unfilled, &trigger, now_ms),
-            )?;
+            t.event(crate::events::EventDraft::routed(order, placed, &decision.unfilled, &trigger, now_ms))?;
         }
         order.unfilled = decision.unfilled.clone();
         let record = DecisionRecord { at_ms: now_ms, trigger, decision };
@@ -1255,13 +1309,12 @@ impl Core {
     }
 
     /// Writes `o` and keeps [`OPEN`] in step with it.
-    fn put_order(w: &redb::WriteTransaction, o: &HubOrder) -> Result<(), IntakeError> {
-        w.open_table(ORDERS)?.insert(o.id.as_str(), enc_json(o)?.as_slice())?;
-        let mut open = w.open_table(OPEN)?;
+    fn put_order(t: &mut Tables<'_>, o: &HubOrder) -> Result<(), IntakeError> {
+        t.orders.insert(o.id.as_str(), enc_json(o)?.as_slice())?;
         if o.wants_routing() {
-            open.insert(o.id.as_str(), ())?;
+            t.open.insert(o.id.as_str(), ())?;
         } else {
-            open.remove(o.id.as_str())?;
+            t.open.remove(o.id.as_str())?;
         }
         Ok(())
     }
@@ -1279,16 +1332,19 @@ fn write_escrow_rows(w: &redb::WriteTransaction, overlay: &Overlay) -> Result<()
     Ok(())
 }
 
-/// Forgets at most [`oms_protocol::records::IDEMPOTENCY_PRUNE_MAX`] idempotency records older than `cutoff_ms`.
-fn prune_idempotency(w: &redb::WriteTransaction, cutoff_ms: u64) -> Result<(), IntakeError> {
-    let mut by_time = w.open_table(IDEM_BY_TIME)?;
+/// Forgets at most [`oms_protocol::records::IDEMPOTENCY_PRUNE_MAX`] idempotency records older than `cutoff_ms`
+/// from the records (`idem`) and their index by age (`by_time`).
+fn prune_idempotency(
+    idem: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    by_time: &mut redb::Table<'_, (u64, &'static str), ()>,
+    cutoff_ms: u64,
+) -> Result<(), IntakeError> {
     let mut old = Vec::new();
     for item in by_time.range((0u64, "")..(cutoff_ms, ""))?.take(oms_protocol::records::IDEMPOTENCY_PRUNE_MAX) {
         let (k, _) = item?;
         let (at, key) = k.value();
         old.push((at, key.to_owned()));
     }
-    let mut idem = w.open_table(IDEM)?;
     for (at, key) in old {
         by_time.remove((at, key.as_str()))?;
         idem.remove(key.as_str())?;

@@ -92,42 +92,44 @@ impl Intake {
             }
         }
         let w = self.core.db.begin_write()?;
-        for (lines, reason) in &cancelled_here {
-            let draft = crate::events::EventDraft::lines_cancelled(&order, lines, Some(reason), now_ms);
-            crate::events::append(&w, draft)?;
-        }
-        {
-            let mut live = w.open_table(LIVE)?;
-            for f in &gone {
-                live.remove(f.as_str())?;
-            }
-        }
         let mut consumed = Overlay::new();
         let mut effects = Effects::default();
-        if order.wants_routing() {
-            let before = order.unfilled.clone();
-            let d = self.core.plan(&st, &consumed, &w, &order, sites, &exclude, now_ms)?;
-            // A retry that placed nothing is not worth a record (but a person's asking is audited).
-            if d.assignments.is_empty() && !changed && before == d.unfilled {
+        {
+            let mut t = Tables::open(&w)?;
+            for (lines, reason) in &cancelled_here {
+                t.event(crate::events::EventDraft::lines_cancelled(&order, lines, Some(reason), now_ms))?;
+            }
+            for f in &gone {
+                t.live.remove(f.as_str())?;
+            }
+            if order.wants_routing() {
+                let before = order.unfilled.clone();
+                let d = self.core.plan(&st, &consumed, &t, &order, sites, &exclude, now_ms)?;
+                // A retry that placed nothing is not worth a record (but a person's asking is audited).
+                if d.assignments.is_empty() && !changed && before == d.unfilled {
+                    if let Some(actor) = by {
+                        t.audit(actor, Some(id), now_ms, "nothing_placeable")?;
+                        t.finish()?;
+                        w.commit()?;
+                    }
+                    return Ok(None);
+                }
+                Core::record(&st, &mut consumed, &mut t, &mut order, d, trigger, now_ms, &mut effects)?;
+            } else if !changed {
                 if let Some(actor) = by {
-                    audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "nothing_placeable")?;
+                    t.audit(actor, Some(id), now_ms, "units_not_waiting")?;
+                    t.finish()?;
                     w.commit()?;
                 }
                 return Ok(None);
             }
-            Core::record(&st, &mut consumed, &w, &mut order, d, trigger, now_ms, &mut effects)?;
-        } else if !changed {
+            Core::put_order(&mut t, &order)?;
             if let Some(actor) = by {
-                audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "units_not_waiting")?;
-                w.commit()?;
+                t.audit(actor, Some(id), now_ms, "ok")?;
             }
-            return Ok(None);
+            t.finish()?;
         }
-        Core::put_order(&w, &order)?;
         write_escrow_rows(&w, &consumed)?;
-        if let Some(actor) = by {
-            audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
-        }
         // Nothing left to place: the order may be final (once its sites are done).
         if order.unfilled.is_empty() {
             crate::money::note_settle_due(&w, order.id.as_str(), now_ms)?;
@@ -162,16 +164,20 @@ impl Intake {
             return refuse(w, actor, id, now_ms, IntakeError::NotFound(id.to_owned()));
         };
         let changed = order.cancel_requested_at_ms.is_none();
+        let mut t = Tables::open(&w)?;
         if changed {
             order.cancel_requested_at_ms = Some(now_ms);
             order.cancel_reason = reason.map(str::to_owned);
             let dropped = std::mem::take(&mut order.unfilled);
             add_units(&mut order.cancelled_unfilled, &dropped);
-            Core::put_order(&w, &order)?;
-            crate::events::append(&w, crate::events::EventDraft::cancelled(&order, now_ms))?;
+            Core::put_order(&mut t, &order)?;
+            t.event(crate::events::EventDraft::cancelled(&order, now_ms))?;
+        }
+        t.audit(actor, Some(id), now_ms, "ok")?;
+        t.finish()?;
+        if changed {
             crate::money::note_settle_due(&w, order.id.as_str(), now_ms)?;
         }
-        audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
         w.commit()?;
         if changed {
             st.open.remove(order.id.as_str());
@@ -219,15 +225,17 @@ impl Intake {
                 asked.push(fid);
             }
         }
-        Core::put_order(&w, &order)?;
+        let mut t = Tables::open(&w)?;
+        Core::put_order(&mut t, &order)?;
         if !waiting.is_empty() {
-            crate::events::append(&w, crate::events::EventDraft::lines_cancelled(&order, &waiting, reason, now_ms))?;
+            t.event(crate::events::EventDraft::lines_cancelled(&order, &waiting, reason, now_ms))?;
         }
+        t.audit(actor, Some(id), now_ms, "ok")?;
+        t.finish()?;
         // Nothing left to place: the order may be final (once its sites are done).
         if order.unfilled.is_empty() {
             crate::money::note_settle_due(&w, order.id.as_str(), now_ms)?;
         }
-        audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
         w.commit()?;
         if !order.wants_routing() {
             st.open.remove(order.id.as_str());
@@ -292,8 +300,10 @@ impl Intake {
             Ok(o) => o,
             Err(e) => return refuse(w, actor, id, now_ms, e),
         };
-        Core::put_order(&w, &order)?;
-        audit::append(&mut w.open_table(AUDIT)?, actor, Some(id), now_ms, "ok")?;
+        let mut t = Tables::open(&w)?;
+        Core::put_order(&mut t, &order)?;
+        t.audit(actor, Some(id), now_ms, "ok")?;
+        t.finish()?;
         w.commit()?;
         Ok(order)
     }

@@ -767,22 +767,24 @@ pub(crate) fn migrate_released(w: &redb::WriteTransaction) -> Result<(), redb::E
 }
 
 /// Writes the payment of a new order in the order's own transaction (the intake's writer calls this), and
-/// forgets its authorization attempt: from now on the order owns the authorization.
+/// forgets its authorization attempt: from now on the order owns the authorization. Returns the
+/// `payment.authorized` event of a card payment, for the caller to append in the same transaction (the
+/// intake's writer holds the event log open for its whole batch).
 pub(crate) fn open_payment(
     w: &redb::WriteTransaction,
     order: &str,
     mut p: Payment,
     key: Option<&str>,
-) -> Result<(), MoneyError> {
+) -> Result<Option<crate::events::EventDraft>, MoneyError> {
     p.order = order.to_owned();
     w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
     if let Some(k) = key {
         w.open_table(ATTEMPTS)?.remove(k)?;
     }
     if p.method == Method::Card {
-        payment_event(w, crate::events::PAYMENT_AUTHORIZED, &p, p.authorized_minor(), None, None)?;
+        return Ok(payment_draft(crate::events::PAYMENT_AUTHORIZED, &p, p.authorized_minor(), None, None));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Appends a `payment.*` event about `p` in `w`, the transaction of the change it reports: `amount_minor`
@@ -795,15 +797,27 @@ pub(crate) fn payment_event(
     document: Option<&str>,
     reason: Option<&str>,
 ) -> Result<(), MoneyError> {
-    let Ok(id) = oms_protocol::domain::OrderId::parse(&p.order) else { return Ok(()) };
+    if let Some(draft) = payment_draft(kind, p, amount_minor, document, reason) {
+        crate::events::append(w, draft).map_err(|e| MoneyError::Storage(Arc::new(e)))?;
+    }
+    Ok(())
+}
+
+/// The `payment.*` event [`payment_event`] appends; none for a payment whose order id does not parse.
+fn payment_draft(
+    kind: &'static str,
+    p: &Payment,
+    amount_minor: u64,
+    document: Option<&str>,
+    reason: Option<&str>,
+) -> Option<crate::events::EventDraft> {
+    let id = oms_protocol::domain::OrderId::parse(&p.order).ok()?;
     let data = serde_json::json!({
         "amount_minor": amount_minor, "currency": p.currency, "method": p.method, "provider": p.provider,
         "document": document, "reason": reason,
         "authorized_minor": p.authorized_minor(), "captured_minor": p.captured_minor, "refunded_minor": p.refunded_minor,
     });
-    let draft = crate::events::EventDraft::new(kind, oms_service::now_ms()).order(&id, &p.channel).data(data);
-    crate::events::append(w, draft).map_err(|e| MoneyError::Storage(Arc::new(e)))?;
-    Ok(())
+    Some(crate::events::EventDraft::new(kind, oms_service::now_ms()).order(&id, &p.channel).data(data))
 }
 
 /// A prepared payment for a new order: the record to write with it and the provider key of its attempt.
@@ -1051,7 +1065,9 @@ impl Money {
     /// order's own transaction instead; this is for tooling, tests and benches that hold orders apart).
     pub fn record_payment(&self, db: &Database, order: &str, prepared: Prepared) -> Result<(), MoneyError> {
         let w = db.begin_write()?;
-        open_payment(&w, order, prepared.payment, prepared.attempt_key.as_deref())?;
+        if let Some(event) = open_payment(&w, order, prepared.payment, prepared.attempt_key.as_deref())? {
+            crate::events::append(&w, event).map_err(|e| MoneyError::Storage(Arc::new(e)))?;
+        }
         w.commit()?;
         Ok(())
     }

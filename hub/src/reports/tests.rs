@@ -171,3 +171,76 @@ fn return_received_events_count_one_return_per_rma_and_every_unit_at_their_site(
     let a = report(&db, &Period { site: Some("wh-a".into()), ..period(DAY, DAY + 1) }).unwrap();
     assert_eq!((a.total.returns, a.total.units_returned, a.total.returns_rate), (1, 3, Some(1.0)));
 }
+
+/// One generated event: kind (created, routed at intake, routed later, cancelled, shipped, delivered,
+/// returned, a payment that counts for nothing), day offset, site, channel, units.
+type Ev = (usize, u32, usize, usize, u64);
+
+fn draft_of((kind, day, site, channel, units): Ev, n: usize) -> EventDraft {
+    let at = u64::from(DAY + day) * MS_PER_DAY + 1_000 * n as u64;
+    let site = ["wh-a", "wh-b"][site];
+    let channel = Channel::parse(["web", "shop"][channel]).unwrap();
+    let o = OrderId::parse(&format!("hub-{n}")).unwrap();
+    let lines = json!([{"sku": "A", "qty": units}]);
+    let routed = |trigger: &str| {
+        json!({"trigger": trigger, "unfilled": [],
+               "fulfillments": [{"fulfillment_id": format!("hub-{n}.1"), "site": site, "lines": lines}]})
+    };
+    let (kind, data) = match kind {
+        0 => (events::ORDER_CREATED, json!({"lines": lines})),
+        1 => (events::ORDER_ROUTED, routed("intake")),
+        2 => (events::ORDER_ROUTED, routed("retry")),
+        3 => (events::ORDER_CANCELLED, json!({})),
+        4 => (
+            events::FULFILLMENT_SHIPPED,
+            json!({"fulfillment_id": format!("hub-{n}.1"), "site": site, "shipped_at_ms": at + units * 3_600_000}),
+        ),
+        5 => (events::ORDER_DELIVERED, json!({"site": site})),
+        6 => (events::RETURN_RECEIVED, json!({"rma": "RMA-1", "site": site, "units": units, "first": units % 2 == 0})),
+        _ => (events::PAYMENT_CAPTURED, json!({"amount_minor": units})),
+    };
+    EventDraft::new(kind, at).order(&o, &channel).data(data)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Events appended through one [`events::Log`] per transaction (their figures added to each row once, at
+    /// `finish`) report exactly what the same events appended one transaction each report, with the same
+    /// sequences: whatever the kinds, rows and transaction boundaries.
+    #[test]
+    fn a_log_of_many_events_reports_as_one_event_per_transaction(
+        evs in proptest::collection::vec((0..8usize, 0..3u32, 0..2usize, 0..2usize, 1..5u64), 1..40),
+        cuts in proptest::collection::vec(any::<bool>(), 40),
+    ) {
+        let (_a, one_by_one) = db();
+        let (_b, batched) = db();
+        let mut want = Vec::new();
+        for (n, e) in evs.iter().enumerate() {
+            let w = one_by_one.begin_write().unwrap();
+            want.push(events::append(&w, draft_of(*e, n)).unwrap());
+            w.commit().unwrap();
+        }
+        let mut got = Vec::new();
+        let mut w = batched.begin_write().unwrap();
+        let mut log = events::Log::open(&w).unwrap();
+        for (n, e) in evs.iter().enumerate() {
+            got.push(log.append(draft_of(*e, n), &mut |_, _| Ok((None, None))).unwrap());
+            if cuts[n] {
+                log.finish().unwrap();
+                w.commit().unwrap();
+                w = batched.begin_write().unwrap();
+                log = events::Log::open(&w).unwrap();
+            }
+        }
+        log.finish().unwrap();
+        w.commit().unwrap();
+        prop_assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), want.iter().map(|e| e.seq).collect::<Vec<_>>());
+        let p = period(DAY, DAY + 3);
+        prop_assert_eq!(report(&batched, &p).unwrap(), report(&one_by_one, &p).unwrap());
+        for site in ["wh-a", "wh-b"] {
+            let p = Period { site: Some(site.into()), ..period(DAY, DAY + 3) };
+            prop_assert_eq!(report(&batched, &p).unwrap(), report(&one_by_one, &p).unwrap());
+        }
+    }
+}
