@@ -328,23 +328,34 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
     let gauge = |out: &mut String, name: &str, help: &str, v: String| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
     };
+    // A counter's family is named without its `_total` sample suffix (OpenMetrics).
+    let counter = |out: &mut String, name: &str, help: &str, v: String| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {v}\n"));
+    };
     gauge(&mut out, "oms_hub_nodes_connected", "Nodes with a live sync session.", connected.to_string());
     gauge(&mut out, "oms_hub_documents_held", "Documents the hub holds.", held.to_string());
     let lock = hub.docs.times();
     let secs = |ns: u64| format!("{:.6}", ns as f64 / 1e9);
-    out.push_str(&format!(
-        "# HELP oms_hub_documents_lock_acquisitions Times the documents' lock was taken (by every sync session, the \
-         intake's documents thread, the watcher and the reads of documents).\n\
-         # TYPE oms_hub_documents_lock_acquisitions counter\noms_hub_documents_lock_acquisitions_total {}\n\
-         # HELP oms_hub_documents_lock_held_seconds Time the documents' lock was held. Its rate is the share of the \
-         time it is busy: near 1, everything that needs the documents waits in line.\n\
-         # TYPE oms_hub_documents_lock_held_seconds counter\noms_hub_documents_lock_held_seconds_total {}\n\
-         # HELP oms_hub_documents_lock_waited_seconds Time callers waited for the documents' lock, all together.\n\
-         # TYPE oms_hub_documents_lock_waited_seconds counter\noms_hub_documents_lock_waited_seconds_total {}\n",
-        lock.acquisitions,
+    counter(
+        &mut out,
+        "oms_hub_documents_lock_acquisitions",
+        "Times the documents' lock was taken (by every sync session, the intake's documents thread, the watcher \
+         and the reads of documents).",
+        lock.acquisitions.to_string(),
+    );
+    counter(
+        &mut out,
+        "oms_hub_documents_lock_held_seconds",
+        "Time the documents' lock was held. Its rate is the share of the time it is busy: near 1, everything that \
+         needs the documents waits in line.",
         secs(lock.held_ns),
-        secs(lock.waited_ns)
-    ));
+    );
+    counter(
+        &mut out,
+        "oms_hub_documents_lock_waited_seconds",
+        "Time callers waited for the documents' lock, all together.",
+        secs(lock.waited_ns),
+    );
     gauge(
         &mut out,
         "oms_hub_orders_waiting",
@@ -372,54 +383,62 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
          # TYPE oms_hub_changes_quarantined counter\n{quarantined_lines}"
     ));
     let b = hub.intake.batch_counts();
-    out.push_str(&format!(
-        "# HELP oms_hub_intake_commits Write transactions of the intake's writer (channel orders).\n\
-         # TYPE oms_hub_intake_commits counter\noms_hub_intake_commits_total {}\n\
-         # HELP oms_hub_intake_orders Channel orders those transactions held (orders per commit: this over \
-         commits).\n# TYPE oms_hub_intake_orders counter\noms_hub_intake_orders_total {}\n",
-        b.commits, b.orders
-    ));
-    out.push_str(&format!(
-        "# HELP oms_hub_intake_document_rounds Rounds of the intake's documents thread (the documents of one or \
-         more committed batches written under one hold of the documents' lock).\n\
-         # TYPE oms_hub_intake_document_rounds counter\noms_hub_intake_document_rounds_total {}\n\
-         # HELP oms_hub_intake_document_orders Created orders whose documents those rounds wrote.\n\
-         # TYPE oms_hub_intake_document_orders counter\noms_hub_intake_document_orders_total {}\n\
-         # HELP oms_hub_intake_document_fallbacks Created orders whose documents a round could not write (their \
-         requests wrote them).\n# TYPE oms_hub_intake_document_fallbacks counter\n\
-         oms_hub_intake_document_fallbacks_total {}\n",
-        b.document_rounds, b.document_orders, b.document_fallbacks
-    ));
+    for (name, help, v) in [
+        ("oms_hub_intake_commits", "Write transactions of the intake's writer (channel orders).", b.commits),
+        (
+            "oms_hub_intake_orders",
+            "Channel orders those transactions held (orders per commit: this over commits).",
+            b.orders,
+        ),
+        (
+            "oms_hub_intake_document_rounds",
+            "Rounds of the intake's documents thread (the documents of one or more committed batches written under \
+             one hold of the documents' lock).",
+            b.document_rounds,
+        ),
+        ("oms_hub_intake_document_orders", "Created orders whose documents those rounds wrote.", b.document_orders),
+        (
+            "oms_hub_intake_document_fallbacks",
+            "Created orders whose documents a round could not write (their requests wrote them).",
+            b.document_fallbacks,
+        ),
+    ] {
+        counter(&mut out, name, help, v.to_string());
+    }
     gauge(
         &mut out,
         "oms_hub_intake_batch_orders_max",
         "Most channel orders one transaction held.",
         b.largest.to_string(),
     );
-    out.push_str(&format!(
-        "# HELP oms_hub_sync_sessions Sync sessions nodes opened since the hub started.\n\
-         # TYPE oms_hub_sync_sessions counter\noms_hub_sync_sessions_total {sessions}\n\
-         # HELP oms_hub_anti_entropy_digests Periodic anti-entropy rounds the hub sent (a digest of its manifest, \
-         whole or per bucket).\n# TYPE oms_hub_anti_entropy_digests counter\noms_hub_anti_entropy_digests_total {}\n\
-         # HELP oms_hub_anti_entropy_full_manifests Manifests the hub sent listing every document a node shares (one \
-         per session is expected; beyond it, a node without bucket rounds).\n\
-         # TYPE oms_hub_anti_entropy_full_manifests counter\noms_hub_anti_entropy_full_manifests_total {}\n\
-         # HELP oms_hub_anti_entropy_partial_manifests Manifests the hub sent listing only the buckets of documents \
-         whose digests differed.\n# TYPE oms_hub_anti_entropy_partial_manifests counter\n\
-         oms_hub_anti_entropy_partial_manifests_total {}\n\
-         # HELP oms_hub_anti_entropy_entries Documents listed in the manifests the hub sent.\n\
-         # TYPE oms_hub_anti_entropy_entries counter\noms_hub_anti_entropy_entries_total {}\n",
-        anti_entropy.digests_sent,
-        anti_entropy.full_manifests,
-        anti_entropy.partial_manifests,
-        anti_entropy.entries_sent
-    ));
-    out.push_str(&format!(
-        "# HELP oms_hub_state_doc_generations New generations of the sites' state documents (stock, escrow, \
-         inbound) the hub started or took since it started.\n# TYPE oms_hub_state_doc_generations counter\n\
-         oms_hub_state_doc_generations_total {}\n",
-        history.generations_started
-    ));
+    for (name, help, v) in [
+        ("oms_hub_sync_sessions", "Sync sessions nodes opened since the hub started.", sessions),
+        (
+            "oms_hub_anti_entropy_digests",
+            "Periodic anti-entropy rounds the hub sent (a digest of its manifest, whole or per bucket).",
+            anti_entropy.digests_sent,
+        ),
+        (
+            "oms_hub_anti_entropy_full_manifests",
+            "Manifests the hub sent listing every document a node shares (one per session is expected; beyond it, \
+             a node without bucket rounds).",
+            anti_entropy.full_manifests,
+        ),
+        (
+            "oms_hub_anti_entropy_partial_manifests",
+            "Manifests the hub sent listing only the buckets of documents whose digests differed.",
+            anti_entropy.partial_manifests,
+        ),
+        ("oms_hub_anti_entropy_entries", "Documents listed in the manifests the hub sent.", anti_entropy.entries_sent),
+        (
+            "oms_hub_state_doc_generations",
+            "New generations of the sites' state documents (stock, escrow, inbound) the hub started or took since \
+             it started.",
+            history.generations_started,
+        ),
+    ] {
+        counter(&mut out, name, help, v.to_string());
+    }
     gauge(
         &mut out,
         "oms_hub_state_doc_history_ops_max",
@@ -432,30 +451,31 @@ async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
         "State documents whose history is over twice the bound at which a new generation starts (0).",
         history.over_bound.to_string(),
     );
-    out.push_str(&format!(
-        "# HELP oms_hub_demand_documents_read Order and stock documents the demand history and the network stock \
-         read (each once after a start, then only those that changed).\n\
-         # TYPE oms_hub_demand_documents_read counter\noms_hub_demand_documents_read_total {}\n",
-        hub.demand.docs_read()
-    ));
+    counter(
+        &mut out,
+        "oms_hub_demand_documents_read",
+        "Order and stock documents the demand history and the network stock read (each once after a start, then \
+         only those that changed).",
+        hub.demand.docs_read().to_string(),
+    );
     let t = &hub.tracking;
     out.push_str(&format!(
         "# HELP oms_hub_carrier_events Carrier tracking events by outcome: stored, replays answered without a \
          change, refused (carrier, signature, body).\n# TYPE oms_hub_carrier_events counter\n\
          oms_hub_carrier_events_total{{result=\"stored\"}} {}\noms_hub_carrier_events_total{{result=\"replayed\"}} {}\n\
-         oms_hub_carrier_events_total{{result=\"refused\"}} {}\n\
-         # HELP oms_hub_carrier_events_easypost Carrier tracking events stored or replayed from carriers that post in \
-         EasyPost's format.\n# TYPE oms_hub_carrier_events_easypost counter\noms_hub_carrier_events_easypost_total {}\n",
+         oms_hub_carrier_events_total{{result=\"refused\"}} {}\n",
         t.accepted.load(std::sync::atomic::Ordering::Relaxed),
         t.replayed.load(std::sync::atomic::Ordering::Relaxed),
         t.refused.load(std::sync::atomic::Ordering::Relaxed),
-        t.easypost.load(std::sync::atomic::Ordering::Relaxed)
     ));
+    counter(
+        &mut out,
+        "oms_hub_carrier_events_easypost",
+        "Carrier tracking events stored or replayed from carriers that post in EasyPost's format.",
+        t.easypost.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+    );
     if let Some(n) = taken {
-        out.push_str(&format!(
-            "# HELP oms_hub_orders_taken Customer orders the hub took.\n# TYPE oms_hub_orders_taken counter\n\
-             oms_hub_orders_taken_total {n}\n"
-        ));
+        counter(&mut out, "oms_hub_orders_taken", "Customer orders the hub took.", n.to_string());
     }
     out.push_str("# EOF\n");
     let mut resp = out.into_response();

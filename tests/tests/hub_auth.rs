@@ -302,6 +302,29 @@ async fn roles_channel_isolation_audit_tracking_and_refusal_counters() {
     assert!(n("rate_limited").is_some_and(|n| n >= 1), "{text}");
     assert_eq!(sample(&text, "oms_hub_api_keys_live"), Some(7), "six keys and the test admin: {text}");
     assert!(sample(&text, "oms_hub_orders_taken_total").is_some_and(|n| n >= 2), "{text}");
+    // Every family is well formed: its HELP, then its TYPE, then at least one sample named as OpenMetrics wants
+    // (a counter's samples end in `_total`), and no family twice.
+    let lines: Vec<&str> = text.lines().collect();
+    let mut families = std::collections::BTreeSet::new();
+    for (i, l) in lines.iter().enumerate() {
+        let Some(rest) = l.strip_prefix("# HELP ") else { continue };
+        let name = rest.split(' ').next().unwrap();
+        assert!(families.insert(name), "{name} twice: {text}");
+        let kind = lines[i + 1].strip_prefix(&format!("# TYPE {name} ")).unwrap_or_else(|| panic!("{name}: {text}"));
+        let sample = match kind {
+            "counter" => format!("{name}_total"),
+            "gauge" => name.to_owned(),
+            other => panic!("{name}: type {other}"),
+        };
+        let first = lines[i + 2];
+        assert!(
+            first.starts_with(&format!("{sample} "))
+                || first.starts_with(&format!("{sample}{{"))
+                || first.starts_with('#'),
+            "{name} ({kind}) is followed by {first:?}"
+        );
+    }
+    assert!(families.len() >= 20 && families.contains("oms_hub_intake_document_fallbacks"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
