@@ -95,28 +95,32 @@ pub fn read_order(doc: &AutoCommit, name: &str) -> Result<OrderView, SchemaError
         key: key.into(),
         detail: e.to_string(),
     };
-    let id = get_str(doc, &ROOT, keys::ID)?.ok_or_else(|| bad(keys::ID, "string"))?;
+    // Each map read in one pass (see `MapValues`), not key by key.
+    let root = MapValues::read(doc, &ROOT);
+    let id = root.str(keys::ID).ok_or_else(|| bad(keys::ID, "string"))?;
     let id = OrderId::parse(&id).map_err(|e| dec_err(keys::ID, &e))?;
-    let origin = get_str(doc, &ROOT, keys::ORIGIN)?.ok_or_else(|| bad(keys::ORIGIN, "string"))?;
+    let origin = root.str(keys::ORIGIN).ok_or_else(|| bad(keys::ORIGIN, "string"))?;
     let origin = NodeId::parse(&origin).map_err(|e| dec_err(keys::ORIGIN, &e))?;
-    let site = get_str(doc, &ROOT, keys::SITE)?.ok_or_else(|| bad(keys::SITE, "string"))?;
+    let site = root.str(keys::SITE).ok_or_else(|| bad(keys::SITE, "string"))?;
     let site = NodeId::parse(&site).map_err(|e| dec_err(keys::SITE, &e))?;
-    let created_at_ms = get_u64(doc, &ROOT, keys::CREATED_AT_MS)?.ok_or_else(|| bad(keys::CREATED_AT_MS, "uint"))?;
-    let draft = get_bytes(doc, &ROOT, keys::DRAFT)?.ok_or_else(|| bad(keys::DRAFT, "bytes"))?;
-    let draft: OrderDraft = postcard::from_bytes(&draft).map_err(|e| dec_err(keys::DRAFT, &e))?;
-    let (mut progress, mut node_updated_at_ms) = (None, 0);
-    if let Some((automerge::Value::Object(ObjType::Map), node)) = doc.get(ROOT, keys::NODE)? {
-        if let Some(b) = get_bytes(doc, &node, keys::PROGRESS)? {
-            progress = Some(postcard::from_bytes(&b).map_err(|e| dec_err(keys::PROGRESS, &e))?);
+    let created_at_ms = root.u64(keys::CREATED_AT_MS).ok_or_else(|| bad(keys::CREATED_AT_MS, "uint"))?;
+    let draft = root.bytes(keys::DRAFT).ok_or_else(|| bad(keys::DRAFT, "bytes"))?;
+    let draft: OrderDraft = postcard::from_bytes(draft).map_err(|e| dec_err(keys::DRAFT, &e))?;
+    let (mut progress, mut node_updated_at_ms, mut frozen_at_ms) = (None, 0, None);
+    if let Some(node) = root.map(keys::NODE) {
+        let node = MapValues::read(doc, node);
+        if let Some(b) = node.bytes(keys::PROGRESS) {
+            progress = Some(postcard::from_bytes(b).map_err(|e| dec_err(keys::PROGRESS, &e))?);
         }
-        node_updated_at_ms = get_u64(doc, &node, keys::UPDATED_AT_MS)?.unwrap_or(0);
+        node_updated_at_ms = node.u64(keys::UPDATED_AT_MS).unwrap_or(0);
+        frozen_at_ms = node.u64(keys::FROZEN_AT_MS);
     }
-    let frozen_at_ms = frozen_at_ms(doc);
     let (mut cancel_requested_at_ms, mut parent, mut carrier_delivered_at_ms) = (None, None, None);
-    if let Some((automerge::Value::Object(ObjType::Map), hub)) = doc.get(ROOT, keys::HUB)? {
-        cancel_requested_at_ms = get_u64(doc, &hub, keys::CANCEL_REQUESTED_AT_MS)?;
-        parent = get_str(doc, &hub, keys::PARENT)?;
-        carrier_delivered_at_ms = get_u64(doc, &hub, keys::CARRIER_DELIVERED_AT_MS)?;
+    if let Some(hub) = root.map(keys::HUB) {
+        let hub = MapValues::read(doc, hub);
+        cancel_requested_at_ms = hub.u64(keys::CANCEL_REQUESTED_AT_MS);
+        parent = hub.str(keys::PARENT);
+        carrier_delivered_at_ms = hub.u64(keys::CARRIER_DELIVERED_AT_MS);
     }
     Ok(OrderView {
         id,

@@ -415,3 +415,75 @@ fn the_freeze_is_the_last_change_of_an_order_document() {
     early.commit();
     assert_eq!(check_writer(&mut early, &name, &created, Writer::Hub), Ok(()));
 }
+
+/// One generated write: which writer (of three), which key (of five), and what it writes.
+#[derive(Debug, Clone)]
+enum Put {
+    Str(String),
+    Uint(u64),
+    Bytes(Vec<u8>),
+    Map,
+    Counter(i64),
+    Increment(i64),
+    Delete,
+}
+
+fn put_strategy() -> impl proptest::prelude::Strategy<Value = Put> {
+    use proptest::prelude::*;
+    prop_oneof![
+        "[a-z]{0,6}".prop_map(Put::Str),
+        any::<u64>().prop_map(Put::Uint),
+        proptest::collection::vec(any::<u8>(), 0..8).prop_map(Put::Bytes),
+        Just(Put::Map),
+        (-5i64..5).prop_map(Put::Counter),
+        (-5i64..5).prop_map(Put::Increment),
+        Just(Put::Delete),
+    ]
+}
+
+proptest::proptest! {
+    /// A map read in one pass ([`MapValues`]) answers for every key what `get` answers: the same value (the
+    /// winner of concurrent writes by several actors, a counter with its increments, nothing for a deleted
+    /// key) and the same nested map.
+    #[test]
+    fn a_map_read_in_one_pass_answers_as_get(
+        writes in proptest::collection::vec((0..3usize, 0..5usize, put_strategy()), 0..40),
+        merges in proptest::collection::vec(proptest::prelude::any::<bool>(), 40),
+    ) {
+        let keys = ["id", "site", "node", "hub", "v"];
+        let mut docs: Vec<AutoCommit> =
+            (1..=3u8).map(|a| AutoCommit::new().with_actor(automerge::ActorId::from(vec![a; 4]))).collect();
+        for (n, (w, k, put)) in writes.iter().enumerate() {
+            let doc = &mut docs[*w];
+            let key = keys[*k];
+            // A write the document refuses (an increment of what is not a counter) is skipped, as a writer would.
+            let _ = match put {
+                Put::Str(s) => doc.put(ROOT, key, s.as_str()),
+                Put::Uint(u) => doc.put(ROOT, key, *u),
+                Put::Bytes(b) => doc.put(ROOT, key, b.clone()),
+                Put::Map => doc.put_object(ROOT, key, ObjType::Map).and_then(|m| doc.put(&m, "k", 1u64)),
+                Put::Counter(c) => doc.put(ROOT, key, automerge::ScalarValue::counter(*c)),
+                Put::Increment(i) => doc.increment(ROOT, key, *i),
+                Put::Delete => doc.delete(ROOT, key),
+            };
+            // Each write its own change, so a copy handed to a merge carries no transaction of its own.
+            doc.commit();
+            if merges[n] {
+                let (a, b) = (*w, (*w + 1) % 3);
+                let mut other = docs[b].clone();
+                docs[a].merge(&mut other).unwrap();
+            }
+        }
+        let mut doc = docs[0].clone();
+        for other in &mut docs[1..] {
+            doc.merge(other).unwrap();
+        }
+        let read = MapValues::read(&doc, &ROOT);
+        for key in keys {
+            let got = doc.get(ROOT, key).unwrap();
+            proptest::prop_assert_eq!(read.get(key).cloned(), got.as_ref().map(|(v, _)| v.clone().into_owned()), "{}", key);
+            let map = got.and_then(|(v, id)| matches!(v, automerge::Value::Object(ObjType::Map)).then_some(id));
+            proptest::prop_assert_eq!(read.map(key).cloned(), map, "{}", key);
+        }
+    }
+}
