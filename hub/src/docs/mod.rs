@@ -715,10 +715,18 @@ impl HubDocs {
         self.note_change(doc);
         let Some(d) = self.sync.db.get_mut(doc) else { return true };
         match schema::check_writer_touched(d, doc, before, Writer::Node(node)) {
-            Ok(touched) => {
-                let parties = schema::order_parties(d);
-                let written = schema::owner_updated_at_ms(d);
-                let frozen = schema::frozen_at_ms(d).is_some();
+            Ok(schema::Accepted { touched, order }) => {
+                // An order the node wrote was read whole by the check: its facts come from there.
+                let (parties, written, frozen) = match order {
+                    Some(v) => (
+                        Some((v.origin.to_string(), v.site.to_string())),
+                        (v.node_updated_at_ms > 0).then_some(v.node_updated_at_ms),
+                        v.frozen_at_ms.is_some(),
+                    ),
+                    None => {
+                        (schema::order_parties(d), schema::owner_updated_at_ms(d), schema::frozen_at_ms(d).is_some())
+                    }
+                };
                 // Only orders have parties: keys named `origin` and `site` in a node's stock document are
                 // the node's business and name nobody.
                 if let (Some(DocKind::Order(_)), Some((origin, site))) = (DocKind::of(doc), parties) {

@@ -364,7 +364,7 @@ impl<'t> Log<'t> {
         // highest ever pruned (kept in meta) so a sequence is never reused.
         let last = events.last().map_err(redb::Error::from)?.map(|(k, _)| k.value());
         let floor = meta.get(PRUNED_THROUGH).map_err(redb::Error::from)?.map(|v| v.value()).unwrap_or(0);
-        Ok(Log { log, next: last.unwrap_or(0).max(floor) + 1, events, days: crate::reports::Days::open(w)? })
+        Ok(Log { log, next: last.unwrap_or(0).max(floor) + 1, events, days: crate::reports::Days::open(w) })
     }
 
     /// Appends `draft` (see [`append`]); `promises` answers the reports' fold of a shipment.

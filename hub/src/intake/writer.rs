@@ -535,8 +535,7 @@ impl Core {
             ix.by_contact.insert(k.as_str(), ())?;
         }
         if let Some(p) = payment {
-            let authorized = crate::money::open_payment(ix.w, order.id.as_str(), p.payment, p.attempt_key.as_deref())
-                .map_err(IntakeError::from)?;
+            let authorized = ix.payments.write(order.id.as_str(), p.payment, p.attempt_key.as_deref())?;
             if let Some(event) = authorized {
                 t.event(event)?;
             }
@@ -547,25 +546,25 @@ impl Core {
 }
 
 /// The tables only a new channel order writes (its idempotency record, tracking token and indexes), opened
-/// once per batch as [`Tables`] are, with the transaction for the payment's own tables.
+/// once per batch as [`Tables`] are, with its payment's ([`crate::money::NewPayments`]).
 pub(super) struct Indexes<'t> {
-    w: &'t redb::WriteTransaction,
     idem: redb::Table<'t, &'static str, &'static [u8]>,
     idem_by_time: redb::Table<'t, (u64, &'static str), ()>,
     tracking: redb::Table<'t, &'static [u8], &'static str>,
     by_channel: redb::Table<'t, &'static str, ()>,
     by_contact: redb::Table<'t, &'static str, ()>,
+    payments: crate::money::NewPayments<'t>,
 }
 
 impl<'t> Indexes<'t> {
     fn open(w: &'t redb::WriteTransaction) -> Result<Indexes<'t>, IntakeError> {
         Ok(Indexes {
-            w,
             idem: w.open_table(IDEM)?,
             idem_by_time: w.open_table(IDEM_BY_TIME)?,
             tracking: w.open_table(TRACKING)?,
             by_channel: w.open_table(BY_CHANNEL)?,
             by_contact: w.open_table(BY_CONTACT)?,
+            payments: crate::money::NewPayments::open(w)?,
         })
     }
 }

@@ -766,25 +766,39 @@ pub(crate) fn migrate_released(w: &redb::WriteTransaction) -> Result<(), redb::E
     Ok(())
 }
 
-/// Writes the payment of a new order in the order's own transaction (the intake's writer calls this), and
-/// forgets its authorization attempt: from now on the order owns the authorization. Returns the
-/// `payment.authorized` event of a card payment, for the caller to append in the same transaction (the
-/// intake's writer holds the event log open for its whole batch).
-pub(crate) fn open_payment(
-    w: &redb::WriteTransaction,
-    order: &str,
-    mut p: Payment,
-    key: Option<&str>,
-) -> Result<Option<crate::events::EventDraft>, MoneyError> {
-    p.order = order.to_owned();
-    w.open_table(PAYMENTS)?.insert(order, enc(&p)?.as_slice())?;
-    if let Some(k) = key {
-        w.open_table(ATTEMPTS)?.remove(k)?;
+/// The tables a new order's payment is written to, open in the order's own write transaction: the intake's
+/// writer opens them once for its whole batch (as it does the order's tables), [`Money::record_payment`]
+/// for one order.
+pub(crate) struct NewPayments<'t> {
+    payments: redb::Table<'t, &'static str, &'static [u8]>,
+    attempts: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> NewPayments<'t> {
+    /// Opens the payment tables in `w`.
+    pub(crate) fn open(w: &'t redb::WriteTransaction) -> Result<NewPayments<'t>, MoneyError> {
+        Ok(NewPayments { payments: w.open_table(PAYMENTS)?, attempts: w.open_table(ATTEMPTS)? })
     }
-    if p.method == Method::Card {
-        return Ok(payment_draft(crate::events::PAYMENT_AUTHORIZED, &p, p.authorized_minor(), None, None));
+
+    /// Writes the payment of new order `order` and forgets its authorization attempt `key`: from now on the
+    /// order owns the authorization. Returns the `payment.authorized` event of a card payment, for the
+    /// caller to append in the same transaction.
+    pub(crate) fn write(
+        &mut self,
+        order: &str,
+        mut p: Payment,
+        key: Option<&str>,
+    ) -> Result<Option<crate::events::EventDraft>, MoneyError> {
+        p.order = order.to_owned();
+        self.payments.insert(order, enc(&p)?.as_slice())?;
+        if let Some(k) = key {
+            self.attempts.remove(k)?;
+        }
+        if p.method == Method::Card {
+            return Ok(payment_draft(crate::events::PAYMENT_AUTHORIZED, &p, p.authorized_minor(), None, None));
+        }
+        Ok(None)
     }
-    Ok(None)
 }
 
 /// Appends a `payment.*` event about `p` in `w`, the transaction of the change it reports: `amount_minor`
@@ -1065,7 +1079,8 @@ impl Money {
     /// order's own transaction instead; this is for tooling, tests and benches that hold orders apart).
     pub fn record_payment(&self, db: &Database, order: &str, prepared: Prepared) -> Result<(), MoneyError> {
         let w = db.begin_write()?;
-        if let Some(event) = open_payment(&w, order, prepared.payment, prepared.attempt_key.as_deref())? {
+        let authorized = NewPayments::open(&w)?.write(order, prepared.payment, prepared.attempt_key.as_deref())?;
+        if let Some(event) = authorized {
             crate::events::append(&w, event).map_err(|e| MoneyError::Storage(Arc::new(e)))?;
         }
         w.commit()?;

@@ -218,20 +218,21 @@ pub(crate) fn init(w: &redb::WriteTransaction, now_ms: u64) -> Result<(), Storag
     Ok(())
 }
 
-/// The figures' table open in one write transaction, and what the events appended in it add to each row:
-/// each (day, site, channel) row is read and written once, at [`Days::finish`], however many events of the
-/// transaction count in it (an intake batch of a hundred orders from one channel bumps the same row two
-/// hundred times: decoding and encoding its JSON each time was a tenth of the intake writer's work).
+/// What the events appended in one write transaction add to the figures' rows: each (day, site, channel)
+/// row is read and written once, at [`Days::finish`], however many events of the transaction count in it (an
+/// intake batch of a hundred orders from one channel bumps the same row two hundred times: decoding and
+/// encoding its JSON each time was a tenth of the intake writer's work). The table is opened only then, and
+/// only if an event counted: most one-off appends (a node's acceptance, a payment) count for nothing.
 pub struct Days<'t> {
-    table: redb::Table<'t, (u32, &'static str, &'static str), &'static [u8]>,
+    w: &'t redb::WriteTransaction,
     /// Row → what the transaction's events add to it.
     added: BTreeMap<(u32, String, String), Figures>,
 }
 
 impl<'t> Days<'t> {
-    /// Opens the figures' table in `w`.
-    pub(crate) fn open(w: &'t redb::WriteTransaction) -> Result<Days<'t>, StorageError> {
-        Ok(Days { table: w.open_table(DAYS).map_err(redb::Error::from)?, added: BTreeMap::new() })
+    /// The figures of events appended in `w`.
+    pub(crate) fn open(w: &'t redb::WriteTransaction) -> Days<'t> {
+        Days { w, added: BTreeMap::new() }
     }
 
     /// Folds `event` into the figures (kept until [`Days::finish`]). Events that count for nothing (payments,
@@ -304,10 +305,14 @@ impl<'t> Days<'t> {
     }
 
     /// Adds what the events folded add to their rows, each row read and written once.
-    pub(crate) fn finish(mut self) -> Result<(), StorageError> {
-        for ((day, site, channel), added) in std::mem::take(&mut self.added) {
+    pub(crate) fn finish(self) -> Result<(), StorageError> {
+        if self.added.is_empty() {
+            return Ok(());
+        }
+        let mut table = self.w.open_table(DAYS).map_err(redb::Error::from)?;
+        for ((day, site, channel), added) in self.added {
             let key = (day, site.as_str(), channel.as_str());
-            let mut f = match self.table.get(key).map_err(redb::Error::from)? {
+            let mut f = match table.get(key).map_err(redb::Error::from)? {
                 // A row this version cannot read is started again rather than failing the change it counts.
                 Some(v) => serde_json::from_slice(v.value()).unwrap_or_else(|e| {
                     tracing::warn!(error = %e, day, site, "a report row cannot be read; it starts again");
@@ -317,7 +322,7 @@ impl<'t> Days<'t> {
             };
             f.add(&added);
             let bytes = serde_json::to_vec(&f).map_err(|e| StorageError::encode("report figures", e))?;
-            self.table.insert(key, bytes.as_slice()).map_err(redb::Error::from)?;
+            table.insert(key, bytes.as_slice()).map_err(redb::Error::from)?;
         }
         Ok(())
     }

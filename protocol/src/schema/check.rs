@@ -35,37 +35,50 @@ pub fn check_writer(
 ) -> Result<(), Violation> {
     let after = doc.get_heads();
     let patches = doc.diff(before, &after);
-    check_patches(doc, name, before, &patches, writer)
+    check_patches(doc, name, before, &patches, writer).map(drop)
 }
 
-/// [`check_writer`], answering also, for an accepted change of a stock document, which SKUs of its balances
-/// and of its escrow counters the changes touched ([`stock_keys_touched`], from the same diff).
+/// What [`check_writer_touched`] read of changes it accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// For a stock document, the SKUs its changes touched ([`StockTouched`]).
+    pub touched: StockTouched,
+    /// For an order document a node wrote, the order as the check read it after the changes (origin, site,
+    /// the node's last write, whether it is frozen), so the caller need not read it again.
+    pub order: Option<OrderView>,
+}
+
+/// [`check_writer`], answering also what it read of the accepted changes ([`Accepted`]): for a stock
+/// document which SKUs of its balances and of its escrow counters the changes touched
+/// ([`stock_keys_touched`], from the same diff), for an order a node wrote the order.
 pub fn check_writer_touched(
     doc: &mut AutoCommit,
     name: &DocId,
     before: &[automerge::ChangeHash],
     writer: Writer<'_>,
-) -> Result<StockTouched, Violation> {
+) -> Result<Accepted, Violation> {
     let after = doc.get_heads();
     let patches = doc.diff(before, &after);
-    check_patches(doc, name, before, &patches, writer)?;
-    Ok(match DocKind::of(name) {
+    let order = check_patches(doc, name, before, &patches, writer)?;
+    let touched = match DocKind::of(name) {
         Some(DocKind::Stock(_)) => StockTouched {
             skus: stock_keys_touched(&patches, keys::SKUS),
             escrow: stock_keys_touched(&patches, keys::ESCROW),
         },
         _ => StockTouched { skus: Some(BTreeSet::new()), escrow: Some(BTreeSet::new()) },
-    })
+    };
+    Ok(Accepted { touched, order })
 }
 
-/// [`check_writer`] over `patches`, the diff from `before` to the current heads.
+/// [`check_writer`] over `patches`, the diff from `before` to the current heads. Answers the order a node
+/// wrote, as read for the check.
 fn check_patches(
     doc: &mut AutoCommit,
     name: &DocId,
     before: &[automerge::ChangeHash],
     patches: &[Patch],
     writer: Writer<'_>,
-) -> Result<(), Violation> {
+) -> Result<Option<OrderView>, Violation> {
     let who = match writer {
         Writer::Node(n) => format!("node {n}"),
         Writer::Hub => "the hub".to_owned(),
@@ -76,13 +89,13 @@ fn check_patches(
         (DocKind::Stock(owner), Writer::Node(n)) if &owner == n => {
             // The whole document is the node's; it must still name its owner.
             match get_str(doc, &ROOT, keys::OWNER) {
-                Ok(Some(o)) if o == owner.as_str() => Ok(()),
+                Ok(Some(o)) if o == owner.as_str() => Ok(None),
                 _ => Err(violation(format!("key {:?}", keys::OWNER))),
             }
         }
         (DocKind::Stock(_), _) => Err(violation("another site's stock".into())),
         (DocKind::Escrow(owner) | DocKind::Inbound(owner), Writer::Hub) => match get_str(doc, &ROOT, keys::OWNER) {
-            Ok(Some(o)) if o == owner.as_str() => Ok(()),
+            Ok(Some(o)) if o == owner.as_str() => Ok(None),
             _ => Err(violation(format!("key {:?}", keys::OWNER))),
         },
         (DocKind::Escrow(_), Writer::Node(_)) => Err(violation("the hub's escrow view".into())),
@@ -131,8 +144,9 @@ fn check_patches(
                 if !own {
                     return Err(violation(format!("order {} of {} for site {}", view.id, view.origin, view.site)));
                 }
+                return Ok(Some(view));
             }
-            Ok(())
+            Ok(None)
         }
     }
 }
