@@ -69,6 +69,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub use automerge;
 
 pub mod chunks;
+mod receive;
 #[cfg(test)]
 mod tests;
 
@@ -1174,7 +1175,7 @@ impl SyncSession {
         if !msg.need.is_empty() {
             entry.state.sent_hashes.retain(|h| !msg.need.contains(h));
         }
-        if let Err(e) = automerge_doc.sync().receive_sync_message(&mut entry.state, msg) {
+        if let Err(e) = receive::receive_sync_message(automerge_doc, &mut entry.state, msg) {
             return self.refuse(ErrorCode::Malformed, format!("sync message for {doc} does not apply: {e}"));
         }
         entry.last_progress_ms = self.now_ms;
