@@ -100,19 +100,22 @@ fn trim_sent(doc: &mut AutoCommit, sent: &mut BTreeSet<ChangeHash>, heads: &[Cha
     // The last operation of each change still to find (a change we do not hold cannot be reached).
     let mut wanted: Vec<(ChangeHash, u64)> =
         sent.iter().filter_map(|h| doc.get_change_meta_by_hash(h).map(|m| (*h, m.max_op))).collect();
+    let floor_of = |wanted: &[(ChangeHash, u64)]| wanted.iter().map(|(_, op)| *op).min();
+    let mut floor = floor_of(&wanted);
     let mut stack: Vec<ChangeHash> = heads.to_vec();
     let mut seen: HashSet<ChangeHash> = HashSet::new();
-    while let Some(floor) = wanted.iter().map(|(_, op)| *op).min() {
+    while let Some(f) = floor {
         let Some(h) = stack.pop() else { break };
         if !seen.insert(h) {
             continue;
         }
         let Some((max_op, deps)) = doc.get_change_meta_by_hash(&h).map(|m| (m.max_op, m.deps)) else { continue };
-        if max_op < floor {
+        if max_op < f {
             continue;
         }
         if sent.remove(&h) {
             wanted.retain(|(w, _)| *w != h);
+            floor = floor_of(&wanted);
         }
         stack.extend(deps);
     }
