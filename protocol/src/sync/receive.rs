@@ -12,7 +12,8 @@
 //! peer's heads (every sent change is then an ancestor-or-self of a head, and all are trimmed), otherwise by
 //! a walk down from the peer's heads that stops at changes older than every change still to find (see
 //! [`trim_sent`]): it visits the changes made since the oldest one sent, not the whole history. No library
-//! offers this: the walk is inside `automerge` 0.12 and runs unconditionally.
+//! offers this: the walk is inside `automerge` 0.12 and runs unconditionally. The tests hold every step to
+//! Automerge's own receive on a twin, so an upgrade of Automerge that changes its receive fails them.
 
 use std::collections::{BTreeSet, HashSet};
 
