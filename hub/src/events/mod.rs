@@ -3,9 +3,10 @@
 //!
 //! **One function writes the log: [`append`]**, called by whatever hub code makes the change, inside the
 //! write transaction of that change (a transaction that appends many, as the intake's batches do, opens a
-//! [`Log`] once and appends through it; `append` is a `Log` of one event). So an event exists exactly when its change is committed: a consumer never
-//! hears of a change that a crash then undoes, and a committed change is never left unreported. Any hub module
-//! (intake, the watcher, payments and invoices later) reports through it:
+//! [`Log`] once and appends through it; `append` is a `Log` of one event). So an event exists exactly when
+//! its change is committed: a consumer never hears of a change that a crash then undoes, and a committed
+//! change is never left unreported. Any hub module (intake, the watcher, payments and invoices later) reports
+//! through it:
 //!
 //! ```ignore
 //! let w = db.begin_write()?;
