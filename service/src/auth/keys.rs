@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use oms_protocol::domain::{Channel, SupplierId};
 
 /// The key file's name in a data directory.
-pub const KEYS_FILE: &str = "keys.json";
+pub use crate::storage::archive::KEYS_FILE;
 /// The lock file writers hold while they change [`KEYS_FILE`].
 const LOCK_FILE: &str = "keys.lock";
 /// Keys a file may hold, revoked ones included.

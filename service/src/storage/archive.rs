@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::format::FileSnapshot;
-use crate::auth::keys::KEYS_FILE;
+
+/// The API key file's name in a data directory (`auth::keys` reads and writes it): named here, which
+/// builds without the `http` feature, so that a backup carries it whoever builds this crate.
+pub const KEYS_FILE: &str = "keys.json";
 
 /// Creates `path` readable by its owner only (a backup's key file holds token and password hashes; the
 /// databases hold customers' addresses).

@@ -6,12 +6,13 @@
 //! one migrated after a copy), on a storage backend that lets a running process copy it as of one commit
 //! ([`format::snapshot`], written out by [`archive`], requested through the [`admin`] socket).
 
-#[cfg(unix)]
+#[cfg(all(unix, feature = "http"))]
 pub mod admin;
 pub mod archive;
 mod backend;
 pub mod crash;
 pub mod format;
+#[cfg(feature = "http")]
 pub mod reserve;
 
 pub use backend::FaultSwitch;

@@ -249,7 +249,8 @@ impl DocDb {
         self.dirty_docs.insert(doc.clone());
     }
 
-    /// Forgets a document (e.g. one whose only changes were refused); deleted from disk by the next flush.
+    /// Forgets a document (e.g. one whose only changes were refused); deleted from disk by the next flush,
+    /// with its sync states for every peer.
     pub fn remove(&mut self, doc: &DocId) {
         self.generation = self.generation.wrapping_add(1);
         if self.docs.remove(doc).is_some() || self.stored(doc).is_some() {
@@ -257,6 +258,7 @@ impl DocDb {
         }
         lock(&self.resident).remove(doc);
         self.dirty_docs.remove(doc);
+        self.dirty_states.retain(|(_, d), _| d != doc);
         self.removed.insert(doc.clone());
     }
 }

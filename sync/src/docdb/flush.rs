@@ -17,7 +17,7 @@ use redb::Database;
 use super::meta::{Heads, TotalsDelta, bytes_u32, mark_full_needed};
 use super::{
     DOC_FULL_NEEDED, DOC_INCREMENTS, DOC_INDEX, DOC_META, DOCS, DocDb, DocDbError, INCREMENT_BYTES_MIN,
-    INCREMENTS_PER_DOC_MAX, META, OrStorage, SYNC_STATES,
+    INCREMENTS_PER_DOC_MAX, META, OrStorage, SYNC_STATES, state_peers,
 };
 
 /// What a failed or abandoned batch held, handed back to the next prepare.
@@ -337,6 +337,15 @@ impl FlushBatch {
                 }
             }
             let mut states = w.open_table(SYNC_STATES).or_storage(path)?;
+            // A removed document's sync states go with it, before this batch's own states are written (a
+            // document removed and created again keeps the states it has since).
+            if !self.removed.is_empty() {
+                for peer in state_peers(&states).or_storage(path)? {
+                    for id in &self.removed {
+                        states.remove((peer.as_str(), id.as_str())).or_storage(path)?;
+                    }
+                }
+            }
             for ((peer, doc), s) in &self.states {
                 states.insert((peer.as_str(), doc.as_str()), &s[..]).or_storage(path)?;
             }

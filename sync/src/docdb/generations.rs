@@ -8,7 +8,9 @@ use oms_protocol::schema::DocKind;
 use oms_protocol::sync::automerge::{AutoCommit, ReadDoc};
 use oms_protocol::wire::DocId;
 
-use super::{DocDb, DocDbError};
+use redb::ReadableDatabase;
+
+use super::{DocDb, DocDbError, OrStorage, SYNC_STATES, state_peers};
 
 /// State documents whose generation a database reads when it opens (a site has three; a hub three per site).
 const STATE_DOCS_LISTED_MAX: usize = 100_000;
@@ -56,6 +58,48 @@ impl DocDb {
             }
         }
         out
+    }
+
+    /// Deletes the sync states of generations older than the current ones, which a file written before a
+    /// removed document's states went with it ([`DocDb::remove`]) still holds: one range per peer and kind
+    /// of state document, so an open reads the state documents' rows, never every order's. Returns how many.
+    pub(super) fn drop_superseded_states(&mut self) -> Result<u64, DocDbError> {
+        if !self.generations.values().any(|&g| g > 0) {
+            return Ok(0);
+        }
+        let path = self.path.clone();
+        let mut stale = Vec::new();
+        {
+            let r = self.db.begin_read().or_storage(&path)?;
+            let t = r.open_table(SYNC_STATES).or_storage(&path)?;
+            for peer in state_peers(&t).or_storage(&path)? {
+                for prefix in generations::STATE_PREFIXES {
+                    for item in t.range::<(&str, &str)>((peer.as_str(), prefix)..).or_storage(&path)? {
+                        let (k, _) = item.or_storage(&path)?;
+                        let (p, doc) = k.value();
+                        if p != peer || !doc.starts_with(prefix) {
+                            break;
+                        }
+                        if DocId::new(doc).is_some_and(|id| self.is_superseded(&id)) {
+                            stale.push((peer.clone(), doc.to_owned()));
+                        }
+                    }
+                }
+            }
+        }
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let w = self.db.begin_write().or_storage(&path)?;
+        {
+            let mut t = w.open_table(SYNC_STATES).or_storage(&path)?;
+            for (peer, doc) in &stale {
+                t.remove((peer.as_str(), doc.as_str())).or_storage(&path)?;
+            }
+        }
+        w.commit().or_storage(&path)?;
+        tracing::info!(path = %path.display(), rows = stale.len(), "deleted the sync states of superseded generations");
+        Ok(u64::try_from(stale.len()).unwrap_or(u64::MAX))
     }
 
     /// Reads which generation of each state document is current, as the flushes that created them noted in

@@ -393,6 +393,7 @@ impl DocDb {
             generations_started: 0,
         };
         db.load_generations()?;
+        db.drop_superseded_states()?;
         Ok(db)
     }
 
@@ -607,7 +608,29 @@ impl DocDb {
 
     /// Records the sync state of (peer, doc) for the next [`DocDb::flush`].
     pub fn set_sync_state(&mut self, peer: &PeerId, doc: &DocId, state: Vec<u8>) {
+        // A superseded generation was removed with its states: none is written for it again.
+        if self.is_superseded(doc) {
+            return;
+        }
         self.dirty_states.insert((peer.clone(), doc.clone()), state);
+    }
+}
+
+/// The peers with sync states in `states`, one seek each (rows sort by peer first), not a walk of every
+/// (peer, document) row: what deleting a removed document's states for every peer reads.
+fn state_peers(
+    states: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+) -> Result<Vec<String>, redb::StorageError> {
+    let mut peers = Vec::new();
+    let mut from = String::new();
+    loop {
+        let peer = match states.range::<(&str, &str)>((from.as_str(), "")..)?.next() {
+            Some(item) => item?.0.value().0.to_owned(),
+            None => return Ok(peers),
+        };
+        // The least name after `peer`: every row of `peer` sorts before (peer + NUL, "").
+        from = format!("{peer}\0");
+        peers.push(peer);
     }
 }
 
@@ -668,6 +691,102 @@ mod tests {
         assert_eq!(stored_doc_ids(&path).err().map(|_| ()), Some(()), "the file is locked while open");
         drop(db);
         assert_eq!(stored_doc_ids(&path).unwrap(), vec!["order/a-1".to_owned()]);
+    }
+
+    #[test]
+    fn a_removed_documents_sync_states_go_with_it_for_every_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let doc = |s: &str| DocId::new(s).unwrap();
+        let (a, b, c) = (doc("stock/wh-a"), doc("stock/wh-b"), doc("order/wh-a-1"));
+        // Peers that sort around each other and around the documents' names.
+        let peers: Vec<PeerId> = ["oms://t/a", "oms://t/a/b", "oms://t/ab", "oms://t/hub"]
+            .iter()
+            .map(|p| PeerId::new(*p).unwrap())
+            .collect();
+        {
+            let mut db = DocDb::open(&path, vec![1; 16], 10).unwrap();
+            for id in [&a, &b, &c] {
+                db.get_or_create(id).unwrap().put(ROOT, "k", id.as_str()).unwrap();
+                db.mark_dirty(id);
+                for (i, p) in peers.iter().enumerate() {
+                    db.set_sync_state(p, id, vec![i as u8]);
+                }
+            }
+            db.flush().unwrap();
+            db.remove(&b);
+            // A state recorded but not yet written when its document is removed is not written either.
+            let d = doc("stock/wh-d");
+            db.get_or_create(&d).unwrap().put(ROOT, "k", 1u64).unwrap();
+            db.mark_dirty(&d);
+            db.set_sync_state(&peers[0], &d, vec![7]);
+            db.remove(&d);
+            db.flush().unwrap();
+            for p in &peers {
+                assert_eq!(db.sync_state(p, &b), None, "{p}");
+                assert_eq!(db.sync_state(p, &d), None, "{p}");
+            }
+        }
+        let db = DocDb::open(&path, vec![2; 16], 10).unwrap();
+        for (i, p) in peers.iter().enumerate() {
+            assert_eq!(db.sync_state(p, &b), None, "{p}");
+            assert_eq!(db.sync_state(p, &a), Some(vec![i as u8]), "{p}: other documents keep theirs");
+            assert_eq!(db.sync_state(p, &c), Some(vec![i as u8]), "{p}");
+        }
+        let r = db.db.begin_read().unwrap();
+        assert_eq!(r.open_table(SYNC_STATES).unwrap().len().unwrap(), 8, "two documents, four peers");
+    }
+
+    #[test]
+    fn an_open_deletes_the_sync_states_of_superseded_generations_a_file_still_holds() {
+        use oms_protocol::generations::name;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let (hub, other) = (PeerId::new("oms://t/hub").unwrap(), PeerId::new("oms://t/wh-b").unwrap());
+        let base = DocId::new("escrow/wh-a").unwrap();
+        let (g1, g2) = (name(&base, 1).unwrap(), name(&base, 2).unwrap());
+        let order = DocId::new("order/wh-a-1").unwrap();
+        {
+            let mut db = DocDb::open(&path, vec![1; 16], 10).unwrap();
+            for id in [&base, &g1, &g2, &order] {
+                db.get_or_create(id).unwrap().put(ROOT, "k", 1u64).unwrap();
+                db.mark_dirty(id);
+            }
+            db.set_sync_state(&hub, &g2, vec![2]);
+            db.set_sync_state(&hub, &order, vec![3]);
+            db.flush().unwrap();
+            assert_eq!(db.current(&base), g2);
+        }
+        // What an older build left: the states of the generations it removed.
+        let mut stale = vec![(hub.clone(), base.clone()), (hub.clone(), g1.clone()), (other.clone(), g1.clone())];
+        {
+            let raw = Database::open(&path).unwrap();
+            let w = raw.begin_write().unwrap();
+            {
+                let mut t = w.open_table(SYNC_STATES).unwrap();
+                for (p, d) in &stale {
+                    t.insert((p.as_str(), d.as_str()), &[9u8][..]).unwrap();
+                }
+                // Another peer's state of a current generation, and of a document of another kind.
+                t.insert((other.as_str(), g2.as_str()), &[4u8][..]).unwrap();
+                t.insert((other.as_str(), "inbound/wh-a"), &[5u8][..]).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let mut db = DocDb::open(&path, vec![2; 16], 10).unwrap();
+        for (p, d) in stale.drain(..) {
+            assert_eq!(db.sync_state(&p, &d), None, "{p} {d}");
+        }
+        // Nor is one written again for a superseded generation (a session that still tracked it).
+        db.set_sync_state(&hub, &g1, vec![6]);
+        db.flush().unwrap();
+        assert_eq!(db.sync_state(&hub, &g1), None);
+        assert_eq!(db.sync_state(&hub, &g2), Some(vec![2]));
+        assert_eq!(db.sync_state(&other, &g2), Some(vec![4]));
+        assert_eq!(db.sync_state(&hub, &order), Some(vec![3]));
+        assert_eq!(db.sync_state(&other, &DocId::new("inbound/wh-a").unwrap()), Some(vec![5]));
+        let r = db.db.begin_read().unwrap();
+        assert_eq!(r.open_table(SYNC_STATES).unwrap().len().unwrap(), 4);
     }
 
     #[test]
