@@ -80,24 +80,28 @@
 //! `anti_entropy_digest_rounds`, `anti_entropy_full_manifests`, `anti_entropy_partial_manifests`,
 //! `anti_entropy_entries_listed` (what the hub sent) and `anti_entropy_full_manifest_excess` (full manifests
 //! beyond the one each session starts with: 0).
+//!
+//! The code: [`run`] goes through the phases in order; `cluster` sets up and starts the processes, `traffic`
+//! is the order stream and the staff, `faults` the cut site and the online backup, `checks` and `money` what is
+//! read and checked at the end, and a module per pass after the traffic (`purchasing`, `returns`, `payments`,
+//! `reports`, `stock_pages`, `dispatch`, `tracking`, `webhooks`, `flash_sale`, `screens`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use oms_service::auth::keys;
-use oms_service::auth::users::{self, NewUser};
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 
+mod checks;
+mod cluster;
 mod dispatch;
+mod faults;
 mod flash_sale;
+mod money;
 mod payments;
 mod purchasing;
 mod reports;
@@ -105,7 +109,17 @@ mod returns;
 mod screens;
 mod stock_pages;
 mod tracking;
+mod traffic;
 mod webhooks;
+
+use checks::{Promises, SiteCounts, hub_certificates, hub_counts, hub_start_check, node_order_ids};
+use cluster::{
+    DEMO_CARRIER_DIR, DemoKeys, Site, client, free_port, make_pki, spawn_hub, spawn_node, wait_healthy,
+    write_node_config,
+};
+use faults::demo_backup;
+use money::{settle_money, settled_summary};
+use traffic::{Tally, staff_loop};
 
 /// Options of `oms demo`.
 #[derive(clap::Args, Debug)]
@@ -131,722 +145,23 @@ pub(crate) struct DemoArgs {
     stripe_url: Option<String>,
 }
 
-struct Site {
-    id: &'static str,
-    lat: f64,
-    lon: f64,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
+/// SKUs in the catalog of every site.
 const SKUS: usize = 24;
 
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
-async fn spawn_node(site: &Site) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe()?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(site.dir.join("node.log"))?;
-    let child = Command::new(exe)
-        .args(["node", "--node-id", site.id, "--listen", &site.addr.to_string(), "--data"])
-        .arg(&site.dir)
-        .arg("--config")
-        .arg(site.dir.join("node.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start a node process")?;
-    Ok(child)
-}
-
-/// Waits until `base` (`http://addr` or `https://addr`) answers `/healthz`, for at most 20 s.
-async fn wait_healthy(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match http.get(format!("{base}/healthz")).send().await {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) => last = r.status().to_string(),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{base} did not become healthy within 20 s ({last})")
-}
-
-/// The demo's tenant.
-const TENANT: &str = "demo";
 /// The site whose link to the hub the demo cuts.
 const CUT_SITE: &str = "wh-west";
 
-/// A CA, the hub's certificate and one per site in `dir`, valid for 90 days: a demo run is short, but a
-/// validity under 30 days would make every process warn that its certificate expires soon.
-fn make_pki(dir: &std::path::Path, sites: &[Site]) -> anyhow::Result<()> {
-    use oms_transport::pki::{self, Identity, IssueOptions};
-    let day = time::Duration::days(90);
-    pki::ca_init(dir, TENANT, day)?;
-    let mut hub = IssueOptions::valid_for(day);
-    hub.dns_names = vec!["localhost".into()];
-    pki::issue(dir, dir, &Identity::hub(TENANT)?, &hub)?;
-    // The hub's HTTP API: `oms ca issue --http hub` (localhost and 127.0.0.1, no identity).
-    hub.ip_addresses = vec![[127, 0, 0, 1].into()];
-    pki::issue_http(dir, dir, "hub", &hub)?;
-    for s in sites {
-        pki::issue(dir, dir, &Identity::node(TENANT, s.id)?, &IssueOptions::valid_for(day))?;
-    }
-    Ok(())
-}
-
-/// The demo's API keys: one token per role, provisioned to every site (as a secret store would), each
-/// process holding only its hash.
-struct DemoKeys {
-    /// Seeds stock, reads orders and the audit trail for the report.
-    admin: String,
-    /// The staff loops: waves, picks, pack, ship, deliver, returns.
-    staff: String,
-    /// Each site's till (channel `pos`).
-    pos: String,
-    /// Customer service at the sites: the odd cancellation after pick.
-    service: String,
-    /// The hub's `web` channel.
-    web: String,
-    /// The hub's `marketplace` channel.
-    marketplace: String,
-    /// The demo supplier's key at the hub (role `supplier`, its own purchase orders only).
-    supplier: String,
-    /// The PIN of the `picker` user of every site's screens.
-    picker_pin: String,
-    /// The password of the hub's `planner` user (its screens: network, stock, forecasts, reports).
-    planner_password: String,
-}
-
-impl DemoKeys {
-    fn new() -> Self {
-        let token = keys::new_token;
-        DemoKeys {
-            admin: token(),
-            staff: token(),
-            pos: token(),
-            service: token(),
-            web: token(),
-            marketplace: token(),
-            supplier: token(),
-            picker_pin: crate::keys::made_up_secret(true),
-            planner_password: crate::keys::made_up_secret(false),
-        }
-    }
-
-    /// Records the keys in a node's data directory; returns how many.
-    fn provision_node(&self, dir: &std::path::Path) -> anyhow::Result<u64> {
-        add_key(dir, &self.admin, "demo-admin", keys::Role::Admin, None)?;
-        add_key(dir, &self.staff, "demo-staff", keys::Role::Staff, None)?;
-        add_key(dir, &self.pos, "demo-pos", keys::Role::Channel, Some("pos"))?;
-        add_key(dir, &self.service, "demo-service", keys::Role::Service, None)?;
-        let picker =
-            NewUser { name: "picker".into(), role: keys::Role::Staff, secret: self.picker_pin.clone(), pin: true };
-        users::create(dir, picker, oms_service::now_ms())?;
-        Ok(4)
-    }
-
-    /// Records the hub's keys (admin for the report, one per channel) in its data directory; returns how many.
-    fn provision_hub(&self, dir: &std::path::Path) -> anyhow::Result<u64> {
-        add_key(dir, &self.admin, "demo-admin", keys::Role::Admin, None)?;
-        add_key(dir, &self.web, "demo-web", keys::Role::Channel, Some("web"))?;
-        add_key(dir, &self.marketplace, "demo-marketplace", keys::Role::Channel, Some("marketplace"))?;
-        let supplier = keys::NewKey {
-            name: "demo-supplier-portal".into(),
-            role: keys::Role::Supplier,
-            channel: None,
-            supplier: Some(oms_protocol::domain::SupplierId::parse(purchasing::SUPPLIER)?),
-            rate_per_s: Some(100_000),
-        };
-        keys::add_token(dir, &self.supplier, supplier, oms_service::now_ms())?;
-        let planner = NewUser {
-            name: "planner".into(),
-            role: keys::Role::Planner,
-            secret: self.planner_password.clone(),
-            pin: false,
-        };
-        users::create(dir, planner, oms_service::now_ms())?;
-        Ok(4)
-    }
-}
-
-/// Records `token` as a key in the data directory `dir`.
-fn add_key(
-    dir: &std::path::Path,
-    token: &str,
-    name: &str,
-    role: keys::Role,
-    channel: Option<&str>,
-) -> anyhow::Result<()> {
-    let channel = channel.map(oms_protocol::domain::Channel::parse).transpose()?;
-    // The demo drives hundreds of requests a second through each key.
-    let new = keys::NewKey { name: name.into(), role, channel, supplier: None, rate_per_s: Some(100_000) };
-    keys::add_token(dir, token, new, oms_service::now_ms())?;
-    Ok(())
-}
-
-/// An HTTP client that authenticates with `token` (none: anonymous): plain HTTP to the nodes, HTTPS to the hub
-/// trusting only the demo's CA (`ca`, PEM), reporting the certificate each answer came with.
-fn client(token: Option<&str>, ca: &[u8]) -> anyhow::Result<reqwest::Client> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = token {
-        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
-    }
-    Ok(reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca)?)
-        .tls_info(true)
-        .timeout(Duration::from_secs(15))
-        .default_headers(headers)
-        .build()?)
-}
-
-/// Per site: the audit trail's successful ship rows, read through every page; None if unreachable.
-async fn audited_ships(http: &reqwest::Client, addr: SocketAddr) -> Option<u64> {
-    let mut after = 0u64;
-    let mut ships = 0u64;
-    for _ in 0..10_000 {
-        let url = format!("http://{addr}/v1/audit/events?after={after}&limit=1000");
-        let v: Value = http.get(url).send().await.ok()?.json().await.ok()?;
-        for e in v["events"].as_array()? {
-            if e["route"] == "/v1/orders/{id}/ship" && e["outcome"] == "ok" {
-                ships += 1;
-            }
-        }
-        match v["next_after"].as_u64() {
-            Some(n) => after = n,
-            None => return Some(ships),
-        }
-    }
-    None
-}
-
-/// Calls that must be refused: no token (401), and the staff key creating an order (403). Returns how many
-/// were not refused as they should be (must be 0).
-async fn auth_probes(staff: &reqwest::Client, addr: SocketAddr) -> u64 {
-    let anonymous = reqwest::Client::new();
-    let url = format!("http://{addr}/v1/orders");
-    let mut wrong = 0;
-    let r = anonymous.get(&url).send().await;
-    wrong += u64::from(!r.is_ok_and(|r| r.status() == 401));
-    let r = staff.post(&url).header("idempotency-key", "probe").json(&json!({})).send().await;
-    wrong += u64::from(!r.is_ok_and(|r| r.status() == 403));
-    wrong
-}
-
-/// Screens served and refusals that did not happen as they should, from a person's side: the sign-in page for
-/// a stranger, sign-in with the PIN, today's work, a SKU's stock, receiving, returns and dispatch, a form
-/// without its CSRF token refused, a wrong PIN refused. Returns (pages rendered, failures).
-async fn screen_probes(addr: SocketAddr, site: &str, pin: &str) -> (u64, u64) {
-    let Ok(browser) = screens::browser() else { return (0, 1) };
-    let base = format!("http://{addr}");
-    let (mut rendered, mut failures) = (0u64, 0u64);
-    match browser.get(format!("{base}/ui")).send().await {
-        Ok(r) if screens::located(&r, "/ui/sign-in") => {}
-        _ => failures += 1,
-    }
-    let wrong = browser.post(format!("{base}/ui/sign-in")).form(&[("name", "picker"), ("password", "x")]).send().await;
-    failures += u64::from(!wrong.is_ok_and(|r| r.status() == 401));
-    let Some(cookie) = screens::sign_in(&browser, addr, "picker", pin, "/ui").await else {
-        return (rendered, failures + 1);
-    };
-    let stock = format!("/ui/stock?sku={}", sku(0));
-    for (path, expect) in [
-        ("/ui", format!("Today at {site}")),
-        (stock.as_str(), "On hand".to_owned()),
-        ("/ui/inbound", "<h1>Receiving</h1>".to_owned()),
-        ("/ui/returns", "<h1>Returns</h1>".to_owned()),
-        ("/ui/dispatch", "<h1>Dispatch</h1>".to_owned()),
-    ] {
-        match browser.get(format!("{base}{path}")).header("cookie", &cookie).send().await {
-            Ok(r) if r.status() == 200 => {
-                let body = r.text().await.unwrap_or_default();
-                if body.contains(&expect) { rendered += 1 } else { failures += 1 }
-            }
-            _ => failures += 1,
-        }
-    }
-    let forged =
-        browser.post(format!("{base}/ui/waves")).header("cookie", &cookie).form(&[("max_orders", "1")]).send().await;
-    failures += u64::from(!forged.is_ok_and(|r| r.status() == 403));
-    (rendered, failures)
-}
-
-/// Every site's shipping schedule: a daily parcel service and a weekday express one, each collecting
-/// late in the evening in Berlin's time, so the hub promises each channel order a ship date and an estimated
-/// delivery per service.
-const DEMO_SHIPPING: &str = "[shipping]\ntime_zone = \"Europe/Berlin\"\nhandling_minutes = 30\n\n\
-    [[shipping.schedules]]\ncarrier = \"dhl\"\nservice = \"parcel\"\n\
-    pickup_days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\ncutoff = \"23:30\"\ntransit_days = 2\n\n\
-    [[shipping.schedules]]\ncarrier = \"ups\"\nservice = \"express\"\n\
-    pickup_days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]\ncutoff = \"22:00\"\ntransit_days = 1\n";
-
-/// The hub's ship-by promises against what the sites did: a live fulfillment shipped after its promise, or
-/// not shipped when its promise has passed, is missed, counted by reason.
-#[derive(Default)]
-struct Promises {
-    promised: u64,
-    unpromised: u64,
-    missed_by_reason: BTreeMap<&'static str, u64>,
-}
-
-impl Promises {
-    /// Checks the fulfillments of one hub order view (`GET /v1/orders/{id}`) at `now_ms`.
-    fn check(&mut self, order: &Value, now_ms: u64) {
-        let empty = Vec::new();
-        let timeline = order["timeline"].as_array().unwrap_or(&empty);
-        for f in order["fulfillments"].as_array().unwrap_or(&empty) {
-            if !f["released"].is_null() || f["status"] == "cancelled" {
-                continue;
-            }
-            let Some(promise) = f["promised_ship_by_ms"].as_u64() else {
-                self.unpromised += 1;
-                continue;
-            };
-            self.promised += 1;
-            let shipped_at = timeline
-                .iter()
-                .find(|t| t["fulfillment"] == f["id"] && t["status"] == "shipped")
-                .and_then(|t| t["at_ms"].as_u64());
-            let reason = match shipped_at {
-                Some(at) if at > promise => "shipped after the promised cut-off",
-                None if now_ms > promise => "not shipped by the promised cut-off",
-                _ => continue,
-            };
-            *self.missed_by_reason.entry(reason).or_default() += 1;
-        }
-    }
-
-    fn missed(&self) -> u64 {
-        self.missed_by_reason.values().sum()
-    }
-}
-
-/// How long a receipt the hub applied stays in a site's stock document (the default is a minute; the demo
-/// watches them go).
-const DEMO_RECEIPT_PRUNE_GRACE_MS: u64 = 1_000;
-
-/// Operations of history the sites' state documents keep beyond twice what they show before a new generation
-/// starts (`state_history_ops_min`; production's default is 5,000): low, so that the demo's traffic takes the
-/// stock documents and escrow views through several generations.
-const DEMO_STATE_HISTORY_OPS_MIN: u64 = 200;
-
-/// The test carrier's directory in each site's data directory: the labels it sold and its purchase log.
-const DEMO_CARRIER_DIR: &str = "carrier";
-
-/// Links a site to the hub through its `node.toml`, with [`DEMO_SHIPPING`] and the fault-injecting test
-/// carrier (cut off with the site: it is unreachable while the site is).
-fn write_node_config(site: &Site, hub: SocketAddr, certs: &std::path::Path) -> anyhow::Result<()> {
-    let certs = serde_json::to_string(&certs.display().to_string())?;
-    let text = format!(
-        "[site]\nname = \"{}\"\nlat = {}\nlon = {}\n\n{DEMO_SHIPPING}\n[hub]\naddr = \"{hub}\"\ncerts_dir = {certs}\ntenant = \"{TENANT}\"\n\
-         state_history_ops_min = {DEMO_STATE_HISTORY_OPS_MIN}\n\n\
-         [carrier]\nkind = \"test\"\ndir = {}\ndefault_service = \"ground\"\nlabel_poll_ms = 100\n\n\
-         [receiving]\nreceipt_prune_grace_ms = {DEMO_RECEIPT_PRUNE_GRACE_MS}\n",
-        site.id,
-        site.lat,
-        site.lon,
-        serde_json::to_string(&site.dir.join(DEMO_CARRIER_DIR).display().to_string())?
-    );
-    std::fs::write(site.dir.join("node.toml"), text)?;
-    Ok(())
-}
-
-fn spawn_hub(
-    data: &std::path::Path,
-    certs: &std::path::Path,
-    quic: SocketAddr,
-    http: SocketAddr,
-    stripe_url: Option<&str>,
-) -> anyhow::Result<Child> {
-    std::fs::create_dir_all(data)?;
-    let log = std::fs::File::create(data.join("hub.log"))?;
-    // HTTPS on the hub's API with the certificate `make_pki` issued for it.
-    let (cert, key) = oms_transport::pki::http_paths(certs, "hub");
-    let config = data.join("hub.toml");
-    let (cert, key) =
-        (serde_json::to_string(&cert.display().to_string())?, serde_json::to_string(&key.display().to_string())?);
-    // Card payments go to the deterministic test provider inside the hub (no other process); prices are
-    // tax-inclusive at 19 % for German addresses. Webhooks to the demo's receiver on loopback, retried quickly.
-    // `stock.low` at 45 available units or fewer: the demo seeds 40 to 99 of each SKU per site, so some start
-    // low and more fall there as orders flow.
-    let hooks = format!(
-        "[webhooks]\nallow_private_addresses = true\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\n[events]\nstock_low_at = {}\n",
-        reports::STOCK_LOW_AT
-    );
-    // With `--stripe-url`, a Stripe-compatible provider too, its (test) secret key in a file beside the config.
-    let stripe = match stripe_url {
-        Some(url) => {
-            let secret = data.join("stripe.key");
-            std::fs::write(&secret, "sk_test_oms_demo\n")?;
-            format!(
-                "[payments.providers.stripe]\nkind = \"stripe\"\nbase_url = {}\nsecret_key_file = {}\n",
-                serde_json::to_string(url)?,
-                serde_json::to_string(&secret.display().to_string())?
-            )
-        }
-        None => String::new(),
-    };
-    std::fs::write(
-        &config,
-        format!(
-            "state_history_ops_min = {DEMO_STATE_HISTORY_OPS_MIN}\n[http]\ntls_cert = {cert}\ntls_key = {key}\n[payments]\nretry_backoff_ms = 100\n\
-             [payments.providers.test]\nkind = \"test\"\n{stripe}[tax]\nprices = \"inclusive\"\n[tax.rates]\nDE = 1900\n{hooks}{}",
-            tracking::hub_toml()
-        ),
-    )?;
-    Command::new(std::env::current_exe()?)
-        .args(["hub", "--tenant", TENANT, "--listen-quic", &quic.to_string(), "--listen-http", &http.to_string()])
-        .arg("--config")
-        .arg(&config)
-        .arg("--data")
-        .arg(data)
-        .arg("--certs")
-        .arg(certs)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start the hub process")
-}
-
-/// The hub's order count per site.
-async fn hub_counts(http: &reqwest::Client, hub: SocketAddr, tally: &Tally) -> Option<BTreeMap<String, u64>> {
-    let r = http.get(format!("https://{hub}/v1/orders?limit=1")).send().await.ok()?;
-    tally.hub_answer(&r);
-    let v: Value = r.json().await.ok()?;
-    let map = v["by_site"].as_object()?;
-    Some(map.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
-}
-
-/// What the hub reports of the certificates in use (its own and each connected node's): how many it shows,
-/// and how many of them expire within the warning period. None if the hub is unreachable.
-async fn hub_certificates(http: &reqwest::Client, hub: SocketAddr, tally: &Tally) -> Option<(u64, u64)> {
-    let r = http.get(format!("https://{hub}/v1/nodes")).send().await.ok()?;
-    tally.hub_answer(&r);
-    let v: Value = r.json().await.ok()?;
-    let nodes = v["nodes"].as_array().into_iter().flatten().map(|n| &n["certificate"]);
-    let certs: Vec<&Value> = std::iter::once(&v["hub_certificate"]).chain(nodes).filter(|c| c.is_object()).collect();
-    let soon = certs.iter().filter(|c| c["expiring_soon"] == Value::Bool(true)).count();
-    // cannot truncate: usize has at most 64 bits.
-    Some((certs.len() as u64, soon as u64))
-}
-
-/// Ids of every order a node holds (all states, all pages); None if unreachable.
-async fn node_order_ids(http: &reqwest::Client, addr: SocketAddr) -> Option<Vec<String>> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    for _ in 0..10_000 {
-        let mut url = format!("http://{addr}/v1/orders?limit=500");
-        if let Some(a) = &after {
-            url.push_str(&format!("&after={a}"));
-        }
-        let v: Value = http.get(url).send().await.ok()?.json().await.ok()?;
-        let page = v["orders"].as_array().cloned().unwrap_or_default();
-        out.extend(page.iter().filter_map(|o| o["id"].as_str()).map(String::from));
-        after = v["next_after"].as_str().map(String::from);
-        if page.len() < 500 {
-            break;
-        }
-    }
-    Some(out)
-}
-
+/// The `i`th SKU of the catalog.
 fn sku(i: usize) -> String {
     format!("SKU-{i:03}")
 }
 
-/// Where channel customers live: the hub routes each order to the nearest site holding rights.
-const CITIES: [(&str, f64, f64); 7] = [
-    ("Hamburg", 53.55, 9.99),
-    ("Munich", 48.14, 11.58),
-    ("Cologne", 50.94, 6.96),
-    ("Berlin", 52.52, 13.40),
-    ("Frankfurt", 50.11, 8.68),
-    ("Leipzig", 51.34, 12.37),
-    ("Stuttgart", 48.78, 9.18),
-];
-
-#[derive(Default)]
-struct Tally {
-    /// Orders acknowledged by the hub (channels) and by the sites (their own tills).
-    hub_placed: AtomicU64,
-    hub_backordered: AtomicU64,
-    /// Channel orders whose card the provider declined (`402`, nothing taken).
-    hub_declined: AtomicU64,
-    /// Of those, the ones at the Stripe-compatible provider (`--stripe-url`): taken, declined.
-    stripe_placed: AtomicU64,
-    stripe_declined: AtomicU64,
-    placed: AtomicU64,
-    refused_stock: AtomicU64,
-    errors: AtomicU64,
-    shipped: AtomicU64,
-    short_picks: AtomicU64,
-    cancelled: AtomicU64,
-    returned: AtomicU64,
-    /// The certificate the hub's HTTPS must present (DER of `http-hub.pem`).
-    hub_cert: Vec<u8>,
-    /// Answers from the hub over TLS with that certificate.
-    hub_https_ok: AtomicU64,
-    /// Answers from the hub that were not: plain HTTP, or another certificate. Must stay 0.
-    hub_https_mismatches: AtomicU64,
-}
-
-impl Tally {
-    /// Counts an answer from the hub: over TLS with the hub's HTTP certificate, or a mismatch.
-    fn hub_answer(&self, r: &reqwest::Response) {
-        let presented = r.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate());
-        if r.url().scheme() == "https" && presented == Some(self.hub_cert.as_slice()) {
-            self.hub_https_ok.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.hub_https_mismatches.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The payment of channel order `n`: mostly cards at the hub's test provider, whose faults the token chooses
-/// (a capture that times out after taking effect, one answered twice, a decline now and then), some on terms;
-/// with `stripe`, one card in five at the Stripe-compatible provider (localstripe's test cards, one of them
-/// declining).
-fn demo_payment(n: u64, stripe: bool) -> Value {
-    let token = match n % 50 {
-        7 => "tok_decline_demo",
-        k if k % 10 == 3 => "tok_demo_capture_timeout",
-        k if k % 10 == 6 => "tok_demo_capture_dup",
-        k if k % 10 == 9 => "tok_demo_capture_500",
-        _ => "tok_demo",
-    };
-    if n.is_multiple_of(22) {
-        json!({"method": "terms"})
-    } else if n.is_multiple_of(11) {
-        json!({"method": "cod"})
-    } else if stripe && n % 5 == 2 {
-        let token = if n % 50 == 22 { "pm_card_chargeCustomerFail" } else { "pm_card_visa" };
-        json!({"method": "card", "provider": "stripe", "token": token})
-    } else {
-        json!({"method": "card", "provider": "test", "token": token})
-    }
-}
-
-/// Money at the end of the run: a goodwill refund on a few captured orders (credit notes through the
-/// outbox), then, once the hub's payment outbox is empty, every acknowledged hub order's shipped value
-/// (shipped units × tax-inclusive price) against what was captured. Returns the hub's payment summary and the
-/// orders whose shipped value is not exactly captured (waits up to 60 s for the outbox and the watcher).
-async fn settle_money(http: &reqwest::Client, hub: SocketAddr, tally: &Tally, acked: &[String]) -> (Value, u64) {
-    let mut refunds = 0;
-    for id in acked {
-        if refunds >= 10 {
-            break;
-        }
-        let Ok(r) = http.get(format!("https://{hub}/v1/orders/{id}")).send().await else { continue };
-        tally.hub_answer(&r);
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if v["payment"]["captured_minor"].as_u64().unwrap_or(0) >= 500 {
-            let body = json!({"amount_minor": 100, "reason": "goodwill: late delivery (demo)"});
-            if let Ok(r) = http.post(format!("https://{hub}/v1/orders/{id}/refunds")).json(&body).send().await {
-                tally.hub_answer(&r);
-                refunds += u64::from(r.status().as_u16() == 201);
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut summary = Value::Null;
-    let mut not_captured = u64::MAX;
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("https://{hub}/v1/payments/summary")).send().await {
-            tally.hub_answer(&r);
-            summary = r.json().await.unwrap_or(Value::Null);
-        }
-        if summary["outbox_open"] == 0 {
-            not_captured = 0;
-            for id in acked {
-                let Ok(r) = http.get(format!("https://{hub}/v1/orders/{id}")).send().await else {
-                    not_captured += 1;
-                    continue;
-                };
-                tally.hub_answer(&r);
-                let v: Value = r.json().await.unwrap_or(Value::Null);
-                let prices = v["order"]["lines"].as_array().cloned().unwrap_or_default();
-                let shipped: u64 = v["lines"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .zip(&prices)
-                    .map(|(l, p)| l["shipped"].as_u64().unwrap_or(0) * p["unit_price_minor"].as_u64().unwrap_or(0))
-                    .sum();
-                if shipped != v["payment"]["captured_minor"].as_u64().unwrap_or(0) {
-                    not_captured += 1;
-                }
-            }
-            if not_captured == 0 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    (summary, not_captured)
-}
-
-/// The hub's payment summary once its outbox is empty (at most 30 s), if it answers.
-async fn settled_summary(http: &reqwest::Client, hub: SocketAddr, tally: &Tally) -> Option<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("https://{hub}/v1/payments/summary")).send().await {
-            tally.hub_answer(&r);
-            let v: Value = r.json().await.unwrap_or(Value::Null);
-            if v["outbox_open"] == 0 {
-                return Some(v);
-            }
-            last = Some(v);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    last
-}
-
+/// POSTs `body` as JSON; answers the status and the body (`Null` if it is not JSON).
 async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<(u16, Value)> {
     let r = http.post(url).json(&body).send().await?;
     let status = r.status().as_u16();
     let v = r.json::<Value>().await.unwrap_or(Value::Null);
     Ok((status, v))
-}
-
-/// Drives one site's staff: waves, picks, pack, ship, deliver, the odd cancel and return.
-/// Staff keep working after the order flow stops, until `stop` is set (once the hub and the sites have
-/// converged, so assignments that arrive late are shipped too), at most two minutes.
-async fn staff_loop(
-    http: reqwest::Client,
-    service: reqwest::Client,
-    addr: SocketAddr,
-    seed: u64,
-    until: Instant,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    tally: Arc<Tally>,
-) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let base = format!("http://{addr}/v1");
-    // Packed orders whose label is not bought yet (the carrier is unreachable from the cut site).
-    let mut awaiting: Vec<String> = Vec::new();
-    while !stop.load(Ordering::Relaxed) && Instant::now() < until + Duration::from_secs(120) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut still = Vec::new();
-        for id in std::mem::take(&mut awaiting) {
-            if !ship_labelled(&http, &base, &id, &tally).await {
-                still.push(id);
-            }
-        }
-        awaiting = still;
-        let Ok((201, wave)) = post(&http, format!("{base}/waves"), json!({"max_orders": 20})).await else { continue };
-        let orders: Vec<String> = wave["orders"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        for id in orders {
-            let Ok(r) = http.get(format!("{base}/orders/{id}")).send().await else { continue };
-            let Ok(order) = r.json::<Value>().await else { continue };
-            let lines: Vec<Value> = order["lines"]
-                .as_array()
-                .map(|ls| {
-                    ls.iter()
-                        .map(|l| {
-                            let qty = l["qty"].as_u64().unwrap_or(0);
-                            // One line in fifty is short: the bin held less than the book said.
-                            let picked = if rng.random_ratio(1, 50) { qty / 2 } else { qty };
-                            json!({"sku": l["sku"], "picked": picked})
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let Ok((200, picked)) = post(&http, format!("{base}/orders/{id}/picks"), json!({"lines": lines})).await
-            else {
-                continue;
-            };
-            if picked["timeline"]
-                .as_array()
-                .and_then(|t| t.last())
-                .and_then(|e| e["note"].as_str())
-                .is_some_and(|n| n.starts_with("short"))
-            {
-                tally.short_picks.fetch_add(1, Ordering::Relaxed);
-            }
-            if picked["status"] != "picked" {
-                continue;
-            }
-            if rng.random_ratio(1, 40) {
-                if let Ok((200, _)) =
-                    post(&service, format!("{base}/orders/{id}/cancel"), json!({"reason": "customer changed mind"}))
-                        .await
-                {
-                    tally.cancelled.fetch_add(1, Ordering::Relaxed);
-                }
-                continue;
-            }
-            // Packed into a consignment; shipped with the label's tracking once the test carrier sold it
-            // (at the cut site, after the heal).
-            let parcel = json!({"weight_g": 900, "length_mm": 300, "width_mm": 200, "height_mm": 100});
-            if !matches!(
-                post(&http, format!("{base}/orders/{id}/pack"), json!({"parcels": [parcel]})).await,
-                Ok((200, _))
-            ) {
-                continue;
-            }
-            if !ship_labelled(&http, &base, &id, &tally).await {
-                awaiting.push(id);
-                continue;
-            }
-            if rng.random_ratio(1, 30) {
-                let l0 = &lines[0];
-                let body = json!({"lines": [{"sku": l0["sku"], "qty": 1}], "disposition": "restock"});
-                if let Ok((201, _)) = post(&http, format!("{base}/orders/{id}/returns"), body).await {
-                    tally.returned.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-}
-
-/// Ships (and, a site's own, delivers) the packed order `id` with its consignment's tracking if its label is bought,
-/// waiting for it at most a second; false if the label is not there yet.
-async fn ship_labelled(http: &reqwest::Client, base: &str, id: &str, tally: &Tally) -> bool {
-    let mut tracking = None;
-    for _ in 0..10 {
-        if let Ok(r) = http.get(format!("{base}/consignments/C-{id}")).send().await
-            && let Ok(c) = r.json::<Value>().await
-            && c["state"] == "labelled"
-        {
-            tracking = c["tracking"].as_str().map(String::from);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let Some(tracking) = tracking else { return false };
-    let Ok((200, _)) =
-        post(http, format!("{base}/orders/{id}/ship"), json!({"carrier": "test", "tracking": tracking})).await
-    else {
-        return false;
-    };
-    tally.shipped.fetch_add(1, Ordering::Relaxed);
-    // The hub's fulfillments are delivered by the carrier (the demo plays it at the end, see `tracking`);
-    // staff deliver the site's own orders by hand.
-    if id.starts_with(oms_protocol::domain::HUB_ORDER_PREFIX) {
-        return true;
-    }
-    // Body-less, but every write names its content type (the node refuses it otherwise).
-    let _ = http
-        .post(format!("{base}/orders/{id}/deliver"))
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .send()
-        .await;
-    true
 }
 
 /// Runs the demo.
@@ -927,49 +242,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "warehouse screens: http://<site address>/ui (e.g. http://{}/ui); sign in as picker with PIN {}",
         sites[0].addr, keys.picker_pin
     );
-    // Seed catalog and stock.
-    for (si, s) in sites.iter().enumerate() {
-        let base = format!("http://{}/v1", s.addr);
-        for i in 0..SKUS {
-            let r = admin
-                .put(format!("{base}/catalog/{}", sku(i)))
-                .json(&json!({"name": format!("Item {i}"), "bin": format!("{}-{:02}", ["A", "B", "C"][i % 3], i)}))
-                .send()
-                .await?;
-            if !r.status().is_success() {
-                bail!("seeding catalog failed: {}", r.status());
-            }
-            // cannot truncate: the remainder is below 60.
-            let qty = 40 + ((i * 7 + si * 13) % 60) as u64;
-            let (st, _) = post(
-                &admin,
-                format!("{base}/stock/receipts"),
-                json!({"sku": sku(i), "qty": qty, "note": "opening stock"}),
-            )
-            .await?;
-            if st != 201 {
-                bail!("seeding stock failed: {st}");
-            }
-        }
-    }
-    // The flash sale's SKU, at the first two sites only (see `flash_sale`).
-    for s in &sites[..2] {
-        let base = format!("http://{}/v1", s.addr);
-        let r = admin
-            .put(format!("{base}/catalog/{}", flash_sale::FLASH_SKU))
-            .json(&json!({"name": "Flash sale item", "bin": "F-01"}))
-            .send()
-            .await?;
-        let (st, _) = post(
-            &admin,
-            format!("{base}/stock/receipts"),
-            json!({"sku": flash_sale::FLASH_SKU, "qty": flash_sale::UNITS_PER_SITE, "note": "opening stock"}),
-        )
-        .await?;
-        if !r.status().is_success() || st != 201 {
-            bail!("seeding the flash sale's SKU failed: {} {st}", r.status());
-        }
-    }
+    cluster::seed(&admin, &sites).await?;
     println!("seeded {SKUS} SKUs at {} sites; orders flow for {} s at {}/s", sites.len(), a.duration, a.rate);
 
     let started = Instant::now();
@@ -992,171 +265,31 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!("{}", flash.line());
     tally.hub_placed.fetch_add(flash.ids.len() as u64, Ordering::Relaxed);
     tally.hub_backordered.fetch_add(flash.backordered(), Ordering::Relaxed);
-    let placer = {
-        let (web_http, market_http, pos_http, tally, addrs, hub_ids) =
-            (web_http.clone(), market_http.clone(), pos_http.clone(), tally.clone(), addrs.clone(), hub_ids.clone());
-        let rate = a.rate;
-        let seed = a.seed;
-        let stripe = a.stripe_url.is_some();
-        tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-            let mut n = 0u64;
-            let mut inflight = tokio::task::JoinSet::new();
-            while Instant::now() < until {
-                tick.tick().await;
-                n += 1;
-                let to_hub = !n.is_multiple_of(4);
-                let site = rng.random_range(0..addrs.len());
-                let nlines = rng.random_range(1..=3usize);
-                let mut skus: Vec<usize> = (0..nlines).map(|_| rng.random_range(0..SKUS)).collect();
-                skus.sort_unstable();
-                skus.dedup();
-                let channel = if !to_hub {
-                    "pos"
-                } else if n.is_multiple_of(3) {
-                    "marketplace"
-                } else {
-                    "web"
-                };
-                let (city, lat, lon) = CITIES[rng.random_range(0..CITIES.len())];
-                let mut body = json!({
-                    "external_ref": format!("{channel}-{n}"), "channel": channel,
-                    "lines": skus.iter().map(|i| json!({"sku": sku(*i), "qty": rng.random_range(1..=3), "unit_price_minor": 1999, "currency": "EUR"})).collect::<Vec<_>>(),
-                    "ship_to": {"name": "Demo Customer", "line1": format!("{n} Demo Street"), "city": city, "postcode": "10115", "country": "DE", "lat": lat, "lon": lon}
-                });
-                if to_hub {
-                    body["payment"] = demo_payment(n, stripe);
-                }
-                let url = if to_hub {
-                    format!("https://{hub_http}/v1/orders")
-                } else {
-                    format!("http://{}/v1/orders", addrs[site])
-                };
-                // The hub's channels and each site's till each use their own key.
-                let http = match channel {
-                    "web" => web_http.clone(),
-                    "marketplace" => market_http.clone(),
-                    _ => pos_http.clone(),
-                };
-                let (tally, hub_ids) = (tally.clone(), hub_ids.clone());
-                if inflight.len() >= 256 {
-                    let _ = inflight.join_next().await;
-                }
-                let at_stripe = body["payment"]["provider"] == "stripe";
-                inflight.spawn(async move {
-                    // Retry with the same idempotency key: a process being restarted must not lose or double it.
-                    for _ in 0..20 {
-                        let r = http.post(&url).header("idempotency-key", format!("demo-{n}")).json(&body).send().await;
-                        let r = match r {
-                            Ok(r) => r,
-                            Err(_) => {
-                                tokio::time::sleep(Duration::from_millis(250)).await;
-                                continue;
-                            }
-                        };
-                        if to_hub {
-                            tally.hub_answer(&r);
-                        }
-                        match r.status().as_u16() {
-                            201 if to_hub => {
-                                let v: Value = r.json().await.unwrap_or(Value::Null);
-                                tally.hub_placed.fetch_add(1, Ordering::Relaxed);
-                                if at_stripe {
-                                    tally.stripe_placed.fetch_add(1, Ordering::Relaxed);
-                                }
-                                if v["status"] == "backordered" {
-                                    tally.hub_backordered.fetch_add(1, Ordering::Relaxed);
-                                }
-                                if let Some(id) = v["id"].as_str()
-                                    && let Ok(mut ids) = hub_ids.lock()
-                                {
-                                    ids.push(id.to_owned());
-                                }
-                                return;
-                            }
-                            201 => {
-                                tally.placed.fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
-                            402 if to_hub => {
-                                tally.hub_declined.fetch_add(1, Ordering::Relaxed);
-                                if at_stripe {
-                                    tally.stripe_declined.fetch_add(1, Ordering::Relaxed);
-                                }
-                                return;
-                            }
-                            409 => {
-                                tally.refused_stock.fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
-                            _ => tokio::time::sleep(Duration::from_millis(250)).await,
-                        }
-                    }
-                    tally.errors.fetch_add(1, Ordering::Relaxed);
-                });
-            }
-            while inflight.join_next().await.is_some() {}
-        })
-    };
+    let placer = traffic::spawn_placer(traffic::Placer {
+        web_http: web_http.clone(),
+        market_http: market_http.clone(),
+        pos_http: pos_http.clone(),
+        tally: tally.clone(),
+        addrs: addrs.clone(),
+        hub_ids: hub_ids.clone(),
+        rate: a.rate,
+        seed: a.seed,
+        stripe: a.stripe_url.is_some(),
+        hub_http,
+        until,
+    });
     // Cut one site off the hub for the middle half of the run.
     let cutter = {
-        let relay = relay.clone();
-        let (cut_http, cut_tally) = (admin.clone(), tally.clone());
-        let cut_addr = sites.iter().find(|s| s.id == CUT_SITE).map(|s| s.addr).context("cut site")?;
-        let cut_fault = sites
-            .iter()
-            .find(|s| s.id == CUT_SITE)
-            .map(|s| s.dir.join(DEMO_CARRIER_DIR).join("fault"))
-            .context("cut site")?;
-        let (quarter, half) = (Duration::from_millis(a.duration * 250), Duration::from_millis(a.duration * 500));
-        tokio::spawn(async move {
-            tokio::time::sleep(quarter).await;
-            relay.set_blackhole(true);
-            // Cut off from the carrier too: it keeps packing, its consignments wait for their labels.
-            let _ = std::fs::write(&cut_fault, "unreachable");
-            println!(
-                "t={:>4.1}s  {CUT_SITE} cut off from the hub and its carrier (it keeps taking orders and packing)",
-                started.elapsed().as_secs_f64()
-            );
-            tokio::time::sleep(half).await;
-            // The till orders the cut site holds at the heal are what the hub must catch up on (orders the
-            // hub routed there are the hub's own already).
-            let at_heal = node_order_ids(&cut_http, cut_addr).await.map(|ids| {
-                ids.into_iter().filter(|id| !id.starts_with(oms_protocol::domain::HUB_ORDER_PREFIX)).collect::<Vec<_>>()
-            });
-            relay.set_blackhole(false);
-            let _ = std::fs::remove_file(&cut_fault);
-            let healed = Instant::now();
-            let mut missing = at_heal?;
-            println!(
-                "t={:>4.1}s  {CUT_SITE} linked again holding {} till orders; waiting for the hub to catch up",
-                started.elapsed().as_secs_f64(),
-                missing.len()
-            );
-            while healed.elapsed() < Duration::from_secs(120) {
-                let mut still = Vec::new();
-                for id in missing {
-                    let seen = cut_http.get(format!("https://{hub_http}/v1/orders/{id}")).send().await.is_ok_and(|r| {
-                        cut_tally.hub_answer(&r);
-                        r.status().is_success()
-                    });
-                    if !seen {
-                        still.push(id);
-                    }
-                }
-                missing = still;
-                if missing.is_empty() {
-                    let ms = u64::try_from(healed.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    println!(
-                        "t={:>4.1}s  hub caught up with {CUT_SITE} {ms} ms after the heal",
-                        started.elapsed().as_secs_f64()
-                    );
-                    return Some(ms);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            None
+        let cut = sites.iter().find(|s| s.id == CUT_SITE).context("cut site")?;
+        faults::spawn_cutter(faults::Cutter {
+            relay: relay.clone(),
+            cut_http: admin.clone(),
+            cut_tally: tally.clone(),
+            cut_addr: cut.addr,
+            cut_fault: cut.dir.join(DEMO_CARRIER_DIR).join("fault"),
+            duration_s: a.duration,
+            started,
+            hub_http,
         })
     };
     // Midway, kill -9 one node and bring it back.
@@ -1218,103 +351,18 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             .join(", ")
     );
     // Report and check invariants.
-    let mut per_site = serde_json::Map::new();
-    let mut oversold = 0u64;
-    let mut total_orders = 0u64;
-    let mut total_shipped = 0u64;
-    let mut all_consistent = true;
-    let (mut audit_ships, mut audit_mismatches, mut auth_probe_failures) = (0u64, 0u64, 0u64);
-    let (mut screens_rendered, mut screen_failures) = (0u64, 0u64);
-    println!(
-        "\n{:<9} {:>7} {:>8} {:>8} {:>9} {:>10}  ledger   (orders = the site's own + routed by the hub)",
-        "site", "orders", "shipped", "deliv.", "cancelled", "backorder"
-    );
-    for s in &sites {
-        let base = format!("http://{}/v1", s.addr);
-        let mut counts = BTreeMap::new();
-        let (mut local_orders, mut hub_orders, mut rejected_units) = (0u64, 0u64, 0u64);
-        for st in [
-            "assigned",
-            "accepted",
-            "picking",
-            "picked",
-            "packed",
-            "shipped",
-            "delivered",
-            "cancelled",
-            "backordered",
-            "rejected",
-        ] {
-            let mut n = 0u64;
-            let mut after: Option<String> = None;
-            for _ in 0..10_000 {
-                let mut url = format!("{base}/orders?status={st}&limit=500");
-                if let Some(a) = &after {
-                    url.push_str(&format!("&after={a}"));
-                }
-                let v: Value = admin.get(url).send().await?.json().await?;
-                let page = v["orders"].as_array().cloned().unwrap_or_default();
-                // cannot truncate: usize has at most 64 bits.
-                let k = page.len() as u64;
-                n += k;
-                for o in &page {
-                    if o["id"].as_str().is_some_and(|id| id.starts_with(oms_protocol::domain::HUB_ORDER_PREFIX)) {
-                        hub_orders += 1;
-                        // A hub assignment the site could not fill is an over-promise by the hub.
-                        if st == "rejected" {
-                            rejected_units += o["lines"]
-                                .as_array()
-                                .map(|ls| ls.iter().filter_map(|l| l["qty"].as_u64()).sum::<u64>())
-                                .unwrap_or(0);
-                        }
-                    } else {
-                        local_orders += 1;
-                    }
-                }
-                after = v["next_after"].as_str().map(String::from);
-                if k < 500 {
-                    break;
-                }
-            }
-            counts.insert(st, n);
-        }
-        let stock: Value = admin.get(format!("{base}/stock?limit=500")).send().await?.json().await?;
-        for item in stock["items"].as_array().into_iter().flatten() {
-            let on_hand = item["on_hand"].as_u64().unwrap_or(0);
-            let reserved = item["reserved"].as_u64().unwrap_or(0);
-            oversold += reserved.saturating_sub(on_hand);
-        }
-        oversold += rejected_units;
-        let audit: Value = admin.get(format!("{base}/audit/ledger")).send().await?.json().await?;
-        let ledger_ok = audit["consistent"] == Value::Bool(true);
-        all_consistent &= ledger_ok;
-        let orders: u64 = counts.values().sum();
-        let shipped = counts["shipped"] + counts["delivered"];
-        // Every shipped order has its `ship` row in the site's audit trail, committed with the change.
-        let ships = audited_ships(&admin, s.addr).await;
-        audit_mismatches += ships.map_or(1, |n| n.abs_diff(shipped));
-        audit_ships += ships.unwrap_or(0);
-        auth_probe_failures += auth_probes(&staff_http, s.addr).await;
-        let (rendered, failed) = screen_probes(s.addr, s.id, &keys.picker_pin).await;
-        screens_rendered += rendered;
-        screen_failures += failed;
-        total_orders += local_orders;
-        total_shipped += shipped;
-        println!(
-            "{:<9} {:>7} {:>8} {:>8} {:>9} {:>10}  {}",
-            s.id,
-            orders,
-            shipped,
-            counts["delivered"],
-            counts["cancelled"],
-            counts["backordered"],
-            if ledger_ok { "balances = ledger replay" } else { "MISMATCH" }
-        );
-        per_site.insert(
-            s.id.into(),
-            json!({"orders": orders, "local_orders": local_orders, "hub_orders": hub_orders, "shipped": shipped, "by_state": counts}),
-        );
-    }
+    let SiteCounts {
+        per_site,
+        oversold,
+        total_orders,
+        total_shipped,
+        all_consistent,
+        audit_ships,
+        audit_mismatches,
+        auth_probe_failures,
+        screens_rendered,
+        screen_failures,
+    } = checks::sites(&sites, &admin, &staff_http, &keys.picker_pin).await?;
     // Every order the hub acknowledged is there, with its fulfillments.
     // The flash sale's orders last: the goodwill refunds and the returns take the first captured orders, and
     // a one-unit order refunded a little as goodwill has less left to credit than its unit's return (the
@@ -1638,97 +686,4 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The hub's documents opened again after the run, as a start opens them (issue 17, item 4).
-struct HubStart {
-    /// Documents held.
-    documents: u64,
-    /// `DocDb::open` + `HubDocs::new`, ms.
-    start_ms: u64,
-    /// `doc_meta` rows they read (not one per stored order).
-    rows_read: u64,
-    /// Places where the figures kept with the rows (count, totals per group and label, documents due a full
-    /// save) differ from a walk of every row; must be 0. A file that does not open counts 1.
-    mismatches: u64,
-}
-
-fn hub_start_check(path: &std::path::Path) -> HubStart {
-    let t = Instant::now();
-    let opened = oms_sync::DocDb::open(path, vec![0; 16], usize::MAX)
-        .map_err(anyhow::Error::from)
-        .and_then(|db| Ok(oms_hub::docs::HubDocs::new(db)?));
-    let start_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let audit = opened.and_then(|docs| Ok((docs.db().rows_read(), docs.db().audit_totals()?)));
-    match audit {
-        Ok((rows_read, (kept, walked))) => {
-            let groups = kept.by_group.iter().filter(|(k, v)| walked.by_group.get(*k) != Some(*v)).count()
-                + walked.by_group.keys().filter(|k| !kept.by_group.contains_key(*k)).count();
-            let mismatches = u64::from(kept.documents != walked.documents)
-                + u64::from(kept.full_needed != walked.full_needed)
-                + groups as u64;
-            HubStart { documents: kept.documents, start_ms, rows_read, mismatches }
-        }
-        Err(e) => {
-            println!("hub.redb does not open after the run: {e:#}");
-            HubStart { documents: 0, start_ms, rows_read: 0, mismatches: 1 }
-        }
-    }
-}
-
-/// What the demo's online backup measured.
-struct DemoBackup {
-    bytes: u64,
-    ms: u64,
-    pause_ms: f64,
-    restored_orders: u64,
-    restore_mismatches: u64,
-}
-
-/// Backs up the node serving `data` while it takes orders, restores the backup into `<data>-restored` beside
-/// it and checks it there. `None` (and a line saying why) if any step failed.
-async fn demo_backup(data: &std::path::Path, started: Instant) -> Option<DemoBackup> {
-    let root = data.parent().unwrap_or(data);
-    let name = data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let (file, restored) = (root.join(format!("{name}.backup")), root.join(format!("{name}-restored")));
-    let _ = std::fs::remove_dir_all(&restored);
-    let t = Instant::now();
-    let (dir, out) = (data.to_owned(), file.clone());
-    let taken = tokio::task::spawn_blocking(move || -> anyhow::Result<oms_service::storage::archive::Manifest> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&out)?);
-        anyhow::ensure!(oms_service::storage::admin::request_backup(&dir, &mut f)?, "no admin socket");
-        drop(f);
-        Ok(oms_service::storage::archive::verify(&mut std::io::BufReader::new(std::fs::File::open(&out)?))?)
-    })
-    .await;
-    let manifest = match taken {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => {
-            println!("backup failed: {e:#}");
-            return None;
-        }
-        Err(e) => {
-            println!("backup failed: {e}");
-            return None;
-        }
-    };
-    let ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let bytes = manifest.files.iter().map(|f| f.len).sum();
-    println!(
-        "t={:>4.1}s  online backup taken: {bytes} bytes in {ms} ms while orders arrive",
-        started.elapsed().as_secs_f64()
-    );
-    match crate::backup::restore_into(&file, &restored).await {
-        Ok(r) => Some(DemoBackup {
-            bytes,
-            ms,
-            pause_ms: manifest.pause_ms_max,
-            restored_orders: r.orders.unwrap_or(0),
-            restore_mismatches: r.ledger_mismatches.len() as u64,
-        }),
-        Err(e) => {
-            println!("restore of the backup failed: {e:#}");
-            None
-        }
-    }
 }
