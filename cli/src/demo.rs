@@ -75,7 +75,8 @@
 //! request). The sites' stock documents and the hub's escrow and inbound views continue in new generations
 //! once their history grows (`oms_protocol::generations`; the demo sets the bound low, 200 operations): the
 //! summary adds `state_doc_generations` (new generations the hub started or took), `state_doc_history_ops_max`
-//! (the longest history held) and `state_docs_over_history_bound` (0). Anti-entropy between the hub and the
+//! (the longest history held) and `state_docs_over_history_bound` (0); after the run, `hub_superseded_sync_states`
+//! (sync states of superseded generations found in `hub.redb` when it is opened again: 0). Anti-entropy between the hub and the
 //! sites runs in bucket rounds (`oms_protocol::sync`, "Bucket rounds"): the summary adds `sync_sessions`,
 //! `anti_entropy_digest_rounds`, `anti_entropy_full_manifests`, `anti_entropy_partial_manifests`,
 //! `anti_entropy_entries_listed` (what the hub sent) and `anti_entropy_full_manifest_excess` (full manifests
@@ -634,14 +635,15 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let hub_db = a.data.join("hub").join("hub.redb");
     let hub_start = tokio::task::spawn_blocking(move || hub_start_check(&hub_db)).await?;
     println!(
-        "hub documents reopened after the kill: {} stored, start {} ms reading {} doc_meta rows; kept totals ≠ a walk of the rows: {} (must be 0)",
-        hub_start.documents, hub_start.start_ms, hub_start.rows_read, hub_start.mismatches
+        "hub documents reopened after the kill: {} stored, start {} ms reading {} doc_meta rows; kept totals ≠ a walk of the rows: {} (must be 0); sync states of superseded generations left: {} (must be 0)",
+        hub_start.documents, hub_start.start_ms, hub_start.rows_read, hub_start.mismatches, hub_start.superseded_states
     );
     if let Some(all) = summary.as_object_mut() {
         all.insert("hub_docs_stored".into(), json!(hub_start.documents));
         all.insert("hub_start_docs_ms".into(), json!(hub_start.start_ms));
         all.insert("hub_start_rows_read".into(), json!(hub_start.rows_read));
         all.insert("hub_docs_totals_mismatches".into(), json!(hub_start.mismatches));
+        all.insert("hub_superseded_sync_states".into(), json!(hub_start.superseded_states));
     }
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
@@ -649,6 +651,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     }
     if hub_start.mismatches > 0 {
         bail!("the totals kept in hub.redb differ from a walk of its rows in {} places", hub_start.mismatches);
+    }
+    if hub_start.superseded_states > 0 {
+        bail!("hub.redb kept {} sync states of superseded generations", hub_start.superseded_states);
     }
     if !converged {
         bail!("the hub did not converge with the nodes within 120 s");

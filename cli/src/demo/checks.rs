@@ -180,6 +180,9 @@ pub(super) struct HubStart {
     /// Places where the figures kept with the rows (count, totals per group and label, documents due a full
     /// save) differ from a walk of every row; must be 0. A file that does not open counts 1.
     pub(super) mismatches: u64,
+    /// Sync states of superseded generations of state documents the open found (and deleted): each should
+    /// have gone with its generation; must be 0.
+    pub(super) superseded_states: u64,
 }
 
 pub(super) fn hub_start_check(path: &std::path::Path) -> HubStart {
@@ -188,19 +191,22 @@ pub(super) fn hub_start_check(path: &std::path::Path) -> HubStart {
         .map_err(anyhow::Error::from)
         .and_then(|db| Ok(oms_hub::docs::HubDocs::new(db)?));
     let start_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let audit = opened.and_then(|docs| Ok((docs.db().rows_read(), docs.db().audit_totals()?)));
+    let audit = opened.and_then(|docs| {
+        let db = docs.db();
+        Ok((db.rows_read(), db.superseded_states_dropped(), db.audit_totals()?))
+    });
     match audit {
-        Ok((rows_read, (kept, walked))) => {
+        Ok((rows_read, superseded_states, (kept, walked))) => {
             let groups = kept.by_group.iter().filter(|(k, v)| walked.by_group.get(*k) != Some(*v)).count()
                 + walked.by_group.keys().filter(|k| !kept.by_group.contains_key(*k)).count();
             let mismatches = u64::from(kept.documents != walked.documents)
                 + u64::from(kept.full_needed != walked.full_needed)
                 + groups as u64;
-            HubStart { documents: kept.documents, start_ms, rows_read, mismatches }
+            HubStart { documents: kept.documents, start_ms, rows_read, mismatches, superseded_states }
         }
         Err(e) => {
             println!("hub.redb does not open after the run: {e:#}");
-            HubStart { documents: 0, start_ms, rows_read: 0, mismatches: 1 }
+            HubStart { documents: 0, start_ms, rows_read: 0, mismatches: 1, superseded_states: 0 }
         }
     }
 }

@@ -266,6 +266,8 @@ pub struct DocDb {
     history_ops_min: u64,
     /// See [`DocDb::generations_started`].
     generations_started: u64,
+    /// Sync states of superseded generations the open deleted ([`DocDb::superseded_states_dropped`]).
+    superseded_states_dropped: u64,
 }
 
 impl std::fmt::Debug for DocDb {
@@ -391,10 +393,17 @@ impl DocDb {
             rotation_checks: BTreeMap::new(),
             history_ops_min: oms_protocol::generations::HISTORY_OPS_MIN,
             generations_started: 0,
+            superseded_states_dropped: 0,
         };
         db.load_generations()?;
-        db.drop_superseded_states()?;
+        db.superseded_states_dropped = db.drop_superseded_states()?;
         Ok(db)
+    }
+
+    /// Sync states of superseded generations that the open found and deleted: rows an older build left, or
+    /// that a flush should have deleted with their documents (0 for a file this build wrote).
+    pub fn superseded_states_dropped(&self) -> u64 {
+        self.superseded_states_dropped
     }
 
     /// `doc_meta` rows read since the open: by the open (only the rows of documents due a full save) and by
