@@ -212,6 +212,7 @@ pub(super) fn hub_start_check(path: &std::path::Path) -> HubStart {
 }
 
 /// What the sites hold at the end of the run, read through their APIs ([`sites`]).
+#[derive(Default)]
 pub(super) struct SiteCounts {
     /// Per site: orders (its own and the hub's), shipped, and by state.
     pub(super) per_site: serde_json::Map<String, Value>,
@@ -238,13 +239,7 @@ pub(super) async fn sites(
     staff_http: &reqwest::Client,
     picker_pin: &str,
 ) -> anyhow::Result<SiteCounts> {
-    let mut per_site = serde_json::Map::new();
-    let mut oversold = 0u64;
-    let mut total_orders = 0u64;
-    let mut total_shipped = 0u64;
-    let mut all_consistent = true;
-    let (mut audit_ships, mut audit_mismatches, mut auth_probe_failures) = (0u64, 0u64, 0u64);
-    let (mut screens_rendered, mut screen_failures) = (0u64, 0u64);
+    let mut c = SiteCounts { all_consistent: true, ..SiteCounts::default() };
     println!(
         "\n{:<9} {:>7} {:>8} {:>8} {:>9} {:>10}  ledger   (orders = the site's own + routed by the hub)",
         "site", "orders", "shipped", "deliv.", "cancelled", "backorder"
@@ -302,24 +297,24 @@ pub(super) async fn sites(
         for item in stock["items"].as_array().into_iter().flatten() {
             let on_hand = item["on_hand"].as_u64().unwrap_or(0);
             let reserved = item["reserved"].as_u64().unwrap_or(0);
-            oversold += reserved.saturating_sub(on_hand);
+            c.oversold += reserved.saturating_sub(on_hand);
         }
-        oversold += rejected_units;
+        c.oversold += rejected_units;
         let audit: Value = admin.get(format!("{base}/audit/ledger")).send().await?.json().await?;
         let ledger_ok = audit["consistent"] == Value::Bool(true);
-        all_consistent &= ledger_ok;
+        c.all_consistent &= ledger_ok;
         let orders: u64 = counts.values().sum();
         let shipped = counts["shipped"] + counts["delivered"];
         // Every shipped order has its `ship` row in the site's audit trail, committed with the change.
         let ships = audited_ships(admin, s.addr).await;
-        audit_mismatches += ships.map_or(1, |n| n.abs_diff(shipped));
-        audit_ships += ships.unwrap_or(0);
-        auth_probe_failures += auth_probes(staff_http, s.addr).await;
+        c.audit_mismatches += ships.map_or(1, |n| n.abs_diff(shipped));
+        c.audit_ships += ships.unwrap_or(0);
+        c.auth_probe_failures += auth_probes(staff_http, s.addr).await;
         let (rendered, failed) = screen_probes(s.addr, s.id, picker_pin).await;
-        screens_rendered += rendered;
-        screen_failures += failed;
-        total_orders += local_orders;
-        total_shipped += shipped;
+        c.screens_rendered += rendered;
+        c.screen_failures += failed;
+        c.total_orders += local_orders;
+        c.total_shipped += shipped;
         println!(
             "{:<9} {:>7} {:>8} {:>8} {:>9} {:>10}  {}",
             s.id,
@@ -330,21 +325,10 @@ pub(super) async fn sites(
             counts["backordered"],
             if ledger_ok { "balances = ledger replay" } else { "MISMATCH" }
         );
-        per_site.insert(
+        c.per_site.insert(
         s.id.into(),
         json!({"orders": orders, "local_orders": local_orders, "hub_orders": hub_orders, "shipped": shipped, "by_state": counts}),
     );
     }
-    Ok(SiteCounts {
-        per_site,
-        oversold,
-        total_orders,
-        total_shipped,
-        all_consistent,
-        audit_ships,
-        audit_mismatches,
-        auth_probe_failures,
-        screens_rendered,
-        screen_failures,
-    })
+    Ok(c)
 }
