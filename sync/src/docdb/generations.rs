@@ -17,6 +17,8 @@ const STATE_DOCS_LISTED_MAX: usize = 100_000;
 /// `meta` key prefix of a state document's current generation (`generation|stock/wh-north` → 3), written in
 /// the flush that writes the generation.
 const GENERATION_META: &str = "generation|";
+/// Sync states of superseded generations an open deletes per transaction ([`DocDb::drop_superseded_states`]).
+const SUPERSEDED_STATES_PER_COMMIT: usize = 10_000;
 
 /// Whether `doc` is a state document, whose history is bounded by generations. The prefix test first: it
 /// answers for order documents without parsing their ids.
@@ -62,44 +64,64 @@ impl DocDb {
 
     /// Deletes the sync states of generations older than the current ones, which a file written before a
     /// removed document's states went with it ([`DocDb::remove`]) still holds: one range per peer and kind
-    /// of state document, so an open reads the state documents' rows, never every order's. Returns how many.
+    /// of state document, so an open reads the state documents' rows, never every order's; at most
+    /// [`SUPERSEDED_STATES_PER_COMMIT`] rows a transaction (an old file may hold millions). Returns how many.
     pub(super) fn drop_superseded_states(&mut self) -> Result<u64, DocDbError> {
+        self.drop_superseded_states_by(SUPERSEDED_STATES_PER_COMMIT)
+    }
+
+    pub(super) fn drop_superseded_states_by(&mut self, per_commit: usize) -> Result<u64, DocDbError> {
         if !self.generations.values().any(|&g| g > 0) {
             return Ok(0);
         }
         let path = self.path.clone();
+        let mut dropped = 0u64;
+        // Each pass deletes what it found, so the next finds only what is left: ends when a pass finds none.
+        loop {
+            let stale = self.superseded_states(per_commit.max(1))?;
+            if stale.is_empty() {
+                break;
+            }
+            let w = self.db.begin_write().or_storage(&path)?;
+            {
+                let mut t = w.open_table(SYNC_STATES).or_storage(&path)?;
+                for (peer, doc) in &stale {
+                    t.remove((peer.as_str(), doc.as_str())).or_storage(&path)?;
+                }
+            }
+            w.commit().or_storage(&path)?;
+            dropped = dropped.saturating_add(u64::try_from(stale.len()).unwrap_or(u64::MAX));
+        }
+        if dropped > 0 {
+            tracing::info!(path = %path.display(), rows = dropped, "deleted the sync states of superseded generations");
+        }
+        Ok(dropped)
+    }
+
+    /// At most `limit` (peer, document) keys of sync states of superseded generations.
+    fn superseded_states(&self, limit: usize) -> Result<Vec<(String, String)>, DocDbError> {
+        let path = &self.path;
+        let r = self.db.begin_read().or_storage(path)?;
+        let t = r.open_table(SYNC_STATES).or_storage(path)?;
         let mut stale = Vec::new();
-        {
-            let r = self.db.begin_read().or_storage(&path)?;
-            let t = r.open_table(SYNC_STATES).or_storage(&path)?;
-            for peer in state_peers(&t).or_storage(&path)? {
-                for prefix in generations::STATE_PREFIXES {
-                    for item in t.range::<(&str, &str)>((peer.as_str(), prefix)..).or_storage(&path)? {
-                        let (k, _) = item.or_storage(&path)?;
-                        let (p, doc) = k.value();
-                        if p != peer || !doc.starts_with(prefix) {
-                            break;
-                        }
-                        if DocId::new(doc).is_some_and(|id| self.is_superseded(&id)) {
-                            stale.push((peer.clone(), doc.to_owned()));
+        for peer in state_peers(&t).or_storage(path)? {
+            for prefix in generations::STATE_PREFIXES {
+                for item in t.range::<(&str, &str)>((peer.as_str(), prefix)..).or_storage(path)? {
+                    let (k, _) = item.or_storage(path)?;
+                    let (p, doc) = k.value();
+                    if p != peer || !doc.starts_with(prefix) {
+                        break;
+                    }
+                    if DocId::new(doc).is_some_and(|id| self.is_superseded(&id)) {
+                        stale.push((peer.clone(), doc.to_owned()));
+                        if stale.len() >= limit {
+                            return Ok(stale);
                         }
                     }
                 }
             }
         }
-        if stale.is_empty() {
-            return Ok(0);
-        }
-        let w = self.db.begin_write().or_storage(&path)?;
-        {
-            let mut t = w.open_table(SYNC_STATES).or_storage(&path)?;
-            for (peer, doc) in &stale {
-                t.remove((peer.as_str(), doc.as_str())).or_storage(&path)?;
-            }
-        }
-        w.commit().or_storage(&path)?;
-        tracing::info!(path = %path.display(), rows = stale.len(), "deleted the sync states of superseded generations");
-        Ok(u64::try_from(stale.len()).unwrap_or(u64::MAX))
+        Ok(stale)
     }
 
     /// Reads which generation of each state document is current, as the flushes that created them noted in

@@ -799,6 +799,35 @@ mod tests {
     }
 
     #[test]
+    fn superseded_states_are_deleted_a_bounded_batch_at_a_time_until_none_is_left() {
+        use oms_protocol::generations::name;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let base = DocId::new("stock/wh-a").unwrap();
+        let g3 = name(&base, 3).unwrap();
+        let mut db = DocDb::open(&path, vec![1; 16], 10).unwrap();
+        db.get_or_create(&g3).unwrap().put(ROOT, "k", 1u64).unwrap();
+        db.mark_dirty(&g3);
+        db.flush().unwrap();
+        let peers: Vec<String> = (0..9).map(|i| format!("oms://t/wh-{i}")).collect();
+        let w = db.db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(SYNC_STATES).unwrap();
+            for p in &peers {
+                for g in 0..3 {
+                    t.insert((p.as_str(), name(&base, g).unwrap().as_str()), &[9u8][..]).unwrap();
+                }
+                t.insert((p.as_str(), g3.as_str()), &[3u8][..]).unwrap();
+            }
+        }
+        w.commit().unwrap();
+        assert_eq!(db.drop_superseded_states_by(4).unwrap(), 27, "nine peers, three older generations each");
+        assert_eq!(db.drop_superseded_states_by(4).unwrap(), 0);
+        let r = db.db.begin_read().unwrap();
+        assert_eq!(r.open_table(SYNC_STATES).unwrap().len().unwrap(), 9, "the current generation's, one a peer");
+    }
+
+    #[test]
     fn a_storage_failure_keeps_redbs_error_as_its_source() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sync.redb");
