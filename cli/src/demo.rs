@@ -88,7 +88,6 @@
 //! `reports`, `stock_pages`, `dispatch`, `tracking`, `webhooks`, `flash_sale`, `screens`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -255,10 +254,6 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         // cannot truncate: usize has at most 64 bits.
         staff.push(tokio::spawn(staff_loop(http, service, s.addr, a.seed + i as u64, until, stop, tally.clone())));
     }
-    // Two channels (web, marketplace) send three quarters of the orders to the hub, which routes them by
-    // proximity within its escrowed rights; the rest are each site's own till sales (channel pos), which go
-    // on at the cut-off site too.
-    let addrs: Vec<SocketAddr> = sites.iter().map(|s| s.addr).collect();
     let hub_ids = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     // The flash sale first: its orders then flow on with the others (picked, shipped, billed, checked).
     let near: Vec<(f64, f64)> = sites[..2].iter().map(|s| (s.lat, s.lon)).collect();
@@ -266,12 +261,15 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!("{}", flash.line());
     tally.hub_placed.fetch_add(flash.ids.len() as u64, Ordering::Relaxed);
     tally.hub_backordered.fetch_add(flash.backordered(), Ordering::Relaxed);
+    // Two channels (web, marketplace) send three quarters of the orders to the hub, which routes them by
+    // proximity within its escrowed rights; the rest are each site's own till sales (channel pos), which go
+    // on at the cut-off site too.
     let placer = traffic::spawn_placer(traffic::Placer {
         web_http: web_http.clone(),
-        market_http: market_http.clone(),
-        pos_http: pos_http.clone(),
+        market_http,
+        pos_http,
         tally: tally.clone(),
-        addrs: addrs.clone(),
+        addrs: sites.iter().map(|s| s.addr).collect(),
         hub_ids: hub_ids.clone(),
         rate: a.rate,
         seed: a.seed,
