@@ -79,7 +79,7 @@ pub fn is_older(doc: &DocId, current: u32) -> bool {
     of(doc) < current
 }
 
-/// Values (scalars and objects) `doc` shows, counted through at most [`DEPTH_MAX`] levels of objects; text
+/// Values (scalars and objects) `doc` shows, counted through at most `DEPTH_MAX` levels of objects; text
 /// counts one per character, as Automerge stores it.
 pub fn visible_ops(doc: &AutoCommit) -> u64 {
     fn count(doc: &AutoCommit, obj: &ObjId, depth: usize) -> u64 {
@@ -128,7 +128,7 @@ impl From<automerge::AutomergeError> for CopyError {
     }
 }
 
-/// Writes what `from` shows (maps, lists, text and scalars, through [`DEPTH_MAX`] levels) into the empty
+/// Writes what `from` shows (maps, lists, text and scalars, through `DEPTH_MAX` levels) into the empty
 /// document `to`, without `from`'s history. Not committed.
 pub fn copy_visible(from: &AutoCommit, to: &mut AutoCommit) -> Result<(), CopyError> {
     copy_obj(from, &ROOT, to, &ROOT, 0)
