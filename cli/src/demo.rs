@@ -156,6 +156,13 @@ fn sku(i: usize) -> String {
     format!("SKU-{i:03}")
 }
 
+/// Adds the keys of `part` (an object) to `summary` (an object); anything else is left as it is.
+fn merge(summary: &mut Value, part: Value) {
+    if let (Some(all), Value::Object(p)) = (summary.as_object_mut(), part) {
+        all.extend(p);
+    }
+}
+
 /// POSTs `body` as JSON; answers the status and the body (`Null` if it is not JSON).
 async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<(u16, Value)> {
     let r = http.post(url).json(&body).send().await?;
@@ -599,29 +606,19 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "promised_ship_by_missed": promises.missed(),
         "promised_ship_by_missed_reasons": promises.missed_by_reason,
     });
-    if let (Some(all), Value::Object(r)) = (summary.as_object_mut(), rmas.json()) {
-        all.extend(r);
-    }
-    if let (Some(all), Value::Object(p)) = (summary.as_object_mut(), recorded.json()) {
-        all.extend(p);
-    }
-    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), hook.json()) {
-        all.extend(w);
-    }
-    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), stock_pages.json()) {
-        all.extend(w);
-    }
-    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), flash.json()) {
-        all.extend(w);
-    }
-    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), buying.json()) {
-        all.extend(w);
-    }
-    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), report.json()) {
-        all.extend(w);
-    }
-    if let (Some(all), Value::Object(w)) = (summary.as_object_mut(), tracked.json()) {
-        all.extend(w);
+    // Each pass's own figures, under its own keys.
+    let parts = [
+        rmas.json(),
+        recorded.json(),
+        hook.json(),
+        stock_pages.json(),
+        flash.json(),
+        buying.json(),
+        report.json(),
+        tracked.json(),
+    ];
+    for part in parts {
+        merge(&mut summary, part);
     }
     for mut c in children {
         let _ = c.start_kill();
@@ -636,13 +633,14 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "hub documents reopened after the kill: {} stored, start {} ms reading {} doc_meta rows; kept totals ≠ a walk of the rows: {} (must be 0); sync states of superseded generations left: {} (must be 0)",
         hub_start.documents, hub_start.start_ms, hub_start.rows_read, hub_start.mismatches, hub_start.superseded_states
     );
-    if let Some(all) = summary.as_object_mut() {
-        all.insert("hub_docs_stored".into(), json!(hub_start.documents));
-        all.insert("hub_start_docs_ms".into(), json!(hub_start.start_ms));
-        all.insert("hub_start_rows_read".into(), json!(hub_start.rows_read));
-        all.insert("hub_docs_totals_mismatches".into(), json!(hub_start.mismatches));
-        all.insert("hub_superseded_sync_states".into(), json!(hub_start.superseded_states));
-    }
+    let reopened = json!({
+        "hub_docs_stored": hub_start.documents,
+        "hub_start_docs_ms": hub_start.start_ms,
+        "hub_start_rows_read": hub_start.rows_read,
+        "hub_docs_totals_mismatches": hub_start.mismatches,
+        "hub_superseded_sync_states": hub_start.superseded_states,
+    });
+    merge(&mut summary, reopened);
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_vec_pretty(&summary)?)?;
         println!("summary written to {}", p.display());
