@@ -26,7 +26,7 @@
 //! default `1,16,64`; `BENCH_PAYMENTS=0` runs only the orders without payment; `BENCH_UNACKED` sets the
 //! sites' `unacked_max`, default 100,000,000 (a node's own default is 50); `BENCH_DETACH=1` stops the nodes
 //! once they granted their rights, to measure the hub alone while its lease lasts: keep the run under
-//! 30 s). Every loop is bounded by time.
+//! 30 s; `BENCH_SKUS` the SKUs in each site's catalog that the orders spread over, default 8). Every loop is bounded by time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
 
 use std::net::SocketAddr;
@@ -37,7 +37,9 @@ use oms_tests::stats::{env_u64, fsync_rate, loadavg, percentile};
 use serde_json::{Value, json};
 
 const SITES: [(&str, f64, f64); 2] = [("wh-berlin", 52.52, 13.40), ("wh-munich", 48.14, 11.58)];
-const SKUS: u64 = 8;
+/// SKUs in each site's catalog, the orders spread over them (`BENCH_SKUS`, default 8). The hub's escrow view
+/// of a site holds one counter per SKU it has sold there, so a large catalog makes that document large.
+static SKUS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| env_u64("BENCH_SKUS", 8).max(1));
 
 /// CPU seconds both nodes have used so far (0 for a node that was stopped: `BENCH_DETACH`).
 fn nodes_cpu(nodes: &[ClusterNode]) -> f64 {
@@ -48,7 +50,7 @@ fn order(n: u64, card: bool) -> Value {
     let (lat, lon) = if n.is_multiple_of(2) { (52.5, 13.4) } else { (48.1, 11.6) };
     let mut o = json!({
         "external_ref": format!("bench-{n}"), "channel": "web",
-        "lines": [{"sku": format!("SKU-{}", n % SKUS), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
+        "lines": [{"sku": format!("SKU-{}", n % *SKUS), "qty": 1, "unit_price_minor": 1999, "currency": "EUR"}],
         "ship_to": {"name": "C", "line1": "1 Street", "city": "X", "postcode": "10115", "country": "DE", "lat": lat, "lon": lon}
     });
     if card {
@@ -176,21 +178,32 @@ async fn main() {
     }
     for nd in &nodes {
         cluster::wait_healthy(&c, nd.http, Duration::from_secs(60)).await;
-        cluster::seed(&c, nd, SKUS as usize, 1_000_000).await;
+        cluster::seed(&c, nd, *SKUS as usize, 1_000_000).await;
     }
+    println!("{} SKUs in each site's catalog, seeded", *SKUS);
     cluster::wait_healthy(&c, hub_http, Duration::from_secs(60)).await;
     let deadline = Instant::now() + Duration::from_secs(60);
+    // Nine SKUs spread over the catalog (all of them when it is small), each asked for alone: a large
+    // catalog's listing would take pages.
+    let mut probes: Vec<u64> = (0..8).map(|i| i * *SKUS / 8).chain([*SKUS - 1]).collect();
+    probes.dedup();
     loop {
-        let v = get_json(&c, format!("http://{hub_http}/v1/stock")).await.unwrap_or(Value::Null);
-        let ok = v["skus"].as_array().is_some_and(|s| {
-            // Both sites' budgets, or the large grant when the budget is not what bounds it.
-            let want = (2 * unacked).min(100_001);
-            s.len() == SKUS as usize && s.iter().all(|k| k["hub_promisable"].as_u64().unwrap_or(0) >= want)
-        });
+        let mut ok = true;
+        let mut last = Value::Null;
+        for p in &probes {
+            let v = get_json(&c, format!("http://{hub_http}/v1/stock?sku=SKU-{p}")).await.unwrap_or(Value::Null);
+            // Both sites' budgets, or the large grant when the budget is not what bounds it; with a large
+            // catalog the sites' grants ramp up over many ticks, and a thousand units a SKU outlast a level.
+            let want = if *SKUS > 64 { 1_000 } else { (2 * unacked).min(100_001) };
+            ok &= v["skus"]
+                .as_array()
+                .is_some_and(|s| s.len() == 1 && s.iter().all(|k| k["hub_promisable"].as_u64().unwrap_or(0) >= want));
+            last = v;
+        }
         if ok {
             break;
         }
-        assert!(Instant::now() < deadline, "no escrow at the hub: {v}");
+        assert!(Instant::now() < deadline, "no escrow at the hub: {last}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if env_u64("BENCH_DETACH", 0) == 1 {

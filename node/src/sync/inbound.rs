@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 
 use oms_protocol::domain::{FulfillmentState, OrderId};
+use oms_protocol::sync::automerge::{AutoCommit, ChangeHash};
 use oms_protocol::wire::DocId;
 
 use super::Shared;
@@ -38,10 +39,50 @@ pub(crate) const HUB_REACHABLE_WINDOW_MS: u64 = 30_000;
 /// Period of the escrow duties.
 pub(crate) const ESCROW_TICK_MS: u64 = 1_000;
 
+/// At least this often the site merges the hub's escrow view whole, not only the counters that changed since
+/// the last merge: a counter the site refused then (its state contradicted the site's) is looked at again
+/// once the site's own state may have moved on, as every merge did before it was made partial.
+pub(crate) const ESCROW_FULL_MERGE_MS: u64 = 60_000;
+
+/// The hub's escrow view as the site last merged it: the document (a generation of `escrow/<node>`), its
+/// heads then, and when it was last merged whole.
+#[derive(Debug, Clone)]
+pub(crate) struct EscrowMerged {
+    doc: DocId,
+    heads: Vec<ChangeHash>,
+    full_at_ms: u64,
+}
+
+/// The SKUs whose counters the hub's escrow view `d` changed since `heads`, or `None` to read it whole: `d`
+/// lacks a change of `heads` (another generation, or an empty document then), or the changes cannot be
+/// listed by key ([`schema::stock_keys_touched`]). A view holds a counter for every SKU the hub has sold at
+/// the site, thousands in a large catalog, and the hub changes it with nearly every order it sends here:
+/// reading and merging every counter each time cost the site's writer a transaction over the whole catalog
+/// per order. The diff costs a pass over the view's operations in Automerge's columns, no decoding.
+fn escrow_touched_since(d: &mut AutoCommit, heads: &[ChangeHash]) -> Option<BTreeSet<String>> {
+    if heads.is_empty() || !d.get_missing_deps(heads).is_empty() {
+        return None;
+    }
+    let now = d.get_heads();
+    let patches = d.diff(heads, &now);
+    schema::stock_keys_touched(&patches, schema::keys::ESCROW)
+}
+
 /// What to do about one document the hub changed.
 enum Action {
-    Assign { id: OrderId, draft: Box<oms_protocol::domain::OrderDraft>, at_ms: u64, cancel: bool, delivered: bool },
-    Escrow(Vec<oms_protocol::escrow::EscrowCounter>),
+    Assign {
+        id: OrderId,
+        draft: Box<oms_protocol::domain::OrderDraft>,
+        at_ms: u64,
+        cancel: bool,
+        delivered: bool,
+    },
+    /// The hub's counters that changed since the last merge (every one when `merged.full_at_ms` is now),
+    /// and what to remember once they are merged.
+    Escrow {
+        counters: Vec<oms_protocol::escrow::EscrowCounter>,
+        merged: EscrowMerged,
+    },
     Inbound(Vec<schema::InboundPo>, Vec<schema::InboundRma>),
 }
 
@@ -66,12 +107,26 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
             })
         }
         DocKind::Escrow(n) if &n == me => {
-            let d = docs.sync.db.read(doc)?;
-            let (counters, bad) = schema::read_escrow(&d, usize::MAX).ok()?;
+            let now = now_ms();
+            let last = lock(&shared.escrow_merged)
+                .clone()
+                .filter(|m| &m.doc == doc && now.saturating_sub(m.full_at_ms) < ESCROW_FULL_MERGE_MS);
+            let d = docs.sync.db.get_mut(doc)?;
+            let heads = d.get_heads();
+            let touched = last.as_ref().and_then(|m| escrow_touched_since(d, &m.heads));
+            let (counters, bad) = match &touched {
+                Some(skus) => schema::read_escrow_of(d, skus.iter().map(String::as_str)),
+                None => schema::read_escrow(d, usize::MAX),
+            }
+            .ok()?;
             if !bad.is_empty() {
                 tracing::warn!(%doc, skus = ?bad, "sync: hub escrow entries that do not decode were skipped");
             }
-            Some(Action::Escrow(counters))
+            let full_at_ms = match (&touched, last) {
+                (Some(_), Some(m)) => m.full_at_ms,
+                _ => now,
+            };
+            Some(Action::Escrow { counters, merged: EscrowMerged { doc: doc.clone(), heads, full_at_ms } })
         }
         DocKind::Inbound(n) if &n == me => {
             // The hub may have acknowledged receipts: the feed pass prunes them from the stock document.
@@ -93,7 +148,7 @@ fn action_for(shared: &Shared, doc: &DocId) -> Option<Action> {
     }
 }
 
-async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), StoreError> {
+async fn apply(shared: &Shared, store: &Store, link: &HubLink, action: Action) -> Result<(), StoreError> {
     match action {
         Action::Assign { id, draft, at_ms, cancel, delivered } => {
             let existing = store.order(&id)?;
@@ -131,10 +186,11 @@ async fn apply(store: &Store, link: &HubLink, action: Action) -> Result<(), Stor
             }
             Ok(())
         }
-        Action::Escrow(counters) => {
+        Action::Escrow { counters, merged } => {
             if !counters.is_empty() {
                 store.execute(cmd::EscrowSync { hub: counters, policy: link.escrow }).await?;
             }
+            *lock(&shared.escrow_merged) = Some(merged);
             Ok(())
         }
         Action::Inbound(pos, rmas) => {
@@ -228,14 +284,14 @@ pub(super) async fn run(shared: Arc<Shared>, store: Store, link: HubLink) {
                 assignments.push((doc, action));
                 continue;
             }
-            if let Err(e) = apply(&store, &link, action).await {
+            if let Err(e) = apply(&shared, &store, &link, action).await {
                 retry(&shared, doc, &e);
             }
         }
         let failed: Vec<(DocId, StoreError)> = futures::stream::iter(assignments)
             .map(|(doc, action)| {
-                let (store, link) = (&store, &link);
-                async move { apply(store, link, action).await.err().map(|e| (doc, e)) }
+                let (shared, store, link) = (&shared, &store, &link);
+                async move { apply(shared, store, link, action).await.err().map(|e| (doc, e)) }
             })
             .buffer_unordered(ASSIGNMENTS_IN_FLIGHT_MAX)
             .filter_map(std::future::ready)
@@ -253,5 +309,98 @@ fn retry(shared: &Shared, doc: DocId, e: &StoreError) {
     let mut inbound = lock(&shared.inbound);
     if inbound.len() < shared.tuning.dirty_docs_max {
         inbound.insert(doc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::escrow::EscrowPolicy;
+    use crate::test_support::{movement, site, store_with_catalog};
+    use oms_protocol::domain::{Movement, Sku};
+    use oms_protocol::escrow::{EscrowCounter, Party};
+
+    const SKUS: [&str; 5] = ["SKU-A", "SKU-B", "SKU-C", "SKU-D", "SKU-E"];
+
+    /// What the inbound task would merge for `doc` now: the SKUs of the counters, sorted.
+    fn to_merge(shared: &Shared, doc: &DocId) -> (Vec<String>, Action) {
+        let action = action_for(shared, doc).expect("an escrow action");
+        let Action::Escrow { counters, .. } = &action else { panic!("not an escrow action") };
+        let mut skus: Vec<String> = counters.iter().map(|c| c.sku().as_str().to_owned()).collect();
+        skus.sort();
+        (skus, action)
+    }
+
+    /// The hub spends `n` of its rights to `sku` and writes its view into the escrow document.
+    fn hub_spends(shared: &Shared, doc: &DocId, hub: &mut EscrowCounter, n: u64) {
+        hub.consume(Party::Hub, n, now_ms()).unwrap();
+        let mut docs = lock(&shared.docs);
+        schema::write_escrow(docs.sync.db.get_or_create(doc).unwrap(), &site(), hub, now_ms()).unwrap();
+    }
+
+    /// The site merges the hub's escrow view by the counters that changed since its last merge, not the
+    /// whole view each time (a counter for every SKU the hub ever sold here); whole again after
+    /// `ESCROW_FULL_MERGE_MS`, and whenever the last merge's heads are not in the document.
+    #[tokio::test]
+    async fn the_hubs_escrow_view_is_merged_by_the_counters_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_catalog(dir.path(), &SKUS).await;
+        for s in SKUS {
+            movement(&store, s, Movement::Receipt { qty: 1_000, note: None }).await;
+        }
+        let tick = cmd::EscrowTick { hub_reachable: true, policy: EscrowPolicy::default(), skus_max: 10, after: None };
+        store.execute(tick).await.unwrap();
+        let docs = crate::sync::tests::open_docs(&dir.path().join(crate::sync::SYNC_DB_FILE), 3);
+        let doc = docs.sync.db.current(&schema::escrow_doc(&site()).unwrap());
+        let shared = Shared::new(docs, crate::sync::SyncTuning::default());
+        let link: HubLink =
+            serde_json::from_value(serde_json::json!({"addr": "127.0.0.1:9", "certs_dir": "/nonexistent"})).unwrap();
+        let sku = |s: &str| Sku::parse(s).unwrap();
+        let mut hub: Vec<EscrowCounter> = SKUS.iter().map(|s| store.escrow(&sku(s)).unwrap().unwrap()).collect();
+        for c in &mut hub {
+            hub_spends(&shared, &doc, c, 1);
+        }
+        let consumed = |s: &str| store.escrow(&sku(s)).unwrap().unwrap().consumed(Party::Hub);
+
+        // First merge: every counter.
+        let (skus, action) = to_merge(&shared, &doc);
+        assert_eq!(skus, SKUS);
+        apply(&shared, &store, &link, action).await.unwrap();
+        assert!(SKUS.iter().all(|s| consumed(s) == 1));
+
+        // The hub spends on SKU-C only: only its counter is read and merged.
+        hub_spends(&shared, &doc, &mut hub[2], 2);
+        let (skus, action) = to_merge(&shared, &doc);
+        assert_eq!(skus, ["SKU-C"]);
+        apply(&shared, &store, &link, action).await.unwrap();
+        assert_eq!(consumed("SKU-C"), 3);
+        assert_eq!(consumed("SKU-D"), 1);
+        let (skus, _) = to_merge(&shared, &doc);
+        assert!(skus.is_empty(), "nothing changed since: {skus:?}");
+
+        // Two changes before one merge: both counters.
+        hub_spends(&shared, &doc, &mut hub[0], 1);
+        hub_spends(&shared, &doc, &mut hub[4], 1);
+        let (skus, action) = to_merge(&shared, &doc);
+        assert_eq!(skus, ["SKU-A", "SKU-E"]);
+        apply(&shared, &store, &link, action).await.unwrap();
+        assert_eq!((consumed("SKU-A"), consumed("SKU-E")), (2, 2));
+
+        // The last whole merge is too old: whole again.
+        if let Some(m) = lock(&shared.escrow_merged).as_mut() {
+            m.full_at_ms = now_ms() - ESCROW_FULL_MERGE_MS;
+        }
+        let (skus, action) = to_merge(&shared, &doc);
+        assert_eq!(skus, SKUS);
+        apply(&shared, &store, &link, action).await.unwrap();
+        assert!(lock(&shared.escrow_merged).as_ref().is_some_and(|m| now_ms() - m.full_at_ms < 1_000));
+        assert!(to_merge(&shared, &doc).0.is_empty());
+
+        // Heads the document does not hold (another generation's, a document rebuilt): whole.
+        if let Some(m) = lock(&shared.escrow_merged).as_mut() {
+            m.heads = vec![ChangeHash([7; 32])];
+        }
+        assert_eq!(to_merge(&shared, &doc).0, SKUS);
+        store.close();
     }
 }

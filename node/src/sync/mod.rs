@@ -231,6 +231,9 @@ struct Shared {
     /// Documents the hub changed, for [`inbound`]; bounded by `dirty_docs_max`.
     inbound: Mutex<BTreeSet<DocId>>,
     inbound_changed: Notify,
+    /// The hub's escrow view as the site last merged it whole or in part ([`inbound`]): the next merge reads
+    /// only the counters that changed since.
+    escrow_merged: Mutex<Option<inbound::EscrowMerged>>,
     /// When the last frame from the hub arrived, ms since the Unix epoch (0: never).
     last_hub_frame_ms: std::sync::atomic::AtomicU64,
     /// Documents the follower changed since the link last looked; bounded by `dirty_docs_max`.
@@ -933,6 +936,7 @@ impl Shared {
             docs: Mutex::new(docs),
             inbound: Mutex::new(BTreeSet::new()),
             inbound_changed: Notify::new(),
+            escrow_merged: Mutex::new(None),
             last_hub_frame_ms: std::sync::atomic::AtomicU64::new(0),
             dirty: Mutex::new(BTreeSet::new()),
             changed: Notify::new(),
