@@ -58,7 +58,8 @@ pub(crate) struct EscrowMerged {
 /// listed by key ([`schema::stock_keys_touched`]). A view holds a counter for every SKU the hub has sold at
 /// the site, thousands in a large catalog, and the hub changes it with nearly every order it sends here:
 /// reading and merging every counter each time cost the site's writer a transaction over the whole catalog
-/// per order. The diff costs a pass over the view's operations in Automerge's columns, no decoding.
+/// per wake-up of the inbound task. The diff costs a pass over the view's operations in Automerge's
+/// columns, no decoding and no table read.
 fn escrow_touched_since(d: &mut AutoCommit, heads: &[ChangeHash]) -> Option<BTreeSet<String>> {
     if heads.is_empty() || !d.get_missing_deps(heads).is_empty() {
         return None;

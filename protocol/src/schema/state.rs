@@ -585,8 +585,9 @@ pub struct StockTouched {
     pub escrow: Option<BTreeSet<String>>,
 }
 
-/// The keys of a stock document's root map `map` (`skus` or `escrow`) that `patches` (a diff between two
-/// heads, so every change in between, concurrent ones included) touch; other keys of the document are
+/// The keys of a stock document's root map `map` (`skus` or `escrow`; or the `escrow` map of the hub's escrow
+/// view of a site, which a site merges by what changed) that `patches` (a diff between two heads, so every
+/// change in between, concurrent ones included) touch; other keys of the document are
 /// ignored. `None` when they cannot be listed: the map itself was put (created or replaced: any key may
 /// differ), a patch in it is not a map key's, or more than [`STOCK_TOUCHED_MAX`] keys were touched.
 pub fn stock_keys_touched(patches: &[Patch], map: &str) -> Option<BTreeSet<String>> {
