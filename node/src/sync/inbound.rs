@@ -55,18 +55,18 @@ pub(crate) struct EscrowMerged {
 
 /// The SKUs whose counters the hub's escrow view `d` changed since `heads`, or `None` to read it whole: `d`
 /// lacks a change of `heads` (another generation, or an empty document then), or the changes cannot be
-/// listed by key ([`schema::stock_keys_touched`]). A view holds a counter for every SKU the hub has sold at
+/// listed by key ([`schema::keys_touched_since`]). A view holds a counter for every SKU the hub has sold at
 /// the site, thousands in a large catalog, and the hub changes it with nearly every order it sends here:
 /// reading and merging every counter each time cost the site's writer a transaction over the whole catalog
-/// per wake-up of the inbound task. The diff costs a pass over the view's operations in Automerge's
-/// columns, no decoding and no table read.
+/// per wake-up of the inbound task. Listing the keys reads the operations of the changes since `heads` only
+/// (a diff of the view, as this did first, visited all its operations: a tenth of the site's CPU at 16
+/// clients).
 fn escrow_touched_since(d: &mut AutoCommit, heads: &[ChangeHash]) -> Option<BTreeSet<String>> {
     if heads.is_empty() || !d.get_missing_deps(heads).is_empty() {
         return None;
     }
-    let now = d.get_heads();
-    let patches = d.diff(heads, &now);
-    schema::stock_keys_touched(&patches, schema::keys::ESCROW)
+    let [escrow] = schema::keys_touched_since(d, heads, [schema::keys::ESCROW]);
+    escrow
 }
 
 /// What to do about one document the hub changed.

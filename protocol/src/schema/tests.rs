@@ -487,3 +487,169 @@ proptest::proptest! {
         }
     }
 }
+
+/// One write of [`keys_touched_since`]'s property test, by writer `w` (of three) on `key` of `map` (of the
+/// two listed maps, another map of the root, or the root itself).
+#[derive(Debug, Clone)]
+enum Touch {
+    Put { map: usize, key: u8, v: u8 },
+    Counter { map: usize, key: u8 },
+    Increment { map: usize, key: u8 },
+    Delete { map: usize, key: u8 },
+}
+
+/// The maps of the property test: the two listed, another map, and `None` for the root itself.
+const TOUCH_MAPS: [Option<&str>; 4] = [Some(keys::SKUS), Some(keys::ESCROW), Some(keys::RECEIPTS), None];
+
+fn touch() -> impl proptest::strategy::Strategy<Value = Touch> {
+    use proptest::prelude::*;
+    let (map, key) = (0usize..4, 0u8..6);
+    prop_oneof![
+        4 => (map.clone(), key.clone(), any::<u8>()).prop_map(|(map, key, v)| Touch::Put { map, key, v }),
+        1 => (map.clone(), key.clone()).prop_map(|(map, key)| Touch::Counter { map, key }),
+        2 => (map.clone(), key.clone()).prop_map(|(map, key)| Touch::Increment { map, key }),
+        1 => (map, key).prop_map(|(map, key)| Touch::Delete { map, key }),
+    ]
+}
+
+proptest::proptest! {
+    /// Three writers change a stock-like document (two listed maps, another, the root's own keys), each its own
+    /// change, merging into each other now and then; from every heads the first writer saw, the keys
+    /// [`keys_touched_since`] lists from the changes since are those the diff shows, plus at most keys an
+    /// operation since then touched without a visible effect; listed only when the diff lists them too.
+    /// Fails if a key the diff shows is missed, a map is listed that the diff cannot list, or a key no change
+    /// since touched is listed.
+    #[test]
+    fn the_keys_touched_since_some_heads_are_those_the_diff_shows(
+        steps in proptest::collection::vec((0usize..3, touch(), proptest::prelude::any::<bool>()), 1..40),
+    ) {
+        let mut first = AutoCommit::new().with_actor(automerge::ActorId::from(vec![1u8]));
+        for map in [keys::SKUS, keys::ESCROW, keys::RECEIPTS] {
+            first.put_object(ROOT, map, ObjType::Map).unwrap();
+        }
+        first.commit();
+        let mut docs = [first.clone(), first.fork(), first.fork()];
+        for (i, d) in docs.iter_mut().enumerate().skip(1) {
+            d.set_actor(automerge::ActorId::from(vec![u8::try_from(i).unwrap() + 1]));
+        }
+        // Every heads of the first writer, and the keys each later step wrote (by any writer).
+        let mut seen = vec![docs[0].get_heads()];
+        for (w, t, merge) in &steps {
+            let doc = &mut docs[*w];
+            let (map, key) = match t {
+                Touch::Put { map, key, .. } | Touch::Counter { map, key } | Touch::Increment { map, key }
+                | Touch::Delete { map, key } => (*map, format!("k{key}")),
+            };
+            let obj = match TOUCH_MAPS[map] {
+                Some(m) => doc.get(ROOT, m).unwrap().unwrap().1,
+                None => ROOT,
+            };
+            let key = if TOUCH_MAPS[map].is_none() { format!("root-{key}") } else { key };
+            // Refused writes (an increment of no counter, a delete of nothing) change nothing.
+            let _ = match t {
+                Touch::Put { v, .. } => doc.put(&obj, &key, u64::from(*v)),
+                Touch::Counter { .. } => doc.put(&obj, &key, automerge::ScalarValue::counter(0)),
+                Touch::Increment { .. } => doc.increment(&obj, &key, 1),
+                Touch::Delete { .. } => doc.delete(&obj, &key),
+            };
+            doc.commit();
+            if *merge {
+                let (a, b) = (*w, (*w + 1) % 3);
+                let mut other = docs[b].clone();
+                docs[a].merge(&mut other).unwrap();
+            }
+            seen.push(docs[0].get_heads());
+        }
+        let mut doc = docs[0].clone();
+        for other in &mut docs[1..] {
+            doc.merge(other).unwrap();
+        }
+        let now = doc.get_heads();
+        for before in &seen {
+            let patches = doc.diff(before, &now);
+            let got = keys_touched_since(&mut doc, before, [keys::SKUS, keys::ESCROW]);
+            // What any change since `before` touched, from the changes' own metadata-free record: the keys of
+            // every operation (the property's upper bound).
+            let changed: BTreeSet<String> = doc
+                .get_changes(before)
+                .iter()
+                .flat_map(|c| c.decode().operations)
+                .filter_map(|op| match op.key { automerge::legacy::Key::Map(k) => Some(k.to_string()), _ => None })
+                .collect();
+            for (i, map) in [keys::SKUS, keys::ESCROW].into_iter().enumerate() {
+                let model = keys_touched_by_diff(&patches, map);
+                match (&got[i], &model) {
+                    (Some(got), Some(model)) => {
+                        proptest::prop_assert!(got.is_superset(model), "{map}: {got:?} misses some of {model:?}");
+                        proptest::prop_assert!(got.is_subset(&changed), "{map}: {got:?} beyond {changed:?}");
+                    }
+                    (None, None) => {}
+                    (got, model) => proptest::prop_assert!(false, "{map}: listed {got:?}, the diff {model:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// Beyond the layout: an object below one of the maps, and a map put again, cannot be listed key by key.
+#[test]
+fn keys_touched_below_a_map_or_by_a_new_map_are_not_listed() {
+    let mut doc = AutoCommit::new();
+    let skus = doc.put_object(ROOT, keys::SKUS, ObjType::Map).unwrap();
+    doc.put_object(ROOT, keys::ESCROW, ObjType::Map).unwrap();
+    doc.commit();
+    let before = doc.get_heads();
+    doc.put(&skus, "a", 1u64).unwrap();
+    doc.put(ROOT, keys::UPDATED_AT_MS, 5u64).unwrap();
+    doc.commit();
+    let [s, e] = keys_touched_since(&mut doc, &before, [keys::SKUS, keys::ESCROW]);
+    assert_eq!(s, Some(BTreeSet::from(["a".to_owned()])));
+    assert_eq!(e, Some(BTreeSet::new()));
+    // Nested: the operations on the inner map name an object that is not one of the root's.
+    let mid = doc.get_heads();
+    let inner = doc.put_object(&skus, "b", ObjType::Map).unwrap();
+    doc.put(&inner, "x", 1u64).unwrap();
+    doc.commit();
+    assert_eq!(keys_touched_since(&mut doc, &mid, [keys::SKUS, keys::ESCROW]), [None, None]);
+    // The escrow map replaced: none of its keys can be listed; the other map's still can.
+    let mid = doc.get_heads();
+    doc.put_object(ROOT, keys::ESCROW, ObjType::Map).unwrap();
+    doc.put(&skus, "c", 1u64).unwrap();
+    doc.commit();
+    let [s, e] = keys_touched_since(&mut doc, &mid, [keys::SKUS, keys::ESCROW]);
+    assert_eq!((s, e), (Some(BTreeSet::from(["c".to_owned()])), None));
+    // Nothing since the heads: nothing touched.
+    let now = doc.get_heads();
+    assert_eq!(keys_touched_since(&mut doc, &now, [keys::SKUS]), [Some(BTreeSet::new())]);
+}
+
+/// The model [`keys_touched_since`] is held to: the keys of root map `map` that `patches` (a diff between two
+/// heads, so every change in between, concurrent ones included) touch, as the hub and the sites listed them
+/// before (a diff visits every operation of the document); other keys of the document are ignored. `None` when they cannot be listed: the map itself was put (created or replaced: any key may
+/// differ), a patch in it is not a map key's, or more than [`STOCK_TOUCHED_MAX`] keys were touched.
+fn keys_touched_by_diff(patches: &[Patch], map: &str) -> Option<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for p in patches {
+        let key = match p.path.first() {
+            Some((obj, Prop::Map(k))) if obj == &ROOT && k == map => match (p.path.get(1), &p.action) {
+                (Some((_, Prop::Map(sku))), _) => sku.clone(),
+                (Some(_), _) => return None,
+                (None, PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key }) => key.clone(),
+                (
+                    None,
+                    PatchAction::Increment { prop: Prop::Map(sku), .. }
+                    | PatchAction::Conflict { prop: Prop::Map(sku) },
+                ) => sku.clone(),
+                (None, _) => return None,
+            },
+            Some(_) => continue,
+            None if root_key(p).as_deref() == Some(map) => return None,
+            None => continue,
+        };
+        out.insert(key);
+        if out.len() > STOCK_TOUCHED_MAX {
+            return None;
+        }
+    }
+    Some(out)
+}
