@@ -187,14 +187,14 @@ async fn main() {
     // catalog's listing would take pages.
     let mut probes: Vec<u64> = (0..8).map(|i| i * *SKUS / 8).chain([*SKUS - 1]).collect();
     probes.dedup();
+    // Both sites' budgets, or the large grant when the budget is not what bounds it; with a large catalog the
+    // sites' grants ramp up over many ticks, and a thousand units a SKU outlast a level.
+    let want = if *SKUS > 64 { 1_000 } else { (2 * unacked).min(100_001) };
     loop {
         let mut ok = true;
         let mut last = Value::Null;
         for p in &probes {
             let v = get_json(&c, format!("http://{hub_http}/v1/stock?sku=SKU-{p}")).await.unwrap_or(Value::Null);
-            // Both sites' budgets, or the large grant when the budget is not what bounds it; with a large
-            // catalog the sites' grants ramp up over many ticks, and a thousand units a SKU outlast a level.
-            let want = if *SKUS > 64 { 1_000 } else { (2 * unacked).min(100_001) };
             ok &= v["skus"]
                 .as_array()
                 .is_some_and(|s| s.len() == 1 && s.iter().all(|k| k["hub_promisable"].as_u64().unwrap_or(0) >= want));
