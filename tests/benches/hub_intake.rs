@@ -26,7 +26,11 @@
 //! default `1,16,64`; `BENCH_PAYMENTS=0` runs only the orders without payment; `BENCH_UNACKED` sets the
 //! sites' `unacked_max`, default 100,000,000 (a node's own default is 50); `BENCH_DETACH=1` stops the nodes
 //! once they granted their rights, to measure the hub alone while its lease lasts: keep the run under
-//! 30 s; `BENCH_SKUS` the SKUs in each site's catalog that the orders spread over, default 8). Every loop is bounded by time.
+//! 30 s; `BENCH_SKUS` the SKUs in each site's catalog that the orders spread over, default 8; `BENCH_UNITS` the
+//! units of each SKU each site is seeded with, default 1,000,000: the sites grant the hub at most
+//! `move_units_max` (1,000) a SKU a second, so with a million a SKU they grant on every SKU every second through
+//! the whole run, while a catalog stocked in thousands reaches its target share within a few seconds). Every
+//! loop is bounded by time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::cast_precision_loss)]
 
 use std::net::SocketAddr;
@@ -165,6 +169,7 @@ async fn main() {
     );
     let mut nodes: Vec<ClusterNode> = Vec::new();
     let unacked = env_u64("BENCH_UNACKED", 100_000_000);
+    let units = env_u64("BENCH_UNITS", 1_000_000);
     println!("[hub.escrow] unacked_max = {unacked} units per SKU");
     for (id, lat, lon) in SITES {
         // `[hub.escrow]` right after the `[hub]` keys: the hub may spend without waiting for acknowledgements.
@@ -178,7 +183,7 @@ async fn main() {
     }
     for nd in &nodes {
         cluster::wait_healthy(&c, nd.http, Duration::from_secs(60)).await;
-        cluster::seed(&c, nd, *SKUS as usize, 1_000_000).await;
+        cluster::seed(&c, nd, *SKUS as usize, units).await;
     }
     println!("{} SKUs in each site's catalog, seeded", *SKUS);
     cluster::wait_healthy(&c, hub_http, Duration::from_secs(60)).await;
@@ -189,7 +194,8 @@ async fn main() {
     probes.dedup();
     // Both sites' budgets, or the large grant when the budget is not what bounds it; with a large catalog the
     // sites' grants ramp up over many ticks, and a thousand units a SKU outlast a level.
-    let want = if *SKUS > 64 { 1_000 } else { (2 * unacked).min(100_001) };
+    // A tenth of what a site holds at most: the hub's default share is three tenths.
+    let want = if *SKUS > 64 { 1_000 } else { (2 * unacked).min(100_001) }.min(units / 10).max(1);
     loop {
         let mut ok = true;
         let mut last = Value::Null;
