@@ -589,9 +589,9 @@ pub const TOUCHED_OPS_MAX: usize = 4 * STOCK_TOUCHED_MAX;
 /// A key is listed when an operation of those changes is on it, visible or not, so the answer holds every
 /// key the diff shows and may hold more (a key put and deleted since `before`): a caller reads those keys
 /// again, which is harmless. `None` for a map whose keys cannot be listed: the map itself was put or deleted
-/// (created or replaced: any key may differ), or more than [`STOCK_TOUCHED_MAX`] keys; `None` for all when an
-/// operation is on an object below one of the root's maps (this layout has none) or on one the root no
-/// longer holds, or there are more than [`TOUCHED_OPS_MAX`] operations.
+/// (created or replaced: any key may differ), or more than [`STOCK_TOUCHED_MAX`] keys; `None` for all when
+/// `before` is empty (every map was created since), when an operation is on an object below one of the root's
+/// maps (this layout has none) or on one the root no longer holds, or past [`TOUCHED_OPS_MAX`] operations.
 pub fn keys_touched_since<const N: usize>(
     doc: &mut AutoCommit,
     before: &[automerge::ChangeHash],
@@ -605,6 +605,16 @@ pub fn keys_touched_since<const N: usize>(
             automerge::ObjId::Root => None,
         }
     }
+    let unlisted = || std::array::from_fn(|_| None);
+    // From nothing, every map was created since (and a diff would put each whole).
+    if before.is_empty() {
+        return unlisted();
+    }
+    // Counted from the changes' metadata before any change is built.
+    let ops: u64 = doc.get_changes_meta(before).iter().map(|c| c.max_op.saturating_sub(c.start_op) + 1).sum();
+    if ops > TOUCHED_OPS_MAX as u64 {
+        return unlisted();
+    }
     let mut out: [Option<BTreeSet<String>>; N] = std::array::from_fn(|_| Some(BTreeSet::new()));
     // The objects under the root's keys: one of `maps` (listed by key), or another (ignored).
     let mut objects: Vec<(OpId, Option<usize>)> = Vec::new();
@@ -615,19 +625,18 @@ pub fn keys_touched_since<const N: usize>(
             objects.push((id, maps.iter().position(|m| *m == key)));
         }
     }
-    let changes = doc.get_changes(before);
-    if changes.iter().map(automerge::Change::len).sum::<usize>() > TOUCHED_OPS_MAX {
-        return std::array::from_fn(|_| None);
-    }
-    for change in &changes {
+    for change in &doc.get_changes(before) {
         for op in change.decode().operations {
             match (&op.obj, &op.key) {
                 (ObjectId::Root, Key::Map(k)) => {
                     if let Some(i) = maps.iter().position(|m| *m == k.as_str()) {
                         out[i] = None;
+                        if out.iter().all(Option::is_none) {
+                            return out;
+                        }
                     }
                 }
-                (ObjectId::Root, Key::Seq(_)) => return std::array::from_fn(|_| None),
+                (ObjectId::Root, Key::Seq(_)) => return unlisted(),
                 (ObjectId::Id(id), key) => match objects.iter().find(|(o, _)| o == id) {
                     Some((_, None)) => {}
                     Some((_, Some(i))) => {
@@ -641,7 +650,7 @@ pub fn keys_touched_since<const N: usize>(
                         }
                     }
                     // An object below one of the maps, or one the root no longer holds.
-                    None => return std::array::from_fn(|_| None),
+                    None => return unlisted(),
                 },
             }
         }
@@ -649,8 +658,9 @@ pub fn keys_touched_since<const N: usize>(
     out
 }
 
-/// What the accepted changes of a stock document touched, per map read by SKU key ([`keys_touched_since`]): `None` for a map whose touched keys cannot be listed (read it
-/// whole). Both are `Some` of nothing for other documents.
+/// What the accepted changes of a stock document touched, per map read by SKU key ([`keys_touched_since`]):
+/// `None` for a map whose touched keys cannot be listed (read it whole). Both are `Some` of nothing for other
+/// documents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StockTouched {
     /// SKU keys of the `skus` map (balances).

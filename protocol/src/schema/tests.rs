@@ -618,9 +618,20 @@ fn keys_touched_below_a_map_or_by_a_new_map_are_not_listed() {
     doc.commit();
     let [s, e] = keys_touched_since(&mut doc, &mid, [keys::SKUS, keys::ESCROW]);
     assert_eq!((s, e), (Some(BTreeSet::from(["c".to_owned()])), None));
-    // Nothing since the heads: nothing touched.
+    // Nothing since the heads: nothing touched. From nothing: every map created since.
     let now = doc.get_heads();
     assert_eq!(keys_touched_since(&mut doc, &now, [keys::SKUS]), [Some(BTreeSet::new())]);
+    assert_eq!(keys_touched_since(&mut doc, &[], [keys::SKUS, keys::ESCROW]), [None, None]);
+    // More operations since the heads than are worth decoding (in another map: the listed one is untouched):
+    // the maps are read whole.
+    let receipts = doc.put_object(ROOT, keys::RECEIPTS, ObjType::Map).unwrap();
+    doc.commit();
+    let mid = doc.get_heads();
+    for i in 0..=TOUCHED_OPS_MAX {
+        doc.put(&receipts, format!("r{i}"), 1u64).unwrap();
+    }
+    doc.commit();
+    assert_eq!(keys_touched_since(&mut doc, &mid, [keys::SKUS]), [None]);
 }
 
 /// The model [`keys_touched_since`] is held to: the keys of root map `map` that `patches` (a diff between two
