@@ -7,7 +7,7 @@
 //! and puts its new one in. A [`DemandIndex`] for a day is then cut from the sums ([`Ledger::index`]): the
 //! history window is applied there, so a new day costs no document read. The sums are integers, so taking a
 //! contribution out gives back exactly what was there before it went in, and the result equals a full
-//! rebuild ([`DemandIndex::build`]) over the same documents (a property test says so).
+//! rebuild (`DemandIndex::build`) over the same documents (a property test says so).
 
 use std::collections::{BTreeMap, HashMap};
 

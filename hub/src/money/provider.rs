@@ -3,7 +3,7 @@
 //! Every call is blocking (the hub calls providers from the payment outbox's thread and from
 //! `spawn_blocking`) and carries an idempotency key: a provider answers a key it has seen with the answer
 //! it gave the first time (`replayed: true`), never acting twice. The trait is object-safe; the hub holds
-//! `Arc<dyn PaymentProvider>` by name ([`Providers`]).
+//! `Arc<dyn PaymentProvider>` by name (in [`super::Money`]).
 //!
 //! - [`ManualProvider`] (`manual`): terms and cash on delivery. Nothing leaves the hub: an authorization is a
 //!   record, a capture means "invoiced and due", and staff or service record the money itself.

@@ -1,4 +1,4 @@
-//! The watcher ([`watch`], [`watch_once`]): merges each site's escrow view, re-routes what sites released,
+//! The watcher ([`watch()`], [`watch_once`]): merges each site's escrow view, re-routes what sites released,
 //! retries waiting orders, notes shipments; and the start's recovery ([`recover`]).
 
 use super::*;
