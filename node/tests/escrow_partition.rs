@@ -125,8 +125,13 @@ impl World {
                 self.store.execute(cmd).await.unwrap();
             }
             Op::Tick => {
-                let cmd =
-                    cmd::EscrowTick { hub_reachable: self.connected, policy: self.policy, skus_max: 10, after: None };
+                let cmd = cmd::EscrowTick {
+                    hub_reachable: self.connected,
+                    policy: self.policy,
+                    skus_max: 10,
+                    changes_max: 10,
+                    after: None,
+                };
                 self.store.execute(cmd).await.unwrap();
             }
             Op::Receive(q) => {
@@ -236,7 +241,8 @@ fn escrow_duties_walk_the_whole_catalog() {
         loop {
             ticks += 1;
             assert!(ticks <= 5, "the walk does not end");
-            let cmd = cmd::EscrowTick { hub_reachable: true, policy, skus_max: 2, after: after.take() };
+            let cmd =
+                cmd::EscrowTick { hub_reachable: true, policy, skus_max: 2, changes_max: 10, after: after.take() };
             let EscrowTicked { changed, next_after } = store.execute(cmd).await.unwrap();
             seen.extend(changed);
             match next_after {
@@ -251,4 +257,76 @@ fn escrow_duties_walk_the_whole_catalog() {
         }
         store.close();
     });
+}
+
+/// A tick changes at most `changes_max` counters and the next tick goes on after the last SKU it looked at:
+/// a catalog whose counters all fall due at once is covered in bounded steps, each SKU once, and a round
+/// after that changes nothing (every lease fresh, every grant made).
+#[tokio::test]
+async fn an_escrow_tick_changes_at_most_its_bound_and_the_next_goes_on_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["A", "B", "C", "D", "E"];
+    let stock: Vec<(&str, u32)> = names.iter().map(|n| (*n, 10)).collect();
+    let store = common::store_with_stock(dir.path(), Limits::default(), &stock).await;
+    let policy = EscrowPolicy::default();
+    let tick = |after| cmd::EscrowTick { hub_reachable: true, policy, skus_max: 10, changes_max: 2, after };
+    let sku = |s: &str| Sku::parse(s).unwrap();
+    let mut steps = Vec::new();
+    let mut after = None;
+    for _ in 0..4 {
+        let EscrowTicked { changed, next_after } = store.execute(tick(after.take())).await.unwrap();
+        steps.push((changed, next_after.clone()));
+        match next_after {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(
+        steps,
+        vec![
+            (vec![sku("A"), sku("B")], Some(sku("B"))),
+            (vec![sku("C"), sku("D")], Some(sku("D"))),
+            (vec![sku("E")], None),
+        ]
+    );
+    for name in names {
+        let c = store.escrow(&sku(name)).unwrap().unwrap();
+        assert!(c.lease_until_ms(Party::Hub) > 0 && c.local(Party::Hub) == 3, "{name}: {c:?}");
+    }
+    let EscrowTicked { changed, next_after } = store.execute(tick(None)).await.unwrap();
+    assert_eq!((changed, next_after), (vec![], None), "nothing was due a second time");
+    // The bound is the store's limit at most: asking for more changes no more than the limit allows.
+    store.close();
+    let limits = Limits { escrow_tick_changes_max: 1, ..Limits::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::store_with_stock(dir.path(), limits, &stock).await;
+    let cmd = cmd::EscrowTick { hub_reachable: true, policy, skus_max: 10, changes_max: 100, after: None };
+    let EscrowTicked { changed, next_after } = store.execute(cmd).await.unwrap();
+    assert_eq!((changed, next_after), (vec![sku("A")], Some(sku("A"))));
+    store.close();
+}
+
+/// A site holding a million units of a SKU grants the hub its default share (three tenths) within a few
+/// ticks, not in `move_units_max` (1,000) steps a tick: each step rewrites the SKU's counter into the stock
+/// document the hub merges.
+#[tokio::test]
+async fn a_large_pool_reaches_the_hubs_share_in_a_few_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::store_with_stock(dir.path(), Limits::default(), &[("A", 1_000_000)]).await;
+    let policy = EscrowPolicy::default();
+    let sku = Sku::parse("A").unwrap();
+    let mut ticks = 0;
+    loop {
+        let cmd = cmd::EscrowTick { hub_reachable: true, policy, skus_max: 10, changes_max: 10, after: None };
+        let EscrowTicked { changed, .. } = store.execute(cmd).await.unwrap();
+        if changed.is_empty() {
+            break;
+        }
+        ticks += 1;
+        assert!(ticks <= 10, "still granting after {ticks} ticks");
+    }
+    assert_eq!(ticks, 3, "100,000 units a tick towards 300,000");
+    let c = store.escrow(&sku).unwrap().unwrap();
+    assert_eq!((c.local(Party::Hub), c.local(Party::Site)), (300_000, 700_000));
+    store.close();
 }

@@ -651,8 +651,13 @@ pub struct RebalancePolicy {
     pub deadband_bp: u32,
     /// Do nothing unless at least this many units would move (hysteresis).
     pub move_units_min: u64,
-    /// Move at most this many units in one decision.
+    /// Move at most this many units in one decision, unless `move_share_max_bp` of the pool is more.
     pub move_units_max: u64,
+    /// Move at most this share of the pool (site's and hub's rights together) in one decision, bp, when that
+    /// is more than `move_units_max`: so the hub's share of a large pool is reached in a bounded number of
+    /// decisions (ten at 1,000 bp) however many units the site holds, instead of `pool / move_units_max`
+    /// decisions that each rewrite the SKU's counter. 0: `move_units_max` alone.
+    pub move_share_max_bp: u32,
 }
 
 impl Default for RebalancePolicy {
@@ -664,6 +669,7 @@ impl Default for RebalancePolicy {
             deadband_bp: 1_000,
             move_units_min: 1,
             move_units_max: 1_000,
+            move_share_max_bp: 1_000,
         }
     }
 }
@@ -701,7 +707,8 @@ pub enum Rebalance {
 
 /// The rebalancing policy: the hub's target share of the site's pool follows its share of recent demand,
 /// clamped to `[hub_share_min_bp, hub_share_max_bp]`; nothing moves inside the deadband or below
-/// `move_units_min` (hysteresis, so rights do not flap), and at most `move_units_max` move at once.
+/// `move_units_min` (hysteresis, so rights do not flap), and at most `move_units_max` units or
+/// `move_share_max_bp` of the pool, whichever is more, move at once.
 ///
 /// This is a policy, not part of safety: the result is executed as a transfer by the holder, which the
 /// counter checks.
@@ -721,7 +728,8 @@ pub fn rebalance(input: &RebalanceInput, policy: &RebalancePolicy) -> Rebalance 
     if gap == 0 || gap < deadband || gap < u128::from(policy.move_units_min) {
         return Rebalance::Hold;
     }
-    let cap = u128::from(policy.move_units_max);
+    let share_cap = (pool * u128::from(policy.move_share_max_bp.min(10_000))).div_ceil(10_000);
+    let cap = u128::from(policy.move_units_max).max(share_cap);
     if target > have {
         let units = gap.min(cap).min(u128::from(input.site_available));
         match u64::try_from(units) {
@@ -879,10 +887,70 @@ mod tests {
         assert_eq!(rebalance(&inp(55, 45, 5, 5), &p), Rebalance::Hold);
         // Hub demand dried up: clamp to the 10% floor, ask back.
         assert_eq!(rebalance(&inp(20, 80, 0, 10), &p), Rebalance::AskHubBack { units: 70 });
-        // Never grants more than the site holds, nor more than move_units_max.
-        let cap = RebalancePolicy { move_units_max: 5, ..p };
+        // Never grants more than the site holds, nor more than move_units_max or move_share_max_bp of the pool,
+        // whichever is more.
+        let cap = RebalancePolicy { move_units_max: 5, move_share_max_bp: 0, ..p };
         assert_eq!(rebalance(&inp(100, 0, 10, 0), &cap), Rebalance::GrantToHub { units: 5 });
+        let share = RebalancePolicy { move_units_max: 5, ..p };
+        assert_eq!(rebalance(&inp(100, 0, 10, 0), &share), Rebalance::GrantToHub { units: 10 });
         assert_eq!(rebalance(&inp(0, 0, 10, 0), &p), Rebalance::Hold);
+        // A large pool: a tenth of it at once (the default), not move_units_max.
+        assert_eq!(rebalance(&inp(1_000_000, 0, 0, 0), &p), Rebalance::GrantToHub { units: 100_000 });
+        assert_eq!(rebalance(&inp(0, 1_000_000, 0, 10), &p), Rebalance::AskHubBack { units: 100_000 });
+    }
+
+    proptest! {
+        /// Whatever the pool, the hub's share is reached (the policy holds) within `10,000 / move_share_max_bp`
+        /// decisions and two more, each executed as the transfer it asks for; no decision moves more than its
+        /// cap or more than the giver holds; with `move_share_max_bp` 0 every move stays within
+        /// `move_units_max`.
+        #[test]
+        fn rebalancing_reaches_its_target_in_a_bounded_number_of_decisions(
+            pool in 1u64..1_000_000_000_000,
+            hub_part in 0u64..=10_000,
+            hub_demand in 0u64..1_000_000,
+            site_demand in 0u64..1_000_000,
+            move_units_max in 1u64..100_000,
+            move_share_max_bp in 0u32..=10_000,
+            deadband_bp in 0u32..2_000,
+        ) {
+            let p = RebalancePolicy { move_units_max, move_share_max_bp, deadband_bp, ..RebalancePolicy::default() };
+            let mut hub = u64::try_from(u128::from(pool) * u128::from(hub_part) / 10_000).unwrap();
+            let mut site = pool - hub;
+            let cap = u128::from(move_units_max).max((u128::from(pool) * u128::from(move_share_max_bp)).div_ceil(10_000));
+            let bound = match move_share_max_bp {
+                0 => usize::MAX,
+                bp => 10_000usize.div_ceil(usize::try_from(bp).unwrap()) + 2,
+            };
+            let mut decisions = 0usize;
+            loop {
+                let input = RebalanceInput {
+                    site_available: site,
+                    hub_rights: hub,
+                    hub_demand_recent: hub_demand,
+                    site_demand_recent: site_demand,
+                };
+                match rebalance(&input, &p) {
+                    Rebalance::Hold => break,
+                    Rebalance::GrantToHub { units } => {
+                        prop_assert!(units > 0 && units <= site && u128::from(units) <= cap, "{units} {input:?}");
+                        site -= units;
+                        hub += units;
+                    }
+                    Rebalance::AskHubBack { units } => {
+                        prop_assert!(units > 0 && units <= hub && u128::from(units) <= cap, "{units} {input:?}");
+                        hub -= units;
+                        site += units;
+                    }
+                }
+                decisions += 1;
+                prop_assert_eq!(site + hub, pool);
+                prop_assert!(decisions <= bound, "{decisions} decisions, bound {bound}: {site} / {hub}");
+                if move_share_max_bp == 0 && decisions > 64 {
+                    break;
+                }
+            }
+        }
     }
 
     /// One step of the simulation.

@@ -39,6 +39,12 @@ impl Apply for EscrowSync {
 /// Periodic escrow duties over at most `skus_max` SKUs after `after` (the caller passes back the returned
 /// cursor, so a large catalog is covered over several ticks): with the hub reachable, renew leases and grant
 /// by the rebalancing policy; without it, reclaim rights whose lease has run out.
+///
+/// A tick also stops once it has changed `changes_max` counters: each changed counter is rewritten into the
+/// stock document the hub merges, so a catalog whose counters all fall due at once (every SKU's first lease
+/// and grant when a site starts, the renewals half a lease later) reaches the hub as a few bounded changes a
+/// tick, not one change of every SKU; and the renewals, spread once, stay spread (each falls due half a lease
+/// after its own last one).
 #[derive(Debug, Clone)]
 pub struct EscrowTick {
     /// The hub was heard from recently.
@@ -47,6 +53,8 @@ pub struct EscrowTick {
     pub policy: EscrowPolicy,
     /// Most SKUs looked at (at most [`Limits::escrow_tick_skus_max`]).
     pub skus_max: usize,
+    /// Most counters changed (at most [`Limits::escrow_tick_changes_max`]).
+    pub changes_max: usize,
     /// Start after this SKU (`None`: from the first).
     pub after: Option<Sku>,
 }
@@ -67,7 +75,8 @@ impl Command for EscrowTick {
 impl Apply for EscrowTick {
     fn apply(self, tx: &mut Tx<'_>, limits: &Limits) -> Result<EscrowTicked, StoreError> {
         let skus_max = self.skus_max.clamp(1, limits.escrow_tick_skus_max);
-        tx.escrow_tick(self.hub_reachable, &self.policy, skus_max, self.after)
+        let changes_max = self.changes_max.clamp(1, limits.escrow_tick_changes_max);
+        tx.escrow_tick(self.hub_reachable, &self.policy, skus_max, changes_max, self.after)
     }
 }
 
@@ -116,6 +125,7 @@ impl Tx<'_> {
         hub_reachable: bool,
         policy: &EscrowPolicy,
         skus_max: usize,
+        changes_max: usize,
         after: Option<Sku>,
     ) -> Result<EscrowTicked, StoreError> {
         let mut skus = Vec::new();
@@ -143,6 +153,10 @@ impl Tx<'_> {
                 changed.push(sku.clone());
             }
             last = Some(sku);
+            if changed.len() >= changes_max {
+                // The rest of the walk is the next tick's: it starts after this SKU.
+                return Ok(EscrowTicked { changed, next_after: last });
+            }
         }
         let next_after = if visited == skus_max { last } else { None };
         Ok(EscrowTicked { changed, next_after })

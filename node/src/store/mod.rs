@@ -101,6 +101,8 @@ pub struct Limits {
     pub cache_bytes: usize,
     /// SKUs visited by one escrow tick.
     pub escrow_tick_skus_max: usize,
+    /// Escrow counters one tick may change (each is rewritten into the stock document the hub merges).
+    pub escrow_tick_changes_max: usize,
     /// How long an idempotency key is remembered, ms; a retry after that is a new order.
     pub idempotency_retention_ms: u64,
     /// Free space, bytes, the store keeps on its file system: below it every write is refused with
@@ -118,6 +120,7 @@ impl Default for Limits {
             page_max: 500,
             cache_bytes: 64 << 20,
             escrow_tick_skus_max: 10_000,
+            escrow_tick_changes_max: 1_000,
             idempotency_retention_ms: 7 * 24 * 3_600_000,
             storage_reserve_bytes: oms_service::storage::RESERVE_BYTES_DEFAULT,
         }

@@ -255,6 +255,7 @@ pub(super) async fn run(shared: Arc<Shared>, store: Store, link: HubLink) {
                     hub_reachable: reachable,
                     policy: link.escrow,
                     skus_max: store.limits().escrow_tick_skus_max,
+                    changes_max: store.limits().escrow_tick_changes_max,
                     after: cursor.take(),
                 };
                 match store.execute(cmd).await {
@@ -349,7 +350,13 @@ mod tests {
         for s in SKUS {
             movement(&store, s, Movement::Receipt { qty: 1_000, note: None }).await;
         }
-        let tick = cmd::EscrowTick { hub_reachable: true, policy: EscrowPolicy::default(), skus_max: 10, after: None };
+        let tick = cmd::EscrowTick {
+            hub_reachable: true,
+            policy: EscrowPolicy::default(),
+            skus_max: 10,
+            changes_max: 10,
+            after: None,
+        };
         store.execute(tick).await.unwrap();
         let docs = crate::sync::tests::open_docs(&dir.path().join(crate::sync::SYNC_DB_FILE), 3);
         let doc = docs.sync.db.current(&schema::escrow_doc(&site()).unwrap());

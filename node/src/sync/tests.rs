@@ -216,7 +216,8 @@ async fn an_acknowledgement_of_a_quarter_of_the_hubs_budget_is_written_without_w
     // The site grants the hub a lease (budget 50 unacknowledged units) and rights, by its policy.
     let policy = EscrowPolicy::default();
     assert_eq!(policy.unacked_max, 50);
-    let tick = crate::store::cmd::EscrowTick { hub_reachable: true, policy, skus_max: 10, after: None };
+    let tick =
+        crate::store::cmd::EscrowTick { hub_reachable: true, policy, skus_max: 10, changes_max: 10, after: None };
     store.execute(tick).await.unwrap();
     drain(&mut docs, &store);
     let mut hub = store.escrow(&Sku::parse("SKU-A").unwrap()).unwrap().unwrap();
