@@ -618,10 +618,8 @@ pub fn keys_touched_since<const N: usize>(
     let mut out: [Option<BTreeSet<String>>; N] = std::array::from_fn(|_| Some(BTreeSet::new()));
     // The objects under the root's keys: one of `maps` (listed by key), or another (ignored).
     let mut objects: Vec<(OpId, Option<usize>)> = Vec::new();
-    for key in doc.keys(ROOT).collect::<Vec<_>>() {
-        if let Ok(Some((automerge::Value::Object(_), id))) = doc.get(ROOT, key.as_str())
-            && let Some(id) = op_id(&id)
-        {
+    for (key, value, id) in MapValues::read(doc, &ROOT).0 {
+        if let (automerge::Value::Object(_), Some(id)) = (value, op_id(&id)) {
             objects.push((id, maps.iter().position(|m| *m == key)));
         }
     }
