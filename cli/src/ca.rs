@@ -69,7 +69,7 @@ pub(crate) enum CaCmd {
     },
     /// Renew a node, hub or HTTP certificate in DIR: same identity, DNS names and IP addresses, a new serial
     /// and validity. The old certificate is not revoked; it stays valid until it expires (revoke it once the
-    /// new one is in use). The old certificate and key are archived to DIR/archive/<stem>-<serial>.pem/.key
+    /// new one is in use). The old certificate and key are archived to DIR/archive/STEM-SERIAL.pem/.key
     /// (the last 5 per identity are kept).
     #[command(group(clap::ArgGroup::new("subject").required(true).args(["node", "hub", "http"])))]
     Renew {

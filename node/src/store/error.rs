@@ -1,5 +1,5 @@
 //! Why a store operation was refused ([`StoreError`]), and how redb's errors become storage failures
-//! ([`redb_errors_as_storage!`](crate::redb_errors_as_storage)).
+//! ([`oms_service::storage_errors_from_redb!`]).
 
 use oms_protocol::domain::{BalanceError, OrderId, Sku, TransitionError, ValidationError};
 
