@@ -917,7 +917,8 @@ mod tests {
             let p = RebalancePolicy { move_units_max, move_share_max_bp, deadband_bp, ..RebalancePolicy::default() };
             let mut hub = u64::try_from(u128::from(pool) * u128::from(hub_part) / 10_000).unwrap();
             let mut site = pool - hub;
-            let cap = u128::from(move_units_max).max((u128::from(pool) * u128::from(move_share_max_bp)).div_ceil(10_000));
+            let share_cap = (u128::from(pool) * u128::from(move_share_max_bp)).div_ceil(10_000);
+            let cap = u128::from(move_units_max).max(share_cap);
             let bound = match move_share_max_bp {
                 0 => usize::MAX,
                 bp => 10_000usize.div_ceil(usize::try_from(bp).unwrap()) + 2,

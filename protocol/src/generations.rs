@@ -37,8 +37,8 @@ pub fn is_state_doc(doc: &str) -> bool {
 /// Operations of history a state document may keep beyond twice its visible state before its writer starts a
 /// new generation (the default of the node's and the hub's `state_history_ops_min`). 1,000 rather than 5,000
 /// since 2026-12-07: every change a peer applies to these documents costs in proportion to their history, and
-/// the lower bound took about a tenth off the sites' CPU per order at 16 and 64 clients (BENCHMARKS.md, "State documents in
-/// generations").
+/// the lower bound took about a tenth off the sites' CPU per order at 16 and 64 clients (BENCHMARKS.md, "State
+/// documents in generations").
 pub const HISTORY_OPS_MIN: u64 = 1_000;
 /// The least `state_history_ops_min` a configuration may set.
 pub const HISTORY_OPS_MIN_LEAST: u64 = 100;
