@@ -41,26 +41,44 @@
 //! (`EscrowCounter::consume(Hub, …)`, refused beyond the hub's rights, after its lease or beyond its
 //! unacknowledged budget). Rights come back only through the site (it transfers them when an assignment is
 //! rejected or cancelled), and arrive here by merging the site's view from its stock document.
+//!
+//! The files: `mod.rs`, the tables, the error, the shared state, opening and loading, and the reads;
+//! `records.rs`, the records and their encoding; `search.rs`, the idempotency and channel keys, the contact
+//! search and the tracking tokens; `escrow.rs`, the hub's escrow counters; `route.rs`, routing an order and
+//! recording it; `writer.rs`, the writer thread (group commit); `reroute.rs`, what changes an order after its
+//! intake (re-routing, cancellations); `tests.rs` and `power_loss.rs`, the tests.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use oms_protocol::domain::{Channel, GeoPoint, NodeId, OrderDraft, OrderId, OrderLine, Sku};
-use oms_protocol::escrow::{EscrowCounter, Party, Rebalance, RebalanceInput, RebalancePolicy, rebalance};
-use oms_protocol::schema::SiteInfo;
+use oms_protocol::domain::{Channel, NodeId, OrderDraft, OrderId, Sku};
+use oms_protocol::escrow::{EscrowCounter, RebalancePolicy};
 use oms_service::audit::{self, AUDIT, Actor, AuditEvent};
-use oms_service::auth::keys::{hex, token_hash};
+use oms_service::auth::keys::token_hash;
 use oms_service::lock;
 use oms_service::storage::StorageError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 
-use crate::routing::{self, Outcome, RouteLine, RouteRequest, RoutingDecision, RoutingPolicy, SiteView, SkuQty};
+use crate::routing::{Outcome, RoutingDecision, RoutingPolicy, SkuQty};
 
+mod escrow;
+mod records;
 mod reroute;
+mod route;
+mod search;
 mod writer;
 
+use escrow::{Overlay, rights, write_escrow_rows};
+pub use records::{
+    AfterSiteCancel, DecisionRecord, Effects, Fulfillment, HubOrder, NewFulfillment, Placed, SiteCancel, SiteFacts,
+    part_of,
+};
+use records::{IdemRecord, add_units, decode_idem, decode_order, enc_json, minus_units, postcard_enc, take_units};
+use route::Seen;
+pub(crate) use search::search_keys;
+pub use search::tracking_token_well_formed;
+use search::{channel_key, ct_eq, index_contacts_once, new_tracking_token, scoped_key, search_terms};
 pub use writer::{BatchCounts, DOCS_BATCHES_MAX, DOCS_QUEUE_MAX, EffectsSink, IntakeLimits, SiteSource, body_hash};
 
 /// The format of `intake.redb` (see `oms_service::storage::format`): 1 is the first versioned one, the same
@@ -225,178 +243,10 @@ impl IntakeError {
     }
 }
 
-/// One site's part of a customer order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Fulfillment {
-    /// The fulfillment order id (`hub-<seq>.<n>`), also its document `order/<id>`.
-    pub id: OrderId,
-    /// The site.
-    pub site: NodeId,
-    /// Units per SKU.
-    pub lines: Vec<SkuQty>,
-    /// When it was assigned.
-    pub assigned_at_ms: u64,
-    /// Set when the site rejected or cancelled it and its units went back to routing.
-    pub released: Option<String>,
-    /// What the site promised when it was assigned: ship-by and, per carrier service, estimated delivery.
-    #[serde(default)]
-    pub promise: Option<oms_protocol::shipping::SitePromise>,
-    /// A cancel asked of this site alone ([`Intake::request_site_cancel`]), and what becomes of the units
-    /// once the site gives them back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub site_cancel: Option<SiteCancel>,
-}
-
-/// What becomes of a fulfillment's units once its site confirms a cancel asked of that site alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AfterSiteCancel {
-    /// They are cancelled: the customer no longer wants them (`order.lines_cancelled` when the site confirms).
-    Cancel,
-    /// They go back to routing, and this order is never placed at that site again.
-    Reroute,
-}
-
-/// A cancel asked of one site for its fulfillment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SiteCancel {
-    /// When it was asked.
-    pub at_ms: u64,
-    /// What becomes of the units.
-    pub then: AfterSiteCancel,
-    /// Why (required: service gives one, and the audit trail keeps it).
-    pub reason: String,
-    /// Only these units are cancelled (a line cancel); the rest of the fulfillment is placed again, the site
-    /// not excluded. `None`: all of them, as `then` says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lines: Option<Vec<SkuQty>>,
-}
-
-/// A routing decision as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DecisionRecord {
-    /// When.
-    pub at_ms: u64,
-    /// Why routing ran: `intake`, `retry`, or `released by <site>: <state>`.
-    pub trigger: String,
-    /// The decision and its explanation.
-    pub decision: RoutingDecision,
-}
-
-/// A customer order taken by the hub.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HubOrder {
-    /// `hub-<seq>`.
-    pub id: OrderId,
-    /// The order as the channel sent it.
-    pub draft: OrderDraft,
-    /// When it was taken.
-    pub created_at_ms: u64,
-    /// The fulfillment orders, in the order they were made.
-    pub fulfillments: Vec<Fulfillment>,
-    /// Units not placed at any site yet (backordered or held).
-    pub unfilled: Vec<SkuQty>,
-    /// Routing decisions (the first and the latest [`DECISIONS_MAX`]).
-    pub decisions: Vec<DecisionRecord>,
-    /// The customer asked to cancel.
-    pub cancel_requested_at_ms: Option<u64>,
-    /// Units dropped from `unfilled` by the cancellation.
-    pub cancelled_unfilled: Vec<SkuQty>,
-    /// Why it was cancelled, when the caller said (customer service must).
-    #[serde(default)]
-    pub cancel_reason: Option<String>,
-    /// Sites this order is never placed at again: a re-route away from them was asked
-    /// ([`AfterSiteCancel::Reroute`]). At most one per fulfillment the order had.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub avoid_sites: Vec<NodeId>,
-    /// The customer's tracking token (`GET /v1/track/{token}`); none for orders taken before tokens existed.
-    ///
-    /// A random 256-bit token stored with the order, not an HMAC of its id under a hub secret: it needs no
-    /// secret file to create, guard and rotate, says nothing about the order id (ids are sequential, so they
-    /// would reveal volume), and one order's link can be replaced without touching any other. The lookup is
-    /// by its SHA-256 (table `tracking`), so the database's key comparisons never run on the token itself,
-    /// and the stored token is compared in constant time.
-    #[serde(default)]
-    pub tracking_token: Option<String>,
-}
-
-impl HubOrder {
-    /// Units still waiting to be placed, unless the order is being cancelled.
-    pub fn wants_routing(&self) -> bool {
-        self.cancel_requested_at_ms.is_none() && !self.unfilled.is_empty() && self.fulfillments.len() < FULFILLMENTS_MAX
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct IdemRecord {
-    body_sha256: [u8; 32],
-    order: String,
-}
-
-/// What routing needs to know about a site, gathered from its stock document and connection.
-#[derive(Debug, Clone)]
-pub struct SiteFacts {
-    /// The site.
-    pub id: NodeId,
-    /// What it published.
-    pub info: SiteInfo,
-    /// Connected now.
-    pub reachable: bool,
-    /// Since the hub last heard from it.
-    pub last_heard_age_ms: u64,
-    /// Its shipping schedule, compiled; none when it published none.
-    pub schedule: Option<Arc<oms_protocol::shipping::Schedule>>,
-}
-
-/// A new fulfillment document to write.
-#[derive(Debug, Clone)]
-pub struct NewFulfillment {
-    /// Its id.
-    pub id: OrderId,
-    /// The customer order.
-    pub parent: OrderId,
-    /// The site.
-    pub site: NodeId,
-    /// The site's part of the order.
-    pub draft: OrderDraft,
-}
-
-/// What a write produced, for the documents.
-#[derive(Debug, Default)]
-pub struct Effects {
-    /// Fulfillment documents to create.
-    pub fulfillments: Vec<NewFulfillment>,
-    /// Escrow counters the hub changed, to publish in `escrow/<site>`.
-    pub escrow: Vec<(NodeId, EscrowCounter)>,
-}
-
-/// The result of [`Intake::place`].
-#[derive(Debug)]
-pub struct Placed {
-    /// The order.
-    pub order: HubOrder,
-    /// False when an idempotent replay returned the original.
-    pub created: bool,
-    /// What to write into documents.
-    pub effects: Effects,
-    /// True once `effects` are written into the hub's documents by the writer's [`EffectsSink`] (see
-    /// [`Intake::start`]); false leaves that to the caller.
-    pub written: bool,
-}
-
 struct State {
     escrow: HashMap<(NodeId, Sku), EscrowCounter>,
     /// Customer orders with units waiting to be placed.
     open: BTreeSet<String>,
-}
-
-/// Escrow counters a write transaction changed, not yet committed: laid over [`State::escrow`] while the
-/// transaction is open, merged into it once the transaction has committed.
-type Overlay = HashMap<(NodeId, Sku), EscrowCounter>;
-
-/// The hub's rights to `key` as a write transaction sees them: what it changed, else what is committed.
-fn rights<'a>(st: &'a State, overlay: &'a Overlay, key: &(NodeId, Sku)) -> Option<&'a EscrowCounter> {
-    overlay.get(key).or_else(|| st.escrow.get(key))
 }
 
 /// The database and the in-memory state that the intake's writer thread and the other writes share.
@@ -418,161 +268,6 @@ pub struct Intake {
     core: Arc<Core>,
     /// The writer's queue, once [`Intake::start`] has started it.
     queue: OnceLock<writer::Queue>,
-}
-
-fn enc_json<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
-    serde_json::to_vec(v).map_err(|e| IntakeError::Storage(Arc::new(StorageError::encode("a JSON record", e))))
-}
-
-/// The idempotency record's key: the order's channel, [`SCOPE_SEP`], the caller's key.
-fn scoped_key(channel: &Channel, key: &str) -> String {
-    format!("{}{SCOPE_SEP}{key}", channel.as_str())
-}
-
-/// The index key of order `id` of `channel`.
-fn channel_key(channel: &Channel, id: &str) -> String {
-    format!("{}{SCOPE_SEP}{id}", channel.as_str())
-}
-
-/// What a search for `query` looks up: an e-mail address (lower case), a phone number (its digits, at least
-/// five) or a channel's order reference (as given), each as `<kind>:<value>`.
-fn search_terms(query: &str) -> Vec<String> {
-    let q = query.trim();
-    if q.is_empty() {
-        return Vec::new();
-    }
-    let mut terms = Vec::new();
-    if q.contains('@') {
-        terms.push(email_term(q));
-    }
-    if q.chars().all(|c| c.is_ascii_digit() || " +-./()".contains(c)) {
-        terms.extend(phone_term(q));
-    }
-    terms.push(ref_term(q));
-    terms
-}
-
-/// The e-mail address as indexed and searched: trimmed, lower case.
-fn email_term(email: &str) -> String {
-    format!("email:{}", email.trim().to_lowercase())
-}
-
-/// The phone number as indexed and searched: its digits, if there are at least five.
-fn phone_term(phone: &str) -> Option<String> {
-    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
-    (digits.len() >= 5).then(|| format!("phone:{digits}"))
-}
-
-/// The channel's order reference as indexed and searched: trimmed.
-fn ref_term(external_ref: &str) -> String {
-    format!("ref:{}", external_ref.trim())
-}
-
-/// The index keys of `draft`: its e-mail address, its phone number and its channel reference.
-pub(crate) fn search_keys(draft: &oms_protocol::domain::OrderDraft, id: &str) -> Vec<String> {
-    let email = draft.contact.email.as_deref().filter(|e| !e.trim().is_empty()).map(email_term);
-    let phone = draft.contact.phone.as_deref().and_then(phone_term);
-    email
-        .into_iter()
-        .chain(phone)
-        .chain([ref_term(&draft.external_ref)])
-        .map(|v| format!("{v}{SCOPE_SEP}{id}"))
-        .collect()
-}
-
-/// Adds the orders of a file from before [`BY_CONTACT`] to it, once (one pass over every order).
-fn index_contacts_once(db: &Database) -> Result<(), IntakeError> {
-    let r = db.begin_read()?;
-    if r.open_table(META)?.get(BY_CONTACT_BUILT)?.is_some() {
-        return Ok(());
-    }
-    let mut keys = Vec::new();
-    for item in r.open_table(ORDERS)?.range::<&str>(..)? {
-        let (k, v) = item?;
-        keys.extend(search_keys(&decode_order(v.value())?.draft, k.value()));
-    }
-    drop(r);
-    let w = db.begin_write()?;
-    {
-        let mut t = w.open_table(BY_CONTACT)?;
-        for k in &keys {
-            t.insert(k.as_str(), ())?;
-        }
-        w.open_table(META)?.insert(BY_CONTACT_BUILT, 1)?;
-    }
-    w.commit()?;
-    Ok(())
-}
-
-/// A fresh tracking token: 32 bytes from the operating system's generator, in hex.
-fn new_tracking_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    hex(&bytes)
-}
-
-/// Whether `token` has the shape of a tracking token (checked before any lookup).
-pub fn tracking_token_well_formed(token: &str) -> bool {
-    token.len() == TRACKING_TOKEN_HEX_LEN && token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Equality of two byte strings in time that depends on their lengths only.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn decode_order(bytes: &[u8]) -> Result<HubOrder, IntakeError> {
-    serde_json::from_slice(bytes).map_err(|e| IntakeError::Corrupt { table: "orders", detail: e.to_string() })
-}
-
-/// A line cancel decided: the order with its waiting units taken, those units, and per fulfillment the units
-/// to ask of its site.
-type TakenUnits = (HubOrder, Vec<SkuQty>, BTreeMap<OrderId, Vec<SkuQty>>);
-
-/// Decides a line cancel ([`Intake::cancel_units`]) on `order`: the units taken from `unfilled` (moved to
-/// `cancelled_unfilled` in the returned order) and, per open fulfillment not in `closed`, the units to ask of
-/// its site; or [`IntakeError::NotWaiting`] naming the first line that cannot be cancelled in full.
-fn take_units(mut order: HubOrder, lines: &[SkuQty], closed: &BTreeSet<OrderId>) -> Result<TakenUnits, IntakeError> {
-    let cancelling = order.cancel_requested_at_ms.is_some();
-    let mut waiting_taken = Vec::new();
-    let mut asks: BTreeMap<OrderId, Vec<SkuQty>> = BTreeMap::new();
-    for l in lines {
-        let waiting = if cancelling { 0 } else { order.unfilled.iter().find(|u| u.sku == l.sku).map_or(0, |u| u.qty) };
-        let from_waiting = waiting.min(l.qty);
-        let mut rest = l.qty - from_waiting;
-        let mut at_sites = 0u64;
-        for f in order
-            .fulfillments
-            .iter()
-            .filter(|f| !cancelling && f.released.is_none() && f.site_cancel.is_none() && !closed.contains(&f.id))
-        {
-            let held = f.lines.iter().filter(|x| x.sku == l.sku).map(|x| x.qty).sum::<u32>();
-            let asked_already: u32 =
-                asks.get(&f.id).map_or(0, |a| a.iter().filter(|x| x.sku == l.sku).map(|x| x.qty).sum());
-            let free = held.saturating_sub(asked_already);
-            at_sites += u64::from(free);
-            let take = free.min(rest);
-            if take > 0 {
-                add_units(asks.entry(f.id.clone()).or_default(), &[SkuQty { sku: l.sku.clone(), qty: take }]);
-                rest -= take;
-            }
-        }
-        if rest > 0 {
-            return Err(IntakeError::NotWaiting {
-                sku: l.sku.to_string(),
-                requested: u64::from(l.qty),
-                waiting: u64::from(from_waiting) + at_sites,
-            });
-        }
-        if from_waiting > 0 {
-            if let Some(u) = order.unfilled.iter_mut().find(|u| u.sku == l.sku) {
-                u.qty -= from_waiting;
-            }
-            add_units(&mut waiting_taken, &[SkuQty { sku: l.sku.clone(), qty: from_waiting }]);
-        }
-    }
-    order.unfilled.retain(|u| u.qty > 0);
-    add_units(&mut order.cancelled_unfilled, &waiting_taken);
-    Ok((order, waiting_taken, asks))
 }
 
 /// A refused call on order `id`: commits `w` with only the audit row naming `e`'s code, and returns `e`.
@@ -662,62 +357,6 @@ impl<'t> Tables<'t> {
     fn finish(self) -> Result<(), IntakeError> {
         self.log.finish()?;
         Ok(())
-    }
-}
-
-fn decode_idem(bytes: &[u8]) -> Result<IdemRecord, IntakeError> {
-    postcard::from_bytes(bytes).map_err(|e| IntakeError::Corrupt { table: "idempotency", detail: e.to_string() })
-}
-
-/// What an idempotency key says about a create.
-enum Seen {
-    /// Never used (or forgotten): a new order.
-    New,
-    /// Used for this very body: the original order.
-    Replay(String),
-    /// Used by this channel for another body: refused.
-    Reused(String),
-}
-
-fn escrow_key(site: &NodeId, sku: &Sku) -> String {
-    format!("{site}|{sku}")
-}
-
-fn utc_day(ms: u64) -> u64 {
-    ms / 86_400_000
-}
-
-/// The draft of one site's part: the customer's draft with only the assigned units.
-pub fn part_of(draft: &OrderDraft, lines: &[SkuQty]) -> OrderDraft {
-    let mut part = draft.clone();
-    part.lines = lines
-        .iter()
-        .filter_map(|l| {
-            let first = draft.lines.iter().find(|o| o.sku == l.sku)?;
-            Some(OrderLine { sku: l.sku.clone(), qty: l.qty, ..first.clone() })
-        })
-        .collect();
-    part
-}
-
-/// `lines` less `part`, per SKU (none below zero), without the SKUs left at zero.
-fn minus_units(lines: &[SkuQty], part: &[SkuQty]) -> Vec<SkuQty> {
-    let mut out: Vec<SkuQty> = lines.to_vec();
-    for p in part {
-        if let Some(u) = out.iter_mut().find(|u| u.sku == p.sku) {
-            u.qty = u.qty.saturating_sub(p.qty);
-        }
-    }
-    out.retain(|u| u.qty > 0);
-    out
-}
-
-fn add_units(into: &mut Vec<SkuQty>, lines: &[SkuQty]) {
-    for l in lines {
-        match into.iter_mut().find(|u| u.sku == l.sku) {
-            Some(u) => u.qty = u.qty.saturating_add(l.qty),
-            None => into.push(l.clone()),
-        }
     }
 }
 
@@ -957,21 +596,6 @@ impl Intake {
         lock(&self.core.state).open.len()
     }
 
-    /// The hub's view of the escrow of `sku` at `site`.
-    pub fn escrow(&self, site: &NodeId, sku: &Sku) -> Option<EscrowCounter> {
-        lock(&self.core.state).escrow.get(&(site.clone(), sku.clone())).cloned()
-    }
-
-    /// Every escrow counter of `site` (for republishing at start).
-    pub fn escrow_of_site(&self, site: &NodeId) -> Vec<EscrowCounter> {
-        lock(&self.core.state).escrow.iter().filter(|((s, _), _)| s == site).map(|(_, c)| c.clone()).collect()
-    }
-
-    /// Sites the hub holds escrow with.
-    pub fn escrow_sites(&self) -> BTreeSet<NodeId> {
-        lock(&self.core.state).escrow.keys().map(|(s, _)| s.clone()).collect()
-    }
-
     /// The fulfillments a site has not finished with (table `fulfillments_live`), for a start: the documents of some may be
     /// missing (lost by a crash between the intake's commit and the documents' flush), and the others may
     /// hold a site's answer the watcher has not acted on yet. Reads those fulfillments' orders only, each
@@ -1045,291 +669,6 @@ impl Intake {
         let mut out = self.core.place_batch(vec![job], sites, now_ms)?;
         out.pop().unwrap_or(Err(IntakeError::ShuttingDown))
     }
-
-    /// Merges a site's view of its escrow counters (from its stock document) into the hub's, then applies
-    /// the hub's side of the rebalancing policy (giving rights back the site needs more than the hub).
-    /// Returns the counters the hub changed by its own action, to publish.
-    pub fn merge_site(
-        &self,
-        site: &NodeId,
-        theirs: Vec<EscrowCounter>,
-        now_ms: u64,
-    ) -> Result<Vec<EscrowCounter>, IntakeError> {
-        let mut st = lock(&self.core.state);
-        let w = self.core.db.begin_write()?;
-        let mut publish = Vec::new();
-        let mut touched = false;
-        {
-            let mut t = w.open_table(ESCROW)?;
-            for c in theirs {
-                let key = (site.clone(), c.sku().clone());
-                let mut mine = match st.escrow.get(&key) {
-                    Some(m) => m.clone(),
-                    None if st.escrow.len() < ESCROW_CELLS_MAX => EscrowCounter::new(c.sku().clone()),
-                    None => continue,
-                };
-                let before = mine.clone();
-                if mine.merge(&c).is_err() || mine.check().is_err() {
-                    tracing::warn!(%site, sku = %c.sku(), "refusing a site's escrow view that contradicts the hub's");
-                    continue;
-                }
-                let input = RebalanceInput {
-                    site_available: mine.local(Party::Site),
-                    hub_rights: mine.local(Party::Hub),
-                    hub_demand_recent: mine.consumed(Party::Hub),
-                    site_demand_recent: mine.consumed(Party::Site),
-                };
-                let mut acted = false;
-                if let Rebalance::AskHubBack { units } = rebalance(&input, &self.core.rebalance) {
-                    let units = units.min(mine.spendable(Party::Hub, now_ms));
-                    if units > 0 && mine.transfer(Party::Hub, Party::Site, units, now_ms).is_ok() {
-                        acted = true;
-                    }
-                }
-                if mine != before {
-                    t.insert(escrow_key(site, mine.sku()).as_str(), postcard_enc(&mine)?.as_slice())?;
-                    touched = true;
-                    if acted {
-                        publish.push(mine.clone());
-                    }
-                    st.escrow.insert(key, mine);
-                }
-            }
-        }
-        if touched {
-            w.commit()?;
-        }
-        Ok(publish)
-    }
-
-    /// Per (site, SKU) of `cells`: the hub's rights there now (spendable), the rights it holds, and its
-    /// lease; one short hold of the intake's lock, looking up these cells only (a stock page's).
-    pub fn escrow_cells(&self, cells: &[(NodeId, Sku)], now_ms: u64) -> BTreeMap<(String, String), (u64, u64, u64)> {
-        let st = lock(&self.core.state);
-        cells
-            .iter()
-            .filter_map(|key| {
-                let c = st.escrow.get(key)?;
-                let row = (c.spendable(Party::Hub, now_ms), c.local(Party::Hub), c.lease_until_ms(Party::Hub));
-                Some(((key.0.to_string(), key.1.to_string()), row))
-            })
-            .collect()
-    }
-
-    /// Per (site, SKU): the hub's rights there now (spendable) and its consumption so far.
-    #[cfg(test)]
-    pub fn escrow_table(&self, now_ms: u64) -> BTreeMap<(String, String), (u64, u64, u64)> {
-        lock(&self.core.state)
-            .escrow
-            .iter()
-            .map(|((site, sku), c)| {
-                (
-                    (site.to_string(), sku.to_string()),
-                    (c.spendable(Party::Hub, now_ms), c.local(Party::Hub), c.lease_until_ms(Party::Hub)),
-                )
-            })
-            .collect()
-    }
-}
-
-/// Routing and its records, shared by the writer's batches and the other writes.
-impl Core {
-    /// What the idempotency records say of `key` for a body of `channel` hashing to `hash`.
-    fn seen(
-        idem: &impl ReadableTable<&'static str, &'static [u8]>,
-        orders: &impl ReadableTable<&'static str, &'static [u8]>,
-        channel: &Channel,
-        key: &str,
-        hash: &[u8; 32],
-    ) -> Result<Seen, IntakeError> {
-        if let Some(v) = idem.get(scoped_key(channel, key).as_str())? {
-            let rec = decode_idem(v.value())?;
-            return Ok(if rec.body_sha256 == *hash { Seen::Replay(rec.order) } else { Seen::Reused(rec.order) });
-        }
-        // A record from before keys were scoped to the channel. The same body (which names its channel) is a
-        // replay of that order; another body is a reuse only if that order is of this channel, otherwise the
-        // key is this channel's to use.
-        let Some(v) = idem.get(key)? else { return Ok(Seen::New) };
-        let rec = decode_idem(v.value())?;
-        if rec.body_sha256 == *hash {
-            return Ok(Seen::Replay(rec.order));
-        }
-        let theirs = get_order(orders, &rec.order)?;
-        Ok(if theirs.is_some_and(|o| &o.draft.channel == channel) { Seen::Reused(rec.order) } else { Seen::New })
-    }
-
-    /// The sites' views for routing `skus` as the transaction sees them: capacity used today from `cap`,
-    /// the hub's spendable rights from the counters this transaction changed (`overlay`) over the committed
-    /// ones.
-    #[allow(clippy::too_many_arguments)]
-    fn site_views(
-        st: &State,
-        overlay: &Overlay,
-        cap: &impl ReadableTable<&'static str, u64>,
-        sites: &[SiteFacts],
-        skus: &[Sku],
-        exclude: &BTreeSet<NodeId>,
-        now_ms: u64,
-    ) -> Result<Vec<SiteView>, IntakeError> {
-        let mut out = Vec::with_capacity(sites.len());
-        for s in sites {
-            if exclude.contains(&s.id) {
-                continue;
-            }
-            let Ok(location) = GeoPoint::new(s.info.lat, s.info.lon) else { continue };
-            let used = cap.get(format!("{}|{}", s.id, utc_day(now_ms)).as_str())?.map(|v| v.value()).unwrap_or(0);
-            let mut promisable = HashMap::new();
-            for sku in skus {
-                if let Some(c) = rights(st, overlay, &(s.id.clone(), sku.clone())) {
-                    let n = u32::try_from(c.spendable(Party::Hub, now_ms)).unwrap_or(u32::MAX);
-                    if n > 0 {
-                        promisable.insert(sku.clone(), n);
-                    }
-                }
-            }
-            // Open work: the shipments the hub routed there today, this batch's included.
-            let open = oms_protocol::shipping::OpenWork { shipments: used };
-            // Cached per schedule: the same answer as `site_promise`, computed once per day and cut-off.
-            let promise = s.schedule.as_ref().and_then(|c| c.promise(now_ms, open));
-            out.push(SiteView {
-                id: s.id.clone(),
-                location,
-                priority: s.info.priority,
-                capacity_left_shipments: u32::try_from(u64::from(s.info.capacity_per_day).saturating_sub(used))
-                    .unwrap_or(0),
-                region: s.info.region.clone(),
-                reachable: s.reachable,
-                last_heard_age_ms: s.last_heard_age_ms,
-                promisable,
-                promise,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Routing's decision for the unfilled units of `order`, reading only: nothing is written, so a decision
-    /// that is refused leaves no trace in a shared transaction.
-    #[allow(clippy::too_many_arguments)]
-    fn plan(
-        &self,
-        st: &State,
-        overlay: &Overlay,
-        t: &Tables<'_>,
-        order: &HubOrder,
-        sites: &[SiteFacts],
-        exclude: &BTreeSet<NodeId>,
-        now_ms: u64,
-    ) -> Result<RoutingDecision, IntakeError> {
-        let lines: Vec<RouteLine> =
-            order.unfilled.iter().map(|l| RouteLine { sku: l.sku.clone(), qty: l.qty }).collect();
-        let skus: Vec<Sku> = lines.iter().map(|l| l.sku.clone()).collect();
-        let views = Self::site_views(st, overlay, &t.capacity, sites, &skus, exclude, now_ms)?;
-        let ship_to = GeoPoint { lat: order.draft.ship_to.lat, lon: order.draft.ship_to.lon };
-        let req = RouteRequest { lines, ship_to, region: None };
-        Ok(routing::route(&req, &views, &self.policy))
-    }
-
-    /// Records `decision` for `order`: consumes the hub's rights for each assignment in `overlay` (copied
-    /// from `st` on first use), counts the site's shipment for the day in `t`, adds the fulfillments to the
-    /// order and to `effects` (with each counter consumed, after consumption), and the decision to the
-    /// order's record. The counters' rows are written by [`write_escrow_rows`] once per transaction.
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        st: &State,
-        overlay: &mut Overlay,
-        t: &mut Tables<'_>,
-        order: &mut HubOrder,
-        decision: RoutingDecision,
-        trigger: String,
-        now_ms: u64,
-        effects: &mut Effects,
-    ) -> Result<(), IntakeError> {
-        if !decision.assignments.is_empty() {
-            let mut touched = BTreeSet::new();
-            for a in &decision.assignments {
-                for l in &a.lines {
-                    let key = (a.site.clone(), l.sku.clone());
-                    let c = match overlay.entry(key) {
-                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            let held = st.escrow.get(e.key()).cloned().ok_or_else(|| IntakeError::Corrupt {
-                                table: "escrow",
-                                detail: format!(
-                                    "routing used rights of {} at {} that the hub does not hold",
-                                    l.sku, a.site
-                                ),
-                            })?;
-                            e.insert(held)
-                        }
-                    };
-                    c.consume(Party::Hub, u64::from(l.qty), now_ms).map_err(|e| IntakeError::Corrupt {
-                        table: "escrow",
-                        detail: format!("routing promised more than the hub may spend: {e}"),
-                    })?;
-                    touched.insert((a.site.clone(), l.sku.clone()));
-                }
-                let n = order.fulfillments.len() + 1;
-                let id = OrderId::parse(&format!("{}.{n}", order.id))
-                    .map_err(|e| IntakeError::Corrupt { table: "orders", detail: format!("fulfillment id: {e}") })?;
-                let day_key = format!("{}|{}", a.site, utc_day(now_ms));
-                let used = t.capacity.get(day_key.as_str())?.map(|v| v.value()).unwrap_or(0);
-                t.capacity.insert(day_key.as_str(), used + 1)?;
-                t.live.insert(id.as_str(), order.id.as_str())?;
-                effects.fulfillments.push(NewFulfillment {
-                    id: id.clone(),
-                    parent: order.id.clone(),
-                    site: a.site.clone(),
-                    draft: part_of(&order.draft, &a.lines),
-                });
-                order.fulfillments.push(Fulfillment {
-                    id,
-                    site: a.site.clone(),
-                    lines: a.lines.clone(),
-                    assigned_at_ms: now_ms,
-                    released: None,
-                    promise: a.promise.clone(),
-                    site_cancel: None,
-                });
-            }
-            for key in touched {
-                if let Some(c) = overlay.get(&key) {
-                    effects.escrow.push((key.0, c.clone()));
-                }
-            }
-            let placed = &order.fulfillments[order.fulfillments.len() - decision.assignments.len()..];
-            t.event(crate::events::EventDraft::routed(order, placed, &decision.unfilled, &trigger, now_ms))?;
-        }
-        order.unfilled = decision.unfilled.clone();
-        let record = DecisionRecord { at_ms: now_ms, trigger, decision };
-        if order.decisions.len() >= DECISIONS_MAX {
-            order.decisions.remove(1);
-        }
-        order.decisions.push(record);
-        Ok(())
-    }
-
-    /// Writes `o` and keeps [`OPEN`] in step with it.
-    fn put_order(t: &mut Tables<'_>, o: &HubOrder) -> Result<(), IntakeError> {
-        t.orders.insert(o.id.as_str(), enc_json(o)?.as_slice())?;
-        if o.wants_routing() {
-            t.open.insert(o.id.as_str(), ())?;
-        } else {
-            t.open.remove(o.id.as_str())?;
-        }
-        Ok(())
-    }
-}
-
-/// Writes the rows of the counters a transaction changed (each once, however many orders consumed from it).
-fn write_escrow_rows(w: &redb::WriteTransaction, overlay: &Overlay) -> Result<(), IntakeError> {
-    if overlay.is_empty() {
-        return Ok(());
-    }
-    let mut t = w.open_table(ESCROW)?;
-    for ((site, sku), c) in overlay {
-        t.insert(escrow_key(site, sku).as_str(), postcard_enc(c)?.as_slice())?;
-    }
-    Ok(())
 }
 
 /// Forgets at most [`oms_protocol::records::IDEMPOTENCY_PRUNE_MAX`] idempotency records older than `cutoff_ms`
@@ -1350,10 +689,6 @@ fn prune_idempotency(
         idem.remove(key.as_str())?;
     }
     Ok(())
-}
-
-fn postcard_enc<T: Serialize>(v: &T) -> Result<Vec<u8>, IntakeError> {
-    postcard::to_allocvec(v).map_err(|e| IntakeError::Storage(Arc::new(StorageError::encode("a record", e))))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The intake's unit tests: placing, waiting units, keys, tracking tokens, search, bounded starts.
 
 use super::*;
-use oms_protocol::escrow::EscrowCounter;
+use oms_protocol::escrow::{EscrowCounter, Party};
+use oms_protocol::schema::SiteInfo;
 
 fn draft(ext: &str) -> OrderDraft {
     draft_of(ext, "web")

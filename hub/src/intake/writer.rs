@@ -571,7 +571,8 @@ impl<'t> Indexes<'t> {
 
 #[cfg(test)]
 mod tests {
-    use oms_protocol::escrow::EscrowCounter;
+    use oms_protocol::escrow::{EscrowCounter, Party};
+    use oms_protocol::schema::SiteInfo;
     use proptest::prelude::*;
 
     use super::*;
