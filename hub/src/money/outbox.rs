@@ -388,16 +388,8 @@ impl Money {
                 let i = match p.authorizations.iter().position(|x| x.reference == a.reference) {
                     Some(i) => i,
                     None => {
-                        p.authorizations.push(Authorization {
-                            reference: a.reference,
-                            amount_minor: a.amount_minor,
-                            captured_minor: 0,
-                            refunded_minor: 0,
-                            released_minor: 0,
-                            at_ms: now,
-                            expires_at_ms: now.saturating_add(self.cfg.authorization_validity_ms),
-                            closed: false,
-                        });
+                        let expires = now.saturating_add(self.cfg.authorization_validity_ms);
+                        p.authorizations.push(Authorization::new(a.reference, a.amount_minor, now, expires));
                         p.event(now, "reauthorized", left, None);
                         p.authorizations.len() - 1
                     }

@@ -234,6 +234,23 @@ pub struct Authorization {
     pub closed: bool,
 }
 
+impl Authorization {
+    /// A new, open authorization of `amount_minor` under the provider's `reference`, made at `at_ms` and good
+    /// until `expires_at_ms`: nothing captured, refunded or released on it yet.
+    pub fn new(reference: String, amount_minor: u64, at_ms: u64, expires_at_ms: u64) -> Authorization {
+        Authorization {
+            reference,
+            amount_minor,
+            captured_minor: 0,
+            refunded_minor: 0,
+            released_minor: 0,
+            at_ms,
+            expires_at_ms,
+            closed: false,
+        }
+    }
+}
+
 /// A priced line of an order, as its payment keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PricedLine {

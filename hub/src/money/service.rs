@@ -155,16 +155,7 @@ impl Money {
         let p = &mut prepared.payment;
         let expires = now_ms.saturating_add(self.cfg.authorization_validity_ms);
         let (Some(key), Some(token)) = (prepared.attempt_key.as_deref(), p.token.clone()) else {
-            p.authorizations.push(Authorization {
-                reference: MANUAL.into(),
-                amount_minor: p.total_minor,
-                captured_minor: 0,
-                refunded_minor: 0,
-                released_minor: 0,
-                at_ms: now_ms,
-                expires_at_ms: u64::MAX,
-                closed: false,
-            });
+            p.authorizations.push(Authorization::new(MANUAL.into(), p.total_minor, now_ms, u64::MAX));
             p.event(now_ms, "authorized", p.total_minor, None);
             return Ok(());
         };
@@ -186,16 +177,7 @@ impl Money {
         }
         match provider.authorize(key, &token, p.total_minor, p.currency.as_str()) {
             Ok(a) => {
-                p.authorizations.push(Authorization {
-                    reference: a.reference,
-                    amount_minor: a.amount_minor,
-                    captured_minor: 0,
-                    refunded_minor: 0,
-                    released_minor: 0,
-                    at_ms: now_ms,
-                    expires_at_ms: expires,
-                    closed: false,
-                });
+                p.authorizations.push(Authorization::new(a.reference, a.amount_minor, now_ms, expires));
                 p.event(now_ms, "authorized", p.total_minor, None);
                 Ok(())
             }
