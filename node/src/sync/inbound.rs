@@ -275,33 +275,44 @@ pub(super) async fn run(shared: Arc<Shared>, store: Store, link: HubLink) {
             }
             take
         };
-        // The escrow view and the purchase orders first, one after another, in the documents' order (as
-        // before); then the assignments, each its own sequence (accept, then a cancel or a delivery the hub
-        // asked for), up to `ASSIGNMENTS_IN_FLIGHT_MAX` at once: different orders touch different records, and
-        // the writer still applies every command in one order and checks each against stock.
-        let mut assignments = Vec::new();
-        for doc in batch {
-            let Some(action) = action_for(&shared, &doc) else { continue };
-            if matches!(action, Action::Assign { .. }) {
-                assignments.push((doc, action));
-                continue;
-            }
-            if let Err(e) = apply(&shared, &store, &link, action).await {
-                retry(&shared, doc, &e);
-            }
+        take_batch(&shared, &store, &link, batch).await;
+    }
+}
+
+/// Whether `action` is submitted together with the wake-up's assignments rather than before them, in turn:
+/// the escrow view's merge goes with them, so that the store's writer can take it in the same transaction
+/// (one commit a wake-up, not two one after the other). The two commute: a merge only raises the hub's
+/// entries of the counters, and an assignment reserves units the hub already paid for, which changes no
+/// counter (`escrow::on_movement`); each is still checked against the stock as the writer applies it.
+fn with_assignments(action: &Action) -> bool {
+    matches!(action, Action::Assign { .. } | Action::Escrow { .. })
+}
+
+/// Applies one wake-up's documents: the purchase orders first, one after another, in the documents' order;
+/// then the escrow view's merge and the assignments ([`with_assignments`]), each assignment its own sequence
+/// (accept, then a cancel or a delivery the hub asked for), up to `ASSIGNMENTS_IN_FLIGHT_MAX` at once:
+/// different orders touch different records, and the writer still applies every command in one order and
+/// checks each against stock. What fails is put back for the next wake-up.
+async fn take_batch(shared: &Shared, store: &Store, link: &HubLink, batch: Vec<DocId>) {
+    let mut together = Vec::new();
+    for doc in batch {
+        let Some(action) = action_for(shared, &doc) else { continue };
+        if with_assignments(&action) {
+            together.push((doc, action));
+            continue;
         }
-        let failed: Vec<(DocId, StoreError)> = futures::stream::iter(assignments)
-            .map(|(doc, action)| {
-                let (shared, store, link) = (&shared, &store, &link);
-                async move { apply(shared, store, link, action).await.err().map(|e| (doc, e)) }
-            })
-            .buffer_unordered(ASSIGNMENTS_IN_FLIGHT_MAX)
-            .filter_map(std::future::ready)
-            .collect()
-            .await;
-        for (doc, e) in failed {
-            retry(&shared, doc, &e);
+        if let Err(e) = apply(shared, store, link, action).await {
+            retry(shared, doc, &e);
         }
+    }
+    let failed: Vec<(DocId, StoreError)> = futures::stream::iter(together)
+        .map(|(doc, action)| async move { apply(shared, store, link, action).await.err().map(|e| (doc, e)) })
+        .buffer_unordered(ASSIGNMENTS_IN_FLIGHT_MAX)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    for (doc, e) in failed {
+        retry(shared, doc, &e);
     }
 }
 
@@ -333,6 +344,29 @@ mod tests {
         (skus, action)
     }
 
+    /// A site in `dir` with the catalog `SKUS`, `receipts` booked and one escrow tick run (the hub granted its
+    /// share), its documents, the current escrow view's id and a link to no hub.
+    async fn granted_site(dir: &std::path::Path, receipts: &[(&str, u32)]) -> (Store, Shared, DocId, HubLink) {
+        let store = store_with_catalog(dir, &SKUS).await;
+        for (s, qty) in receipts {
+            movement(&store, s, Movement::Receipt { qty: *qty, note: None }).await;
+        }
+        let tick = cmd::EscrowTick {
+            hub_reachable: true,
+            policy: EscrowPolicy::default(),
+            skus_max: 10,
+            changes_max: 10,
+            after: None,
+        };
+        store.execute(tick).await.unwrap();
+        let docs = crate::sync::tests::open_docs(&dir.join(crate::sync::SYNC_DB_FILE), 3);
+        let escrow = docs.sync.db.current(&schema::escrow_doc(&site()).unwrap());
+        let shared = Shared::new(docs, crate::sync::SyncTuning::default());
+        let link: HubLink =
+            serde_json::from_value(serde_json::json!({"addr": "127.0.0.1:9", "certs_dir": "/nonexistent"})).unwrap();
+        (store, shared, escrow, link)
+    }
+
     /// The hub spends `n` of its rights to `sku` and writes its view into the escrow document.
     fn hub_spends(shared: &Shared, doc: &DocId, hub: &mut EscrowCounter, n: u64) {
         hub.consume(Party::Hub, n, now_ms()).unwrap();
@@ -346,23 +380,7 @@ mod tests {
     #[tokio::test]
     async fn the_hubs_escrow_view_is_merged_by_the_counters_that_changed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store_with_catalog(dir.path(), &SKUS).await;
-        for s in SKUS {
-            movement(&store, s, Movement::Receipt { qty: 1_000, note: None }).await;
-        }
-        let tick = cmd::EscrowTick {
-            hub_reachable: true,
-            policy: EscrowPolicy::default(),
-            skus_max: 10,
-            changes_max: 10,
-            after: None,
-        };
-        store.execute(tick).await.unwrap();
-        let docs = crate::sync::tests::open_docs(&dir.path().join(crate::sync::SYNC_DB_FILE), 3);
-        let doc = docs.sync.db.current(&schema::escrow_doc(&site()).unwrap());
-        let shared = Shared::new(docs, crate::sync::SyncTuning::default());
-        let link: HubLink =
-            serde_json::from_value(serde_json::json!({"addr": "127.0.0.1:9", "certs_dir": "/nonexistent"})).unwrap();
+        let (store, shared, doc, link) = granted_site(dir.path(), &SKUS.map(|s| (s, 1_000))).await;
         let sku = |s: &str| Sku::parse(s).unwrap();
         let mut hub: Vec<EscrowCounter> = SKUS.iter().map(|s| store.escrow(&sku(s)).unwrap().unwrap()).collect();
         for c in &mut hub {
@@ -409,6 +427,48 @@ mod tests {
             m.heads = vec![ChangeHash([7; 32])];
         }
         assert_eq!(to_merge(&shared, &doc).0, SKUS);
+        store.close();
+    }
+
+    /// One wake-up with the hub's escrow view and two assignments: the merge goes with the assignments (not
+    /// awaited before them), and both take effect: the orders are accepted with their units reserved, and the
+    /// hub's spending is merged into the site's counter.
+    #[tokio::test]
+    async fn a_wake_up_submits_the_escrow_merge_with_its_assignments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, shared, escrow, link) = granted_site(dir.path(), &[("SKU-A", 10)]).await;
+        let sku = Sku::parse("SKU-A").unwrap();
+        let mut hub = store.escrow(&sku).unwrap().unwrap();
+        assert!(hub.local(Party::Hub) >= 2, "the tick granted the hub rights: {hub:?}");
+        // The hub spends two units and assigns them here, one order each.
+        hub_spends(&shared, &escrow, &mut hub, 2);
+        let hub_origin = oms_protocol::domain::NodeId::parse(HUB_ORIGIN).unwrap();
+        let mut batch = vec![escrow.clone()];
+        let mut ids = Vec::new();
+        for n in 1..=2 {
+            let parent = OrderId::new(&hub_origin, n);
+            let id = OrderId::parse(&format!("{parent}.1")).unwrap();
+            let name = schema::order_doc(&id).unwrap();
+            let draft = oms_protocol::fixtures::draft("w", &sku, 1);
+            let mut docs = lock(&shared.docs);
+            let doc = docs.sync.db.get_or_create(&name).unwrap();
+            schema::create_hub_order(doc, &id, &parent, &site(), &draft, now_ms()).unwrap();
+            drop(docs);
+            batch.push(name);
+            ids.push(id);
+        }
+        for doc in &batch {
+            assert!(with_assignments(&action_for(&shared, doc).unwrap()), "{doc} goes with the assignments");
+        }
+        take_batch(&shared, &store, &link, batch).await;
+        for id in &ids {
+            assert_eq!(store.order(id).unwrap().unwrap().status, FulfillmentState::Accepted, "{id}");
+        }
+        assert_eq!(store.balance(&sku).unwrap().unwrap().available(), 8, "two units reserved");
+        assert_eq!(store.escrow(&sku).unwrap().unwrap().consumed(Party::Hub), 2, "the hub's spending merged");
+        assert!(lock(&shared.inbound).is_empty(), "nothing failed, nothing put back");
+        // The purchase orders the hub publishes still go first, in turn.
+        assert!(!with_assignments(&Action::Inbound(Vec::new(), Vec::new())));
         store.close();
     }
 }
