@@ -221,11 +221,6 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Equality in time that depends on the lengths only.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// A posted form of this page, its form token checked against the cookie.
 struct Posted(Vec<(String, String)>);
 
@@ -247,7 +242,7 @@ fn posted(headers: &HeaderMap, body: &[u8]) -> Option<Posted> {
     }
     let form = Posted(fields);
     let cookie = cookie_token(headers)?;
-    ct_eq(cookie.as_bytes(), form.get("form")?.as_bytes()).then_some(form)
+    oms_service::auth::keys::ct_eq(cookie.as_bytes(), form.get("form")?.as_bytes()).then_some(form)
 }
 
 fn stale_form(token: &str) -> Response {

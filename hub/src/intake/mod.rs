@@ -55,7 +55,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use oms_protocol::domain::{Channel, NodeId, OrderDraft, OrderId, Sku};
 use oms_protocol::escrow::{EscrowCounter, RebalancePolicy};
 use oms_service::audit::{self, AUDIT, Actor, AuditEvent};
-use oms_service::auth::keys::token_hash;
+use oms_service::auth::keys::{self, token_hash};
 use oms_service::lock;
 use oms_service::storage::StorageError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -78,7 +78,7 @@ use records::{IdemRecord, add_units, decode_idem, decode_order, enc_json, minus_
 use route::Seen;
 pub(crate) use search::search_keys;
 pub use search::tracking_token_well_formed;
-use search::{channel_key, ct_eq, index_contacts_once, new_tracking_token, scoped_key, search_terms};
+use search::{channel_key, index_contacts_once, new_tracking_token, scoped_key, search_terms};
 pub use writer::{BatchCounts, DOCS_BATCHES_MAX, DOCS_QUEUE_MAX, EffectsSink, IntakeLimits, SiteSource, body_hash};
 
 /// The format of `intake.redb` (see `oms_service::storage::format`): 1 is the first versioned one, the same
@@ -508,7 +508,7 @@ impl Intake {
         let id = r.open_table(TRACKING)?.get(token_hash(token).as_slice())?.map(|v| v.value().to_owned());
         let Some(id) = id else { return Ok(None) };
         let order = get_order(&r.open_table(ORDERS)?, &id)?;
-        Ok(order.filter(|o| o.tracking_token.as_deref().is_some_and(|t| ct_eq(t.as_bytes(), token.as_bytes()))))
+        Ok(order.filter(|o| o.tracking_token.as_deref().is_some_and(|t| keys::ct_eq(t.as_bytes(), token.as_bytes()))))
     }
 
     /// The orders of `channel` after the id `after` (exclusive), at most `limit` (capped at

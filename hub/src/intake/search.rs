@@ -97,8 +97,3 @@ pub(super) fn new_tracking_token() -> String {
 pub fn tracking_token_well_formed(token: &str) -> bool {
     token.len() == TRACKING_TOKEN_HEX_LEN && token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
-
-/// Equality of two byte strings in time that depends on their lengths only.
-pub(super) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}

@@ -179,6 +179,12 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Equality of two byte strings in time that depends on their lengths only (for secrets compared as they
+/// are: a customer's tracking token, a form's token against its cookie).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use fmt::Write as _;
@@ -423,6 +429,16 @@ pub fn revoke(dir: &Path, name: &str, now_ms: u64) -> Result<KeyRecord, KeyError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ct_eq_is_equality() {
+        assert!(ct_eq(b"", b""));
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"), "the last byte differs");
+        assert!(!ct_eq(b"xbc", b"abc"), "the first byte differs");
+        assert!(!ct_eq(b"abc", b"abcd"), "a prefix");
+        assert!(!ct_eq(b"abcd", b"abc"));
+    }
 
     fn key(name: &str, role: Role, channel: Option<&str>) -> NewKey {
         NewKey {
