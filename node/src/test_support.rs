@@ -4,7 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use oms_protocol::domain::{Movement, NodeId, Sku};
+use oms_protocol::domain::{Movement, NodeId, OrderDraft, OrderId, Sku};
+use oms_protocol::schema::{self, HUB_ORIGIN};
+use oms_protocol::wire::DocId;
+use oms_service::now_ms;
+use oms_sync::DocDb;
 
 use crate::metrics::Metrics;
 use crate::store::{CatalogItem, Limits, Store, cmd};
@@ -28,4 +32,14 @@ pub(crate) async fn store_with_catalog(dir: &Path, skus: &[&str]) -> Store {
 /// Records `movement` of SKU `sku` at `store`.
 pub(crate) async fn movement(store: &Store, sku: &str, movement: Movement) {
     store.execute(cmd::Stock { sku: Sku::parse(sku).unwrap(), movement }).await.unwrap();
+}
+
+/// Writes into `db` the hub's assignment `hub-<n>.1` of `draft` to [`site`], as the hub's intake creates it;
+/// returns the fulfillment's id and its document's name.
+pub(crate) fn hub_assignment(db: &mut DocDb, n: u64, draft: &OrderDraft) -> (OrderId, DocId) {
+    let parent = OrderId::new(&NodeId::parse(HUB_ORIGIN).unwrap(), n);
+    let id = OrderId::parse(&format!("{parent}.1")).unwrap();
+    let name = schema::order_doc(&id).unwrap();
+    schema::create_hub_order(db.get_or_create(&name).unwrap(), &id, &parent, &site(), draft, now_ms()).unwrap();
+    (id, name)
 }

@@ -329,7 +329,7 @@ fn retry(shared: &Shared, doc: DocId, e: &StoreError) {
 mod tests {
     use super::*;
     use crate::escrow::EscrowPolicy;
-    use crate::test_support::{movement, site, store_with_catalog};
+    use crate::test_support::{hub_assignment, movement, site, store_with_catalog};
     use oms_protocol::domain::{Movement, Sku};
     use oms_protocol::escrow::{EscrowCounter, Party};
 
@@ -442,18 +442,11 @@ mod tests {
         assert!(hub.local(Party::Hub) >= 2, "the tick granted the hub rights: {hub:?}");
         // The hub spends two units and assigns them here, one order each.
         hub_spends(&shared, &escrow, &mut hub, 2);
-        let hub_origin = oms_protocol::domain::NodeId::parse(HUB_ORIGIN).unwrap();
         let mut batch = vec![escrow.clone()];
         let mut ids = Vec::new();
+        let draft = oms_protocol::fixtures::draft("w", &sku, 1);
         for n in 1..=2 {
-            let parent = OrderId::new(&hub_origin, n);
-            let id = OrderId::parse(&format!("{parent}.1")).unwrap();
-            let name = schema::order_doc(&id).unwrap();
-            let draft = oms_protocol::fixtures::draft("w", &sku, 1);
-            let mut docs = lock(&shared.docs);
-            let doc = docs.sync.db.get_or_create(&name).unwrap();
-            schema::create_hub_order(doc, &id, &parent, &site(), &draft, now_ms()).unwrap();
-            drop(docs);
+            let (id, name) = hub_assignment(&mut lock(&shared.docs).sync.db, n, &draft);
             batch.push(name);
             ids.push(id);
         }

@@ -4,10 +4,9 @@
 
 use super::*;
 use crate::escrow::EscrowPolicy;
-use crate::test_support::{movement, site, store_with_catalog};
+use crate::test_support::{hub_assignment, movement, site, store_with_catalog};
 use oms_protocol::domain::{Balance, Movement, OrderId};
 use oms_protocol::escrow::{EscrowCounter, Party};
-use oms_protocol::schema::HUB_ORIGIN;
 use oms_protocol::sync::automerge::ChangeHash;
 use std::collections::BTreeMap;
 
@@ -389,12 +388,7 @@ async fn a_burst_of_assignments_is_taken_in_shared_transactions() {
     .unwrap();
     let mut ids = Vec::new();
     for i in 1..=ORDERS {
-        let parent = OrderId::new(&NodeId::parse(HUB_ORIGIN).unwrap(), i as u64);
-        let id = OrderId::parse(&format!("{parent}.1")).unwrap();
-        let name = schema::order_doc(&id).unwrap();
-        schema::create_hub_order(docs.sync.db.get_or_create(&name).unwrap(), &id, &parent, &site(), &draft, now_ms())
-            .unwrap();
-        ids.push((id, name));
+        ids.push(hub_assignment(&mut docs.sync.db, i as u64, &draft));
     }
     let batches = |m: &crate::metrics::Metrics| -> u64 {
         let text = m.render();
