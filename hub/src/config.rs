@@ -53,6 +53,11 @@ pub struct HubConfig {
     /// `ChangeTooLarge` before anything is inflated. 4 MiB (a frame) ..= 1 GiB.
     #[serde(default = "default_changes_inflated_bytes_max")]
     pub changes_inflated_bytes_max: usize,
+    /// A session holds its answers to a node's documents up to this long (ms) while no document of the
+    /// hub's own is ready for that node, so that one flush and one write carry them with the next; 0 answers
+    /// at once. At most `oms_sync::link::ANSWER_LINGER_MS_MAX`.
+    #[serde(default = "default_answer_linger_ms")]
+    pub answer_linger_ms: u64,
     /// How often the CRL file is checked for changes, ms. A revoked node's live connection is closed within
     /// this interval, and its next handshake refused.
     #[serde(default = "default_crl_check_interval_ms")]
@@ -145,6 +150,9 @@ fn default_node_stored_bytes_max() -> u64 {
 fn default_changes_inflated_bytes_max() -> usize {
     oms_protocol::sync::CHANGES_INFLATED_BYTES_MAX
 }
+fn default_answer_linger_ms() -> u64 {
+    oms_sync::link::ANSWER_LINGER_MS
+}
 fn default_crl_check_interval_ms() -> u64 {
     oms_transport::tls::FILE_CHECK_INTERVAL_MS
 }
@@ -168,6 +176,7 @@ impl Default for HubConfig {
             node_stored_bytes_max: default_node_stored_bytes_max(),
             state_history_ops_min: default_state_history_ops_min(),
             changes_inflated_bytes_max: default_changes_inflated_bytes_max(),
+            answer_linger_ms: default_answer_linger_ms(),
             crl_check_interval_ms: default_crl_check_interval_ms(),
             cert_check_interval_ms: default_cert_check_interval_ms(),
             routing: crate::routing::RoutingPolicy::default(),
@@ -223,6 +232,13 @@ impl HubConfig {
             return Err(ConfigError::Invalid(format!(
                 "docs_cached_max must be at least 1 and docs_loaded_max at least docs_cached_max (got {} and {})",
                 self.docs_cached_max, self.docs_loaded_max
+            )));
+        }
+        if self.answer_linger_ms > oms_sync::link::ANSWER_LINGER_MS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "answer_linger_ms must be at most {}, got {}",
+                oms_sync::link::ANSWER_LINGER_MS_MAX,
+                self.answer_linger_ms
             )));
         }
         if self.state_history_ops_min < oms_protocol::generations::HISTORY_OPS_MIN_LEAST {

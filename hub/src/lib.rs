@@ -82,6 +82,7 @@ pub async fn run(
         nodes_max: cfg.nodes_max,
         docs_loaded_max: cfg.docs_loaded_max,
         changes_inflated_bytes_max: cfg.changes_inflated_bytes_max,
+        answer_linger_ms: cfg.answer_linger_ms,
         ..server::ServerTuning::default()
     };
     let intake = intake::Intake::open_cached(

@@ -46,6 +46,12 @@ pub struct ServerTuning {
     pub frames_queued_max: usize,
     /// Frames already queued that a session handles before one flush and one write of the answers.
     pub frames_per_flush_max: usize,
+    /// A session holds its answers to a node's frames (acknowledgements, mostly) for up to this long while
+    /// no document of the hub's own is ready for that node, so that one `hub.redb` flush and one write carry
+    /// them with the next ones (under load a new order every millisecond or so) rather than a flush each
+    /// ([`link::Linger`]). Never past `frames_per_flush_max` frames or `docs_loaded_max` documents loaded;
+    /// 0 answers at once.
+    pub answer_linger_ms: u64,
     /// Documents loaded at the hub (cached, and changed but not yet on disk; `docs_loaded_max` in the
     /// configuration) beyond which a session takes no
     /// further queued frame before the next flush. Every session handles at least one frame per flush, so
@@ -63,6 +69,7 @@ impl Default for ServerTuning {
             tick_ms: 250,
             frames_queued_max: 256,
             frames_per_flush_max: 256,
+            answer_linger_ms: link::ANSWER_LINGER_MS,
             docs_loaded_max: 2 * crate::docs::DOCS_CACHED_MAX,
             changes_inflated_bytes_max: oms_protocol::sync::CHANGES_INFLATED_BYTES_MAX,
         }
@@ -475,9 +482,15 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
     let mut out: Vec<Frame> = Vec::new();
     // What this session's anti-entropy had sent when last added to the node's status.
     let mut anti_entropy_noted = oms_protocol::sync::AntiEntropyStats::default();
+    let mut linger = link::Linger::new(hub.tuning.answer_linger_ms);
+    // Frames handled since the last flush and write; whether the last pass handled a document's frames
+    // (whose answers may wait), and whether it handled another (a handshake, a manifest, a ping: answered
+    // at once).
+    let (mut unanswered, mut answering, mut urgent) = (0usize, false, false);
     loop {
         let mut closed = None;
         let needed;
+        let loaded_full;
         {
             let mut docs = hub.docs.lock();
             while let Some(f) = session.poll_transmit() {
@@ -529,12 +542,17 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
             st.anti_entropy.add_since(&anti_entropy_noted, &sent);
             anti_entropy_noted = sent;
             needed = hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1;
+            loaded_full = docs.db().loaded() >= hub.tuning.docs_loaded_max;
         }
-        // Persist before answering: what the node believes the hub has, the hub has on disk. One flush covers
-        // every frame handled since the last one, of this session and of the others.
-        persist(hub, needed).await?;
-        link::write_frames(&mut send, &out, &mut encoder, io_timeout).await?;
-        out.clear();
+        let full = closed.is_some() || loaded_full || unanswered >= batch_max || std::mem::take(&mut urgent);
+        if !linger.holds(tokio::time::Instant::now(), std::mem::take(&mut answering), full) {
+            // Persist before answering: what the node believes the hub has, the hub has on disk. One flush
+            // covers every frame handled since the last one, of this session and of the others.
+            persist(hub, needed).await?;
+            link::write_frames(&mut send, &out, &mut encoder, io_timeout).await?;
+            out.clear();
+            unanswered = 0;
+        }
         if let Some((code, reason, by_peer)) = closed {
             oms_transport::close(conn, code, &reason);
             return Err(LinkError::Closed { code, reason, by_peer });
@@ -542,7 +560,11 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
         tokio::select! {
             frame = frames.recv() => match frame {
                 Some(Ok(frame)) => {
+                    // Only a document's answers wait: a handshake, a manifest or a ping is answered at once.
+                    let doc = link::may_hold_answer(&frame);
+                    (answering, urgent) = (answering || doc, urgent || !doc);
                     handle_frame(hub, node, &mut session, frame, &mut out);
+                    unanswered += 1;
                     // Take what else is already queued (bounded) before the next flush and write.
                     for _ in 1..batch_max {
                         // A hundred nodes catching up at once would otherwise keep 100 × `batch_max`
@@ -551,7 +573,12 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                             break;
                         }
                         match frames.try_recv() {
-                            Ok(Ok(frame)) => handle_frame(hub, node, &mut session, frame, &mut out),
+                            Ok(Ok(frame)) => {
+                                let doc = link::may_hold_answer(&frame);
+                                (answering, urgent) = (answering || doc, urgent || !doc);
+                                handle_frame(hub, node, &mut session, frame, &mut out);
+                                unanswered += 1;
+                            }
                             Ok(Err(e)) => {
                                 oms_transport::close(conn, e.code(), &e.to_string());
                                 return Err(e.into());
@@ -567,7 +594,11 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                 None => return Ok(()),
             },
             _ = tick.tick() => session.tick(&mut hub.docs.lock().sync, now_ms()),
+            () = tokio::time::sleep_until(linger.deadline().unwrap_or_else(tokio::time::Instant::now)),
+                if linger.deadline().is_some() => {}
             () = local.notified() => {
+                // Documents of the hub's own for this node go now, with any answers held for them.
+                linger.release();
                 let mut docs = hub.docs.lock();
                 for doc in docs.take_local(node.as_str()) {
                     session.local_change(&mut docs.sync, &doc);

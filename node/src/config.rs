@@ -215,6 +215,15 @@ pub struct HubLink {
     /// demo sets it low so that generations happen while it runs.
     #[serde(default = "default_state_history_ops_min")]
     pub state_history_ops_min: u64,
+    /// After the hub sent an order document, the answers to it wait up to this long (ms) for the site's
+    /// progress on it, so that one flush and one write carry both; 0 answers at once. At most
+    /// `oms_sync::link::ANSWER_LINGER_MS_MAX`.
+    #[serde(default = "default_answer_linger_ms")]
+    pub answer_linger_ms: u64,
+}
+
+fn default_answer_linger_ms() -> u64 {
+    oms_sync::link::ANSWER_LINGER_MS
 }
 
 fn default_state_history_ops_min() -> u64 {
@@ -305,6 +314,12 @@ impl NodeConfig {
         self.auth.validate()?;
         self.http.scheme(self.listen.ip())?;
         if let Some(h) = &self.hub {
+            if h.answer_linger_ms > oms_sync::link::ANSWER_LINGER_MS_MAX {
+                return Err(ConfigError::Invalid(format!(
+                    "hub.answer_linger_ms must be at most {}",
+                    oms_sync::link::ANSWER_LINGER_MS_MAX
+                )));
+            }
             if h.state_history_ops_min < oms_protocol::generations::HISTORY_OPS_MIN_LEAST {
                 return Err(ConfigError::Invalid(format!(
                     "hub.state_history_ops_min must be at least {}",

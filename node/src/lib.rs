@@ -65,6 +65,7 @@ pub async fn run(
             cfg.shipping.as_ref(),
             sync::SyncTuning {
                 receipt_prune_grace_ms: cfg.receiving.receipt_prune_grace_ms,
+                answer_linger_ms: link.answer_linger_ms,
                 ..sync::SyncTuning::default()
             },
             metrics.clone(),

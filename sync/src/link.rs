@@ -1,5 +1,6 @@
 //! The I/O half of one sync connection, shared by the node and the hub: a reader task that turns a QUIC
-//! receive stream into frames, and a frame writer with a deadline.
+//! receive stream into frames, a frame writer with a deadline, and the [`Linger`] that lets a driver hold
+//! its answers briefly so that one flush and one write carry them with what it sends next.
 //!
 //! Reading lives in its own task because a driver must wait for a frame, a local change and a timer at the
 //! same time, and a half-read frame must not be lost when another branch of a `select!` wins: the reader
@@ -54,6 +55,7 @@ pub enum LinkError {
 }
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Bytes asked from QUIC per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -122,4 +124,121 @@ pub async fn write_frames(
         .await
         .map_err(|_| FrameIoError::Timeout { what: "writing frames", ms })??;
     Ok(())
+}
+
+/// Most a driver may hold its answers (`answer_linger_ms` in the node's and the hub's configuration): a few
+/// milliseconds serve; more only delays acknowledgements.
+pub const ANSWER_LINGER_MS_MAX: u64 = 10_000;
+/// Default of `answer_linger_ms`: about a site's store commit, or the time between two orders under load.
+pub const ANSWER_LINGER_MS: u64 = 2;
+
+/// A frame about one document (Automerge's sync messages and their acknowledgements), whose answers may be
+/// held ([`Linger`]); any other (a handshake, a manifest, a ping, a refusal) is answered at once.
+pub fn may_hold_answer(frame: &Frame) -> bool {
+    matches!(frame, Frame::Sync { .. } | Frame::Ack { .. })
+}
+
+/// Whether a driver writes its answers now or holds them a little.
+///
+/// Every pass of a driver flushes its documents (an fsync) before it writes what its session produced:
+/// durable before acknowledged. A pass that only answers the peer (acknowledgements, heads) is worth holding
+/// when something of this side's own will follow shortly and can share the flush and the write: at a site, the
+/// progress it writes into an assignment it just received (the store's commit, a millisecond or two later); at
+/// the hub, the next documents it sends (under load a new order every millisecond or so). Nothing is sent
+/// before it is durable either way; holding only delays an answer, by at most `hold_ms`, and never past
+/// `full` (the driver's bound on frames or documents waiting for a flush). `hold_ms` 0 answers at once.
+///
+/// Sans-clock: the driver passes the time, so the tests run without a runtime.
+#[derive(Debug, Clone)]
+pub struct Linger {
+    hold_ms: u64,
+    until: Option<Instant>,
+}
+
+impl Linger {
+    /// A linger of at most `hold_ms` per held answer.
+    pub fn new(hold_ms: u64) -> Self {
+        Self { hold_ms, until: None }
+    }
+
+    /// Called once per pass, before the flush and write: true if they are to wait. `answering` says that
+    /// this pass handled the peer's frames and has only answers of its own to send (it starts a hold unless
+    /// one is running; a running hold is not extended); `full` that the driver's bound is reached, which ends
+    /// any hold. A hold also ends at its deadline and at [`Linger::release`].
+    pub fn holds(&mut self, now: Instant, answering: bool, full: bool) -> bool {
+        if full || self.hold_ms == 0 {
+            self.until = None;
+            return false;
+        }
+        if answering && self.until.is_none() {
+            self.until = Some(now + Duration::from_millis(self.hold_ms));
+        }
+        match self.until {
+            Some(t) if now < t => true,
+            _ => {
+                self.until = None;
+                false
+            }
+        }
+    }
+
+    /// Something of this side's own is ready to go: end the hold, so that the next pass flushes and writes.
+    pub fn release(&mut self) {
+        self.until = None;
+    }
+
+    /// When the running hold ends, for the driver's `select!` (`None`: no hold).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.until
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_hold_lasts_until_its_deadline_and_is_not_extended() {
+        let t0 = Instant::now();
+        let mut l = Linger::new(2);
+        assert!(!l.holds(t0, false, false), "nothing answered: no hold");
+        assert!(l.holds(t0, true, false), "an answer starts a hold");
+        assert_eq!(l.deadline(), Some(t0 + 2 * MS));
+        // More answers while holding do not push the deadline on.
+        assert!(l.holds(t0 + MS, true, false));
+        assert_eq!(l.deadline(), Some(t0 + 2 * MS));
+        assert!(!l.holds(t0 + 2 * MS, true, false), "the deadline ends it");
+        assert_eq!(l.deadline(), None);
+        // The next answer starts a new one.
+        assert!(l.holds(t0 + 3 * MS, true, false));
+        assert_eq!(l.deadline(), Some(t0 + 5 * MS));
+    }
+
+    #[test]
+    fn only_a_documents_frames_may_wait_for_their_answers() {
+        let doc = oms_protocol::wire::DocId::new("order/wh-a-1").unwrap();
+        assert!(may_hold_answer(&Frame::Sync { doc: doc.clone(), msg: Vec::new() }));
+        assert!(may_hold_answer(&Frame::Ack { doc: doc.clone(), heads: Vec::new() }));
+        assert!(!may_hold_answer(&Frame::Refused { doc, code: ErrorCode::NotEntitled }));
+        assert!(!may_hold_answer(&Frame::Ping { nonce: 1 }));
+        assert!(!may_hold_answer(&Frame::Pong { nonce: 1 }));
+    }
+
+    #[test]
+    fn a_hold_ends_when_released_or_full_and_zero_never_holds() {
+        let t0 = Instant::now();
+        let mut l = Linger::new(5);
+        assert!(l.holds(t0, true, false));
+        l.release();
+        assert_eq!(l.deadline(), None);
+        assert!(!l.holds(t0 + MS, false, false), "released: the pass flushes and writes");
+        assert!(l.holds(t0 + MS, true, false));
+        assert!(!l.holds(t0 + 2 * MS, true, true), "the driver's bound ends it");
+        assert_eq!(l.deadline(), None);
+        let mut never = Linger::new(0);
+        assert!(!never.holds(t0, true, false));
+        assert_eq!(never.deadline(), None);
+    }
 }

@@ -262,6 +262,57 @@ async fn rejected_assignment_is_rerouted_and_cancel_reports_each_line() {
 const CLIENTS: u32 = 16;
 const PER_CLIENT: u32 = 24;
 
+/// Both sides may hold their answers to the other's documents for a while (`answer_linger_ms`), so that one
+/// flush and one write carry them with what they send next; what they send of their own never waits for the
+/// hold. With holds of 10 s on both sides, orders still reach the site at once, and their `accepted` and
+/// `shipped` reach the hub at once. Were a document of the hub's own (an assignment) or a site's progress
+/// left to wait, each step would take a second at least (until a ping, which is answered at once, ends the
+/// hold) and up to the hold's 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_answers_never_hold_back_an_assignment_or_its_progress() {
+    const HOLD_MS: u64 = 10_000;
+    // The first order may find no hold at the hub (each later one finds the hold its predecessor's
+    // `shipped` started), so a hub that held its own documents back would add a second to three of them.
+    const ORDERS: usize = 4;
+    // Well under a second a step (about 200 ms here: a debug build, 100 ms polls; more on a loaded machine).
+    let steps_max = Duration::from_millis(2_500);
+    let c = http();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let certs = pki(root, &["wh-berlin"]);
+    let (quic, hub_http) = (free_udp(), free_tcp());
+    let hold = format!("answer_linger_ms = {HOLD_MS}");
+    let _hub = cluster::spawn_hub_with(root, &certs, quic, hub_http, "info", &format!("{hold}\n"));
+    let berlin = node(root, &certs, "wh-berlin", quic, BERLIN, &hold);
+    cluster::wait_healthy(&c, berlin.http, HEALTHY).await;
+    cluster::wait_healthy(&c, hub_http, HEALTHY).await;
+    seed_sku(&c, &berlin, "SKU-1", 100).await;
+    wait_promisable(&c, hub_http, "SKU-1", "wh-berlin", 2 * ORDERS as u64).await;
+
+    let (mut accepted, mut shipped) = (Duration::ZERO, Duration::ZERO);
+    for n in 0..ORDERS {
+        let started = tokio::time::Instant::now();
+        let (s, placed, _) =
+            hub_post(&c, hub_http, &format!("k-hold-{n}"), &order("web-hold", &[("SKU-1", 2)], BERLIN)).await;
+        assert_eq!(s, 201, "{placed}");
+        let id = placed["id"].as_str().unwrap().to_owned();
+        let fo = placed["fulfillments"][0]["id"].as_str().unwrap().to_owned();
+        let url = format!("http://{hub_http}/v1/orders/{id}");
+        wait_for(&c, url.clone(), "accepted, as the hub sees it", |v| v["fulfillments"][0]["status"] == "accepted")
+            .await;
+        accepted += started.elapsed();
+        let (s, at_node) = get(&c, format!("http://{}/v1/orders/{fo}", berlin.http)).await;
+        assert_eq!((s, at_node["status"].as_str()), (200, Some("accepted")), "{at_node}");
+
+        pick_pack_ship(&c, &berlin, &fo, "SKU-1", 2).await;
+        let started = tokio::time::Instant::now();
+        wait_for(&c, url, "shipped, as the hub sees it", |v| v["status"] == "shipped").await;
+        shipped += started.elapsed();
+    }
+    assert!(accepted < steps_max, "{ORDERS} orders, POST to accepted at the hub: {accepted:?} in all");
+    assert!(shipped < steps_max, "{ORDERS} orders, shipped at the site to shipped at the hub: {shipped:?} in all");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_killed_during_intake_loses_no_acknowledged_order() {
     let c = http();

@@ -81,6 +81,11 @@ pub(crate) struct SyncTuning {
     pub stalled_max_ms: u64,
     /// Frames already queued that the link handles before one flush and one write of the answers.
     pub frames_per_flush_max: usize,
+    /// After the hub sent an order document, the session holds its answers (flush and write) for up to this
+    /// long, until the site's progress on it (`accepted`, written by the feed follower after the store's
+    /// commit) is ready to go with them: one `sync.redb` flush and one write for both, and at the hub one
+    /// pass for both ([`link::Linger`]). Never past `frames_per_flush_max` frames; 0 answers at once.
+    pub answer_linger_ms: u64,
     /// Changed balances are written into the stock document at most this often (one Automerge change for all
     /// SKUs changed in the period, rather than one per feed batch), unless an acknowledgement of the hub's
     /// spending presses (see `ack_pressing`).
@@ -114,6 +119,7 @@ impl Default for SyncTuning {
             silent_max_ms: 3_000,
             stalled_max_ms: 60_000,
             frames_per_flush_max: 256,
+            answer_linger_ms: link::ANSWER_LINGER_MS,
             stock_coalesce_ms: 250,
             stock_pending_max: 10_000,
             receipt_prune_grace_ms: 60_000,
@@ -729,11 +735,17 @@ async fn run_session(
     let connected_at = now_ms();
     let mut last_ping = 0u64;
     let mut datagrams = (conn.stats().udp_rx.datagrams, connected_at);
+    let mut linger = link::Linger::new(shared.tuning.answer_linger_ms);
+    // Frames handled since the last flush and write, and whether one of them was not a document's (a
+    // handshake, a manifest, a ping): those are answered at once, as are the node's own pings.
+    let (mut unanswered, mut urgent) = (0usize, false);
     loop {
         while let Some(f) = session.poll_transmit() {
             out.push(f);
         }
         let mut closed = None;
+        // The hub sent an order document (an assignment, or a change to one): its progress follows.
+        let mut assigned = false;
         {
             let mut docs = lock(&shared.docs);
             while let Some(ev) = session.poll_event() {
@@ -753,6 +765,7 @@ async fn run_session(
                         if docs.sync.db.get(&doc).and_then(schema::frozen_at_ms).is_some() {
                             docs.sync.db.compact(&doc);
                         }
+                        assigned |= matches!(DocKind::of(&doc), Some(DocKind::Order(_)));
                         let mut inbound = lock(&shared.inbound);
                         if inbound.len() < shared.tuning.dirty_docs_max {
                             inbound.insert(doc);
@@ -774,10 +787,14 @@ async fn run_session(
                 }
             }
         }
-        // Persist what the hub sent before answering it; one flush covers every frame handled since the last.
-        persist(shared).await?;
-        link::write_frames(&mut send, &out, &mut encoder, io_timeout).await?;
-        out.clear();
+        let full = closed.is_some() || unanswered >= batch_max || std::mem::take(&mut urgent);
+        if !linger.holds(tokio::time::Instant::now(), assigned, full) {
+            // Persist what the hub sent before answering it; one flush covers every frame handled since the last.
+            persist(shared).await?;
+            link::write_frames(&mut send, &out, &mut encoder, io_timeout).await?;
+            out.clear();
+            unanswered = 0;
+        }
         if let Some((code, reason, by_peer)) = closed {
             while let Some(f) = session.poll_transmit() {
                 out.push(f);
@@ -791,11 +808,17 @@ async fn run_session(
                 Some(Ok(frame)) => {
                     shared.last_hub_frame_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
                     let mut docs = lock(&shared.docs);
+                    urgent |= !link::may_hold_answer(&frame);
                     session.handle_frame(&mut docs.sync, frame);
+                    unanswered += 1;
                     // Take what else is already queued (bounded) before the next flush and write.
                     for _ in 1..batch_max {
                         match frames.try_recv() {
-                            Ok(Ok(frame)) => session.handle_frame(&mut docs.sync, frame),
+                            Ok(Ok(frame)) => {
+                                urgent |= !link::may_hold_answer(&frame);
+                                session.handle_frame(&mut docs.sync, frame);
+                                unanswered += 1;
+                            }
                             Ok(Err(e)) => {
                                 oms_transport::close(&conn, e.code(), &e.to_string());
                                 return Err(e.into());
@@ -813,7 +836,12 @@ async fn run_session(
                 }
                 None => return Ok(()),
             },
+            () = tokio::time::sleep_until(linger.deadline().unwrap_or_else(tokio::time::Instant::now)),
+                if linger.deadline().is_some() => {}
             () = shared.changed.notified() => {
+                // The site's own changes (its progress on what it was sent, among others) go now, with any
+                // answers held for them.
+                linger.release();
                 let changed = std::mem::take(&mut *lock(&shared.dirty));
                 let mut docs = lock(&shared.docs);
                 for doc in &changed {
@@ -848,6 +876,7 @@ async fn run_session(
                 {
                     out.push(oms_protocol::wire::Frame::Ping { nonce: now });
                     last_ping = now;
+                    urgent = true;
                 }
             }
         }
