@@ -72,10 +72,24 @@ pub fn oms_bin() -> PathBuf {
     dir.join("oms-it")
 }
 
-/// A free loopback port (bound and released; the small race is acceptable in tests).
+/// A free loopback port (bound and released; the small race with other processes is acceptable in tests).
+/// Never one this test binary was given before: the tests of one binary run in parallel, and two of them given
+/// the same released port would start two processes on it, one test then talking to the other's process.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    l.local_addr().expect("local addr")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut addr = None;
+    for _ in 0..1_000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let a = l.local_addr().expect("local addr");
+        if !given.contains(&a.port()) {
+            addr = Some(a);
+            break;
+        }
+    }
+    let addr = addr.expect("a loopback port not given before within 1,000 tries");
+    given.push(addr.port());
+    addr
 }
 
 /// A node process on loopback.
