@@ -311,6 +311,20 @@ mod tests {
     }
 
     #[test]
+    fn the_answer_linger_defaults_to_two_ms_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        assert_eq!(HubConfig::default().answer_linger_ms, oms_sync::link::ANSWER_LINGER_MS);
+        std::fs::write(&path, format!("answer_linger_ms = {}\n", oms_sync::link::ANSWER_LINGER_MS_MAX)).unwrap();
+        assert_eq!(HubConfig::load(&path).unwrap().answer_linger_ms, oms_sync::link::ANSWER_LINGER_MS_MAX);
+        std::fs::write(&path, "answer_linger_ms = 0\n").unwrap();
+        assert_eq!(HubConfig::load(&path).unwrap().answer_linger_ms, 0, "0 answers at once");
+        std::fs::write(&path, format!("answer_linger_ms = {}\n", oms_sync::link::ANSWER_LINGER_MS_MAX + 1)).unwrap();
+        let Err(ConfigError::Invalid(m)) = HubConfig::load(&path) else { panic!("over the most must be refused") };
+        assert!(m.contains("answer_linger_ms") && m.ends_with("got 10001"), "{m}");
+    }
+
+    #[test]
     fn a_loaded_bound_below_the_cache_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.toml");

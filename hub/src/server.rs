@@ -478,15 +478,12 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
     let local = hub.local_signal(node.as_str());
     // The manifest exchange covers what the hub changed before this connection.
     hub.docs.lock().take_local(node.as_str());
-    let batch_max = hub.tuning.frames_per_flush_max.max(1);
     let mut out: Vec<Frame> = Vec::new();
     // What this session's anti-entropy had sent when last added to the node's status.
     let mut anti_entropy_noted = oms_protocol::sync::AntiEntropyStats::default();
-    let mut linger = link::Linger::new(hub.tuning.answer_linger_ms);
-    // Frames handled since the last flush and write; whether the last pass handled a document's frames
-    // (whose answers may wait), and whether it handled another (a handshake, a manifest, a ping: answered
-    // at once).
-    let (mut unanswered, mut answering, mut urgent) = (0usize, false, false);
+    // Answers to a node's documents wait for the hub's next documents for it (a handshake, a manifest or a
+    // ping is answered at once).
+    let mut linger = link::Linger::new(hub.tuning.answer_linger_ms, hub.tuning.frames_per_flush_max);
     loop {
         let mut closed = None;
         let needed;
@@ -544,14 +541,13 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
             needed = hub.frames_handled.fetch_add(1, Ordering::AcqRel) + 1;
             loaded_full = docs.db().loaded() >= hub.tuning.docs_loaded_max;
         }
-        let full = closed.is_some() || loaded_full || unanswered >= batch_max || std::mem::take(&mut urgent);
-        if !linger.holds(tokio::time::Instant::now(), std::mem::take(&mut answering), full) {
+        let full = closed.is_some() || loaded_full;
+        if !linger.holds(tokio::time::Instant::now(), linger.documents_handled(), full) {
             // Persist before answering: what the node believes the hub has, the hub has on disk. One flush
             // covers every frame handled since the last one, of this session and of the others.
             persist(hub, needed).await?;
             link::write_frames(&mut send, &out, &mut encoder, io_timeout).await?;
             out.clear();
-            unanswered = 0;
         }
         if let Some((code, reason, by_peer)) = closed {
             oms_transport::close(conn, code, &reason);
@@ -560,24 +556,19 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
         tokio::select! {
             frame = frames.recv() => match frame {
                 Some(Ok(frame)) => {
-                    // Only a document's answers wait: a handshake, a manifest or a ping is answered at once.
-                    let doc = link::may_hold_answer(&frame);
-                    (answering, urgent) = (answering || doc, urgent || !doc);
+                    linger.handled(&frame);
                     handle_frame(hub, node, &mut session, frame, &mut out);
-                    unanswered += 1;
                     // Take what else is already queued (bounded) before the next flush and write.
-                    for _ in 1..batch_max {
-                        // A hundred nodes catching up at once would otherwise keep 100 × `batch_max`
+                    while linger.has_room() {
+                        // A hundred nodes catching up at once would otherwise keep 100 × `frames_per_flush_max`
                         // documents loaded and dirty between two flushes (about 19 KB each).
                         if hub.docs.lock().db().loaded() >= hub.tuning.docs_loaded_max {
                             break;
                         }
                         match frames.try_recv() {
                             Ok(Ok(frame)) => {
-                                let doc = link::may_hold_answer(&frame);
-                                (answering, urgent) = (answering || doc, urgent || !doc);
+                                linger.handled(&frame);
                                 handle_frame(hub, node, &mut session, frame, &mut out);
-                                unanswered += 1;
                             }
                             Ok(Err(e)) => {
                                 oms_transport::close(conn, e.code(), &e.to_string());
@@ -594,8 +585,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                 None => return Ok(()),
             },
             _ = tick.tick() => session.tick(&mut hub.docs.lock().sync, now_ms()),
-            () = tokio::time::sleep_until(linger.deadline().unwrap_or_else(tokio::time::Instant::now)),
-                if linger.deadline().is_some() => {}
+            () = linger.expired() => {}
             () = local.notified() => {
                 // Documents of the hub's own for this node go now, with any answers held for them.
                 linger.release();

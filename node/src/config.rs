@@ -316,8 +316,9 @@ impl NodeConfig {
         if let Some(h) = &self.hub {
             if h.answer_linger_ms > oms_sync::link::ANSWER_LINGER_MS_MAX {
                 return Err(ConfigError::Invalid(format!(
-                    "hub.answer_linger_ms must be at most {}",
-                    oms_sync::link::ANSWER_LINGER_MS_MAX
+                    "hub.answer_linger_ms must be at most {}, got {}",
+                    oms_sync::link::ANSWER_LINGER_MS_MAX,
+                    h.answer_linger_ms
                 )));
             }
             if h.state_history_ops_min < oms_protocol::generations::HISTORY_OPS_MIN_LEAST {
@@ -369,6 +370,19 @@ mod tests {
         assert!(toml::from_str::<NodeConfig>("unknown_key = 1").is_err());
         let cfg: NodeConfig = toml::from_str("[site]\nlat = 100.0").unwrap();
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn the_hubs_answer_linger_defaults_to_two_ms_and_is_bounded() {
+        let hub = "[hub]\naddr = \"127.0.0.1:7443\"\ncerts_dir = \"certs\"\n";
+        let cfg: NodeConfig = toml::from_str(hub).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.hub.as_ref().map(|h| h.answer_linger_ms), Some(oms_sync::link::ANSWER_LINGER_MS));
+        let most = format!("{hub}answer_linger_ms = {}", oms_sync::link::ANSWER_LINGER_MS_MAX);
+        toml::from_str::<NodeConfig>(&most).unwrap().validate().unwrap();
+        let over = format!("{hub}answer_linger_ms = {}", oms_sync::link::ANSWER_LINGER_MS_MAX + 1);
+        let e = toml::from_str::<NodeConfig>(&over).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("hub.answer_linger_ms") && e.contains("got 10001"), "{e}");
     }
 
     #[test]

@@ -138,7 +138,8 @@ pub fn may_hold_answer(frame: &Frame) -> bool {
     matches!(frame, Frame::Sync { .. } | Frame::Ack { .. })
 }
 
-/// Whether a driver writes its answers now or holds them a little.
+/// Whether a driver writes its answers now or holds them a little, and the bookkeeping of the frames it
+/// handled since its last flush and write.
 ///
 /// Every pass of a driver flushes its documents (an fsync) before it writes what its session produced:
 /// durable before acknowledged. A pass that only answers the peer (acknowledgements, heads) is worth holding
@@ -146,40 +147,78 @@ pub fn may_hold_answer(frame: &Frame) -> bool {
 /// progress it writes into an assignment it just received (the store's commit, a millisecond or two later); at
 /// the hub, the next documents it sends (under load a new order every millisecond or so). Nothing is sent
 /// before it is durable either way; holding only delays an answer, by at most `hold_ms`, and never past
-/// `full` (the driver's bound on frames or documents waiting for a flush). `hold_ms` 0 answers at once.
+/// `frames_max` frames handled, a frame that is not a document's ([`may_hold_answer`]), or the driver's own
+/// bound (`full`). `hold_ms` 0 answers at once.
+///
+/// The driver's part: [`Linger::handled`] for each frame it hands its session, [`Linger::answer_now`] for a
+/// frame of its own that must not wait (a ping), [`Linger::holds`] once per pass, [`Linger::release`] when
+/// its own changes are ready, and [`Linger::expired`] as a branch of its `select!`.
 ///
 /// Sans-clock: the driver passes the time, so the tests run without a runtime.
 #[derive(Debug, Clone)]
 pub struct Linger {
     hold_ms: u64,
+    frames_max: usize,
     until: Option<Instant>,
+    /// Frames handled since the last flush and write.
+    unanswered: usize,
+    /// A document's frame was handled since the last pass.
+    documents: bool,
+    /// Something handled or queued since the last pass must go at once.
+    urgent: bool,
 }
 
 impl Linger {
-    /// A linger of at most `hold_ms` per held answer.
-    pub fn new(hold_ms: u64) -> Self {
-        Self { hold_ms, until: None }
+    /// A linger of at most `hold_ms` per held answer, ended by `frames_max` (at least 1) frames handled.
+    pub fn new(hold_ms: u64, frames_max: usize) -> Self {
+        Self { hold_ms, frames_max: frames_max.max(1), until: None, unanswered: 0, documents: false, urgent: false }
     }
 
-    /// Called once per pass, before the flush and write: true if they are to wait. `answering` says that
-    /// this pass handled the peer's frames and has only answers of its own to send (it starts a hold unless
-    /// one is running; a running hold is not extended); `full` that the driver's bound is reached, which ends
-    /// any hold. A hold also ends at its deadline and at [`Linger::release`].
-    pub fn holds(&mut self, now: Instant, answering: bool, full: bool) -> bool {
-        if full || self.hold_ms == 0 {
-            self.until = None;
-            return false;
+    /// The driver hands `frame` to its session. A document's frame may wait for its answer; any other (a
+    /// handshake, a manifest, a ping, a refusal) is answered by the next pass.
+    pub fn handled(&mut self, frame: &Frame) {
+        self.unanswered += 1;
+        if may_hold_answer(frame) {
+            self.documents = true;
+        } else {
+            self.urgent = true;
         }
-        if answering && self.until.is_none() {
-            self.until = Some(now + Duration::from_millis(self.hold_ms));
-        }
-        match self.until {
-            Some(t) if now < t => true,
-            _ => {
-                self.until = None;
-                false
+    }
+
+    /// Whether the next pass has room for one more frame before it must flush and write.
+    pub fn has_room(&self) -> bool {
+        self.unanswered < self.frames_max
+    }
+
+    /// The driver queued a frame of its own that must not wait (its ping): the next pass writes.
+    pub fn answer_now(&mut self) {
+        self.urgent = true;
+    }
+
+    /// Whether a document's frame was handled since the last pass: the hub's reason to start a hold.
+    pub fn documents_handled(&self) -> bool {
+        self.documents
+    }
+
+    /// Called once per pass, before the flush and write: true if they are to wait. `starts` says that this
+    /// pass has answers worth holding (it starts a hold unless one is running; a running hold is not
+    /// extended); `full` that the driver's own bound is reached, which ends any hold, as do `frames_max`
+    /// frames handled, an urgent frame, the deadline and [`Linger::release`]. When it returns false the
+    /// driver flushes and writes, and the count of frames handled starts again.
+    pub fn holds(&mut self, now: Instant, starts: bool, full: bool) -> bool {
+        let full = full || std::mem::take(&mut self.urgent) || self.unanswered >= self.frames_max;
+        self.documents = false;
+        let hold = self.hold_ms != 0 && !full && {
+            if starts && self.until.is_none() {
+                self.until = Some(now + Duration::from_millis(self.hold_ms));
             }
+            self.until.is_some_and(|t| now < t)
+        };
+        if !hold {
+            self.until = None;
+            self.unanswered = 0;
         }
+        hold
     }
 
     /// Something of this side's own is ready to go: end the hold, so that the next pass flushes and writes.
@@ -187,9 +226,21 @@ impl Linger {
         self.until = None;
     }
 
-    /// When the running hold ends, for the driver's `select!` (`None`: no hold).
+    /// When the running hold ends (`None`: no hold).
     pub fn deadline(&self) -> Option<Instant> {
         self.until
+    }
+
+    /// For the driver's `select!`: completes at the running hold's deadline, never if there is none. It
+    /// borrows nothing, so the branch's handler may use the linger.
+    pub fn expired(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let until = self.until;
+        async move {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        }
     }
 }
 
@@ -199,10 +250,14 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    fn sync_frame() -> Frame {
+        Frame::Sync { doc: oms_protocol::wire::DocId::new("order/wh-a-1").unwrap(), msg: Vec::new() }
+    }
+
     #[test]
     fn a_hold_lasts_until_its_deadline_and_is_not_extended() {
         let t0 = Instant::now();
-        let mut l = Linger::new(2);
+        let mut l = Linger::new(2, 100);
         assert!(!l.holds(t0, false, false), "nothing answered: no hold");
         assert!(l.holds(t0, true, false), "an answer starts a hold");
         assert_eq!(l.deadline(), Some(t0 + 2 * MS));
@@ -229,7 +284,7 @@ mod tests {
     #[test]
     fn a_hold_ends_when_released_or_full_and_zero_never_holds() {
         let t0 = Instant::now();
-        let mut l = Linger::new(5);
+        let mut l = Linger::new(5, 100);
         assert!(l.holds(t0, true, false));
         l.release();
         assert_eq!(l.deadline(), None);
@@ -237,8 +292,61 @@ mod tests {
         assert!(l.holds(t0 + MS, true, false));
         assert!(!l.holds(t0 + 2 * MS, true, true), "the driver's bound ends it");
         assert_eq!(l.deadline(), None);
-        let mut never = Linger::new(0);
+        let mut never = Linger::new(0, 100);
+        never.handled(&sync_frame());
         assert!(!never.holds(t0, true, false));
         assert_eq!(never.deadline(), None);
+    }
+
+    #[test]
+    fn documents_frames_may_wait_other_frames_and_own_pings_go_at_once() {
+        let t0 = Instant::now();
+        let mut l = Linger::new(5, 100);
+        l.handled(&sync_frame());
+        assert!(l.documents_handled());
+        assert!(l.holds(t0, l.documents_handled(), false), "a document's answer waits");
+        assert!(!l.documents_handled(), "noted per pass");
+        l.handled(&Frame::Ping { nonce: 1 });
+        assert!(!l.documents_handled());
+        assert!(!l.holds(t0 + MS, true, false), "a ping from the peer is answered at once");
+        assert_eq!(l.deadline(), None);
+        assert!(l.holds(t0 + MS, true, false), "urgency lasts one pass");
+        l.answer_now();
+        assert!(!l.holds(t0 + 2 * MS, true, false), "our own ping is written at once");
+        assert!(l.holds(t0 + 2 * MS, true, false));
+    }
+
+    #[test]
+    fn frames_max_frames_handled_end_a_hold_and_a_write_starts_the_count_again() {
+        let t0 = Instant::now();
+        let mut l = Linger::new(5, 3);
+        assert!(l.has_room());
+        l.handled(&sync_frame());
+        l.handled(&sync_frame());
+        assert!(l.holds(t0, true, false), "two frames of three: hold");
+        l.handled(&sync_frame());
+        assert!(!l.has_room(), "the third fills the pass");
+        assert!(!l.holds(t0 + MS, true, false), "three frames: flush and write");
+        assert!(l.has_room(), "counting again after the write");
+        l.handled(&sync_frame());
+        l.handled(&sync_frame());
+        assert!(l.holds(t0 + MS, true, false), "the count started again");
+        assert!(Linger::new(5, 0).has_room(), "frames_max is at least 1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_completes_at_the_deadline_and_never_without_a_hold() {
+        let mut l = Linger::new(5, 100);
+        let idle = l.expired();
+        let t0 = Instant::now();
+        assert!(l.holds(t0, true, false));
+        let hold = l.expired();
+        l.release();
+        hold.await;
+        assert_eq!(Instant::now(), t0 + 5 * MS, "at the deadline taken when the future was made");
+        tokio::select! {
+            () = idle => panic!("no hold: never completes"),
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
     }
 }

@@ -730,15 +730,11 @@ async fn run_session(
     lock(&shared.dirty).clear();
     let mut tick = tokio::time::interval(Duration::from_millis(shared.tuning.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let batch_max = shared.tuning.frames_per_flush_max.max(1);
     let mut out = Vec::new();
     let connected_at = now_ms();
     let mut last_ping = 0u64;
     let mut datagrams = (conn.stats().udp_rx.datagrams, connected_at);
-    let mut linger = link::Linger::new(shared.tuning.answer_linger_ms);
-    // Frames handled since the last flush and write, and whether one of them was not a document's (a
-    // handshake, a manifest, a ping): those are answered at once, as are the node's own pings.
-    let (mut unanswered, mut urgent) = (0usize, false);
+    let mut linger = link::Linger::new(shared.tuning.answer_linger_ms, shared.tuning.frames_per_flush_max);
     loop {
         while let Some(f) = session.poll_transmit() {
             out.push(f);
@@ -787,13 +783,11 @@ async fn run_session(
                 }
             }
         }
-        let full = closed.is_some() || unanswered >= batch_max || std::mem::take(&mut urgent);
-        if !linger.holds(tokio::time::Instant::now(), assigned, full) {
+        if !linger.holds(tokio::time::Instant::now(), assigned, closed.is_some()) {
             // Persist what the hub sent before answering it; one flush covers every frame handled since the last.
             persist(shared).await?;
             link::write_frames(&mut send, &out, &mut encoder, io_timeout).await?;
             out.clear();
-            unanswered = 0;
         }
         if let Some((code, reason, by_peer)) = closed {
             while let Some(f) = session.poll_transmit() {
@@ -808,16 +802,14 @@ async fn run_session(
                 Some(Ok(frame)) => {
                     shared.last_hub_frame_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
                     let mut docs = lock(&shared.docs);
-                    urgent |= !link::may_hold_answer(&frame);
+                    linger.handled(&frame);
                     session.handle_frame(&mut docs.sync, frame);
-                    unanswered += 1;
                     // Take what else is already queued (bounded) before the next flush and write.
-                    for _ in 1..batch_max {
+                    while linger.has_room() {
                         match frames.try_recv() {
                             Ok(Ok(frame)) => {
-                                urgent |= !link::may_hold_answer(&frame);
+                                linger.handled(&frame);
                                 session.handle_frame(&mut docs.sync, frame);
-                                unanswered += 1;
                             }
                             Ok(Err(e)) => {
                                 oms_transport::close(&conn, e.code(), &e.to_string());
@@ -836,8 +828,7 @@ async fn run_session(
                 }
                 None => return Ok(()),
             },
-            () = tokio::time::sleep_until(linger.deadline().unwrap_or_else(tokio::time::Instant::now)),
-                if linger.deadline().is_some() => {}
+            () = linger.expired() => {}
             () = shared.changed.notified() => {
                 // The site's own changes (its progress on what it was sent, among others) go now, with any
                 // answers held for them.
@@ -876,7 +867,7 @@ async fn run_session(
                 {
                     out.push(oms_protocol::wire::Frame::Ping { nonce: now });
                     last_ping = now;
-                    urgent = true;
+                    linger.answer_now();
                 }
             }
         }
