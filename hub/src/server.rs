@@ -397,7 +397,9 @@ fn finish_persist(hub: &Hub, committed: &mut u64, upto: u64, result: Result<(), 
     *committed = upto;
     // What the batch held is on disk: documents beyond the cache need not wait for the next flush, which after
     // a burst may not come for a long time.
-    hub.docs.lock().evict_idle();
+    let mut docs = hub.docs.lock();
+    docs.evict_idle();
+    docs.recount_stored_bytes_if_due(now_ms());
     Ok(())
 }
 

@@ -64,6 +64,9 @@ const OTHERS_PASS_ENTRIES: usize = 65_536;
 /// (group, label) totals read at start ([`DocDb::stored_totals`]): a group is a node's orders or one
 /// stock document, a label a pair of parties, so a few per party.
 pub const TOTALS_READ_MAX: usize = 1 << 20;
+/// How often the nodes' stored bytes are recounted from the totals ([`HubDocs::recount_stored_bytes_if_due`]),
+/// ms: a read of a few rows per party.
+pub const STORED_RECOUNT_MS: u64 = 10_000;
 
 /// What one node may cause the hub to store ([`HubDocs::set_quota`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +194,12 @@ pub struct HubDocs {
     /// The escrow counters' SKUs the same changes touched, for the watcher's merge of the sites' escrow views
     /// ([`HubDocs::take_escrow_touched`]).
     escrow_touched: Touched,
+    /// Message bytes counted toward each party's stored bytes (by number) since the last flush was prepared:
+    /// what a recount from the totals, which hold only flushed documents, adds back
+    /// ([`HubDocs::recount_stored_bytes_if_due`]).
+    bytes_since_prepare: BTreeMap<u32, u64>,
+    /// When the stored bytes were last recounted, ms.
+    stored_recounted_at_ms: u64,
 }
 
 /// Which keys of one map of the stock documents the nodes' changes touched since a reader last asked, so
@@ -360,6 +369,8 @@ impl HubDocs {
             stock_changes: Some(BTreeSet::new()),
             stock_touched: Touched::default(),
             escrow_touched: Touched::default(),
+            bytes_since_prepare: BTreeMap::new(),
+            stored_recounted_at_ms: oms_service::now_ms(),
         };
         let totals = docs.sync.db.stored_totals(TOTALS_READ_MAX)?;
         docs.label_unlabelled(&totals)?;
@@ -446,17 +457,57 @@ impl HubDocs {
         if totals.len() >= TOTALS_READ_MAX {
             tracing::warn!(max = TOTALS_READ_MAX, "more (origin, parties) totals than are read: usage counted short");
         }
+        let (usage, site_counts) = self.sync.access.count(totals);
         let p = &mut self.sync.access;
+        p.usage = usage;
+        p.site_counts = site_counts;
+    }
+
+    /// Sets each party's stored bytes to what the totals `hub.redb` keeps say it stores, plus the message
+    /// bytes counted since the last flush was prepared, at most every [`STORED_RECOUNT_MS`]; call after a
+    /// flush's commit. Between recounts the figure grows by the size of each message a node's change came in,
+    /// which is more than the change stores, and nothing takes off what compactions, full saves of frozen
+    /// orders and new generations of stock documents free: without this a node's figure would only grow
+    /// until a restart, until its byte quota refused its changes though the hub stored far less.
+    pub fn recount_stored_bytes_if_due(&mut self, now_ms: u64) {
+        if now_ms.saturating_sub(self.stored_recounted_at_ms) < STORED_RECOUNT_MS {
+            return;
+        }
+        self.stored_recounted_at_ms = now_ms;
+        match self.sync.db.stored_totals(TOTALS_READ_MAX) {
+            Ok(totals) => self.recount_stored_bytes(&totals),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the stored totals; the nodes' stored bytes stay as counted")
+            }
+        }
+    }
+
+    fn recount_stored_bytes(&mut self, totals: &[(String, u64, u64, u64)]) {
+        let (counted, _) = self.sync.access.count(totals);
+        let usage = &mut self.sync.access.usage;
+        for n in counted.keys().chain(self.bytes_since_prepare.keys()) {
+            usage.entry(*n).or_default();
+        }
+        for (n, u) in usage.iter_mut() {
+            let stored = counted.get(n).map_or(0, |c| c.stored_bytes);
+            u.stored_bytes = stored.saturating_add(self.bytes_since_prepare.get(n).copied().unwrap_or(0));
+        }
+    }
+}
+
+impl Parties {
+    /// What each party stores and the orders per site, from the totals `hub.redb` keeps.
+    fn count(&self, totals: &[(String, u64, u64, u64)]) -> (BTreeMap<u32, Usage>, BTreeMap<u32, u64>) {
         let mut usage: BTreeMap<u32, Usage> = BTreeMap::new();
         let mut site_counts: BTreeMap<u32, u64> = BTreeMap::new();
         for (group, label, documents, bytes) in totals {
             // Who created them: the origin an order's id names, a stock document's owner.
             let (creator, order) = match group.strip_prefix(schema::ORDER_PREFIX) {
-                Some(origin) => (p.party_numbers.get(origin).copied(), true),
+                Some(origin) => (self.party_numbers.get(origin).copied(), true),
                 None => {
                     // A stock document's group is its id, which may name a generation (`stock/<node>#<n>`).
                     let owner = group.strip_prefix(schema::STOCK_PREFIX).and_then(oms_protocol::generations::split);
-                    (owner.and_then(|(n, _)| p.party_numbers.get(n)).copied(), false)
+                    (owner.and_then(|(n, _)| self.party_numbers.get(n)).copied(), false)
                 }
             };
             // The bytes go to the writer: an order's fulfilling site, a stock document's owner.
@@ -474,10 +525,11 @@ impl HubDocs {
                 *site_counts.entry(s).or_insert(0) += documents;
             }
         }
-        p.usage = usage;
-        p.site_counts = site_counts;
+        (usage, site_counts)
     }
+}
 
+impl HubDocs {
     /// Sets the quota every node is held to.
     pub fn set_quota(&mut self, quota: NodeQuota) {
         self.sync.access.quota = quota;
@@ -659,7 +711,9 @@ impl HubDocs {
 
     /// Flushes documents and sync states to disk.
     pub fn flush(&mut self) -> Result<(), DocDbError> {
-        self.sync.db.flush()
+        self.sync.db.flush()?;
+        self.bytes_since_prepare.clear();
+        Ok(())
     }
 
     /// Documents kept loaded once clean (default [`DOCS_CACHED_MAX`]).
@@ -675,6 +729,8 @@ impl HubDocs {
     /// Takes what is dirty into a batch that the caller commits ([`FlushBatch::commit`]) after releasing the
     /// lock on these documents.
     pub fn prepare_flush(&mut self) -> Option<FlushBatch> {
+        // What was counted so far is in this batch: a recount after its commit finds it in the totals.
+        self.bytes_since_prepare.clear();
         self.sync.db.prepare_flush()
     }
 
@@ -739,6 +795,8 @@ impl HubDocs {
                         u.documents += 1;
                     }
                     u.stored_bytes = u.stored_bytes.saturating_add(msg_bytes as u64);
+                    let since = self.bytes_since_prepare.entry(n).or_insert(0);
+                    *since = since.saturating_add(msg_bytes as u64);
                 }
                 // A frozen order's document takes no more changes: store it as one full save.
                 if frozen {

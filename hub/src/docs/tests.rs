@@ -520,6 +520,52 @@ fn a_node_past_its_quota_is_refused_and_another_carries_on() {
     assert_eq!(send_order(&mut docs, &mut sa, &a, 3), vec![]);
 }
 
+/// A node's stored bytes follow what the hub stores: recounted from the totals `hub.redb` keeps (with the
+/// messages counted since the last flush was prepared), as a restart counts them, not only summed from the
+/// sizes of the messages its changes came in, which nothing ever took off.
+#[test]
+fn a_nodes_stored_bytes_are_recounted_from_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.redb");
+    let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+    let a = NodeId::parse("wh-a").unwrap();
+    assert!(docs.enroll(&a));
+    let n = docs.number("wh-a").unwrap();
+    let mut sa = session(&mut docs, "wh-a");
+    for seq in 1..=4 {
+        assert_eq!(send_order(&mut docs, &mut sa, &a, seq), vec![]);
+    }
+    let summed = docs.usage("wh-a").stored_bytes;
+    docs.flush().unwrap();
+    let stored = |docs: &HubDocs| {
+        let totals = docs.db().stored_totals(TOTALS_READ_MAX).unwrap();
+        docs.sync.access.count(&totals).0.get(&n).map_or(0, |u| u.stored_bytes)
+    };
+    let on_disk = stored(&docs);
+    assert!(on_disk > 0 && on_disk != summed, "the messages' sizes are not what is stored: {on_disk} {summed}");
+    let t0 = oms_service::now_ms();
+    docs.recount_stored_bytes_if_due(t0);
+    assert_eq!(docs.usage("wh-a").stored_bytes, summed, "not due yet");
+    docs.recount_stored_bytes_if_due(t0 + STORED_RECOUNT_MS);
+    assert_eq!(docs.usage("wh-a").stored_bytes, on_disk, "recounted from what is stored");
+    // An order arrives after the flush: its message counts on top of what is stored until a flush takes it.
+    assert_eq!(send_order(&mut docs, &mut sa, &a, 5), vec![]);
+    let grown = docs.usage("wh-a").stored_bytes;
+    assert!(grown > on_disk);
+    docs.recount_stored_bytes_if_due(t0 + 2 * STORED_RECOUNT_MS);
+    assert_eq!(docs.usage("wh-a").stored_bytes, grown, "what came since the flush is kept");
+    let batch = docs.prepare_flush().unwrap();
+    batch.commit().unwrap();
+    docs.recount_stored_bytes_if_due(t0 + 3 * STORED_RECOUNT_MS);
+    let live = docs.usage("wh-a").stored_bytes;
+    assert_eq!(live, stored(&docs), "after a prepared flush's commit, what is stored");
+    // A restart counts the same from disk.
+    drop(sa);
+    drop(docs);
+    let docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+    assert_eq!(docs.usage("wh-a").stored_bytes, live);
+}
+
 /// Pages `site`'s orders `limit` at a time, reading at most `rows_max` rows per page; returns the ids and
 /// the number of pages.
 fn all_pages(docs: &HubDocs, site: &str, limit: usize, rows_max: usize) -> (Vec<String>, usize) {
