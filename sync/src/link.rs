@@ -226,8 +226,9 @@ impl Linger {
         self.until = None;
     }
 
-    /// When the running hold ends (`None`: no hold).
-    pub fn deadline(&self) -> Option<Instant> {
+    /// When the running hold ends (`None`: no hold); the drivers wait on [`Linger::expired`].
+    #[cfg(test)]
+    fn deadline(&self) -> Option<Instant> {
         self.until
     }
 

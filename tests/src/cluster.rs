@@ -89,9 +89,9 @@ pub fn free_tcp() -> SocketAddr {
     crate::free_addr()
 }
 
-/// A free loopback UDP address.
+/// A free loopback UDP address, never one this test binary was given before ([`crate::unused_port`]).
 pub fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp").local_addr().expect("udp addr")
+    crate::unused_port(|| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp").local_addr().expect("udp addr"))
 }
 
 /// A tenant CA in `root/certs`, the hub's certificate and one per node, made with `oms ca`.

@@ -73,15 +73,21 @@ pub fn oms_bin() -> PathBuf {
 }
 
 /// A free loopback port (bound and released; the small race with other processes is acceptable in tests).
-/// Never one this test binary was given before: the tests of one binary run in parallel, and two of them given
-/// the same released port would start two processes on it, one test then talking to the other's process.
+/// Never one this test binary was given before ([`unused_port`]).
 pub fn free_addr() -> SocketAddr {
+    unused_port(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback").local_addr().expect("local addr"))
+}
+
+/// What `bind` (bind to port 0 and release) gives, retried until its port is one this test binary was not
+/// given before, by `free_addr` or `cluster::free_udp`: the tests of one binary run in parallel, and two of
+/// them given the same released port would start two processes on it, one test then talking to the other's
+/// process.
+pub(crate) fn unused_port(bind: impl Fn() -> SocketAddr) -> SocketAddr {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut addr = None;
     for _ in 0..1_000 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let a = l.local_addr().expect("local addr");
+        let a = bind();
         if !given.contains(&a.port()) {
             addr = Some(a);
             break;
