@@ -37,7 +37,8 @@ impl Default for NodeQuota {
 pub struct Usage {
     /// Documents the node created.
     pub documents: u64,
-    /// Bytes of the documents it writes: on disk at start plus what its accepted changes weighed since.
+    /// Bytes of the documents it writes: on disk at start or at the last recount
+    /// ([`HubDocs::recount_stored_bytes_if_due`]), plus what its accepted changes weighed since.
     pub stored_bytes: u64,
 }
 
