@@ -566,6 +566,30 @@ fn a_nodes_stored_bytes_are_recounted_from_what_is_stored() {
     assert_eq!(docs.usage("wh-a").stored_bytes, live);
 }
 
+/// A recount whose read of the totals is cut short leaves the figures as they are: from part of the totals it
+/// would lower them, and a node's byte quota would then let it store more than it may.
+#[test]
+fn a_recount_from_totals_cut_short_keeps_the_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+    let a = NodeId::parse("wh-a").unwrap();
+    assert!(docs.enroll(&a));
+    let mut sa = session(&mut docs, "wh-a");
+    for seq in 1..=4 {
+        assert_eq!(send_order(&mut docs, &mut sa, &a, seq), vec![]);
+    }
+    let summed = docs.usage("wh-a").stored_bytes;
+    docs.flush().unwrap();
+    let rows = docs.db().stored_totals(TOTALS_READ_MAX).unwrap().len();
+    assert!(rows > 0);
+    let t0 = oms_service::now_ms();
+    docs.recount_stored_bytes_reading(t0 + STORED_RECOUNT_MS, rows);
+    assert_eq!(docs.usage("wh-a").stored_bytes, summed, "a read of {rows} rows at most may have missed some");
+    docs.recount_stored_bytes_reading(t0 + 2 * STORED_RECOUNT_MS, rows + 1);
+    let on_disk = docs.usage("wh-a").stored_bytes;
+    assert!(on_disk > 0 && on_disk != summed, "recounted from all the totals: {on_disk} {summed}");
+}
+
 /// Pages `site`'s orders `limit` at a time, reading at most `rows_max` rows per page; returns the ids and
 /// the number of pages.
 fn all_pages(docs: &HubDocs, site: &str, limit: usize, rows_max: usize) -> (Vec<String>, usize) {

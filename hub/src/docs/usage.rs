@@ -73,11 +73,22 @@ impl HubDocs {
     /// orders and new generations of stock documents free: without this a node's figure would only grow
     /// until a restart, until its byte quota refused its changes though the hub stored far less.
     pub fn recount_stored_bytes_if_due(&mut self, now_ms: u64) {
+        self.recount_stored_bytes_reading(now_ms, TOTALS_READ_MAX);
+    }
+
+    /// [`HubDocs::recount_stored_bytes_if_due`] reading at most `read_max` totals. A read cut short at
+    /// `read_max` leaves the figures as they are: recounting from part of the totals would lower every figure
+    /// the missing rows add to, and a node's quota would then let it store more than it may. The start
+    /// ([`HubDocs::count_usage`]) warns that it counted short; the figures then only grow until a restart.
+    pub(super) fn recount_stored_bytes_reading(&mut self, now_ms: u64, read_max: usize) {
         if now_ms.saturating_sub(self.stored_recounted_at_ms) < STORED_RECOUNT_MS {
             return;
         }
         self.stored_recounted_at_ms = now_ms;
-        match self.sync.db.stored_totals(TOTALS_READ_MAX) {
+        match self.sync.db.stored_totals(read_max) {
+            Ok(totals) if totals.len() >= read_max => {
+                tracing::debug!(max = read_max, "more totals than are read: the nodes' stored bytes stay as counted")
+            }
             Ok(totals) => self.recount_stored_bytes(&totals),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the stored totals; the nodes' stored bytes stay as counted")
