@@ -10,6 +10,11 @@ use oms_protocol::sync::automerge::{ROOT, transaction::Transactable};
 use oms_protocol::sync::{manifest_buckets_of, manifest_digest_of};
 use oms_protocol::wire::Frame;
 
+/// The hub's documents in `hub.redb` at `path` (the test key), holding at most `docs_max` documents.
+fn open_docs(path: &std::path::Path, docs_max: usize) -> HubDocs {
+    HubDocs::new(DocDb::open(path, vec![9; 16], docs_max).unwrap()).unwrap()
+}
+
 #[test]
 fn a_cached_digest_is_recomputed_after_any_change() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,7 +64,7 @@ fn a_cached_digest_is_recomputed_after_any_change() {
 #[test]
 fn the_sites_view_follows_stock_document_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+    let mut docs = open_docs(&dir.path().join("hub.redb"), 1_000);
     let info = |lat: f64| schema::SiteInfo {
         name: "s".into(),
         lat,
@@ -138,7 +143,7 @@ fn a_stock_change_reads_only_the_skus_it_touched() {
     use crate::events::watch::{StockRead, report_stock_skus};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.redb");
-    let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+    let mut docs = open_docs(&path, 1_000);
     let n = NodeId::parse("wh-a").unwrap();
     write_skus(&mut docs, &n, &skus_of(20_000));
     // The first read since the start is the whole document: what changed before is not known.
@@ -180,7 +185,7 @@ fn a_stock_change_reads_only_the_skus_it_touched() {
     // A restart knows nothing of what changed: whole again, then touched.
     docs.flush().unwrap();
     drop(docs);
-    let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+    let mut docs = open_docs(&path, 1_000);
     assert!(matches!(stock_read(&mut docs, &n), StockRead::Whole(s) if s.len() == 20_000));
     write_skus(&mut docs, &n, &[("SKU-00003".into(), 1)]);
     assert_eq!(touched(stock_read(&mut docs, &n)), [("SKU-00003".to_owned(), Some(1))]);
@@ -219,7 +224,7 @@ fn escrow_read(docs: &mut HubDocs, node: &NodeId) -> (bool, Vec<(String, u64)>) 
 fn a_stock_change_reads_only_the_escrow_counters_it_touched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.redb");
-    let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+    let mut docs = open_docs(&path, 1_000);
     let n = NodeId::parse("wh-a").unwrap();
     write_counters(&mut docs, &n, &skus_of(12_000));
     // The first read since the start takes every counter: what changed before is not known.
@@ -249,7 +254,7 @@ fn a_stock_change_reads_only_the_escrow_counters_it_touched() {
     // A restart knows nothing of what changed: whole, then touched.
     docs.flush().unwrap();
     drop(docs);
-    let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+    let mut docs = open_docs(&path, 1_000);
     assert!(escrow_read(&mut docs, &n).0);
     write_counters(&mut docs, &n, &[("SKU-00002".into(), 7)]);
     assert_eq!(escrow_read(&mut docs, &n), (false, vec![("SKU-00002".into(), 7)]));
@@ -265,7 +270,7 @@ fn stock_low_cost() {
     const ROUNDS: usize = 50;
     for size in [1usize, 20_000] {
         let dir = tempfile::tempdir().unwrap();
-        let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+        let mut docs = open_docs(&dir.path().join("hub.redb"), 1_000);
         // Each way its own event log, so that each appends (and commits) the events it finds.
         let db = redb::Database::create(dir.path().join("e.redb")).unwrap();
         let db_whole = redb::Database::create(dir.path().join("e-whole.redb")).unwrap();
@@ -317,7 +322,7 @@ fn escrow_merge_cost() {
     const ROUNDS: usize = 50;
     for size in [1usize, 20_000] {
         let dir = tempfile::tempdir().unwrap();
-        let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+        let mut docs = open_docs(&dir.path().join("hub.redb"), 1_000);
         let intake = Intake::open(&dir.path().join(INTAKE_DB_FILE), Default::default()).unwrap();
         let whole_dir = dir.path().join("whole");
         std::fs::create_dir_all(&whole_dir).unwrap();
@@ -378,7 +383,7 @@ fn peer(node: &str) -> PeerId {
 #[test]
 fn invented_sites_do_not_fill_the_party_table_and_a_new_node_gets_its_hub_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000_000).unwrap()).unwrap();
+    let mut docs = open_docs(&dir.path().join("hub.redb"), 1_000_000);
     let rogue = NodeId::parse("wh-rogue").unwrap();
     assert!(docs.enroll(&rogue));
     let stock = schema::stock_doc(&rogue).unwrap();
@@ -427,7 +432,7 @@ fn invented_sites_do_not_fill_the_party_table_and_a_new_node_gets_its_hub_order(
     // The same after a restart, from what is on disk.
     docs.flush().unwrap();
     drop(docs);
-    let docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000_000).unwrap()).unwrap();
+    let docs = open_docs(&dir.path().join("hub.redb"), 1_000_000);
     assert!(docs.sync.entitled(&peer("wh-new"), &name));
     assert_eq!(docs.sync.access.party_names.len(), 3);
 }
@@ -474,7 +479,7 @@ fn session(docs: &mut HubDocs, node: &str) -> SyncSession {
 fn a_node_past_its_quota_is_refused_and_another_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.redb");
-    let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+    let mut docs = open_docs(&path, 1_000);
     docs.set_quota(NodeQuota { docs_max: 2, stored_bytes_max: 1 << 20 });
     let (a, b) = (NodeId::parse("wh-a").unwrap(), NodeId::parse("wh-b").unwrap());
     assert!(docs.enroll(&a) && docs.enroll(&b));
@@ -504,7 +509,7 @@ fn a_node_past_its_quota_is_refused_and_another_carries_on() {
     docs.flush().unwrap();
     drop((sa, sb));
     drop(docs);
-    let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+    let mut docs = open_docs(&path, 1_000);
     let after = docs.usage("wh-a");
     assert_eq!(after.documents, 2, "counted again from disk");
     assert!(after.stored_bytes > 0 && after.stored_bytes <= used.stored_bytes, "{after:?} vs {used:?}");
@@ -527,7 +532,7 @@ fn a_node_past_its_quota_is_refused_and_another_carries_on() {
 fn a_nodes_stored_bytes_are_recounted_from_what_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.redb");
-    let mut docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+    let mut docs = open_docs(&path, 1_000);
     let a = NodeId::parse("wh-a").unwrap();
     assert!(docs.enroll(&a));
     let n = docs.number("wh-a").unwrap();
@@ -562,7 +567,7 @@ fn a_nodes_stored_bytes_are_recounted_from_what_is_stored() {
     // A restart counts the same from disk.
     drop(sa);
     drop(docs);
-    let docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 1_000).unwrap()).unwrap();
+    let docs = open_docs(&path, 1_000);
     assert_eq!(docs.usage("wh-a").stored_bytes, live);
 }
 
@@ -571,7 +576,7 @@ fn a_nodes_stored_bytes_are_recounted_from_what_is_stored() {
 #[test]
 fn a_recount_from_totals_cut_short_keeps_the_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+    let mut docs = open_docs(&dir.path().join("hub.redb"), 1_000);
     let a = NodeId::parse("wh-a").unwrap();
     assert!(docs.enroll(&a));
     let mut sa = session(&mut docs, "wh-a");
@@ -719,7 +724,7 @@ fn a_start_reads_no_row_per_stored_order_and_knows_what_a_walk_knows() {
         assert!(!before.2[0].iter().any(|d| hub_orders.contains(d)), "wh1 is not");
         drop(docs);
 
-        let docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 100_000).unwrap()).unwrap();
+        let docs = open_docs(&path, 100_000);
         reads.push(docs.db().rows_read());
         let after = start_figures(&docs);
         // (Usage is counted from disk at a start and only grows with accepted changes until the next.)
@@ -756,12 +761,12 @@ fn the_parties_index_is_built_once_for_a_file_from_before_it() {
         w.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap().remove(OTHERS_BUILT).unwrap();
         w.commit().unwrap();
     }
-    let docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 100).unwrap()).unwrap();
+    let docs = open_docs(&path, 100);
     assert!(docs.db().rows_read() >= 2, "the first start walks the order rows");
     assert_eq!(docs.db().indexed(n), vec![name.clone()]);
     assert!(docs.sync.docs_for(&peer("wh2")).contains(&name));
     drop(docs);
-    let docs = HubDocs::new(DocDb::open(&path, vec![9; 16], 100).unwrap()).unwrap();
+    let docs = open_docs(&path, 100);
     assert_eq!(docs.db().rows_read(), 0, "the second does not");
     assert!(docs.sync.docs_for(&peer("wh2")).contains(&name));
 }
@@ -775,7 +780,7 @@ fn state_documents_continue_in_new_generations_at_the_hub() {
     use oms_protocol::escrow::{EscrowCounter, Party};
     use oms_protocol::generations;
     let dir = tempfile::tempdir().unwrap();
-    let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+    let mut docs = open_docs(&dir.path().join("hub.redb"), 1_000);
     let n = NodeId::parse("wh-a").unwrap();
     assert!(docs.enroll(&n));
     let stock = schema::stock_doc(&n).unwrap();
