@@ -71,7 +71,8 @@ impl HubDocs {
     /// flush's commit. Between recounts the figure grows by the size of each message a node's change came in,
     /// which is more than the change stores, and nothing takes off what compactions, full saves of frozen
     /// orders and new generations of stock documents free: without this a node's figure would only grow
-    /// until a restart, until its byte quota refused its changes though the hub stored far less.
+    /// until a restart, until its byte quota refused its changes though the hub stored far less. A read of
+    /// the totals cut short at [`TOTALS_READ_MAX`] rows leaves the figures as they are.
     pub fn recount_stored_bytes_if_due(&mut self, now_ms: u64) {
         self.recount_stored_bytes_reading(now_ms, TOTALS_READ_MAX);
     }
