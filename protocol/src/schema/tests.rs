@@ -48,6 +48,75 @@ proptest::proptest! {
         proptest::prop_assert_eq!(fast.get_heads(), slow.get_heads());
         proptest::prop_assert_eq!(read_order(&fast, "x").unwrap(), read_order(&slow, "x").unwrap());
     }
+
+    /// A site's first write into a hub's fulfillment document, applied as one built change
+    /// ([`write_order_unfrozen`]), is the change [`write_order`] and a commit make: the same heads (so the same
+    /// change hash, byte for byte), the same saved bytes, the same order read back; also when the document
+    /// has several heads (hub processes of other actors wrote concurrently) and when the site received it
+    /// after other changes. The site's later writes land the same on both. Where the document is not a
+    /// first write (ops pending, the site wrote before), it falls back to [`write_order`]. Fails if an
+    /// operation, its order, a value's type or the change's `seq`, `start_op`, `deps` or time differ.
+    #[test]
+    fn a_sites_first_write_built_at_once_is_the_one_written_put_by_put(
+        seq in 1u64..u64::MAX / 2,
+        now in 0u64..u64::MAX / 4,
+        wave in proptest::option::of(proptest::prelude::any::<u64>()),
+        concurrent in 0usize..3,
+        pending in proptest::prelude::any::<bool>(),
+        site_actor in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..32),
+    ) {
+        let hub = automerge::ActorId::from(vec![0xAAu8; 16]);
+        let site_actor = automerge::ActorId::from(site_actor);
+        proptest::prop_assume!(site_actor != hub);
+        let parent = OrderId::parse(&format!("hub-{seq:010}")).unwrap();
+        let id = OrderId::parse(&format!("{parent}.1")).unwrap();
+        let site = node("wh-a");
+        let mut accepted = record("wh-a", 1);
+        accepted.id = id.clone();
+        accepted.wave = wave;
+        let mut h = new_hub_order(&hub, &id, &parent, &site, &accepted.order, now).unwrap();
+        // Other hub processes (other actors) write concurrently: the document has several heads.
+        let base = h.save();
+        for i in 0..concurrent {
+            let mut other = AutoCommit::load(&base).unwrap().with_actor(automerge::ActorId::from(vec![i as u8; 8]));
+            request_delivered(&mut other, now.saturating_add(i as u64)).unwrap();
+            other.commit();
+            h.merge(&mut other).unwrap();
+        }
+        proptest::prop_assert_eq!(h.get_heads().len(), concurrent.max(1));
+        let bytes = h.save();
+        let mut slow = AutoCommit::load(&bytes).unwrap().with_actor(site_actor.clone());
+        let mut fast = AutoCommit::load(&bytes).unwrap().with_actor(site_actor.clone());
+        if pending {
+            // Something already pending in the site's transaction: no first write to build, the fallback.
+            for d in [&mut slow, &mut fast] {
+                d.put(ROOT, "x-pending", 1u64).unwrap();
+            }
+        }
+        proptest::prop_assert!(write_order(&mut slow, &site, &accepted, now.saturating_add(7)).unwrap());
+        slow.commit();
+        proptest::prop_assert!(write_order_unfrozen(&mut fast, &site, &accepted, now.saturating_add(7)).unwrap());
+        // Built and applied whole (nothing left pending), unless something was pending before.
+        proptest::prop_assert_eq!(fast.pending_ops() == 0, !pending);
+        fast.commit();
+        proptest::prop_assert_eq!(fast.get_heads(), slow.get_heads());
+        proptest::prop_assert_eq!(fast.save(), slow.save());
+        proptest::prop_assert_eq!(read_order(&fast, "x").unwrap(), read_order(&slow, "x").unwrap());
+        proptest::prop_assert_eq!(order_status(&fast), Some("accepted".to_owned()));
+        // The same record again writes nothing; a later one (picked) goes through a transaction on both.
+        proptest::prop_assert!(!write_order_unfrozen(&mut fast, &site, &accepted, now.saturating_add(8)).unwrap());
+        let mut picked = accepted.clone();
+        picked.status = FulfillmentState::Picking;
+        for d in [&mut slow, &mut fast] {
+            proptest::prop_assert!(write_order_unfrozen(d, &site, &picked, now.saturating_add(9)).unwrap());
+            d.commit();
+        }
+        proptest::prop_assert_eq!(fast.get_heads(), slow.get_heads());
+        // The hub applies the site's changes to its copy: both paths' copies agree there too.
+        let mut at_hub = h.fork();
+        at_hub.merge(&mut fast).unwrap();
+        proptest::prop_assert_eq!(read_order(&at_hub, "x").unwrap(), read_order(&slow, "x").unwrap());
+    }
 }
 
 fn record(site: &str, seq: u64) -> OrderRecord {
