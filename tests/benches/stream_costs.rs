@@ -71,7 +71,7 @@ fn per_order(n: u64) -> (Cost, [f64; 6]) {
         let mut s = AutoCommit::load(&whole).unwrap().with_actor(site_actor.clone());
         ns[2] += t.elapsed().as_nanos();
         let t = Instant::now();
-        assert!(schema::write_order_unfrozen(&mut s, &site, &rec, 2).unwrap());
+        assert!(schema::write_order(&mut s, &site, &rec, 2).unwrap());
         s.commit();
         ns[3] += t.elapsed().as_nanos();
         let t = Instant::now();
@@ -87,41 +87,8 @@ fn per_order(n: u64) -> (Cost, [f64; 6]) {
 }
 
 /// The steps of [`per_order`]: the hub's first two and last, the site's three between.
-const STEPS: [&str; 6] = [
-    "hub new_hub_order",
-    "hub save",
-    "site load",
-    "site write_order_unfrozen + commit",
-    "site save_after",
-    "hub apply",
-];
-
-/// The site's first write into a hub's fulfillment document both ways, µs per order, on documents loaded alike
-/// (untimed): through a transaction (`schema::write_order` and a commit) and built as one change
-/// (`schema::write_order_unfrozen`, what the node does since issue 17's session of 2026-12-07).
-fn site_first_write(n: u64) -> (f64, f64) {
-    let hub_actor = ActorId::from(vec![1u8; 16]);
-    let site_actor = ActorId::from(vec![2u8; 16]);
-    let site = NodeId::parse("wh-a").unwrap();
-    let sku = Sku::parse("SKU-1").unwrap();
-    let (mut put_ns, mut whole_ns) = (0u128, 0u128);
-    for id in ids(n) {
-        let rec = fixtures::accepted(id.clone(), &site, &sku, 1);
-        let bytes = schema::new_hub_order(&hub_actor, &id, &id, &site, &rec.order, 1).unwrap().save();
-        let mut a = AutoCommit::load(&bytes).unwrap().with_actor(site_actor.clone());
-        let mut b = AutoCommit::load(&bytes).unwrap().with_actor(site_actor.clone());
-        let t = Instant::now();
-        assert!(schema::write_order(&mut a, &site, &rec, 2).unwrap());
-        a.commit();
-        put_ns += t.elapsed().as_nanos();
-        let t = Instant::now();
-        assert!(schema::write_order_unfrozen(&mut b, &site, &rec, 2).unwrap());
-        b.commit();
-        whole_ns += t.elapsed().as_nanos();
-        assert_eq!(a.get_heads(), b.get_heads(), "the same change both ways");
-    }
-    (us_per(put_ns, n), us_per(whole_ns, n))
-}
+const STEPS: [&str; 6] =
+    ["hub new_hub_order", "hub save", "site load", "site write_order + commit", "site save_after", "hub apply"];
 
 /// The stream: batches of `k` orders, a new generation every `gen` orders.
 fn stream(n: u64, k: u64, gen_orders: u64) -> Cost {
@@ -195,7 +162,6 @@ fn main() {
     let mut rows: Vec<(String, Vec<Cost>, Vec<f64>)> =
         variants.iter().map(|(k, g)| (format!("stream k={k} gen={}", (*g).min(n)), Vec::new(), Vec::new())).collect();
     let mut base_costs = Vec::new();
-    let mut first_write: Vec<(f64, f64, f64)> = Vec::new();
     for round in 1..=rounds {
         let (base, steps) = per_order(n);
         println!(
@@ -206,12 +172,6 @@ fn main() {
         );
         let split: Vec<String> = STEPS.iter().zip(steps).map(|(name, us)| format!("{name} {us:.1}")).collect();
         println!("round {round}: per-order steps, µs: {}", split.join(", "));
-        let (put, whole) = site_first_write(n);
-        println!(
-            "round {round}: site's first write: through a transaction {put:.1} µs, built whole {whole:.1} µs = {:.2}×",
-            whole / put
-        );
-        first_write.push((put, whole, whole / put));
         base_totals.push(base.total());
         base_costs.push(base);
         for ((k, g), (name, costs, ratios)) in variants.iter().zip(rows.iter_mut()) {
@@ -248,14 +208,6 @@ fn main() {
             each.join(" / ")
         );
     }
-    println!(
-        "site's first write (median of {rounds} rounds): through a transaction {:.1} µs, built whole {:.1} µs, \
-         {:.2}× (each round: {})",
-        median(first_write.iter().map(|f| f.0).collect()),
-        median(first_write.iter().map(|f| f.1).collect()),
-        median(first_write.iter().map(|f| f.2).collect()),
-        first_write.iter().map(|f| format!("{:.2}", f.2)).collect::<Vec<_>>().join(" / ")
-    );
     let best = rows.iter().map(|(name, _, r)| (name, median(r.clone()))).min_by(|a, b| a.1.total_cmp(&b.1));
     if let Some((name, r)) = best {
         println!(

@@ -441,12 +441,7 @@ fn ingest_pass(docs: &mut NodeDocs, store: &Store, tuning: &SyncTuning) -> Resul
                 let Some((rec, frozen_at)) = store.order_and_frozen_at(&id)? else { continue };
                 let Some(name) = schema::order_doc(&id) else { continue };
                 let doc = docs.sync.db.get_or_create(&name)?;
-                // Not frozen by this write: a hub order's acceptance goes in as one change built whole.
-                let mut wrote = if frozen_at.is_none() {
-                    schema::write_order_unfrozen(doc, &node, &rec, now)?
-                } else {
-                    schema::write_order(doc, &node, &rec, now)?
-                };
+                let mut wrote = schema::write_order(doc, &node, &rec, now)?;
                 if let Some(at) = frozen_at
                     && schema::write_frozen(doc, at)?
                 {

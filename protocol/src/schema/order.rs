@@ -22,21 +22,6 @@ pub struct Progress {
     pub timeline: Vec<TimelineEntry>,
 }
 
-impl Progress {
-    /// The progress part of a node's order record.
-    pub fn of(rec: &OrderRecord) -> Progress {
-        Progress {
-            status: rec.status,
-            lines: rec.lines.clone(),
-            wave: rec.wave,
-            parcels: rec.parcels,
-            shipment: rec.shipment.clone(),
-            returns: rec.returns.clone(),
-            timeline: rec.timeline.clone(),
-        }
-    }
-}
-
 /// An order as a document shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrderView {
@@ -82,7 +67,15 @@ pub fn write_order(doc: &mut AutoCommit, origin: &NodeId, rec: &OrderRecord, now
         doc.put(ROOT, keys::DRAFT, enc(&rec.order, name, keys::DRAFT)?)?;
         changed = true;
     }
-    let progress = Progress::of(rec);
+    let progress = Progress {
+        status: rec.status,
+        lines: rec.lines.clone(),
+        wave: rec.wave,
+        parcels: rec.parcels,
+        shipment: rec.shipment.clone(),
+        returns: rec.returns.clone(),
+        timeline: rec.timeline.clone(),
+    };
     let bytes = enc(&progress, name, keys::PROGRESS)?;
     let node = map_obj(doc, &ROOT, keys::NODE)?;
     if get_bytes(doc, &node, keys::PROGRESS)?.as_deref() != Some(&bytes[..]) {
@@ -92,59 +85,6 @@ pub fn write_order(doc: &mut AutoCommit, origin: &NodeId, rec: &OrderRecord, now
         changed = true;
     }
     Ok(changed)
-}
-
-/// [`write_order`] for a record whose document is not frozen by the same write (the caller writes no
-/// `frozen_at_ms` after it in this change). A site's first write into a document it never wrote (a hub's
-/// fulfillment document it has just received: no `node` map yet, nothing pending, no change of this actor) is
-/// built as one change and applied whole, which costs about 0.8× the same four operations through a
-/// transaction and its commit (41 against 51 µs; `cargo bench -p oms-tests --bench stream_costs`).
-/// The change is the one [`write_order`] and a commit would make, byte for byte (a test compares their hashes):
-/// the same actor, `seq` 1, `start_op` one past the largest of the heads' `max_op` (which is the document's),
-/// the heads as `deps`, no time and no message, and the same operations in the same order. Anything else
-/// goes through [`write_order`], whose change the caller commits.
-pub fn write_order_unfrozen(
-    doc: &mut AutoCommit,
-    origin: &NodeId,
-    rec: &OrderRecord,
-    now_ms: u64,
-) -> Result<bool, SchemaError> {
-    if doc.pending_ops() > 0 || doc.get(ROOT, keys::V)?.is_none() || doc.get(ROOT, keys::NODE)?.is_some() {
-        return write_order(doc, origin, rec, now_ms);
-    }
-    if frozen_at_ms(doc).is_some() {
-        return Ok(false);
-    }
-    if doc.get_last_local_change().is_some() {
-        return write_order(doc, origin, rec, now_ms);
-    }
-    let heads = doc.get_heads();
-    let mut max_op = 0;
-    for h in &heads {
-        match doc.get_change_meta_by_hash(h) {
-            Some(meta) => max_op = max_op.max(meta.max_op),
-            None => return write_order(doc, origin, rec, now_ms),
-        }
-    }
-    let Some(start_op) = std::num::NonZeroU64::new(max_op.saturating_add(1)) else {
-        return write_order(doc, origin, rec, now_ms);
-    };
-    let progress = Progress::of(rec);
-    let bytes = enc(&progress, rec.id.as_str(), keys::PROGRESS)?;
-    use automerge::ScalarValue;
-    use automerge::legacy::{ObjectId, OpId, OpType};
-    let actor = doc.get_actor().clone();
-    let op = new_key_op;
-    // As `write_order` makes them: the `node` map (the change's first operation), then its three keys.
-    let node = ObjectId::Id(OpId(start_op.get(), actor.clone()));
-    let operations = vec![
-        op(ObjectId::Root, keys::NODE, OpType::Make(ObjType::Map)),
-        op(node.clone(), keys::STATUS, OpType::Put(ScalarValue::Str(rec.status.as_str().into()))),
-        op(node.clone(), keys::PROGRESS, OpType::Put(ScalarValue::Bytes(bytes))),
-        op(node, keys::UPDATED_AT_MS, OpType::Put(ScalarValue::Uint(now_ms))),
-    ];
-    doc.apply_changes([change_of(actor, 1, start_op, heads, operations)])?;
-    Ok(true)
 }
 
 /// Reads an order document.
@@ -327,9 +267,15 @@ pub fn new_hub_order(
     now_ms: u64,
 ) -> Result<AutoCommit, SchemaError> {
     use automerge::ScalarValue;
-    use automerge::legacy::{ObjectId, OpId, OpType};
+    use automerge::legacy::{Key, ObjectId, Op, OpId, OpType, SortedVec};
     let draft = enc(draft, id.as_str(), keys::DRAFT)?;
-    let op = new_key_op;
+    let op = |obj: ObjectId, key: &str, action: OpType| Op {
+        action,
+        obj,
+        key: Key::Map(key.into()),
+        pred: SortedVec::new(),
+        insert: false,
+    };
     let put = |key: &str, v: ScalarValue| op(ObjectId::Root, key, OpType::Put(v));
     // In create_hub_order's order: the op counters (1, 2, ...) are the positions here, and the hub map is
     // the object made by the 7th.
@@ -343,41 +289,20 @@ pub fn new_hub_order(
         op(ObjectId::Root, keys::HUB, OpType::Make(ObjType::Map)),
         op(ObjectId::Id(OpId(7, actor.clone())), keys::PARENT, OpType::Put(ScalarValue::Str(parent.as_str().into()))),
     ];
-    let mut doc = AutoCommit::new().with_actor(actor.clone());
-    doc.apply_changes([change_of(actor.clone(), 1, std::num::NonZeroU64::MIN, vec![], operations)])?;
-    Ok(doc)
-}
-
-/// An operation on a map's `key` that overwrites nothing (no predecessors), for a change built whole.
-fn new_key_op(obj: automerge::legacy::ObjectId, key: &str, action: automerge::legacy::OpType) -> automerge::legacy::Op {
-    automerge::legacy::Op {
-        action,
-        obj,
-        key: automerge::legacy::Key::Map(key.into()),
-        pred: automerge::legacy::SortedVec::new(),
-        insert: false,
-    }
-}
-
-/// The change `AutoCommit::commit` would make of `operations` by `actor` (its `seq`-th, operation counters
-/// from `start_op`, after `deps`): no time (what `commit` records when none is given), no message.
-fn change_of(
-    actor: automerge::ActorId,
-    seq: u64,
-    start_op: std::num::NonZeroU64,
-    deps: Vec<automerge::ChangeHash>,
-    operations: Vec<automerge::legacy::Op>,
-) -> automerge::Change {
-    automerge::Change::from(automerge::ExpandedChange {
+    let change = automerge::ExpandedChange {
         operations,
-        actor_id: actor,
+        actor_id: actor.clone(),
         hash: None,
-        seq,
-        start_op,
+        seq: 1,
+        start_op: std::num::NonZeroU64::MIN,
+        // What `AutoCommit::commit` records when no time is given.
         time: 0,
         message: None,
-        deps,
+        deps: vec![],
         extra_bytes: vec![],
         author: None,
-    })
+    };
+    let mut doc = AutoCommit::new().with_actor(actor.clone());
+    doc.apply_changes([automerge::Change::from(change)])?;
+    Ok(doc)
 }
