@@ -26,9 +26,9 @@ use oms_protocol::domain::{FulfillmentState, NodeId, OrderId, Sku};
 use oms_protocol::fixtures;
 use oms_protocol::schema::{self, HUB_ORIGIN};
 use oms_protocol::sync::automerge::{
-    ActorId, AutoCommit, ObjType, ROOT, ReadDoc, ScalarValue, transaction::Transactable,
+    ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, transaction::Transactable,
 };
-use oms_tests::stats::{env_u64, loadavg};
+use oms_tests::stats::{env_u64, loadavg, percentile};
 
 /// µs per order: the hub's side, the site's side.
 #[derive(Clone, Copy, Default)]
@@ -98,32 +98,31 @@ fn stream(n: u64, k: u64, gen_orders: u64) -> Cost {
     let sku = Sku::parse("SKU-1").unwrap();
     let all = ids(n);
     let (mut hub_ns, mut site_ns) = (0u128, 0u128);
-    let mut docs: Option<(AutoCommit, AutoCommit)> = None;
+    // The hub's and the site's copies of the generation's document, and its two maps.
+    let mut docs: Option<(AutoCommit, AutoCommit, ObjId, ObjId)> = None;
     let mut in_gen = 0u64;
     for batch in all.chunks(usize::try_from(k).unwrap()) {
         let recs: Vec<_> = batch.iter().map(|id| fixtures::accepted(id.clone(), &site, &sku, 1)).collect();
         if docs.is_none() || in_gen >= gen_orders {
             let t = Instant::now();
             let mut h = AutoCommit::new().with_actor(hub_actor.clone());
-            h.put_object(ROOT, "assigned", ObjType::Map).unwrap();
-            h.put_object(ROOT, "accepted", ObjType::Map).unwrap();
+            let assigned = h.put_object(ROOT, "assigned", ObjType::Map).unwrap();
+            let accepted = h.put_object(ROOT, "accepted", ObjType::Map).unwrap();
             h.commit();
             let whole = h.save();
             hub_ns += t.elapsed().as_nanos();
             let t = Instant::now();
             let s = AutoCommit::load(&whole).unwrap().with_actor(site_actor.clone());
             site_ns += t.elapsed().as_nanos();
-            docs = Some((h, s));
+            docs = Some((h, s, assigned, accepted));
             in_gen = 0;
         }
-        let (h, s) = docs.as_mut().unwrap();
-        let assigned = h.get(ROOT, "assigned").unwrap().unwrap().1;
-        let accepted = h.get(ROOT, "accepted").unwrap().unwrap().1;
+        let (h, s, assigned, accepted) = docs.as_mut().unwrap();
         let t = Instant::now();
         let site_heads = s.get_heads();
         for rec in &recs {
             let draft = postcard::to_allocvec(&rec.order).unwrap();
-            h.put(&assigned, rec.id.as_str(), ScalarValue::Bytes(draft)).unwrap();
+            h.put(&*assigned, rec.id.as_str(), ScalarValue::Bytes(draft)).unwrap();
         }
         h.commit();
         let change = h.save_after(&site_heads);
@@ -133,7 +132,7 @@ fn stream(n: u64, k: u64, gen_orders: u64) -> Cost {
         let hub_heads = h.get_heads();
         for rec in &recs {
             let progress = postcard::to_allocvec(&(rec.status.as_str(), &rec.lines, &rec.timeline)).unwrap();
-            s.put(&accepted, rec.id.as_str(), ScalarValue::Bytes(progress)).unwrap();
+            s.put(&*accepted, rec.id.as_str(), ScalarValue::Bytes(progress)).unwrap();
         }
         s.commit();
         let change = s.save_after(&hub_heads);
@@ -141,7 +140,7 @@ fn stream(n: u64, k: u64, gen_orders: u64) -> Cost {
         let t = Instant::now();
         h.load_incremental(&change).unwrap();
         hub_ns += t.elapsed().as_nanos();
-        assert!(h.get(&accepted, batch[batch.len() - 1].as_str()).unwrap().is_some());
+        assert!(h.get(&*accepted, batch[batch.len() - 1].as_str()).unwrap().is_some());
         in_gen += batch.len() as u64;
     }
     Cost { hub: us_per(hub_ns, n), site: us_per(site_ns, n) }
@@ -149,7 +148,7 @@ fn stream(n: u64, k: u64, gen_orders: u64) -> Cost {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    percentile(&v, 0.5)
 }
 
 fn main() {
