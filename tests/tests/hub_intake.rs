@@ -408,6 +408,15 @@ async fn hub_killed_during_intake_loses_no_acknowledged_order() {
         })
         .await;
     }
+    // And the hub sees each acceptance. A session sends a new fulfillment document before the flush that writes
+    // it, so the site may hold one the kill took from `hub.redb`; the start builds it again (the same change,
+    // hash for hash: `orders::effects` tests), and the site's acceptance of it must still reach the hub.
+    for id in &acked {
+        wait_for(&c, format!("http://{hub_http}/v1/orders/{id}"), "accepted, as the hub sees it", |v| {
+            v["fulfillments"][0]["status"] == "accepted"
+        })
+        .await;
+    }
     // Nothing assigned twice: the site reserved exactly one unit per order it holds. Orders the hub committed
     // but never acknowledged (the kill came first) may still be arriving, so the count is read between two
     // listings that agree (bounded: 100 tries, 100 ms apart).

@@ -146,6 +146,12 @@ pub struct HubDocs {
     changed: BTreeSet<DocId>,
     /// Documents the hub changed, per node to tell, since that node's session last looked.
     local: BTreeMap<String, BTreeSet<DocId>>,
+    /// Fulfillment documents [`HubDocs::create_local`] made that no session has taken yet and the hub has not
+    /// written since: what the hub wrote in them is a function of the intake's committed record alone, and a
+    /// start builds any of them that `hub.redb` lacks again, byte for byte (`orders::watch::recover`). So the
+    /// site's session may send them before the flush that writes them ([`HubDocs::take_local_split`], which
+    /// takes them out). At most [`CHANGED_MAX`]; past that, new ones wait for a flush as any document does.
+    fresh: BTreeSet<DocId>,
     /// What each site published about itself in its stock document, for routing: built from the documents
     /// once (none until then), then read again only for the sites in `sites_stale`, so that routing reads no
     /// document while the sites' stock documents stay as they were.
@@ -278,6 +284,7 @@ impl HubDocs {
             nodes: BTreeMap::new(),
             changed: BTreeSet::new(),
             local: BTreeMap::new(),
+            fresh: BTreeSet::new(),
             site_infos: None,
             sites_stale: BTreeSet::new(),
             order_changes: Some(BTreeSet::new()),
@@ -594,7 +601,12 @@ impl HubDocs {
     /// document for the watcher (after a start), at most [`CHANGED_MAX`] in all.
     pub fn requeue(&mut self, orders: impl IntoIterator<Item = DocId>) {
         let stock: Vec<DocId> = self.sync.db.labels(schema::STOCK_PREFIX).map(|(d, _)| d).take(CHANGED_MAX).collect();
-        for d in stock.into_iter().chain(orders) {
+        self.requeue_docs(stock.into_iter().chain(orders));
+    }
+
+    /// Queues `docs` for the watcher's next pass again (ones it could not act on), within [`CHANGED_MAX`].
+    pub fn requeue_docs(&mut self, docs: impl IntoIterator<Item = DocId>) {
+        for d in docs {
             if self.changed.len() >= CHANGED_MAX {
                 break;
             }
@@ -609,7 +621,23 @@ impl HubDocs {
 
     /// Documents the hub changed that `node`'s session should push, since the last call.
     pub fn take_local(&mut self, node: &str) -> BTreeSet<DocId> {
-        self.local.remove(node).unwrap_or_default()
+        let taken = self.local.remove(node).unwrap_or_default();
+        if !self.fresh.is_empty() {
+            self.fresh.retain(|d| !taken.contains(d));
+        }
+        taken
+    }
+
+    /// [`HubDocs::take_local`], split: first the fresh fulfillment documents (see `fresh`), which `node`'s
+    /// session may send before they are flushed, then the others, which go out after a flush.
+    pub fn take_local_split(&mut self, node: &str) -> (BTreeSet<DocId>, BTreeSet<DocId>) {
+        let all = self.local.remove(node).unwrap_or_default();
+        all.into_iter().partition(|d| self.fresh.remove(d))
+    }
+
+    /// Whether `doc` is fresh (see `fresh`).
+    pub fn is_fresh(&self, doc: &DocId) -> bool {
+        self.fresh.contains(doc)
     }
 
     /// Changes a document as the hub (`f` returns whether it wrote anything), commits the change and marks
@@ -629,6 +657,8 @@ impl HubDocs {
             return Ok(vec![]);
         }
         d.commit();
+        // No longer the committed record alone: it goes out after a flush.
+        self.fresh.remove(doc);
         let parties = schema::order_parties(d);
         self.sync.db.mark_dirty(doc);
         self.note_change(doc);
@@ -653,6 +683,9 @@ impl HubDocs {
             return Ok(None);
         }
         self.sync.db.mark_dirty(doc);
+        if self.fresh.len() < CHANGED_MAX {
+            self.fresh.insert(doc.clone());
+        }
         self.note_change(doc);
         Ok(Some(self.tell_local(doc, parties)))
     }

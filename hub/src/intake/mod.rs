@@ -618,6 +618,7 @@ impl Intake {
                     parent: o.id.clone(),
                     site: f.site.clone(),
                     draft: part_of(&o.draft, &f.lines),
+                    assigned_at_ms: f.assigned_at_ms,
                 });
             }
         }

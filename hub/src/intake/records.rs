@@ -148,6 +148,9 @@ pub struct NewFulfillment {
     pub site: NodeId,
     /// The site's part of the order.
     pub draft: OrderDraft,
+    /// When it was assigned (its record's `assigned_at_ms`): the document's `created_at_ms`, so that the
+    /// document is a function of the committed record alone and a start builds it again byte for byte.
+    pub assigned_at_ms: u64,
 }
 
 /// What a write produced, for the documents.

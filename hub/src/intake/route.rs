@@ -158,6 +158,7 @@ impl Core {
                     parent: order.id.clone(),
                     site: a.site.clone(),
                     draft: part_of(&order.draft, &a.lines),
+                    assigned_at_ms: now_ms,
                 });
                 order.fulfillments.push(Fulfillment {
                     id,

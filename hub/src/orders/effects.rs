@@ -116,7 +116,7 @@ pub fn apply_all_effects(hub: &Hub, all: &[&Effects]) -> Result<(), EffectsError
         }
     }
     let fulfillments: Vec<&NewFulfillment> = all.iter().flat_map(|e| &e.fulfillments).collect();
-    let built = build_orders(&hub.actor_id(), &fulfillments, now)?;
+    let built = build_orders(&fulfillments)?;
     let mut tell = Vec::new();
     {
         let mut docs = hub.docs.lock();
@@ -128,7 +128,9 @@ pub fn apply_all_effects(hub: &Hub, all: &[&Effects]) -> Result<(), EffectsError
                 // Already held (an order replayed, or re-applied after a crash): written as any change is, which
                 // changes nothing if it was created.
                 None => docs
-                    .write_local(&name, |d| schema::create_hub_order(d, &f.id, &f.parent, &f.site, &f.draft, now))
+                    .write_local(&name, |d| {
+                        schema::create_hub_order(d, &f.id, &f.parent, &f.site, &f.draft, f.assigned_at_ms)
+                    })
                     .map_err(|source| EffectsError::Document { doc: name.clone(), source })?,
             };
             tell.extend(nodes);
@@ -161,20 +163,34 @@ pub fn apply_all_effects(hub: &Hub, all: &[&Effects]) -> Result<(), EffectsError
 /// work is most of a documents round's, and every sync session waits for that lock. (Building half of a
 /// large round on a second thread was tried: slower, 2,011-2,051 orders/s against 2,526-2,977 for the hub
 /// alone at 64 clients, as the thread's start and the two cores' contention cost more than it saved.)
+///
+/// Each is a function of its committed record alone, down to the change's hash: the first change's actor is
+/// [`fulfillment_actor`] (the hub's later changes to it are its process's, set when the document is held), and
+/// its `created_at_ms` the record's `assigned_at_ms`. So the start after a crash builds a document `hub.redb`
+/// lost as the one a site may already hold (a session sends a new one before the flush that writes it).
 fn build_orders<'a>(
-    actor: &ActorId,
     fulfillments: &[&'a NewFulfillment],
-    now: u64,
 ) -> Result<Vec<(&'a NewFulfillment, DocId, AutoCommit)>, EffectsError> {
     fulfillments
         .iter()
         .filter_map(|f| Some((*f, schema::order_doc(&f.id)?)))
         .map(|(f, name)| {
-            let d = schema::new_hub_order(actor, &f.id, &f.parent, &f.site, &f.draft, now)
+            let actor = fulfillment_actor(&f.id);
+            let d = schema::new_hub_order(&actor, &f.id, &f.parent, &f.site, &f.draft, f.assigned_at_ms)
                 .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
             Ok((f, name, d))
         })
         .collect()
+}
+
+/// The Automerge actor of the first change of fulfillment `id`'s document: 16 bytes of SHA-256 over a label
+/// and the id, the same in every process (the process's own actor is fresh at each start, so that two
+/// incarnations never reuse a sequence number; this one writes one change, sequence 1, ever).
+pub(crate) fn fulfillment_actor(id: &OrderId) -> ActorId {
+    use sha2::Digest as _;
+    let digest =
+        sha2::Sha256::new().chain_update(b"oms fulfillment document v1\0").chain_update(id.as_str()).finalize();
+    ActorId::from(&digest[..16])
 }
 
 /// The intake's [`crate::intake::EffectsSink`]: writes what each committed batch of channel orders created,
@@ -202,6 +218,7 @@ pub(super) fn replay_effects(order: &HubOrder) -> Effects {
             parent: order.id.clone(),
             site: f.site.clone(),
             draft: crate::intake::part_of(&order.draft, &f.lines),
+            assigned_at_ms: f.assigned_at_ms,
         })
         .collect();
     Effects { fulfillments, escrow: vec![] }
@@ -217,10 +234,25 @@ mod tests {
 
     /// A hub over `dir` with no session, its documents' cache 16 and `docs_loaded_max` as given.
     fn hub(dir: &std::path::Path, docs_loaded_max: usize) -> Arc<Hub> {
-        let mut docs = HubDocs::new(DocDb::open(&dir.join("hub.redb"), vec![9; 16], 100_000).unwrap()).unwrap();
+        hub_as(dir, docs_loaded_max, 9)
+    }
+
+    /// [`hub`], its documents written by the Automerge actor `[actor; 16]` (a process's, fresh at each start).
+    fn hub_as(dir: &std::path::Path, docs_loaded_max: usize, actor: u8) -> Arc<Hub> {
+        let mut docs = HubDocs::new(DocDb::open(&dir.join("hub.redb"), vec![actor; 16], 100_000).unwrap()).unwrap();
         docs.set_cache_max(16);
         let tuning = crate::server::ServerTuning { docs_loaded_max, ..Default::default() };
         Arc::new(crate::demand::test_support::hub_over(dir, docs, crate::demand::test_support::money(), tuning))
+    }
+
+    /// Site `wh-a`, fulfillment `hub-0000000001.1` (assigned at 5 ms), its document, and the effects creating it.
+    fn one_fulfillment() -> (NodeId, OrderId, DocId, Effects) {
+        let site = NodeId::parse("wh-a").unwrap();
+        let parent = OrderId::parse("hub-0000000001").unwrap();
+        let id = OrderId::parse(&format!("{parent}.1")).unwrap();
+        let draft = oms_protocol::fixtures::draft("r", &Sku::parse("SKU-1").unwrap(), 1);
+        let f = NewFulfillment { id: id.clone(), parent, site: site.clone(), draft, assigned_at_ms: 5 };
+        (site, id.clone(), schema::order_doc(&id).unwrap(), Effects { fulfillments: vec![f], escrow: vec![] })
     }
 
     /// A fulfillment document is built away from the documents' lock, then held: its site is told, and the same
@@ -229,15 +261,7 @@ mod tests {
     fn a_fulfillment_document_applied_again_is_kept_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let hub = hub(dir.path(), 1_000);
-        let site = NodeId::parse("wh-a").unwrap();
-        let parent = OrderId::parse("hub-0000000001").unwrap();
-        let id = OrderId::parse(&format!("{parent}.1")).unwrap();
-        let draft = oms_protocol::fixtures::draft("r", &Sku::parse("SKU-1").unwrap(), 1);
-        let effects = Effects {
-            fulfillments: vec![NewFulfillment { id: id.clone(), parent, site: site.clone(), draft }],
-            escrow: vec![],
-        };
-        let name = schema::order_doc(&id).unwrap();
+        let (site, id, name, effects) = one_fulfillment();
         apply_effects(&hub, &effects).unwrap();
         let cancel = |d: &mut oms_protocol::sync::automerge::AutoCommit| schema::request_cancel(d, 5);
         let heads = {
@@ -256,6 +280,37 @@ mod tests {
         assert_eq!(docs.db().len(), held);
         assert_eq!(docs.heads(&name), heads, "replaced or changed again");
         assert!(docs.take_local(site.as_str()).is_empty(), "nothing changed, nobody to tell");
+    }
+
+    /// A new fulfillment document is a function of its committed record alone: built by two hubs (as before a
+    /// crash and by the start after it, each process with its own actor), at different times, it is the same
+    /// change, hash for hash, stamped with the record's `assigned_at_ms`; the hub's later changes to it are its
+    /// process's. A session may send one before the flush that writes it (it is fresh until a session takes it
+    /// or the hub writes to it); built with the process's actor or the documents thread's clock instead, the
+    /// site's copy and the one rebuilt after a crash would be two different first changes.
+    #[test]
+    fn a_fulfillment_document_is_its_record_alone_and_fresh_until_written() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (before, after) = (hub_as(a.path(), 1_000, 1), hub_as(b.path(), 1_000, 2));
+        let (site, id, name, effects) = one_fulfillment();
+        apply_effects(&before, &effects).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        apply_effects(&after, &effects).unwrap();
+        let (mut x, mut y) = (before.docs.lock(), after.docs.lock());
+        assert_eq!(x.heads(&name), y.heads(&name), "two builds of one record differ");
+        assert_eq!(schema::read_order(&x.get(&name).unwrap(), name.as_str()).unwrap().created_at_ms, 5);
+        assert_eq!(x.take_local_split(site.as_str()), (BTreeSet::from([name.clone()]), BTreeSet::new()));
+        let cancel = |d: &mut oms_protocol::sync::automerge::AutoCommit| schema::request_cancel(d, 7);
+        x.write_local(&name, cancel).unwrap();
+        let last = x.get(&name).unwrap().into_owned().get_last_local_change().map(|c| c.actor_id().clone());
+        assert_eq!(last, Some(ActorId::from(vec![1u8; 16])), "the hub's later change is its process's");
+        assert_eq!(x.take_local_split(site.as_str()), (BTreeSet::new(), BTreeSet::from([name.clone()])));
+        assert!(!x.is_fresh(&name));
+        assert!(y.is_fresh(&name));
+        drop(y.prepare_flush());
+        assert!(y.is_fresh(&name), "in a flush or not, it is the record alone");
+        assert_eq!(y.take_local(site.as_str()), BTreeSet::from([name.clone()]));
+        assert!(!y.is_fresh(&name), "taken (a session starting): it leaves the set");
     }
 
     /// With no session up (every site unreachable), what the intake's documents thread writes is flushed once
@@ -280,6 +335,7 @@ mod tests {
                         parent,
                         site: site.clone(),
                         draft: oms_protocol::fixtures::draft("r", &sku, 1),
+                        assigned_at_ms: 5,
                     }
                 })
                 .collect();

@@ -110,6 +110,18 @@ pub fn watch_once(hub: &Hub, retry: bool) {
             _ => {}
         }
     }
+    // A site's word that ends a fulfillment (shipped, rejected, cancelled) may come before `hub.redb` holds
+    // its document: a session sends a fresh one before the flush that writes it (`server::early_frames`), and
+    // a start builds it again only while it is live. So what ends it is acted on once the documents are on
+    // disk; a failed flush leaves it all for the next pass.
+    if (!shipped.is_empty() || !released.is_empty())
+        && let Err(e) = crate::server::flush_docs_blocking(hub)
+    {
+        tracing::warn!(error = %e, "cannot flush the documents before acting on the sites' progress; next pass");
+        let ids = shipped.iter().map(|s| &s.0).chain(released.values().flatten().map(|(id, _)| id));
+        hub.docs.lock().requeue_docs(ids.filter_map(schema::order_doc));
+        return;
+    }
     // Each shipment is billed (invoice and capture row, once) before the fulfillment stops being live, so a
     // crash in between bills it at the next start.
     let mut finished = Vec::new();
