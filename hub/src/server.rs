@@ -167,11 +167,6 @@ impl Hub {
         })
     }
 
-    /// This process's Automerge actor, which every document the hub writes carries.
-    pub fn actor_id(&self) -> oms_protocol::sync::automerge::ActorId {
-        oms_protocol::sync::automerge::ActorId::from(self.actor.as_slice())
-    }
-
     /// Hands the hub the reloading parts of its TLS configuration (once; later calls change nothing), so that
     /// connections are checked against each new CRL and `GET /v1/nodes` shows the hub's own certificate.
     pub fn set_tls(&self, tls: HubTls) {
@@ -395,10 +390,10 @@ fn early_frames(
     early
 }
 
-/// The document a frame is about, for a sync message or an acknowledgement.
+/// The document a frame is about: a sync message's, an acknowledgement's or a refusal's.
 fn frame_doc(f: &Frame) -> Option<&DocId> {
     match f {
-        Frame::Sync { doc, .. } | Frame::Ack { doc, .. } => Some(doc),
+        Frame::Sync { doc, .. } | Frame::Ack { doc, .. } | Frame::Refused { doc, .. } => Some(doc),
         _ => None,
     }
 }

@@ -144,14 +144,12 @@ pub struct HubDocs {
     pub nodes: BTreeMap<String, NodeStatus>,
     /// Documents nodes changed since the intake's watcher last looked.
     changed: BTreeSet<DocId>,
-    /// Documents the hub changed, per node to tell, since that node's session last looked.
-    local: BTreeMap<String, BTreeSet<DocId>>,
-    /// Fulfillment documents [`HubDocs::create_local`] made that no session has taken yet and the hub has not
-    /// written since: what the hub wrote in them is a function of the intake's committed record alone, and a
-    /// start builds any of them that `hub.redb` lacks again, byte for byte (`orders::watch::recover`). So the
-    /// site's session may send them before the flush that writes them ([`HubDocs::take_local_split`], which
-    /// takes them out). At most [`CHANGED_MAX`]; past that, new ones wait for a flush as any document does.
-    fresh: BTreeSet<DocId>,
+    /// Documents the hub changed, per node to tell, since that node's session last looked; each with whether
+    /// it is *fresh*: a fulfillment document [`HubDocs::create_local`] made that nobody wrote to since (not the
+    /// hub, not a node). What such a document holds is a function of the intake's committed record alone, and
+    /// a start builds any of them that `hub.redb` lacks again, byte for byte (`orders::watch::recover`), so the
+    /// site's session may send it before the flush that writes it ([`HubDocs::take_local_split`]).
+    local: BTreeMap<String, BTreeMap<DocId, bool>>,
     /// What each site published about itself in its stock document, for routing: built from the documents
     /// once (none until then), then read again only for the sites in `sites_stale`, so that routing reads no
     /// document while the sites' stock documents stay as they were.
@@ -284,7 +282,6 @@ impl HubDocs {
             nodes: BTreeMap::new(),
             changed: BTreeSet::new(),
             local: BTreeMap::new(),
-            fresh: BTreeSet::new(),
             site_infos: None,
             sites_stale: BTreeSet::new(),
             order_changes: Some(BTreeSet::new()),
@@ -427,6 +424,17 @@ impl HubDocs {
     /// Marks a document changed by a session for the next flush.
     pub fn mark_dirty(&mut self, doc: &DocId) {
         self.sync.db.mark_dirty(doc);
+        // A node's change: the document is no longer the hub's record alone.
+        self.unfresh(doc);
+    }
+
+    /// `doc`, if pending for a session as fresh, is no longer (see `local`).
+    fn unfresh(&mut self, doc: &DocId) {
+        for pending in self.local.values_mut() {
+            if let Some(fresh) = pending.get_mut(doc) {
+                *fresh = false;
+            }
+        }
     }
 
     /// The status entry of `node`.
@@ -621,23 +629,15 @@ impl HubDocs {
 
     /// Documents the hub changed that `node`'s session should push, since the last call.
     pub fn take_local(&mut self, node: &str) -> BTreeSet<DocId> {
-        let taken = self.local.remove(node).unwrap_or_default();
-        if !self.fresh.is_empty() {
-            self.fresh.retain(|d| !taken.contains(d));
-        }
-        taken
+        self.local.remove(node).unwrap_or_default().into_keys().collect()
     }
 
-    /// [`HubDocs::take_local`], split: first the fresh fulfillment documents (see `fresh`), which `node`'s
+    /// [`HubDocs::take_local`], split: first the fresh fulfillment documents (see `local`), which `node`'s
     /// session may send before they are flushed, then the others, which go out after a flush.
     pub fn take_local_split(&mut self, node: &str) -> (BTreeSet<DocId>, BTreeSet<DocId>) {
-        let all = self.local.remove(node).unwrap_or_default();
-        all.into_iter().partition(|d| self.fresh.remove(d))
-    }
-
-    /// Whether `doc` is fresh (see `fresh`).
-    pub fn is_fresh(&self, doc: &DocId) -> bool {
-        self.fresh.contains(doc)
+        let (fresh, rest): (BTreeMap<DocId, bool>, BTreeMap<DocId, bool>) =
+            self.local.remove(node).unwrap_or_default().into_iter().partition(|(_, fresh)| *fresh);
+        (fresh.into_keys().collect(), rest.into_keys().collect())
     }
 
     /// Changes a document as the hub (`f` returns whether it wrote anything), commits the change and marks
@@ -657,8 +657,6 @@ impl HubDocs {
             return Ok(vec![]);
         }
         d.commit();
-        // No longer the committed record alone: it goes out after a flush.
-        self.fresh.remove(doc);
         let parties = schema::order_parties(d);
         self.sync.db.mark_dirty(doc);
         self.note_change(doc);
@@ -667,7 +665,7 @@ impl HubDocs {
         if let Some(next) = &rotated {
             self.note_change(next);
         }
-        Ok(self.tell_local(doc, parties))
+        Ok(self.tell_local(doc, parties, false))
     }
 
     /// Holds `value`, an order document the hub built and committed away from the documents' lock (see
@@ -683,16 +681,14 @@ impl HubDocs {
             return Ok(None);
         }
         self.sync.db.mark_dirty(doc);
-        if self.fresh.len() < CHANGED_MAX {
-            self.fresh.insert(doc.clone());
-        }
         self.note_change(doc);
-        Ok(Some(self.tell_local(doc, parties)))
+        Ok(Some(self.tell_local(doc, parties, true)))
     }
 
     /// After the hub changed `doc` (whose origin and site are `parties`, for an order): the nodes to tell,
-    /// each of which gets it among the documents its session pushes.
-    fn tell_local(&mut self, doc: &DocId, parties: Option<(String, String)>) -> Vec<String> {
+    /// each of which gets it among the documents its session pushes; `fresh` if the hub just made it (see
+    /// `local`; a later write leaves it pending, not fresh).
+    fn tell_local(&mut self, doc: &DocId, parties: Option<(String, String)>, fresh: bool) -> Vec<String> {
         let mut tell = Vec::new();
         match DocKind::of(doc) {
             Some(DocKind::Order(_)) => {
@@ -711,8 +707,13 @@ impl HubDocs {
         }
         for n in &tell {
             let set = self.local.entry(n.clone()).or_default();
-            if set.len() < CHANGED_MAX {
-                set.insert(doc.clone());
+            let room = set.len() < CHANGED_MAX;
+            match set.get_mut(doc) {
+                Some(pending) => *pending = false,
+                None if room => {
+                    set.insert(doc.clone(), fresh);
+                }
+                None => {}
             }
         }
         tell

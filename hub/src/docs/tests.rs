@@ -839,7 +839,7 @@ fn state_documents_continue_in_new_generations_at_the_hub() {
     let next = generations::name(&escrow, 1).unwrap();
     assert_eq!(docs.sync.db.current(&escrow), next, "the escrow view started generation 1");
     assert_eq!(told, vec!["wh-a".to_owned()]);
-    assert!(docs.local.get("wh-a").is_some_and(|s| s.contains(&next)), "the site's session is told of it");
+    assert!(docs.local.get("wh-a").is_some_and(|s| s.contains_key(&next)), "the site's session is told of it");
     assert!(!docs.sync.db.contains(&escrow));
     let d = docs.get(&escrow).unwrap();
     let (counters, _) = schema::read_escrow(&d, 10).unwrap();

@@ -84,8 +84,9 @@ pub fn site_facts(hub: &Hub, now: u64) -> Vec<SiteFacts> {
 /// Writes fulfillment documents and escrow views into the hub's documents and wakes the sites' sessions.
 ///
 /// No flush here: what these documents say is already committed in `intake.redb` (and rebuilt from it by
-/// [`recover`] after a crash), and each session flushes dirty documents before it sends a frame, so a site
-/// never sees a document the hub could lose.
+/// [`recover`] after a crash). A session sends a new fulfillment document before the flush that writes it (it
+/// is the record alone, rebuilt the same, see [`build_orders`]) and everything else after one, so a site never
+/// sees anything the hub could lose for good.
 pub fn apply_effects(hub: &Hub, effects: &Effects) -> Result<(), EffectsError> {
     apply_all_effects(hub, &[effects])
 }
@@ -165,8 +166,8 @@ pub fn apply_all_effects(hub: &Hub, all: &[&Effects]) -> Result<(), EffectsError
 /// alone at 64 clients, as the thread's start and the two cores' contention cost more than it saved.)
 ///
 /// Each is a function of its committed record alone, down to the change's hash: the first change's actor is
-/// [`fulfillment_actor`] (the hub's later changes to it are its process's, set when the document is held), and
-/// its `created_at_ms` the record's `assigned_at_ms`. So the start after a crash builds a document `hub.redb`
+/// [`fulfillment_actor`], taken from that record (the hub's later changes to it are its process's, set when the
+/// document is held), and its `created_at_ms` the record's `assigned_at_ms`. So the start after a crash builds a document `hub.redb`
 /// lost as the one a site may already hold (a session sends a new one before the flush that writes it).
 fn build_orders<'a>(
     fulfillments: &[&'a NewFulfillment],
@@ -175,7 +176,7 @@ fn build_orders<'a>(
         .iter()
         .filter_map(|f| Some((*f, schema::order_doc(&f.id)?)))
         .map(|(f, name)| {
-            let actor = fulfillment_actor(&f.id);
+            let actor = fulfillment_actor(f);
             let d = schema::new_hub_order(&actor, &f.id, &f.parent, &f.site, &f.draft, f.assigned_at_ms)
                 .map_err(|source| EffectsError::Document { doc: name.clone(), source })?;
             Ok((f, name, d))
@@ -183,20 +184,33 @@ fn build_orders<'a>(
         .collect()
 }
 
-/// The Automerge actor of the first change of fulfillment `id`'s document: 16 bytes of SHA-256 over a label
-/// and the id, the same in every process (the process's own actor is fresh at each start, so that two
-/// incarnations never reuse a sequence number; this one writes one change, sequence 1, ever).
-pub(crate) fn fulfillment_actor(id: &OrderId) -> ActorId {
+/// The Automerge actor of the first change of `f`'s document: 16 bytes of SHA-256 over everything that change
+/// holds (the schema version, id, parent, site, the draft's postcard bytes, `assigned_at_ms`), the same in
+/// every process. The process's own actor is fresh at each start, so that two incarnations never reuse a
+/// sequence number; this one writes one change, sequence 1, ever. Taken from the content rather than the id
+/// alone: a start on a build that writes the record differently (a new draft field, say) then builds a change
+/// of another actor, which merges with a site's older copy as two creations do, rather than a second change
+/// numbered 1 of one actor, which Automerge refuses (and the site's sync session with it).
+pub(crate) fn fulfillment_actor(f: &NewFulfillment) -> ActorId {
     use sha2::Digest as _;
-    let digest =
-        sha2::Sha256::new().chain_update(b"oms fulfillment document v1\0").chain_update(id.as_str()).finalize();
-    ActorId::from(&digest[..16])
+    // An encoding that fails here fails the document's build too.
+    let draft = postcard::to_allocvec(&f.draft).unwrap_or_default();
+    let mut h = sha2::Sha256::new();
+    h.update(b"oms fulfillment document\0");
+    h.update(schema::SCHEMA_VERSION.to_le_bytes());
+    for part in [f.id.as_str().as_bytes(), f.parent.as_str().as_bytes(), f.site.as_str().as_bytes(), &draft] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(f.assigned_at_ms.to_le_bytes());
+    ActorId::from(&h.finalize()[..16])
 }
 
 /// The intake's [`crate::intake::EffectsSink`]: writes what each committed batch of channel orders created,
 /// before their callers are answered (see `intake::writer`).
 ///
-/// Sessions flush what it writes before they send it; with no session up (every site unreachable) nothing
+/// Sessions flush what it writes (before they send it, or right after for a new fulfillment document); with no
+/// session up (every site unreachable) nothing
 /// else would, and every document it created would stay loaded. So past `docs_loaded_max` documents loaded it
 /// flushes them itself, on its own thread (the write of the next batch waits for it, which bounds the intake
 /// by the disk rather than by memory).
@@ -292,7 +306,10 @@ mod tests {
     fn a_fulfillment_document_is_its_record_alone_and_fresh_until_written() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (before, after) = (hub_as(a.path(), 1_000, 1), hub_as(b.path(), 1_000, 2));
-        let (site, id, name, effects) = one_fulfillment();
+        let (site, _, name, effects) = one_fulfillment();
+        let f = &effects.fulfillments[0];
+        let other = NewFulfillment { assigned_at_ms: 6, ..f.clone() };
+        assert_ne!(fulfillment_actor(f), fulfillment_actor(&other), "another record, another first actor");
         apply_effects(&before, &effects).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(3));
         apply_effects(&after, &effects).unwrap();
@@ -305,12 +322,17 @@ mod tests {
         let last = x.get(&name).unwrap().into_owned().get_last_local_change().map(|c| c.actor_id().clone());
         assert_eq!(last, Some(ActorId::from(vec![1u8; 16])), "the hub's later change is its process's");
         assert_eq!(x.take_local_split(site.as_str()), (BTreeSet::new(), BTreeSet::from([name.clone()])));
-        assert!(!x.is_fresh(&name));
-        assert!(y.is_fresh(&name));
+        // A node's change before the session takes it: no longer the record alone (in a flush or not).
         drop(y.prepare_flush());
-        assert!(y.is_fresh(&name), "in a flush or not, it is the record alone");
-        assert_eq!(y.take_local(site.as_str()), BTreeSet::from([name.clone()]));
-        assert!(!y.is_fresh(&name), "taken (a session starting): it leaves the set");
+        y.mark_dirty(&name);
+        assert_eq!(y.take_local_split(site.as_str()), (BTreeSet::new(), BTreeSet::from([name.clone()])));
+        // And the hub's: a document it wrote to before the session took it waits for the flush too.
+        let c = tempfile::tempdir().unwrap();
+        let third = hub_as(c.path(), 1_000, 3);
+        apply_effects(&third, &effects).unwrap();
+        let mut z = third.docs.lock();
+        z.write_local(&name, cancel).unwrap();
+        assert_eq!(z.take_local_split(site.as_str()), (BTreeSet::new(), BTreeSet::from([name.clone()])));
     }
 
     /// With no session up (every site unreachable), what the intake's documents thread writes is flushed once

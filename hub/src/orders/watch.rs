@@ -118,7 +118,8 @@ pub fn watch_once(hub: &Hub, retry: bool) {
         && let Err(e) = crate::server::flush_docs_blocking(hub)
     {
         tracing::warn!(error = %e, "cannot flush the documents before acting on the sites' progress; next pass");
-        let ids = shipped.iter().map(|s| &s.0).chain(released.values().flatten().map(|(id, _)| id));
+        let ids = seen.iter().map(|f| &f.id).chain(shipped.iter().map(|s| &s.0));
+        let ids = ids.chain(released.values().flatten().map(|(id, _)| id));
         hub.docs.lock().requeue_docs(ids.filter_map(schema::order_doc));
         return;
     }
