@@ -365,6 +365,7 @@ pub async fn watch_peer_certificates(
 fn early_frames(
     session: &mut SyncSession,
     docs: &mut crate::docs::HubDocs,
+    node: &NodeId,
     fresh: &BTreeSet<DocId>,
     out: &mut Vec<Frame>,
 ) -> Vec<Frame> {
@@ -373,6 +374,7 @@ fn early_frames(
         return early;
     }
     while let Some(f) = session.poll_transmit() {
+        count_refusal(docs, node, &f);
         out.push(f);
     }
     for doc in fresh {
@@ -381,6 +383,7 @@ fn early_frames(
     let queued: BTreeSet<&DocId> = out.iter().filter_map(frame_doc).collect();
     let mut later = Vec::new();
     while let Some(f) = session.poll_transmit() {
+        count_refusal(docs, node, &f);
         match frame_doc(&f) {
             Some(doc) if fresh.contains(doc) && !queued.contains(doc) => early.push(f),
             _ => later.push(f),
@@ -388,6 +391,13 @@ fn early_frames(
     }
     out.extend(later);
     early
+}
+
+/// Counts a document the hub refuses `node` in its status (`docs_refused`), for a frame taken from the session.
+fn count_refusal(docs: &mut crate::docs::HubDocs, node: &NodeId, f: &Frame) {
+    if matches!(f, Frame::Refused { code: ErrorCode::NotEntitled, .. }) {
+        docs.status(node).docs_refused += 1;
+    }
 }
 
 /// The document a frame is about: a sync message's, an acknowledgement's or a refusal's.
@@ -531,9 +541,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
         {
             let mut docs = hub.docs.lock();
             while let Some(f) = session.poll_transmit() {
-                if matches!(f, Frame::Refused { code: ErrorCode::NotEntitled, .. }) {
-                    docs.status(node).docs_refused += 1;
-                }
+                count_refusal(&mut docs, node, &f);
                 out.push(f);
             }
             while let Some(ev) = session.poll_event() {
@@ -583,8 +591,9 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
         }
         let full = closed.is_some() || loaded_full;
         if !linger.holds(tokio::time::Instant::now(), linger.documents_handled(), full) {
-            // Persist before answering: what the node believes the hub has, the hub has on disk. One flush
-            // covers every frame handled since the last one, of this session and of the others.
+            // Persist before answering: what the node believes the hub has, the hub has on disk (new fulfillment
+            // documents went before, `early_frames`: a start rebuilds them the same). One flush covers every
+            // frame handled since the last one, of this session and of the others.
             persist(hub, needed).await?;
             link::write_frames(&mut send, &out, &mut encoder, io_timeout).await?;
             out.clear();
@@ -632,7 +641,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                 let early = {
                     let mut docs = hub.docs.lock();
                     let (fresh, rest) = docs.take_local_split(node.as_str());
-                    let early = early_frames(&mut session, &mut docs, &fresh, &mut out);
+                    let early = early_frames(&mut session, &mut docs, node, &fresh, &mut out);
                     for doc in rest {
                         session.local_change(&mut docs.sync, &doc);
                     }

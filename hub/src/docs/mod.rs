@@ -658,6 +658,8 @@ impl HubDocs {
         }
         d.commit();
         let parties = schema::order_parties(d);
+        // Whoever it is told to below, it is no longer the record alone.
+        self.unfresh(doc);
         self.sync.db.mark_dirty(doc);
         self.note_change(doc);
         let rotated = self.sync.db.rotate_if_due(base).map_err(|e| schema::SchemaError::Automerge(e.to_string()))?;

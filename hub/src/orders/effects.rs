@@ -185,18 +185,21 @@ fn build_orders<'a>(
 }
 
 /// The Automerge actor of the first change of `f`'s document: 16 bytes of SHA-256 over everything that change
-/// holds (the schema version, id, parent, site, the draft's postcard bytes, `assigned_at_ms`), the same in
-/// every process. The process's own actor is fresh at each start, so that two incarnations never reuse a
-/// sequence number; this one writes one change, sequence 1, ever. Taken from the content rather than the id
-/// alone: a start on a build that writes the record differently (a new draft field, say) then builds a change
-/// of another actor, which merges with a site's older copy as two creations do, rather than a second change
-/// numbered 1 of one actor, which Automerge refuses (and the site's sync session with it).
+/// holds (its layout `schema::HUB_ORDER_LAYOUT`, the schema version, id, parent, site, the draft's postcard
+/// bytes, `assigned_at_ms`), the same in every process. The process's own actor is fresh at each start, so that
+/// two incarnations never reuse a sequence number; this one writes one change, sequence 1, ever. Taken from the
+/// content rather than the id alone: if a start after a crash ran a build that writes the record differently,
+/// its change has another actor, and a site's older copy of the document conflicts with it (the hub quarantines
+/// that one document for that site) rather than being a second change numbered 1 of one actor, which Automerge
+/// refuses, and the site's whole sync session with it.
 pub(crate) fn fulfillment_actor(f: &NewFulfillment) -> ActorId {
     use sha2::Digest as _;
     // An encoding that fails here fails the document's build too.
     let draft = postcard::to_allocvec(&f.draft).unwrap_or_default();
     let mut h = sha2::Sha256::new();
     h.update(b"oms fulfillment document\0");
+    h.update((schema::HUB_ORDER_LAYOUT.len() as u64).to_le_bytes());
+    h.update(schema::HUB_ORDER_LAYOUT);
     h.update(schema::SCHEMA_VERSION.to_le_bytes());
     for part in [f.id.as_str().as_bytes(), f.parent.as_str().as_bytes(), f.site.as_str().as_bytes(), &draft] {
         h.update((part.len() as u64).to_le_bytes());
@@ -300,7 +303,7 @@ mod tests {
     /// crash and by the start after it, each process with its own actor), at different times, it is the same
     /// change, hash for hash, stamped with the record's `assigned_at_ms`; the hub's later changes to it are its
     /// process's. A session may send one before the flush that writes it (it is fresh until a session takes it
-    /// or the hub writes to it); built with the process's actor or the documents thread's clock instead, the
+    /// or anyone writes to it); built with the process's actor or the documents thread's clock instead, the
     /// site's copy and the one rebuilt after a crash would be two different first changes.
     #[test]
     fn a_fulfillment_document_is_its_record_alone_and_fresh_until_written() {

@@ -251,6 +251,14 @@ pub fn create_hub_order(
     Ok(true)
 }
 
+/// The layout of the change [`new_hub_order`] builds, beyond the values it is given: bump it with any change to
+/// its keys, their order, its header (seq, start_op, time, deps) or the draft's encoding. The hub hashes it into
+/// the change's actor (`oms_hub::orders::effects::fulfillment_actor`), so that two builds that write one record
+/// differently make changes of two actors. Those conflict, and the hub quarantines that document for its site
+/// (a creation key touched again); one actor's two different first changes would make Automerge refuse the
+/// site's whole sync session.
+pub const HUB_ORDER_LAYOUT: &[u8] = b"oms hub order layout 1";
+
 /// A new document holding what [`create_hub_order`] writes into an empty one, committed, with `actor` as its
 /// actor: the same change, byte for byte (same hash, same save), built faster. Automerge inserts each `put`
 /// into the document's op columns as it is made (≈ 8 µs apiece on the hub's machine), while applying a whole
@@ -258,6 +266,9 @@ pub fn create_hub_order(
 /// hub builds one such document per fulfillment it assigns. The change is written through Automerge's own
 /// public expanded form ([`automerge::ExpandedChange`]), which Automerge encodes and hashes itself; the test
 /// `a_hub_order_built_at_once_is_the_one_written_put_by_put` holds it equal to [`create_hub_order`]'s.
+///
+/// The hub derives `actor` from what the change holds, with [`HUB_ORDER_LAYOUT`], so that a start after a crash
+/// builds again the very change a site may already hold.
 pub fn new_hub_order(
     actor: &automerge::ActorId,
     id: &OrderId,
