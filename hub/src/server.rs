@@ -359,9 +359,9 @@ pub async fn watch_peer_certificates(
 /// written before the next flush: each holds only what the intake committed, which a start would build again
 /// byte for byte if `hub.redb` lost it, so the site may have it first. Saves a channel order's way to its
 /// site the wait for that flush (under load, one in progress and then its own): 8 clients, 1.15× the orders
-/// a second, POST → `accepted` p50 0.88× (BENCHMARKS.md). Any other frame the session has queued goes to `out`, for after the
-/// flush, and so does a fresh document's if `out` already holds one of that document (frames of a document
-/// keep their order).
+/// a second, POST → `accepted` p50 0.88× (BENCHMARKS.md). Any other frame the session has queued goes to
+/// `out`, for after the flush, and so does a fresh document's if `out` already holds one of that document
+/// (frames of a document keep their order).
 fn early_frames(
     session: &mut SyncSession,
     docs: &mut crate::docs::HubDocs,
@@ -652,5 +652,69 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docs::HubDocs;
+    use oms_protocol::domain::{OrderId, Sku};
+    use oms_protocol::schema;
+    use oms_sync::docdb::DocDb;
+
+    /// A hub session with `node`, past its handshake.
+    fn established(docs: &mut HubDocs, node: &str) -> SyncSession {
+        let (hub, peer) =
+            (PeerId::new("oms://acme/hub").unwrap(), PeerId::new(format!("oms://acme/node/{node}")).unwrap());
+        let cfg = SessionConfig::default();
+        let mut s = SyncSession::new_server(cfg.clone(), hub.clone(), peer.clone(), vec![1; 16], 0);
+        let hello = SyncSession::new_client(cfg, peer, hub, vec![2; 16], 0).poll_transmit().unwrap();
+        s.handle_frame(&mut docs.sync, hello);
+        while s.poll_transmit().is_some() {}
+        s
+    }
+
+    /// Fulfillment `n` of `wh-a`, created as the documents thread creates it; returns its document.
+    fn create(docs: &mut HubDocs, n: u64) -> DocId {
+        let (site, parent) = (NodeId::parse("wh-a").unwrap(), OrderId::parse(&format!("hub-{n:010}")).unwrap());
+        let id = OrderId::parse(&format!("{parent}.1")).unwrap();
+        let draft = oms_protocol::fixtures::draft("r", &Sku::parse("SKU-1").unwrap(), 1);
+        let d = schema::new_hub_order(&vec![7u8; 16].into(), &id, &parent, &site, &draft, 5).unwrap();
+        let name = schema::order_doc(&id).unwrap();
+        assert!(docs.create_local(&name, d).unwrap().is_some());
+        name
+    }
+
+    fn docs_of(frames: &[Frame]) -> BTreeSet<DocId> {
+        frames.iter().filter_map(frame_doc).cloned().collect()
+    }
+
+    /// Only fresh fulfillment documents go before the flush: one the hub wrote to after creating it waits for
+    /// the flush with everything else, and so does a fresh one of which a frame is already queued (a
+    /// document's frames keep their order).
+    #[test]
+    fn only_fresh_documents_go_before_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![9; 16], 1_000).unwrap()).unwrap();
+        let node = NodeId::parse("wh-a").unwrap();
+        assert!(docs.enroll(&node));
+        let mut s = established(&mut docs, "wh-a");
+        let (fresh, written) = (create(&mut docs, 1), create(&mut docs, 2));
+        docs.write_local(&written, |d| schema::request_cancel(d, 9)).unwrap();
+        let (early_docs, rest) = docs.take_local_split("wh-a");
+        assert_eq!((early_docs.clone(), rest.clone()), (BTreeSet::from([fresh.clone()]), BTreeSet::from([written])));
+        let mut out = Vec::new();
+        let early = early_frames(&mut s, &mut docs, &node, &early_docs, &mut out);
+        assert!(!early.is_empty() && docs_of(&early) == early_docs, "{early:?}");
+        assert!(out.is_empty(), "{out:?}");
+
+        // A fresh document with a frame of its own already queued goes after the flush, behind that frame.
+        let queued = create(&mut docs, 3);
+        let (early_docs, _) = docs.take_local_split("wh-a");
+        let mut out = vec![Frame::Ack { doc: queued.clone(), heads: vec![] }];
+        let early = early_frames(&mut s, &mut docs, &node, &early_docs, &mut out);
+        assert!(early.is_empty(), "{early:?}");
+        assert!(out.len() > 1 && out.iter().all(|f| frame_doc(f) == Some(&queued)), "{out:?}");
     }
 }

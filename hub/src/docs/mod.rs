@@ -430,6 +430,10 @@ impl HubDocs {
 
     /// `doc`, if pending for a session as fresh, is no longer (see `local`).
     fn unfresh(&mut self, doc: &DocId) {
+        // Only fulfillment documents are ever fresh (the stock and escrow documents change far more often).
+        if !matches!(DocKind::of(doc), Some(DocKind::Order(_))) {
+            return;
+        }
         for pending in self.local.values_mut() {
             if let Some(fresh) = pending.get_mut(doc) {
                 *fresh = false;

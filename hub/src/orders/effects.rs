@@ -167,8 +167,9 @@ pub fn apply_all_effects(hub: &Hub, all: &[&Effects]) -> Result<(), EffectsError
 ///
 /// Each is a function of its committed record alone, down to the change's hash: the first change's actor is
 /// [`fulfillment_actor`], taken from that record (the hub's later changes to it are its process's, set when the
-/// document is held), and its `created_at_ms` the record's `assigned_at_ms`. So the start after a crash builds a document `hub.redb`
-/// lost as the one a site may already hold (a session sends a new one before the flush that writes it).
+/// document is held), and its `created_at_ms` the record's `assigned_at_ms`. So the start after a crash builds
+/// a document `hub.redb` lost as the one a site may already hold (a session sends a new one before the flush
+/// that writes it).
 fn build_orders<'a>(
     fulfillments: &[&'a NewFulfillment],
 ) -> Result<Vec<(&'a NewFulfillment, DocId, AutoCommit)>, EffectsError> {
@@ -336,6 +337,22 @@ mod tests {
         let mut z = third.docs.lock();
         z.write_local(&name, cancel).unwrap();
         assert_eq!(z.take_local_split(site.as_str()), (BTreeSet::new(), BTreeSet::from([name.clone()])));
+    }
+
+    /// The first change of a fixed record, pinned: its actor and its hash. A change to what `new_hub_order`
+    /// writes, to the draft's encoding or to Automerge's change encoding fails here; such a change must bump
+    /// `schema::HUB_ORDER_LAYOUT` (and then these values), so that a start on the new build never makes a
+    /// different first change under the actor of a document a site may hold from the old one.
+    #[test]
+    fn the_first_change_of_a_fixed_record_is_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path(), 1_000);
+        let (_, _, name, effects) = one_fulfillment();
+        let actor = fulfillment_actor(&effects.fulfillments[0]);
+        apply_effects(&hub, &effects).unwrap();
+        let heads: Vec<String> = hub.docs.lock().heads(&name).iter().map(ToString::to_string).collect();
+        assert_eq!(actor.to_hex_string(), "f20e771f24e681f942ff972c380e9784");
+        assert_eq!(heads, ["8ec1a0fc0aa37d4c1b3084c813f4dcdbe27e52c2cdc4b14467e6c4ae4a96861d"]);
     }
 
     /// With no session up (every site unreachable), what the intake's documents thread writes is flushed once
