@@ -369,34 +369,30 @@ fn early_frames(
     fresh: &BTreeSet<DocId>,
     out: &mut Vec<Frame>,
 ) -> Vec<Frame> {
-    let mut early = Vec::new();
     if fresh.is_empty() {
-        return early;
+        return Vec::new();
     }
-    while let Some(f) = session.poll_transmit() {
-        count_refusal(docs, node, &f);
-        out.push(f);
-    }
+    take_transmit(session, docs, node, out);
     for doc in fresh {
         session.local_change(&mut docs.sync, doc);
     }
+    let mut taken = Vec::new();
+    take_transmit(session, docs, node, &mut taken);
     let queued: BTreeSet<&DocId> = out.iter().filter_map(frame_doc).collect();
-    let mut later = Vec::new();
-    while let Some(f) = session.poll_transmit() {
-        count_refusal(docs, node, &f);
-        match frame_doc(&f) {
-            Some(doc) if fresh.contains(doc) && !queued.contains(doc) => early.push(f),
-            _ => later.push(f),
-        }
-    }
+    let (early, later): (Vec<Frame>, Vec<Frame>) =
+        taken.into_iter().partition(|f| frame_doc(f).is_some_and(|doc| fresh.contains(doc) && !queued.contains(doc)));
     out.extend(later);
     early
 }
 
-/// Counts a document the hub refuses `node` in its status (`docs_refused`), for a frame taken from the session.
-fn count_refusal(docs: &mut crate::docs::HubDocs, node: &NodeId, f: &Frame) {
-    if matches!(f, Frame::Refused { code: ErrorCode::NotEntitled, .. }) {
-        docs.status(node).docs_refused += 1;
+/// Moves the frames `session` has queued to `out`, counting each document the hub refuses `node` in its
+/// status (`docs_refused`).
+fn take_transmit(session: &mut SyncSession, docs: &mut crate::docs::HubDocs, node: &NodeId, out: &mut Vec<Frame>) {
+    while let Some(f) = session.poll_transmit() {
+        if matches!(f, Frame::Refused { code: ErrorCode::NotEntitled, .. }) {
+            docs.status(node).docs_refused += 1;
+        }
+        out.push(f);
     }
 }
 
@@ -540,10 +536,7 @@ async fn drive(hub: &Hub, conn: &quinn::Connection, node: &NodeId) -> Result<(),
         let loaded_full;
         {
             let mut docs = hub.docs.lock();
-            while let Some(f) = session.poll_transmit() {
-                count_refusal(&mut docs, node, &f);
-                out.push(f);
-            }
+            take_transmit(&mut session, &mut docs, node, &mut out);
             while let Some(ev) = session.poll_event() {
                 match ev {
                     Event::DocChanged { doc } => {

@@ -148,8 +148,8 @@ pub fn may_hold_answer(frame: &Frame) -> bool {
 /// the hub, the next documents it sends (under load a new order every millisecond or so). Nothing is sent
 /// before it is durable either way (the hub's one exception, a new fulfillment document that a start rebuilds
 /// the same, goes around this: `oms_hub::server::early_frames`); holding only delays an answer, by at most
-/// `hold_ms`, and never past `frames_max` frames handled, a frame that is not a document's ([`may_hold_answer`]), or the driver's own
-/// bound (`full`). `hold_ms` 0 answers at once.
+/// `hold_ms`, and never past `frames_max` frames handled, a frame that is not a document's
+/// ([`may_hold_answer`]), or the driver's own bound (`full`). `hold_ms` 0 answers at once.
 ///
 /// The driver's part: [`Linger::handled`] for each frame it hands its session, [`Linger::answer_now`] for a
 /// frame of its own that must not wait (a ping), [`Linger::holds`] once per pass, [`Linger::release`] when

@@ -693,7 +693,7 @@ impl HubDocs {
 
     /// After the hub changed `doc` (whose origin and site are `parties`, for an order): the nodes to tell,
     /// each of which gets it among the documents its session pushes; `fresh` if the hub just made it (see
-    /// `local`; a later write leaves it pending, not fresh).
+    /// `local`).
     fn tell_local(&mut self, doc: &DocId, parties: Option<(String, String)>, fresh: bool) -> Vec<String> {
         let mut tell = Vec::new();
         match DocKind::of(doc) {
@@ -712,14 +712,10 @@ impl HubDocs {
             None => {}
         }
         for n in &tell {
+            // One already pending keeps its mark (a write by the hub has cleared it: `unfresh`).
             let set = self.local.entry(n.clone()).or_default();
-            let room = set.len() < CHANGED_MAX;
-            match set.get_mut(doc) {
-                Some(pending) => *pending = false,
-                None if room => {
-                    set.insert(doc.clone(), fresh);
-                }
-                None => {}
+            if set.len() < CHANGED_MAX && !set.contains_key(doc) {
+                set.insert(doc.clone(), fresh);
             }
         }
         tell

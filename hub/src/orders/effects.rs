@@ -214,10 +214,9 @@ pub(crate) fn fulfillment_actor(f: &NewFulfillment) -> ActorId {
 /// before their callers are answered (see `intake::writer`).
 ///
 /// Sessions flush what it writes (before they send it, or right after for a new fulfillment document); with no
-/// session up (every site unreachable) nothing
-/// else would, and every document it created would stay loaded. So past `docs_loaded_max` documents loaded it
-/// flushes them itself, on its own thread (the write of the next batch waits for it, which bounds the intake
-/// by the disk rather than by memory).
+/// session up (every site unreachable) nothing else would, and every document it created would stay loaded.
+/// So past `docs_loaded_max` documents loaded it flushes them itself, on its own thread (the write of the next
+/// batch waits for it, which bounds the intake by the disk rather than by memory).
 pub fn effects_sink(hub: std::sync::Weak<Hub>) -> crate::intake::EffectsSink {
     Box::new(move |all| {
         let Some(hub) = hub.upgrade() else { return Err("the hub is shutting down".into()) };
