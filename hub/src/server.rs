@@ -679,6 +679,143 @@ mod tests {
         name
     }
 
+    /// A node's session with `hub`'s server session `s` (as [`drive`] runs it, frames from the node through
+    /// [`handle_frame`]), each side's frames handed to the other until neither has any; returns the frames the
+    /// hub sent. Bounded: at most 200 rounds.
+    fn exchange(
+        hub: &Hub,
+        node: &NodeId,
+        s: &mut SyncSession,
+        c: &mut SyncSession,
+        node_docs: &mut oms_sync::SyncDocs<oms_sync::Everything>,
+    ) -> Vec<Frame> {
+        let mut sent = Vec::new();
+        for _ in 0..200 {
+            let mut out = Vec::new();
+            let mut moved = false;
+            while let Some(f) = c.poll_transmit() {
+                handle_frame(hub, node, s, f, &mut out);
+                moved = true;
+            }
+            take_transmit(s, &mut hub.docs.lock(), node, &mut out);
+            for f in out {
+                sent.push(f.clone());
+                c.handle_frame(node_docs, f);
+                moved = true;
+            }
+            while c.poll_event().is_some() {}
+            while s.poll_event().is_some() {}
+            if !moved {
+                return sent;
+            }
+        }
+        panic!("the sessions did not settle in 200 rounds");
+    }
+
+    /// The start that follows a crash between a new fulfillment document's early send and the flush that would
+    /// have written it: the site holds the document, `hub.redb` does not. The start rebuilds it from
+    /// `intake.redb` alone (`recover`, through the stored order and `NewFulfillment::of`, not the effects the
+    /// intake handed over) hash for hash, so the site's next session finds both copies in sync: nothing refused,
+    /// nothing quarantined, one change. A rebuild that differed in anything (its actor, its time, its part of
+    /// the draft) would make the site's copy conflict with it.
+    #[test]
+    fn a_document_a_crash_lost_after_its_early_send_is_rebuilt_as_the_site_holds_it() {
+        use oms_protocol::escrow::{EscrowCounter, Party};
+        let dir = tempfile::tempdir().unwrap();
+        let node_dir = tempfile::tempdir().unwrap();
+        let node_db = DocDb::open(&node_dir.path().join("node.redb"), vec![3; 16], 1_000).unwrap();
+        let mut node_docs = oms_sync::SyncDocs::new(node_db, oms_sync::Everything);
+        let node = NodeId::parse("wh-a").unwrap();
+        let (hub_peer, node_peer) =
+            (PeerId::new("oms://acme/hub").unwrap(), PeerId::new("oms://acme/node/wh-a").unwrap());
+        let session = |hub: &Hub| {
+            let cfg = SessionConfig::default();
+            let s = SyncSession::new_server(cfg.clone(), hub_peer.clone(), node_peer.clone(), hub.actor.clone(), 0);
+            (s, SyncSession::new_client(cfg, node_peer.clone(), hub_peer.clone(), vec![3; 16], 0))
+        };
+        let hub_in = |actor: u8| {
+            let docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![actor; 16], 1_000).unwrap());
+            let money = crate::demand::test_support::money();
+            crate::demand::test_support::hub_over(dir.path(), docs.unwrap(), money, ServerTuning::default())
+        };
+        let (name, held) = {
+            let hub = hub_in(1);
+            assert!(hub.docs.lock().enroll(&node));
+            let (mut s, mut c) = session(&hub);
+            exchange(&hub, &node, &mut s, &mut c, &mut node_docs);
+            // Everything so far is on disk, as long before a crash; the order comes after.
+            flush_docs_blocking(&hub).unwrap();
+            let mut rights = EscrowCounter::new(Sku::parse("A").unwrap());
+            rights.add(Party::Site, 10).unwrap();
+            rights.grant_lease(Party::Site, Party::Hub, u64::MAX / 2, 100).unwrap();
+            rights.transfer(Party::Site, Party::Hub, 5, 0).unwrap();
+            hub.intake.merge_site(&node, vec![rights], 1).unwrap();
+            let draft: oms_protocol::domain::OrderDraft = serde_json::from_value(serde_json::json!({
+                "external_ref": "shop-7", "channel": "web",
+                "lines": [{"sku": "A", "qty": 2, "unit_price_minor": 1_190, "currency": "EUR"},
+                          {"sku": "Z", "qty": 1, "unit_price_minor": 5, "currency": "EUR"}],
+                "ship_to": {"name": "Ann", "line1": "1 Main St", "city": "Berlin", "postcode": "10115",
+                            "country": "DE", "lat": 52.520_008, "lon": 13.404_954},
+                "contact": {"email": "ann@example.com", "phone": "+49 30 1234567"}
+            }))
+            .unwrap();
+            let info = schema::SiteInfo {
+                name: "A".into(),
+                lat: 52.0,
+                lon: 13.0,
+                priority: 0,
+                capacity_per_day: 1_000,
+                region: "de".into(),
+            };
+            let facts = [crate::intake::SiteFacts {
+                id: node.clone(),
+                info,
+                reachable: true,
+                last_heard_age_ms: 0,
+                schedule: None,
+            }];
+            let actor = oms_service::audit::Actor {
+                key: "shop".into(),
+                role: oms_service::auth::Role::Service,
+                method: "POST",
+                route: "/v1/orders".into(),
+            };
+            let placed = hub.intake.place("k1", draft, &facts, &actor, 1_234).unwrap();
+            // Z is nowhere: the site's part is A alone, a draft of its own.
+            assert_eq!((placed.effects.fulfillments.len(), placed.order.unfilled.len()), (1, 1), "{placed:?}");
+            crate::orders::apply_effects(&hub, &placed.effects).unwrap();
+            let name = schema::order_doc(&placed.effects.fulfillments[0].id).unwrap();
+            let mut docs = hub.docs.lock();
+            let (fresh, rest) = docs.take_local_split(node.as_str());
+            // The escrow view the order changed waits for the flush, as everything but a new document does.
+            assert_eq!(
+                (fresh, rest),
+                (BTreeSet::from([name.clone()]), BTreeSet::from([schema::escrow_doc(&node).unwrap()]))
+            );
+            let early = early_frames(&mut s, &mut docs, &node, &BTreeSet::from([name.clone()]), &mut Vec::new());
+            assert_eq!(docs_of(&early), BTreeSet::from([name.clone()]));
+            drop(docs);
+            for f in early {
+                c.handle_frame(&mut node_docs, f);
+            }
+            let held = node_docs.db.heads(&name).expect("the site holds the document sent early");
+            assert_eq!(held, hub.docs.lock().heads(&name));
+            // The hub dies here: the flush that would have written the document never runs.
+            (name, held)
+        };
+        let hub = hub_in(2);
+        assert!(!hub.docs.lock().db().contains(&name), "the crash lost the document: nothing to test otherwise");
+        crate::orders::recover(&hub).unwrap();
+        assert_eq!(hub.docs.lock().heads(&name), held, "rebuilt as another change than the site holds");
+        let (mut s, mut c) = session(&hub);
+        let sent = exchange(&hub, &node, &mut s, &mut c, &mut node_docs);
+        assert!(!sent.iter().any(|f| matches!(f, Frame::Refused { .. })), "{sent:?}");
+        let mut docs = hub.docs.lock();
+        assert_eq!(docs.status(&node).docs_refused, 0);
+        assert_eq!((docs.heads(&name), node_docs.db.heads(&name)), (held.clone(), Some(held)));
+        assert_eq!(docs.get(&name).unwrap().into_owned().get_changes(&[]).len(), 1, "one change, the record's");
+    }
+
     fn docs_of(frames: &[Frame]) -> BTreeSet<DocId> {
         frames.iter().filter_map(frame_doc).cloned().collect()
     }

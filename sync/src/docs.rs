@@ -42,6 +42,24 @@ pub trait Access {
     }
 }
 
+/// Every peer sees every document: the policy of a store that holds only what one peer may see anyway, and
+/// of tests of sync itself (the node's and the hub's own policies are tested with them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Everything;
+
+impl Access for Everything {
+    fn entitled(&self, _: &DocDb, _: &PeerId, _: &DocId) -> bool {
+        true
+    }
+    fn docs_for(&self, db: &DocDb, _: &PeerId) -> Vec<DocId> {
+        db.ids().collect()
+    }
+    fn manifest_heads(&self, db: &mut DocDb, _: &PeerId) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let ids: Vec<DocId> = db.ids().collect();
+        ids.into_iter().filter_map(|d| db.heads(&d).map(|h| (d, h))).collect()
+    }
+}
+
 /// A [`DocDb`] with an [`Access`] policy: the document store a sync session works on.
 pub struct SyncDocs<A> {
     /// The documents.

@@ -16,4 +16,4 @@ pub mod docs;
 pub mod link;
 
 pub use docdb::{DocDb, DocDbError, FlushBatch, StateHistory};
-pub use docs::{Access, SyncDocs};
+pub use docs::{Access, Everything, SyncDocs};

@@ -11,10 +11,7 @@ use oms_protocol::sync::automerge::transaction::Transactable;
 use oms_protocol::sync::automerge::{ROOT, ReadDoc};
 use oms_protocol::sync::{Event, SessionConfig, SyncSession};
 use oms_protocol::wire::{DocId, Frame, PeerId};
-use oms_sync::{DocDb, DocDbError, SyncDocs};
-
-mod common;
-use common::Everything;
+use oms_sync::{DocDb, DocDbError, Everything, SyncDocs};
 
 fn id(s: &str) -> DocId {
     DocId::new(s).unwrap()

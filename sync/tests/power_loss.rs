@@ -6,8 +6,6 @@
 //! full, nothing beyond it. So sync resumes from the cursor and sends nothing twice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 
 use oms_protocol::sync::automerge::transaction::Transactable;
@@ -89,12 +87,12 @@ mod session {
     use std::collections::{BTreeMap, VecDeque};
     use std::path::Path;
 
-    use super::common::Everything;
     use oms_protocol::sync::automerge::transaction::Transactable;
     use oms_protocol::sync::automerge::{ChangeHash, ObjType, ROOT, ReadDoc, Value};
     use oms_protocol::sync::{Event, SessionConfig, SyncSession};
     use oms_protocol::wire::{DocId, Frame, PeerId};
     use oms_service::storage::crash::{CrashBackend, Cut, OpLog, image_at};
+    use oms_sync::Everything;
     use oms_sync::{DocDb, DocDbError, SyncDocs};
 
     /// Documents the node's feed writes into, and events in the feed.

@@ -613,13 +613,7 @@ impl Intake {
             self.core.start_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Some(o) = get_order(&orders, &parent)? else { continue };
             for f in o.fulfillments.iter().filter(|f| ids.contains(f.id.as_str())) {
-                out.push(NewFulfillment {
-                    id: f.id.clone(),
-                    parent: o.id.clone(),
-                    site: f.site.clone(),
-                    draft: part_of(&o.draft, &f.lines),
-                    assigned_at_ms: f.assigned_at_ms,
-                });
+                out.push(NewFulfillment::of(&o, f));
             }
         }
         Ok(out)

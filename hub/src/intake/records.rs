@@ -153,6 +153,21 @@ pub struct NewFulfillment {
     pub assigned_at_ms: u64,
 }
 
+impl NewFulfillment {
+    /// The document of fulfillment `f` of the stored `order`, as its placement wrote it: what a start rebuilds
+    /// and a replayed request writes again. The one place a record becomes a document's input, so that a
+    /// rebuild is the site's copy hash for hash (see `orders::effects::build_orders`).
+    pub fn of(order: &HubOrder, f: &Fulfillment) -> NewFulfillment {
+        NewFulfillment {
+            id: f.id.clone(),
+            parent: order.id.clone(),
+            site: f.site.clone(),
+            draft: part_of(&order.draft, &f.lines),
+            assigned_at_ms: f.assigned_at_ms,
+        }
+    }
+}
+
 /// What a write produced, for the documents.
 #[derive(Debug, Default)]
 pub struct Effects {

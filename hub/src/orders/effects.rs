@@ -227,17 +227,7 @@ pub fn effects_sink(hub: std::sync::Weak<Hub>) -> crate::intake::EffectsSink {
 }
 
 pub(super) fn replay_effects(order: &HubOrder) -> Effects {
-    let fulfillments = order
-        .fulfillments
-        .iter()
-        .map(|f| NewFulfillment {
-            id: f.id.clone(),
-            parent: order.id.clone(),
-            site: f.site.clone(),
-            draft: crate::intake::part_of(&order.draft, &f.lines),
-            assigned_at_ms: f.assigned_at_ms,
-        })
-        .collect();
+    let fulfillments = order.fulfillments.iter().map(|f| NewFulfillment::of(order, f)).collect();
     Effects { fulfillments, escrow: vec![] }
 }
 
