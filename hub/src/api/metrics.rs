@@ -20,7 +20,7 @@ const STATE_DOCS_MEASURED_MAX: usize = 256;
 pub(super) async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) -> Response {
     let mut out = auth.stats.openmetrics("oms_hub");
     let now = now_ms();
-    let (connected, held, per_node, anti_entropy, sessions) = {
+    let (connected, held, per_node, anti_entropy, sessions, backlog) = {
         let docs = hub.docs.lock();
         // One series per node that ever connected (bounded by `nodes_max` and the hub's parties).
         let per_node: Vec<(String, bool, Option<u64>, u64)> = docs
@@ -37,7 +37,15 @@ pub(super) async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) ->
             anti_entropy.add_since(&oms_protocol::sync::AntiEntropyStats::default(), &st.anti_entropy);
         }
         let sessions = docs.nodes.values().map(|st| st.sessions).sum::<u64>();
-        (docs.nodes.values().filter(|n| n.connected).count(), docs.db().len(), per_node, anti_entropy, sessions)
+        let backlog = (docs.backlog_len(), docs.requeue_dropped());
+        (
+            docs.nodes.values().filter(|n| n.connected).count(),
+            docs.db().len(),
+            per_node,
+            anti_entropy,
+            sessions,
+            backlog,
+        )
     };
     let history = hub.docs.lock().db().state_history(STATE_DOCS_MEASURED_MAX);
     let h = hub.clone();
@@ -78,6 +86,19 @@ pub(super) async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) ->
         "oms_hub_orders_waiting",
         "Customer orders with units not placed yet.",
         hub.intake.open_count().to_string(),
+    );
+    gauge(
+        &mut out,
+        "oms_hub_watcher_backlog",
+        "Documents queued for the watcher beyond one pass (a start's open work), taken a slice a pass.",
+        backlog.0.to_string(),
+    );
+    counter(
+        &mut out,
+        "oms_hub_watcher_requeue_dropped",
+        "Documents queued for the watcher past its backlog's bound and dropped (looked at again at their next \
+         change).",
+        backlog.1.to_string(),
     );
     gauge(&mut out, "oms_hub_api_keys_live", "API keys in force.", auth.live_keys().to_string());
     // Per node: whether it is linked, how long since its last frame (past the escrow lease, 60 s by default,

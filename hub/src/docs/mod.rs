@@ -49,9 +49,18 @@ use oms_protocol::wire::ErrorCode;
 use {oms_protocol::wire::PeerId, parties::OTHERS_BUILT};
 
 const QUARANTINE_PREFIX: &str = "quarantine|";
-/// Documents remembered as changed by nodes (for the intake's watcher) or by the hub (for the sessions);
-/// beyond this the watcher rescans and the sessions rely on the periodic manifest.
+/// Documents remembered as changed by nodes (for the intake's watcher, whose pass takes them all) or by the
+/// hub (for the sessions); beyond this a node's change is not noted (the watcher sees that document at its
+/// next change; a session's 25 ms between two passes carry far fewer) and the sessions rely on the periodic
+/// manifest.
 pub const CHANGED_MAX: usize = 100_000;
+/// Documents queued again for the watcher beyond [`CHANGED_MAX`] ([`HubDocs::requeue_docs`]: a start's open
+/// work, a pass that could not act): held in order and handed out [`BACKLOG_PER_PASS`] a pass. Beyond this
+/// (two million open fulfillments at a start, about 130 MB of ids) the rest are dropped, counted and logged.
+pub const BACKLOG_MAX: usize = 2_000_000;
+/// Documents of the backlog one watcher pass takes, so that a start with a large backlog keeps each pass, and
+/// the node changes that wait for it, short.
+pub const BACKLOG_PER_PASS: usize = 10_000;
 /// Quarantined (node, document) pairs remembered; beyond this the node's whole session is refused.
 pub const QUARANTINE_MAX: usize = 100_000;
 /// Documents kept loaded in memory by default (≈ 19 KB each); the rest stay in `hub.redb` and load on access.
@@ -144,6 +153,10 @@ pub struct HubDocs {
     pub nodes: BTreeMap<String, NodeStatus>,
     /// Documents nodes changed since the intake's watcher last looked.
     changed: BTreeSet<DocId>,
+    /// Documents queued again beyond `changed`'s bound, oldest first: see [`BACKLOG_MAX`].
+    backlog: std::collections::VecDeque<DocId>,
+    /// Documents [`HubDocs::requeue_docs`] could queue nowhere since the start.
+    requeue_dropped: u64,
     /// Documents the hub changed, per node to tell, since that node's session last looked; each with whether
     /// it is *fresh*: a fulfillment document [`HubDocs::create_local`] made that nobody wrote to since (not the
     /// hub, not a node). What such a document holds is a function of the intake's committed record alone, and
@@ -281,6 +294,8 @@ impl HubDocs {
             sync: SyncDocs::new(db, parties),
             nodes: BTreeMap::new(),
             changed: BTreeSet::new(),
+            backlog: std::collections::VecDeque::new(),
+            requeue_dropped: 0,
             local: BTreeMap::new(),
             site_infos: None,
             sites_stale: BTreeSet::new(),
@@ -610,25 +625,54 @@ impl HubDocs {
     }
 
     /// Queues `orders` (the hub's fulfillment documents a site has not finished with) and every stock
-    /// document for the watcher (after a start), at most [`CHANGED_MAX`] in all.
+    /// document for the watcher (after a start): see [`HubDocs::requeue_docs`].
     pub fn requeue(&mut self, orders: impl IntoIterator<Item = DocId>) {
         let stock: Vec<DocId> = self.sync.db.labels(schema::STOCK_PREFIX).map(|(d, _)| d).take(CHANGED_MAX).collect();
         self.requeue_docs(stock.into_iter().chain(orders));
     }
 
-    /// Queues `docs` for the watcher's next pass again (ones it could not act on), within [`CHANGED_MAX`].
+    /// Queues `docs` for the watcher again (ones it could not act on, a start's open work): for its next pass
+    /// within [`CHANGED_MAX`], the rest in the backlog that later passes take [`BACKLOG_PER_PASS`] at a time.
+    /// Past [`BACKLOG_MAX`] they are dropped, counted ([`HubDocs::requeue_dropped`]) and logged: such a
+    /// document is looked at again at its next change.
     pub fn requeue_docs(&mut self, docs: impl IntoIterator<Item = DocId>) {
+        let mut dropped = 0u64;
         for d in docs {
-            if self.changed.len() >= CHANGED_MAX {
-                break;
+            if self.changed.len() < CHANGED_MAX {
+                self.changed.insert(d);
+            } else if self.backlog.len() < BACKLOG_MAX {
+                self.backlog.push_back(d);
+            } else {
+                dropped += 1;
             }
-            self.changed.insert(d);
+        }
+        if dropped > 0 {
+            self.requeue_dropped = self.requeue_dropped.saturating_add(dropped);
+            tracing::warn!(dropped, backlog = BACKLOG_MAX, "more documents queued for the watcher than it holds");
         }
     }
 
-    /// Documents nodes changed since the last call.
+    /// Documents [`HubDocs::requeue_docs`] dropped since the start (past [`BACKLOG_MAX`]).
+    pub fn requeue_dropped(&self) -> u64 {
+        self.requeue_dropped
+    }
+
+    /// Documents waiting in the watcher's backlog.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Documents nodes changed since the last call, and up to [`BACKLOG_PER_PASS`] of the backlog (one that is
+    /// also among the changes counts once).
     pub fn take_changed(&mut self) -> BTreeSet<DocId> {
-        std::mem::take(&mut self.changed)
+        let mut out = std::mem::take(&mut self.changed);
+        let mut taken = 0;
+        while taken < BACKLOG_PER_PASS {
+            let Some(d) = self.backlog.pop_front() else { break };
+            out.insert(d);
+            taken += 1;
+        }
+        out
     }
 
     /// Documents the hub changed that `node`'s session should push, since the last call.

@@ -846,3 +846,32 @@ fn state_documents_continue_in_new_generations_at_the_hub() {
     assert!(counters.len() == 1 && counters[0].local(Party::Hub) == last, "the last write came along: {counters:?}");
     assert!(oms_protocol::sync::automerge::ReadDoc::stats(&*d).num_ops < 50);
 }
+
+/// A start queues more open work for the watcher than one pass holds: nothing is lost. The first pass takes
+/// [`CHANGED_MAX`] documents and the next ones the rest, [`BACKLOG_PER_PASS`] at a time, each once, in order;
+/// a node's change still finds room meanwhile; past [`BACKLOG_MAX`] the drop is counted. (Before the
+/// backlog, everything past the first [`CHANGED_MAX`] was dropped without a word.)
+#[test]
+fn open_work_beyond_one_watcher_pass_is_handed_out_over_the_next_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut docs = open_docs(&dir.path().join("hub.redb"), 1_000);
+    let name = |i: usize| DocId::new(format!("order/hub-{i:010}.1")).unwrap();
+    let extra = BACKLOG_PER_PASS + 7;
+    docs.requeue_docs((0..CHANGED_MAX + extra).map(name));
+    assert_eq!(docs.backlog_len(), extra);
+    let first = docs.take_changed();
+    assert_eq!(first.len(), CHANGED_MAX + BACKLOG_PER_PASS, "the changes and one pass of the backlog");
+    assert_eq!(docs.backlog_len(), 7);
+    // A node's change between two passes is noted as ever.
+    docs.changed.insert(name(CHANGED_MAX + extra));
+    let second = docs.take_changed();
+    assert_eq!(second.len(), 8);
+    assert!(second.contains(&name(CHANGED_MAX + extra)));
+    assert!(docs.take_changed().is_empty());
+    let all: BTreeSet<DocId> = first.into_iter().chain(second).collect();
+    assert_eq!(all.len(), CHANGED_MAX + extra + 1, "each document once");
+    assert_eq!(docs.requeue_dropped(), 0);
+    // Past the backlog's bound: counted, not held.
+    docs.requeue_docs((0..CHANGED_MAX + BACKLOG_MAX + 3).map(name));
+    assert_eq!((docs.backlog_len(), docs.requeue_dropped()), (BACKLOG_MAX, 3));
+}

@@ -283,6 +283,10 @@ pub async fn watch(hub: Arc<Hub>) {
         if let Err(e) = tokio::task::spawn_blocking(move || watch_once(&h, retry)).await {
             tracing::error!(error = %e, "the routing watcher failed; continuing");
         }
+        // Open work a start queued beyond one pass: the next pass takes more of it after the gap, not a tick.
+        if hub.docs.lock().backlog_len() > 0 {
+            hub.node_changes.notify_one();
+        }
         // The carriers' deliveries the watcher (a shipment matched late) or a webhook left due.
         crate::tracking::deliver_due(&hub).await;
     }
