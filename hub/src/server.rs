@@ -720,7 +720,6 @@ mod tests {
     /// the draft) would make the site's copy conflict with it.
     #[test]
     fn a_document_a_crash_lost_after_its_early_send_is_rebuilt_as_the_site_holds_it() {
-        use oms_protocol::escrow::{EscrowCounter, Party};
         let dir = tempfile::tempdir().unwrap();
         let node_dir = tempfile::tempdir().unwrap();
         let node_db = DocDb::open(&node_dir.path().join("node.redb"), vec![3; 16], 1_000).unwrap();
@@ -745,11 +744,6 @@ mod tests {
             exchange(&hub, &node, &mut s, &mut c, &mut node_docs);
             // Everything so far is on disk, as long before a crash; the order comes after.
             flush_docs_blocking(&hub).unwrap();
-            let mut rights = EscrowCounter::new(Sku::parse("A").unwrap());
-            rights.add(Party::Site, 10).unwrap();
-            rights.grant_lease(Party::Site, Party::Hub, u64::MAX / 2, 100).unwrap();
-            rights.transfer(Party::Site, Party::Hub, 5, 0).unwrap();
-            hub.intake.merge_site(&node, vec![rights], 1).unwrap();
             let draft: oms_protocol::domain::OrderDraft = serde_json::from_value(serde_json::json!({
                 "external_ref": "shop-7", "channel": "web",
                 "lines": [{"sku": "A", "qty": 2, "unit_price_minor": 1_190, "currency": "EUR"},
@@ -759,28 +753,7 @@ mod tests {
                 "contact": {"email": "ann@example.com", "phone": "+49 30 1234567"}
             }))
             .unwrap();
-            let info = schema::SiteInfo {
-                name: "A".into(),
-                lat: 52.0,
-                lon: 13.0,
-                priority: 0,
-                capacity_per_day: 1_000,
-                region: "de".into(),
-            };
-            let facts = [crate::intake::SiteFacts {
-                id: node.clone(),
-                info,
-                reachable: true,
-                last_heard_age_ms: 0,
-                schedule: None,
-            }];
-            let actor = oms_service::audit::Actor {
-                key: "shop".into(),
-                role: oms_service::auth::Role::Service,
-                method: "POST",
-                route: "/v1/orders".into(),
-            };
-            let placed = hub.intake.place("k1", draft, &facts, &actor, 1_234).unwrap();
+            let placed = crate::demand::test_support::place_at(&hub, &node, &[("A", 5)], "k1", draft, 1_234);
             // Z is nowhere: the site's part is A alone, a draft of its own.
             assert_eq!((placed.effects.fulfillments.len(), placed.order.unfilled.len()), (1, 1), "{placed:?}");
             crate::orders::apply_effects(&hub, &placed.effects).unwrap();

@@ -116,6 +116,45 @@ pub(crate) fn hub_over(
     crate::server::Hub::new(docs, intake, money, purchasing, "acme", vec![9; 16], tuning).unwrap()
 }
 
+/// `draft` placed by `hub`'s intake (idempotency key `key`, at `now_ms`) with `site` in Berlin the only
+/// reachable site, where the hub first holds rights to `rights` units of each `(sku, units)` (the site holds
+/// as many again).
+pub(crate) fn place_at(
+    hub: &crate::server::Hub,
+    site: &NodeId,
+    rights: &[(&str, u64)],
+    key: &str,
+    draft: OrderDraft,
+    now_ms: u64,
+) -> crate::intake::Placed {
+    use oms_protocol::escrow::{EscrowCounter, Party};
+    let counters = rights.iter().map(|&(sku, units)| {
+        let mut c = EscrowCounter::new(Sku::parse(sku).unwrap());
+        c.add(Party::Site, 2 * units).unwrap();
+        c.grant_lease(Party::Site, Party::Hub, u64::MAX / 2, 100).unwrap();
+        c.transfer(Party::Site, Party::Hub, units, 0).unwrap();
+        c
+    });
+    hub.intake.merge_site(site, counters.collect(), 1).unwrap();
+    let info = schema::SiteInfo {
+        name: "A".into(),
+        lat: 52.0,
+        lon: 13.0,
+        priority: 0,
+        capacity_per_day: 1_000,
+        region: "de".into(),
+    };
+    let facts =
+        [crate::intake::SiteFacts { id: site.clone(), info, reachable: true, last_heard_age_ms: 0, schedule: None }];
+    let actor = oms_service::audit::Actor {
+        key: "shop".into(),
+        role: oms_service::auth::Role::Service,
+        method: "POST",
+        route: "/v1/orders".into(),
+    };
+    hub.intake.place(key, draft, &facts, &actor, now_ms).unwrap()
+}
+
 /// Money with the default payments and tax configuration (no provider).
 pub(crate) fn money() -> crate::money::Money {
     crate::money::Money::new(Default::default(), Default::default()).unwrap()

@@ -328,6 +328,75 @@ mod tests {
         assert_eq!(z.take_local_split(site.as_str()), (BTreeSet::new(), BTreeSet::from([name.clone()])));
     }
 
+    /// The site's word that `effects`' fulfillment shipped, written into its document as the site's session
+    /// would bring it, and queued for the watcher.
+    fn ship(hub: &Hub, effects: &Effects) {
+        use oms_protocol::domain::FulfillmentState;
+        use oms_protocol::records::{FulfillmentLine, OrderRecord, TimelineEntry};
+        let f = &effects.fulfillments[0];
+        let lines = f.draft.lines.iter().map(|l| FulfillmentLine {
+            sku: l.sku.clone(),
+            qty: l.qty,
+            picked: Some(l.qty),
+            shipped: l.qty,
+            returned: 0,
+        });
+        let rec = OrderRecord {
+            id: f.id.clone(),
+            site: f.site.clone(),
+            status: FulfillmentState::Shipped,
+            order: f.draft.clone(),
+            lines: lines.collect(),
+            wave: None,
+            parcels: None,
+            shipment: None,
+            returns: vec![],
+            timeline: vec![TimelineEntry { at_ms: 7, status: FulfillmentState::Shipped, note: String::new() }],
+            created_at_ms: 5,
+        };
+        let name = schema::order_doc(&f.id).unwrap();
+        let mut docs = hub.docs.lock();
+        docs.write_local(&name, |d| schema::write_order(d, &f.site, &rec, 7)).unwrap();
+        docs.requeue_docs([name]);
+    }
+
+    /// The watcher acts on a site's word that ends a fulfillment only once `hub.redb` holds its document (a
+    /// session may have sent it before the flush that writes it, and a start rebuilds only live ones): it
+    /// flushes first if the document was never written, and not otherwise (the usual case, shipping long
+    /// after creation), which would cost an fsync a pass that the sessions wait for.
+    #[test]
+    fn the_watcher_flushes_before_acting_only_for_a_document_never_written() {
+        for written in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let hub = hub(dir.path(), 1_000);
+            let effects = placed_at_wh_a(&hub);
+            let name = schema::order_doc(&effects.fulfillments[0].id).unwrap();
+            apply_effects(&hub, &effects).unwrap();
+            if written {
+                crate::server::flush_docs_blocking(&hub).unwrap();
+            }
+            ship(&hub, &effects);
+            assert_eq!(hub.docs.lock().db().on_disk(&name), written);
+            assert_eq!(hub.intake.live_fulfillments().unwrap().len(), 1);
+            crate::orders::watch_once(&hub, false);
+            assert!(hub.intake.live_fulfillments().unwrap().is_empty(), "the shipment was not acted on");
+            let docs = hub.docs.lock();
+            assert!(docs.db().on_disk(&name), "acted on a shipment whose document a crash would lose");
+            // Written long ago: no flush, so the site's change is still dirty.
+            assert_eq!(docs.db().dirty_docs() > 0, written, "written before: {written}");
+        }
+    }
+
+    /// A channel order of one unit of `SKU-1` placed at `wh-a` (where the hub holds five units' rights) by
+    /// `hub`'s intake: the effects that create its fulfillment document.
+    fn placed_at_wh_a(hub: &Hub) -> Effects {
+        let (site, sku) = (NodeId::parse("wh-a").unwrap(), Sku::parse("SKU-1").unwrap());
+        let draft = oms_protocol::fixtures::draft("r", &sku, 1);
+        let placed = crate::demand::test_support::place_at(hub, &site, &[("SKU-1", 5)], "k1", draft, 5);
+        assert_eq!(placed.effects.fulfillments.len(), 1, "{placed:?}");
+        placed.effects
+    }
+
     /// The first change of a fixed record, pinned: its actor and its hash. A change to what `new_hub_order`
     /// writes, to the draft's encoding or to Automerge's change encoding fails here; such a change must bump
     /// `schema::HUB_ORDER_LAYOUT` (and then these values), so that a start on the new build never makes a

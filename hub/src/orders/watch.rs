@@ -113,10 +113,15 @@ pub fn watch_once(hub: &Hub, retry: bool) {
     // A site's word that ends a fulfillment (shipped, rejected, cancelled) may come before `hub.redb` holds
     // its document: a session sends a fresh one before the flush that writes it (`server::early_frames`), and
     // a start builds it again only while it is live. So what ends it is acted on once the documents are on
-    // disk; a failed flush leaves it all for the next pass.
-    if (!shipped.is_empty() || !released.is_empty())
-        && let Err(e) = crate::server::flush_docs_blocking(hub)
-    {
+    // disk (in any version: the site sends its later changes again); a failed flush leaves it all for the
+    // next pass. Nearly always they are (shipping comes long after creation), and a flush here would cost an
+    // fsync each pass that the sessions, busy with intake, then wait for.
+    let ending = shipped.iter().map(|s| &s.0).chain(released.values().flatten().map(|(id, _)| id));
+    let unwritten = {
+        let docs = hub.docs.lock();
+        ending.filter_map(schema::order_doc).any(|d| !docs.db().on_disk(&d))
+    };
+    if unwritten && let Err(e) = crate::server::flush_docs_blocking(hub) {
         tracing::warn!(error = %e, "cannot flush the documents before acting on the sites' progress; next pass");
         let ids = seen.iter().map(|f| &f.id).chain(shipped.iter().map(|s| &s.0));
         let ids = ids.chain(released.values().flatten().map(|(id, _)| id));

@@ -176,6 +176,15 @@ impl DocDb {
         })
     }
 
+    /// Whether a committed flush holds `doc`, in some version: not a document created since, nor one only in a
+    /// batch not committed yet (what a crash now would lose). A row that cannot be read counts as absent.
+    pub fn on_disk(&self, doc: &DocId) -> bool {
+        self.with_meta(|t| t.get(doc.as_str()).is_ok_and(|v| v.is_some())).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read a document's row");
+            false
+        })
+    }
+
     /// Runs `f` over the committed `doc_meta` table, opened once per commit. Holding it until the next
     /// commit pins at most the pages that commit frees.
     pub(super) fn with_meta<T>(&self, f: impl FnOnce(&MetaTable) -> T) -> Result<T, DocDbError> {
