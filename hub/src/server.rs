@@ -484,6 +484,30 @@ pub(crate) fn flush_docs_blocking(hub: &Hub) -> Result<(), DocDbError> {
     finish_persist(hub, &mut committed, upto, batch.commit())
 }
 
+/// Documents checked per hold of the documents' lock by [`flush_docs_unless_written`].
+const WRITTEN_CHECKED_PER_HOLD: usize = 1_024;
+
+/// [`flush_docs_blocking`] unless every one of `docs` is already on disk as it is in memory
+/// ([`oms_sync::DocDb::written`]), checked in the flushes' turn (so no batch is in flight) and in slices of
+/// [`WRITTEN_CHECKED_PER_HOLD`] per hold of the documents' lock. A document that changes after its check
+/// changed after what the caller read of it, which the check covered.
+pub(crate) fn flush_docs_unless_written(hub: &Hub, docs: &[DocId]) -> Result<(), DocDbError> {
+    let needed = flush_ticket(hub);
+    let mut committed = hub.persist.blocking_lock();
+    if *committed >= needed {
+        return Ok(());
+    }
+    let written = docs.chunks(WRITTEN_CHECKED_PER_HOLD).all(|slice| {
+        let d = hub.docs.lock();
+        slice.iter().all(|doc| d.db().written(doc))
+    });
+    if written {
+        return Ok(());
+    }
+    let Some((batch, upto)) = prepare_persist(hub, &mut committed) else { return Ok(()) };
+    finish_persist(hub, &mut committed, upto, batch.commit())
+}
+
 /// Feeds one frame from `node` to its session, with the ownership check of what it changed.
 fn handle_frame(hub: &Hub, node: &NodeId, session: &mut SyncSession, frame: Frame, out: &mut Vec<Frame>) {
     let mut docs = hub.docs.lock();
@@ -712,6 +736,79 @@ mod tests {
         panic!("the sessions did not settle in 200 rounds");
     }
 
+    /// Site `wh-a`'s document store, in its own directory.
+    struct Site {
+        node: NodeId,
+        docs: oms_sync::SyncDocs<oms_sync::Everything>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn site() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let db = DocDb::open(&dir.path().join("node.redb"), vec![3; 16], 1_000).unwrap();
+        Site {
+            node: NodeId::parse("wh-a").unwrap(),
+            docs: oms_sync::SyncDocs::new(db, oms_sync::Everything),
+            _dir: dir,
+        }
+    }
+
+    /// A new session between `hub` and site `wh-a`: the hub's side and the site's.
+    fn sessions(hub: &Hub) -> (SyncSession, SyncSession) {
+        let (hub_peer, node_peer) =
+            (PeerId::new("oms://acme/hub").unwrap(), PeerId::new("oms://acme/node/wh-a").unwrap());
+        let cfg = SessionConfig::default();
+        let s = SyncSession::new_server(cfg.clone(), hub_peer.clone(), node_peer.clone(), hub.actor.clone(), 0);
+        (s, SyncSession::new_client(cfg, node_peer, hub_peer, vec![3; 16], 0))
+    }
+
+    /// A hub over `dir` whose process writes as Automerge actor `[actor; 16]`.
+    fn hub_at(dir: &std::path::Path, actor: u8) -> Hub {
+        let docs = HubDocs::new(DocDb::open(&dir.join("hub.redb"), vec![actor; 16], 1_000).unwrap()).unwrap();
+        let money = crate::demand::test_support::money();
+        crate::demand::test_support::hub_over(dir, docs, money, ServerTuning::default())
+    }
+
+    /// A site's change reaches the hub's documents before the session's pass flushes it (or takes its event,
+    /// which the harness here never does): from the moment it is applied the hub does not take the document
+    /// for written, so the watcher flushes before it acts on the shipment it reads there. Fails if only the
+    /// session's event marked the document dirty.
+    #[test]
+    fn a_sites_change_is_not_taken_for_written_before_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut site = site();
+        let hub = hub_at(dir.path(), 1);
+        assert!(hub.docs.lock().enroll(&site.node));
+        let (mut s, mut c) = sessions(&hub);
+        exchange(&hub, &site.node, &mut s, &mut c, &mut site.docs);
+        let draft = oms_protocol::fixtures::draft("r", &Sku::parse("A").unwrap(), 1);
+        let placed = crate::demand::test_support::place_at(&hub, &site.node, &[("A", 5)], "k1", draft, 5);
+        crate::orders::apply_effects(&hub, &placed.effects).unwrap();
+        let f = &placed.effects.fulfillments[0];
+        let name = schema::order_doc(&f.id).unwrap();
+        flush_docs_blocking(&hub).unwrap();
+        {
+            let mut docs = hub.docs.lock();
+            for d in docs.take_local(site.node.as_str()) {
+                s.local_change(&mut docs.sync, &d);
+            }
+        }
+        exchange(&hub, &site.node, &mut s, &mut c, &mut site.docs);
+        // The site ships: its change, as its feed follower writes it, to its session.
+        let d = site.docs.db.get_mut(&name).expect("the site holds the document");
+        assert!(schema::write_order(d, &site.node, &crate::demand::test_support::shipped(f), 7).unwrap());
+        d.commit();
+        site.docs.db.mark_dirty(&name);
+        c.local_change(&mut site.docs, &name);
+        exchange(&hub, &site.node, &mut s, &mut c, &mut site.docs);
+        let status = schema::read_order(&hub.docs.lock().get(&name).unwrap(), name.as_str()).unwrap().progress;
+        assert_eq!(status.map(|p| p.status), Some(oms_protocol::domain::FulfillmentState::Shipped));
+        assert!(!hub.docs.lock().db().written(&name), "the site's change is in memory only");
+        crate::orders::watch_once(&hub, false);
+        assert!(hub.intake.live_fulfillments().unwrap().is_empty(), "the shipment was not acted on");
+        assert!(hub.docs.lock().db().written(&name), "acted on a shipment a crash would lose");
+    }
+
     /// The start that follows a crash between a new fulfillment document's early send and the flush that would
     /// have written it: the site holds the document, `hub.redb` does not. The start rebuilds it from
     /// `intake.redb` alone (`recover`, through the stored order and `NewFulfillment::of`, not the effects the
@@ -721,22 +818,9 @@ mod tests {
     #[test]
     fn a_document_a_crash_lost_after_its_early_send_is_rebuilt_as_the_site_holds_it() {
         let dir = tempfile::tempdir().unwrap();
-        let node_dir = tempfile::tempdir().unwrap();
-        let node_db = DocDb::open(&node_dir.path().join("node.redb"), vec![3; 16], 1_000).unwrap();
-        let mut node_docs = oms_sync::SyncDocs::new(node_db, oms_sync::Everything);
-        let node = NodeId::parse("wh-a").unwrap();
-        let (hub_peer, node_peer) =
-            (PeerId::new("oms://acme/hub").unwrap(), PeerId::new("oms://acme/node/wh-a").unwrap());
-        let session = |hub: &Hub| {
-            let cfg = SessionConfig::default();
-            let s = SyncSession::new_server(cfg.clone(), hub_peer.clone(), node_peer.clone(), hub.actor.clone(), 0);
-            (s, SyncSession::new_client(cfg, node_peer.clone(), hub_peer.clone(), vec![3; 16], 0))
-        };
-        let hub_in = |actor: u8| {
-            let docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![actor; 16], 1_000).unwrap());
-            let money = crate::demand::test_support::money();
-            crate::demand::test_support::hub_over(dir.path(), docs.unwrap(), money, ServerTuning::default())
-        };
+        let Site { node, docs: mut node_docs, _dir } = site();
+        let session = sessions;
+        let hub_in = |actor: u8| hub_at(dir.path(), actor);
         let (name, held) = {
             let hub = hub_in(1);
             assert!(hub.docs.lock().enroll(&node));

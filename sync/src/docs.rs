@@ -42,11 +42,14 @@ pub trait Access {
     }
 }
 
-/// Every peer sees every document: the policy of a store that holds only what one peer may see anyway, and
-/// of tests of sync itself (the node's and the hub's own policies are tested with them).
+/// Every peer sees every document: the policy of tests of sync itself, this crate's and the hub's (feature
+/// `test-support`; the node's and the hub's own policies are tested with them). Unbounded listings: not for a
+/// store in production.
+#[cfg(any(test, feature = "test-support"))]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Everything;
 
+#[cfg(any(test, feature = "test-support"))]
 impl Access for Everything {
     fn entitled(&self, _: &DocDb, _: &PeerId, _: &DocId) -> bool {
         true

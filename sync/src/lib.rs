@@ -16,4 +16,6 @@ pub mod docs;
 pub mod link;
 
 pub use docdb::{DocDb, DocDbError, FlushBatch, StateHistory};
-pub use docs::{Access, Everything, SyncDocs};
+#[cfg(any(test, feature = "test-support"))]
+pub use docs::Everything;
+pub use docs::{Access, SyncDocs};

@@ -155,6 +155,30 @@ pub(crate) fn place_at(
     hub.intake.place(key, draft, &facts, &actor, now_ms).unwrap()
 }
 
+/// The record a site writes into fulfillment `f`'s document once it shipped every unit (at 7 ms).
+pub(crate) fn shipped(f: &crate::intake::NewFulfillment) -> OrderRecord {
+    let lines = f.draft.lines.iter().map(|l| FulfillmentLine {
+        sku: l.sku.clone(),
+        qty: l.qty,
+        picked: Some(l.qty),
+        shipped: l.qty,
+        returned: 0,
+    });
+    OrderRecord {
+        id: f.id.clone(),
+        site: f.site.clone(),
+        status: FulfillmentState::Shipped,
+        order: f.draft.clone(),
+        lines: lines.collect(),
+        wave: None,
+        parcels: None,
+        shipment: None,
+        returns: vec![],
+        timeline: vec![TimelineEntry { at_ms: 7, status: FulfillmentState::Shipped, note: String::new() }],
+        created_at_ms: f.assigned_at_ms,
+    }
+}
+
 /// Money with the default payments and tax configuration (no provider).
 pub(crate) fn money() -> crate::money::Money {
     crate::money::Money::new(Default::default(), Default::default()).unwrap()

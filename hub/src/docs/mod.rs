@@ -50,13 +50,13 @@ use {oms_protocol::wire::PeerId, parties::OTHERS_BUILT};
 
 const QUARANTINE_PREFIX: &str = "quarantine|";
 /// Documents remembered as changed by nodes (for the intake's watcher, whose pass takes them all) or by the
-/// hub (for the sessions); beyond this a node's change is not noted (the watcher sees that document at its
-/// next change; a session's 25 ms between two passes carry far fewer) and the sessions rely on the periodic
-/// manifest.
+/// hub (for the sessions); beyond this the watcher's go to its backlog and the sessions rely on the periodic
+/// manifest. Documents queued again ([`HubDocs::requeue_docs`]) fill at most half of the watcher's, so that
+/// the nodes' changes always find room.
 pub const CHANGED_MAX: usize = 100_000;
-/// Documents queued again for the watcher beyond [`CHANGED_MAX`] ([`HubDocs::requeue_docs`]: a start's open
-/// work, a pass that could not act): held in order and handed out [`BACKLOG_PER_PASS`] a pass. Beyond this
-/// (two million open fulfillments at a start, about 130 MB of ids) the rest are dropped, counted and logged.
+/// Documents for the watcher beyond [`CHANGED_MAX`] (a start's open work, a pass that could not act, a burst
+/// of nodes' changes): held once each and handed out [`BACKLOG_PER_PASS`] a pass. Beyond this (two million
+/// open fulfillments at a start, about 130 MB of ids) the rest are dropped, counted and logged.
 pub const BACKLOG_MAX: usize = 2_000_000;
 /// Documents of the backlog one watcher pass takes, so that a start with a large backlog keeps each pass, and
 /// the node changes that wait for it, short.
@@ -153,10 +153,12 @@ pub struct HubDocs {
     pub nodes: BTreeMap<String, NodeStatus>,
     /// Documents nodes changed since the intake's watcher last looked.
     changed: BTreeSet<DocId>,
-    /// Documents queued again beyond `changed`'s bound, oldest first: see [`BACKLOG_MAX`].
-    backlog: std::collections::VecDeque<DocId>,
-    /// Documents [`HubDocs::requeue_docs`] could queue nowhere since the start.
+    /// Documents for the watcher beyond `changed`'s bound: see [`BACKLOG_MAX`].
+    backlog: BTreeSet<DocId>,
+    /// Documents for the watcher that found room nowhere since the start.
     requeue_dropped: u64,
+    /// The watcher's bounds: [`CHANGED_MAX`], [`BACKLOG_MAX`], [`BACKLOG_PER_PASS`] (smaller in tests).
+    watch_bounds: (usize, usize, usize),
     /// Documents the hub changed, per node to tell, since that node's session last looked; each with whether
     /// it is *fresh*: a fulfillment document [`HubDocs::create_local`] made that nobody wrote to since (not the
     /// hub, not a node). What such a document holds is a function of the intake's committed record alone, and
@@ -294,8 +296,9 @@ impl HubDocs {
             sync: SyncDocs::new(db, parties),
             nodes: BTreeMap::new(),
             changed: BTreeSet::new(),
-            backlog: std::collections::VecDeque::new(),
+            backlog: BTreeSet::new(),
             requeue_dropped: 0,
+            watch_bounds: (CHANGED_MAX, BACKLOG_MAX, BACKLOG_PER_PASS),
             local: BTreeMap::new(),
             site_infos: None,
             sites_stale: BTreeSet::new(),
@@ -486,6 +489,9 @@ impl HubDocs {
         }
         // Accepted or put back, the readers look again (a put-back document reads as before).
         self.note_change(doc);
+        // Dirty from now, not only once the session's pass takes its event: the watcher may read the change
+        // before that, and must not take the document for written (`DocDb::written`).
+        self.mark_dirty(doc);
         let Some(d) = self.sync.db.get_mut(doc) else { return true };
         match schema::check_writer_touched(d, doc, before, Writer::Node(node)) {
             Ok(schema::Accepted { touched, order }) => {
@@ -519,9 +525,7 @@ impl HubDocs {
                 if frozen {
                     self.sync.db.compact(doc);
                 }
-                if self.changed.len() < CHANGED_MAX {
-                    self.changed.insert(doc.clone());
-                }
+                self.note_for_watcher(doc.clone(), self.watch_bounds.0);
                 if matches!(DocKind::of(doc), Some(DocKind::Stock(_))) {
                     self.stock_touched.note(doc, touched.skus);
                     self.escrow_touched.note(doc, touched.escrow);
@@ -632,27 +636,40 @@ impl HubDocs {
     }
 
     /// Queues `docs` for the watcher again (ones it could not act on, a start's open work): for its next pass
-    /// within [`CHANGED_MAX`], the rest in the backlog that later passes take [`BACKLOG_PER_PASS`] at a time.
-    /// Past [`BACKLOG_MAX`] they are dropped, counted ([`HubDocs::requeue_dropped`]) and logged: such a
-    /// document is looked at again at its next change.
+    /// within half of [`CHANGED_MAX`] (the nodes' changes keep the other half), the rest in the backlog that
+    /// later passes take [`BACKLOG_PER_PASS`] at a time. Past [`BACKLOG_MAX`] they are dropped, counted
+    /// ([`HubDocs::requeue_dropped`]) and logged: such a document is looked at again at its next change.
     pub fn requeue_docs(&mut self, docs: impl IntoIterator<Item = DocId>) {
-        let mut dropped = 0u64;
+        let before = self.requeue_dropped;
         for d in docs {
-            if self.changed.len() < CHANGED_MAX {
-                self.changed.insert(d);
-            } else if self.backlog.len() < BACKLOG_MAX {
-                self.backlog.push_back(d);
-            } else {
-                dropped += 1;
-            }
+            self.note_for_watcher(d, self.watch_bounds.0 / 2);
         }
-        if dropped > 0 {
-            self.requeue_dropped = self.requeue_dropped.saturating_add(dropped);
-            tracing::warn!(dropped, backlog = BACKLOG_MAX, "more documents queued for the watcher than it holds");
+        if self.requeue_dropped > before {
+            let dropped = self.requeue_dropped - before;
+            tracing::warn!(dropped, backlog = self.watch_bounds.1, "more documents for the watcher than it holds");
         }
     }
 
-    /// Documents [`HubDocs::requeue_docs`] dropped since the start (past [`BACKLOG_MAX`]).
+    /// Notes `doc` for the watcher's next pass if fewer than `room` are noted, else for its backlog, else counts
+    /// it dropped.
+    fn note_for_watcher(&mut self, doc: DocId, room: usize) {
+        let (_, backlog_max, _) = self.watch_bounds;
+        if self.changed.len() < room || self.changed.contains(&doc) {
+            self.changed.insert(doc);
+        } else if self.backlog.len() < backlog_max || self.backlog.contains(&doc) {
+            self.backlog.insert(doc);
+        } else {
+            self.requeue_dropped = self.requeue_dropped.saturating_add(1);
+        }
+    }
+
+    /// Sets the watcher's bounds ([`CHANGED_MAX`], [`BACKLOG_MAX`], [`BACKLOG_PER_PASS`]) for a test.
+    #[cfg(test)]
+    pub(crate) fn set_watch_bounds(&mut self, changed_max: usize, backlog_max: usize, per_pass: usize) {
+        self.watch_bounds = (changed_max, backlog_max, per_pass);
+    }
+
+    /// Documents for the watcher dropped since the start (past [`BACKLOG_MAX`]).
     pub fn requeue_dropped(&self) -> u64 {
         self.requeue_dropped
     }
@@ -666,11 +683,9 @@ impl HubDocs {
     /// also among the changes counts once).
     pub fn take_changed(&mut self) -> BTreeSet<DocId> {
         let mut out = std::mem::take(&mut self.changed);
-        let mut taken = 0;
-        while taken < BACKLOG_PER_PASS {
-            let Some(d) = self.backlog.pop_front() else { break };
+        for _ in 0..self.watch_bounds.2 {
+            let Some(d) = self.backlog.pop_first() else { break };
             out.insert(d);
-            taken += 1;
         }
         out
     }

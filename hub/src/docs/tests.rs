@@ -847,31 +847,44 @@ fn state_documents_continue_in_new_generations_at_the_hub() {
     assert!(oms_protocol::sync::automerge::ReadDoc::stats(&*d).num_ops < 50);
 }
 
-/// A start queues more open work for the watcher than one pass holds: nothing is lost. The first pass takes
-/// [`CHANGED_MAX`] documents and the next ones the rest, [`BACKLOG_PER_PASS`] at a time, each once, in order;
-/// a node's change still finds room meanwhile; past [`BACKLOG_MAX`] the drop is counted. (Before the
-/// backlog, everything past the first [`CHANGED_MAX`] was dropped without a word.)
+/// A start queues more open work for the watcher than one pass holds: nothing is lost. Requeued documents fill
+/// half of a pass, so a node's change still finds room; the next passes take the rest from the backlog,
+/// `per_pass` at a time, each document once; a node's change past a full pass goes to the backlog too; past
+/// the backlog's bound a drop is counted. (Before the backlog, everything past the first [`CHANGED_MAX`] was
+/// dropped without a word.) Small bounds here; the defaults are [`CHANGED_MAX`], [`BACKLOG_MAX`],
+/// [`BACKLOG_PER_PASS`].
 #[test]
 fn open_work_beyond_one_watcher_pass_is_handed_out_over_the_next_passes() {
+    let (changed_max, backlog_max, per_pass) = (10, 30, 4);
     let dir = tempfile::tempdir().unwrap();
     let mut docs = open_docs(&dir.path().join("hub.redb"), 1_000);
+    docs.set_watch_bounds(changed_max, backlog_max, per_pass);
     let name = |i: usize| DocId::new(format!("order/hub-{i:010}.1")).unwrap();
-    let extra = BACKLOG_PER_PASS + 7;
-    docs.requeue_docs((0..CHANGED_MAX + extra).map(name));
-    assert_eq!(docs.backlog_len(), extra);
-    let first = docs.take_changed();
-    assert_eq!(first.len(), CHANGED_MAX + BACKLOG_PER_PASS, "the changes and one pass of the backlog");
-    assert_eq!(docs.backlog_len(), 7);
-    // A node's change between two passes is noted as ever.
-    docs.changed.insert(name(CHANGED_MAX + extra));
-    let second = docs.take_changed();
-    assert_eq!(second.len(), 8);
-    assert!(second.contains(&name(CHANGED_MAX + extra)));
-    assert!(docs.take_changed().is_empty());
-    let all: BTreeSet<DocId> = first.into_iter().chain(second).collect();
-    assert_eq!(all.len(), CHANGED_MAX + extra + 1, "each document once");
-    assert_eq!(docs.requeue_dropped(), 0);
+    // Twelve documents of a start, two of them twice.
+    docs.requeue_docs((0..12).chain([3, 11]).map(name));
+    assert_eq!(docs.backlog_len(), 7, "half a pass, the rest once each");
+    // Nodes' changes: the other half of the pass, then the backlog.
+    for i in 100..106 {
+        docs.note_for_watcher(name(i), changed_max);
+    }
+    assert_eq!(docs.backlog_len(), 8);
+    let mut all = BTreeSet::new();
+    let mut passes = 0;
+    loop {
+        let pass = docs.take_changed();
+        if pass.is_empty() {
+            break;
+        }
+        assert!(pass.len() <= changed_max + per_pass, "{}", pass.len());
+        for d in pass {
+            assert!(all.insert(d), "a document handed out twice");
+        }
+        passes += 1;
+        assert!(passes <= 4, "the backlog does not drain");
+    }
+    assert_eq!(all, (0..12).chain(100..106).map(name).collect::<BTreeSet<_>>());
+    assert_eq!((passes, docs.requeue_dropped()), (2, 0));
     // Past the backlog's bound: counted, not held.
-    docs.requeue_docs((0..CHANGED_MAX + BACKLOG_MAX + 3).map(name));
-    assert_eq!((docs.backlog_len(), docs.requeue_dropped()), (BACKLOG_MAX, 3));
+    docs.requeue_docs((0..changed_max / 2 + backlog_max + 3).map(name));
+    assert_eq!((docs.backlog_len(), docs.requeue_dropped()), (backlog_max, 3));
 }

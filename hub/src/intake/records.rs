@@ -154,9 +154,9 @@ pub struct NewFulfillment {
 }
 
 impl NewFulfillment {
-    /// The document of fulfillment `f` of the stored `order`, as its placement wrote it: what a start rebuilds
-    /// and a replayed request writes again. The one place a record becomes a document's input, so that a
-    /// rebuild is the site's copy hash for hash (see `orders::effects::build_orders`).
+    /// The document of fulfillment `f` of `order`: what its placement writes, a start rebuilds and a replayed
+    /// request writes again. The one place a record becomes a document's input, so that a rebuild is the
+    /// site's copy hash for hash (see `orders::effects::build_orders`).
     pub fn of(order: &HubOrder, f: &Fulfillment) -> NewFulfillment {
         NewFulfillment {
             id: f.id.clone(),

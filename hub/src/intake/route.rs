@@ -153,14 +153,7 @@ impl Core {
                 let used = t.capacity.get(day_key.as_str())?.map(|v| v.value()).unwrap_or(0);
                 t.capacity.insert(day_key.as_str(), used + 1)?;
                 t.live.insert(id.as_str(), order.id.as_str())?;
-                effects.fulfillments.push(NewFulfillment {
-                    id: id.clone(),
-                    parent: order.id.clone(),
-                    site: a.site.clone(),
-                    draft: part_of(&order.draft, &a.lines),
-                    assigned_at_ms: now_ms,
-                });
-                order.fulfillments.push(Fulfillment {
+                let f = Fulfillment {
                     id,
                     site: a.site.clone(),
                     lines: a.lines.clone(),
@@ -168,7 +161,10 @@ impl Core {
                     released: None,
                     promise: a.promise.clone(),
                     site_cancel: None,
-                });
+                };
+                // From the record as stored, as a start rebuilds it.
+                effects.fulfillments.push(NewFulfillment::of(order, &f));
+                order.fulfillments.push(f);
             }
             for key in touched {
                 if let Some(c) = overlay.get(&key) {

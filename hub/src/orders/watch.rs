@@ -3,8 +3,10 @@
 
 use super::*;
 
-/// One pass of the watcher: merge escrow views, re-route released fulfillments, retry waiting orders.
-pub fn watch_once(hub: &Hub, retry: bool) {
+/// One pass of the watcher: merge escrow views, re-route released fulfillments, retry waiting orders. False
+/// if it could not act on what it read and queued those documents again (a failed flush or write): the next
+/// pass waits for the tick or a node's change rather than come right after.
+pub fn watch_once(hub: &Hub, retry: bool) -> bool {
     let changed = hub.docs.lock().take_changed();
     let now = now_ms();
     let mut released: BTreeMap<String, Vec<(OrderId, String)>> = BTreeMap::new();
@@ -111,22 +113,22 @@ pub fn watch_once(hub: &Hub, retry: bool) {
         }
     }
     // A site's word that ends a fulfillment (shipped, rejected, cancelled) may come before `hub.redb` holds
-    // its document: a session sends a fresh one before the flush that writes it (`server::early_frames`), and
-    // a start builds it again only while it is live. So what ends it is acted on once the documents are on
-    // disk (in any version: the site sends its later changes again); a failed flush leaves it all for the
-    // next pass. Nearly always they are (shipping comes long after creation), and a flush here would cost an
-    // fsync each pass that the sessions, busy with intake, then wait for.
+    // it, or its document at all: a session flushes a node's change only at the end of its pass, and sends a
+    // fresh document before the flush that writes it (`server::early_frames`), which a start builds again only
+    // while it is live. So what ends it is acted on once the documents are on disk as read; a failed flush
+    // leaves it all for the next pass. Nearly always the session's own flush has written them by now (the
+    // watcher runs 25 ms after a change), and a flush here would cost an fsync a pass that the sessions, busy
+    // with intake, wait for: it runs only if one is not written.
     let ending = shipped.iter().map(|s| &s.0).chain(released.values().flatten().map(|(id, _)| id));
-    let unwritten = {
-        let docs = hub.docs.lock();
-        ending.filter_map(schema::order_doc).any(|d| !docs.db().on_disk(&d))
-    };
-    if unwritten && let Err(e) = crate::server::flush_docs_blocking(hub) {
+    let ending: Vec<DocId> = ending.filter_map(schema::order_doc).collect();
+    if !ending.is_empty()
+        && let Err(e) = crate::server::flush_docs_unless_written(hub, &ending)
+    {
         tracing::warn!(error = %e, "cannot flush the documents before acting on the sites' progress; next pass");
         let ids = seen.iter().map(|f| &f.id).chain(shipped.iter().map(|s| &s.0));
         let ids = ids.chain(released.values().flatten().map(|(id, _)| id));
         hub.docs.lock().requeue_docs(ids.filter_map(schema::order_doc));
-        return;
+        return false;
     }
     // Each shipment is billed (invoice and capture row, once) before the fulfillment stops being live, so a
     // crash in between bills it at the next start.
@@ -157,10 +159,12 @@ pub fn watch_once(hub: &Hub, retry: bool) {
         }
     }
     // Their events before they leave the open work, so a failure here leaves them for a start to read again.
+    let mut acted = true;
     if let Err(e) = crate::events::watch::report_fulfillments(hub.intake.db(), &seen, now) {
         tracing::warn!(error = %e, "cannot record the fulfillments' events; reading their documents again");
         hub.docs.lock().requeue(seen.iter().filter_map(|f| schema::order_doc(&f.id)));
         finished.clear();
+        acted = false;
     }
     if let Err(e) = hub.intake.finished(&finished) {
         tracing::warn!(error = %e, "cannot note finished fulfillments; a start will look at them again");
@@ -177,7 +181,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
         }
     }
     if ids.is_empty() {
-        return;
+        return acted;
     }
     let sites = site_facts(hub, now);
     for id in ids {
@@ -193,6 +197,7 @@ pub fn watch_once(hub: &Hub, retry: bool) {
             Err(e) => tracing::warn!(order = %id, error = %e, "re-routing failed"),
         }
     }
+    acted
 }
 
 /// Settles the payment of an order that reached its final state: nothing left to place (or cancelled) and
@@ -285,11 +290,16 @@ pub async fn watch(hub: Arc<Hub>) {
         };
         tokio::time::sleep(Duration::from_millis(WATCH_GAP_MS)).await;
         let h = hub.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || watch_once(&h, retry)).await {
-            tracing::error!(error = %e, "the routing watcher failed; continuing");
-        }
-        // Open work a start queued beyond one pass: the next pass takes more of it after the gap, not a tick.
-        if hub.docs.lock().backlog_len() > 0 {
+        let acted = match tokio::task::spawn_blocking(move || watch_once(&h, retry)).await {
+            Ok(acted) => acted,
+            Err(e) => {
+                tracing::error!(error = %e, "the routing watcher failed; continuing");
+                false
+            }
+        };
+        // Open work a start queued beyond one pass: the next pass takes more of it after the gap, not a tick
+        // (unless this one could not act: then it waits for the tick or a node's change).
+        if acted && hub.docs.lock().backlog_len() > 0 {
             hub.node_changes.notify_one();
         }
         // The carriers' deliveries the watcher (a shipment matched late) or a webhook left due.

@@ -66,6 +66,13 @@ enum DocWrite {
 }
 
 impl DocDb {
+    /// Whether `doc` is on disk as it is in memory: committed by a flush ([`DocDb::on_disk`]) and not marked
+    /// dirty since, with no batch in flight or failed (then a clean document's disk copy may not be committed
+    /// yet). False whenever in doubt. A caller that must not see a batch in flight serializes with the flushes.
+    pub fn written(&self, doc: &DocId) -> bool {
+        lock(&self.gate.0).idle() && !self.dirty_docs.contains(doc) && self.on_disk(doc)
+    }
+
     /// Writes every dirty document, sync state and counter in one transaction ([`DocDb::prepare_flush`] then
     /// [`FlushBatch::commit`]). On error nothing is lost from memory: the next flush retries.
     pub fn flush(&mut self) -> Result<(), DocDbError> {

@@ -177,8 +177,12 @@ impl DocDb {
     }
 
     /// Whether a committed flush holds `doc`, in some version: not a document created since, nor one only in a
-    /// batch not committed yet (what a crash now would lose). A row that cannot be read counts as absent.
+    /// batch not committed yet, nor one being removed (what a crash now would lose). A row that cannot be read
+    /// counts as absent.
     pub fn on_disk(&self, doc: &DocId) -> bool {
+        if self.removed.contains(doc) || self.flushing_removed.contains(doc) {
+            return false;
+        }
         self.with_meta(|t| t.get(doc.as_str()).is_ok_and(|v| v.is_some())).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read a document's row");
             false
