@@ -813,8 +813,9 @@ mod tests {
     /// have written it: the site holds the document, `hub.redb` does not. The start rebuilds it from
     /// `intake.redb` alone (`recover`, through the stored order and `NewFulfillment::of`, not the effects the
     /// intake handed over) hash for hash, so the site's next session finds both copies in sync: nothing refused,
-    /// nothing quarantined, one change. A rebuild that differed in anything (its actor, its time, its part of
-    /// the draft) would make the site's copy conflict with it.
+    /// nothing quarantined, one change. It reads that order alone, not an earlier one whose document is there.
+    /// A rebuild that differed in anything (its actor, its time, its part of the draft) would make the site's
+    /// copy conflict with it.
     #[test]
     fn a_document_a_crash_lost_after_its_early_send_is_rebuilt_as_the_site_holds_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -826,8 +827,18 @@ mod tests {
             assert!(hub.docs.lock().enroll(&node));
             let (mut s, mut c) = session(&hub);
             exchange(&hub, &node, &mut s, &mut c, &mut node_docs);
-            // Everything so far is on disk, as long before a crash; the order comes after.
+            // An earlier order, its document on disk and at the site, as long before a crash.
+            let earlier = oms_protocol::fixtures::draft("r", &Sku::parse("A").unwrap(), 1);
+            let placed = crate::demand::test_support::place_at(&hub, &node, &[("A", 5)], "k0", earlier, 1_000);
+            crate::orders::apply_effects(&hub, &placed.effects).unwrap();
             flush_docs_blocking(&hub).unwrap();
+            {
+                let mut docs = hub.docs.lock();
+                for d in docs.take_local(node.as_str()) {
+                    s.local_change(&mut docs.sync, &d);
+                }
+            }
+            exchange(&hub, &node, &mut s, &mut c, &mut node_docs);
             let draft: oms_protocol::domain::OrderDraft = serde_json::from_value(serde_json::json!({
                 "external_ref": "shop-7", "channel": "web",
                 "lines": [{"sku": "A", "qty": 2, "unit_price_minor": 1_190, "currency": "EUR"},
@@ -862,8 +873,11 @@ mod tests {
         };
         let hub = hub_in(2);
         assert!(!hub.docs.lock().db().contains(&name), "the crash lost the document: nothing to test otherwise");
+        let reads = hub.intake.start_reads();
         crate::orders::recover(&hub).unwrap();
         assert_eq!(hub.docs.lock().heads(&name), held, "rebuilt as another change than the site holds");
+        assert_eq!(hub.intake.live_ids().unwrap().len(), 2);
+        assert_eq!(hub.intake.start_reads() - reads, 1, "the start read the missing document's order alone");
         let (mut s, mut c) = session(&hub);
         let sent = exchange(&hub, &node, &mut s, &mut c, &mut node_docs);
         assert!(!sent.iter().any(|f| matches!(f, Frame::Refused { .. })), "{sent:?}");

@@ -596,22 +596,44 @@ impl Intake {
         lock(&self.core.state).open.len()
     }
 
-    /// The fulfillments a site has not finished with (table `fulfillments_live`), for a start: the documents of some may be
-    /// missing (lost by a crash between the intake's commit and the documents' flush), and the others may
-    /// hold a site's answer the watcher has not acted on yet. Reads those fulfillments' orders only, each
-    /// once, however many orders were ever taken.
+    /// The fulfillments a site has not finished with (table `fulfillments_live`): the documents of some may be
+    /// missing after a crash (between the intake's commit and the documents' flush), and the others may hold a
+    /// site's answer the watcher has not acted on yet. Reads those fulfillments' orders only, each once, however
+    /// many orders were ever taken. A start reads only the missing ones' orders ([`Intake::live_ids`], then
+    /// [`Intake::fulfillments_of`]).
     pub fn live_fulfillments(&self) -> Result<Vec<NewFulfillment>, IntakeError> {
+        let live = self.live_ids()?;
+        self.fulfillments_of(&live)
+    }
+
+    /// The ids of the fulfillments a site has not finished with, each with its customer order's id: one row
+    /// each of `fulfillments_live`, no order read (a start with a million of them holds ids, not drafts).
+    pub fn live_ids(&self) -> Result<Vec<(OrderId, String)>, IntakeError> {
         let r = self.core.db.begin_read()?;
-        let orders = r.open_table(ORDERS)?;
-        let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut out = Vec::new();
         for item in r.open_table(LIVE)?.range::<&str>(..)? {
             let (f, parent) = item?;
-            wanted.entry(parent.value().to_owned()).or_default().insert(f.value().to_owned());
+            match OrderId::parse(f.value()) {
+                Ok(id) => out.push((id, parent.value().to_owned())),
+                Err(e) => tracing::warn!(fulfillment = f.value(), error = %e, "a live fulfillment's id does not parse"),
+            }
         }
+        Ok(out)
+    }
+
+    /// The documents' inputs of fulfillments `ids` (each with its customer order's id, as [`Intake::live_ids`]
+    /// gives them), reading each of their orders once; one whose order no longer holds it is left out.
+    pub fn fulfillments_of(&self, ids: &[(OrderId, String)]) -> Result<Vec<NewFulfillment>, IntakeError> {
+        let mut wanted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for (f, parent) in ids {
+            wanted.entry(parent.as_str()).or_default().insert(f.as_str());
+        }
+        let r = self.core.db.begin_read()?;
+        let orders = r.open_table(ORDERS)?;
         let mut out = Vec::new();
         for (parent, ids) in wanted {
             self.core.start_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(o) = get_order(&orders, &parent)? else { continue };
+            let Some(o) = get_order(&orders, parent)? else { continue };
             for f in o.fulfillments.iter().filter(|f| ids.contains(f.id.as_str())) {
                 out.push(NewFulfillment::of(&o, f));
             }

@@ -223,14 +223,17 @@ pub(super) fn settle_if_final(hub: &Hub, order: &HubOrder, now: u64) {
 
 /// At start: re-creates the fulfillment documents committed before a crash but not written, republishes
 /// the escrow views, and queues for the watcher the other fulfillments a site has not finished with and every
-/// stock document. Reads the open work only ([`crate::intake::Intake::live_fulfillments`]), not every order.
+/// stock document. Reads the open work only ([`crate::intake::Intake::live_ids`]), not every order, and the
+/// orders of the documents it re-creates.
 pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
-    let live = hub.intake.live_fulfillments()?;
-    // Only documents that are missing: recreating one that exists would be a no-op, but would load it.
-    let (missing, present): (Vec<NewFulfillment>, Vec<NewFulfillment>) = {
+    let live = hub.intake.live_ids()?;
+    // Only documents that are missing: recreating one that exists would be a no-op, but would load it. Only
+    // their orders are read (a crash loses a few at most); the others are queued for the watcher by id.
+    let (missing, present): (Vec<_>, Vec<_>) = {
         let docs = hub.docs.lock();
-        live.into_iter().partition(|f| schema::order_doc(&f.id).is_some_and(|d| !docs.db().contains(&d)))
+        live.into_iter().partition(|(f, _)| schema::order_doc(f).is_some_and(|d| !docs.db().contains(&d)))
     };
+    let missing = hub.intake.fulfillments_of(&missing)?;
     let mut escrow = Vec::new();
     for site in hub.intake.escrow_sites() {
         for c in hub.intake.escrow_of_site(&site) {
@@ -240,7 +243,7 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
     apply_effects(hub, &Effects { fulfillments: missing, escrow })?;
     // And the shipped ones whose delivery is still to be reported (the intake no longer tracks them).
     let unfinished = crate::events::watch::unfinished(hub.intake.db()).map_err(|e| EffectsError::Intake(e.into()))?;
-    hub.docs.lock().requeue(present.iter().map(|f| &f.id).chain(&unfinished).filter_map(schema::order_doc));
+    hub.docs.lock().requeue(present.iter().map(|(f, _)| f).chain(&unfinished).filter_map(schema::order_doc));
     // Requeued above, the stock documents bring back any site receipt not applied yet.
     if let Err(e) = crate::purchasing::sites::publish_open(hub) {
         tracing::warn!(error = %e, "purchasing: cannot publish the open orders to their sites");
