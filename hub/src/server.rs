@@ -84,7 +84,7 @@ pub struct Hub {
     /// the documents' lock is free for the others and for HTTP. Holds the number of the last frame handled
     /// before the last committed flush: a session whose frames a flush of another session already covered
     /// does not flush again (with a hundred sessions, one fsync each in turn would delay every answer).
-    persist: tokio::sync::Mutex<u64>,
+    persist: Arc<tokio::sync::Mutex<u64>>,
     /// Rounds of frames handled and marked dirty (by all sessions), numbered under the documents' lock, so
     /// that a flush prepared under that lock covers every round numbered before it.
     frames_handled: AtomicU64,
@@ -145,7 +145,7 @@ impl Hub {
         let me = PeerId::new(me.uri()).ok_or_else(|| PkiError::BadIdentity { uri: me.uri() })?;
         Ok(Hub {
             docs: TimedMutex::new(docs),
-            persist: tokio::sync::Mutex::new(0),
+            persist: Arc::new(tokio::sync::Mutex::new(0)),
             frames_handled: AtomicU64::new(0),
             tenant: tenant.to_owned(),
             me,
@@ -407,15 +407,18 @@ fn frame_doc(f: &Frame) -> Option<&DocId> {
 /// Writes what the sessions changed to `hub.redb` without holding the documents' lock during disk I/O. `Ok`
 /// means everything the calling session applied and marked before it took `needed` (from
 /// [`Hub::frames_handled`], under the documents' lock) is on disk.
+/// The flushes' turn goes with the batch to the blocking thread and is given back only once the commit
+/// returned, even if this future is dropped (an HTTP handler's request timing out while the disk stalls): a
+/// turn taken meanwhile never sees a batch in flight, so it never takes "nothing to write" for "all written".
 async fn persist(hub: &Hub, needed: u64) -> Result<(), DocDbError> {
-    let mut committed = hub.persist.lock().await;
+    let mut committed = hub.persist.clone().lock_owned().await;
     if *committed >= needed {
         return Ok(());
     }
     let Some((batch, upto)) = prepare_persist(hub, &mut committed) else { return Ok(()) };
-    match tokio::task::spawn_blocking(move || batch.commit()).await {
-        Ok(result) => finish_persist(hub, &mut committed, upto, result),
-        // The batch was dropped uncommitted; the next flush writes its contents.
+    match tokio::task::spawn_blocking(move || (batch.commit(), committed)).await {
+        Ok((result, mut committed)) => finish_persist(hub, &mut committed, upto, result),
+        // The batch was dropped uncommitted (and the turn given back); the next flush writes its contents.
         Err(e) => Err(DocDbError::FlushTask { path: "hub.redb".into(), source: e }),
     }
 }
@@ -488,20 +491,23 @@ pub(crate) fn flush_docs_blocking(hub: &Hub) -> Result<(), DocDbError> {
 const WRITTEN_CHECKED_PER_HOLD: usize = 1_024;
 
 /// [`flush_docs_blocking`] unless every one of `docs` is already on disk as it is in memory
-/// ([`oms_sync::DocDb::written`]), checked in the flushes' turn (so no batch is in flight) and in slices of
-/// [`WRITTEN_CHECKED_PER_HOLD`] per hold of the documents' lock. A document that changes after its check
-/// changed after what the caller read of it, which the check covered.
+/// ([`oms_sync::DocDb::written`]), checked in slices of [`WRITTEN_CHECKED_PER_HOLD`] per hold of the
+/// documents' lock: first without the flushes' turn (no wait when they are), then, if a batch was in flight,
+/// in that turn (so none is) before flushing. A document that changes after its check changed after what the
+/// caller read of it, which the check covered.
 pub(crate) fn flush_docs_unless_written(hub: &Hub, docs: &[DocId]) -> Result<(), DocDbError> {
-    let needed = flush_ticket(hub);
-    let mut committed = hub.persist.blocking_lock();
-    if *committed >= needed {
+    let written = || {
+        docs.chunks(WRITTEN_CHECKED_PER_HOLD).all(|slice| {
+            let d = hub.docs.lock();
+            slice.iter().all(|doc| d.db().written(doc))
+        })
+    };
+    if written() {
         return Ok(());
     }
-    let written = docs.chunks(WRITTEN_CHECKED_PER_HOLD).all(|slice| {
-        let d = hub.docs.lock();
-        slice.iter().all(|doc| d.db().written(doc))
-    });
-    if written {
+    let needed = flush_ticket(hub);
+    let mut committed = hub.persist.blocking_lock();
+    if *committed >= needed || written() {
         return Ok(());
     }
     let Some((batch, upto)) = prepare_persist(hub, &mut committed) else { return Ok(()) };

@@ -90,7 +90,8 @@ pub(super) async fn metrics(State((hub, auth)): State<(Arc<Hub>, Arc<Auth>)>) ->
     gauge(
         &mut out,
         "oms_hub_watcher_backlog",
-        "Documents queued for the watcher beyond one pass (a start's open work), taken a slice a pass.",
+        "Documents waiting for the watcher beyond one pass (a start's open work, passes that failed, bursts of \
+         nodes' changes), taken a slice a pass.",
         backlog.0.to_string(),
     );
     counter(

@@ -55,8 +55,10 @@ const QUARANTINE_PREFIX: &str = "quarantine|";
 /// the nodes' changes always find room.
 pub const CHANGED_MAX: usize = 100_000;
 /// Documents for the watcher beyond [`CHANGED_MAX`] (a start's open work, a pass that could not act, a burst
-/// of nodes' changes): held once each and handed out [`BACKLOG_PER_PASS`] a pass. Beyond this (two million
-/// open fulfillments at a start, about 130 MB of ids) the rest are dropped, counted and logged.
+/// of nodes' changes): held once each and handed out [`BACKLOG_PER_PASS`] a pass, in the order of their names
+/// (a start queues the stock documents first, into the pass itself). Beyond this (two million open
+/// fulfillments at a start, about 130 MB of ids) the rest are dropped and counted
+/// ([`HubDocs::requeue_dropped`], logged when requeued).
 pub const BACKLOG_MAX: usize = 2_000_000;
 /// Documents of the backlog one watcher pass takes, so that a start with a large backlog keeps each pass, and
 /// the node changes that wait for it, short.

@@ -509,6 +509,37 @@ mod tests {
         assert_eq!(db.meta("c").unwrap(), Some(7));
     }
 
+    /// `written` says a document's disk copy is what memory holds, and nothing short of it: not while it is
+    /// only created, dirty, in a batch not committed yet, after a batch was dropped (until a recovering one
+    /// commits), or while it is being removed. Each case here is one a caller would act on too early.
+    #[test]
+    fn written_means_on_disk_as_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = DocDb::open(&dir.path().join("sync.redb"), vec![1; 16], 10).unwrap();
+        let (a, b) = (DocId::new("order/a-1").unwrap(), DocId::new("order/b-1").unwrap());
+        db.get_or_create(&a).unwrap().put(ROOT, "k", 1).unwrap();
+        db.mark_dirty(&a);
+        assert!(!db.written(&a) && !db.on_disk(&a), "created only");
+        let batch = db.prepare_flush().unwrap();
+        assert!(!db.written(&a) && !db.on_disk(&a), "in a batch not committed yet");
+        batch.commit().unwrap();
+        assert!(db.written(&a) && db.on_disk(&a));
+        db.get_mut(&a).unwrap().put(ROOT, "k", 2).unwrap();
+        db.mark_dirty(&a);
+        assert!(!db.written(&a) && db.on_disk(&a), "changed since: on disk, not as in memory");
+        let in_flight = db.prepare_flush().unwrap();
+        assert!(!db.written(&a), "its change in flight");
+        // Another document, clean and committed, while a batch is in flight and after it was dropped.
+        db.get_or_create(&b).unwrap().put(ROOT, "k", 1).unwrap();
+        db.mark_dirty(&b);
+        drop(in_flight);
+        assert!(!db.written(&a), "its change in a dropped batch");
+        db.flush().unwrap();
+        assert!(db.written(&a) && db.written(&b), "the recovering flush wrote both");
+        db.remove(&b);
+        assert!(!db.written(&b) && !db.on_disk(&b), "being removed");
+    }
+
     #[test]
     fn batches_commit_in_prepare_order_across_threads() {
         let dir = tempfile::tempdir().unwrap();
