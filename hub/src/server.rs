@@ -416,7 +416,14 @@ async fn persist(hub: &Hub, needed: u64) -> Result<(), DocDbError> {
         return Ok(());
     }
     let Some((batch, upto)) = prepare_persist(hub, &mut committed) else { return Ok(()) };
-    match tokio::task::spawn_blocking(move || (batch.commit(), committed)).await {
+    // In a tuple, so that a closure dropped unrun drops the batch (failed, for the next flush) before the turn.
+    let job = (batch, committed);
+    match tokio::task::spawn_blocking(move || {
+        let (batch, committed) = job;
+        (batch.commit(), committed)
+    })
+    .await
+    {
         Ok((result, mut committed)) => finish_persist(hub, &mut committed, upto, result),
         // The batch was dropped uncommitted (and the turn given back); the next flush writes its contents.
         Err(e) => Err(DocDbError::FlushTask { path: "hub.redb".into(), source: e }),
@@ -492,9 +499,9 @@ const WRITTEN_CHECKED_PER_HOLD: usize = 1_024;
 
 /// [`flush_docs_blocking`] unless every one of `docs` is already on disk as it is in memory
 /// ([`oms_sync::DocDb::written`]), checked in slices of [`WRITTEN_CHECKED_PER_HOLD`] per hold of the
-/// documents' lock: first without the flushes' turn (no wait when they are), then, if a batch was in flight,
-/// in that turn (so none is) before flushing. A document that changes after its check changed after what the
-/// caller read of it, which the check covered.
+/// documents' lock: first without the flushes' turn (no wait when they are), then, if one is not (dirty, not
+/// on disk, or a batch in flight), in that turn (so none is in flight) before flushing. A document that
+/// changes after its check changed after what the caller read of it, which the check covered.
 pub(crate) fn flush_docs_unless_written(hub: &Hub, docs: &[DocId]) -> Result<(), DocDbError> {
     let written = || {
         docs.chunks(WRITTEN_CHECKED_PER_HOLD).all(|slice| {
@@ -828,7 +835,7 @@ mod tests {
         let Site { node, docs: mut node_docs, _dir } = site();
         let session = sessions;
         let hub_in = |actor: u8| hub_at(dir.path(), actor);
-        let (name, held) = {
+        let (name, held, earlier) = {
             let hub = hub_in(1);
             assert!(hub.docs.lock().enroll(&node));
             let (mut s, mut c) = session(&hub);
@@ -837,6 +844,7 @@ mod tests {
             let earlier = oms_protocol::fixtures::draft("r", &Sku::parse("A").unwrap(), 1);
             let placed = crate::demand::test_support::place_at(&hub, &node, &[("A", 5)], "k0", earlier, 1_000);
             crate::orders::apply_effects(&hub, &placed.effects).unwrap();
+            let earlier = schema::order_doc(&placed.effects.fulfillments[0].id).unwrap();
             flush_docs_blocking(&hub).unwrap();
             {
                 let mut docs = hub.docs.lock();
@@ -875,7 +883,7 @@ mod tests {
             let held = node_docs.db.heads(&name).expect("the site holds the document sent early");
             assert_eq!(held, hub.docs.lock().heads(&name));
             // The hub dies here: the flush that would have written the document never runs.
-            (name, held)
+            (name, held, earlier)
         };
         let hub = hub_in(2);
         assert!(!hub.docs.lock().db().contains(&name), "the crash lost the document: nothing to test otherwise");
@@ -884,6 +892,7 @@ mod tests {
         assert_eq!(hub.docs.lock().heads(&name), held, "rebuilt as another change than the site holds");
         assert_eq!(hub.intake.live_ids().unwrap().len(), 2);
         assert_eq!(hub.intake.start_reads() - reads, 1, "the start read the missing document's order alone");
+        assert!(hub.docs.lock().take_changed().contains(&earlier), "the present one queued for the watcher");
         let (mut s, mut c) = session(&hub);
         let sent = exchange(&hub, &node, &mut s, &mut c, &mut node_docs);
         assert!(!sent.iter().any(|f| matches!(f, Frame::Refused { .. })), "{sent:?}");
@@ -891,6 +900,31 @@ mod tests {
         assert_eq!(docs.status(&node).docs_refused, 0);
         assert_eq!((docs.heads(&name), node_docs.db.heads(&name)), (held.clone(), Some(held)));
         assert_eq!(docs.get(&name).unwrap().into_owned().get_changes(&[]).len(), 1, "one change, the record's");
+    }
+
+    /// A flush whose caller is dropped mid-commit (an HTTP handler's request timing out while the disk stalls)
+    /// keeps the flushes' turn until its commit returns: a turn taken meanwhile would see its batch in flight
+    /// and could take "nothing to write" for "all written". The stall here: a batch prepared earlier and not
+    /// committed, whose turn the flush's commit waits for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_flush_keeps_the_turn_until_its_commit_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub_at(dir.path(), 1);
+        let first = create(&mut hub.docs.lock(), 1);
+        let stalled = hub.docs.lock().prepare_flush().expect("a document to write");
+        let second = create(&mut hub.docs.lock(), 2);
+        let dropped = tokio::time::timeout(Duration::from_millis(100), flush_docs(&hub)).await;
+        assert!(dropped.is_err(), "the flush's commit waits for the earlier batch");
+        assert!(hub.persist.try_lock().is_err(), "the turn was given back with its commit in flight");
+        std::thread::spawn(move || stalled.commit()).join().unwrap().unwrap();
+        let mut waited = 0;
+        while hub.persist.try_lock().is_err() {
+            waited += 1;
+            assert!(waited < 500, "the turn never came back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let docs = hub.docs.lock();
+        assert!(docs.db().written(&first) && docs.db().written(&second), "both batches committed");
     }
 
     fn docs_of(frames: &[Frame]) -> BTreeSet<DocId> {

@@ -29,7 +29,7 @@
 //! acknowledged order is never lost and never assigned twice.
 //!
 //! **A start reads the open work, not the history**: the orders waiting for units (table `orders_open`) and
-//! the fulfillments a site has not finished with (`fulfillments_live`, [`Intake::live_fulfillments`]), both
+//! the fulfillments a site has not finished with (`fulfillments_live`, [`Intake::live_ids`]), both
 //! kept in the transactions that change them; the watcher drops a fulfillment from the second once its site
 //! shipped it ([`Intake::finished`]) or it was re-routed. A file from before these tables is indexed once.
 //!
@@ -258,7 +258,7 @@ struct Core {
     policy: RoutingPolicy,
     rebalance: RebalancePolicy,
     stats: writer::BatchStats,
-    /// Order records read by [`Intake::open`] and [`Intake::live_fulfillments`]: what a start costs, which
+    /// Order records read by [`Intake::open`] and [`Intake::fulfillments_of`]: what a start costs, which
     /// tests hold to the open work ([`Intake::start_reads`]).
     start_reads: std::sync::atomic::AtomicU64,
 }
@@ -658,7 +658,7 @@ impl Intake {
         Ok(())
     }
 
-    /// Order records a start read so far ([`Intake::open`] and [`Intake::live_fulfillments`]): the open
+    /// Order records a start read so far ([`Intake::open`] and [`Intake::fulfillments_of`]): the open
     /// work's, not every order's, once the indexes exist.
     pub fn start_reads(&self) -> u64 {
         self.core.start_reads.load(std::sync::atomic::Ordering::Relaxed)

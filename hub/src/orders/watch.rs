@@ -221,29 +221,40 @@ pub(super) fn settle_if_final(hub: &Hub, order: &HubOrder, now: u64) {
     }
 }
 
+/// Fulfillment documents [`recover`] re-creates per read of their orders (and per write of the documents).
+const RECREATED_PER_SLICE: usize = 10_000;
+
 /// At start: re-creates the fulfillment documents committed before a crash but not written, republishes
 /// the escrow views, and queues for the watcher the other fulfillments a site has not finished with and every
 /// stock document. Reads the open work only ([`crate::intake::Intake::live_ids`]), not every order, and the
 /// orders of the documents it re-creates.
 pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
-    let live = hub.intake.live_ids()?;
     // Only documents that are missing: recreating one that exists would be a no-op, but would load it. Only
-    // their orders are read (a crash loses a few at most); the others are queued for the watcher by id.
-    let (missing, present): (Vec<_>, Vec<_>) = {
+    // their orders are read, a slice at a time (a crash loses a few; a `hub.redb` lost or restored from an
+    // older copy, all); the others are queued for the watcher by name.
+    let live = hub.intake.live_ids()?;
+    let (mut missing, mut present) = (Vec::new(), Vec::new());
+    {
         let docs = hub.docs.lock();
-        live.into_iter().partition(|(f, _)| schema::order_doc(f).is_some_and(|d| !docs.db().contains(&d)))
-    };
-    let missing = hub.intake.fulfillments_of(&missing)?;
+        for (f, parent) in live {
+            let Some(d) = schema::order_doc(&f) else { continue };
+            if docs.db().contains(&d) { present.push(d) } else { missing.push((f, parent)) }
+        }
+    }
+    for slice in missing.chunks(RECREATED_PER_SLICE) {
+        let fulfillments = hub.intake.fulfillments_of(slice)?;
+        apply_effects(hub, &Effects { fulfillments, escrow: vec![] })?;
+    }
     let mut escrow = Vec::new();
     for site in hub.intake.escrow_sites() {
         for c in hub.intake.escrow_of_site(&site) {
             escrow.push((site.clone(), c));
         }
     }
-    apply_effects(hub, &Effects { fulfillments: missing, escrow })?;
+    apply_effects(hub, &Effects { fulfillments: vec![], escrow })?;
     // And the shipped ones whose delivery is still to be reported (the intake no longer tracks them).
     let unfinished = crate::events::watch::unfinished(hub.intake.db()).map_err(|e| EffectsError::Intake(e.into()))?;
-    hub.docs.lock().requeue(present.iter().map(|(f, _)| f).chain(&unfinished).filter_map(schema::order_doc));
+    hub.docs.lock().requeue(present.into_iter().chain(unfinished.iter().filter_map(schema::order_doc)));
     // Requeued above, the stock documents bring back any site receipt not applied yet.
     if let Err(e) = crate::purchasing::sites::publish_open(hub) {
         tracing::warn!(error = %e, "purchasing: cannot publish the open orders to their sites");

@@ -367,7 +367,9 @@ impl FlushBatch {
     /// Records the outcome in the gate (locked by the caller) and passes the turn on.
     fn finish(&mut self, g: &mut Gate, ok: bool) {
         if ok {
-            if self.recovers {
+            // A recovering batch wrote everything failed before it; one prepared after it and dropped since
+            // (in `failed` again) is not written, so later batches keep failing until a recovery of that one.
+            if self.recovers && g.failed.is_empty() {
                 g.broken = false;
             }
         } else {
@@ -529,15 +531,52 @@ mod tests {
         assert!(!db.written(&a) && db.on_disk(&a), "changed since: on disk, not as in memory");
         let in_flight = db.prepare_flush().unwrap();
         assert!(!db.written(&a), "its change in flight");
-        // Another document, clean and committed, while a batch is in flight and after it was dropped.
-        db.get_or_create(&b).unwrap().put(ROOT, "k", 1).unwrap();
-        db.mark_dirty(&b);
+        // Its change in a dropped batch: not written until the recovering flush.
         drop(in_flight);
         assert!(!db.written(&a), "its change in a dropped batch");
         db.flush().unwrap();
-        assert!(db.written(&a) && db.written(&b), "the recovering flush wrote both");
+        assert!(db.written(&a));
+        // A clean, committed document is not taken for written while a batch is in flight either (the gate:
+        // its copy on disk is what memory holds, but the caller cannot tell a batch's documents apart).
+        db.get_or_create(&b).unwrap().put(ROOT, "k", 1).unwrap();
+        db.mark_dirty(&b);
+        db.flush().unwrap();
+        db.get_mut(&a).unwrap().put(ROOT, "k", 3).unwrap();
+        db.mark_dirty(&a);
+        let in_flight = db.prepare_flush().unwrap();
+        assert!(!db.written(&b), "a batch in flight");
+        in_flight.commit().unwrap();
+        assert!(db.written(&a) && db.written(&b), "both on disk as in memory");
         db.remove(&b);
         assert!(!db.written(&b) && !db.on_disk(&b), "being removed");
+    }
+
+    /// A batch prepared while a recovering one is in flight and dropped before its turn is not written: the
+    /// recovering batch's success does not clear that, and a later batch fails rather than claim everything
+    /// before it is on disk.
+    #[test]
+    fn a_batch_dropped_behind_a_recovering_one_fails_the_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = DocDb::open(&dir.path().join("sync.redb"), vec![1; 16], 10).unwrap();
+        let doc = |n: &str| DocId::new(format!("order/{n}-1")).unwrap();
+        let dirty = |db: &mut DocDb, n: &str| {
+            db.get_or_create(&doc(n)).unwrap().put(ROOT, "k", 1).unwrap();
+            db.mark_dirty(&doc(n));
+        };
+        dirty(&mut db, "a");
+        drop(db.prepare_flush().unwrap());
+        dirty(&mut db, "b");
+        let recovering = db.prepare_flush().unwrap();
+        dirty(&mut db, "c");
+        let dropped = db.prepare_flush().unwrap();
+        dirty(&mut db, "d");
+        let later = db.prepare_flush().unwrap();
+        drop(dropped);
+        recovering.commit().unwrap();
+        let e = later.commit().unwrap_err();
+        assert!(matches!(e, DocDbError::EarlierFlushFailed { .. }), "{e}");
+        db.flush().unwrap();
+        assert!(["a", "b", "c", "d"].iter().all(|n| db.written(&doc(n))));
     }
 
     #[test]
