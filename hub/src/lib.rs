@@ -105,7 +105,12 @@ pub async fn run(
     hub.stock_low_at = cfg.events.stock_low_at;
     hub.tracking = tracking::Tracking::new(cfg.carriers.clone());
     let hub = Arc::new(hub);
-    orders::recover(&hub).map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
+    // On a blocking thread: recovery may commit the documents it re-creates (`orders::recover`).
+    let h = hub.clone();
+    tokio::task::spawn_blocking(move || orders::recover(&h))
+        .await
+        .map_err(|e| anyhow::anyhow!("the recovery of the intake's documents stopped: {e}"))?
+        .map_err(|e| anyhow::anyhow!("cannot recover the intake's documents: {e}"))?;
     // The writer asks for the sites' views once per batch; a weak handle, so the hub is not kept alive by
     // its own writer thread.
     let sites = orders::site_source(Arc::downgrade(&hub));

@@ -822,6 +822,38 @@ mod tests {
         assert!(hub.docs.lock().db().written(&name), "acted on a shipment a crash would lose");
     }
 
+    /// A start that re-creates many documents (a `hub.redb` lost, or restored from an older copy) writes them as
+    /// it goes once `docs_loaded_max` are loaded, as the sessions' flushes do, rather than holding every one in
+    /// memory, dirty, until the first session flushes. Fails if `recover` never flushes.
+    #[test]
+    fn a_start_that_recreates_many_documents_writes_them_as_it_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = site();
+        let names: Vec<DocId> = {
+            let hub = hub_at(dir.path(), 1);
+            assert!(hub.docs.lock().enroll(&site.node));
+            flush_docs_blocking(&hub).unwrap();
+            (0..24)
+                .map(|i| {
+                    let draft = oms_protocol::fixtures::draft(&format!("r{i}"), &Sku::parse("A").unwrap(), 1);
+                    let key = format!("k{i}");
+                    let placed = crate::demand::test_support::place_at(&hub, &site.node, &[("A", 100)], &key, draft, i);
+                    // The intake committed; the hub dies before it builds the document.
+                    schema::order_doc(&placed.effects.fulfillments[0].id).unwrap()
+                })
+                .collect()
+        };
+        let docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![2; 16], 1_000).unwrap()).unwrap();
+        let tuning = ServerTuning { docs_loaded_max: 4, ..ServerTuning::default() };
+        let hub = crate::demand::test_support::hub_over(dir.path(), docs, crate::demand::test_support::money(), tuning);
+        hub.docs.lock().set_cache_max(2);
+        crate::orders::recover_in_slices(&hub, 5).unwrap();
+        let docs = hub.docs.lock();
+        assert!(docs.db().loaded() <= 4 + 5, "{} documents loaded after the start", docs.db().loaded());
+        let unwritten: Vec<_> = names.iter().filter(|n| !docs.db().on_disk(n)).collect();
+        assert!(unwritten.is_empty(), "each slice reached the bound, so each was written: {unwritten:?}");
+    }
+
     /// The start that follows a crash between a new fulfillment document's early send and the flush that would
     /// have written it: the site holds the document, `hub.redb` does not. The start rebuilds it from
     /// `intake.redb` alone (`recover`, through the stored order and `NewFulfillment::of`, not the effects the

@@ -227,8 +227,15 @@ const RECREATED_PER_SLICE: usize = 10_000;
 /// At start: re-creates the fulfillment documents committed before a crash but not written, republishes
 /// the escrow views, and queues for the watcher the other fulfillments a site has not finished with and every
 /// stock document. Reads the open work only ([`crate::intake::Intake::live_ids`]), not every order, and the
-/// orders of the documents it re-creates.
+/// orders of the documents it re-creates. Writes the re-created documents as it goes once `docs_loaded_max` are
+/// loaded, so a start that re-creates many is bounded in memory as the sessions' flushes are; it may block on
+/// that commit: call it outside the async runtime's workers.
 pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
+    recover_in_slices(hub, RECREATED_PER_SLICE)
+}
+
+/// [`recover`], re-creating `per_slice` documents per read of their orders.
+pub(crate) fn recover_in_slices(hub: &Hub, per_slice: usize) -> Result<(), EffectsError> {
     // Only documents that are missing: recreating one that exists would be a no-op, but would load it. Only
     // their orders are read, a slice at a time (a crash loses a few; a `hub.redb` lost or restored from an
     // older copy, all); the others are queued for the watcher by name.
@@ -241,9 +248,11 @@ pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
             if docs.db().contains(&d) { present.push(d) } else { missing.push((f, parent)) }
         }
     }
-    for slice in missing.chunks(RECREATED_PER_SLICE) {
+    for slice in missing.chunks(per_slice.max(1)) {
         let fulfillments = hub.intake.fulfillments_of(slice)?;
         apply_effects(hub, &Effects { fulfillments, escrow: vec![] })?;
+        // Re-created from the intake's committed record: written now or by the first session's flush alike.
+        crate::server::flush_docs_if_full(hub);
     }
     let mut escrow = Vec::new();
     for site in hub.intake.escrow_sites() {
