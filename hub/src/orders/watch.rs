@@ -228,8 +228,8 @@ const RECREATED_PER_SLICE: usize = 10_000;
 /// the escrow views, and queues for the watcher the other fulfillments a site has not finished with and every
 /// stock document. Reads the open work only ([`crate::intake::Intake::live_ids`]), not every order, and the
 /// orders of the documents it re-creates. Writes the re-created documents as it goes once `docs_loaded_max` are
-/// loaded, so a start that re-creates many is bounded in memory as the sessions' flushes are; it may block on
-/// that commit: call it outside the async runtime's workers.
+/// loaded, so a start that re-creates many is bounded in memory as the sessions' flushes are. That flush blocks
+/// on its commit: never call this on an async runtime's worker (`spawn_blocking`, or no runtime).
 pub fn recover(hub: &Hub) -> Result<(), EffectsError> {
     recover_in_slices(hub, RECREATED_PER_SLICE)
 }
