@@ -485,9 +485,15 @@ pub fn flush_docs_if_full(hub: &Hub) {
 /// [`flush_docs`] for a thread outside the async runtime (the intake's documents thread, the watcher), which
 /// may block: it waits for a flush in progress, then commits on the calling thread.
 pub(crate) fn flush_docs_blocking(hub: &Hub) -> Result<(), DocDbError> {
+    flush_blocking_unless(hub, || false)
+}
+
+/// [`flush_docs_blocking`], unless a flush covered the caller's ticket or `done` says, in the flushes' turn
+/// (no batch in flight), that nothing is left to write for the caller.
+fn flush_blocking_unless(hub: &Hub, done: impl Fn() -> bool) -> Result<(), DocDbError> {
     let needed = flush_ticket(hub);
     let mut committed = hub.persist.blocking_lock();
-    if *committed >= needed {
+    if *committed >= needed || done() {
         return Ok(());
     }
     let Some((batch, upto)) = prepare_persist(hub, &mut committed) else { return Ok(()) };
@@ -512,13 +518,7 @@ pub(crate) fn flush_docs_unless_written(hub: &Hub, docs: &[DocId]) -> Result<(),
     if written() {
         return Ok(());
     }
-    let needed = flush_ticket(hub);
-    let mut committed = hub.persist.blocking_lock();
-    if *committed >= needed || written() {
-        return Ok(());
-    }
-    let Some((batch, upto)) = prepare_persist(hub, &mut committed) else { return Ok(()) };
-    finish_persist(hub, &mut committed, upto, batch.commit())
+    flush_blocking_unless(hub, written)
 }
 
 /// Feeds one frame from `node` to its session, with the ownership check of what it changed.
@@ -777,9 +777,22 @@ mod tests {
 
     /// A hub over `dir` whose process writes as Automerge actor `[actor; 16]`.
     fn hub_at(dir: &std::path::Path, actor: u8) -> Hub {
+        hub_tuned(dir, actor, ServerTuning::default())
+    }
+
+    /// [`hub_at`] with `tuning`.
+    fn hub_tuned(dir: &std::path::Path, actor: u8, tuning: ServerTuning) -> Hub {
         let docs = HubDocs::new(DocDb::open(&dir.join("hub.redb"), vec![actor; 16], 1_000).unwrap()).unwrap();
         let money = crate::demand::test_support::money();
-        crate::demand::test_support::hub_over(dir, docs, money, ServerTuning::default())
+        crate::demand::test_support::hub_over(dir, docs, money, tuning)
+    }
+
+    /// Hands what `hub` changed for `node` to its server session `s`, as [`drive`] does.
+    fn push_local(hub: &Hub, node: &NodeId, s: &mut SyncSession) {
+        let mut docs = hub.docs.lock();
+        for d in docs.take_local(node.as_str()) {
+            s.local_change(&mut docs.sync, &d);
+        }
     }
 
     /// A site's change reaches the hub's documents before the session's pass flushes it (or takes its event,
@@ -800,12 +813,7 @@ mod tests {
         let f = &placed.effects.fulfillments[0];
         let name = schema::order_doc(&f.id).unwrap();
         flush_docs_blocking(&hub).unwrap();
-        {
-            let mut docs = hub.docs.lock();
-            for d in docs.take_local(site.node.as_str()) {
-                s.local_change(&mut docs.sync, &d);
-            }
-        }
+        push_local(&hub, &site.node, &mut s);
         exchange(&hub, &site.node, &mut s, &mut c, &mut site.docs);
         // The site ships: its change, as its feed follower writes it, to its session.
         let d = site.docs.db.get_mut(&name).expect("the site holds the document");
@@ -843,9 +851,7 @@ mod tests {
                 })
                 .collect()
         };
-        let docs = HubDocs::new(DocDb::open(&dir.path().join("hub.redb"), vec![2; 16], 1_000).unwrap()).unwrap();
-        let tuning = ServerTuning { docs_loaded_max: 4, ..ServerTuning::default() };
-        let hub = crate::demand::test_support::hub_over(dir.path(), docs, crate::demand::test_support::money(), tuning);
+        let hub = hub_tuned(dir.path(), 2, ServerTuning { docs_loaded_max: 4, ..ServerTuning::default() });
         hub.docs.lock().set_cache_max(2);
         crate::orders::recover_in_slices(&hub, 5).unwrap();
         let docs = hub.docs.lock();
@@ -865,12 +871,11 @@ mod tests {
     fn a_document_a_crash_lost_after_its_early_send_is_rebuilt_as_the_site_holds_it() {
         let dir = tempfile::tempdir().unwrap();
         let Site { node, docs: mut node_docs, _dir } = site();
-        let session = sessions;
         let hub_in = |actor: u8| hub_at(dir.path(), actor);
         let (name, held, earlier) = {
             let hub = hub_in(1);
             assert!(hub.docs.lock().enroll(&node));
-            let (mut s, mut c) = session(&hub);
+            let (mut s, mut c) = sessions(&hub);
             exchange(&hub, &node, &mut s, &mut c, &mut node_docs);
             // An earlier order, its document on disk and at the site, as long before a crash.
             let earlier = oms_protocol::fixtures::draft("r", &Sku::parse("A").unwrap(), 1);
@@ -878,12 +883,7 @@ mod tests {
             crate::orders::apply_effects(&hub, &placed.effects).unwrap();
             let earlier = schema::order_doc(&placed.effects.fulfillments[0].id).unwrap();
             flush_docs_blocking(&hub).unwrap();
-            {
-                let mut docs = hub.docs.lock();
-                for d in docs.take_local(node.as_str()) {
-                    s.local_change(&mut docs.sync, &d);
-                }
-            }
+            push_local(&hub, &node, &mut s);
             exchange(&hub, &node, &mut s, &mut c, &mut node_docs);
             let draft: oms_protocol::domain::OrderDraft = serde_json::from_value(serde_json::json!({
                 "external_ref": "shop-7", "channel": "web",
@@ -925,7 +925,7 @@ mod tests {
         assert_eq!(hub.intake.live_ids().unwrap().len(), 2);
         assert_eq!(hub.intake.start_reads() - reads, 1, "the start read the missing document's order alone");
         assert!(hub.docs.lock().take_changed().contains(&earlier), "the present one queued for the watcher");
-        let (mut s, mut c) = session(&hub);
+        let (mut s, mut c) = sessions(&hub);
         let sent = exchange(&hub, &node, &mut s, &mut c, &mut node_docs);
         assert!(!sent.iter().any(|f| matches!(f, Frame::Refused { .. })), "{sent:?}");
         let mut docs = hub.docs.lock();

@@ -125,9 +125,8 @@ pub fn watch_once(hub: &Hub, retry: bool) -> bool {
         && let Err(e) = crate::server::flush_docs_unless_written(hub, &ending)
     {
         tracing::warn!(error = %e, "cannot flush the documents before acting on the sites' progress; next pass");
-        let ids = seen.iter().map(|f| &f.id).chain(shipped.iter().map(|s| &s.0));
-        let ids = ids.chain(released.values().flatten().map(|(id, _)| id));
-        hub.docs.lock().requeue_docs(ids.filter_map(schema::order_doc));
+        let seen = seen.iter().filter_map(|f| schema::order_doc(&f.id));
+        hub.docs.lock().requeue_docs(seen.chain(ending));
         return false;
     }
     // Each shipment is billed (invoice and capture row, once) before the fulfillment stops being live, so a
